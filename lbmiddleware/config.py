@@ -1,0 +1,256 @@
+"""Settings: one immutable object, filled from keyword arguments or ``LB_*`` variables.
+
+Every field of :class:`Settings` (and of a front-end's subclass) declares its environment
+variable and a cast. The cast accepts the text of a variable or an already typed value, so
+``Settings(max_fails="3")`` and ``Settings(max_fails=3)`` are the same, and a bad value in
+either form raises :class:`ConfigError` naming the variable (or argument) and the value::
+
+    LB_MAX_FAILS has value 'x': not an integer
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import ipaddress
+import math
+import os
+import re
+from typing import Any, Callable, ClassVar, Mapping
+
+from .backend import Backend, parse_backends
+from .errors import ConfigError
+
+__all__ = ["Settings", "setting", "POLICIES", "POLICY_ALIASES", "parse_duration"]
+
+POLICIES = ("round_robin", "random", "ip_hash", "latency", "least_conn")
+POLICY_ALIASES = {"weighted": "round_robin", "weighted_round_robin": "round_robin"}
+
+ENV_PREFIX = "LB_"
+_DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(ms|s)?\s*$")
+
+# Every Settings class defined so far: an LB_ variable is a typo only if none of them has it,
+# so a front-end's variable (LB_PREFIX, say) is not reported by the core's from_env.
+_SETTINGS_CLASSES: list[type] = []
+
+
+def setting(env: str, cast: Callable[[Any], Any], help: str) -> dict:
+    """Field metadata: the variable's name, its cast and a one-line description."""
+    return {"env": env, "cast": cast, "help": help}
+
+
+# -- casts: each takes the raw value (text or typed) and returns it typed, or raises
+#    ValueError with the reason; Settings turns that into a ConfigError with the name.
+
+def parse_duration(value: Any) -> float:
+    """Seconds from ``1.5``, ``"1.5"``, ``"10s"`` or ``"250ms"``; never negative."""
+    if isinstance(value, bool):
+        raise ValueError("not a duration")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        if not match:
+            raise ValueError("not a duration (seconds, or a number with 's' or 'ms')")
+        seconds = float(match.group(1)) / (1000.0 if match.group(2) == "ms" else 1.0)
+    if math.isnan(seconds) or math.isinf(seconds) or seconds < 0:
+        raise ValueError("not a non-negative finite duration")
+    return seconds
+
+
+def _positive_duration(value: Any) -> float:
+    seconds = parse_duration(value)
+    if seconds == 0:
+        raise ValueError("must be greater than zero")
+    return seconds
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError("not an integer")
+    if isinstance(value, int):
+        number = value
+    elif isinstance(value, str) and re.fullmatch(r"\s*[-+]?\d+\s*", value):
+        number = int(value)
+    else:
+        raise ValueError("not an integer")
+    if number < 0:
+        raise ValueError("must not be negative")
+    return number
+
+
+def _policy(value: Any) -> str:
+    name = str(value).strip().lower().replace("-", "_")
+    name = POLICY_ALIASES.get(name, name)
+    if name not in POLICIES:
+        raise ValueError(f"unknown policy (expected one of {', '.join(POLICIES)} or weighted)")
+    return name
+
+
+def _statuses(value: Any) -> frozenset[int]:
+    items = value.split(",") if isinstance(value, str) else value
+    statuses = set()
+    for item in items:
+        text = str(item).strip()
+        if not text:
+            continue
+        if not text.isdigit() or not 100 <= int(text) <= 599:
+            raise ValueError(f"{text!r} is not an HTTP status (100-599)")
+        statuses.add(int(text))
+    return frozenset(statuses)
+
+
+def _networks(value: Any) -> tuple:
+    items = value.split(",") if isinstance(value, str) else value
+    networks = []
+    for item in items:
+        if isinstance(item, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
+            networks.append(item)
+            continue
+        text = str(item).strip()
+        if not text:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(text, strict=False))
+        except ValueError:
+            raise ValueError(f"{text!r} is not an IP address or CIDR") from None
+    return tuple(networks)
+
+
+def _hash_key(value: Any) -> str:
+    text = str(value).strip()
+    kind, sep, name = text.partition(":")
+    if text == "client_ip" or (sep and kind in ("header", "cookie") and name.strip()):
+        return text if text == "client_ip" else f"{kind}:{name.strip()}"
+    raise ValueError("expected client_ip, header:NAME or cookie:NAME")
+
+
+def _backends(value: Any) -> tuple[Backend, ...]:
+    try:
+        return parse_backends(value)
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Every ``LB_*`` setting of the core, validated and immutable.
+
+    Fill it from keyword arguments (``Settings(backends=[...], policy="latency")``) or from
+    the environment (``Settings.from_env()``). Front-ends subclass it to add their own
+    fields; the same casts, errors and typo detection apply.
+    """
+
+    backends: tuple[Backend, ...] = dataclasses.field(
+        default=(), metadata=setting("LB_BACKENDS", _backends,
+                                     "comma-separated URLs, each optionally followed by ' weight=N'"))
+    policy: str = dataclasses.field(
+        default="round_robin", metadata=setting("LB_POLICY", _policy,
+                                                "round_robin (= weighted) | random | ip_hash | latency | least_conn"))
+    max_fails: int = dataclasses.field(
+        default=3, metadata=setting("LB_MAX_FAILS", _count,
+                                    "consecutive failures that eject a backend (0: never eject)"))
+    fail_timeout: float = dataclasses.field(
+        default=10.0, metadata=setting("LB_FAIL_TIMEOUT", _positive_duration,
+                                       "base ejection time; the k-th ejection in a row lasts k times this"))
+    max_ejection_time: float = dataclasses.field(
+        default=300.0, metadata=setting("LB_MAX_EJECTION_TIME", _positive_duration,
+                                        "cap on one ejection"))
+    fail_statuses: frozenset = dataclasses.field(
+        default=frozenset({502, 503, 504}), metadata=setting("LB_FAIL_STATUSES", _statuses,
+                                                             "response statuses counted as failures"))
+    retries: int = dataclasses.field(
+        default=2, metadata=setting("LB_RETRIES", _count, "retries on other backends per request"))
+    connect_timeout: float = dataclasses.field(
+        default=5.0, metadata=setting("LB_CONNECT_TIMEOUT", _positive_duration,
+                                      "seconds to open a connection to a backend"))
+    read_timeout: float = dataclasses.field(
+        default=60.0, metadata=setting("LB_READ_TIMEOUT", _positive_duration,
+                                       "seconds to wait for the response head (and between body reads)"))
+    trusted_proxies: tuple = dataclasses.field(
+        default=(), metadata=setting("LB_TRUSTED_PROXIES", _networks,
+                                     "CIDRs whose X-Forwarded-For is believed"))
+    hash_key: str = dataclasses.field(
+        default="client_ip", metadata=setting("LB_HASH_KEY", _hash_key,
+                                              "sticky key for ip_hash: client_ip | header:NAME | cookie:NAME"))
+
+    required: ClassVar[tuple[str, ...]] = ("backends",)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _SETTINGS_CLASSES.append(cls)
+
+    def __post_init__(self) -> None:
+        for name in self.required:
+            value = getattr(self, name)
+            if value is None or (isinstance(value, (str, tuple, list)) and not value):
+                raise ConfigError(f"{name} is required and is empty")
+        for field in _setting_fields(type(self)):
+            value = getattr(self, field.name)
+            object.__setattr__(self, field.name, _cast(field, value, field.name))
+        if self.max_ejection_time < self.fail_timeout:
+            raise ConfigError(
+                f"max_ejection_time has value {self.max_ejection_time!r}: "
+                f"smaller than fail_timeout ({self.fail_timeout!r})"
+            )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+        """Settings from ``LB_*`` variables (``os.environ`` by default); keyword arguments win.
+
+        Raises :class:`ConfigError` naming the variable and its value for a bad value, a
+        missing required variable or an ``LB_`` name that no setting has (a probable typo).
+        """
+        environ = os.environ if environ is None else environ
+        known = {f.metadata["env"] for c in (Settings, *_SETTINGS_CLASSES) for f in _setting_fields(c)}
+        for name in sorted(environ):
+            if name.startswith(ENV_PREFIX) and name not in known:
+                close = difflib.get_close_matches(name, sorted(known), n=1)
+                hint = f" (did you mean {close[0]}?)" if close else ""
+                raise ConfigError(f"{name} is not a known setting{hint}; known: {', '.join(sorted(known))}")
+        values: dict[str, Any] = {}
+        for field in _setting_fields(cls):
+            if field.name in overrides:
+                continue
+            env = field.metadata["env"]
+            if env in environ:
+                values[field.name] = _cast(field, environ[env], env)
+        for name in cls.required:
+            if name not in values and name not in overrides:
+                env = next(f.metadata["env"] for f in _setting_fields(cls) if f.name == name)
+                raise ConfigError(f"{env} is not set: it is required")
+        return cls(**values, **overrides)
+
+    def replace(self, **changes: Any) -> "Settings":
+        """A copy with some fields changed (validated like the original)."""
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def describe(cls) -> list[tuple[str, str, str]]:
+        """``(variable, default, description)`` for every setting, for ``--help`` and docs."""
+        rows = []
+        for field in _setting_fields(cls):
+            default = "(required)" if field.name in cls.required else _show(field.default)
+            rows.append((field.metadata["env"], default, field.metadata["help"]))
+        return rows
+
+
+def _setting_fields(cls: type) -> list[dataclasses.Field]:
+    """The fields of a Settings class that are read from a variable."""
+    return [f for f in dataclasses.fields(cls) if "env" in f.metadata]
+
+
+def _cast(field: dataclasses.Field, value: Any, label: str) -> Any:
+    try:
+        return field.metadata["cast"](value)
+    except ValueError as exc:
+        raise ConfigError(f"{label} has value {_show(value)}: {exc}") from None
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, frozenset):
+        return ",".join(str(v) for v in sorted(value)) or "(none)"
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value) or "(none)"
+    return repr(value) if isinstance(value, str) else str(value)
+

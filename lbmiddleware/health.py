@@ -1,0 +1,101 @@
+"""Passive health: consecutive-failure ejection with growing ejection time, and probation.
+
+The rules (Envoy outlier detection, gRPC A50, nginx ``max_fails``/``fail_timeout``):
+
+* ``max_fails`` consecutive failures eject a backend; a success resets the count.
+* The k-th ejection in a row lasts ``fail_timeout * k``, capped at ``max_ejection_time``.
+  k falls by one for every ``fail_timeout`` the backend then spends in rotation.
+* When its time is up the backend returns on probation: its first failure ejects it again
+  at once, its first success ends the probation.
+
+Every ejection and return is logged once on the ``lbmiddleware`` logger.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+
+from .state import BackendState
+
+__all__ = ["PassiveHealth"]
+
+logger = logging.getLogger("lbmiddleware")
+
+
+class PassiveHealth:
+    """Applies the rules to BackendStates; keeps the ejected ones ordered by return time."""
+
+    def __init__(self, max_fails: int, fail_timeout: float, max_ejection_time: float) -> None:
+        self.max_fails = max_fails
+        self.fail_timeout = fail_timeout
+        self.max_ejection_time = max_ejection_time
+        self._ejected: list[tuple[float, int, BackendState]] = []   # heap by return time
+        self._sequence = 0
+
+    @property
+    def any_ejected(self) -> bool:
+        return bool(self._ejected)
+
+    def is_ejected(self, state: BackendState) -> bool:
+        return state.ejected_until is not None
+
+    def success(self, state: BackendState, now: float) -> None:
+        """Record a success; ends probation."""
+        state.consecutive_failures = 0
+        if state.probation and state.ejected_until is None:
+            state.probation = False
+
+    def failure(self, state: BackendState, now: float) -> bool:
+        """Record a failure; returns True when it ejects the backend."""
+        state.failures += 1
+        state.consecutive_failures += 1
+        if state.ejected_until is not None or self.max_fails == 0:
+            return False         # already out: late reports of older requests change nothing
+        if state.probation or state.consecutive_failures >= self.max_fails:
+            self._eject(state, now)
+            return True
+        return False
+
+    def _eject(self, state: BackendState, now: float) -> None:
+        in_rotation = now - state.in_rotation_since
+        if state.multiplier and in_rotation > 0:
+            state.multiplier = max(0, state.multiplier - int(in_rotation // self.fail_timeout))
+        state.multiplier += 1
+        duration = min(self.fail_timeout * state.multiplier, self.max_ejection_time)
+        reason = "failed on probation" if state.probation else (
+            f"{state.consecutive_failures} consecutive failures")
+        state.ejected_until = now + duration
+        state.probation = False
+        state.ejections += 1
+        self._sequence += 1
+        heapq.heappush(self._ejected, (state.ejected_until, self._sequence, state))
+        logger.warning("ejected backend %s for %.3gs: %s (ejection %d in a row)",
+                       state.backend.url, duration, reason, state.multiplier)
+
+    def expire(self, now: float) -> list[BackendState]:
+        """Return to rotation (on probation) every backend whose ejection is over."""
+        returned = []
+        heap = self._ejected
+        while heap and heap[0][0] <= now:
+            until, _, state = heapq.heappop(heap)
+            if state.ejected_until != until:
+                continue             # stale entry (backend removed and re-added)
+            state.ejected_until = None
+            state.probation = True
+            state.consecutive_failures = 0
+            state.in_rotation_since = until
+            returned.append(state)
+            logger.info("backend %s returns on probation after %.3gs ejected",
+                        state.backend.url, min(self.fail_timeout * state.multiplier,
+                                               self.max_ejection_time))
+        return returned
+
+    def forget(self, state: BackendState) -> None:
+        """Drop a removed backend's ejection: if it is added again it starts healthy."""
+        if state.ejected_until is not None:
+            self._ejected = [entry for entry in self._ejected if entry[2] is not state]
+            heapq.heapify(self._ejected)
+        state.ejected_until = None
+        state.probation = False
+        state.consecutive_failures = 0

@@ -1,0 +1,55 @@
+"""Peak-EWMA latency estimate (Finagle's ``PeakEwma``, Linkerd, tower's ``load::PeakEwma``).
+
+Each backend carries an RTT estimate. A sample above the estimate replaces it at once (the
+peak), so a backend that turns slow is avoided immediately; a lower sample pulls the estimate
+down with weight ``exp(-elapsed / tau)``, so recovery is gradual. Between samples the estimate
+decays towards zero (tower's ``update(0)`` on read), so an avoided backend is tried again in
+time. A failure is recorded as a large sample (``failure_penalty``, Linkerd's 5 s), so a
+backend that fails fast does not look fast. The cost the policy compares is
+``estimate * (in_flight + 1) / weight``.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .state import BackendState
+
+__all__ = ["PeakEwma", "DEFAULT_TAU", "DEFAULT_RTT", "FAILURE_PENALTY"]
+
+DEFAULT_TAU = 10.0        # seconds: decay time constant
+DEFAULT_RTT = 0.030       # seconds: estimate of a backend with no sample yet
+FAILURE_PENALTY = 5.0     # seconds: the sample a failure counts as
+
+
+class PeakEwma:
+    """The estimator's parameters; the estimate itself lives on each BackendState."""
+
+    __slots__ = ("tau", "default_rtt", "failure_penalty")
+
+    def __init__(self, tau: float = DEFAULT_TAU, default_rtt: float = DEFAULT_RTT,
+                 failure_penalty: float = FAILURE_PENALTY) -> None:
+        self.tau = tau
+        self.default_rtt = default_rtt
+        self.failure_penalty = failure_penalty
+
+    def estimate(self, state: BackendState, now: float) -> float:
+        """The RTT estimate at ``now`` (decayed since the last sample)."""
+        if state.rtt is None:
+            return self.default_rtt
+        elapsed = now - state.rtt_stamp
+        return state.rtt * math.exp(-elapsed / self.tau) if elapsed > 0 else state.rtt
+
+    def observe(self, state: BackendState, sample: float, now: float) -> None:
+        """Fold one sample (seconds) into the estimate."""
+        current = self.estimate(state, now)
+        if state.rtt is None or sample > current:
+            state.rtt = sample
+        else:
+            weight = math.exp(-max(now - state.rtt_stamp, 0.0) / self.tau)
+            state.rtt = state.rtt * weight + sample * (1.0 - weight)
+        state.rtt_stamp = now
+
+    def cost(self, state: BackendState, now: float) -> float:
+        """Expected wait for one more request: estimate x (in_flight + 1) / weight."""
+        return self.estimate(state, now) * (state.in_flight + 1) / state.weight
