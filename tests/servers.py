@@ -1,0 +1,168 @@
+"""Real HTTP backends on loopback for the front-end tests (ports chosen by the OS).
+
+``Backend server`` answers every request with JSON naming itself and echoing what it got
+(method, path with query, headers, body), so a test can see what reached the backend. Its
+``behaviour`` switches at run time:
+
+* ``"ok"``: 200 with the echo (``status`` overrides the code, e.g. 503);
+* ``"hang"``: accept and read the request, never answer (until stopped);
+* ``"close"``: close the connection without a response;
+* ``"truncate"``: send the head and half the promised body, then close.
+
+``refused_url()`` gives a URL whose port is closed (connection refused).
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import socket
+import threading
+import time
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"          # keep-alive, like a real backend
+    server: "_Server"
+
+    def log_message(self, *args) -> None:   # quiet
+        pass
+
+    def _handle(self) -> None:
+        owner = self.server.owner
+        length = int(self.headers.get("Content-Length") or 0)
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            body = self._read_chunked()
+        else:
+            body = self.rfile.read(length) if length else b""
+        with owner.lock:
+            owner.requests += 1
+            owner.received.append((self.command, self.path, dict(self.headers.items()), body))
+        behaviour = owner.behaviour
+        if owner.delay:
+            time.sleep(owner.delay)
+        if behaviour == "hang":
+            owner.release.wait()
+            self.close_connection = True
+            return
+        if behaviour == "close":
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        payload = json.dumps({
+            "server": owner.name, "method": self.command, "path": self.path,
+            "headers": dict(self.headers.items()), "body": body.decode("latin-1"),
+        }).encode()
+        if owner.body_size:
+            payload = b"x" * owner.body_size
+        self.send_response(owner.status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("X-Server", owner.name)
+        for name, value in owner.extra_headers:
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        if behaviour == "truncate":
+            self.wfile.write(payload[: len(payload) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        if self.command != "HEAD":
+            self.wfile.write(payload)
+
+    def _read_chunked(self) -> bytes:
+        data = bytearray()
+        while True:
+            size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                    pass
+                return bytes(data)
+            data += self.rfile.read(size)
+            self.rfile.readline()
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _handle
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    owner: "BackendServer"
+
+    def get_request(self):
+        conn, addr = super().get_request()
+        with self.owner.lock:
+            self.owner.connections += 1
+            self.owner.open_sockets.add(conn)
+        return conn, addr
+
+    def shutdown_request(self, request) -> None:
+        with self.owner.lock:
+            self.owner.open_sockets.discard(request)
+        super().shutdown_request(request)
+
+
+class BackendServer:
+    """A loopback HTTP backend; use as a context manager or call start()/stop()."""
+
+    def __init__(self, name: str, port: int = 0) -> None:
+        self.name = name
+        self.port = port
+        self.behaviour = "ok"
+        self.status = 200
+        self.delay = 0.0
+        self.body_size = 0
+        self.extra_headers: list[tuple[str, str]] = []
+        self.lock = threading.Lock()
+        self.requests = 0
+        self.connections = 0
+        self.received: list[tuple[str, str, dict, bytes]] = []
+        self.open_sockets: set[socket.socket] = set()
+        self.release = threading.Event()
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "BackendServer":
+        self.release.clear()
+        self._server = _Server(("127.0.0.1", self.port), _Handler)
+        self._server.owner = self
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever,
+                                        kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop listening and cut every open connection (the port is free again)."""
+        self.release.set()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            with self.lock:
+                sockets, self.open_sockets = list(self.open_sockets), set()
+            for sock in sockets:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            self._thread.join(timeout=2)
+            self._server = None
+
+    def __enter__(self) -> "BackendServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def refused_url() -> str:
+    """A loopback URL on which nothing listens: connecting is refused at once."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
