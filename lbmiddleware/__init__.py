@@ -13,8 +13,26 @@ from .hashing import stable_hash
 
 __version__ = "0.1.0"
 
+# Front-ends import third-party libraries (requests, an HTTP client, uvicorn), so they load on
+# first use: ``import lbmiddleware`` stays standard-library only.
+_FRONT_ENDS = {
+    "LoadBalancingAdapter": "lbmiddleware.adapter",
+    "LoadBalancerMiddleware": "lbmiddleware.asgi",
+    "WSGILoadBalancer": "lbmiddleware.wsgi",
+}
+
+
+def __getattr__(name: str):
+    module = _FRONT_ENDS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'lbmiddleware' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
+
 __all__ = [
     "Backend", "Balancer", "Settings", "POLICIES",
     "LBError", "ConfigError", "NoHealthyBackend", "stable_hash",
+    "LoadBalancingAdapter", "LoadBalancerMiddleware", "WSGILoadBalancer",
     "__version__",
 ]
