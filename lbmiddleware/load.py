@@ -51,5 +51,12 @@ class PeakEwma:
         state.rtt_stamp = now
 
     def cost(self, state: BackendState, now: float) -> float:
-        """Expected wait for one more request: estimate x (in_flight + 1) / weight."""
+        """Expected wait for one more request: estimate x (in_flight + 1) / weight.
+
+        A backend with no sample yet and nothing in flight costs nothing, so a new backend
+        gets one probe request at a time until its first sample arrives (with the default
+        RTT alone it would never win against backends faster than that default).
+        """
+        if state.rtt is None and not state.in_flight:
+            return 0.0
         return self.estimate(state, now) * (state.in_flight + 1) / state.weight

@@ -1,0 +1,195 @@
+"""Backends and settings: parsing, normalisation, and a clear ConfigError for every bad input."""
+
+import ipaddress
+
+import pytest
+
+import lbmiddleware as lb
+from lbmiddleware.config import parse_duration
+
+GOOD = {"LB_BACKENDS": "http://127.0.0.1:8001"}
+
+
+def env_error(**variables) -> str:
+    with pytest.raises(lb.ConfigError) as info:
+        lb.Settings.from_env({**GOOD, **variables})
+    return str(info.value)
+
+
+class TestBackend:
+    def test_normalises_scheme_host_and_trailing_slash(self):
+        backend = lb.Backend("HTTP://Api.Example:8080/v1/")
+        assert backend.url == "http://api.example:8080/v1"
+        assert (backend.scheme, backend.host, backend.port, backend.path) == (
+            "http", "api.example", 8080, "/v1")
+
+    def test_default_ports_and_ipv6(self):
+        assert lb.Backend("https://h").port == 443
+        assert lb.Backend("http://h").port == 80
+        v6 = lb.Backend("http://[::1]:9000")
+        assert (v6.host, v6.port, v6.netloc) == ("::1", 9000, "[::1]:9000")
+
+    def test_equal_values_are_equal_and_hashable(self):
+        assert lb.Backend("http://a:1/") == lb.Backend("http://A:1")
+        assert len({lb.Backend("http://a:1"), lb.Backend("http://a:1")}) == 1
+        assert lb.Backend("http://a:1", 2) != lb.Backend("http://a:1", 3)
+
+    def test_is_immutable(self):
+        backend = lb.Backend("http://a:1")
+        with pytest.raises(Exception):
+            backend.weight = 5
+
+    @pytest.mark.parametrize("url, message", [
+        ("127.0.0.1:8001", "no scheme"),
+        ("ftp://host", "scheme 'ftp'"),
+        ("http://", "no host"),
+        ("http://:8080", "no host"),
+        ("http://host:99999", "not a valid URL"),
+        ("http://user:pw@host", "credentials"),
+        ("http://host/?q=1", "query"),
+    ])
+    def test_bad_url_is_named(self, url, message):
+        with pytest.raises(lb.ConfigError) as info:
+            lb.Backend(url)
+        assert message in str(info.value) and repr(url) in str(info.value)
+
+    @pytest.mark.parametrize("weight", [0, -1, 1.5, "3", True, None])
+    def test_weight_must_be_positive_integer(self, weight):
+        with pytest.raises(lb.ConfigError, match="not a positive integer"):
+            lb.Backend("http://a:1", weight)
+
+
+class TestFromEnv:
+    def test_every_setting_read_and_typed(self):
+        settings = lb.Settings.from_env({
+            "LB_BACKENDS": "http://127.0.0.1:8001 weight=3, http://127.0.0.1:8002",
+            "LB_POLICY": "weighted", "LB_MAX_FAILS": "5", "LB_FAIL_TIMEOUT": "250ms",
+            "LB_MAX_EJECTION_TIME": "10s", "LB_FAIL_STATUSES": "500, 503", "LB_RETRIES": "0",
+            "LB_CONNECT_TIMEOUT": "1.5", "LB_READ_TIMEOUT": "30",
+            "LB_TRUSTED_PROXIES": "10.0.0.0/8, 192.0.2.1", "LB_HASH_KEY": "header:X-User-Id",
+            "PATH": "/usr/bin", "OTHER_LB_THING": "ignored",
+        })
+        assert settings.backends == (lb.Backend("http://127.0.0.1:8001", 3),
+                                     lb.Backend("http://127.0.0.1:8002", 1))
+        assert settings.policy == "round_robin"
+        assert (settings.max_fails, settings.fail_timeout, settings.max_ejection_time) == (5, 0.25, 10.0)
+        assert settings.fail_statuses == frozenset({500, 503})
+        assert (settings.retries, settings.connect_timeout, settings.read_timeout) == (0, 1.5, 30.0)
+        assert settings.trusted_proxies == (ipaddress.ip_network("10.0.0.0/8"),
+                                            ipaddress.ip_network("192.0.2.1/32"))
+        assert settings.hash_key == "header:X-User-Id"
+
+    def test_defaults(self):
+        settings = lb.Settings.from_env(GOOD)
+        assert (settings.policy, settings.max_fails, settings.fail_timeout,
+                settings.max_ejection_time, settings.retries) == ("round_robin", 3, 10.0, 300.0, 2)
+        assert settings.fail_statuses == frozenset({502, 503, 504})
+        assert settings.trusted_proxies == () and settings.hash_key == "client_ip"
+
+    def test_keyword_overrides_win_over_environment(self):
+        settings = lb.Settings.from_env({**GOOD, "LB_POLICY": "random"}, policy="latency")
+        assert settings.policy == "latency"
+
+    def test_missing_backends(self):
+        with pytest.raises(lb.ConfigError, match="LB_BACKENDS is not set"):
+            lb.Settings.from_env({})
+
+    @pytest.mark.parametrize("value", ["", "  ", ",", "http://a:1,,http://b:2"])
+    def test_empty_backend_list_or_entry(self, value):
+        message = env_error(LB_BACKENDS=value)
+        assert "LB_BACKENDS" in message and "empty" in message
+
+    @pytest.mark.parametrize("value, fragment", [
+        ("127.0.0.1:8001", "no scheme"),
+        ("http://", "no host"),
+        ("gopher://h:70", "scheme 'gopher'"),
+        ("http://a:1, http://A:1/", "listed twice"),
+        ("http://a:80, http://a", "listed twice"),
+        ("http://a:1 weight=0", "not a positive integer"),
+        ("http://a:1 weight=-2", "not a positive integer"),
+        ("http://a:1 weight=x", "not a positive integer"),
+        ("http://a:1 weight=1.5", "not a positive integer"),
+        ("http://a:1 wieght=2", "unknown option"),
+    ])
+    def test_bad_backend(self, value, fragment):
+        message = env_error(LB_BACKENDS=value)
+        assert message.startswith(f"LB_BACKENDS has value {value!r}") and fragment in message
+
+    def test_unknown_policy(self):
+        assert env_error(LB_POLICY="fastest").startswith("LB_POLICY has value 'fastest': unknown policy")
+
+    @pytest.mark.parametrize("name", ["LB_MAX_FAILS", "LB_RETRIES"])
+    @pytest.mark.parametrize("value, reason", [
+        ("x", "not an integer"), ("-1", "must not be negative"), ("2.5", "not an integer")])
+    def test_bad_counts(self, name, value, reason):
+        assert env_error(**{name: value}) == f"{name} has value {value!r}: {reason}"
+
+    @pytest.mark.parametrize("name", ["LB_FAIL_TIMEOUT", "LB_MAX_EJECTION_TIME",
+                                      "LB_CONNECT_TIMEOUT", "LB_READ_TIMEOUT"])
+    @pytest.mark.parametrize("value", ["soon", "-1", "-5s", "10m", "nan", "inf", "0"])
+    def test_bad_durations(self, name, value):
+        assert env_error(**{name: value}).startswith(f"{name} has value {value!r}:")
+
+    def test_ejection_cap_below_base(self):
+        message = env_error(LB_FAIL_TIMEOUT="30", LB_MAX_EJECTION_TIME="10")
+        assert "max_ejection_time" in message and "fail_timeout" in message
+
+    @pytest.mark.parametrize("value", ["10.0.0.0/33", "not-an-ip", "10.0.0.0/8, 300.1.1.1"])
+    def test_bad_cidr(self, value):
+        message = env_error(LB_TRUSTED_PROXIES=value)
+        assert message.startswith(f"LB_TRUSTED_PROXIES has value {value!r}") and "CIDR" in message
+
+    @pytest.mark.parametrize("value", ["600", "abc", "50x"])
+    def test_bad_fail_statuses(self, value):
+        assert "not an HTTP status" in env_error(LB_FAIL_STATUSES=value)
+
+    @pytest.mark.parametrize("value", ["ip", "header:", "cookie", "query:x"])
+    def test_bad_hash_key(self, value):
+        assert env_error(LB_HASH_KEY=value).startswith(f"LB_HASH_KEY has value {value!r}")
+
+    def test_unknown_variable_is_a_probable_typo(self):
+        message = env_error(LB_MAX_FAIL="3")
+        assert "LB_MAX_FAIL is not a known setting" in message
+        assert "did you mean LB_MAX_FAILS?" in message
+
+
+class TestKeywords:
+    def test_keyword_errors_name_the_argument(self):
+        with pytest.raises(lb.ConfigError, match="max_fails has value 'x': not an integer"):
+            lb.Balancer(["http://a:1"], max_fails="x")
+        with pytest.raises(lb.ConfigError, match="policy has value 'nope'"):
+            lb.Balancer(["http://a:1"], policy="nope")
+        with pytest.raises(lb.ConfigError, match="backends is required"):
+            lb.Balancer([])
+        with pytest.raises(TypeError):
+            lb.Balancer(["http://a:1"], max_fail=3)
+
+    def test_config_error_is_a_value_error_and_lb_error(self):
+        assert issubclass(lb.ConfigError, ValueError) and issubclass(lb.ConfigError, lb.LBError)
+        assert issubclass(lb.NoHealthyBackend, lb.LBError)
+
+    def test_settings_are_immutable_and_replace_validates(self):
+        settings = lb.Settings(backends=["http://a:1"])
+        with pytest.raises(Exception):
+            settings.max_fails = 1
+        assert settings.replace(max_fails="7").max_fails == 7
+        with pytest.raises(lb.ConfigError):
+            settings.replace(retries=-1)
+
+    def test_balancer_from_env(self):
+        pool = lb.Balancer.from_env({"LB_BACKENDS": "http://a:1, http://b:2", "LB_POLICY": "random"})
+        assert pool.policy == "random"
+        assert [b.url for b in pool.backends] == ["http://a:1", "http://b:2"]
+
+    def test_describe_lists_every_variable(self):
+        names = [row[0] for row in lb.Settings.describe()]
+        assert names == ["LB_BACKENDS", "LB_POLICY", "LB_MAX_FAILS", "LB_FAIL_TIMEOUT",
+                         "LB_MAX_EJECTION_TIME", "LB_FAIL_STATUSES", "LB_RETRIES",
+                         "LB_CONNECT_TIMEOUT", "LB_READ_TIMEOUT", "LB_TRUSTED_PROXIES",
+                         "LB_HASH_KEY"]
+
+
+@pytest.mark.parametrize("text, seconds", [
+    ("1.5", 1.5), ("10s", 10.0), ("250ms", 0.25), (" 2 s ", 2.0), (3, 3.0), ("1e-3", 0.001)])
+def test_durations(text, seconds):
+    assert parse_duration(text) == pytest.approx(seconds)
