@@ -1,0 +1,185 @@
+"""Balancer as a whole: membership changes, stats, attempt, release, concurrency."""
+
+import asyncio
+import random
+import threading
+from collections import Counter
+
+import pytest
+
+import lbmiddleware as lb
+
+A, B, C, D = "http://a:1", "http://b:1", "http://c:1", "http://d:1"
+
+
+def by_url(pool):
+    return {s["url"]: s for s in pool.stats()}
+
+
+class TestUpdate:
+    def test_staying_backends_keep_live_state(self, clock):
+        pool = lb.Balancer([A, B, C], policy="latency", timer=clock, rng=random.Random(0))
+        for url in (A, B):
+            backend = pool.pick(exclude=[lb.Backend(u) for u in (A, B, C) if u != url])
+            pool.report(backend, ok=False)
+        held = pool.pick(exclude=[lb.Backend(B), lb.Backend(C)])
+        before = by_url(pool)[A]
+        pool.update([lb.Backend(A, 4), C, D])
+        after = by_url(pool)
+        assert list(after) == [A, C, D]
+        assert after[A]["weight"] == 4
+        for field in ("in_flight", "requests", "failures", "consecutive_failures", "latency"):
+            assert after[A][field] == before[field]
+        assert after[D]["requests"] == 0
+        pool.report(held)
+        assert by_url(pool)[A]["in_flight"] == 0
+
+    def test_removed_backend_finishes_in_flight_and_is_not_picked(self):
+        pool = lb.Balancer([A, B], rng=random.Random(0))
+        held = [pool.pick() for _ in range(4)]
+        pool.update([B])
+        assert {pool.pick().url for _ in range(10)} == {B}
+        for backend in held:
+            pool.report(backend, ok=False)      # late reports of the removed one: no error
+        assert by_url(pool)[B]["in_flight"] == 10
+
+    def test_removed_then_readded_while_in_flight_keeps_counts(self):
+        pool = lb.Balancer([A, B])
+        held = pool.pick()
+        assert held.url == A
+        pool.update([B])
+        pool.update([A, B])
+        assert by_url(pool)[A]["in_flight"] == 1
+        pool.report(held)
+        assert by_url(pool)[A]["in_flight"] == 0
+
+    def test_empty_update_then_no_healthy_backend(self):
+        pool = lb.Balancer([A])
+        pool.update([])
+        with pytest.raises(lb.NoHealthyBackend, match="no backends"):
+            pool.pick()
+        pool.update([B])
+        assert pool.pick().url == B
+
+    def test_update_rejects_bad_input(self):
+        pool = lb.Balancer([A])
+        with pytest.raises(lb.ConfigError, match="listed twice"):
+            pool.update([A, "http://A:1/"])
+        assert [b.url for b in pool.backends] == [A]
+
+    def test_update_while_other_threads_pick(self):
+        pool = lb.Balancer([A, B, C], policy="least_conn")
+        stop = threading.Event()
+        errors = []
+
+        def worker():
+            try:
+                while not stop.is_set():
+                    backend = pool.pick()
+                    pool.report(backend)
+            except Exception as exc:   # pragma: no cover - recorded for the assertion
+                errors.append(exc)
+
+        threads = [threading.Thread(target=worker) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for i in range(200):
+            pool.update([A, B, C] if i % 2 else [B, D])
+        stop.set()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        assert all(s["in_flight"] == 0 for s in pool.stats())
+
+
+class TestAttemptAndStats:
+    def test_stats_fields(self, clock):
+        pool = lb.Balancer([A], timer=clock)
+        backend = pool.pick()
+        pool.report(backend, ok=True, latency=0.25)
+        (row,) = pool.stats()
+        assert row == {"url": A, "weight": 1, "state": "healthy", "ejected_until": None,
+                       "in_flight": 0, "requests": 1, "failures": 0, "consecutive_failures": 0,
+                       "ejections": 0, "latency": 0.25}
+
+    def test_attempt_reports_latency_from_the_timer(self, clock):
+        pool = lb.Balancer([A], timer=clock)
+        with pool.attempt() as backend:
+            assert backend.url == A
+            assert by_url(pool)[A]["in_flight"] == 1
+            clock.advance(0.5)
+        assert by_url(pool)[A]["latency"] == 0.5
+        assert by_url(pool)[A]["requests"] == 1
+
+    def test_cancelled_attempt_has_no_outcome(self):
+        pool = lb.Balancer([A])
+        with pytest.raises(KeyboardInterrupt):
+            with pool.attempt():
+                raise KeyboardInterrupt
+        row = by_url(pool)[A]
+        assert (row["in_flight"], row["requests"], row["failures"]) == (0, 0, 0)
+
+    def test_release(self):
+        pool = lb.Balancer([A])
+        pool.release(pool.pick())
+        assert by_url(pool)[A]["in_flight"] == 0 and by_url(pool)[A]["requests"] == 0
+
+    def test_report_of_a_never_known_backend_is_ignored(self):
+        pool = lb.Balancer([A])
+        pool.report(lb.Backend("http://elsewhere:1"), ok=False)
+        assert by_url(pool)[A]["failures"] == 0
+
+    def test_repr(self):
+        assert repr(lb.Balancer([A], policy="random")) == "<Balancer policy='random' backends=['http://a:1']>"
+
+
+@pytest.mark.parametrize("policy", lb.POLICIES)
+def test_many_threads_exact_totals(policy):
+    """8 threads x 20,000 pick/report pairs: exact totals, nothing left in flight."""
+    backends = [lb.Backend(A, 5), lb.Backend(B, 3), lb.Backend(C, 2)]
+    pool = lb.Balancer(backends, policy=policy, rng=random.Random(1))
+    threads, per_thread = 8, 20000
+    counts = [Counter() for _ in range(threads)]
+    start = threading.Barrier(threads)
+
+    def worker(n):
+        start.wait()
+        seen = counts[n]
+        pick, report = pool.pick, pool.report
+        for i in range(per_thread):
+            backend = pick(key=f"k{n}.{i}")
+            seen[backend.url] += 1
+            report(backend, ok=True, latency=0.001)
+
+    workers = [threading.Thread(target=worker, args=(n,)) for n in range(threads)]
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join()
+    total = sum(counts, Counter())
+    stats = by_url(pool)
+    assert sum(total.values()) == threads * per_thread
+    assert sum(s["requests"] for s in stats.values()) == threads * per_thread
+    assert all(s["in_flight"] == 0 for s in stats.values())
+    for url, seen in total.items():
+        assert stats[url]["requests"] == seen
+    if policy == "round_robin":
+        # Smooth WRR keeps its exact proportions: every pick is one step of the sequence.
+        n = threads * per_thread // 10
+        assert (total[A], total[B], total[C]) == (5 * n, 3 * n, 2 * n)
+
+
+def test_shared_by_asyncio_tasks():
+    pool = lb.Balancer([A, B, C], policy="least_conn")
+
+    async def call(i):
+        with pool.attempt() as backend:
+            await asyncio.sleep(0)
+            return backend.url
+
+    async def main():
+        return await asyncio.gather(*(call(i) for i in range(300)))
+
+    seen = Counter(asyncio.run(main()))
+    assert seen == {A: 100, B: 100, C: 100}
+    assert all(s["in_flight"] == 0 for s in pool.stats())
