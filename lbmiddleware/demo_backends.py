@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import signal
 import sys
@@ -173,7 +174,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             loop.add_signal_handler(signum, stop.set)
         if args.until_stdin_closes:
             def watch_stdin() -> None:
-                while sys.stdin.buffer.read(4096):
+                # os.read, not sys.stdin: a daemon thread blocked in a buffered read would
+                # hold the buffer's lock at interpreter shutdown.
+                while os.read(0, 4096):
                     pass
                 loop.call_soon_threadsafe(stop.set)
             threading.Thread(target=watch_stdin, daemon=True).start()

@@ -1,0 +1,542 @@
+"""``python -m lbmiddleware demo``: every policy at work in front of three real backends.
+
+The demo starts three backends on 127.0.0.1 (:mod:`lbmiddleware.demo_backends`: one fast,
+one slow, one that fails now and then), each in its own process, and the gateway (the ASGI
+middleware under uvicorn) in front of them. For each policy it sends a few thousand GET
+requests from many concurrent connections and client addresses (``X-Forwarded-For`` from a
+trusted proxy, so ``ip_hash`` has keys to stick to), kills the failing backend halfway, and
+prints what the clients saw: each backend's share, p50/p99 latency, errors, failed attempts
+and ejections. Every GET failure is retried on another backend, so the clients see no
+errors, also after the kill. Everything it starts is stopped when it ends, also on Ctrl-C.
+
+Options: ``--requests N`` per policy, ``--policies latency,ip_hash``, ``--concurrency N``,
+``--backends-only`` (start the three backends, print ``LB_BACKENDS=...`` and wait).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import os
+import selectors
+import socket
+import subprocess
+import sys
+import threading
+import time
+from typing import Callable, Sequence, TextIO
+
+from .balancer import Balancer
+from .config import POLICIES, POLICY_ALIASES
+from .demo_backends import FLAKY_FAILURE_RATE, SLOW_DELAY
+
+__all__ = ["main", "run_demo", "PolicyResult", "format_policy", "format_summary", "Progress"]
+
+DEFAULT_REQUESTS = 2000          # per policy
+DEFAULT_CONCURRENCY = 16         # client connections
+CLIENT_ADDRESSES = [f"198.51.100.{i}" for i in range(1, 255)]   # a documentation range
+DEMO_SETTINGS = {                # the gateway's settings, shown in the demo's header
+    "max_fails": 3, "fail_timeout": 2.0, "retries": 2,
+    "connect_timeout": 1.0, "read_timeout": 5.0, "trusted_proxies": ["127.0.0.1/32"],
+}
+REQUEST_TIMEOUT = 10.0           # seconds: a client request that takes longer is an error
+POLICY_DEADLINE = 40.0           # seconds: a policy's run stops sending after this
+STARTUP_TIMEOUT = 15.0           # seconds: backends and gateway must be listening by then
+
+logger = logging.getLogger("lbmiddleware")
+
+
+# -- the backends: one child process per backend, so the flaky one can really be killed ----
+
+class BackendProcess:
+    """One demo backend in a child process; it also exits when this process dies (its
+    standard input closes)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.url = ""
+        self._process: subprocess.Popen | None = None
+
+    def start(self) -> "BackendProcess":
+        package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_parent, env.get("PYTHONPATH")]))
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "lbmiddleware.demo_backends", self.name, "--until-stdin-closes"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
+            start_new_session=True)       # Ctrl-C reaches the demo only; it stops the children
+        self.url = self._read_url()
+        return self
+
+    def _read_url(self) -> str:
+        assert self._process is not None and self._process.stdout is not None
+        with selectors.DefaultSelector() as selector:
+            selector.register(self._process.stdout, selectors.EVENT_READ)
+            deadline = time.monotonic() + STARTUP_TIMEOUT
+            while time.monotonic() < deadline:
+                if selector.select(timeout=deadline - time.monotonic()):
+                    line = self._process.stdout.readline().decode()
+                    if not line:
+                        break
+                    name, _, url = line.strip().partition(" ")
+                    if name == self.name:
+                        return url
+        self.stop()
+        raise RuntimeError(f"demo backend {self.name!r} did not start")
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+    def kill(self) -> None:
+        """SIGKILL: the port closes and open connections are reset, like a crashed replica."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+
+    def stop(self) -> None:
+        if self._process is None:
+            return
+        if self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        for stream in (self._process.stdin, self._process.stdout):
+            if stream is not None:
+                stream.close()
+        self._process = None
+
+
+# -- the gateway: the ASGI middleware under uvicorn, in a thread of this process -----------
+
+class Gateway:
+    """The load-balancing proxy on 127.0.0.1 (port chosen by the OS) for one Balancer."""
+
+    def __init__(self, balancer: Balancer) -> None:
+        self.balancer = balancer
+        self.port = 0
+        self._server = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> "Gateway":
+        import uvicorn
+
+        from .asgi import LoadBalancerMiddleware
+
+        app = LoadBalancerMiddleware(None, balancer=self.balancer)
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(app, log_config=None, log_level="warning", access_log=False,
+                                lifespan="off", backlog=1024)
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
+                                        name="demo-gateway", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while not self._server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                self.stop()
+                raise RuntimeError("the demo gateway did not start")
+            time.sleep(0.01)
+        sock.close()      # uvicorn listens on its own duplicate
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None and self._thread is not None:
+            self._server.should_exit = True
+            self._thread.join(timeout=10)
+        self._server = self._thread = None
+
+
+# -- the clients: concurrent keep-alive connections sending GETs, timed one by one ---------
+
+@dataclasses.dataclass
+class Sample:
+    """One client request as the client saw it."""
+    client: str
+    status: int                  # 0: no response (connection error or timeout)
+    backend: str                 # the X-Backend header of the answer, "" if none
+    latency: float               # seconds, send to last byte
+    after_kill: bool
+
+
+class _Run:
+    """Shared state of the concurrent clients of one policy run."""
+
+    def __init__(self, total: int, kill_at: int, kill: Callable[[], None]) -> None:
+        self.total = total
+        self.kill_at = kill_at
+        self._kill = kill
+        self.issued = 0
+        self.samples: list[Sample] = []
+        self.killed_at: float | None = None
+        self.deadline = time.monotonic() + POLICY_DEADLINE
+
+    def next_index(self) -> int | None:
+        if self.issued >= self.total or time.monotonic() > self.deadline:
+            return None
+        self.issued += 1
+        return self.issued - 1
+
+    def record(self, sample: Sample) -> None:
+        self.samples.append(sample)
+        if self.killed_at is None and len(self.samples) >= self.kill_at:
+            self._kill()
+            self.killed_at = time.monotonic()
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, str, bool]:
+    """Read one response; returns (status, X-Backend, keep-alive)."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head[9:12])
+    length, chunked, backend, keep = 0, False, "", True
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        name, value = name.strip().lower(), value.strip()
+        if name == b"content-length":
+            length = int(value)
+        elif name == b"transfer-encoding":
+            chunked = b"chunked" in value.lower()
+        elif name == b"x-backend":
+            backend = value.decode("latin-1")
+        elif name == b"connection":
+            keep = value.lower() != b"close"
+    if chunked:
+        while True:
+            size = int((await reader.readline()).split(b";")[0].strip() or b"0", 16)
+            await reader.readexactly(size + 2) if size else await reader.readline()
+            if not size:
+                break
+    elif length:
+        await reader.readexactly(length)
+    return status, backend, keep
+
+
+async def _client(port: int, run: _Run, offset: int) -> None:
+    reader = writer = None
+    try:
+        while (index := run.next_index()) is not None:
+            client = CLIENT_ADDRESSES[(index * 7 + offset) % len(CLIENT_ADDRESSES)]
+            request = (f"GET /demo/items/{index}?client={client} HTTP/1.1\r\n"
+                       f"Host: demo.gateway\r\nX-Forwarded-For: {client}\r\n\r\n").encode()
+            after_kill = run.killed_at is not None
+            start = time.perf_counter()
+            try:
+                if writer is None:
+                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(request)
+                status, backend, keep = await asyncio.wait_for(_read_response(reader),
+                                                               REQUEST_TIMEOUT)
+            except (OSError, EOFError, ValueError, asyncio.TimeoutError,
+                    asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+                status, backend, keep = 0, "", False
+            run.record(Sample(client, status, backend, time.perf_counter() - start, after_kill))
+            if not keep and writer is not None:
+                writer.close()
+                reader = writer = None
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+async def _drive(port: int, run: _Run, concurrency: int, progress: "Progress") -> None:
+    async def tick() -> None:
+        while True:
+            progress.update(len(run.samples))
+            await asyncio.sleep(0.1)
+
+    ticker = asyncio.create_task(tick())
+    try:
+        await asyncio.gather(*(_client(port, run, i) for i in range(concurrency)))
+    finally:
+        ticker.cancel()
+        progress.update(len(run.samples))
+
+
+# -- one policy ----------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class BackendRow:
+    name: str
+    served: int
+    p50: float | None
+    p99: float | None
+    failures: int                # failed attempts seen by the gateway
+    ejections: int
+    state: str
+
+
+@dataclasses.dataclass
+class PolicyResult:
+    policy: str
+    requests: int
+    seconds: float
+    errors: int
+    errors_after_kill: int
+    requests_after_kill: int
+    p50: float | None
+    p99: float | None
+    rows: list[BackendRow]
+    sticky: tuple[int, int, int] | None = None   # ip_hash: (kept, clients of fast/slow, flaky's)
+
+
+def _percentile(values: list[float], fraction: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def _sticky(samples: list[Sample], home: dict[str, str], flaky: str) -> tuple[int, int, int]:
+    """For ip_hash: (clients of a healthy backend whose every answer came from it, clients of
+    a healthy backend, clients of the flaky one); ``home`` maps a client to its backend."""
+    seen: dict[str, set[str]] = {}
+    for sample in samples:
+        if sample.backend:
+            seen.setdefault(sample.client, set()).add(sample.backend)
+    steady = [client for client in seen if home[client] != flaky]
+    kept = sum(1 for client in steady if seen[client] == {home[client]})
+    return kept, len(steady), len(seen) - len(steady)
+
+
+def _homes(backends: Sequence[BackendProcess]) -> dict[str, str]:
+    """Each client address's backend under ip_hash with every backend healthy (the hash is
+    stable, so a fresh Balancer maps a key exactly as the gateway's does)."""
+    reference = Balancer([b.url for b in backends], policy="ip_hash")
+    names = {backend.url: name for backend, name in
+             zip(reference.settings.backends, (b.name for b in backends))}
+    homes = {}
+    for client in CLIENT_ADDRESSES:
+        chosen = reference.pick(key=client)
+        reference.release(chosen)
+        homes[client] = names[chosen.url]
+    return homes
+
+
+def run_policy(policy: str, steady: Sequence[BackendProcess], requests: int, concurrency: int,
+               progress: "Progress") -> PolicyResult:
+    """One run: a fresh flaky backend and gateway, ``requests`` GETs, the kill halfway."""
+    flaky = BackendProcess("flaky").start()
+    gateway = None
+    try:
+        backends = [*steady, flaky]
+        balancer = Balancer([b.url for b in backends], policy=policy, **DEMO_SETTINGS)
+        gateway = Gateway(balancer).start()
+        run = _Run(requests, kill_at=requests // 2, kill=flaky.kill)
+        progress.start(policy, requests)
+        start = time.monotonic()
+        asyncio.run(_drive(gateway.port, run, concurrency, progress))
+        seconds = time.monotonic() - start
+        progress.finish()
+        stats = {row["url"]: row for row in balancer.stats()}
+    finally:
+        if gateway is not None:
+            gateway.stop()
+        flaky.stop()
+    samples = run.samples
+    rows = []
+    for backend in backends:
+        mine = [s.latency for s in samples if s.backend == backend.name and s.status < 500]
+        row = stats[balancer.settings.backends[backends.index(backend)].url]
+        state = row["state"] + (" (killed)" if backend is flaky else "")
+        rows.append(BackendRow(backend.name, len(mine), _percentile(mine, 0.5),
+                               _percentile(mine, 0.99), row["failures"], row["ejections"], state))
+    errors = [s for s in samples if not 200 <= s.status < 400]
+    after = [s for s in samples if s.after_kill]
+    latencies = [s.latency for s in samples]
+    return PolicyResult(
+        policy=policy, requests=len(samples), seconds=seconds, errors=len(errors),
+        errors_after_kill=sum(1 for s in errors if s.after_kill), requests_after_kill=len(after),
+        p50=_percentile(latencies, 0.5), p99=_percentile(latencies, 0.99), rows=rows,
+        sticky=_sticky(samples, _homes(backends), flaky.name) if policy == "ip_hash" else None)
+
+
+# -- output ----------------------------------------------------------------------------------
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.1f}"
+
+
+def format_policy(result: PolicyResult) -> str:
+    """The table of one policy run."""
+    rate = result.requests / result.seconds if result.seconds else 0.0
+    lines = [
+        f"{result.policy}: {result.requests} GET requests in {result.seconds:.1f} s "
+        f"({rate:.0f}/s); client errors: {result.errors} "
+        f"({result.errors_after_kill} of {result.requests_after_kill} after the kill)",
+        f"  {'backend':<8}{'share':>7}{'served':>8}{'p50 ms':>8}{'p99 ms':>8}"
+        f"{'failed':>8}{'ejected':>9}  state",
+    ]
+    for row in result.rows:
+        share = 100.0 * row.served / result.requests if result.requests else 0.0
+        lines.append(f"  {row.name:<8}{share:>6.1f}%{row.served:>8}{_ms(row.p50):>8}"
+                     f"{_ms(row.p99):>8}{row.failures:>8}{row.ejections:>9}  {row.state}")
+    lines.append(f"  {'all':<8}{'':>7}{result.requests:>8}{_ms(result.p50):>8}{_ms(result.p99):>8}")
+    if result.sticky is not None:
+        kept, steady, moved = result.sticky
+        lines.append(f"  sticky: {kept} of {steady} clients of fast and slow stayed on their "
+                     f"backend throughout; flaky's {moved} clients moved when it failed")
+    return "\n".join(lines)
+
+
+def format_summary(results: Sequence[PolicyResult], seconds: float) -> str:
+    """One line per policy, then the verdict on errors."""
+    names = [row.name for row in results[0].rows] if results else []
+    lines = [f"{'summary':<12}" + "".join(f"{name:>7}" for name in names)
+             + f"{'p50 ms':>8}{'p99 ms':>8}{'errors':>8}{'ejected':>9}"]
+    for r in results:
+        shares = "".join(f"{100.0 * row.served / max(r.requests, 1):>6.0f}%" for row in r.rows)
+        lines.append(f"{r.policy:<12}{shares}{_ms(r.p50):>8}{_ms(r.p99):>8}{r.errors:>8}"
+                     f"{sum(row.ejections for row in r.rows):>9}")
+    total = sum(r.requests for r in results)
+    errors = sum(r.errors for r in results)
+    after = sum(r.requests_after_kill for r in results)
+    errors_after = sum(r.errors_after_kill for r in results)
+    lines.append(f"GET errors seen by clients: {errors} of {total} "
+                 f"({errors_after} of {after} after the flaky backend was killed). "
+                 f"Wall time {seconds:.1f} s.")
+    return "\n".join(lines)
+
+
+class Progress:
+    """A one-line progress bar on a terminal (stderr); silent when not a terminal."""
+
+    WIDTH = 30
+
+    def __init__(self, stream: TextIO | None = None, enabled: bool | None = None) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.enabled = self.stream.isatty() if enabled is None else enabled
+        self._label = ""
+        self._total = 1
+
+    def start(self, label: str, total: int) -> None:
+        self._label, self._total = label, max(total, 1)
+        self.update(0)
+
+    def update(self, done: int) -> None:
+        if not self.enabled:
+            return
+        filled = self.WIDTH * min(done, self._total) // self._total
+        bar = "#" * filled + "." * (self.WIDTH - filled)
+        self.stream.write(f"\r  {self._label:<12}[{bar}] {done}/{self._total}")
+        self.stream.flush()
+
+    def finish(self) -> None:
+        if self.enabled:
+            self.stream.write("\r" + " " * (self.WIDTH + 40) + "\r")
+            self.stream.flush()
+
+
+def _header(requests: int, concurrency: int, policies: Sequence[str]) -> str:
+    settings = ", ".join(f"{k}={v}" for k, v in DEMO_SETTINGS.items()
+                         if k not in ("trusted_proxies",))
+    return (
+        "lbmiddleware demo: three backends on 127.0.0.1 (fast; slow: +"
+        f"{SLOW_DELAY * 1000:.0f} ms; flaky: fails {FLAKY_FAILURE_RATE:.0%} of requests with a 503\n"
+        "or a dropped connection), the gateway (ASGI middleware under uvicorn) in front, "
+        f"{requests} GETs per policy\nfrom {concurrency} connections and "
+        f"{len(CLIENT_ADDRESSES)} client addresses (X-Forwarded-For from a trusted proxy). "
+        "Halfway through\neach run the flaky backend is killed (SIGKILL). "
+        f"Gateway: {settings}.\n"
+        "share/served: answers per backend; p50/p99: client latency; failed: failed attempts "
+        "(retried);\nejected: ejections by passive health.\n")
+
+
+class _Quiet(logging.Handler):
+    """Keeps the balancer's ejection log lines off the terminal during the demo."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def run_demo(requests: int = DEFAULT_REQUESTS, policies: Sequence[str] = POLICIES,
+             concurrency: int = DEFAULT_CONCURRENCY, out: TextIO | None = None,
+             progress: Progress | None = None) -> list[PolicyResult]:
+    """Run the demo and print its tables on ``out``; returns the results."""
+    out = out if out is not None else sys.stdout
+    progress = progress if progress is not None else Progress()
+    started = time.monotonic()
+    print(_header(requests, concurrency, policies), file=out, flush=True)
+    quiet = _Quiet()
+    propagate = logger.propagate
+    logger.addHandler(quiet)
+    logger.propagate = False
+    steady: list[BackendProcess] = []
+    results = []
+    try:
+        for name in ("fast", "slow"):
+            steady.append(BackendProcess(name).start())
+        for policy in policies:
+            result = run_policy(policy, steady, requests, concurrency, progress)
+            results.append(result)
+            print(format_policy(result) + "\n", file=out, flush=True)
+    finally:
+        progress.finish()
+        for backend in steady:
+            backend.stop()
+        logger.removeHandler(quiet)
+        logger.propagate = propagate
+    print(format_summary(results, time.monotonic() - started), file=out, flush=True)
+    return results
+
+
+def _policies(text: str) -> list[str]:
+    names = [item.strip().lower() for item in text.split(",") if item.strip()]
+    for name in names:
+        if name not in POLICIES and name not in POLICY_ALIASES:
+            raise argparse.ArgumentTypeError(
+                f"unknown policy {name!r} (expected some of {', '.join(POLICIES)})")
+    return [POLICY_ALIASES.get(name, name) for name in names] or list(POLICIES)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m lbmiddleware demo [--requests N] [--policies a,b] [--backends-only]``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m lbmiddleware demo",
+        description="Start three local backends (fast, slow, flaky) and a gateway, drive GET "
+                    "requests through every policy, kill the flaky backend halfway, and print "
+                    "what the clients saw.")
+    parser.add_argument("--requests", type=_positive, default=DEFAULT_REQUESTS, metavar="N",
+                        help=f"requests per policy (default {DEFAULT_REQUESTS})")
+    parser.add_argument("--policies", type=_policies, default=list(POLICIES), metavar="LIST",
+                        help="comma-separated policies (default: all: " + ",".join(POLICIES) + ")")
+    parser.add_argument("--concurrency", type=_positive, default=DEFAULT_CONCURRENCY, metavar="N",
+                        help=f"concurrent client connections (default {DEFAULT_CONCURRENCY})")
+    parser.add_argument("--backends-only", action="store_true",
+                        help="only start the three backends, print LB_BACKENDS=... and wait "
+                             "(for the examples); Ctrl-C stops them")
+    args = parser.parse_args(argv)
+    if args.backends_only:
+        from . import demo_backends
+        return demo_backends.main([])
+    try:
+        results = run_demo(args.requests, args.policies, args.concurrency)
+    except KeyboardInterrupt:
+        print("\ninterrupted: every backend and the gateway are stopped", file=sys.stderr)
+        return 130
+    return 0 if all(r.errors == 0 for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
