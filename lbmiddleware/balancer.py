@@ -23,6 +23,8 @@ from .state import BackendState, Members
 
 __all__ = ["Balancer"]
 
+_NONE: frozenset = frozenset()
+
 logger = logging.getLogger("lbmiddleware")
 
 
@@ -151,10 +153,11 @@ class Balancer:
         :class:`NoHealthyBackend` when no backend is left to try.
         """
         with self._lock:
-            if self._health.any_ejected and self._health.expire(self._timer()):
+            health = self._health
+            if health.any_ejected and health.expire(self._timer()):
                 self._refresh()
             members = self._all if self._panic else self._healthy
-            excluded = self._exclude_states(exclude, members) if exclude else ()
+            excluded = self._exclude_states(exclude, members) if exclude else _NONE
             if len(excluded) >= len(members):
                 if not self._states:
                     raise NoHealthyBackend("the pool has no backends")
@@ -187,7 +190,9 @@ class Balancer:
             now = self._timer()
             state.requests += 1
             if ok:
-                self._health.success(state, now)
+                state.consecutive_failures = 0
+                if state.probation:
+                    self._health.success(state, now)
                 if latency is not None:
                     self._load.observe(state, latency, now)
             else:
@@ -202,15 +207,17 @@ class Balancer:
 
     def _finish(self, backend: Backend) -> BackendState | None:
         url = backend.url
-        state = self._states.get(url) or self._retired.get(url)
+        state = self._states.get(url)
         if state is None:
-            return None       # removed, and its last request already ended
+            state = self._retired.get(url)
+            if state is None:
+                return None       # removed, and its last request already ended
         if state.in_flight > 0:
             state.in_flight -= 1
             state.load_version += 1
             self._policy.finished(state)
-        if not state.in_flight and url in self._retired:
-            del self._retired[url]
+            if not state.in_flight and url in self._retired:
+                del self._retired[url]
         return state
 
     @contextlib.contextmanager

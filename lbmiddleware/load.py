@@ -42,12 +42,15 @@ class PeakEwma:
 
     def observe(self, state: BackendState, sample: float, now: float) -> None:
         """Fold one sample (seconds) into the estimate."""
-        current = self.estimate(state, now)
-        if state.rtt is None or sample > current:
+        if state.rtt is None:
             state.rtt = sample
         else:
-            weight = math.exp(-max(now - state.rtt_stamp, 0.0) / self.tau)
-            state.rtt = state.rtt * weight + sample * (1.0 - weight)
+            elapsed = now - state.rtt_stamp
+            decay = math.exp(-elapsed / self.tau) if elapsed > 0 else 1.0
+            if sample > state.rtt * decay:
+                state.rtt = sample                              # the peak, at once
+            else:
+                state.rtt = state.rtt * decay + sample * (1.0 - decay)
         state.rtt_stamp = now
 
     def cost(self, state: BackendState, now: float) -> float:

@@ -194,13 +194,14 @@ class IPHash(Policy):
         digest = stable_hash(key)
         slot = digest % size
         state = states[table[slot]]
-        if state in members and state not in exclude:
+        eligible = members.set
+        if state in eligible and state not in exclude:
             return state
         skip = (digest >> 32) % (size - 1) + 1
         for _ in range(self.max_probes):
             slot = (slot + skip) % size
             state = states[table[slot]]
-            if state in members and state not in exclude:
+            if state in eligible and state not in exclude:
                 return state
         # Almost every member is out: a stable choice among those left.
         candidates = [s for s in members.states if s not in exclude]
@@ -253,18 +254,15 @@ class LeastConnections(Policy):
         super().__init__(rng, timer, load)
         self._generation = -1
         self._heap: list[tuple] = []
-        self._passes: dict[int, float] = {}   # id(state) -> virtual time of its next turn
+        self._passes: dict[BackendState, float] = {}   # virtual time of each one's next turn
         self._virtual_time = 0.0
         self._sequence = itertools.count()
         self._size = 0
 
     def _entry(self, state: BackendState) -> tuple:
-        turn = self._passes.get(id(state), self._virtual_time)
+        turn = self._passes.get(state, self._virtual_time)
         return (state.in_flight / state.weight, turn, next(self._sequence),
                 state.load_version, state)
-
-    def _push(self, state: BackendState) -> None:
-        heapq.heappush(self._heap, self._entry(state))
 
     def _rebuild(self, members: Members) -> None:
         self._heap = [self._entry(s) for s in members.states]
@@ -273,33 +271,44 @@ class LeastConnections(Policy):
         self._size = len(members)
 
     def membership_changed(self, states: Sequence[BackendState]) -> None:
-        keep = {id(s) for s in states}
-        self._passes = {k: v for k, v in self._passes.items() if k in keep}
+        self._passes = {s: self._passes[s] for s in states if s in self._passes}
 
     def started(self, state: BackendState) -> None:
-        turn = max(self._passes.get(id(state), self._virtual_time), self._virtual_time)
+        passes = self._passes
+        turn = passes.get(state, 0.0)
+        if turn < self._virtual_time:
+            turn = self._virtual_time
         self._virtual_time = turn
-        self._passes[id(state)] = turn + 1.0 / state.weight
-        self._push(state)
+        weight = state.weight
+        passes[state] = next_turn = turn + 1.0 / weight
+        entry = (state.in_flight / weight, next_turn, next(self._sequence), state.load_version, state)
+        heap = self._heap
+        if heap and heap[0][4] is state:
+            heapq.heapreplace(heap, entry)     # its old entry was on top: replace in one step
+        else:
+            heapq.heappush(heap, entry)
 
     def finished(self, state: BackendState) -> None:
-        self._push(state)
-        if len(self._heap) > 4 * self._size + 64:
+        heap = self._heap
+        heapq.heappush(heap, (state.in_flight / state.weight, self._passes.get(state, 0.0),
+                              next(self._sequence), state.load_version, state))
+        if len(heap) > 4 * self._size + 64:
             self._generation = -1       # too many stale entries: rebuild on the next pick
 
     def pick(self, members: Members, key: str | None, exclude: Exclude) -> BackendState:
         if members.generation != self._generation:
             self._rebuild(members)
         heap = self._heap
+        eligible = members.set
         set_aside = []
         chosen = None
         while heap:
             entry = heap[0]
             state = entry[4]
-            if entry[3] != state.load_version or state not in members:
+            if entry[3] != state.load_version or state not in eligible:
                 heapq.heappop(heap)      # stale, or not eligible any more
                 continue
-            if state in exclude:
+            if exclude and state in exclude:
                 set_aside.append(heapq.heappop(heap))
                 continue
             chosen = state
@@ -309,7 +318,7 @@ class LeastConnections(Policy):
         if chosen is None:               # every live entry excluded or dropped: rebuild
             self._rebuild(members)
             chosen = min((s for s in members.states if s not in exclude),
-                         key=lambda s: (s.in_flight / s.weight, self._passes.get(id(s), 0.0)))
+                         key=lambda s: (s.in_flight / s.weight, self._passes.get(s, 0.0)))
         return chosen
 
 

@@ -43,16 +43,16 @@ class Members:
     from a snapshot (a weight table, a schedule) and rebuild only when it must.
     """
 
-    __slots__ = ("states", "ids", "generation", "total_weight")
+    __slots__ = ("states", "set", "generation", "total_weight")
 
     def __init__(self, states: tuple[BackendState, ...], generation: int) -> None:
         self.states = states
-        self.ids = frozenset(map(id, states))
+        self.set = frozenset(states)     # BackendState hashes by identity
         self.generation = generation
         self.total_weight = sum(s.weight for s in states)
 
     def __contains__(self, state: BackendState) -> bool:
-        return id(state) in self.ids
+        return state in self.set
 
     def __len__(self) -> int:
         return len(self.states)
