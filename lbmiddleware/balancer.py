@@ -106,10 +106,11 @@ class Balancer:
         (every pick then raises :class:`NoHealthyBackend`).
         """
         new = parse_backends(backends, allow_empty=True)
+        prepared = self._policy.prepare(new)      # slow part (a hash table) outside the lock
         with self._lock:
-            self._apply_membership(new)
+            self._apply_membership(new, prepared)
 
-    def _apply_membership(self, backends: tuple[Backend, ...]) -> None:
+    def _apply_membership(self, backends: tuple[Backend, ...], prepared: Any = None) -> None:
         old = self._states
         states: dict[str, BackendState] = {}
         for backend in backends:
@@ -127,7 +128,7 @@ class Balancer:
                 if state.in_flight:
                     self._retired[url] = state
         self._states = states
-        self._policy.membership_changed(tuple(states.values()))
+        self._policy.membership_changed(tuple(states.values()), prepared)
         self._refresh()
 
     def _refresh(self) -> None:

@@ -12,8 +12,9 @@ import bisect
 import heapq
 import itertools
 import random
-from typing import Callable, Collection, Sequence
+from typing import Any, Callable, Collection, Sequence
 
+from .backend import Backend
 from .hashing import DEFAULT_TABLE_SIZE, maglev_table, stable_hash
 from .load import PeakEwma
 from .state import BackendState, Members
@@ -48,7 +49,12 @@ class Policy:
     def finished(self, state: BackendState) -> None:
         """A request to ``state`` ended (its in_flight was decremented)."""
 
-    def membership_changed(self, states: Sequence[BackendState]) -> None:
+    def prepare(self, backends: Sequence[Backend]) -> Any:
+        """Work that depends only on the new membership, done outside the balancer's lock
+        (a hash table, say); its result is passed to :meth:`membership_changed`."""
+        return None
+
+    def membership_changed(self, states: Sequence[BackendState], prepared: Any = None) -> None:
         """The pool's members (not only the eligible ones) are now ``states``."""
 
     def _weighted_choice(self, members: Members, exclude: Exclude) -> BackendState:
@@ -176,11 +182,17 @@ class IPHash(Policy):
         self._all: tuple[BackendState, ...] = ()
         self._table: list[int] = []
 
-    def membership_changed(self, states: Sequence[BackendState]) -> None:
+    def prepare(self, backends: Sequence[Backend]) -> tuple[tuple[Backend, ...], list[int]]:
+        backends = tuple(backends)
+        return backends, maglev_table([b.url for b in backends], [b.weight for b in backends],
+                                      self.table_size)
+
+    def membership_changed(self, states: Sequence[BackendState], prepared: Any = None) -> None:
         states = tuple(states)
-        if [s.backend for s in states] != [s.backend for s in self._all]:
-            self._table = maglev_table([s.backend.url for s in states],
-                                       [s.weight for s in states], self.table_size)
+        backends = tuple(s.backend for s in states)
+        if prepared is None or prepared[0] != backends:
+            prepared = self.prepare(backends)
+        self._table = prepared[1]
         self._all = states
 
     def lookup(self, key: str) -> BackendState:
@@ -270,7 +282,7 @@ class LeastConnections(Policy):
         self._generation = members.generation
         self._size = len(members)
 
-    def membership_changed(self, states: Sequence[BackendState]) -> None:
+    def membership_changed(self, states: Sequence[BackendState], prepared: Any = None) -> None:
         self._passes = {s: self._passes[s] for s in states if s in self._passes}
 
     def started(self, state: BackendState) -> None:
