@@ -1,0 +1,332 @@
+"""WSGI middleware: requests under a path prefix are reverse-proxied to a pool of backends.
+
+::
+
+    flask_app.wsgi_app = WSGILoadBalancer(flask_app.wsgi_app, prefix="/api",
+                                          backends=["http://10.0.0.1:8080", "http://10.0.0.2:8080"])
+    application = WSGILoadBalancer(None)        # a pure gateway, every setting from LB_*
+
+Each proxied request goes out through :class:`~lbmiddleware.adapter.LoadBalancingAdapter`
+(pooled keep-alive connections per backend, pick / report, retries on another backend as
+``SEMANTICS.md`` says). The adapter is called directly rather than through a
+``requests.Session``: a Session keeps one cookie jar for all clients and reads the body of a
+3xx response to prepare the next hop, and a proxy must do neither.
+
+The rules shared with the ASGI middleware (header rules, client IP and sticky key, safe
+upstream target, error responses) come from :mod:`lbmiddleware.proxy`:
+
+* the request body streams from ``wsgi.input`` in chunks (``Content-Length`` upstream when
+  the client's is known; chunked when the server terminated a chunked body for us); a
+  body of at most ``retry_buffer`` bytes is kept in memory so that it can be replayed;
+* the response streams back in chunks; the upstream response is closed in the iterable's
+  ``close()``, so a client that goes away closes the upstream connection and ends the
+  attempt (in-flight counts return to their value before);
+* hop-by-hop headers never reach the WSGI server (PEP 3333);
+* retries happen only while the response head is awaited: nothing has reached the client;
+* 502 / 503 (+ ``Retry-After``) / 504 when no backend answered; 400 for a request that
+  cannot be forwarded safely; 404 outside the prefix when there is no wrapped app.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import http
+import re
+from typing import Any, Callable, Iterable, Iterator, Mapping
+
+import urllib.parse
+
+import requests
+from requests.structures import CaseInsensitiveDict
+from urllib3.util import SKIP_HEADER
+
+from .adapter import AdapterSettings, LoadBalancingAdapter
+from .balancer import Balancer
+from .config import Settings
+from .errors import ConfigError, NoHealthyBackend
+from .proxy import (
+    TEXT, ClientAddress, ProxySettings, UnsafeRequest, error_response, join_target,
+    match_prefix, quote_path, sticky_key,
+)
+
+__all__ = ["WSGILoadBalancer", "WSGISettings", "CHUNK_SIZE"]
+
+CHUNK_SIZE = 256 * 1024          # bytes per read of a body, each way
+DEFAULT_POOL_MAXSIZE = 32        # kept-alive connections per backend (threaded servers)
+UPSTREAM_ORIGIN = "http://lbmiddleware.upstream"    # replaced by the chosen backend's URL
+
+_NOT_ADDED = ("User-Agent", "Accept-Encoding")
+_FOLDED = re.compile(r"[\r\n]+[ \t]*")
+
+WSGIApp = Callable[[dict, Callable], Iterable[bytes]]
+
+
+@dataclasses.dataclass(frozen=True)
+class WSGISettings(ProxySettings, AdapterSettings):
+    """The core's settings plus the proxy's (``LB_PREFIX``, ``LB_STRIP_PREFIX``,
+    ``LB_PRESERVE_HOST``, ``LB_RETRY_BUFFER``) and ``LB_RETRY_NON_IDEMPOTENT``."""
+
+
+class _ProxiedRequest(requests.PreparedRequest):
+    """A request built by the middleware; carries its sticky key to the adapter."""
+
+    sticky_key: str | None = None
+
+
+class _ProxyAdapter(LoadBalancingAdapter):
+    """The adapter, sending the request target exactly as the middleware built it."""
+
+    def request_url(self, request: requests.PreparedRequest, proxies: Any) -> str:
+        # requests turns a leading "//" into "/" for old urllib3 versions; the target is
+        # already a safe path here (proxy.join_target), so it goes upstream unchanged.
+        return request.path_url
+
+
+class WSGILoadBalancer:
+    """Proxies requests under ``prefix`` to a pool of backends; others go to ``app``.
+
+    ``backends``, ``prefix`` and the other keyword arguments are the fields of
+    :class:`WSGISettings` (``policy``, ``retries``, ``trusted_proxies``, ``hash_key``,
+    ``strip_prefix``, ``preserve_host``, ``connect_timeout``, ...). With no ``backends``
+    (and no ``balancer``) every setting comes from ``LB_*`` variables (``environ`` for
+    tests), keyword arguments winning. ``balancer=`` shares an existing pool; then only
+    the proxy's own settings may be given here. ``verify`` and ``cert`` are passed to
+    requests for ``https`` backends.
+    """
+
+    def __init__(self, app: WSGIApp | None = None, prefix: str | None = None,
+                 backends: Any = None, *, balancer: Balancer | None = None,
+                 environ: Mapping[str, str] | None = None, verify: Any = True, cert: Any = None,
+                 pool_maxsize: int = DEFAULT_POOL_MAXSIZE, chunk_size: int = CHUNK_SIZE,
+                 **options: Any) -> None:
+        if prefix is not None:
+            options["prefix"] = prefix
+        if balancer is not None:
+            settings = _shared_settings(balancer, backends, options)
+        elif backends is not None:
+            settings = WSGISettings(backends=backends, **options)
+        else:
+            settings = WSGISettings.from_env(environ, **options)
+        self.app = app
+        self.settings = settings
+        self.balancer = balancer if balancer is not None else Balancer(settings=settings)
+        self.adapter = _ProxyAdapter(
+            balancer=self.balancer, key_func=_sticky_key_of, pool_maxsize=pool_maxsize,
+            preserve_host=False,                   # Host is set here, from the settings
+            retry_non_idempotent=settings.retry_non_idempotent)
+        self._prefix = settings.prefix
+        self._strip = settings.strip_prefix
+        self._client_address = ClientAddress(settings.trusted_proxies)
+        self._verify = verify
+        self._cert = cert
+        self._chunk_size = chunk_size
+
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        path = match_prefix(self._prefix, environ.get("PATH_INFO") or "/", self._strip)
+        if path is None:
+            if self.app is None:
+                return _error(start_response, 404)
+            return self.app(environ, start_response)
+        try:
+            request = self.upstream_request(environ, path)
+            response = self.adapter.send(request, stream=True, timeout=None,
+                                         verify=self._verify, cert=self._cert, proxies={})
+        except UnsafeRequest as exc:
+            return _error(start_response, 400, str(exc))
+        except _ClientGone:
+            return _error(start_response, 400, "the request body ended early")
+        except NoHealthyBackend:
+            return _error(start_response, 503)
+        except requests.Timeout:
+            return _error(start_response, 504)
+        except requests.RequestException:
+            return _error(start_response, 502)
+        try:
+            status = f"{response.status_code} {response.reason or _reason(response.status_code)}"
+            start_response(status, _response_headers(response))
+        except BaseException:
+            response.close()
+            raise
+        return _ResponseBody(response, self._chunk_size)
+
+    def upstream_request(self, environ: dict, path: str) -> requests.PreparedRequest:
+        """The request to send for ``environ`` (``path``: the part of ``PATH_INFO`` that goes
+        upstream). Raises :class:`~lbmiddleware.proxy.UnsafeRequest` for one that cannot be
+        forwarded safely."""
+        raw = _raw_path(environ, self._prefix, self._strip)
+        target = join_target("", raw if raw is not None else quote_path(path.encode("latin-1")),
+                             environ.get("QUERY_STRING") or None)
+        received = _environ_headers(environ)
+        peer = environ.get("REMOTE_ADDR") or None
+        trusted = self._client_address.is_trusted(peer)
+        headers = TEXT.request_headers(received, peer=peer,
+                                       scheme=environ.get("wsgi.url_scheme", "http"),
+                                       preserve_host=self.settings.preserve_host,
+                                       trusted_peer=trusted)
+        body, length = self._body(environ)
+        if length is not None:
+            headers.append(("Content-Length", str(length)))
+        elif body is None:
+            # wsgiref invents "text/plain" for a request without Content-Type; a request
+            # without a body has no use for one.
+            headers = [(n, v) for n, v in headers if n != "Content-Type"]
+        request = _ProxiedRequest()
+        request.method = environ.get("REQUEST_METHOD", "GET")
+        request.url = UPSTREAM_ORIGIN + target
+        request.headers = CaseInsensitiveDict(headers)
+        for name in _NOT_ADDED:          # urllib3 would add its own if the client sent none
+            request.headers.setdefault(name, SKIP_HEADER)
+        request.body = body
+        if self.settings.policy == "ip_hash":
+            forwarded = [environ["HTTP_X_FORWARDED_FOR"]] if "HTTP_X_FORWARDED_FOR" in environ else []
+            client_ip = self._client_address(peer, forwarded)
+            request.sticky_key = sticky_key(self.settings.hash_key, client_ip, received)
+        return request
+
+    def _body(self, environ: dict) -> tuple[Any, int | None]:
+        """The body to send and its length (``None``: unknown, sent chunked)."""
+        stream = environ.get("wsgi.input")
+        chunked = "HTTP_TRANSFER_ENCODING" in environ
+        if chunked:
+            # Only a server that decoded the chunked body for us can be read to the end;
+            # from any other, Transfer-Encoding (with or without Content-Length) is refused.
+            if not environ.get("wsgi.input_terminated"):
+                raise UnsafeRequest("a chunked request body this server cannot delimit")
+            return _RequestBody(stream, None, self._chunk_size), None
+        text = (environ.get("CONTENT_LENGTH") or "").strip()
+        if not text:
+            return None, None
+        if not text.isdigit():
+            raise UnsafeRequest(f"Content-Length {text[:40]!r} is not a byte count")
+        length = int(text)
+        if length <= self.settings.retry_buffer:
+            return _read_exactly(stream, length), length    # replayable on a retry
+        return _RequestBody(stream, length, self._chunk_size), length
+
+    def __repr__(self) -> str:
+        return f"<WSGILoadBalancer prefix={self._prefix!r} {self.balancer!r}>"
+
+
+# -- the pieces of one request ----------------------------------------------------------------
+
+class _ClientGone(Exception):
+    """The client's request body ended before its Content-Length (not the backend's fault;
+    deliberately not an OSError, so the HTTP client does not count it against the backend)."""
+
+
+def _read_exactly(stream: Any, length: int) -> bytes:
+    chunks, remaining = [], length
+    while remaining > 0:
+        try:
+            chunk = stream.read(remaining)
+        except OSError:
+            raise _ClientGone() from None
+        if not chunk:
+            raise _ClientGone()
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
+
+
+class _RequestBody:
+    """``wsgi.input`` as an iterable of chunks; ``length`` bytes, or to the end when ``None``."""
+
+    def __init__(self, stream: Any, length: int | None, chunk_size: int) -> None:
+        self._stream = stream
+        self._length = length
+        self._chunk_size = chunk_size
+
+    def __iter__(self) -> Iterator[bytes]:
+        remaining = self._length
+        while remaining is None or remaining > 0:
+            size = self._chunk_size if remaining is None else min(self._chunk_size, remaining)
+            try:
+                chunk = self._stream.read(size)
+            except OSError:
+                raise _ClientGone() from None
+            if not chunk:
+                if remaining is None:
+                    return
+                raise _ClientGone()
+            if remaining is not None:
+                remaining -= len(chunk)
+            yield chunk
+
+
+class _ResponseBody:
+    """The upstream body as the WSGI response iterable; ``close()`` closes the upstream
+    response (its connection too when the body was not read to the end)."""
+
+    def __init__(self, response: requests.Response, chunk_size: int) -> None:
+        self._response = response
+        self._chunks = response.raw.stream(chunk_size, decode_content=False)
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self._chunks
+
+    def close(self) -> None:
+        self._response.close()
+
+
+def _raw_path(environ: Mapping[str, Any], prefix: str, strip: bool) -> str | None:
+    """The request's path as the client spelled it (``%2F`` and all), from ``RAW_URI``
+    (gunicorn) or ``REQUEST_URI`` (uWSGI, mod_wsgi), when it agrees with ``PATH_INFO``;
+    ``None`` otherwise (then the decoded ``PATH_INFO`` is encoded again)."""
+    raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+    if not raw or environ.get("SCRIPT_NAME") or not raw.startswith("/"):
+        return None
+    raw = raw.partition("?")[0]
+    if urllib.parse.unquote(raw, "latin-1") != environ.get("PATH_INFO"):
+        return None
+    if strip and prefix != "/":
+        if not raw.startswith(prefix):
+            return None
+        raw = raw[len(prefix):] or "/"
+    return raw
+
+
+def _sticky_key_of(request: requests.PreparedRequest) -> str | None:
+    return getattr(request, "sticky_key", None)
+
+
+def _environ_headers(environ: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The client's request headers from a WSGI environ (``HTTP_*`` and ``CONTENT_TYPE``)."""
+    headers = []
+    for key, value in environ.items():
+        if key.startswith("HTTP_"):
+            headers.append((key[5:].replace("_", "-").title(), value))
+        elif key == "CONTENT_TYPE" and value:
+            headers.append(("Content-Type", value))
+    return headers
+
+
+def _response_headers(response: requests.Response) -> list[tuple[str, str]]:
+    """The upstream's headers for the WSGI server: hop-by-hop ones dropped (PEP 3333),
+    repeated ones (``Set-Cookie``) kept, folded lines unfolded."""
+    headers = TEXT.response_headers(list(response.raw.headers.items()))
+    return [(name, _FOLDED.sub(" ", value)) if ("\r" in value or "\n" in value) else (name, value)
+            for name, value in headers]
+
+
+def _reason(status: int) -> str:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"
+
+
+def _error(start_response: Callable, status: int, detail: str | None = None) -> list[bytes]:
+    error = error_response(status, detail)
+    start_response(f"{error.status} {error.reason}", list(error.headers))
+    return [error.body]
+
+
+def _shared_settings(balancer: Balancer, backends: Any, options: dict[str, Any]) -> WSGISettings:
+    """Settings for a middleware on a shared ``balancer``: its core settings, plus the
+    proxy's own given here."""
+    core = {f.name for f in dataclasses.fields(Settings)}
+    clash = sorted(core & set(options)) + (["backends"] if backends is not None else [])
+    if clash:
+        raise ConfigError(f"{', '.join(clash)} given with balancer=: set them on the shared Balancer")
+    inherited = {name: getattr(balancer.settings, name) for name in core}
+    return WSGISettings(**inherited, **options)
