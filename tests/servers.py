@@ -9,6 +9,9 @@
 * ``"close"``: close the connection without a response;
 * ``"truncate"``: send the head and half the promised body, then close.
 
+``redirects`` maps a request path (with query) to a ``Location``: that path answers
+``302 Found`` instead (whatever the behaviour).
+
 ``refused_url()`` gives a URL whose port is closed (connection refused).
 """
 
@@ -38,6 +41,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         with owner.lock:
             owner.requests += 1
             owner.received.append((self.command, self.path, dict(self.headers.items()), body))
+        location = owner.redirects.get(self.path)
+        if location is not None:
+            self.send_response(302)
+            self.send_header("Location", location)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         behaviour = owner.behaviour
         if owner.delay:
             time.sleep(owner.delay)
@@ -114,6 +124,7 @@ class BackendServer:
         self.delay = 0.0
         self.body_size = 0
         self.extra_headers: list[tuple[str, str]] = []
+        self.redirects: dict[str, str] = {}
         self.lock = threading.Lock()
         self.requests = 0
         self.connections = 0

@@ -1,0 +1,386 @@
+"""A ``requests`` transport adapter that spreads a Session's calls over a pool of backends.
+
+::
+
+    session = requests.Session()
+    session.mount("http://orders/", LoadBalancingAdapter(
+        ["http://127.0.0.1:8001", "http://127.0.0.1:8002"], policy="latency", retries=2))
+    session.get("http://orders/api/items", params={"page": 2}, timeout=5)
+
+It is an :class:`~requests.adapters.HTTPAdapter` that overrides two steps: :meth:`send` wraps
+the parent's ``send`` in a loop of attempts (pick a backend, rewrite the URL, send, report),
+and :meth:`build_response` gives the caller a response for the URL it asked for (so cookies,
+redirects and ``response.url`` stay on the virtual host). Pooling, TLS, proxies and the
+user's own ``max_retries`` (a urllib3 ``Retry``, applied per backend) are the parent's.
+
+Each attempt is reported to the :class:`~lbmiddleware.balancer.Balancer` with its outcome
+and its time to the response head. The attempt counts as in flight until its body is done:
+
+* ``stream=False`` (the default): the body is read inside the attempt, so a connection cut
+  mid-body is a failure that can still be retried (the caller has seen nothing yet);
+* ``stream=True``: the outcome and latency are fixed when the head arrives, and the report
+  is made when the body is read to the end, the response is closed, or it is garbage
+  collected, exactly once. ``least_conn`` and ``latency`` therefore see a response being
+  streamed as in flight, which it is: its backend is still sending it.
+
+Retries follow ``SEMANTICS.md`` (see :func:`lbmiddleware.proxy.may_retry`): a connect
+failure is retried on another backend for any method; a read timeout, a reset or a status
+in ``fail_statuses`` only for idempotent methods whose body can be sent again (none, bytes,
+str, a seekable file), or for any method with ``retry_non_idempotent=True``. A retry never
+goes to a backend already tried, and there are at most ``retries`` of them. When every
+attempt answered with a failure status the last response is returned as it is; when every
+attempt raised, the last exception is raised again, naming the backends tried.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import urllib.parse
+import weakref
+from typing import Any, Callable, Iterable, Mapping
+
+import requests
+from requests.adapters import DEFAULT_POOLBLOCK, DEFAULT_POOLSIZE, DEFAULT_RETRIES, HTTPAdapter
+from requests.exceptions import (
+    ChunkedEncodingError, ConnectTimeout, ContentDecodingError, ProxyError, RetryError,
+    SSLError, Timeout,
+)
+from requests.models import PreparedRequest, Response
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
+
+from .backend import Backend
+from .balancer import Balancer
+from .config import Settings, setting
+from .errors import ConfigError, NoHealthyBackend
+from .proxy import _flag, may_retry, parse_cookie
+
+__all__ = ["LoadBalancingAdapter", "AdapterSettings", "NoHealthyBackendError"]
+
+# A failure-status response is read (to keep its connection) before a retry only when it
+# announces a body this small; a larger or unknown one is closed instead.
+DRAIN_LIMIT = 64 * 1024
+
+# Exceptions from the parent's send (or the body read) that are the backend's fault.
+# ProxyError is a ConnectionError too, but it is the proxy's, and is tested for first.
+_BACKEND_FAILURES = (requests.ConnectionError, Timeout, ChunkedEncodingError,
+                     ContentDecodingError, RetryError)
+
+
+class NoHealthyBackendError(NoHealthyBackend, requests.ConnectionError):
+    """No backend is left to try; also a ``requests.ConnectionError``, so
+    ``except requests.RequestException`` catches it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class AdapterSettings(Settings):
+    """The core's settings plus the adapter's two (keyword or ``LB_*`` variable)."""
+
+    preserve_host: bool = dataclasses.field(
+        default=False, metadata=setting("LB_PRESERVE_HOST", _flag,
+                                        "send the request's own Host upstream (default: the backend's)"))
+    retry_non_idempotent: bool = dataclasses.field(
+        default=False, metadata=setting("LB_RETRY_NON_IDEMPOTENT", _flag,
+                                        "also retry POST and PATCH after the request was sent"))
+
+
+class _UpstreamRequest(PreparedRequest):
+    """The request as sent to one backend; remembers the caller's request."""
+
+    original: PreparedRequest
+
+
+class LoadBalancingAdapter(HTTPAdapter):
+    """Load-balances every request of the prefix it is mounted on over a pool of backends.
+
+    ``backends``, ``policy`` and the other keyword arguments are the fields of
+    :class:`AdapterSettings` (``retries``, ``max_fails``, ``hash_key``, ``preserve_host``,
+    ``retry_non_idempotent``, ...). Pass ``balancer=`` instead to share one pool between
+    adapters (then only ``preserve_host`` and ``retry_non_idempotent`` may be given here).
+
+    ``key_func(request) -> str | None`` gives the sticky key for ``ip_hash`` (by default
+    the ``hash_key`` setting: ``header:NAME`` or ``cookie:NAME`` of the outgoing request;
+    without a key a request is spread round-robin). ``timeout=None`` on a request means the
+    ``connect_timeout`` / ``read_timeout`` settings; any explicit timeout is used as given.
+    ``pool_connections`` is raised to the number of backends, so that no backend's pool is
+    evicted while a thread uses it (requests issue #1871).
+    """
+
+    def __init__(
+        self,
+        backends: Iterable[str | Backend] | str | None = None,
+        policy: str | None = None,
+        *,
+        balancer: Balancer | None = None,
+        key_func: Callable[[PreparedRequest], str | None] | None = None,
+        pool_connections: int = DEFAULT_POOLSIZE,
+        pool_maxsize: int = DEFAULT_POOLSIZE,
+        max_retries: Any = DEFAULT_RETRIES,
+        pool_block: bool = DEFAULT_POOLBLOCK,
+        timer: Callable[[], float] = time.perf_counter,
+        **options: Any,
+    ) -> None:
+        if balancer is None:
+            if backends is not None:
+                options["backends"] = backends
+            if policy is not None:
+                options["policy"] = policy
+            settings = AdapterSettings(**options)
+            balancer = Balancer(settings=settings)
+        else:
+            settings = self._settings_for(balancer, backends, policy, options)
+        self.balancer = balancer
+        self.settings = settings
+        self.key_func = key_func
+        self._timer = timer
+        self._default_timeout = (settings.connect_timeout, settings.read_timeout)
+        self._fail_statuses = settings.fail_statuses
+        self._retries = settings.retries
+        self._keyed = key_func is not None or (
+            settings.policy == "ip_hash" and settings.hash_key != "client_ip")
+        self._key_kind, _, self._key_name = settings.hash_key.partition(":")
+        self._known: set[str] = set()
+        pools = max(pool_connections, len(balancer.backends))
+        super().__init__(pools, pool_maxsize, max_retries, pool_block)
+
+    @staticmethod
+    def _settings_for(balancer: Balancer, backends: Any, policy: Any,
+                      options: dict[str, Any]) -> AdapterSettings:
+        own = {f.name for f in dataclasses.fields(AdapterSettings)} - {
+            f.name for f in dataclasses.fields(Settings)}
+        other = sorted(set(options) - own) + [
+            name for name, value in (("backends", backends), ("policy", policy)) if value is not None]
+        if other:
+            raise ConfigError(
+                f"{', '.join(other)} given with balancer=: set them on the shared Balancer")
+        base = balancer.settings
+        if isinstance(base, AdapterSettings) and not options:
+            return base
+        inherited = {f.name: getattr(base, f.name) for f in dataclasses.fields(Settings)}
+        for name in own:
+            if name not in options and hasattr(base, name):
+                options[name] = getattr(base, name)
+        return AdapterSettings(**inherited, **options)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, *,
+                 key_func: Callable[[PreparedRequest], str | None] | None = None,
+                 **overrides: Any) -> "LoadBalancingAdapter":
+        """An adapter configured from ``LB_*`` variables (``environ`` for tests).
+
+        Keyword arguments that are settings win over the variables; the others
+        (``pool_maxsize``, ``max_retries``, ``timer``, ...) go to the constructor.
+        """
+        names = {f.name for f in dataclasses.fields(AdapterSettings)}
+        settings = AdapterSettings.from_env(
+            environ, **{k: v for k, v in overrides.items() if k in names})
+        rest = {k: v for k, v in overrides.items() if k not in names}
+        return cls(balancer=Balancer(settings=settings), key_func=key_func, **rest)
+
+    # -- the two overridden steps -------------------------------------------------------
+
+    def send(self, request: PreparedRequest, stream: bool = False, timeout: Any = None,
+             verify: Any = True, cert: Any = None, proxies: Any = None) -> Response:
+        """Send ``request`` to one backend after another until one answers (see module doc)."""
+        balancer = self.balancer
+        if timeout is None:
+            timeout = self._default_timeout
+        key = self.request_key(request) if self._keyed else None
+        target = request.path_url
+        headers = self._upstream_headers(request)
+        body = request.body
+        replayable, offset = _replay_point(body)
+        tried: list[Backend] = []
+        try:
+            backend: Backend | None = balancer.pick(key=key)
+        except NoHealthyBackend as exc:
+            raise NoHealthyBackendError(str(exc), request=request) from exc
+        try:
+            while True:
+                tried.append(backend)
+                if backend.url not in self._known:
+                    self._make_pool_room(backend)
+                if offset is not None and len(tried) > 1:
+                    body.seek(offset)
+                upstream = _UpstreamRequest()
+                upstream.method = request.method
+                upstream.url = backend.url + target
+                upstream.headers = headers
+                upstream._cookies = request._cookies
+                upstream.body = body
+                upstream.hooks = request.hooks
+                upstream.original = request
+                start = self._timer()
+                try:
+                    response = super().send(upstream, stream=stream, timeout=timeout,
+                                            verify=verify, cert=cert, proxies=proxies)
+                    latency = self._timer() - start
+                    if not stream:
+                        response.content       # the body is part of the attempt
+                except ProxyError:
+                    raise                      # the proxy's fault, not the backend's
+                except _BACKEND_FAILURES as exc:
+                    balancer.report(backend, ok=False)
+                    sent = not _is_connect_failure(exc)
+                    backend = None
+                    if len(tried) <= self._retries and may_retry(
+                            request.method or "GET", sent=sent, replayable=replayable,
+                            retry_non_idempotent=self.settings.retry_non_idempotent):
+                        backend = self._next_backend(key, tried)
+                    if backend is None:
+                        raise _naming_backends(exc, request, tried) from exc
+                    continue
+                if response.status_code not in self._fail_statuses:
+                    return self._finish(response, backend, True, latency, stream)
+                following = None
+                if len(tried) <= self._retries and may_retry(
+                        request.method or "GET", sent=True, replayable=replayable,
+                        retry_non_idempotent=self.settings.retry_non_idempotent):
+                    following = self._next_backend(key, tried)
+                if following is None:
+                    return self._finish(response, backend, False, latency, stream)
+                failed, backend = backend, following
+                try:
+                    _discard(response)
+                finally:
+                    balancer.report(failed, ok=False, latency=latency)
+        except BaseException:
+            if backend is not None:     # a pick not yet reported: end it without an outcome
+                balancer.release(backend)
+            raise
+
+    def build_response(self, req: PreparedRequest, resp: Any) -> Response:
+        """The parent's response, made for the caller's request (URL, cookies, redirects)."""
+        if isinstance(req, _UpstreamRequest):
+            req = req.original
+        return super().build_response(req, resp)
+
+    # -- the steps of one call ----------------------------------------------------------
+
+    def request_key(self, request: PreparedRequest) -> str | None:
+        """The sticky key of ``request``: ``key_func``, or the ``hash_key`` header/cookie."""
+        if self.key_func is not None:
+            return self.key_func(request)
+        if self._key_kind == "header":
+            return request.headers.get(self._key_name)
+        if self._key_kind == "cookie":
+            cookie = request.headers.get("Cookie")
+            return parse_cookie(cookie).get(self._key_name) if cookie else None
+        return None
+
+    def _upstream_headers(self, request: PreparedRequest) -> Any:
+        """The headers to send: the request's, plus its own Host with ``preserve_host``."""
+        if not self.settings.preserve_host or "Host" in request.headers:
+            return request.headers    # urllib3 then sends the backend's host
+        headers = request.headers.copy()
+        headers["Host"] = urllib.parse.urlsplit(request.url).netloc.rpartition("@")[2]
+        return headers
+
+    def _next_backend(self, key: str | None, tried: list[Backend]) -> Backend | None:
+        try:
+            return self.balancer.pick(key=key, exclude=tried)
+        except NoHealthyBackend:
+            return None
+
+    def _finish(self, response: Response, backend: Backend, ok: bool, latency: float,
+                stream: bool) -> Response:
+        """Report the attempt now (body read) or when the streamed body is done."""
+        if not stream:
+            self.balancer.report(backend, ok=ok, latency=latency)
+        else:
+            _report_when_done(response, self.balancer, backend, ok, latency)
+        return response
+
+    def _make_pool_room(self, backend: Backend) -> None:
+        """Keep one urllib3 pool per backend ever picked, so none is evicted in use."""
+        self._known.add(backend.url)
+        needed = len(self._known)
+        if needed <= self._pool_connections:
+            return
+        self._pool_connections = needed
+        for manager in (self.poolmanager, *self.proxy_manager.values()):
+            pools = getattr(manager, "pools", None)
+            if pools is not None and getattr(pools, "_maxsize", needed) < needed:
+                pools._maxsize = needed
+
+    def __repr__(self) -> str:
+        return f"<LoadBalancingAdapter {self.balancer!r}>"
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+def _replay_point(body: Any) -> tuple[bool, int | None]:
+    """Can ``body`` be sent again, and from which file offset? ``(True, None)`` for no body
+    or an in-memory one, ``(True, offset)`` for a seekable file, ``(False, None)`` for a
+    generator, a pipe or anything else read only once."""
+    if body is None or isinstance(body, (bytes, str, bytearray, memoryview)):
+        return True, None
+    seekable = getattr(body, "seekable", None)
+    try:
+        if seekable() if seekable is not None else hasattr(body, "seek"):
+            return True, body.tell()
+    except (OSError, ValueError, AttributeError):
+        pass
+    return False, None
+
+
+def _is_connect_failure(exc: Exception) -> bool:
+    """True when the request never reached the backend (refused, connect timeout, TLS)."""
+    if isinstance(exc, (ConnectTimeout, SSLError)):
+        return True
+    inner = exc.args[0] if exc.args else None
+    reason = getattr(inner, "reason", inner)
+    return isinstance(reason, (NewConnectionError, ConnectTimeoutError))
+
+
+def _naming_backends(exc: Exception, request: PreparedRequest,
+                     tried: list[Backend]) -> Exception:
+    """The same kind of requests exception, with the backends tried in its message."""
+    names = ", ".join(b.url for b in tried)
+    try:
+        return type(exc)(f"{exc} (backends tried: {names})", request=request,
+                         response=getattr(exc, "response", None))
+    except Exception:        # an exception type with another signature: keep it as it is
+        return exc
+
+
+def _discard(response: Response) -> None:
+    """Let go of a response before a retry: read a small body (the connection goes back to
+    the pool), close anything else."""
+    try:
+        length = response.headers.get("Content-Length")
+        if length is not None and length.isdigit() and int(length) <= DRAIN_LIMIT:
+            response.content
+    except requests.RequestException:
+        pass
+    finally:
+        response.close()
+
+
+def _report_when_done(response: Response, balancer: Balancer, backend: Backend,
+                      ok: bool, latency: float) -> None:
+    """Report a streamed attempt once, when its raw response releases its connection,
+    is closed or is garbage collected, whichever comes first."""
+    raw = response.raw
+    done = weakref.finalize(raw, balancer.report, backend, ok, latency)
+    raw_type = type(raw)
+    raw_ref = weakref.ref(raw)        # the wrappers live on raw: no reference cycle
+
+    def release_conn() -> None:
+        try:
+            target = raw_ref()
+            if target is not None:
+                raw_type.release_conn(target)
+        finally:
+            done()
+
+    def close() -> None:
+        try:
+            target = raw_ref()
+            if target is not None:
+                raw_type.close(target)
+        finally:
+            done()
+
+    raw.release_conn = release_conn
+    raw.close = close
