@@ -34,7 +34,7 @@ from .demo_backends import FLAKY_FAILURE_RATE, SLOW_DELAY
 
 __all__ = ["main", "run_demo", "PolicyResult", "format_policy", "format_summary", "Progress"]
 
-DEFAULT_REQUESTS = 2000          # per policy
+DEFAULT_REQUESTS = 3000          # per policy
 DEFAULT_CONCURRENCY = 16         # client connections
 CLIENT_ADDRESSES = [f"198.51.100.{i}" for i in range(1, 255)]   # a documentation range
 DEMO_SETTINGS = {                # the gateway's settings, shown in the demo's header
@@ -124,6 +124,8 @@ class Gateway:
         self._thread: threading.Thread | None = None
 
     def start(self) -> "Gateway":
+        import importlib.util
+
         import uvicorn
 
         from .asgi import LoadBalancerMiddleware
@@ -133,8 +135,11 @@ class Gateway:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
-        config = uvicorn.Config(app, log_config=None, log_level="warning", access_log=False,
-                                lifespan="off", backlog=1024)
+        has = importlib.util.find_spec          # as the serve command runs it
+        config = uvicorn.Config(
+            app, log_config=None, log_level="warning", access_log=False, lifespan="off",
+            backlog=1024, loop="uvloop" if has("uvloop") else "asyncio",
+            http="httptools" if has("httptools") else "h11")
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
                                         name="demo-gateway", daemon=True)
@@ -249,7 +254,7 @@ async def _client(port: int, run: _Run, offset: int) -> None:
 async def _drive(port: int, run: _Run, concurrency: int, progress: "Progress") -> None:
     async def tick() -> None:
         while True:
-            progress.update(len(run.samples))
+            progress.update(len(run.samples), "flaky killed" if run.killed_at else "")
             await asyncio.sleep(0.1)
 
     ticker = asyncio.create_task(tick())
@@ -257,7 +262,7 @@ async def _drive(port: int, run: _Run, concurrency: int, progress: "Progress") -
         await asyncio.gather(*(_client(port, run, i) for i in range(concurrency)))
     finally:
         ticker.cancel()
-        progress.update(len(run.samples))
+        progress.update(len(run.samples), "flaky killed" if run.killed_at else "")
 
 
 # -- one policy ----------------------------------------------------------------------------
@@ -285,6 +290,16 @@ class PolicyResult:
     p99: float | None
     rows: list[BackendRow]
     sticky: tuple[int, int, int] | None = None   # ip_hash: (kept, clients of fast/slow, flaky's)
+    urls: tuple[str, ...] = ()                   # the gateway's, then each backend's
+    error_kinds: dict[str, int] = dataclasses.field(default_factory=dict)   # "HTTP 502": 3
+
+
+def _error_kinds(errors: list[Sample]) -> dict[str, int]:
+    kinds: dict[str, int] = {}
+    for sample in errors:
+        kind = f"HTTP {sample.status}" if sample.status else "no response"
+        kinds[kind] = kinds.get(kind, 0) + 1
+    return kinds
 
 
 def _percentile(values: list[float], fraction: float) -> float | None:
@@ -345,7 +360,7 @@ def run_policy(policy: str, steady: Sequence[BackendProcess], requests: int, con
     for backend in backends:
         mine = [s.latency for s in samples if s.backend == backend.name and s.status < 500]
         row = stats[balancer.settings.backends[backends.index(backend)].url]
-        state = row["state"] + (" (killed)" if backend is flaky else "")
+        state = ("killed, " if backend is flaky else "") + row["state"]
         rows.append(BackendRow(backend.name, len(mine), _percentile(mine, 0.5),
                                _percentile(mine, 0.99), row["failures"], row["ejections"], state))
     errors = [s for s in samples if not 200 <= s.status < 400]
@@ -355,7 +370,9 @@ def run_policy(policy: str, steady: Sequence[BackendProcess], requests: int, con
         policy=policy, requests=len(samples), seconds=seconds, errors=len(errors),
         errors_after_kill=sum(1 for s in errors if s.after_kill), requests_after_kill=len(after),
         p50=_percentile(latencies, 0.5), p99=_percentile(latencies, 0.99), rows=rows,
-        sticky=_sticky(samples, _homes(backends), flaky.name) if policy == "ip_hash" else None)
+        sticky=_sticky(samples, _homes(backends), flaky.name) if policy == "ip_hash" else None,
+        urls=(f"http://127.0.0.1:{gateway.port}", *(b.url for b in backends)),
+        error_kinds=_error_kinds(errors))
 
 
 # -- output ----------------------------------------------------------------------------------
@@ -364,15 +381,26 @@ def _ms(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds * 1000:.1f}"
 
 
+WHAT_TO_SEE = {
+    "round_robin": "equal turns; the flaky backend's turns go to the others while it is ejected",
+    "random": "weighted random: about equal shares, like round_robin, without the order",
+    "ip_hash": "each client address sticks to one backend; only the flaky backend's clients move",
+    "latency": "the fast backend wins; a failure counts as a 5 s sample, so flaky is avoided",
+    "least_conn": "the slow backend holds its connections longer, so it gets fewer requests",
+}
+
+
 def format_policy(result: PolicyResult) -> str:
     """The table of one policy run."""
     rate = result.requests / result.seconds if result.seconds else 0.0
     lines = [
         f"{result.policy}: {result.requests} GET requests in {result.seconds:.1f} s "
         f"({rate:.0f}/s); client errors: {result.errors} "
-        f"({result.errors_after_kill} of {result.requests_after_kill} after the kill)",
+        f"({result.errors_after_kill} of {result.requests_after_kill} after the kill)"
+        + "".join(f"; {kind}: {count}" for kind, count in sorted(result.error_kinds.items())),
+        f"  ({WHAT_TO_SEE.get(result.policy, '')})",
         f"  {'backend':<8}{'share':>7}{'served':>8}{'p50 ms':>8}{'p99 ms':>8}"
-        f"{'failed':>8}{'ejected':>9}  state",
+        f"{'failed':>8}{'ejected':>9}  gateway's view",
     ]
     for row in result.rows:
         share = 100.0 * row.served / result.requests if result.requests else 0.0
@@ -420,12 +448,12 @@ class Progress:
         self._label, self._total = label, max(total, 1)
         self.update(0)
 
-    def update(self, done: int) -> None:
+    def update(self, done: int, note: str = "") -> None:
         if not self.enabled:
             return
         filled = self.WIDTH * min(done, self._total) // self._total
         bar = "#" * filled + "." * (self.WIDTH - filled)
-        self.stream.write(f"\r  {self._label:<12}[{bar}] {done}/{self._total}")
+        self.stream.write(f"\r  {self._label:<12}[{bar}] {done}/{self._total} {note:<12}")
         self.stream.flush()
 
     def finish(self) -> None:
@@ -434,19 +462,23 @@ class Progress:
             self.stream.flush()
 
 
-def _header(requests: int, concurrency: int, policies: Sequence[str]) -> str:
-    settings = ", ".join(f"{k}={v}" for k, v in DEMO_SETTINGS.items()
-                         if k not in ("trusted_proxies",))
-    return (
-        "lbmiddleware demo: three backends on 127.0.0.1 (fast; slow: +"
-        f"{SLOW_DELAY * 1000:.0f} ms; flaky: fails {FLAKY_FAILURE_RATE:.0%} of requests with a 503\n"
-        "or a dropped connection), the gateway (ASGI middleware under uvicorn) in front, "
-        f"{requests} GETs per policy\nfrom {concurrency} connections and "
-        f"{len(CLIENT_ADDRESSES)} client addresses (X-Forwarded-For from a trusted proxy). "
-        "Halfway through\neach run the flaky backend is killed (SIGKILL). "
-        f"Gateway: {settings}.\n"
-        "share/served: answers per backend; p50/p99: client latency; failed: failed attempts "
-        "(retried);\nejected: ejections by passive health.\n")
+def _header(requests: int, concurrency: int, steady: Sequence[BackendProcess]) -> str:
+    settings = ", ".join(f"{k}={v}" for k, v in DEMO_SETTINGS.items() if k != "trusted_proxies")
+    return "\n".join([
+        "lbmiddleware demo",
+        f"  backends: {', '.join(f'{b.name} {b.url}' for b in steady)}, and a fresh flaky one "
+        "per policy",
+        f"            (slow: +{SLOW_DELAY * 1000:.0f} ms; flaky: {FLAKY_FAILURE_RATE:.0%} of its "
+        "requests fail with a 503 or a dropped connection)",
+        f"  gateway:  the ASGI middleware under uvicorn; {settings}",
+        f"  clients:  {requests} GETs per policy over {concurrency} keep-alive connections, from "
+        f"{len(CLIENT_ADDRESSES)} addresses",
+        "            (X-Forwarded-For through a trusted proxy); the flaky backend is killed "
+        "(SIGKILL) halfway",
+        "  columns:  share/served: answers per backend; p50/p99: client latency; failed: failed",
+        "            attempts (retried on another backend); ejected: ejections by passive health",
+        "",
+    ])
 
 
 class _Quiet(logging.Handler):
@@ -467,7 +499,6 @@ def run_demo(requests: int = DEFAULT_REQUESTS, policies: Sequence[str] = POLICIE
     out = out if out is not None else sys.stdout
     progress = progress if progress is not None else Progress()
     started = time.monotonic()
-    print(_header(requests, concurrency, policies), file=out, flush=True)
     quiet = _Quiet()
     propagate = logger.propagate
     logger.addHandler(quiet)
@@ -477,6 +508,7 @@ def run_demo(requests: int = DEFAULT_REQUESTS, policies: Sequence[str] = POLICIE
     try:
         for name in ("fast", "slow"):
             steady.append(BackendProcess(name).start())
+        print(_header(requests, concurrency, steady), file=out, flush=True)
         for policy in policies:
             result = run_policy(policy, steady, requests, concurrency, progress)
             results.append(result)
