@@ -24,7 +24,7 @@ Every rule here comes from ``SEMANTICS.md`` "Proxying" and "Retries":
 * **Errors** — :func:`error_response`: 502 / 503 + ``Retry-After`` / 504 (and 400 / 404)
   with a short plain-text body and nothing from a stack trace.
 * **Settings** — :class:`ProxySettings` adds ``LB_PREFIX``, ``LB_STRIP_PREFIX``,
-  ``LB_PRESERVE_HOST``, ``LB_LISTEN``, ``LB_RETRY_BUFFER`` to the core's
+  ``LB_PRESERVE_HOST``, ``LB_RETRY_NON_IDEMPOTENT``, ``LB_RETRY_BUFFER``, ``LB_LISTEN`` to the core's
   :class:`~lbmiddleware.config.Settings`.
 """
 
@@ -139,6 +139,9 @@ class ProxySettings(Settings):
     preserve_host: bool = dataclasses.field(
         default=False, metadata=setting("LB_PRESERVE_HOST", _flag,
                                         "send the client's Host upstream (default: the backend's)"))
+    retry_non_idempotent: bool = dataclasses.field(
+        default=False, metadata=setting("LB_RETRY_NON_IDEMPOTENT", _flag,
+                                        "also retry POST and PATCH after the request was sent"))
     retry_buffer: int = dataclasses.field(
         default=65536, metadata=setting("LB_RETRY_BUFFER", _size,
                                         "request bodies up to this size are kept to replay on a retry"))
@@ -260,26 +263,36 @@ class HeaderRules:
         self._host_out = word("Host")
         self._join = word(", ")
         self._unsafe = _UNSAFE_BYTES if kind is bytes else _UNSAFE_TEXT
+        self._plain_connection = frozenset(map(word, ("keep-alive", "close", "Keep-Alive", "Close")))
 
     def connection_named(self, headers: Iterable[tuple[AnyStr, AnyStr]]) -> frozenset:
-        """Lower-cased names listed in ``Connection`` headers (hop-by-hop too)."""
-        named = set()
+        """Lower-cased names listed in ``Connection`` headers, beyond the hop-by-hop ones."""
+        named: set = set()
         connection = self._connection
         for name, value in headers:
             if name.lower() == connection:
-                named.update(t.strip().lower() for t in value.split(self._comma))
-        named.discard(self._word(""))
+                named |= self._tokens(value)
         return frozenset(named)
 
+    def _tokens(self, value: AnyStr) -> set:
+        """The header names one ``Connection`` value lists (``keep-alive``, ``close`` and
+        the other hop-by-hop names left out: they go anyway)."""
+        if value in self._plain_connection:
+            return set()
+        tokens = {t.strip().lower() for t in value.split(self._comma)}
+        return tokens - self._hop - self._plain_connection - {self._word("")}
+
     def request_headers(self, headers: Sequence[tuple[AnyStr, AnyStr]], *, peer: str | None,
-                        scheme: str, upstream_host: AnyStr | None,
+                        scheme: str, upstream_host: AnyStr | None = None,
+                        preserve_host: bool = False,
                         trusted_peer: bool = False) -> list[tuple[AnyStr, AnyStr]]:
         """The headers to send upstream for a client request's ``headers``.
 
         * hop-by-hop headers, every header ``Connection`` names, ``Content-Length`` and
           ``Transfer-Encoding`` are dropped (the outbound client frames the body itself);
-        * ``Host`` is ``upstream_host`` (the backend's), or the client's when it is ``None``
-          (``preserve_host``);
+        * ``Host`` (first) is the client's with ``preserve_host``, else ``upstream_host``
+          (the backend's ``netloc``); with neither there is no ``Host`` and the outbound
+          client adds the backend's;
         * ``X-Forwarded-For`` is the client's list (several headers joined) + ``peer``;
         * ``X-Forwarded-Proto`` is ``scheme`` and ``X-Forwarded-Host`` the client's Host;
           from a ``trusted_peer`` that already set them, its values are kept.
@@ -289,7 +302,7 @@ class HeaderRules:
         unsafe = self._unsafe
         drop = self._drop
         connection = self._connection
-        named: frozenset | set = ()
+        named: set = set()
         out: list = []
         client_host = None
         forwarded_for: list = []
@@ -300,7 +313,7 @@ class HeaderRules:
             lower = name.lower()
             if lower in drop:
                 if lower == connection:
-                    named = self.connection_named(headers)
+                    named |= self._tokens(value)
                 elif lower == self._host:
                     if client_host is None:
                         client_host = value
@@ -315,7 +328,7 @@ class HeaderRules:
         if named:
             out = [(n, v) for n, v in out if n.lower() not in named]
         word = self._word
-        host = upstream_host if upstream_host is not None else client_host
+        host = client_host if preserve_host else upstream_host
         if host is not None:
             out.insert(0, (self._host_out, host))
         if peer is not None:
@@ -340,23 +353,43 @@ class HeaderRules:
         """
         hop = self._hop
         out = []
-        named: frozenset | tuple = ()
+        named: set = set()
         chunked = False
         for name, value in headers:
             lower = name.lower()
             if lower in hop:
                 if lower == self._connection:
-                    named = self.connection_named(headers)
+                    named |= self._tokens(value)
                 elif lower == self._transfer_encoding:
                     chunked = True
                 continue
             out.append((name, value))
         if named or chunked:
-            drop = set(named)
+            drop = named
             if chunked:
                 drop.add(self._content_length)
             out = [(n, v) for n, v in out if n.lower() not in drop]
         return out
+
+    def body_length(self, headers: Iterable[tuple[AnyStr, AnyStr]]) -> int | None:
+        """The length of the client's request body as its framing says: ``0`` (no body),
+        a byte count, or ``None`` (``Transfer-Encoding``: unknown, stream it chunked).
+
+        ``Transfer-Encoding`` wins over ``Content-Length`` (RFC 9112 §6.3). A bad or
+        conflicting ``Content-Length`` raises :class:`UnsafeRequest`.
+        """
+        length = None
+        for name, value in headers:
+            lower = name.lower()
+            if lower == self._transfer_encoding:
+                return None
+            if lower == self._content_length:
+                text = value.strip()
+                if not (text.isdigit() and text.isascii()) or (
+                        length is not None and int(text) != length):
+                    raise UnsafeRequest("bad or conflicting Content-Length")
+                length = int(text)
+        return length or 0
 
     def get(self, headers: Iterable[tuple[AnyStr, AnyStr]], name: str) -> list[AnyStr]:
         """Every value of header ``name`` (case-insensitive), in order."""
