@@ -43,8 +43,7 @@ from typing import Any, Callable, Iterable, Mapping
 import requests
 from requests.adapters import DEFAULT_POOLBLOCK, DEFAULT_POOLSIZE, DEFAULT_RETRIES, HTTPAdapter
 from requests.exceptions import (
-    ChunkedEncodingError, ConnectTimeout, ContentDecodingError, ProxyError, RetryError,
-    SSLError, Timeout,
+    ChunkedEncodingError, ConnectTimeout, ContentDecodingError, ProxyError, RetryError, Timeout,
 )
 from requests.models import PreparedRequest, Response
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
@@ -325,8 +324,10 @@ def _replay_point(body: Any) -> tuple[bool, int | None]:
 
 
 def _is_connect_failure(exc: Exception) -> bool:
-    """True when the request never reached the backend (refused, connect timeout, TLS)."""
-    if isinstance(exc, (ConnectTimeout, SSLError)):
+    """True when the request never reached the backend (refused, connect timeout).
+
+    A TLS error may come after sending too, so it counts as sent (the safe side)."""
+    if isinstance(exc, ConnectTimeout):
         return True
     inner = exc.args[0] if exc.args else None
     reason = getattr(inner, "reason", inner)
