@@ -1,0 +1,613 @@
+"""WSGILoadBalancer against real loopback backends (tests/servers.py).
+
+Most tests call the middleware in-process with a hand-built environ (wrapped in
+``wsgiref.validate.validator`` where the response allows, so PEP 3333 is checked too); the
+ones about what a real server does (framing, raw request targets, hop-by-hop headers,
+concurrency) go through a threaded wsgiref server on port 0 with a raw socket client.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import socket
+import socketserver
+import sys
+import threading
+import warnings
+from collections import Counter
+from typing import Iterator
+from urllib.parse import unquote
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from wsgiref.validate import validator
+
+import pytest
+
+import lbmiddleware as lb
+from lbmiddleware.wsgi import WSGILoadBalancer
+
+from .servers import BackendServer, refused_url
+
+SHORT = {"connect_timeout": 1.0, "read_timeout": 0.3}
+
+
+# -- helpers (test_wsgi_stream.py uses serve_wsgi and read_response too) -------------------
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
+class _ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+@contextlib.contextmanager
+def serve_wsgi(app) -> Iterator[int]:
+    """Serve ``app`` with a threaded wsgiref server on 127.0.0.1; yields the port."""
+    server = make_server("127.0.0.1", 0, app, server_class=_ThreadingWSGIServer,
+                         handler_class=_QuietHandler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)
+    thread.start()
+    try:
+        yield server.server_port
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def read_response(sock: socket.socket) -> tuple[int, list[tuple[str, str]], bytes]:
+    """Read one response from ``sock`` (Content-Length or until close)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"closed before a response head: {data!r}")
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = [tuple(part.strip() for part in line.split(":", 1)) for line in lines[1:]]
+    length = next((int(v) for n, v in headers if n.lower() == "content-length"), None)
+    while length is None or len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return status, headers, body
+
+
+def raw_request(port: int, request: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        return read_response(sock)
+
+
+def environ_for(method: str = "GET", path: str = "/", query: str = "", body: bytes = b"",
+                headers: dict[str, str] | None = None, remote: str = "192.0.2.10",
+                **extra) -> dict:
+    environ = {
+        "REQUEST_METHOD": method, "SCRIPT_NAME": "", "PATH_INFO": path, "QUERY_STRING": query,
+        "SERVER_NAME": "gateway.test", "SERVER_PORT": "80", "SERVER_PROTOCOL": "HTTP/1.1",
+        "REMOTE_ADDR": remote, "HTTP_HOST": "gateway.test",
+        "wsgi.version": (1, 0), "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(body),
+        "wsgi.errors": sys.stderr, "wsgi.multithread": True, "wsgi.multiprocess": False,
+        "wsgi.run_once": False,
+    }
+    if body:
+        environ["CONTENT_LENGTH"] = str(len(body))
+    for name, value in (headers or {}).items():
+        key = name.upper().replace("-", "_")
+        environ[key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else "HTTP_" + key] = value
+    environ.update(extra)
+    return environ
+
+
+class Result:
+    def __init__(self, status: str, headers: list[tuple[str, str]], body: bytes) -> None:
+        self.status = status
+        self.code = int(status.split()[0])
+        self.headers = headers
+        self.body = body
+
+    def header(self, name: str) -> list[str]:
+        return [v for n, v in self.headers if n.lower() == name.lower()]
+
+    def json(self) -> dict:
+        return json.loads(self.body)
+
+
+def call(app, environ: dict, validate: bool = True) -> Result:
+    """Call a WSGI app in-process, read the whole body and close the iterable."""
+    captured = {}
+
+    def start_response(status, headers, exc_info=None):
+        captured["status"], captured["headers"] = status, headers
+        return lambda data: None
+
+    wrapped = validator(app) if validate else app
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")           # a validator warning fails the test
+        iterable = wrapped(environ, start_response)
+        try:
+            body = b"".join(iterable)
+        finally:
+            if hasattr(iterable, "close"):
+                iterable.close()
+    return Result(captured["status"], captured["headers"], body)
+
+
+def inner_app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"inner app"]
+
+
+def in_flight(middleware: WSGILoadBalancer) -> list[int]:
+    return [row["in_flight"] for row in middleware.balancer.stats()]
+
+
+def received(server: BackendServer, index: int = -1) -> tuple[str, str, dict, bytes]:
+    return server.received[index]
+
+
+# -- routing --------------------------------------------------------------------------------
+
+def test_requests_under_the_prefix_are_proxied_and_others_go_to_the_app(backends):
+    a, b, c = backends
+    middleware = WSGILoadBalancer(inner_app, prefix="/api", backends=[a.url])
+    for path in ("/api", "/api/", "/api/items"):
+        result = call(middleware, environ_for(path=path))
+        assert result.code == 200 and result.json()["server"] == "a"
+        assert result.json()["path"] == path
+    for path in ("/", "/apix", "/other/api"):
+        result = call(middleware, environ_for(path=path))
+        assert result.body == b"inner app"
+    assert a.requests == 3
+
+
+def test_without_an_app_other_paths_get_404(backends):
+    middleware = WSGILoadBalancer(None, prefix="/api", backends=[backends[0].url])
+    result = call(middleware, environ_for(path="/elsewhere"))
+    assert result.code == 404
+    assert result.body == b"404 Not Found: no route for this path\n"
+    assert backends[0].requests == 0
+
+
+def test_strip_prefix_removes_it_upstream(backends):
+    middleware = WSGILoadBalancer(None, prefix="/api/", backends=[backends[0].url],
+                                  strip_prefix=True)
+    assert call(middleware, environ_for(path="/api/items/7", query="x=1")).json()["path"] == "/items/7?x=1"
+    assert call(middleware, environ_for(path="/api")).json()["path"] == "/"
+
+
+def test_backend_base_path_is_prefixed(backends):
+    middleware = WSGILoadBalancer(None, backends=[backends[0].url + "/v1"])
+    assert call(middleware, environ_for(path="/items", query="q=2")).json()["path"] == "/v1/items?q=2"
+
+
+# -- what reaches the backend ----------------------------------------------------------------
+
+def test_method_path_query_headers_and_body_arrive_unchanged(backends):
+    a = backends[0]
+    middleware = WSGILoadBalancer(None, backends=[a.url])
+    body = b'{"name": "caf\xc3\xa9"}'
+    result = call(middleware, environ_for(
+        "PUT", "/items/caf\xc3\xa9 1", query="a=1&b=%2F&c=%C3%A9&a=2", body=body,
+        headers={"Content-Type": "application/json", "X-Request-Id": "r-1",
+                 "Cookie": "session=abc; theme=dark", "Authorization": "Bearer t",
+                 "User-Agent": "client/1.0", "Accept-Encoding": "gzip"}))
+    assert result.code == 200
+    method, path, headers, got = received(a)
+    assert (method, path, got) == ("PUT", "/items/caf%C3%A9%201?a=1&b=%2F&c=%C3%A9&a=2", body)
+    for name, value in [("Content-Type", "application/json"), ("X-Request-Id", "r-1"),
+                        ("Cookie", "session=abc; theme=dark"), ("Authorization", "Bearer t"),
+                        ("User-Agent", "client/1.0"), ("Accept-Encoding", "gzip"),
+                        ("Content-Length", str(len(body)))]:
+        assert headers[name] == value
+
+
+def test_nothing_is_added_that_the_client_did_not_send(backends):
+    a = backends[0]
+    middleware = WSGILoadBalancer(None, backends=[a.url])
+    call(middleware, environ_for("GET", "/", CONTENT_TYPE="text/plain"))  # wsgiref's invention
+    _, _, headers, _ = received(a)
+    assert sorted(headers) == ["Host", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"]
+
+
+def test_host_is_the_backends_unless_preserve_host(backends):
+    a = backends[0]
+    call(WSGILoadBalancer(None, backends=[a.url]), environ_for())
+    assert received(a)[2]["Host"] == f"127.0.0.1:{a.port}"
+    call(WSGILoadBalancer(None, backends=[a.url], preserve_host=True), environ_for())
+    assert received(a)[2]["Host"] == "gateway.test"
+
+
+def test_forwarded_headers_are_appended_and_set(backends):
+    a = backends[0]
+    middleware = WSGILoadBalancer(None, backends=[a.url])
+    call(middleware, environ_for(remote="192.0.2.10", headers={"X-Forwarded-For": "203.0.113.9"},
+                                 **{"wsgi.url_scheme": "https"}))
+    headers = received(a)[2]
+    assert headers["X-Forwarded-For"] == "203.0.113.9, 192.0.2.10"
+    assert headers["X-Forwarded-Proto"] == "https"
+    assert headers["X-Forwarded-Host"] == "gateway.test"
+
+
+def test_hop_by_hop_and_connection_named_request_headers_are_not_forwarded(backends):
+    a = backends[0]
+    middleware = WSGILoadBalancer(None, backends=[a.url])
+    call(middleware, environ_for(headers={
+        "Connection": "keep-alive, X-Secret", "X-Secret": "s", "Keep-Alive": "timeout=5",
+        "Proxy-Connection": "keep-alive", "TE": "trailers", "Trailer": "X-T", "Upgrade": "h2c",
+        "X-Kept": "yes"}))
+    names = {name.lower() for name in received(a)[2]}
+    assert "x-kept" in names
+    for name in ("connection", "x-secret", "keep-alive", "proxy-connection", "te", "trailer",
+                 "upgrade", "transfer-encoding"):
+        assert name not in names
+
+
+# -- what reaches the client ---------------------------------------------------------------
+
+def test_response_status_headers_and_body_arrive_unchanged(backends):
+    a = backends[0]
+    a.status = 201
+    a.extra_headers = [("Set-Cookie", "a=1; Path=/"), ("Set-Cookie", "b=2; HttpOnly"),
+                       ("X-Custom", "v")]
+    middleware = WSGILoadBalancer(None, backends=[a.url])
+    result = call(middleware, environ_for("POST", "/things", body=b"x"))
+    assert result.status == "201 Created"
+    assert result.header("Set-Cookie") == ["a=1; Path=/", "b=2; HttpOnly"]
+    assert result.header("X-Custom") == ["v"] and result.header("X-Server") == ["a"]
+    assert result.header("Content-Length") == [str(len(result.body))]
+    assert result.json()["body"] == "x"
+
+
+def test_hop_by_hop_response_headers_never_reach_the_wsgi_server(backends):
+    a = backends[0]
+    a.extra_headers = [("Connection", "X-Hop"), ("X-Hop", "1"), ("Keep-Alive", "timeout=5"),
+                       ("Proxy-Connection", "close"), ("Upgrade", "h2c"), ("Trailer", "X-T"),
+                       ("X-End-To-End", "kept")]
+    middleware = WSGILoadBalancer(None, backends=[a.url])
+    result = call(middleware, environ_for())
+    names = {name.lower() for name, _ in result.headers}
+    assert "x-end-to-end" in names
+    assert not names & {"connection", "x-hop", "keep-alive", "proxy-connection", "upgrade",
+                        "trailer", "transfer-encoding"}
+    # wsgiref's start_response refuses hop-by-hop headers: through a real server it is a 200.
+    with serve_wsgi(middleware) as port:
+        status, headers, _ = raw_request(port, b"GET / HTTP/1.1\r\nHost: g\r\n\r\n")
+    assert status == 200 and ("X-End-To-End", "kept") in headers
+
+
+def test_redirects_and_head_are_passed_through(backends):
+    a = backends[0]
+    a.redirects = {"/old": "/new"}
+    middleware = WSGILoadBalancer(None, backends=[a.url])
+    result = call(middleware, environ_for(path="/old"), validate=False)   # no Content-Type
+    assert result.code == 302 and result.header("Location") == ["/new"]
+    assert a.requests == 1                                                 # not followed
+    head = call(middleware, environ_for("HEAD", "/x"))
+    assert head.code == 200 and head.body == b"" and head.header("X-Server") == ["a"]
+
+
+# -- security --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("target, expected", [
+    (b"//evil.example/x", "/evil.example/x"),           # http.server collapses a leading //
+    (b"/http://evil.example/x", "/http://evil.example/x"),
+    (b"/\\evil.example/x", "/%5Cevil.example/x"),       # wsgiref decodes; encoded again
+])
+def test_paths_that_look_like_urls_never_change_the_host(backends, target, expected):
+    a = backends[0]
+    middleware = WSGILoadBalancer(None, backends=[a.url])
+    with serve_wsgi(middleware) as port:
+        status, _, body = raw_request(port, b"GET " + target + b" HTTP/1.1\r\nHost: g\r\n\r\n")
+    assert status == 200
+    echo = json.loads(body)
+    assert echo["server"] == "a" and echo["path"] == expected
+    assert echo["headers"]["Host"] == f"127.0.0.1:{a.port}"
+
+
+class RawBackend:
+    """A one-connection backend that records the request head byte for byte (http.server
+    would collapse a leading ``//`` before a test could see it)."""
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = "http://127.0.0.1:%d" % self._listener.getsockname()[1]
+        self.heads: list[bytes] = []
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        conn, _ = self._listener.accept()
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(65536)
+            self.heads.append(data.partition(b"\r\n\r\n")[0])
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+                         b"Content-Length: 2\r\nConnection: close\r\n\r\nok")
+
+    def close(self) -> None:
+        self._listener.close()
+        self._thread.join(timeout=5)
+
+
+@pytest.mark.parametrize("raw, sent", [
+    ("//evil.example/x", b"//evil.example/x"),
+    ("/http://evil.example/x", b"/http://evil.example/x"),
+    ("/\\evil.example/x", b"/%5Cevil.example/x"),      # urllib3 encodes the backslash
+    ("/a%2Fb", b"/a%2Fb"),
+])
+def test_a_servers_raw_uri_goes_upstream_as_a_path(raw, sent):
+    backend = RawBackend()
+    try:
+        middleware = WSGILoadBalancer(None, backends=[backend.url])
+        result = call(middleware, environ_for(path=unquote(raw, "latin-1"), RAW_URI=raw))
+        assert result.code == 200 and result.body == b"ok"
+        request_line, *header_lines = backend.heads[0].split(b"\r\n")
+        assert request_line == b"GET " + sent + b" HTTP/1.1"
+        assert b"Host: " + backend.url.removeprefix("http://").encode() in header_lines
+    finally:
+        backend.close()
+
+
+@pytest.mark.parametrize("extra", [
+    {"HTTP_X_EVIL": "a\r\nX-Injected: 1"},
+    {"HTTP_X_EVIL": "a\nb"},
+    {"HTTP_X_EVIL": "a\x00b"},
+    {"QUERY_STRING": "a=1\r\nX-Injected: 1"},
+])
+def test_cr_lf_or_nul_in_a_header_or_the_query_is_refused_with_400(backends, extra):
+    a = backends[0]
+    middleware = WSGILoadBalancer(None, backends=[a.url])
+    result = call(middleware, environ_for(**extra))
+    assert result.code == 400 and result.body.startswith(b"400 Bad Request: ")
+    assert a.requests == 0
+
+
+def test_content_length_with_transfer_encoding_is_refused_when_the_server_cannot_delimit_it(backends):
+    a = backends[0]
+    middleware = WSGILoadBalancer(None, backends=[a.url])
+    with serve_wsgi(middleware) as port:
+        status, _, body = raw_request(
+            port, b"POST /x HTTP/1.1\r\nHost: g\r\nContent-Length: 5\r\n"
+                  b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\n\r\n")
+    assert status == 400 and body.startswith(b"400 Bad Request: ")
+    assert a.requests == 0
+
+
+def test_a_chunked_body_the_server_decoded_goes_upstream_with_one_framing(backends):
+    a = backends[0]
+    middleware = WSGILoadBalancer(None, backends=[a.url])
+    environ = environ_for("POST", "/x", body=b"hello world", headers={"Transfer-Encoding": "chunked"})
+    environ["wsgi.input_terminated"] = True          # as gunicorn says for a decoded body
+    result = call(middleware, environ)
+    _, _, headers, got = received(a)
+    assert result.code == 200 and got == b"hello world"
+    assert headers.get("Transfer-Encoding") == "chunked" and "Content-Length" not in headers
+
+
+def test_a_bad_content_length_is_refused(backends):
+    middleware = WSGILoadBalancer(None, backends=[backends[0].url])
+    result = call(middleware, environ_for("POST", CONTENT_LENGTH="12abc"), validate=False)
+    assert result.code == 400
+    assert backends[0].requests == 0
+
+
+# -- client IP and sticky key ----------------------------------------------------------------
+
+def _homes(urls: list[str], keys: list[str]) -> dict[str, str]:
+    """Each key's backend URL under ip_hash with every backend healthy (a fresh Balancer maps
+    keys exactly as the middleware's: the hash is stable)."""
+    reference = lb.Balancer(urls, policy="ip_hash")
+    homes = {}
+    for key in keys:
+        backend = reference.pick(key=key)
+        reference.release(backend)
+        homes[key] = backend.url
+    return homes
+
+
+def test_spoofed_forwarded_for_from_an_untrusted_peer_changes_nothing(backends):
+    urls = [s.url for s in backends]
+    middleware = WSGILoadBalancer(None, backends=urls, policy="ip_hash")
+    servers = Counter()
+    for i in range(12):
+        result = call(middleware, environ_for(remote="192.0.2.10",
+                                              headers={"X-Forwarded-For": f"198.51.100.{i}"}))
+        servers[result.json()["server"]] += 1
+    home = next(s.name for s in backends if s.url == _homes(urls, ["192.0.2.10"])["192.0.2.10"])
+    assert servers == {home: 12}
+
+
+def test_forwarded_for_from_a_trusted_peer_gives_the_client_its_own_backend(backends):
+    urls = [s.url for s in backends]
+    middleware = WSGILoadBalancer(None, backends=urls, policy="ip_hash",
+                                  trusted_proxies=["10.0.0.0/8"])
+    names = {s.url: s.name for s in backends}
+    clients = [f"198.51.100.{i}" for i in range(1, 13)]
+    homes = _homes(urls, clients)
+    seen = set()
+    for client in clients:
+        # a spoofed entry on the left, the real client added by the trusted proxy on the right
+        result = call(middleware, environ_for(remote="10.0.0.1",
+                                              headers={"X-Forwarded-For": f"6.6.6.6, {client}"}))
+        echo = result.json()
+        assert echo["server"] == names[homes[client]]
+        assert echo["headers"]["X-Forwarded-For"] == f"6.6.6.6, {client}, 10.0.0.1"
+        seen.add(echo["server"])
+    assert seen == {"a", "b", "c"}
+
+
+def test_hash_key_header_sticks_by_header(backends):
+    urls = [s.url for s in backends]
+    middleware = WSGILoadBalancer(None, backends=urls, policy="ip_hash", hash_key="header:X-User")
+    users = ["alice", "bob", "carol", "dave"]
+    homes = _homes(urls, users)
+    names = {s.url: s.name for s in backends}
+    for user in users:
+        servers = {call(middleware, environ_for(remote=f"192.0.2.{i}", headers={"X-User": user}))
+                   .json()["server"] for i in range(3)}
+        assert servers == {names[homes[user]]}
+
+
+# -- failures, retries and errors ------------------------------------------------------------
+
+def test_every_backend_refusing_gives_502_with_a_short_body():
+    middleware = WSGILoadBalancer(None, backends=[refused_url(), refused_url()], **SHORT)
+    result = call(middleware, environ_for())
+    assert result.code == 502
+    assert result.body == b"502 Bad Gateway: no backend gave a response\n"
+    assert in_flight(middleware) == [0, 0]
+
+
+def test_a_backend_that_does_not_answer_in_time_gives_504(backends):
+    a = backends[0]
+    a.behaviour = "hang"
+    middleware = WSGILoadBalancer(None, backends=[a.url], retries=0, **SHORT)
+    result = call(middleware, environ_for())
+    assert result.code == 504
+    assert result.body == b"504 Gateway Timeout: the backend did not answer in time\n"
+    assert in_flight(middleware) == [0]
+
+
+def test_an_empty_pool_gives_503_with_retry_after(backends):
+    middleware = WSGILoadBalancer(None, backends=[backends[0].url])
+    middleware.balancer.update([])
+    result = call(middleware, environ_for())
+    assert result.code == 503
+    assert result.header("Retry-After") == ["5"]
+    assert result.body == b"503 Service Unavailable: no backend is available\n"
+
+
+@pytest.mark.parametrize("behaviour", ["503", "close", "refused"])
+def test_get_is_retried_on_another_backend(backends, behaviour):
+    a, b, c = backends
+    if behaviour == "503":
+        a.status = 503
+    elif behaviour == "close":
+        a.behaviour = "close"
+    else:
+        a.stop()
+    middleware = WSGILoadBalancer(None, backends=[a.url, b.url], **SHORT)
+    result = call(middleware, environ_for())
+    assert result.code == 200 and result.json()["server"] == "b"
+    assert in_flight(middleware) == [0, 0]
+    assert middleware.balancer.stats()[0]["failures"] == 1
+
+
+def test_when_every_backend_answers_503_the_client_gets_the_last_one(backends):
+    for server in backends:
+        server.status = 503
+    middleware = WSGILoadBalancer(None, backends=[s.url for s in backends])
+    result = call(middleware, environ_for())
+    assert result.code == 503 and result.header("X-Server") == ["c"]
+    assert [s.requests for s in backends] == [1, 1, 1]
+
+
+def test_post_is_not_retried_once_sent_but_a_connect_failure_is(backends):
+    a, b, c = backends
+    a.behaviour = "close"
+    middleware = WSGILoadBalancer(None, backends=[a.url, b.url], **SHORT)
+    result = call(middleware, environ_for("POST", body=b"order"))
+    assert result.code == 502 and b.requests == 0
+    a.stop()                                     # refused: nothing was sent, so retried
+    middleware = WSGILoadBalancer(None, backends=[a.url, b.url], **SHORT)
+    result = call(middleware, environ_for("POST", body=b"order"))
+    assert result.code == 200 and result.json() == {**result.json(), "server": "b", "body": "order"}
+
+
+def test_a_small_body_is_replayed_on_retry_a_large_one_is_not(backends):
+    a, b, c = backends
+    a.behaviour = "close"
+    middleware = WSGILoadBalancer(None, backends=[a.url, b.url], retry_buffer=16, **SHORT)
+    small = call(middleware, environ_for("PUT", body=b"0123456789abcdef"))
+    assert small.code == 200 and small.json()["body"] == "0123456789abcdef"
+    middleware = WSGILoadBalancer(None, backends=[a.url, b.url], retry_buffer=16, **SHORT)
+    large = call(middleware, environ_for("PUT", body=b"0123456789abcdefg"))
+    assert large.code == 502 and b.requests == 1          # only the small one reached b
+
+
+def test_no_retry_once_the_response_has_started(backends):
+    a, b, c = backends
+    a.behaviour = "truncate"
+    middleware = WSGILoadBalancer(None, backends=[a.url, b.url], **SHORT)
+    captured = {}
+    iterable = middleware(environ_for(), lambda status, headers: captured.update(status=status))
+    assert captured["status"] == "200 OK"
+    with pytest.raises(Exception):
+        b"".join(iterable)
+    iterable.close()
+    assert b.requests == 0 and in_flight(middleware) == [0, 0]
+
+
+def test_a_backend_killed_under_concurrent_load_costs_no_get_errors(backends):
+    a, b, c = backends
+    middleware = WSGILoadBalancer(None, backends=[s.url for s in backends], **SHORT)
+    statuses: list[int] = []
+    lock = threading.Lock()
+    done = threading.Event()
+
+    def client(port: int) -> None:
+        for _ in range(25):
+            status, _, _ = raw_request(port, b"GET /load HTTP/1.1\r\nHost: g\r\n\r\n")
+            with lock:
+                statuses.append(status)
+                if len(statuses) == 60:
+                    done.set()
+
+    with serve_wsgi(middleware) as port:
+        threads = [threading.Thread(target=client, args=(port,)) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        assert done.wait(timeout=20)
+        b.stop()                                   # killed mid-load: refused from now on
+        for thread in threads:
+            thread.join(timeout=30)
+    assert len(statuses) == 200 and set(statuses) == {200}
+    assert in_flight(middleware) == [0, 0, 0]
+    stats = {row["url"]: row for row in middleware.balancer.stats()}
+    assert stats[b.url]["state"] == "ejected"
+
+
+# -- settings ----------------------------------------------------------------------------------
+
+def test_settings_from_lb_variables(backends):
+    a = backends[0]
+    middleware = WSGILoadBalancer(inner_app, environ={
+        "LB_BACKENDS": a.url, "LB_PREFIX": "/api", "LB_STRIP_PREFIX": "yes",
+        "LB_POLICY": "least_conn"})
+    assert middleware.settings.policy == "least_conn"
+    assert call(middleware, environ_for(path="/api/x")).json()["path"] == "/x"
+    assert call(middleware, environ_for(path="/x")).body == b"inner app"
+
+
+@pytest.mark.parametrize("environ, message", [
+    ({}, "LB_BACKENDS is not set"),
+    ({"LB_BACKENDS": "http://127.0.0.1:1", "LB_RETRY_BUFFER": "lots"}, "LB_RETRY_BUFFER has value 'lots'"),
+    ({"LB_BACKENDS": "http://127.0.0.1:1", "LB_PREFX": "/api"}, "did you mean LB_PREFIX"),
+])
+def test_bad_lb_variables_raise_config_error_naming_them(environ, message):
+    with pytest.raises(lb.ConfigError, match=message):
+        WSGILoadBalancer(None, environ=environ)
+
+
+def test_a_shared_balancer(backends):
+    pool = lb.Balancer([s.url for s in backends])
+    first = WSGILoadBalancer(None, prefix="/one", balancer=pool)
+    second = WSGILoadBalancer(None, prefix="/two", balancer=pool)
+    served = [call(m, environ_for(path=p)).json()["server"]
+              for m, p in [(first, "/one"), (second, "/two"), (first, "/one")]]
+    assert served == ["a", "b", "c"]
+    with pytest.raises(lb.ConfigError, match="policy"):
+        WSGILoadBalancer(None, balancer=pool, policy="random")
+
+
+def test_exported_lazily_from_the_package():
+    assert lb.WSGILoadBalancer is WSGILoadBalancer
