@@ -7,7 +7,9 @@
 * ``"ok"``: 200 with the echo (``status`` overrides the code, e.g. 503);
 * ``"hang"``: accept and read the request, never answer (until stopped);
 * ``"close"``: close the connection without a response;
-* ``"truncate"``: send the head and half the promised body, then close.
+* ``"truncate"``: send the head and half the promised body, then close;
+* ``"stall"``: send the head and half the promised body, then wait (until stopped) for
+  the client to close the connection; ``peer_closed`` is set when it does.
 
 ``redirects`` maps a request path (with query) to a ``Location``: that path answers
 ``302 Found`` instead (whatever the behaviour).
@@ -72,6 +74,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
+        if behaviour == "stall":
+            self.wfile.write(payload[: len(payload) // 2])
+            self.wfile.flush()
+            self._wait_for_close(owner)
+            self.close_connection = True
+            return
         if behaviour == "truncate":
             self.wfile.write(payload[: len(payload) // 2])
             self.wfile.flush()
@@ -80,6 +88,20 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         if self.command != "HEAD":
             self.wfile.write(payload)
+
+    def _wait_for_close(self, owner: "BackendServer") -> None:
+        """Block until the client closes the connection (``peer_closed``) or a stop."""
+        self.connection.settimeout(0.05)
+        while not owner.release.is_set():
+            try:
+                if not self.connection.recv(65536):
+                    owner.peer_closed.set()
+                    return
+            except socket.timeout:
+                continue
+            except OSError:
+                owner.peer_closed.set()
+                return
 
     def _read_chunked(self) -> bytes:
         data = bytearray()
@@ -131,6 +153,7 @@ class BackendServer:
         self.received: list[tuple[str, str, dict, bytes]] = []
         self.open_sockets: set[socket.socket] = set()
         self.release = threading.Event()
+        self.peer_closed = threading.Event()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 

@@ -1,0 +1,332 @@
+"""The proxy rules shared by both middlewares (lbmiddleware.proxy): pure functions."""
+
+from __future__ import annotations
+
+import urllib.parse
+
+import pytest
+
+import lbmiddleware as lb
+from lbmiddleware import proxy
+from lbmiddleware.proxy import (BINARY, TEXT, ClientAddress, ProxySettings, UnsafeRequest,
+                                error_response, join_target, match_prefix, may_retry,
+                                normalize_prefix, parse_cookie, parse_listen, quote_path,
+                                sticky_key, upstream_url)
+
+BACKEND = lb.Backend("http://127.0.0.1:8001/v1")
+
+
+# -- prefix and target ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("given, expected", [
+    ("", "/"), ("/", "/"), ("api", "/api"), ("/api/", "/api"), ("/a/b/", "/a/b")])
+def test_prefix_is_normalised(given, expected):
+    assert normalize_prefix(given) == expected
+
+
+def test_prefix_with_control_characters_or_query_is_refused():
+    for bad in ("/api\r\n", "/api?x", "/api#x"):
+        with pytest.raises(ValueError):
+            normalize_prefix(bad)
+
+
+@pytest.mark.parametrize("path, strip, expected", [
+    ("/api", False, "/api"), ("/api/x", False, "/api/x"), ("/api/x", True, "/x"),
+    ("/api", True, "/"), ("/apix", False, None), ("/other", True, None), ("/ap", False, None)])
+def test_match_prefix(path, strip, expected):
+    assert match_prefix("/api", path, strip) == expected
+
+
+def test_root_prefix_matches_every_path_but_not_a_url():
+    assert match_prefix("/", "/anything/at/all") == "/anything/at/all"
+    assert match_prefix("/", "http://evil.example/") is None
+
+
+@pytest.mark.parametrize("path", [
+    "//evil.example/", "/http://evil.example/", "/\\evil.example", "/@evil.example",
+    "//user:pw@evil.example:80/x", "/https:/evil.example", "//evil.example\\@good/"])
+def test_paths_that_look_like_urls_never_change_the_host(path):
+    target = join_target(BACKEND.path, path, "q=1")
+    url = upstream_url(BACKEND, target)
+    parts = urllib.parse.urlsplit(url)
+    assert parts.netloc == "127.0.0.1:8001"
+    assert parts.path.startswith("/v1/")
+    assert target == "/v1" + path + "?q=1"          # the path reaches the backend as sent
+
+
+def test_target_keeps_the_path_and_query_as_sent():
+    assert join_target("", "//evil.example/a%2Fb", "x=1&y=%20") == "//evil.example/a%2Fb?x=1&y=%20"
+    assert join_target(b"/v1", b"/a/b", b"") == b"/v1/a/b"
+    assert join_target("", "", "") == "/"
+    assert join_target("", "no-slash", None) == "/no-slash"
+
+
+def test_target_escapes_what_cannot_go_raw_in_a_request_line():
+    assert join_target(b"", b"/a b#c\x7f\xff", b"q=a b") == b"/a%20b%23c%7F%FF?q=a%20b"
+
+
+@pytest.mark.parametrize("path, query", [
+    ("/a\r\nHost: evil", ""), ("/a\nb", ""), ("/a\x00", ""), ("/a", "x=1\r\nEvil: 1")])
+def test_target_with_cr_lf_or_nul_is_refused(path, query):
+    with pytest.raises(UnsafeRequest):
+        join_target("", path, query)
+    with pytest.raises(UnsafeRequest):
+        join_target(b"", path.encode(), query.encode())
+
+
+def test_upstream_url_refuses_a_target_that_is_not_a_path():
+    for bad in ("evil.example/", "@evil.example", "http://evil.example/"):
+        with pytest.raises(UnsafeRequest):
+            upstream_url(BACKEND, bad)
+
+
+def test_quote_path_encodes_a_decoded_path():
+    assert quote_path("/a b/%/?#/\\é") == "/a%20b/%25/%3F%23/%5C%C3%A9"
+    assert quote_path(b"/caf\xe9") == "/caf%E9"      # WSGI: latin-1 bytes as they came
+    assert quote_path("//evil.example/") == "//evil.example/"
+
+
+# -- request headers ---------------------------------------------------------------------------
+
+def request(headers, **kwargs):
+    options = dict(peer="198.51.100.9", scheme="https")
+    options.update(kwargs)
+    return BINARY.request_headers(headers, **options)
+
+
+def names(headers):
+    return [n.lower() for n, _ in headers]
+
+
+def test_hop_by_hop_headers_are_dropped_from_requests():
+    out = request([
+        (b"host", b"front.example"), (b"connection", b"keep-alive"), (b"keep-alive", b"300"),
+        (b"proxy-connection", b"keep-alive"), (b"te", b"trailers"), (b"trailer", b"x"),
+        (b"upgrade", b"websocket"), (b"transfer-encoding", b"chunked"), (b"accept", b"*/*")])
+    assert names(out) == [b"accept", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"]
+
+
+def test_headers_named_by_connection_are_dropped_whatever_their_case():
+    out = request([(b"connection", b"Keep-Alive, X-Secret ,x-other"), (b"X-Secret", b"s"),
+                   (b"x-other", b"o"), (b"connection", b"X-Third"), (b"x-third", b"t"),
+                   (b"x-kept", b"k")])
+    assert b"x-secret" not in names(out) and b"x-other" not in names(out)
+    assert b"x-third" not in names(out)
+    assert (b"x-kept", b"k") in out
+
+
+def test_the_clients_framing_is_never_copied():
+    out = request([(b"content-length", b"5"), (b"transfer-encoding", b"chunked"),
+                   (b"content-type", b"text/plain")])
+    assert b"content-length" not in names(out) and b"transfer-encoding" not in names(out)
+    assert (b"content-type", b"text/plain") in out
+
+
+def test_host_is_the_backends_unless_preserved():
+    received = [(b"host", b"front.example"), (b"accept", b"*/*")]
+    assert request(received)[0] == (b"accept", b"*/*")           # the client adds the backend's
+    assert request(received, upstream_host=b"127.0.0.1:8001")[0] == (b"Host", b"127.0.0.1:8001")
+    assert request(received, preserve_host=True)[0] == (b"Host", b"front.example")
+
+
+def test_forwarded_headers_are_set_and_x_forwarded_for_appended():
+    out = dict(request([(b"host", b"front.example"), (b"x-forwarded-for", b"1.2.3.4"),
+                        (b"x-forwarded-for", b"5.6.7.8"), (b"x-forwarded-proto", b"spoofed"),
+                        (b"x-forwarded-host", b"evil.example")]))
+    assert out[b"X-Forwarded-For"] == b"1.2.3.4, 5.6.7.8, 198.51.100.9"
+    assert out[b"X-Forwarded-Proto"] == b"https"
+    assert out[b"X-Forwarded-Host"] == b"front.example"
+
+
+def test_a_trusted_peer_keeps_its_forwarded_proto_and_host():
+    out = dict(request([(b"host", b"inner"), (b"x-forwarded-proto", b"https"),
+                        (b"x-forwarded-host", b"public.example")], scheme="http",
+                       trusted_peer=True))
+    assert out[b"X-Forwarded-Proto"] == b"https"
+    assert out[b"X-Forwarded-Host"] == b"public.example"
+
+
+@pytest.mark.parametrize("header", [
+    (b"x-a", b"v\r\nInjected: 1"), (b"x-a", b"v\nInjected: 1"), (b"x-a", b"v\x00"),
+    (b"x-a\r\nInjected", b"1"), (b"host", b"a\r\nb")])
+def test_cr_lf_or_nul_in_a_request_header_is_refused(header):
+    with pytest.raises(UnsafeRequest):
+        request([header])
+    with pytest.raises(UnsafeRequest):
+        TEXT.request_headers([(header[0].decode("latin-1"), header[1].decode("latin-1"))],
+                             peer=None, scheme="http")
+
+
+def test_text_and_binary_rules_agree():
+    received = [("Host", "front"), ("Connection", "x-a"), ("X-A", "1"), ("Content-Length", "3"),
+                ("X-Forwarded-For", "1.1.1.1"), ("Accept", "*/*")]
+    text = TEXT.request_headers(received, peer="2.2.2.2", scheme="http")
+    binary = BINARY.request_headers([(n.encode(), v.encode()) for n, v in received],
+                                    peer="2.2.2.2", scheme="http")
+    assert [(n.encode(), v.encode()) for n, v in text] == binary
+
+
+@pytest.mark.parametrize("headers, expected", [
+    ([], 0), ([(b"content-length", b"12")], 12), ([(b"transfer-encoding", b"chunked")], None),
+    ([(b"content-length", b"5"), (b"transfer-encoding", b"chunked")], None),
+    ([(b"content-length", b"5"), (b"content-length", b"5")], 5)])
+def test_body_length_from_the_clients_framing(headers, expected):
+    assert BINARY.body_length(headers) == expected
+
+
+@pytest.mark.parametrize("value", [b"-1", b"1e3", b"x", b""])
+def test_bad_content_length_is_refused(value):
+    with pytest.raises(UnsafeRequest):
+        BINARY.body_length([(b"content-length", value)])
+    with pytest.raises(UnsafeRequest):
+        BINARY.body_length([(b"content-length", b"5"), (b"content-length", b"6")])
+
+
+# -- response headers ---------------------------------------------------------------------------
+
+def test_hop_by_hop_headers_are_dropped_from_responses_and_set_cookie_kept():
+    out = TEXT.response_headers([
+        ("Set-Cookie", "a=1"), ("Connection", "close, X-Hop"), ("X-Hop", "h"),
+        ("Keep-Alive", "timeout=5"), ("Set-Cookie", "b=2"), ("Upgrade", "h2c"),
+        ("Trailer", "x"), ("Content-Type", "text/plain"), ("Content-Length", "3")])
+    assert out == [("Set-Cookie", "a=1"), ("Set-Cookie", "b=2"), ("Content-Type", "text/plain"),
+                   ("Content-Length", "3")]
+
+
+def test_response_content_length_dropped_when_transfer_encoding_came_too():
+    out = BINARY.response_headers([(b"Transfer-Encoding", b"chunked"), (b"Content-Length", b"9"),
+                                   (b"X", b"y")])
+    assert out == [(b"X", b"y")]
+
+
+# -- client address and sticky key -------------------------------------------------------------
+
+def test_x_forwarded_for_from_an_untrusted_peer_changes_nothing():
+    address = ClientAddress(["10.0.0.0/8"])
+    assert address("203.0.113.7", ["1.2.3.4"]) == "203.0.113.7"
+    assert ClientAddress()("203.0.113.7", ["1.2.3.4"]) == "203.0.113.7"
+
+
+def test_trusted_peer_gives_the_rightmost_untrusted_address():
+    address = ClientAddress(["10.0.0.0/8", "192.168.0.1/32"])
+    assert address("10.0.0.1", ["1.2.3.4"]) == "1.2.3.4"
+    assert address("10.0.0.1", ["6.6.6.6, 1.2.3.4, 10.0.0.2"]) == "1.2.3.4"
+    assert address("10.0.0.1", [b"6.6.6.6", b"1.2.3.4, 192.168.0.1"]) == "1.2.3.4"
+    assert address("10.0.0.1", ["10.9.9.9, 10.0.0.2"]) == "10.9.9.9"     # all trusted: leftmost
+    assert address("10.0.0.1", []) == "10.0.0.1"
+    assert address("10.0.0.1", ["1.2.3.4:5678"]) == "1.2.3.4"
+    assert address("10.0.0.1", ["[2001:db8::1]:80"]) == "2001:db8::1"
+
+
+def test_garbage_in_x_forwarded_for_is_never_the_client():
+    address = ClientAddress(["10.0.0.0/8"])
+    assert address("10.0.0.1", ["unknown"]) == "10.0.0.1"
+    assert address("10.0.0.1", ["1.2.3.4, junk, 10.0.0.7"]) == "10.0.0.7"
+
+
+def test_sticky_keys():
+    headers = [(b"cookie", b"a=1; sid=\"s-42\"; b=2"), (b"x-user", b"alice")]
+    assert sticky_key("client_ip", "1.2.3.4", headers) == "1.2.3.4"
+    assert sticky_key("header:X-User", "1.2.3.4", headers) == "alice"
+    assert sticky_key("cookie:sid", "1.2.3.4", headers) == "s-42"
+    assert sticky_key("cookie:none", "1.2.3.4", headers) is None
+    assert sticky_key("header:x-none", "1.2.3.4", [("X-None", "")]) == ""
+    assert sticky_key("header:x-user", None, [("X-User", "bob")]) == "bob"
+    assert parse_cookie("a=1;a=2; b") == {"a": "1"}
+
+
+# -- retries -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", ["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE", "POST", "PATCH"])
+def test_connect_failures_are_retried_for_every_method(method):
+    assert may_retry(method, sent=False, replayable=False)
+
+
+def test_after_sending_only_idempotent_replayable_requests_are_retried():
+    assert may_retry("GET", sent=True, replayable=True)
+    assert may_retry("put", sent=True, replayable=True)
+    assert not may_retry("PUT", sent=True, replayable=False)
+    assert not may_retry("POST", sent=True, replayable=True)
+    assert not may_retry("PATCH", sent=True, replayable=True)
+    assert may_retry("POST", sent=True, replayable=True, retry_non_idempotent=True)
+    assert not may_retry("POST", sent=True, replayable=False, retry_non_idempotent=True)
+
+
+def test_never_retried_once_the_client_got_a_byte():
+    assert not may_retry("GET", sent=False, replayable=True, responded=True)
+
+
+# -- error responses ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("status, words", [
+    (502, "Bad Gateway"), (503, "Service Unavailable"), (504, "Gateway Timeout"),
+    (400, "Bad Request"), (404, "Not Found")])
+def test_error_responses_are_short_plain_text(status, words):
+    error = error_response(status)
+    headers = dict(error.headers)
+    assert error.status == status and error.body.startswith(f"{status} {words}: ".encode())
+    assert error.body.endswith(b"\n") and len(error.body) < 100
+    assert headers["Content-Type"].startswith("text/plain")
+    assert int(headers["Content-Length"]) == len(error.body)
+    assert ("Retry-After" in headers) == (status == 503)
+
+
+def test_error_response_detail():
+    assert error_response(502, "backend reset").body == b"502 Bad Gateway: backend reset\n"
+    assert dict(error_response(503, retry_after=9).headers)["Retry-After"] == "9"
+
+
+# -- settings ---------------------------------------------------------------------------------
+
+def test_proxy_settings_from_variables():
+    settings = ProxySettings.from_env({
+        "LB_BACKENDS": "http://127.0.0.1:8001", "LB_PREFIX": "api/", "LB_STRIP_PREFIX": "yes",
+        "LB_PRESERVE_HOST": "1", "LB_LISTEN": "[::1]:9000", "LB_RETRY_BUFFER": "1MB",
+        "LB_RETRY_NON_IDEMPOTENT": "true"})
+    assert settings.prefix == "/api" and settings.strip_prefix and settings.preserve_host
+    assert settings.listen_address == ("::1", 9000)
+    assert settings.retry_buffer == 1024 * 1024 and settings.retry_non_idempotent
+
+
+def test_proxy_settings_defaults():
+    settings = ProxySettings(backends=["http://127.0.0.1:8001"])
+    assert (settings.prefix, settings.strip_prefix, settings.preserve_host) == ("/", False, False)
+    assert settings.listen_address == ("127.0.0.1", 8000)
+    assert settings.retry_buffer == 65536 and not settings.retry_non_idempotent
+
+
+@pytest.mark.parametrize("variable, value, words", [
+    ("LB_LISTEN", "localhost", "LB_LISTEN has value 'localhost'"),
+    ("LB_LISTEN", "h:99999", "port from 0 to 65535"),
+    ("LB_STRIP_PREFIX", "maybe", "LB_STRIP_PREFIX has value 'maybe': not a boolean"),
+    ("LB_PREFIX", "/a?b", "LB_PREFIX has value '/a?b'"),
+    ("LB_RETRY_BUFFER", "lots", "LB_RETRY_BUFFER has value 'lots': not a size"),
+    ("LB_PREFX", "/api", "did you mean LB_PREFIX?")])
+def test_bad_proxy_settings_name_the_variable(variable, value, words):
+    with pytest.raises(lb.ConfigError, match=words.replace("?", r"\?")):
+        ProxySettings.from_env({"LB_BACKENDS": "http://127.0.0.1:8001", variable: value})
+
+
+def test_listen_addresses():
+    assert parse_listen(":8080") == ("127.0.0.1", 8080)
+    assert parse_listen("0.0.0.0:0") == ("0.0.0.0", 0)
+    with pytest.raises(ValueError):
+        parse_listen("[zz::1]:80")
+
+
+def test_describe_lists_the_proxy_settings():
+    variables = [row[0] for row in ProxySettings.describe()]
+    for name in ("LB_BACKENDS", "LB_PREFIX", "LB_STRIP_PREFIX", "LB_PRESERVE_HOST",
+                 "LB_LISTEN", "LB_RETRY_BUFFER", "LB_RETRY_NON_IDEMPOTENT"):
+        assert name in variables
+
+
+def test_proxy_module_imports_only_the_standard_library():
+    import ast
+    import sys
+    tree = ast.parse(open(proxy.__file__).read())
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree)
+                if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module.split(".")[0] for node in ast.walk(tree)
+                 if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module}
+    assert imported <= set(sys.stdlib_module_names) | {"__future__"}
