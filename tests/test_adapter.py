@@ -190,6 +190,18 @@ def test_hanging_backend_get_is_retried_post_is_not(backends):
     assert in_flight(adapter.balancer) == [0, 0]
 
 
+def test_settings_timeouts_apply_when_the_call_gives_none(backends):
+    a, b, _ = backends
+    a.behaviour = "hang"
+    adapter = LoadBalancingAdapter([a.url], read_timeout=0.3, retries=0)
+    with pytest.raises(requests.ReadTimeout):
+        mounted(adapter).get(f"{VHOST}/")
+    adapter = LoadBalancingAdapter([a.url, b.url], read_timeout=0.3, retries=0)
+    with pytest.raises(requests.ReadTimeout):                  # retries=0: no second try
+        mounted(adapter).get(f"{VHOST}/")
+    assert b.requests == 0
+
+
 def test_retry_non_idempotent_opts_in(backends):
     a, b, _ = backends
     a.behaviour = "hang"
@@ -248,12 +260,12 @@ def test_seekable_body_is_replayed_generator_body_is_not(backends):
     session = mounted(LoadBalancingAdapter([a.url, b.url]))
     body = io.BytesIO(b"skip:payload")
     body.seek(5)
-    response = session.put(f"{VHOST}/doc", data=body)
+    response = session.put(f"{VHOST}/doc", data=body, timeout=SHORT)
     assert served_by(response) == "b"
     assert b.received[-1][3] == b"payload"
 
     session = mounted(LoadBalancingAdapter([a.url, b.url]))
-    response = session.put(f"{VHOST}/doc", data=iter([b"pay", b"load"]))
+    response = session.put(f"{VHOST}/doc", data=iter([b"pay", b"load"]), timeout=SHORT)
     assert (response.status_code, served_by(response)) == (503, "a")
     assert a.received[-1][3] == b"payload"
     assert b.requests == 1
