@@ -1,0 +1,69 @@
+"""``python -m lbmiddleware``: the gateway (``serve``) and the demo (``demo``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from .errors import ConfigError
+from .proxy import ProxySettings
+
+__all__ = ["main"]
+
+
+def _settings_help() -> str:
+    rows = ProxySettings.describe()
+    width = max(len(name) for name, _, _ in rows)
+    lines = ["settings (environment variables):"]
+    for name, default, help_text in rows:
+        lines.append(f"  {name:<{width}}  {help_text} [{default}]")
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m lbmiddleware",
+        description="Client-side load balancing: a gateway and a demo.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    commands.add_parser(
+        "serve", help="run the load-balancing gateway (settings from LB_* variables)",
+        description="Reverse-proxy every request under LB_PREFIX to the LB_BACKENDS pool, "
+                    "under uvicorn, until interrupted.\n\n"
+                    'example: LB_BACKENDS="http://127.0.0.1:8001, http://127.0.0.1:8002" '
+                    "python -m lbmiddleware serve",
+        epilog=_settings_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    # -- demo: written alongside the WSGI middleware (lbmiddleware/demo.py) --------------
+    commands.add_parser(
+        "demo", help="run every policy against three local backends and print a table",
+        description="Start three local backends and a gateway, drive each policy, print "
+                    "the share, latency and errors per backend.")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command; returns the exit status (2 for a bad setting, like a bad argument)."""
+    args = _parser().parse_args(argv)
+    if args.command == "demo":
+        from .demo import main as demo_main     # lbmiddleware/demo.py (the demo helper's)
+        return demo_main() or 0
+    try:
+        from .gateway import load_settings
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"python -m lbmiddleware serve: error: {exc}", file=sys.stderr)
+        return 2
+    from .gateway import serve
+    try:
+        serve(settings)
+    except OSError as exc:          # the address is taken, say
+        print(f"python -m lbmiddleware serve: error: cannot listen on {settings.listen}: "
+              f"{exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
