@@ -201,14 +201,7 @@ class LoadBalancingAdapter(HTTPAdapter):
                     self._make_pool_room(backend)
                 if offset is not None and len(tried) > 1:
                     body.seek(offset)
-                upstream = _UpstreamRequest()
-                upstream.method = request.method
-                upstream.url = backend.url + target
-                upstream.headers = headers
-                upstream._cookies = request._cookies
-                upstream.body = body
-                upstream.hooks = request.hooks
-                upstream.original = request
+                upstream = self._upstream_request(request, backend.url + target, headers)
                 start = self._timer()
                 try:
                     response = super().send(upstream, stream=stream, timeout=timeout,
@@ -222,9 +215,7 @@ class LoadBalancingAdapter(HTTPAdapter):
                     balancer.report(backend, ok=False)
                     sent = not _is_connect_failure(exc)
                     backend = None
-                    if len(tried) <= self._retries and may_retry(
-                            request.method or "GET", sent=sent, replayable=replayable,
-                            retry_non_idempotent=self.settings.retry_non_idempotent):
+                    if self._may_retry(request, tried, sent=sent, replayable=replayable):
                         backend = self._next_backend(key, tried)
                     if backend is None:
                         raise _naming_backends(exc, request, tried) from exc
@@ -232,9 +223,7 @@ class LoadBalancingAdapter(HTTPAdapter):
                 if response.status_code not in self._fail_statuses:
                     return self._finish(response, backend, True, latency, stream)
                 following = None
-                if len(tried) <= self._retries and may_retry(
-                        request.method or "GET", sent=True, replayable=replayable,
-                        retry_non_idempotent=self.settings.retry_non_idempotent):
+                if self._may_retry(request, tried, sent=True, replayable=replayable):
                     following = self._next_backend(key, tried)
                 if following is None:
                     return self._finish(response, backend, False, latency, stream)
@@ -274,6 +263,26 @@ class LoadBalancingAdapter(HTTPAdapter):
         headers = request.headers.copy()
         headers["Host"] = urllib.parse.urlsplit(request.url).netloc.rpartition("@")[2]
         return headers
+
+    @staticmethod
+    def _upstream_request(request: PreparedRequest, url: str, headers: Any) -> _UpstreamRequest:
+        """A shallow copy of ``request`` for ``url`` (the body and cookies are shared)."""
+        upstream = _UpstreamRequest()
+        upstream.method = request.method
+        upstream.url = url
+        upstream.headers = headers
+        upstream._cookies = request._cookies
+        upstream.body = request.body
+        upstream.hooks = request.hooks
+        upstream.original = request
+        return upstream
+
+    def _may_retry(self, request: PreparedRequest, tried: list[Backend], *, sent: bool,
+                   replayable: bool) -> bool:
+        """Retries left, and SEMANTICS allows one for this method, body and failure."""
+        return len(tried) <= self._retries and may_retry(
+            request.method or "GET", sent=sent, replayable=replayable,
+            retry_non_idempotent=self.settings.retry_non_idempotent)
 
     def _next_backend(self, key: str | None, tried: list[Backend]) -> Backend | None:
         try:
