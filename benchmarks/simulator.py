@@ -1,0 +1,284 @@
+"""A discrete-event simulator that drives a real :class:`lbmiddleware.Balancer`.
+
+Requests arrive as a Poisson process. Each one is sent where ``pool.pick()`` says, using only
+what a real client knows (its own in-flight counts and the outcomes it has reported), and the
+outcome is reported with ``pool.report()`` when the attempt ends. The balancer's ``timer`` is
+the simulated clock and its ``rng`` is seeded, so a run is a pure function of its seed.
+
+Each simulated backend is a FIFO queue with its own service-time distribution and a number of
+workers (``None``: unlimited, a pure delay). A :class:`Fault` changes a backend for a while:
+
+* ``slow``: every request arriving in the window takes ``delay`` seconds;
+* ``refuse``: connection refused, the attempt fails after ``delay`` seconds;
+* ``blackhole``: accepted and never answered; the client's read timeout ends the attempt.
+
+Retries follow the front-ends' rules (SEMANTICS.md): a connect failure is retried on another
+backend for any method; after the request was sent (a read timeout) only an idempotent
+request is retried; at most ``settings.retries`` retries, each to a backend not yet tried.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import math
+import random
+from typing import Callable, Sequence
+
+import lbmiddleware as lb
+
+__all__ = [
+    "Fault", "Server", "SimClock", "RunResult", "simulate", "percentile",
+    "exponential", "lognormal", "constant", "backend_urls",
+]
+
+Sampler = Callable[[random.Random], float]
+
+_ARRIVAL, _END = 0, 1
+_FAULT_KINDS = ("slow", "refuse", "blackhole")
+
+
+def exponential(mean: float) -> Sampler:
+    """Exponential service times with this mean (seconds)."""
+    rate = 1.0 / mean
+    return lambda rng: rng.expovariate(rate)
+
+
+def lognormal(median: float, sigma: float) -> Sampler:
+    """Log-normal service times with this median (seconds) and shape ``sigma``."""
+    mu = math.log(median)
+    return lambda rng: rng.lognormvariate(mu, sigma)
+
+
+def constant(seconds: float) -> Sampler:
+    """Every request takes exactly ``seconds``."""
+    return lambda rng: seconds
+
+
+@dataclasses.dataclass(frozen=True)
+class Fault:
+    """A backend misbehaves from ``start`` to ``end`` (simulated seconds)."""
+
+    kind: str
+    start: float
+    end: float
+    delay: float = 0.0     # slow: service time; refuse: time to fail
+
+    def __post_init__(self) -> None:
+        if self.kind not in _FAULT_KINDS:
+            raise ValueError(f"fault kind {self.kind!r} is not one of {', '.join(_FAULT_KINDS)}")
+        if not self.start < self.end:
+            raise ValueError(f"fault window {self.start!r}..{self.end!r} is empty")
+
+
+@dataclasses.dataclass(frozen=True)
+class Server:
+    """One simulated backend: service times, workers (None: unlimited) and faults."""
+
+    service: Sampler
+    workers: int | None = None
+    weight: int = 1
+    faults: tuple[Fault, ...] = ()
+
+    def fault_at(self, now: float) -> Fault | None:
+        for fault in self.faults:
+            if fault.start <= now < fault.end:
+                return fault
+        return None
+
+
+class SimClock:
+    """The simulated time, injected into the balancer as ``timer``."""
+
+    __slots__ = ("now",)
+
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclasses.dataclass
+class RunResult:
+    """What one run observed. Per request (in arrival order): ``arrivals``, client-visible
+    ``latencies`` (arrival to final outcome) and ``ok``; per attempt: ``attempts`` as
+    ``(sent_at, server_index, ok)``; ``ejections`` as ``(time, server_index)``."""
+
+    arrivals: list[float]
+    latencies: list[float]
+    ok: list[bool]
+    attempts: list[tuple[float, int, bool]]
+    ejections: list[tuple[float, int]]
+    pool: lb.Balancer
+    end_time: float
+
+    def measured(self, start: float = 0.0, end: float = math.inf) -> list[int]:
+        """Indices of the requests that arrived in ``[start, end)``."""
+        return [i for i, t in enumerate(self.arrivals) if start <= t < end]
+
+    @property
+    def errors(self) -> int:
+        """Requests whose final outcome, after any retries, was a failure."""
+        return self.ok.count(False)
+
+    def failed_attempts(self, server: int | None = None) -> int:
+        return sum(1 for _, index, ok in self.attempts
+                   if not ok and (server is None or index == server))
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    """Nearest-rank percentile of ``values`` (``fraction`` in 0..1); sorts a copy."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = max(1, math.ceil(fraction * len(ordered)))
+    return ordered[rank - 1]
+
+
+def backend_urls(count: int) -> list[str]:
+    """Distinct backend URLs for a simulated pool (never contacted)."""
+    return [f"http://10.0.{i // 250}.{i % 250 + 1}:8080" for i in range(count)]
+
+
+class _Request:
+    __slots__ = ("index", "arrival", "key", "tried", "idempotent")
+
+    def __init__(self, index: int, arrival: float, key: str | None, idempotent: bool) -> None:
+        self.index = index
+        self.arrival = arrival
+        self.key = key
+        self.tried: list[lb.Backend] = []
+        self.idempotent = idempotent
+
+
+class _Attempt:
+    __slots__ = ("request", "backend", "server", "sent", "log_index")
+
+    def __init__(self, request: _Request, backend: lb.Backend, server: int, sent: float,
+                 log_index: int) -> None:
+        self.request = request
+        self.backend = backend
+        self.server = server
+        self.sent = sent
+        self.log_index = log_index
+
+
+def simulate(servers: Sequence[Server], policy: str, *, rate: float, duration: float,
+             seed: int, keys: Sequence[str] | None = None, idempotent: bool = True,
+             **options) -> RunResult:
+    """Run ``rate`` requests/s for ``duration`` simulated seconds, then drain.
+
+    ``options`` go to :class:`~lbmiddleware.Balancer` (``max_fails``, ``retries``,
+    ``read_timeout``…); the retry rules read ``retries`` and ``read_timeout`` from the
+    resulting settings. ``keys``: sticky keys drawn uniformly per request (for ``ip_hash``).
+    """
+    if rate <= 0 or duration <= 0:
+        raise ValueError(f"rate {rate!r} and duration {duration!r} must be positive")
+    clock = SimClock()
+    world = random.Random(seed)                       # arrivals, service times, keys
+    urls = backend_urls(len(servers))
+    pool = lb.Balancer([lb.Backend(url, weight=s.weight) for url, s in zip(urls, servers)],
+                       policy=policy, timer=clock, rng=random.Random(seed * 7919 + 1), **options)
+    retries = pool.settings.retries
+    read_timeout = pool.settings.read_timeout
+    server_of = {backend.url: i for i, backend in enumerate(pool.backends)}
+    free_at = [[0.0] * (s.workers or 1) for s in servers]   # heap: when each worker is free
+    faulty = [bool(s.faults) for s in servers]
+    samplers = [s.service for s in servers]
+    workers = [s.workers for s in servers]
+
+    arrivals: list[float] = []
+    latencies: list[float] = []
+    ok_list: list[bool] = []
+    attempts: list[tuple[float, int, bool]] = []
+    ejections: list[tuple[float, int]] = []
+    ejection_counts = [0] * len(servers)
+
+    events: list[tuple] = []
+    push, pop = heapq.heappush, heapq.heappop
+    sequence = 0
+    expovariate = world.expovariate
+
+    def finish(request: _Request, now: float, ok: bool) -> None:
+        latencies[request.index] = now - request.arrival
+        ok_list[request.index] = ok
+
+    def send(request: _Request, now: float) -> None:
+        nonlocal sequence
+        try:
+            backend = pool.pick(key=request.key, exclude=request.tried)
+        except lb.NoHealthyBackend:
+            finish(request, now, False)
+            return
+        request.tried.append(backend)
+        index = server_of[backend.url]
+        attempt = _Attempt(request, backend, index, now, len(attempts))
+        attempts.append((now, index, True))
+        fault = servers[index].fault_at(now) if faulty[index] else None
+        if fault is None:
+            service = samplers[index](world)
+        elif fault.kind == "slow":
+            service = fault.delay
+        elif fault.kind == "refuse":
+            sequence += 1
+            push(events, (now + fault.delay, sequence, _END, attempt, "connect"))
+            return
+        else:                                          # blackhole: only the timeout ends it
+            sequence += 1
+            push(events, (now + read_timeout, sequence, _END, attempt, "timeout"))
+            return
+        limit = workers[index]
+        if limit is not None:                          # FIFO: the start is known on arrival
+            free = free_at[index]
+            start = free[0]
+            if start < now:
+                start = now
+            heapq.heapreplace(free, start + service)
+            service = start + service - now
+        sequence += 1
+        if service <= read_timeout:
+            push(events, (now + service, sequence, _END, attempt, None))
+        else:                                          # the backend still does the work
+            push(events, (now + read_timeout, sequence, _END, attempt, "timeout"))
+
+    def failed(attempt: _Attempt, now: float, connect: bool) -> None:
+        sent, index, _ = attempts[attempt.log_index]
+        attempts[attempt.log_index] = (sent, index, False)
+        pool.report(attempt.backend, ok=False)
+        row = next(r for r in pool.stats() if r["url"] == attempt.backend.url)
+        if row["ejections"] > ejection_counts[index]:
+            ejection_counts[index] = row["ejections"]
+            ejections.append((now, index))
+        request = attempt.request
+        if len(request.tried) <= retries and (connect or request.idempotent):
+            send(request, now)
+        else:
+            finish(request, now, False)
+
+    count = 0
+    next_arrival = expovariate(rate)
+    if next_arrival < duration:
+        push(events, (next_arrival, 0, _ARRIVAL, None, None))
+    key_count = len(keys) if keys else 0
+    while events:
+        now, _, kind, attempt, detail = pop(events)
+        clock.now = now
+        if kind == _ARRIVAL:
+            key = keys[int(world.random() * key_count)] if key_count else None
+            request = _Request(count, now, key, idempotent)
+            count += 1
+            arrivals.append(now)
+            latencies.append(math.nan)
+            ok_list.append(False)
+            following = now + expovariate(rate)
+            if following < duration:
+                sequence += 1
+                push(events, (following, sequence, _ARRIVAL, None, None))
+            send(request, now)
+        elif detail is None:
+            pool.report(attempt.backend, ok=True, latency=now - attempt.sent)
+            finish(attempt.request, now, True)
+        else:
+            failed(attempt, now, connect=detail == "connect")
+    return RunResult(arrivals, latencies, ok_list, attempts, ejections, pool, clock.now)

@@ -1,0 +1,102 @@
+"""The balance-quality simulator (benchmarks/simulator.py) and the quick benchmark run."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import statistics
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _load(name: str):
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+sim = _load("simulator")
+
+
+def test_mm1_mean_time_in_system_is_the_textbook_one():
+    # One FIFO server, exponential service (mean 10 ms), Poisson arrivals at 60% load:
+    # the mean time in system is 1 / (mu - lambda) = 1 / (100 - 60) = 25 ms.
+    server = sim.Server(sim.exponential(0.010), workers=1)
+    run = sim.simulate([server], "round_robin", rate=60.0, duration=1000.0, seed=7)
+    measured = run.measured(start=50.0)
+    mean = statistics.fmean(run.latencies[i] for i in measured)
+    assert len(measured) > 50_000
+    assert mean == pytest.approx(0.025, rel=0.05)
+    assert all(run.ok)
+
+
+def test_unlimited_workers_is_a_pure_delay():
+    server = sim.Server(sim.constant(0.2), workers=None)
+    run = sim.simulate([server], "round_robin", rate=500.0, duration=2.0, seed=1)
+    assert set(round(x, 9) for x in run.latencies) == {0.2}
+
+
+def _fingerprint(run):
+    return (run.arrivals, run.latencies, run.ok, run.attempts, run.ejections)
+
+
+def test_a_run_is_reproducible_from_its_seed():
+    servers = [sim.Server(sim.lognormal(0.05, 0.3), workers=4) for _ in range(4)]
+    servers[0] = sim.Server(sim.lognormal(0.05, 0.3), workers=4,
+                            faults=(sim.Fault("refuse", 1.0, 2.0, 0.001),))
+    first = sim.simulate(servers, "latency", rate=400.0, duration=3.0, seed=11, retries=1)
+    again = sim.simulate(servers, "latency", rate=400.0, duration=3.0, seed=11, retries=1)
+    other = sim.simulate(servers, "latency", rate=400.0, duration=3.0, seed=12, retries=1)
+    assert _fingerprint(first) == _fingerprint(again)
+    assert _fingerprint(first) != _fingerprint(other)
+
+
+def test_refused_connections_are_retried_on_another_backend():
+    dead = sim.Server(sim.constant(0.01), faults=(sim.Fault("refuse", 0.0, 10.0, 0.001),))
+    alive = sim.Server(sim.constant(0.01))
+    run = sim.simulate([dead, alive], "round_robin", rate=200.0, duration=1.0, seed=3,
+                       retries=1, max_fails=0)
+    assert all(run.ok)
+    assert run.failed_attempts(0) > 50                  # max_fails=0: never ejected
+    assert run.failed_attempts(1) == 0
+    without = sim.simulate([dead, alive], "round_robin", rate=200.0, duration=1.0, seed=3,
+                           retries=0, max_fails=0)
+    assert without.errors == without.failed_attempts(0) > 50
+
+
+def test_a_read_timeout_is_retried_only_for_idempotent_requests():
+    hole = sim.Server(sim.constant(0.01), faults=(sim.Fault("blackhole", 0.0, 10.0),))
+    alive = sim.Server(sim.constant(0.01))
+    options = dict(rate=100.0, duration=1.0, seed=5, retries=1, read_timeout=0.5, max_fails=0)
+    get = sim.simulate([hole, alive], "round_robin", **options)
+    post = sim.simulate([hole, alive], "round_robin", idempotent=False, **options)
+    assert all(get.ok)
+    retried = [x for x in get.latencies if math.isclose(x, 0.51)]   # timeout, then 10 ms
+    assert len(retried) == get.failed_attempts(0) > 20
+    assert post.errors == post.failed_attempts(0) > 20
+    assert all(math.isclose(post.latencies[i], 0.5) for i in range(len(post.ok))
+               if not post.ok[i])
+
+
+def test_ejections_are_recorded_on_the_simulated_clock():
+    dead = sim.Server(sim.constant(0.01), faults=(sim.Fault("refuse", 0.5, 10.0, 0.001),))
+    run = sim.simulate([dead, sim.Server(sim.constant(0.01))], "round_robin", rate=200.0,
+                       duration=1.0, seed=2, retries=0)
+    assert run.ejections and run.ejections[0][1] == 0
+    assert 0.5 < run.ejections[0][0] < 0.6
+    assert run.failed_attempts(0) == 3                  # max_fails, then ejected
+
+
+def test_bad_faults_are_rejected():
+    with pytest.raises(ValueError, match="fault kind 'melt'"):
+        sim.Fault("melt", 0.0, 1.0)
+    with pytest.raises(ValueError, match="empty"):
+        sim.Fault("slow", 2.0, 1.0, 2.0)
