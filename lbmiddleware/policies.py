@@ -12,6 +12,7 @@ import bisect
 import heapq
 import itertools
 import random
+from collections import deque
 from typing import Any, Callable, Collection, Sequence
 
 from .backend import Backend
@@ -225,9 +226,46 @@ class PeakEwmaP2C(Policy):
 
     Draw two distinct eligible backends at random and keep the one with the lower
     ``rtt_estimate * (in_flight + 1) / weight`` (see :mod:`lbmiddleware.load`). O(1).
+
+    A request still outstanding after ``age`` seconds will take at least ``age``: the age
+    of the oldest outstanding request is a lower bound on a latency sample not yet
+    reported, so the estimate used is never below it. A backend that turns slow (or stops
+    answering) then looks slow while its first slow requests are still in flight, not
+    only when they end. The send times are kept per backend in order; each ended request
+    drops the oldest, so with responses out of order the head is younger than the true
+    oldest request and the bound stays a lower bound.
     """
 
     name = "latency"
+
+    def __init__(self, rng: random.Random, timer: Callable[[], float],
+                 load: PeakEwma | None = None) -> None:
+        super().__init__(rng, timer, load)
+        self._sent: dict[BackendState, deque[float]] = {}   # send times, oldest first
+
+    def started(self, state: BackendState) -> None:
+        sent = self._sent.get(state)
+        if sent is None:
+            sent = self._sent[state] = deque()
+        sent.append(self.timer())
+
+    def finished(self, state: BackendState) -> None:
+        sent = self._sent.get(state)
+        if sent:
+            sent.popleft()
+
+    def membership_changed(self, states: Sequence[BackendState], prepared: Any = None) -> None:
+        self._sent = {s: self._sent[s] for s in states if s in self._sent}
+
+    def _cost(self, state: BackendState, now: float) -> float:
+        cost = self.load.cost(state, now)
+        sent = self._sent.get(state)
+        if sent:
+            age = now - sent[0]
+            floor = age * (state.in_flight + 1) / state.weight
+            if floor > cost:
+                return floor
+        return cost
 
     def pick(self, members: Members, key: str | None, exclude: Exclude) -> BackendState:
         states = members.states
@@ -245,7 +283,7 @@ class PeakEwmaP2C(Policy):
             second += 1
         a, b = states[first], states[second]
         now = self.timer()
-        cost = self.load.cost
+        cost = self._cost
         return a if cost(a, now) <= cost(b, now) else b
 
 
