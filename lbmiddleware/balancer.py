@@ -191,9 +191,8 @@ class Balancer:
             now = self._timer()
             state.requests += 1
             if ok:
-                state.consecutive_failures = 0
-                if state.probation:
-                    self._health.success(state, now)
+                if state.consecutive_failures or state.probation:
+                    self._health.success(state, now, latency)
                 if latency is not None:
                     self._load.observe(state, latency, now)
             else:

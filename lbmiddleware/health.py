@@ -2,11 +2,17 @@
 
 The rules (Envoy outlier detection, gRPC A50, nginx ``max_fails``/``fail_timeout``):
 
-* ``max_fails`` consecutive failures eject a backend; a success resets the count.
+* ``max_fails`` consecutive failures eject a backend; a success resets the count. A
+  success is *stale* when its request was already in flight as the run of failures began
+  (sent before the first failure was reported): it says nothing of the backend since, so
+  it resets nothing. Otherwise the requests a dying backend is still finishing keep
+  resetting the count (a draining backend refuses new connections while its old requests
+  succeed) and delay its ejection.
 * The k-th ejection in a row lasts ``fail_timeout * k``, capped at ``max_ejection_time``.
   k falls by one for every ``fail_timeout`` the backend then spends in rotation.
 * When its time is up the backend returns on probation: its first failure ejects it again
-  at once, its first success ends the probation.
+  at once, its first success ends the probation (a request sent before it returned is
+  stale here too).
 
 Every ejection and return is logged once on the ``lbmiddleware`` logger.
 """
@@ -32,6 +38,9 @@ class PassiveHealth:
         self.max_ejection_time = max_ejection_time
         self._ejected: list[tuple[float, int, BackendState]] = []   # heap by return time
         self._sequence = 0
+        # Per backend: when its run of failures began (or it returned), and how many of
+        # its requests were in flight then; successes of those are stale (see success()).
+        self._since: dict[BackendState, list] = {}
 
     @property
     def any_ejected(self) -> bool:
@@ -40,8 +49,19 @@ class PassiveHealth:
     def is_ejected(self, state: BackendState) -> bool:
         return state.ejected_until is not None
 
-    def success(self, state: BackendState, now: float) -> None:
-        """Record a success; ends probation."""
+    def success(self, state: BackendState, now: float, latency: float | None = None) -> None:
+        """Record a success; ends probation.
+
+        With ``latency`` (seconds since the request was sent), a success sent before the
+        current run of failures began, or before the backend returned from ejection, is
+        stale and changes nothing. At most as many successes are stale as requests were in
+        flight at that moment, so a coarse clock cannot make a later request look old.
+        """
+        if latency is not None and (state.consecutive_failures or state.probation):
+            mark = self._since.get(state)
+            if mark is not None and mark[1] > 0 and now - latency < mark[0]:
+                mark[1] -= 1
+                return
         state.consecutive_failures = 0
         if state.probation and state.ejected_until is None:
             state.probation = False
@@ -49,6 +69,8 @@ class PassiveHealth:
     def failure(self, state: BackendState, now: float) -> bool:
         """Record a failure; returns True when it ejects the backend."""
         state.failures += 1
+        if not state.consecutive_failures and not state.probation:
+            self._since[state] = [now, state.in_flight]
         state.consecutive_failures += 1
         if state.ejected_until is not None or self.max_fails == 0:
             return False         # already out: late reports of older requests change nothing
@@ -85,6 +107,7 @@ class PassiveHealth:
             state.probation = True
             state.consecutive_failures = 0
             state.in_rotation_since = until
+            self._since[state] = [until, state.in_flight]
             returned.append(state)
             logger.info("backend %s returns on probation after %.3gs ejected",
                         state.backend.url, min(self.fail_timeout * state.multiplier,
@@ -99,3 +122,4 @@ class PassiveHealth:
         state.ejected_until = None
         state.probation = False
         state.consecutive_failures = 0
+        self._since.pop(state, None)
