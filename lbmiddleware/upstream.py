@@ -627,7 +627,10 @@ class HostPool:
     def _drop_idle(self) -> None:
         idle, self._idle = self._idle, []
         for connection in idle:
-            connection.abort()
+            try:
+                connection.abort()
+            except RuntimeError:        # its event loop is closed: nothing left to close
+                pass
 
     def close(self) -> None:
         """Close the idle connections (those in use close when their response ends)."""

@@ -43,6 +43,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         with owner.lock:
             owner.requests += 1
             owner.received.append((self.command, self.path, dict(self.headers.items()), body))
+            owner.request_lines.append(self.requestline)
         location = owner.redirects.get(self.path)
         if location is not None:
             self.send_response(302)
@@ -151,6 +152,7 @@ class BackendServer:
         self.requests = 0
         self.connections = 0
         self.received: list[tuple[str, str, dict, bytes]] = []
+        self.request_lines: list[str] = []      # as sent ("GET //x HTTP/1.1"; .path collapses "//")
         self.open_sockets: set[socket.socket] = set()
         self.release = threading.Event()
         self.peer_closed = threading.Event()

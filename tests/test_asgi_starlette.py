@@ -1,0 +1,67 @@
+"""The middleware in a Starlette app, added the way the README shows."""
+
+from __future__ import annotations
+
+import contextlib
+
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route, WebSocketRoute
+from starlette.testclient import TestClient
+
+import lbmiddleware as lb
+
+
+def make_app(started: list) -> Starlette:
+    async def local(request):
+        return PlainTextResponse("local")
+
+    async def echo(websocket):
+        await websocket.accept()
+        await websocket.send_text(await websocket.receive_text())
+        await websocket.close()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        started.append("startup")
+        yield
+        started.append("shutdown")
+
+    return Starlette(routes=[Route("/local", local), WebSocketRoute("/ws", echo)],
+                     lifespan=lifespan)
+
+
+def test_add_middleware_with_keyword_arguments(backends):
+    started: list = []
+    app = make_app(started)
+    app.add_middleware(lb.LoadBalancerMiddleware, prefix="/api",
+                       backends=[b.url for b in backends], policy="ip_hash",
+                       trusted_proxies=["10.0.0.0/8"])
+    with TestClient(app, client=("10.0.0.1", 5000)) as client:
+        assert started == ["startup"]
+        assert client.get("/local").text == "local"
+        first = client.get("/api/users", headers={"X-Forwarded-For": "198.51.100.20"}).json()
+        again = client.get("/api/users", headers={"X-Forwarded-For": "198.51.100.20"}).json()
+        assert first["server"] == again["server"]
+        expected = lb.Balancer([b.url for b in backends], policy="ip_hash").pick(key="198.51.100.20")
+        assert f"http://127.0.0.1:{backends['abc'.index(first['server'])].port}" == expected.url
+        assert first["headers"]["X-Forwarded-For"] == "198.51.100.20, 10.0.0.1"
+        with client.websocket_connect("/ws") as websocket:      # websockets pass through
+            websocket.send_text("ping")
+            assert websocket.receive_text() == "ping"
+        response = client.post("/api/items", content=b"payload")
+        assert response.json()["body"] == "payload"
+    assert started == ["startup", "shutdown"]
+
+
+def test_add_middleware_with_everything_from_lb_variables(backends, monkeypatch):
+    monkeypatch.setenv("LB_BACKENDS", f"{backends[0].url}, {backends[1].url}")
+    monkeypatch.setenv("LB_PREFIX", "/api")
+    monkeypatch.setenv("LB_STRIP_PREFIX", "1")
+    app = make_app([])
+    app.add_middleware(lb.LoadBalancerMiddleware)
+    with TestClient(app) as client:
+        seen = [client.get("/api/x").json() for _ in range(2)]
+        assert [s["server"] for s in seen] == ["a", "b"]
+        assert seen[0]["path"] == "/x"
+        assert client.get("/local").text == "local"

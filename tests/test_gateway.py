@@ -1,0 +1,156 @@
+"""``python -m lbmiddleware serve``: a real uvicorn server in a subprocess, on port 0."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import requests
+
+from lbmiddleware.proxy import ProxySettings
+
+from .asgi_client import GatewayProcess
+
+
+def run_serve(environ: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LB_")}
+    env.update(environ)
+    return subprocess.run([sys.executable, "-m", "lbmiddleware", "serve", *args], env=env,
+                          capture_output=True, text=True, timeout=30)
+
+
+def raw_exchange(port: int, data: bytes, timeout: float = 3.0) -> bytes:
+    """Send raw bytes to the gateway, read until it closes or goes quiet."""
+    received = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        try:
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                received += chunk
+        except socket.timeout:
+            pass
+    return received
+
+
+@pytest.fixture
+def gateway(backends):
+    urls = ", ".join(b.url for b in backends[:2])
+    with GatewayProcess({"LB_BACKENDS": urls, "LB_PREFIX": "/api", "LB_READ_TIMEOUT": "1s",
+                         "LB_TRUSTED_PROXIES": "10.0.0.0/8"}) as process:
+        yield process
+
+
+def test_serve_proxies_round_robin_and_prints_its_address(gateway, backends):
+    a, b = backends[:2]
+    assert gateway.banner.startswith(f"lbmiddleware gateway listening on {gateway.url} ")
+    assert a.url in gateway.banner and "policy round_robin" in gateway.banner
+    with requests.Session() as session:
+        seen = [session.get(f"{gateway.url}/api/x", params={"n": i}, timeout=5).json()
+                for i in range(4)]
+        assert [s["server"] for s in seen] == ["a", "b", "a", "b"]
+        assert seen[0]["path"] == "/api/x?n=0"
+        headers = seen[0]["headers"]
+        assert headers["Host"] == f"127.0.0.1:{a.port}"
+        assert headers["X-Forwarded-For"] == "127.0.0.1"
+        assert headers["X-Forwarded-Host"] == f"127.0.0.1:{gateway.port}"
+        outside = session.get(f"{gateway.url}/elsewhere", timeout=5)
+        assert outside.status_code == 404
+        # no Server / Date headers of its own; the backend's come through
+        response = session.get(f"{gateway.url}/api/", timeout=5)
+        assert response.headers["Server"].startswith("BaseHTTP")
+        assert len(response.raw.headers.getlist("Date")) == 1
+    assert a.requests + b.requests == 5
+
+
+def test_serve_answers_504_then_502_with_short_bodies(gateway, backends):
+    a, b = backends[:2]
+    a.behaviour = b.behaviour = "hang"
+    response = requests.get(f"{gateway.url}/api/slow", timeout=10)
+    assert response.status_code == 504
+    assert response.text == "504 Gateway Timeout: the backend did not answer in time\n"
+    a.stop()
+    b.stop()
+    response = requests.get(f"{gateway.url}/api/gone", timeout=10)
+    assert response.status_code == 502
+    assert response.text == "502 Bad Gateway: no backend gave a response\n"
+
+
+def test_a_smuggled_request_never_reaches_a_backend(gateway, backends):
+    smuggle = (b"POST /api/x HTTP/1.1\r\nHost: gw\r\nContent-Length: 4\r\n"
+               b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+               b"GET /api/smuggled HTTP/1.1\r\nHost: gw\r\n\r\n")
+    raw_exchange(gateway.port, smuggle, timeout=1.0)
+    paths = [path for server in backends for _, path, _, _ in server.received]
+    assert not any("smuggled" in path for path in paths)
+
+
+def test_client_disconnect_mid_response_closes_the_upstream_connection(gateway, backends):
+    a, b = backends[:2]
+    for server in (a, b):
+        server.behaviour = "stall"
+        server.body_size = 1_000_000
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as sock:
+        sock.sendall(b"GET /api/big HTTP/1.1\r\nHost: gw\r\n\r\n")
+        head = sock.recv(65536)
+        assert head.startswith(b"HTTP/1.1 200 ")
+    assert a.peer_closed.wait(3)
+
+
+def test_spoofed_x_forwarded_for_is_appended_not_believed(gateway, backends):
+    seen = requests.get(f"{gateway.url}/api/", headers={"X-Forwarded-For": "1.2.3.4"},
+                        timeout=5).json()
+    assert seen["headers"]["X-Forwarded-For"] == "1.2.3.4, 127.0.0.1"
+
+
+@pytest.mark.parametrize("environ, message", [
+    ({"LB_BACKENDS": "http://127.0.0.1:1", "LB_MAX_FAILS": "x"},
+     "LB_MAX_FAILS has value 'x': not an integer"),
+    ({"LB_BACKENDS": "ftp://127.0.0.1:1"}, "LB_BACKENDS has value 'ftp://127.0.0.1:1'"),
+    ({"LB_BACKENDS": "http://127.0.0.1:1", "LB_LISTEN": "nowhere"}, "LB_LISTEN has value 'nowhere'"),
+    ({"LB_BACKENDS": "http://127.0.0.1:1", "LB_PREFX": "/api"}, "did you mean LB_PREFIX?"),
+    ({}, "LB_BACKENDS is not set"),
+])
+def test_a_bad_setting_prints_the_config_error_and_exits_2(environ, message):
+    result = run_serve(environ)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+def test_an_address_in_use_is_an_error_without_traceback():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        result = run_serve({"LB_BACKENDS": "http://127.0.0.1:1", "LB_LISTEN": f"127.0.0.1:{port}"})
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_help_lists_every_setting():
+    result = run_serve({}, "--help")
+    assert result.returncode == 0
+    for variable, default, description in ProxySettings.describe():
+        assert variable in result.stdout
+        assert description in result.stdout.replace("\n  ", " ") or description[:30] in result.stdout
+
+
+def test_top_level_help_names_both_commands():
+    result = subprocess.run([sys.executable, "-m", "lbmiddleware", "--help"],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0 and "serve" in result.stdout and "demo" in result.stdout
+
+
+def test_the_gateway_stops_cleanly_on_sigterm(backends):
+    process = GatewayProcess({"LB_BACKENDS": backends[0].url}).start()
+    assert json.loads(requests.get(process.url, timeout=5).text)["server"] == "a"
+    errors = process.stop()
+    assert "Traceback" not in errors
