@@ -29,10 +29,19 @@ def stable_hash(key: str | bytes) -> int:
 
 def maglev_table(names: Sequence[str], weights: Sequence[int],
                  size: int = DEFAULT_TABLE_SIZE) -> list[int]:
-    """A Maglev table: ``size`` slots, each holding the index of a backend in ``names``."""
+    """A Maglev table: ``size`` slots, each holding the index of a backend in ``names``.
+
+    The table depends only on the set of (name, weight) pairs, not on the order they are
+    listed in: backends take their turns in the order of their names, so processes that
+    list the same backends differently still map every key to the same backend.
+    """
     count = len(names)
     if count == 0:
         return []
+    order = sorted(range(count), key=names.__getitem__)
+    if order != list(range(count)):
+        table = maglev_table([names[i] for i in order], [weights[i] for i in order], size)
+        return [order[index] for index in table]
     divisor = 0
     for weight in weights:
         divisor = math.gcd(divisor, weight)
