@@ -196,7 +196,7 @@ class Balancer:
                 if latency is not None:
                     self._load.observe(state, latency, now)
             else:
-                self._load.observe(state, self._load.failure_penalty, now)
+                self._load.observe_failure(state, now)
                 if self._health.failure(state, now) and state.backend.url in self._states:
                     self._refresh()
 
