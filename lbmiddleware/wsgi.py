@@ -40,7 +40,7 @@ import requests
 from requests.structures import CaseInsensitiveDict
 from urllib3.util import SKIP_HEADER
 
-from .adapter import AdapterSettings, LoadBalancingAdapter
+from .adapter import LoadBalancingAdapter
 from .balancer import Balancer
 from .config import Settings
 from .errors import ConfigError, NoHealthyBackend
@@ -49,7 +49,7 @@ from .proxy import (
     match_prefix, quote_path, sticky_key,
 )
 
-__all__ = ["WSGILoadBalancer", "WSGISettings", "CHUNK_SIZE"]
+__all__ = ["WSGILoadBalancer", "CHUNK_SIZE"]
 
 CHUNK_SIZE = 256 * 1024          # bytes per read of a body, each way
 DEFAULT_POOL_MAXSIZE = 32        # kept-alive connections per backend (threaded servers)
@@ -59,12 +59,6 @@ _NOT_ADDED = ("User-Agent", "Accept-Encoding")
 _FOLDED = re.compile(r"[\r\n]+[ \t]*")
 
 WSGIApp = Callable[[dict, Callable], Iterable[bytes]]
-
-
-@dataclasses.dataclass(frozen=True)
-class WSGISettings(ProxySettings, AdapterSettings):
-    """The core's settings plus the proxy's (``LB_PREFIX``, ``LB_STRIP_PREFIX``,
-    ``LB_PRESERVE_HOST``, ``LB_RETRY_BUFFER``) and ``LB_RETRY_NON_IDEMPOTENT``."""
 
 
 class _ProxiedRequest(requests.PreparedRequest):
@@ -86,7 +80,7 @@ class WSGILoadBalancer:
     """Proxies requests under ``prefix`` to a pool of backends; others go to ``app``.
 
     ``backends``, ``prefix`` and the other keyword arguments are the fields of
-    :class:`WSGISettings` (``policy``, ``retries``, ``trusted_proxies``, ``hash_key``,
+    :class:`ProxySettings` (``policy``, ``retries``, ``trusted_proxies``, ``hash_key``,
     ``strip_prefix``, ``preserve_host``, ``connect_timeout``, ...). With no ``backends``
     (and no ``balancer``) every setting comes from ``LB_*`` variables (``environ`` for
     tests), keyword arguments winning. ``balancer=`` shares an existing pool; then only
@@ -104,9 +98,9 @@ class WSGILoadBalancer:
         if balancer is not None:
             settings = _shared_settings(balancer, backends, options)
         elif backends is not None:
-            settings = WSGISettings(backends=backends, **options)
+            settings = ProxySettings(backends=backends, **options)
         else:
-            settings = WSGISettings.from_env(environ, **options)
+            settings = ProxySettings.from_env(environ, **options)
         self.app = app
         self.settings = settings
         self.balancer = balancer if balancer is not None else Balancer(settings=settings)
@@ -321,7 +315,7 @@ def _error(start_response: Callable, status: int, detail: str | None = None) -> 
     return [error.body]
 
 
-def _shared_settings(balancer: Balancer, backends: Any, options: dict[str, Any]) -> WSGISettings:
+def _shared_settings(balancer: Balancer, backends: Any, options: dict[str, Any]) -> ProxySettings:
     """Settings for a middleware on a shared ``balancer``: its core settings, plus the
     proxy's own given here."""
     core = {f.name for f in dataclasses.fields(Settings)}
@@ -329,4 +323,4 @@ def _shared_settings(balancer: Balancer, backends: Any, options: dict[str, Any])
     if clash:
         raise ConfigError(f"{', '.join(clash)} given with balancer=: set them on the shared Balancer")
     inherited = {name: getattr(balancer.settings, name) for name in core}
-    return WSGISettings(**inherited, **options)
+    return ProxySettings(**inherited, **options)

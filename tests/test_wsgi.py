@@ -611,3 +611,17 @@ def test_a_shared_balancer(backends):
 
 def test_exported_lazily_from_the_package():
     assert lb.WSGILoadBalancer is WSGILoadBalancer
+
+
+def test_the_example_app_serves_its_page_and_proxies_api(backends):
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parent.parent / "examples" / "wsgi_app.py"
+    spec = importlib.util.spec_from_file_location("wsgi_app_example", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    app = example.make_app(environ={"LB_BACKENDS": ",".join(s.url for s in backends)})
+    assert call(app, environ_for(path="/")).body.startswith(b"This page comes from the app")
+    served = [call(app, environ_for(path="/api/items")).json()["server"] for _ in range(3)]
+    assert served == ["a", "b", "c"]
