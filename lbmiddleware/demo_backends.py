@@ -90,8 +90,9 @@ async def _read_body(reader: asyncio.StreamReader, head: bytes) -> None:
         await reader.readexactly(length)
 
 
-def _handler(personality: _Personality):
+def _handler(personality: _Personality, open_writers: set):
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        open_writers.add(writer)
         try:
             while True:
                 try:
@@ -111,6 +112,7 @@ def _handler(personality: _Personality):
         except (ConnectionError, ValueError, asyncio.IncompleteReadError):
             return
         finally:
+            open_writers.discard(writer)
             writer.close()
     return handle
 
@@ -120,11 +122,12 @@ async def serve(names: Sequence[str], host: str = "127.0.0.1", port: int = 0, se
     """Serve one backend per name (ports chosen by the OS when ``port`` is 0) until ``stop``
     is set; ``ready(list of (name, url))`` is called once all listen."""
     servers = []
+    open_writers: set[asyncio.StreamWriter] = set()
     try:
         for index, name in enumerate(names):
             server = await asyncio.start_server(
-                _handler(_Personality(name, seed + index)), host, port if port else 0,
-                limit=_MAX_HEAD, reuse_address=True, backlog=512)
+                _handler(_Personality(name, seed + index), open_writers), host,
+                port if port else 0, limit=_MAX_HEAD, reuse_address=True, backlog=512)
             servers.append((name, server))
         urls = [(name, "http://%s:%d" % server.sockets[0].getsockname()[:2])
                 for name, server in servers]
@@ -134,6 +137,13 @@ async def serve(names: Sequence[str], host: str = "127.0.0.1", port: int = 0, se
     finally:
         for _, server in servers:
             server.close()
+        # Cut the open connections so their handlers end by themselves (not by cancellation).
+        for writer in list(open_writers):
+            writer.transport.abort()
+        for _ in range(100):
+            if not open_writers:
+                break
+            await asyncio.sleep(0.01)
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
