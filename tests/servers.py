@@ -28,6 +28,7 @@ import time
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"          # keep-alive, like a real backend
+    disable_nagle_algorithm = True         # head and body written apart: no 40 ms delayed-ACK stall
     server: "_Server"
 
     def log_message(self, *args) -> None:   # quiet
