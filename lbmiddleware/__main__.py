@@ -29,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "serve", help="run the load-balancing gateway (settings from LB_* variables)",
         description="Reverse-proxy every request under LB_PREFIX to the LB_BACKENDS pool, "
-                    "under uvicorn, until interrupted.\n\n"
+                    "under granian or uvicorn (LB_SERVER), until interrupted.\n\n"
                     'example: LB_BACKENDS="http://127.0.0.1:8001, http://127.0.0.1:8002" '
                     "python -m lbmiddleware serve",
         epilog=_settings_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -56,6 +56,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .gateway import serve
     try:
         serve(settings)
+    except ConfigError as exc:      # the chosen server is not installed
+        print(f"python -m lbmiddleware serve: error: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:          # the address is taken, say
         print(f"python -m lbmiddleware serve: error: cannot listen on {settings.listen}: "
               f"{exc.strerror or exc}", file=sys.stderr)

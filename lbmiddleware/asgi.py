@@ -31,7 +31,7 @@ from .config import Settings
 from .errors import ConfigError, NoHealthyBackend
 from .proxy import (BINARY, ClientAddress, ProxySettings, UnsafeRequest, error_response,
                     join_target, match_prefix, may_retry, quote_path, sticky_key)
-from .upstream import Response, Upstream, UpstreamError
+from .upstream import Deadlines, Response, Upstream, UpstreamError
 
 __all__ = ["LoadBalancerMiddleware"]
 
@@ -45,7 +45,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 # Watching for a client that leaves costs a task; a quick exchange does without one.
 # While waiting for a response head the watch starts after this many seconds.
-WATCH_DELAY = 0.05
+WATCH_DELAY = 0.5
 
 
 class _ClientGone(Exception):
@@ -88,6 +88,7 @@ class LoadBalancerMiddleware:
         self._retry_buffer = settings.retry_buffer
         self._retry_non_idempotent = settings.retry_non_idempotent
         self._errors = {status: _asgi_error(status) for status in (400, 404, 502, 503, 504)}
+        self._deadlines = Deadlines()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -129,8 +130,10 @@ class LoadBalancerMiddleware:
             if self._hash_key == "client_ip" and trusted:
                 ip = self._client_address(peer, BINARY.get(headers, "x-forwarded-for"))
             key = sticky_key(self._hash_key, ip, headers)
-        body = _RequestBody(receive, length)
-        if length != 0:
+        if length == 0:
+            body = _NO_BODY
+        else:
+            body = _RequestBody(receive, length)
             try:
                 await body.prefetch(self._retry_buffer)
             except _ClientGone:
@@ -229,6 +232,22 @@ class _RequestBody:
             yield self._take(await self.receive())
 
 
+class _NoBody:
+    """The body of a request whose framing says it has none (shared, never changes)."""
+
+    __slots__ = ()
+    length = 0
+    more = False
+    replayable = True
+
+    @staticmethod
+    def source() -> tuple[bytes, int]:
+        return b"", 0
+
+
+_NO_BODY = _NoBody()
+
+
 class _Exchange:
     """One proxied request: attempts, retries, the response and the outcome reports."""
 
@@ -236,7 +255,7 @@ class _Exchange:
                  "receive", "send", "watch_task", "gone", "finished", "task")
 
     def __init__(self, mw: LoadBalancerMiddleware, method: str, method_bytes: bytes,
-                 target: bytes, headers: list, add_host: bool, body: _RequestBody,
+                 target: bytes, headers: list, add_host: bool, body: _RequestBody | _NoBody,
                  key: str | None, receive: Receive, send: Send) -> None:
         self.mw = mw
         self.add_host = add_host
@@ -278,7 +297,7 @@ class _Exchange:
         response: Response | None = None
         backend: Any = None
         latency = 0.0
-        loop = asyncio.get_running_loop()
+        deadlines = mw._deadlines
         failed: Response | None = None     # a failure-status response kept for the client
         self.task = asyncio.current_task()
         for attempt in range(mw._retries + 1):
@@ -297,12 +316,12 @@ class _Exchange:
             data, length = self.body.source()
             timer = None
             if not self.body.more and self.watch_task is None:
-                timer = loop.call_later(WATCH_DELAY, self._watch)
+                timer = deadlines.start(WATCH_DELAY, _start_watch, self)
             started = time.monotonic()
             try:
                 response = await pool.request(
                     self.method_bytes, pool.base_path + self.target, self.headers, data, length,
-                    replayable=mw._may_retry(self.method, True, self.body.replayable),
+                    replayable=self.body.replayable and mw._may_retry(self.method, True, True),
                     add_host=self.add_host)
             except UpstreamError as exc:
                 if self.gone:
@@ -319,7 +338,7 @@ class _Exchange:
                 raise
             finally:
                 if timer is not None:
-                    timer.cancel()
+                    deadlines.cancel(timer)
             error = None
             latency = time.monotonic() - started
             if response.status in mw._fail_statuses:
@@ -390,6 +409,10 @@ class _Exchange:
                     if self.task is not None:
                         self.task.cancel()
                 return
+
+
+def _start_watch(exchange: _Exchange) -> None:
+    exchange._watch()
 
 
 def _asgi_error(status: int) -> tuple[Message, Message]:

@@ -24,7 +24,8 @@ Every rule here comes from ``SEMANTICS.md`` "Proxying" and "Retries":
 * **Errors** — :func:`error_response`: 502 / 503 + ``Retry-After`` / 504 (and 400 / 404)
   with a short plain-text body and nothing from a stack trace.
 * **Settings** — :class:`ProxySettings` adds ``LB_PREFIX``, ``LB_STRIP_PREFIX``,
-  ``LB_PRESERVE_HOST``, ``LB_RETRY_NON_IDEMPOTENT``, ``LB_RETRY_BUFFER``, ``LB_LISTEN`` to the core's
+  ``LB_PRESERVE_HOST``, ``LB_RETRY_NON_IDEMPOTENT``, ``LB_RETRY_BUFFER`` and the
+  gateway's ``LB_SERVER``, ``LB_LISTEN`` to the core's
   :class:`~lbmiddleware.config.Settings`.
 """
 
@@ -33,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import ipaddress
+import itertools
 import re
 import urllib.parse
 from typing import Any, AnyStr, Callable, Iterable, NamedTuple, Sequence
@@ -92,6 +94,13 @@ def _listen(value: Any) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def _server(value: Any) -> str:
+    text = str(value).strip().lower()
+    if text not in ("auto", "granian", "uvicorn"):
+        raise ValueError("expected auto, granian or uvicorn")
+    return text
+
+
 def _size(value: Any) -> int:
     if isinstance(value, bool):
         raise ValueError("not a size")
@@ -145,6 +154,10 @@ class ProxySettings(Settings):
     retry_buffer: int = dataclasses.field(
         default=65536, metadata=setting("LB_RETRY_BUFFER", _size,
                                         "request bodies up to this size are kept to replay on a retry"))
+    server: str = dataclasses.field(
+        default="auto", metadata=setting("LB_SERVER", _server,
+                                         "gateway HTTP server: auto (granian if installed, "
+                                         "else uvicorn) | granian | uvicorn"))
     listen: str = dataclasses.field(
         default="127.0.0.1:8000", metadata=setting("LB_LISTEN", _listen,
                                                    "gateway address HOST:PORT (serve command)"))
@@ -263,6 +276,7 @@ class HeaderRules:
         self._host_out = word("Host")
         self._join = word(", ")
         self._unsafe = _UNSAFE_BYTES if kind is bytes else _UNSAFE_TEXT
+        self._empty = word("")
         self._plain_connection = frozenset(map(word, ("keep-alive", "close", "Keep-Alive", "Close")))
 
     def connection_named(self, headers: Iterable[tuple[AnyStr, AnyStr]]) -> frozenset:
@@ -307,9 +321,9 @@ class HeaderRules:
         client_host = None
         forwarded_for: list = []
         proto = forwarded_host = None
+        if unsafe.search(self._empty.join(itertools.chain.from_iterable(headers))):
+            raise UnsafeRequest("CR, LF or NUL in a request header")
         for name, value in headers:
-            if unsafe.search(value) or unsafe.search(name):
-                raise UnsafeRequest("CR, LF or NUL in a request header")
             lower = name.lower()
             if lower in drop:
                 if lower == connection:

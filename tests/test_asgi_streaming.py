@@ -162,10 +162,10 @@ def read_response(sock: socket.socket) -> tuple[bytes, bytes]:
     return head, body
 
 
-@pytest.fixture(scope="module")
-def streaming_gateway():
+@pytest.fixture(scope="module", params=["uvicorn", "granian"])
+def streaming_gateway(request):
     backend = StreamingBackend()
-    gateway = GatewayProcess({"LB_BACKENDS": backend.url}).start()
+    gateway = GatewayProcess({"LB_BACKENDS": backend.url, "LB_SERVER": request.param}).start()
     yield gateway, backend
     gateway.stop()
     backend.stop()
@@ -175,15 +175,16 @@ def test_200_mb_up_and_200_mb_down_keep_memory_bounded(streaming_gateway):
     gateway, backend = streaming_gateway
     assert upload(gateway.port, 4 << 20) == str(4 << 20).encode()     # warm up both ways
     assert download(gateway.port, 4 << 20)[0] == 4 << 20
-    baseline = rss_now(gateway.pid)
-    reset_peak(gateway.pid)
+    pid = gateway.proxy_pid
+    baseline = rss_now(pid)
+    reset_peak(pid)
 
     assert upload(gateway.port, SIZE) == str(SIZE).encode()
     assert backend.received == SIZE and backend.pattern_ok
     count, pattern_ok = download(gateway.port, SIZE)
     assert count == SIZE and pattern_ok
 
-    growth = rss_peak(gateway.pid) - baseline
+    growth = rss_peak(pid) - baseline
     print(f"peak RSS growth {growth / 2**20:.1f} MB")
     assert growth < MEMORY_BOUND, f"peak RSS grew by {growth / 2**20:.1f} MB"
 

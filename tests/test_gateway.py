@@ -11,6 +11,7 @@ import sys
 import pytest
 import requests
 
+from lbmiddleware import errors as lb_errors
 from lbmiddleware.proxy import ProxySettings
 
 from .asgi_client import GatewayProcess
@@ -39,18 +40,19 @@ def raw_exchange(port: int, data: bytes, timeout: float = 3.0) -> bytes:
     return received
 
 
-@pytest.fixture
-def gateway(backends):
+@pytest.fixture(params=["uvicorn", "granian"])
+def gateway(backends, request):
     urls = ", ".join(b.url for b in backends[:2])
-    with GatewayProcess({"LB_BACKENDS": urls, "LB_PREFIX": "/api", "LB_READ_TIMEOUT": "1s",
-                         "LB_TRUSTED_PROXIES": "10.0.0.0/8"}) as process:
+    with GatewayProcess({"LB_BACKENDS": urls, "LB_PREFIX": "/api", "LB_READ_TIMEOUT": "500ms",
+                         "LB_TRUSTED_PROXIES": "10.0.0.0/8", "LB_SERVER": request.param}) as process:
+        process.server = request.param
         yield process
 
 
 def test_serve_proxies_round_robin_and_prints_its_address(gateway, backends):
     a, b = backends[:2]
     assert gateway.banner.startswith(f"lbmiddleware gateway listening on {gateway.url} ")
-    assert a.url in gateway.banner and "policy round_robin" in gateway.banner
+    assert a.url in gateway.banner and f"policy round_robin, {gateway.server})" in gateway.banner
     with requests.Session() as session:
         seen = [session.get(f"{gateway.url}/api/x", params={"n": i}, timeout=5).json()
                 for i in range(4)]
@@ -64,7 +66,8 @@ def test_serve_proxies_round_robin_and_prints_its_address(gateway, backends):
         assert outside.status_code == 404
         # no Server / Date headers of its own; the backend's come through
         response = session.get(f"{gateway.url}/api/", timeout=5)
-        assert response.headers["Server"].startswith("BaseHTTP")
+        assert response.raw.headers.getlist("Server")[0].startswith("BaseHTTP")
+        assert len(response.raw.headers.getlist("Server")) == 1
         assert len(response.raw.headers.getlist("Date")) == 1
     assert a.requests + b.requests == 5
 
@@ -116,6 +119,7 @@ def test_spoofed_x_forwarded_for_is_appended_not_believed(gateway, backends):
     ({"LB_BACKENDS": "http://127.0.0.1:1", "LB_LISTEN": "nowhere"}, "LB_LISTEN has value 'nowhere'"),
     ({"LB_BACKENDS": "http://127.0.0.1:1", "LB_PREFX": "/api"}, "did you mean LB_PREFIX?"),
     ({}, "LB_BACKENDS is not set"),
+    ({"LB_BACKENDS": "http://127.0.0.1:1", "LB_SERVER": "gunicorn"}, "LB_SERVER has value 'gunicorn'"),
 ])
 def test_a_bad_setting_prints_the_config_error_and_exits_2(environ, message):
     result = run_serve(environ)
@@ -141,6 +145,19 @@ def test_help_lists_every_setting():
     for variable, default, description in ProxySettings.describe():
         assert variable in result.stdout
         assert description in result.stdout.replace("\n  ", " ") or description[:30] in result.stdout
+
+
+def test_the_server_can_be_chosen_and_auto_prefers_granian(monkeypatch):
+    from lbmiddleware import gateway
+    settings = ProxySettings(backends=["http://127.0.0.1:1"])
+    assert gateway.choose_server(settings) == "granian"
+    assert gateway.choose_server(settings.replace(server="uvicorn")) == "uvicorn"
+    real = gateway.importlib.util.find_spec
+    monkeypatch.setattr(gateway.importlib.util, "find_spec",
+                        lambda name: None if name == "granian" else real(name))
+    assert gateway.choose_server(settings) == "uvicorn"
+    with pytest.raises(lb_errors.ConfigError, match="LB_SERVER has value 'granian': granian is not installed"):
+        gateway.choose_server(settings.replace(server="granian"))
 
 
 def test_top_level_help_names_both_commands():
