@@ -100,3 +100,37 @@ def test_bad_faults_are_rejected():
         sim.Fault("melt", 0.0, 1.0)
     with pytest.raises(ValueError, match="empty"):
         sim.Fault("slow", 2.0, 1.0, 2.0)
+
+
+# The benchmark itself, in its quick mode, so it cannot rot. These targets are missed
+# today for the reasons given in benchmarks/README.md ("Targets missed"); every other
+# target must be met. Remove a line here when its target is met.
+KNOWN_MISSES_QUICK = {
+    "1: latency: requests over 1 s <= 0.08%",
+    "3: least_conn: p99 <= 90 ms",
+    "4: latency: ejected within 60 ms",
+}
+
+
+def test_quick_benchmark_meets_every_target_but_the_known_misses():
+    bench = _load("bench_quality")
+    reports = bench.run(quick=True)
+    assert [r.number for r in reports] == [1, 2, 3, 4, 5, 6, 7]
+    checks = {name: ok for r in reports for name, ok in r.checks.items()}
+    assert len(checks) >= 30
+    assert KNOWN_MISSES_QUICK <= set(checks)
+    assert {name for name, ok in checks.items() if not ok} == KNOWN_MISSES_QUICK
+    for report in reports:
+        table = report.render()
+        assert table.startswith(f"## Scenario {report.number}:")
+        assert table.count("\n|") >= 3
+
+
+def test_benchmark_command_line(capsys):
+    bench = _load("bench_quality")
+    assert bench.main(["--quick", "--no-plots", "--only", "7"]) == 0
+    out = capsys.readouterr().out
+    assert "| 5, 3, 2 | a b c a a b a c b a | exact |" in out
+    assert "every target met" in out
+    with pytest.raises(SystemExit):
+        bench.main(["--only", "9"])
