@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import importlib.util
 import logging
 import os
 import selectors
@@ -42,7 +43,7 @@ DEMO_SETTINGS = {                # the gateway's settings, shown in the demo's h
     "connect_timeout": 1.0, "read_timeout": 5.0, "trusted_proxies": ["127.0.0.1/32"],
 }
 REQUEST_TIMEOUT = 10.0           # seconds: a client request that takes longer is an error
-POLICY_DEADLINE = 40.0           # seconds: a policy's run stops sending after this
+TIME_BUDGET = 50.0               # seconds for all the runs: each stops sending at its share
 STARTUP_TIMEOUT = 15.0           # seconds: backends and gateway must be listening by then
 
 logger = logging.getLogger("lbmiddleware")
@@ -125,8 +126,6 @@ class Gateway:
         self._socket: socket.socket | None = None
 
     def start(self) -> "Gateway":
-        import importlib.util
-
         import uvicorn
 
         from .asgi import LoadBalancerMiddleware
@@ -181,14 +180,15 @@ class Sample:
 class _Run:
     """Shared state of the concurrent clients of one policy run."""
 
-    def __init__(self, total: int, kill_at: int, kill: Callable[[], None]) -> None:
+    def __init__(self, total: int, kill_at: int, kill: Callable[[], None],
+                 seconds: float) -> None:
         self.total = total
         self.kill_at = kill_at
         self._kill = kill
         self.issued = 0
         self.samples: list[Sample] = []
         self.killed_at: float | None = None
-        self.deadline = time.monotonic() + POLICY_DEADLINE
+        self.deadline = time.monotonic() + seconds
 
     def next_index(self) -> int | None:
         if self.issued >= self.total or time.monotonic() > self.deadline:
@@ -287,6 +287,7 @@ class BackendRow:
 @dataclasses.dataclass
 class PolicyResult:
     policy: str
+    planned: int
     requests: int
     seconds: float
     errors: int
@@ -342,15 +343,16 @@ def _homes(backends: Sequence[BackendProcess]) -> dict[str, str]:
 
 
 def run_policy(policy: str, steady: Sequence[BackendProcess], requests: int, concurrency: int,
-               progress: "Progress") -> PolicyResult:
-    """One run: a fresh flaky backend and gateway, ``requests`` GETs, the kill halfway."""
+               progress: "Progress", seconds: float = TIME_BUDGET) -> PolicyResult:
+    """One run: a fresh flaky backend and gateway, ``requests`` GETs (fewer if ``seconds``
+    run out first), the kill halfway."""
     flaky = BackendProcess("flaky").start()
     gateway = None
     try:
         backends = [*steady, flaky]
         balancer = Balancer([b.url for b in backends], policy=policy, **DEMO_SETTINGS)
         gateway = Gateway(balancer).start()
-        run = _Run(requests, kill_at=requests // 2, kill=flaky.kill)
+        run = _Run(requests, kill_at=requests // 2, kill=flaky.kill, seconds=seconds)
         progress.start(policy, requests)
         start = time.monotonic()
         asyncio.run(_drive(gateway.port, run, concurrency, progress))
@@ -373,7 +375,7 @@ def run_policy(policy: str, steady: Sequence[BackendProcess], requests: int, con
     after = [s for s in samples if s.after_kill]
     latencies = [s.latency for s in samples]
     return PolicyResult(
-        policy=policy, requests=len(samples), seconds=seconds, errors=len(errors),
+        policy=policy, planned=requests, requests=len(samples), seconds=seconds, errors=len(errors),
         errors_after_kill=sum(1 for s in errors if s.after_kill), requests_after_kill=len(after),
         p50=_percentile(latencies, 0.5), p99=_percentile(latencies, 0.99), rows=rows,
         sticky=_sticky(samples, _homes(backends), flaky.name) if policy == "ip_hash" else None,
@@ -403,7 +405,9 @@ def format_policy(result: PolicyResult) -> str:
         f"{result.policy}: {result.requests} GET requests in {result.seconds:.1f} s "
         f"({rate:.0f}/s); client errors: {result.errors} "
         f"({result.errors_after_kill} of {result.requests_after_kill} after the kill)"
-        + "".join(f"; {kind}: {count}" for kind, count in sorted(result.error_kinds.items())),
+        + "".join(f"; {kind}: {count}" for kind, count in sorted(result.error_kinds.items()))
+        + (f"; stopped at its time limit, {result.planned} planned"
+           if result.requests < result.planned else ""),
         f"  ({WHAT_TO_SEE.get(result.policy, '')})",
         f"  {'backend':<8}{'share':>7}{'served':>8}{'p50 ms':>8}{'p99 ms':>8}"
         f"{'failed':>8}{'ejected':>9}  gateway's view",
@@ -515,8 +519,10 @@ def run_demo(requests: int = DEFAULT_REQUESTS, policies: Sequence[str] = POLICIE
         for name in ("fast", "slow"):
             steady.append(BackendProcess(name).start())
         print(_header(requests, concurrency, steady), file=out, flush=True)
-        for policy in policies:
-            result = run_policy(policy, steady, requests, concurrency, progress)
+        budget_end = started + TIME_BUDGET
+        for index, policy in enumerate(policies):
+            share = max(1.0, (budget_end - time.monotonic()) / (len(policies) - index))
+            result = run_policy(policy, steady, requests, concurrency, progress, share)
             results.append(result)
             print(format_policy(result) + "\n", file=out, flush=True)
     finally:
@@ -568,6 +574,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.backends_only:
         from . import demo_backends
         return demo_backends.main([])
+    if importlib.util.find_spec("uvicorn") is None:
+        print("the demo runs the gateway, which needs uvicorn: "
+              "pip install 'lbmiddleware[gateway]'", file=sys.stderr)
+        return 2
     try:
         results = run_demo(args.requests, args.policies, args.concurrency)
     except KeyboardInterrupt:

@@ -205,3 +205,26 @@ def test_progress_bar_draws_on_its_stream_and_stays_quiet_when_disabled():
     silent.update(5)
     silent.finish()
     assert quiet.getvalue() == ""
+
+
+def test_a_run_stops_at_its_share_of_the_time_budget(monkeypatch):
+    monkeypatch.setattr(demo, "TIME_BUDGET", 1.0)
+    out = io.StringIO()
+    started = time.monotonic()
+    [result] = demo.run_demo(requests=1_000_000, policies=["round_robin"], out=out,
+                             progress=demo.Progress(enabled=False))
+    assert time.monotonic() - started < 5
+    assert 0 < result.requests < 1_000_000 and result.errors == 0
+    assert "stopped at its time limit, 1000000 planned" in out.getvalue()
+    for url in result.urls:
+        assert _refused(url)
+
+
+def test_without_uvicorn_the_demo_says_what_to_install(monkeypatch, capsys):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == "uvicorn" else real(name, *args))
+    assert demo.main(["--requests", "10"]) == 2
+    assert "needs uvicorn: pip install 'lbmiddleware[gateway]'" in capsys.readouterr().err
