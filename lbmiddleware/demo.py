@@ -68,17 +68,17 @@ class BackendProcess:
             [sys.executable, "-m", "lbmiddleware.demo_backends", self.name, "--until-stdin-closes"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
             start_new_session=True)       # Ctrl-C reaches the demo only; it stops the children
-        self.url = self._read_url()
+        self.url = self._read_url(self._process.stdout)
         return self
 
-    def _read_url(self) -> str:
-        assert self._process is not None and self._process.stdout is not None
+    def _read_url(self, stdout) -> str:
+        """The URL the child prints once it listens."""
         with selectors.DefaultSelector() as selector:
-            selector.register(self._process.stdout, selectors.EVENT_READ)
+            selector.register(stdout, selectors.EVENT_READ)
             deadline = time.monotonic() + STARTUP_TIMEOUT
             while time.monotonic() < deadline:
                 if selector.select(timeout=deadline - time.monotonic()):
-                    line = self._process.stdout.readline().decode()
+                    line = stdout.readline().decode()
                     if not line:
                         break
                     name, _, url = line.strip().partition(" ")
