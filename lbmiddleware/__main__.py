@@ -33,20 +33,21 @@ def _parser() -> argparse.ArgumentParser:
                     'example: LB_BACKENDS="http://127.0.0.1:8001, http://127.0.0.1:8002" '
                     "python -m lbmiddleware serve",
         epilog=_settings_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
-    # -- demo: written alongside the WSGI middleware (lbmiddleware/demo.py) --------------
+    # -- demo: listed here, run by lbmiddleware/demo.py's main(argv) (see main below) -----
     commands.add_parser(
-        "demo", help="run every policy against three local backends and print a table",
-        description="Start three local backends and a gateway, drive each policy, print "
-                    "the share, latency and errors per backend.")
+        "demo", help="run every policy against three local backends and print a table "
+                     "(python -m lbmiddleware demo --help for its options)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a command; returns the exit status (2 for a bad setting, like a bad argument)."""
-    args = _parser().parse_args(argv)
-    if args.command == "demo":
-        from .demo import main as demo_main     # lbmiddleware/demo.py (the demo helper's)
-        return demo_main() or 0
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["demo"]:
+        # -- demo: lbmiddleware/demo.py parses its own options (--requests, --policies, ...)
+        from .demo import main as demo_main
+        return demo_main(argv[1:]) or 0
+    _parser().parse_args(argv)          # serve (no options of its own), --help
     try:
         from .gateway import load_settings
         settings = load_settings()

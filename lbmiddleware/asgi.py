@@ -299,7 +299,8 @@ class _Exchange:
         latency = 0.0
         deadlines = mw._deadlines
         failed: Response | None = None     # a failure-status response kept for the client
-        self.task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        self.task = asyncio.current_task(loop)
         for attempt in range(mw._retries + 1):
             try:
                 backend = balancer.pick(self.key, exclude=tried)
@@ -316,13 +317,13 @@ class _Exchange:
             data, length = self.body.source()
             timer = None
             if not self.body.more and self.watch_task is None:
-                timer = deadlines.start(WATCH_DELAY, _start_watch, self)
+                timer = deadlines.start(WATCH_DELAY, _start_watch, self, loop)
             started = time.monotonic()
             try:
                 response = await pool.request(
                     self.method_bytes, pool.base_path + self.target, self.headers, data, length,
                     replayable=self.body.replayable and mw._may_retry(self.method, True, True),
-                    add_host=self.add_host)
+                    add_host=self.add_host, loop=loop)
             except UpstreamError as exc:
                 if self.gone:
                     balancer.release(backend)

@@ -85,10 +85,11 @@ class Response:
     """A response whose head has arrived; the body streams through :meth:`read`."""
 
     __slots__ = ("status", "reason", "headers", "_connection", "_chunks", "_buffered",
-                 "complete", "_error", "_waiter", "_read_timeout", "_deadlines", "keep_alive")
+                 "complete", "_error", "_waiter", "_read_timeout", "_deadlines", "_loop",
+                 "keep_alive")
 
     def __init__(self, status: int, reason: bytes, headers: list, read_timeout: float,
-                 deadlines: "Deadlines") -> None:
+                 deadlines: "Deadlines", loop: asyncio.AbstractEventLoop) -> None:
         self.status = status
         self.reason = reason
         self.headers = headers                  # [(name, value)] bytes, as received
@@ -101,6 +102,7 @@ class Response:
         self._waiter: asyncio.Future | None = None
         self._read_timeout = read_timeout
         self._deadlines = deadlines
+        self._loop = loop
 
     # -- fed by the connection ------------------------------------------------------------
 
@@ -152,9 +154,10 @@ class Response:
                 return b""
             if self._error is not None:
                 raise self._error
-            self._waiter = waiter = asyncio.get_running_loop().create_future()
+            loop = self._loop
+            self._waiter = waiter = loop.create_future()
             deadlines = self._deadlines
-            timer = deadlines.start(self._read_timeout, _expire, waiter)
+            timer = deadlines.start(self._read_timeout, _expire, waiter, loop)
             try:
                 await waiter
             finally:
@@ -195,9 +198,9 @@ class Deadlines:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._next = 0
 
-    def start(self, delay: float, callback, argument) -> Any:
-        """Call ``callback(argument)`` in ``delay`` seconds unless cancelled; returns a handle."""
-        loop = asyncio.get_running_loop()
+    def start(self, delay: float, callback, argument, loop: asyncio.AbstractEventLoop) -> Any:
+        """Call ``callback(argument)`` in ``delay`` seconds on ``loop`` (the running one)
+        unless cancelled; returns a handle for :meth:`cancel`."""
         if delay < COARSE_FROM:
             return loop.call_later(delay, callback, argument)
         if loop is not self._loop:
@@ -240,8 +243,9 @@ def _expire(waiter: asyncio.Future) -> None:
 class _Connection(asyncio.Protocol):
     """One HTTP/1.1 connection: writes requests, parses responses into :class:`Response`."""
 
-    def __init__(self, pool: "HostPool") -> None:
+    def __init__(self, pool: "HostPool", loop: asyncio.AbstractEventLoop) -> None:
         self.pool = pool
+        self.loop = loop
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.idle_since = 0.0
@@ -334,7 +338,7 @@ class _Connection(asyncio.Protocol):
     async def exchange(self, head: bytes, body, length: int | None, head_request: bool,
                        read_timeout: float) -> Response:
         """Send one request and wait for the response head."""
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         self.requests += 1
         self._state = "head"
         self._buffer = b""
@@ -350,7 +354,7 @@ class _Connection(asyncio.Protocol):
             await self._send_stream(body, length, read_timeout)
         if not waiter.done():
             deadlines = self.pool.deadlines
-            timer = deadlines.start(read_timeout, _expire, waiter)
+            timer = deadlines.start(read_timeout, _expire, waiter, loop)
             try:
                 await waiter
             finally:
@@ -390,9 +394,9 @@ class _Connection(asyncio.Protocol):
                 raise ProtocolError("the request body ended before its Content-Length")
 
     async def _wait_drain(self, read_timeout: float) -> None:
-        self._drain = drain = asyncio.get_running_loop().create_future()
+        self._drain = drain = self.loop.create_future()
         deadlines = self.pool.deadlines
-        timer = deadlines.start(read_timeout, _expire, drain)
+        timer = deadlines.start(read_timeout, _expire, drain, self.loop)
         try:
             await drain
         finally:
@@ -479,7 +483,8 @@ class _Connection(asyncio.Protocol):
                     keep_alive = False
                 elif b"keep-alive" in tokens:
                     keep_alive = True
-        response = Response(status, reason, headers, self._read_timeout, self.pool.deadlines)
+        response = Response(status, reason, headers, self._read_timeout, self.pool.deadlines,
+                            self.loop)
         response.keep_alive = keep_alive
         response._connection = self
         self._response = response
@@ -605,7 +610,8 @@ class HostPool:
     async def request(self, method: bytes, target: bytes, headers: Sequence[tuple[bytes, bytes]],
                       body: bytes | AsyncIterator[bytes] | None = None,
                       length: int | None = 0, *, replayable: bool = True,
-                      add_host: bool = True, read_timeout: float | None = None) -> Response:
+                      add_host: bool = True, read_timeout: float | None = None,
+                      loop: asyncio.AbstractEventLoop | None = None) -> Response:
         """Send ``method target`` with ``headers`` and ``body``; ``add_host``: put the
         backend's ``Host`` first (pass ``False`` when ``headers`` have one).
 
@@ -613,8 +619,10 @@ class HostPool:
         ``bytes`` body gives its own length. Returns once the response head arrived. A
         reused connection that the backend had closed (no response byte) is replaced by a
         fresh one when the request is ``replayable`` (the caller's retry rule says so) and
-        its body is ``bytes``.
+        its body is ``bytes``. ``loop``: the running loop, if the caller has it at hand.
         """
+        if loop is None:
+            loop = asyncio.get_running_loop()
         read_timeout = self.read_timeout if read_timeout is None else read_timeout
         if isinstance(body, (bytes, bytearray, memoryview)):
             length = len(body)
@@ -631,7 +639,7 @@ class HostPool:
         head = b"".join(parts)
         head_request = method == b"HEAD"
         while True:
-            connection = await self._acquire()
+            connection = self._idle_connection(loop) or await self._connect(loop)
             try:
                 return await connection.exchange(head, body, length, head_request, read_timeout)
             except _StaleConnection:
@@ -642,8 +650,8 @@ class HostPool:
                 connection.abort()
                 raise
 
-    async def _acquire(self) -> _Connection:
-        loop = asyncio.get_running_loop()
+    def _idle_connection(self, loop: asyncio.AbstractEventLoop) -> _Connection | None:
+        """The most recently used idle connection still open, if any."""
         if loop is not self._loop:
             self._drop_idle()
             self._loop = loop
@@ -655,11 +663,11 @@ class HostPool:
                 if not connection.closed and now - connection.idle_since < self.idle_timeout:
                     return connection
                 connection.abort()
-        return await self._connect(loop)
+        return None
 
     async def _connect(self, loop: asyncio.AbstractEventLoop) -> _Connection:
         backend = self.backend
-        connection = _Connection(self)
+        connection = _Connection(self, loop)
         try:
             await asyncio.wait_for(
                 loop.create_connection(lambda: connection, backend.host, backend.port,
