@@ -31,7 +31,8 @@ from .config import Settings
 from .errors import ConfigError, NoHealthyBackend
 from .proxy import (BINARY, ClientAddress, ProxySettings, UnsafeRequest, error_response,
                     join_target, match_prefix, may_retry, quote_path, sticky_key)
-from .upstream import Deadlines, Response, Upstream, UpstreamError
+from .deadlines import Deadlines
+from .upstream import Response, Upstream, UpstreamError
 
 __all__ = ["LoadBalancerMiddleware"]
 

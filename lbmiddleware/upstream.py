@@ -25,13 +25,14 @@ import collections
 import re
 import ssl as ssl_module
 import time
-from typing import Any, AsyncIterator, Sequence
+from typing import AsyncIterator, Sequence
 
 from .backend import Backend
+from .deadlines import Deadlines
 
 __all__ = [
     "Upstream", "HostPool", "Response", "UpstreamError", "ConnectError", "ConnectTimeout",
-    "ReadTimeout", "ProtocolError", "Deadlines", "HIGH_WATER",
+    "ReadTimeout", "ProtocolError", "HIGH_WATER",
 ]
 
 HIGH_WATER = 256 * 1024      # response bytes buffered before the socket is paused
@@ -180,57 +181,6 @@ class Response:
         self._chunks.clear()
         self._buffered = 0
 
-
-class Deadlines:
-    """Timeouts for many waits at the cost of a few timers.
-
-    A deadline of at least :data:`COARSE_FROM` seconds joins a bucket of deadlines that
-    fall in the same :data:`RESOLUTION` slot, and one loop timer per bucket fires them
-    all: a timeout fires up to ``RESOLUTION`` late, and starting and cancelling one costs
-    a dict insert and pop instead of a timer (about 0.3 us against 1.7 us with uvloop).
-    Shorter deadlines get their own ``call_later``.
-    """
-
-    __slots__ = ("_buckets", "_loop", "_next")
-
-    def __init__(self) -> None:
-        self._buckets: dict[int, dict[int, tuple]] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._next = 0
-
-    def start(self, delay: float, callback, argument, loop: asyncio.AbstractEventLoop) -> Any:
-        """Call ``callback(argument)`` in ``delay`` seconds on ``loop`` (the running one)
-        unless cancelled; returns a handle for :meth:`cancel`."""
-        if delay < COARSE_FROM:
-            return loop.call_later(delay, callback, argument)
-        if loop is not self._loop:
-            self._loop, self._buckets = loop, {}
-        slot = int((loop.time() + delay) / RESOLUTION) + 1
-        bucket = self._buckets.get(slot)
-        if bucket is None:
-            bucket = self._buckets[slot] = {}
-            loop.call_at(slot * RESOLUTION, self._fire, slot)
-        self._next = key = self._next + 1
-        bucket[key] = (callback, argument)
-        return (slot, key)
-
-    def cancel(self, handle: Any) -> None:
-        if type(handle) is tuple:
-            bucket = self._buckets.get(handle[0])
-            if bucket is not None:
-                bucket.pop(handle[1], None)
-        else:
-            handle.cancel()
-
-    def _fire(self, slot: int) -> None:
-        bucket = self._buckets.pop(slot, None)
-        if bucket:
-            for callback, argument in bucket.values():
-                callback(argument)
-
-
-RESOLUTION = 0.05        # seconds: coarse deadlines fire at most this late
-COARSE_FROM = 0.5        # seconds: shorter deadlines get a timer of their own
 
 _TIMED_OUT = object()
 
@@ -441,7 +391,7 @@ class _Connection(asyncio.Protocol):
     def _parse_head(self) -> bool:
         buffer = self._buffer
         end = buffer.find(b"\r\n\r\n")
-        if end < 0:
+        if end < 0 or end > MAX_HEAD:
             if len(buffer) > MAX_HEAD:
                 raise ProtocolError("the response head is too large")
             return False

@@ -11,7 +11,7 @@ import lbmiddleware as lb
 from lbmiddleware.asgi import LoadBalancerMiddleware
 
 from .asgi_client import Call
-from .servers import BackendServer, refused_url
+from .servers import refused_url
 
 
 def run(coroutine):
