@@ -339,8 +339,16 @@ class LeastConnections(Policy):
             heapq.heappush(heap, entry)
 
     def finished(self, state: BackendState) -> None:
+        # A backend banks no turns while it is busy: when it finishes it rejoins the tie
+        # rotation at the back. Otherwise a slow backend, picked less often, holds an old
+        # turn and wins the next tie it meets (balance benchmark, scenario 3: p99 95-98 ms
+        # -> 91-92 ms); with one request at a time the weighted rotation is unchanged.
+        turn = self._passes.get(state, 0.0)
+        back = self._virtual_time + 1.0 / state.weight
+        if turn < back:
+            turn = self._passes[state] = back
         heap = self._heap
-        heapq.heappush(heap, (state.in_flight / state.weight, self._passes.get(state, 0.0),
+        heapq.heappush(heap, (state.in_flight / state.weight, turn,
                               next(self._sequence), state.load_version, state))
         if len(heap) > 4 * self._size + 64:
             self._generation = -1       # too many stale entries: rebuild on the next pick
