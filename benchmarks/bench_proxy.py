@@ -13,17 +13,17 @@ connections and duration:
 
 and, to choose the gateway's parts by measurement (``--no-choices`` skips them):
 
-* ``gateway on uvicorn`` / ``gateway on granian`` — the same command with ``LB_SERVER`` set
+* ``gateway on uvicorn`` — the same command with ``LB_SERVER=uvicorn``
 * ``lbmiddleware + httpx`` / ``lbmiddleware + aiohttp`` — the middleware under uvicorn
   with httpx's or aiohttp's client in place of its own (``lbmiddleware.upstream``)
 
-Every target gets one worker. Rounds alternate the targets; each row shows the best
-round (the machine is shared: the best is the least disturbed). Ratios are printed
-against the aiohttp pass-through and nginx measured in the same run. wrk and nginx come
+Every target gets one worker. Rounds alternate the targets; each row shows the median
+over the rounds, and each ratio is the median of the rounds' own ratios against the
+aiohttp pass-through and nginx measured in the same round (the machine may be shared). wrk and nginx come
 from Debian packages: the script installs them with apt-get when they are missing.
 Everything it starts is stopped at the end.
 
-    python benchmarks/bench_proxy.py [--duration 5] [--rounds 2] [--connections 64]
+    python benchmarks/bench_proxy.py [--duration 4] [--rounds 3] [--connections 64]
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -375,11 +376,11 @@ def run_wrk(wrk: str, port: int, duration: float, connections: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement [5]")
-    parser.add_argument("--rounds", type=int, default=2, help="rounds over every target [2]")
+    parser.add_argument("--duration", type=float, default=4.0, help="seconds per measurement [4]")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds over every target [3]")
     parser.add_argument("--connections", type=int, default=64, help="wrk connections [64]")
     parser.add_argument("--no-choices", action="store_true",
-                        help="skip the granian / httpx / aiohttp-client variants")
+                        help="skip the uvicorn / httpx / aiohttp-client variants")
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -392,49 +393,63 @@ def main() -> None:
     directory = tempfile.mkdtemp(prefix="bench_proxy_")
     try:
         backends = start_backends(processes, nginx, directory)
+        # the baseline next to ours, so that each round's ratio compares neighbours in time
         targets = {
             "direct (one backend)": backends[0],
             "nginx proxy": start_nginx_proxy(processes, nginx, directory, backends),
-            "aiohttp pass-through": start_python(processes, "aiohttp-passthrough", backends),
             "lbmiddleware gateway": start_python(processes, "gateway", backends),
+            "aiohttp pass-through": start_python(processes, "aiohttp-passthrough", backends),
         }
         if not args.no_choices:
             targets["gateway on uvicorn"] = start_python(processes, "gateway-uvicorn", backends)
-            with contextlib.suppress(RuntimeError):
-                targets["gateway on granian"] = start_python(processes, "gateway-granian", backends)
-            targets["lbmiddleware + httpx"] = start_python(processes, "httpx", backends)
             targets["lbmiddleware + aiohttp"] = start_python(processes, "aiohttp", backends)
-        best: dict[str, dict] = {}
-        for round_ in range(args.rounds):
+            targets["lbmiddleware + httpx"] = start_python(processes, "httpx", backends)
+        for port in targets.values():
+            run_wrk(wrk, port, 1.0, args.connections)              # warm-up
+        rounds: list[dict[str, dict]] = []
+        for number in range(args.rounds):
+            results = {}
             for name, port in targets.items():
-                run_wrk(wrk, port, 1.0, args.connections)          # warm-up
-                result = run_wrk(wrk, port, args.duration, args.connections)
-                print(f"round {round_ + 1}  {name:<26} {result['rps']:>9.0f} rps  "
+                results[name] = result = run_wrk(wrk, port, args.duration, args.connections)
+                print(f"round {number + 1}  {name:<24} {result['rps']:>9.0f} req/s  "
                       f"p99 {result['p99']:6.2f} ms  errors {result['errors']}", flush=True)
-                if name not in best or result["rps"] > best[name]["rps"]:
-                    best[name] = result
-        report(best, args)
+            rounds.append(results)
+        report(rounds, args)
     finally:
         processes.stop_all()
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def report(best: dict[str, dict], args) -> None:
-    base, ng = best["aiohttp pass-through"], best["nginx proxy"]
-    print(f"\n{args.connections} connections, {args.duration:g} s x {args.rounds} rounds "
-          f"(best round), one worker per proxy, 2 nginx backends\n")
-    print(f"{'target':<26} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6} "
+def report(rounds: list[dict[str, dict]], args) -> None:
+    """Medians over the rounds; ratios are the median of each round's own ratio."""
+    median = statistics.median
+
+    def ratio(name: str, other: str, key: str = "rps") -> float:
+        return median(r[name][key] / r[other][key] for r in rounds)
+
+    from lbmiddleware.gateway import choose_server
+    from lbmiddleware.proxy import ProxySettings
+    server = choose_server(ProxySettings(backends=["http://127.0.0.1:1"]))
+    print(f"\n{args.connections} connections, {args.duration:g} s x {len(rounds)} rounds, "
+          f"medians; one worker per proxy; 2 nginx backends ({os.cpu_count()} CPUs); "
+          f"lbmiddleware gateway = python -m lbmiddleware serve on {server}\n")
+    print(f"{'target':<24} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6} "
           f"{'vs aiohttp':>10} {'vs nginx':>8} {'p99/nginx':>9}")
-    for name, r in best.items():
-        print(f"{name:<26} {r['rps']:>9.0f} {r['p50']:>7.2f} {r['p99']:>7.2f} {r['errors']:>6} "
-              f"{r['rps'] / base['rps']:>9.2f}x {r['rps'] / ng['rps']:>7.0%} "
-              f"{r['p99'] / ng['p99']:>8.2f}x")
-    ours = best["lbmiddleware gateway"]
-    print(f"\ntarget  >= 2x the aiohttp pass-through: {ours['rps'] / base['rps']:.2f}x "
-          f"({'met' if ours['rps'] >= 2 * base['rps'] else 'MISSED'})")
-    print(f"moonshot >= 50% of nginx with p99 <= 2x nginx: {ours['rps'] / ng['rps']:.0%}, "
-          f"p99 {ours['p99'] / ng['p99']:.2f}x "
-          f"({'met' if ours['rps'] >= ng['rps'] / 2 and ours['p99'] <= 2 * ng['p99'] else 'missed'})")
+    for name in rounds[0]:
+        rps = median(r[name]["rps"] for r in rounds)
+        p50 = median(r[name]["p50"] for r in rounds)
+        p99 = median(r[name]["p99"] for r in rounds)
+        errors = sum(r[name]["errors"] for r in rounds)
+        print(f"{name:<24} {rps:>9.0f} {p50:>7.2f} {p99:>7.2f} {errors:>6} "
+              f"{ratio(name, 'aiohttp pass-through'):>9.2f}x {ratio(name, 'nginx proxy'):>7.0%} "
+              f"{ratio(name, 'nginx proxy', 'p99'):>8.2f}x")
+    ours, vs_nginx = ratio("lbmiddleware gateway", "aiohttp pass-through"), \
+        ratio("lbmiddleware gateway", "nginx proxy")
+    p99 = ratio("lbmiddleware gateway", "nginx proxy", "p99")
+    print(f"\ntarget   >= 2x the aiohttp pass-through: {ours:.2f}x "
+          f"({'met' if ours >= 2 else 'MISSED'})")
+    print(f"moonshot >= 50% of nginx with p99 <= 2x nginx's: {vs_nginx:.0%}, p99 {p99:.2f}x "
+          f"({'met' if vs_nginx >= 0.5 and p99 <= 2 else 'missed'})")
 
 
 if __name__ == "__main__":
