@@ -16,6 +16,11 @@ response back and report the outcome to the balancer.
 Request bodies up to ``retry_buffer`` bytes [64 KiB] are held in memory so a retry can
 send them again; a larger body is streamed and is not replayable once it has started to
 go upstream (a connect failure, before any byte is sent, is still retried).
+
+A client that disconnects cancels the upstream exchange (its connection is closed, the
+pick released): while the body streams this is noticed at once, while waiting for the
+response head within about :data:`WATCH_DELAY` seconds. Watching costs a task, so a
+quick exchange never starts one.
 """
 
 from __future__ import annotations
@@ -44,9 +49,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-# Watching for a client that leaves costs a task; a quick exchange does without one.
-# While waiting for a response head the watch starts after this many seconds.
-WATCH_DELAY = 0.5
+WATCH_DELAY = 0.5     # seconds waiting for a response head before watching for a disconnect
 
 
 class _ClientGone(Exception):
