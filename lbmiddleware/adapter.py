@@ -35,6 +35,7 @@ attempt raised, the last exception is raised again, naming the backends tried.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
 import urllib.parse
 import weakref
@@ -47,6 +48,7 @@ from requests.exceptions import (
 )
 from requests.models import PreparedRequest, Response
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
+from urllib3.exceptions import ProtocolError, ReadTimeoutError
 
 from .backend import Backend
 from .balancer import Balancer
@@ -104,6 +106,10 @@ class LoadBalancingAdapter(HTTPAdapter):
     ``pool_connections`` is raised to the number of backends, so that no backend's pool is
     evicted while a thread uses it (requests issue #1871).
     """
+
+    #: With ``stream=True``, read this many bytes of the body inside the attempt (0: none).
+    #: A proxy sets it so that a backend dying between head and body is retried.
+    prefetch: int = 0
 
     def __init__(
         self,
@@ -209,6 +215,8 @@ class LoadBalancingAdapter(HTTPAdapter):
                     latency = self._timer() - start
                     if not stream:
                         response.content       # the body is part of the attempt
+                    elif self.prefetch:
+                        _prefetch(response, self.prefetch)
                 except ProxyError:
                     raise                      # the proxy's fault, not the backend's
                 except _BACKEND_FAILURES as exc:
@@ -352,6 +360,23 @@ def _naming_backends(exc: Exception, request: PreparedRequest,
                          response=getattr(exc, "response", None))
     except Exception:        # an exception type with another signature: keep it as it is
         return exc
+
+
+def _prefetch(response: Response, size: int) -> None:
+    """Read the first ``size`` bytes of a streamed body inside the attempt, so that a
+    backend cutting the connection right after the head is a failure that can still be
+    retried (nothing has reached the caller). The raw chunks, the first one included, are
+    left in ``response.raw_chunks``."""
+    chunks = response.raw.stream(size, decode_content=False)
+    try:
+        first = next(chunks, b"")
+    except ReadTimeoutError as exc:
+        response.close()
+        raise requests.exceptions.ReadTimeout(exc, response=response) from exc
+    except ProtocolError as exc:
+        response.close()
+        raise ChunkedEncodingError(exc, response=response) from exc
+    response.raw_chunks = itertools.chain((first,), chunks) if first else chunks
 
 
 def _discard(response: Response) -> None:

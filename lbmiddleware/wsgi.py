@@ -68,7 +68,11 @@ class _ProxiedRequest(requests.PreparedRequest):
 
 
 class _ProxyAdapter(LoadBalancingAdapter):
-    """The adapter, sending the request target exactly as the middleware built it."""
+    """The adapter, sending the request target exactly as the middleware built it, and
+    reading the first chunk of each response inside the attempt (a backend that dies
+    between head and body is then retried, since nothing has reached the client)."""
+
+    prefetch = CHUNK_SIZE
 
     def request_url(self, request: requests.PreparedRequest, proxies: Any) -> str:
         # requests turns a leading "//" into "/" for old urllib3 versions; the target is
@@ -253,7 +257,7 @@ class _ResponseBody:
 
     def __init__(self, response: requests.Response, chunk_size: int) -> None:
         self._response = response
-        self._chunks = response.raw.stream(chunk_size, decode_content=False)
+        self._chunks = response.raw_chunks
 
     def __iter__(self) -> Iterator[bytes]:
         return self._chunks

@@ -82,6 +82,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._wait_for_close(owner)
             self.close_connection = True
             return
+        if behaviour == "head_only":        # dies between the head and the body
+            self.wfile.flush()
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
         if behaviour == "truncate":
             self.wfile.write(payload[: len(payload) // 2])
             self.wfile.flush()

@@ -547,6 +547,17 @@ def test_no_retry_once_the_response_has_started(backends):
     assert b.requests == 0 and in_flight(middleware) == [0, 0]
 
 
+def test_a_backend_dying_between_head_and_body_is_retried(backends):
+    a, b, c = backends
+    a.behaviour = "head_only"
+    middleware = WSGILoadBalancer(None, backends=[a.url, b.url], **SHORT)
+    result = call(middleware, environ_for())
+    assert result.code == 200 and result.json()["server"] == "b"
+    assert a.requests == 1 and in_flight(middleware) == [0, 0]
+    stats = {row["url"]: row for row in middleware.balancer.stats()}
+    assert stats[a.url]["failures"] == 1
+
+
 def test_a_backend_killed_under_concurrent_load_costs_no_get_errors(backends):
     a, b, c = backends
     middleware = WSGILoadBalancer(None, backends=[s.url for s in backends], **SHORT)
