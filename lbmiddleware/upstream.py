@@ -297,10 +297,17 @@ class _Connection(asyncio.Protocol):
         self._read_timeout = read_timeout
         self._head_waiter = waiter = loop.create_future()
         transport = self.transport
-        if body is None or isinstance(body, (bytes, bytearray, memoryview)):
-            transport.write(head + body if body else head)
-        else:
-            transport.write(head)
+        try:
+            if body is None or isinstance(body, (bytes, bytearray, memoryview)):
+                transport.write(head + body if body else head)
+            else:
+                transport.write(head)
+        except RuntimeError:
+            # uvloop refuses a write on a transport the backend has just closed (its close
+            # not yet seen by the protocol): the same as a connection lost before the head.
+            self._broken(self._lost_error("the backend closed the connection"))
+        if not waiter.done() and body is not None and not isinstance(
+                body, (bytes, bytearray, memoryview)):
             await self._send_stream(body, length, read_timeout)
         if not waiter.done():
             deadlines = self.pool.deadlines
@@ -610,7 +617,8 @@ class HostPool:
             now = time.monotonic()
             while idle:
                 connection = idle.pop()
-                if not connection.closed and now - connection.idle_since < self.idle_timeout:
+                if (not connection.closed and not connection.transport.is_closing()
+                        and now - connection.idle_since < self.idle_timeout):
                     return connection
                 connection.abort()
         return None
