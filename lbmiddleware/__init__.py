@@ -17,6 +17,9 @@ __version__ = "0.1.0"
 # first use: ``import lbmiddleware`` stays standard-library only.
 _FRONT_ENDS = {
     "LoadBalancingAdapter": "lbmiddleware.adapter",
+    "AdapterSettings": "lbmiddleware.adapter",
+    "NoHealthyBackendError": "lbmiddleware.adapter",
+    "ProxySettings": "lbmiddleware.proxy",
     "LoadBalancerMiddleware": "lbmiddleware.asgi",
     "WSGILoadBalancer": "lbmiddleware.wsgi",
 }
@@ -33,6 +36,7 @@ def __getattr__(name: str):
 __all__ = [
     "Backend", "Balancer", "Settings", "POLICIES",
     "LBError", "ConfigError", "NoHealthyBackend", "stable_hash",
-    "LoadBalancingAdapter", "LoadBalancerMiddleware", "WSGILoadBalancer",
+    "LoadBalancingAdapter", "AdapterSettings", "NoHealthyBackendError",
+    "LoadBalancerMiddleware", "WSGILoadBalancer", "ProxySettings",
     "__version__",
 ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib
 import ipaddress
 import math
 import os
@@ -21,7 +22,12 @@ from typing import Any, Callable, ClassVar, Mapping
 from .backend import Backend, parse_backends
 from .errors import ConfigError
 
-__all__ = ["Settings", "setting", "POLICIES", "POLICY_ALIASES", "parse_duration"]
+__all__ = ["Settings", "setting", "POLICIES", "POLICY_ALIASES", "parse_duration", "parse_flag"]
+
+# Modules declaring the front-ends' settings (standard library only). from_env loads them
+# before it calls an LB_ name a typo, so LB_PREFIX set for the gateway is not reported by a
+# process that only uses the core.
+FRONT_END_SETTINGS = ("lbmiddleware.proxy",)
 
 POLICIES = ("round_robin", "random", "ip_hash", "latency", "least_conn")
 POLICY_ALIASES = {"weighted": "round_robin", "weighted_round_robin": "round_robin"}
@@ -56,6 +62,18 @@ def parse_duration(value: Any) -> float:
     if math.isnan(seconds) or math.isinf(seconds) or seconds < 0:
         raise ValueError("not a non-negative finite duration")
     return seconds
+
+
+def parse_flag(value: Any) -> bool:
+    """A boolean from ``True``/``False`` or ``1/0``, ``true/false``, ``yes/no``, ``on/off``."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("not a boolean (expected true/false, 1/0, yes/no, on/off)")
 
 
 def _positive_duration(value: Any) -> float:
@@ -202,6 +220,8 @@ class Settings:
         missing required variable or an ``LB_`` name that no setting has (a probable typo).
         """
         environ = os.environ if environ is None else environ
+        for module in FRONT_END_SETTINGS:
+            importlib.import_module(module)
         known = {f.metadata["env"] for c in (Settings, *_SETTINGS_CLASSES) for f in _setting_fields(c)}
         for name in sorted(environ):
             if name.startswith(ENV_PREFIX) and name not in known:

@@ -40,7 +40,7 @@ import urllib.parse
 from typing import Any, AnyStr, Callable, Iterable, NamedTuple, Sequence
 
 from .backend import Backend
-from .config import Settings, setting
+from .config import Settings, parse_flag, setting
 from .errors import LBError
 
 __all__ = [
@@ -76,17 +76,6 @@ class UnsafeRequest(LBError, ValueError):
 
 def _prefix(value: Any) -> str:
     return normalize_prefix(str(value))
-
-
-def _flag(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off", ""):
-        return False
-    raise ValueError("not a boolean (expected true/false, 1/0, yes/no, on/off)")
 
 
 def _listen(value: Any) -> str:
@@ -143,13 +132,13 @@ class ProxySettings(Settings):
         default="/", metadata=setting("LB_PREFIX", _prefix,
                                       "requests under this path are proxied; others go to the app"))
     strip_prefix: bool = dataclasses.field(
-        default=False, metadata=setting("LB_STRIP_PREFIX", _flag,
+        default=False, metadata=setting("LB_STRIP_PREFIX", parse_flag,
                                         "remove the prefix from the path sent upstream"))
     preserve_host: bool = dataclasses.field(
-        default=False, metadata=setting("LB_PRESERVE_HOST", _flag,
+        default=False, metadata=setting("LB_PRESERVE_HOST", parse_flag,
                                         "send the client's Host upstream (default: the backend's)"))
     retry_non_idempotent: bool = dataclasses.field(
-        default=False, metadata=setting("LB_RETRY_NON_IDEMPOTENT", _flag,
+        default=False, metadata=setting("LB_RETRY_NON_IDEMPOTENT", parse_flag,
                                         "also retry POST and PATCH after the request was sent"))
     retry_buffer: int = dataclasses.field(
         default=65536, metadata=setting("LB_RETRY_BUFFER", _size,

@@ -193,3 +193,23 @@ class TestKeywords:
     ("1.5", 1.5), ("10s", 10.0), ("250ms", 0.25), (" 2 s ", 2.0), (3, 3.0), ("1e-3", 0.001)])
 def test_durations(text, seconds):
     assert parse_duration(text) == pytest.approx(seconds)
+
+
+def test_front_end_variables_are_known_to_the_core():
+    # LB_PREFIX is the gateway's; a process using only the core must not call it a typo,
+    # and a typo of it is still caught.
+    pool = lb.Balancer.from_env({**GOOD, "LB_PREFIX": "/api", "LB_RETRY_NON_IDEMPOTENT": "1"})
+    assert [b.url for b in pool.backends] == ["http://127.0.0.1:8001"]
+    assert "did you mean LB_PREFIX?" in env_error(LB_PREFX="/api")
+
+
+def test_importing_the_core_needs_only_the_standard_library():
+    import subprocess
+    import sys
+
+    code = ("import sys, lbmiddleware as lb\n"
+            "lb.Balancer.from_env({'LB_BACKENDS': 'http://a:1', 'LB_PREFIX': '/x'}).pick()\n"
+            "third = {'requests', 'urllib3', 'starlette', 'uvicorn', 'granian', 'httpx'}\n"
+            "print(sorted(third & set(sys.modules)))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
