@@ -1,25 +1,37 @@
-# The two commands of the README. Each makes its own virtual environment (.venv) and
-# installs what it needs, so a fresh machine with only Python 3.10+ runs them as they are.
+# The README's commands. Each makes its own virtual environment (.venv) and installs what it
+# needs, so a fresh machine with only Python 3.10+ (and make) runs them as they are.
 PYTHON ?= python3
 VENV := .venv
-INSTALLED := $(VENV)/.installed
+INSTALLED := $(VENV)/.installed-test-gateway
+BENCH_INSTALLED := $(VENV)/.installed-bench
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench quality bench-proxy clean
 
 demo: $(INSTALLED)
-	$(VENV)/bin/python examples/policy_spread.py
+	$(VENV)/bin/python -m lbmiddleware demo
 
 test: $(INSTALLED)
 	$(VENV)/bin/python -m pytest
 
 bench: $(INSTALLED)
 	$(VENV)/bin/python benchmarks/bench_pick.py
+	$(VENV)/bin/python benchmarks/bench_adapter.py
+
+quality: $(BENCH_INSTALLED)
+	$(VENV)/bin/python benchmarks/bench_quality.py
+
+bench-proxy: $(BENCH_INSTALLED)
+	$(VENV)/bin/python benchmarks/bench_proxy.py
 
 $(INSTALLED): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV)/bin/python -m pip install --quiet -e '.[test]'
+	$(VENV)/bin/python -m pip install --quiet -e '.[test,gateway]'
 	touch $(INSTALLED)
+
+$(BENCH_INSTALLED): $(INSTALLED)
+	$(VENV)/bin/python -m pip install --quiet -e '.[test,gateway,bench]'
+	touch $(BENCH_INSTALLED)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
