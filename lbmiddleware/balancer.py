@@ -159,13 +159,13 @@ class Balancer:
                 self._refresh()
             members = self._all if self._panic else self._healthy
             excluded = self._exclude_states(exclude, members) if exclude else _NONE
-            if len(excluded) >= len(members):
+            if len(excluded) >= len(members.states):
                 if not self._states:
                     raise NoHealthyBackend("the pool has no backends")
-                if members is self._healthy and len(excluded) < len(self._all):
+                if members is self._healthy and len(excluded) < len(self._all.states):
                     members = self._all      # the healthy ones are all tried: panic for this pick
                     excluded = self._exclude_states(exclude, members)
-                if len(excluded) >= len(members):
+                if len(excluded) >= len(members.states):
                     raise NoHealthyBackend(
                         f"every backend was tried: {', '.join(sorted(b.url for b in exclude))}")
             state = self._policy.pick(members, key, excluded)

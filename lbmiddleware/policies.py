@@ -304,14 +304,12 @@ class LeastConnections(Policy):
         super().__init__(rng, timer, load)
         self._generation = -1
         self._heap: list[tuple] = []
-        self._passes: dict[BackendState, float] = {}   # virtual time of each one's next turn
         self._virtual_time = 0.0
         self._sequence = itertools.count()
         self._size = 0
 
     def _entry(self, state: BackendState) -> tuple:
-        turn = self._passes.get(state, self._virtual_time)
-        return (state.in_flight / state.weight, turn, next(self._sequence),
+        return (state.in_flight / state.weight, state.turn, next(self._sequence),
                 state.load_version, state)
 
     def _rebuild(self, members: Members) -> None:
@@ -320,17 +318,13 @@ class LeastConnections(Policy):
         self._generation = members.generation
         self._size = len(members)
 
-    def membership_changed(self, states: Sequence[BackendState], prepared: Any = None) -> None:
-        self._passes = {s: self._passes[s] for s in states if s in self._passes}
-
     def started(self, state: BackendState) -> None:
-        passes = self._passes
-        turn = passes.get(state, 0.0)
+        turn = state.turn
         if turn < self._virtual_time:
             turn = self._virtual_time
         self._virtual_time = turn
         weight = state.weight
-        passes[state] = next_turn = turn + 1.0 / weight
+        state.turn = next_turn = turn + 1.0 / weight
         entry = (state.in_flight / weight, next_turn, next(self._sequence), state.load_version, state)
         heap = self._heap
         if heap and heap[0][4] is state:
@@ -343,12 +337,13 @@ class LeastConnections(Policy):
         # rotation at the back. Otherwise a slow backend, picked less often, holds an old
         # turn and wins the next tie it meets (balance benchmark, scenario 3: p99 95-98 ms
         # -> 91-92 ms); with one request at a time the weighted rotation is unchanged.
-        turn = self._passes.get(state, 0.0)
-        back = self._virtual_time + 1.0 / state.weight
+        weight = state.weight
+        turn = state.turn
+        back = self._virtual_time + 1.0 / weight
         if turn < back:
-            turn = self._passes[state] = back
+            state.turn = turn = back
         heap = self._heap
-        heapq.heappush(heap, (state.in_flight / state.weight, turn,
+        heapq.heappush(heap, (state.in_flight / weight, turn,
                               next(self._sequence), state.load_version, state))
         if len(heap) > 4 * self._size + 64:
             self._generation = -1       # too many stale entries: rebuild on the next pick
@@ -376,7 +371,7 @@ class LeastConnections(Policy):
         if chosen is None:               # every live entry excluded or dropped: rebuild
             self._rebuild(members)
             chosen = min((s for s in members.states if s not in exclude),
-                         key=lambda s: (s.in_flight / s.weight, self._passes.get(s, 0.0)))
+                         key=lambda s: (s.in_flight / s.weight, s.turn))
         return chosen
 
 

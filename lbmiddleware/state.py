@@ -13,7 +13,7 @@ class BackendState:
     __slots__ = (
         "backend", "weight", "in_flight", "requests", "failures", "consecutive_failures",
         "ejections", "ejected_until", "probation", "multiplier", "in_rotation_since",
-        "rtt", "rtt_stamp", "load_version",
+        "rtt", "rtt_stamp", "load_version", "turn",
     )
 
     def __init__(self, backend: Backend) -> None:
@@ -31,6 +31,7 @@ class BackendState:
         self.rtt: float | None = None   # peak-EWMA estimate (seconds) at rtt_stamp
         self.rtt_stamp = 0.0
         self.load_version = 0        # bumped on each in-flight change (least_conn's heap)
+        self.turn = 0.0              # virtual time of its next turn among ties (least_conn)
 
     def __repr__(self) -> str:
         return f"<BackendState {self.backend.url} in_flight={self.in_flight}>"
