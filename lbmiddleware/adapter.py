@@ -52,9 +52,9 @@ from urllib3.exceptions import ProtocolError, ReadTimeoutError
 
 from .backend import Backend
 from .balancer import Balancer
-from .config import Settings, parse_flag, setting
+from .config import Settings
 from .errors import ConfigError, NoHealthyBackend
-from .proxy import may_retry, parse_cookie
+from .proxy import ForwardingSettings, may_retry, parse_cookie
 
 __all__ = ["LoadBalancingAdapter", "AdapterSettings", "NoHealthyBackendError"]
 
@@ -73,16 +73,9 @@ class NoHealthyBackendError(NoHealthyBackend, requests.ConnectionError):
     ``except requests.RequestException`` catches it."""
 
 
-@dataclasses.dataclass(frozen=True)
-class AdapterSettings(Settings):
-    """The core's settings plus the adapter's two (keyword or ``LB_*`` variable)."""
-
-    preserve_host: bool = dataclasses.field(
-        default=False, metadata=setting("LB_PRESERVE_HOST", parse_flag,
-                                        "send the request's own Host upstream (default: the backend's)"))
-    retry_non_idempotent: bool = dataclasses.field(
-        default=False, metadata=setting("LB_RETRY_NON_IDEMPOTENT", parse_flag,
-                                        "also retry POST and PATCH after the request was sent"))
+#: The adapter's settings: the core's plus ``preserve_host`` and ``retry_non_idempotent``
+#: (keyword or ``LB_*`` variable), shared with the middlewares.
+AdapterSettings = ForwardingSettings
 
 
 class _UpstreamRequest(PreparedRequest):

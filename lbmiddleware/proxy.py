@@ -44,7 +44,7 @@ from .config import Settings, parse_flag, setting
 from .errors import LBError
 
 __all__ = [
-    "ProxySettings", "UnsafeRequest", "HeaderRules", "TEXT", "BINARY",
+    "ForwardingSettings", "ProxySettings", "UnsafeRequest", "HeaderRules", "TEXT", "BINARY",
     "HOP_BY_HOP", "FRAMING", "IDEMPOTENT_METHODS",
     "normalize_prefix", "match_prefix", "quote_path", "join_target", "upstream_url",
     "ClientAddress", "sticky_key", "parse_cookie", "may_retry",
@@ -125,8 +125,21 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 
 @dataclasses.dataclass(frozen=True)
-class ProxySettings(Settings):
-    """The core's settings plus those of the middlewares and the gateway."""
+class ForwardingSettings(Settings):
+    """The core's settings plus what every front-end that forwards a request has: the
+    requests adapter's settings, and the base of the middlewares' :class:`ProxySettings`."""
+
+    preserve_host: bool = dataclasses.field(
+        default=False, metadata=setting("LB_PRESERVE_HOST", parse_flag,
+                                        "send the client's Host upstream (default: the backend's)"))
+    retry_non_idempotent: bool = dataclasses.field(
+        default=False, metadata=setting("LB_RETRY_NON_IDEMPOTENT", parse_flag,
+                                        "also retry POST and PATCH after the request was sent"))
+
+
+@dataclasses.dataclass(frozen=True)
+class ProxySettings(ForwardingSettings):
+    """The forwarding settings plus those of the middlewares and the gateway."""
 
     prefix: str = dataclasses.field(
         default="/", metadata=setting("LB_PREFIX", _prefix,
@@ -134,12 +147,6 @@ class ProxySettings(Settings):
     strip_prefix: bool = dataclasses.field(
         default=False, metadata=setting("LB_STRIP_PREFIX", parse_flag,
                                         "remove the prefix from the path sent upstream"))
-    preserve_host: bool = dataclasses.field(
-        default=False, metadata=setting("LB_PRESERVE_HOST", parse_flag,
-                                        "send the client's Host upstream (default: the backend's)"))
-    retry_non_idempotent: bool = dataclasses.field(
-        default=False, metadata=setting("LB_RETRY_NON_IDEMPOTENT", parse_flag,
-                                        "also retry POST and PATCH after the request was sent"))
     retry_buffer: int = dataclasses.field(
         default=65536, metadata=setting("LB_RETRY_BUFFER", _size,
                                         "request bodies up to this size are kept to replay on a retry"))
