@@ -19,7 +19,7 @@ _FRONT_ENDS = {
     "LoadBalancingAdapter": "lbmiddleware.adapter",
     "AdapterSettings": "lbmiddleware.adapter",
     "NoHealthyBackendError": "lbmiddleware.adapter",
-    "ProxySettings": "lbmiddleware.proxy",
+    "ProxySettings": "lbmiddleware.proxy_settings",
     "LoadBalancerMiddleware": "lbmiddleware.asgi",
     "WSGILoadBalancer": "lbmiddleware.wsgi",
 }

@@ -7,7 +7,7 @@ import sys
 from typing import Sequence
 
 from .errors import ConfigError
-from .proxy import ProxySettings
+from .proxy_settings import ProxySettings
 
 __all__ = ["main"]
 

@@ -54,7 +54,8 @@ from .backend import Backend
 from .balancer import Balancer
 from .config import Settings
 from .errors import ConfigError, NoHealthyBackend
-from .proxy import ForwardingSettings, may_retry, parse_cookie
+from .proxy import may_retry, parse_cookie
+from .proxy_settings import ForwardingSettings
 
 __all__ = ["LoadBalancingAdapter", "AdapterSettings", "NoHealthyBackendError"]
 

@@ -34,8 +34,9 @@ from typing import Any, Awaitable, Callable, Mapping, MutableMapping
 from .balancer import Balancer
 from .config import Settings
 from .errors import ConfigError, NoHealthyBackend
-from .proxy import (BINARY, ClientAddress, ProxySettings, UnsafeRequest, error_response,
-                    join_target, match_prefix, may_retry, quote_path, sticky_key)
+from .proxy import (BINARY, ClientAddress, UnsafeRequest, error_response, join_target,
+                    match_prefix, may_retry, quote_path, sticky_key)
+from .proxy_settings import ProxySettings
 from .deadlines import Deadlines
 from .upstream import Response, Upstream, UpstreamError
 
@@ -59,7 +60,7 @@ class _ClientGone(Exception):
 class LoadBalancerMiddleware:
     """Reverse-proxy requests under ``prefix`` to a load-balanced pool of backends.
 
-    Keyword arguments are the fields of :class:`~lbmiddleware.proxy.ProxySettings`
+    Keyword arguments are the fields of :class:`~lbmiddleware.proxy_settings.ProxySettings`
     (``backends``, ``policy``, ``prefix``, ``strip_prefix``, ``trusted_proxies``, ...).
     Without ``backends`` every setting not given comes from ``LB_*`` variables
     (``environ`` for tests). ``settings=`` passes a ready ``ProxySettings``;

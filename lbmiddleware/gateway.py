@@ -25,7 +25,7 @@ from typing import Mapping, TextIO
 
 from .asgi import LoadBalancerMiddleware
 from .errors import ConfigError
-from .proxy import ProxySettings
+from .proxy_settings import ProxySettings
 
 __all__ = ["load_settings", "make_app", "app_from_env", "choose_server", "bind", "serve"]
 

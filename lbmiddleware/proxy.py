@@ -23,15 +23,12 @@ Every rule here comes from ``SEMANTICS.md`` "Proxying" and "Retries":
   idempotent methods with a replayable body, never once the client got a byte.
 * **Errors** — :func:`error_response`: 502 / 503 + ``Retry-After`` / 504 (and 400 / 404)
   with a short plain-text body and nothing from a stack trace.
-* **Settings** — :class:`ProxySettings` adds ``LB_PREFIX``, ``LB_STRIP_PREFIX``,
-  ``LB_PRESERVE_HOST``, ``LB_RETRY_NON_IDEMPOTENT``, ``LB_RETRY_BUFFER`` and the
-  gateway's ``LB_SERVER``, ``LB_LISTEN`` to the core's
-  :class:`~lbmiddleware.config.Settings`.
+
+The settings these rules are configured by live in :mod:`lbmiddleware.proxy_settings`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import ipaddress
 import itertools
@@ -40,15 +37,14 @@ import urllib.parse
 from typing import Any, AnyStr, Callable, Iterable, NamedTuple, Sequence
 
 from .backend import Backend
-from .config import Settings, parse_flag, setting
 from .errors import LBError
 
 __all__ = [
-    "ForwardingSettings", "ProxySettings", "UnsafeRequest", "HeaderRules", "TEXT", "BINARY",
+    "UnsafeRequest", "HeaderRules", "TEXT", "BINARY",
     "HOP_BY_HOP", "FRAMING", "IDEMPOTENT_METHODS",
     "normalize_prefix", "match_prefix", "quote_path", "join_target", "upstream_url",
     "ClientAddress", "sticky_key", "parse_cookie", "may_retry",
-    "ErrorResponse", "error_response", "parse_listen",
+    "ErrorResponse", "error_response",
 ]
 
 # RFC 9110 §7.6.1 (plus the non-standard Keep-Alive and Proxy-Connection): never forwarded.
@@ -70,98 +66,6 @@ _TARGET_ESCAPE = re.compile(rb"[\x00-\x20\x7f-\xff#]")
 
 class UnsafeRequest(LBError, ValueError):
     """The request cannot be forwarded safely (CR/LF/NUL in a header, path or query): 400."""
-
-
-# -- settings -----------------------------------------------------------------------------
-
-def _prefix(value: Any) -> str:
-    return normalize_prefix(str(value))
-
-
-def _listen(value: Any) -> str:
-    host, port = parse_listen(str(value))
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _server(value: Any) -> str:
-    text = str(value).strip().lower()
-    if text not in ("auto", "granian", "uvicorn"):
-        raise ValueError("expected auto, granian or uvicorn")
-    return text
-
-
-def _size(value: Any) -> int:
-    if isinstance(value, bool):
-        raise ValueError("not a size")
-    if isinstance(value, int):
-        number = value
-    else:
-        match = re.fullmatch(r"\s*(\d+)\s*([kKmM]?)[bB]?\s*", str(value))
-        if not match:
-            raise ValueError("not a size (bytes, or a number with KB or MB)")
-        number = int(match.group(1)) * {"": 1, "k": 1024, "m": 1024 * 1024}[match.group(2).lower()]
-    if number < 0:
-        raise ValueError("must not be negative")
-    return number
-
-
-def parse_listen(text: str) -> tuple[str, int]:
-    """``"127.0.0.1:8000"`` / ``"[::1]:8000"`` / ``":8000"`` -> ``(host, port)``."""
-    text = text.strip()
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError("expected HOST:PORT with a port from 0 to 65535")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    host = host or "127.0.0.1"
-    if ":" in host:
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise ValueError(f"{host!r} is not an IPv6 address") from None
-    elif not re.fullmatch(r"[A-Za-z0-9.-]+", host):
-        raise ValueError(f"{host!r} is not a host name or address")
-    return host, int(port)
-
-
-@dataclasses.dataclass(frozen=True)
-class ForwardingSettings(Settings):
-    """The core's settings plus what every front-end that forwards a request has: the
-    requests adapter's settings, and the base of the middlewares' :class:`ProxySettings`."""
-
-    preserve_host: bool = dataclasses.field(
-        default=False, metadata=setting("LB_PRESERVE_HOST", parse_flag,
-                                        "send the client's Host upstream (default: the backend's)"))
-    retry_non_idempotent: bool = dataclasses.field(
-        default=False, metadata=setting("LB_RETRY_NON_IDEMPOTENT", parse_flag,
-                                        "also retry POST and PATCH after the request was sent"))
-
-
-@dataclasses.dataclass(frozen=True)
-class ProxySettings(ForwardingSettings):
-    """The forwarding settings plus those of the middlewares and the gateway."""
-
-    prefix: str = dataclasses.field(
-        default="/", metadata=setting("LB_PREFIX", _prefix,
-                                      "requests under this path are proxied; others go to the app"))
-    strip_prefix: bool = dataclasses.field(
-        default=False, metadata=setting("LB_STRIP_PREFIX", parse_flag,
-                                        "remove the prefix from the path sent upstream"))
-    retry_buffer: int = dataclasses.field(
-        default=65536, metadata=setting("LB_RETRY_BUFFER", _size,
-                                        "request bodies up to this size are kept to replay on a retry"))
-    server: str = dataclasses.field(
-        default="auto", metadata=setting("LB_SERVER", _server,
-                                         "gateway HTTP server: auto (granian if installed, "
-                                         "else uvicorn) | granian | uvicorn"))
-    listen: str = dataclasses.field(
-        default="127.0.0.1:8000", metadata=setting("LB_LISTEN", _listen,
-                                                   "gateway address HOST:PORT (serve command)"))
-
-    @property
-    def listen_address(self) -> tuple[str, int]:
-        """``listen`` as ``(host, port)``."""
-        return parse_listen(self.listen)
 
 
 # -- routing and the upstream target ---------------------------------------------------

@@ -45,9 +45,10 @@ from .balancer import Balancer
 from .config import Settings
 from .errors import ConfigError, NoHealthyBackend
 from .proxy import (
-    TEXT, ClientAddress, ProxySettings, UnsafeRequest, error_response, join_target,
+    TEXT, ClientAddress, UnsafeRequest, error_response, join_target,
     match_prefix, quote_path, sticky_key,
 )
+from .proxy_settings import ProxySettings
 
 __all__ = ["WSGILoadBalancer", "CHUNK_SIZE"]
 

@@ -7,11 +7,11 @@ import urllib.parse
 import pytest
 
 import lbmiddleware as lb
-from lbmiddleware import proxy
-from lbmiddleware.proxy import (BINARY, TEXT, ClientAddress, ProxySettings, UnsafeRequest,
-                                error_response, join_target, match_prefix, may_retry,
-                                normalize_prefix, parse_cookie, parse_listen, quote_path,
-                                sticky_key, upstream_url)
+from lbmiddleware import proxy, proxy_settings
+from lbmiddleware.proxy import (BINARY, TEXT, ClientAddress, UnsafeRequest, error_response,
+                                join_target, match_prefix, may_retry, normalize_prefix,
+                                parse_cookie, quote_path, sticky_key, upstream_url)
+from lbmiddleware.proxy_settings import ProxySettings, parse_listen
 
 BACKEND = lb.Backend("http://127.0.0.1:8001/v1")
 
@@ -321,10 +321,11 @@ def test_describe_lists_the_proxy_settings():
         assert name in variables
 
 
-def test_proxy_module_imports_only_the_standard_library():
+@pytest.mark.parametrize("module", [proxy, proxy_settings])
+def test_proxy_modules_import_only_the_standard_library(module):
     import ast
     import sys
-    tree = ast.parse(open(proxy.__file__).read())
+    tree = ast.parse(open(module.__file__).read())
     imported = {alias.name.split(".")[0] for node in ast.walk(tree)
                 if isinstance(node, ast.Import) for alias in node.names}
     imported |= {node.module.split(".")[0] for node in ast.walk(tree)
