@@ -9,9 +9,10 @@ client's per-request work. Standard library only.
 * :class:`Upstream` holds a :class:`HostPool` per backend; a pool keeps idle connections
   (LIFO) for reuse and drops those the backend closed or that idled too long.
 * :meth:`HostPool.request` sends one request over a connection of
-  :mod:`lbmiddleware.http1` and returns a :class:`Response` once the head has arrived; its body is read with :meth:`Response.read` under flow control (the
-  socket stops being read while more than :data:`HIGH_WATER` bytes wait), so memory stays
-  bounded whatever the body size. Request bodies are ``bytes`` or an async iterator, sent
+  :mod:`lbmiddleware.http1` and returns a :class:`Response` once the head has arrived;
+  its body is read with :meth:`Response.read` under flow control (the socket stops being
+  read while more than :data:`HIGH_WATER` bytes wait), so memory stays bounded whatever
+  the body size. Request bodies are ``bytes`` or an async iterator, sent
   with ``Content-Length`` when the length is known, else chunked.
 * Errors are :class:`UpstreamError` subclasses; ``exc.sent`` says whether any of the
   request may have reached the backend (``False``: a connect failure, safe to retry for
