@@ -39,7 +39,7 @@ import itertools
 import time
 import urllib.parse
 import weakref
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import requests
 from requests.adapters import DEFAULT_POOLBLOCK, DEFAULT_POOLSIZE, DEFAULT_RETRIES, HTTPAdapter
@@ -357,11 +357,11 @@ def _naming_backends(exc: Exception, request: PreparedRequest,
 
 
 def _prefetch(response: Response, size: int) -> None:
-    """Read the first ``size`` bytes of a streamed body inside the attempt, so that a
-    backend cutting the connection right after the head is a failure that can still be
-    retried (nothing has reached the caller). The raw chunks, the first one included, are
-    left in ``response.raw_chunks``."""
-    chunks = response.raw.stream(size, decode_content=False)
+    """Read the first piece (at most ``size`` bytes, whatever has arrived) of a streamed
+    body inside the attempt, so that a backend cutting the connection right after the head
+    is a failure that can still be retried (nothing has reached the caller). The raw
+    pieces, the first one included, are left in ``response.raw_chunks``."""
+    chunks = _raw_chunks(response.raw, size)
     try:
         first = next(chunks, b"")
     except ReadTimeoutError as exc:
@@ -371,6 +371,16 @@ def _prefetch(response: Response, size: int) -> None:
         response.close()
         raise ChunkedEncodingError(exc, response=response) from exc
     response.raw_chunks = itertools.chain((first,), chunks) if first else chunks
+
+
+def _raw_chunks(raw: Any, size: int) -> Iterator[bytes]:
+    """The body as it comes, undecoded, in pieces of at most ``size`` bytes: each piece is
+    what one read returned, so a slow body is passed on as it arrives, not in full pieces."""
+    while True:
+        data = raw.read1(size, decode_content=False)
+        if not data:
+            return
+        yield data
 
 
 def _discard(response: Response) -> None:

@@ -87,6 +87,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.close_connection = True
             self.connection.shutdown(socket.SHUT_RDWR)
             return
+        if behaviour == "pause_body":       # half the body, then wait for release()
+            self.wfile.write(payload[: len(payload) // 2])
+            self.wfile.flush()
+            owner.release.wait(5)
+            self.wfile.write(payload[len(payload) // 2:])
+            return
         if behaviour == "truncate":
             self.wfile.write(payload[: len(payload) // 2])
             self.wfile.flush()

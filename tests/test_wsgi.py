@@ -558,6 +558,25 @@ def test_a_backend_dying_between_head_and_body_is_retried(backends):
     assert stats[a.url]["failures"] == 1
 
 
+def test_a_slow_body_is_passed_on_as_it_arrives(backends):
+    a = backends[0]
+    a.behaviour, a.body_size = "pause_body", 100_000
+    middleware = WSGILoadBalancer(None, backends=[a.url], **SHORT)
+    captured = {}
+    iterable = middleware(environ_for(), lambda status, headers: captured.update(status=status))
+    try:
+        chunks = iter(iterable)
+        first = next(chunks)                 # the backend holds the second half back
+        assert captured["status"] == "200 OK"
+        assert first == b"x" * len(first) and 0 < len(first) <= 50_000
+        a.release.set()
+        assert len(first) + sum(len(chunk) for chunk in chunks) == 100_000
+    finally:
+        a.release.set()
+        getattr(iterable, "close", lambda: None)()
+    assert in_flight(middleware) == [0]
+
+
 def test_a_backend_killed_under_concurrent_load_costs_no_get_errors(backends):
     a, b, c = backends
     middleware = WSGILoadBalancer(None, backends=[s.url for s in backends], **SHORT)
