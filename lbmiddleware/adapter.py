@@ -214,7 +214,7 @@ class LoadBalancingAdapter(HTTPAdapter):
                 except ProxyError:
                     raise                      # the proxy's fault, not the backend's
                 except _BACKEND_FAILURES as exc:
-                    balancer.report(backend, ok=False)
+                    balancer.report(backend, ok=False, latency=self._timer() - start)
                     sent = not _is_connect_failure(exc)
                     backend = None
                     if self._may_retry(request, tried, sent=sent, replayable=replayable):
@@ -401,7 +401,8 @@ def _report_when_done(response: Response, balancer: Balancer, backend: Backend,
     """Report a streamed attempt once, when its raw response releases its connection,
     is closed or is garbage collected, whichever comes first."""
     raw = response.raw
-    done = weakref.finalize(raw, balancer.report, backend, ok, latency)
+    # report_later: a garbage collection may run this inside the balancer's own lock.
+    done = weakref.finalize(raw, balancer.report_later, backend, ok, latency)
     raw_type = type(raw)
     raw_ref = weakref.ref(raw)        # the wrappers live on raw: no reference cycle
 

@@ -333,7 +333,7 @@ class _Exchange:
                 if self.gone:
                     balancer.release(backend)
                     return
-                balancer.report(backend, ok=False)
+                balancer.report(backend, ok=False, latency=time.monotonic() - started)
                 error = exc
                 if attempt < mw._retries and mw._may_retry(self.method, exc.sent,
                                                            self.body.replayable):
@@ -348,7 +348,7 @@ class _Exchange:
             error = None
             latency = time.monotonic() - started
             if response.status in mw._fail_statuses:
-                balancer.report(backend, ok=False)
+                balancer.report(backend, ok=False, latency=latency)
                 if attempt < mw._retries and mw._may_retry(self.method, True,
                                                            self.body.replayable):
                     failed, response = response, None

@@ -6,6 +6,7 @@ is shared safely by threads and by asyncio tasks.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import random
@@ -73,6 +74,7 @@ class Balancer:
         self._policy: Policy = make_policy(settings.policy, self._rng, timer, self._load)
         self._states: dict[str, BackendState] = {}      # url -> state, listed order
         self._retired: dict[str, BackendState] = {}     # removed, requests still in flight
+        self._deferred: collections.deque = collections.deque()   # see report_later()
         self._generation = 0
         self._healthy = self._all = Members((), 0)
         self._panic = False
@@ -154,6 +156,8 @@ class Balancer:
         :class:`NoHealthyBackend` when no backend is left to try.
         """
         with self._lock:
+            if self._deferred:
+                self._apply_deferred()
             health = self._health
             if health.any_ejected and health.expire(self._timer()):
                 self._refresh()
@@ -166,8 +170,8 @@ class Balancer:
                     members = self._all      # the healthy ones are all tried: panic for this pick
                     excluded = self._exclude_states(exclude, members)
                 if len(excluded) >= len(members.states):
-                    raise NoHealthyBackend(
-                        f"every backend was tried: {', '.join(sorted(b.url for b in exclude))}")
+                    tried = sorted(getattr(b, "url", b) for b in exclude)
+                    raise NoHealthyBackend(f"every backend was tried: {', '.join(tried)}")
             state = self._policy.pick(members, key, excluded)
             state.in_flight += 1
             state.load_version += 1
@@ -185,24 +189,54 @@ class Balancer:
         slow sample). ``latency`` is the time to the response head, in seconds.
         """
         with self._lock:
-            state = self._finish(backend)
-            if state is None:
-                return
-            now = self._timer()
-            state.requests += 1
-            if ok:
-                if state.consecutive_failures or state.probation:
-                    self._health.success(state, now, latency)
-                if latency is not None:
-                    self._load.observe(state, latency, now)
-            else:
-                self._load.observe_failure(state, now)
-                if self._health.failure(state, now) and state.backend.url in self._states:
-                    self._refresh()
+            if self._deferred:
+                self._apply_deferred()
+            self._report(backend, ok, latency)
+
+    def report_later(self, backend: Backend, ok: bool = True,
+                     latency: float | None = None) -> None:
+        """:meth:`report` that never waits for the lock: for finalizers and callbacks that
+        may run while this thread already holds it (a garbage collection inside
+        :meth:`pick`). Applied at once if the lock is free, else by the next call."""
+        self._deferred.append((backend, ok, latency))
+        if self._lock.acquire(blocking=False):
+            try:
+                self._apply_deferred()
+            finally:
+                self._lock.release()
+
+    def _apply_deferred(self) -> None:
+        deferred = self._deferred
+        while deferred:
+            self._report(*deferred.popleft())
+
+    def _report(self, backend: Backend, ok: bool, latency: float | None) -> None:
+        state = self._finish(backend)
+        if state is None:
+            return
+        now = self._timer()
+        state.requests += 1
+        member = self._states.get(backend.url) is state
+        if ok:
+            if latency is not None:
+                self._load.observe(state, latency, now)
+            if not member:
+                return                  # removed from the pool: its health no longer matters
+            if state.ejected_until is not None and self._panic:
+                self._health.restore_all(state, now)      # the full outage is over
+                self._refresh()
+            elif state.consecutive_failures or state.probation:
+                self._health.success(state, now, latency)
+        else:
+            self._load.observe_failure(state, now)
+            if member and self._health.failure(state, now, latency):
+                self._refresh()
 
     def release(self, backend: Backend) -> None:
         """End one pick of ``backend`` with no outcome (the caller gave up or was cancelled)."""
         with self._lock:
+            if self._deferred:
+                self._apply_deferred()
             self._finish(backend)
 
     def _finish(self, backend: Backend) -> BackendState | None:
@@ -246,6 +280,8 @@ class Balancer:
         """Per backend, in listed order: url, weight, state, ejected_until, in_flight,
         requests, failures, consecutive_failures, ejections, latency (seconds or None)."""
         with self._lock:
+            if self._deferred:
+                self._apply_deferred()
             now = self._timer()
             if self._health.any_ejected and self._health.expire(now):
                 self._refresh()

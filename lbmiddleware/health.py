@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import math
 
 from .state import BackendState
 
@@ -38,6 +39,8 @@ class PassiveHealth:
         self.max_ejection_time = max_ejection_time
         self._ejected: list[tuple[float, int, BackendState]] = []   # heap by return time
         self._sequence = 0
+        # k beyond this lasts no longer (the cap), so it only slows the decay back to 0.
+        self._max_multiplier = max(1, math.ceil(max_ejection_time / fail_timeout))
         # Per backend: when its run of failures began (or it returned), and how many of
         # its requests were in flight then; successes of those are stale (see success()).
         self._since: dict[BackendState, list] = {}
@@ -45,9 +48,6 @@ class PassiveHealth:
     @property
     def any_ejected(self) -> bool:
         return bool(self._ejected)
-
-    def is_ejected(self, state: BackendState) -> bool:
-        return state.ejected_until is not None
 
     def success(self, state: BackendState, now: float, latency: float | None = None) -> None:
         """Record a success; ends probation.
@@ -66,9 +66,20 @@ class PassiveHealth:
         if state.probation and state.ejected_until is None:
             state.probation = False
 
-    def failure(self, state: BackendState, now: float) -> bool:
-        """Record a failure; returns True when it ejects the backend."""
+    def failure(self, state: BackendState, now: float, latency: float | None = None) -> bool:
+        """Record a failure; returns True when it ejects the backend.
+
+        With ``latency`` (seconds since the request was sent), a failure of a request sent
+        before the backend returned from ejection is stale on probation: it is counted but
+        neither ejects the backend again nor grows its ejection time (a request that timed
+        out while the backend was out says nothing of it since).
+        """
         state.failures += 1
+        if state.probation and latency is not None:
+            mark = self._since.get(state)
+            if mark is not None and mark[1] > 0 and now - latency < mark[0]:
+                mark[1] -= 1
+                return False
         if not state.consecutive_failures and not state.probation:
             self._since[state] = [now, state.in_flight]
         state.consecutive_failures += 1
@@ -83,7 +94,7 @@ class PassiveHealth:
         in_rotation = now - state.in_rotation_since
         if state.multiplier and in_rotation > 0:
             state.multiplier = max(0, state.multiplier - int(in_rotation // self.fail_timeout))
-        state.multiplier += 1
+        state.multiplier = min(state.multiplier + 1, self._max_multiplier)
         duration = min(self.fail_timeout * state.multiplier, self.max_ejection_time)
         reason = "failed on probation" if state.probation else (
             f"{state.consecutive_failures} consecutive failures")
@@ -112,6 +123,25 @@ class PassiveHealth:
             logger.info("backend %s returns on probation after %.3gs ejected",
                         state.backend.url, min(self.fail_timeout * state.multiplier,
                                                self.max_ejection_time))
+        return returned
+
+    def restore_all(self, healthy: BackendState, now: float) -> list[BackendState]:
+        """End every ejection early: ``healthy`` answered while every backend was ejected
+        (panic), so the outage is over. It is healthy again; the others return on probation
+        (a first failure ejects one again at once), without waiting for their time."""
+        returned = [entry[2] for entry in self._ejected if entry[2].ejected_until == entry[0]]
+        self._ejected = []
+        for state in returned:
+            state.ejected_until = None
+            state.probation = state is not healthy
+            state.consecutive_failures = 0
+            state.in_rotation_since = now
+            if state.probation:
+                self._since[state] = [now, state.in_flight]
+            else:
+                self._since.pop(state, None)
+        logger.info("backend %s answered while every backend was ejected: %d backends return",
+                    healthy.backend.url, len(returned))
         return returned
 
     def forget(self, state: BackendState) -> None:

@@ -1,6 +1,7 @@
 """Balancer as a whole: membership changes, stats, attempt, release, concurrency."""
 
 import asyncio
+import collections
 import random
 import threading
 from collections import Counter
@@ -183,3 +184,31 @@ def test_shared_by_asyncio_tasks():
     seen = Counter(asyncio.run(main()))
     assert seen == {A: 100, B: 100, C: 100}
     assert all(s["in_flight"] == 0 for s in pool.stats())
+
+
+def test_late_reports_of_a_removed_backend_leave_its_health_alone(clock):
+    pool = lb.Balancer([A, B], timer=clock)
+    held = [pool.pick(exclude=[lb.Backend(B)]) for _ in range(3)]
+    pool.update([B])
+    for backend in held:
+        pool.report(backend, ok=False)
+    pool.update([A, B])
+    assert by_url(pool)[A]["state"] == "healthy"
+    assert by_url(pool)[A]["in_flight"] == 0
+
+
+def test_report_later_never_waits_for_the_lock():
+    pool = lb.Balancer([A])
+    backend = pool.pick()
+    with pool._lock:                          # as when a GC finalizer runs inside pick()
+        pool.report_later(backend, ok=False)  # would deadlock if it took the lock
+    row = by_url(pool)[A]                     # applied by the next call
+    assert (row["in_flight"], row["failures"]) == (0, 1)
+    pool.report_later(pool.pick(), ok=True, latency=0.1)   # lock free: applied at once
+    assert pool._deferred == collections.deque() and by_url(pool)[A]["requests"] == 2
+
+
+def test_exclude_by_url_string():
+    pool = lb.Balancer([A])
+    with pytest.raises(lb.NoHealthyBackend, match="every backend was tried: http://a:1"):
+        pool.pick(exclude=[A])

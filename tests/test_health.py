@@ -112,9 +112,18 @@ def test_panic_when_all_ejected_then_heals_at_once(clock, caplog):
     assert all(s["state"] == "ejected" for s in pool.stats())
     assert any("panic" in r.getMessage() for r in caplog.records)
     # Every backend is ejected: the balancer still picks among all of them.
+    held = [pool.pick() for _ in range(3)]
+    assert {b.url for b in held} == {A, B, C}
+    assert {s["state"] for s in pool.stats()} == {"ejected"}
+    pool.report(held[1], ok=False)        # a failure in panic heals nothing
+    assert {s["state"] for s in pool.stats()} == {"ejected"}
+    # The first answer ends the outage at once: it is healthy, the others on probation.
+    pool.report(held[0], ok=True, latency=0.01)
+    assert {s["url"]: s["state"] for s in pool.stats()} == {
+        A: "healthy", B: "probation", C: "probation"}
+    pool.release(held[2])
     assert picks(pool) == {A, B, C}
-    clock.advance(10.0)
-    assert {s["state"] for s in pool.stats()} == {"probation"}
+    assert {s["state"] for s in pool.stats()} == {"healthy"}
 
 
 def test_one_log_line_per_ejection_and_return(clock, caplog):
@@ -168,3 +177,30 @@ def test_attempt_reports_exception_as_failure(clock):
                 raise OSError("connection refused")
     assert state(pool, A)["state"] == "ejected"
     assert state(pool, A)["in_flight"] == 0
+
+
+def test_a_request_sent_before_the_return_cannot_re_eject(clock):
+    pool = make(clock)
+    old = pool.pick(exclude=[lb.Backend(B), lb.Backend(C)])      # sent before the ejection
+    fail(pool, A, 3)
+    clock.advance(10.0)
+    assert state(pool, A)["state"] == "probation"
+    clock.advance(5.0)                                           # it times out only now
+    pool.report(old, ok=False, latency=15.0)
+    assert state(pool, A)["state"] == "probation"                # stale: not ejected again
+    assert state(pool, A)["failures"] == 4
+    fail(pool, A)                                                # a fresh failure still is
+    assert state(pool, A)["ejected_until"] == pytest.approx(clock.now + 20.0)
+
+
+def test_multiplier_stops_at_the_cap(clock):
+    pool = make(clock, fail_timeout=10.0, max_ejection_time=30.0)
+    fail(pool, A, 3)
+    for _ in range(10):                      # ten more ejections in a row, all capped at 30 s
+        clock.advance(30.0)
+        fail(pool, A)
+    clock.advance(30.0)
+    succeed(pool, A)
+    clock.advance(30.0)                      # three fail_timeouts in rotation: k 3 -> 0
+    fail(pool, A, 3)
+    assert state(pool, A)["ejected_until"] == pytest.approx(clock.now + 10.0)
