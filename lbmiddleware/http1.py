@@ -197,6 +197,9 @@ class _Connection(asyncio.Protocol):
         self._paused = False
         self._write_paused = False
         self._drain: asyncio.Future | None = None
+        # The whole request body has been written: until then the connection is never
+        # reused (the rest of a body cut short would be read as the next request).
+        self._request_sent = True
 
     # -- asyncio.Protocol -----------------------------------------------------------------
 
@@ -293,6 +296,7 @@ class _Connection(asyncio.Protocol):
             self._broken(self._lost_error("the backend closed the connection"))
         if not waiter.done() and body is not None and not isinstance(
                 body, (bytes, bytearray, memoryview)):
+            self._request_sent = False
             await self._send_stream(body, length, read_timeout)
         if not waiter.done():
             deadlines = self.pool.deadlines
@@ -334,6 +338,7 @@ class _Connection(asyncio.Protocol):
             elif sent != length and not self.closed:
                 self.abort()
                 raise ProtocolError("the request body ended before its Content-Length")
+            self._request_sent = True
 
     async def _wait_drain(self, read_timeout: float) -> None:
         self._drain = drain = self.loop.create_future()
@@ -497,7 +502,7 @@ class _Connection(asyncio.Protocol):
         self._response = None
         self._state = "done"
         reuse = keep_alive and response is not None and response.keep_alive \
-            and not self.closed and not self._buffer
+            and not self.closed and not self._buffer and self._request_sent
         if response is not None:
             response._finish()
         if reuse:

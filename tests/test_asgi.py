@@ -555,3 +555,46 @@ def test_a_shared_balancer_keeps_its_core_settings(backends):
     assert mw.balancer is balancer and mw.settings.retries == 0 and mw.settings.prefix == "/api"
     with pytest.raises(lb.ConfigError, match="policy"):
         LoadBalancerMiddleware(None, balancer=balancer, policy="random")
+
+
+def test_a_request_body_cut_short_by_an_early_answer_never_leaks_into_the_next_request():
+    """A backend answers 413 before reading a streamed body: the connection carrying that
+    body must not be reused, or the rest of the body would reach the backend after the next
+    request's head (RFC 9112 9.6)."""
+    connections = []
+
+    async def backend(reader, writer):
+        connections.append(writer)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                if head.startswith(b"POST"):           # answers without reading the body
+                    writer.write(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\n\r\n")
+                else:
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecond")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+            writer.close()
+
+    async def scenario():
+        server = await asyncio.start_server(backend, "127.0.0.1", 0)
+        url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        mw = proxy([url], retry_buffer=1024, read_timeout=2.0, retries=0)
+        try:
+            # More than the socket buffers hold: the 413 comes back while it is being sent.
+            body = [b"A" * 65536] * 128
+            upload = await get(mw, "/", method="POST", body=body,
+                               headers=[("Content-Length", str(65536 * 128))])
+            pooled = len(mw.upstream.pool(mw.balancer.backends[0])._idle)
+            second = await get(mw, "/second")
+            return upload, pooled, second
+        finally:
+            mw.upstream.close()
+            server.close()
+            await server.wait_closed()
+
+    upload, pooled, second = run(scenario())
+    assert upload.status == 413
+    assert pooled == 0                    # the cut-short connection was closed, not pooled
+    assert (second.status, second.body) == (200, b"second")
+    assert len(connections) == 2
