@@ -125,6 +125,9 @@ class LoadBalancerMiddleware:
                 headers, peer=peer, scheme=scope.get("scheme", "http"),
                 preserve_host=self._preserve_host, trusted_peer=trusted)
             length = BINARY.body_length(headers)
+            if length == 0 and scope.get("http_version", "1.1") not in _HTTP1 \
+                    and not BINARY.get(headers, "content-length"):
+                length = None       # HTTP/2 and 3 frame a body without either header
             target = join_target(b"", self._raw_path(scope, path), scope.get("query_string"))
         except UnsafeRequest:
             await self._send_error(send, 400)
@@ -143,6 +146,8 @@ class LoadBalancerMiddleware:
                 await body.prefetch(self._retry_buffer)
             except _ClientGone:
                 return
+            if length is None and not body.more and not body.size:
+                body = _NO_BODY             # it was empty after all
         add_host = not (upstream_headers and upstream_headers[0][0] == b"Host")
         exchange = _Exchange(self, method, method.encode("ascii"), target, upstream_headers,
                              add_host, body, key, receive, send)
@@ -187,6 +192,9 @@ class LoadBalancerMiddleware:
             elif message["type"] == "lifespan.shutdown":
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+_HTTP1 = ("1.0", "1.1")
 
 
 class _RequestBody:
@@ -382,8 +390,9 @@ class _Exchange:
 
     async def _respond(self, response: Response) -> None:
         send = self.send
-        await send({"type": "http.response.start", "status": response.status,
-                    "headers": BINARY.response_headers(response.headers)})
+        # ASGI header names are lower-case (Starlette's Headers, GZipMiddleware rely on it).
+        headers = [(name.lower(), value) for name, value in BINARY.response_headers(response.headers)]
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
         chunk = response.take()
         if response.complete:
             self.finished = True

@@ -598,3 +598,28 @@ def test_a_request_body_cut_short_by_an_early_answer_never_leaks_into_the_next_r
     assert pooled == 0                    # the cut-short connection was closed, not pooled
     assert (second.status, second.body) == (200, b"second")
     assert len(connections) == 2
+
+
+def test_response_header_names_reach_the_app_lower_case(backends):
+    a = backends[0]
+    a.extra_headers = [("Content-Encoding", "identity"), ("X-Mixed-Case", "1")]
+    response = run(get(proxy([a]), "/"))
+    names = [name for name, _ in response.headers]
+    assert b"x-mixed-case" in names and b"content-encoding" in names and b"x-server" in names
+    assert all(name == name.lower() for name in names)      # the ASGI spec
+
+
+def test_an_http2_body_without_length_headers_is_forwarded(backends):
+    a = backends[0]
+    mw = proxy([a])
+    upload = Call(mw, "POST", "/", body=b"hello", headers=[])
+    upload.scope["http_version"] = "2"
+    upload.scope["headers"] = [(n, v) for n, v in upload.scope["headers"]
+                               if n != b"content-length"]
+    seen = run(upload.run()).json()
+    assert seen["body"] == "hello"
+    request = run(get(mw, "/empty"))             # and a GET over HTTP/2 stays bodiless
+    get_call = Call(mw, "GET", "/h2")
+    get_call.scope["http_version"] = "2"
+    assert "Content-Length" not in run(get_call.run()).json()["headers"]
+    assert request.status == 200
