@@ -200,7 +200,7 @@ _HTTP1 = ("1.0", "1.1")
 class _RequestBody:
     """The client's request body: held in memory when small (replayable), else streamed."""
 
-    __slots__ = ("receive", "length", "chunks", "size", "more", "started")
+    __slots__ = ("receive", "length", "chunks", "size", "more", "started", "on_end")
 
     def __init__(self, receive: Receive, length: int | None) -> None:
         self.receive = receive
@@ -209,6 +209,7 @@ class _RequestBody:
         self.size = 0
         self.more = length != 0         # more to receive from the client
         self.started = False            # the streamed part has begun to go upstream
+        self.on_end: Callable[[], None] | None = None   # called once a streamed body ends
 
     async def prefetch(self, limit: int) -> None:
         """Receive until the body ends or ``limit`` bytes are held."""
@@ -243,6 +244,8 @@ class _RequestBody:
         self.chunks = []
         while self.more:
             yield self._take(await self.receive())
+        if self.on_end is not None:
+            self.on_end()                # now a disconnect can be watched for
 
 
 class _NoBody:
@@ -331,6 +334,8 @@ class _Exchange:
             timer = None
             if not self.body.more and self.watch_task is None:
                 timer = deadlines.start(WATCH_DELAY, _start_watch, self, loop)
+            elif self.body.more:
+                self.body.on_end = self._watch     # watch once the upload is all read
             started = time.monotonic()
             try:
                 response = await pool.request(

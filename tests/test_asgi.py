@@ -466,6 +466,24 @@ def test_client_disconnect_while_waiting_for_the_head(backends):
     assert in_flight(mw) == {a.url: 0}
 
 
+def test_client_disconnect_after_a_streamed_upload_while_waiting_for_the_head(backends):
+    a = backends[0]
+    a.behaviour = "hang"
+    mw = proxy([a], read_timeout=30, retry_buffer=1024)
+
+    async def scenario():
+        call = Call(mw, "PUT", "/", body=[b"x" * 100_000, b"y" * 100_000],
+                    headers=[("Content-Length", "200000")])
+        asyncio.get_running_loop().call_later(0.2, call.disconnect.set)
+        await call.run(timeout=5)           # returns long before the read timeout
+        return call
+
+    call = run(scenario())
+    assert call.status is None and call.messages == []
+    row = mw.balancer.stats()[0]
+    assert (row["in_flight"], row["failures"]) == (0, 0)    # the backend is not blamed
+
+
 def test_connections_are_kept_alive_and_pooled(backends):
     a = backends[0]
     mw = proxy([a])
