@@ -82,12 +82,16 @@ def match_prefix(prefix: str, path: str, strip: bool = False) -> str | None:
     """The path to send upstream if ``path`` is under ``prefix``, else ``None``.
 
     ``/api`` matches ``/api`` and ``/api/x`` but not ``/apix``. With ``strip`` the prefix
-    is removed (``/api/x`` -> ``/x``, ``/api`` -> ``/``).
+    is removed (``/api/x`` -> ``/x``, ``/api`` -> ``/``). A path with a ``.`` or ``..``
+    segment after the prefix is not under it: ``/api/../admin`` is ``/admin`` to a backend
+    that normalises paths, so it is left to the app (nginx matches normalised paths).
     """
     if prefix == "/":
         return path if path.startswith("/") else None
     if path.startswith(prefix):
         rest = path[len(prefix):]
+        if "/." in rest and any(segment in (".", "..") for segment in rest.split("/")):
+            return None
         if not rest:
             return "/" if strip else path
         if rest[0] == "/":

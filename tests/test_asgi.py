@@ -641,3 +641,9 @@ def test_an_http2_body_without_length_headers_is_forwarded(backends):
     get_call.scope["http_version"] = "2"
     assert "Content-Length" not in run(get_call.run()).json()["headers"]
     assert request.status == 200
+
+
+def test_a_dot_segment_path_cannot_reach_the_backend_outside_the_prefix(backends):
+    a = backends[0]
+    response = run(get(proxy([a], prefix="/api"), "/api/../admin"))
+    assert response.status == 404 and a.requests == 0

@@ -331,3 +331,14 @@ def test_proxy_modules_import_only_the_standard_library(module):
     imported |= {node.module.split(".")[0] for node in ast.walk(tree)
                  if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module}
     assert imported <= set(sys.stdlib_module_names) | {"__future__"}
+
+
+@pytest.mark.parametrize("path", ["/api/../admin", "/api/./x", "/api/x/..", "/api/a/../../b"])
+def test_dot_segments_never_escape_the_prefix(path):
+    assert match_prefix("/api", path) is None
+    assert match_prefix("/api", path, strip=True) is None
+
+
+def test_dots_inside_names_are_ordinary():
+    assert match_prefix("/api", "/api/.well-known/x") == "/api/.well-known/x"
+    assert match_prefix("/api", "/api/v1..2/x", strip=True) == "/v1..2/x"
