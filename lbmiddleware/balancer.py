@@ -211,12 +211,21 @@ class Balancer:
             self._report(*deferred.popleft())
 
     def _report(self, backend: Backend, ok: bool, latency: float | None) -> None:
-        state = self._finish(backend)
-        if state is None:
-            return
+        url = backend.url
+        state = self._states.get(url)
+        member = state is not None
+        if not member:
+            state = self._retired.get(url)
+            if state is None:
+                return          # removed, and its last request already ended
+        if state.in_flight > 0:
+            state.in_flight -= 1
+            state.load_version += 1
+            self._policy.finished(state)
+            if not member and not state.in_flight:
+                del self._retired[url]
         now = self._timer()
         state.requests += 1
-        member = self._states.get(backend.url) is state
         if ok:
             if latency is not None:
                 self._load.observe(state, latency, now)

@@ -238,31 +238,21 @@ class PeakEwmaP2C(Policy):
 
     name = "latency"
 
-    def __init__(self, rng: random.Random, timer: Callable[[], float],
-                 load: PeakEwma | None = None) -> None:
-        super().__init__(rng, timer, load)
-        self._sent: dict[BackendState, deque[float]] = {}   # send times, oldest first
-
     def started(self, state: BackendState) -> None:
-        sent = self._sent.get(state)
+        sent = state.sent
         if sent is None:
-            sent = self._sent[state] = deque()
+            sent = state.sent = deque()
         sent.append(self.timer())
 
     def finished(self, state: BackendState) -> None:
-        sent = self._sent.get(state)
-        if sent:
-            sent.popleft()
-
-    def membership_changed(self, states: Sequence[BackendState], prepared: Any = None) -> None:
-        self._sent = {s: self._sent[s] for s in states if s in self._sent}
+        if state.sent:
+            state.sent.popleft()
 
     def _cost(self, state: BackendState, now: float) -> float:
         cost = self.load.cost(state, now)
-        sent = self._sent.get(state)
+        sent = state.sent
         if sent:
-            age = now - sent[0]
-            floor = age * (state.in_flight + 1) / state.weight
+            floor = (now - sent[0]) * (state.in_flight + 1) / state.weight
             if floor > cost:
                 return floor
         return cost

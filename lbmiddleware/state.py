@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import deque
+
 from .backend import Backend
 
 __all__ = ["BackendState", "Members"]
@@ -13,7 +15,7 @@ class BackendState:
     __slots__ = (
         "backend", "weight", "in_flight", "requests", "failures", "consecutive_failures",
         "ejections", "ejected_until", "probation", "multiplier", "in_rotation_since",
-        "rtt", "rtt_stamp", "load_version", "turn",
+        "rtt", "rtt_stamp", "load_version", "turn", "sent",
     )
 
     def __init__(self, backend: Backend) -> None:
@@ -32,6 +34,7 @@ class BackendState:
         self.rtt_stamp = 0.0
         self.load_version = 0        # bumped on each in-flight change (least_conn's heap)
         self.turn = 0.0              # virtual time of its next turn among ties (least_conn)
+        self.sent: deque[float] | None = None   # send times in flight, oldest first (latency)
 
     def __repr__(self) -> str:
         return f"<BackendState {self.backend.url} in_flight={self.in_flight}>"
