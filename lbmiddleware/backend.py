@@ -16,8 +16,8 @@ DEFAULT_PORTS = {"http": 80, "https": 443}
 class Backend:
     """One replica: a base URL (``http`` or ``https``, optional base path) and a weight.
 
-    The URL is normalised (scheme and host lower-cased, trailing ``/`` dropped), so
-    ``Backend("HTTP://Api:80/v1/")`` and ``Backend("http://api:80/v1")`` are equal.
+    The URL is normalised (scheme and host lower-cased, default port and trailing ``/``
+    dropped), so ``Backend("HTTP://Api:80/v1/")`` and ``Backend("http://api/v1")`` are equal.
     """
 
     url: str
@@ -53,8 +53,8 @@ class Backend:
             raise ConfigError(f"backend URL {self.url!r} has a query or fragment: only a base path is allowed")
         host = parts.hostname.lower()
         netloc = f"[{host}]" if ":" in host else host
-        if port is not None:
-            netloc += f":{port}"
+        if port is not None and port != DEFAULT_PORTS[scheme]:
+            netloc += f":{port}"      # "http://a:80" is "http://a": one spelling, one state
         path = parts.path.rstrip("/")
         set_ = object.__setattr__
         set_(self, "url", f"{scheme}://{netloc}{path}")

@@ -212,3 +212,12 @@ def test_exclude_by_url_string():
     pool = lb.Balancer([A])
     with pytest.raises(lb.NoHealthyBackend, match="every backend was tried: http://a:1"):
         pool.pick(exclude=[A])
+
+
+def test_update_with_another_spelling_keeps_the_live_state():
+    pool = lb.Balancer(["http://a"])
+    held = pool.pick()
+    pool.update(["HTTP://A:80/"])
+    assert by_url(pool)["http://a"]["in_flight"] == 1
+    pool.report(held)
+    assert by_url(pool)["http://a"]["in_flight"] == 0

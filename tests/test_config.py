@@ -23,6 +23,11 @@ class TestBackend:
         assert (backend.scheme, backend.host, backend.port, backend.path) == (
             "http", "api.example", 8080, "/v1")
 
+    def test_default_port_is_one_spelling(self):
+        assert lb.Backend("http://a:80").url == "http://a" == lb.Backend("http://a").url
+        assert lb.Backend("https://a:443/v1").url == "https://a/v1"
+        assert lb.Backend("http://a:443").url == "http://a:443"
+
     def test_default_ports_and_ipv6(self):
         assert lb.Backend("https://h").port == 443
         assert lb.Backend("http://h").port == 80
