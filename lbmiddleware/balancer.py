@@ -24,6 +24,11 @@ from .state import BackendState, Members
 
 __all__ = ["Balancer"]
 
+
+def _write(logs: list[tuple[int, str, tuple]]) -> None:
+    for level, message, args in logs:
+        logger.log(level, message, *args)
+
 _NONE: frozenset = frozenset()
 
 logger = logging.getLogger("lbmiddleware")
@@ -111,6 +116,9 @@ class Balancer:
         prepared = self._policy.prepare(new)      # slow part (a hash table) outside the lock
         with self._lock:
             self._apply_membership(new, prepared)
+            logs = self._take_logs() if self._health.log else None
+        if logs:
+            _write(logs)
 
     def _apply_membership(self, backends: tuple[Backend, ...], prepared: Any = None) -> None:
         old = self._states
@@ -142,8 +150,9 @@ class Balancer:
                                 self._generation)
         panic = bool(everyone) and not self._healthy.states
         if panic and not self._panic:
-            logger.warning("every backend is ejected: panic mode, picking among all %d",
-                           len(everyone))
+            self._health.log.append((logging.WARNING,
+                                     "every backend is ejected: panic mode, picking among all %d",
+                                     (len(everyone),)))
         self._panic = panic
 
     # -- pick and report ----------------------------------------------------------------
@@ -176,7 +185,10 @@ class Balancer:
             state.in_flight += 1
             state.load_version += 1
             self._policy.started(state)
-            return state.backend
+            logs = self._take_logs() if self._health.log else None
+        if logs:
+            _write(logs)
+        return state.backend
 
     def _exclude_states(self, exclude: Collection[Backend], members: Members) -> frozenset:
         states = (self._states.get(b.url if isinstance(b, Backend) else b) for b in exclude)
@@ -192,6 +204,9 @@ class Balancer:
             if self._deferred:
                 self._apply_deferred()
             self._report(backend, ok, latency)
+            logs = self._take_logs() if self._health.log else None
+        if logs:
+            _write(logs)
 
     def report_later(self, backend: Backend, ok: bool = True,
                      latency: float | None = None) -> None:
@@ -202,8 +217,16 @@ class Balancer:
         if self._lock.acquire(blocking=False):
             try:
                 self._apply_deferred()
+                logs = self._take_logs() if self._health.log else None
             finally:
                 self._lock.release()
+            if logs:
+                _write(logs)
+
+    def _take_logs(self) -> list[tuple[int, str, tuple]]:
+        """The log lines queued under the lock, to write once it is released."""
+        logs, self._health.log = self._health.log, []
+        return logs
 
     def _apply_deferred(self) -> None:
         deferred = self._deferred
@@ -315,7 +338,10 @@ class Balancer:
                     "ejections": state.ejections,
                     "latency": latency,
                 })
-            return rows
+            logs = self._take_logs() if self._health.log else None
+        if logs:
+            _write(logs)
+        return rows
 
     def __repr__(self) -> str:
         return (f"<Balancer policy={self.settings.policy!r} "

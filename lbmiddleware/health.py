@@ -14,7 +14,9 @@ The rules (Envoy outlier detection, gRPC A50, nginx ``max_fails``/``fail_timeout
   at once, its first success ends the probation (a request sent before it returned is
   stale here too).
 
-Every ejection and return is logged once on the ``lbmiddleware`` logger.
+Every ejection and return is logged once on the ``lbmiddleware`` logger. The lines are
+queued in :attr:`PassiveHealth.log` and written by the balancer after it releases its lock,
+so a slow log handler never holds up other threads' picks.
 """
 
 from __future__ import annotations
@@ -27,8 +29,6 @@ from .state import BackendState
 
 __all__ = ["PassiveHealth"]
 
-logger = logging.getLogger("lbmiddleware")
-
 
 class PassiveHealth:
     """Applies the rules to BackendStates; keeps the ejected ones ordered by return time."""
@@ -39,6 +39,7 @@ class PassiveHealth:
         self.max_ejection_time = max_ejection_time
         self._ejected: list[tuple[float, int, BackendState]] = []   # heap by return time
         self._sequence = 0
+        self.log: list[tuple[int, str, tuple]] = []   # (level, message, args) not yet written
         # k beyond this lasts no longer (the cap), so it only slows the decay back to 0.
         self._max_multiplier = max(1, math.ceil(max_ejection_time / fail_timeout))
         # Per backend: when its run of failures began (or it returned), and how many of
@@ -103,8 +104,8 @@ class PassiveHealth:
         state.ejections += 1
         self._sequence += 1
         heapq.heappush(self._ejected, (state.ejected_until, self._sequence, state))
-        logger.warning("ejected backend %s for %.3gs: %s (ejection %d in a row)",
-                       state.backend.url, duration, reason, state.multiplier)
+        self.log.append((logging.WARNING, "ejected backend %s for %.3gs: %s (ejection %d in a row)",
+                         (state.backend.url, duration, reason, state.multiplier)))
 
     def expire(self, now: float) -> list[BackendState]:
         """Return to rotation (on probation) every backend whose ejection is over."""
@@ -120,9 +121,9 @@ class PassiveHealth:
             state.in_rotation_since = until
             self._since[state] = [until, state.in_flight]
             returned.append(state)
-            logger.info("backend %s returns on probation after %.3gs ejected",
-                        state.backend.url, min(self.fail_timeout * state.multiplier,
-                                               self.max_ejection_time))
+            self.log.append((logging.INFO, "backend %s returns on probation after %.3gs ejected",
+                             (state.backend.url, min(self.fail_timeout * state.multiplier,
+                                                     self.max_ejection_time))))
         return returned
 
     def restore_all(self, healthy: BackendState, now: float) -> list[BackendState]:
@@ -140,8 +141,9 @@ class PassiveHealth:
                 self._since[state] = [now, state.in_flight]
             else:
                 self._since.pop(state, None)
-        logger.info("backend %s answered while every backend was ejected: %d backends return",
-                    healthy.backend.url, len(returned))
+        self.log.append((logging.INFO,
+                         "backend %s answered while every backend was ejected: %d backends return",
+                         (healthy.backend.url, len(returned))))
         return returned
 
     def forget(self, state: BackendState) -> None:

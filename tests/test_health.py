@@ -204,3 +204,29 @@ def test_multiplier_stops_at_the_cap(clock):
     clock.advance(30.0)                      # three fail_timeouts in rotation: k 3 -> 0
     fail(pool, A, 3)
     assert state(pool, A)["ejected_until"] == pytest.approx(clock.now + 10.0)
+
+
+def test_log_lines_are_written_after_the_lock_is_released(clock):
+    pool = make(clock)
+    free = []
+
+    class Probe(logging.Handler):
+        def emit(self, record):
+            acquired = pool._lock.acquire(blocking=False)
+            free.append(acquired)
+            if acquired:
+                pool._lock.release()
+
+    handler = Probe(level=logging.INFO)
+    log = logging.getLogger("lbmiddleware")
+    log.addHandler(handler)
+    old_level = log.level
+    log.setLevel(logging.INFO)
+    try:
+        fail(pool, A, 3)                 # ejection, written by report()
+        clock.advance(10.0)
+        pool.stats()                     # return, written by stats()
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(old_level)
+    assert free == [True, True]
