@@ -52,8 +52,7 @@ from urllib3.exceptions import ProtocolError, ReadTimeoutError
 
 from .backend import Backend
 from .balancer import Balancer
-from .config import Settings
-from .errors import ConfigError, NoHealthyBackend
+from .errors import NoHealthyBackend
 from .proxy import may_retry, parse_cookie
 from .proxy_settings import ForwardingSettings
 
@@ -119,15 +118,15 @@ class LoadBalancingAdapter(HTTPAdapter):
         timer: Callable[[], float] = time.perf_counter,
         **options: Any,
     ) -> None:
+        if backends is not None:
+            options["backends"] = backends
+        if policy is not None:
+            options["policy"] = policy
         if balancer is None:
-            if backends is not None:
-                options["backends"] = backends
-            if policy is not None:
-                options["policy"] = policy
             settings = AdapterSettings(**options)
             balancer = Balancer(settings=settings)
         else:
-            settings = self._settings_for(balancer, backends, policy, options)
+            settings = AdapterSettings.sharing(balancer.settings, **options)
         self.balancer = balancer
         self.settings = settings
         self.key_func = key_func
@@ -141,25 +140,6 @@ class LoadBalancingAdapter(HTTPAdapter):
         self._known: set[str] = set()
         pools = max(pool_connections, len(balancer.backends))
         super().__init__(pools, pool_maxsize, max_retries, pool_block)
-
-    @staticmethod
-    def _settings_for(balancer: Balancer, backends: Any, policy: Any,
-                      options: dict[str, Any]) -> AdapterSettings:
-        own = {f.name for f in dataclasses.fields(AdapterSettings)} - {
-            f.name for f in dataclasses.fields(Settings)}
-        other = sorted(set(options) - own) + [
-            name for name, value in (("backends", backends), ("policy", policy)) if value is not None]
-        if other:
-            raise ConfigError(
-                f"{', '.join(other)} given with balancer=: set them on the shared Balancer")
-        base = balancer.settings
-        if isinstance(base, AdapterSettings) and not options:
-            return base
-        inherited = {f.name: getattr(base, f.name) for f in dataclasses.fields(Settings)}
-        for name in own:
-            if name not in options and hasattr(base, name):
-                options[name] = getattr(base, name)
-        return AdapterSettings(**inherited, **options)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *,

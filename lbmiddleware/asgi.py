@@ -26,14 +26,12 @@ quick exchange never starts one.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from typing import Any, Awaitable, Callable, Mapping, MutableMapping
 
 from .balancer import Balancer
-from .config import Settings
-from .errors import ConfigError, NoHealthyBackend
+from .errors import NoHealthyBackend
 from .proxy import (BINARY, ClientAddress, UnsafeRequest, error_response, join_target,
                     match_prefix, may_retry, quote_path, sticky_key)
 from .proxy_settings import ProxySettings
@@ -446,14 +444,7 @@ def _settings(balancer: Balancer | None, environ: Mapping[str, str] | None,
               options: dict) -> ProxySettings:
     """ProxySettings from keyword arguments, a shared balancer's settings or LB_* variables."""
     if balancer is not None:
-        core = {f.name for f in dataclasses.fields(Settings)}
-        clash = sorted(core & set(options))
-        if clash:
-            raise ConfigError(f"{', '.join(clash)}: set on the shared Balancer, not here")
-        base = {name: getattr(balancer.settings, name) for name in core}
-        extra = {f.name: getattr(balancer.settings, f.name)
-                 for f in dataclasses.fields(balancer.settings) if f.name not in core}
-        return ProxySettings(**{**base, **extra, **options})
+        return ProxySettings.sharing(balancer.settings, **options)
     if "backends" in options:
         return ProxySettings(**options)
     return ProxySettings.from_env(environ, **options)

@@ -241,6 +241,24 @@ class Settings:
                 raise ConfigError(f"{env} is not set: it is required")
         return cls(**values, **overrides)
 
+    @classmethod
+    def sharing(cls, shared: "Settings", **options: Any) -> "Settings":
+        """The settings of a front-end on a shared Balancer whose settings are ``shared``:
+        every field both classes have comes from ``shared``, the front-end's own fields
+        from ``options``. The core's settings belong to the shared Balancer: giving one
+        here raises :class:`ConfigError`."""
+        core = {field.name for field in dataclasses.fields(Settings)}
+        clash = sorted(core & set(options))
+        if clash:
+            raise ConfigError(
+                f"{', '.join(clash)} given with balancer=: set them on the shared Balancer")
+        if type(shared) is cls and not options:
+            return shared
+        names = {field.name for field in dataclasses.fields(cls)}
+        inherited = {field.name: getattr(shared, field.name)
+                     for field in dataclasses.fields(shared) if field.name in names}
+        return cls(**{**inherited, **options})
+
     def replace(self, **changes: Any) -> "Settings":
         """A copy with some fields changed (validated like the original)."""
         return dataclasses.replace(self, **changes)

@@ -29,7 +29,6 @@ upstream target, error responses) come from :mod:`lbmiddleware.proxy`:
 
 from __future__ import annotations
 
-import dataclasses
 import http
 import re
 from typing import Any, Callable, Iterable, Iterator, Mapping
@@ -42,8 +41,7 @@ from urllib3.util import SKIP_HEADER
 
 from .adapter import LoadBalancingAdapter
 from .balancer import Balancer
-from .config import Settings
-from .errors import ConfigError, NoHealthyBackend
+from .errors import NoHealthyBackend
 from .proxy import (
     TEXT, ClientAddress, UnsafeRequest, error_response, join_target,
     match_prefix, quote_path, sticky_key,
@@ -100,10 +98,12 @@ class WSGILoadBalancer:
                  **options: Any) -> None:
         if prefix is not None:
             options["prefix"] = prefix
+        if backends is not None:
+            options["backends"] = backends
         if balancer is not None:
-            settings = _shared_settings(balancer, backends, options)
+            settings = ProxySettings.sharing(balancer.settings, **options)
         elif backends is not None:
-            settings = ProxySettings(backends=backends, **options)
+            settings = ProxySettings(**options)
         else:
             settings = ProxySettings.from_env(environ, **options)
         self.app = app
@@ -318,14 +318,3 @@ def _error(start_response: Callable, status: int, detail: str | None = None) -> 
     error = error_response(status, detail)
     start_response(f"{error.status} {error.reason}", list(error.headers))
     return [error.body]
-
-
-def _shared_settings(balancer: Balancer, backends: Any, options: dict[str, Any]) -> ProxySettings:
-    """Settings for a middleware on a shared ``balancer``: its core settings, plus the
-    proxy's own given here."""
-    core = {f.name for f in dataclasses.fields(Settings)}
-    clash = sorted(core & set(options)) + (["backends"] if backends is not None else [])
-    if clash:
-        raise ConfigError(f"{', '.join(clash)} given with balancer=: set them on the shared Balancer")
-    inherited = {name: getattr(balancer.settings, name) for name in core}
-    return ProxySettings(**inherited, **options)

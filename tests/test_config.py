@@ -218,3 +218,17 @@ def test_importing_the_core_needs_only_the_standard_library():
             "print(sorted(third & set(sys.modules)))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_sharing_a_balancers_settings():
+    from lbmiddleware.proxy_settings import ForwardingSettings, ProxySettings
+
+    shared = ProxySettings(backends=["http://a:1"], retries=0, prefix="/api", preserve_host=True)
+    forwarding = ForwardingSettings.sharing(shared, retry_non_idempotent=True)
+    assert (forwarding.retries, forwarding.preserve_host, forwarding.retry_non_idempotent) == (
+        0, True, True)
+    proxy = ProxySettings.sharing(lb.Settings(backends=["http://a:1"]), prefix="/x")
+    assert (proxy.prefix, proxy.backends) == ("/x", (lb.Backend("http://a:1"),))
+    assert ProxySettings.sharing(shared) is shared
+    with pytest.raises(lb.ConfigError, match="policy, retries given with balancer="):
+        ProxySettings.sharing(shared, retries=1, policy="random")
