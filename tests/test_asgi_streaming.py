@@ -12,6 +12,7 @@ import time
 import pytest
 
 from .asgi_client import GatewayProcess
+from .servers import read_head
 
 SIZE = 200 * 1024 * 1024
 BLOCK = bytes(range(256)) * 4096          # 1 MiB of a known pattern
@@ -47,12 +48,9 @@ class StreamingBackend:
     def _connection(self, conn: socket.socket) -> None:
         with conn, conn.makefile("rb", buffering=1 << 20) as reader:
             while True:
-                head = b""
-                while not head.endswith(b"\r\n\r\n"):
-                    line = reader.readline()
-                    if not line:
-                        return
-                    head += line
+                head = read_head(reader)
+                if head is None:
+                    return
                 method, target = head.split(b" ", 2)[:2]
                 length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
                 if method == b"POST":

@@ -15,6 +15,7 @@ from lbmiddleware.asgi import LoadBalancerMiddleware
 from lbmiddleware.upstream import ProtocolError, ReadTimeout, Upstream
 
 from .asgi_client import Call
+from .servers import read_head
 
 CLOSE = "close"          # a script step: read the request, close without answering
                          # (at the end of a step's parts: close after that response)
@@ -47,12 +48,9 @@ class ScriptedBackend:
         with conn:
             reader = conn.makefile("rb")
             for step in script:
-                head = b""
-                while not head.endswith(b"\r\n\r\n"):
-                    line = reader.readline()
-                    if not line:
-                        return
-                    head += line
+                head = read_head(reader)
+                if head is None:
+                    return
                 self.requests.append(head)
                 length = [int(line.split(b":")[1]) for line in head.split(b"\r\n")
                           if line.lower().startswith(b"content-length:")]
