@@ -216,7 +216,7 @@ def refused_url() -> str:
     return f"http://127.0.0.1:{port}"
 
 
-def read_head(reader) -> bytes | None:
+def read_request_head(reader) -> bytes | None:
     """Read one request head (through the blank line) from a socket file; None at EOF."""
     head = b""
     while not head.endswith(b"\r\n\r\n"):

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from .asgi_client import GatewayProcess
-from .servers import read_head
+from .servers import read_request_head
 
 SIZE = 200 * 1024 * 1024
 BLOCK = bytes(range(256)) * 4096          # 1 MiB of a known pattern
@@ -48,7 +48,7 @@ class StreamingBackend:
     def _connection(self, conn: socket.socket) -> None:
         with conn, conn.makefile("rb", buffering=1 << 20) as reader:
             while True:
-                head = read_head(reader)
+                head = read_request_head(reader)
                 if head is None:
                     return
                 method, target = head.split(b" ", 2)[:2]

@@ -15,7 +15,7 @@ from lbmiddleware.asgi import LoadBalancerMiddleware
 from lbmiddleware.upstream import ProtocolError, ReadTimeout, Upstream
 
 from .asgi_client import Call
-from .servers import read_head
+from .servers import read_request_head
 
 CLOSE = "close"          # a script step: read the request, close without answering
                          # (at the end of a step's parts: close after that response)
@@ -48,7 +48,7 @@ class ScriptedBackend:
         with conn:
             reader = conn.makefile("rb")
             for step in script:
-                head = read_head(reader)
+                head = read_request_head(reader)
                 if head is None:
                     return
                 self.requests.append(head)
