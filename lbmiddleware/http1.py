@@ -116,11 +116,6 @@ class Response:
 
     # -- read by the proxy ------------------------------------------------------------------
 
-    @property
-    def at_eof(self) -> bool:
-        """The whole body has been received and handed out by :meth:`take`/:meth:`read`."""
-        return self.complete and not self._chunks
-
     def take(self) -> bytes:
         """The body bytes received so far and not yet handed out (may be ``b""``)."""
         chunks = self._chunks

@@ -26,7 +26,6 @@ __all__ = [
 ]
 
 Exclude = Collection[BackendState]
-_NOTHING: frozenset = frozenset()
 
 
 class Policy:
@@ -195,10 +194,6 @@ class IPHash(Policy):
             prepared = self.prepare(backends)
         self._table = prepared[1]
         self._all = states
-
-    def lookup(self, key: str) -> BackendState:
-        """The backend owning ``key`` when every member is healthy."""
-        return self._all[self._table[stable_hash(key) % self.table_size]]
 
     def pick(self, members: Members, key: str | None, exclude: Exclude) -> BackendState:
         if key is None or not self._all:

@@ -160,7 +160,6 @@ class HeaderRules:
     """
 
     def __init__(self, kind: type) -> None:
-        self.kind = kind
         word: Callable[[str], Any] = (lambda s: s.encode("latin-1")) if kind is bytes else str
         self._word = word
         self._hop = frozenset(map(word, HOP_BY_HOP))
@@ -182,15 +181,6 @@ class HeaderRules:
         self._unsafe = _UNSAFE_BYTES if kind is bytes else _UNSAFE_TEXT
         self._empty = word("")
         self._plain_connection = frozenset(map(word, ("keep-alive", "close", "Keep-Alive", "Close")))
-
-    def connection_named(self, headers: Iterable[tuple[AnyStr, AnyStr]]) -> frozenset:
-        """Lower-cased names listed in ``Connection`` headers, beyond the hop-by-hop ones."""
-        named: set = set()
-        connection = self._connection
-        for name, value in headers:
-            if name.lower() == connection:
-                named |= self._tokens(value)
-        return frozenset(named)
 
     def _tokens(self, value: AnyStr) -> set:
         """The header names one ``Connection`` value lists (``keep-alive``, ``close`` and
