@@ -14,6 +14,7 @@ import dataclasses
 import difflib
 import importlib
 import ipaddress
+import logging
 import math
 import os
 import re
@@ -34,6 +35,18 @@ POLICY_ALIASES = {"weighted": "round_robin", "weighted_round_robin": "round_robi
 
 ENV_PREFIX = "LB_"
 _DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(ms|s)?\s*$")
+
+# Kubernetes writes these for every Service in the namespace: <SERVICE>_SERVICE_HOST,
+# <SERVICE>_SERVICE_PORT[_<PORT NAME>], <SERVICE>_PORT and
+# <SERVICE>_PORT_<N>_<TCP|UDP|SCTP>[_ADDR|_PORT|_PROTO]. A Service named "lb" or
+# "lb-<anything>" thus sets LB_ variables that are no setting and no typo. The group is the
+# Service's name; a name of the family counts as a link only beside its SERVICE_HOST, so a
+# lone LB_LISTEN_PORT is still reported as a typo of LB_LISTEN.
+_SERVICE_LINK = re.compile(
+    r"^(LB(?:_[A-Z0-9_]+?)??)_(?:SERVICE_HOST|SERVICE_PORT(?:_[A-Z0-9_]+)?"
+    r"|PORT(?:_[0-9]+_(?:TCP|UDP|SCTP)(?:_(?:ADDR|PORT|PROTO))?)?)$")
+
+logger = logging.getLogger("lbmiddleware")
 
 # Every Settings class defined so far: an LB_ variable is a typo only if none of them has it,
 # so a front-end's variable (LB_PREFIX, say) is not reported by the core's from_env.
@@ -216,18 +229,13 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
         """Settings from ``LB_*`` variables (``os.environ`` by default); keyword arguments win.
 
-        Raises :class:`ConfigError` naming the variable and its value for a bad value, a
-        missing required variable or an ``LB_`` name that no setting has (a probable typo).
+        Raises :class:`ConfigError` naming the variable and its value for a bad value or a
+        missing required variable. An ``LB_`` name that no setting has is ignored with a
+        warning naming the closest setting (a probable typo); a variable the platform
+        wrote, not the user, is not reported at all (see :data:`_SERVICE_LINK`).
         """
         environ = os.environ if environ is None else environ
-        for module in FRONT_END_SETTINGS:
-            importlib.import_module(module)
-        known = {f.metadata["env"] for c in (Settings, *_SETTINGS_CLASSES) for f in _setting_fields(c)}
-        for name in sorted(environ):
-            if name.startswith(ENV_PREFIX) and name not in known:
-                close = difflib.get_close_matches(name, sorted(known), n=1)
-                hint = f" (did you mean {close[0]}?)" if close else ""
-                raise ConfigError(f"{name} is not a known setting{hint}; known: {', '.join(sorted(known))}")
+        _warn_unknown_variables(environ)
         values: dict[str, Any] = {}
         for field in _setting_fields(cls):
             if field.name in overrides:
@@ -271,6 +279,30 @@ class Settings:
             default = "(required)" if field.name in cls.required else _show(field.default)
             rows.append((field.metadata["env"], default, field.metadata["help"]))
         return rows
+
+
+def _warn_unknown_variables(environ: Mapping[str, str]) -> None:
+    """Log a warning for each ``LB_`` variable that is neither a setting nor a service link.
+
+    A warning, not an error: the variable may be meant for another program or version, and
+    a deployment must not fail to start over a name it does not use.
+    """
+    for module in FRONT_END_SETTINGS:
+        importlib.import_module(module)
+    known = sorted({f.metadata["env"] for c in (Settings, *_SETTINGS_CLASSES)
+                    for f in _setting_fields(c)})
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX) or name in known or _is_service_link(name, environ):
+            continue
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f"did you mean {close[0]}?" if close else f"known: {', '.join(known)}"
+        logger.warning("%s is not a known setting (%s); it is ignored", name, hint)
+
+
+def _is_service_link(name: str, environ: Mapping[str, str]) -> bool:
+    """Whether Kubernetes wrote ``name`` for a Service (its ``_SERVICE_HOST`` is set too)."""
+    link = _SERVICE_LINK.match(name)
+    return link is not None and f"{link.group(1)}_SERVICE_HOST" in environ
 
 
 def _setting_fields(cls: type) -> list[dataclasses.Field]:

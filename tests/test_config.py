@@ -1,6 +1,8 @@
 """Backends and settings: parsing, normalisation, and a clear ConfigError for every bad input."""
 
 import ipaddress
+import logging
+import re
 
 import pytest
 
@@ -152,10 +154,47 @@ class TestFromEnv:
     def test_bad_hash_key(self, value):
         assert env_error(LB_HASH_KEY=value).startswith(f"LB_HASH_KEY has value {value!r}")
 
-    def test_unknown_variable_is_a_probable_typo(self):
-        message = env_error(LB_MAX_FAIL="3")
-        assert "LB_MAX_FAIL is not a known setting" in message
-        assert "did you mean LB_MAX_FAILS?" in message
+    def test_unknown_variable_is_a_probable_typo_logged_not_fatal(self, caplog):
+        caplog.set_level(logging.WARNING, logger="lbmiddleware")
+        settings = lb.Settings.from_env({**GOOD, "LB_MAX_FAIL": "7"})
+        assert settings.max_fails == 3           # ignored, as any unknown variable
+        [record] = caplog.records
+        assert record.levelno == logging.WARNING and record.name.startswith("lbmiddleware")
+        assert "LB_MAX_FAIL is not a known setting" in record.getMessage()
+        assert "did you mean LB_MAX_FAILS?" in record.getMessage()
+
+    def test_an_unknown_variable_with_no_close_match_lists_the_settings(self, caplog):
+        caplog.set_level(logging.WARNING, logger="lbmiddleware")
+        lb.Settings.from_env({**GOOD, "LB_ZZZZZZZZZZ": "1"})
+        [record] = caplog.records
+        assert "LB_ZZZZZZZZZZ is not a known setting" in record.getMessage()
+        assert "LB_MAX_FAILS" in record.getMessage()   # the list of known names
+
+    @pytest.mark.parametrize("name", [
+        # a Service named "lb" (Kubernetes service links, also Docker's legacy links)
+        "LB_SERVICE_HOST", "LB_SERVICE_PORT", "LB_SERVICE_PORT_HTTP", "LB_PORT",
+        "LB_PORT_8000_TCP", "LB_PORT_8000_TCP_ADDR", "LB_PORT_8000_TCP_PORT",
+        "LB_PORT_8000_TCP_PROTO", "LB_PORT_53_UDP", "LB_PORT_9_SCTP_ADDR",
+        # a Service named "lb-admin" or "lb-metrics-v2"
+        "LB_ADMIN_SERVICE_HOST", "LB_ADMIN_SERVICE_PORT_METRICS", "LB_METRICS_V2_PORT_9090_TCP"])
+    def test_kubernetes_service_links_are_not_settings_nor_typos(self, name, caplog):
+        caplog.set_level(logging.DEBUG, logger="lbmiddleware")
+        service = re.match(r"(.*?)_(SERVICE|PORT)", name).group(1)
+        links = {f"{service}_SERVICE_HOST": "10.96.0.7", f"{service}_SERVICE_PORT": "8000",
+                 f"{service}_PORT": "tcp://10.96.0.7:8000", name: "8000"}
+        settings = lb.Settings.from_env({**GOOD, **links})
+        assert [b.url for b in settings.backends] == ["http://127.0.0.1:8001"]
+        assert caplog.records == []
+
+    def test_a_typo_near_a_service_link_shape_is_still_reported(self, caplog):
+        caplog.set_level(logging.WARNING, logger="lbmiddleware")
+        lb.Settings.from_env({**GOOD, "LB_SERVICE_HOST": "10.96.0.7", "LB_PORT_8000_HTTP": "1",
+                              "LB_RETRYS": "1", "LB_LISTEN_PORT": "8000"})
+        messages = sorted(r.getMessage() for r in caplog.records)
+        assert len(messages) == 3
+        assert "LB_LISTEN_PORT is not a known setting (did you mean LB_LISTEN?)" in messages[0]
+        assert "LB_PORT_8000_HTTP is not a known setting" in messages[1]
+        assert "LB_RETRYS is not a known setting (did you mean LB_RETRIES?)" in messages[2]
 
 
 class TestKeywords:
@@ -205,7 +244,11 @@ def test_front_end_variables_are_known_to_the_core():
     # and a typo of it is still caught.
     pool = lb.Balancer.from_env({**GOOD, "LB_PREFIX": "/api", "LB_RETRY_NON_IDEMPOTENT": "1"})
     assert [b.url for b in pool.backends] == ["http://127.0.0.1:8001"]
-    assert "did you mean LB_PREFIX?" in env_error(LB_PREFX="/api")
+
+def test_a_typo_of_a_front_end_variable_names_it(caplog):
+    caplog.set_level(logging.WARNING, logger="lbmiddleware")
+    lb.Balancer.from_env({**GOOD, "LB_PREFX": "/api"})
+    assert "did you mean LB_PREFIX?" in caplog.text
 
 
 def test_importing_the_core_needs_only_the_standard_library():
