@@ -11,10 +11,11 @@ Every rule here comes from ``SEMANTICS.md`` "Proxying" and "Retries":
   checks that its host is the backend's.
 * **Headers** — :data:`TEXT` (``str`` pairs, WSGI) and :data:`BINARY` (``bytes`` pairs,
   ASGI) are :class:`HeaderRules` with the same two methods:
-  ``request_headers()`` drops hop-by-hop headers (and every header ``Connection`` names)
-  and the client's framing (``Content-Length``, ``Transfer-Encoding``: the outbound client
-  frames the body itself), sets ``Host`` and ``X-Forwarded-For/Proto/Host``, and raises
-  :class:`UnsafeRequest` on CR/LF/NUL; ``response_headers()`` drops hop-by-hop headers
+  ``request_headers()`` drops hop-by-hop headers (and every header ``Connection`` names),
+  the ``_`` spellings of proxy headers (``X_Forwarded_Host``) and the client's framing
+  (``Content-Length``, ``Transfer-Encoding``: the outbound client frames the body itself),
+  sets ``Host`` and ``X-Forwarded-For/Proto/Host``, and raises :class:`UnsafeRequest` on
+  CR/LF/NUL; ``response_headers()`` drops hop-by-hop headers
   going back to the client.
 * **Client IP and sticky key** — :class:`ClientAddress` believes ``X-Forwarded-For`` only
   from a peer in ``trusted_proxies`` and then takes the rightmost address that is not a
@@ -41,7 +42,7 @@ from .errors import LBError
 
 __all__ = [
     "UnsafeRequest", "HeaderRules", "TEXT", "BINARY",
-    "HOP_BY_HOP", "FRAMING", "IDEMPOTENT_METHODS",
+    "HOP_BY_HOP", "FRAMING", "PROXY_HEADERS", "PROXY_HEADER_PREFIXES", "IDEMPOTENT_METHODS",
     "normalize_prefix", "match_prefix", "quote_path", "join_target", "upstream_url",
     "ClientAddress", "sticky_key", "parse_cookie", "may_retry",
     "ErrorResponse", "error_response",
@@ -54,6 +55,13 @@ HOP_BY_HOP = frozenset({
 })
 # The client's message framing: never copied upstream; the outbound client frames the body.
 FRAMING = frozenset({"content-length", "transfer-encoding"})
+# Names the rules set or remove, and those a backend believes only from its proxy. Their
+# ``_`` spellings are dropped from requests: CGI and WSGI servers (and many frameworks) read
+# ``X_Forwarded_Host`` as ``X-Forwarded-Host``, merged with the proxy's value (nginx
+# ``underscores_in_headers off``; gunicorn and waitress drop them too).
+PROXY_HEADERS = HOP_BY_HOP | FRAMING | frozenset({
+    "host", "forwarded", "x-real-ip", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"})
+PROXY_HEADER_PREFIXES = ("x-forwarded-", "proxy-")
 # RFC 9110 §9.2.2: methods whose repetition has the same effect as one request.
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 
@@ -165,6 +173,10 @@ class HeaderRules:
         self._hop = frozenset(map(word, HOP_BY_HOP))
         self._drop = frozenset(map(word, HOP_BY_HOP | FRAMING | {
             "host", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"}))
+        self._guarded = frozenset(map(word, PROXY_HEADERS))
+        self._guarded_prefixes = tuple(map(word, PROXY_HEADER_PREFIXES))
+        self._underscore = word("_")
+        self._dash = word("-")
         self._connection = word("connection")
         self._comma = word(",")
         self._host = word("host")
@@ -190,6 +202,12 @@ class HeaderRules:
         tokens = {t.strip().lower() for t in value.split(self._comma)}
         return tokens - self._hop - self._plain_connection - {self._word("")}
 
+    def _spoofs(self, lower: AnyStr) -> bool:
+        """Is ``lower`` (a name with ``_``) a spelling of a :data:`PROXY_HEADERS` name that a
+        WSGI backend would merge with the real one?"""
+        dashed = lower.replace(self._underscore, self._dash)
+        return dashed in self._guarded or dashed.startswith(self._guarded_prefixes)
+
     def request_headers(self, headers: Sequence[tuple[AnyStr, AnyStr]], *, peer: str | None,
                         scheme: str, upstream_host: AnyStr | None = None,
                         preserve_host: bool = False,
@@ -197,7 +215,9 @@ class HeaderRules:
         """The headers to send upstream for a client request's ``headers``.
 
         * hop-by-hop headers, every header ``Connection`` names, ``Content-Length`` and
-          ``Transfer-Encoding`` are dropped (the outbound client frames the body itself);
+          ``Transfer-Encoding`` are dropped (the outbound client frames the body itself),
+          and so are ``_`` spellings of these and of the forwarding headers
+          (``X_Forwarded_Host``: :data:`PROXY_HEADERS`);
         * ``Host`` (first) is the client's with ``preserve_host``, else ``upstream_host``
           (the backend's ``netloc``); with neither there is no ``Host`` and the outbound
           client adds the backend's;
@@ -231,6 +251,8 @@ class HeaderRules:
                     proto = value
                 elif lower == self._xfh:
                     forwarded_host = value
+                continue
+            if self._underscore in lower and self._spoofs(lower):
                 continue
             out.append((name, value))
         if named:
