@@ -5,13 +5,17 @@ VENV := .venv
 INSTALLED := $(VENV)/.installed-test-gateway
 BENCH_INSTALLED := $(VENV)/.installed-bench
 
-.PHONY: demo test bench quality bench-proxy clean
+.PHONY: demo test test-core bench quality bench-proxy clean
 
 demo: $(INSTALLED)
 	$(VENV)/bin/python -m lbmiddleware demo
 
 test: $(INSTALLED)
 	$(VENV)/bin/python -m pytest
+
+# The standard-library core's tests alone (seconds); `make test` runs these and the rest.
+test-core: $(INSTALLED)
+	$(VENV)/bin/python -m pytest -m core
 
 bench: $(INSTALLED)
 	$(VENV)/bin/python benchmarks/bench_pick.py

@@ -1,10 +1,35 @@
-"""Shared fixtures: a fake clock and loopback backends."""
+"""Shared fixtures (a fake clock and loopback backends) and the core/integration split.
+
+``pytest -m core`` runs the tests of the standard-library core alone, in seconds: no
+server, no subprocess, no sleeping. Every other test module (real loopback servers,
+gateway processes, the quick quality benchmark) is marked ``integration``; CI runs both.
+A new test module is integration unless it is listed here.
+"""
 
 from __future__ import annotations
 
 import pytest
 
 from .servers import BackendServer
+
+CORE_MODULES = frozenset({
+    "test_balancer", "test_config", "test_hashing", "test_health", "test_policies",
+    "test_proxy_rules", "test_simulator",
+})
+# Core modules' tests that take more than a second or two.
+SLOW_CORE_TESTS = frozenset({"test_quick_benchmark_meets_every_target_but_the_known_misses"})
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "core: standard-library core tests; no I/O, seconds in all")
+    config.addinivalue_line("markers", "integration: real servers, processes or long runs")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+        core = module in CORE_MODULES and item.originalname not in SLOW_CORE_TESTS
+        item.add_marker(pytest.mark.core if core else pytest.mark.integration)
 
 
 class FakeClock:
