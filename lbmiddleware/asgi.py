@@ -17,6 +17,9 @@ Request bodies up to ``retry_buffer`` bytes [64 KiB] are held in memory so a ret
 send them again; a larger body is streamed and is not replayable once it has started to
 go upstream (a connect failure, before any byte is sent, is still retried).
 
+WebSockets are not proxied: a handshake under the prefix (an HTTP request with ``Upgrade:
+websocket``, or a ``websocket`` scope) gets 501; other websocket scopes go to the app.
+
 A client that disconnects cancels the upstream exchange (its connection is closed, the
 pick released): while the body streams this is noticed at once, while waiting for the
 response head within about :data:`WATCH_DELAY` seconds. Watching costs a task, so a
@@ -63,7 +66,7 @@ class LoadBalancerMiddleware:
     Without ``backends`` every setting not given comes from ``LB_*`` variables
     (``environ`` for tests). ``settings=`` passes a ready ``ProxySettings``;
     ``balancer=`` shares a :class:`Balancer` (its settings then are the core settings).
-    ``app`` may be ``None``: requests outside the prefix then get 404.
+    ``app`` may be ``None``: requests outside the prefix then get 404 (websockets a 501).
     """
 
     def __init__(self, app: ASGIApp | None = None, *, settings: ProxySettings | None = None,
@@ -90,7 +93,7 @@ class LoadBalancerMiddleware:
         self._fail_statuses = settings.fail_statuses
         self._retry_buffer = settings.retry_buffer
         self._retry_non_idempotent = settings.retry_non_idempotent
-        self._errors = {status: _asgi_error(status) for status in (400, 404, 502, 503, 504)}
+        self._errors = {status: _asgi_error(status) for status in (400, 404, 501, 502, 503, 504)}
         self._deadlines = Deadlines()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -105,10 +108,11 @@ class LoadBalancerMiddleware:
                 await self._send_error(send, 404)
         elif kind == "lifespan":
             await self._lifespan(scope, receive, send)
+        elif kind == "websocket" and (
+                self.app is None or match_prefix(self._prefix, scope["path"]) is not None):
+            await self._refuse_websocket(scope, send)
         elif self.app is not None:
             await self.app(scope, receive, send)
-        elif kind == "websocket":
-            await send({"type": "websocket.close", "code": 1000})
 
     # -- the proxy ----------------------------------------------------------------------
 
@@ -127,8 +131,8 @@ class LoadBalancerMiddleware:
                     and not BINARY.get(headers, "content-length"):
                 length = None       # HTTP/2 and 3 frame a body without either header
             target = join_target(b"", self._raw_path(scope, path), scope.get("query_string"))
-        except UnsafeRequest:
-            await self._send_error(send, 400)
+        except UnsafeRequest as exc:         # 400, or 501 for a WebSocket upgrade
+            await self._send_error(send, exc.status)
             return
         key = None
         if self._sticky:
@@ -171,6 +175,17 @@ class LoadBalancerMiddleware:
         start, body = self._errors[status]
         await send(start)
         await send(body)
+
+    async def _refuse_websocket(self, scope: Scope, send: Send) -> None:
+        """Deny a WebSocket (they are not proxied yet): the 501 response where the server
+        has the ASGI denial-response extension, else a close before the handshake."""
+        if "websocket.http.response" in (scope.get("extensions") or ()):
+            start, body = self._errors[501]
+            await send({**start, "type": "websocket.http.response.start"})
+            await send({**body, "type": "websocket.http.response.body"})
+        else:
+            await send({"type": "websocket.close", "code": 1000,
+                        "reason": "WebSockets are not proxied"})
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Close idle upstream connections at shutdown; the app sees lifespan as usual."""

@@ -22,7 +22,7 @@ Every rule here comes from ``SEMANTICS.md`` "Proxying" and "Retries":
   trusted proxy; :func:`sticky_key` reads ``client_ip``, ``header:NAME`` or ``cookie:NAME``.
 * **Retries** — :func:`may_retry`: connect failures for any method, after sending only
   idempotent methods with a replayable body, never once the client got a byte.
-* **Errors** — :func:`error_response`: 502 / 503 + ``Retry-After`` / 504 (and 400 / 404)
+* **Errors** — :func:`error_response`: 502 / 503 + ``Retry-After`` / 504 (and 400 / 404 / 501)
   with a short plain-text body and nothing from a stack trace.
 
 The settings these rules are configured by live in :mod:`lbmiddleware.proxy_settings`.
@@ -41,7 +41,7 @@ from .backend import Backend
 from .errors import LBError
 
 __all__ = [
-    "UnsafeRequest", "HeaderRules", "TEXT", "BINARY",
+    "UnsafeRequest", "NotProxied", "HeaderRules", "TEXT", "BINARY",
     "HOP_BY_HOP", "FRAMING", "PROXY_HEADERS", "PROXY_HEADER_PREFIXES", "IDEMPOTENT_METHODS",
     "normalize_prefix", "match_prefix", "quote_path", "join_target", "upstream_url",
     "ClientAddress", "sticky_key", "parse_cookie", "may_retry",
@@ -74,6 +74,18 @@ _TARGET_ESCAPE = re.compile(rb"[\x00-\x20\x7f-\xff#]")
 
 class UnsafeRequest(LBError, ValueError):
     """The request cannot be forwarded safely (CR/LF/NUL in a header, path or query): 400."""
+
+    status = 400
+
+
+class NotProxied(UnsafeRequest):
+    """The request asks for what the proxy cannot forward (a WebSocket upgrade): 501.
+
+    Refused rather than sent on without its hop-by-hop ``Upgrade``: the backend would
+    answer a plain GET, and the client would wait for a ``101`` that never comes.
+    """
+
+    status = 501
 
 
 # -- routing and the upstream target ---------------------------------------------------
@@ -178,6 +190,8 @@ class HeaderRules:
         self._underscore = word("_")
         self._dash = word("-")
         self._connection = word("connection")
+        self._upgrade = word("upgrade")
+        self._websocket = word("websocket")
         self._comma = word(",")
         self._host = word("host")
         self._content_length = word("content-length")
@@ -202,6 +216,19 @@ class HeaderRules:
         tokens = {t.strip().lower() for t in value.split(self._comma)}
         return tokens - self._hop - self._plain_connection - {self._word("")}
 
+    def _refuse_websocket(self, headers: Sequence[tuple[AnyStr, AnyStr]]) -> None:
+        """Raise :class:`NotProxied` for a WebSocket handshake (``Upgrade: websocket`` with
+        ``Connection: upgrade``, RFC 6455 §4.1). Other upgrades (``h2c``) are declined by
+        dropping ``Upgrade`` as nginx does: the backend answers a plain request (RFC 9110
+        §7.8 lets a server ignore an upgrade)."""
+        tokens: dict = {self._upgrade: set(), self._connection: set()}
+        for name, value in headers:
+            seen = tokens.get(name.lower())
+            if seen is not None:
+                seen.update(t.strip().lower() for t in value.split(self._comma))
+        if self._websocket in tokens[self._upgrade] and self._upgrade in tokens[self._connection]:
+            raise NotProxied("WebSockets are not proxied")
+
     def _spoofs(self, lower: AnyStr) -> bool:
         """Is ``lower`` (a name with ``_``) a spelling of a :data:`PROXY_HEADERS` name that a
         WSGI backend would merge with the real one?"""
@@ -225,7 +252,8 @@ class HeaderRules:
         * ``X-Forwarded-Proto`` is ``scheme`` and ``X-Forwarded-Host`` the client's Host;
           from a ``trusted_peer`` that already set them, its values are kept.
 
-        Raises :class:`UnsafeRequest` if a name or value holds CR, LF or NUL.
+        Raises :class:`UnsafeRequest` if a name or value holds CR, LF or NUL, and
+        :class:`NotProxied` for a WebSocket handshake.
         """
         unsafe = self._unsafe
         drop = self._drop
@@ -235,6 +263,7 @@ class HeaderRules:
         client_host = None
         forwarded_for: list = []
         proto = forwarded_host = None
+        upgrade = False
         if unsafe.search(self._empty.join(itertools.chain.from_iterable(headers))):
             raise UnsafeRequest("CR, LF or NUL in a request header")
         for name, value in headers:
@@ -242,6 +271,8 @@ class HeaderRules:
             if lower in drop:
                 if lower == connection:
                     named |= self._tokens(value)
+                elif lower == self._upgrade:
+                    upgrade = True
                 elif lower == self._host:
                     if client_host is None:
                         client_host = value
@@ -255,6 +286,8 @@ class HeaderRules:
             if self._underscore in lower and self._spoofs(lower):
                 continue
             out.append((name, value))
+        if upgrade:
+            self._refuse_websocket(headers)
         if named:
             out = [(n, v) for n, v in out if n.lower() not in named]
         word = self._word
@@ -464,6 +497,7 @@ class ErrorResponse(NamedTuple):
 _ERRORS = {
     400: ("Bad Request", "the request cannot be forwarded"),
     404: ("Not Found", "no route for this path"),
+    501: ("Not Implemented", "WebSockets are not proxied"),
     502: ("Bad Gateway", "no backend gave a response"),
     503: ("Service Unavailable", "no backend is available"),
     504: ("Gateway Timeout", "the backend did not answer in time"),
@@ -473,7 +507,7 @@ RETRY_AFTER = 5     # seconds, for 503
 
 def error_response(status: int, detail: str | None = None,
                    retry_after: int = RETRY_AFTER) -> ErrorResponse:
-    """The proxy's own response for ``status`` (400, 404, 502, 503, 504).
+    """The proxy's own response for ``status`` (400, 404, 501, 502, 503, 504).
 
     The body is one short line of plain text, ``"502 Bad Gateway: no backend gave a
     response\\n"``; ``detail`` replaces the part after the colon (keep it free of

@@ -97,8 +97,9 @@ def test_without_an_app_other_paths_get_404(backends):
 
 
 def test_lifespan_and_websocket_scopes_pass_through_to_the_app(backends):
+    """Websockets outside the prefix are the app's (under it they are refused: not proxied)."""
     local_app.seen.clear()
-    mw = proxy(backends[:1], app=local_app)
+    mw = proxy(backends[:1], app=local_app, prefix="/api")
     sent = []
 
     async def scenario():
