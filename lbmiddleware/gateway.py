@@ -9,7 +9,8 @@ requests per second (its HTTP layer is native code), so ``auto`` prefers it.
 The gateway prints the address it listens on. Under uvicorn it binds the socket itself,
 so ``LB_LISTEN=127.0.0.1:0`` gets a port from the OS with no race; granian's worker binds
 its own socket, so for port 0 a free port is looked up first and handed to it, and the
-address is printed once it accepts connections.
+address is printed once it accepts connections (probed after granian forked its worker:
+no thread of ours is alive across a fork).
 """
 
 from __future__ import annotations
@@ -19,9 +20,8 @@ import functools
 import importlib.util
 import socket
 import sys
-import threading
 import time
-from typing import Mapping, TextIO
+from typing import Callable, Mapping, TextIO
 
 from .asgi import LoadBalancerMiddleware
 from .errors import ConfigError
@@ -124,31 +124,43 @@ def _serve_uvicorn(settings: ProxySettings, sock: socket.socket) -> None:
         asyncio.run(server.serve(sockets=[sock]))
 
 
-def _when_listening(host: str, port: int, callback, timeout: float = 30.0) -> None:
-    """Call ``callback`` (in a thread) once ``host:port`` accepts connections: granian's
-    workers open their own listening sockets, after its startup hooks have run."""
-    def probe() -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection((host, port), timeout=1.0).close()
-            except OSError:
-                time.sleep(0.02)
-                continue
-            callback()
-            return
-
-    threading.Thread(target=probe, name="lbmiddleware-banner", daemon=True).start()
+def _wait_until_listening(host: str, port: int, alive: Callable[[], bool],
+                          timeout: float = 30.0) -> bool:
+    """Whether ``host:port`` accepts a connection within ``timeout`` seconds; False at
+    once when ``alive()`` turns false (the worker died). Runs in the caller's thread."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and alive():
+        try:
+            socket.create_connection((host, port), timeout=1.0).close()
+        except OSError:
+            time.sleep(0.02)
+            continue
+        return True
+    return False
 
 
-def _serve_granian(settings: ProxySettings, host: str, port: int, banner) -> None:
+def _serve_granian(settings: ProxySettings, host: str, port: int, banner: Callable[[], None]) -> None:
     from granian.constants import HTTPModes, Interfaces, Loops
     from granian.log import LogLevels
     from granian.server import Server
 
-    server = Server(
+    class AnnouncingServer(Server):
+        """granian's server, printing the banner once its worker accepts connections.
+
+        granian forks its worker after its startup hooks ran, and on Linux the worker
+        binds its own socket, so the port is probed after the fork, in the main thread.
+        Never from a thread alive across the fork: the probe's ``getaddrinfo`` imports
+        ``encodings.idna``, and a worker forked while another thread held that import's
+        lock froze on its first host name or TLS connection.
+        """
+
+        def startup(self, spawn_target, target_loader) -> None:
+            super().startup(spawn_target, target_loader)
+            if _wait_until_listening(host, port, lambda: all(w.is_alive() for w in self.wrks)):
+                banner()
+
+    server = AnnouncingServer(
         "lbmiddleware.gateway:make_app", address=host, port=port, interface=Interfaces.ASGI,
         workers=1, loop=Loops.uvloop if importlib.util.find_spec("uvloop") else Loops.asyncio,
         http=HTTPModes.http1, websockets=False, log_level=LogLevels.warning, log_access=False)
-    server.on_startup(lambda: _when_listening(host, port, banner))
     server.serve(target_loader=functools.partial(make_app, settings), wrap_loader=False)
