@@ -30,11 +30,19 @@ str, a seekable file), or for any method with ``retry_non_idempotent=True``. A r
 goes to a backend already tried, and there are at most ``retries`` of them. When every
 attempt answered with a failure status the last response is returned as it is; when every
 attempt raised, the last exception is raised again, naming the backends tried.
+
+Interim responses: ``http.client`` skips only ``100 Continue``, so the adapter's connection
+pools read responses with :class:`FinalResponse`, which skips every 1xx but ``101`` (a
+``103 Early Hints`` would otherwise be taken as final, and the real response left on the
+pooled connection for the next request to read). A ``101`` cannot be skipped (what follows
+is another protocol): it fails the attempt, and urllib3 closes that connection.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import http.client
 import itertools
 import time
 import urllib.parse
@@ -56,16 +64,46 @@ from .errors import NoHealthyBackend
 from .proxy import may_retry, parse_cookie
 from .proxy_settings import ForwardingSettings
 
-__all__ = ["LoadBalancingAdapter", "AdapterSettings", "NoHealthyBackendError"]
+__all__ = ["LoadBalancingAdapter", "AdapterSettings", "NoHealthyBackendError",
+           "FinalResponse", "UnusableResponse"]
 
 # A failure-status response is read (to keep its connection) before a retry only when it
 # announces a body this small; a larger or unknown one is closed instead.
 DRAIN_LIMIT = 64 * 1024
 
+# Interim (1xx) responses skipped before a final one; a backend sending more is refused.
+MAX_INTERIM = 32
+
 # Exceptions from the parent's send (or the body read) that are the backend's fault.
 # ProxyError is a ConnectionError too, but it is the proxy's, and is tested for first.
 _BACKEND_FAILURES = (requests.ConnectionError, Timeout, ChunkedEncodingError,
                      ContentDecodingError, RetryError)
+
+
+class UnusableResponse(http.client.HTTPException):
+    """A backend's answer that cannot be read as a final response (an unrequested ``101``,
+    endless interim responses). An ``HTTPException``, so urllib3 closes the connection
+    instead of pooling it, and requests raises a ``ConnectionError`` (a backend failure)."""
+
+
+class FinalResponse(http.client.HTTPResponse):
+    """An ``http.client`` response that reads past every interim (1xx) response but ``101``.
+
+    ``HTTPResponse.begin`` skips only ``100 Continue``; any other 1xx would be returned as
+    the final response with an empty body, and the final one read by the connection's next
+    request (RFC 9110 section 15.2: a client must accept and skip them)."""
+
+    def _read_status(self) -> tuple[str, int, str]:
+        for _ in range(MAX_INTERIM + 1):
+            version, status, reason = super()._read_status()
+            if not 100 <= status < 200:
+                return version, status, reason
+            if status == 101:
+                raise UnusableResponse(
+                    f"the backend switched protocols ('{status} {reason.strip()}'), "
+                    "which requests cannot follow; its connection is closed")
+            http.client.parse_headers(self.fp)        # an interim response's fields: dropped
+        raise UnusableResponse(f"more than {MAX_INTERIM} interim (1xx) responses")
 
 
 class NoHealthyBackendError(NoHealthyBackend, requests.ConnectionError):
@@ -225,6 +263,17 @@ class LoadBalancingAdapter(HTTPAdapter):
             req = req.original
         return super().build_response(req, resp)
 
+    # -- the pools read final responses only ---------------------------------------------
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        _read_final_responses(self.poolmanager)
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        _read_final_responses(manager)
+        return manager
+
     # -- the steps of one call ----------------------------------------------------------
 
     def request_key(self, request: PreparedRequest) -> str | None:
@@ -298,6 +347,25 @@ class LoadBalancingAdapter(HTTPAdapter):
 
 
 # -- helpers ------------------------------------------------------------------------------
+
+def _read_final_responses(manager: Any) -> None:
+    """Make the pools that ``manager`` (a urllib3 pool or proxy manager) creates read their
+    responses with :class:`FinalResponse`; idempotent."""
+    classes = manager.pool_classes_by_scheme
+    if any(cls.ConnectionCls.response_class is not FinalResponse for cls in classes.values()):
+        manager.pool_classes_by_scheme = {
+            scheme: _final_response_pool(cls) for scheme, cls in classes.items()}
+
+
+@functools.cache
+def _final_response_pool(pool_class: type) -> type:
+    """A subclass of urllib3 ``pool_class`` whose connections read with FinalResponse."""
+    connection = pool_class.ConnectionCls
+    if connection.response_class is FinalResponse:
+        return pool_class
+    connection = type(connection.__name__, (connection,), {"response_class": FinalResponse})
+    return type(pool_class.__name__, (pool_class,), {"ConnectionCls": connection})
+
 
 def _replay_point(body: Any) -> tuple[bool, int | None]:
     """Can ``body`` be sent again, and from which file offset? ``(True, None)`` for no body

@@ -1,0 +1,250 @@
+"""Interim (1xx) responses from a backend, through the adapter and the WSGI middleware.
+
+``http.client`` skips only ``100 Continue``: any other 1xx used to come back as the final
+response, and the real one stayed on the pooled connection for the next caller to read.
+The backends here are raw sockets writing exact bytes, with pauses, so that the real
+response arrives only after the client has returned (as a slow backend would send it).
+The WSGI middleware is tested under real servers (gunicorn and waitress, subprocesses
+serving on a socket bound here to a port chosen by the OS).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from typing import Iterator
+
+import pytest
+import requests
+
+from lbmiddleware.adapter import LoadBalancingAdapter
+
+from .servers import read_request_head
+
+VHOST = "http://svc"
+PAUSE = 0.2         # between an interim response and the rest: the client must wait it out
+
+
+def ok(body: bytes) -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+
+
+EARLY_HINTS = b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n"
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+PROCESSING = b"HTTP/1.1 102 Processing\r\n\r\n"
+SWITCHING = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: foo\r\nConnection: Upgrade\r\n\r\n"
+
+
+class RawBackend:
+    """Answers the n-th request it reads (on any connection) with ``answers[n]``: a list of
+    raw byte strings to write and pauses (floats, seconds) between them. Connections are
+    kept alive; ``connections`` counts them."""
+
+    def __init__(self, *answers: list, tls: ssl.SSLContext | None = None) -> None:
+        self.answers = list(answers)
+        self.tls = tls
+        self.connections = 0
+        self.heads: list[bytes] = []
+        self._lock = threading.Lock()
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self._open: list[socket.socket] = []
+        scheme = "https" if tls else "http"
+        self.url = f"{scheme}://127.0.0.1:{self._sock.getsockname()[1]}"
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            with self._lock:
+                self.connections += 1
+            threading.Thread(target=self._connection, args=(conn,), daemon=True).start()
+
+    def _connection(self, conn: socket.socket) -> None:
+        try:
+            if self.tls is not None:
+                conn = self.tls.wrap_socket(conn, server_side=True)
+            with self._lock:
+                self._open.append(conn)
+            with conn, conn.makefile("rb") as reader:
+                while True:
+                    head = read_request_head(reader)
+                    if head is None:
+                        return
+                    with self._lock:
+                        self.heads.append(head)
+                        answer = self.answers.pop(0) if self.answers else [ok(b"extra")]
+                    for part in answer:
+                        if isinstance(part, float):
+                            time.sleep(part)
+                        else:
+                            conn.sendall(part)
+        except OSError:
+            return
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)      # wakes accept() on Linux
+        self._sock.close()
+        with self._lock:
+            for conn in self._open:
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
+        self._thread.join(timeout=2)
+
+
+@pytest.fixture
+def raw_backend() -> Iterator:
+    made: list[RawBackend] = []
+
+    def make(*answers: list, tls: ssl.SSLContext | None = None) -> RawBackend:
+        made.append(RawBackend(*answers, tls=tls))
+        return made[-1]
+
+    yield make
+    for backend in made:
+        backend.stop()
+
+
+def session_for(url: str, **options) -> requests.Session:
+    session = requests.Session()
+    session.mount(VHOST + "/", LoadBalancingAdapter([url], pool_maxsize=1, **options))
+    return session
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory) -> tuple[str, str]:
+    """A self-signed certificate for 127.0.0.1 (made with the openssl command)."""
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = str(folder / "cert.pem"), str(folder / "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", key, "-out", cert], check=True, capture_output=True)
+    return cert, key
+
+
+# -- the adapter ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("interim", [
+    [EARLY_HINTS],
+    [PROCESSING, EARLY_HINTS, EARLY_HINTS],
+    [CONTINUE, EARLY_HINTS],
+], ids=["103", "102-103-103", "100-103"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_interim_responses_are_skipped_and_never_reach_the_next_caller(raw_backend, interim,
+                                                                       stream):
+    backend = raw_backend([*interim, PAUSE, ok(b"one")], [ok(b"two")])
+    session = session_for(backend.url)
+    first = session.get(f"{VHOST}/1", stream=stream)
+    assert (first.status_code, first.content) == (200, b"one")
+    second = session.get(f"{VHOST}/2")
+    assert (second.status_code, second.content) == (200, b"two")
+    assert backend.connections == 1            # the connection was reused, and in step
+
+
+def test_interim_responses_are_skipped_over_https(raw_backend, certificate):
+    cert, key = certificate
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, key)
+    backend = raw_backend([EARLY_HINTS, PAUSE, ok(b"one")], [ok(b"two")], tls=tls)
+    session = session_for(backend.url)
+    assert session.get(f"{VHOST}/1", verify=cert).content == b"one"
+    assert session.get(f"{VHOST}/2", verify=cert).content == b"two"
+    assert backend.connections == 1
+
+
+def test_interim_responses_are_skipped_through_a_proxy(raw_backend):
+    proxy = raw_backend([EARLY_HINTS, PAUSE, ok(b"one")], [ok(b"two")])   # answers as a proxy
+    session = session_for("http://127.0.0.1:9")
+    proxies = {"http": proxy.url}
+    assert session.get(f"{VHOST}/1", proxies=proxies).content == b"one"
+    assert session.get(f"{VHOST}/2", proxies=proxies).content == b"two"
+    assert proxy.heads[0].startswith(b"GET http://127.0.0.1:9/1 ")
+    assert proxy.connections == 1
+
+
+def test_an_unrequested_101_fails_the_attempt_and_closes_its_connection(raw_backend):
+    backend = raw_backend([SWITCHING, PAUSE, b"bytes of another protocol"], [ok(b"second")])
+    adapter = LoadBalancingAdapter([backend.url], pool_maxsize=1)
+    session = requests.Session()
+    session.mount(VHOST + "/", adapter)
+    with pytest.raises(requests.ConnectionError) as info:
+        session.get(f"{VHOST}/1")
+    assert "101" in str(info.value) and backend.url in str(info.value)
+    assert adapter.balancer.stats()[0]["failures"] == 1
+    second = session.get(f"{VHOST}/2")
+    assert (second.status_code, second.content) == (200, b"second")
+    assert backend.connections == 2            # the switched connection was not reused
+
+
+def test_an_endless_run_of_interim_responses_is_refused(raw_backend):
+    backend = raw_backend([EARLY_HINTS * 1000])
+    with pytest.raises(requests.ConnectionError, match="interim"):
+        session_for(backend.url).get(f"{VHOST}/")
+
+
+# -- the WSGI middleware under real servers -----------------------------------------------
+
+def _gunicorn(fd: int) -> list[str]:
+    return [sys.executable, "-m", "gunicorn", "--bind", f"fd://{fd}", "--workers", "1",
+            "--threads", "4", "--log-level", "warning", "lbmiddleware.wsgi:WSGILoadBalancer()"]
+
+
+def _waitress(fd: int) -> list[str]:
+    code = ("import socket, sys, waitress; from lbmiddleware.wsgi import WSGILoadBalancer; "
+            "waitress.serve(WSGILoadBalancer(), sockets=[socket.socket(fileno=int(sys.argv[1]))],"
+            " threads=4, _quiet=True)")
+    return [sys.executable, "-c", code, str(fd)]
+
+
+@pytest.fixture(params=[_gunicorn, _waitress], ids=["gunicorn", "waitress"])
+def wsgi_server(request) -> Iterator:
+    """Start the middleware (every setting from LB_* variables) under a real WSGI server
+    for a backend URL; yields the server's base URL. Stopped after the test."""
+    started: list[tuple[subprocess.Popen, socket.socket]] = []
+
+    def start(backend_url: str) -> str:
+        listener = socket.create_server(("127.0.0.1", 0))
+        environ = {**os.environ, "LB_BACKENDS": backend_url, "LB_READ_TIMEOUT": "3"}
+        process = subprocess.Popen(request.param(listener.fileno()), pass_fds=[listener.fileno()],
+                                   env=environ, stdout=subprocess.DEVNULL)
+        started.append((process, listener))
+        return f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+    yield start
+    for process, listener in started:
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        listener.close()
+
+
+def test_wsgi_clients_get_their_own_final_responses(raw_backend, wsgi_server):
+    backend = raw_backend([EARLY_HINTS, PAUSE, ok(b"one")], [ok(b"two")])
+    url = wsgi_server(backend.url)
+    first = requests.get(url + "/1", timeout=10)
+    assert (first.status_code, first.content) == (200, b"one")
+    second = requests.get(url + "/2", timeout=10)
+    assert (second.status_code, second.content) == (200, b"two")
+
+
+def test_wsgi_answers_an_unrequested_101_with_502(raw_backend, wsgi_server):
+    backend = raw_backend([SWITCHING, PAUSE, b"bytes of another protocol"], [ok(b"second")])
+    url = wsgi_server(backend.url)
+    first = requests.get(url + "/1", timeout=10)
+    assert first.status_code == 502
+    second = requests.get(url + "/2", timeout=10)
+    assert (second.status_code, second.content) == (200, b"second")
+    assert backend.connections == 2
