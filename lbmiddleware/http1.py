@@ -61,10 +61,25 @@ class _StaleConnection(ProtocolError):
 
 _NO_BODY_STATUSES = frozenset({204, 304})
 _FRAMING_HEADERS = frozenset({b"content-length", b"transfer-encoding", b"connection"})
+# The grammar of RFC 9110 §5.6 and RFC 9112 §4 and §7.1, strictly: what the backend sends
+# is passed on by an ASGI server that rejects control characters and odd statuses (uvicorn
+# dropped the connection with a traceback), and two parsers that frame a body differently
+# are a desync (nginx rejects ``0x5`` as a chunk size; Python's ``int()`` takes ``0x5``,
+# `` 5`` and ``5_0``).
+_TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_VALUE = rb"(?:[^\x00-\x08\x0a-\x1f\x7f]*[^\x00-\x20\x7f])?"   # no controls but HTAB
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 # One header line (after the CRLF ending the previous line): a token, a colon, the value
 # without surrounding blanks. A line that does not match (obs-fold, no colon, a space
-# before the colon) leaves the count of matches short of the count of lines: an error.
-_HEADER_LINE = re.compile(rb"\r\n([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*((?:[^\r\n]*[^\r\n \t])?)[ \t]*(?=\r\n|$)")
+# before the colon, a control character) leaves the count of matches short of the count
+# of lines: an error.
+_HEADER_LINE = re.compile(rb"\r\n(" + _TOKEN + rb"):[ \t]*(" + _VALUE + rb")[ \t]*(?=\r\n|$)")
+_FIELD_LINE = re.compile(_TOKEN + rb":[ \t]*" + _VALUE + rb"[ \t]*")     # one trailer line
+_QUOTED = rb'"(?:[^"\\\x00-\x08\x0a-\x1f\x7f]|\\[^\x00-\x08\x0a-\x1f\x7f])*"'
+# chunk-size [ chunk-ext ]: 1 to 16 hex digits (any 64-bit size), then extensions
+# ``;name[=token or quoted-string]`` with optional blanks around ``;`` and ``=``.
+_CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:[ \t]*;[ \t]*" + _TOKEN + rb"(?:[ \t]*=[ \t]*(?:"
+                         + _TOKEN + rb"|" + _QUOTED + rb"))?)*[ \t]*")
 
 
 class Response:
@@ -186,6 +201,10 @@ class _Connection(asyncio.Protocol):
         self._chunk_state = "size"      # size | data | crlf | trailer
         self._head_waiter: asyncio.Future | None = None
         self._response: Response | None = None
+        # A response head parsed in the current read, handed to exchange() at the end of
+        # the read: an error in the body bytes of that same read is then still a clean
+        # failure (a 502 for the proxy's client), not a head followed by a broken body.
+        self._answered: Response | None = None
         self._head_request = False
         self._read_timeout = 0.0
         self._got_bytes = False
@@ -220,6 +239,13 @@ class _Connection(asyncio.Protocol):
                 self._parse()
             except ProtocolError as exc:
                 self._broken(exc)
+                return
+            answered = self._answered
+            if answered is not None:
+                self._answered = None
+                waiter = self._head_waiter
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(answered)
         elif state == "idle":
             self._broken(ProtocolError("unexpected bytes on an idle connection"))
         # state "done": connection already handed back or closed; ignore
@@ -275,6 +301,7 @@ class _Connection(asyncio.Protocol):
         self.requests += 1
         self._state = "head"
         self._buffer = b""
+        self._answered = None
         self._got_bytes = False
         self._head_request = head_request
         self._read_timeout = read_timeout
@@ -292,7 +319,7 @@ class _Connection(asyncio.Protocol):
         if not waiter.done() and body is not None and not isinstance(
                 body, (bytes, bytearray, memoryview)):
             self._request_sent = False
-            await self._send_stream(body, length, read_timeout)
+            await self._send_until_answered(body, length, read_timeout)
         if not waiter.done():
             deadlines = self.pool.deadlines
             timer = deadlines.start(read_timeout, _expire, waiter, loop)
@@ -307,6 +334,30 @@ class _Connection(asyncio.Protocol):
         if isinstance(result, BaseException):
             raise result
         return result
+
+    async def _send_until_answered(self, body: AsyncIterator[bytes], length: int | None,
+                                   read_timeout: float) -> None:
+        """Stream the request body until it ends or the response head (or an error) comes.
+
+        A backend may answer before it has read the body (a 413 for an upload too large, a
+        401, a redirect) and then never read the rest: waiting for the upload to drain would
+        run out the read timeout and throw the answer away. The upload is stopped instead
+        and the answer delivered; the connection is not reused (``_request_sent`` stays
+        false). Errors of the upload are raised unless the answer came first.
+        """
+        waiter = self._head_waiter
+        sender = self.loop.create_task(self._send_stream(body, length, read_timeout))
+        try:
+            await asyncio.wait((sender, waiter), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not sender.done():
+                sender.cancel()
+                await asyncio.wait((sender,))       # the body's iterator is closed first
+        if sender.cancelled():
+            return
+        error = sender.exception()
+        if error is not None and not (waiter.done() and isinstance(error, UpstreamError)):
+            raise error
 
     async def _send_stream(self, body: AsyncIterator[bytes], length: int | None,
                            read_timeout: float) -> None:
@@ -395,14 +446,19 @@ class _Connection(asyncio.Protocol):
         status_line = head if line_end < 0 else head[:line_end]
         version, _, rest = status_line.partition(b" ")
         code, _, reason = rest.partition(b" ")
-        if version not in (b"HTTP/1.1", b"HTTP/1.0") or len(code) != 3 or not code.isdigit():
-            raise ProtocolError("the backend's response is not HTTP/1.x")
+        if version not in (b"HTTP/1.1", b"HTTP/1.0") or len(code) != 3 or not code.isdigit() \
+                or _CONTROL.search(reason):
+            raise ProtocolError(f"the backend's response is not HTTP/1.x: {status_line[:80]!r}")
         status = int(code)
-        if status < 200:
-            return True         # an interim response (100 Continue): the real one follows
+        if not 100 <= status <= 599:
+            raise ProtocolError(f"the backend's status {status} is outside 100-599")
+        if status == 101:       # never asked for: the proxy sends no Upgrade
+            raise ProtocolError("the backend switched protocols (101) unasked")
         headers = _HEADER_LINE.findall(head, max(line_end, 0)) if line_end >= 0 else []
         if len(headers) != head.count(b"\r\n"):
-            raise ProtocolError("a malformed response header line")
+            raise ProtocolError(f"a malformed response header line: {_bad_line(head)!r}")
+        if status < 200:
+            return True         # an interim response (100, 102, 103): the real one follows
         length = None
         chunked = False
         keep_alive = version == b"HTTP/1.1"
@@ -442,53 +498,70 @@ class _Connection(asyncio.Protocol):
         else:
             self._state = "eof"
             response.keep_alive = False
-        waiter = self._head_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(response)
+        self._answered = response
         if self._state == "length" and self._remaining == 0:
             self._done()
             return False
         return True
 
     def _parse_chunked(self) -> bool:
-        """Decode as much of the chunked body as the buffer holds; True when done."""
+        """Decode as much of the chunked body as the buffer holds; True when done.
+
+        Walks the buffer with an offset, cuts it once and feeds the body once per read:
+        slicing each line off the front re-copied the rest of the buffer, so 200,000
+        one-byte chunks in one write held the event loop for seconds.
+        """
+        buffer = self._buffer
+        size = len(buffer)
+        pos = 0
+        state = self._chunk_state
+        parts: list[bytes] = []
+        done = False
         while True:
-            buffer = self._buffer
-            state = self._chunk_state
             if state == "data":
-                if not buffer:
-                    return False
-                take = buffer[: self._remaining]
-                self._buffer = buffer[len(take):]
-                self._remaining -= len(take)
-                self._response._feed(take)
+                if pos == size:
+                    break
+                end = min(pos + self._remaining, size)
+                parts.append(buffer[pos:end])
+                self._remaining -= end - pos
+                pos = end
                 if self._remaining:
-                    return False
-                self._chunk_state = "crlf"
-                continue
-            end = buffer.find(b"\r\n")
-            if end < 0:
-                if len(buffer) > MAX_HEAD:
-                    raise ProtocolError("a chunk header or trailer is too large")
-                return False
-            line, self._buffer = buffer[:end], buffer[end + 2:]
-            if state == "size":
-                size = line.split(b";", 1)[0].strip()
-                try:
-                    self._remaining = int(size, 16)
-                except ValueError:
-                    raise ProtocolError("a bad chunk size in the response") from None
-                if self._remaining < 0 or not size.isalnum():
-                    raise ProtocolError("a bad chunk size in the response")
-                self._chunk_state = "trailer" if self._remaining == 0 else "data"
+                    break
+                state = "crlf"
             elif state == "crlf":
-                if line:
-                    raise ProtocolError("a chunk is longer than its size")
-                self._chunk_state = "size"
-            else:   # trailer lines (dropped) until the empty line
-                if not line:
-                    self._done()
-                    return True
+                if not buffer.startswith(b"\r\n", pos):
+                    if size - pos >= 2 or (size > pos and not buffer.startswith(b"\r", pos)):
+                        raise ProtocolError("a chunk is longer than its size")
+                    break
+                pos += 2
+                state = "size"
+            else:
+                end = buffer.find(b"\r\n", pos, pos + MAX_HEAD + 2)
+                if end < 0:
+                    if size - pos > MAX_HEAD:
+                        raise ProtocolError("a chunk header or trailer is too large")
+                    break
+                if state == "size":
+                    match = _CHUNK_LINE.fullmatch(buffer, pos, end)
+                    if match is None:
+                        raise ProtocolError(
+                            f"a bad chunk size line in the response: {buffer[pos:end][:40]!r}")
+                    self._remaining = int(match.group(1), 16)
+                    state = "data" if self._remaining else "trailer"
+                elif end == pos:            # the empty line after the trailers (dropped)
+                    pos, done = end + 2, True
+                    break
+                elif _FIELD_LINE.fullmatch(buffer, pos, end) is None:
+                    raise ProtocolError(
+                        f"a malformed trailer line in the response: {buffer[pos:end][:80]!r}")
+                pos = end + 2
+        self._chunk_state = state
+        self._buffer = buffer[pos:] if pos else buffer
+        if parts:
+            self._response._feed(parts[0] if len(parts) == 1 else b"".join(parts))
+        if done:
+            self._done()
+        return done
 
     # -- endings ------------------------------------------------------------------------
 
@@ -508,7 +581,10 @@ class _Connection(asyncio.Protocol):
             self.pool._release(self)
         elif not self.closed:
             self.closed = True
-            self.transport.close()
+            if self._request_sent:
+                self.transport.close()
+            else:               # the rest of an upload the backend will not read: drop it
+                self.transport.abort()
 
     def _lost_error(self, message: str) -> ProtocolError:
         if self.requests > 1 and not self._got_bytes and self._state == "head":
@@ -516,14 +592,25 @@ class _Connection(asyncio.Protocol):
         return ProtocolError(message)
 
     def _broken(self, exc: ProtocolError) -> None:
-        state = self._state
         self._state = "done"
         self.closed = True
         if self.transport is not None:
             self.transport.abort()
         waiter = self._head_waiter
-        if state == "head" and waiter is not None and not waiter.done():
-            waiter.set_result(exc)
+        answered, self._answered = self._answered, None
+        if waiter is not None and not waiter.done():
+            # The head came in this same read: a complete response stands; else nothing
+            # has reached the proxy's client yet and the attempt fails cleanly.
+            waiter.set_result(answered if answered is not None and answered.complete else exc)
+            self._response = None
         elif self._response is not None:
             self._response._fail(exc)
             self._response = None
+
+
+def _bad_line(head: bytes) -> bytes:
+    """The first header line of ``head`` outside the grammar (for the error message)."""
+    for line in head.split(b"\r\n")[1:]:
+        if _FIELD_LINE.fullmatch(line) is None:
+            return line[:80]
+    return b""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+import time
 
 import pytest
 
@@ -19,6 +20,7 @@ from .servers import read_request_head
 
 CLOSE = "close"          # a script step: read the request, close without answering
                          # (at the end of a step's parts: close after that response)
+                         # a float among a step's parts: sleep that many seconds
 
 
 class ScriptedBackend:
@@ -61,6 +63,9 @@ class ScriptedBackend:
                 for part in step if isinstance(step, list) else [step]:
                     if part == CLOSE:
                         return              # close after this response
+                    if isinstance(part, float):
+                        time.sleep(part)
+                        continue
                     conn.sendall(part)
             conn.recv(1)         # the script is done: wait for the client to close
 
