@@ -29,7 +29,8 @@ in ``fail_statuses`` only for idempotent methods whose body can be sent again (n
 str, a seekable file), or for any method with ``retry_non_idempotent=True``. A retry never
 goes to a backend already tried, and there are at most ``retries`` of them. When every
 attempt answered with a failure status the last response is returned as it is; when every
-attempt raised, the last exception is raised again, naming the backends tried.
+attempt raised, the last exception is raised again with requests' own arguments (``args[0]``
+is urllib3's error), naming the backends tried in its message and in ``backends_tried``.
 
 Interim responses: ``http.client`` skips only ``100 Continue``, so the adapter's connection
 pools read responses with :class:`FinalResponse`, which skips every 1xx but ``101`` (a
@@ -395,13 +396,41 @@ def _is_connect_failure(exc: Exception) -> bool:
 
 def _naming_backends(exc: Exception, request: PreparedRequest,
                      tried: list[Backend]) -> Exception:
-    """The same kind of requests exception, with the backends tried in its message."""
-    names = ", ".join(b.url for b in tried)
+    """``exc`` for the caller: the same kind and arguments (``args[0]`` stays the urllib3
+    error requests put there), the caller's ``request``, and the backends tried in
+    ``backends_tried`` and in its message."""
     try:
-        return type(exc)(f"{exc} (backends tried: {names})", request=request,
-                         response=getattr(exc, "response", None))
+        named = _naming_class(type(exc))(*exc.args, request=request,
+                                         response=getattr(exc, "response", None))
     except Exception:        # an exception type with another signature: keep it as it is
         return exc
+    named.backends_tried = tuple(b.url for b in tried)
+    return named
+
+
+class _NamesBackends:
+    """Mixin of the exceptions the adapter raises: names the backends tried in ``str()``."""
+
+    backends_tried: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        return f"{super().__str__()} (backends tried: {', '.join(self.backends_tried)})"
+
+    def __reduce__(self) -> tuple:       # the class is made at run time: pickle its base
+        return _renamed, (type(self).__mro__[2], self.args, self.__dict__)
+
+
+@functools.cache
+def _naming_class(base: type) -> type:
+    """A subclass of the requests exception ``base`` whose message names the backends."""
+    return type(base.__name__, (_NamesBackends, base),
+                {"__module__": base.__module__, "__qualname__": base.__qualname__})
+
+
+def _renamed(base: type, args: tuple, state: dict) -> Exception:
+    exc = _naming_class(base)(*args)
+    exc.__dict__.update(state)
+    return exc
 
 
 def _prefetch(response: Response, size: int) -> None:

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import gc
 import io
+import pickle
 import random
 import threading
 from collections import Counter
 
 import pytest
 import requests
+from urllib3.exceptions import MaxRetryError, NewConnectionError, ReadTimeoutError
 from urllib3.util.retry import Retry
 
 import lbmiddleware as lb
@@ -172,6 +174,29 @@ def test_every_backend_refusing_raises_connection_error_naming_them():
     assert info.value.request.url == f"{VHOST}/"
     assert [row["failures"] for row in adapter.balancer.stats()] == [1, 1]
     assert in_flight(adapter.balancer) == [0, 0]
+
+
+def test_errors_keep_the_arguments_requests_gives_them(backends):
+    a = backends[0]
+    dead = refused_url()
+    with pytest.raises(requests.ConnectionError) as info:
+        mounted(LoadBalancingAdapter([dead])).get(f"{VHOST}/")
+    refused = info.value
+    assert isinstance(refused.args[0], MaxRetryError)                # as requests raises it
+    assert isinstance(refused.args[0].reason, NewConnectionError)
+    assert refused.backends_tried == (dead,)
+
+    a.behaviour = "hang"
+    with pytest.raises(requests.ReadTimeout) as info:
+        mounted(LoadBalancingAdapter([a.url], retries=0)).get(f"{VHOST}/", timeout=SHORT)
+    timeout = info.value
+    assert type(timeout.args[0]) is ReadTimeoutError and len(timeout.args) == 1
+    assert "Read timed out" in timeout.args[0].args[0]              # requests' test_stream_timeout
+    assert a.url in str(timeout) and timeout.backends_tried == (a.url,)
+    assert timeout.request.url == f"{VHOST}/" and timeout.response is None
+    copy = pickle.loads(pickle.dumps(timeout))
+    assert isinstance(copy, requests.ReadTimeout) and type(copy.args[0]) is ReadTimeoutError
+    assert copy.backends_tried == (a.url,) and str(copy).endswith(f"(backends tried: {a.url})")
 
 
 def test_hanging_backend_get_is_retried_post_is_not(backends):
