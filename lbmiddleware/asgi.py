@@ -22,7 +22,8 @@ websocket``, or a ``websocket`` scope) gets 501; other websocket scopes go to th
 
 A client that disconnects cancels the upstream exchange (its connection is closed, the
 pick released): while the body streams this is noticed at once, while waiting for the
-response head within about :data:`WATCH_DELAY` seconds. Watching costs a task, so a
+response head within about :data:`WATCH_DELAY` seconds, and while the response streams at
+once (also when the backend answered before the upload ended). Watching costs a task, so a
 quick exchange never starts one.
 """
 
@@ -429,13 +430,15 @@ class _Exchange:
     # -- the client's disconnect -------------------------------------------------------
 
     def _watch(self) -> None:
-        """Start watching ``receive`` for the client's disconnect (once, body fully read)."""
-        if self.watch_task is None and not self.finished and not self.body.more:
+        """Start watching ``receive`` for the client's disconnect (once), when nothing else
+        reads it: the body has been read, or the response came before its end (the
+        upstream client then stops sending it, and the watch drops the rest)."""
+        if self.watch_task is None and not self.finished:
             self.watch_task = asyncio.ensure_future(self._watch_receive())
 
     async def _watch_receive(self) -> None:
         while not self.finished:
-            message = await self.receive()
+            message = await self.receive()      # "http.request": an unsent upload's rest
             if message["type"] == "http.disconnect":
                 if not self.finished:
                     self.gone = True

@@ -1,0 +1,131 @@
+"""A client that leaves is noticed whatever the exchange is doing, under a real server.
+
+The middleware runs under uvicorn in a thread (so the test reads the balancer's in-flight
+count) between a raw-socket client and a raw-socket backend.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+import uvicorn
+
+from lbmiddleware.asgi import LoadBalancerMiddleware
+
+from .asgi_client import GatewayProcess
+from .servers import read_request_head
+
+STREAM_LIMIT = 10.0      # seconds: the "endless" stream ends by then whatever happens
+
+
+class EndlessBackend:
+    """Answers every request at once, without reading its body, with a chunked stream
+    that ends only when the client closes (``peer_closed``) or after STREAM_LIMIT."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.peer_closed = threading.Event()
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        try:
+            conn, _ = self.sock.accept()
+        except OSError:
+            return
+        with conn, conn.makefile("rb") as reader:
+            read_request_head(reader)
+            chunk = b"4000\r\n" + b"x" * 0x4000 + b"\r\n"
+            deadline = time.monotonic() + STREAM_LIMIT
+            try:
+                conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                while time.monotonic() < deadline and not self.stopping.is_set():
+                    conn.sendall(chunk)
+                    time.sleep(0.005)
+            except OSError:
+                self.peer_closed.set()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.sock.close()
+        self.thread.join(STREAM_LIMIT + 1)
+
+
+class ServerThread:
+    """``app`` under uvicorn on a port the OS chooses, in a thread of this process."""
+
+    def __init__(self, app) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        config = uvicorn.Config(app, lifespan="off", access_log=False, log_level="warning",
+                                loop="asyncio", http="httptools")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
+                                       daemon=True)
+
+    def __enter__(self) -> "ServerThread":
+        self.thread.start()
+        deadline = time.monotonic() + 5
+        while not self.server.started and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert self.server.started
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+        self.sock.close()
+
+
+@pytest.fixture
+def endless():
+    backend = EndlessBackend()
+    yield backend
+    backend.stop()
+
+
+def in_flight(mw: LoadBalancerMiddleware) -> int:
+    return sum(row["in_flight"] for row in mw.balancer.stats())
+
+
+def read_early_response_and_leave(port: int) -> int:
+    """POST announcing 20 MB, send 300 KB (then 1 KB whenever nothing comes back), read
+    50 KB of the response and close. Returns the bytes read."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
+        client.sendall(b"POST /up HTTP/1.1\r\nHost: gw\r\nContent-Length: %d\r\n\r\n"
+                       % (20 << 20) + b"u" * 300_000)
+        client.settimeout(0.05)
+        received = 0
+        deadline = time.monotonic() + 5
+        while received < 50_000 and time.monotonic() < deadline:
+            try:
+                received += len(client.recv(65536))
+            except socket.timeout:
+                client.sendall(b"u" * 1024)         # the upload goes on, slowly
+        return received
+
+
+def test_a_client_leaving_an_early_response_during_its_upload_is_noticed(endless):
+    """The backend streams an answer at once to an upload that has not ended; the client
+    reads some and closes: the pick is released and the upstream closed."""
+    mw = LoadBalancerMiddleware(backends=[endless.url], read_timeout=30.0)
+    with ServerThread(mw) as server:
+        assert read_early_response_and_leave(server.port) >= 50_000
+        deadline = time.monotonic() + 2
+        while in_flight(mw) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert in_flight(mw) == 0
+        assert endless.peer_closed.wait(2)
+
+
+@pytest.mark.parametrize("server", ["granian", "uvicorn"])
+def test_the_gateway_closes_the_upstream_when_that_client_leaves(endless, server):
+    with GatewayProcess({"LB_BACKENDS": endless.url, "LB_SERVER": server,
+                         "LB_READ_TIMEOUT": "30s"}) as gateway:
+        assert read_early_response_and_leave(gateway.port) >= 50_000
+        assert endless.peer_closed.wait(2)
