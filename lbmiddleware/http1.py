@@ -80,6 +80,7 @@ _QUOTED = rb'"(?:[^"\\\x00-\x08\x0a-\x1f\x7f]|\\[^\x00-\x08\x0a-\x1f\x7f])*"'
 # ``;name[=token or quoted-string]`` with optional blanks around ``;`` and ``=``.
 _CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:[ \t]*;[ \t]*" + _TOKEN + rb"(?:[ \t]*=[ \t]*(?:"
                          + _TOKEN + rb"|" + _QUOTED + rb"))?)*[ \t]*")
+_BARE_SIZE_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})\r\n").match     # the fast, usual case
 
 
 class Response:
@@ -528,6 +529,18 @@ class _Connection(asyncio.Protocol):
                 if self._remaining:
                     break
                 state = "crlf"
+            elif state == "size" and (line := _BARE_SIZE_LINE(buffer, pos)) is not None:
+                # The usual line, a size alone: a chunk that is all here is taken at once.
+                remaining = int(line.group(1), 16)
+                start = line.end()
+                end = start + remaining
+                if remaining and end + 2 <= size and buffer.startswith(b"\r\n", end):
+                    parts.append(buffer[start:end])
+                    pos = end + 2
+                    continue
+                pos = start
+                self._remaining = remaining
+                state = "data" if remaining else "trailer"
             elif state == "crlf":
                 if not buffer.startswith(b"\r\n", pos):
                     if size - pos >= 2 or (size > pos and not buffer.startswith(b"\r", pos)):
