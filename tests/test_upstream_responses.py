@@ -100,6 +100,35 @@ def test_an_early_413_during_a_large_upload_is_delivered_at_once_and_is_no_failu
     assert backend.connections == 4          # a connection with an unfinished upload is never reused
 
 
+def test_an_early_answer_is_delivered_while_the_client_pauses_its_upload():
+    """The answer does not wait for the client's next body bytes either (nginx answers)."""
+    backend = EarlyAnswer(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 9\r\n\r\ntoo large")
+    mw = LoadBalancerMiddleware(None, backends=[backend.url], read_timeout=3.0)
+
+    async def scenario() -> tuple[Call, float]:
+        call = Call(mw, "POST", "/upload", headers=[("content-length", str(30 << 20))])
+        pieces = [b"x" * 65536] * 2
+        paused = asyncio.Event()
+
+        async def receive() -> dict:        # two pieces, then nothing until the end
+            if pieces:
+                return {"type": "http.request", "body": pieces.pop(), "more_body": True}
+            paused.set()
+            await call.disconnect.wait()
+            return {"type": "http.disconnect"}
+
+        started = time.monotonic()
+        await asyncio.wait_for(mw(call.scope, receive, call.send), 5)
+        return call, time.monotonic() - started
+
+    try:
+        call, elapsed = asyncio.run(scenario())
+    finally:
+        backend.stop()
+    assert call.status == 413 and call.body == b"too large" and elapsed < 1.5
+    assert mw.balancer.stats()[0]["failures"] == 0
+
+
 # -- interim responses ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("interim", [
