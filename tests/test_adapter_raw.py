@@ -1,11 +1,11 @@
-"""Interim (1xx) responses from a backend, through the adapter and the WSGI middleware.
+"""The adapter (and the WSGI middleware built on it) against raw-socket backends writing
+exact bytes, with pauses, so that a test controls what arrives when.
 
-``http.client`` skips only ``100 Continue``: any other 1xx used to come back as the final
-response, and the real one stayed on the pooled connection for the next caller to read.
-The backends here are raw sockets writing exact bytes, with pauses, so that the real
-response arrives only after the client has returned (as a slow backend would send it).
-The WSGI middleware is tested under real servers (gunicorn and waitress, subprocesses
-serving on a socket bound here to a port chosen by the OS).
+Interim (1xx) responses: ``http.client`` skips only ``100 Continue``; any other 1xx used to
+come back as the final response, and the real one stayed on the pooled connection for the
+next caller to read. The real response here arrives only after a pause (as a slow backend
+would send it). The WSGI middleware is tested under real servers (gunicorn and waitress,
+subprocesses serving on a socket bound here to a port chosen by the OS).
 """
 
 from __future__ import annotations
