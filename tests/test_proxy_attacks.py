@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import socket
+import threading
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import pytest
 
 from lbmiddleware.asgi import LoadBalancerMiddleware
 from lbmiddleware.proxy import BINARY, TEXT
+from lbmiddleware.wsgi import WSGILoadBalancer
 
 from .asgi_client import Call
 
@@ -57,3 +62,34 @@ def test_underscore_forwarding_headers_never_reach_the_backend(backends):
     assert got["X-Forwarded-Proto"] == "http"
     assert got["X-Forwarded-For"] == "203.0.113.7"
     assert got["X_Trace"] == "t"
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_the_wsgi_middleware_sees_underscore_spellings_merged_and_replaces_them(backends):
+    """A WSGI server folds ``X_Forwarded_Host`` into HTTP_X_FORWARDED_HOST (wsgiref does;
+    gunicorn and waitress drop it): the middleware cannot tell the spellings apart, and
+    the merged value, like the client's own ``X-Forwarded-Host``, is replaced."""
+    a = backends[0]
+    server = make_server("127.0.0.1", 0, WSGILoadBalancer(None, backends=[a.url]),
+                         handler_class=_QuietHandler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        with socket.create_connection(server.server_address, timeout=5) as sock:
+            sock.sendall(b"GET / HTTP/1.0\r\nHost: real.example\r\n"
+                         b"X_Forwarded_Host: evil.example\r\nX_Forwarded_Proto: https\r\n\r\n")
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+    got = json.loads(answer.partition(b"\r\n\r\n")[2])["headers"]
+    assert got["X-Forwarded-Host"] == "real.example"
+    assert got["X-Forwarded-Proto"] == "http"
+    assert not [name for name in got if "_" in name]
