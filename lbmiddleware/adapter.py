@@ -17,7 +17,10 @@ Each attempt is reported to the :class:`~lbmiddleware.balancer.Balancer` with it
 and its time to the response head. The attempt counts as in flight until its body is done:
 
 * ``stream=False`` (the default): the body is read inside the attempt, so a connection cut
-  mid-body is a failure that can still be retried (the caller has seen nothing yet);
+  mid-body is a failure that can still be retried (the caller has seen nothing yet). It is
+  read undecoded: decoding stays requests' business, after the attempt (a false
+  ``Content-Encoding`` is not a backend failure), and ``Response.elapsed`` stays the time
+  to the response head, as requests documents it;
 * ``stream=True``: the outcome and latency are fixed when the head arrives, and the report
   is made when the body is read to the end, the response is closed, or it is garbage
   collected, exactly once. ``least_conn`` and ``latency`` therefore see a response being
@@ -42,8 +45,10 @@ is another protocol): it fails the attempt, and urllib3 closes that connection.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import functools
 import http.client
+import io
 import itertools
 import time
 import urllib.parse
@@ -52,12 +57,11 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import requests
 from requests.adapters import DEFAULT_POOLBLOCK, DEFAULT_POOLSIZE, DEFAULT_RETRIES, HTTPAdapter
-from requests.exceptions import (
-    ChunkedEncodingError, ConnectTimeout, ContentDecodingError, ProxyError, RetryError, Timeout,
-)
+from requests.exceptions import ChunkedEncodingError, ConnectTimeout, ProxyError, RetryError, Timeout
 from requests.models import PreparedRequest, Response
+from urllib3 import HTTPResponse
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
-from urllib3.exceptions import ProtocolError, ReadTimeoutError
+from urllib3.exceptions import ProtocolError, ReadTimeoutError, SSLError
 
 from .backend import Backend
 from .balancer import Balancer
@@ -77,8 +81,8 @@ MAX_INTERIM = 32
 
 # Exceptions from the parent's send (or the body read) that are the backend's fault.
 # ProxyError is a ConnectionError too, but it is the proxy's, and is tested for first.
-_BACKEND_FAILURES = (requests.ConnectionError, Timeout, ChunkedEncodingError,
-                     ContentDecodingError, RetryError)
+# (ContentDecodingError is not: the body is decoded after the attempt, by requests.)
+_BACKEND_FAILURES = (requests.ConnectionError, Timeout, ChunkedEncodingError, RetryError)
 
 
 class UnusableResponse(http.client.HTTPException):
@@ -227,7 +231,7 @@ class LoadBalancingAdapter(HTTPAdapter):
                                             verify=verify, cert=cert, proxies=proxies)
                     latency = self._timer() - start
                     if not stream:
-                        response.content       # the body is part of the attempt
+                        _read_body(response)   # the body is part of the attempt
                     elif self.prefetch:
                         _prefetch(response, self.prefetch)
                 except ProxyError:
@@ -431,6 +435,44 @@ def _renamed(base: type, args: tuple, state: dict) -> Exception:
     exc = _naming_class(base)(*args)
     exc.__dict__.update(state)
     return exc
+
+
+def _read_body(response: Response) -> None:
+    """Read the whole body inside the attempt, undecoded, and give requests a raw response
+    over the bytes read, which it reads and decodes after the attempt as it would have read
+    the connection (and tolerates a false ``Content-Encoding`` on a redirect it follows).
+    Read errors are translated as ``Response.iter_content`` translates them."""
+    raw = response.raw
+    started = time.perf_counter()
+    try:
+        data = raw.read(decode_content=False)
+    except ProtocolError as exc:
+        raise ChunkedEncodingError(exc) from exc
+    except ReadTimeoutError as exc:
+        raise requests.ConnectionError(exc) from exc
+    except SSLError as exc:
+        raise requests.exceptions.SSLError(exc) from exc
+    response.raw = HTTPResponse(
+        body=io.BytesIO(data), headers=raw.headers, status=raw.status, version=raw.version,
+        version_string=raw.version_string, reason=raw.reason, preload_content=False,
+        original_response=raw._original_response,        # requests reads cookies from it
+        retries=raw.retries, enforce_content_length=False, request_url=raw.url)
+    response.__class__ = _BodyReadResponse
+    response._body_time = datetime.timedelta(seconds=time.perf_counter() - started)
+
+
+class _BodyReadResponse(Response):
+    """A response whose body was read inside the attempt. ``Session.send`` sets ``elapsed``
+    to its whole call of the adapter; requests documents it as the time to the response
+    head, so the time spent reading the body is taken off that (first) setting."""
+
+    @property
+    def elapsed(self) -> datetime.timedelta:
+        return self.__dict__["elapsed"]
+
+    @elapsed.setter
+    def elapsed(self, value: datetime.timedelta) -> None:
+        self.__dict__["elapsed"] = value - self.__dict__.pop("_body_time", datetime.timedelta())
 
 
 def _prefetch(response: Response, size: int) -> None:

@@ -323,6 +323,18 @@ def test_connection_closed_mid_body(backends):
     assert in_flight(adapter.balancer) == [0, 0]
 
 
+def test_a_body_that_fails_to_decode_is_not_the_backends_fault(backends):
+    a, b, _ = backends
+    for server in (a, b):
+        server.extra_headers = [("Content-Encoding", "gzip")]      # a JSON body: not gzip
+    adapter = LoadBalancingAdapter([a.url, b.url])
+    with pytest.raises(requests.exceptions.ContentDecodingError):  # as plain requests raises
+        mounted(adapter).get(f"{VHOST}/")
+    assert (a.requests, b.requests) == (1, 0)                      # not replayed
+    assert [row["failures"] for row in adapter.balancer.stats()] == [0, 0]
+    assert in_flight(adapter.balancer) == [0, 0]
+
+
 def test_user_max_retries_work_beneath(backends):
     a, b, _ = backends
     a.status = 500                                   # not a fail status for the balancer

@@ -192,6 +192,31 @@ def test_an_endless_run_of_interim_responses_is_refused(raw_backend):
         session_for(backend.url).get(f"{VHOST}/")
 
 
+# -- the body is read inside the attempt, and decoded after it ----------------------------
+
+def test_a_redirect_whose_body_fails_to_decode_is_followed(raw_backend):
+    # requests tolerates a false Content-Encoding on a redirect it follows
+    # (its test_redirect_with_wrong_gzipped_header)
+    backend = raw_backend([b"HTTP/1.1 302 Found\r\nLocation: /next\r\nContent-Encoding: gzip\r\n"
+                           b"Content-Length: 9\r\n\r\nnot gzip!"], [ok(b"final")])
+    adapter = LoadBalancingAdapter([backend.url])
+    session = requests.Session()
+    session.mount(VHOST + "/", adapter)
+    response = session.get(f"{VHOST}/start")
+    assert (response.status_code, response.content) == (200, b"final")
+    assert response.history[0].status_code == 302 and response.url == f"{VHOST}/next"
+    assert adapter.balancer.stats()[0]["failures"] == 0
+
+
+def test_elapsed_is_the_time_to_the_response_head(raw_backend):
+    backend = raw_backend([b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nab", 0.3, b"cd"])
+    started = time.perf_counter()
+    response = session_for(backend.url).get(f"{VHOST}/")
+    assert response.content == b"abcd" and time.perf_counter() - started >= 0.3
+    assert response.elapsed.total_seconds() < 0.15          # requests: "unaffected by
+                                                            # consuming the response content"
+
+
 # -- the WSGI middleware under real servers -----------------------------------------------
 
 def _gunicorn(fd: int) -> list[str]:
