@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import importlib.util
+import signal
 import socket
 import sys
 import time
@@ -29,7 +30,9 @@ from .proxy_settings import ProxySettings
 
 __all__ = ["load_settings", "make_app", "app_from_env", "choose_server", "bind", "serve"]
 
-SERVERS = ("granian", "uvicorn")
+# The modules each server needs: under uvicorn the gateway's protocol (head timeout,
+# connection limit, no trailers as headers) extends uvicorn's httptools protocol.
+SERVERS = {"granian": ("granian",), "uvicorn": ("uvicorn", "httptools")}
 
 
 def load_settings(environ: Mapping[str, str] | None = None, **overrides) -> ProxySettings:
@@ -51,15 +54,18 @@ def app_from_env() -> LoadBalancerMiddleware:
 def choose_server(settings: ProxySettings) -> str:
     """``"granian"`` or ``"uvicorn"`` for ``settings.server``; ConfigError if not installed."""
     wanted = settings.server
-    installed = [name for name in SERVERS if importlib.util.find_spec(name) is not None]
+    missing = {name: [m for m in modules if importlib.util.find_spec(m) is None]
+               for name, modules in SERVERS.items()}
+    installed = [name for name in SERVERS if not missing[name]]
     if wanted == "auto":
         if not installed:
             raise ConfigError("no HTTP server for the gateway: pip install 'lbmiddleware[gateway]'"
-                              " (granian or uvicorn)")
+                              " (granian, or uvicorn with httptools)")
         return installed[0]
     if wanted not in installed:
-        raise ConfigError(f"LB_SERVER has value {wanted!r}: {wanted} is not installed "
-                          f"(pip install {wanted})")
+        names = " ".join(missing[wanted])
+        raise ConfigError(f"LB_SERVER has value {wanted!r}: {names} is not installed "
+                          f"(pip install {names})")
     return wanted
 
 
@@ -109,19 +115,95 @@ def serve(settings: ProxySettings, *, out: TextIO = sys.stdout) -> None:
 def _serve_uvicorn(settings: ProxySettings, sock: socket.socket) -> None:
     import uvicorn
 
-    has = importlib.util.find_spec
     config = uvicorn.Config(
         make_app(settings), lifespan="on", access_log=False, log_level="warning",
-        loop="uvloop" if has("uvloop") else "asyncio",
-        http="httptools" if has("httptools") else "h11",
-        proxy_headers=False, server_header=False, date_header=False,
+        loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
+        http=_uvicorn_protocol(settings), proxy_headers=False, server_header=False,
+        date_header=False,
+        # a backstop: GatewayProtocol closes the connections after shutdown_timeout, and
+        # the proxy ends its exchanges when it sees them gone; tasks left are cancelled.
+        timeout_graceful_shutdown=settings.shutdown_timeout + 1.0,
     )
     server = uvicorn.Server(config)
-    if config.loop == "uvloop":
-        import uvloop
-        uvloop.run(server.serve(sockets=[sock]))
-    else:
-        asyncio.run(server.serve(sockets=[sock]))
+    # uvicorn shuts down on SIGTERM, then raises it again for the handler it found; by
+    # default that kills the process (status -15): make it a KeyboardInterrupt, as SIGINT.
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        if config.loop == "uvloop":
+            import uvloop
+            uvloop.run(server.serve(sockets=[sock]))
+        else:
+            asyncio.run(server.serve(sockets=[sock]))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+_TOO_MANY = b"503 Service Unavailable: too many connections\n"
+_SERVICE_UNAVAILABLE = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+                        b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+                        % (len(_TOO_MANY), _TOO_MANY))
+
+
+def _uvicorn_protocol(settings: ProxySettings) -> type:
+    """uvicorn's httptools protocol with the gateway's limits (``settings``)."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class GatewayProtocol(HttpToolsProtocol):
+        """Adds what uvicorn lacks and granian has: a time limit on each request head
+        (from the connection's start, or the head's first byte on a kept-alive one; data
+        arriving does not extend it), a limit on client connections (beyond it: 503 and
+        close at once, so slow clients cannot use up file descriptors), and a bounded
+        grace on shutdown. Header fields after the head (chunked trailers) are ignored:
+        uvicorn would append them to ``scope["headers"]`` and the proxy forward them.
+        """
+
+        _in_head = False
+        _head_timer: asyncio.TimerHandle | None = None
+        _close_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            if len(self.connections) > settings.max_connections:
+                transport.write(_SERVICE_UNAVAILABLE)
+                transport.close()
+                return
+            self._head_timer = self.loop.call_later(settings.header_timeout, self._head_late)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            for timer in (self._head_timer, self._close_timer):
+                if timer is not None:
+                    timer.cancel()
+            super().connection_lost(exc)
+
+        def on_message_begin(self) -> None:
+            self._in_head = True
+            if self._head_timer is None:
+                self._head_timer = self.loop.call_later(settings.header_timeout, self._head_late)
+            super().on_message_begin()
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            if self._in_head:
+                super().on_header(name, value)
+
+        def on_headers_complete(self) -> None:
+            self._in_head = False
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+            super().on_headers_complete()
+
+        def _head_late(self) -> None:
+            self._head_timer = None
+            if not self.transport.is_closing():
+                self.transport.close()
+
+        def shutdown(self) -> None:
+            super().shutdown()
+            if not self.transport.is_closing():
+                self._close_timer = self.loop.call_later(settings.shutdown_timeout,
+                                                         self.transport.close)
+
+    return GatewayProtocol
 
 
 def _wait_until_listening(host: str, port: int, alive: Callable[[], bool],
@@ -141,6 +223,7 @@ def _wait_until_listening(host: str, port: int, alive: Callable[[], bool],
 
 def _serve_granian(settings: ProxySettings, host: str, port: int, banner: Callable[[], None]) -> None:
     from granian.constants import HTTPModes, Interfaces, Loops
+    from granian.http import HTTP1Settings
     from granian.log import LogLevels
     from granian.server import Server
 
@@ -162,5 +245,8 @@ def _serve_granian(settings: ProxySettings, host: str, port: int, banner: Callab
     server = AnnouncingServer(
         "lbmiddleware.gateway:make_app", address=host, port=port, interface=Interfaces.ASGI,
         workers=1, loop=Loops.uvloop if importlib.util.find_spec("uvloop") else Loops.asyncio,
-        http=HTTPModes.http1, websockets=False, log_level=LogLevels.warning, log_access=False)
+        http=HTTPModes.http1, websockets=False, log_level=LogLevels.warning, log_access=False,
+        http1_settings=HTTP1Settings(header_read_timeout=round(settings.header_timeout * 1000)),
+        backpressure=settings.max_connections,      # connections a worker accepts at once
+        workers_kill_timeout=settings.shutdown_timeout)     # then the worker is killed
     server.serve(target_loader=functools.partial(make_app, settings), wrap_loader=False)

@@ -12,7 +12,7 @@ import ipaddress
 import re
 from typing import Any
 
-from .config import Settings, parse_flag, setting
+from .config import Settings, _count, _positive_duration, parse_flag, setting
 from .proxy import normalize_prefix
 
 __all__ = ["ForwardingSettings", "ProxySettings", "parse_listen"]
@@ -46,6 +46,13 @@ def _size(value: Any) -> int:
         number = int(match.group(1)) * {"": 1, "k": 1024, "m": 1024 * 1024}[match.group(2).lower()]
     if number < 0:
         raise ValueError("must not be negative")
+    return number
+
+
+def _positive_count(value: Any) -> int:
+    number = _count(value)
+    if number == 0:
+        raise ValueError("must be at least 1")
     return number
 
 
@@ -101,6 +108,18 @@ class ProxySettings(ForwardingSettings):
     listen: str = dataclasses.field(
         default="127.0.0.1:8000", metadata=setting("LB_LISTEN", _listen,
                                                    "gateway address HOST:PORT (serve command)"))
+    shutdown_timeout: float = dataclasses.field(
+        default=30.0, metadata=setting("LB_SHUTDOWN_TIMEOUT", _positive_duration,
+                                       "gateway: on SIGTERM, seconds that requests in flight "
+                                       "may take before their connections are closed"))
+    header_timeout: float = dataclasses.field(
+        default=30.0, metadata=setting("LB_HEADER_TIMEOUT", _positive_duration,
+                                       "gateway: seconds a client has to send a request head "
+                                       "before its connection is closed"))
+    max_connections: int = dataclasses.field(
+        default=512, metadata=setting("LB_MAX_CONNECTIONS", _positive_count,
+                                      "gateway: client connections served at once; more wait "
+                                      "(granian) or get 503 (uvicorn)"))
 
     @property
     def listen_address(self) -> tuple[str, int]:

@@ -140,3 +140,159 @@ def test_a_backend_named_by_host_name_or_on_https_never_freezes_the_gateway(
             finally:
                 gateway.stop()
         assert not failures, f"{len(failures)} of {STARTS} starts failed: {failures}"
+
+
+# -- item 6: a bounded grace period on SIGTERM -----------------------------------------
+
+class EndlessStream:
+    """A loopback backend answering every request with a chunked body that never ends:
+    a chunk every 0.1 s until the client leaves or ``stop()`` (bounded to 30 s)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.stopped = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._stream, args=(conn,), daemon=True).start()
+
+    def _stream(self, conn: socket.socket) -> None:
+        with conn:
+            if read_request_head(conn.makefile("rb")) is None:
+                return
+            try:
+                conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                deadline = time.monotonic() + 30
+                while not self.stopped.wait(0.1) and time.monotonic() < deadline:
+                    conn.sendall(b"5\r\ntick\n\r\n")
+            except OSError:
+                return
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.sock.close()
+
+
+@pytest.fixture
+def endless():
+    backend = EndlessStream()
+    yield backend
+    backend.stop()
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_sigterm_ends_an_endless_stream_after_the_grace_period_and_exits_0(server, endless):
+    environ = gateway_env(server, endless.url, LB_SHUTDOWN_TIMEOUT="1s")
+    with Gateway(environ) as gateway, \
+            socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as client:
+        client.sendall(b"GET /stream HTTP/1.1\r\nHost: gw\r\n\r\n")
+        received = b""
+        while b"tick" not in received:
+            received += client.recv(65536)
+        assert received.startswith(b"HTTP/1.1 200 ")
+        status, seconds = gateway.terminate(6)
+        assert status == 0 and seconds < 5, (status, seconds)
+        assert "Traceback" not in gateway.stop()
+        client.settimeout(2)
+        try:
+            while client.recv(65536):       # the rest of what was sent, then the end
+                pass
+        except ConnectionResetError:
+            pass
+
+
+# -- item 9: chunked trailers are not request headers ----------------------------------
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_a_chunked_trailer_never_reaches_the_backend_as_a_header(server, backends):
+    with Gateway(gateway_env(server, backends[0].url)) as gateway, \
+            socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as client:
+        client.sendall(b"POST /upload HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n"
+                       b"3\r\nabc\r\n0\r\nX-Trailer-Smuggled: 1\r\n\r\n")
+        reader = client.makefile("rb")
+        assert reader.readline().startswith(b"HTTP/1.1 200 ")
+    (method, path, headers, body), = backends[0].received
+    assert (method, path, body) == ("POST", "/upload", b"abc")
+    assert "X-Trailer-Smuggled" not in headers and "x-trailer-smuggled" not in headers
+
+
+# -- item 10: a bounded head time and a bounded number of client connections ------------
+
+def closed_within(sock: socket.socket, seconds: float, trickle: bytes = b"") -> bool:
+    """Whether the peer closes ``sock`` within ``seconds`` while we send ``trickle`` (one
+    byte every 0.1 s, as a slowloris client does)."""
+    deadline = time.monotonic() + seconds
+    sock.setblocking(False)
+    sent = 0
+    while time.monotonic() < deadline:
+        if select.select([sock], [], [], 0.1)[0]:
+            try:
+                return sock.recv(65536) == b""
+            except ConnectionResetError:
+                return True
+        if sent < len(trickle):
+            try:
+                sock.send(trickle[sent:sent + 1])
+            except (BrokenPipeError, ConnectionResetError):
+                return True
+            sent += 1
+    return False
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_a_request_head_that_never_ends_is_closed_after_the_header_timeout(server, backends):
+    with Gateway(gateway_env(server, backends[0].url, LB_HEADER_TIMEOUT="500ms")) as gateway:
+        with socket.create_connection(("127.0.0.1", gateway.port)) as silent, \
+                socket.create_connection(("127.0.0.1", gateway.port)) as slow:
+            slow.sendall(b"GET /api/ HTTP/1.1\r\n")
+            assert closed_within(slow, 2.5, trickle=b"X-Slow: " + b"a" * 100)
+            assert closed_within(silent, 0.5)
+        # a request sent in time is served
+        assert requests.get(f"{gateway.url}/x", timeout=5).status_code == 200
+
+
+def get_on(sock: socket.socket, timeout: float = 5.0) -> bytes:
+    """One GET on a kept-alive connection: the response's status line, or b"" at EOF."""
+    sock.settimeout(timeout)
+    sock.sendall(b"GET /x HTTP/1.1\r\nHost: gw\r\n\r\n")
+    received = b""
+    try:
+        while b"\r\n\r\n" not in received or not received.endswith(b"}"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            received += chunk
+    except ConnectionResetError:
+        pass
+    return received.split(b"\r\n", 1)[0]
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_connections_beyond_the_limit_are_turned_away_or_wait(server, backends):
+    """uvicorn answers 503 and closes a connection beyond the limit; granian leaves it in
+    the listen backlog (no file descriptor used) until a connection ends."""
+    with Gateway(gateway_env(server, backends[0].url, LB_MAX_CONNECTIONS="5")) as gateway:
+        address = ("127.0.0.1", gateway.port)
+        clients = [socket.create_connection(address) for _ in range(5)]
+        try:
+            assert [get_on(c) for c in clients] == [b"HTTP/1.1 200 OK"] * 5
+            with socket.create_connection(address) as sixth:
+                if server == "uvicorn":
+                    assert get_on(sixth) in (b"HTTP/1.1 503 Service Unavailable", b"")
+                else:
+                    with pytest.raises(socket.timeout):         # not accepted yet
+                        get_on(sixth, timeout=0.5)
+                assert [get_on(c) for c in clients] == [b"HTTP/1.1 200 OK"] * 5
+                if server == "granian":
+                    clients.pop().close()
+                    sixth.settimeout(5)
+                    assert sixth.recv(65536).startswith(b"HTTP/1.1 200 OK")
+        finally:
+            for client in clients:
+                client.close()
