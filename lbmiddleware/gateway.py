@@ -1,7 +1,7 @@
 """The gateway: the ASGI proxy alone, under an HTTP server, configured from ``LB_*``.
 
 ``python -m lbmiddleware serve`` calls :func:`serve`. The server is chosen by
-``LB_SERVER`` [auto]: granian when it is installed, else uvicorn (with httptools and
+``LB_SERVER`` [auto]: granian when it is installed, else uvicorn with httptools (and
 uvloop when installed). Both run one worker with no access log; measured with
 ``benchmarks/bench_proxy.py`` on the same middleware, granian serves about 25% more
 requests per second (its HTTP layer is native code), so ``auto`` prefers it.
@@ -11,6 +11,13 @@ so ``LB_LISTEN=127.0.0.1:0`` gets a port from the OS with no race; granian's wor
 its own socket, so for port 0 a free port is looked up first and handed to it, and the
 address is printed once it accepts connections (probed after granian forked its worker:
 no thread of ours is alive across a fork).
+
+Both servers get the same bounds: ``LB_HEADER_TIMEOUT`` for a request head,
+``LB_MAX_CONNECTIONS`` client connections (granian's ``backpressure`` leaves more in the
+listen backlog; under uvicorn they are answered 503), and ``LB_SHUTDOWN_TIMEOUT`` for
+requests in flight after SIGTERM (granian's ``workers_kill_timeout``). uvicorn has no head
+timeout and forwards chunked trailers as headers: :func:`_uvicorn_protocol` adds the one
+and drops the other.
 """
 
 from __future__ import annotations
@@ -161,7 +168,7 @@ def _uvicorn_protocol(settings: ProxySettings) -> type:
         _head_timer: asyncio.TimerHandle | None = None
         _close_timer: asyncio.TimerHandle | None = None
 
-        def connection_made(self, transport) -> None:
+        def connection_made(self, transport: asyncio.Transport) -> None:
             super().connection_made(transport)
             if len(self.connections) > settings.max_connections:
                 transport.write(_SERVICE_UNAVAILABLE)
@@ -246,7 +253,7 @@ def _serve_granian(settings: ProxySettings, host: str, port: int, banner: Callab
         "lbmiddleware.gateway:make_app", address=host, port=port, interface=Interfaces.ASGI,
         workers=1, loop=Loops.uvloop if importlib.util.find_spec("uvloop") else Loops.asyncio,
         http=HTTPModes.http1, websockets=False, log_level=LogLevels.warning, log_access=False,
-        http1_settings=HTTP1Settings(header_read_timeout=round(settings.header_timeout * 1000)),
+        http1_settings=HTTP1Settings(header_read_timeout=max(1, round(settings.header_timeout * 1000))),
         backpressure=settings.max_connections,      # connections a worker accepts at once
         workers_kill_timeout=settings.shutdown_timeout)     # then the worker is killed
     server.serve(target_loader=functools.partial(make_app, settings), wrap_loader=False)

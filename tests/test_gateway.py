@@ -119,6 +119,12 @@ def test_spoofed_x_forwarded_for_is_appended_not_believed(gateway, backends):
     ({"LB_BACKENDS": "http://127.0.0.1:1", "LB_LISTEN": "nowhere"}, "LB_LISTEN has value 'nowhere'"),
     ({}, "LB_BACKENDS is not set"),
     ({"LB_BACKENDS": "http://127.0.0.1:1", "LB_SERVER": "gunicorn"}, "LB_SERVER has value 'gunicorn'"),
+    ({"LB_BACKENDS": "http://127.0.0.1:1", "LB_MAX_CONNECTIONS": "0"},
+     "LB_MAX_CONNECTIONS has value '0': must be at least 1"),
+    ({"LB_BACKENDS": "http://127.0.0.1:1", "LB_HEADER_TIMEOUT": "0"},
+     "LB_HEADER_TIMEOUT has value '0': must be greater than zero"),
+    ({"LB_BACKENDS": "http://127.0.0.1:1", "LB_SHUTDOWN_TIMEOUT": "soon"},
+     "LB_SHUTDOWN_TIMEOUT has value 'soon': not a duration"),
 ])
 def test_a_bad_setting_prints_the_config_error_and_exits_2(environ, message):
     result = run_serve(environ)
@@ -170,3 +176,17 @@ def test_the_gateway_stops_cleanly_on_sigterm(backends):
     assert json.loads(requests.get(process.url, timeout=5).text)["server"] == "a"
     errors = process.stop()
     assert "Traceback" not in errors
+
+
+def test_uvicorn_is_chosen_only_with_httptools(monkeypatch):
+    """The gateway's uvicorn protocol (head timeout, connection limit) extends httptools'."""
+    from lbmiddleware import gateway
+    settings = ProxySettings(backends=["http://127.0.0.1:1"])
+    real = gateway.importlib.util.find_spec
+    monkeypatch.setattr(gateway.importlib.util, "find_spec",
+                        lambda name: None if name in ("granian", "httptools") else real(name))
+    with pytest.raises(lb_errors.ConfigError, match="LB_SERVER has value 'uvicorn': httptools is "
+                                                    r"not installed \(pip install httptools\)"):
+        gateway.choose_server(settings.replace(server="uvicorn"))
+    with pytest.raises(lb_errors.ConfigError, match="granian, or uvicorn with httptools"):
+        gateway.choose_server(settings)
