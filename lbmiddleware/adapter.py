@@ -165,6 +165,7 @@ class LoadBalancingAdapter(HTTPAdapter):
             options["backends"] = backends
         if policy is not None:
             options["policy"] = policy
+        own_balancer = balancer is None
         if balancer is None:
             settings = AdapterSettings(**options)
             balancer = Balancer(settings=settings)
@@ -172,6 +173,7 @@ class LoadBalancingAdapter(HTTPAdapter):
             settings = AdapterSettings.sharing(balancer.settings, **options)
         self.balancer = balancer
         self.settings = settings
+        self._owns_balancer = own_balancer
         self.key_func = key_func
         self._timer = timer
         self._default_timeout = (settings.connect_timeout, settings.read_timeout)
@@ -197,7 +199,7 @@ class LoadBalancingAdapter(HTTPAdapter):
         settings = AdapterSettings.from_env(
             environ, **{k: v for k, v in overrides.items() if k in names})
         rest = {k: v for k, v in overrides.items() if k not in names}
-        return cls(balancer=Balancer(settings=settings), key_func=key_func, **rest)
+        return cls(key_func=key_func, **rest, **_fields(settings))
 
     # -- the two overridden steps -------------------------------------------------------
 
@@ -347,11 +349,40 @@ class LoadBalancingAdapter(HTTPAdapter):
             if pools is not None and getattr(pools, "_maxsize", needed) < needed:
                 pools._maxsize = needed
 
+    # -- pickling (requests promises picklable Sessions) ----------------------------------
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The parent's state plus the settings (with the backends as they are now),
+        ``key_func`` and ``timer``: the unpickled adapter starts a fresh pool from them, as
+        the parent starts fresh urllib3 pools. A shared ``balancer=`` is refused: the copy
+        could not share it."""
+        if not self._owns_balancer:
+            raise TypeError(
+                "a LoadBalancingAdapter built with balancer= cannot be pickled: its Balancer "
+                "is shared, and an unpickled copy could not share it; pickle an adapter built "
+                "from settings (backends=..., policy=...) instead")
+        settings = self.settings.replace(backends=self.balancer.backends)
+        return {**super().__getstate__(), "settings": settings, "key_func": self.key_func,
+                "timer": self._timer}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        LoadBalancingAdapter.__init__(
+            self, key_func=state["key_func"], timer=state["timer"],
+            pool_connections=state["_pool_connections"], pool_maxsize=state["_pool_maxsize"],
+            max_retries=state["max_retries"], pool_block=state["_pool_block"],
+            **_fields(state["settings"]))
+        self.config = state["config"]
+
     def __repr__(self) -> str:
         return f"<LoadBalancingAdapter {self.balancer!r}>"
 
 
 # -- helpers ------------------------------------------------------------------------------
+
+def _fields(settings: AdapterSettings) -> dict[str, Any]:
+    """The settings as keyword arguments of the constructor."""
+    return {field.name: getattr(settings, field.name) for field in dataclasses.fields(settings)}
+
 
 def _read_final_responses(manager: Any) -> None:
     """Make the pools that ``manager`` (a urllib3 pool or proxy manager) creates read their

@@ -555,5 +555,33 @@ def test_bad_keyword_arguments():
     assert adapter.settings.retry_non_idempotent is True
 
 
+def test_a_pickled_session_has_a_working_adapter_with_a_fresh_pool(backends):
+    a, b, c = backends
+    adapter = LoadBalancingAdapter([a.url, b.url], policy="least_conn", retries=1,
+                                   preserve_host=True, max_retries=Retry(total=2), pool_maxsize=3)
+    adapter.balancer.update([a.url, b.url, c.url])            # the membership as it is now
+    session = mounted(adapter)
+    session.get(f"{VHOST}/")
+    copy = pickle.loads(pickle.dumps(session))
+    moved = copy.get_adapter(f"{VHOST}/")
+    assert isinstance(moved, LoadBalancingAdapter) and moved is not adapter
+    assert (moved.settings.policy, moved.settings.retries, moved.settings.preserve_host) == (
+        "least_conn", 1, True)
+    assert (moved.max_retries.total, moved._pool_maxsize) == (2, 3)
+    assert [row["requests"] for row in moved.balancer.stats()] == [0, 0, 0]
+    counts = Counter(served_by(copy.get(f"{VHOST}/")) for _ in range(6))
+    assert counts == {"a": 2, "b": 2, "c": 2}
+    assert copy.get(f"{VHOST}/").json()["headers"]["Host"] == "svc"
+    environ = {"LB_BACKENDS": a.url}
+    from_env = pickle.loads(pickle.dumps(LoadBalancingAdapter.from_env(environ)))
+    assert [b.url for b in from_env.balancer.backends] == [a.url]
+
+
+def test_an_adapter_on_a_shared_balancer_refuses_to_be_pickled(backends):
+    session = mounted(LoadBalancingAdapter(balancer=lb.Balancer([backends[0].url])))
+    with pytest.raises(TypeError, match="balancer= cannot be pickled"):
+        pickle.dumps(session)
+
+
 def test_exported_lazily_from_the_package():
     assert lb.LoadBalancingAdapter is LoadBalancingAdapter
