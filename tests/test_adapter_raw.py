@@ -151,6 +151,14 @@ def test_interim_responses_are_skipped_and_never_reach_the_next_caller(raw_backe
     assert backend.connections == 1            # the connection was reused, and in step
 
 
+def test_interim_responses_arriving_with_the_final_one_are_skipped(raw_backend):
+    backend = raw_backend([EARLY_HINTS + PROCESSING + ok(b"one")], [ok(b"two")])
+    session = session_for(backend.url)
+    assert session.get(f"{VHOST}/1").content == b"one"
+    assert session.get(f"{VHOST}/2").content == b"two"
+    assert backend.connections == 1
+
+
 def test_interim_responses_are_skipped_over_https(raw_backend, certificate):
     cert, key = certificate
     tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
