@@ -8,6 +8,7 @@ with its parent and never outlives the test.
 from __future__ import annotations
 
 import os
+import re
 import select
 import signal
 import socket
@@ -30,7 +31,6 @@ class Gateway(GatewayProcess):
     banner is awaited for ``timeout`` seconds, and ``terminate()`` reports how it ended."""
 
     def start(self, timeout: float = 15.0) -> "Gateway":
-        import re
         self.process = subprocess.Popen(self.args, env=self.environ, stdout=subprocess.PIPE,
                                         stderr=subprocess.PIPE, text=True, start_new_session=True)
         ready, _, _ = select.select([self.process.stdout], [], [], timeout)
