@@ -4,6 +4,13 @@ A :class:`_Connection` sends a request head and body and parses the response hea
 :class:`Response` it returns streams a ``Content-Length``, chunked or read-to-close body
 under flow control (the socket stops being read while more than :data:`HIGH_WATER` bytes
 wait). Pooling and connecting are :mod:`lbmiddleware.upstream`'s. Standard library only.
+
+Interim ``1xx`` heads are skipped. A head that arrives while the request body is still
+being sent is delivered at once and stops the upload (the connection is then not reused).
+Anything outside the HTTP/1.1 grammar (a status outside 100-599, an unasked ``101``, a
+control character, a chunk-size line that is not hex digits) is a :class:`ProtocolError`
+and closes the connection; the ASGI proxy answers 502 and counts it as a failure of the
+backend, as it would a 502 from the backend itself.
 """
 
 from __future__ import annotations
@@ -612,8 +619,9 @@ class _Connection(asyncio.Protocol):
         waiter = self._head_waiter
         answered, self._answered = self._answered, None
         if waiter is not None and not waiter.done():
-            # The head came in this same read: a complete response stands; else nothing
-            # has reached the proxy's client yet and the attempt fails cleanly.
+            # No head handed over yet (none came, or one came in this same read): a
+            # complete response stands; else the attempt fails cleanly (a 502, not a cut
+            # response), as nothing has reached the proxy's client.
             waiter.set_result(answered if answered is not None and answered.complete else exc)
             self._response = None
         elif self._response is not None:
