@@ -469,25 +469,29 @@ def _renamed(base: type, args: tuple, state: dict) -> Exception:
 
 
 def _read_body(response: Response) -> None:
-    """Read the whole body inside the attempt, undecoded, and give requests a raw response
-    over the bytes read, which it reads and decodes after the attempt as it would have read
-    the connection (and tolerates a false ``Content-Encoding`` on a redirect it follows).
-    Read errors are translated as ``Response.iter_content`` translates them."""
+    """Read the whole body inside the attempt, without decoding it: decoding is requests'
+    business, after the attempt (it tolerates a false ``Content-Encoding`` on a redirect
+    it follows). An encoded body is read raw, and requests is given a raw response over the
+    bytes read, which it reads and decodes as it would have read the connection. Read
+    errors are translated as ``Response.iter_content`` translates them."""
     raw = response.raw
     started = time.perf_counter()
-    try:
-        data = raw.read(decode_content=False)
-    except ProtocolError as exc:
-        raise ChunkedEncodingError(exc) from exc
-    except ReadTimeoutError as exc:
-        raise requests.ConnectionError(exc) from exc
-    except SSLError as exc:
-        raise requests.exceptions.SSLError(exc) from exc
-    response.raw = HTTPResponse(
-        body=io.BytesIO(data), headers=raw.headers, status=raw.status, version=raw.version,
-        version_string=raw.version_string, reason=raw.reason, preload_content=False,
-        original_response=raw._original_response,        # requests reads cookies from it
-        retries=raw.retries, enforce_content_length=False, request_url=raw.url)
+    if "Content-Encoding" not in raw.headers:
+        response.content                 # nothing to decode: the fast path of requests
+    else:
+        try:
+            data = raw.read(decode_content=False)
+        except ProtocolError as exc:
+            raise ChunkedEncodingError(exc) from exc
+        except ReadTimeoutError as exc:
+            raise requests.ConnectionError(exc) from exc
+        except SSLError as exc:
+            raise requests.exceptions.SSLError(exc) from exc
+        response.raw = HTTPResponse(
+            body=io.BytesIO(data), headers=raw.headers, status=raw.status, version=raw.version,
+            version_string=raw.version_string, reason=raw.reason, preload_content=False,
+            original_response=raw._original_response,    # requests reads cookies from it
+            retries=raw.retries, enforce_content_length=False, request_url=raw.url)
     response.__class__ = _BodyReadResponse
     response._body_time = datetime.timedelta(seconds=time.perf_counter() - started)
 

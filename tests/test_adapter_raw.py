@@ -11,6 +11,7 @@ subprocesses serving on a socket bound here to a port chosen by the OS).
 from __future__ import annotations
 
 import contextlib
+import gzip
 import os
 import socket
 import ssl
@@ -216,8 +217,13 @@ def test_a_redirect_whose_body_fails_to_decode_is_followed(raw_backend):
     assert adapter.balancer.stats()[0]["failures"] == 0
 
 
-def test_elapsed_is_the_time_to_the_response_head(raw_backend):
-    backend = raw_backend([b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nab", 0.3, b"cd"])
+@pytest.mark.parametrize("encoding", [None, "gzip"])
+def test_elapsed_is_the_time_to_the_response_head(raw_backend, encoding):
+    body = gzip.compress(b"abcd") if encoding else b"abcd"
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n" % len(body)
+    if encoding:
+        head += b"Content-Encoding: gzip\r\n"
+    backend = raw_backend([head + b"\r\n" + body[:2], 0.3, body[2:]])
     started = time.perf_counter()
     response = session_for(backend.url).get(f"{VHOST}/")
     assert response.content == b"abcd" and time.perf_counter() - started >= 0.3
