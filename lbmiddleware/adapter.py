@@ -57,7 +57,9 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import requests
 from requests.adapters import DEFAULT_POOLBLOCK, DEFAULT_POOLSIZE, DEFAULT_RETRIES, HTTPAdapter
-from requests.exceptions import ChunkedEncodingError, ConnectTimeout, ProxyError, RetryError, Timeout
+from requests.exceptions import (
+    ChunkedEncodingError, ConnectTimeout, ProxyError, RetryError, Timeout,
+)
 from requests.models import PreparedRequest, Response
 from urllib3 import HTTPResponse
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
