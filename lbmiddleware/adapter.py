@@ -94,7 +94,8 @@ class UnusableResponse(http.client.HTTPException):
 
 
 class FinalResponse(http.client.HTTPResponse):
-    """An ``http.client`` response that reads past every interim (1xx) response but ``101``.
+    """An ``http.client`` response that reads past every interim (1xx) response but ``101``
+    and refuses a status above 599 (which a WSGI server could not send on).
 
     ``HTTPResponse.begin`` skips only ``100 Continue``; any other 1xx would be returned as
     the final response with an empty body, and the final one read by the connection's next
@@ -103,7 +104,9 @@ class FinalResponse(http.client.HTTPResponse):
     def _read_status(self) -> tuple[str, int, str]:
         for _ in range(MAX_INTERIM + 1):
             version, status, reason = super()._read_status()
-            if not 100 <= status < 200:
+            if status >= 600:     # http.client takes up to 999; RFC 9110 defines 100-599
+                raise UnusableResponse(f"the backend answered status {status}, outside 100-599")
+            if status >= 200:
                 return version, status, reason
             if status == 101:
                 raise UnusableResponse(

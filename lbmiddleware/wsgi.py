@@ -130,8 +130,8 @@ class WSGILoadBalancer:
             request = self.upstream_request(environ, path)
             response = self.adapter.send(request, stream=True, timeout=None,
                                          verify=self._verify, cert=self._cert, proxies={})
-        except UnsafeRequest as exc:
-            return _error(start_response, 400, str(exc))
+        except UnsafeRequest as exc:            # 400, or 501 for a WebSocket handshake
+            return _error(start_response, exc.status, str(exc))
         except _ClientGone:
             return _error(start_response, 400, "the request body ended early")
         except NoHealthyBackend:

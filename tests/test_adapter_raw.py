@@ -195,6 +195,31 @@ def test_an_unrequested_101_fails_the_attempt_and_closes_its_connection(raw_back
     assert backend.connections == 2            # the switched connection was not reused
 
 
+@pytest.mark.parametrize("status_line", [b"HTTP/1.1 999 Nope", b"HTTP/1.1 600 Nope",
+                                         b"HTTP/1.1 099 Nope"])
+def test_a_status_outside_100_to_599_fails_the_attempt_and_closes_its_connection(
+        raw_backend, status_line):
+    backend = raw_backend([status_line + b"\r\nContent-Length: 0\r\n\r\n"], [ok(b"second")])
+    adapter = LoadBalancingAdapter([backend.url], pool_maxsize=1)
+    session = requests.Session()
+    session.mount(VHOST + "/", adapter)
+    with pytest.raises(requests.ConnectionError) as info:
+        session.get(f"{VHOST}/1")
+    assert status_line[9:12].decode() in str(info.value) and backend.url in str(info.value)
+    assert adapter.balancer.stats()[0]["failures"] == 1
+    second = session.get(f"{VHOST}/2")
+    assert (second.status_code, second.content) == (200, b"second")
+    assert backend.connections == 2
+
+
+def test_wsgi_answers_a_status_outside_100_to_599_with_502(raw_backend, wsgi_server):
+    backend = raw_backend([b"HTTP/1.1 999 Nope\r\nContent-Length: 0\r\n\r\n"], [ok(b"second")])
+    url = wsgi_server(backend.url)
+    assert requests.get(url + "/1", timeout=10).status_code == 502
+    second = requests.get(url + "/2", timeout=10)
+    assert (second.status_code, second.content) == (200, b"second")
+
+
 def test_an_endless_run_of_interim_responses_is_refused(raw_backend):
     backend = raw_backend([EARLY_HINTS * 1000])
     with pytest.raises(requests.ConnectionError, match="interim"):

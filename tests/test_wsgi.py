@@ -654,3 +654,12 @@ def test_the_example_app_serves_its_page_and_proxies_api(backends):
     assert call(app, environ_for(path="/")).body.startswith(b"This page comes from the app")
     served = [call(app, environ_for(path="/api/items")).json()["server"] for _ in range(3)]
     assert served == ["a", "b", "c"]
+
+
+def test_a_websocket_handshake_is_refused_with_501_and_never_forwarded(backends):
+    middleware = WSGILoadBalancer(None, backends=[backends[0].url])
+    result = call(middleware, environ_for(path="/chat", headers={
+        "Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}))
+    assert result.code == 501 and b"WebSockets are not proxied" in result.body
+    assert backends[0].requests == 0
