@@ -20,6 +20,7 @@ test-core: $(INSTALLED)
 bench: $(INSTALLED)
 	$(VENV)/bin/python benchmarks/bench_pick.py
 	$(VENV)/bin/python benchmarks/bench_adapter.py
+	$(VENV)/bin/python benchmarks/bench_chunked.py
 
 quality: $(BENCH_INSTALLED)
 	$(VENV)/bin/python benchmarks/bench_quality.py
