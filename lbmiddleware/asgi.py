@@ -40,6 +40,7 @@ from .proxy import (BINARY, ClientAddress, UnsafeRequest, error_response, join_t
                     match_prefix, may_retry, quote_path, sticky_key)
 from .proxy_settings import ProxySettings
 from .deadlines import Deadlines
+from .http1 import NO_BODY_STATUSES
 from .upstream import Response, Upstream, UpstreamError
 
 __all__ = ["LoadBalancerMiddleware"]
@@ -411,6 +412,10 @@ class _Exchange:
         send = self.send
         # ASGI header names are lower-case (Starlette's Headers, GZipMiddleware rely on it).
         headers = [(name.lower(), value) for name, value in BINARY.response_headers(response.headers)]
+        if response.status in NO_BODY_STATUSES:
+            # A 304 may state its 200's length (RFC 9110 8.6); a server that checks the body
+            # against it (uvicorn) would cut the connection: no body, no length.
+            headers = [(name, value) for name, value in headers if name != b"content-length"]
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         chunk = response.take()
         if response.complete:

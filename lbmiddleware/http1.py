@@ -66,7 +66,8 @@ class _StaleConnection(ProtocolError):
     """A reused keep-alive connection closed before any response byte arrived."""
 
 
-_NO_BODY_STATUSES = frozenset({204, 304})
+#: Statuses whose response never has a body, whatever its Content-Length says (RFC 9110).
+NO_BODY_STATUSES = frozenset({204, 304})
 _FRAMING_HEADERS = frozenset({b"content-length", b"transfer-encoding", b"connection"})
 # The grammar of RFC 9110 §5.6 and RFC 9112 §4 and §7.1, strictly: what the backend sends
 # is passed on by an ASGI server that rejects control characters and odd statuses (uvicorn
@@ -494,7 +495,7 @@ class _Connection(asyncio.Protocol):
         response.keep_alive = keep_alive
         response._connection = self
         self._response = response
-        if self._head_request or status in _NO_BODY_STATUSES:
+        if self._head_request or status in NO_BODY_STATUSES:
             self._state = "length"
             self._remaining = 0
         elif chunked:
