@@ -50,6 +50,7 @@ import functools
 import http.client
 import io
 import itertools
+import re
 import time
 import urllib.parse
 import weakref
@@ -93,9 +94,13 @@ class UnusableResponse(http.client.HTTPException):
     instead of pooling it, and requests raises a ``ConnectionError`` (a backend failure)."""
 
 
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
 class FinalResponse(http.client.HTTPResponse):
     """An ``http.client`` response that reads past every interim (1xx) response but ``101``
-    and refuses a status above 599 (which a WSGI server could not send on).
+    and refuses a status above 599 or a control character in a header value (which a WSGI
+    server could not send on).
 
     ``HTTPResponse.begin`` skips only ``100 Continue``; any other 1xx would be returned as
     the final response with an empty body, and the final one read by the connection's next
@@ -114,6 +119,15 @@ class FinalResponse(http.client.HTTPResponse):
                     "which requests cannot follow; its connection is closed")
             http.client.parse_headers(self.fp)        # an interim response's fields: dropped
         raise UnusableResponse(f"more than {MAX_INTERIM} interim (1xx) responses")
+
+    def begin(self) -> None:
+        super().begin()
+        # RFC 9110 5.5: a field value holds no control character but tab. http.client keeps
+        # them (and obs-fold line breaks), and a WSGI server would pass them on or fail.
+        for name, value in self.msg.items():
+            if _CONTROL_CHARACTER.search(value):
+                raise UnusableResponse(
+                    f"a control character in the backend's {name!r} header: {value!r}")
 
 
 class NoHealthyBackendError(NoHealthyBackend, requests.ConnectionError):

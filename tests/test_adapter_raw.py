@@ -220,6 +220,31 @@ def test_wsgi_answers_a_status_outside_100_to_599_with_502(raw_backend, wsgi_ser
     assert (second.status_code, second.content) == (200, b"second")
 
 
+@pytest.mark.parametrize("field", [b"X-Bad: a\x01b", b"X-Bad: a\x7fb", b"X-Bad: a\x1bb"])
+def test_a_control_character_in_a_response_header_fails_the_attempt(raw_backend, field):
+    backend = raw_backend([b"HTTP/1.1 200 OK\r\n" + field + b"\r\nContent-Length: 0\r\n\r\n"],
+                          [ok(b"second")])
+    adapter = LoadBalancingAdapter([backend.url], pool_maxsize=1)
+    session = requests.Session()
+    session.mount(VHOST + "/", adapter)
+    with pytest.raises(requests.ConnectionError, match="control character"):
+        session.get(f"{VHOST}/1")
+    assert adapter.balancer.stats()[0]["failures"] == 1
+    second = session.get(f"{VHOST}/2")
+    assert (second.status_code, second.content) == (200, b"second")
+    assert backend.connections == 2
+
+
+def test_wsgi_answers_a_control_character_in_a_response_header_with_502(raw_backend, wsgi_server):
+    backend = raw_backend([b"HTTP/1.1 200 OK\r\nX-Bad: a\x01b\r\nContent-Length: 0\r\n\r\n"],
+                          [ok(b"second")])
+    url = wsgi_server(backend.url)
+    first = requests.get(url + "/1", timeout=10)
+    assert first.status_code == 502 and "X-Bad" not in first.headers
+    second = requests.get(url + "/2", timeout=10)
+    assert (second.status_code, second.content) == (200, b"second")
+
+
 def test_an_endless_run_of_interim_responses_is_refused(raw_backend):
     backend = raw_backend([EARLY_HINTS * 1000])
     with pytest.raises(requests.ConnectionError, match="interim"):
