@@ -127,6 +127,8 @@ def _serve_uvicorn(settings: ProxySettings, sock: socket.socket) -> None:
         loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
         http=_uvicorn_protocol(settings), proxy_headers=False, server_header=False,
         date_header=False,
+        # never upgraded by uvicorn, whatever is installed: the proxy refuses WebSockets
+        ws="none",
         # a backstop: GatewayProtocol closes the connections after shutdown_timeout, and
         # the proxy ends its exchanges when it sees them gone; tasks left are cancelled.
         timeout_graceful_shutdown=settings.shutdown_timeout + 1.0,
@@ -157,8 +159,9 @@ def _uvicorn_protocol(settings: ProxySettings) -> type:
 
     class GatewayProtocol(HttpToolsProtocol):
         """Adds what uvicorn lacks and granian has: a time limit on each request head
-        (from the connection's start, or the head's first byte on a kept-alive one; data
-        arriving does not extend it), a limit on client connections (beyond it: 503 and
+        (from the connection's start, or the head's first byte on a kept-alive one, or
+        for a pipelined head the end of the response before it; data arriving does not
+        extend it), a limit on client connections (beyond it: 503 and
         close at once, so slow clients cannot use up file descriptors), and a bounded
         grace on shutdown. Header fields after the head (chunked trailers) are ignored:
         uvicorn would append them to ``scope["headers"]`` and the proxy forward them.
@@ -184,9 +187,20 @@ def _uvicorn_protocol(settings: ProxySettings) -> type:
 
         def on_message_begin(self) -> None:
             self._in_head = True
+            if self.cycle is None or self.cycle.response_complete:
+                self._start_head_timer()
+            # else a pipelined head while a response streams: its time starts when the
+            # connection is idle (on_response_complete), or it would cut that response
+            super().on_message_begin()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if self._in_head and not self.transport.is_closing():
+                self._start_head_timer()
+
+        def _start_head_timer(self) -> None:
             if self._head_timer is None:
                 self._head_timer = self.loop.call_later(settings.header_timeout, self._head_late)
-            super().on_message_begin()
 
         def on_header(self, name: bytes, value: bytes) -> None:
             if self._in_head:
@@ -203,6 +217,11 @@ def _uvicorn_protocol(settings: ProxySettings) -> type:
             self._head_timer = None
             if not self.transport.is_closing():
                 self.transport.close()
+
+        def _unsupported_upgrade_warning(self) -> None:
+            """Silent: the proxy answers a WebSocket handshake 501 and forwards other
+            upgrades (h2c) as plain requests; uvicorn's two warnings for each such
+            request would only flood the log."""
 
         def shutdown(self) -> None:
             super().shutdown()

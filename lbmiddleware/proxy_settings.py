@@ -56,6 +56,19 @@ def _positive_count(value: Any) -> int:
     return number
 
 
+# The gateway's servers keep their durations in fixed-size integers (granian crashed
+# on a header timeout of 1e17 s at its start, and on a shutdown timeout of 1e12 s on
+# SIGTERM): one day is far beyond any sensible value and far within every server's range.
+MAX_SERVER_DURATION = 86400.0
+
+
+def _server_duration(value: Any) -> float:
+    seconds = _positive_duration(value)
+    if seconds > MAX_SERVER_DURATION:
+        raise ValueError(f"at most {MAX_SERVER_DURATION:.0f} s (one day)")
+    return seconds
+
+
 def parse_listen(text: str) -> tuple[str, int]:
     """``"127.0.0.1:8000"`` / ``"[::1]:8000"`` / ``":8000"`` -> ``(host, port)``."""
     text = text.strip()
@@ -109,11 +122,11 @@ class ProxySettings(ForwardingSettings):
         default="127.0.0.1:8000", metadata=setting("LB_LISTEN", _listen,
                                                    "gateway address HOST:PORT (serve command)"))
     shutdown_timeout: float = dataclasses.field(
-        default=30.0, metadata=setting("LB_SHUTDOWN_TIMEOUT", _positive_duration,
+        default=30.0, metadata=setting("LB_SHUTDOWN_TIMEOUT", _server_duration,
                                        "gateway: on SIGTERM, seconds that requests in flight "
                                        "may take before their connections are closed"))
     header_timeout: float = dataclasses.field(
-        default=30.0, metadata=setting("LB_HEADER_TIMEOUT", _positive_duration,
+        default=30.0, metadata=setting("LB_HEADER_TIMEOUT", _server_duration,
                                        "gateway: seconds a client has to send a request head "
                                        "before its connection is closed"))
     max_connections: int = dataclasses.field(

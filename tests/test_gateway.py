@@ -125,12 +125,27 @@ def test_spoofed_x_forwarded_for_is_appended_not_believed(gateway, backends):
      "LB_HEADER_TIMEOUT has value '0': must be greater than zero"),
     ({"LB_BACKENDS": "http://127.0.0.1:1", "LB_SHUTDOWN_TIMEOUT": "soon"},
      "LB_SHUTDOWN_TIMEOUT has value 'soon': not a duration"),
+    # granian once crashed on them (OverflowError), at its start or on SIGTERM
+    ({"LB_BACKENDS": "http://127.0.0.1:1", "LB_HEADER_TIMEOUT": "1e17"},
+     "LB_HEADER_TIMEOUT has value '1e17': at most 86400 s (one day)"),
+    ({"LB_BACKENDS": "http://127.0.0.1:1", "LB_SHUTDOWN_TIMEOUT": "1e12"},
+     "LB_SHUTDOWN_TIMEOUT has value '1e12': at most 86400 s (one day)"),
 ])
 def test_a_bad_setting_prints_the_config_error_and_exits_2(environ, message):
     result = run_serve(environ)
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+@pytest.mark.parametrize("variable", ["LB_HEADER_TIMEOUT", "LB_SHUTDOWN_TIMEOUT"])
+def test_server_durations_are_bounded_by_one_day(variable):
+    base = {"LB_BACKENDS": "http://127.0.0.1:1"}
+    field = variable[3:].lower()
+    assert getattr(ProxySettings.from_env({**base, variable: "86400s"}), field) == 86400.0
+    for value in ("86400.5", "1e17", "1e400"):
+        with pytest.raises(lb_errors.ConfigError, match=f"{variable} has value '{value}'"):
+            ProxySettings.from_env({**base, variable: value})
 
 
 def test_an_address_in_use_is_an_error_without_traceback():

@@ -146,9 +146,11 @@ def test_a_backend_named_by_host_name_or_on_https_never_freezes_the_gateway(
 
 class EndlessStream:
     """A loopback backend answering every request with a chunked body that never ends:
-    a chunk every 0.1 s until the client leaves or ``stop()`` (bounded to 30 s)."""
+    a chunk every 0.1 s until the client leaves or ``stop()``, or for ``seconds`` (30 by
+    default), after which the body ends."""
 
-    def __init__(self) -> None:
+    def __init__(self, seconds: float = 30.0) -> None:
+        self.seconds = seconds
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
         self.stopped = threading.Event()
@@ -168,9 +170,11 @@ class EndlessStream:
                 return
             try:
                 conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
-                deadline = time.monotonic() + 30
+                deadline = time.monotonic() + self.seconds
                 while not self.stopped.wait(0.1) and time.monotonic() < deadline:
                     conn.sendall(b"5\r\ntick\n\r\n")
+                if not self.stopped.is_set():
+                    conn.sendall(b"0\r\n\r\n")
             except OSError:
                 return
 
@@ -296,3 +300,59 @@ def test_connections_beyond_the_limit_are_turned_away_or_wait(server, backends):
         finally:
             for client in clients:
                 client.close()
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_a_pipelined_partial_head_waits_for_the_response_before_its_header_timeout(server):
+    """The head timer of a pipelined request starts once the response before it is
+    complete: uvicorn's protocol once started it at the head's first byte, and a partial
+    second head cut a streaming first response after the header timeout."""
+    backend = EndlessStream(seconds=2.0)
+    try:
+        environ = gateway_env(server, backend.url, LB_HEADER_TIMEOUT="500ms")
+        with Gateway(environ) as gateway, \
+                socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as client:
+            client.sendall(b"GET /stream HTTP/1.1\r\nHost: gw\r\n\r\nGET /x HTTP/1.1\r\n")
+            received = b""
+            deadline = time.monotonic() + 6
+            while not received.endswith(b"0\r\n\r\n") and time.monotonic() < deadline:
+                try:
+                    chunk = client.recv(65536)
+                except ConnectionResetError:
+                    break
+                if not chunk:
+                    break
+                received += chunk
+            assert received.startswith(b"HTTP/1.1 200 ")
+            assert received.endswith(b"tick\n\r\n0\r\n\r\n"), received[-60:]
+            assert received.count(b"tick") >= 15        # ~2 s of chunks, none cut
+            # the partial head, now on an idle connection, gets its own header timeout
+            assert closed_within(client, 2.5)
+    finally:
+        backend.stop()
+
+
+# -- uvicorn's warnings on every upgrade request -------------------------------------
+
+UPGRADE_WARNINGS = ("Unsupported upgrade request", "No supported WebSocket library")
+
+
+def test_upgrade_requests_under_uvicorn_log_no_warnings(backends):
+    """The proxy answers a WebSocket handshake 501 and forwards other upgrades (h2c) as
+    plain requests: uvicorn's two warnings per such request would only flood the log."""
+    a = backends[0]
+    gateway = Gateway(gateway_env("uvicorn", a.url)).start()
+    try:
+        with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as sock:
+            sock.sendall(b"GET /chat HTTP/1.1\r\nHost: gw\r\nUpgrade: websocket\r\n"
+                         b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                         b"Sec-WebSocket-Version: 13\r\n\r\n")
+            assert sock.makefile("rb").readline().startswith(b"HTTP/1.1 501 ")
+        with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as sock:
+            sock.sendall(b"GET /h2c HTTP/1.1\r\nHost: gw\r\nUpgrade: h2c\r\n"
+                         b"Connection: Upgrade, HTTP2-Settings\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n")
+            assert sock.makefile("rb").readline().startswith(b"HTTP/1.1 200 ")
+    finally:
+        errors = gateway.stop()
+    assert not [w for w in UPGRADE_WARNINGS if w in errors], errors
+    assert a.requests == 1 and a.received[0][1] == "/h2c"
