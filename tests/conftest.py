@@ -8,6 +8,8 @@ A new test module is integration unless it is listed here.
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
 from .servers import BackendServer
@@ -57,3 +59,15 @@ def backends():
     yield servers
     for server in servers:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def certificate(tmp_path_factory) -> tuple[str, str]:
+    """A self-signed certificate for 127.0.0.1, made with the openssl command:
+    ``(cert.pem, key.pem)``."""
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = str(folder / "cert.pem"), str(folder / "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", key, "-out", cert], check=True, capture_output=True, timeout=30)
+    return cert, key

@@ -15,10 +15,14 @@
 ``302 Found`` instead (whatever the behaviour).
 
 ``refused_url()`` gives a URL whose port is closed (connection refused).
+
+:class:`RawServer` is the base of the byte-exact backends a test scripts itself (interim
+responses, invalid heads, early answers, endless streams).
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import socket
@@ -206,6 +210,77 @@ class BackendServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class RawServer:
+    """A loopback TCP server whose subclass writes the bytes: each accepted connection goes
+    to :meth:`handle` (with its number, from 0) in a thread of its own, and is closed after.
+
+    ``connections`` counts the connections accepted. :meth:`stop` sets ``stopping``,
+    closes the listening socket, shuts down the connections still open (so a handler
+    blocked on them returns) and waits for the handlers.
+    """
+
+    scheme = "http"
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        self.stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._open: set[socket.socket] = set()
+        self._threads: list[threading.Thread] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.port}"
+
+    def handle(self, conn: socket.socket, number: int) -> None:
+        raise NotImplementedError
+
+    def track(self, conn: socket.socket) -> None:
+        """Have :meth:`stop` shut ``conn`` down too (a TLS socket wrapping an accepted one)."""
+        with self._lock:
+            self._open.add(conn)
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with self._lock:
+                number = self.connections
+                self.connections += 1
+                self._open.add(conn)
+                thread = threading.Thread(target=self._run, args=(conn, number), daemon=True)
+                self._threads.append(thread)
+            thread.start()
+
+    def _run(self, conn: socket.socket, number: int) -> None:
+        try:
+            with conn:
+                self.handle(conn, number)
+        except OSError:
+            pass
+        finally:
+            with self._lock:
+                self._open.discard(conn)
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self.stopping.set()
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)        # wakes accept() on Linux
+        self.sock.close()
+        with self._lock:
+            still_open, threads = list(self._open), list(self._threads)
+        for conn in still_open:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+        for thread in threads:
+            thread.join(timeout)
 
 
 def refused_url() -> str:

@@ -10,14 +10,12 @@ subprocesses serving on a socket bound here to a port chosen by the OS).
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import os
 import socket
 import ssl
 import subprocess
 import sys
-import threading
 import time
 from typing import Iterator
 
@@ -26,7 +24,7 @@ import requests
 
 from lbmiddleware.adapter import LoadBalancingAdapter
 
-from .servers import read_request_head
+from .servers import RawServer, read_request_head
 
 VHOST = "http://svc"
 PAUSE = 0.2         # between an interim response and the rest: the client must wait it out
@@ -42,7 +40,7 @@ PROCESSING = b"HTTP/1.1 102 Processing\r\n\r\n"
 SWITCHING = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: foo\r\nConnection: Upgrade\r\n\r\n"
 
 
-class RawBackend:
+class RawBackend(RawServer):
     """Answers the n-th request it reads (on any connection) with ``answers[n]``: a list of
     raw byte strings to write and pauses (floats, seconds) between them. Connections are
     kept alive; ``connections`` counts them."""
@@ -50,57 +48,27 @@ class RawBackend:
     def __init__(self, *answers: list, tls: ssl.SSLContext | None = None) -> None:
         self.answers = list(answers)
         self.tls = tls
-        self.connections = 0
         self.heads: list[bytes] = []
-        self._lock = threading.Lock()
-        self._sock = socket.create_server(("127.0.0.1", 0))
-        self._open: list[socket.socket] = []
-        scheme = "https" if tls else "http"
-        self.url = f"{scheme}://127.0.0.1:{self._sock.getsockname()[1]}"
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
+        self.scheme = "https" if tls else "http"
+        super().__init__()
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                return
-            with self._lock:
-                self.connections += 1
-            threading.Thread(target=self._connection, args=(conn,), daemon=True).start()
-
-    def _connection(self, conn: socket.socket) -> None:
-        try:
-            if self.tls is not None:
-                conn = self.tls.wrap_socket(conn, server_side=True)
-            with self._lock:
-                self._open.append(conn)
-            with conn, conn.makefile("rb") as reader:
-                while True:
-                    head = read_request_head(reader)
-                    if head is None:
-                        return
-                    with self._lock:
-                        self.heads.append(head)
-                        answer = self.answers.pop(0) if self.answers else [ok(b"extra")]
-                    for part in answer:
-                        if isinstance(part, float):
-                            time.sleep(part)
-                        else:
-                            conn.sendall(part)
-        except OSError:
-            return
-
-    def stop(self) -> None:
-        with contextlib.suppress(OSError):
-            self._sock.shutdown(socket.SHUT_RDWR)      # wakes accept() on Linux
-        self._sock.close()
-        with self._lock:
-            for conn in self._open:
-                with contextlib.suppress(OSError):
-                    conn.shutdown(socket.SHUT_RDWR)
-        self._thread.join(timeout=2)
+    def handle(self, conn: socket.socket, number: int) -> None:
+        if self.tls is not None:
+            conn = self.tls.wrap_socket(conn, server_side=True)
+            self.track(conn)
+        with conn, conn.makefile("rb") as reader:
+            while True:
+                head = read_request_head(reader)
+                if head is None:
+                    return
+                with self._lock:
+                    self.heads.append(head)
+                    answer = self.answers.pop(0) if self.answers else [ok(b"extra")]
+                for part in answer:
+                    if isinstance(part, float):
+                        time.sleep(part)
+                    else:
+                        conn.sendall(part)
 
 
 @pytest.fixture
@@ -120,17 +88,6 @@ def session_for(url: str, **options) -> requests.Session:
     session = requests.Session()
     session.mount(VHOST + "/", LoadBalancingAdapter([url], pool_maxsize=1, **options))
     return session
-
-
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory) -> tuple[str, str]:
-    """A self-signed certificate for 127.0.0.1 (made with the openssl command)."""
-    folder = tmp_path_factory.mktemp("tls")
-    cert, key = str(folder / "cert.pem"), str(folder / "key.pem")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-                    "-keyout", key, "-out", cert], check=True, capture_output=True)
-    return cert, key
 
 
 # -- the adapter ---------------------------------------------------------------------------

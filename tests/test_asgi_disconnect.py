@@ -16,7 +16,7 @@ import uvicorn
 from lbmiddleware.asgi import LoadBalancerMiddleware
 
 from .asgi_client import GatewayProcess
-from .servers import read_request_head
+from .servers import RawServer, read_request_head
 
 STREAM_LIMIT = 20.0      # seconds: the "endless" stream ends by then whatever happens
 # How long the proxy may take to notice the client left: far below STREAM_LIMIT, with room
@@ -24,39 +24,25 @@ STREAM_LIMIT = 20.0      # seconds: the "endless" stream ends by then whatever h
 NOTICE = 5.0
 
 
-class EndlessBackend:
+class EndlessBackend(RawServer):
     """Answers every request at once, without reading its body, with a chunked stream
     that ends only when the client closes (``peer_closed``) or after STREAM_LIMIT."""
 
     def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
         self.peer_closed = threading.Event()
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
+        super().__init__()
 
-    def _serve(self) -> None:
+    def handle(self, conn: socket.socket, number: int) -> None:
+        read_request_head(conn.makefile("rb"))
+        chunk = b"4000\r\n" + b"x" * 0x4000 + b"\r\n"
+        deadline = time.monotonic() + STREAM_LIMIT
         try:
-            conn, _ = self.sock.accept()
+            conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            while time.monotonic() < deadline and not self.stopping.is_set():
+                conn.sendall(chunk)
+                time.sleep(0.005)
         except OSError:
-            return
-        with conn, conn.makefile("rb") as reader:
-            read_request_head(reader)
-            chunk = b"4000\r\n" + b"x" * 0x4000 + b"\r\n"
-            deadline = time.monotonic() + STREAM_LIMIT
-            try:
-                conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
-                while time.monotonic() < deadline and not self.stopping.is_set():
-                    conn.sendall(chunk)
-                    time.sleep(0.005)
-            except OSError:
-                self.peer_closed.set()
-
-    def stop(self) -> None:
-        self.stopping.set()
-        self.sock.close()
-        self.thread.join(STREAM_LIMIT + 1)
+            self.peer_closed.set()
 
 
 class ServerThread:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import threading
 import time
 
 import pytest
@@ -16,61 +15,43 @@ from lbmiddleware.asgi import LoadBalancerMiddleware
 from lbmiddleware.upstream import ProtocolError, ReadTimeout, Upstream
 
 from .asgi_client import Call
-from .servers import read_request_head
+from .servers import RawServer, read_request_head
 
 CLOSE = "close"          # a script step: read the request, close without answering
                          # (at the end of a step's parts: close after that response)
                          # a float among a step's parts: sleep that many seconds
 
 
-class ScriptedBackend:
+class ScriptedBackend(RawServer):
     """A loopback server answering the n-th request of the k-th connection with
     ``scripts[k][n]`` (raw bytes, or CLOSE); the last script repeats for later connections."""
 
     def __init__(self, *scripts: list) -> None:
         self.scripts = scripts
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.connections = 0
         self.requests: list[bytes] = []
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
+        super().__init__()
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
+    def handle(self, conn: socket.socket, number: int) -> None:
+        reader = conn.makefile("rb")
+        for step in self.scripts[min(number, len(self.scripts) - 1)]:
+            head = read_request_head(reader)
+            if head is None:
                 return
-            script = self.scripts[min(self.connections, len(self.scripts) - 1)]
-            self.connections += 1
-            threading.Thread(target=self._run, args=(conn, list(script)), daemon=True).start()
-
-    def _run(self, conn: socket.socket, script: list) -> None:
-        with conn:
-            reader = conn.makefile("rb")
-            for step in script:
-                head = read_request_head(reader)
-                if head is None:
-                    return
-                self.requests.append(head)
-                length = [int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                          if line.lower().startswith(b"content-length:")]
-                if length:
-                    reader.read(length[0])
-                if step == CLOSE:
-                    return
-                for part in step if isinstance(step, list) else [step]:
-                    if part == CLOSE:
-                        return              # close after this response
-                    if isinstance(part, float):
-                        time.sleep(part)
-                        continue
-                    conn.sendall(part)
-            conn.recv(1)         # the script is done: wait for the client to close
-
-    def stop(self) -> None:
-        self.sock.close()
+            self.requests.append(head)
+            length = [int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:")]
+            if length:
+                reader.read(length[0])
+            if step == CLOSE:
+                return
+            for part in step if isinstance(step, list) else [step]:
+                if part == CLOSE:
+                    return              # close after this response
+                if isinstance(part, float):
+                    time.sleep(part)
+                    continue
+                conn.sendall(part)
+        conn.recv(1)         # the script is done: wait for the client to close
 
 
 @pytest.fixture

@@ -14,14 +14,13 @@ import signal
 import socket
 import ssl
 import subprocess
-import threading
 import time
 
 import pytest
 import requests
 
 from .asgi_client import GatewayProcess
-from .servers import BackendServer, read_request_head
+from .servers import BackendServer, RawServer, read_request_head
 
 SERVERS = ["granian", "uvicorn"]
 
@@ -78,17 +77,6 @@ def gateway_env(server: str, backends: str, **settings: str) -> dict[str, str]:
 
 # -- item 2: no thread alive across granian's fork ------------------------------------
 
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory) -> tuple[str, str]:
-    """A self-signed certificate for 127.0.0.1: ``(cert.pem, key.pem)``."""
-    folder = tmp_path_factory.mktemp("tls")
-    cert, key = str(folder / "cert.pem"), str(folder / "key.pem")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-                    "-keyout", key, "-out", cert], check=True, capture_output=True, timeout=30)
-    return cert, key
-
-
 class TLSBackend(BackendServer):
     """The echo backend behind TLS (https://127.0.0.1:PORT)."""
 
@@ -144,43 +132,24 @@ def test_a_backend_named_by_host_name_or_on_https_never_freezes_the_gateway(
 
 # -- item 6: a bounded grace period on SIGTERM -----------------------------------------
 
-class EndlessStream:
+class EndlessStream(RawServer):
     """A loopback backend answering every request with a chunked body that never ends:
     a chunk every 0.1 s until the client leaves or ``stop()``, or for ``seconds`` (30 by
     default), after which the body ends."""
 
     def __init__(self, seconds: float = 30.0) -> None:
         self.seconds = seconds
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.stopped = threading.Event()
-        threading.Thread(target=self._serve, daemon=True).start()
+        super().__init__()
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._stream, args=(conn,), daemon=True).start()
-
-    def _stream(self, conn: socket.socket) -> None:
-        with conn:
-            if read_request_head(conn.makefile("rb")) is None:
-                return
-            try:
-                conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
-                deadline = time.monotonic() + self.seconds
-                while not self.stopped.wait(0.1) and time.monotonic() < deadline:
-                    conn.sendall(b"5\r\ntick\n\r\n")
-                if not self.stopped.is_set():
-                    conn.sendall(b"0\r\n\r\n")
-            except OSError:
-                return
-
-    def stop(self) -> None:
-        self.stopped.set()
-        self.sock.close()
+    def handle(self, conn: socket.socket, number: int) -> None:
+        if read_request_head(conn.makefile("rb")) is None:
+            return
+        conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        deadline = time.monotonic() + self.seconds
+        while not self.stopping.wait(0.1) and time.monotonic() < deadline:
+            conn.sendall(b"5\r\ntick\n\r\n")
+        if not self.stopping.is_set():
+            conn.sendall(b"0\r\n\r\n")
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import threading
 import time
 
 import pytest
@@ -23,7 +22,7 @@ from lbmiddleware.http1 import _Connection
 from lbmiddleware.upstream import ProtocolError
 
 from .asgi_client import Call, GatewayProcess
-from .servers import read_request_head
+from .servers import RawServer, read_request_head
 from .test_asgi_upstream import OK, fetch, scripted  # noqa: F401  (scripted: a fixture)
 
 CHUNKED_HEAD = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -31,45 +30,20 @@ CHUNKED_HEAD = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
 
 # -- item 3: an answer that arrives while the body is still being sent -----------------------
 
-class EarlyAnswer:
+class EarlyAnswer(RawServer):
     """A loopback backend that reads only the request head, answers ``response`` at once
     and never reads the body; each connection stays open until :meth:`stop`."""
 
     def __init__(self, response: bytes) -> None:
         self.response = response
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.connections = 0
         self.requests = 0
-        self.stopped = threading.Event()
-        self.threads: list[threading.Thread] = []
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
+        super().__init__()
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            thread = threading.Thread(target=self._answer, args=(conn,), daemon=True)
-            self.threads.append(thread)
-            thread.start()
-
-    def _answer(self, conn: socket.socket) -> None:
-        with conn:
-            while read_request_head(conn.makefile("rb")) is not None:
-                self.requests += 1
-                conn.sendall(self.response)
-                self.stopped.wait()         # never read the body
-                return
-
-    def stop(self) -> None:
-        self.stopped.set()
-        self.sock.close()
-        for thread in self.threads:
-            thread.join(timeout=2)
+    def handle(self, conn: socket.socket, number: int) -> None:
+        if read_request_head(conn.makefile("rb")) is not None:
+            self.requests += 1
+            conn.sendall(self.response)
+            self.stopping.wait()            # never read the body
 
 
 def test_an_early_413_during_a_large_upload_is_delivered_at_once_and_is_no_failure():
