@@ -33,6 +33,7 @@ from typing import Callable, Mapping, TextIO
 
 from .asgi import LoadBalancerMiddleware
 from .errors import ConfigError
+from .proxy import ErrorResponse, error_response
 from .proxy_settings import ProxySettings
 
 __all__ = ["load_settings", "make_app", "app_from_env", "choose_server", "bind", "serve"]
@@ -147,10 +148,15 @@ def _serve_uvicorn(settings: ProxySettings, sock: socket.socket) -> None:
         signal.signal(signal.SIGTERM, previous)
 
 
-_TOO_MANY = b"503 Service Unavailable: too many connections\n"
-_SERVICE_UNAVAILABLE = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
-                        b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
-                        % (len(_TOO_MANY), _TOO_MANY))
+def _closing_response(error: ErrorResponse) -> bytes:
+    """``error`` as the bytes of an HTTP/1.1 response that closes its connection."""
+    head = [f"HTTP/1.1 {error.status} {error.reason}",
+            *(f"{name}: {value}" for name, value in error.headers), "Connection: close"]
+    return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + error.body
+
+
+# The proxy's own 503, written by the server protocol before any ASGI request exists.
+_TOO_MANY_CONNECTIONS = _closing_response(error_response(503, "too many connections"))
 
 
 def _uvicorn_protocol(settings: ProxySettings) -> type:
@@ -174,7 +180,7 @@ def _uvicorn_protocol(settings: ProxySettings) -> type:
         def connection_made(self, transport: asyncio.Transport) -> None:
             super().connection_made(transport)
             if len(self.connections) > settings.max_connections:
-                transport.write(_SERVICE_UNAVAILABLE)
+                transport.write(_TOO_MANY_CONNECTIONS)
                 transport.close()
                 return
             self._head_timer = self.loop.call_later(settings.header_timeout, self._head_late)
