@@ -40,6 +40,10 @@ pools read responses with :class:`FinalResponse`, which skips every 1xx but ``10
 ``103 Early Hints`` would otherwise be taken as final, and the real response left on the
 pooled connection for the next request to read). A ``101`` cannot be skipped (what follows
 is another protocol): it fails the attempt, and urllib3 closes that connection.
+
+Early answers: a backend that answers before reading the request body (a 413 for an upload
+too large) gets no more of it, its answer is returned at once (a success for its health),
+and that connection is closed after it (:class:`_BackendConnection`; plain HTTP only).
 """
 
 from __future__ import annotations
@@ -51,6 +55,9 @@ import http.client
 import io
 import itertools
 import re
+import select
+import socket
+import ssl
 import time
 import urllib.parse
 import weakref
@@ -81,6 +88,11 @@ DRAIN_LIMIT = 64 * 1024
 
 # Interim (1xx) responses skipped before a final one; a backend sending more is refused.
 MAX_INTERIM = 32
+
+# A request body goes out in blocks of this size, each after a check for an early answer.
+SEND_BLOCK = 256 * 1024
+MAX_HEAD_PEEK = 65536
+_CAN_POLL = hasattr(select, "poll")
 
 # Exceptions from the parent's send (or the body read) that are the backend's fault.
 # ProxyError is a ConnectionError too, but it is the proxy's, and is tested for first.
@@ -128,6 +140,85 @@ class FinalResponse(http.client.HTTPResponse):
             if _CONTROL_CHARACTER.search(value):
                 raise UnusableResponse(
                     f"a control character in the backend's {name!r} header: {value!r}")
+
+
+class _ClosingFinalResponse(FinalResponse):
+    """A final response read after its request's body was cut short: the connection
+    closes after it (the backend would read the rest of that body as the next request)."""
+
+    def begin(self) -> None:
+        super().begin()
+        self.will_close = True          # http.client then closes the connection
+
+
+class _BackendConnection:
+    """Mixin for the urllib3 connection classes of the adapter's pools: responses are
+    read with :class:`FinalResponse`, and a request body stops going out once the backend
+    has answered.
+
+    A backend may answer before reading the body (a 413 for an upload too large, a 401)
+    and then never read it: ``sendall`` would wait out the timeout and the answer be lost
+    (a failure of a healthy backend). So a plain-TCP body goes out in blocks, each sent
+    when the socket is writable and only while nothing has arrived; an arrival raises
+    ``BrokenPipeError``, which urllib3 takes as "the server stopped reading" and reads the
+    response. Over TLS a readable socket may hold only a session ticket, so TLS bodies are
+    sent as before.
+    """
+
+    response_class: type = FinalResponse
+    sock: Any
+    _in_body = False
+
+    def putrequest(self, *args: Any, **kwargs: Any) -> None:
+        self._in_body = False
+        self.response_class = FinalResponse
+        super().putrequest(*args, **kwargs)  # type: ignore[misc]
+
+    def endheaders(self, *args: Any, **kwargs: Any) -> None:
+        super().endheaders(*args, **kwargs)  # type: ignore[misc]
+        self._in_body = True
+
+    def send(self, data: Any) -> None:
+        sock = self.sock
+        if not self._in_body or not _CAN_POLL or isinstance(sock, ssl.SSLSocket) \
+                or not isinstance(data, (bytes, bytearray)):
+            return super().send(data)  # type: ignore[misc]
+        timeout = sock.gettimeout()
+        wait = -1 if timeout is None else int(timeout * 1000)
+        poller = select.poll()
+        poller.register(sock, select.POLLIN | select.POLLOUT)
+        view = memoryview(data)
+        while view:
+            events = poller.poll(wait)
+            if not events:
+                raise TimeoutError("timed out sending the request body")
+            if events[0][1] & (select.POLLIN | select.POLLHUP | select.POLLERR) \
+                    and _answered(sock):
+                self.response_class = _ClosingFinalResponse
+                raise BrokenPipeError("the backend answered before reading the whole body")
+            view = view[sock.send(view[:SEND_BLOCK]):]
+
+
+def _answered(sock: socket.socket) -> bool:
+    """Whether what ``sock`` has received begins a final response (or is the end of the
+    connection). Interim responses at its front are read off and dropped, as
+    :class:`FinalResponse` would drop them: a ``100 Continue`` or a ``103`` asks for the
+    body to go on. A head not yet complete enough to tell counts as no answer."""
+    arrived = select.poll()
+    arrived.register(sock, select.POLLIN)
+    while arrived.poll(0):      # (a socket with a timeout waits in recv, whatever its flags)
+        data = sock.recv(MAX_HEAD_PEEK, socket.MSG_PEEK)
+        if not data:
+            return True
+        if len(data) < 12:                  # "HTTP/1.1 413": not enough to tell yet
+            return False
+        if data[9:10] != b"1" or data[9:12] == b"101":
+            return True
+        end = data.find(b"\r\n\r\n")
+        if end < 0:
+            return False
+        sock.recv(end + 4)                  # an interim response, all here: dropped
+    return False
 
 
 class NoHealthyBackendError(NoHealthyBackend, requests.ConnectionError):
@@ -414,11 +505,11 @@ def _read_final_responses(manager: Any) -> None:
 
 @functools.cache
 def _final_response_pool(pool_class: type) -> type:
-    """A subclass of urllib3 ``pool_class`` whose connections read with FinalResponse."""
+    """A subclass of urllib3 ``pool_class`` whose connections are :class:`_BackendConnection`."""
     connection = pool_class.ConnectionCls
-    if connection.response_class is FinalResponse:
+    if issubclass(connection, _BackendConnection):
         return pool_class
-    connection = type(connection.__name__, (connection,), {"response_class": FinalResponse})
+    connection = type(connection.__name__, (_BackendConnection, connection), {})
     return type(pool_class.__name__, (pool_class,), {"ConnectionCls": connection})
 
 

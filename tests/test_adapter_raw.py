@@ -208,6 +208,83 @@ def test_an_endless_run_of_interim_responses_is_refused(raw_backend):
         session_for(backend.url).get(f"{VHOST}/")
 
 
+# -- an answer that arrives while the body is still being sent ------------------------------
+
+TOO_LARGE = b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 9\r\n\r\ntoo large"
+UPLOAD = b"x" * (30 << 20)          # far more than the socket buffers hold
+
+
+class EarlyAnswer(RawServer):
+    """Reads only the request head, answers ``TOO_LARGE`` at once (keeping the connection
+    open, as a keep-alive backend may) and never reads the body."""
+
+    def handle(self, conn: socket.socket, number: int) -> None:
+        if read_request_head(conn.makefile("rb")) is not None:
+            conn.sendall(TOO_LARGE)
+            self.stopping.wait()
+
+
+@pytest.fixture
+def early_answer() -> Iterator[EarlyAnswer]:
+    backend = EarlyAnswer()
+    yield backend
+    backend.stop()
+
+
+def test_an_early_413_during_a_large_upload_is_delivered_at_once_and_is_no_failure(early_answer):
+    adapter = LoadBalancingAdapter([early_answer.url], connect_timeout=3.0, read_timeout=3.0)
+    session = requests.Session()
+    session.mount(VHOST + "/", adapter)
+    for _ in range(4):                                  # one more than max_fails
+        started = time.monotonic()
+        response = session.post(f"{VHOST}/upload", data=UPLOAD)
+        elapsed = time.monotonic() - started
+        assert (response.status_code, response.content) == (413, b"too large")
+        assert elapsed < 1.5, f"the 413 took {elapsed:.2f} s (timeouts 3 s)"
+    (stats,) = adapter.balancer.stats()
+    assert stats["failures"] == 0 and stats["ejections"] == 0 and stats["in_flight"] == 0
+    assert early_answer.connections == 4    # a connection with an unfinished upload is not reused
+
+
+class InterimThenReadsBody(RawServer):
+    """Answers ``interim`` right after the head, then reads the whole body (by its
+    Content-Length) and answers 200 with the number of body bytes it read."""
+
+    def __init__(self, interim: bytes) -> None:
+        self.interim = interim
+        super().__init__()
+
+    def handle(self, conn: socket.socket, number: int) -> None:
+        reader = conn.makefile("rb")
+        while (head := read_request_head(reader)) is not None:
+            conn.sendall(self.interim)
+            length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+            got = str(len(reader.read(length))).encode()
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(got), got))
+
+
+@pytest.mark.parametrize("interim", [CONTINUE, EARLY_HINTS, CONTINUE + EARLY_HINTS])
+def test_an_interim_response_during_an_upload_lets_the_body_go_on(interim):
+    backend = InterimThenReadsBody(interim)
+    try:
+        session = session_for(backend.url)
+        for _ in range(2):
+            response = session.post(f"{VHOST}/upload", data=UPLOAD)
+            assert (response.status_code, response.content) == (200, str(len(UPLOAD)).encode())
+        assert backend.connections == 1
+    finally:
+        backend.stop()
+
+
+def test_wsgi_answers_an_early_413_at_once(early_answer, wsgi_server):
+    url = wsgi_server(early_answer.url)
+    for _ in range(4):
+        started = time.monotonic()
+        response = requests.post(url + "/upload", data=UPLOAD, timeout=10)
+        assert (response.status_code, response.content) == (413, b"too large")
+        assert time.monotonic() - started < 2.5      # the connect timeout there is 5 s
+
+
 # -- the body is read inside the attempt, and decoded after it ----------------------------
 
 def test_a_redirect_whose_body_fails_to_decode_is_followed(raw_backend):
