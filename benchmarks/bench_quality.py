@@ -30,7 +30,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 import lbmiddleware as lb  # noqa: E402
-from lbmiddleware.hashing import DEFAULT_TABLE_SIZE, maglev_table, stable_hash  # noqa: E402
+from lbmiddleware.core.hashing import DEFAULT_TABLE_SIZE, maglev_table, stable_hash  # noqa: E402
 from simulator import (  # noqa: E402
     Fault, RunResult, Server, SimClock, backend_urls, exponential, lognormal, percentile,
     simulate,

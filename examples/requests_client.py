@@ -3,7 +3,7 @@
 Starts nothing itself: point it at running backends. With the demo's backends (fast,
 slow and flaky), in one terminal::
 
-    python -m lbmiddleware.demo_backends          # prints LB_BACKENDS=http://127.0.0.1:...
+    python -m lbmiddleware.demo.backends          # prints LB_BACKENDS=http://127.0.0.1:...
 
 and in another, with the line it printed::
 

@@ -5,11 +5,11 @@ consistent hashing, peak-EWMA latency, least-connections, passive health) and th
 front-ends around it.
 """
 
-from .backend import Backend
-from .balancer import Balancer
-from .config import POLICIES, Settings
+from .core.backend import Backend
+from .core.balancer import Balancer
+from .core.hashing import stable_hash
+from .core.settings import POLICIES, Settings
 from .errors import ConfigError, LBError, NoHealthyBackend
-from .hashing import stable_hash
 
 __version__ = "0.1.0"
 
@@ -19,7 +19,7 @@ _FRONT_ENDS = {
     "LoadBalancingAdapter": "lbmiddleware.adapter",
     "AdapterSettings": "lbmiddleware.adapter",
     "NoHealthyBackendError": "lbmiddleware.adapter",
-    "ProxySettings": "lbmiddleware.proxy_settings",
+    "ProxySettings": "lbmiddleware.proxy.settings",
     "LoadBalancerMiddleware": "lbmiddleware.asgi",
     "WSGILoadBalancer": "lbmiddleware.wsgi",
 }

@@ -7,7 +7,7 @@ import sys
 from typing import Sequence
 
 from .errors import ConfigError
-from .proxy_settings import ProxySettings
+from .proxy.settings import ProxySettings
 
 __all__ = ["main"]
 
@@ -33,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
                     'example: LB_BACKENDS="http://127.0.0.1:8001, http://127.0.0.1:8002" '
                     "python -m lbmiddleware serve",
         epilog=_settings_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
-    # -- demo: listed here, run by lbmiddleware/demo.py's main(argv) (see main below) -----
+    # -- demo: listed here, run by lbmiddleware/demo/runner.py's main(argv) (see main below) -----
     commands.add_parser(
         "demo", help="run every policy against three local backends and print a table "
                      "(python -m lbmiddleware demo --help for its options)")
@@ -44,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run a command; returns the exit status (2 for a bad setting, like a bad argument)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["demo"]:
-        # -- demo: lbmiddleware/demo.py parses its own options (--requests, --policies, ...)
+        # -- demo: lbmiddleware/demo/runner.py parses its own options (--requests, --policies, ...)
         from .demo import main as demo_main
         return demo_main(argv[1:]) or 0
     _parser().parse_args(argv)          # serve (no options of its own), --help

@@ -73,11 +73,11 @@ from urllib3 import HTTPResponse
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 from urllib3.exceptions import ProtocolError, ReadTimeoutError, SSLError
 
-from .backend import Backend
-from .balancer import Balancer
+from .core.backend import Backend
+from .core.balancer import Balancer
 from .errors import NoHealthyBackend
-from .proxy import may_retry, parse_cookie
-from .proxy_settings import ForwardingSettings
+from .proxy.rules import may_retry, parse_cookie
+from .proxy.settings import ForwardingSettings
 
 __all__ = ["LoadBalancingAdapter", "AdapterSettings", "NoHealthyBackendError",
            "FinalResponse", "UnusableResponse"]

@@ -40,13 +40,13 @@ from requests.structures import CaseInsensitiveDict
 from urllib3.util import SKIP_HEADER
 
 from .adapter import LoadBalancingAdapter
-from .balancer import Balancer
+from .core.balancer import Balancer
 from .errors import NoHealthyBackend
-from .proxy import (
+from .proxy.rules import (
     TEXT, ClientAddress, UnsafeRequest, error_response, join_target,
     match_prefix, quote_path, sticky_key,
 )
-from .proxy_settings import ProxySettings
+from .proxy.settings import ProxySettings
 
 __all__ = ["WSGILoadBalancer", "CHUNK_SIZE"]
 

@@ -7,7 +7,7 @@ import re
 import pytest
 
 import lbmiddleware as lb
-from lbmiddleware.config import parse_duration
+from lbmiddleware.core.settings import parse_duration
 
 GOOD = {"LB_BACKENDS": "http://127.0.0.1:8001"}
 
@@ -264,7 +264,7 @@ def test_importing_the_core_needs_only_the_standard_library():
 
 
 def test_sharing_a_balancers_settings():
-    from lbmiddleware.proxy_settings import ForwardingSettings, ProxySettings
+    from lbmiddleware.proxy.settings import ForwardingSettings, ProxySettings
 
     shared = ProxySettings(backends=["http://a:1"], retries=0, prefix="/api", preserve_host=True)
     forwarding = ForwardingSettings.sharing(shared, retry_non_idempotent=True)

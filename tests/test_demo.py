@@ -14,8 +14,8 @@ import time
 import pytest
 
 import lbmiddleware
-from lbmiddleware import demo
-from lbmiddleware.demo_backends import FLAKY_FAILURE_RATE, SLOW_DELAY
+from lbmiddleware.demo import runner as demo
+from lbmiddleware.demo.backends import FLAKY_FAILURE_RATE, SLOW_DELAY
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

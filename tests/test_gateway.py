@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from lbmiddleware import errors as lb_errors
-from lbmiddleware.proxy_settings import ProxySettings
+from lbmiddleware.proxy.settings import ProxySettings
 
 from .asgi_client import GatewayProcess
 

@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 
 import lbmiddleware as lb
-from lbmiddleware.hashing import maglev_table, stable_hash
+from lbmiddleware.core.hashing import maglev_table, stable_hash
 
 KEYS = [f"10.{i // 65536}.{i // 256 % 256}.{i % 256}" for i in range(20000)]
 

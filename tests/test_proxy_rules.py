@@ -7,11 +7,11 @@ import urllib.parse
 import pytest
 
 import lbmiddleware as lb
-from lbmiddleware import proxy, proxy_settings
+from lbmiddleware.proxy import rules as proxy, settings as proxy_settings
 from lbmiddleware.proxy import (BINARY, TEXT, ClientAddress, UnsafeRequest, error_response,
                                 join_target, match_prefix, may_retry, normalize_prefix,
                                 parse_cookie, quote_path, sticky_key, upstream_url)
-from lbmiddleware.proxy_settings import ProxySettings, parse_listen
+from lbmiddleware.proxy.settings import ProxySettings, parse_listen
 
 BACKEND = lb.Backend("http://127.0.0.1:8001/v1")
 

@@ -14,7 +14,7 @@ import requests
 
 import lbmiddleware as lb
 from lbmiddleware.adapter import LoadBalancingAdapter
-from lbmiddleware.proxy_settings import ProxySettings
+from lbmiddleware.proxy.settings import ProxySettings
 from lbmiddleware.wsgi import WSGILoadBalancer
 
 from .asgi_client import GatewayProcess

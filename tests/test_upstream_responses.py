@@ -17,8 +17,8 @@ import pytest
 import requests
 
 from lbmiddleware.asgi import LoadBalancerMiddleware
-from lbmiddleware.deadlines import Deadlines
-from lbmiddleware.http1 import _Connection
+from lbmiddleware.upstream.deadlines import Deadlines
+from lbmiddleware.upstream.http1 import _Connection
 from lbmiddleware.upstream import ProtocolError
 
 from .asgi_client import Call, GatewayProcess

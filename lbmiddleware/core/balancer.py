@@ -15,8 +15,8 @@ import time
 from typing import Any, Callable, Collection, Iterable, Iterator, Mapping
 
 from .backend import Backend, parse_backends
-from .config import Settings
-from .errors import NoHealthyBackend
+from .settings import Settings
+from ..errors import NoHealthyBackend
 from .health import PassiveHealth
 from .load import PeakEwma
 from .policies import Policy, make_policy

@@ -12,7 +12,7 @@ concurrently on one event loop.
 
 Run them on their own (for the examples)::
 
-    python -m lbmiddleware.demo_backends              # fast, slow and flaky
+    python -m lbmiddleware.demo.backends              # fast, slow and flaky
     python -m lbmiddleware demo --backends-only       # the same
 
 It prints ``LB_BACKENDS=...`` and serves until Ctrl-C (or until its standard input closes,
@@ -148,7 +148,7 @@ async def serve(names: Sequence[str], host: str = "127.0.0.1", port: int = 0, se
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m lbmiddleware.demo_backends",
+        prog="python -m lbmiddleware.demo.backends",
         description="Run the demo's backends (fast, slow, flaky) on 127.0.0.1 and print "
                     "LB_BACKENDS=... for the examples.")
     parser.add_argument("names", nargs="*", metavar="NAME", help="personalities to run: fast, slow, flaky "

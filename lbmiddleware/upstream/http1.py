@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, AsyncIterator
 
 if TYPE_CHECKING:                        # the pool owns its connections: no import cycle
     from .deadlines import Deadlines
-    from .upstream import HostPool
+    from .pool import HostPool
 
 __all__ = [
     "Response", "UpstreamError", "ConnectError", "ConnectTimeout", "ReadTimeout",

@@ -1,6 +1,6 @@
 """``python -m lbmiddleware demo``: every policy at work in front of three real backends.
 
-The demo starts three backends on 127.0.0.1 (:mod:`lbmiddleware.demo_backends`: one fast,
+The demo starts three backends on 127.0.0.1 (:mod:`lbmiddleware.demo.backends`: one fast,
 one slow, one that fails now and then), each in its own process, and the gateway (the ASGI
 middleware under uvicorn) in front of them. For each policy it sends a few thousand GET
 requests from many concurrent connections and client addresses (``X-Forwarded-For`` from a
@@ -29,9 +29,9 @@ import threading
 import time
 from typing import Callable, Sequence, TextIO
 
-from .balancer import Balancer
-from .config import POLICIES, POLICY_ALIASES
-from .demo_backends import FLAKY_FAILURE_RATE, SLOW_DELAY
+from ..core.balancer import Balancer
+from ..core.settings import POLICIES, POLICY_ALIASES
+from .backends import FLAKY_FAILURE_RATE, SLOW_DELAY
 
 __all__ = ["main", "run_demo", "PolicyResult", "format_policy", "format_summary", "Progress"]
 
@@ -65,7 +65,7 @@ class BackendProcess:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_parent, env.get("PYTHONPATH")]))
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "lbmiddleware.demo_backends", self.name, "--until-stdin-closes"],
+            [sys.executable, "-m", "lbmiddleware.demo.backends", self.name, "--until-stdin-closes"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
             start_new_session=True)       # Ctrl-C reaches the demo only; it stops the children
         self.url = self._read_url(self._process.stdout)
@@ -128,7 +128,7 @@ class Gateway:
     def start(self) -> "Gateway":
         import uvicorn
 
-        from .asgi import LoadBalancerMiddleware
+        from ..asgi import LoadBalancerMiddleware
 
         app = LoadBalancerMiddleware(None, balancer=self.balancer)
         sock = socket.socket()
@@ -572,7 +572,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "(for the examples); Ctrl-C stops them")
     args = parser.parse_args(argv)
     if args.backends_only:
-        from . import demo_backends
+        from . import backends as demo_backends
         return demo_backends.main([])
     if importlib.util.find_spec("uvicorn") is None:
         print("the demo runs the gateway, which needs uvicorn: "

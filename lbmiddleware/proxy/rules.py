@@ -37,8 +37,8 @@ import re
 import urllib.parse
 from typing import Any, AnyStr, Callable, Iterable, NamedTuple, Sequence
 
-from .backend import Backend
-from .errors import LBError
+from ..core.backend import Backend
+from ..errors import LBError
 
 __all__ = [
     "UnsafeRequest", "NotProxied", "HeaderRules", "TEXT", "BINARY",

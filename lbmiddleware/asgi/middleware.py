@@ -34,14 +34,14 @@ import logging
 import time
 from typing import Any, Awaitable, Callable, Mapping, MutableMapping
 
-from .balancer import Balancer
-from .errors import NoHealthyBackend
-from .proxy import (BINARY, ClientAddress, UnsafeRequest, error_response, join_target,
+from ..core.balancer import Balancer
+from ..errors import NoHealthyBackend
+from ..proxy.rules import (BINARY, ClientAddress, UnsafeRequest, error_response, join_target,
                     match_prefix, may_retry, quote_path, sticky_key)
-from .proxy_settings import ProxySettings
-from .deadlines import Deadlines
-from .http1 import NO_BODY_STATUSES
-from .upstream import Response, Upstream, UpstreamError
+from ..proxy.settings import ProxySettings
+from ..upstream.deadlines import Deadlines
+from ..upstream.http1 import NO_BODY_STATUSES
+from ..upstream.pool import Response, Upstream, UpstreamError
 
 __all__ = ["LoadBalancerMiddleware"]
 

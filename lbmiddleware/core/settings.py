@@ -21,14 +21,14 @@ import re
 from typing import Any, Callable, ClassVar, Mapping
 
 from .backend import Backend, parse_backends
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["Settings", "setting", "POLICIES", "POLICY_ALIASES", "parse_duration", "parse_flag"]
 
 # Modules declaring the front-ends' settings (standard library only). from_env loads them
 # before it calls an LB_ name a typo, so LB_PREFIX set for the gateway is not reported by a
 # process that only uses the core.
-FRONT_END_SETTINGS = ("lbmiddleware.proxy_settings",)
+FRONT_END_SETTINGS = ("lbmiddleware.proxy.settings",)
 
 POLICIES = ("round_robin", "random", "ip_hash", "latency", "least_conn")
 POLICY_ALIASES = {"weighted": "round_robin", "weighted_round_robin": "round_robin"}

@@ -26,7 +26,7 @@ import ssl as ssl_module
 import time
 from typing import AsyncIterator, Sequence
 
-from .backend import Backend
+from ..core.backend import Backend
 from .deadlines import Deadlines
 from .http1 import (HIGH_WATER, ConnectError, ConnectTimeout, ProtocolError, ReadTimeout,
                     Response, UpstreamError, _Connection, _StaleConnection)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import urllib.parse
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["Backend", "parse_backend", "parse_backends"]
 

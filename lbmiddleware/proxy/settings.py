@@ -12,8 +12,8 @@ import ipaddress
 import re
 from typing import Any
 
-from .config import Settings, _count, _positive_duration, parse_flag, setting
-from .proxy import normalize_prefix
+from ..core.settings import Settings, _count, _positive_duration, parse_flag, setting
+from .rules import normalize_prefix
 
 __all__ = ["ForwardingSettings", "ProxySettings", "parse_listen"]
 

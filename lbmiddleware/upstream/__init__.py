@@ -1,0 +1,12 @@
+"""The asyncio HTTP/1.1 client the proxy front-ends forward with: keep-alive connection
+pools per backend, streamed bodies both ways, typed errors that say whether the request
+was sent."""
+
+from .http1 import (HIGH_WATER, ConnectError, ConnectTimeout, ProtocolError, ReadTimeout,
+                    Response, UpstreamError)
+from .pool import HostPool, Upstream
+
+__all__ = [
+    "Upstream", "HostPool", "Response", "UpstreamError", "ConnectError", "ConnectTimeout",
+    "ReadTimeout", "ProtocolError", "HIGH_WATER",
+]
