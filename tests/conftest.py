@@ -12,10 +12,10 @@ import subprocess
 
 import pytest
 
-from .servers import BackendServer
+from .support.servers import BackendServer
 
 CORE_MODULES = frozenset({
-    "test_balancer", "test_config", "test_hashing", "test_health", "test_policies",
+    "test_balancer", "test_settings", "test_hashing", "test_health", "test_policies",
     "test_proxy_rules", "test_simulator",
 })
 # Core modules' tests that take more than a second or two.

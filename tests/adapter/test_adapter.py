@@ -1,4 +1,4 @@
-"""LoadBalancingAdapter against real loopback backends (tests/servers.py).
+"""LoadBalancingAdapter against real loopback backends (tests/support/servers.py).
 
 Every backend answers with JSON naming itself, so a test sees which one served a call
 and what reached it. In-flight counts are checked after every kind of ending.
@@ -21,7 +21,7 @@ from urllib3.util.retry import Retry
 import lbmiddleware as lb
 from lbmiddleware.adapter import AdapterSettings, LoadBalancingAdapter, NoHealthyBackendError
 
-from .servers import BackendServer, refused_url
+from ..support.servers import BackendServer, refused_url
 
 VHOST = "http://svc"
 SHORT = (1.0, 0.3)          # connect, read: a hanging backend costs 0.3 s

@@ -19,8 +19,8 @@ import time
 import pytest
 import requests
 
-from .asgi_client import GatewayProcess
-from .servers import BackendServer, RawServer, read_request_head
+from ..support.asgi_client import GatewayProcess
+from ..support.servers import BackendServer, RawServer, read_request_head
 
 SERVERS = ["granian", "uvicorn"]
 

@@ -1,4 +1,4 @@
-"""WSGILoadBalancer against real loopback backends (tests/servers.py).
+"""WSGILoadBalancer against real loopback backends (tests/support/servers.py).
 
 Most tests call the middleware in-process with a hand-built environ (wrapped in
 ``wsgiref.validate.validator`` where the response allows, so PEP 3333 is checked too); the
@@ -27,7 +27,7 @@ import pytest
 import lbmiddleware as lb
 from lbmiddleware.wsgi import WSGILoadBalancer
 
-from .servers import BackendServer, refused_url
+from ..support.servers import BackendServer, refused_url
 
 SHORT = {"connect_timeout": 1.0, "read_timeout": 0.3}
 
@@ -646,7 +646,7 @@ def test_the_example_app_serves_its_page_and_proxies_api(backends):
     import importlib.util
     import pathlib
 
-    path = pathlib.Path(__file__).resolve().parent.parent / "examples" / "wsgi_app.py"
+    path = pathlib.Path(__file__).resolve().parents[2] / "examples" / "wsgi_app.py"
     spec = importlib.util.spec_from_file_location("wsgi_app_example", path)
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)

@@ -10,8 +10,8 @@ import pytest
 import lbmiddleware as lb
 from lbmiddleware.asgi import LoadBalancerMiddleware
 
-from .asgi_client import Call
-from .servers import refused_url
+from ..support.asgi_client import Call
+from ..support.servers import refused_url
 
 
 def run(coroutine):

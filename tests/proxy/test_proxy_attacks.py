@@ -14,7 +14,7 @@ from lbmiddleware.asgi import LoadBalancerMiddleware
 from lbmiddleware.proxy import BINARY, TEXT
 from lbmiddleware.wsgi import WSGILoadBalancer
 
-from .asgi_client import Call
+from ..support.asgi_client import Call
 
 # The `_` spellings of names the proxy sets, removes or a backend trusts from its proxy: a
 # CGI/WSGI server maps `X_Forwarded_Host` and `X-Forwarded-Host` to one HTTP_X_FORWARDED_HOST.

@@ -15,8 +15,8 @@ import uvicorn
 
 from lbmiddleware.asgi import LoadBalancerMiddleware
 
-from .asgi_client import GatewayProcess
-from .servers import RawServer, read_request_head
+from ..support.asgi_client import GatewayProcess
+from ..support.servers import RawServer, read_request_head
 
 STREAM_LIMIT = 20.0      # seconds: the "endless" stream ends by then whatever happens
 # How long the proxy may take to notice the client left: far below STREAM_LIMIT, with room

@@ -17,7 +17,7 @@ import lbmiddleware
 from lbmiddleware.demo import runner as demo
 from lbmiddleware.demo.backends import FLAKY_FAILURE_RATE, SLOW_DELAY
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _refused(url: str) -> bool:

@@ -14,8 +14,8 @@ import lbmiddleware as lb
 from lbmiddleware.asgi import LoadBalancerMiddleware
 from lbmiddleware.upstream import ProtocolError, ReadTimeout, Upstream
 
-from .asgi_client import Call
-from .servers import RawServer, read_request_head
+from ..support.asgi_client import Call
+from ..support.servers import RawServer, read_request_head
 
 CLOSE = "close"          # a script step: read the request, close without answering
                          # (at the end of a step's parts: close after that response)

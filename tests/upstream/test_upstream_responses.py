@@ -21,9 +21,9 @@ from lbmiddleware.upstream.deadlines import Deadlines
 from lbmiddleware.upstream.http1 import _Connection
 from lbmiddleware.upstream import ProtocolError
 
-from .asgi_client import Call, GatewayProcess
-from .servers import RawServer, read_request_head
-from .test_asgi_upstream import OK, fetch, scripted  # noqa: F401  (scripted: a fixture)
+from ..support.asgi_client import Call, GatewayProcess
+from ..support.servers import RawServer, read_request_head
+from ..asgi.test_asgi_upstream import OK, fetch, scripted  # noqa: F401  (scripted: a fixture)
 
 CHUNKED_HEAD = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
 

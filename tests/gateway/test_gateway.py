@@ -14,7 +14,7 @@ import requests
 from lbmiddleware import errors as lb_errors
 from lbmiddleware.proxy.settings import ProxySettings
 
-from .asgi_client import GatewayProcess
+from ..support.asgi_client import GatewayProcess
 
 
 def run_serve(environ: dict[str, str], *args: str) -> subprocess.CompletedProcess:

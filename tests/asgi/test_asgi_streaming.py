@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from .asgi_client import GatewayProcess
-from .servers import read_request_head
+from ..support.asgi_client import GatewayProcess
+from ..support.servers import read_request_head
 
 SIZE = 200 * 1024 * 1024
 BLOCK = bytes(range(256)) * 4096          # 1 MiB of a known pattern

@@ -19,7 +19,7 @@ import pytest
 
 import lbmiddleware as lb
 
-from .test_wsgi import call, environ_for, raw_request, read_response, serve_wsgi
+from ..wsgi.test_wsgi import call, environ_for, raw_request, read_response, serve_wsgi
 
 MB = 1024 * 1024
 BLOCK = bytes(range(256)) * 1024          # 256 KiB of a pattern

@@ -24,7 +24,7 @@ import requests
 
 from lbmiddleware.adapter import LoadBalancingAdapter
 
-from .servers import RawServer, read_request_head
+from ..support.servers import RawServer, read_request_head
 
 VHOST = "http://svc"
 PAUSE = 0.2         # between an interim response and the rest: the client must wait it out

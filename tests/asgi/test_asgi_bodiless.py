@@ -15,8 +15,8 @@ import pytest
 
 from lbmiddleware.asgi import LoadBalancerMiddleware
 
-from .test_adapter_raw import RawBackend, ok
-from .test_asgi_disconnect import ServerThread
+from ..adapter.test_adapter_raw import RawBackend, ok
+from ..asgi.test_asgi_disconnect import ServerThread
 
 
 @pytest.mark.parametrize("head", [
