@@ -5,7 +5,7 @@ VENV := .venv
 INSTALLED := $(VENV)/.installed-test-gateway
 BENCH_INSTALLED := $(VENV)/.installed-bench
 
-.PHONY: demo test test-core bench quality bench-proxy clean
+.PHONY: demo test test-core check typecheck lint bench quality bench-proxy clean
 
 demo: $(INSTALLED)
 	$(VENV)/bin/python -m lbmiddleware demo
@@ -16,6 +16,16 @@ test: $(INSTALLED)
 # The standard-library core's tests alone (seconds); `make test` runs these and the rest.
 test-core: $(INSTALLED)
 	$(VENV)/bin/python -m pytest -m core
+
+# The type check (settings in setup.cfg) and the linter (pyproject.toml); .ci/run runs
+# `make -k check` (every part, even after one fails) beside `make test`.
+check: typecheck lint
+
+typecheck: $(INSTALLED)
+	$(VENV)/bin/python -m mypy
+
+lint: $(INSTALLED)
+	$(VENV)/bin/python -m ruff check lbmiddleware tests benchmarks examples
 
 bench: $(INSTALLED)
 	$(VENV)/bin/python benchmarks/bench_pick.py
@@ -39,4 +49,4 @@ $(BENCH_INSTALLED): $(INSTALLED)
 	touch $(BENCH_INSTALLED)
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache
