@@ -15,10 +15,10 @@ import random
 from collections import deque
 from typing import Any, Callable, Collection, Sequence
 
-from .backend import Backend
-from .hashing import DEFAULT_TABLE_SIZE, maglev_table, stable_hash
-from .load import PeakEwma
-from .state import BackendState, Members
+from ..backend import Backend
+from ..hashing import DEFAULT_TABLE_SIZE, maglev_table, stable_hash
+from ..load import PeakEwma
+from ..state import BackendState, Members
 
 __all__ = [
     "Policy", "RoundRobin", "WeightedRandom", "IPHash", "PeakEwmaP2C", "LeastConnections",

@@ -25,7 +25,7 @@ import heapq
 import logging
 import math
 
-from .state import BackendState
+from ..state import BackendState
 
 __all__ = ["PassiveHealth"]
 
