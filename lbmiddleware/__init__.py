@@ -5,6 +5,8 @@ consistent hashing, peak-EWMA latency, least-connections, passive health) and th
 front-ends around it.
 """
 
+from typing import TYPE_CHECKING
+
 from .core.backend import Backend
 from .core.balancer import Balancer
 from .core.hashing import stable_hash
@@ -25,13 +27,33 @@ _FRONT_ENDS = {
 }
 
 
-def __getattr__(name: str):
-    module = _FRONT_ENDS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'lbmiddleware' has no attribute {name!r}")
-    import importlib
+# The libraries behind an extra: a front-end that needs one names the extra that installs it.
+_EXTRAS = {"requests": "requests", "urllib3": "requests"}
 
-    return getattr(importlib.import_module(module), name)
+if TYPE_CHECKING:
+    # Type checkers see the front-ends' real types; at run time __getattr__ loads them.
+    from .adapter import AdapterSettings, LoadBalancingAdapter, NoHealthyBackendError
+    from .asgi import LoadBalancerMiddleware
+    from .proxy.settings import ProxySettings
+    from .wsgi import WSGILoadBalancer
+else:
+    # Hidden from type checkers, so that a misspelt name is an error there, not an Any.
+    def __getattr__(name: str) -> object:
+        module = _FRONT_ENDS.get(name)
+        if module is None:
+            raise AttributeError(f"module 'lbmiddleware' has no attribute {name!r}")
+        import importlib
+
+        try:
+            loaded = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            extra = _EXTRAS.get((exc.name or "").partition(".")[0])
+            if extra is None:
+                raise
+            raise ModuleNotFoundError(
+                f"lbmiddleware.{name} needs {exc.name}, which is not installed: "
+                f"pip install 'lbmiddleware[{extra}]'", name=exc.name) from exc
+        return getattr(loaded, name)
 
 __all__ = [
     "Backend", "Balancer", "Settings", "POLICIES",
