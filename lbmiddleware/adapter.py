@@ -76,7 +76,7 @@ from urllib3.exceptions import ProtocolError, ReadTimeoutError, SSLError
 from .core.backend import Backend
 from .core.balancer import Balancer
 from .errors import NoHealthyBackend
-from .proxy.rules import may_retry, parse_cookie
+from .proxy import may_retry, parse_cookie
 from .proxy.settings import ForwardingSettings
 
 __all__ = ["LoadBalancingAdapter", "AdapterSettings", "NoHealthyBackendError",

@@ -33,7 +33,7 @@ from typing import Callable, Mapping, TextIO
 
 from .asgi import LoadBalancerMiddleware
 from .errors import ConfigError
-from .proxy.rules import ErrorResponse, error_response
+from .proxy import ErrorResponse, error_response
 from .proxy.settings import ProxySettings
 
 __all__ = ["load_settings", "make_app", "app_from_env", "choose_server", "bind", "serve"]

@@ -42,7 +42,7 @@ from urllib3.util import SKIP_HEADER
 from .adapter import LoadBalancingAdapter
 from .core.balancer import Balancer
 from .errors import NoHealthyBackend
-from .proxy.rules import (
+from .proxy import (
     TEXT, ClientAddress, UnsafeRequest, error_response, join_target,
     match_prefix, quote_path, sticky_key,
 )

@@ -36,12 +36,11 @@ from typing import Any, Awaitable, Callable, Mapping, MutableMapping
 
 from ..core.balancer import Balancer
 from ..errors import NoHealthyBackend
-from ..proxy.rules import (BINARY, ClientAddress, UnsafeRequest, error_response, join_target,
+from ..proxy import (BINARY, ClientAddress, UnsafeRequest, error_response, join_target,
                     match_prefix, may_retry, quote_path, sticky_key)
 from ..proxy.settings import ProxySettings
 from ..upstream.deadlines import Deadlines
-from ..upstream.http1 import NO_BODY_STATUSES
-from ..upstream.pool import Response, Upstream, UpstreamError
+from ..upstream import NO_BODY_STATUSES, Response, Upstream, UpstreamError
 
 __all__ = ["LoadBalancerMiddleware"]
 

@@ -2,7 +2,7 @@
 routing by prefix, the upstream target, header rules, the client's address, retries and
 error responses, and the proxy settings. Standard library only, no I/O."""
 
-from .rules import (BINARY, FRAMING, HOP_BY_HOP, IDEMPOTENT_METHODS, PROXY_HEADER_PREFIXES,
+from .headers import (BINARY, FRAMING, HOP_BY_HOP, IDEMPOTENT_METHODS, PROXY_HEADER_PREFIXES,
                     PROXY_HEADERS, TEXT, ClientAddress, ErrorResponse, HeaderRules, NotProxied,
                     UnsafeRequest, error_response, join_target, match_prefix, may_retry,
                     normalize_prefix, parse_cookie, quote_path, sticky_key, upstream_url)

@@ -2,11 +2,11 @@
 pools per backend, streamed bodies both ways, typed errors that say whether the request
 was sent."""
 
-from .http1 import (HIGH_WATER, ConnectError, ConnectTimeout, ProtocolError, ReadTimeout,
-                    Response, UpstreamError)
+from .connection import (HIGH_WATER, NO_BODY_STATUSES, ConnectError, ConnectTimeout,
+                         ProtocolError, ReadTimeout, Response, UpstreamError)
 from .pool import HostPool, Upstream
 
 __all__ = [
     "Upstream", "HostPool", "Response", "UpstreamError", "ConnectError", "ConnectTimeout",
-    "ReadTimeout", "ProtocolError", "HIGH_WATER",
+    "ReadTimeout", "ProtocolError", "HIGH_WATER", "NO_BODY_STATUSES",
 ]

@@ -9,7 +9,7 @@ client's per-request work. Standard library only.
 * :class:`Upstream` holds a :class:`HostPool` per backend; a pool keeps idle connections
   (LIFO) for reuse and drops those the backend closed or that idled too long.
 * :meth:`HostPool.request` sends one request over a connection of
-  :mod:`lbmiddleware.http1` and returns a :class:`Response` once the head has arrived;
+  :mod:`lbmiddleware.upstream.connection` and returns a :class:`Response` once the head has arrived;
   its body is read with :meth:`Response.read` under flow control (the socket stops being
   read while more than :data:`HIGH_WATER` bytes wait), so memory stays bounded whatever
   the body size. Request bodies are ``bytes`` or an async iterator, sent
@@ -28,7 +28,7 @@ from typing import AsyncIterator, Sequence
 
 from ..core.backend import Backend
 from .deadlines import Deadlines
-from .http1 import (HIGH_WATER, ConnectError, ConnectTimeout, ProtocolError, ReadTimeout,
+from .connection import (HIGH_WATER, ConnectError, ConnectTimeout, ProtocolError, ReadTimeout,
                     Response, UpstreamError, _Connection, _StaleConnection)
 
 __all__ = [

@@ -7,7 +7,7 @@ import urllib.parse
 import pytest
 
 import lbmiddleware as lb
-from lbmiddleware.proxy import rules as proxy, settings as proxy_settings
+from lbmiddleware.proxy import headers as proxy, settings as proxy_settings
 from lbmiddleware.proxy import (BINARY, TEXT, ClientAddress, UnsafeRequest, error_response,
                                 join_target, match_prefix, may_retry, normalize_prefix,
                                 parse_cookie, quote_path, sticky_key, upstream_url)

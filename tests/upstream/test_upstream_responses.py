@@ -18,7 +18,7 @@ import requests
 
 from lbmiddleware.asgi import LoadBalancerMiddleware
 from lbmiddleware.upstream.deadlines import Deadlines
-from lbmiddleware.upstream.http1 import _Connection
+from lbmiddleware.upstream.connection import _Connection
 from lbmiddleware.upstream import ProtocolError
 
 from ..support.asgi_client import Call, GatewayProcess
