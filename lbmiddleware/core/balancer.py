@@ -12,24 +12,23 @@ import logging
 import random
 import threading
 import time
-from typing import Any, Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from typing import Any
 
+from ..errors import ConfigError, NoHealthyBackend
+from .attempts import Completion
 from .backend import Backend, parse_backends
-from .settings import Settings
-from ..errors import NoHealthyBackend
+from .events import Event, Listener, MembershipChanged, PanicEnded, PanicStarted, log_event
 from .health import PassiveHealth
 from .load import PeakEwma
 from .policies import Policy, make_policy
+from .settings import Settings, resolve
 from .state import BackendState, Members
 
 __all__ = ["Balancer"]
 
 
-def _write(logs: list[tuple[int, str, tuple]]) -> None:
-    for level, message, args in logs:
-        logger.log(level, message, *args)
-
-_NONE: frozenset = frozenset()
+_NONE: frozenset[BackendState] = frozenset()
 
 logger = logging.getLogger("lbmiddleware")
 
@@ -44,7 +43,8 @@ class Balancer:
         backend = pool.pick(key="203.0.113.7")
         pool.report(backend, ok=True, latency=0.012)
 
-    Keyword arguments are the fields of :class:`~lbmiddleware.config.Settings`; pass
+    Keyword arguments are the fields of :class:`~lbmiddleware.core.settings.Settings`
+    (what the Balancer reads; retries and timeouts are each front-end's own); pass
     ``settings=`` instead to share one object. ``timer`` (seconds, monotonic) and ``rng``
     (a ``random.Random``) are injectable so tests drive time and chance.
     """
@@ -59,31 +59,38 @@ class Balancer:
         rng: random.Random | None = None,
         **options: Any,
     ) -> None:
-        if settings is None:
-            if backends is not None:
-                options["backends"] = backends
-            if policy is not None:
-                options["policy"] = policy
-            settings = Settings(**options)
-        elif backends is not None or policy is not None or options:
-            settings = settings.replace(
-                **options, **({"backends": backends} if backends is not None else {}),
-                **({"policy": policy} if policy is not None else {}))
+        if backends is not None:
+            options["backends"] = backends
+        if policy is not None:
+            options["policy"] = policy
+        if settings is None or options:
+            # Only the Balancer's own settings: a front-end's (retries=...) raises a TypeError
+            # that says where it belongs.
+            settings = resolve("Balancer", (), options, given=() if settings is None else (settings,),
+                               from_env=False).core
         self.settings = settings
         self._timer = timer
         self._rng = rng if rng is not None else random.Random()
         self._lock = threading.Lock()
+        # Events are queued under the lock, posted to the outbox before it is released and
+        # delivered after, in order, by whichever thread holds _delivering (see _deliver()).
+        self._events: list[Event] = []
+        self._outbox: collections.deque[Event] = collections.deque()
+        self._delivering = threading.Lock()
+        self._listeners: tuple[Listener, ...] = (log_event,)
         self._health = PassiveHealth(settings.max_fails, settings.fail_timeout,
-                                     settings.max_ejection_time)
+                                     settings.max_ejection_time, self._events.append)
         self._load = PeakEwma()
         self._policy: Policy = make_policy(settings.policy, self._rng, timer, self._load)
         self._states: dict[str, BackendState] = {}      # url -> state, listed order
         self._retired: dict[str, BackendState] = {}     # removed, requests still in flight
-        self._deferred: collections.deque = collections.deque()   # see report_later()
+        self._deferred: collections.deque[tuple[Backend, bool | None, float | None]] = (
+            collections.deque())                        # see report_later()
         self._generation = 0
         self._healthy = self._all = Members((), 0)
         self._panic = False
         self._apply_membership(settings.backends)
+        self._events.clear()         # the first members are no change: nobody listens yet
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *,
@@ -113,84 +120,178 @@ class Balancer:
         (every pick then raises :class:`NoHealthyBackend`).
         """
         new = parse_backends(backends, allow_empty=True)
+        if self._same_members(new):
+            return                  # nothing to rebuild, restart or announce
         prepared = self._policy.prepare(new)      # slow part (a hash table) outside the lock
         with self._lock:
-            self._apply_membership(new, prepared)
-            logs = self._take_logs() if self._health.log else None
-        if logs:
-            _write(logs)
+            if not self._same_members(new):
+                self._apply_membership(new, prepared)
+            self._post()
+        self._deliver()
+
+    def _same_members(self, backends: tuple[Backend, ...]) -> bool:
+        """True when ``backends`` are the members now, with the same weights, in any order."""
+        states = self._states
+        if len(backends) != len(states):
+            return False
+        for backend in backends:
+            state = states.get(backend.url)
+            if state is None or state.weight != backend.weight:
+                return False
+        return True
 
     def _apply_membership(self, backends: tuple[Backend, ...], prepared: Any = None) -> None:
         old = self._states
         states: dict[str, BackendState] = {}
+        added, reweighted = [], []
         for backend in backends:
-            state = old.get(backend.url) or self._retired.pop(backend.url, None)
+            state = old.get(backend.url)
             if state is None:
-                state = BackendState(backend)
-                state.in_rotation_since = self._timer()
+                state = self._retired.pop(backend.url, None)
+                added.append(backend)
+            if state is None:
+                state = BackendState(backend, self._timer())
             else:
+                if state.weight != backend.weight and backend not in added:
+                    reweighted.append(backend)
                 state.backend = backend
                 state.weight = backend.weight
             states[backend.url] = state
+        removed = []
         for url, state in old.items():
             if url not in states:
+                removed.append(state.backend)
                 self._health.forget(state)
                 if state.in_flight:
                     self._retired[url] = state
         self._states = states
         self._policy.membership_changed(tuple(states.values()), prepared)
         self._refresh()
+        self._events.append(MembershipChanged(tuple(added), tuple(removed), tuple(reweighted),
+                                              backends))
 
-    def _refresh(self) -> None:
-        """Rebuild the member snapshots after a change of membership or health."""
+    def _refresh(self, answered_by: Backend | None = None,
+                 returned: tuple[Backend, ...] = ()) -> None:
+        """Rebuild the member snapshots after a change of membership or health; ``answered_by``
+        and ``returned`` say what ended an ejection (for the event if panic ends)."""
         self._generation += 1
         everyone = tuple(self._states.values())
         self._all = Members(everyone, self._generation)
-        self._healthy = Members(tuple(s for s in everyone if s.ejected_until is None),
+        self._healthy = Members(tuple(s for s in everyone if s.health.ejected_until is None),
                                 self._generation)
         panic = bool(everyone) and not self._healthy.states
-        if panic and not self._panic:
-            self._health.log.append((logging.WARNING,
-                                     "every backend is ejected: panic mode, picking among all %d",
-                                     (len(everyone),)))
-        self._panic = panic
+        if panic != self._panic:
+            self._panic = panic
+            if panic:
+                self._events.append(PanicStarted(tuple(s.backend for s in everyone)))
+            else:
+                self._events.append(PanicEnded(answered_by, returned))
+
+    # -- events -------------------------------------------------------------------------
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """Call ``listener(event)`` for every event of this pool from now on (see
+        :mod:`lbmiddleware.core.events`); returns a function that unsubscribes it.
+
+        Listeners run after the pool's lock is released, one event at a time, in the order
+        the events happened, on whichever thread delivers them. A listener that raises is
+        logged (``logger.exception``) and the other listeners still get the event. Logging
+        is the one listener every Balancer has from the start.
+        """
+        with self._lock:
+            self._listeners = (*self._listeners, listener)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                listeners = list(self._listeners)
+                if listener in listeners:
+                    listeners.remove(listener)
+                    self._listeners = tuple(listeners)
+
+        return unsubscribe
+
+    def _post(self) -> None:
+        """Move the events queued under the lock to the outbox (call it holding the lock)."""
+        events = self._events
+        if events:
+            self._outbox.extend(events)
+            events.clear()
+
+    def _deliver(self) -> None:
+        """Hand the posted events to the listeners, outside the pool's lock.
+
+        One thread at a time delivers, oldest event first; a thread that finds another one
+        delivering leaves its events to it (that thread looks again after it stops), so events
+        keep their order and a listener that calls back into the pool cannot deadlock.
+        """
+        outbox = self._outbox
+        while outbox:
+            if not self._delivering.acquire(blocking=False):
+                return
+            try:
+                while outbox:
+                    event = outbox.popleft()
+                    for listener in self._listeners:
+                        try:
+                            listener(event)
+                        except Exception:
+                            logger.exception("event listener %r failed on %r", listener, event)
+            finally:
+                self._delivering.release()
 
     # -- pick and report ----------------------------------------------------------------
 
-    def pick(self, key: str | None = None, exclude: Collection[Backend] = ()) -> Backend:
+    def pick(self, key: str | None = None, exclude: Collection[Backend | str] = ()) -> Backend:
         """Choose a backend and count the request in flight; end it with :meth:`report`.
 
         ``key`` is the sticky key for ``ip_hash`` (ignored by the other policies);
         ``exclude`` lists backends already tried for this request. Raises
         :class:`NoHealthyBackend` when no backend is left to try.
         """
-        with self._lock:
-            if self._deferred:
-                self._apply_deferred()
-            health = self._health
-            if health.any_ejected and health.expire(self._timer()):
-                self._refresh()
-            members = self._all if self._panic else self._healthy
-            excluded = self._exclude_states(exclude, members) if exclude else _NONE
-            if len(excluded) >= len(members.states):
-                if not self._states:
-                    raise NoHealthyBackend("the pool has no backends")
-                if members is self._healthy and len(excluded) < len(self._all.states):
-                    members = self._all      # the healthy ones are all tried: panic for this pick
-                    excluded = self._exclude_states(exclude, members)
+        try:
+            with self._lock:
+                if self._deferred:
+                    self._apply_deferred()
+                if self._health.any_ejected:
+                    self._expire(self._timer())
+                members = self._all if self._panic else self._healthy
+                excluded = self._exclude_states(exclude, members) if exclude else _NONE
                 if len(excluded) >= len(members.states):
-                    tried = sorted(getattr(b, "url", b) for b in exclude)
-                    raise NoHealthyBackend(f"every backend was tried: {', '.join(tried)}")
-            state = self._policy.pick(members, key, excluded)
-            state.in_flight += 1
-            state.load_version += 1
-            self._policy.started(state)
-            logs = self._take_logs() if self._health.log else None
-        if logs:
-            _write(logs)
+                    members, excluded = self._widen(members, excluded, exclude)   # or raises
+                state = self._policy.pick(members, key, excluded)
+                state.in_flight += 1
+                self._policy.started(state)
+                if self._events:
+                    self._post()
+        finally:
+            if self._outbox:
+                self._deliver()
         return state.backend
 
-    def _exclude_states(self, exclude: Collection[Backend], members: Members) -> frozenset:
+    def _expire(self, now: float) -> None:
+        returned = self._health.expire(now)
+        if returned:
+            self._refresh(returned=returned)
+
+    def _widen(self, members: Members, excluded: frozenset[BackendState],
+               exclude: Collection[Backend | str]) -> tuple[Members, frozenset[BackendState]]:
+        """Every eligible backend is excluded: fall back to the ejected ones not excluded
+        (panic for this pick), or raise :class:`NoHealthyBackend`."""
+        if not self._states:
+            error = NoHealthyBackend("the pool has no backends")
+        else:
+            if members is self._healthy and len(excluded) < len(self._all.states):
+                members = self._all      # the healthy ones are all tried: panic for this pick
+                excluded = self._exclude_states(exclude, members)
+                if len(excluded) < len(members.states):
+                    return members, excluded
+            tried = sorted(b.url if isinstance(b, Backend) else b for b in exclude)
+            error = NoHealthyBackend(f"every backend was tried: {', '.join(tried)}")
+        self._post()                 # this call's upkeep events go out all the same
+        raise error
+
+    def _exclude_states(self, exclude: Collection[Backend | str],
+                        members: Members) -> frozenset[BackendState]:
         states = (self._states.get(b.url if isinstance(b, Backend) else b) for b in exclude)
         return frozenset(s for s in states if s is not None and s in members)
 
@@ -204,9 +305,10 @@ class Balancer:
             if self._deferred:
                 self._apply_deferred()
             self._report(backend, ok, latency)
-            logs = self._take_logs() if self._health.log else None
-        if logs:
-            _write(logs)
+            if self._events:
+                self._post()
+        if self._outbox:
+            self._deliver()
 
     def report_later(self, backend: Backend, ok: bool = True,
                      latency: float | None = None) -> None:
@@ -214,36 +316,37 @@ class Balancer:
         may run while this thread already holds it (a garbage collection inside
         :meth:`pick`). Applied at once if the lock is free, else by the next call."""
         self._deferred.append((backend, ok, latency))
+        self._apply_later()
+
+    def _apply_later(self) -> None:
+        """Apply the deferred reports now if the lock is free (else the next call does)."""
         if self._lock.acquire(blocking=False):
             try:
                 self._apply_deferred()
-                logs = self._take_logs() if self._health.log else None
+                self._post()
             finally:
                 self._lock.release()
-            if logs:
-                _write(logs)
-
-    def _take_logs(self) -> list[tuple[int, str, tuple]]:
-        """The log lines queued under the lock, to write once it is released."""
-        logs, self._health.log = self._health.log, []
-        return logs
+            self._deliver()
 
     def _apply_deferred(self) -> None:
         deferred = self._deferred
         while deferred:
-            self._report(*deferred.popleft())
+            backend, ok, latency = deferred.popleft()
+            if ok is None:
+                self._finish(backend)           # release_later(): no outcome
+            else:
+                self._report(backend, ok, latency)
 
     def _report(self, backend: Backend, ok: bool, latency: float | None) -> None:
         url = backend.url
         state = self._states.get(url)
         member = state is not None
-        if not member:
+        if state is None:
             state = self._retired.get(url)
             if state is None:
                 return          # removed, and its last request already ended
         if state.in_flight > 0:
             state.in_flight -= 1
-            state.load_version += 1
             self._policy.finished(state)
             if not member and not state.in_flight:
                 del self._retired[url]
@@ -251,18 +354,18 @@ class Balancer:
         state.requests += 1
         if ok:
             if latency is not None:
-                self._load.observe(state, latency, now)
-            if not member:
-                return                  # removed from the pool: its health no longer matters
-            if state.ejected_until is not None and self._panic:
-                self._health.restore_all(state, now)      # the full outage is over
-                self._refresh()
-            elif state.consecutive_failures or state.probation:
-                self._health.success(state, now, latency)
+                self._load.observe(state.latency, latency, now)
+            if not member or state.health.steady:
+                return          # a success of a steady backend (or a removed one) changes nothing
+            returned = self._health.success(state, now, latency, self._panic)
+            if returned is not None:                      # it ended a full outage
+                self._refresh(answered_by=backend, returned=returned)
         else:
-            self._load.observe_failure(state, now)
-            if member and self._health.failure(state, now, latency):
-                self._refresh()
+            self._load.observe_failure(state.latency, now, state.health.consecutive_failures)
+            if member:
+                state.failures += 1
+                if self._health.failure(state, now, latency):
+                    self._refresh()
 
     def release(self, backend: Backend) -> None:
         """End one pick of ``backend`` with no outcome (the caller gave up or was cancelled)."""
@@ -270,6 +373,10 @@ class Balancer:
             if self._deferred:
                 self._apply_deferred()
             self._finish(backend)
+            if self._events:
+                self._post()
+        if self._outbox:
+            self._deliver()
 
     def _finish(self, backend: Backend) -> BackendState | None:
         url = backend.url
@@ -280,7 +387,6 @@ class Balancer:
                 return None       # removed, and its last request already ended
         if state.in_flight > 0:
             state.in_flight -= 1
-            state.load_version += 1
             self._policy.finished(state)
             if not state.in_flight and url in self._retired:
                 del self._retired[url]
@@ -306,7 +412,49 @@ class Balancer:
             raise
         self.report(backend, ok=True, latency=self._timer() - start)
 
+    def release_later(self, backend: Backend) -> None:
+        """:meth:`release` that never waits for the lock (see :meth:`report_later`): how a
+        dropped :class:`~lbmiddleware.core.attempts.Completion` is released by its finalizer."""
+        self._deferred.append((backend, None, None))
+        self._apply_later()
+
+    def begin(self, key: str | None = None, exclude: Collection[Backend] = ()) -> Completion:
+        """:meth:`pick`, as a completion handle that ends exactly once: ``done(outcome)``
+        reports, ``release()`` does not, a second end is ignored, and a handle dropped
+        without an end is released (tower's completion handle). The attempt loop of every
+        front-end (:class:`~lbmiddleware.core.attempts.Attempts`) picks through this."""
+        return Completion(self, self.pick(key=key, exclude=exclude))
+
     # -- introspection ------------------------------------------------------------------
+
+    def lookup(self, key: str) -> Backend:
+        """The backend that owns ``key`` now: the one ``pick(key=key)`` would return (among
+        the healthy members; among all of them in panic), without a pick: nothing is counted
+        in flight, no policy state moves, no event is sent. An ejection whose time is over
+        counts as over, as it would for a pick.
+
+        Only a keyed policy has owners: for ``ip_hash`` this is the key's home or, while the
+        home is ejected, its fallback. Any other policy raises :class:`ConfigError` naming it;
+        an empty pool raises :class:`NoHealthyBackend`.
+        """
+        policy = self._policy
+        if not policy.keyed:
+            raise ConfigError(
+                f"lookup() needs a keyed policy (ip_hash); this pool uses {self.policy}")
+        with self._lock:
+            if not self._states:
+                raise NoHealthyBackend("the pool has no backends")
+            return policy.lookup(self._members_at(self._timer()), key).backend
+
+    def _members_at(self, now: float) -> Members:
+        """The members a pick at ``now`` would choose from, changing nothing."""
+        if not self._health.due(now):
+            return self._all if self._panic else self._healthy
+        # Some ejection is over; a pick would end it first. A throwaway snapshot
+        # (generation -1: no policy may cache it).
+        usable = tuple(s for s in self._states.values()
+                       if s.health.ejected_until is None or s.health.ejected_until <= now)
+        return Members(usable, -1)
 
     def stats(self) -> list[dict[str, Any]]:
         """Per backend, in listed order: url, weight, state, ejected_until, in_flight,
@@ -315,32 +463,33 @@ class Balancer:
             if self._deferred:
                 self._apply_deferred()
             now = self._timer()
-            if self._health.any_ejected and self._health.expire(now):
-                self._refresh()
+            if self._health.any_ejected:
+                self._expire(now)
             rows = []
             for state in self._states.values():
-                if state.ejected_until is not None:
+                health = state.health
+                if health.ejected_until is not None:
                     status = "ejected"
-                elif state.probation:
+                elif health.probation:
                     status = "probation"
                 else:
                     status = "healthy"
-                latency = self._load.estimate(state, now) if state.rtt is not None else None
+                estimate = state.latency
+                latency = self._load.estimate(estimate, now) if estimate.rtt is not None else None
                 rows.append({
                     "url": state.backend.url,
                     "weight": state.weight,
                     "state": status,
-                    "ejected_until": state.ejected_until,
+                    "ejected_until": health.ejected_until,
                     "in_flight": state.in_flight,
                     "requests": state.requests,
                     "failures": state.failures,
-                    "consecutive_failures": state.consecutive_failures,
-                    "ejections": state.ejections,
+                    "consecutive_failures": health.consecutive_failures,
+                    "ejections": health.ejections,
                     "latency": latency,
                 })
-            logs = self._take_logs() if self._health.log else None
-        if logs:
-            _write(logs)
+            self._post()
+        self._deliver()
         return rows
 
     def __repr__(self) -> str:

@@ -1,0 +1,310 @@
+"""The attempt loop: one request tried on one backend after another, sans I/O.
+
+Every front-end (the requests adapter, the ASGI middleware, the simulator of the quality
+benchmark) runs the same loop with its own I/O; only the I/O and the translation of its
+library's errors into an :class:`Outcome` are its own::
+
+    attempts = Attempts(balancer, rule, "GET", key=client_ip)
+    backend = attempts.start()                  # NoHealthyBackend: nothing to try
+    with attempts:                              # an exception releases the open attempt
+        while True:
+            response, outcome = forward(backend)        # the front-end's I/O
+            if outcome.ok:
+                break
+            backend = attempts.retry(outcome)
+            if backend is None:
+                break                                   # give the client what it has
+            discard(response)
+        deliver(response)
+        attempts.end(outcome)                   # after the body: it was in flight till then
+
+Four pieces:
+
+* :class:`RetryRule`, an immutable value (urllib3's ``Retry``): how many retries, which
+  methods may be sent twice, which statuses fail an attempt. Its one question is
+  :meth:`RetryRule.allows`. The rules are SEMANTICS "Retries": a connect failure (the
+  request was never sent) is retried for any method; after the request was sent, only an
+  idempotent method (RFC 9110 9.2.2) whose body can be sent again, or any method with
+  ``retry_non_idempotent`` (nginx ``proxy_next_upstream non_idempotent``); at most
+  ``retries`` retries, each on a backend not tried yet for this request (Envoy
+  ``previous_hosts``), so never more than the pool has other backends.
+* :class:`Outcome`, a frozen record of how one attempt ended (gRPC's ``DoneInfo``): it can
+  grow (bytes for the bandwidth policy) without changing the callers.
+* :class:`Completion`, tower's completion handle: :meth:`Balancer.begin
+  <lbmiddleware.core.balancer.Balancer.begin>` picks a backend and returns one; it ends
+  exactly once, with :meth:`~Completion.done` (an outcome) or :meth:`~Completion.release`
+  (none: the caller gave up or was cancelled). A second end is ignored, and a handle
+  dropped without an end is released by a finalizer, so an in-flight count cannot leak.
+* :class:`Attempts`, the loop: the first pick, then after each failure the question "is
+  there another attempt?", answered by the rule and by whether a backend is left.
+
+The order is fixed here, once. A failure without a response (refused, reset, timed out) is
+reported at once, before the next pick, so the pick already knows of it. A failure *with*
+a response (a status in ``fail_statuses``) is the answer the client gets if no other
+attempt follows: it is reported when the next backend is picked, or else stays open
+until the front-end has delivered it (:meth:`Attempts.end`), as every successful
+attempt does (a streamed body keeps its backend in flight until it ends).
+
+Standard library only, no I/O.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import weakref
+from collections.abc import Collection
+from typing import TYPE_CHECKING, ClassVar, Protocol
+
+from ..errors import NoHealthyBackend
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from .backend import Backend
+
+__all__ = ["RetryRule", "Outcome", "Completion", "Attempts", "IDEMPOTENT_METHODS",
+           "DEFAULT_FAIL_STATUSES"]
+
+#: Methods that may be sent again after the request reached a backend (RFC 9110 9.2.2).
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+
+#: Response statuses that fail an attempt by default (Envoy ``gateway-error``).
+DEFAULT_FAIL_STATUSES = frozenset({502, 503, 504})
+
+
+# -- the outcome of one attempt -----------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Outcome:
+    """How one attempt ended.
+
+    ``ok``: a success for the backend's health (a response whose status is not in
+    ``fail_statuses``). ``latency``: seconds from sending to the response head, or
+    ``None`` when unknown. ``sent``: the request may have reached the backend (``False``
+    only for a connect failure, which any method may retry). ``timeout``: a connect or
+    read timeout ended it. ``status``: the response's status, or ``None`` without a
+    response. ``bytes_sent`` / ``bytes_received``: request and response body bytes on
+    the wire, ``0`` when the front-end does not know them.
+    """
+
+    ok: bool
+    latency: float | None = None
+    sent: bool = True
+    timeout: bool = False
+    status: int | None = None
+    bytes_sent: int = 0
+    bytes_received: int = 0
+
+
+# -- the retry rule -----------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class RetryRule:
+    """When a failed attempt is tried again on another backend; an immutable value, safe to
+    share between threads and front-ends (each front-end builds its own once).
+
+    ``retries``: attempts after the first, at most [2]. ``fail_statuses``: response
+    statuses that fail an attempt [502, 503, 504]. ``retry_non_idempotent``: also send a
+    POST or PATCH again after it reached a backend [no]. ``idempotent_methods`` is a class
+    default (subclass to change it).
+    """
+
+    retries: int = 2
+    fail_statuses: frozenset[int] = DEFAULT_FAIL_STATUSES
+    retry_non_idempotent: bool = False
+
+    idempotent_methods: ClassVar[frozenset[str]] = IDEMPOTENT_METHODS
+
+    def __post_init__(self) -> None:
+        if type(self.retries) is not int or self.retries < 0:     # (a bool is no count)
+            raise ValueError(f"retries has value {self.retries!r}: not a count (0 or more)")
+        object.__setattr__(self, "fail_statuses", frozenset(self.fail_statuses))
+
+    def allows(self, method: str, outcome: Outcome, *, attempts: int = 0,
+               replayable: bool = True) -> bool:
+        """May a request that has made ``attempts`` attempts, the last ending in
+        ``outcome``, be tried again? ``replayable``: its body can be sent again.
+
+        ``attempts=0`` asks about the method and body alone (an upstream client resending
+        a request on a fresh connection to the same backend asks this).
+        """
+        return (not outcome.ok and self._has_retries_left(attempts)
+                and (not outcome.sent or self._may_resend(method, replayable)))
+
+    def outcome(self, status: int, latency: float | None = None, *, bytes_sent: int = 0,
+                bytes_received: int = 0) -> Outcome:
+        """The outcome of an attempt answered with ``status``: a failure when the status
+        is in ``fail_statuses``."""
+        return Outcome(ok=status not in self.fail_statuses, latency=latency, status=status,
+                       bytes_sent=bytes_sent, bytes_received=bytes_received)
+
+    def _has_retries_left(self, attempts: int) -> bool:
+        return attempts <= self.retries
+
+    def _may_resend(self, method: str, replayable: bool) -> bool:
+        """After sending: only a replayable body, and an idempotent method unless opted in."""
+        return replayable and (self.retry_non_idempotent
+                               or method.upper() in self.idempotent_methods)
+
+    def __repr__(self) -> str:
+        statuses = ", ".join(str(s) for s in sorted(self.fail_statuses))
+        extra = ", retry_non_idempotent=True" if self.retry_non_idempotent else ""
+        return f"RetryRule(retries={self.retries}, fail_statuses={{{statuses}}}{extra})"
+
+
+# -- the completion handle ----------------------------------------------------------------
+
+class Reporter(Protocol):
+    """What a :class:`Completion` needs of its balancer (a Balancer, or a test's fake)."""
+
+    def report(self, backend: Backend, ok: bool = True,
+               latency: float | None = None) -> None: ...
+
+    def report_later(self, backend: Backend, ok: bool = True,
+                     latency: float | None = None) -> None: ...
+
+    def release(self, backend: Backend) -> None: ...
+
+    def release_later(self, backend: Backend) -> None: ...
+
+
+class Picker(Protocol):
+    """What :class:`Attempts` needs of its balancer: picks that return completion handles."""
+
+    def begin(self, key: str | None = None,
+              exclude: Collection[Backend] = ()) -> Completion: ...
+
+
+class Completion:
+    """One pick of ``backend``, in flight until it ends, exactly once.
+
+    :meth:`done` ends it with an outcome (health and latency learn from it), :meth:`release`
+    without one (the caller gave up, or was cancelled). A second end is ignored. A handle
+    dropped without an end is released by a finalizer, through the balancer's lock-free
+    path (a garbage collection may run it while this thread holds the balancer's lock).
+    Also a context manager: an exception in the block releases it, a clean exit leaves it
+    to its owner.
+    """
+
+    __slots__ = ("backend", "_balancer", "_finalizer", "__weakref__")
+
+    def __init__(self, balancer: Reporter, backend: Backend) -> None:
+        self.backend = backend
+        self._balancer = balancer
+        self._finalizer = weakref.finalize(self, balancer.release_later, backend)
+        self._finalizer.atexit = False
+
+    @property
+    def ended(self) -> bool:
+        return not self._finalizer.alive
+
+    def done(self, outcome: Outcome, *, wait: bool = True) -> None:
+        """End with ``outcome``. ``wait=False``: never wait for the balancer's lock (for
+        finalizers and callbacks that a garbage collection may run); the report is then
+        applied at once if the lock is free, else by the balancer's next call."""
+        if self._finalizer.detach() is None:
+            return                  # already ended
+        if wait:
+            self._balancer.report(self.backend, ok=outcome.ok, latency=outcome.latency)
+        else:
+            self._balancer.report_later(self.backend, ok=outcome.ok, latency=outcome.latency)
+
+    def release(self) -> None:
+        """End without an outcome: the pick no longer counts in flight."""
+        if self._finalizer.detach() is not None:
+            self._balancer.release(self.backend)
+
+    def __enter__(self) -> Completion:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        if kind is not None:
+            self.release()
+
+    def __repr__(self) -> str:
+        return f"<Completion {self.backend.url} {'ended' if self.ended else 'in flight'}>"
+
+
+# -- the loop -----------------------------------------------------------------------------
+
+class Attempts:
+    """One request's attempts: a backend per attempt, each attempt reported exactly once.
+
+    ``balancer`` picks (:meth:`Balancer.begin <lbmiddleware.core.balancer.Balancer.begin>`),
+    ``rule`` decides, ``method`` and ``key`` (the sticky key) describe the request. Drive
+    it from sync or async code: :meth:`start`, then :meth:`retry` after each failed
+    attempt, then :meth:`end` (or :meth:`release`) for the attempt whose answer the client
+    got. As a context manager, an exception releases the attempt still open.
+    """
+
+    __slots__ = ("_balancer", "rule", "method", "key", "tried", "completion")
+
+    def __init__(self, balancer: Picker, rule: RetryRule, method: str = "GET",
+                 key: str | None = None) -> None:
+        self._balancer = balancer
+        self.rule = rule
+        self.method = method
+        self.key = key
+        self.tried: list[Backend] = []        # the backends of this request, in order
+        self.completion: Completion | None = None     # the current attempt
+
+    def start(self) -> Backend:
+        """The first attempt's backend. Raises :class:`NoHealthyBackend` when the pool has
+        none to offer."""
+        return self._begin(self._balancer.begin(self.key))
+
+    def retry(self, outcome: Outcome, *, replayable: bool = True) -> Backend | None:
+        """The current attempt failed with ``outcome``: the next attempt's backend, or
+        ``None`` when none follows (the rule says no, or every backend was tried).
+
+        ``replayable``: the request's body can be sent again. A failure without a response
+        is reported now; one with a response is reported once the next backend is picked,
+        and otherwise stays open for :meth:`end` (the client gets that response).
+        """
+        current = self.completion
+        if current is None:
+            raise RuntimeError("retry() before start()")
+        if outcome.status is None:
+            current.done(outcome)
+        if not self.rule.allows(self.method, outcome, attempts=len(self.tried),
+                                replayable=replayable):
+            return None
+        try:
+            following = self._balancer.begin(self.key, exclude=self.tried)
+        except NoHealthyBackend:
+            return None
+        current.done(outcome)       # ignored if already reported above
+        return self._begin(following)
+
+    def end(self, outcome: Outcome, *, wait: bool = True) -> None:
+        """End the current attempt with ``outcome`` (see :meth:`Completion.done`)."""
+        if self.completion is not None:
+            self.completion.done(outcome, wait=wait)
+
+    def release(self) -> None:
+        """End the current attempt without an outcome (given up, cancelled)."""
+        if self.completion is not None:
+            self.completion.release()
+
+    @property
+    def backend(self) -> Backend | None:
+        """The current attempt's backend (``None`` before :meth:`start`)."""
+        return self.completion.backend if self.completion is not None else None
+
+    def _begin(self, completion: Completion) -> Backend:
+        self.completion = completion
+        self.tried.append(completion.backend)
+        return completion.backend
+
+    def __enter__(self) -> Attempts:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        if kind is not None:
+            self.release()
+
+    def __repr__(self) -> str:
+        tried = ", ".join(b.url for b in self.tried)
+        return f"<Attempts {self.method} key={self.key!r} tried=[{tried}] {self.rule!r}>"

@@ -1,0 +1,375 @@
+"""The attempt loop (core/attempts.py) driven by itself: a fake balancer, fake outcomes, no I/O.
+
+Every front-end (the requests adapter, the ASGI exchange, the simulator) runs this loop; what
+is retried, on which backend, and which outcome each backend gets is decided here.
+"""
+
+from __future__ import annotations
+
+import gc
+import random
+import threading
+
+import pytest
+
+import lbmiddleware as lb
+from lbmiddleware.core.attempts import Attempts, Completion, Outcome, RetryRule
+
+A, B, C, D = (lb.Backend(f"http://{name}:1") for name in "abcd")
+
+OK = Outcome(ok=True, latency=0.01, status=200)
+REFUSED = Outcome(ok=False, latency=0.001, sent=False)
+RESET = Outcome(ok=False, latency=0.02)
+TIMED_OUT = Outcome(ok=False, latency=1.0, timeout=True)
+UNAVAILABLE = Outcome(ok=False, latency=0.03, status=503)
+
+
+class FakeBalancer:
+    """Picks the listed backends in order (skipping excluded ones) and records every call."""
+
+    def __init__(self, *backends: lb.Backend) -> None:
+        self.backends = list(backends)
+        self.calls: list[tuple] = []
+        self.in_flight = 0
+
+    def begin(self, key=None, exclude=()):
+        for backend in self.backends:
+            if backend not in exclude:
+                self.calls.append(("pick", backend.url[7], key))
+                self.in_flight += 1
+                return Completion(self, backend)
+        self.calls.append(("none", key))
+        raise lb.NoHealthyBackend("every backend was tried")
+
+    def report(self, backend, ok=True, latency=None):
+        self.in_flight -= 1
+        self.calls.append(("report", backend.url[7], ok, latency))
+
+    def report_later(self, backend, ok=True, latency=None):
+        self.in_flight -= 1
+        self.calls.append(("report_later", backend.url[7], ok, latency))
+
+    def release(self, backend):
+        self.in_flight -= 1
+        self.calls.append(("release", backend.url[7]))
+
+    def release_later(self, backend):
+        self.in_flight -= 1
+        self.calls.append(("release_later", backend.url[7]))
+
+    def ends(self):
+        return [call for call in self.calls if call[0] not in ("pick", "none")]
+
+
+def run(balancer, rule, method, outcomes, *, replayable=True, key=None):
+    """Drive the loop as a front-end does: one outcome per attempt, in order; the last
+    attempt (the client's answer) is ended after the loop. Returns the backends tried."""
+    attempts = Attempts(balancer, rule, method, key=key)
+    attempts.start()
+    with attempts:
+        for outcome in outcomes:
+            if outcome.ok or attempts.retry(outcome, replayable=replayable) is None:
+                break
+        attempts.end(outcome)
+    return [b.url[7] for b in attempts.tried]
+
+
+# -- the retry rule --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", ["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE", "POST",
+                                    "PATCH"])
+def test_connect_failures_are_retried_for_every_method(method):
+    assert RetryRule().allows(method, REFUSED, attempts=1, replayable=False)
+
+
+def test_after_sending_only_idempotent_replayable_requests_are_retried():
+    rule = RetryRule()
+    assert rule.allows("GET", RESET, attempts=1)
+    assert rule.allows("put", TIMED_OUT, attempts=1)
+    assert rule.allows("DELETE", UNAVAILABLE, attempts=1)
+    assert not rule.allows("PUT", RESET, attempts=1, replayable=False)
+    assert not rule.allows("POST", RESET, attempts=1)
+    assert not rule.allows("PATCH", UNAVAILABLE, attempts=1)
+    opted = RetryRule(retry_non_idempotent=True)
+    assert opted.allows("POST", RESET, attempts=1)
+    assert not opted.allows("POST", RESET, attempts=1, replayable=False)
+
+
+def test_the_rule_counts_retries_and_never_retries_a_success():
+    rule = RetryRule(retries=2)
+    assert rule.allows("GET", RESET, attempts=2)
+    assert not rule.allows("GET", RESET, attempts=3)
+    assert not RetryRule(retries=0).allows("GET", REFUSED, attempts=1)
+    assert not rule.allows("GET", OK, attempts=1)
+
+
+def test_the_rule_says_which_statuses_fail():
+    rule = RetryRule(fail_statuses=[500, 503])
+    assert rule.fail_statuses == frozenset({500, 503})
+    assert rule.outcome(500, 0.2) == Outcome(ok=False, latency=0.2, status=500)
+    assert rule.outcome(502, 0.2, bytes_sent=3, bytes_received=7) == Outcome(
+        ok=True, latency=0.2, status=502, bytes_sent=3, bytes_received=7)
+    assert RetryRule().outcome(404).ok and RetryRule().outcome(500).ok    # 4xx never; 500 if listed
+
+
+def test_the_rule_is_an_immutable_value_with_a_compact_repr():
+    rule = RetryRule()
+    assert rule == RetryRule(2, frozenset({504, 503, 502}), False)
+    assert hash(rule) == hash(RetryRule())
+    with pytest.raises(AttributeError):
+        rule.retries = 5
+    assert repr(rule) == "RetryRule(retries=2, fail_statuses={502, 503, 504})"
+    assert repr(RetryRule(0, {500}, True)) == (
+        "RetryRule(retries=0, fail_statuses={500}, retry_non_idempotent=True)")
+    for bad in (-1, True, "2"):
+        with pytest.raises(ValueError, match="retries has value"):
+            RetryRule(retries=bad)
+
+
+def test_an_outcome_is_frozen_and_counts_bytes():
+    outcome = Outcome(ok=True, latency=0.1, status=200, bytes_sent=10, bytes_received=20)
+    with pytest.raises(AttributeError):
+        outcome.ok = False
+    assert (Outcome(ok=False).sent, Outcome(ok=False).timeout, Outcome(ok=False).bytes_sent) == (
+        True, False, 0)
+
+
+# -- the loop --------------------------------------------------------------------------------
+
+def test_a_success_is_one_attempt_reported_once():
+    balancer = FakeBalancer(A, B)
+    assert run(balancer, RetryRule(), "GET", [OK], key="k") == ["a"]
+    assert balancer.calls == [("pick", "a", "k"), ("report", "a", True, 0.01)]
+
+
+def test_retries_are_counted():
+    balancer = FakeBalancer(A, B, C, D)
+    assert run(balancer, RetryRule(retries=2), "GET", [RESET] * 4) == ["a", "b", "c"]
+    assert balancer.ends() == [("report", url, False, 0.02) for url in "abc"]
+    assert balancer.in_flight == 0
+    balancer = FakeBalancer(A, B)
+    assert run(balancer, RetryRule(retries=0), "GET", [REFUSED, OK]) == ["a"]
+
+
+def test_a_connect_failure_is_retried_for_post_but_a_sent_failure_is_not():
+    balancer = FakeBalancer(A, B)
+    assert run(balancer, RetryRule(), "POST", [REFUSED, OK]) == ["a", "b"]
+    assert balancer.ends() == [("report", "a", False, 0.001), ("report", "b", True, 0.01)]
+    balancer = FakeBalancer(A, B)
+    assert run(balancer, RetryRule(), "POST", [RESET, OK]) == ["a"]
+    assert balancer.ends() == [("report", "a", False, 0.02)]
+    assert balancer.in_flight == 0
+
+
+def test_a_failure_without_a_response_is_reported_before_the_next_pick():
+    balancer = FakeBalancer(A, B)
+    run(balancer, RetryRule(), "GET", [TIMED_OUT, OK])
+    assert balancer.calls == [("pick", "a", None), ("report", "a", False, 1.0),
+                              ("pick", "b", None), ("report", "b", True, 0.01)]
+
+
+def test_a_failure_status_is_retried_then_returned_when_retries_run_out():
+    balancer = FakeBalancer(A, B, C)
+    attempts = Attempts(balancer, RetryRule(retries=1), "GET")
+    attempts.start()
+    assert attempts.retry(UNAVAILABLE) is B
+    # A failure with a response is reported once the next backend is picked...
+    assert balancer.calls == [("pick", "a", None), ("pick", "b", None),
+                              ("report", "a", False, 0.03)]
+    # ...and when no attempt follows, it stays open: the client gets it, then it ends.
+    assert attempts.retry(UNAVAILABLE) is None
+    assert attempts.completion.backend is B and not attempts.completion.ended
+    assert balancer.in_flight == 1
+    attempts.end(UNAVAILABLE)
+    assert balancer.ends()[-1] == ("report", "b", False, 0.03)
+    assert balancer.in_flight == 0
+
+
+def test_a_failure_status_stays_open_when_the_pool_runs_out():
+    balancer = FakeBalancer(A, B)
+    attempts = Attempts(balancer, RetryRule(retries=5), "GET")
+    attempts.start()
+    assert attempts.retry(UNAVAILABLE) is B
+    assert attempts.retry(UNAVAILABLE) is None
+    assert balancer.calls[-1] == ("none", None)
+    assert not attempts.completion.ended
+    attempts.end(UNAVAILABLE, wait=False)       # e.g. from a streamed body's finalizer
+    assert balancer.ends() == [("report", "a", False, 0.03), ("report_later", "b", False, 0.03)]
+
+
+def test_a_failure_without_a_response_is_reported_even_when_the_pool_runs_out():
+    balancer = FakeBalancer(A, B)
+    assert run(balancer, RetryRule(retries=5), "GET", [RESET, REFUSED, OK]) == ["a", "b"]
+    assert balancer.ends() == [("report", "a", False, 0.02), ("report", "b", False, 0.001)]
+    assert balancer.in_flight == 0          # end() after the loop found it ended: ignored
+
+
+def test_never_the_same_backend_twice():
+    picks = []
+
+    class Recording(FakeBalancer):
+        def begin(self, key=None, exclude=()):
+            picks.append(list(exclude))
+            return super().begin(key, exclude)
+
+    balancer = Recording(A, B, C)
+    run(balancer, RetryRule(retries=9), "GET", [RESET] * 9)
+    assert picks == [[], [A], [A, B], [A, B, C]]
+
+
+def test_no_healthy_backend_on_the_first_pick_surfaces():
+    balancer = FakeBalancer()
+    attempts = Attempts(balancer, RetryRule(), "GET")
+    with pytest.raises(lb.NoHealthyBackend):
+        attempts.start()
+    assert attempts.tried == [] and attempts.backend is None
+    attempts.end(OK)                     # nothing to end: ignored
+    attempts.release()
+    assert balancer.ends() == []
+
+
+def test_a_body_that_cannot_be_sent_again_is_not_retried_after_sending():
+    balancer = FakeBalancer(A, B)
+    assert run(balancer, RetryRule(), "PUT", [RESET, OK], replayable=False) == ["a"]
+    balancer = FakeBalancer(A, B)
+    assert run(balancer, RetryRule(), "PUT", [REFUSED, OK], replayable=False) == ["a", "b"]
+
+
+def test_an_exception_releases_the_open_attempt():
+    balancer = FakeBalancer(A, B)
+    attempts = Attempts(balancer, RetryRule(), "GET")
+    attempts.start()
+    with pytest.raises(KeyboardInterrupt), attempts:
+        attempts.retry(UNAVAILABLE)
+        raise KeyboardInterrupt     # a cancellation while b's answer is awaited
+    assert balancer.ends() == [("report", "a", False, 0.03), ("release", "b")]
+    assert balancer.in_flight == 0
+
+
+def test_a_clean_exit_leaves_the_open_attempt_to_its_owner():
+    balancer = FakeBalancer(A)
+    attempts = Attempts(balancer, RetryRule(), "GET")
+    attempts.start()
+    with attempts:
+        pass
+    assert balancer.in_flight == 1
+    held = attempts.completion
+    held.done(OK)
+    assert balancer.in_flight == 0
+
+
+def test_retry_before_start_is_a_mistake():
+    with pytest.raises(RuntimeError, match="before start"):
+        Attempts(FakeBalancer(A), RetryRule()).retry(RESET)
+
+
+def test_the_loop_has_a_readable_repr():
+    attempts = Attempts(FakeBalancer(A), RetryRule(retries=1), "GET", key="k")
+    attempts.start()
+    assert repr(attempts) == ("<Attempts GET key='k' tried=[http://a:1] "
+                              "RetryRule(retries=1, fail_statuses={502, 503, 504})>")
+    assert repr(attempts.completion) == "<Completion http://a:1 in flight>"
+
+
+# -- the completion handle ----------------------------------------------------------------------
+
+def test_a_completion_ends_exactly_once():
+    balancer = FakeBalancer(A)
+    handle = balancer.begin()
+    handle.done(RESET)
+    handle.done(OK)
+    handle.release()
+    handle.done(OK, wait=False)
+    assert balancer.ends() == [("report", "a", False, 0.02)]
+    assert handle.ended and repr(handle) == "<Completion http://a:1 ended>"
+
+
+def test_a_released_completion_is_not_reported_later():
+    balancer = FakeBalancer(A)
+    handle = balancer.begin()
+    handle.release()
+    handle.done(OK)
+    assert balancer.ends() == [("release", "a")]
+
+
+def test_a_completion_is_a_context_manager_that_releases_on_an_exception():
+    balancer = FakeBalancer(A)
+    with pytest.raises(ValueError), balancer.begin():
+        raise ValueError
+    with balancer.begin() as handle:
+        handle.done(OK)
+    assert balancer.ends() == [("release", "a"), ("report", "a", True, 0.01)]
+
+
+def test_a_dropped_completion_is_released_by_its_finalizer():
+    balancer = FakeBalancer(A, B)
+    balancer.begin()                           # dropped at once, never ended
+    gc.collect()
+    attempts = Attempts(balancer, RetryRule(), "GET")
+    attempts.start()
+    del attempts                               # a front-end that lost its request
+    gc.collect()
+    assert balancer.ends() == [("release_later", "a"), ("release_later", "a")]
+    assert balancer.in_flight == 0
+
+
+def test_many_threads_end_one_completion_once():
+    balancer = FakeBalancer(A)
+    for _ in range(50):
+        handle = balancer.begin()
+        start = threading.Barrier(4)
+
+        def end(handle=handle, start=start):
+            start.wait()
+            handle.done(OK) if random.random() < 0.5 else handle.release()
+
+        threads = [threading.Thread(target=end) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert len(balancer.ends()) == 50 and balancer.in_flight == 0
+
+
+# -- with the real Balancer ------------------------------------------------------------------
+
+def test_balancer_begin_counts_in_flight_until_the_end():
+    pool = lb.Balancer([A, B], policy="least_conn")
+    first = pool.begin()
+    second = pool.begin(exclude=[first.backend])
+    assert {first.backend, second.backend} == {A, B}
+    assert [row["in_flight"] for row in pool.stats()] == [1, 1]
+    first.done(Outcome(ok=False, latency=0.5))
+    first.done(OK)
+    second.release()
+    rows = pool.stats()
+    assert [row["in_flight"] for row in rows] == [0, 0]
+    assert sum(row["failures"] for row in rows) == 1
+
+
+def test_balancer_begin_raises_when_nothing_is_left():
+    pool = lb.Balancer([A])
+    with pytest.raises(lb.NoHealthyBackend):
+        pool.begin(exclude=[A])
+
+
+def test_a_dropped_completion_is_released_inside_the_balancers_lock():
+    # A garbage collection may run the finalizer while this thread holds the lock (inside
+    # pick): the release is deferred to the next call instead of deadlocking.
+    pool = lb.Balancer([A])
+    pool.begin()
+    with pool._lock:
+        gc.collect()
+    assert pool.stats()[0]["in_flight"] == 0
+
+
+def test_the_loop_on_a_real_balancer_reports_each_backend_once():
+    pool = lb.Balancer([A, B, C], policy="round_robin", max_fails=0)
+    attempts = Attempts(pool, RetryRule(retries=5), "GET")
+    attempts.start()
+    assert attempts.retry(RESET) is not None
+    assert attempts.retry(UNAVAILABLE) is not None
+    assert attempts.retry(UNAVAILABLE) is None     # every backend tried
+    attempts.end(UNAVAILABLE)
+    rows = pool.stats()
+    assert [(r["requests"], r["failures"], r["in_flight"]) for r in rows] == [(1, 1, 0)] * 3
