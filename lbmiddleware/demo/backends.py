@@ -30,7 +30,7 @@ import random
 import signal
 import sys
 import threading
-from typing import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 __all__ = ["PERSONALITIES", "SLOW_DELAY", "FLAKY_FAILURE_RATE", "serve", "main"]
 
@@ -90,7 +90,8 @@ async def _read_body(reader: asyncio.StreamReader, head: bytes) -> None:
         await reader.readexactly(length)
 
 
-def _handler(personality: _Personality, open_writers: set):
+def _handler(personality: _Personality, open_writers: set[asyncio.StreamWriter]
+             ) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         open_writers.add(writer)
         try:
@@ -118,7 +119,8 @@ def _handler(personality: _Personality, open_writers: set):
 
 
 async def serve(names: Sequence[str], host: str = "127.0.0.1", port: int = 0, seed: int = 1,
-                ready=None, stop: asyncio.Event | None = None) -> None:
+                ready: Callable[[list[tuple[str, str]]], None] | None = None,
+                stop: asyncio.Event | None = None) -> None:
     """Serve one backend per name (ports chosen by the OS when ``port`` is 0) until ``stop``
     is set; ``ready(list of (name, url))`` is called once all listen."""
     servers = []
@@ -129,7 +131,7 @@ async def serve(names: Sequence[str], host: str = "127.0.0.1", port: int = 0, se
                 _handler(_Personality(name, seed + index), open_writers), host,
                 port if port else 0, limit=_MAX_HEAD, reuse_address=True, backlog=512)
             servers.append((name, server))
-        urls = [(name, "http://%s:%d" % server.sockets[0].getsockname()[:2])
+        urls = [(name, "http://{}:{}".format(*server.sockets[0].getsockname()[:2]))
                 for name, server in servers]
         if ready is not None:
             ready(urls)
@@ -151,8 +153,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="python -m lbmiddleware.demo.backends",
         description="Run the demo's backends (fast, slow, flaky) on 127.0.0.1 and print "
                     "LB_BACKENDS=... for the examples.")
-    parser.add_argument("names", nargs="*", metavar="NAME", help="personalities to run: fast, slow, flaky "
-                                             "(default: all three)")
+    parser.add_argument("names", nargs="*", metavar="NAME",
+                        help="personalities to run: fast, slow, flaky (default: all three)")
     parser.add_argument("--port", type=int, default=0,
                         help="port (only with one backend; default: chosen by the OS)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the flaky backend's failures")

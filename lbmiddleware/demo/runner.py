@@ -27,21 +27,26 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Callable, Sequence, TextIO
+from collections.abc import Callable, Sequence
+from typing import IO, TYPE_CHECKING, Any, TextIO
 
 from ..core.balancer import Balancer
 from ..core.settings import POLICIES, POLICY_ALIASES
 from .backends import FLAKY_FAILURE_RATE, SLOW_DELAY
+
+if TYPE_CHECKING:
+    import uvicorn
 
 __all__ = ["main", "run_demo", "PolicyResult", "format_policy", "format_summary", "Progress"]
 
 DEFAULT_REQUESTS = 3000          # per policy
 DEFAULT_CONCURRENCY = 16         # client connections
 CLIENT_ADDRESSES = [f"198.51.100.{i}" for i in range(1, 255)]   # a documentation range
-DEMO_SETTINGS = {                # the gateway's settings, shown in the demo's header
+DEMO_SETTINGS: dict[str, Any] = {  # the gateway's settings, shown in the demo's header
     "max_fails": 3, "fail_timeout": 2.0, "retries": 2,
     "connect_timeout": 1.0, "read_timeout": 5.0, "trusted_proxies": ["127.0.0.1/32"],
 }
+BALANCER_SETTINGS = ("max_fails", "fail_timeout")   # the Balancer's; the rest the proxy's
 REQUEST_TIMEOUT = 10.0           # seconds: a client request that takes longer is an error
 TIME_BUDGET = 50.0               # seconds for all the runs: each stops sending at its share
 STARTUP_TIMEOUT = 15.0           # seconds: backends and gateway must be listening by then
@@ -58,9 +63,9 @@ class BackendProcess:
     def __init__(self, name: str) -> None:
         self.name = name
         self.url = ""
-        self._process: subprocess.Popen | None = None
+        self._process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> "BackendProcess":
+    def start(self) -> BackendProcess:
         package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_parent, env.get("PYTHONPATH")]))
@@ -68,10 +73,11 @@ class BackendProcess:
             [sys.executable, "-m", "lbmiddleware.demo.backends", self.name, "--until-stdin-closes"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
             start_new_session=True)       # Ctrl-C reaches the demo only; it stops the children
+        assert self._process.stdout is not None     # stdout=PIPE
         self.url = self._read_url(self._process.stdout)
         return self
 
-    def _read_url(self, stdout) -> str:
+    def _read_url(self, stdout: IO[bytes]) -> str:
         """The URL the child prints once it listens."""
         with selectors.DefaultSelector() as selector:
             selector.register(stdout, selectors.EVENT_READ)
@@ -118,19 +124,20 @@ class BackendProcess:
 class Gateway:
     """The load-balancing proxy on 127.0.0.1 (port chosen by the OS) for one Balancer."""
 
-    def __init__(self, balancer: Balancer) -> None:
+    def __init__(self, balancer: Balancer, **options: Any) -> None:
         self.balancer = balancer
+        self.options = options          # the proxy's own settings (retries, timeouts, ...)
         self.port = 0
-        self._server = None
+        self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self._socket: socket.socket | None = None
 
-    def start(self) -> "Gateway":
+    def start(self) -> Gateway:
         import uvicorn
 
         from ..asgi import LoadBalancerMiddleware
 
-        app = LoadBalancerMiddleware(None, balancer=self.balancer)
+        app = LoadBalancerMiddleware(None, balancer=self.balancer, **self.options)
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         # Accepted sockets inherit it; asyncio sets it only on sockets made with
@@ -231,7 +238,8 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, str, bool]:
 
 
 async def _client(port: int, run: _Run, offset: int) -> None:
-    reader = writer = None
+    reader: asyncio.StreamReader | None = None
+    writer: asyncio.StreamWriter | None = None
     try:
         while (index := run.next_index()) is not None:
             client = CLIENT_ADDRESSES[(index * 7 + offset) % len(CLIENT_ADDRESSES)]
@@ -240,7 +248,7 @@ async def _client(port: int, run: _Run, offset: int) -> None:
             after_kill = run.killed_at is not None
             start = time.perf_counter()
             try:
-                if writer is None:
+                if reader is None or writer is None:
                     reader, writer = await asyncio.open_connection("127.0.0.1", port)
                 writer.write(request)
                 status, backend, keep = await asyncio.wait_for(_read_response(reader),
@@ -257,7 +265,7 @@ async def _client(port: int, run: _Run, offset: int) -> None:
             writer.close()
 
 
-async def _drive(port: int, run: _Run, concurrency: int, progress: "Progress") -> None:
+async def _drive(port: int, run: _Run, concurrency: int, progress: Progress) -> None:
     async def tick() -> None:
         while True:
             progress.update(len(run.samples), "flaky killed" if run.killed_at else "")
@@ -333,7 +341,7 @@ def _homes(backends: Sequence[BackendProcess]) -> dict[str, str]:
     stable, so a fresh Balancer maps a key exactly as the gateway's does)."""
     reference = Balancer([b.url for b in backends], policy="ip_hash")
     names = {backend.url: name for backend, name in
-             zip(reference.settings.backends, (b.name for b in backends))}
+             zip(reference.settings.backends, (b.name for b in backends), strict=True)}
     homes = {}
     for client in CLIENT_ADDRESSES:
         chosen = reference.pick(key=client)
@@ -343,15 +351,17 @@ def _homes(backends: Sequence[BackendProcess]) -> dict[str, str]:
 
 
 def run_policy(policy: str, steady: Sequence[BackendProcess], requests: int, concurrency: int,
-               progress: "Progress", seconds: float = TIME_BUDGET) -> PolicyResult:
+               progress: Progress, seconds: float = TIME_BUDGET) -> PolicyResult:
     """One run: a fresh flaky backend and gateway, ``requests`` GETs (fewer if ``seconds``
     run out first), the kill halfway."""
     flaky = BackendProcess("flaky").start()
     gateway = None
     try:
         backends = [*steady, flaky]
-        balancer = Balancer([b.url for b in backends], policy=policy, **DEMO_SETTINGS)
-        gateway = Gateway(balancer).start()
+        balancer = Balancer([b.url for b in backends], policy=policy,
+                            **{k: v for k, v in DEMO_SETTINGS.items() if k in BALANCER_SETTINGS})
+        gateway = Gateway(balancer, **{k: v for k, v in DEMO_SETTINGS.items()
+                                       if k not in BALANCER_SETTINGS}).start()
         run = _Run(requests, kill_at=requests // 2, kill=flaky.kill, seconds=seconds)
         progress.start(policy, requests)
         start = time.monotonic()
