@@ -1,4 +1,5 @@
-"""Shared fixtures (a fake clock and loopback backends) and the core/integration split.
+"""Shared fixtures (a fake clock, loopback backends, scripted raw backends, a certificate)
+and the core/integration split.
 
 ``pytest -m core`` runs the tests of the standard-library core alone, in seconds: no
 server, no subprocess, no sleeping. Every other test module (real loopback servers,
@@ -8,10 +9,12 @@ A new test module is integration unless it is listed here.
 
 from __future__ import annotations
 
+import ssl
 import subprocess
 
 import pytest
 
+from .support.raw_backends import RawBackend, ScriptedBackend
 from .support.servers import BackendServer
 
 CORE_MODULES = frozenset({
@@ -58,6 +61,34 @@ def backends():
     servers = [BackendServer(name).start() for name in "abc"]
     yield servers
     for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def raw_backend():
+    """Makes :class:`RawBackend` s (``raw_backend(*answers, tls=None)``); stops them after."""
+    made: list[RawBackend] = []
+
+    def make(*answers: list, tls: ssl.SSLContext | None = None) -> RawBackend:
+        made.append(RawBackend(*answers, tls=tls))
+        return made[-1]
+
+    yield make
+    for backend in made:
+        backend.stop()
+
+
+@pytest.fixture
+def scripted():
+    """Makes :class:`ScriptedBackend` s (``scripted(*scripts)``); stops them after."""
+    made: list[ScriptedBackend] = []
+
+    def make(*scripts: list) -> ScriptedBackend:
+        made.append(ScriptedBackend(*scripts))
+        return made[-1]
+
+    yield make
+    for server in made:
         server.stop()
 
 

@@ -17,7 +17,7 @@ from lbmiddleware.adapter import LoadBalancingAdapter
 from lbmiddleware.proxy.settings import ProxySettings
 from lbmiddleware.wsgi import WSGILoadBalancer
 
-from .support.asgi_client import GatewayProcess
+from .support.gateway import GatewayProcess
 
 # What a Pod sees beside a Service named "lb" exposing port 8000 (and one named "lb-admin").
 SERVICE_LINKS = {

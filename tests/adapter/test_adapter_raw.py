@@ -24,64 +24,16 @@ import requests
 
 from lbmiddleware.adapter import LoadBalancingAdapter
 
+from ..support.raw_backends import ok
 from ..support.servers import RawServer, read_request_head
 
 VHOST = "http://svc"
 PAUSE = 0.2         # between an interim response and the rest: the client must wait it out
 
-
-def ok(body: bytes) -> bytes:
-    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
-
-
 EARLY_HINTS = b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n"
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 PROCESSING = b"HTTP/1.1 102 Processing\r\n\r\n"
 SWITCHING = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: foo\r\nConnection: Upgrade\r\n\r\n"
-
-
-class RawBackend(RawServer):
-    """Answers the n-th request it reads (on any connection) with ``answers[n]``: a list of
-    raw byte strings to write and pauses (floats, seconds) between them. Connections are
-    kept alive; ``connections`` counts them."""
-
-    def __init__(self, *answers: list, tls: ssl.SSLContext | None = None) -> None:
-        self.answers = list(answers)
-        self.tls = tls
-        self.heads: list[bytes] = []
-        self.scheme = "https" if tls else "http"
-        super().__init__()
-
-    def handle(self, conn: socket.socket, number: int) -> None:
-        if self.tls is not None:
-            conn = self.tls.wrap_socket(conn, server_side=True)
-            self.track(conn)
-        with conn, conn.makefile("rb") as reader:
-            while True:
-                head = read_request_head(reader)
-                if head is None:
-                    return
-                with self._lock:
-                    self.heads.append(head)
-                    answer = self.answers.pop(0) if self.answers else [ok(b"extra")]
-                for part in answer:
-                    if isinstance(part, float):
-                        time.sleep(part)
-                    else:
-                        conn.sendall(part)
-
-
-@pytest.fixture
-def raw_backend() -> Iterator:
-    made: list[RawBackend] = []
-
-    def make(*answers: list, tls: ssl.SSLContext | None = None) -> RawBackend:
-        made.append(RawBackend(*answers, tls=tls))
-        return made[-1]
-
-    yield make
-    for backend in made:
-        backend.stop()
 
 
 def session_for(url: str, **options) -> requests.Session:

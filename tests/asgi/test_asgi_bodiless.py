@@ -15,8 +15,8 @@ import pytest
 
 from lbmiddleware.asgi import LoadBalancerMiddleware
 
-from ..adapter.test_adapter_raw import RawBackend, ok
-from ..asgi.test_asgi_disconnect import ServerThread
+from ..support.asgi_server import ServerThread
+from ..support.raw_backends import RawBackend, ok
 
 
 @pytest.mark.parametrize("head", [

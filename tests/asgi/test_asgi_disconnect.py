@@ -11,11 +11,11 @@ import threading
 import time
 
 import pytest
-import uvicorn
 
 from lbmiddleware.asgi import LoadBalancerMiddleware
 
-from ..support.asgi_client import GatewayProcess
+from ..support.asgi_server import ServerThread
+from ..support.gateway import GatewayProcess
 from ..support.servers import RawServer, read_request_head
 
 STREAM_LIMIT = 20.0      # seconds: the "endless" stream ends by then whatever happens
@@ -43,32 +43,6 @@ class EndlessBackend(RawServer):
                 time.sleep(0.005)
         except OSError:
             self.peer_closed.set()
-
-
-class ServerThread:
-    """``app`` under uvicorn on a port the OS chooses, in a thread of this process."""
-
-    def __init__(self, app) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        config = uvicorn.Config(app, lifespan="off", access_log=False, log_level="warning",
-                                loop="asyncio", http="httptools")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
-                                       daemon=True)
-
-    def __enter__(self) -> "ServerThread":
-        self.thread.start()
-        deadline = time.monotonic() + 5
-        while not self.server.started and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert self.server.started
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
-        self.sock.close()
 
 
 @pytest.fixture

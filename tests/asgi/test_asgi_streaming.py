@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from ..support.asgi_client import GatewayProcess
+from ..support.gateway import GatewayProcess
 from ..support.servers import read_request_head
 
 SIZE = 200 * 1024 * 1024

@@ -5,96 +5,15 @@ connections."""
 from __future__ import annotations
 
 import asyncio
-import socket
-import time
 
 import pytest
 
-import lbmiddleware as lb
 from lbmiddleware.asgi import LoadBalancerMiddleware
-from lbmiddleware.upstream import ProtocolError, ReadTimeout, Upstream
+from lbmiddleware.upstream import ProtocolError, ReadTimeout
 
 from ..support.asgi_client import Call
-from ..support.servers import RawServer, read_request_head
-
-CLOSE = "close"          # a script step: read the request, close without answering
-                         # (at the end of a step's parts: close after that response)
-                         # a float among a step's parts: sleep that many seconds
-
-
-class ScriptedBackend(RawServer):
-    """A loopback server answering the n-th request of the k-th connection with
-    ``scripts[k][n]`` (raw bytes, or CLOSE); the last script repeats for later connections."""
-
-    def __init__(self, *scripts: list) -> None:
-        self.scripts = scripts
-        self.requests: list[bytes] = []
-        super().__init__()
-
-    def handle(self, conn: socket.socket, number: int) -> None:
-        reader = conn.makefile("rb")
-        for step in self.scripts[min(number, len(self.scripts) - 1)]:
-            head = read_request_head(reader)
-            if head is None:
-                return
-            self.requests.append(head)
-            length = [int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                      if line.lower().startswith(b"content-length:")]
-            if length:
-                reader.read(length[0])
-            if step == CLOSE:
-                return
-            for part in step if isinstance(step, list) else [step]:
-                if part == CLOSE:
-                    return              # close after this response
-                if isinstance(part, float):
-                    time.sleep(part)
-                    continue
-                conn.sendall(part)
-        conn.recv(1)         # the script is done: wait for the client to close
-
-
-@pytest.fixture
-def scripted():
-    servers = []
-
-    def make(*scripts):
-        server = ScriptedBackend(*scripts)
-        servers.append(server)
-        return server
-
-    yield make
-    for server in servers:
-        server.stop()
-
-
-def fetch(url: str, *requests: tuple, read_timeout: float = 5.0):
-    """Send requests (method, body) one after the other on one pool; return for each
-    (status, headers, body) or the exception raised."""
-    async def scenario():
-        upstream = Upstream(read_timeout=read_timeout)
-        pool = upstream.pool(lb.Backend(url))
-        results = []
-        for method, body in requests:
-            try:
-                response = await pool.request(method, b"/", [(b"Accept", b"*/*")], body,
-                                              replayable=method in (b"GET", b"HEAD"))
-                data = response.take()
-                while True:
-                    chunk = await response.read()
-                    if not chunk:
-                        break
-                    data += chunk
-                results.append((response.status, dict(response.headers), data))
-            except Exception as exc:        # the test inspects it
-                results.append(exc)
-        upstream.close()
-        return results, pool.opened
-
-    return asyncio.run(scenario())
-
-
-OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+from ..support.raw_backends import CLOSE, OK
+from ..support.upstream_client import fetch
 
 
 def test_chunked_response_is_decoded_and_the_connection_reused(scripted):

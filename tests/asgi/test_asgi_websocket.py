@@ -16,7 +16,8 @@ import pytest
 from lbmiddleware.asgi import LoadBalancerMiddleware
 from lbmiddleware.proxy import BINARY, TEXT, NotProxied, UnsafeRequest
 
-from ..support.asgi_client import Call, GatewayProcess
+from ..support.asgi_client import Call
+from ..support.gateway import GatewayProcess
 
 HANDSHAKE = [("Upgrade", "websocket"), ("Connection", "Upgrade"),
              ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="), ("Sec-WebSocket-Version", "13")]

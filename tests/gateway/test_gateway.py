@@ -14,7 +14,7 @@ import requests
 from lbmiddleware import errors as lb_errors
 from lbmiddleware.proxy.settings import ProxySettings
 
-from ..support.asgi_client import GatewayProcess
+from ..support.gateway import GatewayProcess
 
 
 def run_serve(environ: dict[str, str], *args: str) -> subprocess.CompletedProcess:

@@ -19,7 +19,7 @@ import time
 import pytest
 import requests
 
-from ..support.asgi_client import GatewayProcess
+from ..support.gateway import GatewayProcess
 from ..support.servers import BackendServer, RawServer, read_request_head
 
 SERVERS = ["granian", "uvicorn"]

@@ -33,7 +33,7 @@ import time
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"          # keep-alive, like a real backend
     disable_nagle_algorithm = True         # head and body written apart: no 40 ms delayed-ACK stall
-    server: "_Server"
+    server: _Server
 
     def log_message(self, *args) -> None:   # quiet
         pass
@@ -106,7 +106,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(payload)
 
-    def _wait_for_close(self, owner: "BackendServer") -> None:
+    def _wait_for_close(self, owner: BackendServer) -> None:
         """Block until the client closes the connection (``peer_closed``) or a stop."""
         self.connection.settimeout(0.05)
         while not owner.release.is_set():
@@ -114,7 +114,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 if not self.connection.recv(65536):
                     owner.peer_closed.set()
                     return
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 owner.peer_closed.set()
@@ -137,7 +137,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
-    owner: "BackendServer"
+    owner: BackendServer
 
     def get_request(self):
         conn, addr = super().get_request()
@@ -179,7 +179,7 @@ class BackendServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> "BackendServer":
+    def start(self) -> BackendServer:
         self.release.clear()
         self._server = _Server(("127.0.0.1", self.port), _Handler)
         self._server.owner = self
@@ -205,7 +205,7 @@ class BackendServer:
             self._thread.join(timeout=2)
             self._server = None
 
-    def __enter__(self) -> "BackendServer":
+    def __enter__(self) -> BackendServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -18,12 +18,14 @@ import requests
 
 from lbmiddleware.asgi import LoadBalancerMiddleware
 from lbmiddleware.upstream.deadlines import Deadlines
-from lbmiddleware.upstream.connection import _Connection
+from lbmiddleware.upstream.connection import Connection
 from lbmiddleware.upstream import ProtocolError
 
-from ..support.asgi_client import Call, GatewayProcess
+from ..support.asgi_client import Call
+from ..support.gateway import GatewayProcess
+from ..support.raw_backends import OK
 from ..support.servers import RawServer, read_request_head
-from ..asgi.test_asgi_upstream import OK, fetch, scripted  # noqa: F401  (scripted: a fixture)
+from ..support.upstream_client import fetch
 
 CHUNKED_HEAD = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
 
@@ -128,7 +130,7 @@ def test_interim_response_through_the_middleware(scripted):
 # -- item 5: many small chunks ---------------------------------------------------------------
 
 class _Transport:
-    """Just enough of a transport for a :class:`_Connection` fed by hand."""
+    """Just enough of a transport for a :class:`Connection` fed by hand."""
 
     def __init__(self) -> None:
         self.closed = False
@@ -154,9 +156,9 @@ class _Transport:
 class _Pool:
     def __init__(self) -> None:
         self.deadlines = Deadlines()
-        self.released: list[_Connection] = []
+        self.released: list[Connection] = []
 
-    def _release(self, connection: _Connection) -> None:
+    def _release(self, connection: Connection) -> None:
         self.released.append(connection)
 
 
@@ -164,7 +166,7 @@ async def _parse_pieces(pieces: list[bytes]):
     """Feed a response to a fresh connection piece by piece (each one a read); returns
     (status, body, whether the connection went back to the pool) or the error."""
     pool = _Pool()
-    connection = _Connection(pool, asyncio.get_running_loop())
+    connection = Connection(pool, asyncio.get_running_loop())
     connection.connection_made(_Transport())
     exchange = asyncio.ensure_future(connection.exchange(b"GET / HTTP/1.1\r\n\r\n", None, 0,
                                                          False, 5.0))
@@ -202,49 +204,6 @@ def test_many_one_byte_chunks_in_one_write_are_decoded(scripted):
     (first, second), opened = fetch(server.url, (b"GET", None), (b"GET", None))
     assert first[0] == 200 and first[2] == b"x" * count
     assert second[2] == b"ok" and opened == 1
-
-
-class CountingBytes(bytes):
-    """bytes that count what slicing copies and what ``find`` scans (shared ``work``)."""
-
-    work = [0]
-
-    def __getitem__(self, index):
-        result = bytes.__getitem__(self, index)
-        if isinstance(index, slice):
-            self.work[0] += len(result)
-            return CountingBytes(result)
-        return result
-
-    def find(self, sub, start=0, end=None):
-        found = bytes.find(self, sub, start, len(self) if end is None else end)
-        stop = (len(self) if end is None else min(end, len(self))) if found < 0 else found + len(sub)
-        self.work[0] += max(0, stop - start)
-        return found
-
-
-def test_decoding_many_small_chunks_is_linear_work():
-    """The chunk parser's copying and scanning grows with the bytes, not bytes x chunks
-    (counted, not timed: each line sliced off the front re-copied the rest)."""
-    async def work(chunks: int) -> int:
-        pool = _Pool()
-        connection = _Connection(pool, asyncio.get_running_loop())
-        connection.connection_made(_Transport())
-        exchange = asyncio.ensure_future(connection.exchange(b"GET / HTTP/1.1\r\n\r\n", None, 0,
-                                                             False, 5.0))
-        await asyncio.sleep(0)
-        connection.data_received(CHUNKED_HEAD)
-        response = await exchange
-        CountingBytes.work[0] = 0
-        payload = b"1\r\nx\r\n" * chunks + b"0\r\n\r\n"
-        connection._buffer = CountingBytes(payload)
-        connection._parse()
-        assert response.complete and response.take() == b"x" * chunks
-        return CountingBytes.work[0]
-
-    for chunks in (1000, 5000):
-        size = len(b"1\r\nx\r\n") * chunks + 5
-        assert asyncio.run(work(chunks)) <= 3 * size
 
 
 # -- item 11: invalid responses --------------------------------------------------------------

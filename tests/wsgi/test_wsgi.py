@@ -8,136 +8,23 @@ concurrency) go through a threaded wsgiref server on port 0 with a raw socket cl
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import socket
-import socketserver
-import sys
 import threading
-import warnings
 from collections import Counter
-from typing import Iterator
 from urllib.parse import unquote
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
-from wsgiref.validate import validator
 
 import pytest
 
 import lbmiddleware as lb
 from lbmiddleware.wsgi import WSGILoadBalancer
 
+from ..support.http_client import raw_request
+from ..support.raw_backends import RawBackend
 from ..support.servers import BackendServer, refused_url
+from ..support.wsgi_client import call, environ_for
+from ..support.wsgi_server import serve_wsgi
 
 SHORT = {"connect_timeout": 1.0, "read_timeout": 0.3}
-
-
-# -- helpers (test_wsgi_stream.py uses serve_wsgi and read_response too) -------------------
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, *args) -> None:
-        pass
-
-
-class _ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-
-
-@contextlib.contextmanager
-def serve_wsgi(app) -> Iterator[int]:
-    """Serve ``app`` with a threaded wsgiref server on 127.0.0.1; yields the port."""
-    server = make_server("127.0.0.1", 0, app, server_class=_ThreadingWSGIServer,
-                         handler_class=_QuietHandler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                              daemon=True)
-    thread.start()
-    try:
-        yield server.server_port
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
-
-
-def read_response(sock: socket.socket) -> tuple[int, list[tuple[str, str]], bytes]:
-    """Read one response from ``sock`` (Content-Length or until close)."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError(f"closed before a response head: {data!r}")
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split()[1])
-    headers = [tuple(part.strip() for part in line.split(":", 1)) for line in lines[1:]]
-    length = next((int(v) for n, v in headers if n.lower() == "content-length"), None)
-    while length is None or len(body) < length:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        body += chunk
-    return status, headers, body
-
-
-def raw_request(port: int, request: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(request)
-        return read_response(sock)
-
-
-def environ_for(method: str = "GET", path: str = "/", query: str = "", body: bytes = b"",
-                headers: dict[str, str] | None = None, remote: str = "192.0.2.10",
-                **extra) -> dict:
-    environ = {
-        "REQUEST_METHOD": method, "SCRIPT_NAME": "", "PATH_INFO": path, "QUERY_STRING": query,
-        "SERVER_NAME": "gateway.test", "SERVER_PORT": "80", "SERVER_PROTOCOL": "HTTP/1.1",
-        "REMOTE_ADDR": remote, "HTTP_HOST": "gateway.test",
-        "wsgi.version": (1, 0), "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(body),
-        "wsgi.errors": sys.stderr, "wsgi.multithread": True, "wsgi.multiprocess": False,
-        "wsgi.run_once": False,
-    }
-    if body:
-        environ["CONTENT_LENGTH"] = str(len(body))
-    for name, value in (headers or {}).items():
-        key = name.upper().replace("-", "_")
-        environ[key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else "HTTP_" + key] = value
-    environ.update(extra)
-    return environ
-
-
-class Result:
-    def __init__(self, status: str, headers: list[tuple[str, str]], body: bytes) -> None:
-        self.status = status
-        self.code = int(status.split()[0])
-        self.headers = headers
-        self.body = body
-
-    def header(self, name: str) -> list[str]:
-        return [v for n, v in self.headers if n.lower() == name.lower()]
-
-    def json(self) -> dict:
-        return json.loads(self.body)
-
-
-def call(app, environ: dict, validate: bool = True) -> Result:
-    """Call a WSGI app in-process, read the whole body and close the iterable."""
-    captured = {}
-
-    def start_response(status, headers, exc_info=None):
-        captured["status"], captured["headers"] = status, headers
-        return lambda data: None
-
-    wrapped = validator(app) if validate else app
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")           # a validator warning fails the test
-        iterable = wrapped(environ, start_response)
-        try:
-            body = b"".join(iterable)
-        finally:
-            if hasattr(iterable, "close"):
-                iterable.close()
-    return Result(captured["status"], captured["headers"], body)
 
 
 def inner_app(environ, start_response):
@@ -312,32 +199,6 @@ def test_paths_that_look_like_urls_never_change_the_host(backends, target, expec
     assert echo["headers"]["Host"] == f"127.0.0.1:{a.port}"
 
 
-class RawBackend:
-    """A one-connection backend that records the request head byte for byte (http.server
-    would collapse a leading ``//`` before a test could see it)."""
-
-    def __init__(self) -> None:
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.url = "http://127.0.0.1:%d" % self._listener.getsockname()[1]
-        self.heads: list[bytes] = []
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        conn, _ = self._listener.accept()
-        with conn:
-            data = b""
-            while b"\r\n\r\n" not in data:
-                data += conn.recv(65536)
-            self.heads.append(data.partition(b"\r\n\r\n")[0])
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
-                         b"Content-Length: 2\r\nConnection: close\r\n\r\nok")
-
-    def close(self) -> None:
-        self._listener.close()
-        self._thread.join(timeout=5)
-
-
 @pytest.mark.parametrize("raw, sent", [
     ("//evil.example/x", b"//evil.example/x"),
     ("/http://evil.example/x", b"/http://evil.example/x"),
@@ -345,7 +206,10 @@ class RawBackend:
     ("/a%2Fb", b"/a%2Fb"),
 ])
 def test_a_servers_raw_uri_goes_upstream_as_a_path(raw, sent):
-    backend = RawBackend()
+    # one request, whose head the backend records byte for byte (http.server would
+    # collapse a leading ``//`` before a test could see it)
+    backend = RawBackend([b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+                          b"Content-Length: 2\r\nConnection: close\r\n\r\nok"])
     try:
         middleware = WSGILoadBalancer(None, backends=[backend.url])
         result = call(middleware, environ_for(path=unquote(raw, "latin-1"), RAW_URI=raw))
@@ -354,7 +218,7 @@ def test_a_servers_raw_uri_goes_upstream_as_a_path(raw, sent):
         assert request_line == b"GET " + sent + b" HTTP/1.1"
         assert b"Host: " + backend.url.removeprefix("http://").encode() in header_lines
     finally:
-        backend.close()
+        backend.stop()
 
 
 @pytest.mark.parametrize("extra", [
@@ -574,6 +438,20 @@ def test_a_slow_body_is_passed_on_as_it_arrives(backends):
     finally:
         a.release.set()
         getattr(iterable, "close", lambda: None)()
+    assert in_flight(middleware) == [0]
+
+
+def test_chunk_size_is_the_size_of_the_response_blocks(backends):
+    a = backends[0]
+    a.body_size = 100_000
+    middleware = WSGILoadBalancer(None, backends=[a.url], chunk_size=1000)
+    iterable = middleware(environ_for(), lambda status, headers: None)
+    try:
+        blocks = [len(block) for block in iterable]
+    finally:
+        getattr(iterable, "close", lambda: None)()
+    assert sum(blocks) == 100_000
+    assert max(blocks) == 1000 and len(blocks) >= 100    # the first block too (the prefetch)
     assert in_flight(middleware) == [0]
 
 

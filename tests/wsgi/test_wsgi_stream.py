@@ -19,7 +19,9 @@ import pytest
 
 import lbmiddleware as lb
 
-from ..wsgi.test_wsgi import call, environ_for, raw_request, read_response, serve_wsgi
+from ..support.http_client import raw_request, read_response
+from ..support.wsgi_client import call, environ_for
+from ..support.wsgi_server import serve_wsgi
 
 MB = 1024 * 1024
 BLOCK = bytes(range(256)) * 1024          # 256 KiB of a pattern
