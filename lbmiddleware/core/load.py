@@ -8,23 +8,33 @@ time. A failure is recorded as a large sample (``failure_penalty``, Linkerd's 5 
 backend that fails fast does not look fast; the k-th failure in a row counts k times the
 penalty (see :meth:`PeakEwma.observe_failure`). The cost the policy compares is
 ``estimate * (in_flight + 1) / weight``.
+
+Each backend's :class:`LatencyEstimate` is written only here.
 """
 
 from __future__ import annotations
 
 import math
 
-from .state import BackendState
-
-__all__ = ["PeakEwma", "DEFAULT_TAU", "DEFAULT_RTT", "FAILURE_PENALTY"]
+__all__ = ["PeakEwma", "LatencyEstimate", "DEFAULT_TAU", "DEFAULT_RTT", "FAILURE_PENALTY"]
 
 DEFAULT_TAU = 10.0        # seconds: decay time constant
 DEFAULT_RTT = 0.030       # seconds: estimate of a backend with no sample yet
 FAILURE_PENALTY = 5.0     # seconds: the sample a failure counts as
 
 
+class LatencyEstimate:
+    """One backend's RTT estimate (seconds; None before its first sample) at ``stamp``."""
+
+    __slots__ = ("rtt", "stamp")
+
+    def __init__(self) -> None:
+        self.rtt: float | None = None
+        self.stamp = 0.0
+
+
 class PeakEwma:
-    """The estimator's parameters; the estimate itself lives on each BackendState."""
+    """The estimator's parameters and rules; the estimates live on each backend's state."""
 
     __slots__ = ("tau", "default_rtt", "failure_penalty")
 
@@ -34,27 +44,29 @@ class PeakEwma:
         self.default_rtt = default_rtt
         self.failure_penalty = failure_penalty
 
-    def estimate(self, state: BackendState, now: float) -> float:
+    def estimate(self, latency: LatencyEstimate, now: float) -> float:
         """The RTT estimate at ``now`` (decayed since the last sample)."""
-        if state.rtt is None:
+        rtt = latency.rtt
+        if rtt is None:
             return self.default_rtt
-        elapsed = now - state.rtt_stamp
-        return state.rtt * math.exp(-elapsed / self.tau) if elapsed > 0 else state.rtt
+        elapsed = now - latency.stamp
+        return rtt * math.exp(-elapsed / self.tau) if elapsed > 0 else rtt
 
-    def observe(self, state: BackendState, sample: float, now: float) -> None:
+    def observe(self, latency: LatencyEstimate, sample: float, now: float) -> None:
         """Fold one sample (seconds) into the estimate."""
-        if state.rtt is None:
-            state.rtt = sample
+        rtt = latency.rtt
+        if rtt is None:
+            latency.rtt = sample
         else:
-            elapsed = now - state.rtt_stamp
+            elapsed = now - latency.stamp
             decay = math.exp(-elapsed / self.tau) if elapsed > 0 else 1.0
-            if sample > state.rtt * decay:
-                state.rtt = sample                              # the peak, at once
+            if sample > rtt * decay:
+                latency.rtt = sample                              # the peak, at once
             else:
-                state.rtt = state.rtt * decay + sample * (1.0 - decay)
-        state.rtt_stamp = now
+                latency.rtt = rtt * decay + sample * (1.0 - decay)
+        latency.stamp = now
 
-    def observe_failure(self, state: BackendState, now: float) -> None:
+    def observe_failure(self, latency: LatencyEstimate, now: float, in_a_row: int) -> None:
         """Fold a failure in: the k-th failure in a row is a sample of k x failure_penalty.
 
         One fixed penalty is not "large" once the other backends carry many requests each:
@@ -63,17 +75,17 @@ class PeakEwma:
         tenth of the traffic. After k failures in a row the expected number of failures
         before the next success is k + 1 (Laplace's rule of succession), so the expected
         penalty grows linearly with k; a success ends the run and the scaling with it.
-        Called before the failure is counted, so ``consecutive_failures`` is k - 1.
+        ``in_a_row`` is k - 1: the failures in a row before this one (passive health's count).
         """
-        self.observe(state, self.failure_penalty * (state.consecutive_failures + 1), now)
+        self.observe(latency, self.failure_penalty * (in_a_row + 1), now)
 
-    def cost(self, state: BackendState, now: float) -> float:
+    def cost(self, latency: LatencyEstimate, in_flight: int, weight: int, now: float) -> float:
         """Expected wait for one more request: estimate x (in_flight + 1) / weight.
 
         A backend with no sample yet and nothing in flight costs nothing, so a new backend
         gets one probe request at a time until its first sample arrives (with the default
         RTT alone it would never win against backends faster than that default).
         """
-        if state.rtt is None and not state.in_flight:
+        if latency.rtt is None and not in_flight:
             return 0.0
-        return self.estimate(state, now) * (state.in_flight + 1) / state.weight
+        return self.estimate(latency, now) * (in_flight + 1) / weight

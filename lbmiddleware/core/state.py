@@ -1,40 +1,44 @@
-"""Per-backend live state, owned by one Balancer and changed only under its lock."""
+"""Per-backend live state, owned by one Balancer and changed only under its lock.
+
+Each group of fields has one writer:
+
+* the counters (``in_flight``, ``requests``, ``failures``) and ``backend``/``weight``: the
+  balancer;
+* ``health``, a :class:`~lbmiddleware.core.health.passive.HealthRecord`: passive health;
+* ``latency``, a :class:`~lbmiddleware.core.load.LatencyEstimate`: the peak-EWMA estimator;
+* ``scratch``: the pool's policy, for what it keeps per backend (least_conn: the backend's
+  live heap entry; latency: the send times of its requests in flight).
+
+The groups are objects of their own, but the counters the policies read on every pick stay
+on the state itself, one attribute away.
+"""
 
 from __future__ import annotations
 
-from collections import deque
+from typing import Any
 
 from .backend import Backend
+from .health.passive import HealthRecord
+from .load import LatencyEstimate
 
 __all__ = ["BackendState", "Members"]
 
 
 class BackendState:
-    """What the balancer knows of one backend right now (counters, health, latency)."""
+    """What the balancer knows of one backend right now."""
 
-    __slots__ = (
-        "backend", "weight", "in_flight", "requests", "failures", "consecutive_failures",
-        "ejections", "ejected_until", "probation", "multiplier", "in_rotation_since",
-        "rtt", "rtt_stamp", "load_version", "turn", "sent",
-    )
+    __slots__ = ("backend", "weight", "in_flight", "requests", "failures", "health", "latency",
+                 "scratch")
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, now: float) -> None:
         self.backend = backend
         self.weight = backend.weight
         self.in_flight = 0
         self.requests = 0            # attempts ended by report() with an outcome
-        self.failures = 0
-        self.consecutive_failures = 0
-        self.ejections = 0           # ejections ever
-        self.ejected_until: float | None = None
-        self.probation = False
-        self.multiplier = 0          # k: ejections in a row, decays while in rotation
-        self.in_rotation_since = 0.0
-        self.rtt: float | None = None   # peak-EWMA estimate (seconds) at rtt_stamp
-        self.rtt_stamp = 0.0
-        self.load_version = 0        # bumped on each in-flight change (least_conn's heap)
-        self.turn = 0.0              # virtual time of its next turn among ties (least_conn)
-        self.sent: deque[float] | None = None   # send times in flight, oldest first (latency)
+        self.failures = 0            # of those, failures reported while a member
+        self.health = HealthRecord(now)
+        self.latency = LatencyEstimate()
+        self.scratch: Any = None
 
     def __repr__(self) -> str:
         return f"<BackendState {self.backend.url} in_flight={self.in_flight}>"

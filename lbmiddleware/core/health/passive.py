@@ -13,145 +13,211 @@ The rules (Envoy outlier detection, gRPC A50, nginx ``max_fails``/``fail_timeout
 * When its time is up the backend returns on probation: its first failure ejects it again
   at once, its first success ends the probation (a request sent before it returned is
   stale here too).
+* Panic (every backend ejected): the first success ends every ejection at once; the backend
+  that answered is healthy, the others return on probation.
 
-Every ejection and return is logged once on the ``lbmiddleware`` logger. The lines are
-queued in :attr:`PassiveHealth.log` and written by the balancer after it releases its lock,
-so a slow log handler never holds up other threads' picks.
+Each backend's :class:`HealthRecord` is written only here. Every ejection and return is an
+event (:mod:`lbmiddleware.core.events`) passed to ``emit``; the balancer queues them under its
+lock and delivers them after releasing it, so a slow listener never holds up a pick.
 """
 
 from __future__ import annotations
 
 import heapq
-import logging
 import math
+from collections.abc import Callable
+from typing import Protocol
 
-from ..state import BackendState
+from ..backend import Backend
+from ..events import BackendEjected, BackendReturned, Event, ProbationPassed, ReturnCause
 
-__all__ = ["PassiveHealth"]
+__all__ = ["PassiveHealth", "HealthRecord", "Member"]
+
+
+class HealthRecord:
+    """One backend's passive health."""
+
+    __slots__ = (
+        "consecutive_failures", "ejections", "ejected_until", "ejection_time", "probation",
+        "multiplier", "in_rotation_since", "stale_before", "stale_left", "steady",
+    )
+
+    def __init__(self, now: float) -> None:
+        self.consecutive_failures = 0
+        self.ejections = 0               # ejections ever
+        self.ejected_until: float | None = None
+        self.ejection_time = 0.0         # seconds: the current (or last) ejection's length
+        self.probation = False
+        self.multiplier = 0              # k: ejections in a row, decays while in rotation
+        self.in_rotation_since = now
+        # When its run of failures began (or it returned), and how many of its requests
+        # were in flight then: outcomes of those are stale (see PassiveHealth.success()).
+        self.stale_before = 0.0
+        self.stale_left = 0
+        # In rotation, no failure counted, not on probation: a success changes nothing, so
+        # the balancer need not call success() (one attribute on the hot path).
+        self.steady = True
+
+
+
+def _settle(record: HealthRecord) -> None:
+    record.steady = (record.ejected_until is None and not record.consecutive_failures
+                     and not record.probation)
+
+
+class Member(Protocol):
+    """What passive health reads of a backend's state (it writes only ``health``)."""
+
+    @property
+    def backend(self) -> Backend: ...
+
+    @property
+    def in_flight(self) -> int: ...
+
+    @property
+    def health(self) -> HealthRecord: ...
 
 
 class PassiveHealth:
-    """Applies the rules to BackendStates; keeps the ejected ones ordered by return time."""
+    """Applies the rules to HealthRecords; keeps the ejected ones ordered by return time."""
 
-    def __init__(self, max_fails: int, fail_timeout: float, max_ejection_time: float) -> None:
+    def __init__(self, max_fails: int, fail_timeout: float, max_ejection_time: float,
+                 emit: Callable[[Event], None]) -> None:
         self.max_fails = max_fails
         self.fail_timeout = fail_timeout
         self.max_ejection_time = max_ejection_time
-        self._ejected: list[tuple[float, int, BackendState]] = []   # heap by return time
+        self._emit = emit
+        self._ejected: list[tuple[float, int, Member]] = []   # heap by return time
         self._sequence = 0
-        self.log: list[tuple[int, str, tuple]] = []   # (level, message, args) not yet written
         # k beyond this lasts no longer (the cap), so it only slows the decay back to 0.
         self._max_multiplier = max(1, math.ceil(max_ejection_time / fail_timeout))
-        # Per backend: when its run of failures began (or it returned), and how many of
-        # its requests were in flight then; successes of those are stale (see success()).
-        self._since: dict[BackendState, list] = {}
 
     @property
     def any_ejected(self) -> bool:
         return bool(self._ejected)
 
-    def success(self, state: BackendState, now: float, latency: float | None = None) -> None:
-        """Record a success; ends probation.
+    def due(self, now: float) -> bool:
+        """True when some ejection is over by ``now`` (:meth:`expire` would return it)."""
+        heap = self._ejected
+        return bool(heap) and heap[0][0] <= now
+
+    def success(self, member: Member, now: float, latency: float | None = None,
+                panic: bool = False) -> tuple[Backend, ...] | None:
+        """Record a success; ends probation. Returns the backends back in rotation when the
+        success ended a full outage (``panic``: every backend ejected), else None.
 
         With ``latency`` (seconds since the request was sent), a success sent before the
         current run of failures began, or before the backend returned from ejection, is
         stale and changes nothing. At most as many successes are stale as requests were in
         flight at that moment, so a coarse clock cannot make a later request look old.
         """
-        if latency is not None and (state.consecutive_failures or state.probation):
-            mark = self._since.get(state)
-            if mark is not None and mark[1] > 0 and now - latency < mark[0]:
-                mark[1] -= 1
-                return
-        state.consecutive_failures = 0
-        if state.probation and state.ejected_until is None:
-            state.probation = False
+        record = member.health
+        if record.ejected_until is not None and panic:
+            return self._restore_all(member, now)        # the full outage is over
+        if not (record.consecutive_failures or record.probation):
+            return None
+        if latency is not None and record.stale_left > 0 and now - latency < record.stale_before:
+            record.stale_left -= 1
+            return None
+        record.consecutive_failures = 0
+        if record.probation and record.ejected_until is None:
+            record.probation = False
+            self._emit(ProbationPassed(member.backend))
+        _settle(record)
+        return None
 
-    def failure(self, state: BackendState, now: float, latency: float | None = None) -> bool:
+    def failure(self, member: Member, now: float, latency: float | None = None) -> bool:
         """Record a failure; returns True when it ejects the backend.
 
         With ``latency`` (seconds since the request was sent), a failure of a request sent
-        before the backend returned from ejection is stale on probation: it is counted but
-        neither ejects the backend again nor grows its ejection time (a request that timed
-        out while the backend was out says nothing of it since).
+        before the backend returned from ejection is stale on probation: it neither ejects
+        the backend again nor grows its ejection time (a request that timed out while the
+        backend was out says nothing of it since).
         """
-        state.failures += 1
-        if state.probation and latency is not None:
-            mark = self._since.get(state)
-            if mark is not None and mark[1] > 0 and now - latency < mark[0]:
-                mark[1] -= 1
+        record = member.health
+        if record.probation and latency is not None:
+            if record.stale_left > 0 and now - latency < record.stale_before:
+                record.stale_left -= 1
                 return False
-        if not state.consecutive_failures and not state.probation:
-            self._since[state] = [now, state.in_flight]
-        state.consecutive_failures += 1
-        if state.ejected_until is not None or self.max_fails == 0:
+        if not record.consecutive_failures and not record.probation:
+            record.stale_before, record.stale_left = now, member.in_flight
+        record.consecutive_failures += 1
+        record.steady = False
+        if record.ejected_until is not None or self.max_fails == 0:
             return False         # already out: late reports of older requests change nothing
-        if state.probation or state.consecutive_failures >= self.max_fails:
-            self._eject(state, now)
+        if record.probation or record.consecutive_failures >= self.max_fails:
+            self._eject(member, now)
             return True
         return False
 
-    def _eject(self, state: BackendState, now: float) -> None:
-        in_rotation = now - state.in_rotation_since
-        if state.multiplier and in_rotation > 0:
-            state.multiplier = max(0, state.multiplier - int(in_rotation // self.fail_timeout))
-        state.multiplier = min(state.multiplier + 1, self._max_multiplier)
-        duration = min(self.fail_timeout * state.multiplier, self.max_ejection_time)
-        reason = "failed on probation" if state.probation else (
-            f"{state.consecutive_failures} consecutive failures")
-        state.ejected_until = now + duration
-        state.probation = False
-        state.ejections += 1
+    def _eject(self, member: Member, now: float) -> None:
+        record = member.health
+        in_rotation = now - record.in_rotation_since
+        if record.multiplier and in_rotation > 0:
+            record.multiplier = max(0, record.multiplier - int(in_rotation // self.fail_timeout))
+        record.multiplier = min(record.multiplier + 1, self._max_multiplier)
+        duration = min(self.fail_timeout * record.multiplier, self.max_ejection_time)
+        on_probation = record.probation
+        record.ejected_until = until = now + duration
+        record.ejection_time = duration
+        record.probation = False
+        record.ejections += 1
         self._sequence += 1
-        heapq.heappush(self._ejected, (state.ejected_until, self._sequence, state))
-        self.log.append((logging.WARNING, "ejected backend %s for %.3gs: %s (ejection %d in a row)",
-                         (state.backend.url, duration, reason, state.multiplier)))
+        heapq.heappush(self._ejected, (until, self._sequence, member))
+        self._emit(BackendEjected(member.backend, duration, until, record.consecutive_failures,
+                                  record.multiplier, record.ejections, on_probation))
 
-    def expire(self, now: float) -> list[BackendState]:
+    def expire(self, now: float) -> tuple[Backend, ...]:
         """Return to rotation (on probation) every backend whose ejection is over."""
         returned = []
         heap = self._ejected
         while heap and heap[0][0] <= now:
-            until, _, state = heapq.heappop(heap)
-            if state.ejected_until != until:
+            until, _, member = heapq.heappop(heap)
+            record = member.health
+            if record.ejected_until != until:
                 continue             # stale entry (backend removed and re-added)
-            state.ejected_until = None
-            state.probation = True
-            state.consecutive_failures = 0
-            state.in_rotation_since = until
-            self._since[state] = [until, state.in_flight]
-            returned.append(state)
-            self.log.append((logging.INFO, "backend %s returns on probation after %.3gs ejected",
-                             (state.backend.url, min(self.fail_timeout * state.multiplier,
-                                                     self.max_ejection_time))))
-        return returned
+            record.ejected_until = None
+            record.probation = True
+            record.consecutive_failures = 0
+            record.in_rotation_since = until
+            record.stale_before, record.stale_left = until, member.in_flight
+            _settle(record)
+            returned.append(member.backend)
+            self._emit(BackendReturned(member.backend, ReturnCause.TIME_UP, record.ejection_time,
+                                       on_probation=True))
+        return tuple(returned)
 
-    def restore_all(self, healthy: BackendState, now: float) -> list[BackendState]:
+    def _restore_all(self, healthy: Member, now: float) -> tuple[Backend, ...]:
         """End every ejection early: ``healthy`` answered while every backend was ejected
         (panic), so the outage is over. It is healthy again; the others return on probation
         (a first failure ejects one again at once), without waiting for their time."""
-        returned = [entry[2] for entry in self._ejected if entry[2].ejected_until == entry[0]]
+        ejected = [(until, member) for until, _, member in self._ejected
+                   if member.health.ejected_until == until]
         self._ejected = []
-        for state in returned:
-            state.ejected_until = None
-            state.probation = state is not healthy
-            state.consecutive_failures = 0
-            state.in_rotation_since = now
-            if state.probation:
-                self._since[state] = [now, state.in_flight]
+        for until, member in ejected:
+            record = member.health
+            ejected_for = now - (until - record.ejection_time)
+            record.ejected_until = None
+            record.probation = member is not healthy
+            record.consecutive_failures = 0
+            record.in_rotation_since = now
+            if record.probation:
+                record.stale_before, record.stale_left = now, member.in_flight
             else:
-                self._since.pop(state, None)
-        self.log.append((logging.INFO,
-                         "backend %s answered while every backend was ejected: %d backends return",
-                         (healthy.backend.url, len(returned))))
-        return returned
+                record.stale_left = 0
+            _settle(record)
+            self._emit(BackendReturned(member.backend, ReturnCause.OUTAGE_OVER, ejected_for,
+                                       record.probation))
+        return tuple(member.backend for _, member in ejected)
 
-    def forget(self, state: BackendState) -> None:
+    def forget(self, member: Member) -> None:
         """Drop a removed backend's ejection: if it is added again it starts healthy."""
-        if state.ejected_until is not None:
-            self._ejected = [entry for entry in self._ejected if entry[2] is not state]
+        record = member.health
+        if record.ejected_until is not None:
+            self._ejected = [entry for entry in self._ejected if entry[2] is not member]
             heapq.heapify(self._ejected)
-        state.ejected_until = None
-        state.probation = False
-        state.consecutive_failures = 0
-        self._since.pop(state, None)
+        record.ejected_until = None
+        record.probation = False
+        record.consecutive_failures = 0
+        record.stale_left = 0
+        _settle(record)

@@ -1,0 +1,83 @@
+"""``round_robin`` (alias ``weighted``): nginx's smooth weighted round-robin."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any
+
+from ..load import PeakEwma
+from ..state import BackendState, Members
+from .base import Exclude, Policy
+
+__all__ = ["RoundRobin"]
+
+
+class RoundRobin(Policy):
+    """nginx's smooth weighted round-robin, in O(number of distinct weights) per pick.
+
+    nginx adds each weight to its backend's ``current`` and picks the largest, which then
+    loses the total. With all backends in since the last reset, after t picks
+    ``current = t * weight - total * picks``, so backends of equal weight are picked in
+    listed order and only one per weight class can be the largest: comparing the head of
+    each class gives the same sequence (ties to the first listed) without touching every
+    backend. Weights 5, 3, 2 give ``a b c a a b a c b a`` and repeat. The sequence restarts
+    when the eligible set changes, so the new set gets its exact proportions at once.
+    """
+
+    name = "round_robin"
+
+    def __init__(self, rng: random.Random, timer: Callable[[], float],
+                 load: PeakEwma | None = None) -> None:
+        super().__init__(rng, timer, load)
+        self._generation = -1
+        # One entry per weight: [weight, members in listed order, picks, their positions]
+        self._classes: list[list[Any]] = []
+        self._step = 0
+        self._total = 0
+
+    def _reset(self, members: Members) -> None:
+        by_weight: dict[int, list[BackendState]] = {}
+        for state in members.states:
+            by_weight.setdefault(state.weight, []).append(state)
+        position = {id(s): i for i, s in enumerate(members.states)}
+        self._classes = [[w, states, 0, [position[id(s)] for s in states]]
+                         for w, states in by_weight.items()]
+        self._generation = members.generation
+        self._step = 0
+        self._total = members.total_weight
+
+    def _next(self) -> BackendState:
+        self._step += 1
+        step, total = self._step, self._total
+        best: Any = None
+        best_current = best_position = 0
+        for entry in self._classes:
+            weight, states, picks, positions = entry
+            size = len(states)
+            current = step * weight - total * (picks // size)
+            position = positions[picks % size]
+            if best is None or current > best_current or (
+                    current == best_current and position < best_position):
+                best, best_current, best_position = entry, current, position
+        picks = best[2]
+        best[2] = picks + 1
+        if self._step == total:           # one full period: every class back to its start
+            self._step = 0
+            for entry in self._classes:
+                entry[2] = 0
+        state: BackendState = best[1][picks % len(best[1])]
+        return state
+
+    def pick(self, members: Members, key: str | None, exclude: Exclude) -> BackendState:
+        if members.generation != self._generation:
+            self._reset(members)
+        if not exclude:
+            return self._next()
+        # A retry: walk the sequence to the next backend not tried yet (bounded), as nginx
+        # skips the peers it has tried; fall back to a weighted choice.
+        for _ in range(2 * len(members) + 2):
+            state = self._next()
+            if state not in exclude:
+                return state
+        return self._weighted_choice(members, exclude)
