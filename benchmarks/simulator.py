@@ -1,8 +1,8 @@
 """A discrete-event simulator that drives a real :class:`lbmiddleware.Balancer`.
 
-Requests arrive as a Poisson process. Each one is sent where ``pool.pick()`` says, using only
-what a real client knows (its own in-flight counts and the outcomes it has reported), and the
-outcome is reported with ``pool.report()`` when the attempt ends. The balancer's ``timer`` is
+Requests arrive as a Poisson process. Each one is sent where the balancer's pick says, using
+only what a real client knows (its own in-flight counts and the outcomes it has reported), and
+the outcome is reported through the attempt's completion handle when the attempt ends. The balancer's ``timer`` is
 the simulated clock and its ``rng`` is seeded, so a run is a pure function of its seed.
 
 Each simulated backend is a FIFO queue with its own service-time distribution and a number of
@@ -12,9 +12,10 @@ workers (``None``: unlimited, a pure delay). A :class:`Fault` changes a backend 
 * ``refuse``: connection refused, the attempt fails after ``delay`` seconds;
 * ``blackhole``: accepted and never answered; the client's read timeout ends the attempt.
 
-Retries follow the front-ends' rules (SEMANTICS.md): a connect failure is retried on another
-backend for any method; after the request was sent (a read timeout) only an idempotent
-request is retried; at most ``settings.retries`` retries, each to a backend not yet tried.
+Retries are the front-ends' own: each request runs the library's attempt loop
+(:class:`lbmiddleware.core.attempts.Attempts` with a ``RetryRule``), so a connect failure is
+retried on another backend for any method, a read timeout (the request was sent) only for an
+idempotent one, at most ``retries`` times, each on a backend not yet tried.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import random
 from typing import Callable, Sequence
 
 import lbmiddleware as lb
+from lbmiddleware.core.attempts import Attempts, Outcome, RetryRule
 
 __all__ = [
     "Fault", "Server", "SimClock", "RunResult", "simulate", "percentile",
@@ -36,6 +38,10 @@ Sampler = Callable[[random.Random], float]
 
 _ARRIVAL, _END = 0, 1
 _FAULT_KINDS = ("slow", "refuse", "blackhole")
+
+READ_TIMEOUT = 60.0            # seconds: the front-ends' default read timeout
+_REFUSED = Outcome(ok=False, latency=None, sent=False)         # never reached the backend
+_TIMED_OUT = Outcome(ok=False, latency=None, timeout=True)     # sent, never answered
 
 
 def exponential(mean: float) -> Sampler:
@@ -142,14 +148,12 @@ def backend_urls(count: int) -> list[str]:
 
 
 class _Request:
-    __slots__ = ("index", "arrival", "key", "tried", "idempotent")
+    __slots__ = ("index", "arrival", "attempts")
 
-    def __init__(self, index: int, arrival: float, key: str | None, idempotent: bool) -> None:
+    def __init__(self, index: int, arrival: float, attempts: Attempts) -> None:
         self.index = index
         self.arrival = arrival
-        self.key = key
-        self.tried: list[lb.Backend] = []
-        self.idempotent = idempotent
+        self.attempts = attempts
 
 
 class _Attempt:
@@ -166,12 +170,14 @@ class _Attempt:
 
 def simulate(servers: Sequence[Server], policy: str, *, rate: float, duration: float,
              seed: int, keys: Sequence[str] | None = None, idempotent: bool = True,
+             retries: int = RetryRule.retries, read_timeout: float = READ_TIMEOUT,
              **options) -> RunResult:
     """Run ``rate`` requests/s for ``duration`` simulated seconds, then drain.
 
-    ``options`` go to :class:`~lbmiddleware.Balancer` (``max_fails``, ``retries``,
-    ``read_timeout``…); the retry rules read ``retries`` and ``read_timeout`` from the
-    resulting settings. ``keys``: sticky keys drawn uniformly per request (for ``ip_hash``).
+    ``retries`` and ``read_timeout`` are the client's (a front-end's forwarding settings);
+    ``options`` go to :class:`~lbmiddleware.Balancer` (``max_fails``, ``fail_timeout``…).
+    ``keys``: sticky keys drawn uniformly per request (for ``ip_hash``); ``idempotent``:
+    every request is a GET (else a POST).
     """
     if rate <= 0 or duration <= 0:
         raise ValueError(f"rate {rate!r} and duration {duration!r} must be positive")
@@ -180,8 +186,8 @@ def simulate(servers: Sequence[Server], policy: str, *, rate: float, duration: f
     urls = backend_urls(len(servers))
     pool = lb.Balancer([lb.Backend(url, weight=s.weight) for url, s in zip(urls, servers)],
                        policy=policy, timer=clock, rng=random.Random(seed * 7919 + 1), **options)
-    retries = pool.settings.retries
-    read_timeout = pool.settings.read_timeout
+    rule = RetryRule(retries=retries)
+    method = "GET" if idempotent else "POST"
     server_of = {backend.url: i for i, backend in enumerate(pool.backends)}
     free_at = [[0.0] * (s.workers or 1) for s in servers]   # heap: when each worker is free
     faulty = [bool(s.faults) for s in servers]
@@ -204,14 +210,16 @@ def simulate(servers: Sequence[Server], policy: str, *, rate: float, duration: f
         latencies[request.index] = now - request.arrival
         ok_list[request.index] = ok
 
-    def send(request: _Request, now: float) -> None:
-        nonlocal sequence
+    def start(request: _Request, now: float) -> None:
         try:
-            backend = pool.pick(key=request.key, exclude=request.tried)
+            backend = request.attempts.start()
         except lb.NoHealthyBackend:
             finish(request, now, False)
             return
-        request.tried.append(backend)
+        send(request, backend, now)
+
+    def send(request: _Request, backend: lb.Backend, now: float) -> None:
+        nonlocal sequence
         index = server_of[backend.url]
         attempt = _Attempt(request, backend, index, now, len(attempts))
         attempts.append((now, index, True))
@@ -245,16 +253,16 @@ def simulate(servers: Sequence[Server], policy: str, *, rate: float, duration: f
     def failed(attempt: _Attempt, now: float, connect: bool) -> None:
         sent, index, _ = attempts[attempt.log_index]
         attempts[attempt.log_index] = (sent, index, False)
-        pool.report(attempt.backend, ok=False)
+        request = attempt.request
+        following = request.attempts.retry(_REFUSED if connect else _TIMED_OUT)  # reports it
         row = next(r for r in pool.stats() if r["url"] == attempt.backend.url)
         if row["ejections"] > ejection_counts[index]:
             ejection_counts[index] = row["ejections"]
             ejections.append((now, index))
-        request = attempt.request
-        if len(request.tried) <= retries and (connect or request.idempotent):
-            send(request, now)
-        else:
+        if following is None:
             finish(request, now, False)
+        else:
+            send(request, following, now)
 
     count = 0
     next_arrival = expovariate(rate)
@@ -266,7 +274,7 @@ def simulate(servers: Sequence[Server], policy: str, *, rate: float, duration: f
         clock.now = now
         if kind == _ARRIVAL:
             key = keys[int(world.random() * key_count)] if key_count else None
-            request = _Request(count, now, key, idempotent)
+            request = _Request(count, now, Attempts(pool, rule, method, key))
             count += 1
             arrivals.append(now)
             latencies.append(math.nan)
@@ -275,9 +283,9 @@ def simulate(servers: Sequence[Server], policy: str, *, rate: float, duration: f
             if following < duration:
                 sequence += 1
                 push(events, (following, sequence, _ARRIVAL, None, None))
-            send(request, now)
+            start(request, now)
         elif detail is None:
-            pool.report(attempt.backend, ok=True, latency=now - attempt.sent)
+            attempt.request.attempts.end(Outcome(ok=True, latency=now - attempt.sent))
             finish(attempt.request, now, True)
         else:
             failed(attempt, now, connect=detail == "connect")
