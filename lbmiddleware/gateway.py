@@ -29,10 +29,13 @@ import signal
 import socket
 import sys
 import time
-from typing import Callable, Mapping, TextIO
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TextIO
 
 from .asgi import LoadBalancerMiddleware
+from .core.settings import FrontEndSettings
 from .errors import ConfigError
+from .gateway_settings import GatewaySettings, load_settings
 from .proxy import ErrorResponse, error_response
 from .proxy.settings import ProxySettings
 
@@ -43,13 +46,9 @@ __all__ = ["load_settings", "make_app", "app_from_env", "choose_server", "bind",
 SERVERS = {"granian": ("granian",), "uvicorn": ("uvicorn", "httptools")}
 
 
-def load_settings(environ: Mapping[str, str] | None = None, **overrides) -> ProxySettings:
-    """The gateway's settings from ``LB_*`` variables; raises ``ConfigError``."""
-    return ProxySettings.from_env(environ, **overrides)
-
-
-def make_app(settings: ProxySettings) -> LoadBalancerMiddleware:
-    """The gateway's ASGI application: the proxy with no app behind it."""
+def make_app(settings: FrontEndSettings) -> LoadBalancerMiddleware:
+    """The gateway's ASGI application: the proxy with no app behind it (``settings``: from
+    :func:`load_settings`)."""
     return LoadBalancerMiddleware(None, settings=settings)
 
 
@@ -59,7 +58,7 @@ def app_from_env() -> LoadBalancerMiddleware:
     return make_app(load_settings())
 
 
-def choose_server(settings: ProxySettings) -> str:
+def choose_server(settings: GatewaySettings) -> str:
     """``"granian"`` or ``"uvicorn"`` for ``settings.server``; ConfigError if not installed."""
     wanted = settings.server
     missing = {name: [m for m in modules if importlib.util.find_spec(m) is None]
@@ -96,19 +95,22 @@ def bind(address: tuple[str, int]) -> socket.socket:
     return sock
 
 
-def serve(settings: ProxySettings, *, out: TextIO = sys.stdout) -> None:
-    """Run the gateway until interrupted (SIGINT / SIGTERM). Raises ``ConfigError`` when
-    the chosen server is not installed and ``OSError`` when the address is taken."""
-    server = choose_server(settings)
-    sock = bind(settings.listen_address)
+def serve(settings: FrontEndSettings, *, out: TextIO = sys.stdout) -> None:
+    """Run the gateway until interrupted (SIGINT / SIGTERM); ``settings`` from
+    :func:`load_settings`. Raises ``ConfigError`` when the chosen server is not installed
+    and ``OSError`` when the address is taken."""
+    gateway = settings[GatewaySettings]
+    server = choose_server(gateway)
+    sock = bind(gateway.listen_address)
     host, port = sock.getsockname()[:2]
     if server == "granian":
         sock.close()        # granian binds the address itself (port 0: the one just found)
     shown = f"[{host}]" if ":" in host else host
-    backends = ", ".join(b.url for b in settings.backends)
+    backends = ", ".join(b.url for b in settings.core.backends)
     banner = functools.partial(
         print, f"lbmiddleware gateway listening on http://{shown}:{port} "
-               f"(prefix {settings.prefix}, policy {settings.policy}, {server}) -> {backends}",
+               f"(prefix {settings[ProxySettings].prefix}, policy {settings.core.policy}, "
+               f"{server}) -> {backends}",
         file=out, flush=True)
     if server == "granian":
         _serve_granian(settings, host, port, banner)
@@ -120,19 +122,21 @@ def serve(settings: ProxySettings, *, out: TextIO = sys.stdout) -> None:
             sock.close()
 
 
-def _serve_uvicorn(settings: ProxySettings, sock: socket.socket) -> None:
+def _serve_uvicorn(settings: FrontEndSettings, sock: socket.socket) -> None:
     import uvicorn
 
+    gateway = settings[GatewaySettings]
     config = uvicorn.Config(
         make_app(settings), lifespan="on", access_log=False, log_level="warning",
         loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
-        http=_uvicorn_protocol(settings), proxy_headers=False, server_header=False,
+        http=_uvicorn_protocol(gateway), proxy_headers=False, server_header=False,
         date_header=False,
         # never upgraded by uvicorn, whatever is installed: the proxy refuses WebSockets
         ws="none",
         # a backstop: GatewayProtocol closes the connections after shutdown_timeout, and
         # the proxy ends its exchanges when it sees them gone; tasks left are cancelled.
-        timeout_graceful_shutdown=settings.shutdown_timeout + 1.0,
+        # (typed int, used as asyncio.timeout(): sub-second values work and are kept)
+        timeout_graceful_shutdown=gateway.shutdown_timeout + 1.0,  # type: ignore[arg-type]
     )
     server = uvicorn.Server(config)
     # uvicorn shuts down on SIGTERM, then raises it again for the handler it found; by
@@ -159,9 +163,9 @@ def _closing_response(error: ErrorResponse) -> bytes:
 _TOO_MANY_CONNECTIONS = _closing_response(error_response(503, "too many connections"))
 
 
-def _uvicorn_protocol(settings: ProxySettings) -> type:
+def _uvicorn_protocol(settings: GatewaySettings) -> type:
     """uvicorn's httptools protocol with the gateway's limits (``settings``)."""
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
     class GatewayProtocol(HttpToolsProtocol):
         """Adds what uvicorn lacks and granian has: a time limit on each request head
@@ -177,7 +181,8 @@ def _uvicorn_protocol(settings: ProxySettings) -> type:
         _head_timer: asyncio.TimerHandle | None = None
         _close_timer: asyncio.TimerHandle | None = None
 
-        def connection_made(self, transport: asyncio.Transport) -> None:
+        def connection_made(  # type: ignore[override]  # as uvicorn's: a stream's Transport
+                self, transport: asyncio.Transport) -> None:
             super().connection_made(transport)
             if len(self.connections) > settings.max_connections:
                 transport.write(_TOO_MANY_CONNECTIONS)
@@ -193,7 +198,8 @@ def _uvicorn_protocol(settings: ProxySettings) -> type:
 
         def on_message_begin(self) -> None:
             self._in_head = True
-            if self.cycle is None or self.cycle.response_complete:
+            cycle: RequestResponseCycle | None = self.cycle     # None before the first request
+            if cycle is None or cycle.response_complete:
                 self._start_head_timer()
             # else a pipelined head while a response streams: its time starts when the
             # connection is idle (on_response_complete), or it would cut that response
@@ -253,11 +259,17 @@ def _wait_until_listening(host: str, port: int, alive: Callable[[], bool],
     return False
 
 
-def _serve_granian(settings: ProxySettings, host: str, port: int, banner: Callable[[], None]) -> None:
+def _serve_granian(settings: FrontEndSettings, host: str, port: int,
+                   banner: Callable[[], None]) -> None:
     from granian.constants import HTTPModes, Interfaces, Loops
     from granian.http import HTTP1Settings
     from granian.log import LogLevels
-    from granian.server import Server
+    if TYPE_CHECKING:       # granian picks its server class when imported: a variable
+        from granian.server import MPServer as Server
+    else:
+        from granian.server import Server
+
+    gateway = settings[GatewaySettings]
 
     class AnnouncingServer(Server):
         """granian's server, printing the banner once its worker accepts connections.
@@ -269,8 +281,9 @@ def _serve_granian(settings: ProxySettings, host: str, port: int, banner: Callab
         lock froze on its first host name or TLS connection.
         """
 
-        def startup(self, spawn_target, target_loader) -> None:
-            super().startup(spawn_target, target_loader)
+        def startup(self, spawn_target: Callable[..., Any],
+                    target_loader: Callable[..., Any]) -> None:
+            super().startup(spawn_target, target_loader)  # type: ignore[no-untyped-call]
             if _wait_until_listening(host, port, lambda: all(w.is_alive() for w in self.wrks)):
                 banner()
 
@@ -278,7 +291,9 @@ def _serve_granian(settings: ProxySettings, host: str, port: int, banner: Callab
         "lbmiddleware.gateway:make_app", address=host, port=port, interface=Interfaces.ASGI,
         workers=1, loop=Loops.uvloop if importlib.util.find_spec("uvloop") else Loops.asyncio,
         http=HTTPModes.http1, websockets=False, log_level=LogLevels.warning, log_access=False,
-        http1_settings=HTTP1Settings(header_read_timeout=max(1, round(settings.header_timeout * 1000))),
-        backpressure=settings.max_connections,      # connections a worker accepts at once
-        workers_kill_timeout=settings.shutdown_timeout)     # then the worker is killed
+        http1_settings=HTTP1Settings(
+            header_read_timeout=max(1, round(gateway.header_timeout * 1000))),
+        backpressure=gateway.max_connections,       # connections a worker accepts at once
+        # then the worker is killed (typed int, used as a join() timeout: a float works)
+        workers_kill_timeout=gateway.shutdown_timeout)  # type: ignore[arg-type]
     server.serve(target_loader=functools.partial(make_app, settings), wrap_loader=False)
