@@ -46,7 +46,7 @@ def main() -> int:
             errors += 1
             print(f"call {i}: {exc}", file=sys.stderr)
 
-    print(f"{CALLS} calls with policy {adapter.settings.policy}: {errors} errors\n")
+    print(f"{CALLS} calls with policy {adapter.balancer.policy}: {errors} errors\n")
     print(f"{'backend':<28}{'state':<10}{'requests':>9}{'failures':>9}{'latency ms':>12}")
     for row in adapter.balancer.stats():
         latency = "-" if row["latency"] is None else f"{row['latency'] * 1000:.1f}"

@@ -22,13 +22,14 @@ from __future__ import annotations
 import argparse
 import socketserver
 import sys
-from typing import Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 from wsgiref.simple_server import WSGIServer, make_server
 
 import lbmiddleware as lb
 
 
-def home(environ, start_response):
+def home(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
     """The app's own page: everything outside /api."""
     body = (b"This page comes from the app itself.\n"
             b"Requests under /api go to the backends: try /api/items\n")
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     with make_server("127.0.0.1", args.port, app, server_class=ThreadingWSGIServer) as server:
         print(f"serving on http://127.0.0.1:{server.server_port}/ (Ctrl-C to stop); "
-              f"/api -> {', '.join(b.url for b in app.settings.backends)}", flush=True)
+              f"/api -> {', '.join(b.url for b in app.balancer.backends)}", flush=True)
         try:
             server.serve_forever()
         except KeyboardInterrupt:
