@@ -166,9 +166,9 @@ class Balancer:
                     self._retired[url] = state
         self._states = states
         self._policy.membership_changed(tuple(states.values()), prepared)
-        self._refresh()
         self._events.append(MembershipChanged(tuple(added), tuple(removed), tuple(reweighted),
                                               backends))
+        self._refresh()             # after the change, the panic it may start or end
 
     def _refresh(self, answered_by: Backend | None = None,
                  returned: tuple[Backend, ...] = ()) -> None:

@@ -221,3 +221,134 @@ def test_update_with_another_spelling_keeps_the_live_state():
     assert by_url(pool)["http://a"]["in_flight"] == 1
     pool.report(held)
     assert by_url(pool)["http://a"]["in_flight"] == 0
+
+
+class TestLookup:
+    """lookup(key): the backend a pick with that key would get now, without a pick."""
+
+    KEYS = [f"198.51.100.{i}" for i in range(200)]
+
+    def test_the_backend_a_pick_with_the_key_gets(self):
+        pool = lb.Balancer([lb.Backend(A, 2), B, C, D], policy="ip_hash")
+        owners = {key: pool.lookup(key) for key in self.KEYS}
+        assert set(owners.values()) == set(pool.backends)
+        for key in self.KEYS:
+            backend = pool.pick(key=key)
+            pool.report(backend)
+            assert backend == owners[key]
+
+    def test_changes_nothing(self, clock):
+        pool = lb.Balancer([lb.Backend(A, 5), lb.Backend(B, 3), lb.Backend(C, 2)],
+                           policy="ip_hash", timer=clock)
+        events = []
+        pool.subscribe(events.append)
+        keyless = []
+        for i in range(10):                 # keyless picks go round-robin: lookups in between
+            pool.lookup(self.KEYS[i])       # must not move the sequence
+            keyless.append(pool.pick().url[7])
+        assert "".join(keyless) == "abcaabacba"
+        assert [s["in_flight"] for s in pool.stats()] == [5, 3, 2]
+        assert sum(s["requests"] for s in pool.stats()) == 0
+        assert events == []
+
+    def test_follows_ejection_and_return(self, clock):
+        pool = lb.Balancer([A, B, C, D], policy="ip_hash", timer=clock)
+        events = []
+        pool.subscribe(events.append)
+        key = self.KEYS[0]
+        home = pool.lookup(key)
+        for _ in range(3):
+            pool.report(pool.pick(exclude=[b for b in pool.backends if b != home]), ok=False)
+        fallback = pool.lookup(key)
+        assert fallback != home
+        picked = pool.pick(key=key)
+        pool.report(picked)
+        assert picked == fallback
+        clock.advance(10.0)                 # the ejection is over: the key is home again,
+        assert pool.lookup(key) == home     # though no call has ended the ejection yet
+        assert len(events) == 1             # the ejection only: lookup sends no event
+        picked = pool.pick(key=key)
+        assert picked == home
+
+    def test_in_panic_it_is_the_pick_among_all(self, clock):
+        pool = lb.Balancer([A, B, C], policy="ip_hash", timer=clock)
+        for url in (A, B, C):
+            for _ in range(3):
+                pool.report(pool.pick(exclude=[u for u in (A, B, C) if u != url]), ok=False)
+        for key in self.KEYS[:20]:
+            owner = pool.lookup(key)
+            backend = pool.pick(key=key)
+            pool.release(backend)
+            assert backend == owner
+
+    @pytest.mark.parametrize("policy", [p for p in lb.POLICIES if p != "ip_hash"])
+    def test_needs_a_keyed_policy(self, policy):
+        pool = lb.Balancer([A, B], policy=policy)
+        with pytest.raises(lb.ConfigError, match=rf"lookup\(\) needs a keyed policy \(ip_hash\); "
+                                                 rf"this pool uses {policy}$"):
+            pool.lookup("198.51.100.7")
+
+    def test_empty_pool(self):
+        pool = lb.Balancer([A], policy="ip_hash")
+        pool.update([])
+        with pytest.raises(lb.NoHealthyBackend, match="no backends"):
+            pool.lookup("198.51.100.7")
+
+
+class TestUpdateWithTheSameMembers:
+    """update() with the same members and weights changes nothing (a DNS refresh, say)."""
+
+    def test_round_robin_continues_its_sequence(self):
+        backends = [lb.Backend(A, 5), lb.Backend(B, 3), lb.Backend(C, 2)]
+        pool = lb.Balancer(backends, policy="round_robin")
+        names = [pool.pick().url[7] for _ in range(4)]
+        pool.update(backends)
+        pool.update([f"{A} weight=5", f"{B}/ weight=3", "HTTP://C:1 weight=2"])   # other spellings
+        names += [pool.pick().url[7] for _ in range(16)]
+        assert "".join(names) == "abcaabacba" * 2
+
+    def test_another_order_is_the_same_members(self):
+        backends = [lb.Backend(A, 5), lb.Backend(B, 3), lb.Backend(C, 2)]
+        pool = lb.Balancer(backends, policy="round_robin")
+        names = [pool.pick().url[7] for _ in range(4)]
+        pool.update(backends[::-1])
+        names += [pool.pick().url[7] for _ in range(6)]
+        assert "".join(names) == "abcaabacba"
+        assert [b.url for b in pool.backends] == [A, B, C]
+
+    def test_the_hash_table_is_not_rebuilt(self, monkeypatch):
+        import lbmiddleware.core.policies.ip_hash as ip_hash
+
+        builds = []
+        real = ip_hash.maglev_table
+        monkeypatch.setattr(ip_hash, "maglev_table",
+                            lambda *args: builds.append(args) or real(*args))
+        pool = lb.Balancer([A, B, C], policy="ip_hash")
+        assert len(builds) == 1
+        owner = pool.lookup("203.0.113.7")
+        pool.update([A, B, C])
+        pool.update([C, B, A])
+        assert len(builds) == 1
+        assert pool.lookup("203.0.113.7") == owner
+        pool.update([A, B])
+        assert len(builds) == 2
+
+    def test_no_event_and_live_state_untouched(self, clock):
+        pool = lb.Balancer([A, B, C], policy="least_conn", timer=clock)
+        events = []
+        pool.subscribe(events.append)
+        held = [pool.pick() for _ in range(4)]
+        before = pool.stats()
+        pool.update([A, B, C])
+        assert events == [] and pool.stats() == before
+        assert pool.pick().url == held[1].url        # least_conn: B and C hold one, A two
+
+    def test_a_new_weight_is_a_change(self):
+        pool = lb.Balancer([A, B, C], policy="round_robin")
+        assert [pool.pick().url for _ in range(2)] == [A, B]
+        events = []
+        pool.subscribe(events.append)
+        pool.update([lb.Backend(A, 5), lb.Backend(B, 3), lb.Backend(C, 2)])
+        assert "".join(pool.pick().url[7] for _ in range(10)) == "abcaabacba"   # restarted
+        assert len(events) == 1 and events[0].reweighted == (lb.Backend(A, 5), lb.Backend(B, 3),
+                                                               lb.Backend(C, 2))

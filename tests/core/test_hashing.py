@@ -103,7 +103,8 @@ def test_balance_over_keys_and_slots():
 
 
 def test_weighted_shares():
-    backends = [lb.Backend("http://a:1", 1), lb.Backend("http://b:1", 2), lb.Backend("http://c:1", 5)]
+    backends = [lb.Backend("http://a:1", 1), lb.Backend("http://b:1", 2),
+                lb.Backend("http://c:1", 5)]
     pool = make(backends)
     shares = Counter(mapping(pool).values())
     for backend in backends:
