@@ -1,14 +1,17 @@
 """Shared fixtures (a fake clock, loopback backends, scripted raw backends, a certificate)
 and the core/integration split.
 
-``pytest -m core`` runs the tests of the standard-library core alone, in seconds: no
-server, no subprocess, no sleeping. Every other test module (real loopback servers,
-gateway processes, the quick quality benchmark) is marked ``integration``; CI runs both.
-A new test module is integration unless it is listed here.
+``pytest -m core`` runs the fast standard-library tests alone, in seconds: every module
+under tests/core/ and the modules listed in ``CORE_FILES`` (sans-I/O parts outside the core,
+the layering test). No server, no gateway process, no sleeping (a few quick interpreter
+starts: the hash seed, the import of the package). Every other test module (real loopback
+servers, gateway processes, the quick quality benchmark) is marked ``integration``; CI runs
+both. A new module under tests/core/ is core; elsewhere it is integration unless listed here.
 """
 
 from __future__ import annotations
 
+import pathlib
 import ssl
 import subprocess
 
@@ -17,10 +20,10 @@ import pytest
 from .support.raw_backends import RawBackend, ScriptedBackend
 from .support.servers import BackendServer
 
-CORE_MODULES = frozenset({
-    "test_balancer", "test_settings", "test_hashing", "test_health", "test_policies",
-    "test_proxy_rules", "test_simulator",
-})
+TESTS = pathlib.Path(__file__).resolve().parent
+CORE_FOLDER = TESTS / "core"
+# Core test modules outside tests/core/ (paths relative to tests/).
+CORE_FILES = frozenset({"proxy/test_proxy_rules.py", "upstream/test_parser.py", "test_layering.py"})
 # Core modules' tests that take more than a second or two.
 SLOW_CORE_TESTS = frozenset({"test_quick_benchmark_meets_every_target_but_the_known_misses"})
 
@@ -32,8 +35,10 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
-        core = module in CORE_MODULES and item.originalname not in SLOW_CORE_TESTS
+        path = item.path.resolve()
+        core = (CORE_FOLDER in path.parents
+                or path.relative_to(TESTS).as_posix() in CORE_FILES) \
+            and item.originalname not in SLOW_CORE_TESTS
         item.add_marker(pytest.mark.core if core else pytest.mark.integration)
 
 
