@@ -342,12 +342,7 @@ def _homes(backends: Sequence[BackendProcess]) -> dict[str, str]:
     reference = Balancer([b.url for b in backends], policy="ip_hash")
     names = {backend.url: name for backend, name in
              zip(reference.settings.backends, (b.name for b in backends), strict=True)}
-    homes = {}
-    for client in CLIENT_ADDRESSES:
-        chosen = reference.pick(key=client)
-        reference.release(chosen)
-        homes[client] = names[chosen.url]
-    return homes
+    return {client: names[reference.lookup(client).url] for client in CLIENT_ADDRESSES}
 
 
 def run_policy(policy: str, steady: Sequence[BackendProcess], requests: int, concurrency: int,

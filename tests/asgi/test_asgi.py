@@ -269,7 +269,7 @@ def test_head_requests_get_no_body(backends):
 
 def owner_of(backends, key, **options):
     """The backend a fresh ip_hash balancer gives ``key`` (hashing is stable)."""
-    return lb.Balancer([b.url for b in backends], policy="ip_hash", **options).pick(key=key).url
+    return lb.Balancer([b.url for b in backends], policy="ip_hash", **options).lookup(key).url
 
 
 def test_spoofed_x_forwarded_for_from_an_untrusted_peer_changes_nothing(backends):

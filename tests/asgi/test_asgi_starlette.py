@@ -43,7 +43,7 @@ def test_add_middleware_with_keyword_arguments(backends):
         first = client.get("/api/users", headers={"X-Forwarded-For": "198.51.100.20"}).json()
         again = client.get("/api/users", headers={"X-Forwarded-For": "198.51.100.20"}).json()
         assert first["server"] == again["server"]
-        expected = lb.Balancer([b.url for b in backends], policy="ip_hash").pick(key="198.51.100.20")
+        expected = lb.Balancer([b.url for b in backends], policy="ip_hash").lookup("198.51.100.20")
         assert f"http://127.0.0.1:{backends['abc'.index(first['server'])].port}" == expected.url
         assert first["headers"]["X-Forwarded-For"] == "198.51.100.20, 10.0.0.1"
         with client.websocket_connect("/ws") as websocket:      # websockets pass through

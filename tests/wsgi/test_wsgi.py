@@ -270,12 +270,7 @@ def _homes(urls: list[str], keys: list[str]) -> dict[str, str]:
     """Each key's backend URL under ip_hash with every backend healthy (a fresh Balancer maps
     keys exactly as the middleware's: the hash is stable)."""
     reference = lb.Balancer(urls, policy="ip_hash")
-    homes = {}
-    for key in keys:
-        backend = reference.pick(key=key)
-        reference.release(backend)
-        homes[key] = backend.url
-    return homes
+    return {key: reference.lookup(key).url for key in keys}
 
 
 def test_spoofed_forwarded_for_from_an_untrusted_peer_changes_nothing(backends):
