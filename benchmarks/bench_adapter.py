@@ -7,8 +7,8 @@
    on the (shared) machine hits both; the median of the per-round ratios is the result.
    Client CPU per request is printed too. Both sides pass the same ``timeout`` (the
    adapter's default when none is given) and name their host (``http://localhost:PORT/``
-   and ``http://svc/``: requests parses a name, IDNA included, but not an IP). Target: the adapter's rate >= 95% of the plain
-   one (overhead <= 5%).
+   and ``http://svc/``: requests parses a name, IDNA included, but not an IP). Target: the
+   adapter's rate >= 95% of the plain one (overhead <= 5%).
 2. **Connections.** With 3 backends, TCP connections the backends accept over 10,000
    requests through the adapter, from one thread and from 8 threads sharing the Session.
    Target: <= ``pool_maxsize`` per backend. For contrast, a plain ``HTTPAdapter`` with
@@ -99,7 +99,7 @@ class Backends:
             target=serve, args=(count, self._ports, self._connections, self._ready, self._stop),
             daemon=True)
 
-    def __enter__(self) -> "Backends":
+    def __enter__(self) -> Backends:
         self._process.start()
         if not self._ready.wait(timeout=30):
             self._process.kill()
@@ -158,9 +158,10 @@ def overhead(requests_: int, rounds: int, block: int) -> bool:
             for side in sides:
                 rates[side].append(done / wall[side])
                 cpu_us[side].append(1e6 * cpu[side] / done)
-    ratios = [a / p for a, p in zip(rates["adapter"], rates["plain"])]
+    ratios = [a / p for a, p in zip(rates["adapter"], rates["plain"], strict=True)]
     ratio = statistics.median(ratios)
-    cpu_ratio = statistics.median(p / a for a, p in zip(cpu_us["adapter"], cpu_us["plain"]))
+    cpu_ratio = statistics.median(p / a for a, p in zip(cpu_us["adapter"], cpu_us["plain"],
+                                                        strict=True))
     print(f"1. Overhead: {rounds} rounds x {done:,} requests per side (alternating blocks of "
           f"{block}), one backend")
     print(f"   {'side':<10}{'median req/s':>14}{'client CPU us/req':>19}  rounds (req/s)")
@@ -202,7 +203,8 @@ def connections() -> bool:
     for label, threads in (("adapter, 1 thread", 1), (f"adapter, {THREADS} threads", THREADS)):
         with Backends(3) as backends:
             session = requests.Session()
-            session.mount("http://svc/", LoadBalancingAdapter(backends.urls, pool_maxsize=POOL_MAXSIZE))
+            session.mount("http://svc/",
+                          LoadBalancingAdapter(backends.urls, pool_maxsize=POOL_MAXSIZE))
             threaded(session, "http://svc/", CONNECTION_REQUESTS, threads)
             counts = backends.connections()
         passed = max(counts) <= POOL_MAXSIZE

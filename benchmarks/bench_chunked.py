@@ -125,7 +125,8 @@ def main() -> int:
     print(f"scaling {COUNTS[1]:,} / {COUNTS[0]:,}: {scaling:.2f} (linear: 2)")
     missed = large > TARGET_SECONDS or scaling > TARGET_SCALING
     if missed:
-        print(f"MISS: target {COUNTS[1]:,} chunks <= {TARGET_SECONDS} s and scaling <= {TARGET_SCALING}")
+        print(f"MISS: target {COUNTS[1]:,} chunks <= {TARGET_SECONDS} s "
+              f"and scaling <= {TARGET_SCALING}")
     return 1 if missed else 0
 
 

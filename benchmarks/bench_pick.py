@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     header = f"{'policy':<12}" + "".join(f"{f'N={n}':>20}" for n in SIZES) + f"{'N=1000 / N=3':>15}"
     print(header)
     print("-" * len(header))
-    print(f"{'random.choice':<12}" + "".join(f"{baseline[n] * 1e6:>10.2f} us (1.0x)" for n in SIZES))
+    print(f"{'random.choice':<12}"
+          + "".join(f"{baseline[n] * 1e6:>10.2f} us (1.0x)" for n in SIZES))
     failed = []
     for policy in lb.POLICIES:
         row = f"{policy:<12}"
@@ -77,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         scaling = results[policy, 1000] / results[policy, 3]
         row += f"{scaling:>14.2f}x"
         if results[policy, 1000] * 1e6 > TARGET_US:
-            failed.append(f"{policy}: {results[policy, 1000] * 1e6:.2f} us at N=1000 > {TARGET_US} us")
+            failed.append(
+                f"{policy}: {results[policy, 1000] * 1e6:.2f} us at N=1000 > {TARGET_US} us")
         if scaling > TARGET_SCALING:
             failed.append(f"{policy}: N=1000 costs {scaling:.2f}x N=3 > {TARGET_SCALING}x")
         print(row)

@@ -19,8 +19,9 @@ and, to choose the gateway's parts by measurement (``--no-choices`` skips them):
 
 Every target gets one worker. Rounds alternate the targets; each row shows the median
 over the rounds, and each ratio is the median of the rounds' own ratios against the
-aiohttp pass-through and nginx measured in the same round (the machine may be shared). wrk and nginx come
-from Debian packages: the script installs them with apt-get when they are missing.
+aiohttp pass-through and nginx measured in the same round (the machine may be shared). wrk
+and nginx come from Debian packages: the script installs them with apt-get when they are
+missing.
 Everything it starts is stopped at the end.
 
     python benchmarks/bench_proxy.py [--duration 4] [--rounds 3] [--connections 64]
@@ -57,7 +58,8 @@ def ensure_tools() -> tuple[str, str]:
     """Paths of wrk and nginx, installing the Debian packages if needed."""
     def find() -> tuple[str | None, str | None]:
         return (shutil.which("wrk"),
-                shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.path.exists(p)), None))
+                shutil.which("nginx")
+                or next((p for p in ("/usr/sbin/nginx",) if os.path.exists(p)), None))
 
     wrk, nginx = find()
     if wrk and nginx:
@@ -108,9 +110,10 @@ class Processes:
         self.running.append(process)
         try:
             wait_port(port, process)
-        except RuntimeError:
+        except RuntimeError as exc:
             self.stop(process)
-            raise RuntimeError(f"{args[0]} did not start: {process.stderr.read().decode()[-2000:]}")
+            raise RuntimeError(
+                f"{args[0]} did not start: {process.stderr.read().decode()[-2000:]}") from exc
         return process
 
     def stop(self, process: subprocess.Popen) -> None:
@@ -358,8 +361,8 @@ _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 def run_wrk(wrk: str, port: int, duration: float, connections: int) -> dict:
     """One wrk run: requests/second, p50 and p99 (ms), errors."""
     result = subprocess.run(
-        [wrk, "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency", "--timeout", "5s",
-         f"http://127.0.0.1:{port}/"], capture_output=True, text=True,
+        [wrk, "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency",
+         "--timeout", "5s", f"http://127.0.0.1:{port}/"], capture_output=True, text=True,
         timeout=duration + 30)
     out = result.stdout
 

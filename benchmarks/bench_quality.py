@@ -22,8 +22,8 @@ import statistics
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
@@ -32,7 +32,14 @@ sys.path.insert(0, str(HERE))
 import lbmiddleware as lb  # noqa: E402
 from lbmiddleware.core.hashing import DEFAULT_TABLE_SIZE, maglev_table, stable_hash  # noqa: E402
 from simulator import (  # noqa: E402
-    Fault, RunResult, Server, SimClock, backend_urls, exponential, lognormal, percentile,
+    Fault,
+    RunResult,
+    Server,
+    SimClock,
+    backend_urls,
+    exponential,
+    lognormal,
+    percentile,
     simulate,
 )
 
@@ -332,7 +339,7 @@ def _moved_on_removal(count: int, removals: int) -> list[float]:
     moved = []
     for removed in range(0, count, step)[:removals]:
         rest = _owners(names[:removed] + names[removed + 1:])
-        moved.append(sum(1 for a, b in zip(full, rest) if a != b) / len(full) * count)
+        moved.append(sum(1 for a, b in zip(full, rest, strict=True) if a != b) / len(full) * count)
     return moved
 
 
@@ -388,7 +395,7 @@ def scenario_sticky_hashing(quick: bool, seed: int) -> Report:
         backend = pool.pick(key=victim_key)
         pool.report(backend, ok=False)
     during = _pick_all(pool, keys)
-    moved = {i for i, (a, b) in enumerate(zip(before, during)) if a != b}
+    moved = {i for i, (a, b) in enumerate(zip(before, during, strict=True)) if a != b}
     owned = {i for i, url in enumerate(before) if url == victim}
     clock.now += pool.settings.fail_timeout
     after = _pick_all(pool, keys)
@@ -396,9 +403,9 @@ def scenario_sticky_hashing(quick: bool, seed: int) -> Report:
                         f"{len(moved):,} keys; its own: {len(owned):,}", "exactly its keys",
                         "= its keys", report.check("ejection moves exactly its keys",
                                                    moved == owned and bool(owned))])
-    report.rows.append(["back when it returns", f"{sum(a != b for a, b in zip(before, after))} "
-                        "keys differ", "all back", "0", report.check("keys come back on return",
-                                                                     after == before)])
+    returned = sum(a != b for a, b in zip(before, after, strict=True))
+    report.rows.append(["back when it returns", f"{returned} keys differ", "all back", "0",
+                        report.check("keys come back on return", after == before)])
     for weights in ((5, 3, 2), (1, 2, 3, 4)):
         owners = Counter(maglev_table(backend_urls(len(weights)), list(weights)))
         total = sum(weights)
@@ -409,7 +416,7 @@ def scenario_sticky_hashing(quick: bool, seed: int) -> Report:
                             report.check(f"weighted shares {weights} within 2%", error <= 0.02)])
     shuffled = names[:]
     random.Random(seed).shuffle(shuffled)
-    differ = sum(1 for a, b in zip(_owners(names), _owners(shuffled)) if a != b)
+    differ = sum(1 for a, b in zip(_owners(names), _owners(shuffled), strict=True) if a != b)
     report.rows.append(["slots that differ when the backends are listed in another order",
                         str(differ), "", "0 (every process agrees)",
                         report.check("mapping independent of listed order", differ == 0)])
@@ -441,7 +448,8 @@ def scenario_weighted_round_robin(quick: bool, seed: int) -> Report:
          "weight × length (lengths 1-30)", "reference", "target", "result"])
     for weights in ((5, 3, 2), (7, 2, 1), (1, 1, 1, 1, 6)):
         letters = "abcdefgh"
-        backends = [lb.Backend(url, weight=w) for url, w in zip(backend_urls(len(weights)), weights)]
+        backends = [lb.Backend(url, weight=w)
+                    for url, w in zip(backend_urls(len(weights)), weights, strict=True)]
         index = {b.url: i for i, b in enumerate(backends)}
         pool = lb.Balancer(backends, policy="round_robin", timer=SimClock(),
                            rng=random.Random(seed))
