@@ -117,7 +117,12 @@ class Balancer:
         Backends that stay keep their live state (health, latency, in-flight; a new weight
         is taken); removed ones are no longer picked but their in-flight requests still
         report normally; sticky keys move close to the minimum. An empty list is allowed
-        (every pick then raises :class:`NoHealthyBackend`).
+        (every pick then raises :class:`NoHealthyBackend`). Each change sends a
+        :class:`~lbmiddleware.core.events.MembershipChanged` event.
+
+        The same members with the same weights, in any order and spelling, change nothing
+        (a DNS refresh every few seconds, say): no hash table is rebuilt, the round-robin
+        sequence goes on, the listed order stays, no event is sent.
         """
         new = parse_backends(backends, allow_empty=True)
         if self._same_members(new):

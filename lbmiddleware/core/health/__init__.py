@@ -5,6 +5,6 @@ growing ejection time, probation). Active health checks, when they come, are a s
 writes the same per-backend record.
 """
 
-from .passive import PassiveHealth
+from .passive import HealthRecord, PassiveHealth
 
-__all__ = ["PassiveHealth"]
+__all__ = ["PassiveHealth", "HealthRecord"]
