@@ -2,8 +2,9 @@
 
 Requests arrive as a Poisson process. Each one is sent where the balancer's pick says, using
 only what a real client knows (its own in-flight counts and the outcomes it has reported), and
-the outcome is reported through the attempt's completion handle when the attempt ends. The balancer's ``timer`` is
-the simulated clock and its ``rng`` is seeded, so a run is a pure function of its seed.
+the outcome is reported through the attempt's completion handle when the attempt ends. The
+balancer's ``timer`` is the simulated clock and its ``rng`` is seeded, so a run is a pure
+function of its seed.
 
 Each simulated backend is a FIFO queue with its own service-time distribution and a number of
 workers (``None``: unlimited, a pure delay). A :class:`Fault` changes a backend for a while:

@@ -26,10 +26,12 @@ and its time to the response head. The attempt counts as in flight until its bod
   collected, exactly once. ``least_conn`` and ``latency`` therefore see a response being
   streamed as in flight, which it is: its backend is still sending it.
 
-Retries follow ``SEMANTICS.md`` (see :func:`lbmiddleware.proxy.may_retry`): a connect
-failure is retried on another backend for any method; a read timeout, a reset or a status
-in ``fail_statuses`` only for idempotent methods whose body can be sent again (none, bytes,
-str, a seekable file), or for any method with ``retry_non_idempotent=True``. A retry never
+Retries follow ``SEMANTICS.md``, through the attempt loop every front-end shares
+(:mod:`lbmiddleware.core.attempts`; requests' errors become outcomes in one table,
+``_FAILURES``): a connect failure is retried on another backend for any method; a read
+timeout, a reset or a status in ``fail_statuses`` only for idempotent methods whose body
+can be sent again (none, bytes, str, a seekable file), or for any method with
+``retry_non_idempotent=True``. A retry never
 goes to a backend already tried, and there are at most ``retries`` of them. When every
 attempt answered with a failure status the last response is returned as it is; when every
 attempt raised, the last exception is raised again with requests' own arguments (``args[0]``
@@ -73,11 +75,13 @@ from urllib3 import HTTPResponse
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 from urllib3.exceptions import ProtocolError, ReadTimeoutError, SSLError
 
+from .core.attempts import Attempts, Completion, Outcome, RetryRule
 from .core.backend import Backend
 from .core.balancer import Balancer
 from .errors import NoHealthyBackend
-from .proxy import may_retry, parse_cookie
-from .proxy.settings import ForwardingSettings
+from .proxy import parse_cookie
+from .core.forwarding import ForwardingSettings
+from .core.settings import FrontEndSettings, Settings, resolve
 
 __all__ = ["LoadBalancingAdapter", "AdapterSettings", "NoHealthyBackendError",
            "FinalResponse", "UnusableResponse"]
@@ -98,6 +102,18 @@ _CAN_POLL = hasattr(select, "poll")
 # ProxyError is a ConnectionError too, but it is the proxy's, and is tested for first.
 # (ContentDecodingError is not: the body is decoded after the attempt, by requests.)
 _BACKEND_FAILURES = (requests.ConnectionError, Timeout, ChunkedEncodingError, RetryError)
+
+# How an exception from the parent's send (or the body read) ends an attempt: the first row
+# naming the exception's class, or that of the urllib3 error it wraps (``args[0]`` or its
+# ``reason``), gives (sent, timeout). A connect failure was not sent: any method may be
+# retried. A TLS error may come after sending, so it counts as sent (the safe side).
+_FAILURES: tuple[tuple[type | tuple[type, ...], bool | None, bool], ...] = (
+    (ProxyError, None, False),                    # the proxy's fault: raised as it is
+    (NewConnectionError, False, False),           # refused, unreachable (a ConnectTimeoutError)
+    ((ConnectTimeout, ConnectTimeoutError), False, True),
+    ((Timeout, ReadTimeoutError), True, True),    # no response head (or body) in time
+    (_BACKEND_FAILURES, True, False),             # reset, cut short, TLS, a bad answer
+)
 
 
 class UnusableResponse(http.client.HTTPException):
@@ -226,8 +242,8 @@ class NoHealthyBackendError(NoHealthyBackend, requests.ConnectionError):
     ``except requests.RequestException`` catches it."""
 
 
-#: The adapter's settings: the core's plus ``preserve_host`` and ``retry_non_idempotent``
-#: (keyword or ``LB_*`` variable), shared with the middlewares.
+#: The adapter's own settings: the forwarding settings every front-end has (retries,
+#: timeouts, ``fail_statuses``, ``hash_key``, ``preserve_host``, ``retry_non_idempotent``).
 AdapterSettings = ForwardingSettings
 
 
@@ -240,10 +256,13 @@ class _UpstreamRequest(PreparedRequest):
 class LoadBalancingAdapter(HTTPAdapter):
     """Load-balances every request of the prefix it is mounted on over a pool of backends.
 
-    ``backends``, ``policy`` and the other keyword arguments are the fields of
-    :class:`AdapterSettings` (``retries``, ``max_fails``, ``hash_key``, ``preserve_host``,
-    ``retry_non_idempotent``, ...). Pass ``balancer=`` instead to share one pool between
-    adapters (then only ``preserve_host`` and ``retry_non_idempotent`` may be given here).
+    ``backends``, ``policy``, ``max_fails``, ... are the Balancer's settings
+    (:class:`~lbmiddleware.Settings`); ``retries``, ``connect_timeout``, ``read_timeout``,
+    ``fail_statuses``, ``hash_key``, ``preserve_host`` and ``retry_non_idempotent`` the
+    adapter's own (:class:`AdapterSettings`, in ``self.settings``). Without ``backends``
+    every setting not given comes from ``LB_*`` variables. Pass ``balancer=`` instead to
+    share one pool with other adapters and middlewares: then only the adapter's own
+    settings may be given here, and each front-end keeps its own.
 
     ``key_func(request) -> str | None`` gives the sticky key for ``ip_hash`` (by default
     the ``hash_key`` setting: ``header:NAME`` or ``cookie:NAME`` of the outgoing request;
@@ -275,22 +294,20 @@ class LoadBalancingAdapter(HTTPAdapter):
             options["backends"] = backends
         if policy is not None:
             options["policy"] = policy
-        own_balancer = balancer is None
+        resolved = resolve("LoadBalancingAdapter", (AdapterSettings,), options,
+                           shared=None if balancer is None else balancer.settings)
+        self._owns_balancer = balancer is None
         if balancer is None:
-            settings = AdapterSettings(**options)
-            balancer = Balancer(settings=settings)
-        else:
-            settings = AdapterSettings.sharing(balancer.settings, **options)
+            balancer = Balancer(settings=resolved.core)
         self.balancer = balancer
-        self.settings = settings
-        self._owns_balancer = own_balancer
+        self.settings = settings = resolved[AdapterSettings]
         self.key_func = key_func
         self._timer = timer
         self._default_timeout = (settings.connect_timeout, settings.read_timeout)
         self._fail_statuses = settings.fail_statuses
         self._retries = settings.retries
         self._keyed = key_func is not None or (
-            settings.policy == "ip_hash" and settings.hash_key != "client_ip")
+            balancer.policy == "ip_hash" and settings.hash_key != "client_ip")
         self._key_kind, _, self._key_name = settings.hash_key.partition(":")
         self._known: set[str] = set()
         pools = max(pool_connections, len(balancer.backends))
@@ -305,74 +322,57 @@ class LoadBalancingAdapter(HTTPAdapter):
         Keyword arguments that are settings win over the variables; the others
         (``pool_maxsize``, ``max_retries``, ``timer``, ...) go to the constructor.
         """
-        names = {f.name for f in dataclasses.fields(AdapterSettings)}
-        settings = AdapterSettings.from_env(
-            environ, **{k: v for k, v in overrides.items() if k in names})
+        names = {f.name for group in (Settings, AdapterSettings) for f in dataclasses.fields(group)}
+        settings = resolve("LoadBalancingAdapter.from_env", (AdapterSettings,),
+                           {k: v for k, v in overrides.items() if k in names},
+                           environ=environ, from_env=True)
         rest = {k: v for k, v in overrides.items() if k not in names}
         return cls(key_func=key_func, **rest, **_fields(settings))
+
+    @property
+    def forwarding(self) -> ForwardingSettings:
+        """The forwarding settings (the adapter's own: ``self.settings``), as every
+        front-end names them."""
+        return self.settings
 
     # -- the two overridden steps -------------------------------------------------------
 
     def send(self, request: PreparedRequest, stream: bool = False, timeout: Any = None,
              verify: Any = True, cert: Any = None, proxies: Any = None) -> Response:
-        """Send ``request`` to one backend after another until one answers (see module doc)."""
-        balancer = self.balancer
-        if timeout is None:
-            timeout = self._default_timeout
-        key = self.request_key(request) if self._keyed else None
-        target = request.path_url
-        headers = self._upstream_headers(request)
-        body = request.body
+        """Send ``request`` to one backend after another until one answers (see module
+        doc): key, attempts, forward, outcome."""
+        attempts = Attempts(self.balancer, self._retry_rule, request.method or "GET",
+                            self.request_key(request) if self._keyed else None)
+        forward = functools.partial(
+            self._forward, request, request.path_url, self._upstream_headers(request),
+            stream=stream, timeout=self._default_timeout if timeout is None else timeout,
+            verify=verify, cert=cert, proxies=proxies)
+        body: Any = request.body
         replayable, offset = _replay_point(body)
-        tried: list[Backend] = []
         try:
-            backend: Backend | None = balancer.pick(key=key)
+            backend = attempts.start()
         except NoHealthyBackend as exc:
             raise NoHealthyBackendError(str(exc), request=request) from exc
-        try:
+        with attempts:      # an exception (a ProxyError, an interrupt) releases the attempt
             while True:
-                tried.append(backend)
-                if backend.url not in self._known:
-                    self._make_pool_room(backend)
-                if offset is not None and len(tried) > 1:
-                    body.seek(offset)
-                upstream = self._upstream_request(request, backend.url + target, headers)
-                start = self._timer()
-                try:
-                    response = super().send(upstream, stream=stream, timeout=timeout,
-                                            verify=verify, cert=cert, proxies=proxies)
-                    latency = self._timer() - start
-                    if not stream:
-                        _read_body(response)   # the body is part of the attempt
-                    elif self.prefetch:
-                        _prefetch(response, self.prefetch)
-                except ProxyError:
-                    raise                      # the proxy's fault, not the backend's
-                except _BACKEND_FAILURES as exc:
-                    balancer.report(backend, ok=False, latency=self._timer() - start)
-                    sent = not _is_connect_failure(exc)
-                    backend = None
-                    if self._may_retry(request, tried, sent=sent, replayable=replayable):
-                        backend = self._next_backend(key, tried)
-                    if backend is None:
-                        raise _naming_backends(exc, request, tried) from exc
-                    continue
-                if response.status_code not in self._fail_statuses:
-                    return self._finish(response, backend, True, latency, stream)
-                following = None
-                if self._may_retry(request, tried, sent=True, replayable=replayable):
-                    following = self._next_backend(key, tried)
+                answer, outcome = forward(backend)
+                if outcome.ok:
+                    break
+                following = attempts.retry(outcome, replayable=replayable)
                 if following is None:
-                    return self._finish(response, backend, False, latency, stream)
-                failed, backend = backend, following
-                try:
-                    _discard(response)
-                finally:
-                    balancer.report(failed, ok=False, latency=latency)
-        except BaseException:
-            if backend is not None:     # a pick not yet reported: end it without an outcome
-                balancer.release(backend)
-            raise
+                    break
+                if isinstance(answer, Response):
+                    _discard(answer)
+                if offset is not None:
+                    body.seek(offset)
+                backend = following
+            if isinstance(answer, Exception):
+                raise _naming_backends(answer, request, attempts.tried) from answer
+            if stream:      # in flight until the body is read, closed or collected
+                _end_when_done(answer, attempts.completion, outcome)
+            else:
+                attempts.end(outcome)
+            return answer
 
     def build_response(self, req: PreparedRequest, resp: Any) -> Response:
         """The parent's response, made for the caller's request (URL, cookies, redirects)."""
@@ -425,27 +425,34 @@ class LoadBalancingAdapter(HTTPAdapter):
         upstream.original = request
         return upstream
 
-    def _may_retry(self, request: PreparedRequest, tried: list[Backend], *, sent: bool,
-                   replayable: bool) -> bool:
-        """Retries left, and SEMANTICS allows one for this method, body and failure."""
-        return len(tried) <= self._retries and may_retry(
-            request.method or "GET", sent=sent, replayable=replayable,
-            retry_non_idempotent=self.settings.retry_non_idempotent)
-
-    def _next_backend(self, key: str | None, tried: list[Backend]) -> Backend | None:
+    def _forward(self, request: PreparedRequest, target: str, headers: Any, backend: Backend,
+                 *, stream: bool, **send_options: Any) -> tuple[Response | Exception, Outcome]:
+        """One attempt on ``backend``: the response (its body read, or its first piece with
+        ``prefetch``) or the exception that failed the attempt, and the attempt's outcome."""
+        if backend.url not in self._known:
+            self._make_pool_room(backend)
+        upstream = self._upstream_request(request, backend.url + target, headers)
+        start = self._timer()
         try:
-            return self.balancer.pick(key=key, exclude=tried)
-        except NoHealthyBackend:
-            return None
+            response = super().send(upstream, stream=stream, **send_options)
+            latency = self._timer() - start
+            received = 0
+            if not stream:
+                received = _read_body(response)     # the body is part of the attempt
+            elif self.prefetch:
+                _prefetch(response, self.prefetch)
+        except _BACKEND_FAILURES as exc:
+            return exc, _failure(exc, self._timer() - start)
+        return response, self._retry_rule.outcome(
+            response.status_code, latency, bytes_sent=_size(request.body),
+            bytes_received=received)
 
-    def _finish(self, response: Response, backend: Backend, ok: bool, latency: float,
-                stream: bool) -> Response:
-        """Report the attempt now (body read) or when the streamed body is done."""
-        if not stream:
-            self.balancer.report(backend, ok=ok, latency=latency)
-        else:
-            _report_when_done(response, self.balancer, backend, ok, latency)
-        return response
+    @functools.cached_property
+    def _retry_rule(self) -> RetryRule:
+        """The forwarding settings' retry rule, built once (the settings never change)."""
+        forwarding = self.forwarding
+        return RetryRule(retries=forwarding.retries, fail_statuses=forwarding.fail_statuses,
+                         retry_non_idempotent=forwarding.retry_non_idempotent)
 
     def _make_pool_room(self, backend: Backend) -> None:
         """Keep one urllib3 pool per backend ever picked, so none is evicted in use."""
@@ -471,7 +478,8 @@ class LoadBalancingAdapter(HTTPAdapter):
                 "a LoadBalancingAdapter built with balancer= cannot be pickled: its Balancer "
                 "is shared, and an unpickled copy could not share it; pickle an adapter built "
                 "from settings (backends=..., policy=...) instead")
-        settings = self.settings.replace(backends=self.balancer.backends)
+        core = self.balancer.settings.replace(backends=self.balancer.backends)
+        settings = FrontEndSettings((core, self.settings))
         return {**super().__getstate__(), "settings": settings, "key_func": self.key_func,
                 "timer": self._timer}
 
@@ -489,9 +497,11 @@ class LoadBalancingAdapter(HTTPAdapter):
 
 # -- helpers ------------------------------------------------------------------------------
 
-def _fields(settings: AdapterSettings) -> dict[str, Any]:
-    """The settings as keyword arguments of the constructor."""
-    return {field.name: getattr(settings, field.name) for field in dataclasses.fields(settings)}
+def _fields(settings: FrontEndSettings) -> dict[str, Any]:
+    """The settings (the Balancer's and the adapter's) as keyword arguments of the
+    constructor."""
+    return {field.name: getattr(group, field.name)
+            for group in settings for field in dataclasses.fields(group)}
 
 
 def _read_final_responses(manager: Any) -> None:
@@ -528,15 +538,23 @@ def _replay_point(body: Any) -> tuple[bool, int | None]:
     return False, None
 
 
-def _is_connect_failure(exc: Exception) -> bool:
-    """True when the request never reached the backend (refused, connect timeout).
-
-    A TLS error may come after sending too, so it counts as sent (the safe side)."""
-    if isinstance(exc, ConnectTimeout):
-        return True
+def _failure(exc: Exception, latency: float) -> Outcome:
+    """The outcome of an attempt that raised ``exc``: the first row of :data:`_FAILURES`
+    that names its class or the urllib3 error it wraps; a row without an outcome (the
+    proxy's fault) raises ``exc`` again."""
     inner = exc.args[0] if exc.args else None
     reason = getattr(inner, "reason", inner)
-    return isinstance(reason, (NewConnectionError, ConnectTimeoutError))
+    for kinds, sent, timeout in _FAILURES:
+        if isinstance(exc, kinds) or isinstance(reason, kinds):
+            if sent is None:
+                raise exc
+            return Outcome(ok=False, latency=latency, sent=sent, timeout=timeout)
+    raise exc                                      # (the last row takes them all)
+
+
+def _size(body: Any) -> int:
+    """The bytes of a request body, where cheaply known (0 for a file or a generator)."""
+    return len(body) if isinstance(body, (bytes, bytearray)) else 0
 
 
 def _naming_backends(exc: Exception, request: PreparedRequest,
@@ -578,16 +596,17 @@ def _renamed(base: type, args: tuple, state: dict) -> Exception:
     return exc
 
 
-def _read_body(response: Response) -> None:
-    """Read the whole body inside the attempt, without decoding it: decoding is requests'
-    business, after the attempt (it tolerates a false ``Content-Encoding`` on a redirect
-    it follows). An encoded body is read raw, and requests is given a raw response over the
-    bytes read, which it reads and decodes as it would have read the connection. Read
-    errors are translated as ``Response.iter_content`` translates them."""
+def _read_body(response: Response) -> int:
+    """Read the whole body inside the attempt, without decoding it, and return its size:
+    decoding is requests' business, after the attempt (it tolerates a false
+    ``Content-Encoding`` on a redirect it follows). An encoded body is read raw, and
+    requests is given a raw response over the bytes read, which it reads and decodes as it
+    would have read the connection. Read errors are translated as
+    ``Response.iter_content`` translates them."""
     raw = response.raw
     started = time.perf_counter()
     if "Content-Encoding" not in raw.headers:
-        response.content                 # nothing to decode: the fast path of requests
+        size = len(response.content)     # nothing to decode: the fast path of requests
     else:
         try:
             data = raw.read(decode_content=False)
@@ -602,8 +621,10 @@ def _read_body(response: Response) -> None:
             version_string=raw.version_string, reason=raw.reason, preload_content=False,
             original_response=raw._original_response,    # requests reads cookies from it
             retries=raw.retries, enforce_content_length=False, request_url=raw.url)
+        size = len(data)
     response.__class__ = _BodyReadResponse
     response._body_time = datetime.timedelta(seconds=time.perf_counter() - started)
+    return size
 
 
 class _BodyReadResponse(Response):
@@ -660,13 +681,12 @@ def _discard(response: Response) -> None:
         response.close()
 
 
-def _report_when_done(response: Response, balancer: Balancer, backend: Backend,
-                      ok: bool, latency: float) -> None:
-    """Report a streamed attempt once, when its raw response releases its connection,
-    is closed or is garbage collected, whichever comes first."""
+def _end_when_done(response: Response, completion: Completion, outcome: Outcome) -> None:
+    """End a streamed attempt with ``outcome`` once, when its raw response releases its
+    connection, is closed or is garbage collected, whichever comes first."""
     raw = response.raw
-    # report_later: a garbage collection may run this inside the balancer's own lock.
-    done = weakref.finalize(raw, balancer.report_later, backend, ok, latency)
+    # wait=False: a garbage collection may run this inside the balancer's own lock.
+    done = weakref.finalize(raw, completion.done, outcome, wait=False)
     raw_type = type(raw)
     raw_ref = weakref.ref(raw)        # the wrappers live on raw: no reference cycle
 

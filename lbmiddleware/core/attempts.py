@@ -238,7 +238,7 @@ class Attempts:
     got. As a context manager, an exception releases the attempt still open.
     """
 
-    __slots__ = ("_balancer", "rule", "method", "key", "tried", "completion")
+    __slots__ = ("_balancer", "rule", "method", "key", "tried", "_current")
 
     def __init__(self, balancer: Picker, rule: RetryRule, method: str = "GET",
                  key: str | None = None) -> None:
@@ -247,7 +247,7 @@ class Attempts:
         self.method = method
         self.key = key
         self.tried: list[Backend] = []        # the backends of this request, in order
-        self.completion: Completion | None = None     # the current attempt
+        self._current: Completion | None = None
 
     def start(self) -> Backend:
         """The first attempt's backend. Raises :class:`NoHealthyBackend` when the pool has
@@ -263,8 +263,6 @@ class Attempts:
         and otherwise stays open for :meth:`end` (the client gets that response).
         """
         current = self.completion
-        if current is None:
-            raise RuntimeError("retry() before start()")
         if outcome.status is None:
             current.done(outcome)
         if not self.rule.allows(self.method, outcome, attempts=len(self.tried),
@@ -279,21 +277,23 @@ class Attempts:
 
     def end(self, outcome: Outcome, *, wait: bool = True) -> None:
         """End the current attempt with ``outcome`` (see :meth:`Completion.done`)."""
-        if self.completion is not None:
-            self.completion.done(outcome, wait=wait)
+        if self._current is not None:
+            self._current.done(outcome, wait=wait)
 
     def release(self) -> None:
         """End the current attempt without an outcome (given up, cancelled)."""
-        if self.completion is not None:
-            self.completion.release()
+        if self._current is not None:
+            self._current.release()
 
     @property
-    def backend(self) -> Backend | None:
-        """The current attempt's backend (``None`` before :meth:`start`)."""
-        return self.completion.backend if self.completion is not None else None
+    def completion(self) -> Completion:
+        """The current attempt's handle: to end it elsewhere (when a streamed body ends)."""
+        if self._current is None:
+            raise RuntimeError("no attempt yet: call start() first")
+        return self._current
 
     def _begin(self, completion: Completion) -> Backend:
-        self.completion = completion
+        self._current = completion
         self.tried.append(completion.backend)
         return completion.backend
 

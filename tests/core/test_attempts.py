@@ -222,7 +222,9 @@ def test_no_healthy_backend_on_the_first_pick_surfaces():
     attempts = Attempts(balancer, RetryRule(), "GET")
     with pytest.raises(lb.NoHealthyBackend):
         attempts.start()
-    assert attempts.tried == [] and attempts.backend is None
+    assert attempts.tried == []
+    with pytest.raises(RuntimeError, match="start"):
+        attempts.completion
     attempts.end(OK)                     # nothing to end: ignored
     attempts.release()
     assert balancer.ends() == []
@@ -259,7 +261,7 @@ def test_a_clean_exit_leaves_the_open_attempt_to_its_owner():
 
 
 def test_retry_before_start_is_a_mistake():
-    with pytest.raises(RuntimeError, match="before start"):
+    with pytest.raises(RuntimeError, match="start"):
         Attempts(FakeBalancer(A), RetryRule()).retry(RESET)
 
 
