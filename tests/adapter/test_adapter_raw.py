@@ -17,7 +17,7 @@ import ssl
 import subprocess
 import sys
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 import requests

@@ -61,7 +61,8 @@ class StreamingBackend:
                         count = self._drain_chunked(reader)
                     self.received = count
                     body = str(count).encode()
-                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s"
+                                 % (len(body), body))
                 else:
                     size = int(target.strip(b"/") or 0)
                     conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)

@@ -49,7 +49,8 @@ def test_responses_without_a_body_keep_the_connection(scripted, method, head):
 
 
 def test_connection_close_is_honoured(scripted):
-    server = scripted([b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nhi"], [OK])
+    server = scripted(
+        [b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nhi"], [OK])
     (first, second), opened = fetch(server.url, (b"GET", None), (b"GET", None))
     assert first[2] == b"hi" and second[2] == b"ok" and opened == 2
 
@@ -78,7 +79,8 @@ def test_a_malformed_response_is_a_502_for_the_client_and_a_failure(scripted):
 
 
 def test_a_chunked_response_reaches_the_client_without_the_upstream_framing(scripted):
-    server = scripted([[b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 99\r\n\r\n",
+    server = scripted([[b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n"
+                        b"Content-Length: 99\r\n\r\n",
                         b"3\r\nabc\r\n", b"0\r\n\r\n"]])
     call = asyncio.run(Call(LoadBalancerMiddleware(None, backends=[server.url]), "GET", "/").run())
     assert call.status == 200 and call.body == b"abc" and call.complete

@@ -29,7 +29,7 @@ class Gateway(GatewayProcess):
     """A :class:`GatewayProcess` in a process group of its own, with bounded waits: the
     banner is awaited for ``timeout`` seconds, and ``terminate()`` reports how it ended."""
 
-    def start(self, timeout: float = 15.0) -> "Gateway":
+    def start(self, timeout: float = 15.0) -> Gateway:
         self.process = subprocess.Popen(self.args, env=self.environ, stdout=subprocess.PIPE,
                                         stderr=subprocess.PIPE, text=True, start_new_session=True)
         ready, _, _ = select.select([self.process.stdout], [], [], timeout)
@@ -89,7 +89,7 @@ class TLSBackend(BackendServer):
     def url(self) -> str:
         return f"https://127.0.0.1:{self.port}"
 
-    def start(self) -> "TLSBackend":
+    def start(self) -> TLSBackend:
         super().start()         # nothing connects before the listening socket is wrapped
         self._server.socket = self.context.wrap_socket(self._server.socket, server_side=True)
         return self
@@ -319,7 +319,8 @@ def test_upgrade_requests_under_uvicorn_log_no_warnings(backends):
             assert sock.makefile("rb").readline().startswith(b"HTTP/1.1 501 ")
         with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as sock:
             sock.sendall(b"GET /h2c HTTP/1.1\r\nHost: gw\r\nUpgrade: h2c\r\n"
-                         b"Connection: Upgrade, HTTP2-Settings\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n")
+                         b"Connection: Upgrade, HTTP2-Settings\r\n"
+                         b"HTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n")
             assert sock.makefile("rb").readline().startswith(b"HTTP/1.1 200 ")
     finally:
         errors = gateway.stop()

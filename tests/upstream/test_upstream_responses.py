@@ -17,9 +17,9 @@ import pytest
 import requests
 
 from lbmiddleware.asgi import LoadBalancerMiddleware
-from lbmiddleware.upstream.deadlines import Deadlines
-from lbmiddleware.upstream.connection import Connection
 from lbmiddleware.upstream import ProtocolError
+from lbmiddleware.upstream.connection import Connection
+from lbmiddleware.upstream.deadlines import Deadlines
 
 from ..support.asgi_client import Call
 from ..support.gateway import GatewayProcess
@@ -73,7 +73,7 @@ def test_an_early_413_during_a_large_upload_is_delivered_at_once_and_is_no_failu
     (stats,) = mw.balancer.stats()
     assert stats["failures"] == 0 and stats["ejections"] == 0 and stats["state"] == "healthy"
     assert stats["in_flight"] == 0
-    assert backend.connections == 4          # a connection with an unfinished upload is never reused
+    assert backend.connections == 4      # a connection with an unfinished upload is never reused
 
 
 def test_an_early_answer_is_delivered_while_the_client_pauses_its_upload():

@@ -32,7 +32,7 @@ class _StreamHandler(http.server.BaseHTTPRequestHandler):
     ``/source?size=N[&chunked=1]``: sends N bytes of the pattern, block by block."""
 
     protocol_version = "HTTP/1.1"
-    server: "StreamingBackend._Server"
+    server: StreamingBackend._Server
 
     def log_message(self, *args) -> None:
         pass
@@ -80,7 +80,8 @@ class _StreamHandler(http.server.BaseHTTPRequestHandler):
                 remaining = size
                 while remaining:
                     data = self.rfile.read(min(remaining, len(BLOCK)))
-                    crc, total, remaining = zlib.crc32(data, crc), total + len(data), remaining - len(data)
+                    crc, total = zlib.crc32(data, crc), total + len(data)
+                    remaining -= len(data)
                 self.rfile.readline()
         else:
             remaining = int(self.headers.get("Content-Length") or 0)
@@ -88,7 +89,8 @@ class _StreamHandler(http.server.BaseHTTPRequestHandler):
                 data = self.rfile.read(min(remaining, len(BLOCK)))
                 if not data:
                     break
-                crc, total, remaining = zlib.crc32(data, crc), total + len(data), remaining - len(data)
+                crc, total = zlib.crc32(data, crc), total + len(data)
+                remaining -= len(data)
         body = json.dumps({"bytes": total, "crc32": crc,
                            "framing": "chunked" if "Transfer-Encoding" in self.headers
                            else "length"}).encode()
@@ -106,7 +108,7 @@ class StreamingBackend:
 
     class _Server(http.server.ThreadingHTTPServer):
         daemon_threads = True
-        owner: "StreamingBackend"
+        owner: StreamingBackend
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -114,7 +116,7 @@ class StreamingBackend:
         self.aborted: list[int] = []
         self._server = self._Server(("127.0.0.1", 0), _StreamHandler)
         self._server.owner = self
-        self.url = "http://127.0.0.1:%d" % self._server.server_address[1]
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever,
                                         kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
@@ -150,7 +152,7 @@ class PeakRss:
         while not self._stop.wait(0.005):
             self.peak = max(self.peak, self._rss())
 
-    def __enter__(self) -> "PeakRss":
+    def __enter__(self) -> PeakRss:
         self._thread.start()
         return self
 
