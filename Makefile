@@ -5,7 +5,7 @@ VENV := .venv
 INSTALLED := $(VENV)/.installed-test-gateway
 BENCH_INSTALLED := $(VENV)/.installed-bench
 
-.PHONY: demo test test-core check typecheck lint bench quality bench-proxy clean
+.PHONY: demo test test-core check typecheck lint layering bench quality bench-proxy clean
 
 demo: $(INSTALLED)
 	$(VENV)/bin/python -m lbmiddleware demo
@@ -17,15 +17,19 @@ test: $(INSTALLED)
 test-core: $(INSTALLED)
 	$(VENV)/bin/python -m pytest -m core
 
-# The type check (settings in setup.cfg) and the linter (pyproject.toml); .ci/run runs
-# `make -k check` (every part, even after one fails) beside `make test`.
-check: typecheck lint
+# The type check (settings in setup.cfg), the linter (pyproject.toml) and the import-direction
+# test (also part of `make test`); .ci/run runs `make -k check` (every part, even after one
+# fails) beside `make test`.
+check: typecheck lint layering
 
 typecheck: $(INSTALLED)
 	$(VENV)/bin/python -m mypy
 
 lint: $(INSTALLED)
 	$(VENV)/bin/python -m ruff check lbmiddleware tests benchmarks examples
+
+layering: $(INSTALLED)
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_layering.py
 
 bench: $(INSTALLED)
 	$(VENV)/bin/python benchmarks/bench_pick.py
