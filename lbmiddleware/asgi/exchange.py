@@ -1,0 +1,288 @@
+"""One proxied request of the ASGI middleware: the attempts, the response, the outcomes.
+
+The attempts run the core's loop (:class:`lbmiddleware.core.attempts.Attempts`), which
+decides what is retried and reports each attempt exactly once; this module does the I/O:
+it sends the request through the upstream pool, turns what came back into an
+:class:`~lbmiddleware.core.attempts.Outcome` (the upstream client's errors already say
+whether the request was sent and whether it timed out), streams the response to the
+client and watches for the client leaving.
+
+Request bodies up to ``retry_buffer`` bytes are held in memory (:class:`RequestBody`), so
+a retry can send them again; a larger body is streamed and is not replayable once it has
+started to go upstream (a connect failure, before any byte is sent, is still retried).
+
+A client that disconnects cancels the exchange (its upstream connection is closed, the
+attempt released): while the body streams this is noticed at once, while waiting for the
+response head within about :data:`WATCH_DELAY` seconds, and while the response streams at
+once (also when the backend answered before the upload ended). Watching costs a task, so a
+quick exchange never starts one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from typing import TYPE_CHECKING, Any
+
+from ..core.attempts import Attempts, Outcome
+from ..core.backend import Backend
+from ..errors import NoHealthyBackend
+from ..proxy import BINARY
+from ..upstream import NO_BODY_STATUSES, Response, UpstreamError
+
+if TYPE_CHECKING:
+    from .middleware import LoadBalancerMiddleware
+
+__all__ = ["Exchange", "RequestBody", "NoBody", "NO_BODY", "ClientGone", "WATCH_DELAY"]
+
+logger = logging.getLogger("lbmiddleware")
+
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+WATCH_DELAY = 0.5     # seconds waiting for a response head before watching for a disconnect
+
+# Asked of the retry rule before each attempt: may the upstream pool send the request once
+# more, on a fresh connection, when a reused one turns out closed by the backend?
+_RESENT = Outcome(ok=False, sent=True)
+
+
+class ClientGone(Exception):
+    """The client disconnected."""
+
+
+class RequestBody:
+    """The client's request body: held in memory when small (replayable), else streamed."""
+
+    __slots__ = ("receive", "length", "chunks", "size", "more", "started", "on_end")
+
+    def __init__(self, receive: Receive, length: int | None) -> None:
+        self.receive = receive
+        self.length = length            # 0 (none), a byte count, or None (chunked)
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.more = length != 0         # more to receive from the client
+        self.started = False            # the streamed part has begun to go upstream
+        self.on_end: Callable[[], None] | None = None   # called once a streamed body ends
+
+    async def prefetch(self, limit: int) -> None:
+        """Receive until the body ends or ``limit`` bytes are held."""
+        while self.more and self.size <= limit:
+            self._take(await self.receive())
+
+    def _take(self, message: Message) -> bytes:
+        if message["type"] == "http.disconnect":
+            raise ClientGone()
+        chunk: bytes = message.get("body", b"")
+        self.more = message.get("more_body", False)
+        if chunk and not self.started:
+            self.chunks.append(chunk)
+            self.size += len(chunk)
+        return chunk
+
+    @property
+    def replayable(self) -> bool:
+        return not self.started
+
+    def source(self) -> tuple[Any, int | None]:
+        """What to hand the upstream client: ``(bytes or async iterator, length)``."""
+        if not self.more:
+            data = b"".join(self.chunks) if len(self.chunks) != 1 else self.chunks[0]
+            return data, len(data) if self.length is None else self.length
+        return self._stream(), self.length
+
+    async def _stream(self) -> AsyncIterator[bytes]:
+        self.started = True
+        for chunk in self.chunks:
+            yield chunk
+        self.chunks = []
+        while self.more:
+            yield self._take(await self.receive())
+        if self.on_end is not None:
+            self.on_end()                # now a disconnect can be watched for
+
+
+class NoBody:
+    """The body of a request whose framing says it has none (shared, never changes)."""
+
+    __slots__ = ()
+    length = 0
+    more = False
+    replayable = True
+    on_end = None
+
+    @staticmethod
+    def source() -> tuple[bytes, int]:
+        return b"", 0
+
+
+NO_BODY = NoBody()
+
+
+class Exchange:
+    """One proxied request: key (given), attempts, forward, outcome, then the response."""
+
+    __slots__ = ("mw", "method", "method_bytes", "target", "headers", "add_host", "body", "key",
+                 "receive", "send", "watch_task", "gone", "finished", "task")
+
+    def __init__(self, mw: LoadBalancerMiddleware, method: str, method_bytes: bytes,
+                 target: bytes, headers: list[tuple[bytes, bytes]], add_host: bool,
+                 body: RequestBody | NoBody, key: str | None, receive: Receive,
+                 send: Send) -> None:
+        self.mw = mw
+        self.add_host = add_host
+        self.method = method
+        self.method_bytes = method_bytes
+        self.target = target
+        self.headers = headers
+        self.body = body
+        self.key = key
+        self.receive = receive
+        self.send = send
+        self.watch_task: asyncio.Future[None] | None = None
+        self.gone = False
+        self.finished = False
+        self.task: asyncio.Task[Any] | None = None
+
+    async def run(self) -> None:
+        try:
+            await self._run()
+        except asyncio.CancelledError:
+            if not self.gone:
+                raise
+            task = self.task
+            if task is not None and hasattr(task, "uncancel"):
+                task.uncancel()         # our own cancellation: the client left
+        except ClientGone:
+            pass
+        finally:
+            self.finished = True
+            watch = self.watch_task
+            if watch is not None and not watch.done():
+                watch.cancel()
+
+    async def _run(self) -> None:
+        mw = self.mw
+        loop = asyncio.get_running_loop()
+        self.task = asyncio.current_task(loop)
+        attempts = Attempts(mw.balancer, mw._retry_rule, self.method, self.key)
+        try:
+            backend = attempts.start()
+        except NoHealthyBackend:
+            await mw._send_error(self.send, 503)
+            return
+        with attempts:      # a cancellation, a client gone: the open attempt is released
+            while True:
+                response, outcome = await self._forward(backend, loop)
+                if outcome.ok:
+                    break
+                following = attempts.retry(outcome, replayable=self.body.replayable)
+                if following is None:
+                    break
+                if response is not None:
+                    response.close()            # another backend gets a chance
+                backend = following
+            if response is None:
+                await mw._send_error(self.send, 504 if outcome.timeout else 502)
+                return
+            try:
+                received = await self._respond(response)
+            except UpstreamError:
+                # The head went out, the body broke: the client sees a cut response.
+                logger.warning("the response body from %s broke off", backend.url)
+                attempts.end(outcome if not outcome.ok else Outcome(
+                    ok=False, status=outcome.status, bytes_sent=outcome.bytes_sent))
+                return
+            except BaseException:
+                response.close()
+                if self.gone:       # left after the head: the backend did its part
+                    attempts.end(outcome)
+                raise
+            attempts.end(dataclasses.replace(outcome, bytes_received=received))
+
+    async def _forward(self, backend: Backend, loop: asyncio.AbstractEventLoop,
+                       ) -> tuple[Response | None, Outcome]:
+        """One attempt on ``backend``: its response head (``None`` if it failed without
+        one) and the attempt's outcome."""
+        mw = self.mw
+        body = self.body
+        pool = mw.upstream.pool(backend)
+        data, length = body.source()
+        timer = None
+        if not body.more and self.watch_task is None:
+            timer = mw._deadlines.start(WATCH_DELAY, _start_watch, self, loop)
+        elif body.more:
+            body.on_end = self._watch     # watch once the upload is all read
+        started = time.monotonic()
+        try:
+            response = await pool.request(
+                self.method_bytes, pool.base_path + self.target, self.headers, data, length,
+                replayable=mw._retry_rule.allows(self.method, _RESENT,
+                                                 replayable=body.replayable),
+                add_host=self.add_host, loop=loop)
+        except UpstreamError as exc:
+            if self.gone:
+                raise ClientGone() from exc
+            return None, Outcome(ok=False, latency=time.monotonic() - started, sent=exc.sent,
+                                 timeout=exc.timeout)
+        finally:
+            if timer is not None:
+                mw._deadlines.cancel(timer)
+        return response, mw._retry_rule.outcome(response.status, time.monotonic() - started,
+                                                bytes_sent=length or 0)
+
+    async def _respond(self, response: Response) -> int:
+        """Send ``response`` to the client; returns the body bytes passed on."""
+        send = self.send
+        # ASGI header names are lower-case (Starlette's Headers, GZipMiddleware rely on it).
+        headers = [(name.lower(), value)
+                   for name, value in BINARY.response_headers(response.headers)]
+        if response.status in NO_BODY_STATUSES:
+            # A 304 may state its 200's length (RFC 9110 8.6); a server that checks the body
+            # against it (uvicorn) would cut the connection: no body, no length.
+            headers = [(name, value) for name, value in headers if name != b"content-length"]
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        chunk = response.take()
+        if response.complete:
+            self.finished = True
+            await send({"type": "http.response.body", "body": chunk, "more_body": False})
+            return len(chunk)
+        self._watch()
+        received = 0
+        while True:
+            if chunk:
+                received += len(chunk)
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            chunk = await response.read()
+            if not chunk:
+                break
+        self.finished = True
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        return received
+
+    # -- the client's disconnect -------------------------------------------------------
+
+    def _watch(self) -> None:
+        """Start watching ``receive`` for the client's disconnect (once), when nothing else
+        reads it: the body has been read, or the response came before its end (the
+        upstream client then stops sending it, and the watch drops the rest)."""
+        if self.watch_task is None and not self.finished:
+            self.watch_task = asyncio.ensure_future(self._watch_receive())
+
+    async def _watch_receive(self) -> None:
+        while not self.finished:
+            message = await self.receive()      # "http.request": an unsent upload's rest
+            if message["type"] == "http.disconnect":
+                if not self.finished:
+                    self.gone = True
+                    if self.task is not None:
+                        self.task.cancel()
+                return
+
+
+def _start_watch(exchange: Exchange) -> None:
+    exchange._watch()
