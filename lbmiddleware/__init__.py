@@ -10,8 +10,18 @@ from typing import TYPE_CHECKING
 from .core.backend import Backend
 from .core.balancer import Balancer
 from .core.hashing import stable_hash
+from .core.forwarding import ForwardingSettings
 from .core.settings import POLICIES, Settings
 from .errors import ConfigError, LBError, NoHealthyBackend
+
+# Every front-end's settings (standard library only), imported here so that each settings
+# class has registered its LB_ variables before any are read: an unknown LB_ name is then a
+# probable typo, and the core never imports a front-end to know that.
+from . import gateway_settings as _gateway_settings  # noqa: F401  (registers GatewaySettings)
+from .proxy.settings import ProxySettings
+
+#: The requests adapter's settings are the forwarding settings of every front-end.
+AdapterSettings = ForwardingSettings
 
 __version__ = "0.1.0"
 
@@ -19,9 +29,7 @@ __version__ = "0.1.0"
 # first use: ``import lbmiddleware`` stays standard-library only.
 _FRONT_ENDS = {
     "LoadBalancingAdapter": "lbmiddleware.adapter",
-    "AdapterSettings": "lbmiddleware.adapter",
     "NoHealthyBackendError": "lbmiddleware.adapter",
-    "ProxySettings": "lbmiddleware.proxy.settings",
     "LoadBalancerMiddleware": "lbmiddleware.asgi",
     "WSGILoadBalancer": "lbmiddleware.wsgi",
 }
@@ -32,9 +40,8 @@ _EXTRAS = {"requests": "requests", "urllib3": "requests"}
 
 if TYPE_CHECKING:
     # Type checkers see the front-ends' real types; at run time __getattr__ loads them.
-    from .adapter import AdapterSettings, LoadBalancingAdapter, NoHealthyBackendError
+    from .adapter import LoadBalancingAdapter, NoHealthyBackendError
     from .asgi import LoadBalancerMiddleware
-    from .proxy.settings import ProxySettings
     from .wsgi import WSGILoadBalancer
 else:
     # Hidden from type checkers, so that a misspelt name is an error there, not an Any.
@@ -56,7 +63,7 @@ else:
         return getattr(loaded, name)
 
 __all__ = [
-    "Backend", "Balancer", "Settings", "POLICIES",
+    "Backend", "Balancer", "Settings", "ForwardingSettings", "POLICIES",
     "LBError", "ConfigError", "NoHealthyBackend", "stable_hash",
     "LoadBalancingAdapter", "AdapterSettings", "NoHealthyBackendError",
     "LoadBalancerMiddleware", "WSGILoadBalancer", "ProxySettings",

@@ -6,14 +6,15 @@ import argparse
 import sys
 from typing import Sequence
 
+from .core.settings import describe
 from .errors import ConfigError
-from .proxy.settings import ProxySettings
+from .gateway_settings import GROUPS, GatewaySettings, load_settings
 
 __all__ = ["main"]
 
 
 def _settings_help() -> str:
-    rows = ProxySettings.describe()
+    rows = describe(*GROUPS)
     width = max(len(name) for name, _, _ in rows)
     lines = ["settings (environment variables):"]
     for name, default, help_text in rows:
@@ -49,7 +50,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return demo_main(argv[1:]) or 0
     _parser().parse_args(argv)          # serve (no options of its own), --help
     try:
-        from .gateway import load_settings
         settings = load_settings()
     except ConfigError as exc:
         print(f"python -m lbmiddleware serve: error: {exc}", file=sys.stderr)
@@ -61,8 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"python -m lbmiddleware serve: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:          # the address is taken, say
-        print(f"python -m lbmiddleware serve: error: cannot listen on {settings.listen}: "
-              f"{exc.strerror or exc}", file=sys.stderr)
+        print(f"python -m lbmiddleware serve: error: cannot listen on "
+              f"{settings[GatewaySettings].listen}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         pass

@@ -29,6 +29,7 @@ upstream target, error responses) come from :mod:`lbmiddleware.proxy`:
 
 from __future__ import annotations
 
+import dataclasses
 import http
 import re
 from typing import Any, Callable, Iterable, Iterator, Mapping
@@ -41,7 +42,9 @@ from urllib3.util import SKIP_HEADER
 
 from .adapter import LoadBalancingAdapter
 from .core.balancer import Balancer
-from .errors import NoHealthyBackend
+from .core.forwarding import ForwardingSettings
+from .core.settings import parse_positive_count, resolve
+from .errors import ConfigError, NoHealthyBackend
 from .proxy import (
     TEXT, ClientAddress, UnsafeRequest, error_response, join_target,
     match_prefix, quote_path, sticky_key,
@@ -82,12 +85,16 @@ class _ProxyAdapter(LoadBalancingAdapter):
 class WSGILoadBalancer:
     """Proxies requests under ``prefix`` to a pool of backends; others go to ``app``.
 
-    ``backends``, ``prefix`` and the other keyword arguments are the fields of
-    :class:`ProxySettings` (``policy``, ``retries``, ``trusted_proxies``, ``hash_key``,
-    ``strip_prefix``, ``preserve_host``, ``connect_timeout``, ...). With no ``backends``
-    (and no ``balancer``) every setting comes from ``LB_*`` variables (``environ`` for
-    tests), keyword arguments winning. ``balancer=`` shares an existing pool; then only
-    the proxy's own settings may be given here. ``verify`` and ``cert`` are passed to
+    ``backends``, ``prefix`` and the other keyword arguments are settings, each of the
+    class that owns it, as for :class:`~lbmiddleware.LoadBalancerMiddleware`: the
+    Balancer's (``policy``, ``max_fails``, ...), the forwarding settings (``retries``,
+    ``connect_timeout``, ``hash_key``, ``preserve_host``, ...: ``self.forwarding``) and
+    the proxy's own (``prefix``, ``strip_prefix``, ``trusted_proxies``, ``retry_buffer``:
+    ``self.settings``). With no ``backends`` (and no ``balancer``) every setting comes from
+    ``LB_*`` variables (``environ`` for tests), keyword arguments winning. ``balancer=``
+    shares an existing pool; then the Balancer's settings are set on it, and the
+    forwarding and proxy settings given here are this middleware's. ``chunk_size`` is the
+    most read at once from a body, each way; ``verify`` and ``cert`` are passed to
     requests for ``https`` backends.
     """
 
@@ -100,22 +107,26 @@ class WSGILoadBalancer:
             options["prefix"] = prefix
         if backends is not None:
             options["backends"] = backends
-        if balancer is not None:
-            settings = ProxySettings.sharing(balancer.settings, **options)
-        elif backends is not None:
-            settings = ProxySettings(**options)
-        else:
-            settings = ProxySettings.from_env(environ, **options)
+        try:
+            chunk_size = parse_positive_count(chunk_size)
+        except ValueError as exc:
+            raise ConfigError(f"chunk_size has value {chunk_size!r}: {exc}") from None
+        resolved = resolve("WSGILoadBalancer", (ForwardingSettings, ProxySettings), options,
+                           shared=None if balancer is None else balancer.settings,
+                           environ=environ)
         self.app = app
-        self.settings = settings
-        self.balancer = balancer if balancer is not None else Balancer(settings=settings)
+        self.settings = settings = resolved[ProxySettings]
+        self.forwarding = forwarding = resolved[ForwardingSettings]
+        self.balancer = balancer if balancer is not None else Balancer(settings=resolved.core)
         self.adapter = _ProxyAdapter(
             balancer=self.balancer, key_func=_sticky_key_of, pool_maxsize=pool_maxsize,
-            preserve_host=False,                   # Host is set here, from the settings
-            retry_non_idempotent=settings.retry_non_idempotent)
+            **{**{f.name: getattr(forwarding, f.name) for f in dataclasses.fields(forwarding)},
+               "preserve_host": False})           # Host is set here, from the settings
+        self.adapter.prefetch = chunk_size        # the first block is read inside the attempt
         self._prefix = settings.prefix
         self._strip = settings.strip_prefix
         self._client_address = ClientAddress(settings.trusted_proxies)
+        self._sticky = self.balancer.policy == "ip_hash"
         self._verify = verify
         self._cert = cert
         self._chunk_size = chunk_size
@@ -146,7 +157,7 @@ class WSGILoadBalancer:
         except BaseException:
             response.close()
             raise
-        return _ResponseBody(response, self._chunk_size)
+        return _ResponseBody(response)
 
     def upstream_request(self, environ: dict, path: str) -> requests.PreparedRequest:
         """The request to send for ``environ`` (``path``: the part of ``PATH_INFO`` that goes
@@ -160,7 +171,7 @@ class WSGILoadBalancer:
         trusted = self._client_address.is_trusted(peer)
         headers = TEXT.request_headers(received, peer=peer,
                                        scheme=environ.get("wsgi.url_scheme", "http"),
-                                       preserve_host=self.settings.preserve_host,
+                                       preserve_host=self.forwarding.preserve_host,
                                        trusted_peer=trusted)
         body, length = self._body(environ)
         if length is not None:
@@ -176,10 +187,10 @@ class WSGILoadBalancer:
         for name in _NOT_ADDED:          # urllib3 would add its own if the client sent none
             request.headers.setdefault(name, SKIP_HEADER)
         request.body = body
-        if self.settings.policy == "ip_hash":
+        if self._sticky:
             forwarded = [environ["HTTP_X_FORWARDED_FOR"]] if "HTTP_X_FORWARDED_FOR" in environ else []
             client_ip = self._client_address(peer, forwarded)
-            request.sticky_key = sticky_key(self.settings.hash_key, client_ip, received)
+            request.sticky_key = sticky_key(self.forwarding.hash_key, client_ip, received)
         return request
 
     def _body(self, environ: dict) -> tuple[Any, int | None]:
@@ -256,9 +267,9 @@ class _ResponseBody:
     """The upstream body as the WSGI response iterable; ``close()`` closes the upstream
     response (its connection too when the body was not read to the end)."""
 
-    def __init__(self, response: requests.Response, chunk_size: int) -> None:
+    def __init__(self, response: requests.Response) -> None:
         self._response = response
-        self._chunks = response.raw_chunks
+        self._chunks = response.raw_chunks     # blocks of chunk_size (the adapter's prefetch)
 
     def __iter__(self) -> Iterator[bytes]:
         return self._chunks

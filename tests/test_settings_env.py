@@ -14,7 +14,8 @@ import requests
 
 import lbmiddleware as lb
 from lbmiddleware.adapter import LoadBalancingAdapter
-from lbmiddleware.proxy.settings import ProxySettings
+from lbmiddleware.asgi import LoadBalancerMiddleware
+from lbmiddleware.gateway_settings import load_settings
 from lbmiddleware.wsgi import WSGILoadBalancer
 
 from .support.gateway import GatewayProcess
@@ -33,8 +34,9 @@ def front_ends(environ):
     """Every front-end's from_env entry point, with the settings it read."""
     yield lb.Balancer.from_env(environ).settings
     yield LoadBalancingAdapter.from_env(environ).balancer.settings
-    yield ProxySettings.from_env(environ)
-    yield WSGILoadBalancer(None, environ=environ).settings
+    yield load_settings(environ).core                      # the gateway's
+    yield LoadBalancerMiddleware(None, environ=environ).balancer.settings
+    yield WSGILoadBalancer(None, environ=environ).balancer.settings
 
 
 def test_service_links_start_every_front_end_silently(backends, caplog):
@@ -51,7 +53,7 @@ def test_a_typo_is_a_warning_naming_the_setting_meant(backends, caplog):
     for settings in front_ends(environ):
         assert [b.url for b in settings.backends] == [backends[0].url]
     messages = [r.getMessage() for r in caplog.records]
-    assert len(messages) == 4
+    assert len(messages) == 5                               # once per front-end
     assert all(m.startswith("LB_PREFX is not a known setting (did you mean LB_PREFIX?)")
                for m in messages)
 

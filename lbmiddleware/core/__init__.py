@@ -5,6 +5,7 @@ Standard library only, no I/O: every front-end builds on it, and it imports none
 
 from .backend import Backend
 from .balancer import Balancer
+from .forwarding import ForwardingSettings
 from .settings import POLICIES, Settings
 
-__all__ = ["Backend", "Balancer", "Settings", "POLICIES"]
+__all__ = ["Backend", "Balancer", "Settings", "ForwardingSettings", "POLICIES"]

@@ -1,40 +1,50 @@
-"""Settings: one immutable object, filled from keyword arguments or ``LB_*`` variables.
+"""Settings: immutable objects filled from keyword arguments or ``LB_*`` variables.
 
-Every field of :class:`Settings` (and of a front-end's subclass) declares its environment
-variable and a cast. The cast accepts the text of a variable or an already typed value, so
-``Settings(max_fails="3")`` and ``Settings(max_fails=3)`` are the same, and a bad value in
-either form raises :class:`ConfigError` naming the variable (or argument) and the value::
+Each component owns the settings it reads, in a class of its own: the Balancer's
+:class:`Settings` here, the forwarding settings of every front-end in
+:mod:`lbmiddleware.core.forwarding`, the reverse proxy's in :mod:`lbmiddleware.proxy.settings`,
+the gateway's server settings in :mod:`lbmiddleware.gateway_settings`. They share one
+mechanism, :class:`BaseSettings`: every field declares its environment variable and a
+cast (:func:`setting`). The cast accepts the text of a variable or an already typed value,
+so ``Settings(max_fails="3")`` and ``Settings(max_fails=3)`` are the same, and a bad value
+in either form raises :class:`ConfigError` naming the variable (or argument) and the value::
 
     LB_MAX_FAILS has value 'x': not an integer
+
+A front-end asks :func:`resolve` for its settings: keyword arguments, each given to the
+class that owns it; a shared Balancer's settings; or ``LB_*`` variables. Every settings
+class registers itself when it is defined, so an ``LB_`` name that none of them has is
+reported as a probable typo, and the core never imports a front-end to know their names
+(``import lbmiddleware`` loads every front-end's settings module: standard library only).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import importlib
-import ipaddress
 import logging
 import math
 import os
 import re
-from typing import Any, Callable, ClassVar, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, ClassVar, TypeVar
 
-from .backend import Backend, parse_backends
 from ..errors import ConfigError
+from .backend import Backend, parse_backends
 
-__all__ = ["Settings", "setting", "POLICIES", "POLICY_ALIASES", "parse_duration", "parse_flag"]
-
-# Modules declaring the front-ends' settings (standard library only). from_env loads them
-# before it calls an LB_ name a typo, so LB_PREFIX set for the gateway is not reported by a
-# process that only uses the core.
-FRONT_END_SETTINGS = ("lbmiddleware.proxy.settings",)
+__all__ = [
+    "BaseSettings", "Settings", "FrontEndSettings", "setting", "resolve", "describe",
+    "registered", "POLICIES", "POLICY_ALIASES",
+    "parse_duration", "parse_positive_duration", "parse_flag", "parse_count",
+    "parse_positive_count", "parse_size",
+]
 
 POLICIES = ("round_robin", "random", "ip_hash", "latency", "least_conn")
 POLICY_ALIASES = {"weighted": "round_robin", "weighted_round_robin": "round_robin"}
 
 ENV_PREFIX = "LB_"
 _DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(ms|s)?\s*$")
+_SIZE = re.compile(r"\s*(\d+)\s*([kKmM]?)[bB]?\s*")
 
 # Kubernetes writes these for every Service in the namespace: <SERVICE>_SERVICE_HOST,
 # <SERVICE>_SERVICE_PORT[_<PORT NAME>], <SERVICE>_PORT and
@@ -48,18 +58,22 @@ _SERVICE_LINK = re.compile(
 
 logger = logging.getLogger("lbmiddleware")
 
-# Every Settings class defined so far: an LB_ variable is a typo only if none of them has it,
-# so a front-end's variable (LB_PREFIX, say) is not reported by the core's from_env.
-_SETTINGS_CLASSES: list[type] = []
+S = TypeVar("S", bound="BaseSettings")
+
+# Every settings class defined so far, in the order defined: an LB_ variable is a typo only
+# if none of them has it. Each front-end's settings module adds its class when imported, and
+# lbmiddleware/__init__.py imports them all.
+_REGISTRY: list[type[BaseSettings]] = []
 
 
-def setting(env: str, cast: Callable[[Any], Any], help: str) -> dict:
+def setting(env: str, cast: Callable[[Any], Any], help: str) -> dict[str, Any]:
     """Field metadata: the variable's name, its cast and a one-line description."""
     return {"env": env, "cast": cast, "help": help}
 
 
 # -- casts: each takes the raw value (text or typed) and returns it typed, or raises
-#    ValueError with the reason; Settings turns that into a ConfigError with the name.
+#    ValueError with the reason; the settings class turns that into a ConfigError naming
+#    the variable or argument and the value.
 
 def parse_duration(value: Any) -> float:
     """Seconds from ``1.5``, ``"1.5"``, ``"10s"`` or ``"250ms"``; never negative."""
@@ -77,6 +91,14 @@ def parse_duration(value: Any) -> float:
     return seconds
 
 
+def parse_positive_duration(value: Any) -> float:
+    """A duration (:func:`parse_duration`) greater than zero."""
+    seconds = parse_duration(value)
+    if seconds == 0:
+        raise ValueError("must be greater than zero")
+    return seconds
+
+
 def parse_flag(value: Any) -> bool:
     """A boolean from ``True``/``False`` or ``1/0``, ``true/false``, ``yes/no``, ``on/off``."""
     if isinstance(value, bool):
@@ -89,14 +111,8 @@ def parse_flag(value: Any) -> bool:
     raise ValueError("not a boolean (expected true/false, 1/0, yes/no, on/off)")
 
 
-def _positive_duration(value: Any) -> float:
-    seconds = parse_duration(value)
-    if seconds == 0:
-        raise ValueError("must be greater than zero")
-    return seconds
-
-
-def _count(value: Any) -> int:
+def parse_count(value: Any) -> int:
+    """A non-negative integer from ``3`` or ``"3"`` (not ``2.5``, not ``True``)."""
     if isinstance(value, bool):
         raise ValueError("not an integer")
     if isinstance(value, int):
@@ -110,50 +126,36 @@ def _count(value: Any) -> int:
     return number
 
 
+def parse_positive_count(value: Any) -> int:
+    """A count (:func:`parse_count`) of at least 1."""
+    number = parse_count(value)
+    if number == 0:
+        raise ValueError("must be at least 1")
+    return number
+
+
+def parse_size(value: Any) -> int:
+    """Bytes from ``65536``, ``"65536"``, ``"64KB"`` or ``"1MB"`` (KB and MB are 1024-based)."""
+    if isinstance(value, bool):
+        raise ValueError("not a size")
+    if isinstance(value, int):
+        number = value
+    else:
+        match = _SIZE.fullmatch(str(value))
+        if not match:
+            raise ValueError("not a size (bytes, or a number with KB or MB)")
+        number = int(match.group(1)) * {"": 1, "k": 1024, "m": 1024 * 1024}[match.group(2).lower()]
+    if number < 0:
+        raise ValueError("must not be negative")
+    return number
+
+
 def _policy(value: Any) -> str:
     name = str(value).strip().lower().replace("-", "_")
     name = POLICY_ALIASES.get(name, name)
     if name not in POLICIES:
         raise ValueError(f"unknown policy (expected one of {', '.join(POLICIES)} or weighted)")
     return name
-
-
-def _statuses(value: Any) -> frozenset[int]:
-    items = value.split(",") if isinstance(value, str) else value
-    statuses = set()
-    for item in items:
-        text = str(item).strip()
-        if not text:
-            continue
-        if not text.isdigit() or not 100 <= int(text) <= 599:
-            raise ValueError(f"{text!r} is not an HTTP status (100-599)")
-        statuses.add(int(text))
-    return frozenset(statuses)
-
-
-def _networks(value: Any) -> tuple:
-    items = value.split(",") if isinstance(value, str) else value
-    networks = []
-    for item in items:
-        if isinstance(item, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
-            networks.append(item)
-            continue
-        text = str(item).strip()
-        if not text:
-            continue
-        try:
-            networks.append(ipaddress.ip_network(text, strict=False))
-        except ValueError:
-            raise ValueError(f"{text!r} is not an IP address or CIDR") from None
-    return tuple(networks)
-
-
-def _hash_key(value: Any) -> str:
-    text = str(value).strip()
-    kind, sep, name = text.partition(":")
-    if text == "client_ip" or (sep and kind in ("header", "cookie") and name.strip()):
-        return text if text == "client_ip" else f"{kind}:{name.strip()}"
-    raise ValueError("expected client_ip, header:NAME or cookie:NAME")
 
 
 def _backends(value: Any) -> tuple[Backend, ...]:
@@ -163,53 +165,23 @@ def _backends(value: Any) -> tuple[Backend, ...]:
         raise ValueError(str(exc)) from None
 
 
+# -- the mechanism -------------------------------------------------------------------------
+
 @dataclasses.dataclass(frozen=True)
-class Settings:
-    """Every ``LB_*`` setting of the core, validated and immutable.
+class BaseSettings:
+    """The mechanism every settings class shares: fields declared with :func:`setting`,
+    cast and validated on construction, filled from ``LB_*`` by :meth:`from_env`, listed
+    by :meth:`describe`. A subclass registers itself, so its variables are known to the
+    typo check wherever it is defined."""
 
-    Fill it from keyword arguments (``Settings(backends=[...], policy="latency")``) or from
-    the environment (``Settings.from_env()``). Front-ends subclass it to add their own
-    fields; the same casts, errors and typo detection apply.
-    """
-
-    backends: tuple[Backend, ...] = dataclasses.field(
-        default=(), metadata=setting("LB_BACKENDS", _backends,
-                                     "comma-separated URLs, each optionally followed by ' weight=N'"))
-    policy: str = dataclasses.field(
-        default="round_robin", metadata=setting("LB_POLICY", _policy,
-                                                "round_robin (= weighted) | random | ip_hash | latency | least_conn"))
-    max_fails: int = dataclasses.field(
-        default=3, metadata=setting("LB_MAX_FAILS", _count,
-                                    "consecutive failures that eject a backend (0: never eject)"))
-    fail_timeout: float = dataclasses.field(
-        default=10.0, metadata=setting("LB_FAIL_TIMEOUT", _positive_duration,
-                                       "base ejection time; the k-th ejection in a row lasts k times this"))
-    max_ejection_time: float = dataclasses.field(
-        default=300.0, metadata=setting("LB_MAX_EJECTION_TIME", _positive_duration,
-                                        "cap on one ejection"))
-    fail_statuses: frozenset = dataclasses.field(
-        default=frozenset({502, 503, 504}), metadata=setting("LB_FAIL_STATUSES", _statuses,
-                                                             "response statuses counted as failures"))
-    retries: int = dataclasses.field(
-        default=2, metadata=setting("LB_RETRIES", _count, "retries on other backends per request"))
-    connect_timeout: float = dataclasses.field(
-        default=5.0, metadata=setting("LB_CONNECT_TIMEOUT", _positive_duration,
-                                      "seconds to open a connection to a backend"))
-    read_timeout: float = dataclasses.field(
-        default=60.0, metadata=setting("LB_READ_TIMEOUT", _positive_duration,
-                                       "seconds to wait for the response head (and between body reads)"))
-    trusted_proxies: tuple = dataclasses.field(
-        default=(), metadata=setting("LB_TRUSTED_PROXIES", _networks,
-                                     "CIDRs whose X-Forwarded-For is believed"))
-    hash_key: str = dataclasses.field(
-        default="client_ip", metadata=setting("LB_HASH_KEY", _hash_key,
-                                              "sticky key for ip_hash: client_ip | header:NAME | cookie:NAME"))
-
-    required: ClassVar[tuple[str, ...]] = ("backends",)
+    #: Fields that must be given (``from_env``: their variable must be set).
+    required: ClassVar[tuple[str, ...]] = ()
+    #: Who reads these settings, for the error naming where a misplaced keyword belongs.
+    readers: ClassVar[str] = ""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        _SETTINGS_CLASSES.append(cls)
+        _REGISTRY.append(cls)
 
     def __post_init__(self) -> None:
         for name in self.required:
@@ -219,55 +191,29 @@ class Settings:
         for field in _setting_fields(type(self)):
             value = getattr(self, field.name)
             object.__setattr__(self, field.name, _cast(field, value, field.name))
-        if self.max_ejection_time < self.fail_timeout:
-            raise ConfigError(
-                f"max_ejection_time has value {self.max_ejection_time!r}: "
-                f"smaller than fail_timeout ({self.fail_timeout!r})"
-            )
+        self._check()
+
+    def _check(self) -> None:
+        """Checks across fields, once each field is cast (a subclass's hook)."""
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
-        """Settings from ``LB_*`` variables (``os.environ`` by default); keyword arguments win.
+    def from_env(cls: type[S], environ: Mapping[str, str] | None = None, **overrides: Any) -> S:
+        """These settings from ``LB_*`` variables (``os.environ`` by default); keyword
+        arguments win.
 
         Raises :class:`ConfigError` naming the variable and its value for a bad value or a
-        missing required variable. An ``LB_`` name that no setting has is ignored with a
-        warning naming the closest setting (a probable typo); a variable the platform
-        wrote, not the user, is not reported at all (see :data:`_SERVICE_LINK`).
+        missing required variable. An ``LB_`` name that no settings class has is ignored
+        with a warning naming the closest setting (a probable typo); a variable the
+        platform wrote, not the user, is not reported at all (see :data:`_SERVICE_LINK`).
         """
+        overrides = split_options(f"{cls.__name__}.from_env", (cls,), overrides)[cls]
         environ = os.environ if environ is None else environ
-        _warn_unknown_variables(environ)
-        values: dict[str, Any] = {}
-        for field in _setting_fields(cls):
-            if field.name in overrides:
-                continue
-            env = field.metadata["env"]
-            if env in environ:
-                values[field.name] = _cast(field, environ[env], env)
-        for name in cls.required:
-            if name not in values and name not in overrides:
-                env = next(f.metadata["env"] for f in _setting_fields(cls) if f.name == name)
-                raise ConfigError(f"{env} is not set: it is required")
+        warn_unknown_variables(environ)
+        values = _env_values(cls, environ, overrides)
+        _require(cls, values, overrides)
         return cls(**values, **overrides)
 
-    @classmethod
-    def sharing(cls, shared: "Settings", **options: Any) -> "Settings":
-        """The settings of a front-end on a shared Balancer whose settings are ``shared``:
-        every field both classes have comes from ``shared``, the front-end's own fields
-        from ``options``. The core's settings belong to the shared Balancer: giving one
-        here raises :class:`ConfigError`."""
-        core = {field.name for field in dataclasses.fields(Settings)}
-        clash = sorted(core & set(options))
-        if clash:
-            raise ConfigError(
-                f"{', '.join(clash)} given with balancer=: set them on the shared Balancer")
-        if type(shared) is cls and not options:
-            return shared
-        names = {field.name for field in dataclasses.fields(cls)}
-        inherited = {field.name: getattr(shared, field.name)
-                     for field in dataclasses.fields(shared) if field.name in names}
-        return cls(**{**inherited, **options})
-
-    def replace(self, **changes: Any) -> "Settings":
+    def replace(self: S, **changes: Any) -> S:
         """A copy with some fields changed (validated like the original)."""
         return dataclasses.replace(self, **changes)
 
@@ -281,16 +227,197 @@ class Settings:
         return rows
 
 
-def _warn_unknown_variables(environ: Mapping[str, str]) -> None:
-    """Log a warning for each ``LB_`` variable that is neither a setting nor a service link.
+@dataclasses.dataclass(frozen=True)
+class Settings(BaseSettings):
+    """What the :class:`~lbmiddleware.Balancer` reads: the pool, the policy and passive
+    health. Validated and immutable.
+
+    Fill it from keyword arguments (``Settings(backends=[...], policy="latency")``) or from
+    the environment (``Settings.from_env()``). How requests are forwarded (retries,
+    timeouts, failure statuses) is each front-end's own:
+    :class:`~lbmiddleware.core.forwarding.ForwardingSettings`.
+    """
+
+    backends: tuple[Backend, ...] = dataclasses.field(
+        default=(),
+        metadata=setting("LB_BACKENDS", _backends,
+                         "comma-separated URLs, each optionally followed by ' weight=N'"))
+    policy: str = dataclasses.field(
+        default="round_robin",
+        metadata=setting("LB_POLICY", _policy,
+                         "round_robin (= weighted) | random | ip_hash | latency | least_conn"))
+    max_fails: int = dataclasses.field(
+        default=3,
+        metadata=setting("LB_MAX_FAILS", parse_count,
+                         "consecutive failures that eject a backend (0: never eject)"))
+    fail_timeout: float = dataclasses.field(
+        default=10.0,
+        metadata=setting("LB_FAIL_TIMEOUT", parse_positive_duration,
+                         "base ejection time; the k-th ejection in a row lasts k times this"))
+    max_ejection_time: float = dataclasses.field(
+        default=300.0,
+        metadata=setting("LB_MAX_EJECTION_TIME", parse_positive_duration,
+                         "cap on one ejection"))
+
+    required: ClassVar[tuple[str, ...]] = ("backends",)
+    readers: ClassVar[str] = "the Balancer (lb.Balancer, or the one a front-end builds)"
+
+    def _check(self) -> None:
+        if self.max_ejection_time < self.fail_timeout:
+            raise ConfigError(
+                f"max_ejection_time has value {self.max_ejection_time!r}: "
+                f"smaller than fail_timeout ({self.fail_timeout!r})"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class FrontEndSettings:
+    """The settings one front-end runs with: one object per settings class it reads, the
+    Balancer's :class:`Settings` first (a shared Balancer's own, when it has one).
+
+    ``settings[ProxySettings]`` is the object of that class; ``settings.core`` the
+    Balancer's. Made by :func:`resolve`; :meth:`replace` sends each change to the class
+    that owns the field.
+    """
+
+    groups: tuple[BaseSettings, ...]
+
+    def __getitem__(self, cls: type[S]) -> S:
+        for group in self.groups:
+            if isinstance(group, cls):
+                return group
+        raise KeyError(f"no {cls.__name__} among these settings")
+
+    def __contains__(self, cls: object) -> bool:
+        return isinstance(cls, type) and any(isinstance(group, cls) for group in self.groups)
+
+    def __iter__(self) -> Iterator[BaseSettings]:
+        return iter(self.groups)
+
+    @property
+    def core(self) -> Settings:
+        """The Balancer's settings."""
+        return self[Settings]
+
+    def replace(self, **changes: Any) -> FrontEndSettings:
+        """A copy with some fields changed, each in the object of the class that owns it."""
+        split = split_options("FrontEndSettings.replace", [type(g) for g in self.groups], changes)
+        return FrontEndSettings(tuple(group.replace(**split[type(group)]) if split[type(group)]
+                                      else group for group in self.groups))
+
+    def describe(self) -> list[tuple[str, str, str]]:
+        """``(variable, default, description)`` for every setting of every class here."""
+        return describe(*(type(group) for group in self.groups))
+
+
+def resolve(front_end: str, groups: Sequence[type[BaseSettings]], options: Mapping[str, Any], *,
+            shared: Settings | None = None, given: Iterable[BaseSettings] = (),
+            environ: Mapping[str, str] | None = None,
+            from_env: bool | None = None) -> FrontEndSettings:
+    """The settings of a front-end that reads the classes ``groups`` (besides the
+    Balancer's :class:`Settings`): the one rule every front-end follows.
+
+    * Each keyword of ``options`` goes to the class that owns it; one that none of them
+      owns raises ``TypeError`` naming it (and the class it belongs to, if any).
+    * ``shared``: the settings of a shared Balancer (``balancer=``). The Balancer's own
+      settings cannot be given then (:class:`ConfigError`: set them on the shared
+      Balancer); the front-end's other settings can, so front-ends sharing one Balancer
+      may each retry or time out differently. Nothing is read from ``LB_*``.
+    * Otherwise, with ``backends`` among the keywords (or a :class:`Settings` in
+      ``given``), keywords alone; without, ``LB_*`` variables (``environ``, by default
+      ``os.environ``) with the keywords winning, and a missing ``LB_BACKENDS`` is a
+      :class:`ConfigError`. ``from_env`` forces one way or the other (a ``from_env``
+      constructor reads the variables even when ``backends`` is given).
+    * ``given``: ready objects used instead of defaults or variables for their class
+      (keywords still win); objects of classes this front-end does not read are ignored
+      (the gateway's settings given to the middleware it runs).
+
+    Unknown ``LB_`` names are reported once per call (see :func:`warn_unknown_variables`).
+    """
+    wanted: tuple[type[BaseSettings], ...] = (Settings, *(g for g in groups if g is not Settings))
+    ready: dict[type[BaseSettings], BaseSettings] = {}
+    for group in given:
+        home = next((cls for cls in wanted if isinstance(group, cls)), None)
+        if home is not None:
+            ready[home] = group
+    split = split_options(front_end, wanted, options)
+    if shared is not None:
+        clash = sorted(split[Settings])
+        if clash:
+            raise ConfigError(
+                f"{', '.join(clash)} given with balancer=: set them on the shared Balancer")
+        if Settings in ready and ready[Settings] is not shared:
+            raise ConfigError("the Balancer's settings given with balancer=: "
+                              "set them on the shared Balancer")
+        ready[Settings] = shared
+    if from_env is None:
+        from_env = Settings not in ready and "backends" not in split[Settings]
+    values: dict[type[BaseSettings], dict[str, Any]] = {cls: {} for cls in wanted}
+    if from_env:
+        environ = os.environ if environ is None else environ
+        warn_unknown_variables(environ)
+        for cls in wanted:
+            if cls not in ready:
+                values[cls] = _env_values(cls, environ, split[cls])
+        for cls in wanted:
+            if cls not in ready:
+                _require(cls, values[cls], split[cls])
+    built: list[BaseSettings] = []
+    for cls in wanted:
+        if cls in ready:
+            built.append(ready[cls].replace(**split[cls]) if split[cls] else ready[cls])
+        else:
+            built.append(cls(**values[cls], **split[cls]))
+    return FrontEndSettings(tuple(built))
+
+
+def split_options(front_end: str, groups: Sequence[type[BaseSettings]],
+                  options: Mapping[str, Any]) -> dict[type[BaseSettings], dict[str, Any]]:
+    """``options`` by the class of ``groups`` that owns each; ``TypeError`` for a keyword
+    none of them owns, saying where it belongs (or the name probably meant)."""
+    owner: dict[str, type[BaseSettings]] = {}
+    for cls in groups:
+        for field in dataclasses.fields(cls):
+            owner.setdefault(field.name, cls)
+    split: dict[type[BaseSettings], dict[str, Any]] = {cls: {} for cls in groups}
+    for name, value in options.items():
+        home = owner.get(name)
+        if home is None:
+            raise TypeError(_unexpected(front_end, name, sorted(owner)))
+        split[home][name] = value
+    return split
+
+
+def _unexpected(front_end: str, name: str, accepted: list[str]) -> str:
+    message = f"{front_end}() got an unexpected keyword argument {name!r}"
+    for cls in _REGISTRY:
+        fields = {field.name: field for field in dataclasses.fields(cls)}
+        if name in fields:
+            env = fields[name].metadata.get("env")
+            where = f"{cls.__name__}" + (f" ({env})" if env else "")
+            return f"{message}: {name} is a setting of {where}, read by {cls.readers}"
+    close = difflib.get_close_matches(name, accepted, n=1)
+    return message + (f" (did you mean {close[0]}?)" if close else "")
+
+
+def describe(*classes: type[BaseSettings]) -> list[tuple[str, str, str]]:
+    """``(variable, default, description)`` for every setting of ``classes``, in order."""
+    return [row for cls in classes for row in cls.describe()]
+
+
+def registered() -> tuple[type[BaseSettings], ...]:
+    """Every settings class defined so far (the core's, and each imported front-end's)."""
+    return tuple(_REGISTRY)
+
+
+def warn_unknown_variables(environ: Mapping[str, str]) -> None:
+    """Log a warning for each ``LB_`` variable that is neither a setting of a registered
+    class nor a service link.
 
     A warning, not an error: the variable may be meant for another program or version, and
     a deployment must not fail to start over a name it does not use.
     """
-    for module in FRONT_END_SETTINGS:
-        importlib.import_module(module)
-    known = sorted({f.metadata["env"] for c in (Settings, *_SETTINGS_CLASSES)
-                    for f in _setting_fields(c)})
+    known = sorted({f.metadata["env"] for cls in registered() for f in _setting_fields(cls)})
     for name in sorted(environ):
         if not name.startswith(ENV_PREFIX) or name in known or _is_service_link(name, environ):
             continue
@@ -305,12 +432,31 @@ def _is_service_link(name: str, environ: Mapping[str, str]) -> bool:
     return link is not None and f"{link.group(1)}_SERVICE_HOST" in environ
 
 
-def _setting_fields(cls: type) -> list[dataclasses.Field]:
-    """The fields of a Settings class that are read from a variable."""
+def _setting_fields(cls: type[BaseSettings]) -> list[dataclasses.Field[Any]]:
+    """The fields of a settings class that are read from a variable."""
     return [f for f in dataclasses.fields(cls) if "env" in f.metadata]
 
 
-def _cast(field: dataclasses.Field, value: Any, label: str) -> Any:
+def _env_values(cls: type[BaseSettings], environ: Mapping[str, str],
+                skip: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of ``cls`` set in ``environ`` (except those in ``skip``), cast."""
+    values: dict[str, Any] = {}
+    for field in _setting_fields(cls):
+        env = field.metadata["env"]
+        if field.name not in skip and env in environ:
+            values[field.name] = _cast(field, environ[env], env)
+    return values
+
+
+def _require(cls: type[BaseSettings], values: Mapping[str, Any],
+             overrides: Mapping[str, Any]) -> None:
+    for name in cls.required:
+        if name not in values and name not in overrides:
+            env = next(f.metadata["env"] for f in _setting_fields(cls) if f.name == name)
+            raise ConfigError(f"{env} is not set: it is required")
+
+
+def _cast(field: dataclasses.Field[Any], value: Any, label: str) -> Any:
     try:
         return field.metadata["cast"](value)
     except ValueError as exc:
@@ -323,4 +469,3 @@ def _show(value: Any) -> str:
     if isinstance(value, tuple):
         return ",".join(str(v) for v in value) or "(none)"
     return repr(value) if isinstance(value, str) else str(value)
-

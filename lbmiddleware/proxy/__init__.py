@@ -6,7 +6,7 @@ from .headers import (BINARY, FRAMING, HOP_BY_HOP, IDEMPOTENT_METHODS, PROXY_HEA
                     PROXY_HEADERS, TEXT, ClientAddress, ErrorResponse, HeaderRules, NotProxied,
                     UnsafeRequest, error_response, join_target, match_prefix, may_retry,
                     normalize_prefix, parse_cookie, quote_path, sticky_key, upstream_url)
-from .settings import ForwardingSettings, ProxySettings, parse_listen
+from .settings import ProxySettings
 
 __all__ = [
     "UnsafeRequest", "NotProxied", "HeaderRules", "TEXT", "BINARY",
@@ -14,5 +14,5 @@ __all__ = [
     "normalize_prefix", "match_prefix", "quote_path", "join_target", "upstream_url",
     "ClientAddress", "sticky_key", "parse_cookie", "may_retry",
     "ErrorResponse", "error_response",
-    "ForwardingSettings", "ProxySettings", "parse_listen",
+    "ProxySettings",
 ]

@@ -46,17 +46,21 @@ class ProxySettings(BaseSettings):
     ``X-Forwarded-For`` is believed, and how much of a request body is kept for a retry."""
 
     prefix: str = dataclasses.field(
-        default="/", metadata=setting("LB_PREFIX", _prefix,
-                                      "requests under this path are proxied; others go to the app"))
+        default="/",
+        metadata=setting("LB_PREFIX", _prefix,
+                         "requests under this path are proxied; others go to the app"))
     strip_prefix: bool = dataclasses.field(
-        default=False, metadata=setting("LB_STRIP_PREFIX", parse_flag,
-                                        "remove the prefix from the path sent upstream"))
+        default=False,
+        metadata=setting("LB_STRIP_PREFIX", parse_flag,
+                         "remove the prefix from the path sent upstream"))
     trusted_proxies: tuple[Network, ...] = dataclasses.field(
-        default=(), metadata=setting("LB_TRUSTED_PROXIES", _networks,
-                                     "CIDRs whose X-Forwarded-For is believed"))
+        default=(),
+        metadata=setting("LB_TRUSTED_PROXIES", _networks,
+                         "CIDRs whose X-Forwarded-For is believed"))
     retry_buffer: int = dataclasses.field(
-        default=65536, metadata=setting("LB_RETRY_BUFFER", parse_size,
-                                        "request bodies up to this size are kept to replay on a retry"))
+        default=65536,
+        metadata=setting("LB_RETRY_BUFFER", parse_size,
+                         "request bodies up to this size are kept to replay on a retry"))
 
     readers: ClassVar[str] = ("the reverse proxies (LoadBalancerMiddleware, WSGILoadBalancer, "
                               "the gateway): give it there")

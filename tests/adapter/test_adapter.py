@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import io
+import os
 import pickle
 import random
 import threading
@@ -434,9 +435,9 @@ def test_exception_from_key_func_picks_nothing(backends):
 
 def test_ip_hash_by_header_sticks_and_moves_only_the_dead_backends_keys(backends, clock):
     a, b, c = backends
-    pool = lb.Balancer([s.url for s in backends], policy="ip_hash", hash_key="header:X-User-Id",
+    pool = lb.Balancer([s.url for s in backends], policy="ip_hash",
                        max_fails=1, fail_timeout=10.0, timer=clock)
-    session = mounted(LoadBalancingAdapter(balancer=pool))
+    session = mounted(LoadBalancingAdapter(balancer=pool, hash_key="header:X-User-Id"))
 
     def owners() -> dict[str, str]:
         return {f"user-{i}": served_by(session.get(f"{VHOST}/", headers={"X-User-Id": f"user-{i}"}))
@@ -458,8 +459,8 @@ def test_ip_hash_by_header_sticks_and_moves_only_the_dead_backends_keys(backends
 
 
 def test_ip_hash_by_cookie_and_by_key_func(backends):
-    pool = lb.Balancer([s.url for s in backends], policy="ip_hash", hash_key="cookie:sid")
-    session = mounted(LoadBalancingAdapter(balancer=pool))
+    pool = lb.Balancer([s.url for s in backends], policy="ip_hash")
+    session = mounted(LoadBalancingAdapter(balancer=pool, hash_key="cookie:sid"))
     for sid in ("s1", "s2", "s3", "s4"):
         seen = {served_by(session.get(f"{VHOST}/", cookies={"other": "x", "sid": sid}))
                 for _ in range(4)}
@@ -524,7 +525,7 @@ def test_from_env(backends):
         {"LB_BACKENDS": f"{a.url} weight=2, {b.url}", "LB_POLICY": "least_conn",
          "LB_RETRIES": "1", "LB_PRESERVE_HOST": "yes", "LB_READ_TIMEOUT": "250ms"},
         pool_maxsize=4)
-    assert adapter.settings.policy == "least_conn"
+    assert adapter.balancer.settings.policy == "least_conn"
     assert adapter.settings.retries == 1
     assert adapter.settings.preserve_host is True
     assert adapter.settings.read_timeout == 0.25
@@ -553,6 +554,33 @@ def test_bad_keyword_arguments():
     adapter = LoadBalancingAdapter(balancer=pool, retry_non_idempotent=True)
     assert isinstance(adapter.settings, AdapterSettings)
     assert adapter.settings.retry_non_idempotent is True
+    with pytest.raises(TypeError, match="'prefix': prefix is a setting of ProxySettings"):
+        LoadBalancingAdapter(["http://127.0.0.1:1"], prefix="/api")
+    with pytest.raises(TypeError, match=r"'retires' \(did you mean retries\?\)"):
+        LoadBalancingAdapter(balancer=pool, retires=1)
+
+
+def test_adapters_sharing_a_balancer_each_have_their_own_forwarding_settings():
+    pool = lb.Balancer(["http://127.0.0.1:1"], max_fails=7)
+    quick = LoadBalancingAdapter(balancer=pool, retries=0, read_timeout=0.5)
+    patient = LoadBalancingAdapter(balancer=pool, retries=4, hash_key="header:X-User")
+    assert quick.balancer is patient.balancer is pool
+    assert (quick.settings.retries, quick._default_timeout) == (0, (5.0, 0.5))
+    assert (patient.settings.retries, patient.settings.hash_key) == (4, "header:X-User")
+    assert quick.forwarding is quick.settings
+
+
+def test_without_backends_the_adapter_reads_lb_variables(monkeypatch, backends):
+    for name in [n for n in os.environ if n.startswith("LB_")]:
+        monkeypatch.delenv(name)
+    with pytest.raises(lb.ConfigError, match="LB_BACKENDS is not set: it is required"):
+        LoadBalancingAdapter()
+    monkeypatch.setenv("LB_BACKENDS", backends[1].url)
+    monkeypatch.setenv("LB_RETRIES", "0")
+    adapter = LoadBalancingAdapter(read_timeout=2)          # keywords win over variables
+    assert [b.url for b in adapter.balancer.backends] == [backends[1].url]
+    assert (adapter.settings.retries, adapter.settings.read_timeout) == (0, 2.0)
+    assert served_by(mounted(adapter).get(f"{VHOST}/")) == "b"
 
 
 def test_a_pickled_session_has_a_working_adapter_with_a_fresh_pool(backends):
@@ -565,8 +593,8 @@ def test_a_pickled_session_has_a_working_adapter_with_a_fresh_pool(backends):
     copy = pickle.loads(pickle.dumps(session))
     moved = copy.get_adapter(f"{VHOST}/")
     assert isinstance(moved, LoadBalancingAdapter) and moved is not adapter
-    assert (moved.settings.policy, moved.settings.retries, moved.settings.preserve_host) == (
-        "least_conn", 1, True)
+    assert (moved.balancer.settings.policy, moved.settings.retries,
+            moved.settings.preserve_host) == ("least_conn", 1, True)
     assert (moved.max_retries.total, moved._pool_maxsize) == (2, 3)
     assert [row["requests"] for row in moved.balancer.stats()] == [0, 0, 0]
     counts = Counter(served_by(copy.get(f"{VHOST}/")) for _ in range(6))

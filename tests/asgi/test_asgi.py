@@ -550,7 +550,8 @@ def test_every_setting_can_come_from_lb_variables(backends):
     a = backends[0]
     mw = LoadBalancerMiddleware(local_app, environ={
         "LB_BACKENDS": a.url, "LB_PREFIX": "/api", "LB_STRIP_PREFIX": "true", "LB_POLICY": "latency"})
-    assert mw.settings.policy == "latency" and mw.balancer.policy == "latency"
+    assert mw.balancer.settings.policy == "latency" and mw.balancer.policy == "latency"
+    assert mw.settings.prefix == "/api" and mw.settings.strip_prefix is True
 
     async def scenario():
         return (await get(mw, "/api/x")).json()["path"], (await get(mw, "/x")).body
@@ -569,11 +570,29 @@ def test_bad_settings_raise_config_error_naming_them():
 
 
 def test_a_shared_balancer_keeps_its_core_settings(backends):
-    balancer = lb.Balancer([b.url for b in backends], policy="least_conn", retries=0)
-    mw = LoadBalancerMiddleware(None, balancer=balancer, prefix="/api")
-    assert mw.balancer is balancer and mw.settings.retries == 0 and mw.settings.prefix == "/api"
-    with pytest.raises(lb.ConfigError, match="policy"):
+    balancer = lb.Balancer([b.url for b in backends], policy="least_conn")
+    mw = LoadBalancerMiddleware(None, balancer=balancer, prefix="/api", retries=0)
+    assert mw.balancer is balancer and mw.forwarding.retries == 0 and mw.settings.prefix == "/api"
+    assert mw._retries == 0 and mw.balancer.policy == "least_conn"
+    with pytest.raises(lb.ConfigError, match="policy given with balancer=: "
+                                             "set them on the shared Balancer"):
         LoadBalancerMiddleware(None, balancer=balancer, policy="random")
+    with pytest.raises(TypeError, match="'listen': listen is a setting of GatewaySettings"):
+        LoadBalancerMiddleware(None, balancer=balancer, listen=":8000")
+
+
+def test_ready_settings_objects_and_keywords():
+    proxy = lb.ProxySettings(prefix="/api", retry_buffer=10)
+    mw = LoadBalancerMiddleware(None, settings=proxy, backends=["http://127.0.0.1:1"],
+                                strip_prefix=True, retries=1)
+    assert mw.settings == lb.ProxySettings(prefix="/api", retry_buffer=10, strip_prefix=True)
+    assert mw.forwarding.retries == 1 and mw._retry_buffer == 10
+    from lbmiddleware.gateway_settings import load_settings
+    everything = load_settings({"LB_BACKENDS": "http://127.0.0.1:1", "LB_PREFIX": "/x",
+                                "LB_RETRIES": "0", "LB_LISTEN": ":9"})
+    mw = LoadBalancerMiddleware(None, settings=everything, environ={})
+    assert (mw.settings.prefix, mw.forwarding.retries) == ("/x", 0)
+    assert [b.url for b in mw.balancer.backends] == ["http://127.0.0.1:1"]
 
 
 def test_a_request_body_cut_short_by_an_early_answer_never_leaks_into_the_next_request():

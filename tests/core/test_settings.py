@@ -1,20 +1,28 @@
 """Backends and settings: parsing, normalisation, and a clear ConfigError for every bad input."""
 
-import ipaddress
+import dataclasses
 import logging
 import re
 
 import pytest
 
 import lbmiddleware as lb
-from lbmiddleware.core.settings import parse_duration
+from lbmiddleware.core.forwarding import ForwardingSettings
+from lbmiddleware.core.settings import (
+    BaseSettings,
+    FrontEndSettings,
+    parse_duration,
+    resolve,
+    setting,
+)
 
 GOOD = {"LB_BACKENDS": "http://127.0.0.1:8001"}
 
 
 def env_error(**variables) -> str:
+    """The error reading the Balancer's and the forwarding settings from ``variables``."""
     with pytest.raises(lb.ConfigError) as info:
-        lb.Settings.from_env({**GOOD, **variables})
+        resolve("test", (ForwardingSettings,), {}, environ={**GOOD, **variables})
     return str(info.value)
 
 
@@ -43,7 +51,7 @@ class TestBackend:
 
     def test_is_immutable(self):
         backend = lb.Backend("http://a:1")
-        with pytest.raises(Exception):
+        with pytest.raises(dataclasses.FrozenInstanceError):
             backend.weight = 5
 
     @pytest.mark.parametrize("url, message", [
@@ -68,30 +76,40 @@ class TestBackend:
 
 class TestFromEnv:
     def test_every_setting_read_and_typed(self):
-        settings = lb.Settings.from_env({
+        environ = {
             "LB_BACKENDS": "http://127.0.0.1:8001 weight=3, http://127.0.0.1:8002",
             "LB_POLICY": "weighted", "LB_MAX_FAILS": "5", "LB_FAIL_TIMEOUT": "250ms",
             "LB_MAX_EJECTION_TIME": "10s", "LB_FAIL_STATUSES": "500, 503", "LB_RETRIES": "0",
             "LB_CONNECT_TIMEOUT": "1.5", "LB_READ_TIMEOUT": "30",
-            "LB_TRUSTED_PROXIES": "10.0.0.0/8, 192.0.2.1", "LB_HASH_KEY": "header:X-User-Id",
-            "PATH": "/usr/bin", "OTHER_LB_THING": "ignored",
-        })
+            "LB_HASH_KEY": "header:X-User-Id", "LB_PRESERVE_HOST": "yes",
+            "LB_RETRY_NON_IDEMPOTENT": "1", "PATH": "/usr/bin", "OTHER_LB_THING": "ignored",
+        }
+        settings = lb.Settings.from_env(environ)
         assert settings.backends == (lb.Backend("http://127.0.0.1:8001", 3),
                                      lb.Backend("http://127.0.0.1:8002", 1))
         assert settings.policy == "round_robin"
-        assert (settings.max_fails, settings.fail_timeout, settings.max_ejection_time) == (5, 0.25, 10.0)
-        assert settings.fail_statuses == frozenset({500, 503})
-        assert (settings.retries, settings.connect_timeout, settings.read_timeout) == (0, 1.5, 30.0)
-        assert settings.trusted_proxies == (ipaddress.ip_network("10.0.0.0/8"),
-                                            ipaddress.ip_network("192.0.2.1/32"))
-        assert settings.hash_key == "header:X-User-Id"
+        assert (settings.max_fails, settings.fail_timeout, settings.max_ejection_time) == (
+            5, 0.25, 10.0)
+        forwarding = ForwardingSettings.from_env(environ)
+        assert forwarding.fail_statuses == frozenset({500, 503})
+        assert (forwarding.retries, forwarding.connect_timeout, forwarding.read_timeout) == (
+            0, 1.5, 30.0)
+        assert forwarding.hash_key == "header:X-User-Id"
+        assert forwarding.preserve_host is True and forwarding.retry_non_idempotent is True
+        assert resolve("test", (ForwardingSettings,), {}, environ=environ).groups == (
+            settings, forwarding)
 
     def test_defaults(self):
         settings = lb.Settings.from_env(GOOD)
         assert (settings.policy, settings.max_fails, settings.fail_timeout,
-                settings.max_ejection_time, settings.retries) == ("round_robin", 3, 10.0, 300.0, 2)
-        assert settings.fail_statuses == frozenset({502, 503, 504})
-        assert settings.trusted_proxies == () and settings.hash_key == "client_ip"
+                settings.max_ejection_time) == ("round_robin", 3, 10.0, 300.0)
+        forwarding = ForwardingSettings.from_env(GOOD)
+        assert (forwarding.retries, forwarding.connect_timeout, forwarding.read_timeout) == (
+            2, 5.0, 60.0)
+        assert forwarding.fail_statuses == frozenset({502, 503, 504})
+        assert forwarding.hash_key == "client_ip"
+        assert not forwarding.preserve_host and not forwarding.retry_non_idempotent
+        assert ForwardingSettings() == forwarding
 
     def test_keyword_overrides_win_over_environment(self):
         settings = lb.Settings.from_env({**GOOD, "LB_POLICY": "random"}, policy="latency")
@@ -100,6 +118,8 @@ class TestFromEnv:
     def test_missing_backends(self):
         with pytest.raises(lb.ConfigError, match="LB_BACKENDS is not set"):
             lb.Settings.from_env({})
+        with pytest.raises(lb.ConfigError, match="LB_BACKENDS is not set"):
+            resolve("test", (ForwardingSettings,), {"retries": 1}, environ={"LB_RETRIES": "1"})
 
     @pytest.mark.parametrize("value", ["", "  ", ",", "http://a:1,,http://b:2"])
     def test_empty_backend_list_or_entry(self, value):
@@ -123,7 +143,8 @@ class TestFromEnv:
         assert message.startswith(f"LB_BACKENDS has value {value!r}") and fragment in message
 
     def test_unknown_policy(self):
-        assert env_error(LB_POLICY="fastest").startswith("LB_POLICY has value 'fastest': unknown policy")
+        assert env_error(LB_POLICY="fastest").startswith(
+            "LB_POLICY has value 'fastest': unknown policy")
 
     @pytest.mark.parametrize("name", ["LB_MAX_FAILS", "LB_RETRIES"])
     @pytest.mark.parametrize("value, reason", [
@@ -140,11 +161,6 @@ class TestFromEnv:
     def test_ejection_cap_below_base(self):
         message = env_error(LB_FAIL_TIMEOUT="30", LB_MAX_EJECTION_TIME="10")
         assert "max_ejection_time" in message and "fail_timeout" in message
-
-    @pytest.mark.parametrize("value", ["10.0.0.0/33", "not-an-ip", "10.0.0.0/8, 300.1.1.1"])
-    def test_bad_cidr(self, value):
-        message = env_error(LB_TRUSTED_PROXIES=value)
-        assert message.startswith(f"LB_TRUSTED_PROXIES has value {value!r}") and "CIDR" in message
 
     @pytest.mark.parametrize("value", ["600", "abc", "50x"])
     def test_bad_fail_statuses(self, value):
@@ -205,8 +221,23 @@ class TestKeywords:
             lb.Balancer(["http://a:1"], policy="nope")
         with pytest.raises(lb.ConfigError, match="backends is required"):
             lb.Balancer([])
-        with pytest.raises(TypeError):
+        with pytest.raises(TypeError, match=r"unexpected keyword argument 'max_fail' "
+                                            r"\(did you mean max_fails\?\)"):
             lb.Balancer(["http://a:1"], max_fail=3)
+
+    def test_a_front_end_setting_given_to_the_balancer_says_where_it_belongs(self):
+        with pytest.raises(TypeError) as info:
+            lb.Balancer(["http://a:1"], retries=5)
+        message = str(info.value)
+        assert message.startswith("Balancer() got an unexpected keyword argument 'retries': "
+                                  "retries is a setting of ForwardingSettings (LB_RETRIES)")
+        assert "LoadBalancingAdapter" in message and "LoadBalancerMiddleware" in message
+        with pytest.raises(TypeError, match="prefix is a setting of ProxySettings"):
+            lb.Balancer(["http://a:1"], prefix="/api")
+        with pytest.raises(TypeError, match="retries is a setting of ForwardingSettings"):
+            lb.Balancer.from_env(GOOD, retries=5)
+        with pytest.raises(TypeError, match="retries is a setting of ForwardingSettings"):
+            lb.Balancer(settings=lb.Settings(backends=["http://a:1"]), retries=5)
 
     def test_config_error_is_a_value_error_and_lb_error(self):
         assert issubclass(lb.ConfigError, ValueError) and issubclass(lb.ConfigError, lb.LBError)
@@ -214,23 +245,37 @@ class TestKeywords:
 
     def test_settings_are_immutable_and_replace_validates(self):
         settings = lb.Settings(backends=["http://a:1"])
-        with pytest.raises(Exception):
+        with pytest.raises(dataclasses.FrozenInstanceError):
             settings.max_fails = 1
         assert settings.replace(max_fails="7").max_fails == 7
         with pytest.raises(lb.ConfigError):
-            settings.replace(retries=-1)
+            settings.replace(max_fails=-1)
+        forwarding = ForwardingSettings()
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            forwarding.retries = 1
+        assert forwarding.replace(retries="7").retries == 7
+        with pytest.raises(lb.ConfigError, match="retries has value -1: must not be negative"):
+            forwarding.replace(retries=-1)
 
     def test_balancer_from_env(self):
-        pool = lb.Balancer.from_env({"LB_BACKENDS": "http://a:1, http://b:2", "LB_POLICY": "random"})
+        pool = lb.Balancer.from_env({"LB_BACKENDS": "http://a:1, http://b:2",
+                                     "LB_POLICY": "random"})
         assert pool.policy == "random"
         assert [b.url for b in pool.backends] == ["http://a:1", "http://b:2"]
 
     def test_describe_lists_every_variable(self):
         names = [row[0] for row in lb.Settings.describe()]
         assert names == ["LB_BACKENDS", "LB_POLICY", "LB_MAX_FAILS", "LB_FAIL_TIMEOUT",
-                         "LB_MAX_EJECTION_TIME", "LB_FAIL_STATUSES", "LB_RETRIES",
-                         "LB_CONNECT_TIMEOUT", "LB_READ_TIMEOUT", "LB_TRUSTED_PROXIES",
-                         "LB_HASH_KEY"]
+                         "LB_MAX_EJECTION_TIME"]
+        names = [row[0] for row in ForwardingSettings.describe()]
+        assert names == ["LB_FAIL_STATUSES", "LB_RETRIES", "LB_CONNECT_TIMEOUT",
+                         "LB_READ_TIMEOUT", "LB_HASH_KEY", "LB_PRESERVE_HOST",
+                         "LB_RETRY_NON_IDEMPOTENT"]
+
+    def test_the_balancers_settings_are_only_what_it_reads(self):
+        assert [f.name for f in dataclasses.fields(lb.Settings)] == [
+            "backends", "policy", "max_fails", "fail_timeout", "max_ejection_time"]
+        assert lb.AdapterSettings is ForwardingSettings is lb.ForwardingSettings
 
 
 @pytest.mark.parametrize("text, seconds", [
@@ -263,15 +308,96 @@ def test_importing_the_core_needs_only_the_standard_library():
     assert out.stdout.strip() == "[]"
 
 
-def test_sharing_a_balancers_settings():
-    from lbmiddleware.proxy.settings import ForwardingSettings, ProxySettings
+class TestResolve:
+    """resolve(): the one rule by which every front-end gets its settings."""
 
-    shared = ProxySettings(backends=["http://a:1"], retries=0, prefix="/api", preserve_host=True)
-    forwarding = ForwardingSettings.sharing(shared, retry_non_idempotent=True)
-    assert (forwarding.retries, forwarding.preserve_host, forwarding.retry_non_idempotent) == (
-        0, True, True)
-    proxy = ProxySettings.sharing(lb.Settings(backends=["http://a:1"]), prefix="/x")
-    assert (proxy.prefix, proxy.backends) == ("/x", (lb.Backend("http://a:1"),))
-    assert ProxySettings.sharing(shared) is shared
-    with pytest.raises(lb.ConfigError, match="policy, retries given with balancer="):
-        ProxySettings.sharing(shared, retries=1, policy="random")
+    def test_keywords_go_to_the_class_that_owns_them(self):
+        settings = resolve("F", (ForwardingSettings,),
+                           {"backends": ["http://a:1"], "max_fails": 5, "retries": 0})
+        assert isinstance(settings, FrontEndSettings)
+        assert settings.core == lb.Settings(backends=["http://a:1"], max_fails=5)
+        assert settings[ForwardingSettings] == ForwardingSettings(retries=0)
+        assert list(settings) == [settings.core, settings[ForwardingSettings]]
+
+    def test_an_unknown_keyword_raises_naming_it(self):
+        with pytest.raises(TypeError, match=r"F\(\) got an unexpected keyword argument 'retires' "
+                                            r"\(did you mean retries\?\)"):
+            resolve("F", (ForwardingSettings,), {"backends": ["http://a:1"], "retires": 1})
+        with pytest.raises(TypeError, match="'listen': listen is a setting of GatewaySettings"):
+            resolve("F", (ForwardingSettings,), {"backends": ["http://a:1"], "listen": ":1"})
+
+    def test_with_a_shared_balancer_its_settings_are_refused_the_front_ends_accepted(self):
+        pool = lb.Settings(backends=["http://a:1"], max_fails=7)
+        with pytest.raises(lb.ConfigError, match="max_fails, policy given with balancer=: "
+                                                 "set them on the shared Balancer"):
+            resolve("F", (ForwardingSettings,), {"retries": 1, "policy": "random", "max_fails": 1},
+                    shared=pool)
+        first = resolve("F", (ForwardingSettings,), {"retries": 0}, shared=pool)
+        second = resolve("F", (ForwardingSettings,), {"retries": 2, "preserve_host": True},
+                         shared=pool)
+        assert first.core is pool and second.core is pool
+        assert first[ForwardingSettings].retries == 0
+        assert (second[ForwardingSettings].retries, second[ForwardingSettings].preserve_host) == (
+            2, True)
+        with pytest.raises(lb.ConfigError, match="given with balancer="):
+            resolve("F", (ForwardingSettings,), {}, shared=pool, given=(lb.Settings(backends="http://b:1"),))
+
+    def test_a_shared_balancer_reads_no_variables(self, caplog):
+        caplog.set_level(logging.WARNING, logger="lbmiddleware")
+        pool = lb.Settings(backends=["http://a:1"])
+        settings = resolve("F", (ForwardingSettings,), {}, shared=pool,
+                           environ={"LB_RETRIES": "0", "LB_PREFX": "/"})
+        assert settings[ForwardingSettings].retries == 2 and caplog.records == []
+
+    def test_without_backends_the_variables_are_read_and_keywords_win(self, caplog):
+        caplog.set_level(logging.WARNING, logger="lbmiddleware")
+        environ = {**GOOD, "LB_RETRIES": "0", "LB_POLICY": "random", "LB_RETRYS": "1"}
+        settings = resolve("F", (ForwardingSettings,), {"policy": "latency"}, environ=environ)
+        assert settings.core.policy == "latency" and settings[ForwardingSettings].retries == 0
+        [record] = caplog.records          # the typo, reported once for every class read
+        assert "LB_RETRYS is not a known setting (did you mean LB_RETRIES?)" in record.getMessage()
+
+    def test_with_backends_only_keywords_unless_from_env(self):
+        environ = {"LB_BACKENDS": "http://b:1", "LB_RETRIES": "0"}
+        settings = resolve("F", (ForwardingSettings,), {"backends": "http://a:1"}, environ=environ)
+        assert [b.url for b in settings.core.backends] == ["http://a:1"]
+        assert settings[ForwardingSettings].retries == 2
+        settings = resolve("F", (ForwardingSettings,), {"backends": "http://a:1"}, environ=environ,
+                           from_env=True)
+        assert [b.url for b in settings.core.backends] == ["http://a:1"]
+        assert settings[ForwardingSettings].retries == 0
+
+    def test_given_objects_replace_defaults_and_variables_and_keywords_still_win(self):
+        given = (ForwardingSettings(retries=0, read_timeout=1.0),)
+        settings = resolve("F", (ForwardingSettings,), {"read_timeout": 2.0}, given=given,
+                           environ={**GOOD, "LB_RETRIES": "5", "LB_CONNECT_TIMEOUT": "9"})
+        assert settings[ForwardingSettings] == ForwardingSettings(retries=0, read_timeout=2.0)
+        whole = resolve("F", (ForwardingSettings,), {}, given=tuple(settings), environ={})
+        assert whole == settings             # a complete set: no variable read, none required
+
+    def test_replace_sends_each_change_to_its_class(self):
+        settings = resolve("F", (ForwardingSettings,), {"backends": "http://a:1"})
+        changed = settings.replace(max_fails=1, retries=0)
+        assert (changed.core.max_fails, changed[ForwardingSettings].retries) == (1, 0)
+        with pytest.raises(TypeError, match="'nope'"):
+            settings.replace(nope=1)
+
+    def test_a_settings_class_registers_its_variables_when_defined(self, caplog):
+        caplog.set_level(logging.WARNING, logger="lbmiddleware")
+        environ = {**GOOD, "LB_TEST_REGISTERED_ONLY": "3"}
+        lb.Settings.from_env(environ)
+        assert "LB_TEST_REGISTERED_ONLY is not a known setting" in caplog.text
+        caplog.clear()
+
+        @dataclasses.dataclass(frozen=True)
+        class Extra(BaseSettings):
+            registered_only: int = dataclasses.field(
+                default=1, metadata=setting("LB_TEST_REGISTERED_ONLY", int, "a test setting"))
+
+        try:
+            lb.Settings.from_env(environ)
+            assert caplog.records == []
+            assert resolve("F", (Extra,), {}, environ=environ)[Extra].registered_only == 3
+        finally:
+            from lbmiddleware.core import settings as module
+            module._REGISTRY.remove(Extra)

@@ -12,7 +12,10 @@ import pytest
 import requests
 
 from lbmiddleware import errors as lb_errors
-from lbmiddleware.proxy.settings import ProxySettings
+from lbmiddleware.core import forwarding as lb_forwarding
+from lbmiddleware.core.settings import describe
+from lbmiddleware.gateway_settings import GROUPS, GatewaySettings, load_settings, parse_listen
+from lbmiddleware.proxy import settings as lb_proxy_settings
 
 from ..support.gateway import GatewayProcess
 
@@ -35,7 +38,7 @@ def raw_exchange(port: int, data: bytes, timeout: float = 3.0) -> bytes:
                 if not chunk:
                     break
                 received += chunk
-        except socket.timeout:
+        except TimeoutError:
             pass
     return received
 
@@ -44,7 +47,8 @@ def raw_exchange(port: int, data: bytes, timeout: float = 3.0) -> bytes:
 def gateway(backends, request):
     urls = ", ".join(b.url for b in backends[:2])
     with GatewayProcess({"LB_BACKENDS": urls, "LB_PREFIX": "/api", "LB_READ_TIMEOUT": "500ms",
-                         "LB_TRUSTED_PROXIES": "10.0.0.0/8", "LB_SERVER": request.param}) as process:
+                         "LB_TRUSTED_PROXIES": "10.0.0.0/8",
+                         "LB_SERVER": request.param}) as process:
         process.server = request.param
         yield process
 
@@ -116,9 +120,11 @@ def test_spoofed_x_forwarded_for_is_appended_not_believed(gateway, backends):
     ({"LB_BACKENDS": "http://127.0.0.1:1", "LB_MAX_FAILS": "x"},
      "LB_MAX_FAILS has value 'x': not an integer"),
     ({"LB_BACKENDS": "ftp://127.0.0.1:1"}, "LB_BACKENDS has value 'ftp://127.0.0.1:1'"),
-    ({"LB_BACKENDS": "http://127.0.0.1:1", "LB_LISTEN": "nowhere"}, "LB_LISTEN has value 'nowhere'"),
+    ({"LB_BACKENDS": "http://127.0.0.1:1", "LB_LISTEN": "nowhere"},
+     "LB_LISTEN has value 'nowhere'"),
     ({}, "LB_BACKENDS is not set"),
-    ({"LB_BACKENDS": "http://127.0.0.1:1", "LB_SERVER": "gunicorn"}, "LB_SERVER has value 'gunicorn'"),
+    ({"LB_BACKENDS": "http://127.0.0.1:1", "LB_SERVER": "gunicorn"},
+     "LB_SERVER has value 'gunicorn'"),
     ({"LB_BACKENDS": "http://127.0.0.1:1", "LB_MAX_CONNECTIONS": "0"},
      "LB_MAX_CONNECTIONS has value '0': must be at least 1"),
     ({"LB_BACKENDS": "http://127.0.0.1:1", "LB_HEADER_TIMEOUT": "0"},
@@ -142,10 +148,13 @@ def test_a_bad_setting_prints_the_config_error_and_exits_2(environ, message):
 def test_server_durations_are_bounded_by_one_day(variable):
     base = {"LB_BACKENDS": "http://127.0.0.1:1"}
     field = variable[3:].lower()
-    assert getattr(ProxySettings.from_env({**base, variable: "86400s"}), field) == 86400.0
+    assert getattr(GatewaySettings.from_env({**base, variable: "86400s"}), field) == 86400.0
+    assert getattr(load_settings({**base, variable: "86400s"})[GatewaySettings], field) == 86400.0
     for value in ("86400.5", "1e17", "1e400"):
         with pytest.raises(lb_errors.ConfigError, match=f"{variable} has value '{value}'"):
-            ProxySettings.from_env({**base, variable: value})
+            GatewaySettings.from_env({**base, variable: value})
+        with pytest.raises(lb_errors.ConfigError, match=f"{variable} has value '{value}'"):
+            load_settings({**base, variable: value})
 
 
 def test_an_address_in_use_is_an_error_without_traceback():
@@ -162,21 +171,25 @@ def test_an_address_in_use_is_an_error_without_traceback():
 def test_help_lists_every_setting():
     result = run_serve({}, "--help")
     assert result.returncode == 0
-    for variable, default, description in ProxySettings.describe():
+    rows = describe(*GROUPS)
+    assert {row[0] for row in rows} >= {"LB_BACKENDS", "LB_RETRIES", "LB_PREFIX", "LB_LISTEN"}
+    for variable, _default, description in rows:
         assert variable in result.stdout
-        assert description in result.stdout.replace("\n  ", " ") or description[:30] in result.stdout
+        assert (description in result.stdout.replace("\n  ", " ")
+                or description[:30] in result.stdout)
 
 
 def test_the_server_can_be_chosen_and_auto_prefers_granian(monkeypatch):
     from lbmiddleware import gateway
-    settings = ProxySettings(backends=["http://127.0.0.1:1"])
+    settings = GatewaySettings()
     assert gateway.choose_server(settings) == "granian"
     assert gateway.choose_server(settings.replace(server="uvicorn")) == "uvicorn"
     real = gateway.importlib.util.find_spec
     monkeypatch.setattr(gateway.importlib.util, "find_spec",
                         lambda name: None if name == "granian" else real(name))
     assert gateway.choose_server(settings) == "uvicorn"
-    with pytest.raises(lb_errors.ConfigError, match="LB_SERVER has value 'granian': granian is not installed"):
+    with pytest.raises(lb_errors.ConfigError,
+                       match="LB_SERVER has value 'granian': granian is not installed"):
         gateway.choose_server(settings.replace(server="granian"))
 
 
@@ -196,7 +209,7 @@ def test_the_gateway_stops_cleanly_on_sigterm(backends):
 def test_uvicorn_is_chosen_only_with_httptools(monkeypatch):
     """The gateway's uvicorn protocol (head timeout, connection limit) extends httptools'."""
     from lbmiddleware import gateway
-    settings = ProxySettings(backends=["http://127.0.0.1:1"])
+    settings = GatewaySettings()
     real = gateway.importlib.util.find_spec
     monkeypatch.setattr(gateway.importlib.util, "find_spec",
                         lambda name: None if name in ("granian", "httptools") else real(name))
@@ -205,3 +218,59 @@ def test_uvicorn_is_chosen_only_with_httptools(monkeypatch):
         gateway.choose_server(settings.replace(server="uvicorn"))
     with pytest.raises(lb_errors.ConfigError, match="granian, or uvicorn with httptools"):
         gateway.choose_server(settings)
+
+
+# -- the gateway's settings ----------------------------------------------------------------------
+
+def test_load_settings_reads_every_class_the_gateway_reads():
+    settings = load_settings({
+        "LB_BACKENDS": "http://127.0.0.1:8001", "LB_POLICY": "latency", "LB_RETRIES": "0",
+        "LB_PRESERVE_HOST": "1", "LB_PREFIX": "api/", "LB_LISTEN": "[::1]:9000",
+        "LB_SERVER": "uvicorn", "LB_MAX_CONNECTIONS": "7"})
+    assert [type(group) for group in settings] == list(GROUPS)
+    assert (settings.core.policy, [b.url for b in settings.core.backends]) == (
+        "latency", ["http://127.0.0.1:8001"])
+    forwarding = settings[lb_forwarding.ForwardingSettings]
+    assert forwarding.retries == 0 and forwarding.preserve_host
+    assert settings[lb_proxy_settings.ProxySettings].prefix == "/api"
+    gateway = settings[GatewaySettings]
+    assert (gateway.listen_address, gateway.server, gateway.max_connections) == (
+        ("::1", 9000), "uvicorn", 7)
+    assert load_settings({"LB_BACKENDS": "http://127.0.0.1:8001"}, retries=3)[
+        lb_forwarding.ForwardingSettings].retries == 3
+    with pytest.raises(TypeError, match=r"load_settings\(\) got an unexpected keyword argument"):
+        load_settings({"LB_BACKENDS": "http://127.0.0.1:8001"}, nope=1)
+
+
+def test_gateway_settings_defaults():
+    settings = GatewaySettings()
+    assert settings.listen_address == ("127.0.0.1", 8000)
+    assert (settings.server, settings.shutdown_timeout, settings.header_timeout,
+            settings.max_connections) == ("auto", 30.0, 30.0, 512)
+    assert [row[0] for row in GatewaySettings.describe()] == [
+        "LB_SERVER", "LB_LISTEN", "LB_SHUTDOWN_TIMEOUT", "LB_HEADER_TIMEOUT", "LB_MAX_CONNECTIONS"]
+
+
+@pytest.mark.parametrize("value, words", [
+    ("localhost", "LB_LISTEN has value 'localhost'"),
+    ("h:99999", "port from 0 to 65535"),
+])
+def test_a_bad_listen_address_names_the_variable(value, words):
+    with pytest.raises(lb_errors.ConfigError, match=words):
+        GatewaySettings.from_env({"LB_LISTEN": value})
+
+
+def test_listen_addresses():
+    assert parse_listen(":8080") == ("127.0.0.1", 8080)
+    assert parse_listen("0.0.0.0:0") == ("0.0.0.0", 0)
+    with pytest.raises(ValueError):
+        parse_listen("[zz::1]:80")
+
+
+def test_the_gateways_settings_module_imports_only_the_standard_library():
+    code = ("import sys, lbmiddleware.gateway_settings as g\n"
+            "g.load_settings({'LB_BACKENDS': 'http://a:1'})\n"
+            "third = {'requests', 'urllib3', 'starlette', 'uvicorn', 'granian', 'httpx'}\n"
+            "print(sorted(third & set(sys.modules)), 'lbmiddleware.asgi' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[] False"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import urllib.parse
 
 import pytest
@@ -11,7 +12,8 @@ from lbmiddleware.proxy import headers as proxy, settings as proxy_settings
 from lbmiddleware.proxy import (BINARY, TEXT, ClientAddress, UnsafeRequest, error_response,
                                 join_target, match_prefix, may_retry, normalize_prefix,
                                 parse_cookie, quote_path, sticky_key, upstream_url)
-from lbmiddleware.proxy.settings import ProxySettings, parse_listen
+from lbmiddleware.core.forwarding import ForwardingSettings
+from lbmiddleware.proxy.settings import ProxySettings
 
 BACKEND = lb.Backend("http://127.0.0.1:8001/v1")
 
@@ -279,25 +281,26 @@ def test_error_response_detail():
 # -- settings ---------------------------------------------------------------------------------
 
 def test_proxy_settings_from_variables():
-    settings = ProxySettings.from_env({
+    environ = {
         "LB_BACKENDS": "http://127.0.0.1:8001", "LB_PREFIX": "api/", "LB_STRIP_PREFIX": "yes",
         "LB_PRESERVE_HOST": "1", "LB_LISTEN": "[::1]:9000", "LB_RETRY_BUFFER": "1MB",
-        "LB_RETRY_NON_IDEMPOTENT": "true"})
-    assert settings.prefix == "/api" and settings.strip_prefix and settings.preserve_host
-    assert settings.listen_address == ("::1", 9000)
-    assert settings.retry_buffer == 1024 * 1024 and settings.retry_non_idempotent
+        "LB_RETRY_NON_IDEMPOTENT": "true", "LB_TRUSTED_PROXIES": "10.0.0.0/8, 192.0.2.1"}
+    settings = ProxySettings.from_env(environ)
+    forwarding = ForwardingSettings.from_env(environ)      # the proxy's forwarding settings
+    assert settings.prefix == "/api" and settings.strip_prefix and forwarding.preserve_host
+    assert settings.retry_buffer == 1024 * 1024 and forwarding.retry_non_idempotent
+    assert settings.trusted_proxies == (ipaddress.ip_network("10.0.0.0/8"),
+                                        ipaddress.ip_network("192.0.2.1/32"))
 
 
 def test_proxy_settings_defaults():
-    settings = ProxySettings(backends=["http://127.0.0.1:8001"])
-    assert (settings.prefix, settings.strip_prefix, settings.preserve_host) == ("/", False, False)
-    assert settings.listen_address == ("127.0.0.1", 8000)
-    assert settings.retry_buffer == 65536 and not settings.retry_non_idempotent
+    settings, forwarding = ProxySettings(), ForwardingSettings()
+    assert (settings.prefix, settings.strip_prefix, forwarding.preserve_host) == ("/", False, False)
+    assert settings.retry_buffer == 65536 and not forwarding.retry_non_idempotent
+    assert settings.trusted_proxies == ()
 
 
 @pytest.mark.parametrize("variable, value, words", [
-    ("LB_LISTEN", "localhost", "LB_LISTEN has value 'localhost'"),
-    ("LB_LISTEN", "h:99999", "port from 0 to 65535"),
     ("LB_STRIP_PREFIX", "maybe", "LB_STRIP_PREFIX has value 'maybe': not a boolean"),
     ("LB_PREFIX", "/a?b", "LB_PREFIX has value '/a?b'"),
     ("LB_RETRY_BUFFER", "lots", "LB_RETRY_BUFFER has value 'lots': not a size")])
@@ -306,18 +309,17 @@ def test_bad_proxy_settings_name_the_variable(variable, value, words):
         ProxySettings.from_env({"LB_BACKENDS": "http://127.0.0.1:8001", variable: value})
 
 
-def test_listen_addresses():
-    assert parse_listen(":8080") == ("127.0.0.1", 8080)
-    assert parse_listen("0.0.0.0:0") == ("0.0.0.0", 0)
-    with pytest.raises(ValueError):
-        parse_listen("[zz::1]:80")
+@pytest.mark.parametrize("value", ["10.0.0.0/33", "not-an-ip", "10.0.0.0/8, 300.1.1.1"])
+def test_bad_trusted_proxies_name_the_variable_and_cidr(value):
+    with pytest.raises(lb.ConfigError) as info:
+        ProxySettings.from_env({"LB_BACKENDS": "http://127.0.0.1:8001", "LB_TRUSTED_PROXIES": value})
+    message = str(info.value)
+    assert message.startswith(f"LB_TRUSTED_PROXIES has value {value!r}") and "CIDR" in message
 
 
 def test_describe_lists_the_proxy_settings():
     variables = [row[0] for row in ProxySettings.describe()]
-    for name in ("LB_BACKENDS", "LB_PREFIX", "LB_STRIP_PREFIX", "LB_PRESERVE_HOST",
-                 "LB_LISTEN", "LB_RETRY_BUFFER", "LB_RETRY_NON_IDEMPOTENT"):
-        assert name in variables
+    assert variables == ["LB_PREFIX", "LB_STRIP_PREFIX", "LB_TRUSTED_PROXIES", "LB_RETRY_BUFFER"]
 
 
 @pytest.mark.parametrize("module", [proxy, proxy_settings])

@@ -486,7 +486,8 @@ def test_settings_from_lb_variables(backends):
     middleware = WSGILoadBalancer(inner_app, environ={
         "LB_BACKENDS": a.url, "LB_PREFIX": "/api", "LB_STRIP_PREFIX": "yes",
         "LB_POLICY": "least_conn"})
-    assert middleware.settings.policy == "least_conn"
+    assert middleware.balancer.settings.policy == "least_conn"
+    assert middleware.settings.prefix == "/api" and middleware.settings.strip_prefix is True
     assert call(middleware, environ_for(path="/api/x")).json()["path"] == "/x"
     assert call(middleware, environ_for(path="/x")).body == b"inner app"
 
@@ -507,8 +508,29 @@ def test_a_shared_balancer(backends):
     served = [call(m, environ_for(path=p)).json()["server"]
               for m, p in [(first, "/one"), (second, "/two"), (first, "/one")]]
     assert served == ["a", "b", "c"]
-    with pytest.raises(lb.ConfigError, match="policy"):
+    with pytest.raises(lb.ConfigError, match="policy given with balancer="):
         WSGILoadBalancer(None, balancer=pool, policy="random")
+
+
+def test_a_shared_balancer_with_the_middlewares_own_forwarding_settings(backends):
+    a, b, _ = backends
+    a.status = 503
+    pool = lb.Balancer([a.url, b.url], max_fails=0)
+    once = WSGILoadBalancer(None, balancer=pool, retries=0, read_timeout=2)
+    twice = WSGILoadBalancer(None, balancer=pool, retries=1)
+    assert (once.forwarding.retries, once.adapter.settings.retries) == (0, 0)
+    assert once.adapter.settings.read_timeout == 2.0 and twice.adapter.settings.retries == 1
+    codes = [call(once, environ_for()).code for _ in range(4)]
+    assert sorted(codes) == [200, 200, 503, 503]            # a's 503s come back, not retried
+    served = [call(twice, environ_for()).json()["server"] for _ in range(4)]
+    assert served == ["b"] * 4                              # a's 503s retried on b
+    assert a.requests >= 3                                  # twice did get some of a's 503s
+
+
+@pytest.mark.parametrize("chunk_size", [0, -1, "big"])
+def test_a_bad_chunk_size_is_a_config_error(backends, chunk_size):
+    with pytest.raises(lb.ConfigError, match=f"chunk_size has value {chunk_size!r}"):
+        WSGILoadBalancer(None, backends=[backends[0].url], chunk_size=chunk_size)
 
 
 def test_exported_lazily_from_the_package():

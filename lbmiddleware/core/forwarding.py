@@ -1,0 +1,87 @@
+"""Forwarding settings: how a front-end sends one request to the pool.
+
+Every front-end that forwards requests reads them: the requests adapter, the ASGI and WSGI
+middlewares, the gateway (and any later transport). They live in the core, not beside one
+front-end, because they are the same for all of them and the core's attempt loop reads
+them (how many retries, which statuses fail an attempt, whether a sent POST is retried);
+the :class:`~lbmiddleware.core.settings.Settings` of the Balancer do not include them,
+since the Balancer never reads them, and so front-ends sharing one Balancer may each
+forward differently::
+
+    pool = lb.Balancer(urls, max_fails=3)
+    app.add_middleware(lb.LoadBalancerMiddleware, balancer=pool, retries=0)
+    session.mount("http://svc/", lb.LoadBalancingAdapter(balancer=pool, retries=2))
+
+Standard library only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+from .settings import BaseSettings, parse_count, parse_flag, parse_positive_duration, setting
+
+__all__ = ["ForwardingSettings", "parse_statuses", "parse_hash_key"]
+
+
+def parse_statuses(value: Any) -> frozenset[int]:
+    """HTTP statuses from ``"502, 503"`` or an iterable of numbers."""
+    items = value.split(",") if isinstance(value, str) else value
+    statuses = set()
+    for item in items:
+        text = str(item).strip()
+        if not text:
+            continue
+        if not text.isdigit() or not 100 <= int(text) <= 599:
+            raise ValueError(f"{text!r} is not an HTTP status (100-599)")
+        statuses.add(int(text))
+    return frozenset(statuses)
+
+
+def parse_hash_key(value: Any) -> str:
+    """``client_ip``, ``header:NAME`` or ``cookie:NAME``."""
+    text = str(value).strip()
+    kind, sep, name = text.partition(":")
+    if text == "client_ip" or (sep and kind in ("header", "cookie") and name.strip()):
+        return text if text == "client_ip" else f"{kind}:{name.strip()}"
+    raise ValueError("expected client_ip, header:NAME or cookie:NAME")
+
+
+@dataclasses.dataclass(frozen=True)
+class ForwardingSettings(BaseSettings):
+    """How each request is forwarded: retries, timeouts, the statuses that fail an
+    attempt, the sticky key and the ``Host`` sent. ``lb.AdapterSettings`` is this class."""
+
+    fail_statuses: frozenset[int] = dataclasses.field(
+        default=frozenset({502, 503, 504}),
+        metadata=setting("LB_FAIL_STATUSES", parse_statuses,
+                         "response statuses counted as failures"))
+    retries: int = dataclasses.field(
+        default=2,
+        metadata=setting("LB_RETRIES", parse_count,
+                         "retries on other backends per request"))
+    connect_timeout: float = dataclasses.field(
+        default=5.0,
+        metadata=setting("LB_CONNECT_TIMEOUT", parse_positive_duration,
+                         "seconds to open a connection to a backend"))
+    read_timeout: float = dataclasses.field(
+        default=60.0,
+        metadata=setting("LB_READ_TIMEOUT", parse_positive_duration,
+                         "seconds to wait for the response head (and between body reads)"))
+    hash_key: str = dataclasses.field(
+        default="client_ip",
+        metadata=setting("LB_HASH_KEY", parse_hash_key,
+                         "sticky key for ip_hash: client_ip | header:NAME | cookie:NAME"))
+    preserve_host: bool = dataclasses.field(
+        default=False,
+        metadata=setting("LB_PRESERVE_HOST", parse_flag,
+                         "send the client's Host upstream (default: the backend's)"))
+    retry_non_idempotent: bool = dataclasses.field(
+        default=False,
+        metadata=setting("LB_RETRY_NON_IDEMPOTENT", parse_flag,
+                         "also retry POST and PATCH after the request was sent"))
+
+    readers: ClassVar[str] = (
+        "every front-end that forwards requests (LoadBalancingAdapter, LoadBalancerMiddleware, "
+        "WSGILoadBalancer, the gateway): give it there")
