@@ -7,17 +7,16 @@ front-ends around it.
 
 from typing import TYPE_CHECKING
 
+# The gateway's and the proxy's settings (standard library only) are imported here so that
+# every settings class has registered its LB_ variables before any are read: an unknown LB_
+# name is then a probable typo, and the core never imports a front-end to know that.
+from . import gateway_settings as _gateway_settings  # noqa: F401  (registers GatewaySettings)
 from .core.backend import Backend
 from .core.balancer import Balancer
-from .core.hashing import stable_hash
 from .core.forwarding import ForwardingSettings
+from .core.hashing import stable_hash
 from .core.settings import POLICIES, Settings
 from .errors import ConfigError, LBError, NoHealthyBackend
-
-# Every front-end's settings (standard library only), imported here so that each settings
-# class has registered its LB_ variables before any are read: an unknown LB_ name is then a
-# probable typo, and the core never imports a front-end to know that.
-from . import gateway_settings as _gateway_settings  # noqa: F401  (registers GatewaySettings)
 from .proxy.settings import ProxySettings
 
 #: The requests adapter's settings are the forwarding settings of every front-end.
