@@ -22,7 +22,7 @@ from urllib3.util.retry import Retry
 import lbmiddleware as lb
 from lbmiddleware.adapter import AdapterSettings, LoadBalancingAdapter, NoHealthyBackendError
 
-from ..support.servers import BackendServer, refused_url
+from ..support.servers import refused_url
 
 VHOST = "http://svc"
 SHORT = (1.0, 0.3)          # connect, read: a hanging backend costs 0.3 s
@@ -59,7 +59,8 @@ def test_round_robin_spreads_exactly(backends):
 
 def test_weights_are_honoured(backends):
     a, b, c = backends
-    adapter = LoadBalancingAdapter([lb.Backend(a.url, 5), lb.Backend(b.url, 3), lb.Backend(c.url, 2)])
+    adapter = LoadBalancingAdapter(
+        [lb.Backend(a.url, 5), lb.Backend(b.url, 3), lb.Backend(c.url, 2)])
     session = mounted(adapter)
     order = [served_by(session.get(f"{VHOST}/")) for _ in range(10)]
     assert order == list("abcaabacba")
@@ -72,7 +73,7 @@ def test_other_policies_serve_every_call(backends, policy):
     counts = Counter(served_by(session.get(f"{VHOST}/")) for _ in range(30))
     assert sum(counts.values()) == 30
     assert set(counts) == {"a", "b", "c"}
-    if policy != "random":      # sequential calls: least_conn ties and keyless ip_hash go round-robin
+    if policy != "random":  # sequential calls: least_conn ties and keyless ip_hash go round-robin
         assert counts == {"a": 10, "b": 10, "c": 10}
     assert in_flight(pool) == [0, 0, 0]
 
@@ -313,7 +314,7 @@ def test_connection_closed_mid_body(backends):
     a, b, _ = backends
     a.behaviour = "truncate"
     adapter = LoadBalancingAdapter([a.url, b.url])
-    assert served_by(mounted(adapter).get(f"{VHOST}/")) == "b"      # the caller saw nothing: retried
+    assert served_by(mounted(adapter).get(f"{VHOST}/")) == "b"  # the caller saw nothing: retried
     assert stat(adapter.balancer, a.url)["failures"] == 1
 
     adapter = LoadBalancingAdapter([a.url, b.url])

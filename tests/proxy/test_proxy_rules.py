@@ -8,11 +8,24 @@ import urllib.parse
 import pytest
 
 import lbmiddleware as lb
-from lbmiddleware.proxy import headers as proxy, settings as proxy_settings
-from lbmiddleware.proxy import (BINARY, TEXT, ClientAddress, UnsafeRequest, error_response,
-                                join_target, match_prefix, may_retry, normalize_prefix,
-                                parse_cookie, quote_path, sticky_key, upstream_url)
 from lbmiddleware.core.forwarding import ForwardingSettings
+from lbmiddleware.proxy import (
+    BINARY,
+    TEXT,
+    ClientAddress,
+    UnsafeRequest,
+    error_response,
+    join_target,
+    match_prefix,
+    may_retry,
+    normalize_prefix,
+    parse_cookie,
+    quote_path,
+    sticky_key,
+    upstream_url,
+)
+from lbmiddleware.proxy import headers as proxy
+from lbmiddleware.proxy import settings as proxy_settings
 from lbmiddleware.proxy.settings import ProxySettings
 
 BACKEND = lb.Backend("http://127.0.0.1:8001/v1")
@@ -239,7 +252,8 @@ def test_sticky_keys():
 
 # -- retries -------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("method", ["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE", "POST", "PATCH"])
+@pytest.mark.parametrize("method",
+                         ["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE", "POST", "PATCH"])
 def test_connect_failures_are_retried_for_every_method(method):
     assert may_retry(method, sent=False, replayable=False)
 
@@ -312,7 +326,8 @@ def test_bad_proxy_settings_name_the_variable(variable, value, words):
 @pytest.mark.parametrize("value", ["10.0.0.0/33", "not-an-ip", "10.0.0.0/8, 300.1.1.1"])
 def test_bad_trusted_proxies_name_the_variable_and_cidr(value):
     with pytest.raises(lb.ConfigError) as info:
-        ProxySettings.from_env({"LB_BACKENDS": "http://127.0.0.1:8001", "LB_TRUSTED_PROXIES": value})
+        ProxySettings.from_env(
+            {"LB_BACKENDS": "http://127.0.0.1:8001", "LB_TRUSTED_PROXIES": value})
     message = str(info.value)
     assert message.startswith(f"LB_TRUSTED_PROXIES has value {value!r}") and "CIDR" in message
 
