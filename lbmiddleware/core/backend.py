@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import urllib.parse
+from collections.abc import Iterable
 
 from ..errors import ConfigError
 
@@ -28,11 +29,13 @@ class Backend:
     path: str = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if isinstance(self.weight, bool) or not isinstance(self.weight, int) or self.weight < 1:
+        weight: object = self.weight          # checked: a caller's types are not enforced
+        if isinstance(weight, bool) or not isinstance(weight, int) or weight < 1:
             raise ConfigError(
                 f"backend {self.url!r} has weight {self.weight!r}: not a positive integer"
             )
-        if not isinstance(self.url, str):
+        url: object = self.url
+        if not isinstance(url, str):
             raise ConfigError(f"backend URL {self.url!r} is not a string")
         text = self.url.strip()
         try:
@@ -42,15 +45,19 @@ class Backend:
             raise ConfigError(f"backend URL {self.url!r} is not a valid URL: {exc}") from None
         scheme = parts.scheme.lower()
         if "://" not in text or not scheme:
-            raise ConfigError(f"backend URL {self.url!r} has no scheme (expected http:// or https://)")
+            raise ConfigError(
+                f"backend URL {self.url!r} has no scheme (expected http:// or https://)")
         if scheme not in DEFAULT_PORTS:
-            raise ConfigError(f"backend URL {self.url!r} has scheme {scheme!r}: only http and https")
+            raise ConfigError(
+                f"backend URL {self.url!r} has scheme {scheme!r}: only http and https")
         if not parts.hostname:
             raise ConfigError(f"backend URL {self.url!r} has no host")
         if parts.username is not None or parts.password is not None:
-            raise ConfigError(f"backend URL {self.url!r} carries credentials: pass auth per request")
+            raise ConfigError(
+                f"backend URL {self.url!r} carries credentials: pass auth per request")
         if parts.query or parts.fragment:
-            raise ConfigError(f"backend URL {self.url!r} has a query or fragment: only a base path is allowed")
+            raise ConfigError(f"backend URL {self.url!r} has a query or fragment: "
+                              "only a base path is allowed")
         host = parts.hostname.lower()
         netloc = f"[{host}]" if ":" in host else host
         if port is not None and port != DEFAULT_PORTS[scheme]:
@@ -89,11 +96,13 @@ def parse_backend(item: str | Backend) -> Backend:
         try:
             weight = int(value)
         except ValueError:
-            raise ConfigError(f"backend {item!r} has weight {value!r}: not a positive integer") from None
+            raise ConfigError(
+                f"backend {item!r} has weight {value!r}: not a positive integer") from None
     return Backend(url, weight)
 
 
-def parse_backends(items, *, allow_empty: bool = False) -> tuple[Backend, ...]:
+def parse_backends(items: Iterable[str | Backend] | str | Backend, *,
+                   allow_empty: bool = False) -> tuple[Backend, ...]:
     """Backends from a list or a comma-separated string; rejects duplicates and (unless
     ``allow_empty``) an empty list."""
     if isinstance(items, str):
@@ -101,13 +110,14 @@ def parse_backends(items, *, allow_empty: bool = False) -> tuple[Backend, ...]:
     elif isinstance(items, Backend):
         items = [items]
     result: list[Backend] = []
-    seen: dict[tuple, str] = {}
+    seen: dict[tuple[str, str, int, str], str] = {}
     for item in items:
         if isinstance(item, str) and not item.strip():
             raise ConfigError(f"backend list has an empty entry: {items!r}")
         backend = parse_backend(item.strip() if isinstance(item, str) else item)
         if backend.identity in seen:
-            raise ConfigError(f"backend {backend.url!r} is listed twice (as {seen[backend.identity]!r})")
+            raise ConfigError(
+                f"backend {backend.url!r} is listed twice (as {seen[backend.identity]!r})")
         seen[backend.identity] = backend.url
         result.append(backend)
     if not result and not allow_empty:
