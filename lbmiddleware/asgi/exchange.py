@@ -24,19 +24,19 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
+from typing import Any
 
-from ..core.attempts import Attempts, Outcome
+from ..core.attempts import Attempts, Outcome, RetryRule
 from ..core.backend import Backend
+from ..core.balancer import Balancer
 from ..errors import NoHealthyBackend
 from ..proxy import BINARY
-from ..upstream import NO_BODY_STATUSES, Response, UpstreamError
+from ..upstream import NO_BODY_STATUSES, Response, Upstream, UpstreamError
+from ..upstream.deadlines import Deadlines
 
-if TYPE_CHECKING:
-    from .middleware import LoadBalancerMiddleware
-
-__all__ = ["Exchange", "RequestBody", "NoBody", "NO_BODY", "ClientGone", "WATCH_DELAY"]
+__all__ = ["Forwarder", "Exchange", "RequestBody", "NoBody", "NO_BODY", "ClientGone",
+           "WATCH_DELAY"]
 
 logger = logging.getLogger("lbmiddleware")
 
@@ -53,6 +53,26 @@ _RESENT = Outcome(ok=False, sent=True)
 
 class ClientGone(Exception):
     """The client disconnected."""
+
+
+class Forwarder:
+    """What every exchange of one middleware shares, built once: the balancer, the upstream
+    pool, the retry rule, the deadline timers and the error responses (ASGI messages)."""
+
+    __slots__ = ("balancer", "upstream", "rule", "deadlines", "errors")
+
+    def __init__(self, balancer: Balancer, upstream: Upstream, rule: RetryRule,
+                 deadlines: Deadlines, errors: Mapping[int, tuple[Message, Message]]) -> None:
+        self.balancer = balancer
+        self.upstream = upstream
+        self.rule = rule
+        self.deadlines = deadlines
+        self.errors = errors
+
+    async def send_error(self, send: Send, status: int) -> None:
+        start, body = self.errors[status]
+        await send(start)
+        await send(body)
 
 
 class RequestBody:
@@ -126,14 +146,14 @@ NO_BODY = NoBody()
 class Exchange:
     """One proxied request: key (given), attempts, forward, outcome, then the response."""
 
-    __slots__ = ("mw", "method", "method_bytes", "target", "headers", "add_host", "body", "key",
-                 "receive", "send", "watch_task", "gone", "finished", "task")
+    __slots__ = ("forwarder", "method", "method_bytes", "target", "headers", "add_host",
+                 "body", "key", "receive", "send", "watch_task", "gone", "finished", "task")
 
-    def __init__(self, mw: LoadBalancerMiddleware, method: str, method_bytes: bytes,
+    def __init__(self, forwarder: Forwarder, method: str, method_bytes: bytes,
                  target: bytes, headers: list[tuple[bytes, bytes]], add_host: bool,
                  body: RequestBody | NoBody, key: str | None, receive: Receive,
                  send: Send) -> None:
-        self.mw = mw
+        self.forwarder = forwarder
         self.add_host = add_host
         self.method = method
         self.method_bytes = method_bytes
@@ -166,14 +186,14 @@ class Exchange:
                 watch.cancel()
 
     async def _run(self) -> None:
-        mw = self.mw
+        forwarder = self.forwarder
         loop = asyncio.get_running_loop()
         self.task = asyncio.current_task(loop)
-        attempts = Attempts(mw.balancer, mw._retry_rule, self.method, self.key)
+        attempts = Attempts(forwarder.balancer, forwarder.rule, self.method, self.key)
         try:
             backend = attempts.start()
         except NoHealthyBackend:
-            await mw._send_error(self.send, 503)
+            await forwarder.send_error(self.send, 503)
             return
         with attempts:      # a cancellation, a client gone: the open attempt is released
             while True:
@@ -187,7 +207,7 @@ class Exchange:
                     response.close()            # another backend gets a chance
                 backend = following
             if response is None:
-                await mw._send_error(self.send, 504 if outcome.timeout else 502)
+                await forwarder.send_error(self.send, 504 if outcome.timeout else 502)
                 return
             try:
                 received = await self._respond(response)
@@ -208,20 +228,20 @@ class Exchange:
                        ) -> tuple[Response | None, Outcome]:
         """One attempt on ``backend``: its response head (``None`` if it failed without
         one) and the attempt's outcome."""
-        mw = self.mw
+        forwarder = self.forwarder
         body = self.body
-        pool = mw.upstream.pool(backend)
+        pool = forwarder.upstream.pool(backend)
         data, length = body.source()
         timer = None
         if not body.more and self.watch_task is None:
-            timer = mw._deadlines.start(WATCH_DELAY, _start_watch, self, loop)
+            timer = forwarder.deadlines.start(WATCH_DELAY, _start_watch, self, loop)
         elif body.more:
             body.on_end = self._watch     # watch once the upload is all read
         started = time.monotonic()
         try:
             response = await pool.request(
                 self.method_bytes, pool.base_path + self.target, self.headers, data, length,
-                replayable=mw._retry_rule.allows(self.method, _RESENT,
+                replayable=forwarder.rule.allows(self.method, _RESENT,
                                                  replayable=body.replayable),
                 add_host=self.add_host, loop=loop)
         except UpstreamError as exc:
@@ -231,8 +251,8 @@ class Exchange:
                                  timeout=exc.timeout)
         finally:
             if timer is not None:
-                mw._deadlines.cancel(timer)
-        return response, mw._retry_rule.outcome(response.status, time.monotonic() - started,
+                forwarder.deadlines.cancel(timer)
+        return response, forwarder.rule.outcome(response.status, time.monotonic() - started,
                                                 bytes_sent=length or 0)
 
     async def _respond(self, response: Response) -> int:

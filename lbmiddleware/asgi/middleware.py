@@ -48,7 +48,7 @@ from ..proxy import (
 from ..proxy.settings import ProxySettings
 from ..upstream import Upstream
 from ..upstream.deadlines import Deadlines
-from .exchange import NO_BODY, ClientGone, Exchange, NoBody, RequestBody
+from .exchange import NO_BODY, ClientGone, Exchange, Forwarder, NoBody, RequestBody
 
 __all__ = ["LoadBalancerMiddleware"]
 
@@ -160,8 +160,8 @@ class LoadBalancerMiddleware:
             if length is None and not body.more and not body.size:
                 body = NO_BODY              # it was empty after all
         add_host = not (upstream_headers and upstream_headers[0][0] == b"Host")
-        exchange = Exchange(self, method, method.encode("ascii"), target, upstream_headers,
-                             add_host, body, key, receive, send)
+        exchange = Exchange(self._forwarder, method, method.encode("ascii"), target,
+                            upstream_headers, add_host, body, key, receive, send)
         await exchange.run()
 
     def _raw_path(self, scope: Scope, path: str) -> bytes:
@@ -177,11 +177,13 @@ class LoadBalancerMiddleware:
         return quote_path(path).encode("ascii")
 
     @functools.cached_property
-    def _retry_rule(self) -> RetryRule:
-        """The forwarding settings' retry rule, built once (the settings never change)."""
+    def _forwarder(self) -> Forwarder:
+        """What every exchange shares, with the forwarding settings' retry rule; built once
+        (the settings never change)."""
         forwarding = self.forwarding
-        return RetryRule(retries=forwarding.retries, fail_statuses=forwarding.fail_statuses,
+        rule = RetryRule(retries=forwarding.retries, fail_statuses=forwarding.fail_statuses,
                          retry_non_idempotent=forwarding.retry_non_idempotent)
+        return Forwarder(self.balancer, self.upstream, rule, self._deadlines, self._errors)
 
     async def _send_error(self, send: Send, status: int) -> None:
         start, body = self._errors[status]
