@@ -431,8 +431,8 @@ def report(rounds: list[dict[str, dict]], args) -> None:
         return median(r[name][key] / r[other][key] for r in rounds)
 
     from lbmiddleware.gateway import choose_server
-    from lbmiddleware.proxy.settings import ProxySettings
-    server = choose_server(ProxySettings(backends=["http://127.0.0.1:1"]))
+    from lbmiddleware.gateway_settings import GatewaySettings
+    server = choose_server(GatewaySettings())
     print(f"\n{args.connections} connections, {args.duration:g} s x {len(rounds)} rounds, "
           f"medians; one worker per proxy; 2 nginx backends ({os.cpu_count()} CPUs); "
           f"lbmiddleware gateway = python -m lbmiddleware serve on {server}\n")
