@@ -55,7 +55,7 @@ import weakref
 from collections.abc import Collection
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
-from ..errors import NoHealthyBackend
+from ..errors import ConfigError, NoHealthyBackend
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -117,7 +117,7 @@ class RetryRule:
 
     def __post_init__(self) -> None:
         if type(self.retries) is not int or self.retries < 0:     # (a bool is no count)
-            raise ValueError(f"retries has value {self.retries!r}: not a count (0 or more)")
+            raise ConfigError(f"retries has value {self.retries!r}: not a count (0 or more)")
         object.__setattr__(self, "fail_statuses", frozenset(self.fail_statuses))
 
     def allows(self, method: str, outcome: Outcome, *, attempts: int = 0,

@@ -122,7 +122,7 @@ def test_the_rule_is_an_immutable_value_with_a_compact_repr():
     assert repr(RetryRule(0, {500}, True)) == (
         "RetryRule(retries=0, fail_statuses={500}, retry_non_idempotent=True)")
     for bad in (-1, True, "2"):
-        with pytest.raises(ValueError, match="retries has value"):
+        with pytest.raises(lb.ConfigError, match="retries has value"):
             RetryRule(retries=bad)
 
 
