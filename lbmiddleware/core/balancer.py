@@ -152,15 +152,14 @@ class Balancer:
         for backend in backends:
             state = old.get(backend.url)
             if state is None:
-                state = self._retired.pop(backend.url, None)
                 added.append(backend)
-            if state is None:
-                state = BackendState(backend, self._timer())
-            else:
-                if state.weight != backend.weight and backend not in added:
-                    reweighted.append(backend)
-                state.backend = backend
-                state.weight = backend.weight
+                state = self._retired.pop(backend.url, None)
+                if state is None:
+                    state = BackendState(backend, self._timer())
+            elif state.weight != backend.weight:
+                reweighted.append(backend)
+            state.backend = backend
+            state.weight = backend.weight
             states[backend.url] = state
         removed = []
         for url, state in old.items():
