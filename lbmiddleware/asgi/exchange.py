@@ -21,7 +21,6 @@ quick exchange never starts one.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
@@ -222,7 +221,7 @@ class Exchange:
                 if self.gone:       # left after the head: the backend did its part
                     attempts.end(outcome)
                 raise
-            attempts.end(dataclasses.replace(outcome, bytes_received=received))
+            attempts.end(outcome._replace(bytes_received=received))
 
     async def _forward(self, backend: Backend, loop: asyncio.AbstractEventLoop,
                        ) -> tuple[Response | None, Outcome]:

@@ -34,7 +34,7 @@ Four pieces:
   <lbmiddleware.core.balancer.Balancer.begin>` picks a backend and returns one; it ends
   exactly once, with :meth:`~Completion.done` (an outcome) or :meth:`~Completion.release`
   (none: the caller gave up or was cancelled). A second end is ignored, and a handle
-  dropped without an end is released by a finalizer, so an in-flight count cannot leak.
+  dropped without an end is released by its finalizer, so an in-flight count cannot leak.
 * :class:`Attempts`, the loop: the first pick, then after each failure the question "is
   there another attempt?", answered by the rule and by whether a backend is left.
 
@@ -51,9 +51,8 @@ Standard library only, no I/O.
 from __future__ import annotations
 
 import dataclasses
-import weakref
 from collections.abc import Collection
-from typing import TYPE_CHECKING, ClassVar, Protocol
+from typing import TYPE_CHECKING, ClassVar, NamedTuple, Protocol
 
 from ..errors import ConfigError, NoHealthyBackend
 
@@ -74,9 +73,9 @@ DEFAULT_FAIL_STATUSES = frozenset({502, 503, 504})
 
 # -- the outcome of one attempt -----------------------------------------------------------
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Outcome:
-    """How one attempt ended.
+class Outcome(NamedTuple):
+    """How one attempt ended (a named tuple: immutable, and made in a fraction of a frozen
+    dataclass's time, once per attempt).
 
     ``ok``: a success for the backend's health (a response whose status is not in
     ``fail_statuses``). ``latency``: seconds from sending to the response head, or
@@ -186,23 +185,35 @@ class Completion:
     to its owner.
     """
 
-    __slots__ = ("backend", "_balancer", "_finalizer", "__weakref__")
+    # The finalizer is ``__del__`` rather than a ``weakref.finalize``: the same last resort
+    # (PEP 442 runs it for a handle in a reference cycle too) without a global registry
+    # entry per pick, which cost three times this whole class on the adapter's path.
+    # ``_open`` holds one token: ``list.pop`` is atomic, so of two threads ending the same
+    # handle exactly one gets it.
+
+    __slots__ = ("backend", "_balancer", "_open")
 
     def __init__(self, balancer: Reporter, backend: Backend) -> None:
         self.backend = backend
         self._balancer = balancer
-        self._finalizer = weakref.finalize(self, balancer.release_later, backend)
-        self._finalizer.atexit = False
+        self._open = [True]
 
     @property
     def ended(self) -> bool:
-        return not self._finalizer.alive
+        return not self._open
+
+    def _end(self) -> bool:
+        """Take the handle's one token: True for the first caller only."""
+        try:
+            return self._open.pop()
+        except IndexError:
+            return False
 
     def done(self, outcome: Outcome, *, wait: bool = True) -> None:
         """End with ``outcome``. ``wait=False``: never wait for the balancer's lock (for
         finalizers and callbacks that a garbage collection may run); the report is then
         applied at once if the lock is free, else by the balancer's next call."""
-        if self._finalizer.detach() is None:
+        if not self._end():
             return                  # already ended
         if wait:
             self._balancer.report(self.backend, ok=outcome.ok, latency=outcome.latency)
@@ -211,8 +222,15 @@ class Completion:
 
     def release(self) -> None:
         """End without an outcome: the pick no longer counts in flight."""
-        if self._finalizer.detach() is not None:
+        if self._end():
             self._balancer.release(self.backend)
+
+    def __del__(self) -> None:
+        # Dropped without an end (a front-end's bug, a task destroyed mid-flight): release,
+        # without waiting for the lock (a garbage collection may run this inside it).
+        if self._open:
+            self._open.clear()
+            self._balancer.release_later(self.backend)
 
     def __enter__(self) -> Completion:
         return self

@@ -359,10 +359,20 @@ def test_a_dropped_completion_is_released_inside_the_balancers_lock():
     # A garbage collection may run the finalizer while this thread holds the lock (inside
     # pick): the release is deferred to the next call instead of deadlocking.
     pool = lb.Balancer([A])
-    pool.begin()
+    handle = pool.begin()
     with pool._lock:
+        del handle
         gc.collect()
     assert pool.stats()[0]["in_flight"] == 0
+
+
+def test_a_dropped_completion_in_a_reference_cycle_is_released_by_the_collector():
+    balancer = FakeBalancer(A)
+    holder = [balancer.begin()]
+    holder.append(holder)                      # a cycle: only the collector frees it
+    del holder
+    gc.collect()
+    assert balancer.ends() == [("release_later", "a")]
 
 
 def test_the_loop_on_a_real_balancer_reports_each_backend_once():
