@@ -11,10 +11,13 @@ library's errors into an :class:`Outcome` are its own::
             response, outcome = forward(backend)        # the front-end's I/O
             if outcome.ok:
                 break
-            backend = attempts.retry(outcome)
-            if backend is None:
-                break                                   # give the client what it has
+            following = attempts.retry(outcome)         # reports, picks another
+            if following is None:
+                break                                   # the client gets what there is
             discard(response)
+            backend = following
+        if response is None:                    # (that failure is reported already)
+            raise_or_answer(504 if outcome.timeout else 502)
         deliver(response)
         attempts.end(outcome)                   # after the body: it was in flight till then
 
