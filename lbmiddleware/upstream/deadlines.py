@@ -10,9 +10,10 @@ library only.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any, Final
 
-__all__ = ["Deadlines", "RESOLUTION", "COARSE_FROM"]
+__all__ = ["Deadlines", "RESOLUTION", "COARSE_FROM", "TIMED_OUT", "expire"]
 
 RESOLUTION = 0.05        # seconds: coarse deadlines fire at most this late
 COARSE_FROM = 0.5        # seconds: shorter deadlines get a timer of their own
@@ -31,7 +32,7 @@ class Deadlines:
     __slots__ = ("_buckets", "_loop", "_next")
 
     def __init__(self) -> None:
-        self._buckets: dict[int, dict[int, tuple]] = {}
+        self._buckets: dict[int, dict[int, tuple[Callable[[Any], Any], Any]]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._next = 0
 
@@ -65,3 +66,13 @@ class Deadlines:
         if bucket:
             for callback, argument in bucket.values():
                 callback(argument)
+
+
+#: What :func:`expire` puts in a waiter: the wait ran out (tell it from a wake-up).
+TIMED_OUT: Final = object()
+
+
+def expire(waiter: asyncio.Future[Any]) -> None:
+    """A deadline's callback for a waiter future: it ends with :data:`TIMED_OUT`."""
+    if not waiter.done():
+        waiter.set_result(TIMED_OUT)

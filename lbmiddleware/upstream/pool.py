@@ -8,13 +8,13 @@ client's per-request work. Standard library only.
 
 * :class:`Upstream` holds a :class:`HostPool` per backend; a pool keeps idle connections
   (LIFO) for reuse and drops those the backend closed or that idled too long.
-* :meth:`HostPool.request` sends one request over a connection of
-  :mod:`lbmiddleware.upstream.connection` and returns a :class:`Response` once the head has arrived;
-  its body is read with :meth:`Response.read` under flow control (the socket stops being
-  read while more than :data:`HIGH_WATER` bytes wait), so memory stays bounded whatever
+* :meth:`HostPool.request` sends one request over a :class:`~.connection.Connection`
+  and returns a :class:`~.response.Response` once the head has arrived; its body is read
+  with :meth:`~.response.Response.read` under flow control (the socket stops being read
+  while more than :data:`~.response.HIGH_WATER` bytes wait), so memory stays bounded whatever
   the body size. Request bodies are ``bytes`` or an async iterator, sent
   with ``Content-Length`` when the length is known, else chunked.
-* Errors are :class:`UpstreamError` subclasses; ``exc.sent`` says whether any of the
+* Errors are :class:`~.errors.UpstreamError` subclasses; ``exc.sent`` says whether any of the
   request may have reached the backend (``False``: a connect failure, safe to retry for
   any method), ``exc.timeout`` whether it was a timeout.
 """
@@ -24,17 +24,15 @@ from __future__ import annotations
 import asyncio
 import ssl as ssl_module
 import time
-from typing import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 
 from ..core.backend import Backend
+from .connection import Connection
 from .deadlines import Deadlines
-from .connection import (HIGH_WATER, ConnectError, ConnectTimeout, ProtocolError, ReadTimeout,
-                    Response, UpstreamError, _Connection, _StaleConnection)
+from .errors import ConnectError, ConnectTimeout, StaleConnection
+from .response import Response
 
-__all__ = [
-    "Upstream", "HostPool", "Response", "UpstreamError", "ConnectError", "ConnectTimeout",
-    "ReadTimeout", "ProtocolError", "HIGH_WATER",
-]
+__all__ = ["Upstream", "HostPool", "DEFAULT_MAX_IDLE", "DEFAULT_IDLE_TIMEOUT"]
 
 DEFAULT_MAX_IDLE = 128       # idle connections kept per backend
 DEFAULT_IDLE_TIMEOUT = 15.0  # seconds an idle connection is kept
@@ -55,8 +53,9 @@ class HostPool:
         self.idle_timeout = idle_timeout
         self.host_header = backend.netloc.encode("ascii")
         self.base_path = backend.path.encode("ascii")
-        self._ssl = (ssl or ssl_module.create_default_context()) if backend.scheme == "https" else None
-        self._idle: list[_Connection] = []
+        self._ssl = ((ssl or ssl_module.create_default_context())
+                     if backend.scheme == "https" else None)
+        self._idle: list[Connection] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self.opened = 0         # connections opened, ever (for tests and stats)
 
@@ -95,7 +94,7 @@ class HostPool:
             connection = self._idle_connection(loop) or await self._connect(loop)
             try:
                 return await connection.exchange(head, body, length, head_request, read_timeout)
-            except _StaleConnection:
+            except StaleConnection:
                 if not replayable or not (body is None or isinstance(body, bytes)):
                     raise
                 continue        # the backend had closed it: once more on a fresh connection
@@ -103,7 +102,7 @@ class HostPool:
                 connection.abort()
                 raise
 
-    def _idle_connection(self, loop: asyncio.AbstractEventLoop) -> _Connection | None:
+    def _idle_connection(self, loop: asyncio.AbstractEventLoop) -> Connection | None:
         """The most recently used idle connection still open, if any."""
         if loop is not self._loop:
             self._drop_idle()
@@ -113,15 +112,15 @@ class HostPool:
             now = time.monotonic()
             while idle:
                 connection = idle.pop()
-                if (not connection.closed and not connection.transport.is_closing()
+                if (connection.is_open()
                         and now - connection.idle_since < self.idle_timeout):
                     return connection
                 connection.abort()
         return None
 
-    async def _connect(self, loop: asyncio.AbstractEventLoop) -> _Connection:
+    async def _connect(self, loop: asyncio.AbstractEventLoop) -> Connection:
         backend = self.backend
-        connection = _Connection(self, loop)
+        connection = Connection(self, loop)
         try:
             await asyncio.wait_for(
                 loop.create_connection(lambda: connection, backend.host, backend.port,
@@ -134,13 +133,12 @@ class HostPool:
         self.opened += 1
         return connection
 
-    def _release(self, connection: _Connection) -> None:
+    def _release(self, connection: Connection) -> None:
         if len(self._idle) < self.max_idle and not connection.closed:
             connection.idle_since = time.monotonic()
             self._idle.append(connection)
         else:
-            connection.closed = True
-            connection.transport.close()
+            connection.close()
 
     def _drop_idle(self) -> None:
         idle, self._idle = self._idle, []

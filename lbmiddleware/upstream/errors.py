@@ -1,0 +1,46 @@
+"""The upstream client's errors: one hierarchy that says what a retry rule needs to know.
+
+``sent``: may the request have reached the backend? (``False``: a connect failure, safe
+to retry for any method.) ``timeout``: was it a timeout (a 504 rather than a 502)?
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "UpstreamError", "ConnectError", "ConnectTimeout", "ReadTimeout", "ProtocolError",
+    "StaleConnection",
+]
+
+
+class UpstreamError(Exception):
+    """An attempt failed. ``sent``: the request may have reached the backend."""
+
+    sent = True
+    timeout = False
+
+
+class ConnectError(UpstreamError):
+    """The connection could not be opened: nothing was sent."""
+
+    sent = False
+
+
+class ConnectTimeout(ConnectError):
+    """Opening the connection took longer than ``connect_timeout``."""
+
+    timeout = True
+
+
+class ReadTimeout(UpstreamError):
+    """No response head (or no next body bytes) within ``read_timeout``."""
+
+    timeout = True
+
+
+class ProtocolError(UpstreamError):
+    """The connection closed or broke, or the backend sent something that is not HTTP/1.x."""
+
+
+class StaleConnection(ProtocolError):
+    """A reused keep-alive connection closed before any response byte arrived: the pool
+    may send the request again on a fresh connection (the backend never saw it)."""
