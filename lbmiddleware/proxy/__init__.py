@@ -1,12 +1,29 @@
-"""The reverse-proxy rules shared by every proxy front-end (ASGI, WSGI, the gateway):
-routing by prefix, the upstream target, header rules, the client's address, retries and
-error responses, and the proxy settings. Standard library only, no I/O."""
+"""The reverse-proxy rules shared by every proxy front-end (ASGI, WSGI, the gateway).
+Standard library only, no I/O; the rules themselves are ``docs/contract.md``, "Proxying".
 
-from .headers import (BINARY, FRAMING, HOP_BY_HOP, IDEMPOTENT_METHODS, PROXY_HEADER_PREFIXES,
-                    PROXY_HEADERS, TEXT, ClientAddress, ErrorResponse, HeaderRules, NotProxied,
-                    UnsafeRequest, error_response, join_target, match_prefix, may_retry,
-                    normalize_prefix, parse_cookie, quote_path, sticky_key, upstream_url)
+One job per module: :mod:`.routing` (which paths are proxied), :mod:`.target` (the
+request target sent upstream), :mod:`.headers` (header rules both ways), :mod:`.client`
+(the client's address and sticky key), :mod:`.refusals` (requests refused, with their
+status), :mod:`.responses` (the proxy's own error responses), :mod:`.retries` (may an
+attempt go again), :mod:`.settings` (the proxy's settings).
+"""
+
+from .client import ClientAddress, parse_cookie, sticky_key
+from .headers import (
+    BINARY,
+    FRAMING,
+    HOP_BY_HOP,
+    PROXY_HEADER_PREFIXES,
+    PROXY_HEADERS,
+    TEXT,
+    HeaderRules,
+)
+from .refusals import NotProxied, UnsafeRequest
+from .responses import ErrorResponse, error_response
+from .retries import IDEMPOTENT_METHODS, may_retry
+from .routing import match_prefix, normalize_prefix
 from .settings import ProxySettings
+from .target import join_target, quote_path, upstream_url
 
 __all__ = [
     "UnsafeRequest", "NotProxied", "HeaderRules", "TEXT", "BINARY",

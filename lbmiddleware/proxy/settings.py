@@ -12,7 +12,7 @@ import ipaddress
 from typing import Any, ClassVar
 
 from ..core.settings import BaseSettings, parse_flag, parse_size, setting
-from .headers import normalize_prefix
+from .routing import normalize_prefix
 
 __all__ = ["ProxySettings"]
 

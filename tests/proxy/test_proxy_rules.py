@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import ipaddress
+import sys
 import urllib.parse
+from pathlib import Path
 
 import pytest
 
@@ -24,8 +27,6 @@ from lbmiddleware.proxy import (
     sticky_key,
     upstream_url,
 )
-from lbmiddleware.proxy import headers as proxy
-from lbmiddleware.proxy import settings as proxy_settings
 from lbmiddleware.proxy.settings import ProxySettings
 
 BACKEND = lb.Backend("http://127.0.0.1:8001/v1")
@@ -337,16 +338,27 @@ def test_describe_lists_the_proxy_settings():
     assert variables == ["LB_PREFIX", "LB_STRIP_PREFIX", "LB_TRUSTED_PROXIES", "LB_RETRY_BUFFER"]
 
 
-@pytest.mark.parametrize("module", [proxy, proxy_settings])
-def test_proxy_modules_import_only_the_standard_library(module):
-    import ast
-    import sys
-    tree = ast.parse(open(module.__file__).read())
+PROXY_MODULES = sorted(Path(lb.__file__).parent.joinpath("proxy").glob("*.py"))
+
+
+@pytest.mark.parametrize("path", PROXY_MODULES, ids=[path.name for path in PROXY_MODULES])
+def test_proxy_modules_import_only_the_standard_library(path):
+    """Of the package, only the core and the errors: never upstream/ nor a front-end."""
+    tree = ast.parse(path.read_text())
     imported = {alias.name.split(".")[0] for node in ast.walk(tree)
                 if isinstance(node, ast.Import) for alias in node.names}
     imported |= {node.module.split(".")[0] for node in ast.walk(tree)
                  if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module}
     assert imported <= set(sys.stdlib_module_names) | {"__future__"}
+    outside = {(node.module or "").split(".")[0] for node in ast.walk(tree)
+               if isinstance(node, ast.ImportFrom) and node.level == 2}
+    assert outside <= {"core", "errors"}
+    assert not any(isinstance(node, ast.ImportFrom) and node.level > 2 for node in ast.walk(tree))
+
+
+def test_every_proxy_module_is_checked():
+    names = {path.name for path in PROXY_MODULES}
+    assert {"headers.py", "routing.py", "target.py", "client.py", "settings.py"} <= names
 
 
 @pytest.mark.parametrize("path", ["/api/../admin", "/api/./x", "/api/x/..", "/api/a/../../b"])
