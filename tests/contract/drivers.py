@@ -225,6 +225,11 @@ class FrontEnd:
     ``refuses_nul_itself``, ``refusal_body``
         the server in front refuses a NUL in a header value with its own 400 (granian's
         has an empty body) before the proxy sees the request.
+    ``cut_before_its_body``
+        what a client gets instead of the response when the backend dies after its head,
+        before the first body byte (the ASGI middleware has passed the head on: it cannot
+        retry). In-process and under uvicorn: the 200 with a body that broke off. granian
+        holds the head until the first body message and answers its own 500 instead.
     ``forwarded_name(name)``
         a client's header name as the backend receives it: as given in-process to the
         ASGI middleware, title-cased from the WSGI environ, lower-cased by a real ASGI
@@ -245,6 +250,7 @@ class FrontEnd:
     replays_a_body_over_the_limit_received_whole = True
     refuses_nul_itself = False
     refusal_body = b""
+    cut_before_its_body: tuple[int, bytes] | None = None
 
     def __init__(self) -> None:
         self.proxies: list[Proxy] = []
@@ -568,6 +574,7 @@ class GatewayFrontEnd(FrontEnd):
     adds_connection_headers = True
     replays_a_body_over_the_limit_received_whole = False
     refuses_nul_itself = True
+    cut_before_its_body = (500, b"Internal server error")
 
     def forwarded_name(self, name: str) -> str:
         return name.lower()

@@ -472,10 +472,14 @@ class ProxyContract:
 
     def test_a_backend_killed_under_concurrent_load_costs_no_get_errors(self, front, backends):
         """Sixteen clients through a real server; a backend is stopped once 80 requests are
-        done, and the clients go on for 150 more (3,000 at most)."""
+        done, and the clients go on for 150 more (3,000 at most). A response the backend
+        cut after its head cannot be retried (see above): in-process it is a 200 whose body
+        broke off; through the gateway it may be the server's own 500
+        (``cut_before_its_body``)."""
         a, b, c = backends
         proxy = front.start(backends, max_fails=3, **SHORT)
         statuses: list[int | None] = []
+        others: list[tuple[int | None, bytes]] = []
         killed_at: list[int] = []
         lock = threading.Lock()
 
@@ -484,9 +488,11 @@ class ProxyContract:
                 with lock:
                     if len(statuses) >= 3000 or (killed_at and len(statuses) >= killed_at[0] + 150):
                         return
-                status = proxy.raw(b"GET /load HTTP/1.1\r\nHost: g\r\n\r\n").status
+                response = proxy.raw(b"GET /load HTTP/1.1\r\nHost: g\r\n\r\n")
                 with lock:
-                    statuses.append(status)
+                    statuses.append(response.status)
+                    if response.status != 200:
+                        others.append((response.status, response.body))
                     kill = len(statuses) >= 80 and not killed_at
                     if kill:
                         killed_at.append(len(statuses))
@@ -499,7 +505,9 @@ class ProxyContract:
         for thread in threads:
             thread.join(60)
         assert killed_at and len(statuses) >= killed_at[0] + 150
-        assert set(statuses) == {200}
+        cut = front.cut_before_its_body
+        assert all(cut is not None and other == cut for other in others), others
+        assert set(statuses) <= {200, cut and cut[0]} and 200 in statuses
         if front.sees_balancer:
             # a server sends the last byte before it closes the response (and the pick
             # ends): give it a moment

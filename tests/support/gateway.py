@@ -14,6 +14,10 @@ class GatewayProcess:
 
     ``environ`` holds the ``LB_*`` settings (``LB_LISTEN`` defaults to port 0); the port
     is read from the line the gateway prints. ``stop()`` sends SIGTERM (then SIGKILL).
+
+    Under granian, port 0 is a free port the gateway looks up and hands to granian's
+    worker, which binds it a moment later; another socket of the test run can take it in
+    between ("Address already in use"). ``start`` then tries again, up to twice.
     """
 
     def __init__(self, environ: dict[str, str]) -> None:
@@ -25,7 +29,18 @@ class GatewayProcess:
         self.port = 0
         self.banner = ""
 
-    def start(self, timeout: float = 15.0) -> GatewayProcess:
+    def start(self, timeout: float = 15.0, attempts: int = 3) -> GatewayProcess:
+        for attempt in range(attempts):
+            try:
+                return self._start(timeout)
+            except RuntimeError as exc:
+                port_zero = self.environ["LB_LISTEN"].endswith(":0")
+                if not (port_zero and "Address already in use" in str(exc)) \
+                        or attempt == attempts - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _start(self, timeout: float) -> GatewayProcess:
         self.process = subprocess.Popen(self.args, env=self.environ, stdout=subprocess.PIPE,
                                         stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + timeout
