@@ -1,0 +1,18 @@
+"""What the tests run against, one job per module:
+
+* ``servers``: :class:`BackendServer` (a loopback HTTP backend that echoes what reached it,
+  with switchable failures), :class:`RawServer` (the base of byte-exact backends),
+  ``refused_url``, ``read_request_head``.
+* ``raw_backends``: :class:`RawBackend` (answers by request) and :class:`ScriptedBackend`
+  (answers by connection), written byte by byte.
+* ``asgi_client``: an ASGI application called in-process, as a server would.
+* ``asgi_server``: an ASGI application under uvicorn in a thread (``ServerThread``).
+* ``wsgi_client``: a WSGI application called in-process (``environ_for``, ``call``).
+* ``wsgi_server``: a WSGI application under a threaded wsgiref server (``serve_wsgi``).
+* ``http_client``: raw bytes to a port, one response read (``raw_request``).
+* ``upstream_client``: the ASGI side's upstream pool driven directly (``fetch``).
+* ``gateway``: ``python -m lbmiddleware serve`` as a subprocess (``GatewayProcess``).
+
+The fixtures that make them (``backends``, ``raw_backend``, ``scripted``, ``certificate``)
+are in tests/conftest.py; the proxy contract's drivers are in tests/contract/drivers.py.
+"""
