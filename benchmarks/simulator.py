@@ -25,7 +25,7 @@ import dataclasses
 import heapq
 import math
 import random
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import lbmiddleware as lb
 from lbmiddleware.core.attempts import Attempts, Outcome, RetryRule
@@ -185,8 +185,9 @@ def simulate(servers: Sequence[Server], policy: str, *, rate: float, duration: f
     clock = SimClock()
     world = random.Random(seed)                       # arrivals, service times, keys
     urls = backend_urls(len(servers))
-    pool = lb.Balancer([lb.Backend(url, weight=s.weight) for url, s in zip(urls, servers)],
-                       policy=policy, timer=clock, rng=random.Random(seed * 7919 + 1), **options)
+    members = [lb.Backend(url, weight=s.weight) for url, s in zip(urls, servers, strict=True)]
+    pool = lb.Balancer(members, policy=policy, timer=clock, rng=random.Random(seed * 7919 + 1),
+                       **options)
     rule = RetryRule(retries=retries)
     method = "GET" if idempotent else "POST"
     server_of = {backend.url: i for i, backend in enumerate(pool.backends)}
