@@ -145,7 +145,8 @@ class ResponseParser:
             self._buffer = buffer[len(take):]
             self._remaining -= len(take)
             if not self._remaining:
-                self._end()
+                self._phase = _DONE
+                self.complete = True
             return take
         if phase == _UNTIL_CLOSE:
             self._buffer = b""
@@ -214,10 +215,12 @@ class ResponseParser:
             self._phase = _CHUNKED
             self._chunk_part = "size"
         elif length is not None and length >= 0:
-            self._phase = _LENGTH
             self._remaining = length
-            if not length:
-                self._end()
+            if length:
+                self._phase = _LENGTH
+            else:
+                self._phase = _DONE
+                self.complete = True
         else:
             self._phase = _UNTIL_CLOSE
             keep_alive = False
