@@ -23,7 +23,7 @@ def serve_wsgi(app) -> Iterator[int]:
     """Serve ``app`` with a threaded wsgiref server on 127.0.0.1; yields the port."""
     server = make_server("127.0.0.1", 0, app, server_class=_ThreadingWSGIServer,
                          handler_class=_QuietHandler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01},
                               daemon=True)
     thread.start()
     try:
