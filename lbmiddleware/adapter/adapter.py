@@ -75,13 +75,13 @@ from urllib3 import HTTPResponse
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 from urllib3.exceptions import ProtocolError, ReadTimeoutError, SSLError
 
-from .core.attempts import Attempts, Completion, Outcome, RetryRule
-from .core.backend import Backend
-from .core.balancer import Balancer
-from .errors import NoHealthyBackend
-from .proxy import parse_cookie
-from .core.forwarding import ForwardingSettings
-from .core.settings import FrontEndSettings, Settings, resolve
+from ..core.attempts import Attempts, Completion, Outcome, RetryRule
+from ..core.backend import Backend
+from ..core.balancer import Balancer
+from ..errors import NoHealthyBackend
+from ..proxy import parse_cookie
+from ..core.forwarding import ForwardingSettings
+from ..core.settings import FrontEndSettings, Settings, resolve
 
 __all__ = ["LoadBalancingAdapter", "AdapterSettings", "NoHealthyBackendError",
            "FinalResponse", "UnusableResponse"]
