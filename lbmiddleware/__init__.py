@@ -17,6 +17,7 @@ from .core.forwarding import ForwardingSettings
 from .core.hashing import stable_hash
 from .core.settings import POLICIES, Settings
 from .errors import ConfigError, LBError, NoHealthyBackend
+from .errors import needs_extra as _needs_extra
 from .proxy.settings import ProxySettings
 
 #: The requests adapter's settings are the forwarding settings of every front-end.
@@ -33,10 +34,6 @@ _FRONT_ENDS = {
     "WSGILoadBalancer": "lbmiddleware.wsgi",
 }
 
-
-# The libraries behind an extra: a front-end that needs one names the extra that installs it.
-_EXTRAS = {"requests": "requests", "urllib3": "requests"}
-
 if TYPE_CHECKING:
     # Type checkers see the front-ends' real types; at run time __getattr__ loads them.
     from .adapter import LoadBalancingAdapter, NoHealthyBackendError
@@ -50,15 +47,9 @@ else:
             raise AttributeError(f"module 'lbmiddleware' has no attribute {name!r}")
         import importlib
 
-        try:
+        # a front-end that needs an extra's library names the extra that installs it
+        with _needs_extra(f"lbmiddleware.{name}"):
             loaded = importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            extra = _EXTRAS.get((exc.name or "").partition(".")[0])
-            if extra is None:
-                raise
-            raise ModuleNotFoundError(
-                f"lbmiddleware.{name} needs {exc.name}, which is not installed: "
-                f"pip install 'lbmiddleware[{extra}]'", name=exc.name) from exc
         return getattr(loaded, name)
 
 __all__ = [

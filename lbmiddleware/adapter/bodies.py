@@ -1,0 +1,196 @@
+"""Response bodies inside an attempt: read whole, prefetched, discarded before a retry, or
+streamed to the caller with the attempt ending when the body does.
+
+* ``stream=False`` (the default): :func:`read_body` reads the body inside the attempt, so a
+  connection cut mid-body is a failure that can still be retried (the caller has seen
+  nothing yet). It is read undecoded: decoding stays requests' business, after the attempt
+  (a false ``Content-Encoding`` is not a backend failure), and ``Response.elapsed`` stays
+  the time to the response head, as requests documents it;
+* ``stream=True``: :func:`end_when_done` ends the attempt, exactly once, when the body is
+  read to the end, the response is closed, or it is garbage collected. ``least_conn`` and
+  ``latency`` therefore see a response being streamed as in flight, which it is: its
+  backend is still sending it. With the adapter's ``prefetch``, :func:`prefetch_body` reads the
+  first piece inside the attempt first;
+* a failure-status response that a retry replaces is let go by :func:`discard`.
+
+Reading a body raises urllib3's errors, which each reader translates into requests' as
+the requests step it stands in for would (see :func:`read_body` and :func:`prefetch_body`).
+"""
+
+from __future__ import annotations
+
+import datetime
+import io
+import itertools
+import time
+import weakref
+from collections.abc import Iterator
+from typing import TypeVar, cast
+
+import requests
+from requests.exceptions import ChunkedEncodingError
+from requests.models import Response
+from urllib3 import HTTPResponse
+from urllib3.exceptions import ProtocolError, ReadTimeoutError, SSLError
+
+from ..core.attempts import Completion, Outcome
+
+__all__ = ["DRAIN_LIMIT", "read_body", "prefetch_body", "PrefetchedResponse", "discard",
+           "end_when_done"]
+
+# A failure-status response is read (to keep its connection) before a retry only when it
+# announces a body this small; a larger or unknown one is closed instead.
+DRAIN_LIMIT = 64 * 1024
+
+_R = TypeVar("_R", bound=Response)
+
+
+def _become(response: Response, cls: type[_R]) -> _R:
+    """``response``, now of ``cls``: a subclass of :class:`Response` that adds an attribute
+    or a property, never state of its own that ``__init__`` would set."""
+    response.__class__ = cls
+    return cast(_R, response)       # (what the assignment just made it)
+
+
+# -- stream=False: the whole body, inside the attempt ------------------------------------------
+
+def read_body(response: Response) -> int:
+    """Read the whole body inside the attempt, without decoding it, and return its size:
+    decoding is requests' business, after the attempt (it tolerates a false
+    ``Content-Encoding`` on a redirect it follows). An encoded body is read raw, and
+    requests is given a raw response over the bytes read, which it reads and decodes as it
+    would have read the connection.
+
+    Read errors are translated as ``Response.content`` (``iter_content``) translates them,
+    a read timeout into a ``requests.ConnectionError`` among them: an encoded body then
+    fails as a plain one does, which ``response.content`` reads here, and as it would
+    without the adapter."""
+    raw: HTTPResponse = response.raw
+    started = time.perf_counter()
+    if "Content-Encoding" not in raw.headers:
+        size = len(response.content)     # nothing to decode: the fast path of requests
+    else:
+        try:
+            data = raw.read(decode_content=False)
+        except ProtocolError as exc:
+            raise ChunkedEncodingError(exc) from exc
+        except ReadTimeoutError as exc:
+            raise requests.ConnectionError(exc) from exc
+        except SSLError as exc:
+            raise requests.exceptions.SSLError(exc) from exc
+        response.raw = HTTPResponse(
+            body=io.BytesIO(data), headers=raw.headers, status=raw.status, version=raw.version,
+            version_string=raw.version_string, reason=raw.reason, preload_content=False,
+            original_response=raw._original_response,    # requests reads cookies from it
+            retries=raw.retries, enforce_content_length=False, request_url=raw.url)
+        size = len(data)
+    read = _become(response, _BodyReadResponse)
+    read._body_time = datetime.timedelta(seconds=time.perf_counter() - started)
+    return size
+
+
+class _BodyReadResponse(Response):
+    """A response whose body was read inside the attempt. ``Session.send`` sets ``elapsed``
+    to its whole call of the adapter; requests documents it as the time to the response
+    head, so the time spent reading the body is taken off that (first) setting."""
+
+    _body_time: datetime.timedelta          # until ``elapsed`` is set
+
+    @property
+    def elapsed(self) -> datetime.timedelta:
+        elapsed: datetime.timedelta = self.__dict__["elapsed"]
+        return elapsed
+
+    @elapsed.setter
+    def elapsed(self, value: datetime.timedelta) -> None:
+        self.__dict__["elapsed"] = value - self.__dict__.pop("_body_time", datetime.timedelta())
+
+
+# -- stream=True: the first piece inside the attempt, the rest as the caller reads ------------
+
+class PrefetchedResponse(Response):
+    """A streamed response whose first piece was read inside the attempt: its raw pieces,
+    undecoded, the first one included, are ``raw_chunks``."""
+
+    raw_chunks: Iterator[bytes]
+
+
+def prefetch_body(response: Response, size: int) -> PrefetchedResponse:
+    """Read the first piece (at most ``size`` bytes, whatever has arrived) of a streamed
+    body inside the attempt, so that a backend cutting the connection right after the head
+    is a failure that can still be retried (nothing has reached the caller). The raw
+    pieces, the first one included, are left in ``response.raw_chunks``.
+
+    Read errors are translated as requests' own ``send`` translates a timeout, a
+    ``ReadTimeout`` (this read is part of the adapter's send: the WSGI proxy answers it
+    with 504, "did not answer in time", where a ``ConnectionError`` would be a 502), and a
+    cut body as ``iter_content`` does, a ``ChunkedEncodingError``. Both carry the
+    response, closed. (Not :func:`read_body`'s translation: that one stands in for
+    ``Response.content``, and a caller of ``stream=False`` gets what requests gives.)"""
+    chunks = _raw_chunks(response.raw, size)
+    try:
+        first = next(chunks, b"")
+    except ReadTimeoutError as exc:
+        response.close()
+        raise requests.exceptions.ReadTimeout(exc, response=response) from exc
+    except ProtocolError as exc:
+        response.close()
+        raise ChunkedEncodingError(exc, response=response) from exc
+    prefetched = _become(response, PrefetchedResponse)
+    prefetched.raw_chunks = itertools.chain((first,), chunks) if first else chunks
+    return prefetched
+
+
+def _raw_chunks(raw: HTTPResponse, size: int) -> Iterator[bytes]:
+    """The body as it comes, undecoded, in pieces of at most ``size`` bytes: each piece is
+    what one read returned, so a slow body is passed on as it arrives, not in full pieces."""
+    while True:
+        data = raw.read1(size, decode_content=False)
+        if not data:
+            return
+        yield data
+
+
+def end_when_done(response: Response, completion: Completion, outcome: Outcome) -> None:
+    """End a streamed attempt with ``outcome`` once, when its raw response releases its
+    connection, is closed or is garbage collected, whichever comes first."""
+    raw: HTTPResponse = response.raw
+    # wait=False: a garbage collection may run this inside the balancer's own lock.
+    done = weakref.finalize(raw, completion.done, outcome, wait=False)
+    raw_type = type(raw)
+    raw_ref = weakref.ref(raw)        # the wrappers live on raw: no reference cycle
+
+    def release_conn() -> None:
+        try:
+            target = raw_ref()
+            if target is not None:
+                raw_type.release_conn(target)
+        finally:
+            done()
+
+    def close() -> None:
+        try:
+            target = raw_ref()
+            if target is not None:
+                raw_type.close(target)
+        finally:
+            done()
+
+    # On this one response only: its connection's release and its close end the attempt.
+    raw.release_conn = release_conn  # type: ignore[method-assign]
+    raw.close = close  # type: ignore[method-assign]
+
+
+# -- before a retry --------------------------------------------------------------------------
+
+def discard(response: Response) -> None:
+    """Let go of a response before a retry: read a small body (the connection goes back to
+    the pool), close anything else."""
+    try:
+        length = response.headers.get("Content-Length")
+        if length is not None and length.isdigit() and int(length) <= DRAIN_LIMIT:
+            _ = response.content    # read to its end, and dropped: the connection is reusable
+    except requests.RequestException:
+        pass
+    finally:
+        response.close()

@@ -1,0 +1,124 @@
+"""The adapter's errors: how requests' and urllib3's exceptions end an attempt (one table),
+and what the caller gets when no attempt succeeded.
+
+An attempt that raised is a failure of its backend (:data:`BACKEND_FAILURES`), and
+:func:`failure` turns the exception into the attempt's
+:class:`~lbmiddleware.core.attempts.Outcome` through :data:`_FAILURES`. When every attempt
+raised, the caller gets the last exception again, of the same kind and with requests' own
+arguments, naming the backends tried (:func:`naming_backends`). When the pool has no
+backend to try, :class:`NoHealthyBackendError`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import requests
+from requests.exceptions import (
+    ChunkedEncodingError,
+    ConnectTimeout,
+    ProxyError,
+    RequestException,
+    RetryError,
+    Timeout,
+)
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ReadTimeoutError
+
+from ..core.attempts import Outcome
+from ..errors import NoHealthyBackend
+
+if TYPE_CHECKING:
+    from requests.models import PreparedRequest
+
+    from ..core.backend import Backend
+
+__all__ = ["NoHealthyBackendError", "BACKEND_FAILURES", "failure", "naming_backends"]
+
+
+class NoHealthyBackendError(NoHealthyBackend, requests.ConnectionError):
+    """No backend is left to try; also a ``requests.ConnectionError``, so
+    ``except requests.RequestException`` catches it."""
+
+
+# Exceptions from the parent's send (or the body read) that are the backend's fault.
+# ProxyError is a ConnectionError too, but it is the proxy's, and is tested for first.
+# (ContentDecodingError is not: the body is decoded after the attempt, by requests.)
+BACKEND_FAILURES = (requests.ConnectionError, Timeout, ChunkedEncodingError, RetryError)
+
+# How an exception from the parent's send (or the body read) ends an attempt: the first row
+# naming the exception's class, or that of the urllib3 error it wraps (``args[0]`` or its
+# ``reason``), gives (sent, timeout). A connect failure was not sent: any method may be
+# retried. A TLS error may come after sending, so it counts as sent (the safe side).
+_FAILURES: tuple[tuple[type[Exception] | tuple[type[Exception], ...], bool | None, bool], ...] = (
+    (ProxyError, None, False),                    # the proxy's fault: raised as it is
+    (NewConnectionError, False, False),           # refused, unreachable (a ConnectTimeoutError)
+    ((ConnectTimeout, ConnectTimeoutError), False, True),
+    ((Timeout, ReadTimeoutError), True, True),    # no response head (or body) in time
+    (BACKEND_FAILURES, True, False),              # reset, cut short, TLS, a bad answer
+)
+
+
+def failure(exc: RequestException, latency: float) -> Outcome:
+    """The outcome of an attempt that raised ``exc``: the first row of :data:`_FAILURES`
+    that names its class or the urllib3 error it wraps; a row without an outcome (the
+    proxy's fault) raises ``exc`` again."""
+    inner = exc.args[0] if exc.args else None
+    reason = getattr(inner, "reason", inner)
+    for kinds, sent, timeout in _FAILURES:
+        if isinstance(exc, kinds) or isinstance(reason, kinds):
+            if sent is None:
+                raise exc
+            return Outcome(ok=False, latency=latency, sent=sent, timeout=timeout)
+    raise exc                                      # (the last row takes them all)
+
+
+# -- the exception the caller gets ------------------------------------------------------------
+
+def naming_backends(exc: RequestException, request: PreparedRequest,
+                    tried: Sequence[Backend]) -> RequestException:
+    """``exc`` for the caller: the same kind and arguments (``args[0]`` stays the urllib3
+    error requests put there), the caller's ``request``, and the backends tried in
+    ``backends_tried`` and in its message."""
+    try:
+        named = _naming_class(type(exc))(  # type: ignore[arg-type]  # (mypy issue 11470)
+            *exc.args, request=request, response=exc.response)
+    except Exception:        # an exception type with another signature: keep it as it is
+        return exc
+    named.backends_tried = tuple(b.url for b in tried)
+    return named
+
+
+if TYPE_CHECKING:
+    # The mixin below is only ever combined with a requests exception (_naming_class).
+    _RequestException = RequestException
+else:
+    _RequestException = object
+
+
+class _NamesBackends(_RequestException):
+    """Mixin of the exceptions the adapter raises: names the backends tried in ``str()``."""
+
+    backends_tried: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        return f"{super().__str__()} (backends tried: {', '.join(self.backends_tried)})"
+
+    def __reduce__(self) -> tuple[Callable[..., RequestException], tuple[Any, ...]]:
+        # the class is made at run time: pickle its base (the requests exception)
+        return _renamed, (type(self).__mro__[2], self.args, self.__dict__)
+
+
+@functools.cache
+def _naming_class(base: type[RequestException]) -> type[_NamesBackends]:
+    """A subclass of the requests exception ``base`` whose message names the backends."""
+    return type(base.__name__, (_NamesBackends, base),
+                {"__module__": base.__module__, "__qualname__": base.__qualname__})
+
+
+def _renamed(base: type[RequestException], args: tuple[Any, ...],
+             state: dict[str, Any]) -> RequestException:
+    exc = _naming_class(base)(*args)  # type: ignore[arg-type]  # (mypy issue 11470)
+    exc.__dict__.update(state)
+    return exc
