@@ -8,7 +8,7 @@
 
 Each proxied request goes out through :class:`~lbmiddleware.adapter.LoadBalancingAdapter`
 (pooled keep-alive connections per backend, pick / report, retries on another backend as
-``SEMANTICS.md`` says). The adapter is called directly rather than through a
+``docs/contract.md``, "Retries", says). The adapter is called directly rather than through a
 ``requests.Session``: a Session keeps one cookie jar for all clients and reads the body of a
 3xx response to prepare the next hop, and a proxy must do neither.
 
@@ -32,24 +32,39 @@ from __future__ import annotations
 import dataclasses
 import http
 import re
-from typing import Any, Callable, Iterable, Iterator, Mapping
-
 import urllib.parse
+from collections.abc import Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, cast
 
-import requests
-from requests.structures import CaseInsensitiveDict
-from urllib3.util import SKIP_HEADER
-
-from .adapter import LoadBalancingAdapter
 from .core.balancer import Balancer
 from .core.forwarding import ForwardingSettings
 from .core.settings import parse_positive_count, resolve
-from .errors import ConfigError, NoHealthyBackend
+from .errors import ConfigError, NoHealthyBackend, needs_extra
 from .proxy import (
-    TEXT, ClientAddress, UnsafeRequest, error_response, join_target,
-    match_prefix, quote_path, sticky_key,
+    TEXT,
+    ClientAddress,
+    UnsafeRequest,
+    error_response,
+    join_target,
+    match_prefix,
+    quote_path,
+    sticky_key,
 )
 from .proxy.settings import ProxySettings
+
+with needs_extra(__name__):         # requests and urllib3 come with the `requests` extra
+    import requests
+    from requests.structures import CaseInsensitiveDict
+    from urllib3.util import SKIP_HEADER
+
+    from .adapter import LoadBalancingAdapter
+    from .adapter.bodies import PrefetchedResponse
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import InputStream, StartResponse, WSGIApplication, WSGIEnvironment
+
+    from .adapter.adapter import CertArg, VerifyArg
+    from .core.backend import Backend
 
 __all__ = ["WSGILoadBalancer", "CHUNK_SIZE"]
 
@@ -59,8 +74,6 @@ UPSTREAM_ORIGIN = "http://lbmiddleware.upstream"    # replaced by the chosen bac
 
 _NOT_ADDED = ("User-Agent", "Accept-Encoding")
 _FOLDED = re.compile(r"[\r\n]+[ \t]*")
-
-WSGIApp = Callable[[dict, Callable], Iterable[bytes]]
 
 
 class _ProxiedRequest(requests.PreparedRequest):
@@ -76,7 +89,8 @@ class _ProxyAdapter(LoadBalancingAdapter):
 
     prefetch = CHUNK_SIZE
 
-    def request_url(self, request: requests.PreparedRequest, proxies: Any) -> str:
+    def request_url(self, request: requests.PreparedRequest,
+                    proxies: dict[str, str] | None) -> str:
         # requests turns a leading "//" into "/" for old urllib3 versions; the target is
         # already a safe path here (proxy.join_target), so it goes upstream unchanged.
         return request.path_url
@@ -98,9 +112,10 @@ class WSGILoadBalancer:
     requests for ``https`` backends.
     """
 
-    def __init__(self, app: WSGIApp | None = None, prefix: str | None = None,
-                 backends: Any = None, *, balancer: Balancer | None = None,
-                 environ: Mapping[str, str] | None = None, verify: Any = True, cert: Any = None,
+    def __init__(self, app: WSGIApplication | None = None, prefix: str | None = None,
+                 backends: Iterable[str | Backend] | str | None = None, *,
+                 balancer: Balancer | None = None, environ: Mapping[str, str] | None = None,
+                 verify: VerifyArg = True, cert: CertArg = None,
                  pool_maxsize: int = DEFAULT_POOL_MAXSIZE, chunk_size: int = CHUNK_SIZE,
                  **options: Any) -> None:
         if prefix is not None:
@@ -131,7 +146,8 @@ class WSGILoadBalancer:
         self._cert = cert
         self._chunk_size = chunk_size
 
-    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+    def __call__(self, environ: WSGIEnvironment,
+                 start_response: StartResponse) -> Iterable[bytes]:
         path = match_prefix(self._prefix, environ.get("PATH_INFO") or "/", self._strip)
         if path is None:
             if self.app is None:
@@ -157,9 +173,10 @@ class WSGILoadBalancer:
         except BaseException:
             response.close()
             raise
-        return _ResponseBody(response)
+        # (a PrefetchedResponse: the adapter's prefetch is chunk_size, never 0)
+        return _ResponseBody(cast(PrefetchedResponse, response))
 
-    def upstream_request(self, environ: dict, path: str) -> requests.PreparedRequest:
+    def upstream_request(self, environ: WSGIEnvironment, path: str) -> requests.PreparedRequest:
         """The request to send for ``environ`` (``path``: the part of ``PATH_INFO`` that goes
         upstream). Raises :class:`~lbmiddleware.proxy.UnsafeRequest` for one that cannot be
         forwarded safely."""
@@ -188,27 +205,28 @@ class WSGILoadBalancer:
             request.headers.setdefault(name, SKIP_HEADER)
         request.body = body
         if self._sticky:
-            forwarded = [environ["HTTP_X_FORWARDED_FOR"]] if "HTTP_X_FORWARDED_FOR" in environ else []
+            forwarded = ([environ["HTTP_X_FORWARDED_FOR"]] if "HTTP_X_FORWARDED_FOR" in environ
+                         else [])
             client_ip = self._client_address(peer, forwarded)
             request.sticky_key = sticky_key(self.forwarding.hash_key, client_ip, received)
         return request
 
-    def _body(self, environ: dict) -> tuple[Any, int | None]:
+    def _body(self, environ: WSGIEnvironment) -> tuple[bytes | _RequestBody | None, int | None]:
         """The body to send and its length (``None``: unknown, sent chunked)."""
-        stream = environ.get("wsgi.input")
         chunked = "HTTP_TRANSFER_ENCODING" in environ
         if chunked:
             # Only a server that decoded the chunked body for us can be read to the end;
             # from any other, Transfer-Encoding (with or without Content-Length) is refused.
             if not environ.get("wsgi.input_terminated"):
                 raise UnsafeRequest("a chunked request body this server cannot delimit")
-            return _RequestBody(stream, None, self._chunk_size), None
+            return _RequestBody(environ["wsgi.input"], None, self._chunk_size), None
         text = (environ.get("CONTENT_LENGTH") or "").strip()
         if not text:
             return None, None
         if not text.isdigit():
             raise UnsafeRequest(f"Content-Length {text[:40]!r} is not a byte count")
         length = int(text)
+        stream: InputStream = environ["wsgi.input"]        # (PEP 3333: always there)
         if length <= self.settings.retry_buffer:
             return _read_exactly(stream, length), length    # replayable on a retry
         return _RequestBody(stream, length, self._chunk_size), length
@@ -224,7 +242,7 @@ class _ClientGone(Exception):
     deliberately not an OSError, so the HTTP client does not count it against the backend)."""
 
 
-def _read_exactly(stream: Any, length: int) -> bytes:
+def _read_exactly(stream: InputStream, length: int) -> bytes:
     chunks, remaining = [], length
     while remaining > 0:
         try:
@@ -241,7 +259,7 @@ def _read_exactly(stream: Any, length: int) -> bytes:
 class _RequestBody:
     """``wsgi.input`` as an iterable of chunks; ``length`` bytes, or to the end when ``None``."""
 
-    def __init__(self, stream: Any, length: int | None, chunk_size: int) -> None:
+    def __init__(self, stream: InputStream, length: int | None, chunk_size: int) -> None:
         self._stream = stream
         self._length = length
         self._chunk_size = chunk_size
@@ -267,7 +285,7 @@ class _ResponseBody:
     """The upstream body as the WSGI response iterable; ``close()`` closes the upstream
     response (its connection too when the body was not read to the end)."""
 
-    def __init__(self, response: requests.Response) -> None:
+    def __init__(self, response: PrefetchedResponse) -> None:
         self._response = response
         self._chunks = response.raw_chunks     # blocks of chunk_size (the adapter's prefetch)
 
@@ -325,7 +343,8 @@ def _reason(status: int) -> str:
         return "Unknown"
 
 
-def _error(start_response: Callable, status: int, detail: str | None = None) -> list[bytes]:
+def _error(start_response: StartResponse, status: int,
+           detail: str | None = None) -> list[bytes]:
     error = error_response(status, detail)
     start_response(f"{error.status} {error.reason}", list(error.headers))
     return [error.body]

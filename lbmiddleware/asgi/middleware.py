@@ -27,7 +27,6 @@ pick released): see :mod:`lbmiddleware.asgi.exchange`.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
@@ -57,6 +56,7 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
 
 class LoadBalancerMiddleware:
     """Reverse-proxy requests under ``prefix`` to a load-balanced pool of backends.
@@ -98,12 +98,13 @@ class LoadBalancerMiddleware:
         self._trusting = bool(proxy.trusted_proxies)
         self._sticky = self.balancer.policy == "ip_hash"
         self._hash_key = forwarding.hash_key
-        self._retries = forwarding.retries
-        self._fail_statuses = forwarding.fail_statuses
         self._retry_buffer = proxy.retry_buffer
-        self._retry_non_idempotent = forwarding.retry_non_idempotent
         self._errors = {status: _asgi_error(status) for status in (400, 404, 501, 502, 503, 504)}
-        self._deadlines = Deadlines()
+        # What every exchange shares, with the forwarding settings' retry rule.
+        rule = RetryRule(retries=forwarding.retries, fail_statuses=forwarding.fail_statuses,
+                         retry_non_idempotent=forwarding.retry_non_idempotent)
+        self._forwarder = Forwarder(self.balancer, self.upstream, rule, Deadlines(),
+                                    self._errors)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -166,7 +167,7 @@ class LoadBalancerMiddleware:
 
     def _raw_path(self, scope: Scope, path: str) -> bytes:
         """The path to send upstream, as the client spelled it when the server kept that."""
-        raw = scope.get("raw_path")
+        raw: bytes | None = scope.get("raw_path")
         if raw:
             raw = raw.partition(b"?")[0]
             if not self._strip or self._prefix == "/":
@@ -175,15 +176,6 @@ class LoadBalancerMiddleware:
             if raw.startswith(prefix) and (len(raw) == len(prefix) or raw[len(prefix)] == 47):
                 return raw[len(prefix):] or b"/"
         return quote_path(path).encode("ascii")
-
-    @functools.cached_property
-    def _forwarder(self) -> Forwarder:
-        """What every exchange shares, with the forwarding settings' retry rule; built once
-        (the settings never change)."""
-        forwarding = self.forwarding
-        rule = RetryRule(retries=forwarding.retries, fail_statuses=forwarding.fail_statuses,
-                         retry_non_idempotent=forwarding.retry_non_idempotent)
-        return Forwarder(self.balancer, self.upstream, rule, self._deadlines, self._errors)
 
     async def _send_error(self, send: Send, status: int) -> None:
         start, body = self._errors[status]

@@ -219,7 +219,7 @@ def test_a_shared_balancer_keeps_its_core_settings(backends):
     balancer = lb.Balancer([b.url for b in backends], policy="least_conn")
     mw = LoadBalancerMiddleware(None, balancer=balancer, prefix="/api", retries=0)
     assert mw.balancer is balancer and mw.forwarding.retries == 0 and mw.settings.prefix == "/api"
-    assert mw._retries == 0 and mw.balancer.policy == "least_conn"
+    assert mw.forwarding.retries == 0 and mw.balancer.policy == "least_conn"
     with pytest.raises(lb.ConfigError, match="policy given with balancer=: "
                                              "set them on the shared Balancer"):
         LoadBalancerMiddleware(None, balancer=balancer, policy="random")
