@@ -25,7 +25,7 @@ Four pieces:
 
 * :class:`RetryRule`, an immutable value (urllib3's ``Retry``): how many retries, which
   methods may be sent twice, which statuses fail an attempt. Its one question is
-  :meth:`RetryRule.allows`. The rules are SEMANTICS "Retries": a connect failure (the
+  :meth:`RetryRule.allows`. The rules are docs/contract.md, "Retries": a connect failure (the
   request was never sent) is retried for any method; after the request was sent, only an
   idempotent method (RFC 9110 9.2.2) whose body can be sent again, or any method with
   ``retry_non_idempotent`` (nginx ``proxy_next_upstream non_idempotent``); at most
