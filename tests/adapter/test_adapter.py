@@ -325,6 +325,27 @@ def test_connection_closed_mid_body(backends):
     assert in_flight(adapter.balancer) == [0, 0]
 
 
+def test_a_body_that_stops_coming_fails_as_the_requests_step_it_stands_for(backends):
+    """A read timeout after the head: read whole (stream=False) it is a ConnectionError, as
+    requests' Response.content gives it, the body encoded or not; read by the prefetch,
+    inside send, it is a ReadTimeout, as send gives one (the WSGI proxy answers 504)."""
+    a = backends[0]
+    a.behaviour, a.body_size = "stall", 1          # the head, then nothing
+    for encoding in ([], [("Content-Encoding", "identity")]):
+        a.extra_headers = encoding
+        adapter = LoadBalancingAdapter([a.url], retries=0)
+        with pytest.raises(requests.ConnectionError) as info:
+            mounted(adapter).get(f"{VHOST}/", timeout=SHORT)
+        assert not isinstance(info.value, requests.Timeout)
+        assert type(info.value.args[0]) is ReadTimeoutError
+        assert in_flight(adapter.balancer) == [0]
+    adapter = LoadBalancingAdapter([a.url], retries=0)
+    adapter.prefetch = 1024
+    with pytest.raises(requests.ReadTimeout):
+        mounted(adapter).get(f"{VHOST}/", timeout=SHORT, stream=True)
+    assert in_flight(adapter.balancer) == [0]
+
+
 def test_a_body_that_fails_to_decode_is_not_the_backends_fault(backends):
     a, b, _ = backends
     for server in (a, b):
