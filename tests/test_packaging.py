@@ -188,6 +188,24 @@ def test_without_requests_its_front_ends_name_the_extra() -> None:
         assert line.endswith("pip install 'lbmiddleware[requests]'")
 
 
+def test_without_requests_importing_its_front_ends_names_the_extra() -> None:
+    code = WITHOUT_REQUESTS + (
+        "import importlib\n"
+        "for module in ('lbmiddleware.adapter', 'lbmiddleware.adapter.bodies', "
+        "'lbmiddleware.wsgi'):\n"
+        "    try:\n"
+        "        importlib.import_module(module)\n"
+        "    except ImportError as exc:\n"
+        "        print(module, '|', exc.name, '|', exc)\n")
+    out = run([sys.executable, "-c", code])
+    assert out.returncode == 0, out.stderr
+    needs = "needs requests, which is not installed: pip install 'lbmiddleware[requests]'"
+    assert out.stdout.splitlines() == [
+        f"lbmiddleware.adapter | requests | lbmiddleware.adapter {needs}",
+        f"lbmiddleware.adapter.bodies | requests | lbmiddleware.adapter {needs}",
+        f"lbmiddleware.wsgi | requests | lbmiddleware.wsgi {needs}"], out.stdout
+
+
 def test_without_requests_the_core_asgi_gateway_and_demo_work() -> None:
     code = WITHOUT_REQUESTS + (
         "import lbmiddleware as lb\n"
