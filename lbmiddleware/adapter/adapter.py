@@ -76,6 +76,7 @@ if TYPE_CHECKING:
     CertArg = str | tuple[str, str] | None
     Headers = CaseInsensitiveDict[str | bytes]
 
+
 class _UpstreamRequest(PreparedRequest):
     """The request as sent to one backend; remembers the caller's request."""
 
