@@ -230,6 +230,9 @@ class FrontEnd:
         before the first body byte (the ASGI middleware has passed the head on: it cannot
         retry). In-process and under uvicorn: the 200 with a body that broke off. granian
         holds the head until the first body message and answers its own 500 instead.
+    ``keeps_response_name_case``
+        a response header's name reaches the client spelled as the backend sent it (the
+        WSGI middleware under a real WSGI server); ASGI names are lower-case.
     ``forwarded_name(name)``
         a client's header name as the backend receives it: as given in-process to the
         ASGI middleware, title-cased from the WSGI environ, lower-cased by a real ASGI
@@ -251,6 +254,7 @@ class FrontEnd:
     refuses_nul_itself = False
     refusal_body = b""
     cut_before_its_body: tuple[int, bytes] | None = None
+    keeps_response_name_case = False
 
     def __init__(self) -> None:
         self.proxies: list[Proxy] = []
@@ -496,6 +500,7 @@ class WSGIFrontEnd(FrontEnd):
     """``WSGILoadBalancer`` called in-process with the environ wsgiref would give it."""
 
     name = "wsgi"
+    keeps_response_name_case = True
     keeps_raw_target = False
     replays_a_small_chunked_body = False
     replays_a_body_over_the_limit_received_whole = False
