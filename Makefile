@@ -10,16 +10,18 @@ BENCH_INSTALLED := $(VENV)/.installed-bench
 demo: $(INSTALLED)
 	$(VENV)/bin/python -m lbmiddleware demo
 
+# Everything CI checks: the type check, the linter and the layering test (`make check`), then
+# every test. Both parts always run; any failure fails the command.
 test: $(INSTALLED)
-	$(VENV)/bin/python -m pytest
+	@status=0; $(MAKE) --no-print-directory -k check || status=1; \
+	$(VENV)/bin/python -m pytest || status=1; exit $$status
 
 # The standard-library core's tests alone (seconds); `make test` runs these and the rest.
 test-core: $(INSTALLED)
 	$(VENV)/bin/python -m pytest -m core
 
 # The type check (settings in setup.cfg), the linter (pyproject.toml) and the import-direction
-# test (also part of `make test`); .ci/run runs `make -k check` (every part, even after one
-# fails) beside `make test`.
+# test; `make test` runs them first.
 check: typecheck lint layering
 
 typecheck: $(INSTALLED)
