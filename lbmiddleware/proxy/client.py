@@ -9,9 +9,12 @@ from __future__ import annotations
 import functools
 import ipaddress
 from collections.abc import Iterable
-from typing import Any, AnyStr
+from typing import AnyStr
 
-__all__ = ["ClientAddress", "sticky_key", "parse_cookie"]
+__all__ = ["ClientAddress", "sticky_key", "parse_cookie", "Network"]
+
+#: A trusted proxy's network, as :class:`ClientAddress` and the proxy's settings hold it.
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class ClientAddress:
@@ -25,7 +28,7 @@ class ClientAddress:
     ``--forwarded-allow-ips`` semantics otherwise).
     """
 
-    def __init__(self, trusted_proxies: Iterable[Any] = ()) -> None:
+    def __init__(self, trusted_proxies: Iterable[str | Network] = ()) -> None:
         self.networks = tuple(
             n if isinstance(n, (ipaddress.IPv4Network, ipaddress.IPv6Network))
             else ipaddress.ip_network(str(n).strip(), strict=False)

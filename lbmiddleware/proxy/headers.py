@@ -13,8 +13,9 @@ Back to the client, hop-by-hop headers are dropped. The rules: ``docs/contract.m
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, AnyStr
+from typing import AnyStr, Generic, overload
 
 from .refusals import UNSAFE_BYTES, UNSAFE_TEXT, NotProxied, UnsafeRequest
 
@@ -39,42 +40,66 @@ PROXY_HEADERS = HOP_BY_HOP | FRAMING | frozenset({
 PROXY_HEADER_PREFIXES = ("x-forwarded-", "proxy-")
 
 
-class HeaderRules:
-    """The header rules for one representation of header pairs: ``str`` or ``bytes``.
+def _latin1(text: str) -> bytes:
+    return text.encode("latin-1")
+
+
+@overload
+def _alphabet(kind: type[str]) -> tuple[Callable[[str], str], re.Pattern[str]]: ...
+@overload
+def _alphabet(kind: type[bytes]) -> tuple[Callable[[str], bytes], re.Pattern[bytes]]: ...
+def _alphabet(kind: type[str] | type[bytes]
+              ) -> tuple[Callable[[str], str | bytes], re.Pattern[str] | re.Pattern[bytes]]:
+    """How a ``str`` word is spelled in headers of ``kind`` (bytes on the wire are latin-1),
+    and the pattern of the characters never forwarded, in that kind."""
+    if kind is bytes:
+        return _latin1, UNSAFE_BYTES
+    return str, UNSAFE_TEXT
+
+
+class HeaderRules(Generic[AnyStr]):
+    """The header rules for one representation of header pairs: ``str`` or ``bytes``
+    (``HeaderRules(str)`` is a ``HeaderRules[str]``).
 
     Names are compared case-insensitively. Use :data:`TEXT` (WSGI, requests) or
-    :data:`BINARY` (ASGI, raw wire bytes); both apply exactly the same rules.
+    :data:`BINARY` (ASGI, raw wire bytes); both apply exactly the same rules. Every name
+    the rules compare is spelled in the headers' kind once, here, so the per-request path
+    only looks things up.
     """
 
-    def __init__(self, kind: type) -> None:
-        word: Callable[[str], Any] = (lambda s: s.encode("latin-1")) if kind is bytes else str
-        self._word = word
-        self._hop = frozenset(map(word, HOP_BY_HOP))
-        self._drop = frozenset(map(word, HOP_BY_HOP | FRAMING | {
+    def __init__(self, kind: type[AnyStr]) -> None:
+        # Every attribute is annotated: mypy infers none from an assignment in a class
+        # generic over a constrained type variable (AnyStr).
+        word: Callable[[str], AnyStr]
+        unsafe: re.Pattern[AnyStr]
+        word, unsafe = _alphabet(kind)
+        self._word: Callable[[str], AnyStr] = word
+        self._unsafe: re.Pattern[AnyStr] = unsafe
+        self._hop: frozenset[AnyStr] = frozenset(map(word, HOP_BY_HOP))
+        self._drop: frozenset[AnyStr] = frozenset(map(word, HOP_BY_HOP | FRAMING | {
             "host", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"}))
-        self._guarded = frozenset(map(word, PROXY_HEADERS))
-        self._guarded_prefixes = tuple(map(word, PROXY_HEADER_PREFIXES))
-        self._underscore = word("_")
-        self._dash = word("-")
-        self._connection = word("connection")
-        self._upgrade = word("upgrade")
-        self._websocket = word("websocket")
-        self._comma = word(",")
-        self._host = word("host")
-        self._content_length = word("content-length")
-        self._transfer_encoding = word("transfer-encoding")
-        self._xff = word("x-forwarded-for")
-        self._xfp = word("x-forwarded-proto")
-        self._xfh = word("x-forwarded-host")
-        self._xff_out = word("X-Forwarded-For")
-        self._xfp_out = word("X-Forwarded-Proto")
-        self._xfh_out = word("X-Forwarded-Host")
-        self._host_out = word("Host")
-        self._join = word(", ")
-        self._unsafe = UNSAFE_BYTES if kind is bytes else UNSAFE_TEXT
-        self._empty = word("")
-        self._plain_connection = frozenset(
+        self._guarded: frozenset[AnyStr] = frozenset(map(word, PROXY_HEADERS))
+        self._guarded_prefixes: tuple[AnyStr, ...] = tuple(map(word, PROXY_HEADER_PREFIXES))
+        self._plain_connection: frozenset[AnyStr] = frozenset(
             map(word, ("keep-alive", "close", "Keep-Alive", "Close")))
+        self._underscore: AnyStr = word("_")
+        self._dash: AnyStr = word("-")
+        self._connection: AnyStr = word("connection")
+        self._upgrade: AnyStr = word("upgrade")
+        self._websocket: AnyStr = word("websocket")
+        self._comma: AnyStr = word(",")
+        self._host: AnyStr = word("host")
+        self._content_length: AnyStr = word("content-length")
+        self._transfer_encoding: AnyStr = word("transfer-encoding")
+        self._xff: AnyStr = word("x-forwarded-for")
+        self._xfp: AnyStr = word("x-forwarded-proto")
+        self._xfh: AnyStr = word("x-forwarded-host")
+        self._xff_out: AnyStr = word("X-Forwarded-For")
+        self._xfp_out: AnyStr = word("X-Forwarded-Proto")
+        self._xfh_out: AnyStr = word("X-Forwarded-Host")
+        self._host_out: AnyStr = word("Host")
+        self._join: AnyStr = word(", ")
+        self._empty: AnyStr = word("")
 
     def _tokens(self, value: AnyStr) -> set[AnyStr]:
         """The header names one ``Connection`` value lists (``keep-alive``, ``close`` and
@@ -82,7 +107,7 @@ class HeaderRules:
         if value in self._plain_connection:
             return set()
         tokens = {t.strip().lower() for t in value.split(self._comma)}
-        return tokens - self._hop - self._plain_connection - {self._word("")}
+        return tokens - self._hop - self._plain_connection - {self._empty}
 
     def _refuse_websocket(self, headers: Sequence[tuple[AnyStr, AnyStr]]) -> None:
         """Raise :class:`NotProxied` for a WebSocket handshake (``Upgrade: websocket`` with
@@ -128,9 +153,10 @@ class HeaderRules:
         connection = self._connection
         named: set[AnyStr] = set()
         out: list[tuple[AnyStr, AnyStr]] = []
-        client_host = None
+        client_host: AnyStr | None = None
         forwarded_for: list[AnyStr] = []
-        proto = forwarded_host = None
+        proto: AnyStr | None = None
+        forwarded_host: AnyStr | None = None
         upgrade = False
         if unsafe.search(self._empty.join(itertools.chain.from_iterable(headers))):
             raise UnsafeRequest("CR, LF or NUL in a request header")
@@ -184,7 +210,7 @@ class HeaderRules:
         ``Transfer-Encoding``, its ``Content-Length`` is dropped too (RFC 9112 §6.3).
         """
         hop = self._hop
-        out = []
+        out: list[tuple[AnyStr, AnyStr]] = []
         named: set[AnyStr] = set()
         chunked = False
         for name, value in headers:
@@ -229,5 +255,7 @@ class HeaderRules:
         return [v for n, v in headers if n.lower() == wanted]
 
 
+#: The rules for ``str`` headers (WSGI, requests).
 TEXT = HeaderRules(str)
+#: The rules for ``bytes`` headers (ASGI, raw wire bytes).
 BINARY = HeaderRules(bytes)

@@ -12,11 +12,10 @@ import ipaddress
 from typing import Any, ClassVar
 
 from ..core.settings import BaseSettings, parse_flag, parse_size, setting
+from .client import Network
 from .routing import normalize_prefix
 
 __all__ = ["ProxySettings"]
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def _prefix(value: Any) -> str:
