@@ -281,9 +281,13 @@ class Attempts:
 
         ``replayable``: the request's body can be sent again. A failure without a response
         is reported now; one with a response is reported once the next backend is picked,
-        and otherwise stays open for :meth:`end` (the client gets that response).
+        and otherwise stays open for :meth:`end` (the client gets that response). An
+        attempt already ended (:meth:`end`: a byte of its response may have reached the
+        client; :meth:`release`) is never retried.
         """
         current = self.completion
+        if current.ended:
+            return None     # its answer reached the client (or it was given up): never again
         if outcome.status is None:
             current.done(outcome)
         if not self.rule.allows(self.method, outcome, attempts=len(self.tried),

@@ -4,8 +4,9 @@ Standard library only, no I/O; the rules themselves are ``docs/contract.md``, "P
 One job per module: :mod:`.routing` (which paths are proxied), :mod:`.target` (the
 request target sent upstream), :mod:`.headers` (header rules both ways), :mod:`.client`
 (the client's address and sticky key), :mod:`.refusals` (requests refused, with their
-status), :mod:`.responses` (the proxy's own error responses), :mod:`.retries` (may an
-attempt go again), :mod:`.settings` (the proxy's settings).
+status), :mod:`.responses` (the proxy's own error responses), :mod:`.settings` (the
+proxy's settings). Whether an attempt goes again is the core's retry rule
+(:class:`lbmiddleware.core.attempts.RetryRule`), shared with the requests adapter.
 """
 
 from .client import ClientAddress, parse_cookie, sticky_key
@@ -20,16 +21,15 @@ from .headers import (
 )
 from .refusals import NotProxied, UnsafeRequest
 from .responses import ErrorResponse, error_response
-from .retries import IDEMPOTENT_METHODS, may_retry
 from .routing import match_prefix, normalize_prefix
 from .settings import ProxySettings
 from .target import join_target, quote_path, upstream_url
 
 __all__ = [
     "UnsafeRequest", "NotProxied", "HeaderRules", "TEXT", "BINARY",
-    "HOP_BY_HOP", "FRAMING", "PROXY_HEADERS", "PROXY_HEADER_PREFIXES", "IDEMPOTENT_METHODS",
+    "HOP_BY_HOP", "FRAMING", "PROXY_HEADERS", "PROXY_HEADER_PREFIXES",
     "normalize_prefix", "match_prefix", "quote_path", "join_target", "upstream_url",
-    "ClientAddress", "sticky_key", "parse_cookie", "may_retry",
+    "ClientAddress", "sticky_key", "parse_cookie",
     "ErrorResponse", "error_response",
     "ProxySettings",
 ]

@@ -237,6 +237,25 @@ def test_a_body_that_cannot_be_sent_again_is_not_retried_after_sending():
     assert run(balancer, RetryRule(), "PUT", [REFUSED, OK], replayable=False) == ["a", "b"]
 
 
+def test_never_retried_once_the_client_got_a_byte():
+    """An attempt ended by its front-end (its response went on to the client) is never tried
+    again, even after a failure that the rule alone would retry (the request not sent, a
+    GET, a replayable body); nor one released (given up)."""
+    assert RetryRule().allows("GET", REFUSED, attempts=1, replayable=True)
+    balancer = FakeBalancer(A, B)
+    attempts = Attempts(balancer, RetryRule(), "GET")
+    attempts.start()
+    attempts.end(Outcome(ok=False, status=200))     # the body broke off after the head
+    assert attempts.retry(REFUSED, replayable=True) is None
+    assert attempts.tried == [A] and balancer.ends() == [("report", "a", False, None)]
+    balancer = FakeBalancer(A, B)
+    attempts = Attempts(balancer, RetryRule(), "GET")
+    attempts.start()
+    attempts.release()
+    assert attempts.retry(REFUSED, replayable=True) is None
+    assert attempts.tried == [A] and balancer.ends() == [("release", "a")]
+
+
 def test_an_exception_releases_the_open_attempt():
     balancer = FakeBalancer(A, B)
     attempts = Attempts(balancer, RetryRule(), "GET")

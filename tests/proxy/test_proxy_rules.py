@@ -20,7 +20,6 @@ from lbmiddleware.proxy import (
     error_response,
     join_target,
     match_prefix,
-    may_retry,
     normalize_prefix,
     parse_cookie,
     quote_path,
@@ -249,28 +248,6 @@ def test_sticky_keys():
     assert sticky_key("header:x-none", "1.2.3.4", [("X-None", "")]) == ""
     assert sticky_key("header:x-user", None, [("X-User", "bob")]) == "bob"
     assert parse_cookie("a=1;a=2; b") == {"a": "1"}
-
-
-# -- retries -------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("method",
-                         ["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE", "POST", "PATCH"])
-def test_connect_failures_are_retried_for_every_method(method):
-    assert may_retry(method, sent=False, replayable=False)
-
-
-def test_after_sending_only_idempotent_replayable_requests_are_retried():
-    assert may_retry("GET", sent=True, replayable=True)
-    assert may_retry("put", sent=True, replayable=True)
-    assert not may_retry("PUT", sent=True, replayable=False)
-    assert not may_retry("POST", sent=True, replayable=True)
-    assert not may_retry("PATCH", sent=True, replayable=True)
-    assert may_retry("POST", sent=True, replayable=True, retry_non_idempotent=True)
-    assert not may_retry("POST", sent=True, replayable=False, retry_non_idempotent=True)
-
-
-def test_never_retried_once_the_client_got_a_byte():
-    assert not may_retry("GET", sent=False, replayable=True, responded=True)
 
 
 # -- error responses ------------------------------------------------------------------------------
