@@ -16,7 +16,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from typing import Any
 
 from ..errors import ConfigError, NoHealthyBackend
-from .attempts import Completion
+from .attempts import Completion, Outcome
 from .backend import Backend, parse_backends
 from .events import Event, Listener, MembershipChanged, PanicEnded, PanicStarted, log_event
 from .health import PassiveHealth
@@ -29,6 +29,7 @@ __all__ = ["Balancer"]
 
 
 _NONE: frozenset[BackendState] = frozenset()
+_FAILED = Outcome(ok=False)     # attempt(): the block raised (no latency: it did not answer)
 
 logger = logging.getLogger("lbmiddleware")
 
@@ -402,19 +403,20 @@ class Balancer:
         """Pick, run the block, report: an exception in the block is a failure.
 
         The latency reported is the block's duration. A cancellation (``KeyboardInterrupt``,
-        ``asyncio.CancelledError``) ends the pick without an outcome.
+        ``asyncio.CancelledError``) ends the pick without an outcome. Built on :meth:`begin`:
+        the pick ends exactly once, through its completion handle, as every front-end's does.
         """
-        backend = self.pick(key=key, exclude=exclude)
+        completion = self.begin(key=key, exclude=exclude)
         start = self._timer()
         try:
-            yield backend
+            yield completion.backend
         except Exception:
-            self.report(backend, ok=False)
+            completion.done(_FAILED)
             raise
         except BaseException:
-            self.release(backend)
+            completion.release()
             raise
-        self.report(backend, ok=True, latency=self._timer() - start)
+        completion.done(Outcome(ok=True, latency=self._timer() - start))
 
     def release_later(self, backend: Backend) -> None:
         """:meth:`release` that never waits for the lock (see :meth:`report_later`): how a

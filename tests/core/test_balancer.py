@@ -120,6 +120,16 @@ class TestAttemptAndStats:
         row = by_url(pool)[A]
         assert (row["in_flight"], row["requests"], row["failures"]) == (0, 0, 0)
 
+    def test_an_exception_in_an_attempt_is_one_failure(self, clock):
+        pool = lb.Balancer([A], timer=clock)
+        with pytest.raises(OSError):
+            with pool.attempt():
+                clock.advance(0.5)
+                raise OSError("connection refused")
+        row = by_url(pool)[A]
+        assert (row["in_flight"], row["requests"], row["failures"]) == (0, 1, 1)
+        assert row["consecutive_failures"] == 1
+
     def test_release(self):
         pool = lb.Balancer([A])
         pool.release(pool.pick())
