@@ -67,8 +67,8 @@ class Balancer:
         if settings is None or options:
             # Only the Balancer's own settings: a front-end's (retries=...) raises a TypeError
             # that says where it belongs.
-            settings = resolve("Balancer", (), options, given=() if settings is None else (settings,),
-                               from_env=False).core
+            given = () if settings is None else (settings,)
+            settings = resolve("Balancer", (), options, given=given, from_env=False).core
         self.settings = settings
         self._timer = timer
         self._rng = rng if rng is not None else random.Random()
@@ -96,7 +96,7 @@ class Balancer:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *,
                  timer: Callable[[], float] = time.monotonic,
-                 rng: random.Random | None = None, **overrides: Any) -> "Balancer":
+                 rng: random.Random | None = None, **overrides: Any) -> Balancer:
         """A Balancer from ``LB_*`` variables (``environ`` for tests); keyword arguments win."""
         return cls(settings=Settings.from_env(environ, **overrides), timer=timer, rng=rng)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 __all__ = ["stable_hash", "maglev_table", "DEFAULT_TABLE_SIZE"]
 
