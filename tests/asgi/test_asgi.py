@@ -45,8 +45,8 @@ local_app.seen = []
 
 def proxy(backends, app=None, **options):
     options.setdefault("max_fails", 100)
-    return LoadBalancerMiddleware(app, backends=[b if isinstance(b, str) else b.url for b in backends],
-                                  **options)
+    urls = [b if isinstance(b, str) else b.url for b in backends]
+    return LoadBalancerMiddleware(app, backends=urls, **options)
 
 
 async def get(mw, path="/", **kwargs):
@@ -128,7 +128,7 @@ def test_content_length_and_transfer_encoding_together_never_copy_the_framing(
     assert other not in seen["headers"]
 
 
-# -- client disconnect, in-flight, pooling, concurrency ---------------------------------------------
+# -- client disconnect, in-flight, pooling, concurrency -------------------------------------------
 
 def test_client_disconnect_mid_response_closes_the_upstream_request(backends):
     a = backends[0]
@@ -213,7 +213,7 @@ def test_a_hanging_backend_does_not_hold_up_other_requests(backends):
     assert [r.status for r in run(scenario())] == [200] * 5
 
 
-# -- configuration ------------------------------------------------------------------------------------
+# -- configuration --------------------------------------------------------------------------------
 
 def test_a_shared_balancer_keeps_its_core_settings(backends):
     balancer = lb.Balancer([b.url for b in backends], policy="least_conn")

@@ -60,7 +60,8 @@ def test_a_servers_raw_uri_goes_upstream_as_a_path(raw, sent):
         backend.stop()
 
 
-def test_content_length_with_transfer_encoding_is_refused_when_the_server_cannot_delimit_it(backends):
+def test_content_length_with_transfer_encoding_is_refused_when_the_server_cannot_delimit_it(
+        backends):
     a = backends[0]
     middleware = WSGILoadBalancer(None, backends=[a.url])
     with serve_wsgi(middleware) as port:
@@ -74,7 +75,8 @@ def test_content_length_with_transfer_encoding_is_refused_when_the_server_cannot
 def test_a_chunked_body_the_server_decoded_goes_upstream_with_one_framing(backends):
     a = backends[0]
     middleware = WSGILoadBalancer(None, backends=[a.url])
-    environ = environ_for("POST", "/x", body=b"hello world", headers={"Transfer-Encoding": "chunked"})
+    environ = environ_for("POST", "/x", body=b"hello world",
+                          headers={"Transfer-Encoding": "chunked"})
     environ["wsgi.input_terminated"] = True          # as gunicorn says for a decoded body
     result = call(middleware, environ)
     _, _, headers, got = received(a)
