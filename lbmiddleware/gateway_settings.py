@@ -12,11 +12,13 @@ import dataclasses
 import ipaddress
 import re
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .core.forwarding import ForwardingSettings
 from .core.settings import (
     BaseSettings,
+    CountLike,
+    DurationLike,
     FrontEndSettings,
     Settings,
     parse_positive_count,
@@ -102,6 +104,13 @@ class GatewaySettings(BaseSettings):
                          "(granian) or get 503 (uvicorn)"))
 
     readers: ClassVar[str] = "the gateway (python -m lbmiddleware serve): set its LB_ variable"
+
+    if TYPE_CHECKING:
+        # The constructor as type checkers see it: each field as its cast takes it (see
+        # Settings in core/settings.py).
+        def __init__(self, server: str = ..., listen: str = ...,
+                     shutdown_timeout: DurationLike = ..., header_timeout: DurationLike = ...,
+                     max_connections: CountLike = ...) -> None: ...
 
     @property
     def listen_address(self) -> tuple[str, int]:

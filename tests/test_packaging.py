@@ -135,6 +135,14 @@ reveal_type(lb.LoadBalancerMiddleware)
 reveal_type(lb.WSGILoadBalancer)
 reveal_type(lb.ProxySettings)
 lb.LoadBalancingAdaptr
+# The README's calls: settings take text (a cast makes it typed) and read back typed.
+settings = lb.Settings(backends=["http://127.0.0.1:1"])
+reveal_type(settings.backends)
+lb.Balancer(["http://127.0.0.1:1"], policy="latency")
+lb.Balancer(settings=lb.Settings(backends="http://127.0.0.1:1, http://127.0.0.1:2",
+                                 policy="latency", max_fails="3", fail_timeout="10s"))
+lb.ForwardingSettings(fail_statuses=[502], retries="3", read_timeout="250ms")
+lb.ProxySettings(trusted_proxies=["10.0.0.0/8"], retry_buffer="64KB", strip_prefix="yes")
 """
 
 
@@ -156,13 +164,15 @@ def test_a_user_script_type_checks_against_the_installed_wheel(dists: Dists,
                "--python-executable", str(python), "--verbose", "user.py"], cwd=tmp_path)
     revealed = [line.split('Revealed type is "', 1)[1].rstrip('"')
                 for line in out.stdout.splitlines() if "Revealed type is" in line]
-    assert len(revealed) == 5, out.stdout + out.stderr[-3000:]
+    assert len(revealed) == 6, out.stdout + out.stderr[-3000:]
     assert revealed[0] == "lbmiddleware.core.backend.Backend"
+    assert revealed[5] == "tuple[lbmiddleware.core.backend.Backend, ...]"
     # The lazily loaded front-ends are their classes (constructors), not Any.
-    for shown, name in zip(revealed[1:], ("LoadBalancingAdapter", "LoadBalancerMiddleware",
+    for shown, name in zip(revealed[1:5], ("LoadBalancingAdapter", "LoadBalancerMiddleware",
                                           "WSGILoadBalancer", "ProxySettings"), strict=True):
         assert re.search(rf"^def \(.*\) -> lbmiddleware\.[\w.]+\.{name}$", shown), shown
-    # A misspelt name is an error, not an Any from the module's lazy __getattr__.
+    # A misspelt name is an error, not an Any from the module's lazy __getattr__; the
+    # settings given as text are no error.
     errors = [line for line in out.stdout.splitlines() if ": error:" in line]
     assert len(errors) == 1 and 'has no attribute "LoadBalancingAdaptr"' in errors[0], out.stdout
     # The copy checked is the installed one.

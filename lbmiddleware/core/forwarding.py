@@ -18,11 +18,24 @@ Standard library only.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
 
-from .settings import BaseSettings, parse_count, parse_flag, parse_positive_duration, setting
+from .settings import (
+    BaseSettings,
+    CountLike,
+    DurationLike,
+    FlagLike,
+    parse_count,
+    parse_flag,
+    parse_positive_duration,
+    setting,
+)
 
-__all__ = ["ForwardingSettings", "parse_statuses", "parse_hash_key"]
+__all__ = ["ForwardingSettings", "parse_statuses", "parse_hash_key", "StatusesLike"]
+
+#: HTTP statuses: numbers (``[502, 503]``), or one comma-separated string (``"502, 503"``).
+StatusesLike: TypeAlias = Iterable[int | str] | str
 
 
 def parse_statuses(value: Any) -> frozenset[int]:
@@ -85,3 +98,11 @@ class ForwardingSettings(BaseSettings):
     readers: ClassVar[str] = (
         "every front-end that forwards requests (LoadBalancingAdapter, LoadBalancerMiddleware, "
         "WSGILoadBalancer, the gateway): give it there")
+
+    if TYPE_CHECKING:
+        # The constructor as type checkers see it: each field as its cast takes it (see
+        # Settings in core/settings.py).
+        def __init__(self, fail_statuses: StatusesLike = ..., retries: CountLike = ...,
+                     connect_timeout: DurationLike = ..., read_timeout: DurationLike = ...,
+                     hash_key: str = ..., preserve_host: FlagLike = ...,
+                     retry_non_idempotent: FlagLike = ...) -> None: ...

@@ -6,8 +6,10 @@ Each component owns the settings it reads, in a class of its own: the Balancer's
 the gateway's server settings in :mod:`lbmiddleware.gateway_settings`. They share one
 mechanism, :class:`BaseSettings`: every field declares its environment variable and a
 cast (:func:`setting`). The cast accepts the text of a variable or an already typed value,
-so ``Settings(max_fails="3")`` and ``Settings(max_fails=3)`` are the same, and a bad value
-in either form raises :class:`ConfigError` naming the variable (or argument) and the value::
+so ``Settings(max_fails="3")`` and ``Settings(max_fails=3)`` are the same (for a user's type
+checker too: each class declares its constructor with what the casts accept, ``CountLike``
+and the like, while its fields read back typed), and a bad value in either form raises
+:class:`ConfigError` naming the variable (or argument) and the value::
 
     LB_MAX_FAILS has value 'x': not an integer
 
@@ -27,7 +29,7 @@ import math
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias, TypeVar
 
 from ..errors import ConfigError
 from .backend import Backend, parse_backends
@@ -37,6 +39,7 @@ __all__ = [
     "registered", "POLICIES", "POLICY_ALIASES",
     "parse_duration", "parse_positive_duration", "parse_flag", "parse_count",
     "parse_positive_count", "parse_size",
+    "BackendsLike", "CountLike", "DurationLike", "FlagLike", "SizeLike",
 ]
 
 POLICIES = ("round_robin", "random", "ip_hash", "latency", "least_conn")
@@ -69,6 +72,22 @@ _REGISTRY: list[type[BaseSettings]] = []
 def setting(env: str, cast: Callable[[Any], Any], help: str) -> dict[str, Any]:
     """Field metadata: the variable's name, its cast and a one-line description."""
     return {"env": env, "cast": cast, "help": help}
+
+
+# -- what the casts accept, as a settings class's constructor declares it for type checkers:
+#    the text of a variable or an already typed value. A field reads back as the cast's result
+#    (``Settings(max_fails="3").max_fails`` is the int 3).
+
+#: A count: ``3`` or ``"3"``.
+CountLike: TypeAlias = int | str
+#: A duration: seconds (``1.5``), or text (``"1.5"``, ``"10s"``, ``"250ms"``).
+DurationLike: TypeAlias = float | str
+#: A flag: ``True``, ``1``, or text (``"yes"``, ``"off"``, ...).
+FlagLike: TypeAlias = bool | int | str
+#: A size: bytes (``65536``), or text (``"65536"``, ``"64KB"``, ``"1MB"``).
+SizeLike: TypeAlias = int | str
+#: Backends: URLs or :class:`Backend` objects, or one comma-separated string of URLs.
+BackendsLike: TypeAlias = Iterable[str | Backend] | str
 
 
 # -- casts: each takes the raw value (text or typed) and returns it typed, or raises
@@ -261,6 +280,14 @@ class Settings(BaseSettings):
 
     required: ClassVar[tuple[str, ...]] = ("backends",)
     readers: ClassVar[str] = "the Balancer (lb.Balancer, or the one a front-end builds)"
+
+    if TYPE_CHECKING:
+        # What the constructor accepts, for type checkers: each field as its cast takes it.
+        # The dataclass's own __init__ runs (its __post_init__ casts); the fields above are
+        # what is read back. tests/core/test_settings.py keeps the two lists the same.
+        def __init__(self, backends: BackendsLike = ..., policy: str = ...,
+                     max_fails: CountLike = ..., fail_timeout: DurationLike = ...,
+                     max_ejection_time: DurationLike = ...) -> None: ...
 
     def _check(self) -> None:
         if self.max_ejection_time < self.fail_timeout:

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-from typing import Any, ClassVar
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
 
-from ..core.settings import BaseSettings, parse_flag, parse_size, setting
+from ..core.settings import BaseSettings, FlagLike, SizeLike, parse_flag, parse_size, setting
 from .client import Network
 from .routing import normalize_prefix
 
-__all__ = ["ProxySettings"]
+__all__ = ["ProxySettings", "NetworksLike"]
+
+#: Trusted proxies: addresses or CIDRs (text or networks), or one comma-separated string.
+NetworksLike: TypeAlias = Iterable[str | Network] | str
 
 
 def _prefix(value: Any) -> str:
@@ -63,3 +67,10 @@ class ProxySettings(BaseSettings):
 
     readers: ClassVar[str] = ("the reverse proxies (LoadBalancerMiddleware, WSGILoadBalancer, "
                               "the gateway): give it there")
+
+    if TYPE_CHECKING:
+        # The constructor as type checkers see it: each field as its cast takes it (see
+        # Settings in core/settings.py).
+        def __init__(self, prefix: str = ..., strip_prefix: FlagLike = ...,
+                     trusted_proxies: NetworksLike = ...,
+                     retry_buffer: SizeLike = ...) -> None: ...

@@ -1,8 +1,11 @@
 """Backends and settings: parsing, normalisation, and a clear ConfigError for every bad input."""
 
+import ast
 import dataclasses
+import inspect
 import logging
 import re
+import textwrap
 
 import pytest
 
@@ -12,9 +15,11 @@ from lbmiddleware.core.settings import (
     BaseSettings,
     FrontEndSettings,
     parse_duration,
+    registered,
     resolve,
     setting,
 )
+from lbmiddleware.gateway_settings import GatewaySettings
 
 GOOD = {"LB_BACKENDS": "http://127.0.0.1:8001"}
 
@@ -272,10 +277,51 @@ class TestKeywords:
                          "LB_READ_TIMEOUT", "LB_HASH_KEY", "LB_PRESERVE_HOST",
                          "LB_RETRY_NON_IDEMPOTENT"]
 
+    def test_text_given_to_a_keyword_is_read_back_typed(self):
+        settings = lb.Settings(backends=["http://a:1"], max_fails="3", fail_timeout="250ms")
+        assert [b.url for b in settings.backends] == ["http://a:1"]
+        assert isinstance(settings.backends, tuple) and isinstance(settings.backends[0], lb.Backend)
+        assert (settings.max_fails, settings.fail_timeout) == (3, 0.25)
+        forwarding = ForwardingSettings(fail_statuses=[502], retries="1", preserve_host="yes")
+        assert (forwarding.fail_statuses, forwarding.retries, forwarding.preserve_host) == (
+            frozenset({502}), 1, True)
+        proxy = lb.ProxySettings(trusted_proxies=["10.0.0.0/8"], retry_buffer="1KB")
+        assert [str(n) for n in proxy.trusted_proxies] == ["10.0.0.0/8"]
+        assert proxy.retry_buffer == 1024
+
     def test_the_balancers_settings_are_only_what_it_reads(self):
         assert [f.name for f in dataclasses.fields(lb.Settings)] == [
             "backends", "policy", "max_fails", "fail_timeout", "max_ejection_time"]
         assert lb.AdapterSettings is ForwardingSettings is lb.ForwardingSettings
+
+
+SETTINGS_CLASSES = (lb.Settings, ForwardingSettings, lb.ProxySettings, GatewaySettings)
+
+
+def test_every_settings_class_of_the_package_is_checked_below():
+    ours = [cls for cls in registered() if cls.__module__.startswith("lbmiddleware.")]
+    assert sorted(ours, key=id) == sorted(SETTINGS_CLASSES, key=id)
+
+
+@pytest.mark.parametrize("cls", SETTINGS_CLASSES, ids=lambda cls: cls.__name__)
+def test_the_constructor_type_checkers_see_lists_every_field(cls):
+    """Each settings class declares, for type checkers only, the constructor its dataclass
+    generates: the same parameters in the same order, each typed as the field's cast accepts
+    it (the field's own type, or an ``...Like`` alias for text too), the defaults left to
+    the fields (``...``)."""
+    (tree,) = ast.parse(textwrap.dedent(inspect.getsource(cls))).body
+    (declared,) = [node for block in tree.body if isinstance(block, ast.If)
+                   and ast.unparse(block.test) == "TYPE_CHECKING"
+                   for node in block.body
+                   if isinstance(node, ast.FunctionDef) and node.name == "__init__"]
+    arguments = declared.args
+    fields = [field for field in dataclasses.fields(cls) if field.init]
+    assert [a.arg for a in arguments.args] == ["self"] + [field.name for field in fields]
+    assert not (arguments.kwonlyargs or arguments.vararg or arguments.kwarg)
+    assert [ast.unparse(d) for d in arguments.defaults] == ["..."] * len(fields)
+    for argument, field in zip(arguments.args[1:], fields, strict=True):
+        annotation = ast.unparse(argument.annotation)
+        assert annotation == field.type or annotation.endswith("Like"), (field.name, annotation)
 
 
 @pytest.mark.parametrize("text, seconds", [
