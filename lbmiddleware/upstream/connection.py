@@ -66,6 +66,8 @@ class Connection(asyncio.Protocol):
     # -- asyncio.Protocol -----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # loop.create_connection() gives a stream protocol a Transport; typeshed's
+        # Protocol.connection_made declares the base class.
         self.transport = transport      # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
@@ -197,7 +199,7 @@ class Connection(asyncio.Protocol):
             raise ReadTimeout("no response head from the backend within the read timeout")
         if isinstance(result, BaseException):
             raise result
-        return result       # type: ignore[no-any-return]
+        return result       # type: ignore[no-any-return]  # the waiter's third end: the Response
 
     async def _send_until_answered(self, transport: asyncio.Transport,
                                    body: AsyncIterator[bytes], length: int | None,
