@@ -29,7 +29,6 @@ upstream target, error responses) come from :mod:`lbmiddleware.proxy`:
 
 from __future__ import annotations
 
-import dataclasses
 import http
 import re
 import urllib.parse
@@ -38,7 +37,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from .core.balancer import Balancer
 from .core.forwarding import ForwardingSettings
-from .core.settings import parse_positive_count, resolve
+from .core.settings import FrontEndSettings, Settings, parse_positive_count, resolve
 from .errors import ConfigError, NoHealthyBackend, needs_extra
 from .proxy import (
     TEXT,
@@ -105,15 +104,19 @@ class WSGILoadBalancer:
     ``connect_timeout``, ``hash_key``, ``preserve_host``, ...: ``self.forwarding``) and
     the proxy's own (``prefix``, ``strip_prefix``, ``trusted_proxies``, ``retry_buffer``:
     ``self.settings``). With no ``backends`` (and no ``balancer``) every setting comes from
-    ``LB_*`` variables (``environ`` for tests), keyword arguments winning. ``balancer=``
-    shares an existing pool; then the Balancer's settings are set on it, and the
-    forwarding and proxy settings given here are this middleware's. ``chunk_size`` is the
+    ``LB_*`` variables (``environ`` for tests), keyword arguments winning. ``settings=``
+    passes ready settings objects, as for the ASGI middleware. ``balancer=`` shares an
+    existing pool; then the Balancer's settings are set on it, and the forwarding and
+    proxy settings are this middleware's: its keywords, else ``LB_*``, else the
+    defaults. A ``prefix`` or ``backends`` of ``None`` is not given. ``chunk_size`` is the
     most read at once from a body, each way; ``verify`` and ``cert`` are passed to
     requests for ``https`` backends.
     """
 
     def __init__(self, app: WSGIApplication | None = None, prefix: str | None = None,
                  backends: Iterable[str | Backend] | str | None = None, *,
+                 settings: Settings | ForwardingSettings | ProxySettings | FrontEndSettings
+                 | None = None,
                  balancer: Balancer | None = None, environ: Mapping[str, str] | None = None,
                  verify: VerifyArg = True, cert: CertArg = None,
                  pool_maxsize: int = DEFAULT_POOL_MAXSIZE, chunk_size: int = CHUNK_SIZE,
@@ -128,19 +131,18 @@ class WSGILoadBalancer:
             raise ConfigError(f"chunk_size has value {chunk_size!r}: {exc}") from None
         resolved = resolve("WSGILoadBalancer", (ForwardingSettings, ProxySettings), options,
                            shared=None if balancer is None else balancer.settings,
-                           environ=environ)
+                           settings=settings, environ=environ)
         self.app = app
-        self.settings = settings = resolved[ProxySettings]
+        self.settings = proxy = resolved[ProxySettings]
         self.forwarding = forwarding = resolved[ForwardingSettings]
         self.balancer = balancer if balancer is not None else Balancer(settings=resolved.core)
-        self.adapter = _ProxyAdapter(
-            balancer=self.balancer, key_func=_sticky_key_of, pool_maxsize=pool_maxsize,
-            **{**{f.name: getattr(forwarding, f.name) for f in dataclasses.fields(forwarding)},
-               "preserve_host": False})           # Host is set here, from the settings
+        self.adapter = _ProxyAdapter(      # Host is set here, from the settings
+            balancer=self.balancer, settings=forwarding.replace(preserve_host=False),
+            key_func=_sticky_key_of, pool_maxsize=pool_maxsize)
         self.adapter.prefetch = chunk_size        # the first block is read inside the attempt
-        self._prefix = settings.prefix
-        self._strip = settings.strip_prefix
-        self._client_address = ClientAddress(settings.trusted_proxies)
+        self._prefix = proxy.prefix
+        self._strip = proxy.strip_prefix
+        self._client_address = ClientAddress(proxy.trusted_proxies)
         self._sticky = self.balancer.policy == "ip_hash"
         self._verify = verify
         self._cert = cert

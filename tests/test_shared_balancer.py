@@ -77,3 +77,42 @@ def test_without_backends_every_front_end_reads_lb_variables_the_same_way(make, 
                                                             "http://127.0.0.1:2"]
     assert front_end.balancer.policy == "least_conn" and front_end.forwarding.retries == 0
 
+
+
+SHARED_ENV = {"LB_BACKENDS": "http://127.0.0.1:1", "LB_RETRIES": "0", "LB_READ_TIMEOUT": "3s",
+              "LB_FAIL_STATUSES": "500,503", "LB_PREFIX": "/api"}
+FRONT_ENDS = [
+    pytest.param(lambda **kw: LoadBalancingAdapter(**kw), id="adapter"),
+    pytest.param(lambda **kw: LoadBalancerMiddleware(None, **kw), id="asgi"),
+    pytest.param(lambda **kw: WSGILoadBalancer(None, **kw), id="wsgi"),
+]
+
+
+def forwarding_of(front_end) -> tuple[int, float, list[int]]:
+    settings = front_end.forwarding
+    return settings.retries, settings.read_timeout, sorted(settings.fail_statuses)
+
+
+@pytest.mark.parametrize("make", FRONT_ENDS)
+def test_on_a_shared_balancer_a_front_end_reads_its_own_settings_from_lb_variables(
+        make, monkeypatch):
+    # The Balancer's settings are the pool's; the front-end's own (forwarding, proxy) come
+    # from keywords, else LB_* variables, else their defaults.
+    for name in [n for n in os.environ if n.startswith("LB_")]:
+        monkeypatch.delenv(name)
+    for name, value in SHARED_ENV.items():
+        monkeypatch.setenv(name, value)
+    pool = lb.Balancer.from_env()
+    front_end = make(balancer=pool)
+    assert front_end.balancer is pool
+    assert forwarding_of(front_end) == (0, 3.0, [500, 503])
+    if isinstance(front_end.settings, lb.ProxySettings):
+        assert front_end.settings.prefix == "/api"
+    # Keywords win over the variables; environ= replaces os.environ.
+    assert forwarding_of(make(balancer=pool, retries=1)) == (1, 3.0, [500, 503])
+    assert forwarding_of(make(balancer=pool, environ={"LB_RETRIES": "4"})) == (
+        4, 60.0, [502, 503, 504])
+    # A pool built from keywords too: nothing of the Balancer's is read or required.
+    keywords_pool = lb.Balancer(["http://127.0.0.1:2"], max_fails=1)
+    front_end = make(balancer=keywords_pool, environ={"LB_RETRIES": "0", "LB_MAX_FAILS": "9"})
+    assert front_end.balancer.settings.max_fails == 1 and front_end.forwarding.retries == 0

@@ -36,7 +36,6 @@ backend that answers before reading the request body gets no more of it
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import time
 import urllib.parse
@@ -52,7 +51,7 @@ from ..core.attempts import Attempts, Outcome, RetryRule
 from ..core.backend import Backend
 from ..core.balancer import Balancer
 from ..core.forwarding import ForwardingSettings
-from ..core.settings import FrontEndSettings, Settings, resolve
+from ..core.settings import FrontEndSettings, Settings, resolve, setting_names
 from ..errors import NoHealthyBackend
 from ..proxy import parse_cookie
 from .bodies import discard, end_when_done, prefetch_body, read_body
@@ -89,10 +88,13 @@ class LoadBalancingAdapter(HTTPAdapter):
     ``backends``, ``policy``, ``max_fails``, ... are the Balancer's settings
     (:class:`~lbmiddleware.Settings`); ``retries``, ``connect_timeout``, ``read_timeout``,
     ``fail_statuses``, ``hash_key``, ``preserve_host`` and ``retry_non_idempotent`` the
-    adapter's own (:class:`AdapterSettings`, in ``self.settings``). Without ``backends``
-    every setting not given comes from ``LB_*`` variables. Pass ``balancer=`` instead to
-    share one pool with other adapters and middlewares: then only the adapter's own
-    settings may be given here, and each front-end keeps its own.
+    adapter's own (:class:`~lbmiddleware.ForwardingSettings`, in ``self.settings``).
+    Without ``backends`` every setting not given comes from ``LB_*`` variables
+    (``environ`` for tests). ``settings=`` passes a ready ``ForwardingSettings`` or
+    ``Settings``, or both at once (a ``FrontEndSettings``). Pass ``balancer=`` instead of
+    the Balancer's settings to share one pool with other adapters and middlewares: each
+    front-end then keeps its own settings, from its keywords, else ``LB_*``, else the
+    defaults.
 
     ``key_func(request) -> str | None`` gives the sticky key for ``ip_hash`` (by default
     the ``hash_key`` setting: ``header:NAME`` or ``cookie:NAME`` of the outgoing request;
@@ -111,7 +113,9 @@ class LoadBalancingAdapter(HTTPAdapter):
         backends: Iterable[str | Backend] | str | None = None,
         policy: str | None = None,
         *,
+        settings: Settings | ForwardingSettings | FrontEndSettings | None = None,
         balancer: Balancer | None = None,
+        environ: Mapping[str, str] | None = None,
         key_func: Callable[[PreparedRequest], str | None] | None = None,
         pool_connections: int = DEFAULT_POOLSIZE,
         pool_maxsize: int = DEFAULT_POOLSIZE,
@@ -125,40 +129,43 @@ class LoadBalancingAdapter(HTTPAdapter):
         if policy is not None:
             options["policy"] = policy
         resolved = resolve("LoadBalancingAdapter", (AdapterSettings,), options,
-                           shared=None if balancer is None else balancer.settings)
+                           shared=None if balancer is None else balancer.settings,
+                           settings=settings, environ=environ)
         self._owns_balancer = balancer is None
         if balancer is None:
             balancer = Balancer(settings=resolved.core)
         self.balancer = balancer
-        self.settings = settings = resolved[AdapterSettings]
+        self.settings = forwarding = resolved[AdapterSettings]
         self.key_func = key_func
         self._timer = timer
-        self._default_timeout = (settings.connect_timeout, settings.read_timeout)
-        self._retry_rule = RetryRule(retries=settings.retries,
-                                     fail_statuses=settings.fail_statuses,
-                                     retry_non_idempotent=settings.retry_non_idempotent)
+        self._default_timeout = (forwarding.connect_timeout, forwarding.read_timeout)
+        self._retry_rule = RetryRule(retries=forwarding.retries,
+                                     fail_statuses=forwarding.fail_statuses,
+                                     retry_non_idempotent=forwarding.retry_non_idempotent)
         self._keyed = key_func is not None or (
-            balancer.policy == "ip_hash" and settings.hash_key != "client_ip")
-        self._key_kind, _, self._key_name = settings.hash_key.partition(":")
+            balancer.policy == "ip_hash" and forwarding.hash_key != "client_ip")
+        self._key_kind, _, self._key_name = forwarding.hash_key.partition(":")
         self._known: set[str] = set()
         pools = max(pool_connections, len(balancer.backends))
         super().__init__(pools, pool_maxsize, max_retries, pool_block)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *,
-                 key_func: Callable[[PreparedRequest], str | None] | None = None,
-                 **overrides: Any) -> LoadBalancingAdapter:
-        """An adapter configured from ``LB_*`` variables (``environ`` for tests).
+                 balancer: Balancer | None = None, **overrides: Any) -> LoadBalancingAdapter:
+        """An adapter configured from ``LB_*`` variables (``environ`` for tests), even
+        when ``backends`` is given; with ``balancer=``, the adapter's own settings only.
 
         Keyword arguments that are settings win over the variables; the others
-        (``pool_maxsize``, ``max_retries``, ``timer``, ...) go to the constructor.
+        (``key_func``, ``pool_maxsize``, ``max_retries``, ``timer``, ...) go to the
+        constructor.
         """
-        names = {f.name for group in (Settings, AdapterSettings) for f in dataclasses.fields(group)}
+        names = setting_names(Settings, AdapterSettings)
         settings = resolve("LoadBalancingAdapter.from_env", (AdapterSettings,),
                            {k: v for k, v in overrides.items() if k in names},
+                           shared=None if balancer is None else balancer.settings,
                            environ=environ, from_env=True)
         rest = {k: v for k, v in overrides.items() if k not in names}
-        return cls(key_func=key_func, **rest, **_fields(settings))
+        return cls(settings=settings, balancer=balancer, **rest)
 
     @property
     def forwarding(self) -> ForwardingSettings:
@@ -313,10 +320,9 @@ class LoadBalancingAdapter(HTTPAdapter):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         LoadBalancingAdapter.__init__(
-            self, key_func=state["key_func"], timer=state["timer"],
+            self, settings=state["settings"], key_func=state["key_func"], timer=state["timer"],
             pool_connections=state["_pool_connections"], pool_maxsize=state["_pool_maxsize"],
-            max_retries=state["max_retries"], pool_block=state["_pool_block"],
-            **_fields(state["settings"]))
+            max_retries=state["max_retries"], pool_block=state["_pool_block"])
         self.config = state["config"]
 
     def __repr__(self) -> str:
@@ -324,13 +330,6 @@ class LoadBalancingAdapter(HTTPAdapter):
 
 
 # -- helpers ------------------------------------------------------------------------------
-
-def _fields(settings: FrontEndSettings) -> dict[str, Any]:
-    """The settings (the Balancer's and the adapter's) as keyword arguments of the
-    constructor."""
-    return {field.name: getattr(group, field.name)
-            for group in settings for field in dataclasses.fields(group)}
-
 
 @runtime_checkable
 class _File(Protocol):

@@ -33,7 +33,7 @@ from typing import Any
 from ..core.attempts import RetryRule
 from ..core.balancer import Balancer
 from ..core.forwarding import ForwardingSettings
-from ..core.settings import BaseSettings, FrontEndSettings, resolve
+from ..core.settings import FrontEndSettings, Settings, resolve
 from ..proxy import (
     BINARY,
     ClientAddress,
@@ -67,24 +67,33 @@ class LoadBalancerMiddleware:
     (``prefix``, ``strip_prefix``, ``trusted_proxies``, ``retry_buffer``: ``self.settings``,
     a :class:`~lbmiddleware.ProxySettings`). Without ``backends`` every setting not given
     comes from ``LB_*`` variables (``environ`` for tests). ``settings=`` passes a ready
-    ``ProxySettings``, or every setting at once (the gateway's ``load_settings()``).
-    ``balancer=`` shares a :class:`Balancer`: its own settings are then set on it, while
-    the forwarding and proxy settings are this middleware's (``retries=0`` here, 2 in an
-    adapter on the same pool). ``app`` may be ``None``: requests outside the prefix then
-    get 404 (websockets a 501).
+    ``ProxySettings``, ``ForwardingSettings`` or ``Settings``, or every setting at once
+    (the gateway's ``load_settings()``). ``balancer=`` shares a :class:`Balancer`: its own
+    settings are then set on it, while the forwarding and proxy settings are this
+    middleware's, from its keywords, else ``LB_*``, else the defaults (``retries=0`` here,
+    2 in an adapter on the same pool). ``app`` may be ``None``: requests outside the
+    prefix then get 404 (websockets a 501).
+
+    ``app`` is positional-only, so that Starlette's ``add_middleware`` and ``Middleware``
+    type-check: their factory protocol passes the app positionally and the options as
+    ``**kwargs``, which must not be able to name ``app`` again. Starlette before 0.35 (and
+    FastAPI's own stack then) built middleware with ``cls(app=app, **options)``: ``app=``
+    is still taken for them.
     """
 
-    def __init__(self, app: ASGIApp | None = None, *,
-                 settings: ProxySettings | FrontEndSettings | None = None,
+    def __init__(self, app: ASGIApp | None = None, /, *,
+                 settings: Settings | ForwardingSettings | ProxySettings | FrontEndSettings
+                 | None = None,
                  balancer: Balancer | None = None, environ: Mapping[str, str] | None = None,
                  upstream: Upstream | None = None, **options: Any) -> None:
+        if "app" in options:        # cls(app=app, **options): Starlette before 0.35
+            if app is not None:
+                raise TypeError("LoadBalancerMiddleware() got multiple values for argument 'app'")
+            app = options.pop("app")
         self.app = app
-        given: tuple[BaseSettings, ...] = (
-            () if settings is None else (settings,) if isinstance(settings, BaseSettings)
-            else tuple(settings))
         resolved = resolve("LoadBalancerMiddleware", (ForwardingSettings, ProxySettings), options,
                            shared=None if balancer is None else balancer.settings,
-                           given=given, environ=environ)
+                           settings=settings, environ=environ)
         self.balancer = balancer if balancer is not None else Balancer(settings=resolved.core)
         self.settings = proxy = resolved[ProxySettings]
         self.forwarding = forwarding = resolved[ForwardingSettings]

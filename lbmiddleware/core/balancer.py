@@ -64,11 +64,9 @@ class Balancer:
             options["backends"] = backends
         if policy is not None:
             options["policy"] = policy
-        if settings is None or options:
-            # Only the Balancer's own settings: a front-end's (retries=...) raises a TypeError
-            # that says where it belongs.
-            given = () if settings is None else (settings,)
-            settings = resolve("Balancer", (), options, given=given, from_env=False).core
+        # Only the Balancer's own settings: a front-end's (retries=...) raises a TypeError
+        # that says where it belongs, and so does a settings= object of another class.
+        settings = resolve("Balancer", (), options, settings=settings, from_env=False).core
         self.settings = settings
         self._timer = timer
         self._rng = rng if rng is not None else random.Random()

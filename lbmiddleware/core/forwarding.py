@@ -34,13 +34,22 @@ from .settings import (
 
 __all__ = ["ForwardingSettings", "parse_statuses", "parse_hash_key", "StatusesLike"]
 
-#: HTTP statuses: numbers (``[502, 503]``), or one comma-separated string (``"502, 503"``).
-StatusesLike: TypeAlias = Iterable[int | str] | str
+#: HTTP statuses: numbers (``[502, 503]``), one number (``503``), or one comma-separated
+#: string (``"502, 503"``).
+StatusesLike: TypeAlias = Iterable[int | str] | int | str
 
 
 def parse_statuses(value: Any) -> frozenset[int]:
-    """HTTP statuses from ``"502, 503"`` or an iterable of numbers."""
-    items = value.split(",") if isinstance(value, str) else value
+    """HTTP statuses from ``"502, 503"``, an iterable of numbers, or one number."""
+    items: Iterable[object]
+    if isinstance(value, str):
+        items = value.split(",")
+    elif isinstance(value, int) and not isinstance(value, bool):
+        items = [value]
+    elif isinstance(value, Iterable):
+        items = value
+    else:
+        raise ValueError("not a status, a list of statuses or a comma-separated string")
     statuses = set()
     for item in items:
         text = str(item).strip()

@@ -36,7 +36,7 @@ from .backend import Backend, parse_backends
 
 __all__ = [
     "BaseSettings", "Settings", "FrontEndSettings", "setting", "resolve", "describe",
-    "registered", "POLICIES", "POLICY_ALIASES",
+    "registered", "given", "setting_names", "POLICIES", "POLICY_ALIASES",
     "parse_duration", "parse_positive_duration", "parse_flag", "parse_count",
     "parse_positive_count", "parse_size",
     "BackendsLike", "CountLike", "DurationLike", "FlagLike", "SizeLike",
@@ -99,7 +99,10 @@ def parse_duration(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError("not a duration")
     if isinstance(value, (int, float)):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:           # an int beyond any float (10**400)
+            raise ValueError("not a non-negative finite duration") from None
     else:
         match = _DURATION.match(str(value))
         if not match:
@@ -178,6 +181,8 @@ def _policy(value: Any) -> str:
 
 
 def _backends(value: Any) -> tuple[Backend, ...]:
+    if not isinstance(value, (str, Backend, Iterable)):
+        raise ValueError("not a URL, a list of URLs or a comma-separated string")
     try:
         return parse_backends(value)
     except ConfigError as exc:
@@ -202,7 +207,18 @@ class BaseSettings:
         super().__init_subclass__(**kwargs)
         _REGISTRY.append(cls)
 
+    if not TYPE_CHECKING:       # type checkers see each class's declared __init__ instead
+        def __new__(cls, *args: Any, **kwargs: Any) -> BaseSettings:
+            # Before the dataclass's __init__ (and so for replace() too): a keyword that is
+            # another class's setting raises the TypeError saying where it belongs, as the
+            # Balancer and the front-ends do (Settings(retries=1): ForwardingSettings).
+            split_options(cls.__name__, (cls,), kwargs)
+            return super().__new__(cls)
+
     def __post_init__(self) -> None:
+        for field in _setting_fields(type(self)):
+            if getattr(self, field.name) is None:       # None: not given
+                object.__setattr__(self, field.name, field.default)
         for name in self.required:
             value = getattr(self, name)
             if value is None or (isinstance(value, (str, tuple, list)) and not value):
@@ -225,7 +241,7 @@ class BaseSettings:
         with a warning naming the closest setting (a probable typo); a variable the
         platform wrote, not the user, is not reported at all (see :data:`_SERVICE_LINK`).
         """
-        overrides = split_options(f"{cls.__name__}.from_env", (cls,), overrides)[cls]
+        overrides = split_options(f"{cls.__name__}.from_env", (cls,), given(overrides))[cls]
         environ = os.environ if environ is None else environ
         warn_unknown_variables(environ)
         values = _env_values(cls, environ, overrides)
@@ -233,7 +249,9 @@ class BaseSettings:
         return cls(**values, **overrides)
 
     def replace(self: S, **changes: Any) -> S:
-        """A copy with some fields changed (validated like the original)."""
+        """A copy with some fields changed (validated like the original; a field given as
+        ``None`` goes back to its default)."""
+        split_options(f"{type(self).__name__}.replace", (type(self),), changes)
         return dataclasses.replace(self, **changes)
 
     @classmethod
@@ -338,36 +356,38 @@ class FrontEndSettings:
 
 
 def resolve(front_end: str, groups: Sequence[type[BaseSettings]], options: Mapping[str, Any], *,
-            shared: Settings | None = None, given: Iterable[BaseSettings] = (),
+            shared: Settings | None = None, settings: object = None,
             environ: Mapping[str, str] | None = None,
             from_env: bool | None = None) -> FrontEndSettings:
     """The settings of a front-end that reads the classes ``groups`` (besides the
     Balancer's :class:`Settings`): the one rule every front-end follows.
 
     * Each keyword of ``options`` goes to the class that owns it; one that none of them
-      owns raises ``TypeError`` naming it (and the class it belongs to, if any).
-    * ``shared``: the settings of a shared Balancer (``balancer=``). The Balancer's own
-      settings cannot be given then (:class:`ConfigError`: set them on the shared
-      Balancer); the front-end's other settings can, so front-ends sharing one Balancer
-      may each retry or time out differently. Nothing is read from ``LB_*``.
+      owns raises ``TypeError`` naming it (and the class it belongs to, if any). A keyword
+      given as ``None`` is not given.
+    * ``settings``: a ready object of one of these classes, used instead of defaults or
+      variables for its class (keywords still win), or a :class:`FrontEndSettings` holding
+      several (its objects of classes this front-end does not read are ignored: the
+      gateway's settings given to the middleware it runs). Anything else is a
+      ``TypeError`` naming what was given and what is accepted.
+    * ``shared``: the settings of a shared Balancer (``balancer=``): they are the
+      Balancer's settings here, and cannot be given again (:class:`ConfigError`: set them
+      on the shared Balancer). The front-end's own classes, those ``settings`` does not
+      hold, come from the keywords, else from ``LB_*`` variables (``environ``, by default
+      ``os.environ``), else their defaults: front-ends sharing one Balancer may each retry
+      or time out differently, and each reads the variables as it would alone.
     * Otherwise, with ``backends`` among the keywords (or a :class:`Settings` in
-      ``given``), keywords alone; without, ``LB_*`` variables (``environ``, by default
-      ``os.environ``) with the keywords winning, and a missing ``LB_BACKENDS`` is a
-      :class:`ConfigError`. ``from_env`` forces one way or the other (a ``from_env``
-      constructor reads the variables even when ``backends`` is given).
-    * ``given``: ready objects used instead of defaults or variables for their class
-      (keywords still win); objects of classes this front-end does not read are ignored
-      (the gateway's settings given to the middleware it runs).
+      ``settings``), keywords alone; without, ``LB_*`` variables with the keywords
+      winning, and a missing ``LB_BACKENDS`` is a :class:`ConfigError`. ``from_env``
+      forces one way or the other (a ``from_env`` constructor reads the variables even
+      when ``backends`` is given).
 
-    Unknown ``LB_`` names are reported once per call (see :func:`warn_unknown_variables`).
+    Unknown ``LB_`` names are reported once per call that reads variables (see
+    :func:`warn_unknown_variables`).
     """
     wanted: tuple[type[BaseSettings], ...] = (Settings, *(g for g in groups if g is not Settings))
-    ready: dict[type[BaseSettings], BaseSettings] = {}
-    for group in given:
-        home = next((cls for cls in wanted if isinstance(group, cls)), None)
-        if home is not None:
-            ready[home] = group
-    split = split_options(front_end, wanted, options)
+    ready = _ready(front_end, wanted, settings)
+    split = split_options(front_end, wanted, given(options))
     if shared is not None:
         clash = sorted(split[Settings])
         if clash:
@@ -378,17 +398,17 @@ def resolve(front_end: str, groups: Sequence[type[BaseSettings]], options: Mappi
                               "set them on the shared Balancer")
         ready[Settings] = shared
     if from_env is None:
-        from_env = Settings not in ready and "backends" not in split[Settings]
+        from_env = shared is not None or (
+            Settings not in ready and "backends" not in split[Settings])
+    unready = [cls for cls in wanted if cls not in ready]
     values: dict[type[BaseSettings], dict[str, Any]] = {cls: {} for cls in wanted}
-    if from_env:
+    if from_env and unready:
         environ = os.environ if environ is None else environ
         warn_unknown_variables(environ)
-        for cls in wanted:
-            if cls not in ready:
-                values[cls] = _env_values(cls, environ, split[cls])
-        for cls in wanted:
-            if cls not in ready:
-                _require(cls, values[cls], split[cls])
+        for cls in unready:
+            values[cls] = _env_values(cls, environ, split[cls])
+        for cls in unready:
+            _require(cls, values[cls], split[cls])
     built: list[BaseSettings] = []
     for cls in wanted:
         if cls in ready:
@@ -396,6 +416,41 @@ def resolve(front_end: str, groups: Sequence[type[BaseSettings]], options: Mappi
         else:
             built.append(cls(**values[cls], **split[cls]))
     return FrontEndSettings(tuple(built))
+
+
+def given(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The keywords of ``options`` that are given: one given as ``None`` is not (so its
+    variable or default applies, as for ``WSGILoadBalancer(app, prefix=None)``)."""
+    return {name: value for name, value in options.items() if value is not None}
+
+
+def setting_names(*classes: type[BaseSettings]) -> frozenset[str]:
+    """The keyword names of the settings of ``classes``."""
+    return frozenset(field.name for cls in classes for field in dataclasses.fields(cls))
+
+
+def _ready(front_end: str, wanted: Sequence[type[BaseSettings]],
+           settings: object) -> dict[type[BaseSettings], BaseSettings]:
+    """The ready objects of ``settings`` by the class of ``wanted`` each is; ``TypeError``
+    for anything that is neither one of them nor a :class:`FrontEndSettings`."""
+    if settings is None:
+        return {}
+    if isinstance(settings, FrontEndSettings):
+        return {cls: group for group in settings for cls in wanted if isinstance(group, cls)}
+    home = next((cls for cls in wanted if isinstance(settings, cls)), None)
+    if home is None or not isinstance(settings, BaseSettings):
+        accepted = " or ".join(cls.__name__ for cls in wanted)
+        shown = (f"{type(settings).__name__}(...)" if isinstance(settings, BaseSettings)
+                 else f"{_brief(settings)} (a {type(settings).__name__})")
+        raise TypeError(f"{front_end}() got settings={shown}: it takes a {accepted}, or a "
+                        f"FrontEndSettings holding them (load_settings() gives one); "
+                        f"one setting alone is a keyword argument")
+    return {home: settings}
+
+
+def _brief(value: object, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def split_options(front_end: str, groups: Sequence[type[BaseSettings]],
@@ -488,9 +543,14 @@ def _cast(field: dataclasses.Field[Any], value: Any, label: str) -> Any:
         return field.metadata["cast"](value)
     except ValueError as exc:
         raise ConfigError(f"{label} has value {_show(value)}: {exc}") from None
+    except (TypeError, OverflowError) as exc:
+        # A value of a type the cast does not take (each cast names the usual ones itself).
+        raise ConfigError(f"{label} has value {_show(value)}: not a valid value ({exc})") from None
 
 
 def _show(value: Any) -> str:
+    if isinstance(value, int) and value.bit_length() > 64:     # 10**400: no wall of digits
+        return f"{'-' if value < 0 else ''}(an integer of {value.bit_length()} bits)"
     if isinstance(value, frozenset):
         return ",".join(str(v) for v in sorted(value)) or "(none)"
     if isinstance(value, tuple):

@@ -18,16 +18,27 @@ from .routing import normalize_prefix
 
 __all__ = ["ProxySettings", "NetworksLike"]
 
-#: Trusted proxies: addresses or CIDRs (text or networks), or one comma-separated string.
-NetworksLike: TypeAlias = Iterable[str | Network] | str
+#: Trusted proxies: addresses or CIDRs (text or networks), one network, or one comma-separated
+#: string.
+NetworksLike: TypeAlias = Iterable[str | Network] | Network | str
 
 
 def _prefix(value: Any) -> str:
-    return normalize_prefix(str(value))
+    if not isinstance(value, str):
+        raise ValueError("not a path (a string such as '/api')")
+    return normalize_prefix(value)
 
 
 def _networks(value: Any) -> tuple[Network, ...]:
-    items = value.split(",") if isinstance(value, str) else value
+    items: Iterable[object]
+    if isinstance(value, str):
+        items = value.split(",")
+    elif isinstance(value, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
+        items = [value]         # one network, not its addresses one by one
+    elif isinstance(value, Iterable):
+        items = value
+    else:
+        raise ValueError("not an address or CIDR, a list of them or a comma-separated string")
     networks: list[Network] = []
     for item in items:
         if isinstance(item, (ipaddress.IPv4Network, ipaddress.IPv6Network)):

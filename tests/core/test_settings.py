@@ -386,14 +386,28 @@ class TestResolve:
         assert (second[ForwardingSettings].retries, second[ForwardingSettings].preserve_host) == (
             2, True)
         with pytest.raises(lb.ConfigError, match="given with balancer="):
-            resolve("F", (ForwardingSettings,), {}, shared=pool, given=(lb.Settings(backends="http://b:1"),))
+            resolve("F", (ForwardingSettings,), {}, shared=pool,
+                    settings=lb.Settings(backends="http://b:1"))
 
-    def test_a_shared_balancer_reads_no_variables(self, caplog):
+    def test_a_shared_balancer_gives_its_settings_the_variables_the_front_ends(self, caplog):
+        # The Balancer's settings are the shared pool's (its variables neither read nor
+        # required); the front-end's own come from keywords, else LB_*, else defaults.
         caplog.set_level(logging.WARNING, logger="lbmiddleware")
         pool = lb.Settings(backends=["http://a:1"])
-        settings = resolve("F", (ForwardingSettings,), {}, shared=pool,
-                           environ={"LB_RETRIES": "0", "LB_PREFX": "/"})
-        assert settings[ForwardingSettings].retries == 2 and caplog.records == []
+        environ = {"LB_RETRIES": "0", "LB_READ_TIMEOUT": "3s", "LB_MAX_FAILS": "9",
+                   "LB_PREFX": "/"}
+        settings = resolve("F", (ForwardingSettings,), {}, shared=pool, environ=environ)
+        assert settings.core is pool
+        assert settings[ForwardingSettings] == ForwardingSettings(retries=0, read_timeout=3)
+        [record] = caplog.records          # the variables were read: the typo is reported
+        assert "LB_PREFX is not a known setting" in record.getMessage()
+        settings = resolve("F", (ForwardingSettings,), {"retries": 1}, shared=pool,
+                           environ=environ)
+        assert settings[ForwardingSettings] == ForwardingSettings(retries=1, read_timeout=3)
+        # A ready object for the front-end's class is used instead of the variables.
+        settings = resolve("F", (ForwardingSettings,), {}, shared=pool, environ=environ,
+                           settings=ForwardingSettings(retries=5))
+        assert settings[ForwardingSettings] == ForwardingSettings(retries=5)
 
     def test_without_backends_the_variables_are_read_and_keywords_win(self, caplog):
         caplog.set_level(logging.WARNING, logger="lbmiddleware")
@@ -414,11 +428,11 @@ class TestResolve:
         assert settings[ForwardingSettings].retries == 0
 
     def test_given_objects_replace_defaults_and_variables_and_keywords_still_win(self):
-        given = (ForwardingSettings(retries=0, read_timeout=1.0),)
-        settings = resolve("F", (ForwardingSettings,), {"read_timeout": 2.0}, given=given,
+        given = ForwardingSettings(retries=0, read_timeout=1.0)
+        settings = resolve("F", (ForwardingSettings,), {"read_timeout": 2.0}, settings=given,
                            environ={**GOOD, "LB_RETRIES": "5", "LB_CONNECT_TIMEOUT": "9"})
         assert settings[ForwardingSettings] == ForwardingSettings(retries=0, read_timeout=2.0)
-        whole = resolve("F", (ForwardingSettings,), {}, given=tuple(settings), environ={})
+        whole = resolve("F", (ForwardingSettings,), {}, settings=settings, environ={})
         assert whole == settings             # a complete set: no variable read, none required
 
     def test_replace_sends_each_change_to_its_class(self):
@@ -447,3 +461,116 @@ class TestResolve:
         finally:
             from lbmiddleware.core import settings as module
             module._REGISTRY.remove(Extra)
+
+
+class TestWrongSettingsObject:
+    """``settings=`` takes an object of a class the component reads (or a FrontEndSettings
+    holding several): anything else is a TypeError naming what was given and what is
+    accepted, never ignored and never an AttributeError later."""
+
+    @pytest.mark.parametrize("given, shown", [
+        (lb.ProxySettings(), "ProxySettings(...)"), ("x", "'x' (a str)"),
+        (ForwardingSettings(), "ForwardingSettings(...)"),
+        ({"max_fails": 1}, "{'max_fails': 1} (a dict)")])
+    def test_the_balancer(self, given, shown):
+        for make in (lambda: lb.Balancer(settings=given),
+                     lambda: lb.Balancer(["http://a:1"], settings=given)):
+            with pytest.raises(TypeError) as info:
+                make()
+            assert str(info.value).startswith(f"Balancer() got settings={shown}: it takes a "
+                                              "Settings, or a FrontEndSettings holding them")
+
+    def test_the_resolver(self):
+        for given, shown in ((GatewaySettings(), "GatewaySettings(...)"), ("/x", "'/x' (a str)"),
+                             ({"prefix": "/x"}, "{'prefix': '/x'} (a dict)")):
+            with pytest.raises(TypeError) as info:
+                resolve("F", (ForwardingSettings, lb.ProxySettings), {}, settings=given,
+                        environ=GOOD)
+            assert str(info.value).startswith(
+                f"F() got settings={shown}: it takes a Settings or ForwardingSettings or "
+                "ProxySettings, or a FrontEndSettings holding them")
+
+    def test_a_ready_object_of_a_class_read_is_taken(self):
+        ready = lb.Settings(backends=["http://a:1"])
+        assert lb.Balancer(settings=ready).settings is ready
+        whole = resolve("F", (ForwardingSettings,), {"backends": "http://a:1"})
+        assert lb.Balancer(settings=whole).settings is whole.core
+
+
+class TestNoneIsNotGiven:
+    """A setting given as ``None`` is not given: its variable, else its default."""
+
+    def test_keywords_of_the_resolver(self):
+        settings = resolve("F", (lb.ProxySettings,), {"backends": "http://a:1", "prefix": None,
+                                                      "policy": None})
+        assert (settings[lb.ProxySettings].prefix, settings.core.policy) == ("/", "round_robin")
+        settings = resolve("F", (lb.ProxySettings,), {"prefix": None, "retry_buffer": None},
+                           environ={**GOOD, "LB_PREFIX": "/env"})
+        assert settings[lb.ProxySettings].prefix == "/env"
+
+    def test_constructors_and_replace(self):
+        assert lb.ProxySettings(prefix=None).prefix == "/"
+        assert lb.ProxySettings(prefix="/a").replace(prefix=None).prefix == "/"
+        assert ForwardingSettings(fail_statuses=None).fail_statuses == frozenset({502, 503, 504})
+        assert lb.Balancer(["http://a:1"], max_fails=None).settings.max_fails == 3
+        assert lb.Settings.from_env(GOOD, policy=None).policy == "round_robin"
+
+    def test_a_prefix_is_text(self):
+        with pytest.raises(lb.ConfigError, match="^prefix has value 5: not a path"):
+            lb.ProxySettings(prefix=5)
+
+
+class TestBadValuesAreConfigErrors:
+    @pytest.mark.parametrize("make, message", [
+        (lambda: lb.Balancer(["http://a:1"], fail_timeout=10**400),
+         r"^fail_timeout has value \(an integer of 1329 bits\): not a non-negative finite"),
+        (lambda: lb.Settings(backends=["http://a:1"], max_ejection_time=-10**400),
+         r"^max_ejection_time has value -\(an integer of 1329 bits\)"),
+        (lambda: lb.Settings(backends=5), "^backends has value 5: not a URL, a list of URLs"),
+        (lambda: ForwardingSettings(fail_statuses=object()), "^fail_statuses has value <object"),
+        (lambda: ForwardingSettings(fail_statuses=[True]), "^fail_statuses has value"),
+        (lambda: ForwardingSettings(fail_statuses=600), r"^fail_statuses has value 600: '600'"),
+        (lambda: lb.ProxySettings(trusted_proxies=5), "^trusted_proxies has value 5: not an"),
+    ])
+    def test_a_value_of_the_wrong_type_or_size(self, make, message):
+        with pytest.raises(lb.ConfigError, match=message):
+            make()
+
+    def test_one_status_is_a_list_of_one(self):
+        assert ForwardingSettings(fail_statuses=503).fail_statuses == frozenset({503})
+        assert ForwardingSettings.from_env({}, fail_statuses=500).fail_statuses == {500}
+
+    def test_one_network_is_a_list_of_one(self):
+        import ipaddress
+
+        network = ipaddress.ip_network("10.0.0.0/8")
+        assert lb.ProxySettings(trusted_proxies=network).trusted_proxies == (network,)
+
+
+@pytest.mark.parametrize("make, where, keyword", [
+    (lambda: lb.Settings(backends=["http://a:1"], retries=1), "Settings()", "retries"),
+    (lambda: lb.Settings(backends=["http://a:1"]).replace(retries=1), "Settings.replace()",
+     "retries"),
+    (lambda: ForwardingSettings(prefix="/x"), "ForwardingSettings()", "prefix"),
+    (lambda: ForwardingSettings().replace(max_fails=1), "ForwardingSettings.replace()",
+     "max_fails"),
+    (lambda: lb.ProxySettings(listen=":1"), "ProxySettings()", "listen"),
+    (lambda: GatewaySettings(retries=1), "GatewaySettings()", "retries"),
+])
+def test_every_settings_class_says_where_a_keyword_of_another_belongs(make, where, keyword):
+    with pytest.raises(TypeError) as info:
+        make()
+    message = str(info.value)
+    assert message.startswith(f"{where} got an unexpected keyword argument {keyword!r}: "
+                              f"{keyword} is a setting of ")
+    # One helper writes it: the Balancer's (or a front-end's) message reads the same.
+    with pytest.raises(TypeError) as other:
+        resolve("Other", (), {keyword: 1}) if keyword != "max_fails" else (
+            GatewaySettings(max_fails=1))
+    assert message.partition(": ")[2] == str(other.value).partition(": ")[2]
+
+
+def test_a_misspelt_keyword_of_a_settings_class_gets_the_closest_name():
+    with pytest.raises(TypeError, match=r"^Settings\(\) got an unexpected keyword argument "
+                                        r"'max_fail' \(did you mean max_fails\?\)$"):
+        lb.Settings(backends=["http://a:1"], max_fail=1)
