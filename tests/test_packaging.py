@@ -11,6 +11,7 @@ the build tools come from the test extra.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
@@ -143,7 +144,32 @@ lb.Balancer(settings=lb.Settings(backends="http://127.0.0.1:1, http://127.0.0.1:
                                  policy="latency", max_fails="3", fail_timeout="10s"))
 lb.ForwardingSettings(fail_statuses=[502], retries="3", read_timeout="250ms")
 lb.ProxySettings(trusted_proxies=["10.0.0.0/8"], retry_buffer="64KB", strip_prefix="yes")
+# The README's front-ends: Starlette's add_middleware and Middleware take the ASGI middleware
+# (their factory protocol passes the app positionally and the options as keywords).
+import requests
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+
+urls = ["http://127.0.0.1:8001", "http://127.0.0.1:8002"]
+app = Starlette(routes=[])
+app.add_middleware(lb.LoadBalancerMiddleware, prefix="/api", backends=urls, policy="ip_hash",
+                   trusted_proxies=["10.0.0.0/8"])
+app.add_middleware(lb.LoadBalancerMiddleware)
+pool = lb.Balancer(urls, policy="least_conn", max_fails=3)
+app.add_middleware(lb.LoadBalancerMiddleware, balancer=pool, prefix="/api", retries=0)
+Starlette(middleware=[Middleware(lb.LoadBalancerMiddleware, backends=urls, prefix="/api")])
+lb.LoadBalancerMiddleware(app, backends=urls, prefix="/api")
+session = requests.Session()
+session.mount("http://orders/", lb.LoadBalancingAdapter(urls, policy="latency", retries=2))
+session.mount("http://orders/", lb.LoadBalancingAdapter.from_env())
+session.mount("http://svc/", lb.LoadBalancingAdapter(balancer=pool, retries=2))
+lb.WSGILoadBalancer(None, prefix="/api", backends=urls)
 """
+
+# What the user script imports beside the package: found by mypy through a .pth file in the
+# wheel's environment, from this test environment (the test extra installs them).
+USER_IMPORTS = ("starlette", "anyio", "typing_extensions", "requests", "urllib3", "idna",
+                "certifi", "charset_normalizer")
 
 
 def test_a_user_script_type_checks_against_the_installed_wheel(dists: Dists,
@@ -158,6 +184,15 @@ def test_a_user_script_type_checks_against_the_installed_wheel(dists: Dists,
     install = run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
                    "--target", str(site_packages), str(dists.wheel)])
     assert install.returncode == 0, install.stderr
+    beside = tmp_path / "beside"
+    beside.mkdir()
+    for name in USER_IMPORTS:
+        spec = importlib.util.find_spec(name)
+        assert spec is not None and spec.origin is not None, name
+        source = Path(spec.origin)
+        source = source.parent if source.name == "__init__.py" else source
+        (beside / source.name).symlink_to(source, target_is_directory=source.is_dir())
+    (site_packages / "user_imports.pth").write_text(f"{beside}\n")
     (tmp_path / "user.py").write_text(USER_SCRIPT)
     (tmp_path / "mypy.ini").write_text("[mypy]\nstrict = True\n")
     out = run([sys.executable, "-m", "mypy", "--config-file", "mypy.ini", "--cache-dir", os.devnull,
