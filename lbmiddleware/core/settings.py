@@ -14,7 +14,8 @@ and the like, while its fields read back typed), and a bad value in either form 
     LB_MAX_FAILS has value 'x': not an integer
 
 A front-end asks :func:`resolve` for its settings: keyword arguments, each given to the
-class that owns it; a shared Balancer's settings; or ``LB_*`` variables. Every settings
+class that owns it (``None``: not given); ready objects (``settings=``); a shared Balancer's
+settings, for the Balancer's own; and ``LB_*`` variables for the rest. Every settings
 class registers itself when it is defined, so an ``LB_`` name that none of them has is
 reported as a probable typo, and the core never imports a front-end to know their names
 (``import lbmiddleware`` loads every front-end's settings module: standard library only).
