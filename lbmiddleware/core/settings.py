@@ -219,7 +219,7 @@ class BaseSettings:
     def __post_init__(self) -> None:
         for field in _setting_fields(type(self)):
             if getattr(self, field.name) is None:       # None: not given
-                object.__setattr__(self, field.name, field.default)
+                object.__setattr__(self, field.name, _default(field))
         for name in self.required:
             value = getattr(self, name)
             if value is None or (isinstance(value, (str, tuple, list)) and not value):
@@ -444,8 +444,8 @@ def _ready(front_end: str, wanted: Sequence[type[BaseSettings]],
         shown = (f"{type(settings).__name__}(...)" if isinstance(settings, BaseSettings)
                  else f"{_brief(settings)} (a {type(settings).__name__})")
         raise TypeError(f"{front_end}() got settings={shown}: it takes a {accepted}, or a "
-                        f"FrontEndSettings holding them (load_settings() gives one); "
-                        f"one setting alone is a keyword argument")
+                        f"FrontEndSettings holding them (load_settings() gives one); single "
+                        f"settings are keyword arguments")
     return {home: settings}
 
 
@@ -537,6 +537,12 @@ def _require(cls: type[BaseSettings], values: Mapping[str, Any],
         if name not in values and name not in overrides:
             env = next(f.metadata["env"] for f in _setting_fields(cls) if f.name == name)
             raise ConfigError(f"{env} is not set: it is required")
+
+
+def _default(field: dataclasses.Field[Any]) -> Any:
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return None if field.default is dataclasses.MISSING else field.default
 
 
 def _cast(field: dataclasses.Field[Any], value: Any, label: str) -> Any:

@@ -515,6 +515,19 @@ class TestNoneIsNotGiven:
         assert lb.Balancer(["http://a:1"], max_fails=None).settings.max_fails == 3
         assert lb.Settings.from_env(GOOD, policy=None).policy == "round_robin"
 
+    def test_a_default_made_by_a_factory(self):
+        @dataclasses.dataclass(frozen=True)
+        class Extra(BaseSettings):
+            names: tuple[str, ...] = dataclasses.field(
+                default_factory=lambda: ("a",),
+                metadata=setting("LB_TEST_FACTORY_DEFAULT", tuple, "a test setting"))
+
+        try:
+            assert Extra(names=None).names == ("a",)
+        finally:
+            from lbmiddleware.core import settings as module
+            module._REGISTRY.remove(Extra)
+
     def test_a_prefix_is_text(self):
         with pytest.raises(lb.ConfigError, match="^prefix has value 5: not a path"):
             lb.ProxySettings(prefix=5)
