@@ -128,14 +128,14 @@ class LoadBalancingAdapter(HTTPAdapter):
             options["backends"] = backends
         if policy is not None:
             options["policy"] = policy
-        resolved = resolve("LoadBalancingAdapter", (AdapterSettings,), options,
+        resolved = resolve("LoadBalancingAdapter", (ForwardingSettings,), options,
                            shared=None if balancer is None else balancer.settings,
                            settings=settings, environ=environ)
         self._owns_balancer = balancer is None
         if balancer is None:
             balancer = Balancer(settings=resolved.core)
         self.balancer = balancer
-        self.settings = forwarding = resolved[AdapterSettings]
+        self.settings = forwarding = resolved[ForwardingSettings]
         self.key_func = key_func
         self._timer = timer
         self._default_timeout = (forwarding.connect_timeout, forwarding.read_timeout)
@@ -159,8 +159,8 @@ class LoadBalancingAdapter(HTTPAdapter):
         (``key_func``, ``pool_maxsize``, ``max_retries``, ``timer``, ...) go to the
         constructor.
         """
-        names = setting_names(Settings, AdapterSettings)
-        settings = resolve("LoadBalancingAdapter.from_env", (AdapterSettings,),
+        names = setting_names(Settings, ForwardingSettings)
+        settings = resolve("LoadBalancingAdapter.from_env", (ForwardingSettings,),
                            {k: v for k, v in overrides.items() if k in names},
                            shared=None if balancer is None else balancer.settings,
                            environ=environ, from_env=True)
