@@ -213,9 +213,11 @@ class Completion:
             return False
 
     def done(self, outcome: Outcome, *, wait: bool = True) -> None:
-        """End with ``outcome``. ``wait=False``: never wait for the balancer's lock (for
-        finalizers and callbacks that a garbage collection may run); the report is then
-        applied at once if the lock is free, else by the balancer's next call."""
+        """End with ``outcome``. ``wait=False``: the lock-free path, for finalizers and
+        callbacks that a garbage collection may run (perhaps inside the balancer's lock, on
+        this thread): it never waits for the lock and runs no event listener. The report is
+        applied at once if the lock is free, else by the balancer's next call; the events it
+        causes go out with the next call that delivers (docs/contract.md, "Passive health")."""
         if not self._end():
             return                  # already ended
         if wait:

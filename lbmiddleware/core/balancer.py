@@ -226,6 +226,7 @@ class Balancer:
         One thread at a time delivers, oldest event first; a thread that finds another one
         delivering leaves its events to it (that thread looks again after it stops), so events
         keep their order and a listener that calls back into the pool cannot deadlock.
+        Only the normal calls deliver, never the lock-free paths (see :meth:`report_later`).
         """
         outbox = self._outbox
         while outbox:
@@ -315,21 +316,24 @@ class Balancer:
 
     def report_later(self, backend: Backend, ok: bool = True,
                      latency: float | None = None) -> None:
-        """:meth:`report` that never waits for the lock: for finalizers and callbacks that
-        may run while this thread already holds it (a garbage collection inside
-        :meth:`pick`). Applied at once if the lock is free, else by the next call."""
+        """:meth:`report` for finalizers and callbacks that a garbage collection may run,
+        perhaps while this thread holds the lock (a collection inside :meth:`pick`): it never
+        waits for the lock and never runs an event listener (the code that dropped the
+        object may hold a lock a listener takes). Applied at once if the lock is free, else
+        by the next call; the events it causes go out with the next call that delivers
+        (pick, report, release, update, stats)."""
         self._deferred.append((backend, ok, latency))
         self._apply_later()
 
     def _apply_later(self) -> None:
-        """Apply the deferred reports now if the lock is free (else the next call does)."""
+        """Apply the deferred ends now if the lock is free (else the next call does); post
+        their events, deliver none."""
         if self._lock.acquire(blocking=False):
             try:
                 self._apply_deferred()
                 self._post()
             finally:
                 self._lock.release()
-            self._deliver()
 
     def _apply_deferred(self) -> None:
         deferred = self._deferred
