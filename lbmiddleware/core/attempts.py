@@ -38,6 +38,9 @@ Four pieces:
   exactly once, with :meth:`~Completion.done` (an outcome) or :meth:`~Completion.release`
   (none: the caller gave up or was cancelled). A second end is ignored, and a handle
   dropped without an end is released by its finalizer, so an in-flight count cannot leak.
+  An end that a garbage collection may run (a finalizer, a coroutine or generator closed
+  with ``GeneratorExit``) takes the balancer's lock-free path: it never waits for the lock
+  (the collection may run inside it, on this very thread) and runs no event listener.
 * :class:`Attempts`, the loop: the first pick, then after each failure the question "is
   there another attempt?", answered by the rule and by whether a backend is left.
 
@@ -184,8 +187,9 @@ class Completion:
     without one (the caller gave up, or was cancelled). A second end is ignored. A handle
     dropped without an end is released by a finalizer, through the balancer's lock-free
     path (a garbage collection may run it while this thread holds the balancer's lock).
-    Also a context manager: an exception in the block releases it, a clean exit leaves it
-    to its owner.
+    Also a context manager: an exception in the block releases it (``GeneratorExit``, a
+    coroutine closed perhaps by a garbage collection, on the lock-free path), a clean exit
+    leaves it to its owner.
     """
 
     # The finalizer is ``__del__`` rather than a ``weakref.finalize``: the same last resort
@@ -225,10 +229,14 @@ class Completion:
         else:
             self._balancer.report_later(self.backend, ok=outcome.ok, latency=outcome.latency)
 
-    def release(self) -> None:
-        """End without an outcome: the pick no longer counts in flight."""
+    def release(self, *, wait: bool = True) -> None:
+        """End without an outcome: the pick no longer counts in flight. ``wait=False``: the
+        lock-free path, as for :meth:`done` (no event listener runs from this call)."""
         if self._end():
-            self._balancer.release(self.backend)
+            if wait:
+                self._balancer.release(self.backend)
+            else:
+                self._balancer.release_later(self.backend)
 
     def __del__(self) -> None:
         # Dropped without an end (a front-end's bug, a task destroyed mid-flight): release,
@@ -243,7 +251,7 @@ class Completion:
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  traceback: TracebackType | None) -> None:
         if kind is not None:
-            self.release()
+            self.release(wait=not issubclass(kind, GeneratorExit))
 
     def __repr__(self) -> str:
         return f"<Completion {self.backend.url} {'ended' if self.ended else 'in flight'}>"
@@ -258,7 +266,10 @@ class Attempts:
     ``rule`` decides, ``method`` and ``key`` (the sticky key) describe the request. Drive
     it from sync or async code: :meth:`start`, then :meth:`retry` after each failed
     attempt, then :meth:`end` (or :meth:`release`) for the attempt whose answer the client
-    got. As a context manager, an exception releases the attempt still open.
+    got. As a context manager, an exception releases the attempt still open (the front-end
+    has turned every failure of the backend into an outcome already: what escapes is a
+    cancellation, a client gone, an error of its own; ``GeneratorExit`` on the lock-free
+    path), and a clean exit leaves it to its owner (a streamed body ends it later).
     """
 
     __slots__ = ("_balancer", "rule", "method", "key", "tried", "_current")
@@ -307,10 +318,11 @@ class Attempts:
         if self._current is not None:
             self._current.done(outcome, wait=wait)
 
-    def release(self) -> None:
-        """End the current attempt without an outcome (given up, cancelled)."""
+    def release(self, *, wait: bool = True) -> None:
+        """End the current attempt without an outcome (given up, cancelled); ``wait`` as for
+        :meth:`Completion.release`."""
         if self._current is not None:
-            self._current.release()
+            self._current.release(wait=wait)
 
     @property
     def completion(self) -> Completion:
@@ -330,7 +342,7 @@ class Attempts:
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  traceback: TracebackType | None) -> None:
         if kind is not None:
-            self.release()
+            self.release(wait=not issubclass(kind, GeneratorExit))
 
     def __repr__(self) -> str:
         tried = ", ".join(b.url for b in self.tried)

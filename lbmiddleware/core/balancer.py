@@ -84,7 +84,7 @@ class Balancer:
         self._states: dict[str, BackendState] = {}      # url -> state, listed order
         self._retired: dict[str, BackendState] = {}     # removed, requests still in flight
         self._deferred: collections.deque[tuple[Backend, bool | None, float | None]] = (
-            collections.deque())                        # see report_later()
+            collections.deque())                        # see report_later(), release()
         self._generation = 0
         self._healthy = self._all = Members((), 0)
         self._panic = False
@@ -375,13 +375,26 @@ class Balancer:
                     self._refresh()
 
     def release(self, backend: Backend) -> None:
-        """End one pick of ``backend`` with no outcome (the caller gave up or was cancelled)."""
-        with self._lock:
+        """End one pick of ``backend`` with no outcome (the caller gave up or was cancelled).
+
+        Never waits for the lock: a release has no outcome, only an in-flight count to
+        lower, so when the lock is taken (by another thread, or by this one: a garbage
+        collection inside a pick closing a lost request's coroutine) it is left to the next
+        call, which applies it before it reads anything. It cannot deadlock, wherever it
+        runs. From a finalizer, prefer :meth:`release_later`, which also runs no listener.
+        """
+        lock = self._lock
+        if not lock.acquire(blocking=False):
+            self.release_later(backend)
+            return
+        try:
             if self._deferred:
                 self._apply_deferred()
             self._finish(backend)
             if self._events:
                 self._post()
+        finally:
+            lock.release()
         if self._outbox:
             self._deliver()
 
@@ -405,8 +418,10 @@ class Balancer:
         """Pick, run the block, report: an exception in the block is a failure.
 
         The latency reported is the block's duration. A cancellation (``KeyboardInterrupt``,
-        ``asyncio.CancelledError``) ends the pick without an outcome. Built on :meth:`begin`:
-        the pick ends exactly once, through its completion handle, as every front-end's does.
+        ``asyncio.CancelledError``) ends the pick without an outcome, and so does a block
+        never left that a garbage collection closes (on the lock-free path, as it may run
+        inside this pool's lock). Built on :meth:`begin`: the pick ends exactly once, through
+        its completion handle, as every front-end's does.
         """
         completion = self.begin(key=key, exclude=exclude)
         start = self._timer()
@@ -415,14 +430,15 @@ class Balancer:
         except Exception:
             completion.done(_FAILED)
             raise
-        except BaseException:
-            completion.release()
+        except BaseException as exc:
+            completion.release(wait=not isinstance(exc, GeneratorExit))
             raise
         completion.done(Outcome(ok=True, latency=self._timer() - start))
 
     def release_later(self, backend: Backend) -> None:
-        """:meth:`release` that never waits for the lock (see :meth:`report_later`): how a
-        dropped :class:`~lbmiddleware.core.attempts.Completion` is released by its finalizer."""
+        """:meth:`release` for finalizers (see :meth:`report_later`): never waits for the
+        lock, never runs a listener. How a :class:`~lbmiddleware.core.attempts.Completion`
+        dropped without an end, or closed by ``GeneratorExit``, is released."""
         self._deferred.append((backend, None, None))
         self._apply_later()
 

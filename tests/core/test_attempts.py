@@ -322,6 +322,28 @@ def test_a_completion_is_a_context_manager_that_releases_on_an_exception():
     assert balancer.ends() == [("release", "a"), ("report", "a", True, 0.01)]
 
 
+def test_a_generator_closed_inside_an_attempt_ends_it_on_the_lock_free_path():
+    # GeneratorExit: a coroutine or generator being closed, perhaps by a garbage collection
+    # that runs inside the balancer's lock. The release must not wait for that lock.
+    balancer = FakeBalancer(A, B)
+
+    def request(open_attempt):
+        with open_attempt():
+            yield
+
+    def with_attempts():
+        attempts = Attempts(balancer, RetryRule(), "GET")
+        attempts.start()
+        return attempts
+
+    for open_attempt in (balancer.begin, with_attempts):
+        suspended = request(open_attempt)
+        next(suspended)
+        suspended.close()
+    assert balancer.ends() == [("release_later", "a"), ("release_later", "a")]
+    assert balancer.in_flight == 0
+
+
 def test_a_dropped_completion_is_released_by_its_finalizer():
     balancer = FakeBalancer(A, B)
     balancer.begin()                           # dropped at once, never ended
