@@ -101,6 +101,10 @@ class Outcome(NamedTuple):
     bytes_received: int = 0
 
 
+# A context manager's block raised an Exception: a failure, with no latency (no answer).
+_FAILED = Outcome(ok=False)
+
+
 # -- the retry rule -----------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
@@ -187,9 +191,13 @@ class Completion:
     without one (the caller gave up, or was cancelled). A second end is ignored. A handle
     dropped without an end is released by a finalizer, through the balancer's lock-free
     path (a garbage collection may run it while this thread holds the balancer's lock).
-    Also a context manager: an exception in the block releases it (``GeneratorExit``, a
-    coroutine closed perhaps by a garbage collection, on the lock-free path), a clean exit
-    leaves it to its owner.
+
+    Also a context manager, with the rules of :meth:`Balancer.attempt
+    <lbmiddleware.core.balancer.Balancer.attempt>` (docs/contract.md, "Failures"): an
+    ``Exception`` in the block is a failure (no latency), any other ``BaseException``
+    a release; a block that ends without an outcome releases it at once (call :meth:`done`
+    in the block to report one). ``GeneratorExit`` (a coroutine closed, perhaps by a
+    garbage collection) releases it on the lock-free path.
     """
 
     # The finalizer is ``__del__`` rather than a ``weakref.finalize``: the same last resort
@@ -250,8 +258,16 @@ class Completion:
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  traceback: TracebackType | None) -> None:
-        if kind is not None:
-            self.release(wait=not issubclass(kind, GeneratorExit))
+        if not self._open:
+            return                  # ended in the block
+        if kind is None:
+            self.release()          # no outcome given
+        elif issubclass(kind, GeneratorExit):
+            self.release(wait=False)
+        elif issubclass(kind, Exception):
+            self.done(_FAILED)
+        else:
+            self.release()          # a cancellation, an interrupt
 
     def __repr__(self) -> str:
         return f"<Completion {self.backend.url} {'ended' if self.ended else 'in flight'}>"

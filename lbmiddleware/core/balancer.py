@@ -29,7 +29,6 @@ __all__ = ["Balancer"]
 
 
 _NONE: frozenset[BackendState] = frozenset()
-_FAILED = Outcome(ok=False)     # attempt(): the block raised (no latency: it did not answer)
 
 logger = logging.getLogger("lbmiddleware")
 
@@ -419,21 +418,14 @@ class Balancer:
 
         The latency reported is the block's duration. A cancellation (``KeyboardInterrupt``,
         ``asyncio.CancelledError``) ends the pick without an outcome, and so does a block
-        never left that a garbage collection closes (on the lock-free path, as it may run
-        inside this pool's lock). Built on :meth:`begin`: the pick ends exactly once, through
-        its completion handle, as every front-end's does.
+        never left that a garbage collection closes (on the lock-free path). Built on
+        :meth:`begin`: the pick ends exactly once, through its completion handle, whose
+        context manager holds these rules (docs/contract.md, "Failures").
         """
-        completion = self.begin(key=key, exclude=exclude)
-        start = self._timer()
-        try:
+        with self.begin(key=key, exclude=exclude) as completion:
+            start = self._timer()
             yield completion.backend
-        except Exception:
-            completion.done(_FAILED)
-            raise
-        except BaseException as exc:
-            completion.release(wait=not isinstance(exc, GeneratorExit))
-            raise
-        completion.done(Outcome(ok=True, latency=self._timer() - start))
+            completion.done(Outcome(ok=True, latency=self._timer() - start))
 
     def release_later(self, backend: Backend) -> None:
         """:meth:`release` for finalizers (see :meth:`report_later`): never waits for the

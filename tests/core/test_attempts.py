@@ -313,13 +313,21 @@ def test_a_released_completion_is_not_reported_later():
     assert balancer.ends() == [("release", "a")]
 
 
-def test_a_completion_is_a_context_manager_that_releases_on_an_exception():
+def test_a_completion_as_a_context_manager_ends_on_every_exit_as_attempt_does():
+    # As Balancer.attempt(): an exception is a failure, a cancellation a release; a block
+    # that ends without an outcome releases at once (nothing is left to a finalizer).
     balancer = FakeBalancer(A)
     with pytest.raises(ValueError), balancer.begin():
         raise ValueError
+    with pytest.raises(KeyboardInterrupt), balancer.begin():
+        raise KeyboardInterrupt
     with balancer.begin() as handle:
         handle.done(OK)
-    assert balancer.ends() == [("release", "a"), ("report", "a", True, 0.01)]
+    with balancer.begin():
+        pass
+    assert balancer.ends() == [("report", "a", False, None), ("release", "a"),
+                               ("report", "a", True, 0.01), ("release", "a")]
+    assert balancer.in_flight == 0
 
 
 def test_a_generator_closed_inside_an_attempt_ends_it_on_the_lock_free_path():
