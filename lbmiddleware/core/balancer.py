@@ -75,7 +75,8 @@ class Balancer:
         self._events: list[Event] = []
         self._outbox: collections.deque[Event] = collections.deque()
         self._delivering = threading.Lock()
-        self._listeners: tuple[Listener, ...] = (log_event,)
+        # (token, listener): one entry per subscribe(), removed by its own token only.
+        self._listeners: tuple[tuple[object, Listener], ...] = ((object(), log_event),)
         self._health = PassiveHealth(settings.max_fails, settings.fail_timeout,
                                      settings.max_ejection_time, self._events.append)
         self._load = PeakEwma()
@@ -197,18 +198,21 @@ class Balancer:
 
         Listeners run after the pool's lock is released, one event at a time, in the order
         the events happened, on whichever thread delivers them. A listener that raises is
-        logged (``logger.exception``) and the other listeners still get the event. Logging
-        is the one listener every Balancer has from the start.
+        logged (``logger.exception``) and the other listeners still get the event; one that
+        raises any other ``BaseException`` (a cancellation, an interrupt) has it raised to the
+        delivering call once the other listeners have had the event, the events after it
+        waiting for the next call (a pick that raises so counts nothing in flight). Logging
+        is the one listener every Balancer has from the start. Each returned function
+        removes its own subscription, once.
         """
+        token = object()
         with self._lock:
-            self._listeners = (*self._listeners, listener)
+            self._listeners = (*self._listeners, (token, listener))
 
         def unsubscribe() -> None:
             with self._lock:
-                listeners = list(self._listeners)
-                if listener in listeners:
-                    listeners.remove(listener)
-                    self._listeners = tuple(listeners)
+                self._listeners = tuple(entry for entry in self._listeners
+                                        if entry[0] is not token)
 
         return unsubscribe
 
@@ -233,14 +237,30 @@ class Balancer:
                 return
             try:
                 while outbox:
-                    event = outbox.popleft()
-                    for listener in self._listeners:
-                        try:
-                            listener(event)
-                        except Exception:
-                            logger.exception("event listener %r failed on %r", listener, event)
+                    self._hand_out(outbox.popleft())
             finally:
                 self._delivering.release()
+
+    def _hand_out(self, event: Event) -> None:
+        """``event`` to every listener. A ``BaseException`` that is not an ``Exception`` (a
+        cancellation, an interrupt) is raised once every listener has had the event; the
+        events after it stay in the outbox for the next call."""
+        escaped: BaseException | None = None
+        for _, listener in self._listeners:
+            try:
+                listener(event)
+            except Exception:
+                logger.exception("event listener %r failed on %r", listener, event)
+            except BaseException as exc:
+                if escaped is None:
+                    escaped = exc
+                else:
+                    logger.exception("event listener %r failed on %r", listener, event)
+        if escaped is not None:
+            try:
+                raise escaped
+            finally:
+                escaped = None          # no reference cycle through the traceback
 
     # -- pick and report ----------------------------------------------------------------
 
@@ -249,7 +269,8 @@ class Balancer:
 
         ``key`` is the sticky key for ``ip_hash`` (ignored by the other policies);
         ``exclude`` lists backends already tried for this request. Raises
-        :class:`NoHealthyBackend` when no backend is left to try.
+        :class:`NoHealthyBackend` when no backend is left to try. A pick that raises
+        counts nothing in flight, even when an event listener raised (see :meth:`subscribe`).
         """
         try:
             with self._lock:
@@ -266,9 +287,18 @@ class Balancer:
                 self._policy.started(state)
                 if self._events:
                     self._post()
-        finally:
+        except BaseException:
             if self._outbox:
+                self._deliver()     # this call's upkeep events go out all the same
+            raise
+        if self._outbox:
+            try:
                 self._deliver()
+            except BaseException:
+                # A listener raised (a cancellation, an interrupt): the caller never gets
+                # this backend, so it must not stay in flight (and no listener runs again).
+                self.release_later(state.backend)
+                raise
         return state.backend
 
     def _expire(self, now: float) -> None:

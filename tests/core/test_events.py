@@ -1,5 +1,6 @@
 """Events: what each change of a pool sends, to whom, when (after the lock), and the log lines."""
 
+import asyncio
 import dataclasses
 import logging
 import random
@@ -179,6 +180,67 @@ def test_unsubscribe(clock):
     unsubscribe()                                        # twice is harmless
     fail(pool, B, 3)
     assert [e.backend.url for e in events] == [A]
+
+
+def test_each_unsubscribe_removes_its_own_subscription_once(clock):
+    pool = make(clock, backends=(A, B, C, D))
+    events = []
+    first = pool.subscribe(events.append)
+    second = pool.subscribe(events.append)          # the same listener, twice
+    fail(pool, A, 3)
+    assert len(events) == 2
+    first()
+    first()                                          # the second time: nothing left to remove
+    fail(pool, B, 3)
+    assert len(events) == 3                          # the second subscription still listens
+    second()
+    fail(pool, C, 3)
+    assert len(events) == 3
+
+
+def test_a_listener_raising_a_base_exception_in_a_pick_leaves_nothing_in_flight(clock):
+    # A listener awaiting a cancelled future raises CancelledError while pick() delivers:
+    # the caller never gets the backend, so the pick must not stay counted; the other
+    # listeners still get that event, and the events after it go out with a later call.
+    pool = make(clock)
+    fail(pool, A, 3)
+    fail(pool, B, 3)
+    raised, seen = [], []
+
+    def cancelled(event):
+        if not raised:
+            raised.append(event)
+            raise asyncio.CancelledError
+
+    pool.subscribe(cancelled)
+    pool.subscribe(seen.append)
+    clock.advance(10.0)                    # both ejections are over: the pick returns A and B
+    with pytest.raises(asyncio.CancelledError):
+        pool.pick()
+    assert [e.backend.url for e in seen] == [A]          # the event it was delivering
+    assert [row["in_flight"] for row in pool.stats()] == [0, 0, 0]
+    assert [e.backend.url for e in seen] == [A, B]       # the rest, with the next call
+    assert all(isinstance(e, BackendReturned) for e in seen)
+
+
+def test_a_listener_raising_a_base_exception_in_a_report_loses_no_event(clock):
+    pool = make(clock)
+    seen = []
+
+    def interrupted(event):
+        raise KeyboardInterrupt
+
+    unsubscribe = pool.subscribe(interrupted)
+    pool.subscribe(seen.append)
+    fail(pool, A, 2)
+    backend = pool.pick(exclude=[B, C])
+    with pytest.raises(KeyboardInterrupt):
+        pool.report(backend, ok=False)                   # ejects A: its report is applied
+    unsubscribe()
+    assert [type(e) for e in seen] == [BackendEjected]
+    assert [row["in_flight"] for row in pool.stats()] == [0, 0, 0]
+    fail(pool, B, 3)                                     # delivery goes on as before
+    assert [e.backend.url for e in seen] == [A, B]
 
 
 def test_a_listener_may_call_back_into_the_pool(clock):
