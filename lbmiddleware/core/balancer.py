@@ -196,14 +196,23 @@ class Balancer:
         """Call ``listener(event)`` for every event of this pool from now on (see
         :mod:`lbmiddleware.core.events`); returns a function that unsubscribes it.
 
-        Listeners run after the pool's lock is released, one event at a time, in the order
-        the events happened, on whichever thread delivers them. A listener that raises is
-        logged (``logger.exception``) and the other listeners still get the event; one that
-        raises any other ``BaseException`` (a cancellation, an interrupt) has it raised to the
-        delivering call once the other listeners have had the event, the events after it
-        waiting for the next call (a pick that raises so counts nothing in flight). Logging
-        is the one listener every Balancer has from the start. Each returned function
-        removes its own subscription, once.
+        Listeners run synchronously, after the pool's lock is released, one event at a time,
+        in the order the events happened (docs/contract.md, "Passive health", rule 10). The
+        call that caused an event (a pick, report, release, update or stats) runs them on
+        its own thread before it returns, so a slow listener holds up that call; no other
+        call waits for it (an event caused while another thread is delivering is delivered
+        by that thread, and the call that caused it returns at once). The lock-free ends
+        (``report_later``, ``release_later``, a completion ended from a finalizer) run no
+        listener: their events go out with the next call. Keep listeners fast (a counter, a
+        log line) and hand slow work (a network push) to a queue.
+
+        A listener that raises an ``Exception`` is logged (``logger.exception``) and the
+        other listeners still get the event. One that raises any other ``BaseException``
+        (a cancellation, an interrupt) has it raised to the delivering call once the other
+        listeners have had the event; the events after it wait for the next call (a pick
+        that raises so counts nothing in flight). Logging is the one listener every
+        Balancer has from the start. Subscribing a listener twice calls it twice per
+        event; each returned function removes its own subscription, once.
         """
         token = object()
         with self._lock:

@@ -1,10 +1,16 @@
 """What happens to a pool, as values: ejections, returns, panic, membership changes.
 
 A :class:`~lbmiddleware.core.balancer.Balancer` queues an event under its lock when its state
-changes, and hands it to every listener once the lock is released (``pool.subscribe(listener)``),
-so a slow listener never holds up another thread's pick. Events reach the listeners in the order
-they happened; one thread may deliver another thread's events. Logging is one listener,
-:func:`log_event`, installed on every Balancer; metrics and a status page are others.
+changes, and hands it to every listener once the lock is released (``pool.subscribe(listener)``).
+Delivery is synchronous: the call that caused the event (a pick, a report, a release, an update,
+``stats()``) runs the listeners on its own thread before it returns, so a slow listener holds up
+that call. No other call waits for a listener: the lock is already free, and an event caused
+while another thread is delivering is delivered by that thread, in order, while the call that
+caused it returns at once. The lock-free ends that finalizers use (``report_later``,
+``release_later``) run no listener: their events go out with the next call. Keep listeners fast
+(a counter, a log line); hand slow work (a network push) to a queue. Events reach the listeners
+in the order they happened. Logging is one listener, :func:`log_event`, installed on every
+Balancer; metrics and a status page are others.
 
 Durations are seconds, independent of any clock; ``until`` is a reading of the balancer's
 ``timer`` (monotonic by default), for comparison with that timer only.
