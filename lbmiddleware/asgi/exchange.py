@@ -49,6 +49,10 @@ WATCH_DELAY = 0.5     # seconds waiting for a response head before watching for 
 # more, on a fresh connection, when a reused one turns out closed by the backend?
 _RESENT = Outcome(ok=False, sent=True)
 
+# At most this many methods' answers to that question are kept (a client may send any
+# token as a method; the standard ones and a few extensions fit).
+_RESEND_CACHE_SIZE = 32
+
 
 class ClientGone(Exception):
     """The client disconnected."""
@@ -58,7 +62,7 @@ class Forwarder:
     """What every exchange of one middleware shares, built once: the balancer, the upstream
     pool, the retry rule, the deadline timers and the error responses (ASGI messages)."""
 
-    __slots__ = ("balancer", "upstream", "rule", "deadlines", "errors")
+    __slots__ = ("balancer", "upstream", "rule", "deadlines", "errors", "_resend")
 
     def __init__(self, balancer: Balancer, upstream: Upstream, rule: RetryRule,
                  deadlines: Deadlines, errors: Mapping[int, tuple[Message, Message]]) -> None:
@@ -67,6 +71,21 @@ class Forwarder:
         self.rule = rule
         self.deadlines = deadlines
         self.errors = errors
+        # method -> the rule's answer for a replayable body (the rule is immutable)
+        self._resend: dict[str, bool] = {}
+
+    def may_resend(self, method: str, replayable: bool) -> bool:
+        """The retry rule's answer to: may the upstream pool send this request once more,
+        on a fresh connection, when a reused one turns out closed by the backend? It
+        depends on the method and the body alone, so it is asked once per method."""
+        if not replayable:
+            return self.rule.allows(method, _RESENT, replayable=False)
+        allowed = self._resend.get(method)
+        if allowed is None:
+            allowed = self.rule.allows(method, _RESENT)
+            if len(self._resend) < _RESEND_CACHE_SIZE:
+                self._resend[method] = allowed
+        return allowed
 
     async def send_error(self, send: Send, status: int) -> None:
         start, body = self.errors[status]
@@ -221,7 +240,11 @@ class Exchange:
                 if self.gone:       # left after the head: the backend did its part
                     attempts.end(outcome)
                 raise
-            attempts.end(outcome._replace(bytes_received=received))
+            # (the outcome of an answered attempt is the rule's: built again with the bytes,
+            # cheaper than a NamedTuple's _replace)
+            attempts.end(forwarder.rule.outcome(response.status, outcome.latency,
+                                                bytes_sent=outcome.bytes_sent,
+                                                bytes_received=received))
 
     async def _forward(self, backend: Backend, loop: asyncio.AbstractEventLoop,
                        ) -> tuple[Response | None, Outcome]:
@@ -240,8 +263,7 @@ class Exchange:
         try:
             response = await pool.request(
                 self.method_bytes, pool.base_path + self.target, self.headers, data, length,
-                replayable=forwarder.rule.allows(self.method, _RESENT,
-                                                 replayable=body.replayable),
+                replayable=forwarder.may_resend(self.method, body.replayable),
                 add_host=self.add_host, loop=loop)
         except UpstreamError as exc:
             if self.gone:

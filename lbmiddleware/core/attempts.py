@@ -57,6 +57,7 @@ Standard library only, no I/O.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Collection
 from typing import TYPE_CHECKING, ClassVar, NamedTuple, Protocol
 
@@ -101,6 +102,10 @@ class Outcome(NamedTuple):
     bytes_received: int = 0
 
 
+# Builds an Outcome from all seven fields in order, without the generated ``__new__``'s
+# frame and argument binding (the hot path: one success per proxied request).
+_new_outcome = functools.partial(tuple.__new__, Outcome)
+
 # A context manager's block raised an Exception: a failure, with no latency (no answer).
 _FAILED = Outcome(ok=False)
 
@@ -144,8 +149,9 @@ class RetryRule:
                 bytes_received: int = 0) -> Outcome:
         """The outcome of an attempt answered with ``status``: a failure when the status
         is in ``fail_statuses``."""
-        return Outcome(ok=status not in self.fail_statuses, latency=latency, status=status,
-                       bytes_sent=bytes_sent, bytes_received=bytes_received)
+        # (ok, latency, sent, timeout, status, bytes_sent, bytes_received)
+        return _new_outcome((status not in self.fail_statuses, latency, True, False, status,
+                             bytes_sent, bytes_received))
 
     def _has_retries_left(self, attempts: int) -> bool:
         return attempts <= self.retries
@@ -230,7 +236,10 @@ class Completion:
         this thread): it never waits for the lock and runs no event listener. The report is
         applied at once if the lock is free, else by the balancer's next call; the events it
         causes go out with the next call that delivers (docs/contract.md, "Passive health")."""
-        if not self._end():
+        # (_end, inlined: once per attempt)
+        try:
+            self._open.pop()
+        except IndexError:
             return                  # already ended
         if wait:
             self._balancer.report(self.backend, ok=outcome.ok, latency=outcome.latency)
@@ -331,8 +340,9 @@ class Attempts:
 
     def end(self, outcome: Outcome, *, wait: bool = True) -> None:
         """End the current attempt with ``outcome`` (see :meth:`Completion.done`)."""
-        if self._current is not None:
-            self._current.done(outcome, wait=wait)
+        current = self._current
+        if current is not None:
+            current.done(outcome, wait=wait)
 
     def release(self, *, wait: bool = True) -> None:
         """End the current attempt without an outcome (given up, cancelled); ``wait`` as for

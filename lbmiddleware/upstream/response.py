@@ -42,10 +42,8 @@ class Response:
 
     def __init__(self, head: ResponseHead, connection: _Source | None, read_timeout: float,
                  deadlines: Deadlines, loop: asyncio.AbstractEventLoop) -> None:
-        self.status = head.status
-        self.reason = head.reason
-        self.headers = head.headers             # [(name, value)] bytes, as received
-        self.keep_alive = head.keep_alive
+        # headers: [(name, value)] bytes, as received
+        self.status, self.reason, self.headers, self.keep_alive = head
         self.complete = False                   # every body byte has been received
         self._connection = connection
         self._chunks: collections.deque[bytes] = collections.deque()
@@ -63,12 +61,14 @@ class Response:
         self._buffered += len(data)
         if self._buffered > HIGH_WATER and self._connection is not None:
             self._connection.pause_reading()
-        self._wake()
+        if self._waiter is not None:        # (nobody waits while the head is handed over)
+            self._wake()
 
     def _finish(self) -> None:
         self.complete = True
         self._connection = None
-        self._wake()
+        if self._waiter is not None:
+            self._wake()
 
     def _fail(self, exc: BaseException) -> None:
         self._error = exc
