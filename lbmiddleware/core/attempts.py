@@ -311,7 +311,11 @@ class Attempts:
     def start(self) -> Backend:
         """The first attempt's backend. Raises :class:`NoHealthyBackend` when the pool has
         none to offer."""
-        return self._begin(self._balancer.begin(self.key))
+        # (_begin, inlined: once per request)
+        self._current = completion = self._balancer.begin(self.key)
+        backend = completion.backend
+        self.tried.append(backend)
+        return backend
 
     def retry(self, outcome: Outcome, *, replayable: bool = True) -> Backend | None:
         """The current attempt failed with ``outcome``: the next attempt's backend, or

@@ -478,7 +478,7 @@ class Balancer:
         reports, ``release()`` does not, a second end is ignored, and a handle dropped
         without an end is released (tower's completion handle). The attempt loop of every
         front-end (:class:`~lbmiddleware.core.attempts.Attempts`) picks through this."""
-        return Completion(self, self.pick(key=key, exclude=exclude))
+        return Completion(self, self.pick(key, exclude))
 
     # -- introspection ------------------------------------------------------------------
 
