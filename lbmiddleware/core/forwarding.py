@@ -102,7 +102,8 @@ class ForwardingSettings(BaseSettings):
     retry_non_idempotent: bool = dataclasses.field(
         default=False,
         metadata=setting("LB_RETRY_NON_IDEMPOTENT", parse_flag,
-                         "also retry POST and PATCH after the request was sent"))
+                         "also retry a request whose method is not idempotent "
+                         "(POST, PATCH, ...) after it was sent"))
 
     readers: ClassVar[str] = (
         "every front-end that forwards requests (LoadBalancingAdapter, LoadBalancerMiddleware, "
