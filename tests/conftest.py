@@ -30,16 +30,35 @@ SLOW_CORE_TESTS = frozenset({"test_quick_benchmark_meets_every_target_but_the_kn
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "core: standard-library core tests; no I/O, seconds in all")
+    config.addinivalue_line("markers", "needs(applies, what): a contract test that applies "
+                            "only to front-ends for which applies(front_end_class, params) holds")
     config.addinivalue_line("markers", "integration: real servers, processes or long runs")
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    _deselect_what_does_not_apply(config, items)
     for item in items:
         path = item.path.resolve()
         core = (CORE_FOLDER in path.parents
                 or path.relative_to(TESTS).as_posix() in CORE_FILES) \
             and item.originalname not in SLOW_CORE_TESTS
         item.add_marker(pytest.mark.core if core else pytest.mark.integration)
+
+
+def _deselect_what_does_not_apply(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Drop the contract tests marked ``needs`` (tests/contract/proxy_contract.py) whose
+    front-end cannot do what they need: they do not apply there, so they are not run (and
+    not reported as skipped, which would read as a missing feature)."""
+    kept, dropped = [], []
+    for item in items:
+        mark = item.get_closest_marker("needs")
+        front_end = getattr(item.cls, "front_end_class", None)
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        applies = mark is None or front_end is None or mark.args[0](front_end, params)
+        (kept if applies else dropped).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
 
 
 class FakeClock:

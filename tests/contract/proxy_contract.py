@@ -13,6 +13,9 @@ settings; send a request or raw bytes; read status, headers, body) and checks wh
 the backends (tests/support/servers.py echoes it) and what came back. Where a front-end
 legitimately differs, the test branches on a documented attribute of its driver class
 (``wraps_an_app``, ``sees_balancer``, ``keeps_raw_target`` ...), never by dropping a check.
+A test that cannot apply to a front-end at all (the gateway wraps no application) says so
+with :func:`needs`: it is not collected for that front-end (tests/conftest.py deselects it),
+rather than skipped.
 
 What is particular to one front-end (ASGI scopes and lifespan, WSGI environ keys and
 servers, the gateway's servers and process) stays in that front-end's own test modules.
@@ -23,6 +26,8 @@ from __future__ import annotations
 import re
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -30,6 +35,13 @@ import lbmiddleware as lb
 
 from ..support.servers import refused_url
 from .drivers import HOST, LOCAL, FrontEnd
+
+def needs(applies: Callable[[type[FrontEnd], dict[str, Any]], bool], what: str,
+          ) -> pytest.MarkDecorator:
+    """Mark a test that applies only to front-ends for which ``applies(front_end_class,
+    params)`` holds (``params``: the test's parametrization); ``what`` says what it needs."""
+    return pytest.mark.needs(applies, what)
+
 
 SHORT = {"connect_timeout": 1.0}        # a refused or dead backend is noticed at once
 
@@ -57,10 +69,10 @@ class ProxyContract:
 
     # -- routing -----------------------------------------------------------------------------
 
+    @needs(lambda front, params: front.wraps_an_app,
+           "a front-end that wraps no application (its 404 is the next test)")
     def test_requests_under_the_prefix_are_proxied_and_others_go_to_the_app(self, front,
                                                                               backends):
-        if not front.wraps_an_app:
-            pytest.skip(f"the {front.name} wraps no application (its 404 is the next test)")
         a = backends[0]
         proxy = front.start([a], app=True, prefix="/api")
         for target in ("/api/users/7?full=1", "/api", "/api/", "/api/items"):
@@ -221,11 +233,11 @@ class ProxyContract:
         ("query", None, "x=1\r\nEvil: 1"),
         ("query", None, "a=1\r\nX-Injected: 1"),
     ])
+    @needs(lambda front, params: front.carries_any_header_value
+           or not ("\r" in params["value"] + (params["name"] or "") or "\n" in params["value"]),
+           "on the wire, CR and LF end a line: only an in-process call can carry them")
     def test_cr_lf_or_nul_in_a_header_the_path_or_the_query_gets_400_and_nothing_is_sent(
             self, front, backends, where, name, value):
-        if not front.carries_any_header_value and ("\r" in value + (name or "")
-                                                   or "\n" in value):
-            pytest.skip(f"on the wire to the {front.name}, CR and LF end a line")
         a = backends[0]
         proxy = front.start([a])
         if where == "header":
@@ -451,9 +463,9 @@ class ProxyContract:
         moved = front.start([a, b], read_timeout=0.2).request("GET", "/")
         assert moved.status == 200 and moved.json()["server"] == "b"
 
+    @needs(lambda front, params: front.sees_balancer,
+           "a pool that can be emptied from outside the front-end's process")
     def test_503_with_retry_after_when_the_pool_is_empty(self, front, backends):
-        if not front.sees_balancer:
-            pytest.skip(f"the {front.name}'s pool cannot be emptied from outside its process")
         balancer = lb.Balancer([backends[0].url])
         balancer.update([])
         response = front.start(balancer=balancer).request("GET", "/")
@@ -551,14 +563,13 @@ class ProxyContract:
     def test_bad_lb_variables_raise_config_error_naming_them(self, front, environ, message):
         assert re.search(message, front.config_error(environ))
 
+    @needs(lambda front, params: front.takes_keywords, "a front-end that takes keywords")
     def test_a_bad_keyword_setting_raises_config_error_naming_it(self, front):
-        if not front.takes_keywords:
-            pytest.skip(f"the {front.name} takes LB_* variables only")
         assert re.search("backend URL 'nope'", front.config_error(backends=["nope"]))
 
+    @needs(lambda front, params: front.sees_balancer,
+           "a balancer shared with the test (the gateway's is its own, in its process)")
     def test_front_ends_sharing_a_balancer_share_its_rotation_and_policy(self, front, backends):
-        if not front.sees_balancer:
-            pytest.skip(f"the {front.name}'s balancer is its own, in its process")
         pool = lb.Balancer([s.url for s in backends])
         first = front.start(balancer=pool, prefix="/one")
         second = front.start(balancer=pool, prefix="/two")
