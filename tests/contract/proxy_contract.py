@@ -36,6 +36,7 @@ import lbmiddleware as lb
 from ..support.servers import refused_url
 from .drivers import HOST, LOCAL, FrontEnd
 
+
 def needs(applies: Callable[[type[FrontEnd], dict[str, Any]], bool], what: str,
           ) -> pytest.MarkDecorator:
     """Mark a test that applies only to front-ends for which ``applies(front_end_class,
