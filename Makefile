@@ -5,14 +5,18 @@ VENV := .venv
 INSTALLED := $(VENV)/.installed-test-gateway
 BENCH_INSTALLED := $(VENV)/.installed-bench
 
-.PHONY: demo test test-core check typecheck lint layering bench quality bench-proxy clean
+# The servers the discovery tests run for real: a DNS server (dnsmasq) and etcd, from Debian's
+# packages (apt-get, as root), installed only when missing.
+SYSTEM_PACKAGES := dnsmasq-base etcd-server
+
+.PHONY: demo test test-core system-packages check typecheck lint layering bench quality bench-proxy clean
 
 demo: $(INSTALLED)
 	$(VENV)/bin/python -m lbmiddleware demo
 
 # Everything CI checks: the type check, the linter and the layering test (`make check`), then
 # every test. Both parts always run; any failure fails the command.
-test: $(INSTALLED)
+test: $(INSTALLED) system-packages
 	@status=0; $(MAKE) --no-print-directory -k check || status=1; \
 	$(VENV)/bin/python -m pytest || status=1; exit $$status
 
@@ -43,6 +47,12 @@ quality: $(BENCH_INSTALLED)
 
 bench-proxy: $(BENCH_INSTALLED)
 	$(VENV)/bin/python benchmarks/bench_proxy.py
+
+system-packages:
+	@command -v dnsmasq >/dev/null && command -v etcd >/dev/null || { \
+	  echo "installing $(SYSTEM_PACKAGES) (apt-get) for the discovery tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null; }
 
 $(INSTALLED): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -2,7 +2,7 @@
 
 The direction is one line, lowest first (``TIERS``)::
 
-    errors <- core <- {proxy, upstream, discovery, probes, observe}
+    errors <- core <- {proxy, upstream} <- {discovery, probes, observe} <- fleet
            <- {adapter, transport, asgi, gateway_settings} <- {wsgi, gateway} <- demo <- __main__
 
 A module may import a module of its own unit (the first name under ``lbmiddleware``: ``core``,
@@ -49,7 +49,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 TIERS: list[frozenset[str]] = [
     frozenset({"errors"}),
     frozenset({"core"}),
-    frozenset({"proxy", "upstream", "discovery", "probes", "observe"}),
+    frozenset({"proxy", "upstream"}),
+    frozenset({"discovery", "probes", "observe"}),
+    frozenset({"fleet"}),
     frozenset({"adapter", "transport", "asgi", "gateway_settings"}),
     frozenset({"wsgi", "gateway"}),
     frozenset({"demo"}),
@@ -57,7 +59,7 @@ TIERS: list[frozenset[str]] = [
 ]
 TOP = "__init__"            # the unit of the package's own __init__
 STDLIB_ONLY = frozenset({"errors", "core"})           # nothing but the standard library
-NO_THIRD_PARTY = frozenset({"errors", "core", "proxy", "upstream"})
+NO_THIRD_PARTY = frozenset({"errors", "core", "proxy", "upstream", "probes", "fleet"})
 
 
 @dataclass(frozen=True)
