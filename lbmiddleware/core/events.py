@@ -30,7 +30,7 @@ from .backend import Backend
 
 __all__ = [
     "BackendEjected", "ReturnCause", "BackendReturned", "ProbationPassed", "PanicStarted",
-    "PanicEnded", "MembershipChanged", "Event", "Listener", "log_event",
+    "PanicEnded", "MembershipChanged", "BackendDown", "BackendUp", "Event", "Listener", "log_event",
 ]
 
 logger = logging.getLogger("lbmiddleware")
@@ -111,8 +111,26 @@ class MembershipChanged:
     members: tuple[Backend, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class BackendDown:
+    """Active health checks took ``backend`` out: ``fall`` failed probes in a row (one, for a
+    backend that had not passed yet). ``reason`` is the last probe's ("status 503")."""
+
+    backend: Backend
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class BackendUp:
+    """Active health checks brought ``backend`` in: ``rise`` passed probes in a row (one, for
+    a backend that joined later and had not been checked yet)."""
+
+    backend: Backend
+    reason: str
+
+
 Event: TypeAlias = (BackendEjected | BackendReturned | ProbationPassed | PanicStarted | PanicEnded
-                    | MembershipChanged)
+                    | MembershipChanged | BackendDown | BackendUp)
 Listener: TypeAlias = Callable[[Event], None]
 
 
