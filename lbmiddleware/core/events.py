@@ -30,7 +30,8 @@ from .backend import Backend
 
 __all__ = [
     "BackendEjected", "ReturnCause", "BackendReturned", "ProbationPassed", "PanicStarted",
-    "PanicEnded", "MembershipChanged", "BackendDown", "BackendUp", "Event", "Listener", "log_event",
+    "PanicEnded", "MembershipChanged", "BackendDown", "BackendUp",
+    "SourceFailed", "SourceRecovered", "Event", "Listener", "log_event",
 ]
 
 logger = logging.getLogger("lbmiddleware")
@@ -129,8 +130,26 @@ class BackendUp:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class SourceFailed:
+    """A discovery ``source`` (its entry text) failed to answer: its last good set stays, and
+    it is asked again in ``retry_in`` seconds (exponential back-off). Once per outage."""
+
+    source: str
+    error: str                    # why: "timeout", "SERVFAIL", "connection refused"
+    retry_in: float               # seconds until the next try
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRecovered:
+    """A discovery ``source`` answered again after failing for ``outage`` seconds."""
+
+    source: str
+    outage: float
+
+
 Event: TypeAlias = (BackendEjected | BackendReturned | ProbationPassed | PanicStarted | PanicEnded
-                    | MembershipChanged | BackendDown | BackendUp)
+                    | MembershipChanged | BackendDown | BackendUp | SourceFailed | SourceRecovered)
 Listener: TypeAlias = Callable[[Event], None]
 
 
