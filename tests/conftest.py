@@ -23,7 +23,8 @@ from .support.servers import BackendServer
 TESTS = pathlib.Path(__file__).resolve().parent
 CORE_FOLDER = TESTS / "core"
 # Core test modules outside tests/core/ (paths relative to tests/).
-CORE_FILES = frozenset({"proxy/test_proxy_rules.py", "upstream/test_parser.py", "test_layering.py"})
+CORE_FILES = frozenset({"proxy/test_proxy_rules.py", "upstream/test_parser.py", "test_layering.py",
+                        "discovery/test_backoff.py", "discovery/test_watcher.py"})
 # Core modules' tests that take more than a second or two.
 SLOW_CORE_TESTS = frozenset({"test_quick_benchmark_meets_every_target_but_the_known_misses"})
 

@@ -1,0 +1,43 @@
+"""Sources that turn a name into backends and follow it: DNS A/AAAA (``dns+http://``), DNS
+SRV (``srv+http://``) and etcd (``etcd://``).
+
+Each source gets a watcher (:func:`watcher_for`) whose ``run(publish, emit)`` the fleet runs on
+its asyncio loop: every new set goes to ``publish`` (``pool.update(backends, source=...)``),
+source failures and recoveries to ``emit`` as events, and ``watcher.status`` says how the source
+is doing. The rules every watcher shares are in :mod:`.watcher`, the delays in :mod:`.backoff`.
+No watcher starts a thread of its own; DNS needs dnspython (``pip install 'lbmiddleware[dns]'``),
+imported only when a DNS source first asks.
+"""
+
+from __future__ import annotations
+
+import importlib
+import random
+from typing import TYPE_CHECKING, cast
+
+from .backoff import Backoff, refresh_delay
+from .status import SourceStatus
+from .watcher import Answer, Emit, Follower, PollingWatcher, Publish, SourceError, Watcher
+
+if TYPE_CHECKING:
+    from ..core.settings import Settings
+
+__all__ = ["watcher_for", "Watcher", "Publish", "Emit", "SourceStatus", "Backoff",
+           "refresh_delay", "Follower", "PollingWatcher", "SourceError", "Answer"]
+
+# Source kind -> (module in this package, watcher class). Loaded on first use: a pool without
+# DNS sources never imports dnspython.
+WATCHERS = {"dns": ("dns", "DnsWatcher"), "srv": ("dns", "SrvWatcher"),
+            "etcd": ("etcd", "EtcdWatcher")}
+
+
+def watcher_for(source: object, settings: Settings, *,
+                rng: random.Random | None = None) -> Watcher:
+    """The watcher that follows ``source`` (a ``Source``) with ``settings``' DNS servers and
+    refresh bounds."""
+    kind = getattr(source, "kind", None)
+    if kind not in WATCHERS:
+        raise ValueError(f"no watcher for source {source!r} (kind {kind!r})")
+    module_name, class_name = WATCHERS[kind]
+    module = importlib.import_module(f".{module_name}", __name__)
+    return cast("Watcher", getattr(module, class_name)(source, settings, rng=rng))
