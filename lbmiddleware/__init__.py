@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 # every settings class has registered its LB_ variables before any are read: an unknown LB_
 # name is then a probable typo, and the core never imports a front-end to know that.
 from . import gateway_settings as _gateway_settings  # noqa: F401  (registers GatewaySettings)
-from .core.backend import Backend
+from .core.backend import Backend, Source
 from .core.balancer import Balancer
 from .core.forwarding import ForwardingSettings
 from .core.hashing import stable_hash
@@ -53,7 +53,7 @@ else:
         return getattr(loaded, name)
 
 __all__ = [
-    "Backend", "Balancer", "Settings", "ForwardingSettings", "POLICIES",
+    "Backend", "Source", "Balancer", "Settings", "ForwardingSettings", "POLICIES",
     "LBError", "ConfigError", "NoHealthyBackend", "stable_hash",
     "LoadBalancingAdapter", "AdapterSettings", "NoHealthyBackendError",
     "LoadBalancerMiddleware", "WSGILoadBalancer", "ProxySettings",

@@ -1,28 +1,53 @@
-"""Backend: a frozen value naming one replica (base URL and weight)."""
+"""Backend: a frozen value naming one replica (base URL, weight, tier, the name it answers
+to); Source: a frozen value naming a registry the pool follows (DNS, SRV, etcd); and the
+parsing of the entries a pool is configured with, either kind."""
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import urllib.parse
 from collections.abc import Iterable
 
 from ..errors import ConfigError
 
-__all__ = ["Backend", "parse_backend", "parse_backends"]
+__all__ = ["Backend", "Source", "parse_backend", "parse_backends", "parse_entries",
+           "is_source_text"]
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
+ETCD_PORT = 2379
+
+#: A source's URL scheme -> (kind, the scheme of the backends it yields).
+SOURCE_SCHEMES = {
+    "dns+http": ("dns", "http"), "dns+https": ("dns", "https"),
+    "srv+http": ("srv", "http"), "srv+https": ("srv", "https"),
+    "etcd": ("etcd", "http"),
+}
+
+# A DNS name (letters, digits, '-', '_' for SRV-style labels, dots between labels).
+_SERVER_NAME = re.compile(r"^[a-z0-9_](?:[a-z0-9_.-]*[a-z0-9_])?$")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, repr=False)
 class Backend:
-    """One replica: a base URL (``http`` or ``https``, optional base path) and a weight.
+    """One replica: a base URL (``http`` or ``https``, optional base path), a weight and a
+    priority (its tier: 0 first, ``backup`` is 1).
 
     The URL is normalised (scheme and host lower-cased, default port and trailing ``/``
     dropped), so ``Backend("HTTP://Api:80/v1/")`` and ``Backend("http://api/v1")`` are equal.
+
+    ``server_name`` is the DNS name the replica answers to when the URL holds an address (a
+    DNS source sets it): the ``Host`` header and TLS SNI and verification use it (see
+    :attr:`authority`, :attr:`tls_server_name`). ``source`` is the entry that produced the
+    backend (a source's URL; None for a static one): information, not identity.
     """
 
     url: str
     weight: int = 1
+    priority: int = 0
+    _: dataclasses.KW_ONLY
+    server_name: str | None = None
+    source: str | None = dataclasses.field(default=None, compare=False)
     scheme: str = dataclasses.field(init=False, repr=False, compare=False)
     host: str = dataclasses.field(init=False, repr=False, compare=False)
     port: int = dataclasses.field(init=False, repr=False, compare=False)
@@ -34,6 +59,10 @@ class Backend:
             raise ConfigError(
                 f"backend {self.url!r} has weight {self.weight!r}: not a positive integer"
             )
+        priority: object = self.priority
+        if isinstance(priority, bool) or not isinstance(priority, int) or priority < 0:
+            raise ConfigError(f"backend {self.url!r} has priority {self.priority!r}: "
+                              "not a non-negative integer")
         url: object = self.url
         if not isinstance(url, str):
             raise ConfigError(f"backend URL {self.url!r} is not a string")
@@ -69,6 +98,14 @@ class Backend:
         set_(self, "host", host)
         set_(self, "port", port if port is not None else DEFAULT_PORTS[scheme])
         set_(self, "path", path)
+        if self.server_name is not None:
+            set_(self, "server_name", _server_name(self.server_name, self.url))
+
+    def __repr__(self) -> str:
+        extra = f", priority={self.priority}" if self.priority else ""
+        if self.server_name is not None:
+            extra += f", server_name={self.server_name!r}"
+        return f"Backend(url={self.url!r}, weight={self.weight}{extra})"
 
     @property
     def netloc(self) -> str:
@@ -80,46 +117,239 @@ class Backend:
         """What makes two backends the same replica, whatever their weight or spelling."""
         return (self.scheme, self.host, self.port, self.path)
 
+    @property
+    def authority(self) -> str:
+        """What goes in the ``Host`` header: the server name (else the host, IPv6 in
+        brackets), with ``:port`` unless it is the scheme's default."""
+        name = self.server_name
+        if name is None:
+            name = f"[{self.host}]" if ":" in self.host else self.host
+        if self.port != DEFAULT_PORTS[self.scheme]:
+            return f"{name}:{self.port}"
+        return name
+
+    @property
+    def tls_server_name(self) -> str:
+        """The name TLS sends (SNI) and verifies the certificate against."""
+        return self.server_name if self.server_name is not None else self.host
+
+
+def _server_name(value: object, url: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"backend {url!r} has server name {value!r}: not a DNS name")
+    name = value.strip().lower().rstrip(".")
+    if not _SERVER_NAME.match(name):
+        raise ConfigError(f"backend {url!r} has server name {value!r}: not a DNS name")
+    return name
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class Source:
+    """A registry the pool follows: ``Source("dns+http://orders.internal:8080/base")``.
+
+    * ``dns+http://name:port/base`` (or ``dns+https``): one backend per A/AAAA address of
+      ``name``, on ``port`` (the scheme's default if left out), with base path ``/base``;
+      ``Host`` and TLS SNI stay ``name``. Options after the URL give every backend of the
+      source its ``weight=N`` and ``priority=N`` (``backup``: priority 1).
+    * ``srv+http://_service._proto.name/base`` (or ``srv+https``): one backend per SRV
+      record; the records give the port, the weight and the priority (no options).
+    * ``etcd://host:port/prefix``: the backends registered under the key prefix
+      ``prefix/`` (port 2379 if left out; the records give weight and priority).
+
+    Fields: ``url`` (the normalised URL, options left out: what identifies the source and
+    what its backends carry as ``source``), ``kind`` (``"dns"``, ``"srv"``, ``"etcd"``),
+    ``scheme`` (of the backends: ``http``/``https``), ``host`` (the name, or etcd's host),
+    ``port`` (None for SRV), ``path`` (the base path; for etcd the key prefix, ending in
+    ``/``), ``weight``, ``priority``. Bad text is a :class:`ConfigError` naming the entry.
+    """
+
+    url: str
+    kind: str = dataclasses.field(init=False, compare=False)
+    scheme: str = dataclasses.field(init=False, compare=False)
+    host: str = dataclasses.field(init=False, compare=False)
+    port: int | None = dataclasses.field(init=False, compare=False)
+    path: str = dataclasses.field(init=False, compare=False)
+    weight: int = dataclasses.field(init=False)
+    priority: int = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        entry: object = self.url
+        if not isinstance(entry, str):
+            raise ConfigError(f"source {entry!r} is not a string")
+        url, *options = entry.split() or [""]
+        head, sep, _ = url.partition("://")
+        kinds = SOURCE_SCHEMES.get(head.lower())
+        if not sep or (kinds is None and "+" not in head and head.lower() != "etcd"):
+            raise ConfigError(f"{entry!r} is not a source (expected dns+http://, dns+https://, "
+                              "srv+http://, srv+https:// or etcd://)")
+        if kinds is None:
+            raise ConfigError(f"source {url!r} has scheme {head!r}: a source is dns+http://, "
+                              "dns+https://, srv+http://, srv+https:// or etcd://")
+        kind, scheme = kinds
+        try:
+            parts = urllib.parse.urlsplit(url)
+            port = parts.port
+        except ValueError as exc:
+            raise ConfigError(f"source {url!r} is not a valid URL: {exc}") from None
+        if not parts.hostname:
+            raise ConfigError(f"source {url!r} has no host")
+        if parts.username is not None or parts.password is not None:
+            raise ConfigError(f"source {url!r} carries credentials")
+        if parts.query or parts.fragment:
+            raise ConfigError(f"source {url!r} has a query or fragment: only a path is allowed")
+        host = parts.hostname.lower()
+        netloc = f"[{host}]" if ":" in host else host
+        path = parts.path.rstrip("/")
+        if kind == "srv":
+            if port is not None:
+                raise ConfigError(f"source {url!r} has a port: the SRV records give the port")
+        elif kind == "etcd":
+            port = ETCD_PORT if port is None else port
+            netloc += f":{port}"
+            prefix = path.strip("/")
+            if not prefix:
+                raise ConfigError(f"source {url!r} has no key prefix "
+                                  "(expected etcd://host:port/services/name)")
+            path = "/" + prefix
+        else:
+            if port is None:
+                port = DEFAULT_PORTS[scheme]
+            elif port != DEFAULT_PORTS[scheme]:
+                netloc += f":{port}"
+        weight, priority = _options(url, options, "source", kind == "dns")
+        set_ = object.__setattr__
+        set_(self, "url", f"{head.lower()}://{netloc}{path}")
+        set_(self, "kind", kind)
+        set_(self, "scheme", scheme)
+        set_(self, "host", host)
+        set_(self, "port", port)
+        set_(self, "path", path[1:] + "/" if kind == "etcd" else path)
+        set_(self, "weight", weight)
+        set_(self, "priority", priority)
+
+    @property
+    def text(self) -> str:
+        """The entry as it would be written: the URL and the options that are not defaults."""
+        text = self.url
+        if self.weight != 1:
+            text += f" weight={self.weight}"
+        if self.priority:
+            text += f" priority={self.priority}"
+        return text
+
+    def __str__(self) -> str:
+        return self.url
+
+    def __repr__(self) -> str:
+        return f"Source({self.text!r})"
+
+
+def _options(url: str, options: list[str], what: str, allowed: bool = True) -> tuple[int, int]:
+    """``weight=N``, ``priority=N`` and ``backup`` after an entry's URL."""
+    if options and not allowed:
+        raise ConfigError(f"{what} {url!r} takes no options ({' '.join(options)}): "
+                          "its records decide weight and priority")
+    weight, priority = 1, 0
+    backup = explicit = False
+    for option in options:
+        name, sep, value = option.partition("=")
+        if name == "backup" and not sep:
+            backup = True
+            continue
+        if name not in ("weight", "priority") or not sep:
+            raise ConfigError(f"{what} {url!r} has unknown option {option!r} "
+                              "(expected weight=N, priority=N or backup)")
+        try:
+            number = int(value)
+        except ValueError:
+            number = -1
+        if name == "weight":
+            if number < 1:
+                raise ConfigError(
+                    f"{what} {url!r} has weight {value!r}: not a positive integer")
+            weight = number
+        else:
+            if number < 0:
+                raise ConfigError(
+                    f"{what} {url!r} has priority {value!r}: not a non-negative integer")
+            priority, explicit = number, True
+    if backup:
+        if explicit and priority != 1:
+            raise ConfigError(f"{what} {url!r} is a backup (priority 1) "
+                              f"and has priority={priority}")
+        priority = 1
+    return weight, priority
+
+
+def is_source_text(text: str) -> bool:
+    """Whether an entry's text names a source (``dns+http://...``, ``etcd://...``) rather
+    than a backend URL."""
+    head, sep, _ = text.strip().partition("://")
+    head = head.lower()
+    return bool(sep) and ("+" in head or head == "etcd")
+
 
 def parse_backend(item: str | Backend) -> Backend:
-    """A :class:`Backend` from a Backend or ``"URL"`` / ``"URL weight=N"``."""
+    """A :class:`Backend` from a Backend or ``"URL"`` with options: ``weight=N``,
+    ``priority=N``, ``backup`` (priority 1)."""
     if isinstance(item, Backend):
         return item
     if not isinstance(item, str):
         raise ConfigError(f"backend {item!r} is neither a URL string nor a Backend")
-    url, *options = item.split()
-    weight: int = 1
-    for option in options:
-        name, sep, value = option.partition("=")
-        if name != "weight" or not sep:
-            raise ConfigError(f"backend {item!r} has unknown option {option!r} (expected weight=N)")
-        try:
-            weight = int(value)
-        except ValueError:
-            raise ConfigError(
-                f"backend {item!r} has weight {value!r}: not a positive integer") from None
-    return Backend(url, weight)
+    url, *options = item.split() or [""]
+    weight, priority = _options(item, options, "backend")
+    return Backend(url, weight, priority)
+
+
+def _entry_items(items: object) -> list[object]:
+    if isinstance(items, str):
+        return list(items.split(",")) if items.strip() else []
+    if isinstance(items, (Backend, Source)):
+        return [items]
+    if not isinstance(items, Iterable):
+        raise ConfigError(f"backends {items!r}: not a URL, a list of URLs or a "
+                          "comma-separated string")
+    return list(items)
+
+
+def parse_entries(items: Iterable[str | Backend | Source] | str | Backend | Source, *,
+                  allow_empty: bool = False) -> tuple[Backend | Source, ...]:
+    """Static backends and sources from a list (of text, :class:`Backend` and
+    :class:`Source` objects) or a comma-separated string, in order; rejects duplicates and
+    (unless ``allow_empty``) an empty list."""
+    result: list[Backend | Source] = []
+    seen: dict[object, str] = {}
+    for item in _entry_items(items):
+        entry: Backend | Source
+        if isinstance(item, str):
+            if not item.strip():
+                raise ConfigError(f"backend list has an empty entry: {items!r}")
+            text = item.strip()
+            entry = Source(text) if is_source_text(text) else parse_backend(text)
+        elif isinstance(item, (Backend, Source)):
+            entry = item
+        else:
+            raise ConfigError(f"backend {item!r} is neither a URL string, a Backend nor a Source")
+        identity: object = entry.identity if isinstance(entry, Backend) else entry.url
+        if identity in seen:
+            raise ConfigError(f"{'backend' if isinstance(entry, Backend) else 'source'} "
+                              f"{entry.url!r} is listed twice (as {seen[identity]!r})")
+        seen[identity] = entry.url
+        result.append(entry)
+    if not result and not allow_empty:
+        raise ConfigError("backend list is empty: give at least one URL")
+    return tuple(result)
 
 
 def parse_backends(items: Iterable[str | Backend] | str | Backend, *,
                    allow_empty: bool = False) -> tuple[Backend, ...]:
-    """Backends from a list or a comma-separated string; rejects duplicates and (unless
+    """Static backends from a list or a comma-separated string; rejects duplicates, sources
+    (only the pool that runs them, ``lb.Balancer``, takes those) and (unless
     ``allow_empty``) an empty list."""
-    if isinstance(items, str):
-        items = items.split(",") if items.strip() else []
-    elif isinstance(items, Backend):
-        items = [items]
-    result: list[Backend] = []
-    seen: dict[tuple[str, str, int, str], str] = {}
-    for item in items:
-        if isinstance(item, str) and not item.strip():
-            raise ConfigError(f"backend list has an empty entry: {items!r}")
-        backend = parse_backend(item.strip() if isinstance(item, str) else item)
-        if backend.identity in seen:
-            raise ConfigError(
-                f"backend {backend.url!r} is listed twice (as {seen[backend.identity]!r})")
-        seen[backend.identity] = backend.url
-        result.append(backend)
-    if not result and not allow_empty:
-        raise ConfigError("backend list is empty: give at least one URL")
-    return tuple(result)
+    backends: list[Backend] = []
+    for entry in parse_entries(items, allow_empty=allow_empty):
+        if isinstance(entry, Source):
+            raise ConfigError(f"{entry.url!r} is a source: a source needs lb.Balancer "
+                              "(a static list takes backend URLs only)")
+        backends.append(entry)
+    return tuple(backends)

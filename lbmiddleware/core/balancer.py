@@ -88,7 +88,7 @@ class Balancer:
         self._generation = 0
         self._healthy = self._all = Members((), 0)
         self._panic = False
-        self._apply_membership(settings.backends)
+        self._apply_membership(settings.static_backends)
         self._events.clear()         # the first members are no change: nobody listens yet
 
     @classmethod

@@ -6,20 +6,23 @@ settings classes declare them for type checkers."""
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 from collections.abc import Iterable
 from typing import Any, TypeAlias
 
-from .backend import Backend
+from .backend import Backend, Source
 
 __all__ = [
     "parse_duration", "parse_positive_duration", "parse_flag", "parse_count",
-    "parse_positive_count", "parse_size",
-    "BackendsLike", "CountLike", "DurationLike", "FlagLike", "SizeLike",
+    "parse_positive_count", "parse_size", "parse_factor", "parse_statuses", "parse_dns_servers",
+    "BackendsLike", "CountLike", "DurationLike", "FlagLike", "SizeLike", "FactorLike",
+    "StatusesLike", "ServersLike",
 ]
 
-_DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(ms|s)?\s*$")
+_DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(ms|s|m|h)?\s*$")
+_UNITS = {None: 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}      # "ms" divides by 1000 (exact)
 _SIZE = re.compile(r"\s*(\d+)\s*([kKmM]?)[bB]?\s*")
 
 # -- what the casts accept, as a settings class's constructor declares it for type checkers:
@@ -28,14 +31,22 @@ _SIZE = re.compile(r"\s*(\d+)\s*([kKmM]?)[bB]?\s*")
 
 #: A count: ``3`` or ``"3"``.
 CountLike: TypeAlias = int | str
-#: A duration: seconds (``1.5``), or text (``"1.5"``, ``"10s"``, ``"250ms"``).
+#: A duration: seconds (``1.5``), or text (``"1.5"``, ``"10s"``, ``"250ms"``, ``"5m"``, ``"1h"``).
 DurationLike: TypeAlias = float | str
 #: A flag: ``True``, ``1``, or text (``"yes"``, ``"off"``, ...).
 FlagLike: TypeAlias = bool | int | str
 #: A size: bytes (``65536``), or text (``"65536"``, ``"64KB"``, ``"1MB"``).
 SizeLike: TypeAlias = int | str
-#: Backends: URLs or :class:`Backend` objects, or one comma-separated string of URLs.
-BackendsLike: TypeAlias = Iterable[str | Backend] | str
+#: Backends: URLs, sources, :class:`Backend` and :class:`Source` objects, or one
+#: comma-separated string of entries.
+BackendsLike: TypeAlias = Iterable[str | Backend | Source] | str
+#: A factor: ``1.4`` or ``"1.4"``.
+FactorLike: TypeAlias = float | str
+#: HTTP statuses: ``200``, ``"200,204,300-399"``, or a list of statuses, ``"lo-hi"`` texts
+#: and ``(lo, hi)`` ranges.
+StatusesLike: TypeAlias = int | str | Iterable[int | str | tuple[int, int]]
+#: Addresses of servers: ``"127.0.0.1:8600,[::1]:53"`` or a list of such texts.
+ServersLike: TypeAlias = str | Iterable[str]
 
 
 # -- casts: each takes the raw value (text or typed) and returns it typed, or raises
@@ -43,7 +54,8 @@ BackendsLike: TypeAlias = Iterable[str | Backend] | str
 #    the variable or argument and the value.
 
 def parse_duration(value: Any) -> float:
-    """Seconds from ``1.5``, ``"1.5"``, ``"10s"`` or ``"250ms"``; never negative."""
+    """Seconds from ``1.5``, ``"1.5"``, ``"10s"``, ``"250ms"``, ``"5m"`` or ``"1h"``; never
+    negative."""
     if isinstance(value, bool):
         raise ValueError("not a duration")
     if isinstance(value, (int, float)):
@@ -54,8 +66,10 @@ def parse_duration(value: Any) -> float:
     else:
         match = _DURATION.match(str(value))
         if not match:
-            raise ValueError("not a duration (seconds, or a number with 's' or 'ms')")
-        seconds = float(match.group(1)) / (1000.0 if match.group(2) == "ms" else 1.0)
+            raise ValueError("not a duration (seconds, or a number with ms, s, m or h)")
+        unit = match.group(2)
+        seconds = (float(match.group(1)) / 1000.0 if unit == "ms"
+                   else float(match.group(1)) * _UNITS[unit])
     if math.isnan(seconds) or math.isinf(seconds) or seconds < 0:
         raise ValueError("not a non-negative finite duration")
     return seconds
@@ -118,3 +132,85 @@ def parse_size(value: Any) -> int:
     if number < 0:
         raise ValueError("must not be negative")
     return number
+
+
+def parse_factor(value: Any) -> float:
+    """A finite number of at least 1 from ``1.4`` or ``"1.4"``."""
+    if isinstance(value, bool):
+        raise ValueError("not a number")
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError("not a number") from None
+    if math.isnan(number) or math.isinf(number) or number < 1.0:
+        raise ValueError("must be a finite number of at least 1.0")
+    return number
+
+
+def _status(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError("not an HTTP status")
+    if isinstance(value, str) and re.fullmatch(r"\s*\d{3}\s*", value):
+        value = int(value)
+    if not isinstance(value, int) or not 100 <= value <= 599:
+        raise ValueError(f"{value!r} is not an HTTP status (100-599)")
+    return value
+
+
+def parse_statuses(value: Any) -> tuple[tuple[int, int], ...]:
+    """Ranges of HTTP statuses, ``(lo, hi)`` inclusive, from ``200``, ``"200,204,300-399"``
+    or a list of statuses, ``"lo-hi"`` texts and ``(lo, hi)`` pairs; at least one."""
+    if isinstance(value, (int, str)) and not isinstance(value, bool):
+        items: list[Any] = (str(value).split(",") if isinstance(value, str) else [value])
+    elif isinstance(value, Iterable):
+        items = list(value)
+    else:
+        raise ValueError("not a list of HTTP statuses")
+    ranges: list[tuple[int, int]] = []
+    for item in items:
+        if isinstance(item, str) and "-" in item:
+            low_text, _, high_text = item.partition("-")
+            low, high = _status(low_text), _status(high_text)
+        elif isinstance(item, tuple) and len(item) == 2:
+            low, high = _status(item[0]), _status(item[1])
+        elif isinstance(item, str) and not item.strip():
+            continue
+        else:
+            low = high = _status(item)
+        if low > high:
+            raise ValueError(f"range {low}-{high} is empty (the first status is larger)")
+        ranges.append((low, high))
+    if not ranges:
+        raise ValueError("no status given (expected e.g. 200-399)")
+    return tuple(ranges)
+
+
+def parse_dns_servers(value: Any) -> tuple[str, ...]:
+    """Resolver addresses as ``"ip:port"`` (IPv6 in brackets; port 53 if left out) from a
+    comma-separated text or a list; empty: the system's resolvers."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    servers: list[str] = []
+    for item in items:
+        if not isinstance(item, str):
+            raise ValueError(f"{item!r} is not an address text")
+        text = item.strip()
+        if not text:
+            continue
+        host, port_text = text, "53"
+        if text.startswith("["):
+            host, bracket, rest = text[1:].partition("]")
+            if not bracket or (rest and not rest.startswith(":")):
+                raise ValueError(f"{text!r} is not ip:port")
+            port_text = rest[1:] or "53"
+        elif text.count(":") == 1:
+            host, _, port_text = text.partition(":")
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(f"{text!r}: {host!r} is not an IP address "
+                             "(a resolver is named by its address)") from None
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise ValueError(f"{text!r} has port {port_text!r}: not 1-65535")
+        shown = f"[{address}]" if address.version == 6 else str(address)
+        servers.append(f"{shown}:{int(port_text)}")
+    return tuple(servers)

@@ -32,19 +32,25 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from ..errors import ConfigError
-from .backend import Backend, parse_backends
+from .backend import Backend, Source, parse_entries
 from .casts import (
     BackendsLike,
     CountLike,
     DurationLike,
+    FactorLike,
     FlagLike,
+    ServersLike,
     SizeLike,
+    StatusesLike,
     parse_count,
+    parse_dns_servers,
     parse_duration,
+    parse_factor,
     parse_flag,
     parse_positive_count,
     parse_positive_duration,
     parse_size,
+    parse_statuses,
 )
 
 __all__ = [
@@ -53,6 +59,7 @@ __all__ = [
     "parse_duration", "parse_positive_duration", "parse_flag", "parse_count",
     "parse_positive_count", "parse_size",
     "BackendsLike", "CountLike", "DurationLike", "FlagLike", "SizeLike",
+    "FactorLike", "ServersLike", "StatusesLike",
 ]
 
 POLICIES = ("round_robin", "random", "ip_hash", "latency", "least_conn")
@@ -93,13 +100,26 @@ def _policy(value: Any) -> str:
     return name
 
 
-def _backends(value: Any) -> tuple[Backend, ...]:
-    if not isinstance(value, (str, Backend, Iterable)):
+def _backends(value: Any) -> tuple[Backend | Source, ...]:
+    if not isinstance(value, (str, Backend, Source, Iterable)):
         raise ValueError("not a URL, a list of URLs or a comma-separated string")
     try:
-        return parse_backends(value)
+        return parse_entries(value)
     except ConfigError as exc:
         raise ValueError(str(exc)) from None
+
+
+def _check_path(value: Any) -> str:
+    """A health check's path: empty (off), absolute (``/healthz``: not under the backend's
+    base path) or relative (``healthz``: appended to it)."""
+    if not isinstance(value, str):
+        raise ValueError("not a path")
+    path = value.strip()
+    if "://" in path or path.startswith("//"):
+        raise ValueError("a path (such as /healthz), not a URL: every backend is probed")
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in path) or "#" in path:
+        raise ValueError("not a path (no spaces, control characters or fragment)")
+    return path
 
 
 # -- the mechanism -------------------------------------------------------------------------
@@ -179,8 +199,9 @@ class BaseSettings:
 
 @dataclasses.dataclass(frozen=True)
 class Settings(BaseSettings):
-    """What the :class:`~lbmiddleware.Balancer` reads: the pool, the policy and passive
-    health. Validated and immutable.
+    """What the :class:`~lbmiddleware.Balancer` reads: the pool (backends and the sources it
+    follows), the policy, passive and active health, slow start, drain and tiers. Validated
+    and immutable.
 
     Fill it from keyword arguments (``Settings(backends=[...], policy="latency")``) or from
     the environment (``Settings.from_env()``). How requests are forwarded (retries,
@@ -188,10 +209,13 @@ class Settings(BaseSettings):
     :class:`~lbmiddleware.core.forwarding.ForwardingSettings`.
     """
 
-    backends: tuple[Backend, ...] = dataclasses.field(
+    backends: tuple[Backend | Source, ...] = dataclasses.field(
         default=(),
         metadata=setting("LB_BACKENDS", _backends,
-                         "comma-separated URLs, each optionally followed by ' weight=N'"))
+                         "comma-separated entries: a backend URL, optionally followed by "
+                         "' weight=N', ' priority=N' or ' backup', or a source to follow: "
+                         "dns+http://name:port/base, srv+http://_svc._tcp.name/base, "
+                         "etcd://host:2379/prefix"))
     policy: str = dataclasses.field(
         default="round_robin",
         metadata=setting("LB_POLICY", _policy,
@@ -208,6 +232,62 @@ class Settings(BaseSettings):
         default=300.0,
         metadata=setting("LB_MAX_EJECTION_TIME", parse_positive_duration,
                          "cap on one ejection"))
+    dns_servers: tuple[str, ...] = dataclasses.field(
+        default=(),
+        metadata=setting("LB_DNS_SERVERS", parse_dns_servers,
+                         "resolvers for dns+ and srv+ sources, comma-separated ip:port "
+                         "(Consul: 127.0.0.1:8600); empty: the system's"))
+    dns_min_refresh: float = dataclasses.field(
+        default=5.0,
+        metadata=setting("LB_DNS_MIN_REFRESH", parse_positive_duration,
+                         "shortest time between two resolutions of a DNS source (a TTL "
+                         "below it, 0 or unknown: this)"))
+    dns_max_refresh: float = dataclasses.field(
+        default=300.0,
+        metadata=setting("LB_DNS_MAX_REFRESH", parse_positive_duration,
+                         "longest time between two resolutions of a DNS source (a TTL "
+                         "above it: this)"))
+    health_check: str = dataclasses.field(
+        default="",
+        metadata=setting("LB_HEALTH_CHECK", _check_path,
+                         "path every backend is probed with (GET; /healthz: from the root, "
+                         "healthz: under the base path); empty: no active health checks"))
+    health_check_interval: float = dataclasses.field(
+        default=5.0,
+        metadata=setting("LB_HEALTH_CHECK_INTERVAL", parse_positive_duration,
+                         "time between two probes of one backend (+-10% jitter)"))
+    health_check_timeout: float = dataclasses.field(
+        default=2.0,
+        metadata=setting("LB_HEALTH_CHECK_TIMEOUT", parse_positive_duration,
+                         "a probe not answered within this fails"))
+    health_check_rise: int = dataclasses.field(
+        default=2,
+        metadata=setting("LB_HEALTH_CHECK_RISE", parse_positive_count,
+                         "passing probes in a row that bring a down backend up"))
+    health_check_fall: int = dataclasses.field(
+        default=3,
+        metadata=setting("LB_HEALTH_CHECK_FALL", parse_positive_count,
+                         "failing probes in a row that take an up backend down"))
+    health_check_statuses: tuple[tuple[int, int], ...] = dataclasses.field(
+        default=((200, 399),),
+        metadata=setting("LB_HEALTH_CHECK_STATUSES", parse_statuses,
+                         "statuses a probe passes with: statuses and ranges, comma-separated "
+                         "(200,204,300-399)"))
+    slow_start: float = dataclasses.field(
+        default=0.0,
+        metadata=setting("LB_SLOW_START", parse_duration,
+                         "time over which a joining or returning backend's weight ramps up "
+                         "from 10% (0: off)"))
+    drain_timeout: float = dataclasses.field(
+        default=30.0,
+        metadata=setting("LB_DRAIN_TIMEOUT", parse_duration,
+                         "longest wait for a removed or drained backend's requests in flight "
+                         "before it leaves"))
+    overprovisioning: float = dataclasses.field(
+        default=1.4,
+        metadata=setting("LB_OVERPROVISIONING", parse_factor,
+                         "a tier takes all traffic while usable x this >= its members; below, "
+                         "the next tiers take the rest (>= 1.0)"))
 
     required: ClassVar[tuple[str, ...]] = ("backends",)
     readers: ClassVar[str] = "the Balancer (lb.Balancer, or the one a front-end builds)"
@@ -218,7 +298,14 @@ class Settings(BaseSettings):
         # what is read back. tests/core/test_settings.py keeps the two lists the same.
         def __init__(self, backends: BackendsLike = ..., policy: str = ...,
                      max_fails: CountLike = ..., fail_timeout: DurationLike = ...,
-                     max_ejection_time: DurationLike = ...) -> None: ...
+                     max_ejection_time: DurationLike = ..., dns_servers: ServersLike = ...,
+                     dns_min_refresh: DurationLike = ..., dns_max_refresh: DurationLike = ...,
+                     health_check: str = ..., health_check_interval: DurationLike = ...,
+                     health_check_timeout: DurationLike = ...,
+                     health_check_rise: CountLike = ..., health_check_fall: CountLike = ...,
+                     health_check_statuses: StatusesLike = ...,
+                     slow_start: DurationLike = ..., drain_timeout: DurationLike = ...,
+                     overprovisioning: FactorLike = ...) -> None: ...
 
     def _check(self) -> None:
         if self.max_ejection_time < self.fail_timeout:
@@ -226,6 +313,21 @@ class Settings(BaseSettings):
                 f"max_ejection_time has value {self.max_ejection_time!r}: "
                 f"smaller than fail_timeout ({self.fail_timeout!r})"
             )
+        if self.dns_min_refresh > self.dns_max_refresh:
+            raise ConfigError(
+                f"dns_min_refresh has value {self.dns_min_refresh!r}: "
+                f"larger than dns_max_refresh ({self.dns_max_refresh!r})"
+            )
+
+    @property
+    def static_backends(self) -> tuple[Backend, ...]:
+        """The backends listed as such, in order (the sources' come and go at run time)."""
+        return tuple(entry for entry in self.backends if isinstance(entry, Backend))
+
+    @property
+    def sources(self) -> tuple[Source, ...]:
+        """The sources among the entries, in order."""
+        return tuple(entry for entry in self.backends if isinstance(entry, Source))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -467,11 +569,17 @@ def _cast(field: dataclasses.Field[Any], value: Any, label: str) -> Any:
         raise ConfigError(f"{label} has value {_show(value)}: not a valid value ({exc})") from None
 
 
+def _show_item(value: Any) -> str:
+    if isinstance(value, tuple) and len(value) == 2:        # a range of statuses
+        return f"{value[0]}-{value[1]}" if value[0] != value[1] else str(value[0])
+    return str(value)
+
+
 def _show(value: Any) -> str:
     if isinstance(value, int) and value.bit_length() > 64:     # 10**400: no wall of digits
         return f"{'-' if value < 0 else ''}(an integer of {value.bit_length()} bits)"
     if isinstance(value, frozenset):
         return ",".join(str(v) for v in sorted(value)) or "(none)"
     if isinstance(value, tuple):
-        return ",".join(str(v) for v in value) or "(none)"
+        return ",".join(_show_item(v) for v in value) or "(none)"
     return repr(value) if isinstance(value, str) else str(value)

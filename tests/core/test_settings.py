@@ -159,7 +159,7 @@ class TestFromEnv:
 
     @pytest.mark.parametrize("name", ["LB_FAIL_TIMEOUT", "LB_MAX_EJECTION_TIME",
                                       "LB_CONNECT_TIMEOUT", "LB_READ_TIMEOUT"])
-    @pytest.mark.parametrize("value", ["soon", "-1", "-5s", "10m", "nan", "inf", "0"])
+    @pytest.mark.parametrize("value", ["soon", "-1", "-5s", "10d", "nan", "inf", "0"])
     def test_bad_durations(self, name, value):
         assert env_error(**{name: value}).startswith(f"{name} has value {value!r}:")
 
@@ -271,7 +271,11 @@ class TestKeywords:
     def test_describe_lists_every_variable(self):
         names = [row[0] for row in lb.Settings.describe()]
         assert names == ["LB_BACKENDS", "LB_POLICY", "LB_MAX_FAILS", "LB_FAIL_TIMEOUT",
-                         "LB_MAX_EJECTION_TIME"]
+                         "LB_MAX_EJECTION_TIME", "LB_DNS_SERVERS", "LB_DNS_MIN_REFRESH",
+                         "LB_DNS_MAX_REFRESH", "LB_HEALTH_CHECK", "LB_HEALTH_CHECK_INTERVAL",
+                         "LB_HEALTH_CHECK_TIMEOUT", "LB_HEALTH_CHECK_RISE",
+                         "LB_HEALTH_CHECK_FALL", "LB_HEALTH_CHECK_STATUSES", "LB_SLOW_START",
+                         "LB_DRAIN_TIMEOUT", "LB_OVERPROVISIONING"]
         names = [row[0] for row in ForwardingSettings.describe()]
         assert names == ["LB_FAIL_STATUSES", "LB_RETRIES", "LB_CONNECT_TIMEOUT",
                          "LB_READ_TIMEOUT", "LB_HASH_KEY", "LB_PRESERVE_HOST",
@@ -291,7 +295,11 @@ class TestKeywords:
 
     def test_the_balancers_settings_are_only_what_it_reads(self):
         assert [f.name for f in dataclasses.fields(lb.Settings)] == [
-            "backends", "policy", "max_fails", "fail_timeout", "max_ejection_time"]
+            "backends", "policy", "max_fails", "fail_timeout", "max_ejection_time",
+            "dns_servers", "dns_min_refresh", "dns_max_refresh", "health_check",
+            "health_check_interval", "health_check_timeout", "health_check_rise",
+            "health_check_fall", "health_check_statuses", "slow_start", "drain_timeout",
+            "overprovisioning"]
         assert lb.AdapterSettings is ForwardingSettings is lb.ForwardingSettings
 
 

@@ -1,0 +1,176 @@
+"""Backends with priority and a server name, sources, and the entries a pool is built from."""
+
+import pytest
+
+import lbmiddleware as lb
+from lbmiddleware.core.backend import parse_backend, parse_backends, parse_entries
+
+
+class TestBackend:
+    def test_priority_defaults_to_zero_and_takes_part_in_equality(self):
+        assert lb.Backend("http://a:1").priority == 0
+        assert lb.Backend("http://a:1", 1, 2).priority == 2
+        assert lb.Backend("http://a:1") != lb.Backend("http://a:1", priority=1)
+        assert lb.Backend("http://a:1", priority=1) == lb.Backend("HTTP://A:1/", 1, 1)
+
+    @pytest.mark.parametrize("priority", [-1, True, 1.5, "1"])
+    def test_a_bad_priority_is_a_config_error_naming_it(self, priority):
+        with pytest.raises(lb.ConfigError, match="priority"):
+            lb.Backend("http://a:1", priority=priority)
+
+    def test_server_name_and_source_are_keywords(self):
+        backend = lb.Backend("http://10.0.0.5:8080/base", server_name="Orders.Internal.",
+                             source="dns+http://orders.internal:8080/base")
+        assert backend.server_name == "orders.internal"
+        assert backend.source == "dns+http://orders.internal:8080/base"
+        with pytest.raises(TypeError):
+            lb.Backend("http://a:1", 1, 0, "name")  # type: ignore[misc]
+
+    def test_source_is_not_part_of_equality_but_server_name_is(self):
+        plain = lb.Backend("http://10.0.0.5:8080", server_name="orders")
+        assert plain == lb.Backend("http://10.0.0.5:8080", server_name="orders", source="x")
+        assert hash(plain) == hash(lb.Backend("http://10.0.0.5:8080", server_name="orders",
+                                              source="y"))
+        assert plain != lb.Backend("http://10.0.0.5:8080")
+
+    @pytest.mark.parametrize("name", ["", " ", "a b", 3, "a/b"])
+    def test_a_bad_server_name_is_a_config_error(self, name):
+        with pytest.raises(lb.ConfigError, match="server name"):
+            lb.Backend("http://10.0.0.5", server_name=name)
+
+    @pytest.mark.parametrize("url, server_name, authority, tls", [
+        ("http://10.0.0.5:8080/b", "orders.internal", "orders.internal:8080", "orders.internal"),
+        ("http://10.0.0.5/b", "orders.internal", "orders.internal", "orders.internal"),
+        ("https://10.0.0.5:443", "orders.internal", "orders.internal", "orders.internal"),
+        ("https://10.0.0.5:8443", None, "10.0.0.5:8443", "10.0.0.5"),
+        ("http://api:80", None, "api", "api"),
+        ("http://[::1]:8080", None, "[::1]:8080", "::1"),
+        ("http://[::1]:8080", "svc", "svc:8080", "svc"),
+    ])
+    def test_authority_and_tls_server_name(self, url, server_name, authority, tls):
+        backend = lb.Backend(url, server_name=server_name)
+        assert backend.authority == authority
+        assert backend.tls_server_name == tls
+
+    def test_repr_is_short_for_a_plain_backend(self):
+        assert repr(lb.Backend("http://a:1")) == "Backend(url='http://a:1', weight=1)"
+        assert repr(lb.Backend("http://a:1", 2, 1, server_name="n")) == (
+            "Backend(url='http://a:1', weight=2, priority=1, server_name='n')")
+
+
+class TestParseBackend:
+    @pytest.mark.parametrize("text, weight, priority", [
+        ("http://a:1", 1, 0),
+        ("http://a:1 backup", 1, 1),
+        ("http://a:1 weight=3 backup", 3, 1),
+        ("http://a:1 priority=2", 1, 2),
+        ("http://a:1 priority=1 backup", 1, 1),
+        ("http://a:1 priority=0", 1, 0),
+    ])
+    def test_options(self, text, weight, priority):
+        backend = parse_backend(text)
+        assert (backend.weight, backend.priority) == (weight, priority)
+
+    @pytest.mark.parametrize("text, message", [
+        ("http://a:1 backup priority=2", "backup"),
+        ("http://a:1 priority=0 backup", "backup"),
+        ("http://a:1 priority=x", "priority"),
+        ("http://a:1 priority=-1", "priority"),
+        ("http://a:1 backup=1", "unknown option"),
+        ("http://a:1 spare", "unknown option"),
+    ])
+    def test_bad_options(self, text, message):
+        with pytest.raises(lb.ConfigError, match=message):
+            parse_backend(text)
+
+    def test_a_source_in_a_static_list_needs_the_balancer(self):
+        with pytest.raises(lb.ConfigError, match="a source needs lb.Balancer"):
+            parse_backends(["http://a:1", "dns+http://orders:8080"])
+
+
+class TestSource:
+    def test_dns(self):
+        source = lb.Source("dns+http://Orders.Internal:8080/base/")
+        assert (source.url, source.kind, source.scheme, source.host, source.port, source.path,
+                source.weight, source.priority) == (
+            "dns+http://orders.internal:8080/base", "dns", "http", "orders.internal", 8080,
+            "/base", 1, 0)
+        assert str(source) == "dns+http://orders.internal:8080/base"
+
+    def test_dns_default_ports_and_options(self):
+        assert lb.Source("dns+https://orders").port == 443
+        assert lb.Source("dns+http://orders:80").url == "dns+http://orders"
+        source = lb.Source("dns+http://orders:8080 weight=2 backup")
+        assert (source.weight, source.priority) == (2, 1)
+        assert source.text == "dns+http://orders:8080 weight=2 priority=1"
+        assert lb.Source("dns+http://orders priority=3").priority == 3
+
+    def test_srv(self):
+        source = lb.Source("srv+https://_http._tcp.Orders.service.consul/api")
+        assert (source.kind, source.scheme, source.host, source.port, source.path) == (
+            "srv", "https", "_http._tcp.orders.service.consul", None, "/api")
+        assert source.url == "srv+https://_http._tcp.orders.service.consul/api"
+
+    def test_etcd(self):
+        source = lb.Source("etcd://127.0.0.1:2379/services/orders")
+        assert (source.kind, source.scheme, source.host, source.port, source.path) == (
+            "etcd", "http", "127.0.0.1", 2379, "services/orders/")
+        assert source.url == "etcd://127.0.0.1:2379/services/orders"
+        assert lb.Source("etcd://etcd/services/orders/").port == 2379
+        assert lb.Source("etcd://etcd/services/orders/") == lb.Source("etcd://etcd:2379/services/orders")
+
+    @pytest.mark.parametrize("text, message", [
+        ("srv+http://_http._tcp.orders weight=2", "records decide"),
+        ("etcd://127.0.0.1:2379/services/orders backup", "records decide"),
+        ("srv+http://_http._tcp.orders:8080", "port"),
+        ("etcd://127.0.0.1:2379", "key prefix"),
+        ("etcd://127.0.0.1:2379/", "key prefix"),
+        ("dns+ftp://orders", "scheme"),
+        ("etcd+https://127.0.0.1/x", "scheme"),
+        ("dns+http://", "host"),
+        ("dns+http://u:p@orders", "credentials"),
+        ("dns+http://orders?x=1", "query"),
+        ("dns+http://orders weight=0", "weight"),
+        ("dns+http://orders backup priority=2", "backup"),
+        ("dns+http://orders color=red", "unknown option"),
+        ("http://orders", "not a source"),
+    ])
+    def test_bad_text_is_a_config_error_naming_the_entry(self, text, message):
+        with pytest.raises(lb.ConfigError, match=message) as error:
+            lb.Source(text)
+        assert text.split()[0] in str(error.value)
+
+    def test_equality_and_hash(self):
+        assert lb.Source("dns+http://a:80") == lb.Source("DNS+HTTP://a")
+        assert len({lb.Source("dns+http://a"), lb.Source("dns+http://a/")}) == 1
+        assert lb.Source("dns+http://a") != lb.Source("dns+http://a backup")
+
+
+class TestParseEntries:
+    def test_mixed_string(self):
+        entries = parse_entries("http://a:1 backup, dns+http://orders:8080/b weight=2,"
+                                " etcd://127.0.0.1:2379/services/x")
+        assert entries == (lb.Backend("http://a:1", priority=1),
+                           lb.Source("dns+http://orders:8080/b weight=2"),
+                           lb.Source("etcd://127.0.0.1:2379/services/x"))
+
+    def test_mixed_list_of_objects_and_text(self):
+        source = lb.Source("srv+http://_x._tcp.y")
+        entries = parse_entries([lb.Backend("http://a:1"), source, "http://b:1"])
+        assert entries == (lb.Backend("http://a:1"), source, lb.Backend("http://b:1"))
+        assert parse_entries(source) == (source,)
+
+    def test_duplicates_are_rejected(self):
+        with pytest.raises(lb.ConfigError, match="listed twice"):
+            parse_entries("dns+http://a, dns+http://a:80")
+        with pytest.raises(lb.ConfigError, match="listed twice"):
+            parse_entries("http://a, http://a:80 backup")
+
+    def test_empty(self):
+        with pytest.raises(lb.ConfigError, match="empty"):
+            parse_entries("")
+        assert parse_entries("", allow_empty=True) == ()
+
+    def test_a_wrong_type_is_a_config_error(self):
+        with pytest.raises(lb.ConfigError):
+            parse_entries([3])  # type: ignore[list-item]

@@ -1,0 +1,119 @@
+"""The Balancer's settings for a pool that follows the fleet: sources, active health checks,
+slow start, drain and tiers; durations in every unit."""
+
+import pytest
+
+import lbmiddleware as lb
+from lbmiddleware.core.casts import parse_duration
+
+GOOD = {"LB_BACKENDS": "http://127.0.0.1:8001"}
+
+
+@pytest.mark.parametrize("text, seconds", [
+    ("500ms", 0.5), ("10s", 10.0), ("5m", 300.0), ("1h", 3600.0), ("1.5m", 90.0), ("2", 2.0),
+    (" 3 m ", 180.0), (7, 7.0), (0.25, 0.25)])
+def test_durations_take_every_unit(text, seconds):
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["5 min", "1d", "m", "-1s", "ms", "1hh", "5sm"])
+def test_bad_durations(text):
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+def test_defaults():
+    settings = lb.Settings(backends=["http://a:1"])
+    assert settings.dns_servers == ()
+    assert (settings.dns_min_refresh, settings.dns_max_refresh) == (5.0, 300.0)
+    assert settings.health_check == ""
+    assert (settings.health_check_interval, settings.health_check_timeout) == (5.0, 2.0)
+    assert (settings.health_check_rise, settings.health_check_fall) == (2, 3)
+    assert settings.health_check_statuses == ((200, 399),)
+    assert (settings.slow_start, settings.drain_timeout, settings.overprovisioning) == (
+        0.0, 30.0, 1.4)
+
+
+def test_every_variable_as_the_issue_spells_it():
+    settings = lb.Settings.from_env({
+        **GOOD, "LB_DNS_SERVERS": "127.0.0.1:8600, [::1]:53,10.0.0.2",
+        "LB_DNS_MIN_REFRESH": "500ms", "LB_DNS_MAX_REFRESH": "5m",
+        "LB_HEALTH_CHECK": "/healthz", "LB_HEALTH_CHECK_INTERVAL": "10s",
+        "LB_HEALTH_CHECK_TIMEOUT": "1500ms", "LB_HEALTH_CHECK_RISE": "1",
+        "LB_HEALTH_CHECK_FALL": "5", "LB_HEALTH_CHECK_STATUSES": "200,204, 300-399",
+        "LB_SLOW_START": "1m", "LB_DRAIN_TIMEOUT": "0", "LB_OVERPROVISIONING": "1.0"})
+    assert settings.dns_servers == ("127.0.0.1:8600", "[::1]:53", "10.0.0.2:53")
+    assert (settings.dns_min_refresh, settings.dns_max_refresh) == (0.5, 300.0)
+    assert settings.health_check == "/healthz"
+    assert (settings.health_check_interval, settings.health_check_timeout) == (10.0, 1.5)
+    assert (settings.health_check_rise, settings.health_check_fall) == (1, 5)
+    assert settings.health_check_statuses == ((200, 200), (204, 204), (300, 399))
+    assert (settings.slow_start, settings.drain_timeout, settings.overprovisioning) == (
+        60.0, 0.0, 1.0)
+
+
+def test_every_new_variable_is_described():
+    described = {row[0]: row for row in lb.Settings.describe()}
+    for name in ("LB_DNS_SERVERS", "LB_DNS_MIN_REFRESH", "LB_DNS_MAX_REFRESH", "LB_HEALTH_CHECK",
+                 "LB_HEALTH_CHECK_INTERVAL", "LB_HEALTH_CHECK_TIMEOUT", "LB_HEALTH_CHECK_RISE",
+                 "LB_HEALTH_CHECK_FALL", "LB_HEALTH_CHECK_STATUSES", "LB_SLOW_START",
+                 "LB_DRAIN_TIMEOUT", "LB_OVERPROVISIONING"):
+        assert described[name][2]
+    assert described["LB_HEALTH_CHECK_STATUSES"][1] == "200-399"
+    assert "source" in described["LB_BACKENDS"][2]
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"dns_min_refresh": "10m", "dns_max_refresh": "5m"}, "dns_min_refresh"),
+    ({"dns_min_refresh": 0}, "dns_min_refresh"),
+    ({"dns_servers": "localhost:53"}, "dns_servers"),
+    ({"dns_servers": "10.0.0.1:99999"}, "dns_servers"),
+    ({"health_check": "http://a/healthz"}, "health_check"),
+    ({"health_check": "/health z"}, "health_check"),
+    ({"health_check_rise": 0}, "health_check_rise"),
+    ({"health_check_fall": "0"}, "health_check_fall"),
+    ({"health_check_interval": 0}, "health_check_interval"),
+    ({"health_check_timeout": "0s"}, "health_check_timeout"),
+    ({"health_check_statuses": "399-200"}, "health_check_statuses"),
+    ({"health_check_statuses": "600"}, "health_check_statuses"),
+    ({"health_check_statuses": ""}, "health_check_statuses"),
+    ({"health_check_statuses": "ok"}, "health_check_statuses"),
+    ({"overprovisioning": "0.9"}, "overprovisioning"),
+    ({"overprovisioning": "nan"}, "overprovisioning"),
+    ({"slow_start": "-1"}, "slow_start"),
+    ({"drain_timeout": "forever"}, "drain_timeout"),
+])
+def test_bad_values_name_the_setting(options, message):
+    with pytest.raises(lb.ConfigError, match=message):
+        lb.Settings(backends=["http://a:1"], **options)
+
+
+def test_bad_variable_names_the_variable():
+    with pytest.raises(lb.ConfigError, match="LB_HEALTH_CHECK_STATUSES has value '99'"):
+        lb.Settings.from_env({**GOOD, "LB_HEALTH_CHECK_STATUSES": "99"})
+
+
+def test_statuses_in_other_forms():
+    make = lb.Settings
+    assert make(backends=["http://a"], health_check_statuses=200).health_check_statuses == (
+        (200, 200),)
+    assert make(backends=["http://a"], health_check_statuses=[200, "301-302", (500, 503)]
+                ).health_check_statuses == ((200, 200), (301, 302), (500, 503))
+
+
+def test_health_check_path_relative_or_absolute():
+    assert lb.Settings(backends=["http://a"], health_check=" healthz ").health_check == "healthz"
+    assert lb.Settings(backends=["http://a"],
+                       health_check="/ready?full=1").health_check == "/ready?full=1"
+
+
+def test_sources_among_the_backends():
+    settings = lb.Settings(backends="http://a:1 backup, dns+http://orders:8080, http://b:1")
+    assert settings.backends == (lb.Backend("http://a:1", priority=1),
+                                 lb.Source("dns+http://orders:8080"), lb.Backend("http://b:1"))
+    assert settings.static_backends == (lb.Backend("http://a:1", priority=1),
+                                        lb.Backend("http://b:1"))
+    assert settings.sources == (lb.Source("dns+http://orders:8080"),)
+    only_source = lb.Settings.from_env({"LB_BACKENDS": "etcd://127.0.0.1:2379/services/o"})
+    assert only_source.static_backends == ()
+    assert lb.Source is lb.core.backend.Source
