@@ -39,6 +39,7 @@ layering: $(INSTALLED)
 
 bench: $(INSTALLED)
 	$(VENV)/bin/python benchmarks/bench_pick.py
+	$(VENV)/bin/python benchmarks/bench_update.py
 	$(VENV)/bin/python benchmarks/bench_adapter.py
 	$(VENV)/bin/python benchmarks/bench_chunked.py
 
