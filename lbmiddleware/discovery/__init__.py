@@ -20,6 +20,7 @@ from .status import SourceStatus
 from .watcher import Answer, Emit, Follower, PollingWatcher, Publish, SourceError, Watcher
 
 if TYPE_CHECKING:
+    from ..core.backend import Source
     from ..core.settings import Settings
 
 __all__ = ["watcher_for", "Watcher", "Publish", "Emit", "SourceStatus", "Backoff",
@@ -31,13 +32,10 @@ WATCHERS = {"dns": ("dns", "DnsWatcher"), "srv": ("dns", "SrvWatcher"),
             "etcd": ("etcd", "EtcdWatcher")}
 
 
-def watcher_for(source: object, settings: Settings, *,
+def watcher_for(source: Source, settings: Settings, *,
                 rng: random.Random | None = None) -> Watcher:
-    """The watcher that follows ``source`` (a ``Source``) with ``settings``' DNS servers and
-    refresh bounds."""
-    kind = getattr(source, "kind", None)
-    if kind not in WATCHERS:
-        raise ValueError(f"no watcher for source {source!r} (kind {kind!r})")
-    module_name, class_name = WATCHERS[kind]
+    """The watcher that follows ``source`` with ``settings``' DNS servers and refresh
+    bounds."""
+    module_name, class_name = WATCHERS[source.kind]
     module = importlib.import_module(f".{module_name}", __name__)
     return cast("Watcher", getattr(module, class_name)(source, settings, rng=rng))

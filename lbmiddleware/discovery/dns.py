@@ -1,0 +1,295 @@
+"""DNS sources: one backend per A/AAAA address (``dns+http://``), one per SRV record target
+address (``srv+http://``), refreshed when the answer's TTL runs out.
+
+Both speak DNS through dnspython's asyncio resolver (the ``dns`` extra, imported on the first
+question), to ``LB_DNS_SERVERS`` when given (``ip:port`` each: Consul's DNS is usually
+``127.0.0.1:8600``), else to the system's resolvers (``/etc/resolv.conf``, its search list
+applied). dnspython reads record TTLs, which ``getaddrinfo`` hides, and retries a truncated UDP
+answer over TCP, so a 1,000-record SRV answer arrives whole.
+
+What counts as what (SEMANTICS, "Membership from a registry"; Envoy STRICT_DNS):
+
+- NXDOMAIN, or a name without records of the type asked: a *successful empty* answer (the
+  source's set empties; a pick then raises ``NoHealthyBackend``).
+- A timeout, SERVFAIL, REFUSED, an unreachable server: a *failure* (the last set stays; the
+  watcher backs off, :mod:`.watcher`).
+
+**A/AAAA** (:class:`DnsWatcher`): A and AAAA are asked together; every distinct address is one
+backend ``scheme://address:port/base`` (IPv6 in brackets), IPv4 first, each in numeric order,
+with ``server_name`` = the name (so ``Host`` and TLS SNI stay the name) and the source's
+``weight`` and ``priority``. Refresh after the smaller TTL of the two answers.
+
+**SRV** (:class:`SrvWatcher`, RFC 2782): each record's target is resolved to its addresses
+(from the answer's additional section when the server put the target's address records there,
+as dnsmasq, Consul and CoreDNS do; otherwise by asking A and AAAA of the same resolvers), and
+each address gives one backend on the record's port:
+
+- *priority -> tier*: the distinct priorities of the answer, lowest first, become tiers 0, 1,
+  2, ... (``Backend.priority``). Ranking rather than copying the number keeps a source's best
+  records in tier 0 beside static backends: Consul publishes priority 1 on every record, which
+  copied would make the whole service a backup tier.
+- *weight -> weight*: ``max(weight, 1)``. Backend weights are positive integers, so a record of
+  weight 0 gets the smallest share a policy can express, the share of a weight-1 record and
+  never more (SEMANTICS); a tier whose weights are all 0 is thus equally weighted (RFC 2782).
+- a record whose target is ``.`` is the service declaring itself unavailable: it gives no
+  backend (an answer holding only such records is an empty set). A target with no addresses
+  (NXDOMAIN) gives none either; that is not a failure.
+- ``server_name`` is the service's domain, the name after the ``_service._proto.`` labels
+  (``_http._tcp.orders.service.consul`` -> ``orders.service.consul``): the name clients
+  address the service by and its certificate is issued for, unlike the per-node targets.
+- the same address and port in two records is one backend: the lower priority, then the higher
+  weight wins.
+- refresh after the smallest TTL among the SRV records and the target addresses used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import random
+import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from ..core.backend import Backend, Source
+from ..errors import ConfigError, needs_extra
+from .status import SourceStatus
+from .watcher import Answer, PollingWatcher, Sleep, SourceError
+
+if TYPE_CHECKING:
+    from ..core.settings import Settings
+
+__all__ = ["DnsWatcher", "SrvWatcher", "parse_server", "DEFAULT_TIMEOUT", "DEFAULT_LIFETIME"]
+
+DEFAULT_TIMEOUT = 2.0      # seconds one server has to answer one try (dnspython's default)
+DEFAULT_LIFETIME = 5.0     # seconds one question may take over every try and server
+TARGET_QUERIES = 32        # SRV targets resolved at once, at most
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def parse_server(text: str) -> tuple[str, int]:
+    """``"127.0.0.1:8600"`` -> ``("127.0.0.1", 8600)``; ``"[::1]:53"`` -> ``("::1", 53)``;
+    no port: 53. (``LB_DNS_SERVERS`` is checked when the settings are read; this only splits.)"""
+    text = text.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    elif text.count(":") == 1:
+        host, _, port = text.partition(":")
+    else:
+        host, port = text, ""
+    try:
+        address = ipaddress.ip_address(host)
+        number = int(port) if port else 53
+    except ValueError:
+        raise ConfigError(f"DNS server {text!r} is not ip:port") from None
+    if not 0 < number < 65536:
+        raise ConfigError(f"DNS server {text!r} has port {number}: not 1-65535")
+    return str(address), number
+
+
+class _DnsSource(PollingWatcher):
+    """What both DNS watchers share: the resolver, and turning dnspython's exceptions into
+    empty answers or failures."""
+
+    kind = ""
+
+    def __init__(self, source: Source | str, settings: Settings, *,
+                 rng: random.Random | None = None,
+                 timer: Callable[[], float] = time.monotonic,
+                 sleep: Sleep | None = None,
+                 timeout: float = DEFAULT_TIMEOUT,
+                 lifetime: float = DEFAULT_LIFETIME) -> None:
+        source = source if isinstance(source, Source) else Source(source)
+        if source.kind != self.kind:
+            raise ConfigError(f"{type(self).__name__} follows {self.kind}+http(s):// sources, "
+                              f"not {source.url!r}")
+        super().__init__(SourceStatus(source.url, source.kind),
+                         min_refresh=settings.dns_min_refresh,
+                         max_refresh=settings.dns_max_refresh, rng=rng, timer=timer,
+                         sleep=sleep)
+        self.source = source
+        self.servers = tuple(parse_server(server) for server in settings.dns_servers)
+        self.timeout = timeout
+        self.lifetime = lifetime
+        self._resolver: Any = None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.source.url!r})"
+
+    def resolver(self) -> Any:
+        """dnspython's asyncio resolver for the configured servers (made on first use)."""
+        if self._resolver is None:
+            with needs_extra(__name__):
+                import dns.asyncresolver
+                import dns.nameserver
+                import dns.resolver
+            if self.servers:
+                resolver = dns.asyncresolver.Resolver(configure=False)
+                resolver.nameservers = [dns.nameserver.Do53Nameserver(host, port)
+                                        for host, port in self.servers]
+            else:
+                try:
+                    resolver = dns.asyncresolver.Resolver()
+                except dns.resolver.NoResolverConfiguration as exc:
+                    raise SourceError(f"no DNS servers: LB_DNS_SERVERS is empty and the "
+                                      f"system has none ({exc})") from exc
+            resolver.timeout = self.timeout
+            resolver.lifetime = self.lifetime
+            resolver.cache = None          # every refresh asks the servers
+            self._resolver = resolver
+        return self._resolver
+
+    async def resolve(self, name: str, rdtype: str) -> Any:
+        """dnspython's answer to one question (its ``rrset`` None when there are no records),
+        None for NXDOMAIN; :class:`SourceError` on a failure."""
+        import dns.exception
+        import dns.resolver
+        try:
+            return await self.resolver().resolve(name, rdtype, search=True,
+                                                 raise_on_no_answer=False)
+        except dns.resolver.NXDOMAIN:
+            return None
+        except dns.resolver.NoNameservers as exc:
+            raise SourceError(f"{rdtype} {name}: {_why(exc)}") from exc
+        except dns.exception.Timeout as exc:
+            raise SourceError(f"{rdtype} {name}: timeout ({exc})") from exc
+        except dns.exception.DNSException as exc:
+            raise SourceError(f"{rdtype} {name}: {exc}") from exc
+
+    async def query(self, name: str, rdtype: str) -> tuple[Any, float | None]:
+        """The records of one type (a dnspython RRset, or None when there are none: NXDOMAIN
+        or no data) and their TTL; :class:`SourceError` on a failure."""
+        answer = await self.resolve(name, rdtype)
+        rrset = None if answer is None else answer.rrset
+        if rrset is None or len(rrset) == 0:
+            return None, None
+        return rrset, float(rrset.ttl)
+
+    async def addresses(self, name: str) -> tuple[list[Address], float | None]:
+        """The A and AAAA addresses of ``name`` (asked together) and their smaller TTL."""
+        (a, a_ttl), (aaaa, aaaa_ttl) = await asyncio.gather(
+            self.query(name, "A"), self.query(name, "AAAA"))
+        found = [ipaddress.ip_address(rr.address) for rrset in (a, aaaa) if rrset is not None
+                 for rr in rrset]
+        return found, _min_ttl(a_ttl, aaaa_ttl)
+
+    def backend(self, address: Address, port: int, weight: int, priority: int,
+                server_name: str) -> Backend:
+        host = f"[{address}]" if address.version == 6 else str(address)
+        source = self.source
+        return Backend(f"{source.scheme}://{host}:{port}{source.path}", weight, priority,
+                       server_name=server_name, source=source.url)
+
+
+class DnsWatcher(_DnsSource):
+    """Follows ``dns+http(s)://name:port/base``: one backend per A/AAAA address of ``name``."""
+
+    kind = "dns"
+
+    async def ask(self) -> Answer:
+        source = self.source
+        found, ttl = await self.addresses(source.host)
+        port = source.port
+        assert port is not None           # a dns+ source always has one (the default)
+        return Answer(tuple(self.backend(address, port, source.weight, source.priority,
+                                         source.host)
+                            for address in _ordered(found)), ttl)
+
+
+class SrvWatcher(_DnsSource):
+    """Follows ``srv+http(s)://_service._proto.name/base``: one backend per address of each
+    SRV record's target, on the record's port, its priority ranked into a tier."""
+
+    kind = "srv"
+
+    def __init__(self, source: Source | str, settings: Settings, **options: Any) -> None:
+        super().__init__(source, settings, **options)
+        labels = self.source.host.split(".")
+        while len(labels) > 1 and labels[0].startswith("_"):
+            labels.pop(0)
+        self.server_name = ".".join(labels)
+
+    async def ask(self) -> Answer:
+        import dns.rdatatype
+        answer = await self.resolve(self.source.host, "SRV")
+        if answer is None:
+            return Answer(())
+        rrset = answer.rrset
+        records = [rr for rr in (rrset or ()) if len(rr.target) > 1]     # "." = unavailable
+        if not records:
+            return Answer((), float(rrset.ttl) if rrset is not None else None)
+        ttl: float | None = float(rrset.ttl)
+        # The target addresses the server added (RFC 2782: "Additional Data"), by name.
+        extra: dict[str, list[Address]] = {}
+        extra_ttl: dict[str, float] = {}
+        for section_rrset in answer.response.additional:
+            if section_rrset.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
+                key = section_rrset.name.to_text(omit_final_dot=True).lower()
+                extra.setdefault(key, []).extend(
+                    ipaddress.ip_address(rr.address) for rr in section_rrset)
+                extra_ttl[key] = min(extra_ttl.get(key, section_rrset.ttl), section_rrset.ttl)
+        targets = sorted({rr.target.to_text(omit_final_dot=True).lower() for rr in records})
+        resolved: dict[str, list[Address]] = {}
+        missing = [target for target in targets if target not in extra]
+        limit = asyncio.Semaphore(TARGET_QUERIES)
+
+        async def resolve(target: str) -> tuple[list[Address], float | None]:
+            async with limit:
+                return await self.addresses(target)
+
+        for target, (found, target_ttl) in zip(
+                missing, await asyncio.gather(*(resolve(t) for t in missing)), strict=True):
+            resolved[target] = found
+            ttl = _min_ttl(ttl, target_ttl)
+        for target in targets:
+            if target in extra:
+                resolved[target] = extra[target]
+                ttl = _min_ttl(ttl, extra_ttl[target])
+        tiers = {priority: tier
+                 for tier, priority in enumerate(sorted({rr.priority for rr in records}))}
+        chosen: dict[str, Backend] = {}
+        for rr in sorted(records, key=lambda rr: (rr.priority, -rr.weight)):
+            target = rr.target.to_text(omit_final_dot=True).lower()
+            for address in _ordered(resolved[target]):
+                backend = self.backend(address, rr.port, max(rr.weight, 1), tiers[rr.priority],
+                                       self.server_name)
+                chosen.setdefault(backend.url, backend)
+        return Answer(tuple(sorted(chosen.values(), key=_order)), ttl)
+
+
+def _order(backend: Backend) -> tuple[int, int, Address, int]:
+    address = ipaddress.ip_address(backend.host)
+    return backend.priority, address.version, address, backend.port
+
+
+def _ordered(addresses: Iterable[Address]) -> list[Address]:
+    """Distinct addresses, IPv4 first, each family in numeric order."""
+    return sorted(set(addresses), key=lambda address: (address.version, address))
+
+
+def _min_ttl(a: float | None, b: float | None) -> float | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return min(a, b)
+
+
+def _why(exc: Exception) -> str:
+    """What the servers said, from dnspython's NoNameservers ("... answered SERVFAIL")."""
+    errors = getattr(exc, "kwargs", {}).get("errors") or []
+    reasons = []
+    for error in errors:
+        # (server, tcp, port, exception or None, answer): the rcode when a server answered.
+        server, _tcp, port, failure, response = (tuple(error) + (None,) * 5)[:5]
+        if response is not None and hasattr(response, "rcode"):
+            import dns.rcode
+            why = dns.rcode.to_text(response.rcode())
+        elif failure is not None:
+            why = str(failure) or type(failure).__name__
+        else:
+            why = "no answer"
+        reasons.append(f"{why} from {server}")
+    return "; ".join(reasons) if reasons else str(exc)

@@ -1,0 +1,337 @@
+"""DNS sources against a real DNS server (dnsmasq on a loopback port, TTL 1 s, records changed
+while the watchers run: tests/support/dnsmasq.py). Refresh bounds are lowered through the
+settings so that each test takes a second or two at most."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from lbmiddleware.core.backend import Backend, Source
+from lbmiddleware.core.events import SourceFailed, SourceRecovered
+from lbmiddleware.core.settings import Settings
+from lbmiddleware.discovery import watcher_for
+from lbmiddleware.discovery.dns import DnsWatcher, SrvWatcher, parse_server
+from lbmiddleware.discovery.watcher import SourceError
+from lbmiddleware.errors import ConfigError
+
+from ..support.dnsmasq import Dnsmasq
+
+WEB = "web.lb.test"
+SVC = "_http._tcp.svc.lb.test"
+
+
+@pytest.fixture
+def dnsmasq(tmp_path):
+    server = Dnsmasq(tmp_path / "dnsmasq")
+    server.start()
+    yield server
+    server.close()
+
+
+def settings(server, *, min_refresh=0.05, max_refresh=0.2, **more):
+    return Settings(backends=[f"dns+http://{WEB}:8080"], dns_servers=server.address,
+                    dns_min_refresh=min_refresh, dns_max_refresh=max_refresh, **more)
+
+
+def urls(backends):
+    return [backend.url for backend in backends]
+
+
+class Following:
+    """Runs a watcher as a task; collects what it publishes and emits."""
+
+    def __init__(self, watcher):
+        self.watcher = watcher
+        self.sets: list[tuple[Backend, ...]] = []
+        self.events: list[object] = []
+        self.published_at: list[float] = []
+
+    def publish(self, backends):
+        self.sets.append(backends)
+        self.published_at.append(time.monotonic())
+
+    @property
+    def latest(self):
+        return self.sets[-1] if self.sets else None
+
+    async def __aenter__(self):
+        self.task = asyncio.create_task(self.watcher.run(self.publish, self.events.append))
+        return self
+
+    async def __aexit__(self, *exc_info):
+        self.task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await self.task
+
+    async def until(self, predicate, what, timeout=5.0):
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if self.task.done():
+                self.task.result()
+            if time.monotonic() > deadline:
+                pytest.fail(f"timed out waiting for {what}: sets {self.sets}, "
+                            f"events {self.events}, status {self.watcher.status}")
+            await asyncio.sleep(0.01)
+
+    async def until_urls(self, expected, timeout=5.0):
+        await self.until(lambda: self.latest is not None and urls(self.latest) == expected,
+                         f"the set {expected}", timeout)
+
+
+def change(function, *args):
+    """A change to the server, made off the loop (it waits until the server serves it)."""
+    return asyncio.to_thread(function, *args)
+
+
+# -- A and AAAA ---------------------------------------------------------------------------------
+
+def test_a_records_are_followed_as_they_change(dnsmasq):
+    dnsmasq.set_addresses(WEB, ["127.0.0.2", "127.0.0.3"])
+    watcher = DnsWatcher(Source(f"dns+http://{WEB}:8080/base weight=3 backup"),
+                         settings(dnsmasq))
+
+    async def scenario():
+        async with Following(watcher) as run:
+            await run.until_urls(["http://127.0.0.2:8080/base", "http://127.0.0.3:8080/base"])
+            first = run.latest
+            await change(dnsmasq.set_addresses, WEB, ["127.0.0.3"])
+            await run.until_urls(["http://127.0.0.3:8080/base"])
+            await change(dnsmasq.set_addresses, WEB, ["127.0.0.4", "127.0.0.2", "127.0.0.3"])
+            await run.until_urls(["http://127.0.0.2:8080/base", "http://127.0.0.3:8080/base",
+                                  "http://127.0.0.4:8080/base"])
+            return first, run
+
+    first, run = asyncio.run(scenario())
+    assert len(run.sets) == 3                  # each set once, however many refreshes
+    assert run.events == []
+    for backend in first:
+        assert backend.server_name == WEB
+        assert backend.authority == f"{WEB}:8080"         # Host stays the name
+        assert backend.tls_server_name == WEB
+        assert backend.source == f"dns+http://{WEB}:8080/base"
+        assert (backend.weight, backend.priority) == (3, 1)
+    status = watcher.status
+    assert status.source == f"dns+http://{WEB}:8080/base" and status.kind == "dns"
+    assert status.backends == 3 and status.failing_since is None
+
+
+def test_aaaa_addresses_are_backends_too_in_brackets_and_deduplicated(dnsmasq):
+    dnsmasq.set_addresses(WEB, ["::1", "127.0.0.2", "0:0:0:0:0:0:0:1", "127.0.0.2"])
+    watcher = DnsWatcher(f"dns+https://{WEB}/api", settings(dnsmasq))
+    answer = asyncio.run(watcher.ask())
+    assert urls(answer.backends) == ["https://127.0.0.2/api", "https://[::1]/api"]
+    assert [b.authority for b in answer.backends] == [WEB, WEB]
+    assert answer.ttl == 1.0
+
+
+def test_only_aaaa_records(dnsmasq):
+    dnsmasq.set_addresses(WEB, ["::1"])
+    answer = asyncio.run(DnsWatcher(f"dns+http://{WEB}:8080", settings(dnsmasq)).ask())
+    assert urls(answer.backends) == ["http://[::1]:8080"]
+
+
+def test_a_successful_empty_answer_empties_the_set_until_records_return(dnsmasq):
+    dnsmasq.set_addresses(WEB, ["127.0.0.2"])
+    watcher = DnsWatcher(f"dns+http://{WEB}:8080", settings(dnsmasq))
+
+    async def scenario():
+        async with Following(watcher) as run:
+            await run.until_urls(["http://127.0.0.2:8080"])
+            await change(dnsmasq.set_addresses, WEB, [])          # NXDOMAIN
+            await run.until_urls([])
+            await change(dnsmasq.set_addresses, WEB, ["127.0.0.3"])
+            await run.until_urls(["http://127.0.0.3:8080"])
+            return run
+
+    run = asyncio.run(scenario())
+    assert [urls(s) for s in run.sets] == [["http://127.0.0.2:8080"], [],
+                                           ["http://127.0.0.3:8080"]]
+    assert run.events == []                    # an empty answer is no failure
+
+
+def test_a_name_without_address_records_is_an_empty_answer(dnsmasq):
+    dnsmasq.set_srv(SVC, [(0, 0, 8080, WEB)])  # the name exists, with no A or AAAA: NODATA
+    answer = asyncio.run(DnsWatcher(f"dns+http://{SVC}:8080", settings(dnsmasq)).ask())
+    assert answer.backends == ()
+
+
+def test_a_refused_question_is_a_failure_not_an_empty_set(dnsmasq):
+    # dnsmasq has no upstream: a name outside its local domain is REFUSED.
+    watcher = DnsWatcher("dns+http://web.elsewhere.test:8080", settings(dnsmasq))
+    with pytest.raises(SourceError, match="REFUSED"):
+        asyncio.run(watcher.ask())
+
+
+def test_the_refresh_follows_the_ttl_clamped_and_jittered(dnsmasq):
+    dnsmasq.set_addresses(WEB, ["127.0.0.2"])
+    for min_refresh, max_refresh, base in ((0.05, 5.0, 1.0),      # the TTL: 1 s
+                                           (0.05, 0.2, 0.2),      # clamped down
+                                           (2.0, 5.0, 2.0)):      # clamped up
+        watcher = DnsWatcher(f"dns+http://{WEB}:8080",
+                             settings(dnsmasq, min_refresh=min_refresh, max_refresh=max_refresh))
+
+        async def scenario(watcher=watcher):
+            async with Following(watcher) as run:
+                await run.until(lambda: run.sets, "the first set")
+                return watcher.status.next_refresh - watcher.status.last_success
+
+        delay = asyncio.run(scenario())
+        assert base * 0.9 - 0.05 <= delay <= base * 1.1, (min_refresh, max_refresh, delay)
+
+
+# -- SRV ----------------------------------------------------------------------------------------
+
+def test_srv_priorities_become_tiers_and_weights_follow_the_zero_weight_rules(dnsmasq):
+    dnsmasq.set_addresses("t1.lb.test", ["127.0.0.2"])
+    dnsmasq.set_addresses("t2.lb.test", ["127.0.0.3", "::1"])
+    dnsmasq.set_srv(SVC, [(10, 5, 8080, "t1.lb.test"),     # tier 0
+                          (10, 0, 8081, "t2.lb.test"),     # tier 0, weight 0 -> 1
+                          (20, 3, 8082, "t1.lb.test"),     # tier 1
+                          (30, 0, 8083, "t2.lb.test"),     # tier 2, all zero -> equal
+                          (30, 0, 8084, "t1.lb.test")])
+    watcher = SrvWatcher(f"srv+https://{SVC}/base", settings(dnsmasq))
+    answer = asyncio.run(watcher.ask())
+    assert [(b.url, b.weight, b.priority) for b in answer.backends] == [
+        ("https://127.0.0.2:8080/base", 5, 0),
+        ("https://127.0.0.3:8081/base", 1, 0),
+        ("https://[::1]:8081/base", 1, 0),
+        ("https://127.0.0.2:8082/base", 3, 1),
+        ("https://127.0.0.2:8084/base", 1, 2),
+        ("https://127.0.0.3:8083/base", 1, 2),
+        ("https://[::1]:8083/base", 1, 2),
+    ]
+    for backend in answer.backends:
+        assert backend.server_name == "svc.lb.test"          # the service's domain
+        assert backend.source == f"srv+https://{SVC}/base"
+    assert answer.ttl == 1.0
+
+
+def test_srv_targets_resolved_through_the_resolver_when_not_in_the_additional_section(dnsmasq):
+    # dnsmasq adds the address records only for names it holds; a target it does not hold
+    # (outside its domain here: REFUSED) is asked, and its failure is the source's.
+    dnsmasq.set_srv(SVC, [(0, 1, 8080, "t.elsewhere.test")])
+    with pytest.raises(SourceError, match="t.elsewhere.test"):
+        asyncio.run(SrvWatcher(f"srv+http://{SVC}", settings(dnsmasq)).ask())
+    # A target without addresses gives no backend, and is no failure.
+    dnsmasq.set_srv(SVC, [(0, 1, 8080, "nothing.lb.test"), (0, 1, 8081, "t1.lb.test")])
+    dnsmasq.set_addresses("t1.lb.test", ["127.0.0.2"])
+    answer = asyncio.run(SrvWatcher(f"srv+http://{SVC}", settings(dnsmasq)).ask())
+    assert urls(answer.backends) == ["http://127.0.0.2:8081"]
+
+
+def test_srv_target_dot_means_unavailable(dnsmasq):
+    dnsmasq.set_addresses("t1.lb.test", ["127.0.0.2"])
+    dnsmasq.set_srv(SVC, [(0, 0, 0, ".")])
+    answer = asyncio.run(SrvWatcher(f"srv+http://{SVC}", settings(dnsmasq)).ask())
+    assert answer.backends == ()
+    dnsmasq.set_srv("_http._tcp.none.lb.test", [])
+    assert asyncio.run(SrvWatcher("srv+http://_http._tcp.none.lb.test",
+                                  settings(dnsmasq)).ask()).backends == ()      # NXDOMAIN
+
+
+def test_srv_records_are_followed_as_they_change(dnsmasq):
+    dnsmasq.set_addresses("t1.lb.test", ["127.0.0.2"])
+    dnsmasq.set_addresses("t2.lb.test", ["127.0.0.3"])
+    dnsmasq.set_srv(SVC, [(1, 1, 8080, "t1.lb.test")])
+    watcher = SrvWatcher(f"srv+http://{SVC}", settings(dnsmasq))
+
+    async def scenario():
+        async with Following(watcher) as run:
+            await run.until_urls(["http://127.0.0.2:8080"])
+            await change(dnsmasq.set_srv, SVC, [(1, 1, 8080, "t1.lb.test"),
+                                                (1, 2, 8080, "t2.lb.test")])
+            await run.until_urls(["http://127.0.0.2:8080", "http://127.0.0.3:8080"])
+            await change(dnsmasq.set_srv, SVC, [(0, 0, 0, ".")])
+            await run.until_urls([])
+            await change(dnsmasq.set_srv, SVC, [(1, 1, 8081, "t2.lb.test")])
+            await run.until_urls(["http://127.0.0.3:8081"])
+            return run
+
+    run = asyncio.run(scenario())
+    assert [b.weight for b in run.sets[1]] == [1, 2]
+
+
+def test_a_1000_record_srv_answer_arrives_whole_over_tcp(dnsmasq):
+    for i in range(10):
+        dnsmasq.set_addresses(f"b{i}.lb.test", [f"127.0.1.{i}"])
+    dnsmasq.set_srv(SVC, [(0, 1 + i % 3, 20000 + i, f"b{i % 10}.lb.test")
+                          for i in range(1000)])
+    assert dnsmasq.query(SVC, "SRV").flags & 0x0200        # TC: the UDP answer is truncated
+    watcher = SrvWatcher(f"srv+http://{SVC}", settings(dnsmasq))
+    started = time.perf_counter()
+    answer = asyncio.run(watcher.ask())
+    elapsed = time.perf_counter() - started
+    assert len(answer.backends) == 1000
+    assert len({b.url for b in answer.backends}) == 1000
+    assert {b.weight for b in answer.backends} == {1, 2, 3}
+    assert elapsed < 5.0
+
+
+# -- outages ------------------------------------------------------------------------------------
+
+def test_a_server_outage_keeps_the_last_set_backs_off_and_follows_again(dnsmasq):
+    dnsmasq.set_addresses(WEB, ["127.0.0.2", "127.0.0.3"])
+    watcher = DnsWatcher(f"dns+http://{WEB}:8080", settings(dnsmasq), timeout=0.2,
+                         lifetime=0.3)
+
+    async def scenario():
+        async with Following(watcher) as run:
+            await run.until_urls(["http://127.0.0.2:8080", "http://127.0.0.3:8080"])
+            await change(dnsmasq.stop)
+            await run.until(lambda: run.events, "SourceFailed")
+            failed_at = time.monotonic()
+            await change(dnsmasq.set_addresses, WEB, ["127.0.0.3"])     # read at start
+            await change(dnsmasq.start)
+            await run.until_urls(["http://127.0.0.3:8080"])
+            return run, failed_at, time.monotonic()
+
+    run, failed_at, recovered_at = asyncio.run(scenario())
+    assert [urls(s) for s in run.sets] == [["http://127.0.0.2:8080", "http://127.0.0.3:8080"],
+                                           ["http://127.0.0.3:8080"]]   # nothing in between
+    failed, recovered = run.events
+    assert isinstance(failed, SourceFailed) and isinstance(recovered, SourceRecovered)
+    assert failed.source == recovered.source == f"dns+http://{WEB}:8080"
+    assert "timeout" in failed.error
+    assert 0.8 <= failed.retry_in <= 1.2                    # the first back-off: 1 s +-20%
+    assert recovered_at - failed_at >= 0.8 - 0.05            # no retry before the back-off
+    assert recovered.outage >= 0.8
+    assert watcher.status.failing_since is None and watcher.status.last_error is not None
+
+
+def test_an_outage_before_the_first_answer_publishes_nothing(dnsmasq):
+    dnsmasq.set_addresses(WEB, ["127.0.0.2"])
+    dnsmasq.stop()
+    watcher = DnsWatcher(f"dns+http://{WEB}:8080", settings(dnsmasq), timeout=0.1,
+                         lifetime=0.15)
+
+    async def scenario():
+        async with Following(watcher) as run:
+            await run.until(lambda: run.events, "SourceFailed")
+            await change(dnsmasq.start)
+            await run.until_urls(["http://127.0.0.2:8080"])
+            return run
+
+    run = asyncio.run(scenario())
+    assert len(run.sets) == 1
+    assert [type(e) for e in run.events] == [SourceFailed, SourceRecovered]
+
+
+# -- wiring -------------------------------------------------------------------------------------
+
+def test_watcher_for_picks_the_watcher_by_kind(dnsmasq):
+    s = settings(dnsmasq)
+    assert isinstance(watcher_for(Source(f"dns+http://{WEB}"), s), DnsWatcher)
+    assert isinstance(watcher_for(Source(f"srv+http://{SVC}"), s), SrvWatcher)
+    with pytest.raises(ConfigError, match="srv"):
+        SrvWatcher(f"dns+http://{WEB}", s)
+
+
+def test_dns_servers_are_split_into_address_and_port():
+    assert parse_server("127.0.0.1:8600") == ("127.0.0.1", 8600)
+    assert parse_server("[::1]:5353") == ("::1", 5353)
+    assert parse_server("10.0.0.2") == ("10.0.0.2", 53)
+    with pytest.raises(ConfigError):
+        parse_server("dns.example:53")
