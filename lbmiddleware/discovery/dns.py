@@ -44,6 +44,7 @@ each address gives one backend on the record's port:
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import ipaddress
 import random
@@ -66,6 +67,7 @@ DEFAULT_LIFETIME = 5.0     # seconds one question may take over every try and se
 TARGET_QUERIES = 32        # SRV targets resolved at once, at most
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+BackendKey = tuple[Address, int, int, int, str]    # address, port, weight, priority, name
 
 
 def parse_server(text: str) -> tuple[str, int]:
@@ -114,6 +116,8 @@ class _DnsSource(PollingWatcher):
         self.timeout = timeout
         self.lifetime = lifetime
         self._resolver: Any = None
+        self._built: dict[BackendKey, Backend] = {}       # the last answer's backends
+        self._building: dict[BackendKey, Backend] = {}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.source.url!r})"
@@ -177,10 +181,28 @@ class _DnsSource(PollingWatcher):
 
     def backend(self, address: Address, port: int, weight: int, priority: int,
                 server_name: str) -> Backend:
-        host = f"[{address}]" if address.version == 6 else str(address)
-        source = self.source
-        return Backend(f"{source.scheme}://{host}:{port}{source.path}", weight, priority,
-                       server_name=server_name, source=source.url)
+        """The backend at ``address:port``; the same object as the last answer's when it is
+        unchanged (building a Backend parses its URL: a 1,000-record answer every second
+        would spend a third of its time there)."""
+        key = (address, port, weight, priority, server_name)
+        backend = self._built.get(key)
+        if backend is None:
+            host = f"[{address}]" if address.version == 6 else str(address)
+            source = self.source
+            backend = Backend(f"{source.scheme}://{host}:{port}{source.path}", weight,
+                              priority, server_name=server_name, source=source.url)
+        self._building[key] = backend
+        return backend
+
+    async def ask(self) -> Answer:
+        self._building = {}
+        answer = await self.answer()
+        self._built, self._building = self._building, {}
+        return answer
+
+    @abc.abstractmethod
+    async def answer(self) -> Answer:
+        """One answer of the source (``ask`` keeps the backends built for the next one)."""
 
 
 class DnsWatcher(_DnsSource):
@@ -188,7 +210,7 @@ class DnsWatcher(_DnsSource):
 
     kind = "dns"
 
-    async def ask(self) -> Answer:
+    async def answer(self) -> Answer:
         source = self.source
         found, ttl = await self.addresses(source.host)
         port = source.port
@@ -211,7 +233,7 @@ class SrvWatcher(_DnsSource):
             labels.pop(0)
         self.server_name = ".".join(labels)
 
-    async def ask(self) -> Answer:
+    async def answer(self) -> Answer:
         import dns.rdatatype
         answer = await self.resolve(self.source.host, "SRV")
         if answer is None:
@@ -241,27 +263,24 @@ class SrvWatcher(_DnsSource):
 
         for target, (found, target_ttl) in zip(
                 missing, await asyncio.gather(*(resolve(t) for t in missing)), strict=True):
-            resolved[target] = found
+            resolved[target] = _ordered(found)
             ttl = _min_ttl(ttl, target_ttl)
         for target in targets:
             if target in extra:
-                resolved[target] = extra[target]
+                resolved[target] = _ordered(extra[target])
                 ttl = _min_ttl(ttl, extra_ttl[target])
         tiers = {priority: tier
                  for tier, priority in enumerate(sorted({rr.priority for rr in records}))}
-        chosen: dict[str, Backend] = {}
+        chosen: dict[str, tuple[int, int, Address, int, Backend]] = {}
         for rr in sorted(records, key=lambda rr: (rr.priority, -rr.weight)):
             target = rr.target.to_text(omit_final_dot=True).lower()
-            for address in _ordered(resolved[target]):
-                backend = self.backend(address, rr.port, max(rr.weight, 1), tiers[rr.priority],
+            tier = tiers[rr.priority]
+            for address in resolved[target]:
+                backend = self.backend(address, rr.port, max(rr.weight, 1), tier,
                                        self.server_name)
-                chosen.setdefault(backend.url, backend)
-        return Answer(tuple(sorted(chosen.values(), key=_order)), ttl)
-
-
-def _order(backend: Backend) -> tuple[int, int, Address, int]:
-    address = ipaddress.ip_address(backend.host)
-    return backend.priority, address.version, address, backend.port
+                if backend.url not in chosen:
+                    chosen[backend.url] = (tier, address.version, address, rr.port, backend)
+        return Answer(tuple(row[-1] for row in sorted(chosen.values())), ttl)
 
 
 def _ordered(addresses: Iterable[Address]) -> list[Address]:
