@@ -17,7 +17,8 @@ What counts as what (SEMANTICS, "Membership from a registry"; Envoy STRICT_DNS):
 **A/AAAA** (:class:`DnsWatcher`): A and AAAA are asked together; every distinct address is one
 backend ``scheme://address:port/base`` (IPv6 in brackets), IPv4 first, each in numeric order,
 with ``server_name`` = the name (so ``Host`` and TLS SNI stay the name) and the source's
-``weight`` and ``priority``. Refresh after the smaller TTL of the two answers.
+``weight`` and ``priority``. Refresh after the smaller TTL of the two answers. An address in
+place of the name (``dns+http://10.0.0.5:8080``) is its own answer, asked of nobody.
 
 **SRV** (:class:`SrvWatcher`, RFC 2782): each record's target is resolved to its addresses
 (from the answer's additional section when the server put the target's address records there,
@@ -67,7 +68,7 @@ DEFAULT_LIFETIME = 5.0     # seconds one question may take over every try and se
 TARGET_QUERIES = 32        # SRV targets resolved at once, at most
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
-BackendKey = tuple[Address, int, int, int, str]    # address, port, weight, priority, name
+BackendKey = tuple[Address, int, int, int, str | None]    # address, port, weight, priority, name
 
 
 def parse_server(text: str) -> tuple[str, int]:
@@ -122,6 +123,12 @@ class _DnsSource(PollingWatcher):
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.source.url!r})"
 
+    def describe_servers(self) -> str:
+        if not self.servers:
+            return "the system's resolvers"
+        return ", ".join(f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+                         for host, port in self.servers)
+
     def resolver(self) -> Any:
         """dnspython's asyncio resolver for the configured servers (made on first use)."""
         if self._resolver is None:
@@ -158,7 +165,8 @@ class _DnsSource(PollingWatcher):
         except dns.resolver.NoNameservers as exc:
             raise SourceError(f"{rdtype} {name}: {_why(exc)}") from exc
         except dns.exception.Timeout as exc:
-            raise SourceError(f"{rdtype} {name}: timeout ({exc})") from exc
+            raise SourceError(f"{rdtype} {name}: timeout after {_seconds(exc)} asking "
+                              f"{self.describe_servers()}") from exc
         except dns.exception.DNSException as exc:
             raise SourceError(f"{rdtype} {name}: {exc}") from exc
 
@@ -180,7 +188,7 @@ class _DnsSource(PollingWatcher):
         return found, _min_ttl(a_ttl, aaaa_ttl)
 
     def backend(self, address: Address, port: int, weight: int, priority: int,
-                server_name: str) -> Backend:
+                server_name: str | None) -> Backend:
         """The backend at ``address:port``; the same object as the last answer's when it is
         unchanged (building a Backend parses its URL: a 1,000-record answer every second
         would spend a third of its time there)."""
@@ -212,11 +220,16 @@ class DnsWatcher(_DnsSource):
 
     async def answer(self) -> Answer:
         source = self.source
-        found, ttl = await self.addresses(source.host)
+        server_name: str | None = source.host
+        try:
+            found: list[Address] = [ipaddress.ip_address(source.host)]    # no name to ask
+            ttl, server_name = None, None
+        except ValueError:
+            found, ttl = await self.addresses(source.host)
         port = source.port
         assert port is not None           # a dns+ source always has one (the default)
         return Answer(tuple(self.backend(address, port, source.weight, source.priority,
-                                         source.host)
+                                         server_name)
                             for address in _ordered(found)), ttl)
 
 
@@ -234,53 +247,56 @@ class SrvWatcher(_DnsSource):
         self.server_name = ".".join(labels)
 
     async def answer(self) -> Answer:
-        import dns.rdatatype
         answer = await self.resolve(self.source.host, "SRV")
         if answer is None:
-            return Answer(())
+            return Answer(())                                # NXDOMAIN
         rrset = answer.rrset
         records = [rr for rr in (rrset or ()) if len(rr.target) > 1]     # "." = unavailable
         if not records:
             return Answer((), float(rrset.ttl) if rrset is not None else None)
-        ttl: float | None = float(rrset.ttl)
-        # The target addresses the server added (RFC 2782: "Additional Data"), by name.
-        extra: dict[str, list[Address]] = {}
-        extra_ttl: dict[str, float] = {}
-        for section_rrset in answer.response.additional:
-            if section_rrset.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
-                key = section_rrset.name.to_text(omit_final_dot=True).lower()
-                extra.setdefault(key, []).extend(
-                    ipaddress.ip_address(rr.address) for rr in section_rrset)
-                extra_ttl[key] = min(extra_ttl.get(key, section_rrset.ttl), section_rrset.ttl)
-        targets = sorted({rr.target.to_text(omit_final_dot=True).lower() for rr in records})
-        resolved: dict[str, list[Address]] = {}
-        missing = [target for target in targets if target not in extra]
-        limit = asyncio.Semaphore(TARGET_QUERIES)
-
-        async def resolve(target: str) -> tuple[list[Address], float | None]:
-            async with limit:
-                return await self.addresses(target)
-
-        for target, (found, target_ttl) in zip(
-                missing, await asyncio.gather(*(resolve(t) for t in missing)), strict=True):
-            resolved[target] = _ordered(found)
-            ttl = _min_ttl(ttl, target_ttl)
-        for target in targets:
-            if target in extra:
-                resolved[target] = _ordered(extra[target])
-                ttl = _min_ttl(ttl, extra_ttl[target])
+        targets = {rr.target.to_text(omit_final_dot=True).lower() for rr in records}
+        addresses, ttl = await self.target_addresses(targets, answer.response)
         tiers = {priority: tier
                  for tier, priority in enumerate(sorted({rr.priority for rr in records}))}
         chosen: dict[str, tuple[int, int, Address, int, Backend]] = {}
         for rr in sorted(records, key=lambda rr: (rr.priority, -rr.weight)):
-            target = rr.target.to_text(omit_final_dot=True).lower()
             tier = tiers[rr.priority]
-            for address in resolved[target]:
+            for address in addresses[rr.target.to_text(omit_final_dot=True).lower()]:
                 backend = self.backend(address, rr.port, max(rr.weight, 1), tier,
                                        self.server_name)
-                if backend.url not in chosen:
+                if backend.url not in chosen:        # lowest priority, then highest weight
                     chosen[backend.url] = (tier, address.version, address, rr.port, backend)
-        return Answer(tuple(row[-1] for row in sorted(chosen.values())), ttl)
+        return Answer(tuple(row[-1] for row in sorted(chosen.values())),
+                      _min_ttl(float(rrset.ttl), ttl))
+
+    async def target_addresses(self, targets: Iterable[str], response: Any
+                               ) -> tuple[dict[str, list[Address]], float | None]:
+        """Each target's distinct addresses, in order, and their smallest TTL: from the
+        answer's additional section when the server put the target's address records there
+        (RFC 2782, "Additional Data"), else asked of the resolvers (A and AAAA, at most
+        ``TARGET_QUERIES`` targets at a time)."""
+        import dns.rdatatype
+        extra: dict[str, list[Address]] = {}
+        ttl: float | None = None
+        for rrset in response.additional:
+            if rrset.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
+                name = rrset.name.to_text(omit_final_dot=True).lower()
+                if name in targets:
+                    extra.setdefault(name, []).extend(
+                        ipaddress.ip_address(rr.address) for rr in rrset)
+                    ttl = _min_ttl(ttl, float(rrset.ttl))
+        missing = [target for target in targets if target not in extra]
+        limit = asyncio.Semaphore(TARGET_QUERIES)
+
+        async def ask(target: str) -> tuple[list[Address], float | None]:
+            async with limit:
+                return await self.addresses(target)
+
+        for target, (found, target_ttl) in zip(
+                missing, await asyncio.gather(*(ask(t) for t in missing)), strict=True):
+            extra[target] = found
+            ttl = _min_ttl(ttl, target_ttl)
+        return {target: _ordered(found) for target, found in extra.items()}, ttl
 
 
 def _ordered(addresses: Iterable[Address]) -> list[Address]:
@@ -296,19 +312,20 @@ def _min_ttl(a: float | None, b: float | None) -> float | None:
     return min(a, b)
 
 
+def _seconds(exc: Exception) -> str:
+    timeout = getattr(exc, "kwargs", {}).get("timeout")
+    return f"{timeout:.3g}s" if isinstance(timeout, (int, float)) else "the lifetime"
+
+
 def _why(exc: Exception) -> str:
-    """What the servers said, from dnspython's NoNameservers ("... answered SERVFAIL")."""
-    errors = getattr(exc, "kwargs", {}).get("errors") or []
-    reasons = []
-    for error in errors:
-        # (server, tcp, port, exception or None, answer): the rcode when a server answered.
-        server, _tcp, port, failure, response = (tuple(error) + (None,) * 5)[:5]
-        if response is not None and hasattr(response, "rcode"):
-            import dns.rcode
-            why = dns.rcode.to_text(response.rcode())
-        elif failure is not None:
-            why = str(failure) or type(failure).__name__
-        else:
-            why = "no answer"
-        reasons.append(f"{why} from {server}")
+    """What the servers said, from dnspython's NoNameservers: "REFUSED from
+    Do53:127.0.0.1@53", one entry per distinct server and reason."""
+    reasons: list[str] = []
+    # dnspython's errors: (server, tcp, port, the rcode's text or the exception, response)
+    for error in getattr(exc, "kwargs", {}).get("errors") or ():
+        failure = error[3]
+        why = str(failure) or type(failure).__name__
+        reason = f"{why} from {error[0]}"
+        if reason not in reasons:
+            reasons.append(reason)
     return "; ".join(reasons) if reasons else str(exc)
