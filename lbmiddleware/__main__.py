@@ -1,4 +1,5 @@
-"""``python -m lbmiddleware``: the gateway (``serve``) and the demo (``demo``)."""
+"""``python -m lbmiddleware``: the gateway (``serve``), the demo (``demo``) and an etcd
+registration (``register``)."""
 
 from __future__ import annotations
 
@@ -38,6 +39,10 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "demo", help="run every policy against three local backends and print a table "
                      "(python -m lbmiddleware demo --help for its options)")
+    # -- register: run by lbmiddleware/discovery/registration.py's main(argv) (see main below) -
+    commands.add_parser(
+        "register", help="register a backend in etcd and keep it there until SIGTERM/SIGINT "
+                         "(python -m lbmiddleware register --help for its options)")
     return parser
 
 
@@ -48,6 +53,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # -- demo: lbmiddleware/demo/runner.py parses its own options (--requests, --policies, ...)
         from .demo import main as demo_main
         return demo_main(argv[1:]) or 0
+    if argv[:1] == ["register"]:
+        # -- register: lbmiddleware/discovery/registration.py parses its own arguments
+        from .discovery.registration import main as register_main
+        return register_main(argv[1:])
     _parser().parse_args(argv)          # serve (no options of its own), --help
     try:
         settings = load_settings()

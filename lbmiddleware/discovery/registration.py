@@ -1,0 +1,326 @@
+"""A replica that registers itself in etcd, so the pools that follow the prefix find it.
+
+::
+
+    with Registration("etcd://127.0.0.1:2379/services/orders", "http://10.0.0.5:8080"):
+        serve_forever()                 # the key exists while the block runs
+
+    async with Registration(source, url, ttl=10, weight=2):
+        await server.serve()
+
+On entry the key ``<prefix>/<host:port>`` (plus the base path, if any) is put under a lease of
+``ttl`` seconds; the lease is kept alive every ``ttl/3`` (etcd's naming convention; a lease that
+was lost meanwhile, say etcd lost its data, is granted again and the key put again). On exit
+the key is deleted *first*, so that every pool following the prefix stops picking the replica
+at once, then the lease is revoked. A process that dies without exiting the block stops
+renewing: etcd drops the key when the lease expires (at most ``ttl`` later; a default etcd
+grants no less than about 2 s).
+
+The value is the URL (``http://10.0.0.5:8080``), or with ``weight`` or ``priority`` the JSON of
+etcd's naming package: ``{"Addr": "10.0.0.5:8080", "Metadata": {"weight": 2}}`` (``Addr`` is
+the full URL when the scheme is https or there is a base path). :mod:`.etcd` reads both.
+
+The async context manager renews on the running loop; the sync one runs a loop of its own on a
+daemon thread (``lbmiddleware-etcd-registration``), so it fits any program. ``python -m
+lbmiddleware register`` is this class on the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any
+
+from ..core.backend import Backend, Source
+from ..core.casts import parse_duration
+from ..errors import ConfigError
+from .backoff import Backoff
+from .etcd import EtcdClient, EtcdError
+
+__all__ = ["Registration", "DEFAULT_TTL", "main"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TTL = 10.0          # seconds of the lease
+
+
+class Registration:
+    """One backend registered under an etcd source's prefix (module docstring).
+
+    ``source``: ``etcd://host:port/prefix`` (text or :class:`~lbmiddleware.Source`); ``url``:
+    the backend's URL as callers reach it; ``ttl``: the lease in seconds (or ``"10s"``),
+    rounded up to whole seconds; ``weight`` (>= 1) and ``priority`` (>= 0): written in the
+    value's metadata when given. Bad values raise :class:`~lbmiddleware.ConfigError` naming
+    them; etcd's failures on entry raise :class:`~.etcd.EtcdError`.
+    """
+
+    def __init__(self, source: Source | str, url: str | Backend, *, ttl: float | str = DEFAULT_TTL,
+                 weight: int | None = None, priority: int | None = None) -> None:
+        self.source = _etcd_source(source)
+        if isinstance(url, Backend):
+            url = url.url
+        if not isinstance(url, str):
+            raise ConfigError(f"registration URL {url!r} is not a string")
+        # The checks of a backend (scheme, host, weight, priority) name the bad value.
+        self.backend = Backend(url, 1 if weight is None else weight,
+                               0 if priority is None else priority)
+        try:
+            seconds = parse_duration(ttl)
+        except ValueError as exc:
+            raise ConfigError(f"registration ttl {ttl!r}: {exc}") from None
+        if seconds < 1:
+            raise ConfigError(f"registration ttl {ttl!r}: etcd leases are whole seconds, "
+                              "at least 1 (a default etcd grants no less than about 2)")
+        self.ttl = math.ceil(seconds)
+        self.key = self.source.path + self.backend.netloc + self.backend.path
+        self.value = _value(self.backend, weight, priority)
+        self.client = EtcdClient(self.source.host, self.source.port or 2379)
+        self.lease = 0                  # the current lease's id (0: none)
+        self.granted_ttl = 0            # the TTL etcd granted it
+        self.renewals = 0               # keep-alives etcd answered
+        self.registrations = 0          # puts of the key (more than 1: the lease was lost)
+        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    def __repr__(self) -> str:
+        return f"Registration({self.source.url!r}, {self.backend.url!r}, ttl={self.ttl})"
+
+    @property
+    def interval(self) -> float:
+        """Seconds between keep-alives: a third of the lease."""
+        return (self.granted_ttl or self.ttl) / 3
+
+    # -- async ---------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Registration:
+        await self.register()
+        self._task = asyncio.get_running_loop().create_task(
+            self._keep_alive(), name=f"lbmiddleware etcd registration {self.key}")
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                        traceback: TracebackType | None) -> None:
+        await self.unregister()
+
+    async def register(self) -> None:
+        """Grant a lease and put the key under it (raises :class:`EtcdError`)."""
+        lease, granted = await self.client.grant(self.ttl)
+        try:
+            await self.client.put(self.key, self.value, lease)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self.client.revoke(lease)
+            raise
+        self.lease, self.granted_ttl = lease, granted
+        self.registrations += 1
+        logger.info("registered %s in etcd at %s as %r (lease %x, ttl %ds)",
+                    self.backend.url, self.client.address, self.key, lease, granted)
+
+    async def unregister(self) -> bool:
+        """Stop renewing, delete the key, then revoke the lease. Returns True when the key
+        was deleted now; failures are logged, not raised (the lease expires by itself)."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if not self.lease:
+            return False
+        lease, self.lease = self.lease, 0
+        deleted = False
+        try:
+            deleted = await self.client.delete(self.key) > 0
+            await self.client.revoke(lease)
+        except EtcdError as exc:
+            logger.warning("deregistering %s from etcd: %s (the key goes when its lease "
+                           "expires, within %ds)", self.backend.url, exc, self.granted_ttl)
+        else:
+            logger.info("deregistered %s: deleted %r, revoked lease %x",
+                        self.backend.url, self.key, lease)
+        return deleted
+
+    async def _keep_alive(self) -> None:
+        backoff = Backoff(initial=min(1.0, self.interval), max_delay=self.interval)
+        failing = False
+        delay = self.interval
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                if await self.client.keepalive(self.lease) > 0:
+                    self.renewals += 1
+                else:
+                    logger.warning("etcd no longer has lease %x of %r (expired, or etcd lost "
+                                   "its data): registering again", self.lease, self.key)
+                    await self.register()
+            except EtcdError as exc:
+                if not failing:
+                    logger.warning("cannot renew the etcd registration of %s: %s; retrying",
+                                   self.backend.url, exc)
+                    failing = True
+                delay = backoff.next()
+                continue
+            if failing:
+                logger.info("etcd registration of %s renewed again", self.backend.url)
+                failing = False
+            backoff.reset()
+            delay = self.interval
+
+    # -- sync: a loop on a thread of its own ------------------------------------------------
+
+    def __enter__(self) -> Registration:
+        if self._loop is not None:
+            raise RuntimeError(f"{self!r} is already open")
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever, daemon=True,
+                                  name="lbmiddleware-etcd-registration")
+        thread.start()
+        try:
+            asyncio.run_coroutine_threadsafe(self.__aenter__(), loop).result()
+        except BaseException:
+            _stop(loop, thread)
+            raise
+        self._loop, self._thread = loop, thread
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> bool:
+        """The sync exit: delete the key, revoke the lease, stop the thread (idempotent).
+        Returns True when the key was deleted now."""
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return False
+        self._loop = self._thread = None
+        try:
+            return asyncio.run_coroutine_threadsafe(self.unregister(), loop).result()
+        finally:
+            _stop(loop, thread)
+
+
+def _stop(loop: asyncio.AbstractEventLoop, thread: threading.Thread) -> None:
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join()
+    loop.close()
+
+
+def _etcd_source(source: object) -> Source:
+    if isinstance(source, str):
+        source = Source(source)
+    if not isinstance(source, Source):
+        raise ConfigError(f"registration source {source!r} is not an etcd:// source")
+    if source.kind != "etcd":
+        raise ConfigError(f"registration source {source.url!r} is not an etcd:// source "
+                          "(a backend registers in etcd; DNS records are the DNS server's)")
+    return source
+
+
+def _value(backend: Backend, weight: int | None, priority: int | None) -> str:
+    if weight is None and priority is None:
+        return backend.url
+    plain = backend.scheme == "http" and not backend.path
+    metadata: dict[str, Any] = {}
+    if weight is not None:
+        metadata["weight"] = weight
+    if priority is not None:
+        metadata["priority"] = priority
+    return json.dumps({"Addr": backend.netloc if plain else backend.url, "Metadata": metadata})
+
+
+# -- python -m lbmiddleware register ----------------------------------------------------------
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m lbmiddleware register SOURCE URL [--ttl 10s] [--weight N] [--priority N]
+    [--drain DURATION]``: register, keep the lease alive, and on SIGTERM or SIGINT delete the
+    key, wait ``--drain`` (callers' pools stop picking the backend meanwhile), exit 0. A second
+    signal during the drain ends it early. Exit status 2 for a bad argument, 1 when etcd
+    cannot be reached at the start."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        drain = parse_duration(args.drain)
+    except ValueError as exc:
+        parser.error(f"argument --drain: {args.drain!r}: {exc}")
+    try:
+        registration = Registration(args.source, args.url, ttl=args.ttl, weight=args.weight,
+                                    priority=args.priority)
+    except ConfigError as exc:
+        parser.error(str(exc))
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logger.setLevel(logging.INFO)
+    signals: list[int] = []
+    stop = threading.Event()
+
+    def on_signal(number: int, frame: object) -> None:
+        signals.append(number)
+        stop.set()
+
+    previous = {number: signal.signal(number, on_signal)
+                for number in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        try:
+            registration.__enter__()
+        except EtcdError as exc:
+            print(f"python -m lbmiddleware register: error: {exc}", file=sys.stderr)
+            return 1
+        logger.info("keeping the lease alive every %.3gs; SIGTERM or SIGINT deregisters "
+                    "(drain %gs)", registration.interval, drain)
+        while not stop.wait(1.0):       # a timeout: signals are handled between waits
+            pass
+        name = signal.Signals(signals[0]).name
+        logger.info("%s: deregistering %s", name, registration.backend.url)
+        registration.close()
+        if drain:
+            logger.info("draining for %gs before exit (callers stop picking %s)",
+                        drain, registration.backend.url)
+            stop.clear()
+            stop.wait(drain)            # a second signal ends the drain early
+        logger.info("exiting")
+        return 0
+    finally:
+        registration.close()
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m lbmiddleware register",
+        description="Register a backend in etcd under a lease and keep it alive; on SIGTERM or "
+                    "SIGINT delete the key first, wait --drain, then exit 0. Pools that follow "
+                    "the prefix (LB_BACKENDS=etcd://...) add and remove the backend.",
+        epilog="example: python -m lbmiddleware register "
+               "etcd://127.0.0.1:2379/services/orders http://10.0.0.5:8080 --ttl 10s --drain 5s")
+    parser.add_argument("source", metavar="SOURCE",
+                        help="etcd://host:port/prefix: the key goes under prefix/")
+    parser.add_argument("url", metavar="URL", help="the backend's URL as callers reach it")
+    parser.add_argument("--ttl", default=f"{DEFAULT_TTL:g}s",
+                        help="the lease (10s, 5m; whole seconds, at least 1) [%(default)s]")
+    parser.add_argument("--weight", type=_integer, default=None,
+                        help="the backend's weight (>= 1), written in the value's metadata")
+    parser.add_argument("--priority", type=_integer, default=None,
+                        help="the backend's tier (0 first, 1 = backup), in the metadata")
+    parser.add_argument("--drain", default="0s",
+                        help="after deleting the key, wait this long before exiting, while "
+                             "callers' pools stop picking the backend [%(default)s]")
+    return parser
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
