@@ -1,13 +1,17 @@
-"""Balancer: backends + policy + passive health, behind pick/report and a context manager.
+"""Balancer: backends + policy + passive and active health, behind pick/report and a
+context manager; membership from static entries and sources, drain, slow start and tiers.
 
 Every public method takes one short lock (no I/O, no waiting under it), so one Balancer
-is shared safely by threads and by asyncio tasks.
+is shared safely by threads and by asyncio tasks. Nothing here runs on its own: time-based
+changes (an ejection's end, a drain's timeout, a slow start's next step) are made by the
+next call that finds them due, on the injected ``timer``.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import logging
 import random
 import threading
@@ -17,12 +21,24 @@ from typing import Any
 
 from ..errors import ConfigError, NoHealthyBackend
 from .attempts import Completion, Outcome
-from .backend import Backend, parse_backends
-from .events import Event, Listener, MembershipChanged, PanicEnded, PanicStarted, log_event
+from .backend import Backend, Source, parse_backends
+from .events import (
+    DrainEnded,
+    DrainStarted,
+    Event,
+    Listener,
+    MembershipChanged,
+    PanicEnded,
+    PanicStarted,
+    log_event,
+)
 from .health import PassiveHealth
+from .health.active import ActiveHealth, ActiveRecord
 from .load import PeakEwma
 from .policies import Policy, make_policy
+from .policies.tiered import Tiered
 from .settings import Settings, resolve
+from .slow_start import ramp_factor
 from .state import BackendState, Members
 
 __all__ = ["Balancer"]
@@ -30,7 +46,19 @@ __all__ = ["Balancer"]
 
 _NONE: frozenset[BackendState] = frozenset()
 
+#: During a slow start every member's policy weight is in hundredths of its weight, so that a
+#: ramping backend's share has whole numbers at 1% steps.
+SLOW_START_SCALE = 100
+#: A slow start's effective weights are recomputed at most this often (seconds): each new set
+#: of weights makes the policies rebuild what they cached.
+SLOW_START_STEP = 1.0
+
 logger = logging.getLogger("lbmiddleware")
+
+
+def _url(backend: Backend | str) -> str:
+    """A backend's URL as the pool spells it."""
+    return backend.url if isinstance(backend, Backend) else Backend(backend).url
 
 
 class Balancer:
@@ -79,16 +107,37 @@ class Balancer:
         self._listeners: tuple[tuple[object, Listener], ...] = ((object(), log_event),)
         self._health = PassiveHealth(settings.max_fails, settings.fail_timeout,
                                      settings.max_ejection_time, self._events.append)
+        self._active = (ActiveHealth(settings.health_check_rise, settings.health_check_fall,
+                                     self._events.append) if settings.health_check else None)
         self._load = PeakEwma()
-        self._policy: Policy = make_policy(settings.policy, self._rng, timer, self._load)
+        self._base_policy: Policy = make_policy(settings.policy, self._rng, timer, self._load)
+        self._policy: Policy = self._base_policy
+        self._tiered: Tiered | None = None
+        # Slow start never applies to ip_hash: a growing weight would move sticky keys.
+        self._slow_start = settings.slow_start if settings.policy != "ip_hash" else 0.0
         self._states: dict[str, BackendState] = {}      # url -> state, listed order
-        self._retired: dict[str, BackendState] = {}     # removed, requests still in flight
+        self._draining: dict[str, BackendState] = {}    # url -> state, no new picks
+        self._held: dict[str, None] = {}                # urls drain() keeps out of the union
+        # Each entry's backends: the static list (key None) first, then each source by its
+        # URL in settings order (others in the order they first update).
+        self._entries: dict[str | None, tuple[Backend, ...]] = {None: settings.static_backends}
+        self._entry_index: dict[str | None, dict[str, tuple[int, int, str | None]]] = {}
+        for source in settings.sources:
+            self._entries[source.url] = ()
+        self._warned: set[tuple[str, str | None]] = set()
         self._deferred: collections.deque[tuple[Backend, bool | None, float | None]] = (
             collections.deque())                        # see report_later(), release()
         self._generation = 0
         self._healthy = self._all = Members((), 0)
         self._panic = False
-        self._apply_membership(settings.static_backends)
+        # Something changes with time (an ejection, a drain, a slow start): each call looks.
+        self._timed = False
+        self._ramping = False
+        self._ramp_next = 0.0
+        self._drain_next = 0.0
+        self._started = False           # members from now on join later (active, slow start)
+        self._apply_membership(self._union()[0])
+        self._started = True
         self._events.clear()         # the first members are no change: nobody listens yet
 
     @classmethod
@@ -98,6 +147,16 @@ class Balancer:
         """A Balancer from ``LB_*`` variables (``environ`` for tests); keyword arguments win."""
         return cls(settings=Settings.from_env(environ, **overrides), timer=timer, rng=rng)
 
+    def close(self) -> None:
+        """Stop what runs for this pool. The core runs nothing (the public ``lb.Balancer``
+        stops its sources and probes here); idempotent."""
+
+    def __enter__(self) -> Balancer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     # -- membership ---------------------------------------------------------------------
 
     @property
@@ -106,89 +165,347 @@ class Balancer:
 
     @property
     def backends(self) -> tuple[Backend, ...]:
-        """The current members, in listed order."""
+        """The current members, in listed order (draining backends are not members)."""
         with self._lock:
             return tuple(s.backend for s in self._states.values())
 
-    def update(self, backends: Iterable[str | Backend] | str) -> None:
+    def update(self, backends: Iterable[str | Backend] | str, *,
+               source: Source | str | None = None) -> None:
         """Change the membership at runtime.
 
-        Backends that stay keep their live state (health, latency, in-flight; a new weight
-        is taken); removed ones are no longer picked but their in-flight requests still
-        report normally; sticky keys move close to the minimum. An empty list is allowed
-        (every pick then raises :class:`NoHealthyBackend`). Each change sends a
+        Without ``source``, ``backends`` replace the static list; with a :class:`Source` (or
+        its text), they replace that source's set (a discovery watcher's answer). The members
+        are the union: the static backends first, then each source's in settings order; a
+        URL listed by two entries is the first's (a warning, once). Backends that stay keep
+        their live state (health, latency, in-flight; a new weight or priority is taken);
+        removed ones drain: no new picks, their in-flight requests report normally, and they
+        leave when the last one ends or after ``drain_timeout``; sticky keys move close to
+        the minimum. An empty list is allowed (every pick then raises
+        :class:`NoHealthyBackend` if no other entry has members). Each change sends a
         :class:`~lbmiddleware.core.events.MembershipChanged` event.
 
-        The same members with the same weights, in any order and spelling, change nothing
-        (a DNS refresh every few seconds, say): no hash table is rebuilt, the round-robin
-        sequence goes on, the listed order stays, no event is sent.
+        The same backends with the same weights and priorities, in any order and spelling,
+        change nothing (a DNS refresh every few seconds, say): no hash table is rebuilt,
+        the round-robin sequence goes on, the listed order stays, no event is sent.
         """
+        key = None if source is None else (
+            source.url if isinstance(source, Source) else Source(source).url)
         new = parse_backends(backends, allow_empty=True)
-        if self._same_members(new):
+        if self._same_entry(key, new):
             return                  # nothing to rebuild, restart or announce
-        prepared = self._policy.prepare(new)      # slow part (a hash table) outside the lock
+        prepared = None
+        if self._tiered is None and all(b.priority == new[0].priority for b in new):
+            # The slow part (a hash table) outside the lock, for the union this would give
+            # (a guess: another thread may change it first, and the policy then rebuilds).
+            entries = dict(self._entries)
+            entries[key] = new
+            prepared = self._policy.prepare(self._table_guess(self._union(entries)[0]))
         with self._lock:
-            if not self._same_members(new):
-                self._apply_membership(new, prepared)
+            if self._deferred:
+                self._apply_deferred()
+            warnings: list[str] = []
+            if not self._same_entry(key, new):
+                self._set_entry(key, new)
+                union, warnings = self._union()
+                if not self._same_members(union):
+                    self._apply_membership(union, prepared, source=key)
+            self._post()
+        for warning in warnings:
+            logger.warning("%s", warning)
+        self._deliver()
+
+    def drain(self, url: Backend | str) -> None:
+        """Take ``url`` out of rotation without errors: no new picks from now on, its
+        requests in flight end normally; it leaves when the last one ends or after
+        ``drain_timeout`` (:class:`~lbmiddleware.core.events.DrainStarted`, ``DrainEnded``).
+        An entry still listing it does not bring it back until :meth:`undrain`. Draining a
+        backend twice changes nothing; a URL that is not in the pool is a
+        :class:`ConfigError` naming it."""
+        url = _url(url)
+        with self._lock:
+            if self._deferred:
+                self._apply_deferred()
+            if url not in self._held:
+                if url not in self._states and url not in self._draining:
+                    raise ConfigError(f"drain({url!r}): no such backend in the pool")
+                self._held[url] = None
+                if url in self._states:
+                    self._apply_membership(self._union()[0], reason="drain()")
             self._post()
         self._deliver()
 
+    def undrain(self, url: Backend | str) -> None:
+        """Undo :meth:`drain`: the backend is a member again if an entry still lists it
+        (as a backend that joins: active health checks wait for its first pass, slow start
+        ramps it up). Undraining a member changes nothing; a URL that is neither drained
+        nor in the pool is a :class:`ConfigError` naming it."""
+        url = _url(url)
+        with self._lock:
+            if self._deferred:
+                self._apply_deferred()
+            if url not in self._held:
+                if url not in self._states and url not in self._draining:
+                    raise ConfigError(f"undrain({url!r}): no such backend in the pool")
+            else:
+                del self._held[url]
+                union, _ = self._union()
+                if not self._same_members(union):
+                    self._apply_membership(union)
+            self._post()
+        self._deliver()
+
+    def _same_entry(self, key: str | None, backends: tuple[Backend, ...]) -> bool:
+        """True when ``backends`` are entry ``key``'s now, with the same weights, priorities
+        and server names, in any order (read without the lock, and again under it)."""
+        index = self._entry_index.get(key)
+        if index is None:
+            if key in self._entries or key is None:
+                index = self._index(key)
+            else:
+                return False
+        if len(backends) != len(index):
+            return False
+        for backend in backends:
+            if index.get(backend.url) != (backend.weight, backend.priority, backend.server_name):
+                return False
+        return True
+
+    def _index(self, key: str | None) -> dict[str, tuple[int, int, str | None]]:
+        index = {b.url: (b.weight, b.priority, b.server_name) for b in self._entries.get(key, ())}
+        self._entry_index[key] = index
+        return index
+
+    def _set_entry(self, key: str | None, backends: tuple[Backend, ...]) -> None:
+        self._entries[key] = backends
+        self._index(key)
+
+    def _union(self, entries: Mapping[str | None, tuple[Backend, ...]] | None = None
+               ) -> tuple[tuple[Backend, ...], list[str]]:
+        """The members the entries give: static first, then each source in order, without
+        what drain() holds out; a URL listed twice is the first entry's (warned once)."""
+        owners: dict[str, str | None] = {}
+        union: list[Backend] = []
+        warnings: list[str] = []
+        held = self._held
+        for key, backends in (self._entries if entries is None else entries).items():
+            for backend in backends:
+                url = backend.url
+                if url in held:
+                    continue
+                if url in owners:
+                    if entries is None and (url, key) not in self._warned:
+                        self._warned.add((url, key))
+                        first = owners[url] or "the static list"
+                        warnings.append(f"backend {url} is listed by {key or 'the static list'} "
+                                        f"and by {first}: {first}'s entry is used")
+                    continue
+                owners[url] = key
+                union.append(backend if backend.source is not None or key is None
+                             else dataclasses.replace(backend, source=key))
+        return tuple(union), warnings
+
+    def _table_guess(self, union: tuple[Backend, ...]) -> tuple[Backend, ...]:
+        """What the policy's table would hold for ``union``: the members, then those that
+        drain (read without the lock; a wrong guess only makes the policy rebuild)."""
+        urls = {b.url for b in union}
+        extra = [s.backend for url, s in list(self._draining.items()) if url not in urls]
+        extra += [s.backend for url, s in list(self._states.items())
+                  if url not in urls and s.in_flight]
+        return union + tuple(extra)
+
     def _same_members(self, backends: tuple[Backend, ...]) -> bool:
-        """True when ``backends`` are the members now, with the same weights, in any order."""
+        """True when ``backends`` are the members now, with the same values, in any order."""
         states = self._states
         if len(backends) != len(states):
             return False
         for backend in backends:
             state = states.get(backend.url)
-            if state is None or state.weight != backend.weight:
+            if state is None or state.backend != backend:
                 return False
         return True
 
-    def _apply_membership(self, backends: tuple[Backend, ...], prepared: Any = None) -> None:
+    def _apply_membership(self, backends: tuple[Backend, ...], prepared: Any = None, *,
+                          source: str | None = None, reason: str = "removed") -> None:
         old = self._states
+        now = self._timer()
         states: dict[str, BackendState] = {}
         added, reweighted = [], []
         for backend in backends:
             state = old.get(backend.url)
             if state is None:
                 added.append(backend)
-                state = self._retired.pop(backend.url, None)
+                state = self._draining.pop(backend.url, None)
                 if state is None:
-                    state = BackendState(backend, self._timer())
-            elif state.weight != backend.weight:
+                    state = BackendState(backend, now)
+                state.drain_until = None
+                state.backend = backend
+                self._join(state, now)
+            elif (state.backend.weight != backend.weight
+                  or state.backend.priority != backend.priority):
                 reweighted.append(backend)
             state.backend = backend
+            state.source = backend.source
             state.weight = backend.weight
             states[backend.url] = state
         removed = []
+        drains: list[Event] = []
         for url, state in old.items():
             if url not in states:
                 removed.append(state.backend)
                 self._health.forget(state)
-                if state.in_flight:
-                    self._retired[url] = state
+                state.ramp_since = None
+                state.ramp = 1.0
+                if state.in_flight or reason == "drain()":
+                    self._start_drain(state, now, reason, drains)
         self._states = states
-        self._policy.membership_changed(tuple(states.values()), prepared)
+        if self._slow_start and (self._ramping or added):
+            self._ramp(now)
+        self._policy_members(prepared)
         self._events.append(MembershipChanged(tuple(added), tuple(removed), tuple(reweighted),
-                                              backends))
+                                              backends, source))
+        self._events.extend(drains)
         self._refresh()             # after the change, the panic it may start or end
 
+    def _join(self, state: BackendState, now: float) -> None:
+        """A backend becomes a member: at construction up, later pending its first probe
+        and (re)starting its slow start."""
+        active = self._active
+        if active is not None:
+            if state.active is None:
+                state.active = ActiveRecord()
+            active.start(state.active, state.backend, joined_later=self._started)
+        if self._started and self._slow_start:
+            state.ramp_since = now
+
+    def _start_drain(self, state: BackendState, now: float, reason: str,
+                     events: list[Event]) -> None:
+        """``state`` left the members: it drains (no new picks) until its requests in
+        flight end or ``drain_timeout`` runs out. Its events go to ``events``."""
+        events.append(DrainStarted(state.backend, state.in_flight, reason))
+        timeout = self.settings.drain_timeout
+        if not state.in_flight or not timeout:
+            events.append(DrainEnded(state.backend, bool(state.in_flight), state.in_flight))
+            return
+        state.drain_until = until = now + timeout
+        url = state.backend.url
+        self._draining.pop(url, None)
+        self._draining[url] = state
+        if len(self._draining) == 1 or until < self._drain_next:
+            self._drain_next = until
+        self._timed = True
+
+    def _end_drains(self, now: float) -> None:
+        """End the drains whose timeout is over (their late ends are then ignored)."""
+        upcoming = None
+        for url, state in list(self._draining.items()):
+            until = state.drain_until
+            if until is not None and until <= now:
+                del self._draining[url]
+                state.drain_until = None
+                self._events.append(DrainEnded(state.backend, True, state.in_flight))
+            elif until is not None and (upcoming is None or until < upcoming):
+                upcoming = until
+        if upcoming is not None:
+            self._drain_next = upcoming
+
+    def _drained(self, url: str, state: BackendState) -> None:
+        """A draining backend's last request ended: it leaves."""
+        del self._draining[url]
+        state.drain_until = None
+        self._events.append(DrainEnded(state.backend, False, 0))
+
+    def _policy_members(self, prepared: Any = None) -> None:
+        """Tell the policy (one instance per tier when there are several) its members: the
+        members and the draining backends, whose sticky keys move as if ejected."""
+        table = (*self._states.values(), *self._draining.values())
+        priorities = {s.backend.priority for s in table}
+        if len(priorities) > 1:
+            if self._tiered is None:
+                self._tiered = Tiered(self._base_policy, self._make_policy,
+                                      self.settings.overprovisioning)
+                self._policy = self._tiered
+            self._tiered.membership_changed(table)
+        else:
+            if self._tiered is not None:
+                self._tiered = None
+                self._policy = self._base_policy
+            self._base_policy.membership_changed(table, prepared)
+
+    def _make_policy(self) -> Policy:
+        return make_policy(self.settings.policy, self._rng, self._timer, self._load)
+
     def _refresh(self, answered_by: Backend | None = None,
-                 returned: tuple[Backend, ...] = ()) -> None:
-        """Rebuild the member snapshots after a change of membership or health; ``answered_by``
-        and ``returned`` say what ended an ejection (for the event if panic ends)."""
+                 returned: tuple[Backend, ...] = (), carry: bool = False) -> None:
+        """Rebuild the member snapshots after a change of membership, health or weights;
+        ``answered_by`` and ``returned`` say what ended an ejection (for the event if panic
+        ends); ``carry``: only weights changed."""
         self._generation += 1
         everyone = tuple(self._states.values())
-        self._all = Members(everyone, self._generation)
-        self._healthy = Members(tuple(s for s in everyone if s.health.ejected_until is None),
-                                self._generation)
-        panic = bool(everyone) and not self._healthy.states
+        self._all = Members(everyone, self._generation, carry)
+        if self._active is None:
+            usable = tuple(s for s in everyone if s.health.ejected_until is None)
+        else:
+            usable = tuple(s for s in everyone if s.health.ejected_until is None
+                           and s.active is not None and s.active.up)
+        self._healthy = Members(usable, self._generation, carry)
+        if self._tiered is not None:
+            self._tiered.refresh(self._all, self._healthy)
+        panic = bool(everyone) and not usable
         if panic != self._panic:
             self._panic = panic
             if panic:
                 self._events.append(PanicStarted(tuple(s.backend for s in everyone)))
             else:
                 self._events.append(PanicEnded(answered_by, returned))
+
+    # -- time: ejections, drains, slow start ---------------------------------------------
+
+    def _tick(self, now: float) -> None:
+        """Make the changes that are due by ``now`` (call it holding the lock)."""
+        health = self._health
+        if health.any_ejected and health.due(now):
+            self._expire(now)
+        if self._draining and now >= self._drain_next:
+            self._end_drains(now)
+        if self._ramping and now >= self._ramp_next and self._ramp(now):
+            self._refresh(carry=True)
+        self._timed = health.any_ejected or bool(self._draining) or self._ramping
+
+    def _start_ramp(self, states: Iterable[BackendState], now: float) -> None:
+        """Slow start for backends back from an ejection or from active-down."""
+        if not self._slow_start:
+            return
+        for state in states:
+            state.ramp_since = now
+        self._ramp(now)
+
+    def _ramp(self, now: float) -> bool:
+        """Recompute the slow starts' effective weights; True when a policy weight changed.
+        While any backend ramps, every member's policy weight is in hundredths."""
+        window = self._slow_start
+        ramping = False
+        states = self._states.values()
+        for state in states:
+            since = state.ramp_since
+            if since is not None:
+                factor = ramp_factor(now - since, window)
+                if factor >= 1.0:
+                    state.ramp_since, state.ramp = None, 1.0
+                else:
+                    state.ramp, ramping = factor, True
+        changed = False
+        for state in states:
+            weight = state.backend.weight
+            if ramping:
+                weight = (max(1, round(weight * SLOW_START_SCALE * state.ramp))
+                          if state.ramp_since is not None else weight * SLOW_START_SCALE)
+            if state.weight != weight:
+                state.weight, changed = weight, True
+        self._ramping = ramping
+        self._ramp_next = now + SLOW_START_STEP
+        if ramping:
+            self._timed = True
+        return changed
 
     # -- events -------------------------------------------------------------------------
 
@@ -285,8 +602,8 @@ class Balancer:
             with self._lock:
                 if self._deferred:
                     self._apply_deferred()
-                if self._health.any_ejected:
-                    self._expire(self._timer())
+                if self._timed:
+                    self._tick(self._timer())
                 members = self._all if self._panic else self._healthy
                 excluded = self._exclude_states(exclude, members) if exclude else _NONE
                 if len(excluded) >= len(members.states):
@@ -313,6 +630,8 @@ class Balancer:
     def _expire(self, now: float) -> None:
         returned = self._health.expire(now)
         if returned:
+            if self._slow_start:
+                self._start_ramp((self._states[b.url] for b in returned), now)
             self._refresh(returned=returned)
 
     def _widen(self, members: Members, excluded: frozenset[BackendState],
@@ -387,14 +706,14 @@ class Balancer:
         state = self._states.get(url)
         member = state is not None
         if state is None:
-            state = self._retired.get(url)
+            state = self._draining.get(url)
             if state is None:
                 return          # removed, and its last request already ended
         if state.in_flight > 0:
             state.in_flight -= 1
             self._policy.finished(state)
             if not member and not state.in_flight:
-                del self._retired[url]
+                self._drained(url, state)
         now = self._timer()
         state.requests += 1
         if ok:
@@ -404,12 +723,15 @@ class Balancer:
                 return          # a success of a steady backend (or a removed one) changes nothing
             returned = self._health.success(state, now, latency, self._panic)
             if returned is not None:                      # it ended a full outage
+                if self._slow_start:
+                    self._start_ramp((self._states[b.url] for b in returned), now)
                 self._refresh(answered_by=backend, returned=returned)
         else:
             self._load.observe_failure(state.latency, now, state.health.consecutive_failures)
             if member:
                 state.failures += 1
                 if self._health.failure(state, now, latency):
+                    self._timed = True
                     self._refresh()
 
     def release(self, backend: Backend) -> None:
@@ -440,14 +762,14 @@ class Balancer:
         url = backend.url
         state = self._states.get(url)
         if state is None:
-            state = self._retired.get(url)
+            state = self._draining.get(url)
             if state is None:
                 return None       # removed, and its last request already ended
         if state.in_flight > 0:
             state.in_flight -= 1
             self._policy.finished(state)
-            if not state.in_flight and url in self._retired:
-                del self._retired[url]
+            if not state.in_flight and url in self._draining:
+                self._drained(url, state)
         return state
 
     @contextlib.contextmanager
@@ -492,14 +814,13 @@ class Balancer:
         home is ejected, its fallback. Any other policy raises :class:`ConfigError` naming it;
         an empty pool raises :class:`NoHealthyBackend`.
         """
-        policy = self._policy
-        if not policy.keyed:
+        if not self._base_policy.keyed:
             raise ConfigError(
                 f"lookup() needs a keyed policy (ip_hash); this pool uses {self.policy}")
         with self._lock:
             if not self._states:
                 raise NoHealthyBackend("the pool has no backends")
-            return policy.lookup(self._members_at(self._timer()), key).backend
+            return self._policy.lookup(self._members_at(self._timer()), key).backend
 
     def _members_at(self, now: float) -> Members:
         """The members a pick at ``now`` would choose from, changing nothing."""
@@ -508,32 +829,50 @@ class Balancer:
         # Some ejection is over; a pick would end it first. A throwaway snapshot
         # (generation -1: no policy may cache it).
         usable = tuple(s for s in self._states.values()
-                       if s.health.ejected_until is None or s.health.ejected_until <= now)
-        return Members(usable, -1)
+                       if (s.health.ejected_until is None or s.health.ejected_until <= now)
+                       and (s.active is None or s.active.up))
+        return Members(usable, -1) if usable else self._all
 
     def stats(self) -> list[dict[str, Any]]:
-        """Per backend, in listed order: url, weight, state, ejected_until, in_flight,
-        requests, failures, consecutive_failures, ejections, latency (seconds or None)."""
+        """Per backend, the members in listed order then the draining ones: url, weight,
+        priority, effective_weight (after slow start), source (the entry that lists it, None
+        for static), state (healthy, probation, ejected, down: its active health checks
+        failed or it has not passed one yet, draining), ejected_until, in_flight, requests,
+        failures, consecutive_failures, ejections, latency (seconds or None), health_check
+        (None while checks are off, else status up/down/pending, last result, rise and fall
+        progress, checked_at)."""
         with self._lock:
             if self._deferred:
                 self._apply_deferred()
             now = self._timer()
-            if self._health.any_ejected:
-                self._expire(now)
+            if self._timed:
+                self._tick(now)
+            active = self._active
             rows = []
-            for state in self._states.values():
+            for state in (*self._states.values(), *self._draining.values()):
                 health = state.health
-                if health.ejected_until is not None:
+                record = state.active
+                if state.drain_until is not None:
+                    status = "draining"
+                elif health.ejected_until is not None:
                     status = "ejected"
+                elif record is not None and not record.up:
+                    status = "down"
                 elif health.probation:
                     status = "probation"
                 else:
                     status = "healthy"
                 estimate = state.latency
                 latency = self._load.estimate(estimate, now) if estimate.rtt is not None else None
+                backend = state.backend
+                effective = (round(backend.weight * state.ramp, 3)
+                             if state.ramp_since is not None else backend.weight)
                 rows.append({
-                    "url": state.backend.url,
-                    "weight": state.weight,
+                    "url": backend.url,
+                    "weight": backend.weight,
+                    "priority": backend.priority,
+                    "effective_weight": effective,
+                    "source": state.source,
                     "state": status,
                     "ejected_until": health.ejected_until,
                     "in_flight": state.in_flight,
@@ -542,10 +881,51 @@ class Balancer:
                     "consecutive_failures": health.consecutive_failures,
                     "ejections": health.ejections,
                     "latency": latency,
+                    "health_check": (active.row(record) if active is not None
+                                     and record is not None else None),
                 })
             self._post()
         self._deliver()
         return rows
+
+    # -- active health, events from above ---------------------------------------------
+
+    def report_probe(self, backend: Backend | str, ok: bool, reason: str = "") -> None:
+        """One active health check's result for ``backend`` (from the prober; thread-safe).
+
+        HAProxy's rise/fall counter decides up and down (:mod:`.health.active`); a backend
+        that joined later is picked only after its first pass. A pass also ends a passive
+        ejection at once (Envoy). ``reason``: ``"status 503"``, ``"timeout after 2s"``,
+        ``"connection refused"``... A result for a backend that is not a member (removed,
+        draining) or while checks are off is ignored."""
+        url = backend.url if isinstance(backend, Backend) else _url(backend)
+        with self._lock:
+            if self._deferred:
+                self._apply_deferred()
+            state = self._states.get(url)
+            active = self._active
+            if state is not None and active is not None and state.active is not None:
+                now = self._timer()
+                if self._timed:
+                    self._tick(now)
+                record = state.active
+                was_up = record.up
+                changed = active.result(record, state.backend, ok, reason, now)
+                unejected = ok and self._health.uneject(state, now)
+                if (unejected or (changed and record.up and not was_up)) and self._slow_start:
+                    self._start_ramp((state,), now)
+                if changed or unejected:
+                    self._refresh()
+            self._post()
+        self._deliver()
+
+    def publish(self, event: Event) -> None:
+        """Deliver ``event`` (a source's, from discovery above the core) to this pool's
+        listeners, in order with the pool's own events."""
+        with self._lock:
+            self._events.append(event)
+            self._post()
+        self._deliver()
 
     def __repr__(self) -> str:
         return (f"<Balancer policy={self.settings.policy!r} "

@@ -61,12 +61,14 @@ class ReturnCause(enum.Enum):
 
     TIME_UP = "its ejection time is over"
     OUTAGE_OVER = "a backend answered while every backend was ejected"
+    PROBE_PASSED = "an active health check passed"
 
 
 @dataclass(frozen=True, slots=True)
 class BackendReturned:
     """An ejected ``backend`` is back in rotation: on probation (its first failure ejects it
-    again) or, for the backend whose answer ended a full outage, healthy."""
+    again) or, for the backend whose answer ended a full outage or that passed an active
+    health check (Envoy ``successful_active_health_check_uneject_host``), healthy."""
 
     backend: Backend
     cause: ReturnCause
@@ -83,7 +85,8 @@ class ProbationPassed:
 
 @dataclass(frozen=True, slots=True)
 class PanicStarted:
-    """Every member is ejected: picks now choose among all of them (panic mode)."""
+    """No member is usable (every one ejected, down by its health checks or not checked yet):
+    picks now choose among all of them (panic mode)."""
 
     members: tuple[Backend, ...]
 
@@ -103,13 +106,17 @@ class PanicEnded:
 
 @dataclass(frozen=True, slots=True)
 class MembershipChanged:
-    """``Balancer.update()`` changed the pool. ``reweighted`` stayed with a new weight;
-    ``members`` is the whole new membership, in listed order."""
+    """The pool's members changed: ``Balancer.update()`` (``source``: the source's URL whose
+    set changed, None for the static list), ``drain()`` or ``undrain()``. ``removed`` left the
+    members (those with requests in flight drain: :class:`DrainStarted`); ``reweighted``
+    stayed with a new weight or priority; ``members`` is the whole new membership, in
+    listed order (the static backends first, then each source's)."""
 
     added: tuple[Backend, ...]
     removed: tuple[Backend, ...]
     reweighted: tuple[Backend, ...]
     members: tuple[Backend, ...]
+    source: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +138,28 @@ class BackendUp:
 
 
 @dataclass(frozen=True, slots=True)
+class DrainStarted:
+    """``backend`` gets no new picks and keeps its ``in_flight`` requests; it leaves when they
+    end or after ``drain_timeout``. ``reason``: ``"removed"`` (by its source or ``update()``)
+    or ``"drain()"``."""
+
+    backend: Backend
+    in_flight: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class DrainEnded:
+    """A draining ``backend`` left the pool: its last request ended, or ``drain_timeout``
+    ran out (``timed_out``) with ``in_flight_left`` requests still out (their ends are then
+    ignored)."""
+
+    backend: Backend
+    timed_out: bool
+    in_flight_left: int
+
+
+@dataclass(frozen=True, slots=True)
 class SourceFailed:
     """A discovery ``source`` (its entry text) failed to answer: its last good set stays, and
     it is asked again in ``retry_in`` seconds (exponential back-off). Once per outage."""
@@ -149,19 +178,25 @@ class SourceRecovered:
 
 
 Event: TypeAlias = (BackendEjected | BackendReturned | ProbationPassed | PanicStarted | PanicEnded
-                    | MembershipChanged | BackendDown | BackendUp | SourceFailed | SourceRecovered)
+                    | MembershipChanged | BackendDown | BackendUp | DrainStarted | DrainEnded
+                    | SourceFailed | SourceRecovered)
 Listener: TypeAlias = Callable[[Event], None]
 
 
 def log_event(event: Event) -> None:
     """The default listener: one line on the ``lbmiddleware`` logger per ejection, per return
-    when its time is up, per start of panic and per outage ended by an answer."""
+    when its time is up or a probe ended it, per start of panic, per outage ended by an
+    answer, per active-health transition (WARNING down, INFO up), per drain (INFO) and per
+    source outage (WARNING failed, INFO recovered)."""
     if isinstance(event, BackendEjected):
         logger.warning("ejected backend %s for %.3gs: %s (ejection %d in a row)",
                        event.backend.url, event.duration, event.reason, event.in_a_row)
     elif isinstance(event, BackendReturned):
         if event.cause is ReturnCause.TIME_UP:
             logger.info("backend %s returns on probation after %.3gs ejected",
+                        event.backend.url, event.ejected_for)
+        elif event.cause is ReturnCause.PROBE_PASSED:
+            logger.info("backend %s returns after %.3gs ejected: an active health check passed",
                         event.backend.url, event.ejected_for)
     elif isinstance(event, PanicStarted):
         logger.warning("every backend is ejected: panic mode, picking among all %d",
@@ -170,3 +205,22 @@ def log_event(event: Event) -> None:
         if event.answered_by is not None:
             logger.info("backend %s answered while every backend was ejected: %d backends return",
                         event.answered_by.url, len(event.returned))
+    elif isinstance(event, BackendDown):
+        logger.warning("backend %s is down: health check failed (%s)",
+                       event.backend.url, event.reason)
+    elif isinstance(event, BackendUp):
+        logger.info("backend %s is up: health check passed (%s)", event.backend.url, event.reason)
+    elif isinstance(event, DrainStarted):
+        logger.info("backend %s is draining (%s): %d requests in flight",
+                    event.backend.url, event.reason, event.in_flight)
+    elif isinstance(event, DrainEnded):
+        if event.timed_out:
+            logger.info("backend %s left after its drain timeout, %d requests still in flight",
+                        event.backend.url, event.in_flight_left)
+        else:
+            logger.info("backend %s drained and left", event.backend.url)
+    elif isinstance(event, SourceFailed):
+        logger.warning("source %s failed: %s (keeping its last backends; retry in %.3gs)",
+                       event.source, event.error, event.retry_in)
+    elif isinstance(event, SourceRecovered):
+        logger.info("source %s answers again after %.3gs", event.source, event.outage)

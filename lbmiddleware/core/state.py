@@ -5,6 +5,9 @@ Each group of fields has one writer:
 * the counters (``in_flight``, ``requests``, ``failures``) and ``backend``/``weight``: the
   balancer;
 * ``health``, a :class:`~lbmiddleware.core.health.passive.HealthRecord`: passive health;
+* ``active``, a :class:`~lbmiddleware.core.health.active.ActiveRecord` (None while active
+  health checks are off): active health;
+* ``ramp_since``/``ramp`` (slow start), ``drain_until`` and ``source``: the balancer;
 * ``latency``, a :class:`~lbmiddleware.core.load.LatencyEstimate`: the peak-EWMA estimator;
 * ``scratch``: the pool's policy, for what it keeps per backend (least_conn: the backend's
   live heap entry; latency: the send times of its requests in flight).
@@ -18,6 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 from .backend import Backend
+from .health.active import ActiveRecord
 from .health.passive import HealthRecord
 from .load import LatencyEstimate
 
@@ -28,10 +32,12 @@ class BackendState:
     """What the balancer knows of one backend right now."""
 
     __slots__ = ("backend", "weight", "in_flight", "requests", "failures", "health", "latency",
-                 "scratch")
+                 "scratch", "active", "ramp_since", "ramp", "drain_until", "source")
 
     def __init__(self, backend: Backend, now: float) -> None:
         self.backend = backend
+        # What the policies weigh: the backend's weight, or during a slow start its effective
+        # weight in hundredths (every member's, so that they stay whole numbers).
         self.weight = backend.weight
         self.in_flight = 0
         self.requests = 0            # attempts ended by report() with an outcome
@@ -39,6 +45,11 @@ class BackendState:
         self.health = HealthRecord(now)
         self.latency = LatencyEstimate()
         self.scratch: Any = None
+        self.active: ActiveRecord | None = None
+        self.ramp_since: float | None = None     # slow start began (None: full weight)
+        self.ramp = 1.0                          # its factor as last computed
+        self.drain_until: float | None = None    # draining: leaves by then at the latest
+        self.source: str | None = None           # the entry that lists it (None: static)
 
     def __repr__(self) -> str:
         return f"<BackendState {self.backend.url} in_flight={self.in_flight}>"
@@ -48,13 +59,17 @@ class Members:
     """An immutable snapshot of the backends a policy may choose from, in listed order.
 
     ``generation`` changes whenever the set changes, so a policy can cache what it derives
-    from a snapshot (a weight table, a schedule) and rebuild only when it must.
+    from a snapshot (a weight table, a schedule) and rebuild only when it must. ``carry``
+    says the set is the previous one with only weights changed (a slow start's step): a
+    rotation may go on where it was instead of starting again.
     """
 
-    __slots__ = ("states", "set", "generation", "total_weight")
+    __slots__ = ("states", "set", "generation", "total_weight", "carry")
 
-    def __init__(self, states: tuple[BackendState, ...], generation: int) -> None:
+    def __init__(self, states: tuple[BackendState, ...], generation: int,
+                 carry: bool = False) -> None:
         self.states = states
+        self.carry = carry
         self.set = frozenset(states)     # BackendState hashes by identity
         self.generation = generation
         self.total_weight = sum(s.weight for s in states)

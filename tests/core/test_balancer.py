@@ -99,9 +99,10 @@ class TestAttemptAndStats:
         backend = pool.pick()
         pool.report(backend, ok=True, latency=0.25)
         (row,) = pool.stats()
-        assert row == {"url": A, "weight": 1, "state": "healthy", "ejected_until": None,
+        assert row == {"url": A, "weight": 1, "priority": 0, "effective_weight": 1,
+                       "source": None, "state": "healthy", "ejected_until": None,
                        "in_flight": 0, "requests": 1, "failures": 0, "consecutive_failures": 0,
-                       "ejections": 0, "latency": 0.25}
+                       "ejections": 0, "latency": 0.25, "health_check": None}
 
     def test_attempt_reports_latency_from_the_timer(self, clock):
         pool = lb.Balancer([A], timer=clock)

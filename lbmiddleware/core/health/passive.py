@@ -210,6 +210,26 @@ class PassiveHealth:
                                        record.probation))
         return tuple(member.backend for _, member in ejected)
 
+    def uneject(self, member: Member, now: float) -> bool:
+        """End ``member``'s ejection now: an active health check passed (Envoy
+        ``successful_active_health_check_uneject_host``). It returns healthy, not on
+        probation: the probe is the evidence probation waits for. Returns True when it was
+        ejected. Its heap entry is left to :meth:`expire`, which skips it."""
+        record = member.health
+        until = record.ejected_until
+        if until is None:
+            return False
+        record.ejected_until = None
+        record.probation = False
+        record.consecutive_failures = 0
+        record.in_rotation_since = now
+        record.stale_before, record.stale_left = now, member.in_flight
+        _settle(record)
+        ejected_for = max(0.0, now - (until - record.ejection_time))
+        self._emit(BackendReturned(member.backend, ReturnCause.PROBE_PASSED, ejected_for,
+                                   on_probation=False))
+        return True
+
     def forget(self, member: Member) -> None:
         """Drop a removed backend's ejection: if it is added again it starts healthy."""
         record = member.health

@@ -40,12 +40,27 @@ class RoundRobin(Policy):
         by_weight: dict[int, list[BackendState]] = {}
         for state in members.states:
             by_weight.setdefault(state.weight, []).append(state)
+        if members.carry and self._classes:
+            by_weight = self._carried(by_weight)
         position = {id(s): i for i, s in enumerate(members.states)}
         self._classes = [[w, states, 0, [position[id(s)] for s in states]]
                          for w, states in by_weight.items()]
         self._generation = members.generation
         self._step = 0
         self._total = members.total_weight
+
+    def _carried(self, by_weight: dict[int, list[BackendState]]
+                 ) -> dict[int, list[BackendState]]:
+        """Each new class rotated to start with the backend that was next in its old class:
+        only weights changed (a slow start's step, every second or so), and starting every
+        class again from its first listed backend would give the first ones all the picks
+        of a pool picked less often than its rotation is long."""
+        upcoming = {id(entry[1][entry[2] % len(entry[1])]) for entry in self._classes}
+        rotated = {}
+        for weight, states in by_weight.items():
+            start = next((i for i, s in enumerate(states) if id(s) in upcoming), 0)
+            rotated[weight] = states[start:] + states[:start]
+        return rotated
 
     def _next(self) -> BackendState:
         self._step += 1

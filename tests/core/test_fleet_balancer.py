@@ -1,0 +1,418 @@
+"""The core Balancer following a fleet: sources' sets in the union, drain, tiers, slow start,
+active health (a fake clock and a seeded rng; nothing sleeps)."""
+
+import logging
+import random
+from collections import Counter
+
+import pytest
+
+import lbmiddleware as lb
+from lbmiddleware.core.events import (
+    BackendDown,
+    BackendReturned,
+    BackendUp,
+    DrainEnded,
+    DrainStarted,
+    MembershipChanged,
+    PanicStarted,
+    ReturnCause,
+    SourceFailed,
+)
+
+A, B, C, D, E = "http://a:1", "http://b:1", "http://c:1", "http://d:1", "http://e:1"
+DNS = "dns+http://orders:8080"
+ETCD = "etcd://127.0.0.1:2379/services/orders"
+
+
+def urls(backends):
+    return [b.url for b in backends]
+
+
+def by_url(pool):
+    return {row["url"]: row for row in pool.stats()}
+
+
+def listen(pool):
+    events = []
+    pool.subscribe(events.append)
+    return events
+
+
+def of(events, kind):
+    return [e for e in events if isinstance(e, kind)]
+
+
+def share(pool, picks=4000, key=None):
+    counts = Counter()
+    for i in range(picks):
+        backend = pool.pick(key=None if key is None else f"{key}{i}")
+        counts[backend.url] += 1
+        pool.report(backend, True, 0.01)
+    return counts
+
+
+class TestSources:
+    def test_the_union_is_static_first_then_each_source_in_settings_order(self):
+        pool = lb.Balancer(f"{A}, {ETCD}, {DNS}")
+        assert urls(pool.backends) == [A]
+        pool.update([C, D], source=DNS)
+        pool.update([B], source=lb.Source(ETCD))
+        assert urls(pool.backends) == [A, B, C, D]
+        pool.update([E])
+        assert urls(pool.backends) == [E, B, C, D]
+
+    def test_a_source_not_in_the_settings_comes_after_them(self):
+        pool = lb.Balancer(f"{A}, {DNS}")
+        pool.update([C], source="dns+http://other")
+        pool.update([B], source=DNS)
+        assert urls(pool.backends) == [A, B, C]
+
+    def test_a_url_listed_twice_is_the_first_entrys_and_warned_once(self, caplog):
+        caplog.set_level(logging.WARNING, logger="lbmiddleware")
+        pool = lb.Balancer(f"{A} weight=2, {DNS}")
+        pool.update([lb.Backend(A, 5), B], source=DNS)
+        pool.update([lb.Backend(A, 5), B, C], source=DNS)
+        assert [(r["url"], r["weight"], r["source"]) for r in pool.stats()] == [
+            (A, 2, None), (B, 1, DNS), (C, 1, DNS)]
+        warnings = [r.getMessage() for r in caplog.records if "listed by" in r.getMessage()]
+        assert len(warnings) == 1 and A in warnings[0]
+        pool.update([], source=None)         # the static entry goes: the source's A takes over
+        assert [(r["url"], r["weight"]) for r in pool.stats()][-3:] == [(A, 5), (B, 1), (C, 1)]
+
+    def test_the_source_of_each_backend_is_in_its_row_and_the_event(self):
+        pool = lb.Balancer(f"{A}, {DNS}")
+        events = listen(pool)
+        pool.update([lb.Backend("http://10.0.0.5:8080", server_name="orders")], source=DNS)
+        (change,) = of(events, MembershipChanged)
+        assert change.source == DNS and urls(change.added) == ["http://10.0.0.5:8080"]
+        assert change.added[0].source == DNS
+        assert by_url(pool)["http://10.0.0.5:8080"]["source"] == DNS
+
+    def test_the_no_op_update_stays_a_no_op(self):
+        pool = lb.Balancer(f"{A}, {DNS}", rng=random.Random(1))
+        pool.update([B, C], source=DNS)
+        events = listen(pool)
+        sequence = [pool.pick().url for _ in range(3)]
+        pool.update(["http://C:1/", B], source=DNS)       # same set, other order and spelling
+        pool.update([A])
+        sequence += [pool.pick().url for _ in range(3)]
+        assert events == []
+        assert sequence == [A, B, C, A, B, C]             # the rotation went on
+        assert urls(pool.backends) == [A, B, C]
+
+    def test_a_successful_empty_answer_empties_the_sources_set(self):
+        pool = lb.Balancer(DNS)
+        pool.update([A], source=DNS)
+        assert pool.pick().url == A
+        pool.update([], source=DNS)
+        with pytest.raises(lb.NoHealthyBackend):
+            pool.pick()
+
+    def test_a_static_update_with_a_source_in_it_is_refused(self):
+        pool = lb.Balancer([A])
+        with pytest.raises(lb.ConfigError, match="a source needs lb.Balancer"):
+            pool.update([A, DNS])
+
+    def test_publish_delivers_through_the_listeners_in_order(self):
+        pool = lb.Balancer([A])
+        events = listen(pool)
+        failed = SourceFailed(DNS, "timeout", 1.0)
+        pool.publish(failed)
+        pool.drain(A)
+        assert events[0] is failed and isinstance(events[1], MembershipChanged)
+
+    def test_close_and_the_context_manager(self):
+        with lb.core.Balancer([A]) as pool:
+            assert pool.pick().url == A
+        pool.close()
+        pool.close()
+
+
+class TestDrain:
+    def test_a_removed_backend_drains_its_in_flight_and_leaves_at_zero(self, clock):
+        pool = lb.Balancer(f"{A}, {DNS}", timer=clock)
+        pool.update([B], source=DNS)
+        events = listen(pool)
+        held = [pool.pick(exclude=[A]) for _ in range(2)]
+        pool.update([], source=DNS)
+        assert urls(pool.backends) == [A]
+        assert [pool.pick().url for _ in range(3)] == [A, A, A]
+        assert of(events, DrainStarted) == [DrainStarted(lb.Backend(B), 2, "removed")]
+        assert by_url(pool)[B]["state"] == "draining"
+        assert by_url(pool)[B]["in_flight"] == 2
+        pool.report(held[0], ok=False)          # a failure of a draining backend: no ejection
+        assert by_url(pool)[B]["ejections"] == 0 and not of(events, DrainEnded)
+        pool.report(held[1], ok=True, latency=0.1)
+        assert of(events, DrainEnded) == [DrainEnded(lb.Backend(B), False, 0)]
+        assert B not in by_url(pool)
+
+    def test_a_drain_ends_at_its_timeout(self, clock):
+        pool = lb.Balancer([A, B], timer=clock, drain_timeout="10s")
+        events = listen(pool)
+        held = pool.pick(exclude=[A])
+        pool.update([A])
+        clock.advance(9.9)
+        pool.pick()
+        assert not of(events, DrainEnded)
+        clock.advance(0.2)
+        pool.pick()
+        assert of(events, DrainEnded) == [DrainEnded(lb.Backend(B), True, 1)]
+        assert B not in by_url(pool)
+        pool.report(held, ok=True)                # its late end is ignored
+        assert B not in by_url(pool)
+
+    def test_drain_by_url_keeps_it_out_until_undrain(self, clock):
+        pool = lb.Balancer(f"{A}, {DNS}", timer=clock)
+        pool.update([B, C], source=DNS)
+        events = listen(pool)
+        held = pool.pick(exclude=[A, C])
+        pool.drain("HTTP://B:1/")
+        assert of(events, DrainStarted) == [DrainStarted(lb.Backend(B), 1, "drain()")]
+        assert B not in urls(pool.backends)
+        pool.update([B, C, D], source=DNS)        # the source still lists it
+        assert urls(pool.backends) == [A, C, D]
+        pool.report(held)
+        assert of(events, DrainEnded) == [DrainEnded(lb.Backend(B), False, 0)]
+        pool.drain(B)                             # twice: nothing more
+        pool.undrain(B)
+        assert urls(pool.backends) == [A, B, C, D]
+        pool.undrain(B)                           # a member: nothing
+        assert urls(pool.backends) == [A, B, C, D]
+
+    def test_draining_an_idle_backend_ends_at_once(self):
+        pool = lb.Balancer([A, B])
+        events = listen(pool)
+        pool.drain(B)
+        assert of(events, DrainStarted) == [DrainStarted(lb.Backend(B), 0, "drain()")]
+        assert of(events, DrainEnded) == [DrainEnded(lb.Backend(B), False, 0)]
+        assert urls(pool.backends) == [A]
+
+    def test_an_unknown_url_is_a_config_error_naming_it(self):
+        pool = lb.Balancer([A])
+        with pytest.raises(lb.ConfigError, match="http://zz:1"):
+            pool.drain("http://zz:1")
+        with pytest.raises(lb.ConfigError, match="http://zz:1"):
+            pool.undrain("http://zz:1")
+
+    def test_a_removal_without_requests_in_flight_sends_no_drain_event(self):
+        pool = lb.Balancer([A, B])
+        events = listen(pool)
+        pool.update([A])
+        assert [type(e) for e in events] == [MembershipChanged]
+
+    def test_a_removed_backends_sticky_keys_move_as_if_ejected(self, clock):
+        keys = [f"10.0.{i // 250}.{i % 250}" for i in range(2000)]
+        pool = lb.Balancer([A, B, C, D], policy="ip_hash", timer=clock, max_fails=1)
+        before = {k: pool.lookup(k).url for k in keys}
+        ejected = lb.Balancer([A, B, C, D], policy="ip_hash", timer=clock, max_fails=1)
+        ejected.report(ejected.pick(exclude=[A, B, D]), ok=False)
+        as_if_ejected = {k: ejected.lookup(k).url for k in keys}
+        assert by_url(ejected)[C]["state"] == "ejected"
+        held = pool.pick(exclude=[A, B, D])
+        pool.update([A, B, D])                   # C drains with one request in flight
+        after = {k: pool.lookup(k).url for k in keys}
+        assert after == as_if_ejected
+        assert all(after[k] == before[k] for k in keys if before[k] != C)
+        assert all(pool.pick(key=k).url == after[k] for k in keys[:50])
+        pool.report(held)
+
+
+class TestTiers:
+    def test_a_backup_takes_nothing_while_the_primaries_are_fine(self):
+        pool = lb.Balancer(f"{A}, {B}, {C} backup", policy="random", rng=random.Random(3))
+        assert set(share(pool, 1000)) == {A, B}
+
+    @pytest.mark.parametrize("policy", ["random", "round_robin", "least_conn", "latency"])
+    def test_envoys_70_30_split_at_half_health(self, clock, policy):
+        primaries = [f"http://p{i}:1" for i in range(4)]
+        backups = [f"http://b{i}:1 backup" for i in range(2)]
+        pool = lb.Balancer(primaries + backups, policy=policy, timer=clock,
+                           rng=random.Random(7), max_fails=1, fail_timeout="1h",
+                           max_ejection_time="1h")
+        for url in primaries[:2]:
+            pool.report(pool.pick(exclude=[u for u in primaries + ["http://b0:1", "http://b1:1"]
+                                           if u != url]), ok=False)
+        counts = share(pool, 10000)
+        tier0 = sum(counts[u] for u in primaries)
+        assert set(counts) == {primaries[2], primaries[3], "http://b0:1", "http://b1:1"}
+        assert 0.67 < tier0 / 10000 < 0.73
+
+    def test_overprovisioning_1_spills_at_the_first_loss(self, clock):
+        pool = lb.Balancer(f"{A}, {B}, {C}, {D}, {E} backup", policy="random", timer=clock,
+                           rng=random.Random(5), max_fails=1, overprovisioning=1.0)
+        pool.report(pool.pick(exclude=[B, C, D, E]), ok=False)
+        counts = share(pool, 10000)
+        assert 0.72 < sum(counts[u] for u in (B, C, D)) / 10000 < 0.78    # 75 / 25
+
+    def test_ip_hash_keys_keep_their_tier_and_backend(self, clock):
+        primaries = [f"http://p{i}:1" for i in range(4)]
+        pool = lb.Balancer(primaries + ["http://b0:1 backup", "http://b1:1 backup"],
+                           policy="ip_hash", timer=clock, max_fails=1, fail_timeout="1h",
+                           max_ejection_time="1h")
+        for url in primaries[:2]:
+            pool.report(pool.pick(exclude=[u for u in primaries if u != url]), ok=False)
+        keys = [f"k{i}" for i in range(3000)]
+        first = {k: pool.pick(key=k).url for k in keys}
+        for url in first.values():
+            pool.report(lb.Backend(url))
+        assert all(pool.pick(key=k).url == first[k] for k in keys)
+        assert all(pool.lookup(k).url == first[k] for k in keys)
+        backups = sum(1 for url in first.values() if "//b" in url)
+        assert 0.26 < backups / len(keys) < 0.34
+
+    def test_panic_over_every_member_when_no_tier_is_usable(self, clock):
+        pool = lb.Balancer(f"{A}, {B} backup", policy="round_robin", timer=clock, max_fails=1)
+        events = listen(pool)
+        pool.report(pool.pick(exclude=[B]), ok=False)
+        assert {pool.pick().url for _ in range(10)} == {B}
+        pool.report(pool.pick(), ok=False)
+        assert of(events, PanicStarted)
+        assert {pool.pick().url for _ in range(10)} == {A, B}
+
+    def test_a_retry_goes_to_the_backup_once_the_primaries_are_tried(self):
+        pool = lb.Balancer(f"{A}, {B}, {C} backup", rng=random.Random(0))
+        assert pool.pick(exclude=[A, B]).url == C
+
+    def test_tiers_come_and_go_with_membership(self):
+        pool = lb.Balancer([A, B], rng=random.Random(0))
+        pool.update([A, "http://b:1 backup"])
+        assert {pool.pick().url for _ in range(20)} == {A}
+        pool.update([A, B])
+        assert {pool.pick().url for _ in range(20)} == {A, B}
+
+
+class TestSlowStart:
+    def test_a_joiners_weight_ramps_over_the_window(self, clock):
+        pool = lb.Balancer([A], timer=clock, slow_start="10s")
+        pool.update([A, lb.Backend(B, 2)])
+        weights = []
+        for _ in range(12):
+            weights.append(by_url(pool)[B]["effective_weight"])
+            clock.advance(1.0)
+        assert weights == [0.2, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4, 1.6, 1.8, 2, 2]
+        assert by_url(pool)[A]["effective_weight"] == 1
+
+    def test_the_share_follows_the_effective_weight(self, clock):
+        pool = lb.Balancer([A, B, C], policy="random", timer=clock, rng=random.Random(2),
+                           slow_start="100s")
+        pool.update([A, B, C, D])
+        clock.advance(50)
+        counts = share(pool, 7000)              # weights 1, 1, 1, 0.5
+        assert 0.12 < counts[D] / 7000 < 0.16
+
+    def test_initial_members_do_not_ramp_and_ip_hash_never_does(self, clock):
+        pool = lb.Balancer([A, B], timer=clock, slow_start="10s")
+        assert [r["effective_weight"] for r in pool.stats()] == [1, 1]
+        hashed = lb.Balancer([A], policy="ip_hash", timer=clock, slow_start="10s")
+        hashed.update([A, B])
+        assert by_url(hashed)[B]["effective_weight"] == 1
+
+    def test_a_return_from_ejection_ramps(self, clock):
+        pool = lb.Balancer([A, B], timer=clock, slow_start="10s", max_fails=1,
+                           fail_timeout="5s")
+        pool.report(pool.pick(exclude=[A]), ok=False)
+        clock.advance(5)
+        pool.pick()
+        assert by_url(pool)[B]["effective_weight"] == 0.1
+        clock.advance(10)
+        assert by_url(pool)[B]["effective_weight"] == 1
+
+    @pytest.mark.parametrize("policy", ["round_robin", "random", "least_conn", "latency"])
+    def test_caches_are_rebuilt_at_most_once_a_second(self, clock, policy):
+        pool = lb.Balancer([A, B], policy=policy, timer=clock, slow_start="5s",
+                           rng=random.Random(0))
+        pool.update([A, B, C])
+        generations = set()
+        for _ in range(200):
+            pool.report(pool.pick(), True, 0.01)
+            generations.add(pool._healthy.generation)
+            clock.advance(0.05)                 # 10 s of picks every 50 ms
+        assert len(generations) <= 7            # one per second of the window, then full
+        assert by_url(pool)[C]["effective_weight"] == 1
+
+    def test_round_robin_goes_on_through_the_steps(self, clock):
+        # A pool picked less often than its rotation is long still reaches every backend.
+        many = [f"http://n{i}:1" for i in range(20)]
+        pool = lb.Balancer(many, timer=clock, slow_start="60s")
+        pool.update([*many, A])
+        seen = set()
+        for _ in range(40):
+            seen.add(pool.pick().url)
+            clock.advance(1.0)
+        assert set(many) <= seen
+
+
+class TestActiveHealth:
+    def test_members_at_start_are_up_and_a_joiner_waits_for_its_first_pass(self, clock):
+        pool = lb.Balancer([A], timer=clock, health_check="/healthz")
+        assert by_url(pool)[A]["health_check"] == {     # h = rise: one failure from down
+            "status": "up", "last": None, "rise": 0, "fall": 2, "checked_at": None}
+        pool.update([A, B])
+        assert {pool.pick().url for _ in range(10)} == {A}
+        assert by_url(pool)[B]["state"] == "down"
+        assert by_url(pool)[B]["health_check"]["status"] == "pending"
+        events = listen(pool)
+        pool.report_probe(lb.Backend(B), True, "status 200")
+        assert of(events, BackendUp) == [BackendUp(lb.Backend(B), "status 200")]
+        assert {pool.pick().url for _ in range(10)} == {A, B}
+
+    def test_a_joiner_gets_traffic_if_the_pool_would_otherwise_be_empty(self):
+        pool = lb.Balancer(DNS, health_check="/healthz")
+        pool.update([A], source=DNS)
+        assert pool.pick().url == A
+
+    def test_fall_takes_it_down_and_rise_brings_it_back(self, clock):
+        pool = lb.Balancer([A, B], timer=clock, health_check="/healthz",
+                           health_check_rise=2, health_check_fall=3)
+        events = listen(pool)
+        pool.report_probe(B, False, "status 503")     # h = rise: the first fail takes it down
+        assert of(events, BackendDown) == [BackendDown(lb.Backend(B), "status 503")]
+        assert {pool.pick().url for _ in range(10)} == {A}
+        assert by_url(pool)[B]["state"] == "down"
+        pool.report_probe(B, True, "status 200")
+        assert {pool.pick().url for _ in range(10)} == {A}
+        pool.report_probe(B, True, "status 200")
+        assert of(events, BackendUp) == [BackendUp(lb.Backend(B), "status 200")]
+        assert {pool.pick().url for _ in range(10)} == {A, B}
+        for _ in range(2):
+            pool.report_probe(B, False, "timeout after 2s")
+        assert {pool.pick().url for _ in range(10)} == {A, B}
+        assert by_url(pool)[B]["health_check"]["fall"] == 2
+        pool.report_probe(B, False, "connection refused")
+        assert {pool.pick().url for _ in range(10)} == {A}
+
+    def test_a_pass_ends_a_passive_ejection(self, clock):
+        pool = lb.Balancer([A, B], timer=clock, health_check="/healthz", max_fails=1,
+                           fail_timeout="1h", max_ejection_time="1h")
+        pool.report(pool.pick(exclude=[A]), ok=False)
+        assert by_url(pool)[B]["state"] == "ejected"
+        events = listen(pool)
+        clock.advance(4)
+        pool.report_probe(B, True, "status 200")
+        (returned,) = of(events, BackendReturned)
+        assert returned.cause is ReturnCause.PROBE_PASSED and not returned.on_probation
+        assert returned.ejected_for == 4
+        assert by_url(pool)[B]["state"] == "healthy"
+        assert {pool.pick().url for _ in range(10)} == {A, B}
+
+    def test_a_failed_probe_never_ejects_by_itself(self):
+        pool = lb.Balancer([A, B], health_check="/healthz", health_check_fall=3)
+        pool.report_probe(B, True)
+        pool.report_probe(B, False, "status 500")
+        assert by_url(pool)[B]["ejections"] == 0
+
+    def test_probes_are_ignored_when_checks_are_off_or_for_strangers(self):
+        pool = lb.Balancer([A])
+        pool.report_probe(A, False, "status 500")
+        assert by_url(pool)[A]["health_check"] is None
+        checked = lb.Balancer([A], health_check="/h")
+        checked.report_probe("http://zz:1", False)
+        assert by_url(checked)[A]["state"] == "healthy"
+
+    def test_a_return_from_active_down_ramps(self, clock):
+        pool = lb.Balancer([A, B], timer=clock, health_check="/h", health_check_rise=1,
+                           slow_start="10s")
+        pool.report_probe(B, False, "status 500")
+        pool.report_probe(B, True, "status 200")
+        assert by_url(pool)[B]["effective_weight"] == 0.1
