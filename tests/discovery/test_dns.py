@@ -10,6 +10,7 @@ import time
 import pytest
 
 from lbmiddleware.core.backend import Backend, Source
+from lbmiddleware.core.balancer import Balancer
 from lbmiddleware.core.events import SourceFailed, SourceRecovered
 from lbmiddleware.core.settings import Settings
 from lbmiddleware.discovery import watcher_for
@@ -335,3 +336,72 @@ def test_dns_servers_are_split_into_address_and_port():
     assert parse_server("10.0.0.2") == ("10.0.0.2", 53)
     with pytest.raises(ConfigError):
         parse_server("dns.example:53")
+
+
+# -- many sources in one pool -------------------------------------------------------------------
+
+def test_many_sources_and_static_backends_combine_in_one_core_balancer(dnsmasq):
+    dnsmasq.set_addresses(WEB, ["127.0.0.2", "127.0.0.3"])
+    dnsmasq.set_addresses("api.lb.test", ["127.0.0.5"])
+    dnsmasq.set_addresses("t1.lb.test", ["127.0.0.4"])
+    dnsmasq.set_srv(SVC, [(1, 2, 8081, "t1.lb.test")])
+    web = Source(f"dns+http://{WEB}:8080")
+    svc = Source(f"srv+http://{SVC}")
+    api = Source("dns+http://api.lb.test:9090 backup")
+    s = Settings(backends=["http://127.0.0.9:8080", web, svc, api],
+                 dns_servers=dnsmasq.address, dns_min_refresh=0.05, dns_max_refresh=0.2)
+    pool = Balancer(settings=s)
+
+    def members():
+        return sorted((b.url, b.priority, b.source) for b in pool.backends)
+
+    async def scenario():
+        runs = []
+        for source in s.sources:
+            watcher = watcher_for(source, s)
+            run = Following(watcher)
+            run.publish = lambda b, source=source: pool.update(b, source=source)
+            runs.append(run)
+            await run.__aenter__()
+        try:
+            async def until(expected):
+                await runs[0].until(lambda: members() == expected, f"members {expected}")
+
+            await until([("http://127.0.0.2:8080", 0, web.url),
+                         ("http://127.0.0.3:8080", 0, web.url),
+                         ("http://127.0.0.4:8081", 0, svc.url),
+                         ("http://127.0.0.5:9090", 1, api.url),
+                         ("http://127.0.0.9:8080", 0, None)])
+            picked = {pool.pick().url for _ in range(200)}
+            await change(dnsmasq.set_addresses, WEB, [])        # one source empties
+            await until([("http://127.0.0.4:8081", 0, svc.url),
+                         ("http://127.0.0.5:9090", 1, api.url),
+                         ("http://127.0.0.9:8080", 0, None)])
+            await change(dnsmasq.set_srv, SVC, [(5, 1, 8081, "t1.lb.test"),
+                                                (7, 1, 8082, "t1.lb.test")])
+            await until([("http://127.0.0.4:8081", 0, svc.url),
+                         ("http://127.0.0.4:8082", 1, svc.url),
+                         ("http://127.0.0.5:9090", 1, api.url),
+                         ("http://127.0.0.9:8080", 0, None)])
+            return picked
+        finally:
+            for run in runs:
+                await run.__aexit__(None, None, None)
+
+    picked = asyncio.run(scenario())
+    # Tier 0 (the static backend, web's two, svc's one) takes every pick; api is a backup.
+    assert picked == {"http://127.0.0.2:8080", "http://127.0.0.3:8080",
+                      "http://127.0.0.4:8081", "http://127.0.0.9:8080"}
+    assert pool.pick().url in {"http://127.0.0.4:8081", "http://127.0.0.9:8080"}
+    pool.update([])                        # the static list empties: the sources' stay
+    assert {b.url for b in pool.backends} == {"http://127.0.0.4:8081", "http://127.0.0.4:8082",
+                                              "http://127.0.0.5:9090"}
+
+
+def test_an_address_instead_of_a_name_is_its_own_answer(dnsmasq):
+    answer = asyncio.run(DnsWatcher("dns+http://127.0.0.2:8080", settings(dnsmasq)).ask())
+    assert urls(answer.backends) == ["http://127.0.0.2:8080"]
+    assert answer.backends[0].server_name is None
+    assert answer.ttl is None                  # refreshed every min_refresh: nothing to ask
+    answer = asyncio.run(DnsWatcher("dns+http://[::1]:8080", settings(dnsmasq)).ask())
+    assert urls(answer.backends) == ["http://[::1]:8080"]
