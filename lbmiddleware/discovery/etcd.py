@@ -41,7 +41,7 @@ import re
 import socket
 import sys
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 from ..core.backend import Backend, Source
@@ -178,10 +178,12 @@ class EtcdClient:
     async def range_prefix(self, prefix: str) -> tuple[int, list[tuple[str, bytes]]]:
         """Every key under ``prefix`` with its value, in key order, and the store's revision."""
         start, end = prefix_range(prefix)
-        answer = await self.call("/v3/kv/range", {"key": _b64(start), "range_end": _b64(end)})
-        revision = int(answer.get("header", {}).get("revision", 0))
-        kvs = [(_decode_key(kv), base64.b64decode(kv.get("value", "")))
-               for kv in answer.get("kvs", ())]
+        path = "/v3/kv/range"
+        answer = await self.call(path, {"key": _b64(start), "range_end": _b64(end)})
+        with self._reading(path, answer):
+            revision = _revision(answer)
+            kvs = [(_decode_key(kv), base64.b64decode(kv.get("value", ""), validate=True))
+                   for kv in answer.get("kvs", ())]
         return revision, kvs
 
     async def put(self, key: str, value: str, lease: int = 0) -> int:
@@ -190,23 +192,41 @@ class EtcdClient:
         if lease:
             body["lease"] = str(lease)
         answer = await self.call("/v3/kv/put", body)
-        return int(answer.get("header", {}).get("revision", 0))
+        with self._reading("/v3/kv/put", answer):
+            return _revision(answer)
 
     async def delete(self, key: str) -> int:
         """Delete ``key``; returns how many keys went (0 or 1)."""
         answer = await self.call("/v3/kv/deleterange", {"key": _b64(key.encode())})
-        return int(answer.get("deleted", 0))
+        with self._reading("/v3/kv/deleterange", answer):
+            return int(answer.get("deleted", 0))
+
+    async def delete_if_lease(self, key: str, lease: int) -> bool:
+        """Delete ``key`` only while it is attached to ``lease`` (a transaction comparing the
+        key's lease): True when it was deleted."""
+        compare = {"target": "LEASE", "key": _b64(key.encode()), "result": "EQUAL",
+                   "lease": str(lease)}
+        path = "/v3/kv/txn"
+        answer = await self.call(path, {
+            "compare": [compare], "success": [{"request_delete_range": {"key": compare["key"]}}]})
+        with self._reading(path, answer):
+            if not answer.get("succeeded"):
+                return False
+            [response] = answer.get("responses", [])
+            return int(response["response_delete_range"].get("deleted", 0)) > 0
 
     async def grant(self, ttl: int) -> tuple[int, int]:
         """A new lease of ``ttl`` seconds: its id and the TTL etcd granted (never below its
         minimum, about 2 s on a default server)."""
         answer = await self.call("/v3/lease/grant", {"TTL": str(ttl)})
-        return int(answer["ID"]), int(answer.get("TTL", ttl))
+        with self._reading("/v3/lease/grant", answer):
+            return int(answer["ID"]), int(answer.get("TTL", ttl))
 
     async def keepalive(self, lease: int) -> int:
         """Renew ``lease``; returns its TTL from now, 0 when etcd no longer has it."""
         answer = await self.call("/v3/lease/keepalive", {"ID": str(lease)})
-        return int(answer.get("result", {}).get("TTL", 0))
+        with self._reading("/v3/lease/keepalive", answer):
+            return int(answer.get("result", {}).get("TTL", 0))
 
     async def revoke(self, lease: int) -> None:
         """Revoke ``lease`` (its keys go with it); a lease already gone is not an error."""
@@ -215,6 +235,16 @@ class EtcdClient:
         except EtcdError as exc:
             if exc.code != GRPC_NOT_FOUND:
                 raise
+
+    @contextlib.contextmanager
+    def _reading(self, path: str, answer: dict[str, Any]) -> Iterator[None]:
+        """An answer without the fields it should have is etcd's failure, not ours."""
+        try:
+            yield
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:
+            raise EtcdError(f"etcd at {self.address} answered {path} with something "
+                            f"unexpected ({type(exc).__name__}: {exc}): {str(answer)[:200]}"
+                            ) from None
 
     # -- a watch ------------------------------------------------------------------------
 
@@ -304,7 +334,11 @@ def _answered_error(address: str, path: str, answer: dict[str, Any], status: int
 
 
 def _decode_key(kv: dict[str, Any]) -> str:
-    return base64.b64decode(kv.get("key", "")).decode("utf-8", "replace")
+    return base64.b64decode(kv.get("key", ""), validate=True).decode("utf-8", "replace")
+
+
+def _revision(answer: dict[str, Any]) -> int:
+    return int(answer.get("header", {}).get("revision", 0))
 
 
 def _reason(exc: BaseException) -> str:
@@ -438,6 +472,9 @@ class EtcdWatcher:
         except EtcdError as exc:
             logger.info("etcd source %s: watch lost (%s): reading the prefix again",
                         self.source.url, exc)
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:
+            logger.warning("etcd source %s: the watch sent something unexpected (%s: %s): "
+                           "reading the prefix again", self.source.url, type(exc).__name__, exc)
         return False
 
     def _apply(self, events: list[dict[str, Any]]) -> None:
@@ -448,7 +485,7 @@ class EtcdWatcher:
             if event.get("type") == "DELETE":
                 entries.pop(key, None)
             else:
-                value = base64.b64decode(kv.get("value", ""))
+                value = base64.b64decode(kv.get("value", ""), validate=True)
                 entries[key] = self._entry(key, value, entries.get(key))
         self._entries = dict(sorted(entries.items()))
 

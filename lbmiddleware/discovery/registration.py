@@ -12,9 +12,11 @@ On entry the key ``<prefix>/<host:port>`` (plus the base path, if any) is put un
 ``ttl`` seconds; the lease is kept alive every ``ttl/3`` (etcd's naming convention; a lease that
 was lost meanwhile, say etcd lost its data, is granted again and the key put again). On exit
 the key is deleted *first*, so that every pool following the prefix stops picking the replica
-at once, then the lease is revoked. A process that dies without exiting the block stops
-renewing: etcd drops the key when the lease expires (at most ``ttl`` later; a default etcd
-grants no less than about 2 s).
+at once, then the lease is revoked. The delete is a transaction that deletes the key only while
+it is under this registration's lease: a replacement that registered the same URL meanwhile (a
+restart that started the new process first) keeps its key. A process that dies without
+exiting the block stops renewing: etcd drops the key when the lease expires (at most ``ttl``
+later; a default etcd grants no less than about 2 s).
 
 The value is the URL (``http://10.0.0.5:8080``), or with ``weight`` or ``priority`` the JSON of
 etcd's naming package: ``{"Addr": "10.0.0.5:8080", "Metadata": {"weight": 2}}`` (``Addr`` is
@@ -45,6 +47,7 @@ from ..core.casts import parse_duration
 from ..errors import ConfigError
 from .backoff import Backoff
 from .etcd import EtcdClient, EtcdError
+from .watcher import describe_error
 
 __all__ = ["Registration", "DEFAULT_TTL", "main"]
 
@@ -127,8 +130,10 @@ class Registration:
                     self.backend.url, self.client.address, self.key, lease, granted)
 
     async def unregister(self) -> bool:
-        """Stop renewing, delete the key, then revoke the lease. Returns True when the key
-        was deleted now; failures are logged, not raised (the lease expires by itself)."""
+        """Stop renewing, delete the key (only while it is still under this registration's
+        lease: a replacement that registered the same URL since keeps it), then revoke the
+        lease. Returns True when the key was deleted now; failures are logged, not raised
+        (the lease expires by itself)."""
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -139,14 +144,15 @@ class Registration:
         lease, self.lease = self.lease, 0
         deleted = False
         try:
-            deleted = await self.client.delete(self.key) > 0
+            deleted = await self.client.delete_if_lease(self.key, lease)
             await self.client.revoke(lease)
         except EtcdError as exc:
             logger.warning("deregistering %s from etcd: %s (the key goes when its lease "
                            "expires, within %ds)", self.backend.url, exc, self.granted_ttl)
         else:
-            logger.info("deregistered %s: deleted %r, revoked lease %x",
-                        self.backend.url, self.key, lease)
+            logger.info("deregistered %s: %s %r, revoked lease %x", self.backend.url,
+                        "deleted" if deleted else "left (not under this lease any more)",
+                        self.key, lease)
         return deleted
 
     async def _keep_alive(self) -> None:
@@ -162,10 +168,10 @@ class Registration:
                     logger.warning("etcd no longer has lease %x of %r (expired, or etcd lost "
                                    "its data): registering again", self.lease, self.key)
                     await self.register()
-            except EtcdError as exc:
+            except Exception as exc:    # etcd's failure, or a bug: renewing must go on
                 if not failing:
                     logger.warning("cannot renew the etcd registration of %s: %s; retrying",
-                                   self.backend.url, exc)
+                                   self.backend.url, describe_error(exc))
                     failing = True
                 delay = backoff.next()
                 continue

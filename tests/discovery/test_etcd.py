@@ -333,6 +333,36 @@ def test_a_compacted_watch_reads_the_prefix_again(own_etcd, follow, caplog):
     assert following.watcher.reads == 2
 
 
+class ManglingClient(EtcdClient):
+    """A real client that slips one malformed event (a key that is not base64) into its first
+    watch's stream, right after etcd's own first message: what a broken proxy in front of
+    etcd might send."""
+
+    mangled = False
+
+    async def watch(self, prefix: str, start_revision: int
+                    ) -> AsyncGenerator[dict[str, Any], None]:
+        async for result in super().watch(prefix, start_revision):
+            yield result
+            if not self.mangled:
+                self.mangled = True
+                yield {"events": [{"kv": {"key": "not base64!", "value": "eA=="}}]}
+
+
+def test_a_malformed_watch_event_is_a_lost_watch_not_the_end_of_the_watcher(etcd, follow,
+                                                                            caplog):
+    caplog.set_level(logging.INFO, logger="lbmiddleware")
+    etcd.put("mangled/orders/a", "http://127.0.0.2:8001")
+    client = ManglingClient("127.0.0.1", etcd.client_port)
+    following = follow(etcd.source("mangled/orders"), client=client)
+    following.wait_urls(["http://127.0.0.2:8001"])
+    wait_until(lambda: following.watcher.reads == 2, "the prefix read again")
+    assert any("something unexpected" in r.getMessage() for r in caplog.records)
+    etcd.put("mangled/orders/b", "http://127.0.0.2:8002")
+    following.wait_urls(["http://127.0.0.2:8001", "http://127.0.0.2:8002"])
+    assert following.events == []
+
+
 # -- registration -------------------------------------------------------------------------
 
 def test_registration_puts_the_key_under_a_lease_kept_alive_and_deletes_it_on_exit(etcd):
@@ -348,6 +378,21 @@ def test_registration_puts_the_key_under_a_lease_kept_alive_and_deletes_it_on_ex
     assert etcd.get("reg/orders/") == {}
     assert etcd.lease_ttl(lease) == -1  # revoked
     assert registration.close() is False        # closing again does nothing
+
+
+def test_an_exit_deletes_the_key_only_while_it_is_still_its_own(etcd):
+    """A replacement registered the same URL before the old registration exited (a restart
+    that started the new process first): the old one's exit must not unregister the new."""
+    source = etcd.source("handover/orders")
+    old = Registration(source, "http://127.0.0.2:8001", ttl=2)
+    new = Registration(source, "http://127.0.0.2:8001", ttl=2)
+    with old, new:
+        assert etcd.lease_of(new.key) == new.lease
+        old_lease = old.lease
+        assert old.close() is False     # not its key any more: left alone
+        assert etcd.lease_of(new.key) == new.lease
+        assert etcd.lease_ttl(old_lease) == -1          # its lease revoked all the same
+    assert etcd.get("handover/orders/") == {}
 
 
 def test_registration_writes_weight_and_priority_as_the_naming_packages_json(etcd):
@@ -388,6 +433,30 @@ def test_a_lost_lease_is_granted_again_and_the_key_put_again(etcd):
         wait_until(lambda: etcd.get("lost/orders/"), "the key put again", timeout=3)
         assert registration.registrations == 2 and registration.lease != first
         assert etcd.lease_of(registration.key) == registration.lease
+
+
+class OnceBrokenClient(EtcdClient):
+    """A real client whose second keep-alive fails with an error no etcd call should raise
+    (a bug's stand-in): the renewals must go on."""
+
+    calls = 0
+
+    async def keepalive(self, lease: int) -> int:
+        self.calls += 1
+        if self.calls == 2:
+            raise RuntimeError("a bug")
+        return await super().keepalive(lease)
+
+
+def test_an_unexpected_error_in_a_renewal_does_not_stop_the_renewals(etcd, caplog):
+    caplog.set_level(logging.INFO, logger="lbmiddleware")
+    registration = Registration(etcd.source("bug/orders"), "http://127.0.0.2:8001", ttl=1)
+    registration.client = OnceBrokenClient("127.0.0.1", etcd.client_port)
+    with registration:
+        time.sleep(2.5)
+        assert etcd.get("bug/orders/") and registration.registrations == 1
+        assert registration.renewals >= 4
+    assert any("RuntimeError: a bug" in r.getMessage() for r in caplog.records)
 
 
 def test_registration_keeps_renewing_across_an_etcd_restart(own_etcd, caplog):
