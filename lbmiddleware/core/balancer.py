@@ -79,7 +79,7 @@ class Balancer:
 
     def __init__(
         self,
-        backends: Iterable[str | Backend] | str | None = None,
+        backends: Iterable[str | Backend | Source] | str | None = None,
         policy: str | None = None,
         *,
         settings: Settings | None = None,
@@ -193,6 +193,9 @@ class Balancer:
         new = parse_backends(backends, allow_empty=True)
         if self._same_entry(key, new):
             return                  # nothing to rebuild, restart or announce
+        if key is not None:         # each backend says which entry lists it
+            new = tuple(b if b.source is not None else dataclasses.replace(b, source=key)
+                        for b in new)
         prepared = None
         if self._tiered is None and all(b.priority == new[0].priority for b in new):
             # The slow part (a hash table) outside the lock, for the union this would give
@@ -300,8 +303,7 @@ class Balancer:
                                         f"and by {first}: {first}'s entry is used")
                     continue
                 owners[url] = key
-                union.append(backend if backend.source is not None or key is None
-                             else dataclasses.replace(backend, source=key))
+                union.append(backend)
         return tuple(union), warnings
 
     def _table_guess(self, union: tuple[Backend, ...]) -> tuple[Backend, ...]:
@@ -447,6 +449,11 @@ class Balancer:
         else:
             usable = tuple(s for s in everyone if s.health.ejected_until is None
                            and s.active is not None and s.active.up)
+            if not usable:
+                # No member is up: rather than an empty pool, the joiners not probed yet
+                # (a pool whose first members came from a source, say). No panic yet.
+                usable = tuple(s for s in everyone if s.health.ejected_until is None
+                               and s.active is not None and s.active.pending)
         self._healthy = Members(usable, self._generation, carry)
         if self._tiered is not None:
             self._tiered.refresh(self._all, self._healthy)
@@ -831,6 +838,10 @@ class Balancer:
         usable = tuple(s for s in self._states.values()
                        if (s.health.ejected_until is None or s.health.ejected_until <= now)
                        and (s.active is None or s.active.up))
+        if not usable and self._active is not None:
+            usable = tuple(s for s in self._states.values()
+                           if (s.health.ejected_until is None or s.health.ejected_until <= now)
+                           and s.active is not None and s.active.pending)
         return Members(usable, -1) if usable else self._all
 
     def stats(self) -> list[dict[str, Any]]:

@@ -1,5 +1,6 @@
 """The core Balancer following a fleet: sources' sets in the union, drain, tiers, slow start,
-active health (a fake clock and a seeded rng; nothing sleeps)."""
+active health (a fake clock and a seeded rng; nothing sleeps). The core's Balancer itself: the
+public one (lbmiddleware.fleet) also runs the sources and probes these tests play."""
 
 import logging
 import random
@@ -8,6 +9,7 @@ from collections import Counter
 import pytest
 
 import lbmiddleware as lb
+from lbmiddleware.core.balancer import Balancer
 from lbmiddleware.core.events import (
     BackendDown,
     BackendReturned,
@@ -54,7 +56,7 @@ def share(pool, picks=4000, key=None):
 
 class TestSources:
     def test_the_union_is_static_first_then_each_source_in_settings_order(self):
-        pool = lb.Balancer(f"{A}, {ETCD}, {DNS}")
+        pool = Balancer(f"{A}, {ETCD}, {DNS}")
         assert urls(pool.backends) == [A]
         pool.update([C, D], source=DNS)
         pool.update([B], source=lb.Source(ETCD))
@@ -63,14 +65,14 @@ class TestSources:
         assert urls(pool.backends) == [E, B, C, D]
 
     def test_a_source_not_in_the_settings_comes_after_them(self):
-        pool = lb.Balancer(f"{A}, {DNS}")
+        pool = Balancer(f"{A}, {DNS}")
         pool.update([C], source="dns+http://other")
         pool.update([B], source=DNS)
         assert urls(pool.backends) == [A, B, C]
 
     def test_a_url_listed_twice_is_the_first_entrys_and_warned_once(self, caplog):
         caplog.set_level(logging.WARNING, logger="lbmiddleware")
-        pool = lb.Balancer(f"{A} weight=2, {DNS}")
+        pool = Balancer(f"{A} weight=2, {DNS}")
         pool.update([lb.Backend(A, 5), B], source=DNS)
         pool.update([lb.Backend(A, 5), B, C], source=DNS)
         assert [(r["url"], r["weight"], r["source"]) for r in pool.stats()] == [
@@ -81,7 +83,7 @@ class TestSources:
         assert [(r["url"], r["weight"]) for r in pool.stats()][-3:] == [(A, 5), (B, 1), (C, 1)]
 
     def test_the_source_of_each_backend_is_in_its_row_and_the_event(self):
-        pool = lb.Balancer(f"{A}, {DNS}")
+        pool = Balancer(f"{A}, {DNS}")
         events = listen(pool)
         pool.update([lb.Backend("http://10.0.0.5:8080", server_name="orders")], source=DNS)
         (change,) = of(events, MembershipChanged)
@@ -90,7 +92,7 @@ class TestSources:
         assert by_url(pool)["http://10.0.0.5:8080"]["source"] == DNS
 
     def test_the_no_op_update_stays_a_no_op(self):
-        pool = lb.Balancer(f"{A}, {DNS}", rng=random.Random(1))
+        pool = Balancer(f"{A}, {DNS}", rng=random.Random(1))
         pool.update([B, C], source=DNS)
         events = listen(pool)
         sequence = [pool.pick().url for _ in range(3)]
@@ -102,7 +104,7 @@ class TestSources:
         assert urls(pool.backends) == [A, B, C]
 
     def test_a_successful_empty_answer_empties_the_sources_set(self):
-        pool = lb.Balancer(DNS)
+        pool = Balancer(DNS)
         pool.update([A], source=DNS)
         assert pool.pick().url == A
         pool.update([], source=DNS)
@@ -110,12 +112,12 @@ class TestSources:
             pool.pick()
 
     def test_a_static_update_with_a_source_in_it_is_refused(self):
-        pool = lb.Balancer([A])
+        pool = Balancer([A])
         with pytest.raises(lb.ConfigError, match="a source needs lb.Balancer"):
             pool.update([A, DNS])
 
     def test_publish_delivers_through_the_listeners_in_order(self):
-        pool = lb.Balancer([A])
+        pool = Balancer([A])
         events = listen(pool)
         failed = SourceFailed(DNS, "timeout", 1.0)
         pool.publish(failed)
@@ -123,7 +125,7 @@ class TestSources:
         assert events[0] is failed and isinstance(events[1], MembershipChanged)
 
     def test_close_and_the_context_manager(self):
-        with lb.core.Balancer([A]) as pool:
+        with Balancer([A]) as pool:
             assert pool.pick().url == A
         pool.close()
         pool.close()
@@ -131,7 +133,7 @@ class TestSources:
 
 class TestDrain:
     def test_a_removed_backend_drains_its_in_flight_and_leaves_at_zero(self, clock):
-        pool = lb.Balancer(f"{A}, {DNS}", timer=clock)
+        pool = Balancer(f"{A}, {DNS}", timer=clock)
         pool.update([B], source=DNS)
         events = listen(pool)
         held = [pool.pick(exclude=[A]) for _ in range(2)]
@@ -148,7 +150,7 @@ class TestDrain:
         assert B not in by_url(pool)
 
     def test_a_drain_ends_at_its_timeout(self, clock):
-        pool = lb.Balancer([A, B], timer=clock, drain_timeout="10s")
+        pool = Balancer([A, B], timer=clock, drain_timeout="10s")
         events = listen(pool)
         held = pool.pick(exclude=[A])
         pool.update([A])
@@ -163,7 +165,7 @@ class TestDrain:
         assert B not in by_url(pool)
 
     def test_drain_by_url_keeps_it_out_until_undrain(self, clock):
-        pool = lb.Balancer(f"{A}, {DNS}", timer=clock)
+        pool = Balancer(f"{A}, {DNS}", timer=clock)
         pool.update([B, C], source=DNS)
         events = listen(pool)
         held = pool.pick(exclude=[A, C])
@@ -181,7 +183,7 @@ class TestDrain:
         assert urls(pool.backends) == [A, B, C, D]
 
     def test_draining_an_idle_backend_ends_at_once(self):
-        pool = lb.Balancer([A, B])
+        pool = Balancer([A, B])
         events = listen(pool)
         pool.drain(B)
         assert of(events, DrainStarted) == [DrainStarted(lb.Backend(B), 0, "drain()")]
@@ -189,23 +191,23 @@ class TestDrain:
         assert urls(pool.backends) == [A]
 
     def test_an_unknown_url_is_a_config_error_naming_it(self):
-        pool = lb.Balancer([A])
+        pool = Balancer([A])
         with pytest.raises(lb.ConfigError, match="http://zz:1"):
             pool.drain("http://zz:1")
         with pytest.raises(lb.ConfigError, match="http://zz:1"):
             pool.undrain("http://zz:1")
 
     def test_a_removal_without_requests_in_flight_sends_no_drain_event(self):
-        pool = lb.Balancer([A, B])
+        pool = Balancer([A, B])
         events = listen(pool)
         pool.update([A])
         assert [type(e) for e in events] == [MembershipChanged]
 
     def test_a_removed_backends_sticky_keys_move_as_if_ejected(self, clock):
         keys = [f"10.0.{i // 250}.{i % 250}" for i in range(2000)]
-        pool = lb.Balancer([A, B, C, D], policy="ip_hash", timer=clock, max_fails=1)
+        pool = Balancer([A, B, C, D], policy="ip_hash", timer=clock, max_fails=1)
         before = {k: pool.lookup(k).url for k in keys}
-        ejected = lb.Balancer([A, B, C, D], policy="ip_hash", timer=clock, max_fails=1)
+        ejected = Balancer([A, B, C, D], policy="ip_hash", timer=clock, max_fails=1)
         ejected.report(ejected.pick(exclude=[A, B, D]), ok=False)
         as_if_ejected = {k: ejected.lookup(k).url for k in keys}
         assert by_url(ejected)[C]["state"] == "ejected"
@@ -220,14 +222,14 @@ class TestDrain:
 
 class TestTiers:
     def test_a_backup_takes_nothing_while_the_primaries_are_fine(self):
-        pool = lb.Balancer(f"{A}, {B}, {C} backup", policy="random", rng=random.Random(3))
+        pool = Balancer(f"{A}, {B}, {C} backup", policy="random", rng=random.Random(3))
         assert set(share(pool, 1000)) == {A, B}
 
     @pytest.mark.parametrize("policy", ["random", "round_robin", "least_conn", "latency"])
     def test_envoys_70_30_split_at_half_health(self, clock, policy):
         primaries = [f"http://p{i}:1" for i in range(4)]
         backups = [f"http://b{i}:1 backup" for i in range(2)]
-        pool = lb.Balancer(primaries + backups, policy=policy, timer=clock,
+        pool = Balancer(primaries + backups, policy=policy, timer=clock,
                            rng=random.Random(7), max_fails=1, fail_timeout="1h",
                            max_ejection_time="1h")
         for url in primaries[:2]:
@@ -239,7 +241,7 @@ class TestTiers:
         assert 0.67 < tier0 / 10000 < 0.73
 
     def test_overprovisioning_1_spills_at_the_first_loss(self, clock):
-        pool = lb.Balancer(f"{A}, {B}, {C}, {D}, {E} backup", policy="random", timer=clock,
+        pool = Balancer(f"{A}, {B}, {C}, {D}, {E} backup", policy="random", timer=clock,
                            rng=random.Random(5), max_fails=1, overprovisioning=1.0)
         pool.report(pool.pick(exclude=[B, C, D, E]), ok=False)
         counts = share(pool, 10000)
@@ -247,7 +249,7 @@ class TestTiers:
 
     def test_ip_hash_keys_keep_their_tier_and_backend(self, clock):
         primaries = [f"http://p{i}:1" for i in range(4)]
-        pool = lb.Balancer(primaries + ["http://b0:1 backup", "http://b1:1 backup"],
+        pool = Balancer(primaries + ["http://b0:1 backup", "http://b1:1 backup"],
                            policy="ip_hash", timer=clock, max_fails=1, fail_timeout="1h",
                            max_ejection_time="1h")
         for url in primaries[:2]:
@@ -262,7 +264,7 @@ class TestTiers:
         assert 0.26 < backups / len(keys) < 0.34
 
     def test_panic_over_every_member_when_no_tier_is_usable(self, clock):
-        pool = lb.Balancer(f"{A}, {B} backup", policy="round_robin", timer=clock, max_fails=1)
+        pool = Balancer(f"{A}, {B} backup", policy="round_robin", timer=clock, max_fails=1)
         events = listen(pool)
         pool.report(pool.pick(exclude=[B]), ok=False)
         assert {pool.pick().url for _ in range(10)} == {B}
@@ -271,11 +273,11 @@ class TestTiers:
         assert {pool.pick().url for _ in range(10)} == {A, B}
 
     def test_a_retry_goes_to_the_backup_once_the_primaries_are_tried(self):
-        pool = lb.Balancer(f"{A}, {B}, {C} backup", rng=random.Random(0))
+        pool = Balancer(f"{A}, {B}, {C} backup", rng=random.Random(0))
         assert pool.pick(exclude=[A, B]).url == C
 
     def test_tiers_come_and_go_with_membership(self):
-        pool = lb.Balancer([A, B], rng=random.Random(0))
+        pool = Balancer([A, B], rng=random.Random(0))
         pool.update([A, "http://b:1 backup"])
         assert {pool.pick().url for _ in range(20)} == {A}
         pool.update([A, B])
@@ -284,7 +286,7 @@ class TestTiers:
 
 class TestSlowStart:
     def test_a_joiners_weight_ramps_over_the_window(self, clock):
-        pool = lb.Balancer([A], timer=clock, slow_start="10s")
+        pool = Balancer([A], timer=clock, slow_start="10s")
         pool.update([A, lb.Backend(B, 2)])
         weights = []
         for _ in range(12):
@@ -294,7 +296,7 @@ class TestSlowStart:
         assert by_url(pool)[A]["effective_weight"] == 1
 
     def test_the_share_follows_the_effective_weight(self, clock):
-        pool = lb.Balancer([A, B, C], policy="random", timer=clock, rng=random.Random(2),
+        pool = Balancer([A, B, C], policy="random", timer=clock, rng=random.Random(2),
                            slow_start="100s")
         pool.update([A, B, C, D])
         clock.advance(50)
@@ -302,14 +304,14 @@ class TestSlowStart:
         assert 0.12 < counts[D] / 7000 < 0.16
 
     def test_initial_members_do_not_ramp_and_ip_hash_never_does(self, clock):
-        pool = lb.Balancer([A, B], timer=clock, slow_start="10s")
+        pool = Balancer([A, B], timer=clock, slow_start="10s")
         assert [r["effective_weight"] for r in pool.stats()] == [1, 1]
-        hashed = lb.Balancer([A], policy="ip_hash", timer=clock, slow_start="10s")
+        hashed = Balancer([A], policy="ip_hash", timer=clock, slow_start="10s")
         hashed.update([A, B])
         assert by_url(hashed)[B]["effective_weight"] == 1
 
     def test_a_return_from_ejection_ramps(self, clock):
-        pool = lb.Balancer([A, B], timer=clock, slow_start="10s", max_fails=1,
+        pool = Balancer([A, B], timer=clock, slow_start="10s", max_fails=1,
                            fail_timeout="5s")
         pool.report(pool.pick(exclude=[A]), ok=False)
         clock.advance(5)
@@ -320,7 +322,7 @@ class TestSlowStart:
 
     @pytest.mark.parametrize("policy", ["round_robin", "random", "least_conn", "latency"])
     def test_caches_are_rebuilt_at_most_once_a_second(self, clock, policy):
-        pool = lb.Balancer([A, B], policy=policy, timer=clock, slow_start="5s",
+        pool = Balancer([A, B], policy=policy, timer=clock, slow_start="5s",
                            rng=random.Random(0))
         pool.update([A, B, C])
         generations = set()
@@ -334,7 +336,7 @@ class TestSlowStart:
     def test_round_robin_goes_on_through_the_steps(self, clock):
         # A pool picked less often than its rotation is long still reaches every backend.
         many = [f"http://n{i}:1" for i in range(20)]
-        pool = lb.Balancer(many, timer=clock, slow_start="60s")
+        pool = Balancer(many, timer=clock, slow_start="60s")
         pool.update([*many, A])
         seen = set()
         for _ in range(40):
@@ -345,7 +347,7 @@ class TestSlowStart:
 
 class TestActiveHealth:
     def test_members_at_start_are_up_and_a_joiner_waits_for_its_first_pass(self, clock):
-        pool = lb.Balancer([A], timer=clock, health_check="/healthz")
+        pool = Balancer([A], timer=clock, health_check="/healthz")
         assert by_url(pool)[A]["health_check"] == {     # h = rise: one failure from down
             "status": "up", "last": None, "rise": 0, "fall": 2, "checked_at": None}
         pool.update([A, B])
@@ -358,12 +360,18 @@ class TestActiveHealth:
         assert {pool.pick().url for _ in range(10)} == {A, B}
 
     def test_a_joiner_gets_traffic_if_the_pool_would_otherwise_be_empty(self):
-        pool = lb.Balancer(DNS, health_check="/healthz")
-        pool.update([A], source=DNS)
-        assert pool.pick().url == A
+        pool = Balancer(DNS, health_check="/healthz", health_check_fall=1)
+        events = listen(pool)
+        pool.update([A, B], source=DNS)
+        assert {pool.pick().url for _ in range(10)} == {A, B}
+        assert not of(events, PanicStarted)       # not a panic: nothing was seen to fail
+        pool.report_probe(A, True, "status 200")  # now one is up: the other waits its pass
+        assert {pool.pick().url for _ in range(10)} == {A}
+        pool.report_probe(A, False, "status 503")  # A down, B pending: B rather than no one
+        assert {pool.pick().url for _ in range(10)} == {B}
 
     def test_fall_takes_it_down_and_rise_brings_it_back(self, clock):
-        pool = lb.Balancer([A, B], timer=clock, health_check="/healthz",
+        pool = Balancer([A, B], timer=clock, health_check="/healthz",
                            health_check_rise=2, health_check_fall=3)
         events = listen(pool)
         pool.report_probe(B, False, "status 503")     # h = rise: the first fail takes it down
@@ -383,7 +391,7 @@ class TestActiveHealth:
         assert {pool.pick().url for _ in range(10)} == {A}
 
     def test_a_pass_ends_a_passive_ejection(self, clock):
-        pool = lb.Balancer([A, B], timer=clock, health_check="/healthz", max_fails=1,
+        pool = Balancer([A, B], timer=clock, health_check="/healthz", max_fails=1,
                            fail_timeout="1h", max_ejection_time="1h")
         pool.report(pool.pick(exclude=[A]), ok=False)
         assert by_url(pool)[B]["state"] == "ejected"
@@ -397,21 +405,21 @@ class TestActiveHealth:
         assert {pool.pick().url for _ in range(10)} == {A, B}
 
     def test_a_failed_probe_never_ejects_by_itself(self):
-        pool = lb.Balancer([A, B], health_check="/healthz", health_check_fall=3)
+        pool = Balancer([A, B], health_check="/healthz", health_check_fall=3)
         pool.report_probe(B, True)
         pool.report_probe(B, False, "status 500")
         assert by_url(pool)[B]["ejections"] == 0
 
     def test_probes_are_ignored_when_checks_are_off_or_for_strangers(self):
-        pool = lb.Balancer([A])
+        pool = Balancer([A])
         pool.report_probe(A, False, "status 500")
         assert by_url(pool)[A]["health_check"] is None
-        checked = lb.Balancer([A], health_check="/h")
+        checked = Balancer([A], health_check="/h")
         checked.report_probe("http://zz:1", False)
         assert by_url(checked)[A]["state"] == "healthy"
 
     def test_a_return_from_active_down_ramps(self, clock):
-        pool = lb.Balancer([A, B], timer=clock, health_check="/h", health_check_rise=1,
+        pool = Balancer([A, B], timer=clock, health_check="/h", health_check_rise=1,
                            slow_start="10s")
         pool.report_probe(B, False, "status 500")
         pool.report_probe(B, True, "status 200")
