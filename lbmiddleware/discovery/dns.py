@@ -158,7 +158,9 @@ class _DnsSource(PollingWatcher):
         import dns.exception
         import dns.resolver
         try:
-            return await self.resolver().resolve(name, rdtype, search=True,
+            # The system's search list applies to the system's resolvers only: dnspython
+            # would otherwise append this host's domain for the configured ones.
+            return await self.resolver().resolve(name, rdtype, search=not self.servers,
                                                  raise_on_no_answer=False)
         except dns.resolver.NXDOMAIN:
             return None
