@@ -18,7 +18,7 @@ from lbmiddleware.discovery.dns import DnsWatcher, SrvWatcher, parse_server
 from lbmiddleware.discovery.watcher import SourceError
 from lbmiddleware.errors import ConfigError
 
-from ..support.dnsmasq import Dnsmasq
+from ..support.dnsmasq import Dnsmasq, free_port
 
 WEB = "web.lb.test"
 SVC = "_http._tcp.svc.lb.test"
@@ -405,3 +405,13 @@ def test_an_address_instead_of_a_name_is_its_own_answer(dnsmasq):
     assert answer.ttl is None                  # refreshed every min_refresh: nothing to ask
     answer = asyncio.run(DnsWatcher("dns+http://[::1]:8080", settings(dnsmasq)).ask())
     assert urls(answer.backends) == ["http://[::1]:8080"]
+
+
+def test_every_configured_server_is_tried_in_turn(dnsmasq):
+    dnsmasq.set_addresses(WEB, ["127.0.0.2"])
+    s = Settings(backends=[f"dns+http://{WEB}"], dns_servers=f"127.0.0.1:{free_port()},"
+                 f"{dnsmasq.address}")                     # the first answers nothing
+    watcher = DnsWatcher(f"dns+http://{WEB}", s, timeout=0.2, lifetime=2.0)
+    assert watcher.describe_servers().endswith(dnsmasq.address)
+    answer = asyncio.run(watcher.ask())
+    assert urls(answer.backends) == ["http://127.0.0.2"]
