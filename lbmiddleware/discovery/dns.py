@@ -38,6 +38,9 @@ each address gives one backend on the record's port:
 - ``server_name`` is the service's domain, the name after the ``_service._proto.`` labels
   (``_http._tcp.orders.service.consul`` -> ``orders.service.consul``): the name clients
   address the service by and its certificate is issued for, unlike the per-node targets.
+  A name without such labels is its own server name: Consul answers SRV for
+  ``orders.service.consul`` too, which names the service (its RFC 2782 form,
+  ``_orders._tcp.service.consul``, would leave ``service.consul``).
 - the same address and port in two records is one backend: the lower priority, then the higher
   weight wins.
 - refresh after the smallest TTL among the SRV records and the target addresses used.

@@ -415,3 +415,12 @@ def test_every_configured_server_is_tried_in_turn(dnsmasq):
     assert watcher.describe_servers().endswith(dnsmasq.address)
     answer = asyncio.run(watcher.ask())
     assert urls(answer.backends) == ["http://127.0.0.2"]
+
+
+def test_an_srv_name_without_service_labels_is_its_own_server_name(dnsmasq):
+    # Consul answers SRV for orders.service.consul as well as for its RFC 2782 form.
+    dnsmasq.set_addresses("t1.lb.test", ["127.0.0.2"])
+    dnsmasq.set_srv("orders.lb.test", [(1, 1, 8080, "t1.lb.test")])
+    answer = asyncio.run(SrvWatcher("srv+http://orders.lb.test", settings(dnsmasq)).ask())
+    assert [(b.url, b.server_name, b.authority) for b in answer.backends] == [
+        ("http://127.0.0.2:8080", "orders.lb.test", "orders.lb.test:8080")]
