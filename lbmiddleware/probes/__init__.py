@@ -1,0 +1,13 @@
+"""Active health checks: the I/O that feeds the core's active health (``report_probe``).
+
+:class:`Prober` runs one task per member of a pool on an asyncio loop (the fleet's), each
+probing its backend on HAProxy's spread and jittered schedule (:mod:`.prober`);
+:class:`HealthCheck` is one probe, ``GET <path>`` over the upstream client's connection
+(:mod:`.check`). The rules that turn results into up and down (rise, fall, pending) are the
+core's (``core/health/active.py``). Standard library only.
+"""
+
+from .check import HealthCheck, format_seconds
+from .prober import JITTER, ProbedPool, Prober, ProbeSettings
+
+__all__ = ["Prober", "HealthCheck", "ProbedPool", "ProbeSettings", "JITTER", "format_seconds"]
