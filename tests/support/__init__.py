@@ -12,6 +12,8 @@
 * ``http_client``: raw bytes to a port, one response read (``raw_request``).
 * ``upstream_client``: the ASGI side's upstream pool driven directly (``fetch``).
 * ``gateway``: ``python -m lbmiddleware serve`` as a subprocess (``GatewayProcess``).
+* ``fleet_backend``: a backend in a process of its own that logs every request it handled
+  and stops gracefully on SIGTERM (``BackendProcess``), for the rolling restarts.
 
 The fixtures that make them (``backends``, ``raw_backend``, ``scripted``, ``certificate``)
 are in tests/conftest.py; the proxy contract's drivers are in tests/contract/drivers.py.
