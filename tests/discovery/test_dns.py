@@ -426,3 +426,35 @@ def test_an_srv_name_without_service_labels_is_its_own_server_name(dnsmasq):
     answer = asyncio.run(SrvWatcher("srv+http://orders.lb.test", settings(dnsmasq)).ask())
     assert [(b.url, b.server_name, b.authority) for b in answer.backends] == [
         ("http://127.0.0.2:8080", "orders.lb.test", "orders.lb.test:8080")]
+
+
+class _Servfail(asyncio.DatagramProtocol):
+    """A broken resolver: answers every question SERVFAIL."""
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def datagram_received(self, data, addr):
+        import dns.message
+        import dns.rcode
+        response = dns.message.make_response(dns.message.from_wire(data))
+        response.set_rcode(dns.rcode.SERVFAIL)
+        self.transport.sendto(response.to_wire(), addr)
+
+
+def test_servfail_is_a_failure_not_an_empty_set():
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(_Servfail,
+                                                           local_addr=("127.0.0.1", 0))
+        port = transport.get_extra_info("sockname")[1]
+        s = Settings(backends=[f"dns+http://{WEB}"], dns_servers=f"127.0.0.1:{port}")
+        try:
+            with pytest.raises(SourceError, match=f"SERVFAIL from Do53:127.0.0.1@{port}"):
+                await DnsWatcher(f"dns+http://{WEB}", s).ask()
+            with pytest.raises(SourceError, match="SERVFAIL"):
+                await SrvWatcher(f"srv+http://{SVC}", s).ask()
+        finally:
+            transport.close()
+
+    asyncio.run(scenario())
