@@ -75,6 +75,13 @@ class Balancer:
     (what the Balancer reads; retries and timeouts are each front-end's own); pass
     ``settings=`` instead to share one object. ``timer`` (seconds, monotonic) and ``rng``
     (a ``random.Random``) are injectable so tests drive time and chance.
+
+    This is the core's Balancer: it does no I/O, so the sets of its sources come in through
+    ``update(backends, source=...)`` and the probes' results through :meth:`report_probe`;
+    the public ``lb.Balancer`` (:mod:`lbmiddleware.fleet`) runs the watchers and the prober
+    that call them. The rules of membership, drain, tiers, slow start and active health are
+    SEMANTICS part two; a pool with one tier, no health checks and no slow start picks at
+    the cost it always had.
     """
 
     def __init__(

@@ -263,6 +263,19 @@ class TestTiers:
         backups = sum(1 for url in first.values() if "//b" in url)
         assert 0.26 < backups / len(keys) < 0.34
 
+    def test_lookup_counts_an_ejection_that_is_over_as_over(self, clock):
+        primaries = [f"http://p{i}:1" for i in range(4)]
+        pool = Balancer(primaries + ["http://b0:1 backup"], policy="ip_hash", timer=clock,
+                        max_fails=1, fail_timeout="10s")
+        keys = [f"k{i}" for i in range(500)]
+        before = {k: pool.lookup(k).url for k in keys}
+        for url in primaries[:2]:
+            pool.report(pool.pick(exclude=[u for u in primaries if u != url]), ok=False)
+        assert any(pool.lookup(k).url == "http://b0:1" for k in keys)
+        clock.advance(10)
+        assert {k: pool.lookup(k).url for k in keys} == before
+        assert {k: pool.pick(key=k).url for k in keys} == before
+
     def test_panic_over_every_member_when_no_tier_is_usable(self, clock):
         pool = Balancer(f"{A}, {B} backup", policy="round_robin", timer=clock, max_fails=1)
         events = listen(pool)
