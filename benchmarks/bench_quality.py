@@ -30,6 +30,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 import lbmiddleware as lb  # noqa: E402
+from lbmiddleware.core.events import BackendUp  # noqa: E402
 from lbmiddleware.core.hashing import DEFAULT_TABLE_SIZE, maglev_table, stable_hash  # noqa: E402
 from simulator import (  # noqa: E402
     Fault,
@@ -476,6 +477,159 @@ def scenario_weighted_round_robin(quick: bool, seed: int) -> Report:
     return report
 
 
+# -- 8. a primary tier loses half its backends ---------------------------------------------
+
+def scenario_tier_spill(quick: bool, seed: int) -> Report:
+    duration = 30.0 if quick else 60.0
+    lost_at = 10.0
+    steady = lost_at + 5.0           # passive ejection (ms) and active down (3 probes of 1 s)
+    factor = lb.Settings(backends=["http://x"]).overprovisioning
+    primaries, backups, lost = 10, 4, 5
+    dead = Fault("refuse", lost_at, duration + 1.0, 0.001)
+    service = lognormal(MEDIAN, SIGMA)
+    servers = ([Server(service, faults=(dead,) if i < lost else ()) for i in range(primaries)]
+               + [Server(service, priority=1) for _ in range(backups)])
+    expected = 1.0 - min(1.0, math.floor(100 * factor * (primaries - lost) / primaries) / 100)
+    report = Report(
+        8, "a primary tier loses half its backends (overprovisioning)",
+        f"{primaries} primary backends (priority 0) and {backups} backups (priority 1), service as "
+        f"in scenario 1, 1,000 requests/s for {duration:.0f} s; {lost} primaries refuse "
+        f"connections from {lost_at:.0f} s on. Active checks every 1 s (fall 3), passive health "
+        f"as defaults. Envoy's priority levels with overprovisioning factor {factor}: at 50% "
+        f"usable the primary tier keeps min(100, 1.4 x 50) = 70% and the backups take the rest. "
+        f"Shares of attempts from {steady:.0f} s on (after detection).",
+        ["policy", "backups' share before", "backups' share after", "healthy primaries' share",
+         "client errors (1 retry)", "reference", "target", "result"])
+    for policy in QUICK_POLICIES if quick else POLICIES:
+        run = simulate(servers, policy, rate=1000.0, duration=duration, seed=seed, retries=1,
+                       keys=keys_for(policy), probe_interval=1.0)
+        before = [index for sent, index, _ in run.attempts if sent < lost_at]
+        after = [index for sent, index, _ in run.attempts if sent >= steady]
+        backup_before = sum(1 for i in before if i >= primaries) / len(before)
+        backup_after = sum(1 for i in after if i >= primaries) / len(after)
+        healthy = sum(1 for i in after if lost <= i < primaries) / len(after)
+        margin = 0.02 if policy == "ip_hash" else 0.01      # ip_hash: the keys' hashes decide
+        verdicts = [
+            report.check(f"{policy}: no backup traffic while the primaries are fine",
+                         backup_before == 0.0),
+            report.check(f"{policy}: backups' share within {margin * 100:.0f} pt of "
+                         f"{expected * 100:.0f}%", abs(backup_after - expected) <= margin),
+        ]
+        report.rows.append([policy, pct(backup_before, 1), pct(backup_after, 1), pct(healthy, 1),
+                            str(run.errors), f"0% / {expected * 100:.0f}% (Envoy)",
+                            f"0 / ± {margin * 100:.0f} pt", " / ".join(verdicts)])
+    return report
+
+
+# -- 9. a backend dead before any traffic ----------------------------------------------------
+
+def scenario_dead_before_traffic(quick: bool, seed: int) -> Report:
+    duration = 40.0 if quick else 70.0
+    traffic_start = 10.0
+    dead = Fault("refuse", 0.0, duration + 1.0, 0.001)
+    max_fails = lb.Settings(backends=["http://x"]).max_fails
+    report = Report(
+        9, "a backend dead before any traffic (active checks vs passive only)",
+        f"10 backends (service as in scenario 1), one refusing connections from the start; "
+        f"1,000 requests/s from {traffic_start:.0f} s to {duration:.0f} s. With active checks "
+        "(every 5 s, the defaults; a member at start is up with h = rise, so its first failed "
+        "probe takes it down) it is down before the first request. Passive health alone learns "
+        "from client requests: max_fails of them, then one per return on probation.",
+        ["policy", "health checks", "client errors, no retry", "attempts to the dead backend",
+         "last of them at", "reference", "target", "result"])
+    for policy in QUICK_POLICIES if quick else POLICIES:
+        for active in (False, True):
+            probes = {"probe_interval": 5.0} if active else {}
+            bare = simulate(service_pool(10, dead), policy, rate=1000.0, duration=duration,
+                            seed=seed, retries=0, keys=keys_for(policy),
+                            traffic_start=traffic_start, **probes)
+            wasted = bare.failed_attempts(0)
+            last = max((sent for sent, index, _ in bare.attempts if index == 0), default=None)
+            if active:
+                reference, target = "0 (HAProxy, Envoy)", "0 / 0"
+                result = " / ".join([
+                    report.check(f"{policy}: active checks: 0 client errors", bare.errors == 0),
+                    report.check(f"{policy}: active checks: no attempt to the dead backend",
+                                 wasted == 0)])
+            else:
+                returns = max(sum(1 for _, index in bare.ejections if index == 0) - 1, 0)
+                reference, target, result = f"{max_fails + returns} (max_fails + returns)", "", ""
+            report.rows.append([policy, "active + passive" if active else "passive only",
+                                str(bare.errors), str(wasted),
+                                "–" if last is None else f"{last:.1f} s", reference, target,
+                                result])
+    return report
+
+
+# -- 10. slow start after a return ------------------------------------------------------------
+
+def _ramp(elapsed: float, window: float) -> float:
+    """Envoy's slow-start factor with the defaults (aggression 1, 10% minimum), written out
+    here so the reference does not come from the code it checks."""
+    if elapsed >= window:
+        return 1.0
+    return min(1.0, max(0.10, max(elapsed, 1.0) / window))
+
+
+def scenario_slow_start(quick: bool, seed: int) -> Report:
+    window = 30.0
+    down_from, down_to = 10.0, 20.0
+    duration = down_to + window + 10.0
+    count = 10
+    buckets = 10
+    fault = Fault("refuse", down_from, down_to, 0.001)
+    report = Report(
+        10, "slow start after a return",
+        f"{count} backends (service as in scenario 1), 1,000 requests/s for {duration:.0f} s; one "
+        f"refuses connections from {down_from:.0f} s to {down_to:.0f} s, goes down (active "
+        f"checks every 1 s) and comes back up (rise 2). slow_start = {window:.0f} s: its weight "
+        f"is 1 x max(10%, t / {window:.0f} s) for t >= 1 s after its return, so its expected "
+        f"share of attempts is w / (w + {count - 1}). Measured over the window in "
+        f"{buckets} slices of {window / buckets:.0f} s, against that formula per attempt.",
+        ["policy", "returned at", "share, first slice (formula)", "share over the window "
+         "(formula)", "worst slice error", "share after the window", "target", "result"])
+    policies = ("round_robin", "random") if quick else ("round_robin", "random", "least_conn",
+                                                         "latency")
+    margins = {"round_robin": 0.01, "random": 0.02}
+    for policy in policies:
+        run = simulate(service_pool(count, fault), policy, rate=1000.0, duration=duration,
+                       seed=seed, retries=1, probe_interval=1.0, slow_start=window)
+        url = backend_urls(count)[0]
+        ups = [t for t, event in run.events if isinstance(event, BackendUp)
+               and event.backend.url == url and t >= down_to]
+        if not ups:
+            report.rows.append([policy, "never", "", "", "", "", "returns", report.check(
+                f"{policy}: the backend returns after its outage", False)])
+            continue
+        back = ups[0]
+        hits, totals, expected = [0] * buckets, [0] * buckets, [0.0] * buckets
+        later_hits = later_total = 0
+        for sent, index, _ in run.attempts:
+            if back <= sent < back + window:
+                slot = min(buckets - 1, int((sent - back) / window * buckets))
+                weight = _ramp(sent - back, window)
+                totals[slot] += 1
+                hits[slot] += index == 0
+                expected[slot] += weight / (weight + count - 1)
+            elif back + window <= sent:
+                later_total += 1
+                later_hits += index == 0
+        errors = [abs(h - e) / t for h, e, t in zip(hits, expected, totals, strict=True) if t]
+        worst = max(errors)
+        target = result = ""
+        if policy in margins:
+            margin = margins[policy]
+            target = f"worst slice ± {margin * 100:.0f} pt"
+            result = report.check(f"{policy}: slow-start share within {margin * 100:.0f} pt of "
+                                  "the formula in every slice", worst <= margin)
+        report.rows.append([
+            policy, f"{back:.1f} s", f"{pct(hits[0] / totals[0], 1)} "
+            f"({pct(expected[0] / totals[0], 1)})",
+            f"{pct(sum(hits) / sum(totals), 1)} ({pct(sum(expected) / sum(totals), 1)})",
+            f"{worst * 100:.2f} pt", pct(later_hits / later_total, 1), target, result])
+    return report
+
+
 SCENARIOS: dict[int, Callable[[bool, int], Report]] = {
     1: scenario_slow_backend,
     2: scenario_identical_at_90,
@@ -484,6 +638,9 @@ SCENARIOS: dict[int, Callable[[bool, int], Report]] = {
     5: scenario_black_hole,
     6: scenario_sticky_hashing,
     7: scenario_weighted_round_robin,
+    8: scenario_tier_spill,
+    9: scenario_dead_before_traffic,
+    10: scenario_slow_start,
 }
 
 
@@ -547,7 +704,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--only has value {args.only!r}: expected numbers like 1,4")
     unknown = [n for n in only if n not in SCENARIOS]
     if unknown:
-        parser.error(f"--only has value {args.only!r}: no scenario {unknown[0]} (1-7)")
+        parser.error(f"--only has value {args.only!r}: no scenario {unknown[0]} "
+                     f"(1-{max(SCENARIOS)})")
     logging.getLogger("lbmiddleware").setLevel(logging.ERROR)   # ejections are expected here
     started = time.perf_counter()
     missed = []

@@ -17,6 +17,14 @@ Retries are the front-ends' own: each request runs the library's attempt loop
 (:class:`lbmiddleware.core.attempts.Attempts` with a ``RetryRule``), so a connect failure is
 retried on another backend for any method, a read timeout (the request was sent) only for an
 idempotent one, at most ``retries`` times, each on a backend not yet tried.
+
+Active health checks, when ``probe_interval`` is given, are the prober's rules on the simulated
+clock: the first probe of backend k of N at k * interval / N, the next one interval +-10% after
+the previous one was sent (never before its result: probes of one backend never overlap), each
+result handed to ``pool.report_probe``. A probe fails while the backend refuses (after the
+fault's delay), black-holes or is slower than ``probe_timeout`` (after the timeout); otherwise
+it passes after 1 ms. The probes' jitter has its own seeded generator, so turning probes on
+does not change the arrivals or service times.
 """
 
 from __future__ import annotations
@@ -29,6 +37,8 @@ from collections.abc import Callable, Sequence
 
 import lbmiddleware as lb
 from lbmiddleware.core.attempts import Attempts, Outcome, RetryRule
+from lbmiddleware.core.balancer import Balancer
+from lbmiddleware.core.events import Event
 
 __all__ = [
     "Fault", "Server", "SimClock", "RunResult", "simulate", "percentile",
@@ -37,7 +47,8 @@ __all__ = [
 
 Sampler = Callable[[random.Random], float]
 
-_ARRIVAL, _END = 0, 1
+_ARRIVAL, _END, _PROBE, _PROBED = 0, 1, 2, 3
+PROBE_TIME = 0.001             # seconds: a passing probe's answer
 _FAULT_KINDS = ("slow", "refuse", "blackhole")
 
 READ_TIMEOUT = 60.0            # seconds: the front-ends' default read timeout
@@ -80,12 +91,14 @@ class Fault:
 
 @dataclasses.dataclass(frozen=True)
 class Server:
-    """One simulated backend: service times, workers (None: unlimited) and faults."""
+    """One simulated backend: service times, workers (None: unlimited), faults, and its
+    weight and priority (tier) in the pool."""
 
     service: Sampler
     workers: int | None = None
     weight: int = 1
     faults: tuple[Fault, ...] = ()
+    priority: int = 0
 
     def fault_at(self, now: float) -> Fault | None:
         for fault in self.faults:
@@ -110,15 +123,18 @@ class SimClock:
 class RunResult:
     """What one run observed. Per request (in arrival order): ``arrivals``, client-visible
     ``latencies`` (arrival to final outcome) and ``ok``; per attempt: ``attempts`` as
-    ``(sent_at, server_index, ok)``; ``ejections`` as ``(time, server_index)``."""
+    ``(sent_at, server_index, ok)``; ``ejections`` as ``(time, server_index)``; every event
+    the pool sent as ``(time, event)``; ``probes`` as ``(time, server_index, ok)``."""
 
     arrivals: list[float]
     latencies: list[float]
     ok: list[bool]
     attempts: list[tuple[float, int, bool]]
     ejections: list[tuple[float, int]]
-    pool: lb.Balancer
+    pool: Balancer
     end_time: float
+    events: list[tuple[float, Event]] = dataclasses.field(default_factory=list)
+    probes: list[tuple[float, int, bool]] = dataclasses.field(default_factory=list)
 
     def measured(self, start: float = 0.0, end: float = math.inf) -> list[int]:
         """Indices of the requests that arrived in ``[start, end)``."""
@@ -172,25 +188,40 @@ class _Attempt:
 def simulate(servers: Sequence[Server], policy: str, *, rate: float, duration: float,
              seed: int, keys: Sequence[str] | None = None, idempotent: bool = True,
              retries: int = RetryRule.retries, read_timeout: float = READ_TIMEOUT,
-             **options) -> RunResult:
-    """Run ``rate`` requests/s for ``duration`` simulated seconds, then drain.
+             probe_interval: float | None = None, probe_timeout: float = 2.0,
+             traffic_start: float = 0.0, **options) -> RunResult:
+    """Run ``rate`` requests/s from ``traffic_start`` to ``duration`` simulated seconds, then
+    drain.
 
     ``retries`` and ``read_timeout`` are the client's (a front-end's forwarding settings);
-    ``options`` go to :class:`~lbmiddleware.Balancer` (``max_fails``, ``fail_timeout``…).
+    ``options`` go to the core :class:`~lbmiddleware.core.balancer.Balancer` (``max_fails``,
+    ``fail_timeout``, ``slow_start``…; the core one: it starts no thread, no real prober).
     ``keys``: sticky keys drawn uniformly per request (for ``ip_hash``); ``idempotent``:
-    every request is a GET (else a POST).
+    every request is a GET (else a POST). ``probe_interval``: active health checks every so
+    many seconds, from time 0 to ``duration`` (see the module's docstring), with
+    ``health_check`` set so the pool applies their results.
     """
     if rate <= 0 or duration <= 0:
         raise ValueError(f"rate {rate!r} and duration {duration!r} must be positive")
+    if probe_interval is not None and probe_interval <= 0:
+        raise ValueError(f"probe_interval {probe_interval!r} must be positive")
+    if not 0 <= traffic_start < duration:
+        raise ValueError(f"traffic_start {traffic_start!r} is outside [0, {duration!r})")
     clock = SimClock()
     world = random.Random(seed)                       # arrivals, service times, keys
     urls = backend_urls(len(servers))
-    members = [lb.Backend(url, weight=s.weight) for url, s in zip(urls, servers, strict=True)]
-    pool = lb.Balancer(members, policy=policy, timer=clock, rng=random.Random(seed * 7919 + 1),
-                       **options)
+    members = [lb.Backend(url, weight=s.weight, priority=s.priority)
+               for url, s in zip(urls, servers, strict=True)]
+    if probe_interval is not None:
+        options = {"health_check": "/healthz", "health_check_interval": probe_interval,
+                   "health_check_timeout": probe_timeout, **options}
+    pool = Balancer(members, policy=policy, timer=clock, rng=random.Random(seed * 7919 + 1),
+                    **options)
+    log: list[tuple[float, Event]] = []
+    pool.subscribe(lambda event: log.append((clock.now, event)))
     rule = RetryRule(retries=retries)
     method = "GET" if idempotent else "POST"
-    server_of = {backend.url: i for i, backend in enumerate(pool.backends)}
+    server_of = {backend.url: i for i, backend in enumerate(members)}
     free_at = [[0.0] * (s.workers or 1) for s in servers]   # heap: when each worker is free
     faulty = [bool(s.faults) for s in servers]
     samplers = [s.service for s in servers]
@@ -202,6 +233,8 @@ def simulate(servers: Sequence[Server], policy: str, *, rate: float, duration: f
     attempts: list[tuple[float, int, bool]] = []
     ejections: list[tuple[float, int]] = []
     ejection_counts = [0] * len(servers)
+    probes: list[tuple[float, int, bool]] = []
+    jitter = random.Random(seed * 104729 + 3).uniform     # the probes' own: arrivals unchanged
 
     events: list[tuple] = []
     push, pop = heapq.heappush, heapq.heappop
@@ -266,10 +299,38 @@ def simulate(servers: Sequence[Server], policy: str, *, rate: float, duration: f
         else:
             send(request, following, now)
 
+    def probe(index: int, now: float) -> None:
+        """Send a probe to server ``index``; its result comes back as a _PROBED event."""
+        nonlocal sequence
+        fault = servers[index].fault_at(now) if faulty[index] else None
+        if fault is None or (fault.kind == "slow" and fault.delay < probe_timeout):
+            took, ok, reason = (PROBE_TIME if fault is None else fault.delay), True, "status 200"
+        elif fault.kind == "refuse":
+            took, ok, reason = fault.delay, False, "connection refused"
+        else:
+            took, ok, reason = probe_timeout, False, f"timeout after {probe_timeout:g}s"
+        sequence += 1
+        push(events, (now + took, sequence, _PROBED, None, (index, ok, reason, now)))
+
+    def probed(detail: tuple[int, bool, str, float], now: float) -> None:
+        nonlocal sequence
+        index, ok, reason, sent = detail
+        probes.append((now, index, ok))
+        pool.report_probe(members[index], ok, reason)
+        assert probe_interval is not None
+        following = max(now, sent + probe_interval * jitter(0.9, 1.1))
+        if following < duration:                       # bounded: no probe after the run
+            sequence += 1
+            push(events, (following, sequence, _PROBE, None, index))
+
     count = 0
-    next_arrival = expovariate(rate)
+    next_arrival = traffic_start + expovariate(rate)
     if next_arrival < duration:
         push(events, (next_arrival, 0, _ARRIVAL, None, None))
+    if probe_interval is not None:
+        for index in range(len(servers)):              # HAProxy's spreading
+            sequence += 1
+            push(events, (index * probe_interval / len(servers), sequence, _PROBE, None, index))
     key_count = len(keys) if keys else 0
     while events:
         now, _, kind, attempt, detail = pop(events)
@@ -286,9 +347,14 @@ def simulate(servers: Sequence[Server], policy: str, *, rate: float, duration: f
                 sequence += 1
                 push(events, (following, sequence, _ARRIVAL, None, None))
             start(request, now)
+        elif kind == _PROBE:
+            probe(detail, now)
+        elif kind == _PROBED:
+            probed(detail, now)
         elif detail is None:
             attempt.request.attempts.end(Outcome(ok=True, latency=now - attempt.sent))
             finish(attempt.request, now, True)
         else:
             failed(attempt, now, connect=detail == "connect")
-    return RunResult(arrivals, latencies, ok_list, attempts, ejections, pool, clock.now)
+    return RunResult(arrivals, latencies, ok_list, attempts, ejections, pool, clock.now, log,
+                     probes)

@@ -95,6 +95,45 @@ def test_ejections_are_recorded_on_the_simulated_clock():
     assert run.failed_attempts(0) == 3                  # max_fails, then ejected
 
 
+def test_probes_are_spread_jittered_never_overlap_and_stop_with_the_run():
+    # Four backends probed every 2 s for 20 s: first probes at 0, 0.5, 1, 1.5 s; then every
+    # 2 s +-10% after the previous one was sent; a black-holed one's probe ends at the timeout.
+    hole = sim.Fault("blackhole", 0.0, 30.0)
+    servers = [sim.Server(sim.constant(0.01), faults=(hole,))] + \
+        [sim.Server(sim.constant(0.01)) for _ in range(3)]
+    run = sim.simulate(servers, "round_robin", rate=10.0, duration=20.0, seed=4,
+                       probe_interval=2.0, probe_timeout=2.5)
+    by_server = {i: [t for t, index, _ in run.probes if index == i] for i in range(4)}
+    assert [times[0] for times in by_server.values()] == \
+        pytest.approx([2.5, 0.5 + sim.PROBE_TIME, 1.0 + sim.PROBE_TIME, 1.5 + sim.PROBE_TIME])
+    for i, times in by_server.items():
+        gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+        low, high = (2.5, 2.5) if i == 0 else (1.8, 2.2)   # the timeout outlasts the interval
+        assert all(low - 1e-9 <= gap <= high + 1e-9 for gap in gaps)
+        assert 7 <= len(times) <= 12
+    assert {ok for _, index, ok in run.probes if index == 0} == {False}
+    assert {ok for _, index, ok in run.probes if index > 0} == {True}
+    assert max(t for t, _, _ in run.probes) < 20.0 + 2.5  # bounded: none sent after the run
+
+
+def test_probes_take_a_failing_backend_out_before_traffic_starts():
+    dead = sim.Server(sim.constant(0.01), faults=(sim.Fault("refuse", 0.0, 30.0, 0.001),))
+    run = sim.simulate([dead, sim.Server(sim.constant(0.01))], "round_robin", rate=100.0,
+                       duration=10.0, seed=6, retries=0, probe_interval=1.0, traffic_start=3.0)
+    assert min(run.arrivals) >= 3.0
+    assert all(run.ok) and run.failed_attempts(0) == 0
+    downs = [(t, type(event).__name__) for t, event in run.events
+             if type(event).__name__ == "BackendDown"]
+    assert len(downs) == 1 and downs[0][0] < 0.01
+
+
+def test_servers_carry_their_priority_into_the_pool():
+    servers = [sim.Server(sim.constant(0.01)), sim.Server(sim.constant(0.01), priority=1)]
+    run = sim.simulate(servers, "round_robin", rate=100.0, duration=2.0, seed=1)
+    assert [b.priority for b in run.pool.backends] == [0, 1]
+    assert run.failed_attempts() == 0 and {index for _, index, _ in run.attempts} == {0}
+
+
 def test_bad_faults_are_rejected():
     with pytest.raises(ValueError, match="fault kind 'melt'"):
         sim.Fault("melt", 0.0, 1.0)
@@ -118,7 +157,7 @@ KNOWN_MISSES_QUICK = {
 def test_quick_benchmark_meets_every_target_but_the_known_misses():
     bench = _load("bench_quality")
     reports = bench.run(quick=True)
-    assert [r.number for r in reports] == [1, 2, 3, 4, 5, 6, 7]
+    assert [r.number for r in reports] == list(range(1, 11))
     checks = {name: ok for r in reports for name, ok in r.checks.items()}
     assert len(checks) >= 30
     assert KNOWN_MISSES_QUICK <= set(checks)
@@ -136,4 +175,4 @@ def test_benchmark_command_line(capsys):
     assert "| 5, 3, 2 | a b c a a b a c b a | exact |" in out
     assert "every target met" in out
     with pytest.raises(SystemExit):
-        bench.main(["--only", "9"])
+        bench.main(["--only", "11"])
