@@ -244,12 +244,13 @@ class SrvWatcher(_DnsSource):
 
     kind = "srv"
 
-    def __init__(self, source: Source | str, settings: Settings, **options: Any) -> None:
-        super().__init__(source, settings, **options)
+    @property
+    def server_name(self) -> str:
+        """The service's domain: the source's name after its ``_service._proto.`` labels."""
         labels = self.source.host.split(".")
         while len(labels) > 1 and labels[0].startswith("_"):
             labels.pop(0)
-        self.server_name = ".".join(labels)
+        return ".".join(labels)
 
     async def answer(self) -> Answer:
         answer = await self.resolve(self.source.host, "SRV")
@@ -263,12 +264,13 @@ class SrvWatcher(_DnsSource):
         addresses, ttl = await self.target_addresses(targets, answer.response)
         tiers = {priority: tier
                  for tier, priority in enumerate(sorted({rr.priority for rr in records}))}
+        server_name = self.server_name
         chosen: dict[str, tuple[int, int, Address, int, Backend]] = {}
         for rr in sorted(records, key=lambda rr: (rr.priority, -rr.weight)):
             tier = tiers[rr.priority]
             for address in addresses[rr.target.to_text(omit_final_dot=True).lower()]:
                 backend = self.backend(address, rr.port, max(rr.weight, 1), tier,
-                                       self.server_name)
+                                       server_name)
                 if backend.url not in chosen:        # lowest priority, then highest weight
                     chosen[backend.url] = (tier, address.version, address, rr.port, backend)
         return Answer(tuple(row[-1] for row in sorted(chosen.values())),
