@@ -11,9 +11,8 @@ imported only when a DNS source first asks.
 
 from __future__ import annotations
 
-import importlib
 import random
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from .backoff import Backoff, refresh_delay
 from .status import SourceStatus
@@ -26,16 +25,15 @@ if TYPE_CHECKING:
 __all__ = ["watcher_for", "Watcher", "Publish", "Emit", "SourceStatus", "Backoff",
            "refresh_delay", "Follower", "PollingWatcher", "SourceError", "Answer"]
 
-# Source kind -> (module in this package, watcher class). Loaded on first use: a pool without
-# DNS sources never imports dnspython.
-WATCHERS = {"dns": ("dns", "DnsWatcher"), "srv": ("dns", "SrvWatcher"),
-            "etcd": ("etcd", "EtcdWatcher")}
-
-
 def watcher_for(source: Source, settings: Settings, *,
                 rng: random.Random | None = None) -> Watcher:
     """The watcher that follows ``source`` with ``settings``' DNS servers and refresh
-    bounds."""
-    module_name, class_name = WATCHERS[source.kind]
-    module = importlib.import_module(f".{module_name}", __name__)
-    return cast("Watcher", getattr(module, class_name)(source, settings, rng=rng))
+    bounds. (Importing the DNS watchers does not import dnspython: their first question
+    does.)"""
+    if source.kind == "etcd":
+        from .etcd import EtcdWatcher
+        return EtcdWatcher(source, settings, rng=rng)
+    from .dns import DnsWatcher, SrvWatcher
+    if source.kind == "srv":
+        return SrvWatcher(source, settings, rng=rng)
+    return DnsWatcher(source, settings, rng=rng)

@@ -327,6 +327,8 @@ def test_watcher_for_picks_the_watcher_by_kind(dnsmasq):
     s = settings(dnsmasq)
     assert isinstance(watcher_for(Source(f"dns+http://{WEB}"), s), DnsWatcher)
     assert isinstance(watcher_for(Source(f"srv+http://{SVC}"), s), SrvWatcher)
+    from lbmiddleware.discovery.etcd import EtcdWatcher
+    assert isinstance(watcher_for(Source("etcd://127.0.0.1:2379/services/x"), s), EtcdWatcher)
     with pytest.raises(ConfigError, match="srv"):
         SrvWatcher(f"dns+http://{WEB}", s)
 
