@@ -460,3 +460,16 @@ def test_servfail_is_a_failure_not_an_empty_set():
             transport.close()
 
     asyncio.run(scenario())
+
+
+def test_dnspython_is_imported_by_the_first_question_not_before():
+    import subprocess
+    import sys
+    code = ("import sys; from lbmiddleware.core.backend import Source; "
+            "from lbmiddleware.core.settings import Settings; "
+            "from lbmiddleware.discovery import watcher_for; "
+            "watcher_for(Source('srv+http://_h._tcp.a.test'), Settings(backends=['http://a'])); "
+            "print(sorted(m for m in sys.modules if m == 'dns' or m.startswith('dns.')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60, check=True)
+    assert result.stdout.strip() == "[]"
