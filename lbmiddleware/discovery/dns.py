@@ -158,13 +158,14 @@ class _DnsSource(PollingWatcher):
     async def resolve(self, name: str, rdtype: str) -> Any:
         """dnspython's answer to one question (its ``rrset`` None when there are no records),
         None for NXDOMAIN; :class:`SourceError` on a failure."""
+        resolver = self.resolver()          # first: it names the extra if dnspython is missing
         import dns.exception
         import dns.resolver
         try:
             # The system's search list applies to the system's resolvers only: dnspython
             # would otherwise append this host's domain for the configured ones.
-            return await self.resolver().resolve(name, rdtype, search=not self.servers,
-                                                 raise_on_no_answer=False)
+            return await resolver.resolve(name, rdtype, search=not self.servers,
+                                          raise_on_no_answer=False)
         except dns.resolver.NXDOMAIN:
             return None
         except dns.resolver.NoNameservers as exc:
