@@ -25,6 +25,7 @@ close``) and exits 0.
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import os
 import pathlib
@@ -198,21 +199,29 @@ class BackendProcess:
 
 
 def free_port(hosts: tuple[str, ...] = ("127.0.0.1",)) -> int:
-    """A port free on every host of ``hosts``, below the ephemeral range, so that no
-    outgoing connection takes it while its backend restarts."""
-    low = int(pathlib.Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    start = 20000 + os.getpid() % 5000
-    for port in range(start, start + 5000):
-        if port >= low:
-            break
+    """A port free on every host of ``hosts``, below the ephemeral range when there is
+    room (10000 up), so that no outgoing connection takes it while its backend restarts;
+    else one the OS hands out."""
+    try:
+        ranges = pathlib.Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
+        low = int(ranges.split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    ports = list(range(10000, low))
+    if ports:           # a different start per process: parallel runs seldom collide
+        start = os.getpid() % len(ports)
+        ports = ports[start:] + ports[:start]
+    for port in [*ports[:5000], 0]:
         try:
-            for host in hosts:
-                with socket.socket() as sock:
+            with contextlib.ExitStack() as bound:
+                for host in hosts:
+                    sock = bound.enter_context(socket.socket())
                     sock.bind((host, port))
+                    port = sock.getsockname()[1]
         except OSError:
             continue
         return port
-    raise RuntimeError("no free port below the ephemeral range")
+    raise RuntimeError(f"no port free on {', '.join(hosts)}")
 
 
 if __name__ == "__main__":
