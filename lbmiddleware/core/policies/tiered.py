@@ -51,6 +51,7 @@ class Tiered(Policy):
         self._members: dict[int, int] = {}     # priority -> members (draining excluded)
         self._everyone: Members | None = None
         self._panic = True
+        self._whole = -1
         self._picked_by: Policy = panic
 
     @property
@@ -87,6 +88,8 @@ class Tiered(Policy):
                                  self._overprovisioning) if order else ()
         self._everyone = everyone
         self._panic = not any(self._loads)
+        # One tier takes everything (the backups idle, the usual case): no draw needed.
+        self._whole = next((i for i, load in enumerate(self._loads) if load == 100), -1)
 
     def _policy_for(self, priority: int) -> Policy:
         policy = self._by_priority.get(priority)
@@ -103,9 +106,10 @@ class Tiered(Policy):
         if self._panic or members is self._everyone:
             self._picked_by = policy = self._panic_policy
             return policy.pick(members, key, exclude)
-        tiers = self._tiers
-        index = draw_tier(self._loads, self._point(key))
-        policy, usable = tiers[index]
+        index = self._whole
+        if index < 0:
+            index = draw_tier(self._loads, self._point(key))
+        policy, usable = self._tiers[index]
         if exclude and sum(1 for s in exclude if s in usable) >= len(usable):
             policy, usable = self._next_tier(exclude)
         self._picked_by = policy
