@@ -437,3 +437,60 @@ class TestActiveHealth:
         pool.report_probe(B, False, "status 500")
         pool.report_probe(B, True, "status 200")
         assert by_url(pool)[B]["effective_weight"] == 0.1
+
+
+class TestLogging:
+    def test_each_new_event_is_logged_once_at_its_level(self, caplog, clock):
+        caplog.set_level(logging.INFO, logger="lbmiddleware")
+        pool = Balancer([A, B], timer=clock, health_check="/h", health_check_rise=1)
+        held = pool.pick(exclude=[A])
+        pool.report_probe(A, False, "status 503")
+        pool.report_probe(A, True, "status 200")
+        pool.drain(B)
+        pool.report(held)
+        pool.publish(SourceFailed(DNS, "SERVFAIL", 1.6))
+        pool.publish(lb.core.events.SourceRecovered(DNS, 12.0))
+        lines = [(r.levelno, r.getMessage()) for r in caplog.records]
+        assert lines == [
+            (logging.WARNING, "backend http://a:1 is down: health check failed (status 503)"),
+            (logging.INFO, "backend http://a:1 is up: health check passed (status 200)"),
+            (logging.INFO, "backend http://b:1 is draining (drain()): 1 requests in flight"),
+            (logging.INFO, "backend http://b:1 drained and left"),
+            (logging.WARNING, "source dns+http://orders:8080 failed: SERVFAIL "
+                              "(keeping its last backends; retry in 1.6s)"),
+            (logging.INFO, "source dns+http://orders:8080 answers again after 12s"),
+        ]
+
+
+def test_probes_picks_and_drains_from_many_threads_leave_nothing_in_flight():
+    import threading
+
+    pool = Balancer([A, B, C, D], health_check="/h", health_check_rise=1, health_check_fall=1,
+                    rng=random.Random(0))
+    stop = threading.Event()
+    errors = []
+
+    def traffic():
+        try:
+            while not stop.is_set():
+                backend = pool.pick()
+                pool.report(backend, True, 0.001)
+        except Exception as exc:          # noqa: BLE001  (any error fails the test)
+            errors.append(exc)
+
+    def probes():
+        flip = False
+        for _ in range(300):
+            flip = not flip
+            pool.report_probe(B, flip, "status 200" if flip else "status 503")
+            pool.update([A, B, C] if flip else [A, B, C, D])
+
+    workers = [threading.Thread(target=traffic) for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    probes()
+    stop.set()
+    for worker in workers:
+        worker.join(10)
+    assert not errors
+    assert all(row["in_flight"] == 0 for row in pool.stats())
