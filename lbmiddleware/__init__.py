@@ -1,8 +1,9 @@
 """lbmiddleware: client-side load balancing for Python, without a separate proxy.
 
-One strategy core (:class:`Balancer`: weighted round-robin, weighted random, sticky
-consistent hashing, peak-EWMA latency, least-connections, passive health) and thin
-front-ends around it.
+One strategy core (weighted round-robin, weighted random, sticky consistent hashing,
+peak-EWMA latency, least-connections, passive health), a pool that follows the fleet
+(:class:`Balancer`: DNS and etcd sources, active health checks, drain, backup tiers) and
+thin front-ends around it.
 """
 
 from typing import TYPE_CHECKING
@@ -12,12 +13,12 @@ from typing import TYPE_CHECKING
 # name is then a probable typo, and the core never imports a front-end to know that.
 from . import gateway_settings as _gateway_settings  # noqa: F401  (registers GatewaySettings)
 from .core.backend import Backend, Source
-from .core.balancer import Balancer
 from .core.forwarding import ForwardingSettings
 from .core.hashing import stable_hash
 from .core.settings import POLICIES, Settings
 from .errors import ConfigError, LBError, NoHealthyBackend
 from .errors import needs_extra as _needs_extra
+from .fleet import Balancer
 from .proxy.settings import ProxySettings
 
 #: The requests adapter's settings are the forwarding settings of every front-end.

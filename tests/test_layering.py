@@ -351,7 +351,7 @@ def test_the_graph_sees_every_kind_of_import():
     graph = package_graph()
     kinds = {edge.kind for edge in graph.internal}
     assert kinds == {"eager", "lazy", "type"}
-    assert any(edge.source == PACKAGE and edge.module == f"{PACKAGE}.core.balancer"
+    assert any(edge.source == PACKAGE and edge.module == f"{PACKAGE}.core.backend"
                for edge in graph.internal)
     assert len(graph.modules) >= 30
 

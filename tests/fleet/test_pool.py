@@ -1,0 +1,270 @@
+"""The public Balancer: the core's pool plus its sources' watchers and its health checks on
+the fleet's loop. Here a source is followed by a test watcher with the discovery watchers'
+interface (``status``, ``run(publish, emit)``), plugged in through the pool's ``watcher``
+step; the real DNS and etcd watchers and the prober have their own tests, and the front-ends'
+tests run them against real servers."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+import warnings
+
+import lbmiddleware as lb
+from lbmiddleware.core import balancer as core_balancer
+from lbmiddleware.core.events import Event, MembershipChanged, SourceFailed
+from lbmiddleware.discovery.status import SourceStatus
+from lbmiddleware.fleet import loop
+from lbmiddleware.fleet import pool as fleet_pool
+
+SOURCE = "dns+http://orders.test:8080"
+OTHER = "dns+http://billing.test:8080"
+
+
+class SetsWatcher:
+    """Publishes the sets (or emits the events) a test puts in, in order; records its runs
+    and its cancellation."""
+
+    def __init__(self, source: str, *first: str) -> None:
+        self.source = lb.Source(source)
+        self.status = SourceStatus(self.source.url, self.source.kind)
+        self.queue: queue.SimpleQueue[tuple[lb.Backend, ...] | Event | Exception] = (
+            queue.SimpleQueue())
+        self.runs = 0
+        self.published: list[tuple[lb.Backend, ...]] = []
+        self.cancelled = threading.Event()
+        if first:
+            self.put(*first)
+
+    def put(self, *urls: str) -> None:
+        self.queue.put(tuple(lb.Backend(url, source=self.source.url) for url in urls))
+
+    async def run(self, publish, emit) -> None:
+        self.runs += 1
+        try:
+            while True:
+                try:
+                    item = self.queue.get_nowait()
+                except queue.Empty:
+                    await asyncio.sleep(0.002)
+                    continue
+                if isinstance(item, Exception):
+                    raise item
+                if isinstance(item, tuple):
+                    publish(item)
+                    self.published.append(item)
+                    self.status.backends = len(item)
+                    self.status.last_success = time.monotonic()
+                else:
+                    emit(item)
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+
+
+def pool_of(watchers: list[SetsWatcher], *static: str, **options) -> lb.Balancer:
+    by_url = {w.source.url: w for w in watchers}
+
+    class Pool(lb.Balancer):
+        def watcher(self, source):
+            return by_url[source.url]
+
+    return Pool([*static, *(w.source.text for w in watchers)], **options)
+
+
+def eventually(condition, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.002)
+    return condition()
+
+
+def test_the_public_balancer_is_the_fleets_and_extends_the_core():
+    assert lb.Balancer is fleet_pool.Balancer
+    assert issubclass(lb.Balancer, core_balancer.Balancer)
+    assert isinstance(lb.Balancer.from_env({"LB_BACKENDS": "http://a:1"}), lb.Balancer)
+
+
+def test_a_static_pool_starts_nothing_and_imports_neither_discovery_nor_probes():
+    script = (
+        "import sys, threading\n"
+        "import lbmiddleware as lb\n"
+        "with lb.Balancer(['http://a:1', 'http://b:1 backup']) as pool:\n"
+        "    pool.pick(); assert pool.source_stats() == []\n"
+        "loaded = [m for m in sys.modules if m.startswith(('lbmiddleware.discovery',"
+        " 'lbmiddleware.probes', 'lbmiddleware.fleet.loop'))]\n"
+        "assert loaded == [] and threading.active_count() == 1, (loaded, threading.enumerate())\n")
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=30)
+
+
+def test_a_source_publishes_through_update_and_the_pool_waited_for_its_first_answer():
+    watcher = SetsWatcher(SOURCE, "http://127.0.0.2:8080", "http://127.0.0.3:8080")
+    with pool_of([watcher], "http://static:1") as pool:
+        # the constructor returned after the source's first answer: its members are there
+        assert [b.url for b in pool.backends] == [
+            "http://static:1", "http://127.0.0.2:8080", "http://127.0.0.3:8080"]
+        assert {b.source for b in pool.backends} == {None, SOURCE}
+        changes: list[MembershipChanged] = []
+        pool.subscribe(lambda e: changes.append(e) if isinstance(e, MembershipChanged) else None)
+        watcher.put("http://127.0.0.3:8080")
+        assert eventually(lambda: len(changes) == 1)
+        assert eventually(lambda: "http://127.0.0.2:8080" not in
+                          {b.url for b in pool.backends})   # (after its drain)
+        assert changes[0].source == SOURCE
+        [row] = pool.source_stats()
+        assert row["url"] == SOURCE and row["kind"] == "dns" and row["backends"] == 1
+        assert set(row) >= {"url", "kind", "backends", "last_success", "last_error",
+                            "last_error_at", "next_refresh"}
+
+
+def test_several_sources_each_follow_their_own_set():
+    first, second = SetsWatcher(SOURCE, "http://127.0.0.2:1"), SetsWatcher(OTHER, "http://127.0.0.4:1")
+    with pool_of([first, second]) as pool:
+        assert [b.url for b in pool.backends] == ["http://127.0.0.2:1", "http://127.0.0.4:1"]
+        second.put("http://127.0.0.4:1", "http://127.0.0.5:1")
+        assert eventually(lambda: len(pool.backends) == 3)
+        assert [row["url"] for row in pool.source_stats()] == [SOURCE, OTHER]
+
+
+def test_a_source_event_reaches_the_pools_listeners(caplog):
+    watcher = SetsWatcher(SOURCE, "http://127.0.0.2:1")
+    with pool_of([watcher]) as pool:
+        seen: list[Event] = []
+        pool.subscribe(seen.append)
+        failed = SourceFailed(SOURCE, "SERVFAIL", 1.0)
+        watcher.queue.put(failed)
+        assert eventually(lambda: failed in seen)
+
+
+def test_close_stops_the_sources_once_and_the_members_stay():
+    watcher = SetsWatcher(SOURCE, "http://127.0.0.2:1")
+    pool = pool_of([watcher])
+    pool.close()
+    assert watcher.cancelled.is_set()           # close() waited for the task to end
+    watcher.put("http://127.0.0.9:1")
+    time.sleep(0.05)
+    assert [b.url for b in pool.backends] == ["http://127.0.0.2:1"]
+    assert pool.pick().url == "http://127.0.0.2:1"
+    pool.close()                                # idempotent
+    assert watcher.runs == 1
+
+
+def test_leaving_a_with_block_closes_the_pool():
+    watcher = SetsWatcher(SOURCE, "http://127.0.0.2:1")
+    with pool_of([watcher]) as pool:
+        assert not watcher.cancelled.is_set()
+    assert watcher.cancelled.is_set()
+    assert pool.pick()
+
+
+def test_close_from_the_fleets_own_thread_does_not_wait_for_itself():
+    watcher = SetsWatcher(SOURCE, "http://127.0.0.2:1")
+    pool = pool_of([watcher])
+
+    async def close_here() -> None:
+        pool.close()                # on the loop: it cannot wait for the task, and does not
+
+    started = time.monotonic()
+    loop.submit(close_here()).result(5)
+    assert time.monotonic() - started < 1.0
+    assert watcher.cancelled.wait(5)
+
+
+def test_aclose_waits_without_blocking_the_callers_loop():
+    watcher = SetsWatcher(SOURCE, "http://127.0.0.2:1")
+    pool = pool_of([watcher])
+
+    async def main() -> None:
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        ticker = asyncio.ensure_future(tick())
+        await pool.aclose()
+        ticker.cancel()
+        assert ticks > 0
+        assert watcher.cancelled.is_set()
+
+    asyncio.run(main())
+    pool.close()                    # and close() after it is a no-op
+
+
+def test_a_pool_dropped_without_close_stops_its_sources():
+    watcher = SetsWatcher(SOURCE, "http://127.0.0.2:1")
+    pool = pool_of([watcher])
+    del pool
+    gc.collect()
+    assert watcher.cancelled.wait(5)
+
+
+def test_the_constructor_waits_for_a_silent_source_only_so_long(monkeypatch):
+    monkeypatch.setattr(fleet_pool, "FIRST_ANSWER_TIMEOUT", 0.2)
+    watcher = SetsWatcher(SOURCE)                   # never answers
+    started = time.monotonic()
+    with pool_of([watcher], "http://static:1") as pool:
+        assert 0.15 < time.monotonic() - started < 2
+        assert [b.url for b in pool.backends] == ["http://static:1"]
+
+
+def test_a_crashed_watcher_is_logged_and_started_again(monkeypatch, caplog):
+    monkeypatch.setattr(fleet_pool, "RESTART_DELAY", 0.01)
+    watcher = SetsWatcher(SOURCE, "http://127.0.0.2:1")
+    with pool_of([watcher]) as pool, caplog.at_level(logging.ERROR, "lbmiddleware"):
+        watcher.queue.put(RuntimeError("a bug"))
+        watcher.put("http://127.0.0.3:1")
+        assert eventually(lambda: watcher.runs == 2)
+        assert eventually(lambda: [b.url for b in pool.backends][-1] == "http://127.0.0.3:1")
+    assert "crashed" in caplog.text and "a bug" in caplog.text
+
+
+def test_a_forked_child_follows_its_sources_on_its_own_loop():
+    watcher = SetsWatcher(SOURCE, "http://127.0.0.2:1")
+    with pool_of([watcher]) as pool:
+        read, write = os.pipe()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:        # the parent's task does not run here: the child's own does
+                watcher.put("http://127.0.0.7:1")
+                if eventually(lambda: "http://127.0.0.7:1" in {b.url for b in pool.backends}):
+                    os.write(write, str(watcher.runs).encode())
+                    code = 0
+            finally:
+                os._exit(code)
+        os.close(write)
+        with os.fdopen(read) as pipe:
+            runs = pipe.read()
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert runs == "2"
+        assert watcher.runs == 1
+
+
+def test_a_dns_source_without_dnspython_names_the_extra():
+    script = (
+        "import sys\n"
+        "sys.modules['dns'] = None\n"          # as if dnspython were not installed
+        "import lbmiddleware as lb\n"
+        "try:\n"
+        "    lb.Balancer(['dns+http://orders.test:8080'])\n"
+        "except ModuleNotFoundError as exc:\n"
+        "    print(exc)\n")
+    out = subprocess.run([sys.executable, "-c", script], check=True, timeout=30,
+                         capture_output=True, text=True).stdout
+    assert "pip install 'lbmiddleware[dns]'" in out
+    assert "dns+http://orders.test:8080" in out
