@@ -35,6 +35,7 @@ import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
+from . import fleet
 from .core.balancer import Balancer
 from .core.forwarding import ForwardingSettings
 from .core.settings import FrontEndSettings, Settings, parse_positive_count, resolve
@@ -110,7 +111,7 @@ class WSGILoadBalancer:
     proxy settings are this middleware's: its keywords, else ``LB_*``, else the
     defaults. A ``prefix`` or ``backends`` of ``None`` is not given. ``chunk_size`` is the
     most read at once from a body, each way; ``verify`` and ``cert`` are passed to
-    requests for ``https`` backends.
+    requests for ``https`` backends. :meth:`close` stops the pool it built.
     """
 
     def __init__(self, app: WSGIApplication | None = None, prefix: str | None = None,
@@ -135,7 +136,9 @@ class WSGILoadBalancer:
         self.app = app
         self.settings = proxy = resolved[ProxySettings]
         self.forwarding = forwarding = resolved[ForwardingSettings]
-        self.balancer = balancer if balancer is not None else Balancer(settings=resolved.core)
+        self._owns_balancer = balancer is None
+        self.balancer = balancer if balancer is not None else fleet.Balancer(
+            settings=resolved.core)
         self.adapter = _ProxyAdapter(      # Host is set here, from the settings
             balancer=self.balancer, settings=forwarding.replace(preserve_host=False),
             key_func=_sticky_key_of, pool_maxsize=pool_maxsize)
@@ -232,6 +235,14 @@ class WSGILoadBalancer:
         if length <= self.settings.retry_buffer:
             return _read_exactly(stream, length), length    # replayable on a retry
         return _RequestBody(stream, length, self._chunk_size), length
+
+    def close(self) -> None:
+        """Close the upstream connections, and stop the sources and health checks of the
+        pool this middleware built (not a shared ``balancer=``). WSGI has no shutdown
+        event: call it when the application ends. Idempotent."""
+        self.adapter.close()
+        if self._owns_balancer:
+            self.balancer.close()
 
     def __repr__(self) -> str:
         return f"<WSGILoadBalancer prefix={self._prefix!r} {self.balancer!r}>"

@@ -25,6 +25,8 @@ CORE_FOLDER = TESTS / "core"
 # Core test modules outside tests/core/ (paths relative to tests/).
 CORE_FILES = frozenset({"proxy/test_proxy_rules.py", "upstream/test_parser.py", "test_layering.py",
                         "discovery/test_backoff.py", "discovery/test_watcher.py"})
+# The DNS name on the test certificate beside 127.0.0.1 (the ``certificate`` fixture).
+CERTIFICATE_NAME = "backend.lbmiddleware.test"
 # Core modules' tests that take more than a second or two.
 SLOW_CORE_TESTS = frozenset({"test_quick_benchmark_meets_every_target_but_the_known_misses"})
 
@@ -119,11 +121,13 @@ def scripted():
 
 @pytest.fixture(scope="session")
 def certificate(tmp_path_factory) -> tuple[str, str]:
-    """A self-signed certificate for 127.0.0.1, made with the openssl command:
-    ``(cert.pem, key.pem)``."""
+    """A self-signed certificate for 127.0.0.1 and the name :data:`CERTIFICATE_NAME` (a
+    backend reached by address whose server name is on the certificate), made with the
+    openssl command: ``(cert.pem, key.pem)``."""
     folder = tmp_path_factory.mktemp("tls")
     cert, key = str(folder / "cert.pem"), str(folder / "key.pem")
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-subj", "/CN=127.0.0.1",
+                    "-addext", f"subjectAltName=IP:127.0.0.1,DNS:{CERTIFICATE_NAME}",
                     "-keyout", key, "-out", cert], check=True, capture_output=True, timeout=30)
     return cert, key

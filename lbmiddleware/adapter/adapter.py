@@ -47,6 +47,7 @@ from requests.exceptions import RequestException
 from requests.models import PreparedRequest, Response
 from urllib3.util.retry import Retry
 
+from .. import fleet
 from ..core.attempts import Attempts, Outcome, RetryRule
 from ..core.backend import Backend
 from ..core.balancer import Balancer
@@ -77,9 +78,10 @@ if TYPE_CHECKING:
 
 
 class _UpstreamRequest(PreparedRequest):
-    """The request as sent to one backend; remembers the caller's request."""
+    """The request as sent to one backend; remembers the caller's request and the backend."""
 
     original: PreparedRequest
+    backend: Backend
 
 
 class LoadBalancingAdapter(HTTPAdapter):
@@ -95,6 +97,10 @@ class LoadBalancingAdapter(HTTPAdapter):
     the Balancer's settings to share one pool with other adapters and middlewares: each
     front-end then keeps its own settings, from its keywords, else ``LB_*``, else the
     defaults.
+
+    :meth:`close` (``Session.close()`` calls it) closes the connections and stops the
+    sources and health checks of the pool the adapter built; a shared ``balancer=`` is
+    left to its owner.
 
     ``key_func(request) -> str | None`` gives the sticky key for ``ip_hash`` (by default
     the ``hash_key`` setting: ``header:NAME`` or ``cookie:NAME`` of the outgoing request;
@@ -133,7 +139,7 @@ class LoadBalancingAdapter(HTTPAdapter):
                            settings=settings, environ=environ)
         self._owns_balancer = balancer is None
         if balancer is None:
-            balancer = Balancer(settings=resolved.core)
+            balancer = fleet.Balancer(settings=resolved.core)
         self.balancer = balancer
         self.settings = forwarding = resolved[ForwardingSettings]
         self.key_func = key_func
@@ -229,6 +235,21 @@ class LoadBalancingAdapter(HTTPAdapter):
         read_final_responses(manager)
         return manager
 
+    def build_connection_pool_key_attributes(
+            self, request: PreparedRequest, verify: VerifyArg,
+            cert: CertArg = None) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The parent's pool key, plus the TLS name of a backend reached by address: SNI
+        and certificate verification use ``backend.tls_server_name`` (urllib3's
+        ``server_hostname`` and ``assert_hostname``, which also keep its pool apart)."""
+        host_params, pool_kwargs = super().build_connection_pool_key_attributes(
+            request, verify, cert)
+        backend = getattr(request, "backend", None)
+        if isinstance(backend, Backend) and backend.server_name is not None \
+                and host_params.get("scheme") == "https":
+            pool_kwargs["server_hostname"] = pool_kwargs["assert_hostname"] = (
+                backend.server_name)
+        return host_params, pool_kwargs
+
     # -- the steps of one call ----------------------------------------------------------
 
     def request_key(self, request: PreparedRequest) -> str | None:
@@ -243,25 +264,35 @@ class LoadBalancingAdapter(HTTPAdapter):
         return None
 
     def _upstream_headers(self, request: PreparedRequest) -> Headers:
-        """The headers to send: the request's, plus its own Host with ``preserve_host``."""
+        """The headers to send: the request's, plus its own Host with ``preserve_host``
+        (without it, or a Host of the request's own, each backend's: see
+        :meth:`_upstream_request`)."""
         if not self.settings.preserve_host or "Host" in request.headers:
-            return request.headers    # urllib3 then sends the backend's host
+            return request.headers
         headers = request.headers.copy()
         headers["Host"] = urllib.parse.urlsplit(request.url or "").netloc.rpartition("@")[2]
         return headers
 
     @staticmethod
-    def _upstream_request(request: PreparedRequest, url: str,
+    def _upstream_request(request: PreparedRequest, backend: Backend, target: str,
                           headers: Headers) -> _UpstreamRequest:
-        """A shallow copy of ``request`` for ``url`` (the body and cookies are shared)."""
+        """A shallow copy of ``request`` for ``backend`` (the body and cookies are shared).
+
+        ``Host`` is ``backend.authority`` unless the headers have one: urllib3 would send
+        the URL's host, which is an address for a backend found through DNS, and the
+        backend answers to its name (``server_name``)."""
+        if backend.server_name is not None and "Host" not in headers:
+            headers = headers.copy()
+            headers["Host"] = backend.authority
         upstream = _UpstreamRequest()
         upstream.method = request.method
-        upstream.url = url
+        upstream.url = backend.url + target
         upstream.headers = headers
         upstream._cookies = request._cookies
         upstream.body = request.body
         upstream.hooks = request.hooks
         upstream.original = request
+        upstream.backend = backend
         return upstream
 
     def _forward(self, request: PreparedRequest, target: str, headers: Headers,
@@ -272,7 +303,7 @@ class LoadBalancingAdapter(HTTPAdapter):
         ``prefetch``) or the exception that failed the attempt, and the attempt's outcome."""
         if backend.url not in self._known:
             self._make_pool_room(backend)
-        upstream = self._upstream_request(request, backend.url + target, headers)
+        upstream = self._upstream_request(request, backend, target, headers)
         start = self._timer()
         try:
             response = super().send(upstream, stream=stream, timeout=timeout, verify=verify,
@@ -301,19 +332,29 @@ class LoadBalancingAdapter(HTTPAdapter):
             if pools is not None and getattr(pools, "_maxsize", needed) < needed:
                 pools._maxsize = needed
 
+    def close(self) -> None:
+        """Close the connection pools, and the Balancer the adapter built (its sources and
+        health checks stop); a shared ``balancer=`` is left open. ``Session.close()`` calls
+        this."""
+        super().close()
+        if self._owns_balancer:
+            self.balancer.close()
+
     # -- pickling (requests promises picklable Sessions) ----------------------------------
 
     def __getstate__(self) -> dict[str, Any]:
-        """The parent's state plus the settings (with the backends as they are now),
-        ``key_func`` and ``timer``: the unpickled adapter starts a fresh pool from them, as
-        the parent starts fresh urllib3 pools. A shared ``balancer=`` is refused: the copy
-        could not share it."""
+        """The parent's state plus the settings (with the static backends as they are now,
+        and the sources), ``key_func`` and ``timer``: the unpickled adapter starts a fresh
+        pool from them, as the parent starts fresh urllib3 pools. A shared ``balancer=`` is
+        refused: the copy could not share it."""
         if not self._owns_balancer:
             raise TypeError(
                 "a LoadBalancingAdapter built with balancer= cannot be pickled: its Balancer "
                 "is shared, and an unpickled copy could not share it; pickle an adapter built "
                 "from settings (backends=..., policy=...) instead")
-        core = self.balancer.settings.replace(backends=self.balancer.backends)
+        pool = self.balancer
+        static = tuple(b for b in pool.backends if b.source is None)
+        core = pool.settings.replace(backends=static + pool.settings.sources)
         settings = FrontEndSettings((core, self.settings))
         return {**super().__getstate__(), "settings": settings, "key_func": self.key_func,
                 "timer": self._timer}

@@ -30,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
+from .. import fleet
 from ..core.attempts import RetryRule
 from ..core.balancer import Balancer
 from ..core.forwarding import ForwardingSettings
@@ -79,6 +80,11 @@ class LoadBalancerMiddleware:
     ``**kwargs``, which must not be able to name ``app`` again. Starlette before 0.35 (and
     FastAPI's own stack then) built middleware with ``cls(app=app, **options)``: ``app=``
     is still taken for them.
+
+    At the ASGI lifespan's shutdown (the wrapped app's, or the middleware's own when it
+    is the whole application) the idle upstream connections are closed and the pool the
+    middleware built stops its sources and health checks (:meth:`aclose`); a shared
+    ``balancer=`` is left to its owner.
     """
 
     def __init__(self, app: ASGIApp | None = None, /, *,
@@ -94,7 +100,9 @@ class LoadBalancerMiddleware:
         resolved = resolve("LoadBalancerMiddleware", (ForwardingSettings, ProxySettings), options,
                            shared=None if balancer is None else balancer.settings,
                            settings=settings, environ=environ)
-        self.balancer = balancer if balancer is not None else Balancer(settings=resolved.core)
+        self._owns_balancer = balancer is None
+        self.balancer = balancer if balancer is not None else fleet.Balancer(
+            settings=resolved.core)
         self.settings = proxy = resolved[ProxySettings]
         self.forwarding = forwarding = resolved[ForwardingSettings]
         self.upstream = upstream if upstream is not None else Upstream(
@@ -202,12 +210,20 @@ class LoadBalancerMiddleware:
             await send({"type": "websocket.close", "code": 1000,
                         "reason": "WebSockets are not proxied"})
 
+    async def aclose(self) -> None:
+        """Close the idle upstream connections, and stop the sources and health checks of
+        the pool this middleware built (not a shared ``balancer=``), without blocking the
+        loop. The lifespan's shutdown calls it; idempotent."""
+        self.upstream.close()
+        if self._owns_balancer and isinstance(self.balancer, fleet.Balancer):
+            await self.balancer.aclose()
+
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Close idle upstream connections at shutdown; the app sees lifespan as usual."""
+        """:meth:`aclose` at shutdown; the app sees lifespan as usual."""
         async def watched_receive() -> Message:
             message = await receive()
             if message["type"] == "lifespan.shutdown":
-                self.upstream.close()
+                await self.aclose()
             return message
 
         if self.app is not None:

@@ -139,7 +139,7 @@ class HeaderRules(Generic[AnyStr]):
           and so are ``_`` spellings of these and of the forwarding headers
           (``X_Forwarded_Host``: :data:`PROXY_HEADERS`);
         * ``Host`` (first) is the client's with ``preserve_host``, else ``upstream_host``
-          (the backend's ``netloc``); with neither there is no ``Host`` and the outbound
+          (the backend's ``authority``); with neither there is no ``Host`` and the outbound
           client adds the backend's;
         * ``X-Forwarded-For`` is the client's list (several headers joined) + ``peer``;
         * ``X-Forwarded-Proto`` is ``scheme`` and ``X-Forwarded-Host`` the client's Host;

@@ -51,7 +51,10 @@ class HostPool:
         self.read_timeout = read_timeout
         self.max_idle = max_idle
         self.idle_timeout = idle_timeout
-        self.host_header = backend.netloc.encode("ascii")
+        # A backend reached by address answers to its server name (DNS sources): Host and
+        # TLS (SNI, certificate verification) use the name, the connection the address.
+        self.host_header = backend.authority.encode("ascii")
+        self._server_hostname = backend.tls_server_name if backend.scheme == "https" else None
         self.base_path = backend.path.encode("ascii")
         self._ssl = ((ssl or ssl_module.create_default_context())
                      if backend.scheme == "https" else None)
@@ -124,7 +127,7 @@ class HostPool:
         try:
             await asyncio.wait_for(
                 loop.create_connection(lambda: connection, backend.host, backend.port,
-                                       ssl=self._ssl),
+                                       ssl=self._ssl, server_hostname=self._server_hostname),
                 self.connect_timeout)
         except asyncio.TimeoutError:
             raise ConnectTimeout(f"connecting to {backend.url} timed out") from None
@@ -168,9 +171,11 @@ class Upstream:
         self._pools: dict[str, HostPool] = {}
 
     def pool(self, backend: Backend) -> HostPool:
-        """The pool for ``backend`` (same URL, same pool)."""
+        """The pool for ``backend`` (same URL and server name, same pool)."""
         pool = self._pools.get(backend.url)
-        if pool is None:
+        if pool is None or pool.backend.server_name != backend.server_name:
+            if pool is not None:
+                pool.close()
             pool = self._pools[backend.url] = HostPool(
                 backend, connect_timeout=self.connect_timeout, read_timeout=self.read_timeout,
                 max_idle=self.max_idle, idle_timeout=self.idle_timeout, ssl=self.ssl,
