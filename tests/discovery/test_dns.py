@@ -473,3 +473,17 @@ def test_dnspython_is_imported_by_the_first_question_not_before():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=60, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_without_dnspython_a_dns_source_fails_naming_the_extra():
+    import subprocess
+    import sys
+    code = ("import asyncio, sys; sys.modules['dns'] = None; "
+            "from lbmiddleware.core.settings import Settings; "
+            "from lbmiddleware.discovery.dns import DnsWatcher; "
+            "w = DnsWatcher('dns+http://a.test', Settings(backends=['http://a'])); "
+            "asyncio.run(w.ask())")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode != 0
+    assert "pip install 'lbmiddleware[dns]'" in result.stderr
