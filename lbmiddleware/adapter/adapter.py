@@ -36,6 +36,7 @@ backend that answers before reading the request body gets no more of it
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import time
 import urllib.parse
@@ -141,6 +142,9 @@ class LoadBalancingAdapter(HTTPAdapter):
         if balancer is None:
             balancer = fleet.Balancer(settings=resolved.core)
         self.balancer = balancer
+        # (a pool built where an event loop runs did not wait for its sources' first
+        # answers: the first send on a thread without one does; see _wait_ready)
+        self._ready = not isinstance(balancer, fleet.Balancer)
         self.settings = forwarding = resolved[ForwardingSettings]
         self.key_func = key_func
         self._timer = timer
@@ -186,6 +190,8 @@ class LoadBalancingAdapter(HTTPAdapter):
              proxies: dict[str, str] | None = None) -> Response:
         """Send ``request`` to one backend after another until one answers (see module
         doc): key, attempts, forward, outcome."""
+        if not self._ready:
+            self._wait_ready()
         attempts = Attempts(self.balancer, self._retry_rule, request.method or "GET",
                             self.request_key(request) if self._keyed else None)
         forward = functools.partial(
@@ -251,6 +257,18 @@ class LoadBalancingAdapter(HTTPAdapter):
         return host_params, pool_kwargs
 
     # -- the steps of one call ----------------------------------------------------------
+
+    def _wait_ready(self) -> None:
+        """Before the first send: wait for the first answers of the pool's sources (up to
+        ``FIRST_ANSWER_TIMEOUT`` after it was built), as its constructor does where no
+        event loop runs: a pool built in an async function and used from worker threads.
+        Not on a thread running a loop, which it would hold up."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            if isinstance(self.balancer, fleet.Balancer):
+                self.balancer.wait_ready()
+            self._ready = True
 
     def request_key(self, request: PreparedRequest) -> str | None:
         """The sticky key of ``request``: ``key_func``, or the ``hash_key`` header/cookie."""

@@ -23,6 +23,12 @@ websocket``, or a ``websocket`` scope) gets 501; other websocket scopes go to th
 
 A client that disconnects cancels the upstream exchange (its connection is closed, the
 pick released): see :mod:`lbmiddleware.asgi.exchange`.
+
+A pool with sources built inside the server's running loop (Starlette builds its middleware
+there, at the first call) does not wait for their first answers in its constructor: the
+middleware awaits :meth:`~lbmiddleware.Balancer.ready` once, at the lifespan's startup (the
+server takes no request before it completes), else before its first request; after that
+the check is one attribute test.
 """
 
 from __future__ import annotations
@@ -81,10 +87,13 @@ class LoadBalancerMiddleware:
     FastAPI's own stack then) built middleware with ``cls(app=app, **options)``: ``app=``
     is still taken for them.
 
-    At the ASGI lifespan's shutdown (the wrapped app's, or the middleware's own when it
-    is the whole application) the idle upstream connections are closed and the pool the
-    middleware built stops its sources and health checks (:meth:`aclose`); a shared
-    ``balancer=`` is left to its owner.
+    At the ASGI lifespan's startup the middleware waits, without blocking the loop, for
+    each source's first answer (up to ``FIRST_ANSWER_TIMEOUT``, 5 s, after the pool was
+    built), so that the server takes its first request with the members known; where
+    there is no lifespan the first request waits. At the lifespan's shutdown (the wrapped
+    app's, or the middleware's own when it is the whole application) the idle upstream
+    connections are closed and the pool the middleware built stops its sources and health
+    checks (:meth:`aclose`); a shared ``balancer=`` is left to its owner.
     """
 
     def __init__(self, app: ASGIApp | None = None, /, *,
@@ -103,6 +112,7 @@ class LoadBalancerMiddleware:
         self._owns_balancer = balancer is None
         self.balancer = balancer if balancer is not None else fleet.Balancer(
             settings=resolved.core)
+        self._ready = False         # until the sources' first answers came (or timed out)
         self.settings = proxy = resolved[ProxySettings]
         self.forwarding = forwarding = resolved[ForwardingSettings]
         self.upstream = upstream if upstream is not None else Upstream(
@@ -177,6 +187,8 @@ class LoadBalancerMiddleware:
                 return
             if length is None and not body.more and not body.size:
                 body = NO_BODY              # it was empty after all
+        if not self._ready:
+            await self.ready()
         add_host = not (upstream_headers and upstream_headers[0][0] == b"Host")
         exchange = Exchange(self._forwarder, method, method.encode("ascii"), target,
                             upstream_headers, add_host, body, key, receive, send)
@@ -210,6 +222,16 @@ class LoadBalancerMiddleware:
             await send({"type": "websocket.close", "code": 1000,
                         "reason": "WebSockets are not proxied"})
 
+    async def ready(self) -> bool:
+        """Wait, without blocking the loop, for the first answer of each of the pool's
+        sources (:meth:`lbmiddleware.Balancer.ready`): True when they all came. The
+        lifespan's startup and the first request call it; after that, picks do not."""
+        ready = True
+        if isinstance(self.balancer, fleet.Balancer):
+            ready = await self.balancer.ready()
+        self._ready = True          # answered, or timed out: requests go on as they are
+        return ready
+
     async def aclose(self) -> None:
         """Close the idle upstream connections, and stop the sources and health checks of
         the pool this middleware built (not a shared ``balancer=``), without blocking the
@@ -219,20 +241,26 @@ class LoadBalancerMiddleware:
             await self.balancer.aclose()
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """:meth:`aclose` at shutdown; the app sees lifespan as usual."""
+        """:meth:`ready` before the startup completes, :meth:`aclose` at shutdown; the app
+        sees lifespan as usual (its startup runs while the sources answer)."""
         async def watched_receive() -> Message:
             message = await receive()
             if message["type"] == "lifespan.shutdown":
                 await self.aclose()
             return message
 
+        async def watched_send(message: Message) -> None:
+            if message["type"] == "lifespan.startup.complete":
+                await self.ready()
+            await send(message)
+
         if self.app is not None:
-            await self.app(scope, watched_receive, send)
+            await self.app(scope, watched_receive, watched_send)
             return
         while True:
             message = await watched_receive()
             if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
+                await watched_send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await send({"type": "lifespan.shutdown.complete"})
                 return

@@ -14,6 +14,14 @@ and ``close()`` has nothing to stop. Discovery and probes are imported only by a
 uses them, so ``import lbmiddleware`` stays standard-library only, and a DNS source without
 dnspython fails at construction with the extra to install.
 
+First answers: a pool built where no event loop runs (a script, a WSGI or requests
+program, a server's setup before its loop starts) waits in its constructor, up to
+:data:`FIRST_ANSWER_TIMEOUT`, for each source's first answer, so that its first picks find
+the members. A pool built inside a running loop (an async function; Starlette builds its
+middleware inside the server's loop) returns at once, since waiting there would stop the
+loop; async code awaits :meth:`Balancer.ready` before its first pick instead, as the ASGI
+middleware does (at the lifespan's startup, else before its first request).
+
 Lifetime: ``close()`` (or leaving ``with Balancer(...) as pool:``) stops the pool's tasks
 and waits for them briefly; a pool dropped without ``close()`` stops them when it is
 garbage-collected (the tasks hold it weakly). After a ``fork`` a child's pools start their
@@ -48,8 +56,8 @@ if TYPE_CHECKING:
 __all__ = ["Balancer", "Runner", "FIRST_ANSWER_TIMEOUT", "CLOSE_TIMEOUT"]
 
 #: Seconds a new pool waits for every source's first answer (a set, or a failure), so
-#: that its first picks find the members (Envoy's cluster warming). Not on the fleet's
-#: own loop thread, which could not answer while it waited.
+#: that its first picks find the members (Envoy's cluster warming): its constructor where
+#: no event loop runs, else :meth:`Balancer.ready` (never blocking a running loop).
 FIRST_ANSWER_TIMEOUT = 5.0
 #: Seconds ``close()`` waits for the pool's tasks to end (on the fleet's loop thread it
 #: does not wait: they end right after).
@@ -85,8 +93,10 @@ class Balancer(CoreBalancer):
             backend = pool.pick()
 
     Takes what the core's Balancer takes. A backend entry may be a source
-    (:class:`~lbmiddleware.Source`): its members join as it answers; the constructor waits
-    up to :data:`FIRST_ANSWER_TIMEOUT` for each source's first answer. ``close()`` stops the
+    (:class:`~lbmiddleware.Source`): its members join as it answers. The constructor waits
+    up to :data:`FIRST_ANSWER_TIMEOUT` for each source's first answer when no event loop
+    runs in the calling thread; in a running loop it returns at once, and ``await
+    pool.ready()`` waits for them without blocking the loop. ``close()`` stops the
     sources and probes (idempotent, from any thread); a front-end closes the pool it built
     when it closes, never one it was given with ``balancer=``.
 
@@ -110,6 +120,7 @@ class Balancer(CoreBalancer):
         self._watchers: dict[Source, Watcher] = {}
         self._unsubscribes: dict[object, Callable[[], None]] = {}     # see _Held
         self._background: _Background | None = None
+        self._first: _FirstAnswers | None = None
         sources: tuple[Source, ...] = self.settings.sources
         if not sources and not self.settings.health_check:
             return
@@ -117,9 +128,9 @@ class Balancer(CoreBalancer):
             with needs_extra(f"source {source.url!r}"):     # dnspython: the dns extra
                 self._watchers[source] = self.watcher(source)
         ref = weakref.ref(self)
-        answered = {source: threading.Event() for source in sources}
+        self._first = first = _FirstAnswers(len(sources), FIRST_ANSWER_TIMEOUT)
         jobs: list[tuple[str, Callable[[], Awaitable[None]]]] = [
-            (f"source {source.url}", _watching(ref, source, watcher, answered[source]))
+            (f"source {source.url}", _watching(ref, source, watcher, first.answered))
             for source, watcher in self._watchers.items()]
         if self.settings.health_check:
             self.prober()           # a bad setting fails here, not on the loop
@@ -128,11 +139,10 @@ class Balancer(CoreBalancer):
         weakref.finalize(self, background.stop, 0.0).atexit = False
         background.start()
         _follow_forks(self)
-        from .loop import in_loop_thread
-        if not in_loop_thread():
-            deadline = time.monotonic() + FIRST_ANSWER_TIMEOUT
-            for event in answered.values():
-                event.wait(max(0.0, deadline - time.monotonic()))
+        try:
+            asyncio.get_running_loop()      # (the fleet's own loop too: it would answer)
+        except RuntimeError:
+            self.wait_ready()
 
     # -- the steps a subclass may replace -------------------------------------------------
 
@@ -170,6 +180,28 @@ class Balancer(CoreBalancer):
                          "failing_since": status.failing_since})
         return rows
 
+    async def ready(self, timeout: float | None = None) -> bool:
+        """Wait, without blocking the running loop, until each source has answered once (a
+        set, or a failure): up to ``timeout`` seconds, by default until
+        :data:`FIRST_ANSWER_TIMEOUT` after the pool was built (at once after that). True when
+        every source has answered; at once, with no waiting, when they have, or when the
+        pool has no source. After a False the pool is used as it is: a pick from an empty
+        pool raises :class:`~lbmiddleware.NoHealthyBackend`."""
+        first = self._first
+        if first is None or first.done.done():
+            return True
+        return await first.wait(first.remaining() if timeout is None else timeout)
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """:meth:`ready` for a thread: blocks it, so never call it on an event loop's thread
+        (the constructor calls it where no loop runs)."""
+        first = self._first
+        if first is None or first.done.done():
+            return True
+        wait = first.remaining() if timeout is None else timeout
+        concurrent.futures.wait((first.done,), wait)
+        return first.done.done()
+
     def close(self) -> None:
         """Stop the pool's sources and health checks: idempotent, from any thread. Waits up
         to :data:`CLOSE_TIMEOUT` for them to end, except on the fleet's loop thread (they
@@ -199,21 +231,83 @@ class Balancer(CoreBalancer):
 
 
 def _watching(ref: weakref.ref[Balancer], source: Source, watcher: Watcher,
-              answered: threading.Event) -> Callable[[], Awaitable[None]]:
-    """The job that runs ``watcher``: its sets and events go to the pool while it lives."""
+              first_answer: Callable[[], None]) -> Callable[[], Awaitable[None]]:
+    """The job that runs ``watcher``: its sets and events go to the pool while it lives;
+    the first of them (a set or a failure) is the source's first answer."""
+    answered = False
+
     def publish(backends: tuple[Backend, ...]) -> None:
-        answered.set()
-        pool = ref()
-        if pool is not None:
-            pool.update(backends, source=source)
+        try:
+            pool = ref()
+            if pool is not None:
+                pool.update(backends, source=source)
+        finally:            # (after the update: a waiter woken by it finds the members)
+            now_answered()
 
     def emit(event: Event) -> None:
-        answered.set()
-        pool = ref()
-        if pool is not None:
-            pool.publish(event)
+        try:
+            pool = ref()
+            if pool is not None:
+                pool.publish(event)
+        finally:
+            now_answered()
+
+    def now_answered() -> None:
+        nonlocal answered
+        if not answered:
+            answered = True
+            first_answer()
 
     return lambda: watcher.run(publish, emit)
+
+
+class _FirstAnswers:
+    """Whether each of a pool's sources has answered once, waited for by a thread
+    (``done``, a concurrent future) or by a coroutine on any loop (:meth:`wait`), until
+    ``deadline`` by default."""
+
+    def __init__(self, sources: int, timeout: float) -> None:
+        self._waiting = sources
+        self._lock = threading.Lock()
+        self.done: concurrent.futures.Future[None] = concurrent.futures.Future()
+        if not sources:
+            self.done.set_result(None)
+        self.deadline = time.monotonic() + timeout
+
+    def answered(self) -> None:
+        """One more source answered (each source's job calls it once)."""
+        with self._lock:
+            self._waiting -= 1
+            if self._waiting == 0 and not self.done.done():
+                self.done.set_result(None)
+
+    def remaining(self) -> float:
+        return max(0.0, self.deadline - time.monotonic())
+
+    async def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds without blocking the running loop: True when
+        every source has answered."""
+        if timeout > 0 and not self.done.done():
+            loop = asyncio.get_running_loop()
+            woken: asyncio.Future[None] = loop.create_future()
+
+            def wake(_: object) -> None:    # on the fleet's loop thread, or at once
+                try:
+                    loop.call_soon_threadsafe(_resolve, woken)
+                except RuntimeError:        # that loop is closed: nobody waits any more
+                    pass
+
+            # (woken is ours to cancel, unlike a wrap_future of done, whose cancellation
+            # would cancel done for every waiter; asyncio.wait: see aclose)
+            self.done.add_done_callback(wake)
+            await asyncio.wait((woken,), timeout=timeout)
+            woken.cancel()
+        return self.done.done()
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 class _Held:

@@ -23,8 +23,10 @@ from lbmiddleware.adapter import LoadBalancingAdapter
 from lbmiddleware.asgi import LoadBalancerMiddleware
 from lbmiddleware.wsgi import WSGILoadBalancer
 
+from ..support.asgi_client import Call
 from ..support.dnsmasq import Dnsmasq
 from ..support.servers import BackendServer
+from .test_pool import SOURCE, SetsWatcher
 
 CHECKS = {"health_check": "/healthz", "health_check_interval": "20ms"}
 QUIET = 0.3         # seconds without a probe that show the probes stopped (15 intervals)
@@ -137,6 +139,93 @@ def test_a_shared_balancer_is_left_to_its_owner(server):
         wsgi.close()
         assert_probing(server)          # still probing: the pool is not theirs
     assert_stopped(server)
+
+
+# -- built inside a running loop: the first answer is awaited, not blocked on ------------------
+
+@pytest.fixture
+def late_watcher(monkeypatch):
+    """The source every pool follows in the test: it answers when the test puts a set."""
+    watcher = SetsWatcher(SOURCE)
+    monkeypatch.setattr(lb.Balancer, "watcher", lambda self, source: watcher)
+    return watcher
+
+
+def test_the_first_request_through_a_lazily_built_middleware_waits_for_the_first_answer(
+        server, late_watcher):
+    async def main() -> tuple[Call, float, int]:
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.005)
+
+        ticker = asyncio.ensure_future(tick())
+        app = Starlette()
+        app.add_middleware(LoadBalancerMiddleware, prefix="/api", backends=[SOURCE])
+        # The set arrives 0.2 s on; Starlette builds the middleware at the first call,
+        # inside this loop: the constructor does not block it, the request waits.
+        asyncio.get_running_loop().call_later(0.2, late_watcher.put, server.url)
+        started = time.monotonic()
+        call = await Call(app, "GET", "/api/x").run()
+        waited = time.monotonic() - started
+        ticker.cancel()
+        middleware = app.middleware_stack
+        while not isinstance(middleware, LoadBalancerMiddleware):
+            middleware = middleware.app
+        await middleware.aclose()
+        return call, waited, ticks
+
+    call, waited, ticks = asyncio.run(main())
+    assert call.status == 200, call.body        # not 503: the set came within the timeout
+    assert 0.15 < waited < 4
+    assert ticks >= 10                          # the loop served the other task meanwhile
+    assert server.requests == 1
+
+
+@pytest.mark.parametrize("wrapped", [False, True], ids=["alone", "around an app"])
+def test_lifespan_startup_completes_after_the_first_answer(server, late_watcher, wrapped):
+    async def main() -> list[tuple[str, list[str]]]:
+        inner = Starlette() if wrapped else None
+        app = LoadBalancerMiddleware(inner, backends=[SOURCE])     # built in this loop
+        asyncio.get_running_loop().call_later(0.2, late_watcher.put, server.url)
+        incoming: asyncio.Queue[dict] = asyncio.Queue()
+        sent: list[tuple[str, list[str]]] = []
+
+        async def send(message: dict) -> None:
+            sent.append((message["type"], [b.url for b in app.balancer.backends]))
+
+        await incoming.put({"type": "lifespan.startup"})
+        await incoming.put({"type": "lifespan.shutdown"})
+        await app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}},
+                  incoming.get, send)
+        return sent
+
+    assert asyncio.run(main()) == [("lifespan.startup.complete", [server.url]),
+                                   ("lifespan.shutdown.complete", [server.url])]
+    assert late_watcher.cancelled.is_set()
+
+
+def test_an_adapter_built_in_a_running_loop_waits_in_its_first_send_on_a_thread(
+        server, late_watcher):
+    # A requests Session made in an async function (an ASGI app's startup) and used from
+    # worker threads (Starlette runs sync endpoints in a thread pool).
+    async def main() -> tuple[int, float]:
+        session = requests.Session()
+        started = time.monotonic()
+        session.mount("http://orders/", LoadBalancingAdapter([SOURCE]))
+        assert time.monotonic() - started < 1.0        # the loop was not held up
+        asyncio.get_running_loop().call_later(0.2, late_watcher.put, server.url)
+        response = await asyncio.to_thread(session.get, "http://orders/x", timeout=5)
+        waited = time.monotonic() - started
+        session.close()
+        return response.status_code, waited
+
+    status, waited = asyncio.run(main())
+    assert status == 200
+    assert 0.15 < waited < 4
 
 
 # -- a DNS source against a real DNS server ------------------------------------------------------

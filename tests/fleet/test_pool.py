@@ -219,6 +219,65 @@ def test_the_constructor_waits_for_a_silent_source_only_so_long(monkeypatch):
         assert [b.url for b in pool.backends] == ["http://static:1"]
 
 
+def test_in_a_running_loop_the_constructor_returns_at_once_and_ready_waits_without_blocking():
+    watcher = SetsWatcher(SOURCE)                   # answers when the test puts a set
+
+    async def main() -> None:
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.005)
+
+        ticker = asyncio.ensure_future(tick())
+        started = time.monotonic()
+        pool = pool_of([watcher], "http://static:1")        # as in an async function
+        assert time.monotonic() - started < 1.0             # not FIRST_ANSWER_TIMEOUT (5 s)
+        assert [b.url for b in pool.backends] == ["http://static:1"]
+        asyncio.get_running_loop().call_later(0.2, watcher.put, "http://127.0.0.2:1")
+        before = ticks
+        assert await pool.ready() is True
+        assert 0.15 < time.monotonic() - started < 4
+        assert ticks - before >= 10         # the loop served the other task meanwhile
+        assert [b.url for b in pool.backends] == ["http://static:1", "http://127.0.0.2:1"]
+        started = time.monotonic()
+        assert await pool.ready() is True   # once ready: at once
+        assert time.monotonic() - started < 0.05
+        ticker.cancel()
+        await pool.aclose()
+
+    asyncio.run(main())
+
+
+def test_ready_waits_for_a_silent_source_only_so_long(monkeypatch):
+    monkeypatch.setattr(fleet_pool, "FIRST_ANSWER_TIMEOUT", 0.2)
+    watcher = SetsWatcher(SOURCE)                   # never answers
+
+    async def main() -> None:
+        pool = pool_of([watcher], "http://static:1")
+        started = time.monotonic()
+        assert await pool.ready() is False          # until 0.2 s after the construction
+        assert 0.1 < time.monotonic() - started < 2
+        started = time.monotonic()
+        assert await pool.ready() is False          # past that: at once
+        assert time.monotonic() - started < 0.05
+        assert await pool.ready(timeout=0.05) is False     # or as long as asked
+        assert 0.04 < time.monotonic() - started < 1
+        assert pool.pick().url == "http://static:1"
+        await pool.aclose()
+
+    asyncio.run(main())
+
+
+def test_ready_is_at_once_for_a_pool_built_outside_a_loop_or_without_sources():
+    watcher = SetsWatcher(SOURCE, "http://127.0.0.2:1")
+    with pool_of([watcher]) as pool, lb.Balancer(["http://a:1"]) as static:
+        assert asyncio.run(pool.ready(timeout=0)) is True   # the constructor waited
+        assert asyncio.run(static.ready(timeout=0)) is True
+
+
 def test_a_crashed_watcher_is_logged_and_started_again(monkeypatch, caplog):
     monkeypatch.setattr(fleet_pool, "RESTART_DELAY", 0.01)
     watcher = SetsWatcher(SOURCE, "http://127.0.0.2:1")
