@@ -64,7 +64,7 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import InputStream, StartResponse, WSGIApplication, WSGIEnvironment
 
     from .adapter.adapter import CertArg, VerifyArg
-    from .core.backend import Backend
+    from .core.backend import Backend, Source
 
 __all__ = ["WSGILoadBalancer", "CHUNK_SIZE"]
 
@@ -115,7 +115,7 @@ class WSGILoadBalancer:
     """
 
     def __init__(self, app: WSGIApplication | None = None, prefix: str | None = None,
-                 backends: Iterable[str | Backend] | str | None = None, *,
+                 backends: Iterable[str | Backend | Source] | str | None = None, *,
                  settings: Settings | ForwardingSettings | ProxySettings | FrontEndSettings
                  | None = None,
                  balancer: Balancer | None = None, environ: Mapping[str, str] | None = None,

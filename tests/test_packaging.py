@@ -136,9 +136,13 @@ reveal_type(lb.LoadBalancerMiddleware)
 reveal_type(lb.WSGILoadBalancer)
 reveal_type(lb.ProxySettings)
 lb.LoadBalancingAdaptr
-# The README's calls: settings take text (a cast makes it typed) and read back typed.
+# The README's calls: settings take text (a cast makes it typed) and read back typed. An
+# entry may be a source as well as a backend: settings.backends holds both, and
+# static_backends / sources each kind alone.
 settings = lb.Settings(backends=["http://127.0.0.1:1"])
 reveal_type(settings.backends)
+reveal_type(settings.static_backends)
+reveal_type(settings.sources)
 lb.Balancer(["http://127.0.0.1:1"], policy="latency")
 lb.Balancer(settings=lb.Settings(backends="http://127.0.0.1:1, http://127.0.0.1:2",
                                  policy="latency", max_fails="3", fail_timeout="10s"))
@@ -164,6 +168,13 @@ session.mount("http://orders/", lb.LoadBalancingAdapter(urls, policy="latency", 
 session.mount("http://orders/", lb.LoadBalancingAdapter.from_env())
 session.mount("http://svc/", lb.LoadBalancingAdapter(balancer=pool, retries=2))
 lb.WSGILoadBalancer(None, prefix="/api", backends=urls)
+# Wherever backends are taken, an entry may be a source, as text or as a Source.
+orders = lb.Source("dns+http://orders.internal:8080")
+lb.Balancer([orders, lb.Backend("http://10.0.0.9:8080", priority=1)])
+lb.Settings(backends=[orders, "http://10.0.0.9:8080 backup"])
+lb.LoadBalancingAdapter([orders, "http://10.0.0.9:8080 backup"])
+lb.LoadBalancerMiddleware(app, backends=[orders], prefix="/api")
+lb.WSGILoadBalancer(None, backends=[orders, "etcd://127.0.0.1:2379/services/orders"])
 """
 
 # What the user script imports beside the package: found by mypy through a .pth file in the
@@ -199,15 +210,19 @@ def test_a_user_script_type_checks_against_the_installed_wheel(dists: Dists,
                "--python-executable", str(python), "--verbose", "user.py"], cwd=tmp_path)
     revealed = [line.split('Revealed type is "', 1)[1].rstrip('"')
                 for line in out.stdout.splitlines() if "Revealed type is" in line]
-    assert len(revealed) == 6, out.stdout + out.stderr[-3000:]
+    assert len(revealed) == 8, out.stdout + out.stderr[-3000:]
     assert revealed[0] == "lbmiddleware.core.backend.Backend"
-    assert revealed[5] == "tuple[lbmiddleware.core.backend.Backend, ...]"
+    # The entries as given: backends and sources; then each kind alone.
+    assert revealed[5] == ("tuple[lbmiddleware.core.backend.Backend | "
+                           "lbmiddleware.core.backend.Source, ...]")
+    assert revealed[6] == "tuple[lbmiddleware.core.backend.Backend, ...]"
+    assert revealed[7] == "tuple[lbmiddleware.core.backend.Source, ...]"
     # The lazily loaded front-ends are their classes (constructors), not Any.
     for shown, name in zip(revealed[1:5], ("LoadBalancingAdapter", "LoadBalancerMiddleware",
                                           "WSGILoadBalancer", "ProxySettings"), strict=True):
         assert re.search(rf"^def \(.*\) -> lbmiddleware\.[\w.]+\.{name}$", shown), shown
     # A misspelt name is an error, not an Any from the module's lazy __getattr__; the
-    # settings given as text are no error.
+    # settings given as text, and sources among the backends, are no error.
     errors = [line for line in out.stdout.splitlines() if ": error:" in line]
     assert len(errors) == 1 and 'has no attribute "LoadBalancingAdaptr"' in errors[0], out.stdout
     # The copy checked is the installed one.

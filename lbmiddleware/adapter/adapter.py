@@ -50,7 +50,7 @@ from urllib3.util.retry import Retry
 
 from .. import fleet
 from ..core.attempts import Attempts, Outcome, RetryRule
-from ..core.backend import Backend
+from ..core.backend import Backend, Source
 from ..core.balancer import Balancer
 from ..core.forwarding import ForwardingSettings
 from ..core.settings import FrontEndSettings, Settings, resolve, setting_names
@@ -117,7 +117,7 @@ class LoadBalancingAdapter(HTTPAdapter):
 
     def __init__(
         self,
-        backends: Iterable[str | Backend] | str | None = None,
+        backends: Iterable[str | Backend | Source] | str | None = None,
         policy: str | None = None,
         *,
         settings: Settings | ForwardingSettings | FrontEndSettings | None = None,
