@@ -94,7 +94,8 @@ def test_the_wheel_metadata(dists: Dists) -> None:
     # `pip install lbmiddleware` installs nothing else: requests comes with the extra.
     required = {line for line in lines if line.startswith("Requires-Dist:")}
     assert required and all("extra ==" in line for line in required), sorted(required)
-    assert 'Requires-Dist: requests>=2.28; extra == "requests"' in lines
+    # 2.32.3: the first whose HTTPAdapter has build_connection_pool_key_attributes.
+    assert 'Requires-Dist: requests>=2.32.3; extra == "requests"' in lines
 
 
 def test_the_sdist_carries_what_its_tests_need(dists: Dists) -> None:
@@ -264,6 +265,27 @@ def test_without_requests_importing_its_front_ends_names_the_extra() -> None:
         f"lbmiddleware.adapter | requests | lbmiddleware.adapter {needs}",
         f"lbmiddleware.adapter.bodies | requests | lbmiddleware.adapter {needs}",
         f"lbmiddleware.wsgi | requests | lbmiddleware.wsgi {needs}"], out.stdout
+
+
+def test_a_requests_too_old_for_the_adapter_is_named_with_the_version_it_needs() -> None:
+    # Before 2.32.3 HTTPAdapter has no build_connection_pool_key_attributes: the adapter's
+    # override, which names a DNS backend's server over TLS, would never be called.
+    code = (
+        "import requests, requests.adapters\n"
+        "del requests.adapters.HTTPAdapter.build_connection_pool_key_attributes\n"
+        "requests.__version__ = '2.31.0'\n"
+        "import lbmiddleware as lb\n"
+        "for name in ('LoadBalancingAdapter', 'WSGILoadBalancer'):\n"
+        "    try:\n"
+        "        getattr(lb, name)\n"
+        "    except ImportError as exc:\n"
+        "        print(name, '|', exc.name, '|', exc)\n")
+    out = run([sys.executable, "-c", code])
+    assert out.returncode == 0, out.stderr
+    needs = ("lbmiddleware.adapter needs requests 2.32.3 or later, not 2.31.0: "
+             "pip install 'lbmiddleware[requests]'")
+    assert out.stdout.splitlines() == [f"LoadBalancingAdapter | requests | {needs}",
+                                       f"WSGILoadBalancer | requests | {needs}"], out.stdout
 
 
 def test_without_requests_the_core_asgi_gateway_and_demo_work() -> None:

@@ -43,6 +43,7 @@ import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+import requests
 from requests.adapters import DEFAULT_POOLBLOCK, DEFAULT_POOLSIZE, DEFAULT_RETRIES, HTTPAdapter
 from requests.exceptions import RequestException
 from requests.models import PreparedRequest, Response
@@ -61,6 +62,16 @@ from .errors import BACKEND_FAILURES, NoHealthyBackendError, failure, naming_bac
 from .responses import read_final_responses
 
 __all__ = ["LoadBalancingAdapter", "AdapterSettings"]
+
+#: The first requests whose HTTPAdapter has ``build_connection_pool_key_attributes``, the
+#: step through which a backend found by DNS is named over TLS (SNI, the certificate's name):
+#: before it the override below would be skipped without a word. The ``requests`` extra asks
+#: for it (setup.cfg).
+REQUESTS_NEEDED = "2.32.3"
+if not hasattr(HTTPAdapter, "build_connection_pool_key_attributes"):
+    _found = getattr(requests, "__version__", "?")
+    raise ImportError(f"lbmiddleware.adapter needs requests {REQUESTS_NEEDED} or later, not "
+                      f"{_found}: pip install 'lbmiddleware[requests]'", name="requests")
 
 #: The adapter's own settings: the forwarding settings every front-end has (retries,
 #: timeouts, ``fail_statuses``, ``hash_key``, ``preserve_host``, ``retry_non_idempotent``).
