@@ -2,7 +2,10 @@
 
 The backends are real loopback listeners (one port each, 127.0.0.1) served by a child process
 (this script with ``--serve``), so the CPU measured here is the prober's alone, never the
-servers'. This process runs a core :class:`~lbmiddleware.core.balancer.Balancer` with
+servers'. They keep connections alive as HTTP/1.1 servers do (closing after a request that
+says ``Connection: close``), so the probes reuse one connection per backend.
+
+This process runs a core :class:`~lbmiddleware.core.balancer.Balancer` with
 ``health_check="/healthz"`` and a :class:`~lbmiddleware.probes.Prober` on an asyncio loop in a
 thread of its own, as the fleet runs it, and measures, in one run:
 
@@ -42,12 +45,16 @@ from lbmiddleware.core.backend import Backend  # noqa: E402
 from lbmiddleware.core.balancer import Balancer  # noqa: E402
 from lbmiddleware.probes import Prober  # noqa: E402
 
-ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+CLOSING = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
 
 
 # -- the servers (child process) ------------------------------------------------------------
 
 class _Health(asyncio.Protocol):
+    """An HTTP/1.1 server's keep-alive: the connection stays open after an answer unless
+    the request asked for ``Connection: close`` (as a probe that connects each time does)."""
+
     def __init__(self) -> None:
         self.buffer = b""
         self.transport: asyncio.Transport | None = None
@@ -57,9 +64,14 @@ class _Health(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
-        if b"\r\n\r\n" in self.buffer and self.transport is not None:
-            self.transport.write(ANSWER)
-            self.transport.close()
+        while self.transport is not None and b"\r\n\r\n" in self.buffer:
+            head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
+            if b"\r\nconnection: close" in head.lower():
+                self.transport.write(CLOSING)
+                self.transport.close()
+                self.transport = None
+            else:
+                self.transport.write(ANSWER)
 
 
 async def _serve(count: int, lifetime: float) -> None:
@@ -212,10 +224,16 @@ def run(args: Any, ports: list[int]) -> int:
     try:
         time.sleep(args.interval * 1.5)
         probes_at = pool.passed + pool.failed
+        opened_at = getattr(probing.prober.health_check, "opened", None)
         cpu, user, system, wall = cpu_share(args.seconds)
         probes = pool.passed + pool.failed - probes_at
+        opened = getattr(probing.prober.health_check, "opened", None)
     finally:
         probing.stop()
+    # Connections opened per probe while measured (1.0: a connection per probe; a version
+    # that does not count them says nothing).
+    reuse = ("" if opened is None or opened_at is None else
+             f"; {(opened - opened_at) / max(probes, 1):.3f} connections opened per probe")
 
     # 2. pick + report, rounds alternating without and with probing (a machine's drift
     # touches both alike). A started prober probes at its full rate at once: its first
@@ -245,7 +263,8 @@ def run(args: Any, ports: list[int]) -> int:
           f"policy {args.policy}, Python {sys.version.split()[0]}, {args.loop} loop, "
           f"{os.cpu_count()} CPUs")
     print(f"probes: {probes / wall:.0f}/s measured, {expected:.0f}/s expected; "
-          f"passed {pool.passed}, failed {pool.failed} {pool.reasons or ''}")
+          f"passed {pool.passed}, failed {pool.failed}"
+          f"{' ' + str(pool.reasons) if pool.reasons else ''}{reuse}")
     print(f"prober CPU (main thread asleep): {cpu:.2f} s over {wall:.2f} s = "
           f"{100 * cpu / wall:.1f}% of one core (user {100 * user / wall:.1f}%, system "
           f"{100 * system / wall:.1f}%), {cpu / max(probes, 1) * 1e6:.0f} us per probe")

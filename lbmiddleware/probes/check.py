@@ -6,27 +6,48 @@ request does; only the connect is done here, because a backend found through DNS
 at an address while TLS must name the server (``server_hostname`` =
 ``backend.tls_server_name``, which :class:`~lbmiddleware.upstream.HostPool` does not take).
 
-Each probe opens a fresh connection and sends ``Connection: close``: a kept connection would
-test the pool's idle socket rather than the backend's accept queue, and a dead listener must
-fail its check (HAProxy and nginx connect per check too). ``Host`` is
-``backend.authority``. The whole probe, connect and response head, fits in ``timeout``
-(HAProxy ``timeout check``, Envoy ``timeout``).
+Each backend's connection is kept between its probes (HTTP/1.1 keep-alive, as Envoy's
+``reuse_connection`` does by default): a probe on a kept connection costs a write and a read
+where a fresh one also costs a connect, the backend's accept, two closes (and a TLS
+handshake); at 1,000 backends every 2 s the prober's CPU is halved
+(``benchmarks/bench_probes.py``). The price: while its probes pass, a backend's listener is
+not tested again (HAProxy and nginx connect per check), so a backend that stops accepting
+but still answers on its old connections stays up until it closes them, as HTTP servers do
+when they shut down. Probes of one backend never overlap (the prober's rule), so one
+connection per backend is all there is: :attr:`HealthCheck.kept` maps a backend's URL to it.
+It is closed (and the next probe connects afresh, testing the listener again):
+
+* after a failed probe (a status that does not pass, a timeout, a broken answer): a backend
+  on its way down or back up is checked on a new connection each time;
+* when the answer says ``Connection: close`` (or is HTTP/1.0 without keep-alive, or its body
+  runs until the close);
+* when its body (``Content-Length`` or chunked: read through) is longer than
+  :data:`MAX_DRAIN` bytes or does not end within the timeout;
+* when the backend closes it while idle (seen by the loop, then dropped at the next probe);
+* by :meth:`HealthCheck.drop` (the prober calls it when the backend leaves the pool) and
+  :meth:`HealthCheck.close` (when the prober stops).
+
+A kept connection the backend closed without the loop having seen it yet (its idle timeout
+meeting the probe) fails before any byte of the answer: the probe is sent once more at once
+on a fresh connection, within the same timeout, so a backend never fails a check for closing
+an idle connection. ``Host`` is ``backend.authority``. The whole probe, connect and response
+head, fits in ``timeout`` (HAProxy ``timeout check``, Envoy ``timeout``).
 
 Pass = a final status in ``statuses`` (inclusive ranges, 200-399 by default: HAProxy,
 nginx, Traefik); anything else fails with a reason the logs and ``stats()`` show:
 ``"status 503"``, ``"timeout after 2s"``, ``"connection refused"``, ``"TLS: certificate
 verify failed ..."``, ``"the backend closed the connection"``.
 
-The body is not part of the verdict. A body that arrived with the head (the usual small
-health answer) ends the connection cleanly; otherwise up to :data:`MAX_DRAIN` bytes are read
-while the timeout lasts, so a backend that wrote a little more is closed with a FIN rather
-than a reset, and anything larger or slower is cut (the connection is aborted).
+The body is not part of the verdict; it is read to its end (up to :data:`MAX_DRAIN` bytes,
+while the timeout lasts) so that the connection can carry the next probe. A connection that
+is not kept is closed with a FIN when its answer ended, and cut (a reset) otherwise.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import socket
 import ssl as ssl_module
 import urllib.parse
@@ -36,14 +57,14 @@ from typing import Any, TypeVar
 from ..core.backend import Backend
 from ..upstream.connection import Connection
 from ..upstream.deadlines import Deadlines
-from ..upstream.errors import ReadTimeout, UpstreamError
+from ..upstream.errors import ReadTimeout, StaleConnection, UpstreamError
 from ..upstream.response import Response
 
 __all__ = ["HealthCheck", "MAX_DRAIN", "USER_AGENT", "format_seconds", "within"]
 
 T = TypeVar("T")
 
-MAX_DRAIN = 64 * 1024        # body bytes read after the head before the connection is cut
+MAX_DRAIN = 64 * 1024        # body bytes read after the head; a longer body: connection cut
 USER_AGENT = b"lbmiddleware-health-check"
 
 # errno -> reason: the failures an operator meets, in the words of the logs.
@@ -64,16 +85,29 @@ def format_seconds(seconds: float) -> str:
 
 
 class _Owner:
-    """What a :class:`Connection` needs of its pool: the timers, and where a reusable
-    connection goes back (nowhere: a probe's connection is closed after its one answer)."""
+    """What a :class:`Connection` needs of its pool: the timers, and where a connection goes
+    once its answer ended and it may carry another (``reusable``, until the probe that
+    used it decides whether to keep it)."""
 
-    __slots__ = ("deadlines",)
+    __slots__ = ("deadlines", "reusable")
 
     def __init__(self) -> None:
         self.deadlines = Deadlines()
+        self.reusable: set[Connection] = set()
 
     def _release(self, connection: Connection) -> None:
-        connection.close()
+        self.reusable.add(connection)
+
+
+class _Kept:
+    """A backend's kept connection and what it was opened for (a new server name needs a
+    new connection: Host is per request, but SNI and the certificate are per connection)."""
+
+    __slots__ = ("connection", "server_name")
+
+    def __init__(self, connection: Connection, server_name: str | None) -> None:
+        self.connection = connection
+        self.server_name = server_name
 
 
 class HealthCheck:
@@ -86,6 +120,10 @@ class HealthCheck:
     inclusive ``(low, high)`` ranges that pass. ``ssl``: the context for ``https`` backends
     (default: the system's trust store, verifying the certificate against
     ``backend.tls_server_name``).
+
+    A connection per backend is kept between probes (:attr:`kept`, by URL); one check must
+    not probe one backend twice at once (the prober never does). :meth:`drop` closes a
+    backend's, :meth:`close` all of them. ``opened`` counts the connections opened.
     """
 
     def __init__(self, path: str, statuses: Sequence[tuple[int, int]], timeout: float, *,
@@ -97,6 +135,10 @@ class HealthCheck:
         self._ssl = ssl
         self._owner = _Owner()
         self._timeout_reason = f"timeout after {format_seconds(timeout)}"
+        self.kept: dict[str, _Kept] = {}
+        self.opened = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pid = os.getpid()
 
     def target(self, backend: Backend) -> str:
         """The request target for ``backend``: the path, or the base path and the path."""
@@ -109,7 +151,7 @@ class HealthCheck:
         """The probe's request head (ASCII: the settings and the backend are validated)."""
         return (f"GET {self.target(backend)} HTTP/1.1\r\n"
                 f"Host: {backend.authority}\r\n").encode("ascii") + (
-            b"User-Agent: " + USER_AGENT + b"\r\nAccept: */*\r\nConnection: close\r\n\r\n")
+            b"User-Agent: " + USER_AGENT + b"\r\nAccept: */*\r\n\r\n")
 
     def passes(self, status: int) -> bool:
         return any(low <= status <= high for low, high in self.statuses)
@@ -124,13 +166,11 @@ class HealthCheck:
     async def __call__(self, backend: Backend) -> tuple[bool, str]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
-        connection = Connection(self._owner, loop)
+        used: list[Connection] = []         # the kept one and/or a fresh one
+        keep: Connection | None = None
         try:
             try:
-                await self._connect(connection, backend, loop)
-                response = await connection.exchange(
-                    self.request_head(backend), None, 0, False,
-                    max(deadline - loop.time(), 0.001))
+                connection, response = await self._ask(backend, deadline, loop, used)
             except (asyncio.TimeoutError, ReadTimeout):
                 return False, self._timeout_reason
             except ssl_module.SSLCertVerificationError as exc:
@@ -144,28 +184,95 @@ class HealthCheck:
             except UpstreamError as exc:
                 return False, str(exc)
             status = response.status
-            await self._finish(response, deadline, loop)
-            return self.passes(status), f"status {status}"
+            ok = self.passes(status)
+            if await self._finish(response, deadline, loop) and ok \
+                    and connection in self._owner.reusable:
+                keep = connection
+            return ok, f"status {status}"
         finally:
-            if not connection.closed:
-                connection.abort()
+            reusable = self._owner.reusable
+            for connection in used:
+                if connection in reusable:
+                    reusable.discard(connection)
+                    if connection is not keep:
+                        connection.close()      # its answer ended: a clean close
+                elif not connection.closed:
+                    connection.abort()          # cut in the middle (a timeout, a cancel)
+            if keep is not None:
+                self.kept[backend.url] = _Kept(keep, backend.server_name)
 
-    async def _connect(self, connection: Connection, backend: Backend,
+    async def _ask(self, backend: Backend, deadline: float, loop: asyncio.AbstractEventLoop,
+                   used: list[Connection]) -> tuple[Connection, Response]:
+        """Send the probe and wait for the answer's head: on the kept connection if there is
+        one still open, once more on a fresh one if that one turns out closed by the backend
+        before any byte of the answer. Every connection used is added to ``used``."""
+        head = self.request_head(backend)
+        connection = self._take(backend, loop)
+        if connection is not None:
+            used.append(connection)
+            try:
+                return connection, await connection.exchange(
+                    head, None, 0, False, max(deadline - loop.time(), 0.001))
+            except StaleConnection:
+                pass                # closed by the backend while idle: not the backend's fault
+        connection = Connection(self._owner, loop)
+        used.append(connection)
+        await self._connect(connection, backend, deadline, loop)
+        return connection, await connection.exchange(
+            head, None, 0, False, max(deadline - loop.time(), 0.001))
+
+    def _take(self, backend: Backend, loop: asyncio.AbstractEventLoop) -> Connection | None:
+        """The backend's kept connection, taken out of :attr:`kept`, if it is still open,
+        on this loop and for the same server name; None otherwise (a stale one is closed)."""
+        if loop is not self._loop:
+            if self._pid != os.getpid():
+                # A forked child: closing would unregister the parent's sockets from the
+                # epoll set the two share. The parent's connections are let go of.
+                self.kept, self._pid = {}, os.getpid()
+            self.close()                # the old loop's connections (a new asyncio.run)
+            self._loop = loop
+        kept = self.kept.pop(backend.url, None)
+        if kept is None:
+            return None
+        connection = kept.connection
+        if connection.is_open() and kept.server_name == backend.server_name:
+            return connection
+        if not connection.closed:
+            connection.close()
+        return None
+
+    def drop(self, url: str) -> None:
+        """Close the connection kept for the backend at ``url``, if any (it left the pool).
+        A probe in progress keeps its connection until it ends (cancel it to close it)."""
+        kept = self.kept.pop(url, None)
+        if kept is not None:
+            _close(kept.connection)
+
+    def close(self) -> None:
+        """Close every kept connection (the prober stops). The check stays usable."""
+        kept, self.kept = self.kept, {}
+        for entry in kept.values():
+            _close(entry.connection)
+
+    async def _connect(self, connection: Connection, backend: Backend, deadline: float,
                        loop: asyncio.AbstractEventLoop) -> None:
         if backend.scheme == "https":
             ssl: ssl_module.SSLContext | None = self.ssl_context()
             server_hostname: str | None = backend.tls_server_name
         else:
             ssl = server_hostname = None
+        self.opened += 1
         await within(
             loop.create_connection(lambda: connection, backend.host, backend.port,
                                    ssl=ssl, server_hostname=server_hostname),
-            self.timeout)
+            max(deadline - loop.time(), 0.001))
 
     @staticmethod
     async def _finish(response: Response, deadline: float,
-                      loop: asyncio.AbstractEventLoop) -> None:
-        """Read what is left of a small body while the time lasts, then let go of it."""
+                      loop: asyncio.AbstractEventLoop) -> bool:
+        """Read the body to its end while the time and :data:`MAX_DRAIN` last; True if it
+        ended within both (the connection may carry the next probe). An unfinished one is
+        let go of (the connection cut)."""
         received = len(response.take())
         try:
             while not response.complete and received <= MAX_DRAIN:
@@ -180,6 +287,16 @@ class HealthCheck:
             pass
         finally:
             response.close()        # an unfinished body: the connection is aborted
+        return response.complete and received <= MAX_DRAIN
+
+
+def _close(connection: Connection) -> None:
+    """Close an idle kept connection (a FIN); on a closed loop there is nothing to do."""
+    if not connection.closed:
+        try:
+            connection.close()
+        except RuntimeError:        # its event loop is closed: the socket goes with it
+            pass
 
 
 async def within(awaitable: Awaitable[T], seconds: float) -> T:

@@ -18,11 +18,13 @@ The schedule follows HAProxy (``inter``, ``spread-checks``) and SEMANTICS part t
 Membership is followed through the pool's events: a ``MembershipChanged`` (delivered on
 whatever thread changed the pool) wakes the prober's loop thread-safely, which re-reads
 ``pool.backends``; a removed backend's task is cancelled (its probe in progress, if any, is
-aborted and not reported), a new one's starts. A backend that stays keeps its task, its
-schedule, and sees its new weight or server name at its next probe.
+aborted and not reported) and the connection kept for its probes closed; a new one's task
+starts. A backend that stays keeps its task, its schedule, and sees its new weight or
+server name at its next probe.
 
 The prober runs on any asyncio loop, until cancelled (the fleet runs it on its own loop
-thread; nothing here blocks). What one probe does is :class:`~.check.HealthCheck`'s.
+thread; nothing here blocks); once stopped, it has closed every connection it kept. What
+one probe does is :class:`~.check.HealthCheck`'s.
 """
 
 from __future__ import annotations
@@ -151,6 +153,7 @@ class Prober:
         finally:
             unsubscribe()
             await self._stop_all()
+            self.health_check.close()
             self._running = False
 
     # -- membership ---------------------------------------------------------------------
@@ -163,7 +166,8 @@ class Prober:
         for url in [url for url in targets if url not in current]:
             task = targets.pop(url).task
             if task is not None:
-                task.cancel()
+                task.cancel()           # a probe in progress closes its own connection
+            self.health_check.drop(url)
         joined = []
         for url, backend in current.items():
             target = targets.get(url)

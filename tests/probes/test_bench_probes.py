@@ -19,5 +19,6 @@ def test_a_small_run_prints_the_cpu_share_and_the_ratio():
     out = result.stdout
     assert "20 backends probed every 0.2 s" in out
     assert "failed 0" in out
+    assert "connections opened per probe" in out
     assert "% of one core" in out and "us per probe" in out
     assert "while probing: ratio" in out
