@@ -40,6 +40,7 @@ import asyncio
 import functools
 import time
 import urllib.parse
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -53,11 +54,13 @@ from .. import fleet
 from ..core.attempts import Attempts, Outcome, RetryRule
 from ..core.backend import Backend, Source
 from ..core.balancer import Balancer
+from ..core.events import Event, MembershipChanged
 from ..core.forwarding import ForwardingSettings
 from ..core.settings import FrontEndSettings, Settings, resolve, setting_names
 from ..errors import NoHealthyBackend
 from ..proxy import parse_cookie
 from .bodies import discard, end_when_done, prefetch_body, read_body
+from .departures import close_departed
 from .errors import BACKEND_FAILURES, NoHealthyBackendError, failure, naming_backends
 from .responses import read_final_responses
 
@@ -120,6 +123,12 @@ class LoadBalancingAdapter(HTTPAdapter):
     ``connect_timeout`` / ``read_timeout`` settings; any explicit timeout is used as given.
     ``pool_connections`` is raised to the number of backends, so that no backend's pool is
     evicted while a thread uses it (requests issue #1871).
+
+    A backend that leaves the pool (removed by its source or ``update()``, drained) loses
+    this adapter's connections: the idle ones at once, the others as their requests end
+    (one in flight is not cut); if it comes back, it gets new pools
+    (:mod:`lbmiddleware.adapter.departures`). Each adapter on a shared ``balancer=``
+    closes its own.
     """
 
     #: With ``stream=True``, read this many bytes of the body inside the attempt (0: none).
@@ -169,6 +178,7 @@ class LoadBalancingAdapter(HTTPAdapter):
         self._known: set[str] = set()
         pools = max(pool_connections, len(balancer.backends))
         super().__init__(pools, pool_maxsize, max_retries, pool_block)
+        self._unsubscribe = _follow(self)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *,
@@ -350,7 +360,8 @@ class LoadBalancingAdapter(HTTPAdapter):
             bytes_received=received)
 
     def _make_pool_room(self, backend: Backend) -> None:
-        """Keep one urllib3 pool per backend ever picked, so none is evicted in use."""
+        """Keep one urllib3 pool per backend picked and still in the balancer, so none is
+        evicted in use (those of departed backends are closed: :meth:`_close_departed`)."""
         self._known.add(backend.url)
         needed = len(self._known)
         if needed <= self._pool_connections:
@@ -361,10 +372,20 @@ class LoadBalancingAdapter(HTTPAdapter):
             if pools is not None and getattr(pools, "_maxsize", needed) < needed:
                 pools._maxsize = needed
 
+    def _close_departed(self, event: MembershipChanged) -> None:
+        """Backends left the balancer (their drain, if any, has begun): close this adapter's
+        connections to them, idle ones now and the others as their requests end
+        (:mod:`lbmiddleware.adapter.departures`). On the thread that changed the members."""
+        for backend in event.removed:
+            self._known.discard(backend.url)
+        managers = [self.poolmanager, *list(self.proxy_manager.values())]
+        close_departed(managers, event.removed, event.members)
+
     def close(self) -> None:
         """Close the connection pools, and the Balancer the adapter built (its sources and
-        health checks stop); a shared ``balancer=`` is left open. ``Session.close()`` calls
-        this."""
+        health checks stop); a shared ``balancer=`` is left open, and no longer followed.
+        ``Session.close()`` calls this."""
+        self._unsubscribe()
         super().close()
         if self._owns_balancer:
             self.balancer.close()
@@ -400,6 +421,25 @@ class LoadBalancingAdapter(HTTPAdapter):
 
 
 # -- helpers ------------------------------------------------------------------------------
+
+def _follow(adapter: LoadBalancingAdapter) -> Callable[[], None]:
+    """Subscribe ``adapter`` to its balancer's departures (its connections to backends that
+    left then close); returns the unsubscribe function. The listener holds the adapter
+    weakly: a shared balancer does not keep a dropped adapter alive, and the listener of a
+    collected one unsubscribes itself at the next departure."""
+    ref = weakref.ref(adapter)
+
+    def listener(event: Event) -> None:
+        if type(event) is MembershipChanged and event.removed:
+            alive = ref()
+            if alive is not None:
+                alive._close_departed(event)
+            else:
+                unsubscribe()
+
+    unsubscribe = adapter.balancer.subscribe(listener)
+    return unsubscribe
+
 
 @runtime_checkable
 class _File(Protocol):

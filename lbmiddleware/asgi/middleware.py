@@ -33,12 +33,14 @@ the check is one attribute test.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
 from .. import fleet
 from ..core.attempts import RetryRule
 from ..core.balancer import Balancer
+from ..core.events import Event, MembershipChanged
 from ..core.forwarding import ForwardingSettings
 from ..core.settings import FrontEndSettings, Settings, resolve
 from ..proxy import (
@@ -94,6 +96,11 @@ class LoadBalancerMiddleware:
     app's, or the middleware's own when it is the whole application) the idle upstream
     connections are closed and the pool the middleware built stops its sources and health
     checks (:meth:`aclose`); a shared ``balancer=`` is left to its owner.
+
+    A backend that leaves the pool (removed by its source or ``update()``, drained) loses
+    this middleware's upstream connections: the idle ones at once, on their loop, the
+    others as their responses end (a request in flight is not cut); if it comes back, it
+    gets new ones. Each middleware on a shared ``balancer=`` closes its own.
     """
 
     def __init__(self, app: ASGIApp | None = None, /, *,
@@ -132,6 +139,7 @@ class LoadBalancerMiddleware:
                          retry_non_idempotent=forwarding.retry_non_idempotent)
         self._forwarder = Forwarder(self.balancer, self.upstream, rule, Deadlines(),
                                     self._errors)
+        self._unsubscribe = _follow(self)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -235,7 +243,9 @@ class LoadBalancerMiddleware:
     async def aclose(self) -> None:
         """Close the idle upstream connections, and stop the sources and health checks of
         the pool this middleware built (not a shared ``balancer=``), without blocking the
-        loop. The lifespan's shutdown calls it; idempotent."""
+        loop; a shared ``balancer=`` is no longer followed. The lifespan's shutdown calls
+        it; idempotent."""
+        self._unsubscribe()
         self.upstream.close()
         if self._owns_balancer and isinstance(self.balancer, fleet.Balancer):
             await self.balancer.aclose()
@@ -267,6 +277,26 @@ class LoadBalancerMiddleware:
 
 
 _HTTP1 = ("1.0", "1.1")
+
+
+def _follow(middleware: LoadBalancerMiddleware) -> Callable[[], None]:
+    """Subscribe ``middleware`` to its balancer's departures: the upstream pools of
+    backends that left are let go (:meth:`~lbmiddleware.upstream.Upstream.forget`: idle
+    connections close on their loop, the others as their responses end). Returns the
+    unsubscribe function. The listener holds the middleware weakly, and unsubscribes itself
+    once it is collected."""
+    ref = weakref.ref(middleware)
+
+    def listener(event: Event) -> None:
+        if type(event) is MembershipChanged and event.removed:
+            alive = ref()
+            if alive is not None:
+                alive.upstream.forget(event.removed)
+            else:
+                unsubscribe()
+
+    unsubscribe = middleware.balancer.subscribe(listener)
+    return unsubscribe
 
 
 def _asgi_error(status: int) -> tuple[Message, Message]:

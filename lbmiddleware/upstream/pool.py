@@ -8,6 +8,9 @@ client's per-request work. Standard library only.
 
 * :class:`Upstream` holds a :class:`HostPool` per backend; a pool keeps idle connections
   (LIFO) for reuse and drops those the backend closed or that idled too long.
+  :meth:`Upstream.forget` lets go of the pools of backends that left the balancer (from any
+  thread): their idle connections close on their own loop, the others as their responses
+  end, and a backend that comes back gets a fresh pool.
 * :meth:`HostPool.request` sends one request over a :class:`~.connection.Connection`
   and returns a :class:`~.response.Response` once the head has arrived; its body is read
   with :meth:`~.response.Response.read` under flow control (the socket stops being read
@@ -24,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import ssl as ssl_module
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 
 from ..core.backend import Backend
 from .connection import Connection
@@ -155,6 +158,26 @@ class HostPool:
         """Close the idle connections (those in use close when their response ends)."""
         self._drop_idle()
 
+    def leave(self) -> None:
+        """The backend left: keep no connection from now on (each closes when its response
+        ends: a request in flight is not cut) and close the idle ones, on the pool's own
+        loop. Safe from any thread."""
+        self.max_idle = 0               # _release closes: nothing added to the hot path
+        loop = self._loop
+        if loop is None:
+            return                      # never used: nothing open
+        try:
+            here = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
+        if here is loop:
+            self._drop_idle()
+            return
+        try:
+            loop.call_soon_threadsafe(self._drop_idle)
+        except RuntimeError:            # its loop is closed: no callback will run
+            self._drop_idle()
+
 
 class Upstream:
     """A :class:`HostPool` per backend, made on first use."""
@@ -175,14 +198,27 @@ class Upstream:
         pool = self._pools.get(backend.url)
         if pool is None or pool.backend.server_name != backend.server_name:
             if pool is not None:
-                pool.close()
+                pool.leave()        # (its connections answer to the old name)
             pool = self._pools[backend.url] = HostPool(
                 backend, connect_timeout=self.connect_timeout, read_timeout=self.read_timeout,
                 max_idle=self.max_idle, idle_timeout=self.idle_timeout, ssl=self.ssl,
                 deadlines=self.deadlines)
         return pool
 
+    def pools(self) -> tuple[HostPool, ...]:
+        """The pools held now: one per backend used and not forgotten since."""
+        return tuple(self._pools.values())
+
+    def forget(self, backends: Iterable[Backend]) -> None:
+        """``backends`` left the balancer: their pools leave (:meth:`HostPool.leave`), and
+        one that comes back gets a new pool. Safe from any thread (a balancer's listener
+        runs on the thread that changed the members)."""
+        for backend in backends:
+            pool = self._pools.pop(backend.url, None)
+            if pool is not None:
+                pool.leave()
+
     def close(self) -> None:
         """Close every idle connection."""
-        for pool in self._pools.values():
+        for pool in list(self._pools.values()):
             pool.close()
