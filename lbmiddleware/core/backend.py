@@ -5,6 +5,8 @@ parsing of the entries a pool is configured with, either kind."""
 from __future__ import annotations
 
 import dataclasses
+import encodings.idna
+import ipaddress
 import re
 import urllib.parse
 from collections.abc import Iterable
@@ -12,7 +14,7 @@ from collections.abc import Iterable
 from ..errors import ConfigError
 
 __all__ = ["Backend", "Source", "parse_backend", "parse_backends", "parse_entries",
-           "is_source_text"]
+           "is_source_text", "dns_host"]
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 ETCD_PORT = 2379
@@ -26,6 +28,13 @@ SOURCE_SCHEMES = {
 
 # A DNS name (letters, digits, '-', '_' for SRV-style labels, dots between labels).
 _SERVER_NAME = re.compile(r"^[a-z0-9_](?:[a-z0-9_.-]*[a-z0-9_])?$")
+# One label of a name: letters, digits, '-' inside, '_' anywhere (_http._tcp: RFC 2782).
+_LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?")
+MAX_LABEL = 63          # octets of one label (RFC 1035, 2.3.4)
+MAX_NAME = 253          # characters of a name in text, without the final dot
+# Characters IDNA 2003 (Python's codec) maps to others while IDNA 2008 keeps them: 'straße'
+# is strasse.de to one and xn--strae-oqa.de to the other, two different names.
+_IDNA_DEVIATIONS = "\u00df\u03c2\u200c\u200d"
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -88,6 +97,8 @@ class Backend:
             raise ConfigError(f"backend URL {self.url!r} has a query or fragment: "
                               "only a base path is allowed")
         host = parts.hostname.lower()
+        if not host.isascii():          # "http://bücher.example": Host needs its A-labels
+            host = dns_host(host, f"backend URL {self.url!r}")
         netloc = f"[{host}]" if ":" in host else host
         if port is not None and port != DEFAULT_PORTS[scheme]:
             netloc += f":{port}"      # "http://a:80" is "http://a": one spelling, one state
@@ -143,13 +154,64 @@ def _server_name(value: object, url: str) -> str:
     return name
 
 
+def dns_host(host: str, what: str) -> str:
+    """``host`` (lower-cased) as it goes in a DNS question, ``Host`` and TLS SNI: an IP
+    address as it is; a name checked label by label (1-63 characters: letters, digits, ``-``
+    inside, ``_`` for SRV-style labels; at most 253 in all; one final dot allowed), an
+    internationalised label turned into its IDNA A-label (``bücher`` -> ``xn--bcher-kva``:
+    Python's codec, IDNA 2003, as ``socket`` and ``http.client`` use it). A character the two
+    IDNA versions spell differently (``ß``, ``ς``, ZWJ, ZWNJ) is refused: the name would
+    depend on the version, so the user writes the A-label. :class:`ConfigError` naming
+    ``what`` (the entry) and the reason otherwise."""
+    try:
+        ipaddress.ip_address(host)
+        return host
+    except ValueError:
+        pass
+
+    def bad(why: str) -> ConfigError:
+        return ConfigError(f"{what} has host {host!r}: not a valid DNS name ({why})")
+
+    name = host[:-1] if host.endswith(".") else host
+    labels = name.split(".")
+    if not host.isascii():
+        odd = [c for c in host if c in _IDNA_DEVIATIONS]
+        if odd:
+            raise bad(f"{odd[0]!r} is spelt differently by IDNA 2003 and 2008: "
+                      "write its ASCII form, xn--...")
+        encoded = []
+        for label in labels:
+            if label.isascii():
+                encoded.append(label)
+                continue
+            try:
+                encoded.append(encodings.idna.ToASCII(label).decode("ascii"))
+            except UnicodeError as exc:
+                raise bad(f"label {label!r} is longer than {MAX_LABEL} characters in its "
+                          f"ASCII form" if "too long" in str(exc)
+                          else f"label {label!r} has no IDNA form: {exc}") from None
+        labels = encoded
+    for label in labels:
+        if not label:
+            raise bad("an empty label")
+        if len(label) > MAX_LABEL:
+            raise bad(f"label {label[:20]!r}... is longer than {MAX_LABEL} characters")
+        if not _LABEL.fullmatch(label):
+            raise bad(f"label {label!r}: letters, digits and '-' inside, or '_'")
+    ascii_name = ".".join(labels)
+    if len(ascii_name) > MAX_NAME:
+        raise bad(f"{len(ascii_name)} characters, longer than {MAX_NAME}")
+    return ascii_name + ("." if host.endswith(".") else "")
+
+
 @dataclasses.dataclass(frozen=True, repr=False)
 class Source:
     """A registry the pool follows: ``Source("dns+http://orders.internal:8080/base")``.
 
     * ``dns+http://name:port/base`` (or ``dns+https``): one backend per A/AAAA address of
       ``name``, on ``port`` (the scheme's default if left out), with base path ``/base``;
-      ``Host`` and TLS SNI stay ``name``. Options after the URL give every backend of the
+      ``Host`` and TLS SNI stay ``name`` (an internationalised name in its IDNA ASCII form,
+      ``xn--...``: :func:`dns_host`). Options after the URL give every backend of the
       source its ``weight=N`` and ``priority=N`` (``backup``: priority 1).
     * ``srv+http://_service._proto.name/base`` (or ``srv+https``): one backend per SRV
       record; the records give the port, the weight and the priority (no options).
@@ -197,7 +259,7 @@ class Source:
             raise ConfigError(f"source {url!r} carries credentials")
         if parts.query or parts.fragment:
             raise ConfigError(f"source {url!r} has a query or fragment: only a path is allowed")
-        host = parts.hostname.lower()
+        host = dns_host(parts.hostname.lower(), f"source {url!r}")
         netloc = f"[{host}]" if ":" in host else host
         path = parts.path.rstrip("/")
         if kind == "srv":

@@ -186,8 +186,13 @@ def parse_statuses(value: Any) -> tuple[tuple[int, int], ...]:
 
 
 def parse_dns_servers(value: Any) -> tuple[str, ...]:
-    """Resolver addresses as ``"ip:port"`` (IPv6 in brackets; port 53 if left out) from a
-    comma-separated text or a list; empty: the system's resolvers."""
+    """Resolver addresses as ``"ip:port"`` (IPv6 in brackets) from a comma-separated text or
+    a list; empty: the system's resolvers.
+
+    ``10.0.0.2:8600``; ``[::1]:8600`` (an IPv6 address with a port is bracketed); a bare
+    address, ``10.0.0.2`` or ``::1``, means port 53. A bare IPv6 address whose last group
+    could be a port of the rest (``::1:8600``, meant as ``[::1]:8600`` or the address
+    ``::1:8600``?) is refused as ambiguous, with both bracketed spellings."""
     items = value.split(",") if isinstance(value, str) else list(value)
     servers: list[str] = []
     for item in items:
@@ -200,10 +205,13 @@ def parse_dns_servers(value: Any) -> tuple[str, ...]:
         if text.startswith("["):
             host, bracket, rest = text[1:].partition("]")
             if not bracket or (rest and not rest.startswith(":")):
-                raise ValueError(f"{text!r} is not ip:port")
-            port_text = rest[1:] or "53"
+                raise ValueError(f"{text!r} is not ip:port (IPv6: [address]:port)")
+            if rest:
+                port_text = rest[1:]
         elif text.count(":") == 1:
             host, _, port_text = text.partition(":")
+        elif ":" in text:
+            _ambiguous(text)
         try:
             address = ipaddress.ip_address(host)
         except ValueError:
@@ -214,3 +222,18 @@ def parse_dns_servers(value: Any) -> tuple[str, ...]:
         shown = f"[{address}]" if address.version == 6 else str(address)
         servers.append(f"{shown}:{int(port_text)}")
     return tuple(servers)
+
+
+def _ambiguous(text: str) -> None:
+    """A bare IPv6 address is port 53, unless its last group reads as a port of an address
+    made of the rest: then which was meant cannot be told."""
+    head, _, tail = text.rpartition(":")
+    if not (tail.isdigit() and 0 < int(tail) < 65536):
+        return
+    try:
+        ipaddress.IPv6Address(head)
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return
+    raise ValueError(f"{text!r} is ambiguous: write [{head}]:{tail} for port {tail} of "
+                     f"{head}, or [{text}] for that address on port 53")

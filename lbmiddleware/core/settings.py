@@ -236,7 +236,7 @@ class Settings(BaseSettings):
         default=(),
         metadata=setting("LB_DNS_SERVERS", parse_dns_servers,
                          "resolvers for dns+ and srv+ sources, comma-separated ip:port "
-                         "(Consul: 127.0.0.1:8600); empty: the system's"))
+                         "(IPv6: [::1]:8600; Consul: 127.0.0.1:8600); empty: the system's"))
     dns_min_refresh: float = dataclasses.field(
         default=5.0,
         metadata=setting("LB_DNS_MIN_REFRESH", parse_positive_duration,
@@ -309,15 +309,9 @@ class Settings(BaseSettings):
 
     def _check(self) -> None:
         if self.max_ejection_time < self.fail_timeout:
-            raise ConfigError(
-                f"max_ejection_time has value {self.max_ejection_time!r}: "
-                f"smaller than fail_timeout ({self.fail_timeout!r})"
-            )
+            raise _out_of_order(self, "fail_timeout", "max_ejection_time")
         if self.dns_min_refresh > self.dns_max_refresh:
-            raise ConfigError(
-                f"dns_min_refresh has value {self.dns_min_refresh!r}: "
-                f"larger than dns_max_refresh ({self.dns_max_refresh!r})"
-            )
+            raise _out_of_order(self, "dns_min_refresh", "dns_max_refresh")
 
     @property
     def static_backends(self) -> tuple[Backend, ...]:
@@ -328,6 +322,42 @@ class Settings(BaseSettings):
     def sources(self) -> tuple[Source, ...]:
         """The sources among the entries, in order."""
         return tuple(entry for entry in self.backends if isinstance(entry, Source))
+
+
+def _out_of_order(settings: BaseSettings, low: str, high: str) -> ConfigError:
+    """The error for two durations where ``low`` must not exceed ``high``: both named, by
+    variable and field, with their values (a default said to be one), the one the user gave
+    first (the other being its default), and what to change either to."""
+    fields = {f.name: f for f in _setting_fields(type(settings))}
+    values = {name: getattr(settings, name) for name in (low, high)}
+    defaults = {name: values[name] == _default(fields[name]) for name in (low, high)}
+    first, second = (high, low) if defaults[low] and not defaults[high] else (low, high)
+    relation, bound, other = (("smaller", "least", "most") if first == high
+                              else ("larger", "most", "least"))
+
+    def named(name: str) -> str:
+        return f"{fields[name].metadata['env']} ({name})"
+
+    def env(name: str) -> str:
+        return str(fields[name].metadata["env"])
+
+    return ConfigError(
+        f"{named(first)} has value {_duration(values[first])}: {relation} than "
+        f"{named(second)}, which has value {_duration(values[second])}"
+        f"{' (its default)' if defaults[second] else ''}; set {env(first)} to at {bound} "
+        f"{_duration(values[second])}, or {env(second)} to at {other} "
+        f"{_duration(values[first])}")
+
+
+def _duration(seconds: float) -> str:
+    """Seconds as a setting would be written: ``500ms``, ``1.5s``, ``5m``, ``2h``."""
+    if seconds and seconds % 3600 == 0:
+        return f"{seconds / 3600:g}h"
+    if seconds and seconds % 60 == 0:
+        return f"{seconds / 60:g}m"
+    if 0 < seconds < 1:
+        return f"{seconds * 1000:g}ms"
+    return f"{seconds:g}s"
 
 
 @dataclasses.dataclass(frozen=True)

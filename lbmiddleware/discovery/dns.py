@@ -20,6 +20,18 @@ with ``server_name`` = the name (so ``Host`` and TLS SNI stay the name) and the 
 ``weight`` and ``priority``. Refresh after the smaller TTL of the two answers. An address in
 place of the name (``dns+http://10.0.0.5:8080``) is its own answer, asked of nobody.
 
+*One family failing* (a resolver or middlebox that drops or refuses AAAA questions, still met
+in corporate networks): when one question fails (timeout, SERVFAIL, REFUSED) and the other is
+answered, the answer is the fresh addresses of the family that answered plus the *last known*
+addresses of the one that failed (none if it never answered), and its TTL is the answered
+family's. The source is not failing (no ``SourceFailed``, no back-off): it fails only when
+both questions fail. The partial failure is logged once (WARNING, naming the family, the
+reason and what is kept) and once when that family answers again (INFO); meanwhile the
+source's status shows it: ``last_error``/``last_error_at`` in ``source_stats()`` while
+``failing_since`` stays None, and ``SourceStatus.partial``. An NXDOMAIN to either question
+is the name gone: an empty set, whatever the other question did. The same rule holds for
+each SRV target resolved by asking.
+
 **SRV** (:class:`SrvWatcher`, RFC 2782): each record's target is resolved to its addresses
 (from the answer's additional section when the server put the target's address records there,
 as dnsmasq, Consul and CoreDNS do; otherwise by asking A and AAAA of the same resolvers), and
@@ -51,12 +63,14 @@ from __future__ import annotations
 import abc
 import asyncio
 import ipaddress
+import logging
 import random
 import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from ..core.backend import Backend, Source
+from ..core.casts import parse_dns_servers
 from ..errors import ConfigError, needs_extra
 from .status import SourceStatus
 from .watcher import Answer, PollingWatcher, Sleep, SourceError
@@ -65,6 +79,10 @@ if TYPE_CHECKING:
     from ..core.settings import Settings
 
 __all__ = ["DnsWatcher", "SrvWatcher", "parse_server", "DEFAULT_TIMEOUT", "DEFAULT_LIFETIME"]
+
+logger = logging.getLogger(__name__)
+
+FAMILIES = ("A", "AAAA")
 
 DEFAULT_TIMEOUT = 2.0      # seconds one server has to answer one try (dnspython's default)
 DEFAULT_LIFETIME = 5.0     # seconds one question may take over every try and server
@@ -76,23 +94,17 @@ BackendKey = tuple[Address, int, int, int, str | None]    # address, port, weigh
 
 def parse_server(text: str) -> tuple[str, int]:
     """``"127.0.0.1:8600"`` -> ``("127.0.0.1", 8600)``; ``"[::1]:53"`` -> ``("::1", 53)``;
-    no port: 53. (``LB_DNS_SERVERS`` is checked when the settings are read; this only splits.)"""
-    text = text.strip()
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port = rest[1:] if rest.startswith(":") else ""
-    elif text.count(":") == 1:
-        host, _, port = text.partition(":")
-    else:
-        host, port = text, ""
+    no port: 53. The rules of ``LB_DNS_SERVERS``
+    (:func:`~lbmiddleware.core.casts.parse_dns_servers`, which the settings apply first: an
+    ambiguous ``::1:8600`` is refused there and here)."""
     try:
-        address = ipaddress.ip_address(host)
-        number = int(port) if port else 53
-    except ValueError:
-        raise ConfigError(f"DNS server {text!r} is not ip:port") from None
-    if not 0 < number < 65536:
-        raise ConfigError(f"DNS server {text!r} has port {number}: not 1-65535")
-    return str(address), number
+        [server] = parse_dns_servers([text]) or [""]
+    except ValueError as exc:
+        raise ConfigError(f"DNS server {text!r}: {exc}") from None
+    host, _, port = server.rpartition(":")
+    if not host:
+        raise ConfigError(f"DNS server {text!r} is not ip:port")
+    return host.strip("[]"), int(port)
 
 
 class _DnsSource(PollingWatcher):
@@ -122,6 +134,10 @@ class _DnsSource(PollingWatcher):
         self._resolver: Any = None
         self._built: dict[BackendKey, Backend] = {}       # the last answer's backends
         self._building: dict[BackendKey, Backend] = {}
+        # (name, "A" | "AAAA") -> the family's last answered addresses, and the error of each
+        # family whose question fails while the other's is answered (module docstring).
+        self._known: dict[tuple[str, str], list[Address]] = {}
+        self._partial: dict[tuple[str, str], str] = {}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.source.url!r})"
@@ -176,22 +192,68 @@ class _DnsSource(PollingWatcher):
         except dns.exception.DNSException as exc:
             raise SourceError(f"{rdtype} {name}: {exc}") from exc
 
-    async def query(self, name: str, rdtype: str) -> tuple[Any, float | None]:
-        """The records of one type (a dnspython RRset, or None when there are none: NXDOMAIN
-        or no data) and their TTL; :class:`SourceError` on a failure."""
-        answer = await self.resolve(name, rdtype)
-        rrset = None if answer is None else answer.rrset
-        if rrset is None or len(rrset) == 0:
-            return None, None
-        return rrset, float(rrset.ttl)
-
     async def addresses(self, name: str) -> tuple[list[Address], float | None]:
-        """The A and AAAA addresses of ``name`` (asked together) and their smaller TTL."""
-        (a, a_ttl), (aaaa, aaaa_ttl) = await asyncio.gather(
-            self.query(name, "A"), self.query(name, "AAAA"))
-        found = [ipaddress.ip_address(rr.address) for rrset in (a, aaaa) if rrset is not None
-                 for rr in rrset]
-        return found, _min_ttl(a_ttl, aaaa_ttl)
+        """The A and AAAA addresses of ``name`` (asked together) and their smaller TTL.
+
+        A family whose question fails while the other's is answered keeps its last known
+        addresses (none before its first answer): the partial failure rule of the module
+        docstring. :class:`SourceError` only when both fail; an NXDOMAIN to either is the
+        name gone (an empty list, whatever the other says)."""
+        results = await asyncio.gather(self.resolve(name, "A"), self.resolve(name, "AAAA"),
+                                       return_exceptions=True)
+        failures: dict[str, Exception] = {}
+        answers: dict[str, Any] = {}
+        for family, result in zip(FAMILIES, results, strict=True):
+            if isinstance(result, Exception):
+                failures[family] = result
+            elif isinstance(result, BaseException):     # cancelled: the watcher stops
+                raise result
+            elif result is None:                        # NXDOMAIN: no such name at all
+                for known in FAMILIES:
+                    self._known.pop((name, known), None)
+                return [], None
+            else:
+                answers[family] = result
+        if not answers:
+            raise SourceError("; ".join(str(exc) for exc in failures.values())) from (
+                failures["A"])
+        found: list[Address] = []
+        ttl: float | None = None
+        for family in FAMILIES:
+            if family in answers:
+                rrset = answers[family].rrset
+                addresses = ([ipaddress.ip_address(rr.address) for rr in rrset]
+                             if rrset is not None else [])
+                if addresses:
+                    ttl = _min_ttl(ttl, float(rrset.ttl))
+                self._known[(name, family)] = addresses
+                self._answered_again(name, family)
+            else:
+                addresses = self._known.get((name, family), [])
+                self._partly_failed(name, family, failures[family], addresses)
+            found.extend(addresses)
+        return found, ttl
+
+    def _partly_failed(self, name: str, family: str, error: Exception,
+                       kept: list[Address]) -> None:
+        """One family's question failed and the other's was answered: say so once (WARNING)
+        and in the status (``last_error``, ``partial``), keep the source up."""
+        other = "AAAA" if family == "A" else "A"
+        text = (f"{error} ({other} answered: the source keeps its fresh {other} addresses "
+                f"and the {len(kept)} last known {family} address"
+                f"{'' if len(kept) == 1 else 'es'})")
+        status = self.status
+        status.last_error = text
+        status.last_error_at = self._timer()
+        if (name, family) not in self._partial:
+            logger.warning("DNS source %s: %s", self.source.url, text)
+        self._partial[(name, family)] = text
+        status.partial = "; ".join(self._partial.values())
+
+    def _answered_again(self, name: str, family: str) -> None:
+        if self._partial.pop((name, family), None) is not None:
+            logger.info("DNS source %s: %s %s answered again", self.source.url, family, name)
+            self.status.partial = "; ".join(self._partial.values()) or None
 
     def backend(self, address: Address, port: int, weight: int, priority: int,
                 server_name: str | None) -> Backend:

@@ -8,19 +8,24 @@
     async with Registration(source, url, ttl=10, weight=2):
         await server.serve()
 
-On entry the key ``<prefix>/<host:port>`` (plus the base path, if any) is put under a lease of
-``ttl`` seconds; the lease is kept alive every ``ttl/3`` (etcd's naming convention; a lease that
-was lost meanwhile, say etcd lost its data, is granted again and the key put again). On exit
-the key is deleted *first*, so that every pool following the prefix stops picking the replica
-at once, then the lease is revoked. The delete is a transaction that deletes the key only while
-it is under this registration's lease: a replacement that registered the same URL meanwhile (a
-restart that started the new process first) keeps its key. A process that dies without
-exiting the block stops renewing: etcd drops the key when the lease expires (at most ``ttl``
-later; a default etcd grants no less than about 2 s).
+On entry the key ``<prefix>/<the backend's URL>`` (``services/orders/http://10.0.0.5:8080``:
+the normalised URL, so ``http://h`` and ``https://h`` are two keys, and ``http://h:80`` and
+``http://h`` one) is put under a lease of ``ttl`` seconds; the lease is kept alive every
+``ttl/3`` (etcd's naming convention; a lease that was lost meanwhile, say etcd lost its data,
+is granted again and the key put again). On exit the key is deleted *first*, so that every
+pool following the prefix stops picking the replica at once, then the lease is revoked. The
+delete is a transaction that deletes the key only while it is under this registration's
+lease: a replacement that registered the same URL meanwhile (a restart that started the new
+process first) keeps its key. A process that dies without exiting the block stops renewing:
+etcd drops the key when the lease expires (at most ``ttl`` later; a default etcd grants no
+less than about 2 s). A delete that fails is logged and kept in ``unregister_error``: the key
+then stays until the lease expires (:meth:`Registration.lease_remaining`).
 
 The value is the URL (``http://10.0.0.5:8080``), or with ``weight`` or ``priority`` the JSON of
 etcd's naming package: ``{"Addr": "10.0.0.5:8080", "Metadata": {"weight": 2}}`` (``Addr`` is
-the full URL when the scheme is https or there is a base path). :mod:`.etcd` reads both.
+``host:port`` with the port always written, ``10.0.0.5:80`` too, as the naming package's
+readers expect; the full URL when the scheme is https or there is a base path). :mod:`.etcd`
+reads both as the registered backend (a test keeps the two in step).
 
 The async context manager renews on the running loop; the sync one runs a loop of its own on a
 daemon thread (``lbmiddleware-etcd-registration``), so it fits any program. ``python -m
@@ -38,6 +43,7 @@ import math
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
@@ -84,13 +90,15 @@ class Registration:
             raise ConfigError(f"registration ttl {ttl!r}: etcd leases are whole seconds, "
                               "at least 1 (a default etcd grants no less than about 2)")
         self.ttl = math.ceil(seconds)
-        self.key = self.source.path + self.backend.netloc + self.backend.path
+        self.key = self.source.path + self.backend.url
         self.value = _value(self.backend, weight, priority)
         self.client = EtcdClient(self.source.host, self.source.port or 2379)
         self.lease = 0                  # the current lease's id (0: none)
         self.granted_ttl = 0            # the TTL etcd granted it
         self.renewals = 0               # keep-alives etcd answered
         self.registrations = 0          # puts of the key (more than 1: the lease was lost)
+        self.expires_at = 0.0           # time.monotonic() when the lease runs out unrenewed
+        self.unregister_error: str | None = None    # why the last exit did not delete the key
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -125,6 +133,7 @@ class Registration:
                 await self.client.revoke(lease)
             raise
         self.lease, self.granted_ttl = lease, granted
+        self.expires_at = time.monotonic() + granted
         self.registrations += 1
         logger.info("registered %s in etcd at %s as %r (lease %x, ttl %ds)",
                     self.backend.url, self.client.address, self.key, lease, granted)
@@ -133,7 +142,8 @@ class Registration:
         """Stop renewing, delete the key (only while it is still under this registration's
         lease: a replacement that registered the same URL since keeps it), then revoke the
         lease. Returns True when the key was deleted now; failures are logged, not raised
-        (the lease expires by itself)."""
+        (the lease expires by itself, :meth:`lease_remaining` from now), and a failed delete
+        is kept in :attr:`unregister_error`."""
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -142,18 +152,31 @@ class Registration:
         if not self.lease:
             return False
         lease, self.lease = self.lease, 0
-        deleted = False
+        self.unregister_error = None
         try:
             deleted = await self.client.delete_if_lease(self.key, lease)
+        except EtcdError as exc:
+            # etcd is down or stalled: a revoke would fail the same way (and wait as long).
+            self.unregister_error = str(exc)
+            logger.warning("could not delete %r from etcd: %s; renewals stopped, so the key "
+                           "stays until its lease expires, within %.0fs", self.key, exc,
+                           self.lease_remaining())
+            return False
+        try:
             await self.client.revoke(lease)
         except EtcdError as exc:
-            logger.warning("deregistering %s from etcd: %s (the key goes when its lease "
-                           "expires, within %ds)", self.backend.url, exc, self.granted_ttl)
+            logger.warning("deregistered %s but did not revoke lease %x: %s (it expires by "
+                           "itself within %.0fs)", self.backend.url, lease, exc,
+                           self.lease_remaining())
         else:
             logger.info("deregistered %s: %s %r, revoked lease %x", self.backend.url,
                         "deleted" if deleted else "left (not under this lease any more)",
                         self.key, lease)
         return deleted
+
+    def lease_remaining(self) -> float:
+        """Seconds until the lease runs out if it is not renewed (0 once it has)."""
+        return max(0.0, self.expires_at - time.monotonic())
 
     async def _keep_alive(self) -> None:
         backoff = Backoff(initial=min(1.0, self.interval), max_delay=self.interval)
@@ -162,7 +185,9 @@ class Registration:
         while True:
             await asyncio.sleep(delay)
             try:
-                if await self.client.keepalive(self.lease) > 0:
+                ttl = await self.client.keepalive(self.lease)
+                if ttl > 0:
+                    self.expires_at = time.monotonic() + ttl
                     self.renewals += 1
                 else:
                     logger.warning("etcd no longer has lease %x of %r (expired, or etcd lost "
@@ -202,15 +227,36 @@ class Registration:
                  traceback: TracebackType | None) -> None:
         self.close()
 
-    def close(self) -> bool:
+    def close(self, *, interrupt: threading.Event | None = None) -> bool:
         """The sync exit: delete the key, revoke the lease, stop the thread (idempotent).
-        Returns True when the key was deleted now."""
+        Returns True when the key was deleted now.
+
+        ``interrupt``: give up as soon as it is set (a second signal to the command): the
+        unregistering is cancelled, :attr:`unregister_error` says so, and the key, if etcd
+        did not delete it meanwhile, goes when its lease expires."""
         loop, thread = self._loop, self._thread
         if loop is None or thread is None:
             return False
         self._loop = self._thread = None
+        finished = threading.Event()
+
+        async def closing() -> bool:
+            try:
+                return await self.unregister()
+            finally:
+                finished.set()
+
+        future = asyncio.run_coroutine_threadsafe(closing(), loop)
         try:
-            return asyncio.run_coroutine_threadsafe(self.unregister(), loop).result()
+            if interrupt is None:
+                return future.result()
+            while not finished.wait(0.05):
+                if interrupt.is_set():
+                    future.cancel()             # cancels the task on the loop
+                    finished.wait(1.0)          # let it unwind before the loop stops
+                    self.unregister_error = "interrupted before etcd answered"
+                    return False
+            return future.result()
         finally:
             _stop(loop, thread)
 
@@ -241,7 +287,11 @@ def _value(backend: Backend, weight: int | None, priority: int | None) -> str:
         metadata["weight"] = weight
     if priority is not None:
         metadata["priority"] = priority
-    return json.dumps({"Addr": backend.netloc if plain else backend.url, "Metadata": metadata})
+    # host:port with the port written even when it is the scheme's default (Backend.netloc
+    # leaves it out): a bare host is no address for etcd's naming package, nor for parse_value.
+    host = f"[{backend.host}]" if ":" in backend.host else backend.host
+    address = f"{host}:{backend.port}" if plain else backend.url
+    return json.dumps({"Addr": address, "Metadata": metadata})
 
 
 # -- python -m lbmiddleware register ----------------------------------------------------------
@@ -249,9 +299,15 @@ def _value(backend: Backend, weight: int | None, priority: int | None) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m lbmiddleware register SOURCE URL [--ttl 10s] [--weight N] [--priority N]
     [--drain DURATION]``: register, keep the lease alive, and on SIGTERM or SIGINT delete the
-    key, wait ``--drain`` (callers' pools stop picking the backend meanwhile), exit 0. A second
-    signal during the drain ends it early. Exit status 2 for a bad argument, 1 when etcd
-    cannot be reached at the start."""
+    key, wait ``--drain`` (callers' pools stop picking the backend meanwhile), exit 0.
+
+    A second signal ends whatever is being waited for at once, and says so: the drain (exit
+    0: the key is gone), or the delete itself (etcd stalled: exit 1, the key may stay until
+    its lease expires). A delete that fails (etcd down or not answering) is logged with what
+    follows: the key stays until the lease expires (renewals stopped, so within ``--ttl``);
+    the command then waits for that and the drain, so that no pool still picks the backend
+    when it exits, and exits 1. Exit status 2 for a bad argument, 1 when etcd cannot be
+    reached at the start."""
     parser = _parser()
     args = parser.parse_args(argv)
     try:
@@ -268,11 +324,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logger.setLevel(logging.INFO)
     signals: list[int] = []
-    stop = threading.Event()
+    stop = threading.Event()            # set by the first signal
+    again = threading.Event()           # set by the second: stop waiting, whatever for
 
     def on_signal(number: int, frame: object) -> None:
         signals.append(number)
-        stop.set()
+        (again if stop.is_set() else stop).set()
 
     previous = {number: signal.signal(number, on_signal)
                 for number in (signal.SIGTERM, signal.SIGINT)}
@@ -283,23 +340,47 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"python -m lbmiddleware register: error: {exc}", file=sys.stderr)
             return 1
         logger.info("keeping the lease alive every %.3gs; SIGTERM or SIGINT deregisters "
-                    "(drain %gs)", registration.interval, drain)
+                    "(drain %gs; a second signal stops waiting)", registration.interval, drain)
         while not stop.wait(1.0):       # a timeout: signals are handled between waits
             pass
-        name = signal.Signals(signals[0]).name
-        logger.info("%s: deregistering %s", name, registration.backend.url)
-        registration.close()
-        if drain:
-            logger.info("draining for %gs before exit (callers stop picking %s)",
-                        drain, registration.backend.url)
-            stop.clear()
-            stop.wait(drain)            # a second signal ends the drain early
-        logger.info("exiting")
-        return 0
+        url = registration.backend.url
+        logger.info("%s: deregistering %s", _name(signals[0]), url)
+        deleted = registration.close(interrupt=again)
+        error = registration.unregister_error
+        if error is not None and again.is_set():
+            logger.error("%s again: stopped waiting for etcd at %s to delete %r; if it was "
+                         "not deleted, the key stays until its lease expires, within %.0fs, "
+                         "and pools following %s may pick %s until then", _name(signals[-1]),
+                         registration.client.address, registration.key,
+                         registration.lease_remaining(), registration.source.url, url)
+            return 1
+        wait, status = drain, 0
+        if error is not None:
+            remaining = registration.lease_remaining()
+            logger.error("%r was not deleted (etcd: %s), so it stays in etcd until its "
+                         "lease expires, within %.1fs (ttl %ds, renewals stopped): pools "
+                         "following %s pick %s until then. Waiting for that and the drain "
+                         "(%.1fs in all; a second signal stops waiting), then exiting with "
+                         "status 1", registration.key, error, remaining,
+                         registration.granted_ttl, registration.source.url, url,
+                         remaining + drain)
+            wait, status = remaining + drain, 1
+        elif drain:
+            logger.info("draining for %gs before exit (callers stop picking %s)", drain, url)
+        if wait and again.wait(wait):
+            logger.info("%s again: ending the %s early", _name(signals[-1]),
+                        "drain" if status == 0 else "wait")
+        logger.info("exiting%s", "" if deleted or status == 0 else
+                    f" with status 1: {registration.key!r} was not deleted")
+        return status
     finally:
         registration.close()
         for number, handler in previous.items():
             signal.signal(number, handler)
+
+
+def _name(number: int) -> str:
+    return signal.Signals(number).name
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -28,6 +28,8 @@ class SourceStatus:
                                           # on a stream, as etcd's watch does)
     failing_since: float | None = None    # start of the current outage; None while answering
     failures: int = 0                     # failed attempts in the current outage
+    partial: str | None = None            # a part that fails while the source answers (a
+                                          # DNS name's AAAA question, say: dns.py); else None
 
     @property
     def failing(self) -> bool:

@@ -140,6 +140,47 @@ class TestSource:
             lb.Source(text)
         assert text.split()[0] in str(error.value)
 
+    @pytest.mark.parametrize("text, host, url", [
+        ("dns+http://bücher.lb.test:8080", "xn--bcher-kva.lb.test",
+         "dns+http://xn--bcher-kva.lb.test:8080"),
+        ("dns+https://BÜCHER.example/base", "xn--bcher-kva.example",
+         "dns+https://xn--bcher-kva.example/base"),
+        ("srv+http://_http._tcp.bücher.service.consul", "_http._tcp.xn--bcher-kva.service.consul",
+         "srv+http://_http._tcp.xn--bcher-kva.service.consul"),
+        ("etcd://bücher:2379/services/orders", "xn--bcher-kva",
+         "etcd://xn--bcher-kva:2379/services/orders"),
+        ("dns+http://xn--bcher-kva.lb.test", "xn--bcher-kva.lb.test",
+         "dns+http://xn--bcher-kva.lb.test"),
+    ])
+    def test_an_international_name_is_kept_in_its_ascii_form(self, text, host, url):
+        """IDNA A-labels, so the DNS question, Host and TLS SNI carry a name DNS and HTTP
+        take (the raw name once failed every refresh)."""
+        source = lb.Source(text)
+        assert (source.host, source.url) == (host, url)
+        assert source == lb.Source(url)
+
+    @pytest.mark.parametrize("text, why", [
+        ("dns+http://a..b:8080", "empty label"),
+        ("dns+http://-bad-.x", "'-bad-'"),
+        ("dns+http://bad-.x", "'bad-'"),
+        ("dns+http://a_b!.x", "'a_b!'"),
+        ("dns+http://" + "a" * 64 + ".x", "longer than 63"),
+        ("dns+http://" + ".".join(["a" * 63] * 4) + ":8080", "longer than 253"),
+        ("dns+http://" + "ü" * 60 + ".x", "longer than 63"),
+        ("srv+http://_http._tcp..x", "empty label"),
+        ("etcd://a..b:2379/services/x", "empty label"),
+        ("dns+http://straße.de", "write its ASCII form"),
+    ])
+    def test_a_name_that_is_no_dns_name_is_a_config_error_naming_the_entry(self, text, why):
+        with pytest.raises(lb.ConfigError, match="not a valid DNS name") as error:
+            lb.Source(text)
+        assert text in str(error.value) and why in str(error.value)
+
+    def test_addresses_and_a_final_dot_are_names_too(self):
+        assert lb.Source("dns+http://10.0.0.5:8080").host == "10.0.0.5"
+        assert lb.Source("dns+http://[fd00::5]:8080").host == "fd00::5"
+        assert lb.Source("dns+http://web.lb.test.:8080").host == "web.lb.test."
+
     def test_equality_and_hash(self):
         assert lb.Source("dns+http://a:80") == lb.Source("DNS+HTTP://a")
         assert len({lb.Source("dns+http://a"), lb.Source("dns+http://a/")}) == 1

@@ -117,3 +117,59 @@ def test_sources_among_the_backends():
     only_source = lb.Settings.from_env({"LB_BACKENDS": "etcd://127.0.0.1:2379/services/o"})
     assert only_source.static_backends == ()
     assert lb.Source is lb.core.backend.Source
+
+
+@pytest.mark.parametrize("environ, message", [
+    # only the maximum given: it is the one named first, the minimum's default beside it
+    ({"LB_DNS_MAX_REFRESH": "1s"},
+     "LB_DNS_MAX_REFRESH (dns_max_refresh) has value 1s: smaller than LB_DNS_MIN_REFRESH "
+     "(dns_min_refresh), which has value 5s (its default); set LB_DNS_MAX_REFRESH to at "
+     "least 5s, or LB_DNS_MIN_REFRESH to at most 1s"),
+    ({"LB_DNS_MIN_REFRESH": "10m"},
+     "LB_DNS_MIN_REFRESH (dns_min_refresh) has value 10m: larger than LB_DNS_MAX_REFRESH "
+     "(dns_max_refresh), which has value 5m (its default); set LB_DNS_MIN_REFRESH to at "
+     "most 5m, or LB_DNS_MAX_REFRESH to at least 10m"),
+    ({"LB_DNS_MIN_REFRESH": "10m", "LB_DNS_MAX_REFRESH": "1500ms"},
+     "LB_DNS_MIN_REFRESH (dns_min_refresh) has value 10m: larger than LB_DNS_MAX_REFRESH "
+     "(dns_max_refresh), which has value 1.5s; set LB_DNS_MIN_REFRESH to at most 1.5s, or "
+     "LB_DNS_MAX_REFRESH to at least 10m"),
+    ({"LB_MAX_EJECTION_TIME": "2s"},
+     "LB_MAX_EJECTION_TIME (max_ejection_time) has value 2s: smaller than LB_FAIL_TIMEOUT "
+     "(fail_timeout), which has value 10s (its default); set LB_MAX_EJECTION_TIME to at "
+     "least 10s, or LB_FAIL_TIMEOUT to at most 2s"),
+])
+def test_two_settings_out_of_order_are_both_named_with_their_variables_and_values(environ,
+                                                                                  message):
+    with pytest.raises(lb.ConfigError) as error:
+        lb.Settings.from_env({**GOOD, **environ})
+    assert str(error.value) == message
+
+
+@pytest.mark.parametrize("text, servers", [
+    ("[::1]:8600", ("[::1]:8600",)),
+    ("[::1]", ("[::1]:53",)),
+    ("::1", ("[::1]:53",)),
+    ("fd00::53", ("[fd00::53]:53",)),                    # ':53' is part of the address
+    ("2001:4860:4860::8888", ("[2001:4860:4860::8888]:53",)),
+    ("2001:db8:0:0:0:0:0:53", ("[2001:db8::53]:53",)),
+    ("::ffff:10.0.0.1", ("[::ffff:a00:1]:53",)),
+    (" 10.0.0.2 , [fd00::1]:5353 ", ("10.0.0.2:53", "[fd00::1]:5353")),
+])
+def test_dns_servers_take_ipv6_bracketed_with_a_port_or_bare_for_port_53(text, servers):
+    assert lb.Settings.from_env({**GOOD, "LB_DNS_SERVERS": text}).dns_servers == servers
+
+
+@pytest.mark.parametrize("text, message", [
+    ("::1:8600", r"LB_DNS_SERVERS has value '::1:8600': '::1:8600' is ambiguous: write "
+                 r"\[::1\]:8600 for port 8600 of ::1, or \[::1:8600\] for that address on "
+                 r"port 53"),
+    ("10.0.0.2,2001:db8::1:53", r"'2001:db8::1:53' is ambiguous: write \[2001:db8::1\]:53"),
+    ("[::1]8600", r"'\[::1\]8600' is not ip:port"),
+    ("[::1", r"'\[::1' is not ip:port"),
+    ("[::1]:", r"'\[::1\]:' has port ''"),
+    ("[::1]:0", r"'\[::1\]:0' has port '0'"),
+    ("1.2.3.4:53:53", r"'1.2.3.4:53:53': '1.2.3.4:53:53' is not an IP address"),
+])
+def test_an_ambiguous_or_bad_dns_server_is_a_config_error_naming_the_value(text, message):
+    with pytest.raises(lb.ConfigError, match=message):
+        lb.Settings.from_env({**GOOD, "LB_DNS_SERVERS": text})

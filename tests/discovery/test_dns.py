@@ -134,6 +134,109 @@ def test_only_aaaa_records(dnsmasq):
     assert urls(answer.backends) == ["http://[::1]:8080"]
 
 
+class _Middlebox(asyncio.DatagramProtocol):
+    """Between the watcher and the real dnsmasq: passes questions on, except those of the
+    types in ``drop`` (a middlebox that drops AAAA questions), which go unanswered."""
+
+    def __init__(self, upstream):
+        self.upstream = upstream
+        self.drop: set[str] = set()
+        self.waiting = {}
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def datagram_received(self, data, addr):
+        import dns.message
+        import dns.rdatatype
+        if addr == self.upstream:
+            peer = self.waiting.pop(data[:2], None)
+            if peer is not None:
+                self.transport.sendto(data, peer)
+            return
+        question = dns.message.from_wire(data).question[0]
+        if dns.rdatatype.to_text(question.rdtype) not in self.drop:
+            self.waiting[data[:2]] = addr
+            self.transport.sendto(data, self.upstream)
+
+
+def test_a_family_that_fails_keeps_its_last_addresses_while_the_other_answers(dnsmasq, caplog):
+    """AAAA questions dropped: the A answer is used with the last known AAAA addresses, the
+    source is not failing, the partial failure is logged once and shows in the status; both
+    dropped: the source fails (last set kept); NXDOMAIN to A: the name is gone."""
+    import logging
+    caplog.set_level(logging.INFO, logger="lbmiddleware.discovery.dns")
+    host, port = dnsmasq.address.rsplit(":", 1)
+    dnsmasq.set_addresses(WEB, ["127.0.0.2", "::1"])
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        transport, box = await loop.create_datagram_endpoint(
+            lambda: _Middlebox((host, int(port))), local_addr=("127.0.0.1", 0))
+        s = Settings(backends=[f"dns+http://{WEB}"], dns_min_refresh=0.05, dns_max_refresh=0.2,
+                     dns_servers=f"127.0.0.1:{transport.get_extra_info('sockname')[1]}")
+        watcher = DnsWatcher(f"dns+http://{WEB}:8080", s, timeout=0.1, lifetime=0.2)
+        status = watcher.status
+        try:
+            async with Following(watcher) as run:
+                await run.until_urls(["http://127.0.0.2:8080", "http://[::1]:8080"])
+                box.drop = {"AAAA"}
+                await change(dnsmasq.set_addresses, WEB, ["127.0.0.3", "::1"])
+                await run.until_urls(["http://127.0.0.3:8080", "http://[::1]:8080"])
+                await asyncio.sleep(0.6)                    # refreshes while AAAA fails
+                assert "AAAA web.lb.test: timeout" in status.last_error
+                assert "1 last known AAAA address" in status.last_error
+                assert status.partial and status.failing_since is None
+                assert run.events == []
+                box.drop = set()
+                await run.until(lambda: status.partial is None, "AAAA answered again")
+                box.drop = {"A", "AAAA"}
+                await run.until(lambda: run.events, "a failure")
+                assert isinstance(run.events[0], SourceFailed)
+                assert urls(run.latest) == ["http://127.0.0.3:8080", "http://[::1]:8080"]
+                box.drop = {"AAAA"}
+                await change(dnsmasq.set_addresses, WEB, [])          # NXDOMAIN to A
+                await run.until_urls([])
+                return run
+        finally:
+            transport.close()
+
+    asyncio.run(scenario())
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "AAAA" in warnings[0] and WEB in warnings[0], warnings
+    infos = [r.getMessage() for r in caplog.records if r.levelname == "INFO"]
+    assert infos == [f"DNS source dns+http://{WEB}:8080: AAAA {WEB} answered again"], infos
+
+
+def test_a_family_that_never_answered_gives_no_addresses_the_other_still_does(dnsmasq):
+    host, port = dnsmasq.address.rsplit(":", 1)
+    dnsmasq.set_addresses(WEB, ["127.0.0.2", "::1"])
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        transport, box = await loop.create_datagram_endpoint(
+            lambda: _Middlebox((host, int(port))), local_addr=("127.0.0.1", 0))
+        box.drop = {"A"}
+        s = Settings(backends=[f"dns+http://{WEB}"],
+                     dns_servers=f"127.0.0.1:{transport.get_extra_info('sockname')[1]}")
+        try:
+            return await DnsWatcher(f"dns+http://{WEB}:8080", s, timeout=0.1,
+                                    lifetime=0.2).ask()
+        finally:
+            transport.close()
+
+    answer = asyncio.run(scenario())
+    assert urls(answer.backends) == ["http://[::1]:8080"] and answer.ttl == 1.0
+
+
+def test_an_international_name_is_asked_and_sent_in_its_ascii_form(dnsmasq):
+    dnsmasq.set_addresses("xn--bcher-kva.lb.test", ["127.0.0.2"])
+    answer = asyncio.run(DnsWatcher("dns+https://bücher.lb.test:8443",
+                                    settings(dnsmasq)).ask())
+    assert [(b.url, b.authority, b.tls_server_name) for b in answer.backends] == [
+        ("https://127.0.0.2:8443", "xn--bcher-kva.lb.test:8443", "xn--bcher-kva.lb.test")]
+
+
 def test_a_successful_empty_answer_empties_the_set_until_records_return(dnsmasq):
     dnsmasq.set_addresses(WEB, ["127.0.0.2"])
     watcher = DnsWatcher(f"dns+http://{WEB}:8080", settings(dnsmasq))
@@ -337,8 +440,11 @@ def test_dns_servers_are_split_into_address_and_port():
     assert parse_server("127.0.0.1:8600") == ("127.0.0.1", 8600)
     assert parse_server("[::1]:5353") == ("::1", 5353)
     assert parse_server("10.0.0.2") == ("10.0.0.2", 53)
+    assert parse_server("::1") == ("::1", 53)
     with pytest.raises(ConfigError):
         parse_server("dns.example:53")
+    with pytest.raises(ConfigError, match=r"ambiguous: write \[::1\]:8600"):
+        parse_server("::1:8600")             # the settings' rule: port or address?
 
 
 # -- many sources in one pool -------------------------------------------------------------------

@@ -368,12 +368,14 @@ def test_a_malformed_watch_event_is_a_lost_watch_not_the_end_of_the_watcher(etcd
 def test_registration_puts_the_key_under_a_lease_kept_alive_and_deletes_it_on_exit(etcd):
     source = etcd.source("reg/orders")
     with Registration(source, "http://127.0.0.2:8001", ttl=1) as registration:
-        assert registration.key == "reg/orders/127.0.0.2:8001"
-        assert etcd.get("reg/orders/") == {"reg/orders/127.0.0.2:8001": "http://127.0.0.2:8001"}
+        assert registration.key == "reg/orders/http://127.0.0.2:8001"
+        assert etcd.get("reg/orders/") == {
+            "reg/orders/http://127.0.0.2:8001": "http://127.0.0.2:8001"}
         lease = etcd.lease_of(registration.key)
         assert lease == registration.lease != 0
         time.sleep(2.5)                 # 2.5 times the TTL: only the keep-alives keep it
-        assert etcd.get("reg/orders/") == {"reg/orders/127.0.0.2:8001": "http://127.0.0.2:8001"}
+        assert etcd.get("reg/orders/") == {
+            "reg/orders/http://127.0.0.2:8001": "http://127.0.0.2:8001"}
         assert registration.renewals >= 4 and registration.registrations == 1
     assert etcd.get("reg/orders/") == {}
     assert etcd.lease_ttl(lease) == -1  # revoked
@@ -398,15 +400,57 @@ def test_an_exit_deletes_the_key_only_while_it_is_still_its_own(etcd):
 def test_registration_writes_weight_and_priority_as_the_naming_packages_json(etcd):
     source = etcd.source("meta/orders")
     with Registration(source, "http://127.0.0.2:8001", weight=3, priority=1, ttl="2s"):
-        value = etcd.get("meta/orders/")["meta/orders/127.0.0.2:8001"]
+        value = etcd.get("meta/orders/")["meta/orders/http://127.0.0.2:8001"]
         assert json.loads(value) == {"Addr": "127.0.0.2:8001",
                                      "Metadata": {"weight": 3, "priority": 1}}
         backend = parse_value(value, Source(source))
         assert (backend.url, backend.weight, backend.priority) == ("http://127.0.0.2:8001", 3, 1)
     with Registration(Source(source), "https://127.0.0.2:8443/api", weight=2, ttl=2):
         [(key, value)] = etcd.get("meta/orders/").items()
-        assert key == "meta/orders/127.0.0.2:8443/api"
+        assert key == "meta/orders/https://127.0.0.2:8443/api"
         assert json.loads(value)["Addr"] == "https://127.0.0.2:8443/api"
+
+
+@pytest.mark.parametrize("url", [
+    "http://10.0.0.5:80", "http://10.0.0.5", "http://10.0.0.5:8080", "http://[::1]:80",
+    "http://[fd00::5]:8080/base", "https://10.0.0.5", "https://10.0.0.5:443/api",
+    "https://orders-1.internal:8443", "http://orders-1.internal/v1/"])
+@pytest.mark.parametrize(("weight", "priority"), [(None, None), (2, None), (None, 1), (3, 0)])
+def test_what_a_registration_writes_the_watcher_reads_as_the_same_backend(url, weight, priority):
+    """Every URL, with or without metadata: the value names the registered backend (a URL on
+    its scheme's default port once lost its port in "Addr", which no reader takes)."""
+    registration = Registration(SOURCE, url, weight=weight, priority=priority)
+    backend = parse_value(registration.value, SOURCE)
+    assert backend == registration.backend
+    assert (backend.weight, backend.priority) == (weight or 1, priority or 0)
+    if weight is not None or priority is not None:
+        address = json.loads(registration.value)["Addr"]
+        assert address == backend.url or address.rsplit(":", 1)[1].isdigit(), address
+
+
+def test_registration_keys_tell_every_backend_apart_and_read_as_its_url():
+    urls = ["http://10.0.0.5", "https://10.0.0.5", "http://10.0.0.5:8080",
+            "https://10.0.0.5:8080", "http://10.0.0.5/a", "http://[::1]:8080"]
+    keys = [Registration(SOURCE, url).key for url in urls]
+    assert keys == [f"services/orders/{url}" for url in urls]
+    assert Registration(SOURCE, "HTTP://10.0.0.5:80/").key == keys[0]     # one backend, one key
+
+
+def test_registrations_on_default_ports_and_both_schemes_are_all_followed(etcd, follow):
+    """Through a real etcd and an EtcdWatcher: http and https on the same host, default ports,
+    metadata; none overwrites another and the watcher reads each as registered."""
+    source = etcd.source("roundtrip/orders")
+    following = follow(source)
+    wait_until(lambda: following.sets == [()], "the first (empty) set")
+    with (Registration(source, "http://127.0.0.2:80", weight=2, ttl=2),
+          Registration(source, "https://127.0.0.2", priority=1, ttl=2),
+          Registration(source, "http://127.0.0.2:8001/base", ttl=2)):
+        assert len(etcd.get("roundtrip/orders/")) == 3
+        wait_until(lambda: following.sets and len(following.sets[-1]) == 3, "three backends")
+        assert sorted((b.url, b.weight, b.priority) for b in following.sets[-1]) == [
+            ("http://127.0.0.2", 2, 0), ("http://127.0.0.2:8001/base", 1, 0),
+            ("https://127.0.0.2", 1, 1)]
+    following.wait_urls([])
 
 
 def test_a_registration_is_followed_by_a_watcher_and_the_async_form_works(etcd, follow):
@@ -584,3 +628,70 @@ def test_register_with_bad_arguments_exits_2_and_with_etcd_down_exits_1(tmp_path
     down = run("etcd://127.0.0.1:1/x", "http://127.0.0.2:8001")
     assert down.returncode == 1
     assert "cannot connect to etcd at 127.0.0.1:1: Connection refused" in down.stderr
+
+
+def test_a_second_signal_while_deregistering_ends_the_wait_at_once_and_exits_1(
+        own_etcd, processes, tmp_path):
+    """etcd hangs (SIGSTOP) while the key is deleted: a second SIGINT stops waiting for it at
+    once, says so and what becomes of the key (its lease), and exits 1: the key may remain."""
+    etcd = own_etcd
+    log = tmp_path / "register.log"
+    process = register(etcd.source("stalled/orders"), "http://127.0.0.2:8001", "--ttl", "3s",
+                       "--drain", "30s", log=log)
+    processes.append(process)
+    wait_until(lambda: etcd.get("stalled/orders/"), "registered", timeout=10)
+    etcd.process.send_signal(signal.SIGSTOP)
+    try:
+        process.send_signal(signal.SIGINT)
+        wait_until(lambda: "deregistering" in log.read_text(), "deregistering")
+        time.sleep(0.3)
+        began = time.monotonic()
+        process.send_signal(signal.SIGINT)
+        assert process.wait(5) == 1
+        assert time.monotonic() - began < 1.5
+    finally:
+        etcd.process.send_signal(signal.SIGCONT)
+    text = log.read_text()
+    assert "SIGINT again: stopped waiting for etcd" in text, text
+    assert "stalled/orders/http://127.0.0.2:8001" in text
+    assert "until its lease expires, within 3s" in text, text
+    assert "draining" not in text
+
+
+def test_a_delete_that_fails_is_said_waits_for_the_lease_and_exits_1(own_etcd, processes,
+                                                                     tmp_path, follow):
+    """etcd down when the key should go: the process says that the key stays until its lease
+    expires (and when), waits for that and its drain so that no pool still picks the backend
+    when it exits, and exits 1."""
+    etcd = own_etcd
+    source = etcd.source("down/orders")
+    log = tmp_path / "register.log"
+    process = register(source, "http://127.0.0.2:8001", "--ttl", "2s", "--drain", "500ms",
+                       log=log)
+    processes.append(process)
+    wait_until(lambda: etcd.get("down/orders/"), "registered", timeout=10)
+    etcd.kill()
+    began = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(10) == 1
+    took = time.monotonic() - began
+    text = log.read_text()
+    assert "could not delete 'down/orders/http://127.0.0.2:8001'" in text, text
+    assert "Connection refused" in text
+    assert "stays in etcd until its lease expires" in text, text
+    assert "pools following etcd://" in text
+    assert 0.5 <= took < 4.5, took      # the lease's remaining time (<= 2 s) and the drain
+
+
+def test_a_second_signal_ends_the_drain_early_and_says_so(etcd, processes, tmp_path):
+    log = tmp_path / "register.log"
+    process = register(etcd.source("early/orders"), "http://127.0.0.2:8001", "--drain", "30s",
+                       log=log)
+    processes.append(process)
+    wait_until(lambda: etcd.get("early/orders/"), "registered", timeout=10)
+    process.send_signal(signal.SIGTERM)
+    wait_until(lambda: "draining for 30s" in log.read_text(), "draining")
+    assert etcd.get("early/orders/") == {}
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(5) == 0
+    assert "SIGTERM again: ending the drain early" in log.read_text()
