@@ -52,6 +52,12 @@ SLOW_START_SCALE = 100
 #: A slow start's effective weights are recomputed at most this often (seconds): each new set
 #: of weights makes the policies rebuild what they cached.
 SLOW_START_STEP = 1.0
+#: Ended incarnations (a drain that timed out with requests in flight) remembered so that
+#: their late ends are ignored: at most this many URLs, each with at most RETIRED_OBJECTS
+#: Backend objects (the last ones its picks returned); the oldest URL is forgotten first
+#: (a late end still to come from it would then count as the URL's again).
+RETIRED_URLS = 1024
+RETIRED_OBJECTS = 16
 
 logger = logging.getLogger("lbmiddleware")
 
@@ -59,6 +65,12 @@ logger = logging.getLogger("lbmiddleware")
 def _url(backend: Backend | str) -> str:
     """A backend's URL as the pool spells it."""
     return backend.url if isinstance(backend, Backend) else Backend(backend).url
+
+
+def _joining(state: BackendState) -> bool:
+    """True for a member that joined later and has not been up since (active health)."""
+    record = state.active
+    return record is not None and record.joining
 
 
 class Balancer:
@@ -125,12 +137,22 @@ class Balancer:
         self._states: dict[str, BackendState] = {}      # url -> state, listed order
         self._draining: dict[str, BackendState] = {}    # url -> state, no new picks
         self._held: dict[str, None] = {}                # urls drain() keeps out of the union
+        # Their states while an entry lists them: ip_hash keeps them in its table (their keys
+        # move as if ejected and come back on undrain()); undrain() takes them back.
+        self._kept: dict[str, BackendState] = {}
+        # url -> the Backend objects picks of its ended incarnations returned: _retire().
+        self._retired: dict[str, tuple[Backend, ...]] = {}
+        self._keyed = self._base_policy.keyed
+        self._table_now: tuple[BackendState, ...] = ()  # what the policy holds (_table())
         # Each entry's backends: the static list (key None) first, then each source by its
         # URL in settings order (others in the order they first update).
         self._entries: dict[str | None, tuple[Backend, ...]] = {None: settings.static_backends}
         self._entry_index: dict[str | None, dict[str, tuple[int, int, str | None]]] = {}
         for source in settings.sources:
             self._entries[source.url] = ()
+        # The sources that have not answered yet: a source's first answer is its initial list
+        # (no slow start, up for active health); the members of its later answers join.
+        self._unanswered = {source.url for source in settings.sources}
         self._warned: set[tuple[str, str | None]] = set()
         self._deferred: collections.deque[tuple[Backend, bool | None, float | None]] = (
             collections.deque())                        # see report_later(), release()
@@ -142,9 +164,7 @@ class Balancer:
         self._ramping = False
         self._ramp_next = 0.0
         self._drain_next = 0.0
-        self._started = False           # members from now on join later (active, slow start)
-        self._apply_membership(self._union()[0])
-        self._started = True
+        self._apply_membership(self._union()[0], joined_later=False)
         self._events.clear()         # the first members are no change: nobody listens yet
 
     @classmethod
@@ -191,6 +211,13 @@ class Balancer:
         :class:`NoHealthyBackend` if no other entry has members). Each change sends a
         :class:`~lbmiddleware.core.events.MembershipChanged` event.
 
+        The first answer of a source of the settings (its first update, empty or not) is its
+        initial list, as the static list is: its backends are up for active health checks
+        and get no slow start. The backends its later answers add join: no traffic before
+        their first passing probe, and a slow start. This is per source: a source answering
+        late, or again, does not make another's first answer a join. A source not in the
+        settings joins the pool with its first answer.
+
         The same backends with the same weights and priorities, in any order and spelling,
         change nothing (a DNS refresh every few seconds, say): no hash table is rebuilt,
         the round-robin sequence goes on, the listed order stays, no event is sent.
@@ -199,26 +226,35 @@ class Balancer:
             source.url if isinstance(source, Source) else Source(source).url)
         new = parse_backends(backends, allow_empty=True)
         if self._same_entry(key, new):
+            if key in self._unanswered:         # the same (empty) set: an answer all the same
+                with self._lock:
+                    self._unanswered.discard(key)
             return                  # nothing to rebuild, restart or announce
         if key is not None:         # each backend says which entry lists it
             new = tuple(b if b.source is not None else dataclasses.replace(b, source=key)
                         for b in new)
         prepared = None
-        if self._tiered is None and all(b.priority == new[0].priority for b in new):
+        if (self._keyed and self._tiered is None
+                and all(b.priority == new[0].priority for b in new)):
             # The slow part (a hash table) outside the lock, for the union this would give
             # (a guess: another thread may change it first, and the policy then rebuilds).
             entries = dict(self._entries)
             entries[key] = new
-            prepared = self._policy.prepare(self._table_guess(self._union(entries)[0]))
+            prepared = self._policy.prepare(self._table_guess(
+                self._union(entries)[0], entries, joined_later=key not in self._unanswered))
         with self._lock:
             if self._deferred:
                 self._apply_deferred()
             warnings: list[str] = []
+            first = key in self._unanswered
+            self._unanswered.discard(key)
             if not self._same_entry(key, new):
                 self._set_entry(key, new)
                 union, warnings = self._union()
                 if not self._same_members(union):
-                    self._apply_membership(union, prepared, source=key)
+                    self._apply_membership(union, prepared, source=key, joined_later=not first)
+                elif self._kept and self._unlist_kept():
+                    self._policy_members(prepared)      # a held backend left the table
             self._post()
         for warning in warnings:
             logger.warning("%s", warning)
@@ -228,7 +264,9 @@ class Balancer:
         """Take ``url`` out of rotation without errors: no new picks from now on, its
         requests in flight end normally; it leaves when the last one ends or after
         ``drain_timeout`` (:class:`~lbmiddleware.core.events.DrainStarted`, ``DrainEnded``).
-        An entry still listing it does not bring it back until :meth:`undrain`. Draining a
+        An entry still listing it does not bring it back until :meth:`undrain`. With
+        ``ip_hash`` it keeps its place in the hash table meanwhile: its keys move as if it
+        were ejected, no other key moves, and its own come back when it is undrained. Draining a
         backend twice changes nothing; a URL that is not in the pool is a
         :class:`ConfigError` naming it."""
         url = _url(url)
@@ -313,14 +351,34 @@ class Balancer:
                 union.append(backend)
         return tuple(union), warnings
 
-    def _table_guess(self, union: tuple[Backend, ...]) -> tuple[Backend, ...]:
-        """What the policy's table would hold for ``union``: the members, then those that
-        drain (read without the lock; a wrong guess only makes the policy rebuild)."""
+    def _table_guess(self, union: tuple[Backend, ...],
+                     entries: Mapping[str | None, tuple[Backend, ...]],
+                     joined_later: bool) -> tuple[Backend, ...]:
+        """What :meth:`_table` would give once ``union`` are the members (read without the
+        lock; a wrong guess only makes the policy rebuild under it)."""
+        states, draining, kept = dict(self._states), dict(self._draining), dict(self._kept)
+        checked = self._active is not None
+        members: list[Backend] = []
+        joining = 0
+        for backend in union:
+            url = backend.url
+            state = states.get(url) or draining.get(url) or kept.get(url)
+            if checked and ((state is None and joined_later)
+                            or (state is not None and not state.tabled
+                                and ((url not in states and joined_later)
+                                     or _joining(state)))):
+                joining += 1
+                continue
+            members.append(backend)
+        if joining and not members:
+            members = list(union)       # a pool of joiners only: they are the table
         urls = {b.url for b in union}
-        extra = [s.backend for url, s in list(self._draining.items()) if url not in urls]
-        extra += [s.backend for url, s in list(self._states.items())
-                  if url not in urls and s.in_flight]
-        return union + tuple(extra)
+        extra = [s.backend for url, s in draining.items() if url not in urls]
+        extra += [s.backend for url, s in states.items() if url not in urls and s.in_flight]
+        listed = {b.url for backends in entries.values() for b in backends}
+        extra += [s.backend for url, s in kept.items()
+                  if url not in draining and url not in urls and url in listed]
+        return (*members, *extra)
 
     def _same_members(self, backends: tuple[Backend, ...]) -> bool:
         """True when ``backends`` are the members now, with the same values, in any order."""
@@ -334,30 +392,43 @@ class Balancer:
         return True
 
     def _apply_membership(self, backends: tuple[Backend, ...], prepared: Any = None, *,
-                          source: str | None = None, reason: str = "removed") -> None:
+                          source: str | None = None, reason: str = "removed",
+                          joined_later: bool = True) -> None:
+        """Make ``backends`` the members. Those added join (``joined_later``) or, at
+        construction and in a source's first answer, are initial members."""
         old = self._states
         now = self._timer()
         states: dict[str, BackendState] = {}
         added, reweighted = [], []
+        drains: list[Event] = []
         for backend in backends:
-            state = old.get(backend.url)
+            url = backend.url
+            state = old.get(url)
             if state is None:
                 added.append(backend)
-                state = self._draining.pop(backend.url, None)
-                if state is None:
-                    state = BackendState(backend, now)
-                state.drain_until = None
-                state.backend = backend
-                self._join(state, now)
-            elif (state.backend.weight != backend.weight
-                  or state.backend.priority != backend.priority):
-                reweighted.append(backend)
-            state.backend = backend
+                kept = self._kept.pop(url, None)
+                state = self._draining.pop(url, None)
+                if state is not None:       # back before its drain ended: the same member
+                    drains.append(DrainEnded(state.backend, False, state.in_flight,
+                                             cancelled=True))
+                    state.drain_until = None
+                    self._hand(state, backend)
+                elif kept is not None and not kept.in_flight:
+                    state = kept            # undrain(): its state, still in ip_hash's table
+                    self._hand(state, backend)
+                else:
+                    state = BackendState(self._fresh(backend), now)
+                self._join(state, now, joined_later)
+            else:
+                if (state.backend.weight != backend.weight
+                        or state.backend.priority != backend.priority):
+                    reweighted.append(backend)
+                self._hand(state, backend)
             state.source = backend.source
             state.weight = backend.weight
-            states[backend.url] = state
+            states[url] = state
         removed = []
-        drains: list[Event] = []
+        held = self._held
         for url, state in old.items():
             if url not in states:
                 removed.append(state.backend)
@@ -366,6 +437,10 @@ class Balancer:
                 state.ramp = 1.0
                 if state.in_flight or reason == "drain()":
                     self._start_drain(state, now, reason, drains)
+                if url in held:
+                    self._kept[url] = state
+        if self._kept:
+            self._unlist_kept()
         self._states = states
         if self._slow_start and (self._ramping or added):
             self._ramp(now)
@@ -375,16 +450,63 @@ class Balancer:
         self._events.extend(drains)
         self._refresh()             # after the change, the panic it may start or end
 
-    def _join(self, state: BackendState, now: float) -> None:
-        """A backend becomes a member: at construction up, later pending its first probe
-        and (re)starting its slow start."""
+    def _unlist_kept(self) -> bool:
+        """Forget the held backends no entry lists any more (they leave ip_hash's table);
+        True if there were any."""
+        listed = {b.url for entry in self._entries.values() for b in entry}
+        gone = [url for url in self._kept if url not in listed]
+        for url in gone:
+            del self._kept[url]
+        return bool(gone)
+
+    def _join(self, state: BackendState, now: float, joined_later: bool) -> None:
+        """A backend becomes a member: an initial one up, one that joins later pending its
+        first probe and (re)starting its slow start."""
         active = self._active
         if active is not None:
             if state.active is None:
                 state.active = ActiveRecord()
-            active.start(state.active, state.backend, joined_later=self._started)
-        if self._started and self._slow_start:
+            active.start(state.active, state.backend, joined_later=joined_later)
+        if joined_later and self._slow_start:
             state.ramp_since = now
+
+    def _fresh(self, backend: Backend) -> Backend:
+        """``backend``, or an equal copy if picks of an ended incarnation of its URL returned
+        this very object (see :meth:`_retire`): a new member's picks are never one of them."""
+        if self._retired and self._late(backend):
+            return dataclasses.replace(backend)
+        return backend
+
+    def _hand(self, state: BackendState, backend: Backend) -> None:
+        """From now on picks of ``state`` return ``backend`` (a new weight, say); the object
+        it replaces is remembered while requests picked with it may still be in flight."""
+        old = state.backend
+        if old is backend or (old == backend and old.source == backend.source):
+            return                  # the same values: picks go on returning the same object
+        if state.in_flight:
+            state.former = (*state.former[1 - RETIRED_OBJECTS:], old)
+        else:
+            state.former = ()
+        state.backend = self._fresh(backend)
+
+    def _retire(self, state: BackendState) -> None:
+        """``state`` left with requests in flight (its drain timed out): their late ends are
+        ignored, even once its URL is a member again. They are known by the Backend objects
+        its picks returned (``state.backend``, ``state.former``), which a new member of the
+        URL never returns (:meth:`_fresh`). A report with an equal object built by the caller
+        still ends a member's pick, as it always did."""
+        url = state.backend.url
+        objects = self._retired.pop(url, ())
+        self._retired[url] = (*objects, *state.former, state.backend)[-RETIRED_OBJECTS:]
+        state.former = ()
+        while len(self._retired) > RETIRED_URLS:
+            del self._retired[next(iter(self._retired))]
+
+    def _late(self, backend: Backend) -> bool:
+        """True when ``backend`` is an object a pick of an ended incarnation returned (see
+        :meth:`_retire`): its end is a late one, to ignore. Kept until forgotten (not
+        counted down: an end given twice must not reach the new member either)."""
+        return any(backend is b for b in self._retired.get(backend.url, ()))
 
     def _start_drain(self, state: BackendState, now: float, reason: str,
                      events: list[Event]) -> None:
@@ -394,6 +516,8 @@ class Balancer:
         timeout = self.settings.drain_timeout
         if not state.in_flight or not timeout:
             events.append(DrainEnded(state.backend, bool(state.in_flight), state.in_flight))
+            if state.in_flight:
+                self._retire(state)
             return
         state.drain_until = until = now + timeout
         url = state.backend.url
@@ -412,6 +536,7 @@ class Balancer:
                 del self._draining[url]
                 state.drain_until = None
                 self._events.append(DrainEnded(state.backend, True, state.in_flight))
+                self._retire(state)
             elif until is not None and (upcoming is None or until < upcoming):
                 upcoming = until
         if upcoming is not None:
@@ -423,10 +548,31 @@ class Balancer:
         state.drain_until = None
         self._events.append(DrainEnded(state.backend, False, 0))
 
+    def _table(self, passing: BackendState | None = None) -> tuple[BackendState, ...]:
+        """The backends the policy holds: the members, then the draining backends, whose
+        sticky keys move as if ejected. For ip_hash (the one policy with a table) also the
+        backends drain() holds out while an entry lists them (their keys come back when
+        undrained), and not the members that joined and have not been up yet (active
+        health), unless no other member is left: no key moves for a backend that may never
+        serve. ``passing``: as if that joiner were up (a guess made without the lock)."""
+        members = tuple(self._states.values())
+        if not self._keyed:
+            return (*members, *self._draining.values())
+        if self._active is not None:
+            tabled = tuple(s for s in members
+                           if s.tabled or s is passing or not _joining(s))
+            if tabled:
+                members = tabled
+        draining = dict(self._draining)         # copies: a guess reads without the lock
+        kept = [s for url, s in list(self._kept.items()) if url not in draining]
+        return (*members, *draining.values(), *kept)
+
     def _policy_members(self, prepared: Any = None) -> None:
-        """Tell the policy (one instance per tier when there are several) its members: the
-        members and the draining backends, whose sticky keys move as if ejected."""
-        table = (*self._states.values(), *self._draining.values())
+        """Tell the policy (one instance per tier when there are several) its members:
+        :meth:`_table`."""
+        self._table_now = table = self._table()
+        for state in table:
+            state.tabled = True
         priorities = {s.backend.priority for s in table}
         if len(priorities) > 1:
             if self._tiered is None:
@@ -451,16 +597,7 @@ class Balancer:
         self._generation += 1
         everyone = tuple(self._states.values())
         self._all = Members(everyone, self._generation, carry)
-        if self._active is None:
-            usable = tuple(s for s in everyone if s.health.ejected_until is None)
-        else:
-            usable = tuple(s for s in everyone if s.health.ejected_until is None
-                           and s.active is not None and s.active.up)
-            if not usable:
-                # No member is up: rather than an empty pool, the joiners not probed yet
-                # (a pool whose first members came from a source, say). No panic yet.
-                usable = tuple(s for s in everyone if s.health.ejected_until is None
-                               and s.active is not None and s.active.pending)
+        usable = self._usable(everyone)
         self._healthy = Members(usable, self._generation, carry)
         if self._tiered is not None:
             self._tiered.refresh(self._all, self._healthy)
@@ -468,9 +605,47 @@ class Balancer:
         if panic != self._panic:
             self._panic = panic
             if panic:
-                self._events.append(PanicStarted(tuple(s.backend for s in everyone)))
+                self._events.append(self._panic_started(everyone))
             else:
                 self._events.append(PanicEnded(answered_by, returned))
+
+    def _usable(self, everyone: tuple[BackendState, ...],
+                now: float | None = None) -> tuple[BackendState, ...]:
+        """The members a pick may choose: not ejected (by ``now``, if given: an ejection
+        whose time is over counts as over) and, with active health, up. A pool whose
+        members all joined and wait for their first probe picks among those (not a panic:
+        nothing was seen to fail); once any member is not pending, no such fallback: with
+        none usable, the pool panics over all of them (SEMANTICS part two)."""
+        if now is None:
+            usable = tuple(s for s in everyone if s.health.ejected_until is None
+                           and (s.active is None or s.active.up))
+        else:
+            usable = tuple(s for s in everyone if (s.health.ejected_until is None
+                                                   or s.health.ejected_until <= now)
+                           and (s.active is None or s.active.up))
+        if usable or self._active is None:
+            return usable
+        if not all(s.active is not None and s.active.pending for s in everyone):
+            return ()
+        if now is None:
+            return tuple(s for s in everyone if s.health.ejected_until is None)
+        return tuple(s for s in everyone
+                     if s.health.ejected_until is None or s.health.ejected_until <= now)
+
+    @staticmethod
+    def _panic_started(everyone: tuple[BackendState, ...]) -> PanicStarted:
+        """The event of a panic over ``everyone``, with why each member is unusable."""
+        ejected, down, pending = [], [], []
+        for state in everyone:
+            record = state.active
+            if state.health.ejected_until is not None:
+                ejected.append(state.backend)
+            elif record is not None and record.pending:
+                pending.append(state.backend)
+            elif record is not None and not record.up:
+                down.append(state.backend)
+        return PanicStarted(tuple(s.backend for s in everyone), tuple(ejected), tuple(down),
+                            tuple(pending))
 
     # -- time: ejections, drains, slow start ---------------------------------------------
 
@@ -723,6 +898,8 @@ class Balancer:
             state = self._draining.get(url)
             if state is None:
                 return          # removed, and its last request already ended
+        if backend is not state.backend and self._retired and self._late(backend):
+            return              # an end of an ended incarnation of this URL
         if state.in_flight > 0:
             state.in_flight -= 1
             self._policy.finished(state)
@@ -779,6 +956,8 @@ class Balancer:
             state = self._draining.get(url)
             if state is None:
                 return None       # removed, and its last request already ended
+        if backend is not state.backend and self._retired and self._late(backend):
+            return None         # an end of an ended incarnation of this URL
         if state.in_flight > 0:
             state.in_flight -= 1
             self._policy.finished(state)
@@ -842,13 +1021,7 @@ class Balancer:
             return self._all if self._panic else self._healthy
         # Some ejection is over; a pick would end it first. A throwaway snapshot
         # (generation -1: no policy may cache it).
-        usable = tuple(s for s in self._states.values()
-                       if (s.health.ejected_until is None or s.health.ejected_until <= now)
-                       and (s.active is None or s.active.up))
-        if not usable and self._active is not None:
-            usable = tuple(s for s in self._states.values()
-                           if (s.health.ejected_until is None or s.health.ejected_until <= now)
-                           and s.active is not None and s.active.pending)
+        usable = self._usable(tuple(self._states.values()), now)
         return Members(usable, -1) if usable else self._all
 
     def stats(self) -> list[dict[str, Any]]:
@@ -917,11 +1090,19 @@ class Balancer:
         ``"connection refused"``... A result for a backend that is not a member (removed,
         draining) or while checks are off is ignored."""
         url = backend.url if isinstance(backend, Backend) else _url(backend)
+        active = self._active
+        prepared = None
+        if ok and active is not None and self._keyed and self._tiered is None:
+            # A joiner's first time up puts it in ip_hash's table: the table is built here,
+            # outside the lock (a guess; if another change overtakes it, the policy rebuilds).
+            joiner = self._states.get(url)
+            if (joiner is not None and not joiner.tabled and joiner.active is not None
+                    and joiner.active.joining and active.would_come_up(joiner.active)):
+                prepared = self._policy.prepare([s.backend for s in self._table(joiner)])
         with self._lock:
             if self._deferred:
                 self._apply_deferred()
             state = self._states.get(url)
-            active = self._active
             if state is not None and active is not None and state.active is not None:
                 now = self._timer()
                 if self._timed:
@@ -932,6 +1113,8 @@ class Balancer:
                 unejected = ok and self._health.uneject(state, now)
                 if (unejected or (changed and record.up and not was_up)) and self._slow_start:
                     self._start_ramp((state,), now)
+                if changed and self._keyed and self._table() != self._table_now:
+                    self._policy_members(prepared)
                 if changed or unejected:
                     self._refresh()
             self._post()

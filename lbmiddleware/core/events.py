@@ -23,14 +23,14 @@ from __future__ import annotations
 import enum
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeAlias
 
 from .backend import Backend
 
 __all__ = [
     "BackendEjected", "ReturnCause", "BackendReturned", "ProbationPassed", "PanicStarted",
-    "PanicEnded", "MembershipChanged", "BackendDown", "BackendUp",
+    "PanicEnded", "MembershipChanged", "BackendDown", "BackendUp", "DrainStarted", "DrainEnded",
     "SourceFailed", "SourceRecovered", "Event", "Listener", "log_event",
 ]
 
@@ -85,10 +85,30 @@ class ProbationPassed:
 
 @dataclass(frozen=True, slots=True)
 class PanicStarted:
-    """No member is usable (every one ejected, down by its health checks or not checked yet):
-    picks now choose among all of them (panic mode)."""
+    """No member is usable: picks now choose among all of them (panic mode). Why, per member:
+    ``ejected`` by passive health, else ``down`` by its active health checks, else
+    ``pending``, a joiner not checked yet (which alone is no panic: a pool of joiners only
+    is picked from while they wait for their first probes)."""
 
     members: tuple[Backend, ...]
+    # The why, not what happened: PanicStarted(members) equals the event whatever it holds.
+    ejected: tuple[Backend, ...] = field(default=(), compare=False)
+    down: tuple[Backend, ...] = field(default=(), compare=False)
+    pending: tuple[Backend, ...] = field(default=(), compare=False)
+
+    @property
+    def reason(self) -> str:
+        """"every backend is ejected", "every backend is down by its health checks", or the
+        mix: "no backend is usable (2 ejected, 1 down by its health checks)"."""
+        parts = [(len(self.ejected), "ejected"), (len(self.down), "down by its health checks"),
+                 (len(self.pending), "not checked yet")]
+        parts = [(count, what) for count, what in parts if count]
+        if not parts:
+            return "no backend is usable"
+        if len(parts) == 1 and parts[0][0] == len(self.members):
+            return f"every backend is {parts[0][1]}"
+        return "no backend is usable ({})".format(
+            ", ".join(f"{count} {what}" for count, what in parts))
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,11 +172,14 @@ class DrainStarted:
 class DrainEnded:
     """A draining ``backend`` left the pool: its last request ended, or ``drain_timeout``
     ran out (``timed_out``) with ``in_flight_left`` requests still out (their ends are then
-    ignored)."""
+    ignored, even if the same URL is a member again by then). Or, ``cancelled``, it is a
+    member again before either (listed again, or ``Balancer.undrain()``): its ``in_flight_left``
+    requests end as the member's. Every :class:`DrainStarted` is followed by one."""
 
     backend: Backend
     timed_out: bool
     in_flight_left: int
+    cancelled: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,8 +222,7 @@ def log_event(event: Event) -> None:
             logger.info("backend %s returns after %.3gs ejected: an active health check passed",
                         event.backend.url, event.ejected_for)
     elif isinstance(event, PanicStarted):
-        logger.warning("every backend is ejected: panic mode, picking among all %d",
-                       len(event.members))
+        logger.warning("%s: panic mode, picking among all %d", event.reason, len(event.members))
     elif isinstance(event, PanicEnded):
         if event.answered_by is not None:
             logger.info("backend %s answered while every backend was ejected: %d backends return",
@@ -214,7 +236,10 @@ def log_event(event: Event) -> None:
         logger.info("backend %s is draining (%s): %d requests in flight",
                     event.backend.url, event.reason, event.in_flight)
     elif isinstance(event, DrainEnded):
-        if event.timed_out:
+        if event.cancelled:
+            logger.info("backend %s is a member again: its drain is cancelled, %d requests "
+                        "in flight", event.backend.url, event.in_flight_left)
+        elif event.timed_out:
             logger.info("backend %s left after its drain timeout, %d requests still in flight",
                         event.backend.url, event.in_flight_left)
         else:

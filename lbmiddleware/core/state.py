@@ -7,7 +7,8 @@ Each group of fields has one writer:
 * ``health``, a :class:`~lbmiddleware.core.health.passive.HealthRecord`: passive health;
 * ``active``, a :class:`~lbmiddleware.core.health.active.ActiveRecord` (None while active
   health checks are off): active health;
-* ``ramp_since``/``ramp`` (slow start), ``drain_until`` and ``source``: the balancer;
+* ``ramp_since``/``ramp`` (slow start), ``drain_until``, ``source``, ``former`` and
+  ``tabled``: the balancer;
 * ``latency``, a :class:`~lbmiddleware.core.load.LatencyEstimate`: the peak-EWMA estimator;
 * ``scratch``: the pool's policy, for what it keeps per backend (least_conn: the backend's
   live heap entry; latency: the send times of its requests in flight).
@@ -32,7 +33,8 @@ class BackendState:
     """What the balancer knows of one backend right now."""
 
     __slots__ = ("backend", "weight", "in_flight", "requests", "failures", "health", "latency",
-                 "scratch", "active", "ramp_since", "ramp", "drain_until", "source")
+                 "scratch", "active", "ramp_since", "ramp", "drain_until", "source", "former",
+                 "tabled")
 
     def __init__(self, backend: Backend, now: float) -> None:
         self.backend = backend
@@ -50,6 +52,10 @@ class BackendState:
         self.ramp = 1.0                          # its factor as last computed
         self.drain_until: float | None = None    # draining: leaves by then at the latest
         self.source: str | None = None           # the entry that lists it (None: static)
+        # The Backend objects picks returned before ``backend`` replaced them (a new weight)
+        # while requests picked with them were in flight: their ends are this backend's.
+        self.former: tuple[Backend, ...] = ()
+        self.tabled = False                      # in the policy's table (ip_hash) once
 
     def __repr__(self) -> str:
         return f"<BackendState {self.backend.url} in_flight={self.in_flight}>"

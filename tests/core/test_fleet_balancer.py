@@ -190,6 +190,22 @@ class TestDrain:
         assert of(events, DrainEnded) == [DrainEnded(lb.Backend(B), False, 0)]
         assert urls(pool.backends) == [A]
 
+    def test_a_drain_cancelled_by_a_readd_ends_with_an_event(self):
+        pool = Balancer([A, B])
+        events = listen(pool)
+        held = pool.pick(exclude=[B])
+        pool.update([B])                          # A drains with one request in flight
+        pool.update([A, B])                       # and is back before it ended
+        assert of(events, DrainEnded) == [DrainEnded(lb.Backend(A), False, 1, cancelled=True)]
+        pool.report(held)
+        assert len(of(events, DrainEnded)) == len(of(events, DrainStarted)) == 1
+        held = pool.pick(exclude=[B])
+        pool.drain(A)
+        pool.undrain(A)                           # undrain() cancels it too
+        assert of(events, DrainEnded)[-1] == DrainEnded(lb.Backend(A), False, 1, cancelled=True)
+        pool.report(held)
+        assert len(of(events, DrainEnded)) == len(of(events, DrainStarted)) == 2
+
     def test_an_unknown_url_is_a_config_error_naming_it(self):
         pool = Balancer([A])
         with pytest.raises(lb.ConfigError, match="http://zz:1"):
@@ -375,13 +391,17 @@ class TestActiveHealth:
     def test_a_joiner_gets_traffic_if_the_pool_would_otherwise_be_empty(self):
         pool = Balancer(DNS, health_check="/healthz", health_check_fall=1)
         events = listen(pool)
-        pool.update([A, B], source=DNS)
+        pool.update([], source=DNS)               # the first answer: no records yet
+        pool.update([A, B], source=DNS)           # so these two join
         assert {pool.pick().url for _ in range(10)} == {A, B}
         assert not of(events, PanicStarted)       # not a panic: nothing was seen to fail
         pool.report_probe(A, True, "status 200")  # now one is up: the other waits its pass
         assert {pool.pick().url for _ in range(10)} == {A}
-        pool.report_probe(A, False, "status 503")  # A down, B pending: B rather than no one
-        assert {pool.pick().url for _ in range(10)} == {B}
+        # A down, B pending: no longer a pool of joiners only, so a panic over both (the
+        # fallback to joiners is for a pool with no other member)
+        pool.report_probe(A, False, "status 503")
+        assert {pool.pick().url for _ in range(30)} == {A, B}
+        assert of(events, PanicStarted)[-1].down == (lb.Backend(A),)
 
     def test_fall_takes_it_down_and_rise_brings_it_back(self, clock):
         pool = Balancer([A, B], timer=clock, health_check="/healthz",
@@ -462,6 +482,36 @@ class TestLogging:
         ]
 
 
+class TestPanicLog:
+    """The panic line says why no backend is usable: ejected, down by its health checks."""
+
+    @staticmethod
+    def lines(caplog):
+        return [r.getMessage() for r in caplog.records if "panic" in r.getMessage()]
+
+    def test_every_backend_down_by_health_checks(self, caplog):
+        caplog.set_level(logging.INFO, logger="lbmiddleware")
+        pool = Balancer([A, B], health_check="/h")
+        events = listen(pool)
+        for url in (A, B):
+            pool.report_probe(url, False, "status 503")
+        assert self.lines(caplog) == [
+            "every backend is down by its health checks: panic mode, picking among all 2"]
+        (panic,) = of(events, PanicStarted)
+        assert (panic.ejected, panic.down) == ((), (lb.Backend(A), lb.Backend(B)))
+
+    def test_some_ejected_some_down_some_not_checked_yet(self, caplog):
+        caplog.set_level(logging.INFO, logger="lbmiddleware")
+        pool = Balancer([A, B, C], health_check="/h", max_fails=1)
+        pool.update([A, B, C, D])                     # D: not checked yet
+        pool.report_probe(C, False, "status 503")
+        for url in (A, B):
+            pool.report(pool.pick(exclude=[u for u in (A, B, C) if u != url]), ok=False)
+        assert self.lines(caplog) == [
+            "no backend is usable (2 ejected, 1 down by its health checks, 1 not checked yet):"
+            " panic mode, picking among all 4"]
+
+
 def test_probes_picks_and_drains_from_many_threads_leave_nothing_in_flight():
     import threading
 
@@ -494,3 +544,326 @@ def test_probes_picks_and_drains_from_many_threads_leave_nothing_in_flight():
         worker.join(10)
     assert not errors
     assert all(row["in_flight"] == 0 for row in pool.stats())
+
+
+KEYS = [f"10.1.{i // 256}.{i % 256}" for i in range(3000)]
+FLEET = [f"http://10.0.0.{i}:8080" for i in range(1, 7)]
+
+
+def owners(pool):
+    return {k: pool.lookup(k).url for k in KEYS}
+
+
+class TestFirstAnswer:
+    """A source's first successful answer is its initial list (SEMANTICS: slow start is "not
+    at process start for the initial list"; active health: "a backend that exists when
+    checking starts is up"); the members of its later answers join."""
+
+    def test_the_first_answers_members_do_not_ramp_and_the_next_ones_do(self, clock):
+        pool = Balancer([FLEET[5], DNS], timer=clock, slow_start="30s")
+        pool.update(FLEET[:2], source=DNS)
+        assert [r["effective_weight"] for r in pool.stats()] == [1, 1, 1]
+        pool.update(FLEET[:3], source=DNS)
+        assert by_url(pool)[FLEET[2]]["effective_weight"] == 0.1
+
+    def test_the_first_answers_members_are_up_and_the_next_ones_pending(self):
+        pool = Balancer([FLEET[5], DNS, "http://b0:1 backup"], health_check="/healthz")
+        pool.update(FLEET[:2], source=DNS)
+        assert {row["health_check"]["status"] for row in pool.stats()} == {"up"}
+        assert {pool.pick().url for _ in range(30)} == {FLEET[5], *FLEET[:2]}
+        pool.update(FLEET[:3], source=DNS)
+        assert by_url(pool)[FLEET[2]]["health_check"]["status"] == "pending"
+
+    def test_first_is_per_source(self, clock):
+        pool = Balancer([DNS, ETCD], timer=clock, slow_start="30s")
+        pool.update([A], source=DNS)
+        pool.update([A, B], source=DNS)             # DNS's second answer: B joins
+        pool.update([C, D], source=ETCD)            # ETCD's first: its initial list
+        rows = by_url(pool)
+        assert [rows[u]["effective_weight"] for u in (A, B, C, D)] == [1, 0.1, 1, 1]
+
+    def test_a_successful_empty_first_answer_is_the_first(self, clock):
+        pool = Balancer([A, DNS], timer=clock, slow_start="30s")
+        pool.update([], source=DNS)                 # no records yet: an answer all the same
+        pool.update([B], source=DNS)
+        assert by_url(pool)[B]["effective_weight"] == 0.1
+
+    def test_a_source_not_in_the_settings_joins(self, clock):
+        pool = Balancer([A], timer=clock, slow_start="30s", health_check="/h")
+        pool.update([B], source=DNS)                # not there when checking started
+        assert by_url(pool)[B]["effective_weight"] == 0.1
+        assert by_url(pool)[B]["health_check"]["status"] == "pending"
+
+
+class TestIpHashJoiners:
+    """With active health, a joiner is out of the hash table until its first pass: no key
+    moves before it, and then only the joiner's own keys (and Maglev's own disruption, the
+    same as between two fresh pools) move to it."""
+
+    def test_no_key_moves_while_a_joiner_is_pending_or_failing(self):
+        pool = Balancer(FLEET[:3], policy="ip_hash", health_check="/healthz")
+        before = owners(pool)
+        pool.update(FLEET[:4])
+        assert owners(pool) == before
+        for _ in range(5):
+            pool.report_probe(FLEET[3], False, "status 503")
+        assert owners(pool) == before
+        assert {pool.pick(key=k).url for k in KEYS[:300]} <= set(FLEET[:3])
+
+    def test_once_it_passes_its_keys_move_to_it_as_in_a_fresh_pool(self):
+        pool = Balancer(FLEET[:3], policy="ip_hash", health_check="/healthz",
+                        health_check_rise=2)
+        before = owners(pool)
+        pool.update(FLEET[:4])
+        pool.report_probe(FLEET[3], False, "status 503")    # down: now it needs rise passes
+        pool.report_probe(FLEET[3], True, "status 200")
+        assert owners(pool) == before
+        pool.report_probe(FLEET[3], True, "status 200")
+        after = owners(pool)
+        assert after == owners(Balancer(FLEET[:4], policy="ip_hash"))
+        moved = [k for k in KEYS if after[k] != before[k]]
+        assert 0.2 < len(moved) / len(KEYS) < 0.3
+        assert sum(1 for k in moved if after[k] != FLEET[3]) <= 3     # Maglev's own: 1 here
+
+    def test_the_table_is_built_outside_the_lock_when_a_joiner_passes(self, monkeypatch):
+        import lbmiddleware.core.policies.ip_hash as ip_hash
+
+        pool = Balancer(FLEET[:3], policy="ip_hash", health_check="/healthz")
+        built = []
+        real = ip_hash.maglev_table
+        monkeypatch.setattr(ip_hash, "maglev_table",
+                            lambda *args: built.append(pool._lock.locked()) or real(*args))
+        pool.update(FLEET[:4])
+        assert built == []                  # a pending joiner changes no table
+        pool.report_probe(FLEET[3], True, "status 200")
+        assert built == [False]
+        pool.report_probe(FLEET[3], True, "status 200")     # up already: nothing to build
+        assert built == [False]
+
+    def test_membership_changes_build_their_tables_outside_the_lock(self, monkeypatch):
+        import lbmiddleware.core.policies.ip_hash as ip_hash
+
+        pool = Balancer([*FLEET[:3], DNS], policy="ip_hash", health_check="/healthz")
+        built = []
+        real = ip_hash.maglev_table
+        monkeypatch.setattr(ip_hash, "maglev_table",
+                            lambda *args: built.append(pool._lock.locked()) or real(*args))
+        pool.update(FLEET[3:5], source=DNS)     # the first answer: in the table at once
+        pool.drain(FLEET[0])                    # held: stays in the table
+        pool.update(FLEET[3:6], source=DNS)     # a joiner: not in the table yet
+        pool.update(FLEET[:2] + FLEET[3:4], source=None)     # FLEET[2] and FLEET[4] leave...
+        pool.update(FLEET[3:4] + FLEET[5:6], source=DNS)
+        pool.undrain(FLEET[0])                  # its own table entry all along
+        assert built == [False, False, False]
+
+    def test_a_joiner_alone_in_a_pool_still_hashes(self):
+        pool = Balancer(DNS, policy="ip_hash", health_check="/healthz")
+        pool.update([], source=DNS)
+        pool.update(FLEET[:3], source=DNS)      # every member pending: picked all the same
+        first = owners(pool)
+        assert set(first.values()) == set(FLEET[:3])
+        assert {k: pool.pick(key=k).url for k in KEYS[:200]} == {k: first[k] for k in KEYS[:200]}
+
+    def test_a_drained_backend_stays_in_the_table_until_undrained(self):
+        pool = Balancer(FLEET, policy="ip_hash")
+        before = owners(pool)
+        pool.drain(FLEET[0])                # nothing in flight: it leaves at once
+        during = owners(pool)
+        moved = [k for k in KEYS if during[k] != before[k]]
+        assert moved and all(before[k] == FLEET[0] for k in moved)
+        assert FLEET[0] not in during.values()
+        pool.undrain(FLEET[0])
+        assert owners(pool) == before
+
+    def test_a_drained_backend_leaves_the_table_when_its_entry_drops_it(self):
+        pool = Balancer(FLEET, policy="ip_hash")
+        pool.drain(FLEET[0])
+        pool.update(FLEET[1:])
+        assert owners(pool) == owners(Balancer(FLEET[1:], policy="ip_hash"))
+        pool.update(FLEET)                  # listed again: still held out by drain()
+        assert FLEET[0] not in owners(pool).values()
+
+
+class TestPendingFallback:
+    def test_ejected_members_panic_rather_than_send_all_to_an_unprobed_joiner(self):
+        pool = Balancer([A, B], health_check="/healthz", max_fails=1, rng=random.Random(1))
+        events = listen(pool)
+        pool.update([A, B, C])                      # C joins: no traffic before its pass
+        for url in (A, B):
+            pool.report(pool.pick(exclude=[u for u in (A, B, C) if u != url]), ok=False)
+        assert of(events, PanicStarted)
+        held = [pool.pick() for _ in range(30)]    # panic over every member: C one of three
+        assert Counter(b.url for b in held) == {A: 10, B: 10, C: 10}
+
+
+class TestLateEnds:
+    """A drain that timed out is over: its requests' late ends are ignored, also when the
+    same URL came back meanwhile (a new member, whose own requests they are not)."""
+
+    @staticmethod
+    def timed_out(clock, **options):
+        pool = Balancer([A, B], timer=clock, drain_timeout=5, **options)
+        old = [pool.pick(exclude=[B]) for _ in range(3)]
+        pool.update([B])                    # A drains with three in flight
+        clock.advance(6)
+        pool.stats()                        # the drain times out: A leaves
+        pool.update([A, B])                 # A is back: a new member
+        return pool, old
+
+    def test_a_late_end_does_not_lower_the_new_members_in_flight(self, clock):
+        pool, old = self.timed_out(clock, policy="least_conn")
+        new = pool.pick(exclude=[B])
+        assert new.url == A and new is not old[0]
+        pool.report(old[0], True, 0.01)
+        pool.release(old[1])
+        pool.report_later(old[2], False)
+        pool.report(old[0], True, 0.01)         # ended twice: still not the new member's
+        assert by_url(pool)[A]["in_flight"] == 1
+        assert by_url(pool)[A]["requests"] == 0
+        pool.report(new, True)
+        assert by_url(pool)[A]["in_flight"] == 0
+
+    def test_late_failures_do_not_eject_the_new_member(self, clock):
+        pool, old = self.timed_out(clock, max_fails=3)
+        for backend in old:
+            pool.report(backend, False)
+        assert by_url(pool)[A]["state"] == "healthy"
+        assert by_url(pool)[A]["failures"] == 0
+
+    def test_the_same_backend_object_listed_again_is_a_new_one(self, clock):
+        a = lb.Backend(A)
+        pool = Balancer([a, B], timer=clock, drain_timeout=5)
+        old = pool.pick(exclude=[B])
+        assert old is a
+        pool.update([B])
+        clock.advance(6)
+        pool.pick()
+        pool.update([a, B])                 # the very object the old request holds
+        new = pool.pick(exclude=[B])
+        assert new == a and new is not a
+        pool.report(old, False)
+        assert by_url(pool)[A]["in_flight"] == 1
+        pool.report(new)
+        assert by_url(pool)[A]["in_flight"] == 0
+
+    def test_an_end_picked_before_a_reweight_still_counts_and_is_late_after(self, clock):
+        pool = Balancer([A, B], timer=clock, drain_timeout=5)
+        first = pool.pick(exclude=[B])
+        pool.update([lb.Backend(A, 2), B])      # reweighted: picks return the new object
+        second = pool.pick(exclude=[B])
+        assert second.weight == 2
+        pool.report(first)                      # the same member: it counts
+        assert by_url(pool)[A]["in_flight"] == 1
+        third = pool.pick(exclude=[B])
+        pool.update([lb.Backend(A, 3), B])
+        pool.update([B])
+        clock.advance(6)
+        pool.stats()                            # timed out with second and third in flight
+        pool.update([A, B])
+        new = pool.pick(exclude=[B])
+        for backend in (second, third):
+            pool.report(backend, False)
+        assert by_url(pool)[A]["in_flight"] == 1 and by_url(pool)[A]["failures"] == 0
+        pool.report(new)
+        assert by_url(pool)[A]["in_flight"] == 0
+
+    def test_an_equal_backend_built_by_the_caller_still_ends_a_pick(self):
+        pool = Balancer([A, B])
+        pool.pick(exclude=[B])
+        pool.report(lb.Backend(A))
+        assert by_url(pool)[A]["in_flight"] == 0
+
+    def test_a_drain_cancelled_by_a_readd_keeps_its_requests(self, clock):
+        pool = Balancer([A, B], timer=clock, drain_timeout=5)
+        old = pool.pick(exclude=[B])
+        pool.update([B])
+        pool.update([A, B])                 # back before the drain ended: the same member
+        assert by_url(pool)[A]["in_flight"] == 1
+        pool.report(old)
+        assert by_url(pool)[A]["in_flight"] == 0
+
+    @pytest.mark.parametrize("order", [
+        "".join(p) for p in __import__("itertools").permutations("ONRE")])
+    def test_every_interleaving_of_old_and_new_ends(self, clock, order):
+        """O: the old request ends; N: a new pick of A; R: A is re-added; E: the new pick
+        ends (after N). The drain of the old request timed out before all of them."""
+        if order.index("E") < order.index("N") or order.index("N") < order.index("R"):
+            return                              # a new pick needs A back, an end its pick
+        pool = Balancer([A, B], timer=clock, drain_timeout=5, max_fails=1)
+        old = pool.pick(exclude=[B])
+        pool.update([B])
+        clock.advance(6)
+        pool.stats()
+        new = None
+        expected = 0
+        for step in order:
+            if step == "O":
+                pool.report(old, False)
+            elif step == "R":
+                pool.update([A, B])
+            elif step == "N":
+                new = pool.pick(exclude=[B])
+                expected += 1
+            else:
+                pool.report(new)
+                expected -= 1
+            row = by_url(pool).get(A)
+            if row is not None:
+                assert row["in_flight"] == expected, order
+                assert row["state"] == "healthy" and row["failures"] == 0, order
+
+    def test_threads_ending_old_and_new_requests_in_any_order(self, clock):
+        """Threads hold requests to A; A leaves, its drain times out, it comes back; each
+        thread then picks new requests and ends its old ones (failures) and half its new
+        ones (successes) in a shuffled order, all at once: the new member counts exactly
+        its own requests, none of its failures, and is not ejected."""
+        import threading
+
+        pool = Balancer([A, B], timer=clock, drain_timeout=1, max_fails=1)
+        threads, old_each, new_each = 4, 50, 50
+        barrier = threading.Barrier(threads + 1, timeout=10)
+        errors = []
+
+        def worker(seed):
+            try:
+                rng = random.Random(seed)
+                old = [pool.pick(exclude=[B]) for _ in range(old_each)]
+                barrier.wait()                  # the main thread: A leaves and comes back
+                barrier.wait()
+                new = [pool.pick(exclude=[B]) for _ in range(new_each)]
+                ends = [(b, False) for b in old] + [(b, True) for b in new[: new_each // 2]]
+                rng.shuffle(ends)
+                for backend, ok in ends:
+                    pool.report(backend, ok)
+                barrier.wait()                  # the main thread counts
+                barrier.wait()
+                for backend in new[new_each // 2:]:
+                    pool.report(backend, True)
+            except Exception as exc:          # noqa: BLE001  (any error fails the test)
+                errors.append(exc)
+                barrier.abort()
+
+        workers = [threading.Thread(target=worker, args=(i,), daemon=True)
+                   for i in range(threads)]
+        for thread in workers:
+            thread.start()
+        try:
+            barrier.wait()
+            pool.update([B])
+            clock.advance(2)
+            pool.stats()                        # the drain timed out: A left
+            pool.update([A, B])
+            barrier.wait()
+            barrier.wait()
+            row = by_url(pool)[A]
+            assert row["in_flight"] == threads * (new_each - new_each // 2)
+            assert (row["state"], row["failures"]) == ("healthy", 0)
+            barrier.wait()
+        except BaseException:
+            barrier.abort()                     # a failure above frees the workers
+            raise
+        for thread in workers:
+            thread.join(10)
+        assert not errors
+        row = by_url(pool)[A]
+        assert (row["in_flight"], row["requests"]) == (0, threads * new_each)

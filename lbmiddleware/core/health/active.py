@@ -15,6 +15,8 @@ The probes themselves are I/O (:mod:`lbmiddleware.probes`); each result comes he
   probe passes, and that one pass is enough (Envoy: the first result decides). A first
   failure makes it down like any other, and then it needs ``rise`` passes. Whether a pending
   backend gets traffic because the pool would otherwise be empty is the balancer's call.
+  Until it is up for the first time it is *joining* (``ip_hash`` keeps it out of its table,
+  so that no key moves for a backend that may never serve).
 
 Each :class:`ActiveRecord` is written only here. Each change of status (up, down, pending)
 is one event, :class:`~lbmiddleware.core.events.BackendUp` or ``BackendDown`` with the
@@ -37,12 +39,13 @@ class ActiveRecord:
 
     A new record is pending (no traffic) until :meth:`ActiveHealth.start` sets it."""
 
-    __slots__ = ("h", "up", "pending", "last", "checked_at", "passes", "fails")
+    __slots__ = ("h", "up", "pending", "joining", "last", "checked_at", "passes", "fails")
 
     def __init__(self) -> None:
         self.h = 0                          # HAProxy's counter, 0 .. rise + fall - 1
         self.up = False
         self.pending = True                 # joined later and not probed yet
+        self.joining = True                 # joined later and not up since (probed or not)
         self.last: str | None = None        # the last probe's reason ("ok", "status 503")
         self.checked_at: float | None = None
         self.passes = 0                     # probes passed since start()
@@ -66,7 +69,7 @@ class ActiveHealth:
         del backend             # the same arguments as result(); nothing to say yet
         record.h = 0 if joined_later else self.rise
         record.up = not joined_later
-        record.pending = joined_later
+        record.pending = record.joining = joined_later
         record.last = record.checked_at = None
         record.passes = record.fails = 0
 
@@ -84,7 +87,7 @@ class ActiveHealth:
                     record.h = self._top
             if record.up or record.h < self.rise:
                 return False
-            record.up, record.pending = True, False
+            record.up, record.pending, record.joining = True, False, False
             self._emit(BackendUp(backend, record.last))
             return True
         record.fails += 1
@@ -98,6 +101,11 @@ class ActiveHealth:
         record.up, record.pending = False, False
         self._emit(BackendDown(backend, record.last))
         return True
+
+    def would_come_up(self, record: ActiveRecord) -> bool:
+        """True when a pass now would bring ``record`` up (a guess, read without the
+        balancer's lock: it prepares what that change needs)."""
+        return not record.up and (record.pending or record.h + 1 >= self.rise)
 
     def status(self, record: ActiveRecord) -> str:
         """"up", "down" or "pending" (joined later, not probed yet)."""
