@@ -12,8 +12,11 @@ where a fresh one also costs a connect, the backend's accept, two closes (and a 
 handshake); at 1,000 backends every 2 s the prober's CPU is halved
 (``benchmarks/bench_probes.py``). The price: while its probes pass, a backend's listener is
 not tested again (HAProxy and nginx connect per check), so a backend that stops accepting
-but still answers on its old connections stays up until it closes them, as HTTP servers do
-when they shut down. Probes of one backend never overlap (the prober's rule), so one
+but still answers on its old connections passes its probes until it closes them, as HTTP
+servers do when they shut down. Its clients' failures eject it, and from then on its probes
+are on new connections (the prober's rule, :mod:`.prober`): only a probe that shows the
+backend accepts new connections can end an ejection or bring a down backend up. Probes of
+one backend never overlap (the prober's rule), so one
 connection per backend is all there is: :attr:`HealthCheck.kept` maps a backend's URL to it.
 It is closed (and the next probe connects afresh, testing the listener again):
 
@@ -24,7 +27,8 @@ It is closed (and the next probe connects afresh, testing the listener again):
 * when its body (``Content-Length`` or chunked: read through) is longer than
   :data:`MAX_DRAIN` bytes or does not end within the timeout;
 * when the backend closes it while idle (seen by the loop, then dropped at the next probe);
-* by :meth:`HealthCheck.drop` (the prober calls it when the backend leaves the pool) and
+* by :meth:`HealthCheck.drop` (the prober calls it when the backend leaves the pool, when
+  the pool ejects it, and before each probe of a backend that is ejected or down) and
   :meth:`HealthCheck.close` (when the prober stops).
 
 A kept connection the backend closed without the loop having seen it yet (its idle timeout
@@ -242,8 +246,9 @@ class HealthCheck:
         return None
 
     def drop(self, url: str) -> None:
-        """Close the connection kept for the backend at ``url``, if any (it left the pool).
-        A probe in progress keeps its connection until it ends (cancel it to close it)."""
+        """Close the connection kept for the backend at ``url``, if any (it left the pool,
+        or its next probe must connect afresh). A probe in progress keeps its connection
+        until it ends (cancel it to close it). On the check's loop only."""
         kept = self.kept.pop(url, None)
         if kept is not None:
             _close(kept.connection)

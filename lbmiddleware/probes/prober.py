@@ -22,6 +22,34 @@ aborted and not reported) and the connection kept for its probes closed; a new o
 starts. A backend that stays keeps its task, its schedule, and sees its new weight or
 server name at its next probe.
 
+A probe that could bring a backend back proves that the backend accepts new connections.
+Probes keep a connection per backend (:mod:`.check`), and a backend whose listener is gone
+(shutting down, or its accept queue full) may still answer on it while clients' connects
+fail; a passing probe ends a passive ejection at once (Envoy's rule, the core's
+``report_probe``), so a pass on that old connection would return to rotation a backend that
+clients cannot reach, and it would flap (clients' failures eject it, the next probe returns
+it, clients pay retries again). So, from the pool's events:
+
+* when the pool ejects a backend (``BackendEjected``), the prober closes the connection kept
+  for its probes (``HealthCheck.drop``, on the prober's loop: the event comes on whatever
+  thread reported the failure);
+* while a backend is ejected (until ``BackendReturned``) or down by its checks (from
+  ``BackendDown`` to ``BackendUp``: a backend coming back up needs ``rise`` passes, each on
+  a new connection), every probe of it is made on a new connection: one a pass kept is
+  closed before the next probe;
+* a probe that passed on a connection kept from before, while the backend was ejected in
+  the meantime (the ejection came during the probe), is not reported: it is made again at
+  once on a new connection, and that result is reported.
+
+A failed probe already closes its connection (:mod:`.check`). A healthy backend's probes
+keep reusing theirs: the cost of a connect is paid only by backends that are out. What is
+left: a pass that has ended on an old connection and is being reported in the very moment
+another thread ejects the backend (no ``await`` in between: microseconds) still ends that
+ejection; the next failures eject it again and its probes are fresh from then on. A prober
+started on a pool whose backends are already ejected or down (after a fork or a crash) has
+no kept connection, so its first probe of each is fresh; it learns of later ejections and
+downs from the events.
+
 The prober runs on any asyncio loop, until cancelled (the fleet runs it on its own loop
 thread; nothing here blocks); once stopped, it has closed every connection it kept. What
 one probe does is :class:`~.check.HealthCheck`'s.
@@ -30,6 +58,7 @@ one probe does is :class:`~.check.HealthCheck`'s.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import ssl as ssl_module
@@ -37,7 +66,15 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from ..core.backend import Backend
-from ..core.events import Event, Listener, MembershipChanged
+from ..core.events import (
+    BackendDown,
+    BackendEjected,
+    BackendReturned,
+    BackendUp,
+    Event,
+    Listener,
+    MembershipChanged,
+)
 from ..errors import ConfigError
 from .check import HealthCheck
 
@@ -118,6 +155,10 @@ class Prober:
         self._sleep = sleep
         self._targets: dict[str, _Target] = {}      # url -> target, in joining order
         self._running = False
+        # URLs the pool has ejected, and those down by their checks (from its events, on
+        # any thread: set operations are atomic). Their probes use new connections.
+        self._ejected: set[str] = set()
+        self._down: set[str] = set()
 
     @property
     def watched(self) -> tuple[Backend, ...]:
@@ -138,10 +179,25 @@ class Prober:
 
         def listener(event: Event) -> None:
             if isinstance(event, MembershipChanged):
-                try:
-                    loop.call_soon_threadsafe(changed.set)
-                except RuntimeError:        # the loop is closed: nothing left to follow
-                    pass
+                call = changed.set
+            elif isinstance(event, BackendEjected):
+                self._ejected.add(event.backend.url)
+                call = functools.partial(self._drop_ejected, event.backend.url)
+            elif isinstance(event, BackendReturned):
+                self._ejected.discard(event.backend.url)
+                return
+            elif isinstance(event, BackendDown):
+                self._down.add(event.backend.url)
+                return
+            elif isinstance(event, BackendUp):
+                self._down.discard(event.backend.url)
+                return
+            else:
+                return
+            try:
+                loop.call_soon_threadsafe(call)
+            except RuntimeError:            # the loop is closed: nothing left to follow
+                pass
 
         unsubscribe = self.pool.subscribe(listener)     # before reading: no change is missed
         try:
@@ -154,6 +210,8 @@ class Prober:
             unsubscribe()
             await self._stop_all()
             self.health_check.close()
+            self._ejected.clear()
+            self._down.clear()
             self._running = False
 
     # -- membership ---------------------------------------------------------------------
@@ -168,6 +226,8 @@ class Prober:
             if task is not None:
                 task.cancel()           # a probe in progress closes its own connection
             self.health_check.drop(url)
+            self._ejected.discard(url)
+            self._down.discard(url)
         joined = []
         for url, backend in current.items():
             target = targets.get(url)
@@ -203,7 +263,7 @@ class Prober:
         while True:
             backend = target.backend
             try:
-                ok, reason = await self.check(backend)
+                ok, reason = await self._probe(backend)
             except Exception:
                 # A fault of the prober, not of the backend: logged, never reported (it
                 # would take healthy backends down).
@@ -211,6 +271,31 @@ class Prober:
             else:
                 self._report(backend, ok, reason)
             await sleep(interval * rng.uniform(1 - JITTER, 1 + JITTER))
+
+    def _out(self, url: str) -> bool:
+        """Whether a pass could bring ``url`` back: ejected by the pool or down."""
+        return url in self._ejected or url in self._down
+
+    async def _probe(self, backend: Backend) -> tuple[bool, str]:
+        """One probe, on a new connection if the backend is out; made again at once on a
+        new one if it passed on a kept connection while the pool ejected the backend."""
+        url, health_check = backend.url, self.health_check
+        if self._out(url):
+            health_check.drop(url)
+        kept = url in health_check.kept
+        ok, reason = await self.check(backend)
+        if ok and kept and self._out(url):
+            # Ejected while this probe ran on a connection from before: its pass does not
+            # show that the backend accepts new connections (clients' connects failed).
+            health_check.drop(url)
+            ok, reason = await self.check(backend)
+        return ok, reason
+
+    def _drop_ejected(self, url: str) -> None:
+        """On the loop: close the connection kept for ``url``, ejected by the pool (a probe
+        in progress on it finishes first, and :meth:`_probe` judges that one)."""
+        if url in self._ejected:
+            self.health_check.drop(url)
 
     def _report(self, backend: Backend, ok: bool, reason: str) -> None:
         try:
