@@ -1,5 +1,5 @@
-"""Shared fixtures (a fake clock, loopback backends, scripted raw backends, a certificate)
-and the core/integration split.
+"""Shared fixtures (a fake clock, loopback backends: three, or started by name; scripted raw
+backends, a certificate) and the core/integration split.
 
 ``pytest -m core`` runs the fast standard-library tests alone, in seconds: every module
 under tests/core/ and the modules listed in ``CORE_FILES`` (sans-I/O parts outside the core,
@@ -88,6 +88,20 @@ def backends():
     servers = [BackendServer(name).start() for name in "abc"]
     yield servers
     for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def servers():
+    """Starts loopback backends by name (``servers("a")``); stops them after the test."""
+    started: list[BackendServer] = []
+
+    def start(name: str) -> BackendServer:
+        started.append(BackendServer(name).start())
+        return started[-1]
+
+    yield start
+    for server in started:
         server.stop()
 
 

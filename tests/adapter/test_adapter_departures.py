@@ -9,7 +9,6 @@ import gc
 import threading
 import time
 import weakref
-from collections.abc import Callable
 
 import pytest
 import requests
@@ -18,8 +17,9 @@ import lbmiddleware as lb
 from lbmiddleware.adapter import LoadBalancingAdapter
 from lbmiddleware.core.events import DrainEnded
 
+from ..support.departures import closed_by_the_client, open_connections, record_unsubscribes
 from ..support.etcd import EtcdServer
-from ..support.servers import BackendServer
+from ..support.waiting import wait_for
 
 VHOST = "http://svc"
 
@@ -28,35 +28,6 @@ def mounted(adapter: LoadBalancingAdapter) -> requests.Session:
     session = requests.Session()
     session.mount(VHOST + "/", adapter)
     return session
-
-
-def open_connections(server: BackendServer) -> int:
-    with server.lock:
-        return len(server.open_sockets)
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition() and time.monotonic() < deadline:
-        time.sleep(0.005)
-    return condition()
-
-
-def closed_by_the_client(server: BackendServer) -> bool:
-    return wait_for(lambda: open_connections(server) == 0)
-
-
-@pytest.fixture
-def servers():
-    started: list[BackendServer] = []
-
-    def start(name: str) -> BackendServer:
-        started.append(BackendServer(name).start())
-        return started[-1]
-
-    yield start
-    for server in started:
-        server.stop()
 
 
 def test_rolling_deploys_leave_no_connection_to_departed_backends(servers):
@@ -175,19 +146,7 @@ def test_a_pool_shared_with_a_member_is_kept(servers):
 def test_every_adapter_on_a_shared_balancer_closes_its_own(servers, monkeypatch):
     old, new = servers("old"), servers("new")
     pool = lb.Balancer([old.url])
-    unsubscribed: list[object] = []
-    subscribe = pool.subscribe
-
-    def recording(listener):
-        unsubscribe = subscribe(listener)
-
-        def recorded() -> None:
-            unsubscribed.append(listener)
-            unsubscribe()
-
-        return recorded
-
-    monkeypatch.setattr(pool, "subscribe", recording)
+    unsubscribed = record_unsubscribes(pool, monkeypatch)
     adapters = [LoadBalancingAdapter(balancer=pool) for _ in range(2)]
     sessions = [mounted(adapter) for adapter in adapters]
     for session in sessions:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import time
 import weakref
 from collections.abc import Awaitable, Callable
 
@@ -22,19 +21,7 @@ from lbmiddleware.asgi import LoadBalancerMiddleware
 from lbmiddleware.upstream import Upstream
 
 from ..support.asgi_client import Call
-from ..support.servers import BackendServer
-
-
-def open_connections(server: BackendServer) -> int:
-    with server.lock:
-        return len(server.open_sockets)
-
-
-async def closed_by_the_client(server: BackendServer, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while open_connections(server) and time.monotonic() < deadline:
-        await asyncio.sleep(0.005)
-    return open_connections(server) == 0
+from ..support.departures import closed_by_the_client, open_connections, record_unsubscribes
 
 
 async def get(app: LoadBalancerMiddleware, path: str = "/x") -> Call:
@@ -58,19 +45,6 @@ def on_a_thread(pool: lb.Balancer) -> Callable[[list[str]], Awaitable[None]]:
 UPDATES = [pytest.param(on_the_loop, id="on-the-loop"), pytest.param(on_a_thread, id="thread")]
 
 
-@pytest.fixture
-def servers():
-    started: list[BackendServer] = []
-
-    def start(name: str) -> BackendServer:
-        started.append(BackendServer(name).start())
-        return started[-1]
-
-    yield start
-    for server in started:
-        server.stop()
-
-
 @pytest.mark.parametrize("updater", UPDATES)
 def test_rolling_deploys_leave_no_connection_to_departed_backends(servers, updater):
     async def scenario() -> None:
@@ -87,7 +61,7 @@ def test_rolling_deploys_leave_no_connection_to_departed_backends(servers, updat
             departed.append(old)
             old = new
         for server in departed:
-            assert await closed_by_the_client(server), server.name
+            assert await asyncio.to_thread(closed_by_the_client, server), server.name
         assert open_connections(old) == 1               # the member's connection is kept
         assert [pool.backend.url for pool in app.upstream.pools()] == [old.url]
         await app.aclose()
@@ -107,7 +81,8 @@ def test_a_request_in_flight_on_a_departing_backend_completes(servers, updater):
         await updater(app.balancer)([new.url])      # old drains: one request in flight
         call = await request
         assert call.json()["server"] == "old"
-        assert await closed_by_the_client(old)      # closed as its response ended
+        # closed as its response ended
+        assert await asyncio.to_thread(closed_by_the_client, old)
         assert app.balancer.stats()[0]["in_flight"] == 0
         assert (await get(app)).json()["server"] == "new"
         await app.aclose()
@@ -123,7 +98,7 @@ def test_a_drained_backend_loses_its_idle_connections(servers):
             await get(app)
         assert open_connections(a) == open_connections(b) == 1
         app.balancer.drain(a.url)
-        assert await closed_by_the_client(a)
+        assert await asyncio.to_thread(closed_by_the_client, a)
         assert open_connections(b) == 1
         await app.aclose()
 
@@ -137,7 +112,7 @@ def test_a_backend_that_comes_back_gets_a_fresh_pool(servers):
         await get(app)
         (first,) = app.upstream.pools()
         app.balancer.update([b.url])
-        assert await closed_by_the_client(a)
+        assert await asyncio.to_thread(closed_by_the_client, a)
         app.balancer.update([a.url])
         assert (await get(app)).json()["server"] == "a"
         assert first not in app.upstream.pools()
@@ -150,19 +125,7 @@ def test_a_backend_that_comes_back_gets_a_fresh_pool(servers):
 def test_every_middleware_on_a_shared_balancer_closes_its_own(servers, monkeypatch):
     old, new = servers("old"), servers("new")
     pool = lb.Balancer([old.url])
-    unsubscribed: list[object] = []
-    subscribe = pool.subscribe
-
-    def recording(listener):
-        unsubscribe = subscribe(listener)
-
-        def recorded() -> None:
-            unsubscribed.append(listener)
-            unsubscribe()
-
-        return recorded
-
-    monkeypatch.setattr(pool, "subscribe", recording)
+    unsubscribed = record_unsubscribes(pool, monkeypatch)
 
     async def scenario() -> None:
         apps = [LoadBalancerMiddleware(None, balancer=pool) for _ in range(2)]
@@ -170,7 +133,7 @@ def test_every_middleware_on_a_shared_balancer_closes_its_own(servers, monkeypat
             await get(app)
         assert open_connections(old) == 2
         await asyncio.to_thread(pool.update, [new.url])
-        assert await closed_by_the_client(old)
+        assert await asyncio.to_thread(closed_by_the_client, old)
         await apps[0].aclose()          # stops following the shared pool, which stays open
         assert len(unsubscribed) == 1
         assert (await get(apps[1])).json()["server"] == "new"
@@ -209,7 +172,7 @@ def test_a_pool_replaced_for_a_new_server_name_closes_its_connections(servers):
         while await response.read():
             pass
         assert response.status == 200 and second is not first
-        assert await closed_by_the_client(server)
+        assert await asyncio.to_thread(closed_by_the_client, server)
         upstream.close()
 
     asyncio.run(scenario())

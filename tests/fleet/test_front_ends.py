@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -26,6 +25,7 @@ from lbmiddleware.wsgi import WSGILoadBalancer
 from ..support.asgi_client import Call
 from ..support.dnsmasq import Dnsmasq
 from ..support.servers import BackendServer
+from ..support.waiting import LoopTicks, wait_for
 from .test_pool import SOURCE, SetsWatcher
 
 CHECKS = {"health_check": "/healthz", "health_check_interval": "20ms"}
@@ -35,13 +35,6 @@ QUIET = 0.3         # seconds without a probe that show the probes stopped (15 i
 def probes(server: BackendServer) -> int:
     with server.lock:
         return sum(1 for _, path, _, _ in server.received if path == "/healthz")
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition() and time.monotonic() < deadline:
-        time.sleep(0.005)
-    return condition()
 
 
 def assert_probing(server: BackendServer) -> None:
@@ -154,15 +147,7 @@ def late_watcher(monkeypatch):
 def test_the_first_request_through_a_lazily_built_middleware_waits_for_the_first_answer(
         server, late_watcher):
     async def main() -> tuple[Call, float, int]:
-        ticks = 0
-
-        async def tick() -> None:
-            nonlocal ticks
-            while True:
-                ticks += 1
-                await asyncio.sleep(0.005)
-
-        ticker = asyncio.ensure_future(tick())
+        ticks = LoopTicks()
         app = Starlette()
         app.add_middleware(LoadBalancerMiddleware, prefix="/api", backends=[SOURCE])
         # The set arrives 0.2 s on; Starlette builds the middleware at the first call,
@@ -171,12 +156,12 @@ def test_the_first_request_through_a_lazily_built_middleware_waits_for_the_first
         started = time.monotonic()
         call = await Call(app, "GET", "/api/x").run()
         waited = time.monotonic() - started
-        ticker.cancel()
+        ticks.stop()
         middleware = app.middleware_stack
         while not isinstance(middleware, LoadBalancerMiddleware):
             middleware = middleware.app
         await middleware.aclose()
-        return call, waited, ticks
+        return call, waited, ticks.count
 
     call, waited, ticks = asyncio.run(main())
     assert call.status == 200, call.body        # not 503: the set came within the timeout

@@ -12,6 +12,10 @@
 * ``http_client``: raw bytes to a port, one response read (``raw_request``).
 * ``upstream_client``: the ASGI side's upstream pool driven directly (``fetch``).
 * ``gateway``: ``python -m lbmiddleware serve`` as a subprocess (``GatewayProcess``).
+* ``departures``: a backend's open connections seen from its side (``open_connections``,
+  ``closed_by_the_client``) and a pool's unsubscribes recorded (``record_unsubscribes``).
+* ``waiting``: ``wait_for`` (poll a condition) and ``LoopTicks`` (a loop was not blocked).
+* ``health_backend``: :class:`HealthBackend` (a switchable ``/healthz``, every probe recorded).
 * ``fleet_backend``: a backend in a process of its own that logs every request it handled
   and stops gracefully on SIGTERM (``BackendProcess``), for the rolling restarts.
 

@@ -1,9 +1,9 @@
 """Loopback backends for the active health-check tests: a health path whose answer a test
 switches at run time, and a record of every probe as the server saw it.
 
-:class:`HealthBackend` listens on ``host`` (any 127.x.y.z address: all of 127/8 is loopback on
-Linux, so many backends can share one port on distinct addresses) and answers each request on
-its own thread, one request per connection (it answers ``Connection: close``):
+:class:`HealthBackend` is a :class:`~tests.support.servers.RawServer` (``host`` may be any
+127.x.y.z address, so many backends share one port on distinct addresses) that answers one
+request per connection (it answers ``Connection: close``):
 
 * a path ending in ``/healthz``: ``health[base]`` (the path before ``/healthz``, ``""`` for
   the root), default ``health[""]`` = 200; ``"hang"`` reads the request and never answers
@@ -21,12 +21,10 @@ answered). ``most_at_once`` is the most health requests of one base in progress 
 
 from __future__ import annotations
 
-import contextlib
 import socket
-import threading
 import time
 
-from .servers import read_request_head
+from .servers import RawServer, read_request_head
 
 HEALTH = "/healthz"
 
@@ -44,10 +42,9 @@ class Probe:
         return f"Probe({self.base!r}, {self.arrived:.3f}, {self.ended}, {self.status})"
 
 
-class HealthBackend:
+class HealthBackend(RawServer):
     def __init__(self, name: str = "backend", host: str = "127.0.0.1", port: int = 0) -> None:
         self.name = name
-        self.host = host
         self.health: dict[str, int | str] = {"": 200}
         self.health_delay = 0.0
         self.hang_all = False
@@ -55,56 +52,23 @@ class HealthBackend:
         self.requests = 0
         self.most_at_once = 0
         self._in_progress: dict[str, int] = {}
-        self._lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._open: set[socket.socket] = set()
-        self._threads: list[threading.Thread] = []
-        self.sock = socket.create_server((host, port), backlog=512)
-        self.port = self.sock.getsockname()[1]
-        self._accepting = threading.Thread(target=self._serve, daemon=True)
-        self._accepting.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        super().__init__(host, port, backlog=512)
 
     def probes_of(self, base: str = "") -> list[Probe]:
         with self._lock:
             return [probe for probe in self.probes if probe.base == base]
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
+    def handle(self, conn: socket.socket, number: int) -> None:
+        with conn.makefile("rb") as reader:
+            head = read_request_head(reader)
+            if head is None:
                 return
-            with self._lock:
-                if self._stopping.is_set():
-                    conn.close()
-                    return
-                self._open.add(conn)
-                thread = threading.Thread(target=self._run, args=(conn,), daemon=True)
-                self._threads = [t for t in self._threads if t.is_alive()]
-                self._threads.append(thread)
-            thread.start()
-
-    def _run(self, conn: socket.socket) -> None:
-        try:
-            with conn, conn.makefile("rb") as reader:
-                head = read_request_head(reader)
-                if head is None:
-                    return
-                target = head.split(b" ", 2)[1].decode()
-                path = target.split("?", 1)[0]
-                if path.endswith(HEALTH):
-                    self._health(conn, path[: -len(HEALTH)])
-                else:
-                    self._other(conn)
-        except OSError:
-            pass
-        finally:
-            with self._lock:
-                self._open.discard(conn)
+            target = head.split(b" ", 2)[1].decode()
+            path = target.split("?", 1)[0]
+            if path.endswith(HEALTH):
+                self._health(conn, path[: -len(HEALTH)])
+            else:
+                self._other(conn)
 
     def _health(self, conn: socket.socket, base: str) -> None:
         with self._lock:
@@ -115,7 +79,7 @@ class HealthBackend:
             self.probes.append(probe)
         try:
             if self.health_delay:
-                self._stopping.wait(self.health_delay)
+                self.stopping.wait(self.health_delay)
             if probe.status is None:
                 self._wait_for_close(conn)
             else:
@@ -138,7 +102,7 @@ class HealthBackend:
 
     def _wait_for_close(self, conn: socket.socket) -> None:
         conn.settimeout(0.02)
-        while not self._stopping.is_set():
+        while not self.stopping.is_set():
             try:
                 if not conn.recv(4096):
                     return
@@ -146,20 +110,6 @@ class HealthBackend:
                 continue
             except OSError:
                 return
-
-    def stop(self) -> None:
-        self._stopping.set()
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_RDWR)
-        self.sock.close()
-        self._accepting.join(2)
-        with self._lock:
-            still_open, threads = list(self._open), list(self._threads)
-        for conn in still_open:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-        for thread in threads:
-            thread.join(2)
 
     def __enter__(self) -> HealthBackend:
         return self

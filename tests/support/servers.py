@@ -218,6 +218,8 @@ class RawServer:
     """A loopback TCP server whose subclass writes the bytes: each accepted connection goes
     to :meth:`handle` (with its number, from 0) in a thread of its own, and is closed after.
 
+    It listens on ``host`` (any 127.x.y.z address: all of 127/8 is loopback on Linux, so
+    many servers can share one port on distinct addresses) and ``port`` (0: any free one).
     ``connections`` counts the connections accepted. :meth:`stop` sets ``stopping``,
     closes the listening socket, shuts down the connections still open (so a handler
     blocked on them returns) and waits for the handlers.
@@ -225,19 +227,22 @@ class RawServer:
 
     scheme = "http"
 
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, backlog: int | None = None
+                 ) -> None:
+        self.host = host
+        self.sock = socket.create_server((host, port), backlog=backlog)
         self.port = self.sock.getsockname()[1]
         self.connections = 0
         self.stopping = threading.Event()
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()
         self._threads: list[threading.Thread] = []
-        threading.Thread(target=self._serve, daemon=True).start()
+        self._accepting = threading.Thread(target=self._serve, daemon=True)
+        self._accepting.start()
 
     @property
     def url(self) -> str:
-        return f"{self.scheme}://127.0.0.1:{self.port}"
+        return f"{self.scheme}://{self.host}:{self.port}"
 
     def handle(self, conn: socket.socket, number: int) -> None:
         raise NotImplementedError
@@ -254,10 +259,14 @@ class RawServer:
             except OSError:
                 return
             with self._lock:
+                if self.stopping.is_set():
+                    conn.close()
+                    return
                 number = self.connections
                 self.connections += 1
                 self._open.add(conn)
                 thread = threading.Thread(target=self._run, args=(conn, number), daemon=True)
+                self._threads = [t for t in self._threads if t.is_alive()]
                 self._threads.append(thread)
             thread.start()
 
@@ -276,6 +285,7 @@ class RawServer:
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)        # wakes accept() on Linux
         self.sock.close()
+        self._accepting.join(timeout)
         with self._lock:
             still_open, threads = list(self._open), list(self._threads)
         for conn in still_open:

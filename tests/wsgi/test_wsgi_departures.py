@@ -4,43 +4,18 @@ that leave the balancer close too (the adapter's own tests cover the rules), and
 
 from __future__ import annotations
 
-import time
-
 import lbmiddleware as lb
 from lbmiddleware.wsgi import WSGILoadBalancer
 
+from ..support.departures import closed_by_the_client, open_connections, record_unsubscribes
 from ..support.servers import BackendServer
 from ..support.wsgi_client import call, environ_for
-
-
-def open_connections(server: BackendServer) -> int:
-    with server.lock:
-        return len(server.open_sockets)
-
-
-def closed_by_the_client(server: BackendServer, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while open_connections(server) and time.monotonic() < deadline:
-        time.sleep(0.005)
-    return open_connections(server) == 0
 
 
 def test_rolling_deploys_leave_no_connection_to_departed_backends(monkeypatch):
     servers = [BackendServer("b0").start()]
     pool = lb.Balancer([servers[0].url])
-    unsubscribed: list[object] = []
-    subscribe = pool.subscribe
-
-    def recording(listener):
-        unsubscribe = subscribe(listener)
-
-        def recorded() -> None:
-            unsubscribed.append(listener)
-            unsubscribe()
-
-        return recorded
-
-    monkeypatch.setattr(pool, "subscribe", recording)
+    unsubscribed = record_unsubscribes(pool, monkeypatch)
     middleware = WSGILoadBalancer(None, balancer=pool)
     try:
         assert call(middleware, environ_for(path="/x")).code == 200
