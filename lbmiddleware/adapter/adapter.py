@@ -40,7 +40,6 @@ import asyncio
 import functools
 import time
 import urllib.parse
-import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -54,10 +53,11 @@ from .. import fleet
 from ..core.attempts import Attempts, Outcome, RetryRule
 from ..core.backend import Backend, Source
 from ..core.balancer import Balancer
-from ..core.events import Event, MembershipChanged
+from ..core.events import MembershipChanged
 from ..core.forwarding import ForwardingSettings
 from ..core.settings import FrontEndSettings, Settings, resolve, setting_names
 from ..errors import NoHealthyBackend
+from ..fleet.departures import follow_departures
 from ..proxy import parse_cookie
 from .bodies import discard, end_when_done, prefetch_body, read_body
 from .departures import close_departed
@@ -178,7 +178,8 @@ class LoadBalancingAdapter(HTTPAdapter):
         self._known: set[str] = set()
         pools = max(pool_connections, len(balancer.backends))
         super().__init__(pools, pool_maxsize, max_retries, pool_block)
-        self._unsubscribe = _follow(self)
+        self._unsubscribe = follow_departures(self, balancer,
+                                              LoadBalancingAdapter._close_departed)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *,
@@ -421,25 +422,6 @@ class LoadBalancingAdapter(HTTPAdapter):
 
 
 # -- helpers ------------------------------------------------------------------------------
-
-def _follow(adapter: LoadBalancingAdapter) -> Callable[[], None]:
-    """Subscribe ``adapter`` to its balancer's departures (its connections to backends that
-    left then close); returns the unsubscribe function. The listener holds the adapter
-    weakly: a shared balancer does not keep a dropped adapter alive, and the listener of a
-    collected one unsubscribes itself at the next departure."""
-    ref = weakref.ref(adapter)
-
-    def listener(event: Event) -> None:
-        if type(event) is MembershipChanged and event.removed:
-            alive = ref()
-            if alive is not None:
-                alive._close_departed(event)
-            else:
-                unsubscribe()
-
-    unsubscribe = adapter.balancer.subscribe(listener)
-    return unsubscribe
-
 
 @runtime_checkable
 class _File(Protocol):

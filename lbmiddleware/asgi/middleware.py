@@ -33,16 +33,16 @@ the check is one attribute test.
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
 from .. import fleet
 from ..core.attempts import RetryRule
 from ..core.balancer import Balancer
-from ..core.events import Event, MembershipChanged
+from ..core.events import MembershipChanged
 from ..core.forwarding import ForwardingSettings
 from ..core.settings import FrontEndSettings, Settings, resolve
+from ..fleet.departures import follow_departures
 from ..proxy import (
     BINARY,
     ClientAddress,
@@ -139,7 +139,7 @@ class LoadBalancerMiddleware:
                          retry_non_idempotent=forwarding.retry_non_idempotent)
         self._forwarder = Forwarder(self.balancer, self.upstream, rule, Deadlines(),
                                     self._errors)
-        self._unsubscribe = _follow(self)
+        self._unsubscribe = follow_departures(self, self.balancer, _forget_departed)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -279,24 +279,11 @@ class LoadBalancerMiddleware:
 _HTTP1 = ("1.0", "1.1")
 
 
-def _follow(middleware: LoadBalancerMiddleware) -> Callable[[], None]:
-    """Subscribe ``middleware`` to its balancer's departures: the upstream pools of
-    backends that left are let go (:meth:`~lbmiddleware.upstream.Upstream.forget`: idle
-    connections close on their loop, the others as their responses end). Returns the
-    unsubscribe function. The listener holds the middleware weakly, and unsubscribes itself
-    once it is collected."""
-    ref = weakref.ref(middleware)
-
-    def listener(event: Event) -> None:
-        if type(event) is MembershipChanged and event.removed:
-            alive = ref()
-            if alive is not None:
-                alive.upstream.forget(event.removed)
-            else:
-                unsubscribe()
-
-    unsubscribe = middleware.balancer.subscribe(listener)
-    return unsubscribe
+def _forget_departed(middleware: LoadBalancerMiddleware, event: MembershipChanged) -> None:
+    """Backends left the balancer: their upstream pools are let go
+    (:meth:`~lbmiddleware.upstream.Upstream.forget`: idle connections close on their loop,
+    the others as their responses end)."""
+    middleware.upstream.forget(event.removed)
 
 
 def _asgi_error(status: int) -> tuple[Message, Message]:
