@@ -35,11 +35,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
 
 from lbmiddleware.core.balancer import Balancer  # noqa: E402
 from lbmiddleware.core.settings import Settings  # noqa: E402
 from lbmiddleware.discovery.dns import SrvWatcher  # noqa: E402
+from measure import cpu_share, mean_us, pick_report  # noqa: E402
 from tests.support.dnsmasq import Dnsmasq  # noqa: E402
 
 NAME = "_http._tcp.big.lb.test"
@@ -96,29 +99,6 @@ class CountingWatcher(SrvWatcher):
         return answer
 
 
-def pick_report(pool: Balancer, seconds: float) -> tuple[int, float]:
-    """Pick + report pairs for about ``seconds``: (pairs, wall seconds)."""
-    pick, report = pool.pick, pool.report
-    pairs = 0
-    start = time.perf_counter()
-    deadline = start + seconds
-    while True:
-        for _ in range(1000):
-            backend = pick()
-            report(backend, True, 0.01)
-        pairs += 1000
-        now = time.perf_counter()
-        if now >= deadline:
-            return pairs, now - start
-
-
-def cpu_share(seconds: float) -> tuple[float, float]:
-    """(process CPU seconds, wall seconds) while this thread sleeps ``seconds``."""
-    cpu, wall = time.process_time(), time.perf_counter()
-    time.sleep(seconds)
-    return time.process_time() - cpu, time.perf_counter() - wall
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=1000)
@@ -159,16 +139,13 @@ def run(args: Any, server: Dnsmasq) -> int:
     try:
         time.sleep(min(1.0, args.refresh))
         answers_at, seconds_at = watcher.answers, watcher.answer_seconds
-        cpu, wall = cpu_share(args.seconds)
+        cpu, _, _, wall = cpu_share(args.seconds)
         answers = watcher.answers - answers_at
         answer_ms = (watcher.answer_seconds - seconds_at) / max(answers, 1) * 1e3
         during = [pick_report(pool, round_seconds) for _ in range(args.rounds)]
     finally:
         watching.stop()
     after = [pick_report(pool, round_seconds) for _ in range(args.rounds)]
-
-    def mean_us(rounds: list[tuple[int, float]]) -> float:
-        return sum(wall for _, wall in rounds) / sum(pairs for pairs, _ in rounds) * 1e6
 
     baseline = mean_us(before + after)
     with_watcher = mean_us(during)

@@ -39,11 +39,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
 
 from lbmiddleware.core.backend import Backend  # noqa: E402
 from lbmiddleware.core.balancer import Balancer  # noqa: E402
 from lbmiddleware.probes import Prober  # noqa: E402
+from measure import cpu_share, mean_us, pick_report  # noqa: E402
 
 ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 CLOSING = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
@@ -145,32 +148,6 @@ class ProbingThread:
             raise RuntimeError("the probing thread did not stop")
 
 
-def pick_report(pool: Balancer, seconds: float) -> tuple[int, float]:
-    """Pick + report pairs for about ``seconds``: (pairs, wall seconds)."""
-    pick, report = pool.pick, pool.report
-    pairs = 0
-    start = time.perf_counter()
-    deadline = start + seconds
-    while True:
-        for _ in range(1000):
-            backend = pick()
-            report(backend, True, 0.01)
-        pairs += 1000
-        now = time.perf_counter()
-        if now >= deadline:
-            return pairs, now - start
-
-
-def cpu_share(seconds: float) -> tuple[float, float, float, float]:
-    """(process CPU seconds, of which user and system, wall seconds) while this thread
-    sleeps ``seconds``."""
-    cpu, times, wall = time.process_time(), os.times(), time.perf_counter()
-    time.sleep(seconds)
-    end = os.times()
-    return (time.process_time() - cpu, end.user - times.user, end.system - times.system,
-            time.perf_counter() - wall)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backends", type=int, default=1000)
@@ -254,9 +231,6 @@ def run(args: Any, ports: list[int]) -> int:
         finally:
             probing.stop()
         ratios.append(per_pair(with_[-1]) / per_pair(without[-1]))
-
-    def mean_us(rounds: list[tuple[int, float]]) -> float:
-        return sum(wall for _, wall in rounds) / sum(pairs for pairs, _ in rounds) * 1e6
 
     expected = args.backends / args.interval
     print(f"{args.backends} backends probed every {args.interval:g} s (+-10%), "
