@@ -114,9 +114,7 @@ class Balancer(CoreBalancer):
         rng: random.Random | None = None,
         **options: Any,
     ) -> None:
-        if backends is not None:        # (the core's signature names static backends only)
-            options["backends"] = backends
-        super().__init__(policy=policy, settings=settings, timer=timer, rng=rng, **options)
+        super().__init__(backends, policy, settings=settings, timer=timer, rng=rng, **options)
         self._watchers: dict[Source, Watcher] = {}
         self._unsubscribes: dict[object, Callable[[], None]] = {}     # see _Held
         self._background: _Background | None = None
@@ -168,8 +166,9 @@ class Balancer(CoreBalancer):
     def source_stats(self) -> list[dict[str, Any]]:
         """One row per source, in the settings' order: ``url``, ``kind`` (dns, srv, etcd),
         ``backends`` (members in its last good set), ``last_success``, ``last_error``,
-        ``last_error_at``, ``next_refresh`` and ``failing_since`` (times by the monotonic
-        clock, None until they happen)."""
+        ``last_error_at``, ``next_refresh``, ``failing_since`` (times by the monotonic
+        clock, None until they happen) and ``partial`` (what fails while the source still
+        answers, a DNS name's AAAA question say; None when nothing does)."""
         rows = []
         for watcher in self._watchers.values():
             status = watcher.status
@@ -177,7 +176,8 @@ class Balancer(CoreBalancer):
                          "last_success": status.last_success, "last_error": status.last_error,
                          "last_error_at": status.last_error_at,
                          "next_refresh": status.next_refresh,
-                         "failing_since": status.failing_since})
+                         "failing_since": status.failing_since,
+                         "partial": status.partial})
         return rows
 
     async def ready(self, timeout: float | None = None) -> bool:

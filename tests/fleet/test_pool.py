@@ -24,6 +24,8 @@ from lbmiddleware.discovery.status import SourceStatus
 from lbmiddleware.fleet import loop
 from lbmiddleware.fleet import pool as fleet_pool
 
+from ..support.waiting import LoopTicks, wait_for
+
 SOURCE = "dns+http://orders.test:8080"
 OTHER = "dns+http://billing.test:8080"
 
@@ -79,15 +81,6 @@ def pool_of(watchers: list[SetsWatcher], *static: str, **options) -> lb.Balancer
     return Pool([*static, *(w.source.text for w in watchers)], **options)
 
 
-def eventually(condition, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.002)
-    return condition()
-
-
 def test_the_public_balancer_is_the_fleets_and_extends_the_core():
     assert lb.Balancer is fleet_pool.Balancer
     assert issubclass(lb.Balancer, core_balancer.Balancer)
@@ -116,14 +109,29 @@ def test_a_source_publishes_through_update_and_the_pool_waited_for_its_first_ans
         changes: list[MembershipChanged] = []
         pool.subscribe(lambda e: changes.append(e) if isinstance(e, MembershipChanged) else None)
         watcher.put("http://127.0.0.3:8080")
-        assert eventually(lambda: len(changes) == 1)
-        assert eventually(lambda: "http://127.0.0.2:8080" not in
+        assert wait_for(lambda: len(changes) == 1)
+        assert wait_for(lambda: "http://127.0.0.2:8080" not in
                           {b.url for b in pool.backends})   # (after its drain)
         assert changes[0].source == SOURCE
         [row] = pool.source_stats()
         assert row["url"] == SOURCE and row["kind"] == "dns" and row["backends"] == 1
         assert set(row) >= {"url", "kind", "backends", "last_success", "last_error",
-                            "last_error_at", "next_refresh"}
+                            "last_error_at", "next_refresh", "failing_since", "partial"}
+        assert row["partial"] is None
+
+
+def test_source_stats_show_a_partial_failure():
+    """A source answering with one part failing (a DNS name whose AAAA question fails: see
+    discovery/dns.py) is not failing, and its row says what fails, until it answers again."""
+    watcher = SetsWatcher(SOURCE, "http://127.0.0.2:8080")
+    with pool_of([watcher]) as pool:
+        watcher.status.partial = watcher.status.last_error = "AAAA orders.internal: timed out"
+        [row] = pool.source_stats()
+        assert row["partial"] == "AAAA orders.internal: timed out"
+        assert row["failing_since"] is None and row["backends"] == 1
+        watcher.status.partial = None
+        [row] = pool.source_stats()
+        assert row["partial"] is None
 
 
 def test_several_sources_each_follow_their_own_set():
@@ -131,7 +139,7 @@ def test_several_sources_each_follow_their_own_set():
     with pool_of([first, second]) as pool:
         assert [b.url for b in pool.backends] == ["http://127.0.0.2:1", "http://127.0.0.4:1"]
         second.put("http://127.0.0.4:1", "http://127.0.0.5:1")
-        assert eventually(lambda: len(pool.backends) == 3)
+        assert wait_for(lambda: len(pool.backends) == 3)
         assert [row["url"] for row in pool.source_stats()] == [SOURCE, OTHER]
 
 
@@ -142,7 +150,7 @@ def test_a_source_event_reaches_the_pools_listeners(caplog):
         pool.subscribe(seen.append)
         failed = SourceFailed(SOURCE, "SERVFAIL", 1.0)
         watcher.queue.put(failed)
-        assert eventually(lambda: failed in seen)
+        assert wait_for(lambda: failed in seen)
 
 
 def test_close_stops_the_sources_once_and_the_members_stay():
@@ -184,18 +192,10 @@ def test_aclose_waits_without_blocking_the_callers_loop():
     pool = pool_of([watcher])
 
     async def main() -> None:
-        ticks = 0
-
-        async def tick() -> None:
-            nonlocal ticks
-            while True:
-                ticks += 1
-                await asyncio.sleep(0)
-
-        ticker = asyncio.ensure_future(tick())
+        ticks = LoopTicks(0)
         await pool.aclose()
-        ticker.cancel()
-        assert ticks > 0
+        ticks.stop()
+        assert ticks.count > 0
         assert watcher.cancelled.is_set()
 
     asyncio.run(main())
@@ -223,29 +223,21 @@ def test_in_a_running_loop_the_constructor_returns_at_once_and_ready_waits_witho
     watcher = SetsWatcher(SOURCE)                   # answers when the test puts a set
 
     async def main() -> None:
-        ticks = 0
-
-        async def tick() -> None:
-            nonlocal ticks
-            while True:
-                ticks += 1
-                await asyncio.sleep(0.005)
-
-        ticker = asyncio.ensure_future(tick())
+        ticks = LoopTicks()
         started = time.monotonic()
         pool = pool_of([watcher], "http://static:1")        # as in an async function
         assert time.monotonic() - started < 1.0             # not FIRST_ANSWER_TIMEOUT (5 s)
         assert [b.url for b in pool.backends] == ["http://static:1"]
         asyncio.get_running_loop().call_later(0.2, watcher.put, "http://127.0.0.2:1")
-        before = ticks
+        before = ticks.count
         assert await pool.ready() is True
         assert 0.15 < time.monotonic() - started < 4
-        assert ticks - before >= 10         # the loop served the other task meanwhile
+        assert ticks.count - before >= 10         # the loop served the other task meanwhile
         assert [b.url for b in pool.backends] == ["http://static:1", "http://127.0.0.2:1"]
         started = time.monotonic()
         assert await pool.ready() is True   # once ready: at once
         assert time.monotonic() - started < 0.05
-        ticker.cancel()
+        ticks.stop()
         await pool.aclose()
 
     asyncio.run(main())
@@ -284,8 +276,8 @@ def test_a_crashed_watcher_is_logged_and_started_again(monkeypatch, caplog):
     with pool_of([watcher]) as pool, caplog.at_level(logging.ERROR, "lbmiddleware"):
         watcher.queue.put(RuntimeError("a bug"))
         watcher.put("http://127.0.0.3:1")
-        assert eventually(lambda: watcher.runs == 2)
-        assert eventually(lambda: [b.url for b in pool.backends][-1] == "http://127.0.0.3:1")
+        assert wait_for(lambda: watcher.runs == 2)
+        assert wait_for(lambda: [b.url for b in pool.backends][-1] == "http://127.0.0.3:1")
     assert "crashed" in caplog.text and "a bug" in caplog.text
 
 
@@ -300,7 +292,7 @@ def test_a_forked_child_follows_its_sources_on_its_own_loop():
             code = 1
             try:        # the parent's task does not run here: the child's own does
                 watcher.put("http://127.0.0.7:1")
-                if eventually(lambda: "http://127.0.0.7:1" in {b.url for b in pool.backends}):
+                if wait_for(lambda: "http://127.0.0.7:1" in {b.url for b in pool.backends}):
                     os.write(write, str(watcher.runs).encode())
                     code = 0
             finally:
