@@ -26,7 +26,8 @@ def _settings_help() -> str:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m lbmiddleware",
-        description="Client-side load balancing: a gateway and a demo.")
+        description="Client-side load balancing: a gateway (serve), a demo (demo) and the "
+                    "registration of a backend in etcd (register).")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     commands.add_parser(
         "serve", help="run the load-balancing gateway (settings from LB_* variables)",

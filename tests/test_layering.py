@@ -9,7 +9,7 @@ A module may import a module of its own unit (the first name under ``lbmiddlewar
 ``proxy``, ``adapter`` ...) or of a unit in a lower tier; units of one tier are independent.
 The fifth tier holds the front-ends built on another front-end: the WSGI middleware forwards
 through the requests adapter, and the gateway serves the ASGI middleware; ``__main__`` (the
-command line) runs the gateway and the demo. The rules go by
+command line) runs the gateway, the demo and the etcd registration. The rules go by
 unit, not by module, so a new module under ``core/`` or ``upstream/`` falls under its folder's
 rules; a new unit must be given a tier here before its first test run passes.
 
