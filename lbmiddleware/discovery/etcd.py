@@ -112,13 +112,16 @@ class EtcdClient:
 
     # -- unary calls ---------------------------------------------------------------------
 
-    async def call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        """POST ``body`` as JSON to ``path``; the decoded answer, or :class:`EtcdError`."""
+    async def call(self, path: str, body: dict[str, Any], *, timeout: float | None = None
+                   ) -> dict[str, Any]:
+        """POST ``body`` as JSON to ``path``; the decoded answer, or :class:`EtcdError`.
+        ``timeout``: this call's, when shorter than the client's (a retry before a deadline)."""
+        seconds = self.timeout if timeout is None else min(timeout, self.timeout)
         try:
-            return await _within(self.timeout, self._call(path, body))
+            return await _within(seconds, self._call(path, body))
         except asyncio.TimeoutError:
             raise EtcdError(f"etcd at {self.address} did not answer {path} within "
-                            f"{self.timeout:g}s") from None
+                            f"{seconds:.3g}s") from None
 
     async def _call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         reader, writer = await self._send(path, body)
@@ -201,14 +204,16 @@ class EtcdClient:
         with self._reading("/v3/kv/deleterange", answer):
             return int(answer.get("deleted", 0))
 
-    async def delete_if_lease(self, key: str, lease: int) -> bool:
+    async def delete_if_lease(self, key: str, lease: int, *, timeout: float | None = None
+                              ) -> bool:
         """Delete ``key`` only while it is attached to ``lease`` (a transaction comparing the
-        key's lease): True when it was deleted."""
+        key's lease): True when it was deleted. ``timeout``: as for :meth:`call`."""
         compare = {"target": "LEASE", "key": _b64(key.encode()), "result": "EQUAL",
                    "lease": str(lease)}
         path = "/v3/kv/txn"
         answer = await self.call(path, {
-            "compare": [compare], "success": [{"request_delete_range": {"key": compare["key"]}}]})
+            "compare": [compare], "success": [{"request_delete_range": {"key": compare["key"]}}]},
+            timeout=timeout)
         with self._reading(path, answer):
             if not answer.get("succeeded"):
                 return False

@@ -18,8 +18,12 @@ delete is a transaction that deletes the key only while it is under this registr
 lease: a replacement that registered the same URL meanwhile (a restart that started the new
 process first) keeps its key. A process that dies without exiting the block stops renewing:
 etcd drops the key when the lease expires (at most ``ttl`` later; a default etcd grants no
-less than about 2 s). A delete that fails is logged and kept in ``unregister_error``: the key
-then stays until the lease expires (:meth:`Registration.lease_remaining`).
+less than about 2 s). A delete that fails (etcd down or not answering) is tried again for
+``retry_for`` seconds when the caller gives them (the command gives the TTL and its drain:
+an etcd back meanwhile still deletes the key), then logged once and kept in
+``unregister_error``: the key stays until the lease expires, which is up to about ``ttl``
+after etcd is reachable again, not ``ttl`` after the last renewal, since a restarted etcd
+renews every lease (its lessor starts them over when it becomes leader).
 
 The value is the URL (``http://10.0.0.5:8080``), or with ``weight`` or ``priority`` the JSON of
 etcd's naming package: ``{"Addr": "10.0.0.5:8080", "Metadata": {"weight": 2}}`` (``Addr`` is
@@ -60,16 +64,21 @@ __all__ = ["Registration", "DEFAULT_TTL", "main"]
 logger = logging.getLogger(__name__)
 
 DEFAULT_TTL = 10.0          # seconds of the lease
+RETRY_DELAY = 0.2           # a failed delete is tried again after 0.2 s, then 0.32 s, ...
+MAX_RETRY_DELAY = 1.0       # ... at most 1 s apart (etcd back: the key goes within a second)
+MIN_RETRY_TIMEOUT = 0.2     # a retry near its deadline still gets this long to be answered
 
 
 class Registration:
     """One backend registered under an etcd source's prefix (module docstring).
 
     ``source``: ``etcd://host:port/prefix`` (text or :class:`~lbmiddleware.Source`); ``url``:
-    the backend's URL as callers reach it; ``ttl``: the lease in seconds (or ``"10s"``),
-    rounded up to whole seconds; ``weight`` (>= 1) and ``priority`` (>= 0): written in the
-    value's metadata when given. Bad values raise :class:`~lbmiddleware.ConfigError` naming
-    them; etcd's failures on entry raise :class:`~.etcd.EtcdError`.
+    the backend's URL as callers reach it; ``ttl``: the lease in whole seconds, at least 1
+    (``10``, ``"10s"``, ``"1m"``; ``"2.5s"`` is refused naming 2s and 3s: etcd leases are whole
+    seconds, and a rounded lease would not be the one asked for); ``weight`` (>= 1) and
+    ``priority`` (>= 0): written in the value's metadata when given. Bad values raise
+    :class:`~lbmiddleware.ConfigError` naming them; etcd's failures on entry raise
+    :class:`~.etcd.EtcdError`.
     """
 
     def __init__(self, source: Source | str, url: str | Backend, *, ttl: float | str = DEFAULT_TTL,
@@ -82,14 +91,7 @@ class Registration:
         # The checks of a backend (scheme, host, weight, priority) name the bad value.
         self.backend = Backend(url, 1 if weight is None else weight,
                                0 if priority is None else priority)
-        try:
-            seconds = parse_duration(ttl)
-        except ValueError as exc:
-            raise ConfigError(f"registration ttl {ttl!r}: {exc}") from None
-        if seconds < 1:
-            raise ConfigError(f"registration ttl {ttl!r}: etcd leases are whole seconds, "
-                              "at least 1 (a default etcd grants no less than about 2)")
-        self.ttl = math.ceil(seconds)
+        self.ttl = _whole_seconds(ttl)
         self.key = self.source.path + self.backend.url
         self.value = _value(self.backend, weight, priority)
         self.client = EtcdClient(self.source.host, self.source.port or 2379)
@@ -138,12 +140,17 @@ class Registration:
         logger.info("registered %s in etcd at %s as %r (lease %x, ttl %ds)",
                     self.backend.url, self.client.address, self.key, lease, granted)
 
-    async def unregister(self) -> bool:
+    async def unregister(self, *, retry_for: float = 0.0) -> bool:
         """Stop renewing, delete the key (only while it is still under this registration's
         lease: a replacement that registered the same URL since keeps it), then revoke the
-        lease. Returns True when the key was deleted now; failures are logged, not raised
-        (the lease expires by itself, :meth:`lease_remaining` from now), and a failed delete
-        is kept in :attr:`unregister_error`."""
+        lease. Returns True when the key was deleted now.
+
+        A delete that fails (etcd down or not answering) is tried again with a short back-off
+        for ``retry_for`` seconds (0: not at all), so that an etcd back within that time still
+        deletes the key. A delete that fails for good is logged once, with what follows (the
+        key stays until its lease expires: up to about a TTL after etcd is reachable again,
+        since etcd renews every lease when it restarts), and kept in :attr:`unregister_error`;
+        failures are not raised."""
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -153,29 +160,52 @@ class Registration:
             return False
         lease, self.lease = self.lease, 0
         self.unregister_error = None
-        try:
-            deleted = await self.client.delete_if_lease(self.key, lease)
-        except EtcdError as exc:
-            # etcd is down or stalled: a revoke would fail the same way (and wait as long).
-            self.unregister_error = str(exc)
-            logger.warning("could not delete %r from etcd: %s; renewals stopped, so the key "
-                           "stays until its lease expires, within %.0fs", self.key, exc,
-                           self.lease_remaining())
-            return False
+        deadline = time.monotonic() + retry_for
+        backoff = Backoff(initial=RETRY_DELAY, max_delay=MAX_RETRY_DELAY)
+        timeout: float | None = None        # the client's own for the first try
+        while True:
+            try:
+                deleted = await self.client.delete_if_lease(self.key, lease, timeout=timeout)
+                break
+            except EtcdError as exc:
+                error = exc
+            left = deadline - time.monotonic()
+            if backoff.retries == 0 and left > 0:
+                logger.warning("could not delete %r from etcd: %s; trying again until etcd "
+                               "answers, for up to %.3gs", self.key, error, retry_for)
+            if left <= 0:
+                # etcd is down or stalled: a revoke would fail the same way (and wait as long).
+                self.unregister_error = str(error)
+                tried = (f"gave up deleting {self.key!r} after trying for {retry_for:.3g}s "
+                         f"(etcd: {error})" if backoff.retries else
+                         f"could not delete {self.key!r} from etcd: {error}")
+                logger.error("%s; %s", tried, self._stays())
+                return False
+            await asyncio.sleep(min(backoff.next(), left))
+            timeout = max(deadline - time.monotonic(), MIN_RETRY_TIMEOUT)
         try:
             await self.client.revoke(lease)
         except EtcdError as exc:
-            logger.warning("deregistered %s but did not revoke lease %x: %s (it expires by "
-                           "itself within %.0fs)", self.backend.url, lease, exc,
-                           self.lease_remaining())
+            logger.warning("deregistered %s but did not revoke lease %x: %s (no key is under "
+                           "it now; etcd drops it when it expires)", self.backend.url, lease, exc)
         else:
-            logger.info("deregistered %s: %s %r, revoked lease %x", self.backend.url,
+            logger.info("deregistered %s: %s %r%s, revoked lease %x", self.backend.url,
                         "deleted" if deleted else "left (not under this lease any more)",
-                        self.key, lease)
+                        self.key, " once etcd answered again" if backoff.retries else "", lease)
         return deleted
 
+    def _stays(self) -> str:
+        """What follows when the key could not be deleted, for a log line. etcd drops it when
+        its lease expires, but a restarted etcd renews every lease (its lessor starts them
+        over when it becomes leader): so up to about a TTL after etcd is reachable again."""
+        return (f"the key stays until its lease expires: up to about "
+                f"{self.granted_ttl or self.ttl}s after etcd is reachable again, since etcd "
+                f"renews leases when it restarts; pools following {self.source.url} keep "
+                f"picking {self.backend.url} until then")
+
     def lease_remaining(self) -> float:
-        """Seconds until the lease runs out if it is not renewed (0 once it has)."""
+        """Seconds until the lease runs out if it is not renewed (0 once it has), while etcd
+        stays up: a restarted etcd renews every lease (:meth:`unregister`)."""
         return max(0.0, self.expires_at - time.monotonic())
 
     async def _keep_alive(self) -> None:
@@ -227,9 +257,10 @@ class Registration:
                  traceback: TracebackType | None) -> None:
         self.close()
 
-    def close(self, *, interrupt: threading.Event | None = None) -> bool:
+    def close(self, *, interrupt: threading.Event | None = None, retry_for: float = 0.0
+              ) -> bool:
         """The sync exit: delete the key, revoke the lease, stop the thread (idempotent).
-        Returns True when the key was deleted now.
+        Returns True when the key was deleted now. ``retry_for``: as for :meth:`unregister`.
 
         ``interrupt``: give up as soon as it is set (a second signal to the command): the
         unregistering is cancelled, :attr:`unregister_error` says so, and the key, if etcd
@@ -242,7 +273,7 @@ class Registration:
 
         async def closing() -> bool:
             try:
-                return await self.unregister()
+                return await self.unregister(retry_for=retry_for)
             finally:
                 finished.set()
 
@@ -267,15 +298,36 @@ def _stop(loop: asyncio.AbstractEventLoop, thread: threading.Thread) -> None:
     loop.close()
 
 
+def _whole_seconds(ttl: object) -> int:
+    """A lease's TTL: whole seconds, at least 1. A value between two whole seconds is refused
+    naming both (etcd's leases are whole seconds; rounding would grant another lease than the
+    one asked for), rather than rounded in one direction or the other."""
+    try:
+        seconds = parse_duration(ttl)
+    except ValueError as exc:
+        raise ConfigError(f"registration ttl {ttl!r}: {exc}") from None
+    whole = round(seconds)
+    if seconds < 1:
+        raise ConfigError(f"registration ttl {ttl!r}: etcd leases are whole seconds, at least 1 "
+                          "(a default etcd grants no less than about 2); use 1s")
+    if abs(seconds - whole) > 1e-9:     # "0.1m" is 6.000000000000001 seconds: whole
+        lower = math.floor(seconds)
+        raise ConfigError(f"registration ttl {ttl!r}: etcd leases are whole seconds; "
+                          f"use {lower}s or {lower + 1}s")
+    return whole
+
+
 def _etcd_source(source: object) -> Source:
-    if isinstance(source, str):
-        source = Source(source)
-    if not isinstance(source, Source):
+    """The etcd:// source a registration writes to; any other text or kind of source (the
+    DNS ones a pool reads, a plain URL) is refused naming it and the one form register takes."""
+    text = source.url if isinstance(source, Source) else source
+    if not isinstance(text, str):
         raise ConfigError(f"registration source {source!r} is not an etcd:// source")
-    if source.kind != "etcd":
-        raise ConfigError(f"registration source {source.url!r} is not an etcd:// source "
-                          "(a backend registers in etcd; DNS records are the DNS server's)")
-    return source
+    if not text.strip().lower().startswith("etcd://"):
+        raise ConfigError(f"registration source {text!r} is not an etcd:// source: a backend "
+                          "registers in etcd only (etcd://host:port/prefix, such as "
+                          "etcd://127.0.0.1:2379/services/orders)")
+    return source if isinstance(source, Source) else Source(text)
 
 
 def _value(backend: Backend, weight: int | None, priority: int | None) -> str:
@@ -301,13 +353,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     [--drain DURATION]``: register, keep the lease alive, and on SIGTERM or SIGINT delete the
     key, wait ``--drain`` (callers' pools stop picking the backend meanwhile), exit 0.
 
-    A second signal ends whatever is being waited for at once, and says so: the drain (exit
-    0: the key is gone), or the delete itself (etcd stalled: exit 1, the key may stay until
-    its lease expires). A delete that fails (etcd down or not answering) is logged with what
-    follows: the key stays until the lease expires (renewals stopped, so within ``--ttl``);
-    the command then waits for that and the drain, so that no pool still picks the backend
-    when it exits, and exits 1. Exit status 2 for a bad argument, 1 when etcd cannot be
-    reached at the start."""
+    A delete that fails (etcd down or not answering) is tried again until etcd answers, for
+    up to ``--ttl`` and ``--drain`` in all (as long as the lease and the drain would run): an
+    etcd back by then deletes the key, and the command drains and exits 0. Otherwise it says
+    once what follows (the key stays until its lease expires: up to about ``--ttl`` after
+    etcd is reachable again, since etcd renews every lease when it restarts) and exits 1. A
+    second signal ends whatever is being waited for at once, and says so: the drain (exit 0:
+    the key is gone), or the delete (exit 1, the key may stay as above). Exit status 2 for a
+    bad argument, 1 when etcd cannot be reached at the start."""
     parser = _parser()
     args = parser.parse_args(argv)
     try:
@@ -345,34 +398,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             pass
         url = registration.backend.url
         logger.info("%s: deregistering %s", _name(signals[0]), url)
-        deleted = registration.close(interrupt=again)
+        # Tried until etcd answers, for as long as the lease and the drain would have run: a
+        # short etcd outage then deletes the key, where a restarted etcd would otherwise renew
+        # its lease (the key a whole TTL more, the stopped replica still picked).
+        registration.close(interrupt=again, retry_for=registration.ttl + drain)
         error = registration.unregister_error
         if error is not None and again.is_set():
             logger.error("%s again: stopped waiting for etcd at %s to delete %r; if it was "
-                         "not deleted, the key stays until its lease expires, within %.0fs, "
-                         "and pools following %s may pick %s until then", _name(signals[-1]),
-                         registration.client.address, registration.key,
-                         registration.lease_remaining(), registration.source.url, url)
+                         "not deleted, %s", _name(signals[-1]), registration.client.address,
+                         registration.key, registration._stays())
             return 1
-        wait, status = drain, 0
-        if error is not None:
-            remaining = registration.lease_remaining()
-            logger.error("%r was not deleted (etcd: %s), so it stays in etcd until its "
-                         "lease expires, within %.1fs (ttl %ds, renewals stopped): pools "
-                         "following %s pick %s until then. Waiting for that and the drain "
-                         "(%.1fs in all; a second signal stops waiting), then exiting with "
-                         "status 1", registration.key, error, remaining,
-                         registration.granted_ttl, registration.source.url, url,
-                         remaining + drain)
-            wait, status = remaining + drain, 1
-        elif drain:
+        if error is not None:           # said by unregister, with what follows
+            logger.info("exiting with status 1")
+            return 1
+        if drain:
             logger.info("draining for %gs before exit (callers stop picking %s)", drain, url)
-        if wait and again.wait(wait):
-            logger.info("%s again: ending the %s early", _name(signals[-1]),
-                        "drain" if status == 0 else "wait")
-        logger.info("exiting%s", "" if deleted or status == 0 else
-                    f" with status 1: {registration.key!r} was not deleted")
-        return status
+            if again.wait(drain):
+                logger.info("%s again: ending the drain early", _name(signals[-1]))
+        logger.info("exiting")
+        return 0
     finally:
         registration.close()
         for number, handler in previous.items():
@@ -392,10 +436,12 @@ def _parser() -> argparse.ArgumentParser:
         epilog="example: python -m lbmiddleware register "
                "etcd://127.0.0.1:2379/services/orders http://10.0.0.5:8080 --ttl 10s --drain 5s")
     parser.add_argument("source", metavar="SOURCE",
-                        help="etcd://host:port/prefix: the key goes under prefix/")
+                        help="etcd://host:port/prefix: the key goes under prefix/ (etcd "
+                             "only: DNS records are the DNS server's)")
     parser.add_argument("url", metavar="URL", help="the backend's URL as callers reach it")
     parser.add_argument("--ttl", default=f"{DEFAULT_TTL:g}s",
-                        help="the lease (10s, 5m; whole seconds, at least 1) [%(default)s]")
+                        help="the lease, in whole seconds, at least 1 (10s, 5m; 2.5s is "
+                             "refused: etcd leases are whole seconds) [%(default)s]")
     parser.add_argument("--weight", type=_integer, default=None,
                         help="the backend's weight (>= 1), written in the value's metadata")
     parser.add_argument("--priority", type=_integer, default=None,

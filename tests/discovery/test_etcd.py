@@ -473,7 +473,8 @@ def test_a_lost_lease_is_granted_again_and_the_key_put_again(etcd):
     with Registration(etcd.source("lost/orders"), "http://127.0.0.2:8001", ttl=1) as registration:
         first = registration.lease
         etcd.call("/v3/lease/revoke", {"ID": str(first)})   # as if etcd had lost it
-        assert etcd.get("lost/orders/") == {}
+        # The key went with the lease, unless a renewal (every 0.33 s) already put it again.
+        assert etcd.lease_of(registration.key) != first
         wait_until(lambda: etcd.get("lost/orders/"), "the key put again", timeout=3)
         assert registration.registrations == 2 and registration.lease != first
         assert etcd.lease_of(registration.key) == registration.lease
@@ -518,6 +519,34 @@ def test_registration_keeps_renewing_across_an_etcd_restart(own_etcd, caplog):
     assert sum("cannot renew" in r.getMessage() for r in caplog.records) == 1
 
 
+def test_an_exit_with_etcd_down_says_once_when_the_key_goes_and_retry_for_waits_for_etcd(
+        own_etcd, caplog):
+    """The context manager's exit tries the delete once and logs one line with what follows;
+    ``close(retry_for=...)`` keeps trying, so an etcd back in time still deletes the key."""
+    caplog.set_level(logging.INFO, logger="lbmiddleware")
+    etcd = own_etcd
+    registration = Registration(etcd.source("exit/orders"), "http://127.0.0.2:8001", ttl=2)
+    with registration:
+        etcd.kill()
+    assert registration.unregister_error and "Connection refused" in registration.unregister_error
+    [line] = [r for r in caplog.records if "could not delete" in r.getMessage()]
+    assert line.levelname == "ERROR"
+    assert "up to about 2s after etcd is reachable again" in line.getMessage()
+    etcd.start()
+    caplog.clear()
+    registration.__enter__()
+    etcd.kill()
+    restart = threading.Timer(0.5, etcd.start)
+    restart.start()
+    try:
+        assert registration.close(retry_for=5.0) is True
+    finally:
+        restart.join()
+    assert registration.unregister_error is None and etcd.get("exit/orders/") == {}
+    assert [r.levelname for r in caplog.records if "exit/orders" in r.getMessage()] == [
+        "INFO", "WARNING", "INFO"], caplog.text     # registered, retrying, deleted
+
+
 def test_registration_at_an_etcd_that_is_down_raises_etcd_error():
     registration = Registration("etcd://127.0.0.1:1/x", "http://127.0.0.2:8001")
     with pytest.raises(EtcdError, match="cannot connect to etcd at 127.0.0.1:1"):
@@ -540,6 +569,38 @@ def test_registration_at_an_etcd_that_is_down_raises_etcd_error():
 def test_registration_refuses_bad_input_naming_the_value(source, url, options, message):
     with pytest.raises(ConfigError, match=message):
         Registration(source, url, **options)
+
+
+@pytest.mark.parametrize(("ttl", "suggestion"), [
+    ("2.5s", "use 2s or 3s"), (2.5, "use 2s or 3s"), ("1500ms", "use 1s or 2s"),
+    ("500ms", "use 1s"), (0, "use 1s"), ("10.2s", "use 10s or 11s")])
+def test_a_ttl_that_is_not_whole_seconds_is_refused_naming_the_nearest(ttl, suggestion):
+    """etcd leases are whole seconds: a TTL between two is refused, not rounded (2.5 s once
+    became 3 s silently while 500 ms was refused), and the error names the value and the
+    whole seconds around it."""
+    with pytest.raises(ConfigError, match=f"ttl {ttl!r}: etcd leases are whole seconds") as caught:
+        Registration(SOURCE, "http://127.0.0.2:8001", ttl=ttl)
+    assert str(caught.value).endswith(suggestion), caught.value
+
+
+@pytest.mark.parametrize(("ttl", "seconds"), [("3s", 3), (3, 3), (3.0, 3), ("2000ms", 2),
+                                              ("0.1m", 6), ("1m", 60)])
+def test_a_whole_ttl_is_taken_as_it_is(ttl, seconds):
+    assert Registration(SOURCE, "http://127.0.0.2:8001", ttl=ttl).ttl == seconds
+
+
+@pytest.mark.parametrize("source", [
+    "http://127.0.0.1:2379/services/x", "https://etcd.internal/services/x",
+    "dns+http://orders:8080", "srv+http://_http._tcp.orders.service.consul", "services/x"])
+def test_a_source_that_is_not_etcd_is_refused_saying_register_takes_etcd_only(source):
+    """register writes to etcd only: the error names the value and etcd://, never the
+    sources a pool reads (dns+http://, srv+https://, ...) as if they were choices."""
+    with pytest.raises(ConfigError) as caught:
+        Registration(source, "http://127.0.0.2:8001")
+    message = str(caught.value)
+    assert f"{source!r} is not an etcd:// source" in message, message
+    assert "etcd://host:port/prefix" in message, message
+    assert "dns+https" not in message and "srv+" not in message.replace(source, ""), message
 
 
 # -- python -m lbmiddleware register ----------------------------------------------------------
@@ -625,6 +686,12 @@ def test_register_with_bad_arguments_exits_2_and_with_etcd_down_exits_1(tmp_path
     assert bad.returncode == 2 and "'two' is not an integer" in bad.stderr
     bad = run("etcd://127.0.0.1:1/x", "http://127.0.0.2:8001", "--drain", "-1s")
     assert bad.returncode == 2 and "--drain" in bad.stderr
+    bad = run("etcd://127.0.0.1:1/x", "http://127.0.0.2:8001", "--ttl", "2.5s")
+    assert bad.returncode == 2 and "ttl '2.5s'" in bad.stderr and "use 2s or 3s" in bad.stderr
+    bad = run("http://127.0.0.1:2379/services/x", "http://127.0.0.2:8001")
+    assert bad.returncode == 2, bad.stderr
+    assert "'http://127.0.0.1:2379/services/x' is not an etcd:// source" in bad.stderr
+    assert "dns+http" not in bad.stderr
     down = run("etcd://127.0.0.1:1/x", "http://127.0.0.2:8001")
     assert down.returncode == 1
     assert "cannot connect to etcd at 127.0.0.1:1: Connection refused" in down.stderr
@@ -654,17 +721,52 @@ def test_a_second_signal_while_deregistering_ends_the_wait_at_once_and_exits_1(
     text = log.read_text()
     assert "SIGINT again: stopped waiting for etcd" in text, text
     assert "stalled/orders/http://127.0.0.2:8001" in text
-    assert "until its lease expires, within 3s" in text, text
+    [stays] = lines_with(text, "until its lease expires")
+    assert "up to about 3s after etcd is reachable again" in stays, text
+    assert "within" not in text, text
     assert "draining" not in text
 
 
-def test_a_delete_that_fails_is_said_waits_for_the_lease_and_exits_1(own_etcd, processes,
-                                                                     tmp_path, follow):
-    """etcd down when the key should go: the process says that the key stays until its lease
-    expires (and when), waits for that and its drain so that no pool still picks the backend
-    when it exits, and exits 1."""
+def lines_with(text: str, words: str) -> list[str]:
+    return [line for line in text.splitlines() if words in line]
+
+
+def test_a_delete_that_fails_is_tried_again_and_done_when_etcd_returns(own_etcd, processes,
+                                                                      tmp_path):
+    """etcd down at SIGTERM and back a moment later: the command keeps trying the delete, so a
+    short outage does not leave a stopped replica registered (a restarted etcd renews every
+    lease: the key would stay a whole TTL more), then drains and exits 0."""
+    etcd = own_etcd
+    key = "back/orders/http://127.0.0.2:8001"
+    log = tmp_path / "register.log"
+    process = register(etcd.source("back/orders"), "http://127.0.0.2:8001", "--ttl", "3s",
+                       "--drain", "500ms", log=log)
+    processes.append(process)
+    wait_until(lambda: etcd.get("back/orders/"), "registered", timeout=10)
+    etcd.kill()
+    process.send_signal(signal.SIGTERM)
+    wait_until(lambda: "could not delete" in log.read_text(), "the first delete failed")
+    etcd.start()                        # well within the 3.5 s (ttl and drain) it keeps trying
+    assert process.wait(10) == 0, log.read_text()
+    assert etcd.get("back/orders/") == {}, log.read_text()   # deleted, not renewed by etcd
+    text = log.read_text()
+    [failed] = lines_with(text, "could not delete")
+    assert f"could not delete {key!r}" in failed and "Connection refused" in failed, text
+    assert "trying again until etcd answers, for up to 3.5s" in failed, text
+    [deleted] = lines_with(text, "deregistered")
+    assert f"deleted {key!r} once etcd answered again" in deleted, text
+    assert "draining for 0.5s" in text and "until its lease expires" not in text, text
+    assert "status 1" not in text, text
+
+
+def test_a_delete_that_fails_until_the_end_says_when_the_key_goes_and_exits_1(
+        own_etcd, processes, tmp_path, follow):
+    """etcd down from SIGTERM on: the command tries the delete for the lease's TTL and the
+    drain, then says once what becomes of the key, truly: a restarted etcd renews every lease,
+    so the key stays up to a TTL after etcd is back (checked below), and exits 1."""
     etcd = own_etcd
     source = etcd.source("down/orders")
+    key = "down/orders/http://127.0.0.2:8001"
     log = tmp_path / "register.log"
     process = register(source, "http://127.0.0.2:8001", "--ttl", "2s", "--drain", "500ms",
                        log=log)
@@ -675,12 +777,22 @@ def test_a_delete_that_fails_is_said_waits_for_the_lease_and_exits_1(own_etcd, p
     process.send_signal(signal.SIGTERM)
     assert process.wait(10) == 1
     took = time.monotonic() - began
+    assert 2.4 <= took < 4.0, took      # tried for the ttl and the drain (2.5 s), then gave up
     text = log.read_text()
-    assert "could not delete 'down/orders/http://127.0.0.2:8001'" in text, text
-    assert "Connection refused" in text
-    assert "stays in etcd until its lease expires" in text, text
-    assert "pools following etcd://" in text
-    assert 0.5 <= took < 4.5, took      # the lease's remaining time (<= 2 s) and the drain
+    [failed] = lines_with(text, "could not delete")
+    assert f"could not delete {key!r}" in failed and "Connection refused" in failed, text
+    [stays] = lines_with(text, "until its lease expires")     # one line per fact
+    assert "ERROR" in stays and f"gave up deleting {key!r} after trying for 2.5s" in stays, text
+    assert ("up to about 2s after etcd is reachable again, since etcd renews leases when it "
+            "restarts") in stays, text
+    assert f"pools following {source} keep picking http://127.0.0.2:8001 until then" in stays
+    assert "within" not in text and text.rstrip().endswith("exiting with status 1"), text
+    # What the line says: etcd back, the key is still there, and goes about a TTL later.
+    etcd.start()
+    back = time.monotonic()
+    assert etcd.get("down/orders/") == {key: "http://127.0.0.2:8001"}
+    wait_until(lambda: not etcd.get("down/orders/"), "the lease expired", timeout=5)
+    assert 1.5 <= time.monotonic() - back < 3.5
 
 
 def test_a_second_signal_ends_the_drain_early_and_says_so(etcd, processes, tmp_path):
