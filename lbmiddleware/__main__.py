@@ -67,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .gateway import serve
     try:
         serve(settings)
-    except ConfigError as exc:      # the chosen server is not installed
+    except ConfigError as exc:      # the chosen server, or a source's library, is missing
         print(f"python -m lbmiddleware serve: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:          # the address is taken, say

@@ -35,11 +35,13 @@ from typing import TYPE_CHECKING, Any, TextIO
 from .asgi import LoadBalancerMiddleware
 from .core.settings import FrontEndSettings
 from .errors import ConfigError
+from .fleet.pool import require_library
 from .gateway_settings import GatewaySettings, load_settings
 from .proxy import ErrorResponse, error_response
 from .proxy.settings import ProxySettings
 
-__all__ = ["load_settings", "make_app", "app_from_env", "choose_server", "bind", "serve"]
+__all__ = ["load_settings", "make_app", "app_from_env", "choose_server", "check_libraries",
+           "bind", "serve"]
 
 # The modules each server needs: under uvicorn the gateway's protocol (head timeout,
 # connection limit, no trailers as headers) extends uvicorn's httptools protocol.
@@ -76,6 +78,17 @@ def choose_server(settings: GatewaySettings) -> str:
     return wanted
 
 
+def check_libraries(settings: FrontEndSettings) -> None:
+    """ConfigError naming the source and the extra to install when a source's library is
+    missing (dnspython for DNS): found before the server starts, not by its worker building
+    the pool (granian's would crash with a traceback)."""
+    for source in settings.core.sources:
+        try:
+            require_library(source)
+        except ModuleNotFoundError as exc:
+            raise ConfigError(str(exc)) from None
+
+
 def bind(address: tuple[str, int]) -> socket.socket:
     """A listening TCP socket on ``(host, port)``; port 0 lets the OS choose."""
     host, port = address
@@ -97,10 +110,11 @@ def bind(address: tuple[str, int]) -> socket.socket:
 
 def serve(settings: FrontEndSettings, *, out: TextIO = sys.stdout) -> None:
     """Run the gateway until interrupted (SIGINT / SIGTERM); ``settings`` from
-    :func:`load_settings`. Raises ``ConfigError`` when the chosen server is not installed
-    and ``OSError`` when the address is taken."""
+    :func:`load_settings`. Raises ``ConfigError`` when the chosen server, or a source's
+    library, is not installed and ``OSError`` when the address is taken."""
     gateway = settings[GatewaySettings]
     server = choose_server(gateway)
+    check_libraries(settings)
     sock = bind(gateway.listen_address)
     host, port = sock.getsockname()[:2]
     if server == "granian":

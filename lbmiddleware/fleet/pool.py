@@ -53,7 +53,7 @@ from ..errors import needs_extra
 if TYPE_CHECKING:
     from ..discovery import Watcher
 
-__all__ = ["Balancer", "Runner", "FIRST_ANSWER_TIMEOUT", "CLOSE_TIMEOUT"]
+__all__ = ["Balancer", "Runner", "require_library", "FIRST_ANSWER_TIMEOUT", "CLOSE_TIMEOUT"]
 
 #: Seconds a new pool waits for every source's first answer (a set, or a failure), so
 #: that its first picks find the members (Envoy's cluster warming): its constructor where
@@ -71,6 +71,17 @@ logger = logging.getLogger("lbmiddleware")
 
 # The third-party library a kind of source needs (an extra's: errors.EXTRAS).
 _LIBRARIES = {"dns": "dns", "srv": "dns"}
+
+
+def require_library(source: Source) -> None:
+    """Raise ``ModuleNotFoundError`` naming ``source`` and the extra to install (``pip install
+    'lbmiddleware[dns]'``) when the library its kind needs is not installed: the pool's
+    constructor, and the gateway before its server starts (a bad setting, not a crashed
+    worker)."""
+    library = _LIBRARIES.get(source.kind)
+    if library is not None and importlib.util.find_spec(library) is None:
+        with needs_extra(f"source {source.url!r}"):
+            raise ModuleNotFoundError(f"No module named {library!r}", name=library)
 
 
 class Runner(Protocol):
@@ -148,9 +159,7 @@ class Balancer(CoreBalancer):
         """What follows ``source``: :func:`lbmiddleware.discovery.watcher_for`. A DNS source
         without dnspython raises ``ModuleNotFoundError`` naming the ``dns`` extra here, not
         later on the loop (the watcher imports it on its first question)."""
-        library = _LIBRARIES.get(source.kind)
-        if library is not None and importlib.util.find_spec(library) is None:
-            raise ModuleNotFoundError(f"No module named {library!r}", name=library)
+        require_library(source)
         from ..discovery import watcher_for
         return watcher_for(source, self.settings)
 

@@ -144,6 +144,21 @@ def test_a_bad_setting_prints_the_config_error_and_exits_2(environ, message):
     assert "Traceback" not in result.stderr and result.stdout == ""
 
 
+@pytest.mark.parametrize("server", ["granian", "uvicorn"])
+def test_a_dns_source_without_dnspython_is_a_bad_setting_before_the_server_starts(
+        tmp_path, server):
+    # dnspython missing: a sitecustomize on PYTHONPATH hides it from the gateway's process
+    (tmp_path / "sitecustomize.py").write_text("import sys\nsys.modules['dns'] = None\n")
+    path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH")) if p)
+    result = run_serve({"LB_BACKENDS": "dns+http://orders.test:8080", "LB_SERVER": server,
+                        "LB_LISTEN": "127.0.0.1:0", "PYTHONPATH": path})
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == (
+        "python -m lbmiddleware serve: error: source 'dns+http://orders.test:8080' needs dns, "
+        "which is not installed: pip install 'lbmiddleware[dns]'\n")
+    assert result.stdout == ""
+
+
 @pytest.mark.parametrize("variable", ["LB_HEADER_TIMEOUT", "LB_SHUTDOWN_TIMEOUT"])
 def test_server_durations_are_bounded_by_one_day(variable):
     base = {"LB_BACKENDS": "http://127.0.0.1:1"}
