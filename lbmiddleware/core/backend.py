@@ -26,6 +26,19 @@ SOURCE_SCHEMES = {
     "etcd": ("etcd", "http"),
 }
 
+# The kinds of source a backend URL's scheme may mean, for its error: dns:// is dns+http://.
+_SOURCE_NAMES = {"dns": "a DNS source", "srv": "an SRV source"}
+
+
+def _source_hint(scheme: str) -> str:
+    """" (a DNS source is dns+http:// or dns+https://)" for ``scheme`` "dns" (a source's kind
+    written as a URL scheme), else ""."""
+    heads = [head for head, (kind, _) in SOURCE_SCHEMES.items() if kind == scheme]
+    if scheme not in _SOURCE_NAMES or not heads:
+        return ""
+    return f" ({_SOURCE_NAMES[scheme]} is {' or '.join(f'{head}://' for head in heads)})"
+
+
 # A DNS name (letters, digits, '-', '_' for SRV-style labels, dots between labels).
 _SERVER_NAME = re.compile(r"^[a-z0-9_](?:[a-z0-9_.-]*[a-z0-9_])?$")
 # One label of a name: letters, digits, '-' inside, '_' anywhere (_http._tcp: RFC 2782).
@@ -86,8 +99,8 @@ class Backend:
             raise ConfigError(
                 f"backend URL {self.url!r} has no scheme (expected http:// or https://)")
         if scheme not in DEFAULT_PORTS:
-            raise ConfigError(
-                f"backend URL {self.url!r} has scheme {scheme!r}: only http and https")
+            raise ConfigError(f"backend URL {self.url!r} has scheme {scheme!r}: only http and "
+                              f"https{_source_hint(scheme)}")
         if not parts.hostname:
             raise ConfigError(f"backend URL {self.url!r} has no host")
         if parts.username is not None or parts.password is not None:

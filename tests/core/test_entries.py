@@ -215,3 +215,14 @@ class TestParseEntries:
     def test_a_wrong_type_is_a_config_error(self):
         with pytest.raises(lb.ConfigError):
             parse_entries([3])  # type: ignore[list-item]
+
+    @pytest.mark.parametrize(("entry", "hint"), [
+        ("dns://orders:8080", "(a DNS source is dns+http:// or dns+https://)"),
+        ("srv://_http._tcp.orders", "(an SRV source is srv+http:// or srv+https://)"),
+    ])
+    def test_a_source_without_its_http_scheme_says_how_to_write_it(self, entry, hint):
+        with pytest.raises(lb.ConfigError) as caught:
+            parse_entries(entry)
+        assert str(caught.value) == (
+            f"backend URL {entry!r} has scheme {entry.partition(':')[0]!r}: only http and "
+            f"https {hint}")
