@@ -30,6 +30,8 @@ from .events import (
     MembershipChanged,
     PanicEnded,
     PanicStarted,
+    SourceFailed,
+    SourceRecovered,
     log_event,
 )
 from .health import PassiveHealth
@@ -153,6 +155,9 @@ class Balancer:
         # The sources that have not answered yet: a source's first answer is its initial list
         # (no slow start, up for active health); the members of its later answers join.
         self._unanswered = {source.url for source in settings.sources}
+        # The sources in an outage and why (SourceFailed and SourceRecovered through publish()):
+        # read only when a pick finds the pool empty (_no_backends()).
+        self._failing: dict[str, str] = {}
         self._warned: set[tuple[str, str | None]] = set()
         self._deferred: collections.deque[tuple[Backend, bool | None, float | None]] = (
             collections.deque())                        # see report_later(), release()
@@ -278,7 +283,7 @@ class Balancer:
                     raise ConfigError(f"drain({url!r}): no such backend in the pool")
                 self._held[url] = None
                 if url in self._states:
-                    self._apply_membership(self._union()[0], reason="drain()")
+                    self._apply_membership(self._union()[0], reason="drain()", by="drain()")
             self._post()
         self._deliver()
 
@@ -298,7 +303,7 @@ class Balancer:
                 del self._held[url]
                 union, _ = self._union()
                 if not self._same_members(union):
-                    self._apply_membership(union)
+                    self._apply_membership(union, by="undrain()")
             self._post()
         self._deliver()
 
@@ -393,9 +398,10 @@ class Balancer:
 
     def _apply_membership(self, backends: tuple[Backend, ...], prepared: Any = None, *,
                           source: str | None = None, reason: str = "removed",
-                          joined_later: bool = True) -> None:
+                          joined_later: bool = True, by: str | None = None) -> None:
         """Make ``backends`` the members. Those added join (``joined_later``) or, at
-        construction and in a source's first answer, are initial members."""
+        construction and in a source's first answer, are initial members. ``by``: the call
+        (drain(), undrain()) when not an update, for the event."""
         old = self._states
         now = self._timer()
         states: dict[str, BackendState] = {}
@@ -446,7 +452,7 @@ class Balancer:
             self._ramp(now)
         self._policy_members(prepared)
         self._events.append(MembershipChanged(tuple(added), tuple(removed), tuple(reweighted),
-                                              backends, source))
+                                              backends, source, by=by))
         self._events.extend(drains)
         self._refresh()             # after the change, the panic it may start or end
 
@@ -828,7 +834,7 @@ class Balancer:
         """Every eligible backend is excluded: fall back to the ejected ones not excluded
         (panic for this pick), or raise :class:`NoHealthyBackend`."""
         if not self._states:
-            error = NoHealthyBackend("the pool has no backends")
+            error = self._no_backends()
         else:
             if members is self._healthy and len(excluded) < len(self._all.states):
                 members = self._all      # the healthy ones are all tried: panic for this pick
@@ -839,6 +845,18 @@ class Balancer:
             error = NoHealthyBackend(f"every backend was tried: {', '.join(tried)}")
         self._post()                 # this call's upkeep events go out all the same
         raise error
+
+    def _no_backends(self) -> NoHealthyBackend:
+        """The error of a pool with no members, saying which sources are why: those failing
+        (with their error) and those that have not answered yet. Built only when raised."""
+        why = []
+        for url in self._entries:
+            if url in self._failing:
+                why.append(f"source {url} is failing ({self._failing[url]})")
+            elif url in self._unanswered:
+                why.append(f"source {url} has not answered yet")
+        return NoHealthyBackend("the pool has no backends" + (": " if why else "")
+                                + "; ".join(why))
 
     def _exclude_states(self, exclude: Collection[Backend | str],
                         members: Members) -> frozenset[BackendState]:
@@ -1012,7 +1030,7 @@ class Balancer:
                 f"lookup() needs a keyed policy (ip_hash); this pool uses {self.policy}")
         with self._lock:
             if not self._states:
-                raise NoHealthyBackend("the pool has no backends")
+                raise self._no_backends()
             return self._policy.lookup(self._members_at(self._timer()), key).backend
 
     def _members_at(self, now: float) -> Members:
@@ -1122,8 +1140,13 @@ class Balancer:
 
     def publish(self, event: Event) -> None:
         """Deliver ``event`` (a source's, from discovery above the core) to this pool's
-        listeners, in order with the pool's own events."""
+        listeners, in order with the pool's own events. A source's outage is kept for the
+        error of a pick from an empty pool."""
         with self._lock:
+            if isinstance(event, SourceFailed):
+                self._failing[event.source] = event.error
+            elif isinstance(event, SourceRecovered):
+                self._failing.pop(event.source, None)
             self._events.append(event)
             self._post()
         self._deliver()

@@ -21,8 +21,13 @@ __all__ = [
     "StatusesLike", "ServersLike",
 ]
 
-_DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(ms|s|m|h)?\s*$")
-_UNITS = {None: 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}      # "ms" divides by 1000 (exact)
+# A duration's text: a sign, then a number with an optional unit, or parts with a unit each,
+# largest first ("1h30m", "2s500ms"); _UNITS in that order ("ms" divides by 1000: exact).
+_NUMBER = r"[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?"
+_DURATION = re.compile(rf"\s*(-?)\s*((?:{_NUMBER}\s*(?:ms|s|m|h)\s*)+|{_NUMBER}\s*)")
+_PART = re.compile(rf"({_NUMBER})\s*(ms|s|m|h)?\s*")
+_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+_DURATION_FORMS = "seconds, or a number with ms, s, m or h, or such parts largest first: 1m30s"
 _SIZE = re.compile(r"\s*(\d+)\s*([kKmM]?)[bB]?\s*")
 
 # -- what the casts accept, as a settings class's constructor declares it for type checkers:
@@ -54,8 +59,8 @@ ServersLike: TypeAlias = str | Iterable[str]
 #    the variable or argument and the value.
 
 def parse_duration(value: Any) -> float:
-    """Seconds from ``1.5``, ``"1.5"``, ``"10s"``, ``"250ms"``, ``"5m"`` or ``"1h"``; never
-    negative."""
+    """Seconds from ``1.5``, ``"1.5"``, ``"10s"``, ``"250ms"``, ``"5m"``, ``"1h"`` or parts
+    largest first (``"1m30s"``, ``"1h30m"``, ``"2s500ms"``); never negative."""
     if isinstance(value, bool):
         raise ValueError("not a duration")
     if isinstance(value, (int, float)):
@@ -64,15 +69,29 @@ def parse_duration(value: Any) -> float:
         except OverflowError:           # an int beyond any float (10**400)
             raise ValueError("not a non-negative finite duration") from None
     else:
-        match = _DURATION.match(str(value))
-        if not match:
-            raise ValueError("not a duration (seconds, or a number with ms, s, m or h)")
-        unit = match.group(2)
-        seconds = (float(match.group(1)) / 1000.0 if unit == "ms"
-                   else float(match.group(1)) * _UNITS[unit])
-    if math.isnan(seconds) or math.isinf(seconds) or seconds < 0:
+        seconds = _duration_text(str(value))
+    if math.isnan(seconds) or math.isinf(seconds):
         raise ValueError("not a non-negative finite duration")
+    if seconds < 0:
+        raise ValueError(f"negative (a duration is {_DURATION_FORMS})")
     return seconds
+
+
+def _duration_text(text: str) -> float:
+    """Seconds from a duration's text (negative if it has a sign: the caller says so)."""
+    match = _DURATION.fullmatch(text)
+    units = list(_UNITS)
+    seconds = 0.0
+    for part in _PART.finditer(match.group(2)) if match else ():
+        number, unit = float(part.group(1)), part.group(2) or "s"   # a bare number: seconds
+        if unit not in units:           # each unit once, largest first ("1m30s", "2s500ms")
+            match = None
+            break
+        del units[:units.index(unit) + 1]
+        seconds += number / 1000.0 if unit == "ms" else number * _UNITS[unit]
+    if not match:
+        raise ValueError(f"not a duration ({_DURATION_FORMS})")
+    return -seconds if match.group(1) else seconds
 
 
 def parse_positive_duration(value: Any) -> float:

@@ -36,6 +36,9 @@ __all__ = [
 
 logger = logging.getLogger("lbmiddleware")
 
+#: The URLs a membership change's log line names of each kind (added, removed, reweighted).
+URLS_SHOWN = 3
+
 
 @dataclass(frozen=True, slots=True)
 class BackendEjected:
@@ -137,6 +140,29 @@ class MembershipChanged:
     reweighted: tuple[Backend, ...]
     members: tuple[Backend, ...]
     source: str | None = None
+    # The call that made it when not an update: "drain()" or "undrain()".
+    by: str | None = field(default=None, compare=False)
+
+    @property
+    def cause(self) -> str:
+        """"source dns+http://...", "update()" (the static list), "drain()" or "undrain()"."""
+        if self.by is not None:
+            return self.by
+        return "update()" if self.source is None else f"source {self.source}"
+
+    @property
+    def summary(self) -> str:
+        """"added 2 (http://a:1, http://b:1), removed 1 (http://c:1)": the URLs of each
+        change, up to :data:`URLS_SHOWN` of them (then "+N more")."""
+        parts = []
+        for what, backends in (("added", self.added), ("removed", self.removed),
+                               ("reweighted", self.reweighted)):
+            if backends:
+                urls = ", ".join(b.url for b in backends[:URLS_SHOWN])
+                if len(backends) > URLS_SHOWN:
+                    urls += f" +{len(backends) - URLS_SHOWN} more"
+                parts.append(f"{what} {len(backends)} ({urls})")
+        return ", ".join(parts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,12 +210,15 @@ class DrainEnded:
 
 @dataclass(frozen=True, slots=True)
 class SourceFailed:
-    """A discovery ``source`` (its entry text) failed to answer: its last good set stays, and
-    it is asked again in ``retry_in`` seconds (exponential back-off). Once per outage."""
+    """A discovery ``source`` (its entry text) failed to answer: its last good set (``kept``
+    backends) stays, and it is asked again in ``retry_in`` seconds (exponential back-off).
+    Once per outage."""
 
     source: str
     error: str                    # why: "timeout", "SERVFAIL", "connection refused"
     retry_in: float               # seconds until the next try
+    # The backends its last good set holds (0 before its first answer), None if not told.
+    kept: int | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,8 +238,9 @@ Listener: TypeAlias = Callable[[Event], None]
 def log_event(event: Event) -> None:
     """The default listener: one line on the ``lbmiddleware`` logger per ejection, per return
     when its time is up or a probe ended it, per start of panic, per outage ended by an
-    answer, per active-health transition (WARNING down, INFO up), per drain (INFO) and per
-    source outage (WARNING failed, INFO recovered)."""
+    answer, per membership change (INFO: counts, a few URLs, the source or call), per
+    active-health transition (WARNING down, INFO up), per drain (INFO) and per source outage
+    (WARNING failed, INFO recovered)."""
     if isinstance(event, BackendEjected):
         logger.warning("ejected backend %s for %.3gs: %s (ejection %d in a row)",
                        event.backend.url, event.duration, event.reason, event.in_a_row)
@@ -227,6 +257,9 @@ def log_event(event: Event) -> None:
         if event.answered_by is not None:
             logger.info("backend %s answered while every backend was ejected: %d backends return",
                         event.answered_by.url, len(event.returned))
+    elif isinstance(event, MembershipChanged):
+        logger.info("members changed by %s: %s; %d now", event.cause, event.summary,
+                    len(event.members))
     elif isinstance(event, BackendDown):
         logger.warning("backend %s is down: health check failed (%s)",
                        event.backend.url, event.reason)
@@ -245,7 +278,10 @@ def log_event(event: Event) -> None:
         else:
             logger.info("backend %s drained and left", event.backend.url)
     elif isinstance(event, SourceFailed):
-        logger.warning("source %s failed: %s (keeping its last backends; retry in %.3gs)",
-                       event.source, event.error, event.retry_in)
+        kept = ("keeping its last backends" if event.kept is None
+                else "no backends yet" if not event.kept
+                else f"keeping its last {event.kept} backends")
+        logger.warning("source %s failed: %s (%s; retry in %.3gs)",
+                       event.source, event.error, kept, event.retry_in)
     elif isinstance(event, SourceRecovered):
         logger.info("source %s answers again after %.3gs", event.source, event.outage)

@@ -85,7 +85,11 @@ logger = logging.getLogger(__name__)
 FAMILIES = ("A", "AAAA")
 
 DEFAULT_TIMEOUT = 2.0      # seconds one server has to answer one try (dnspython's default)
-DEFAULT_LIFETIME = 5.0     # seconds one question may take over every try and server
+# Seconds one question may take over every try and server: below the pool's first-answer
+# wait (fleet/pool.py's FIRST_ANSWER_TIMEOUT, 5 s), so that a server down at start is a
+# failure known (logged, in source_stats(), in a pick's error) before the pool stops waiting.
+# (dnspython's default lifetime, 5 s, would end just after it.)
+DEFAULT_LIFETIME = 4.0
 TARGET_QUERIES = 32        # SRV targets resolved at once, at most
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -239,9 +243,10 @@ class _DnsSource(PollingWatcher):
         """One family's question failed and the other's was answered: say so once (WARNING)
         and in the status (``last_error``, ``partial``), keep the source up."""
         other = "AAAA" if family == "A" else "A"
-        text = (f"{error} ({other} answered: the source keeps its fresh {other} addresses "
-                f"and the {len(kept)} last known {family} address"
-                f"{'' if len(kept) == 1 else 'es'})")
+        known = (f" and the {len(kept)} last known {family} address"
+                 f"{'' if len(kept) == 1 else 'es'}" if kept else
+                 f"; no {family} addresses known yet")
+        text = f"{error} ({other} answered: the source keeps its fresh {other} addresses{known})"
         status = self.status
         status.last_error = text
         status.last_error_at = self._timer()

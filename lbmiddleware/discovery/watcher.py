@@ -112,7 +112,8 @@ class Follower:
         status.failures += 1
         if status.failing_since is None:
             status.failing_since = now
-            self._emit(SourceFailed(status.source, error, delay))
+            kept = len(self.backends) if self.backends is not None else 0
+            self._emit(SourceFailed(status.source, error, delay, kept=kept))
         return delay
 
 

@@ -65,3 +65,29 @@ def test_add_middleware_with_everything_from_lb_variables(backends, monkeypatch)
         assert [s["server"] for s in seen] == ["a", "b"]
         assert seen[0]["path"] == "/x"
         assert client.get("/local").text == "local"
+
+
+def readme_block(containing: str) -> str:
+    """The README's Python block that contains ``containing``."""
+    import pathlib
+    import re
+    text = (pathlib.Path(__file__).resolve().parents[2] / "README.md").read_text()
+    [block] = [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if containing in b]
+    return block
+
+
+def test_the_readmes_own_pool_example_reaches_the_pool_and_closes_it(backends):
+    # The README's example as it is, its source swapped for the test's backends.
+    code = readme_block("async def lifespan").replace(
+        '["dns+http://orders.internal:8080"]', repr([b.url for b in backends]))
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    app, pool = namespace["app"], namespace["pool"]
+    with TestClient(app) as client:
+        assert client.get("/members").json() == [b.url for b in backends]
+        assert client.get("/api/users").json()["server"] in "abc"
+        pool.drain(backends[0].url)                 # the middleware's pool is this one
+        assert client.get("/members").json() == [b.url for b in backends[1:]]
+        assert all(client.get("/api/x").json()["server"] != "a" for _ in range(6))
+        assert not pool._background._stopped
+    assert pool._background._stopped                # its health checks stopped by aclose()

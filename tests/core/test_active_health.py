@@ -190,11 +190,28 @@ def test_row_for_stats():
     health, _ = make(rise=2, fall=3)
     record = started(health, joined_later=True)
     assert health.row(record) == {"status": "pending", "last": None, "rise": 0, "fall": 0,
-                                  "checked_at": None}
+                                  "fails_to_down": 0, "passes_to_up": 1, "checked_at": None}
     health.result(record, A, True, "status 200", 7.0)
     health.result(record, A, False, "status 503", 8.0)
     assert health.row(record) == {"status": "up", "last": "status 503", "rise": 0, "fall": 1,
-                                  "checked_at": 8.0}
+                                  "fails_to_down": 2, "passes_to_up": 0, "checked_at": 8.0}
+
+
+def test_a_member_at_start_shows_no_failure_counted_and_one_to_go():
+    # h = rise: nothing has failed yet, and its first failed probe takes it down (HAProxy)
+    health, _ = make(rise=2, fall=3)
+    record = started(health)
+    assert health.row(record) == {"status": "up", "last": None, "rise": 0, "fall": 0,
+                                  "fails_to_down": 1, "passes_to_up": 0, "checked_at": None}
+    health.result(record, A, True, "ok", 1.0)       # it has passed: now it needs fall
+    assert health.to_go(record) == (3, 0)
+    health.result(record, A, False, "", 2.0)
+    health.result(record, A, False, "", 3.0)
+    health.result(record, A, False, "", 4.0)
+    assert health.row(record)["status"] == "down"
+    assert health.to_go(record) == (0, 2)
+    health.result(record, A, True, "ok", 5.0)
+    assert (health.progress(record), health.to_go(record)) == ((1, 0), (0, 1))
 
 
 def test_a_restarted_record_forgets_its_past():

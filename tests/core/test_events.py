@@ -324,4 +324,5 @@ def test_the_log_lines_are_the_same_as_before(clock, caplog):
         (logging.WARNING, ejected.format(C, "10s", "3 consecutive failures", 1)),
         (logging.WARNING, "every backend is ejected: panic mode, picking among all 3"),
         (logging.INFO, f"backend {C} answered while every backend was ejected: 3 backends return"),
+        (logging.INFO, f"members changed by update(): added 1 ({D}); 4 now"),
     ]

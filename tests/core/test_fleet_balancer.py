@@ -131,6 +131,47 @@ class TestSources:
         pool.close()
 
 
+class TestEmptyBecauseOfSources:
+    """A pick from a pool left empty by its sources says which have not answered and which
+    fail, with what error."""
+
+    ETCD = "etcd://127.0.0.1:2379/services/orders"
+
+    def test_the_error_names_the_sources_waited_for_and_the_failing(self):
+        pool = Balancer([DNS, self.ETCD])
+        with pytest.raises(lb.NoHealthyBackend) as caught:
+            pool.pick()
+        assert str(caught.value) == (
+            f"the pool has no backends: source {DNS} has not answered yet; source "
+            f"{self.ETCD} has not answered yet")
+        pool.publish(SourceFailed(DNS, "A orders: timeout after 2s asking 127.0.0.1:53", 1.0))
+        pool.update([], source=self.ETCD)            # answered: no backends registered
+        with pytest.raises(lb.NoHealthyBackend) as caught:
+            pool.pick()
+        assert str(caught.value) == (
+            f"the pool has no backends: source {DNS} is failing (A orders: timeout after 2s "
+            f"asking 127.0.0.1:53)")
+        pool.publish(lb.core.events.SourceRecovered(DNS, 3.0))
+        pool.update([], source=DNS)
+        with pytest.raises(lb.NoHealthyBackend) as caught:
+            pool.pick()
+        assert str(caught.value) == "the pool has no backends"
+
+    def test_lookup_says_so_too(self):
+        pool = Balancer([DNS], policy="ip_hash")
+        pool.publish(SourceFailed(DNS, "SERVFAIL", 1.0))
+        with pytest.raises(lb.NoHealthyBackend) as caught:
+            pool.lookup("10.0.0.1")
+        assert str(caught.value) == f"the pool has no backends: source {DNS} is failing (SERVFAIL)"
+
+    def test_a_static_pool_emptied_says_only_that(self):
+        pool = Balancer(["http://a:1"])
+        pool.update([])
+        with pytest.raises(lb.NoHealthyBackend) as caught:
+            pool.pick()
+        assert str(caught.value) == "the pool has no backends"
+
+
 class TestDrain:
     def test_a_removed_backend_drains_its_in_flight_and_leaves_at_zero(self, clock):
         pool = Balancer(f"{A}, {DNS}", timer=clock)
@@ -378,7 +419,8 @@ class TestActiveHealth:
     def test_members_at_start_are_up_and_a_joiner_waits_for_its_first_pass(self, clock):
         pool = Balancer([A], timer=clock, health_check="/healthz")
         assert by_url(pool)[A]["health_check"] == {     # h = rise: one failure from down
-            "status": "up", "last": None, "rise": 0, "fall": 2, "checked_at": None}
+            "status": "up", "last": None, "rise": 0, "fall": 0, "fails_to_down": 1,
+            "passes_to_up": 0, "checked_at": None}
         pool.update([A, B])
         assert {pool.pick().url for _ in range(10)} == {A}
         assert by_url(pool)[B]["state"] == "down"
@@ -469,17 +511,52 @@ class TestLogging:
         pool.drain(B)
         pool.report(held)
         pool.publish(SourceFailed(DNS, "SERVFAIL", 1.6))
+        pool.publish(SourceFailed(DNS, "timeout", 1.0, kept=0))
+        pool.publish(SourceFailed(DNS, "timeout", 1.0, kept=2))
         pool.publish(lb.core.events.SourceRecovered(DNS, 12.0))
         lines = [(r.levelno, r.getMessage()) for r in caplog.records]
         assert lines == [
             (logging.WARNING, "backend http://a:1 is down: health check failed (status 503)"),
             (logging.INFO, "backend http://a:1 is up: health check passed (status 200)"),
+            (logging.INFO, "members changed by drain(): removed 1 (http://b:1); 1 now"),
             (logging.INFO, "backend http://b:1 is draining (drain()): 1 requests in flight"),
             (logging.INFO, "backend http://b:1 drained and left"),
             (logging.WARNING, "source dns+http://orders:8080 failed: SERVFAIL "
                               "(keeping its last backends; retry in 1.6s)"),
+            (logging.WARNING, "source dns+http://orders:8080 failed: timeout "
+                              "(no backends yet; retry in 1s)"),
+            (logging.WARNING, "source dns+http://orders:8080 failed: timeout "
+                              "(keeping its last 2 backends; retry in 1s)"),
             (logging.INFO, "source dns+http://orders:8080 answers again after 12s"),
         ]
+
+
+    def test_each_membership_change_is_one_info_line_with_its_source(self, caplog):
+        caplog.set_level(logging.INFO, logger="lbmiddleware")
+        pool = Balancer([A, B, DNS])                # the initial members: no line
+        pool.update([A, B])                         # no change: no line
+        pool.update([A])                            # B leaves with nothing in flight
+        pool.update([lb.Backend(A, weight=3), C, D, E, "http://f:1", "http://g:1"])
+        pool.update(["http://10.0.0.1:8080", "http://10.0.0.2:8080"], source=DNS)
+        pool.update(["http://10.0.0.1:8080"], source=DNS)
+        lines = [(r.levelno, r.getMessage()) for r in caplog.records]
+        assert lines == [
+            (logging.INFO, "members changed by update(): removed 1 (http://b:1); 1 now"),
+            (logging.INFO, "members changed by update(): added 5 (http://c:1, http://d:1, "
+                           "http://e:1 +2 more), reweighted 1 (http://a:1); 6 now"),
+            (logging.INFO, "members changed by source dns+http://orders:8080: added 2 "
+                           "(http://10.0.0.1:8080, http://10.0.0.2:8080); 8 now"),
+            (logging.INFO, "members changed by source dns+http://orders:8080: removed 1 "
+                           "(http://10.0.0.2:8080); 7 now"),
+        ]
+
+    def test_undrain_is_one_line(self, caplog):
+        pool = Balancer([A, B])
+        pool.drain(B)
+        caplog.set_level(logging.INFO, logger="lbmiddleware")
+        pool.undrain(B)
+        assert [r.getMessage() for r in caplog.records] == [
+            "members changed by undrain(): added 1 (http://b:1); 2 now"]
 
 
 class TestPanicLog:

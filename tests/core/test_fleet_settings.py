@@ -22,6 +22,32 @@ def test_bad_durations(text):
         parse_duration(text)
 
 
+@pytest.mark.parametrize("text, seconds", [
+    ("1m30s", 90.0), ("1h30m", 5400.0), ("2s500ms", 2.5), ("1h 2m 3s", 3723.0),
+    ("1.5m30s", 120.0)])
+def test_compound_durations_add_up(text, seconds):
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["1m30", "30s1m", "1s1s", "1m-30s", "1m,30s", "ms30s"])
+def test_bad_compound_durations(text):
+    # a unit on every part, largest first, each unit once
+    with pytest.raises(ValueError, match="not a duration"):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize("value", ["-1s", "-1m30s", " -2 ", "-0.5", -1, -0.5])
+def test_a_negative_duration_is_called_negative(value):
+    with pytest.raises(ValueError, match="negative"):
+        parse_duration(value)
+
+
+def test_a_negative_setting_names_its_value():
+    with pytest.raises(lb.ConfigError,
+                       match=r"^LB_DRAIN_TIMEOUT has value '-1s': negative \(a duration is "):
+        lb.Balancer.from_env({**GOOD, "LB_DRAIN_TIMEOUT": "-1s"})
+
+
 def test_defaults():
     settings = lb.Settings(backends=["http://a:1"])
     assert settings.dns_servers == ()

@@ -219,14 +219,17 @@ def test_a_family_that_never_answered_gives_no_addresses_the_other_still_does(dn
         box.drop = {"A"}
         s = Settings(backends=[f"dns+http://{WEB}"],
                      dns_servers=f"127.0.0.1:{transport.get_extra_info('sockname')[1]}")
+        watcher = DnsWatcher(f"dns+http://{WEB}:8080", s, timeout=0.1, lifetime=0.2)
         try:
-            return await DnsWatcher(f"dns+http://{WEB}:8080", s, timeout=0.1,
-                                    lifetime=0.2).ask()
+            return await watcher.ask(), watcher.status
         finally:
             transport.close()
 
-    answer = asyncio.run(scenario())
+    answer, status = asyncio.run(scenario())
     assert urls(answer.backends) == ["http://[::1]:8080"] and answer.ttl == 1.0
+    # Says none are known, not "the 0 last known A addresses".
+    assert status.last_error.endswith("the source keeps its fresh AAAA addresses; no A "
+                                      "addresses known yet)"), status.last_error
 
 
 def test_an_international_name_is_asked_and_sent_in_its_ascii_form(dnsmasq):
@@ -422,6 +425,31 @@ def test_an_outage_before_the_first_answer_publishes_nothing(dnsmasq):
     run = asyncio.run(scenario())
     assert len(run.sets) == 1
     assert [type(e) for e in run.events] == [SourceFailed, SourceRecovered]
+
+
+def test_a_server_down_at_start_is_known_before_the_pool_stops_waiting(dnsmasq, caplog):
+    # The default question lifetime: the first failure arrives within the constructor's
+    # wait, so it is logged, shown in source_stats() and named by a pick's error.
+    from lbmiddleware.discovery.dns import DEFAULT_LIFETIME
+    from lbmiddleware.fleet.pool import FIRST_ANSWER_TIMEOUT
+    assert DEFAULT_LIFETIME < FIRST_ANSWER_TIMEOUT
+    import lbmiddleware as lb
+    dnsmasq.stop()
+    source = f"dns+http://{WEB}:8080"
+    started = time.monotonic()
+    with lb.Balancer([source], dns_servers=dnsmasq.address) as pool:
+        waited = time.monotonic() - started
+        [row] = pool.source_stats()
+        with pytest.raises(lb.NoHealthyBackend) as caught:
+            pool.pick()
+    assert waited < FIRST_ANSWER_TIMEOUT
+    assert row["last_error"] is not None and "timeout" in row["last_error"]
+    assert row["failing_since"] is not None
+    assert str(caught.value) == (f"the pool has no backends: source {source} is failing "
+                                 f"({row['last_error']})")
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        f"source {source} failed: {row['last_error']} (no backends yet; retry in "
+        f"{row['next_refresh'] - row['last_error_at']:.3g}s)"]
 
 
 # -- wiring -------------------------------------------------------------------------------------

@@ -110,6 +110,14 @@ def test_a_failure_before_any_answer_publishes_nothing(clock):
     assert rec.published == [] and len(rec.events) == 1
 
 
+def test_a_failure_says_how_many_backends_the_source_keeps(clock):
+    f, rec = follower(clock)
+    f.failed("timeout")                     # before any answer: nothing kept
+    f.succeeded((A, B))
+    f.failed("SERVFAIL")
+    assert [event.kept for event in rec.events if isinstance(event, SourceFailed)] == [0, 2]
+
+
 class StopLoop(Exception):
     pass
 

@@ -39,7 +39,8 @@ class ActiveRecord:
 
     A new record is pending (no traffic) until :meth:`ActiveHealth.start` sets it."""
 
-    __slots__ = ("h", "up", "pending", "joining", "last", "checked_at", "passes", "fails")
+    __slots__ = ("h", "up", "pending", "joining", "last", "checked_at", "passes", "fails",
+                 "fails_in_a_row")
 
     def __init__(self) -> None:
         self.h = 0                          # HAProxy's counter, 0 .. rise + fall - 1
@@ -50,6 +51,7 @@ class ActiveRecord:
         self.checked_at: float | None = None
         self.passes = 0                     # probes passed since start()
         self.fails = 0                      # probes failed since start()
+        self.fails_in_a_row = 0             # failed probes since the last pass (or start())
 
 
 class ActiveHealth:
@@ -71,7 +73,7 @@ class ActiveHealth:
         record.up = not joined_later
         record.pending = record.joining = joined_later
         record.last = record.checked_at = None
-        record.passes = record.fails = 0
+        record.passes = record.fails = record.fails_in_a_row = 0
 
     def result(self, record: ActiveRecord, backend: Backend, ok: bool, reason: str,
                now: float) -> bool:
@@ -80,6 +82,7 @@ class ActiveHealth:
         record.checked_at = now
         if ok:
             record.passes += 1
+            record.fails_in_a_row = 0
             record.last = reason or "ok"
             if record.h < self._top:
                 record.h += 1
@@ -91,6 +94,7 @@ class ActiveHealth:
             self._emit(BackendUp(backend, record.last))
             return True
         record.fails += 1
+        record.fails_in_a_row += 1
         record.last = reason or "failed"
         if record.h:
             record.h -= 1
@@ -112,15 +116,27 @@ class ActiveHealth:
         return "pending" if record.pending else "up" if record.up else "down"
 
     def progress(self, record: ActiveRecord) -> tuple[int, int]:
-        """(passes towards ``rise`` while down, failures towards ``fall`` while up)."""
+        """The progress the probes made: (passes in a row while down, failures in a row
+        while up); 0 for the other."""
         if record.up:
-            return 0, self._top - record.h
+            return 0, record.fails_in_a_row
         return record.h, 0
 
+    def to_go(self, record: ActiveRecord) -> tuple[int, int]:
+        """(failed probes that take ``record`` down now, passes that bring it up now); 0 for
+        the status it is not in. A member present at start (h = rise) is one failure from
+        down; one that has passed needs ``fall``; a pending joiner needs one pass."""
+        if record.up:
+            return record.h - self.rise + 1, 0
+        return 0, 1 if record.pending else self.rise - record.h
+
     def row(self, record: ActiveRecord) -> dict[str, object]:
-        """The record as ``stats()`` shows it under ``health_check``."""
+        """The record as ``stats()`` shows it under ``health_check``: ``rise``/``fall`` the
+        progress made, ``fails_to_down``/``passes_to_up`` what is left."""
         rise, fall = self.progress(record)
+        fails_to_down, passes_to_up = self.to_go(record)
         return {"status": self.status(record), "last": record.last, "rise": rise, "fall": fall,
+                "fails_to_down": fails_to_down, "passes_to_up": passes_to_up,
                 "checked_at": record.checked_at}
 
 
