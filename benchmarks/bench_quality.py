@@ -706,23 +706,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         parser.error(f"--only has value {args.only!r}: no scenario {unknown[0]} "
                      f"(1-{max(SCENARIOS)})")
-    logging.getLogger("lbmiddleware").setLevel(logging.ERROR)   # ejections are expected here
+    log = logging.getLogger("lbmiddleware")
+    level = log.level
+    log.setLevel(logging.ERROR)         # ejections are expected here (only while it runs)
+    try:
+        return _run(args.quick, args.seed, only, args.no_plots)
+    finally:
+        log.setLevel(level)
+
+
+def _run(quick: bool, seed: int, only: list[int], no_plots: bool) -> int:
+    """Run the chosen scenarios (all when ``only`` is empty) and print their tables; 1 if a
+    target was missed."""
     started = time.perf_counter()
     missed = []
     for number in sorted(SCENARIOS):
         if only and number not in only:
             continue
         began = time.perf_counter()
-        report = SCENARIOS[number](args.quick, args.seed)
+        report = SCENARIOS[number](quick, seed)
         print(report.render())
         print(f"\n({time.perf_counter() - began:.1f} s)\n", flush=True)
-        if not args.no_plots and report.curves:
+        if not no_plots and report.curves:
             path = plot(report, HERE)
             if path is None and number == 1:
                 print("(matplotlib is not installed: no plots)\n")
         missed += [name for name, ok in report.checks.items() if not ok]
-    mode = "quick" if args.quick else "full"
-    print(f"{mode} run, seed {args.seed}, {time.perf_counter() - started:.0f} s wall clock")
+    mode = "quick" if quick else "full"
+    print(f"{mode} run, seed {seed}, {time.perf_counter() - started:.0f} s wall clock")
     if missed:
         print(f"{len(missed)} target(s) missed:")
         for name in missed:
