@@ -235,8 +235,8 @@ def test_in_a_running_loop_the_constructor_returns_at_once_and_ready_waits_witho
         assert ticks.count - before >= 10         # the loop served the other task meanwhile
         assert [b.url for b in pool.backends] == ["http://static:1", "http://127.0.0.2:1"]
         started = time.monotonic()
-        assert await pool.ready() is True   # once ready: at once
-        assert time.monotonic() - started < 0.05
+        assert await pool.ready() is True   # once ready: at once (not the 5 s wait)
+        assert time.monotonic() - started < 1.0
         ticks.stop()
         await pool.aclose()
 
@@ -254,7 +254,7 @@ def test_ready_waits_for_a_silent_source_only_so_long(monkeypatch):
         assert 0.1 < time.monotonic() - started < 2
         started = time.monotonic()
         assert await pool.ready() is False          # past that: at once
-        assert time.monotonic() - started < 0.05
+        assert time.monotonic() - started < 0.15    # (less than a whole 0.2 s wait)
         assert await pool.ready(timeout=0.05) is False     # or as long as asked
         assert 0.04 < time.monotonic() - started < 1
         assert pool.pick().url == "http://static:1"

@@ -186,7 +186,9 @@ def test_the_kept_connection_is_closed_as_the_pool_ejects_the_backend(servers):
         a.close_listener()
         client_fails_on(pool, a)
         assert row(pool, a)["state"] == "ejected"
-        until(lambda: a.open_connections() == 0, limit=1.0, what="the kept connection closed")
+        # Closed by the ejection, not by a probe: the next one is 60 s away, and none came.
+        # (The bound is no speed target: 1 s missed once on a loaded CI machine.)
+        until(lambda: a.open_connections() == 0, limit=10.0, what="the kept connection closed")
         assert len(a.heads) == 1 and a.connections == 1
 
 
