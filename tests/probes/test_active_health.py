@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import http.client
 import itertools
 import random
@@ -19,14 +20,10 @@ from lbmiddleware.core.balancer import Balancer
 from lbmiddleware.core.events import BackendDown, BackendUp
 from lbmiddleware.probes import Prober
 
+from ..support import waiting
 from ..support.health_backend import HealthBackend
 
-
-def until(condition, limit=5.0, what="the condition"):
-    deadline = time.monotonic() + limit
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} did not come true in {limit} s"
-        time.sleep(0.005)
+until = functools.partial(waiting.until, limit=5.0)
 
 
 @contextlib.contextmanager

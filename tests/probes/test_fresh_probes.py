@@ -27,6 +27,7 @@ from lbmiddleware.probes import Prober
 
 from ..support.raw_backends import OK
 from ..support.servers import RawServer, read_request_head
+from ..support.waiting import running, until, until_async
 
 
 class ListenerBackend(RawServer):
@@ -66,10 +67,6 @@ class ListenerBackend(RawServer):
     def reopen_listener(self) -> None:
         self.sock = socket.create_server(("127.0.0.1", self.port))     # SO_REUSEADDR
         threading.Thread(target=self._serve, daemon=True).start()
-
-    def open_connections(self) -> int:
-        with self._lock:
-            return len(self._open)
 
     def stop(self, timeout: float = 2.0) -> None:
         self.gate.set()
@@ -112,31 +109,6 @@ def client_fails_on(pool, server: ListenerBackend, *others: ListenerBackend) -> 
 
 def row(pool, server: ListenerBackend) -> dict:
     return next(row for row in pool.stats() if row["url"] == server.url)
-
-
-def until(condition, limit=3.0, what="the condition"):
-    deadline = time.monotonic() + limit
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} did not come true in {limit} s"
-        time.sleep(0.005)
-
-
-async def wait_until(condition, limit=3.0, what="the condition"):
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + limit
-    while not condition():
-        assert loop.time() < deadline, f"{what} did not come true in {limit} s"
-        await asyncio.sleep(0.005)
-
-
-@contextlib.asynccontextmanager
-async def running(prober):
-    task = asyncio.create_task(prober.run())
-    try:
-        yield task
-    finally:
-        task.cancel()
-        await asyncio.wait([task])
 
 
 # A fall no test reaches: the backend stays up by its checks, so what is seen is the
@@ -205,15 +177,15 @@ def test_a_pass_on_the_old_connection_during_the_ejection_does_not_end_it(server
 
     async def scenario():
         async with running(prober):
-            await wait_until(lambda: len(a.heads) >= 2, what="probes")
+            await until_async(lambda: len(a.heads) >= 2, what="probes")
             a.gate.clear()                  # the next probe of a waits for its answer
-            await wait_until(a.held.is_set, what="a probe of a in progress")
+            await until_async(a.held.is_set, what="a probe of a in progress")
             a.close_listener()
             client_fails_on(pool, a, b)
             assert row(pool, a)["state"] == "ejected"
             a.gate.set()                    # it passes, on the old connection
-            await wait_until(lambda: a.open_connections() == 0, what="the old one closed")
-            await wait_until(lambda: row(pool, a)["health_check"]["last"]
+            await until_async(lambda: a.open_connections() == 0, what="the old one closed")
+            await until_async(lambda: row(pool, a)["health_check"]["last"]
                              == "connection refused", what="a refused probe")
             await asyncio.sleep(10 * EJECTION["health_check_interval"])
             return row(pool, a)
@@ -236,7 +208,7 @@ def test_a_down_backend_is_probed_on_a_fresh_connection_until_it_is_up(servers):
 
     async def scenario():
         async with running(prober):
-            await wait_until(lambda: len(a.heads) >= 8, what="eight probes")
+            await until_async(lambda: len(a.heads) >= 8, what="eight probes")
             return row(pool, a)
 
     last = asyncio.run(scenario())

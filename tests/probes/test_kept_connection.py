@@ -7,11 +7,9 @@ close: no socket left open)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import random
 import ssl
-import time
 
 import lbmiddleware as lb
 from lbmiddleware.core.balancer import Balancer
@@ -20,6 +18,7 @@ from lbmiddleware.probes import HealthCheck, Prober
 from ..conftest import CERTIFICATE_NAME
 from ..support.health_backend import HealthBackend
 from ..support.raw_backends import CLOSE, OK
+from ..support.waiting import running, until, until_async
 
 STATUSES = ((200, 399),)
 
@@ -47,20 +46,6 @@ def probes(backend, count, *, timeout=1.0, pause=0.0, ssl_context=None, check=No
     return asyncio.run(scenario()), check
 
 
-def open_connections(server) -> int:
-    """Connections the server has accepted and not yet seen closed by the client (a
-    RawServer's handler returns when it reads the client's end)."""
-    with server._lock:
-        return len(server._open)
-
-
-def until(condition, limit=3.0, what="the condition"):
-    deadline = time.monotonic() + limit
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} did not come true in {limit} s"
-        time.sleep(0.005)
-
-
 def test_probes_of_one_backend_reuse_one_connection(raw_backend):
     server = raw_backend()
     results, check = probes(lb.Backend(server.url + "/base"), 5)
@@ -68,7 +53,7 @@ def test_probes_of_one_backend_reuse_one_connection(raw_backend):
     assert server.connections == 1 and check.opened == 1
     assert len(server.heads) == 5
     assert all(b"Connection: close" not in head for head in server.heads)
-    until(lambda: open_connections(server) == 0, what="the close seen by the server")
+    until(lambda: server.open_connections() == 0, what="the close seen by the server")
 
 
 def test_bodies_are_read_to_their_end_before_the_connection_is_reused(raw_backend):
@@ -142,7 +127,7 @@ def test_a_connection_close_answer_is_honoured(raw_backend):
     results, check = probes(lb.Backend(server.url), 3)
     assert results == [(True, "status 200")] * 3
     assert server.connections == 3 == check.opened
-    until(lambda: open_connections(server) == 0, what="every connection closed")
+    until(lambda: server.open_connections() == 0, what="every connection closed")
 
 
 def test_a_backend_that_closes_after_each_answer_gets_a_connection_per_probe():
@@ -201,14 +186,14 @@ def test_a_check_used_on_a_new_loop_opens_a_new_connection_and_closes_the_old_on
         assert first.run_until_complete(check(backend)) == (True, "status 200")
         assert second.run_until_complete(check(backend)) == (True, "status 200")
         first.run_until_complete(asyncio.sleep(0.01))       # the old one's close runs there
-        until(lambda: open_connections(server) == 1, what="the first loop's connection closed")
+        until(lambda: server.open_connections() == 1, what="the first loop's connection closed")
         check.close()
         second.run_until_complete(asyncio.sleep(0.01))
     finally:
         first.close()
         second.close()
     assert server.connections == 2
-    until(lambda: open_connections(server) == 0, what="every connection closed")
+    until(lambda: server.open_connections() == 0, what="every connection closed")
 
 
 def test_a_forked_child_leaves_the_parent_s_kept_connection_alone(raw_backend):
@@ -240,24 +225,6 @@ def test_a_forked_child_leaves_the_parent_s_kept_connection_alone(raw_backend):
 
 # -- the prober: removed backends and a stopped prober leave no connection open --------------
 
-@contextlib.asynccontextmanager
-async def running(prober):
-    task = asyncio.create_task(prober.run())
-    try:
-        yield task
-    finally:
-        task.cancel()
-        await asyncio.wait([task])
-
-
-async def wait_until(condition, limit=3.0, what="the condition"):
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + limit
-    while not condition():
-        assert loop.time() < deadline, f"{what} did not come true in {limit} s"
-        await asyncio.sleep(0.005)
-
-
 def test_the_prober_keeps_one_connection_per_backend_and_closes_it_when_the_backend_leaves(
         raw_backend):
     a, b = raw_backend(), raw_backend()
@@ -267,16 +234,16 @@ def test_the_prober_keeps_one_connection_per_backend_and_closes_it_when_the_back
 
     async def scenario():
         async with running(prober):
-            await wait_until(lambda: len(a.heads) >= 5 and len(b.heads) >= 5, what="probes")
+            await until_async(lambda: len(a.heads) >= 5 and len(b.heads) >= 5, what="probes")
             assert a.connections == b.connections == 1
             pool.update([b.url])                                # a leaves
-            await wait_until(lambda: open_connections(a) == 0, what="a's connection closed")
+            await until_async(lambda: a.open_connections() == 0, what="a's connection closed")
             heads = len(b.heads)
-            await wait_until(lambda: len(b.heads) >= heads + 3, what="b still probed")
-            assert b.connections == 1 and open_connections(b) == 1
+            await until_async(lambda: len(b.heads) >= heads + 3, what="b still probed")
+            assert b.connections == 1 and b.open_connections() == 1
             assert set(prober.health_check.kept) <= {b.url}        # (empty during a probe)
         # Stopped: b's connection is closed too.
-        await wait_until(lambda: open_connections(b) == 0, what="b's connection closed")
+        await until_async(lambda: b.open_connections() == 0, what="b's connection closed")
         return prober.health_check.kept
 
     assert asyncio.run(scenario()) == {}
@@ -291,9 +258,9 @@ def test_a_backend_removed_during_its_probe_leaves_no_connection(raw_backend):
 
     async def scenario():
         async with running(prober):
-            await wait_until(lambda: len(slow.heads) >= 1, what="a probe in progress")
+            await until_async(lambda: len(slow.heads) >= 1, what="a probe in progress")
             pool.update(["http://127.0.0.1:9"])                 # slow leaves mid-probe
-            await wait_until(lambda: open_connections(slow) == 0, what="its connection closed")
+            await until_async(lambda: slow.open_connections() == 0, what="its connection closed")
             return dict(prober.health_check.kept)
 
     assert slow.url not in asyncio.run(scenario())

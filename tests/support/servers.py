@@ -244,6 +244,12 @@ class RawServer:
     def url(self) -> str:
         return f"{self.scheme}://{self.host}:{self.port}"
 
+    def open_connections(self) -> int:
+        """Connections accepted and not yet seen closed by the client (the handler returns
+        when it reads the client's end)."""
+        with self._lock:
+            return len(self._open)
+
     def handle(self, conn: socket.socket, number: int) -> None:
         raise NotImplementedError
 
