@@ -176,15 +176,8 @@ class PassiveHealth:
             record = member.health
             if record.ejected_until != until:
                 continue             # stale entry (backend removed and re-added)
-            record.ejected_until = None
-            record.probation = True
-            record.consecutive_failures = 0
-            record.in_rotation_since = until
-            record.stale_before, record.stale_left = until, member.in_flight
-            _settle(record)
+            self._return(member, until, True, ReturnCause.TIME_UP, record.ejection_time)
             returned.append(member.backend)
-            self._emit(BackendReturned(member.backend, ReturnCause.TIME_UP, record.ejection_time,
-                                       on_probation=True))
         return tuple(returned)
 
     def _restore_all(self, healthy: Member, now: float) -> tuple[Backend, ...]:
@@ -195,19 +188,8 @@ class PassiveHealth:
                    if member.health.ejected_until == until]
         self._ejected = []
         for until, member in ejected:
-            record = member.health
-            ejected_for = now - (until - record.ejection_time)
-            record.ejected_until = None
-            record.probation = member is not healthy
-            record.consecutive_failures = 0
-            record.in_rotation_since = now
-            if record.probation:
-                record.stale_before, record.stale_left = now, member.in_flight
-            else:
-                record.stale_left = 0
-            _settle(record)
-            self._emit(BackendReturned(member.backend, ReturnCause.OUTAGE_OVER, ejected_for,
-                                       record.probation))
+            ejected_for = now - (until - member.health.ejection_time)
+            self._return(member, now, member is not healthy, ReturnCause.OUTAGE_OVER, ejected_for)
         return tuple(member.backend for _, member in ejected)
 
     def uneject(self, member: Member, now: float) -> bool:
@@ -219,16 +201,23 @@ class PassiveHealth:
         until = record.ejected_until
         if until is None:
             return False
-        record.ejected_until = None
-        record.probation = False
-        record.consecutive_failures = 0
-        record.in_rotation_since = now
-        record.stale_before, record.stale_left = now, member.in_flight
-        _settle(record)
         ejected_for = max(0.0, now - (until - record.ejection_time))
-        self._emit(BackendReturned(member.backend, ReturnCause.PROBE_PASSED, ejected_for,
-                                   on_probation=False))
+        self._return(member, now, False, ReturnCause.PROBE_PASSED, ejected_for)
         return True
+
+    def _return(self, member: Member, at: float, probation: bool, cause: ReturnCause,
+                ejected_for: float) -> None:
+        """Put an ejected ``member`` back in rotation at ``at`` (on ``probation`` or not) and
+        send the event. On probation, its requests in flight then are stale (see
+        :meth:`success`); otherwise none is: a failure starts a new run and marks them."""
+        record = member.health
+        record.ejected_until = None
+        record.probation = probation
+        record.consecutive_failures = 0
+        record.in_rotation_since = at
+        record.stale_before, record.stale_left = at, member.in_flight if probation else 0
+        _settle(record)
+        self._emit(BackendReturned(member.backend, cause, ejected_for, probation))
 
     def forget(self, member: Member) -> None:
         """Drop a removed backend's ejection: if it is added again it starts healthy."""
