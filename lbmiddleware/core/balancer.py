@@ -279,8 +279,7 @@ class Balancer:
             if self._deferred:
                 self._apply_deferred()
             if url not in self._held:
-                if url not in self._states and url not in self._draining:
-                    raise ConfigError(f"drain({url!r}): no such backend in the pool")
+                self._require_known(url, "drain")
                 self._held[url] = None
                 if url in self._states:
                     self._apply_membership(self._union()[0], reason="drain()", by="drain()")
@@ -297,8 +296,7 @@ class Balancer:
             if self._deferred:
                 self._apply_deferred()
             if url not in self._held:
-                if url not in self._states and url not in self._draining:
-                    raise ConfigError(f"undrain({url!r}): no such backend in the pool")
+                self._require_known(url, "undrain")
             else:
                 del self._held[url]
                 union, _ = self._union()
@@ -306,6 +304,11 @@ class Balancer:
                     self._apply_membership(union, by="undrain()")
             self._post()
         self._deliver()
+
+    def _require_known(self, url: str, call: str) -> None:
+        """ConfigError naming ``url`` unless it is a member or draining."""
+        if url not in self._states and url not in self._draining:
+            raise ConfigError(f"{call}({url!r}): no such backend in the pool")
 
     def _same_entry(self, key: str | None, backends: tuple[Backend, ...]) -> bool:
         """True when ``backends`` are entry ``key``'s now, with the same weights, priorities
