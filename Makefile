@@ -5,9 +5,11 @@ VENV := .venv
 INSTALLED := $(VENV)/.installed-test-gateway
 BENCH_INSTALLED := $(VENV)/.installed-bench
 
-# The servers the discovery tests run for real: a DNS server (dnsmasq) and etcd, from Debian's
-# packages (apt-get, as root), installed only when missing.
-SYSTEM_PACKAGES := dnsmasq-base etcd-server
+# The servers the tests run for real, from Debian's packages (apt-get, as root), installed only
+# when missing: a DNS server (dnsmasq) and etcd for discovery, Prometheus (and its promtool)
+# to scrape the metrics, headless Chromium to render the status page.
+SYSTEM_PACKAGES := dnsmasq-base etcd-server prometheus chromium fonts-dejavu-core
+SYSTEM_COMMANDS := dnsmasq etcd prometheus promtool chromium
 
 .PHONY: demo test test-core system-packages check typecheck lint layering bench quality bench-proxy clean
 
@@ -50,8 +52,9 @@ bench-proxy: $(BENCH_INSTALLED)
 	$(VENV)/bin/python benchmarks/bench_proxy.py
 
 system-packages:
-	@command -v dnsmasq >/dev/null && command -v etcd >/dev/null || { \
-	  echo "installing $(SYSTEM_PACKAGES) (apt-get) for the discovery tests"; \
+	@missing=; for c in $(SYSTEM_COMMANDS); do command -v $$c >/dev/null || missing=1; done; \
+	[ -z "$$missing" ] || { \
+	  echo "installing $(SYSTEM_PACKAGES) (apt-get) for the integration tests"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	    --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null; }
 

@@ -34,6 +34,8 @@ _FRONT_ENDS = {
     "LoadBalancerMiddleware": "lbmiddleware.asgi",
     "WSGILoadBalancer": "lbmiddleware.wsgi",
 }
+# Modules offered as attributes, loaded on first use as the front-ends are.
+_MODULES: dict[str, str] = {}
 
 if TYPE_CHECKING:
     # Type checkers see the front-ends' real types; at run time __getattr__ loads them.
@@ -43,10 +45,13 @@ if TYPE_CHECKING:
 else:
     # Hidden from type checkers, so that a misspelt name is an error there, not an Any.
     def __getattr__(name: str) -> object:
+        import importlib
+
+        if name in _MODULES:
+            return importlib.import_module(_MODULES[name])
         module = _FRONT_ENDS.get(name)
         if module is None:
             raise AttributeError(f"module 'lbmiddleware' has no attribute {name!r}")
-        import importlib
 
         # a front-end that needs an extra's library names the extra that installs it
         with _needs_extra(f"lbmiddleware.{name}"):

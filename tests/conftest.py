@@ -36,6 +36,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "needs(applies, what): a contract test that applies "
                             "only to front-ends for which applies(front_end_class, params) holds")
     config.addinivalue_line("markers", "integration: real servers, processes or long runs")
+    config.addinivalue_line("markers", "prometheus: runs a real Prometheus server (integration)")
+    config.addinivalue_line("markers", "browser: runs headless Chromium (integration)")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

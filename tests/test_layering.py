@@ -2,12 +2,13 @@
 
 The direction is one line, lowest first (``TIERS``)::
 
-    errors <- core <- {proxy, upstream} <- {discovery, probes, observe} <- fleet
-           <- {adapter, transport, asgi, gateway_settings} <- {wsgi, gateway} <- demo <- __main__
+    errors <- core <- {proxy, upstream} <- {discovery, probes} <- fleet
+           <- {observe, adapter, transport, asgi, gateway_settings} <- {wsgi, gateway} <- demo
+           <- __main__
 
 A module may import a module of its own unit (the first name under ``lbmiddleware``: ``core``,
 ``proxy``, ``adapter`` ...) or of a unit in a lower tier; units of one tier are independent.
-The fifth tier holds the front-ends built on another front-end: the WSGI middleware forwards
+The tier above them holds the front-ends built on another front-end: the WSGI middleware forwards
 through the requests adapter, and the gateway serves the ASGI middleware; ``__main__`` (the
 command line) runs the gateway, the demo and the etcd registration. The rules go by
 unit, not by module, so a new module under ``core/`` or ``upstream/`` falls under its folder's
@@ -50,9 +51,9 @@ TIERS: list[frozenset[str]] = [
     frozenset({"errors"}),
     frozenset({"core"}),
     frozenset({"proxy", "upstream"}),
-    frozenset({"discovery", "probes", "observe"}),
+    frozenset({"discovery", "probes"}),
     frozenset({"fleet"}),
-    frozenset({"adapter", "transport", "asgi", "gateway_settings"}),
+    frozenset({"observe", "adapter", "transport", "asgi", "gateway_settings"}),
     frozenset({"wsgi", "gateway"}),
     frozenset({"demo"}),
     frozenset({"__main__"}),
