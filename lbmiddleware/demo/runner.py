@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import importlib.util
 import logging
 import os
@@ -25,6 +24,8 @@ import selectors
 import socket
 import subprocess
 import sys
+import tempfile
+import textwrap
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -32,7 +33,9 @@ from typing import IO, TYPE_CHECKING, Any, TextIO
 
 from ..core.balancer import Balancer
 from ..core.settings import POLICIES, POLICY_ALIASES
-from .backends import FLAKY_FAILURE_RATE, SLOW_DELAY
+from .glossary import BACKENDS_EXPLAINED, WHAT_TO_SEE, explained
+from .report import write_report
+from .results import BackendRow, PolicyResult, Sample, error_kinds, percentile
 
 if TYPE_CHECKING:
     import uvicorn
@@ -50,6 +53,7 @@ BALANCER_SETTINGS = ("max_fails", "fail_timeout")   # the Balancer's; the rest t
 REQUEST_TIMEOUT = 10.0           # seconds: a client request that takes longer is an error
 TIME_BUDGET = 50.0               # seconds for all the runs: each stops sending at its share
 STARTUP_TIMEOUT = 15.0           # seconds: backends and gateway must be listening by then
+HEADER_WIDTH = 100               # the header's lines wrap here
 
 logger = logging.getLogger("lbmiddleware")
 
@@ -174,16 +178,6 @@ class Gateway:
 
 # -- the clients: concurrent keep-alive connections sending GETs, timed one by one ---------
 
-@dataclasses.dataclass
-class Sample:
-    """One client request as the client saw it."""
-    client: str
-    status: int                  # 0: no response (connection error or timeout)
-    backend: str                 # the X-Backend header of the answer, "" if none
-    latency: float               # seconds, send to last byte
-    after_kill: bool
-
-
 class _Run:
     """Shared state of the concurrent clients of one policy run."""
 
@@ -194,8 +188,9 @@ class _Run:
         self._kill = kill
         self.issued = 0
         self.samples: list[Sample] = []
-        self.killed_at: float | None = None
-        self.deadline = time.monotonic() + seconds
+        self.started = time.monotonic()
+        self.killed_at: float | None = None      # seconds from the start
+        self.deadline = self.started + seconds
 
     def next_index(self) -> int | None:
         if self.issued >= self.total or time.monotonic() > self.deadline:
@@ -207,7 +202,7 @@ class _Run:
         self.samples.append(sample)
         if self.killed_at is None and len(self.samples) >= self.kill_at:
             self._kill()
-            self.killed_at = time.monotonic()
+            self.killed_at = time.monotonic() - self.started
 
 
 async def _read_response(reader: asyncio.StreamReader) -> tuple[int, str, bool]:
@@ -256,7 +251,9 @@ async def _client(port: int, run: _Run, offset: int) -> None:
             except (OSError, EOFError, ValueError, asyncio.TimeoutError,
                     asyncio.IncompleteReadError, asyncio.LimitOverrunError):
                 status, backend, keep = 0, "", False
-            run.record(Sample(client, status, backend, time.perf_counter() - start, after_kill))
+            latency = time.perf_counter() - start
+            run.record(Sample(client, status, backend, latency, after_kill,
+                              time.monotonic() - run.started))
             if not keep and writer is not None:
                 writer.close()
                 reader = writer = None
@@ -268,7 +265,7 @@ async def _client(port: int, run: _Run, offset: int) -> None:
 async def _drive(port: int, run: _Run, concurrency: int, progress: Progress) -> None:
     async def tick() -> None:
         while True:
-            progress.update(len(run.samples), "flaky killed" if run.killed_at else "")
+            progress.update(len(run.samples), "flaky killed" if run.killed_at is not None else "")
             await asyncio.sleep(0.1)
 
     ticker = asyncio.create_task(tick())
@@ -276,53 +273,10 @@ async def _drive(port: int, run: _Run, concurrency: int, progress: Progress) -> 
         await asyncio.gather(*(_client(port, run, i) for i in range(concurrency)))
     finally:
         ticker.cancel()
-        progress.update(len(run.samples), "flaky killed" if run.killed_at else "")
+        progress.update(len(run.samples), "flaky killed" if run.killed_at is not None else "")
 
 
 # -- one policy ----------------------------------------------------------------------------
-
-@dataclasses.dataclass
-class BackendRow:
-    name: str
-    served: int
-    p50: float | None
-    p99: float | None
-    failures: int                # failed attempts seen by the gateway
-    ejections: int
-    state: str
-
-
-@dataclasses.dataclass
-class PolicyResult:
-    policy: str
-    planned: int
-    requests: int
-    seconds: float
-    errors: int
-    errors_after_kill: int
-    requests_after_kill: int
-    p50: float | None
-    p99: float | None
-    rows: list[BackendRow]
-    sticky: tuple[int, int, int] | None = None   # ip_hash: (kept, clients of fast/slow, flaky's)
-    urls: tuple[str, ...] = ()                   # the gateway's, then each backend's
-    error_kinds: dict[str, int] = dataclasses.field(default_factory=dict)   # "HTTP 502": 3
-
-
-def _error_kinds(errors: list[Sample]) -> dict[str, int]:
-    kinds: dict[str, int] = {}
-    for sample in errors:
-        kind = f"HTTP {sample.status}" if sample.status else "no response"
-        kinds[kind] = kinds.get(kind, 0) + 1
-    return kinds
-
-
-def _percentile(values: list[float], fraction: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
-
 
 def _sticky(samples: list[Sample], home: dict[str, str], flaky: str) -> tuple[int, int, int]:
     """For ip_hash: (clients of a healthy backend whose every answer came from it, clients of
@@ -374,18 +328,18 @@ def run_policy(policy: str, steady: Sequence[BackendProcess], requests: int, con
         mine = [s.latency for s in samples if s.backend == backend.name and s.status < 500]
         row = stats[balancer.settings.backends[backends.index(backend)].url]
         state = ("killed, " if backend is flaky else "") + row["state"]
-        rows.append(BackendRow(backend.name, len(mine), _percentile(mine, 0.5),
-                               _percentile(mine, 0.99), row["failures"], row["ejections"], state))
+        rows.append(BackendRow(backend.name, len(mine), percentile(mine, 0.5),
+                               percentile(mine, 0.99), row["failures"], row["ejections"], state))
     errors = [s for s in samples if not 200 <= s.status < 400]
     after = [s for s in samples if s.after_kill]
     latencies = [s.latency for s in samples]
     return PolicyResult(
         policy=policy, planned=requests, requests=len(samples), seconds=seconds, errors=len(errors),
         errors_after_kill=sum(1 for s in errors if s.after_kill), requests_after_kill=len(after),
-        p50=_percentile(latencies, 0.5), p99=_percentile(latencies, 0.99), rows=rows,
+        p50=percentile(latencies, 0.5), p99=percentile(latencies, 0.99), rows=rows,
         sticky=_sticky(samples, _homes(backends), flaky.name) if policy == "ip_hash" else None,
         urls=(f"http://127.0.0.1:{gateway.port}", *(b.url for b in backends)),
-        error_kinds=_error_kinds(errors))
+        error_kinds=error_kinds(errors), samples=samples, killed_at=run.killed_at)
 
 
 # -- output ----------------------------------------------------------------------------------
@@ -394,13 +348,6 @@ def _ms(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds * 1000:.1f}"
 
 
-WHAT_TO_SEE = {
-    "round_robin": "equal turns; the flaky backend's turns go to the others while it is ejected",
-    "random": "weighted random: about equal shares, like round_robin, without the order",
-    "ip_hash": "each client address sticks to one backend; only the flaky backend's clients move",
-    "latency": "the fast backend wins; a failure counts as a 5 s sample, so flaky is avoided",
-    "least_conn": "the slow backend holds its connections longer, so it gets fewer requests",
-}
 
 
 def format_policy(result: PolicyResult) -> str:
@@ -477,21 +424,35 @@ class Progress:
             self.stream.flush()
 
 
-def _header(requests: int, concurrency: int, steady: Sequence[BackendProcess]) -> str:
+def _setup(requests: int, concurrency: int, steady: Sequence[BackendProcess]
+           ) -> list[tuple[str, str]]:
+    """(label, text) lines describing the run: the terminal's header and the report's."""
     settings = ", ".join(f"{k}={v}" for k, v in DEMO_SETTINGS.items() if k != "trusted_proxies")
+    return [
+        ("backends", f"{', '.join(f'{b.name} {b.url}' for b in steady)}, and a fresh flaky one "
+                     f"per policy ({BACKENDS_EXPLAINED})"),
+        ("gateway", f"the ASGI middleware under uvicorn; {settings}"),
+        ("clients", f"{requests} GETs per policy over {concurrency} keep-alive connections, "
+                    f"from {len(CLIENT_ADDRESSES)} addresses (X-Forwarded-For through a trusted "
+                    "proxy)"),
+        ("columns", "share/served: answers per backend; p50/p99: client latency; failed: failed "
+                    "attempts (retried on another backend); ejected: ejections by passive "
+                    "health"),
+    ]
+
+
+def _wrapped(label: str, text: str, width: int) -> str:
+    return textwrap.fill(text, HEADER_WIDTH, initial_indent=f"  {label + ':':<{width}}",
+                         subsequent_indent=" " * (width + 2))
+
+
+def _header(setup: Sequence[tuple[str, str]]) -> str:
+    """The terminal's header: the run, then one line per word a newcomer needs."""
     return "\n".join([
         "lbmiddleware demo",
-        f"  backends: {', '.join(f'{b.name} {b.url}' for b in steady)}, and a fresh flaky one "
-        "per policy",
-        f"            (slow: +{SLOW_DELAY * 1000:.0f} ms; flaky: {FLAKY_FAILURE_RATE:.0%} of its "
-        "requests fail with a 503 or a dropped connection)",
-        f"  gateway:  the ASGI middleware under uvicorn; {settings}",
-        f"  clients:  {requests} GETs per policy over {concurrency} keep-alive connections, from "
-        f"{len(CLIENT_ADDRESSES)} addresses",
-        "            (X-Forwarded-For through a trusted proxy); the flaky backend is killed "
-        "(SIGKILL) halfway",
-        "  columns:  share/served: answers per backend; p50/p99: client latency; failed: failed",
-        "            attempts (retried on another backend); ejected: ejections by passive health",
+        *(_wrapped(label, text, 10) for label, text in setup),
+        "  words:",
+        *(_wrapped(term, line, 16) for term, line in explained(DEMO_SETTINGS)),
         "",
     ])
 
@@ -509,8 +470,10 @@ class _Quiet(logging.Handler):
 
 def run_demo(requests: int = DEFAULT_REQUESTS, policies: Sequence[str] = POLICIES,
              concurrency: int = DEFAULT_CONCURRENCY, out: TextIO | None = None,
-             progress: Progress | None = None) -> list[PolicyResult]:
-    """Run the demo and print its tables on ``out``; returns the results."""
+             progress: Progress | None = None, report: str | None = None
+             ) -> list[PolicyResult]:
+    """Run the demo and print its tables on ``out``; with ``report`` (a path) also write the
+    HTML report there and print its path. Returns the results."""
     out = out if out is not None else sys.stdout
     progress = progress if progress is not None else Progress()
     started = time.monotonic()
@@ -523,7 +486,8 @@ def run_demo(requests: int = DEFAULT_REQUESTS, policies: Sequence[str] = POLICIE
     try:
         for name in ("fast", "slow"):
             steady.append(BackendProcess(name).start())
-        print(_header(requests, concurrency, steady), file=out, flush=True)
+        setup = _setup(requests, concurrency, steady)
+        print(_header(setup), file=out, flush=True)
         budget_end = started + TIME_BUDGET
         for index, policy in enumerate(policies):
             share = max(1.0, (budget_end - time.monotonic()) / (len(policies) - index))
@@ -537,6 +501,10 @@ def run_demo(requests: int = DEFAULT_REQUESTS, policies: Sequence[str] = POLICIE
         logger.removeHandler(quiet)
         logger.propagate = propagate
     print(format_summary(results, time.monotonic() - started), file=out, flush=True)
+    if report is not None:
+        written = write_report(results, report, setup, DEMO_SETTINGS)
+        print(f"\nReport with charts of every run (open it in a browser): {written}",
+              file=out, flush=True)
     return results
 
 
@@ -560,7 +528,8 @@ def _positive(text: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m lbmiddleware demo [--requests N] [--policies a,b] [--backends-only]``."""
+    """``python -m lbmiddleware demo [--requests N] [--policies a,b] [--report PATH]
+    [--backends-only]``."""
     parser = argparse.ArgumentParser(
         prog="python -m lbmiddleware demo",
         description="Start three local backends (fast, slow, flaky) and a gateway, drive GET "
@@ -572,6 +541,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="comma-separated policies (default: all: " + ",".join(POLICIES) + ")")
     parser.add_argument("--concurrency", type=_positive, default=DEFAULT_CONCURRENCY, metavar="N",
                         help=f"concurrent client connections (default {DEFAULT_CONCURRENCY})")
+    parser.add_argument("--report", metavar="PATH",
+                        help="where to write the HTML report (default: report.html in a new "
+                             "temporary folder); its path is printed at the end")
     parser.add_argument("--backends-only", action="store_true",
                         help="only start the three backends, print LB_BACKENDS=... and wait "
                              "(for the examples); Ctrl-C stops them")
@@ -583,9 +555,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("the demo runs the gateway, which needs uvicorn: "
               "pip install 'lbmiddleware[gateway]'", file=sys.stderr)
         return 2
+    folder = None if args.report else tempfile.mkdtemp(prefix="lbmiddleware-demo-")
+    report = args.report or os.path.join(str(folder), "report.html")
     try:
-        results = run_demo(args.requests, args.policies, args.concurrency)
+        results = run_demo(args.requests, args.policies, args.concurrency, report=report)
     except KeyboardInterrupt:
+        if folder is not None:
+            os.rmdir(folder)        # empty: the report is written once every run is done
         print("\ninterrupted: every backend and the gateway are stopped", file=sys.stderr)
         return 130
     return 0 if all(r.errors == 0 for r in results) else 1

@@ -5,18 +5,23 @@ from __future__ import annotations
 import http.client
 import io
 import os
+import pathlib
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+import xml.etree.ElementTree as ET
 
 import pytest
 
 import lbmiddleware
 from lbmiddleware.demo import runner as demo
 from lbmiddleware.demo.backends import FLAKY_FAILURE_RATE, SLOW_DELAY
+from lbmiddleware.demo.glossary import explained
 
+SVG = "{http://www.w3.org/2000/svg}"
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -55,9 +60,10 @@ def _command(*args: str) -> subprocess.CompletedProcess:
                           timeout=60, cwd=ROOT)
 
 
-def test_every_policy_gets_a_table_and_clients_see_no_get_errors_after_the_kill():
+def test_every_policy_gets_a_table_and_clients_see_no_get_errors_after_the_kill(tmp_path):
     out = io.StringIO()
-    results = demo.run_demo(requests=150, out=out, progress=demo.Progress(enabled=False))
+    results = demo.run_demo(requests=150, out=out, progress=demo.Progress(enabled=False),
+                            report=str(tmp_path / "report.html"))
     text = out.getvalue()
 
     assert [r.policy for r in results] == list(lbmiddleware.POLICIES)
@@ -84,11 +90,32 @@ def test_every_policy_gets_a_table_and_clients_see_no_get_errors_after_the_kill(
             assert _refused(url), url
     assert _demo_children() == []
 
+    # The words a newcomer needs, then the report of these runs: a section per policy with
+    # its two charts, the share chart marking the kill where the run's samples say it was.
+    flat = " ".join(text.split())
+    for term, line in explained(demo.DEMO_SETTINGS):
+        assert f"{term}: {line}" in flat
+    assert text.rstrip().endswith(f"open it in a browser): {tmp_path / 'report.html'}")
+    document = ET.fromstring(
+        (tmp_path / "report.html").read_text(encoding="utf-8").removeprefix("<!DOCTYPE html>"))
+    sections = {s.get("id"): s for s in document.iter("section") if s.get("class") == "policy"}
+    assert list(sections) == [f"policy-{r.policy}" for r in results]
+    for result in results:
+        share, latency = sections[f"policy-{result.policy}"].iter(f"{SVG}svg")
+        assert [line.get("class") for line in share.iter(f"{SVG}line")
+                if "kill-marker" in line.get("class", "")] == ["marker kill-marker"]
+        assert 0 < result.killed_at < result.seconds
+        assert {"p50", "p99"} <= {cls for line in latency.iter(f"{SVG}line")
+                                  for cls in line.get("class", "").split()}
 
-def test_the_command_line_runs_the_chosen_policies_and_exits_0():
+
+def test_the_command_line_runs_the_chosen_policies_and_exits_0(tmp_path):
+    path = tmp_path / "reports" / "demo.html"
     done = _command("-m", "lbmiddleware.demo", "--requests", "100",
-                    "--policies", "ip_hash,weighted")
+                    "--policies", "ip_hash,weighted", "--report", str(path))
     assert done.returncode == 0, done.stderr
+    assert done.stdout.rstrip().endswith(f"open it in a browser): {path}")
+    assert 'id="policy-ip_hash"' in path.read_text(encoding="utf-8")
     assert "\nip_hash: 100 GET requests" in done.stdout
     assert "\nround_robin: 100 GET requests" in done.stdout
     assert "\nlatency:" not in done.stdout
@@ -103,6 +130,13 @@ def test_python_m_lbmiddleware_demo_passes_its_options_on(capsys):
     out = capsys.readouterr().out
     assert "\nrandom: 60 GET requests" in out
     assert "\nround_robin:" not in out
+    # Without --report, the report goes to a new temporary folder, named at the end.
+    path = pathlib.Path(out.rstrip().rsplit("open it in a browser): ", 1)[1])
+    try:
+        assert path.name == "report.html" and path.parent.name.startswith("lbmiddleware-demo-")
+        assert 'id="policy-random"' in path.read_text(encoding="utf-8")
+    finally:
+        shutil.rmtree(path.parent)
 
 
 @pytest.mark.parametrize("argv, message", [
