@@ -20,20 +20,20 @@ import asyncio
 import importlib.util
 import logging
 import os
-import selectors
 import socket
-import subprocess
 import sys
 import tempfile
 import textwrap
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import IO, TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from ..core.balancer import Balancer
 from ..core.settings import POLICIES, POLICY_ALIASES
+from .client import REQUEST_TIMEOUT, read_response
 from .glossary import BACKENDS_EXPLAINED, WHAT_TO_SEE, explained
+from .processes import STARTUP_TIMEOUT, BackendProcess
 from .report import write_report
 from .results import BackendRow, PolicyResult, Sample, error_kinds, percentile
 
@@ -50,77 +50,10 @@ DEMO_SETTINGS: dict[str, Any] = {  # the gateway's settings, shown in the demo's
     "connect_timeout": 1.0, "read_timeout": 5.0, "trusted_proxies": ["127.0.0.1/32"],
 }
 BALANCER_SETTINGS = ("max_fails", "fail_timeout")   # the Balancer's; the rest the proxy's
-REQUEST_TIMEOUT = 10.0           # seconds: a client request that takes longer is an error
 TIME_BUDGET = 50.0               # seconds for all the runs: each stops sending at its share
-STARTUP_TIMEOUT = 15.0           # seconds: backends and gateway must be listening by then
 HEADER_WIDTH = 100               # the header's lines wrap here
 
 logger = logging.getLogger("lbmiddleware")
-
-
-# -- the backends: one child process per backend, so the flaky one can really be killed ----
-
-class BackendProcess:
-    """One demo backend in a child process; it also exits when this process dies (its
-    standard input closes)."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.url = ""
-        self._process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> BackendProcess:
-        package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_parent, env.get("PYTHONPATH")]))
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", "lbmiddleware.demo.backends", self.name, "--until-stdin-closes"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
-            start_new_session=True)       # Ctrl-C reaches the demo only; it stops the children
-        assert self._process.stdout is not None     # stdout=PIPE
-        self.url = self._read_url(self._process.stdout)
-        return self
-
-    def _read_url(self, stdout: IO[bytes]) -> str:
-        """The URL the child prints once it listens."""
-        with selectors.DefaultSelector() as selector:
-            selector.register(stdout, selectors.EVENT_READ)
-            deadline = time.monotonic() + STARTUP_TIMEOUT
-            while time.monotonic() < deadline:
-                if selector.select(timeout=deadline - time.monotonic()):
-                    line = stdout.readline().decode()
-                    if not line:
-                        break
-                    name, _, url = line.strip().partition(" ")
-                    if name == self.name:
-                        return url
-        self.stop()
-        raise RuntimeError(f"demo backend {self.name!r} did not start")
-
-    @property
-    def port(self) -> int:
-        return int(self.url.rsplit(":", 1)[1])
-
-    def kill(self) -> None:
-        """SIGKILL: the port closes and open connections are reset, like a crashed replica."""
-        if self._process is not None and self._process.poll() is None:
-            self._process.kill()
-            self._process.wait()
-
-    def stop(self) -> None:
-        if self._process is None:
-            return
-        if self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=3)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
-        for stream in (self._process.stdin, self._process.stdout):
-            if stream is not None:
-                stream.close()
-        self._process = None
 
 
 # -- the gateway: the ASGI middleware under uvicorn, in a thread of this process -----------
@@ -205,33 +138,6 @@ class _Run:
             self.killed_at = time.monotonic() - self.started
 
 
-async def _read_response(reader: asyncio.StreamReader) -> tuple[int, str, bool]:
-    """Read one response; returns (status, X-Backend, keep-alive)."""
-    head = await reader.readuntil(b"\r\n\r\n")
-    status = int(head[9:12])
-    length, chunked, backend, keep = 0, False, "", True
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        name, value = name.strip().lower(), value.strip()
-        if name == b"content-length":
-            length = int(value)
-        elif name == b"transfer-encoding":
-            chunked = b"chunked" in value.lower()
-        elif name == b"x-backend":
-            backend = value.decode("latin-1")
-        elif name == b"connection":
-            keep = value.lower() != b"close"
-    if chunked:
-        while True:
-            size = int((await reader.readline()).split(b";")[0].strip() or b"0", 16)
-            await reader.readexactly(size + 2) if size else await reader.readline()
-            if not size:
-                break
-    elif length:
-        await reader.readexactly(length)
-    return status, backend, keep
-
-
 async def _client(port: int, run: _Run, offset: int) -> None:
     reader: asyncio.StreamReader | None = None
     writer: asyncio.StreamWriter | None = None
@@ -246,7 +152,7 @@ async def _client(port: int, run: _Run, offset: int) -> None:
                 if reader is None or writer is None:
                     reader, writer = await asyncio.open_connection("127.0.0.1", port)
                 writer.write(request)
-                status, backend, keep = await asyncio.wait_for(_read_response(reader),
+                status, backend, keep = await asyncio.wait_for(read_response(reader),
                                                                REQUEST_TIMEOUT)
             except (OSError, EOFError, ValueError, asyncio.TimeoutError,
                     asyncio.IncompleteReadError, asyncio.LimitOverrunError):

@@ -49,7 +49,7 @@ def _demo_children() -> list[int]:
                 command = cmdline.read()
         except (OSError, ValueError, IndexError):
             continue
-        if ppid == os.getpid() and b"demo_backends" in command:
+        if ppid == os.getpid() and b"lbmiddleware.demo.backends" in command:
             children.append(int(entry))
     return children
 
