@@ -5,7 +5,13 @@ microseconds per pair, the ratio to the baseline, and the ratio of the 1,000-bac
 the 3-backend cost (the policies must be O(1) or O(log N): target <= 1.5x). Target: every
 policy <= 3 us per pick + report at 1,000 backends. Exits 1 when a target is missed.
 
-Run: python benchmarks/bench_pick.py [--pairs N] [--repeat R]
+Then the cost of metrics (``lb.metrics``, when prometheus_client is installed): pick +
+report on a pool without a collector, on one registered in a registry, and on one
+registered and scraped every ``--scrape-ms`` milliseconds by another thread, in alternating
+rounds of ``--round`` seconds; printed as ratios to the pool without (and the cost of one
+scrape). Reported, no target.
+
+Run: python benchmarks/bench_pick.py [--pairs N] [--repeat R] [--scrape-ms MS] [--round S]
 """
 
 from __future__ import annotations
@@ -13,12 +19,20 @@ from __future__ import annotations
 import argparse
 import random
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
 
 import lbmiddleware as lb  # noqa: E402
+from measure import mean_us, pick_report  # noqa: E402
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 SIZES = (3, 100, 1000)
 TARGET_US = 3.0
@@ -45,10 +59,84 @@ def time_baseline(size: int, pairs: int) -> float:
     return (time.perf_counter() - start) / pairs
 
 
+class Scraping:
+    """Another thread scraping ``registry`` (the exposition text, as a /metrics route makes
+    it) every ``interval`` seconds while the block runs; counts the scrapes and their time."""
+
+    def __init__(self, registry: CollectorRegistry, interval: float) -> None:
+        from prometheus_client import generate_latest
+        self._scrape = lambda: generate_latest(registry)
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.scrapes = 0
+        self.seconds = 0.0
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            start = time.perf_counter()
+            self._scrape()
+            self.seconds += time.perf_counter() - start
+            self.scrapes += 1
+            self._stop.wait(self._interval)
+
+    def __enter__(self) -> Scraping:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def metrics_overhead(repeat: int, round_seconds: float, scrape_ms: float) -> list[str]:
+    """Lines of the metrics table: per size, pick + report without a collector, with one
+    registered, with one registered and scraped every ``scrape_ms`` by another thread."""
+    try:
+        from prometheus_client import CollectorRegistry
+    except ModuleNotFoundError:
+        return ["metrics: not measured (prometheus_client is not installed: "
+                "pip install 'lbmiddleware[metrics]')"]
+    from lbmiddleware.observe import metrics
+
+    lines = [f"pick + report with lb.metrics, microseconds (mean of {repeat} alternating rounds "
+             f"of {round_seconds:g} s each); ratio = cost / the same pool without metrics",
+             f"{'backends':<10}{'no collector':>14}{'registered':>20}"
+             f"{f'scraped every {scrape_ms:g} ms':>28}{'one scrape':>13}"]
+    lines.append("-" * len(lines[-1]))
+    for size in SIZES:
+        backends = [f"http://10.0.{i // 256}.{i % 256}:8080" for i in range(size)]
+        pools = {kind: lb.Balancer(backends, rng=random.Random(1))
+                 for kind in ("plain", "registered", "scraped")}
+        registries = {kind: CollectorRegistry() for kind in ("registered", "scraped")}
+        for kind, registry in registries.items():
+            metrics.register(pools[kind], registry)
+        rounds: dict[str, list[tuple[int, float]]] = {kind: [] for kind in pools}
+        scrapes, scrape_seconds = 0, 0.0
+        for _ in range(repeat):                   # alternating rounds: same machine noise
+            rounds["plain"].append(pick_report(pools["plain"], round_seconds))
+            rounds["registered"].append(pick_report(pools["registered"], round_seconds))
+            with Scraping(registries["scraped"], scrape_ms / 1000) as scraping:
+                rounds["scraped"].append(pick_report(pools["scraped"], round_seconds))
+            scrapes += scraping.scrapes
+            scrape_seconds += scraping.seconds
+        plain = mean_us(rounds["plain"])
+        registered = mean_us(rounds["registered"])
+        scraped = mean_us(rounds["scraped"])
+        lines.append(f"{size:<10}{plain:>11.2f} us{registered:>9.2f} us ({registered / plain:.2f}x)"
+                     f"{scraped:>17.2f} us ({scraped / plain:.2f}x)"
+                     f"{scrape_seconds / max(scrapes, 1) * 1e3:>10.2f} ms")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=20000)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--scrape-ms", type=float, default=100.0,
+                        help="the scraping thread's interval (default 100 ms)")
+    parser.add_argument("--round", type=float, default=0.5,
+                        help="seconds per round of the metrics measurement (default 0.5)")
     args = parser.parse_args(argv)
     keys = [f"198.51.{i // 256 % 256}.{i % 256}" for i in range(4096)]
     results: dict[tuple[str, int], float] = {}
@@ -88,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
         print("MISSED", line)
     if not failed:
         print(f"all targets met: <= {TARGET_US} us at N=1000 and <= {TARGET_SCALING}x the N=3 cost")
+    print()
+    for line in metrics_overhead(args.repeat, args.round, args.scrape_ms):
+        print(line)
     return 1 if failed else 0
 
 

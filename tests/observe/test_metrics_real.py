@@ -1,0 +1,159 @@
+"""lb.metrics with real parts: Prometheus' own linter (``promtool check metrics``) on the
+exposition of pools driven through every state, a DNS source's answers and failures against
+a real dnsmasq, and a real Prometheus server scraping a live pool and answering queries."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+import lbmiddleware as lb
+from lbmiddleware.core.balancer import Balancer
+from lbmiddleware.observe import metrics
+
+from ..support.dnsmasq import Dnsmasq
+from ..support.prometheus import Prometheus, promtool_check_metrics
+from ..support.waiting import wait_for
+from .test_metrics import Scrape, backend
+
+A, B, C = "http://a:1", "http://b:1", "http://c:1"
+WEB = "web.lb.test"
+
+
+@pytest.fixture
+def dnsmasq(tmp_path):
+    server = Dnsmasq(tmp_path / "dnsmasq")
+    server.start()
+    yield server
+    server.close()
+
+
+def every_state(clock) -> Balancer:
+    """A pool whose backends are healthy, ejected, down, draining and in slow start (a
+    return and a joiner), after requests (ok and failed), a retry and probes."""
+    u = [f"http://10.0.0.{i}:8080" for i in range(6)]
+    pool = Balancer(u[:5], timer=clock, health_check="/h", health_check_fall=1,
+                    max_fails=2, fail_timeout=5.0, slow_start="30s")
+    for i in range(40):
+        pool.report(pool.pick(), True, 0.001 * (i + 1), bytes_sent=100, bytes_received=900)
+    pool.report(backend(pool, u[0]), False)
+    for url in u[:5]:
+        pool.report_probe(url, True)
+    pool.report(pool.pick(exclude=[backend(pool, u[0])]), True, 0.02)    # a retry
+    for _ in range(2):
+        pool.report(backend(pool, u[1]), False)      # ejected...
+    clock.advance(6)                                 # ...and back: slow start
+    for _ in range(2):
+        pool.report(backend(pool, u[2]), False)      # ejected
+    pool.report_probe(u[3], False, "status 503")     # down
+    held = pool.pick(exclude=u[:4])                  # in flight at u[4]...
+    assert held.url == u[4]
+    pool.update([*u[:4], u[5]])                      # ...which leaves: draining
+    pool.report_probe(u[5], True)                    # joined and up: slow start
+    assert [row["state"] for row in pool.stats()] == [
+        "healthy", "slow_start", "ejected", "down", "slow_start", "draining"]
+    return pool
+
+
+def test_promtool_passes_on_pools_in_every_state(clock):
+    registry = CollectorRegistry()
+    metrics.register(every_state(clock), registry, name="orders")
+    panicking = Balancer([A, B], max_fails=1)
+    for url in (A, B):
+        panicking.report(backend(panicking, url), False)
+    metrics.register(panicking, registry, name="payments")
+    probation = Balancer([A, B], timer=clock, max_fails=1, fail_timeout=5.0)
+    probation.report(backend(probation, A), False)
+    clock.advance(6)
+    metrics.register(probation, registry, name="search")
+    text = generate_latest(registry)
+    result = Scrape(text)
+    assert result.value("lbmiddleware_panic", pool="payments") == 1
+    assert result.state(A, pool="search") == "probation"
+    assert result.value("lbmiddleware_retries_total", pool="orders") == 2   # picks with exclude
+    checked = promtool_check_metrics(text)
+    assert (checked.returncode, checked.stdout, checked.stderr) == (0, "", "")
+
+
+def test_promtool_passes_on_the_exposition_of_a_pool_with_a_source(dnsmasq):
+    dnsmasq.set_addresses(WEB, ["127.0.0.1"])
+    with lb.Balancer([f"dns+http://{WEB}:8080", A], dns_servers=dnsmasq.address) as pool:
+        body, _ = metrics.exposition(pool)
+    assert b"lbmiddleware_discovery_updates_total{" in body
+    checked = promtool_check_metrics(body)
+    assert (checked.returncode, checked.stdout, checked.stderr) == (0, "", "")
+
+
+def test_discovery_updates_count_a_sources_answers_and_failures(dnsmasq):
+    source = f"dns+http://{WEB}:8080"
+    dnsmasq.set_addresses(WEB, ["127.0.0.1"])
+    with lb.Balancer([source], dns_servers=dnsmasq.address, dns_min_refresh=0.05,
+                     dns_max_refresh=0.2) as pool:
+
+        def count(result: str) -> float:
+            return Scrape(metrics.exposition(pool)[0]).value(
+                "lbmiddleware_discovery_updates_total", pool="default", source=source,
+                result=result)
+
+        assert wait_for(lambda: count("success") >= 3, timeout=10)
+        assert count("failure") == 0
+        dnsmasq.stop()
+        assert wait_for(lambda: count("failure") >= 2, timeout=10)
+        answered = count("success")
+        time.sleep(0.5)
+        assert count("success") == answered          # no answer while the server is down
+
+
+def poll(condition, timeout: float) -> bool:
+    """``condition()`` until true, every quarter second (a query costs the server a little)."""
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.25)
+    return bool(condition())
+
+
+@pytest.fixture
+def prometheus(tmp_path):
+    """Starts a real Prometheus scraping the given targets (``prometheus(["host:port"])``);
+    stopped after the test, whatever happened."""
+    started: list[Prometheus] = []
+
+    def start(targets: list[str]) -> Prometheus:
+        server = Prometheus(tmp_path / f"prometheus{len(started)}", targets)
+        started.append(server)
+        return server.start()
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.mark.prometheus
+def test_prometheus_scrapes_the_requests_counted_by_backend(prometheus, backends):
+    import requests
+
+    from lbmiddleware.observe.app import status_wsgi_app
+
+    from ..support.wsgi_server import serve_wsgi
+
+    pool = lb.Balancer([b.url for b in backends], policy="round_robin")
+    session = requests.Session()
+    session.mount("http://lb", lb.LoadBalancingAdapter(balancer=pool))
+    with serve_wsgi(status_wsgi_app(pool)) as port:
+        server = prometheus([f"127.0.0.1:{port}"])
+        sent = 30
+        for i in range(sent):
+            assert session.get(f"http://lb/item/{i}").status_code == 200
+        counts = {b.url: b.requests for b in backends}
+        assert sum(counts.values()) == sent
+
+        def scraped() -> dict[str, float]:
+            rows = server.query('lbmiddleware_backend_requests_total{outcome="success"}')
+            return {row["metric"]["backend"]: float(row["value"][1]) for row in rows}
+
+        assert poll(lambda: scraped() == counts, timeout=30), (scraped(), counts,
+                                                               server.targets())
+        failures = server.query('sum(lbmiddleware_backend_requests_total{outcome="failure"})')
+        assert float(failures[0]["value"][1]) == 0
