@@ -1,0 +1,153 @@
+"""The async transport: :class:`AsyncLoadBalancingTransport`, for ``httpx.AsyncClient``."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from typing import cast
+
+import httpx
+
+from .. import fleet
+from ..core.attempts import Attempts, Outcome
+from ..core.backend import Backend
+from ..errors import NoHealthyBackend
+from .base import LoadBalancing, Plan
+from .bodies import AsyncAttemptBody, adiscard
+from .errors import NoHealthyBackendError, failure, naming_backends
+
+__all__ = ["AsyncLoadBalancingTransport"]
+
+
+class AsyncLoadBalancingTransport(LoadBalancing[httpx.AsyncBaseTransport],
+                                  httpx.AsyncBaseTransport):
+    """:class:`~lbmiddleware.transport.LoadBalancingTransport` for ``httpx.AsyncClient``:
+    the same keywords, settings and rules, with ``httpx.AsyncHTTPTransport`` s inside::
+
+        async with httpx.AsyncClient(
+                base_url="http://orders",
+                transport=lb.AsyncLoadBalancingTransport(
+                    ["http://127.0.0.1:8001", "http://127.0.0.1:8002"], policy="latency"),
+                ) as client:
+            r = await client.get("/api/items", params={"page": 2})
+
+    The event loop is never blocked: a pool with sources built inside the loop is awaited
+    (``Balancer.ready()``) before the first request, as the ASGI middleware does. A task
+    cancelled while it waits for a backend, or while it reads a body, releases its pick
+    (in flight no more, no failure counted). ``aclose()`` (``AsyncClient.aclose()`` calls
+    it) closes the inner transports and the pool the transport built. The connections of
+    a backend that leaves the pool are closed on the loop this transport runs on.
+    """
+
+    _started = False
+    _loop: asyncio.AbstractEventLoop | None = None
+    _closing: set[asyncio.Future[None]]
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """Send ``request`` to one backend after another until one answers."""
+        if not self._started:
+            await self._start()
+        plan = self._plan(request)
+        attempts = Attempts(self.balancer, self._retry_rule, request.method, plan.key)
+        try:
+            backend = attempts.start()
+        except NoHealthyBackend as exc:
+            raise NoHealthyBackendError(str(exc), request=request) from exc
+        with attempts:      # an exception (a cancellation) releases the attempt
+            while True:
+                answer, outcome = await self._forward(plan, backend)
+                if outcome.ok:
+                    break
+                following = attempts.retry(outcome, replayable=plan.replayable)
+                if following is None:
+                    break
+                if isinstance(answer, httpx.Response):
+                    await adiscard(answer)
+                backend = following
+            if isinstance(answer, httpx.TransportError):
+                raise naming_backends(answer, request, attempts.tried) from answer
+            cast(AsyncAttemptBody, answer.stream).end_attempt(attempts.completion, outcome)
+            return answer
+
+    async def _forward(self, plan: Plan, backend: Backend
+                       ) -> tuple[httpx.Response | httpx.TransportError, Outcome]:
+        """One attempt on ``backend``: the response (its body still to read) or the
+        exception that failed the attempt, and the attempt's outcome."""
+        target = self._targets.acquire(backend)
+        start = self._timer()
+        try:
+            response = await target.transport.handle_async_request(plan.upstream(target))
+        except httpx.TransportError as exc:
+            closing = target.release()
+            if closing is not None:
+                await closing.aclose()
+            return exc, failure(exc, self._timer() - start)
+        except BaseException:                   # cancelled: close it later, not here
+            self._close_later([target.release()])
+            raise
+        latency = self._timer() - start
+        response.stream = AsyncAttemptBody(cast(httpx.AsyncByteStream, response.stream),
+                                           target)
+        return response, self._retry_rule.outcome(response.status_code, latency,
+                                                  bytes_sent=plan.size)
+
+    async def _start(self) -> None:
+        """Before the first request: remember the loop (departed backends' connections are
+        closed on it) and wait, without blocking it, for the pool's sources' first answers
+        (up to ``FIRST_ANSWER_TIMEOUT`` after the pool was built)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:                    # another async library: no loop to use
+            self._started = True
+            return
+        self._closing = set()
+        self._loop = loop
+        if isinstance(self.balancer, fleet.Balancer):
+            await self.balancer.ready()
+        self._started = True
+
+    def _inner_transport(self, backend: Backend) -> httpx.AsyncBaseTransport:
+        options = self._options
+        return httpx.AsyncHTTPTransport(verify=options.tls(), limits=options.limits,
+                                        proxy=options.proxy_for(backend))
+
+    def _close_later(self, transports: Iterable[httpx.AsyncBaseTransport | None]) -> None:
+        """Close ``transports`` (None: nothing) on this transport's loop, from any thread:
+        a departure comes on the thread that changed the members."""
+        closing = [transport for transport in transports if transport is not None]
+        loop = self._loop
+        if not closing or loop is None or loop.is_closed():
+            return
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            task = loop.create_task(_close_all(closing))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+            return
+        coroutine = _close_all(closing)
+        try:
+            asyncio.run_coroutine_threadsafe(coroutine, loop)
+        except RuntimeError:                    # the loop closed meanwhile
+            coroutine.close()
+
+    async def aclose(self) -> None:
+        """Close the inner transports, and the pool the transport built (its sources and
+        health checks stop, without blocking the loop); a shared ``balancer=`` is left
+        open, and no longer followed. ``AsyncClient.aclose()`` calls this."""
+        self._unsubscribe()
+        await _close_all(self._targets.clear())
+        if self._loop is not None and self._closing:
+            await asyncio.wait(set(self._closing))
+        if self._owns_balancer:
+            if isinstance(self.balancer, fleet.Balancer):
+                await self.balancer.aclose()
+            else:
+                self.balancer.close()
+
+
+async def _close_all(transports: Iterable[httpx.AsyncBaseTransport]) -> None:
+    for transport in transports:
+        await transport.aclose()

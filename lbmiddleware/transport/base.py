@@ -1,0 +1,259 @@
+"""What the sync and the async transport share: settings, the sticky key, the request as
+each backend gets it, the inner transports, and following the pool's departures.
+
+Only the I/O differs between the two (:mod:`.sync`, :mod:`.aio`); both run the core's
+attempt loop (:class:`~lbmiddleware.core.attempts.Attempts`) with the rules every
+front-end follows, and build everything an attempt needs here, once per request
+(:class:`Plan`) and once per backend (:class:`~.targets.Target`).
+"""
+
+from __future__ import annotations
+
+import ssl
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Generic, TypeVar
+
+import httpx
+
+from .. import fleet
+from ..core.attempts import RetryRule
+from ..core.backend import Backend, Source
+from ..core.balancer import Balancer
+from ..core.events import MembershipChanged
+from ..core.forwarding import ForwardingSettings
+from ..core.settings import FrontEndSettings, Settings, resolve, setting_names
+from ..errors import ConfigError
+from ..fleet.departures import follow_departures
+from ..proxy import parse_cookie
+from .targets import Target, Targets, environment_proxy
+from .urls import backend_url
+
+__all__ = ["LoadBalancing", "Plan", "TransportOptions"]
+
+#: The inner transport: ``httpx.BaseTransport`` (sync) or ``httpx.AsyncBaseTransport``.
+T = TypeVar("T")
+_Self = TypeVar("_Self", bound="LoadBalancing[Any]")
+
+#: Connections per backend, as httpx's default (``httpx.Client()``'s limits).
+DEFAULT_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20)
+
+#: An httpx timeout as a request carries it (``extensions["timeout"]``).
+_Timeouts = Mapping[str, float | None]
+
+
+class TransportOptions:
+    """How the default inner transports are built, one per backend: the TLS context (made
+    once, from ``verify``, ``cert`` and ``trust_env`` as httpx makes it), ``limits`` per
+    backend, and the proxy: ``proxy`` for every backend, else with ``trust_env`` the one
+    the environment names for the backend's real URL (:func:`~.targets.environment_proxy`).
+    """
+
+    def __init__(self, *, verify: ssl.SSLContext | str | bool = True,
+                 cert: Any = None, trust_env: bool = True,
+                 limits: httpx.Limits = DEFAULT_LIMITS,
+                 proxy: str | httpx.URL | httpx.Proxy | None = None) -> None:
+        self.verify, self.cert, self.trust_env = verify, cert, trust_env
+        self.limits, self.proxy = limits, proxy
+        self._tls: ssl.SSLContext | None = None
+
+    def tls(self) -> ssl.SSLContext:
+        """The TLS context every inner transport shares (made on first use: loading the
+        CA bundle takes milliseconds)."""
+        if self._tls is None:
+            self._tls = httpx.create_ssl_context(verify=self.verify, cert=self.cert,
+                                                 trust_env=self.trust_env)
+        return self._tls
+
+    def proxy_for(self, backend: Backend) -> str | httpx.URL | httpx.Proxy | None:
+        if self.proxy is not None:
+            return self.proxy
+        return environment_proxy(backend) if self.trust_env else None
+
+
+class Plan:
+    """One request as every attempt sends it, worked out once: its sticky key, whether
+    its body can be sent again and its size, the timeouts and the headers' ``Host``
+    rule."""
+
+    __slots__ = ("request", "key", "replayable", "size", "extensions", "headers", "own_host")
+
+    def __init__(self, request: httpx.Request, key: str | None, extensions: dict[str, Any],
+                 own_host: bool) -> None:
+        self.request = request
+        self.key = key
+        try:
+            size = len(request.content)     # a body httpx holds in memory: sent again as is
+            self.replayable = True
+        except httpx.RequestNotRead:        # a generator, a file: read once
+            size, self.replayable = 0, False
+        self.size = size
+        self.extensions = extensions
+        self.headers = request.headers
+        self.own_host = own_host            # keep the request's Host (preserve_host, or its own)
+
+    def upstream(self, target: Target[Any]) -> httpx.Request:
+        """The request as ``target``'s backend gets it: its URL with the base path, its
+        ``Host`` unless the request keeps its own, its TLS name."""
+        headers = self.headers
+        if not self.own_host:
+            headers = headers.copy()
+            headers["Host"] = target.host.decode("ascii")
+        extensions = self.extensions
+        if target.extensions:
+            extensions = {**extensions, **target.extensions}
+        request = self.request
+        return httpx.Request(request.method, backend_url(target.url, request.url),
+                             headers=headers, stream=request.stream, extensions=extensions)
+
+
+class LoadBalancing(Generic[T]):
+    """The shared part of :class:`~lbmiddleware.transport.LoadBalancingTransport` and
+    :class:`~lbmiddleware.transport.AsyncLoadBalancingTransport` (see their docs)."""
+
+    settings: ForwardingSettings
+
+    def __init__(
+        self,
+        backends: Iterable[str | Backend | Source] | str | None = None,
+        policy: str | None = None,
+        *,
+        settings: Settings | ForwardingSettings | FrontEndSettings | None = None,
+        balancer: Balancer | None = None,
+        environ: Mapping[str, str] | None = None,
+        key_func: Callable[[httpx.Request], str | None] | None = None,
+        inner_transport: Callable[[Backend], T] | None = None,
+        verify: ssl.SSLContext | str | bool = True,
+        cert: Any = None,
+        trust_env: bool = True,
+        limits: httpx.Limits | None = None,
+        proxy: str | httpx.URL | httpx.Proxy | None = None,
+        timer: Callable[[], float] = time.perf_counter,
+        **options: Any,
+    ) -> None:
+        name = type(self).__name__
+        if backends is not None:
+            options["backends"] = backends
+        if policy is not None:
+            options["policy"] = policy
+        if inner_transport is not None:
+            given = [k for k, v in (("verify", verify is not True), ("cert", cert is not None),
+                                    ("trust_env", trust_env is not True),
+                                    ("limits", limits is not None),
+                                    ("proxy", proxy is not None)) if v]
+            if given:
+                raise ConfigError(f"{name}: {', '.join(given)} given with inner_transport=: "
+                                  "give them to the transports it builds")
+        resolved = resolve(name, (ForwardingSettings,), options,
+                           shared=None if balancer is None else balancer.settings,
+                           settings=settings, environ=environ)
+        self._owns_balancer = balancer is None
+        if balancer is None:
+            balancer = fleet.Balancer(settings=resolved.core)
+        self.balancer = balancer
+        # (a pool built where an event loop runs did not wait for its sources' first
+        # answers: the first request does)
+        self._ready = not isinstance(balancer, fleet.Balancer)
+        self.settings = forwarding = resolved[ForwardingSettings]
+        self.key_func = key_func
+        self._timer = timer
+        self._retry_rule = RetryRule(retries=forwarding.retries,
+                                     fail_statuses=forwarding.fail_statuses,
+                                     retry_non_idempotent=forwarding.retry_non_idempotent)
+        self._keyed = key_func is not None or (
+            balancer.policy == "ip_hash" and forwarding.hash_key != "client_ip")
+        self._key_kind, _, self._key_name = forwarding.hash_key.partition(":")
+        self._connect_timeout = forwarding.connect_timeout
+        self._read_timeout = forwarding.read_timeout
+        self._options = TransportOptions(
+            verify=verify, cert=cert, trust_env=trust_env, proxy=proxy,
+            **({} if limits is None else {"limits": limits}))
+        self._targets: Targets[T] = Targets(inner_transport or self._inner_transport,
+                                            self._is_member, self._close_later)
+        self._unsubscribe = follow_departures(self, balancer, type(self)._departed)
+
+    @classmethod
+    def from_env(cls: type[_Self], environ: Mapping[str, str] | None = None, *,
+                 balancer: Balancer | None = None, **overrides: Any) -> _Self:
+        """A transport configured from ``LB_*`` variables (``environ`` for tests), even
+        when ``backends`` is given; with ``balancer=``, the transport's own settings only.
+
+        Keyword arguments that are settings win over the variables; the others
+        (``key_func``, ``inner_transport``, ``verify``, ``limits``, ``timer``, ...) go to
+        the constructor."""
+        names = setting_names(Settings, ForwardingSettings)
+        settings = resolve(f"{cls.__name__}.from_env", (ForwardingSettings,),
+                           {k: v for k, v in overrides.items() if k in names},
+                           shared=None if balancer is None else balancer.settings,
+                           environ=environ, from_env=True)
+        rest = {k: v for k, v in overrides.items() if k not in names}
+        return cls(settings=settings, balancer=balancer, **rest)
+
+    @property
+    def forwarding(self) -> ForwardingSettings:
+        """The forwarding settings (the transport's own: ``self.settings``), as every
+        front-end names them."""
+        return self.settings
+
+    # -- per request ------------------------------------------------------------------------
+
+    def request_key(self, request: httpx.Request) -> str | None:
+        """The sticky key of ``request``: ``key_func``, or the ``hash_key`` header/cookie."""
+        if self.key_func is not None:
+            return self.key_func(request)
+        if self._key_kind == "header":
+            value: str | None = request.headers.get(self._key_name)
+            return value
+        if self._key_kind == "cookie":
+            cookie: str | None = request.headers.get("Cookie")
+            return parse_cookie(cookie).get(self._key_name) if cookie else None
+        return None
+
+    def _plan(self, request: httpx.Request) -> Plan:
+        """What every attempt of ``request`` shares (see :class:`Plan`)."""
+        key = self.request_key(request) if self._keyed else None
+        host = request.headers.get("Host")
+        if self.settings.preserve_host:
+            own_host = host is not None
+        else:       # httpx always sends the URL's host: one of its own is another value
+            own_host = host is not None and host != request.url.netloc.decode("ascii")
+        return Plan(request, key, self._extensions(request.extensions), own_host)
+
+    def _extensions(self, extensions: dict[str, Any]) -> dict[str, Any]:
+        """The request's extensions with each attempt's connect and read timeouts bounded
+        by the settings (``connect_timeout``, ``read_timeout``): the request's own when
+        shorter (httpx's ``Timeout``), else the settings'."""
+        given: _Timeouts = extensions.get("timeout") or {}
+        connect, read = given.get("connect"), given.get("read")
+        if connect is not None and connect <= self._connect_timeout \
+                and read is not None and read <= self._read_timeout:
+            return extensions
+        bounded = {**given, "connect": _bounded(connect, self._connect_timeout),
+                   "read": _bounded(read, self._read_timeout)}
+        return {**extensions, "timeout": bounded}
+
+    # -- the inner transports ---------------------------------------------------------------
+
+    def _inner_transport(self, backend: Backend) -> T:
+        """The default inner transport of ``backend`` (see :class:`TransportOptions`)."""
+        raise NotImplementedError
+
+    def _is_member(self, backend: Backend) -> bool:
+        return any(member.url == backend.url for member in self.balancer.backends)
+
+    def _departed(self, event: MembershipChanged) -> None:
+        """Backends left the pool: forget their inner transports, closing those with no
+        request in flight now and the others when their last request ends. On the
+        thread that changed the members."""
+        self._close_later(self._targets.depart(b.url for b in event.removed))
+
+    def _close_later(self, transports: Iterable[T | None]) -> None:
+        """Close ``transports`` (None: nothing), where this transport's I/O runs."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.balancer!r}>"
+
+
+def _bounded(given: float | None, limit: float) -> float:
+    return limit if given is None else min(given, limit)

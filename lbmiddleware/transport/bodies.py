@@ -1,0 +1,176 @@
+"""Response bodies: an attempt ends when its body does.
+
+An httpx transport hands back every response with its body still to read: the client
+reads it (``stream=False``) or the caller does (``client.stream(...)``), and closes it in
+both cases. So the response's stream is wrapped (:class:`AttemptBody`,
+:class:`AsyncAttemptBody`) and the attempt it belongs to ends exactly once, when the body:
+
+* is read to the end, or closed before: the attempt's outcome (its status decides), with
+  the bytes received (``least_conn`` and ``latency`` see a response being read as in
+  flight, which it is: its backend is still sending it);
+* fails to arrive (reset, cut short, timed out): a failure of the backend, with the
+  error's text. Not retried: the caller has the response already;
+* is abandoned by a cancelled task (``asyncio.CancelledError``) or an interrupt: released,
+  without an outcome, as the core's rules say for a cancellation.
+
+A response dropped without being closed ends through its completion handle's finalizer
+(released). The wrapper also gives the backend's inner transport its request back
+(:meth:`~.targets.Target.release`), and closes that transport when the backend has left
+the pool and this was its last request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from ..core.attempts import Completion, Outcome
+from .errors import describe
+
+if TYPE_CHECKING:
+    from .targets import Target
+
+__all__ = ["AttemptBody", "AsyncAttemptBody", "DRAIN_LIMIT", "discard", "adiscard"]
+
+# A failure-status response is read (to keep its connection) before a retry only when it
+# announces a body this small; a larger or unknown one is closed instead.
+DRAIN_LIMIT = 64 * 1024
+
+
+class _Ending:
+    """What both wrappers do when a body ends (see the module doc)."""
+
+    def __init__(self, target: Target[Any]) -> None:
+        self._target = target
+        self._received = 0
+        self._completion: Completion | None = None
+        self._outcome: Outcome | None = None
+        self._ended = False
+
+    def end_attempt(self, completion: Completion, outcome: Outcome) -> None:
+        """This body is the answer the caller gets: its end ends ``completion``."""
+        self._completion, self._outcome = completion, outcome
+
+    def _end(self, error: BaseException | None = None) -> Any:
+        """End once: the attempt (if this body is the answer), then the request on the
+        backend's transport, returned when it must be closed now."""
+        if self._ended:
+            return None
+        self._ended = True
+        try:
+            completion, outcome = self._completion, self._outcome
+            if completion is not None and outcome is not None:
+                if error is None:
+                    completion.done(outcome._replace(bytes_received=self._received))
+                elif isinstance(error, Exception):
+                    completion.done(outcome._replace(
+                        ok=False, timeout=isinstance(error, httpx.TimeoutException),
+                        bytes_received=self._received, error=describe(error)))
+                else:                       # cancelled, interrupted: no outcome
+                    completion.release(wait=not isinstance(error, GeneratorExit))
+        finally:
+            closing = self._target.release()
+        return closing
+
+
+class AttemptBody(_Ending, httpx.SyncByteStream):
+    """A backend's response body for a sync client (see the module doc)."""
+
+    def __init__(self, stream: httpx.SyncByteStream, target: Target[httpx.BaseTransport]
+                 ) -> None:
+        super().__init__(target)
+        self._stream = stream
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            for chunk in self._stream:
+                self._received += len(chunk)
+                yield chunk
+        except GeneratorExit:
+            raise                           # the reader stopped: close() ends it
+        except BaseException as exc:        # the body failed; or an interrupt
+            self._finish(exc)
+            raise
+        self._finish()
+
+    def close(self) -> None:
+        try:
+            self._stream.close()
+        finally:
+            self._finish()
+
+    def _finish(self, error: BaseException | None = None) -> None:
+        closing: httpx.BaseTransport | None = self._end(error)
+        if closing is not None:
+            closing.close()
+
+
+class AsyncAttemptBody(_Ending, httpx.AsyncByteStream):
+    """A backend's response body for an async client (see the module doc)."""
+
+    def __init__(self, stream: httpx.AsyncByteStream,
+                 target: Target[httpx.AsyncBaseTransport]) -> None:
+        super().__init__(target)
+        self._stream = stream
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._stream:
+                self._received += len(chunk)
+                yield chunk
+        except GeneratorExit:
+            raise                           # the reader stopped: aclose() ends it
+        except Exception as exc:            # the body failed
+            await self._finish(exc)
+            raise
+        except BaseException as exc:        # cancelled: no await here, closed later
+            closing = self._end(exc)
+            if closing is not None:
+                self._target.close_later(closing)
+            raise
+        await self._finish()
+
+    async def aclose(self) -> None:
+        try:
+            await self._stream.aclose()
+        finally:
+            await self._finish()
+
+    async def _finish(self, error: BaseException | None = None) -> None:
+        closing: httpx.AsyncBaseTransport | None = self._end(error)
+        if closing is not None:
+            await closing.aclose()
+
+
+# -- before a retry ------------------------------------------------------------------------
+
+def _small(response: httpx.Response) -> bool:
+    length = response.headers.get("Content-Length")
+    return length is not None and length.isdigit() and int(length) <= DRAIN_LIMIT
+
+
+def discard(response: httpx.Response) -> None:
+    """Let go of a failure-status response before a retry: read a small body, undecoded
+    (its connection goes back to the pool), close anything else."""
+    try:
+        if _small(response):
+            for _ in response.iter_raw():
+                pass
+    except httpx.HTTPError:
+        pass
+    finally:
+        response.close()
+
+
+async def adiscard(response: httpx.Response) -> None:
+    """:func:`discard` for an async client."""
+    try:
+        if _small(response):
+            async for _ in response.aiter_raw():
+                pass
+    except httpx.HTTPError:
+        pass
+    finally:
+        await response.aclose()

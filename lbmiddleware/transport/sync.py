@@ -1,0 +1,136 @@
+"""The sync transport: :class:`LoadBalancingTransport`, for ``httpx.Client``."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from typing import cast
+
+import httpx
+
+from .. import fleet
+from ..core.attempts import Attempts, Outcome
+from ..core.backend import Backend
+from ..errors import NoHealthyBackend
+from .base import LoadBalancing, Plan
+from .bodies import AttemptBody, discard
+from .errors import NoHealthyBackendError, failure, naming_backends
+
+__all__ = ["LoadBalancingTransport"]
+
+
+class LoadBalancingTransport(LoadBalancing[httpx.BaseTransport], httpx.BaseTransport):
+    """An httpx transport that sends each request to one backend of a pool, retrying on
+    another when an attempt fails::
+
+        client = httpx.Client(transport=lb.LoadBalancingTransport(
+            ["http://127.0.0.1:8001", "http://127.0.0.1:8002"], policy="latency"))
+        client.get("http://orders/api/items", params={"page": 2})
+
+    ``backends``, ``policy``, ``max_fails``, ... are the Balancer's settings
+    (:class:`~lbmiddleware.Settings`); ``retries``, ``connect_timeout``, ``read_timeout``,
+    ``fail_statuses``, ``hash_key``, ``preserve_host`` and ``retry_non_idempotent`` the
+    transport's own (:class:`~lbmiddleware.ForwardingSettings`, in ``self.settings``), as
+    for the requests adapter: without ``backends`` every setting not given comes from
+    ``LB_*`` variables (``environ`` for tests), and :meth:`from_env` reads them always.
+    ``balancer=`` shares one pool with other transports, adapters and middlewares.
+
+    Each request goes to one backend: its URL with the backend's base path before the
+    request's path, ``Host`` the backend's (its server name for a DNS source's) unless
+    ``preserve_host`` or the request sets another, over an inner transport of that
+    backend's own: by default an ``httpx.HTTPTransport`` with ``verify``, ``cert``,
+    ``trust_env`` and ``limits`` (per backend), its proxy ``proxy`` or, with
+    ``trust_env``, the environment's for the backend's real URL (``NO_PROXY`` names
+    backends, not the virtual host). ``inner_transport(backend)`` builds them instead
+    (HTTP/2: ``lambda backend: httpx.HTTPTransport(http2=True)``; it is called under a
+    lock, once per backend). Each attempt's connect and read timeouts are the request's,
+    bounded by the ``connect_timeout`` and ``read_timeout`` settings.
+
+    Retries follow the rules of every front-end (docs/contract.md, "Retries": the core's
+    attempt loop). A body httpx holds in memory (``content=``, ``json=``, ``data=``) is sent
+    again; a generator is not. A response counts as in flight until its body is read or
+    closed. When every attempt raised, the last httpx exception is raised again, of the
+    same class, naming the backends tried (also in ``backends_tried``); an empty pool
+    raises :class:`~lbmiddleware.transport.NoHealthyBackendError`, an ``httpx.ConnectError``
+    that is also a ``lb.NoHealthyBackend``.
+
+    ``close()`` (``Client.close()`` calls it) closes the inner transports and the pool the
+    transport built (a shared ``balancer=`` is left to its owner). A backend that leaves
+    the pool loses its connections once its requests in flight have ended.
+    """
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        """Send ``request`` to one backend after another until one answers."""
+        if not self._ready:
+            self._wait_ready()
+        plan = self._plan(request)
+        attempts = Attempts(self.balancer, self._retry_rule, request.method, plan.key)
+        try:
+            backend = attempts.start()
+        except NoHealthyBackend as exc:
+            raise NoHealthyBackendError(str(exc), request=request) from exc
+        with attempts:      # an exception (a ProxyError, an interrupt) releases the attempt
+            while True:
+                answer, outcome = self._forward(plan, backend)
+                if outcome.ok:
+                    break
+                following = attempts.retry(outcome, replayable=plan.replayable)
+                if following is None:
+                    break
+                if isinstance(answer, httpx.Response):
+                    discard(answer)
+                backend = following
+            if isinstance(answer, httpx.TransportError):
+                raise naming_backends(answer, request, attempts.tried) from answer
+            cast(AttemptBody, answer.stream).end_attempt(attempts.completion, outcome)
+            return answer
+
+    def _forward(self, plan: Plan, backend: Backend
+                 ) -> tuple[httpx.Response | httpx.TransportError, Outcome]:
+        """One attempt on ``backend``: the response (its body still to read) or the
+        exception that failed the attempt, and the attempt's outcome."""
+        target = self._targets.acquire(backend)
+        start = self._timer()
+        try:
+            response = target.transport.handle_request(plan.upstream(target))
+        except httpx.TransportError as exc:
+            self._close_later([target.release()])
+            return exc, failure(exc, self._timer() - start)
+        except BaseException:
+            self._close_later([target.release()])
+            raise
+        latency = self._timer() - start
+        response.stream = AttemptBody(cast(httpx.SyncByteStream, response.stream), target)
+        return response, self._retry_rule.outcome(response.status_code, latency,
+                                                  bytes_sent=plan.size)
+
+    def _wait_ready(self) -> None:
+        """Before the first request: wait for the first answers of the pool's sources (up
+        to ``FIRST_ANSWER_TIMEOUT`` after it was built), as its constructor does where no
+        event loop runs. Not on a thread running a loop, which it would hold up."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            if isinstance(self.balancer, fleet.Balancer):
+                self.balancer.wait_ready()
+            self._ready = True
+
+    def _inner_transport(self, backend: Backend) -> httpx.BaseTransport:
+        options = self._options
+        return httpx.HTTPTransport(verify=options.tls(), limits=options.limits,
+                                   proxy=options.proxy_for(backend))
+
+    def _close_later(self, transports: Iterable[httpx.BaseTransport | None]) -> None:
+        """Close ``transports`` (None: nothing) now, on this thread."""
+        for transport in transports:
+            if transport is not None:
+                transport.close()
+
+    def close(self) -> None:
+        """Close the inner transports, and the pool the transport built (its sources and
+        health checks stop); a shared ``balancer=`` is left open, and no longer followed.
+        ``Client.close()`` calls this."""
+        self._unsubscribe()
+        self._close_later(self._targets.clear())
+        if self._owns_balancer:
+            self.balancer.close()

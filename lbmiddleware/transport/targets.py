@@ -1,0 +1,136 @@
+"""Where each backend's attempts go: one inner httpx transport per backend, built on its
+first pick and closed once it has left the pool and its last request ended.
+
+One inner transport per backend, not one for all, for three reasons: the proxy is decided
+by the backend's real URL (:func:`environment_proxy`: ``HTTP_PROXY``, ``NO_PROXY`` ... as
+httpx would read them for that URL, not for the virtual host the caller named); a backend
+found through DNS is named over TLS by its server name (httpcore's ``sni_hostname``), and
+its connections must never serve another name; and a backend that leaves the pool (removed
+by its source or ``update()``, drained) takes its connections with it. httpcore's
+``close()`` cuts connections in use, so a departed backend's transport is closed only when
+its requests in flight have ended (:meth:`Target.release`): a request in flight on a
+departing backend completes, and no connection outlives it.
+
+A :class:`Target` also keeps what every attempt on its backend needs and is the same for
+each: the backend's URL as httpx parses it, its ``Host`` and the TLS name.
+"""
+
+from __future__ import annotations
+
+import threading
+import urllib.request
+from collections.abc import Callable, Iterable
+from typing import Generic, TypeVar
+
+import httpx
+
+from ..core.backend import Backend
+
+__all__ = ["Target", "Targets", "environment_proxy"]
+
+#: An inner transport: ``httpx.BaseTransport`` or ``httpx.AsyncBaseTransport``.
+T = TypeVar("T")
+
+
+def environment_proxy(backend: Backend) -> str | None:
+    """The proxy the environment names for ``backend``'s real URL (``HTTP_PROXY``,
+    ``HTTPS_PROXY``, ``ALL_PROXY``, any case; the system's settings on macOS and Windows),
+    or None when there is none or ``NO_PROXY`` names the backend (its host, a domain it is
+    in, or ``host:port``): the standard library's reading, as requests and httpx do."""
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(backend.scheme) or proxies.get("all")
+    if proxy is None or urllib.request.proxy_bypass(backend.netloc):
+        return None
+    return proxy
+
+
+class Target(Generic[T]):
+    """One backend's inner transport and what its attempts share; ``in_flight`` counts its
+    requests not yet ended (a response counts until its body is closed)."""
+
+    __slots__ = ("backend", "transport", "url", "host", "extensions", "in_flight", "leaving",
+                 "_targets")
+
+    def __init__(self, targets: Targets[T], backend: Backend, transport: T) -> None:
+        self.backend = backend
+        self.transport = transport
+        self.url = httpx.URL(backend.url)
+        self.host = backend.authority.encode("ascii")        # (IDNA-encoded already)
+        # The TLS name of a backend reached by address (a DNS source's): httpcore sends it
+        # as SNI and verifies the certificate against it.
+        https_name = backend.scheme == "https" and backend.server_name is not None
+        self.extensions = {"sni_hostname": backend.tls_server_name} if https_name else {}
+        self.in_flight = 0
+        self.leaving = False
+        self._targets = targets
+
+    def release(self) -> T | None:
+        """One request on it ended: the transport to close now (it left, and this was its
+        last request), else None."""
+        return self._targets._release(self)
+
+    def close_later(self, transport: T) -> None:
+        """Have the owner close ``transport`` (where the caller cannot: a cancelled task)."""
+        self._targets.close_later([transport])
+
+
+class Targets(Generic[T]):
+    """The inner transports by backend URL, safe to use from any thread: picks come from the
+    caller's threads or loop, departures from whichever thread changed the members."""
+
+    def __init__(self, make: Callable[[Backend], T], is_member: Callable[[Backend], bool],
+                 close_later: Callable[[Iterable[T | None]], None]) -> None:
+        self._make = make
+        self._is_member = is_member
+        self.close_later = close_later
+        self._by_url: dict[str, Target[T]] = {}
+        self._lock = threading.Lock()
+
+    def acquire(self, backend: Backend) -> Target[T]:
+        """``backend``'s target, with one more request in flight on it; built on the
+        backend's first pick (under the lock: building an inner transport is quick, its TLS
+        context made once by the owner)."""
+        with self._lock:
+            target = self._by_url.get(backend.url)
+            if target is None:
+                target = Target(self, backend, self._make(backend))
+                # A backend picked just before it left, whose departure came before this
+                # first request: its transport is closed after this request.
+                target.leaving = not self._is_member(backend)
+                if not target.leaving:
+                    self._by_url[backend.url] = target
+            target.in_flight += 1
+            return target
+
+    def _release(self, target: Target[T]) -> T | None:
+        with self._lock:
+            target.in_flight -= 1
+            if target.leaving and target.in_flight == 0:
+                return target.transport
+        return None
+
+    def depart(self, urls: Iterable[str]) -> list[T]:
+        """The backends of ``urls`` left the pool: forget their targets; returns the
+        transports to close now (those with no request in flight; the others are returned
+        by :meth:`Target.release` when their last request ends)."""
+        closing = []
+        with self._lock:
+            for url in urls:
+                target = self._by_url.pop(url, None)
+                if target is not None:
+                    target.leaving = True
+                    if target.in_flight == 0:
+                        closing.append(target.transport)
+        return closing
+
+    def clear(self) -> list[T]:
+        """Forget every target: the transports to close (the owner is closing)."""
+        with self._lock:
+            targets, self._by_url = list(self._by_url.values()), {}
+            for target in targets:
+                target.leaving = True
+        return [target.transport for target in targets]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._by_url)

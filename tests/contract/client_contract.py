@@ -1,0 +1,501 @@
+"""The client contract: what every client front-end does with a call, written once.
+
+:class:`ClientContract` is a mixin of tests (cachetools' way: one suite, every
+implementation), run against the requests adapter (tests/adapter/test_adapter_contract.py)
+and the sync and async httpx transports (tests/transport/test_transport_contract.py)::
+
+    class TestSyncTransport(ClientContract):
+        front_end_class = HttpxFrontEnd
+
+Each test builds a front-end through the small interface of tests/contract/client_drivers.py
+(its keywords and ``from_env`` are the same for all), mounts it in its library's client
+for the virtual host ``http://svc``, and checks what reached the real loopback backends
+(tests/support/servers.py echoes it), what came back, and the pool's counts: in flight
+after every kind of ending, requests and failures. Where a library legitimately differs,
+the test branches on a documented attribute of its driver class (``reads_body_in_attempt``,
+``replays_files``), never by dropping a check. What is particular to one library (requests'
+exception arguments, urllib3 retries, pickling, httpx's cancellation) stays in that
+front-end's own test modules.
+"""
+
+from __future__ import annotations
+
+import gc
+import io
+import os
+import random
+from collections import Counter
+
+import pytest
+
+import lbmiddleware as lb
+
+from ..support.servers import refused_url
+from .client_drivers import VHOST, ClientFrontEnd, pool_of
+
+SHORT = (1.0, 0.3)          # connect, read: a hanging backend costs 0.3 s
+
+
+def in_flight(pool: lb.Balancer) -> list[int]:
+    return [row["in_flight"] for row in pool.stats()]
+
+
+def stat(pool: lb.Balancer, url: str) -> dict:
+    return next(row for row in pool.stats() if row["url"] == url)
+
+
+class ClientContract:
+    """The tests every client front-end passes; ``front_end_class`` says which one."""
+
+    front_end_class: type[ClientFrontEnd]
+
+    @pytest.fixture
+    def driver(self):
+        driver = self.front_end_class()
+        yield driver
+        driver.stop()
+
+    @pytest.fixture
+    def big(self, backends):
+        backends[0].body_size = 1_000_000
+        return backends[0]
+
+    # -- spreading --------------------------------------------------------------------------
+
+    def test_round_robin_spreads_exactly(self, driver, backends):
+        front = driver.make(backends)
+        client = driver.client(front)
+        counts = Counter(client.get("/x").server for _ in range(30))
+        assert counts == {"a": 10, "b": 10, "c": 10}
+        assert in_flight(front.balancer) == [0, 0, 0]
+        assert [row["requests"] for row in front.balancer.stats()] == [10, 10, 10]
+
+    def test_weights_are_honoured(self, driver, backends):
+        a, b, c = backends
+        front = driver.make([lb.Backend(a.url, 5), lb.Backend(b.url, 3), lb.Backend(c.url, 2)])
+        client = driver.client(front)
+        order = [client.get("/").server for _ in range(10)]
+        assert order == list("abcaabacba")
+
+    @pytest.mark.parametrize("policy", ["random", "least_conn", "ip_hash"])
+    def test_other_policies_serve_every_call(self, driver, backends, policy):
+        pool = lb.Balancer([s.url for s in backends], policy=policy, rng=random.Random(3))
+        client = driver.client(driver.make(balancer=pool))
+        counts = Counter(client.get("/").server for _ in range(30))
+        assert sum(counts.values()) == 30
+        assert set(counts) == {"a", "b", "c"}
+        if policy != "random":  # sequential: least_conn ties and keyless ip_hash go round-robin
+            assert counts == {"a": 10, "b": 10, "c": 10}
+        assert in_flight(pool) == [0, 0, 0]
+
+    def test_latency_policy_avoids_the_slow_backend(self, driver, backends):
+        a, b, c = backends
+        b.delay = 0.02
+        pool = lb.Balancer([s.url for s in backends], policy="latency", rng=random.Random(5))
+        client = driver.client(driver.make(balancer=pool))
+        counts = Counter(client.get("/").server for _ in range(40))
+        assert counts["b"] <= 3
+        assert counts["a"] + counts["c"] >= 37
+        assert stat(pool, b.url)["latency"] >= 0.015     # time to head was measured
+
+    # -- the request as it reaches the backend ------------------------------------------------
+
+    def test_method_path_query_body_headers_cookies_and_auth_are_preserved(self, driver,
+                                                                           backends):
+        a = backends[0]
+        client = driver.client(driver.make([a]))
+        response = client.request("POST", "/api/items", params={"page": 2, "q": "a b"},
+                                  json={"n": 1}, headers={"X-Custom": "yes"},
+                                  cookies={"sid": "s1"}, auth=("user", "pw"))
+        echo = response.json()
+        assert echo["method"] == "POST"
+        assert echo["path"] == "/api/items?page=2&q=a+b"
+        assert echo["body"].replace(" ", "") == '{"n":1}'     # (httpx writes JSON compactly)
+        assert echo["headers"]["X-Custom"] == "yes"
+        assert echo["headers"]["Cookie"] == "sid=s1"
+        assert echo["headers"]["Authorization"].startswith("Basic ")
+        assert echo["headers"]["Content-Type"] == "application/json"
+        assert echo["headers"]["Host"] == f"127.0.0.1:{a.port}"
+        assert response.url == f"{VHOST}/api/items?page=2&q=a+b"
+        assert response.request_url == response.url
+
+    def test_backend_base_path_is_prefixed(self, driver, backends):
+        a = backends[0]
+        client = driver.client(driver.make([a.url + "/v1/"]))
+        assert client.get("/api/items?x=1").json()["path"] == "/v1/api/items?x=1"
+        assert client.get("").json()["path"] == "/v1/"
+
+    def test_preserve_host_sends_the_virtual_host(self, driver, backends):
+        a = backends[0]
+        client = driver.client(driver.make([a], preserve_host=True), vhost="http://svc:8080")
+        assert client.get("/x").json()["headers"]["Host"] == "svc:8080"
+        explicit = client.get("/x", headers={"Host": "other"})
+        assert explicit.json()["headers"]["Host"] == "other"
+
+    def test_cookies_and_redirects_stay_on_the_virtual_host(self, driver, backends):
+        a, b, _ = backends
+        for server in (a, b):
+            server.extra_headers = [("Set-Cookie", "sid=abc; Path=/")]
+            server.redirects = {"/old": "/new"}
+        client = driver.client(driver.make([a, b]))
+        first = client.get("/old")
+        assert first.history == [302]
+        assert first.url == f"{VHOST}/new"
+        assert first.json()["path"] == "/new"
+        assert client.cookie_domains() == ["svc.local"]
+        assert client.get("/again").json()["headers"]["Cookie"] == "sid=abc"
+        # every call went through the front-end: the redirect was followed on the pool
+        assert a.requests + b.requests == 3
+
+    # -- failures and retries -------------------------------------------------------------------
+
+    def test_refused_backend_gives_no_errors_and_is_ejected(self, driver, backends):
+        a, _, c = backends
+        dead = refused_url()
+        front = driver.make([a.url, dead, c.url], max_fails=3)
+        client = driver.client(front)
+        counts = Counter(client.get("/").server for _ in range(30))
+        assert sum(counts.values()) == 30
+        row = stat(front.balancer, dead)
+        assert row["state"] == "ejected"
+        assert row["failures"] == 3
+        assert in_flight(front.balancer) == [0, 0, 0]
+
+    def test_connect_failure_is_retried_for_post_too(self, driver, backends):
+        a = backends[0]
+        client = driver.client(driver.make([refused_url(), a.url]))
+        response = client.request("POST", "/orders", body=b"one order")
+        assert response.server == "a"
+        assert a.received[0][3] == b"one order"
+
+    def test_every_backend_refusing_raises_connection_error_naming_them(self, driver):
+        dead = [refused_url(), refused_url()]
+        front = driver.make(dead)
+        client = driver.client(front)
+        with pytest.raises(driver.errors.connect) as info:
+            client.get("/")
+        assert all(url in str(info.value) for url in dead)
+        assert info.value.backends_tried == tuple(dead)
+        assert str(info.value.request.url) == f"{VHOST}/"
+        assert [row["failures"] for row in front.balancer.stats()] == [1, 1]
+        assert in_flight(front.balancer) == [0, 0]
+
+    def test_hanging_backend_get_is_retried_post_is_not(self, driver, backends):
+        a, b, _ = backends
+        a.behaviour = "hang"
+        front = driver.make([a, b])
+        response = driver.client(front).get("/", timeout=SHORT)
+        assert response.server == "b"
+        assert stat(front.balancer, a.url)["failures"] == 1
+
+        front = driver.make([a, b])
+        with pytest.raises(driver.errors.read_timeout) as info:
+            driver.client(front).request("POST", "/", body=b"x", timeout=SHORT)
+        assert a.url in str(info.value) and b.url not in str(info.value)
+        assert [m for m, *_ in b.received] == ["GET"]
+        assert in_flight(front.balancer) == [0, 0]
+
+    def test_settings_timeouts_apply_when_the_call_gives_none(self, driver, backends):
+        a, b, _ = backends
+        a.behaviour = "hang"
+        front = driver.make([a], read_timeout=0.3, retries=0)
+        with pytest.raises(driver.errors.read_timeout):
+            driver.client(front).get("/")
+        front = driver.make([a, b], read_timeout=0.3, retries=0)
+        with pytest.raises(driver.errors.read_timeout):                # retries=0: no second try
+            driver.client(front).get("/")
+        assert b.requests == 0
+
+    def test_retry_non_idempotent_opts_in(self, driver, backends):
+        a, b, _ = backends
+        a.behaviour = "hang"
+        client = driver.client(driver.make([a, b], retry_non_idempotent=True))
+        assert client.request("POST", "/", body=b"x", timeout=SHORT).server == "b"
+
+    def test_fail_status_is_retried_for_get(self, driver, backends):
+        a, b, _ = backends
+        a.status = 503
+        front = driver.make([a, b])
+        client = driver.client(front)
+        response = client.get("/")
+        assert (response.status, response.server) == (200, "b")
+        assert stat(front.balancer, a.url)["failures"] == 1
+        # the 503's connection was read and kept: the next call to a reuses it
+        front.balancer.update([a.url])
+        assert client.get("/").status == 503
+        assert a.connections == 1
+
+    @pytest.mark.parametrize("stream", [False, True])
+    def test_all_fail_statuses_return_the_last_response(self, driver, backends, stream):
+        for server in backends:
+            server.status = 503
+        front = driver.make(backends, retries=2)
+        client = driver.client(front)
+        response = client.stream("GET") if stream else client.get("/")
+        assert response.status == 503
+        assert response.server == "c"
+        assert [s.requests for s in backends] == [1, 1, 1]
+        if stream:
+            response.close()
+        assert in_flight(front.balancer) == [0, 0, 0]
+        assert [row["failures"] for row in front.balancer.stats()] == [1, 1, 1]
+
+    def test_retries_are_bounded(self, driver, backends):
+        for server in backends:
+            server.status = 502
+        assert driver.client(driver.make(backends, retries=1)).get("/").status == 502
+        assert [s.requests for s in backends] == [1, 1, 0]
+
+    def test_fail_status_on_post_is_returned_without_retry(self, driver, backends):
+        a, b, _ = backends
+        a.status = 503
+        response = driver.client(driver.make([a, b])).request("POST", "/", body=b"x")
+        assert (response.status, response.server) == (503, "a")
+        assert b.requests == 0
+
+    def test_an_in_memory_body_is_replayed_a_generator_body_is_not(self, driver, backends):
+        a, b, _ = backends
+        a.status = 503
+        client = driver.client(driver.make([a, b]))
+        response = client.request("PUT", "/doc", body=b"payload", timeout=SHORT)
+        assert response.server == "b"
+        assert b.received[-1][3] == b"payload"
+
+        if driver.replays_files:
+            client = driver.client(driver.make([a, b]))
+            body = io.BytesIO(b"skip:payload")
+            body.seek(5)
+            response = client.request("PUT", "/doc", body=body, timeout=SHORT)
+            assert response.server == "b"
+            assert b.received[-1][3] == b"payload"
+
+        requests_before = b.requests
+        client = driver.client(driver.make([a, b]))
+        response = client.request("PUT", "/doc", body=[b"pay", b"load"], timeout=SHORT)
+        assert (response.status, response.server) == (503, "a")
+        assert a.received[-1][3] == b"payload"
+        assert b.requests == requests_before
+
+    def test_connection_closed_before_the_head(self, driver, backends):
+        a, b, _ = backends
+        a.behaviour = "close"
+        assert driver.client(driver.make([a, b])).get("/").server == "b"
+        front = driver.make([a, b])
+        with pytest.raises(driver.errors.closed) as info:
+            driver.client(front).request("POST", "/", body=b"x")
+        assert a.url in str(info.value)
+        assert b.requests == 1
+        assert in_flight(front.balancer) == [0, 0]
+
+    def test_connection_closed_mid_body(self, driver, backends):
+        a, b, _ = backends
+        a.behaviour = "truncate"
+        front = driver.make([a, b])
+        if driver.reads_body_in_attempt:        # the caller saw nothing: retried
+            assert driver.client(front).get("/").server == "b"
+        else:                                   # the client has the response: not retried
+            with pytest.raises(driver.errors.cut):
+                driver.client(front).get("/")
+            assert b.requests == 0
+        assert stat(front.balancer, a.url)["failures"] == 1
+
+        front = driver.make([a, b])
+        response = driver.client(front).stream("GET")       # bytes reached the caller
+        assert response.status == 200
+        with pytest.raises(driver.errors.cut):
+            response.read_all()
+        assert in_flight(front.balancer) == [0, 0]
+
+    def test_a_body_that_fails_to_decode_is_not_the_backends_fault(self, driver, backends):
+        a, b, _ = backends
+        for server in (a, b):
+            server.extra_headers = [("Content-Encoding", "gzip")]      # a JSON body: not gzip
+        front = driver.make([a, b])
+        with pytest.raises(driver.errors.decoding):                   # as the plain client
+            driver.client(front).get("/")
+        assert (a.requests, b.requests) == (1, 0)                     # not replayed
+        assert [row["failures"] for row in front.balancer.stats()] == [0, 0]
+        assert in_flight(front.balancer) == [0, 0]
+
+    def test_empty_pool_raises_no_healthy_backend_as_the_librarys_connect_error(self, driver,
+                                                                               backends):
+        pool = lb.Balancer([backends[0].url])
+        pool.update([])
+        client = driver.client(driver.make(balancer=pool))
+        with pytest.raises(driver.errors.base) as info:
+            client.get("/")
+        assert isinstance(info.value, driver.errors.no_healthy)
+        assert isinstance(info.value, lb.NoHealthyBackend)
+        assert isinstance(info.value, driver.errors.connect)
+        assert str(info.value.request.url) == f"{VHOST}/"
+
+    # -- in flight never leaks ------------------------------------------------------------------
+
+    def test_stream_counts_in_flight_until_closed(self, driver, big):
+        front = driver.make([big])
+        client = driver.client(front)
+        response = client.stream("GET")
+        assert response.read_some()
+        assert in_flight(front.balancer) == [1]
+        assert front.balancer.stats()[0]["requests"] == 0
+        response.close()
+        response.close()
+        assert in_flight(front.balancer) == [0]
+        assert front.balancer.stats()[0]["requests"] == 1
+
+    def test_stream_read_to_the_end_ends_the_attempt(self, driver, big):
+        front = driver.make([big])
+        client = driver.client(front)
+        response = client.stream("GET")
+        assert response.read_rest() == 1_000_000
+        assert in_flight(front.balancer) == [0]
+        client.get("/")
+        assert big.connections == 1                      # the connection went back to the pool
+        assert front.balancer.stats()[0]["requests"] == 2
+
+    def test_abandoned_stream_ends_when_collected(self, driver, big):
+        front = driver.make([big])
+        response = driver.client(front).stream("GET")
+        assert in_flight(front.balancer) == [1]
+        del response
+        gc.collect()
+        assert in_flight(front.balancer) == [0]
+
+    def test_exception_from_the_callers_body_releases_without_a_failure(self, driver, backends):
+        def body():
+            yield b"part"
+            raise RuntimeError("the caller's generator broke")
+
+        front = driver.make([backends[0]])
+        with pytest.raises(RuntimeError):
+            driver.client(front).request("POST", "/", body=_Broken(body))
+        row = front.balancer.stats()[0]
+        assert (row["in_flight"], row["failures"], row["requests"]) == (0, 0, 0)
+
+    def test_exception_from_key_func_picks_nothing(self, driver, backends):
+        def key_func(request):
+            raise LookupError("no key")
+
+        front = driver.make([backends[0]], policy="ip_hash", key_func=key_func)
+        with pytest.raises(LookupError):
+            driver.client(front).get("/")
+        assert in_flight(front.balancer) == [0]
+
+    # -- stickiness -----------------------------------------------------------------------------
+
+    def test_ip_hash_by_header_sticks_and_moves_only_the_dead_backends_keys(self, driver,
+                                                                            backends, clock):
+        a, b, c = backends
+        pool = lb.Balancer([s.url for s in backends], policy="ip_hash",
+                           max_fails=1, fail_timeout=10.0, timer=clock)
+        client = driver.client(driver.make(balancer=pool, hash_key="header:X-User-Id"))
+
+        def owners() -> dict[str, str]:
+            return {f"user-{i}": client.get("/", headers={"X-User-Id": f"user-{i}"}).server
+                    for i in range(30)}
+
+        before = owners()
+        assert set(before.values()) == {"a", "b", "c"}
+        assert owners() == before
+        b.stop()
+        during = owners()                                # no errors: b's keys were retried
+        assert "b" not in during.values()
+        assert {k: v for k, v in during.items() if before[k] != "b"} == \
+               {k: v for k, v in before.items() if v != "b"}
+        assert stat(pool, b.url)["state"] == "ejected"
+        b.start()
+        clock.advance(10.5)
+        assert owners() == before                        # b's keys came back
+        assert in_flight(pool) == [0, 0, 0]
+
+    def test_ip_hash_by_cookie_and_by_key_func(self, driver, backends):
+        pool = lb.Balancer([s.url for s in backends], policy="ip_hash")
+        client = driver.client(driver.make(balancer=pool, hash_key="cookie:sid"))
+        for sid in ("s1", "s2", "s3", "s4"):
+            seen = {client.get("/", cookies={"other": "x", "sid": sid}).server
+                    for _ in range(4)}
+            assert len(seen) == 1
+
+        front = driver.make(backends, policy="ip_hash",
+                            key_func=lambda request: driver.path_of(request).split("/")[2])
+        client = driver.client(front)
+        for tenant in ("t1", "t2", "t3", "t4"):
+            seen = {client.get(f"/tenants/{tenant}/{i}").server for i in range(4)}
+            assert len(seen) == 1
+
+    # -- configuration --------------------------------------------------------------------------
+
+    def test_from_env(self, driver, backends):
+        a, b, _ = backends
+        front = driver.from_env(
+            {"LB_BACKENDS": f"{a.url} weight=2, {b.url}", "LB_POLICY": "least_conn",
+             "LB_RETRIES": "1", "LB_PRESERVE_HOST": "yes", "LB_READ_TIMEOUT": "250ms"})
+        assert front.balancer.settings.policy == "least_conn"
+        assert front.settings.retries == 1
+        assert front.settings.preserve_host is True
+        assert front.settings.read_timeout == 0.25
+        assert front.forwarding is front.settings
+        assert driver.client(front).get("/").json()["headers"]["Host"] == "svc"
+
+    @pytest.mark.parametrize("environ, message", [
+        ({"LB_BACKENDS": "http://127.0.0.1:1", "LB_RETRIES": "x"}, "LB_RETRIES has value 'x'"),
+        ({"LB_BACKENDS": "http://127.0.0.1:1", "LB_RETRY_NON_IDEMPOTENT": "maybe"},
+         "LB_RETRY_NON_IDEMPOTENT has value 'maybe'"),
+        ({"LB_BACKENDS": "ftp://127.0.0.1:1"}, "LB_BACKENDS has value 'ftp://127.0.0.1:1'"),
+        ({}, "LB_BACKENDS is not set"),
+    ])
+    def test_from_env_rejects_bad_settings(self, driver, environ, message):
+        with pytest.raises(lb.ConfigError, match=message):
+            driver.from_env(environ)
+
+    def test_bad_keyword_arguments(self, driver):
+        with pytest.raises(lb.ConfigError, match="retries has value -1"):
+            driver.make(["http://127.0.0.1:1"], retries=-1)
+        pool = lb.Balancer(["http://127.0.0.1:1"])
+        with pytest.raises(lb.ConfigError, match="policy given with balancer="):
+            driver.make(balancer=pool, policy="random")
+        front = driver.make(balancer=pool, retry_non_idempotent=True)
+        assert isinstance(front.settings, lb.ForwardingSettings)
+        assert front.settings.retry_non_idempotent is True
+        with pytest.raises(TypeError, match="'prefix': prefix is a setting of ProxySettings"):
+            driver.make(["http://127.0.0.1:1"], prefix="/api")
+        with pytest.raises(TypeError, match=r"'retires' \(did you mean retries\?\)"):
+            driver.make(balancer=pool, retires=1)
+
+    def test_front_ends_sharing_a_balancer_each_have_their_own_forwarding_settings(self,
+                                                                                   driver):
+        pool = lb.Balancer(["http://127.0.0.1:1"], max_fails=7)
+        quick = driver.make(balancer=pool, retries=0, read_timeout=0.5)
+        patient = driver.make(balancer=pool, retries=4, hash_key="header:X-User")
+        assert pool_of(quick) is pool_of(patient) is pool
+        assert (quick.settings.retries, quick.settings.read_timeout) == (0, 0.5)
+        assert (patient.settings.retries, patient.settings.hash_key) == (4, "header:X-User")
+
+    def test_without_backends_the_front_end_reads_lb_variables(self, driver, monkeypatch,
+                                                              backends):
+        for name in [n for n in os.environ if n.startswith("LB_")]:
+            monkeypatch.delenv(name)
+        with pytest.raises(lb.ConfigError, match="LB_BACKENDS is not set: it is required"):
+            driver.make()
+        monkeypatch.setenv("LB_BACKENDS", backends[1].url)
+        monkeypatch.setenv("LB_RETRIES", "0")
+        front = driver.make(read_timeout=2)              # keywords win over variables
+        assert [b.url for b in front.balancer.backends] == [backends[1].url]
+        assert (front.settings.retries, front.settings.read_timeout) == (0, 2.0)
+        assert driver.client(front).get("/").server == "b"
+
+    def test_exported_lazily_from_the_package(self, driver):
+        cls = driver.front_end_class
+        assert getattr(lb, cls.__name__) is cls
+
+
+class _Broken(list):
+    """A body whose chunks come from a generator that raises (a list, so the drivers send
+    it as a generator of chunks)."""
+
+    def __init__(self, make) -> None:
+        super().__init__()
+        self._make = make
+
+    def __iter__(self):
+        return self._make()
