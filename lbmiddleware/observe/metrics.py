@@ -77,8 +77,8 @@ def register(pool: CoreBalancer, registry: CollectorRegistry | None = None, *,
             pools = _Pools()
             registry.register(pools)     # refused if another collector has these names
             _registered[registry] = pools
-        pools.add(name, pool)
-    return PoolCollector(name, pool, registry)
+        held = pools.add(name, pool)
+    return PoolCollector(name, held, registry)
 
 
 def exposition(pools: Pools) -> tuple[bytes, str]:
@@ -101,10 +101,11 @@ class PoolCollector:
     metrics alone and :meth:`unregister` takes the pool out of the registry.
     """
 
-    def __init__(self, name: str, pool: CoreBalancer, registry: CollectorRegistry) -> None:
+    def __init__(self, name: str, pool: weakref.ref[CoreBalancer],
+                 registry: CollectorRegistry) -> None:
         self.name = name
         self.registry = registry
-        self._pool = weakref.ref(pool)
+        self._pool = pool
 
     @property
     def pool(self) -> CoreBalancer | None:
@@ -136,13 +137,16 @@ class _Pools:
         # Replaced whole on each change (under _lock), so a scrape reads it without a lock.
         self._pools: dict[str, weakref.ref[CoreBalancer]] = {}
 
-    def add(self, name: str, pool: CoreBalancer) -> None:
+    def add(self, name: str, pool: CoreBalancer) -> weakref.ref[CoreBalancer]:
+        """Hold ``pool`` under ``name``; the reference is the pool's key for :meth:`remove`."""
         held = self._pools.get(name)
         if held is not None and held() is not None:
             raise ConfigError(
                 f"a pool named {name!r} is already registered in this registry: "
                 f"register this one with another name= (the label pool tells them apart)")
-        self._pools = {**self._pools, name: weakref.ref(pool)}
+        ref = weakref.ref(pool)
+        self._pools = {**self._pools, name: ref}
+        return ref
 
     def remove(self, name: str, ref: weakref.ref[CoreBalancer]) -> bool:
         if self._pools.get(name) is not ref:
@@ -261,6 +265,6 @@ def _families(named: Iterable[tuple[str, CoreBalancer]]) -> list[Metric]:
 
 
 def _check_name(name: object) -> None:
-    if not isinstance(name, str) or not name:
+    if not isinstance(name, str) or not name.strip():
         raise ConfigError(f"name has value {name!r}: a pool's name is a non-empty string "
                           f"(the value of its metrics' label pool)")

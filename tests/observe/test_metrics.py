@@ -313,10 +313,14 @@ class TestRegister:
 
     def test_the_pool_is_held_weakly(self):
         registry = CollectorRegistry()
-        metrics.register(Balancer([A]), registry, name="orders")
+        gone = metrics.register(Balancer([A]), registry, name="orders")
         gc.collect()
+        assert gone.pool is None
         assert "lbmiddleware_backend_up{" not in generate_latest(registry).decode()
-        metrics.register(Balancer([B]), registry, name="orders")   # the name is free again
+        pool = Balancer([B])
+        metrics.register(pool, registry, name="orders")           # the name is free again
+        gone.unregister()                                         # not the new pool's place
+        assert Scrape(generate_latest(registry)).backends("lbmiddleware_backend_up") == {B}
 
     def test_a_bad_pool_or_name_is_refused_naming_it(self):
         with pytest.raises(TypeError, match="takes an lb.Balancer, got 'http://a:1'"):

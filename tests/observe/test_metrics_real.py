@@ -5,6 +5,7 @@ a real dnsmasq, and a real Prometheus server scraping a live pool and answering 
 from __future__ import annotations
 
 import time
+import urllib.request
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
@@ -14,6 +15,7 @@ from lbmiddleware.core.balancer import Balancer
 from lbmiddleware.observe import metrics
 
 from ..support.dnsmasq import Dnsmasq
+from ..support.gateway import GatewayProcess
 from ..support.prometheus import Prometheus, promtool_check_metrics
 from ..support.waiting import wait_for
 from .test_metrics import Scrape, backend
@@ -131,23 +133,18 @@ def prometheus(tmp_path):
 
 
 @pytest.mark.prometheus
-def test_prometheus_scrapes_the_requests_counted_by_backend(prometheus, backends):
-    import requests
-
-    from lbmiddleware.observe.app import status_wsgi_app
-
-    from ..support.wsgi_server import serve_wsgi
-
-    pool = lb.Balancer([b.url for b in backends], policy="round_robin")
-    session = requests.Session()
-    session.mount("http://lb", lb.LoadBalancingAdapter(balancer=pool))
-    with serve_wsgi(status_wsgi_app(pool)) as port:
-        server = prometheus([f"127.0.0.1:{port}"])
+def test_prometheus_reads_the_gateways_requests_from_its_admin_port(prometheus, backends):
+    environ = {"LB_BACKENDS": ",".join(b.url for b in backends), "LB_POLICY": "round_robin",
+               "LB_ADMIN_LISTEN": "127.0.0.1:0"}
+    with GatewayProcess(environ) as gateway:
+        assert gateway.admin_port, gateway.banner
+        server = prometheus([f"127.0.0.1:{gateway.admin_port}"])
         sent = 30
         for i in range(sent):
-            assert session.get(f"http://lb/item/{i}").status_code == 200
+            with urllib.request.urlopen(f"{gateway.url}/item/{i}", timeout=10) as answer:
+                assert answer.status == 200
         counts = {b.url: b.requests for b in backends}
-        assert sum(counts.values()) == sent
+        assert sum(counts.values()) == sent and min(counts.values()) > 0
 
         def scraped() -> dict[str, float]:
             rows = server.query('lbmiddleware_backend_requests_total{outcome="success"}')
@@ -155,5 +152,8 @@ def test_prometheus_scrapes_the_requests_counted_by_backend(prometheus, backends
 
         assert poll(lambda: scraped() == counts, timeout=30), (scraped(), counts,
                                                                server.targets())
-        failures = server.query('sum(lbmiddleware_backend_requests_total{outcome="failure"})')
-        assert float(failures[0]["value"][1]) == 0
+        [failures] = server.query('sum(lbmiddleware_backend_requests_total{outcome="failure"})')
+        assert float(failures["value"][1]) == 0
+        [target] = server.targets()
+        assert target["health"] == "up" and target["labels"]["instance"] == \
+            f"127.0.0.1:{gateway.admin_port}"
