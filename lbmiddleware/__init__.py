@@ -33,6 +33,8 @@ _FRONT_ENDS = {
     "NoHealthyBackendError": "lbmiddleware.adapter",
     "LoadBalancerMiddleware": "lbmiddleware.asgi",
     "WSGILoadBalancer": "lbmiddleware.wsgi",
+    "LoadBalancingTransport": "lbmiddleware.transport",
+    "AsyncLoadBalancingTransport": "lbmiddleware.transport",
 }
 # Modules offered as attributes, loaded on first use as the front-ends are.
 _MODULES: dict[str, str] = {}
@@ -41,6 +43,7 @@ if TYPE_CHECKING:
     # Type checkers see the front-ends' real types; at run time __getattr__ loads them.
     from .adapter import LoadBalancingAdapter, NoHealthyBackendError
     from .asgi import LoadBalancerMiddleware
+    from .transport import AsyncLoadBalancingTransport, LoadBalancingTransport
     from .wsgi import WSGILoadBalancer
 else:
     # Hidden from type checkers, so that a misspelt name is an error there, not an Any.
@@ -63,5 +66,6 @@ __all__ = [
     "LBError", "ConfigError", "NoHealthyBackend", "stable_hash",
     "LoadBalancingAdapter", "AdapterSettings", "NoHealthyBackendError",
     "LoadBalancerMiddleware", "WSGILoadBalancer", "ProxySettings",
+    "LoadBalancingTransport", "AsyncLoadBalancingTransport",
     "__version__",
 ]
