@@ -35,14 +35,17 @@ _FRONT_ENDS = {
     "WSGILoadBalancer": "lbmiddleware.wsgi",
     "LoadBalancingTransport": "lbmiddleware.transport",
     "AsyncLoadBalancingTransport": "lbmiddleware.transport",
+    "status_app": "lbmiddleware.observe",
+    "status_wsgi_app": "lbmiddleware.observe",
 }
 # Modules offered as attributes, loaded on first use as the front-ends are.
-_MODULES: dict[str, str] = {}
+_MODULES: dict[str, str] = {"metrics": "lbmiddleware.observe.metrics"}
 
 if TYPE_CHECKING:
     # Type checkers see the front-ends' real types; at run time __getattr__ loads them.
     from .adapter import LoadBalancingAdapter, NoHealthyBackendError
     from .asgi import LoadBalancerMiddleware
+    from .observe import metrics, status_app, status_wsgi_app
     from .transport import AsyncLoadBalancingTransport, LoadBalancingTransport
     from .wsgi import WSGILoadBalancer
 else:
@@ -67,5 +70,6 @@ __all__ = [
     "LoadBalancingAdapter", "AdapterSettings", "NoHealthyBackendError",
     "LoadBalancerMiddleware", "WSGILoadBalancer", "ProxySettings",
     "LoadBalancingTransport", "AsyncLoadBalancingTransport",
+    "status_app", "status_wsgi_app", "metrics",
     "__version__",
 ]

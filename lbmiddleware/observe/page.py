@@ -1,0 +1,488 @@
+"""The status page: HTML for people, drawn from a :func:`~.snapshot.snapshot`.
+
+One table per pool, a row per backend, as HAProxy's stats page and Envoy's ``/clusters`` show
+them: the state in words with its progress ("DOWN 1/2", "ejected 8s left", "slow start 35%"),
+the counters and their rates, and two small charts of the last minutes (request rate, failures
+in red, and mean latency) as inline SVG. It refreshes itself with a ``<meta>`` refresh and has
+no JavaScript; on a narrow screen (a phone) each row becomes a card.
+
+Every value printed goes through :func:`html.escape`: backend URLs, source names and error
+texts come from configuration and from the network.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .history import INTERVAL, KEEP
+
+__all__ = ["render", "state_text", "age", "duration"]
+
+
+def render(snap: Mapping[str, Any], *, refresh: float = 5.0) -> str:
+    """The page for ``snap`` (a snapshot), refreshing every ``refresh`` seconds."""
+    ready = snap.get("ready")
+    pools = snap.get("pools", [])
+    title = "lbmiddleware status" if ready else "NOT READY · lbmiddleware status"
+    body = "".join(_pool(pool) for pool in pools)
+    return (
+        "<!doctype html>\n"
+        '<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f'<meta http-equiv="refresh" content="{_e(_seconds_attr(refresh))}">'
+        f"<title>{_e(title)}</title><style>{_STYLE}</style></head>\n"
+        "<body><header>"
+        '<div class="title"><h1>lbmiddleware</h1>'
+        + (_chip("ready", "ok") if ready else _chip("not ready", "bad"))
+        + "</div>"
+        f'<p class="meta">{_e(_when(snap.get("time")))} · refreshes every '
+        f"{_e(duration(refresh))} · "
+        '<a href="status.json">status.json</a> · <a href="metrics">metrics</a></p>'
+        f"</header>\n<main>{body}</main></body></html>\n")
+
+
+# -- a pool --------------------------------------------------------------------------------
+
+def _pool(pool: Mapping[str, Any]) -> str:
+    panic = ""
+    if pool.get("panic"):
+        since = pool.get("panic_age")
+        panic = _chip("panic" + (f" for {duration(since)}" if since is not None else ""),
+                      "bad", "every backend is unusable: picking among all of them")
+    facts = [
+        ("policy", str(pool.get("policy", "?"))),
+        ("usable", f"{_count(pool.get('usable'))} of {_count(pool.get('members'))}"),
+        ("draining", _count(pool.get("draining"))),
+        ("retries", _count(pool.get("retries"))),
+        ("health checks", "on" if pool.get("health_check") else "off"),
+    ]
+    if pool.get("slow_start"):
+        facts.append(("slow start", duration(pool["slow_start"])))
+    facts_html = "".join(f"<div><dt>{_e(name)}</dt><dd>{_e(value)}</dd></div>"
+                         for name, value in facts)
+    sources = pool.get("sources") or []
+    backends = pool.get("backends") or []
+    rows = "".join(_backend(row) for row in backends)
+    if not rows:
+        rows = f'<tr><td class="empty" colspan="{len(_COLUMNS)}">no backends</td></tr>'
+    return (
+        '<section class="pool">'
+        f'<div class="pool-head"><h2>{_e(pool.get("name", ""))}</h2>{panic}</div>'
+        f'<dl class="facts">{facts_html}</dl>'
+        + (_sources(sources) if sources else "")
+        + '<div class="scroll"><table class="backends"><thead><tr>'
+        + "".join(f'<th{_class(css)}>{_e(name)}</th>' for name, css in _COLUMNS)
+        + f"</tr></thead><tbody>{rows}</tbody></table></div></section>\n")
+
+
+_COLUMNS = (("Backend", ""), ("State", ""), ("Tier", "num"), ("Weight", "num"),
+            ("In flight", "num"), ("Requests", "num"), ("Failures", "num"),
+            ("Ejections", "num"), ("Latency", "num"), ("Changed", ""), ("Check", ""),
+            ("Last 10 minutes", ""))
+
+
+def _sources(sources: Sequence[Mapping[str, Any]]) -> str:
+    rows = []
+    for row in sources:
+        error = row.get("last_error")
+        partial = row.get("partial")
+        if row.get("failing_for") is not None:
+            status = _chip(f"failing for {duration(row['failing_for'])}", "bad")
+        elif partial:
+            status = _chip("partly failing", "warn")
+        elif row.get("last_success_ago") is not None:
+            status = _chip("answering", "ok")
+        else:
+            status = _chip("no answer yet", "idle")
+        problem = partial or error
+        problem_html = "—"
+        if problem:
+            when = row.get("last_error_ago")
+            problem_html = (f'<span class="error">{_e(problem)}</span>'
+                            + (f"<small>{_e(age(when))}</small>" if when is not None
+                               and not partial else ""))
+        rows.append(
+            "<tr>"
+            f'<td data-label="Source"><span class="url">{_e(row.get("source", ""))}</span>'
+            f'<small>{_e(row.get("kind", ""))}</small></td>'
+            f'<td class="wide" data-label="Status">{status}</td>'
+            f'<td class="num" data-label="Backends">{_e(_count(row.get("backends")))}</td>'
+            f'<td data-label="Last success">{_e(age(row.get("last_success_ago")))}</td>'
+            f'<td data-label="Next refresh">{_e(_in(row.get("next_refresh_in")))}</td>'
+            f'<td class="full" data-label="Last error">{problem_html}</td>'
+            "</tr>")
+    head = "".join(f"<th{_class(css)}>{name}</th>" for name, css in (
+        ("Source", ""), ("Status", ""), ("Backends", "num"), ("Last success", ""),
+        ("Next refresh", ""), ("Last error", "")))
+    return (f'<div class="scroll"><table class="sources"><thead><tr>{head}</tr></thead>'
+            f'<tbody>{"".join(rows)}</tbody></table></div>')
+
+
+# -- a backend -----------------------------------------------------------------------------
+
+def _backend(row: Mapping[str, Any]) -> str:
+    text, kind = state_text(row)
+    source = row.get("source")
+    weight, effective = row.get("weight"), row.get("effective_weight")
+    weight_html = _e(_number(weight))
+    if effective is not None and effective != weight:
+        weight_html = (f'{_e(_number(effective))}<small>of {_e(_number(weight))}</small>')
+    latency = row.get("latency")
+    estimate = row.get("latency_estimate")
+    latency_html = _e(_ms(latency)) if latency is not None else "—"
+    if estimate is not None:
+        latency_html += f"<small>est. {_e(_ms(estimate))}</small>"
+    history = row.get("history") or {}
+    cells = [
+        ("Backend", "", f'<span class="url">{_e(row.get("url", ""))}</span>'
+                        + (f"<small>from {_e(source)}</small>" if source else "")),
+        ("State", "state", _chip(text, kind)),
+        ("Tier", "num", _e(_count(row.get("priority")))),
+        ("Weight", "num", weight_html),
+        ("In flight", "num", _e(_count(row.get("in_flight")))),
+        ("Requests", "num", _e(_count(row.get("requests")))
+         + _rate_html(row.get("requests_per_second"))),
+        ("Failures", "num", _e(_count(row.get("failures")))
+         + _rate_html(row.get("failures_per_second"))),
+        ("Ejections", "num", _e(_count(row.get("ejections")))),
+        ("Latency", "num", latency_html),
+        ("Changed", "age", _e(age(row.get("state_age")))),
+        ("Check", "check", _check(row.get("health_check"))),
+        ("Last 10 minutes", "trend", _charts(history)),
+    ]
+    return (f'<tr class="{_e("state-" + str(row.get("state", "")))}">'
+            + "".join(f'<td{_class(css)} data-label="{_e(label)}">{content}</td>'
+                      for label, css, content in cells)
+            + "</tr>")
+
+
+def state_text(row: Mapping[str, Any]) -> tuple[str, str]:
+    """A backend's state in words, HAProxy style, and its colour: ``("DOWN 1/2", "bad")``,
+    ``("ejected 8s left", "bad")``, ``("slow start 35%", "info")``, ``("UP", "ok")``..."""
+    state = row.get("state")
+    check = row.get("health_check")
+    check = check if isinstance(check, Mapping) else {}
+    if state == "ejected":
+        left = row.get("ejection_left")
+        return ("ejected" + (f" {duration(left, up=True)} left" if left is not None else ""),
+                "bad")
+    if state == "down":
+        if check.get("status") == "pending":
+            return "waiting for a first check", "idle"
+        rise = check.get("rise") or 0
+        to_go = check.get("passes_to_up")
+        return (f"DOWN {rise}/{rise + to_go}" if isinstance(to_go, int) else "DOWN"), "bad"
+    if state == "draining":
+        left = row.get("drain_left")
+        return ("draining" + (f", {duration(left, up=True)} left" if left is not None
+                              else ""), "drain")
+    if state == "slow_start":
+        ramp = row.get("ramp")
+        return ("slow start" + (f" {math.floor(ramp * 100)}%" if ramp is not None else ""),
+                "info")
+    if state == "probation":
+        return "probation", "warn"
+    if state == "healthy":
+        fall = check.get("fall") or 0
+        to_go = check.get("fails_to_down")
+        if fall and isinstance(to_go, int):
+            return f"UP {fall}/{fall + to_go} failing", "warn"
+        return "UP", "ok"
+    return str(state), "idle"
+
+
+def _check(check: object) -> str:
+    if not isinstance(check, Mapping):
+        return '<span class="muted">off</span>'
+    last = check.get("last")
+    if last is None:
+        return '<span class="muted">not checked yet</span>'
+    when = check.get("checked_ago")
+    status = check.get("status")
+    css = "ok" if status == "up" else "error"
+    return (f'<span class="{css}">{_e(last)}</span>'
+            + (f"<small>{_e(age(when))}</small>" if when is not None else ""))
+
+
+def _rate_html(rate: object) -> str:
+    return f"<small>{_e(_rate(rate))}</small>" if isinstance(rate, (int, float)) else ""
+
+
+# -- charts --------------------------------------------------------------------------------
+
+_WIDTH, _HEIGHT = 110, 26
+_SLOTS = round(KEEP / INTERVAL)
+
+
+def _charts(history: Mapping[str, Any]) -> str:
+    requests = _values(history.get("requests_per_second"))
+    failures = _values(history.get("failures_per_second"))
+    latency = _values(history.get("latency_ms"))
+    slots = max(_SLOTS, len(requests), len(latency))
+    top_rate = _top(requests + failures)
+    top_ms = _top(latency)
+    rate_peak = f"max {_short(top_rate)}" if top_rate else "none"
+    ms_peak = f"max {_short(top_ms)}" if top_ms else "none"
+    rate_svg = _spark([("req", requests), ("fail", failures)], slots, top_rate,
+                      f"requests per second (failures in red) over the last minutes: "
+                      f"{rate_peak}")
+    ms_svg = _spark([("lat", latency)], slots, top_ms,
+                    f"mean latency in milliseconds over the last minutes: {ms_peak}")
+    return (f'<div class="charts"><figure>{rate_svg}<figcaption><span>req/s</span>'
+            f"<span>{_e(rate_peak)}</span></figcaption></figure>"
+            f'<figure>{ms_svg}<figcaption><span>ms</span><span>{_e(ms_peak)}</span>'
+            "</figcaption></figure></div>")
+
+
+def _values(series: object) -> list[float | None]:
+    if not isinstance(series, Sequence):
+        return []
+    return [float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
+            for v in series]
+
+
+def _top(values: Sequence[float | None]) -> float:
+    return max((v for v in values if v is not None), default=0.0)
+
+
+def _spark(lines: Sequence[tuple[str, Sequence[float | None]]], slots: int, top: float,
+           label: str) -> str:
+    """Polylines (with an area under the first) of ``lines`` right-aligned in ``slots``
+    points across, 0 at the bottom and ``top`` at the top; a gap where a value is None."""
+    parts = [f'<line class="base" x1="0" y1="{_HEIGHT - 0.5}" x2="{_WIDTH}" '
+             f'y2="{_HEIGHT - 0.5}"/>']
+    step = _WIDTH / max(slots - 1, 1)
+    scale = (_HEIGHT - 3) / top if top > 0 else 0.0
+    for index, (css, values) in enumerate(lines):
+        offset = slots - len(values)
+        for run in _runs(values):
+            points = [((offset + i) * step, _HEIGHT - 1 - value * scale) for i, value in run]
+            if len(points) == 1:
+                x, y = points[0]
+                points = [(max(x - step / 2, 0), y), (min(x + step / 2, _WIDTH), y)]
+            coords = " ".join(f"{x:.1f},{y:.1f}" for x, y in points)
+            if index == 0:
+                first, last = points[0][0], points[-1][0]
+                parts.append(f'<polygon class="{css}-area" points="{first:.1f},{_HEIGHT} '
+                             f'{coords} {last:.1f},{_HEIGHT}"/>')
+            parts.append(f'<polyline class="{css}" points="{coords}"/>')
+    return (f'<svg class="spark" viewBox="0 0 {_WIDTH} {_HEIGHT}" preserveAspectRatio="none" '
+            f'role="img" aria-label="{_e(label)}"><title>{_e(label)}</title>'
+            + "".join(parts) + "</svg>")
+
+
+def _runs(values: Sequence[float | None]) -> list[list[tuple[int, float]]]:
+    """The stretches of ``values`` without a None, each as (index, value) pairs."""
+    runs: list[list[tuple[int, float]]] = []
+    current: list[tuple[int, float]] = []
+    for index, value in enumerate(values):
+        if value is None:
+            if current:
+                runs.append(current)
+            current = []
+        else:
+            current.append((index, value))
+    if current:
+        runs.append(current)
+    return runs
+
+
+# -- words and numbers ---------------------------------------------------------------------
+
+def duration(seconds: object, *, up: bool = False) -> str:
+    """``seconds`` in a few characters: ``"8s"``, ``"3m"``, ``"3m12s"`` (under 10 minutes),
+    ``"2h"``, ``"4d"``; rounded down (``up``: up, for time left). ``"?"`` for no number."""
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(
+            seconds):
+        return "?"
+    whole = math.ceil(seconds) if up else math.floor(seconds)
+    whole = max(whole, 0)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 600:
+        minutes, rest = divmod(whole, 60)
+        return f"{minutes}m{rest}s" if rest else f"{minutes}m"
+    if whole < 3600:
+        return f"{whole // 60}m"
+    if whole < 86400:
+        return f"{whole // 3600}h"
+    return f"{whole // 86400}d"
+
+
+def age(seconds: object) -> str:
+    """An age: ``"12s ago"``, ``"3m ago"``; ``"never"`` for None."""
+    if seconds is None:
+        return "never"
+    text = duration(seconds)
+    return "just now" if text == "0s" else f"{text} ago"
+
+
+def _in(seconds: object) -> str:
+    if seconds is None:
+        return "—"
+    return f"in {duration(seconds, up=True)}"
+
+
+def _when(time: object) -> str:
+    if not isinstance(time, str):
+        return ""
+    return time.replace("T", " ").replace("Z", " UTC")
+
+
+def _count(value: object) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "—" if value is None else str(value)
+    return f"{value:,}" if isinstance(value, int) else _number(value)
+
+
+def _number(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:,.2f}".rstrip("0").rstrip(".")
+    return _count(value)
+
+
+def _rate(value: object) -> str:
+    if not isinstance(value, (int, float)):
+        return "—"
+    if value == 0:
+        return "0/s"
+    if value < 0.1:
+        return f"{value:.2f}/s"
+    if value < 100:
+        return f"{value:.1f}/s"
+    return f"{value:,.0f}/s"
+
+
+def _ms(seconds: object) -> str:
+    """A latency in seconds, printed in milliseconds (seconds from 1 s)."""
+    if not isinstance(seconds, (int, float)) or not math.isfinite(seconds):
+        return "—"
+    ms = seconds * 1000
+    if ms >= 1000:
+        return f"{seconds:.2f} s"
+    if ms >= 100:
+        return f"{ms:.0f} ms"
+    if ms >= 10:
+        return f"{ms:.1f} ms"
+    return f"{ms:.2f} ms"
+
+
+def _short(value: float) -> str:
+    """A chart's top: three digits at most ("24.5", "183", "1.2k")."""
+    if value >= 1000:
+        return f"{value / 1000:.1f}k"
+    if value >= 100:
+        return f"{value:.0f}"
+    if value >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2g}"
+
+
+def _seconds_attr(seconds: float) -> str:
+    return f"{seconds:g}"
+
+
+def _chip(text: str, kind: str, title: str = "") -> str:
+    tip = f' title="{_e(title)}"' if title else ""
+    return f'<span class="chip {_e(kind)}"{tip}>{_e(text)}</span>'
+
+
+def _class(css: str) -> str:
+    return f' class="{css}"' if css else ""
+
+
+def _e(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+_STYLE = """
+:root{--bg:#f5f6f8;--card:#fff;--line:#e2e5ea;--text:#1d2530;--muted:#667181;
+--ok:#1f7a3a;--ok-bg:#e2f4e7;--warn:#8a5800;--warn-bg:#fdf1d3;--bad:#a8201a;--bad-bg:#fbe3e1;
+--info:#1d5594;--info-bg:#e1edfb;--drain:#5d3f98;--drain-bg:#ece5f8;--idle:#5c6675;
+--idle-bg:#eceef1;--req:#2f6fbf;--fail:#c8352b;--lat:#b26b00;color-scheme:light dark}
+@media (prefers-color-scheme:dark){:root{--bg:#15181d;--card:#1d2128;--line:#2e343d;
+--text:#e4e7ec;--muted:#98a1ae;--ok:#7fd69a;--ok-bg:#1d3a27;--warn:#f1c66b;--warn-bg:#3d3119;
+--bad:#ff9a91;--bad-bg:#46201d;--info:#8dbdf5;--info-bg:#1c3150;--drain:#c2a9f0;
+--drain-bg:#33284a;--idle:#a6afbb;--idle-bg:#2a2f37;--req:#6aa6ef;--fail:#ff7b70;
+--lat:#f0a84a}}
+*{box-sizing:border-box}
+body{margin:0;padding:16px;background:var(--bg);color:var(--text);
+font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif}
+header,main{max-width:1400px;margin:0 auto}
+header{margin-bottom:12px}
+.title{display:flex;align-items:center;gap:10px}
+h1{font-size:20px;font-weight:600;margin:0}
+h2{font-size:16px;font-weight:600;margin:0}
+.meta{margin:4px 0 0;color:var(--muted);font-size:13px}
+a{color:var(--info)}
+.pool{background:var(--card);border:1px solid var(--line);border-radius:10px;
+padding:14px 16px;margin-bottom:16px}
+.pool-head{display:flex;align-items:center;gap:10px;flex-wrap:wrap}
+.facts{display:flex;flex-wrap:wrap;gap:4px 22px;margin:8px 0 12px}
+.facts div{display:flex;gap:6px}
+.facts dt{color:var(--muted)}
+.facts dd{margin:0;font-weight:500}
+.scroll{overflow-x:auto}
+table{border-collapse:collapse;width:100%}
+th{font-size:12px;font-weight:600;color:var(--muted);text-align:left;white-space:nowrap;
+padding:6px 8px;border-bottom:1px solid var(--line)}
+td{padding:8px;border-bottom:1px solid var(--line);vertical-align:top}
+td.age{white-space:nowrap}
+tr:last-child td{border-bottom:0}
+.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+td small{display:block;color:var(--muted);font-size:12px}
+.url{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:13px;
+white-space:nowrap}
+td.check{min-width:7em;max-width:16em}
+.muted{color:var(--muted)}
+.ok{color:var(--ok)}
+.error{color:var(--bad);overflow-wrap:break-word}
+.empty{color:var(--muted);text-align:center}
+table.sources{margin-bottom:12px}
+.chip{display:inline-flex;align-items:center;gap:6px;white-space:nowrap;border-radius:999px;
+padding:1px 10px 1px 8px;font-size:12px;font-weight:600;color:var(--idle);
+background:var(--idle-bg)}
+.chip::before{content:"";width:7px;height:7px;border-radius:50%;background:currentColor}
+.chip.ok{color:var(--ok);background:var(--ok-bg)}
+.chip.warn{color:var(--warn);background:var(--warn-bg)}
+.chip.bad{color:var(--bad);background:var(--bad-bg)}
+.chip.info{color:var(--info);background:var(--info-bg)}
+.chip.drain{color:var(--drain);background:var(--drain-bg)}
+.charts{display:flex;gap:8px}
+figure{margin:0}
+figcaption{display:flex;justify-content:space-between;gap:4px;color:var(--muted);
+font-size:11px;white-space:nowrap}
+.spark{display:block;width:110px;height:26px;overflow:visible}
+.spark .base{stroke:var(--line);stroke-width:1}
+.spark polyline{fill:none;stroke-width:1.5;stroke-linejoin:round;
+vector-effect:non-scaling-stroke}
+.spark .req{stroke:var(--req)}.spark .req-area{fill:var(--req);opacity:.12}
+.spark .fail{stroke:var(--fail)}
+.spark .lat{stroke:var(--lat)}.spark .lat-area{fill:var(--lat);opacity:.12}
+@media (max-width:1400px) and (min-width:761px){.charts{flex-direction:column;gap:6px}}
+@media (max-width:760px){
+body{padding:10px}
+.pool{padding:12px}
+table.backends thead,table.sources thead{display:none}
+table.backends,table.backends tbody,table.sources,table.sources tbody{display:block}
+table.backends tr,table.sources tr{display:grid;grid-template-columns:repeat(3,minmax(0,1fr));
+gap:4px 12px;padding:10px 0;border-bottom:1px solid var(--line)}
+table.backends tr:last-child,table.sources tr:last-child{border-bottom:0}
+table.backends td,table.sources td{display:block;border:0;padding:2px 0;text-align:left;
+min-width:0}
+table.backends td::before,table.sources td::before{content:attr(data-label);display:block;
+color:var(--muted);font-size:11px}
+table.backends td:first-child,table.sources td:first-child,td.trend{grid-column:1/-1}
+td.state,td.check,table.sources td.wide{grid-column:span 2}
+table.sources td.full{grid-column:1/-1}
+.url{white-space:normal;overflow-wrap:anywhere}
+td.check{min-width:0;max-width:none}
+table.backends td:first-child::before,table.sources td:first-child::before{display:none}
+.charts{flex-wrap:wrap}
+.charts figure{flex:1 1 140px;min-width:0}
+.spark{width:100%}
+}
+""".replace("\n", "")
