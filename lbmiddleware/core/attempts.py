@@ -90,7 +90,9 @@ class Outcome(NamedTuple):
     only for a connect failure, which any method may retry). ``timeout``: a connect or
     read timeout ended it. ``status``: the response's status, or ``None`` without a
     response. ``bytes_sent`` / ``bytes_received``: request and response body bytes on
-    the wire, ``0`` when the front-end does not know them.
+    the wire, ``0`` when the front-end does not know them. ``error``: the front-end's words
+    for a failure without a response ("connection refused", "read timed out after 2s"),
+    for the log line of a failed attempt; ``None`` otherwise.
     """
 
     ok: bool
@@ -100,9 +102,10 @@ class Outcome(NamedTuple):
     status: int | None = None
     bytes_sent: int = 0
     bytes_received: int = 0
+    error: str | None = None
 
 
-# Builds an Outcome from all seven fields in order, without the generated ``__new__``'s
+# Builds an Outcome from all eight fields in order, without the generated ``__new__``'s
 # frame and argument binding (the hot path: one success per proxied request).
 _new_outcome = functools.partial(tuple.__new__, Outcome)
 
@@ -149,9 +152,9 @@ class RetryRule:
                 bytes_received: int = 0) -> Outcome:
         """The outcome of an attempt answered with ``status``: a failure when the status
         is in ``fail_statuses``."""
-        # (ok, latency, sent, timeout, status, bytes_sent, bytes_received)
+        # (ok, latency, sent, timeout, status, bytes_sent, bytes_received, error)
         return _new_outcome((status not in self.fail_statuses, latency, True, False, status,
-                             bytes_sent, bytes_received))
+                             bytes_sent, bytes_received, None))
 
     def _has_retries_left(self, attempts: int) -> bool:
         return attempts <= self.retries
@@ -172,11 +175,13 @@ class RetryRule:
 class Reporter(Protocol):
     """What a :class:`Completion` needs of its balancer (a Balancer, or a test's fake)."""
 
-    def report(self, backend: Backend, ok: bool = True,
-               latency: float | None = None) -> None: ...
+    def report(self, backend: Backend, ok: bool = True, latency: float | None = None, *,
+               bytes_sent: int = 0, bytes_received: int = 0,
+               status: int | None = None) -> None: ...
 
-    def report_later(self, backend: Backend, ok: bool = True,
-                     latency: float | None = None) -> None: ...
+    def report_later(self, backend: Backend, ok: bool = True, latency: float | None = None, *,
+                     bytes_sent: int = 0, bytes_received: int = 0,
+                     status: int | None = None) -> None: ...
 
     def release(self, backend: Backend) -> None: ...
 
@@ -242,9 +247,14 @@ class Completion:
         except IndexError:
             return                  # already ended
         if wait:
-            self._balancer.report(self.backend, ok=outcome.ok, latency=outcome.latency)
+            self._balancer.report(self.backend, outcome.ok, outcome.latency,
+                                  bytes_sent=outcome.bytes_sent,
+                                  bytes_received=outcome.bytes_received, status=outcome.status)
         else:
-            self._balancer.report_later(self.backend, ok=outcome.ok, latency=outcome.latency)
+            self._balancer.report_later(self.backend, outcome.ok, outcome.latency,
+                                        bytes_sent=outcome.bytes_sent,
+                                        bytes_received=outcome.bytes_received,
+                                        status=outcome.status)
 
     def release(self, *, wait: bool = True) -> None:
         """End without an outcome: the pick no longer counts in flight. ``wait=False``: the

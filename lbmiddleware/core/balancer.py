@@ -12,10 +12,12 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import itertools
 import logging
 import random
 import threading
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -23,6 +25,10 @@ from ..errors import ConfigError, NoHealthyBackend
 from .attempts import Completion, Outcome
 from .backend import Backend, Source, parse_backends
 from .events import (
+    BackendDown,
+    BackendEjected,
+    BackendReturned,
+    BackendUp,
     DrainEnded,
     DrainStarted,
     Event,
@@ -30,13 +36,14 @@ from .events import (
     MembershipChanged,
     PanicEnded,
     PanicStarted,
+    ProbationPassed,
     SourceFailed,
     SourceRecovered,
     log_event,
 )
 from .health import PassiveHealth
 from .health.active import ActiveHealth, ActiveRecord
-from .load import PeakEwma
+from .load import FOLD_BATCH, FOLD_STEP, LATENCY_BUCKETS, PeakEwma, fold_latencies
 from .policies import Policy, make_policy
 from .policies.tiered import Tiered
 from .settings import Settings, resolve
@@ -67,6 +74,22 @@ logger = logging.getLogger("lbmiddleware")
 def _url(backend: Backend | str) -> str:
     """A backend's URL as the pool spells it."""
     return backend.url if isinstance(backend, Backend) else Backend(backend).url
+
+
+def _fold(state: BackendState, now: float) -> None:
+    """Count ``state``'s batch of answered latencies (taken since ``batch_from``) into its
+    histogram, sum and answered mean, and start the next batch at ``now``."""
+    answers = state.answers
+    step = FOLD_STEP
+    if answers:
+        count = len(answers)
+        total = fold_latencies(state.latency_counts, answers)
+        state.latency_sum += total
+        state.answered.add(total, count, state.batch_from)
+        if count > FOLD_BATCH:              # a busy backend: keep its batches near FOLD_BATCH
+            step *= FOLD_BATCH / count
+    state.batch_from = now
+    state.fold_at = now + step
 
 
 def _joining(state: BackendState) -> bool:
@@ -127,9 +150,9 @@ class Balancer:
         # (token, listener): one entry per subscribe(), removed by its own token only.
         self._listeners: tuple[tuple[object, Listener], ...] = ((object(), log_event),)
         self._health = PassiveHealth(settings.max_fails, settings.fail_timeout,
-                                     settings.max_ejection_time, self._events.append)
+                                     settings.max_ejection_time, self._health_event)
         self._active = (ActiveHealth(settings.health_check_rise, settings.health_check_fall,
-                                     self._events.append) if settings.health_check else None)
+                                     self._health_event) if settings.health_check else None)
         self._load = PeakEwma()
         self._base_policy: Policy = make_policy(settings.policy, self._rng, timer, self._load)
         self._policy: Policy = self._base_policy
@@ -159,11 +182,15 @@ class Balancer:
         # read only when a pick finds the pool empty (_no_backends()).
         self._failing: dict[str, str] = {}
         self._warned: set[tuple[str, str | None]] = set()
-        self._deferred: collections.deque[tuple[Backend, bool | None, float | None]] = (
+        # (backend, ok (None: a release), latency, bytes sent, bytes received, status)
+        self._deferred: collections.deque[
+            tuple[Backend, bool | None, float | None, int, int, int | None]] = (
             collections.deque())                        # see report_later(), release()
         self._generation = 0
         self._healthy = self._all = Members((), 0)
         self._panic = False
+        self._panic_since: float | None = None      # timer reading when the panic began
+        self._retries = 0                           # picks with an exclude: retries' picks
         # Something changes with time (an ejection, a drain, a slow start): each call looks.
         self._timed = False
         self._ramping = False
@@ -179,9 +206,14 @@ class Balancer:
         """A Balancer from ``LB_*`` variables (``environ`` for tests); keyword arguments win."""
         return cls(settings=Settings.from_env(environ, **overrides), timer=timer, rng=rng)
 
+    #: True once :meth:`close` was called: what watches the pool from beside it (the status
+    #: page's history, lbmiddleware.observe) stops then.
+    closed = False
+
     def close(self) -> None:
         """Stop what runs for this pool. The core runs nothing (the public ``lb.Balancer``
         stops its sources and probes here); idempotent."""
+        self.closed = True
 
     def __enter__(self) -> Balancer:
         return self
@@ -471,6 +503,7 @@ class Balancer:
     def _join(self, state: BackendState, now: float, joined_later: bool) -> None:
         """A backend becomes a member: an initial one up, one that joins later pending its
         first probe and (re)starting its slow start."""
+        state.changed_at = now
         active = self._active
         if active is not None:
             if state.active is None:
@@ -522,6 +555,7 @@ class Balancer:
         """``state`` left the members: it drains (no new picks) until its requests in
         flight end or ``drain_timeout`` runs out. Its events go to ``events``."""
         events.append(DrainStarted(state.backend, state.in_flight, reason))
+        state.changed_at = now
         timeout = self.settings.drain_timeout
         if not state.in_flight or not timeout:
             events.append(DrainEnded(state.backend, bool(state.in_flight), state.in_flight))
@@ -613,6 +647,7 @@ class Balancer:
         panic = bool(everyone) and not usable
         if panic != self._panic:
             self._panic = panic
+            self._panic_since = self._timer() if panic else None
             if panic:
                 self._events.append(self._panic_started(everyone))
             else:
@@ -674,7 +709,7 @@ class Balancer:
         if not self._slow_start:
             return
         for state in states:
-            state.ramp_since = now
+            state.ramp_since = state.changed_at = now
         self._ramp(now)
 
     def _ramp(self, now: float) -> bool:
@@ -689,6 +724,7 @@ class Balancer:
                 factor = ramp_factor(now - since, window)
                 if factor >= 1.0:
                     state.ramp_since, state.ramp = None, 1.0
+                    state.changed_at = max(state.changed_at, since + window)
                 else:
                     state.ramp, ramping = factor, True
         changed = False
@@ -706,6 +742,26 @@ class Balancer:
         return changed
 
     # -- events -------------------------------------------------------------------------
+
+    def _health_event(self, event: Event) -> None:
+        """Queue an event of passive or active health, stamping its backend's change of
+        state with when it happened (a return by time up: when the time was up)."""
+        self._events.append(event)
+        if not isinstance(event, (BackendEjected, BackendReturned, ProbationPassed, BackendUp,
+                                  BackendDown)):
+            return
+        state = self._states.get(event.backend.url)
+        if state is None:
+            return
+        if isinstance(event, BackendEjected):
+            state.changed_at = event.until - event.duration
+        elif isinstance(event, BackendReturned):
+            state.changed_at = state.health.in_rotation_since
+        elif isinstance(event, ProbationPassed) or state.active is None:
+            state.changed_at = self._timer()
+        else:
+            checked_at = state.active.checked_at
+            state.changed_at = checked_at if checked_at is not None else self._timer()
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         """Call ``listener(event)`` for every event of this pool from now on (see
@@ -809,6 +865,8 @@ class Balancer:
                 state = self._policy.pick(members, key, excluded)
                 state.in_flight += 1
                 self._policy.started(state)
+                if exclude:
+                    self._retries += 1
                 if self._events:
                     self._post()
         except BaseException:
@@ -866,30 +924,38 @@ class Balancer:
         states = (self._states.get(b.url if isinstance(b, Backend) else b) for b in exclude)
         return frozenset(s for s in states if s is not None and s in members)
 
-    def report(self, backend: Backend, ok: bool = True, latency: float | None = None) -> None:
+    def report(self, backend: Backend, ok: bool = True, latency: float | None = None, *,
+               bytes_sent: int = 0, bytes_received: int = 0,
+               status: int | None = None) -> None:
         """End one pick of ``backend``: its outcome feeds health and latency.
 
         ``ok=False`` is a failure (counts towards ejection; for ``latency`` it counts as a
-        slow sample). ``latency`` is the time to the response head, in seconds.
+        slow sample). ``latency`` is the time to the response head, in seconds (every one
+        reported, ok or not, is counted in the latency histogram). ``bytes_sent`` and
+        ``bytes_received``: the request's and response's body bytes, added to the backend's
+        totals. ``status``: the response's status, None without a response; the answered
+        latency (``stats()``'s ``latency``) takes the successes and the failures that got a
+        response (a 503), never a failure without one (refused, timed out).
         """
         with self._lock:
             if self._deferred:
                 self._apply_deferred()
-            self._report(backend, ok, latency)
+            self._report(backend, ok, latency, bytes_sent, bytes_received, status)
             if self._events:
                 self._post()
         if self._outbox:
             self._deliver()
 
-    def report_later(self, backend: Backend, ok: bool = True,
-                     latency: float | None = None) -> None:
+    def report_later(self, backend: Backend, ok: bool = True, latency: float | None = None, *,
+                     bytes_sent: int = 0, bytes_received: int = 0,
+                     status: int | None = None) -> None:
         """:meth:`report` for finalizers and callbacks that a garbage collection may run,
         perhaps while this thread holds the lock (a collection inside :meth:`pick`): it never
         waits for the lock and never runs an event listener (the code that dropped the
         object may hold a lock a listener takes). Applied at once if the lock is free, else
         by the next call; the events it causes go out with the next call that delivers
         (pick, report, release, update, stats)."""
-        self._deferred.append((backend, ok, latency))
+        self._deferred.append((backend, ok, latency, bytes_sent, bytes_received, status))
         self._apply_later()
 
     def _apply_later(self) -> None:
@@ -905,13 +971,14 @@ class Balancer:
     def _apply_deferred(self) -> None:
         deferred = self._deferred
         while deferred:
-            backend, ok, latency = deferred.popleft()
+            backend, ok, latency, sent, received, status = deferred.popleft()
             if ok is None:
                 self._finish(backend)           # release_later(): no outcome
             else:
-                self._report(backend, ok, latency)
+                self._report(backend, ok, latency, sent, received, status)
 
-    def _report(self, backend: Backend, ok: bool, latency: float | None) -> None:
+    def _report(self, backend: Backend, ok: bool, latency: float | None, sent: int = 0,
+                received: int = 0, status: int | None = None) -> None:
         url = backend.url
         state = self._states.get(url)
         member = state is not None
@@ -928,8 +995,15 @@ class Balancer:
                 self._drained(url, state)
         now = self._timer()
         state.requests += 1
+        state.bytes_sent += sent
+        state.bytes_received += received
         if ok:
             if latency is not None:
+                # An answer's latency waits in a batch (load.fold_latencies: the histogram,
+                # the sum and the answered mean, counted once per batch).
+                if now >= state.fold_at:
+                    _fold(state, now)
+                state.answers.append(latency)
                 self._load.observe(state.latency, latency, now)
             if not member or state.health.steady:
                 return          # a success of a steady backend (or a removed one) changes nothing
@@ -939,6 +1013,14 @@ class Balancer:
                     self._start_ramp((self._states[b.url] for b in returned), now)
                 self._refresh(answered_by=backend, returned=returned)
         else:
+            if latency is not None:
+                if status is not None:          # a failing status is an answer all the same
+                    if now >= state.fold_at:
+                        _fold(state, now)
+                    state.answers.append(latency)
+                else:                           # no answer: in the histogram, not the mean
+                    state.latency_counts[bisect_left(LATENCY_BUCKETS, latency)] += 1
+                    state.latency_sum += latency
             self._load.observe_failure(state.latency, now, state.health.consecutive_failures)
             if member:
                 state.failures += 1
@@ -1006,7 +1088,7 @@ class Balancer:
         """:meth:`release` for finalizers (see :meth:`report_later`): never waits for the
         lock, never runs a listener. How a :class:`~lbmiddleware.core.attempts.Completion`
         dropped without an end, or closed by ``GeneratorExit``, is released."""
-        self._deferred.append((backend, None, None))
+        self._deferred.append((backend, None, None, 0, 0, None))
         self._apply_later()
 
     def begin(self, key: str | None = None, exclude: Collection[Backend] = ()) -> Completion:
@@ -1046,13 +1128,30 @@ class Balancer:
         return Members(usable, -1) if usable else self._all
 
     def stats(self) -> list[dict[str, Any]]:
-        """Per backend, the members in listed order then the draining ones: url, weight,
-        priority, effective_weight (after slow start), source (the entry that lists it, None
-        for static), state (healthy, probation, ejected, down: its active health checks
-        failed or it has not passed one yet, draining), ejected_until, in_flight, requests,
-        failures, consecutive_failures, ejections, latency (seconds or None), health_check
-        (None while checks are off, else status up/down/pending, last result, rise and fall
-        progress, checked_at)."""
+        """Per backend, the members in listed order then the draining ones, one dict each:
+
+        * ``url``, ``weight``, ``priority``, ``effective_weight`` (after slow start),
+          ``source`` (the entry that lists it, None for static);
+        * ``state``: draining, ejected, down (its active health checks failed, or it has not
+          passed one yet), slow_start (its weight ramps; otherwise healthy or on probation),
+          probation, healthy; ``state_age``: seconds since it last changed (since it joined,
+          if never); ``ejection_left``, ``drain_left``: seconds until that ends (None when
+          not ejected, not draining); ``ramp``: slow start's factor 0..1, None when not
+          ramping; ``ejected_until``: a timer reading (compare with the pool's timer only);
+        * counters since it joined: ``in_flight``, ``requests``, ``failures``,
+          ``consecutive_failures``, ``ejections``, ``bytes_sent``, ``bytes_received``;
+        * ``latency``: the time-decayed mean latency of its answered attempts (seconds, None
+          before the first answer); ``latency_estimate``: what the latency policy weighs
+          (peak EWMA with failure penalties, decayed; None before any sample);
+          ``latency_sum``, ``latency_count``, ``latency_buckets``: the histogram of every
+          latency reported, cumulative per bound of
+          :data:`~lbmiddleware.core.load.LATENCY_BUCKETS` (``latency_count`` is +Inf's);
+        * ``health_check``: None while checks are off, else status up/down/pending, last
+          result, rise and fall progress and what is needed, ``checked_at``, ``checked_ago``,
+          lifetime ``passes_total`` and ``fails_total``.
+
+        The ages are what a person reads; the timer readings (``ejected_until``,
+        ``checked_at``) stay for code that compares them with the pool's timer."""
         with self._lock:
             if self._deferred:
                 self._apply_deferred()
@@ -1060,25 +1159,34 @@ class Balancer:
             if self._timed:
                 self._tick(now)
             active = self._active
+            load = self._load
             rows = []
             for state in (*self._states.values(), *self._draining.values()):
+                if state.answers:
+                    _fold(state, now)
                 health = state.health
                 record = state.active
-                if state.drain_until is not None:
+                ejected_until = health.ejected_until
+                drain_until = state.drain_until
+                ramping = state.ramp_since is not None
+                if drain_until is not None:
                     status = "draining"
-                elif health.ejected_until is not None:
+                elif ejected_until is not None:
                     status = "ejected"
                 elif record is not None and not record.up:
                     status = "down"
+                elif ramping:
+                    status = "slow_start"
                 elif health.probation:
                     status = "probation"
                 else:
                     status = "healthy"
                 estimate = state.latency
-                latency = self._load.estimate(estimate, now) if estimate.rtt is not None else None
                 backend = state.backend
-                effective = (round(backend.weight * state.ramp, 3)
-                             if state.ramp_since is not None else backend.weight)
+                effective = (round(backend.weight * state.ramp, 3) if ramping
+                             else backend.weight)
+                counts = state.latency_counts
+                cumulative = list(itertools.accumulate(counts[:-1]))
                 rows.append({
                     "url": backend.url,
                     "weight": backend.weight,
@@ -1086,19 +1194,60 @@ class Balancer:
                     "effective_weight": effective,
                     "source": state.source,
                     "state": status,
-                    "ejected_until": health.ejected_until,
+                    "state_age": max(0.0, now - state.changed_at),
+                    "ejected_until": ejected_until,
+                    "ejection_left": (None if ejected_until is None
+                                      else max(0.0, ejected_until - now)),
+                    "drain_left": None if drain_until is None else max(0.0, drain_until - now),
+                    "ramp": state.ramp if ramping else None,
                     "in_flight": state.in_flight,
                     "requests": state.requests,
                     "failures": state.failures,
                     "consecutive_failures": health.consecutive_failures,
                     "ejections": health.ejections,
-                    "latency": latency,
-                    "health_check": (active.row(record) if active is not None
+                    "bytes_sent": state.bytes_sent,
+                    "bytes_received": state.bytes_received,
+                    "latency": state.answered.mean,
+                    "latency_estimate": (load.estimate(estimate, now)
+                                         if estimate.rtt is not None else None),
+                    "latency_sum": state.latency_sum,
+                    "latency_count": cumulative[-1] + counts[-1],
+                    "latency_buckets": cumulative,
+                    "health_check": (active.row(record, now) if active is not None
                                      and record is not None else None),
                 })
             self._post()
         self._deliver()
         return rows
+
+    def pool_stats(self) -> dict[str, Any]:
+        """The pool as a whole: ``policy``; ``panic`` (no member usable: picks choose among
+        all) and ``panic_age`` (seconds in it, None when not); ``members``; ``usable`` (the
+        members a pick would choose from now, without panic); ``draining``; ``retries``
+        (picks that excluded backends already tried: retries' picks, since the start);
+        ``health_check`` (active checks on); ``slow_start`` (seconds, 0 when off).
+        Cheap (no per-backend work) and thread-safe."""
+        with self._lock:
+            if self._deferred:
+                self._apply_deferred()
+            now = self._timer()
+            if self._timed:
+                self._tick(now)
+            since = self._panic_since
+            row = {
+                "policy": self.settings.policy,
+                "panic": self._panic,
+                "panic_age": None if since is None else max(0.0, now - since),
+                "members": len(self._states),
+                "usable": len(self._healthy.states),
+                "draining": len(self._draining),
+                "retries": self._retries,
+                "health_check": self._active is not None,
+                "slow_start": self._slow_start,
+            }
+            self._post()
+        self._deliver()
+        return row
 
     # -- active health, events from above ---------------------------------------------
 

@@ -10,17 +10,37 @@ penalty (see :meth:`PeakEwma.observe_failure`). The cost the policy compares is
 ``estimate * (in_flight + 1) / weight``.
 
 Each backend's :class:`LatencyEstimate` is written only here.
+
+What operators read is another number: :class:`AnsweredLatency`, the plain time-decayed mean
+of the latencies of the attempts that got a response head (no penalty, no decay on read, no
+peak), and the histogram counts per :data:`LATENCY_BUCKETS` bound that ``stats()`` shows.
 """
 
 from __future__ import annotations
 
 import math
+from bisect import bisect_left, bisect_right
 
-__all__ = ["PeakEwma", "LatencyEstimate", "DEFAULT_TAU", "DEFAULT_RTT", "FAILURE_PENALTY"]
+__all__ = ["PeakEwma", "LatencyEstimate", "AnsweredLatency", "fold_latencies", "LATENCY_BUCKETS",
+           "FOLD_STEP", "FOLD_BATCH", "DEFAULT_TAU", "DEFAULT_RTT", "FAILURE_PENALTY"]
 
 DEFAULT_TAU = 10.0        # seconds: decay time constant
 DEFAULT_RTT = 0.030       # seconds: estimate of a backend with no sample yet
 FAILURE_PENALTY = 5.0     # seconds: the sample a failure counts as
+
+#: Upper bounds (seconds, inclusive: Prometheus ``le``) of the latency histogram each backend
+#: keeps; one more count holds what is above the last. Prometheus client's default buckets
+#: with 1 ms and 2.5 ms added below: a pool on a LAN answers in milliseconds.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+#: Seconds a backend's answered latencies wait in a batch before they are counted and folded
+#: into its mean (and at every read): each batch is one time for the mean (its start), off
+#: by at most this against tau's 10 s.
+FOLD_STEP = 1.0
+#: A backend whose batch grew beyond this many gets a shorter step in proportion: sorting
+#: costs least per sample from a few hundred to about a thousand (more: cache misses).
+FOLD_BATCH = 1024
+#: Batches this long are sorted and bisected per bound; shorter ones are bisected per sample.
+SORT_FROM = 24
 
 
 class LatencyEstimate:
@@ -31,6 +51,68 @@ class LatencyEstimate:
     def __init__(self) -> None:
         self.rtt: float | None = None
         self.stamp = 0.0
+
+
+class AnsweredLatency:
+    """The time-decayed mean latency of one backend's answered attempts (seconds; None
+    before the first answer): each sample weighs ``exp(-age / tau)``.
+
+    A decayed sum and a decayed count rather than ``mean += (sample - mean) * (1 - decay)``:
+    that form ignores a sample taken at the same clock reading as the previous one (decay
+    1), so a burst within one tick of a coarse clock (15 ms on Windows) would count once;
+    here every sample counts and the old ones fade alike. Samples come in batches
+    (:func:`fold_latencies`), each at one time. Written only by the balancer, under its lock.
+    """
+
+    __slots__ = ("total", "weight", "stamp")
+
+    def __init__(self) -> None:
+        self.total = 0.0          # sum of samples x exp(-age / tau) at ``stamp``
+        self.weight = 0.0         # sum of exp(-age / tau) at ``stamp``
+        self.stamp = 0.0
+
+    def add(self, total: float, count: int, at: float, tau: float = DEFAULT_TAU) -> None:
+        """Fold in ``count`` samples summing to ``total`` seconds, taken at ``at``."""
+        elapsed = at - self.stamp
+        if elapsed > 0.0:
+            decay = math.exp(-elapsed / tau)
+            self.total = self.total * decay + total
+            self.weight = self.weight * decay + count
+            self.stamp = at
+        else:
+            self.total += total
+            self.weight += count
+
+    @property
+    def mean(self) -> float | None:
+        """The decayed mean (not decayed further on read: a quiet backend keeps its value)."""
+        return self.total / self.weight if self.weight else None
+
+
+def fold_latencies(counts: list[int], batch: list[float]) -> float:
+    """Count ``batch`` (latencies, seconds) into ``counts`` (one per bound of
+    :data:`LATENCY_BUCKETS`, then one above: not cumulative), empty it, return its sum.
+
+    The balancer batches the answered latencies of each backend for up to
+    :data:`FOLD_STEP` and counts them here, not one by one on report(): pick + report is the
+    inner loop, and a batch sorted once (``list.sort`` compares floats natively) is counted
+    with one bisection per bound instead of one per sample (about 25 ns a sample instead of
+    75 from a few hundred on).
+    """
+    total = sum(batch)
+    if len(batch) < SORT_FROM:
+        for sample in batch:
+            counts[bisect_left(LATENCY_BUCKETS, sample)] += 1
+    else:
+        batch.sort()
+        below = 0
+        for index, bound in enumerate(LATENCY_BUCKETS):
+            upto = bisect_right(batch, bound, below)      # samples <= bound: le
+            counts[index] += upto - below
+            below = upto
+        counts[-1] += len(batch) - below
+    batch.clear()
+    return total
 
 
 class PeakEwma:

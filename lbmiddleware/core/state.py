@@ -2,8 +2,10 @@
 
 Each group of fields has one writer:
 
-* the counters (``in_flight``, ``requests``, ``failures``) and ``backend``/``weight``: the
-  balancer;
+* the counters (``in_flight``, ``requests``, ``failures``, ``bytes_sent``,
+  ``bytes_received``, the latency histogram ``latency_counts``/``latency_sum``, the answered
+  latency ``answered``, the batch ``answers``/``batch_from``/``fold_at``), ``changed_at``
+  and ``backend``/``weight``: the balancer;
 * ``health``, a :class:`~lbmiddleware.core.health.passive.HealthRecord`: passive health;
 * ``active``, a :class:`~lbmiddleware.core.health.active.ActiveRecord` (None while active
   health checks are off): active health;
@@ -24,7 +26,7 @@ from typing import Any
 from .backend import Backend
 from .health.active import ActiveRecord
 from .health.passive import HealthRecord
-from .load import LatencyEstimate
+from .load import LATENCY_BUCKETS, AnsweredLatency, LatencyEstimate
 
 __all__ = ["BackendState", "Members"]
 
@@ -34,7 +36,8 @@ class BackendState:
 
     __slots__ = ("backend", "weight", "in_flight", "requests", "failures", "health", "latency",
                  "scratch", "active", "ramp_since", "ramp", "drain_until", "source", "former",
-                 "tabled")
+                 "tabled", "bytes_sent", "bytes_received", "latency_counts", "latency_sum",
+                 "answered", "answers", "batch_from", "fold_at", "changed_at")
 
     def __init__(self, backend: Backend, now: float) -> None:
         self.backend = backend
@@ -56,6 +59,22 @@ class BackendState:
         # while requests picked with them were in flight: their ends are this backend's.
         self.former: tuple[Backend, ...] = ()
         self.tabled = False                      # in the policy's table (ip_hash) once
+        # What stats() shows operators (attempts ended with an outcome): body bytes, and the
+        # latencies reported, per LATENCY_BUCKETS bound plus one above them (not cumulative).
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.latency_sum = 0.0
+        self.answered = AnsweredLatency()        # mean latency of the attempts answered
+        # Answered latencies not yet in the histogram, the sum or the mean, taken since
+        # ``batch_from``: counted at the first report from ``fold_at`` on, or when stats()
+        # reads them (see balancer._fold()).
+        self.answers: list[float] = []
+        self.batch_from = now
+        self.fold_at = now
+        # Timer reading of its last change of state (joined, ejected, returned, probation
+        # passed, down, up, drain started, slow start started or ended).
+        self.changed_at = now
 
     def __repr__(self) -> str:
         return f"<BackendState {self.backend.url} in_flight={self.in_flight}>"

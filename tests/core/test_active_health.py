@@ -189,26 +189,44 @@ def test_progress_towards_rise_and_fall():
 def test_row_for_stats():
     health, _ = make(rise=2, fall=3)
     record = started(health, joined_later=True)
-    assert health.row(record) == {"status": "pending", "last": None, "rise": 0, "fall": 0,
-                                  "fails_to_down": 0, "passes_to_up": 1, "checked_at": None}
+    assert health.row(record, 5.0) == {
+        "status": "pending", "last": None, "rise": 0, "fall": 0, "fails_to_down": 0,
+        "passes_to_up": 1, "checked_at": None, "checked_ago": None, "passes_total": 0,
+        "fails_total": 0, "rise_needed": 2, "fall_needed": 3}
     health.result(record, A, True, "status 200", 7.0)
     health.result(record, A, False, "status 503", 8.0)
-    assert health.row(record) == {"status": "up", "last": "status 503", "rise": 0, "fall": 1,
-                                  "fails_to_down": 2, "passes_to_up": 0, "checked_at": 8.0}
+    assert health.row(record, 9.5) == {
+        "status": "up", "last": "status 503", "rise": 0, "fall": 1, "fails_to_down": 2,
+        "passes_to_up": 0, "checked_at": 8.0, "checked_ago": 1.5, "passes_total": 1,
+        "fails_total": 1, "rise_needed": 2, "fall_needed": 3}
+
+
+def test_probe_totals_outlive_a_restart_of_the_record():
+    # start() (the backend joins again) resets the counter, not the lifetime totals: the
+    # metrics' health_checks_total must never go down
+    health, _ = make(rise=2, fall=3)
+    record = started(health)
+    health.result(record, A, True, "ok", 1.0)
+    health.result(record, A, False, "status 503", 2.0)
+    health.start(record, A, joined_later=True)
+    health.result(record, A, False, "status 503", 3.0)
+    row = health.row(record, 3.0)
+    assert (row["passes_total"], row["fails_total"], row["checked_ago"]) == (1, 2, 0.0)
 
 
 def test_a_member_at_start_shows_no_failure_counted_and_one_to_go():
     # h = rise: nothing has failed yet, and its first failed probe takes it down (HAProxy)
     health, _ = make(rise=2, fall=3)
     record = started(health)
-    assert health.row(record) == {"status": "up", "last": None, "rise": 0, "fall": 0,
-                                  "fails_to_down": 1, "passes_to_up": 0, "checked_at": None}
+    row = health.row(record, 0.0)
+    assert [row[k] for k in ("status", "last", "rise", "fall", "fails_to_down", "passes_to_up",
+                             "checked_at")] == ["up", None, 0, 0, 1, 0, None]
     health.result(record, A, True, "ok", 1.0)       # it has passed: now it needs fall
     assert health.to_go(record) == (3, 0)
     health.result(record, A, False, "", 2.0)
     health.result(record, A, False, "", 3.0)
     health.result(record, A, False, "", 4.0)
-    assert health.row(record)["status"] == "down"
+    assert health.row(record, 4.0)["status"] == "down"
     assert health.to_go(record) == (0, 2)
     health.result(record, A, True, "ok", 5.0)
     assert (health.progress(record), health.to_go(record)) == ((1, 0), (0, 1))

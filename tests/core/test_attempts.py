@@ -30,6 +30,7 @@ class FakeBalancer:
     def __init__(self, *backends: lb.Backend) -> None:
         self.backends = list(backends)
         self.calls: list[tuple] = []
+        self.extras: list[tuple] = []     # per report: (bytes_sent, bytes_received, status)
         self.in_flight = 0
 
     def begin(self, key=None, exclude=()):
@@ -41,13 +42,17 @@ class FakeBalancer:
         self.calls.append(("none", key))
         raise lb.NoHealthyBackend("every backend was tried")
 
-    def report(self, backend, ok=True, latency=None):
+    def report(self, backend, ok=True, latency=None, *, bytes_sent=0, bytes_received=0,
+               status=None):
         self.in_flight -= 1
         self.calls.append(("report", backend.url[7], ok, latency))
+        self.extras.append((bytes_sent, bytes_received, status))
 
-    def report_later(self, backend, ok=True, latency=None):
+    def report_later(self, backend, ok=True, latency=None, *, bytes_sent=0, bytes_received=0,
+                     status=None):
         self.in_flight -= 1
         self.calls.append(("report_later", backend.url[7], ok, latency))
+        self.extras.append((bytes_sent, bytes_received, status))
 
     def release(self, backend):
         self.in_flight -= 1
@@ -132,6 +137,18 @@ def test_an_outcome_is_frozen_and_counts_bytes():
         outcome.ok = False
     assert (Outcome(ok=False).sent, Outcome(ok=False).timeout, Outcome(ok=False).bytes_sent) == (
         True, False, 0)
+    assert Outcome(ok=False).error is None
+    assert Outcome(ok=False, sent=False, error="connection refused").error == "connection refused"
+    assert len(RetryRule().outcome(200)) == len(Outcome._fields) == 8
+
+
+def test_a_completion_passes_the_outcomes_bytes_and_status_on_either_path():
+    balancer = FakeBalancer(A)
+    balancer.begin().done(Outcome(ok=True, latency=0.1, status=200, bytes_sent=10,
+                                  bytes_received=20))
+    balancer.begin().done(Outcome(ok=False, latency=0.2, status=503, bytes_sent=3), wait=False)
+    assert balancer.extras == [(10, 20, 200), (3, 0, 503)]
+    assert [call[0] for call in balancer.ends()] == ["report", "report_later"]
 
 
 # -- the loop --------------------------------------------------------------------------------

@@ -99,10 +99,15 @@ class TestAttemptAndStats:
         backend = pool.pick()
         pool.report(backend, ok=True, latency=0.25)
         (row,) = pool.stats()
+        buckets = [0] * 7 + [1] * 6                 # 0.25 s: in le=0.25 and every bound above
         assert row == {"url": A, "weight": 1, "priority": 0, "effective_weight": 1,
-                       "source": None, "state": "healthy", "ejected_until": None,
-                       "in_flight": 0, "requests": 1, "failures": 0, "consecutive_failures": 0,
-                       "ejections": 0, "latency": 0.25, "health_check": None}
+                       "source": None, "state": "healthy", "state_age": 0.0,
+                       "ejected_until": None, "ejection_left": None, "drain_left": None,
+                       "ramp": None, "in_flight": 0, "requests": 1, "failures": 0,
+                       "consecutive_failures": 0, "ejections": 0, "bytes_sent": 0,
+                       "bytes_received": 0, "latency": 0.25, "latency_estimate": 0.25,
+                       "latency_sum": 0.25, "latency_count": 1, "latency_buckets": buckets,
+                       "health_check": None}
 
     def test_attempt_reports_latency_from_the_timer(self, clock):
         pool = lb.Balancer([A], timer=clock)

@@ -420,7 +420,8 @@ class TestActiveHealth:
         pool = Balancer([A], timer=clock, health_check="/healthz")
         assert by_url(pool)[A]["health_check"] == {     # h = rise: one failure from down
             "status": "up", "last": None, "rise": 0, "fall": 0, "fails_to_down": 1,
-            "passes_to_up": 0, "checked_at": None}
+            "passes_to_up": 0, "checked_at": None, "checked_ago": None, "passes_total": 0,
+            "fails_total": 0, "rise_needed": 2, "fall_needed": 3}
         pool.update([A, B])
         assert {pool.pick().url for _ in range(10)} == {A}
         assert by_url(pool)[B]["state"] == "down"

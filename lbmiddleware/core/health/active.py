@@ -40,7 +40,7 @@ class ActiveRecord:
     A new record is pending (no traffic) until :meth:`ActiveHealth.start` sets it."""
 
     __slots__ = ("h", "up", "pending", "joining", "last", "checked_at", "passes", "fails",
-                 "fails_in_a_row")
+                 "fails_in_a_row", "passes_total", "fails_total")
 
     def __init__(self) -> None:
         self.h = 0                          # HAProxy's counter, 0 .. rise + fall - 1
@@ -52,6 +52,8 @@ class ActiveRecord:
         self.passes = 0                     # probes passed since start()
         self.fails = 0                      # probes failed since start()
         self.fails_in_a_row = 0             # failed probes since the last pass (or start())
+        self.passes_total = 0               # every probe result of this backend's state,
+        self.fails_total = 0                # never reset (metrics' counters read them)
 
 
 class ActiveHealth:
@@ -82,6 +84,7 @@ class ActiveHealth:
         record.checked_at = now
         if ok:
             record.passes += 1
+            record.passes_total += 1
             record.fails_in_a_row = 0
             record.last = reason or "ok"
             if record.h < self._top:
@@ -94,6 +97,7 @@ class ActiveHealth:
             self._emit(BackendUp(backend, record.last))
             return True
         record.fails += 1
+        record.fails_total += 1
         record.fails_in_a_row += 1
         record.last = reason or "failed"
         if record.h:
@@ -130,14 +134,20 @@ class ActiveHealth:
             return record.h - self.rise + 1, 0
         return 0, 1 if record.pending else self.rise - record.h
 
-    def row(self, record: ActiveRecord) -> dict[str, object]:
-        """The record as ``stats()`` shows it under ``health_check``: ``rise``/``fall`` the
-        progress made, ``fails_to_down``/``passes_to_up`` what is left."""
+    def row(self, record: ActiveRecord, now: float) -> dict[str, object]:
+        """The record as ``stats()`` shows it under ``health_check`` at ``now``:
+        ``rise``/``fall`` the progress made, ``fails_to_down``/``passes_to_up`` what is left,
+        ``rise_needed``/``fall_needed`` the settings (a page prints "DOWN 1/2"),
+        ``checked_ago`` seconds since the last probe, lifetime ``passes_total``/``fails_total``."""
         rise, fall = self.progress(record)
         fails_to_down, passes_to_up = self.to_go(record)
+        checked_at = record.checked_at
         return {"status": self.status(record), "last": record.last, "rise": rise, "fall": fall,
                 "fails_to_down": fails_to_down, "passes_to_up": passes_to_up,
-                "checked_at": record.checked_at}
+                "checked_at": checked_at,
+                "checked_ago": None if checked_at is None else max(0.0, now - checked_at),
+                "passes_total": record.passes_total, "fails_total": record.fails_total,
+                "rise_needed": self.rise, "fall_needed": self.fall}
 
 
 def _check_count(name: str, value: int) -> None:
