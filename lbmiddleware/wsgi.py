@@ -24,13 +24,18 @@ upstream target, error responses) come from :mod:`lbmiddleware.proxy`:
 * hop-by-hop headers never reach the WSGI server (PEP 3333);
 * retries happen only while the response head is awaited: nothing has reached the client;
 * 502 / 503 (+ ``Retry-After``) / 504 when no backend answered; 400 for a request that
-  cannot be forwarded safely; 404 outside the prefix when there is no wrapped app.
+  cannot be forwarded safely; 404 outside the prefix when there is no wrapped app;
+* with ``access_log`` (``LB_ACCESS_LOG``), one line per request on the
+  ``lbmiddleware.access`` logger (:mod:`lbmiddleware.proxy.access`), once its response
+  body is closed.
 """
 
 from __future__ import annotations
 
 import http
+import logging
 import re
+import time
 import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, cast
@@ -44,6 +49,7 @@ from .proxy import (
     TEXT,
     ClientAddress,
     UnsafeRequest,
+    access,
     error_response,
     join_target,
     match_prefix,
@@ -77,9 +83,14 @@ _FOLDED = re.compile(r"[\r\n]+[ \t]*")
 
 
 class _ProxiedRequest(requests.PreparedRequest):
-    """A request built by the middleware; carries its sticky key to the adapter."""
+    """A request built by the middleware; carries its sticky key to the adapter, and back
+    the backends it was sent to (``tried``, for the access log)."""
 
     sticky_key: str | None = None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tried: list[str] = []
 
 
 class _ProxyAdapter(LoadBalancingAdapter):
@@ -95,24 +106,31 @@ class _ProxyAdapter(LoadBalancingAdapter):
         # already a safe path here (proxy.join_target), so it goes upstream unchanged.
         return request.path_url
 
+    @staticmethod
+    def _upstream_request(request: requests.PreparedRequest, backend: Backend, target: str,
+                          headers: Any) -> Any:
+        # one call per attempt: the backends tried, in order
+        if isinstance(request, _ProxiedRequest):
+            request.tried.append(backend.url)
+        return LoadBalancingAdapter._upstream_request(request, backend, target, headers)
+
 
 class WSGILoadBalancer:
     """Proxies requests under ``prefix`` to a pool of backends; others go to ``app``.
 
-    ``backends``, ``prefix`` and the other keyword arguments are settings, each of the
-    class that owns it, as for :class:`~lbmiddleware.LoadBalancerMiddleware`: the
-    Balancer's (``policy``, ``max_fails``, ...), the forwarding settings (``retries``,
-    ``connect_timeout``, ``hash_key``, ``preserve_host``, ...: ``self.forwarding``) and
-    the proxy's own (``prefix``, ``strip_prefix``, ``trusted_proxies``, ``retry_buffer``:
-    ``self.settings``). With no ``backends`` (and no ``balancer``) every setting comes from
-    ``LB_*`` variables (``environ`` for tests), keyword arguments winning. ``settings=``
-    passes ready settings objects, as for the ASGI middleware. ``balancer=`` shares an
-    existing pool; then the Balancer's settings are set on it, and the forwarding and
-    proxy settings are this middleware's: its keywords, else ``LB_*``, else the
-    defaults. A ``prefix`` or ``backends`` of ``None`` is not given. ``chunk_size`` is the
-    most read at once from a body, each way; ``verify`` and ``cert`` are passed to
-    requests for ``https`` backends. :meth:`close` stops the pool it built.
-    """
+    ``backends``, ``prefix`` and the other keyword arguments are settings, each of the class
+    that owns it, as for :class:`~lbmiddleware.LoadBalancerMiddleware`: the Balancer's
+    (``policy``, ``max_fails``, ...), the forwarding settings (``retries``,
+    ``connect_timeout``, ``hash_key``, ``preserve_host``, ...: ``self.forwarding``) and the
+    proxy's own (``prefix``, ``strip_prefix``, ``trusted_proxies``, ``retry_buffer``,
+    ``access_log``: ``self.settings``). With no ``backends`` (and no ``balancer``) every
+    setting comes from ``LB_*`` variables (``environ`` for tests), keyword arguments winning.
+    ``settings=`` passes ready settings objects, as for the ASGI middleware. ``balancer=``
+    shares an existing pool; then the Balancer's settings are set on it, and the forwarding and
+    proxy settings are this middleware's: its keywords, else ``LB_*``, else the defaults. A
+    ``prefix`` or ``backends`` of ``None`` is not given. ``chunk_size`` is the most read at
+    once from a body, each way; ``verify`` and ``cert`` are passed to requests for ``https``
+    backends. :meth:`close` stops the pool it built. """
 
     def __init__(self, app: WSGIApplication | None = None, prefix: str | None = None,
                  backends: Iterable[str | Backend | Source] | str | None = None, *,
@@ -150,16 +168,27 @@ class WSGILoadBalancer:
         self._verify = verify
         self._cert = cert
         self._chunk_size = chunk_size
+        self._access_log = proxy.access_log
 
     def __call__(self, environ: WSGIEnvironment,
                  start_response: StartResponse) -> Iterable[bytes]:
         path = match_prefix(self._prefix, environ.get("PATH_INFO") or "/", self._strip)
-        if path is None:
-            if self.app is None:
-                return _error(start_response, 404)
+        if path is None and self.app is not None:
             return self.app(environ, start_response)
+        if self._access_log:
+            return self._logged(environ, start_response, path)
+        return self._proxy(environ, start_response, path)
+
+    def _proxy(self, environ: WSGIEnvironment, start_response: StartResponse,
+               path: str | None, record: _AccessRecord | None = None) -> Iterable[bytes]:
+        """Forward one request (``path``: the part of ``PATH_INFO`` that goes upstream,
+        ``None`` outside the prefix: 404); ``record``: its access log line."""
+        if path is None:
+            return _error(start_response, 404)
         try:
             request = self.upstream_request(environ, path)
+            if record is not None and isinstance(request, _ProxiedRequest):
+                record.tried = request.tried        # the adapter appends each attempt's
             response = self.adapter.send(request, stream=True, timeout=None,
                                          verify=self._verify, cert=self._cert, proxies={})
         except UnsafeRequest as exc:            # 400, or 501 for a WebSocket handshake
@@ -179,7 +208,32 @@ class WSGILoadBalancer:
             response.close()
             raise
         # (a PrefetchedResponse: the adapter's prefetch is chunk_size, never 0)
-        return _ResponseBody(cast(PrefetchedResponse, response))
+        return _ResponseBody(cast(PrefetchedResponse, response), record)
+
+    def _logged(self, environ: WSGIEnvironment, start_response: StartResponse,
+                path: str | None) -> Iterable[bytes]:
+        """:meth:`_proxy` with its access log line (:mod:`lbmiddleware.proxy.access`),
+        written once the response body is closed (at once for the proxy's own)."""
+        record = _AccessRecord(self._client(environ), environ)
+
+        def watched(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            record.status = int(status[:3])
+            return start_response(status, headers, exc_info)
+
+        try:
+            body = self._proxy(environ, watched, path, record)
+        except BaseException:
+            record.log()
+            raise
+        if not isinstance(body, _ResponseBody):
+            record.log()
+        return body
+
+    def _client(self, environ: WSGIEnvironment) -> str | None:
+        """The client's address: the peer, or from a trusted proxy's X-Forwarded-For."""
+        peer = environ.get("REMOTE_ADDR") or None
+        forwarded = environ.get("HTTP_X_FORWARDED_FOR")
+        return self._client_address(peer, [forwarded] if forwarded is not None else [])
 
     def upstream_request(self, environ: WSGIEnvironment, path: str) -> requests.PreparedRequest:
         """The request to send for ``environ`` (``path``: the part of ``PATH_INFO`` that goes
@@ -296,17 +350,51 @@ class _RequestBody:
 
 class _ResponseBody:
     """The upstream body as the WSGI response iterable; ``close()`` closes the upstream
-    response (its connection too when the body was not read to the end)."""
+    response (its connection too when the body was not read to the end) and writes the
+    access log line, if any: the request ends there."""
 
-    def __init__(self, response: PrefetchedResponse) -> None:
+    def __init__(self, response: PrefetchedResponse, record: _AccessRecord | None) -> None:
         self._response = response
         self._chunks = response.raw_chunks     # blocks of chunk_size (the adapter's prefetch)
+        self._record = record
 
     def __iter__(self) -> Iterator[bytes]:
         return self._chunks
 
     def close(self) -> None:
-        self._response.close()
+        try:
+            self._response.close()
+        finally:
+            record, self._record = self._record, None
+            if record is not None:
+                record.log()
+
+
+class _AccessRecord:
+    """One request's access log line in the making: the status its ``start_response`` was
+    given, and the backends its request went to (the adapter appends each)."""
+
+    def __init__(self, client: str | None, environ: WSGIEnvironment) -> None:
+        self.client = client
+        self.method: str = environ.get("REQUEST_METHOD", "GET")
+        self.path = _logged_path(environ)
+        self.status: int | None = None
+        self.tried: list[str] = []
+        self.started = time.monotonic()
+
+    def log(self) -> None:
+        if access.logger.isEnabledFor(logging.INFO):
+            access.logger.info(access.access_line(
+                self.client, self.method, self.path, self.status,
+                self.tried[-1] if self.tried else None, len(self.tried),
+                time.monotonic() - self.started))
+
+
+def _logged_path(environ: WSGIEnvironment) -> str:
+    """The path the client asked for, decoded: ``SCRIPT_NAME`` and ``PATH_INFO`` (PEP 3333
+    gives their bytes as latin-1 text; a path is UTF-8)."""
+    path: str = (environ.get("SCRIPT_NAME") or "") + (environ.get("PATH_INFO") or "")
+    return path.encode("latin-1", "replace").decode("utf-8", "replace") or "/"
 
 
 def _raw_path(environ: Mapping[str, Any], prefix: str, strip: bool) -> str | None:

@@ -30,12 +30,22 @@ from ..core.attempts import Attempts, Outcome, RetryRule
 from ..core.backend import Backend
 from ..core.balancer import Balancer
 from ..errors import NoHealthyBackend
+from ..probes.check import format_seconds
 from ..proxy import BINARY
-from ..upstream import NO_BODY_STATUSES, Response, Upstream, UpstreamError
+from ..upstream import (
+    NO_BODY_STATUSES,
+    ConnectError,
+    ConnectTimeout,
+    HostPool,
+    ReadTimeout,
+    Response,
+    Upstream,
+    UpstreamError,
+)
 from ..upstream.deadlines import Deadlines
 
 __all__ = ["Forwarder", "Exchange", "RequestBody", "NoBody", "NO_BODY", "ClientGone",
-           "WATCH_DELAY"]
+           "WATCH_DELAY", "failure_text"]
 
 logger = logging.getLogger("lbmiddleware")
 
@@ -165,7 +175,8 @@ class Exchange:
     """One proxied request: key (given), attempts, forward, outcome, then the response."""
 
     __slots__ = ("forwarder", "method", "method_bytes", "target", "headers", "add_host",
-                 "body", "key", "receive", "send", "watch_task", "gone", "finished", "task")
+                 "body", "key", "receive", "send", "watch_task", "gone", "finished", "task",
+                 "attempts")
 
     def __init__(self, forwarder: Forwarder, method: str, method_bytes: bytes,
                  target: bytes, headers: list[tuple[bytes, bytes]], add_host: bool,
@@ -185,6 +196,7 @@ class Exchange:
         self.gone = False
         self.finished = False
         self.task: asyncio.Task[Any] | None = None
+        self.attempts: Attempts | None = None      # the backends tried (the access log's)
 
     async def run(self) -> None:
         try:
@@ -207,7 +219,8 @@ class Exchange:
         forwarder = self.forwarder
         loop = asyncio.get_running_loop()
         self.task = asyncio.current_task(loop)
-        attempts = Attempts(forwarder.balancer, forwarder.rule, self.method, self.key)
+        self.attempts = attempts = Attempts(forwarder.balancer, forwarder.rule, self.method,
+                                            self.key)
         try:
             backend = attempts.start()
         except NoHealthyBackend:
@@ -269,7 +282,7 @@ class Exchange:
             if self.gone:
                 raise ClientGone() from exc
             return None, Outcome(ok=False, latency=time.monotonic() - started, sent=exc.sent,
-                                 timeout=exc.timeout)
+                                 timeout=exc.timeout, error=failure_text(exc, pool))
         finally:
             if timer is not None:
                 forwarder.deadlines.cancel(timer)
@@ -327,3 +340,20 @@ class Exchange:
 
 def _start_watch(exchange: Exchange) -> None:
     exchange._watch()
+
+
+def failure_text(exc: UpstreamError, pool: HostPool) -> str:
+    """What failed an attempt without a response, in the log's words: ``connection
+    refused``, ``connect timed out after 5s``, ``read timed out after 2s``, or the
+    upstream client's own (``the backend closed the connection``)."""
+    if isinstance(exc, ConnectTimeout):
+        return f"connect timed out after {format_seconds(pool.connect_timeout)}"
+    if isinstance(exc, ReadTimeout):
+        return f"read timed out after {format_seconds(pool.read_timeout)}"
+    if isinstance(exc, ConnectError):
+        # the OSError it was raised from (its context: raised "from None", kept all the same)
+        cause = exc.__context__
+        if isinstance(cause, OSError) and cause.strerror:
+            return cause.strerror[:1].lower() + cause.strerror[1:]
+    return str(exc)
+

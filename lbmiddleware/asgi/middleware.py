@@ -24,6 +24,10 @@ websocket``, or a ``websocket`` scope) gets 501; other websocket scopes go to th
 A client that disconnects cancels the upstream exchange (its connection is closed, the
 pick released): see :mod:`lbmiddleware.asgi.exchange`.
 
+With ``access_log`` (``LB_ACCESS_LOG``) each request under the prefix (and, with no app,
+each one outside it) ends with one line on the ``lbmiddleware.access`` logger, at INFO: see
+:mod:`lbmiddleware.proxy.access`. Off, the per-request path does not change.
+
 A pool with sources built inside the server's running loop (Starlette builds its middleware
 there, at the first call) does not wait for their first answers in its constructor: the
 middleware awaits :meth:`~lbmiddleware.Balancer.ready` once, at the lifespan's startup (the
@@ -56,6 +60,7 @@ from ..proxy import (
 from ..proxy.settings import ProxySettings
 from ..upstream import Upstream
 from ..upstream.deadlines import Deadlines
+from .access import AccessRecord
 from .exchange import NO_BODY, ClientGone, Exchange, Forwarder, NoBody, RequestBody
 
 __all__ = ["LoadBalancerMiddleware"]
@@ -72,16 +77,16 @@ class LoadBalancerMiddleware:
 
     Keyword arguments are settings, each of the class that owns it: the Balancer's
     (``backends``, ``policy``, ``max_fails``, ...), the forwarding settings (``retries``,
-    ``read_timeout``, ``hash_key``, ...: ``self.forwarding``) and the proxy's own
-    (``prefix``, ``strip_prefix``, ``trusted_proxies``, ``retry_buffer``: ``self.settings``,
-    a :class:`~lbmiddleware.ProxySettings`). Without ``backends`` every setting not given
-    comes from ``LB_*`` variables (``environ`` for tests). ``settings=`` passes a ready
-    ``ProxySettings``, ``ForwardingSettings`` or ``Settings``, or every setting at once
-    (the gateway's ``load_settings()``). ``balancer=`` shares a :class:`Balancer`: its own
-    settings are then set on it, while the forwarding and proxy settings are this
-    middleware's, from its keywords, else ``LB_*``, else the defaults (``retries=0`` here,
-    2 in an adapter on the same pool). ``app`` may be ``None``: requests outside the
-    prefix then get 404 (websockets a 501).
+    ``read_timeout``, ``hash_key``, ...: ``self.forwarding``) and the proxy's own (``prefix``,
+    ``strip_prefix``, ``trusted_proxies``, ``retry_buffer``, ``access_log``: ``self.settings``,
+    a :class:`~lbmiddleware.ProxySettings`). Without ``backends`` every setting not given comes
+    from ``LB_*`` variables (``environ`` for tests). ``settings=`` passes a ready
+    ``ProxySettings``, ``ForwardingSettings`` or ``Settings``, or every setting at once (the
+    gateway's ``load_settings()``). ``balancer=`` shares a :class:`Balancer`: its own settings
+    are then set on it, while the forwarding and proxy settings are this middleware's, from its
+    keywords, else ``LB_*``, else the defaults (``retries=0`` here, 2 in an adapter on the same
+    pool). ``app`` may be ``None``: requests outside the prefix then get 404 (websockets a
+    501).
 
     ``app`` is positional-only, so that Starlette's ``add_middleware`` and ``Middleware``
     type-check: their factory protocol passes the app positionally and the options as
@@ -133,6 +138,7 @@ class LoadBalancerMiddleware:
         self._sticky = self.balancer.policy == "ip_hash"
         self._hash_key = forwarding.hash_key
         self._retry_buffer = proxy.retry_buffer
+        self._access_log = proxy.access_log
         self._errors = {status: _asgi_error(status) for status in (400, 404, 501, 502, 503, 504)}
         # What every exchange shares, with the forwarding settings' retry rule.
         rule = RetryRule(retries=forwarding.retries, fail_statuses=forwarding.fail_statuses,
@@ -145,10 +151,12 @@ class LoadBalancerMiddleware:
         kind = scope["type"]
         if kind == "http":
             path = match_prefix(self._prefix, scope["path"], self._strip)
-            if path is not None:
-                await self._proxy(scope, receive, send, path)
-            elif self.app is not None:
+            if path is None and self.app is not None:
                 await self.app(scope, receive, send)
+            elif self._access_log:
+                await self._logged(scope, receive, send, path)
+            elif path is not None:
+                await self._proxy(scope, receive, send, path)
             else:
                 await self._send_error(send, 404)
         elif kind == "lifespan":
@@ -161,7 +169,32 @@ class LoadBalancerMiddleware:
 
     # -- the proxy ----------------------------------------------------------------------
 
-    async def _proxy(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
+    async def _logged(self, scope: Scope, receive: Receive, send: Send, path: str | None
+                      ) -> None:
+        """:meth:`_proxy` (or the 404 of a gateway's path outside the prefix) with its
+        access log line written at the end (:mod:`lbmiddleware.proxy.access`)."""
+        record = AccessRecord(send)
+        gone = False
+        try:
+            if path is None:
+                await self._send_error(record, 404)
+            else:
+                gone = not await self._proxy(scope, receive, record, path, record)
+        finally:
+            record.log(self._client(scope), scope["method"], scope["path"], gone)
+
+    def _client(self, scope: Scope) -> str | None:
+        """The client's address: the peer, or from a trusted proxy's X-Forwarded-For."""
+        client = scope.get("client")
+        peer = client[0] if client else None
+        if self._trusting and self._client_address.is_trusted(peer):
+            return self._client_address(peer, BINARY.get(scope["headers"], "x-forwarded-for"))
+        return peer
+
+    async def _proxy(self, scope: Scope, receive: Receive, send: Send, path: str,
+                     record: AccessRecord | None = None) -> bool:
+        """Forward one request; False if the client left before it could be sent.
+        ``record``: its access log line, told of the exchange."""
         headers = scope["headers"]
         client = scope.get("client")
         peer = client[0] if client else None
@@ -178,7 +211,7 @@ class LoadBalancerMiddleware:
             target = join_target(b"", self._raw_path(scope, path), scope.get("query_string"))
         except UnsafeRequest as exc:         # 400, or 501 for a WebSocket upgrade
             await self._send_error(send, exc.status)
-            return
+            return True
         key = None
         if self._sticky:
             ip = peer
@@ -192,7 +225,7 @@ class LoadBalancerMiddleware:
             try:
                 await body.prefetch(self._retry_buffer)
             except ClientGone:
-                return
+                return False
             if length is None and not body.more and not body.size:
                 body = NO_BODY              # it was empty after all
         if not self._ready:
@@ -200,7 +233,10 @@ class LoadBalancerMiddleware:
         add_host = not (upstream_headers and upstream_headers[0][0] == b"Host")
         exchange = Exchange(self._forwarder, method, method.encode("ascii"), target,
                             upstream_headers, add_host, body, key, receive, send)
+        if record is not None:
+            record.exchange = exchange
         await exchange.run()
+        return True
 
     def _raw_path(self, scope: Scope, path: str) -> bytes:
         """The path to send upstream, as the client spelled it when the server kept that."""

@@ -57,7 +57,8 @@ def _networks(value: Any) -> tuple[Network, ...]:
 @dataclasses.dataclass(frozen=True)
 class ProxySettings(BaseSettings):
     """Which requests are proxied (``prefix``, ``strip_prefix``), whose
-    ``X-Forwarded-For`` is believed, and how much of a request body is kept for a retry."""
+    ``X-Forwarded-For`` is believed, how much of a request body is kept for a retry, and
+    whether each request is logged (``access_log``: :mod:`lbmiddleware.proxy.access`)."""
 
     prefix: str = dataclasses.field(
         default="/",
@@ -75,6 +76,12 @@ class ProxySettings(BaseSettings):
         default=65536,
         metadata=setting("LB_RETRY_BUFFER", parse_size,
                          "request bodies up to this size are kept to replay on a retry"))
+    access_log: bool = dataclasses.field(
+        default=False,
+        metadata=setting("LB_ACCESS_LOG", parse_flag,
+                         "one INFO line per proxied request on the lbmiddleware.access "
+                         "logger (logfmt: client, method, path, status, backend, attempts, "
+                         "duration_ms)"))
 
     readers: ClassVar[str] = ("the reverse proxies (LoadBalancerMiddleware, WSGILoadBalancer, "
                               "the gateway): give it there")
@@ -84,4 +91,4 @@ class ProxySettings(BaseSettings):
         # Settings in core/settings.py).
         def __init__(self, prefix: str = ..., strip_prefix: FlagLike = ...,
                      trusted_proxies: NetworksLike = ...,
-                     retry_buffer: SizeLike = ...) -> None: ...
+                     retry_buffer: SizeLike = ..., access_log: FlagLike = ...) -> None: ...

@@ -312,7 +312,8 @@ def test_bad_trusted_proxies_name_the_variable_and_cidr(value):
 
 def test_describe_lists_the_proxy_settings():
     variables = [row[0] for row in ProxySettings.describe()]
-    assert variables == ["LB_PREFIX", "LB_STRIP_PREFIX", "LB_TRUSTED_PROXIES", "LB_RETRY_BUFFER"]
+    assert variables == ["LB_PREFIX", "LB_STRIP_PREFIX", "LB_TRUSTED_PROXIES", "LB_RETRY_BUFFER",
+                         "LB_ACCESS_LOG"]
 
 
 PROXY_MODULES = sorted(Path(lb.__file__).parent.joinpath("proxy").glob("*.py"))

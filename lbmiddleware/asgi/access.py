@@ -1,0 +1,54 @@
+"""The ASGI middleware's access log: one request's line in the making
+(:class:`AccessRecord`), written with :func:`lbmiddleware.proxy.access.access_line`.
+
+Made only when the access log is on: the record wraps ``send`` to see the status the
+client got (whoever answered: a backend, the proxy's own 502, 503 or 504, a refusal), and
+is given the request's :class:`~lbmiddleware.asgi.exchange.Exchange`, whose attempts name
+the backends tried.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import TYPE_CHECKING, Any
+
+from ..proxy.access import CLIENT_CLOSED, access_line, logger
+
+if TYPE_CHECKING:
+    from .exchange import Exchange
+
+__all__ = ["AccessRecord"]
+
+Message = MutableMapping[str, Any]
+Send = Callable[[Message], Awaitable[None]]
+
+
+class AccessRecord:
+    """One request's access log line in the making; call it as the request's ``send``."""
+
+    __slots__ = ("send", "status", "exchange", "started")
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.status: int | None = None
+        self.exchange: Exchange | None = None
+        self.started = time.monotonic()
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+        await self.send(message)
+
+    def log(self, client: str | None, method: str, path: str, gone: bool = False) -> None:
+        """Write the line (``gone``: the client left; without a status begun it is 499)."""
+        if not logger.isEnabledFor(logging.INFO):
+            return
+        exchange = self.exchange
+        tried = exchange.attempts.tried if exchange is not None and exchange.attempts else ()
+        status = self.status
+        if status is None and (gone or (exchange is not None and exchange.gone)):
+            status = CLIENT_CLOSED
+        logger.info(access_line(client, method, path, status, tried[-1].url if tried else None,
+                                len(tried), time.monotonic() - self.started))

@@ -1,0 +1,78 @@
+"""The ASGI middleware's access log (``access_log=True``) as a middleware user gets it: under
+a real uvicorn server, over loopback backends, one record per proxied request on the
+``lbmiddleware.access`` logger, read from ``caplog`` and parsed back."""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+import pytest
+import requests
+
+from lbmiddleware.asgi import LoadBalancerMiddleware
+
+from ..proxy.test_access import parse_logfmt
+from ..support.asgi_server import ServerThread
+from ..support.servers import refused_url
+from ..support.waiting import until
+
+
+async def local_app(scope, receive, send):
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": b"local"})
+
+
+def access_records(caplog) -> list[dict[str, str]]:
+    return [parse_logfmt(r.getMessage()) for r in caplog.records
+            if r.name == "lbmiddleware.access" and r.levelno == logging.INFO]
+
+
+@pytest.fixture
+def logged(caplog):
+    caplog.set_level(logging.INFO, logger="lbmiddleware.access")
+    return caplog
+
+
+def test_each_proxied_request_gets_one_line(logged, servers):
+    a = servers("a")
+    dead = refused_url()
+    app = LoadBalancerMiddleware(local_app, prefix="/api", backends=[dead, a.url], max_fails=1,
+                                 retries=1, access_log=True, trusted_proxies=["127.0.0.1"])
+    with ServerThread(app) as server, requests.Session() as session:
+        base = f"http://127.0.0.1:{server.port}"
+        assert session.get(f"{base}/api/one?secret=1", timeout=5).status_code == 200
+        assert session.get(f"{base}/api/caf%C3%A9", timeout=5,
+                           headers={"X-Forwarded-For": "198.51.100.4"}).status_code == 200
+        assert session.get(f"{base}/local", timeout=5).text == "local"     # the app's
+        until(lambda: len(access_records(logged)) == 2, 5, "two access lines")
+    lines = {line["path"]: line for line in access_records(logged)}
+    one, cafe = lines["/api/one"], lines["/api/caf\u00e9"]
+    assert one == {"client": "127.0.0.1", "method": "GET", "path": "/api/one", "status": "200",
+                   "backend": a.url, "attempts": "2", "duration_ms": one["duration_ms"]}
+    assert (cafe["path"], cafe["client"], cafe["attempts"]) == ("/api/caf\u00e9",
+                                                               "198.51.100.4", "1")
+    assert len(access_records(logged)) == 2          # nothing for the app's own path
+
+
+def test_a_client_gone_before_the_answer_is_499(logged, servers):
+    a = servers("a")
+    a.behaviour = "hang"
+    app = LoadBalancerMiddleware(None, backends=[a.url], access_log=True)
+    with ServerThread(app) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+            sock.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+            until(lambda: a.requests == 1, 5, "the request at the backend")
+        until(lambda: access_records(logged), 5, "the access line")
+    (line,) = access_records(logged)
+    assert (line["status"], line["backend"], line["attempts"]) == ("499", a.url, "1")
+
+
+def test_the_access_log_is_off_by_default(logged, servers):
+    a = servers("a")
+    app = LoadBalancerMiddleware(None, backends=[a.url])
+    with ServerThread(app) as server:
+        for _ in range(3):
+            assert requests.get(f"http://127.0.0.1:{server.port}/x", timeout=5).ok
+    assert access_records(logged) == []
