@@ -89,9 +89,18 @@ class Targets(Generic[T]):
     def acquire(self, backend: Backend) -> Target[T]:
         """``backend``'s target, with one more request in flight on it; built on the
         backend's first pick (under the lock: building an inner transport is quick, its TLS
-        context made once by the owner)."""
+        context made once by the owner), and again when the backend's server name changed
+        (a DNS source's name: the old connections must not serve the new one, and close
+        once their requests end)."""
+        closing = []
         with self._lock:
             target = self._by_url.get(backend.url)
+            if target is not None and target.backend.server_name != backend.server_name:
+                target.leaving = True
+                del self._by_url[backend.url]
+                if target.in_flight == 0:
+                    closing.append(target.transport)
+                target = None
             if target is None:
                 target = Target(self, backend, self._make(backend))
                 # A backend picked just before it left, whose departure came before this
@@ -100,7 +109,9 @@ class Targets(Generic[T]):
                 if not target.leaving:
                     self._by_url[backend.url] = target
             target.in_flight += 1
-            return target
+        if closing:
+            self.close_later(closing)
+        return target
 
     def _release(self, target: Target[T]) -> T | None:
         with self._lock:
