@@ -4,8 +4,9 @@ registration (``register``)."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from .core.settings import describe
 from .errors import ConfigError
@@ -47,6 +48,12 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _log_level(environ: Mapping[str, str]) -> str:
+    """``LB_LOG_LEVEL`` from ``environ``, read before the other settings."""
+    only = {name: environ[name] for name in ("LB_LOG_LEVEL",) if name in environ}
+    return GatewaySettings.from_env(only).log_level
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a command; returns the exit status (2 for a bad setting, like a bad argument)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -59,20 +66,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .discovery.registration import main as register_main
         return register_main(argv[1:])
     _parser().parse_args(argv)          # serve (no options of its own), --help
+    from .gateway import configure_logging, serve
     try:
+        # Logging first (LB_LOG_LEVEL alone), so that the settings' own warnings (a
+        # misspelt LB_ name) are logged as every later line is.
+        configure_logging(_log_level(os.environ))
         settings = load_settings()
     except ConfigError as exc:
         print(f"python -m lbmiddleware serve: error: {exc}", file=sys.stderr)
         return 2
-    from .gateway import serve
     try:
         serve(settings)
     except ConfigError as exc:      # the chosen server, or a source's library, is missing
         print(f"python -m lbmiddleware serve: error: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:          # the address is taken, say
-        print(f"python -m lbmiddleware serve: error: cannot listen on "
-              f"{settings[GatewaySettings].listen}: {exc.strerror or exc}", file=sys.stderr)
+    except OSError as exc:          # an address is taken, say (CannotListen names it)
+        print(f"python -m lbmiddleware serve: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         pass

@@ -18,6 +18,15 @@ listen backlog; under uvicorn they are answered 503), and ``LB_SHUTDOWN_TIMEOUT`
 requests in flight after SIGTERM (granian's ``workers_kill_timeout``). uvicorn has no head
 timeout and forwards chunked trailers as headers: :func:`_uvicorn_protocol` adds the one
 and drops the other.
+
+Logging is configured before the settings are read, in the main process and (granian) in
+the worker: one stderr handler, ``TIME LEVEL LOGGER: MESSAGE``, from ``LB_LOG_LEVEL``
+[info], the servers' own loggers at warning at least (:func:`logging_config`).
+
+``LB_ADMIN_LISTEN`` adds the admin listener (:class:`AdminServer`: the status app on a port
+of its own) to the process that owns the pool. Its address is bound before granian forks and
+the worker serves on that very socket (the main process closes its copy), so port 0 is
+resolved once, printed in the banner, and never raced for.
 """
 
 from __future__ import annotations
@@ -25,36 +34,184 @@ from __future__ import annotations
 import asyncio
 import functools
 import importlib.util
+import logging
+import logging.config
 import signal
 import socket
+import socketserver
 import sys
+import threading
 import time
+import wsgiref.simple_server
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TextIO
 
 from .asgi import LoadBalancerMiddleware
+from .core.balancer import Balancer
 from .core.settings import FrontEndSettings
 from .errors import ConfigError
 from .fleet.pool import require_library
-from .gateway_settings import GatewaySettings, load_settings
+from .gateway_settings import LOG_LEVELS, GatewaySettings, load_settings
 from .proxy import ErrorResponse, error_response
 from .proxy.settings import ProxySettings
 
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIApplication
+
 __all__ = ["load_settings", "make_app", "app_from_env", "choose_server", "check_libraries",
-           "bind", "serve"]
+           "bind", "bind_setting", "serve", "logging_config", "configure_logging", "LOG_FORMAT",
+           "GatewayApp", "AdminServer", "CannotListen"]
 
 # The modules each server needs: under uvicorn the gateway's protocol (head timeout,
 # connection limit, no trailers as headers) extends uvicorn's httptools protocol.
 SERVERS = {"granian": ("granian",), "uvicorn": ("uvicorn", "httptools")}
 
+#: Every line the gateway logs: time, level, logger, message.
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
-def make_app(settings: FrontEndSettings) -> LoadBalancerMiddleware:
-    """The gateway's ASGI application: the proxy with no app behind it (``settings``: from
-    :func:`load_settings`)."""
-    return LoadBalancerMiddleware(None, settings=settings)
+# The servers' own loggers, kept at warning or above: their INFO lines (start-up banners,
+# one per connection or request) would bury the pool's. granian's Rust side logs as
+# "_granian".
+_SERVER_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi",
+                   "granian", "_granian", "granian.access")
 
 
-def app_from_env() -> LoadBalancerMiddleware:
+def logging_config(level: str) -> dict[str, Any]:
+    """The gateway's logging (``level``: ``LB_LOG_LEVEL``) as a ``logging.config.dictConfig``:
+    one handler on stderr with :data:`LOG_FORMAT` for every logger, the servers' own at
+    ``warning`` at least. Applied in the main process (:func:`configure_logging`) and,
+    handed to granian, in its worker, which configures logging again when it starts."""
+    quiet = _server_log_level(level).upper()
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"gateway": {"format": LOG_FORMAT}},
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "gateway",
+                                "stream": "ext://sys.stderr"}},
+        "root": {"level": level.upper(), "handlers": ["stderr"]},
+        "loggers": {name: {"level": quiet} for name in _SERVER_LOGGERS},
+    }
+
+
+def _server_log_level(level: str) -> str:
+    """The level of the servers' own loggers for ``LB_LOG_LEVEL`` ``level``: warning at
+    least."""
+    return max(level, "warning", key=LOG_LEVELS.index)
+
+
+def configure_logging(level: str) -> None:
+    """Configure this process's logging for the gateway (:func:`logging_config`); ``serve``
+    runs it before the settings are read, so that their warnings have a handler."""
+    logging.config.dictConfig(logging_config(level))
+
+
+def make_app(settings: FrontEndSettings, *,
+             admin_socket: socket.socket | None = None) -> GatewayApp:
+    """The gateway's ASGI application: the proxy with no app behind it, and the admin
+    listener beside it when ``LB_ADMIN_LISTEN`` is set (``settings``: from
+    :func:`load_settings`; ``admin_socket``: the admin address bound already, as
+    :func:`serve` does before granian forks)."""
+    return GatewayApp(settings, admin_socket=admin_socket)
+
+
+class GatewayApp(LoadBalancerMiddleware):
+    """The proxy (with no app behind it), and with ``LB_ADMIN_LISTEN`` the status app on a
+    listener of its own (:class:`AdminServer`) in the process that owns the pool: started
+    at the lifespan's startup (before the sources' first answers are awaited, so ``/ready``
+    says 503 meanwhile), stopped at its shutdown.
+
+    ``admin_app`` makes the admin listener's WSGI app for the pool
+    (:func:`lbmiddleware.observe.status_wsgi_app` by default).
+    """
+
+    def __init__(self, settings: FrontEndSettings, *, admin_socket: socket.socket | None = None,
+                 admin_app: Callable[[Balancer], WSGIApplication] | None = None) -> None:
+        super().__init__(None, settings=settings)
+        self._admin_address = settings[GatewaySettings].admin_address
+        self._admin_socket = admin_socket
+        self._admin_app = admin_app if admin_app is not None else _status_app
+        self.admin: AdminServer | None = None
+
+    async def ready(self) -> bool:
+        self._start_admin()
+        return await super().ready()
+
+    async def aclose(self) -> None:
+        admin, self.admin = self.admin, None
+        if admin is not None:
+            admin.stop()
+        await super().aclose()
+
+    def _start_admin(self) -> None:
+        if self.admin is not None:
+            return
+        sock, self._admin_socket = self._admin_socket, None
+        if sock is None and self._admin_address is not None:
+            sock = bind_setting(self._admin_address, "LB_ADMIN_LISTEN")
+        if sock is not None:
+            self.admin = AdminServer(self._admin_app(self.balancer), sock)
+            self.admin.start()
+
+
+def _status_app(balancer: Balancer) -> WSGIApplication:
+    from .observe import status_wsgi_app
+    return status_wsgi_app(balancer)
+
+
+class AdminServer:
+    """A WSGI app (the status app) served on a listener of its own: the standard library's
+    threading HTTP server with wsgiref's handler, in a daemon thread (``lbmiddleware-admin``).
+
+    Its own listener, not a path of the proxied port: ``/status`` or ``/metrics`` stay the
+    backends' paths, and the admin port can be kept off the network the clients reach
+    (Envoy's admin interface, HAProxy's stats socket). A thread, not the event loop: the
+    page is rendered by plain code, and a scrape never waits behind proxied requests.
+    ``sock`` is listening already; :meth:`stop` closes it.
+    """
+
+    def __init__(self, app: WSGIApplication, sock: socket.socket) -> None:
+        host, port = sock.getsockname()[:2]
+        server = _AdminHTTPServer((host, port), _AdminHandler, bind_and_activate=False)
+        server.socket.close()
+        server.socket = sock
+        server.server_name, server.server_port = host, port     # (no reverse DNS lookup)
+        server.setup_environ()
+        server.set_app(app)
+        self.server = server
+        self.address: tuple[str, int] = (host, port)
+        self.thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
+                                       name="lbmiddleware-admin", daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self.address
+        return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        """Stop serving, close the listener and wait for the thread (a request still being
+        answered finishes in its own daemon thread)."""
+        if self.thread.is_alive():
+            self.server.shutdown()
+        self.server.server_close()
+        if self.thread.ident is not None:
+            self.thread.join(5.0)
+
+
+class _AdminHTTPServer(socketserver.ThreadingMixIn, wsgiref.simple_server.WSGIServer):
+    daemon_threads = True
+
+
+class _AdminHandler(wsgiref.simple_server.WSGIRequestHandler):
+    timeout = 10.0      # seconds a client may keep a thread without sending its request
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Silent: a scrape every few seconds would bury the gateway's own lines."""
+
+
+def app_from_env() -> GatewayApp:
     """An application factory for any ASGI server: ``uvicorn --factory
     lbmiddleware.gateway:app_from_env`` (settings from ``LB_*``; ``LB_LISTEN`` unused)."""
     return make_app(load_settings())
@@ -89,6 +246,28 @@ def check_libraries(settings: FrontEndSettings) -> None:
             raise ConfigError(str(exc)) from None
 
 
+class CannotListen(OSError):
+    """An address of the gateway could not be bound: which one, of which setting, and why."""
+
+    def __init__(self, address: tuple[str, int], variable: str, cause: OSError) -> None:
+        super().__init__(cause.errno, cause.strerror)
+        self.address = address
+        self.variable = variable
+
+    def __str__(self) -> str:
+        host, port = self.address
+        shown = f"[{host}]" if ":" in host else host
+        return f"cannot listen on {shown}:{port} ({self.variable}): {self.strerror}"
+
+
+def bind_setting(address: tuple[str, int], variable: str) -> socket.socket:
+    """:func:`bind`, raising :class:`CannotListen` naming ``variable`` when it fails."""
+    try:
+        return bind(address)
+    except OSError as exc:
+        raise CannotListen(address, variable, exc) from exc
+
+
 def bind(address: tuple[str, int]) -> socket.socket:
     """A listening TCP socket on ``(host, port)``; port 0 lets the OS choose."""
     host, port = address
@@ -115,33 +294,51 @@ def serve(settings: FrontEndSettings, *, out: TextIO = sys.stdout) -> None:
     gateway = settings[GatewaySettings]
     server = choose_server(gateway)
     check_libraries(settings)
-    sock = bind(gateway.listen_address)
+    sock = bind_setting(gateway.listen_address, "LB_LISTEN")
     host, port = sock.getsockname()[:2]
+    admin = None
+    if gateway.admin_address is not None:
+        try:
+            # Bound here, before granian forks (its worker serves on this very socket), so
+            # port 0 is resolved once and printed.
+            admin = bind_setting(gateway.admin_address, "LB_ADMIN_LISTEN")
+        except OSError:
+            sock.close()
+            raise
     if server == "granian":
         sock.close()        # granian binds the address itself (port 0: the one just found)
-    shown = f"[{host}]" if ":" in host else host
     backends = ", ".join(b.url for b in settings.core.backends)
-    banner = functools.partial(
-        print, f"lbmiddleware gateway listening on http://{shown}:{port} "
-               f"(prefix {settings[ProxySettings].prefix}, policy {settings.core.policy}, "
-               f"{server}) -> {backends}",
-        file=out, flush=True)
-    if server == "granian":
-        _serve_granian(settings, host, port, banner)
-    else:
-        try:
-            banner()            # the socket listens already: connections wait in its backlog
-            _serve_uvicorn(settings, sock)
-        finally:
-            sock.close()
+    line = (f"lbmiddleware gateway listening on {_url(host, port)} "
+            f"(prefix {settings[ProxySettings].prefix}, policy {settings.core.policy}, "
+            f"{server}) -> {backends}")
+    if admin is not None:
+        line += f"; admin {_url(*admin.getsockname()[:2])}/status"
+    banner = functools.partial(print, line, file=out, flush=True)
+    try:
+        if server == "granian":
+            _serve_granian(settings, host, port, banner, admin)
+        else:
+            banner()            # the sockets listen already: connections wait in the backlog
+            _serve_uvicorn(settings, sock, admin)
+    finally:
+        sock.close()
+        if admin is not None:
+            admin.close()
 
 
-def _serve_uvicorn(settings: FrontEndSettings, sock: socket.socket) -> None:
+def _url(host: str, port: int) -> str:
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+
+
+def _serve_uvicorn(settings: FrontEndSettings, sock: socket.socket,
+                   admin: socket.socket | None) -> None:
     import uvicorn
 
     gateway = settings[GatewaySettings]
     config = uvicorn.Config(
-        make_app(settings), lifespan="on", access_log=False, log_level="warning",
+        make_app(settings, admin_socket=admin), lifespan="on", access_log=False,
+        log_config=logging_config(gateway.log_level),
+        log_level=_server_log_level(gateway.log_level),
         loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
         http=_uvicorn_protocol(gateway), proxy_headers=False, server_header=False,
         date_header=False,
@@ -274,7 +471,7 @@ def _wait_until_listening(host: str, port: int, alive: Callable[[], bool],
 
 
 def _serve_granian(settings: FrontEndSettings, host: str, port: int,
-                   banner: Callable[[], None]) -> None:
+                   banner: Callable[[], None], admin: socket.socket | None) -> None:
     from granian.constants import HTTPModes, Interfaces, Loops
     from granian.http import HTTP1Settings
     from granian.log import LogLevels
@@ -298,16 +495,22 @@ def _serve_granian(settings: FrontEndSettings, host: str, port: int,
         def startup(self, spawn_target: Callable[..., Any],
                     target_loader: Callable[..., Any]) -> None:
             super().startup(spawn_target, target_loader)  # type: ignore[no-untyped-call]
+            if admin is not None:
+                admin.close()   # the worker has its copy: the listener is its alone
             if _wait_until_listening(host, port, lambda: all(w.is_alive() for w in self.wrks)):
                 banner()
 
     server = AnnouncingServer(
         "lbmiddleware.gateway:make_app", address=host, port=port, interface=Interfaces.ASGI,
         workers=1, loop=Loops.uvloop if importlib.util.find_spec("uvloop") else Loops.asyncio,
-        http=HTTPModes.http1, websockets=False, log_level=LogLevels.warning, log_access=False,
+        http=HTTPModes.http1, websockets=False, log_access=False,
+        # the worker configures logging with it again, after the fork
+        log_dictconfig=logging_config(gateway.log_level),
+        log_level=LogLevels(_server_log_level(gateway.log_level)),
         http1_settings=HTTP1Settings(
             header_read_timeout=max(1, round(gateway.header_timeout * 1000))),
         backpressure=gateway.max_connections,       # connections a worker accepts at once
         # then the worker is killed (typed int, used as a join() timeout: a float works)
         workers_kill_timeout=gateway.shutdown_timeout)  # type: ignore[arg-type]
-    server.serve(target_loader=functools.partial(make_app, settings), wrap_loader=False)
+    server.serve(target_loader=functools.partial(make_app, settings, admin_socket=admin),
+                 wrap_loader=False)

@@ -26,14 +26,18 @@ from .core.settings import (
     resolve,
     setting,
 )
+from .errors import ConfigError
 from .proxy.settings import ProxySettings
 
-__all__ = ["GatewaySettings", "GROUPS", "load_settings", "parse_listen", "MAX_SERVER_DURATION"]
+__all__ = ["GatewaySettings", "GROUPS", "load_settings", "parse_listen", "MAX_SERVER_DURATION",
+           "LOG_LEVELS"]
 
 # The gateway's servers keep their durations in fixed-size integers (granian crashed
 # on a header timeout of 1e17 s at its start, and on a shutdown timeout of 1e12 s on
 # SIGTERM): one day is far beyond any sensible value and far within every server's range.
 MAX_SERVER_DURATION = 86400.0
+
+DEFAULT_LISTEN = "127.0.0.1:8000"
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -60,6 +64,23 @@ def _listen(value: Any) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def _admin_listen(value: Any) -> str:
+    """An address as :func:`_listen` spells it, or ``""``: the admin listener is off."""
+    return _listen(value) if str(value).strip() else ""
+
+
+#: The levels ``LB_LOG_LEVEL`` takes, lowest first (``logging``'s names, in lower case).
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def _log_level(value: Any) -> str:
+    text = str(value).strip().lower()
+    text = {"warn": "warning", "fatal": "critical"}.get(text, text)
+    if text not in LOG_LEVELS:
+        raise ValueError(f"expected {', '.join(LOG_LEVELS[:-1])} or {LOG_LEVELS[-1]}")
+    return text
+
+
 def _server(value: Any) -> str:
     text = str(value).strip().lower()
     if text not in ("auto", "granian", "uvicorn"):
@@ -84,9 +105,14 @@ class GatewaySettings(BaseSettings):
                          "gateway HTTP server: auto (granian if installed, "
                          "else uvicorn) | granian | uvicorn"))
     listen: str = dataclasses.field(
-        default="127.0.0.1:8000",
+        default=DEFAULT_LISTEN,
         metadata=setting("LB_LISTEN", _listen,
                          "gateway address HOST:PORT (serve command)"))
+    admin_listen: str = dataclasses.field(
+        default="",
+        metadata=setting("LB_ADMIN_LISTEN", _admin_listen,
+                         "gateway: address HOST:PORT of the admin listener (/status, "
+                         "/status.json, /metrics, /ready); empty: off"))
     shutdown_timeout: float = dataclasses.field(
         default=30.0,
         metadata=setting("LB_SHUTDOWN_TIMEOUT", _server_duration,
@@ -102,20 +128,51 @@ class GatewaySettings(BaseSettings):
         metadata=setting("LB_MAX_CONNECTIONS", parse_positive_count,
                          "gateway: client connections served at once; more wait "
                          "(granian) or get 503 (uvicorn)"))
+    log_level: str = dataclasses.field(
+        default="info",
+        metadata=setting("LB_LOG_LEVEL", _log_level,
+                         "gateway: lowest level logged: debug | info | warning | error "
+                         "| critical"))
 
     readers: ClassVar[str] = "the gateway (python -m lbmiddleware serve): set its LB_ variable"
 
     if TYPE_CHECKING:
         # The constructor as type checkers see it: each field as its cast takes it (see
         # Settings in core/settings.py).
-        def __init__(self, server: str = ..., listen: str = ...,
+        def __init__(self, server: str = ..., listen: str = ..., admin_listen: str = ...,
                      shutdown_timeout: DurationLike = ..., header_timeout: DurationLike = ...,
-                     max_connections: CountLike = ...) -> None: ...
+                     max_connections: CountLike = ..., log_level: str = ...) -> None: ...
+
+    def _check(self) -> None:
+        # The admin port is the status app's alone, never shared with proxied paths.
+        admin = self.admin_address
+        if admin is not None and _same_listener(admin, self.listen_address):
+            raise ConfigError(
+                f"LB_ADMIN_LISTEN (admin_listen) has value {self.admin_listen!r}: the address "
+                f"of LB_LISTEN (listen), which has value {self.listen!r}"
+                f"{' (its default)' if self.listen == DEFAULT_LISTEN else ''}; the admin "
+                f"listener needs a port of its own: set LB_ADMIN_LISTEN to another port "
+                f"(port 0 picks a free one)")
 
     @property
     def listen_address(self) -> tuple[str, int]:
         """``listen`` as ``(host, port)``."""
         return parse_listen(self.listen)
+
+    @property
+    def admin_address(self) -> tuple[str, int] | None:
+        """``admin_listen`` as ``(host, port)``; ``None`` when the admin listener is off."""
+        return parse_listen(self.admin_listen) if self.admin_listen else None
+
+
+_ANY_ADDRESS = ("0.0.0.0", "::")
+
+
+def _same_listener(one: tuple[str, int], other: tuple[str, int]) -> bool:
+    """Whether two addresses would claim one listener: the same port (not 0, which picks a
+    free one each) on the same host, or on a host and the wildcard address."""
+    return one[1] == other[1] != 0 and (
+        one[0] == other[0] or one[0] in _ANY_ADDRESS or other[0] in _ANY_ADDRESS)
 
 
 #: The classes of settings the gateway reads, in the order ``serve --help`` lists them.

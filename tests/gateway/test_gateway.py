@@ -136,6 +136,17 @@ def test_spoofed_x_forwarded_for_is_appended_not_believed(gateway, backends):
      "LB_HEADER_TIMEOUT has value '1e17': at most 86400 s (one day)"),
     ({"LB_BACKENDS": "http://127.0.0.1:1", "LB_SHUTDOWN_TIMEOUT": "1e12"},
      "LB_SHUTDOWN_TIMEOUT has value '1e12': at most 86400 s (one day)"),
+    ({"LB_BACKENDS": "http://127.0.0.1:1", "LB_LOG_LEVEL": "loud"},
+     "LB_LOG_LEVEL has value 'loud': expected debug, info, warning, error or critical"),
+    # read before the others (logging is configured first): still an error naming it
+    ({"LB_LOG_LEVEL": "loud"}, "LB_LOG_LEVEL has value 'loud'"),
+    ({"LB_BACKENDS": "http://127.0.0.1:1", "LB_ADMIN_LISTEN": "admin"},
+     "LB_ADMIN_LISTEN has value 'admin': expected HOST:PORT"),
+    ({"LB_BACKENDS": "http://127.0.0.1:1", "LB_ADMIN_LISTEN": "127.0.0.1:8000"},
+     "LB_ADMIN_LISTEN (admin_listen) has value '127.0.0.1:8000': the address of LB_LISTEN "
+     "(listen), which has value '127.0.0.1:8000' (its default)"),
+    ({"LB_BACKENDS": "http://127.0.0.1:1", "LB_ACCESS_LOG": "maybe"},
+     "LB_ACCESS_LOG has value 'maybe': not a boolean"),
 ])
 def test_a_bad_setting_prints_the_config_error_and_exits_2(environ, message):
     result = run_serve(environ)
@@ -262,8 +273,56 @@ def test_gateway_settings_defaults():
     assert settings.listen_address == ("127.0.0.1", 8000)
     assert (settings.server, settings.shutdown_timeout, settings.header_timeout,
             settings.max_connections) == ("auto", 30.0, 30.0, 512)
+    assert (settings.admin_listen, settings.admin_address, settings.log_level) == ("", None, "info")
     assert [row[0] for row in GatewaySettings.describe()] == [
-        "LB_SERVER", "LB_LISTEN", "LB_SHUTDOWN_TIMEOUT", "LB_HEADER_TIMEOUT", "LB_MAX_CONNECTIONS"]
+        "LB_SERVER", "LB_LISTEN", "LB_ADMIN_LISTEN", "LB_SHUTDOWN_TIMEOUT", "LB_HEADER_TIMEOUT",
+        "LB_MAX_CONNECTIONS", "LB_LOG_LEVEL"]
+
+
+@pytest.mark.parametrize("given, level", [
+    ("info", "info"), ("WARNING", "warning"), (" warn ", "warning"), ("Debug", "debug"),
+    ("error", "error"), ("CRITICAL", "critical"), ("fatal", "critical")])
+def test_log_levels_are_logging_names_in_any_case(given, level):
+    assert GatewaySettings.from_env({"LB_LOG_LEVEL": given}).log_level == level
+
+
+def test_a_bad_log_level_names_the_variable_and_the_levels():
+    for value in ("loud", "", "20", "notset"):
+        with pytest.raises(lb_errors.ConfigError,
+                           match=f"LB_LOG_LEVEL has value '{value}': expected debug, info, "
+                                 "warning, error or critical"):
+            GatewaySettings.from_env({"LB_LOG_LEVEL": value})
+
+
+@pytest.mark.parametrize("given, shown, address", [
+    ("", "", None), ("  ", "", None), ("127.0.0.1:9901", "127.0.0.1:9901", ("127.0.0.1", 9901)),
+    (":0", "127.0.0.1:0", ("127.0.0.1", 0)), ("[::1]:9901", "[::1]:9901", ("::1", 9901))])
+def test_the_admin_address_is_empty_or_host_and_port(given, shown, address):
+    settings = GatewaySettings.from_env({"LB_ADMIN_LISTEN": given})
+    assert (settings.admin_listen, settings.admin_address) == (shown, address)
+
+
+@pytest.mark.parametrize("listen, admin", [
+    ("127.0.0.1:8000", "127.0.0.1:8000"), ("127.0.0.1:9000", ":9000"),
+    ("0.0.0.0:9000", "127.0.0.1:9000"), ("[::1]:9000", "[::]:9000")])
+def test_the_admin_address_cannot_be_the_proxys(listen, admin):
+    with pytest.raises(lb_errors.ConfigError) as caught:
+        GatewaySettings.from_env({"LB_LISTEN": listen, "LB_ADMIN_LISTEN": admin})
+    message = str(caught.value)
+    assert message.startswith("LB_ADMIN_LISTEN (admin_listen) has value")
+    assert f"the address of LB_LISTEN (listen), which has value '{listen}'" in message
+    assert ("(its default)" in message) == (listen == "127.0.0.1:8000")
+    assert "set LB_ADMIN_LISTEN to another port" in message
+    with pytest.raises(lb_errors.ConfigError, match="LB_ADMIN_LISTEN"):
+        GatewaySettings(listen=listen, admin_listen=admin)
+
+
+@pytest.mark.parametrize("listen, admin", [
+    ("127.0.0.1:0", "127.0.0.1:0"), ("127.0.0.1:8000", "127.0.0.1:8001"),
+    ("127.0.0.1:9000", "127.0.0.2:9000")])
+def test_distinct_admin_and_proxy_addresses_are_taken(listen, admin):
+    settings = GatewaySettings(listen=listen, admin_listen=admin)
+    assert settings.admin_address != settings.listen_address or settings.listen.endswith(":0")
 
 
 @pytest.mark.parametrize("value, words", [

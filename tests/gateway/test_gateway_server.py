@@ -8,7 +8,6 @@ with its parent and never outlives the test.
 from __future__ import annotations
 
 import os
-import re
 import select
 import signal
 import socket
@@ -30,16 +29,12 @@ class Gateway(GatewayProcess):
     banner is awaited for ``timeout`` seconds, and ``terminate()`` reports how it ended."""
 
     def start(self, timeout: float = 15.0) -> Gateway:
-        self.process = subprocess.Popen(self.args, env=self.environ, stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE, text=True, start_new_session=True)
+        self.spawn(start_new_session=True)
         ready, _, _ = select.select([self.process.stdout], [], [], timeout)
         line = self.process.stdout.readline() if ready else ""
-        match = re.search(r"listening on http://127\.0\.0\.1:(\d+)", line)
-        if not match:
+        if not self.read_banner(line):
             self.stop()
             raise RuntimeError(f"the gateway did not start: {line!r}")
-        self.banner = line
-        self.port = int(match.group(1))
         return self
 
     def terminate(self, timeout: float) -> tuple[int | None, float]:
@@ -64,11 +59,7 @@ class Gateway(GatewayProcess):
             pass
         if self.process.poll() is None:
             self.process.wait(5)
-        errors = self.process.stderr.read()
-        self.process.stdout.close()
-        self.process.stderr.close()
-        self.process = None
-        return errors
+        return self.finish()
 
 
 def gateway_env(server: str, backends: str, **settings: str) -> dict[str, str]:

@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 
 
@@ -13,7 +14,13 @@ class GatewayProcess:
     """``python -m lbmiddleware serve`` in a subprocess on a port the OS chooses.
 
     ``environ`` holds the ``LB_*`` settings (``LB_LISTEN`` defaults to port 0); the port
-    is read from the line the gateway prints. ``stop()`` sends SIGTERM (then SIGKILL).
+    is read from the line the gateway prints, and so is the admin port when
+    ``LB_ADMIN_LISTEN`` is set (``admin_port``, ``admin_url``). ``stop()`` sends SIGTERM
+    (then SIGKILL).
+
+    What the gateway logs (its stderr) is read as it comes, by a thread, so a gateway that
+    logs much never blocks on a full pipe: :meth:`output` is what it wrote so far,
+    :meth:`wait_for_output` waits for a line, and ``stop()`` returns all of it.
 
     Under granian, port 0 is a free port the gateway looks up and hands to granian's
     worker, which binds it a moment later; another socket of the test run can take it in
@@ -27,7 +34,11 @@ class GatewayProcess:
         self.args = [sys.executable, "-m", "lbmiddleware", "serve"]
         self.process = None
         self.port = 0
+        self.admin_port = 0
         self.banner = ""
+        self._lines: list[str] = []
+        self._lines_lock = threading.Lock()
+        self._reader: threading.Thread | None = None
 
     def start(self, timeout: float = 15.0, attempts: int = 3) -> GatewayProcess:
         for attempt in range(attempts):
@@ -41,21 +52,71 @@ class GatewayProcess:
         raise AssertionError("unreachable")
 
     def _start(self, timeout: float) -> GatewayProcess:
-        self.process = subprocess.Popen(self.args, env=self.environ, stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE, text=True)
+        self.spawn()
         deadline = time.monotonic() + timeout
         line = self.process.stdout.readline()       # the banner, or "" if it exited
-        match = re.search(r"listening on http://127\.0\.0\.1:(\d+)", line)
-        if not match or time.monotonic() > deadline:
+        if time.monotonic() > deadline or not self.read_banner(line):
             errors = self.stop()
             raise RuntimeError(f"the gateway did not start: {line!r} {errors!r}")
+        return self
+
+    def spawn(self, **popen) -> None:
+        """Start the process (``popen``: more arguments for ``Popen``) and the thread that
+        reads its stderr."""
+        self.process = subprocess.Popen(self.args, env=self.environ, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True, **popen)
+        with self._lines_lock:
+            self._lines = []
+        self._reader = threading.Thread(target=self._read_stderr, args=(self.process.stderr,),
+                                        name="gateway-stderr", daemon=True)
+        self._reader.start()
+
+    def read_banner(self, line: str) -> bool:
+        """Take the ports from the banner ``line``; False when it is none."""
+        match = re.search(r"listening on http://127\.0\.0\.1:(\d+)", line)
+        if not match:
+            return False
         self.banner = line
         self.port = int(match.group(1))
-        return self
+        admin = re.search(r"admin http://127\.0\.0\.1:(\d+)/status", line)
+        self.admin_port = int(admin.group(1)) if admin else 0
+        return True
+
+    def _read_stderr(self, stream) -> None:
+        try:
+            for line in stream:
+                with self._lines_lock:
+                    self._lines.append(line)
+        except (ValueError, OSError):       # closed by finish() (a worker left it open)
+            pass
+
+    def output(self) -> str:
+        """What the gateway wrote on stderr so far."""
+        with self._lines_lock:
+            return "".join(self._lines)
+
+    def wait_for_output(self, pattern: str, timeout: float = 10.0) -> str:
+        """The first line of stderr that ``pattern`` (a regular expression) matches,
+        waiting up to ``timeout`` seconds for it; AssertionError naming what came instead."""
+        compiled = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lines_lock:
+                found = next((line for line in self._lines if compiled.search(line)), None)
+            if found is not None:
+                return found
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no line matching {pattern!r} in {timeout} s; the "
+                                     f"gateway wrote:\n{self.output()}")
+            time.sleep(0.01)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
 
     @property
     def pid(self) -> int:
@@ -79,11 +140,17 @@ class GatewayProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        errors = self.process.stderr.read()
+        return self.finish()
+
+    def finish(self) -> str:
+        """Once the process ended: close its pipes, end the reader; returns its stderr."""
+        if self._reader is not None:
+            self._reader.join(timeout=5)
+            self._reader = None
         self.process.stdout.close()
         self.process.stderr.close()
         self.process = None
-        return errors
+        return self.output()
 
     def __enter__(self) -> GatewayProcess:
         return self.start()
