@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
@@ -351,9 +352,14 @@ def failure_text(exc: UpstreamError, pool: HostPool) -> str:
     if isinstance(exc, ReadTimeout):
         return f"read timed out after {format_seconds(pool.read_timeout)}"
     if isinstance(exc, ConnectError):
-        # the OSError it was raised from (its context: raised "from None", kept all the same)
+        # the OSError it was raised from (its context: raised "from None", kept all the
+        # same), by its errno: asyncio's own text names the address ("Connect call failed")
+        # (a name not resolved: getaddrinfo's own text, its errno being no system error)
         cause = exc.__context__
-        if isinstance(cause, OSError) and cause.strerror:
-            return cause.strerror[:1].lower() + cause.strerror[1:]
+        if isinstance(cause, OSError):
+            text = (os.strerror(cause.errno) if cause.errno is not None and cause.errno > 0
+                    else cause.strerror)
+            if text:
+                return text[:1].lower() + text[1:]
     return str(exc)
 
