@@ -30,6 +30,8 @@ class SourceStatus:
     failures: int = 0                     # failed attempts in the current outage
     partial: str | None = None            # a part that fails while the source answers (a
                                           # DNS name's AAAA question, say: dns.py); else None
+    updates_total: int = 0                # answers ever (metrics' discovery_updates_total)
+    failures_total: int = 0               # failed asks ever (never reset, unlike failures)
 
     @property
     def failing(self) -> bool:
@@ -38,3 +40,16 @@ class SourceStatus:
     def as_dict(self) -> dict[str, Any]:
         """A copy as a plain dict (the ``source_stats()`` row)."""
         return dataclasses.asdict(self)
+
+    def ages(self, now: float) -> dict[str, float | None]:
+        """The times as a person reads them, at ``now`` (a reading of the same timer):
+        ``last_success_ago``, ``last_error_ago``, ``next_refresh_in`` (0 when due) and
+        ``failing_for`` (seconds; None when it has not happened or does not apply)."""
+        last_success, last_error_at = self.last_success, self.last_error_at
+        next_refresh, failing_since = self.next_refresh, self.failing_since
+        return {
+            "last_success_ago": None if last_success is None else max(0.0, now - last_success),
+            "last_error_ago": None if last_error_at is None else max(0.0, now - last_error_at),
+            "next_refresh_in": None if next_refresh is None else max(0.0, next_refresh - now),
+            "failing_for": None if failing_since is None else max(0.0, now - failing_since),
+        }

@@ -93,6 +93,7 @@ class Follower:
         status = self.status
         status.backends = len(backends)
         status.last_success = now
+        status.updates_total += 1
         self.backoff.reset()
         if status.failing_since is not None:
             outage = now - status.failing_since
@@ -110,6 +111,7 @@ class Follower:
         status.last_error_at = now
         status.next_refresh = now + delay
         status.failures += 1
+        status.failures_total += 1
         if status.failing_since is None:
             status.failing_since = now
             kept = len(self.backends) if self.backends is not None else 0

@@ -176,9 +176,13 @@ class Balancer(CoreBalancer):
         """One row per source, in the settings' order: ``url``, ``kind`` (dns, srv, etcd),
         ``backends`` (members in its last good set), ``last_success``, ``last_error``,
         ``last_error_at``, ``next_refresh``, ``failing_since`` (times by the monotonic
-        clock, None until they happen) and ``partial`` (what fails while the source still
-        answers, a DNS name's AAAA question say; None when nothing does)."""
+        clock, None until they happen), the same as ages (seconds, None when they do not
+        apply): ``last_success_ago``, ``last_error_ago``, ``next_refresh_in``,
+        ``failing_for``; ``partial`` (what fails while the source still answers, a DNS
+        name's AAAA question say; None when nothing does); and the lifetime counters
+        ``updates_total`` (answers) and ``failures_total`` (failed asks)."""
         rows = []
+        now = time.monotonic()          # the watchers' timer (see watcher_for)
         for watcher in self._watchers.values():
             status = watcher.status
             rows.append({"url": status.source, "kind": status.kind, "backends": status.backends,
@@ -186,7 +190,10 @@ class Balancer(CoreBalancer):
                          "last_error_at": status.last_error_at,
                          "next_refresh": status.next_refresh,
                          "failing_since": status.failing_since,
-                         "partial": status.partial})
+                         **status.ages(now),
+                         "partial": status.partial,
+                         "updates_total": status.updates_total,
+                         "failures_total": status.failures_total})
         return rows
 
     async def ready(self, timeout: float | None = None) -> bool:

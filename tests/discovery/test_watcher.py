@@ -104,6 +104,36 @@ def test_recovery_emits_once_with_the_outage_and_resets_the_back_off(clock):
     assert rec.events[-1] == SourceFailed(SOURCE, "refused", 1.0)
 
 
+def test_lifetime_counters_count_every_answer_and_failure_and_never_reset(clock):
+    f, _ = follower(clock)
+    f.succeeded((A,))
+    f.succeeded((A,))                       # the same set: an answer all the same
+    f.failed("SERVFAIL")
+    f.failed("SERVFAIL")
+    f.succeeded((A, B))                     # the outage ends: failures resets, the total not
+    f.failed("refused")
+    status = f.status
+    assert (status.updates_total, status.failures_total, status.failures) == (3, 3, 1)
+    assert status.as_dict()["updates_total"] == 3
+
+
+def test_ages_read_the_status_times_from_now(clock):
+    f, _ = follower(clock)
+    assert f.status.ages(clock.now) == {"last_success_ago": None, "last_error_ago": None,
+                                        "next_refresh_in": None, "failing_for": None}
+    f.succeeded((A,))
+    clock.advance(5.0)
+    delay = f.failed("timeout")             # 1 s back-off
+    clock.advance(0.25)
+    assert f.status.ages(clock.now) == {
+        "last_success_ago": 5.25, "last_error_ago": 0.25,
+        "next_refresh_in": pytest.approx(delay - 0.25), "failing_for": 0.25}
+    clock.advance(3.0)                      # overdue: due now, not negative
+    f.succeeded((A,))
+    assert f.status.ages(clock.now) == {"last_success_ago": 0.0, "last_error_ago": 3.25,
+                                        "next_refresh_in": 0.0, "failing_for": None}
+
+
 def test_a_failure_before_any_answer_publishes_nothing(clock):
     f, rec = follower(clock)
     f.failed("timeout")
