@@ -174,7 +174,9 @@ def state_text(row: Mapping[str, Any]) -> tuple[str, str]:
             return "waiting for a first check", "idle"
         rise = check.get("rise") or 0
         to_go = check.get("passes_to_up")
-        return (f"DOWN {rise}/{rise + to_go}" if isinstance(to_go, int) else "DOWN"), "bad"
+        if rise and isinstance(to_go, int):     # coming up: passes so far of those needed
+            return f"DOWN {rise}/{rise + to_go}", "bad"
+        return "DOWN", "bad"
     if state == "draining":
         left = row.get("drain_left")
         return ("draining" + (f", {duration(left, up=True)} left" if left is not None
@@ -219,7 +221,8 @@ _SLOTS = round(KEEP / INTERVAL)
 
 def _charts(history: Mapping[str, Any]) -> str:
     requests = _values(history.get("requests_per_second"))
-    failures = _values(history.get("failures_per_second"))
+    # (failures drawn only where there were some: a red line along zero reads as an alarm)
+    failures = [v or None for v in _values(history.get("failures_per_second"))]
     latency = _values(history.get("latency_ms"))
     slots = max(_SLOTS, len(requests), len(latency))
     top_rate = _top(requests + failures)
@@ -260,11 +263,12 @@ def _spark(lines: Sequence[tuple[str, Sequence[float | None]]], slots: int, top:
         offset = slots - len(values)
         for run in _runs(values):
             points = [((offset + i) * step, _HEIGHT - 1 - value * scale) for i, value in run]
-            if len(points) == 1:
+            alone = len(points) == 1            # a dash where it stands, no area under it
+            if alone:
                 x, y = points[0]
                 points = [(max(x - step / 2, 0), y), (min(x + step / 2, _WIDTH), y)]
             coords = " ".join(f"{x:.1f},{y:.1f}" for x, y in points)
-            if index == 0:
+            if index == 0 and not alone:
                 first, last = points[0][0], points[-1][0]
                 parts.append(f'<polygon class="{css}-area" points="{first:.1f},{_HEIGHT} '
                              f'{coords} {last:.1f},{_HEIGHT}"/>')
@@ -441,7 +445,7 @@ td.check{min-width:7em;max-width:16em}
 .ok{color:var(--ok)}
 .error{color:var(--bad);overflow-wrap:break-word}
 .empty{color:var(--muted);text-align:center}
-table.sources{margin-bottom:12px}
+table.sources{margin-bottom:18px}
 .chip{display:inline-flex;align-items:center;gap:6px;white-space:nowrap;border-radius:999px;
 padding:1px 10px 1px 8px;font-size:12px;font-weight:600;color:var(--idle);
 background:var(--idle-bg)}

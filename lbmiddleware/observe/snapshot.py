@@ -113,6 +113,7 @@ def _backend(row: Mapping[str, Any], past: Any, history: History) -> dict[str, A
     shown["failures_per_second"] = failures
     shown["history"] = {"interval": past.interval,
                         "requests_per_second": list(past.requests_per_second),
+                        "failures_per_second": list(past.failures_per_second),
                         "latency_ms": list(past.latency_ms)}
     return _clean_row(shown)
 

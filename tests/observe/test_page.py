@@ -92,11 +92,16 @@ def test_the_charts_are_inline_svg_with_gaps_where_a_backend_was_not_a_member():
             if backend is not None:
                 pool.report(pool.pick(exclude=[x for x in pool.backends if x is not backend]),
                             latency=0.01 * (n + 1), status=200)
+        if n == 4:                                          # one failure of a's: refused
+            pool.report(pool.pick(exclude=[b for b in pool.backends if b.url != "http://a:1"]),
+                        ok=False)
         history.sample(n * 5.0)
     page = render(snapshot(pool, history=lambda _: history))
     a_row, b_row = page.split('<tr class="state-')[1:3]
     assert a_row.count("<svg") == b_row.count("<svg") == 2  # request rate, latency
     assert a_row.count('<polyline class="req"') == 1
+    assert a_row.count('<polyline class="fail"') == 1       # only where it failed: in red
+    assert '<polyline class="fail"' not in b_row            # no failure, no red line
     assert b_row.count('<polyline class="req"') == 2        # split where it was gone
     assert "<span>max 60.0</span>" in a_row                 # ms: the last interval's latency
     points = re.search(r'<polyline class="req" points="([^"]+)"', a_row).group(1).split()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import pathlib
 import re
 
 import pytest
@@ -58,7 +59,8 @@ def test_the_top_level_shape_and_every_stats_key_but_the_timer_readings():
                         | {"requests_per_second", "failures_per_second", "history"})
     assert (row["requests"], row["bytes_received"], row["latency"]) == (1, 7, 0.02)
     assert row["requests_per_second"] is None               # no interval sampled yet
-    assert row["history"] == {"interval": 5.0, "requests_per_second": [], "latency_ms": []}
+    assert row["history"] == {"interval": 5.0, "requests_per_second": [],
+                              "failures_per_second": [], "latency_ms": []}
     json.dumps(snap, allow_nan=False)                       # plain JSON, nothing else
 
 
@@ -76,7 +78,8 @@ def test_rates_and_charts_come_from_the_pools_history():
     assert (a["requests_per_second"], a["failures_per_second"]) == (2.0, 0.0)
     assert (b["requests_per_second"], b["failures_per_second"]) == (0.2, 0.2)
     assert a["history"] == {"interval": 5.0, "requests_per_second": [2.0],
-                            "latency_ms": [50.0]}
+                            "failures_per_second": [0.0], "latency_ms": [50.0]}
+    assert b["history"]["failures_per_second"] == [0.2]
     assert b["history"]["latency_ms"] == [200.0]
 
 
@@ -112,7 +115,7 @@ def test_a_down_backend_shows_its_rise_progress_like_haproxy():
     check = a["health_check"]
     assert a["state"] == "down" and check["status"] == "down" and check["last"] == "status 503"
     assert check["checked_ago"] == pytest.approx(4.0) and "checked_at" not in check
-    assert state_text(a) == ("DOWN 0/2", "bad")
+    assert state_text(a) == ("DOWN", "bad")              # no pass yet
     pool.report_probe(A, True)
     a = rows(take(pool, clock))[A]
     assert state_text(a) == ("DOWN 1/2", "bad")
@@ -240,3 +243,42 @@ def test_a_value_json_cannot_carry_becomes_null():
     snap = take(pool, clock)
     json.dumps(snap, allow_nan=False)
     assert rows(snap)[A]["latency_sum"] is None
+
+
+# -- docs/status.md documents the schema field by field ------------------------------------
+
+STATUS_DOC = pathlib.Path(__file__).resolve().parents[2] / "docs" / "status.md"
+
+
+def documented(heading: str) -> set[str]:
+    """The fields of the table under ``### heading`` in docs/status.md."""
+    lines = STATUS_DOC.read_text(encoding="utf-8").splitlines()
+    start = lines.index(f"### {heading}")
+    header = next(i for i in range(start, len(lines)) if lines[i].startswith("| field |"))
+    fields = set()
+    for line in lines[header + 2:]:
+        if not line.startswith("|"):
+            break
+        fields.add(line.split("|")[1].strip().strip("`"))
+    return fields
+
+
+def test_docs_status_md_documents_every_field_and_no_other():
+    clock = FakeClock()
+    pool = CoreBalancer([A, B], timer=clock, health_check="/healthz")
+    snap = take(pool, clock)
+    [backend, _] = snap["pools"][0]["backends"]
+    watcher = StillWatcher(SOURCE, "http://127.0.0.2:8080")
+
+    class Pool(lb.Balancer):
+        def watcher(self, source):
+            return watcher
+
+    with Pool([SOURCE]) as fleet_pool:
+        [source] = take(fleet_pool)["pools"][0]["sources"]
+    assert documented("Top level") == set(snap)
+    assert documented("A pool") == set(snap["pools"][0])
+    assert documented("A source") == set(source)
+    assert documented("A backend") == set(backend)
+    assert documented("A backend's health_check") == set(backend["health_check"])
+    assert documented("A backend's history") == set(backend["history"])

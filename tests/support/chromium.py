@@ -70,6 +70,32 @@ def screenshot(url: str, path: str | os.PathLike[str], *, width: int = 1280,
     return target
 
 
+def sideways_overflow(page: str, width: int, *, timeout: float = TIMEOUT) -> int:
+    """How far ``page`` (an HTML document) overflows sideways when shown ``width`` CSS pixels
+    wide: the largest of the document's and each ``.scroll`` box's scroll width beyond its
+    own width (0: nothing to scroll sideways). The page goes into a same-origin ``srcdoc``
+    frame of that width, measured by this helper's script once it has loaded, so the page
+    itself needs none."""
+    measure = (
+        "addEventListener('load', () => {"
+        " const d = document.getElementById('page').contentDocument;"
+        " const boxes = [d.documentElement, ...d.querySelectorAll('.scroll')];"
+        " const over = Math.max(...boxes.map(e => e.scrollWidth - e.clientWidth));"
+        " document.getElementById('overflow').textContent = String(over); });")
+    wrapper = ('<!doctype html><html><body style="margin:0">'
+               f'<iframe id="page" style="width:{width}px;height:900px;border:0" '
+               f'srcdoc="{html.escape(page, quote=True)}"></iframe>'
+               f'<div id="overflow">unmeasured</div><script>{measure}</script></body></html>')
+    with tempfile.TemporaryDirectory(prefix="lbmiddleware-overflow-") as folder:
+        file = pathlib.Path(folder) / "measure.html"
+        file.write_text(wrapper, encoding="utf-8")
+        dom = dump_dom(file.as_uri(), timeout=timeout)
+    found = re.search(r'<div id="overflow">([^<]*)</div>', dom)
+    if found is None or not found.group(1).lstrip("-").isdigit():
+        raise RuntimeError(f"the page was not measured: {found.group(1) if found else dom!r}")
+    return int(found.group(1))
+
+
 def visible_text(dom: str) -> str:
     """The text of a dumped DOM as a person reads it: tags, style and titles out,
     entities decoded, white space collapsed (what ``document.body.innerText`` gives,
