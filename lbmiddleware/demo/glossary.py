@@ -3,12 +3,15 @@ on the terminal and in the HTML report alike, so both say the same thing."""
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping
 from typing import Any
 
 from .backends import FLAKY_FAILURE_RATE, SLOW_DELAY
 
-__all__ = ["explained", "WHAT_TO_SEE", "BACKENDS_EXPLAINED"]
+__all__ = ["explained", "wrapped", "terminal_lines", "WHAT_TO_SEE", "BACKENDS_EXPLAINED"]
+
+TERMINAL_WIDTH = 100             # the demo's printed lines wrap here
 
 
 def explained(settings: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -27,6 +30,17 @@ def explained(settings: Mapping[str, Any]) -> list[tuple[str, str]]:
          "times x the requests it already has), so the fast one gets most and a failing one "
          "counts as very slow"),
     ]
+
+
+def wrapped(label: str, text: str, width: int) -> str:
+    """``  label:   text`` wrapped at TERMINAL_WIDTH under a column ``width`` wide."""
+    return textwrap.fill(text, TERMINAL_WIDTH, initial_indent=f"  {label + ':':<{width}}",
+                         subsequent_indent=" " * (width + 2))
+
+
+def terminal_lines(settings: Mapping[str, Any]) -> list[str]:
+    """:func:`explained` for the terminal, under a ``words:`` heading."""
+    return ["  words:", *(wrapped(term, line, 16) for term, line in explained(settings))]
 
 
 BACKENDS_EXPLAINED = (

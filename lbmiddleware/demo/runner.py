@@ -23,7 +23,6 @@ import os
 import socket
 import sys
 import tempfile
-import textwrap
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -32,7 +31,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from ..core.balancer import Balancer
 from ..core.settings import POLICIES, POLICY_ALIASES
 from .client import REQUEST_TIMEOUT, read_response
-from .glossary import BACKENDS_EXPLAINED, WHAT_TO_SEE, explained
+from .glossary import BACKENDS_EXPLAINED, WHAT_TO_SEE, terminal_lines, wrapped
 from .processes import STARTUP_TIMEOUT, BackendProcess
 from .report import write_report
 from .results import BackendRow, PolicyResult, Sample, error_kinds, percentile
@@ -51,7 +50,8 @@ DEMO_SETTINGS: dict[str, Any] = {  # the gateway's settings, shown in the demo's
 }
 BALANCER_SETTINGS = ("max_fails", "fail_timeout")   # the Balancer's; the rest the proxy's
 TIME_BUDGET = 50.0               # seconds for all the runs: each stops sending at its share
-HEADER_WIDTH = 100               # the header's lines wrap here
+DEFAULT_RATE = 20.0              # --serve: GETs a second through the gateway
+MAX_RATE = 1000.0                # --serve: a steady trickle, not a benchmark
 
 logger = logging.getLogger("lbmiddleware")
 
@@ -347,18 +347,12 @@ def _setup(requests: int, concurrency: int, steady: Sequence[BackendProcess]
     ]
 
 
-def _wrapped(label: str, text: str, width: int) -> str:
-    return textwrap.fill(text, HEADER_WIDTH, initial_indent=f"  {label + ':':<{width}}",
-                         subsequent_indent=" " * (width + 2))
-
-
 def _header(setup: Sequence[tuple[str, str]]) -> str:
     """The terminal's header: the run, then one line per word a newcomer needs."""
     return "\n".join([
         "lbmiddleware demo",
-        *(_wrapped(label, text, 10) for label, text in setup),
-        "  words:",
-        *(_wrapped(term, line, 16) for term, line in explained(DEMO_SETTINGS)),
+        *(wrapped(label, text, 10) for label, text in setup),
+        *terminal_lines(DEMO_SETTINGS),
         "",
     ])
 
@@ -433,9 +427,20 @@ def _positive(text: str) -> int:
     return value
 
 
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= MAX_RATE:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a rate from 0 to {MAX_RATE:g} requests a second")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m lbmiddleware demo [--requests N] [--policies a,b] [--report PATH]
-    [--backends-only]``."""
+    [--serve [--rate N]] [--backends-only]``."""
     parser = argparse.ArgumentParser(
         prog="python -m lbmiddleware demo",
         description="Start three local backends (fast, slow, flaky) and a gateway, drive GET "
@@ -450,6 +455,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--report", metavar="PATH",
                         help="where to write the HTML report (default: report.html in a new "
                              "temporary folder); its path is printed at the end")
+    parser.add_argument("--serve", action="store_true",
+                        help="instead of the runs: keep the three backends and the gateway with "
+                             "its status page running until Ctrl-C, and kill or start a "
+                             "backend by typing 'kill flaky' or 'start flaky' (policy: the "
+                             "first of --policies)")
+    parser.add_argument("--rate", type=_rate, default=DEFAULT_RATE, metavar="N",
+                        help=f"with --serve: GET requests a second the demo sends through the "
+                             f"gateway (default {DEFAULT_RATE:g}; 0: none)")
     parser.add_argument("--backends-only", action="store_true",
                         help="only start the three backends, print LB_BACKENDS=... and wait "
                              "(for the examples); Ctrl-C stops them")
@@ -461,6 +474,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("the demo runs the gateway, which needs uvicorn: "
               "pip install 'lbmiddleware[gateway]'", file=sys.stderr)
         return 2
+    if args.serve:
+        from .serve import serve
+        try:
+            return serve(args.policies[0], args.rate, DEMO_SETTINGS)
+        except RuntimeError as exc:
+            print(f"the demo could not start: {exc}", file=sys.stderr)
+            return 1
     folder = None if args.report else tempfile.mkdtemp(prefix="lbmiddleware-demo-")
     report = args.report or os.path.join(str(folder), "report.html")
     try:

@@ -8,7 +8,6 @@ import os
 import pathlib
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,37 +20,14 @@ from lbmiddleware.demo import runner as demo
 from lbmiddleware.demo.backends import FLAKY_FAILURE_RATE, SLOW_DELAY
 from lbmiddleware.demo.glossary import explained
 
+from .helpers import ROOT, children, refused
+
 SVG = "{http://www.w3.org/2000/svg}"
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def _refused(url: str) -> bool:
-    host, port = url.removeprefix("http://").split(":")
-    with socket.socket() as sock:
-        sock.settimeout(1)
-        try:
-            sock.connect((host, int(port)))
-        except ConnectionRefusedError:
-            return True
-    return False
 
 
 def _demo_children() -> list[int]:
     """Processes of ours still running a demo backend."""
-    children = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as stat:
-                ppid = int(stat.read().rsplit(")", 1)[1].split()[1])
-            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
-                command = cmdline.read()
-        except (OSError, ValueError, IndexError):
-            continue
-        if ppid == os.getpid() and b"lbmiddleware.demo.backends" in command:
-            children.append(int(entry))
-    return children
+    return children(os.getpid(), b"lbmiddleware.demo.backends")
 
 
 def _command(*args: str) -> subprocess.CompletedProcess:
@@ -87,7 +63,7 @@ def test_every_policy_gets_a_table_and_clients_see_no_get_errors_after_the_kill(
     # Everything it started is stopped: gateways and backends no longer listen, no child left.
     for result in results:
         for url in result.urls:
-            assert _refused(url), url
+            assert refused(url), url
     assert _demo_children() == []
 
     # The words a newcomer needs, then the report of these runs: a section per policy with
@@ -183,7 +159,7 @@ def test_backends_only_prints_lb_backends_serves_them_and_stops_on_ctrl_c():
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=10) == 0
         for url in urls:
-            assert _refused(url)
+            assert refused(url)
     finally:
         if process.poll() is None:
             process.kill()
@@ -251,7 +227,7 @@ def test_a_run_stops_at_its_share_of_the_time_budget(monkeypatch):
     assert 0 < result.requests < 1_000_000 and result.errors == 0
     assert "stopped at its time limit, 1000000 planned" in out.getvalue()
     for url in result.urls:
-        assert _refused(url)
+        assert refused(url)
 
 
 def test_without_uvicorn_the_demo_says_what_to_install(monkeypatch, capsys):

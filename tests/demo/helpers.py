@@ -1,0 +1,48 @@
+"""What the demo's tests share: where the checkout is, whether a URL still listens, which
+child processes a process still has."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def refused(url: str) -> bool:
+    """Whether nothing listens at ``http://host:port`` any more."""
+    host, port = url.removeprefix("http://").split("/")[0].split(":")
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        try:
+            sock.connect((host, int(port)))
+        except ConnectionRefusedError:
+            return True
+    return False
+
+
+def children(parent: int, marker: bytes) -> list[int]:
+    """Running processes whose parent is ``parent`` and whose command line holds ``marker``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                command = cmdline.read()
+        except (OSError, ValueError, IndexError):
+            continue
+        if int(fields[1]) == parent and fields[0] != "Z" and marker in command:
+            found.append(int(entry))
+    return found
+
+
+def running(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
