@@ -184,8 +184,7 @@ class AdminServer:
 
     @property
     def url(self) -> str:
-        host, port = self.address
-        return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+        return _url(*self.address)
 
     def start(self) -> None:
         self.thread.start()
