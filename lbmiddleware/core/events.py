@@ -35,6 +35,11 @@ __all__ = [
 ]
 
 logger = logging.getLogger("lbmiddleware")
+# A library's logger: without this handler, an application that configures no logging would
+# get Python's last-resort output (a bare message on stderr, no time, level or logger) for
+# every WARNING. With it, what the package logs goes where the application's configuration
+# says (the gateway configures INFO with times: ``LB_LOG_LEVEL``), and nowhere otherwise.
+logger.addHandler(logging.NullHandler())
 
 #: The URLs a membership change's log line names of each kind (added, removed, reweighted).
 URLS_SHOWN = 3
@@ -236,27 +241,28 @@ Listener: TypeAlias = Callable[[Event], None]
 
 
 def log_event(event: Event) -> None:
-    """The default listener: one line on the ``lbmiddleware`` logger per ejection, per return
-    when its time is up or a probe ended it, per start of panic, per outage ended by an
-    answer, per membership change (INFO: counts, a few URLs, the source or call), per
-    active-health transition (WARNING down, INFO up), per drain (INFO) and per source outage
-    (WARNING failed, INFO recovered)."""
+    """The default listener: one line on the ``lbmiddleware`` logger per event, at a level
+    that makes each way back visible wherever the way out is. WARNING: an ejection and its
+    return (time up, a probe passed), a panic's start and every end, an active check's down
+    and up, a source's failure and recovery. INFO: probation passed, a membership change
+    (counts, a few URLs, the source or call), a drain's start and end."""
     if isinstance(event, BackendEjected):
         logger.warning("ejected backend %s for %.3gs: %s (ejection %d in a row)",
                        event.backend.url, event.duration, event.reason, event.in_a_row)
     elif isinstance(event, BackendReturned):
+        # (the end of a full outage returns them all: its PanicEnded line says so)
         if event.cause is ReturnCause.TIME_UP:
-            logger.info("backend %s returns on probation after %.3gs ejected",
-                        event.backend.url, event.ejected_for)
+            logger.warning("backend %s returns on probation after %.3gs ejected",
+                           event.backend.url, event.ejected_for)
         elif event.cause is ReturnCause.PROBE_PASSED:
-            logger.info("backend %s returns after %.3gs ejected: an active health check passed",
-                        event.backend.url, event.ejected_for)
+            logger.warning("backend %s returns after %.3gs ejected: an active health check "
+                           "passed", event.backend.url, event.ejected_for)
+    elif isinstance(event, ProbationPassed):
+        logger.info("backend %s passed its probation: healthy again", event.backend.url)
     elif isinstance(event, PanicStarted):
         logger.warning("%s: panic mode, picking among all %d", event.reason, len(event.members))
     elif isinstance(event, PanicEnded):
-        if event.answered_by is not None:
-            logger.info("backend %s answered while every backend was ejected: %d backends return",
-                        event.answered_by.url, len(event.returned))
+        _log_panic_ended(event)
     elif isinstance(event, MembershipChanged):
         logger.info("members changed by %s: %s; %d now", event.cause, event.summary,
                     len(event.members))
@@ -264,7 +270,8 @@ def log_event(event: Event) -> None:
         logger.warning("backend %s is down: health check failed (%s)",
                        event.backend.url, event.reason)
     elif isinstance(event, BackendUp):
-        logger.info("backend %s is up: health check passed (%s)", event.backend.url, event.reason)
+        logger.warning("backend %s is up: health check passed (%s)",
+                       event.backend.url, event.reason)
     elif isinstance(event, DrainStarted):
         logger.info("backend %s is draining (%s): %d requests in flight",
                     event.backend.url, event.reason, event.in_flight)
@@ -284,4 +291,20 @@ def log_event(event: Event) -> None:
         logger.warning("source %s failed: %s (%s; retry in %.3gs)",
                        event.source, event.error, kept, event.retry_in)
     elif isinstance(event, SourceRecovered):
-        logger.info("source %s answers again after %.3gs", event.source, event.outage)
+        logger.warning("source %s answers again after %.3gs", event.source, event.outage)
+
+
+def _log_panic_ended(event: PanicEnded) -> None:
+    """Every end of a panic, with what ended it: an answer, ejections over, or another
+    change (a backend up by its checks, added by an update)."""
+    if event.answered_by is not None:
+        logger.warning("backend %s answered while every backend was ejected: %d backends "
+                       "return; panic mode over", event.answered_by.url, len(event.returned))
+    elif event.returned:
+        urls = ", ".join(b.url for b in event.returned[:URLS_SHOWN])
+        if len(event.returned) > URLS_SHOWN:
+            urls += f" +{len(event.returned) - URLS_SHOWN} more"
+        logger.warning("panic mode over: %d backends return, their ejection time over (%s)",
+                       len(event.returned), urls)
+    else:
+        logger.warning("panic mode over: a backend is usable again")

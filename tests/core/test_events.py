@@ -303,7 +303,7 @@ def test_report_later_under_the_lock_delivers_with_the_next_call(clock):
     assert [type(e) for e in events] == [BackendEjected]
 
 
-def test_the_log_lines_are_the_same_as_before(clock, caplog):
+def test_the_log_lines_of_an_outage_show_each_way_out_at_the_level_of_the_way_in(clock, caplog):
     pool = make(clock)
     with caplog.at_level(logging.INFO, logger="lbmiddleware"):
         fail(pool, A, 3)
@@ -313,16 +313,17 @@ def test_the_log_lines_are_the_same_as_before(clock, caplog):
         fail(pool, C, 3)
         held = pool.pick(exclude=[A, B])
         pool.report(held, ok=True, latency=0.01)
-        pool.update([A, B, C, D])           # no line for membership or a quiet end of panic
+        pool.update([A, B, C, D])           # one INFO line for the membership
     lines = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "lbmiddleware"]
     ejected = "ejected backend {} for {}: {} (ejection {} in a row)"
     assert lines == [
         (logging.WARNING, ejected.format(A, "10s", "3 consecutive failures", 1)),
-        (logging.INFO, f"backend {A} returns on probation after 10s ejected"),
+        (logging.WARNING, f"backend {A} returns on probation after 10s ejected"),
         (logging.WARNING, ejected.format(A, "20s", "failed on probation", 2)),
         (logging.WARNING, ejected.format(B, "10s", "3 consecutive failures", 1)),
         (logging.WARNING, ejected.format(C, "10s", "3 consecutive failures", 1)),
         (logging.WARNING, "every backend is ejected: panic mode, picking among all 3"),
-        (logging.INFO, f"backend {C} answered while every backend was ejected: 3 backends return"),
+        (logging.WARNING, f"backend {C} answered while every backend was ejected: 3 backends "
+                          "return; panic mode over"),
         (logging.INFO, f"members changed by update(): added 1 ({D}); 4 now"),
     ]

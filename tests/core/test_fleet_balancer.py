@@ -518,7 +518,7 @@ class TestLogging:
         lines = [(r.levelno, r.getMessage()) for r in caplog.records]
         assert lines == [
             (logging.WARNING, "backend http://a:1 is down: health check failed (status 503)"),
-            (logging.INFO, "backend http://a:1 is up: health check passed (status 200)"),
+            (logging.WARNING, "backend http://a:1 is up: health check passed (status 200)"),
             (logging.INFO, "members changed by drain(): removed 1 (http://b:1); 1 now"),
             (logging.INFO, "backend http://b:1 is draining (drain()): 1 requests in flight"),
             (logging.INFO, "backend http://b:1 drained and left"),
@@ -528,7 +528,7 @@ class TestLogging:
                               "(no backends yet; retry in 1s)"),
             (logging.WARNING, "source dns+http://orders:8080 failed: timeout "
                               "(keeping its last 2 backends; retry in 1s)"),
-            (logging.INFO, "source dns+http://orders:8080 answers again after 12s"),
+            (logging.WARNING, "source dns+http://orders:8080 answers again after 12s"),
         ]
 
 

@@ -135,7 +135,8 @@ def test_one_log_line_per_ejection_and_return(clock, caplog):
         picks(pool, 5)
         picks(pool, 5)
     lines = [r for r in caplog.records if r.name == "lbmiddleware"]
-    assert [r.levelno for r in lines] == [logging.WARNING, logging.INFO]
+    assert [r.levelno for r in lines] == [logging.WARNING, logging.WARNING, logging.INFO]
+    assert "passed its probation" in lines[2].getMessage()
     assert A in lines[0].getMessage() and "10s" in lines[0].getMessage()
     assert "3 consecutive failures" in lines[0].getMessage()
     assert A in lines[1].getMessage() and "probation" in lines[1].getMessage()

@@ -1,0 +1,127 @@
+"""The pool's log lines (core/events.py's log_event): one per event, each way back at the level
+of its way out, every end of a panic, and nothing on stderr for an application that
+configured no logging (the package's NullHandler)."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+
+import pytest
+
+import lbmiddleware as lb
+from lbmiddleware.core.balancer import Balancer
+from lbmiddleware.core.events import (
+    BackendDown,
+    BackendEjected,
+    BackendReturned,
+    BackendUp,
+    DrainEnded,
+    DrainStarted,
+    MembershipChanged,
+    PanicEnded,
+    PanicStarted,
+    ProbationPassed,
+    ReturnCause,
+    SourceFailed,
+    SourceRecovered,
+    log_event,
+)
+
+A, B, C, D = (lb.Backend(f"http://{name}:1") for name in "abcd")
+DNS = "dns+http://orders:8080"
+
+
+def lines(caplog):
+    return [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "lbmiddleware"]
+
+
+@pytest.mark.parametrize(("event", "level", "text"), [
+    (BackendEjected(A, 10.0, 1010.0, 3, 1, 1, False), logging.WARNING,
+     "ejected backend http://a:1 for 10s: 3 consecutive failures (ejection 1 in a row)"),
+    (BackendReturned(A, ReturnCause.TIME_UP, 10.0, True), logging.WARNING,
+     "backend http://a:1 returns on probation after 10s ejected"),
+    (BackendReturned(A, ReturnCause.PROBE_PASSED, 4.0, False), logging.WARNING,
+     "backend http://a:1 returns after 4s ejected: an active health check passed"),
+    (ProbationPassed(A), logging.INFO, "backend http://a:1 passed its probation: healthy again"),
+    (PanicStarted((A, B), ejected=(A, B)), logging.WARNING,
+     "every backend is ejected: panic mode, picking among all 2"),
+    (PanicEnded(A, (A, B)), logging.WARNING,
+     "backend http://a:1 answered while every backend was ejected: 2 backends return; "
+     "panic mode over"),
+    (PanicEnded(None, (A, B, C, D)), logging.WARNING,
+     "panic mode over: 4 backends return, their ejection time over "
+     "(http://a:1, http://b:1, http://c:1 +1 more)"),
+    (PanicEnded(None, ()), logging.WARNING, "panic mode over: a backend is usable again"),
+    (BackendDown(A, "status 503"), logging.WARNING,
+     "backend http://a:1 is down: health check failed (status 503)"),
+    (BackendUp(A, "status 200"), logging.WARNING,
+     "backend http://a:1 is up: health check passed (status 200)"),
+    (DrainStarted(A, 2, "removed"), logging.INFO,
+     "backend http://a:1 is draining (removed): 2 requests in flight"),
+    (DrainEnded(A, False, 0), logging.INFO, "backend http://a:1 drained and left"),
+    (DrainEnded(A, True, 1), logging.INFO,
+     "backend http://a:1 left after its drain timeout, 1 requests still in flight"),
+    (MembershipChanged((B,), (), (), (A, B), DNS), logging.INFO,
+     "members changed by source dns+http://orders:8080: added 1 (http://b:1); 2 now"),
+    (SourceFailed(DNS, "SERVFAIL", 1.6, kept=2), logging.WARNING,
+     "source dns+http://orders:8080 failed: SERVFAIL (keeping its last 2 backends; "
+     "retry in 1.6s)"),
+    (SourceRecovered(DNS, 12.0), logging.WARNING,
+     "source dns+http://orders:8080 answers again after 12s"),
+])
+def test_each_event_is_one_line_at_its_level(caplog, event, level, text):
+    caplog.set_level(logging.INFO, logger="lbmiddleware")
+    log_event(event)
+    assert lines(caplog) == [(level, text)]
+
+
+def test_an_outage_ended_by_time_logs_its_end(clock, caplog):
+    caplog.set_level(logging.INFO, logger="lbmiddleware")
+    pool = Balancer([A, B], timer=clock, max_fails=1, fail_timeout=10.0)
+    for backend in (A, B):
+        pool.report(pool.pick(exclude=[b for b in (A, B) if b != backend]), ok=False)
+    clock.advance(10.0)
+    pool.pick()
+    logged = lines(caplog)
+    assert logged[2] == (logging.WARNING, "every backend is ejected: panic mode, picking among "
+                                          "all 2")
+    assert logged[3:] == [
+        (logging.WARNING, "backend http://a:1 returns on probation after 10s ejected"),
+        (logging.WARNING, "backend http://b:1 returns on probation after 10s ejected"),
+        (logging.WARNING, "panic mode over: 2 backends return, their ejection time over "
+                          "(http://a:1, http://b:1)"),
+    ]
+
+
+def test_an_outage_ended_by_a_probe_logs_its_end(clock, caplog):
+    caplog.set_level(logging.INFO, logger="lbmiddleware")
+    pool = Balancer([A], timer=clock, health_check="/healthz", health_check_rise=1)
+    pool.report_probe(A, False, "status 503")
+    pool.report_probe(A, True, "status 200")
+    assert lines(caplog) == [
+        (logging.WARNING, "backend http://a:1 is down: health check failed (status 503)"),
+        (logging.WARNING, "every backend is down by its health checks: panic mode, picking "
+                          "among all 1"),
+        (logging.WARNING, "backend http://a:1 is up: health check passed (status 200)"),
+        (logging.WARNING, "panic mode over: a backend is usable again"),
+    ]
+
+
+def test_the_package_logger_has_a_null_handler():
+    handlers = logging.getLogger("lbmiddleware").handlers
+    assert any(isinstance(h, logging.NullHandler) for h in handlers)
+
+
+def test_an_application_without_logging_configured_sees_nothing_on_stderr():
+    # Without the NullHandler, Python's last resort printed a bare "ejected backend ..." line.
+    script = ("import lbmiddleware as lb\n"
+              "pool = lb.Balancer(['http://a:1', 'http://b:1'], max_fails=1)\n"
+              "for _ in range(2):\n"
+              "    pool.report(pool.pick(), ok=False)\n"
+              "assert pool.pool_stats()['panic']\n"
+              "print('done')\n")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=60, check=False)
+    assert (run.returncode, run.stdout, run.stderr) == (0, "done\n", "")
