@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 from collections.abc import Collection
 from typing import TYPE_CHECKING, ClassVar, NamedTuple, Protocol
 
@@ -69,7 +70,11 @@ if TYPE_CHECKING:
     from .backend import Backend
 
 __all__ = ["RetryRule", "Outcome", "Completion", "Attempts", "IDEMPOTENT_METHODS",
-           "DEFAULT_FAIL_STATUSES"]
+           "DEFAULT_FAIL_STATUSES", "failure_reason"]
+
+#: One INFO line per failed attempt: off by default in a library (the package's logger has
+#: only a NullHandler and Python's default level is WARNING); the gateway turns INFO on.
+logger = logging.getLogger("lbmiddleware.attempts")
 
 #: Methods that may be sent again after the request reached a backend (RFC 9110 9.2.2).
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
@@ -156,6 +161,23 @@ class RetryRule:
         return _new_outcome((status not in self.fail_statuses, latency, True, False, status,
                              bytes_sent, bytes_received, None))
 
+    def why_not(self, method: str, outcome: Outcome, *, attempts: int = 0,
+                replayable: bool = True) -> str | None:
+        """Why :meth:`allows` says no, in words for a log line ("no retries left (2 used)",
+        "POST is not idempotent", "the body cannot be sent again"); None when it says yes
+        or the attempt succeeded (nothing to retry)."""
+        if outcome.ok:
+            return None
+        if not self._has_retries_left(attempts):
+            return f"no retries left ({attempts - 1} used)"
+        if not outcome.sent:
+            return None
+        if not (self.retry_non_idempotent or method.upper() in self.idempotent_methods):
+            return f"{method.upper()} is not idempotent"
+        if not replayable:
+            return "the body cannot be sent again"
+        return None
+
     def _has_retries_left(self, attempts: int) -> bool:
         return attempts <= self.retries
 
@@ -168,6 +190,19 @@ class RetryRule:
         statuses = ", ".join(str(s) for s in sorted(self.fail_statuses))
         extra = ", retry_non_idempotent=True" if self.retry_non_idempotent else ""
         return f"RetryRule(retries={self.retries}, fail_statuses={{{statuses}}}{extra})"
+
+
+def failure_reason(outcome: Outcome) -> str:
+    """How a failed attempt failed, for its log line: the front-end's words (``error``),
+    else what the outcome says ("status 503", "timed out", "connect failed", "failed after
+    sending")."""
+    if outcome.error:
+        return outcome.error
+    if outcome.status is not None:
+        return f"status {outcome.status}"
+    if outcome.timeout:
+        return "timed out"
+    return "failed after sending" if outcome.sent else "connect failed"
 
 
 # -- the completion handle ----------------------------------------------------------------
@@ -339,18 +374,34 @@ class Attempts:
         """
         current = self.completion
         if current.ended:
-            return None     # its answer reached the client (or it was given up): never again
+            # its answer reached the client (or it was given up): never again
+            self._log(outcome, "not retried: the attempt had already ended (its answer went "
+                               "to the client, or it was given up)")
+            return None
         if outcome.status is None:
             current.done(outcome)
         if not self.rule.allows(self.method, outcome, attempts=len(self.tried),
                                 replayable=replayable):
+            if logger.isEnabledFor(logging.INFO):
+                why = self.rule.why_not(self.method, outcome, attempts=len(self.tried),
+                                        replayable=replayable)
+                self._log(outcome, f"not retried: {why or 'the retry rule says no'}")
             return None
         try:
             following = self._balancer.begin(self.key, exclude=self.tried)
         except NoHealthyBackend:
+            self._log(outcome, "not retried: every backend was tried")
             return None
         current.done(outcome)       # ignored if already reported above
+        self._log(outcome, f"retrying on {following.backend.url}")
         return self._begin(following)
+
+    def _log(self, outcome: Outcome, then: str) -> None:
+        """The failed attempt's line: the method, which attempt on which backend, how it
+        failed and what follows."""
+        if not outcome.ok and logger.isEnabledFor(logging.INFO):
+            logger.info("%s attempt %d on %s failed: %s; %s", self.method, len(self.tried),
+                        self.tried[-1].url, failure_reason(outcome), then)
 
     def end(self, outcome: Outcome, *, wait: bool = True) -> None:
         """End the current attempt with ``outcome`` (see :meth:`Completion.done`)."""

@@ -7,6 +7,7 @@ is retried, on which backend, and which outcome each backend gets is decided her
 from __future__ import annotations
 
 import gc
+import logging
 import random
 import threading
 
@@ -451,3 +452,88 @@ def test_the_loop_on_a_real_balancer_reports_each_backend_once():
     attempts.end(UNAVAILABLE)
     rows = pool.stats()
     assert [(r["requests"], r["failures"], r["in_flight"]) for r in rows] == [(1, 1, 0)] * 3
+
+
+# -- the failed attempt's log line -----------------------------------------------------------
+
+def attempt_lines(caplog):
+    return [(r.levelno, r.getMessage()) for r in caplog.records
+            if r.name == "lbmiddleware.attempts"]
+
+
+@pytest.mark.parametrize(("outcome", "reason"), [
+    (Outcome(ok=False, latency=0.001, sent=False, error="connection refused"),
+     "connection refused"),
+    (UNAVAILABLE, "status 503"),
+    (TIMED_OUT, "timed out"),
+    (Outcome(ok=False, sent=False, timeout=True), "timed out"),
+    (REFUSED, "connect failed"),
+    (RESET, "failed after sending"),
+    (Outcome(ok=False, latency=2.0, timeout=True, error="read timed out after 2s"),
+     "read timed out after 2s"),
+])
+def test_a_retried_attempt_is_one_info_line_with_its_reason(caplog, outcome, reason):
+    caplog.set_level(logging.INFO, logger="lbmiddleware.attempts")
+    assert run(FakeBalancer(A, B), RetryRule(), "GET", [outcome, OK]) == ["a", "b"]
+    assert attempt_lines(caplog) == [
+        (logging.INFO, f"GET attempt 1 on http://a:1 failed: {reason}; retrying on http://b:1")]
+
+
+@pytest.mark.parametrize(("rule", "method", "outcomes", "replayable", "line"), [
+    (RetryRule(retries=1), "GET", [RESET, UNAVAILABLE], True,
+     "GET attempt 2 on http://b:1 failed: status 503; not retried: no retries left (1 used)"),
+    (RetryRule(retries=0), "GET", [REFUSED], True,
+     "GET attempt 1 on http://a:1 failed: connect failed; not retried: no retries left "
+     "(0 used)"),
+    (RetryRule(), "POST", [RESET, OK], True,
+     "POST attempt 1 on http://a:1 failed: failed after sending; not retried: POST is not "
+     "idempotent"),
+    (RetryRule(), "PUT", [RESET, OK], False,
+     "PUT attempt 1 on http://a:1 failed: failed after sending; not retried: the body "
+     "cannot be sent again"),
+    (RetryRule(), "GET", [RESET, TIMED_OUT], True,
+     "GET attempt 2 on http://b:1 failed: timed out; not retried: every backend was tried"),
+])
+def test_an_attempt_not_retried_says_why(caplog, rule, method, outcomes, replayable, line):
+    caplog.set_level(logging.INFO, logger="lbmiddleware.attempts")
+    run(FakeBalancer(A, B), rule, method, outcomes, replayable=replayable)
+    assert attempt_lines(caplog)[-1] == (logging.INFO, line)
+
+
+def test_the_lines_of_a_request_name_each_attempt_in_turn(caplog):
+    caplog.set_level(logging.INFO, logger="lbmiddleware.attempts")
+    run(FakeBalancer(A, B, C), RetryRule(retries=1), "DELETE", [UNAVAILABLE, TIMED_OUT, OK])
+    assert [line for _, line in attempt_lines(caplog)] == [
+        "DELETE attempt 1 on http://a:1 failed: status 503; retrying on http://b:1",
+        "DELETE attempt 2 on http://b:1 failed: timed out; not retried: no retries left "
+        "(1 used)"]
+
+
+def test_a_retry_of_an_ended_attempt_is_logged_as_not_retried(caplog):
+    caplog.set_level(logging.INFO, logger="lbmiddleware.attempts")
+    attempts = Attempts(FakeBalancer(A, B), RetryRule(), "GET")
+    attempts.start()
+    attempts.end(Outcome(ok=False, status=200))
+    attempts.retry(REFUSED)
+    assert attempt_lines(caplog) == [(logging.INFO, (
+        "GET attempt 1 on http://a:1 failed: connect failed; not retried: the attempt had "
+        "already ended (its answer went to the client, or it was given up)"))]
+
+
+def test_failed_attempts_log_nothing_at_the_default_level(caplog):
+    caplog.set_level(logging.WARNING, logger="lbmiddleware")
+    run(FakeBalancer(A, B), RetryRule(), "GET", [REFUSED, RESET])
+    assert caplog.records == []
+
+
+def test_the_rule_says_why_not_exactly_when_it_does_not_allow():
+    rule = RetryRule(retries=1)
+    for method in ("GET", "POST"):
+        for outcome in (OK, REFUSED, RESET, UNAVAILABLE, TIMED_OUT):
+            for attempts in (1, 2):
+                for replayable in (True, False):
+                    allowed = rule.allows(method, outcome, attempts=attempts,
+                                          replayable=replayable)
+                    why = rule.why_not(method, outcome, attempts=attempts,
+                                       replayable=replayable)
+                    assert (why is None) == (allowed or outcome.ok), (method, outcome, why)
