@@ -130,9 +130,9 @@ class LiveDemo:
                     return f"{backend.name} is not running; start {backend.name} starts it"
                 pid = backend.pid
                 backend.kill()
-                return (f"killed {backend.name} (pid {pid}, SIGKILL). Watch {self.status_url}: "
-                        f"ejected once {self.settings['max_fails']} requests in a row failed "
-                        f"on it, DOWN once its health checks fail")
+                return (f"killed {backend.name} (pid {pid}, SIGKILL). Watch {backend.url} on "
+                        f"{self.status_url}: ejected once {self.settings['max_fails']} "
+                        "requests in a row failed on it, DOWN once its health checks fail")
             if backend.alive:
                 return f"{backend.name} is running already (pid {backend.pid})"
             try:
