@@ -17,6 +17,7 @@ GET and HEAD only (405 with ``Allow`` otherwise); anything else is 404. Each poo
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
@@ -147,7 +148,9 @@ class StatusApp:
             await send({"type": "websocket.close", "code": 1000})
             return
         root = scope.get("root_path", "") or ""
-        response = self._routes.respond(scope["method"], _route_path(scope, root), root)
+        # in a thread: a big pool's page takes milliseconds the event loop need not wait
+        response = await asyncio.get_running_loop().run_in_executor(
+            None, self._routes.respond, scope["method"], _route_path(scope, root), root)
         await send({"type": "http.response.start", "status": response.status,
                     "headers": [(name.lower().encode("latin-1"), value.encode("latin-1"))
                                 for name, value in response.headers]})

@@ -148,6 +148,7 @@ class History:
         requests: list[float | None] = []
         failures: list[float | None] = []
         latency: list[float | None] = []
+        none = (0, 0, 0.0, 0)               # joined in the interval: counted from 0
         for before, after in zip(samples, samples[1:], strict=False):
             now = after.counters.get(url)
             if now is None:
@@ -155,13 +156,15 @@ class History:
                 failures.append(None)
                 latency.append(None)
                 continue
-            then = before.counters.get(url, (0, 0, 0.0, 0))   # joined in the interval: from 0
-            seconds = after.at - before.at
-            n_requests, n_failures, n_sum, n_count = (
-                _delta(new, old) for new, old in zip(now, then, strict=True))
-            requests.append(round(n_requests / seconds, 3))
-            failures.append(round(n_failures / seconds, 3))
-            latency.append(round(n_sum / n_count * 1000, 3) if n_count else None)
+            r1, f1, s1, c1 = now
+            r0, f0, s0, c0 = before.counters.get(url, none)
+            per_second = 1 / (after.at - before.at)
+            # (a counter that went down restarted from 0: the URL left and came back)
+            requests.append(round((r1 - r0 if r1 >= r0 else r1) * per_second, 3))
+            failures.append(round((f1 - f0 if f1 >= f0 else f1) * per_second, 3))
+            count = c1 - c0 if c1 >= c0 else c1
+            mean = (s1 - s0 if c1 >= c0 else s1) / count * 1000 if count else math.nan
+            latency.append(round(mean, 3) if math.isfinite(mean) else None)
         return BackendHistory(self.interval, tuple(requests), tuple(failures), tuple(latency))
 
     # -- running on the fleet's loop ------------------------------------------------------
@@ -229,11 +232,6 @@ class History:
     def __repr__(self) -> str:
         return (f"<History interval={self.interval:g}s keep={self.keep:g}s "
                 f"samples={len(self._samples)} running={self.running}>")
-
-
-def _delta(new: float, old: float) -> float:
-    """What a cumulative counter added since ``old``; one that went down restarted from 0."""
-    return new - old if new >= old else new
 
 
 def _check_seconds(name: str, value: object) -> None:

@@ -73,7 +73,9 @@ def _pool(pool: Mapping[str, Any]) -> str:
         f'<div class="pool-head"><h2>{_e(pool.get("name", ""))}</h2>{panic}</div>'
         f'<dl class="facts">{facts_html}</dl>'
         + (_sources(sources) if sources else "")
-        + '<div class="scroll"><table class="backends"><thead><tr>'
+        + '<div class="scroll"><table class="backends">'
+        + ("<caption>Backends</caption>" if sources else "")     # (told apart from sources)
+        + "<thead><tr>"
         + "".join(f'<th{_class(css)}>{_e(name)}</th>' for name, css in _COLUMNS)
         + f"</tr></thead><tbody>{rows}</tbody></table></div></section>\n")
 
@@ -117,7 +119,8 @@ def _sources(sources: Sequence[Mapping[str, Any]]) -> str:
     head = "".join(f"<th{_class(css)}>{name}</th>" for name, css in (
         ("Source", ""), ("Status", ""), ("Backends", "num"), ("Last success", ""),
         ("Next refresh", ""), ("Last error", "")))
-    return (f'<div class="scroll"><table class="sources"><thead><tr>{head}</tr></thead>'
+    return ('<div class="scroll"><table class="sources"><caption>Sources</caption>'
+            f"<thead><tr>{head}</tr></thead>"
             f'<tbody>{"".join(rows)}</tbody></table></div>')
 
 
@@ -215,12 +218,14 @@ def _rate_html(rate: object) -> str:
 
 # -- charts --------------------------------------------------------------------------------
 
-_WIDTH, _HEIGHT = 110, 26
+_HEIGHT = 26      # the view box's height; its width is the number of points
 _SLOTS = round(KEEP / INTERVAL)
 
 
 def _charts(history: Mapping[str, Any]) -> str:
     requests = _values(history.get("requests_per_second"))
+    if not requests:        # fewer than two samples yet (the app has just started)
+        return '<span class="muted">no samples yet</span>'
     # (failures drawn only where there were some: a red line along zero reads as an alarm)
     failures = [v or None for v in _values(history.get("failures_per_second"))]
     latency = _values(history.get("latency_ms"))
@@ -254,26 +259,28 @@ def _top(values: Sequence[float | None]) -> float:
 def _spark(lines: Sequence[tuple[str, Sequence[float | None]]], slots: int, top: float,
            label: str) -> str:
     """Polylines (with an area under the first) of ``lines`` right-aligned in ``slots``
-    points across, 0 at the bottom and ``top`` at the top; a gap where a value is None."""
-    parts = [f'<line class="base" x1="0" y1="{_HEIGHT - 0.5}" x2="{_WIDTH}" '
+    points across, 0 at the bottom and ``top`` at the top; a gap where a value is None.
+    One unit of the view box across per point, so x is a whole number (a short page)."""
+    width = max(slots - 1, 1)
+    parts = [f'<line class="base" x1="0" y1="{_HEIGHT - 0.5}" x2="{width}" '
              f'y2="{_HEIGHT - 0.5}"/>']
-    step = _WIDTH / max(slots - 1, 1)
     scale = (_HEIGHT - 3) / top if top > 0 else 0.0
     for index, (css, values) in enumerate(lines):
         offset = slots - len(values)
         for run in _runs(values):
-            points = [((offset + i) * step, _HEIGHT - 1 - value * scale) for i, value in run]
+            points: list[tuple[float, float]] = [
+                (offset + i, _HEIGHT - 1 - value * scale) for i, value in run]
             alone = len(points) == 1            # a dash where it stands, no area under it
             if alone:
                 x, y = points[0]
-                points = [(max(x - step / 2, 0), y), (min(x + step / 2, _WIDTH), y)]
-            coords = " ".join(f"{x:.1f},{y:.1f}" for x, y in points)
+                points = [(max(x - 0.5, 0), y), (min(x + 0.5, width), y)]
+            coords = " ".join(f"{x:g},{y:.1f}" for x, y in points)
             if index == 0 and not alone:
                 first, last = points[0][0], points[-1][0]
-                parts.append(f'<polygon class="{css}-area" points="{first:.1f},{_HEIGHT} '
-                             f'{coords} {last:.1f},{_HEIGHT}"/>')
+                parts.append(f'<polygon class="{css}-area" points="{first:g},{_HEIGHT} '
+                             f'{coords} {last:g},{_HEIGHT}"/>')
             parts.append(f'<polyline class="{css}" points="{coords}"/>')
-    return (f'<svg class="spark" viewBox="0 0 {_WIDTH} {_HEIGHT}" preserveAspectRatio="none" '
+    return (f'<svg class="spark" viewBox="0 0 {width} {_HEIGHT}" preserveAspectRatio="none" '
             f'role="img" aria-label="{_e(label)}"><title>{_e(label)}</title>'
             + "".join(parts) + "</svg>")
 
@@ -439,13 +446,15 @@ tr:last-child td{border-bottom:0}
 .num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 td small{display:block;color:var(--muted);font-size:12px}
 .url{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:13px;
-white-space:nowrap}
+display:inline-block;max-width:34ch;overflow-wrap:anywhere}
 td.check{min-width:7em;max-width:16em}
 .muted{color:var(--muted)}
 .ok{color:var(--ok)}
 .error{color:var(--bad);overflow-wrap:break-word}
 .empty{color:var(--muted);text-align:center}
 table.sources{margin-bottom:18px}
+caption{text-align:left;font-size:12px;font-weight:600;color:var(--muted);
+text-transform:uppercase;letter-spacing:.04em;padding:0 8px 4px}
 .chip{display:inline-flex;align-items:center;gap:6px;white-space:nowrap;border-radius:999px;
 padding:1px 10px 1px 8px;font-size:12px;font-weight:600;color:var(--idle);
 background:var(--idle-bg)}
@@ -471,6 +480,7 @@ vector-effect:non-scaling-stroke}
 body{padding:10px}
 .pool{padding:12px}
 table.backends thead,table.sources thead{display:none}
+caption{display:block;padding:0 0 2px}
 table.backends,table.backends tbody,table.sources,table.sources tbody{display:block}
 table.backends tr,table.sources tr{display:grid;grid-template-columns:repeat(3,minmax(0,1fr));
 gap:4px 12px;padding:10px 0;border-bottom:1px solid var(--line)}
@@ -482,7 +492,7 @@ color:var(--muted);font-size:11px}
 table.backends td:first-child,table.sources td:first-child,td.trend{grid-column:1/-1}
 td.state,td.check,table.sources td.wide{grid-column:span 2}
 table.sources td.full{grid-column:1/-1}
-.url{white-space:normal;overflow-wrap:anywhere}
+.url{max-width:none}
 td.check{min-width:0;max-width:none}
 table.backends td:first-child::before,table.sources td:first-child::before{display:none}
 .charts{flex-wrap:wrap}

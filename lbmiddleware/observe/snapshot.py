@@ -108,6 +108,9 @@ def _backend(row: Mapping[str, Any], past: Any, history: History) -> dict[str, A
                                  if key not in _MONOTONIC_CHECK}
     if past is None:
         past = history.of(row["url"])
+    shown = _clean_row(shown)
+    # (the history's numbers are finite already: no cleaning, which would cost more than
+    # the rest of the row)
     requests, failures = past.last_rates
     shown["requests_per_second"] = requests
     shown["failures_per_second"] = failures
@@ -115,7 +118,7 @@ def _backend(row: Mapping[str, Any], past: Any, history: History) -> dict[str, A
                         "requests_per_second": list(past.requests_per_second),
                         "failures_per_second": list(past.failures_per_second),
                         "latency_ms": list(past.latency_ms)}
-    return _clean_row(shown)
+    return shown
 
 
 def _clean_row(row: Mapping[str, Any]) -> dict[str, Any]:

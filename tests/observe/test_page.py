@@ -72,6 +72,7 @@ def test_names_sources_and_error_texts_are_escaped_too():
 def test_a_failing_source_says_for_how_long_and_a_partial_failure_is_a_warning():
     page = render(a_snapshot(failing_for=75.0))
     assert "failing for 1m15s" in page
+    assert "<caption>Sources</caption>" in page and "<caption>Backends</caption>" in page
     page = render(a_snapshot(partial="AAAA: timed out", last_error="AAAA: timed out"))
     assert "partly failing" in page and "AAAA: timed out" in page
     page = render(a_snapshot(last_error=None, last_error_ago=None))
@@ -105,15 +106,21 @@ def test_the_charts_are_inline_svg_with_gaps_where_a_backend_was_not_a_member():
     assert b_row.count('<polyline class="req"') == 2        # split where it was gone
     assert "<span>max 60.0</span>" in a_row                 # ms: the last interval's latency
     points = re.search(r'<polyline class="req" points="([^"]+)"', a_row).group(1).split()
-    assert len(points) == 5 and points[-1].startswith("110.0,")   # the newest at the right
+    assert len(points) == 5 and points[-1].startswith("119,")     # the newest at the right
     assert 'aria-label="requests per second (failures in red) over the last minutes' in a_row
 
 
-def test_a_backend_without_history_draws_an_empty_chart():
+def test_a_backend_without_history_says_so_and_one_without_traffic_draws_empty_charts():
     clock = FakeClock()
-    page = page_of(CoreBalancer(["http://a:1"], timer=clock), clock)
-    assert page.count("<span>none</span>") == 2
-    assert '<polyline class="req"' not in page
+    pool = CoreBalancer(["http://a:1"], timer=clock)
+    history = History(pool, timer=clock)
+    page = render(snapshot(pool, history=lambda _: history))
+    assert "no samples yet" in page and "<svg" not in page
+    history.sample(0.0)
+    history.sample(5.0)
+    page = render(snapshot(pool, history=lambda _: history))
+    assert page.count("<svg") == 2 and page.count("<span>none</span>") == 2
+    assert '<polyline class="req"' in page                  # a flat line: no requests
 
 
 @pytest.mark.parametrize(("seconds", "text"), [
