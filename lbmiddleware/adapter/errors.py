@@ -12,7 +12,10 @@ backend to try, :class:`NoHealthyBackendError`.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+import http.client
+import re
+import ssl
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import requests
@@ -70,8 +73,55 @@ def failure(exc: RequestException, latency: float) -> Outcome:
         if isinstance(exc, kinds) or isinstance(reason, kinds):
             if sent is None:
                 raise exc
-            return Outcome(ok=False, latency=latency, sent=sent, timeout=timeout)
+            return Outcome(ok=False, latency=latency, sent=sent, timeout=timeout,
+                           error=describe(exc, sent, timeout))
     raise exc                                      # (the last row takes them all)
+
+
+# "(read timeout=2)", "(connect timeout=0.5)": urllib3's words for the limit that ran out.
+_LIMIT = re.compile(r"timeout=([0-9.]+)")
+
+
+def describe(exc: BaseException, sent: bool, timeout: bool) -> str:
+    """A failure in a few words for the failed attempt's log line ("connection refused",
+    "read timed out after 2s", "connection reset by peer", "the response ended early (3
+    bytes read, 97 more expected)") instead of requests' nested reprs."""
+    if timeout:
+        limit = _LIMIT.search(str(exc))
+        return (f"{'read' if sent else 'connect'} timed out"
+                + (f" after {float(limit.group(1)):g}s" if limit else ""))
+    for cause in _causes(exc):
+        if isinstance(cause, http.client.IncompleteRead):
+            partial: object = cause.partial     # bytes (http.client) or a count (urllib3)
+            read = partial if isinstance(partial, int) else len(cause.partial)
+            return (f"the response ended early ({read} bytes read"
+                    + (f", {cause.expected} more expected)" if cause.expected else ")"))
+        if isinstance(cause, http.client.RemoteDisconnected):
+            return "the connection was closed without a response"
+        if isinstance(cause, http.client.BadStatusLine):
+            return f"not an HTTP response (status line {str(cause).strip()[:40]!r})"
+        if isinstance(cause, ssl.SSLError):
+            return f"TLS: {cause.reason or cause.strerror or cause}"
+        if isinstance(cause, OSError) and cause.strerror:
+            return cause.strerror[:1].lower() + cause.strerror[1:]
+    return str(exc)[:200] or type(exc).__name__
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and what it wraps (requests puts urllib3's error in ``args``, urllib3 its
+    cause in ``reason`` and ``__cause__``), nearest first, each once."""
+    seen: set[int] = set()
+    queue = [exc]
+    while queue:
+        current = queue.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        reason = getattr(current, "reason", None)
+        queue += [arg for arg in current.args if isinstance(arg, BaseException)]
+        queue += [e for e in (reason, current.__cause__, current.__context__)
+                  if isinstance(e, BaseException)]
 
 
 # -- the exception the caller gets ------------------------------------------------------------
