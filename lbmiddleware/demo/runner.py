@@ -8,9 +8,12 @@ trusted proxy, so ``ip_hash`` has keys to stick to), kills the failing backend h
 prints what the clients saw: each backend's share, p50/p99 latency, errors, failed attempts
 and ejections. Every GET failure is retried on another backend, so the clients see no
 errors, also after the kill. Everything it starts is stopped when it ends, also on Ctrl-C.
+At the end it writes the runs' HTML report (:mod:`.report`) and prints its path.
 
 Options: ``--requests N`` per policy, ``--policies latency,ip_hash``, ``--concurrency N``,
-``--backends-only`` (start the three backends, print ``LB_BACKENDS=...`` and wait).
+``--report PATH``, ``--serve [--rate N]`` (instead of the runs, everything kept running for
+the status page: :mod:`.serve`), ``--backends-only`` (start the three backends, print
+``LB_BACKENDS=...`` and wait).
 """
 
 from __future__ import annotations
@@ -445,7 +448,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m lbmiddleware demo",
         description="Start three local backends (fast, slow, flaky) and a gateway, drive GET "
                     "requests through every policy, kill the flaky backend halfway, and print "
-                    "what the clients saw.")
+                    "what the clients saw, with an HTML report of it; or, with --serve, keep "
+                    "them running to watch the gateway's status page.")
     parser.add_argument("--requests", type=_positive, default=DEFAULT_REQUESTS, metavar="N",
                         help=f"requests per policy (default {DEFAULT_REQUESTS})")
     parser.add_argument("--policies", type=_policies, default=list(POLICIES), metavar="LIST",

@@ -71,6 +71,7 @@ class LiveDemo:
         self.say = say
         self.backends = {name: BackendProcess(name) for name in PERSONALITIES}
         self.gateway: GatewayProcess | None = None
+        self.environ: dict[str, str] = {}          # the gateway's LB_* settings, once started
         self.counts = LoadCounts()
         self._lock = threading.Lock()
         self._closed = False

@@ -119,6 +119,8 @@ def test_python_m_lbmiddleware_demo_passes_its_options_on(capsys):
     (["--policies", "fastest"], "unknown policy 'fastest'"),
     (["--requests", "0"], "'0' is not a positive integer"),
     (["--concurrency", "many"], "'many' is not a positive integer"),
+    (["--serve", "--rate", "-1"], "'-1' is not a rate from 0 to 1000 requests a second"),
+    (["--serve", "--rate", "fast"], "'fast' is not a rate from 0 to 1000 requests a second"),
 ])
 def test_bad_options_exit_2_naming_the_value(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:

@@ -184,3 +184,31 @@ def test_a_gateway_that_exits_ends_the_demo_with_1_and_its_backends(serve):
     assert demo.process.wait(timeout=30) == 1
     demo.expect(r"the gateway exited \(code -9\); stopping")
     _everything_stopped(demo, urls)
+
+
+def test_commands_say_what_happened_and_what_is_wrong():
+    from lbmiddleware.demo.runner import DEMO_SETTINGS
+    from lbmiddleware.demo.serve import LiveDemo
+
+    live = LiveDemo("round_robin", 0, DEMO_SETTINGS, say=print)
+    flaky = live.backends["flaky"].start()
+    try:
+        assert live.command("") == ""
+        assert live.command("start flaky") == f"flaky is running already (pid {flaky.pid})"
+        pid = flaky.pid
+        assert live.command("KILL flaky").startswith(f"killed flaky (pid {pid}, SIGKILL). "
+                                                     f"Watch {flaky.url} on ")
+        assert not running(pid) and refused(flaky.url)
+        assert live.command("kill flaky") == "flaky is not running; start flaky starts it"
+        url = flaky.url
+        assert live.command("start flaky").startswith(f"started flaky again on {url} (pid ")
+        assert flaky.url == url and not refused(url)
+        for typed in ("kill", "kill nginx", "kill fast slow", "restart flaky"):
+            assert live.command(typed) == (
+                f"unknown command {typed!r}: type kill NAME or start NAME (NAME: fast, slow, "
+                "flaky), or Ctrl-C to stop everything")
+        assert "Ctrl-C stops everything." in live.command("help")
+    finally:
+        live.stop()
+    assert refused(url) and live.command("start flaky") == ""     # stopped: commands ignored
+    assert refused(url)
