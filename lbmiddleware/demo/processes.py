@@ -126,7 +126,7 @@ class BackendProcess:
 
 # The gateway's banner: "lbmiddleware gateway listening on http://127.0.0.1:8000 (...)".
 _LISTENING = re.compile(r"listening on (http://\S+?)(?=[\s,;)]|$)")
-_ADMIN = re.compile(r"admin\S*\s+(?:\S+\s+){0,3}?(http://[^\s,;)]+)")
+_ADMIN = re.compile(r"admin\S*\s+(?:\S+\s+){0,3}?(http://[^\s/,;)]+)")
 
 
 class GatewayProcess:
