@@ -124,9 +124,10 @@ class BackendProcess:
         self._process = None
 
 
-# The gateway's banner: "lbmiddleware gateway listening on http://127.0.0.1:8000 (...)".
-_LISTENING = re.compile(r"listening on (http://\S+?)(?=[\s,;)]|$)")
-_ADMIN = re.compile(r"admin\S*\s+(?:\S+\s+){0,3}?(http://[^\s/,;)]+)")
+# The gateway's banner: "lbmiddleware gateway listening on http://127.0.0.1:8000 (...) ->
+# BACKENDS; admin http://127.0.0.1:9901/status" (the admin part with LB_ADMIN_LISTEN only).
+_LISTENING = re.compile(r"listening on (http://[^\s/]+)")
+_ADMIN = re.compile(r"; admin (http://[^\s/]+)/status")
 
 
 class GatewayProcess:
