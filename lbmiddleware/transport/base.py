@@ -26,8 +26,8 @@ from ..core.settings import FrontEndSettings, Settings, resolve, setting_names
 from ..errors import ConfigError
 from ..fleet.departures import follow_departures
 from ..proxy import parse_cookie
+from . import outgoing
 from .targets import Target, Targets, environment_proxy
-from .urls import backend_url
 
 __all__ = ["LoadBalancing", "Plan", "TransportOptions"]
 
@@ -95,16 +95,12 @@ class Plan:
     def upstream(self, target: Target[Any]) -> httpx.Request:
         """The request as ``target``'s backend gets it: its URL with the base path, its
         ``Host`` unless the request keeps its own, its TLS name."""
-        headers = self.headers
-        if not self.own_host:
-            headers = headers.copy()
-            headers["Host"] = target.host.decode("ascii")
-        extensions = self.extensions
-        if target.extensions:
-            extensions = {**extensions, **target.extensions}
-        request = self.request
-        return httpx.Request(request.method, backend_url(target.url, request.url),
-                             headers=headers, stream=request.stream, extensions=extensions)
+        caller = self.request
+        return outgoing.request(
+            caller.method, outgoing.backend_url(target.url, caller.url),
+            self.headers if self.own_host else outgoing.with_host(self.headers, target.host),
+            caller.stream,
+            {**self.extensions, **target.extensions} if target.extensions else self.extensions)
 
 
 class LoadBalancing(Generic[T]):

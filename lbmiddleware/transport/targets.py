@@ -55,7 +55,7 @@ class Target(Generic[T]):
         self.backend = backend
         self.transport = transport
         self.url = httpx.URL(backend.url)
-        self.host = backend.authority.encode("ascii")        # (IDNA-encoded already)
+        self.host = backend.authority                       # (IDNA-encoded already)
         # The TLS name of a backend reached by address (a DNS source's): httpcore sends it
         # as SNI and verifies the certificate against it.
         https_name = backend.scheme == "https" and backend.server_name is not None

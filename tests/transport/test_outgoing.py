@@ -1,0 +1,96 @@
+"""The attempt's request built from the parsed forms (lbmiddleware/transport/outgoing.py) is
+the one httpx's public constructors build, on the installed httpx; and httpx's errors end
+an attempt as the table says (lbmiddleware/transport/errors.py)."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+import lbmiddleware as lb
+from lbmiddleware.transport import outgoing
+from lbmiddleware.transport.errors import failure, naming_backends
+
+BASES = ["http://127.0.0.1:8001", "http://[::1]:8080/v1", "https://orders.example/a%20b",
+         "http://xn--bcher-kva.example:81/api/v2"]
+TARGETS = ["http://svc", "http://svc/", "http://svc/api/items?page=2&q=a+b",
+           "http://svc:8080/p%2Fq?x=%20#frag", "http://svc/caf%C3%A9/?"]
+
+
+def test_the_installed_httpx_takes_the_fast_ways():
+    """(If an httpx release changes its internals, the public ways take over: this test
+    then says so, and the overhead benchmark shows what it costs.)"""
+    assert (outgoing._FAST_URLS, outgoing._FAST_HOSTS, outgoing._FAST_REQUESTS) == \
+        (True, True, True)
+
+
+@pytest.mark.parametrize("base", BASES)
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_backend_url_is_the_one_parsed_from_text(base, target):
+    backend, asked = httpx.URL(lb.Backend(base).url), httpx.URL(target)
+    fast = outgoing._joined_parsed(backend, asked)
+    public = outgoing.joined_url(backend, asked)
+    assert fast == public
+    assert (fast.raw_scheme, fast.raw_host, fast.port, fast.raw_path) == \
+        (public.raw_scheme, public.raw_host, public.port, public.raw_path)
+    assert fast.raw_path.startswith(backend.raw_path.rstrip(b"/") + b"/")
+
+
+@pytest.mark.parametrize("headers", [
+    [("Host", "svc"), ("Accept", "*/*")],
+    [("Accept", "*/*"), ("host", "svc:8080"), ("X-A", "1")],
+    [("Accept", "*/*")],
+    [("Host", "a"), ("X", "1"), ("HOST", "b")],
+])
+def test_the_host_is_replaced_as_setting_it_would(headers):
+    given = httpx.Headers(headers)
+    fast = outgoing._replaced_host_parsed(given, "backend.example:8001")
+    public = outgoing.replaced_host(given, "backend.example:8001")
+    assert fast.raw == public.raw and fast.encoding == public.encoding
+    assert given.raw == httpx.Headers(headers).raw          # the caller's are untouched
+    fast["X-Later"] = "works"                               # a usable Headers
+    assert fast["x-later"] == "works"
+
+
+def test_the_request_is_the_one_the_constructor_builds():
+    url, headers = httpx.URL("http://127.0.0.1:1/x"), httpx.Headers({"Host": "a"})
+    stream, extensions = httpx.ByteStream(b"body"), {"timeout": {"read": 1.0}}
+    fast = outgoing._new_request_set("POST", url, headers, stream, extensions)
+    public = outgoing.new_request("POST", url, headers, stream, extensions)
+    assert vars(fast) == vars(public)
+    assert fast.read() == b"body"
+
+
+@pytest.mark.parametrize("exc, sent, timeout", [
+    (httpx.ConnectError("[Errno 111] Connection refused"), False, False),
+    (httpx.ConnectTimeout(""), False, True),
+    (httpx.ReadTimeout("timed out"), True, True),
+    (httpx.WriteTimeout("timed out"), True, True),
+    (httpx.RemoteProtocolError("Server disconnected without sending a response."), True,
+     False),
+    (httpx.ReadError("[Errno 104] Connection reset by peer"), True, False),
+])
+def test_a_backends_failure_becomes_an_outcome_with_its_text(exc, sent, timeout):
+    outcome = failure(exc, 0.25)
+    assert (outcome.ok, outcome.sent, outcome.timeout, outcome.latency) == \
+        (False, sent, timeout, 0.25)
+    assert outcome.error == (str(exc) or type(exc).__name__)
+
+
+@pytest.mark.parametrize("exc", [httpx.ProxyError("proxy says no"), httpx.PoolTimeout(""),
+                                 httpx.LocalProtocolError("bad header"),
+                                 httpx.UnsupportedProtocol("ftp")])
+def test_what_is_not_the_backends_fault_is_raised_as_it_is(exc):
+    with pytest.raises(type(exc)) as info:
+        failure(exc, 0.1)
+    assert info.value is exc
+
+
+def test_the_callers_error_names_the_backends_tried():
+    request = httpx.Request("GET", "http://svc/x")
+    tried = [lb.Backend("http://127.0.0.1:1"), lb.Backend("http://127.0.0.1:2")]
+    named = naming_backends(httpx.ReadTimeout("timed out"), request, tried)
+    assert type(named) is httpx.ReadTimeout
+    assert str(named) == "timed out (backends tried: http://127.0.0.1:1, http://127.0.0.1:2)"
+    assert named.request is request
+    assert named.backends_tried == ("http://127.0.0.1:1", "http://127.0.0.1:2")
