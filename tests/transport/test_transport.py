@@ -19,6 +19,7 @@ from lbmiddleware.transport import LoadBalancingTransport
 from ..conftest import CERTIFICATE_NAME
 from ..fleet.test_server_name import host_of, tls_backend  # noqa: F401  (a fixture)
 from ..support.departures import closed_by_the_client, open_connections, record_unsubscribes
+from ..support.etcd import EtcdServer
 from ..support.waiting import wait_for
 
 VHOST = "http://svc"
@@ -211,3 +212,31 @@ def test_exported_from_the_package_with_httpx_loaded_only_then():
             "lb.AsyncLoadBalancingTransport; assert 'httpx' in sys.modules; "
             "assert issubclass(lb.LoadBalancingTransport, __import__('httpx').BaseTransport)")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_a_pool_with_a_source_built_in_a_loop_is_waited_for_by_the_first_request(servers,
+                                                                                tmp_path):
+    """A transport built inside an async function does not wait there for its etcd source
+    (that would stop the loop); used from a worker thread, its first request waits for the
+    source's first answer instead of finding the pool empty."""
+    import asyncio
+
+    etcd = EtcdServer(tmp_path / "etcd")
+    etcd.start()
+    try:
+        a = servers("a")
+        etcd.put("services/web/a", a.url)
+
+        async def build_then_call() -> str:
+            transport = LoadBalancingTransport([etcd.source("services/web")])
+            assert not transport._ready             # the pool did not wait here
+
+            def call() -> str:
+                with client_for(transport) as client:
+                    return str(client.get(f"{VHOST}/x").json()["server"])
+
+            return await asyncio.to_thread(call)
+
+        assert asyncio.run(build_then_call()) == "a"
+    finally:
+        etcd.stop()
