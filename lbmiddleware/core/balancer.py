@@ -1022,8 +1022,8 @@ class Balancer:
                     state.latency_counts[bisect_left(LATENCY_BUCKETS, latency)] += 1
                     state.latency_sum += latency
             self._load.observe_failure(state.latency, now, state.health.consecutive_failures)
-            if member:
-                state.failures += 1
+            state.failures += 1     # every failure, as requests counts every end
+            if member:              # but only a member's health is judged, not a draining one's
                 if self._health.failure(state, now, latency):
                     self._timed = True
                     self._refresh()
@@ -1138,8 +1138,10 @@ class Balancer:
           if never); ``ejection_left``, ``drain_left``: seconds until that ends (None when
           not ejected, not draining); ``ramp``: slow start's factor 0..1, None when not
           ramping; ``ejected_until``: a timer reading (compare with the pool's timer only);
-        * counters since it joined: ``in_flight``, ``requests``, ``failures``,
-          ``consecutive_failures``, ``ejections``, ``bytes_sent``, ``bytes_received``;
+        * counters since it joined: ``in_flight``, ``requests`` (attempts ended with an
+          outcome), ``failures`` (those that failed, while draining too: ``requests -
+          failures`` are the successes), ``consecutive_failures``, ``ejections``,
+          ``bytes_sent``, ``bytes_received``;
         * ``latency``: the time-decayed mean latency of its answered attempts (seconds, None
           before the first answer); ``latency_estimate``: what the latency policy weighs
           (peak EWMA with failure penalties, decayed; None before any sample);

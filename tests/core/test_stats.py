@@ -38,6 +38,38 @@ def test_bytes_add_up_from_report_report_later_and_a_completion(clock):
     assert (row(pool, A)["bytes_sent"], row(pool, A)["bytes_received"]) == (16, 105)
 
 
+def test_a_draining_backends_failures_are_counted_but_never_judge_its_health(clock):
+    # requests - failures is what the metrics call successes: a failure left out of
+    # failures would be shown as a success.
+    pool = Balancer([A, B], timer=clock, max_fails=2, drain_timeout=30.0)
+    held = [pool.pick(exclude=[lb.Backend(A)]) for _ in range(5)]
+    pool.drain(B)
+    pool.report(held[0], ok=False)                           # refused
+    pool.report(held[1], ok=False, latency=0.2, status=503)  # a failing status
+    pool.report_later(held[2], ok=False)
+    pool.report(held[3], latency=0.01, status=200)
+    r = row(pool, B)
+    assert (r["state"], r["requests"], r["failures"]) == ("draining", 4, 3)
+    assert (r["consecutive_failures"], r["ejections"]) == (0, 0)   # no ejection while draining
+    pool.undrain(B)                       # a member again before its drain ended: it counts on
+    pool.report(held[4], ok=False)
+    r = row(pool, B)
+    assert (r["state"], r["requests"], r["failures"]) == ("healthy", 5, 4)
+    assert r["consecutive_failures"] == 1
+
+
+def test_a_removed_backends_failed_request_is_counted_in_failures(clock):
+    pool = Balancer([A], timer=clock)
+    pool.update([A, B])
+    held = [pool.pick(exclude=[lb.Backend(A)]) for _ in range(2)]
+    pool.update([A])                                          # B leaves: it drains
+    pool.report(held[0], ok=False)
+    r = row(pool, B)
+    assert (r["requests"], r["failures"], r["ejections"]) == (1, 1, 0)
+    pool.report(held[1], ok=False)                            # its last: it has left
+    assert B not in {r["url"] for r in pool.stats()}
+
+
 def test_report_later_under_the_lock_keeps_its_bytes_until_applied(clock):
     pool = Balancer([A], timer=clock)
     backend = pool.pick()

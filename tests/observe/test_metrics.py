@@ -212,6 +212,22 @@ class TestPerBackend:
                      "lbmiddleware_backend_request_duration_seconds_bucket"):
             assert result.backends(name) == {B}
 
+    def test_a_draining_backends_failure_is_a_failure_not_a_success(self, clock):
+        pool = Balancer([A, B], policy="round_robin", timer=clock)
+        held = [pool.pick() for _ in range(6)]       # A, B, A, B, A, B
+        pool.drain(A)                                # held[4] keeps it draining
+        pool.report(held[0], False)                  # refused while draining
+        pool.report(held[2], False, 0.05, status=503)
+        pool.report(held[1], False)                  # B, a member: the same count
+        result = scrape(pool)
+        for url, state in ((A, "draining"), (B, "healthy")):
+            assert result.state(url) == state
+            labels = {"pool": "default", "backend": url}
+            assert result.value("lbmiddleware_backend_requests_total", outcome="failure",
+                                **labels) == (2 if url == A else 1)
+            assert result.value("lbmiddleware_backend_requests_total", outcome="success",
+                                **labels) == 0
+
     def test_slow_start_shows_its_state_and_effective_weight(self, clock):
         pool = Balancer([A], timer=clock, slow_start="10s")
         pool.update([A, lb.Backend(B, weight=2)])
