@@ -30,6 +30,7 @@ from requests.exceptions import (
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ReadTimeoutError
 
 from ..core.attempts import Outcome
+from ..core.casts import format_duration
 from ..errors import NoHealthyBackend
 
 if TYPE_CHECKING:
@@ -89,7 +90,7 @@ def describe(exc: BaseException, sent: bool, timeout: bool) -> str:
     if timeout:
         limit = _LIMIT.search(str(exc))
         return (f"{'read' if sent else 'connect'} timed out"
-                + (f" after {float(limit.group(1)):g}s" if limit else ""))
+                + (f" after {format_duration(float(limit.group(1)))}" if limit else ""))
     for cause in _causes(exc):
         if isinstance(cause, http.client.IncompleteRead):
             partial: object = cause.partial     # bytes (http.client) or a count (urllib3)

@@ -30,8 +30,8 @@ from typing import Any
 from ..core.attempts import Attempts, Outcome, RetryRule
 from ..core.backend import Backend
 from ..core.balancer import Balancer
+from ..core.casts import format_duration
 from ..errors import NoHealthyBackend
-from ..probes.check import format_seconds
 from ..proxy import BINARY
 from ..upstream import (
     NO_BODY_STATUSES,
@@ -348,9 +348,9 @@ def failure_text(exc: UpstreamError, pool: HostPool) -> str:
     refused``, ``connect timed out after 5s``, ``read timed out after 2s``, or the
     upstream client's own (``the backend closed the connection``)."""
     if isinstance(exc, ConnectTimeout):
-        return f"connect timed out after {format_seconds(pool.connect_timeout)}"
+        return f"connect timed out after {format_duration(pool.connect_timeout)}"
     if isinstance(exc, ReadTimeout):
-        return f"read timed out after {format_seconds(pool.read_timeout)}"
+        return f"read timed out after {format_duration(pool.read_timeout)}"
     if isinstance(exc, ConnectError):
         # the OSError it was raised from (its context: raised "from None", kept all the
         # same), by its errno: asyncio's own text names the address ("Connect call failed")

@@ -2,7 +2,8 @@
 variable, or an already typed keyword) and returns it typed, or raises ``ValueError`` with
 the reason; the settings machinery (:mod:`.settings`) turns that into a ``ConfigError``
 naming the variable or argument and the value. Also the types each cast accepts, as the
-settings classes declare them for type checkers."""
+settings classes declare them for type checkers, and :func:`format_duration`, a duration
+written back as the settings spell it."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Any, TypeAlias
 from .backend import Backend, Source
 
 __all__ = [
-    "parse_duration", "parse_positive_duration", "parse_flag", "parse_count",
+    "parse_duration", "parse_positive_duration", "format_duration", "parse_flag", "parse_count",
     "parse_positive_count", "parse_size", "parse_factor", "parse_statuses", "parse_dns_servers",
     "BackendsLike", "CountLike", "DurationLike", "FlagLike", "SizeLike", "FactorLike",
     "StatusesLike", "ServersLike",
@@ -100,6 +101,16 @@ def parse_positive_duration(value: Any) -> float:
     if seconds == 0:
         raise ValueError("must be greater than zero")
     return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """The way back: ``2.0`` -> ``"2s"``, ``0.25`` -> ``"250ms"``, ``1.5`` -> ``"1.5s"``: a
+    duration as the settings spell it, so every text naming a limit (a failed attempt's
+    "read timed out after 200ms", a probe's "timeout after 2s") spells it one way, and a
+    person can give it back as a setting."""
+    if 0 < seconds < 1:
+        return f"{seconds * 1000:g}ms"
+    return f"{seconds:g}s"
 
 
 def parse_flag(value: Any) -> bool:

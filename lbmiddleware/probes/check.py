@@ -59,6 +59,7 @@ from collections.abc import Awaitable, Sequence
 from typing import Any, TypeVar
 
 from ..core.backend import Backend
+from ..core.casts import format_duration
 from ..upstream.connection import Connection
 from ..upstream.deadlines import Deadlines
 from ..upstream.errors import ReadTimeout, StaleConnection, UpstreamError
@@ -81,11 +82,8 @@ _CONNECT_REASONS = {
 }
 
 
-def format_seconds(seconds: float) -> str:
-    """``2.0`` -> ``"2s"``, ``0.25`` -> ``"250ms"``: durations as the settings spell them."""
-    if seconds < 1:
-        return f"{seconds * 1000:g}ms"
-    return f"{seconds:g}s"
+# The probes' package still offers the core's formatter under its old name (one rule).
+format_seconds = format_duration
 
 
 class _Owner:
@@ -138,7 +136,7 @@ class HealthCheck:
         self.timeout = timeout
         self._ssl = ssl
         self._owner = _Owner()
-        self._timeout_reason = f"timeout after {format_seconds(timeout)}"
+        self._timeout_reason = f"timeout after {format_duration(timeout)}"
         self.kept: dict[str, _Kept] = {}
         self.opened = 0
         self._loop: asyncio.AbstractEventLoop | None = None

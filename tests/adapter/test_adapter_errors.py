@@ -34,9 +34,10 @@ def test_a_refused_connection(caplog):
     assert failed_once(refused_url(), caplog) == "connection refused"
 
 
-def test_a_read_timeout_names_its_limit(raw_backend, caplog):
+def test_a_read_timeout_names_its_limit_as_the_asgi_side_does(raw_backend, caplog):
+    # the words of tests/asgi/test_asgi_failure_text.py (core.casts.format_duration)
     backend = raw_backend([1.0, OK])
-    assert failed_once(backend.url, caplog, read_timeout=0.2) == "read timed out after 0.2s"
+    assert failed_once(backend.url, caplog, read_timeout=0.2) == "read timed out after 200ms"
 
 
 def test_a_backend_that_hangs_up_without_an_answer(scripted, caplog):

@@ -10,6 +10,7 @@ import textwrap
 import pytest
 
 import lbmiddleware as lb
+from lbmiddleware.core.casts import format_duration
 from lbmiddleware.core.forwarding import ForwardingSettings
 from lbmiddleware.core.settings import (
     BaseSettings,
@@ -335,6 +336,16 @@ def test_the_constructor_type_checkers_see_lists_every_field(cls):
 @pytest.mark.parametrize("text, seconds", [
     ("1.5", 1.5), ("10s", 10.0), ("250ms", 0.25), (" 2 s ", 2.0), (3, 3.0), ("1e-3", 0.001)])
 def test_durations(text, seconds):
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("seconds, text", [
+    (2.0, "2s"), (1, "1s"), (1.5, "1.5s"), (90.0, "90s"), (0.2, "200ms"), (0.25, "250ms"),
+    (0.1 + 0.2, "300ms"), (0.0005, "0.5ms"), (0.0, "0s")])
+def test_a_duration_is_written_as_the_settings_spell_it_and_reads_back(seconds, text):
+    # one spelling for every failure text ("read timed out after 200ms", a probe's
+    # "timeout after 250ms"), which a setting takes back as it is
+    assert format_duration(seconds) == text
     assert parse_duration(text) == pytest.approx(seconds)
 
 
