@@ -2,11 +2,13 @@
 backends, a certificate) and the core/integration split.
 
 ``pytest -m core`` runs the fast standard-library tests alone, in seconds: every module
-under tests/core/ and the modules listed in ``CORE_FILES`` (sans-I/O parts outside the core,
-the layering test). No server, no gateway process, no sleeping (a few quick interpreter
-starts: the hash seed, the import of the package). Every other test module (real loopback
-servers, gateway processes, the quick quality benchmark) is marked ``integration``; CI runs
-both. A new module under tests/core/ is core; elsewhere it is integration unless listed here.
+under tests/core/ and the modules listed in ``CORE_FILES`` (sans-I/O parts outside the core:
+the proxy rules, the parser, discovery's back-off and watcher, the status snapshot and page on
+a fake clock; the layering test). No server, no gateway process, no sleeping (a few quick
+interpreter starts: the hash seed, the import of the package). Every other test module (real
+loopback servers, gateway processes, the quick quality benchmark) is marked ``integration``;
+CI runs both. A new module under tests/core/ is core; elsewhere it is integration unless
+listed here.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ TESTS = pathlib.Path(__file__).resolve().parent
 CORE_FOLDER = TESTS / "core"
 # Core test modules outside tests/core/ (paths relative to tests/).
 CORE_FILES = frozenset({"proxy/test_proxy_rules.py", "upstream/test_parser.py", "test_layering.py",
-                        "discovery/test_backoff.py", "discovery/test_watcher.py"})
+                        "discovery/test_backoff.py", "discovery/test_watcher.py",
+                        "observe/test_snapshot.py", "observe/test_page.py"})
 # The DNS name on the test certificate beside 127.0.0.1 (the ``certificate`` fixture).
 CERTIFICATE_NAME = "backend.lbmiddleware.test"
 # Core modules' tests that take more than a second or two.
@@ -43,11 +46,15 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     _deselect_what_does_not_apply(config, items)
     for item in items:
-        path = item.path.resolve()
-        core = (CORE_FOLDER in path.parents
-                or path.relative_to(TESTS).as_posix() in CORE_FILES) \
-            and item.originalname not in SLOW_CORE_TESTS
+        core = is_core(item.path, item.originalname)
         item.add_marker(pytest.mark.core if core else pytest.mark.integration)
+
+
+def is_core(module: pathlib.Path, test: str) -> bool:
+    """True when the test function ``test`` of ``module`` belongs to the core run."""
+    path = module.resolve()
+    return ((CORE_FOLDER in path.parents or path.relative_to(TESTS).as_posix() in CORE_FILES)
+            and test not in SLOW_CORE_TESTS)
 
 
 def _deselect_what_does_not_apply(config: pytest.Config, items: list[pytest.Item]) -> None:
