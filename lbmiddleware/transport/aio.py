@@ -109,7 +109,7 @@ class AsyncLoadBalancingTransport(LoadBalancing[httpx.AsyncBaseTransport],
     def _inner_transport(self, backend: Backend) -> httpx.AsyncBaseTransport:
         options = self._options
         return httpx.AsyncHTTPTransport(verify=options.tls(), limits=options.limits,
-                                        proxy=options.proxy_for(backend))
+                                        http2=options.http2, proxy=options.proxy_for(backend))
 
     def _close_later(self, transports: Iterable[httpx.AsyncBaseTransport | None]) -> None:
         """Close ``transports`` (None: nothing) on this transport's loop, from any thread:

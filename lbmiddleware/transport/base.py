@@ -45,16 +45,17 @@ _Timeouts = Mapping[str, float | None]
 class TransportOptions:
     """How the default inner transports are built, one per backend: the TLS context (made
     once, from ``verify``, ``cert`` and ``trust_env`` as httpx makes it), ``limits`` per
-    backend, and the proxy: ``proxy`` for every backend, else with ``trust_env`` the one
-    the environment names for the backend's real URL (:func:`~.targets.environment_proxy`).
+    backend, ``http2`` (offered over TLS, as httpx does; the ``h2`` package is needed), and
+    the proxy: ``proxy`` for every backend, else with ``trust_env`` the one the environment
+    names for the backend's real URL (:func:`~.targets.environment_proxy`).
     """
 
     def __init__(self, *, verify: ssl.SSLContext | str | bool = True,
                  cert: Any = None, trust_env: bool = True,
-                 limits: httpx.Limits = DEFAULT_LIMITS,
+                 limits: httpx.Limits = DEFAULT_LIMITS, http2: bool = False,
                  proxy: str | httpx.URL | httpx.Proxy | None = None) -> None:
         self.verify, self.cert, self.trust_env = verify, cert, trust_env
-        self.limits, self.proxy = limits, proxy
+        self.limits, self.http2, self.proxy = limits, http2, proxy
         self._tls: ssl.SSLContext | None = None
 
     def tls(self) -> ssl.SSLContext:
@@ -123,6 +124,7 @@ class LoadBalancing(Generic[T]):
         cert: Any = None,
         trust_env: bool = True,
         limits: httpx.Limits | None = None,
+        http2: bool = False,
         proxy: str | httpx.URL | httpx.Proxy | None = None,
         timer: Callable[[], float] = time.perf_counter,
         **options: Any,
@@ -135,7 +137,7 @@ class LoadBalancing(Generic[T]):
         if inner_transport is not None:
             given = [k for k, v in (("verify", verify is not True), ("cert", cert is not None),
                                     ("trust_env", trust_env is not True),
-                                    ("limits", limits is not None),
+                                    ("limits", limits is not None), ("http2", http2),
                                     ("proxy", proxy is not None)) if v]
             if given:
                 raise ConfigError(f"{name}: {', '.join(given)} given with inner_transport=: "
@@ -162,7 +164,7 @@ class LoadBalancing(Generic[T]):
         self._connect_timeout = forwarding.connect_timeout
         self._read_timeout = forwarding.read_timeout
         self._options = TransportOptions(
-            verify=verify, cert=cert, trust_env=trust_env, proxy=proxy,
+            verify=verify, cert=cert, trust_env=trust_env, http2=http2, proxy=proxy,
             **({} if limits is None else {"limits": limits}))
         self._targets: Targets[T] = Targets(inner_transport or self._inner_transport,
                                             self._is_member, self._close_later)

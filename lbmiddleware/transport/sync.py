@@ -39,11 +39,12 @@ class LoadBalancingTransport(LoadBalancing[httpx.BaseTransport], httpx.BaseTrans
     request's path, ``Host`` the backend's (its server name for a DNS source's) unless
     ``preserve_host`` or the request sets another, over an inner transport of that
     backend's own: by default an ``httpx.HTTPTransport`` with ``verify``, ``cert``,
-    ``trust_env`` and ``limits`` (per backend), its proxy ``proxy`` or, with
-    ``trust_env``, the environment's for the backend's real URL (``NO_PROXY`` names
-    backends, not the virtual host). ``inner_transport(backend)`` builds them instead
-    (HTTP/2: ``lambda backend: httpx.HTTPTransport(http2=True)``; it is called under a
-    lock, once per backend). Each attempt's connect and read timeouts are the request's,
+    ``trust_env``, ``limits`` (per backend) and ``http2`` (offered over TLS), its proxy
+    ``proxy`` or, with ``trust_env``, the environment's for the backend's real URL
+    (``NO_PROXY`` names backends, not the virtual host). ``inner_transport(backend)``
+    builds them instead (HTTP/2 without TLS: ``lambda backend:
+    httpx.HTTPTransport(http1=False, http2=True)``; it is called under a lock, once per
+    backend). Each attempt's connect and read timeouts are the request's,
     bounded by the ``connect_timeout`` and ``read_timeout`` settings.
 
     Retries follow the rules of every front-end (docs/contract.md, "Retries": the core's
@@ -118,7 +119,7 @@ class LoadBalancingTransport(LoadBalancing[httpx.BaseTransport], httpx.BaseTrans
     def _inner_transport(self, backend: Backend) -> httpx.BaseTransport:
         options = self._options
         return httpx.HTTPTransport(verify=options.tls(), limits=options.limits,
-                                   proxy=options.proxy_for(backend))
+                                   http2=options.http2, proxy=options.proxy_for(backend))
 
     def _close_later(self, transports: Iterable[httpx.BaseTransport | None]) -> None:
         """Close ``transports`` (None: nothing) now, on this thread."""
