@@ -2,25 +2,38 @@
 started again on its port), and for ``--serve`` the gateway command itself.
 
 Children start in their own session, so Ctrl-C reaches the demo only and the demo stops them
-in order. A backend also exits when the demo dies (its standard input closes).
+in order. When the demo dies without stopping them (SIGKILL, a crash), each child dies with
+it: on Linux the kernel sends it SIGTERM (``PR_SET_PDEATHSIG``, asked for between fork and
+exec, :func:`_spawn`), the one way for both kinds of child, since the gateway is the real
+``python -m lbmiddleware serve`` and has no option to watch its parent. That signal follows
+the *thread* that started the child (it is sent when that thread ends), so children are
+started from the main thread only, which lasts as long as the process. A backend also exits
+when its standard input closes, which covers it where there is no ``prctl``.
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
 import re
 import selectors
+import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
-from typing import IO
+from collections.abc import Callable, Mapping, Sequence
+from typing import IO, Any
 
 __all__ = ["STARTUP_TIMEOUT", "BackendProcess", "GatewayProcess", "child_environ"]
 
 STARTUP_TIMEOUT = 15.0           # seconds: backends and gateway must be listening by then
 STOP_TIMEOUT = 10.0              # seconds a child has to exit after SIGTERM before SIGKILL
+# What a child gets when the demo dies: what the demo's own stop sends first, so the gateway
+# finishes its requests in flight and closes its admin port as it does on Ctrl-C.
+PARENT_DEATH_SIGNAL = signal.SIGTERM
+_PR_SET_PDEATHSIG = 1            # <linux/prctl.h>
 
 
 def child_environ(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -32,6 +45,46 @@ def child_environ(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra or {})
     return env
+
+
+def _spawn(command: Sequence[str], **options: Any) -> subprocess.Popen[bytes]:
+    """Start a child in its own session that dies with this process (on Linux); from the
+    main thread only (a child of another thread would die when that thread ends)."""
+    if threading.current_thread() is not threading.main_thread():
+        raise RuntimeError(f"demo child {' '.join(command[1:])!r} started from thread "
+                           f"{threading.current_thread().name!r}: start children from the main "
+                           "thread, whose end is the process's (the death signal follows the "
+                           "thread that started the child)")
+    return subprocess.Popen(command, start_new_session=True, preexec_fn=_dies_with_us(),
+                            **options)
+
+
+def _dies_with_us() -> Callable[[], None] | None:
+    """The ``preexec_fn`` (run in the child, before exec) asking the kernel for
+    PARENT_DEATH_SIGNAL when this process dies; None where there is no ``prctl``. The C
+    function is looked up here, in the parent: the child, forked from a process with
+    threads, only makes the call (no import, no lock). A child whose parent already died
+    before the call (it would wait for a signal that never comes) does not start."""
+    prctl = _prctl()
+    if prctl is None:
+        return None
+    parent, signum = os.getpid(), int(PARENT_DEATH_SIGNAL)
+
+    def ask() -> None:
+        if prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+        if os.getppid() != parent:
+            raise ChildProcessError("the demo ended before its child started")
+    return ask
+
+
+@functools.cache
+def _prctl() -> Callable[..., int] | None:
+    """libc's ``prctl`` on Linux, else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    function: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
+    return function
 
 
 def _read_line(stdout: IO[bytes], wanted: Callable[[str], str | None], deadline: float
@@ -78,8 +131,8 @@ class BackendProcess:
                    "--until-stdin-closes"]
         if port:
             command += ["--port", str(port)]
-        self._process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                         env=child_environ(), start_new_session=True)
+        self._process = _spawn(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               env=child_environ())
         if self._process.stdout is None:        # never: stdout=PIPE
             raise RuntimeError("no pipe from the demo backend")
 
@@ -145,9 +198,9 @@ class GatewayProcess:
         self._reader: threading.Thread | None = None
 
     def start(self) -> GatewayProcess:
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", "lbmiddleware", "serve"], stdout=subprocess.PIPE,
-            stdin=subprocess.DEVNULL, env=child_environ(self.environ), start_new_session=True)
+        self._process = _spawn([sys.executable, "-m", "lbmiddleware", "serve"],
+                               stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                               env=child_environ(self.environ))
         stdout = self._process.stdout
         if stdout is None:                       # never: stdout=PIPE
             raise RuntimeError("no pipe from the gateway")

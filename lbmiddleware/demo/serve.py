@@ -9,13 +9,16 @@ so the page's rates and latencies move and a dead backend is noticed by requests
 by the health checks; the gateway's warnings (ejected, down, up) print on the same terminal.
 
 Bounded: Ctrl-C or SIGTERM stops the load, then the gateway (which closes its admin port),
-then the backends, and the command exits 0; nothing it started outlives it.
+then the backends, and the command exits 0; nothing it started outlives it, even when it is
+killed (:mod:`.processes`: its children die with it). Typed commands run on the main thread,
+as every start of a child must.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import queue
 import shlex
 import signal
 import sys
@@ -34,6 +37,7 @@ __all__ = ["LiveDemo", "serve", "gateway_environ", "DEFAULT_RATE"]
 DEFAULT_RATE = 20.0              # GETs a second through the gateway while serving
 CHECK_PATH = "/health"           # the demo's backends answer any path
 CHECK_INTERVAL = "1s"            # so a kill shows on the page within seconds
+COMMAND_POLL = 0.1               # seconds: how soon the main thread runs a typed command
 
 
 def gateway_environ(urls: Sequence[str], policy: str,
@@ -61,7 +65,8 @@ def gateway_environ(urls: Sequence[str], policy: str,
 
 class LiveDemo:
     """The backends, the gateway and the steady load of ``--serve``; ``command()`` runs
-    what the person types. Thread-safe: commands come from the terminal's reader thread."""
+    what the person types, on the main thread (``start NAME`` starts a child: see
+    :mod:`.processes`)."""
 
     def __init__(self, policy: str, rate: float, settings: Mapping[str, object],
                  say: Callable[[str], None]) -> None:
@@ -188,9 +193,10 @@ class LiveDemo:
             backend.stop()
 
 
-def _read_commands(fd: int, live: LiveDemo, say: Callable[[str], None]) -> None:
-    """Run each line typed on ``fd`` until it closes (os.read: a daemon thread blocked in a
-    buffered read would hold the buffer's lock at interpreter shutdown)."""
+def _read_commands(fd: int, typed: queue.SimpleQueue[str]) -> None:
+    """Queue each line typed on ``fd`` until it closes, for the main thread to run
+    (os.read: a daemon thread blocked in a buffered read would hold the buffer's lock at
+    interpreter shutdown)."""
     pending = b""
     while True:
         try:
@@ -202,9 +208,20 @@ def _read_commands(fd: int, live: LiveDemo, say: Callable[[str], None]) -> None:
         pending += chunk
         while b"\n" in pending:
             line, pending = pending.split(b"\n", 1)
-            answer = live.command(line.decode(errors="replace"))
-            if answer:
-                say(answer)
+            typed.put(line.decode(errors="replace"))
+
+
+def _run_typed(typed: queue.SimpleQueue[str], live: LiveDemo,
+               say: Callable[[str], None]) -> None:
+    """Run the commands typed so far (on the calling thread: the main one)."""
+    while True:
+        try:
+            line = typed.get_nowait()
+        except queue.Empty:
+            return
+        answer = live.command(line)
+        if answer:
+            say(answer)
 
 
 def serve(policy: str, rate: float, settings: Mapping[str, object],
@@ -229,10 +246,12 @@ def serve(policy: str, rate: float, settings: Mapping[str, object],
         say("lbmiddleware demo --serve: three backends and the gateway, running until Ctrl-C")
         live.start()
         say(live.instructions())
+        typed: queue.SimpleQueue[str] = queue.SimpleQueue()
         if commands_fd is not None:
-            threading.Thread(target=_read_commands, args=(commands_fd, live, say),
+            threading.Thread(target=_read_commands, args=(commands_fd, typed),
                              name="demo-commands", daemon=True).start()
-        while not stop.wait(0.5):
+        while not stop.wait(COMMAND_POLL):
+            _run_typed(typed, live, say)
             if live.gateway is not None and not live.gateway.alive:
                 say(f"the gateway exited (code {live.gateway.returncode}); stopping")
                 return 1

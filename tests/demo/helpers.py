@@ -1,9 +1,10 @@
 """What the demo's tests share: where the checkout is, whether a URL still listens, which
-child processes a process still has."""
+child processes a process still has, and killing what a test's demo left running."""
 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -46,3 +47,20 @@ def running(pid: int) -> bool:
             return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def kill_leftovers(pids: list[int], marker: bytes) -> list[int]:
+    """SIGKILL those of ``pids`` still running a command line holding ``marker`` (what a
+    test started that outlived it, so that a failing test leaves nothing behind); the pids
+    it had to kill."""
+    killed = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                command = cmdline.read()
+        except OSError:
+            continue
+        if marker in command and running(pid):
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+    return killed

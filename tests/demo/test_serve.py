@@ -1,6 +1,6 @@
 """``python -m lbmiddleware demo --serve`` as a person runs it: a real process whose printed
 URLs are used as printed, commands typed on its standard input, the status page read from
-the gateway's admin port, and Ctrl-C (SIGINT) or SIGTERM leaving nothing running."""
+the gateway's admin port, and Ctrl-C (SIGINT), SIGTERM or SIGKILL leaving nothing running."""
 
 from __future__ import annotations
 
@@ -18,10 +18,11 @@ import time
 import pytest
 
 from ..support.waiting import until
-from .helpers import ROOT, children, refused, running
+from .helpers import ROOT, children, kill_leftovers, refused, running
 
 LAST_LINE = "Ctrl-C stops everything."
 GATEWAY_COMMAND = b"-m\0lbmiddleware\0serve\0"
+BACKEND_COMMAND = b"lbmiddleware.demo.backends"
 
 
 class ServeProcess:
@@ -36,6 +37,7 @@ class ServeProcess:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             env=env, cwd=ROOT)
         self.lines: list[str] = []
+        self.started: list[int] = []         # its gateway and backends, once urls() saw them
         self._new: queue.Queue[str | None] = queue.Queue()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -77,12 +79,21 @@ class ServeProcess:
             urls[name], urls[f"{name} pid"] = found.group(1), found.group(2)
         [gateway] = children(self.process.pid, GATEWAY_COMMAND)
         urls["gateway pid"] = str(gateway)
+        self.started += [gateway, *(int(urls[f"{n} pid"]) for n in ("fast", "slow", "flaky"))]
         return urls
 
     def close(self) -> None:
+        """Stop it as a person would (SIGTERM: it stops what it started), SIGKILL only if it
+        does not exit, then kill whatever of its children a failed test left running."""
         if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        for marker in (GATEWAY_COMMAND, BACKEND_COMMAND):   # first: they hold its output
+            kill_leftovers(self.started, marker)
         self._reader.join(timeout=5)
         self.process.stdin.close()
         self.process.stdout.close()
@@ -174,6 +185,44 @@ def test_sigterm_stops_everything_too(serve):
     assert _get(urls["status"])[0] == 200
     demo.process.send_signal(signal.SIGTERM)
     assert demo.process.wait(timeout=30) == 0
+    _everything_stopped(demo, urls)
+
+
+def test_a_killed_demo_takes_its_gateway_and_backends_with_it(serve):
+    # SIGKILL runs none of the demo's own stopping: its children must end by themselves
+    # (the kernel signals them when it dies), or they keep their ports until someone kills them
+    demo = serve("--rate", "20")
+    urls = demo.urls()
+    pids = [int(urls[f"{name} pid"]) for name in ("gateway", "fast", "slow", "flaky")]
+    demo.process.kill()
+    demo.process.wait(timeout=10)
+    until(lambda: not any(running(pid) for pid in pids), 10,
+          "the gateway and the backends of a killed demo gone")
+    for name in ("status", "gateway", "fast", "slow", "flaky"):
+        assert refused(urls[name]), (name, urls[name])
+
+
+def test_a_backend_started_again_by_a_command_lives_on_when_the_commands_end(serve):
+    # The kernel's parent-death signal follows the thread that started a child: a backend
+    # started by a typed command must not stop when the demo's command reader ends (its
+    # standard input closed: Ctrl-D, or commands piped in).
+    demo = serve("--rate", "0")
+    urls = demo.urls()
+    demo.type("kill flaky")
+    demo.expect(r"killed flaky \(pid \d+, SIGKILL\)")
+    demo.type("start flaky")
+    restarted = demo.expect(r"started flaky again on (http://\S+) \(pid (\d+)\)")
+    flaky = int(restarted.group(2))
+    demo.started.append(flaky)
+    tasks = f"/proc/{demo.process.pid}/task"
+    threads = len(os.listdir(tasks))
+    demo.process.stdin.close()
+    until(lambda: len(os.listdir(tasks)) < threads, 10, "the demo's command reader ended")
+    time.sleep(1.5)         # a SIGTERM sent as it ended would have stopped the backend by now
+    assert running(flaky) and not refused(urls["flaky"])
+    demo.process.send_signal(signal.SIGINT)
+    assert demo.process.wait(timeout=30) == 0
+    urls["flaky pid"] = str(flaky)
     _everything_stopped(demo, urls)
 
 
