@@ -2,7 +2,8 @@
 (:class:`AccessRecord`), written with :func:`lbmiddleware.proxy.access.access_line`.
 
 Made only when the access log is on: the record wraps ``send`` to see the status the
-client got (whoever answered: a backend, the proxy's own 502, 503 or 504, a refusal), and
+client got (whoever answered: a backend, the proxy's own 502, 503 or 504, a refusal, a
+WebSocket handshake's denial), and
 is given the request's :class:`~lbmiddleware.asgi.exchange.Exchange`, whose attempts name
 the backends tried.
 """
@@ -21,6 +22,13 @@ if TYPE_CHECKING:
 
 __all__ = ["AccessRecord"]
 
+# The messages that carry the status the client gets: a response's start, and a WebSocket
+# handshake's denial response (the ASGI extension ``websocket.http.response``).
+_STARTS = frozenset({"http.response.start", "websocket.http.response.start"})
+
+# A WebSocket closed before its handshake is accepted: the server answers 403 (the ASGI spec).
+_CLOSED_BEFORE_HANDSHAKE = 403
+
 Message = MutableMapping[str, Any]
 Send = Callable[[Message], Awaitable[None]]
 
@@ -37,8 +45,11 @@ class AccessRecord:
         self.started = time.monotonic()
 
     async def __call__(self, message: Message) -> None:
-        if message["type"] == "http.response.start":
+        kind = message["type"]
+        if kind in _STARTS:
             self.status = message["status"]
+        elif kind == "websocket.close" and self.status is None:
+            self.status = _CLOSED_BEFORE_HANDSHAKE
         await self.send(message)
 
     def log(self, client: str | None, method: str, path: str, gone: bool = False) -> None:

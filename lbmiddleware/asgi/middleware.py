@@ -25,8 +25,9 @@ A client that disconnects cancels the upstream exchange (its connection is close
 pick released): see :mod:`lbmiddleware.asgi.exchange`.
 
 With ``access_log`` (``LB_ACCESS_LOG``) each request under the prefix (and, with no app,
-each one outside it) ends with one line on the ``lbmiddleware.access`` logger, at INFO: see
-:mod:`lbmiddleware.proxy.access`. Off, the per-request path does not change.
+each one outside it) and each WebSocket handshake refused ends with one line on the
+``lbmiddleware.access`` logger, at INFO: see :mod:`lbmiddleware.proxy.access`. Off, the
+per-request path does not change.
 
 A pool with sources built inside the server's running loop (Starlette builds its middleware
 there, at the first call) does not wait for their first answers in its constructor: the
@@ -163,7 +164,10 @@ class LoadBalancerMiddleware:
             await self._lifespan(scope, receive, send)
         elif kind == "websocket" and (
                 self.app is None or match_prefix(self._prefix, scope["path"]) is not None):
-            await self._refuse_websocket(scope, send)
+            if self._access_log:
+                await self._logged_refusal(scope, send)
+            else:
+                await self._refuse_websocket(scope, send)
         elif self.app is not None:
             await self.app(scope, receive, send)
 
@@ -182,6 +186,15 @@ class LoadBalancerMiddleware:
                 gone = not await self._proxy(scope, receive, record, path, record)
         finally:
             record.log(self._client(scope), scope["method"], scope["path"], gone)
+
+    async def _logged_refusal(self, scope: Scope, send: Send) -> None:
+        """:meth:`_refuse_websocket` with its access log line, as the same handshake gets
+        when the server hands it over as an HTTP request (a WebSocket handshake is a GET)."""
+        record = AccessRecord(send)
+        try:
+            await self._refuse_websocket(scope, record)
+        finally:
+            record.log(self._client(scope), "GET", scope["path"])
 
     def _client(self, scope: Scope) -> str | None:
         """The client's address: the peer, or from a trusted proxy's X-Forwarded-For."""

@@ -4,6 +4,7 @@ a real uvicorn server, over loopback backends, one record per proxied request on
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 
@@ -13,9 +14,11 @@ import requests
 from lbmiddleware.asgi import LoadBalancerMiddleware
 
 from ..proxy.test_access import parse_logfmt
+from ..support.asgi_client import Call
 from ..support.asgi_server import ServerThread
 from ..support.servers import refused_url
 from ..support.waiting import until
+from .test_asgi_websocket import HANDSHAKE, websocket, ws_app
 
 
 async def local_app(scope, receive, send):
@@ -76,3 +79,39 @@ def test_the_access_log_is_off_by_default(logged, servers):
         for _ in range(3):
             assert requests.get(f"http://127.0.0.1:{server.port}/x", timeout=5).ok
     assert access_records(logged) == []
+
+
+def test_a_refused_websocket_scope_gets_its_line_as_the_http_handshake_does(logged, servers):
+    """A handshake is refused whether the server hands it over as HTTP (WebSockets off, as in
+    the gateway: logged 501 like any request) or as a ``websocket`` scope: the line is the
+    same, with the status the client got: 501 where the server has the denial-response
+    extension, 403 (what a server answers for a close before the handshake) where not."""
+    a = servers("a")
+    app = LoadBalancerMiddleware(None, backends=[a.url], access_log=True)
+    denial = {"websocket.http.response": {}}
+
+    async def scenario():
+        return (await websocket(app, "/chat", denial), await websocket(app, "/old"),
+                await Call(app, "GET", "/plain", headers=HANDSHAKE).run())
+
+    denied, closed, plain = asyncio.run(scenario())
+    app.balancer.close()
+    assert denied[0]["status"] == 501 and closed[0]["type"] == "websocket.close"
+    assert plain.status == 501
+    lines = {line["path"]: line for line in access_records(logged)}
+    assert len(access_records(logged)) == 3
+    for path, status in (("/chat", "501"), ("/old", "403"), ("/plain", "501")):
+        line = lines[path]
+        assert line == {"client": line["client"], "method": "GET", "path": path,
+                        "status": status, "backend": "-", "attempts": "0",
+                        "duration_ms": line["duration_ms"]}
+    assert lines["/chat"]["client"] == lines["/old"]["client"] == "127.0.0.1"
+    assert a.requests == 0
+
+
+def test_a_websocket_scope_outside_the_prefix_is_the_apps_and_not_logged(logged, servers):
+    a = servers("a")
+    app = LoadBalancerMiddleware(ws_app, prefix="/api", backends=[a.url], access_log=True)
+    sent = asyncio.run(websocket(app, "/ws"))
+    app.balancer.close()
+    assert sent == [{"type": "websocket.accept"}] and access_records(logged) == []
