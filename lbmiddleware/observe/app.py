@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 
 from ..core.balancer import Balancer
 from ..errors import EXTRAS, ConfigError
+from ..proxy import quote_path
 from .history import history_of
 from .page import render
 from .snapshot import Pools, named_pools, snapshot
@@ -65,7 +66,8 @@ def _response(status: int, body: bytes | str, content_type: str = _TEXT,
 
 class _Routes:
     """The routes, shared by both apps: ``respond(method, path, base)`` where ``path`` is
-    the request's path below the mount point and ``base`` the mount point's own path."""
+    the request's path below the mount point and ``base`` the mount point's own path,
+    percent-encoded (:func:`_quoted_base`)."""
 
     def __init__(self, pools: Pools, refresh: object, what: str) -> None:
         if isinstance(refresh, bool) or not isinstance(refresh, (int, float)) or not (
@@ -150,7 +152,8 @@ class StatusApp:
         root = scope.get("root_path", "") or ""
         # in a thread: a big pool's page takes milliseconds the event loop need not wait
         response = await asyncio.get_running_loop().run_in_executor(
-            None, self._routes.respond, scope["method"], _route_path(scope, root), root)
+            None, self._routes.respond, scope["method"], _route_path(scope, root),
+            _quoted_base(root))
         await send({"type": "http.response.start", "status": response.status,
                     "headers": [(name.lower().encode("latin-1"), value.encode("latin-1"))
                                 for name, value in response.headers]})
@@ -167,7 +170,7 @@ class StatusWSGIApp:
                  ) -> Iterable[bytes]:
         response = self._routes.respond(environ.get("REQUEST_METHOD", "GET"),
                                         environ.get("PATH_INFO", "") or "",
-                                        environ.get("SCRIPT_NAME", "") or "")
+                                        _quoted_base(_wsgi_bytes(environ.get("SCRIPT_NAME"))))
         reason = _REASONS.get(response.status, "")
         start_response(f"{response.status} {reason}", response.headers)
         return [response.body] if response.body else []
@@ -188,6 +191,23 @@ def status_app(pools: Pools, *, refresh: float = 5.0) -> StatusApp:
 def status_wsgi_app(pools: Pools, *, refresh: float = 5.0) -> StatusWSGIApp:
     """:func:`status_app` as a WSGI app (Flask, Django, a threaded stdlib server)."""
     return StatusWSGIApp(pools, refresh=refresh)
+
+
+def _quoted_base(root: str | bytes) -> str:
+    """The mount point's path (decoded: ASGI's ``root_path`` as text, WSGI's ``SCRIPT_NAME``
+    as its bytes) percent-encoded for a Location: a mount point with a space, a line break or
+    text beyond Latin-1 would else make no URI, or no header at all."""
+    return quote_path(root)
+
+
+def _wsgi_bytes(text: str | None) -> str | bytes:
+    """A WSGI environ's path (PEP 3333: its bytes as Latin-1 text) as its bytes; text beyond
+    Latin-1 (a server that decoded UTF-8 against the rule) is kept as text."""
+    text = text or ""
+    try:
+        return text.encode("latin-1")
+    except UnicodeEncodeError:
+        return text
 
 
 def _route_path(scope: Scope, root: str) -> str:

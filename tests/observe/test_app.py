@@ -180,6 +180,53 @@ def test_mounted_under_admin_by_script_name(backends, serve):
         assert get(port, "/status")[2] == b"the site"
 
 
+# A mount point as the app gets it (decoded), the path a client asks for, and the Location
+# of its root's redirect: percent-encoded, so a valid URI whatever the mount point holds.
+ODD_MOUNTS = [("/\u7ba1\u7406", "/%E7%AE%A1%E7%90%86", "/%E7%AE%A1%E7%90%86/status"),
+              ("/ops admin", "/ops%20admin", "/ops%20admin/status"),
+              ("/a\r\nSet-Cookie: x=1", "/a%0D%0ASet-Cookie:%20x=1",
+               "/a%0D%0ASet-Cookie:%20x=1/status"),
+              ("/100%", "/100%25", "/100%25/status")]
+
+
+@pytest.mark.parametrize("mount, target, location", ODD_MOUNTS)
+def test_the_redirect_under_an_odd_mount_point_is_a_valid_location(backends, mount, target,
+                                                                   location):
+    """Starlette's root_path is decoded text: non-Latin-1 could not go in a header at all
+    (a 500), a space or a line break would make Location no URI (or a header of its own)."""
+    with lb.Balancer([b.url for b in backends]) as pool:
+        app = Starlette(routes=[Mount(mount, app=lb.status_app(pool))])
+        with serve_asgi(app) as port:
+            status, headers, body = get(port, target + "/")
+            assert (status, headers["Location"]) == (302, location)
+            assert body == f"see {location}\n".encode() and "Set-Cookie" not in headers
+            assert get(port, location)[0] == 200
+
+
+@pytest.mark.parametrize("mount, target, location", ODD_MOUNTS)
+def test_the_redirect_under_an_odd_script_name_is_a_valid_location(backends, mount, target,
+                                                                   location):
+    """WSGI's SCRIPT_NAME holds the path's bytes as Latin-1 text (PEP 3333), as wsgiref
+    decodes PATH_INFO and a dispatcher cuts it."""
+    prefix = mount.encode("utf-8").decode("latin-1")
+    with lb.Balancer([b.url for b in backends]) as pool, \
+            serve_wsgi(dispatch(prefix, lb.status_wsgi_app(pool), site)) as port:
+        status, headers, body = get(port, target)
+        assert (status, headers["Location"]) == (302, location)
+        assert body == f"see {location}\n".encode() and "Set-Cookie" not in headers
+        assert get(port, location)[0] == 200
+
+
+def test_a_script_name_decoded_as_utf_8_against_pep_3333_is_quoted_as_utf_8():
+    app = lb.status_wsgi_app(lb.Balancer(["http://a:1"]))
+    started = []
+    body = app({"REQUEST_METHOD": "GET", "SCRIPT_NAME": "/\u7ba1\u7406", "PATH_INFO": "/"},
+               lambda status, headers: started.append((status, dict(headers))))
+    (status, headers), = started
+    assert (status, headers["Location"]) == ("302 Found", "/%E7%AE%A1%E7%90%86/status")
+    assert b"".join(body) == b"see /%E7%AE%A1%E7%90%86/status\n"
+
+
 def test_the_route_path_is_cut_below_root_path_whether_the_server_kept_it_or_not():
     assert _route_path({"path": "/admin/status", "root_path": "/admin"}, "/admin") == "/status"
     assert _route_path({"path": "/status", "root_path": "/admin"}, "/admin") == "/status"
