@@ -53,6 +53,7 @@ from .errors import ConfigError
 from .fleet.pool import require_library
 from .gateway_settings import LOG_LEVELS, GatewaySettings, load_settings
 from .proxy import ErrorResponse, error_response
+from .proxy.access import logger as access_logger
 from .proxy.settings import ProxySettings
 
 if TYPE_CHECKING:
@@ -76,12 +77,18 @@ _SERVER_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi",
                    "granian", "_granian", "granian.access")
 
 
-def logging_config(level: str) -> dict[str, Any]:
+def logging_config(level: str, *, access_log: bool = False) -> dict[str, Any]:
     """The gateway's logging (``level``: ``LB_LOG_LEVEL``) as a ``logging.config.dictConfig``:
     one handler on stderr with :data:`LOG_FORMAT` for every logger, the servers' own at
-    ``warning`` at least. Applied in the main process (:func:`configure_logging`) and,
-    handed to granian, in its worker, which configures logging again when it starts."""
+    ``warning`` at least. With ``access_log`` (``LB_ACCESS_LOG``) the access logger is at
+    INFO whatever ``level``: the access log is a setting of its own, asked for, and
+    ``warning`` (to keep the failed attempts out) must not silently turn it off. Applied in
+    the main process (:func:`configure_logging`) and, handed to granian, in its worker, which
+    configures logging again when it starts."""
     quiet = _server_log_level(level).upper()
+    loggers: dict[str, dict[str, str]] = {name: {"level": quiet} for name in _SERVER_LOGGERS}
+    if access_log:
+        loggers[access_logger.name] = {"level": "INFO"}
     return {
         "version": 1,
         "disable_existing_loggers": False,
@@ -89,7 +96,7 @@ def logging_config(level: str) -> dict[str, Any]:
         "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "gateway",
                                 "stream": "ext://sys.stderr"}},
         "root": {"level": level.upper(), "handlers": ["stderr"]},
-        "loggers": {name: {"level": quiet} for name in _SERVER_LOGGERS},
+        "loggers": loggers,
     }
 
 
@@ -97,6 +104,12 @@ def _server_log_level(level: str) -> str:
     """The level of the servers' own loggers for ``LB_LOG_LEVEL`` ``level``: warning at
     least."""
     return max(level, "warning", key=LOG_LEVELS.index)
+
+
+def _logging_config(settings: FrontEndSettings) -> dict[str, Any]:
+    """:func:`logging_config` for the gateway's ``settings``."""
+    return logging_config(settings[GatewaySettings].log_level,
+                          access_log=settings[ProxySettings].access_log)
 
 
 def configure_logging(level: str) -> None:
@@ -336,7 +349,7 @@ def _serve_uvicorn(settings: FrontEndSettings, sock: socket.socket,
     gateway = settings[GatewaySettings]
     config = uvicorn.Config(
         make_app(settings, admin_socket=admin), lifespan="on", access_log=False,
-        log_config=logging_config(gateway.log_level),
+        log_config=_logging_config(settings),
         log_level=_server_log_level(gateway.log_level),
         loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
         http=_uvicorn_protocol(gateway), proxy_headers=False, server_header=False,
@@ -504,7 +517,7 @@ def _serve_granian(settings: FrontEndSettings, host: str, port: int,
         workers=1, loop=Loops.uvloop if importlib.util.find_spec("uvloop") else Loops.asyncio,
         http=HTTPModes.http1, websockets=False, log_access=False,
         # the worker configures logging with it again, after the fork
-        log_dictconfig=logging_config(gateway.log_level),
+        log_dictconfig=_logging_config(settings),
         log_level=LogLevels(_server_log_level(gateway.log_level)),
         http1_settings=HTTP1Settings(
             header_read_timeout=max(1, round(gateway.header_timeout * 1000))),

@@ -132,7 +132,7 @@ class GatewaySettings(BaseSettings):
         default="info",
         metadata=setting("LB_LOG_LEVEL", _log_level,
                          "gateway: lowest level logged: debug | info | warning | error "
-                         "| critical"))
+                         "| critical (LB_ACCESS_LOG's lines are written whatever it is)"))
 
     readers: ClassVar[str] = "the gateway (python -m lbmiddleware serve): set its LB_ variable"
 

@@ -14,12 +14,16 @@ import time
 import pytest
 import requests
 
+from lbmiddleware.gateway import logging_config
+from lbmiddleware.gateway_settings import LOG_LEVELS
+
 from ..proxy.test_access import parse_logfmt
 from ..support.gateway import GatewayProcess
 from ..support.servers import refused_url
 from ..support.waiting import until
 
 SERVERS = ["granian", "uvicorn"]
+ACCESS_LOGGER = "lbmiddleware.access"
 
 # "2026-12-07 08:00:00,123 WARNING lbmiddleware: ejected backend ..."
 LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} "
@@ -64,7 +68,9 @@ def test_every_line_has_time_level_logger_and_message(server, servers):
 
 
 @pytest.mark.parametrize("server", SERVERS)
-def test_log_level_warning_hides_info_lines(server, servers):
+def test_log_level_warning_hides_info_lines_but_not_the_access_log_asked_for(server, servers):
+    """``LB_LOG_LEVEL=warning`` keeps the failed attempts' and the pool's INFO lines out; the
+    access log is a setting of its own (``LB_ACCESS_LOG``): each request still gets its line."""
     b = servers("b")
     dead = refused_url()
     with gateway(server, f"{dead}, {b.url}", LB_MAX_FAILS="1", LB_ACCESS_LOG="1",
@@ -72,9 +78,20 @@ def test_log_level_warning_hides_info_lines(server, servers):
         assert requests.get(f"{process.url}/x", timeout=5).status_code == 200
         process.wait_for_output(rf"WARNING lbmiddleware: ejected backend {re.escape(dead)}")
         assert requests.get(f"{process.url}/y", timeout=5).status_code == 200
+        until(lambda: len(access_lines(process.output())) == 2, 10, "two access lines")
         output = process.stop()
-    levels = {level for level, _, _ in log_lines(output)}
-    assert levels == {"WARNING"}        # no access line, no failed attempt (both INFO)
+    lines = log_lines(output)
+    others = {level for level, logger, _ in lines if logger != "lbmiddleware.access"}
+    assert others == {"WARNING"}        # no failed attempt, no membership line (INFO)
+    assert [(line["path"], line["status"]) for line in access_lines(output)] == [
+        ("/x", "200"), ("/y", "200")]
+
+
+def test_the_access_logger_is_at_info_whatever_the_level_when_the_access_log_is_on():
+    for level in LOG_LEVELS:
+        loggers = logging_config(level, access_log=True)["loggers"]
+        assert loggers[ACCESS_LOGGER] == {"level": "INFO"}
+        assert ACCESS_LOGGER not in logging_config(level)["loggers"]
 
 
 # -- the pool's events --------------------------------------------------------------------
