@@ -53,6 +53,7 @@ from .errors import ConfigError
 from .fleet.pool import require_library
 from .gateway_settings import LOG_LEVELS, GatewaySettings, load_settings
 from .proxy import ErrorResponse, error_response
+from .proxy.access import access_line
 from .proxy.access import logger as access_logger
 from .proxy.settings import ProxySettings
 
@@ -66,6 +67,8 @@ __all__ = ["load_settings", "make_app", "app_from_env", "choose_server", "check_
 # The modules each server needs: under uvicorn the gateway's protocol (head timeout,
 # connection limit, no trailers as headers) extends uvicorn's httptools protocol.
 SERVERS = {"granian": ("granian",), "uvicorn": ("uvicorn", "httptools")}
+
+logger = logging.getLogger(__name__)
 
 #: Every line the gateway logs: time, level, logger, message.
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -352,7 +355,8 @@ def _serve_uvicorn(settings: FrontEndSettings, sock: socket.socket,
         log_config=_logging_config(settings),
         log_level=_server_log_level(gateway.log_level),
         loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
-        http=_uvicorn_protocol(gateway), proxy_headers=False, server_header=False,
+        http=_uvicorn_protocol(gateway, access_log=settings[ProxySettings].access_log),
+        proxy_headers=False, server_header=False,
         date_header=False,
         # never upgraded by uvicorn, whatever is installed: the proxy refuses WebSockets
         ws="none",
@@ -375,6 +379,34 @@ def _serve_uvicorn(settings: FrontEndSettings, sock: socket.socket,
         signal.signal(signal.SIGTERM, previous)
 
 
+class RefusalWarnings:
+    """Connections the gateway turns away for one ``reason``, told to the operator as a
+    WARNING (``"<reason>: <n> connections <action> in the last <s> s"``) at most once every
+    ``interval`` seconds, with how many since the line before: shedding load must show,
+    and a flood of clients must not flood the log too. Call it once per connection turned
+    away; from one thread (the event loop, or the admin listener's accepting thread)."""
+
+    def __init__(self, reason: str, action: str, *, interval: float = 10.0,
+                 timer: Callable[[], float] = time.monotonic) -> None:
+        self.reason = reason
+        self.action = action
+        self.interval = interval
+        self._timer = timer
+        self._count = 0
+        self._last: float | None = None         # when the last line was written
+
+    def __call__(self) -> None:
+        self._count += 1
+        now = self._timer()
+        if self._last is not None and now - self._last < self.interval:
+            return
+        count, self._count = self._count, 0
+        since = "" if self._last is None else f" in the last {now - self._last:.0f} s"
+        self._last = now
+        logger.warning("%s: %d connection%s %s%s", self.reason, count,
+                       "" if count == 1 else "s", self.action, since)
+
+
 def _closing_response(error: ErrorResponse) -> bytes:
     """``error`` as the bytes of an HTTP/1.1 response that closes its connection."""
     head = [f"HTTP/1.1 {error.status} {error.reason}",
@@ -386,17 +418,23 @@ def _closing_response(error: ErrorResponse) -> bytes:
 _TOO_MANY_CONNECTIONS = _closing_response(error_response(503, "too many connections"))
 
 
-def _uvicorn_protocol(settings: GatewaySettings) -> type:
-    """uvicorn's httptools protocol with the gateway's limits (``settings``)."""
+def _uvicorn_protocol(settings: GatewaySettings, *, access_log: bool = False) -> type:
+    """uvicorn's httptools protocol with the gateway's limits (``settings``); ``access_log``
+    (``LB_ACCESS_LOG``): each connection answered 503 beyond the limit gets its line."""
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+
+    refused = RefusalWarnings(
+        f"too many connections (LB_MAX_CONNECTIONS={settings.max_connections})",
+        "answered 503 and closed")
 
     class GatewayProtocol(HttpToolsProtocol):
         """Adds what uvicorn lacks and granian has: a time limit on each request head
         (from the connection's start, or the head's first byte on a kept-alive one, or
         for a pipelined head the end of the response before it; data arriving does not
-        extend it), a limit on client connections (beyond it: 503 and
-        close at once, so slow clients cannot use up file descriptors), and a bounded
-        grace on shutdown. Header fields after the head (chunked trailers) are ignored:
+        extend it), a limit on client connections (beyond it: 503 and close at once, so slow
+        clients cannot use up file descriptors; an access line, no request read: ``-`` for
+        its method and path, and a WARNING at most every 10 s), and a bounded grace on
+        shutdown. Header fields after the head (chunked trailers) are ignored:
         uvicorn would append them to ``scope["headers"]`` and the proxy forward them.
         """
 
@@ -410,6 +448,11 @@ def _uvicorn_protocol(settings: GatewaySettings) -> type:
             if len(self.connections) > settings.max_connections:
                 transport.write(_TOO_MANY_CONNECTIONS)
                 transport.close()
+                refused()
+                if access_log and access_logger.isEnabledFor(logging.INFO):
+                    peer = transport.get_extra_info("peername")
+                    access_logger.info(access_line(peer[0] if peer else None, "-", "-", 503,
+                                                   None, 0, 0.0))
                 return
             self._head_timer = self.loop.call_later(settings.header_timeout, self._head_late)
 

@@ -8,13 +8,15 @@ logfmt line per request, whose fields are parsed back here.
 
 from __future__ import annotations
 
+import logging
 import re
+import socket
 import time
 
 import pytest
 import requests
 
-from lbmiddleware.gateway import logging_config
+from lbmiddleware.gateway import RefusalWarnings, logging_config
 from lbmiddleware.gateway_settings import LOG_LEVELS
 
 from ..proxy.test_access import parse_logfmt
@@ -189,3 +191,43 @@ def test_the_access_log_is_off_by_default(server, servers):
             assert requests.get(f"{process.url}/x", timeout=5).status_code == 200
         output = process.stop()
     assert "lbmiddleware.access" not in output and "/x" not in output
+
+
+def test_a_503_for_too_many_connections_gets_an_access_line_and_a_warning(servers):
+    """Under uvicorn a connection beyond ``LB_MAX_CONNECTIONS`` is answered 503 and closed
+    before any request is read: the client got a 503, so the access log says so (no method
+    or path: ``-``), and the shedding shows as a WARNING, one for the three refused here."""
+    b = servers("b")
+    with gateway("uvicorn", b.url, LB_ACCESS_LOG="1", LB_MAX_CONNECTIONS="1") as process:
+        address = ("127.0.0.1", process.port)
+        with socket.create_connection(address, timeout=5):         # holds the one slot
+            answers = []
+            for _ in range(3):
+                with socket.create_connection(address, timeout=5) as refused:
+                    answers.append(refused.makefile("rb").readline())
+        until(lambda: len(access_lines(process.output())) == 3, 10, "three access lines")
+        output = process.stop()
+    assert answers == [b"HTTP/1.1 503 Service Unavailable\r\n"] * 3
+    for line in access_lines(output):
+        assert line == {"client": "127.0.0.1", "method": "-", "path": "-", "status": "503",
+                        "backend": "-", "attempts": "0", "duration_ms": "0.0"}
+    warnings = [(logger, message) for level, logger, message in log_lines(output)
+                if level == "WARNING"]
+    assert warnings == [("lbmiddleware.gateway", "too many connections "
+                         "(LB_MAX_CONNECTIONS=1): 1 connection answered 503 and closed")]
+
+
+def test_refusals_are_warned_at_most_once_an_interval_with_their_count(clock, caplog):
+    caplog.set_level(logging.WARNING, logger="lbmiddleware.gateway")
+    refused = RefusalWarnings("too busy", "closed", interval=10.0, timer=clock)
+    refused()                   # the first at once
+    refused()
+    clock.advance(4)
+    refused()
+    clock.advance(6)            # 10 s after the first line: the next, with the count since
+    refused()
+    clock.advance(3600)
+    refused()
+    assert [r.getMessage() for r in caplog.records if r.name == "lbmiddleware.gateway"] == [
+        "too busy: 1 connection closed", "too busy: 3 connections closed in the last 10 s",
+        "too busy: 1 connection closed in the last 3600 s"]
