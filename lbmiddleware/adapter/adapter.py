@@ -59,7 +59,7 @@ from ..core.settings import FrontEndSettings, Settings, resolve, setting_names
 from ..errors import NoHealthyBackend
 from ..fleet.departures import follow_departures
 from ..proxy import parse_cookie
-from .bodies import discard, end_when_done, prefetch_body, read_body
+from .bodies import count_body, discard, end_when_done, prefetch_body, read_body
 from .departures import close_departed
 from .errors import BACKEND_FAILURES, NoHealthyBackendError, failure, naming_backends
 from .responses import read_final_responses
@@ -352,8 +352,10 @@ class LoadBalancingAdapter(HTTPAdapter):
             received = 0
             if not stream:
                 received = read_body(response)     # the body is part of the attempt
-            elif self.prefetch:
-                prefetch_body(response, self.prefetch)
+            else:       # counted as it is read; end_when_done reports the count
+                count_body(response)
+                if self.prefetch:
+                    prefetch_body(response, self.prefetch)
         except BACKEND_FAILURES as exc:
             return exc, failure(exc, self._timer() - start)
         return response, self._retry_rule.outcome(

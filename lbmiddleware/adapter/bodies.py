@@ -6,8 +6,9 @@ streamed to the caller with the attempt ending when the body does.
   nothing yet). It is read undecoded: decoding stays requests' business, after the attempt
   (a false ``Content-Encoding`` is not a backend failure), and ``Response.elapsed`` stays
   the time to the response head, as requests documents it;
-* ``stream=True``: :func:`end_when_done` ends the attempt, exactly once, when the body is
-  read to the end, the response is closed, or it is garbage collected. ``least_conn`` and
+* ``stream=True``: :func:`count_body` counts the body's bytes as they are read, and
+  :func:`end_when_done` ends the attempt, exactly once, with them, when the body is read to
+  the end, the response is closed, or it is garbage collected. ``least_conn`` and
   ``latency`` therefore see a response being streamed as in flight, which it is: its
   backend is still sending it. With the adapter's ``prefetch``, :func:`prefetch_body` reads the
   first piece inside the attempt first;
@@ -36,7 +37,7 @@ from urllib3.exceptions import ProtocolError, ReadTimeoutError, SSLError
 from ..core.attempts import Completion, Outcome
 
 __all__ = ["DRAIN_LIMIT", "read_body", "prefetch_body", "PrefetchedResponse", "discard",
-           "end_when_done"]
+           "count_body", "end_when_done"]
 
 # A failure-status response is read (to keep its connection) before a retry only when it
 # announces a body this small; a larger or unknown one is closed instead.
@@ -151,12 +152,57 @@ def _raw_chunks(raw: HTTPResponse, size: int) -> Iterator[bytes]:
         yield data
 
 
+class _Tally:
+    """The body bytes of one streamed response read so far: kept apart from the response, so
+    that its finalizer can still report them once the response is collected."""
+
+    __slots__ = ("received",)
+
+    def __init__(self) -> None:
+        self.received = 0
+
+
+class _CountedResponse(HTTPResponse):
+    """urllib3's response, counting its body's bytes as they come off the connection:
+    undecoded and without chunked framing, as :func:`read_body` counts a whole body.
+
+    Every read of the body passes through one of two steps, whichever reader the caller
+    uses (``read``, ``read1``, ``stream``, requests' ``iter_content``): ``_fp_read`` (a
+    body read through ``http.client``) or ``_handle_chunk`` (a chunked body streamed chunk
+    by chunk). Both run before urllib3 releases the connection at the body's end, which
+    ends the attempt (:func:`end_when_done`): the last piece is counted in time. (urllib3's
+    own ``tell()`` is counted after that release, and not at all for chunks.)"""
+
+    tally: _Tally
+
+    def _fp_read(self, amt: int | None = None, *, read1: bool = False) -> bytes:
+        data = super()._fp_read(amt, read1=read1)
+        self.tally.received += len(data)
+        return data
+
+    def _handle_chunk(self, amt: int | None) -> bytes:
+        data = super()._handle_chunk(amt)
+        self.tally.received += len(data)
+        return data
+
+
+def count_body(response: Response) -> None:
+    """Count the bytes of ``response``'s body from now on, for the outcome that
+    :func:`end_when_done` reports (a response whose raw body is not urllib3's own response
+    is not counted)."""
+    raw = response.raw
+    if type(raw) is HTTPResponse:
+        raw.__class__ = _CountedResponse
+        cast(_CountedResponse, raw).tally = _Tally()
+
+
 def end_when_done(response: Response, completion: Completion, outcome: Outcome) -> None:
     """End a streamed attempt with ``outcome`` once, when its raw response releases its
-    connection, is closed or is garbage collected, whichever comes first."""
+    connection, is closed or is garbage collected, whichever comes first; with the body
+    bytes read until then when :func:`count_body` counted them."""
     raw: HTTPResponse = response.raw
-    # wait=False: a garbage collection may run this inside the balancer's own lock.
-    done = weakref.finalize(raw, completion.done, outcome, wait=False)
+    tally = raw.tally if isinstance(raw, _CountedResponse) else None
+    done = weakref.finalize(raw, _end, completion, outcome, tally)
     raw_type = type(raw)
     raw_ref = weakref.ref(raw)        # the wrappers live on raw: no reference cycle
 
@@ -179,6 +225,14 @@ def end_when_done(response: Response, completion: Completion, outcome: Outcome) 
     # On this one response only: its connection's release and its close end the attempt.
     raw.release_conn = release_conn  # type: ignore[method-assign]
     raw.close = close  # type: ignore[method-assign]
+
+
+def _end(completion: Completion, outcome: Outcome, tally: _Tally | None) -> None:
+    """The streamed attempt's end: ``outcome``, with the body bytes read. (wait=False: a
+    garbage collection may run this inside the balancer's own lock.)"""
+    if tally is not None and tally.received:
+        outcome = outcome._replace(bytes_received=tally.received)
+    completion.done(outcome, wait=False)
 
 
 # -- before a retry --------------------------------------------------------------------------

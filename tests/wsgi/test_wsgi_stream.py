@@ -303,3 +303,26 @@ def test_a_chunked_response_reaches_the_client_whole_without_upstream_framing(st
         status, headers, body = raw_request(
             port, b"GET /source?size=%d&chunked=1 HTTP/1.1\r\nHost: g\r\n\r\n" % size)
     assert status == 200 and (len(body), zlib.crc32(body)) == (size, _crc_of_pattern(size))
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["length", "chunked"])
+def test_the_response_bytes_passed_on_are_counted_for_their_backend(streaming, chunked):
+    size = 3 * MB + 17
+    middleware = lb.WSGILoadBalancer(None, backends=[streaming.url])
+    query = b"size=%d&chunked=1" % size if chunked else b"size=%d" % size
+    with serve_wsgi(middleware) as port:
+        status, _, body = raw_request(port, b"GET /source?%s HTTP/1.1\r\nHost: g\r\n\r\n" % query)
+    assert status == 200 and len(body) == size
+    row = middleware.balancer.stats()[0]
+    assert (row["requests"], row["in_flight"], row["bytes_received"]) == (1, 0, size)
+
+
+def test_a_client_leaving_mid_download_counts_the_bytes_read_until_then(streaming):
+    middleware = lb.WSGILoadBalancer(None, backends=[streaming.url])
+    iterable = middleware(environ_for(path="/source", query=f"size={100 * MB}"),
+                          lambda status, headers: None)
+    chunks = iter(iterable)
+    passed = len(next(chunks)) + len(next(chunks))
+    iterable.close()
+    row = middleware.balancer.stats()[0]
+    assert (row["in_flight"], row["bytes_received"]) == (0, passed)
