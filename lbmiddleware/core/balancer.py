@@ -17,7 +17,6 @@ import logging
 import random
 import threading
 import time
-from bisect import bisect_left
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -43,7 +42,7 @@ from .events import (
 )
 from .health import PassiveHealth
 from .health.active import ActiveHealth, ActiveRecord
-from .load import FOLD_BATCH, FOLD_STEP, LATENCY_BUCKETS, PeakEwma, fold_latencies
+from .load import FOLD_BATCH, FOLD_STEP, PeakEwma, fold_latencies
 from .policies import Policy, make_policy
 from .policies.tiered import Tiered
 from .settings import Settings, resolve
@@ -930,12 +929,13 @@ class Balancer:
         """End one pick of ``backend``: its outcome feeds health and latency.
 
         ``ok=False`` is a failure (counts towards ejection; for ``latency`` it counts as a
-        slow sample). ``latency`` is the time to the response head, in seconds (every one
-        reported, ok or not, is counted in the latency histogram). ``bytes_sent`` and
-        ``bytes_received``: the request's and response's body bytes, added to the backend's
-        totals. ``status``: the response's status, None without a response; the answered
-        latency (``stats()``'s ``latency``) takes the successes and the failures that got a
-        response (a 503), never a failure without one (refused, timed out).
+        slow sample). ``latency`` is the time to the response head, in seconds.
+        ``bytes_sent`` and ``bytes_received``: the request's and response's body bytes, added
+        to the backend's totals. ``status``: the response's status, None without a response.
+        The latency histogram and the answered latency (``stats()``'s ``latency_*`` and
+        ``latency``) take the latencies of the attempts that got a response head: the
+        successes and the failures with a status (a 503), never a failure without one
+        (refused, timed out), which had no head to time.
         """
         with self._lock:
             if self._deferred:
@@ -1013,14 +1013,13 @@ class Balancer:
                     self._start_ramp((self._states[b.url] for b in returned), now)
                 self._refresh(answered_by=backend, returned=returned)
         else:
-            if latency is not None:
-                if status is not None:          # a failing status is an answer all the same
-                    if now >= state.fold_at:
-                        _fold(state, now)
-                    state.answers.append(latency)
-                else:                           # no answer: in the histogram, not the mean
-                    state.latency_counts[bisect_left(LATENCY_BUCKETS, latency)] += 1
-                    state.latency_sum += latency
+            # A failing status is an answer all the same: its latency is the time to its
+            # head. A failure without a response (refused, timed out) has no head: it is in
+            # neither the histogram nor the mean (a backend refusing in 0.2 ms is not fast).
+            if latency is not None and status is not None:
+                if now >= state.fold_at:
+                    _fold(state, now)
+                state.answers.append(latency)
             self._load.observe_failure(state.latency, now, state.health.consecutive_failures)
             state.failures += 1     # every failure, as requests counts every end
             if member:              # but only a member's health is judged, not a draining one's
@@ -1145,8 +1144,8 @@ class Balancer:
         * ``latency``: the time-decayed mean latency of its answered attempts (seconds, None
           before the first answer); ``latency_estimate``: what the latency policy weighs
           (peak EWMA with failure penalties, decayed; None before any sample);
-          ``latency_sum``, ``latency_count``, ``latency_buckets``: the histogram of every
-          latency reported, cumulative per bound of
+          ``latency_sum``, ``latency_count``, ``latency_buckets``: the histogram of the
+          latencies of the answered attempts (as ``latency``), cumulative per bound of
           :data:`~lbmiddleware.core.load.LATENCY_BUCKETS` (``latency_count`` is +Inf's);
         * ``health_check``: None while checks are off, else status up/down/pending, last
           result, rise and fall progress and what is needed, ``checked_at``, ``checked_ago``,

@@ -60,7 +60,8 @@ class BackendState:
         self.former: tuple[Backend, ...] = ()
         self.tabled = False                      # in the policy's table (ip_hash) once
         # What stats() shows operators (attempts ended with an outcome): body bytes, and the
-        # latencies reported, per LATENCY_BUCKETS bound plus one above them (not cumulative).
+        # latencies of the answered attempts (time to the response head), per LATENCY_BUCKETS
+        # bound plus one above them (not cumulative).
         self.bytes_sent = 0
         self.bytes_received = 0
         self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)

@@ -57,8 +57,9 @@ class _Sample:
 class BackendHistory:
     """One backend's intervals, oldest first, one value per interval between two samples:
     requests and failures per second (None where it was not a member at the interval's end)
-    and the mean latency in milliseconds of the attempts that ended in it (None where none
-    did)."""
+    and the mean latency in milliseconds of the attempts answered in it, from the histogram's
+    sum and count: the time to the response head, so a refused attempt is not in it (None
+    where none was answered)."""
 
     interval: float
     requests_per_second: tuple[float | None, ...]

@@ -192,7 +192,8 @@ def _families(named: Iterable[tuple[str, CoreBalancer]]) -> list[Metric]:
         "outcome, by outcome (success, failure).", labels=pbo)
     duration = HistogramMetricFamily(
         "lbmiddleware_backend_request_duration_seconds", "Time from sending an attempt to "
-        "the backend's response head (attempts that reported one, ok or not).", labels=pb)
+        "the backend's response head, for the attempts that got one (successes and failing "
+        "statuses; never a refused or timed-out attempt).", labels=pb)
     in_flight = GaugeMetricFamily(
         "lbmiddleware_backend_in_flight_requests", "Attempts sent to the backend that have "
         "not ended yet.", labels=pb)

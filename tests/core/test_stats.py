@@ -79,20 +79,41 @@ def test_report_later_under_the_lock_keeps_its_bytes_until_applied(clock):
     assert (r["bytes_sent"], r["bytes_received"], r["latency"], r["in_flight"]) == (7, 9, 0.2, 0)
 
 
-def test_the_histogram_counts_every_latency_per_bound_cumulatively(clock):
+def test_the_histogram_counts_every_answered_latency_per_bound_cumulatively(clock):
     pool = Balancer([A], timer=clock)
-    for latency, ok in ((0.001, True), (0.0011, True), (0.3, False), (11.0, True)):
-        pool.report(pool.pick(), ok=ok, latency=latency)
+    for latency, ok, status in ((0.001, True, 200), (0.0011, True, None), (0.3, False, 503),
+                                (11.0, True, 200)):
+        pool.report(pool.pick(), ok=ok, latency=latency, status=status)
     pool.report(pool.pick(), ok=False)                # no latency: not in the histogram
     r = row(pool, A)
     assert len(r["latency_buckets"]) == len(LATENCY_BUCKETS) == 13
     buckets = dict(zip(LATENCY_BUCKETS, r["latency_buckets"], strict=True))
     assert buckets[0.001] == 1                        # a bound is inclusive (le)
-    assert buckets[0.0025] == 2
-    assert buckets[0.25] == 2 and buckets[0.5] == 3   # the failure's latency counts too
+    assert buckets[0.0025] == 2                       # (a success is an answer, status or not)
+    assert buckets[0.25] == 2 and buckets[0.5] == 3   # the failing status's latency counts too
     assert buckets[10.0] == 3                         # 11 s only in +Inf
     assert r["latency_count"] == 4 and r["requests"] == 5
     assert r["latency_sum"] == pytest.approx(0.001 + 0.0011 + 0.3 + 11.0)
+
+
+def test_the_histogram_leaves_out_failures_without_a_response_head(clock):
+    """SEMANTICS part four: the duration is the time to the response head. A refused or
+    timed-out attempt has none: a backend refusing every connection in a fraction of a
+    millisecond must not look like the fastest of the pool."""
+    pool = Balancer([A], timer=clock, max_fails=0)
+    pool.report(pool.pick(), latency=0.05, status=200)
+    for _ in range(20):
+        pool.report(pool.pick(), ok=False, latency=0.0002)         # refused
+    pool.report(pool.pick(), ok=False, latency=2.0)                # read timed out
+    r = row(pool, A)
+    assert (r["requests"], r["failures"]) == (22, 21)
+    assert (r["latency_count"], r["latency_buckets"][0]) == (1, 0)
+    assert r["latency_sum"] == pytest.approx(0.05)
+    backend = pool.pick()
+    with pool._lock:                  # a report applied later (a finalizer's) alike
+        pool.report_later(backend, ok=False, latency=0.0001)
+    r = row(pool, A)
+    assert (r["requests"], r["latency_count"]) == (23, 1)
 
 
 # -- latency: answered mean and the policy's estimate -----------------------------------

@@ -131,9 +131,11 @@ class TestPerBackend:
 
     def test_the_duration_histogram_has_the_cores_buckets(self, clock):
         pool = Balancer([A], timer=clock)
-        for latency, ok in ((0.003, True), (0.2, True), (0.05, False), (30.0, True)):
-            pool.report(pool.pick(), ok, latency)
+        for latency, ok, status in ((0.003, True, 200), (0.2, True, 200), (0.05, False, 503),
+                                    (30.0, True, 200)):
+            pool.report(pool.pick(), ok, latency, status=status)
         pool.report(pool.pick(), False)           # no response head: not in the histogram
+        pool.report(pool.pick(), False, 0.0004)   # refused: no head either, however fast
         result = scrape(pool)
         buckets = {s.labels["le"]: s.value for s in result.samples
                    if s.name == "lbmiddleware_backend_request_duration_seconds_bucket"}

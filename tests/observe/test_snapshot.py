@@ -239,7 +239,7 @@ def test_a_bad_pools_argument_is_refused_naming_it(pools, error, message):
 def test_a_value_json_cannot_carry_becomes_null():
     clock = FakeClock()
     pool = CoreBalancer([A], timer=clock)
-    pool.report(pool.pick(), ok=False, latency=float("inf"))
+    pool.report(pool.pick(), ok=False, latency=float("inf"), status=503)
     snap = take(pool, clock)
     json.dumps(snap, allow_nan=False)
     assert rows(snap)[A]["latency_sum"] is None
