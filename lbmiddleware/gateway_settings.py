@@ -122,7 +122,7 @@ class GatewaySettings(BaseSettings):
         default=30.0,
         metadata=setting("LB_HEADER_TIMEOUT", _server_duration,
                          "gateway: seconds a client has to send a request head "
-                         "before its connection is closed"))
+                         "(on the admin port too) before its connection is closed"))
     max_connections: int = dataclasses.field(
         default=512,
         metadata=setting("LB_MAX_CONNECTIONS", parse_positive_count,

@@ -40,10 +40,12 @@ class GatewayProcess:
         self._lines_lock = threading.Lock()
         self._reader: threading.Thread | None = None
 
-    def start(self, timeout: float = 15.0, attempts: int = 3) -> GatewayProcess:
+    def start(self, timeout: float = 15.0, attempts: int = 3, **popen) -> GatewayProcess:
+        """Start the gateway and read its banner (``popen``: more arguments for ``Popen``,
+        a ``preexec_fn`` setting a limit, say)."""
         for attempt in range(attempts):
             try:
-                return self._start(timeout)
+                return self._start(timeout, **popen)
             except RuntimeError as exc:
                 port_zero = self.environ["LB_LISTEN"].endswith(":0")
                 if not (port_zero and "Address already in use" in str(exc)) \
@@ -51,8 +53,8 @@ class GatewayProcess:
                     raise
         raise AssertionError("unreachable")
 
-    def _start(self, timeout: float) -> GatewayProcess:
-        self.spawn()
+    def _start(self, timeout: float, **popen) -> GatewayProcess:
+        self.spawn(**popen)
         deadline = time.monotonic() + timeout
         line = self.process.stdout.readline()       # the banner, or "" if it exited
         if time.monotonic() > deadline or not self.read_banner(line):
