@@ -36,6 +36,7 @@ from .events import (
     PanicEnded,
     PanicStarted,
     ProbationPassed,
+    ReturnCause,
     SourceFailed,
     SourceRecovered,
     log_event,
@@ -742,6 +743,16 @@ class Balancer:
 
     # -- events -------------------------------------------------------------------------
 
+    def _returned_in_panic(self, queued: int) -> None:
+        """An answer in panic ended every ejection, but the panic goes on (the members are
+        down by their active checks): no PanicEnded will report the returns queued from
+        ``queued`` on, so they are marked to report themselves (``BackendReturned.in_panic``)."""
+        events = self._events
+        for i in range(queued, len(events)):
+            event = events[i]
+            if isinstance(event, BackendReturned) and event.cause is ReturnCause.OUTAGE_OVER:
+                events[i] = dataclasses.replace(event, in_panic=True)
+
     def _health_event(self, event: Event) -> None:
         """Queue an event of passive or active health, stamping its backend's change of
         state with when it happened (a return by time up: when the time was up)."""
@@ -1007,11 +1018,14 @@ class Balancer:
                 self._load.observe(state.latency, latency, now)
             if not member or state.health.steady:
                 return          # a success of a steady backend (or a removed one) changes nothing
+            queued = len(self._events)
             returned = self._health.success(state, now, latency, self._panic)
             if returned is not None:                      # it ended a full outage
                 if self._slow_start:
                     self._start_ramp((self._states[b.url] for b in returned), now)
                 self._refresh(answered_by=backend, returned=returned)
+                if self._panic:
+                    self._returned_in_panic(queued)
         else:
             # A failing status is an answer all the same: its latency is the time to its
             # head. A failure without a response (refused, timed out) has no head: it is in

@@ -76,12 +76,17 @@ class ReturnCause(enum.Enum):
 class BackendReturned:
     """An ejected ``backend`` is back in rotation: on probation (its first failure ejects it
     again) or, for the backend whose answer ended a full outage or that passed an active
-    health check (Envoy ``successful_active_health_check_uneject_host``), healthy."""
+    health check (Envoy ``successful_active_health_check_uneject_host``), healthy.
+
+    ``in_panic``: an answer in panic mode ended every ejection (``OUTAGE_OVER``) but the
+    panic goes on (the members are down by their active checks), so no :class:`PanicEnded`
+    reports this return."""
 
     backend: Backend
     cause: ReturnCause
     ejected_for: float            # seconds it was out
     on_probation: bool
+    in_panic: bool = field(default=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,20 +248,15 @@ Listener: TypeAlias = Callable[[Event], None]
 def log_event(event: Event) -> None:
     """The default listener: one line on the ``lbmiddleware`` logger per event, at a level
     that makes each way back visible wherever the way out is. WARNING: an ejection and its
-    return (time up, a probe passed), a panic's start and every end, an active check's down
+    return (time up, a probe passed, an answer in a panic that goes on; one that ends the panic
+    is its PanicEnded line), a panic's start and every end, an active check's down
     and up, a source's failure and recovery. INFO: probation passed, a membership change
     (counts, a few URLs, the source or call), a drain's start and end."""
     if isinstance(event, BackendEjected):
         logger.warning("ejected backend %s for %.3gs: %s (ejection %d in a row)",
                        event.backend.url, event.duration, event.reason, event.in_a_row)
     elif isinstance(event, BackendReturned):
-        # (the end of a full outage returns them all: its PanicEnded line says so)
-        if event.cause is ReturnCause.TIME_UP:
-            logger.warning("backend %s returns on probation after %.3gs ejected",
-                           event.backend.url, event.ejected_for)
-        elif event.cause is ReturnCause.PROBE_PASSED:
-            logger.warning("backend %s returns after %.3gs ejected: an active health check "
-                           "passed", event.backend.url, event.ejected_for)
+        _log_returned(event)
     elif isinstance(event, ProbationPassed):
         logger.info("backend %s passed its probation: healthy again", event.backend.url)
     elif isinstance(event, PanicStarted):
@@ -292,6 +292,27 @@ def log_event(event: Event) -> None:
                        event.source, event.error, kept, event.retry_in)
     elif isinstance(event, SourceRecovered):
         logger.warning("source %s answers again after %.3gs", event.source, event.outage)
+
+
+def _log_returned(event: BackendReturned) -> None:
+    """A return from ejection. An answer that ended a full outage returns every ejected
+    backend, which its PanicEnded line says, once; unless the panic goes on (``in_panic``):
+    then each return says it itself."""
+    if event.cause is ReturnCause.TIME_UP:
+        logger.warning("backend %s returns on probation after %.3gs ejected",
+                       event.backend.url, event.ejected_for)
+    elif event.cause is ReturnCause.PROBE_PASSED:
+        logger.warning("backend %s returns after %.3gs ejected: an active health check "
+                       "passed", event.backend.url, event.ejected_for)
+    elif event.in_panic:
+        if event.on_probation:
+            logger.warning("backend %s returns on probation after %.3gs ejected: a backend "
+                           "answered in panic mode (still on: no backend is usable yet)",
+                           event.backend.url, event.ejected_for)
+        else:
+            logger.warning("backend %s returns after %.3gs ejected: it answered in panic "
+                           "mode (still on: no backend is usable yet)",
+                           event.backend.url, event.ejected_for)
 
 
 def _log_panic_ended(event: PanicEnded) -> None:

@@ -44,6 +44,12 @@ def lines(caplog):
      "backend http://a:1 returns on probation after 10s ejected"),
     (BackendReturned(A, ReturnCause.PROBE_PASSED, 4.0, False), logging.WARNING,
      "backend http://a:1 returns after 4s ejected: an active health check passed"),
+    (BackendReturned(A, ReturnCause.OUTAGE_OVER, 3.0, False, in_panic=True), logging.WARNING,
+     "backend http://a:1 returns after 3s ejected: it answered in panic mode (still on: no "
+     "backend is usable yet)"),
+    (BackendReturned(A, ReturnCause.OUTAGE_OVER, 3.0, True, in_panic=True), logging.WARNING,
+     "backend http://a:1 returns on probation after 3s ejected: a backend answered in panic "
+     "mode (still on: no backend is usable yet)"),
     (ProbationPassed(A), logging.INFO, "backend http://a:1 passed its probation: healthy again"),
     (PanicStarted((A, B), ejected=(A, B)), logging.WARNING,
      "every backend is ejected: panic mode, picking among all 2"),
@@ -106,6 +112,33 @@ def test_an_outage_ended_by_a_probe_logs_its_end(clock, caplog):
                           "among all 1"),
         (logging.WARNING, "backend http://a:1 is up: health check passed (status 200)"),
         (logging.WARNING, "panic mode over: a backend is usable again"),
+    ]
+
+
+def test_an_ejection_ended_by_an_answer_while_the_panic_goes_on_logs_its_end(clock, caplog):
+    """A is ejected and both backends are down by their checks: panic. A answers a pick made
+    in panic, which ends every ejection at once; but the panic goes on (both still down), so
+    no PanicEnded line says they returned: the returns say it themselves."""
+    pool = Balancer([A, B], timer=clock, health_check="/h", health_check_fall=1, max_fails=1,
+                    policy="round_robin")
+    for backend in (A, B):
+        pool.report_probe(backend, True, "status 200")
+    pool.report(pool.pick(exclude=[B]), ok=False)           # A ejected
+    clock.advance(1.0)
+    pool.report(pool.pick(exclude=[A]), ok=False)           # B ejected
+    pool.report_probe(A, False, "status 503")
+    pool.report_probe(B, False, "status 503")               # and both down: panic
+    caplog.set_level(logging.INFO, logger="lbmiddleware")
+    caplog.clear()
+    clock.advance(2.0)
+    pool.report(pool.pick(exclude=[B]), latency=0.01)       # A answers: ejections over
+    assert pool.pool_stats()["panic"]
+    assert [row["ejection_left"] for row in pool.stats()] == [None, None]
+    assert lines(caplog) == [
+        (logging.WARNING, "backend http://a:1 returns after 3s ejected: it answered in panic "
+                          "mode (still on: no backend is usable yet)"),
+        (logging.WARNING, "backend http://b:1 returns on probation after 2s ejected: a backend "
+                          "answered in panic mode (still on: no backend is usable yet)"),
     ]
 
 
