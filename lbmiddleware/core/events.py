@@ -287,6 +287,7 @@ def log_event(event: Event) -> None:
     elif isinstance(event, SourceFailed):
         kept = ("keeping its last backends" if event.kept is None
                 else "no backends yet" if not event.kept
+                else "keeping its last backend" if event.kept == 1
                 else f"keeping its last {event.kept} backends")
         logger.warning("source %s failed: %s (%s; retry in %.3gs)",
                        event.source, event.error, kept, event.retry_in)

@@ -74,6 +74,8 @@ def lines(caplog):
     (SourceFailed(DNS, "SERVFAIL", 1.6, kept=2), logging.WARNING,
      "source dns+http://orders:8080 failed: SERVFAIL (keeping its last 2 backends; "
      "retry in 1.6s)"),
+    (SourceFailed(DNS, "timeout", 0.5, kept=1), logging.WARNING,
+     "source dns+http://orders:8080 failed: timeout (keeping its last backend; retry in 0.5s)"),
     (SourceRecovered(DNS, 12.0), logging.WARNING,
      "source dns+http://orders:8080 answers again after 12s"),
 ])
