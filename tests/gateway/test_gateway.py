@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import socket
@@ -210,8 +211,8 @@ def test_the_server_can_be_chosen_and_auto_prefers_granian(monkeypatch):
     settings = GatewaySettings()
     assert gateway.choose_server(settings) == "granian"
     assert gateway.choose_server(settings.replace(server="uvicorn")) == "uvicorn"
-    real = gateway.importlib.util.find_spec
-    monkeypatch.setattr(gateway.importlib.util, "find_spec",
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name: None if name == "granian" else real(name))
     assert gateway.choose_server(settings) == "uvicorn"
     with pytest.raises(lb_errors.ConfigError,
@@ -236,8 +237,8 @@ def test_uvicorn_is_chosen_only_with_httptools(monkeypatch):
     """The gateway's uvicorn protocol (head timeout, connection limit) extends httptools'."""
     from lbmiddleware import gateway
     settings = GatewaySettings()
-    real = gateway.importlib.util.find_spec
-    monkeypatch.setattr(gateway.importlib.util, "find_spec",
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name: None if name in ("granian", "httptools") else real(name))
     with pytest.raises(lb_errors.ConfigError, match="LB_SERVER has value 'uvicorn': httptools is "
                                                     r"not installed \(pip install httptools\)"):

@@ -1,0 +1,159 @@
+"""The gateway under uvicorn: uvicorn's httptools protocol with the limits granian has and
+uvicorn lacks (:func:`uvicorn_protocol`), and :func:`serve_uvicorn`."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import logging
+import signal
+import socket
+
+from ..core.settings import FrontEndSettings
+from ..gateway_settings import GatewaySettings
+from ..proxy import ErrorResponse, error_response
+from ..proxy.access import access_line
+from ..proxy.access import logger as access_logger
+from ..proxy.settings import ProxySettings
+from .app import make_app
+from .logs import RefusalWarnings, server_log_level, settings_logging_config
+
+__all__ = ["serve_uvicorn", "uvicorn_protocol"]
+
+
+def serve_uvicorn(settings: FrontEndSettings, sock: socket.socket,
+                  admin: socket.socket | None) -> None:
+    """Serve the gateway on ``sock`` (and the admin listener on ``admin``) under uvicorn
+    until SIGINT or SIGTERM."""
+    import uvicorn
+
+    gateway = settings[GatewaySettings]
+    config = uvicorn.Config(
+        make_app(settings, admin_socket=admin), lifespan="on", access_log=False,
+        log_config=settings_logging_config(settings),
+        log_level=server_log_level(gateway.log_level),
+        loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
+        http=uvicorn_protocol(gateway, access_log=settings[ProxySettings].access_log),
+        proxy_headers=False, server_header=False, date_header=False,
+        # never upgraded by uvicorn, whatever is installed: the proxy refuses WebSockets
+        ws="none",
+        # a backstop: GatewayProtocol closes the connections after shutdown_timeout, and
+        # the proxy ends its exchanges when it sees them gone; tasks left are cancelled.
+        # (typed int, used as asyncio.timeout(): sub-second values work and are kept)
+        timeout_graceful_shutdown=gateway.shutdown_timeout + 1.0,  # type: ignore[arg-type]
+    )
+    server = uvicorn.Server(config)
+    # uvicorn shuts down on SIGTERM, then raises it again for the handler it found; by
+    # default that kills the process (status -15): make it a KeyboardInterrupt, as SIGINT.
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        if config.loop == "uvloop":
+            import uvloop
+            uvloop.run(server.serve(sockets=[sock]))
+        else:
+            asyncio.run(server.serve(sockets=[sock]))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _closing_response(error: ErrorResponse) -> bytes:
+    """``error`` as the bytes of an HTTP/1.1 response that closes its connection."""
+    head = [f"HTTP/1.1 {error.status} {error.reason}",
+            *(f"{name}: {value}" for name, value in error.headers), "Connection: close"]
+    return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + error.body
+
+
+# The proxy's own 503, written by the server protocol before any ASGI request exists.
+_TOO_MANY_CONNECTIONS = _closing_response(error_response(503, "too many connections"))
+
+
+def uvicorn_protocol(settings: GatewaySettings, *, access_log: bool = False) -> type:
+    """uvicorn's httptools protocol with the gateway's limits (``settings``); ``access_log``
+    (``LB_ACCESS_LOG``): each connection answered 503 beyond the limit gets its line."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+
+    refused = RefusalWarnings(
+        f"too many connections (LB_MAX_CONNECTIONS={settings.max_connections})",
+        "answered 503 and closed")
+
+    class GatewayProtocol(HttpToolsProtocol):
+        """Adds what uvicorn lacks and granian has: a time limit on each request head
+        (from the connection's start, or the head's first byte on a kept-alive one, or
+        for a pipelined head the end of the response before it; data arriving does not
+        extend it), a limit on client connections (beyond it: 503 and close at once, so slow
+        clients cannot use up file descriptors; an access line, no request read: ``-`` for
+        its method and path, and a WARNING at most every 10 s), and a bounded grace on
+        shutdown. Header fields after the head (chunked trailers) are ignored:
+        uvicorn would append them to ``scope["headers"]`` and the proxy forward them.
+        """
+
+        _in_head = False
+        _head_timer: asyncio.TimerHandle | None = None
+        _close_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(  # type: ignore[override]  # as uvicorn's: a stream's Transport
+                self, transport: asyncio.Transport) -> None:
+            super().connection_made(transport)
+            if len(self.connections) > settings.max_connections:
+                transport.write(_TOO_MANY_CONNECTIONS)
+                transport.close()
+                refused()
+                if access_log and access_logger.isEnabledFor(logging.INFO):
+                    peer = transport.get_extra_info("peername")
+                    access_logger.info(access_line(peer[0] if peer else None, "-", "-", 503,
+                                                   None, 0, 0.0))
+                return
+            self._head_timer = self.loop.call_later(settings.header_timeout, self._head_late)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            for timer in (self._head_timer, self._close_timer):
+                if timer is not None:
+                    timer.cancel()
+            super().connection_lost(exc)
+
+        def on_message_begin(self) -> None:
+            self._in_head = True
+            cycle: RequestResponseCycle | None = self.cycle     # None before the first request
+            if cycle is None or cycle.response_complete:
+                self._start_head_timer()
+            # else a pipelined head while a response streams: its time starts when the
+            # connection is idle (on_response_complete), or it would cut that response
+            super().on_message_begin()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if self._in_head and not self.transport.is_closing():
+                self._start_head_timer()
+
+        def _start_head_timer(self) -> None:
+            if self._head_timer is None:
+                self._head_timer = self.loop.call_later(settings.header_timeout, self._head_late)
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            if self._in_head:
+                super().on_header(name, value)
+
+        def on_headers_complete(self) -> None:
+            self._in_head = False
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+            super().on_headers_complete()
+
+        def _head_late(self) -> None:
+            self._head_timer = None
+            if not self.transport.is_closing():
+                self.transport.close()
+
+        def _unsupported_upgrade_warning(self) -> None:
+            """Silent: the proxy answers a WebSocket handshake 501 and forwards other
+            upgrades (h2c) as plain requests; uvicorn's two warnings for each such
+            request would only flood the log."""
+
+        def shutdown(self) -> None:
+            super().shutdown()
+            if not self.transport.is_closing():
+                self._close_timer = self.loop.call_later(settings.shutdown_timeout,
+                                                         self.transport.close)
+
+    return GatewayProtocol
