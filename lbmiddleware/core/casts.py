@@ -103,11 +103,14 @@ def parse_positive_duration(value: Any) -> float:
     return seconds
 
 
-def format_duration(seconds: float) -> str:
+def format_duration(seconds: float, *, digits: int | None = None) -> str:
     """The way back: ``2.0`` -> ``"2s"``, ``0.25`` -> ``"250ms"``, ``1.5`` -> ``"1.5s"``: a
     duration as the settings spell it, so every text naming a limit (a failed attempt's
     "read timed out after 200ms", a probe's "timeout after 2s") spells it one way, and a
-    person can give it back as a setting."""
+    person can give it back as a setting. ``digits``: the significant digits to keep, for a
+    time measured rather than set (``0.2013`` -> ``"201ms"`` with 3)."""
+    if digits is not None:
+        seconds = float(f"{seconds:.{digits}g}")
     if 0 < seconds < 1:
         return f"{seconds * 1000:g}ms"
     return f"{seconds:g}s"

@@ -70,7 +70,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from ..core.backend import Backend, Source
-from ..core.casts import parse_dns_servers
+from ..core.casts import format_duration, parse_dns_servers
 from ..errors import ConfigError, needs_extra
 from .status import SourceStatus
 from .watcher import Answer, PollingWatcher, Sleep, SourceError
@@ -256,8 +256,10 @@ class _DnsSource(PollingWatcher):
         status.partial = "; ".join(self._partial.values())
 
     def _answered_again(self, name: str, family: str) -> None:
+        """The family's question is answered again: said at the level of its failure
+        (WARNING), so that whoever saw the failure sees its end."""
         if self._partial.pop((name, family), None) is not None:
-            logger.info("DNS source %s: %s %s answered again", self.source.url, family, name)
+            logger.warning("DNS source %s: %s %s answered again", self.source.url, family, name)
             self.status.partial = "; ".join(self._partial.values()) or None
 
     def backend(self, address: Address, port: int, weight: int, priority: int,
@@ -388,8 +390,11 @@ def _min_ttl(a: float | None, b: float | None) -> float | None:
 
 
 def _seconds(exc: Exception) -> str:
+    """How long dnspython asked (measured: to three digits), as the settings spell it."""
     timeout = getattr(exc, "kwargs", {}).get("timeout")
-    return f"{timeout:.3g}s" if isinstance(timeout, (int, float)) else "the lifetime"
+    if not isinstance(timeout, (int, float)):
+        return "the lifetime"
+    return format_duration(timeout, digits=3)
 
 
 def _why(exc: Exception) -> str:

@@ -45,6 +45,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 from ..core.backend import Backend, Source
+from ..core.casts import format_duration
 from ..core.settings import Settings
 from ..errors import ConfigError, LBError
 from ..upstream.errors import UpstreamError
@@ -121,7 +122,7 @@ class EtcdClient:
             return await _within(seconds, self._call(path, body))
         except asyncio.TimeoutError:
             raise EtcdError(f"etcd at {self.address} did not answer {path} within "
-                            f"{seconds:.3g}s") from None
+                            f"{format_duration(seconds, digits=3)}") from None
 
     async def _call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         reader, writer = await self._send(path, body)
@@ -296,7 +297,7 @@ class EtcdClient:
                 buffer = text[position:].encode()
         except asyncio.TimeoutError:
             raise EtcdError(f"etcd at {self.address} did not answer {path} within "
-                            f"{self.timeout:g}s") from None
+                            f"{format_duration(self.timeout)}") from None
         except (OSError, UpstreamError) as exc:
             raise EtcdError(f"etcd at {self.address} broke off the watch: "
                             f"{_reason(exc)}") from None

@@ -53,7 +53,7 @@ from types import TracebackType
 from typing import Any
 
 from ..core.backend import Backend, Source
-from ..core.casts import parse_duration
+from ..core.casts import format_duration, parse_duration
 from ..errors import ConfigError
 from .backoff import Backoff
 from .etcd import EtcdClient, EtcdError
@@ -172,11 +172,13 @@ class Registration:
             left = deadline - time.monotonic()
             if backoff.retries == 0 and left > 0:
                 logger.warning("could not delete %r from etcd: %s; trying again until etcd "
-                               "answers, for up to %.3gs", self.key, error, retry_for)
+                               "answers, for up to %s", self.key, error,
+                               format_duration(retry_for, digits=3))
             if left <= 0:
                 # etcd is down or stalled: a revoke would fail the same way (and wait as long).
                 self.unregister_error = str(error)
-                tried = (f"gave up deleting {self.key!r} after trying for {retry_for:.3g}s "
+                tried = (f"gave up deleting {self.key!r} after trying for "
+                         f"{format_duration(retry_for, digits=3)} "
                          f"(etcd: {error})" if backoff.retries else
                          f"could not delete {self.key!r} from etcd: {error}")
                 logger.error("%s; %s", tried, self._stays())
@@ -392,8 +394,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except EtcdError as exc:
             print(f"python -m lbmiddleware register: error: {exc}", file=sys.stderr)
             return 1
-        logger.info("keeping the lease alive every %.3gs; SIGTERM or SIGINT deregisters "
-                    "(drain %gs; a second signal stops waiting)", registration.interval, drain)
+        logger.info("keeping the lease alive every %s; SIGTERM or SIGINT deregisters "
+                    "(drain %s; a second signal stops waiting)",
+                    format_duration(registration.interval, digits=3), format_duration(drain))
         while not stop.wait(1.0):       # a timeout: signals are handled between waits
             pass
         url = registration.backend.url
@@ -412,7 +415,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             logger.info("exiting with status 1")
             return 1
         if drain:
-            logger.info("draining for %gs before exit (callers stop picking %s)", drain, url)
+            logger.info("draining for %s before exit (callers stop picking %s)",
+                        format_duration(drain), url)
             if again.wait(drain):
                 logger.info("%s again: ending the drain early", _name(signals[-1]))
         logger.info("exiting")

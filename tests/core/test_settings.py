@@ -349,6 +349,14 @@ def test_a_duration_is_written_as_the_settings_spell_it_and_reads_back(seconds, 
     assert parse_duration(text) == pytest.approx(seconds)
 
 
+@pytest.mark.parametrize("seconds, text", [
+    (0.2013456, "201ms"), (1.23456, "1.23s"), (1 / 3, "333ms"), (12.3456, "12.3s"),
+    (0.0004567, "0.457ms"), (2.0, "2s")])
+def test_a_measured_duration_keeps_the_digits_asked_for(seconds, text):
+    # a time measured, not set ("timeout after 201ms", a keep-alive every third of a lease)
+    assert format_duration(seconds, digits=3) == text
+
+
 def test_front_end_variables_are_known_to_the_core():
     # LB_PREFIX is the gateway's; a process using only the core must not call it a typo,
     # and a typo of it is still caught.

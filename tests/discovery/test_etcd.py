@@ -755,7 +755,7 @@ def test_a_delete_that_fails_is_tried_again_and_done_when_etcd_returns(own_etcd,
     assert "trying again until etcd answers, for up to 3.5s" in failed, text
     [deleted] = lines_with(text, "deregistered")
     assert f"deleted {key!r} once etcd answered again" in deleted, text
-    assert "draining for 0.5s" in text and "until its lease expires" not in text, text
+    assert "draining for 500ms" in text and "until its lease expires" not in text, text
     assert "status 1" not in text, text
 
 
@@ -807,3 +807,29 @@ def test_a_second_signal_ends_the_drain_early_and_says_so(etcd, processes, tmp_p
     process.send_signal(signal.SIGTERM)
     assert process.wait(5) == 0
     assert "SIGTERM again: ending the drain early" in log.read_text()
+
+
+def test_an_etcd_that_does_not_answer_is_named_with_the_limit_as_settings_spell_it(servers):
+    """A server that reads the request and never answers: the call and the watch each fail
+    naming the limit as the settings spell it (core.casts.format_duration: "200ms", not
+    "0.2s")."""
+    silent = servers("etcd")
+    silent.behaviour = "hang"
+    host, port = silent.url.removeprefix("http://").rsplit(":", 1)
+    client = EtcdClient(host, int(port), timeout=0.2)
+
+    async def failures() -> list[str]:
+        texts = []
+        with pytest.raises(EtcdError) as call:
+            await client.call("/v3/kv/range", {"key": "eA=="})
+        texts.append(str(call.value))
+        with pytest.raises(EtcdError) as watch:
+            async for _ in client.watch("orders/", 1):
+                pass
+        texts.append(str(watch.value))
+        return texts
+
+    assert asyncio.run(failures()) == [
+        f"etcd at {host}:{port} did not answer /v3/kv/range within 200ms",
+        f"etcd at {host}:{port} did not answer /v3/watch within 200ms",
+    ]
