@@ -55,6 +55,13 @@ class AdminServer:
     def __init__(self, app: WSGIApplication, sock: socket.socket, *,
                  header_timeout: float = 30.0, workers: int = ADMIN_WORKERS,
                  backlog: int = ADMIN_BACKLOG) -> None:
+        if workers < 1:
+            raise ValueError(f"AdminServer: workers has value {workers!r}: at least 1")
+        if backlog < 0:
+            raise ValueError(f"AdminServer: backlog has value {backlog!r}: at least 0")
+        if not header_timeout > 0:
+            raise ValueError(f"AdminServer: header_timeout has value {header_timeout!r}: "
+                             "above 0 seconds")
         host, port = sock.getsockname()[:2]
         server = _AdminHTTPServer((host, port), header_timeout=header_timeout,
                                   workers=workers, backlog=backlog)

@@ -242,6 +242,15 @@ def test_timeouts_and_clients_gone_are_logged_quietly_an_app_error_with_its_trac
     assert capfd.readouterr().err == ""
 
 
+@pytest.mark.parametrize("bounds, message", [
+    ({"workers": 0}, "AdminServer: workers has value 0: at least 1"),
+    ({"backlog": -1}, "AdminServer: backlog has value -1: at least 0"),
+    ({"header_timeout": 0}, "AdminServer: header_timeout has value 0: above 0 seconds")])
+def test_bad_bounds_are_refused_naming_them(bounds, message):
+    with bind(("127.0.0.1", 0)) as sock, pytest.raises(ValueError, match=f"^{message}$"):
+        AdminServer(hello, sock, **bounds)
+
+
 def test_stop_ends_the_connections_in_progress_at_once(admin_server):
     server = admin_server(header_timeout=30.0)
     with socket.create_connection(("127.0.0.1", server.address[1])) as sock:
