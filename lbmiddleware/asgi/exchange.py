@@ -21,7 +21,6 @@ quick exchange never starts one.
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
@@ -48,8 +47,6 @@ from ..upstream.deadlines import Deadlines
 __all__ = ["Forwarder", "Exchange", "RequestBody", "NoBody", "NO_BODY", "ClientGone",
            "WATCH_DELAY", "failure_text"]
 
-logger = logging.getLogger("lbmiddleware")
-
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
@@ -67,6 +64,16 @@ _RESEND_CACHE_SIZE = 32
 
 class ClientGone(Exception):
     """The client disconnected."""
+
+
+class _BrokeOff(Exception):
+    """The response body broke off (``error``, the upstream client's) once its head and
+    ``received`` of its bytes had gone to the client."""
+
+    def __init__(self, error: UpstreamError, received: int) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.received = received
 
 
 class Forwarder:
@@ -243,11 +250,16 @@ class Exchange:
                 return
             try:
                 received = await self._respond(response)
-            except UpstreamError:
-                # The head went out, the body broke: the client sees a cut response.
-                logger.warning("the response body from %s broke off", backend.url)
-                attempts.end(outcome if not outcome.ok else Outcome(
-                    ok=False, status=outcome.status, bytes_sent=outcome.bytes_sent))
+            except _BrokeOff as broke:
+                # The head went out, the body broke: the client sees a cut response, and the
+                # backend a failure that no retry can follow (its failed-attempt line says so).
+                text = failure_text(broke.error, forwarder.upstream.pool(backend))
+                attempts.end_failed(Outcome(
+                    ok=False, latency=outcome.latency, timeout=broke.error.timeout,
+                    status=outcome.status, bytes_sent=outcome.bytes_sent,
+                    bytes_received=broke.received,
+                    error=f"the response body broke off after {broke.received} bytes ({text})"),
+                    "its response had begun to reach the client")
                 return
             except BaseException:
                 response.close()
@@ -291,7 +303,8 @@ class Exchange:
                                                 bytes_sent=length or 0)
 
     async def _respond(self, response: Response) -> int:
-        """Send ``response`` to the client; returns the body bytes passed on."""
+        """Send ``response`` to the client; returns the body bytes passed on. Raises
+        :class:`_BrokeOff` when the backend's body fails on its way."""
         send = self.send
         # ASGI header names are lower-case (Starlette's Headers, GZipMiddleware rely on it).
         headers = [(name.lower(), value)
@@ -312,7 +325,10 @@ class Exchange:
             if chunk:
                 received += len(chunk)
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            chunk = await response.read()
+            try:
+                chunk = await response.read()
+            except UpstreamError as exc:
+                raise _BrokeOff(exc, received) from exc
             if not chunk:
                 break
         self.finished = True

@@ -336,10 +336,11 @@ class Attempts:
     ``rule`` decides, ``method`` and ``key`` (the sticky key) describe the request. Drive
     it from sync or async code: :meth:`start`, then :meth:`retry` after each failed
     attempt, then :meth:`end` (or :meth:`release`) for the attempt whose answer the client
-    got. As a context manager, an exception releases the attempt still open (the front-end
-    has turned every failure of the backend into an outcome already: what escapes is a
-    cancellation, a client gone, an error of its own; ``GeneratorExit`` on the lock-free
-    path), and a clean exit leaves it to its owner (a streamed body ends it later).
+    got (:meth:`end_failed` when that answer fails on its way). As a context manager, an
+    exception releases the attempt still open (the front-end has turned every failure of
+    the backend into an outcome already: what escapes is a cancellation, a client gone, an
+    error of its own; ``GeneratorExit`` on the lock-free path), and a clean exit leaves it
+    to its owner (a streamed body ends it later).
     """
 
     __slots__ = ("_balancer", "rule", "method", "key", "tried", "_current")
@@ -402,6 +403,14 @@ class Attempts:
         if not outcome.ok and logger.isEnabledFor(logging.INFO):
             logger.info("%s attempt %d on %s failed: %s; %s", self.method, len(self.tried),
                         self.tried[-1].url, failure_reason(outcome), then)
+
+    def end_failed(self, outcome: Outcome, why: str) -> None:
+        """End the current attempt with ``outcome``, a failure that no retry can follow
+        (``why``, for the log: its response had begun to reach the client, say: a body that
+        broke off), and log its failed-attempt line as :meth:`retry` logs the others, so
+        every front-end says it the same way."""
+        self._log(outcome, f"not retried: {why}")
+        self.end(outcome)
 
     def end(self, outcome: Outcome, *, wait: bool = True) -> None:
         """End the current attempt with ``outcome`` (see :meth:`Completion.done`)."""

@@ -5,6 +5,7 @@ and the failed-attempt lines of ``lbmiddleware.attempts``."""
 from __future__ import annotations
 
 import http.client
+import logging
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -58,3 +59,38 @@ def test_a_backend_that_refuses_connections_does_not_look_fast(servers):
     assert buckets["0.025"] == 0, f"B never answered under 50 ms: {buckets}"
     assert buckets["+Inf"] == row["latency_count"] == 2
     assert history.of(b.url).latency_ms[-1] is None         # no answer in that interval
+
+
+def test_a_body_that_breaks_off_is_a_failed_attempt_line_not_a_library_warning(servers, caplog):
+    """A backend that sends its head and half its body, then closes: a failure of the backend
+    (counted, with the bytes that came) that no retry can follow, logged as every failed
+    attempt is, one INFO line on lbmiddleware.attempts; not a WARNING per request on the
+    package's logger, shown by default in any application that logs warnings."""
+    caplog.set_level(logging.INFO, logger="lbmiddleware")
+    backend = servers("a")
+    backend.behaviour = "truncate"
+    backend.body_size = 100_000
+    pool = lb.Balancer([backend.url], max_fails=0)      # no ejection: its lines are due
+    with ServerThread(lb.LoadBalancerMiddleware(balancer=pool)) as server:
+        for _ in range(3):
+            connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+            connection.request("GET", "/x")
+            response = connection.getresponse()
+            try:
+                response.read()
+            except http.client.IncompleteRead:
+                pass
+            connection.close()
+    pool.close()
+    (row,) = pool.stats()
+    assert (row["requests"], row["failures"], row["in_flight"]) == (3, 3, 0)
+    assert row["bytes_received"] == 3 * 50_000
+    assert row["latency_count"] == 3                    # each had its head: timed
+    warnings = [r.getMessage() for r in caplog.records
+                if r.name.startswith("lbmiddleware") and r.levelno >= logging.WARNING]
+    assert warnings == []
+    lines = [(r.levelno, r.getMessage()) for r in caplog.records
+             if r.name == "lbmiddleware.attempts"]
+    assert lines == [(logging.INFO, f"GET attempt 1 on {backend.url} failed: the response "
+                      "body broke off after 50000 bytes (the backend closed the connection); "
+                      "not retried: its response had begun to reach the client")] * 3

@@ -520,6 +520,25 @@ def test_a_retry_of_an_ended_attempt_is_logged_as_not_retried(caplog):
         "already ended (its answer went to the client, or it was given up)"))]
 
 
+def test_a_failure_after_the_answer_began_ends_the_attempt_with_its_line(caplog):
+    """A response body that breaks off once its head reached the client: a failure no retry
+    can follow. end_failed reports it and logs the failed-attempt line every other failure
+    gets, whatever the front-end."""
+    caplog.set_level(logging.INFO, logger="lbmiddleware.attempts")
+    balancer = FakeBalancer(A, B)
+    attempts = Attempts(balancer, RetryRule(), "GET")
+    attempts.start()
+    broke = Outcome(ok=False, latency=0.01, status=200, bytes_received=512,
+                    error="the response body broke off after 512 bytes")
+    attempts.end_failed(broke, "its response had begun to reach the client")
+    attempts.end(OK)                                # already ended: ignored
+    assert balancer.ends() == [("report", "a", False, 0.01)]
+    assert balancer.extras == [(0, 512, 200)]
+    assert attempt_lines(caplog) == [(logging.INFO, (
+        "GET attempt 1 on http://a:1 failed: the response body broke off after 512 bytes; "
+        "not retried: its response had begun to reach the client"))]
+
+
 def test_failed_attempts_log_nothing_at_the_default_level(caplog):
     caplog.set_level(logging.WARNING, logger="lbmiddleware")
     run(FakeBalancer(A, B), RetryRule(), "GET", [REFUSED, RESET])
