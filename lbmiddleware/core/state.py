@@ -46,7 +46,7 @@ class BackendState:
         self.weight = backend.weight
         self.in_flight = 0
         self.requests = 0            # attempts ended by report() with an outcome
-        self.failures = 0            # of those, failures reported while a member
+        self.failures = 0            # of those, the failed ones (while draining too)
         self.health = HealthRecord(now)
         self.latency = LatencyEstimate()
         self.scratch: Any = None

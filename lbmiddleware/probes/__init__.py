@@ -7,7 +7,10 @@ probing its backend on HAProxy's spread and jittered schedule (:mod:`.prober`);
 core's (``core/health/active.py``). Standard library only.
 """
 
-from .check import HealthCheck, format_seconds
+from ..core.casts import format_duration
+from .check import HealthCheck
 from .prober import JITTER, ProbedPool, Prober, ProbeSettings
 
-__all__ = ["Prober", "HealthCheck", "ProbedPool", "ProbeSettings", "JITTER", "format_seconds"]
+# (format_duration: how a probe's reasons spell a limit, "timeout after 2s", the core's one
+# spelling of a duration, under its own name)
+__all__ = ["Prober", "HealthCheck", "ProbedPool", "ProbeSettings", "JITTER", "format_duration"]

@@ -65,7 +65,7 @@ from ..upstream.deadlines import Deadlines
 from ..upstream.errors import ReadTimeout, StaleConnection, UpstreamError
 from ..upstream.response import Response
 
-__all__ = ["HealthCheck", "MAX_DRAIN", "USER_AGENT", "format_seconds", "within"]
+__all__ = ["HealthCheck", "MAX_DRAIN", "USER_AGENT", "within"]
 
 T = TypeVar("T")
 
@@ -80,10 +80,6 @@ _CONNECT_REASONS = {
     errno.ENETUNREACH: "network unreachable",
     errno.ETIMEDOUT: "connect timed out",
 }
-
-
-# The probes' package still offers the core's formatter under its old name (one rule).
-format_seconds = format_duration
 
 
 class _Owner:
