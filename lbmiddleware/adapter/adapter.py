@@ -59,7 +59,7 @@ from ..core.settings import FrontEndSettings, Settings, resolve, setting_names
 from ..errors import NoHealthyBackend
 from ..fleet.departures import follow_departures
 from ..proxy import parse_cookie
-from .bodies import count_body, discard, end_when_done, prefetch_body, read_body
+from .bodies import discard, end_when_done, prefetch_body, read_body, watch_body
 from .departures import close_departed
 from .errors import BACKEND_FAILURES, NoHealthyBackendError, failure, naming_backends
 from .responses import read_final_responses
@@ -241,7 +241,7 @@ class LoadBalancingAdapter(HTTPAdapter):
             if isinstance(answer, Exception):
                 raise naming_backends(answer, request, attempts.tried) from answer
             if stream:      # in flight until the body is read, closed or collected
-                end_when_done(answer, attempts.completion, outcome)
+                end_when_done(answer, attempts, outcome)
             else:
                 attempts.end(outcome)
             return answer
@@ -352,8 +352,8 @@ class LoadBalancingAdapter(HTTPAdapter):
             received = 0
             if not stream:
                 received = read_body(response)     # the body is part of the attempt
-            else:       # counted as it is read; end_when_done reports the count
-                count_body(response)
+            else:       # watched as it is read; end_when_done reports what it showed
+                watch_body(response)
                 if self.prefetch:
                     prefetch_body(response, self.prefetch)
         except BACKEND_FAILURES as exc:

@@ -6,9 +6,11 @@ streamed to the caller with the attempt ending when the body does.
   nothing yet). It is read undecoded: decoding stays requests' business, after the attempt
   (a false ``Content-Encoding`` is not a backend failure), and ``Response.elapsed`` stays
   the time to the response head, as requests documents it;
-* ``stream=True``: :func:`count_body` counts the body's bytes as they are read, and
-  :func:`end_when_done` ends the attempt, exactly once, with them, when the body is read to
-  the end, the response is closed, or it is garbage collected. ``least_conn`` and
+* ``stream=True``: :func:`watch_body` counts the body's bytes as they are read and keeps an
+  error that breaks it off, and :func:`end_when_done` ends the attempt, exactly once, when the
+  body is read to the end (with its bytes), the response is closed, or it is garbage
+  collected; a body that broke off is a failure of its backend, not retried (the caller has
+  the response), with the failed-attempt line every front-end logs. ``least_conn`` and
   ``latency`` therefore see a response being streamed as in flight, which it is: its
   backend is still sending it. With the adapter's ``prefetch``, :func:`prefetch_body` reads the
   first piece inside the attempt first;
@@ -21,11 +23,12 @@ the requests step it stands in for would (see :func:`read_body` and :func:`prefe
 from __future__ import annotations
 
 import datetime
+import functools
 import io
 import itertools
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TypeVar, cast
 
 import requests
@@ -34,16 +37,18 @@ from requests.models import Response
 from urllib3 import HTTPResponse
 from urllib3.exceptions import ProtocolError, ReadTimeoutError, SSLError
 
-from ..core.attempts import Completion, Outcome
+from ..core.attempts import Attempts, Outcome, broken_body
+from .errors import describe
 
 __all__ = ["DRAIN_LIMIT", "read_body", "prefetch_body", "PrefetchedResponse", "discard",
-           "count_body", "end_when_done"]
+           "watch_body", "end_when_done"]
 
 # A failure-status response is read (to keep its connection) before a retry only when it
 # announces a body this small; a larger or unknown one is closed instead.
 DRAIN_LIMIT = 64 * 1024
 
 _R = TypeVar("_R", bound=Response)
+_T = TypeVar("_T")
 
 
 def _become(response: Response, cls: type[_R]) -> _R:
@@ -152,57 +157,101 @@ def _raw_chunks(raw: HTTPResponse, size: int) -> Iterator[bytes]:
         yield data
 
 
-class _Tally:
-    """The body bytes of one streamed response read so far: kept apart from the response, so
-    that its finalizer can still report them once the response is collected."""
+class _BodyWatch:
+    """What the reads of one streamed body showed: its bytes read so far, and the error that
+    broke it off (None while none did). Kept apart from the response, so that its finalizer
+    can still report them once the response is collected.
 
-    __slots__ = ("received",)
+    urllib3 releases the connection (or closes the response) inside a read step, before the
+    step returns its last bytes or raises its error; that release ends the attempt. So while
+    a step runs (``reading``), the end waits for the step to finish (``held``), and the
+    attempt ends knowing how the read went."""
+
+    __slots__ = ("received", "error", "reading", "held", "end")
 
     def __init__(self) -> None:
         self.received = 0
+        self.error: Exception | None = None
+        self.reading = False
+        self.held = False
+        self.end: Callable[[], object] | None = None      # the attempt's, once it has one
+
+    def step(self, read: Callable[[], _T]) -> _T:
+        """Run one read step: count the bytes it read, keep its error, then end the
+        attempt if urllib3 ended it meanwhile."""
+        self.reading = True
+        try:
+            data = read()
+            if isinstance(data, bytes):
+                self.received += len(data)
+            return data
+        except Exception as exc:
+            if self.error is None:
+                self.error = exc
+            partial = getattr(exc, "partial", None)     # http.client's: the bytes that came
+            if isinstance(partial, bytes):
+                self.received += len(partial)
+            raise
+        finally:
+            self.reading = False
+            if self.held:
+                self.held = False
+                self.ending()
+
+    def ending(self) -> None:
+        """The response released its connection or was closed: end the attempt, now or
+        when the read step that did it finishes."""
+        if self.reading:
+            self.held = True
+        elif self.end is not None:
+            self.end()
 
 
-class _CountedResponse(HTTPResponse):
-    """urllib3's response, counting its body's bytes as they come off the connection:
-    undecoded and without chunked framing, as :func:`read_body` counts a whole body.
+class _WatchedResponse(HTTPResponse):
+    """urllib3's response, its body's reads watched: the bytes counted as they come off the
+    connection (undecoded and without chunked framing, as :func:`read_body` counts a whole
+    body), and an error that breaks the body off kept.
 
-    Every read of the body passes through one of two steps, whichever reader the caller
-    uses (``read``, ``read1``, ``stream``, requests' ``iter_content``): ``_fp_read`` (a
-    body read through ``http.client``) or ``_handle_chunk`` (a chunked body streamed chunk
-    by chunk). Both run before urllib3 releases the connection at the body's end, which
-    ends the attempt (:func:`end_when_done`): the last piece is counted in time. (urllib3's
-    own ``tell()`` is counted after that release, and not at all for chunks.)"""
+    Every read of the body, whichever reader the caller uses (``read``, ``read1``,
+    ``stream``, requests' ``iter_content``), passes through these steps of urllib3:
+    ``_raw_read`` (a body read through ``http.client``), or ``_update_chunk_length`` and
+    ``_handle_chunk`` (a chunked body streamed chunk by chunk). (urllib3's own ``tell()``
+    counts after the release at the body's end, and not at all for chunks.)"""
 
-    tally: _Tally
+    watch: _BodyWatch
 
-    def _fp_read(self, amt: int | None = None, *, read1: bool = False) -> bytes:
-        data = super()._fp_read(amt, read1=read1)
-        self.tally.received += len(data)
-        return data
+    def _raw_read(self, amt: int | None = None, *, read1: bool = False) -> bytes:
+        return self.watch.step(functools.partial(super()._raw_read, amt, read1=read1))
+
+    def _update_chunk_length(self) -> None:
+        self.watch.step(super()._update_chunk_length)
 
     def _handle_chunk(self, amt: int | None) -> bytes:
-        data = super()._handle_chunk(amt)
-        self.tally.received += len(data)
-        return data
+        return self.watch.step(functools.partial(super()._handle_chunk, amt))
 
 
-def count_body(response: Response) -> None:
-    """Count the bytes of ``response``'s body from now on, for the outcome that
-    :func:`end_when_done` reports (a response whose raw body is not urllib3's own response
-    is not counted)."""
+def watch_body(response: Response) -> None:
+    """Watch the reads of ``response``'s body from now on (its bytes, a failure), for the
+    end that :func:`end_when_done` reports (a response whose raw body is not urllib3's own
+    response is not watched: its attempt ends with the outcome it has)."""
     raw = response.raw
     if type(raw) is HTTPResponse:
-        raw.__class__ = _CountedResponse
-        cast(_CountedResponse, raw).tally = _Tally()
+        raw.__class__ = _WatchedResponse
+        cast(_WatchedResponse, raw).watch = _BodyWatch()
 
 
-def end_when_done(response: Response, completion: Completion, outcome: Outcome) -> None:
-    """End a streamed attempt with ``outcome`` once, when its raw response releases its
-    connection, is closed or is garbage collected, whichever comes first; with the body
-    bytes read until then when :func:`count_body` counted them."""
+def end_when_done(response: Response, attempts: Attempts, outcome: Outcome) -> None:
+    """End the current attempt of ``attempts``, whose answer is ``response`` streamed, once:
+    when its raw response releases its connection, is closed or is garbage collected,
+    whichever comes first. With ``outcome`` and the body bytes read, or, when a read broke
+    the body off (:func:`watch_body`), as a failure that no retry can follow (the caller
+    has the response), with the failed-attempt line of every front-end."""
     raw: HTTPResponse = response.raw
-    tally = raw.tally if isinstance(raw, _CountedResponse) else None
-    done = weakref.finalize(raw, _end, completion, outcome, tally)
+    watch = raw.watch if isinstance(raw, _WatchedResponse) else None
+    done = weakref.finalize(raw, _end, attempts, outcome, watch)
+    ending = done if watch is None else watch.ending
+    if watch is not None:
+        watch.end = done
     raw_type = type(raw)
     raw_ref = weakref.ref(raw)        # the wrappers live on raw: no reference cycle
 
@@ -212,7 +261,7 @@ def end_when_done(response: Response, completion: Completion, outcome: Outcome) 
             if target is not None:
                 raw_type.release_conn(target)
         finally:
-            done()
+            ending()
 
     def close() -> None:
         try:
@@ -220,19 +269,26 @@ def end_when_done(response: Response, completion: Completion, outcome: Outcome) 
             if target is not None:
                 raw_type.close(target)
         finally:
-            done()
+            ending()
 
     # On this one response only: its connection's release and its close end the attempt.
     raw.release_conn = release_conn  # type: ignore[method-assign]
     raw.close = close  # type: ignore[method-assign]
 
 
-def _end(completion: Completion, outcome: Outcome, tally: _Tally | None) -> None:
-    """The streamed attempt's end: ``outcome``, with the body bytes read. (wait=False: a
-    garbage collection may run this inside the balancer's own lock.)"""
-    if tally is not None and tally.received:
-        outcome = outcome._replace(bytes_received=tally.received)
-    completion.done(outcome, wait=False)
+def _end(attempts: Attempts, outcome: Outcome, watch: _BodyWatch | None) -> None:
+    """The streamed attempt's end: ``outcome`` with the body bytes read (wait=False: a
+    garbage collection may run this inside the balancer's own lock), or the failure of a
+    body that broke off (ended by a read step of the caller's, never by a collection)."""
+    if watch is None:
+        attempts.end(outcome, wait=False)
+    elif watch.error is None:
+        attempts.end(outcome._replace(bytes_received=watch.received) if watch.received
+                     else outcome, wait=False)
+    else:
+        timeout = isinstance(watch.error, (ReadTimeoutError, TimeoutError))
+        attempts.end_failed(broken_body(outcome, watch.received,
+                                        describe(watch.error, True, timeout), timeout=timeout))
 
 
 # -- before a retry --------------------------------------------------------------------------

@@ -26,7 +26,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
-from ..core.attempts import Attempts, Outcome, RetryRule
+from ..core.attempts import Attempts, Outcome, RetryRule, broken_body
 from ..core.backend import Backend
 from ..core.balancer import Balancer
 from ..core.casts import format_duration
@@ -254,12 +254,8 @@ class Exchange:
                 # The head went out, the body broke: the client sees a cut response, and the
                 # backend a failure that no retry can follow (its failed-attempt line says so).
                 text = failure_text(broke.error, forwarder.upstream.pool(backend))
-                attempts.end_failed(Outcome(
-                    ok=False, latency=outcome.latency, timeout=broke.error.timeout,
-                    status=outcome.status, bytes_sent=outcome.bytes_sent,
-                    bytes_received=broke.received,
-                    error=f"the response body broke off after {broke.received} bytes ({text})"),
-                    "its response had begun to reach the client")
+                attempts.end_failed(broken_body(outcome, broke.received, text,
+                                                timeout=broke.error.timeout))
                 return
             except BaseException:
                 response.close()

@@ -70,7 +70,7 @@ if TYPE_CHECKING:
     from .backend import Backend
 
 __all__ = ["RetryRule", "Outcome", "Completion", "Attempts", "IDEMPOTENT_METHODS",
-           "DEFAULT_FAIL_STATUSES", "failure_reason"]
+           "DEFAULT_FAIL_STATUSES", "ANSWER_BEGUN", "failure_reason", "broken_body"]
 
 #: One INFO line per failed attempt: off by default in a library (the package's logger has
 #: only a NullHandler and Python's default level is WARNING); the gateway turns INFO on.
@@ -81,6 +81,9 @@ IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRAC
 
 #: Response statuses that fail an attempt by default (Envoy ``gateway-error``).
 DEFAULT_FAIL_STATUSES = frozenset({502, 503, 504})
+
+#: Why a failure after the response began (a body that broke off) is never retried.
+ANSWER_BEGUN = "its response had begun to reach the client"
 
 
 # -- the outcome of one attempt -----------------------------------------------------------
@@ -203,6 +206,17 @@ def failure_reason(outcome: Outcome) -> str:
     if outcome.timeout:
         return "timed out"
     return "failed after sending" if outcome.sent else "connect failed"
+
+
+def broken_body(answered: Outcome, received: int, error: str, *,
+                timeout: bool = False) -> Outcome:
+    """The outcome of an attempt whose response body broke off (``error``: the front-end's
+    words for why; ``timeout``: it stopped coming) after ``received`` of its bytes:
+    ``answered`` was its outcome when the head came. A failure of the backend, with the time
+    to its head, its status and the bytes, in one wording for every front-end's log line."""
+    return Outcome(ok=False, latency=answered.latency, timeout=timeout, status=answered.status,
+                   bytes_sent=answered.bytes_sent, bytes_received=received,
+                   error=f"the response body broke off after {received} bytes ({error})")
 
 
 # -- the completion handle ----------------------------------------------------------------
@@ -404,11 +418,11 @@ class Attempts:
             logger.info("%s attempt %d on %s failed: %s; %s", self.method, len(self.tried),
                         self.tried[-1].url, failure_reason(outcome), then)
 
-    def end_failed(self, outcome: Outcome, why: str) -> None:
+    def end_failed(self, outcome: Outcome, why: str = ANSWER_BEGUN) -> None:
         """End the current attempt with ``outcome``, a failure that no retry can follow
-        (``why``, for the log: its response had begun to reach the client, say: a body that
-        broke off), and log its failed-attempt line as :meth:`retry` logs the others, so
-        every front-end says it the same way."""
+        (``why``, for the log: by default, its response had begun to reach the client: a
+        body that broke off, :func:`broken_body`), and log its failed-attempt line as
+        :meth:`retry` logs the others, so every front-end says it the same way."""
         self._log(outcome, f"not retried: {why}")
         self.end(outcome)
 

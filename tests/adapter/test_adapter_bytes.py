@@ -1,11 +1,14 @@
-"""The adapter's byte counts (``bytes_received`` in stats(), the metrics'
-``lbmiddleware_backend_received_bytes_total``): the response body's bytes as they came from
-the backend, undecoded and without chunked framing, with ``stream=False`` and ``stream=True``
-alike. A streamed body is counted as the caller reads it and reported once, when it ends."""
+"""What the adapter reports of a response body: its bytes (``bytes_received`` in stats(), the
+metrics' ``lbmiddleware_backend_received_bytes_total``) as they came from the backend,
+undecoded and without chunked framing, with ``stream=False`` and ``stream=True`` alike; and a
+streamed body that breaks off, a failure of its backend that no retry can follow, with the
+failed-attempt line every front-end logs. A streamed body is counted as the caller reads it
+and reported once, when it ends."""
 
 from __future__ import annotations
 
 import gzip
+import logging
 
 import pytest
 import requests
@@ -13,7 +16,7 @@ import requests
 import lbmiddleware as lb
 from lbmiddleware.adapter import LoadBalancingAdapter
 
-from ..support.raw_backends import ok
+from ..support.raw_backends import CLOSE, ok
 
 VHOST = "http://svc"
 SIZE = 300_000
@@ -109,3 +112,52 @@ def test_a_streamed_body_dropped_unread_is_reported_once_when_collected(raw_back
         del response                                # neither read to the end nor closed
         pool.stats()                                # (a later call applies the report)
     assert received(pool) == 1_000
+
+
+HEAD = b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n"
+CHUNKED = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+def attempt_lines(caplog) -> list[tuple[int, str]]:
+    return [(r.levelno, r.getMessage()) for r in caplog.records
+            if r.name == "lbmiddleware.attempts"]
+
+
+@pytest.mark.parametrize(("answer", "came", "why"), [
+    (HEAD + b"x" * 40_000, 40_000, "the response ended early (40000 bytes read, 60000 more "
+                                   "expected)"),
+    (CHUNKED + b"4000\r\n" + b"x" * 0x4000 + b"\r\n", 0x4000, "response ended prematurely"),
+    (CHUNKED + b"4000\r\n" + b"x" * 1000, 1000, "the response ended early"),
+], ids=["length", "chunked-between-chunks", "chunked-in-a-chunk"])
+def test_a_streamed_body_that_breaks_off_is_a_failure_with_its_line(scripted, caplog, answer,
+                                                                    came, why):
+    caplog.set_level(logging.INFO, logger="lbmiddleware")
+    backend = scripted([[answer, CLOSE]])
+    pool = lb.Balancer([backend.url], max_fails=0)
+    with mounted(LoadBalancingAdapter(balancer=pool)) as session, \
+            session.get(f"{VHOST}/x", stream=True, timeout=5) as response:
+        with pytest.raises(requests.exceptions.ChunkedEncodingError):
+            b"".join(response.iter_content(4096))
+    (row,) = pool.stats()
+    assert (row["requests"], row["failures"], row["in_flight"]) == (1, 1, 0)
+    assert row["bytes_received"] == came
+    (line,) = attempt_lines(caplog)
+    assert line[0] == logging.INFO
+    assert line[1].startswith(f"GET attempt 1 on {backend.url} failed: the response body broke "
+                              f"off after {came} bytes (")
+    assert why in line[1].lower()
+    assert line[1].endswith("; not retried: its response had begun to reach the client")
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+def test_a_streamed_body_the_caller_closes_early_is_no_failure(raw_backend, caplog):
+    caplog.set_level(logging.INFO, logger="lbmiddleware")
+    backend = raw_backend([ok(b"z" * 100_000)])
+    pool = lb.Balancer([backend.url])
+    with mounted(LoadBalancingAdapter(balancer=pool)) as session:
+        response = session.get(f"{VHOST}/x", stream=True, timeout=5)
+        next(response.iter_content(1000))
+        response.close()
+    (row,) = pool.stats()
+    assert (row["requests"], row["failures"], row["in_flight"]) == (1, 0, 0)
+    assert attempt_lines(caplog) == []

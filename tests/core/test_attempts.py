@@ -14,7 +14,7 @@ import threading
 import pytest
 
 import lbmiddleware as lb
-from lbmiddleware.core.attempts import Attempts, Completion, Outcome, RetryRule
+from lbmiddleware.core.attempts import Attempts, Completion, Outcome, RetryRule, broken_body
 
 A, B, C, D = (lb.Backend(f"http://{name}:1") for name in "abcd")
 
@@ -528,15 +528,20 @@ def test_a_failure_after_the_answer_began_ends_the_attempt_with_its_line(caplog)
     balancer = FakeBalancer(A, B)
     attempts = Attempts(balancer, RetryRule(), "GET")
     attempts.start()
-    broke = Outcome(ok=False, latency=0.01, status=200, bytes_received=512,
-                    error="the response body broke off after 512 bytes")
-    attempts.end_failed(broke, "its response had begun to reach the client")
+    answered = Outcome(ok=True, latency=0.01, status=200, bytes_sent=7)
+    broke = broken_body(answered, 512, "the backend closed the connection")
+    assert broke == Outcome(ok=False, latency=0.01, status=200, bytes_sent=7,
+                            bytes_received=512, error="the response body broke off after 512 "
+                            "bytes (the backend closed the connection)")
+    attempts.end_failed(broke)
     attempts.end(OK)                                # already ended: ignored
     assert balancer.ends() == [("report", "a", False, 0.01)]
-    assert balancer.extras == [(0, 512, 200)]
+    assert balancer.extras == [(7, 512, 200)]
     assert attempt_lines(caplog) == [(logging.INFO, (
-        "GET attempt 1 on http://a:1 failed: the response body broke off after 512 bytes; "
-        "not retried: its response had begun to reach the client"))]
+        "GET attempt 1 on http://a:1 failed: the response body broke off after 512 bytes (the "
+        "backend closed the connection); not retried: its response had begun to reach the "
+        "client"))]
+    assert broken_body(answered, 0, "read timed out after 2s", timeout=True).timeout
 
 
 def test_failed_attempts_log_nothing_at_the_default_level(caplog):

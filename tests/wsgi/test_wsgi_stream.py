@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import logging
 import socket
 import threading
 import time
@@ -16,6 +17,7 @@ import urllib.parse
 import zlib
 
 import pytest
+from urllib3.exceptions import ProtocolError
 
 import lbmiddleware as lb
 
@@ -326,3 +328,30 @@ def test_a_client_leaving_mid_download_counts_the_bytes_read_until_then(streamin
     iterable.close()
     row = middleware.balancer.stats()[0]
     assert (row["in_flight"], row["bytes_received"]) == (0, passed)
+
+
+def test_a_response_body_that_breaks_off_is_a_failure_with_its_attempt_line(servers, caplog):
+    """The backend sends its head and half its body, then closes: the client gets a cut
+    response, and the backend a failure (with the bytes that came) that no retry can follow,
+    logged as every failed attempt is: one INFO line on lbmiddleware.attempts."""
+    caplog.set_level(logging.INFO, logger="lbmiddleware")
+    backend = servers("a")
+    backend.behaviour = "truncate"
+    backend.body_size = 1_000_000
+    middleware = lb.WSGILoadBalancer(None, backends=[backend.url], max_fails=0)
+    iterable = middleware(environ_for(path="/x"), lambda status, headers: None)
+    passed = 0
+    with pytest.raises(ProtocolError):                 # (the server's to handle)
+        for chunk in iterable:
+            passed += len(chunk)
+    iterable.close()                                    # what the server does then
+    row = middleware.balancer.stats()[0]
+    assert (row["requests"], row["failures"], row["in_flight"]) == (1, 1, 0)
+    assert row["bytes_received"] == passed == 500_000
+    lines = [(r.levelno, r.getMessage()) for r in caplog.records
+             if r.name == "lbmiddleware.attempts"]
+    assert lines == [(logging.INFO, (
+        f"GET attempt 1 on {backend.url} failed: the response body broke off after 500000 "
+        "bytes (the response ended early (500000 bytes read, 500000 more expected)); not "
+        "retried: its response had begun to reach the client"))]
+    middleware.close()
