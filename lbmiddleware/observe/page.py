@@ -3,8 +3,15 @@
 One table per pool, a row per backend, as HAProxy's stats page and Envoy's ``/clusters`` show
 them: the state in words with its progress ("DOWN 1/2", "ejected 8s left", "slow start 35%"),
 the counters and their rates, and two small charts of the last minutes (request rate, failures
-in red, and mean latency) as inline SVG. It refreshes itself with a ``<meta>`` refresh and has
-no JavaScript; on a narrow screen (a phone) each row becomes a card.
+in red, and the mean time to the first byte) as inline SVG, drawn across their width from the
+second sample on. A legend under the pools (a ``<details>`` block) says what the words and
+charts mean. It refreshes itself with a ``<meta>`` refresh and has no JavaScript; on a narrow
+screen (a phone) each row becomes a card.
+
+Latency here is always the time to the response head (the histogram's, what ``latency`` and
+the charts measure), never the whole response, and is labelled so: an access log's duration
+includes the body and is longer. The latency policy's own estimate is shown only under that
+policy, where it is what the picks compare.
 
 Every value printed goes through :func:`html.escape`: backend URLs, source names and error
 texts come from configuration and from the network.
@@ -41,7 +48,7 @@ def render(snap: Mapping[str, Any], *, refresh: float = 5.0) -> str:
         f'<p class="meta">{_e(_when(snap.get("time")))} · refreshes every '
         f"{_e(duration(refresh))} · "
         '<a href="status.json">status.json</a> · <a href="metrics">metrics</a></p>'
-        f"</header>\n<main>{body}</main></body></html>\n")
+        f"</header>\n<main>{body}{_LEGEND}</main></body></html>\n")
 
 
 # -- a pool --------------------------------------------------------------------------------
@@ -65,7 +72,8 @@ def _pool(pool: Mapping[str, Any]) -> str:
                          for name, value in facts)
     sources = pool.get("sources") or []
     backends = pool.get("backends") or []
-    rows = "".join(_backend(row) for row in backends)
+    weighs_latency = pool.get("policy") == "latency"
+    rows = "".join(_backend(row, weighs_latency) for row in backends)
     if not rows:
         rows = f'<tr><td class="empty" colspan="{len(_COLUMNS)}">no backends</td></tr>'
     return (
@@ -76,13 +84,22 @@ def _pool(pool: Mapping[str, Any]) -> str:
         + '<div class="scroll"><table class="backends">'
         + ("<caption>Backends</caption>" if sources else "")     # (told apart from sources)
         + "<thead><tr>"
-        + "".join(f'<th{_class(css)}>{_e(name)}</th>' for name, css in _COLUMNS)
+        + "".join(f'<th{_class(css)}>{_HEADS.get(name, _e(name))}</th>'
+                  for name, css in _COLUMNS)
         + f"</tr></thead><tbody>{rows}</tbody></table></div></section>\n")
 
 
+#: What the page calls latency: the time to the response head, not to the body's end.
+_LATENCY = "Time to first byte"
+_ESTIMATE = "policy sees"
+_ESTIMATE_TIP = ("what the latency policy compares: a peak-weighted average of the time to "
+                 "first byte that jumps on a slow answer and counts a failure as very slow")
+
+_HEADS = {_LATENCY: "Time to<br>first byte"}      # a header on two lines (a narrow column)
+
 _COLUMNS = (("Backend", ""), ("State", ""), ("Tier", "num"), ("Weight", "num"),
             ("In flight", "num"), ("Requests", "num"), ("Failures", "num"),
-            ("Ejections", "num"), ("Latency", "num"), ("Changed", ""), ("Check", ""),
+            ("Ejections", "num"), (_LATENCY, "num"), ("Changed", ""), ("Check", ""),
             ("Last 10 minutes", ""))
 
 
@@ -126,7 +143,9 @@ def _sources(sources: Sequence[Mapping[str, Any]]) -> str:
 
 # -- a backend -----------------------------------------------------------------------------
 
-def _backend(row: Mapping[str, Any]) -> str:
+def _backend(row: Mapping[str, Any], weighs_latency: bool) -> str:
+    """A backend's row; ``weighs_latency``: the pool's policy is latency, so the estimate its
+    picks compare is worth showing (under another policy nothing reads it)."""
     text, kind = state_text(row)
     source = row.get("source")
     weight, effective = row.get("weight"), row.get("effective_weight")
@@ -136,8 +155,9 @@ def _backend(row: Mapping[str, Any]) -> str:
     latency = row.get("latency")
     estimate = row.get("latency_estimate")
     latency_html = _e(_ms(latency)) if latency is not None else "—"
-    if estimate is not None:
-        latency_html += f"<small>est. {_e(_ms(estimate))}</small>"
+    if estimate is not None and weighs_latency:
+        latency_html += (f'<small title="{_e(_ESTIMATE_TIP)}">'     # (two lines at most)
+                         f"{_e(_nowrap(_ESTIMATE))} {_e(_nowrap(_ms(estimate)))}</small>")
     history = row.get("history") or {}
     cells = [
         ("Backend", "", f'<span class="url">{_e(row.get("url", ""))}</span>'
@@ -151,8 +171,8 @@ def _backend(row: Mapping[str, Any]) -> str:
         ("Failures", "num", _e(_count(row.get("failures")))
          + _rate_html(row.get("failures_per_second"))),
         ("Ejections", "num", _e(_count(row.get("ejections")))),
-        ("Latency", "num", latency_html),
-        ("Changed", "age", _e(age(row.get("state_age")))),
+        (_LATENCY, "num", latency_html),
+        ("Changed", "age", _e(_in_state_for(row))),
         ("Check", "check", _check(row.get("health_check"))),
         ("Last 10 minutes", "trend", _charts(history)),
     ]
@@ -170,16 +190,14 @@ def state_text(row: Mapping[str, Any]) -> tuple[str, str]:
     check = check if isinstance(check, Mapping) else {}
     if state == "ejected":
         left = row.get("ejection_left")
-        return ("ejected" + (f" {duration(left, up=True)} left" if left is not None else ""),
-                "bad")
+        text = "ejected" + (f" {duration(left, up=True)} left" if left is not None else "")
+        if check.get("status") == "down":       # its checks failed too: both, or it looks
+            text += f" · {_down(check)}"          # ready once its ejection ends
+        return text, "bad"
     if state == "down":
         if check.get("status") == "pending":
             return "waiting for a first check", "idle"
-        rise = check.get("rise") or 0
-        to_go = check.get("passes_to_up")
-        if rise and isinstance(to_go, int):     # coming up: passes so far of those needed
-            return f"DOWN {rise}/{rise + to_go}", "bad"
-        return "DOWN", "bad"
+        return _down(check), "bad"
     if state == "draining":
         left = row.get("drain_left")
         return ("draining" + (f", {duration(left, up=True)} left" if left is not None
@@ -197,6 +215,29 @@ def state_text(row: Mapping[str, Any]) -> tuple[str, str]:
             return f"UP {fall}/{fall + to_go} failing", "warn"
         return "UP", "ok"
     return str(state), "idle"
+
+
+def _down(check: Mapping[str, Any]) -> str:
+    """DOWN, with the passes so far of those that bring it up once one has passed."""
+    rise = check.get("rise") or 0
+    to_go = check.get("passes_to_up")
+    if rise and isinstance(to_go, int):
+        return f"DOWN {rise}/{rise + to_go}"
+    return "DOWN"
+
+
+# A state in the words of the Changed cell ("up for 55s"): the state held since its last
+# change, or since it joined when it never changed, so the cell never claims a change.
+_STATE_WORDS = {"healthy": "up", "probation": "probation", "ejected": "ejected",
+                "down": "down", "draining": "draining", "slow_start": "slow start"}
+
+
+def _in_state_for(row: Mapping[str, Any]) -> str:
+    state = row.get("state")
+    since = row.get("state_age")
+    if since is None:
+        return "—"
+    return f"{_STATE_WORDS.get(str(state), str(state))} for {duration(since)}"
 
 
 def _check(check: object) -> str:
@@ -218,31 +259,43 @@ def _rate_html(rate: object) -> str:
 
 # -- charts --------------------------------------------------------------------------------
 
-_HEIGHT = 26      # the view box's height; its width is the number of points
-_SLOTS = round(KEEP / INTERVAL)
+_HEIGHT = 26      # the view box's height; its width is the number of points less one
 
 
 def _charts(history: Mapping[str, Any]) -> str:
+    """Request rate and time to first byte over what the history holds. The x axis spans
+    the samples kept so far, 10 minutes once full (drawn on ten minutes from the start, a
+    young history was a dot at the right edge for its first minute)."""
+    interval = history.get("interval")
+    interval = interval if isinstance(interval, (int, float)) and interval > 0 else INTERVAL
     requests = _values(history.get("requests_per_second"))
     if not requests:        # fewer than two samples yet (the app has just started)
-        return '<span class="muted">no samples yet</span>'
+        return (f'<span class="muted">collecting: charts from the second sample '
+                f"({_e(duration(interval))} apart)</span>")
     # (failures drawn only where there were some: a red line along zero reads as an alarm)
     failures = [v or None for v in _values(history.get("failures_per_second"))]
     latency = _values(history.get("latency_ms"))
-    slots = max(_SLOTS, len(requests), len(latency))
+    count = max(len(requests), len(latency))
+    covered = count * interval
+    if count == 1:          # one interval: its value held from its start to its end
+        requests, failures, latency = ([*series, *series] for series in
+                                       (requests, failures, latency))
+    slots = max(count, 2)
+    span = f"the last {duration(covered)}"
     top_rate = _top(requests + failures)
     top_ms = _top(latency)
     rate_peak = f"max {_short(top_rate)}" if top_rate else "none"
     ms_peak = f"max {_short(top_ms)}" if top_ms else "none"
     rate_svg = _spark([("req", requests), ("fail", failures)], slots, top_rate,
-                      f"requests per second (failures in red) over the last minutes: "
-                      f"{rate_peak}")
+                      f"requests per second (failures in red) over {span}: {rate_peak}")
     ms_svg = _spark([("lat", latency)], slots, top_ms,
-                    f"mean latency in milliseconds over the last minutes: {ms_peak}")
+                    f"mean time to first byte in milliseconds over {span}: {ms_peak}")
     return (f'<div class="charts"><figure>{rate_svg}<figcaption><span>req/s</span>'
             f"<span>{_e(rate_peak)}</span></figcaption></figure>"
-            f'<figure>{ms_svg}<figcaption><span>ms</span><span>{_e(ms_peak)}</span>'
-            "</figcaption></figure></div>")
+            f'<figure>{ms_svg}<figcaption><span>ms to 1st byte</span>'
+            f"<span>{_e(ms_peak)}</span></figcaption></figure></div>"
+            + (f'<small class="so-far">{_e(duration(covered))} so far</small>'
+               if covered < KEEP else ""))
 
 
 def _values(series: object) -> list[float | None]:
@@ -397,8 +450,16 @@ def _seconds_attr(seconds: float) -> str:
 
 
 def _chip(text: str, kind: str, title: str = "") -> str:
+    """A coloured label; its parts (" · " between them) may go on lines of their own, so
+    "ejected 21s left · DOWN" does not widen a narrow column."""
     tip = f' title="{_e(title)}"' if title else ""
-    return f'<span class="chip {_e(kind)}"{tip}>{_e(text)}</span>'
+    first, *more = text.split(" · ")
+    return (f'<span class="chip {_e(kind)}"{tip}><span>{_e(first)}</span>'
+            + "".join(f"<span>· {_e(part)}</span>" for part in more) + "</span>")
+
+
+def _nowrap(text: str) -> str:
+    return text.replace(" ", "\u00a0")
 
 
 def _class(css: str) -> str:
@@ -407,6 +468,43 @@ def _class(css: str) -> str:
 
 def _e(value: object) -> str:
     return html.escape(str(value), quote=True)
+
+
+# -- the legend ----------------------------------------------------------------------------
+
+# (term, what it means) under the pools: the words a newcomer asked about, in a <details>
+# block, so it takes one line until opened and needs no script.
+_EXPLAINED = (
+    ("UP", "in rotation; UP 1/3 failing: still up, 1 failed active check of the 3 that take "
+           "it down"),
+    ("DOWN", "its active health checks failed: it gets no requests; DOWN 1/2: 1 passed check "
+             "of the 2 that bring it back"),
+    ("ejected 8s left", "requests to it failed several times in a row (passive health): it "
+                        "gets none for 8 more seconds; · DOWN: its active checks fail too, "
+                        "and it returns once they pass"),
+    ("probation", "back from an ejection: its next failure ejects it again, a success ends "
+                  "the probation"),
+    ("slow start 35%", "it joined or came back and gets 35% of its weight, growing to 100%"),
+    ("draining, 12s left", "leaving the pool: no new requests; those in flight have 12 more "
+                           "seconds to finish"),
+    ("Tier", "0 takes the traffic; a higher tier (a backup) only when tier 0 cannot"),
+    ("Weight", "its share of the traffic against the others'; 0.53 of 1: slow start gives "
+               "it 0.53 of its weight of 1 for now"),
+    (_LATENCY, "mean time from sending a request to receiving the response's head (status "
+               "and headers), over about the last 10 s; the body's time is not in it, so an "
+               "access log's duration is longer"),
+    (_ESTIMATE, "under the latency policy only: " + _ESTIMATE_TIP),
+    ("Changed", "how long it has been in its state (up for 55s): since its state last "
+                "changed, or since it joined if it never changed"),
+    ("Charts", "a point per 5 s over the last 10 minutes: req/s with failures in red, and "
+               "the mean ms to 1st byte of the answers in each 5 s; max: the chart's top. "
+               "Until 10 minutes are collected a chart spans what there is (5s so far)"),
+)
+
+_LEGEND = ('<details class="legend"><summary>What the page shows</summary><dl>'
+           + "".join(f"<div><dt>{_e(term)}</dt><dd>{_e(text)}</dd></div>"
+                     for term, text in _EXPLAINED)
+           + "</dl></details>")
 
 
 _STYLE = """
@@ -442,11 +540,12 @@ th{font-size:12px;font-weight:600;color:var(--muted);text-align:left;white-space
 padding:6px 8px;border-bottom:1px solid var(--line)}
 td{padding:8px;border-bottom:1px solid var(--line);vertical-align:top}
 td.age{white-space:nowrap}
+td.num small{white-space:normal}
 tr:last-child td{border-bottom:0}
 .num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 td small{display:block;color:var(--muted);font-size:12px}
 .url{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:13px;
-display:inline-block;max-width:34ch;overflow-wrap:anywhere}
+display:inline-block;min-width:22ch;max-width:34ch;overflow-wrap:anywhere}
 td.check{min-width:7em;max-width:16em}
 .muted{color:var(--muted)}
 .ok{color:var(--ok)}
@@ -455,10 +554,13 @@ td.check{min-width:7em;max-width:16em}
 table.sources{margin-bottom:18px}
 caption{text-align:left;font-size:12px;font-weight:600;color:var(--muted);
 text-transform:uppercase;letter-spacing:.04em;padding:0 8px 4px}
-.chip{display:inline-flex;align-items:center;gap:6px;white-space:nowrap;border-radius:999px;
+.chip{display:inline-flex;flex-wrap:wrap;align-items:center;gap:0 6px;white-space:nowrap;
+border-radius:11px;
 padding:1px 10px 1px 8px;font-size:12px;font-weight:600;color:var(--idle);
 background:var(--idle-bg)}
-.chip::before{content:"";width:7px;height:7px;border-radius:50%;background:currentColor}
+.chip>span:first-child{display:inline-flex;align-items:center;gap:6px}
+.chip>span:first-child::before{content:"";width:7px;height:7px;border-radius:50%;
+background:currentColor}
 .chip.ok{color:var(--ok);background:var(--ok-bg)}
 .chip.warn{color:var(--warn);background:var(--warn-bg)}
 .chip.bad{color:var(--bad);background:var(--bad-bg)}
@@ -466,7 +568,8 @@ background:var(--idle-bg)}
 .chip.drain{color:var(--drain);background:var(--drain-bg)}
 .charts{display:flex;gap:8px}
 figure{margin:0}
-figcaption{display:flex;justify-content:space-between;gap:4px;color:var(--muted);
+figcaption{display:flex;flex-wrap:wrap;justify-content:space-between;gap:0 4px;
+color:var(--muted);
 font-size:11px;white-space:nowrap}
 .spark{display:block;width:110px;height:26px;overflow:visible}
 .spark .base{stroke:var(--line);stroke-width:1}
@@ -475,6 +578,14 @@ vector-effect:non-scaling-stroke}
 .spark .req{stroke:var(--req)}.spark .req-area{fill:var(--req);opacity:.12}
 .spark .fail{stroke:var(--fail)}
 .spark .lat{stroke:var(--lat)}.spark .lat-area{fill:var(--lat);opacity:.12}
+.legend{max-width:1400px;margin:0 auto;background:var(--card);border:1px solid var(--line);
+border-radius:10px;padding:10px 16px;font-size:13px}
+.legend summary{cursor:pointer;font-weight:600}
+.legend dl{display:grid;grid-template-columns:max-content minmax(0,1fr);gap:4px 14px;
+margin:8px 0 2px}
+.legend dl div{display:contents}
+.legend dt{font-weight:600;white-space:nowrap}
+.legend dd{margin:0}
 @media (max-width:1400px) and (min-width:761px){.charts{flex-direction:column;gap:6px}}
 @media (max-width:760px){
 body{padding:10px}
@@ -492,11 +603,15 @@ color:var(--muted);font-size:11px}
 table.backends td:first-child,table.sources td:first-child,td.trend{grid-column:1/-1}
 td.state,td.check,table.sources td.wide{grid-column:span 2}
 table.sources td.full{grid-column:1/-1}
-.url{max-width:none}
+.url{min-width:0;max-width:none}
 td.check{min-width:0;max-width:none}
+td.age{white-space:normal}
 table.backends td:first-child::before,table.sources td:first-child::before{display:none}
 .charts{flex-wrap:wrap}
 .charts figure{flex:1 1 140px;min-width:0}
 .spark{width:100%}
+.legend{padding:10px 12px}
+.legend dl{grid-template-columns:minmax(0,1fr);gap:0}
+.legend dd{margin-bottom:6px}
 }
 """.replace("\n", "")

@@ -107,12 +107,14 @@ def test_html_in_a_backend_url_and_a_source_error_is_shown_as_text(servers, tmp_
 
 
 def realistic_pool() -> tuple[CoreBalancer, History]:
-    """Ten minutes of a pool of three, on a fake clock: .11 steady; .12 slowing down from
-    minute 6, then refusing connections (ejected, its checks failing); .13 down for 40 s at
-    minute 8, back and in slow start. The picture in docs/status.png."""
+    """Ten minutes of a pool of three, on a fake clock: :8081 steady; :8082 slowing down from
+    minute 6, then refusing connections (ejected, its checks failing); :8083 down for 40 s at
+    minute 8, back and in slow start. The picture in docs/status.png (loopback addresses,
+    as everything this project runs; nothing listens on them: the clock and the results are
+    made up)."""
     clock = FakeClock(0.0)
     noise = random.Random(7)
-    a, b, c = "http://10.0.1.11:8080", "http://10.0.1.12:8080", "http://10.0.1.13:8080"
+    a, b, c = "http://127.0.0.1:8081", "http://127.0.0.1:8082", "http://127.0.0.1:8083"
     pool = CoreBalancer([a, b, c], "latency", timer=clock, rng=random.Random(1),
                         health_check="/healthz", slow_start=120.0, max_fails=3,
                         fail_timeout=30.0)
@@ -151,11 +153,16 @@ def test_a_realistic_pool_reads_well_on_a_desktop_and_a_phone(tmp_path):
     file = tmp_path / "status.html"
     file.write_text(render(snapshot({"orders": pool}, history=lambda _: history)))
     text = chromium.visible_text(chromium.dump_dom(file.as_uri()))
-    assert re.search(r"http://10\.0\.1\.12:8080 ejected 1\ds left", text), text
-    assert re.search(r"http://10\.0\.1\.13:8080 slow start \d\d%", text), text
-    assert re.search(r"http://10\.0\.1\.11:8080 UP", text), text
+    assert re.search(r"http://127\.0\.0\.1:8082 ejected 1\ds left · DOWN ", text), text
+    assert re.search(r"http://127\.0\.0\.1:8083 slow start \d\d%", text), text
+    assert re.search(r"http://127\.0\.0\.1:8081 UP", text), text
     assert "usable 2 of 3" in text and "connection refused" in text
+    assert "What the page shows" in text and "policy sees" in text
     save("realistic", tmp_path, file.as_uri())
+    # docs/status.png: this page at 1280 px, twice the pixels for a sharp picture
+    shot = chromium.screenshot(file.as_uri(), tmp_path / "status.png", width=1280, height=670,
+                               scale=2)
+    print(f"screenshot: {shot} (docs/status.png)")
 
 
 def test_a_phone_never_scrolls_the_page_or_a_table_sideways():
@@ -163,6 +170,15 @@ def test_a_phone_never_scrolls_the_page_or_a_table_sideways():
     page = render(snapshot({"orders": pool}, history=lambda _: history))
     assert chromium.sideways_overflow(page, PHONE["width"]) == 0
     assert chromium.sideways_overflow(page, 1280) == 0              # nor a laptop
+    opened = page.replace('<details class="legend">', '<details class="legend" open>')
+    assert opened != page                                           # with the legend open
+    assert chromium.sideways_overflow(opened, PHONE["width"]) == 0
+    assert chromium.sideways_overflow(opened, 1280) == 0
+    long_url = "http://127.0.0.1:8081/" + "a-long-path-segment/" * 6   # wraps, both widths
+    long = opened.replace("http://127.0.0.1:8081", long_url)
+    assert long_url in long
+    assert chromium.sideways_overflow(long, PHONE["width"]) == 0
+    assert chromium.sideways_overflow(long, 1280) == 0
     # without the phone's layout the table would scroll: the measure sees it
     desktop_only = page.replace("@media (max-width:760px)", "@media (max-width:1px)")
     assert chromium.sideways_overflow(desktop_only, PHONE["width"]) > 300

@@ -4,15 +4,17 @@ every value escaped, the charts drawn from the history, and the words for ages a
 from __future__ import annotations
 
 import html
+import pathlib
 import re
 
 import pytest
 
 from lbmiddleware.core.balancer import Balancer as CoreBalancer
 from lbmiddleware.observe import History, snapshot
-from lbmiddleware.observe.page import age, duration, render
+from lbmiddleware.observe.page import age, duration, render, state_text
 
 from ..conftest import FakeClock
+from ..support.chromium import visible_text
 
 HOSTILE = 'http://127.0.0.1:1/<script>alert("x")</script><b>bold</b>'
 ERROR = "<b>refused</b> & <img src=x onerror=alert(1)>"
@@ -106,16 +108,17 @@ def test_the_charts_are_inline_svg_with_gaps_where_a_backend_was_not_a_member():
     assert b_row.count('<polyline class="req"') == 2        # split where it was gone
     assert "<span>max 60.0</span>" in a_row                 # ms: the last interval's latency
     points = re.search(r'<polyline class="req" points="([^"]+)"', a_row).group(1).split()
-    assert len(points) == 5 and points[-1].startswith("119,")     # the newest at the right
-    assert 'aria-label="requests per second (failures in red) over the last minutes' in a_row
+    assert len(points) == 5 and points[-1].startswith("4,")       # across five intervals
+    assert 'aria-label="requests per second (failures in red) over the last 25s' in a_row
 
 
-def test_a_backend_without_history_says_so_and_one_without_traffic_draws_empty_charts():
+def test_a_backend_without_history_says_so_and_one_without_traffic_draws_flat_charts():
     clock = FakeClock()
     pool = CoreBalancer(["http://a:1"], timer=clock)
     history = History(pool, timer=clock)
     page = render(snapshot(pool, history=lambda _: history))
-    assert "no samples yet" in page and "<svg" not in page
+    assert "collecting: charts from the second sample (5s apart)" in page
+    assert "<svg" not in page
     history.sample(0.0)
     history.sample(5.0)
     page = render(snapshot(pool, history=lambda _: history))
@@ -135,3 +138,114 @@ def test_time_left_rounds_up_and_ages_say_ago():
     assert duration(7.1, up=True) == "8s"
     assert age(12.7) == "12s ago" and age(200) == "3m20s ago" and age(1800) == "30m ago"
     assert age(0.2) == "just now" and age(None) == "never"
+
+
+# -- what a newcomer misread (issue 11's user test) ----------------------------------------
+
+def backend_row(page: str) -> str:
+    return page.split('<tr class="state-')[1].split("</tr>")[0]
+
+
+def with_backend(policy: str = "latency", **row) -> dict:
+    snap = a_snapshot()
+    snap["pools"][0]["policy"] = policy
+    snap["pools"][0]["backends"][0].update(row)
+    return snap
+
+
+def test_latency_is_labelled_as_the_time_to_the_first_byte_everywhere_it_is_printed():
+    page = render(with_backend(latency=0.2))
+    assert "<th class=\"num\">Time to<br>first byte</th>" in page
+    assert 'data-label="Time to first byte"' in page          # the phone's label
+    assert ">Latency<" not in page and 'data-label="Latency"' not in page
+    assert "mean time to first byte in milliseconds" in page   # the chart's label
+    assert "<span>ms to 1st byte</span>" in page                # and its caption
+    assert "200 ms" in backend_row(page)
+
+
+def test_the_latency_policys_estimate_is_shown_under_that_policy_only_and_says_whose():
+    shown = visible_text(backend_row(render(with_backend("latency", latency=0.025,
+                                                        latency_estimate=0.765))))
+    assert "25.0 ms policy sees 765 ms" in shown
+    for policy in ("round_robin", "random", "ip_hash", "least_conn"):
+        shown = visible_text(backend_row(render(with_backend(policy, latency=0.025,
+                                                             latency_estimate=0.765))))
+        assert "25.0 ms" in shown and "765" not in shown and "policy sees" not in shown
+
+
+def test_an_ejected_backend_that_its_checks_found_down_shows_both():
+    row = {"state": "ejected", "ejection_left": 20.2,
+           "health_check": {"status": "down", "rise": 0, "passes_to_up": 2}}
+    assert state_text(row) == ("ejected 21s left · DOWN", "bad")
+    row["health_check"] = {"status": "down", "rise": 1, "passes_to_up": 1}
+    assert state_text(row) == ("ejected 21s left · DOWN 1/2", "bad")
+    row["health_check"] = {"status": "up", "fall": 0, "fails_to_down": 3}
+    assert state_text(row) == ("ejected 21s left", "bad")     # its checks pass: ejected only
+    page = render(with_backend(**{**row, "health_check": {
+        "status": "down", "rise": 0, "passes_to_up": 2, "last": "connection refused"}}))
+    assert "ejected 21s left · DOWN" in visible_text(backend_row(page))
+
+
+def test_the_changed_cell_says_what_it_has_been_for_how_long():
+    for state, extra, text in (
+            ("healthy", {}, "up for 55s"), ("ejected", {"ejection_left": 3.0}, "ejected for 55s"),
+            ("down", {}, "down for 55s"), ("probation", {}, "probation for 55s"),
+            ("slow_start", {"ramp": 0.5}, "slow start for 55s"),
+            ("draining", {"drain_left": 3.0}, "draining for 55s")):
+        shown = backend_row(render(with_backend(state=state, state_age=55.2, **extra)))
+        assert f'data-label="Changed">{text}</td>' in shown, (state, shown)
+
+
+def test_a_legend_explains_the_words_the_weight_the_ages_and_the_charts_without_script():
+    page = render(a_snapshot())
+    legend = page[page.index("<details"):page.index("</details>")]
+    assert "<summary>" in legend and "<script" not in legend.lower()
+    text = re.sub(r"<[^>]+>", " ", legend)
+    for words in ("UP 1/3 failing", "DOWN 1/2", "probation", "slow start 35%",
+                  "draining, 12s left", "ejected 8s left", "Tier", "0.53 of 1", "Changed",
+                  "up for 55s", "since it joined", "Time to first byte", "policy sees",
+                  "req/s", "failures", "ms to 1st byte", "so far"):
+        assert words in html.unescape(text), words
+    assert page.index("<details") > page.rindex("</section>")   # under the pools
+
+
+def history_of_samples(count: int, **rate) -> dict:
+    """A backend's history after ``count`` samples 5 s apart (one value fewer)."""
+    values = [float(rate.get("requests", 2.0))] * max(count - 1, 0)
+    return {"interval": 5.0, "requests_per_second": values,
+            "failures_per_second": [0.0] * len(values), "latency_ms": [12.0] * len(values)}
+
+
+def spark_points(row: str, css: str) -> list[tuple[float, float]]:
+    found = re.search(rf'<polyline class="{css}" points="([^"]+)"', row)
+    assert found, row
+    return [tuple(map(float, point.split(","))) for point in found.group(1).split()]
+
+
+def test_charts_say_collecting_before_two_samples_and_span_their_width_from_two_on():
+    for count in (0, 1):
+        shown = backend_row(render(with_backend(history=history_of_samples(count))))
+        assert "collecting" in shown and "<svg" not in shown
+    for count, so_far in ((2, "5s"), (3, "10s"), (13, "1m")):
+        shown = backend_row(render(with_backend(history=history_of_samples(count))))
+        width = float(re.search(r'viewBox="0 0 ([\d.]+) ', shown).group(1))
+        for css in ("req", "lat"):
+            xs = [x for x, _ in spark_points(shown, css)]
+            assert xs[0] == 0 and xs[-1] == width, (count, css, xs)   # across the chart
+        assert f"{so_far} so far" in shown
+    full = backend_row(render(with_backend(history=history_of_samples(121))))
+    assert "so far" not in full and spark_points(full, "req")[-1][0] == 119
+
+
+def test_docs_status_md_names_every_column_of_the_page_as_the_page_does():
+    doc = (pathlib.Path(__file__).resolve().parents[2] / "docs" / "status.md").read_text(
+        encoding="utf-8")
+    table = doc[doc.index("| column | what it shows |"):]
+    table = table[:table.index("\n\n")]
+    named = {name.strip() for line in table.splitlines()[2:]
+             for name in line.split("|")[1].split(",")}
+    page = render(a_snapshot())
+    heads = {visible_text(head) for head in re.findall(r"<th[^>]*>(.*?)</th>",
+                                                       page.split('class="backends"')[1])}
+    assert heads == named
+    assert "response's head" in doc and "`policy sees`" in doc and "so far`" in doc
