@@ -18,6 +18,7 @@ answering each request with one write, keep-alive; each block is bounded in coun
 time. Exits 1 when an overhead target is missed.
 
 Run: python benchmarks/bench_httpx.py [--requests N] [--rounds R] [--concurrency C]
+[--only sync|async|others ...]
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from lbmiddleware.transport import (  # noqa: E402
 )
 
 TARGET_RATIO = 0.95
+PARTS = ("sync", "async", "others")
 BLOCK_TIME_LIMIT = 60.0         # seconds: a block that takes longer aborts the run
 VHOST = "http://svc/"
 
@@ -186,48 +188,69 @@ def overhead_verdict(label: str, rates: dict[str, list[float]], plain: str,
     return passed
 
 
-def overhead(requests_: int, rounds: int, block: int, concurrency: int) -> bool:
+def overhead(requests_: int, rounds: int, block: int, concurrency: int,
+             parts: set[str]) -> bool:
+    passed = True
+    if not parts & {"sync", "async"}:
+        return passed
     with Backends(1) as backends:
         direct = backends.urls[0] + "/"
-        plain = httpx.Client()
-        balanced = httpx.Client(transport=LoadBalancingTransport(backends.urls))
-        rates, cpu_us = alternate({"plain httpx.Client": sync_side(plain, [direct]),
-                                   "LoadBalancingTransport": sync_side(balanced, [VHOST])},
-                                  requests_, rounds, block)
-        report(f"1a. Sync overhead: {rounds} rounds x {requests_:,} requests per side "
-               f"(alternating blocks of {block}), one backend", rates, cpu_us)
-        passed = overhead_verdict("sync", rates, "plain httpx.Client", "LoadBalancingTransport")
-        plain.close()
-        balanced.close()
+        if "sync" in parts:
+            passed &= sync_overhead(backends.urls, direct, requests_, rounds, block)
+        if "async" in parts:
+            passed &= async_overhead(backends.urls, direct, requests_, rounds, block,
+                                     concurrency)
+    return passed
 
-        loop = LoopThread()
-        try:
-            async def clients() -> tuple[httpx.AsyncClient, httpx.AsyncClient]:
-                limits = httpx.Limits(max_connections=concurrency)
-                return (httpx.AsyncClient(limits=limits), httpx.AsyncClient(
-                    transport=AsyncLoadBalancingTransport(backends.urls, limits=limits)))
 
-            plain_async, balanced_async = loop.run(clients())
+def sync_overhead(urls: list[str], direct: str, requests_: int, rounds: int,
+                  block: int) -> bool:
+    plain = httpx.Client()
+    balanced = httpx.Client(transport=LoadBalancingTransport(urls))
+    rates, cpu_us = alternate({"plain httpx.Client": sync_side(plain, [direct]),
+                               "LoadBalancingTransport": sync_side(balanced, [VHOST])},
+                              requests_, rounds, block)
+    report(f"1a. Sync overhead: {rounds} rounds x {requests_:,} requests per side "
+           f"(alternating blocks of {block}), one backend", rates, cpu_us)
+    passed = overhead_verdict("sync", rates, "plain httpx.Client", "LoadBalancingTransport")
+    print()
+    plain.close()
+    balanced.close()
+    return passed
 
-            async def plain_get(url: str) -> int:
-                return (await plain_async.get(url)).status_code
 
-            async def balanced_get(url: str) -> int:
-                return (await balanced_async.get(url)).status_code
+def async_overhead(urls: list[str], direct: str, requests_: int, rounds: int, block: int,
+                   concurrency: int) -> bool:
+    loop = LoopThread()
+    try:
+        async def clients() -> tuple[httpx.AsyncClient, httpx.AsyncClient]:
+            limits = httpx.Limits(max_connections=concurrency)
+            return (httpx.AsyncClient(limits=limits), httpx.AsyncClient(
+                transport=AsyncLoadBalancingTransport(urls, limits=limits)))
 
-            rates, cpu_us = alternate(
-                {"plain httpx.AsyncClient": async_side(loop, plain_get, [direct], concurrency),
-                 "AsyncLoadBalancingTransport": async_side(loop, balanced_get, [VHOST],
-                                                           concurrency)},
-                requests_, rounds, block)
-            print()
-            report(f"1b. Async overhead: the same, {concurrency} tasks per side", rates, cpu_us)
-            passed &= overhead_verdict("async", rates, "plain httpx.AsyncClient",
-                                       "AsyncLoadBalancingTransport")
-            loop.run(plain_async.aclose())
-            loop.run(balanced_async.aclose())
-        finally:
-            loop.stop()
+        plain_async, balanced_async = loop.run(clients())
+
+        async def plain_get(url: str) -> int:
+            return (await plain_async.get(url)).status_code
+
+        async def balanced_get(url: str) -> int:
+            return (await balanced_async.get(url)).status_code
+
+        rates, cpu_us = alternate(
+            {"plain httpx.AsyncClient": async_side(loop, plain_get, [direct], concurrency),
+             "AsyncLoadBalancingTransport": async_side(loop, balanced_get, [VHOST],
+                                                       concurrency)},
+            requests_, rounds, block)
+        report(f"1b. Async overhead: {rounds} rounds x {requests_:,} requests per side "
+               f"(alternating blocks of {block}), one backend, {concurrency} tasks per side",
+               rates, cpu_us)
+        passed = overhead_verdict("async", rates, "plain httpx.AsyncClient",
+                                  "AsyncLoadBalancingTransport")
+        print()
+        loop.run(plain_async.aclose())
+        loop.run(balanced_async.aclose())
+    finally:
+        loop.stop()
     return passed
 
 
@@ -278,10 +301,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5, help="rounds")
     parser.add_argument("--block", type=int, default=500, help="requests per alternating block")
     parser.add_argument("--concurrency", type=int, default=16, help="tasks or threads")
+    parser.add_argument("--only", action="append", choices=PARTS,
+                        help="run this part only (repeatable): sync (1a), async (1b), "
+                             "others (2); all by default")
     args = parser.parse_args(argv)
-    passed = overhead(args.requests, args.rounds, args.block, args.concurrency)
-    print()
-    beside_the_others(args.requests, args.rounds, args.block, args.concurrency)
+    parts = set(args.only or PARTS)
+    passed = overhead(args.requests, args.rounds, args.block, args.concurrency, parts)
+    if "others" in parts:
+        beside_the_others(args.requests, args.rounds, args.block, args.concurrency)
     return 0 if passed else 1
 
 

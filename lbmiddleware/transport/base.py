@@ -74,32 +74,33 @@ class TransportOptions:
 
 class Plan:
     """One request as every attempt sends it, worked out once: its sticky key, whether
-    its body can be sent again and its size, the timeouts and the headers' ``Host``
-    rule."""
+    its body can be sent again and its size, the timeouts, and where the backend's
+    ``Host`` goes (``host_at``: :func:`~.outgoing.find_host`'s position, or None when the
+    request keeps its own)."""
 
-    __slots__ = ("request", "key", "replayable", "size", "extensions", "headers", "own_host")
+    __slots__ = ("request", "key", "replayable", "size", "extensions", "host_at")
 
     def __init__(self, request: httpx.Request, key: str | None, extensions: dict[str, Any],
-                 own_host: bool) -> None:
+                 host_at: int | None) -> None:
         self.request = request
         self.key = key
         try:
-            size = len(request.content)     # a body httpx holds in memory: sent again as is
+            self.size = len(request.content)    # a body httpx holds: sent again as is
             self.replayable = True
-        except httpx.RequestNotRead:        # a generator, a file: read once
-            size, self.replayable = 0, False
-        self.size = size
+        except httpx.RequestNotRead:            # a generator, a file: read once
+            self.size, self.replayable = 0, False
         self.extensions = extensions
-        self.headers = request.headers
-        self.own_host = own_host            # keep the request's Host (preserve_host, or its own)
+        self.host_at = host_at
 
     def upstream(self, target: Target[Any]) -> httpx.Request:
         """The request as ``target``'s backend gets it: its URL with the base path, its
         ``Host`` unless the request keeps its own, its TLS name."""
         caller = self.request
+        headers = caller.headers
+        if self.host_at is not None:
+            headers = outgoing.place_host(headers, self.host_at, target.host)
         return outgoing.request(
-            caller.method, outgoing.backend_url(target.url, caller.url),
-            self.headers if self.own_host else outgoing.with_host(self.headers, target.host),
+            caller.method, outgoing.backend_url(target.url, caller.url), headers,
             caller.stream,
             {**self.extensions, **target.extensions} if target.extensions else self.extensions)
 
@@ -210,25 +211,24 @@ class LoadBalancing(Generic[T]):
     def _plan(self, request: httpx.Request) -> Plan:
         """What every attempt of ``request`` shares (see :class:`Plan`)."""
         key = self.request_key(request) if self._keyed else None
-        host = request.headers.get("Host")
-        if self.settings.preserve_host:
-            own_host = host is not None
-        else:       # httpx always sends the URL's host: one of its own is another value
-            own_host = host is not None and host != request.url.netloc.decode("ascii")
-        return Plan(request, key, self._extensions(request.extensions), own_host)
-
-    def _extensions(self, extensions: dict[str, Any]) -> dict[str, Any]:
-        """The request's extensions with each attempt's connect and read timeouts bounded
-        by the settings (``connect_timeout``, ``read_timeout``): the request's own when
-        shorter (httpx's ``Timeout``), else the settings'."""
+        host, position = outgoing.find_host(request.headers)
+        # The request keeps its own Host with preserve_host, or when it set another than
+        # its URL's (httpx always sends the URL's); without one it gets the backend's.
+        host_at: int | None = position
+        if host is not None and (self.settings.preserve_host or position == outgoing.SEVERAL
+                                 or host != request.url.netloc):
+            host_at = None
+        # Each attempt's connect and read timeouts are the request's (httpx's Timeout) when
+        # shorter than the settings (connect_timeout, read_timeout), else the settings'.
+        extensions = request.extensions
         given: _Timeouts = extensions.get("timeout") or {}
         connect, read = given.get("connect"), given.get("read")
-        if connect is not None and connect <= self._connect_timeout \
-                and read is not None and read <= self._read_timeout:
-            return extensions
-        bounded = {**given, "connect": _bounded(connect, self._connect_timeout),
-                   "read": _bounded(read, self._read_timeout)}
-        return {**extensions, "timeout": bounded}
+        if connect is None or connect > self._connect_timeout \
+                or read is None or read > self._read_timeout:
+            extensions = {**extensions, "timeout": {
+                **given, "connect": _bounded(connect, self._connect_timeout),
+                "read": _bounded(read, self._read_timeout)}}
+        return Plan(request, key, extensions, host_at)
 
     # -- the inner transports ---------------------------------------------------------------
 

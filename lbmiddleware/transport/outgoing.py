@@ -5,17 +5,20 @@ httpx parses and validates every URL and header it builds, yet everything here w
 already: the backend's URL once per backend, the caller's URL and headers by the client.
 Building the attempt's request through httpx's public constructors took about 15 us (a URL
 parsed from text, headers copied and searched twice), as much as the rest of the
-transport; :func:`backend_url` and :func:`with_host` join the parsed forms instead (httpx's
-``ParseResult``, a named tuple, and the headers' list of ``(name, lower-case name,
-value)``), each falling back to the public way where an httpx version keeps them
-otherwise. tests/transport/test_outgoing.py checks that both ways give the same result.
+transport; :func:`backend_url`, :func:`find_host` (the caller's ``Host`` and where it is,
+once per request) and :func:`place_host` (the backend's there, per attempt) work on the
+parsed forms instead (httpx's ``ParseResult``, a named tuple, and the headers' list of
+``(name, lower-case name, value)``), each falling back to the public way where an httpx
+version keeps them otherwise. tests/transport/test_outgoing.py checks that both ways give
+the same result.
 """
 
 from __future__ import annotations
 
 import httpx
 
-__all__ = ["backend_url", "joined_url", "with_host", "replaced_host", "request", "new_request"]
+__all__ = ["backend_url", "joined_url", "find_host", "host_position", "place_host", "placed_host",
+           "replaced_host", "SEVERAL", "request", "new_request"]
 
 
 # -- the URL --------------------------------------------------------------------------------------
@@ -27,16 +30,45 @@ def joined_url(base: httpx.URL, request_url: httpx.URL) -> httpx.URL:
 
 
 def _joined_parsed(base: httpx.URL, request_url: httpx.URL) -> httpx.URL:
-    """:func:`joined_url` from the parsed forms: both halves are valid already."""
+    """:func:`joined_url` from the parsed forms: both halves are valid already. (The named
+    tuple is made with ``tuple.__new__``, a third of ``_replace``'s time.)"""
     asked = request_url._uri_reference
     own = base._uri_reference
     url = object.__new__(httpx.URL)
-    url._uri_reference = own._replace(path=own.path + (asked.path or "/"), query=asked.query,
-                                      fragment=None)
+    url._uri_reference = tuple.__new__(type(own), (
+        own.scheme, own.userinfo, own.host, own.port, own.path + (asked.path or "/"),
+        asked.query, None))
     return url
 
 
 # -- the headers ----------------------------------------------------------------------------------
+
+#: :func:`find_host`'s position when the request has several ``Host`` headers.
+SEVERAL = -2
+
+
+def host_position(headers: httpx.Headers) -> tuple[bytes | None, int]:
+    """The request's ``Host`` as it is sent (several joined by ", ", as ``headers.get``
+    joins them; None without one) and its position among the headers (-1 without one,
+    :data:`SEVERAL`): the public way."""
+    positions = [i for i, (name, _) in enumerate(headers.raw) if name.lower() == b"host"]
+    if not positions:
+        return None, -1
+    value = b", ".join(headers.raw[i][1] for i in positions)
+    return value, positions[0] if len(positions) == 1 else SEVERAL
+
+
+def _host_position_parsed(headers: httpx.Headers) -> tuple[bytes | None, int]:
+    """:func:`host_position` on the headers' list (a lower-case name each)."""
+    found, position = None, -1
+    for index, (_, lower, value) in enumerate(headers._list):
+        if lower == b"host":
+            if found is None:
+                found, position = value, index
+            else:
+                found, position = found + b", " + value, SEVERAL
+    return found, position
+
 
 def replaced_host(headers: httpx.Headers, host: str) -> httpx.Headers:
     """A copy of ``headers`` whose ``Host`` is ``host``: the public way."""
@@ -59,6 +91,28 @@ def _replaced_host_parsed(headers: httpx.Headers, host: str) -> httpx.Headers:
             replaced = True
     if not replaced:
         items.append((b"Host", b"host", value))
+    copy = object.__new__(httpx.Headers)
+    copy._list = items
+    copy._encoding = headers._encoding
+    return copy
+
+
+def placed_host(headers: httpx.Headers, position: int, host: str) -> httpx.Headers:
+    """:func:`replaced_host`, told where the ``Host`` is (:func:`find_host`'s position):
+    the public way, which does not need to be told."""
+    return replaced_host(headers, host)
+
+
+def _placed_host_parsed(headers: httpx.Headers, position: int, host: str) -> httpx.Headers:
+    """:func:`placed_host` on the headers' list: the one ``Host`` replaced where it is (a
+    copy of the list), or added last."""
+    if position == SEVERAL:
+        return _replaced_host_parsed(headers, host)
+    items = headers._list.copy()
+    if position < 0:
+        items.append((b"Host", b"host", host.encode("ascii")))
+    else:
+        items[position] = (b"Host", b"host", host.encode("ascii"))
     copy = object.__new__(httpx.Headers)
     copy._list = items
     copy._encoding = headers._encoding
@@ -115,7 +169,10 @@ def _probe() -> tuple[bool, bool, bool]:
         urls = False
     try:
         hosts = _same(_replaced_host_parsed(headers, "a:1").raw,
-                      replaced_host(headers, "a:1").raw)
+                      replaced_host(headers, "a:1").raw) \
+            and _same(_host_position_parsed(headers), host_position(headers)) \
+            and _same(_placed_host_parsed(headers, 1, "a:1").raw,
+                      placed_host(headers, 1, "a:1").raw)
     except (AttributeError, TypeError):
         hosts = False
     return urls, hosts, requests
@@ -126,9 +183,12 @@ _FAST_URLS, _FAST_HOSTS, _FAST_REQUESTS = _probe()
 #: ``backend_url(base, request_url)``: :func:`joined_url`, from the parsed forms when the
 #: installed httpx allows it.
 backend_url = _joined_parsed if _FAST_URLS else joined_url
-#: ``with_host(headers, host)``: :func:`replaced_host`, on the headers' list when the
+#: ``find_host(headers)``: :func:`host_position`, read from the headers' list when the
 #: installed httpx allows it.
-with_host = _replaced_host_parsed if _FAST_HOSTS else replaced_host
+find_host = _host_position_parsed if _FAST_HOSTS else host_position
+#: ``place_host(headers, position, host)``: :func:`placed_host`, on the headers' list when
+#: the installed httpx allows it.
+place_host = _placed_host_parsed if _FAST_HOSTS else placed_host
 #: ``request(method, url, headers, stream, extensions)``: :func:`new_request`, its
 #: attributes set directly when the installed httpx's requests hold just these.
 request = _new_request_set if _FAST_REQUESTS else new_request

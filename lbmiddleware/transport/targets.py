@@ -49,7 +49,7 @@ class Target(Generic[T]):
     requests not yet ended (a response counts until its body is closed)."""
 
     __slots__ = ("backend", "transport", "url", "host", "extensions", "in_flight", "leaving",
-                 "_targets")
+                 "_targets", "_lock")
 
     def __init__(self, targets: Targets[T], backend: Backend, transport: T) -> None:
         self.backend = backend
@@ -63,11 +63,16 @@ class Target(Generic[T]):
         self.in_flight = 0
         self.leaving = False
         self._targets = targets
+        self._lock = targets._lock
 
     def release(self) -> T | None:
         """One request on it ended: the transport to close now (it left, and this was its
         last request), else None."""
-        return self._targets._release(self)
+        with self._lock:
+            self.in_flight -= 1
+            if self.leaving and self.in_flight == 0:
+                return self.transport
+        return None
 
     def close_later(self, transport: T) -> None:
         """Have the owner close ``transport`` (where the caller cannot: a cancelled task)."""
@@ -92,6 +97,16 @@ class Targets(Generic[T]):
         context made once by the owner), and again when the backend's server name changed
         (a DNS source's name: the old connections must not serve the new one, and close
         once their requests end)."""
+        with self._lock:
+            target = self._by_url.get(backend.url)
+            if target is not None and (target.backend is backend
+                                       or target.backend.server_name == backend.server_name):
+                target.in_flight += 1
+                return target
+        return self._new(backend)
+
+    def _new(self, backend: Backend) -> Target[T]:
+        """:meth:`acquire` of a backend without a target, or whose server name changed."""
         closing = []
         with self._lock:
             target = self._by_url.get(backend.url)
@@ -112,13 +127,6 @@ class Targets(Generic[T]):
         if closing:
             self.close_later(closing)
         return target
-
-    def _release(self, target: Target[T]) -> T | None:
-        with self._lock:
-            target.in_flight -= 1
-            if target.leaving and target.in_flight == 0:
-                return target.transport
-        return None
 
     def depart(self, urls: Iterable[str]) -> list[T]:
         """The backends of ``urls`` left the pool: forget their targets; returns the

@@ -36,12 +36,15 @@ def test_the_backend_url_is_the_one_parsed_from_text(base, target):
     assert fast.raw_path.startswith(backend.raw_path.rstrip(b"/") + b"/")
 
 
-@pytest.mark.parametrize("headers", [
+HEADERS = [
     [("Host", "svc"), ("Accept", "*/*")],
     [("Accept", "*/*"), ("host", "svc:8080"), ("X-A", "1")],
     [("Accept", "*/*")],
     [("Host", "a"), ("X", "1"), ("HOST", "b")],
-])
+]
+
+
+@pytest.mark.parametrize("headers", HEADERS)
 def test_the_host_is_replaced_as_setting_it_would(headers):
     given = httpx.Headers(headers)
     fast = outgoing._replaced_host_parsed(given, "backend.example:8001")
@@ -50,6 +53,28 @@ def test_the_host_is_replaced_as_setting_it_would(headers):
     assert given.raw == httpx.Headers(headers).raw          # the caller's are untouched
     fast["X-Later"] = "works"                               # a usable Headers
     assert fast["x-later"] == "works"
+
+
+@pytest.mark.parametrize("headers", HEADERS)
+def test_the_host_is_found_as_get_finds_it_and_where_it_is(headers):
+    given = httpx.Headers(headers)
+    value, position = outgoing._host_position_parsed(given)
+    assert (value, position) == outgoing.host_position(given)
+    assert value == (given["Host"].encode("ascii") if "Host" in given else None)
+    names = [name.lower() for name, _ in given.raw]
+    expected = {0: -1, 1: names.index(b"host") if b"host" in names else -1}
+    assert position == expected.get(names.count(b"host"), outgoing.SEVERAL)
+
+
+@pytest.mark.parametrize("headers", HEADERS)
+def test_the_host_is_placed_where_it_was_found_as_setting_it_would(headers):
+    given = httpx.Headers(headers)
+    _, position = outgoing.find_host(given)
+    fast = outgoing._placed_host_parsed(given, position, "backend.example:8001")
+    public = outgoing.placed_host(given, position, "backend.example:8001")
+    assert fast.raw == public.raw == outgoing.replaced_host(given, "backend.example:8001").raw
+    assert fast.encoding == public.encoding
+    assert given.raw == httpx.Headers(headers).raw          # the caller's are untouched
 
 
 def test_the_request_is_the_one_the_constructor_builds():
