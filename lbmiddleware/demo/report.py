@@ -16,6 +16,7 @@ from typing import Any
 
 from .charts import latency_histogram, share_chart
 from .glossary import WHAT_TO_SEE, explained
+from .notes import chart_notes, gateway_view, table_notes
 from .results import PolicyResult, Sample
 
 __all__ = ["render_report", "write_report", "colours_for", "NO_ANSWER"]
@@ -50,6 +51,8 @@ table{border-collapse:collapse;margin:.6em 0;font-variant-numeric:tabular-nums}
 th,td{padding:3px 10px;text-align:right;border-bottom:1px solid #e3e6eb}
 th:first-child,td:first-child{text-align:left}
 .swatch{display:inline-block;width:.8em;height:.8em;border-radius:2px;margin-right:.4em}
+.note{font-size:13px;background:#fff7e0;border-left:3px solid #e9a23b;padding:4px 8px;
+margin:6px 0}
 .see{font-style:italic}.ok{color:#1b7a43}.bad{color:#b00020}
 """
 
@@ -94,7 +97,8 @@ def _ms(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds * 1000:.1f}"
 
 
-def _policy_section(result: PolicyResult, low: float, high: float) -> str:
+def _policy_section(result: PolicyResult, low: float, high: float,
+                    settings: Mapping[str, Any]) -> str:
     names = _names(result)
     colours = colours_for(names)
     policy = escape(result.policy)
@@ -122,12 +126,15 @@ def _policy_section(result: PolicyResult, low: float, high: float) -> str:
         f"</span>{escape(row.name)}</td>"
         f"<td>{100 * row.served / max(result.requests, 1):.1f}%</td><td>{row.served}</td>"
         f"<td>{_ms(row.p50)}</td><td>{_ms(row.p99)}</td><td>{row.failures}</td>"
-        f"<td>{row.ejections}</td><td>{escape(row.state)}</td></tr>"
+        f"<td>{row.ejections}</td><td>{escape(gateway_view(row))}</td></tr>"
         for row in result.rows)
     errors = ('<span class="ok">no errors</span>' if not result.errors else
               f'<span class="bad">{result.errors} errors</span> ('
               + escape(", ".join(f"{k}: {v}" for k, v in sorted(result.error_kinds.items())))
               + ")")
+    under_chart, under_table = ("".join(f'<p class="note">{escape(note)}.</p>' for note in said)
+                                for said in (chart_notes(result, settings),
+                                             table_notes(result, settings)))
     sticky = ""
     if result.sticky is not None:
         kept, steady, moved = result.sticky
@@ -142,7 +149,7 @@ Shares before the kill: {escape(_shares(before, names))};
 after: {escape(_shares(after, names))}.</p>
 <div class="charts">
 <figure>{share}<figcaption>Who answered: each column is {bucket:.2f} s of the run, split by the
-backends' shares of the answers in it.{kill_text}</figcaption></figure>
+backends' shares of the answers in it.{kill_text}</figcaption>{under_chart}</figure>
 <figure>{histogram}<figcaption>How long the clients waited: the share of requests per latency
 range, coloured by the backend that answered; the dashed lines are the p50 and the p99.
 </figcaption></figure>
@@ -151,7 +158,7 @@ range, coloured by the backend that answered; the dashed lines are the p50 and t
 <th>p50 ms</th><th>p99 ms</th>
 <th>failed attempts</th><th>ejections</th><th>gateway's view at the end</th></tr></thead>
 <tbody>{rows}</tbody></table></div>
-{sticky}</section>
+{under_table}{sticky}</section>
 """
 
 
@@ -184,7 +191,7 @@ def render_report(results: Sequence[PolicyResult], setup: Sequence[tuple[str, st
                          for label, text in setup)
     words = "".join(f"<dt>{escape(term)}</dt><dd>{escape(line)}</dd>"
                     for term, line in explained(settings))
-    sections = "".join(_policy_section(r, low, high) for r in results)
+    sections = "".join(_policy_section(r, low, high, settings) for r in results)
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>

@@ -27,7 +27,8 @@ class BackendRow:
     p99: float | None
     failures: int                # failed attempts seen by the gateway
     ejections: int
-    state: str
+    state: str                   # the gateway's at the end: healthy, ejected, probation...
+    killed: bool = False         # the backend killed halfway
 
 
 @dataclasses.dataclass
@@ -47,6 +48,8 @@ class PolicyResult:
     error_kinds: dict[str, int] = dataclasses.field(default_factory=dict)   # "HTTP 502": 3
     samples: list[Sample] = dataclasses.field(default_factory=list, repr=False)  # the report's
     killed_at: float | None = None               # seconds into the run (the report's marker)
+    # backend name -> seconds into the run of each of its ejections, the kill's included
+    ejected_at: dict[str, list[float]] = dataclasses.field(default_factory=dict)
 
 
 def error_kinds(errors: list[Sample]) -> dict[str, int]:

@@ -28,13 +28,15 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
 from ..core.balancer import Balancer
+from ..core.events import BackendEjected, Event
 from ..core.settings import POLICIES, POLICY_ALIASES
 from .client import REQUEST_TIMEOUT, read_response
 from .glossary import BACKENDS_EXPLAINED, WHAT_TO_SEE, terminal_lines, wrapped
+from .notes import chart_notes, gateway_view, table_notes
 from .processes import STARTUP_TIMEOUT, BackendProcess
 from .report import write_report
 from .results import BackendRow, PolicyResult, Sample, error_kinds, percentile
@@ -218,6 +220,14 @@ def run_policy(policy: str, steady: Sequence[BackendProcess], requests: int, con
         backends = [*steady, flaky]
         balancer = Balancer([b.url for b in backends], policy=policy,
                             **{k: v for k, v in DEMO_SETTINGS.items() if k in BALANCER_SETTINGS})
+        ejected: list[tuple[str, float]] = []       # (url, the balancer's timer reading)
+
+        def listen(event: Event) -> None:
+            # (when it happened, not when it was delivered: a report made off the lock is
+            # delivered with a later call)
+            if isinstance(event, BackendEjected):
+                ejected.append((event.backend.url, event.until - event.duration))
+        balancer.subscribe(listen)
         gateway = Gateway(balancer, **{k: v for k, v in DEMO_SETTINGS.items()
                                        if k not in BALANCER_SETTINGS}).start()
         run = _Run(requests, kill_at=requests // 2, kill=flaky.kill, seconds=seconds)
@@ -233,12 +243,18 @@ def run_policy(policy: str, steady: Sequence[BackendProcess], requests: int, con
         flaky.stop()
     samples = run.samples
     rows = []
+    names = {}
     for backend in backends:
         mine = [s.latency for s in samples if s.backend == backend.name and s.status < 500]
-        row = stats[balancer.settings.backends[backends.index(backend)].url]
-        state = ("killed, " if backend is flaky else "") + row["state"]
+        url = balancer.settings.backends[backends.index(backend)].url
+        names[url] = backend.name
+        row = stats[url]
         rows.append(BackendRow(backend.name, len(mine), percentile(mine, 0.5),
-                               percentile(mine, 0.99), row["failures"], row["ejections"], state))
+                               percentile(mine, 0.99), row["failures"], row["ejections"],
+                               row["state"], killed=backend is flaky))
+    ejected_at: dict[str, list[float]] = {}
+    for url, reading in ejected:        # (the balancer's timer is time.monotonic, as the run's)
+        ejected_at.setdefault(names[url], []).append(reading - run.started)
     errors = [s for s in samples if not 200 <= s.status < 400]
     after = [s for s in samples if s.after_kill]
     latencies = [s.latency for s in samples]
@@ -248,7 +264,8 @@ def run_policy(policy: str, steady: Sequence[BackendProcess], requests: int, con
         p50=percentile(latencies, 0.5), p99=percentile(latencies, 0.99), rows=rows,
         sticky=_sticky(samples, _homes(backends), flaky.name) if policy == "ip_hash" else None,
         urls=(f"http://127.0.0.1:{gateway.port}", *(b.url for b in backends)),
-        error_kinds=error_kinds(errors), samples=samples, killed_at=run.killed_at)
+        error_kinds=error_kinds(errors), samples=samples, killed_at=run.killed_at,
+        ejected_at=ejected_at)
 
 
 # -- output ----------------------------------------------------------------------------------
@@ -259,8 +276,8 @@ def _ms(seconds: float | None) -> str:
 
 
 
-def format_policy(result: PolicyResult) -> str:
-    """The table of one policy run."""
+def format_policy(result: PolicyResult, settings: Mapping[str, Any] = DEMO_SETTINGS) -> str:
+    """The table of one policy run, and the notes on what would puzzle a newcomer in it."""
     rate = result.requests / result.seconds if result.seconds else 0.0
     lines = [
         f"{result.policy}: {result.requests} GET requests in {result.seconds:.1f} s "
@@ -276,12 +293,15 @@ def format_policy(result: PolicyResult) -> str:
     for row in result.rows:
         share = 100.0 * row.served / result.requests if result.requests else 0.0
         lines.append(f"  {row.name:<8}{share:>6.1f}%{row.served:>8}{_ms(row.p50):>8}"
-                     f"{_ms(row.p99):>8}{row.failures:>8}{row.ejections:>9}  {row.state}")
+                     f"{_ms(row.p99):>8}{row.failures:>8}{row.ejections:>9}  "
+                     f"{gateway_view(row)}")
     lines.append(f"  {'all':<8}{'':>7}{result.requests:>8}{_ms(result.p50):>8}{_ms(result.p99):>8}")
     if result.sticky is not None:
         kept, steady, moved = result.sticky
         lines.append(f"  sticky: {kept} of {steady} clients of fast and slow stayed on their "
                      f"backend throughout; flaky's {moved} clients moved when it failed")
+    lines.extend(wrapped("note", note + ".", 6)
+                 for note in chart_notes(result, settings) + table_notes(result, settings))
     return "\n".join(lines)
 
 

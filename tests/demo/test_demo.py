@@ -19,6 +19,7 @@ import lbmiddleware
 from lbmiddleware.demo import runner as demo
 from lbmiddleware.demo.backends import FLAKY_FAILURE_RATE, SLOW_DELAY
 from lbmiddleware.demo.glossary import explained
+from lbmiddleware.demo.notes import gateway_view
 
 from .helpers import ROOT, children, refused
 
@@ -34,6 +35,12 @@ def _command(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=ROOT)
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env,
                           timeout=60, cwd=ROOT)
+
+
+def format_policy_of(text: str, policy: str) -> str:
+    """The table a run printed for ``policy``, its notes included, as one line."""
+    table = text.split(f"\n{policy}: ", 1)[1].split("\n\n", 1)[0]
+    return " ".join(table.split())
 
 
 def test_every_policy_gets_a_table_and_clients_see_no_get_errors_after_the_kill(tmp_path):
@@ -55,7 +62,22 @@ def test_every_policy_gets_a_table_and_clients_see_no_get_errors_after_the_kill(
     by_policy = {r.policy: r for r in results}
     flaky = by_policy["round_robin"].rows[2]
     assert flaky.failures >= 3 and flaky.ejections >= 1      # the kill ejected it
-    assert flaky.state.startswith("killed, ")
+    assert flaky.killed and gateway_view(flaky).startswith("killed, ")
+    assert not any(row.killed for result in results for row in result.rows[:2])
+    # Each ejection is recorded when it happened, in seconds into the run (the notes' times),
+    # and one before the kill is said under the table.
+    for result in results:
+        for row in result.rows:
+            times = result.ejected_at.get(row.name, [])
+            assert len(times) == row.ejections, (result.policy, row.name, times)
+            assert all(0 < at < result.seconds + 1 for at in times), times
+        early = any(at < result.killed_at for at in result.ejected_at.get("flaky", []))
+        table = format_policy_of(text, result.policy)
+        assert ("flaky was ejected before the kill" in table) == early, table
+        # a killed backend still healthy to the gateway says why (the latency run's, often)
+        still_healthy = result.rows[2].state == "healthy"
+        assert ("flaky was killed but" in table) == still_healthy, table
+        assert ("killed, still healthy" in table) == still_healthy, table
     kept, steady, moved = by_policy["ip_hash"].sticky
     assert steady > 0 and moved > 0 and kept == steady        # only flaky's clients moved
     assert "clients of fast and slow stayed on their backend" in text

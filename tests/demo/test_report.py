@@ -12,7 +12,7 @@ from lbmiddleware.demo import report
 from lbmiddleware.demo.charts import LEFT
 from lbmiddleware.demo.glossary import explained
 from lbmiddleware.demo.results import BackendRow, PolicyResult, Sample, percentile
-from lbmiddleware.demo.runner import DEMO_SETTINGS
+from lbmiddleware.demo.runner import DEMO_SETTINGS, format_policy
 
 SVG = "{http://www.w3.org/2000/svg}"
 SETUP = [("backends", "fast http://127.0.0.1:1, slow http://127.0.0.1:2")]
@@ -160,3 +160,42 @@ def test_write_report_makes_its_folder_and_returns_the_absolute_path(tmp_path, m
     assert path == str(tmp_path / "out" / "demo.html")
     with open(path, encoding="utf-8") as file:
         assert file.read() == report.render_report([_result()], SETUP, DEMO_SETTINGS)
+
+
+# -- what puzzled a newcomer: a share at 0 before the kill, a dead backend "healthy" -------
+
+def _section_text(result: PolicyResult) -> str:
+    [section] = _sections(_document([result])).values()
+    return " ".join("".join(section.itertext()).split())
+
+
+def test_an_ejection_before_the_kill_is_explained_under_the_share_chart():
+    result = _result("random", kill_at=1.0)
+    result.ejected_at = {"flaky": [0.42, 0.81, 1.05]}     # two of its own, then the kill's
+    text = _section_text(result)
+    assert ("flaky was ejected before the kill (0.42 s and 0.81 s into the run): 20% of its "
+            "requests fail, and 3 failures in a row eject a backend, so its share falls to 0 "
+            "for a while") in text
+    [section] = _sections(_document([result])).values()
+    figure = next(section.iter("figure"))
+    assert "ejected before the kill" in "".join(figure.itertext())   # under the chart itself
+    result.ejected_at = {"flaky": [1.05]}                  # the kill's only: nothing to explain
+    assert "was ejected before the kill" not in _section_text(result)
+
+
+def test_a_killed_backend_the_gateway_still_counts_healthy_is_explained():
+    result = _result("latency", kill_at=1.0)
+    result.rows[2] = BackendRow("flaky", 0, None, None, 1, 0, "healthy", killed=True)
+    text = _section_text(result)
+    assert "killed, still healthy" in text and "killed, healthy" not in text
+    note = ("flaky was killed but never ejected: the latency policy stopped sending to it "
+            "after a failure (a failure counts as a 5 s sample), before it failed 3 times in "
+            "a row, so the gateway never learned it was dead; active health checks "
+            "(LB_HEALTH_CHECK) would have marked it DOWN")
+    assert note in text
+    terminal = " ".join(format_policy(result).split())
+    assert "killed, still healthy" in terminal and note in terminal
+    result = _result("round_robin", kill_at=1.0)
+    result.rows[2] = BackendRow("flaky", 10, None, None, 5, 1, "ejected", killed=True)
+    assert "killed, ejected" in _section_text(result)
+    assert "never ejected" not in _section_text(result) + format_policy(result)
