@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import json
 import os
 import random
@@ -32,11 +33,13 @@ import sys
 import threading
 from collections.abc import Awaitable, Callable, Sequence
 
-__all__ = ["PERSONALITIES", "SLOW_DELAY", "FLAKY_FAILURE_RATE", "serve", "main"]
+__all__ = ["PERSONALITIES", "SLOW_DELAY", "FLAKY_FAILURE_RATE", "PORT_IN_USE", "serve", "main"]
 
 SLOW_DELAY = 0.020            # seconds the slow backend waits before answering
 FLAKY_FAILURE_RATE = 0.2      # share of the flaky backend's requests that fail
 PERSONALITIES = ("fast", "slow", "flaky")
+#: The exit code of ``main`` when its port is taken, so the demo can tell that from others.
+PORT_IN_USE = 3
 _MAX_HEAD = 64 * 1024
 
 
@@ -194,7 +197,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             threading.Thread(target=watch_stdin, daemon=True).start()
         await serve(args.names, port=args.port, seed=args.seed, ready=ready, stop=stop)
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        print(f"demo backend {' '.join(args.names)}: port {args.port} on 127.0.0.1 is in use",
+              file=sys.stderr)
+        return PORT_IN_USE
     return 0
 
 

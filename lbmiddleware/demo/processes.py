@@ -26,7 +26,9 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import IO, Any
 
-__all__ = ["STARTUP_TIMEOUT", "BackendProcess", "GatewayProcess", "child_environ"]
+from .backends import PORT_IN_USE
+
+__all__ = ["STARTUP_TIMEOUT", "BackendProcess", "GatewayProcess", "PortInUse", "child_environ"]
 
 STARTUP_TIMEOUT = 15.0           # seconds: backends and gateway must be listening by then
 STOP_TIMEOUT = 10.0              # seconds a child has to exit after SIGTERM before SIGKILL
@@ -34,6 +36,11 @@ STOP_TIMEOUT = 10.0              # seconds a child has to exit after SIGTERM bef
 # finishes its requests in flight and closes its admin port as it does on Ctrl-C.
 PARENT_DEATH_SIGNAL = signal.SIGTERM
 _PR_SET_PDEATHSIG = 1            # <linux/prctl.h>
+
+
+class PortInUse(RuntimeError):
+    """A backend could not start because its port is taken (by another program, or by a
+    connection the killed backend left behind)."""
 
 
 def child_environ(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -142,11 +149,25 @@ class BackendProcess:
 
         url = _read_line(self._process.stdout, url_of, time.monotonic() + STARTUP_TIMEOUT)
         if url is None:
+            code = self._exit_code()
             self.stop()
+            if code == PORT_IN_USE:
+                raise PortInUse(f"demo backend {self.name!r} did not start: port {port} is in "
+                                "use")
             raise RuntimeError(f"demo backend {self.name!r} did not start"
                                + (f" on port {port}" if port else ""))
         self.url = url
         return self
+
+    def _exit_code(self) -> int | None:
+        """The child's exit code once its output ended (it exits right after); None if it
+        still runs a moment later (it hung: the startup's time ran out)."""
+        if self._process is None:
+            return None
+        try:
+            return self._process.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            return None
 
     @property
     def port(self) -> int:

@@ -30,7 +30,7 @@ from typing import TextIO
 from .backends import PERSONALITIES
 from .client import LoadCounts, steady_load
 from .glossary import terminal_lines
-from .processes import BackendProcess, GatewayProcess
+from .processes import BackendProcess, GatewayProcess, PortInUse
 
 __all__ = ["LiveDemo", "serve", "gateway_environ", "DEFAULT_RATE"]
 
@@ -143,8 +143,10 @@ class LiveDemo:
                 return f"{backend.name} is running already (pid {backend.pid})"
             try:
                 backend.start(backend.port)
-            except RuntimeError as exc:
+            except PortInUse as exc:
                 return f"{exc} (is another program on {backend.url}?)"
+            except RuntimeError as exc:     # the hint would mislead: the port was free
+                return str(exc)
             return (f"started {backend.name} again on {backend.url} (pid {backend.pid}): it is "
                     "UP again once its health checks pass")
 

@@ -261,3 +261,32 @@ def test_commands_say_what_happened_and_what_is_wrong():
         live.stop()
     assert refused(url) and live.command("start flaky") == ""     # stopped: commands ignored
     assert refused(url)
+
+
+def test_start_adds_the_other_program_hint_only_when_the_port_is_taken(monkeypatch):
+    import socket
+
+    from lbmiddleware.demo.runner import DEMO_SETTINGS
+    from lbmiddleware.demo.serve import LiveDemo
+
+    live = LiveDemo("round_robin", 0, DEMO_SETTINGS, say=print)
+    flaky = live.backends["flaky"].start()
+    url, port = flaky.url, flaky.port
+    try:
+        live.command("kill flaky")
+        with socket.socket() as other:          # another program takes its port meanwhile
+            other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            other.bind(("127.0.0.1", port))
+            other.listen()
+            assert live.command("start flaky") == (
+                f"demo backend 'flaky' did not start: port {port} is in use "
+                f"(is another program on {url}?)")
+
+        def fails(port: int = 0):
+            raise RuntimeError(f"demo backend 'flaky' did not start on port {port}")
+
+        monkeypatch.setattr(flaky, "start", fails)      # any other failure: no hint
+        assert live.command("start flaky") == f"demo backend 'flaky' did not start on port {port}"
+    finally:
+        live.stop()
+    assert refused(url)
