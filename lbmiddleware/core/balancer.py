@@ -651,7 +651,10 @@ class Balancer:
             if panic:
                 self._events.append(self._panic_started(everyone))
             else:
-                self._events.append(PanicEnded(answered_by, returned))
+                states = self._states
+                down = tuple(b for b in returned if b.url in states
+                             and self._still_down(states[b.url]) is not None)
+                self._events.append(PanicEnded(answered_by, returned, still_down=down))
 
     def _usable(self, everyone: tuple[BackendState, ...],
                 now: float | None = None) -> tuple[BackendState, ...]:
@@ -675,6 +678,19 @@ class Balancer:
             return tuple(s for s in everyone if s.health.ejected_until is None)
         return tuple(s for s in everyone
                      if s.health.ejected_until is None or s.health.ejected_until <= now)
+
+    def _still_down(self, state: BackendState) -> str | None:
+        """What keeps ``state`` out of rotation once it is not ejected: its active checks'
+        word (``"DOWN 0/2"``, ``"pending"``: :meth:`ActiveHealth.why_out`), unless it is
+        picked all the same (a pool of joiners only picks among them while they wait for their
+        first probes: :meth:`_usable`); None when it is usable."""
+        active, record = self._active, state.active
+        if active is None or record is None or record.up:
+            return None
+        if record.pending and all(s.active is not None and s.active.pending
+                                  for s in self._states.values()):
+            return None
+        return active.why_out(record)
 
     @staticmethod
     def _panic_started(everyone: tuple[BackendState, ...]) -> PanicStarted:
@@ -755,14 +771,21 @@ class Balancer:
 
     def _health_event(self, event: Event) -> None:
         """Queue an event of passive or active health, stamping its backend's change of
-        state with when it happened (a return by time up: when the time was up)."""
-        self._events.append(event)
+        state with when it happened (a return by time up: when the time was up). A return
+        says whether active health keeps the backend out all the same (``still_down``)."""
         if not isinstance(event, (BackendEjected, BackendReturned, ProbationPassed, BackendUp,
                                   BackendDown)):
+            self._events.append(event)
             return
         state = self._states.get(event.backend.url)
         if state is None:
+            self._events.append(event)
             return
+        if isinstance(event, BackendReturned) and state.active is not None:
+            still_down = self._still_down(state)
+            if still_down is not None:
+                event = dataclasses.replace(event, still_down=still_down)
+        self._events.append(event)
         if isinstance(event, BackendEjected):
             state.changed_at = event.until - event.duration
         elif isinstance(event, BackendReturned):

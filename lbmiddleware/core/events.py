@@ -74,10 +74,14 @@ class ReturnCause(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class BackendReturned:
-    """An ejected ``backend`` is back in rotation: on probation (its first failure ejects it
-    again) or, for the backend whose answer ended a full outage or that passed an active
-    health check (Envoy ``successful_active_health_check_uneject_host``), healthy.
+    """``backend``'s ejection is over: it is back in rotation on probation (its first failure
+    ejects it again) or, for the backend whose answer ended a full outage or that passed an
+    active health check (Envoy ``successful_active_health_check_uneject_host``), healthy.
 
+    ``still_down``: its active health checks keep it out all the same, so it gets no traffic
+    until they pass (then :class:`BackendUp` is its return): ``"DOWN 1/2"`` (down, with the
+    passes in a row it has of the ``rise`` it needs, HAProxy's notation) or ``"pending"``
+    (it joined and no probe has passed yet); None when it is usable again, or checks are off.
     ``in_panic``: an answer in panic mode ended every ejection (``OUTAGE_OVER``) but the
     panic goes on (the members are down by their active checks), so no :class:`PanicEnded`
     reports this return."""
@@ -87,6 +91,8 @@ class BackendReturned:
     ejected_for: float            # seconds it was out
     on_probation: bool
     in_panic: bool = field(default=False, compare=False)
+    # What the return is (its ejection over) does not change with this: the data stay equal.
+    still_down: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,11 +136,13 @@ class PanicEnded:
 
     ``answered_by`` is the backend whose success ended the outage (every ejection then ends
     at once, ``returned`` lists those backends); None when an ejection time ran out or an
-    update added a backend.
+    update added a backend. ``still_down``: those of ``returned`` whose active health checks
+    keep them out all the same (see :attr:`BackendReturned.still_down`).
     """
 
     answered_by: Backend | None
     returned: tuple[Backend, ...]
+    still_down: tuple[Backend, ...] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,10 +256,12 @@ Listener: TypeAlias = Callable[[Event], None]
 def log_event(event: Event) -> None:
     """The default listener: one line on the ``lbmiddleware`` logger per event, at a level
     that makes each way back visible wherever the way out is. WARNING: an ejection and its
-    return (time up, a probe passed, an answer in a panic that goes on; one that ends the panic
+    end (time up, a probe passed, an answer in a panic that goes on; one that ends the panic
     is its PanicEnded line), a panic's start and every end, an active check's down
-    and up, a source's failure and recovery. INFO: probation passed, a membership change
-    (counts, a few URLs, the source or call), a drain's start and end."""
+    and up, a source's failure and recovery. An ejection that ends while the backend's active
+    checks keep it out is no return: its line says so, and its BackendUp line is the return.
+    INFO: probation passed, a membership change (counts, a few URLs, the source or call), a
+    drain's start and end."""
     if isinstance(event, BackendEjected):
         logger.warning("ejected backend %s for %.3gs: %s (ejection %d in a row)",
                        event.backend.url, event.duration, event.reason, event.in_a_row)
@@ -298,8 +308,11 @@ def log_event(event: Event) -> None:
 def _log_returned(event: BackendReturned) -> None:
     """A return from ejection. An answer that ended a full outage returns every ejected
     backend, which its PanicEnded line says, once; unless the panic goes on (``in_panic``):
-    then each return says it itself."""
-    if event.cause is ReturnCause.TIME_UP:
+    then each return says it itself. An ejection over while the backend's checks keep it out
+    (``still_down``) is said as that, whatever ended it: "returns" would read as traffic."""
+    if event.still_down is not None:
+        _log_still_down(event)
+    elif event.cause is ReturnCause.TIME_UP:
         logger.warning("backend %s returns on probation after %.3gs ejected",
                        event.backend.url, event.ejected_for)
     elif event.cause is ReturnCause.PROBE_PASSED:
@@ -316,17 +329,53 @@ def _log_returned(event: BackendReturned) -> None:
                            event.backend.url, event.ejected_for)
 
 
+def _log_still_down(event: BackendReturned) -> None:
+    """An ejection over while active health keeps the backend out: what ended it, what keeps
+    it out ("DOWN 0/2", or its first check still to pass), and until when."""
+    if event.cause is ReturnCause.PROBE_PASSED:
+        why = " (an active health check passed)"
+    elif event.cause is ReturnCause.OUTAGE_OVER:
+        why = (" (a backend answered in panic mode)" if event.on_probation
+               else " (it answered in panic mode)")
+    else:
+        why = ""
+    if event.still_down == "pending":
+        out, until = "still waiting for its first health check", "out until one passes"
+    else:
+        out, until = f"still down by its health checks ({event.still_down})", "out until they pass"
+    if event.in_panic:              # picked all the same: every member is, in a panic
+        until = "; panic mode goes on: no backend is usable yet"
+    else:
+        until = ": " + until
+    logger.warning("backend %s: ejection over after %.3gs%s, %s%s", event.backend.url,
+                   event.ejected_for, why, out, until)
+
+
 def _log_panic_ended(event: PanicEnded) -> None:
     """Every end of a panic, with what ended it: an answer, ejections over, or another
-    change (a backend up by its checks, added by an update)."""
+    change (a backend up by its checks, added by an update). The backends whose ejection
+    ended but whose checks keep them out are counted apart: they do not return."""
+    back = [b for b in event.returned if b not in event.still_down]
+    down = len(event.returned) - len(back)
     if event.answered_by is not None:
-        logger.warning("backend %s answered while every backend was ejected: %d backends "
-                       "return; panic mode over", event.answered_by.url, len(event.returned))
-    elif event.returned:
-        urls = ", ".join(b.url for b in event.returned[:URLS_SHOWN])
-        if len(event.returned) > URLS_SHOWN:
-            urls += f" +{len(event.returned) - URLS_SHOWN} more"
-        logger.warning("panic mode over: %d backends return, their ejection time over (%s)",
-                       len(event.returned), urls)
+        logger.warning("backend %s answered while every backend was ejected: %s%s; panic mode "
+                       "over", event.answered_by.url, _return_count(len(back)),
+                       f", {down} still down by {_its(down)} health checks" if down else "")
+    elif back:
+        urls = ", ".join(b.url for b in back[:URLS_SHOWN])
+        if len(back) > URLS_SHOWN:
+            urls += f" +{len(back) - URLS_SHOWN} more"
+        logger.warning("panic mode over: %s, %s ejection time over (%s)%s",
+                       _return_count(len(back)), _its(len(back)), urls,
+                       f"; {down} still down by {_its(down)} health checks" if down else "")
     else:
         logger.warning("panic mode over: a backend is usable again")
+
+
+def _return_count(count: int) -> str:
+    """"1 backend returns", "3 backends return"."""
+    return "1 backend returns" if count == 1 else f"{count} backends return"
+
+
+def _its(count: int) -> str:
+    return "its" if count == 1 else "their"

@@ -109,6 +109,34 @@ def test_panic_ended_by_a_timer_names_no_backend(clock):
     ]
 
 
+def test_a_return_while_down_by_its_checks_says_what_keeps_it_out(clock):
+    """The event is the return it always was (its ejection is over: equal to the plain
+    event); ``still_down`` says its active checks keep it out, with their progress."""
+    pool = make(clock, backends=(A, B), health_check="/h", health_check_rise=2, max_fails=1)
+    fail(pool, A)
+    pool.report_probe(A, False, "connection refused")
+    fail(pool, B)
+    events = listen(pool)
+    clock.advance(10.0)
+    pool.stats()
+    assert events == [
+        BackendReturned(lb.Backend(A), ReturnCause.TIME_UP, ejected_for=10.0, on_probation=True),
+        BackendReturned(lb.Backend(B), ReturnCause.TIME_UP, ejected_for=10.0, on_probation=True),
+        PanicEnded(answered_by=None, returned=(lb.Backend(A), lb.Backend(B))),
+    ]
+    assert [e.still_down for e in events[:2]] == ["DOWN 0/2", None]
+    assert events[2].still_down == (lb.Backend(A),)
+
+
+def test_a_return_while_up_is_not_still_down(clock):
+    pool = make(clock, backends=(A, B), health_check="/h", max_fails=1)
+    fail(pool, A)
+    events = listen(pool)
+    clock.advance(10.0)
+    pool.stats()
+    assert [(type(e), e.still_down) for e in events] == [(BackendReturned, None)]
+
+
 def test_membership_changes_are_events_and_the_first_members_are_not(clock):
     pool = make(clock)
     events = listen(pool)

@@ -119,6 +119,14 @@ class ActiveHealth:
         """"up", "down" or "pending" (joined later, not probed yet)."""
         return "pending" if record.pending else "up" if record.up else "down"
 
+    def why_out(self, record: ActiveRecord) -> str | None:
+        """What keeps ``record``'s backend out of rotation: ``"DOWN 1/2"`` (down, with the
+        passes in a row it has of the ``rise`` it needs: HAProxy's notation) or ``"pending"``
+        (joined, not probed yet); None when it is up."""
+        if record.up:
+            return None
+        return "pending" if record.pending else f"DOWN {record.h}/{self.rise}"
+
     def progress(self, record: ActiveRecord) -> tuple[int, int]:
         """The progress the probes made: (passes in a row while down, failures in a row
         while up); 0 for the other."""
