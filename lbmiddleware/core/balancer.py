@@ -502,14 +502,15 @@ class Balancer:
 
     def _join(self, state: BackendState, now: float, joined_later: bool) -> None:
         """A backend becomes a member: an initial one up, one that joins later pending its
-        first probe and (re)starting its slow start."""
+        first probe. One that joins later starts its slow start now, or, with active checks,
+        when its first pass brings it up (:meth:`report_probe`): not while it waits."""
         state.changed_at = now
         active = self._active
         if active is not None:
             if state.active is None:
                 state.active = ActiveRecord()
             active.start(state.active, state.backend, joined_later=joined_later)
-        if joined_later and self._slow_start:
+        elif joined_later and self._slow_start:
             state.ramp_since = now
 
     def _fresh(self, backend: Backend) -> Backend:
@@ -721,11 +722,27 @@ class Balancer:
         self._timed = health.any_ejected or bool(self._draining) or self._ramping
 
     def _start_ramp(self, states: Iterable[BackendState], now: float) -> None:
-        """Slow start for backends back from an ejection or from active-down."""
+        """Slow start for backends back from an ejection or from active-down, those of them
+        that are usable now. Slow start begins when a backend becomes usable (Envoy: when the
+        host becomes healthy): one whose ejection ends while its active checks keep it out
+        starts when they bring it up, so its window is not spent while it gets no traffic."""
         if not self._slow_start:
             return
+        started = False
         for state in states:
-            state.ramp_since = state.changed_at = now
+            if state.health.ejected_until is None and self._still_down(state) is None:
+                state.ramp_since = state.changed_at = now
+                started = True
+        if started:
+            self._ramp(now)
+
+    def _end_ramp(self, state: BackendState, now: float) -> None:
+        """``state`` was ejected or went down by its checks: its slow start, if any, is over
+        (Envoy: a host that fails its checks leaves slow start). It ramps again from the
+        start when it is usable again."""
+        if state.ramp_since is None:
+            return
+        state.ramp_since, state.ramp = None, 1.0
         self._ramp(now)
 
     def _ramp(self, now: float) -> bool:
@@ -1062,6 +1079,7 @@ class Balancer:
             if member:              # but only a member's health is judged, not a draining one's
                 if self._health.failure(state, now, latency):
                     self._timed = True
+                    self._end_ramp(state, now)
                     self._refresh()
 
     def release(self, backend: Backend) -> None:
@@ -1173,7 +1191,8 @@ class Balancer:
           probation, healthy; ``state_age``: seconds since it last changed (since it joined,
           if never); ``ejection_left``, ``drain_left``: seconds until that ends (None when
           not ejected, not draining); ``ramp``: slow start's factor 0..1, None when not
-          ramping; ``ejected_until``: a timer reading (compare with the pool's timer only);
+          ramping (never while ejected or down: slow start waits for it to be usable);
+          ``ejected_until``: a timer reading (compare with the pool's timer only);
         * counters since it joined: ``in_flight``, ``requests`` (attempts ended with an
           outcome), ``failures`` (those that failed, while draining too: ``requests -
           failures`` are the successes), ``consecutive_failures``, ``ejections``,
@@ -1319,8 +1338,10 @@ class Balancer:
                 was_up = record.up
                 changed = active.result(record, state.backend, ok, reason, now)
                 unejected = ok and self._health.uneject(state, now)
-                if (unejected or (changed and record.up and not was_up)) and self._slow_start:
-                    self._start_ramp((state,), now)
+                if changed and not record.up:
+                    self._end_ramp(state, now)          # Envoy: out of slow start when down
+                elif unejected or (changed and record.up and not was_up):
+                    self._start_ramp((state,), now)     # if usable now (up, not ejected)
                 if changed and self._keyed and self._table() != self._table_now:
                     self._policy_members(prepared)
                 if changed or unejected:

@@ -2,15 +2,19 @@
 
 A backend that just joined has cold caches, an unwarmed JIT, empty connection pools; given its
 full share at once it answers slowly or fails, and the policies that favour the fast or the idle
-(``least_conn``, ``latency``) would send it even more. So for ``window`` seconds after it joins
-the pool (not at process start for the initial list: HAProxy) or returns from an ejection or
-from active-down, its weight is multiplied by::
+(``least_conn``, ``latency``) would send it even more. So for ``window`` seconds after it
+becomes usable (Envoy: when the host becomes healthy), having joined the pool (not at process
+start for the initial list: HAProxy) or come back from an ejection or from active-down, its
+weight is multiplied by::
 
     max(min_weight_percent / 100, (max(elapsed, 1) / window) ** (1 / aggression))
 
 Envoy's formula: linear with the default aggression 1.0, faster early above 1, slower below;
 never under ``min_weight_percent`` [10] so the newcomer gets some traffic to warm up with,
-and time counted from 1 s so its first picks are not nothing. The balancer applies it to every
+and time counted from 1 s so its first picks are not nothing. A window spent while the backend
+gets no traffic would warm nothing: the balancer starts it only once the backend is usable (an
+ejection ending while active checks say down starts nothing; the pass that brings it up does)
+and ends it when the backend is ejected or goes down. The balancer applies it to every
 weighted policy but ``ip_hash`` (moving sticky keys in and out as a weight grows would defeat
 stickiness: nginx and Envoy exempt hashing too).
 """

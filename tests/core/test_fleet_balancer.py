@@ -390,6 +390,39 @@ class TestSlowStart:
         clock.advance(10)
         assert by_url(pool)[B]["effective_weight"] == 1
 
+    def test_a_return_while_down_by_its_checks_waits_for_them_to_ramp(self, clock):
+        """Slow start begins when the backend becomes usable (Envoy: when the host becomes
+        healthy): not when its ejection ends while its checks say down, nor when a pass ends
+        the ejection short of rise; the pass that brings it up starts it."""
+        pool = Balancer([A, B], timer=clock, slow_start="10s", max_fails=1, fail_timeout="5s",
+                        health_check="/h", health_check_rise=2)
+        pool.report(pool.pick(exclude=[A]), ok=False)
+        pool.report_probe(B, False, "connection refused")
+        clock.advance(5)
+        assert {pool.pick().url for _ in range(10)} == {A}
+        assert by_url(pool)[B]["ramp"] is None
+        pool.report(pool.pick(exclude=[A]), ok=False)       # a retry's pick reaches it: out
+        clock.advance(20)
+        pool.report_probe(B, True, "status 200")            # ends the ejection, 1/2 up
+        assert (by_url(pool)[B]["ejection_left"], by_url(pool)[B]["ramp"]) == (None, None)
+        clock.advance(20)
+        pool.report_probe(B, True, "status 200")            # up: usable, and ramping
+        assert by_url(pool)[B]["effective_weight"] == 0.1
+        clock.advance(5)
+        assert by_url(pool)[B]["effective_weight"] == 0.5
+
+    def test_an_answer_in_panic_ramps_only_the_backends_it_makes_usable(self, clock):
+        pool = Balancer([A, B], timer=clock, slow_start="10s", max_fails=1,
+                        fail_timeout="1h", max_ejection_time="1h", health_check="/h",
+                        health_check_fall=1)
+        pool.report(pool.pick(exclude=[B]), ok=False)
+        pool.report(pool.pick(exclude=[A]), ok=False)       # both ejected: panic
+        pool.report_probe(B, False, "connection refused")
+        pool.report(pool.pick(exclude=[B]), latency=0.01)   # A answers: ejections over
+        rows = by_url(pool)
+        assert (rows[A]["state"], rows[A]["effective_weight"]) == ("slow_start", 0.1)
+        assert (rows[B]["state"], rows[B]["ramp"]) == ("down", None)
+
     @pytest.mark.parametrize("policy", ["round_robin", "random", "least_conn", "latency"])
     def test_caches_are_rebuilt_at_most_once_a_second(self, clock, policy):
         pool = Balancer([A, B], policy=policy, timer=clock, slow_start="5s",
@@ -669,8 +702,10 @@ class TestFirstAnswer:
     def test_a_source_not_in_the_settings_joins(self, clock):
         pool = Balancer([A], timer=clock, slow_start="30s", health_check="/h")
         pool.update([B], source=DNS)                # not there when checking started
-        assert by_url(pool)[B]["effective_weight"] == 0.1
         assert by_url(pool)[B]["health_check"]["status"] == "pending"
+        assert by_url(pool)[B]["ramp"] is None      # its slow start waits for its first pass
+        pool.report_probe(B, True, "status 200")
+        assert by_url(pool)[B]["effective_weight"] == 0.1
 
 
 class TestIpHashJoiners:

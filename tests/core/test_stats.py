@@ -236,6 +236,73 @@ def test_a_probe_that_ends_an_ejection_dates_the_return(clock):
     assert (row(pool, A)["state"], row(pool, A)["state_age"]) == ("healthy", 1.0)
 
 
+def test_an_ejected_backend_down_by_its_checks_shows_both_and_no_ramp_until_it_is_up(clock):
+    """Ejected and down (it died): the state is ejected, its checks say down. Once its
+    ejection is over it is down, with no slow start: the ramp begins when it comes up, so
+    its window is not spent while it gets no traffic (however long that is)."""
+    pool = Balancer([A, B], timer=clock, health_check="/healthz", health_check_rise=2,
+                    max_fails=1, fail_timeout=30.0, slow_start=60.0)
+    fail(pool, A)
+    pool.report_probe(A, False, "connection refused")
+    r = row(pool, A)
+    assert (r["state"], r["health_check"]["status"], r["ramp"]) == ("ejected", "down", None)
+    clock.advance(31.0)
+    r = row(pool, A)
+    assert (r["state"], r["health_check"]["status"], r["ejection_left"]) == ("down", "down", None)
+    assert (r["ramp"], r["effective_weight"], r["state_age"]) == (None, 1, 1.0)
+    clock.advance(90.0)                                   # longer than the window
+    pool.report_probe(A, True, "ok")
+    assert (row(pool, A)["state"], row(pool, A)["ramp"]) == ("down", None)
+    pool.report_probe(A, True, "ok")                      # rise 2: up, and usable
+    clock.advance(6.0)
+    r = row(pool, A)
+    assert (r["state"], r["state_age"], r["ramp"]) == ("slow_start", 6.0, pytest.approx(0.1))
+    assert r["effective_weight"] == pytest.approx(0.1)
+    clock.advance(24.0)
+    assert row(pool, A)["ramp"] == pytest.approx(0.5)
+
+
+def test_a_ramping_backend_that_goes_down_stops_ramping_and_starts_again_when_up(clock):
+    """Envoy: a host leaves slow start when it fails its active checks and enters it again
+    when it passes them."""
+    pool = Balancer([A], timer=clock, health_check="/healthz", health_check_rise=1,
+                    health_check_fall=1, slow_start=10.0)
+    pool.update([A, B])
+    pool.report_probe(B, True, "ok")
+    clock.advance(4.0)
+    assert row(pool, B)["ramp"] == pytest.approx(0.4)
+    pool.report_probe(B, False, "status 503")
+    r = row(pool, B)
+    assert (r["state"], r["ramp"], r["effective_weight"]) == ("down", None, 1)
+    clock.advance(2.0)
+    pool.report_probe(B, True, "ok")
+    r = row(pool, B)
+    assert (r["state"], r["ramp"]) == ("slow_start", pytest.approx(0.1))
+
+
+def test_a_joiner_pending_its_first_probe_shows_no_ramp_until_it_passes(clock):
+    pool = Balancer([A], timer=clock, health_check="/healthz", slow_start=10.0)
+    pool.update([A, B])
+    clock.advance(5.0)
+    r = row(pool, B)
+    assert (r["state"], r["ramp"], r["effective_weight"]) == ("down", None, 1)
+    pool.report_probe(B, True, "ok")
+    clock.advance(2.0)
+    assert (row(pool, B)["state"], row(pool, B)["ramp"]) == ("slow_start", pytest.approx(0.2))
+
+
+def test_an_ejection_ends_a_slow_start_and_the_return_starts_it_again(clock):
+    pool = Balancer([A, B], timer=clock, slow_start=10.0, max_fails=1, fail_timeout=5.0)
+    pool.update([A, B, C])
+    clock.advance(3.0)
+    fail(pool, C)
+    r = row(pool, C)
+    assert (r["state"], r["ramp"], r["effective_weight"]) == ("ejected", None, 1)
+    clock.advance(5.0)
+    r = row(pool, C)
+    assert (r["state"], r["ramp"]) == ("slow_start", pytest.approx(0.1))
+
+
 def test_a_joiner_pending_its_first_probe_is_down_and_dated_from_its_join(clock):
     pool = Balancer([A], timer=clock, health_check="/healthz")
     clock.advance(7.0)
