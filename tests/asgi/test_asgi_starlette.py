@@ -78,7 +78,7 @@ def readme_block(containing: str) -> str:
 
 def test_the_readmes_own_pool_example_reaches_the_pool_and_closes_it(backends):
     # The README's example as it is, its source swapped for the test's backends.
-    code = readme_block("async def lifespan").replace(
+    code = readme_block('Route("/members", members)').replace(
         '["dns+http://orders.internal:8080"]', repr([b.url for b in backends]))
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)
