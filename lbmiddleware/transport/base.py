@@ -27,7 +27,8 @@ from ..errors import ConfigError
 from ..fleet.departures import follow_departures
 from ..proxy import parse_cookie
 from . import outgoing
-from .targets import Target, Targets, environment_proxy
+from .proxies import as_proxy, environment_proxy
+from .targets import Target, Targets
 
 __all__ = ["LoadBalancing", "Plan", "TransportOptions"]
 
@@ -47,7 +48,7 @@ class TransportOptions:
     once, from ``verify``, ``cert`` and ``trust_env`` as httpx makes it), ``limits`` per
     backend, ``http2`` (offered over TLS, as httpx does; the ``h2`` package is needed), and
     the proxy: ``proxy`` for every backend, else with ``trust_env`` the one the environment
-    names for the backend's real URL (:func:`~.targets.environment_proxy`).
+    names for the backend's real URL (:func:`~.proxies.environment_proxy`).
     """
 
     def __init__(self, *, verify: ssl.SSLContext | str | bool = True,
@@ -66,10 +67,13 @@ class TransportOptions:
                                                  trust_env=self.trust_env)
         return self._tls
 
-    def proxy_for(self, backend: Backend) -> str | httpx.URL | httpx.Proxy | None:
+    def proxy_for(self, where: Backend | httpx.URL) -> httpx.Proxy | None:
+        """The proxy to reach ``where`` (a backend, or another origin's URL) through."""
         if self.proxy is not None:
-            return self.proxy
-        return environment_proxy(backend) if self.trust_env else None
+            return as_proxy(self.proxy)
+        if not self.trust_env:
+            return None
+        return environment_proxy(where if isinstance(where, httpx.URL) else httpx.URL(where.url))
 
 
 class Plan:

@@ -2,8 +2,8 @@
 first pick and closed once it has left the pool and its last request ended.
 
 One inner transport per backend, not one for all, for three reasons: the proxy is decided
-by the backend's real URL (:func:`environment_proxy`: ``HTTP_PROXY``, ``NO_PROXY`` ... as
-httpx would read them for that URL, not for the virtual host the caller named); a backend
+by the backend's real URL (:func:`~.proxies.environment_proxy`: ``HTTP_PROXY``, ``NO_PROXY``
+... as httpx reads them for that URL, not for the virtual host the caller named); a backend
 found through DNS is named over TLS by its server name (httpcore's ``sni_hostname``), and
 its connections must never serve another name; and a backend that leaves the pool (removed
 by its source or ``update()``, drained) takes its connections with it. httpcore's
@@ -18,7 +18,6 @@ each: the backend's URL as httpx parses it, its ``Host`` and the TLS name.
 from __future__ import annotations
 
 import threading
-import urllib.request
 from collections.abc import Callable, Iterable
 from typing import Generic, TypeVar
 
@@ -26,22 +25,10 @@ import httpx
 
 from ..core.backend import Backend
 
-__all__ = ["Target", "Targets", "environment_proxy"]
+__all__ = ["Target", "Targets"]
 
 #: An inner transport: ``httpx.BaseTransport`` or ``httpx.AsyncBaseTransport``.
 T = TypeVar("T")
-
-
-def environment_proxy(backend: Backend) -> str | None:
-    """The proxy the environment names for ``backend``'s real URL (``HTTP_PROXY``,
-    ``HTTPS_PROXY``, ``ALL_PROXY``, any case; the system's settings on macOS and Windows),
-    or None when there is none or ``NO_PROXY`` names the backend (its host, a domain it is
-    in, or ``host:port``): the standard library's reading, as requests and httpx do."""
-    proxies = urllib.request.getproxies()
-    proxy = proxies.get(backend.scheme) or proxies.get("all")
-    if proxy is None or urllib.request.proxy_bypass(backend.netloc):
-        return None
-    return proxy
 
 
 class Target(Generic[T]):
