@@ -47,7 +47,7 @@ class AsyncLoadBalancingTransport(LoadBalancing[httpx.AsyncBaseTransport],
         """Send ``request`` to one backend after another until one answers."""
         if not self._started:
             await self._start()
-        plan = self._plan(request)
+        plan = Plan(self, request)
         attempts = Attempts(self.balancer, self._retry_rule, request.method, plan.key)
         try:
             backend = attempts.start()

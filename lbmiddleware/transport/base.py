@@ -77,24 +77,38 @@ class TransportOptions:
 
 
 class Plan:
-    """One request as every attempt sends it, worked out once: its sticky key, whether
-    its body can be sent again and its size, the timeouts, and where the backend's
-    ``Host`` goes (``host_at``: :func:`~.outgoing.find_host`'s position, or None when the
-    request keeps its own)."""
+    """One request as every attempt sends it, worked out once by ``transport``: its sticky
+    key, whether its body can be sent again and its size, the timeouts, and where the
+    backend's ``Host`` goes (``host_at``: :func:`~.outgoing.find_host`'s position, or None
+    when the request keeps its own)."""
 
-    __slots__ = ("request", "key", "replayable", "size", "extensions", "host_at")
+    __slots__ = ("request", "key", "replayable", "size", "host_at", "extensions")
 
-    def __init__(self, request: httpx.Request, key: str | None, extensions: dict[str, Any],
-                 host_at: int | None) -> None:
+    def __init__(self, transport: LoadBalancing[Any], request: httpx.Request) -> None:
         self.request = request
-        self.key = key
+        self.key = transport.request_key(request) if transport._keyed else None
         try:
             self.size = len(request.content)    # a body httpx holds: sent again as is
             self.replayable = True
         except httpx.RequestNotRead:            # a generator, a file: read once
             self.size, self.replayable = 0, False
+        # The request keeps its own Host with preserve_host, or when it set another than
+        # its URL's (httpx always sends the URL's); without one it gets the backend's.
+        host, position = outgoing.find_host(request.headers)
+        self.host_at = None if host is not None and (
+            transport.settings.preserve_host or position == outgoing.SEVERAL
+            or host != outgoing.netloc(request.url)) else position
+        # Each attempt's connect and read timeouts are the request's (httpx's Timeout) when
+        # shorter than the settings (connect_timeout, read_timeout), else the settings'.
+        extensions = request.extensions
+        given: _Timeouts = extensions.get("timeout") or {}
+        connect, read = given.get("connect"), given.get("read")
+        most_connect, most_read = transport._connect_timeout, transport._read_timeout
+        if connect is None or connect > most_connect or read is None or read > most_read:
+            extensions = {**extensions, "timeout": {
+                **given, "connect": _bounded(connect, most_connect),
+                "read": _bounded(read, most_read)}}
         self.extensions = extensions
-        self.host_at = host_at
 
     def upstream(self, target: Target[Any]) -> httpx.Request:
         """The request as ``target``'s backend gets it: its URL with the base path, its
@@ -211,28 +225,6 @@ class LoadBalancing(Generic[T]):
             cookie: str | None = request.headers.get("Cookie")
             return parse_cookie(cookie).get(self._key_name) if cookie else None
         return None
-
-    def _plan(self, request: httpx.Request) -> Plan:
-        """What every attempt of ``request`` shares (see :class:`Plan`)."""
-        key = self.request_key(request) if self._keyed else None
-        host, position = outgoing.find_host(request.headers)
-        # The request keeps its own Host with preserve_host, or when it set another than
-        # its URL's (httpx always sends the URL's); without one it gets the backend's.
-        host_at: int | None = position
-        if host is not None and (self.settings.preserve_host or position == outgoing.SEVERAL
-                                 or host != request.url.netloc):
-            host_at = None
-        # Each attempt's connect and read timeouts are the request's (httpx's Timeout) when
-        # shorter than the settings (connect_timeout, read_timeout), else the settings'.
-        extensions = request.extensions
-        given: _Timeouts = extensions.get("timeout") or {}
-        connect, read = given.get("connect"), given.get("read")
-        if connect is None or connect > self._connect_timeout \
-                or read is None or read > self._read_timeout:
-            extensions = {**extensions, "timeout": {
-                **given, "connect": _bounded(connect, self._connect_timeout),
-                "read": _bounded(read, self._read_timeout)}}
-        return Plan(request, key, extensions, host_at)
 
     # -- the inner transports ---------------------------------------------------------------
 

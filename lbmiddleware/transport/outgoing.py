@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import httpx
 
-__all__ = ["backend_url", "joined_url", "find_host", "host_position", "place_host", "placed_host",
-           "replaced_host", "SEVERAL", "request", "new_request"]
+__all__ = ["backend_url", "joined_url", "netloc", "url_netloc", "find_host", "host_position",
+           "place_host", "placed_host", "replaced_host", "SEVERAL", "request", "new_request"]
 
 
 # -- the URL --------------------------------------------------------------------------------------
@@ -41,6 +41,20 @@ def _joined_parsed(base: httpx.URL, request_url: httpx.URL) -> httpx.URL:
     return url
 
 
+def url_netloc(url: httpx.URL) -> bytes:
+    """What httpx sends as the ``Host`` of ``url``: the public way."""
+    return url.netloc
+
+
+def _netloc_parsed(url: httpx.URL) -> bytes:
+    """:func:`url_netloc` from the parsed form, without the property's list and join."""
+    parts = url._uri_reference
+    host, port = parts.host, parts.port
+    if ":" in host:
+        host = f"[{host}]"
+    return (host if port is None else f"{host}:{port}").encode("ascii")
+
+
 # -- the headers ----------------------------------------------------------------------------------
 
 #: :func:`find_host`'s position when the request has several ``Host`` headers.
@@ -60,6 +74,13 @@ def host_position(headers: httpx.Headers) -> tuple[bytes | None, int]:
 
 def _host_position_parsed(headers: httpx.Headers) -> tuple[bytes | None, int]:
     """:func:`host_position` on the headers' list (a lower-case name each)."""
+    items = headers._list
+    if items and items[0][1] == b"host":    # where httpx puts it: is it the only one?
+        for item in items[1:]:
+            if item[1] == b"host":
+                break
+        else:
+            return items[0][2], 0
     found, position = None, -1
     for index, (_, lower, value) in enumerate(headers._list):
         if lower == b"host":
@@ -164,7 +185,9 @@ def _probe() -> tuple[bool, bool, bool]:
     requests = set(vars(public)) == _REQUEST_ATTRIBUTES
     headers = httpx.Headers({"Accept": "*/*", "host": "c"})
     try:
-        urls = _same(_joined_parsed(base, asked), joined_url(base, asked))
+        urls = _same(_joined_parsed(base, asked), joined_url(base, asked)) and all(
+            _same(_netloc_parsed(url), url_netloc(url))
+            for url in (base, asked, httpx.URL("http://[::1]:8/")))
     except (AttributeError, TypeError):
         urls = False
     try:
@@ -183,6 +206,8 @@ _FAST_URLS, _FAST_HOSTS, _FAST_REQUESTS = _probe()
 #: ``backend_url(base, request_url)``: :func:`joined_url`, from the parsed forms when the
 #: installed httpx allows it.
 backend_url = _joined_parsed if _FAST_URLS else joined_url
+#: ``netloc(url)``: :func:`url_netloc`, from the parsed form when the installed httpx allows it.
+netloc = _netloc_parsed if _FAST_URLS else url_netloc
 #: ``find_host(headers)``: :func:`host_position`, read from the headers' list when the
 #: installed httpx allows it.
 find_host = _host_position_parsed if _FAST_HOSTS else host_position

@@ -64,7 +64,7 @@ class LoadBalancingTransport(LoadBalancing[httpx.BaseTransport], httpx.BaseTrans
         """Send ``request`` to one backend after another until one answers."""
         if not self._ready:
             self._wait_ready()
-        plan = self._plan(request)
+        plan = Plan(self, request)
         attempts = Attempts(self.balancer, self._retry_rule, request.method, plan.key)
         try:
             backend = attempts.start()

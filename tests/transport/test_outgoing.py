@@ -36,6 +36,13 @@ def test_the_backend_url_is_the_one_parsed_from_text(base, target):
     assert fast.raw_path.startswith(backend.raw_path.rstrip(b"/") + b"/")
 
 
+@pytest.mark.parametrize("url", [*BASES, *TARGETS, "http://[::1]/", "https://Svc.Example:443/",
+                                 "http://bücher.example:8080/x", "http://user:pw@svc:81/"])
+def test_the_netloc_is_the_one_httpx_sends_as_host(url):
+    parsed = httpx.URL(url)
+    assert outgoing._netloc_parsed(parsed) == outgoing.url_netloc(parsed) == parsed.netloc
+
+
 HEADERS = [
     [("Host", "svc"), ("Accept", "*/*")],
     [("Accept", "*/*"), ("host", "svc:8080"), ("X-A", "1")],
