@@ -15,6 +15,7 @@ from ..errors import NoHealthyBackend
 from .base import LoadBalancing, Plan
 from .bodies import AsyncAttemptBody, adiscard
 from .errors import NoHealthyBackendError, failure, naming_backends
+from .origins import MAPPED_STATUSES, origin_of
 
 __all__ = ["AsyncLoadBalancingTransport"]
 
@@ -44,7 +45,10 @@ class AsyncLoadBalancingTransport(LoadBalancing[httpx.AsyncBaseTransport],
     _closing: set[asyncio.Future[None]]
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        """Send ``request`` to one backend after another until one answers."""
+        """Send ``request`` to one backend after another until one answers (a request
+        to another origin than the virtual one: where its URL says)."""
+        if origin_of(request.url) != self._origin and self._elsewhere(request.url):
+            return await self._other_transport(request.url).handle_async_request(request)
         if not self._started:
             await self._start()
         plan = Plan(self, request)
@@ -86,6 +90,8 @@ class AsyncLoadBalancingTransport(LoadBalancing[httpx.AsyncBaseTransport],
             self._close_later([target.release()])
             raise
         latency = self._timer() - start
+        if response.status_code in MAPPED_STATUSES:
+            self._map_location(response, backend)
         response.stream = AsyncAttemptBody(cast(httpx.AsyncByteStream, response.stream),
                                            target)
         return response, self._retry_rule.outcome(response.status_code, latency,
@@ -106,10 +112,10 @@ class AsyncLoadBalancingTransport(LoadBalancing[httpx.AsyncBaseTransport],
             await self.balancer.ready()
         self._started = True
 
-    def _inner_transport(self, backend: Backend) -> httpx.AsyncBaseTransport:
+    def _plain_transport(self, proxy: httpx.Proxy | None) -> httpx.AsyncBaseTransport:
         options = self._options
         return httpx.AsyncHTTPTransport(verify=options.tls(), limits=options.limits,
-                                        http2=options.http2, proxy=options.proxy_for(backend))
+                                        http2=options.http2, proxy=proxy)
 
     def _close_later(self, transports: Iterable[httpx.AsyncBaseTransport | None]) -> None:
         """Close ``transports`` (None: nothing) on this transport's loop, from any thread:
@@ -138,7 +144,7 @@ class AsyncLoadBalancingTransport(LoadBalancing[httpx.AsyncBaseTransport],
         health checks stop, without blocking the loop); a shared ``balancer=`` is left
         open, and no longer followed. ``AsyncClient.aclose()`` calls this."""
         self._unsubscribe()
-        await _close_all(self._targets.clear())
+        await _close_all([*self._targets.clear(), *self._forget_others()])
         if self._loop is not None and self._closing:
             await asyncio.wait(set(self._closing))
         if self._owns_balancer:

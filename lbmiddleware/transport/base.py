@@ -10,6 +10,7 @@ front-end follows, and build everything an attempt needs here, once per request
 from __future__ import annotations
 
 import ssl
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Generic, TypeVar
@@ -27,6 +28,7 @@ from ..errors import ConfigError
 from ..fleet.departures import follow_departures
 from ..proxy import parse_cookie
 from . import outgoing
+from .origins import Origin, mapped_location, origin_of
 from .proxies import as_proxy, environment_proxy
 from .targets import Target, Targets
 
@@ -146,9 +148,11 @@ class LoadBalancing(Generic[T]):
         http2: bool = False,
         proxy: str | httpx.URL | httpx.Proxy | None = None,
         timer: Callable[[], float] = time.perf_counter,
+        origin: str | None = None,
         **options: Any,
     ) -> None:
         name = type(self).__name__
+        virtual = None if origin is None else Origin.parse(origin, f"{name} origin")
         if backends is not None:
             options["backends"] = backends
         if policy is not None:
@@ -187,6 +191,9 @@ class LoadBalancing(Generic[T]):
             **({} if limits is None else {"limits": limits}))
         self._targets: Targets[T] = Targets(inner_transport or self._inner_transport,
                                             self._is_member, self._close_later)
+        self._origin: Origin | None = virtual
+        self._others: dict[tuple[str, Any] | None, T] = {}      # by proxy (see _elsewhere)
+        self._others_lock = threading.Lock()
         self._unsubscribe = follow_departures(self, balancer, type(self)._departed)
 
     @classmethod
@@ -226,10 +233,59 @@ class LoadBalancing(Generic[T]):
             return parse_cookie(cookie).get(self._key_name) if cookie else None
         return None
 
+    # -- the virtual origin -----------------------------------------------------------------
+
+    @property
+    def origin(self) -> str | None:
+        """The virtual origin the transport balances (``origin=``, else its first request's
+        scheme, host and port; None before that request)."""
+        return None if self._origin is None else str(self._origin)
+
+    def _elsewhere(self, url: httpx.URL) -> bool:
+        """Whether a request to ``url`` goes elsewhere than the pool: to another origin
+        than the virtual one (the first request's origin becomes it, when ``origin=`` was
+        not given)."""
+        origin = origin_of(url)
+        if self._origin is None:
+            with self._others_lock:
+                if self._origin is None:
+                    self._origin = origin
+        return origin != self._origin
+
+    def _other_transport(self, url: httpx.URL) -> T:
+        """The plain transport for a request to another origin (``url``'s): one per proxy
+        the environment names for such URLs, built on first use with the TLS options."""
+        proxy = self._options.proxy_for(url)
+        key = None if proxy is None else (str(proxy.url), proxy.raw_auth)
+        with self._others_lock:
+            transport = self._others.get(key)
+            if transport is None:
+                transport = self._others[key] = self._plain_transport(proxy)
+        return transport
+
+    def _forget_others(self) -> list[T]:
+        """The plain transports of other origins, forgotten: to close (the owner is)."""
+        with self._others_lock:
+            others, self._others = list(self._others.values()), {}
+        return others
+
+    def _map_location(self, response: httpx.Response, backend: Backend) -> None:
+        """A ``Location`` pointing at ``backend`` itself, mapped to the virtual origin (see
+        :mod:`.origins`): the client follows it through the pool."""
+        location = response.headers.get("Location")
+        if location is not None and self._origin is not None:
+            mapped = mapped_location(location, backend, self._origin)
+            if mapped is not None:
+                response.headers["Location"] = mapped
+
     # -- the inner transports ---------------------------------------------------------------
 
     def _inner_transport(self, backend: Backend) -> T:
         """The default inner transport of ``backend`` (see :class:`TransportOptions`)."""
+        return self._plain_transport(self._options.proxy_for(backend))
+
+    def _plain_transport(self, proxy: httpx.Proxy | None) -> T:
+        """An httpx transport with the options (TLS, limits, HTTP/2) and ``proxy``."""
         raise NotImplementedError
 
     def _is_member(self, backend: Backend) -> bool:

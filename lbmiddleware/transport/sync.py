@@ -15,6 +15,7 @@ from ..errors import NoHealthyBackend
 from .base import LoadBalancing, Plan
 from .bodies import AttemptBody, discard
 from .errors import NoHealthyBackendError, failure, naming_backends
+from .origins import MAPPED_STATUSES, origin_of
 
 __all__ = ["LoadBalancingTransport"]
 
@@ -61,7 +62,10 @@ class LoadBalancingTransport(LoadBalancing[httpx.BaseTransport], httpx.BaseTrans
     """
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        """Send ``request`` to one backend after another until one answers."""
+        """Send ``request`` to one backend after another until one answers (a request
+        to another origin than the virtual one: where its URL says)."""
+        if origin_of(request.url) != self._origin and self._elsewhere(request.url):
+            return self._other_transport(request.url).handle_request(request)
         if not self._ready:
             self._wait_ready()
         plan = Plan(self, request)
@@ -101,6 +105,8 @@ class LoadBalancingTransport(LoadBalancing[httpx.BaseTransport], httpx.BaseTrans
             self._close_later([target.release()])
             raise
         latency = self._timer() - start
+        if response.status_code in MAPPED_STATUSES:
+            self._map_location(response, backend)
         response.stream = AttemptBody(cast(httpx.SyncByteStream, response.stream), target)
         return response, self._retry_rule.outcome(response.status_code, latency,
                                                   bytes_sent=plan.size)
@@ -116,10 +122,10 @@ class LoadBalancingTransport(LoadBalancing[httpx.BaseTransport], httpx.BaseTrans
                 self.balancer.wait_ready()
             self._ready = True
 
-    def _inner_transport(self, backend: Backend) -> httpx.BaseTransport:
+    def _plain_transport(self, proxy: httpx.Proxy | None) -> httpx.BaseTransport:
         options = self._options
         return httpx.HTTPTransport(verify=options.tls(), limits=options.limits,
-                                   http2=options.http2, proxy=options.proxy_for(backend))
+                                   http2=options.http2, proxy=proxy)
 
     def _close_later(self, transports: Iterable[httpx.BaseTransport | None]) -> None:
         """Close ``transports`` (None: nothing) now, on this thread."""
@@ -132,6 +138,6 @@ class LoadBalancingTransport(LoadBalancing[httpx.BaseTransport], httpx.BaseTrans
         health checks stop); a shared ``balancer=`` is left open, and no longer followed.
         ``Client.close()`` calls this."""
         self._unsubscribe()
-        self._close_later(self._targets.clear())
+        self._close_later([*self._targets.clear(), *self._forget_others()])
         if self._owns_balancer:
             self.balancer.close()
