@@ -62,6 +62,9 @@ class AsyncLoadBalancingTransport(LoadBalancing[httpx.AsyncBaseTransport],
                 answer, outcome = await self._forward(plan, backend)
                 if outcome.ok:
                     break
+                if self._closed and isinstance(answer, httpx.TransportError):
+                    attempts.release()      # ended by our own close, maybe: no one's failure
+                    break
                 following = attempts.retry(outcome, replayable=plan.replayable)
                 if following is None:
                     break
@@ -140,11 +143,12 @@ class AsyncLoadBalancingTransport(LoadBalancing[httpx.AsyncBaseTransport],
             coroutine.close()
 
     async def aclose(self) -> None:
-        """Close the inner transports, and the pool the transport built (its sources and
-        health checks stop, without blocking the loop); a shared ``balancer=`` is left
-        open, and no longer followed. ``AsyncClient.aclose()`` calls this."""
-        self._unsubscribe()
-        await _close_all([*self._targets.clear(), *self._forget_others()])
+        """Close the inner transports (one with a request running once that request
+        ends), and the pool the transport built (its sources and health checks stop,
+        without blocking the loop); a shared ``balancer=`` is left open, and no longer
+        followed. ``AsyncClient.aclose()`` calls this. From then on the transport refuses
+        to send, as :meth:`LoadBalancingTransport.close` says."""
+        await _close_all(self._mark_closed())
         if self._loop is not None and self._closing:
             await asyncio.wait(set(self._closing))
         if self._owns_balancer:

@@ -28,6 +28,7 @@ from ..errors import ConfigError
 from ..fleet.departures import follow_departures
 from ..proxy import parse_cookie
 from . import outgoing
+from .errors import closed_error
 from .origins import Origin, mapped_location, origin_of
 from .proxies import as_proxy, environment_proxy
 from .targets import Target, Targets
@@ -190,7 +191,12 @@ class LoadBalancing(Generic[T]):
             verify=verify, cert=cert, trust_env=trust_env, http2=http2, proxy=proxy,
             **({} if limits is None else {"limits": limits}))
         self._targets: Targets[T] = Targets(inner_transport or self._inner_transport,
-                                            self._is_member, self._close_later)
+                                            self._is_member, self._close_later,
+                                            self._closed_error)
+        self._closed = False
+        # The virtual origin, and what each request's origin is compared with: the same,
+        # or once closed one no request has (the closed check costs a request nothing).
+        self._virtual: Origin | None = virtual
         self._origin: Origin | None = virtual
         self._others: dict[tuple[str, Any] | None, T] = {}      # by proxy (see _elsewhere)
         self._others_lock = threading.Lock()
@@ -239,17 +245,19 @@ class LoadBalancing(Generic[T]):
     def origin(self) -> str | None:
         """The virtual origin the transport balances (``origin=``, else its first request's
         scheme, host and port; None before that request)."""
-        return None if self._origin is None else str(self._origin)
+        return None if self._virtual is None else str(self._virtual)
 
     def _elsewhere(self, url: httpx.URL) -> bool:
         """Whether a request to ``url`` goes elsewhere than the pool: to another origin
         than the virtual one (the first request's origin becomes it, when ``origin=`` was
-        not given)."""
+        not given). Raises once the transport is closed."""
+        if self._closed:
+            raise self._closed_error()
         origin = origin_of(url)
         if self._origin is None:
             with self._others_lock:
                 if self._origin is None:
-                    self._origin = origin
+                    self._virtual = self._origin = origin
         return origin != self._origin
 
     def _other_transport(self, url: httpx.URL) -> T:
@@ -273,10 +281,24 @@ class LoadBalancing(Generic[T]):
         """A ``Location`` pointing at ``backend`` itself, mapped to the virtual origin (see
         :mod:`.origins`): the client follows it through the pool."""
         location = response.headers.get("Location")
-        if location is not None and self._origin is not None:
-            mapped = mapped_location(location, backend, self._origin)
+        if location is not None and self._virtual is not None:
+            mapped = mapped_location(location, backend, self._virtual)
             if mapped is not None:
                 response.headers["Location"] = mapped
+
+    # -- closing ----------------------------------------------------------------------------
+
+    def _mark_closed(self) -> list[T]:
+        """Refuse every request from now on, and let every backend leave as a departed one
+        does: the inner transports to close now (the others close as their last request
+        ends), and those of other origins."""
+        self._closed = True
+        self._origin = _NO_ORIGIN
+        self._unsubscribe()
+        return [*self._targets.close(), *self._forget_others()]
+
+    def _closed_error(self) -> RuntimeError:
+        return closed_error(type(self).__name__)
 
     # -- the inner transports ---------------------------------------------------------------
 
@@ -303,6 +325,10 @@ class LoadBalancing(Generic[T]):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.balancer!r}>"
+
+
+#: The origin no request has: a closed transport's (every request goes to ``_elsewhere``).
+_NO_ORIGIN = Origin("", "", -1)
 
 
 def _bounded(given: float | None, limit: float) -> float:

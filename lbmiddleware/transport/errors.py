@@ -6,7 +6,8 @@ table says it is not (a proxy's fault, a request httpx refused to send): :func:`
 turns it into the attempt's :class:`~lbmiddleware.core.attempts.Outcome`, or raises it
 again as it is. When every attempt raised, the caller gets the last exception again, of the
 same class, naming the backends tried (:func:`naming_backends`). When the pool has no
-backend to try, :class:`NoHealthyBackendError`.
+backend to try, :class:`NoHealthyBackendError`; when the transport was closed, a
+``RuntimeError`` (:func:`closed_error`), as a closed ``httpx.Client`` raises.
 """
 
 from __future__ import annotations
@@ -22,13 +23,23 @@ from ..errors import NoHealthyBackend
 if TYPE_CHECKING:
     from ..core.backend import Backend
 
-__all__ = ["NoHealthyBackendError", "failure", "naming_backends"]
+__all__ = ["NoHealthyBackendError", "closed_error", "failure", "naming_backends"]
 
 
 class NoHealthyBackendError(NoHealthyBackend, httpx.ConnectError):
     """No backend is left to try; also an ``httpx.ConnectError``, so ``except
     httpx.TransportError`` (or ``httpx.HTTPError``) catches it, as it would a refused
     connection."""
+
+
+def closed_error(name: str) -> RuntimeError:
+    """What a closed transport (``name``: its class) raises when asked to send: it closed
+    with its client, and with it the pool it built (sources and health checks stopped), so
+    it does not serve on from a pool that no longer follows its backends."""
+    return RuntimeError(
+        f"{name} was closed (its client exited, or close() was called), and with it the pool "
+        "it built: keep one client open for the app's life, or pass balancer=pool to share "
+        "a pool that outlives its clients, with a new transport for each client")
 
 
 # How an exception from an inner transport ends an attempt: the first row naming its class

@@ -79,6 +79,9 @@ class LoadBalancingTransport(LoadBalancing[httpx.BaseTransport], httpx.BaseTrans
                 answer, outcome = self._forward(plan, backend)
                 if outcome.ok:
                     break
+                if self._closed and isinstance(answer, httpx.TransportError):
+                    attempts.release()      # ended by our own close, maybe: no one's failure
+                    break
                 following = attempts.retry(outcome, replayable=plan.replayable)
                 if following is None:
                     break
@@ -134,10 +137,12 @@ class LoadBalancingTransport(LoadBalancing[httpx.BaseTransport], httpx.BaseTrans
                 transport.close()
 
     def close(self) -> None:
-        """Close the inner transports, and the pool the transport built (its sources and
+        """Close the inner transports (one with a request running once that request
+        ends: it ends as it would have), and the pool the transport built (its sources and
         health checks stop); a shared ``balancer=`` is left open, and no longer followed.
-        ``Client.close()`` calls this."""
-        self._unsubscribe()
-        self._close_later([*self._targets.clear(), *self._forget_others()])
+        ``Client.close()`` calls this. From then on the transport refuses to send
+        (``RuntimeError``, as a closed ``httpx.Client``); an attempt that fails after the
+        close is given up, neither counted against its backend nor retried."""
+        self._close_later(self._mark_closed())
         if self._owns_balancer:
             self.balancer.close()

@@ -74,10 +74,13 @@ class Targets(Generic[T]):
     caller's threads or loop, departures from whichever thread changed the members."""
 
     def __init__(self, make: Callable[[Backend], T], is_member: Callable[[Backend], bool],
-                 close_later: Callable[[Iterable[T | None]], None]) -> None:
+                 close_later: Callable[[Iterable[T | None]], None],
+                 closed: Callable[[], Exception] = lambda: RuntimeError("closed")) -> None:
         self._make = make
         self._is_member = is_member
         self.close_later = close_later
+        self._closed_error = closed
+        self._closed = False
         self._by_url: dict[str, Target[T]] = {}
         self._lock = threading.Lock()
 
@@ -103,6 +106,8 @@ class Targets(Generic[T]):
         """:meth:`acquire` of a backend without a target, or whose server name changed."""
         closing = []
         with self._lock:
+            if self._closed:
+                raise self._closed_error()
             target = self._by_url.get(backend.url)
             if target is not None and target.backend.server_name != backend.server_name:
                 target.leaving = True
@@ -136,13 +141,21 @@ class Targets(Generic[T]):
                         closing.append(target.transport)
         return closing
 
-    def clear(self) -> list[T]:
-        """Forget every target: the transports to close (the owner is closing)."""
+    def close(self) -> list[T]:
+        """The owner is closing: build no more, and let every backend leave as a departed
+        one does. Returns the transports to close now (no request in flight); the others
+        are returned by :meth:`Target.release` when their last request ends, so a request
+        running as its client closes ends as it would have (httpcore's ``close()`` would
+        cut its connection)."""
         with self._lock:
+            self._closed = True
             targets, self._by_url = list(self._by_url.values()), {}
+            closing = []
             for target in targets:
                 target.leaving = True
-        return [target.transport for target in targets]
+                if target.in_flight == 0:
+                    closing.append(target.transport)
+        return closing
 
     def __len__(self) -> int:
         with self._lock:
