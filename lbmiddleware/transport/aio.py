@@ -72,8 +72,13 @@ class AsyncLoadBalancingTransport(LoadBalancing[httpx.AsyncBaseTransport],
                     await adiscard(answer)
                 backend = following
             if isinstance(answer, httpx.TransportError):
-                raise naming_backends(answer, request, attempts.tried) from answer
-            cast(AsyncAttemptBody, answer.stream).end_attempt(attempts.completion, outcome)
+                raise naming_backends(answer, request, attempts.tried,
+                                      outcome.error) from answer
+            body = cast(AsyncAttemptBody, answer.stream)
+            body.end_attempt(attempts, outcome, plan.extensions.get("timeout"))
+            extensions = answer.extensions      # which backend answered, after how many
+            extensions["lbmiddleware.backend"] = backend.url
+            extensions["lbmiddleware.attempts"] = len(attempts.tried)
             return answer
 
     async def _forward(self, plan: Plan, backend: Backend
@@ -88,7 +93,7 @@ class AsyncLoadBalancingTransport(LoadBalancing[httpx.AsyncBaseTransport],
             closing = target.release()
             if closing is not None:
                 await closing.aclose()
-            return exc, failure(exc, self._timer() - start)
+            return exc, failure(exc, self._timer() - start, plan.extensions.get("timeout"))
         except BaseException:                   # cancelled: close it later, not here
             self._close_later([target.release()])
             raise

@@ -32,6 +32,7 @@ from .errors import closed_error
 from .origins import Origin, mapped_location, origin_of
 from .proxies import as_proxy, environment_proxy
 from .targets import Target, Targets
+from .uploads import replayable_body
 
 __all__ = ["LoadBalancing", "Plan", "TransportOptions"]
 
@@ -90,11 +91,7 @@ class Plan:
     def __init__(self, transport: LoadBalancing[Any], request: httpx.Request) -> None:
         self.request = request
         self.key = transport.request_key(request) if transport._keyed else None
-        try:
-            self.size = len(request.content)    # a body httpx holds: sent again as is
-            self.replayable = True
-        except httpx.RequestNotRead:            # a generator, a file: read once
-            self.size, self.replayable = 0, False
+        self.replayable, self.size = replayable_body(request)
         # The request keeps its own Host with preserve_host, or when it set another than
         # its URL's (httpx always sends the URL's); without one it gets the backend's.
         host, position = outgoing.find_host(request.headers)
@@ -102,15 +99,23 @@ class Plan:
             transport.settings.preserve_host or position == outgoing.SEVERAL
             or host != outgoing.netloc(request.url)) else position
         # Each attempt's connect and read timeouts are the request's (httpx's Timeout) when
-        # shorter than the settings (connect_timeout, read_timeout), else the settings'.
+        # shorter than the settings (connect_timeout, read_timeout), else the settings'. An
+        # explicit None (httpx.Timeout(5, read=None): no limit) is kept, as the adapter
+        # keeps one; a request without a timeout (httpx's clients always give one) gets the
+        # settings'.
         extensions = request.extensions
-        given: _Timeouts = extensions.get("timeout") or {}
-        connect, read = given.get("connect"), given.get("read")
+        given: _Timeouts | None = extensions.get("timeout")
         most_connect, most_read = transport._connect_timeout, transport._read_timeout
-        if connect is None or connect > most_connect or read is None or read > most_read:
-            extensions = {**extensions, "timeout": {
-                **given, "connect": _bounded(connect, most_connect),
-                "read": _bounded(read, most_read)}}
+        if given is None:
+            extensions = {**extensions, "timeout": {"connect": most_connect,
+                                                    "read": most_read}}
+        else:
+            connect, read = given.get("connect"), given.get("read")
+            if (connect is not None and connect > most_connect) \
+                    or (read is not None and read > most_read):
+                extensions = {**extensions, "timeout": {
+                    **given, "connect": _bounded(connect, most_connect),
+                    "read": _bounded(read, most_read)}}
         self.extensions = extensions
 
     def upstream(self, target: Target[Any]) -> httpx.Request:
@@ -331,5 +336,5 @@ class LoadBalancing(Generic[T]):
 _NO_ORIGIN = Origin("", "", -1)
 
 
-def _bounded(given: float | None, limit: float) -> float:
-    return limit if given is None else min(given, limit)
+def _bounded(given: float | None, limit: float) -> float | None:
+    return None if given is None else min(given, limit)

@@ -8,8 +8,9 @@ both cases. So the response's stream is wrapped (:class:`AttemptBody`,
 * is read to the end, or closed before: the attempt's outcome (its status decides), with
   the bytes received (``least_conn`` and ``latency`` see a response being read as in
   flight, which it is: its backend is still sending it);
-* fails to arrive (reset, cut short, timed out): a failure of the backend, with the
-  error's text. Not retried: the caller has the response already;
+* fails to arrive (reset, cut short, timed out): a failure of the backend, in the words
+  every front-end uses (:func:`~lbmiddleware.core.attempts.broken_body`, with its
+  failed-attempt line). Not retried: the caller has the response already;
 * is abandoned by a cancelled task (``asyncio.CancelledError``) or an interrupt: released,
   without an outcome, as the core's rules say for a cancellation.
 
@@ -26,8 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from ..core.attempts import Completion, Outcome
-from .errors import describe
+from ..core.attempts import Attempts, Outcome, broken_body
+from .errors import Timeouts, describe
 
 if TYPE_CHECKING:
     from .targets import Target
@@ -49,13 +50,16 @@ class _Ending:
 
     _target: Target[Any]
     _received: int = 0
-    _completion: Completion | None = None
+    _attempts: Attempts | None = None
     _outcome: Outcome | None = None
+    _timeouts: Timeouts | None = None
     _ended: bool = False
 
-    def end_attempt(self, completion: Completion, outcome: Outcome) -> None:
-        """This body is the answer the caller gets: its end ends ``completion``."""
-        self._completion, self._outcome = completion, outcome
+    def end_attempt(self, attempts: Attempts, outcome: Outcome,
+                    timeouts: Timeouts | None) -> None:
+        """This body is the answer the caller gets: its end ends the current attempt of
+        ``attempts`` (``timeouts``: the attempt's, to name one that runs out)."""
+        self._attempts, self._outcome, self._timeouts = attempts, outcome, timeouts
 
     def _end(self, error: BaseException | None = None) -> Any:
         """End once: the attempt (if this body is the answer), then the request on the
@@ -64,17 +68,17 @@ class _Ending:
             return None
         self._ended = True
         try:
-            completion, outcome = self._completion, self._outcome
-            if completion is not None and outcome is not None:
+            attempts, outcome = self._attempts, self._outcome
+            if attempts is not None and outcome is not None:
                 if error is None:           # (the bytes received set by slicing, inlined)
-                    completion.done(tuple.__new__(Outcome, outcome[:_RECEIVED] + (
+                    attempts.end(tuple.__new__(Outcome, outcome[:_RECEIVED] + (
                         self._received,) + outcome[_RECEIVED + 1:]))
                 elif isinstance(error, Exception):
-                    completion.done(outcome._replace(
-                        ok=False, timeout=isinstance(error, httpx.TimeoutException),
-                        bytes_received=self._received, error=describe(error)))
+                    attempts.end_failed(broken_body(
+                        outcome, self._received, describe(error, self._timeouts),
+                        timeout=isinstance(error, httpx.TimeoutException)))
                 else:                       # cancelled, interrupted: no outcome
-                    completion.release(wait=not isinstance(error, GeneratorExit))
+                    attempts.release(wait=not isinstance(error, GeneratorExit))
         finally:
             closing = self._target.release()
         return closing

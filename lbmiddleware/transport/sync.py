@@ -36,7 +36,15 @@ class LoadBalancingTransport(LoadBalancing[httpx.BaseTransport], httpx.BaseTrans
     ``LB_*`` variables (``environ`` for tests), and :meth:`from_env` reads them always.
     ``balancer=`` shares one pool with other transports, adapters and middlewares.
 
-    Each request goes to one backend: its URL with the backend's base path before the
+    The transport balances one virtual origin: ``origin=`` (``"http://orders"``), else the
+    origin of the first request it sees (the client's ``base_url``, the URL it is mounted
+    on); a request to any other origin (a redirect to a CDN) goes where its URL says, over
+    a plain ``httpx.HTTPTransport`` with the same ``verify``, ``cert``, ``trust_env``,
+    ``limits``, ``http2`` and proxy, as without the pool (see
+    :mod:`~lbmiddleware.transport.origins`). ``mounts={"http://orders": transport}`` is
+    the precise form.
+
+    Each request to it goes to one backend: its URL with the backend's base path before the
     request's path, ``Host`` the backend's (its server name for a DNS source's) unless
     ``preserve_host`` or the request sets another, over an inner transport of that
     backend's own: by default an ``httpx.HTTPTransport`` with ``verify``, ``cert``,
@@ -46,19 +54,27 @@ class LoadBalancingTransport(LoadBalancing[httpx.BaseTransport], httpx.BaseTrans
     builds them instead (HTTP/2 without TLS: ``lambda backend:
     httpx.HTTPTransport(http1=False, http2=True)``; it is called under a lock, once per
     backend). Each attempt's connect and read timeouts are the request's,
-    bounded by the ``connect_timeout`` and ``read_timeout`` settings.
+    bounded by the ``connect_timeout`` and ``read_timeout`` settings; an explicit None
+    (``httpx.Timeout(5, read=None)``) is kept: no limit. A backend's ``Location`` pointing
+    at itself is mapped to the virtual origin (nginx's ``proxy_redirect default``).
 
     Retries follow the rules of every front-end (docs/contract.md, "Retries": the core's
     attempt loop). A body httpx holds in memory (``content=``, ``json=``, ``data=``) is sent
-    again; a generator is not. A response counts as in flight until its body is read or
-    closed. When every attempt raised, the last httpx exception is raised again, of the
+    again, and so is a multipart upload (``files=``) whose files can seek; a generator is
+    not. A backend whose connection pool is full (``httpx.PoolTimeout``) was not sent the
+    request: another backend gets it. A response counts as in flight until its body is
+    read or closed; ``response.extensions["lbmiddleware.backend"]`` is the URL of the
+    backend that answered, ``["lbmiddleware.attempts"]`` the attempts made. When every
+    attempt raised, the last httpx exception is raised again, of the
     same class, naming the backends tried (also in ``backends_tried``); an empty pool
     raises :class:`~lbmiddleware.transport.NoHealthyBackendError`, an ``httpx.ConnectError``
     that is also a ``lb.NoHealthyBackend``.
 
     ``close()`` (``Client.close()`` calls it) closes the inner transports and the pool the
-    transport built (a shared ``balancer=`` is left to its owner). A backend that leaves
-    the pool loses its connections once its requests in flight have ended.
+    transport built (a shared ``balancer=`` is left to its owner); a request running then
+    ends as it would have, and the transport refuses any later one (``RuntimeError``). A
+    backend that leaves the pool loses its connections once its requests in flight have
+    ended.
     """
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
@@ -89,8 +105,13 @@ class LoadBalancingTransport(LoadBalancing[httpx.BaseTransport], httpx.BaseTrans
                     discard(answer)
                 backend = following
             if isinstance(answer, httpx.TransportError):
-                raise naming_backends(answer, request, attempts.tried) from answer
-            cast(AttemptBody, answer.stream).end_attempt(attempts.completion, outcome)
+                raise naming_backends(answer, request, attempts.tried,
+                                      outcome.error) from answer
+            body = cast(AttemptBody, answer.stream)
+            body.end_attempt(attempts, outcome, plan.extensions.get("timeout"))
+            extensions = answer.extensions      # which backend answered, after how many
+            extensions["lbmiddleware.backend"] = backend.url
+            extensions["lbmiddleware.attempts"] = len(attempts.tried)
             return answer
 
     def _forward(self, plan: Plan, backend: Backend
@@ -103,7 +124,7 @@ class LoadBalancingTransport(LoadBalancing[httpx.BaseTransport], httpx.BaseTrans
             response = target.transport.handle_request(plan.upstream(target))
         except httpx.TransportError as exc:
             self._close_later([target.release()])
-            return exc, failure(exc, self._timer() - start)
+            return exc, failure(exc, self._timer() - start, plan.extensions.get("timeout"))
         except BaseException:
             self._close_later([target.release()])
             raise

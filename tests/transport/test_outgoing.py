@@ -93,23 +93,41 @@ def test_the_request_is_the_one_the_constructor_builds():
     assert fast.read() == b"body"
 
 
-@pytest.mark.parametrize("exc, sent, timeout", [
-    (httpx.ConnectError("[Errno 111] Connection refused"), False, False),
-    (httpx.ConnectTimeout(""), False, True),
-    (httpx.ReadTimeout("timed out"), True, True),
-    (httpx.WriteTimeout("timed out"), True, True),
+@pytest.mark.parametrize("exc, sent, timeout, words", [
+    (httpx.ConnectError("[Errno 111] Connection refused"), False, False, "connection refused"),
+    (httpx.ConnectTimeout(""), False, True, "connect timed out"),
+    (httpx.ReadTimeout("timed out"), True, True, "read timed out"),
+    (httpx.WriteTimeout("timed out"), True, True, "write timed out"),
     (httpx.RemoteProtocolError("Server disconnected without sending a response."), True,
-     False),
-    (httpx.ReadError("[Errno 104] Connection reset by peer"), True, False),
+     False, "the connection was closed without a response"),
+    (httpx.ReadError("[Errno 104] Connection reset by peer"), True, False,
+     "connection reset by peer"),
+    (httpx.RemoteProtocolError("peer closed connection without sending complete message body "
+                               "(incomplete chunked read)"), True, False,
+     "the response ended early (incomplete chunked read)"),
 ])
-def test_a_backends_failure_becomes_an_outcome_with_its_text(exc, sent, timeout):
+def test_a_backends_failure_becomes_an_outcome_in_every_front_ends_words(exc, sent, timeout,
+                                                                           words):
+    """The words of adapter/errors.py and asgi/exchange.py for the same failures."""
     outcome = failure(exc, 0.25)
     assert (outcome.ok, outcome.sent, outcome.timeout, outcome.latency) == \
         (False, sent, timeout, 0.25)
-    assert outcome.error == (str(exc) or type(exc).__name__)
+    assert outcome.error == words
 
 
-@pytest.mark.parametrize("exc", [httpx.ProxyError("proxy says no"), httpx.PoolTimeout(""),
+def test_a_timeout_names_the_limit_that_ran_out_and_a_full_pool_is_not_sent():
+    limits = {"connect": 0.5, "read": 2.0, "write": 5.0, "pool": 0.25}
+    assert failure(httpx.ReadTimeout("timed out"), 2.0, limits).error == \
+        "read timed out after 2s"
+    assert failure(httpx.ConnectTimeout(""), 0.5, limits).error == \
+        "connect timed out after 500ms"
+    full = failure(httpx.PoolTimeout(""), 0.25, limits)
+    assert (full.ok, full.sent, full.timeout, full.latency) == (False, False, True, None)
+    assert full.error == "no free connection within 250ms (the backend's connection pool is " \
+                         "full)"
+
+
+@pytest.mark.parametrize("exc", [httpx.ProxyError("proxy says no"),
                                  httpx.LocalProtocolError("bad header"),
                                  httpx.UnsupportedProtocol("ftp")])
 def test_what_is_not_the_backends_fault_is_raised_as_it_is(exc):
