@@ -177,14 +177,17 @@ def report(title: str, rates: dict[str, list[float]], cpu_us: dict[str, list[flo
               f"{', '.join(f'{r:,.0f}' for r in rates[name])}")
 
 
-def overhead_verdict(label: str, rates: dict[str, list[float]], plain: str,
-                     transport: str) -> bool:
+def overhead_verdict(label: str, rates: dict[str, list[float]], cpu_us: dict[str, list[float]],
+                     plain: str, transport: str) -> bool:
     ratios = [t / p for t, p in zip(rates[transport], rates[plain], strict=True)]
     ratio = statistics.median(ratios)
     passed = ratio >= TARGET_RATIO
+    extra = [t - p for t, p in zip(cpu_us[transport], cpu_us[plain], strict=True)]
     print(f"   {label}: transport/plain req/s median of rounds {ratio:.3f} (rounds: "
           f"{', '.join(f'{r:.3f}' for r in ratios)}); overhead {100 * (1 - ratio):.1f}% "
           f"(target <= {100 * (1 - TARGET_RATIO):.0f}%)  {'PASS' if passed else 'FAIL'}")
+    print(f"   {label}: client CPU per request, transport minus plain, median of rounds "
+          f"{statistics.median(extra):+.0f} us (rounds: {', '.join(f'{e:+.0f}' for e in extra)})")
     return passed
 
 
@@ -212,7 +215,8 @@ def sync_overhead(urls: list[str], direct: str, requests_: int, rounds: int,
                               requests_, rounds, block)
     report(f"1a. Sync overhead: {rounds} rounds x {requests_:,} requests per side "
            f"(alternating blocks of {block}), one backend", rates, cpu_us)
-    passed = overhead_verdict("sync", rates, "plain httpx.Client", "LoadBalancingTransport")
+    passed = overhead_verdict("sync", rates, cpu_us, "plain httpx.Client",
+                              "LoadBalancingTransport")
     print()
     plain.close()
     balanced.close()
@@ -244,7 +248,7 @@ def async_overhead(urls: list[str], direct: str, requests_: int, rounds: int, bl
         report(f"1b. Async overhead: {rounds} rounds x {requests_:,} requests per side "
                f"(alternating blocks of {block}), one backend, {concurrency} tasks per side",
                rates, cpu_us)
-        passed = overhead_verdict("async", rates, "plain httpx.AsyncClient",
+        passed = overhead_verdict("async", rates, cpu_us, "plain httpx.AsyncClient",
                                   "AsyncLoadBalancingTransport")
         print()
         loop.run(plain_async.aclose())
