@@ -47,3 +47,37 @@ def test_a_dropped_front_end_is_not_kept_and_its_listener_unsubscribes_itself(mo
     assert unsubscribed == []
     pool.update(["http://b:1"])                         # the next departure: it goes
     assert len(unsubscribed) == 1
+
+
+def test_dropped_front_ends_are_unsubscribed_by_the_next_one_without_a_departure(monkeypatch):
+    """A front-end per call on one shared static pool, dropped without close(): no departure
+    ever comes, so each dropped one's listener would stay (memory, and a longer copy for
+    every later subscription); the next front-end built unsubscribes them."""
+    pool = Balancer(["http://a:1"])
+    unsubscribed = record_unsubscribes(pool, monkeypatch)
+    for _ in range(100):
+        follow_departures(FrontEnd(), pool, FrontEnd.close_departed)
+    kept = FrontEnd()
+    follow_departures(kept, pool, FrontEnd.close_departed)
+    assert len(unsubscribed) == 100
+    pool.update(["http://b:1"])                         # the one kept still follows
+    assert kept.departed == [["http://a:1"]]
+
+
+def test_a_front_end_collected_while_this_thread_holds_the_pools_lock_does_not_wait_for_it(
+        monkeypatch):
+    """A garbage collection runs inside any allocation, also inside the pool's own lock (a
+    pick): the collected front-end's unsubscribe, which takes that lock, is queued, not run
+    there (it would wait for this very thread forever)."""
+    pool = Balancer(["http://a:1"])
+    unsubscribed = record_unsubscribes(pool, monkeypatch)
+    front_end = FrontEnd()
+    front_end.cycle = front_end                         # only a collection frees it
+    follow_departures(front_end, pool, FrontEnd.close_departed)
+    ref = weakref.ref(front_end)
+    del front_end
+    with pool._lock:
+        gc.collect()
+    assert ref() is None and unsubscribed == []
+    follow_departures(FrontEnd(), pool, FrontEnd.close_departed)
+    assert len(unsubscribed) == 1
