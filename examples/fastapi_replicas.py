@@ -40,8 +40,10 @@ SERVICE = "http://inventory"
 
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """One client, one pool, for the app's life (``LB_BACKENDS``, ``LB_POLICY``, ...)."""
-    transport = lb.AsyncLoadBalancingTransport.from_env()
+    """One client, one pool, for the app's life (``LB_BACKENDS``, ``LB_POLICY``, ...); the
+    transport balances the calls to SERVICE (anything else the client fetches, a redirect
+    elsewhere, goes where its URL says)."""
+    transport = lb.AsyncLoadBalancingTransport.from_env(origin=SERVICE)
     async with httpx.AsyncClient(transport=transport, base_url=SERVICE, timeout=5) as client:
         app.state.inventory = client
         app.state.pool = transport.balancer
@@ -94,6 +96,14 @@ async def replicas(request: Request) -> list[dict[str, Any]]:
             for row in pool.stats()]
 
 
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host`` (a name or an IPv4 or IPv6 address: its own address
+    family) and ``port`` (0: any free one)."""
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                flags=socket.AI_PASSIVE)[0][0]
+    return socket.create_server((host, port), family=family)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
@@ -105,8 +115,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except lb.ConfigError as exc:
         print(f"{exc}\n(see the top of {__file__} for how to run it)", file=sys.stderr)
         return 2
-    sock = socket.create_server((args.host, args.port))
-    print(f"serving on http://{args.host}:{sock.getsockname()[1]}", flush=True)
+    try:                                                # a port in use: the same
+        sock = listen(args.host, args.port)
+    except OSError as exc:
+        print(f"cannot listen on {args.host} port {args.port}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return 2
+    host = f"[{args.host}]" if ":" in args.host else args.host     # an IPv6 address
+    print(f"serving on http://{host}:{sock.getsockname()[1]}", flush=True)
     config = uvicorn.Config(app, log_level="warning")
     uvicorn.Server(config).run(sockets=[sock])
     return 0

@@ -7,6 +7,7 @@ import os
 import pathlib
 import select
 import signal
+import socket
 import subprocess
 import sys
 from collections import Counter
@@ -97,3 +98,28 @@ def test_a_bad_setting_is_one_line_and_exit_2():
     _, errors = process.communicate(timeout=30)
     assert process.returncode == 2
     assert "LB_BACKENDS has value 'ftp://127.0.0.1:1'" in errors
+
+
+def test_the_example_serves_on_an_ipv6_loopback_host(backends):
+    """``--host ::1``: the listener takes its address family from the host, and the line
+    it prints is a URL (the address in brackets)."""
+    process = run_example({"LB_BACKENDS": backends[0].url}, "--host", "::1", "--port", "0")
+    try:
+        line = first_line(process)
+        assert line.startswith("serving on http://[::1]:"), line or process.stderr.read()
+        with httpx.Client(base_url=line.split()[-1], timeout=10) as client:
+            assert client.get("/items/3").json()["inventory"]["body"]["path"] == "/items/3"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, errors = process.communicate(timeout=15)
+    assert "Traceback" not in errors, errors
+
+
+def test_a_port_in_use_is_one_line_and_exit_2(backends):
+    """A port already taken is a bad setting too: one line naming it, exit 2."""
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        process = run_example({"LB_BACKENDS": backends[0].url}, "--port", str(port))
+        _, errors = process.communicate(timeout=30)
+    assert process.returncode == 2 and "Traceback" not in errors, errors[-400:]
+    assert len(errors.strip().splitlines()) == 1 and f"127.0.0.1 port {port}" in errors, errors
