@@ -8,13 +8,16 @@ One job per module:
 * :mod:`~lbmiddleware.transport.sync` and :mod:`~lbmiddleware.transport.aio`: the two
   transports, the core's attempt loop around their own I/O;
 * :mod:`~lbmiddleware.transport.base`: what they share (settings, sticky key, the request
-  as a backend gets it, timeouts, departures);
-* :mod:`~lbmiddleware.transport.targets`: one inner httpx transport per backend, and the
-  proxy the environment names for its real URL;
-* :mod:`~lbmiddleware.transport.urls`: each attempt's URL;
+  as a backend gets it, timeouts, departures, closing);
+* :mod:`~lbmiddleware.transport.origins`: which requests the pool gets (the virtual origin),
+  and a backend's redirect to itself mapped back to it;
+* :mod:`~lbmiddleware.transport.targets`: one inner httpx transport per backend;
+* :mod:`~lbmiddleware.transport.proxies`: the proxy the environment names for a real URL;
+* :mod:`~lbmiddleware.transport.outgoing`: each attempt's URL, ``Host`` and request;
+* :mod:`~lbmiddleware.transport.uploads`: whether a request's body can be sent again;
 * :mod:`~lbmiddleware.transport.bodies`: an attempt ends when its response body does;
-* :mod:`~lbmiddleware.transport.errors`: httpx's errors as outcomes (one table), and the
-  exceptions the caller gets.
+* :mod:`~lbmiddleware.transport.errors`: httpx's errors as outcomes (one table) in the
+  words every front-end uses, and the exceptions the caller gets.
 """
 
 from ..errors import needs_extra
