@@ -10,7 +10,9 @@ but a few milliseconds a second).
 The thread (``lbmiddleware-fleet``) starts on the first :func:`submit` and is a daemon: it
 never holds up the process's exit. After a ``fork`` the child has no such thread (only the
 forking thread survives), so the child forgets the parent's loop (``os.register_at_fork``)
-and starts its own on its first :func:`submit`.
+and starts its own on its first :func:`submit`; what ran tasks on the parent's loop (a
+pool's sources and checks, a status history's sampling) asks to start them again there with
+:func:`restart_after_fork`.
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ import asyncio
 import concurrent.futures
 import os
 import threading
+import weakref
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
-__all__ = ["submit", "call_soon", "in_loop_thread", "THREAD_NAME"]
+__all__ = ["submit", "call_soon", "in_loop_thread", "restart_after_fork", "THREAD_NAME"]
 
 THREAD_NAME = "lbmiddleware-fleet"
 
@@ -83,4 +86,25 @@ def _forget_after_fork() -> None:
     _loop = _thread = None
 
 
+class _Restartable(Protocol):
+    def _restart_after_fork(self) -> None: ...
+
+
+_restartable: weakref.WeakSet[_Restartable] = weakref.WeakSet()
+
+
+def restart_after_fork(owner: _Restartable) -> None:
+    """Call ``owner._restart_after_fork()`` in every forked child while ``owner`` lives (it is
+    held weakly), after the child has forgotten the parent's loop: its tasks ran there and
+    must start again on the child's own."""
+    _restartable.add(owner)
+
+
+def _restart_in_child() -> None:
+    for owner in list(_restartable):
+        owner._restart_after_fork()
+
+
+# In this order: the child's loop is a new one by the time the owners start their tasks.
 os.register_at_fork(after_in_child=_forget_after_fork)
+os.register_at_fork(after_in_child=_restart_in_child)

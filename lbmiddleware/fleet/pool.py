@@ -36,7 +36,6 @@ import concurrent.futures
 import functools
 import importlib.util
 import logging
-import os
 import random
 import threading
 import time
@@ -147,7 +146,8 @@ class Balancer(CoreBalancer):
         self._background = background = _Background(jobs)
         weakref.finalize(self, background.stop, 0.0).atexit = False
         background.start()
-        _follow_forks(self)
+        from .loop import restart_after_fork
+        restart_after_fork(self)                # a forked child starts them on its own loop
         try:
             asyncio.get_running_loop()      # (the fleet's own loop too: it would answer)
         except RuntimeError:
@@ -444,22 +444,3 @@ async def _supervised(name: str, job: Callable[[], Awaitable[None]]) -> None:
             logger.exception("lbmiddleware: %s crashed; starting it again in %.3gs", name, delay)
         await asyncio.sleep(delay)
         delay = min(delay * 2, RESTART_MAX)
-
-
-# -- fork: a child's pools start their tasks on the child's loop --------------------------
-
-_pools: weakref.WeakSet[Balancer] = weakref.WeakSet()
-_fork_hook = False
-
-
-def _follow_forks(pool: Balancer) -> None:
-    global _fork_hook
-    _pools.add(pool)
-    if not _fork_hook:
-        _fork_hook = True
-        os.register_at_fork(after_in_child=_restart_in_child)
-
-
-def _restart_in_child() -> None:
-    for pool in list(_pools):
-        pool._restart_after_fork()

@@ -22,7 +22,6 @@ import collections
 import concurrent.futures
 import logging
 import math
-import os
 import threading
 import time
 import weakref
@@ -183,7 +182,8 @@ class History:
             self._finalizer.atexit = False
             del pool
             self._future = self._submit()
-        _follow_forks(self)
+        from ..fleet.loop import restart_after_fork
+        restart_after_fork(self)                # a forked child samples on its own loop
         return self
 
     def stop(self) -> None:
@@ -260,22 +260,3 @@ def history_of(pool: Balancer) -> History:
         else:
             made = False
     return history.start() if made else history
-
-
-# -- fork: a child's Histories sample on the child's loop --------------------------------
-
-_running: weakref.WeakSet[History] = weakref.WeakSet()
-_fork_hook = False
-
-
-def _follow_forks(history: History) -> None:
-    global _fork_hook
-    _running.add(history)
-    if not _fork_hook:
-        _fork_hook = True
-        os.register_at_fork(after_in_child=_restart_in_child)
-
-
-def _restart_in_child() -> None:
-    for history in list(_running):
-        history._restart_after_fork()
