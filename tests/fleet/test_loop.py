@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-import warnings
 
 import pytest
 
 from lbmiddleware.fleet import loop
+
+from ..support.forking import in_forked_child
 
 
 async def _where() -> tuple[int, str, bool]:
@@ -49,22 +50,7 @@ def test_an_exception_comes_back_in_the_future():
 
 def test_a_forked_child_starts_its_own_loop():
     parent = loop.submit(_where()).result(5)          # the parent's loop runs
-    read, write = os.pipe()
-    with warnings.catch_warnings():                   # "multi-threaded, use of fork()..."
-        warnings.simplefilter("ignore", DeprecationWarning)
-        pid = os.fork()
-    if pid == 0:                                      # the child: only this thread exists
-        code = 1
-        try:
-            child = loop.submit(_where()).result(5)
-            os.write(write, repr(child).encode())
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write)
-    with os.fdopen(read) as pipe:
-        answer = pipe.read()
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-    assert answer == repr((pid, loop.THREAD_NAME, True))
+    child = in_forked_child(lambda: repr(loop.submit(_where()).result(5)).encode())
+    assert child.exit_code == 0
+    assert child.output.decode() == repr((child.pid, loop.THREAD_NAME, True))
     assert loop.submit(_where()).result(5) == parent  # the parent's own goes on

@@ -9,13 +9,11 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import os
 import queue
 import subprocess
 import sys
 import threading
 import time
-import warnings
 
 import lbmiddleware as lb
 from lbmiddleware.core import balancer as core_balancer
@@ -24,6 +22,7 @@ from lbmiddleware.discovery.status import SourceStatus
 from lbmiddleware.fleet import loop
 from lbmiddleware.fleet import pool as fleet_pool
 
+from ..support.forking import in_forked_child
 from ..support.waiting import LoopTicks, wait_for
 
 SOURCE = "dns+http://orders.test:8080"
@@ -284,24 +283,15 @@ def test_a_crashed_watcher_is_logged_and_started_again(monkeypatch, caplog):
 def test_a_forked_child_follows_its_sources_on_its_own_loop():
     watcher = SetsWatcher(SOURCE, "http://127.0.0.2:1")
     with pool_of([watcher]) as pool:
-        read, write = os.pipe()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:        # the parent's task does not run here: the child's own does
-                watcher.put("http://127.0.0.7:1")
-                if wait_for(lambda: "http://127.0.0.7:1" in {b.url for b in pool.backends}):
-                    os.write(write, str(watcher.runs).encode())
-                    code = 0
-            finally:
-                os._exit(code)
-        os.close(write)
-        with os.fdopen(read) as pipe:
-            runs = pipe.read()
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0
+        def child() -> bytes:   # the parent's task does not run here: the child's own does
+            watcher.put("http://127.0.0.7:1")
+            if not wait_for(lambda: "http://127.0.0.7:1" in {b.url for b in pool.backends}):
+                raise RuntimeError("the child's pool never took the new set")
+            return str(watcher.runs).encode()
+
+        forked = in_forked_child(child)
+        runs = forked.output.decode()
+        assert forked.exit_code == 0
         assert runs == "2"
         assert watcher.runs == 1
 

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import os
 import threading
-import warnings
 
 import pytest
 
@@ -19,6 +17,7 @@ from lbmiddleware.observe import History, history_of
 from lbmiddleware.observe.history import TASK_NAME
 
 from ..conftest import FakeClock
+from ..support.forking import in_forked_child
 from ..support.waiting import wait_for
 
 A, B, C = "http://a:1", "http://b:1", "http://c:1"
@@ -195,23 +194,13 @@ def test_a_forked_child_samples_on_its_own_loop():
     pool = lb.Balancer([A])
     history = History(pool, interval=0.02).start()
     assert wait_for(lambda: len(history._samples) >= 2)
-    read, write = os.pipe()
-    with warnings.catch_warnings():                   # "multi-threaded, use of fork()..."
-        warnings.simplefilter("ignore", DeprecationWarning)
-        pid = os.fork()
-    if pid == 0:                                      # the child: only this thread exists
-        code = 1
-        try:
-            seen = len(history._samples)
-            ok = wait_for(lambda: len(history._samples) >= seen + 3, timeout=5)
-            os.write(write, b"sampled" if ok and history.running else b"stuck")
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write)
-    with os.fdopen(read, "rb") as pipe:
-        said = pipe.read()
-    _, status = os.waitpid(pid, 0)
+
+    def child() -> bytes:
+        seen = len(history._samples)
+        ok = wait_for(lambda: len(history._samples) >= seen + 3, timeout=5)
+        return b"sampled" if ok and history.running else b"stuck"
+
+    forked = in_forked_child(child)
     history.stop()
-    assert os.waitstatus_to_exitcode(status) == 0
-    assert said == b"sampled"
+    assert forked.exit_code == 0
+    assert forked.output == b"sampled"

@@ -7,7 +7,6 @@ close: no socket left open)."""
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import ssl
 
@@ -16,6 +15,7 @@ from lbmiddleware.core.balancer import Balancer
 from lbmiddleware.probes import HealthCheck, Prober
 
 from ..conftest import CERTIFICATE_NAME
+from ..support.forking import in_forked_child
 from ..support.health_backend import HealthBackend
 from ..support.raw_backends import CLOSE, OK
 from ..support.waiting import running, until, until_async
@@ -205,16 +205,14 @@ def test_a_forked_child_leaves_the_parent_s_kept_connection_alone(raw_backend):
     loop = asyncio.new_event_loop()
     try:
         assert loop.run_until_complete(check(backend)) == (True, "status 200")
-        pid = os.fork()
-        if pid == 0:                                            # the child
-            code = 1
-            try:
-                result = asyncio.new_event_loop().run_until_complete(check(backend))
-                code = 0 if result == (True, "status 200") and check.opened == 2 else 2
-            finally:
-                os._exit(code)
-        _, wait_status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(wait_status) == 0
+
+        def child() -> bytes:
+            result = asyncio.new_event_loop().run_until_complete(check(backend))
+            if result != (True, "status 200") or check.opened != 2:
+                raise RuntimeError(f"the child's check: {result}, {check.opened} opened")
+            return b""
+
+        assert in_forked_child(child).exit_code == 0
         assert loop.run_until_complete(check(backend)) == (True, "status 200")
         assert check.opened == 1 and server.connections == 2    # the child's own, and ours
     finally:
