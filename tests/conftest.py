@@ -1,5 +1,5 @@
 """Shared fixtures (a fake clock, loopback backends: three, or started by name; scripted raw
-backends, a certificate) and the core/integration split.
+backends, a certificate, the access log captured) and the core/integration split.
 
 ``pytest -m core`` runs the fast standard-library tests alone, in seconds: every module
 under tests/core/ and the modules listed in ``CORE_FILES`` (sans-I/O parts outside the core:
@@ -13,6 +13,7 @@ listed here.
 
 from __future__ import annotations
 
+import logging
 import pathlib
 import ssl
 import subprocess
@@ -89,6 +90,14 @@ class FakeClock:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
+
+
+@pytest.fixture
+def access_log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    """``caplog`` capturing the access log (INFO on ``lbmiddleware.access``, which is off by
+    default); ``tests.proxy.test_access.access_records`` reads its lines back."""
+    caplog.set_level(logging.INFO, logger="lbmiddleware.access")
+    return caplog
 
 
 @pytest.fixture

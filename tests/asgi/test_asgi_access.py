@@ -5,15 +5,13 @@ a real uvicorn server, over loopback backends, one record per proxied request on
 from __future__ import annotations
 
 import asyncio
-import logging
 import socket
 
-import pytest
 import requests
 
 from lbmiddleware.asgi import LoadBalancerMiddleware
 
-from ..proxy.test_access import parse_logfmt
+from ..proxy.test_access import access_records
 from ..support.asgi_client import Call
 from ..support.asgi_server import ServerThread
 from ..support.servers import refused_url
@@ -27,18 +25,7 @@ async def local_app(scope, receive, send):
     await send({"type": "http.response.body", "body": b"local"})
 
 
-def access_records(caplog) -> list[dict[str, str]]:
-    return [parse_logfmt(r.getMessage()) for r in caplog.records
-            if r.name == "lbmiddleware.access" and r.levelno == logging.INFO]
-
-
-@pytest.fixture
-def logged(caplog):
-    caplog.set_level(logging.INFO, logger="lbmiddleware.access")
-    return caplog
-
-
-def test_each_proxied_request_gets_one_line(logged, servers):
+def test_each_proxied_request_gets_one_line(access_log, servers):
     a = servers("a")
     dead = refused_url()
     app = LoadBalancerMiddleware(local_app, prefix="/api", backends=[dead, a.url], max_fails=1,
@@ -49,17 +36,17 @@ def test_each_proxied_request_gets_one_line(logged, servers):
         assert session.get(f"{base}/api/caf%C3%A9", timeout=5,
                            headers={"X-Forwarded-For": "198.51.100.4"}).status_code == 200
         assert session.get(f"{base}/local", timeout=5).text == "local"     # the app's
-        until(lambda: len(access_records(logged)) == 2, 5, "two access lines")
-    lines = {line["path"]: line for line in access_records(logged)}
+        until(lambda: len(access_records(access_log)) == 2, 5, "two access lines")
+    lines = {line["path"]: line for line in access_records(access_log)}
     one, cafe = lines["/api/one"], lines["/api/caf\u00e9"]
     assert one == {"client": "127.0.0.1", "method": "GET", "path": "/api/one", "status": "200",
                    "backend": a.url, "attempts": "2", "duration_ms": one["duration_ms"]}
     assert (cafe["path"], cafe["client"], cafe["attempts"]) == ("/api/caf\u00e9",
                                                                "198.51.100.4", "1")
-    assert len(access_records(logged)) == 2          # nothing for the app's own path
+    assert len(access_records(access_log)) == 2      # nothing for the app's own path
 
 
-def test_a_client_gone_before_the_answer_is_499(logged, servers):
+def test_a_client_gone_before_the_answer_is_499(access_log, servers):
     a = servers("a")
     a.behaviour = "hang"
     app = LoadBalancerMiddleware(None, backends=[a.url], access_log=True)
@@ -67,21 +54,21 @@ def test_a_client_gone_before_the_answer_is_499(logged, servers):
         with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
             sock.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
             until(lambda: a.requests == 1, 5, "the request at the backend")
-        until(lambda: access_records(logged), 5, "the access line")
-    (line,) = access_records(logged)
+        until(lambda: access_records(access_log), 5, "the access line")
+    (line,) = access_records(access_log)
     assert (line["status"], line["backend"], line["attempts"]) == ("499", a.url, "1")
 
 
-def test_the_access_log_is_off_by_default(logged, servers):
+def test_the_access_log_is_off_by_default(access_log, servers):
     a = servers("a")
     app = LoadBalancerMiddleware(None, backends=[a.url])
     with ServerThread(app) as server:
         for _ in range(3):
             assert requests.get(f"http://127.0.0.1:{server.port}/x", timeout=5).ok
-    assert access_records(logged) == []
+    assert access_records(access_log) == []
 
 
-def test_a_refused_websocket_scope_gets_its_line_as_the_http_handshake_does(logged, servers):
+def test_a_refused_websocket_scope_gets_its_line_as_the_http_handshake_does(access_log, servers):
     """A handshake is refused whether the server hands it over as HTTP (WebSockets off, as in
     the gateway: logged 501 like any request) or as a ``websocket`` scope: the line is the
     same, with the status the client got: 501 where the server has the denial-response
@@ -98,8 +85,8 @@ def test_a_refused_websocket_scope_gets_its_line_as_the_http_handshake_does(logg
     app.balancer.close()
     assert denied[0]["status"] == 501 and closed[0]["type"] == "websocket.close"
     assert plain.status == 501
-    lines = {line["path"]: line for line in access_records(logged)}
-    assert len(access_records(logged)) == 3
+    lines = {line["path"]: line for line in access_records(access_log)}
+    assert len(access_records(access_log)) == 3
     for path, status in (("/chat", "501"), ("/old", "403"), ("/plain", "501")):
         line = lines[path]
         assert line == {"client": line["client"], "method": "GET", "path": path,
@@ -109,9 +96,9 @@ def test_a_refused_websocket_scope_gets_its_line_as_the_http_handshake_does(logg
     assert a.requests == 0
 
 
-def test_a_websocket_scope_outside_the_prefix_is_the_apps_and_not_logged(logged, servers):
+def test_a_websocket_scope_outside_the_prefix_is_the_apps_and_not_logged(access_log, servers):
     a = servers("a")
     app = LoadBalancerMiddleware(ws_app, prefix="/api", backends=[a.url], access_log=True)
     sent = asyncio.run(websocket(app, "/ws"))
     app.balancer.close()
-    assert sent == [{"type": "websocket.accept"}] and access_records(logged) == []
+    assert sent == [{"type": "websocket.accept"}] and access_records(access_log) == []

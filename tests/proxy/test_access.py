@@ -4,6 +4,7 @@ logged, whatever the client put in its path."""
 from __future__ import annotations
 
 import json
+import logging
 import re
 
 import pytest
@@ -30,6 +31,13 @@ def parse_logfmt(line: str) -> dict[str, str]:
         end = match.end()
     assert end == len(line), f"unparsed text at {end}: {line[end:]!r}"
     return pairs
+
+
+def access_records(caplog: pytest.LogCaptureFixture) -> list[dict[str, str]]:
+    """The access lines ``caplog`` holds (INFO on ``lbmiddleware.access``), parsed: what a
+    front-end logged (the ``access_log`` fixture captures them)."""
+    return [parse_logfmt(r.getMessage()) for r in caplog.records
+            if r.name == "lbmiddleware.access" and r.levelno == logging.INFO]
 
 
 def test_a_plain_request_is_written_bare_in_the_documented_order():

@@ -4,14 +4,11 @@ a threaded wsgiref server, over loopback backends, one record per proxied reques
 
 from __future__ import annotations
 
-import logging
-
-import pytest
 import requests
 
 from lbmiddleware.wsgi import WSGILoadBalancer
 
-from ..proxy.test_access import parse_logfmt
+from ..proxy.test_access import access_records
 from ..support.servers import refused_url
 from ..support.waiting import until
 from ..support.wsgi_server import serve_wsgi
@@ -22,18 +19,7 @@ def local_app(environ, start_response):
     return [b"local"]
 
 
-def access_records(caplog) -> list[dict[str, str]]:
-    return [parse_logfmt(r.getMessage()) for r in caplog.records
-            if r.name == "lbmiddleware.access" and r.levelno == logging.INFO]
-
-
-@pytest.fixture
-def logged(caplog):
-    caplog.set_level(logging.INFO, logger="lbmiddleware.access")
-    return caplog
-
-
-def test_each_proxied_request_gets_one_line(logged, servers):
+def test_each_proxied_request_gets_one_line(access_log, servers):
     a = servers("a")
     dead = refused_url()
     middleware = WSGILoadBalancer(local_app, prefix="/api", backends=[dead, a.url],
@@ -47,10 +33,10 @@ def test_each_proxied_request_gets_one_line(logged, servers):
                                headers={"X-Forwarded-For": "198.51.100.4"}).status_code == 200
             assert session.post(f"{base}/api/form", data=b"abc", timeout=5).status_code == 200
             assert session.get(f"{base}/local", timeout=5).text == "local"    # the app's
-            until(lambda: len(access_records(logged)) == 3, 5, "three access lines")
+            until(lambda: len(access_records(access_log)) == 3, 5, "three access lines")
     finally:
         middleware.close()
-    lines = {line["path"]: line for line in access_records(logged)}
+    lines = {line["path"]: line for line in access_records(access_log)}
     assert len(lines) == 3
     one, cafe, form = lines["/api/one"], lines['/api/caf\u00e9 "q"'], lines["/api/form"]
     assert one == {"client": "127.0.0.1", "method": "GET", "path": "/api/one", "status": "200",
@@ -60,35 +46,35 @@ def test_each_proxied_request_gets_one_line(logged, servers):
     assert (form["method"], form["status"]) == ("POST", "200")
 
 
-def test_the_proxys_own_answers_are_logged_too(logged):
+def test_the_proxys_own_answers_are_logged_too(access_log):
     first, second = refused_url(), refused_url()
     middleware = WSGILoadBalancer(None, backends=[first, second], retries=1, access_log=True)
     try:
         with serve_wsgi(middleware) as port:
             assert requests.get(f"http://127.0.0.1:{port}/x", timeout=5).status_code == 502
-            until(lambda: access_records(logged), 5, "the access line")
+            until(lambda: access_records(access_log), 5, "the access line")
     finally:
         middleware.close()
-    (line,) = access_records(logged)
+    (line,) = access_records(access_log)
     assert (line["path"], line["status"], line["attempts"], line["backend"]) == (
         "/x", "502", "2", second)
 
 
-def test_a_request_refused_before_forwarding_names_no_backend(logged, servers):
+def test_a_request_refused_before_forwarding_names_no_backend(access_log, servers):
     a = servers("a")
     middleware = WSGILoadBalancer(None, prefix="/api", backends=[a.url], access_log=True)
     try:
         with serve_wsgi(middleware) as port:
             assert requests.get(f"http://127.0.0.1:{port}/else", timeout=5).status_code == 404
-            until(lambda: access_records(logged), 5, "the access line")
+            until(lambda: access_records(access_log), 5, "the access line")
     finally:
         middleware.close()
-    (line,) = access_records(logged)
+    (line,) = access_records(access_log)
     assert (line["status"], line["backend"], line["attempts"]) == ("404", "-", "0")
     assert a.requests == 0
 
 
-def test_the_access_log_is_off_by_default(logged, servers):
+def test_the_access_log_is_off_by_default(access_log, servers):
     a = servers("a")
     middleware = WSGILoadBalancer(None, backends=[a.url])
     try:
@@ -97,4 +83,4 @@ def test_the_access_log_is_off_by_default(logged, servers):
                 assert requests.get(f"http://127.0.0.1:{port}/x", timeout=5).ok
     finally:
         middleware.close()
-    assert access_records(logged) == []
+    assert access_records(access_log) == []
