@@ -121,13 +121,8 @@ class Plan:
     def upstream(self, target: Target[Any]) -> httpx.Request:
         """The request as ``target``'s backend gets it: its URL with the base path, its
         ``Host`` unless the request keeps its own, its TLS name."""
-        caller = self.request
-        headers = caller.headers
-        if self.host_at is not None:
-            headers = outgoing.place_host(headers, self.host_at, target.host)
-        return outgoing.request(
-            caller.method, outgoing.backend_url(target.url, caller.url), headers,
-            caller.stream,
+        return outgoing.attempt(
+            self.request, target.url, self.host_at, target.host,
             {**self.extensions, **target.extensions} if target.extensions else self.extensions)
 
 

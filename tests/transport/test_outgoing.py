@@ -93,6 +93,29 @@ def test_the_request_is_the_one_the_constructor_builds():
     assert fast.read() == b"body"
 
 
+@pytest.mark.parametrize("base", BASES)
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("headers", HEADERS)
+def test_the_attempts_request_in_one_call_is_the_one_the_public_ways_build(base, target,
+                                                                           headers):
+    caller = httpx.Request("PUT", target, content=b"body")
+    caller.headers = httpx.Headers(headers)
+    backend = httpx.URL(lb.Backend(base).url)
+    extensions = {"timeout": {"read": 1.0}}
+    _, position = outgoing.find_host(caller.headers)
+    for host_at in (None, position):
+        fast = outgoing._attempt_request_parsed(caller, backend, host_at, "b.example:81",
+                                                extensions)
+        public = outgoing.attempt_request(caller, backend, host_at, "b.example:81",
+                                          extensions)
+        assert fast.url == public.url
+        assert fast.url.raw_path == public.url.raw_path
+        assert fast.headers.raw == public.headers.raw
+        assert vars(fast).keys() == vars(public).keys()
+        assert (fast.method, fast.extensions, fast.read()) == ("PUT", extensions, b"body")
+    assert caller.headers.raw == httpx.Headers(headers).raw     # the caller's are untouched
+
+
 @pytest.mark.parametrize("exc, sent, timeout, words", [
     (httpx.ConnectError("[Errno 111] Connection refused"), False, False, "connection refused"),
     (httpx.ConnectTimeout(""), False, True, "connect timed out"),
