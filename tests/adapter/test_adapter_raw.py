@@ -24,6 +24,7 @@ import requests
 
 from lbmiddleware.adapter import LoadBalancingAdapter
 
+from ..support.processes import stop_process
 from ..support.raw_backends import ok
 from ..support.servers import RawServer, read_request_head
 
@@ -297,12 +298,7 @@ def wsgi_server(request) -> Iterator:
 
     yield start
     for process, listener in started:
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, 5)
         listener.close()
 
 

@@ -17,6 +17,7 @@ import time
 
 import pytest
 
+from ..support.processes import stop_process
 from ..support.waiting import until
 from .helpers import ROOT, children, kill_leftovers, refused, running
 
@@ -85,13 +86,7 @@ class ServeProcess:
     def close(self) -> None:
         """Stop it as a person would (SIGTERM: it stops what it started), SIGKILL only if it
         does not exit, then kill whatever of its children a failed test left running."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, 30)
         for marker in (GATEWAY_COMMAND, BACKEND_COMMAND):   # first: they hold its output
             kill_leftovers(self.started, marker)
         self._reader.join(timeout=5)

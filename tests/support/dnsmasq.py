@@ -40,6 +40,8 @@ import subprocess
 import time
 from collections.abc import Iterator, Sequence
 
+from .processes import stop_process
+
 DOMAIN = "lb.test"
 DNSMASQ_PATHS = ("/usr/sbin/dnsmasq", "/usr/bin/dnsmasq")
 
@@ -176,14 +178,8 @@ class Dnsmasq:
 
     def stop(self) -> None:
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
+        if process is not None:
+            stop_process(process, 5)
 
     def restart(self) -> None:
         self.stop()

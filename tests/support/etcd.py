@@ -29,6 +29,8 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from .processes import stop_process
+
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 START_TIMEOUT = 15.0         # seconds for etcd to answer after start
 
@@ -118,14 +120,8 @@ class EtcdServer:
         self._end(signal.SIGTERM)
 
     def _end(self, sig: int) -> None:
-        process = self.process
-        if process is not None and process.poll() is None:
-            process.send_signal(sig)
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
+        if self.process is not None:
+            stop_process(self.process, 10, sig)
 
     @property
     def running(self) -> bool:

@@ -185,13 +185,8 @@ class BackendProcess:
         process, self.process = self.process, None
         if process is None:
             return ""
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        from .processes import stop_process  # (here: this file also runs as a script)
+        stop_process(process, timeout)
         _, errors = process.communicate()
         if process.returncode != 0:
             raise RuntimeError(f"backend {self.name} exited {process.returncode}: {errors}")

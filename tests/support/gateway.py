@@ -9,6 +9,8 @@ import sys
 import threading
 import time
 
+from .processes import stop_process
+
 
 class GatewayProcess:
     """``python -m lbmiddleware serve`` in a subprocess on a port the OS chooses.
@@ -135,13 +137,7 @@ class GatewayProcess:
         """Stop the gateway; returns what it wrote on stderr."""
         if self.process is None:
             return ""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
         return self.finish()
 
     def finish(self) -> str:

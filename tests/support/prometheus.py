@@ -20,6 +20,8 @@ import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
+from .processes import stop_process
+
 
 def binary(name: str) -> str:
     found = shutil.which(name)
@@ -121,14 +123,8 @@ class Prometheus:
 
     def stop(self) -> None:
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
+        if process is not None:
+            stop_process(process)
 
     def __enter__(self) -> Prometheus:
         return self.start()
