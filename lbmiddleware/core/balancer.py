@@ -1210,11 +1210,7 @@ class Balancer:
         The ages are what a person reads; the timer readings (``ejected_until``,
         ``checked_at``) stay for code that compares them with the pool's timer."""
         with self._lock:
-            if self._deferred:
-                self._apply_deferred()
-            now = self._timer()
-            if self._timed:
-                self._tick(now)
+            now = self._catch_up()
             active = self._active
             load = self._load
             rows = []
@@ -1285,11 +1281,7 @@ class Balancer:
         ``health_check`` (active checks on); ``slow_start`` (seconds, 0 when off).
         Cheap (no per-backend work) and thread-safe."""
         with self._lock:
-            if self._deferred:
-                self._apply_deferred()
-            now = self._timer()
-            if self._timed:
-                self._tick(now)
+            now = self._catch_up()
             since = self._panic_since
             row = {
                 "policy": self.settings.policy,
@@ -1305,6 +1297,17 @@ class Balancer:
             self._post()
         self._deliver()
         return row
+
+    def _catch_up(self) -> float:
+        """The timer's reading, once the deferred ends are applied and what is due by then
+        is done (ejections over, drains timed out, ramps moved), so that a read sees the
+        pool a pick would see now (call it holding the lock)."""
+        if self._deferred:
+            self._apply_deferred()
+        now = self._timer()
+        if self._timed:
+            self._tick(now)
+        return now
 
     # -- active health, events from above ---------------------------------------------
 
