@@ -1,5 +1,5 @@
 """Shared fixtures (a fake clock, loopback backends: three, or started by name; scripted raw
-backends, a certificate, the access log captured) and the core/integration split.
+backends, a certificate, a DNS server, the access log captured) and the core/integration split.
 
 ``pytest -m core`` runs the fast standard-library tests alone, in seconds: every module
 under tests/core/ and the modules listed in ``CORE_FILES`` (sans-I/O parts outside the core:
@@ -17,9 +17,11 @@ import logging
 import pathlib
 import ssl
 import subprocess
+from collections.abc import Iterator
 
 import pytest
 
+from .support.dnsmasq import Dnsmasq, running_dnsmasq
 from .support.raw_backends import RawBackend, ScriptedBackend
 from .support.servers import BackendServer
 
@@ -98,6 +100,14 @@ def access_log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     default); ``tests.proxy.test_access.access_records`` reads its lines back."""
     caplog.set_level(logging.INFO, logger="lbmiddleware.access")
     return caplog
+
+
+@pytest.fixture
+def dnsmasq(tmp_path: pathlib.Path) -> Iterator[Dnsmasq]:
+    """A real DNS server for ``lb.test`` on a loopback port (TTL 1 s), whose records the test
+    sets (tests/support/dnsmasq.py); stopped after the test."""
+    with running_dnsmasq(tmp_path / "dnsmasq") as server:
+        yield server
 
 
 @pytest.fixture

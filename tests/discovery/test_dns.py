@@ -19,18 +19,10 @@ from lbmiddleware.discovery.dns import DnsWatcher, SrvWatcher, parse_server
 from lbmiddleware.discovery.watcher import SourceError
 from lbmiddleware.errors import ConfigError
 
-from ..support.dnsmasq import Dnsmasq, free_port
+from ..support.dnsmasq import free_port
 
 WEB = "web.lb.test"
 SVC = "_http._tcp.svc.lb.test"
-
-
-@pytest.fixture
-def dnsmasq(tmp_path):
-    server = Dnsmasq(tmp_path / "dnsmasq")
-    server.start()
-    yield server
-    server.close()
 
 
 def settings(server, *, min_refresh=0.05, max_refresh=0.2, **more):

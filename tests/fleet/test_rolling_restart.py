@@ -40,7 +40,7 @@ import requests
 
 import lbmiddleware as lb
 
-from ..support.dnsmasq import DOMAIN, Dnsmasq
+from ..support.dnsmasq import DOMAIN
 from ..support.etcd import EtcdServer
 from ..support.fleet_backend import BackendProcess, free_port
 from ..support.gateway import GatewayProcess
@@ -265,14 +265,6 @@ def test_rolling_restart_behind_etcd(tmp_path, etcd, registrations, fleet, gatew
 NAME = f"orders.{DOMAIN}"
 HOSTS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
 QUIET = 1.0                 # seconds without a request from the gateway: it left the backend
-
-
-@pytest.fixture
-def dnsmasq(tmp_path) -> Iterator[Dnsmasq]:
-    server = Dnsmasq(tmp_path / "dnsmasq")       # TTL 1 s
-    server.start()
-    yield server
-    server.close()
 
 
 def quiet_for(backend: BackendProcess, client: str, seconds: float) -> bool:

@@ -14,7 +14,6 @@ import lbmiddleware as lb
 from lbmiddleware.core.balancer import Balancer
 from lbmiddleware.observe import metrics
 
-from ..support.dnsmasq import Dnsmasq
 from ..support.gateway import GatewayProcess
 from ..support.prometheus import Prometheus, promtool_check_metrics
 from ..support.waiting import wait_for
@@ -22,14 +21,6 @@ from .test_metrics import Scrape, backend
 
 A, B, C = "http://a:1", "http://b:1", "http://c:1"
 WEB = "web.lb.test"
-
-
-@pytest.fixture
-def dnsmasq(tmp_path):
-    server = Dnsmasq(tmp_path / "dnsmasq")
-    server.start()
-    yield server
-    server.close()
 
 
 def every_state(clock) -> Balancer:
