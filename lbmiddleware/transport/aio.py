@@ -15,7 +15,7 @@ from ..errors import NoHealthyBackend
 from .base import LoadBalancing, Plan
 from .bodies import AsyncAttemptBody, adiscard
 from .errors import NoHealthyBackendError, failure, naming_backends
-from .origins import MAPPED_STATUSES, origin_of
+from .origins import MAPPED_STATUSES, origin_parts
 
 __all__ = ["AsyncLoadBalancingTransport"]
 
@@ -47,7 +47,7 @@ class AsyncLoadBalancingTransport(LoadBalancing[httpx.AsyncBaseTransport],
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request`` to one backend after another until one answers (a request
         to another origin than the virtual one: where its URL says)."""
-        if origin_of(request.url) != self._origin and self._elsewhere(request.url):
+        if origin_parts(request.url) != self._origin_parts and self._elsewhere(request.url):
             return await self._other_transport(request.url).handle_async_request(request)
         if not self._started:
             await self._start()

@@ -29,7 +29,7 @@ from ..fleet.departures import follow_departures
 from ..proxy import parse_cookie
 from . import outgoing
 from .errors import closed_error
-from .origins import Origin, mapped_location, origin_of
+from .origins import Origin, Parts, mapped_location, origin_of, parts_of
 from .proxies import as_proxy, environment_proxy
 from .targets import Target, Targets
 from .uploads import replayable_body
@@ -198,6 +198,7 @@ class LoadBalancing(Generic[T]):
         # or once closed one no request has (the closed check costs a request nothing).
         self._virtual: Origin | None = virtual
         self._origin: Origin | None = virtual
+        self._origin_parts: Parts | None = None if virtual is None else parts_of(virtual)
         self._others: dict[tuple[str, Any] | None, T] = {}      # by proxy (see _elsewhere)
         self._others_lock = threading.Lock()
         self._unsubscribe = follow_departures(self, balancer, type(self)._departed)
@@ -258,6 +259,7 @@ class LoadBalancing(Generic[T]):
             with self._others_lock:
                 if self._origin is None:
                     self._virtual = self._origin = origin
+                    self._origin_parts = parts_of(origin)
         return origin != self._origin
 
     def _other_transport(self, url: httpx.URL) -> T:
@@ -294,6 +296,7 @@ class LoadBalancing(Generic[T]):
         ends), and those of other origins."""
         self._closed = True
         self._origin = _NO_ORIGIN
+        self._origin_parts = parts_of(_NO_ORIGIN)
         self._unsubscribe()
         return [*self._targets.close(), *self._forget_others()]
 

@@ -27,7 +27,8 @@ import httpx
 from ..core.backend import DEFAULT_PORTS, Backend
 from ..errors import ConfigError
 
-__all__ = ["Origin", "origin_of", "mapped_location", "MAPPED_STATUSES"]
+__all__ = ["Origin", "origin_of", "origin_parts", "parts_of", "mapped_location",
+           "MAPPED_STATUSES"]
 
 #: The statuses whose ``Location`` is mapped: redirects, and ``201 Created``'s new resource
 #: (nginx maps every ``Location``; these are the ones a client acts on).
@@ -78,17 +79,46 @@ def _origin_parsed(url: httpx.URL) -> Origin:
                                   DEFAULT_PORTS.get(scheme, 0) if port is None else port))
 
 
+#: What :func:`origin_parts` gives: scheme, credentials, host, port (None: the default).
+Parts = tuple[str, str, str, int | None]
+
+
+def parts_of(origin: Origin) -> Parts:
+    """What :func:`origin_parts` gives for a request to ``origin`` without credentials: a
+    tuple compared with each request's, instead of an :class:`Origin` made for each (a
+    request whose parts differ, credentials in its URL say, is asked :func:`origin_of`)."""
+    port = None if DEFAULT_PORTS.get(origin.scheme) == origin.port else origin.port
+    return origin.scheme, "", origin.host, port
+
+
+def _parts_public(url: httpx.URL) -> Parts:
+    return url.scheme, url.userinfo.decode("ascii"), url.host, url.port
+
+
+def _parts_parsed(url: httpx.URL) -> Parts:
+    """:func:`_parts_public`: the first four of the parsed form."""
+    parts: Parts = url._uri_reference[:4]
+    return parts
+
+
 def _probe() -> bool:
-    """Whether this httpx keeps its parsed URL as :func:`_origin_parsed` expects."""
+    """Whether this httpx keeps its parsed URL as :func:`_origin_parsed` and
+    :func:`_parts_parsed` expect."""
     try:
-        return all(_origin_parsed(httpx.URL(text)) == _origin_public(httpx.URL(text))
-                   for text in ("http://Svc/x?y", "https://[::1]:8443/", "http://a:80"))
+        urls = [httpx.URL(text) for text in ("http://Svc/x?y", "https://[::1]:8443/",
+                                             "http://a:80", "https://a:80/")]
+        return all(_origin_parsed(url) == _origin_public(url)
+                   and _parts_parsed(url) == _parts_public(url) == parts_of(_origin_public(url))
+                   for url in urls)
     except (AttributeError, TypeError):
         return False
 
 
+_FAST = _probe()
 #: ``origin_of(url)``: the :class:`Origin` of an httpx URL.
-origin_of = _origin_parsed if _probe() else _origin_public
+origin_of = _origin_parsed if _FAST else _origin_public
+#: ``origin_parts(url)``: the parts of an httpx URL that :func:`parts_of` gives an origin.
+origin_parts = _parts_parsed if _FAST else _parts_public
 
 
 def mapped_location(location: str, backend: Backend, origin: Origin) -> str | None:

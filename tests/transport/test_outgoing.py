@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 import lbmiddleware as lb
-from lbmiddleware.transport import outgoing
+from lbmiddleware.transport import origins, outgoing
 from lbmiddleware.transport.errors import failure, naming_backends
 
 BASES = ["http://127.0.0.1:8001", "http://[::1]:8080/v1", "https://orders.example/a%20b",
@@ -41,6 +41,25 @@ def test_the_backend_url_is_the_one_parsed_from_text(base, target):
 def test_the_netloc_is_the_one_httpx_sends_as_host(url):
     parsed = httpx.URL(url)
     assert outgoing._netloc_parsed(parsed) == outgoing.url_netloc(parsed) == parsed.netloc
+
+
+ORIGIN_URLS = ["http://svc/", "http://svc:80/x", "http://SVC:8080/", "https://svc/",
+               "https://svc:80/", "http://u:p@svc/", "http://[::1]:80/", "http://[::1]:81/",
+               "http://bücher.example/", "http://xn--bcher-kva.example/"]
+
+
+@pytest.mark.parametrize("url", ORIGIN_URLS)
+def test_a_requests_parts_match_an_origins_exactly_when_its_origin_is_that(url):
+    """The transports compare each request's origin_parts with their origin's parts_of,
+    instead of making its Origin: equal parts mean the same origin, and a request without
+    credentials has its own origin's parts."""
+    parsed = httpx.URL(url)
+    if not parsed.userinfo:                         # both ways, each with its own origin_of
+        assert origins._parts_parsed(parsed) == origins.parts_of(origins._origin_parsed(parsed))
+        assert origins._parts_public(parsed) == origins.parts_of(origins._origin_public(parsed))
+    for other in map(httpx.URL, ORIGIN_URLS):
+        same = origins.origin_parts(parsed) == origins.parts_of(origins.origin_of(other))
+        assert not same or origins.origin_of(parsed) == origins.origin_of(other)
 
 
 HEADERS = [
