@@ -75,7 +75,7 @@ class AsyncLoadBalancingTransport(LoadBalancing[httpx.AsyncBaseTransport],
                 raise naming_backends(answer, request, attempts.tried,
                                       outcome.error) from answer
             body = cast(AsyncAttemptBody, answer.stream)
-            body.end_attempt(attempts, outcome, plan.extensions.get("timeout"))
+            body.end_attempt(attempts, outcome, plan.timeouts)
             extensions = answer.extensions      # which backend answered, after how many
             extensions["lbmiddleware.backend"] = backend.url
             extensions["lbmiddleware.attempts"] = len(attempts.tried)
@@ -93,7 +93,7 @@ class AsyncLoadBalancingTransport(LoadBalancing[httpx.AsyncBaseTransport],
             closing = target.release()
             if closing is not None:
                 await closing.aclose()
-            return exc, failure(exc, self._timer() - start, plan.extensions.get("timeout"))
+            return exc, failure(exc, self._timer() - start, plan.timeouts)
         except BaseException:                   # cancelled: close it later, not here
             self._close_later([target.release()])
             raise

@@ -82,16 +82,19 @@ class TransportOptions:
 
 class Plan:
     """One request as every attempt sends it, worked out once by ``transport``: its sticky
-    key, whether its body can be sent again and its size, the timeouts, and where the
-    backend's ``Host`` goes (``host_at``: :func:`~.outgoing.find_host`'s position, or None
-    when the request keeps its own)."""
+    key, whether its body can be sent again and its size, the timeouts (``timeouts``, in
+    ``extensions``), and where the backend's ``Host`` goes (``host_at``:
+    :func:`~.outgoing.find_host`'s position, or None when the request keeps its own)."""
 
-    __slots__ = ("request", "key", "replayable", "size", "host_at", "extensions")
+    __slots__ = ("request", "key", "replayable", "size", "host_at", "extensions", "timeouts")
 
     def __init__(self, transport: LoadBalancing[Any], request: httpx.Request) -> None:
         self.request = request
         self.key = transport.request_key(request) if transport._keyed else None
-        self.replayable, self.size = replayable_body(request)
+        try:        # (replayable_body's first case, the usual one, without its call)
+            self.replayable, self.size = True, len(request.content)
+        except httpx.RequestNotRead:
+            self.replayable, self.size = replayable_body(request)
         # The request keeps its own Host with preserve_host, or when it set another than
         # its URL's (httpx always sends the URL's); without one it gets the backend's.
         host, position = outgoing.find_host(request.headers)
@@ -107,16 +110,17 @@ class Plan:
         given: _Timeouts | None = extensions.get("timeout")
         most_connect, most_read = transport._connect_timeout, transport._read_timeout
         if given is None:
-            extensions = {**extensions, "timeout": {"connect": most_connect,
-                                                    "read": most_read}}
+            given = {"connect": most_connect, "read": most_read}
+            extensions = {**extensions, "timeout": given}
         else:
             connect, read = given.get("connect"), given.get("read")
             if (connect is not None and connect > most_connect) \
                     or (read is not None and read > most_read):
-                extensions = {**extensions, "timeout": {
-                    **given, "connect": _bounded(connect, most_connect),
-                    "read": _bounded(read, most_read)}}
+                given = {**given, "connect": _bounded(connect, most_connect),
+                         "read": _bounded(read, most_read)}
+                extensions = {**extensions, "timeout": given}
         self.extensions = extensions
+        self.timeouts = given
 
     def upstream(self, target: Target[Any]) -> httpx.Request:
         """The request as ``target``'s backend gets it: its URL with the base path, its

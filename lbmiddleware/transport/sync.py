@@ -108,7 +108,7 @@ class LoadBalancingTransport(LoadBalancing[httpx.BaseTransport], httpx.BaseTrans
                 raise naming_backends(answer, request, attempts.tried,
                                       outcome.error) from answer
             body = cast(AttemptBody, answer.stream)
-            body.end_attempt(attempts, outcome, plan.extensions.get("timeout"))
+            body.end_attempt(attempts, outcome, plan.timeouts)
             extensions = answer.extensions      # which backend answered, after how many
             extensions["lbmiddleware.backend"] = backend.url
             extensions["lbmiddleware.attempts"] = len(attempts.tried)
@@ -124,7 +124,7 @@ class LoadBalancingTransport(LoadBalancing[httpx.BaseTransport], httpx.BaseTrans
             response = target.transport.handle_request(plan.upstream(target))
         except httpx.TransportError as exc:
             self._close_later([target.release()])
-            return exc, failure(exc, self._timer() - start, plan.extensions.get("timeout"))
+            return exc, failure(exc, self._timer() - start, plan.timeouts)
         except BaseException:
             self._close_later([target.release()])
             raise
