@@ -36,7 +36,6 @@ backend that answers before reading the request body gets no more of it
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import time
 import urllib.parse
@@ -49,8 +48,7 @@ from requests.exceptions import RequestException
 from requests.models import PreparedRequest, Response
 from urllib3.util.retry import Retry
 
-from .. import fleet
-from ..core.attempts import Attempts, Outcome, RetryRule
+from ..core.attempts import Attempts, Outcome
 from ..core.backend import Backend, Source
 from ..core.balancer import Balancer
 from ..core.events import MembershipChanged
@@ -58,7 +56,7 @@ from ..core.forwarding import ForwardingSettings
 from ..core.settings import FrontEndSettings, Settings, resolve, setting_names
 from ..errors import NoHealthyBackend
 from ..fleet.departures import follow_departures
-from ..proxy import parse_cookie
+from ..fleet.front_end import ClientFrontEnd
 from .bodies import discard, end_when_done, prefetch_body, read_body, watch_body
 from .departures import close_departed
 from .errors import BACKEND_FAILURES, NoHealthyBackendError, failure, naming_backends
@@ -99,7 +97,7 @@ class _UpstreamRequest(PreparedRequest):
     backend: Backend
 
 
-class LoadBalancingAdapter(HTTPAdapter):
+class LoadBalancingAdapter(ClientFrontEnd, HTTPAdapter):
     """Load-balances every request of the prefix it is mounted on over a pool of backends.
 
     ``backends``, ``policy``, ``max_fails``, ... are the Balancer's settings
@@ -151,34 +149,16 @@ class LoadBalancingAdapter(HTTPAdapter):
         timer: Callable[[], float] = time.perf_counter,
         **options: Any,
     ) -> None:
-        if backends is not None:
-            options["backends"] = backends
-        if policy is not None:
-            options["policy"] = policy
-        resolved = resolve("LoadBalancingAdapter", (ForwardingSettings,), options,
-                           shared=None if balancer is None else balancer.settings,
-                           settings=settings, environ=environ)
-        self._owns_balancer = balancer is None
-        if balancer is None:
-            balancer = fleet.Balancer(settings=resolved.core)
-        self.balancer = balancer
-        # (a pool built where an event loop runs did not wait for its sources' first
-        # answers: the first send on a thread without one does; see _wait_ready)
-        self._ready = not isinstance(balancer, fleet.Balancer)
-        self.settings = forwarding = resolved[ForwardingSettings]
+        forwarding = self._set_up("LoadBalancingAdapter", backends, policy, options,
+                                  settings=settings, balancer=balancer, environ=environ,
+                                  keyed_by_func=key_func is not None)
         self.key_func = key_func
         self._timer = timer
         self._default_timeout = (forwarding.connect_timeout, forwarding.read_timeout)
-        self._retry_rule = RetryRule(retries=forwarding.retries,
-                                     fail_statuses=forwarding.fail_statuses,
-                                     retry_non_idempotent=forwarding.retry_non_idempotent)
-        self._keyed = key_func is not None or (
-            balancer.policy == "ip_hash" and forwarding.hash_key != "client_ip")
-        self._key_kind, _, self._key_name = forwarding.hash_key.partition(":")
         self._known: set[str] = set()
-        pools = max(pool_connections, len(balancer.backends))
+        pools = max(pool_connections, len(self.balancer.backends))
         super().__init__(pools, pool_maxsize, max_retries, pool_block)
-        self._unsubscribe = follow_departures(self, balancer,
+        self._unsubscribe = follow_departures(self, self.balancer,
                                               LoadBalancingAdapter._close_departed)
 
     @classmethod
@@ -280,28 +260,11 @@ class LoadBalancingAdapter(HTTPAdapter):
 
     # -- the steps of one call ----------------------------------------------------------
 
-    def _wait_ready(self) -> None:
-        """Before the first send: wait for the first answers of the pool's sources (up to
-        ``FIRST_ANSWER_TIMEOUT`` after it was built), as its constructor does where no
-        event loop runs: a pool built in an async function and used from worker threads.
-        Not on a thread running a loop, which it would hold up."""
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            if isinstance(self.balancer, fleet.Balancer):
-                self.balancer.wait_ready()
-            self._ready = True
-
     def request_key(self, request: PreparedRequest) -> str | None:
         """The sticky key of ``request``: ``key_func``, or the ``hash_key`` header/cookie."""
         if self.key_func is not None:
             return self.key_func(request)
-        if self._key_kind == "header":
-            return _text(request.headers.get(self._key_name))
-        if self._key_kind == "cookie":
-            cookie = _text(request.headers.get("Cookie"))
-            return parse_cookie(cookie).get(self._key_name) if cookie else None
-        return None
+        return self._header_key(lambda name: _text(request.headers.get(name)))
 
     def _upstream_headers(self, request: PreparedRequest) -> Headers:
         """The headers to send: the request's, plus its own Host with ``preserve_host``

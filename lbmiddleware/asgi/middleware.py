@@ -42,7 +42,6 @@ from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
 from .. import fleet
-from ..core.attempts import RetryRule
 from ..core.balancer import Balancer
 from ..core.events import MembershipChanged
 from ..core.forwarding import ForwardingSettings
@@ -142,9 +141,8 @@ class LoadBalancerMiddleware:
         self._access_log = proxy.access_log
         self._errors = {status: _asgi_error(status) for status in (400, 404, 501, 502, 503, 504)}
         # What every exchange shares, with the forwarding settings' retry rule.
-        rule = RetryRule(retries=forwarding.retries, fail_statuses=forwarding.fail_statuses,
-                         retry_non_idempotent=forwarding.retry_non_idempotent)
-        self._forwarder = Forwarder(self.balancer, self.upstream, rule, Deadlines(),
+        self._forwarder = Forwarder(self.balancer, self.upstream, forwarding.retry_rule(),
+                                    Deadlines(),
                                     self._errors)
         self._unsubscribe = follow_departures(self, self.balancer, _forget_departed)
 

@@ -21,6 +21,7 @@ import dataclasses
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
 
+from .attempts import RetryRule
 from .settings import (
     BaseSettings,
     CountLike,
@@ -108,6 +109,11 @@ class ForwardingSettings(BaseSettings):
     readers: ClassVar[str] = (
         "every front-end that forwards requests (LoadBalancingAdapter, LoadBalancerMiddleware, "
         "WSGILoadBalancer, the gateway): give it there")
+
+    def retry_rule(self) -> RetryRule:
+        """The attempt loop's rule these settings describe (a front-end builds it once)."""
+        return RetryRule(retries=self.retries, fail_statuses=self.fail_statuses,
+                         retry_non_idempotent=self.retry_non_idempotent)
 
     if TYPE_CHECKING:
         # The constructor as type checkers see it: each field as its cast takes it (see

@@ -17,8 +17,6 @@ from typing import Any, Generic, TypeVar
 
 import httpx
 
-from .. import fleet
-from ..core.attempts import RetryRule
 from ..core.backend import Backend, Source
 from ..core.balancer import Balancer
 from ..core.events import MembershipChanged
@@ -26,7 +24,7 @@ from ..core.forwarding import ForwardingSettings
 from ..core.settings import FrontEndSettings, Settings, resolve, setting_names
 from ..errors import ConfigError
 from ..fleet.departures import follow_departures
-from ..proxy import parse_cookie
+from ..fleet.front_end import ClientFrontEnd
 from . import outgoing
 from .errors import closed_error
 from .origins import Origin, Parts, mapped_location, origin_of, parts_of
@@ -130,7 +128,7 @@ class Plan:
             {**self.extensions, **target.extensions} if target.extensions else self.extensions)
 
 
-class LoadBalancing(Generic[T]):
+class LoadBalancing(ClientFrontEnd, Generic[T]):
     """The shared part of :class:`~lbmiddleware.transport.LoadBalancingTransport` and
     :class:`~lbmiddleware.transport.AsyncLoadBalancingTransport` (see their docs)."""
 
@@ -158,10 +156,6 @@ class LoadBalancing(Generic[T]):
     ) -> None:
         name = type(self).__name__
         virtual = None if origin is None else Origin.parse(origin, f"{name} origin")
-        if backends is not None:
-            options["backends"] = backends
-        if policy is not None:
-            options["policy"] = policy
         if inner_transport is not None:
             given = [k for k, v in (("verify", verify is not True), ("cert", cert is not None),
                                     ("trust_env", trust_env is not True),
@@ -170,25 +164,11 @@ class LoadBalancing(Generic[T]):
             if given:
                 raise ConfigError(f"{name}: {', '.join(given)} given with inner_transport=: "
                                   "give them to the transports it builds")
-        resolved = resolve(name, (ForwardingSettings,), options,
-                           shared=None if balancer is None else balancer.settings,
-                           settings=settings, environ=environ)
-        self._owns_balancer = balancer is None
-        if balancer is None:
-            balancer = fleet.Balancer(settings=resolved.core)
-        self.balancer = balancer
-        # (a pool built where an event loop runs did not wait for its sources' first
-        # answers: the first request does)
-        self._ready = not isinstance(balancer, fleet.Balancer)
-        self.settings = forwarding = resolved[ForwardingSettings]
+        forwarding = self._set_up(name, backends, policy, options, settings=settings,
+                                  balancer=balancer, environ=environ,
+                                  keyed_by_func=key_func is not None)
         self.key_func = key_func
         self._timer = timer
-        self._retry_rule = RetryRule(retries=forwarding.retries,
-                                     fail_statuses=forwarding.fail_statuses,
-                                     retry_non_idempotent=forwarding.retry_non_idempotent)
-        self._keyed = key_func is not None or (
-            balancer.policy == "ip_hash" and forwarding.hash_key != "client_ip")
-        self._key_kind, _, self._key_name = forwarding.hash_key.partition(":")
         self._connect_timeout = forwarding.connect_timeout
         self._read_timeout = forwarding.read_timeout
         self._options = TransportOptions(
@@ -205,7 +185,7 @@ class LoadBalancing(Generic[T]):
         self._origin_parts: Parts | None = None if virtual is None else parts_of(virtual)
         self._others: dict[tuple[str, Any] | None, T] = {}      # by proxy (see _elsewhere)
         self._others_lock = threading.Lock()
-        self._unsubscribe = follow_departures(self, balancer, type(self)._departed)
+        self._unsubscribe = follow_departures(self, self.balancer, type(self)._departed)
 
     @classmethod
     def from_env(cls: type[_Self], environ: Mapping[str, str] | None = None, *,
@@ -236,13 +216,7 @@ class LoadBalancing(Generic[T]):
         """The sticky key of ``request``: ``key_func``, or the ``hash_key`` header/cookie."""
         if self.key_func is not None:
             return self.key_func(request)
-        if self._key_kind == "header":
-            value: str | None = request.headers.get(self._key_name)
-            return value
-        if self._key_kind == "cookie":
-            cookie: str | None = request.headers.get("Cookie")
-            return parse_cookie(cookie).get(self._key_name) if cookie else None
-        return None
+        return self._header_key(request.headers.get)
 
     # -- the virtual origin -----------------------------------------------------------------
 

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterable
 from typing import cast
 
 import httpx
 
-from .. import fleet
 from ..core.attempts import Attempts, Outcome
 from ..core.backend import Backend
 from ..errors import NoHealthyBackend
@@ -134,17 +132,6 @@ class LoadBalancingTransport(LoadBalancing[httpx.BaseTransport], httpx.BaseTrans
         response.stream = AttemptBody(cast(httpx.SyncByteStream, response.stream), target)
         return response, self._retry_rule.outcome(response.status_code, latency,
                                                   bytes_sent=plan.size)
-
-    def _wait_ready(self) -> None:
-        """Before the first request: wait for the first answers of the pool's sources (up
-        to ``FIRST_ANSWER_TIMEOUT`` after it was built), as its constructor does where no
-        event loop runs. Not on a thread running a loop, which it would hold up."""
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            if isinstance(self.balancer, fleet.Balancer):
-                self.balancer.wait_ready()
-            self._ready = True
 
     def _plain_transport(self, proxy: httpx.Proxy | None) -> httpx.BaseTransport:
         options = self._options
