@@ -18,8 +18,9 @@ from .backend import Backend, Source
 __all__ = [
     "parse_duration", "parse_positive_duration", "format_duration", "parse_flag", "parse_count",
     "parse_positive_count", "parse_size", "parse_factor", "parse_statuses", "parse_dns_servers",
+    "parse_balance_factor", "parse_ratio", "parse_rate",
     "BackendsLike", "CountLike", "DurationLike", "FlagLike", "SizeLike", "FactorLike",
-    "StatusesLike", "ServersLike",
+    "StatusesLike", "ServersLike", "PercentLike", "RatioLike",
 ]
 
 # A duration's text: a sign, then a number with an optional unit, or parts with a unit each,
@@ -48,6 +49,10 @@ SizeLike: TypeAlias = int | str
 BackendsLike: TypeAlias = Iterable[str | Backend | Source] | str
 #: A factor: ``1.4`` or ``"1.4"``.
 FactorLike: TypeAlias = float | str
+#: A percentage: ``125``, ``"125"``, ``"125%"``.
+PercentLike: TypeAlias = int | str
+#: A ratio: ``0.2``, ``"0.2"``, ``"20%"``, ``"off"``.
+RatioLike: TypeAlias = float | str
 #: HTTP statuses: ``200``, ``"200,204,300-399"``, or a list of statuses, ``"lo-hi"`` texts
 #: and ``(lo, hi)`` ranges.
 StatusesLike: TypeAlias = int | str | Iterable[int | str | tuple[int, int]]
@@ -177,6 +182,60 @@ def parse_factor(value: Any) -> float:
         raise ValueError("not a number") from None
     if math.isnan(number) or math.isinf(number) or number < 1.0:
         raise ValueError("must be a finite number of at least 1.0")
+    return number
+
+
+def parse_balance_factor(value: Any) -> int:
+    """A bounded-load factor in percent: ``0`` (off) or a whole number of at least 100
+    (``125``, ``"125"``, ``"125%"``)."""
+    if isinstance(value, bool):
+        raise ValueError("not a percentage")
+    text = str(value).strip().removesuffix("%").strip()
+    try:
+        number = int(text) if not isinstance(value, int) else value
+    except ValueError:
+        raise ValueError("not a whole percentage (0: off, or 100 and more: 125, 150, 200)"
+                         ) from None
+    if number != 0 and number < 100:
+        raise ValueError("must be 0 (off) or at least 100: a backend may hold this percent "
+                         "of its fair share of the requests in flight")
+    return number
+
+
+def parse_ratio(value: Any) -> float:
+    """A retry budget's ratio: a finite number of at least 0 (``0.2``, ``"20%"``), or
+    ``off`` (no budget: :data:`math.inf`)."""
+    if isinstance(value, bool):
+        raise ValueError("not a ratio")
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in ("off", "none", "unlimited"):
+            return math.inf
+        percent = text.endswith("%")
+        try:
+            number = float(text.removesuffix("%")) / (100.0 if percent else 1.0)
+        except ValueError:
+            raise ValueError("not a ratio (0.2, 20%, or off)") from None
+    else:
+        try:
+            number = float(value)
+        except (TypeError, ValueError, OverflowError):
+            raise ValueError("not a ratio (0.2, 20%, or off)") from None
+    if math.isnan(number) or number < 0:
+        raise ValueError("must be 0 or more (0.2: a retry per five requests), or off")
+    return number
+
+
+def parse_rate(value: Any) -> float:
+    """A rate per second: a finite number of at least 0 (``10``, ``"2.5"``)."""
+    if isinstance(value, bool):
+        raise ValueError("not a number")
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError("not a number") from None
+    if math.isnan(number) or math.isinf(number) or number < 0:
+        raise ValueError("must be a finite number of at least 0")
     return number
 
 

@@ -18,6 +18,7 @@ Standard library only.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
 
@@ -28,12 +29,17 @@ from .settings import (
     DurationLike,
     FlagLike,
     parse_count,
+    parse_duration,
     parse_flag,
     parse_positive_duration,
     setting,
 )
 
-__all__ = ["ForwardingSettings", "parse_statuses", "parse_hash_key", "StatusesLike"]
+__all__ = ["ForwardingSettings", "parse_statuses", "parse_hash_key", "parse_cookie_name",
+           "StatusesLike"]
+
+# A cookie's name is an RFC 6265 token: visible ASCII except separators.
+_COOKIE_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 #: HTTP statuses: numbers (``[502, 503]``), one number (``503``), or one comma-separated
 #: string (``"502, 503"``).
@@ -71,6 +77,18 @@ def parse_hash_key(value: Any) -> str:
     raise ValueError("expected client_ip, header:NAME or cookie:NAME")
 
 
+def parse_cookie_name(value: Any) -> str:
+    """A cookie name (an RFC 6265 token: ``lb``, ``SERVERID``), or empty (off)."""
+    if not isinstance(value, str):
+        raise ValueError("not a cookie name (a string such as 'lb_backend')")
+    name = value.strip()
+    if name and not _COOKIE_NAME.fullmatch(name):
+        bad = next(c for c in name if not _COOKIE_NAME.fullmatch(c))
+        raise ValueError(f"not a cookie name: {bad!r} is not allowed in one (letters, digits "
+                         f"and !#$%&'*+-.^_`|~ are)")
+    return name
+
+
 @dataclasses.dataclass(frozen=True)
 class ForwardingSettings(BaseSettings):
     """How each request is forwarded: retries, timeouts, the statuses that fail an
@@ -105,6 +123,16 @@ class ForwardingSettings(BaseSettings):
         metadata=setting("LB_RETRY_NON_IDEMPOTENT", parse_flag,
                          "also retry a request whose method is not idempotent "
                          "(POST, PATCH, ...) after it was sent"))
+    timeout: float = dataclasses.field(
+        default=0.0,
+        metadata=setting("LB_TIMEOUT", parse_duration,
+                         "the longest a request waits for its response head across all its "
+                         "attempts; a retry is not started without time for it (0: off)"))
+    sticky_cookie: str = dataclasses.field(
+        default="",
+        metadata=setting("LB_STICKY_COOKIE", parse_cookie_name,
+                         "cookie that pins a client to the backend that first answered it, "
+                         "for any policy (empty: off)"))
 
     readers: ClassVar[str] = (
         "every front-end that forwards requests (LoadBalancingAdapter, LoadBalancerMiddleware, "
@@ -121,4 +149,5 @@ class ForwardingSettings(BaseSettings):
         def __init__(self, fail_statuses: StatusesLike = ..., retries: CountLike = ...,
                      connect_timeout: DurationLike = ..., read_timeout: DurationLike = ...,
                      hash_key: str = ..., preserve_host: FlagLike = ...,
-                     retry_non_idempotent: FlagLike = ...) -> None: ...
+                     retry_non_idempotent: FlagLike = ..., timeout: DurationLike = ...,
+                     sticky_cookie: str = ...) -> None: ...

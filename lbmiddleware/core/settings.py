@@ -39,9 +39,12 @@ from .casts import (
     DurationLike,
     FactorLike,
     FlagLike,
+    PercentLike,
+    RatioLike,
     ServersLike,
     SizeLike,
     StatusesLike,
+    parse_balance_factor,
     parse_count,
     parse_dns_servers,
     parse_duration,
@@ -49,6 +52,8 @@ from .casts import (
     parse_flag,
     parse_positive_count,
     parse_positive_duration,
+    parse_rate,
+    parse_ratio,
     parse_size,
     parse_statuses,
 )
@@ -59,10 +64,10 @@ __all__ = [
     "parse_duration", "parse_positive_duration", "parse_flag", "parse_count",
     "parse_positive_count", "parse_size",
     "BackendsLike", "CountLike", "DurationLike", "FlagLike", "SizeLike",
-    "FactorLike", "ServersLike", "StatusesLike",
+    "FactorLike", "ServersLike", "StatusesLike", "PercentLike", "RatioLike",
 ]
 
-POLICIES = ("round_robin", "random", "ip_hash", "latency", "least_conn")
+POLICIES = ("round_robin", "random", "ip_hash", "latency", "least_conn", "bandwidth")
 POLICY_ALIASES = {"weighted": "round_robin", "weighted_round_robin": "round_robin"}
 
 ENV_PREFIX = "LB_"
@@ -219,7 +224,14 @@ class Settings(BaseSettings):
     policy: str = dataclasses.field(
         default="round_robin",
         metadata=setting("LB_POLICY", _policy,
-                         "round_robin (= weighted) | random | ip_hash | latency | least_conn"))
+                         "round_robin (= weighted) | random | ip_hash | latency | least_conn "
+                         "| bandwidth"))
+    hash_balance_factor: int = dataclasses.field(
+        default=0,
+        metadata=setting("LB_HASH_BALANCE_FACTOR", parse_balance_factor,
+                         "ip_hash with bounded load: a backend holds at most this percent of "
+                         "its fair share of the requests in flight, the rest of its keys "
+                         "overflow to their next backend (125-200 typical; 0: off)"))
     max_fails: int = dataclasses.field(
         default=3,
         metadata=setting("LB_MAX_FAILS", parse_count,
@@ -289,6 +301,21 @@ class Settings(BaseSettings):
                          "a tier takes all traffic while usable x this >= its members; below, "
                          "the next tiers take the rest (>= 1.0)"))
 
+    retry_budget: float = dataclasses.field(
+        default=0.2,
+        metadata=setting("LB_RETRY_BUDGET", parse_ratio,
+                         "retries allowed per request over LB_RETRY_BUDGET_TTL, beyond the "
+                         "minimum (0.2: one per five requests; off: no budget)"))
+    retry_budget_min_per_second: float = dataclasses.field(
+        default=10.0,
+        metadata=setting("LB_RETRY_BUDGET_MIN_PER_SECOND", parse_rate,
+                         "retries allowed per second whatever the traffic"))
+    retry_budget_ttl: float = dataclasses.field(
+        default=10.0,
+        metadata=setting("LB_RETRY_BUDGET_TTL", parse_positive_duration,
+                         "the window the retry budget counts requests and retries over "
+                         "(at least 1s)"))
+
     required: ClassVar[tuple[str, ...]] = ("backends",)
     readers: ClassVar[str] = "the Balancer (lb.Balancer, or the one a front-end builds)"
 
@@ -297,7 +324,8 @@ class Settings(BaseSettings):
         # The dataclass's own __init__ runs (its __post_init__ casts); the fields above are
         # what is read back. tests/core/test_settings.py keeps the two lists the same.
         def __init__(self, backends: BackendsLike = ..., policy: str = ...,
-                     max_fails: CountLike = ..., fail_timeout: DurationLike = ...,
+                     hash_balance_factor: PercentLike = ..., max_fails: CountLike = ...,
+                     fail_timeout: DurationLike = ...,
                      max_ejection_time: DurationLike = ..., dns_servers: ServersLike = ...,
                      dns_min_refresh: DurationLike = ..., dns_max_refresh: DurationLike = ...,
                      health_check: str = ..., health_check_interval: DurationLike = ...,
@@ -305,13 +333,19 @@ class Settings(BaseSettings):
                      health_check_rise: CountLike = ..., health_check_fall: CountLike = ...,
                      health_check_statuses: StatusesLike = ...,
                      slow_start: DurationLike = ..., drain_timeout: DurationLike = ...,
-                     overprovisioning: FactorLike = ...) -> None: ...
+                     overprovisioning: FactorLike = ..., retry_budget: RatioLike = ...,
+                     retry_budget_min_per_second: FactorLike = ...,
+                     retry_budget_ttl: DurationLike = ...) -> None: ...
 
     def _check(self) -> None:
         if self.max_ejection_time < self.fail_timeout:
             raise _out_of_order(self, "fail_timeout", "max_ejection_time")
         if self.dns_min_refresh > self.dns_max_refresh:
             raise _out_of_order(self, "dns_min_refresh", "dns_max_refresh")
+        if self.retry_budget_ttl < 1.0:
+            raise ConfigError(f"LB_RETRY_BUDGET_TTL (retry_budget_ttl) has value "
+                              f"{_duration(self.retry_budget_ttl)}: must be at least 1s (the "
+                              f"budget counts in one-second steps)")
 
     @property
     def static_backends(self) -> tuple[Backend, ...]:
