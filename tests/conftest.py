@@ -28,7 +28,8 @@ from .support.servers import BackendServer
 TESTS = pathlib.Path(__file__).resolve().parent
 CORE_FOLDER = TESTS / "core"
 # Core test modules outside tests/core/ (paths relative to tests/).
-CORE_FILES = frozenset({"proxy/test_proxy_rules.py", "upstream/test_parser.py", "test_layering.py",
+CORE_FILES = frozenset({"proxy/test_proxy_rules.py", "proxy/test_sticky_cookie.py",
+                        "upstream/test_parser.py", "test_layering.py",
                         "discovery/test_backoff.py", "discovery/test_watcher.py",
                         "observe/test_snapshot.py", "observe/test_page.py"})
 # The DNS name on the test certificate beside 127.0.0.1 (the ``certificate`` fixture).

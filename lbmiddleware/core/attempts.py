@@ -59,10 +59,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-from collections.abc import Collection
+import time
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, ClassVar, NamedTuple, Protocol
 
 from ..errors import ConfigError, NoHealthyBackend
+from .casts import format_duration
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -238,10 +240,19 @@ class Reporter(Protocol):
 
 
 class Picker(Protocol):
-    """What :class:`Attempts` needs of its balancer: picks that return completion handles."""
+    """What :class:`Attempts` needs of its balancer: picks that return completion handles,
+    the retry budget, and how long a backend usually takes to answer."""
 
-    def begin(self, key: str | None = None,
-              exclude: Collection[Backend] = ()) -> Completion: ...
+    def begin(self, key: str | None = None, exclude: Collection[Backend] = (),
+              prefer: str | None = None) -> Completion: ...
+
+    def spend_retry(self) -> bool: ...
+
+    def usual_latency(self, backend: Backend) -> float | None: ...
+
+
+#: Less time left than this is none: an attempt's timeouts are never cut below it.
+MIN_TIME_LEFT = 0.001
 
 
 class Completion:
@@ -347,7 +358,11 @@ class Attempts:
     """One request's attempts: a backend per attempt, each attempt reported exactly once.
 
     ``balancer`` picks (:meth:`Balancer.begin <lbmiddleware.core.balancer.Balancer.begin>`),
-    ``rule`` decides, ``method`` and ``key`` (the sticky key) describe the request. Drive
+    ``rule`` decides, ``method`` and ``key`` (the sticky key) describe the request;
+    ``prefer`` is its sticky cookie's value (the first pick's only). ``timeout`` (seconds;
+    0: none) is the request's deadline across all its attempts, from now on ``timer``: the
+    front-end cuts each attempt's timeouts to the time left (:meth:`cut`), and a retry is
+    not started without time for it. Each retry spends from the balancer's retry budget. Drive
     it from sync or async code: :meth:`start`, then :meth:`retry` after each failed
     attempt, then :meth:`end` (or :meth:`release`) for the attempt whose answer the client
     got (:meth:`end_failed` when that answer fails on its way). As a context manager, an
@@ -357,22 +372,55 @@ class Attempts:
     to its owner (a streamed body ends it later).
     """
 
-    __slots__ = ("_balancer", "rule", "method", "key", "tried", "_current")
+    __slots__ = ("_balancer", "rule", "method", "key", "tried", "_current", "prefer",
+                 "timeout", "deadline", "_timer")
 
     def __init__(self, balancer: Picker, rule: RetryRule, method: str = "GET",
-                 key: str | None = None) -> None:
+                 key: str | None = None, *, prefer: str | None = None, timeout: float = 0.0,
+                 timer: Callable[[], float] = time.monotonic) -> None:
         self._balancer = balancer
         self.rule = rule
         self.method = method
         self.key = key
+        self.prefer = prefer
         self.tried: list[Backend] = []        # the backends of this request, in order
         self._current: Completion | None = None
+        self.timeout = timeout
+        self._timer = timer
+        #: The time (on ``timer``) by which the request's answer must have begun; None: none.
+        self.deadline = timer() + timeout if timeout > 0 else None
+
+    def time_left(self) -> float | None:
+        """Seconds left before the deadline (negative once it has passed); None without one."""
+        deadline = self.deadline
+        return None if deadline is None else deadline - self._timer()
+
+    @property
+    def expired(self) -> bool:
+        """A deadline is set and no time is left of it."""
+        deadline = self.deadline
+        return deadline is not None and deadline - self._timer() < MIN_TIME_LEFT
+
+    def cut(self, connect: float, read: float) -> tuple[float, float]:
+        """An attempt's connect and read timeouts, each cut to the time left before the
+        deadline (never below :data:`MIN_TIME_LEFT`); as given without a deadline."""
+        deadline = self.deadline
+        if deadline is None:
+            return connect, read
+        left = max(MIN_TIME_LEFT, deadline - self._timer())
+        return min(connect, left), min(read, left)
+
+    def deadline_text(self) -> str:
+        """The words of an attempt that timed out because the deadline cut its timeout."""
+        return f"the request's {format_duration(self.timeout)} deadline (LB_TIMEOUT) ran out"
 
     def start(self) -> Backend:
         """The first attempt's backend. Raises :class:`NoHealthyBackend` when the pool has
         none to offer."""
         # (_begin, inlined: once per request)
-        self._current = completion = self._balancer.begin(self.key)
+        prefer = self.prefer
+        self._current = completion = (self._balancer.begin(self.key) if prefer is None
+                                      else self._balancer.begin(self.key, prefer=prefer))
         backend = completion.backend
         self.tried.append(backend)
         return backend
@@ -386,6 +434,10 @@ class Attempts:
         and otherwise stays open for :meth:`end` (the client gets that response). An
         attempt already ended (:meth:`end`: a byte of its response may have reached the
         client; :meth:`release`) is never retried.
+
+        After the rule: no retry once the deadline has passed, nor when the retry budget is
+        spent (the balancer's :meth:`spend_retry`), nor when the time left is shorter than
+        the next backend's usual time to answer (that pick is released).
         """
         current = self.completion
         if current.ended:
@@ -402,11 +454,31 @@ class Attempts:
                                         replayable=replayable)
                 self._log(outcome, f"not retried: {why or 'the retry rule says no'}")
             return None
+        if self.deadline is not None and self.expired:
+            self._log(outcome, f"not retried: the request's {format_duration(self.timeout)} "
+                               f"deadline (LB_TIMEOUT) has passed")
+            return None
+        balancer = self._balancer
+        if not balancer.spend_retry():
+            self._log(outcome, "not retried: the retry budget is spent (LB_RETRY_BUDGET: "
+                               "retries may add only a share of the requests)")
+            return None
         try:
-            following = self._balancer.begin(self.key, exclude=self.tried)
+            following = balancer.begin(self.key, exclude=self.tried)
         except NoHealthyBackend:
             self._log(outcome, "not retried: every backend was tried")
             return None
+        if self.deadline is not None:
+            left = self.deadline - self._timer()
+            usual = balancer.usual_latency(following.backend)
+            if usual is not None and left < usual:
+                following.release()
+                spare = format_duration(max(0.0, left), digits=3)
+                self._log(outcome, f"not retried: {spare} left of "
+                                   f"the {format_duration(self.timeout)} deadline "
+                                   f"(LB_TIMEOUT), less than {following.backend.url}'s usual "
+                                   f"{format_duration(usual, digits=3)}")
+                return None
         current.done(outcome)       # ignored if already reported above
         self._log(outcome, f"retrying on {following.backend.url}")
         return self._begin(following)

@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import itertools
 import logging
+import math
 import random
 import threading
 import time
@@ -46,9 +47,11 @@ from .health.active import ActiveHealth, ActiveRecord
 from .load import FOLD_BATCH, FOLD_STEP, PeakEwma, fold_latencies
 from .policies import Policy, make_policy
 from .policies.tiered import Tiered
+from .retry_budget import RetryBudget
 from .settings import Settings, resolve
 from .slow_start import ramp_factor
 from .state import BackendState, Members
+from .sticky import sticky_value
 
 __all__ = ["Balancer"]
 
@@ -154,7 +157,15 @@ class Balancer:
         self._active = (ActiveHealth(settings.health_check_rise, settings.health_check_fall,
                                      self._health_event) if settings.health_check else None)
         self._load = PeakEwma()
-        self._base_policy: Policy = make_policy(settings.policy, self._rng, timer, self._load)
+        self._base_policy: Policy = self._make_policy()
+        # The bandwidth policy counts each attempt's bytes (Policy.transferred).
+        self._counts_bytes = self._base_policy.counts_bytes
+        # One retry budget per Balancer, spent by every front-end on it (None: off).
+        self._budget = (RetryBudget(settings.retry_budget, settings.retry_budget_min_per_second,
+                                    settings.retry_budget_ttl)
+                        if math.isfinite(settings.retry_budget) else None)
+        # A sticky cookie's value -> the member it names (rebuilt with the membership).
+        self._by_cookie: dict[str, BackendState] = {}
         self._policy: Policy = self._base_policy
         self._tiered: Tiered | None = None
         # Slow start never applies to ip_hash: a growing weight would move sticky keys.
@@ -617,6 +628,7 @@ class Balancer:
         self._table_now = table = self._table()
         for state in table:
             state.tabled = True
+        self._by_cookie = {sticky_value(url): state for url, state in self._states.items()}
         priorities = {s.backend.priority for s in table}
         if len(priorities) > 1:
             if self._tiered is None:
@@ -631,7 +643,8 @@ class Balancer:
             self._base_policy.membership_changed(table, prepared)
 
     def _make_policy(self) -> Policy:
-        return make_policy(self.settings.policy, self._rng, self._timer, self._load)
+        return make_policy(self.settings.policy, self._rng, self._timer, self._load,
+                           hash_balance_factor=self.settings.hash_balance_factor)
 
     def _refresh(self, answered_by: Backend | None = None,
                  returned: tuple[Backend, ...] = (), carry: bool = False) -> None:
@@ -894,13 +907,21 @@ class Balancer:
 
     # -- pick and report ----------------------------------------------------------------
 
-    def pick(self, key: str | None = None, exclude: Collection[Backend | str] = ()) -> Backend:
+    def pick(self, key: str | None = None, exclude: Collection[Backend | str] = (),
+             prefer: str | None = None) -> Backend:
         """Choose a backend and count the request in flight; end it with :meth:`report`.
 
         ``key`` is the sticky key for ``ip_hash`` (ignored by the other policies);
-        ``exclude`` lists backends already tried for this request. Raises
-        :class:`NoHealthyBackend` when no backend is left to try. A pick that raises
-        counts nothing in flight, even when an event listener raised (see :meth:`subscribe`).
+        ``exclude`` lists backends already tried for this request. ``prefer`` is a sticky
+        cookie's value (:meth:`sticky_value`): the backend it names is chosen, whatever the
+        policy, while a pick may choose it (usable, or any member in a panic; not excluded;
+        not draining; in a tier that takes traffic now); otherwise, and for a value that
+        names no member, the policy picks as usual. Raises :class:`NoHealthyBackend` when no
+        backend is left to try. A pick that raises counts nothing in flight, even when an
+        event listener raised (see :meth:`subscribe`).
+
+        A pick without ``exclude`` is a new request: it adds to the retry budget
+        (:meth:`spend_retry`); one with ``exclude`` is a retry's.
         """
         try:
             with self._lock:
@@ -912,11 +933,17 @@ class Balancer:
                 excluded = self._exclude_states(exclude, members) if exclude else _NONE
                 if len(excluded) >= len(members.states):
                     members, excluded = self._widen(members, excluded, exclude)   # or raises
-                state = self._policy.pick(members, key, excluded)
+                state = None
+                if prefer is not None:
+                    state = self._preferred(prefer, members, excluded)
+                if state is None:
+                    state = self._policy.pick(members, key, excluded)
                 state.in_flight += 1
                 self._policy.started(state)
                 if exclude:
                     self._retries += 1
+                elif self._budget is not None:
+                    self._budget.deposit(self._timer())
                 if self._events:
                     self._post()
         except BaseException:
@@ -932,6 +959,49 @@ class Balancer:
                 self.release_later(state.backend)
                 raise
         return state.backend
+
+    def _preferred(self, value: str, members: Members,
+                   excluded: frozenset[BackendState]) -> BackendState | None:
+        """The member a sticky cookie's ``value`` names, if a pick among ``members`` may
+        choose it now (with tiers: only in a tier that takes traffic, so that a client sent
+        to a backup goes back to the primaries when they return)."""
+        state = self._by_cookie.get(value)
+        if state is None or state not in members.set or state in excluded:
+            return None
+        tiered = self._tiered
+        if tiered is not None and not tiered.prefer(state, members):
+            return None
+        return state
+
+    def sticky_value(self, backend: Backend | str) -> str:
+        """The sticky cookie's value for ``backend``: opaque (not its address), the same in
+        every process (:mod:`lbmiddleware.core.sticky`). A front-end sets the cookie to it when
+        the backend that answered is not the one the request's cookie named."""
+        return sticky_value(_url(backend))
+
+    def spend_retry(self) -> bool:
+        """Spend one retry from the pool's retry budget: True if the budget holds one (or is
+        off), False if it is exhausted (counted in ``pool_stats()``). The attempt loop asks
+        this before each retry's pick; every front-end on this Balancer shares the budget."""
+        budget = self._budget
+        if budget is None:
+            return True
+        with self._lock:
+            return budget.try_spend(self._timer())
+
+    def usual_latency(self, backend: Backend | str) -> float | None:
+        """The time ``backend`` usually takes to answer: the time-decayed mean of its answered
+        attempts' latencies (seconds), None before its first answer or for a backend not in
+        the pool. The attempt loop reads it to tell whether a deadline leaves time for a
+        retry."""
+        url = _url(backend)
+        with self._lock:
+            state = self._states.get(url) or self._draining.get(url)
+            if state is None:
+                return None
+            if state.answers:
+                _fold(state, self._timer())
+            return state.answered.mean
 
     def _expire(self, now: float) -> None:
         returned = self._health.expire(now)
@@ -1048,6 +1118,8 @@ class Balancer:
         state.requests += 1
         state.bytes_sent += sent
         state.bytes_received += received
+        if self._counts_bytes and (sent or received):
+            self._policy.transferred(state, sent + received)
         if ok:
             if latency is not None:
                 # An answer's latency waits in a batch (load.fold_latencies: the histogram,
@@ -1145,12 +1217,13 @@ class Balancer:
         self._deferred.append((backend, None, None, 0, 0, None))
         self._apply_later()
 
-    def begin(self, key: str | None = None, exclude: Collection[Backend] = ()) -> Completion:
+    def begin(self, key: str | None = None, exclude: Collection[Backend] = (),
+              prefer: str | None = None) -> Completion:
         """:meth:`pick`, as a completion handle that ends exactly once: ``done(outcome)``
         reports, ``release()`` does not, a second end is ignored, and a handle dropped
         without an end is released (tower's completion handle). The attempt loop of every
         front-end (:class:`~lbmiddleware.core.attempts.Attempts`) picks through this."""
-        return Completion(self, self.pick(key, exclude))
+        return Completion(self, self.pick(key, exclude, prefer))
 
     # -- introspection ------------------------------------------------------------------
 
@@ -1278,7 +1351,11 @@ class Balancer:
         all) and ``panic_age`` (seconds in it, None when not); ``members``; ``usable`` (the
         members a pick would choose from now, without panic); ``draining``; ``retries``
         (picks that excluded backends already tried: retries' picks, since the start);
-        ``health_check`` (active checks on); ``slow_start`` (seconds, 0 when off).
+        ``health_check`` (active checks on); ``slow_start`` (seconds, 0 when off);
+        ``retry_budget`` (None when off, else ``ratio``, ``min_per_second``, ``ttl``, the
+        ``requests`` and ``retries`` in its window, the retries ``available`` now and
+        ``exhausted_total``, the retries it refused since the start); ``hash_overflows_total``
+        (bounded-load ``ip_hash`` picks that left their key's full home, since the start).
         Cheap (no per-backend work) and thread-safe."""
         with self._lock:
             now = self._catch_up()
@@ -1293,6 +1370,8 @@ class Balancer:
                 "retries": self._retries,
                 "health_check": self._active is not None,
                 "slow_start": self._slow_start,
+                "retry_budget": None if self._budget is None else self._budget.stats(now),
+                "hash_overflows_total": self._policy.overflows,
             }
             self._post()
         self._deliver()

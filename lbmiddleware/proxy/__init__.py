@@ -5,7 +5,8 @@ One job per module: :mod:`.routing` (which paths are proxied), :mod:`.target` (t
 request target sent upstream), :mod:`.headers` (header rules both ways), :mod:`.client`
 (the client's address and sticky key), :mod:`.refusals` (requests refused, with their
 status), :mod:`.responses` (the proxy's own error responses), :mod:`.settings` (the
-proxy's settings). Whether an attempt goes again is the core's retry rule
+proxy's settings), :mod:`.sticky` (the sticky cookie, read and set by every front-end).
+Whether an attempt goes again is the core's retry rule
 (:class:`lbmiddleware.core.attempts.RetryRule`), shared with the requests adapter.
 """
 
@@ -23,6 +24,7 @@ from .refusals import NotProxied, UnsafeRequest
 from .responses import ErrorResponse, error_response
 from .routing import match_prefix, normalize_prefix
 from .settings import ProxySettings
+from .sticky import StickyCookie
 from .target import join_target, quote_path, upstream_url
 
 __all__ = [
@@ -31,5 +33,5 @@ __all__ = [
     "normalize_prefix", "match_prefix", "quote_path", "join_target", "upstream_url",
     "ClientAddress", "sticky_key", "parse_cookie",
     "ErrorResponse", "error_response",
-    "ProxySettings",
+    "ProxySettings", "StickyCookie",
 ]

@@ -34,7 +34,22 @@ class FakeBalancer:
         self.extras: list[tuple] = []     # per report: (bytes_sent, bytes_received, status)
         self.in_flight = 0
 
-    def begin(self, key=None, exclude=()):
+    budget = None        # retries the fake's budget still holds (None: no budget)
+    usual: dict = {}     # url -> usual latency
+
+    def spend_retry(self):
+        if self.budget is None:
+            return True
+        if self.budget <= 0:
+            self.calls.append(("budget spent",))
+            return False
+        self.budget -= 1
+        return True
+
+    def usual_latency(self, backend):
+        return self.usual.get(backend.url)
+
+    def begin(self, key=None, exclude=(), prefer=None):
         for backend in self.backends:
             if backend not in exclude:
                 self.calls.append(("pick", backend.url[7], key))
@@ -226,7 +241,7 @@ def test_never_the_same_backend_twice():
     picks = []
 
     class Recording(FakeBalancer):
-        def begin(self, key=None, exclude=()):
+        def begin(self, key=None, exclude=(), prefer=None):
             picks.append(list(exclude))
             return super().begin(key, exclude)
 
@@ -561,3 +576,103 @@ def test_the_rule_says_why_not_exactly_when_it_does_not_allow():
                     why = rule.why_not(method, outcome, attempts=attempts,
                                        replayable=replayable)
                     assert (why is None) == (allowed or outcome.ok), (method, outcome, why)
+
+
+# -- the deadline (LB_TIMEOUT) ---------------------------------------------------------------
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 50.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+CUT_OFF = Outcome(ok=False, latency=0.5, timeout=True, error="read timed out after 500ms")
+
+
+def test_without_a_timeout_there_is_no_deadline():
+    attempts = Attempts(FakeBalancer(A), RetryRule(), "GET")
+    assert attempts.deadline is None and attempts.time_left() is None
+    assert not attempts.expired
+    assert attempts.cut(5.0, 60.0) == (5.0, 60.0)
+
+
+def test_each_attempts_timeouts_are_cut_to_the_time_left():
+    clock = Clock()
+    attempts = Attempts(FakeBalancer(A, B), RetryRule(), "GET", timeout=1.0, timer=clock)
+    assert attempts.time_left() == 1.0
+    assert attempts.cut(5.0, 60.0) == (1.0, 1.0)
+    assert attempts.cut(0.25, 60.0) == (0.25, 1.0)
+    clock.now += 0.7
+    assert attempts.cut(5.0, 60.0) == pytest.approx((0.3, 0.3))
+    clock.now += 5.0
+    assert attempts.expired and attempts.time_left() == pytest.approx(-4.7)
+    assert attempts.cut(5.0, 60.0) == (0.001, 0.001)      # never zero: a timeout of 0 is none
+    assert attempts.deadline_text() == "the request's 1s deadline (LB_TIMEOUT) ran out"
+
+
+def test_no_retry_once_the_deadline_has_passed(caplog):
+    clock = Clock()
+    balancer = FakeBalancer(A, B)
+    attempts = Attempts(balancer, RetryRule(retries=2), "GET", timeout=0.5, timer=clock)
+    attempts.start()
+    clock.now += 0.5
+    with caplog.at_level(logging.INFO, logger="lbmiddleware.attempts"):
+        assert attempts.retry(CUT_OFF) is None
+    assert [b.url for b in attempts.tried] == ["http://a:1"]
+    assert balancer.ends() == [("report", "a", False, 0.5)]
+    assert "not retried: the request's 500ms deadline (LB_TIMEOUT) has passed" in caplog.text
+
+
+def test_no_retry_when_the_next_backend_usually_takes_longer_than_the_time_left(caplog):
+    clock = Clock()
+    balancer = FakeBalancer(A, B)
+    balancer.usual = {"http://b:1": 0.3}
+    attempts = Attempts(balancer, RetryRule(retries=2), "GET", timeout=1.0, timer=clock)
+    attempts.start()
+    clock.now += 0.8                                        # 200 ms left, b needs 300
+    with caplog.at_level(logging.INFO, logger="lbmiddleware.attempts"):
+        assert attempts.retry(CUT_OFF) is None
+    assert balancer.ends() == [("report", "a", False, 0.5), ("release", "b")]
+    assert balancer.in_flight == 0
+    assert ("not retried: 200ms left of the 1s deadline (LB_TIMEOUT), less than http://b:1's "
+            "usual 300ms") in caplog.text
+
+
+@pytest.mark.parametrize("usual", [None, 0.1])
+def test_a_retry_goes_ahead_when_the_time_left_is_enough_or_unknown(usual):
+    clock = Clock()
+    balancer = FakeBalancer(A, B)
+    balancer.usual = {} if usual is None else {"http://b:1": usual}
+    attempts = Attempts(balancer, RetryRule(retries=2), "GET", timeout=1.0, timer=clock)
+    attempts.start()
+    clock.now += 0.8
+    assert attempts.retry(CUT_OFF) == B
+    assert attempts.cut(5.0, 60.0) == pytest.approx((0.2, 0.2))
+
+
+def test_the_budget_refuses_before_a_pick_is_made():
+    balancer = FakeBalancer(A, B)
+    balancer.budget = 0
+    attempts = Attempts(balancer, RetryRule(retries=2), "GET")
+    attempts.start()
+    assert attempts.retry(UNAVAILABLE) is None
+    assert [c for c in balancer.calls if c[0] == "pick"] == [("pick", "a", None)]
+    assert ("budget spent",) in balancer.calls
+    attempts.end(UNAVAILABLE)
+    assert balancer.in_flight == 0
+
+
+def test_a_sticky_value_goes_to_the_first_pick_only():
+    seen = []
+
+    class Recording(FakeBalancer):
+        def begin(self, key=None, exclude=(), prefer=None):
+            seen.append(prefer)
+            return super().begin(key, exclude)
+
+    attempts = Attempts(Recording(A, B), RetryRule(retries=1), "GET", prefer="cafe")
+    attempts.start()
+    attempts.retry(UNAVAILABLE)
+    assert seen == ["cafe", None]

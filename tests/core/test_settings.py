@@ -4,6 +4,7 @@ import ast
 import dataclasses
 import inspect
 import logging
+import math
 import re
 import textwrap
 
@@ -271,16 +272,18 @@ class TestKeywords:
 
     def test_describe_lists_every_variable(self):
         names = [row[0] for row in lb.Settings.describe()]
-        assert names == ["LB_BACKENDS", "LB_POLICY", "LB_MAX_FAILS", "LB_FAIL_TIMEOUT",
+        assert names == ["LB_BACKENDS", "LB_POLICY", "LB_HASH_BALANCE_FACTOR", "LB_MAX_FAILS",
+                         "LB_FAIL_TIMEOUT",
                          "LB_MAX_EJECTION_TIME", "LB_DNS_SERVERS", "LB_DNS_MIN_REFRESH",
                          "LB_DNS_MAX_REFRESH", "LB_HEALTH_CHECK", "LB_HEALTH_CHECK_INTERVAL",
                          "LB_HEALTH_CHECK_TIMEOUT", "LB_HEALTH_CHECK_RISE",
                          "LB_HEALTH_CHECK_FALL", "LB_HEALTH_CHECK_STATUSES", "LB_SLOW_START",
-                         "LB_DRAIN_TIMEOUT", "LB_OVERPROVISIONING"]
+                         "LB_DRAIN_TIMEOUT", "LB_OVERPROVISIONING", "LB_RETRY_BUDGET",
+                         "LB_RETRY_BUDGET_MIN_PER_SECOND", "LB_RETRY_BUDGET_TTL"]
         names = [row[0] for row in ForwardingSettings.describe()]
         assert names == ["LB_FAIL_STATUSES", "LB_RETRIES", "LB_CONNECT_TIMEOUT",
                          "LB_READ_TIMEOUT", "LB_HASH_KEY", "LB_PRESERVE_HOST",
-                         "LB_RETRY_NON_IDEMPOTENT"]
+                         "LB_RETRY_NON_IDEMPOTENT", "LB_TIMEOUT", "LB_STICKY_COOKIE"]
 
     def test_text_given_to_a_keyword_is_read_back_typed(self):
         settings = lb.Settings(backends=["http://a:1"], max_fails="3", fail_timeout="250ms")
@@ -296,11 +299,12 @@ class TestKeywords:
 
     def test_the_balancers_settings_are_only_what_it_reads(self):
         assert [f.name for f in dataclasses.fields(lb.Settings)] == [
-            "backends", "policy", "max_fails", "fail_timeout", "max_ejection_time",
-            "dns_servers", "dns_min_refresh", "dns_max_refresh", "health_check",
-            "health_check_interval", "health_check_timeout", "health_check_rise",
-            "health_check_fall", "health_check_statuses", "slow_start", "drain_timeout",
-            "overprovisioning"]
+            "backends", "policy", "hash_balance_factor", "max_fails", "fail_timeout",
+            "max_ejection_time", "dns_servers", "dns_min_refresh", "dns_max_refresh",
+            "health_check", "health_check_interval", "health_check_timeout",
+            "health_check_rise", "health_check_fall", "health_check_statuses", "slow_start",
+            "drain_timeout", "overprovisioning", "retry_budget", "retry_budget_min_per_second",
+            "retry_budget_ttl"]
         assert lb.AdapterSettings is ForwardingSettings is lb.ForwardingSettings
 
 
@@ -614,3 +618,49 @@ def test_a_misspelt_keyword_of_a_settings_class_gets_the_closest_name():
     with pytest.raises(TypeError, match=r"^Settings\(\) got an unexpected keyword argument "
                                         r"'max_fail' \(did you mean max_fails\?\)$"):
         lb.Settings(backends=["http://a:1"], max_fail=1)
+
+
+# -- the settings of issue 12 ------------------------------------------------------------------
+
+@pytest.mark.parametrize("variable, value, words", [
+    ("LB_HASH_BALANCE_FACTOR", "99", "must be 0 (off) or at least 100"),
+    ("LB_HASH_BALANCE_FACTOR", "1.5", "not a whole percentage"),
+    ("LB_RETRY_BUDGET", "-0.1", "must be 0 or more"),
+    ("LB_RETRY_BUDGET", "lots", "not a ratio (0.2, 20%, or off)"),
+    ("LB_RETRY_BUDGET_MIN_PER_SECOND", "-1", "must be a finite number of at least 0"),
+    ("LB_RETRY_BUDGET_TTL", "500ms", "must be at least 1s"),
+])
+def test_a_bad_scheduling_setting_is_named_with_its_value(variable, value, words):
+    with pytest.raises(lb.ConfigError) as caught:
+        lb.Settings.from_env({"LB_BACKENDS": "http://a", variable: value})
+    assert variable in str(caught.value) and value in str(caught.value)
+    assert words in str(caught.value)
+
+
+@pytest.mark.parametrize("given, read", [("125", 125), ("150%", 150), (200, 200), ("0", 0)])
+def test_the_balance_factor_is_a_percentage(given, read):
+    assert lb.Settings(backends="http://a", hash_balance_factor=given).hash_balance_factor == read
+
+
+@pytest.mark.parametrize("given, read", [("0.2", 0.2), ("50%", 0.5), (0, 0.0), ("off", math.inf)])
+def test_the_retry_budget_is_a_ratio_or_off(given, read):
+    assert lb.Settings(backends="http://a", retry_budget=given).retry_budget == read
+
+
+@pytest.mark.parametrize("variable, value, words", [
+    ("LB_TIMEOUT", "-1s", "negative"),
+    ("LB_TIMEOUT", "soon", "not a duration"),
+    ("LB_STICKY_COOKIE", "lb;x", "';' is not allowed"),
+    ("LB_STICKY_COOKIE", "my cookie", "' ' is not allowed"),
+])
+def test_a_bad_forwarding_setting_is_named_with_its_value(variable, value, words):
+    with pytest.raises(lb.ConfigError) as caught:
+        ForwardingSettings.from_env({variable: value})
+    assert variable in str(caught.value) and words in str(caught.value)
+
+
+def test_the_deadline_and_the_sticky_cookie_are_off_by_default():
+    forwarding = ForwardingSettings()
+    assert (forwarding.timeout, forwarding.sticky_cookie) == (0.0, "")
+    given = ForwardingSettings.from_env({"LB_TIMEOUT": "1.5s", "LB_STICKY_COOKIE": " lb_b "})
+    assert (given.timeout, given.sticky_cookie) == (1.5, "lb_b")

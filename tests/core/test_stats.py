@@ -317,7 +317,11 @@ def test_pool_stats_of_a_plain_pool(clock):
     pool = Balancer([A, B], timer=clock, policy="least_conn")
     assert pool.pool_stats() == {"policy": "least_conn", "panic": False, "panic_age": None,
                                  "members": 2, "usable": 2, "draining": 0, "retries": 0,
-                                 "health_check": False, "slow_start": 0.0}
+                                 "health_check": False, "slow_start": 0.0,
+                                 "retry_budget": {"ratio": 0.2, "min_per_second": 10.0,
+                                                  "ttl": 10.0, "requests": 0, "retries": 0,
+                                                  "available": 100.0, "exhausted_total": 0},
+                                 "hash_overflows_total": 0}
 
 
 def test_retries_count_the_picks_that_exclude_a_tried_backend(clock):

@@ -27,6 +27,9 @@ POLICY_CLASSES: dict[str, type[Policy]] = {
 
 
 def make_policy(name: str, rng: random.Random, timer: Callable[[], float],
-                load: PeakEwma | None = None) -> Policy:
-    """A fresh policy instance for a validated policy name."""
+                load: PeakEwma | None = None, *, hash_balance_factor: int = 0) -> Policy:
+    """A fresh policy instance for a validated policy name; ``hash_balance_factor`` is
+    ``ip_hash``'s bound (percent; 0: off)."""
+    if name == IPHash.name:
+        return IPHash(rng, timer, load, balance_factor=hash_balance_factor)
     return POLICY_CLASSES[name](rng, timer, load)

@@ -27,6 +27,8 @@ class Policy:
 
     name = "policy"
     keyed = False        # True when pick(key=...) sticks a key to an owner (see lookup())
+    counts_bytes = False  # True when the balancer must call transferred() (bandwidth)
+    overflows = 0        # picks that left a key's full home (bounded-load ip_hash)
 
     def __init__(self, rng: random.Random, timer: Callable[[], float],
                  load: PeakEwma | None = None) -> None:
@@ -48,6 +50,10 @@ class Policy:
 
     def finished(self, state: BackendState) -> None:
         """A request to ``state`` ended (its in_flight was decremented)."""
+
+    def transferred(self, state: BackendState, nbytes: int) -> None:
+        """An attempt on ``state`` moved ``nbytes`` body bytes (sent plus received); called
+        only when :attr:`counts_bytes` is true, for an attempt with bytes."""
 
     def prepare(self, backends: Sequence[Backend]) -> Any:
         """Work that depends only on the new membership, done outside the balancer's lock

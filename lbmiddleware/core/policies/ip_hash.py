@@ -41,9 +41,11 @@ class IPHash(Policy):
     max_probes = 64
 
     def __init__(self, rng: random.Random, timer: Callable[[], float],
-                 load: PeakEwma | None = None, table_size: int = DEFAULT_TABLE_SIZE) -> None:
+                 load: PeakEwma | None = None, table_size: int = DEFAULT_TABLE_SIZE, *,
+                 balance_factor: int = 0) -> None:
         super().__init__(rng, timer, load)
         self.table_size = table_size
+        self.balance_factor = balance_factor      # percent; 0: no bound on a home's load
         self._round_robin = RoundRobin(rng, timer)
         self._all: tuple[BackendState, ...] = ()
         self._table: list[int] = []

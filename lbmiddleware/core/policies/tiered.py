@@ -145,6 +145,33 @@ class Tiered(Policy):
         policy, usable = tiers[draw_tier(self._loads, key_point(key))]
         return policy.lookup(usable, key)
 
+    def prefer(self, state: BackendState, members: Members) -> bool:
+        """May ``state`` (a usable member a sticky cookie names) be chosen without a draw?
+        Only in a tier that takes traffic now (or in a panic, or a pick among everyone);
+        if so the next :meth:`started` goes to that tier's instance, as if it had picked."""
+        if self._panic or members is self._everyone:
+            self._picked_by = self._panic_policy
+            return True
+        priority = state.backend.priority
+        for (policy, _), load, in_order in zip(self._tiers, self._loads, sorted(self._members),
+                                               strict=True):
+            if in_order == priority:
+                if not load:
+                    return False
+                self._picked_by = policy
+                return True
+        return False
+
+    @property
+    def overflows(self) -> int:  # type: ignore[override]
+        """Every instance's overflow picks (bounded-load ip_hash)."""
+        return self._panic_policy.overflows + sum(p.overflows
+                                                  for p in self._by_priority.values())
+
+    def transferred(self, state: BackendState, nbytes: int) -> None:
+        policy = None if self._panic else self._by_priority.get(state.backend.priority)
+        (policy or self._panic_policy).transferred(state, nbytes)
+
     def started(self, state: BackendState) -> None:
         self._picked_by.started(state)
 

@@ -1,0 +1,64 @@
+"""The sticky cookie as every front-end reads and writes it (``LB_STICKY_COOKIE``).
+
+The rule, one copy for the middlewares, the gateway, the requests adapter and the httpx
+transports: read the cookie's value from the request (:meth:`StickyCookie.read`, or
+:meth:`~StickyCookie.read_binary` for a raw header list) and give it to the attempt loop as
+``prefer``; when a backend's response goes to the client, compare the value of the backend
+that answered (:meth:`Balancer.sticky_value <lbmiddleware.core.balancer.Balancer.sticky_value>`)
+with the request's and, if they differ, add the :meth:`~StickyCookie.set_cookie` header
+(besides the backend's own ``Set-Cookie`` headers; never on the proxy's own 502/503/504). The
+cookie is a session cookie (no ``Max-Age``), ``HttpOnly`` and ``SameSite=Lax``, ``Secure``
+when the client's connection is https, scoped to ``path``: the proxy's prefix, so that two
+routes' cookies do not meet, or ``/`` for a client front-end.
+
+Standard library only, no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .client import parse_cookie
+
+__all__ = ["StickyCookie"]
+
+
+class StickyCookie:
+    """One front-end's sticky cookie: its name and path (immutable)."""
+
+    __slots__ = ("name", "path", "_name_bytes", "_prefix")
+
+    def __init__(self, name: str, path: str = "/") -> None:
+        if not name:
+            raise ValueError("a sticky cookie needs a name")
+        if not path.startswith("/") or any(c in path for c in ";\r\n\0"):
+            raise ValueError(f"a sticky cookie's path is an absolute path without ';', not "
+                             f"{path!r}")
+        self.name = name
+        self.path = path
+        self._name_bytes = name.encode("ascii")
+        self._prefix = f"{name}="
+
+    def read(self, cookie_header: str | None) -> str | None:
+        """The cookie's value in one ``Cookie`` header (first occurrence), or None."""
+        if not cookie_header or self._prefix not in cookie_header:
+            return None
+        return parse_cookie(cookie_header).get(self.name)
+
+    def read_binary(self, headers: Sequence[tuple[bytes, bytes]]) -> str | None:
+        """The cookie's value among raw ``(name, value)`` headers (every ``cookie`` header,
+        any case: HTTP/2 may split them), or None."""
+        for name, value in headers:
+            if len(name) == 6 and name.lower() == b"cookie" and self._name_bytes in value:
+                found = self.read(value.decode("latin-1"))
+                if found is not None:
+                    return found
+        return None
+
+    def set_cookie(self, value: str, *, secure: bool) -> str:
+        """The ``Set-Cookie`` value that pins a client to the backend of ``value``."""
+        return (f"{self.name}={value}; Path={self.path}; HttpOnly; SameSite=Lax"
+                + ("; Secure" if secure else ""))
+
+    def __repr__(self) -> str:
+        return f"StickyCookie({self.name!r}, path={self.path!r})"
