@@ -4,10 +4,11 @@ flapping (HAProxy's and Traefik's dashboards show rates too; the long history is
 job, when it scrapes ``/metrics``).
 
 A :class:`History` keeps a ring of samples, one every ``interval`` (5 s) over the last ``keep``
-(10 minutes): per backend URL the cumulative ``requests``, ``failures``, ``latency_sum`` and
-``latency_count`` of ``stats()``. Rates and mean latencies per interval come from the deltas
-of consecutive samples, as Prometheus's ``rate()`` does: a counter that went down (the URL left
-and came back as a new member) restarted from zero.
+(10 minutes): per backend URL the cumulative ``requests``, ``failures``, ``latency_sum``,
+``latency_count`` and bytes (``bytes_sent`` + ``bytes_received``) of ``stats()``. Rates and
+mean latencies per interval come from the deltas of consecutive samples, as Prometheus's
+``rate()`` does: a counter that went down (the URL left and came back as a new member)
+restarted from zero.
 
 Sampling runs as a task on the fleet's loop (:mod:`lbmiddleware.fleet.loop`), never a thread of
 its own. It holds the pool weakly and ends when the pool is closed or garbage-collected, and it
@@ -42,8 +43,9 @@ TASK_NAME = "lbmiddleware-history"
 
 logger = logging.getLogger("lbmiddleware")
 
-# url -> (requests, failures, latency_sum, latency_count), cumulative as stats() gives them
-_Counters = dict[str, tuple[int, int, float, int]]
+# url -> (requests, failures, latency_sum, latency_count, bytes sent + received), cumulative
+# as stats() gives them
+_Counters = dict[str, tuple[int, int, float, int, int]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,12 +60,14 @@ class BackendHistory:
     requests and failures per second (None where it was not a member at the interval's end)
     and the mean latency in milliseconds of the attempts answered in it, from the histogram's
     sum and count: the time to the response head, so a refused attempt is not in it (None
-    where none was answered)."""
+    where none was answered); and the body bytes sent and received per second, counted as
+    each attempt ended (what the bandwidth policy weighs; None where it was not a member)."""
 
     interval: float
     requests_per_second: tuple[float | None, ...]
     failures_per_second: tuple[float | None, ...]
     latency_ms: tuple[float | None, ...]
+    bytes_per_second: tuple[float | None, ...] = ()
 
     @property
     def last_rates(self) -> tuple[float | None, float | None]:
@@ -114,7 +118,7 @@ class History:
         at = self._timer() if now is None else now
         counters: _Counters = {
             row["url"]: (row["requests"], row["failures"], row["latency_sum"],
-                         row["latency_count"])
+                         row["latency_count"], row["bytes_sent"] + row["bytes_received"])
             for row in rows}
         with self._lock:
             samples = self._samples
@@ -148,16 +152,18 @@ class History:
         requests: list[float | None] = []
         failures: list[float | None] = []
         latency: list[float | None] = []
-        none = (0, 0, 0.0, 0)               # joined in the interval: counted from 0
+        transferred: list[float | None] = []
+        none = (0, 0, 0.0, 0, 0)            # joined in the interval: counted from 0
         for before, after in zip(samples, samples[1:], strict=False):
             now = after.counters.get(url)
             if now is None:
                 requests.append(None)
                 failures.append(None)
                 latency.append(None)
+                transferred.append(None)
                 continue
-            r1, f1, s1, c1 = now
-            r0, f0, s0, c0 = before.counters.get(url, none)
+            r1, f1, s1, c1, b1 = now
+            r0, f0, s0, c0, b0 = before.counters.get(url, none)
             per_second = 1 / (after.at - before.at)
             # (a counter that went down restarted from 0: the URL left and came back)
             requests.append(round((r1 - r0 if r1 >= r0 else r1) * per_second, 3))
@@ -165,7 +171,9 @@ class History:
             count = c1 - c0 if c1 >= c0 else c1
             mean = (s1 - s0 if c1 >= c0 else s1) / count * 1000 if count else math.nan
             latency.append(round(mean, 3) if math.isfinite(mean) else None)
-        return BackendHistory(self.interval, tuple(requests), tuple(failures), tuple(latency))
+            transferred.append(round((b1 - b0 if b1 >= b0 else b1) * per_second, 3))
+        return BackendHistory(self.interval, tuple(requests), tuple(failures), tuple(latency),
+                              tuple(transferred))
 
     # -- running on the fleet's loop ------------------------------------------------------
 

@@ -32,7 +32,7 @@ from ..core.balancer import Balancer as CoreBalancer
 from ..core.load import LATENCY_BUCKETS
 from ..errors import ConfigError, needs_extra
 from ..fleet import Balancer
-from .snapshot import Pools, named_pools
+from .snapshot import Pools, bounded_load, named_pools
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -213,11 +213,12 @@ def _families(named: Iterable[tuple[str, CoreBalancer]]) -> list[Metric]:
         "lbmiddleware_backend_health_checks", "Active health checks of the backend, by "
         "result (pass, fail).", labels=["pool", "backend", "result"])
     sent = CounterMetricFamily(
-        "lbmiddleware_backend_sent_bytes", "Bytes of requests sent to the backend.",
+        "lbmiddleware_backend_sent_bytes", "Request body bytes sent to the backend, counted "
+        "as each attempt ends (with the received bytes: what the bandwidth policy weighs).",
         labels=pb)
     received = CounterMetricFamily(
-        "lbmiddleware_backend_received_bytes", "Bytes of responses received from the "
-        "backend.", labels=pb)
+        "lbmiddleware_backend_received_bytes", "Response body bytes received from the "
+        "backend, counted as each attempt ends.", labels=pb)
     retries = CounterMetricFamily(
         "lbmiddleware_retries", "Attempts that retried a request on another backend.",
         labels=["pool"])
@@ -227,6 +228,17 @@ def _families(named: Iterable[tuple[str, CoreBalancer]]) -> list[Metric]:
     discovery = CounterMetricFamily(
         "lbmiddleware_discovery_updates", "Answers (success) and failed asks (failure) of "
         "the pool's discovery sources.", labels=["pool", "source", "result"])
+    exhausted = CounterMetricFamily(
+        "lbmiddleware_retry_budget_exhausted", "Retries the retry budget refused (the client "
+        "got the failure it had), while the budget is on.", labels=["pool"])
+    available = GaugeMetricFamily(
+        "lbmiddleware_retry_budget_available_retries", "Retries the retry budget allows now: "
+        "ratio x requests + min_per_second x ttl - retries, over the last ttl seconds; below "
+        "1 the next retry is refused.", labels=["pool"])
+    overflows = CounterMetricFamily(
+        "lbmiddleware_hash_overflow", "ip_hash picks that left their key's home backend "
+        "because it held its bounded share (hash_balance_factor), while a factor is set.",
+        labels=["pool"])
     # Bounds spelt as prometheus_client spells its own histograms' (repr, for these values),
     # so that both kinds of series of a process agree on le.
     bounds = [repr(float(bound)) for bound in LATENCY_BUCKETS]
@@ -257,12 +269,18 @@ def _families(named: Iterable[tuple[str, CoreBalancer]]) -> list[Metric]:
         totals = pool.pool_stats()
         retries.add_metric([name], totals["retries"])
         panic.add_metric([name], 1 if totals["panic"] else 0)
+        budget: dict[str, Any] | None = totals["retry_budget"]
+        if budget is not None:
+            exhausted.add_metric([name], budget["exhausted_total"])
+            available.add_metric([name], budget["available"])
+        if bounded_load(pool) or totals["hash_overflows_total"]:
+            overflows.add_metric([name], totals["hash_overflows_total"])
         if isinstance(pool, Balancer):
             for source in pool.source_stats():
                 discovery.add_metric([name, source["url"], "success"], source["updates_total"])
                 discovery.add_metric([name, source["url"], "failure"], source["failures_total"])
     return [requests, duration, in_flight, up, state, weight, ejections, checks, sent,
-            received, retries, panic, discovery]
+            received, retries, panic, discovery, exhausted, available, overflows]
 
 
 def _check_name(name: object) -> None:

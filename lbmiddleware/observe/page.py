@@ -54,31 +54,39 @@ def render(snap: Mapping[str, Any], *, refresh: float = 5.0) -> str:
 # -- a pool --------------------------------------------------------------------------------
 
 def _pool(pool: Mapping[str, Any]) -> str:
-    panic = ""
+    alarms = ""         # chips beside the pool's name: what needs a look now
     if pool.get("panic"):
         since = pool.get("panic_age")
-        panic = _chip("panic" + (f" for {duration(since)}" if since is not None else ""),
-                      "bad", "every backend is unusable: picking among all of them")
+        alarms = _chip("panic" + (f" for {duration(since)}" if since is not None else ""),
+                       "bad", "every backend is unusable: picking among all of them")
+    budget = pool.get("retry_budget")
+    if isinstance(budget, Mapping) and _spent(budget):
+        alarms += _chip("retry budget spent", "warn", _SPENT_TIP)
     facts = [
         ("policy", str(pool.get("policy", "?"))),
         ("usable", f"{_count(pool.get('usable'))} of {_count(pool.get('members'))}"),
         ("draining", _count(pool.get("draining"))),
         ("retries", _count(pool.get("retries"))),
-        ("health checks", "on" if pool.get("health_check") else "off"),
     ]
+    if "retry_budget" in pool:
+        facts.append(("retry budget", _budget(budget)))
+    factor = pool.get("hash_balance_factor")
+    if factor:
+        facts.append(("bounded load", f"{_count(factor)}% · "
+                                      f"{_count(pool.get('hash_overflows_total'))} overflows"))
+    facts.append(("health checks", "on" if pool.get("health_check") else "off"))
     if pool.get("slow_start"):
         facts.append(("slow start", duration(pool["slow_start"])))
     facts_html = "".join(f"<div><dt>{_e(name)}</dt><dd>{_e(value)}</dd></div>"
                          for name, value in facts)
     sources = pool.get("sources") or []
     backends = pool.get("backends") or []
-    weighs_latency = pool.get("policy") == "latency"
-    rows = "".join(_backend(row, weighs_latency) for row in backends)
+    rows = "".join(_backend(row, pool.get("policy")) for row in backends)
     if not rows:
         rows = f'<tr><td class="empty" colspan="{len(_COLUMNS)}">no backends</td></tr>'
     return (
         '<section class="pool">'
-        f'<div class="pool-head"><h2>{_e(pool.get("name", ""))}</h2>{panic}</div>'
+        f'<div class="pool-head"><h2>{_e(pool.get("name", ""))}</h2>{alarms}</div>'
         f'<dl class="facts">{facts_html}</dl>'
         + (_sources(sources) if sources else "")
         + '<div class="scroll"><table class="backends">'
@@ -87,6 +95,30 @@ def _pool(pool: Mapping[str, Any]) -> str:
         + "".join(f'<th{_class(css)}>{_HEADS.get(name, _e(name))}</th>'
                   for name, css in _COLUMNS)
         + f"</tr></thead><tbody>{rows}</tbody></table></div></section>\n")
+
+
+_SPENT_TIP = ("retries are refused (each client gets the failure it had) until new requests "
+              "add to the budget or old retries leave its window")
+
+
+def _spent(budget: Mapping[str, Any]) -> bool:
+    """The budget holds no whole retry now: the next retry is refused."""
+    left = budget.get("available")
+    return isinstance(left, (int, float)) and left < 1
+
+
+def _budget(budget: object) -> str:
+    """The retry budget in a few words: "37 left · 3 refused (20% + 10/s over 10s)"."""
+    if not isinstance(budget, Mapping):
+        return "off"
+    left = budget.get("available")
+    shown = (f"{math.floor(left):,}" if isinstance(left, (int, float)) and math.isfinite(left)
+             else "?")
+    ratio, floor, ttl = (budget.get(k) for k in ("ratio", "min_per_second", "ttl"))
+    rule = ""
+    if isinstance(ratio, (int, float)) and isinstance(floor, (int, float)):
+        rule = f" ({ratio * 100:g}% + {floor:g}/s over {duration(ttl)})"
+    return f"{shown} left · {_count(budget.get('exhausted_total'))} refused{rule}"
 
 
 #: What the page calls latency: the time to the response head, not to the body's end.
@@ -143,9 +175,10 @@ def _sources(sources: Sequence[Mapping[str, Any]]) -> str:
 
 # -- a backend -----------------------------------------------------------------------------
 
-def _backend(row: Mapping[str, Any], weighs_latency: bool) -> str:
-    """A backend's row; ``weighs_latency``: the pool's policy is latency, so the estimate its
-    picks compare is worth showing (under another policy nothing reads it)."""
+def _backend(row: Mapping[str, Any], policy: object) -> str:
+    """A backend's row. What the pool's ``policy`` weighs is shown under that policy only
+    (under another nothing reads it): the latency policy's estimate, the bandwidth policy's
+    bytes per second."""
     text, kind = state_text(row)
     source = row.get("source")
     weight, effective = row.get("weight"), row.get("effective_weight")
@@ -155,7 +188,7 @@ def _backend(row: Mapping[str, Any], weighs_latency: bool) -> str:
     latency = row.get("latency")
     estimate = row.get("latency_estimate")
     latency_html = _e(_ms(latency)) if latency is not None else "—"
-    if estimate is not None and weighs_latency:
+    if estimate is not None and policy == "latency":
         latency_html += (f'<small title="{_e(_ESTIMATE_TIP)}">'     # (two lines at most)
                          f"{_e(_nowrap(_ESTIMATE))} {_e(_nowrap(_ms(estimate)))}</small>")
     history = row.get("history") or {}
@@ -167,7 +200,8 @@ def _backend(row: Mapping[str, Any], weighs_latency: bool) -> str:
         ("Weight", "num", weight_html),
         ("In flight", "num", _e(_count(row.get("in_flight")))),
         ("Requests", "num", _e(_count(row.get("requests")))
-         + _rate_html(row.get("requests_per_second"))),
+         + _rate_html(row.get("requests_per_second"))
+         + (_bytes_html(row.get("bytes_per_second")) if policy == "bandwidth" else "")),
         ("Failures", "num", _e(_count(row.get("failures")))
          + _rate_html(row.get("failures_per_second"))),
         ("Ejections", "num", _e(_count(row.get("ejections")))),
@@ -255,6 +289,16 @@ def _check(check: object) -> str:
 
 def _rate_html(rate: object) -> str:
     return f"<small>{_e(_rate(rate))}</small>" if isinstance(rate, (int, float)) else ""
+
+
+_BYTES_TIP = ("body bytes sent and received per second over the last 5 s, counted as each "
+              "request ends: what the bandwidth policy balances (per unit of weight)")
+
+
+def _bytes_html(rate: object) -> str:
+    if not isinstance(rate, (int, float)):
+        return ""
+    return f'<small title="{_e(_BYTES_TIP)}">{_e(_nowrap(_bytes_rate(rate)))}</small>'
 
 
 # -- charts --------------------------------------------------------------------------------
@@ -420,6 +464,15 @@ def _rate(value: object) -> str:
     return f"{value:,.0f}/s"
 
 
+def _bytes_rate(value: float) -> str:
+    """Bytes per second in SI units: "0 B/s", "830 B/s", "12.4 kB/s", "3.1 MB/s"."""
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if value >= size:
+            scaled = value / size
+            return f"{scaled:.1f} {unit}/s" if scaled < 100 else f"{scaled:,.0f} {unit}/s"
+    return f"{value:.0f} B/s"
+
+
 def _ms(seconds: object) -> str:
     """A latency in seconds, printed in milliseconds (seconds from 1 s)."""
     if not isinstance(seconds, (int, float)) or not math.isfinite(seconds):
@@ -487,6 +540,13 @@ _EXPLAINED = (
     ("slow start 35%", "it joined or came back and gets 35% of its weight, growing to 100%"),
     ("draining, 12s left", "leaving the pool: no new requests; those in flight have 12 more "
                            "seconds to finish"),
+    ("retry budget", "37 left · 3 refused (20% + 10/s over 10s): retries the pool may make "
+                     "now, of 20% of its requests plus 10 a second over the last 10s, and the "
+                     "retries refused since the start (their clients got the failure they "
+                     "had); retry budget spent: none left now"),
+    ("bounded load", "125% · 17 overflows: under ip_hash a backend holds at most 125% of its "
+                     "fair share of the requests in flight; an overflow is a pick that went "
+                     "past its key's full backend to the key's next one"),
     ("Tier", "0 takes the traffic; a higher tier (a backup) only when tier 0 cannot"),
     ("Weight", "its share of the traffic against the others'; 0.53 of 1: slow start gives "
                "it 0.53 of its weight of 1 for now"),
@@ -494,6 +554,7 @@ _EXPLAINED = (
                "and headers), over about the last 10 s; the body's time is not in it, so an "
                "access log's duration is longer"),
     (_ESTIMATE, "under the latency policy only: " + _ESTIMATE_TIP),
+    ("kB/s", "under the bandwidth policy only, beside the request rate: the " + _BYTES_TIP),
     ("Changed", "how long it has been in its state (up for 55s): since its state last "
                 "changed, or since it joined if it never changed"),
     ("Charts", "a point per 5 s over the last 10 minutes: req/s with failures in red, and "

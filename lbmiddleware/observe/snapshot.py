@@ -18,7 +18,7 @@ from ..core.balancer import Balancer
 from ..errors import ConfigError
 from .history import History, history_of
 
-__all__ = ["snapshot", "named_pools", "Pools", "SCHEMA"]
+__all__ = ["snapshot", "named_pools", "bounded_load", "Pools", "SCHEMA"]
 
 #: The version of the schema; a change that removes or redefines a field raises it.
 SCHEMA = 1
@@ -66,6 +66,13 @@ def _check_pool(what: str, where: str, pool: object) -> None:
         raise TypeError(f"{where} must be a Balancer, not {pool!r} ({type(pool).__name__})")
 
 
+def bounded_load(pool: Balancer) -> int:
+    """The pool's bounded-load factor in percent where it acts (``ip_hash``), else 0: the
+    setting does nothing under another policy, so nothing of it is shown there."""
+    settings = pool.settings
+    return settings.hash_balance_factor if settings.policy == "ip_hash" else 0
+
+
 def snapshot(pools: Pools, *,
              history: Callable[[Balancer], History] = history_of) -> dict[str, Any]:
     """The status of ``pools`` now, as the schema (version :data:`SCHEMA`) says.
@@ -88,6 +95,7 @@ def _pool(name: str, pool: Balancer, history: History) -> dict[str, Any]:
     return {
         "name": name,
         **_clean_row(pool.pool_stats()),
+        "hash_balance_factor": bounded_load(pool),
         "sources": [_source(row) for row in sources],
         "backends": [_backend(row, past.get(row["url"]), history) for row in rows],
     }
@@ -112,12 +120,15 @@ def _backend(row: Mapping[str, Any], past: Any, history: History) -> dict[str, A
     # (the history's numbers are finite already: no cleaning, which would cost more than
     # the rest of the row)
     requests, failures = past.last_rates
+    transferred = past.bytes_per_second
     shown["requests_per_second"] = requests
     shown["failures_per_second"] = failures
+    shown["bytes_per_second"] = transferred[-1] if transferred else None
     shown["history"] = {"interval": past.interval,
                         "requests_per_second": list(past.requests_per_second),
                         "failures_per_second": list(past.failures_per_second),
-                        "latency_ms": list(past.latency_ms)}
+                        "latency_ms": list(past.latency_ms),
+                        "bytes_per_second": list(transferred)}
     return shown
 
 

@@ -89,6 +89,10 @@ def test_the_page_the_json_and_the_redirect(served, backends):
     snap = json.loads(body)
     assert snap["schema"] == 1 and snap["ready"] is True
     assert [r["url"] for r in snap["pools"][0]["backends"]] == [b.url for b in backends]
+    budget = snap["pools"][0]["retry_budget"]               # on by default: 0.2, 10/s, 10 s
+    assert (budget["ratio"], budget["min_per_second"], budget["ttl"]) == (0.2, 10, 10)
+    assert budget["exhausted_total"] == 0 and budget["available"] >= 100
+    assert "retry budget" in page and "refused (20% + 10/s over 10s)" in page
     status, headers, _ = get(port, "/")
     assert status == 302 and headers["Location"] == "/status"
 

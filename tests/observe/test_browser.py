@@ -157,6 +157,9 @@ def test_a_realistic_pool_reads_well_on_a_desktop_and_a_phone(tmp_path):
     assert re.search(r"http://127\.0\.0\.1:8083 slow start \d\d%", text), text
     assert re.search(r"http://127\.0\.0\.1:8081 UP", text), text
     assert "usable 2 of 3" in text and "connection refused" in text
+    # the budget's window: 9 whole seconds of 24 new requests and the current one, empty yet;
+    # 20% of 216, and 10 a second over 10 s
+    assert "retry budget 143 left · 0 refused (20% + 10/s over 10s)" in text
     assert "What the page shows" in text and "policy sees" in text
     save("realistic", tmp_path, file.as_uri())
     # docs/status.png: this page at 1280 px, twice the pixels for a sharp picture

@@ -61,6 +61,25 @@ def test_rates_and_mean_latency_come_from_the_deltas_of_two_samples():
     assert b.requests_per_second == (0.0,) and b.latency_ms == (None,)   # nothing answered
 
 
+def test_bytes_per_second_are_the_sent_and_received_bytes_of_the_attempts_ended_between():
+    clock = FakeClock()
+    pool = CoreBalancer([A, B], timer=clock, drain_timeout=0)
+    history = History(pool, timer=clock)
+    history.sample(0.0)
+    a = next(b for b in pool.backends if b.url == A)
+    pool.report(a, True, 0.01, bytes_sent=1000, bytes_received=9000)
+    pool.report(a, False, None, bytes_sent=500)             # a failure's bytes count too
+    history.sample(5.0)
+    pool.update([B])                                        # A leaves...
+    history.sample(10.0)
+    pool.update([A, B])                                     # ...and comes back from zero
+    pool.report(next(b for b in pool.backends if b.url == A), True, 0.01,
+                bytes_received=250)
+    history.sample(15.0)
+    assert history.of(A).bytes_per_second == (2100.0, None, 50.0)
+    assert history.of(B).bytes_per_second == (0.0, 0.0, 0.0)
+
+
 def test_before_two_samples_there_is_no_interval_and_no_rate():
     clock = FakeClock()
     history = History(CoreBalancer([A], timer=clock), timer=clock)

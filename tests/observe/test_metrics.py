@@ -37,6 +37,9 @@ POOL_WIDE = {
     "lbmiddleware_retries": "counter",
     "lbmiddleware_panic": "gauge",
     "lbmiddleware_discovery_updates": "counter",
+    "lbmiddleware_retry_budget_exhausted": "counter",
+    "lbmiddleware_retry_budget_available_retries": "gauge",
+    "lbmiddleware_hash_overflow": "counter",
 }
 
 
@@ -83,10 +86,6 @@ class TestNamesAndLabels:
         pool = Balancer([A], health_check="/h")
         families = scrape(pool).families
         assert {name: f.type for name, f in families.items()} == {**PER_BACKEND, **POOL_WIDE}
-
-    def test_the_metrics_of_issue_12_are_not_there_yet(self):
-        text = scrape(Balancer([A])).text
-        assert "retry_budget" not in text and "hash_overflow" not in text
 
     def test_pool_on_every_series_backend_on_each_backends(self, clock):
         pool = Balancer([A, B], timer=clock, health_check="/h")
@@ -156,6 +155,30 @@ class TestPerBackend:
         labels = {"pool": "default", "backend": A}
         assert result.value("lbmiddleware_backend_sent_bytes_total", **labels) == 200
         assert result.value("lbmiddleware_backend_received_bytes_total", **labels) == 4000
+
+    def test_the_bandwidth_policy_weighs_the_bytes_these_counters_show(self, clock):
+        # The bandwidth policy is told sent + received of each attempt as it is reported:
+        # the same numbers, at the same moment, as these counters add up.
+        pool = Balancer([A, B], policy="bandwidth", timer=clock, rng=random.Random(3))
+        told: dict[str, int] = {A: 0, B: 0}
+        transferred = pool._policy.transferred
+
+        def counting(state, nbytes):
+            told[state.backend.url] += nbytes
+            transferred(state, nbytes)
+
+        pool._policy.transferred = counting
+        for size in (100, 5000, 70, 0, 12000, 300):
+            backend = pool.pick()
+            pool.report(backend, True, 0.01, bytes_sent=size // 10, bytes_received=size)
+        result = scrape(pool)
+        for url in (A, B):
+            labels = {"pool": "default", "backend": url}
+            total = (result.value("lbmiddleware_backend_sent_bytes_total", **labels)
+                     + result.value("lbmiddleware_backend_received_bytes_total", **labels))
+            assert total == told[url]
+        assert sum(told.values()) == sum(size + size // 10 for size in
+                                         (100, 5000, 70, 0, 12000, 300))
 
     def test_an_ejection_its_return_on_probation_and_the_way_back(self, clock):
         pool = Balancer([A, B], policy="round_robin", timer=clock, max_fails=1,
@@ -264,6 +287,57 @@ class TestPoolWide:
         assert {scrape(pool).state(url) for url in (A, B)} == {"ejected"}
         pool.report(pool.pick(), True, 0.01)         # an answer ends the outage
         assert scrape(pool).value("lbmiddleware_panic", pool="default") == 0
+
+    def test_the_retry_budget_counts_refused_retries_and_shows_what_is_left(self, clock):
+        pool = Balancer([A, B], timer=clock, retry_budget=0.5,
+                        retry_budget_min_per_second=0.1, retry_budget_ttl=10)
+        labels = {"pool": "default"}
+        result = scrape(pool)
+        assert result.value("lbmiddleware_retry_budget_available_retries", **labels) == 1.0
+        assert result.value("lbmiddleware_retry_budget_exhausted_total", **labels) == 0
+        for _ in range(4):                    # four new requests: two retries more
+            pool.report(pool.pick(), False)
+        assert scrape(pool).value("lbmiddleware_retry_budget_available_retries",
+                                  **labels) == 3.0
+        assert [pool.spend_retry() for _ in range(4)] == [True, True, True, False]
+        result = scrape(pool)
+        assert result.value("lbmiddleware_retry_budget_available_retries", **labels) == 0
+        assert result.value("lbmiddleware_retry_budget_exhausted_total", **labels) == 1
+        clock.advance(10)                     # the window has passed: the reserve is back
+        result = scrape(pool)
+        assert result.value("lbmiddleware_retry_budget_available_retries", **labels) == 1.0
+        assert result.value("lbmiddleware_retry_budget_exhausted_total", **labels) == 1
+
+    def test_no_retry_budget_series_while_the_budget_is_off(self):
+        pool = Balancer([A], retry_budget="off")
+        assert pool.spend_retry() is True
+        result = scrape(pool)
+        assert [s for s in result.samples if s.name.startswith("lbmiddleware_retry_budget")
+                ] == []
+        assert result.value("lbmiddleware_retries_total", pool="default") == 0
+
+    def test_hash_overflow_counts_picks_that_left_their_keys_full_home(self, clock):
+        pool = Balancer([A, B, C], policy="ip_hash", hash_balance_factor=100, timer=clock)
+        overflow = {"pool": "default"}
+        assert scrape(pool).value("lbmiddleware_hash_overflow_total", **overflow) == 0
+        home = pool.pick(key="203.0.113.7")
+        # one request in flight of three backends' fair share: a second one is one too many
+        moved = pool.pick(key="203.0.113.7")
+        assert moved != home
+        assert scrape(pool).value("lbmiddleware_hash_overflow_total", **overflow) == 1
+        pool.report(home, True, 0.01)
+        pool.report(moved, True, 0.01)
+        again = pool.pick(key="203.0.113.7")     # its home has room again: it never moves
+        assert again == home
+        result = scrape(pool)
+        assert result.value("lbmiddleware_hash_overflow_total", **overflow) == 1
+        assert "203.0.113.7" not in result.text
+
+    @pytest.mark.parametrize("options", [{"policy": "ip_hash"},
+                                         {"policy": "round_robin", "hash_balance_factor": 125}])
+    def test_no_hash_overflow_series_without_bounded_load(self, options):
+        result = scrape(Balancer([A, B], **options))
+        assert [s for s in result.samples if s.name == "lbmiddleware_hash_overflow_total"] == []
 
     def test_a_core_pool_has_no_discovery_series(self):
         result = scrape(Balancer([A]))

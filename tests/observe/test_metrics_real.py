@@ -4,7 +4,9 @@ a real dnsmasq, and a real Prometheus server scraping a live pool and answering 
 
 from __future__ import annotations
 
+import json
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -61,8 +63,18 @@ def test_promtool_passes_on_pools_in_every_state(clock):
     probation.report(backend(probation, A), False)
     clock.advance(6)
     metrics.register(probation, registry, name="search")
+    refusing = Balancer([A], retry_budget=0, retry_budget_min_per_second=0)
+    assert refusing.spend_retry() is False
+    metrics.register(refusing, registry, name="billing")
+    bounded = Balancer([A, B, C], policy="ip_hash", hash_balance_factor=100)
+    held = [bounded.pick(key="k") for _ in range(2)]
+    assert held[0] != held[1]
+    metrics.register(bounded, registry, name="sessions")
     text = generate_latest(registry)
     result = Scrape(text)
+    assert result.value("lbmiddleware_retry_budget_exhausted_total", pool="billing") == 1
+    assert result.value("lbmiddleware_retry_budget_available_retries", pool="billing") == 0
+    assert result.value("lbmiddleware_hash_overflow_total", pool="sessions") == 1
     assert result.value("lbmiddleware_panic", pool="payments") == 1
     assert result.state(A, pool="search") == "probation"
     assert result.value("lbmiddleware_retries_total", pool="orders") == 2   # picks with exclude
@@ -148,3 +160,46 @@ def test_prometheus_reads_the_gateways_requests_from_its_admin_port(prometheus, 
         [target] = server.targets()
         assert target["health"] == "up" and target["labels"]["instance"] == \
             f"127.0.0.1:{gateway.admin_port}"
+
+
+@pytest.mark.prometheus
+def test_prometheus_reads_refused_retries_and_the_bytes_through_the_gateway(prometheus,
+                                                                             backends):
+    """Every backend sheds load with 503 and the retry budget allows no retry: each request
+    gets its first 503, a refusal is counted for each, and no backend is tried twice. The
+    bytes are each attempt's bodies: the 300 sent and the 1,000 each backend answered."""
+    for server in backends:
+        server.status, server.body_size = 503, 1000
+    environ = {"LB_BACKENDS": ",".join(b.url for b in backends), "LB_POLICY": "round_robin",
+               "LB_ADMIN_LISTEN": "127.0.0.1:0", "LB_RETRY_BUDGET": "0",
+               "LB_RETRY_BUDGET_MIN_PER_SECOND": "0", "LB_MAX_FAILS": "0"}
+    sent = 30
+    with GatewayProcess(environ) as gateway:
+        server = prometheus([f"127.0.0.1:{gateway.admin_port}"])
+        for i in range(sent):
+            request = urllib.request.Request(f"{gateway.url}/item/{i}", data=b"u" * 300,
+                                             method="PUT")
+            with pytest.raises(urllib.error.HTTPError) as answer:
+                urllib.request.urlopen(request, timeout=10)
+            assert answer.value.code == 503 and len(answer.value.read()) == 1000
+        assert [b.requests for b in backends] == [10, 10, 10]          # none tried twice
+
+        def scraped(expression: str) -> dict[str, float]:
+            return {row["metric"].get("backend", ""): float(row["value"][1])
+                    for row in server.query(expression)}
+
+        assert poll(lambda: scraped("lbmiddleware_retry_budget_exhausted_total") == {
+            "": sent}, timeout=30), (scraped("lbmiddleware_retry_budget_exhausted_total"),
+                                     server.targets())
+        assert scraped("lbmiddleware_retry_budget_available_retries") == {"": 0}
+        assert scraped("lbmiddleware_retries_total") == {"": 0}
+        urls = {b.url for b in backends}
+        assert scraped('lbmiddleware_backend_requests_total{outcome="failure"}') == dict.fromkeys(
+            urls, 10)
+        assert scraped("lbmiddleware_backend_sent_bytes_total") == dict.fromkeys(urls, 3000)
+        assert scraped("lbmiddleware_backend_received_bytes_total") == dict.fromkeys(
+            urls, 10000)
+        with urllib.request.urlopen(f"{gateway.admin_url}/status.json", timeout=10) as answer:
+            [pool] = json.load(answer)["pools"]
+        assert pool["retry_budget"]["exhausted_total"] == sent
+        assert (pool["retry_budget"]["ratio"], pool["retry_budget"]["min_per_second"]) == (0, 0)

@@ -209,6 +209,90 @@ def test_a_legend_explains_the_words_the_weight_the_ages_and_the_charts_without_
     assert page.index("<details") > page.rindex("</section>")   # under the pools
 
 
+# -- issue 12: the retry budget, bounded load, the bandwidth policy -----------------------
+
+BUDGET = {"ratio": 0.2, "min_per_second": 10.0, "ttl": 10.0, "requests": 812, "retries": 9,
+          "available": 37.8, "exhausted_total": 3}
+
+
+def with_pool(**fields) -> dict:
+    snap = a_snapshot()
+    snap["pools"][0].update(fields)
+    return snap
+
+
+def facts(page: str) -> str:
+    """The pool's head and facts as rendered text."""
+    return visible_text(page[page.index('<div class="pool-head">'):page.index("</dl>")])
+
+
+def test_the_retry_budget_shows_what_is_left_what_it_refused_and_its_rule():
+    shown = facts(render(with_pool(retry_budget=BUDGET)))
+    assert "retry budget 37 left · 3 refused (20% + 10/s over 10s)" in shown
+    assert "spent" not in shown
+    shown = facts(render(with_pool(retry_budget={**BUDGET, "available": 0.6, "ratio": 0.05,
+                                                 "min_per_second": 0.5, "ttl": 60.0})))
+    assert "retry budget spent" in shown                        # beside the pool's name
+    assert "retry budget 0 left · 3 refused (5% + 0.5/s over 1m)" in shown
+    assert "retry budget off" in facts(render(with_pool(retry_budget=None)))
+    assert "retry budget" not in facts(render(a_snapshot()))    # a snapshot without it
+
+
+def test_bounded_load_is_shown_where_a_factor_acts_with_its_overflows():
+    shown = facts(render(with_pool(policy="ip_hash", hash_balance_factor=125,
+                                   hash_overflows_total=1742)))
+    assert "bounded load 125% · 1,742 overflows" in shown
+    for factor in (0, None):
+        shown = facts(render(with_pool(policy="ip_hash", hash_balance_factor=factor,
+                                       hash_overflows_total=0)))
+        assert "bounded load" not in shown and "overflow" not in shown
+
+
+def test_a_pool_of_issue_12_renders_from_a_real_snapshot():
+    clock = FakeClock()
+    pool = CoreBalancer(["http://a:1", "http://b:1"], "ip_hash", timer=clock,
+                        hash_balance_factor=150, retry_budget=0, retry_budget_min_per_second=0)
+    pool.report(pool.pick(key="k"), latency=0.01, status=200)
+    assert pool.spend_retry() is False
+    shown = facts(page_of(pool, clock))
+    assert "retry budget spent" in shown and "0 left · 1 refused (0% + 0/s over 10s)" in shown
+    assert "bounded load 150% · 0 overflows" in shown and "policy ip_hash" in shown
+
+
+def test_the_bandwidth_policy_shows_the_bytes_per_second_it_balances():
+    clock = FakeClock()
+    pool = CoreBalancer(["http://a:1", "http://b:1"], "bandwidth", timer=clock)
+    history = History(pool, timer=clock)
+    history.sample(0.0)
+    for backend in pool.backends * 2:
+        pool.report(backend, latency=0.02, status=200, bytes_sent=10, bytes_received=15590)
+    history.sample(5.0)
+    page = render(snapshot(pool, history=lambda _: history))
+    assert "policy bandwidth" in facts(page) and "bounded load" not in facts(page)
+    shown = [visible_text(row.split("</tr>")[0]) for row in page.split('<tr class="state-')[1:]]
+    assert all("0.4/s 6.2 kB/s" in row for row in shown), shown   # 2 x 15,600 B in 5 s each
+    assert not any("policy sees" in row for row in shown)
+    for policy in ("round_robin", "latency", "least_conn"):
+        assert "B/s" not in visible_text(backend_row(render(with_backend(
+            policy, bytes_per_second=6240.0))))
+
+
+@pytest.mark.parametrize(("rate", "text"), [
+    (0, "0 B/s"), (830.4, "830 B/s"), (12_400, "12.4 kB/s"), (3_100_000, "3.1 MB/s"),
+    (250_000_000, "250 MB/s"), (1.2e9, "1.2 GB/s")])
+def test_bytes_per_second_in_si_units(rate, text):
+    shown = visible_text(backend_row(render(with_backend("bandwidth", bytes_per_second=rate))))
+    assert text in shown
+
+
+def test_the_legend_explains_the_retry_budget_and_bounded_load():
+    page = render(a_snapshot())
+    legend = html.unescape(re.sub(r"<[^>]+>", " ", page[page.index("<details"):]))
+    for words in ("retry budget", "37 left · 3 refused", "retry budget spent", "bounded load",
+                  "125% · 17 overflows", "fair share"):
+        assert words in legend, words
+
+
 def history_of_samples(count: int, **rate) -> dict:
     """A backend's history after ``count`` samples 5 s apart (one value fewer)."""
     values = [float(rate.get("requests", 2.0))] * max(count - 1, 0)

@@ -50,18 +50,60 @@ def test_the_top_level_shape_and_every_stats_key_but_the_timer_readings():
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", snap["time"])
     [shown] = snap["pools"]
     assert shown["name"] == "default"
-    assert set(pool.pool_stats()) | {"name", "sources", "backends"} == set(shown)
+    assert set(pool.pool_stats()) | {"name", "hash_balance_factor", "sources",
+                                     "backends"} == set(shown)
     assert shown["policy"] == "round_robin" and shown["members"] == shown["usable"] == 2
     assert shown["sources"] == []
     row = rows(snap)[A]
     stats = {r["url"]: r for r in pool.stats()}[A]
     assert set(row) == (set(stats) - {"ejected_until"}
-                        | {"requests_per_second", "failures_per_second", "history"})
+                        | {"requests_per_second", "failures_per_second", "bytes_per_second",
+                           "history"})
     assert (row["requests"], row["bytes_received"], row["latency"]) == (1, 7, 0.02)
     assert row["requests_per_second"] is None               # no interval sampled yet
+    assert row["bytes_per_second"] is None
     assert row["history"] == {"interval": 5.0, "requests_per_second": [],
-                              "failures_per_second": [], "latency_ms": []}
+                              "failures_per_second": [], "latency_ms": [],
+                              "bytes_per_second": []}
     json.dumps(snap, allow_nan=False)                       # plain JSON, nothing else
+
+
+def test_the_retry_budget_as_it_stands_and_its_refusals_since_the_start():
+    clock = FakeClock()
+    pool = CoreBalancer([A, B], timer=clock, retry_budget=0.25, retry_budget_min_per_second=0.2,
+                        retry_budget_ttl=5)
+    for _ in range(8):                        # 8 new requests: 2 retries, and 1 of reserve
+        pool.report(pool.pick(), latency=0.01, status=200)
+    assert [pool.spend_retry() for _ in range(4)] == [True, True, True, False]
+    budget = take(pool, clock)["pools"][0]["retry_budget"]
+    assert budget == {"ratio": 0.25, "min_per_second": 0.2, "ttl": 5.0, "requests": 8,
+                      "retries": 3, "available": 0.0, "exhausted_total": 1}
+    clock.advance(5)                          # out of the window, but for the refusals
+    budget = take(pool, clock)["pools"][0]["retry_budget"]
+    assert (budget["requests"], budget["retries"], budget["available"],
+            budget["exhausted_total"]) == (0, 0, 1.0, 1)
+    assert take(CoreBalancer([A], retry_budget="off"))["pools"][0]["retry_budget"] is None
+    json.dumps(take(pool, clock), allow_nan=False)
+
+
+@pytest.mark.parametrize(("options", "factor"), [
+    ({"policy": "ip_hash", "hash_balance_factor": 125}, 125),
+    ({"policy": "ip_hash"}, 0),
+    ({"policy": "least_conn", "hash_balance_factor": 125}, 0),     # (it does nothing there)
+])
+def test_the_bounded_load_factor_where_it_acts_and_its_overflows(options, factor):
+    pool = CoreBalancer([A, B, C], **options)
+    shown = take(pool)["pools"][0]
+    assert (shown["hash_balance_factor"], shown["hash_overflows_total"]) == (factor, 0)
+
+
+def test_an_overflow_is_counted_when_a_keys_home_is_full():
+    pool = CoreBalancer([A, B, C], policy="ip_hash", hash_balance_factor=100)
+    held = [pool.pick(key="198.51.100.23") for _ in range(2)]     # its home holds one only
+    shown = take(pool)["pools"][0]
+    assert shown["hash_overflows_total"] == 1
+    assert {row["url"]: row["in_flight"] for row in shown["backends"]} == {
+        url: sum(1 for b in held if b.url == url) for url in (A, B, C)}
 
 
 def test_rates_and_charts_come_from_the_pools_history():
@@ -70,15 +112,18 @@ def test_rates_and_charts_come_from_the_pools_history():
     history = History(pool, timer=clock)
     history.sample(0.0)
     for _ in range(10):
-        pool.report(pool.pick(exclude=[B]), latency=0.05, status=200)
+        pool.report(pool.pick(exclude=[B]), latency=0.05, status=200, bytes_sent=100,
+                    bytes_received=2400)
     pool.report(pool.pick(exclude=[A]), ok=False, latency=0.2, status=503)
     history.sample(5.0)
     snap = snapshot(pool, history=lambda _: history)
     a, b = rows(snap)[A], rows(snap)[B]
     assert (a["requests_per_second"], a["failures_per_second"]) == (2.0, 0.0)
     assert (b["requests_per_second"], b["failures_per_second"]) == (0.2, 0.2)
+    assert (a["bytes_per_second"], b["bytes_per_second"]) == (5000.0, 0.0)
     assert a["history"] == {"interval": 5.0, "requests_per_second": [2.0],
-                            "failures_per_second": [0.0], "latency_ms": [50.0]}
+                            "failures_per_second": [0.0], "latency_ms": [50.0],
+                            "bytes_per_second": [5000.0]}
     assert b["history"]["failures_per_second"] == [0.2]
     assert b["history"]["latency_ms"] == [200.0]
 
@@ -278,6 +323,7 @@ def test_docs_status_md_documents_every_field_and_no_other():
         [source] = take(fleet_pool)["pools"][0]["sources"]
     assert documented("Top level") == set(snap)
     assert documented("A pool") == set(snap["pools"][0])
+    assert documented("A pool's retry_budget") == set(snap["pools"][0]["retry_budget"])
     assert documented("A source") == set(source)
     assert documented("A backend") == set(backend)
     assert documented("A backend's health_check") == set(backend["health_check"])
