@@ -77,8 +77,8 @@ def _pool(pool: Mapping[str, Any]) -> str:
     facts.append(("health checks", "on" if pool.get("health_check") else "off"))
     if pool.get("slow_start"):
         facts.append(("slow start", duration(pool["slow_start"])))
-    facts_html = "".join(f"<div><dt>{_e(name)}</dt><dd>{_e(value)}</dd></div>"
-                         for name, value in facts)
+    facts_html = "".join(
+        f"<div><dt>{_e(name)}</dt><dd>{_fact(value)}</dd></div>" for name, value in facts)
     sources = pool.get("sources") or []
     backends = pool.get("backends") or []
     rows = "".join(_backend(row, pool.get("policy")) for row in backends)
@@ -105,6 +105,15 @@ def _spent(budget: Mapping[str, Any]) -> bool:
     """The budget holds no whole retry now: the next retry is refused."""
     left = budget.get("available")
     return isinstance(left, (int, float)) and left < 1
+
+
+def _fact(value: str) -> str:
+    """A fact's value; a part in brackets at its end (a rule: "(20% + 10/s over 10s)") in
+    grey, kept on one line, so that a narrow screen breaks before it, not inside it."""
+    main, bracket, rule = value.partition(" (")
+    if not bracket or not rule.endswith(")"):
+        return _e(value)
+    return f'{_e(main)} <span class="rule">({_e(rule)}</span>'
 
 
 def _budget(budget: object) -> str:
@@ -478,13 +487,11 @@ def _ms(seconds: object) -> str:
     if not isinstance(seconds, (int, float)) or not math.isfinite(seconds):
         return "—"
     ms = seconds * 1000
-    if ms >= 1000:
-        return f"{seconds:.2f} s"
-    if ms >= 100:
-        return f"{ms:.0f} ms"
-    if ms >= 10:
-        return f"{ms:.1f} ms"
-    return f"{ms:.2f} ms"
+    # (the digits chosen by the value as rounded: 9.999 ms is "10.0 ms", not "10.00 ms")
+    for digits, below in ((2, 10), (1, 100), (0, 1000)):
+        if round(ms, digits) < below:
+            return f"{ms:.{digits}f} ms"
+    return f"{seconds:.2f} s"
 
 
 def _short(value: float) -> str:
@@ -593,8 +600,9 @@ padding:14px 16px;margin-bottom:16px}
 .pool-head{display:flex;align-items:center;gap:10px;flex-wrap:wrap}
 .facts{display:flex;flex-wrap:wrap;gap:4px 22px;margin:8px 0 12px}
 .facts div{display:flex;gap:6px}
-.facts dt{color:var(--muted)}
+.facts dt{color:var(--muted);white-space:nowrap}
 .facts dd{margin:0;font-weight:500}
+.facts .rule{color:var(--muted);font-weight:400;white-space:nowrap}
 .scroll{overflow-x:auto}
 table{border-collapse:collapse;width:100%}
 th{font-size:12px;font-weight:600;color:var(--muted);text-align:left;white-space:nowrap;

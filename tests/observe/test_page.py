@@ -134,6 +134,14 @@ def test_durations_are_short(seconds, text):
     assert duration(seconds) == text
 
 
+@pytest.mark.parametrize(("seconds", "text"), [
+    (0.0012345, "1.23 ms"), (0.00999999, "10.0 ms"), (0.0125, "12.5 ms"),
+    (0.09996, "100 ms"), (0.2, "200 ms"), (0.9997, "1.00 s"), (2.714, "2.71 s")])
+def test_latencies_keep_their_digits_at_each_step(seconds, text):
+    # (a latency just below 10 ms was printed "10.00 ms" beside its neighbours' "10.0 ms")
+    assert text in visible_text(backend_row(render(with_backend(latency=seconds))))
+
+
 def test_time_left_rounds_up_and_ages_say_ago():
     assert duration(7.1, up=True) == "8s"
     assert age(12.7) == "12s ago" and age(200) == "3m20s ago" and age(1800) == "30m ago"
