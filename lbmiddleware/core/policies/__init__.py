@@ -9,6 +9,7 @@ import random
 from collections.abc import Callable
 
 from ..load import PeakEwma
+from .bandwidth import LeastBandwidth
 from .base import Exclude, Policy
 from .ip_hash import IPHash
 from .latency import PeakEwmaP2C
@@ -18,11 +19,12 @@ from .weighted_random import WeightedRandom
 
 __all__ = [
     "Policy", "Exclude", "RoundRobin", "WeightedRandom", "IPHash", "PeakEwmaP2C",
-    "LeastConnections", "POLICY_CLASSES", "make_policy",
+    "LeastConnections", "LeastBandwidth", "POLICY_CLASSES", "make_policy",
 ]
 
 POLICY_CLASSES: dict[str, type[Policy]] = {
-    cls.name: cls for cls in (RoundRobin, WeightedRandom, IPHash, PeakEwmaP2C, LeastConnections)
+    cls.name: cls for cls in (RoundRobin, WeightedRandom, IPHash, PeakEwmaP2C, LeastConnections,
+                              LeastBandwidth)
 }
 
 

@@ -1,0 +1,268 @@
+"""``bandwidth``: power of two choices on the bytes each backend moved lately (NetScaler
+LEASTBANDWIDTH).
+
+Per backend, the body bytes of its attempts (sent plus received, as each attempt ends:
+:meth:`~.base.Policy.transferred`) over a sliding window of :data:`WINDOW` seconds, in
+one-second buckets rotated lazily when a pick or a transfer reads them (at most
+:data:`WINDOW` buckets cleared per read, usually none: O(1)). A pick draws two distinct
+backends at random and keeps the one with the lower charge per unit of weight; see
+:meth:`LeastBandwidth.charge`.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Sequence
+
+from ..load import PeakEwma
+from ..state import BackendState, Members
+from .base import Exclude, Policy
+
+__all__ = ["LeastBandwidth", "WINDOW"]
+
+WINDOW = 14          # seconds, in one-second buckets (NetScaler's LEASTBANDWIDTH window)
+_DRAWS = 8           # random draws that may land on excluded backends before listing the rest
+
+
+class _Window:
+    """Bytes and attempts per one-second bucket over the last :data:`WINDOW` seconds, with
+    their totals; ``second`` is the newest bucket's second (``floor(timer())``)."""
+
+    __slots__ = ("bytes", "counts", "second", "total", "requests", "arrived", "before", "turn")
+
+    def __init__(self, second: int, before: int = 0) -> None:
+        self.bytes = [0] * WINDOW
+        self.counts = [0] * WINDOW
+        self.second = second
+        self.total = 0          # bytes in the window
+        self.requests = 0       # attempts with bytes in the window
+        self.arrived = second   # the second the policy first saw it eligible
+        self.before = before    # the pool's bytes in that second before it arrived
+        self.turn = 0.0         # stride scheduling's virtual time: ties go by weighted turns
+
+    def advance(self, second: int) -> None:
+        """Move the window on to ``second``: the buckets it leaves behind are emptied."""
+        gap = second - self.second
+        if gap <= 0:
+            return
+        if gap >= WINDOW:
+            self.bytes = [0] * WINDOW
+            self.counts = [0] * WINDOW
+            self.total = self.requests = 0
+        else:
+            sizes, counts = self.bytes, self.counts
+            for bucket in range(self.second + 1, second + 1):
+                index = bucket % WINDOW
+                self.total -= sizes[index]
+                self.requests -= counts[index]
+                sizes[index] = counts[index] = 0
+        self.second = second
+
+    def add(self, nbytes: int, second: int) -> None:
+        self.advance(second)
+        index = self.second % WINDOW
+        self.bytes[index] += nbytes
+        self.counts[index] += 1
+        self.total += nbytes
+        self.requests += 1
+
+    def remove(self, other: _Window) -> None:
+        """Take ``other``'s buckets out of this sum (both at the same ``second``)."""
+        sizes, counts = self.bytes, self.counts
+        for index in range(WINDOW):
+            sizes[index] -= other.bytes[index]
+            counts[index] -= other.counts[index]
+        self.total -= other.total
+        self.requests -= other.requests
+
+
+class LeastBandwidth(Policy):
+    """The least bytes per unit of weight over the last 14 s, by power of two choices.
+
+    The charge of a backend (:meth:`charge`) is its window's bytes plus two estimates of
+    what the window does not hold yet, divided by its weight:
+
+    * **In flight.** The front-ends report an attempt's bytes when it ends, so a response
+      still streaming is not in the window: each request in flight is charged the
+      backend's mean bytes per attempt over the window (the pool's mean while it has
+      none). Without it a backend handed ten large downloads in one second would look
+      idle until they end, and draw every pick in between; with it a backend that serves
+      large responses costs more per request from the moment it is picked.
+    * **Newcomers.** A backend the policy has seen eligible for less than the window (it
+      joined, returned from an ejection or a drain, or the policy just started) has not
+      lived the whole window. For the part of the window before it arrived it is charged
+      what the others moved then, per unit of weight (the pool's bytes in those seconds,
+      and in its arrival second up to its arrival, over the others' weight), times its
+      own weight; then its own bytes. So at arrival it costs the mean of the others,
+      neither starved (an empty window is not an infinite cost) nor stampeded (nor a zero
+      one), and from then on it compares with each of them by what each moved since it
+      arrived: a fair race however the pool's rate changes, and its own bytes take over
+      as the seconds before it leave the window. The backends of the initial list arrive
+      together with no bytes before them, so they compare by their own bytes. (A blend
+      at the pool's mean rate over the window instead gave a backend back from a 10 s
+      ejection 42% of three backends' picks, not 33%: the others' windows then still held
+      the higher rate of the seconds it was out.) O(1): at most 14 buckets summed, for a
+      backend younger than the window only.
+
+    Ties (equal charges: no bytes yet, or none in the window) go to the fewer requests in
+    flight per unit of weight, then by weighted turns (stride scheduling, as least_conn's
+    ties: each pick moves the winner's turn on by ``1 / weight``), so with no bytes at
+    all the picks still follow the weights and rotate.
+
+    The candidates are drawn uniformly (two distinct members not excluded); the weights
+    act through the charge per unit of weight, as in the latency policy. What a policy
+    instance knows is kept per instance, by snapshot (``members.generation``): one per
+    tier under :class:`~.tiered.Tiered`, each fed the bytes of its own backends. Bytes of
+    a backend that is not eligible (ejected, draining) are not counted: it starts again
+    as a newcomer when it returns. Buckets are whole seconds of the timer, so the window
+    holds between 13 and 14 s of bytes.
+    """
+
+    name = "bandwidth"
+    counts_bytes = True
+
+    def __init__(self, rng: random.Random, timer: Callable[[], float],
+                 load: PeakEwma | None = None) -> None:
+        super().__init__(rng, timer, load)
+        self._generation = -1
+        self._records: dict[BackendState, _Window] = {}
+        self._aligned: tuple[_Window, ...] = ()     # the records in the snapshot's order
+        self._pool = _Window(0)          # the bytes of every record, bucket by bucket
+        self._total_weight = 0           # the snapshot's
+        self._virtual_time = 0.0
+
+    # -- what a pick weighs -------------------------------------------------------------
+
+    def charge(self, state: BackendState) -> float | None:
+        """The bytes per unit of weight a pick weighs for ``state`` now (None when it was
+        not eligible in the last snapshot a pick saw). For tests and status pages."""
+        record = self._records.get(state)
+        if record is None:
+            return None
+        second = max(math.floor(self.timer()), self._pool.second)
+        self._pool.advance(second)
+        return self._charge(state, record, second)
+
+    def _charge(self, state: BackendState, record: _Window, second: int) -> float:
+        if record.second != second:
+            record.advance(second)
+        own = record.total
+        weight = state.weight
+        charge: float = own
+        in_flight = state.in_flight
+        if in_flight:
+            if record.requests:
+                charge += in_flight * own / record.requests
+            else:
+                pool = self._pool
+                if pool.requests:
+                    charge += in_flight * pool.total / pool.requests
+        arrived = record.arrived
+        if arrived > second - WINDOW:              # younger than the window
+            others = self._total_weight - weight
+            if others > 0:
+                sizes = self._pool.bytes
+                before = record.before
+                for bucket in range(second - WINDOW + 1, arrived):
+                    before += sizes[bucket % WINDOW]
+                charge += before * weight / others
+        return charge / weight
+
+    # -- the hooks ----------------------------------------------------------------------
+
+    def transferred(self, state: BackendState, nbytes: int) -> None:
+        record = self._records.get(state)
+        if record is None:
+            return              # not eligible when last seen: it starts afresh on return
+        pool = self._pool
+        second = max(math.floor(self.timer()), pool.second)
+        pool.add(nbytes, second)
+        record.add(nbytes, second)
+
+    def pick(self, members: Members, key: str | None, exclude: Exclude) -> BackendState:
+        second = math.floor(self.timer())
+        if members.generation != self._generation:
+            self._rebuild(members, second)
+        states = members.states
+        count = len(states)
+        if count == 1:
+            return states[0]
+        pool = self._pool
+        if second > pool.second:
+            pool.advance(second)
+        else:
+            second = pool.second
+        if exclude:
+            pair = self._draw_excluding(states, count, exclude)
+            if len(pair) == 1:
+                return pair[0]
+            a, b = pair
+            records = self._records
+            ra, rb = records[a], records[b]
+        else:
+            random_ = self.rng.random
+            first = int(random_() * count)
+            other = int(random_() * (count - 1))
+            if other >= first:
+                other += 1
+            a, b = states[first], states[other]
+            aligned = self._aligned
+            ra, rb = aligned[first], aligned[other]
+        charge = self._charge
+        ca = charge(a, ra, second)
+        cb = charge(b, rb, second)
+        if ca == cb:
+            la, lb = a.in_flight / a.weight, b.in_flight / b.weight
+            ca, cb = (la, lb) if la != lb else (ra.turn, rb.turn)
+        if cb < ca:
+            a, ra = b, rb
+        turn = ra.turn
+        if turn < self._virtual_time:
+            turn = self._virtual_time
+        self._virtual_time = turn
+        ra.turn = turn + 1.0 / a.weight
+        return a
+
+    def _draw_excluding(self, states: Sequence[BackendState], count: int,
+                        exclude: Exclude) -> tuple[BackendState, ...]:
+        """Two distinct members not in ``exclude`` (or the only one left): random draws,
+        which land on an excluded backend rarely (a retry excludes a few), then the list
+        of those left."""
+        random_ = self.rng.random
+        for _ in range(_DRAWS):
+            a = states[int(random_() * count)]
+            if a not in exclude:
+                for _ in range(_DRAWS):
+                    b = states[int(random_() * count)]
+                    if b is not a and b not in exclude:
+                        return a, b
+                break
+        left = [s for s in states if s not in exclude]
+        if len(left) == 1:
+            return (left[0],)
+        first = int(random_() * len(left))
+        other = int(random_() * (len(left) - 1))
+        if other >= first:
+            other += 1
+        return left[first], left[other]
+
+    def _rebuild(self, members: Members, second: int) -> None:
+        """Records for a new snapshot: kept for the backends still eligible, new (arrived
+        now) for those that joined it; the bytes of those that left it are taken out of
+        the pool's window."""
+        pool = self._pool
+        second = max(second, pool.second)
+        pool.advance(second)
+        old = self._records
+        eligible = members.set
+        for state, record in old.items():
+            if state not in eligible:
+                record.advance(second)
+                pool.remove(record)
+        before = pool.bytes[second % WINDOW]
+        records = {state: old.get(state) or _Window(second, before) for state in members.states}
+        self._records = records
+        self._aligned = tuple(records[state] for state in members.states)
+        self._total_weight = members.total_weight
+        self._generation = members.generation
