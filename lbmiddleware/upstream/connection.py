@@ -29,6 +29,16 @@ _IDLE = "idle"              # no exchange: bytes from the backend now are an err
 _BUSY = "busy"              # an exchange: the parser reads the response
 _DONE = "done"              # closed, or handed back to the pool
 
+# What the head waiter ends with when the caller's head_timeout (a request's deadline) ran
+# out: told from the read timeout's TIMED_OUT, so that the error can say which.
+_DEADLINE = object()
+
+
+def _cut(waiter: asyncio.Future[Any]) -> None:
+    """The head_timeout's callback: the waiter ends with :data:`_DEADLINE`."""
+    if not waiter.done():
+        waiter.set_result(_DEADLINE)
+
 
 class Owner(Protocol):
     """What a connection needs of its pool (the pool imports this module, not the
@@ -62,6 +72,8 @@ class Connection(asyncio.Protocol):
         # The whole request body has been written: until then the connection is never
         # reused (the rest of a body cut short would be read as the next request).
         self._request_sent = True
+        #: Request body bytes written in the current (or last) exchange.
+        self.body_sent = 0
 
     # -- asyncio.Protocol -----------------------------------------------------------------
 
@@ -160,8 +172,11 @@ class Connection(asyncio.Protocol):
     async def exchange(self, head: bytes,
                        body: bytes | bytearray | memoryview | AsyncIterator[bytes] | None,
                        length: int | None, head_request: bool,
-                       read_timeout: float) -> Response:
-        """Send one request and wait for the response head."""
+                       read_timeout: float, head_timeout: float | None = None) -> Response:
+        """Send one request and wait for the response head: at most ``read_timeout``
+        seconds once the request is sent and, with ``head_timeout``, at most that long from
+        now, the upload included (a request's deadline: :class:`ReadTimeout` with
+        ``deadline`` set)."""
         transport = self.transport
         if transport is None:
             raise ProtocolError("the connection to the backend is not open")
@@ -172,31 +187,42 @@ class Connection(asyncio.Protocol):
         self._got_bytes = False
         self._read_timeout = read_timeout
         self._head_waiter = waiter = loop.create_future()
-        streamed = None
-        if body is None or isinstance(body, (bytes, bytearray, memoryview)):
-            data = head + body if body else head
-        else:
-            streamed, data = body, head
+        deadlines = self.pool.deadlines
+        cut = None if head_timeout is None else deadlines.start(head_timeout, _cut, waiter, loop)
         try:
-            transport.write(data)
-        except RuntimeError:
-            # uvloop refuses a write on a transport the backend has just closed (its close
-            # not yet seen by the protocol): the same as a connection lost before the head.
-            self._broken(self._lost_error("the backend closed the connection"))
-        if not waiter.done() and streamed is not None:
-            self._request_sent = False
-            await self._send_until_answered(transport, streamed, length, read_timeout, waiter)
-        if not waiter.done():
-            deadlines = self.pool.deadlines
-            timer = deadlines.start(read_timeout, expire, waiter, loop)
+            streamed = None
+            if body is None or isinstance(body, (bytes, bytearray, memoryview)):
+                data = head + body if body else head
+                self.body_sent = len(body) if body else 0
+            else:
+                streamed, data = body, head
+                self.body_sent = 0
             try:
-                await waiter
-            finally:
-                deadlines.cancel(timer)
+                transport.write(data)
+            except RuntimeError:
+                # uvloop refuses a write on a transport the backend has just closed (its
+                # close not yet seen by the protocol): the same as a connection lost before
+                # the head.
+                self._broken(self._lost_error("the backend closed the connection"))
+            if not waiter.done() and streamed is not None:
+                self._request_sent = False
+                await self._send_until_answered(transport, streamed, length, read_timeout,
+                                                waiter)
+            if not waiter.done():
+                timer = deadlines.start(read_timeout, expire, waiter, loop)
+                try:
+                    await waiter
+                finally:
+                    deadlines.cancel(timer)
+        finally:
+            if cut is not None:
+                deadlines.cancel(cut)
         result = waiter.result()
-        if result is TIMED_OUT:
+        if result is TIMED_OUT or result is _DEADLINE:
             self.abort()
-            raise ReadTimeout("no response head from the backend within the read timeout")
+            error = ReadTimeout("no response head from the backend within the read timeout")
+            error.deadline = result is _DEADLINE
+            raise error
         if isinstance(result, BaseException):
             raise result
         return result       # type: ignore[no-any-return]  # the waiter's third end: the Response
@@ -236,6 +262,7 @@ class Connection(asyncio.Protocol):
             if not chunk:
                 continue
             sent += len(chunk)
+            self.body_sent = sent
             if length is None:
                 transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
             else:

@@ -2,6 +2,9 @@
 
 ``sent``: may the request have reached the backend? (``False``: a connect failure, safe
 to retry for any method.) ``timeout``: was it a timeout (a 504 rather than a 502)?
+``deadline``: the timeout that ran out was the caller's ``head_timeout`` (a request's
+deadline across its attempts), not the pool's own connect or read timeout. ``bytes_sent``:
+the request body bytes written before the failure.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ class UpstreamError(Exception):
 
     sent = True
     timeout = False
+    deadline = False        # set on an instance: the caller's head_timeout ran out
+    bytes_sent = 0          # set on an instance: request body bytes written before it
 
 
 class ConnectError(UpstreamError):

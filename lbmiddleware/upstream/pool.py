@@ -32,13 +32,14 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from ..core.backend import Backend
 from .connection import Connection
 from .deadlines import Deadlines
-from .errors import ConnectError, ConnectTimeout, StaleConnection
+from .errors import ConnectError, ConnectTimeout, StaleConnection, UpstreamError
 from .response import Response
 
 __all__ = ["Upstream", "HostPool", "DEFAULT_MAX_IDLE", "DEFAULT_IDLE_TIMEOUT"]
 
 DEFAULT_MAX_IDLE = 128       # idle connections kept per backend
 DEFAULT_IDLE_TIMEOUT = 15.0  # seconds an idle connection is kept
+_SHORTEST = 0.001            # seconds: a head_timeout's wait is never cut below this
 
 
 class HostPool:
@@ -69,6 +70,7 @@ class HostPool:
                       body: bytes | AsyncIterator[bytes] | None = None,
                       length: int | None = 0, *, replayable: bool = True,
                       add_host: bool = True, read_timeout: float | None = None,
+                      head_timeout: float | None = None,
                       loop: asyncio.AbstractEventLoop | None = None) -> Response:
         """Send ``method target`` with ``headers`` and ``body``; ``add_host``: put the
         backend's ``Host`` first (pass ``False`` when ``headers`` have one).
@@ -78,10 +80,18 @@ class HostPool:
         reused connection that the backend had closed (no response byte) is replaced by a
         fresh one when the request is ``replayable`` (the caller's retry rule says so) and
         its body is ``bytes``. ``loop``: the running loop, if the caller has it at hand.
+
+        ``read_timeout`` replaces the pool's for this call. ``head_timeout`` (seconds; a
+        request's deadline, the time it has left) bounds the whole call to the response
+        head: the connect, the upload and the wait together, each within its own timeout
+        too. When it is what ran out, the :class:`~.errors.ConnectTimeout` or
+        :class:`~.errors.ReadTimeout` raised has ``deadline`` set. The response's
+        ``bytes_sent`` (an error's too) is the request body bytes written.
         """
         if loop is None:
             loop = asyncio.get_running_loop()
         read_timeout = self.read_timeout if read_timeout is None else read_timeout
+        limit = None if head_timeout is None else loop.time() + head_timeout
         if isinstance(body, (bytes, bytearray, memoryview)):
             length = len(body)
         parts = [method, b" ", target, b" HTTP/1.1\r\n"]
@@ -97,13 +107,25 @@ class HostPool:
         head = b"".join(parts)
         head_request = method == b"HEAD"
         while True:
-            connection = self._idle_connection(loop) or await self._connect(loop)
+            connection = self._idle_connection(loop) or await self._connect(loop, limit)
             try:
-                return await connection.exchange(head, body, length, head_request, read_timeout)
+                if limit is None:
+                    response = await connection.exchange(head, body, length, head_request,
+                                                         read_timeout)
+                else:
+                    response = await connection.exchange(
+                        head, body, length, head_request, read_timeout,
+                        max(_SHORTEST, limit - loop.time()))
+                response.bytes_sent = connection.body_sent
+                return response
             except StaleConnection:
                 if not replayable or not (body is None or isinstance(body, bytes)):
                     raise
                 continue        # the backend had closed it: once more on a fresh connection
+            except UpstreamError as exc:
+                connection.abort()
+                exc.bytes_sent = connection.body_sent
+                raise
             except BaseException:
                 connection.abort()
                 raise
@@ -124,16 +146,25 @@ class HostPool:
                 connection.abort()
         return None
 
-    async def _connect(self, loop: asyncio.AbstractEventLoop) -> Connection:
+    async def _connect(self, loop: asyncio.AbstractEventLoop, limit: float | None = None
+                       ) -> Connection:
+        """A new connection, within the connect timeout and before ``limit`` (loop time)."""
         backend = self.backend
         connection = Connection(self, loop)
+        wait, cut = self.connect_timeout, False
+        if limit is not None:
+            left = limit - loop.time()
+            if left < wait:
+                wait, cut = max(_SHORTEST, left), True
         try:
             await asyncio.wait_for(
                 loop.create_connection(lambda: connection, backend.host, backend.port,
                                        ssl=self._ssl, server_hostname=self._server_hostname),
-                self.connect_timeout)
+                wait)
         except asyncio.TimeoutError:
-            raise ConnectTimeout(f"connecting to {backend.url} timed out") from None
+            error = ConnectTimeout(f"connecting to {backend.url} timed out")
+            error.deadline = cut
+            raise error from None
         except OSError as exc:
             raise ConnectError(f"cannot connect to {backend.url}: {exc.strerror or exc}") from None
         self.opened += 1

@@ -38,13 +38,14 @@ class Response:
 
     __slots__ = ("status", "reason", "headers", "_connection", "_chunks", "_buffered",
                  "complete", "_error", "_waiter", "_read_timeout", "_deadlines", "_loop",
-                 "keep_alive")
+                 "keep_alive", "bytes_sent")
 
     def __init__(self, head: ResponseHead, connection: _Source | None, read_timeout: float,
                  deadlines: Deadlines, loop: asyncio.AbstractEventLoop) -> None:
         # headers: [(name, value)] bytes, as received
         self.status, self.reason, self.headers, self.keep_alive = head
         self.complete = False                   # every body byte has been received
+        self.bytes_sent = 0                     # the request body bytes written (the pool's)
         self._connection = connection
         self._chunks: collections.deque[bytes] = collections.deque()
         self._buffered = 0
