@@ -5,7 +5,11 @@ decides what is retried and reports each attempt exactly once; this module does 
 it sends the request through the upstream pool, turns what came back into an
 :class:`~lbmiddleware.core.attempts.Outcome` (the upstream client's errors already say
 whether the request was sent and whether it timed out), streams the response to the
-client and watches for the client leaving.
+client and watches for the client leaving. With a deadline (``LB_TIMEOUT``) each attempt
+gets the time left up to its response head (the upstream pool's ``head_timeout``), and an
+attempt the deadline cut says so (``Attempts.deadline_text``). Each outcome carries the
+request body bytes written and the response body bytes passed on (a failed attempt's and a
+departed client's too), which the ``bandwidth`` policy counts.
 
 Request bodies up to ``retry_buffer`` bytes are held in memory (:class:`RequestBody`), so
 a retry can send them again; a larger body is streamed and is not replayable once it has
@@ -31,7 +35,7 @@ from ..core.backend import Backend
 from ..core.balancer import Balancer
 from ..core.casts import format_duration
 from ..errors import NoHealthyBackend
-from ..proxy import BINARY
+from ..proxy import BINARY, StickyCookie
 from ..upstream import (
     NO_BODY_STATUSES,
     ConnectError,
@@ -78,17 +82,22 @@ class _BrokeOff(Exception):
 
 class Forwarder:
     """What every exchange of one middleware shares, built once: the balancer, the upstream
-    pool, the retry rule, the deadline timers and the error responses (ASGI messages)."""
+    pool, the retry rule, the deadline timers, the error responses (ASGI messages), the
+    sticky cookie (``None``: off) and the request deadline (``timeout`` seconds, 0: off)."""
 
-    __slots__ = ("balancer", "upstream", "rule", "deadlines", "errors", "_resend")
+    __slots__ = ("balancer", "upstream", "rule", "deadlines", "errors", "cookie", "timeout",
+                 "_resend")
 
     def __init__(self, balancer: Balancer, upstream: Upstream, rule: RetryRule,
-                 deadlines: Deadlines, errors: Mapping[int, tuple[Message, Message]]) -> None:
+                 deadlines: Deadlines, errors: Mapping[int, tuple[Message, Message]], *,
+                 cookie: StickyCookie | None = None, timeout: float = 0.0) -> None:
         self.balancer = balancer
         self.upstream = upstream
         self.rule = rule
         self.deadlines = deadlines
         self.errors = errors
+        self.cookie = cookie
+        self.timeout = timeout
         # method -> the rule's answer for a replayable body (the rule is immutable)
         self._resend: dict[str, bool] = {}
 
@@ -184,7 +193,7 @@ class Exchange:
 
     __slots__ = ("forwarder", "method", "method_bytes", "target", "headers", "add_host",
                  "body", "key", "receive", "send", "watch_task", "gone", "finished", "task",
-                 "attempts")
+                 "attempts", "prefer", "secure", "received")
 
     def __init__(self, forwarder: Forwarder, method: str, method_bytes: bytes,
                  target: bytes, headers: list[tuple[bytes, bytes]], add_host: bool,
@@ -205,6 +214,9 @@ class Exchange:
         self.finished = False
         self.task: asyncio.Task[Any] | None = None
         self.attempts: Attempts | None = None      # the backends tried (the access log's)
+        self.prefer: str | None = None      # the request's sticky cookie value
+        self.secure = False                 # the client's connection is https (the cookie's)
+        self.received = 0                   # response body bytes passed to the client
 
     async def run(self) -> None:
         try:
@@ -228,7 +240,8 @@ class Exchange:
         loop = asyncio.get_running_loop()
         self.task = asyncio.current_task(loop)
         self.attempts = attempts = Attempts(forwarder.balancer, forwarder.rule, self.method,
-                                            self.key)
+                                            self.key, prefer=self.prefer,
+                                            timeout=forwarder.timeout)
         try:
             backend = attempts.start()
         except NoHealthyBackend:
@@ -236,7 +249,7 @@ class Exchange:
             return
         with attempts:      # a cancellation, a client gone: the open attempt is released
             while True:
-                response, outcome = await self._forward(backend, loop)
+                response, outcome = await self._forward(backend, loop, attempts)
                 if outcome.ok:
                     break
                 following = attempts.retry(outcome, replayable=self.body.replayable)
@@ -249,7 +262,7 @@ class Exchange:
                 await forwarder.send_error(self.send, 504 if outcome.timeout else 502)
                 return
             try:
-                received = await self._respond(response)
+                await self._respond(response, self._set_cookie(backend))
             except _BrokeOff as broke:
                 # The head went out, the body broke: the client sees a cut response, and the
                 # backend a failure that no retry can follow (its failed-attempt line says so).
@@ -260,18 +273,30 @@ class Exchange:
             except BaseException:
                 response.close()
                 if self.gone:       # left after the head: the backend did its part
-                    attempts.end(outcome)
+                    attempts.end(outcome._replace(bytes_received=self.received))
                 raise
             # (the outcome of an answered attempt is the rule's: built again with the bytes,
             # cheaper than a NamedTuple's _replace)
             attempts.end(forwarder.rule.outcome(response.status, outcome.latency,
                                                 bytes_sent=outcome.bytes_sent,
-                                                bytes_received=received))
+                                                bytes_received=self.received))
+
+    def _set_cookie(self, backend: Backend) -> bytes | None:
+        """The sticky cookie's ``Set-Cookie`` value for a response of ``backend``, when the
+        request's cookie did not name it (``None``: none to add, or no sticky cookie)."""
+        cookie = self.forwarder.cookie
+        if cookie is None:
+            return None
+        value = self.forwarder.balancer.sticky_value(backend)
+        if value == self.prefer:
+            return None
+        return cookie.set_cookie(value, secure=self.secure).encode("latin-1")
 
     async def _forward(self, backend: Backend, loop: asyncio.AbstractEventLoop,
-                       ) -> tuple[Response | None, Outcome]:
+                       attempts: Attempts) -> tuple[Response | None, Outcome]:
         """One attempt on ``backend``: its response head (``None`` if it failed without
-        one) and the attempt's outcome."""
+        one) and the attempt's outcome. With a deadline, the time left bounds the attempt
+        up to the response head (the connect, the upload and the wait together)."""
         forwarder = self.forwarder
         body = self.body
         pool = forwarder.upstream.pool(backend)
@@ -281,26 +306,30 @@ class Exchange:
             timer = forwarder.deadlines.start(WATCH_DELAY, _start_watch, self, loop)
         elif body.more:
             body.on_end = self._watch     # watch once the upload is all read
+        left = attempts.time_left()
         started = time.monotonic()
         try:
             response = await pool.request(
                 self.method_bytes, pool.base_path + self.target, self.headers, data, length,
                 replayable=forwarder.may_resend(self.method, body.replayable),
-                add_host=self.add_host, loop=loop)
+                add_host=self.add_host, head_timeout=left, loop=loop)
         except UpstreamError as exc:
             if self.gone:
                 raise ClientGone() from exc
             return None, Outcome(ok=False, latency=time.monotonic() - started, sent=exc.sent,
-                                 timeout=exc.timeout, error=failure_text(exc, pool))
+                                 timeout=exc.timeout, bytes_sent=exc.bytes_sent,
+                                 error=(attempts.deadline_text() if exc.deadline
+                                        else failure_text(exc, pool)))
         finally:
             if timer is not None:
                 forwarder.deadlines.cancel(timer)
         return response, forwarder.rule.outcome(response.status, time.monotonic() - started,
-                                                bytes_sent=length or 0)
+                                                bytes_sent=response.bytes_sent)
 
-    async def _respond(self, response: Response) -> int:
-        """Send ``response`` to the client; returns the body bytes passed on. Raises
-        :class:`_BrokeOff` when the backend's body fails on its way."""
+    async def _respond(self, response: Response, set_cookie: bytes | None) -> None:
+        """Send ``response`` to the client, with the sticky cookie's ``set_cookie`` header
+        if any, counting the body bytes passed on (``received``). Raises :class:`_BrokeOff`
+        when the backend's body fails on its way."""
         send = self.send
         # ASGI header names are lower-case (Starlette's Headers, GZipMiddleware rely on it).
         headers = [(name.lower(), value)
@@ -309,27 +338,28 @@ class Exchange:
             # A 304 may state its 200's length (RFC 9110 8.6); a server that checks the body
             # against it (uvicorn) would cut the connection: no body, no length.
             headers = [(name, value) for name, value in headers if name != b"content-length"]
+        if set_cookie is not None:
+            headers.append((b"set-cookie", set_cookie))
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         chunk = response.take()
         if response.complete:
             self.finished = True
+            self.received = len(chunk)
             await send({"type": "http.response.body", "body": chunk, "more_body": False})
-            return len(chunk)
+            return
         self._watch()
-        received = 0
         while True:
             if chunk:
-                received += len(chunk)
+                self.received += len(chunk)
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             try:
                 chunk = await response.read()
             except UpstreamError as exc:
-                raise _BrokeOff(exc, received) from exc
+                raise _BrokeOff(exc, self.received) from exc
             if not chunk:
                 break
         self.finished = True
         await send({"type": "http.response.body", "body": b"", "more_body": False})
-        return received
 
     # -- the client's disconnect -------------------------------------------------------
 

@@ -18,6 +18,15 @@ Request bodies up to ``retry_buffer`` bytes [64 KiB] are held in memory so a ret
 send them again; a larger body is streamed and is not replayable once it has started to
 go upstream (a connect failure, before any byte is sent, is still retried).
 
+With ``sticky_cookie`` (``LB_STICKY_COOKIE``) a request's cookie of that name names the
+backend to prefer, and a response from another backend gets a ``Set-Cookie`` for it, with
+``Path`` the prefix (:mod:`lbmiddleware.proxy.sticky`); the ``Cookie`` header still goes
+upstream as the client sent it, ours included (nginx's ``sticky cookie`` and Traefik leave it
+too: the value is opaque, and rewriting the header could change the other cookies' bytes).
+With ``timeout`` (``LB_TIMEOUT``) the request's attempts share a deadline up to the response
+head, counted from the moment it is forwarded: each attempt gets the time left (connect,
+upload and wait together), and the client gets 504 when it runs out.
+
 WebSockets are not proxied: a handshake under the prefix (an HTTP request with ``Upgrade:
 websocket``, or a ``websocket`` scope) gets 501; other websocket scopes go to the app.
 
@@ -50,6 +59,7 @@ from ..fleet.departures import follow_departures
 from ..proxy import (
     BINARY,
     ClientAddress,
+    StickyCookie,
     UnsafeRequest,
     error_response,
     join_target,
@@ -140,10 +150,15 @@ class LoadBalancerMiddleware:
         self._retry_buffer = proxy.retry_buffer
         self._access_log = proxy.access_log
         self._errors = {status: _asgi_error(status) for status in (400, 404, 501, 502, 503, 504)}
+        # The sticky cookie, scoped to the prefix so that two routes' cookies do not meet
+        # (a ';' would end the Path attribute: it is the one character quote_path keeps).
+        self._cookie = (StickyCookie(forwarding.sticky_cookie,
+                                     quote_path(proxy.prefix).replace(";", "%3B"))
+                        if forwarding.sticky_cookie else None)
         # What every exchange shares, with the forwarding settings' retry rule.
         self._forwarder = Forwarder(self.balancer, self.upstream, forwarding.retry_rule(),
-                                    Deadlines(),
-                                    self._errors)
+                                    Deadlines(), self._errors, cookie=self._cookie,
+                                    timeout=forwarding.timeout)
         self._unsubscribe = follow_departures(self, self.balancer, _forget_departed)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -244,6 +259,10 @@ class LoadBalancerMiddleware:
         add_host = not (upstream_headers and upstream_headers[0][0] == b"Host")
         exchange = Exchange(self._forwarder, method, method.encode("ascii"), target,
                             upstream_headers, add_host, body, key, receive, send)
+        cookie = self._cookie
+        if cookie is not None:      # (the Cookie header goes upstream as the client sent it)
+            exchange.prefer = cookie.read_binary(headers)
+            exchange.secure = scope.get("scheme") == "https"
         if record is not None:
             record.exchange = exchange
         await exchange.run()
