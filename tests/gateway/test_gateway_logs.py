@@ -134,6 +134,27 @@ def test_a_failed_attempt_is_logged_with_its_reason(server, servers):
     assert f"retrying on {b.url}" in message
 
 
+def test_an_attempt_the_deadline_cut_is_logged_in_its_words(servers):
+    """LB_TIMEOUT through the gateway (its default server): the failed attempt's line says
+    the deadline ran out, and that no retry followed for that reason; the access line has
+    the 504 after one attempt."""
+    a, b = servers("a"), servers("b")
+    a.behaviour = "hang"
+    with GatewayProcess({"LB_BACKENDS": f"{a.url}, {b.url}", "LB_TIMEOUT": "300ms",
+                         "LB_ACCESS_LOG": "1"}) as process:
+        assert requests.get(f"{process.url}/x", timeout=5).status_code == 504
+        process.wait_for_output(r" lbmiddleware\.access: ")
+        output = process.stop()
+    (attempt,) = [message for _, logger, message in log_lines(output)
+                  if logger == "lbmiddleware.attempts"]
+    assert attempt == (f"GET attempt 1 on {a.url} failed: the request's 300ms deadline "
+                       "(LB_TIMEOUT) ran out; not retried: the request's 300ms deadline "
+                       "(LB_TIMEOUT) has passed")
+    (line,) = access_lines(output)
+    assert (line["status"], line["attempts"], line["backend"]) == ("504", "1", a.url)
+    assert b.requests == 0
+
+
 # -- the access log -------------------------------------------------------------------------
 
 @pytest.mark.parametrize("server", SERVERS)
