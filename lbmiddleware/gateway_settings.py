@@ -14,6 +14,7 @@ import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from .core.casts import format_duration
 from .core.forwarding import ForwardingSettings
 from .core.settings import (
     BaseSettings,
@@ -30,7 +31,7 @@ from .errors import ConfigError
 from .proxy.settings import ProxySettings
 
 __all__ = ["GatewaySettings", "GROUPS", "load_settings", "parse_listen", "MAX_SERVER_DURATION",
-           "LOG_LEVELS"]
+           "LOG_LEVELS", "EVERY_INTERFACE"]
 
 # The gateway's servers keep their durations in fixed-size integers (granian crashed
 # on a header timeout of 1e17 s at its start, and on a shutdown timeout of 1e12 s on
@@ -40,22 +41,29 @@ MAX_SERVER_DURATION = 86400.0
 DEFAULT_LISTEN = "127.0.0.1:8000"
 
 
+#: What ``:8000`` (no host) listens on: every IPv4 interface, as most servers read it
+#: (uvicorn, gunicorn, Go's net.Listen, Docker's -p). ``[::]:8000`` is every IPv6 one.
+EVERY_INTERFACE = "0.0.0.0"
+
+
 def parse_listen(text: str) -> tuple[str, int]:
-    """``"127.0.0.1:8000"`` / ``"[::1]:8000"`` / ``":8000"`` -> ``(host, port)``."""
+    """``"127.0.0.1:8000"`` / ``"[::1]:8000"`` -> ``(host, port)``; ``":8000"`` is every
+    interface (:data:`EVERY_INTERFACE`)."""
     text = text.strip()
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError("expected HOST:PORT with a port from 0 to 65535")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-    host = host or "127.0.0.1"
+    host = host or EVERY_INTERFACE
     if ":" in host:
         try:
             ipaddress.IPv6Address(host)
         except ValueError:
             raise ValueError(f"{host!r} is not an IPv6 address") from None
     elif not re.fullmatch(r"[A-Za-z0-9.-]+", host):
-        raise ValueError(f"{host!r} is not a host name or address")
+        hint = f" (every interface: :{port})" if host == "*" else ""      # nginx's *:8000
+        raise ValueError(f"{host!r} is not a host name or address{hint}")
     return host, int(port)
 
 
@@ -107,22 +115,25 @@ class GatewaySettings(BaseSettings):
     listen: str = dataclasses.field(
         default=DEFAULT_LISTEN,
         metadata=setting("LB_LISTEN", _listen,
-                         "gateway address HOST:PORT (serve command)"))
+                         "gateway address HOST:PORT; :8000 means every interface "
+                         "(0.0.0.0:8000), [::]:8000 every IPv6 interface; port 0 picks a "
+                         "free one"))
     admin_listen: str = dataclasses.field(
         default="",
         metadata=setting("LB_ADMIN_LISTEN", _admin_listen,
                          "gateway: address HOST:PORT of the admin listener (/status, "
-                         "/status.json, /metrics, /ready); empty: off"))
+                         "/status.json, /metrics, /ready), as LB_LISTEN reads it; empty: off"))
     shutdown_timeout: float = dataclasses.field(
         default=30.0,
         metadata=setting("LB_SHUTDOWN_TIMEOUT", _server_duration,
-                         "gateway: on SIGTERM, seconds that requests in flight "
-                         "may take before their connections are closed"))
+                         "gateway: on SIGTERM, time requests in flight may take before their "
+                         "connections are closed (at most one day)", show=format_duration))
     header_timeout: float = dataclasses.field(
         default=30.0,
         metadata=setting("LB_HEADER_TIMEOUT", _server_duration,
-                         "gateway: seconds a client has to send a request head "
-                         "(on the admin port too) before its connection is closed"))
+                         "gateway: time a client has to send a request head (on the admin "
+                         "port too) before its connection is closed (at most one day)",
+                         show=format_duration))
     max_connections: int = dataclasses.field(
         default=512,
         metadata=setting("LB_MAX_CONNECTIONS", parse_positive_count,

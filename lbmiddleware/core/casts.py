@@ -17,8 +17,8 @@ from .backend import Backend, Source
 
 __all__ = [
     "parse_duration", "parse_positive_duration", "format_duration", "parse_flag", "parse_count",
-    "parse_positive_count", "parse_size", "parse_factor", "parse_statuses", "parse_dns_servers",
-    "parse_balance_factor", "parse_ratio", "parse_rate",
+    "parse_positive_count", "parse_size", "format_size", "parse_factor", "parse_statuses",
+    "parse_dns_servers", "parse_balance_factor", "parse_ratio", "parse_rate",
     "BackendsLike", "CountLike", "DurationLike", "FlagLike", "SizeLike", "FactorLike",
     "StatusesLike", "ServersLike", "PercentLike", "RatioLike",
 ]
@@ -30,7 +30,8 @@ _DURATION = re.compile(rf"\s*(-?)\s*((?:{_NUMBER}\s*(?:ms|s|m|h)\s*)+|{_NUMBER}\
 _PART = re.compile(rf"({_NUMBER})\s*(ms|s|m|h)?\s*")
 _UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 _DURATION_FORMS = "seconds, or a number with ms, s, m or h, or such parts largest first: 1m30s"
-_SIZE = re.compile(r"\s*(\d+)\s*([kKmM]?)[bB]?\s*")
+_SIZE = re.compile(r"\s*(-?)\s*(\d+)\s*([kKmM]?)[bB]?\s*")
+_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024 * 1024}
 
 # -- what the casts accept, as a settings class's constructor declares it for type checkers:
 #    the text of a variable or an already typed value. A field reads back as the cast's result
@@ -79,7 +80,7 @@ def parse_duration(value: Any) -> float:
     if math.isnan(seconds) or math.isinf(seconds):
         raise ValueError("not a non-negative finite duration")
     if seconds < 0:
-        raise ValueError(f"negative (a duration is {_DURATION_FORMS})")
+        raise ValueError("must not be negative")
     return seconds
 
 
@@ -166,10 +167,20 @@ def parse_size(value: Any) -> int:
         match = _SIZE.fullmatch(str(value))
         if not match:
             raise ValueError("not a size (bytes, or a number with KB or MB)")
-        number = int(match.group(1)) * {"": 1, "k": 1024, "m": 1024 * 1024}[match.group(2).lower()]
+        number = int(match.group(2)) * _SIZE_UNITS[match.group(3).lower()]
+        number = -number if match.group(1) else number
     if number < 0:
         raise ValueError("must not be negative")
     return number
+
+
+def format_size(size: int) -> str:
+    """The way back: bytes as :func:`parse_size` reads them, in the largest unit that divides
+    them (``65536`` -> ``"64KB"``, ``1536`` -> ``"1536"``), for ``--help`` and the docs."""
+    for unit, factor in (("MB", 1024 * 1024), ("KB", 1024)):
+        if size and size % factor == 0:
+            return f"{size // factor}{unit}"
+    return str(size)
 
 
 def parse_factor(value: Any) -> float:

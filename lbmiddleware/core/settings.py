@@ -44,6 +44,8 @@ from .casts import (
     ServersLike,
     SizeLike,
     StatusesLike,
+    format_duration,
+    format_size,
     parse_balance_factor,
     parse_count,
     parse_dns_servers,
@@ -92,9 +94,12 @@ S = TypeVar("S", bound="BaseSettings")
 _REGISTRY: list[type[BaseSettings]] = []
 
 
-def setting(env: str, cast: Callable[[Any], Any], help: str) -> dict[str, Any]:
-    """Field metadata: the variable's name, its cast and a one-line description."""
-    return {"env": env, "cast": cast, "help": help}
+def setting(env: str, cast: Callable[[Any], Any], help: str, *,
+            show: Callable[[Any], str] | None = None) -> dict[str, Any]:
+    """Field metadata: the variable's name, its cast and a one-line description. ``show``
+    writes the default as a user types it where the cast does not tell (a cast of its own
+    around ``parse_duration`` gives ``show=format_duration``; see :func:`_show_default`)."""
+    return {"env": env, "cast": cast, "help": help, "show": show}
 
 
 def _policy(value: Any) -> str:
@@ -194,10 +199,11 @@ class BaseSettings:
 
     @classmethod
     def describe(cls) -> list[tuple[str, str, str]]:
-        """``(variable, default, description)`` for every setting, for ``--help`` and docs."""
+        """``(variable, default, description)`` for every setting, for ``--help`` and docs:
+        the default as a user types it (:func:`_show_default`)."""
         rows = []
         for field in _setting_fields(cls):
-            default = "(required)" if field.name in cls.required else _show(field.default)
+            default = "(required)" if field.name in cls.required else _show_default(field)
             rows.append((field.metadata["env"], default, field.metadata["help"]))
         return rows
 
@@ -637,6 +643,31 @@ def _show_item(value: Any) -> str:
     if isinstance(value, tuple) and len(value) == 2:        # a range of statuses
         return f"{value[0]}-{value[1]}" if value[0] != value[1] else str(value[0])
     return str(value)
+
+
+# The casts whose defaults are written back in their own unit: --help and the README say
+# 10s and 64KB, as a user types them, not 10.0 and 65536.
+_SHOWN_AS: dict[Callable[[Any], Any], Callable[[Any], str]] = {
+    parse_duration: format_duration, parse_positive_duration: format_duration,
+    parse_size: format_size}
+
+
+def _show_default(field: dataclasses.Field[Any]) -> str:
+    """A setting's default as a user types it in its variable, the README's spelling:
+    ``10s``, ``64KB``, ``round_robin``, ``false``, ``502,503,504``; ``(off)`` for empty
+    text, ``(none)`` for an empty list."""
+    value = _default(field)
+    show: Callable[[Any], str] | None = (field.metadata.get("show")
+                                         or _SHOWN_AS.get(field.metadata["cast"]))
+    if show is not None:
+        return show(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value or "(off)"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return _show(value)
 
 
 def _show(value: Any) -> str:
