@@ -89,11 +89,7 @@ class Backend:
         if not isinstance(url, str):
             raise ConfigError(f"backend URL {self.url!r} is not a string")
         text = self.url.strip()
-        try:
-            parts = urllib.parse.urlsplit(text)
-            port = parts.port
-        except ValueError as exc:
-            raise ConfigError(f"backend URL {self.url!r} is not a valid URL: {exc}") from None
+        parts, port = _split_url(text, f"backend URL {self.url!r}")
         scheme = parts.scheme.lower()
         if "://" not in text or not scheme:
             raise ConfigError(
@@ -156,6 +152,26 @@ class Backend:
     def tls_server_name(self) -> str:
         """The name TLS sends (SNI) and verifies the certificate against."""
         return self.server_name if self.server_name is not None else self.host
+
+
+def _split_url(text: str, what: str) -> tuple[urllib.parse.SplitResult, int | None]:
+    """``text``'s parts and port, or a :class:`ConfigError` naming ``what`` (the entry) and
+    saying what is wrong in our words, not urllib's ("Port could not be cast to integer
+    value as '1;http:'")."""
+    try:
+        parts = urllib.parse.urlsplit(text)
+    except ValueError:
+        # urlsplit's own refusals: an unclosed "[", or a host that NFKC turns into "/?#@:"
+        reason = ("an IPv6 address's '[' is not closed by ']'" if "[" in text
+                  else "its host has characters that stand for '/', '?', '#', '@' or ':'")
+        raise ConfigError(f"{what} is not a valid URL: {reason}") from None
+    try:
+        return parts, parts.port
+    except ValueError:
+        host = parts.netloc.rpartition("@")[2]
+        port = host.rpartition("]")[2] if host.startswith("[") else host
+        raise ConfigError(f"{what} is not a valid URL: its port {port.partition(':')[2]!r} "
+                          "is not a number from 0 to 65535") from None
 
 
 def _server_name(value: object, url: str) -> str:
@@ -261,11 +277,7 @@ class Source:
             raise ConfigError(f"source {url!r} has scheme {head!r}: a source is dns+http://, "
                               "dns+https://, srv+http://, srv+https:// or etcd://")
         kind, scheme = kinds
-        try:
-            parts = urllib.parse.urlsplit(url)
-            port = parts.port
-        except ValueError as exc:
-            raise ConfigError(f"source {url!r} is not a valid URL: {exc}") from None
+        parts, port = _split_url(url, f"source {url!r}")
         if not parts.hostname:
             raise ConfigError(f"source {url!r} has no host")
         if parts.username is not None or parts.password is not None:
@@ -331,6 +343,8 @@ def _options(url: str, options: list[str], what: str, allowed: bool = True) -> t
         if name == "backup" and not sep:
             backup = True
             continue
+        if "://" in option:             # "http://a:1 http://b:2": two entries
+            raise _two_entries(what, [url.split()[0], *options], option)
         if name not in ("weight", "priority") or not sep:
             raise ConfigError(f"{what} {url!r} has unknown option {option!r} "
                               "(expected weight=N, priority=N or backup)")
@@ -356,6 +370,19 @@ def _options(url: str, options: list[str], what: str, allowed: bool = True) -> t
     return weight, priority
 
 
+def _two_entries(what: str, words: list[str], second: str) -> ConfigError:
+    """The error for entries separated by a space, not a comma: ``words`` are the entry's,
+    ``second`` the first URL after its own; the comma put back in the suggestion."""
+    entries: list[list[str]] = []
+    for word in words:
+        if "://" in word or not entries:
+            entries.append([])
+        entries[-1].append(word)
+    suggestion = ", ".join(" ".join(entry) for entry in entries)
+    return ConfigError(f"{what} {' '.join(words)!r} has {second!r} after its URL: entries "
+                       f"are separated by commas (did you mean {suggestion!r}?)")
+
+
 def is_source_text(text: str) -> bool:
     """Whether an entry's text names a source (``dns+http://...``, ``etcd://...``) rather
     than a backend URL."""
@@ -377,29 +404,45 @@ def parse_backend(item: str | Backend) -> Backend:
 
 
 def _entry_items(items: object) -> list[object]:
+    """The entries of ``items``, empty ones left out: a trailing comma (``"http://a:1,
+    http://b:2,"``), or one left behind by an entry taken out, is no entry."""
     if isinstance(items, str):
-        return list(items.split(",")) if items.strip() else []
-    if isinstance(items, (Backend, Source)):
-        return [items]
-    if not isinstance(items, Iterable):
+        listed: list[object] = list(items.split(","))
+    elif isinstance(items, (Backend, Source)):
+        listed = [items]
+    elif isinstance(items, Iterable):
+        listed = list(items)
+    else:
         raise ConfigError(f"backends {items!r}: not a URL, a list of URLs or a "
                           "comma-separated string")
-    return list(items)
+    return [item for item in listed if not (isinstance(item, str) and not item.strip())]
+
+
+def _check_separator(text: str) -> None:
+    """A :class:`ConfigError` for ``;`` between two entries (``"http://a:1;http://b:2"``),
+    asking for the comma: a ``;`` is a separator when a URL follows it, or when it is in
+    the host or port (where no URL has one); in a path it is the path's (``/x;v=1``)."""
+    _, sep, tail = text.partition(";")
+    authority = text.partition("://")[2].split("/", 1)[0]
+    if sep and ("://" in tail or ";" in authority):
+        entries = ", ".join(part.strip() for part in text.split(";") if part.strip())
+        raise ConfigError(f"backend list entry {text!r} has a ';': entries are separated by "
+                          f"commas (did you mean {entries!r}?)")
 
 
 def parse_entries(items: Iterable[str | Backend | Source] | str | Backend | Source, *,
                   allow_empty: bool = False) -> tuple[Backend | Source, ...]:
     """Static backends and sources from a list (of text, :class:`Backend` and
-    :class:`Source` objects) or a comma-separated string, in order; rejects duplicates and
-    (unless ``allow_empty``) an empty list."""
+    :class:`Source` objects) or a comma-separated string, in order; empty entries are no
+    entries (a trailing comma); rejects duplicates, a bad entry (naming it) and (unless
+    ``allow_empty``) an empty list."""
     result: list[Backend | Source] = []
     seen: dict[object, str] = {}
     for item in _entry_items(items):
         entry: Backend | Source
         if isinstance(item, str):
-            if not item.strip():
-                raise ConfigError(f"backend list has an empty entry: {items!r}")
             text = item.strip()
+            _check_separator(text)
             entry = Source(text) if is_source_text(text) else parse_backend(text)
         elif isinstance(item, (Backend, Source)):
             entry = item

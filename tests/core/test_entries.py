@@ -1,5 +1,7 @@
 """Backends with priority and a server name, sources, and the entries a pool is built from."""
 
+import re
+
 import pytest
 
 import lbmiddleware as lb
@@ -226,3 +228,87 @@ class TestParseEntries:
         assert str(caught.value) == (
             f"backend URL {entry!r} has scheme {entry.partition(':')[0]!r}: only http and "
             f"https {hint}")
+
+
+class TestSeparators:
+    """``LB_BACKENDS`` as people write it: a trailing comma is fine; ``;`` or a space between
+    entries, or any other bad entry, is an error naming the entry (never urllib's words)."""
+
+    @pytest.mark.parametrize("text", [
+        "http://a:1, http://b:2,", "http://a:1,http://b:2, ", ",http://a:1, http://b:2",
+        "http://a:1,, http://b:2"])
+    def test_empty_entries_are_ignored(self, text):
+        assert parse_entries(text) == (lb.Backend("http://a:1"), lb.Backend("http://b:2"))
+        assert parse_entries(text.split(",")) == parse_entries(text)
+
+    @pytest.mark.parametrize("text", ["", " ", ",", " , ,"])
+    def test_a_list_of_nothing_but_commas_is_empty(self, text):
+        with pytest.raises(lb.ConfigError, match="^backend list is empty: give at least one URL$"):
+            parse_entries(text)
+        assert parse_entries(text, allow_empty=True) == ()
+
+    def test_a_trailing_comma_in_the_variable_is_accepted(self):
+        settings = lb.Settings.from_env({"LB_BACKENDS": "http://a:1, http://b:2,"})
+        assert [b.url for b in settings.backends] == ["http://a:1", "http://b:2"]
+        with pytest.raises(lb.ConfigError, match="^LB_BACKENDS has value ',': backend list is "
+                                                 "empty: give at least one URL$"):
+            lb.Settings.from_env({"LB_BACKENDS": ","})
+
+    @pytest.mark.parametrize("text, entries", [
+        ("http://a:1;http://b:2", "http://a:1, http://b:2"),
+        ("http://a:1; http://b:2 backup", "http://a:1, http://b:2 backup"),
+        ("dns+http://orders:8080;http://b:2", "dns+http://orders:8080, http://b:2"),
+        ("http://a:1;b:2", "http://a:1, b:2"),
+        ("http://a:1, http://b:2;http://c:3", "http://b:2, http://c:3")])
+    def test_a_semicolon_between_entries_asks_for_a_comma(self, text, entries):
+        with pytest.raises(lb.ConfigError) as caught:
+            parse_entries(text)
+        entry = text.split(", ")[-1]
+        assert str(caught.value) == (
+            f"backend list entry {entry!r} has a ';': entries are separated by commas "
+            f"(did you mean {entries!r}?)")
+
+    def test_the_semicolon_error_names_the_variable_and_its_value(self):
+        with pytest.raises(lb.ConfigError) as caught:
+            lb.Settings.from_env({"LB_BACKENDS": "http://a:1;http://b:2"})
+        message = str(caught.value)
+        assert message.startswith("LB_BACKENDS has value 'http://a:1;http://b:2': backend list "
+                                  "entry 'http://a:1;http://b:2' has a ';'")
+        assert "Port" not in message and "cast" not in message
+
+    def test_a_semicolon_inside_a_base_path_is_a_path(self):
+        assert parse_entries("http://a:1/x;v=1")[0].url == "http://a:1/x;v=1"
+
+    def test_a_space_between_entries_asks_for_a_comma(self):
+        with pytest.raises(lb.ConfigError) as caught:
+            parse_entries("http://a:1 http://b:2")
+        assert str(caught.value) == (
+            "backend 'http://a:1 http://b:2' has 'http://b:2' after its URL: entries are "
+            "separated by commas (did you mean 'http://a:1, http://b:2'?)")
+
+    @pytest.mark.parametrize("url, reason", [
+        ("http://a:x", "its port 'x' is not a number from 0 to 65535"),
+        ("http://a:99999", "its port '99999' is not a number from 0 to 65535"),
+        ("http://a:-1", "its port '-1' is not a number from 0 to 65535"),
+        ("http://[::1:8080", "an IPv6 address's '[' is not closed by ']'"),
+        ("http://[::1]:8080x", "its port '8080x' is not a number from 0 to 65535")])
+    def test_a_bad_url_says_why_in_its_own_words(self, url, reason):
+        with pytest.raises(lb.ConfigError) as caught:
+            parse_entries(f"http://ok:1, {url}")
+        assert str(caught.value) == f"backend URL {url!r} is not a valid URL: {reason}"
+
+    @pytest.mark.parametrize("url, reason", [
+        ("dns+http://orders:x", "its port 'x' is not a number from 0 to 65535"),
+        ("etcd://[::1:2379/services/x", "an IPv6 address's '[' is not closed by ']'")])
+    def test_a_bad_source_url_says_why_in_its_own_words(self, url, reason):
+        with pytest.raises(lb.ConfigError) as caught:
+            parse_entries(url)
+        assert str(caught.value) == f"source {url!r} is not a valid URL: {reason}"
+
+    @pytest.mark.parametrize("text, words", [
+        ("http://a:1, b:2", "backend URL 'b:2' has no scheme"),
+        ("http://a:1, ftp://b", "backend URL 'ftp://b' has scheme 'ftp'"),
+        ("http://a:1, http://b:2 wieght=2", "backend 'http://b:2 wieght=2' has unknown option")])
+    def test_any_other_bad_entry_is_named(self, text, words):
+        with pytest.raises(lb.ConfigError, match=f"^{re.escape(words)}"):
+            parse_entries(text)
