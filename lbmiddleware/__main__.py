@@ -1,42 +1,141 @@
-"""``python -m lbmiddleware``: the gateway (``serve``), the demo (``demo``) and an etcd
-registration (``register``)."""
+"""``python -m lbmiddleware``: the gateway (``serve``), the demo (``demo``), an etcd
+registration (``register``) and ``--version``."""
 
 from __future__ import annotations
 
 import argparse
+import ast
+import dataclasses
+import importlib.metadata
 import os
+import pathlib
+import shutil
 import sys
-from collections.abc import Mapping, Sequence
+import textwrap
+from collections.abc import Callable, Mapping, Sequence
 
 from .core.settings import describe
 from .errors import ConfigError
-from .gateway_settings import GROUPS, GatewaySettings, load_settings
+from .gateway_settings import GROUPS, GatewaySettings, load_settings, parse_listen
 
 __all__ = ["main"]
 
+PROG = "python -m lbmiddleware"
+
+# Help text wider than this is hard to read, however wide the terminal.
+MAX_HELP_WIDTH = 100
+
+
+def _address(text: str) -> str:
+    """An option's ``HOST:PORT``, checked as its variable is, so that argparse names the
+    option and the reason (exit status 2)."""
+    try:
+        parse_listen(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+    return text
+
+
+def _address_or_off(text: str) -> str:
+    """An address, or empty: off (``--admin ''`` turns off an ``LB_ADMIN_LISTEN`` set)."""
+    return text if not text.strip() else _address(text)
+
+
+@dataclasses.dataclass(frozen=True)
+class _SettingOption:
+    """An option of ``serve`` that stands for a setting: given to load_settings() as a
+    keyword, so it wins over its variable (which is then not read at all)."""
+
+    flag: str
+    field: str
+    variable: str
+    check: Callable[[str], str]
+    help: str
+
+
+# --config FILE (routes) will be an option of another kind: a file read before the settings,
+# not one setting's value.
+_SETTING_OPTIONS = (
+    _SettingOption("--listen", "listen", "LB_LISTEN", _address,
+                   "the address to listen on, instead of LB_LISTEN (:8000: every interface)"),
+    _SettingOption("--admin", "admin_listen", "LB_ADMIN_LISTEN", _address_or_off,
+                   "the admin listener's address, instead of LB_ADMIN_LISTEN ('': off)"),
+)
+
+
+def _version() -> str:
+    """What ``--version`` prints: the installed distribution's version (importlib.metadata);
+    run from a source tree, not installed, the ``__version__`` its ``__init__.py`` assigns,
+    read as setuptools reads it for the distribution (without importing the package: no
+    module of it imports the package itself)."""
+    try:
+        return f"lbmiddleware {importlib.metadata.version('lbmiddleware')}"
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    init = pathlib.Path(__file__).with_name("__init__.py")
+    for node in ast.parse(init.read_text(encoding="utf-8")).body:
+        if (isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
+                and isinstance(node.value.value, str)
+                and any(isinstance(t, ast.Name) and t.id == "__version__" for t in node.targets)):
+            return f"lbmiddleware {node.value.value} (not installed)"
+    return "lbmiddleware (not installed, version unknown)"
+
+
+class _VersionAction(argparse.Action):
+    """``--version``, looked up only when asked (importlib.metadata reads the installed
+    distributions: milliseconds that ``serve`` need not spend)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS,
+                 default: str = argparse.SUPPRESS, help: str = "print the version and exit"
+                 ) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=default, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        print(_version())
+        parser.exit()
+
+
+def _wrap(text: str, indent: int = 0) -> list[str]:
+    """``text``'s lines as wide as argparse's (the terminal's, at most
+    :data:`MAX_HELP_WIDTH`), URLs and hyphenated words kept whole."""
+    width = min(MAX_HELP_WIDTH, shutil.get_terminal_size().columns - 2)
+    return textwrap.wrap(text, width, initial_indent=" " * indent,
+                         subsequent_indent=" " * indent, break_long_words=False,
+                         break_on_hyphens=False)
+
 
 def _settings_help() -> str:
-    rows = describe(*GROUPS)
-    width = max(len(name) for name, _, _ in rows)
-    lines = ["settings (environment variables):"]
-    for name, default, help_text in rows:
-        lines.append(f"  {name:<{width}}  {help_text} [{default}]")
+    """Every setting as a user writes it (``LB_FAIL_TIMEOUT=10s``; ``LB_HEALTH_CHECK
+    (off)`` when empty), its description wrapped below it."""
+    lines = ["settings (environment variables; an option above wins over its variable):"]
+    for name, default, help_text in describe(*GROUPS):
+        lines.append(f"  {name} {default}" if default.startswith("(") else f"  {name}={default}")
+        lines.extend(_wrap(help_text, indent=6))
     return "\n".join(lines)
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """The top-level parser and serve's."""
     parser = argparse.ArgumentParser(
-        prog="python -m lbmiddleware",
+        prog=PROG,
         description="Client-side load balancing: a gateway (serve), a demo (demo) and the "
                     "registration of a backend in etcd (register).")
+    parser.add_argument("--version", action=_VersionAction)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    commands.add_parser(
+    serve = commands.add_parser(
         "serve", help="run the load-balancing gateway (settings from LB_* variables)",
-        description="Reverse-proxy every request under LB_PREFIX to the LB_BACKENDS pool, "
-                    "under granian or uvicorn (LB_SERVER), until interrupted.\n\n"
-                    'example: LB_BACKENDS="http://127.0.0.1:8001, http://127.0.0.1:8002" '
-                    "python -m lbmiddleware serve",
+        description="\n".join(_wrap(
+            "Reverse-proxy every request under LB_PREFIX to the LB_BACKENDS pool, under "
+            "granian or uvicorn (LB_SERVER), until interrupted. Settings come from the LB_* "
+            "variables below; an option wins over its variable.") + [
+            "", "example:", '  LB_BACKENDS="http://127.0.0.1:8001, http://127.0.0.1:8002" \\',
+            "      python -m lbmiddleware serve --listen :8000"]),
         epilog=_settings_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    serve.add_argument("--version", action=_VersionAction)
+    for option in _SETTING_OPTIONS:
+        serve.add_argument(option.flag, dest=option.field, metavar="HOST:PORT",
+                           type=option.check, help=option.help)
     # -- demo: listed here, run by lbmiddleware/demo/runner.py's main(argv) (see main below) -----
     commands.add_parser(
         "demo", help="run every policy against three local backends and print a table "
@@ -45,7 +144,7 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "register", help="register a backend in etcd and keep it there until SIGTERM/SIGINT "
                          "(python -m lbmiddleware register --help for its options)")
-    return parser
+    return parser, serve
 
 
 def _log_level(environ: Mapping[str, str]) -> str:
@@ -55,7 +154,9 @@ def _log_level(environ: Mapping[str, str]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run a command; returns the exit status (2 for a bad setting, like a bad argument)."""
+    """Run a command; returns the exit status: 2 for a bad option or setting (argparse's
+    status for a bad argument), 1 when the gateway cannot listen, 0 otherwise (``--help``
+    and ``--version`` too)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["demo"]:
         # -- demo: lbmiddleware/demo/runner.py parses its own options (--requests, --policies, ...)
@@ -65,27 +166,44 @@ def main(argv: Sequence[str] | None = None) -> int:
         # -- register: lbmiddleware/discovery/registration.py parses its own arguments
         from .discovery.registration import main as register_main
         return register_main(argv[1:])
-    _parser().parse_args(argv)          # serve (no options of its own), --help
+    parser, serve = _parsers()
+    try:
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:             # said by serve's parser (parse_args would say it at the top)
+            serve.error(f"unrecognized arguments: {' '.join(unknown)}")
+    except SystemExit as exc:   # --help, --version (0) or a bad option (2): argparse said so
+        return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2
+    return _serve(args)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """``serve``: the settings (the options winning over their variables), then the
+    gateway until interrupted."""
     from .gateway import configure_logging, serve
     try:
         # Logging first (LB_LOG_LEVEL alone), so that the settings' own warnings (a
         # misspelt LB_ name) are logged as every later line is.
         configure_logging(_log_level(os.environ))
-        settings = load_settings()
-    except ConfigError as exc:
-        print(f"python -m lbmiddleware serve: error: {exc}", file=sys.stderr)
-        return 2
-    try:
+        settings = load_settings(**{option.field: getattr(args, option.field)
+                                    for option in _SETTING_OPTIONS})
         serve(settings)
-    except ConfigError as exc:      # the chosen server, or a source's library, is missing
-        print(f"python -m lbmiddleware serve: error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:          # an address is taken, say (CannotListen names it)
-        print(f"python -m lbmiddleware serve: error: {exc}", file=sys.stderr)
-        return 1
+    except ConfigError as exc:  # a bad setting; the chosen server or a source's library missing
+        return _error(exc, args, 2)
+    except OSError as exc:      # an address is taken, say (CannotListen names it)
+        return _error(exc, args, 1)
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def _error(exc: Exception, args: argparse.Namespace, status: int) -> int:
+    """Print ``exc`` as argparse prints a bad argument; a variable it names that an option
+    set is said to come from that option."""
+    given = [f"{option.flag} set {option.variable}" for option in _SETTING_OPTIONS
+             if getattr(args, option.field) is not None and option.variable in str(exc)]
+    note = f" ({', '.join(given)})" if given else ""
+    print(f"{PROG} serve: error: {exc}{note}", file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":

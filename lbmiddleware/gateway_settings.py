@@ -42,7 +42,7 @@ DEFAULT_LISTEN = "127.0.0.1:8000"
 
 
 #: What ``:8000`` (no host) listens on: every IPv4 interface, as most servers read it
-#: (uvicorn, gunicorn, Go's net.Listen, Docker's -p). ``[::]:8000`` is every IPv6 one.
+#: (gunicorn's -b, Go's net.Listen, Docker's -p). ``[::]:8000`` is every IPv6 one.
 EVERY_INTERFACE = "0.0.0.0"
 
 
