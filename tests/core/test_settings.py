@@ -128,8 +128,8 @@ class TestFromEnv:
         with pytest.raises(lb.ConfigError, match="LB_BACKENDS is not set"):
             resolve("test", (ForwardingSettings,), {"retries": 1}, environ={"LB_RETRIES": "1"})
 
-    @pytest.mark.parametrize("value", ["", "  ", ",", "http://a:1,,http://b:2"])
-    def test_empty_backend_list_or_entry(self, value):
+    @pytest.mark.parametrize("value", ["", "  ", ","])
+    def test_empty_backend_list(self, value):
         message = env_error(LB_BACKENDS=value)
         assert "LB_BACKENDS" in message and "empty" in message
 
