@@ -350,3 +350,31 @@ def test_under_tiers_each_tier_balances_its_own_bytes(clock):
         picks[backend.url] += 1
     assert picks[D] == 0                       # the backup idles
     assert picks[B] / picks[A] == pytest.approx(10, rel=0.15)
+
+
+def test_under_tiers_the_panic_instance_keeps_counting_bytes(clock):
+    # The instance that picks in a panic hears the bytes of the tiers' picks too: in the
+    # next panic it knows a's responses are big.
+    primaries = [lb.Backend(u) for u in (A, B, C)]
+    pool = lb.Balancer([*primaries, lb.Backend(D, priority=1)], policy="bandwidth",
+                       rng=random.Random(5), timer=clock, max_fails=1, fail_timeout=10.0)
+
+    def fail_each():
+        for backend in pool.backends:
+            pool.report(pool.pick(exclude=[b for b in pool.backends if b != backend]), ok=False)
+
+    fail_each()                                # a first panic: its instance picks once
+    first = pool.pick()
+    clock.advance(10.0)
+    for backend in pool.backends:              # back: the tiers pick again
+        pool.report(pool.pick(exclude=[b for b in pool.backends if b != backend]))
+    pool.report(first)
+    sizes = {A: 100_000, B: 10_000, C: 10_000, D: 10_000}
+    for _ in range(3000):
+        backend = pool.pick()
+        clock.advance(0.01)
+        pool.report(backend, True, 0.01, bytes_received=sizes[backend.url])
+    fail_each()                                # the next panic
+    # Held picks (streaming responses) are charged each backend's mean: a's is 10x.
+    held = Counter(pool.pick().url for _ in range(200))
+    assert held[A] * 5 < held[B], held

@@ -29,6 +29,10 @@ class Policy:
     keyed = False        # True when pick(key=...) sticks a key to an owner (see lookup())
     counts_bytes = False  # True when the balancer must call transferred() (bandwidth)
     overflows = 0        # picks that left a key's full home (bounded-load ip_hash)
+    # True when the policy counts the requests in flight on the backends it holds through
+    # started()/finished() (bounded-load ip_hash): under tiers every instance that holds a
+    # backend then hears of its starts and ends, not only the one that picked it.
+    counts_in_flight = False
 
     def __init__(self, rng: random.Random, timer: Callable[[], float],
                  load: PeakEwma | None = None) -> None:
@@ -53,7 +57,8 @@ class Policy:
 
     def transferred(self, state: BackendState, nbytes: int) -> None:
         """An attempt on ``state`` moved ``nbytes`` body bytes (sent plus received); called
-        only when :attr:`counts_bytes` is true, for an attempt with bytes."""
+        only when :attr:`counts_bytes` is true, for an attempt with bytes (after its
+        :meth:`finished`)."""
 
     def prepare(self, backends: Sequence[Backend]) -> Any:
         """Work that depends only on the new membership, done outside the balancer's lock

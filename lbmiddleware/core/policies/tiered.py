@@ -11,7 +11,12 @@ tier while the loads stay, and its backend inside the tier. With no usable backe
 
 Which instance hears of a request's start and end matters to the policies that keep per-backend
 state (``least_conn``'s heap entries): a start goes to the instance that picked, an end to the
-instance that picks now (the panic one in panic, else the backend's tier's).
+instance that picks now (the panic one in panic, else the backend's tier's). A policy that counts
+the requests in flight on the backends it holds (bounded-load ``ip_hash``:
+``counts_in_flight``) hears every start and end of a backend in both instances that hold it,
+its tier's and the panic one, whichever picked: each counts exactly its own backends' load. So
+do the bytes (``transferred``: ``bandwidth``), which keeps both instances' windows current, the
+panic one's for the next panic.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ class Tiered(Policy):
         self._panic = True
         self._whole = -1
         self._picked_by: Policy = panic
+        self._everywhere = panic.counts_in_flight
 
     @property
     def loads(self) -> tuple[int, ...]:
@@ -168,16 +174,29 @@ class Tiered(Policy):
         return self._panic_policy.overflows + sum(p.overflows
                                                   for p in self._by_priority.values())
 
+    def _holders(self, state: BackendState) -> tuple[Policy, ...]:
+        """The instances that hold ``state``: its tier's (if it has one) and the panic one."""
+        tier = self._by_priority.get(state.backend.priority)
+        return (tier, self._panic_policy) if tier is not None else (self._panic_policy,)
+
     def transferred(self, state: BackendState, nbytes: int) -> None:
-        policy = None if self._panic else self._by_priority.get(state.backend.priority)
-        (policy or self._panic_policy).transferred(state, nbytes)
+        for policy in self._holders(state):
+            policy.transferred(state, nbytes)
 
     def started(self, state: BackendState) -> None:
+        if self._everywhere:
+            for policy in self._holders(state):
+                policy.started(state)
+            return
         self._picked_by.started(state)
 
     def finished(self, state: BackendState) -> None:
+        if self._everywhere:
+            for policy in self._holders(state):
+                policy.finished(state)
+            return
         if self._panic:
             self._panic_policy.finished(state)
             return
-        policy = self._by_priority.get(state.backend.priority)
-        (policy or self._panic_policy).finished(state)
+        tier = self._by_priority.get(state.backend.priority)
+        (tier or self._panic_policy).finished(state)
