@@ -14,6 +14,7 @@ from lbmiddleware.observe import History
 from lbmiddleware.observe.metrics import exposition
 
 from ..support.asgi_server import ServerThread
+from ..support.waiting import wait_for
 
 
 def get(port: int) -> int:
@@ -48,6 +49,8 @@ def test_a_backend_that_refuses_connections_does_not_look_fast(servers):
     history = History(pool)
     with ServerThread(lb.LoadBalancerMiddleware(balancer=pool, retries=2)) as server:
         assert [get(server.port) for _ in range(4)] == [200] * 4
+        # the last answer's attempt ends just after its last byte went out: in this interval
+        assert wait_for(lambda: not any(r["in_flight"] for r in pool.stats()))
         history.sample(1.0)
         b.stop()
         assert [get(server.port) for _ in range(20)] == [200] * 20
