@@ -297,7 +297,7 @@ def test_a_bad_log_level_names_the_variable_and_the_levels():
 
 @pytest.mark.parametrize("given, shown, address", [
     ("", "", None), ("  ", "", None), ("127.0.0.1:9901", "127.0.0.1:9901", ("127.0.0.1", 9901)),
-    (":0", "127.0.0.1:0", ("127.0.0.1", 0)), ("[::1]:9901", "[::1]:9901", ("::1", 9901))])
+    (":0", "0.0.0.0:0", ("0.0.0.0", 0)), ("[::1]:9901", "[::1]:9901", ("::1", 9901))])
 def test_the_admin_address_is_empty_or_host_and_port(given, shown, address):
     settings = GatewaySettings.from_env({"LB_ADMIN_LISTEN": given})
     assert (settings.admin_listen, settings.admin_address) == (shown, address)
@@ -336,7 +336,7 @@ def test_a_bad_listen_address_names_the_variable(value, words):
 
 
 def test_listen_addresses():
-    assert parse_listen(":8080") == ("127.0.0.1", 8080)
+    assert parse_listen(":8080") == ("0.0.0.0", 8080)      # every interface, as uvicorn reads it
     assert parse_listen("0.0.0.0:0") == ("0.0.0.0", 0)
     with pytest.raises(ValueError):
         parse_listen("[zz::1]:80")
