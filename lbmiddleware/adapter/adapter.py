@@ -32,6 +32,24 @@ backends tried in its message and in ``backends_tried``.
 The adapter's pools read final responses only (interim 1xx responses are skipped), and a
 backend that answers before reading the request body gets no more of it
 (:mod:`lbmiddleware.adapter.responses`).
+
+Timeouts: a request's ``timeout=`` (or the ``connect_timeout`` / ``read_timeout`` settings)
+applies to each attempt, as urllib3 applies it to each try: with ``retries=2``, three
+hanging backends and ``timeout=1`` a call waits 3 s. ``LB_TIMEOUT`` (``timeout=`` among the
+adapter's settings) bounds the whole request, up to its response head: each attempt's
+timeouts are cut to the time left, a retry is not started without time for it, and a
+timeout the deadline cut raises requests' own ``ReadTimeout`` / ``ConnectTimeout`` naming
+the deadline and the backends tried. Once the head has come, the body's reads get the
+attempt's own read timeout back: the deadline bounds the wait for an answer, not its length.
+
+Sticky cookies (``LB_STICKY_COOKIE``): the request's ``Cookie`` header (where the Session's
+jar put it) names the backend to prefer; a response from another backend gets a
+``Set-Cookie`` for it, which the Session's jar keeps for the virtual host (the response is
+built for the caller's URL). Never on an exception.
+
+Each attempt reports the request body bytes it sent (in memory: its length; a file: from
+where it stood to its end; a generator: as its chunks are sent) and the response body
+bytes it received.
 """
 
 from __future__ import annotations
@@ -39,14 +57,16 @@ from __future__ import annotations
 import functools
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import requests
 from requests.adapters import DEFAULT_POOLBLOCK, DEFAULT_POOLSIZE, DEFAULT_RETRIES, HTTPAdapter
 from requests.exceptions import RequestException
 from requests.models import PreparedRequest, Response
+from requests.utils import super_len
 from urllib3.util.retry import Retry
+from urllib3.util.timeout import Timeout as Urllib3Timeout
 
 from ..core.attempts import Attempts, Outcome
 from ..core.backend import Backend, Source
@@ -56,7 +76,7 @@ from ..core.forwarding import ForwardingSettings
 from ..core.settings import FrontEndSettings, Settings, resolve, setting_names
 from ..errors import NoHealthyBackend
 from ..fleet.departures import follow_departures
-from ..fleet.front_end import ClientFrontEnd
+from ..fleet.front_end import ClientFrontEnd, deadline_limits, deadline_outcome, deadline_words
 from .bodies import discard, end_when_done, prefetch_body, read_body, watch_body
 from .departures import close_departed
 from .errors import BACKEND_FAILURES, NoHealthyBackendError, failure, naming_backends
@@ -91,10 +111,12 @@ if TYPE_CHECKING:
 
 
 class _UpstreamRequest(PreparedRequest):
-    """The request as sent to one backend; remembers the caller's request and the backend."""
+    """The request as sent to one backend; remembers the caller's request and the backend,
+    and the sticky cookie its response gets (``set_cookie``: a ``Set-Cookie`` value)."""
 
     original: PreparedRequest
     backend: Backend
+    set_cookie: str | None = None
 
 
 class LoadBalancingAdapter(ClientFrontEnd, HTTPAdapter):
@@ -118,7 +140,10 @@ class LoadBalancingAdapter(ClientFrontEnd, HTTPAdapter):
     ``key_func(request) -> str | None`` gives the sticky key for ``ip_hash`` (by default
     the ``hash_key`` setting: ``header:NAME`` or ``cookie:NAME`` of the outgoing request;
     without a key a request is spread round-robin). ``timeout=None`` on a request means the
-    ``connect_timeout`` / ``read_timeout`` settings; any explicit timeout is used as given.
+    ``connect_timeout`` / ``read_timeout`` settings; any explicit timeout is used as given,
+    for each attempt; the ``timeout`` setting (``LB_TIMEOUT``) bounds them all (see the
+    module doc). With ``sticky_cookie`` (``LB_STICKY_COOKIE``) the Session's cookie jar
+    keeps the client on the backend that first answered it (:attr:`sticky_path`: ``/``).
     ``pool_connections`` is raised to the number of backends, so that no backend's pool is
     evicted while a thread uses it (requests issue #1871).
 
@@ -194,13 +219,18 @@ class LoadBalancingAdapter(ClientFrontEnd, HTTPAdapter):
         doc): key, attempts, forward, outcome."""
         if not self._ready:
             self._wait_ready()
-        attempts = Attempts(self.balancer, self._retry_rule, request.method or "GET",
-                            self.request_key(request) if self._keyed else None)
+        attempts = self._attempts(
+            request.method or "GET", self.request_key(request) if self._keyed else None,
+            None if self.sticky_cookie is None else _text(request.headers.get("Cookie")))
+        body = request.body
+        size = _size(body)
         forward = functools.partial(
             self._forward, request, request.path_url, self._upstream_headers(request),
+            attempts=attempts, size=size or 0,
+            counted=_CountedBody(body) if size is None else None,
             stream=stream, timeout=self._default_timeout if timeout is None else timeout,
             verify=verify, cert=cert, proxies=proxies)
-        replayable, rewind = _replay_point(request.body)
+        replayable, rewind = _replay_point(body)
         try:
             backend = attempts.start()
         except NoHealthyBackend as exc:
@@ -219,7 +249,8 @@ class LoadBalancingAdapter(ClientFrontEnd, HTTPAdapter):
                     rewind()
                 backend = following
             if isinstance(answer, Exception):
-                raise naming_backends(answer, request, attempts.tried) from answer
+                raise naming_backends(answer, request, attempts.tried,
+                                      deadline_words(attempts, outcome)) from answer
             if stream:      # in flight until the body is read, closed or collected
                 end_when_done(answer, attempts, outcome)
             else:
@@ -227,8 +258,12 @@ class LoadBalancingAdapter(ClientFrontEnd, HTTPAdapter):
             return answer
 
     def build_response(self, req: PreparedRequest, resp: Any) -> Response:
-        """The parent's response, made for the caller's request (URL, cookies, redirects)."""
+        """The parent's response, made for the caller's request (URL, cookies, redirects),
+        with the sticky cookie's ``Set-Cookie`` when it has one (for the Session's jar,
+        which reads http.client's headers, and for the response's)."""
         if isinstance(req, _UpstreamRequest):
+            if req.set_cookie is not None:
+                _add_set_cookie(resp, req.set_cookie)
             req = req.original
         return super().build_response(req, resp)
 
@@ -266,6 +301,11 @@ class LoadBalancingAdapter(ClientFrontEnd, HTTPAdapter):
             return self.key_func(request)
         return self._header_key(lambda name: _text(request.headers.get(name)))
 
+    def sticky_secure(self, request: PreparedRequest) -> bool:
+        """Whether the sticky cookie set for ``request`` is ``Secure``: the caller's URL is
+        https. (A proxy forwarding through the adapter says whether its client's is.)"""
+        return (request.url or "").startswith("https:")
+
     def _upstream_headers(self, request: PreparedRequest) -> Headers:
         """The headers to send: the request's, plus its own Host with ``preserve_host``
         (without it, or a Host of the request's own, each backend's: see
@@ -299,19 +339,39 @@ class LoadBalancingAdapter(ClientFrontEnd, HTTPAdapter):
         return upstream
 
     def _forward(self, request: PreparedRequest, target: str, headers: Headers,
-                 backend: Backend, *, stream: bool, timeout: TimeoutArg, verify: VerifyArg,
-                 cert: CertArg, proxies: dict[str, str] | None,
+                 backend: Backend, *, attempts: Attempts, size: int,
+                 counted: _CountedBody | None, stream: bool, timeout: TimeoutArg,
+                 verify: VerifyArg, cert: CertArg, proxies: dict[str, str] | None,
                  ) -> tuple[Response | RequestException, Outcome]:
         """One attempt on ``backend``: the response (its body read, or its first piece with
-        ``prefetch``) or the exception that failed the attempt, and the attempt's outcome."""
+        ``prefetch``) or the exception that failed the attempt, and the attempt's outcome.
+        ``size``: the request body's bytes, unless ``counted`` counts them as they are
+        sent. Its timeouts are cut to the time left before the request's deadline."""
         if backend.url not in self._known:
             self._make_pool_room(backend)
         upstream = self._upstream_request(request, backend, target, headers)
+        if self.sticky_cookie is not None:
+            upstream.set_cookie = self._sticky_header(attempts, backend,
+                                                      self.sticky_secure(request))
+        sent_before = 0
+        if counted is not None:
+            upstream.body = counted
+            sent_before = counted.sent
+        cut: frozenset[str] = frozenset()
+        read: float | None = None
+        if attempts.deadline is not None:
+            given = _limits(timeout)
+            read = given["read"]
+            limits, cut = deadline_limits(attempts, given)
+            timeout = (limits["connect"], limits["read"])
         start = self._timer()
+        latency: float | None = None
         try:
             response = super().send(upstream, stream=stream, timeout=timeout, verify=verify,
                                     cert=cert, proxies=proxies)
             latency = self._timer() - start
+            if "read" in cut:       # the deadline ends at the head: not the body's reads
+                _body_read_timeout(response, read)
             received = 0
             if not stream:
                 received = read_body(response)     # the body is part of the attempt
@@ -320,9 +380,15 @@ class LoadBalancingAdapter(ClientFrontEnd, HTTPAdapter):
                 if self.prefetch:
                     prefetch_body(response, self.prefetch)
         except BACKEND_FAILURES as exc:
-            return exc, failure(exc, self._timer() - start)
+            outcome = failure(exc, self._timer() - start)
+            if cut and outcome.timeout and latency is None:         # before the head
+                outcome = deadline_outcome(attempts, outcome,
+                                           "read" if outcome.sent else "connect", cut)
+            sent = size if counted is None else counted.sent - sent_before
+            return exc, outcome._replace(bytes_sent=sent) if sent else outcome
         return response, self._retry_rule.outcome(
-            response.status_code, latency, bytes_sent=_size(request.body),
+            response.status_code, latency,
+            bytes_sent=size if counted is None else counted.sent - sent_before,
             bytes_received=received)
 
     def _make_pool_room(self, backend: Backend) -> None:
@@ -411,9 +477,80 @@ def _replay_point(body: object) -> tuple[bool, Callable[[], object] | None]:
     return False, None
 
 
-def _size(body: object) -> int:
-    """The bytes of a request body, where cheaply known (0 for a file or a generator)."""
-    return len(body) if isinstance(body, (bytes, bytearray)) else 0
+def _size(body: object) -> int | None:
+    """The bytes a request body sends: in memory, its length; a file, from where it stands
+    to its end (a pipe's: 0, unknown); None for an iterable of chunks (a generator), which
+    :class:`_CountedBody` counts as it is sent."""
+    if body is None:
+        return 0
+    if isinstance(body, (bytes, bytearray)):
+        return len(body)
+    if isinstance(body, str):
+        return len(body.encode("utf-8"))        # (urllib3 2 sends text as UTF-8)
+    if isinstance(body, memoryview):
+        return body.nbytes
+    if hasattr(body, "read"):
+        try:
+            return super_len(body)
+        except (OSError, ValueError):
+            return 0
+    return None
+
+
+class _CountedBody:
+    """A request body of chunks (a generator, the WSGI middleware's input) that counts the
+    bytes of the chunks it gives urllib3 to send (``sent``). Iterated once, whatever the
+    attempts: a retry after a connect failure, which took none of them, goes on from
+    where it is, as the body itself would."""
+
+    __slots__ = ("_chunks", "sent")
+
+    def __init__(self, body: Any) -> None:
+        self._chunks: Iterator[bytes | str] = iter(body)
+        self.sent = 0
+
+    def __iter__(self) -> Iterator[bytes | str]:
+        for chunk in self._chunks:
+            self.sent += len(chunk.encode("utf-8") if isinstance(chunk, str) else chunk)
+            yield chunk
+
+
+def _limits(timeout: TimeoutArg | Urllib3Timeout) -> dict[str, float | None]:
+    """requests' ``timeout`` as an attempt's limits by name: one number for both, a
+    ``(connect, read)`` pair, or a urllib3 ``Timeout``; None for no limit."""
+    if isinstance(timeout, tuple):
+        connect, read = timeout
+    elif isinstance(timeout, Urllib3Timeout):
+        connect, read = (_number(timeout.connect_timeout), _number(timeout.read_timeout))
+    else:
+        connect = read = timeout
+    return {"connect": connect, "read": read}
+
+
+def _number(value: object) -> float | None:
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def _body_read_timeout(response: Response, read: float | None) -> None:
+    """Give the connection whose response head was read (``response``'s) the read timeout
+    ``read`` (None: no limit) for the reads of its body: the attempt's own, which the
+    request's deadline had cut for the head."""
+    connection = getattr(response.raw, "connection", None)
+    sock = getattr(connection, "sock", None)
+    if sock is not None:
+        sock.settimeout(read)
+
+
+def _add_set_cookie(raw: Any, value: str) -> None:
+    """Add a ``Set-Cookie`` header to urllib3's response ``raw``: to its headers (the
+    response's, and a proxy's that passes them on) and to http.client's, which requests'
+    cookie jars read."""
+    headers = getattr(raw, "headers", None)
+    if headers is not None and hasattr(headers, "add"):
+        headers.add("Set-Cookie", value)
+    original = getattr(raw, "_original_response", None)
+    if original is not None:
+        original.msg["Set-Cookie"] = value      # (a Message: appended, never replaced)
 
 
 def _text(value: str | bytes | None) -> str | None:

@@ -128,16 +128,18 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
 # -- the exception the caller gets ------------------------------------------------------------
 
 def naming_backends(exc: RequestException, request: PreparedRequest,
-                    tried: Sequence[Backend]) -> RequestException:
+                    tried: Sequence[Backend], deadline: str | None = None) -> RequestException:
     """``exc`` for the caller: the same kind and arguments (``args[0]`` stays the urllib3
     error requests put there), the caller's ``request``, and the backends tried in
-    ``backends_tried`` and in its message."""
+    ``backends_tried`` and in its message; ``deadline``: the words of the request's
+    deadline when it was what ran out (in ``deadline`` and before the message)."""
     try:
         named = _naming_class(type(exc))(  # type: ignore[arg-type]  # (mypy issue 11470)
             *exc.args, request=request, response=exc.response)
     except Exception:        # an exception type with another signature: keep it as it is
         return exc
     named.backends_tried = tuple(b.url for b in tried)
+    named.deadline = deadline
     return named
 
 
@@ -149,12 +151,15 @@ else:
 
 
 class _NamesBackends(_RequestException):
-    """Mixin of the exceptions the adapter raises: names the backends tried in ``str()``."""
+    """Mixin of the exceptions the adapter raises: names the backends tried in ``str()``,
+    and first the request's deadline when it ran out."""
 
     backends_tried: tuple[str, ...] = ()
+    deadline: str | None = None
 
     def __str__(self) -> str:
-        return f"{super().__str__()} (backends tried: {', '.join(self.backends_tried)})"
+        text = f"{super().__str__()} (backends tried: {', '.join(self.backends_tried)})"
+        return text if self.deadline is None else f"{self.deadline}: {text}"
 
     def __reduce__(self) -> tuple[Callable[..., RequestException], tuple[Any, ...]]:
         # the class is made at run time: pickle its base (the requests exception)

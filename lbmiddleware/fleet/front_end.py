@@ -1,25 +1,45 @@
 """What the client front-ends (the requests adapter, the httpx transports) share: their
 settings resolved into a pool of their own or a shared one, the retry rule, waiting for a
-pool's first answers, and the sticky key read from a header or a cookie.
+pool's first answers, the sticky key read from a header or a cookie, and each request's
+attempt loop with its sticky cookie and its deadline.
 
 A mixin, so each front-end keeps its library's base class (``HTTPAdapter``,
 ``httpx.BaseTransport``); one copy of these steps instead of one per front-end.
+
+The sticky cookie (``LB_STICKY_COOKIE``, :mod:`lbmiddleware.proxy.sticky`): the outgoing
+request's ``Cookie`` header, where the caller's cookie jar (a ``requests.Session``'s, an
+``httpx.Client``'s) put it, names the backend to prefer (:meth:`ClientFrontEnd._attempts`);
+the response gets a ``Set-Cookie`` when another backend answered
+(:meth:`ClientFrontEnd._sticky_header`), which the jar keeps for the virtual host. Its path
+is ``/`` (:attr:`ClientFrontEnd.sticky_path`; the WSGI middleware, which forwards through an
+adapter, sets its prefix).
+
+The deadline (``LB_TIMEOUT``): the loop knows it (:class:`~lbmiddleware.core.attempts.Attempts`
+decides whether a retry has time), and each attempt's timeouts are cut to the time left
+(:func:`deadline_limits`); a timeout that the deadline cut and that fired is the deadline's,
+in its words (:func:`deadline_outcome`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from ..core.attempts import Attempts, Outcome
 from ..core.backend import Backend, Source
 from ..core.balancer import Balancer as CoreBalancer
 from ..core.forwarding import ForwardingSettings
 from ..core.settings import FrontEndSettings, Settings, resolve
-from ..proxy import parse_cookie
+from ..proxy import StickyCookie, parse_cookie
 from .pool import Balancer
 
-__all__ = ["ClientFrontEnd"]
+__all__ = ["ClientFrontEnd", "deadline_limits", "deadline_outcome", "deadline_words"]
+
+#: An attempt's timeouts by name ("connect", "read"; httpx's "write" and "pool" too), in
+#: seconds; None is no limit.
+Limits = Mapping[str, float | None]
 
 
 class ClientFrontEnd:
@@ -27,6 +47,10 @@ class ClientFrontEnd:
 
     balancer: CoreBalancer
     settings: ForwardingSettings
+    #: Reads the request's time and the deadline's (set by each front-end).
+    _timer: Callable[[], float]
+    #: The sticky cookie (``LB_STICKY_COOKIE``), None when off.
+    sticky_cookie: StickyCookie | None = None
 
     def _set_up(self, name: str, backends: Iterable[str | Backend | Source] | str | None,
                 policy: str | None, options: dict[str, Any], *,
@@ -55,7 +79,43 @@ class ClientFrontEnd:
         self._keyed = keyed_by_func or (
             balancer.policy == "ip_hash" and forwarding.hash_key != "client_ip")
         self._key_kind, _, self._key_name = forwarding.hash_key.partition(":")
+        self._deadline = forwarding.timeout
+        if forwarding.sticky_cookie:
+            self.sticky_cookie = StickyCookie(forwarding.sticky_cookie)
         return forwarding
+
+    @property
+    def sticky_path(self) -> str:
+        """The sticky cookie's ``Path``: ``/`` for a client (its cookie jar sends it with
+        every request to the virtual host); a proxy forwarding through this front-end (the
+        WSGI middleware) sets its prefix, so that two routes' cookies do not meet."""
+        return "/" if self.sticky_cookie is None else self.sticky_cookie.path
+
+    @sticky_path.setter
+    def sticky_path(self, path: str) -> None:
+        if self.sticky_cookie is not None:
+            self.sticky_cookie = StickyCookie(self.sticky_cookie.name, path)
+
+    def _attempts(self, method: str, key: str | None, cookie: str | None) -> Attempts:
+        """The attempt loop of one request (``cookie``: its ``Cookie`` header, read only
+        when the sticky cookie is on): its first pick prefers the backend the sticky
+        cookie names, and its deadline is ``LB_TIMEOUT`` from now on the front-end's
+        timer."""
+        sticky = self.sticky_cookie
+        prefer = None if sticky is None else sticky.read(cookie)
+        return Attempts(self.balancer, self._retry_rule, method, key, prefer=prefer,
+                        timeout=self._deadline, timer=self._timer)
+
+    def _sticky_header(self, attempts: Attempts, backend: Backend, secure: bool) -> str | None:
+        """The ``Set-Cookie`` value to add to ``backend``'s response, the answer of
+        ``attempts``' request (``secure``: the caller's URL is https): the sticky cookie
+        of ``backend`` when the request's did not name it; None when it did, or when
+        the sticky cookie is off."""
+        sticky = self.sticky_cookie
+        if sticky is None:
+            return None
+        value = self.balancer.sticky_value(backend)
+        return None if value == attempts.prefer else sticky.set_cookie(value, secure=secure)
 
     def _wait_ready(self) -> None:
         """Before the first request: wait for the first answers of the pool's sources (up
@@ -78,3 +138,41 @@ class ClientFrontEnd:
             cookie = header("Cookie")
             return parse_cookie(cookie).get(self._key_name) if cookie else None
         return None
+
+
+# -- the deadline's part of one attempt --------------------------------------------------------
+
+def deadline_limits(attempts: Attempts, limits: Limits) -> tuple[dict[str, float | None],
+                                                                frozenset[str]]:
+    """An attempt's timeouts (``limits``, by name; None: no limit), each cut to the time
+    left before the request's deadline (:meth:`Attempts.cut`), and the names of those it
+    cut: a timeout among them that fires is the deadline's. Without a deadline, the limits
+    as given and none cut."""
+    cut: dict[str, float | None] = dict(limits)
+    if attempts.deadline is None:
+        return cut, frozenset()
+    names = []
+    for name, limit in limits.items():
+        given = math.inf if limit is None else limit
+        cut[name], _ = attempts.cut(given, given)
+        if cut[name] != given:
+            names.append(name)
+    return cut, frozenset(names)
+
+
+def deadline_outcome(attempts: Attempts, outcome: Outcome, fired: str | None,
+                     cut: frozenset[str]) -> Outcome:
+    """``outcome``, an attempt's failure, in the deadline's words when the timeout that
+    fired (``fired``: its name, None for no timeout) is one the deadline cut."""
+    if fired is not None and fired in cut:
+        return outcome._replace(error=attempts.deadline_text())
+    return outcome
+
+
+def deadline_words(attempts: Attempts, outcome: Outcome) -> str | None:
+    """The deadline's words when ``outcome`` (the last attempt's) ended by the deadline,
+    for the caller's exception; None otherwise."""
+    if attempts.deadline is None or not outcome.timeout:
+        return None
+    words = attempts.deadline_text()
+    return words if outcome.error == words else None

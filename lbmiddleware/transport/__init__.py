@@ -14,7 +14,8 @@ One job per module:
 * :mod:`~lbmiddleware.transport.targets`: one inner httpx transport per backend;
 * :mod:`~lbmiddleware.transport.proxies`: the proxy the environment names for a real URL;
 * :mod:`~lbmiddleware.transport.outgoing`: each attempt's URL, ``Host`` and request;
-* :mod:`~lbmiddleware.transport.uploads`: whether a request's body can be sent again;
+* :mod:`~lbmiddleware.transport.uploads`: whether a request's body can be sent again
+  (a body read once is counted as it is sent);
 * :mod:`~lbmiddleware.transport.bodies`: an attempt ends when its response body does;
 * :mod:`~lbmiddleware.transport.errors`: httpx's errors as outcomes (one table) in the
   words every front-end uses, and the exceptions the caller gets.

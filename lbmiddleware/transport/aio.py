@@ -12,12 +12,16 @@ from .. import fleet
 from ..core.attempts import Attempts, Outcome
 from ..core.backend import Backend
 from ..errors import NoHealthyBackend
+from ..fleet.front_end import deadline_words
 from .base import LoadBalancing, Plan
 from .bodies import AsyncAttemptBody, adiscard
-from .errors import NoHealthyBackendError, failure, naming_backends
+from .errors import NoHealthyBackendError, naming_backends
 from .origins import MAPPED_STATUSES, origin_parts
 
 __all__ = ["AsyncLoadBalancingTransport"]
+
+#: No timeout of the attempt was cut (no deadline).
+_NOTHING_CUT: frozenset[str] = frozenset()
 
 
 class AsyncLoadBalancingTransport(LoadBalancing[httpx.AsyncBaseTransport],
@@ -52,18 +56,23 @@ class AsyncLoadBalancingTransport(LoadBalancing[httpx.AsyncBaseTransport],
         if not self._started:
             await self._start()
         plan = Plan(self, request)
-        attempts = Attempts(self.balancer, self._retry_rule, request.method, plan.key)
+        attempts = self._attempts(
+            request.method, plan.key,
+            None if self.sticky_cookie is None else request.headers.get("Cookie"))
         try:
             backend = attempts.start()
         except NoHealthyBackend as exc:
             raise NoHealthyBackendError(str(exc), request=request) from exc
         with attempts:      # an exception (a cancellation) releases the attempt
             while True:
-                answer, outcome = await self._forward(plan, backend)
+                answer, outcome = await self._forward(plan, backend, attempts)
                 if outcome.ok:
                     break
-                if self._closed and isinstance(answer, httpx.TransportError):
-                    attempts.release()      # ended by our own close, maybe: no one's failure
+                if isinstance(answer, httpx.TransportError) and (
+                        self._closed or isinstance(answer, httpx.PoolTimeout)):
+                    # ended by our own close, maybe, or our own pool was full: no one's
+                    # failure, and not retried (see the class doc)
+                    attempts.release()
                     break
                 following = attempts.retry(outcome, replayable=plan.replayable)
                 if following is None:
@@ -72,38 +81,52 @@ class AsyncLoadBalancingTransport(LoadBalancing[httpx.AsyncBaseTransport],
                     await adiscard(answer)
                 backend = following
             if isinstance(answer, httpx.TransportError):
-                raise naming_backends(answer, request, attempts.tried,
-                                      outcome.error) from answer
+                raise naming_backends(answer, request, attempts.tried, outcome.error,
+                                      deadline_words(attempts, outcome)) from answer
             body = cast(AsyncAttemptBody, answer.stream)
             body.end_attempt(attempts, outcome, plan.timeouts)
             extensions = answer.extensions      # which backend answered, after how many
             extensions["lbmiddleware.backend"] = backend.url
             extensions["lbmiddleware.attempts"] = len(attempts.tried)
+            if self.sticky_cookie is not None:
+                self._stick(answer, attempts, backend, request)
             return answer
 
-    async def _forward(self, plan: Plan, backend: Backend
+    async def _forward(self, plan: Plan, backend: Backend, attempts: Attempts
                        ) -> tuple[httpx.Response | httpx.TransportError, Outcome]:
         """One attempt on ``backend``: the response (its body still to read) or the
-        exception that failed the attempt, and the attempt's outcome."""
+        exception that failed the attempt, and the attempt's outcome: its timeouts cut to
+        the time left before the request's deadline."""
         target = self._targets.acquire(backend)
+        counted = plan.counted
+        before = 0 if counted is None else counted.sent
+        if attempts.deadline is None:
+            upstream, timeouts, cut = plan.upstream(target), plan.timeouts, _NOTHING_CUT
+        else:
+            extensions, timeouts, cut = plan.cut(attempts)
+            upstream = plan.upstream(target, extensions)
         start = self._timer()
         try:
-            response = await target.transport.handle_async_request(plan.upstream(target))
+            response = await target.transport.handle_async_request(upstream)
         except httpx.TransportError as exc:
             closing = target.release()
             if closing is not None:
                 await closing.aclose()
-            return exc, failure(exc, self._timer() - start, plan.timeouts)
+            return exc, plan.failure(exc, self._timer() - start, attempts, timeouts, cut,
+                                     before)
         except BaseException:                   # cancelled: close it later, not here
             self._close_later([target.release()])
             raise
         latency = self._timer() - start
+        if cut:     # the deadline ends at the head: the body's reads get the attempt's own
+            upstream.extensions["timeout"] = plan.timeouts      # (httpcore reads them then)
         if response.status_code in MAPPED_STATUSES:
             self._map_location(response, backend)
         response.stream = AsyncAttemptBody(cast(httpx.AsyncByteStream, response.stream),
                                            target)
-        return response, self._retry_rule.outcome(response.status_code, latency,
-                                                  bytes_sent=plan.size)
+        return response, self._retry_rule.outcome(
+            response.status_code, latency,
+            bytes_sent=plan.size if counted is None else counted.sent - before)
 
     async def _start(self) -> None:
         """Before the first request: remember the loop (departed backends' connections are

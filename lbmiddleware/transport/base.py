@@ -17,6 +17,7 @@ from typing import Any, Generic, TypeVar
 
 import httpx
 
+from ..core.attempts import Attempts, Outcome
 from ..core.backend import Backend, Source
 from ..core.balancer import Balancer
 from ..core.events import MembershipChanged
@@ -24,13 +25,13 @@ from ..core.forwarding import ForwardingSettings
 from ..core.settings import FrontEndSettings, Settings, resolve, setting_names
 from ..errors import ConfigError
 from ..fleet.departures import follow_departures
-from ..fleet.front_end import ClientFrontEnd
+from ..fleet.front_end import ClientFrontEnd, deadline_limits, deadline_outcome
 from . import outgoing
-from .errors import closed_error
+from .errors import closed_error, failure, limit_name
 from .origins import Origin, Parts, mapped_location, origin_of, parts_of
 from .proxies import as_proxy, environment_proxy
 from .targets import Target, Targets
-from .uploads import replayable_body
+from .uploads import CountedStream, replayable_body
 
 __all__ = ["LoadBalancing", "Plan", "TransportOptions"]
 
@@ -80,19 +81,24 @@ class TransportOptions:
 
 class Plan:
     """One request as every attempt sends it, worked out once by ``transport``: its sticky
-    key, whether its body can be sent again and its size, the timeouts (``timeouts``, in
-    ``extensions``), and where the backend's ``Host`` goes (``host_at``:
-    :func:`~.outgoing.find_host`'s position, or None when the request keeps its own)."""
+    key, whether its body can be sent again and its size (``counted``: a body read once,
+    counted as it is sent), the timeouts (``timeouts``, in ``extensions``), and where the
+    backend's ``Host`` goes (``host_at``: :func:`~.outgoing.find_host`'s position, or None
+    when the request keeps its own)."""
 
-    __slots__ = ("request", "key", "replayable", "size", "host_at", "extensions", "timeouts")
+    __slots__ = ("request", "key", "replayable", "size", "counted", "host_at", "extensions",
+                 "timeouts")
 
     def __init__(self, transport: LoadBalancing[Any], request: httpx.Request) -> None:
         self.request = request
         self.key = transport.request_key(request) if transport._keyed else None
+        self.counted: CountedStream | None = None
         try:        # (replayable_body's first case, the usual one, without its call)
             self.replayable, self.size = True, len(request.content)
         except httpx.RequestNotRead:
             self.replayable, self.size = replayable_body(request)
+            if not self.replayable:
+                self.counted = CountedStream(request.stream)
         # The request keeps its own Host with preserve_host, or when it set another than
         # its URL's (httpx always sends the URL's); without one it gets the backend's.
         host, position = outgoing.find_host(request.headers)
@@ -120,12 +126,42 @@ class Plan:
         self.extensions = extensions
         self.timeouts = given
 
-    def upstream(self, target: Target[Any]) -> httpx.Request:
+    def upstream(self, target: Target[Any], extensions: dict[str, Any] | None = None
+                 ) -> httpx.Request:
         """The request as ``target``'s backend gets it: its URL with the base path, its
-        ``Host`` unless the request keeps its own, its TLS name."""
-        return outgoing.attempt(
+        ``Host`` unless the request keeps its own, its TLS name, its body (counted when it
+        is read once); ``extensions``: this attempt's, when not the plan's (:meth:`cut`)."""
+        if extensions is None:
+            extensions = self.extensions
+        request = outgoing.attempt(
             self.request, target.url, self.host_at, target.host,
-            {**self.extensions, **target.extensions} if target.extensions else self.extensions)
+            {**extensions, **target.extensions} if target.extensions else extensions)
+        if self.counted is not None:
+            request.stream = self.counted
+        return request
+
+    def cut(self, attempts: Attempts) -> tuple[dict[str, Any], Mapping[str, float | None],
+                                               frozenset[str]]:
+        """An attempt's extensions and timeouts under the request's deadline: each timeout
+        (connect, read, write, pool) cut to the time left, and the names of those cut."""
+        timeouts, cut = deadline_limits(attempts, self.timeouts)
+        return {**self.extensions, "timeout": timeouts}, timeouts, cut
+
+    def sent(self, before: int) -> int:
+        """The body bytes an attempt sent: the size, or what the counter counted since
+        ``before`` (its count when the attempt began)."""
+        return self.size if self.counted is None else self.counted.sent - before
+
+    def failure(self, exc: httpx.TransportError, latency: float, attempts: Attempts,
+                timeouts: Mapping[str, float | None], cut: frozenset[str],
+                before: int) -> Outcome:
+        """The outcome of an attempt that raised ``exc`` (:func:`~.errors.failure`), in
+        the deadline's words when it was a timeout the deadline cut, with the bytes sent."""
+        outcome = failure(exc, latency, timeouts)
+        if cut and outcome.timeout:
+            outcome = deadline_outcome(attempts, outcome, limit_name(exc), cut)
+        sent = self.sent(before)
+        return outcome._replace(bytes_sent=sent) if sent else outcome
 
 
 class LoadBalancing(ClientFrontEnd, Generic[T]):
@@ -256,6 +292,18 @@ class LoadBalancing(ClientFrontEnd, Generic[T]):
         with self._others_lock:
             others, self._others = list(self._others.values()), {}
         return others
+
+    def _stick(self, response: httpx.Response, attempts: Attempts, backend: Backend,
+               request: httpx.Request) -> None:
+        """Add the sticky cookie's ``Set-Cookie`` to ``backend``'s ``response`` (the answer
+        of ``request``), when the request's cookie did not name it: the client's cookie
+        jar keeps it for the request's URL (the virtual host)."""
+        value = self._sticky_header(attempts, backend, request.url.scheme == "https")
+        if value is not None:
+            headers = response.headers
+            response.headers = httpx.Headers(
+                [*headers.raw, (b"Set-Cookie", value.encode("ascii"))],
+                encoding=headers.encoding)
 
     def _map_location(self, response: httpx.Response, backend: Backend) -> None:
         """A ``Location`` pointing at ``backend`` itself, mapped to the virtual origin (see

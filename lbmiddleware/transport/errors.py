@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from ..core.backend import Backend
 
 __all__ = ["NoHealthyBackendError", "Timeouts", "closed_error", "describe", "failure",
-           "naming_backends"]
+           "limit_name", "naming_backends"]
 
 #: An httpx timeout as a request carries it (``extensions["timeout"]``).
 Timeouts = Mapping[str, float | None]
@@ -54,9 +54,10 @@ def closed_error(name: str) -> RuntimeError:
 # How an exception from an inner transport ends an attempt: the first row naming its class
 # gives (sent, timeout); a row with ``sent`` None is no fault of the backend and is raised as
 # it is (the attempt released, not reported). A connect failure was not sent: any method may
-# be retried. So was a request that found its backend's connection pool full (PoolTimeout:
-# ``limits=`` is per backend), which another backend may take. LocalProtocolError and
-# UnsupportedProtocol are a request httpx would not send.
+# be retried. LocalProtocolError and UnsupportedProtocol are a request httpx would not send.
+# A PoolTimeout (no free connection in the backend's own pool in time: ``limits=`` is per
+# backend) is not the backend's failure either: its row gives its words, and the transports
+# release that attempt and raise it (see LoadBalancingTransport).
 _FAILURES: tuple[tuple[type[Exception] | tuple[type[Exception], ...], bool | None, bool], ...] = (
     ((httpx.ProxyError, httpx.LocalProtocolError, httpx.UnsupportedProtocol), None, False),
     ((httpx.ConnectTimeout, httpx.PoolTimeout), False, True),
@@ -87,6 +88,17 @@ def failure(exc: httpx.TransportError, latency: float,
 _TIMEOUTS = ((httpx.ConnectTimeout, "connect", "connect timed out"),
              (httpx.ReadTimeout, "read", "read timed out"),
              (httpx.WriteTimeout, "write", "write timed out"))
+
+
+def limit_name(exc: BaseException) -> str | None:
+    """The name of the limit (httpx's ``Timeout``: connect, read, write, pool) whose timeout
+    ``exc`` is; None when it is no timeout."""
+    if isinstance(exc, httpx.PoolTimeout):
+        return "pool"
+    for kind, name, _ in _TIMEOUTS:
+        if isinstance(exc, kind):
+            return name
+    return None
 
 # h11's words for a body cut short: "peer closed connection without sending complete message
 # body (received 3 bytes, expected 100)" or "(incomplete chunked read)"; and for a head that
@@ -153,16 +165,22 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
 
 
 def naming_backends(exc: httpx.TransportError, request: httpx.Request,
-                    tried: Sequence[Backend], words: str | None = None) -> httpx.TransportError:
+                    tried: Sequence[Backend], words: str | None = None,
+                    deadline: str | None = None) -> httpx.TransportError:
     """``exc`` for the caller: the same class, its message (``words``, the failure's, when
     it has none: a PoolTimeout's) followed by the backends tried (also in
-    ``backends_tried``), for the caller's ``request``. An exception class that cannot be
-    made from a message alone is returned as it is, with ``backends_tried``."""
+    ``backends_tried``), for the caller's ``request``; ``deadline``: the words of the
+    request's deadline when it was what ran out (first in the message, and in
+    ``deadline``). An exception class that cannot be made from a message alone is returned
+    as it is, with ``backends_tried`` and ``deadline``."""
     urls = tuple(b.url for b in tried)
     text = str(exc) or words or type(exc).__name__
+    if deadline is not None:
+        text = f"{deadline}: {text}"
     try:
         named = type(exc)(f"{text} (backends tried: {', '.join(urls)})", request=request)
     except Exception:           # a subclass with another signature: keep it as it is
         named = exc
     named.backends_tried = urls  # type: ignore[attr-defined]
+    named.deadline = deadline  # type: ignore[attr-defined]
     return named

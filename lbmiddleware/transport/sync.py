@@ -10,12 +10,16 @@ import httpx
 from ..core.attempts import Attempts, Outcome
 from ..core.backend import Backend
 from ..errors import NoHealthyBackend
+from ..fleet.front_end import deadline_words
 from .base import LoadBalancing, Plan
 from .bodies import AttemptBody, discard
-from .errors import NoHealthyBackendError, failure, naming_backends
+from .errors import NoHealthyBackendError, naming_backends
 from .origins import MAPPED_STATUSES, origin_parts
 
 __all__ = ["LoadBalancingTransport"]
+
+#: No timeout of the attempt was cut (no deadline).
+_NOTHING_CUT: frozenset[str] = frozenset()
 
 
 class LoadBalancingTransport(LoadBalancing[httpx.BaseTransport], httpx.BaseTransport):
@@ -59,14 +63,31 @@ class LoadBalancingTransport(LoadBalancing[httpx.BaseTransport], httpx.BaseTrans
     Retries follow the rules of every front-end (docs/contract.md, "Retries": the core's
     attempt loop). A body httpx holds in memory (``content=``, ``json=``, ``data=``) is sent
     again, and so is a multipart upload (``files=``) whose files can seek; a generator is
-    not. A backend whose connection pool is full (``httpx.PoolTimeout``) was not sent the
-    request: another backend gets it. A response counts as in flight until its body is
-    read or closed; ``response.extensions["lbmiddleware.backend"]`` is the URL of the
-    backend that answered, ``["lbmiddleware.attempts"]`` the attempts made. When every
-    attempt raised, the last httpx exception is raised again, of the
-    same class, naming the backends tried (also in ``backends_tried``); an empty pool
-    raises :class:`~lbmiddleware.transport.NoHealthyBackendError`, an ``httpx.ConnectError``
-    that is also a ``lb.NoHealthyBackend``.
+    not. A response counts as in flight until its body is read or closed;
+    ``response.extensions["lbmiddleware.backend"]`` is the URL of the backend that
+    answered, ``["lbmiddleware.attempts"]`` the attempts made. When every attempt raised,
+    the last httpx exception is raised again, of the same class, naming the backends tried
+    (also in ``backends_tried``); an empty pool raises
+    :class:`~lbmiddleware.transport.NoHealthyBackendError`, an ``httpx.ConnectError`` that
+    is also a ``lb.NoHealthyBackend``.
+
+    A backend's connection pool that stays full for httpx's ``pool`` timeout
+    (``httpx.PoolTimeout``: ``limits=`` is per backend) is this client's own limit, not
+    the backend's failure: the attempt is released (no failure counted, no retry budget
+    spent) and the PoolTimeout raised, naming the backend, as a plain client raises it.
+    It is not sent elsewhere: the caller has waited its pool timeout already, and another
+    backend would get the overflow of a client that is past its own limits (raise
+    ``limits=``, or use ``least_conn``, whose in-flight counts steer picks away from it).
+
+    The ``timeout`` setting (``LB_TIMEOUT``) bounds the whole request up to its response
+    head: each attempt's connect, read, write and pool timeouts are cut to the time left,
+    a retry is not started without time for it, and a timeout the deadline cut raises
+    httpx's own (``ReadTimeout``, ``ConnectTimeout``, ...) naming the deadline and the
+    backends tried; the body's reads then get the attempt's own read timeout back. With
+    ``sticky_cookie`` (``LB_STICKY_COOKIE``) the client's cookie jar keeps it on the
+    backend that first answered it: a response from another backend than the one its
+    ``Cookie`` named gets a ``Set-Cookie`` (path ``/``, ``Secure`` for an https URL), which
+    the client keeps for the virtual host.
 
     ``close()`` (``Client.close()`` calls it) closes the inner transports and the pool the
     transport built (a shared ``balancer=`` is left to its owner); a request running then
@@ -83,18 +104,23 @@ class LoadBalancingTransport(LoadBalancing[httpx.BaseTransport], httpx.BaseTrans
         if not self._ready:
             self._wait_ready()
         plan = Plan(self, request)
-        attempts = Attempts(self.balancer, self._retry_rule, request.method, plan.key)
+        attempts = self._attempts(
+            request.method, plan.key,
+            None if self.sticky_cookie is None else request.headers.get("Cookie"))
         try:
             backend = attempts.start()
         except NoHealthyBackend as exc:
             raise NoHealthyBackendError(str(exc), request=request) from exc
         with attempts:      # an exception (a ProxyError, an interrupt) releases the attempt
             while True:
-                answer, outcome = self._forward(plan, backend)
+                answer, outcome = self._forward(plan, backend, attempts)
                 if outcome.ok:
                     break
-                if self._closed and isinstance(answer, httpx.TransportError):
-                    attempts.release()      # ended by our own close, maybe: no one's failure
+                if isinstance(answer, httpx.TransportError) and (
+                        self._closed or isinstance(answer, httpx.PoolTimeout)):
+                    # ended by our own close, maybe, or our own pool was full: no one's
+                    # failure, and not retried (see the class doc)
+                    attempts.release()
                     break
                 following = attempts.retry(outcome, replayable=plan.replayable)
                 if following is None:
@@ -103,35 +129,49 @@ class LoadBalancingTransport(LoadBalancing[httpx.BaseTransport], httpx.BaseTrans
                     discard(answer)
                 backend = following
             if isinstance(answer, httpx.TransportError):
-                raise naming_backends(answer, request, attempts.tried,
-                                      outcome.error) from answer
+                raise naming_backends(answer, request, attempts.tried, outcome.error,
+                                      deadline_words(attempts, outcome)) from answer
             body = cast(AttemptBody, answer.stream)
             body.end_attempt(attempts, outcome, plan.timeouts)
             extensions = answer.extensions      # which backend answered, after how many
             extensions["lbmiddleware.backend"] = backend.url
             extensions["lbmiddleware.attempts"] = len(attempts.tried)
+            if self.sticky_cookie is not None:
+                self._stick(answer, attempts, backend, request)
             return answer
 
-    def _forward(self, plan: Plan, backend: Backend
+    def _forward(self, plan: Plan, backend: Backend, attempts: Attempts
                  ) -> tuple[httpx.Response | httpx.TransportError, Outcome]:
         """One attempt on ``backend``: the response (its body still to read) or the
-        exception that failed the attempt, and the attempt's outcome."""
+        exception that failed the attempt, and the attempt's outcome: its timeouts cut to
+        the time left before the request's deadline."""
         target = self._targets.acquire(backend)
+        counted = plan.counted
+        before = 0 if counted is None else counted.sent
+        if attempts.deadline is None:
+            upstream, timeouts, cut = plan.upstream(target), plan.timeouts, _NOTHING_CUT
+        else:
+            extensions, timeouts, cut = plan.cut(attempts)
+            upstream = plan.upstream(target, extensions)
         start = self._timer()
         try:
-            response = target.transport.handle_request(plan.upstream(target))
+            response = target.transport.handle_request(upstream)
         except httpx.TransportError as exc:
             self._close_later([target.release()])
-            return exc, failure(exc, self._timer() - start, plan.timeouts)
+            return exc, plan.failure(exc, self._timer() - start, attempts, timeouts, cut,
+                                     before)
         except BaseException:
             self._close_later([target.release()])
             raise
         latency = self._timer() - start
+        if cut:     # the deadline ends at the head: the body's reads get the attempt's own
+            upstream.extensions["timeout"] = plan.timeouts      # (httpcore reads them then)
         if response.status_code in MAPPED_STATUSES:
             self._map_location(response, backend)
         response.stream = AttemptBody(cast(httpx.SyncByteStream, response.stream), target)
-        return response, self._retry_rule.outcome(response.status_code, latency,
-                                                  bytes_sent=plan.size)
+        return response, self._retry_rule.outcome(
+            response.status_code, latency,
+            bytes_sent=plan.size if counted is None else counted.sent - before)
 
     def _plain_transport(self, proxy: httpx.Proxy | None) -> httpx.BaseTransport:
         options = self._options

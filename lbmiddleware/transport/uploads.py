@@ -1,4 +1,5 @@
-"""Whether a request's body can be sent again on a retry, and its size.
+"""Whether a request's body can be sent again on a retry, and its size; a body read once
+counted as it is sent (:class:`CountedStream`).
 
 A body httpx holds in memory (``content=`` bytes, ``json=``, ``data=`` a form) is sent
 again as it is. A generator or a file given as ``content=`` is read once. A multipart
@@ -11,11 +12,12 @@ keeps it otherwise sends such uploads once, as before.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
 
-__all__ = ["replayable_body"]
+__all__ = ["replayable_body", "CountedStream"]
 
 
 def _multipart_classes() -> tuple[type[Any], type[Any]] | None:
@@ -57,3 +59,35 @@ def _renders_again(field: Any, file_field: type[Any]) -> bool:
         return True
     seekable = getattr(file, "seekable", None)
     return callable(seekable) and bool(seekable())
+
+
+class CountedStream(httpx.SyncByteStream, httpx.AsyncByteStream):
+    """A request body read once (a generator, a file, a multipart upload whose file cannot
+    seek), whose size is not known before it is sent: it counts the bytes it gives the
+    inner transport (``sent``), for the attempt's outcome. Every attempt of the request
+    sends this one wrapper: one after a connect failure, which took nothing of it, goes on
+    from where the body is, as the body itself would."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self.sent = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self._stream:
+            self.sent += len(chunk)
+            yield chunk
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._stream:
+            self.sent += len(chunk)
+            yield chunk
+
+    def close(self) -> None:
+        close = getattr(self._stream, "close", None)
+        if close is not None:
+            close()
+
+    async def aclose(self) -> None:
+        aclose = getattr(self._stream, "aclose", None)
+        if aclose is not None:
+            await aclose()

@@ -22,9 +22,13 @@ from __future__ import annotations
 
 import gc
 import io
+import logging
 import os
 import random
+import threading
+import time
 from collections import Counter
+from typing import Any
 
 import pytest
 
@@ -425,6 +429,215 @@ class ClientContract:
         for tenant in ("t1", "t2", "t3", "t4"):
             seen = {client.get(f"/tenants/{tenant}/{i}").server for i in range(4)}
             assert len(seen) == 1
+
+    # -- sticky cookies (LB_STICKY_COOKIE) ----------------------------------------------------
+
+    def test_the_first_response_sets_the_sticky_cookie_and_the_client_sticks(self, driver,
+                                                                             backends):
+        """round_robin would spread them: the cookie the client's jar keeps and sends back
+        pins it to the backend that answered first, and is not set again."""
+        front = driver.make(backends, sticky_cookie="lb")
+        client = driver.client(front)
+        first = client.get("/")
+        owner = next(s for s in backends if s.name == first.server)
+        value = front.balancer.sticky_value(owner.url)
+        assert first.set_cookies == [f"lb={value}; Path=/; HttpOnly; SameSite=Lax"]
+        assert client.cookie("lb") == value
+        assert client.cookie_domains() == ["svc.local"]
+        later = [client.get(f"/{i}") for i in range(6)]
+        assert {r.server for r in later} == {owner.name}
+        assert all(r.set_cookies == [] for r in later)
+        assert [h["Cookie"] for _, _, h, _ in owner.received[1:]] == [f"lb={value}"] * 6
+        assert in_flight(front.balancer) == [0, 0, 0]
+
+    def test_without_the_setting_no_sticky_cookie_is_set(self, driver, backends):
+        client = driver.client(driver.make(backends))
+        assert {client.get("/").set_cookies == [] for _ in range(3)} == {True}
+        assert client.cookie_domains() == []
+
+    def test_the_sticky_cookie_keeps_the_backends_own_cookies_and_is_secure_over_https(
+            self, driver, backends):
+        a = backends[0]
+        a.extra_headers = [("Set-Cookie", "sid=abc; Path=/")]
+        client = driver.client(driver.make([a], sticky_cookie="lb"), vhost="https://svc")
+        reply = client.get("/")
+        value = lb.Balancer([a.url]).sticky_value(a.url)
+        assert reply.set_cookies == ["sid=abc; Path=/",
+                                     f"lb={value}; Path=/; HttpOnly; SameSite=Lax; Secure"]
+        assert (client.cookie("sid"), client.cookie("lb")) == ("abc", value)
+        assert client.get("/").json()["headers"]["Cookie"] in (f"sid=abc; lb={value}",
+                                                              f"lb={value}; sid=abc")
+
+    def test_a_stopped_backend_moves_the_client_and_replaces_its_cookie(self, driver,
+                                                                        backends):
+        front = driver.make(backends, sticky_cookie="lb")
+        client = driver.client(front)
+        owner = next(s for s in backends if s.name == client.get("/").server)
+        owner.stop()
+        moved = client.get("/")                         # refused, retried elsewhere
+        assert moved.server != owner.name
+        heir = next(s for s in backends if s.name == moved.server)
+        value = front.balancer.sticky_value(heir.url)
+        assert moved.set_cookies == [f"lb={value}; Path=/; HttpOnly; SameSite=Lax"]
+        assert client.cookie("lb") == value
+        assert {client.get(f"/{i}").server for i in range(4)} == {heir.name}
+        for server in backends:                         # no answer: the cookie stays
+            server.stop()
+        with pytest.raises(driver.errors.connect):
+            client.get("/")
+        assert client.cookie("lb") == value
+        assert in_flight(front.balancer) == [0, 0, 0]
+
+    @pytest.mark.parametrize("forged", ["0123456789abcdef", "not-a-value", "elsewhere"])
+    def test_a_forged_sticky_cookie_is_balanced_and_replaced(self, driver, backends, forged):
+        front = driver.make(backends, sticky_cookie="lb")
+        if forged == "elsewhere":                       # another pool's backend's value
+            forged = front.balancer.sticky_value("http://127.0.0.1:1")
+        client = driver.client(front)
+        client.set_cookie("lb", forged)
+        first = client.get("/")
+        assert first.server == "a"                      # round robin, as without a cookie
+        value = front.balancer.sticky_value(backends[0].url)
+        assert backends[0].received[0][2]["Cookie"] == f"lb={forged}"
+        assert first.set_cookies == [f"lb={value}; Path=/; HttpOnly; SameSite=Lax"]
+        assert client.cookie("lb") == value
+        assert {client.get("/").server for _ in range(3)} == {"a"}
+
+    # -- the request's deadline (LB_TIMEOUT) --------------------------------------------------
+
+    def test_the_deadline_ends_a_request_to_slow_backends_in_about_its_time(self, driver,
+                                                                            backends):
+        """Each attempt may wait 1 s (the call's timeout, per attempt as urllib3's), so
+        three hanging backends would take 3 s; the request's 0.3 s deadline cuts the first
+        attempt's read timeout to it, and leaves no time for a retry."""
+        for server in backends:
+            server.behaviour = "hang"
+        front = driver.make(backends, timeout=0.3, retries=2)
+        started = time.monotonic()
+        with pytest.raises(driver.errors.read_timeout) as info:
+            driver.client(front).get("/", timeout=(1.0, 1.0))
+        took = time.monotonic() - started
+        assert took < 0.3 + 1.0                         # (3 s without the deadline)
+        assert info.value.backends_tried == (backends[0].url,)
+        assert "the request's 300ms deadline (LB_TIMEOUT) ran out" in str(info.value)
+        assert backends[0].url in str(info.value)
+        assert [s.requests for s in backends] == [1, 0, 0]
+        assert [row["failures"] for row in front.balancer.stats()] == [1, 0, 0]
+        assert in_flight(front.balancer) == [0, 0, 0]
+
+    def test_the_deadline_cuts_a_retrys_timeout_to_the_time_left(self, driver, backends,
+                                                                 caplog):
+        """a times out on its own 0.7 s read timeout; the retry on b has the 0.5 s left of
+        the 1.2 s deadline, which runs out first; c is never tried."""
+        caplog.set_level(logging.INFO, logger="lbmiddleware.attempts")
+        a, b, c = backends
+        a.behaviour = b.behaviour = "hang"
+        front = driver.make(backends, timeout=1.2, retries=2)
+        with pytest.raises(driver.errors.read_timeout) as info:
+            driver.client(front).get("/", timeout=(1.0, 0.7))
+        assert info.value.backends_tried == (a.url, b.url)
+        assert "the request's 1.2s deadline (LB_TIMEOUT) ran out" in str(info.value)
+        assert c.requests == 0
+        lines = [r.getMessage() for r in caplog.records if r.name == "lbmiddleware.attempts"]
+        assert lines == [
+            f"GET attempt 1 on {a.url} failed: read timed out after 700ms; retrying on {b.url}",
+            f"GET attempt 2 on {b.url} failed: the request's 1.2s deadline (LB_TIMEOUT) ran "
+            f"out; not retried: the request's 1.2s deadline (LB_TIMEOUT) has passed"]
+        assert in_flight(front.balancer) == [0, 0, 0]
+
+    @pytest.mark.parametrize("stream", [False, True])
+    def test_the_deadline_ends_at_the_response_head_the_body_has_its_own_read_timeout(
+            self, driver, backends, stream):
+        """The head comes at once, the body's second half 0.6 s later: past the 0.3 s
+        deadline, within the attempt's own 5 s read timeout, which the body's reads get
+        back (the deadline bounds the wait for an answer, not its length)."""
+        a = backends[0]
+        a.behaviour, a.body_size = "pause_body", 10_000
+        front = driver.make([a], timeout=0.3)
+        client = driver.client(front)
+        later = threading.Timer(0.6, a.release.set)
+        later.start()
+        try:
+            if stream:
+                response = client.stream("GET", timeout=(1.0, 5.0))
+                assert len(response.read_all()) == 10_000
+                response.close()
+            else:
+                assert len(client.get("/", timeout=(1.0, 5.0)).body) == 10_000
+        finally:
+            later.join(2)
+        row = front.balancer.stats()[0]
+        assert (row["requests"], row["failures"], row["in_flight"]) == (1, 0, 0)
+
+    def test_retries_happen_within_the_deadline_when_there_is_time(self, driver, backends):
+        a, b, _ = backends
+        a.behaviour = "hang"
+        front = driver.make([refused_url(), a.url, b.url], timeout=5.0, retries=2)
+        response = driver.client(front).get("/", timeout=SHORT)
+        assert response.server == "b"
+        assert [row["failures"] for row in front.balancer.stats()] == [1, 1, 0]
+
+    # -- the retry budget ---------------------------------------------------------------------
+
+    def test_a_spent_retry_budget_makes_no_more_attempts_and_returns_the_last_503(
+            self, driver, backends, clock):
+        """Every backend sheds load with 503: a budget of one retry in its window (no ratio,
+        0.1 a second over 10 s) lets the first request retry once, and no more."""
+        for server in backends:
+            server.status = 503
+        pool = lb.Balancer([s.url for s in backends], retry_budget=0,
+                           retry_budget_min_per_second=0.1, retry_budget_ttl=10, timer=clock)
+        client = driver.client(driver.make(balancer=pool, retries=2))
+        first, second = client.get("/"), client.get("/")
+        assert (first.status, first.server) == (503, "b")       # a, then b; no third
+        assert (second.status, second.server) == (503, "c")     # c, and no retry at all
+        assert [s.requests for s in backends] == [1, 1, 1]
+        budget = pool.pool_stats()["retry_budget"]
+        assert (budget["requests"], budget["retries"], budget["exhausted_total"]) == (2, 1, 2)
+        assert in_flight(pool) == [0, 0, 0]
+
+    # -- body bytes ----------------------------------------------------------------------------
+
+    @pytest.mark.parametrize("kind", ["bytes", "file", "generator"])
+    def test_every_attempt_reports_the_body_bytes_sent_and_received(self, driver, backends,
+                                                                    kind):
+        """Both attempts, the 503 retried and the answer, report the request body they sent
+        (a file from where it stood, a generator as it was sent); the answer the body it
+        received. A body sent once (a generator; a file for httpx) is retried only after a
+        connect failure, which sent nothing."""
+        a, b, _ = backends
+        a.status = 503
+        body: Any = b"payload"
+        if kind == "file" and driver.replays_files:
+            body = io.BytesIO(b"skip:payload")
+            body.seek(5)
+        elif kind == "file":
+            body = io.BytesIO(b"payload")
+        elif kind == "generator":
+            body = [b"pay", b"load"]
+        replayed = kind == "bytes" or (kind == "file" and driver.replays_files)
+        first = a.url if replayed else refused_url()
+        front = driver.make([first, b.url])
+        reply = driver.client(front).request("PUT", "/doc", body=body)
+        assert reply.server == "b"
+        assert b.received[-1][3] == b"payload"
+        rows = {row["url"]: row for row in front.balancer.stats()}
+        assert rows[b.url]["bytes_sent"] == 7
+        assert rows[b.url]["bytes_received"] == len(reply.body)
+        assert rows[first]["bytes_sent"] == (7 if replayed else 0)
+
+    def test_a_streamed_body_reports_what_was_read(self, driver, big):
+        front = driver.make([big])
+        client = driver.client(front)
+        response = client.stream("GET")
+        assert response.read_rest() == 1_000_000
+        assert front.balancer.stats()[0]["bytes_received"] == 1_000_000
+
+        response = client.stream("GET")
+        read = len(response.read_some())
+        response.close()
+        received = front.balancer.stats()[0]["bytes_received"] - 1_000_000
+        assert read <= received < 1_000_000
 
     # -- configuration --------------------------------------------------------------------------
 

@@ -45,13 +45,16 @@ _R = TypeVar("_R")
 class Reply:
     """What the caller got: ``status``, ``headers``, ``url`` (as the client saw it: the
     virtual host), ``history`` (statuses of the redirects followed), ``body`` (read whole;
-    for a stream see :class:`Stream`)."""
+    for a stream see :class:`Stream`), ``set_cookies`` (each ``Set-Cookie`` header's
+    value, in order)."""
 
     def __init__(self, status: int, headers: Any, url: str, body: bytes = b"",
-                 history: list[int] | None = None, request_url: str = "") -> None:
+                 history: list[int] | None = None, request_url: str = "",
+                 set_cookies: list[str] | None = None) -> None:
         self.status, self.headers, self.url, self.body = status, headers, url, body
         self.history = history or []
         self.request_url = request_url
+        self.set_cookies = set_cookies or []
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -69,7 +72,7 @@ class Stream(Reply):
     def __init__(self, reply: Reply, pieces: Callable[[], bytes | None],
                  closer: Callable[[], None]) -> None:
         super().__init__(reply.status, reply.headers, reply.url, history=reply.history,
-                         request_url=reply.request_url)
+                         request_url=reply.request_url, set_cookies=reply.set_cookies)
         self._pieces, self._closer = pieces, closer
 
     def read_some(self) -> bytes:
@@ -108,6 +111,14 @@ class Client:
         raise NotImplementedError
 
     def cookie_domains(self) -> list[str]:
+        raise NotImplementedError
+
+    def cookie(self, name: str) -> str | None:
+        """The value of the cookie ``name`` in the client's jar (None: not there)."""
+        raise NotImplementedError
+
+    def set_cookie(self, name: str, value: str) -> None:
+        """Put the cookie ``name`` in the client's jar, as the virtual host had set it."""
         raise NotImplementedError
 
     def get(self, target: str = "/", **kwargs: Any) -> Reply:
@@ -183,7 +194,15 @@ def _timeout(timeout: tuple[float, float] | None) -> Any:
 
 def _reply(response: httpx.Response, body: bytes = b"") -> Reply:
     return Reply(response.status_code, response.headers, str(response.url), body,
-                 [r.status_code for r in response.history], str(response.request.url))
+                 [r.status_code for r in response.history], str(response.request.url),
+                 response.headers.get_list("Set-Cookie"))
+
+
+def _jar_domain(vhost: str) -> str:
+    """The domain a cookie jar gives a cookie the virtual host set (a host name without a
+    dot gets ``.local``, as http.cookiejar names it)."""
+    host = httpx.URL(vhost).host
+    return host if "." in host else host + ".local"
 
 
 def _content(body: Body) -> Any:
@@ -207,18 +226,25 @@ class _RequestsClient(Client):
             headers=headers, cookies=cookies, auth=auth, timeout=timeout)
         return Reply(response.status_code, response.headers, response.url,
                      response.content, [r.status_code for r in response.history],
-                     response.request.url or "")
+                     response.request.url or "", response.raw.headers.getlist("Set-Cookie"))
 
     def stream(self, method: str, target: str = "/", *,
                timeout: tuple[float, float] | None = None) -> Stream:
         response = self.session.request(method, self.vhost + target, stream=True,
                                         timeout=timeout)
         pieces = response.iter_content(4096)
-        reply = Reply(response.status_code, response.headers, response.url)
+        reply = Reply(response.status_code, response.headers, response.url,
+                      set_cookies=response.raw.headers.getlist("Set-Cookie"))
         return Stream(reply, lambda: next(pieces, None), response.close)
 
     def cookie_domains(self) -> list[str]:
         return [c.domain for c in self.session.cookies]
+
+    def cookie(self, name: str) -> str | None:
+        return self.session.cookies.get(name)
+
+    def set_cookie(self, name: str, value: str) -> None:
+        self.session.cookies.set(name, value, domain=_jar_domain(self.vhost), path="/")
 
     def close(self) -> None:
         self.session.close()
@@ -277,6 +303,12 @@ class _HttpxClient(Client):
 
     def cookie_domains(self) -> list[str]:
         return [c.domain for c in self.httpx.cookies.jar]
+
+    def cookie(self, name: str) -> str | None:
+        return self.httpx.cookies.get(name)
+
+    def set_cookie(self, name: str, value: str) -> None:
+        self.httpx.cookies.set(name, value, domain=_jar_domain(self.vhost), path="/")
 
     def close(self) -> None:
         self.httpx.close()
@@ -364,11 +396,27 @@ class _AsyncHttpxClient(Client):
     def cookie_domains(self) -> list[str]:
         return [c.domain for c in self.httpx.cookies.jar]
 
+    def cookie(self, name: str) -> str | None:
+        return self.httpx.cookies.get(name)
+
+    def set_cookie(self, name: str, value: str) -> None:
+        self.httpx.cookies.set(name, value, domain=_jar_domain(self.vhost), path="/")
+
     def close(self) -> None:
         self.loop.run(self.httpx.aclose())
 
 
 def _async_content(body: Body) -> Any:
+    """The body as an AsyncClient takes it: a list of chunks or a file (an AsyncClient
+    refuses a sync one) as an async generator."""
+    if isinstance(body, io.IOBase):
+        file = body
+
+        async def reads() -> Any:
+            while chunk := file.read(4096):
+                yield chunk
+
+        return reads()
     if not isinstance(body, list):
         return body
 

@@ -1,6 +1,6 @@
 """Each attempt of the transports, against real loopback backends: a backend whose
-connection pool is full (the request never left: another backend gets it), an explicit
-``read=None`` kept, a multipart upload sent again, each failed attempt in the words every
+connection pool is full (the client's own limit: released, not the backend's failure), an
+explicit ``read=None`` kept, a multipart upload sent again, each failed attempt in the words every
 front-end uses (read from its log line), and which backend answered (the response's
 extensions)."""
 
@@ -30,10 +30,12 @@ def attempt_lines(caplog) -> list[str]:
 
 # -- a full connection pool ----------------------------------------------------------------
 
-def test_a_backends_full_pool_sends_the_request_to_another_backend(servers, caplog):
+def test_a_backends_full_pool_is_not_its_failure_the_request_is_released_not_retried(
+        servers, caplog):
     """a's one connection (``limits=`` is per backend) is held by a hung request: a request
-    picked for a waits httpx's pool timeout, then goes to b, whatever its method (it never
-    left, as after a refused connection), and the log says why."""
+    picked for a waits httpx's pool timeout, and then gets httpx's PoolTimeout naming a, as
+    a plain client would. The client's own pool was full: a did nothing wrong (no failure
+    counted, nothing logged), and the request is not sent elsewhere after that wait."""
     caplog.set_level(logging.INFO, logger="lbmiddleware.attempts")
     a, b = servers("a"), servers("b")
     a.behaviour = "hang"
@@ -43,7 +45,7 @@ def test_a_backends_full_pool_sends_the_request_to_another_backend(servers, capl
 
     def hang() -> None:
         try:
-            client.get("/1")
+            client.get("/1")            # (once a stops: retried on b, or an error)
         except httpx.HTTPError:
             pass
 
@@ -52,17 +54,44 @@ def test_a_backends_full_pool_sends_the_request_to_another_backend(servers, capl
     try:
         assert wait_for(lambda: a.requests == 1)
         assert client.get("/2").json()["server"] == "b"             # round robin: b, then a
-        response = client.post("/3", content=b"order")               # a's pool is full
-        assert (response.json()["server"], response.json()["body"]) == ("b", "order")
-        assert response.extensions["lbmiddleware.attempts"] == 2
-        assert a.requests == 1
-        assert f"POST attempt 1 on {a.url} failed: no free connection within 300ms (the " \
-               f"backend's connection pool is full); retrying on {b.url}" \
-            in attempt_lines(caplog)
+        with pytest.raises(httpx.PoolTimeout) as info:
+            client.post("/3", content=b"order")                      # a's pool is full
+        assert str(info.value) == ("no free connection within 300ms (the backend's connection "
+                                   f"pool is full) (backends tried: {a.url})")
+        assert info.value.backends_tried == (a.url,)
+        assert (a.requests, b.requests) == (1, 1)
+        rows = {row["url"]: row for row in transport.balancer.stats()}
+        assert (rows[a.url]["failures"], rows[a.url]["in_flight"]) == (0, 1)   # the hung one
+        assert (rows[b.url]["failures"], rows[b.url]["in_flight"]) == (0, 0)
+        assert attempt_lines(caplog) == []
     finally:
         a.stop()                                                     # the hung one ends
         hung.join(5)
         client.close()
+
+
+def test_a_full_pool_is_released_by_the_async_transport_too(servers):
+    a = servers("a")
+    a.behaviour = "hang"
+
+    async def scenario() -> tuple[str, dict]:
+        transport = AsyncLoadBalancingTransport([a.url], limits=httpx.Limits(max_connections=1))
+        async with httpx.AsyncClient(transport=transport, base_url=VHOST,
+                                     timeout=httpx.Timeout(5, pool=0.2)) as client:
+            hung = asyncio.create_task(client.get("/1"))
+            while a.requests == 0:
+                await asyncio.sleep(0.005)
+            with pytest.raises(httpx.PoolTimeout) as info:
+                await client.get("/2")
+            row = transport.balancer.stats()[0]
+            hung.cancel()
+            await asyncio.gather(hung, return_exceptions=True)
+            return str(info.value), row
+
+    text, row = asyncio.run(scenario())
+    assert text == ("no free connection within 200ms (the backend's connection pool is full) "
+                    f"(backends tried: {a.url})")
+    assert (row["failures"], row["in_flight"]) == (0, 1)
 
 
 def test_when_every_pool_is_full_the_error_says_so_and_names_the_backends(servers):
