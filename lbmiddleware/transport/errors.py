@@ -174,9 +174,10 @@ def naming_backends(exc: httpx.TransportError, request: httpx.Request,
     ``deadline``). An exception class that cannot be made from a message alone is returned
     as it is, with ``backends_tried`` and ``deadline``."""
     urls = tuple(b.url for b in tried)
-    text = str(exc) or words or type(exc).__name__
-    if deadline is not None:
-        text = f"{deadline}: {text}"
+    if deadline is None:
+        text = str(exc) or words or type(exc).__name__
+    else:               # (then ``words`` are the deadline's: the failure's own follow)
+        text = f"{deadline}: {str(exc) or describe(exc)}"
     try:
         named = type(exc)(f"{text} (backends tried: {', '.join(urls)})", request=request)
     except Exception:           # a subclass with another signature: keep it as it is

@@ -70,6 +70,21 @@ def test_errors_keep_the_arguments_requests_gives_them(backends):
     assert copy.backends_tried == (a.url,) and str(copy).endswith(f"(backends tried: {a.url})")
 
 
+def test_an_error_the_deadline_caused_says_so_first_and_keeps_requests_arguments(backends):
+    a = backends[0]
+    a.behaviour = "hang"
+    with pytest.raises(requests.ReadTimeout) as info:
+        mounted(LoadBalancingAdapter([a.url], timeout=0.2)).get(f"{VHOST}/", timeout=5)
+    error = info.value
+    assert type(error.args[0]) is ReadTimeoutError                   # urllib3's, as requests'
+    assert error.deadline == "the request's 200ms deadline (LB_TIMEOUT) ran out"
+    assert str(error).startswith(f"{error.deadline}: HTTPConnectionPool(")
+    assert "Read timed out" in str(error)
+    copy = pickle.loads(pickle.dumps(error))
+    assert isinstance(copy, requests.ReadTimeout) and copy.deadline == error.deadline
+    assert str(copy).startswith(f"{error.deadline}: ")       # (urllib3's pickle drops its pool)
+
+
 def test_a_body_that_stops_coming_fails_as_the_requests_step_it_stands_for(backends):
     """A read timeout after the head: read whole (stream=False) it is a ConnectionError, as
     requests' Response.content gives it, the body encoded or not; read by the prefetch,

@@ -186,3 +186,16 @@ def test_the_callers_error_names_the_backends_tried():
     assert str(named) == "timed out (backends tried: http://127.0.0.1:1, http://127.0.0.1:2)"
     assert named.request is request
     assert named.backends_tried == ("http://127.0.0.1:1", "http://127.0.0.1:2")
+
+
+@pytest.mark.parametrize("message", ["timed out", ""])
+def test_an_error_the_deadline_caused_says_so_first_then_the_failures_own_words(message):
+    """httpx's async ReadTimeout has no message: its words then are every front-end's."""
+    request = httpx.Request("GET", "http://svc/x")
+    deadline = "the request's 1s deadline (LB_TIMEOUT) ran out"
+    named = naming_backends(httpx.ReadTimeout(message), request,
+                            [lb.Backend("http://127.0.0.1:1")], deadline, deadline)
+    assert type(named) is httpx.ReadTimeout
+    assert str(named) == (f"{deadline}: {message or 'read timed out'} (backends tried: "
+                          "http://127.0.0.1:1)")
+    assert named.deadline == deadline
