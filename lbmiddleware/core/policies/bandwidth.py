@@ -11,7 +11,6 @@ backends at random and keeps the one with the lower charge per unit of weight; s
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Callable, Sequence
 
@@ -31,13 +30,13 @@ class _Window:
 
     __slots__ = ("bytes", "counts", "second", "total", "requests", "arrived", "before", "turn")
 
-    def __init__(self, second: int, before: int = 0) -> None:
+    def __init__(self, second: int, arrived: int = 0, before: int = 0) -> None:
         self.bytes = [0] * WINDOW
         self.counts = [0] * WINDOW
         self.second = second
         self.total = 0          # bytes in the window
         self.requests = 0       # attempts with bytes in the window
-        self.arrived = second   # the second the policy first saw it eligible
+        self.arrived = arrived  # the second the policy first saw it eligible
         self.before = before    # the pool's bytes in that second before it arrived
         self.turn = 0.0         # stride scheduling's virtual time: ties go by weighted turns
 
@@ -58,14 +57,6 @@ class _Window:
                 self.requests -= counts[index]
                 sizes[index] = counts[index] = 0
         self.second = second
-
-    def add(self, nbytes: int, second: int) -> None:
-        self.advance(second)
-        index = self.second % WINDOW
-        self.bytes[index] += nbytes
-        self.counts[index] += 1
-        self.total += nbytes
-        self.requests += 1
 
     def remove(self, other: _Window) -> None:
         """Take ``other``'s buckets out of this sum (both at the same ``second``)."""
@@ -99,7 +90,8 @@ class LeastBandwidth(Policy):
       one), and from then on it compares with each of them by what each moved since it
       arrived: a fair race however the pool's rate changes, and its own bytes take over
       as the seconds before it leave the window. The backends of the initial list arrive
-      together with no bytes before them, so they compare by their own bytes. (A blend
+      together with no bytes before them, so they compare by their own bytes (a backend
+      that arrives while the window holds no bytes is taken as old as the window). (A blend
       at the pool's mean rate over the window instead gave a backend back from a 10 s
       ejection 42% of three backends' picks, not 33%: the others' windows then still held
       the higher rate of the seconds it was out.) O(1): at most 14 buckets summed, for a
@@ -107,8 +99,8 @@ class LeastBandwidth(Policy):
 
     Ties (equal charges: no bytes yet, or none in the window) go to the fewer requests in
     flight per unit of weight, then by weighted turns (stride scheduling, as least_conn's
-    ties: each pick moves the winner's turn on by ``1 / weight``), so with no bytes at
-    all the picks still follow the weights and rotate.
+    ties: each pick decided by a tie moves the winner's turn on by ``1 / weight``), so
+    with no bytes at all the picks still follow the weights and rotate.
 
     The candidates are drawn uniformly (two distinct members not excluded); the weights
     act through the charge per unit of weight, as in the latency policy. What a policy
@@ -140,34 +132,43 @@ class LeastBandwidth(Policy):
         record = self._records.get(state)
         if record is None:
             return None
-        second = max(math.floor(self.timer()), self._pool.second)
-        self._pool.advance(second)
-        return self._charge(state, record, second)
-
-    def _charge(self, state: BackendState, record: _Window, second: int) -> float:
+        second = self._now()
         if record.second != second:
             record.advance(second)
-        own = record.total
-        weight = state.weight
-        charge: float = own
+        return (record.total + self._estimate(state, record, second)) / state.weight
+
+    def _now(self) -> int:
+        """The pool's window moved on to the timer's second (never back)."""
+        second = int(self.timer())      # floor: the timer's readings are not negative
+        pool = self._pool
+        if second > pool.second:
+            pool.advance(second)
+            return second
+        return pool.second
+
+    def _estimate(self, state: BackendState, record: _Window, second: int) -> float:
+        """The bytes ``state``'s window does not hold: its requests in flight, and the part
+        of the window before it arrived (``record`` at ``second`` already)."""
+        extra = 0.0
         in_flight = state.in_flight
         if in_flight:
             if record.requests:
-                charge += in_flight * own / record.requests
+                extra = in_flight * record.total / record.requests
             else:
                 pool = self._pool
                 if pool.requests:
-                    charge += in_flight * pool.total / pool.requests
+                    extra = in_flight * pool.total / pool.requests
         arrived = record.arrived
         if arrived > second - WINDOW:              # younger than the window
+            weight = state.weight
             others = self._total_weight - weight
             if others > 0:
                 sizes = self._pool.bytes
                 before = record.before
                 for bucket in range(second - WINDOW + 1, arrived):
                     before += sizes[bucket % WINDOW]
-                charge += before * weight / others
-        return charge / weight
+                extra += before * weight / others
+        return extra
 
     # -- the hooks ----------------------------------------------------------------------
 
@@ -175,13 +176,27 @@ class LeastBandwidth(Policy):
         record = self._records.get(state)
         if record is None:
             return              # not eligible when last seen: it starts afresh on return
+        second = int(self.timer())
         pool = self._pool
-        second = max(math.floor(self.timer()), pool.second)
-        pool.add(nbytes, second)
-        record.add(nbytes, second)
+        if second != pool.second:
+            if second > pool.second:
+                pool.advance(second)
+            else:
+                second = pool.second
+        if record.second != second:
+            record.advance(second)
+        index = second % WINDOW
+        pool.bytes[index] += nbytes
+        pool.counts[index] += 1
+        pool.total += nbytes
+        pool.requests += 1
+        record.bytes[index] += nbytes
+        record.counts[index] += 1
+        record.total += nbytes
+        record.requests += 1
 
     def pick(self, members: Members, key: str | None, exclude: Exclude) -> BackendState:
-        second = math.floor(self.timer())
+        second = int(self.timer())
         if members.generation != self._generation:
             self._rebuild(members, second)
         states = members.states
@@ -189,10 +204,11 @@ class LeastBandwidth(Policy):
         if count == 1:
             return states[0]
         pool = self._pool
-        if second > pool.second:
-            pool.advance(second)
-        else:
-            second = pool.second
+        if second != pool.second:
+            if second > pool.second:
+                pool.advance(second)
+            else:
+                second = pool.second
         if exclude:
             pair = self._draw_excluding(states, count, exclude)
             if len(pair) == 1:
@@ -209,18 +225,37 @@ class LeastBandwidth(Policy):
             a, b = states[first], states[other]
             aligned = self._aligned
             ra, rb = aligned[first], aligned[other]
-        charge = self._charge
-        ca = charge(a, ra, second)
-        cb = charge(b, rb, second)
-        if ca == cb:
-            la, lb = a.in_flight / a.weight, b.in_flight / b.weight
-            ca, cb = (la, lb) if la != lb else (ra.turn, rb.turn)
-        if cb < ca:
+        if ra.second != second:
+            ra.advance(second)
+        if rb.second != second:
+            rb.advance(second)
+        # The charges, compared per unit of weight without dividing: bytes x the other's
+        # weight. The estimates only for a backend with requests in flight or young.
+        young = second - WINDOW
+        ca: float = ra.total
+        if a.in_flight or ra.arrived > young:
+            ca += self._estimate(a, ra, second)
+        cb: float = rb.total
+        if b.in_flight or rb.arrived > young:
+            cb += self._estimate(b, rb, second)
+        wa, wb = a.weight, b.weight
+        ca *= wb
+        cb *= wa
+        if ca != cb:
+            return a if ca < cb else b
+        return self._tie(a, ra, b, rb)
+
+    def _tie(self, a: BackendState, ra: _Window, b: BackendState, rb: _Window) -> BackendState:
+        """Equal charges: fewer requests in flight per unit of weight, then the earlier
+        turn (stride scheduling: the winner's turn moves on by ``1 / weight``)."""
+        la, lb = a.in_flight * b.weight, b.in_flight * a.weight
+        if lb < la or (la == lb and rb.turn < ra.turn):
             a, ra = b, rb
         turn = ra.turn
         if turn < self._virtual_time:
             turn = self._virtual_time
-        self._virtual_time = turn
+        else:
+            self._virtual_time = turn
         ra.turn = turn + 1.0 / a.weight
         return a
 
@@ -260,8 +295,12 @@ class LeastBandwidth(Policy):
             if state not in eligible:
                 record.advance(second)
                 pool.remove(record)
+        # A backend that arrives while the pool's window holds no bytes (the initial list)
+        # has no part of the window to be charged for: as if it had lived it all.
+        arrived = second if pool.total else second - WINDOW
         before = pool.bytes[second % WINDOW]
-        records = {state: old.get(state) or _Window(second, before) for state in members.states}
+        records = {state: old.get(state) or _Window(second, arrived, before)
+                   for state in members.states}
         self._records = records
         self._aligned = tuple(records[state] for state in members.states)
         self._total_weight = members.total_weight
