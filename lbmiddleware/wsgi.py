@@ -25,6 +25,11 @@ upstream target, error responses) come from :mod:`lbmiddleware.proxy`:
 * retries happen only while the response head is awaited: nothing has reached the client;
 * 502 / 503 (+ ``Retry-After``) / 504 when no backend answered; 400 for a request that
   cannot be forwarded safely; 404 outside the prefix when there is no wrapped app;
+* with ``sticky_cookie`` (``LB_STICKY_COOKIE``) the adapter reads the cookie from the
+  ``Cookie`` header, forwarded as the client sent it, and adds the ``Set-Cookie`` of the
+  backend that answered when it is another (``Path``: the prefix; ``Secure`` when
+  ``wsgi.url_scheme`` is https); with ``timeout`` (``LB_TIMEOUT``) the adapter's attempts
+  share a deadline up to the response head, and the client gets 504 when it runs out;
 * with ``access_log`` (``LB_ACCESS_LOG``), one line per request on the
   ``lbmiddleware.access`` logger (:mod:`lbmiddleware.proxy.access`), once its response
   body is closed.
@@ -83,10 +88,12 @@ _FOLDED = re.compile(r"[\r\n]+[ \t]*")
 
 
 class _ProxiedRequest(requests.PreparedRequest):
-    """A request built by the middleware; carries its sticky key to the adapter, and back
-    the backends it was sent to (``tried``, for the access log)."""
+    """A request built by the middleware; carries its sticky key and whether its client's
+    connection is https (``secure``: the sticky cookie's ``Secure``) to the adapter, and
+    back the backends it was sent to (``tried``, for the access log)."""
 
     sticky_key: str | None = None
+    secure = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -99,6 +106,10 @@ class _ProxyAdapter(LoadBalancingAdapter):
     between head and body is then retried, since nothing has reached the client)."""
 
     prefetch = CHUNK_SIZE
+
+    def sticky_secure(self, request: requests.PreparedRequest) -> bool:
+        # the client's connection, not the upstream URL the middleware made (plain http)
+        return isinstance(request, _ProxiedRequest) and request.secure
 
     def request_url(self, request: requests.PreparedRequest,
                     proxies: dict[str, str] | None) -> str:
@@ -161,6 +172,10 @@ class WSGILoadBalancer:
             balancer=self.balancer, settings=forwarding.replace(preserve_host=False),
             key_func=_sticky_key_of, pool_maxsize=pool_maxsize)
         self.adapter.prefetch = chunk_size        # the first block is read inside the attempt
+        # The sticky cookie (the adapter reads it from the Cookie header forwarded as the
+        # client sent it, and adds its Set-Cookie), scoped to the prefix so that two routes'
+        # cookies do not meet (a ';' would end the Path: the one character quote_path keeps).
+        self.adapter.sticky_path = quote_path(proxy.prefix).replace(";", "%3B")
         self._prefix = proxy.prefix
         self._strip = proxy.strip_prefix
         self._client_address = ClientAddress(proxy.trusted_proxies)
@@ -263,6 +278,7 @@ class WSGILoadBalancer:
         for name in _NOT_ADDED:          # urllib3 would add its own if the client sent none
             request.headers.setdefault(name, SKIP_HEADER)
         request.body = body
+        request.secure = environ.get("wsgi.url_scheme") == "https"
         if self._sticky:
             forwarded = ([environ["HTTP_X_FORWARDED_FOR"]] if "HTTP_X_FORWARDED_FOR" in environ
                          else [])
