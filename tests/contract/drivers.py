@@ -167,7 +167,12 @@ class Proxy:
         raise NotImplementedError
 
     def stats(self) -> dict[str, dict]:
-        """The balancer's rows by backend URL (front-ends with ``sees_balancer`` only)."""
+        """The balancer's rows by backend URL (the gateway's through its admin listener's
+        ``/status.json``, read-only)."""
+        raise NotImplementedError
+
+    def pool_stats(self) -> dict[str, Any]:
+        """The balancer's ``pool_stats()`` (the gateway's as its ``/status.json`` shows it)."""
         raise NotImplementedError
 
     def policy(self) -> str:
@@ -188,9 +193,11 @@ class FrontEnd:
         it wraps an application that gets the requests outside the prefix (the gateway
         has none: they get 404).
     ``sees_balancer``
-        the test can read the balancer's rows (in-flight counts, failures, state) and the
-        middleware's settings objects, and share a ``Balancer``; the gateway's balancer
-        lives in another process.
+        the test can read the balancer's rows (in-flight counts, failures, state) at any
+        moment and the middleware's settings objects, and share a ``Balancer``; the
+        gateway's balancer lives in another process (:meth:`Proxy.stats` and
+        :meth:`Proxy.pool_stats` read it through its admin listener, once the requests
+        are done).
     ``takes_keywords``
         it is configured with keyword arguments as well as ``LB_*`` variables (the gateway:
         variables only).
@@ -309,6 +316,9 @@ class _InProcess(Proxy):
 
     def stats(self) -> dict[str, dict]:
         return {row["url"]: row for row in self.middleware.balancer.stats()}
+
+    def pool_stats(self) -> dict[str, Any]:
+        return self.middleware.balancer.pool_stats()
 
     def policy(self) -> str:
         return self.middleware.balancer.policy
@@ -556,7 +566,24 @@ class GatewayProxy(Proxy):
                         peer or self.front_end.peer)
 
     def stats(self) -> dict[str, dict]:
-        raise AssertionError("the gateway's balancer is in another process")
+        return {row["url"]: row for row in self._status()["backends"]}
+
+    def pool_stats(self) -> dict[str, Any]:
+        return {k: v for k, v in self._status().items() if k not in ("backends", "sources")}
+
+    def _status(self) -> dict[str, Any]:
+        """The pool as the admin listener's ``/status.json`` shows it."""
+        assert self.process.admin_port, "a gateway started from environ= has no admin port"
+        connection = http.client.HTTPConnection("127.0.0.1", self.process.admin_port,
+                                                timeout=TIMEOUT)
+        try:
+            connection.request("GET", "/status.json")
+            response = connection.getresponse()
+            assert response.status == 200
+            (pool,) = json.loads(response.read())["pools"]
+            return pool
+        finally:
+            connection.close()
 
     def policy(self) -> str:
         return re.search(r"policy (\w+)", self.process.banner).group(1)
@@ -590,8 +617,9 @@ class GatewayFrontEnd(FrontEnd):
     def _make(self, backends, app, balancer, environ, settings) -> Proxy:
         assert not app, "the gateway wraps no application"
         assert balancer is None, "the gateway's balancer is its own"
-        if environ is None:
-            environ = lb_environ({"backends": backends, **settings})
+        if environ is None:     # (with the admin listener: the pool's rows for stats())
+            environ = {**lb_environ({"backends": backends, **settings}),
+                       "LB_ADMIN_LISTEN": "127.0.0.1:0"}
         return GatewayProxy(GatewayProcess(environ).start())
 
     def config_error(self, environ=None, **settings) -> str:

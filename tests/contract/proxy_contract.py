@@ -32,6 +32,7 @@ from typing import Any
 import pytest
 
 import lbmiddleware as lb
+from lbmiddleware.core.sticky import sticky_value
 
 from ..support.servers import refused_url
 from .drivers import HOST, LOCAL, FrontEnd
@@ -55,6 +56,22 @@ def owner_of(backends, key: str) -> str:
 
 def by_url(backends) -> dict[str, str]:
     return {b.url: b.name for b in backends}
+
+
+def url_of(backends, name: str) -> str:
+    return next(b.url for b in backends if b.name == name)
+
+
+def settled(proxy) -> dict[str, dict]:
+    """The balancer's rows once nothing is in flight: a server sends a response's last byte
+    before the middleware ends its attempt (the gateway's rows are read from its admin port,
+    which does not wait for that)."""
+    deadline = time.monotonic() + 5
+    while True:
+        rows = proxy.stats()
+        if not any(row["in_flight"] for row in rows.values()) or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.01)
 
 
 class ProxyContract:
@@ -540,6 +557,179 @@ class ProxyContract:
             stats = proxy.stats()
             assert [row["in_flight"] for row in stats.values()] == [0, 0, 0]
             assert stats[b.url]["state"] == "ejected"
+
+    # -- sticky cookies (LB_STICKY_COOKIE) --------------------------------------------------------
+
+    @pytest.mark.parametrize("policy", ["round_robin", "random"])
+    def test_the_first_response_sets_the_sticky_cookie_and_the_client_stays_there(
+            self, front, backends, policy):
+        proxy = front.start(backends, prefix="/api", sticky_cookie="lb", policy=policy)
+        first = proxy.request("GET", "/api/x")
+        home = first.json()["server"]
+        value = sticky_value(url_of(backends, home))
+        assert first.header("set-cookie") == [f"lb={value}; Path=/api; HttpOnly; SameSite=Lax"]
+        sent = f"theme=dark; lb={value}; sid=7"
+        for i in range(6):
+            seen = proxy.request("GET", f"/api/{i}", headers=[("Cookie", sent)])
+            assert seen.status == 200 and seen.json()["server"] == home
+            assert seen.header("set-cookie") == []          # it has the right one
+            # the Cookie header reaches the backend as the client sent it, ours included
+            assert seen.json()["headers"][front.forwarded_name("Cookie")] == sent
+        assert [s.requests for s in backends if s.name == home] == [7]
+
+    def test_the_sticky_cookie_is_added_beside_the_backends_own(self, front, backends):
+        a = backends[0]
+        a.extra_headers = [("Set-Cookie", "a=1; Path=/"), ("Set-Cookie", "b=2; HttpOnly")]
+        response = front.start([a], sticky_cookie="SERVERID").request("GET", "/")
+        assert response.header("set-cookie") == [
+            "a=1; Path=/", "b=2; HttpOnly",
+            f"SERVERID={sticky_value(a.url)}; Path=/; HttpOnly; SameSite=Lax"]
+
+    @pytest.mark.parametrize("prefix, path", [("/", "/"), ("/api/v1/", "/api/v1")])
+    def test_the_sticky_cookie_is_scoped_to_the_prefix_and_secure_over_https(
+            self, front, backends, prefix, path):
+        a = backends[0]
+        proxy = front.start([a], prefix=prefix, sticky_cookie="lb")
+        for scheme in front.schemes:
+            response = proxy.request("GET", prefix + "x", scheme=scheme)
+            secure = "; Secure" if scheme == "https" else ""
+            assert response.header("set-cookie") == [
+                f"lb={sticky_value(a.url)}; Path={path}; HttpOnly; SameSite=Lax{secure}"]
+
+    def test_a_forged_or_foreign_sticky_cookie_is_balanced_and_replaced(self, front, backends):
+        proxy = front.start(backends, sticky_cookie="lb")       # round robin: a, b, c, a
+        forged = ["0123456789abcdef", sticky_value(refused_url()),     # another pool's
+                  sticky_value(backends[1].url).upper(), "../b"]
+        served = []
+        for value in forged:
+            response = proxy.request("GET", "/", headers=[("Cookie", f"lb={value}")])
+            server = response.json()["server"]
+            served.append(server)
+            assert response.header("set-cookie") == [
+                f"lb={sticky_value(url_of(backends, server))}; Path=/; HttpOnly; SameSite=Lax"]
+        assert served == ["a", "b", "c", "a"]       # as without a cookie
+
+    @pytest.mark.parametrize("gone", ["stopped", "closing"])
+    def test_a_client_whose_backend_is_gone_moves_and_gets_a_new_cookie(self, front, backends,
+                                                                          gone):
+        a = backends[0]
+        proxy = front.start(backends, sticky_cookie="lb", max_fails=1, **SHORT)
+        old = [("Cookie", f"lb={sticky_value(a.url)}")]
+        for _ in range(2):
+            assert proxy.request("GET", "/", headers=old).json()["server"] == "a"
+        if gone == "stopped":
+            a.stop()
+        else:
+            a.behaviour = "close"
+        moved = proxy.request("GET", "/", headers=old)      # a fails; retried elsewhere
+        assert moved.status == 200
+        home = moved.json()["server"]
+        value = sticky_value(url_of(backends, home))
+        assert home != "a"
+        assert moved.header("set-cookie") == [f"lb={value}; Path=/; HttpOnly; SameSite=Lax"]
+        # a is ejected now (max_fails=1): a client still carrying its cookie is balanced
+        # without trying it, and gets a new cookie too
+        tried = a.requests
+        again = proxy.request("GET", "/", headers=old)
+        assert again.status == 200 and again.json()["server"] != "a" and a.requests == tried
+        assert again.header("set-cookie") == [
+            f"lb={sticky_value(url_of(backends, again.json()['server']))}; Path=/; HttpOnly; "
+            "SameSite=Lax"]
+        # the new cookie is followed
+        for _ in range(3):
+            response = proxy.request("GET", "/", headers=[("Cookie", f"lb={value}")])
+            assert response.json()["server"] == home and response.header("set-cookie") == []
+
+    def test_the_proxys_own_502_and_504_set_no_sticky_cookie(self, front, backends):
+        a = backends[0]
+        cookie = [("Cookie", "lb=0123456789abcdef")]
+        refused = front.start([refused_url()], sticky_cookie="lb", **SHORT).request(
+            "GET", "/", headers=cookie)
+        assert refused.status == 502 and refused.header("set-cookie") == []
+        a.behaviour = "hang"
+        timed_out = front.start([a], sticky_cookie="lb", read_timeout=0.2, retries=0).request(
+            "GET", "/")
+        assert timed_out.status == 504 and timed_out.header("set-cookie") == []
+
+    @needs(lambda front, params: front.sees_balancer,
+           "a pool that can be emptied from outside the front-end's process")
+    def test_the_proxys_own_503_sets_no_sticky_cookie(self, front, backends):
+        balancer = lb.Balancer([backends[0].url])
+        balancer.update([])
+        response = front.start(balancer=balancer, sticky_cookie="lb").request("GET", "/")
+        assert response.status == 503 and response.header("set-cookie") == []
+
+    # -- the deadline (LB_TIMEOUT) ----------------------------------------------------------------
+
+    def test_a_deadline_answers_504_in_its_time_and_starts_no_retry_past_it(self, front,
+                                                                            backends):
+        """a answers 503 after 0.15 s, b never answers: the GET is retried on b, whose wait
+        the 0.4 s deadline cuts (its read timeout is 5 s); c is never tried. Without the
+        deadline the client would wait 0.15 + 5 s and get c's 200."""
+        a, b, c = backends
+        a.status, a.delay = 503, 0.15
+        b.behaviour = "hang"
+        proxy = front.start(backends, timeout=0.4, read_timeout=5)      # round robin: a first
+        started = time.monotonic()
+        response = proxy.request("GET", "/")
+        elapsed = time.monotonic() - started
+        assert response.status == 504
+        assert response.body == b"504 Gateway Timeout: the backend did not answer in time\n"
+        assert (a.requests, b.requests, c.requests) == (1, 1, 0)
+        assert elapsed < 0.4 + 1.0, f"the 0.4 s deadline answered after {elapsed:.2f} s"
+
+    def test_retries_within_the_deadline_still_happen_when_there_is_time(self, front,
+                                                                         backends):
+        """a closes at once, b does not answer within its own 0.3 s read timeout: both are
+        retried within the 10 s deadline, and c answers."""
+        a, b, c = backends
+        a.behaviour = "close"
+        b.behaviour = "hang"
+        proxy = front.start(backends, timeout=10, read_timeout=0.3, **SHORT)
+        response = proxy.request("GET", "/")
+        assert response.status == 200 and response.json()["server"] == "c"
+        assert (a.requests, b.requests, c.requests) == (1, 1, 1)
+
+    # -- the retry budget, and the bytes each attempt reports -----------------------------------
+
+    def test_a_spent_retry_budget_passes_the_failure_on_without_more_attempts(self, front,
+                                                                              backends):
+        """Every backend answers 503. The budget holds 0.2 x 10 s = 2 retries and no share of
+        the requests: the first GET makes its two retries (a, b, c), each later one is
+        answered with its first attempt's 503, and each refusal is counted."""
+        for server in backends:
+            server.status = 503
+        proxy = front.start(backends, retries=2, max_fails=0, retry_budget=0,
+                            retry_budget_min_per_second=0.2)
+        served = []
+        for _ in range(4):
+            response = proxy.request("GET", "/")
+            assert response.status == 503
+            served.append(response.json()["server"])
+        assert served == ["c", "a", "b", "c"]
+        assert [s.requests for s in backends] == [2, 2, 2]      # 3 + 1 + 1 + 1 attempts
+        budget = proxy.pool_stats()["retry_budget"]
+        assert (budget["requests"], budget["retries"], budget["exhausted_total"]) == (4, 2, 3)
+
+    def test_each_answered_attempt_reports_its_body_bytes(self, front, backends):
+        """Request body bytes sent (held, streamed with a length, streamed chunked) and
+        response body bytes received reach the balancer's counters (the bandwidth policy's
+        measure)."""
+        a = backends[0]
+        a.body_size = 10_000
+        proxy = front.start([a], retry_buffer=1024)
+        bodies: list[tuple[Any, list[tuple[str, str]]]] = [
+            (b"h" * 1000, []),
+            ([b"s" * 4096] * 3, [("Content-Length", "12288")]),
+            ([b"c" * 4096] * 3, []),
+        ]
+        for body, headers in bodies:
+            response = proxy.request("PUT", "/", body=body, headers=headers)
+            assert response.status == 200 and len(response.body) == 10_000
+        proxy.request("HEAD", "/")
+        row = settled(proxy)[a.url]
+        assert (row["requests"], row["bytes_received"]) == (4, 3 * 10_000)
+        assert row["bytes_sent"] == 1000 + 12288 + 12288
 
     # -- configuration -----------------------------------------------------------------------------
 
