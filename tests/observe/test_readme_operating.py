@@ -139,7 +139,8 @@ def metrics_table() -> dict[str, tuple[str, set[str]]]:
     for line in text[start:].splitlines()[2:]:
         if not line.startswith("|"):
             break
-        name, kind, labels = (cell.strip() for cell in line.strip("|").split(" | ")[:3])
+        # (split on every bar: an empty labels cell, " | | ", is a cell of its own)
+        name, kind, labels = (cell.strip() for cell in line.strip().strip("|").split("|")[:3])
         names = set(re.findall(r"`(\w+)`", re.sub(r"\([^)]*\)", "", labels)))
         rows[name.strip("`")] = (kind, names)
     return rows
