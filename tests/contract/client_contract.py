@@ -35,7 +35,7 @@ import pytest
 import lbmiddleware as lb
 
 from ..support.servers import refused_url
-from .client_drivers import VHOST, ClientFrontEnd, pool_of
+from .client_drivers import VHOST, ClientFrontEnd, pool_of, unaccepting_url
 
 SHORT = (1.0, 0.3)          # connect, read: a hanging backend costs 0.3 s
 
@@ -468,6 +468,18 @@ class ClientContract:
         assert client.get("/").json()["headers"]["Cookie"] in (f"sid=abc; lb={value}",
                                                               f"lb={value}; sid=abc")
 
+    def test_a_proxy_forwarding_through_it_scopes_the_cookie_to_its_prefix(self, driver,
+                                                                          backends):
+        front = driver.make(backends, sticky_cookie="lb")
+        assert front.sticky_path == "/"
+        front.sticky_path = "/api"                      # (the WSGI middleware's prefix)
+        reply = driver.client(front).get("/api/x")
+        value = front.balancer.sticky_value(backends[0].url)
+        assert reply.set_cookies == [f"lb={value}; Path=/api; HttpOnly; SameSite=Lax"]
+        off = driver.make(backends)
+        off.sticky_path = "/api"                        # no cookie: nothing to scope
+        assert (off.sticky_cookie, off.sticky_path) == (None, "/")
+
     def test_a_stopped_backend_moves_the_client_and_replaces_its_cookie(self, driver,
                                                                         backends):
         front = driver.make(backends, sticky_cookie="lb")
@@ -546,6 +558,17 @@ class ClientContract:
             f"GET attempt 2 on {b.url} failed: the request's 1.2s deadline (LB_TIMEOUT) ran "
             f"out; not retried: the request's 1.2s deadline (LB_TIMEOUT) has passed"]
         assert in_flight(front.balancer) == [0, 0, 0]
+
+    def test_a_connect_timeout_the_deadline_cut_is_the_librarys_own_naming_the_deadline(
+            self, driver, backends):
+        with unaccepting_url() as silent:
+            front = driver.make([silent, backends[0].url], timeout=0.3)
+            with pytest.raises(driver.errors.connect_timeout) as info:
+                driver.client(front).get("/", timeout=(5.0, 5.0))
+        assert info.value.backends_tried == (silent,)
+        assert str(info.value).startswith("the request's 300ms deadline (LB_TIMEOUT) ran out: ")
+        assert backends[0].requests == 0
+        assert in_flight(front.balancer) == [0, 0]
 
     @pytest.mark.parametrize("stream", [False, True])
     def test_the_deadline_ends_at_the_response_head_the_body_has_its_own_read_timeout(

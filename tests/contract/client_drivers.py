@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import io
 import json
+import socket
 import threading
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, TypeVar
@@ -134,9 +136,10 @@ class ClientErrors:
     def __init__(self, base: type[Exception], connect: type[Exception],
                  read_timeout: type[Exception], closed: type[Exception],
                  cut: type[Exception], decoding: type[Exception],
-                 no_healthy: type[Exception]) -> None:
+                 no_healthy: type[Exception], connect_timeout: type[Exception]) -> None:
         self.base = base                    # every error of the library's client
         self.connect = connect              # every backend refused
+        self.connect_timeout = connect_timeout  # no connection in time
         self.read_timeout = read_timeout    # no response head in time
         self.closed = closed                # the connection closed before a response
         self.cut = cut                      # the body ended before its length
@@ -257,7 +260,8 @@ class RequestsFrontEnd(ClientFrontEnd):
     errors = ClientErrors(requests.RequestException, requests.ConnectionError,
                           requests.ReadTimeout, requests.ConnectionError,
                           requests.exceptions.ChunkedEncodingError,
-                          requests.exceptions.ContentDecodingError, NoHealthyBackendError)
+                          requests.exceptions.ContentDecodingError, NoHealthyBackendError,
+                          requests.ConnectTimeout)
     reads_body_in_attempt = True
     replays_files = True
 
@@ -273,7 +277,8 @@ class RequestsFrontEnd(ClientFrontEnd):
 
 _HTTPX_ERRORS = ClientErrors(httpx.HTTPError, httpx.ConnectError, httpx.ReadTimeout,
                              httpx.RemoteProtocolError, httpx.RemoteProtocolError,
-                             httpx.DecodingError, TransportNoHealthyBackendError)
+                             httpx.DecodingError, TransportNoHealthyBackendError,
+                             httpx.ConnectTimeout)
 
 
 # -- the sync transport -----------------------------------------------------------------------
@@ -448,6 +453,27 @@ class AsyncHttpxFrontEnd(ClientFrontEnd):
 
     def path_of(self, request: Any) -> str:
         return str(request.url.raw_path.decode("ascii"))
+
+
+@contextlib.contextmanager
+def unaccepting_url() -> Iterator[str]:
+    """A loopback URL whose listener never accepts and whose backlog is full: Linux drops
+    further SYNs, so connecting to it times out."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        queued = []
+        try:
+            for _ in range(4):
+                sock = socket.socket()
+                sock.setblocking(False)
+                sock.connect_ex(("127.0.0.1", port))
+                queued.append(sock)
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            for sock in queued:
+                sock.close()
 
 
 def generator(chunks: list[bytes]) -> Iterator[bytes]:
