@@ -14,7 +14,7 @@ import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from .core.casts import format_duration
+from .core.casts import format_duration, parse_file
 from .core.forwarding import ForwardingSettings
 from .core.settings import (
     BaseSettings,
@@ -145,6 +145,16 @@ class GatewaySettings(BaseSettings):
                          "gateway: lowest level logged: debug | info | warning | error "
                          "| critical (LB_ACCESS_LOG's lines are written whatever it is)"))
 
+    tls_cert: str = dataclasses.field(
+        default="",
+        metadata=setting("LB_TLS_CERT", parse_file,
+                         "gateway: certificate chain (PEM file) to serve https with; empty: "
+                         "plain http"))
+    tls_key: str = dataclasses.field(
+        default="",
+        metadata=setting("LB_TLS_KEY", parse_file,
+                         "gateway: the certificate's private key (PEM file)"))
+
     readers: ClassVar[str] = "the gateway (python -m lbmiddleware serve): set its LB_ variable"
 
     if TYPE_CHECKING:
@@ -152,9 +162,15 @@ class GatewaySettings(BaseSettings):
         # Settings in core/settings.py).
         def __init__(self, server: str = ..., listen: str = ..., admin_listen: str = ...,
                      shutdown_timeout: DurationLike = ..., header_timeout: DurationLike = ...,
-                     max_connections: CountLike = ..., log_level: str = ...) -> None: ...
+                     max_connections: CountLike = ..., log_level: str = ...,
+                     tls_cert: str = ..., tls_key: str = ...) -> None: ...
 
     def _check(self) -> None:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            given, missing = (("LB_TLS_CERT", "LB_TLS_KEY") if self.tls_cert
+                              else ("LB_TLS_KEY", "LB_TLS_CERT"))
+            raise ConfigError(f"{given} is set but {missing} is empty: TLS needs the "
+                              f"certificate and its key")
         # The admin port is the status app's alone, never shared with proxied paths.
         admin = self.admin_address
         if admin is not None and _same_listener(admin, self.listen_address):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import os
 import re
 from collections.abc import Iterable
 from typing import Any, TypeAlias
@@ -18,7 +19,7 @@ from .backend import Backend, Source
 __all__ = [
     "parse_duration", "parse_positive_duration", "format_duration", "parse_flag", "parse_count",
     "parse_positive_count", "parse_size", "format_size", "parse_factor", "parse_statuses",
-    "parse_dns_servers", "parse_balance_factor", "parse_ratio", "parse_rate",
+    "parse_dns_servers", "parse_balance_factor", "parse_ratio", "parse_rate", "parse_file",
     "BackendsLike", "CountLike", "DurationLike", "FlagLike", "SizeLike", "FactorLike",
     "StatusesLike", "ServersLike", "PercentLike", "RatioLike",
 ]
@@ -194,6 +195,21 @@ def parse_factor(value: Any) -> float:
     if math.isnan(number) or math.isinf(number) or number < 1.0:
         raise ValueError("must be a finite number of at least 1.0")
     return number
+
+
+def parse_file(value: Any) -> str:
+    """A path to a readable file, or ``""`` (none). Checked when the setting is read, so a
+    typo is found at the start, not at the first https connection."""
+    if not isinstance(value, (str, os.PathLike)):
+        raise ValueError("not a path (a string such as '/etc/ssl/ca.pem')")
+    path = os.fspath(value).strip()
+    if not path:
+        return ""
+    if not os.path.isfile(path):
+        raise ValueError("no such file" if not os.path.exists(path) else "not a file")
+    if not os.access(path, os.R_OK):
+        raise ValueError("the file is not readable")
+    return path
 
 
 def parse_balance_factor(value: Any) -> int:

@@ -51,6 +51,7 @@ from .casts import (
     parse_dns_servers,
     parse_duration,
     parse_factor,
+    parse_file,
     parse_flag,
     parse_positive_count,
     parse_positive_duration,
@@ -322,6 +323,28 @@ class Settings(BaseSettings):
                          "the window the retry budget counts requests and retries over "
                          "(at least 1s)"))
 
+    backend_ca: str = dataclasses.field(
+        default="",
+        metadata=setting("LB_BACKEND_CA", parse_file,
+                         "CA certificates (PEM file) that https backends' certificates are "
+                         "verified against, for every front-end and the health checks; "
+                         "empty: the system's"))
+    backend_verify: bool = dataclasses.field(
+        default=True,
+        metadata=setting("LB_BACKEND_VERIFY", parse_flag,
+                         "verify https backends' certificates and names (false: do not; "
+                         "only for tests)"))
+    backend_client_cert: str = dataclasses.field(
+        default="",
+        metadata=setting("LB_BACKEND_CLIENT_CERT", parse_file,
+                         "client certificate (PEM file, may hold the key too) sent to https "
+                         "backends that ask for one; empty: none"))
+    backend_client_key: str = dataclasses.field(
+        default="",
+        metadata=setting("LB_BACKEND_CLIENT_KEY", parse_file,
+                         "the client certificate's private key (PEM file), when not in "
+                         "LB_BACKEND_CLIENT_CERT"))
+
     required: ClassVar[tuple[str, ...]] = ("backends",)
     readers: ClassVar[str] = "the Balancer (lb.Balancer, or the one a front-end builds)"
 
@@ -341,13 +364,19 @@ class Settings(BaseSettings):
                      slow_start: DurationLike = ..., drain_timeout: DurationLike = ...,
                      overprovisioning: FactorLike = ..., retry_budget: RatioLike = ...,
                      retry_budget_min_per_second: FactorLike = ...,
-                     retry_budget_ttl: DurationLike = ...) -> None: ...
+                     retry_budget_ttl: DurationLike = ..., backend_ca: str = ...,
+                     backend_verify: FlagLike = ..., backend_client_cert: str = ...,
+                     backend_client_key: str = ...) -> None: ...
 
     def _check(self) -> None:
         if self.max_ejection_time < self.fail_timeout:
             raise _out_of_order(self, "fail_timeout", "max_ejection_time")
         if self.dns_min_refresh > self.dns_max_refresh:
             raise _out_of_order(self, "dns_min_refresh", "dns_max_refresh")
+        if self.backend_client_key and not self.backend_client_cert:
+            raise ConfigError(f"LB_BACKEND_CLIENT_KEY (backend_client_key) has value "
+                              f"{self.backend_client_key!r} but LB_BACKEND_CLIENT_CERT "
+                              f"(backend_client_cert) is empty: a key needs its certificate")
         if self.retry_budget_ttl < 1.0:
             raise ConfigError(f"LB_RETRY_BUDGET_TTL (retry_budget_ttl) has value "
                               f"{_duration(self.retry_budget_ttl)}: must be at least 1s (the "

@@ -279,7 +279,9 @@ class TestKeywords:
                          "LB_HEALTH_CHECK_TIMEOUT", "LB_HEALTH_CHECK_RISE",
                          "LB_HEALTH_CHECK_FALL", "LB_HEALTH_CHECK_STATUSES", "LB_SLOW_START",
                          "LB_DRAIN_TIMEOUT", "LB_OVERPROVISIONING", "LB_RETRY_BUDGET",
-                         "LB_RETRY_BUDGET_MIN_PER_SECOND", "LB_RETRY_BUDGET_TTL"]
+                         "LB_RETRY_BUDGET_MIN_PER_SECOND", "LB_RETRY_BUDGET_TTL",
+                         "LB_BACKEND_CA", "LB_BACKEND_VERIFY", "LB_BACKEND_CLIENT_CERT",
+                         "LB_BACKEND_CLIENT_KEY"]
         names = [row[0] for row in ForwardingSettings.describe()]
         assert names == ["LB_FAIL_STATUSES", "LB_RETRIES", "LB_CONNECT_TIMEOUT",
                          "LB_READ_TIMEOUT", "LB_HASH_KEY", "LB_PRESERVE_HOST",
@@ -304,7 +306,8 @@ class TestKeywords:
             "health_check", "health_check_interval", "health_check_timeout",
             "health_check_rise", "health_check_fall", "health_check_statuses", "slow_start",
             "drain_timeout", "overprovisioning", "retry_budget", "retry_budget_min_per_second",
-            "retry_budget_ttl"]
+            "retry_budget_ttl", "backend_ca", "backend_verify", "backend_client_cert",
+            "backend_client_key"]
         assert lb.AdapterSettings is ForwardingSettings is lb.ForwardingSettings
 
 
@@ -664,3 +667,33 @@ def test_the_deadline_and_the_sticky_cookie_are_off_by_default():
     assert (forwarding.timeout, forwarding.sticky_cookie) == (0.0, "")
     given = ForwardingSettings.from_env({"LB_TIMEOUT": "1.5s", "LB_STICKY_COOKIE": " lb_b "})
     assert (given.timeout, given.sticky_cookie) == (1.5, "lb_b")
+
+
+# -- TLS files ---------------------------------------------------------------------------------
+
+def test_a_tls_file_setting_names_a_missing_or_unreadable_file(tmp_path):
+    missing = tmp_path / "ca.pem"
+    with pytest.raises(lb.ConfigError, match=r"^LB_BACKEND_CA has value '.*ca.pem': no such file$"):
+        lb.Settings.from_env({"LB_BACKENDS": "https://a", "LB_BACKEND_CA": str(missing)})
+    with pytest.raises(lb.ConfigError, match="LB_BACKEND_CLIENT_CERT has value .*: not a file"):
+        lb.Settings.from_env({"LB_BACKENDS": "https://a", "LB_BACKEND_CLIENT_CERT": str(tmp_path)})
+    missing.write_text("pem")
+    settings = lb.Settings(backends="https://a", backend_ca=str(missing), backend_verify="no")
+    assert (settings.backend_ca, settings.backend_verify) == (str(missing), False)
+
+
+def test_a_client_key_needs_its_certificate(tmp_path):
+    key = tmp_path / "key.pem"
+    key.write_text("pem")
+    with pytest.raises(lb.ConfigError, match="LB_BACKEND_CLIENT_KEY .* LB_BACKEND_CLIENT_CERT"):
+        lb.Settings(backends="https://a", backend_client_key=str(key))
+
+
+def test_the_gateway_needs_its_certificate_and_key_together(tmp_path):
+    cert = tmp_path / "cert.pem"
+    cert.write_text("pem")
+    with pytest.raises(lb.ConfigError, match="LB_TLS_CERT is set but LB_TLS_KEY is empty"):
+        GatewaySettings(tls_cert=str(cert))
+    with pytest.raises(lb.ConfigError, match="LB_TLS_KEY is set but LB_TLS_CERT is empty"):
+        GatewaySettings(tls_key=str(cert))
+    assert GatewaySettings(tls_cert=str(cert), tls_key=str(cert)).tls_cert == str(cert)
