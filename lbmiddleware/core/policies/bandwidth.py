@@ -128,7 +128,8 @@ class LeastBandwidth(Policy):
 
     def charge(self, state: BackendState) -> float | None:
         """The bytes per unit of weight a pick weighs for ``state`` now (None when it was
-        not eligible in the last snapshot a pick saw). For tests and status pages."""
+        not eligible in the last snapshot a pick saw). It moves the windows on, as a pick
+        does: call it where the policy's picks run (under the balancer's lock; tests)."""
         record = self._records.get(state)
         if record is None:
             return None
