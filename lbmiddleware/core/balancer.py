@@ -1229,9 +1229,11 @@ class Balancer:
 
     def lookup(self, key: str) -> Backend:
         """The backend that owns ``key`` now: the one ``pick(key=key)`` would return (among
-        the healthy members; among all of them in panic), without a pick: nothing is counted
-        in flight, no policy state moves, no event is sent. An ejection whose time is over
-        counts as over, as it would for a pick.
+        the healthy members; among all of them in panic) while that backend has room (under
+        ``hash_balance_factor`` a pick whose owner is full goes on along the key's sequence;
+        lookup ignores load), without a pick: nothing is counted in flight, no policy state
+        moves, no event is sent. An ejection whose time is over counts as over, as it would
+        for a pick.
 
         Only a keyed policy has owners: for ``ip_hash`` this is the key's home or, while the
         home is ejected, its fallback. Any other policy raises :class:`ConfigError` naming it;
