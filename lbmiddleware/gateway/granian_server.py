@@ -1,10 +1,12 @@
 """The gateway under granian: one worker forked with the app, the banner printed once that
-worker accepts connections (:func:`serve_granian`)."""
+worker accepts connections (:func:`serve_granian`); https with ``LB_TLS_CERT`` /
+``LB_TLS_KEY`` (granian's ``ssl_cert`` / ``ssl_key``, TLS 1.2 and up)."""
 
 from __future__ import annotations
 
 import functools
 import importlib.util
+import pathlib
 import socket
 import time
 from collections.abc import Callable
@@ -14,6 +16,7 @@ from ..core.settings import FrontEndSettings
 from ..gateway_settings import GatewaySettings
 from .app import make_app
 from .logs import server_log_level, settings_logging_config
+from .tls import check_certificate
 
 __all__ = ["serve_granian"]
 
@@ -37,7 +40,7 @@ def serve_granian(settings: FrontEndSettings, host: str, port: int,
                   banner: Callable[[], None], admin: socket.socket | None) -> None:
     """Serve the gateway on ``host:port`` (and the admin listener on ``admin``) under
     granian until SIGINT or SIGTERM; ``banner()`` once the worker accepts connections."""
-    from granian.constants import HTTPModes, Interfaces, Loops
+    from granian.constants import HTTPModes, Interfaces, Loops, SSLProtocols
     from granian.http import HTTP1Settings
     from granian.log import LogLevels
     if TYPE_CHECKING:       # granian picks its server class when imported: a variable
@@ -46,6 +49,13 @@ def serve_granian(settings: FrontEndSettings, host: str, port: int,
         from granian.server import Server
 
     gateway = settings[GatewaySettings]
+    check_certificate(gateway)
+    tls: dict[str, Any] = {}
+    if gateway.tls_cert:
+        # (granian's own minimum is TLS 1.3; 1.2 as nginx and uvicorn serve by default)
+        tls = {"ssl_cert": pathlib.Path(gateway.tls_cert),
+               "ssl_key": pathlib.Path(gateway.tls_key),
+               "ssl_protocol_min": SSLProtocols.tls12}
 
     class AnnouncingServer(Server):
         """granian's server, printing the banner once its worker accepts connections.
@@ -76,6 +86,7 @@ def serve_granian(settings: FrontEndSettings, host: str, port: int,
             header_read_timeout=max(1, round(gateway.header_timeout * 1000))),
         backpressure=gateway.max_connections,       # connections a worker accepts at once
         # then the worker is killed (typed int, used as a join() timeout: a float works)
-        workers_kill_timeout=gateway.shutdown_timeout)  # type: ignore[arg-type]
+        workers_kill_timeout=gateway.shutdown_timeout,  # type: ignore[arg-type]
+        **tls)
     server.serve(target_loader=functools.partial(make_app, settings, admin_socket=admin),
                  wrap_loader=False)

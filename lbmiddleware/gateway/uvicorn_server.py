@@ -1,5 +1,6 @@
 """The gateway under uvicorn: uvicorn's httptools protocol with the limits granian has and
-uvicorn lacks (:func:`uvicorn_protocol`), and :func:`serve_uvicorn`."""
+uvicorn lacks (:func:`uvicorn_protocol`), and :func:`serve_uvicorn` (https with
+``LB_TLS_CERT`` / ``LB_TLS_KEY``: uvicorn wraps the socket it is given in its TLS context)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from ..proxy.access import logger as access_logger
 from ..proxy.settings import ProxySettings
 from .app import make_app
 from .logs import RefusalWarnings, server_log_level, settings_logging_config
+from .tls import check_certificate
 
 __all__ = ["serve_uvicorn", "uvicorn_protocol"]
 
@@ -28,6 +30,7 @@ def serve_uvicorn(settings: FrontEndSettings, sock: socket.socket,
     import uvicorn
 
     gateway = settings[GatewaySettings]
+    check_certificate(gateway)
     config = uvicorn.Config(
         make_app(settings, admin_socket=admin), lifespan="on", access_log=False,
         log_config=settings_logging_config(settings),
@@ -35,6 +38,8 @@ def serve_uvicorn(settings: FrontEndSettings, sock: socket.socket,
         loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
         http=uvicorn_protocol(gateway, access_log=settings[ProxySettings].access_log),
         proxy_headers=False, server_header=False, date_header=False,
+        # TLS 1.2 and up (uvicorn's defaults); its server.serve(sockets=) wraps each socket
+        ssl_certfile=gateway.tls_cert or None, ssl_keyfile=gateway.tls_key or None,
         # never upgraded by uvicorn, whatever is installed: the proxy refuses WebSockets
         ws="none",
         # a backstop: GatewayProtocol closes the connections after shutdown_timeout, and

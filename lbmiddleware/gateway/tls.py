@@ -1,0 +1,58 @@
+"""TLS termination: the gateway's certificate and key (``LB_TLS_CERT`` / ``LB_TLS_KEY``)
+loaded once before the server starts (:func:`check_certificate`), so that a bad pair is a
+setting's error naming the file, not a server's traceback (granian's main process raises an
+``ssl.SSLError`` that reads as a socket error) or a worker that dies after the banner.
+
+granian and uvicorn each load the files again themselves (they take paths); both serve TLS
+1.2 and 1.3 (granian's own default minimum is 1.3: set to 1.2 here, as nginx's
+``ssl_protocols`` and uvicorn's defaults are, so that older clients still connect).
+"""
+
+from __future__ import annotations
+
+import ssl
+
+from ..errors import ConfigError
+from ..gateway_settings import GatewaySettings
+
+__all__ = ["check_certificate"]
+
+
+def check_certificate(settings: GatewaySettings) -> None:
+    """ConfigError naming the file and what is wrong when ``LB_TLS_CERT`` / ``LB_TLS_KEY``
+    cannot serve TLS together: not PEM, an encrypted key (no passphrase is taken: the server
+    would ask for it on a terminal), or a key that is not the certificate's. Nothing to do
+    when TLS is off."""
+    cert, key = settings.tls_cert, settings.tls_key
+    if not cert:
+        return
+    if b"-----BEGIN CERTIFICATE-----" not in _read(cert, "LB_TLS_CERT"):
+        raise ConfigError(f"LB_TLS_CERT has value {cert!r}: no PEM certificate in it "
+                          f"('-----BEGIN CERTIFICATE-----')")
+    text = _read(key, "LB_TLS_KEY")
+    if b"PRIVATE KEY-----" not in text:
+        raise ConfigError(f"LB_TLS_KEY has value {key!r}: no PEM private key in it "
+                          f"('-----BEGIN PRIVATE KEY-----')")
+    if b"ENCRYPTED" in text:
+        raise ConfigError(f"LB_TLS_KEY has value {key!r}: the key is encrypted; the gateway "
+                          f"takes no passphrase (openssl pkey -in KEY -out PLAIN)")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(cert, key, password=_no_password)
+    except ssl.SSLError as exc:
+        why = ("the key is not the certificate's" if exc.reason == "KEY_VALUES_MISMATCH"
+               else f"cannot load them: {exc.reason or exc}")
+        raise ConfigError(f"LB_TLS_CERT ({cert!r}) and LB_TLS_KEY ({key!r}): {why}") from None
+
+
+def _read(path: str, variable: str) -> bytes:
+    try:
+        with open(path, "rb") as file:
+            return file.read()
+    except OSError as exc:
+        raise ConfigError(f"{variable} has value {path!r}: {exc.strerror or exc}") from None
+
+
+def _no_password() -> bytes:
+    """Never a terminal prompt: an encrypted key fails to load."""
+    return b""

@@ -1,0 +1,92 @@
+"""Certificates made in the test, and https backends that use them.
+
+:func:`make_pki` writes, with trustme (a private CA in memory, leaf certificates with the
+extensions real ones have: subjectAltName, serverAuth and clientAuth usages), the PEM files
+of :class:`PKI`: a private CA nobody's trust store knows, a server certificate it signed for
+``127.0.0.1``, ``localhost`` and :data:`SERVER_NAME`, and a client certificate it signed.
+Making them costs milliseconds, so each test module makes its own in a temporary folder.
+
+:class:`TLSBackendServer` is the echo :class:`~.servers.BackendServer` behind TLS, optionally
+asking for a client certificate the CA signed (mutual TLS).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import ssl
+
+import trustme
+
+from .servers import BackendServer
+
+__all__ = ["PKI", "make_pki", "TLSBackendServer", "SERVER_NAME"]
+
+# The DNS name on the server certificate beside 127.0.0.1 (a backend reached by address
+# whose server name is on its certificate).
+SERVER_NAME = "backend.lbmiddleware.test"
+
+
+@dataclasses.dataclass(frozen=True)
+class PKI:
+    """PEM files: ``ca`` (the private CA's certificate), ``server_cert`` / ``server_key``,
+    ``client_cert`` / ``client_key``, and ``client_both`` (the client certificate followed
+    by its key, in one file)."""
+
+    ca: str
+    server_cert: str
+    server_key: str
+    client_cert: str
+    client_key: str
+    client_both: str
+
+    def server_context(self, *, client_certificate: bool = False) -> ssl.SSLContext:
+        """A server's context with the server certificate; ``client_certificate``: the
+        client must present one the CA signed."""
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(self.server_cert, self.server_key)
+        if client_certificate:
+            context.verify_mode = ssl.CERT_REQUIRED
+            context.load_verify_locations(self.ca)
+        return context
+
+
+def make_pki(folder: pathlib.Path) -> PKI:
+    """A private CA, a server certificate and a client certificate, written in ``folder``."""
+    ca = trustme.CA(organization_name="lbmiddleware tests")
+    server = ca.issue_cert("127.0.0.1", "localhost", SERVER_NAME)
+    client = ca.issue_cert("client.lbmiddleware.test")
+    paths = {name: str(folder / f"{name}.pem") for name in (
+        "ca", "server_cert", "server_key", "client_cert", "client_key", "client_both")}
+    ca.cert_pem.write_to_path(paths["ca"])
+    server.private_key_pem.write_to_path(paths["server_key"])
+    for blob in server.cert_chain_pems:
+        blob.write_to_path(paths["server_cert"], append=True)
+    client.private_key_pem.write_to_path(paths["client_key"])
+    for blob in client.cert_chain_pems:
+        blob.write_to_path(paths["client_cert"], append=True)
+        blob.write_to_path(paths["client_both"], append=True)
+    client.private_key_pem.write_to_path(paths["client_both"], append=True)
+    return PKI(**paths)
+
+
+class TLSBackendServer(BackendServer):
+    """The echo backend behind TLS (``https://127.0.0.1:PORT``) with ``context`` (a server
+    context: :meth:`PKI.server_context`). The handshake is made as a connection is accepted;
+    one that fails (the client refused the certificate, or sent none when asked) is dropped
+    without a request (``requests`` stays 0)."""
+
+    def __init__(self, name: str, context: ssl.SSLContext) -> None:
+        super().__init__(name)
+        self.context = context
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    def start(self) -> TLSBackendServer:
+        super().start()         # nothing connects before the listening socket is wrapped
+        server = self._server
+        assert server is not None
+        server.socket = self.context.wrap_socket(server.socket, server_side=True)
+        return self
