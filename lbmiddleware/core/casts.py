@@ -236,7 +236,7 @@ def parse_ratio(value: Any) -> float:
         raise ValueError("not a ratio")
     if isinstance(value, str):
         text = value.strip().lower()
-        if text in ("off", "none", "unlimited"):
+        if text in ("off", "none", "unlimited", "false", "no"):
             return math.inf
         percent = text.endswith("%")
         try:

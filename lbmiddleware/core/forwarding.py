@@ -36,6 +36,7 @@ from .settings import (
 )
 
 __all__ = ["ForwardingSettings", "parse_statuses", "parse_hash_key", "parse_cookie_name",
+           "parse_deadline",
            "StatusesLike"]
 
 # A cookie's name is an RFC 6265 token: visible ASCII except separators.
@@ -75,6 +76,16 @@ def parse_hash_key(value: Any) -> str:
     if text == "client_ip" or (sep and kind in ("header", "cookie") and name.strip()):
         return text if text == "client_ip" else f"{kind}:{name.strip()}"
     raise ValueError("expected client_ip, header:NAME or cookie:NAME")
+
+
+def parse_deadline(value: Any) -> float:
+    """The deadline of a whole request: one duration (``1.5``, ``"2s"``; 0: none). A pair or
+    an ``httpx.Timeout`` is the per-attempt kind of timeout, refused with where that goes."""
+    if isinstance(value, (tuple, list)) or type(value).__name__ == "Timeout":
+        raise ValueError("the deadline of a whole request across its attempts is one duration "
+                         "('2s'); per-attempt timeouts are connect_timeout and read_timeout, "
+                         "or the timeout= of each call")
+    return parse_duration(value)
 
 
 def parse_cookie_name(value: Any) -> str:
@@ -125,7 +136,7 @@ class ForwardingSettings(BaseSettings):
                          "(POST, PATCH, ...) after it was sent"))
     timeout: float = dataclasses.field(
         default=0.0,
-        metadata=setting("LB_TIMEOUT", parse_duration,
+        metadata=setting("LB_TIMEOUT", parse_deadline,
                          "the longest a request waits for its response head across all its "
                          "attempts; a retry is not started without time for it (0: off)"))
     sticky_cookie: str = dataclasses.field(
@@ -135,8 +146,9 @@ class ForwardingSettings(BaseSettings):
                          "for any policy (empty: off)"))
 
     readers: ClassVar[str] = (
-        "every front-end that forwards requests (LoadBalancingAdapter, LoadBalancerMiddleware, "
-        "WSGILoadBalancer, the gateway): give it there")
+        "every front-end that forwards requests (LoadBalancingAdapter, LoadBalancingTransport, "
+        "AsyncLoadBalancingTransport, LoadBalancerMiddleware, WSGILoadBalancer, the gateway): "
+        "give it there")
 
     def retry_rule(self) -> RetryRule:
         """The attempt loop's rule these settings describe (a front-end builds it once)."""

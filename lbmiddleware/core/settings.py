@@ -373,6 +373,10 @@ class Settings(BaseSettings):
             raise _out_of_order(self, "fail_timeout", "max_ejection_time")
         if self.dns_min_refresh > self.dns_max_refresh:
             raise _out_of_order(self, "dns_min_refresh", "dns_max_refresh")
+        if self.hash_balance_factor and self.policy != "ip_hash":
+            logger.warning("LB_HASH_BALANCE_FACTOR (hash_balance_factor) has value %d but the "
+                           "policy is %s: it bounds ip_hash's keys only, and is ignored",
+                           self.hash_balance_factor, self.policy)
         if self.backend_client_key and not self.backend_client_cert:
             raise ConfigError(f"LB_BACKEND_CLIENT_KEY (backend_client_key) has value "
                               f"{self.backend_client_key!r} but LB_BACKEND_CLIENT_CERT "

@@ -697,3 +697,26 @@ def test_the_gateway_needs_its_certificate_and_key_together(tmp_path):
     with pytest.raises(lb.ConfigError, match="LB_TLS_KEY is set but LB_TLS_CERT is empty"):
         GatewaySettings(tls_key=str(cert))
     assert GatewaySettings(tls_cert=str(cert), tls_key=str(cert)).tls_cert == str(cert)
+
+
+@pytest.mark.parametrize("given", [(1, 5), [1, 5]])
+def test_a_per_attempt_timeout_given_as_the_deadline_says_where_it_goes(given):
+    with pytest.raises(lb.ConfigError, match=r"timeout has value .*: the deadline of a whole "
+                                             r"request across its attempts is one duration"):
+        ForwardingSettings(timeout=given)
+
+
+def test_a_balance_factor_under_another_policy_is_ignored_with_a_warning(caplog):
+    with caplog.at_level(logging.WARNING, logger="lbmiddleware"):
+        lb.Settings(backends="http://a", policy="latency", hash_balance_factor=150)
+    assert ("LB_HASH_BALANCE_FACTOR (hash_balance_factor) has value 150 but the policy is "
+            "latency: it bounds ip_hash's keys only, and is ignored") in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="lbmiddleware"):
+        lb.Settings(backends="http://a", policy="ip_hash", hash_balance_factor=150)
+    assert caplog.text == ""
+
+
+@pytest.mark.parametrize("text", ["off", "OFF", "none", "false", "no"])
+def test_the_retry_budget_is_turned_off_in_words(text):
+    assert lb.Settings(backends="http://a", retry_budget=text).retry_budget == math.inf
