@@ -15,13 +15,15 @@ of the backend, as it would a 502 from the backend itself. Standard library only
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 from .deadlines import TIMED_OUT, Deadlines, expire
-from .errors import ProtocolError, ReadTimeout, StaleConnection, UpstreamError
+from .errors import ProtocolError, ReadTimeout, StaleConnection, TLSError, UpstreamError
 from .parser import ResponseParser
 from .response import Response
+from .tls import handshake_verdict, tls_failure_text
 
 __all__ = ["Connection", "Owner"]
 
@@ -74,6 +76,9 @@ class Connection(asyncio.Protocol):
         self._request_sent = True
         #: Request body bytes written in the current (or last) exchange.
         self.body_sent = 0
+        # Why a connection never used was closed before its first request (a TLS 1.3
+        # backend's verdict on the client's certificate, read before the request is written).
+        self._refused: UpstreamError | None = None
 
     # -- asyncio.Protocol -----------------------------------------------------------------
 
@@ -126,7 +131,12 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         if self._state == _BUSY:
-            self._end_of_input("the connection to the backend was lost")
+            if isinstance(exc, ssl.SSLError):
+                self._tls_failed(exc)
+            else:
+                self._end_of_input("the connection to the backend was lost")
+        elif self.requests == 0 and handshake_verdict(exc):
+            self._refused = TLSError(tls_failure_text(exc))
         if self._drain is not None and not self._drain.done():
             self._drain.set_result(None)
 
@@ -180,6 +190,8 @@ class Connection(asyncio.Protocol):
         transport = self.transport
         if transport is None:
             raise ProtocolError("the connection to the backend is not open")
+        if self._refused is not None:
+            raise self._refused
         loop = self.loop
         self.requests += 1
         self._state = _BUSY
@@ -296,8 +308,8 @@ class Connection(asyncio.Protocol):
     # -- endings ------------------------------------------------------------------------
 
     def _end_of_input(self, message: str) -> None:
-        """The backend closed during an exchange: the end of a read-until-close body,
-        else a response cut short."""
+        """The backend closed (or TLS broke: ``message`` says it) during an exchange: the
+        end of a read-until-close body, else a response cut short."""
         try:
             self._parser.feed_eof()
         except ProtocolError:
@@ -330,12 +342,24 @@ class Connection(asyncio.Protocol):
             else:               # the rest of an upload the backend will not read: drop it
                 transport.abort()
 
+    def _tls_failed(self, exc: ssl.SSLError) -> None:
+        """TLS broke the connection during an exchange. Before the first answer's first byte
+        a TLS alert is the backend's verdict on the handshake (TLS 1.3 gives it on the
+        client's certificate once the client has sent its request): a failed connect, the
+        request unread (:class:`TLSError`). Otherwise an end of input, in TLS's words (a
+        body read to the close still ends there)."""
+        text = tls_failure_text(exc)
+        if self.requests == 1 and not self._got_bytes and handshake_verdict(exc):
+            self._broken(TLSError(text))
+        else:
+            self._end_of_input(text)
+
     def _lost_error(self, message: str) -> ProtocolError:
         if self.requests > 1 and not self._got_bytes and self._state == _BUSY:
             return StaleConnection(message + " (a reused idle connection)")
         return ProtocolError(message)
 
-    def _broken(self, exc: ProtocolError) -> None:
+    def _broken(self, exc: UpstreamError) -> None:
         self._state = _DONE
         self.closed = True
         if self.transport is not None:

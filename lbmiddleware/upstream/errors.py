@@ -10,8 +10,8 @@ the request body bytes written before the failure.
 from __future__ import annotations
 
 __all__ = [
-    "UpstreamError", "ConnectError", "ConnectTimeout", "ReadTimeout", "ProtocolError",
-    "StaleConnection",
+    "UpstreamError", "ConnectError", "ConnectTimeout", "TLSError", "ReadTimeout",
+    "ProtocolError", "StaleConnection",
 ]
 
 
@@ -34,6 +34,14 @@ class ConnectTimeout(ConnectError):
     """Opening the connection took longer than ``connect_timeout``."""
 
     timeout = True
+
+
+class TLSError(ConnectError):
+    """The TLS handshake failed: a certificate refused by either side (the backend's not
+    verified, ours not accepted), or no protocol in common. The request never reached the
+    backend's application, whatever bytes were written (under TLS 1.3 the backend's verdict
+    on a client certificate comes after the client has sent its request: it is still a
+    failed handshake). Its text names the problem (``TLS: certificate verify failed: ...``)."""
 
 
 class ReadTimeout(UpstreamError):

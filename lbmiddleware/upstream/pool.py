@@ -20,6 +20,10 @@ client's per-request work. Standard library only.
 * Errors are :class:`~.errors.UpstreamError` subclasses; ``exc.sent`` says whether any of the
   request may have reached the backend (``False``: a connect failure, safe to retry for
   any method), ``exc.timeout`` whether it was a timeout.
+* https backends are reached with the context given as ``ssl=`` (the pool's:
+  :func:`~.tls.backend_ssl_context` of its settings), else the system's store
+  (:func:`~.tls.system_ssl_context`); one context for every connection. A failed handshake
+  is a :class:`~.errors.TLSError`: a connect failure whose text names the problem.
 """
 
 from __future__ import annotations
@@ -32,8 +36,9 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from ..core.backend import Backend
 from .connection import Connection
 from .deadlines import Deadlines
-from .errors import ConnectError, ConnectTimeout, StaleConnection, UpstreamError
+from .errors import ConnectError, ConnectTimeout, StaleConnection, TLSError, UpstreamError
 from .response import Response
+from .tls import system_ssl_context, tls_failure_text
 
 __all__ = ["Upstream", "HostPool", "DEFAULT_MAX_IDLE", "DEFAULT_IDLE_TIMEOUT"]
 
@@ -60,8 +65,7 @@ class HostPool:
         self.host_header = backend.authority.encode("ascii")
         self._server_hostname = backend.tls_server_name if backend.scheme == "https" else None
         self.base_path = backend.path.encode("ascii")
-        self._ssl = ((ssl or ssl_module.create_default_context())
-                     if backend.scheme == "https" else None)
+        self._ssl = (ssl or system_ssl_context()) if backend.scheme == "https" else None
         self._idle: list[Connection] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self.opened = 0         # connections opened, ever (for tests and stats)
@@ -165,10 +169,17 @@ class HostPool:
             error = ConnectTimeout(f"connecting to {backend.url} timed out")
             error.deadline = cut
             raise error from None
+        except ssl_module.SSLError as exc:
+            failed = TLSError(tls_failure_text(exc))
+            failed.__cause__ = exc
         except OSError as exc:
             raise ConnectError(f"cannot connect to {backend.url}: {exc.strerror or exc}") from None
-        self.opened += 1
-        return connection
+        else:
+            self.opened += 1
+            return connection
+        # Raised out of the handler: an OSError as its context would be read for an errno
+        # (the ASGI side's failure_text: an SSLError's errno 1 is no system error's).
+        raise failed
 
     def _release(self, connection: Connection) -> None:
         if len(self._idle) < self.max_idle and not connection.closed:

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+import socket
 import ssl
+from typing import Any
 
 import trustme
 
@@ -72,9 +74,14 @@ def make_pki(folder: pathlib.Path) -> PKI:
 
 class TLSBackendServer(BackendServer):
     """The echo backend behind TLS (``https://127.0.0.1:PORT``) with ``context`` (a server
-    context: :meth:`PKI.server_context`). The handshake is made as a connection is accepted;
-    one that fails (the client refused the certificate, or sent none when asked) is dropped
-    without a request (``requests`` stays 0)."""
+    context: :meth:`PKI.server_context`). The handshake is made as a connection is accepted
+    (``connections`` counts those that succeeded); one that fails (the client refused the
+    certificate, or sent none when asked) is dropped without a request (``requests`` stays
+    0), closed as careful servers close (nginx's lingering close): what the client sent is
+    read and dropped until it closes, so that the alert reaches it, not a reset (a socket
+    closed with unread bytes sends a reset, which the client may see before the alert:
+    its next write fails with ``ECONNRESET``).
+    """
 
     def __init__(self, name: str, context: ssl.SSLContext) -> None:
         super().__init__(name)
@@ -88,5 +95,42 @@ class TLSBackendServer(BackendServer):
         super().start()         # nothing connects before the listening socket is wrapped
         server = self._server
         assert server is not None
-        server.socket = self.context.wrap_socket(server.socket, server_side=True)
+        server.socket = _Handshaking(self.context.wrap_socket(  # type: ignore[assignment]
+            server.socket, server_side=True, do_handshake_on_connect=False))
         return self
+
+
+class _Handshaking:
+    """A listening TLS socket whose ``accept`` makes the handshake, and closes a connection
+    whose handshake failed with a lingering close."""
+
+    def __init__(self, sock: ssl.SSLSocket) -> None:
+        self._sock = sock
+
+    def accept(self) -> tuple[ssl.SSLSocket, Any]:
+        conn, address = self._sock.accept()
+        try:
+            conn.settimeout(5.0)
+            conn.do_handshake()
+            conn.settimeout(None)
+        except OSError:
+            _linger(conn)
+            raise
+        return conn, address
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+def _linger(conn: ssl.SSLSocket) -> None:
+    """Shut the sending side, read and drop what comes until the client closes (at most
+    2 s), then close."""
+    try:
+        conn.settimeout(2.0)
+        conn.shutdown(socket.SHUT_WR)       # (the TLS layer dropped: a plain socket now)
+        while conn.recv(65536):
+            pass
+    except OSError:
+        pass
+    finally:
+        conn.close()
