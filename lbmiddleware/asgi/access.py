@@ -3,7 +3,8 @@
 
 Made only when the access log is on: the record wraps ``send`` to see the status the
 client got (whoever answered: a backend, the proxy's own 502, 503 or 504, a refusal, a
-WebSocket handshake's denial), and
+WebSocket handshake's denial, 101 for a WebSocket accepted: its line is written at its
+close, so its duration is the socket's life), and
 is given the request's :class:`~lbmiddleware.asgi.exchange.Exchange`, whose attempts name
 the backends tried.
 """
@@ -13,12 +14,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..proxy.access import CLIENT_CLOSED, access_line, logger
 
 if TYPE_CHECKING:
-    from .exchange import Exchange
+    from ..core.attempts import Attempts
 
 __all__ = ["AccessRecord"]
 
@@ -28,9 +29,23 @@ _STARTS = frozenset({"http.response.start", "websocket.http.response.start"})
 
 # A WebSocket closed before its handshake is accepted: the server answers 403 (the ASGI spec).
 _CLOSED_BEFORE_HANDSHAKE = 403
+# A WebSocket accepted: the server answers 101 Switching Protocols.
+_SWITCHING = 101
 
 Message = MutableMapping[str, Any]
 Send = Callable[[Message], Awaitable[None]]
+
+
+class Attempted(Protocol):
+    """What the record reads of a proxied request (an :class:`~.exchange.Exchange`, a
+    WebSocket's :class:`~.websocket.Tunnel`): the backends tried, and whether the client
+    left before it was answered."""
+
+    @property
+    def attempts(self) -> Attempts | None: ...
+
+    @property
+    def gone(self) -> bool: ...
 
 
 class AccessRecord:
@@ -41,13 +56,15 @@ class AccessRecord:
     def __init__(self, send: Send) -> None:
         self.send = send
         self.status: int | None = None
-        self.exchange: Exchange | None = None
+        self.exchange: Attempted | None = None
         self.started = time.monotonic()
 
     async def __call__(self, message: Message) -> None:
         kind = message["type"]
         if kind in _STARTS:
             self.status = message["status"]
+        elif kind == "websocket.accept":
+            self.status = _SWITCHING
         elif kind == "websocket.close" and self.status is None:
             self.status = _CLOSED_BEFORE_HANDSHAKE
         await self.send(message)

@@ -27,14 +27,17 @@ With ``timeout`` (``LB_TIMEOUT``) the request's attempts share a deadline up to 
 head, counted from the moment it is forwarded: each attempt gets the time left (connect,
 upload and wait together), and the client gets 504 when it runs out.
 
-WebSockets are not proxied: a handshake under the prefix (an HTTP request with ``Upgrade:
-websocket``, or a ``websocket`` scope) gets 501; other websocket scopes go to the app.
+WebSockets under the prefix (an ASGI ``websocket`` scope) are proxied: the handshake's
+attempts before the client is answered, then messages both ways until either side closes
+(:mod:`lbmiddleware.asgi.websocket`); other websocket scopes go to the app. A WebSocket
+handshake that reaches the middleware as an HTTP request (a server with WebSockets off)
+cannot be upgraded through ASGI's ``http`` scope: it gets 501.
 
 A client that disconnects cancels the upstream exchange (its connection is closed, the
 pick released): see :mod:`lbmiddleware.asgi.exchange`.
 
 With ``access_log`` (``LB_ACCESS_LOG``) each request under the prefix (and, with no app,
-each one outside it) and each WebSocket handshake refused ends with one line on the
+each one outside it) and each WebSocket ends with one line on the
 ``lbmiddleware.access`` logger, at INFO: see :mod:`lbmiddleware.proxy.access`. Off, the
 per-request path does not change.
 
@@ -72,6 +75,8 @@ from ..upstream import Upstream
 from ..upstream.deadlines import Deadlines
 from .access import AccessRecord
 from .exchange import NO_BODY, ClientGone, Exchange, Forwarder, NoBody, RequestBody
+from .websocket import DENIAL, Tunnel
+from .websocket import upstream_headers as upstream_handshake
 
 __all__ = ["LoadBalancerMiddleware"]
 
@@ -95,8 +100,8 @@ class LoadBalancerMiddleware:
     gateway's ``load_settings()``). ``balancer=`` shares a :class:`Balancer`: its own settings
     are then set on it, while the forwarding and proxy settings are this middleware's, from its
     keywords, else ``LB_*``, else the defaults (``retries=0`` here, 2 in an adapter on the same
-    pool). ``app`` may be ``None``: requests outside the prefix then get 404 (websockets a
-    501).
+    pool). ``app`` may be ``None``: requests outside the prefix then get 404 (websockets
+    too).
 
     ``app`` is positional-only, so that Starlette's ``add_middleware`` and ``Middleware``
     type-check: their factory protocol passes the app positionally and the options as
@@ -175,12 +180,14 @@ class LoadBalancerMiddleware:
                 await self._send_error(send, 404)
         elif kind == "lifespan":
             await self._lifespan(scope, receive, send)
-        elif kind == "websocket" and (
-                self.app is None or match_prefix(self._prefix, scope["path"]) is not None):
-            if self._access_log:
-                await self._logged_refusal(scope, send)
+        elif kind == "websocket":
+            path = match_prefix(self._prefix, scope["path"], self._strip)
+            if path is None and self.app is not None:
+                await self.app(scope, receive, send)
+            elif self._access_log:
+                await self._logged_websocket(scope, receive, send, path)
             else:
-                await self._refuse_websocket(scope, send)
+                await self._websocket(scope, receive, send, path)
         elif self.app is not None:
             await self.app(scope, receive, send)
 
@@ -200,12 +207,13 @@ class LoadBalancerMiddleware:
         finally:
             record.log(self._client(scope), scope["method"], scope["path"], gone)
 
-    async def _logged_refusal(self, scope: Scope, send: Send) -> None:
-        """:meth:`_refuse_websocket` with its access log line, as the same handshake gets
-        when the server hands it over as an HTTP request (a WebSocket handshake is a GET)."""
+    async def _logged_websocket(self, scope: Scope, receive: Receive, send: Send,
+                                path: str | None) -> None:
+        """:meth:`_websocket` with its access log line, written at the close (``GET``, 101
+        once accepted, else the status the handshake got; 403 for a close before it)."""
         record = AccessRecord(send)
         try:
-            await self._refuse_websocket(scope, record)
+            await self._websocket(scope, receive, record, path, record)
         finally:
             record.log(self._client(scope), "GET", scope["path"])
 
@@ -285,16 +293,46 @@ class LoadBalancerMiddleware:
         await send(start)
         await send(body)
 
-    async def _refuse_websocket(self, scope: Scope, send: Send) -> None:
-        """Deny a WebSocket (they are not proxied yet): the 501 response where the server
-        has the ASGI denial-response extension, else a close before the handshake."""
-        if "websocket.http.response" in (scope.get("extensions") or ()):
-            start, body = self._errors[501]
-            await send({**start, "type": "websocket.http.response.start"})
-            await send({**body, "type": "websocket.http.response.body"})
-        else:
-            await send({"type": "websocket.close", "code": 1000,
-                        "reason": "WebSockets are not proxied"})
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send, path: str | None,
+                         record: AccessRecord | None = None) -> None:
+        """Proxy one WebSocket (:class:`~lbmiddleware.asgi.websocket.Tunnel`); outside the
+        prefix with no app, 404. ``record``: its access log line, told of the tunnel."""
+        if (await receive())["type"] != "websocket.connect":
+            return                  # gone before its handshake reached us
+        headers = scope["headers"]
+        client = scope.get("client")
+        peer = client[0] if client else None
+        trusted = self._trusting and self._client_address.is_trusted(peer)
+        secure = scope.get("scheme") in ("wss", "https")
+        tunnel = Tunnel(self._forwarder, b"", [], True, scope.get("subprotocols") or (), None,
+                        receive, send, denial=DENIAL in (scope.get("extensions") or ()),
+                        secure=secure)
+        if path is None:
+            await tunnel.deny_error(404)
+            return
+        try:
+            # (X-Forwarded-Proto says http or https, as for the same request over HTTP)
+            tunnel.headers = upstream_headers = BINARY.request_headers(
+                upstream_handshake(headers), peer=peer, scheme="https" if secure else "http",
+                preserve_host=self._preserve_host, trusted_peer=trusted)
+            tunnel.target = join_target(b"", self._raw_path(scope, path),
+                                        scope.get("query_string"))
+        except UnsafeRequest:
+            await tunnel.deny_error(400)
+            return
+        if self._sticky:
+            ip = peer
+            if self._hash_key == "client_ip" and trusted:
+                ip = self._client_address(peer, BINARY.get(headers, "x-forwarded-for"))
+            tunnel.key = sticky_key(self._hash_key, ip, headers)
+        if self._cookie is not None:
+            tunnel.prefer = self._cookie.read_binary(headers)
+        tunnel.add_host = not (upstream_headers and upstream_headers[0][0] == b"Host")
+        if not self._ready:
+            await self.ready()
+        if record is not None:
+            record.exchange = tunnel
+        await tunnel.run()
 
     async def ready(self) -> bool:
         """Wait, without blocking the loop, for the first answer of each of the pool's

@@ -60,7 +60,7 @@ def in_flight(mw):
 # -- scopes other than HTTP ------------------------------------------------------------------------
 
 def test_lifespan_and_websocket_scopes_pass_through_to_the_app(backends):
-    """Websockets outside the prefix are the app's (under it they are refused: not proxied)."""
+    """Websockets outside the prefix are the app's (under it they are proxied)."""
     local_app.seen.clear()
     mw = proxy(backends[:1], app=local_app, prefix="/api")
     sent = []
@@ -84,11 +84,14 @@ def test_lifespan_and_websocket_scopes_pass_through_to_the_app(backends):
 
 
 def test_without_an_app_lifespan_completes_and_websockets_are_closed(backends):
+    """A websocket scope is proxied: a plain HTTP backend answers the upgrade 200, and
+    without the denial-response extension that is a close before the handshake."""
     mw = proxy(backends[:1])
     sent = []
 
     async def scenario():
-        messages = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
+        messages = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"},
+                         {"type": "websocket.connect"}])
 
         async def receive():
             return next(messages)

@@ -68,11 +68,12 @@ def test_the_access_log_is_off_by_default(access_log, servers):
     assert access_records(access_log) == []
 
 
-def test_a_refused_websocket_scope_gets_its_line_as_the_http_handshake_does(access_log, servers):
-    """A handshake is refused whether the server hands it over as HTTP (WebSockets off, as in
-    the gateway: logged 501 like any request) or as a ``websocket`` scope: the line is the
-    same, with the status the client got: 501 where the server has the denial-response
-    extension, 403 (what a server answers for a close before the handshake) where not."""
+def test_a_websocket_handshake_gets_its_line_whichever_way_the_server_hands_it_over(
+        access_log, servers):
+    """A handshake the server hands over as HTTP (WebSockets off) is refused 501 and logged
+    like any request; as a ``websocket`` scope it is proxied, and its line has the status
+    the client got: the backend's answer (a plain HTTP backend's 200) where the server has
+    the denial-response extension, 403 (a close before the handshake) where not."""
     a = servers("a")
     app = LoadBalancerMiddleware(None, backends=[a.url], access_log=True)
     denial = {"websocket.http.response": {}}
@@ -83,17 +84,19 @@ def test_a_refused_websocket_scope_gets_its_line_as_the_http_handshake_does(acce
 
     denied, closed, plain = asyncio.run(scenario())
     app.balancer.close()
-    assert denied[0]["status"] == 501 and closed[0]["type"] == "websocket.close"
+    assert denied[0]["status"] == 200 and closed[0]["type"] == "websocket.close"
     assert plain.status == 501
     lines = {line["path"]: line for line in access_records(access_log)}
     assert len(access_records(access_log)) == 3
-    for path, status in (("/chat", "501"), ("/old", "403"), ("/plain", "501")):
+    for path, status, backend, attempts in (("/chat", "200", a.url, "1"),
+                                            ("/old", "403", a.url, "1"),
+                                            ("/plain", "501", "-", "0")):
         line = lines[path]
         assert line == {"client": line["client"], "method": "GET", "path": path,
-                        "status": status, "backend": "-", "attempts": "0",
+                        "status": status, "backend": backend, "attempts": attempts,
                         "duration_ms": line["duration_ms"]}
     assert lines["/chat"]["client"] == lines["/old"]["client"] == "127.0.0.1"
-    assert a.requests == 0
+    assert a.requests == 2
 
 
 def test_a_websocket_scope_outside_the_prefix_is_the_apps_and_not_logged(access_log, servers):
