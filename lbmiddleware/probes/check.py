@@ -40,7 +40,9 @@ head, fits in ``timeout`` (HAProxy ``timeout check``, Envoy ``timeout``).
 Pass = a final status in ``statuses`` (inclusive ranges, 200-399 by default: HAProxy,
 nginx, Traefik); anything else fails with a reason the logs and ``stats()`` show:
 ``"status 503"``, ``"timeout after 2s"``, ``"connection refused"``, ``"TLS: certificate
-verify failed ..."``, ``"the backend closed the connection"``.
+verify failed: unable to get local issuer certificate"`` (the upstream client's words:
+:func:`~lbmiddleware.upstream.tls.tls_failure_text`; a TLS 1.3 backend refusing the client
+certificate says so in place of the first answer), ``"the backend closed the connection"``.
 
 The body is not part of the verdict; it is read to its end (up to :data:`MAX_DRAIN` bytes,
 while the timeout lasts) so that the connection can carry the next probe. A connection that
@@ -64,6 +66,7 @@ from ..upstream.connection import Connection
 from ..upstream.deadlines import Deadlines
 from ..upstream.errors import ReadTimeout, StaleConnection, UpstreamError
 from ..upstream.response import Response
+from ..upstream.tls import system_ssl_context, tls_failure_text
 
 __all__ = ["HealthCheck", "MAX_DRAIN", "USER_AGENT", "within"]
 
@@ -116,8 +119,8 @@ class HealthCheck:
     relative (``healthz``: appended to the base path, ``/base/healthz``); characters outside
     ASCII are percent-encoded (UTF-8). ``statuses``:
     inclusive ``(low, high)`` ranges that pass. ``ssl``: the context for ``https`` backends
-    (default: the system's trust store, verifying the certificate against
-    ``backend.tls_server_name``).
+    (the prober gives the pool's; default: the system's trust store), the certificate
+    verified against ``backend.tls_server_name``.
 
     A connection per backend is kept between probes (:attr:`kept`, by URL); one check must
     not probe one backend twice at once (the prober never does). :meth:`drop` closes a
@@ -155,10 +158,10 @@ class HealthCheck:
         return any(low <= status <= high for low, high in self.statuses)
 
     def ssl_context(self) -> ssl_module.SSLContext:
-        """The TLS context for ``https`` backends, made on first use (a default context
-        loads the trust store: milliseconds, once)."""
+        """The TLS context for ``https`` backends: the one given, else the system's (shared,
+        made on first use: loading the trust store takes milliseconds, once)."""
         if self._ssl is None:
-            self._ssl = ssl_module.create_default_context()
+            self._ssl = system_ssl_context()
         return self._ssl
 
     async def __call__(self, backend: Backend) -> tuple[bool, str]:
@@ -171,10 +174,8 @@ class HealthCheck:
                 connection, response = await self._ask(backend, deadline, loop, used)
             except (asyncio.TimeoutError, ReadTimeout):
                 return False, self._timeout_reason
-            except ssl_module.SSLCertVerificationError as exc:
-                return False, f"TLS: {exc.verify_message or exc.reason}"
             except ssl_module.SSLError as exc:
-                return False, f"TLS: {exc.reason or exc}"
+                return False, tls_failure_text(exc)
             except socket.gaierror as exc:
                 return False, f"cannot resolve {backend.host}: {exc.strerror or exc}"
             except OSError as exc:

@@ -76,6 +76,7 @@ from ..core.events import (
     MembershipChanged,
 )
 from ..errors import ConfigError
+from ..upstream.tls import TLSSettings, backend_ssl_context
 from .check import HealthCheck
 
 __all__ = ["Prober", "ProbedPool", "ProbeSettings", "JITTER"]
@@ -98,7 +99,9 @@ class ProbedPool(Protocol):
 
 
 class ProbeSettings(Protocol):
-    """The settings the prober reads (the core Settings has them)."""
+    """The settings the prober reads (the core Settings has them), and, when they have them
+    (:class:`~lbmiddleware.upstream.tls.TLSSettings`: the core Settings does), the backend
+    TLS settings: the probes reach https backends as the proxies do."""
 
     @property
     def health_check(self) -> str: ...
@@ -111,6 +114,11 @@ class ProbeSettings(Protocol):
 
     @property
     def health_check_statuses(self) -> tuple[tuple[int, int], ...]: ...
+
+
+def _context(settings: ProbeSettings) -> ssl_module.SSLContext | None:
+    """The pool's context for its https backends, if ``settings`` say how to reach them."""
+    return backend_ssl_context(settings) if isinstance(settings, TLSSettings) else None
 
 
 class _Target:
@@ -131,8 +139,11 @@ class Prober:
     ``settings``: ``health_check`` (the path; must not be empty), ``health_check_interval``,
     ``health_check_timeout``, ``health_check_statuses``. ``rng``: a ``random.Random`` for the
     jitter (seed it in tests). ``ssl``: the TLS context for ``https`` backends (default: the
-    system's trust store). ``sleep``: the coroutine that waits between probes
-    (``asyncio.sleep``; a test may record the delays instead).
+    pool's, :func:`~lbmiddleware.upstream.tls.backend_ssl_context` of ``settings``: its
+    ``backend_ca``, ``backend_verify`` and client certificate, built here, so that a file
+    that cannot be loaded fails at the start, not at the first probe). ``sleep``: the
+    coroutine that waits between probes (``asyncio.sleep``; a test may record the delays
+    instead).
 
     :meth:`check` is the one probe (``(ok, reason)``); a subclass may replace it.
     """
@@ -150,7 +161,8 @@ class Prober:
         self.pool = pool
         self.interval = float(interval)
         self.health_check = HealthCheck(settings.health_check, settings.health_check_statuses,
-                                        settings.health_check_timeout, ssl=ssl)
+                                        settings.health_check_timeout,
+                                        ssl=ssl if ssl is not None else _context(settings))
         self._rng = rng if rng is not None else random.Random()
         self._sleep = sleep
         self._targets: dict[str, _Target] = {}      # url -> target, in joining order
