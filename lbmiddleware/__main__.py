@@ -7,6 +7,7 @@ import argparse
 import ast
 import dataclasses
 import importlib.metadata
+import logging
 import os
 import pathlib
 import shutil
@@ -14,7 +15,7 @@ import sys
 import textwrap
 from collections.abc import Callable, Mapping, Sequence
 
-from .core.settings import describe
+from .core.settings import FrontEndSettings, describe
 from .errors import ConfigError
 from .gateway_settings import GROUPS, GatewaySettings, load_settings, parse_listen
 
@@ -53,8 +54,8 @@ class _SettingOption:
     help: str
 
 
-# --config FILE (routes) will be an option of another kind: a file read before the settings,
-# not one setting's value.
+# --config FILE (routes) is an option of another kind: a file read instead of the variables,
+# not one setting's value (see _serve).
 _SETTING_OPTIONS = (
     _SettingOption("--listen", "listen", "LB_LISTEN", _address,
                    "the address to listen on, instead of LB_LISTEN (:8000: every interface)"),
@@ -128,14 +129,22 @@ def _parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
         description="\n".join(_wrap(
             "Reverse-proxy every request under LB_PREFIX to the LB_BACKENDS pool, under "
             "granian or uvicorn (LB_SERVER), until interrupted. Settings come from the LB_* "
-            "variables below; an option wins over its variable.") + [
-            "", "example:", '  LB_BACKENDS="http://127.0.0.1:8001, http://127.0.0.1:8002" \\',
-            "      python -m lbmiddleware serve --listen :8000"]),
+            "variables below; an option wins over its variable. With --config, routes "
+            "(each a path prefix and optionally a host, with its own pool) and settings "
+            "come from a TOML file instead, its keys the settings' names in lower case "
+            "(retries, max_fails, ...); SIGHUP re-reads it.") + [
+            "", "examples:", '  LB_BACKENDS="http://127.0.0.1:8001, http://127.0.0.1:8002" \\',
+            "      python -m lbmiddleware serve --listen :8000",
+            "  python -m lbmiddleware serve --config gateway.toml"]),
         epilog=_settings_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     serve.add_argument("--version", action=_VersionAction)
     for option in _SETTING_OPTIONS:
         serve.add_argument(option.flag, dest=option.field, metavar="HOST:PORT",
                            type=option.check, help=option.help)
+    serve.add_argument("--config", metavar="FILE",
+                       help="routes and settings from this TOML file ([gateway], [defaults], "
+                            "[[route]]); the LB_* variables are then not read, but "
+                            "LB_LOG_LEVEL where the file has no log_level; SIGHUP re-reads it")
     # -- demo: listed here, run by lbmiddleware/demo/runner.py's main(argv) (see main below) -----
     commands.add_parser(
         "demo", help="run every policy against three local backends and print a table "
@@ -183,9 +192,13 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         # Logging first (LB_LOG_LEVEL alone), so that the settings' own warnings (a
         # misspelt LB_ name) are logged as every later line is.
-        configure_logging(_log_level(os.environ))
-        settings = load_settings(**{option.field: getattr(args, option.field)
-                                    for option in _SETTING_OPTIONS})
+        level = _log_level(os.environ)
+        configure_logging(level)
+        options = {option.field: getattr(args, option.field) for option in _SETTING_OPTIONS}
+        if args.config is not None:
+            settings: FrontEndSettings = _read_config(args.config, options, level)
+        else:
+            settings = load_settings(**options)
         serve(settings)
     except ConfigError as exc:  # a bad setting; the chosen server or a source's library missing
         return _error(exc, args, 2)
@@ -194,6 +207,27 @@ def _serve(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def _read_config(path: str, options: Mapping[str, str | None], log_level: str
+                 ) -> FrontEndSettings:
+    """``serve --config``: the file's settings (the options winning), logging at its
+    ``log_level`` (``log_level``: LB_LOG_LEVEL's, logging's level until now), and one
+    WARNING naming the ``LB_*`` variables set that it does not read."""
+    from .gateway import configure_logging
+    from .gateway.config import ignored_variables, read_config
+    config = read_config(path, options=options,
+                         log_level=log_level if "LB_LOG_LEVEL" in os.environ else None)
+    level = config[GatewaySettings].log_level
+    if level != log_level:
+        configure_logging(level)
+    ignored = ignored_variables(os.environ)
+    if ignored:
+        logging.getLogger("lbmiddleware.gateway").warning(
+            "%s %s set but not read: with --config the settings come from %s (LB_LOG_LEVEL "
+            "alone applies, where [gateway] has no log_level)", ", ".join(ignored),
+            "is" if len(ignored) == 1 else "are", path)
+    return config
 
 
 def _error(exc: Exception, args: argparse.Namespace, status: int) -> int:

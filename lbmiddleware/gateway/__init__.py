@@ -1,4 +1,5 @@
-"""The gateway: the ASGI proxy alone, under an HTTP server, configured from ``LB_*``.
+"""The gateway: the ASGI proxy alone, under an HTTP server, configured from ``LB_*`` (one
+pool) or from a config file (``serve --config FILE``: routes, each with its own pool).
 
 ``python -m lbmiddleware serve`` calls :func:`serve`. The server is chosen by
 ``LB_SERVER`` [auto]: granian when it is installed, else uvicorn with httptools (and
@@ -32,21 +33,32 @@ its backlog. It shares the proxy's process, so it is bounded as the proxied port
 pool of threads, connections beyond a small backlog closed at once, ``LB_HEADER_TIMEOUT``
 for a request head.
 
+A config file (:mod:`.config`: TOML, ``[gateway]``, ``[defaults]``, ``[[route]]``) gives
+routes: a path prefix and optionally a ``Host``, each with a pool and middleware of its own
+(:mod:`.routes`: the longest prefix wins, a host's route before the host-less one; 404
+under none). The ``LB_*`` variables are then not read (but ``LB_LOG_LEVEL``). SIGHUP
+re-reads the file in the process that owns the pools, keeping the pools whose settings
+changed only in their backends (:class:`RoutesGatewayApp`); under granian ``serve`` forwards
+it from granian's main process to the worker, instead of granian's new worker.
+
 The modules, one job each: :mod:`.run` (``serve``: the server chosen, the addresses bound,
-the banner), :mod:`.uvicorn_server` and :mod:`.granian_server` (each server's setup),
-:mod:`.app` (the ASGI app: the proxy and the admin listener's lifecycle), :mod:`.admin` (the
-admin listener), :mod:`.logs` (logging) and :mod:`.listen` (sockets). Their public names are
-re-exported here: ``lbmiddleware.gateway:make_app`` and ``:app_from_env`` are what a server is
-given.
+the banner, SIGHUP), :mod:`.uvicorn_server` and :mod:`.granian_server` (each server's
+setup), :mod:`.app` (the ASGI apps: the proxy, or the routes and their reload, and the
+admin listener's lifecycle), :mod:`.config` (the config file), :mod:`.routes` (the router),
+:mod:`.admin` (the admin listener), :mod:`.logs` (logging) and :mod:`.listen` (sockets).
+Their public names are re-exported here: ``lbmiddleware.gateway:make_app`` and
+``:app_from_env`` are what a server is given.
 """
 
 from ..gateway_settings import load_settings
 from .admin import AdminServer
-from .app import GatewayApp, app_from_env, make_app
+from .app import GatewayApp, RoutesGatewayApp, app_from_env, make_app
+from .config import ConfigFileError, GatewayConfig, Route, read_config
 from .listen import CannotListen, bind, bind_setting
 from .logs import LOG_FORMAT, RefusalWarnings, configure_logging, logging_config
 from .run import check_libraries, choose_server, serve
 
 __all__ = ["load_settings", "make_app", "app_from_env", "choose_server", "check_libraries",
            "bind", "bind_setting", "serve", "logging_config", "configure_logging", "LOG_FORMAT",
-           "GatewayApp", "AdminServer", "CannotListen", "RefusalWarnings"]
+           "GatewayApp", "AdminServer", "CannotListen", "RefusalWarnings", "RoutesGatewayApp",
+           "GatewayConfig", "Route", "ConfigFileError", "read_config"]

@@ -86,6 +86,11 @@ class AdminServer:
         """The connections held now: being served, or accepted and waiting for a worker."""
         return self.server.held
 
+    def set_app(self, app: WSGIApplication) -> None:
+        """Serve ``app`` from the next request on (a reload's new pools); a request being
+        answered finishes with the app it began with."""
+        self.server.set_app(app)
+
     def start(self) -> None:
         for worker in self.workers:
             worker.start()

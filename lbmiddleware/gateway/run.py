@@ -1,12 +1,29 @@
 """``python -m lbmiddleware serve``: the server chosen (:func:`choose_server`), the sources'
 libraries checked, the addresses bound, the banner printed, and the server run
-(:func:`serve`)."""
+(:func:`serve`).
+
+SIGHUP: with a config file (``serve --config``) the process that owns the pools re-reads
+it (:meth:`~lbmiddleware.gateway.app.RoutesGatewayApp.reload`). Under uvicorn that is the
+gateway's own process; under granian it is the worker, and granian's main process would
+answer SIGHUP by starting a new worker (new pools: every backend's state lost), so once
+granian has set its own handlers (the banner is printed after that) the main process's
+SIGHUP is forwarded to its worker instead. Without a config file there is nothing to
+re-read: uvicorn's gateway logs so and goes on (SIGHUP's default would end it), granian's
+starts a new worker as granian does.
+"""
 
 from __future__ import annotations
 
 import functools
 import importlib.util
+import logging
+import multiprocessing
+import os
+import signal
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from types import FrameType
 from typing import TextIO
 
 from ..core.settings import FrontEndSettings
@@ -14,9 +31,12 @@ from ..errors import ConfigError
 from ..fleet.pool import require_library
 from ..gateway_settings import GatewaySettings
 from ..proxy.settings import ProxySettings
+from .config import GatewayConfig, Route
 from .granian_server import serve_granian
 from .listen import bind_setting, url
 from .uvicorn_server import serve_uvicorn
+
+logger = logging.getLogger("lbmiddleware.gateway")
 
 __all__ = ["serve", "choose_server", "check_libraries", "SERVERS"]
 
@@ -46,12 +66,15 @@ def choose_server(settings: GatewaySettings) -> str:
 def check_libraries(settings: FrontEndSettings) -> None:
     """ConfigError naming the source and the extra to install when a source's library is
     missing (dnspython for DNS): found before the server starts, not by its worker building
-    the pool (granian's would crash with a traceback)."""
-    for source in settings.core.sources:
-        try:
-            require_library(source)
-        except ModuleNotFoundError as exc:
-            raise ConfigError(str(exc)) from None
+    the pool (granian's would crash with a traceback). A config file's: every route's."""
+    pools = ([route.settings.core for route in settings.routes]
+             if isinstance(settings, GatewayConfig) else [settings.core])
+    for pool in pools:
+        for source in pool.sources:
+            try:
+                require_library(source)
+            except ModuleNotFoundError as exc:
+                raise ConfigError(str(exc)) from None
 
 
 def serve(settings: FrontEndSettings, *, out: TextIO = sys.stdout) -> None:
@@ -62,33 +85,113 @@ def serve(settings: FrontEndSettings, *, out: TextIO = sys.stdout) -> None:
     gateway = settings[GatewaySettings]
     server = choose_server(gateway)
     check_libraries(settings)
-    sock = bind_setting(gateway.listen_address, "LB_LISTEN")
+    sock = bind_setting(gateway.listen_address, _named(settings, "listen", "LB_LISTEN"))
     host, port = sock.getsockname()[:2]
     admin = None
     if gateway.admin_address is not None:
         try:
             # Bound here, before granian forks (its worker serves on this very socket), so
             # port 0 is resolved once and printed.
-            admin = bind_setting(gateway.admin_address, "LB_ADMIN_LISTEN")
+            admin = bind_setting(gateway.admin_address,
+                                 _named(settings, "admin_listen", "LB_ADMIN_LISTEN"))
         except OSError:
             sock.close()
             raise
     if server == "granian":
         sock.close()        # granian binds the address itself (port 0: the one just found)
-    backends = ", ".join(b.url for b in settings.core.backends)
-    line = (f"lbmiddleware gateway listening on {url(host, port)} "
-            f"(prefix {settings[ProxySettings].prefix}, policy {settings.core.policy}, "
-            f"{server}) -> {backends}")
-    if admin is not None:
-        line += f"; admin {url(*admin.getsockname()[:2])}/status"
-    banner = functools.partial(print, line, file=out, flush=True)
+    line = banner_line(settings, server, host, port,
+                       None if admin is None else admin.getsockname()[:2])
+    config = settings.path if isinstance(settings, GatewayConfig) else None
+    banner: Callable[[], None] = functools.partial(print, line, file=out, flush=True)
     try:
         if server == "granian":
+            if config is not None:
+                banner = _then(banner, functools.partial(_forward_sighup, config))
             serve_granian(settings, host, port, banner, admin)
         else:
             banner()            # the sockets listen already: connections wait in the backlog
-            serve_uvicorn(settings, sock, admin)
+            with _sighup_until_served(config):
+                serve_uvicorn(settings, sock, admin)
     finally:
         sock.close()
         if admin is not None:
             admin.close()
+
+
+def banner_line(settings: FrontEndSettings, server: str, host: str, port: int,
+                admin: tuple[str, int] | None) -> str:
+    """What ``serve`` prints once the gateway accepts connections: its address (https://
+    with ``LB_TLS_CERT``), then the pool (or each route's, in the file's order), and the
+    admin listener's page."""
+    gateway = settings[GatewaySettings]
+    address = url(host, port)
+    if gateway.tls_cert:
+        address = "https://" + address.removeprefix("http://")
+    if isinstance(settings, GatewayConfig):
+        routes = sorted(settings.routes, key=lambda route: route.line)
+        pools = "; ".join(f"{_route_label(route)} -> "
+                          f"{', '.join(b.url for b in route.settings.core.backends)}"
+                          for route in routes)
+        line = (f"lbmiddleware gateway listening on {address} ({server}, "
+                f"{len(routes)} route{'s' if len(routes) != 1 else ''} from "
+                f"{settings.path}): {pools}")
+    else:
+        backends = ", ".join(b.url for b in settings.core.backends)
+        line = (f"lbmiddleware gateway listening on {address} "
+                f"(prefix {settings[ProxySettings].prefix}, policy {settings.core.policy}, "
+                f"{server}) -> {backends}")
+    if admin is not None:
+        line += f"; admin {url(*admin)}/status"
+    return line
+
+
+def _named(settings: FrontEndSettings, key: str, variable: str) -> str:
+    """How an error names the setting of an address: its variable, or with a config file
+    the option that gave it, else its key in the file."""
+    if not isinstance(settings, GatewayConfig):
+        return variable
+    if key in dict(settings.options):
+        return {"listen": "--listen", "admin_listen": "--admin"}.get(key, key)
+    return f"{key} in {settings.path}"
+
+
+def _route_label(route: Route) -> str:
+    where = f"{route.host or ''}{route.prefix}"
+    return where if route.name == where else f"{where} [{route.name}]"
+
+
+def _then(first: Callable[[], None], second: Callable[[], None]) -> Callable[[], None]:
+    def both() -> None:
+        first()
+        second()
+    return both
+
+
+def _forward_sighup(config: str) -> None:
+    """In granian's main process, once granian set its handlers: SIGHUP goes to the
+    worker, which re-reads ``config`` (granian would start a new worker)."""
+    def forward(signum: int, frame: FrameType | None) -> None:
+        workers = multiprocessing.active_children()
+        for worker in workers:
+            if worker.pid is not None:
+                os.kill(worker.pid, signal.SIGHUP)
+        logger.debug("SIGHUP: %s to be re-read by the worker (pid %s)", config,
+                     ", ".join(str(w.pid) for w in workers) or "none")
+    signal.signal(signal.SIGHUP, forward)
+
+
+@contextmanager
+def _sighup_until_served(config: str | None) -> Iterator[None]:
+    """Under uvicorn: SIGHUP, which would end the process by default, is logged while the
+    app does not take it (before its lifespan's startup, or always without a config)."""
+    def early(signum: int, frame: FrameType | None) -> None:
+        if config is None:
+            logger.warning("SIGHUP: nothing to re-read: the gateway was started without "
+                           "--config (LB_* variables are read once, at the start)")
+        else:
+            logger.warning("SIGHUP: %s not re-read: the gateway is not serving yet", config)
+    previous = signal.signal(signal.SIGHUP, early)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGHUP, previous)

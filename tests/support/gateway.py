@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -27,13 +28,24 @@ class GatewayProcess:
     Under granian, port 0 is a free port the gateway looks up and hands to granian's
     worker, which binds it a moment later; another socket of the test run can take it in
     between ("Address already in use"). ``start`` then tries again, up to twice.
+
+    ``config``: a config file (``serve --config``), which then holds the settings (its
+    ``listen`` is best ``127.0.0.1:0``); ``LB_LISTEN`` is not set then. :meth:`reload` sends
+    SIGHUP. The banner's address may be https:// (``LB_TLS_CERT``): ``scheme`` says which.
     """
 
-    def __init__(self, environ: dict[str, str]) -> None:
+    def __init__(self, environ: dict[str, str], *, config: str | os.PathLike | None = None
+                 ) -> None:
         self.environ = {k: v for k, v in os.environ.items() if not k.startswith("LB_")}
-        self.environ.update({"LB_LISTEN": "127.0.0.1:0", "PYTHONUNBUFFERED": "1"})
+        self.environ["PYTHONUNBUFFERED"] = "1"
+        if config is None:
+            self.environ["LB_LISTEN"] = "127.0.0.1:0"
         self.environ.update(environ)
+        self.config = None if config is None else os.fspath(config)
         self.args = [sys.executable, "-m", "lbmiddleware", "serve"]
+        if self.config is not None:
+            self.args += ["--config", self.config]
+        self.scheme = "http"
         self.process = None
         self.port = 0
         self.admin_port = 0
@@ -49,7 +61,8 @@ class GatewayProcess:
             try:
                 return self._start(timeout, **popen)
             except RuntimeError as exc:
-                port_zero = self.environ["LB_LISTEN"].endswith(":0")
+                port_zero = self.config is not None or self.environ.get(
+                    "LB_LISTEN", "").endswith(":0")
                 if not (port_zero and "Address already in use" in str(exc)) \
                         or attempt == attempts - 1:
                     raise
@@ -77,11 +90,12 @@ class GatewayProcess:
 
     def read_banner(self, line: str) -> bool:
         """Take the ports from the banner ``line``; False when it is none."""
-        match = re.search(r"listening on http://127\.0\.0\.1:(\d+)", line)
+        match = re.search(r"listening on (https?)://127\.0\.0\.1:(\d+)", line)
         if not match:
             return False
         self.banner = line
-        self.port = int(match.group(1))
+        self.scheme = match.group(1)
+        self.port = int(match.group(2))
         admin = re.search(r"admin http://127\.0\.0\.1:(\d+)/status", line)
         self.admin_port = int(admin.group(1)) if admin else 0
         return True
@@ -114,9 +128,28 @@ class GatewayProcess:
                                      f"gateway wrote:\n{self.output()}")
             time.sleep(0.01)
 
+    def count_output(self, pattern: str) -> int:
+        """How many lines of stderr so far ``pattern`` (a regular expression) matches."""
+        compiled = re.compile(pattern)
+        with self._lines_lock:
+            return sum(1 for line in self._lines if compiled.search(line))
+
+    def wait_for_count(self, pattern: str, count: int, timeout: float = 10.0) -> None:
+        """Wait up to ``timeout`` seconds until ``count`` lines match ``pattern``."""
+        deadline = time.monotonic() + timeout
+        while self.count_output(pattern) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"fewer than {count} lines matching {pattern!r} in "
+                                     f"{timeout} s; the gateway wrote:\n{self.output()}")
+            time.sleep(0.01)
+
+    def reload(self) -> None:
+        """SIGHUP to the gateway's process (under granian, its main process)."""
+        os.kill(self.pid, signal.SIGHUP)
+
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     @property
     def admin_url(self) -> str:

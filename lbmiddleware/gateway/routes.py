@@ -1,0 +1,169 @@
+"""The router of a gateway with routes (``serve --config``): an ASGI app that hands each
+request to the :class:`~lbmiddleware.asgi.LoadBalancerMiddleware` of its route.
+
+A route matches a path prefix (``/api`` matches ``/api`` and ``/api/x``, not ``/apix``:
+:func:`~lbmiddleware.proxy.match_prefix`, as the middleware itself matches it) and, when it
+has one, the request's ``Host`` (port ignored, any case). The longest prefix wins; of two
+routes with the same prefix, the one for the request's host wins over the host-less one
+(``Session.mount``'s rule in requests, and Traefik's longest rule first). A request under no
+route gets 404 (a WebSocket, a close before its handshake: 403).
+
+The table is replaced whole on a reload (:meth:`Router.swap`): a request holds the entry it
+matched until it ends, so a reload never cuts one. Each entry counts its requests in flight;
+an entry retired by a reload is closed (its middleware's connections, and its pool when no
+entry uses it any more) once the last of them ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
+from typing import Any
+
+from ..asgi import LoadBalancerMiddleware
+from ..asgi.access import AccessRecord
+from ..fleet.pool import Balancer
+from ..proxy import error_response, match_prefix
+from .config import Route
+
+__all__ = ["Router", "Entry", "request_host"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+logger = logging.getLogger("lbmiddleware.gateway")
+
+
+class Entry:
+    """One route being served: its middleware and the pool it forwards to. ``active``
+    counts the requests in it now; once ``retired`` and idle, :meth:`close` runs."""
+
+    def __init__(self, route: Route, middleware: LoadBalancerMiddleware,
+                 balancer: Balancer) -> None:
+        self.route = route
+        self.middleware = middleware
+        self.balancer = balancer
+        self.active = 0
+        self.retired = False
+        #: Called once when the entry is retired and idle (the gateway closes it then).
+        self.on_idle: Callable[[Entry], None] | None = None
+        self._host = route.host
+        self._prefix = route.prefix
+
+    def matches(self, host: str | None, path: str) -> bool:
+        return (self._host is None or self._host == host) and \
+            match_prefix(self._prefix, path) is not None
+
+    def retire(self) -> None:
+        """No new request comes here; :attr:`on_idle` once the last one in flight ends."""
+        self.retired = True
+        if self.active == 0:
+            self._idle()
+
+    def _idle(self) -> None:
+        callback, self.on_idle = self.on_idle, None
+        if callback is not None:
+            callback(self)
+
+
+class Router:
+    """The ASGI app over the routes' middlewares (see the module's docstring); ``entries``
+    longest prefix first, a host's before the host-less one of the same prefix
+    (:class:`~lbmiddleware.gateway.config.GatewayConfig` orders them so). Lifespan events
+    are the gateway's (:class:`~lbmiddleware.gateway.app.RoutesGatewayApp`), not passed on.
+    ``access_log``: a request under no route gets its access line."""
+
+    def __init__(self, entries: Sequence[Entry], *, access_log: bool = False) -> None:
+        self._entries: tuple[Entry, ...] = tuple(entries)
+        self._hosts = any(entry.route.host is not None for entry in entries)
+        self.access_log = access_log
+        start, body = _not_found()
+        self._not_found_start, self._not_found_body = start, body
+
+    @property
+    def entries(self) -> tuple[Entry, ...]:
+        return self._entries
+
+    def match(self, host: str | None, path: str) -> Entry | None:
+        """The entry for a request to ``host`` (:func:`request_host`) and ``path``."""
+        for entry in self._entries:
+            if entry.matches(host, path):
+                return entry
+        return None
+
+    def swap(self, entries: Sequence[Entry]) -> list[Entry]:
+        """Serve ``entries`` from now on; returns those of the old table that are not among
+        them (the caller retires them)."""
+        old, self._entries = self._entries, tuple(entries)
+        self._hosts = any(entry.route.host is not None for entry in entries)
+        kept = {id(entry) for entry in entries}
+        return [entry for entry in old if id(entry) not in kept]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind not in ("http", "websocket"):
+            return
+        host = request_host(scope["headers"]) if self._hosts else None
+        entry = self.match(host, scope["path"])
+        if entry is None:
+            await self._no_route(scope, send)
+            return
+        entry.active += 1
+        try:
+            await entry.middleware(scope, receive, send)
+        finally:
+            entry.active -= 1
+            if entry.retired and entry.active == 0:
+                entry._idle()
+
+    async def _no_route(self, scope: Scope, send: Send) -> None:
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1000})
+            return
+        record = AccessRecord(send) if self.access_log else None
+        out = record if record is not None else send
+        await out(dict(self._not_found_start))
+        await out(dict(self._not_found_body))
+        if record is not None:
+            client = scope.get("client")
+            record.log(client[0] if client else None, scope["method"], scope["path"])
+
+
+def request_host(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """The host a request names in its ``Host`` header (ASGI: names in lower case), in
+    lower case, without its port or a trailing dot (``[::1]`` keeps its brackets); None
+    without one."""
+    raw = next((value for name, value in headers if name == b"host"), None)
+    if not raw:
+        return None
+    text = raw.decode("latin-1").strip().lower()
+    if text.startswith("["):
+        end = text.find("]")
+        return text[:end + 1] if end != -1 else text
+    host, sep, port = text.rpartition(":")
+    if sep and port.isdigit():
+        text = host
+    return text.rstrip(".") or None
+
+
+def _not_found() -> tuple[Message, Message]:
+    error = error_response(404)
+    headers = [(n.lower().encode("latin-1"), v.encode("latin-1")) for n, v in error.headers]
+    return ({"type": "http.response.start", "status": error.status, "headers": headers},
+            {"type": "http.response.body", "body": error.body, "more_body": False})
+
+
+async def close_entry(entry: Entry, *, balancer: bool) -> None:
+    """Close ``entry``'s middleware (its idle upstream connections) and, with ``balancer``,
+    its pool (sources and health checks), logging what fails rather than raising."""
+    try:
+        await entry.middleware.aclose()
+        if balancer:
+            await entry.balancer.aclose()
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        logger.exception("closing the pool of route %r failed", entry.route.name)

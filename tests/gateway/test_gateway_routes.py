@@ -1,0 +1,256 @@
+"""Routes from a config file (``python -m lbmiddleware serve --config FILE``, issue 14 item 2):
+each route's requests reach its own pool; a host's route before the host-less one of the same
+prefix; the longest prefix first; 404 under no route; the admin port shows each route's pool
+by its name.
+
+In-process first (the router's choice, the Host header as it is read), then the gateway
+process under granian and uvicorn with loopback backends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import textwrap
+
+import pytest
+import requests
+
+from lbmiddleware.gateway.app import RoutesGatewayApp
+from lbmiddleware.gateway.config import parse_config
+from lbmiddleware.gateway.routes import request_host
+
+from ..support.gateway import GatewayProcess
+
+SERVERS = ["granian", "uvicorn"]
+
+
+def write(tmp_path, text: str, name: str = "gateway.toml"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+# -- in-process: which route a request goes to ------------------------------------------
+
+ROUTES = """
+    [[route]]
+    prefix = "/"
+    backends = ["http://127.0.0.1:1"]
+    [[route]]
+    name = "api"
+    prefix = "/api"
+    backends = ["http://127.0.0.1:2"]
+    [[route]]
+    prefix = "/api/v2"
+    backends = ["http://127.0.0.1:3"]
+    [[route]]
+    prefix = "/api"
+    host = "API.example.com"
+    backends = ["http://127.0.0.1:4"]
+    [[route]]
+    host = "static.example.com"
+    backends = ["http://127.0.0.1:5"]
+"""
+
+
+@pytest.fixture
+def router():
+    app = RoutesGatewayApp(parse_config(textwrap.dedent(ROUTES)), reload_on_sighup=False)
+    yield app.router
+    asyncio.run(app.aclose())
+
+
+@pytest.mark.parametrize(("host", "path", "route"), [
+    (None, "/", "/"),
+    (None, "/elsewhere", "/"),
+    (None, "/api", "api"),
+    (None, "/api/x", "api"),
+    (None, "/apix", "/"),                           # a prefix is whole path segments
+    (None, "/api/v2", "/api/v2"),                   # the longest prefix wins
+    (None, "/api/v2/x", "/api/v2"),
+    (None, "/api/v20", "api"),
+    ("api.example.com", "/api/x", "api.example.com/api"),   # the host's route first
+    ("api.example.com", "/api/v2/x", "/api/v2"),    # ... of the same prefix only
+    ("api.example.com", "/other", "/"),
+    ("static.example.com", "/api/x", "api"),
+    ("static.example.com", "/x", "static.example.com/"),
+    ("other.example.com", "/x", "/"),
+])
+def test_the_longest_prefix_wins_then_the_hosts_route(router, host, path, route):
+    assert router.match(host, path).route.name == route
+
+
+def test_a_path_under_no_route_has_no_entry():
+    config = parse_config('[[route]]\nprefix = "/api"\nbackends = ["http://127.0.0.1:1"]\n')
+    app = RoutesGatewayApp(config, reload_on_sighup=False)
+    try:
+        assert app.router.match(None, "/apix") is None
+        assert app.router.match(None, "/") is None
+        assert app.router.match(None, "/api/../admin") is None      # not under it
+    finally:
+        asyncio.run(app.aclose())
+
+
+@pytest.mark.parametrize(("header", "host"), [
+    (b"example.com", "example.com"),
+    (b"Example.COM:8080", "example.com"),
+    (b"example.com.", "example.com"),
+    (b"127.0.0.1:8000", "127.0.0.1"),
+    (b"[::1]:8000", "[::1]"),
+    (b"[::1]", "[::1]"),
+    (b"", None),
+])
+def test_the_request_host_is_its_host_header_without_port_in_lower_case(header, host):
+    assert request_host([(b"accept", b"*/*"), (b"host", header)]) == host
+    assert request_host([(b"accept", b"*/*")]) is None
+
+
+# -- the gateway process: each route to its own backends -----------------------------------
+
+def two_routes(server: str, a, b, c, **gateway: str) -> str:
+    extra = "".join(f'{key} = "{value}"\n' for key, value in gateway.items())
+    return f"""
+        [gateway]
+        server = "{server}"
+        listen = "127.0.0.1:0"
+        admin_listen = "127.0.0.1:0"
+        {extra}
+        [defaults]
+        retries = 1
+        read_timeout = "5s"
+
+        [[route]]
+        name = "orders"
+        prefix = "/api"
+        backends = ["{a.url}", "{b.url}"]
+        policy = "round_robin"
+
+        [[route]]
+        prefix = "/auth"
+        strip_prefix = true
+        backends = ["{c.url}"]
+    """
+
+
+def server_of(response: requests.Response) -> str:
+    assert response.status_code == 200, response.text
+    return response.json()["server"]
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_two_routes_each_reach_their_own_backends(server, backends, tmp_path):
+    a, b, c = backends
+    config = write(tmp_path, two_routes(server, a, b, c))
+    with GatewayProcess({}, config=config) as gateway, requests.Session() as session:
+        assert f"({server}, 2 routes from {config})" in gateway.banner
+        assert f"/api [orders] -> {a.url}, {b.url}; /auth -> {c.url}" in gateway.banner
+        api = [session.get(f"{gateway.url}/api/x", params={"n": n}, timeout=5)
+               for n in range(4)]
+        assert [server_of(r) for r in api] == ["a", "b", "a", "b"]
+        assert api[0].json()["path"] == "/api/x?n=0"
+        auth = session.get(f"{gateway.url}/auth/login", timeout=5)
+        assert server_of(auth) == "c" and auth.json()["path"] == "/login"   # stripped
+        for outside in ("/", "/apix", "/elsewhere/api"):
+            response = session.get(f"{gateway.url}{outside}", timeout=5)
+            assert response.status_code == 404, outside
+            assert response.headers["Content-Type"].startswith("text/plain")
+        # the admin port: each route's pool by its name, in the file's order
+        status = session.get(f"{gateway.admin_url}/status.json", timeout=5).json()
+        pools = {pool["name"]: pool for pool in status["pools"]}
+        assert list(pools) == ["orders", "/auth"]
+        assert [row["url"] for row in pools["orders"]["backends"]] == [a.url, b.url]
+        assert [row["requests"] for row in pools["orders"]["backends"]] == [2, 2]
+        assert [row["requests"] for row in pools["/auth"]["backends"]] == [1]
+        assert session.get(f"{gateway.admin_url}/ready", timeout=5).status_code == 200
+        output = gateway.stop()
+    assert "Traceback" not in output
+    assert (a.requests, b.requests, c.requests) == (2, 2, 1)
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_host_routes_and_the_longest_prefix_through_the_gateway(server, backends, tmp_path):
+    a, b, c = backends
+    config = write(tmp_path, f"""
+        [gateway]
+        server = "{server}"
+        listen = "127.0.0.1:0"
+
+        [[route]]
+        prefix = "/"
+        backends = ["{a.url}"]
+
+        [[route]]
+        prefix = "/api/v2"
+        backends = ["{b.url}"]
+
+        [[route]]
+        host = "api.example.com"
+        backends = ["{c.url}"]
+    """)
+    with GatewayProcess({}, config=config) as gateway, requests.Session() as session:
+        def via(path: str, host: str | None = None) -> str:
+            headers = {"Host": host} if host else {}
+            return server_of(session.get(f"{gateway.url}{path}", headers=headers, timeout=5))
+
+        assert via("/x") == "a"
+        assert via("/api/v2/orders") == "b"
+        assert via("/api/v20") == "a"
+        assert via("/x", "api.example.com") == "c"
+        assert via("/x", "API.Example.com:8443") == "c"
+        assert via("/api/v2/orders", "api.example.com") == "b"     # the longer prefix
+        assert via("/x", "www.example.com") == "a"
+        # the Host goes upstream as the backend's, as for a single pool
+        echoed = session.get(f"{gateway.url}/x", headers={"Host": "api.example.com"},
+                             timeout=5).json()
+        assert echoed["headers"]["Host"] == f"127.0.0.1:{c.port}"
+        assert echoed["headers"]["X-Forwarded-Host"] == "api.example.com"
+        output = gateway.stop()
+    assert "Traceback" not in output
+
+
+def test_a_routes_sticky_cookie_has_its_prefix_as_path(backends, tmp_path):
+    """Two routes' cookies do not meet: each route's middleware scopes its cookie."""
+    a, b, c = backends
+    config = write(tmp_path, f"""
+        [gateway]
+        server = "uvicorn"
+        listen = "127.0.0.1:0"
+        [defaults]
+        sticky_cookie = "lb"
+        [[route]]
+        prefix = "/api"
+        backends = ["{a.url}", "{b.url}"]
+        [[route]]
+        prefix = "/auth"
+        backends = ["{c.url}"]
+    """)
+    with GatewayProcess({}, config=config) as gateway:
+        api = requests.get(f"{gateway.url}/api/x", timeout=5)
+        auth = requests.get(f"{gateway.url}/auth/x", timeout=5)
+        assert "Path=/api;" in api.headers["Set-Cookie"]
+        assert "Path=/auth;" in auth.headers["Set-Cookie"]
+
+
+def test_access_log_lines_name_each_route_and_the_404s(backends, tmp_path):
+    a, b, c = backends
+    config = write(tmp_path, f"""
+        [gateway]
+        server = "uvicorn"
+        listen = "127.0.0.1:0"
+        log_level = "warning"
+        [[route]]
+        prefix = "/api"
+        access_log = true
+        backends = ["{a.url}"]
+        [[route]]
+        prefix = "/quiet"
+        backends = ["{b.url}"]
+    """)
+    with GatewayProcess({}, config=config) as gateway:
+        for path in ("/api/x", "/quiet/x", "/nowhere"):
+            requests.get(f"{gateway.url}{path}", timeout=5)
+        gateway.wait_for_output(r'path=/nowhere status=404')
+        output = gateway.stop()
+    lines = [line for line in output.splitlines() if "lbmiddleware.access" in line]
+    assert len(lines) == 2, output
+    assert "path=/api/x status=200" in lines[0] and f"backend={a.url}" in lines[0]
