@@ -6,8 +6,9 @@ of the proxy's own headers (``X_Forwarded_Host``) and the client's framing
 (``Content-Length``, ``Transfer-Encoding``: the outbound client frames the body itself)
 are dropped; ``Host`` and ``X-Forwarded-For/Proto/Host`` are set; CR/LF/NUL raise
 :class:`~.refusals.UnsafeRequest` and a WebSocket handshake :class:`~.refusals.NotProxied`.
-Back to the client, hop-by-hop headers are dropped. The rules: ``docs/contract.md``,
-"Proxying" / "Request headers" and "Responses".
+Back to the client, hop-by-hop headers are dropped; ``Location``, ``Content-Location`` and
+``Refresh`` pointing at the backend are rewritten (:mod:`.redirects`). The rules:
+``docs/contract.md``, "Proxying" / "Request headers" and "Responses".
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Callable, Iterable, Sequence
-from typing import AnyStr, Generic, overload
+from typing import Any, AnyStr, Generic, overload
 
+from .redirects import REDIRECT_HEADERS, Rewrite
 from .refusals import UNSAFE_BYTES, UNSAFE_TEXT, NotProxied, UnsafeRequest
 
 __all__ = [
@@ -44,17 +46,29 @@ def _latin1(text: str) -> bytes:
     return text.encode("latin-1")
 
 
+def _from_latin1(data: bytes) -> str:
+    return data.decode("latin-1")
+
+
+def _same(text: str) -> str:
+    return text
+
+
 @overload
-def _alphabet(kind: type[str]) -> tuple[Callable[[str], str], re.Pattern[str]]: ...
+def _alphabet(kind: type[str]) -> tuple[Callable[[str], str], Callable[[str], str],
+                                        re.Pattern[str]]: ...
 @overload
-def _alphabet(kind: type[bytes]) -> tuple[Callable[[str], bytes], re.Pattern[bytes]]: ...
+def _alphabet(kind: type[bytes]) -> tuple[Callable[[str], bytes], Callable[[bytes], str],
+                                          re.Pattern[bytes]]: ...
 def _alphabet(kind: type[str] | type[bytes]
-              ) -> tuple[Callable[[str], str | bytes], re.Pattern[str] | re.Pattern[bytes]]:
+              ) -> tuple[Callable[[str], str | bytes], Callable[[Any], str],
+                         re.Pattern[str] | re.Pattern[bytes]]:
     """How a ``str`` word is spelled in headers of ``kind`` (bytes on the wire are latin-1),
-    and the pattern of the characters never forwarded, in that kind."""
+    how a value of that kind reads as ``str``, and the pattern of the characters never
+    forwarded, in that kind."""
     if kind is bytes:
-        return _latin1, UNSAFE_BYTES
-    return str, UNSAFE_TEXT
+        return _latin1, _from_latin1, UNSAFE_BYTES
+    return str, _same, UNSAFE_TEXT
 
 
 class HeaderRules(Generic[AnyStr]):
@@ -71,11 +85,16 @@ class HeaderRules(Generic[AnyStr]):
         # Every attribute is annotated: mypy infers none from an assignment in a class
         # generic over a constrained type variable (AnyStr).
         word: Callable[[str], AnyStr]
+        text: Callable[[AnyStr], str]
         unsafe: re.Pattern[AnyStr]
-        word, unsafe = _alphabet(kind)
+        word, text, unsafe = _alphabet(kind)
         self._word: Callable[[str], AnyStr] = word
+        self._text: Callable[[AnyStr], str] = text
         self._unsafe: re.Pattern[AnyStr] = unsafe
         self._hop: frozenset[AnyStr] = frozenset(map(word, HOP_BY_HOP))
+        # the response headers that are not passed on as they came
+        self._response_special: frozenset[AnyStr] = frozenset(
+            map(word, HOP_BY_HOP | REDIRECT_HEADERS))
         self._drop: frozenset[AnyStr] = frozenset(map(word, HOP_BY_HOP | FRAMING | {
             "host", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"}))
         self._guarded: frozenset[AnyStr] = frozenset(map(word, PROXY_HEADERS))
@@ -202,25 +221,34 @@ class HeaderRules(Generic[AnyStr]):
             out.append((self._xfh_out, forwarded_host))
         return out
 
-    def response_headers(self, headers: Sequence[tuple[AnyStr, AnyStr]]
-                         ) -> list[tuple[AnyStr, AnyStr]]:
-        """The upstream response's headers for the client, hop-by-hop ones dropped.
+    def response_headers(self, headers: Sequence[tuple[AnyStr, AnyStr]],
+                         rewrite: Rewrite | None = None) -> list[tuple[AnyStr, AnyStr]]:
+        """The upstream response's headers for the client: hop-by-hop ones dropped,
+        ``Location``, ``Content-Location`` and ``Refresh`` given to ``rewrite`` (a bound
+        :class:`~.redirects.RedirectRule`: its new value, or None to keep the header as it
+        came).
 
         Repeated headers (``Set-Cookie``) stay as they are. When the upstream sent
         ``Transfer-Encoding``, its ``Content-Length`` is dropped too (RFC 9112 §6.3).
         """
+        special = self._response_special
         hop = self._hop
         out: list[tuple[AnyStr, AnyStr]] = []
         named: set[AnyStr] = set()
         chunked = False
         for name, value in headers:
             lower = name.lower()
-            if lower in hop:
-                if lower == self._connection:
-                    named |= self._tokens(value)
-                elif lower == self._transfer_encoding:
-                    chunked = True
-                continue
+            if lower in special:
+                if lower in hop:
+                    if lower == self._connection:
+                        named |= self._tokens(value)
+                    elif lower == self._transfer_encoding:
+                        chunked = True
+                    continue
+                if rewrite is not None:
+                    new = rewrite(self._text(lower), self._text(value))
+                    if new is not None:
+                        value = self._word(new)
             out.append((name, value))
         if named or chunked:
             drop = named
