@@ -21,7 +21,10 @@ upstream target, error responses) come from :mod:`lbmiddleware.proxy`:
 * the response streams back in chunks; the upstream response is closed in the iterable's
   ``close()``, so a client that goes away closes the upstream connection and ends the
   attempt (in-flight counts return to their value before);
-* hop-by-hop headers never reach the WSGI server (PEP 3333);
+* hop-by-hop headers never reach the WSGI server (PEP 3333), nor do the backend's ``Date``
+  and ``Server`` (the server's own go out); a ``Location``, ``Content-Location`` or
+  ``Refresh`` pointing at the backend that answered is rewritten to the address the client
+  used, under the prefix (:mod:`lbmiddleware.proxy.redirects`);
 * retries happen only while the response head is awaited: nothing has reached the client;
 * 502 / 503 (+ ``Retry-After``) / 504 when no backend answered; 400 for a request that
   cannot be forwarded safely; 404 outside the prefix when there is no wrapped app;
@@ -61,6 +64,7 @@ from .proxy import (
     quote_path,
     sticky_key,
 )
+from .proxy.redirects import RedirectRule, forwarded_origin
 from .proxy.settings import ProxySettings
 
 with needs_extra(__name__):         # requests and urllib3 come with the `requests` extra
@@ -110,6 +114,13 @@ class _ProxyAdapter(LoadBalancingAdapter):
     def sticky_secure(self, request: requests.PreparedRequest) -> bool:
         # the client's connection, not the upstream URL the middleware made (plain http)
         return isinstance(request, _ProxiedRequest) and request.secure
+
+    def redirect_origin(self, request: requests.PreparedRequest) -> str | None:
+        # the address the client used (its scheme and Host, or a trusted proxy's
+        # X-Forwarded-Proto/Host), as the header rules sent it upstream
+        headers = [(name, value.decode("latin-1") if isinstance(value, bytes) else value)
+                   for name, value in request.headers.items()]
+        return forwarded_origin(headers)
 
     def request_url(self, request: requests.PreparedRequest,
                     proxies: dict[str, str] | None) -> str:
@@ -176,6 +187,8 @@ class WSGILoadBalancer:
         # client sent it, and adds its Set-Cookie), scoped to the prefix so that two routes'
         # cookies do not meet (a ';' would end the Path: the one character quote_path keeps).
         self.adapter.sticky_path = quote_path(proxy.prefix).replace(";", "%3B")
+        # A backend's redirect to itself goes back to the client's address, under the prefix.
+        self.adapter.redirects = RedirectRule(proxy.prefix, proxy.strip_prefix)
         self._prefix = proxy.prefix
         self._strip = proxy.strip_prefix
         self._client_address = ClientAddress(proxy.trusted_proxies)

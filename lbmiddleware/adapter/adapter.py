@@ -13,6 +13,12 @@ and :meth:`build_response` gives the caller a response for the URL it asked for 
 redirects and ``response.url`` stay on the virtual host). Pooling, TLS, proxies and the
 user's own ``max_retries`` (a urllib3 ``Retry``, applied per backend) are the parent's.
 
+A backend that builds absolute URLs from the ``Host`` it got answers with its own address
+(``Location: http://10.0.0.5:8080/new``); such a ``Location``, ``Content-Location`` or
+``Refresh`` is mapped to the virtual host (``http://orders/new``), so requests follows the
+redirect through the adapter again (:mod:`lbmiddleware.proxy.redirects`, nginx's
+``proxy_redirect default``).
+
 Each attempt is reported to the :class:`~lbmiddleware.core.balancer.Balancer` with its
 outcome and its time to the response head. The attempt counts as in flight until its body
 is done: read inside the attempt with ``stream=False`` (the default), read by the caller
@@ -77,6 +83,7 @@ from ..core.settings import FrontEndSettings, Settings, resolve, setting_names
 from ..errors import NoHealthyBackend
 from ..fleet.departures import follow_departures
 from ..fleet.front_end import ClientFrontEnd, deadline_limits, deadline_outcome, deadline_words
+from ..proxy.redirects import REDIRECT_HEADERS, RedirectRule, mapped_redirects, url_origin
 from .bodies import discard, end_when_done, prefetch_body, read_body, watch_body
 from .departures import close_departed
 from .errors import BACKEND_FAILURES, NoHealthyBackendError, failure, naming_backends
@@ -157,6 +164,10 @@ class LoadBalancingAdapter(ClientFrontEnd, HTTPAdapter):
     #: With ``stream=True``, read this many bytes of the body inside the attempt (0: none).
     #: A proxy sets it so that a backend dying between head and body is retried.
     prefetch: int = 0
+    #: The rule for a backend's redirects to itself (``Location``, ``Content-Location``,
+    #: ``Refresh``): mapped to :meth:`redirect_origin`. A proxy forwarding through the
+    #: adapter sets its route's (its prefix put back when it strips it).
+    redirects: RedirectRule = RedirectRule()
 
     def __init__(
         self,
@@ -264,8 +275,29 @@ class LoadBalancingAdapter(ClientFrontEnd, HTTPAdapter):
         if isinstance(req, _UpstreamRequest):
             if req.set_cookie is not None:
                 _add_set_cookie(resp, req.set_cookie)
+            self._map_redirects(resp, req.backend, req.original)
             req = req.original
         return super().build_response(req, resp)
+
+    def redirect_origin(self, request: PreparedRequest) -> str | None:
+        """The origin a backend's redirect to itself is mapped to: the caller's URL's (the
+        virtual host), so that requests follows it through the adapter again. (A proxy
+        forwarding through the adapter gives its client's.)"""
+        return url_origin(request.url or "")
+
+    def _map_redirects(self, raw: Any, backend: Backend, request: PreparedRequest) -> None:
+        """Map ``Location``, ``Content-Location`` and ``Refresh`` pointing at ``backend``
+        (its scheme, address or server name, port, under its base path) in urllib3's
+        response ``raw`` to :meth:`redirect_origin` (:mod:`lbmiddleware.proxy.redirects`,
+        the rule every front-end follows): requests reads them from there."""
+        headers = getattr(raw, "headers", None)
+        if headers is None or not any(name in headers for name in REDIRECT_HEADERS):
+            return
+        mapped = mapped_redirects(headers.items(), self.redirects.bind(
+            backend, functools.partial(self.redirect_origin, request)))
+        if mapped is not None:
+            headers.clear()
+            headers.extend(mapped)
 
     # -- the pools read final responses only ---------------------------------------------
 

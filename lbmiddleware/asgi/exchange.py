@@ -36,6 +36,7 @@ from ..core.balancer import Balancer
 from ..core.casts import format_duration
 from ..errors import NoHealthyBackend
 from ..proxy import BINARY, StickyCookie
+from ..proxy.redirects import RedirectRule
 from ..upstream import (
     NO_BODY_STATUSES,
     ConnectError,
@@ -83,14 +84,18 @@ class _BrokeOff(Exception):
 class Forwarder:
     """What every exchange of one middleware shares, built once: the balancer, the upstream
     pool, the retry rule, the deadline timers, the error responses (ASGI messages), the
-    sticky cookie (``None``: off) and the request deadline (``timeout`` seconds, 0: off)."""
+    sticky cookie (``None``: off), the request deadline (``timeout`` seconds, 0: off) and
+    the route's redirect rule (``redirects``: a backend's ``Location`` pointing at itself is
+    rewritten to the client's origin and the route's prefix; the default puts no prefix
+    back)."""
 
     __slots__ = ("balancer", "upstream", "rule", "deadlines", "errors", "cookie", "timeout",
-                 "_resend")
+                 "redirects", "_resend")
 
     def __init__(self, balancer: Balancer, upstream: Upstream, rule: RetryRule,
                  deadlines: Deadlines, errors: Mapping[int, tuple[Message, Message]], *,
-                 cookie: StickyCookie | None = None, timeout: float = 0.0) -> None:
+                 cookie: StickyCookie | None = None, timeout: float = 0.0,
+                 redirects: RedirectRule | None = None) -> None:
         self.balancer = balancer
         self.upstream = upstream
         self.rule = rule
@@ -98,6 +103,7 @@ class Forwarder:
         self.errors = errors
         self.cookie = cookie
         self.timeout = timeout
+        self.redirects = RedirectRule() if redirects is None else redirects
         # method -> the rule's answer for a replayable body (the rule is immutable)
         self._resend: dict[str, bool] = {}
 
@@ -262,7 +268,7 @@ class Exchange:
                 await forwarder.send_error(self.send, 504 if outcome.timeout else 502)
                 return
             try:
-                await self._respond(response, self._set_cookie(backend))
+                await self._respond(response, backend, self._set_cookie(backend))
             except _BrokeOff as broke:
                 # The head went out, the body broke: the client sees a cut response, and the
                 # backend a failure that no retry can follow (its failed-attempt line says so).
@@ -326,14 +332,18 @@ class Exchange:
         return response, forwarder.rule.outcome(response.status, time.monotonic() - started,
                                                 bytes_sent=response.bytes_sent)
 
-    async def _respond(self, response: Response, set_cookie: bytes | None) -> None:
-        """Send ``response`` to the client, with the sticky cookie's ``set_cookie`` header
-        if any, counting the body bytes passed on (``received``). Raises :class:`_BrokeOff`
-        when the backend's body fails on its way."""
+    async def _respond(self, response: Response, backend: Backend,
+                       set_cookie: bytes | None) -> None:
+        """Send ``response`` (``backend``'s) to the client, by the response rules (the
+        backend's ``Date`` and ``Server`` left to the server in front, its redirects to
+        itself rewritten), with the sticky cookie's ``set_cookie`` header if any, counting
+        the body bytes passed on (``received``). Raises :class:`_BrokeOff` when the
+        backend's body fails on its way."""
         send = self.send
         # ASGI header names are lower-case (Starlette's Headers, GZipMiddleware rely on it).
+        rewrite = self.forwarder.redirects.bind(backend, self.headers)
         headers = [(name.lower(), value)
-                   for name, value in BINARY.response_headers(response.headers)]
+                   for name, value in BINARY.response_headers(response.headers, rewrite)]
         if response.status in NO_BODY_STATUSES:
             # A 304 may state its 200's length (RFC 9110 8.6); a server that checks the body
             # against it (uvicorn) would cut the connection: no body, no length.

@@ -16,7 +16,7 @@ from ..fleet.front_end import deadline_words
 from .base import LoadBalancing, Plan
 from .bodies import AsyncAttemptBody, adiscard
 from .errors import NoHealthyBackendError, naming_backends
-from .origins import MAPPED_STATUSES, origin_parts
+from .origins import origin_parts
 
 __all__ = ["AsyncLoadBalancingTransport"]
 
@@ -120,8 +120,7 @@ class AsyncLoadBalancingTransport(LoadBalancing[httpx.AsyncBaseTransport],
         latency = self._timer() - start
         if cut:     # the deadline ends at the head: the body's reads get the attempt's own
             upstream.extensions["timeout"] = plan.timeouts      # (httpcore reads them then)
-        if response.status_code in MAPPED_STATUSES:
-            self._map_location(response, backend)
+        self._map_redirects(response, backend)
         response.stream = AsyncAttemptBody(cast(httpx.AsyncByteStream, response.stream),
                                            target)
         return response, self._retry_rule.outcome(

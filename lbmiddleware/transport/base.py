@@ -9,6 +9,7 @@ front-end follows, and build everything an attempt needs here, once per request
 
 from __future__ import annotations
 
+import functools
 import ssl
 import threading
 import time
@@ -26,9 +27,10 @@ from ..core.settings import FrontEndSettings, Settings, resolve, setting_names
 from ..errors import ConfigError
 from ..fleet.departures import follow_departures
 from ..fleet.front_end import ClientFrontEnd, deadline_limits, deadline_outcome
+from ..proxy.redirects import RedirectRule, mapped_redirects
 from . import outgoing
 from .errors import closed_error, failure, limit_name
-from .origins import Origin, Parts, mapped_location, origin_of, parts_of
+from .origins import Origin, Parts, has_redirects, origin_of, parts_of
 from .proxies import as_proxy, environment_proxy
 from .targets import Target, Targets
 from .uploads import CountedStream, replayable_body
@@ -305,14 +307,23 @@ class LoadBalancing(ClientFrontEnd, Generic[T]):
                 [*headers.raw, (b"Set-Cookie", value.encode("ascii"))],
                 encoding=headers.encoding)
 
-    def _map_location(self, response: httpx.Response, backend: Backend) -> None:
-        """A ``Location`` pointing at ``backend`` itself, mapped to the virtual origin (see
-        :mod:`.origins`): the client follows it through the pool."""
-        location = response.headers.get("Location")
-        if location is not None and self._virtual is not None:
-            mapped = mapped_location(location, backend, self._virtual)
-            if mapped is not None:
-                response.headers["Location"] = mapped
+    def _map_redirects(self, response: httpx.Response, backend: Backend) -> None:
+        """``Location``, ``Content-Location`` and ``Refresh`` pointing at ``backend`` itself
+        (its scheme, address or server name, port, under its base path), mapped to the
+        virtual origin (:mod:`lbmiddleware.proxy.redirects`, the rule of every front-end):
+        the client follows them through the pool."""
+        headers = response.headers
+        virtual = self._virtual
+        if virtual is None or not has_redirects(headers):
+            return
+        encoding = headers.encoding
+        mapped = mapped_redirects(
+            [(n.decode(encoding), v.decode(encoding)) for n, v in headers.raw],
+            _REDIRECTS.bind(backend, functools.partial(str, virtual)))
+        if mapped is not None:
+            response.headers = httpx.Headers(
+                [(n.encode(encoding), v.encode(encoding)) for n, v in mapped],
+                encoding=encoding)
 
     # -- closing ----------------------------------------------------------------------------
 
@@ -355,6 +366,9 @@ class LoadBalancing(ClientFrontEnd, Generic[T]):
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.balancer!r}>"
 
+
+#: The rule for a backend's redirects to itself: to the virtual origin, no prefix.
+_REDIRECTS = RedirectRule()
 
 #: The origin no request has: a closed transport's (every request goes to ``_elsewhere``).
 _NO_ORIGIN = Origin("", "", -1)

@@ -14,25 +14,26 @@ Django's ``build_absolute_uri``) gets the backend's own address from the transpo
 redirects to itself: ``Location: http://10.0.0.5:8080/base/new``. Followed as it is, the
 client would leave the pool for that one backend. As nginx's ``proxy_redirect default``
 does, such a ``Location`` (the backend's scheme, its address or server name and port, and
-under its base path) is mapped to the virtual origin: ``http://orders/new``.
+under its base path), ``Content-Location`` or ``Refresh`` is mapped to the virtual origin:
+``http://orders/new``, by the rule every front-end follows
+(:mod:`lbmiddleware.proxy.redirects`); :func:`has_redirects` tells, cheaply, whether a
+response has any of those headers.
 """
 
 from __future__ import annotations
 
-import urllib.parse
 from typing import NamedTuple
 
 import httpx
 
-from ..core.backend import DEFAULT_PORTS, Backend
+from ..core.backend import DEFAULT_PORTS
 from ..errors import ConfigError
+from ..proxy.redirects import REDIRECT_HEADERS
 
-__all__ = ["Origin", "origin_of", "origin_parts", "parts_of", "mapped_location",
-           "MAPPED_STATUSES"]
+__all__ = ["Origin", "origin_of", "origin_parts", "parts_of", "has_redirects"]
 
-#: The statuses whose ``Location`` is mapped: redirects, and ``201 Created``'s new resource
-#: (nginx maps every ``Location``; these are the ones a client acts on).
-MAPPED_STATUSES = frozenset({201, *range(300, 400)})
+#: The names of :data:`~lbmiddleware.proxy.redirects.REDIRECT_HEADERS`, as httpx keeps them.
+_REDIRECT_NAMES = frozenset(name.encode("ascii") for name in REDIRECT_HEADERS)
 
 
 class Origin(NamedTuple):
@@ -101,16 +102,29 @@ def _parts_parsed(url: httpx.URL) -> Parts:
     return parts
 
 
+def _redirects_public(headers: httpx.Headers) -> bool:
+    return any(name.lower() in _REDIRECT_NAMES for name, _ in headers.raw)
+
+
+def _redirects_parsed(headers: httpx.Headers) -> bool:
+    """:func:`_redirects_public` from the lower-case names httpx keeps (a third of the time,
+    once per response)."""
+    return not _REDIRECT_NAMES.isdisjoint([lower for _, lower, _ in headers._list])
+
+
 def _probe() -> bool:
     """Whether this httpx keeps its parsed URL as :func:`_origin_parsed` and
     :func:`_parts_parsed` expect."""
     try:
         urls = [httpx.URL(text) for text in ("http://Svc/x?y", "https://[::1]:8443/",
                                              "http://a:80", "https://a:80/")]
+        headers = [httpx.Headers(pairs) for pairs in (
+            [("Content-Location", "/x"), ("X", "y")], [("X-Location", "/x")], [])]
         return all(_origin_parsed(url) == _origin_public(url)
                    and _parts_parsed(url) == _parts_public(url) == parts_of(_origin_public(url))
-                   for url in urls)
-    except (AttributeError, TypeError):
+                   for url in urls) and all(
+            _redirects_parsed(h) == _redirects_public(h) for h in headers)
+    except (AttributeError, TypeError, ValueError):
         return False
 
 
@@ -119,27 +133,6 @@ _FAST = _probe()
 origin_of = _origin_parsed if _FAST else _origin_public
 #: ``origin_parts(url)``: the parts of an httpx URL that :func:`parts_of` gives an origin.
 origin_parts = _parts_parsed if _FAST else _parts_public
-
-
-def mapped_location(location: str, backend: Backend, origin: Origin) -> str | None:
-    """``location`` on ``origin`` when it points at ``backend`` itself (its scheme, its
-    address or server name, its port, under its base path), else None (relative, or
-    elsewhere: left as it is)."""
-    try:
-        parts = urllib.parse.urlsplit(location)
-        port = parts.port
-    except ValueError:
-        return None
-    scheme, host = parts.scheme.lower(), parts.hostname
-    if scheme != backend.scheme or host is None:
-        return None
-    if (DEFAULT_PORTS[scheme] if port is None else port) != backend.port \
-            or host not in (backend.host, backend.server_name):
-        return None
-    path, base = parts.path, backend.path
-    if base:
-        if path != base and not path.startswith(base + "/"):
-            return None
-        path = path[len(base):]
-    rest = urllib.parse.urlunsplit(("", "", path or "/", parts.query, parts.fragment))
-    return f"{origin}{rest}"
+#: ``has_redirects(headers)``: whether httpx ``headers`` hold a ``Location``,
+#: ``Content-Location`` or ``Refresh``.
+has_redirects = _redirects_parsed if _FAST else _redirects_public

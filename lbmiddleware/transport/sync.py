@@ -14,7 +14,7 @@ from ..fleet.front_end import deadline_words
 from .base import LoadBalancing, Plan
 from .bodies import AttemptBody, discard
 from .errors import NoHealthyBackendError, naming_backends
-from .origins import MAPPED_STATUSES, origin_parts
+from .origins import origin_parts
 
 __all__ = ["LoadBalancingTransport"]
 
@@ -166,8 +166,7 @@ class LoadBalancingTransport(LoadBalancing[httpx.BaseTransport], httpx.BaseTrans
         latency = self._timer() - start
         if cut:     # the deadline ends at the head: the body's reads get the attempt's own
             upstream.extensions["timeout"] = plan.timeouts      # (httpcore reads them then)
-        if response.status_code in MAPPED_STATUSES:
-            self._map_location(response, backend)
+        self._map_redirects(response, backend)
         response.stream = AttemptBody(cast(httpx.SyncByteStream, response.stream), target)
         return response, self._retry_rule.outcome(
             response.status_code, latency,

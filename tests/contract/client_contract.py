@@ -34,6 +34,7 @@ import pytest
 
 import lbmiddleware as lb
 
+from ..support.redirect_backend import RedirectBackend
 from ..support.servers import refused_url
 from .client_drivers import VHOST, ClientFrontEnd, pool_of, unaccepting_url
 
@@ -153,6 +154,34 @@ class ClientContract:
         assert client.get("/again").json()["headers"]["Cookie"] == "sid=abc"
         # every call went through the front-end: the redirect was followed on the pool
         assert a.requests + b.requests == 3
+
+    def test_a_backends_redirect_to_itself_is_followed_through_the_pool(self, driver):
+        """A backend building absolute URLs from the Host it got (its own address) answers
+        ``Location: http://127.0.0.1:PORT/a/new``: mapped back to the virtual host, the
+        client follows it through the pool (the next backend serves it), and the caller
+        sees virtual URLs in every redirect header."""
+        with RedirectBackend("r1") as r1, RedirectBackend("r2") as r2:
+            client = driver.client(driver.make([r1, r2]))
+            moved = client.get("/a/old?page=2")
+            assert moved.history == [302]
+            assert moved.url == f"{VHOST}/a/new?page=2"
+            assert (moved.server, moved.json()["path"]) == ("r2", "/a/new?page=2")
+            created = client.get("/created")
+            assert created.status == 201
+            assert created.headers["Location"] == f"{VHOST}/items/7"
+            assert created.headers["Content-Location"] == f"{VHOST}/items/7"
+            refresh = client.get("/b/refresh")
+            assert refresh.headers["Refresh"] == f"3; url={VHOST}/b/later"
+            assert (r1.requests, r2.requests) == (2, 2)
+
+    def test_relative_and_foreign_redirects_are_left_as_they_came(self, driver, backends):
+        a = backends[0]
+        a.redirects = {"/rel": "/new", "/other-port": f"{refused_url()}/x",
+                       "/elsewhere": "https://login.example/authorize",
+                       "/other-scheme": f"https://127.0.0.1:{a.port}/x"}
+        client = driver.client(driver.make([a]))
+        for path, location in a.redirects.items():
+            assert client.location(path) == location
 
     # -- failures and retries -------------------------------------------------------------------
 

@@ -112,6 +112,10 @@ class Client:
                timeout: tuple[float, float] | None = None) -> Stream:
         raise NotImplementedError
 
+    def location(self, target: str) -> str | None:
+        """The ``Location`` of a GET of ``target``, not followed."""
+        raise NotImplementedError
+
     def cookie_domains(self) -> list[str]:
         raise NotImplementedError
 
@@ -240,6 +244,10 @@ class _RequestsClient(Client):
                       set_cookies=response.raw.headers.getlist("Set-Cookie"))
         return Stream(reply, lambda: next(pieces, None), response.close)
 
+    def location(self, target: str) -> str | None:
+        response = self.session.get(self.vhost + target, allow_redirects=False)
+        return response.headers.get("Location")
+
     def cookie_domains(self) -> list[str]:
         return [c.domain for c in self.session.cookies]
 
@@ -305,6 +313,10 @@ class _HttpxClient(Client):
         response = self.httpx.send(request, stream=True)
         pieces = response.iter_raw(4096)
         return Stream(_reply(response), lambda: next(pieces, None), response.close)
+
+    def location(self, target: str) -> str | None:
+        return self.httpx.get(self.vhost + target, follow_redirects=False).headers.get(
+            "Location")
 
     def cookie_domains(self) -> list[str]:
         return [c.domain for c in self.httpx.cookies.jar]
@@ -397,6 +409,13 @@ class _AsyncHttpxClient(Client):
 
         return Stream(_reply(response), lambda: self.loop.run(next_piece()),
                       lambda: self.loop.run(response.aclose()))
+
+    def location(self, target: str) -> str | None:
+        async def get() -> str | None:
+            response = await self.httpx.get(self.vhost + target, follow_redirects=False)
+            return response.headers.get("Location")
+
+        return self.loop.run(get())
 
     def cookie_domains(self) -> list[str]:
         return [c.domain for c in self.httpx.cookies.jar]

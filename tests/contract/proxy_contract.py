@@ -34,6 +34,7 @@ import pytest
 import lbmiddleware as lb
 from lbmiddleware.core.sticky import sticky_value
 
+from ..support.redirect_backend import RedirectBackend
 from ..support.servers import refused_url
 from .drivers import HOST, LOCAL, FrontEnd
 
@@ -315,6 +316,58 @@ class ProxyContract:
         head = proxy.request("HEAD", "/x")
         assert head.status == 200 and head.body == b"" and head.complete
         assert head.header("x-server") == ["a"]
+
+    # -- redirects stay on the proxy ----------------------------------------------------------
+
+    @pytest.fixture
+    def redirecting(self):
+        """A backend building absolute URLs from the Host it got (see its module)."""
+        with RedirectBackend("r") as backend:
+            yield backend
+
+    def test_a_backends_redirect_to_itself_comes_back_on_the_clients_address(self, front,
+                                                                            redirecting):
+        proxy = front.start([redirecting], prefix="/api")
+        for scheme in front.schemes:
+            origin = f"{scheme}://{HOST}"
+            moved = proxy.request("GET", "/api/a/old?page=2", scheme=scheme, checked=False)
+            assert moved.status == 302
+            assert moved.header("location") == [f"{origin}/api/a/new?page=2"]
+            created = proxy.request("GET", "/api/created", scheme=scheme)
+            assert created.status == 201
+            assert created.header("location") == [f"{origin}/api/items/7"]
+            assert created.header("content-location") == [f"{origin}/api/items/7"]
+            refresh = proxy.request("GET", "/api/b/refresh", scheme=scheme)
+            assert refresh.header("refresh") == [f"3; url={origin}/api/b/later"]
+        assert redirecting.requests == 3 * len(front.schemes)       # none followed
+
+    def test_a_backends_base_path_is_taken_off_its_redirects(self, front, redirecting):
+        proxy = front.start([redirecting.url + "/v1"], prefix="/api")
+        moved = proxy.request("GET", "/api/old", checked=False)
+        assert moved.json()["path"] == "/v1/api/old"
+        assert moved.header("location") == [f"http://{HOST}/api/new"]
+
+    def test_redirects_from_a_trusted_proxy_go_to_the_address_its_client_used(self, front,
+                                                                              redirecting):
+        proxy = front.start([redirecting], trusted_proxies=[f"{front.proxy_peer}/32"])
+        forwarded = [("X-Forwarded-Proto", "https"), ("X-Forwarded-Host", "public.example")]
+        moved = proxy.request("GET", "/old", peer=front.proxy_peer, headers=forwarded,
+                              checked=False)
+        assert moved.header("location") == ["https://public.example/new"]
+        # the same headers from anyone else change nothing
+        moved = proxy.request("GET", "/old", headers=forwarded, checked=False)
+        assert moved.header("location") == [f"http://{HOST}/new"]
+
+    def test_relative_and_foreign_redirects_are_left_as_they_came(self, front, backends):
+        a = backends[0]
+        other = refused_url()
+        a.redirects = {"/rel": "/new", "/other-port": f"{other}/x",
+                       "/elsewhere": "https://login.example/authorize?next=/x",
+                       "/other-scheme": f"https://127.0.0.1:{a.port}/x"}
+        proxy = front.start([a])
+        for path, location in a.redirects.items():
+            moved = proxy.request("GET", path, checked=False)
+            assert moved.status == 302 and moved.header("location") == [location]
 
     # -- the client's address and sticky keys ---------------------------------------------------
 
