@@ -246,7 +246,9 @@ class Picker(Protocol):
     def begin(self, key: str | None = None, exclude: Collection[Backend] = (),
               prefer: str | None = None) -> Completion: ...
 
-    def spend_retry(self) -> bool: ...
+    def spend_retry(self, tried: Collection[Backend] = ()) -> bool: ...
+
+    def refund_retry(self, picked: bool = False) -> None: ...
 
     def usual_latency(self, backend: Backend) -> float | None: ...
 
@@ -459,13 +461,17 @@ class Attempts:
                                f"deadline (LB_TIMEOUT) has passed")
             return None
         balancer = self._balancer
-        if not balancer.spend_retry():
-            self._log(outcome, "not retried: the retry budget is spent (LB_RETRY_BUDGET: "
-                               "retries may add only a share of the requests)")
-            return None
+        spent = False
         try:
+            if not balancer.spend_retry(self.tried):
+                self._log(outcome, "not retried: the retry budget is spent (LB_RETRY_BUDGET: "
+                                   "retries may add only a share of the requests)")
+                return None
+            spent = True
             following = balancer.begin(self.key, exclude=self.tried)
         except NoHealthyBackend:
+            if spent:
+                balancer.refund_retry()
             self._log(outcome, "not retried: every backend was tried")
             return None
         if self.deadline is not None:
@@ -473,6 +479,7 @@ class Attempts:
             usual = balancer.usual_latency(following.backend)
             if usual is not None and left < usual:
                 following.release()
+                balancer.refund_retry(picked=True)
                 spare = format_duration(max(0.0, left), digits=3)
                 self._log(outcome, f"not retried: {spare} left of "
                                    f"the {format_duration(self.timeout)} deadline "

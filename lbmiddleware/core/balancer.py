@@ -628,7 +628,9 @@ class Balancer:
         self._table_now = table = self._table()
         for state in table:
             state.tabled = True
-        self._by_cookie = {sticky_value(url): state for url, state in self._states.items()}
+        secret = self.settings.sticky_cookie_secret
+        self._by_cookie = {sticky_value(url, secret): state
+                           for url, state in self._states.items()}
         priorities = {s.backend.priority for s in table}
         if len(priorities) > 1:
             if self._tiered is None:
@@ -651,9 +653,12 @@ class Balancer:
         """Rebuild the member snapshots after a change of membership, health or weights;
         ``answered_by`` and ``returned`` say what ended an ejection (for the event if panic
         ends); ``carry``: only weights changed."""
-        self._generation += 1
+        # Two generations: the policies cache what they derive per generation, and a retry
+        # that widens to every member (_widen) picks from _all while other picks use
+        # _healthy: the two snapshots must never pass for one another.
+        self._generation += 2
         everyone = tuple(self._states.values())
-        self._all = Members(everyone, self._generation, carry)
+        self._all = Members(everyone, self._generation - 1, carry)
         usable = self._usable(everyone)
         self._healthy = Members(usable, self._generation, carry)
         if self._tiered is not None:
@@ -977,17 +982,32 @@ class Balancer:
         """The sticky cookie's value for ``backend``: opaque (not its address), the same in
         every process (:mod:`lbmiddleware.core.sticky`). A front-end sets the cookie to it when
         the backend that answered is not the one the request's cookie named."""
-        return sticky_value(_url(backend))
+        return sticky_value(_url(backend), self.settings.sticky_cookie_secret)
 
-    def spend_retry(self) -> bool:
+    def spend_retry(self, tried: Collection[Backend | str] = ()) -> bool:
         """Spend one retry from the pool's retry budget: True if the budget holds one (or is
         off), False if it is exhausted (counted in ``pool_stats()``). The attempt loop asks
-        this before each retry's pick; every front-end on this Balancer shares the budget."""
-        budget = self._budget
-        if budget is None:
-            return True
+        this before each retry's pick; every front-end on this Balancer shares the budget.
+
+        ``tried``: the backends the request has tried. When they are every member, no retry
+        could be made: :class:`NoHealthyBackend` is raised and nothing is spent (a refusal
+        for a retry that could not happen anyway is no refusal)."""
         with self._lock:
-            return budget.try_spend(self._timer())
+            if tried and len(self._exclude_states(tried, self._all)) >= len(self._all.states):
+                raise NoHealthyBackend("every backend was tried: "
+                                       + ", ".join(sorted(_url(b) for b in tried)))
+            budget = self._budget
+            return True if budget is None else budget.try_spend(self._timer())
+
+    def refund_retry(self, picked: bool = False) -> None:
+        """A retry :meth:`spend_retry` allowed was not made after all (no backend was left
+        to try; ``picked``: its pick was made and released, as when the deadline left too
+        little time for that backend): the budget and the retries' count take it back."""
+        with self._lock:
+            if picked and self._retries:
+                self._retries -= 1
+            if self._budget is not None:
+                self._budget.refund(self._timer())
 
     def usual_latency(self, backend: Backend | str) -> float | None:
         """The time ``backend`` usually takes to answer: the time-decayed mean of its answered

@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
 
 from .attempts import RetryRule
+from .casts import format_duration
 from .settings import (
     BaseSettings,
     CountLike,
@@ -138,7 +139,8 @@ class ForwardingSettings(BaseSettings):
         default=0.0,
         metadata=setting("LB_TIMEOUT", parse_deadline,
                          "the longest a request waits for its response head across all its "
-                         "attempts; a retry is not started without time for it (0: off)"))
+                         "attempts; a retry is not started without time for it (0: off)",
+                         show=format_duration))
     sticky_cookie: str = dataclasses.field(
         default="",
         metadata=setting("LB_STICKY_COOKIE", parse_cookie_name,

@@ -90,6 +90,18 @@ class RetryBudget:
         self._retry_total += 1
         return True
 
+    def refund(self, now: float) -> None:
+        """Give back one retry spent (a retry that was not made after all: no backend was
+        left, or none had time for it), from the latest slot that holds one."""
+        index = self._advance(now)
+        retries, slots = self._retries, self._slots
+        for back in range(slots):
+            slot = (index - back) % slots
+            if retries[slot]:
+                retries[slot] -= 1
+                self._retry_total -= 1
+                return
+
     def stats(self, now: float) -> dict[str, float | int]:
         """The budget as ``pool_stats()`` shows it."""
         available = self.available(now)

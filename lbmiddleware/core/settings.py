@@ -120,6 +120,20 @@ def _backends(value: Any) -> tuple[Backend | Source, ...]:
         raise ValueError(str(exc)) from None
 
 
+def _secret(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("not a string")
+    return value.strip()
+
+
+def _budget_ttl(value: Any) -> float:
+    """The retry budget's window: 1 s (it counts in one-second slots) to 1 h."""
+    seconds = parse_duration(value)
+    if not 1.0 <= seconds <= 3600.0:
+        raise ValueError("must be from 1s (the budget counts in one-second steps) to 1h")
+    return seconds
+
+
 def _check_path(value: Any) -> str:
     """A health check's path: empty (off), absolute (``/healthz``: not under the backend's
     base path) or relative (``healthz``: appended to it)."""
@@ -319,10 +333,16 @@ class Settings(BaseSettings):
                          "retries allowed per second whatever the traffic"))
     retry_budget_ttl: float = dataclasses.field(
         default=10.0,
-        metadata=setting("LB_RETRY_BUDGET_TTL", parse_positive_duration,
+        metadata=setting("LB_RETRY_BUDGET_TTL", _budget_ttl,
                          "the window the retry budget counts requests and retries over "
-                         "(at least 1s)"))
+                         "(1s to 1h)", show=format_duration))
 
+    sticky_cookie_secret: str = dataclasses.field(
+        default="", repr=False,             # a secret: never in a repr or a log line
+        metadata=setting("LB_STICKY_COOKIE_SECRET", _secret,
+                         "key of the sticky cookie's digest, the same in every process of "
+                         "the pool (empty: unkeyed; a value can then be matched to an "
+                         "address by hashing guesses)"))
     backend_ca: str = dataclasses.field(
         default="",
         metadata=setting("LB_BACKEND_CA", parse_file,
@@ -364,7 +384,8 @@ class Settings(BaseSettings):
                      slow_start: DurationLike = ..., drain_timeout: DurationLike = ...,
                      overprovisioning: FactorLike = ..., retry_budget: RatioLike = ...,
                      retry_budget_min_per_second: FactorLike = ...,
-                     retry_budget_ttl: DurationLike = ..., backend_ca: str = ...,
+                     retry_budget_ttl: DurationLike = ..., sticky_cookie_secret: str = ...,
+                     backend_ca: str = ...,
                      backend_verify: FlagLike = ..., backend_client_cert: str = ...,
                      backend_client_key: str = ...) -> None: ...
 
@@ -381,10 +402,6 @@ class Settings(BaseSettings):
             raise ConfigError(f"LB_BACKEND_CLIENT_KEY (backend_client_key) has value "
                               f"{self.backend_client_key!r} but LB_BACKEND_CLIENT_CERT "
                               f"(backend_client_cert) is empty: a key needs its certificate")
-        if self.retry_budget_ttl < 1.0:
-            raise ConfigError(f"LB_RETRY_BUDGET_TTL (retry_budget_ttl) has value "
-                              f"{_duration(self.retry_budget_ttl)}: must be at least 1s (the "
-                              f"budget counts in one-second steps)")
 
     @property
     def static_backends(self) -> tuple[Backend, ...]:

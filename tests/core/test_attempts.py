@@ -33,11 +33,12 @@ class FakeBalancer:
         self.calls: list[tuple] = []
         self.extras: list[tuple] = []     # per report: (bytes_sent, bytes_received, status)
         self.in_flight = 0
+        self.refunds: list[bool] = []     # refund_retry(picked) calls
 
     budget = None        # retries the fake's budget still holds (None: no budget)
     usual: dict = {}     # url -> usual latency
 
-    def spend_retry(self):
+    def spend_retry(self, tried=()):
         if self.budget is None:
             return True
         if self.budget <= 0:
@@ -48,6 +49,11 @@ class FakeBalancer:
 
     def usual_latency(self, backend):
         return self.usual.get(backend.url)
+
+    def refund_retry(self, picked=False):
+        self.refunds.append(picked)
+        if self.budget is not None:
+            self.budget += 1
 
     def begin(self, key=None, exclude=(), prefer=None):
         for backend in self.backends:
@@ -636,6 +642,7 @@ def test_no_retry_when_the_next_backend_usually_takes_longer_than_the_time_left(
         assert attempts.retry(CUT_OFF) is None
     assert balancer.ends() == [("report", "a", False, 0.5), ("release", "b")]
     assert balancer.in_flight == 0
+    assert balancer.refunds == [True]           # the budget and the retries' count take it back
     assert ("not retried: 200ms left of the 1s deadline (LB_TIMEOUT), less than http://b:1's "
             "usual 300ms") in caplog.text
 

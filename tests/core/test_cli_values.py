@@ -98,6 +98,7 @@ def test_durations_take_ms_s_m_and_h(text: str, seconds: float) -> None:
 def duration_and_count_settings() -> list[str]:
     """The variables whose value is a duration, a count or a size (those "-1" can reach)."""
     kinds = {"parse_duration", "parse_positive_duration", "_server_duration", "parse_count",
+             "parse_deadline", "_budget_ttl",
              "parse_positive_count", "parse_size"}
     return [field.metadata["env"] for _, field in every_setting()
             if field.metadata["cast"].__name__ in kinds]

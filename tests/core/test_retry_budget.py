@@ -154,3 +154,53 @@ def test_the_budget_is_configured_from_lb_variables():
         assert budget["available"] == 10.0
     finally:
         pool.close()
+
+
+# -- retries that are not made spend nothing (found by attacking the budget) --------------------
+
+def one_request(pool: Balancer, clock: Clock, retries: int = 2, timeout: float = 0.0) -> int:
+    """A GET whose every attempt answers 503: the number of attempts made."""
+    attempts = Attempts(pool, RetryRule(retries=retries), "GET", timer=clock, timeout=timeout)
+    attempts.start()
+    with attempts:
+        while attempts.retry(UNAVAILABLE) is not None:
+            pass
+        attempts.end(UNAVAILABLE)
+    return len(attempts.tried)
+
+
+def test_a_retry_with_no_backend_left_to_try_spends_nothing():
+    clock = Clock()
+    pool = Balancer(URLS[:2], max_fails=0, timer=clock, retry_budget=0,
+                    retry_budget_min_per_second=1, retry_budget_ttl=10)    # a reserve of 10
+    assert [one_request(pool, clock) for _ in range(10)] == [2] * 10
+    budget = pool.pool_stats()["retry_budget"]
+    assert (budget["retries"], budget["exhausted_total"]) == (10, 0)
+    assert pool.pool_stats()["retries"] == 10
+
+
+def test_a_retry_the_deadline_leaves_no_time_for_is_given_back():
+    clock = Clock()
+    pool = Balancer(URLS[:2], max_fails=0, timer=clock, retry_budget=0,
+                    retry_budget_min_per_second=0.1, retry_budget_ttl=10)  # a reserve of 1
+    for backend in pool.backends:       # both usually take 2 s to answer
+        pool.report(pool.pick(exclude=[b for b in pool.backends if b != backend]), True, 2.0)
+    before = pool.pool_stats()
+    attempts = Attempts(pool, RetryRule(retries=2), "GET", timer=clock, timeout=1.0)
+    attempts.start()
+    clock.now += 0.5                    # 0.5 s left, less than 2 s
+    assert attempts.retry(UNAVAILABLE) is None
+    attempts.end(UNAVAILABLE)
+    after = pool.pool_stats()
+    assert after["retry_budget"]["retries"] == before["retry_budget"]["retries"]
+    assert after["retries"] == before["retries"]
+    assert [s["in_flight"] for s in pool.stats()] == [0, 0]
+
+
+def test_a_refund_comes_from_the_latest_slot_that_holds_a_retry():
+    budget = RetryBudget(0.0, 1.0, 3.0)
+    assert budget.try_spend(10.0)
+    budget.refund(11.5)                 # spent in second 10, refunded in second 11
+    assert budget.stats(11.5)["retries"] == 0
+    budget.refund(11.6)                 # nothing left to give back: nothing changes
+    assert budget.stats(11.6)["retries"] == 0 and budget.available(11.6) == 3.0

@@ -280,8 +280,8 @@ class TestKeywords:
                          "LB_HEALTH_CHECK_FALL", "LB_HEALTH_CHECK_STATUSES", "LB_SLOW_START",
                          "LB_DRAIN_TIMEOUT", "LB_OVERPROVISIONING", "LB_RETRY_BUDGET",
                          "LB_RETRY_BUDGET_MIN_PER_SECOND", "LB_RETRY_BUDGET_TTL",
-                         "LB_BACKEND_CA", "LB_BACKEND_VERIFY", "LB_BACKEND_CLIENT_CERT",
-                         "LB_BACKEND_CLIENT_KEY"]
+                         "LB_STICKY_COOKIE_SECRET", "LB_BACKEND_CA", "LB_BACKEND_VERIFY",
+                         "LB_BACKEND_CLIENT_CERT", "LB_BACKEND_CLIENT_KEY"]
         names = [row[0] for row in ForwardingSettings.describe()]
         assert names == ["LB_FAIL_STATUSES", "LB_RETRIES", "LB_CONNECT_TIMEOUT",
                          "LB_READ_TIMEOUT", "LB_HASH_KEY", "LB_PRESERVE_HOST",
@@ -306,8 +306,8 @@ class TestKeywords:
             "health_check", "health_check_interval", "health_check_timeout",
             "health_check_rise", "health_check_fall", "health_check_statuses", "slow_start",
             "drain_timeout", "overprovisioning", "retry_budget", "retry_budget_min_per_second",
-            "retry_budget_ttl", "backend_ca", "backend_verify", "backend_client_cert",
-            "backend_client_key"]
+            "retry_budget_ttl", "sticky_cookie_secret", "backend_ca", "backend_verify",
+            "backend_client_cert", "backend_client_key"]
         assert lb.AdapterSettings is ForwardingSettings is lb.ForwardingSettings
 
 
@@ -631,7 +631,8 @@ def test_a_misspelt_keyword_of_a_settings_class_gets_the_closest_name():
     ("LB_RETRY_BUDGET", "-0.1", "must be 0 or more"),
     ("LB_RETRY_BUDGET", "lots", "not a ratio (0.2, 20%, or off)"),
     ("LB_RETRY_BUDGET_MIN_PER_SECOND", "-1", "must be a finite number of at least 0"),
-    ("LB_RETRY_BUDGET_TTL", "500ms", "must be at least 1s"),
+    ("LB_RETRY_BUDGET_TTL", "500ms", "must be from 1s"),
+    ("LB_RETRY_BUDGET_TTL", "1000000000", "to 1h"),
 ])
 def test_a_bad_scheduling_setting_is_named_with_its_value(variable, value, words):
     with pytest.raises(lb.ConfigError) as caught:

@@ -123,3 +123,16 @@ def test_a_preferred_pick_is_a_request_for_the_retry_budget():
     for _ in range(3):
         balancer.pick(prefer=sticky_value(URLS[0]))
     assert balancer.pool_stats()["retry_budget"]["requests"] == 3
+
+
+def test_a_secret_keys_the_digest_so_guessing_addresses_finds_nothing():
+    keyed, _ = pool(sticky_cookie_secret="s3cret, the same in every process")
+    value = keyed.sticky_value(URLS[0])
+    assert value != sticky_value(URLS[0])            # an unkeyed guess does not match
+    assert value == sticky_value(URLS[0], "s3cret, the same in every process")
+    assert keyed.pick(prefer=value).url == URLS[0]   # and the pool follows it
+    other, _ = pool(sticky_cookie_secret="s3cret, the same in every process")
+    unkeyed = [keyed.pick(prefer=sticky_value(URLS[1])).url for _ in range(6)]
+    assert unkeyed == [other.pick().url for _ in range(6)]   # an unkeyed value: balanced
+    assert "s3cret" not in repr(keyed.settings)
+    assert len(sticky_value(URLS[0], "k" * 100)) == 16                      # any length
