@@ -6,7 +6,8 @@ of the proxy's own headers (``X_Forwarded_Host``) and the client's framing
 (``Content-Length``, ``Transfer-Encoding``: the outbound client frames the body itself)
 are dropped; ``Host`` and ``X-Forwarded-For/Proto/Host`` are set; CR/LF/NUL raise
 :class:`~.refusals.UnsafeRequest` and a WebSocket handshake :class:`~.refusals.NotProxied`.
-Back to the client, hop-by-hop headers are dropped; ``Location``, ``Content-Location`` and
+Back to the client, hop-by-hop headers are dropped, and so are the backend's ``Date`` and
+``Server`` (the server in front sends its own); ``Location``, ``Content-Location`` and
 ``Refresh`` pointing at the backend are rewritten (:mod:`.redirects`). The rules:
 ``docs/contract.md``, "Proxying" / "Request headers" and "Responses".
 """
@@ -23,7 +24,7 @@ from .refusals import UNSAFE_BYTES, UNSAFE_TEXT, NotProxied, UnsafeRequest
 
 __all__ = [
     "HeaderRules", "TEXT", "BINARY", "HOP_BY_HOP", "FRAMING", "PROXY_HEADERS",
-    "PROXY_HEADER_PREFIXES",
+    "PROXY_HEADER_PREFIXES", "HIDDEN",
 ]
 
 # RFC 9110 §7.6.1 (plus the non-standard Keep-Alive and Proxy-Connection): never forwarded.
@@ -40,6 +41,12 @@ FRAMING = frozenset({"content-length", "transfer-encoding"})
 PROXY_HEADERS = HOP_BY_HOP | FRAMING | frozenset({
     "host", "forwarded", "x-real-ip", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"})
 PROXY_HEADER_PREFIXES = ("x-forwarded-", "proxy-")
+# The backend's response headers the client never sees: the server in front says its own
+# (nginx's proxy_hide_header default). Every server measured adds a Date and a Server: uvicorn
+# and hypercorn always, beside the application's (so a backend's would reach the client
+# twice), granian, waitress and wsgiref when the application sent none, gunicorn in place of
+# the application's. Nothing in an ASGI scope or a WSGI environ says which server it is.
+HIDDEN = frozenset({"date", "server"})
 
 
 def _latin1(text: str) -> bytes:
@@ -92,9 +99,10 @@ class HeaderRules(Generic[AnyStr]):
         self._text: Callable[[AnyStr], str] = text
         self._unsafe: re.Pattern[AnyStr] = unsafe
         self._hop: frozenset[AnyStr] = frozenset(map(word, HOP_BY_HOP))
+        self._hidden: frozenset[AnyStr] = frozenset(map(word, HIDDEN))
         # the response headers that are not passed on as they came
         self._response_special: frozenset[AnyStr] = frozenset(
-            map(word, HOP_BY_HOP | REDIRECT_HEADERS))
+            map(word, HOP_BY_HOP | HIDDEN | REDIRECT_HEADERS))
         self._drop: frozenset[AnyStr] = frozenset(map(word, HOP_BY_HOP | FRAMING | {
             "host", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"}))
         self._guarded: frozenset[AnyStr] = frozenset(map(word, PROXY_HEADERS))
@@ -223,10 +231,10 @@ class HeaderRules(Generic[AnyStr]):
 
     def response_headers(self, headers: Sequence[tuple[AnyStr, AnyStr]],
                          rewrite: Rewrite | None = None) -> list[tuple[AnyStr, AnyStr]]:
-        """The upstream response's headers for the client: hop-by-hop ones dropped,
-        ``Location``, ``Content-Location`` and ``Refresh`` given to ``rewrite`` (a bound
-        :class:`~.redirects.RedirectRule`: its new value, or None to keep the header as it
-        came).
+        """The upstream response's headers for the client: hop-by-hop ones, ``Date`` and
+        ``Server`` (:data:`HIDDEN`) dropped, ``Location``, ``Content-Location`` and
+        ``Refresh`` given to ``rewrite`` (a bound :class:`~.redirects.RedirectRule`: its new
+        value, or None to keep the header as it came).
 
         Repeated headers (``Set-Cookie``) stay as they are. When the upstream sent
         ``Transfer-Encoding``, its ``Content-Length`` is dropped too (RFC 9112 §6.3).
@@ -244,6 +252,8 @@ class HeaderRules(Generic[AnyStr]):
                         named |= self._tokens(value)
                     elif lower == self._transfer_encoding:
                         chunked = True
+                    continue
+                if lower in self._hidden:
                     continue
                 if rewrite is not None:
                     new = rewrite(self._text(lower), self._text(value))

@@ -240,6 +240,9 @@ class FrontEnd:
     ``keeps_response_name_case``
         a response header's name reaches the client spelled as the backend sent it (the
         WSGI middleware under a real WSGI server); ASGI names are lower-case.
+    ``server_adds_date``
+        a server in front of the proxy adds its own ``Date`` and ``Server`` to a response
+        (the gateway's); in-process there is none.
     ``forwarded_name(name)``
         a client's header name as the backend receives it: as given in-process to the
         ASGI middleware, title-cased from the WSGI environ, lower-cased by a real ASGI
@@ -262,6 +265,7 @@ class FrontEnd:
     refusal_body = b""
     cut_before_its_body: tuple[int, bytes] | None = None
     keeps_response_name_case = False
+    server_adds_date = False
 
     def __init__(self) -> None:
         self.proxies: list[Proxy] = []
@@ -607,6 +611,7 @@ class GatewayFrontEnd(FrontEnd):
     replays_a_body_over_the_limit_received_whole = False
     refuses_nul_itself = True
     cut_before_its_body = (500, b"Internal server error")
+    server_adds_date = True
 
     def forwarded_name(self, name: str) -> str:
         return name.lower()

@@ -317,7 +317,7 @@ class ProxyContract:
         assert head.status == 200 and head.body == b"" and head.complete
         assert head.header("x-server") == ["a"]
 
-    # -- redirects stay on the proxy ----------------------------------------------------------
+    # -- redirects stay on the proxy; the server in front says Date and Server ---------------
 
     @pytest.fixture
     def redirecting(self):
@@ -368,6 +368,29 @@ class ProxyContract:
         for path, location in a.redirects.items():
             moved = proxy.request("GET", path, checked=False)
             assert moved.status == 302 and moved.header("location") == [location]
+
+    def test_the_backends_date_and_server_are_left_to_the_server_in_front(self, front,
+                                                                         raw_backend):
+        old_date = "Mon, 01 Jan 2001 00:00:00 GMT"
+        answer = [b"HTTP/1.1 200 OK\r\nDate: " + old_date.encode()
+                  + b"\r\nServer: backend/1.0\r\nX-Kept: 1\r\n"
+                  b"Content-Type: text/plain\r\nContent-Length: 2\r\n\r\nok"]
+        backend = raw_backend(answer, answer)
+        proxy = front.start([backend.url])
+        response = proxy.request("GET", "/")
+        assert response.status == 200 and response.body == b"ok"
+        assert response.header("x-kept") == ["1"]
+        assert old_date not in response.header("date")
+        assert "backend/1.0" not in response.header("server")
+        # one of each where a server in front adds its own, none in-process
+        assert len(response.header("date")) == len(response.header("server")) == (
+            1 if front.server_adds_date else 0)
+        # under a real server (uvicorn, wsgiref, the gateway's): one of each, its own
+        served = proxy.raw(b"GET / HTTP/1.1\r\nHost: front.example\r\n\r\n")
+        assert served.status == 200 and served.body == b"ok"
+        assert len(served.header("date")) == 1 and served.header("date") != [old_date]
+        assert len(served.header("server")) == 1
+        assert served.header("server") != ["backend/1.0"]
 
     # -- the client's address and sticky keys ---------------------------------------------------
 

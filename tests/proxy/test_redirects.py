@@ -133,15 +133,17 @@ def test_a_bound_rule_finds_the_origin_only_when_a_header_points_at_the_backend(
     assert RedirectRule().bind(BACKEND, [])("location", "http://127.0.0.1:8001/x") is None
 
 
-def test_response_headers_rewrite_redirects():
+def test_response_headers_lose_the_backends_date_and_server_and_rewrite_redirects():
     rewrite = RedirectRule().bind(BACKEND, [("X-Forwarded-Proto", "http"),
                                             ("X-Forwarded-Host", "front.example")])
     out = TEXT.response_headers([
+        ("Date", "Mon, 01 Jan 2001 00:00:00 GMT"), ("Server", "backend/1"),
         ("Location", "http://127.0.0.1:8001/new"), ("content-location", "/rel"),
         ("Refresh", "5; url=http://127.0.0.1:8001/later"), ("X-Other", "v")], rewrite)
     assert out == [("Location", "http://front.example/new"), ("content-location", "/rel"),
                    ("Refresh", "5; url=http://front.example/later"), ("X-Other", "v")]
-    out = BINARY.response_headers([(b"location", b"http://127.0.0.1:8001/\xe9")],
+    out = BINARY.response_headers([(b"date", b"x"), (b"SERVER", b"y"),
+                                   (b"location", b"http://127.0.0.1:8001/\xe9")],
                                   RedirectRule().bind(BACKEND, [
                                       (b"X-Forwarded-Proto", b"http"),
                                       (b"X-Forwarded-Host", b"front.example")]))
