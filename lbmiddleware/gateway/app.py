@@ -358,33 +358,36 @@ class _Plan:
         self._updates: list[tuple[Entry, Route]] = []
 
     def build(self) -> None:
+        said: list[tuple[int, str]] = []
         for route in self.config.routes:
             old = self.old.get(route.name)
+            name = f"route {route.name!r}"
             if old is None:
                 entry = self._new(_entry(route))
-                self.changes.append(f"route {route.name!r} added")
+                said.append((route.line, f"{name} added"))
             elif not _same_pool(old.balancer.settings, route.settings.core):
                 entry = self._new(_entry(route))
-                changed = ", ".join(k for k in _changed(old.route.settings.core,
-                                                        route.settings.core, Settings))
-                self.changes.append(f"route {route.name!r} has a new pool ({changed} changed)")
+                changed = ", ".join(_changed(old.route.settings.core, route.settings.core,
+                                             Settings))
+                said.append((route.line, f"{name} has a new pool ({changed} changed)"))
             elif (old.route.host, old.route.settings[ForwardingSettings],
                   old.route.settings[ProxySettings]) != (
                     route.host, route.settings[ForwardingSettings],
                     route.settings[ProxySettings]):
                 entry = self._new(_entry(route, old.balancer))
                 self._updates.append((entry, route))
-                self.changes.append(f"route {route.name!r} kept its pool"
-                                    f"{self._backends_note(old, route)}, new proxy settings")
+                said.append((route.line, f"{name} kept its pool"
+                                         f"{self._backends_note(old, route)}, new proxy "
+                                         f"settings"))
             else:
                 entry = old
                 self._updates.append((entry, route))
-                self.changes.append(f"route {route.name!r} kept its pool"
-                                    f"{self._backends_note(old, route)}")
+                said.append((route.line, f"{name} kept its pool"
+                                         f"{self._backends_note(old, route)}"))
             self.entries.append(entry)
-        for name in self.old:
-            if all(route.name != name for route in self.config.routes):
-                self.changes.append(f"route {name!r} removed")
+        self.changes = [text for _, text in sorted(said)]
+        names = {route.name for route in self.config.routes}
+        self.changes += [f"route {name!r} removed" for name in self.old if name not in names]
 
     def _new(self, entry: Entry) -> Entry:
         self.built.append(entry)

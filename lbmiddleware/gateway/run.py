@@ -105,12 +105,12 @@ def serve(settings: FrontEndSettings, *, out: TextIO = sys.stdout) -> None:
     banner: Callable[[], None] = functools.partial(print, line, file=out, flush=True)
     try:
         if server == "granian":
-            if config is not None:
-                banner = _then(banner, functools.partial(_forward_sighup, config))
+            if config is not None:      # (before the banner: a SIGHUP may follow it at once)
+                banner = _then(functools.partial(_forward_sighup, config), banner)
             serve_granian(settings, host, port, banner, admin)
         else:
-            banner()            # the sockets listen already: connections wait in the backlog
             with _sighup_until_served(config):
+                banner()        # the sockets listen already: connections wait in the backlog
                 serve_uvicorn(settings, sock, admin)
     finally:
         sock.close()
