@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import signal
 import socket
 import threading
@@ -35,7 +36,7 @@ from ..gateway_settings import GatewaySettings, load_settings
 from ..proxy.access import logger as access_logger
 from ..proxy.settings import ProxySettings
 from .admin import AdminServer
-from .config import GatewayConfig, Route, read_config
+from .config import GatewayConfig, Route, file_stamp, read_config
 from .listen import bind_setting
 from .routes import Entry, Router, close_entry
 
@@ -50,6 +51,9 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 logger = logging.getLogger("lbmiddleware.gateway")
+
+#: Seconds between two looks at the config file's stamp, with ``[gateway] watch = true``.
+WATCH_INTERVAL = 1.0
 
 
 def make_app(settings: FrontEndSettings, *, admin_socket: socket.socket | None = None
@@ -146,6 +150,8 @@ class RoutesGatewayApp:
         self._closing: set[asyncio.Task[None]] = set()
         self._reloading: asyncio.Task[None] | None = None
         self._again = False                     # a SIGHUP came during a reload
+        self._watching: asyncio.Task[None] | None = None
+        self._seen = config.stamp               # the file's last version acted on
         self._signal_loop: asyncio.AbstractEventLoop | None = None
         self._signal_before: Callable[[int, Any], Any] | int | None = None
         #: How many reloads were applied (for tests and the logs).
@@ -180,6 +186,7 @@ class RoutesGatewayApp:
         self._start_admin()
         if self._reload_on_sighup:
             self._take_sighup()
+        self._watch(self.config.watch)
         answers = await asyncio.gather(*(entry.middleware.ready()
                                          for entry in self.router.entries))
         return all(answers)
@@ -188,6 +195,7 @@ class RoutesGatewayApp:
         """Stop taking SIGHUP, stop the admin listener, close every route's middleware
         and pool (those a reload retired too, their requests being cut by the shutdown)."""
         self._drop_sighup()
+        self._watch(False)
         if self._reloading is not None:
             self._reloading.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -215,7 +223,10 @@ class RoutesGatewayApp:
         try:
             new = read_config(path, options=dict(self.config.options),
                               log_level=self.config.log_level)
+            self._seen = new.stamp
         except ConfigError as exc:
+            with contextlib.suppress(OSError):          # (this version is not tried again)
+                self._seen = file_stamp(os.stat(path))
             logger.warning("%s was not reloaded (the running configuration is kept): %s",
                            path, exc)
             return False
@@ -238,6 +249,7 @@ class RoutesGatewayApp:
             access_logger.setLevel(logging.INFO)        # (at log_level warning, say)
         if self.admin is not None:
             self.admin.set_app(self._admin_app(self.pools))
+        self._watch(new.watch)
         self.reloads += 1
         logger.info("%s reloaded: %s", path, "; ".join(plan.changes) or "no change")
         restart = _changed(running, new[GatewaySettings], GatewaySettings)
@@ -282,6 +294,28 @@ class RoutesGatewayApp:
             except Exception:
                 logger.exception("reloading %s failed; the running configuration is kept",
                                  self.config.path)
+
+    def _watch(self, on: bool) -> None:
+        """Start or stop looking at the file every :data:`WATCH_INTERVAL` seconds."""
+        if on and self._watching is None:
+            self._watching = asyncio.get_running_loop().create_task(self._watch_file())
+        elif not on and self._watching is not None:
+            self._watching.cancel()
+            self._watching = None
+
+    async def _watch_file(self) -> None:
+        """``[gateway] watch``: a reload when the file's stamp changes (a new version
+        refused is not tried again until it changes again, or SIGHUP); a file missing for
+        a moment (an editor's or a ConfigMap's swap) is looked at again the next time."""
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL)
+            try:
+                stamp = file_stamp(os.stat(self.config.path))
+            except OSError:
+                continue
+            if stamp != self._seen:
+                self._seen = stamp
+                self.request_reload()
 
     def _take_sighup(self) -> None:
         """SIGHUP -> :meth:`request_reload`, on this loop (in its main thread only: Python

@@ -24,7 +24,8 @@ and takes what the keyword takes: TOML's numbers, booleans and arrays, or the te
 ``LB_`` variable would hold (``"10s"``, ``"64KB"``). A file path (``tls_cert``,
 ``backend_ca``...) is relative to the file's folder. A route's own keys are ``prefix``
 [``/``], ``host`` and ``name``; ``backends`` may come from ``[defaults]``, each route still
-getting its own pool.
+getting its own pool. ``[gateway]`` takes one key of its own: ``watch = true`` reloads the
+file when it changes (checked every second), as SIGHUP does.
 
 With ``--config`` the settings come from the file alone, as nginx's and Envoy's do: the
 ``LB_*`` variables are not read (one WARNING names each that is set), except
@@ -53,7 +54,7 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from ..core.casts import parse_file
+from ..core.casts import parse_file, parse_flag
 from ..core.forwarding import ForwardingSettings
 from ..core.settings import BaseSettings, FrontEndSettings, Settings
 from ..errors import ConfigError
@@ -61,13 +62,15 @@ from ..gateway_settings import GatewaySettings
 from ..proxy.settings import ProxySettings
 
 __all__ = ["GatewayConfig", "Route", "ConfigFileError", "read_config", "parse_config",
-           "ignored_variables", "POOL_GROUPS", "ROUTE_KEYS"]
+           "ignored_variables", "file_stamp", "POOL_GROUPS", "ROUTE_KEYS", "GATEWAY_KEYS"]
 
 #: The settings classes of one route's pool and proxy: what ``[defaults]`` and a
 #: ``[[route]]`` hold.
 POOL_GROUPS: tuple[type[BaseSettings], ...] = (Settings, ForwardingSettings, ProxySettings)
 #: A route's own keys besides the settings (``prefix`` is ProxySettings').
 ROUTE_KEYS = ("name", "host", "prefix")
+#: ``[gateway]``'s own keys besides GatewaySettings': ``watch`` (reload on a change).
+GATEWAY_KEYS = ("watch",)
 _TABLES = ("gateway", "defaults", "route")
 
 
@@ -114,6 +117,10 @@ class GatewayConfig(FrontEndSettings):
     routes: tuple[Route, ...] = ()
     options: tuple[tuple[str, Any], ...] = ()
     log_level: str | None = None
+    #: ``[gateway] watch``: reload when the file changes (checked every second), as on SIGHUP.
+    watch: bool = False
+    #: The file as it was read: (device, inode, mtime in ns, size); None when not from a file.
+    stamp: tuple[int, int, int, int] | None = None
 
     def replace(self, **changes: Any) -> GatewayConfig:
         plain = super().replace(**changes)
@@ -126,6 +133,7 @@ def read_config(path: str, *, options: Mapping[str, Any] | None = None,
     read is a :class:`ConfigFileError` too."""
     try:
         with open(path, "rb") as file:
+            stamp = file_stamp(os.fstat(file.fileno()))
             data = file.read()
     except OSError as exc:
         raise ConfigFileError(path, None, "", f"cannot read the config file: "
@@ -136,7 +144,14 @@ def read_config(path: str, *, options: Mapping[str, Any] | None = None,
         line = data[:exc.start].count(b"\n") + 1
         raise ConfigFileError(path, line, "", "not UTF-8 text (TOML files are UTF-8)"
                               ) from None
-    return parse_config(text, path, options=options, log_level=log_level)
+    config = parse_config(text, path, options=options, log_level=log_level)
+    return dataclasses.replace(config, stamp=stamp)
+
+
+def file_stamp(stat: os.stat_result) -> tuple[int, int, int, int]:
+    """What tells a file's versions apart: device, inode (a file replaced by a rename, as
+    editors and Kubernetes' ConfigMap volumes do), modification time in ns and size."""
+    return (stat.st_dev, stat.st_ino, stat.st_mtime_ns, stat.st_size)
 
 
 def parse_config(text: str, path: str = "gateway.toml", *,
@@ -153,7 +168,7 @@ def parse_config(text: str, path: str = "gateway.toml", *,
         if name not in _TABLES:
             raise reader.error(reader.top_line(name), "", _unknown_table(name, data[name]),
                                name)
-    gateway = _gateway(reader, reader.table(data, "gateway"), options or {}, log_level)
+    gateway, watch = _gateway(reader, reader.table(data, "gateway"), options or {}, log_level)
     defaults = _check_keys(reader, reader.table(data, "defaults"), _Place("defaults"),
                            defaults=True)
     routes = [_route(reader, number, table, defaults)
@@ -168,7 +183,7 @@ def parse_config(text: str, path: str = "gateway.toml", *,
                          path=path, routes=tuple(ordered),
                          options=tuple((k, v) for k, v in (options or {}).items()
                                        if v is not None),
-                         log_level=log_level)
+                         log_level=log_level, watch=watch)
 
 
 def ignored_variables(environ: Mapping[str, str]) -> list[str]:
@@ -206,15 +221,17 @@ _ENV_NAMES = {f.metadata["env"]: name for name, f in {**_GATEWAY_FIELDS, **_POOL
 
 
 def _gateway(reader: _Reader, table: Mapping[str, Any], options: Mapping[str, Any],
-             log_level: str | None) -> GatewaySettings:
+             log_level: str | None) -> tuple[GatewaySettings, bool]:
+    """``[gateway]``: the server's settings, and ``watch`` (the file's own key)."""
     place = _Place("gateway")
     values = _check_keys(reader, table, place)
+    watch: bool = values.pop("watch", False)
     given = {name: value for name, value in options.items() if value is not None}
     values.update(given)
     if "log_level" not in values and log_level is not None:
         values["log_level"] = log_level
     try:
-        return GatewaySettings(**values)
+        return GatewaySettings(**values), watch
     except ConfigError as exc:
         key = _named_key(str(exc), values)
         if key in given or key is None:
@@ -300,6 +317,13 @@ def _check_keys(reader: _Reader, table: Mapping[str, Any], place: _Place, *,
                 raise reader.error(line, str(place), f"{key} has value {_show(value)}: {exc}",
                                    key) from None
             continue
+        if place.kind == "gateway" and key == "watch":
+            try:
+                values[key] = parse_flag(value)
+            except ValueError as exc:
+                raise reader.error(line, str(place), f"{key} has value {_show(value)}: {exc}",
+                                   key) from None
+            continue
         field = known.get(key)
         if field is None or (defaults and key in ROUTE_KEYS):
             raise reader.error(line, str(place), _unknown_key(key, place, defaults), key)
@@ -325,7 +349,7 @@ def _unknown_key(key: str, place: _Place, defaults: bool) -> str:
     """Why ``key`` is not one of ``place``'s, and what was probably meant."""
     if place.kind == "gateway" and key in _POOL_FIELDS:
         return f"{key} is a setting of each route's pool: put it in [defaults] or a [[route]]"
-    if place.kind != "gateway" and key in _GATEWAY_FIELDS:
+    if place.kind != "gateway" and (key in _GATEWAY_FIELDS or key in GATEWAY_KEYS):
         return f"{key} is the server's setting: put it in [gateway]"
     if defaults and key in ROUTE_KEYS:
         return f"{key} is a route's own key: put it in each [[route]]"
@@ -333,7 +357,7 @@ def _unknown_key(key: str, place: _Place, defaults: bool) -> str:
     if meant is not None:
         return (f"unknown key {key!r}: {key.upper()} is the variable's name; in the file "
                 f"the key is {meant}")
-    known = sorted(_GATEWAY_FIELDS if place.kind == "gateway" else
+    known = sorted((*_GATEWAY_FIELDS, *GATEWAY_KEYS) if place.kind == "gateway" else
                    (*_POOL_FIELDS, *(ROUTE_KEYS if place.kind == "route" else ())))
     close = difflib.get_close_matches(key, known, n=1) or difflib.get_close_matches(
         key.lower().replace("-", "_"), known, n=1)

@@ -60,6 +60,7 @@ def test_every_table_and_the_values_as_toml_or_as_the_variables_text():
         admin_listen = "127.0.0.1:9000"
         shutdown_timeout = 5
         log_level = "warning"
+        watch = true
 
         [defaults]
         retries = 1
@@ -83,11 +84,12 @@ def test_every_table_and_the_values_as_toml_or_as_the_variables_text():
         strip_prefix = true
     """)
     gateway = config[GatewaySettings]
+    assert config.watch is True
     assert (gateway.listen, gateway.admin_listen, gateway.shutdown_timeout,
             gateway.log_level) == ("0.0.0.0:8080", "127.0.0.1:9000", 5.0, "warning")
     api, auth = sorted(config.routes, key=lambda route: route.line)
     assert (api.name, api.prefix, api.host, api.line) == (
-        "api.example.com/api", "/api", "api.example.com", 15)
+        "api.example.com/api", "/api", "api.example.com", 16)
     assert [(b.url, b.weight) for b in api.settings.core.backends] == [
         ("http://127.0.0.1:8001", 1), ("http://127.0.0.1:8002", 2)]
     assert api.settings.core.policy == "latency"
@@ -188,6 +190,8 @@ def test_the_example_file_reads(monkeypatch):
     ('[[route]]\nbackends = ["http://a:1"]\nlisten = ":1"\n', 3, "listen",
      "listen is the server's setting: put it in [gateway]"),
     ('[defaults]\nprefix = "/api"\n', 2, "prefix", "prefix is a route's own key"),
+    ("[defaults]\nwatch = true\n", 2, "watch", "put it in [gateway]"),
+    ('[gateway]\nwatch = "often"\n', 2, "watch", "watch has value 'often': "),
     ("retries = 1\n", 1, "retries", "retries at the top of the file: put it in [defaults]"),
     ('[routes]\nprefix = "/"\n', 1, "routes", "unknown table 'routes' (did you mean [[route]]?)"),
     ('[route]\nprefix = "/"\n', 1, "route", "write [[route]] (two brackets)"),

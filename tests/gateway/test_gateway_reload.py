@@ -473,3 +473,48 @@ def test_sighup_without_a_config_under_uvicorn_is_logged_not_fatal(backends):
                                 "--config")
         assert requests.get(f"{gateway.url}/x", timeout=5).status_code == 200
         assert gateway.process.poll() is None
+
+
+# -- [gateway] watch = true: a changed file is reloaded -------------------------------------
+
+def test_a_watched_file_is_reloaded_when_it_changes(config, backends, caplog):
+    a, b, c = backends
+    watched = "[gateway]\nwatch = true\n"
+    config.write(route("/api", a), gateway=watched)
+
+    async def scenario():
+        app = RoutesGatewayApp(config.read(), reload_on_sighup=False)
+        await app.ready()
+        try:
+            config.write(route("/api", b), gateway=watched)
+            await until_async(lambda: app.reloads == 1, 5, "the reload of the changed file")
+            assert await served("api", app, "/api/x") == "b"
+            config.write(route("/api", c, max_fails=-1), gateway=watched)
+            await until_async(lambda: "was not reloaded" in caplog.text, 5, "the refusal")
+            assert await served("api", app, "/api/x") == "b"
+            config.write(route("/api", c), gateway="[gateway]\nwatch = false\n")
+            await until_async(lambda: app.reloads == 2, 5, "the reload of the fixed file")
+            assert await served("api", app, "/api/x") == "c"
+            assert app._watching is None                # watch = false: no more looking
+        finally:
+            await app.aclose()
+
+    with caplog.at_level(logging.WARNING, logger="lbmiddleware.gateway"):
+        asyncio.run(scenario())
+    assert caplog.text.count("was not reloaded") == 1
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_a_watched_file_is_reloaded_by_the_gateway_process(server, config, backends):
+    a, b, _ = backends
+    gateway_table = (f'[gateway]\nserver = "{server}"\nlisten = "127.0.0.1:0"\n'
+                     f'watch = true\n')
+    config.write(route("/api", a), gateway=gateway_table)
+    with GatewayProcess({}, config=config.path) as gateway:
+        worker = gateway.proxy_pid
+        assert requests.get(f"{gateway.url}/api/x", timeout=5).json()["server"] == "a"
+        config.write(route("/api", b), gateway=gateway_table)
+        gateway.wait_for_output(r"reloaded: route '/api' kept its pool \(backends: 1 added, "
+                                r"1 removed\)", timeout=15)
+        assert requests.get(f"{gateway.url}/api/x", timeout=5).json()["server"] == "b"
+        assert gateway.proxy_pid == worker
