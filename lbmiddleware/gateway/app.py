@@ -187,6 +187,10 @@ class RoutesGatewayApp:
         if self._reload_on_sighup:
             self._take_sighup()
         self._watch(self.config.watch)
+        if self._seen is not None and _stamp(self.config.path) not in (self._seen, None):
+            # Changed since it was read (by granian's main process, before it started this
+            # worker; or by the process a worker granian starts again was forked from).
+            self.request_reload()
         answers = await asyncio.gather(*(entry.middleware.ready()
                                          for entry in self.router.entries))
         return all(answers)
@@ -225,8 +229,7 @@ class RoutesGatewayApp:
                               log_level=self.config.log_level)
             self._seen = new.stamp
         except ConfigError as exc:
-            with contextlib.suppress(OSError):          # (this version is not tried again)
-                self._seen = file_stamp(os.stat(path))
+            self._seen = _stamp(path) or self._seen     # (this version is not tried again)
             logger.warning("%s was not reloaded (the running configuration is kept): %s",
                            path, exc)
             return False
@@ -309,11 +312,8 @@ class RoutesGatewayApp:
         a moment (an editor's or a ConfigMap's swap) is looked at again the next time."""
         while True:
             await asyncio.sleep(WATCH_INTERVAL)
-            try:
-                stamp = file_stamp(os.stat(self.config.path))
-            except OSError:
-                continue
-            if stamp != self._seen:
+            stamp = _stamp(self.config.path)
+            if stamp is not None and stamp != self._seen:
                 self._seen = stamp
                 self.request_reload()
 
@@ -353,6 +353,15 @@ class RoutesGatewayApp:
             self.admin = AdminServer(self._admin_app(self.pools), sock,
                                      header_timeout=self._header_timeout)
             self.admin.start()
+
+
+def _stamp(path: str) -> tuple[int, int, int, int] | None:
+    """The file's stamp now (:func:`~lbmiddleware.gateway.config.file_stamp`); None when it
+    cannot be looked at (missing for a moment, say)."""
+    try:
+        return file_stamp(os.stat(path))
+    except OSError:
+        return None
 
 
 def _entry(route: Route, balancer: fleet.Balancer | None = None) -> Entry:

@@ -518,3 +518,23 @@ def test_a_watched_file_is_reloaded_by_the_gateway_process(server, config, backe
                                 r"1 removed\)", timeout=15)
         assert requests.get(f"{gateway.url}/api/x", timeout=5).json()["server"] == "b"
         assert gateway.proxy_pid == worker
+
+
+def test_a_file_changed_since_it_was_read_is_reloaded_at_the_start(config, backends):
+    """granian's worker is made from the configuration its main process read: a file
+    changed in between (or since, for a worker granian starts again) is read again."""
+    a, b, _ = backends
+    config.write(route("/api", a))
+    read = config.read()
+    config.write(route("/api", a, b))
+
+    async def scenario():
+        app = RoutesGatewayApp(read, reload_on_sighup=False)
+        await app.ready()
+        try:
+            await until_async(lambda: app.reloads == 1, 5, "the reload at the start")
+            assert [bk.url for bk in app.pools["/api"].backends] == [a.url, b.url]
+        finally:
+            await app.aclose()
+
+    asyncio.run(scenario())
