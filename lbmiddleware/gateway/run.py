@@ -38,7 +38,7 @@ from .uvicorn_server import serve_uvicorn
 
 logger = logging.getLogger("lbmiddleware.gateway")
 
-__all__ = ["serve", "choose_server", "check_libraries", "SERVERS"]
+__all__ = ["serve", "choose_server", "check_libraries", "banner_line", "SERVERS"]
 
 # The modules each server needs: under uvicorn the gateway's protocol (head timeout,
 # connection limit, no trailers as headers) extends uvicorn's httptools protocol.

@@ -16,8 +16,10 @@ import pytest
 import requests
 
 from lbmiddleware.gateway.app import RoutesGatewayApp
-from lbmiddleware.gateway.config import parse_config
+from lbmiddleware.gateway.config import parse_config, read_config
 from lbmiddleware.gateway.routes import request_host
+from lbmiddleware.gateway.run import banner_line
+from lbmiddleware.gateway_settings import load_settings
 
 from ..support.gateway import GatewayProcess
 
@@ -254,3 +256,31 @@ def test_access_log_lines_name_each_route_and_the_404s(backends, tmp_path):
     lines = [line for line in output.splitlines() if "lbmiddleware.access" in line]
     assert len(lines) == 2, output
     assert "path=/api/x status=200" in lines[0] and f"backend={a.url}" in lines[0]
+
+
+# -- the banner ----------------------------------------------------------------------------
+
+def test_the_banner_says_https_when_the_gateway_terminates_tls(certificate, tmp_path):
+    cert, key = certificate
+    settings = load_settings({"LB_BACKENDS": "http://127.0.0.1:1", "LB_TLS_CERT": cert,
+                              "LB_TLS_KEY": key})
+    line = banner_line(settings, "uvicorn", "127.0.0.1", 8443, ("127.0.0.1", 9000))
+    assert line == ("lbmiddleware gateway listening on https://127.0.0.1:8443 (prefix /, "
+                    "policy round_robin, uvicorn) -> http://127.0.0.1:1; admin "
+                    "http://127.0.0.1:9000/status")
+    config = write(tmp_path, f"""
+        [gateway]
+        tls_cert = "{cert}"
+        tls_key = "{key}"
+        [[route]]
+        prefix = "/api"
+        host = "api.example.com"
+        name = "orders"
+        backends = ["http://127.0.0.1:1", "http://127.0.0.1:2"]
+        [[route]]
+        backends = ["http://127.0.0.1:3"]
+    """)
+    line = banner_line(read_config(str(config)), "granian", "::1", 443, None)
+    assert line == (f"lbmiddleware gateway listening on https://[::1]:443 (granian, 2 routes "
+                    f"from {config}): api.example.com/api [orders] -> http://127.0.0.1:1, "
+                    f"http://127.0.0.1:2; / -> http://127.0.0.1:3")
