@@ -277,7 +277,8 @@ def test_gateway_settings_defaults():
     assert (settings.admin_listen, settings.admin_address, settings.log_level) == ("", None, "info")
     assert [row[0] for row in GatewaySettings.describe()] == [
         "LB_SERVER", "LB_LISTEN", "LB_ADMIN_LISTEN", "LB_SHUTDOWN_TIMEOUT", "LB_HEADER_TIMEOUT",
-        "LB_MAX_CONNECTIONS", "LB_LOG_LEVEL"]
+        "LB_MAX_CONNECTIONS", "LB_LOG_LEVEL", "LB_TLS_CERT", "LB_TLS_KEY"]
+    assert (settings.tls_cert, settings.tls_key) == ("", "")
 
 
 @pytest.mark.parametrize("given, level", [
