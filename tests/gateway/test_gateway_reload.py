@@ -538,3 +538,50 @@ def test_a_file_changed_since_it_was_read_is_reloaded_at_the_start(config, backe
             await app.aclose()
 
     asyncio.run(scenario())
+
+
+# -- WebSockets: a socket open across a reload ----------------------------------------------
+
+def test_a_websocket_open_across_a_reload_stays_on_its_pool(config):
+    """A WebSocket is a request in flight until it closes: it keeps its route's old pool
+    (which least_conn and the admin port see it in) after a reload gave the route a new one;
+    the old pool is closed once the socket is."""
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import InvalidStatus
+
+    from ..support.websocket_backend import WebSocketBackend, WebSocketServer
+
+    with WebSocketBackend("a") as a, WebSocketBackend("b") as b:
+        config.write(route("/ws", a, strip_prefix=True))
+        app = RoutesGatewayApp(config.read(), reload_on_sighup=False)
+        loops: list[asyncio.AbstractEventLoop] = []
+
+        async def served_app(scope, receive, send):
+            if scope["type"] == "lifespan":
+                loops.append(asyncio.get_running_loop())
+            await app(scope, receive, send)
+
+        with WebSocketServer(served_app) as server:
+            def reload() -> bool:       # on the server's loop, as SIGHUP would
+                return asyncio.run_coroutine_threadsafe(app.reload(), loops[0]).result(10)
+
+            async def scenario():
+                loop = asyncio.get_running_loop()
+                async with connect(f"{server.url}/ws/name") as ws:
+                    assert await ws.recv() == "a"
+                    old = app.pools["/ws"]
+                    config.write(route("/ws", b, strip_prefix=True, policy="least_conn"))
+                    assert await loop.run_in_executor(None, reload) is True
+                    async with connect(f"{server.url}/ws/name") as other:
+                        assert await other.recv() == "b"           # the new pool
+                    await ws.send("still here")
+                    assert await ws.recv() == "still here"
+                    assert not old.closed and old.stats()[0]["in_flight"] == 1
+                await until_async(lambda: old.closed, 5, "the old pool closed with the socket")
+                with pytest.raises(InvalidStatus) as refused:      # under no route
+                    async with connect(f"{server.url}/elsewhere"):
+                        pass
+                return refused.value.response.status_code
+
+            assert asyncio.run(scenario()) == 403
+        assert a.wait_closed(1) == [1000]
