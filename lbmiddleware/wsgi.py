@@ -74,6 +74,7 @@ with needs_extra(__name__):         # requests and urllib3 come with the `reques
 
     from .adapter import LoadBalancingAdapter
     from .adapter.bodies import PrefetchedResponse
+    from .adapter.proxies import DIRECT, CallProxies
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import InputStream, StartResponse, WSGIApplication, WSGIEnvironment
@@ -114,6 +115,11 @@ class _ProxyAdapter(LoadBalancingAdapter):
     def sticky_secure(self, request: requests.PreparedRequest) -> bool:
         # the client's connection, not the upstream URL the middleware made (plain http)
         return isinstance(request, _ProxiedRequest) and request.secure
+
+    def call_proxies(self, request: requests.PreparedRequest,
+                     proxies: Mapping[str, str] | None) -> CallProxies:
+        # a reverse proxy reaches its backends itself, as nginx and the ASGI middleware do
+        return DIRECT
 
     def redirect_origin(self, request: requests.PreparedRequest) -> str | None:
         # the address the client used (its scheme and Host, or a trusted proxy's

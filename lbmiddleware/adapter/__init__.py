@@ -8,6 +8,8 @@ One job per module:
   discarded, or the attempt ending when a streamed body does);
 * :mod:`~lbmiddleware.adapter.errors`: requests' and urllib3's errors as outcomes (one
   table), and the exceptions the caller gets;
+* :mod:`~lbmiddleware.adapter.proxies`: each attempt's proxies, decided by the backend's
+  URL (the environment read as requests reads it), not by the virtual host's;
 * :mod:`~lbmiddleware.adapter.responses`: the urllib3 pools' connections (final responses
   only, no more body after an early answer).
 """

@@ -11,7 +11,9 @@ It is an :class:`~requests.adapters.HTTPAdapter` that overrides two steps: :meth
 the parent's ``send`` in a loop of attempts (pick a backend, rewrite the URL, send, report),
 and :meth:`build_response` gives the caller a response for the URL it asked for (so cookies,
 redirects and ``response.url`` stay on the virtual host). Pooling, TLS, proxies and the
-user's own ``max_retries`` (a urllib3 ``Retry``, applied per backend) are the parent's.
+user's own ``max_retries`` (a urllib3 ``Retry``, applied per backend) are the parent's;
+the proxies are decided for each backend's URL, not the virtual host's
+(:mod:`lbmiddleware.adapter.proxies`: ``NO_PROXY`` naming a backend's address is honoured).
 
 A backend that builds absolute URLs from the ``Host`` it got answers with its own address
 (``Location: http://10.0.0.5:8080/new``); such a ``Location``, ``Content-Location`` or
@@ -87,6 +89,7 @@ from ..proxy.redirects import REDIRECT_HEADERS, RedirectRule, mapped_redirects, 
 from .bodies import discard, end_when_done, prefetch_body, read_body, watch_body
 from .departures import close_departed
 from .errors import BACKEND_FAILURES, NoHealthyBackendError, failure, naming_backends
+from .proxies import CallProxies
 from .responses import read_final_responses
 
 __all__ = ["LoadBalancingAdapter", "AdapterSettings"]
@@ -240,7 +243,7 @@ class LoadBalancingAdapter(ClientFrontEnd, HTTPAdapter):
             attempts=attempts, size=size or 0,
             counted=_CountedBody(body) if size is None else None,
             stream=stream, timeout=self._default_timeout if timeout is None else timeout,
-            verify=verify, cert=cert, proxies=proxies)
+            verify=verify, cert=cert, proxies=self.call_proxies(request, proxies))
         replayable, rewind = _replay_point(body)
         try:
             backend = attempts.start()
@@ -338,6 +341,14 @@ class LoadBalancingAdapter(ClientFrontEnd, HTTPAdapter):
         https. (A proxy forwarding through the adapter says whether its client's is.)"""
         return (request.url or "").startswith("https:")
 
+    def call_proxies(self, request: PreparedRequest, proxies: Mapping[str, str] | None
+                     ) -> CallProxies:
+        """The proxies of a call, for each backend it tries: the Session decided them for
+        the caller's URL (the virtual host); the environment's part is read again for each
+        backend's URL (:mod:`lbmiddleware.adapter.proxies`). (A reverse proxy forwarding
+        through the adapter reaches its backends directly.)"""
+        return CallProxies(proxies, request.url or "")
+
     def _upstream_headers(self, request: PreparedRequest) -> Headers:
         """The headers to send: the request's, plus its own Host with ``preserve_host``
         (without it, or a Host of the request's own, each backend's: see
@@ -373,7 +384,7 @@ class LoadBalancingAdapter(ClientFrontEnd, HTTPAdapter):
     def _forward(self, request: PreparedRequest, target: str, headers: Headers,
                  backend: Backend, *, attempts: Attempts, size: int,
                  counted: _CountedBody | None, stream: bool, timeout: TimeoutArg,
-                 verify: VerifyArg, cert: CertArg, proxies: dict[str, str] | None,
+                 verify: VerifyArg, cert: CertArg, proxies: CallProxies,
                  ) -> tuple[Response | RequestException, Outcome]:
         """One attempt on ``backend``: the response (its body read, or its first piece with
         ``prefetch``) or the exception that failed the attempt, and the attempt's outcome.
@@ -400,7 +411,7 @@ class LoadBalancingAdapter(ClientFrontEnd, HTTPAdapter):
         latency: float | None = None
         try:
             response = super().send(upstream, stream=stream, timeout=timeout, verify=verify,
-                                    cert=cert, proxies=proxies)
+                                    cert=cert, proxies=proxies.for_backend(backend))
             latency = self._timer() - start
             if "read" in cut:       # the deadline ends at the head: not the body's reads
                 _body_read_timeout(response, read)
