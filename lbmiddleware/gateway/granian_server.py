@@ -78,7 +78,8 @@ def serve_granian(settings: FrontEndSettings, host: str, port: int,
     server = AnnouncingServer(
         "lbmiddleware.gateway:make_app", address=host, port=port, interface=Interfaces.ASGI,
         workers=1, loop=Loops.uvloop if importlib.util.find_spec("uvloop") else Loops.asyncio,
-        http=HTTPModes.http1, websockets=False, log_access=False,
+        http=HTTPModes.http1, log_access=False,
+        websockets=True,        # proxied: granian terminates the client's WebSocket
         # the worker configures logging with it again, after the fork
         log_dictconfig=settings_logging_config(settings),
         log_level=LogLevels(server_log_level(gateway.log_level)),

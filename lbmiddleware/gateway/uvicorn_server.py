@@ -11,11 +11,13 @@ import signal
 import socket
 
 from ..core.settings import FrontEndSettings
+from ..errors import needs_extra
 from ..gateway_settings import GatewaySettings
 from ..proxy import ErrorResponse, error_response
 from ..proxy.access import access_line
 from ..proxy.access import logger as access_logger
 from ..proxy.settings import ProxySettings
+from ..upstream.websocket import MAX_MESSAGE
 from .app import make_app
 from .logs import RefusalWarnings, server_log_level, settings_logging_config
 from .tls import check_certificate
@@ -29,6 +31,9 @@ def serve_uvicorn(settings: FrontEndSettings, sock: socket.socket,
     until SIGINT or SIGTERM."""
     import uvicorn
 
+    with needs_extra("the gateway under uvicorn (its WebSockets)"):
+        import websockets  # noqa: F401  (uvicorn's ws="websockets-sansio" runs on it)
+
     gateway = settings[GatewaySettings]
     check_certificate(gateway)
     config = uvicorn.Config(
@@ -40,8 +45,13 @@ def serve_uvicorn(settings: FrontEndSettings, sock: socket.socket,
         proxy_headers=False, server_header=False, date_header=False,
         # TLS 1.2 and up (uvicorn's defaults); its server.serve(sockets=) wraps each socket
         ssl_certfile=gateway.tls_cert or None, ssl_keyfile=gateway.tls_key or None,
-        # never upgraded by uvicorn, whatever is installed: the proxy refuses WebSockets
-        ws="none",
+        # WebSockets are proxied: uvicorn terminates the client's (the websockets package's
+        # sans-I/O implementation, the one uvicorn keeps), the proxy re-frames them upstream
+        ws="websockets-sansio",
+        # a client's message as large as a backend's may be (16 MiB, uvicorn's default too);
+        # no permessage-deflate: granian has none, and the proxy's CPU is the gateway's
+        # scarce resource (nginx, which tunnels, compresses nothing either)
+        ws_max_size=MAX_MESSAGE, ws_per_message_deflate=False,
         # a backstop: GatewayProtocol closes the connections after shutdown_timeout, and
         # the proxy ends its exchanges when it sees them gone; tasks left are cancelled.
         # (typed int, used as asyncio.timeout(): sub-second values work and are kept)
@@ -151,9 +161,8 @@ def uvicorn_protocol(settings: GatewaySettings, *, access_log: bool = False) -> 
                 self.transport.close()
 
         def _unsupported_upgrade_warning(self) -> None:
-            """Silent: the proxy answers a WebSocket handshake 501 and forwards other
-            upgrades (h2c) as plain requests; uvicorn's two warnings for each such
-            request would only flood the log."""
+            """Silent: the proxy forwards other upgrades (h2c) as plain requests;
+            uvicorn's two warnings for each such request would only flood the log."""
 
         def shutdown(self) -> None:
             super().shutdown()

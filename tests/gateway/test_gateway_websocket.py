@@ -1,0 +1,78 @@
+"""WebSockets through the gateway process (``python -m lbmiddleware serve``) under granian
+and under uvicorn: each server terminates the client's WebSocket and the proxy re-frames it
+to an echo backend (a client from the ``websockets`` package, real servers on loopback)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from ..support.gateway import GatewayProcess
+from ..support.websocket_backend import WebSocketBackend
+
+SERVERS = ["granian", "uvicorn"]
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+def ws_backend():
+    with WebSocketBackend("a", protocols=("chat.v2",)) as backend:
+        yield backend
+
+
+def gateway(server: str, backend: WebSocketBackend, **environ: str) -> GatewayProcess:
+    return GatewayProcess({"LB_BACKENDS": backend.url, "LB_SERVER": server, **environ})
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_messages_subprotocols_and_close_codes_through_the_gateway(ws_backend, server):
+    with gateway(server, ws_backend, LB_STICKY_COOKIE="lb", LB_ACCESS_LOG="true") as gw:
+        url = f"ws://127.0.0.1:{gw.port}"
+
+        async def scenario():
+            async with connect(f"{url}/headers?x=1", subprotocols=["v1", "chat.v2"],
+                               max_size=None) as ws:
+                seen = json.loads(await ws.recv())
+                chosen = ws.subprotocol
+                cookies = ws.response.headers.get_all("set-cookie")
+                for data in (b"\x00", "é" * 1000, os.urandom(MiB), os.urandom(16 * MiB)):
+                    await ws.send(data)
+                    assert await ws.recv() == data
+            async with connect(f"{url}/close/1011") as ws:
+                with pytest.raises(ConnectionClosed):
+                    await ws.recv()
+                closed = ws.close_code, ws.close_reason
+            return seen, chosen, cookies, closed
+
+        seen, chosen, cookies, closed = asyncio.run(scenario())
+        access = gw.wait_for_output(r"path=/headers .*status=101")
+        errors = gw.stop()
+    assert seen["path"] == "/headers" and seen["query"] == "x=1"
+    assert seen["subprotocols"] == ["v1", "chat.v2"] and chosen == "chat.v2"
+    # granian drops the headers of websocket.accept (2.8): no Set-Cookie on its 101
+    assert len([c for c in cookies if c.startswith("lb=")]) == (server == "uvicorn"), cookies
+    assert closed == (1011, "bye")
+    assert f"backend={ws_backend.url} attempts=1" in access
+    assert ws_backend.wait_closed(2) == [1000, 1011]
+    assert not re.search(r"Traceback|ERROR", errors), errors
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_a_backends_refusal_through_the_gateway(ws_backend, server):
+    """Both servers have the denial-response extension: the backend's 404 reaches the
+    client with its body and headers."""
+    with gateway(server, ws_backend) as gw:
+        async def scenario():
+            with pytest.raises(InvalidStatus) as caught:
+                await connect(f"ws://127.0.0.1:{gw.port}/deny/404")
+            return caught.value.response
+
+        response = asyncio.run(scenario())
+    assert response.status_code == 404 and bytes(response.body) == b"denied 404"
+    assert response.headers["x-backend"] == "a"
