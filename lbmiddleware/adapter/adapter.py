@@ -63,6 +63,7 @@ bytes it received.
 from __future__ import annotations
 
 import functools
+import os
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -86,6 +87,7 @@ from ..errors import NoHealthyBackend
 from ..fleet.departures import follow_departures
 from ..fleet.front_end import ClientFrontEnd, deadline_limits, deadline_outcome, deadline_words
 from ..proxy.redirects import REDIRECT_HEADERS, RedirectRule, mapped_redirects, url_origin
+from ..upstream.tls import backend_verify_cert
 from .bodies import discard, end_when_done, prefetch_body, read_body, watch_body
 from .departures import close_departed
 from .errors import BACKEND_FAILURES, NoHealthyBackendError, failure, naming_backends
@@ -238,6 +240,7 @@ class LoadBalancingAdapter(ClientFrontEnd, HTTPAdapter):
             None if self.sticky_cookie is None else _text(request.headers.get("Cookie")))
         body = request.body
         size = _size(body)
+        verify, cert = self.tls_arguments(verify, cert)
         forward = functools.partial(
             self._forward, request, request.path_url, self._upstream_headers(request),
             attempts=attempts, size=size or 0,
@@ -340,6 +343,23 @@ class LoadBalancingAdapter(ClientFrontEnd, HTTPAdapter):
         """Whether the sticky cookie set for ``request`` is ``Secure``: the caller's URL is
         https. (A proxy forwarding through the adapter says whether its client's is.)"""
         return (request.url or "").startswith("https:")
+
+    def tls_arguments(self, verify: VerifyArg, cert: CertArg) -> tuple[VerifyArg, CertArg]:
+        """requests' ``verify=`` and ``cert=`` for the attempts: the caller's when it gave
+        them, else the pool's backend TLS settings (``backend_ca``, ``backend_verify``,
+        ``backend_client_cert`` / ``_key``:
+        :func:`~lbmiddleware.upstream.tls.backend_verify_cert`, the rule every front-end
+        follows). ``verify=True`` is requests' default, and a
+        ``verify`` naming the environment's bundle (``REQUESTS_CA_BUNDLE``,
+        ``CURL_CA_BUNDLE``) is what requests puts there when the caller gave none: both
+        leave the choice to the pool's settings, more particular than a process's."""
+        pool_verify, pool_cert = backend_verify_cert(self.balancer.settings)
+        if pool_verify is not True and (verify is True or (
+                isinstance(verify, str) and verify in _environment_bundles())):
+            verify = pool_verify
+        if cert is None:
+            cert = pool_cert
+        return verify, cert
 
     def call_proxies(self, request: PreparedRequest, proxies: Mapping[str, str] | None
                      ) -> CallProxies:
@@ -594,6 +614,13 @@ def _add_set_cookie(raw: Any, value: str) -> None:
     original = getattr(raw, "_original_response", None)
     if original is not None:
         original.msg["Set-Cookie"] = value      # (a Message: appended, never replaced)
+
+
+def _environment_bundles() -> tuple[str, ...]:
+    """The CA bundles requests reads from the environment when the caller gave no
+    ``verify`` (``Session.merge_environment_settings``)."""
+    return tuple(filter(None, (os.environ.get("REQUESTS_CA_BUNDLE"),
+                               os.environ.get("CURL_CA_BUNDLE"))))
 
 
 def _text(value: str | bytes | None) -> str | None:

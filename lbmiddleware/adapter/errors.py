@@ -32,6 +32,7 @@ from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ReadTime
 from ..core.attempts import Outcome
 from ..core.casts import format_duration
 from ..errors import NoHealthyBackend
+from ..upstream.tls import handshake_verdict, tls_failure_text
 
 if TYPE_CHECKING:
     from requests.models import PreparedRequest
@@ -54,7 +55,8 @@ BACKEND_FAILURES = (requests.ConnectionError, Timeout, ChunkedEncodingError, Ret
 # How an exception from the parent's send (or the body read) ends an attempt: the first row
 # naming the exception's class, or that of the urllib3 error it wraps (``args[0]`` or its
 # ``reason``), gives (sent, timeout). A connect failure was not sent: any method may be
-# retried. A TLS error may come after sending, so it counts as sent (the safe side).
+# retried. A failed TLS handshake is one (:func:`_handshake_failure`); another TLS error may
+# come after sending, so it counts as sent (the safe side).
 _FAILURES: tuple[tuple[type[Exception] | tuple[type[Exception], ...], bool | None, bool], ...] = (
     (ProxyError, None, False),                    # the proxy's fault: raised as it is
     (NewConnectionError, False, False),           # refused, unreachable (a ConnectTimeoutError)
@@ -70,6 +72,10 @@ def failure(exc: RequestException, latency: float) -> Outcome:
     proxy's fault) raises ``exc`` again."""
     inner = exc.args[0] if exc.args else None
     reason = getattr(inner, "reason", inner)
+    handshake = None if isinstance(exc, ProxyError) else _handshake_failure(exc)
+    if handshake is not None:
+        return Outcome(ok=False, latency=latency, sent=False, timeout=False,
+                       error=tls_failure_text(handshake))
     for kinds, sent, timeout in _FAILURES:
         if isinstance(exc, kinds) or isinstance(reason, kinds):
             if sent is None:
@@ -77,6 +83,19 @@ def failure(exc: RequestException, latency: float) -> Outcome:
             return Outcome(ok=False, latency=latency, sent=sent, timeout=timeout,
                            error=describe(exc, sent, timeout))
     raise exc                                      # (the last row takes them all)
+
+
+def _handshake_failure(exc: BaseException) -> ssl.SSLError | None:
+    """The TLS error that failed the handshake with the backend, if that is what ``exc``
+    is: a certificate (or its name) not verified, or the server's alert refusing the
+    handshake (under TLS 1.3 a refused client certificate is said after the client's side
+    ended, on the first read: :func:`~lbmiddleware.upstream.tls.handshake_verdict`). The
+    request never reached the backend's application: a connect failure, as the proxies'
+    upstream client counts it."""
+    for cause in _causes(exc):
+        if isinstance(cause, ssl.SSLCertVerificationError) or handshake_verdict(cause):
+            return cause
+    return None
 
 
 # "(read timeout=2)", "(connect timeout=0.5)": urllib3's words for the limit that ran out.
@@ -102,7 +121,7 @@ def describe(exc: BaseException, sent: bool, timeout: bool) -> str:
         if isinstance(cause, http.client.BadStatusLine):
             return f"not an HTTP response (status line {str(cause).strip()[:40]!r})"
         if isinstance(cause, ssl.SSLError):
-            return f"TLS: {cause.reason or cause.strerror or cause}"
+            return tls_failure_text(cause)          # (the proxies' words)
         if isinstance(cause, OSError) and cause.strerror:
             return cause.strerror[:1].lower() + cause.strerror[1:]
     return str(exc)[:200] or type(exc).__name__
