@@ -73,6 +73,7 @@ from ..proxy import (
 from ..proxy.settings import ProxySettings
 from ..upstream import Upstream
 from ..upstream.deadlines import Deadlines
+from ..upstream.tls import backend_ssl_context
 from .access import AccessRecord
 from .exchange import NO_BODY, ClientGone, Exchange, Forwarder, NoBody, RequestBody
 from .websocket import DENIAL, Tunnel
@@ -142,8 +143,10 @@ class LoadBalancerMiddleware:
         self._ready = False         # until the sources' first answers came (or timed out)
         self.settings = proxy = resolved[ProxySettings]
         self.forwarding = forwarding = resolved[ForwardingSettings]
+        # https backends: the pool's TLS settings (LB_BACKEND_CA ...), one context per pool
         self.upstream = upstream if upstream is not None else Upstream(
-            connect_timeout=forwarding.connect_timeout, read_timeout=forwarding.read_timeout)
+            connect_timeout=forwarding.connect_timeout, read_timeout=forwarding.read_timeout,
+            ssl=backend_ssl_context(self.balancer.settings))
         self._prefix = proxy.prefix
         self._prefix_bytes = proxy.prefix.encode("utf-8")
         self._strip = proxy.strip_prefix

@@ -13,7 +13,7 @@ import requests
 
 from ..support.gateway import GatewayProcess
 from ..support.servers import BackendServer
-from ..support.tls import PKI, make_pki
+from ..support.tls import PKI, TLSBackendServer, make_pki
 
 SERVERS = ["granian", "uvicorn"]
 
@@ -89,3 +89,58 @@ def test_a_certificate_and_key_that_cannot_serve_are_refused_at_the_start(
     assert done.returncode == 2, done.stderr
     assert re.search(words, done.stderr), done.stderr
     assert "Traceback" not in done.stderr
+
+
+# -- the gateway's https backends: LB_BACKEND_CA, LB_BACKEND_VERIFY, client certificates ------
+
+def attempt_lines(output: str) -> list[str]:
+    return [line.split(" lbmiddleware.attempts: ", 1)[1].rstrip("\n")
+            for line in output.splitlines() if " lbmiddleware.attempts: " in line]
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_an_https_backend_signed_by_a_private_ca(server, pki):
+    with TLSBackendServer("a", pki.server_context()) as backend:
+        environ = {"LB_SERVER": server, "LB_BACKENDS": backend.url}
+        with GatewayProcess({**environ, "LB_BACKEND_CA": pki.ca}) as gateway:
+            response = requests.get(f"{gateway.url}/x", timeout=5)
+            assert (response.status_code, response.json()["server"]) == (200, "a")
+        # Without the CA: the system's store does not know it, a 502 naming the problem.
+        with GatewayProcess(environ) as gateway:
+            assert requests.get(f"{gateway.url}/x", timeout=5).status_code == 502
+            gateway.wait_for_output(" lbmiddleware.attempts: ")
+            output = gateway.stop()
+        assert attempt_lines(output) == [
+            f"GET attempt 1 on {backend.url} failed: TLS: certificate verify failed: unable "
+            f"to get local issuer certificate; not retried: every backend was tried"]
+        # Verification off: it answers, and the gateway said once that nothing is verified.
+        with GatewayProcess({**environ, "LB_BACKEND_VERIFY": "false"}) as gateway:
+            for _ in range(3):
+                assert requests.get(f"{gateway.url}/x", timeout=5).status_code == 200
+            output = gateway.stop()
+        warnings = [line for line in output.splitlines() if "LB_BACKEND_VERIFY" in line]
+        assert len(warnings) == 1 and " WARNING lbmiddleware: " in warnings[0]
+        assert backend.requests == 4
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_a_backend_asking_for_a_client_certificate(server, pki):
+    with TLSBackendServer("m", pki.server_context(client_certificate=True)) as mutual, \
+            TLSBackendServer("a", pki.server_context()) as other:
+        with GatewayProcess({"LB_SERVER": server, "LB_BACKENDS": mutual.url,
+                             "LB_BACKEND_CA": pki.ca, "LB_BACKEND_CLIENT_CERT": pki.client_cert,
+                             "LB_BACKEND_CLIENT_KEY": pki.client_key}) as gateway:
+            response = requests.post(f"{gateway.url}/p", data=b"body", timeout=5)
+            assert (response.status_code, response.json()["server"]) == (200, "m")
+        # Without one: the handshake fails, a connect failure, so even a POST goes on to
+        # the next backend.
+        with GatewayProcess({"LB_SERVER": server, "LB_BACKENDS": f"{mutual.url}, {other.url}",
+                             "LB_BACKEND_CA": pki.ca, "LB_POLICY": "round_robin"}) as gateway:
+            answers = [requests.post(f"{gateway.url}/p", data=b"body", timeout=5)
+                       for _ in range(2)]
+            assert [(r.status_code, r.json()["server"]) for r in answers] == [(200, "a")] * 2
+            gateway.wait_for_output(" lbmiddleware.attempts: ")
+            output = gateway.stop()
+        assert f"POST attempt 1 on {mutual.url} failed: TLS: tlsv13 alert certificate " \
+               f"required; retrying on {other.url}" in attempt_lines(output)
+        assert (mutual.requests, other.requests) == (1, 2)
