@@ -169,10 +169,10 @@ def test_a_big_transfer_keeps_a_backend_out_until_it_leaves_the_window():
 def test_a_newcomer_is_charged_the_mean_neither_starved_nor_stampeded():
     harness = Harness(A, B, C)
     harness.serve(3000, {A: 20_000, B: 20_000, C: 20_000})    # 30 s: all mature
-    charges = [harness.charge(url) for url in (A, B, C)]
-    mean = sum(charges) / 3
     harness.set_members(A, B, C, D)
     harness.look()                             # d joins
+    # (The charges are compared at one moment: each is per unit of the weights of now.)
+    mean = sum(harness.charge(url) for url in (A, B, C)) / 3
     assert harness.charge(D) == pytest.approx(mean, rel=0.01)
     sizes = {A: 20_000, B: 20_000, C: 20_000, D: 20_000}
     first_second, _ = harness.serve(100, sizes)
@@ -330,11 +330,13 @@ def test_bytes_of_a_backend_out_of_the_snapshot_are_not_counted():
     harness.look()
     assert harness.policy.charge(a) is None
     harness.policy.transferred(a, 5_000_000)
-    mean = (harness.charge(B) + harness.charge(C)) / 2
+    two = harness.charge(B) + harness.charge(C)
     harness.set_members(A, B, C)
     harness.look()
+    mean = (harness.charge(B) + harness.charge(C)) / 2
     assert harness.charge(A) == pytest.approx(mean, rel=0.01)
-    assert (harness.charge(B) + harness.charge(C)) / 2 == mean
+    # b's and c's bytes are what they were, now per unit of three backends' weight, not two.
+    assert mean * 2 == pytest.approx(two * 2 / 3, rel=1e-12)
 
 
 def test_under_tiers_each_tier_balances_its_own_bytes(clock):
@@ -378,3 +380,55 @@ def test_under_tiers_the_panic_instance_keeps_counting_bytes(clock):
     # Held picks (streaming responses) are charged each backend's mean: a's is 10x.
     held = Counter(pool.pick().url for _ in range(200))
     assert held[A] * 5 < held[B], held
+
+
+def test_a_weight_change_keeps_the_bytes_moved_at_the_old_weight():
+    # a and b (weight 1) moved the same bytes; then a's weight becomes 2 (a slow start's
+    # step, say). What a moved at weight 1 was its fair share then: it must not look cheap
+    # now (10,000 over 2 against b's 10,000 over 1), or a wins every pair until it has
+    # "caught up" and takes far more than two thirds of the picks.
+    harness = Harness(A, B)
+    harness.look()
+    harness.clock.advance(WINDOW)
+    a, b = harness.states[A], harness.states[B]
+    harness.policy.transferred(a, 10_000)
+    harness.policy.transferred(b, 10_000)
+    a.weight = 2
+    harness.set_members(A, B)
+    harness.look()
+    assert harness.charge(A) == harness.charge(B)
+    picks, _ = harness.serve(300, {A: 1_000, B: 1_000})
+    assert picks[A] / 300 == pytest.approx(2 / 3, abs=0.03)
+
+
+def _one_second(pool, clock, requests=1000, size=1000):
+    """A second of ``requests`` requests of ``size`` bytes, one at a time: each URL's share."""
+    picks = Counter()
+    for _ in range(requests):
+        clock.advance(1.0 / requests)
+        backend = pool.pick()
+        picks[backend.url] += 1
+        pool.report(backend, True, 0.01, bytes_received=size)
+    return {url: count / requests for url, count in picks.items()}
+
+
+def test_a_slow_starting_newcomer_follows_its_effective_weight(clock):
+    # Three backends move bytes evenly; d joins with a 10 s slow start. Its share of each
+    # second's picks follows its effective weight, ramp / (3 + ramp), and is a quarter from
+    # the ramp's end on. Bytes divided by the weight of the moment a pick reads them gave
+    # it 27% at ramp 0.5 (effective share 14%) and 44% at the ramp's end: what it moved at
+    # a small weight looked cheap once the weight had grown.
+    urls = [A, B, C]
+    pool = lb.Balancer(urls, policy="bandwidth", timer=clock, rng=random.Random(3),
+                       slow_start=10)
+    for _ in range(30):
+        _one_second(pool, clock)
+    pool.update([*urls, D])
+    seen = []
+    for _ in range(16):
+        share = _one_second(pool, clock).get(D, 0.0)
+        # The weight of the second: the ramp steps at its first pick.
+        ramp = next(row for row in pool.stats() if row["url"] == D)["effective_weight"]
+        seen.append((round(share, 3), round(ramp / (3 + ramp), 3)))
+    assert all(abs(share - want) <= 0.01 for share, want in seen), seen
+    assert seen[-1][1] == 0.25

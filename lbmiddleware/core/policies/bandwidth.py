@@ -5,7 +5,8 @@ Per backend, the body bytes of its attempts (sent plus received, as each attempt
 :meth:`~.base.Policy.transferred`) over a sliding window of :data:`WINDOW` seconds, in
 one-second buckets rotated lazily when a pick or a transfer reads them (at most
 :data:`WINDOW` buckets cleared per read, usually none: O(1)). A pick draws two distinct
-backends at random and keeps the one with the lower charge per unit of weight; see
+backends at random and keeps the one with the lower charge per unit of weight (each
+transfer's bytes divided by the weight the backend had when it moved them); see
 :meth:`LeastBandwidth.charge`.
 """
 
@@ -26,19 +27,31 @@ _DRAWS = 8           # random draws that may land on excluded backends before li
 
 class _Window:
     """Bytes and attempts per one-second bucket over the last :data:`WINDOW` seconds, with
-    their totals; ``second`` is the newest bucket's second (``floor(timer())``)."""
+    their totals; ``second`` is the newest bucket's second (``floor(timer())``).
 
-    __slots__ = ("bytes", "counts", "second", "total", "requests", "arrived", "before", "turn")
+    Each transfer is kept twice: its bytes (``bytes``: the mean bytes per attempt, which
+    in-flight requests are charged) and its bytes weighed by the backend's share of the
+    pool's weight at that moment (``weighed``: bytes x total weight // weight, what a pick
+    compares). Weighed as they arrive, bytes moved at a small weight (a slow start's) stay
+    the fair share they were, however the weights change while they are in the window;
+    and the measure does not jump when every weight is scaled (to hundredths while a slow
+    start runs, back when it ends). Whole numbers: the sums are exact."""
 
-    def __init__(self, second: int, arrived: int = 0, before: int = 0) -> None:
+    __slots__ = ("bytes", "weighed", "counts", "second", "total", "weighed_total",
+                 "requests", "arrived", "before", "turn", "weight")
+
+    def __init__(self, second: int, arrived: int = 0, before: int = 0, weight: int = 1) -> None:
         self.bytes = [0] * WINDOW
+        self.weighed = [0] * WINDOW
         self.counts = [0] * WINDOW
         self.second = second
         self.total = 0          # bytes in the window
+        self.weighed_total = 0  # weighed bytes in the window
         self.requests = 0       # attempts with bytes in the window
         self.arrived = arrived  # the second the policy first saw it eligible
-        self.before = before    # the pool's bytes in that second before it arrived
+        self.before = before    # the pool's weighed bytes in that second before it arrived
         self.turn = 0.0         # stride scheduling's virtual time: ties go by weighted turns
+        self.weight = weight    # the backend's weight in the last snapshot a pick saw
 
     def advance(self, second: int) -> None:
         """Move the window on to ``second``: the buckets it leaves behind are emptied."""
@@ -47,32 +60,43 @@ class _Window:
             return
         if gap >= WINDOW:
             self.bytes = [0] * WINDOW
+            self.weighed = [0] * WINDOW
             self.counts = [0] * WINDOW
-            self.total = self.requests = 0
+            self.total = self.weighed_total = self.requests = 0
         else:
-            sizes, counts = self.bytes, self.counts
+            sizes, weighed, counts = self.bytes, self.weighed, self.counts
             for bucket in range(self.second + 1, second + 1):
                 index = bucket % WINDOW
                 self.total -= sizes[index]
+                self.weighed_total -= weighed[index]
                 self.requests -= counts[index]
-                sizes[index] = counts[index] = 0
+                sizes[index] = weighed[index] = counts[index] = 0
         self.second = second
 
     def remove(self, other: _Window) -> None:
         """Take ``other``'s buckets out of this sum (both at the same ``second``)."""
-        sizes, counts = self.bytes, self.counts
+        sizes, weighed, counts = self.bytes, self.weighed, self.counts
         for index in range(WINDOW):
             sizes[index] -= other.bytes[index]
+            weighed[index] -= other.weighed[index]
             counts[index] -= other.counts[index]
         self.total -= other.total
+        self.weighed_total -= other.weighed_total
         self.requests -= other.requests
 
 
 class LeastBandwidth(Policy):
     """The least bytes per unit of weight over the last 14 s, by power of two choices.
 
-    The charge of a backend (:meth:`charge`) is its window's bytes plus two estimates of
-    what the window does not hold yet, divided by its weight:
+    The charge of a backend (:meth:`charge`) is its window's bytes, each transfer's
+    divided by the backend's weight *when it moved* (kept weighed by the backend's share of
+    the pool's weight then: :class:`_Window`), plus two estimates of what the window does
+    not hold yet. Divided as they arrive, the bytes a slow-starting backend moved at a
+    small weight stay the fair share they were as its weight grows: its share of the
+    picks follows its effective weight through the ramp and is its fair one at the end.
+    (Dividing the window's bytes by the weight of the moment a pick reads them made those
+    bytes look cheap: a fourth backend joining three with a 10 s slow start took 27% of
+    the picks at ramp 0.5, where its weight gives 14%, and 44% at the ramp's end.)
 
     * **In flight.** The front-ends report an attempt's bytes when it ends, so a response
       still streaming is not in the window: each request in flight is charged the
@@ -83,18 +107,18 @@ class LeastBandwidth(Policy):
     * **Newcomers.** A backend the policy has seen eligible for less than the window (it
       joined, returned from an ejection or a drain, or the policy just started) has not
       lived the whole window. For the part of the window before it arrived it is charged
-      what the others moved then, per unit of weight (the pool's bytes in those seconds,
-      and in its arrival second up to its arrival, over the others' weight), times its
-      own weight; then its own bytes. So at arrival it costs the mean of the others,
-      neither starved (an empty window is not an infinite cost) nor stampeded (nor a zero
-      one), and from then on it compares with each of them by what each moved since it
-      arrived: a fair race however the pool's rate changes, and its own bytes take over
-      as the seconds before it leave the window. The backends of the initial list arrive
-      together with no bytes before them, so they compare by their own bytes (a backend
-      that arrives while the window holds no bytes is taken as old as the window). (A blend
-      at the pool's mean rate over the window instead gave a backend back from a 10 s
-      ejection 42% of three backends' picks, not 33%: the others' windows then still held
-      the higher rate of the seconds it was out.) O(1): at most 14 buckets summed, for a
+      what the others moved then, per unit of weight (their mean, from the pool's weighed
+      bytes in those seconds and in its arrival second up to its arrival); then its own
+      bytes. So at arrival it costs the mean of the others, neither starved (an empty
+      window is not an infinite cost) nor stampeded (nor a zero one), and from then on it
+      compares with each of them by what each moved since it arrived: a fair race however
+      the pool's rate changes, and its own bytes take over as the seconds before it leave
+      the window. The backends of the initial list arrive together with no bytes before
+      them, so they compare by their own bytes (a backend that arrives while the window
+      holds no bytes is taken as old as the window). (A blend at the pool's mean rate over
+      the window instead gave a backend back from a 10 s ejection 42% of three backends'
+      picks, not 33%: the others' windows then still held the higher rate of the seconds
+      it was out.) O(1): at most 14 buckets summed, for a
       backend younger than the window only.
 
     Ties (equal charges: no bytes yet, or none in the window) go to the fewer requests in
@@ -121,14 +145,17 @@ class LeastBandwidth(Policy):
         self._records: dict[BackendState, _Window] = {}
         self._aligned: tuple[_Window, ...] = ()     # the records in the snapshot's order
         self._pool = _Window(0)          # the bytes of every record, bucket by bucket
-        self._total_weight = 0           # the snapshot's
+        self._total_weight = 1           # the snapshot's
+        self._others = 0                 # its members but one: a newcomer's others
         self._virtual_time = 0.0
 
     # -- what a pick weighs -------------------------------------------------------------
 
     def charge(self, state: BackendState) -> float | None:
-        """The bytes per unit of weight a pick weighs for ``state`` now (None when it was
-        not eligible in the last snapshot a pick saw). It moves the windows on, as a pick
+        """The bytes per unit of weight a pick weighs for ``state`` now (None when it was not
+        eligible in the last snapshot a pick saw): its weighed bytes over that snapshot's
+        total weight, so while the weights stay, its bytes over its weight; a change of
+        weights rescales every backend's charge alike. It moves the windows on, as a pick
         does: call it where the policy's picks run (under the balancer's lock; tests)."""
         record = self._records.get(state)
         if record is None:
@@ -136,7 +163,7 @@ class LeastBandwidth(Policy):
         second = self._now()
         if record.second != second:
             record.advance(second)
-        return (record.total + self._estimate(state, record, second)) / state.weight
+        return (record.weighed_total + self._estimate(state, record, second)) / self._total_weight
 
     def _now(self) -> int:
         """The pool's window moved on to the timer's second (never back)."""
@@ -148,8 +175,8 @@ class LeastBandwidth(Policy):
         return pool.second
 
     def _estimate(self, state: BackendState, record: _Window, second: int) -> float:
-        """The bytes ``state``'s window does not hold: its requests in flight, and the part
-        of the window before it arrived (``record`` at ``second`` already)."""
+        """The weighed bytes ``state``'s window does not hold: its requests in flight, and
+        the part of the window before it arrived (``record`` at ``second`` already)."""
         extra = 0.0
         in_flight = state.in_flight
         if in_flight:
@@ -159,16 +186,14 @@ class LeastBandwidth(Policy):
                 pool = self._pool
                 if pool.requests:
                     extra = in_flight * pool.total / pool.requests
+            extra = extra * self._total_weight / record.weight
         arrived = record.arrived
-        if arrived > second - WINDOW:              # younger than the window
-            weight = state.weight
-            others = self._total_weight - weight
-            if others > 0:
-                sizes = self._pool.bytes
-                before = record.before
-                for bucket in range(second - WINDOW + 1, arrived):
-                    before += sizes[bucket % WINDOW]
-                extra += before * weight / others
+        if arrived > second - WINDOW and self._others:      # younger than the window
+            weighed = self._pool.weighed
+            before = record.before
+            for bucket in range(second - WINDOW + 1, arrived):
+                before += weighed[bucket % WINDOW]
+            extra += before / self._others
         return extra
 
     # -- the hooks ----------------------------------------------------------------------
@@ -187,13 +212,18 @@ class LeastBandwidth(Policy):
         if record.second != second:
             record.advance(second)
         index = second % WINDOW
+        weighed = nbytes * self._total_weight // record.weight
         pool.bytes[index] += nbytes
+        pool.weighed[index] += weighed
         pool.counts[index] += 1
         pool.total += nbytes
+        pool.weighed_total += weighed
         pool.requests += 1
         record.bytes[index] += nbytes
+        record.weighed[index] += weighed
         record.counts[index] += 1
         record.total += nbytes
+        record.weighed_total += weighed
         record.requests += 1
 
     def pick(self, members: Members, key: str | None, exclude: Exclude) -> BackendState:
@@ -230,18 +260,15 @@ class LeastBandwidth(Policy):
             ra.advance(second)
         if rb.second != second:
             rb.advance(second)
-        # The charges, compared per unit of weight without dividing: bytes x the other's
-        # weight. The estimates only for a backend with requests in flight or young.
+        # The weighed bytes compare as they are (each already per unit of weight); the
+        # estimates only for a backend with requests in flight or young.
         young = second - WINDOW
-        ca: float = ra.total
+        ca: float = ra.weighed_total
         if a.in_flight or ra.arrived > young:
             ca += self._estimate(a, ra, second)
-        cb: float = rb.total
+        cb: float = rb.weighed_total
         if b.in_flight or rb.arrived > young:
             cb += self._estimate(b, rb, second)
-        wa, wb = a.weight, b.weight
-        ca *= wb
-        cb *= wa
         if ca != cb:
             return a if ca < cb else b
         return self._tie(a, ra, b, rb)
@@ -284,9 +311,9 @@ class LeastBandwidth(Policy):
         return left[first], left[other]
 
     def _rebuild(self, members: Members, second: int) -> None:
-        """Records for a new snapshot: kept for the backends still eligible, new (arrived
-        now) for those that joined it; the bytes of those that left it are taken out of
-        the pool's window."""
+        """Records for a new snapshot: kept for the backends still eligible (with their
+        weight in it), new (arrived now) for those that joined it; the bytes of those that
+        left it are taken out of the pool's window."""
         pool = self._pool
         second = max(second, pool.second)
         pool.advance(second)
@@ -299,10 +326,17 @@ class LeastBandwidth(Policy):
         # A backend that arrives while the pool's window holds no bytes (the initial list)
         # has no part of the window to be charged for: as if it had lived it all.
         arrived = second if pool.total else second - WINDOW
-        before = pool.bytes[second % WINDOW]
-        records = {state: old.get(state) or _Window(second, arrived, before)
-                   for state in members.states}
+        before = pool.weighed[second % WINDOW]
+        records: dict[BackendState, _Window] = {}
+        for state in members.states:
+            kept = old.get(state)
+            if kept is None:
+                records[state] = _Window(second, arrived, before, state.weight)
+            else:
+                kept.weight = state.weight
+                records[state] = kept
         self._records = records
         self._aligned = tuple(records[state] for state in members.states)
         self._total_weight = members.total_weight
+        self._others = len(records) - 1
         self._generation = members.generation
