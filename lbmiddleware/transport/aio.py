@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Iterable
 from typing import cast
 
@@ -15,7 +16,7 @@ from ..errors import NoHealthyBackend
 from ..fleet.front_end import deadline_words
 from .base import LoadBalancing, Plan
 from .bodies import AsyncAttemptBody, adiscard
-from .errors import NoHealthyBackendError, naming_backends
+from .errors import NoHealthyBackendError, from_tls_error, naming_backends
 from .origins import origin_parts
 
 __all__ = ["AsyncLoadBalancingTransport"]
@@ -107,7 +108,10 @@ class AsyncLoadBalancingTransport(LoadBalancing[httpx.AsyncBaseTransport],
             upstream = plan.upstream(target, extensions)
         start = self._timer()
         try:
-            response = await target.transport.handle_async_request(upstream)
+            try:
+                response = await target.transport.handle_async_request(upstream)
+            except ssl.SSLError as tls:         # (not mapped by httpcore: see from_tls_error)
+                raise from_tls_error(tls, upstream) from tls
         except httpx.TransportError as exc:
             closing = target.release()
             if closing is not None:
@@ -142,10 +146,11 @@ class AsyncLoadBalancingTransport(LoadBalancing[httpx.AsyncBaseTransport],
             await self.balancer.ready()
         self._started = True
 
-    def _plain_transport(self, proxy: httpx.Proxy | None) -> httpx.AsyncBaseTransport:
+    def _plain_transport(self, proxy: httpx.Proxy | None, tls: ssl.SSLContext
+                         ) -> httpx.AsyncBaseTransport:
         options = self._options
-        return httpx.AsyncHTTPTransport(verify=options.tls(), limits=options.limits,
-                                        http2=options.http2, proxy=proxy)
+        return httpx.AsyncHTTPTransport(verify=tls, limits=options.limits, http2=options.http2,
+                                        proxy=proxy)
 
     def _close_later(self, transports: Iterable[httpx.AsyncBaseTransport | None]) -> None:
         """Close ``transports`` (None: nothing) on this transport's loop, from any thread:

@@ -28,6 +28,7 @@ from ..errors import ConfigError
 from ..fleet.departures import follow_departures
 from ..fleet.front_end import ClientFrontEnd, deadline_limits, deadline_outcome
 from ..proxy.redirects import RedirectRule, mapped_redirects
+from ..upstream.tls import TLSSettings, new_backend_ssl_context
 from . import outgoing
 from .errors import closed_error, failure, limit_name
 from .origins import Origin, Parts, has_redirects, origin_of, parts_of
@@ -49,28 +50,50 @@ _Timeouts = Mapping[str, float | None]
 
 
 class TransportOptions:
-    """How the default inner transports are built, one per backend: the TLS context (made
-    once, from ``verify``, ``cert`` and ``trust_env`` as httpx makes it), ``limits`` per
-    backend, ``http2`` (offered over TLS, as httpx does; the ``h2`` package is needed), and
-    the proxy: ``proxy`` for every backend, else with ``trust_env`` the one the environment
-    names for the backend's real URL (:func:`~.proxies.environment_proxy`).
+    """How the default inner transports are built, one per backend: the TLS context,
+    ``limits`` per backend, ``http2`` (offered over TLS, as httpx does; the ``h2`` package is
+    needed), and the proxy: ``proxy`` for every backend, else with ``trust_env`` the one the
+    environment names for the backend's real URL (:func:`~.proxies.environment_proxy`).
+
+    The backends' TLS context (:meth:`tls`) is the user's when ``verify`` or ``cert`` was
+    given (made as httpx makes it, with ``trust_env``), else the pool's backend TLS settings'
+    (``backend_tls``: ``LB_BACKEND_CA``, ``LB_BACKEND_VERIFY``, ``LB_BACKEND_CLIENT_CERT`` /
+    ``_KEY``; a context of its own from :func:`~lbmiddleware.upstream.tls.new_backend_ssl_context`,
+    since httpcore sets its ALPN on the context it is given), else httpx's own; another
+    origin's requests (:meth:`other_tls`) are verified as plain httpx verifies them (the
+    pool's CA is trusted for its backends only). Each is made on first use (loading a CA
+    bundle takes milliseconds) and shared by the transports that use it.
     """
 
     def __init__(self, *, verify: ssl.SSLContext | str | bool = True,
                  cert: Any = None, trust_env: bool = True,
                  limits: httpx.Limits = DEFAULT_LIMITS, http2: bool = False,
-                 proxy: str | httpx.URL | httpx.Proxy | None = None) -> None:
+                 proxy: str | httpx.URL | httpx.Proxy | None = None,
+                 backend_tls: TLSSettings | None = None) -> None:
         self.verify, self.cert, self.trust_env = verify, cert, trust_env
         self.limits, self.http2, self.proxy = limits, http2, proxy
+        self.backend_tls = backend_tls
         self._tls: ssl.SSLContext | None = None
+        self._other_tls: ssl.SSLContext | None = None
 
     def tls(self) -> ssl.SSLContext:
-        """The TLS context every inner transport shares (made on first use: loading the
-        CA bundle takes milliseconds)."""
+        """The TLS context of the backends' inner transports (see the class)."""
         if self._tls is None:
-            self._tls = httpx.create_ssl_context(verify=self.verify, cert=self.cert,
-                                                 trust_env=self.trust_env)
+            settings = self.backend_tls
+            if self.verify is True and self.cert is None and settings is not None \
+                    and not _library_default(settings):
+                self._tls = new_backend_ssl_context(settings)
+            else:
+                self._tls = self.other_tls()
         return self._tls
+
+    def other_tls(self) -> ssl.SSLContext:
+        """The TLS context of other origins' transports: the user's ``verify`` and
+        ``cert``, else httpx's own."""
+        if self._other_tls is None:
+            self._other_tls = httpx.create_ssl_context(verify=self.verify, cert=self.cert,
+                                                       trust_env=self.trust_env)
+        return self._other_tls
 
     def proxy_for(self, where: Backend | httpx.URL) -> httpx.Proxy | None:
         """The proxy to reach ``where`` (a backend, or another origin's URL) through."""
@@ -211,6 +234,7 @@ class LoadBalancing(ClientFrontEnd, Generic[T]):
         self._read_timeout = forwarding.read_timeout
         self._options = TransportOptions(
             verify=verify, cert=cert, trust_env=trust_env, http2=http2, proxy=proxy,
+            backend_tls=self.balancer.settings,
             **({} if limits is None else {"limits": limits}))
         self._targets: Targets[T] = Targets(inner_transport or self._inner_transport,
                                             self._is_member, self._close_later,
@@ -286,7 +310,8 @@ class LoadBalancing(ClientFrontEnd, Generic[T]):
         with self._others_lock:
             transport = self._others.get(key)
             if transport is None:
-                transport = self._others[key] = self._plain_transport(proxy)
+                transport = self._others[key] = self._plain_transport(
+                    proxy, self._options.other_tls())
         return transport
 
     def _forget_others(self) -> list[T]:
@@ -344,10 +369,10 @@ class LoadBalancing(ClientFrontEnd, Generic[T]):
 
     def _inner_transport(self, backend: Backend) -> T:
         """The default inner transport of ``backend`` (see :class:`TransportOptions`)."""
-        return self._plain_transport(self._options.proxy_for(backend))
+        return self._plain_transport(self._options.proxy_for(backend), self._options.tls())
 
-    def _plain_transport(self, proxy: httpx.Proxy | None) -> T:
-        """An httpx transport with the options (TLS, limits, HTTP/2) and ``proxy``."""
+    def _plain_transport(self, proxy: httpx.Proxy | None, tls: ssl.SSLContext) -> T:
+        """An httpx transport with the options (limits, HTTP/2), ``proxy`` and ``tls``."""
         raise NotImplementedError
 
     def _is_member(self, backend: Backend) -> bool:
@@ -372,6 +397,14 @@ _REDIRECTS = RedirectRule()
 
 #: The origin no request has: a closed transport's (every request goes to ``_elsewhere``).
 _NO_ORIGIN = Origin("", "", -1)
+
+
+def _library_default(settings: TLSSettings) -> bool:
+    """Whether ``settings`` leave the backends' TLS at its default (the system's or the
+    library's store, names verified, no client certificate): httpx's own context then, as
+    requests keeps its own for the adapter."""
+    return (settings.backend_verify and not settings.backend_ca
+            and not settings.backend_client_cert)
 
 
 def _bounded(given: float | None, limit: float) -> float | None:

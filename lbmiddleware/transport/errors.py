@@ -24,12 +24,13 @@ import httpx
 from ..core.attempts import Outcome
 from ..core.casts import format_duration
 from ..errors import NoHealthyBackend
+from ..upstream.tls import handshake_verdict, tls_failure_text
 
 if TYPE_CHECKING:
     from ..core.backend import Backend
 
 __all__ = ["NoHealthyBackendError", "Timeouts", "closed_error", "describe", "failure",
-           "limit_name", "naming_backends"]
+           "limit_name", "naming_backends", "from_tls_error"]
 
 #: An httpx timeout as a request carries it (``extensions["timeout"]``).
 Timeouts = Mapping[str, float | None]
@@ -76,10 +77,31 @@ def failure(exc: httpx.TransportError, latency: float,
         if isinstance(exc, kinds):
             if sent is None:
                 raise exc
+            if sent and _refused_handshake(exc):
+                sent = False
             return Outcome(ok=False, sent=sent, timeout=timeout,
                            latency=None if isinstance(exc, httpx.PoolTimeout) else latency,
                            error=describe(exc, timeouts))
     raise exc                                       # (the last row takes them all)
+
+
+def _refused_handshake(exc: BaseException) -> bool:
+    """Whether ``exc`` is the backend's TLS alert refusing the handshake, which TLS 1.3 says
+    after the client's side ended, on the first read (a client certificate refused): the
+    request never reached the backend's application, a connect failure as the proxies'
+    upstream client counts it (:func:`~lbmiddleware.upstream.tls.handshake_verdict`)."""
+    return any(handshake_verdict(cause) for cause in _causes(exc))
+
+
+def from_tls_error(exc: ssl.SSLError, request: httpx.Request) -> httpx.TransportError:
+    """httpx's error for a TLS error an inner transport let through as it came (httpcore's
+    async network backend maps no ``ssl.SSLError`` met while reading: a refused client
+    certificate, under TLS 1.3): a ``ConnectError`` for the backend's verdict on the
+    handshake, else a ``ReadError``, as the sync transport raises them."""
+    kind = httpx.ConnectError if handshake_verdict(exc) else httpx.ReadError
+    error = kind(str(exc), request=request)
+    error.__cause__ = exc
+    return error
 
 
 # -- a failure in words -----------------------------------------------------------------------
@@ -135,7 +157,7 @@ def describe(exc: BaseException, timeouts: Timeouts | None = None) -> str:
         return f"not an HTTP response (status line {line.strip()[:40]!r})"
     for cause in _causes(exc):
         if isinstance(cause, ssl.SSLError):
-            return f"TLS: {cause.reason or cause.strerror or cause}"
+            return tls_failure_text(cause)          # (the proxies' words)
         if isinstance(cause, OSError) and cause.errno is not None and cause.errno > 0:
             words = os.strerror(cause.errno)
             return words[:1].lower() + words[1:]

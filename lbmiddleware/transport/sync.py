@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterable
 from typing import cast
 
@@ -13,7 +14,7 @@ from ..errors import NoHealthyBackend
 from ..fleet.front_end import deadline_words
 from .base import LoadBalancing, Plan
 from .bodies import AttemptBody, discard
-from .errors import NoHealthyBackendError, naming_backends
+from .errors import NoHealthyBackendError, from_tls_error, naming_backends
 from .origins import origin_parts
 
 __all__ = ["LoadBalancingTransport"]
@@ -155,7 +156,10 @@ class LoadBalancingTransport(LoadBalancing[httpx.BaseTransport], httpx.BaseTrans
             upstream = plan.upstream(target, extensions)
         start = self._timer()
         try:
-            response = target.transport.handle_request(upstream)
+            try:
+                response = target.transport.handle_request(upstream)
+            except ssl.SSLError as tls:         # (not mapped by httpcore: see from_tls_error)
+                raise from_tls_error(tls, upstream) from tls
         except httpx.TransportError as exc:
             self._close_later([target.release()])
             return exc, plan.failure(exc, self._timer() - start, attempts, timeouts, cut,
@@ -172,10 +176,11 @@ class LoadBalancingTransport(LoadBalancing[httpx.BaseTransport], httpx.BaseTrans
             response.status_code, latency,
             bytes_sent=plan.size if counted is None else counted.sent - before)
 
-    def _plain_transport(self, proxy: httpx.Proxy | None) -> httpx.BaseTransport:
+    def _plain_transport(self, proxy: httpx.Proxy | None, tls: ssl.SSLContext
+                         ) -> httpx.BaseTransport:
         options = self._options
-        return httpx.HTTPTransport(verify=options.tls(), limits=options.limits,
-                                   http2=options.http2, proxy=proxy)
+        return httpx.HTTPTransport(verify=tls, limits=options.limits, http2=options.http2,
+                                   proxy=proxy)
 
     def _close_later(self, transports: Iterable[httpx.BaseTransport | None]) -> None:
         """Close ``transports`` (None: nothing) now, on this thread."""
