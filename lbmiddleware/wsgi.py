@@ -24,7 +24,8 @@ upstream target, error responses) come from :mod:`lbmiddleware.proxy`:
 * hop-by-hop headers never reach the WSGI server (PEP 3333), nor do the backend's ``Date``
   and ``Server`` (the server's own go out); a ``Location``, ``Content-Location`` or
   ``Refresh`` pointing at the backend that answered is rewritten to the address the client
-  used, under the prefix (:mod:`lbmiddleware.proxy.redirects`);
+  used, under the prefix and the ``SCRIPT_NAME`` the middleware is mounted at
+  (:mod:`lbmiddleware.proxy.redirects`);
 * retries happen only while the response head is awaited: nothing has reached the client;
 * 502 / 503 (+ ``Retry-After``) / 504 when no backend answered; 400 for a request that
   cannot be forwarded safely; 404 outside the prefix when there is no wrapped app;
@@ -99,6 +100,7 @@ class _ProxiedRequest(requests.PreparedRequest):
 
     sticky_key: str | None = None
     secure = False
+    script_name = ""        # the mount point (SCRIPT_NAME), as it goes in a URL
 
     def __init__(self) -> None:
         super().__init__()
@@ -123,10 +125,14 @@ class _ProxyAdapter(LoadBalancingAdapter):
 
     def redirect_origin(self, request: requests.PreparedRequest) -> str | None:
         # the address the client used (its scheme and Host, or a trusted proxy's
-        # X-Forwarded-Proto/Host), as the header rules sent it upstream
+        # X-Forwarded-Proto/Host), as the header rules sent it upstream, and the mount
+        # point in front of the prefix (the backend never saw it)
         headers = [(name, value.decode("latin-1") if isinstance(value, bytes) else value)
                    for name, value in request.headers.items()]
-        return forwarded_origin(headers)
+        origin = forwarded_origin(headers)
+        if origin is None or not isinstance(request, _ProxiedRequest):
+            return origin
+        return origin + request.script_name
 
     def request_url(self, request: requests.PreparedRequest,
                     proxies: dict[str, str] | None) -> str:
@@ -298,6 +304,9 @@ class WSGILoadBalancer:
             request.headers.setdefault(name, SKIP_HEADER)
         request.body = body
         request.secure = environ.get("wsgi.url_scheme") == "https"
+        script_name = environ.get("SCRIPT_NAME")
+        if script_name:
+            request.script_name = quote_path(script_name.rstrip("/").encode("latin-1"))
         if self._sticky:
             forwarded = ([environ["HTTP_X_FORWARDED_FOR"]] if "HTTP_X_FORWARDED_FOR" in environ
                          else [])
