@@ -23,7 +23,8 @@ class NoHealthyBackend(LBError):
 #: The third-party libraries behind an extra (``pip install 'lbmiddleware[EXTRA]'``), by
 #: top-level module name: the front-ends that import them are loaded only on first use.
 EXTRAS = {"requests": "requests", "urllib3": "requests", "dns": "dns",
-          "prometheus_client": "metrics", "httpx": "httpx", "websockets": "gateway"}
+          "prometheus_client": "metrics", "httpx": "httpx", "websockets": "gateway",
+          "tomli": "gateway"}
 
 
 @contextlib.contextmanager
