@@ -57,11 +57,15 @@ _AUTHORITY = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]+)(?
 _PUBLIC_SCHEMES = frozenset({"http", "https"})
 
 
-def backend_reference(url: str, backend: Backend) -> str | None:
+def backend_reference(url: str, backend: Backend, public_scheme: str | None = None
+                      ) -> str | None:
     """What follows ``backend``'s origin and base path in ``url`` (``/new?x#y``; ``""`` for
     the base itself) when ``url`` is an absolute reference to ``backend`` (its scheme, its
     address or server name, its port) under its base path, or a network-path one
-    (``//host:port/...``); else None."""
+    (``//host:port/...``); else None. ``public_scheme``, the scheme the client used, is the
+    backend's too when the port is the backend's: a backend that believes the
+    ``X-Forwarded-Proto`` it got (uvicorn does, from 127.0.0.1) builds
+    ``https://its-address:its-port/...``."""
     if "//" not in url:             # relative (the usual redirect): nothing to parse
         return None
     try:
@@ -69,13 +73,13 @@ def backend_reference(url: str, backend: Backend) -> str | None:
         port = parts.port
     except ValueError:
         return None
-    scheme = parts.scheme.lower()
-    if scheme and scheme != backend.scheme:
+    scheme = parts.scheme.lower() or backend.scheme
+    if scheme != backend.scheme and scheme != public_scheme:
         return None
     host = parts.hostname
     if host is None or not parts.netloc:
         return None
-    if (DEFAULT_PORTS[backend.scheme] if port is None else port) != backend.port:
+    if (DEFAULT_PORTS.get(scheme) if port is None else port) != backend.port:
         return None
     if host != backend.host and host != backend.server_name:
         return None
@@ -174,11 +178,13 @@ class RedirectRule:
             url = value
         else:
             return None
-        rest = backend_reference(url, backend)
-        if rest is None:
+        if "//" not in url:         # relative (the usual redirect): left as it is
             return None
         public = origin()
         if public is None:
+            return None
+        rest = backend_reference(url, backend, public.partition(":")[0])
+        if rest is None:
             return None
         if not self.prefix and not rest.startswith("/"):
             rest = "/" + rest

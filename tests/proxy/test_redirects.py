@@ -87,6 +87,19 @@ def test_refresh_keeps_its_delay_and_spelling(value, expected):
     assert RedirectRule("/api", True).rewrite("refresh", value, BACKEND, ORIGIN) == expected
 
 
+@pytest.mark.parametrize("value, origin, expected", [
+    ("https://127.0.0.1:8001/x", "https://front.example", "https://front.example/x"),
+    ("https://127.0.0.1:8001/x", "http://front.example", None),
+    ("https://127.0.0.1/x", "https://front.example", None),      # 443: not the backend's
+    ("//127.0.0.1:8001/x", "https://front.example", "https://front.example/x"),
+])
+def test_a_backend_believing_x_forwarded_proto_is_recognised_by_its_address(value, origin,
+                                                                            expected):
+    """A backend that believes the X-Forwarded-Proto it got builds its own address with the
+    client's scheme (uvicorn trusts it from 127.0.0.1 by default)."""
+    assert RedirectRule().rewrite("location", value, BACKEND, origin) == expected
+
+
 def test_other_headers_are_not_the_rules():
     rule = RedirectRule()
     assert rule.rewrite("link", "<http://127.0.0.1:8001/x>", BACKEND, ORIGIN) is None
