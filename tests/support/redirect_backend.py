@@ -13,6 +13,8 @@ Each answer's URLs are the request's directory (its path up to the last ``/``) o
 * anything else answers ``200`` with JSON naming the server and echoing the path and
   headers, and ``X-Server: NAME``.
 
+GET and POST alike (a POST's body is read and dropped).
+
 ``requests`` counts the requests; the server is a context manager (``url``, ``port``).
 """
 
@@ -32,6 +34,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         owner = self.server.owner
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(length)
         with owner.lock:
             owner.requests += 1
         path, _, query = self.path.partition("?")
@@ -57,6 +62,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+    do_POST = do_GET
 
 
 class _Server(http.server.ThreadingHTTPServer):
