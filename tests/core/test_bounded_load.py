@@ -269,3 +269,131 @@ def test_the_policy_counts_only_the_backends_it_holds():
     home.in_flight -= 1
     policy.finished(home)                      # A = 0: the home has room again
     assert policy.pick(members, key, NOTHING) is home
+
+
+class Watched(BackendState):
+    """A backend state that counts how often a pick looks at it: a read of its requests in
+    flight, or a hash (a set's membership test)."""
+
+    __slots__ = ("_in_flight",)
+    looks = 0
+
+    @property
+    def in_flight(self):
+        Watched.looks += 1
+        return self._in_flight
+
+    @in_flight.setter
+    def in_flight(self, value):
+        self._in_flight = value
+
+    def __hash__(self):
+        Watched.looks += 1
+        return id(self) >> 4
+
+
+def pareto_keys(rng, count):
+    """The issue's hot keys: ``k<int(Pareto(1.1))>``, so ``k1`` is 53% of the requests."""
+    return [f"k{int(rng.paretovariate(1.1))}" for _ in range(count)]
+
+
+class Driver:
+    """The policy driven as the balancer drives it: a pick starts a request, an end
+    finishes it; every policy in ``policies`` hears both (twins kept in step)."""
+
+    def __init__(self, states, *policies, generation=1):
+        self.states = states
+        self.policies = policies
+        self.members = Members(tuple(states), generation)
+        for policy in policies:
+            policy.membership_changed(states)
+        self.held = []
+
+    def start(self, state):
+        state.in_flight += 1
+        for policy in self.policies:
+            policy.started(state)
+        self.held.append(state)
+
+    def end(self, index=0):
+        state = self.held.pop(index)
+        state.in_flight -= 1
+        for policy in self.policies:
+            policy.finished(state)
+
+
+def test_a_hot_key_costs_a_pick_a_few_looks_not_a_list_of_the_members():
+    # 1,000 backends, 1,000 requests in flight, c = 125%: each backend may hold 2. The hot
+    # key (53% of the requests) fills its own sequence ~270 backends deep, so past its 64
+    # probes; the pick then listed all 1,000 members (30.7 us against 3.0 us unbounded).
+    clock = FakeClock()
+    states = [Watched(lb.Backend(f"http://10.0.{i // 250}.{i % 250}:8080"), clock())
+              for i in range(1000)]
+    policy = IPHash(random.Random(1), clock, balance_factor=125)
+    driver = Driver(states, policy)
+    for i in range(1000):
+        driver.start(policy.pick(driver.members, f"warm{i}", NOTHING))
+    keys = pareto_keys(random.Random(2), 8000)
+    for key in keys[:4000]:                    # the hot key's sequence fills
+        driver.end()
+        driver.start(policy.pick(driver.members, key, NOTHING))
+    Watched.looks = 0
+    for key in keys[4000:]:
+        driver.end()
+        driver.start(policy.pick(driver.members, key, NOTHING))
+    looks = Watched.looks / 4000
+    hot = {state for state, key in zip(driver.held, keys[-1000:], strict=True) if key == "k1"}
+    assert len(hot) > 200                      # k1 is spread over its sequence, deep
+    assert looks < 15, f"{looks:.1f} looks per pick (and its end)"
+
+
+def test_past_its_probes_a_key_still_takes_the_first_backend_with_room_on_its_sequence():
+    # Twins: one picks as it does, keeping its hot keys' walks (four at most here, so they
+    # are also dropped and walked again); the other is asked with a stranger excluded,
+    # which walks the key's sequence from its home every time. Requests end in random
+    # order and the load swings, so slots open behind a hot key's deepest backend (an end,
+    # or more slots as the load grows) and close again; weights 1-3 move each backend's
+    # slot count at loads of its own; then a new snapshot leaves a tenth of the backends
+    # out (ejected: homes and sequences step over them). The picks must agree.
+    clock = FakeClock()
+    rng = random.Random(5)
+    states = [BackendState(lb.Backend(f"http://10.0.1.{i}:80", 1 + i % 3), clock())
+              for i in range(200)]
+    policy = IPHash(random.Random(1), clock, balance_factor=100)
+    policy.max_walks = 4
+    reference = IPHash(random.Random(1), clock, balance_factor=100)
+    driver = Driver(states, policy, reference)
+    stranger = frozenset({BackendState(lb.Backend("http://192.0.2.1:80"), clock())})
+    keys = pareto_keys(rng, 12000) + [f"198.51.100.{i % 50}" for i in range(2000)]
+    rng.shuffle(keys)
+    moved = 0
+    for step, key in enumerate(keys):
+        if step == 7000:
+            driver.members = Members(tuple(states[i] for i in range(200) if i % 10), 2)
+        target = 250 + 200 * math.sin(step / 700)
+        while driver.held and (len(driver.held) > target or rng.random() < 0.3):
+            driver.end(rng.randrange(len(driver.held)))
+        expected = reference.pick(driver.members, key, stranger)
+        picked = policy.pick(driver.members, key, NOTHING)
+        assert picked is expected, (step, key)
+        moved += policy.lookup(driver.members, key) is not picked
+        driver.start(picked)
+    assert moved > 4000
+    assert policy.overflows == moved
+    # The walks dropped left nothing behind on their backends (an end looks through those).
+    kept = sum(len(walk.order) - 1 for walk in policy._walks.values())
+    assert sum(len(entries) for entries in policy._watchers.values()) == kept
+
+
+def test_a_retry_finding_only_full_backends_takes_the_least_loaded():
+    # c = 100 over three backends with 5 requests in flight: each may hold 2. a holds 3,
+    # b 2, c none but the retry excludes it: b, the least loaded of the two left.
+    clock = FakeClock()
+    states = [BackendState(lb.Backend(url), clock()) for url in (A, B, C)]
+    a, b, c = states
+    policy = IPHash(random.Random(1), clock, balance_factor=100)
+    driver = Driver(states, policy)
+    for state in (a, a, a, b, b):
+        driver.start(state)
+    for key in ("198.51.100.1", "198.51.100.2", "198.51.100.3"):
+        assert policy.pick(driver.members, key, frozenset({c})) is b
