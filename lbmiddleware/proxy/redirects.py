@@ -28,11 +28,10 @@ through the pool. Standard library only.
 
 from __future__ import annotations
 
-import functools
 import re
 import urllib.parse
 from collections.abc import Callable, Iterable, Sequence
-from typing import AnyStr
+from typing import Any, AnyStr
 
 from ..core.backend import DEFAULT_PORTS, Backend
 
@@ -156,15 +155,7 @@ class RedirectRule:
         headers (the proxies': :func:`forwarded_origin` reads the client's origin from
         them) or a function giving it (the client front-ends' virtual origin); it is asked
         only once a header points at the backend (most responses have none)."""
-        found: list[str | None] = []
-        read = origin if callable(origin) else functools.partial(forwarded_origin, origin)
-
-        def public() -> str | None:
-            if not found:
-                found.append(read())
-            return found[0]
-
-        return lambda name, value: self._rewrite(name, value, backend, public)
+        return _Bound(self, backend, origin)
 
     def _rewrite(self, name: str, value: str, backend: Backend,
                  origin: Callable[[], str | None]) -> str | None:
@@ -207,3 +198,26 @@ def mapped_redirects(headers: Iterable[tuple[str, str]], rewrite: Rewrite
                 changed = True
         out.append((name, value))
     return out if changed else None
+
+
+class _Bound:
+    """A :class:`RedirectRule` bound to one response (:meth:`RedirectRule.bind`): one
+    object per response, the origin read at most once."""
+
+    __slots__ = ("rule", "backend", "source", "origin", "read")
+
+    def __init__(self, rule: RedirectRule, backend: Backend,
+                 source: Sequence[tuple[Any, Any]] | Callable[[], str | None]) -> None:
+        self.rule, self.backend, self.source = rule, backend, source
+        self.origin: str | None = None
+        self.read = False
+
+    def __call__(self, name: str, value: str) -> str | None:
+        return self.rule._rewrite(name, value, self.backend, self._origin)
+
+    def _origin(self) -> str | None:
+        if not self.read:
+            source = self.source
+            self.origin = source() if callable(source) else forwarded_origin(source)
+            self.read = True
+        return self.origin
