@@ -29,6 +29,7 @@ TESTS = pathlib.Path(__file__).resolve().parent
 CORE_FOLDER = TESTS / "core"
 # Core test modules outside tests/core/ (paths relative to tests/).
 CORE_FILES = frozenset({"proxy/test_proxy_rules.py", "proxy/test_sticky_cookie.py",
+                        "proxy/test_redirects.py",
                         "upstream/test_parser.py", "test_layering.py",
                         "discovery/test_backoff.py", "discovery/test_watcher.py",
                         "observe/test_snapshot.py", "observe/test_page.py"})

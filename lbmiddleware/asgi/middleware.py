@@ -70,6 +70,7 @@ from ..proxy import (
     quote_path,
     sticky_key,
 )
+from ..proxy.redirects import RedirectRule
 from ..proxy.settings import ProxySettings
 from ..upstream import Upstream
 from ..upstream.deadlines import Deadlines
@@ -166,7 +167,8 @@ class LoadBalancerMiddleware:
         # What every exchange shares, with the forwarding settings' retry rule.
         self._forwarder = Forwarder(self.balancer, self.upstream, forwarding.retry_rule(),
                                     Deadlines(), self._errors, cookie=self._cookie,
-                                    timeout=forwarding.timeout)
+                                    timeout=forwarding.timeout,
+                                    redirects=RedirectRule(proxy.prefix, proxy.strip_prefix))
         self._unsubscribe = follow_departures(self, self.balancer, _forget_departed)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

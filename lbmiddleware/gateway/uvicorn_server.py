@@ -42,7 +42,9 @@ def serve_uvicorn(settings: FrontEndSettings, sock: socket.socket,
         log_level=server_log_level(gateway.log_level),
         loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
         http=uvicorn_protocol(gateway, access_log=settings[ProxySettings].access_log),
-        proxy_headers=False, server_header=False, date_header=False,
+        # uvicorn's own Date (RFC 9110 6.6.1: a server with a clock sends one): the proxy
+        # drops the backend's Date and Server, as nginx hides them
+        proxy_headers=False, server_header=False, date_header=True,
         # TLS 1.2 and up (uvicorn's defaults); its server.serve(sockets=) wraps each socket
         ssl_certfile=gateway.tls_cert or None, ssl_keyfile=gateway.tls_key or None,
         # WebSockets are proxied: uvicorn terminates the client's (the websockets package's

@@ -5,7 +5,8 @@ One job per module: :mod:`.routing` (which paths are proxied), :mod:`.target` (t
 request target sent upstream), :mod:`.headers` (header rules both ways), :mod:`.client`
 (the client's address and sticky key), :mod:`.refusals` (requests refused, with their
 status), :mod:`.responses` (the proxy's own error responses), :mod:`.settings` (the
-proxy's settings), :mod:`.sticky` (the sticky cookie, read and set by every front-end).
+proxy's settings), :mod:`.sticky` (the sticky cookie, read and set by every front-end),
+:mod:`.redirects` (a backend's redirects to itself rewritten to the client's address).
 Whether an attempt goes again is the core's retry rule
 (:class:`lbmiddleware.core.attempts.RetryRule`), shared with the requests adapter.
 """

@@ -347,6 +347,15 @@ class ProxyContract:
         assert moved.json()["path"] == "/v1/api/old"
         assert moved.header("location") == [f"http://{HOST}/api/new"]
 
+    def test_a_redirect_under_a_stripped_prefix_gets_the_prefix_back(self, front,
+                                                                     redirecting):
+        proxy = front.start([redirecting], prefix="/api", strip_prefix=True)
+        moved = proxy.request("GET", "/api/a/old", checked=False)
+        assert moved.json()["path"] == "/a/old"
+        assert moved.header("location") == [f"http://{HOST}/api/a/new"]
+        created = proxy.request("GET", "/api/created")
+        assert created.header("content-location") == [f"http://{HOST}/api/items/7"]
+
     def test_redirects_from_a_trusted_proxy_go_to_the_address_its_client_used(self, front,
                                                                               redirecting):
         proxy = front.start([redirecting], trusted_proxies=[f"{front.proxy_peer}/32"])

@@ -69,10 +69,10 @@ def test_serve_proxies_round_robin_and_prints_its_address(gateway, backends):
         assert headers["X-Forwarded-Host"] == f"127.0.0.1:{gateway.port}"
         outside = session.get(f"{gateway.url}/elsewhere", timeout=5)
         assert outside.status_code == 404
-        # no Server / Date headers of its own; the backend's come through
+        # the backend's Date and Server are hidden; the server's own, one each
         response = session.get(f"{gateway.url}/api/", timeout=5)
-        assert response.raw.headers.getlist("Server")[0].startswith("BaseHTTP")
-        assert len(response.raw.headers.getlist("Server")) == 1
+        assert not any(v.startswith("BaseHTTP") for v in response.raw.headers.getlist("Server"))
+        assert len(response.raw.headers.getlist("Server")) <= 1
         assert len(response.raw.headers.getlist("Date")) == 1
     assert a.requests + b.requests == 5
 
