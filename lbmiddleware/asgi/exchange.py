@@ -221,7 +221,7 @@ class Exchange:
         self.task: asyncio.Task[Any] | None = None
         self.attempts: Attempts | None = None      # the backends tried (the access log's)
         self.prefer: str | None = None      # the request's sticky cookie value
-        self.secure = False                 # the client's connection is https (the cookie's)
+        self.secure = False                 # the client's scheme is https (the cookie's)
         self.received = 0                   # response body bytes passed to the client
 
     async def run(self) -> None:

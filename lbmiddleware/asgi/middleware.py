@@ -64,6 +64,7 @@ from ..proxy import (
     ClientAddress,
     StickyCookie,
     UnsafeRequest,
+    client_scheme,
     error_response,
     join_target,
     match_prefix,
@@ -275,7 +276,9 @@ class LoadBalancerMiddleware:
         cookie = self._cookie
         if cookie is not None:      # (the Cookie header goes upstream as the client sent it)
             exchange.prefer = cookie.read_binary(headers)
-            exchange.secure = scope.get("scheme") == "https"
+            exchange.secure = client_scheme(
+                scope.get("scheme", "http"),
+                BINARY.get(headers, "x-forwarded-proto") if trusted else ()) == "https"
         if record is not None:
             record.exchange = exchange
         await exchange.run()
@@ -308,7 +311,9 @@ class LoadBalancerMiddleware:
         client = scope.get("client")
         peer = client[0] if client else None
         trusted = self._trusting and self._client_address.is_trusted(peer)
-        secure = scope.get("scheme") in ("wss", "https")
+        scheme = scope.get("scheme", "ws")
+        secure = client_scheme(
+            scheme, BINARY.get(headers, "x-forwarded-proto") if trusted else ()) == "https"
         tunnel = Tunnel(self._forwarder, b"", [], True, scope.get("subprotocols") or (), None,
                         receive, send, denial=DENIAL in (scope.get("extensions") or ()),
                         secure=secure)
@@ -318,7 +323,7 @@ class LoadBalancerMiddleware:
         try:
             # (X-Forwarded-Proto says http or https, as for the same request over HTTP)
             tunnel.headers = upstream_headers = BINARY.request_headers(
-                upstream_handshake(headers), peer=peer, scheme="https" if secure else "http",
+                upstream_handshake(headers), peer=peer, scheme=client_scheme(scheme),
                 preserve_host=self._preserve_host, trusted_peer=trusted)
             tunnel.target = join_target(b"", self._raw_path(scope, path),
                                         scope.get("query_string"))

@@ -107,7 +107,7 @@ class Tunnel:
         self.send = send
         self.denial = denial            # the server has the denial-response extension
         self.prefer = prefer            # the sticky cookie's value
-        self.secure = secure            # the client's connection is wss (the cookie's)
+        self.secure = secure            # the client's scheme is https (the cookie's)
         self.attempts: Attempts | None = None   # the backends tried (the access log's)
         self.gone = False               # the client left before it was answered
 

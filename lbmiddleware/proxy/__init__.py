@@ -3,7 +3,7 @@ Standard library only, no I/O; the rules themselves are ``docs/contract.md``, "P
 
 One job per module: :mod:`.routing` (which paths are proxied), :mod:`.target` (the
 request target sent upstream), :mod:`.headers` (header rules both ways), :mod:`.client`
-(the client's address and sticky key), :mod:`.refusals` (requests refused, with their
+(the client's address, scheme and sticky key), :mod:`.refusals` (requests refused, with their
 status), :mod:`.responses` (the proxy's own error responses), :mod:`.settings` (the
 proxy's settings), :mod:`.sticky` (the sticky cookie, read and set by every front-end),
 :mod:`.redirects` (a backend's redirects to itself rewritten to the client's address).
@@ -11,7 +11,7 @@ Whether an attempt goes again is the core's retry rule
 (:class:`lbmiddleware.core.attempts.RetryRule`), shared with the requests adapter.
 """
 
-from .client import ClientAddress, parse_cookie, sticky_key
+from .client import ClientAddress, client_scheme, parse_cookie, sticky_key
 from .headers import (
     BINARY,
     FRAMING,
@@ -32,7 +32,7 @@ __all__ = [
     "UnsafeRequest", "NotProxied", "HeaderRules", "TEXT", "BINARY",
     "HOP_BY_HOP", "FRAMING", "PROXY_HEADERS", "PROXY_HEADER_PREFIXES",
     "normalize_prefix", "match_prefix", "quote_path", "join_target", "upstream_url",
-    "ClientAddress", "sticky_key", "parse_cookie",
+    "ClientAddress", "client_scheme", "sticky_key", "parse_cookie",
     "ErrorResponse", "error_response",
     "ProxySettings", "StickyCookie",
 ]

@@ -1,5 +1,6 @@
 """Who the client is: its address (believing ``X-Forwarded-For`` only from a trusted
-proxy) and the sticky key ``ip_hash`` balances on.
+proxy), the scheme it used (believing ``X-Forwarded-Proto`` only from a trusted proxy) and
+the sticky key ``ip_hash`` balances on.
 
 The rules: ``docs/contract.md``, "Proxying" / "Client address and sticky key".
 """
@@ -11,7 +12,8 @@ import ipaddress
 from collections.abc import Iterable
 from typing import AnyStr
 
-__all__ = ["ClientAddress", "sticky_key", "parse_cookie", "Network"]
+__all__ = ["ClientAddress", "client_scheme", "proto_scheme", "sticky_key", "parse_cookie",
+           "Network"]
 
 #: A trusted proxy's network, as :class:`ClientAddress` and the proxy's settings hold it.
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -58,6 +60,35 @@ class ClientAddress:
             if not self.is_trusted(client):
                 return client
         return client
+
+
+# The schemes a connection or an X-Forwarded-Proto may name, as the client's scheme: a
+# WebSocket's ws and wss are its handshake's http and https (ASGI's scope says ws/wss).
+_SCHEMES = {"http": "http", "https": "https", "ws": "http", "wss": "https"}
+
+
+def proto_scheme(proto: str | bytes) -> str | None:
+    """``http`` or ``https``, as an ``X-Forwarded-Proto`` value names it (a proxy's list,
+    ``https, http``, gives its last entry: the word of the nearest proxy, the one trusted;
+    any case; ``ws``/``wss`` read as ``http``/``https``); None when it names neither."""
+    return _SCHEMES.get(_text(proto).rpartition(",")[2].strip().lower())
+
+
+def client_scheme(scheme: str, forwarded_proto: Iterable[str | bytes] = ()) -> str:
+    """The scheme the client used, ``http`` or ``https`` (the sticky cookie is ``Secure``
+    for https; the redirects' origin reads the same words): a trusted proxy's
+    ``X-Forwarded-Proto`` when it names one (``forwarded_proto``: its values, one per
+    header, the last counting as in the header sent upstream; pass them only when the
+    peer is trusted, as ``X-Forwarded-For`` to :class:`ClientAddress`), else the
+    connection's ``scheme`` (ASGI's or WSGI's; ``ws``/``wss`` read as ``http``/``https``).
+    A TLS terminator in front says ``https`` about a connection that reached us as plain
+    http; Traefik says ``wss`` for a WebSocket's handshake."""
+    values = forwarded_proto if isinstance(forwarded_proto, list) else list(forwarded_proto)
+    if values:
+        named = proto_scheme(values[-1])
+        if named is not None:
+            return named
+    return _SCHEMES.get(scheme.lower(), "http")
 
 
 def _text(value: str | bytes) -> str:

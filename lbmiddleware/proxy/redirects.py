@@ -17,9 +17,10 @@ The origin the client used is the request's scheme and ``Host``, or from a trust
 (:mod:`.headers`) send upstream as ``X-Forwarded-Proto`` / ``X-Forwarded-Host``, so it is read
 back from the upstream headers (:func:`forwarded_origin`), one trust rule for both. A list
 (``a.example, b.example``) gives its last entry: the word of the nearest proxy, the one
-trusted (werkzeug's ``ProxyFix`` and hypercorn's with one hop). An origin that is not a plain
-``http``/``https`` scheme and host (``evil.example/path``, ``user@host``, non-ASCII) rewrites
-nothing.
+trusted (werkzeug's ``ProxyFix`` and hypercorn's with one hop); the scheme is read as the
+sticky cookie's ``Secure`` reads it (:func:`~.client.client_scheme`). An origin that is not a
+plain ``http``/``https`` scheme and host (``evil.example/path``, ``user@host``, non-ASCII)
+rewrites nothing.
 
 The client front-ends (the requests adapter, the httpx transports) use the same rule with
 their virtual origin (``http://orders``) and no prefix, so a redirect to a backend is followed
@@ -34,6 +35,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, AnyStr
 
 from ..core.backend import DEFAULT_PORTS, Backend
+from .client import proto_scheme
 
 __all__ = ["REDIRECT_HEADERS", "RedirectRule", "backend_reference", "public_origin",
            "forwarded_origin", "url_origin", "mapped_redirects", "Rewrite"]
@@ -53,7 +55,6 @@ _REFRESH = re.compile(r"""(\s*[0-9.]*\s*[;,]\s*(?:url\s*=\s*)?)(["']?)(.*?)\2(\s
 # with an optional port (RFC 3986 reg-name characters; no '/', '@', space or non-ASCII).
 _AUTHORITY = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]+)(?::[0-9]{1,5})?",
                         re.ASCII)
-_PUBLIC_SCHEMES = frozenset({"http", "https"})
 
 
 def backend_reference(url: str, backend: Backend, public_scheme: str | None = None
@@ -92,12 +93,13 @@ def backend_reference(url: str, backend: Backend, public_scheme: str | None = No
 
 def public_origin(proto: str | None, host: str | None) -> str | None:
     """``scheme://host`` from a scheme and a ``Host`` (each possibly a proxy's list: the
-    last entry counts), or None when either is missing or not a plain origin's."""
+    last entry counts; ``ws``/``wss`` read as ``http``/``https``: :func:`~.client.
+    proto_scheme`), or None when either is missing or not a plain origin's."""
     if not proto or not host:
         return None
-    scheme = proto.rpartition(",")[2].strip().lower()
+    scheme = proto_scheme(proto)        # (the client's scheme as the sticky cookie reads it)
     authority = host.rpartition(",")[2].strip()
-    if scheme not in _PUBLIC_SCHEMES or not _AUTHORITY.fullmatch(authority):
+    if scheme is None or not _AUTHORITY.fullmatch(authority):
         return None
     return f"{scheme}://{authority}"
 

@@ -8,8 +8,9 @@ that answered (:meth:`Balancer.sticky_value <lbmiddleware.core.balancer.Balancer
 with the request's and, if they differ, add the :meth:`~StickyCookie.set_cookie` header
 (besides the backend's own ``Set-Cookie`` headers; never on the proxy's own 502/503/504). The
 cookie is a session cookie (no ``Max-Age``), ``HttpOnly`` and ``SameSite=Lax``, ``Secure``
-when the client's connection is https, scoped to ``path``: the proxy's prefix, so that two
-routes' cookies do not meet, or ``/`` for a client front-end.
+when the client's connection is https (a proxy's client: :func:`~.client.client_scheme`, a
+trusted TLS terminator's ``X-Forwarded-Proto`` included), scoped to ``path``: the proxy's
+prefix, so that two routes' cookies do not meet, or ``/`` for a client front-end.
 
 Standard library only, no I/O.
 """

@@ -22,6 +22,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from lbmiddleware.asgi import LoadBalancerMiddleware
+from lbmiddleware.core.sticky import sticky_value
 from lbmiddleware.proxy import BINARY, TEXT, NotProxied, UnsafeRequest
 from lbmiddleware.upstream.websocket import (
     BINARY as OP_BINARY,
@@ -397,6 +398,60 @@ def test_the_sticky_cookie_keeps_a_client_on_its_backend(ws_backends):
     owner = next(c for c in cookies if c.startswith("backend=")).removeprefix("backend=")
     assert pinned.endswith("; Path=/chat; HttpOnly; SameSite=Lax")
     assert names == [owner] * 4
+
+
+@pytest.mark.parametrize("peer, scheme, proto, secure", [
+    ("127.0.0.1", "ws", "https", True),         # a TLS terminator in front, trusted
+    ("127.0.0.1", "wss", "http", False),        # its word wins both ways
+    ("127.0.0.1", "ws", None, False),
+    ("127.0.0.1", "wss", None, True),
+    ("127.0.0.2", "ws", "https", False),        # anyone else's word is ignored
+    ("127.0.0.2", "wss", None, True)])
+def test_the_sticky_cookie_is_secure_when_the_clients_scheme_is_https(
+        ws_backends, peer, scheme, proto, secure):
+    """The client's scheme is the HTTP rule's (proxy/client.py client_scheme): a trusted
+    proxy's X-Forwarded-Proto, else the connection's (wss): the cookie on the accept is
+    Secure for https, and the backend is told the same scheme. In-process: uvicorn would
+    read X-Forwarded-Proto itself from 127.0.0.1."""
+    a = ws_backends("a")
+    mw = LoadBalancerMiddleware(backends=[a.url], sticky_cookie="lb",
+                                trusted_proxies=["127.0.0.1"])
+    headers = [(n.lower().encode(), v.encode()) for n, v in HANDSHAKE]
+    if proto is not None:
+        headers.append((b"x-forwarded-proto", proto.encode()))
+
+    async def scenario():
+        sent: list[dict] = []
+        relayed = asyncio.Event()
+        incoming = [{"type": "websocket.connect"}]
+
+        async def receive():
+            if incoming:
+                return incoming.pop()
+            await relayed.wait()            # the backend's first message came through
+            return {"type": "websocket.disconnect", "code": 1000}
+
+        async def send(message):
+            sent.append(message)
+            if message["type"] == "websocket.send":
+                relayed.set()
+
+        scope = {"type": "websocket", "path": "/headers", "raw_path": b"/headers",
+                 "query_string": b"", "headers": headers, "client": (peer, 5000),
+                 "scheme": scheme, "subprotocols": []}
+        await asyncio.wait_for(mw(scope, receive, send), 10)
+        return sent
+
+    sent = asyncio.run(scenario())
+    accept = sent[0]
+    assert accept["type"] == "websocket.accept"
+    assert accept["headers"] == [(b"set-cookie", (
+        f"lb={sticky_value(a.url)}; Path=/; HttpOnly; SameSite=Lax"
+        + ("; Secure" if secure else "")).encode())]
+    seen = dict(json.loads(sent[1]["text"])["headers"])
+    told = proto if proto is not None and peer == "127.0.0.1" else \
+        ("https" if scheme == "wss" else "http")
+    assert seen["x-forwarded-proto"] == told
 
 
 def test_the_access_log_has_a_line_per_websocket_at_its_close(ws_backends, access_log):

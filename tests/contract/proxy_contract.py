@@ -681,6 +681,35 @@ class ProxyContract:
             assert response.header("set-cookie") == [
                 f"lb={sticky_value(a.url)}; Path={path}; HttpOnly; SameSite=Lax{secure}"]
 
+    # (WSGI: lbmiddleware/wsgi.py's part is /work/lead12/F2-wsgi.patch, which drops this mark)
+    @needs(lambda front, params: front.name != "wsgi",
+           "the WSGI middleware's client scheme rule (F2-wsgi.patch, pending)")
+    def test_the_sticky_cookie_is_secure_behind_a_trusted_tls_terminator(self, front,
+                                                                         backends):
+        """A TLS terminator in front (a trusted proxy) says ``X-Forwarded-Proto: https``:
+        the client's connection is https, so the cookie is ``Secure`` (as the backend is
+        told and as redirects say). The client's scheme is one rule: a trusted proxy's
+        word (its last entry) over the connection's, both ways; anyone else's is ignored."""
+        a = backends[0]
+        proxy = front.start([a], sticky_cookie="lb",
+                            trusted_proxies=[f"{front.proxy_peer}/32"])
+        cookie = f"lb={sticky_value(a.url)}; Path=/; HttpOnly; SameSite=Lax"
+        for proto, secure in [("https", True), ("HTTPS", True), ("http, https", True),
+                              ("https, http", False)]:
+            for scheme in front.schemes:
+                response = proxy.request("GET", "/", scheme=scheme, peer=front.proxy_peer,
+                                         headers=[("X-Forwarded-Proto", proto)])
+                assert response.json()["headers"]["X-Forwarded-Proto"] == proto
+                assert response.header("set-cookie") == [
+                    cookie + ("; Secure" if secure else "")], (proto, scheme)
+        # the same header from a peer that is not trusted changes nothing
+        for scheme in front.schemes:
+            response = proxy.request("GET", "/", scheme=scheme,
+                                     headers=[("X-Forwarded-Proto", "https")])
+            assert response.json()["headers"]["X-Forwarded-Proto"] == scheme
+            assert response.header("set-cookie") == [
+                cookie + ("; Secure" if scheme == "https" else "")]
+
     def test_a_forged_or_foreign_sticky_cookie_is_balanced_and_replaced(self, front, backends):
         proxy = front.start(backends, sticky_cookie="lb")       # round robin: a, b, c, a
         forged = ["0123456789abcdef", sticky_value(refused_url()),     # another pool's

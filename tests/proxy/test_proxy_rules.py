@@ -17,6 +17,7 @@ from lbmiddleware.proxy import (
     TEXT,
     ClientAddress,
     UnsafeRequest,
+    client_scheme,
     error_response,
     join_target,
     match_prefix,
@@ -231,6 +232,19 @@ def test_trusted_peer_gives_the_rightmost_untrusted_address():
     assert address("10.0.0.1", []) == "10.0.0.1"
     assert address("10.0.0.1", ["1.2.3.4:5678"]) == "1.2.3.4"
     assert address("10.0.0.1", ["[2001:db8::1]:80"]) == "2001:db8::1"
+
+
+@pytest.mark.parametrize("scheme, forwarded, expected", [
+    ("http", [], "http"), ("https", [], "https"), ("ws", [], "http"), ("wss", [], "https"),
+    ("http", ["https"], "https"), ("https", [b"http"], "http"),     # the proxy's word wins
+    ("http", [" HTTPS "], "https"), ("ws", ["wss"], "https"),
+    ("http", ["http, https"], "https"), ("http", ["https, http"], "http"),  # last entry
+    ("http", ["https", "http"], "http"),                            # last header
+    ("https", ["ftp"], "https"), ("http", [""], "http"),            # names none: the connection
+    ("HTTPS", [], "https"), ("gopher", [], "http")])
+def test_the_clients_scheme_is_a_trusted_proxys_word_else_the_connections(
+        scheme, forwarded, expected):
+    assert client_scheme(scheme, forwarded) == expected
 
 
 def test_garbage_in_x_forwarded_for_is_never_the_client():

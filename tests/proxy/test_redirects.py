@@ -111,7 +111,11 @@ def test_other_headers_are_not_the_rules():
     ("https", "[::1]:8443", "https://[::1]:8443"),
     ("http", "a.example, b.example", "http://b.example"),      # the nearest proxy's word
     ("https, http", "front.example", "http://front.example"),
-    ("ws", "front.example", None), ("ftp", "front.example", None),
+    ("ftp", "front.example", None), ("", "front.example", None),
+    # Traefik says ws/wss for a WebSocket's handshake: the client's scheme is read as the
+    # sticky cookie's Secure reads it (proxy/client.py proto_scheme)
+    ("ws", "front.example", "http://front.example"),
+    ("wss", "front.example", "https://front.example"),
     ("http", None, None), ("http", "", None),
     ("http", "evil.example/path", None), ("http", "user@evil.example", None),
     ("http", "a b", None), ("http", "front.example:port", None), ("http", "ex\u00e4mple", None),
