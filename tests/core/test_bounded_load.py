@@ -324,7 +324,7 @@ class Driver:
 
 def test_a_hot_key_costs_a_pick_a_few_looks_not_a_list_of_the_members():
     # 1,000 backends, 1,000 requests in flight, c = 125%: each backend may hold 2. The hot
-    # key (53% of the requests) fills its own sequence ~270 backends deep, so past its 64
+    # key (53% of the requests) fills its own sequence ~290 backends deep, so past its 64
     # probes; the pick then listed all 1,000 members (30.7 us against 3.0 us unbounded).
     clock = FakeClock()
     states = [Watched(lb.Backend(f"http://10.0.{i // 250}.{i % 250}:8080"), clock())

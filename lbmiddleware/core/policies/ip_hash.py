@@ -80,19 +80,20 @@ class IPHash(Policy):
     Cost: one comparison per backend looked at. A key whose home has room costs what an
     unbounded pick does. One whose home is full walks its sequence, which its own requests
     fill as deep as the load it brings: ``k1`` with 53% of 1,000 requests in flight over
-    1,000 backends (c = 125%: 2 slots each) fills about 270 of them. Walking them afresh
-    at each of its picks costs 70-80 us per pick (policy alone; listing the members after
-    64 probes, as this policy did, 23 us; through the balancer 25 us, 2.8 unbounded). So
-    a walk past :attr:`walk_after` probes is kept
-    (:class:`_Walk`, per key and snapshot, for the :attr:`max_walks` keys that went that
-    deep most recently): a pick resumes at the first backend passed that a request has
-    left since (an end adds it to the walks that passed it: a heap push), else where the
-    last pick stopped, looking at one or two backends (2.4 us, policy alone). Work
-    proportional to how deep the key has filled its sequence is still done, once, when a
-    key first goes past its probes in a snapshot (the table walked, about 310 slots in the
-    example) and again whenever the pool's load grows enough to give the backends passed
-    more slots (the backends found, looked at again from the first). A retry
-    (``exclude``) walks from the home every time, without a record.
+    1,000 backends (c = 125%: 2 slots each) fills about 290 of them. Listing the members
+    after 64 probes, as this policy did, cost 23 us per pick (policy alone, the mean over
+    every key; through the balancer 28 us, against 2.9 unbounded), and walking on along
+    the sequence afresh at each pick would cost 14 us. So a walk past :attr:`walk_after`
+    probes is kept (:class:`_Walk`, per key and snapshot, for the :attr:`max_walks` keys
+    that went that deep most recently): a pick resumes at the first backend passed that a
+    request has left since (an end adds it to the walks that passed it: a heap push), else
+    where the last pick stopped, looking at one or two backends (2.4 us, policy alone;
+    4.4 through the balancer). Work proportional to how deep the key has filled its
+    sequence is still done, once, when a key first goes past its probes in a snapshot (the
+    table walked: about 350 slots for 300 backends in the example, 25 us) and again
+    whenever the pool's load grows enough to give the backends passed more slots (the
+    backends found, looked at again from the first: 13 us). A retry (``exclude``) walks
+    from the home every time, without a record.
     :meth:`lookup` ignores load: it names the key's home (or its ejection fallback),
     where the key goes whenever that backend has room.
     """
