@@ -70,6 +70,18 @@ class HostPool:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.opened = 0         # connections opened, ever (for tests and stats)
 
+    @property
+    def ssl(self) -> ssl_module.SSLContext | None:
+        """The TLS context of this pool's connections (None for an http backend): every
+        connection's, the HTTP ones' and the WebSocket client's alike."""
+        return self._ssl
+
+    @property
+    def server_hostname(self) -> str | None:
+        """The name SNI and the certificate check use (the backend's server name, else its
+        host; None for an http backend)."""
+        return self._server_hostname
+
     async def request(self, method: bytes, target: bytes, headers: Sequence[tuple[bytes, bytes]],
                       body: bytes | AsyncIterator[bytes] | None = None,
                       length: int | None = 0, *, replayable: bool = True,

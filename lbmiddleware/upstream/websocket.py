@@ -35,7 +35,6 @@ import base64
 import collections
 import hashlib
 import os
-import ssl as ssl_module
 import struct
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -596,11 +595,10 @@ async def open_websocket(pool: HostPool, target: bytes, headers: Sequence[tuple[
     if limit is not None and limit - loop.time() < wait:
         wait, cut = max(0.001, limit - loop.time()), True
     # (the pool's TLS context and server name: the same as its HTTP connections')
-    tls: ssl_module.SSLContext | None = pool._ssl
     try:
         await asyncio.wait_for(loop.create_connection(
-            lambda: socket, backend.host, backend.port, ssl=tls,
-            server_hostname=pool._server_hostname), wait)
+            lambda: socket, backend.host, backend.port, ssl=pool.ssl,
+            server_hostname=pool.server_hostname), wait)
     except asyncio.TimeoutError:
         error = ConnectTimeout(f"connecting to {backend.url} timed out")
         error.deadline = cut

@@ -192,7 +192,17 @@ def test_one_context_per_pools_settings_shared_by_its_connections(pki, https_bac
     upstream = Upstream(ssl=context)
     pools = [upstream.pool(lb.Backend(https_backend.url)),
              upstream.pool(lb.Backend(f"https://localhost:{https_backend.port}"))]
-    assert [pool._ssl for pool in pools] == [context, context]
+    assert [pool.ssl for pool in pools] == [context, context]
+    # the server name SNI and the certificate check use, public (the WebSocket client's too)
+    assert [pool.server_hostname for pool in pools] == ["127.0.0.1", "localhost"]
+    plain = upstream.pool(lb.Backend("http://127.0.0.1:1"))
+    assert plain.ssl is None and plain.server_hostname is None
+    named = Upstream(ssl=context).pool(lb.Backend(f"https://127.0.0.1:{https_backend.port}",
+                                                  server_name=SERVER_NAME))
+    assert named.server_hostname == SERVER_NAME and named.ssl is context
+    for name in ("ssl", "server_hostname"):
+        with pytest.raises(AttributeError):
+            setattr(pools[0], name, None)           # read-only: every connection's
     # Connections: each pool opens its own, all with the one context.
     async def two_each():
         for pool in pools:
