@@ -54,4 +54,7 @@ WHAT_TO_SEE = {
     "ip_hash": "each client address sticks to one backend; only the flaky backend's clients move",
     "latency": "the fast backend wins; a failure counts as a 5 s sample, so flaky is avoided",
     "least_conn": "the slow backend holds its connections longer, so it gets fewer requests",
+    "bandwidth": "bytes moved per backend over 14 s, two drawn and the lighter wins: these "
+                 "backends all send the same small answers, so shares stay even, as with "
+                 "round_robin (it tells backends apart by the bytes they move, not their speed)",
 }
