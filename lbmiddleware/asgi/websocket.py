@@ -54,7 +54,7 @@ from ..upstream.websocket import (
 )
 from .exchange import Forwarder, failure_text
 
-__all__ = ["Tunnel", "DENIAL", "upstream_headers"]
+__all__ = ["Tunnel", "DENIAL", "upstream_headers", "deny", "deny_error"]
 
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -85,6 +85,31 @@ def upstream_headers(headers: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes
     """The client's handshake headers without those the upstream client makes itself;
     ``Connection`` stays, for the proxy rules to drop what it names."""
     return [(name, value) for name, value in headers if name.lower() not in _CLIENT_HANDSHAKE]
+
+
+async def deny(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes,
+               reason: str, *, denial: bool) -> None:
+    """Answer a WebSocket handshake ``status`` without accepting it: the response where
+    the server has the denial extension (``denial``: :data:`DENIAL` is in the scope's
+    extensions), else a close before the handshake (the server answers 403) with 1011 for
+    a failure (5xx), 1008 for a refusal, and ``reason``."""
+    if denial:
+        await send({"type": "websocket.http.response.start", "status": status,
+                    "headers": headers})
+        await send({"type": "websocket.http.response.body", "body": body, "more_body": False})
+    else:
+        await send({"type": "websocket.close", "reason": reason,
+                    "code": INTERNAL_ERROR if status >= 500 else POLICY_VIOLATION})
+
+
+async def deny_error(send: Send, error: tuple[Message, Message], *, denial: bool) -> None:
+    """Answer a WebSocket handshake with the proxy's own ``error`` (the ASGI messages of
+    its HTTP response: start and body, as the middleware and the gateway's router keep
+    them): :func:`deny`, its one-line body the close's reason."""
+    start, body = error
+    text: bytes = body["body"]
+    await deny(send, start["status"], start["headers"], text,
+               text.decode("utf-8").strip(), denial=denial)
 
 
 class Tunnel:
@@ -164,9 +189,7 @@ class Tunnel:
 
     async def deny_error(self, status: int) -> None:
         """The proxy's own answer ``status`` (400, 404, 502, 503, 504) to the handshake."""
-        start, body = self.forwarder.errors[status]
-        await self._deny(status, start["headers"], body["body"],
-                         body["body"].decode("utf-8").strip())
+        await deny_error(self.send, self.forwarder.errors[status], denial=self.denial)
 
     async def _refuse(self, refusal: Refusal, backend: Backend) -> None:
         """Pass on the backend's answer to the handshake (with the sticky cookie's header)."""
@@ -176,22 +199,9 @@ class Tunnel:
         if cookie is not None:
             headers.append(cookie)
         reason = refusal.reason.decode("latin-1")[:80]
-        await self._deny(refusal.status, headers, refusal.body,
-                         f"the backend answered {refusal.status} {reason}".rstrip())
-
-    async def _deny(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes,
-                    reason: str) -> None:
-        """Answer the handshake ``status``: the response where the server has the denial
-        extension, else a close before the handshake (the server answers 403) with 1011 for
-        a failure (5xx), 1008 for a refusal, and ``reason``."""
-        if self.denial:
-            await self.send({"type": "websocket.http.response.start", "status": status,
-                             "headers": headers})
-            await self.send({"type": "websocket.http.response.body", "body": body,
-                             "more_body": False})
-        else:
-            await self.send({"type": "websocket.close", "reason": reason,
-                             "code": INTERNAL_ERROR if status >= 500 else POLICY_VIOLATION})
+        await deny(self.send, refusal.status, headers, refusal.body,
+                   f"the backend answered {refusal.status} {reason}".rstrip(),
+                   denial=self.denial)
 
     def _set_cookie(self, backend: Backend) -> tuple[bytes, bytes] | None:
         """The sticky cookie's ``Set-Cookie`` header for ``backend``, when the client's

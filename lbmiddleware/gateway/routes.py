@@ -6,7 +6,9 @@ A route matches a path prefix (``/api`` matches ``/api`` and ``/api/x``, not ``/
 has one, the request's ``Host`` (port ignored, any case). The longest prefix wins; of two
 routes with the same prefix, the one for the request's host wins over the host-less one
 (``Session.mount``'s rule in requests, and Traefik's longest rule first). A request under no
-route gets 404 (a WebSocket, a close before its handshake: 403).
+route gets 404 (a WebSocket too, through the ASGI denial-response extension; a close
+before its handshake where the server lacks it: 403), as the middleware answers outside
+its prefix.
 
 The table is replaced whole on a reload (:meth:`Router.swap`): a request holds the entry it
 matched until it ends, so a reload never cuts one. Each entry counts its requests in flight;
@@ -23,6 +25,7 @@ from typing import Any
 
 from ..asgi import LoadBalancerMiddleware
 from ..asgi.access import AccessRecord
+from ..asgi.websocket import DENIAL, deny_error
 from ..fleet.pool import Balancer
 from ..proxy import error_response, match_prefix
 from .config import Route
@@ -109,7 +112,7 @@ class Router:
         host = request_host(scope["headers"]) if self._hosts else None
         entry = self.match(host, scope["path"])
         if entry is None:
-            await self._no_route(scope, send)
+            await self._no_route(scope, receive, send)
             return
         entry.active += 1
         try:
@@ -119,17 +122,24 @@ class Router:
             if entry.retired and entry.active == 0:
                 entry._idle()
 
-    async def _no_route(self, scope: Scope, send: Send) -> None:
-        if scope["type"] == "websocket":
-            await send({"type": "websocket.close", "code": 1000})
-            return
+    async def _no_route(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """404, with its access line when a route logs; a WebSocket's as the middleware
+        answers one outside its prefix (:func:`~lbmiddleware.asgi.websocket.deny_error`)."""
+        websocket = scope["type"] == "websocket"
+        if websocket and (await receive())["type"] != "websocket.connect":
+            return                  # gone before its handshake reached us
         record = AccessRecord(send) if self.access_log else None
         out = record if record is not None else send
-        await out(dict(self._not_found_start))
-        await out(dict(self._not_found_body))
+        if websocket:
+            await deny_error(out, (dict(self._not_found_start), dict(self._not_found_body)),
+                             denial=DENIAL in (scope.get("extensions") or ()))
+        else:
+            await out(dict(self._not_found_start))
+            await out(dict(self._not_found_body))
         if record is not None:
             client = scope.get("client")
-            record.log(client[0] if client else None, scope["method"], scope["path"])
+            record.log(client[0] if client else None, scope.get("method", "GET"),
+                       scope["path"])
 
 
 def request_host(headers: Iterable[tuple[bytes, bytes]]) -> str | None:

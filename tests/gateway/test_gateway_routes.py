@@ -93,6 +93,78 @@ def test_a_path_under_no_route_has_no_entry():
         asyncio.run(app.aclose())
 
 
+NO_ROUTE = b"404 Not Found: no route for this path\n"
+
+
+async def websocket(app, path: str, extensions: dict | None = None,
+                    first: str = "websocket.connect") -> list[dict]:
+    """A ``websocket`` scope through ``app`` in-process; the messages it sent."""
+    sent: list[dict] = []
+    incoming = iter([{"type": first}])
+
+    async def receive():
+        return next(incoming, {"type": "websocket.disconnect", "code": 1005})
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "websocket", "path": path, "raw_path": path.encode(), "query_string": b"",
+             "headers": [(b"host", b"front.example")], "client": ("127.0.0.1", 5000),
+             "scheme": "ws", "subprotocols": []}
+    if extensions is not None:
+        scope["extensions"] = extensions
+    await app(scope, receive, send)
+    return sent
+
+
+def test_a_websocket_under_no_route_gets_the_404_where_the_server_can_send_it(access_log):
+    """As the middleware answers a WebSocket outside its prefix: the 404 through the ASGI
+    denial-response extension where the server has it (uvicorn and granian do), else a
+    close before the handshake (the server answers 403) with 1008 and the 404's words;
+    with an access line when a route logs, as for an HTTP request under no route."""
+    config = parse_config('[[route]]\nprefix = "/api"\naccess_log = true\n'
+                          'backends = ["http://127.0.0.1:1"]\n')
+    app = RoutesGatewayApp(config, reload_on_sighup=False)
+    denial = {"websocket.http.response": {}}
+    try:
+        denied = asyncio.run(websocket(app.router, "/chat", denial))
+        closed = asyncio.run(websocket(app.router, "/chat"))
+        gone = asyncio.run(websocket(app.router, "/chat", denial, "websocket.disconnect"))
+    finally:
+        asyncio.run(app.aclose())
+    assert denied[0]["type"] == "websocket.http.response.start" and denied[0]["status"] == 404
+    assert (b"content-type", b"text/plain; charset=utf-8") in denied[0]["headers"]
+    assert denied[1] == {"type": "websocket.http.response.body", "body": NO_ROUTE,
+                         "more_body": False}
+    assert closed == [{"type": "websocket.close", "code": 1008,
+                       "reason": "404 Not Found: no route for this path"}]
+    assert gone == []                   # left before its handshake reached the router
+    lines = [r.getMessage() for r in access_log.records if r.name == "lbmiddleware.access"]
+    assert [line.split(" duration_ms")[0] for line in lines] == [
+        "client=127.0.0.1 method=GET path=/chat status=404 backend=- attempts=0",
+        "client=127.0.0.1 method=GET path=/chat status=403 backend=- attempts=0"]
+
+
+def test_a_websocket_under_no_route_gets_404_under_uvicorn():
+    """A real server: the client's handshake is answered 404 with the router's body."""
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import InvalidStatus
+
+    from ..support.websocket_backend import WebSocketServer
+
+    config = parse_config('[[route]]\nprefix = "/api"\nbackends = ["http://127.0.0.1:1"]\n')
+    app = RoutesGatewayApp(config, reload_on_sighup=False)
+    with WebSocketServer(app) as server:
+        async def scenario():
+            with pytest.raises(InvalidStatus) as refused:
+                async with connect(f"{server.url}/chat"):
+                    pass
+            return refused.value.response
+
+        response = asyncio.run(scenario())
+    assert response.status_code == 404 and response.body == NO_ROUTE
+
+
 @pytest.mark.parametrize(("header", "host"), [
     (b"example.com", "example.com"),
     (b"Example.COM:8080", "example.com"),
