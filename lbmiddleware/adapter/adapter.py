@@ -85,7 +85,13 @@ from ..core.forwarding import ForwardingSettings
 from ..core.settings import FrontEndSettings, Settings, resolve, setting_names
 from ..errors import NoHealthyBackend
 from ..fleet.departures import follow_departures
-from ..fleet.front_end import ClientFrontEnd, deadline_limits, deadline_outcome, deadline_words
+from ..fleet.front_end import (
+    AwaitingHead,
+    ClientFrontEnd,
+    deadline_limits,
+    deadline_outcome,
+    deadline_words,
+)
 from ..proxy.redirects import REDIRECT_HEADERS, RedirectRule, mapped_redirects, url_origin
 from ..upstream.tls import backend_verify_cert
 from .bodies import discard, end_when_done, prefetch_body, read_body, watch_body
@@ -430,8 +436,10 @@ class LoadBalancingAdapter(ClientFrontEnd, HTTPAdapter):
         start = self._timer()
         latency: float | None = None
         try:
-            response = super().send(upstream, stream=stream, timeout=timeout, verify=verify,
-                                    cert=cert, proxies=proxies.for_backend(backend))
+            with AwaitingHead(attempts):    # each wait of the I/O cut to the time left
+                response = super().send(upstream, stream=stream, timeout=timeout,
+                                        verify=verify, cert=cert,
+                                        proxies=proxies.for_backend(backend))
             latency = self._timer() - start
             if "read" in cut:       # the deadline ends at the head: not the body's reads
                 _body_read_timeout(response, read)
@@ -444,7 +452,7 @@ class LoadBalancingAdapter(ClientFrontEnd, HTTPAdapter):
                     prefetch_body(response, self.prefetch)
         except BACKEND_FAILURES as exc:
             outcome = failure(exc, self._timer() - start)
-            if cut and outcome.timeout and latency is None:         # before the head
+            if attempts.deadline is not None and outcome.timeout and latency is None:
                 outcome = deadline_outcome(attempts, outcome,
                                            "read" if outcome.sent else "connect", cut)
             sent = size if counted is None else counted.sent - sent_before

@@ -1,4 +1,6 @@
-"""The adapter's urllib3 pools: final responses only, and no more body after an early answer.
+"""The adapter's urllib3 pools: final responses only, no more body after an early answer,
+an upload the backend stops reading as a read timeout, and the request's deadline on every
+wait of an attempt.
 
 Interim responses: ``http.client`` skips only ``100 Continue``, so the adapter's connection
 pools read responses with :class:`FinalResponse`, which skips every 1xx but ``101`` (a
@@ -10,13 +12,27 @@ Early answers: a backend that answers before reading the request body (a 413 for
 too large) gets no more of it, its answer is returned at once (a success for its health),
 and that connection is closed after it (:class:`_BackendConnection`; plain HTTP only).
 
-:func:`read_final_responses` puts both into a urllib3 pool manager's pool classes.
+A stalled upload: the wait for the backend to take each block of the request body is the
+request's read timeout (urllib3 would leave the socket's connect timeout on it), and running
+out of it is a ``ReadTimeoutError`` (requests' ``ReadTimeout``; urllib3 would wrap the
+socket's ``TimeoutError`` in a ``ProtocolError``, a ``ConnectionError`` for requests), as the
+ASGI middleware's upstream client counts it (:class:`_BackendPool`).
+
+The deadline (``LB_TIMEOUT``): while the adapter awaits an attempt's response head
+(:func:`~lbmiddleware.fleet.front_end.head_deadline`), each wait is cut to the time left when
+it begins: a connect, each block of the body, each read of the head (:class:`_HeadReads`),
+which urllib3 would each give the whole timeout. urllib3's own retries (the adapter's
+``max_retries``) start no try that could not begin before the deadline, its wait before it
+(a ``Retry-After``, a back-off) included (:mod:`lbmiddleware.adapter.retries`).
+
+:func:`read_final_responses` puts all this into a urllib3 pool manager's pool classes.
 """
 
 from __future__ import annotations
 
 import functools
 import http.client
+import io
 import re
 import select
 import socket
@@ -25,9 +41,16 @@ from typing import TYPE_CHECKING, Any, cast
 
 from urllib3 import PoolManager
 from urllib3.connectionpool import HTTPConnectionPool
+from urllib3.exceptions import ReadTimeoutError
+from urllib3.util.timeout import Timeout
+
+from ..fleet.front_end import HeadDeadline, head_deadline
+from .retries import within_deadline
 
 if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
     from urllib3.connection import HTTPConnection
+    from urllib3.response import BaseHTTPResponse
 
 __all__ = ["FinalResponse", "UnusableResponse", "read_final_responses", "MAX_INTERIM",
            "SEND_BLOCK"]
@@ -56,7 +79,19 @@ class FinalResponse(http.client.HTTPResponse):
 
     ``HTTPResponse.begin`` skips only ``100 Continue``; any other 1xx would be returned as
     the final response with an empty body, and the final one read by the connection's next
-    request (RFC 9110 section 15.2: a client must accept and skip them)."""
+    request (RFC 9110 section 15.2: a client must accept and skip them).
+
+    Under a request's deadline (:func:`~lbmiddleware.fleet.front_end.head_deadline`), the
+    reads of the head each wait at most the time left (:class:`_HeadReads`)."""
+
+    _head_reads: _HeadReads | None = None
+
+    def __init__(self, sock: socket.socket, *args: Any, **kwargs: Any) -> None:
+        super().__init__(sock, *args, **kwargs)
+        deadline = head_deadline()
+        if deadline is not None and isinstance(self.fp, io.BufferedReader):
+            self._head_reads = reads = _HeadReads(self.fp.detach(), sock, deadline)
+            self.fp = io.BufferedReader(reads)
 
     def _read_status(self) -> tuple[str, int, str]:
         for _ in range(MAX_INTERIM + 1):
@@ -74,13 +109,53 @@ class FinalResponse(http.client.HTTPResponse):
         raise UnusableResponse(f"more than {MAX_INTERIM} interim (1xx) responses")
 
     def begin(self) -> None:
-        super().begin()
+        try:
+            super().begin()
+        finally:
+            if self._head_reads is not None:
+                self._head_reads.head_in()
         # RFC 9110 5.5: a field value holds no control character but tab. http.client keeps
         # them (and obs-fold line breaks), and a WSGI server would pass them on or fail.
         for name, value in self.msg.items():
             if _CONTROL_CHARACTER.search(value):
                 raise UnusableResponse(
                     f"a control character in the backend's {name!r} header: {value!r}")
+
+
+class _HeadReads(io.RawIOBase):
+    """The reads of a response (``raw``: http.client's over ``sock``) whose head is awaited
+    under a request's deadline: until :meth:`head_in`, each read waits at most the time
+    left then (and at most the socket's own timeout, the read timeout), so that a head
+    trickling in a byte at a time ends at the deadline; a read that waits too long raises
+    the socket's ``TimeoutError``, which urllib3 turns into its ``ReadTimeoutError``. Then
+    the body's reads are the socket's own again."""
+
+    def __init__(self, raw: io.RawIOBase, sock: socket.socket, deadline: HeadDeadline) -> None:
+        super().__init__()
+        self._raw = raw
+        self._sock = sock
+        self._deadline: HeadDeadline | None = deadline
+        self._limit = sock.gettimeout()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: WriteableBuffer) -> int | None:
+        deadline = self._deadline
+        if deadline is not None:
+            self._sock.settimeout(deadline.limit(self._limit))
+        return self._raw.readinto(buffer)
+
+    def head_in(self) -> None:
+        """The head is read (or failed): the socket's own timeout from now on."""
+        if self._deadline is not None:
+            self._deadline = None
+            self._sock.settimeout(self._limit)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._raw.close()
+        super().close()
 
 
 class _ClosingFinalResponse(FinalResponse):
@@ -116,6 +191,17 @@ class _BackendConnection(_Connection):
 
     response_class: type[http.client.HTTPResponse] = FinalResponse
     _in_body = False
+    #: The longest wait for the backend to take a block of the request body: the request's
+    #: read timeout (None: no limit), set by the pool before each request (:class:`_BackendPool`).
+    body_timeout: float | None = None
+
+    def connect(self) -> None:
+        deadline = head_deadline()
+        if deadline is not None:        # a try of urllib3's own retries: the time left
+            timeout = self.timeout
+            self.timeout = deadline.limit(timeout if isinstance(timeout, (int, float))
+                                          else None)
+        super().connect()
 
     # putrequest and endheaders pass their arguments on as they come (urllib3's own
     # signatures, whatever its version adds).
@@ -128,19 +214,28 @@ class _BackendConnection(_Connection):
         super().endheaders(*args, **kwargs)
         self._in_body = True
 
+    def _body_wait(self) -> float | None:
+        """The longest wait for the backend to take the next block of the body: the read
+        timeout, cut to the time left before the request's deadline."""
+        deadline = head_deadline()
+        return self.body_timeout if deadline is None else deadline.limit(self.body_timeout)
+
     def send(self, data: Any) -> None:      # (whatever http.client sends: bytes, a file ...)
         sock = self.sock
-        if not self._in_body or not _CAN_POLL or isinstance(sock, ssl.SSLSocket) \
-                or not isinstance(data, (bytes, bytearray)):
+        if not self._in_body:
             super().send(data)
             return
-        timeout = sock.gettimeout()
-        wait = -1 if timeout is None else int(timeout * 1000)
+        if not _CAN_POLL or isinstance(sock, ssl.SSLSocket) \
+                or not isinstance(data, (bytes, bytearray)):
+            sock.settimeout(self._body_wait())      # (urllib3 sets its own back for the head)
+            super().send(data)
+            return
         poller = select.poll()
         poller.register(sock, select.POLLIN | select.POLLOUT)
         view = memoryview(data)
         while view:
-            events = poller.poll(wait)
+            timeout = self._body_wait()
+            events = poller.poll(-1 if timeout is None else int(timeout * 1000))
             if not events:
                 raise TimeoutError("timed out sending the request body")
             if events[0][1] & (select.POLLIN | select.POLLHUP | select.POLLERR) \
@@ -172,6 +267,47 @@ def _answered(sock: socket.socket) -> bool:
     return False
 
 
+if TYPE_CHECKING:
+    # The mixin below is only ever combined with a urllib3 pool class (_final_response_pool).
+    _Pool = HTTPConnectionPool
+else:
+    _Pool = object
+
+
+class _BackendPool(_Pool):
+    """Mixin for the adapter's urllib3 pool classes: each request's connection learns its
+    read timeout (the wait for the backend to take a block of the body), a request that
+    could not be sent in time is a read timeout, and urllib3's retries keep to the
+    request's deadline."""
+
+    def urlopen(self, method: str, url: str, *args: Any, **kwargs: Any) -> BaseHTTPResponse:
+        # (urllib3's signature, passed on as it comes; its own retries pass ``retries``
+        # as the fifth argument, requests by name)
+        deadline = head_deadline()
+        if deadline is not None:
+            if "retries" in kwargs:
+                kwargs["retries"] = within_deadline(kwargs["retries"], deadline)
+            elif len(args) > 2:
+                args = (*args[:2], within_deadline(args[2], deadline), *args[3:])
+        return super().urlopen(method, url, *args, **kwargs)
+
+    def _make_request(self, conn: Any, method: str, url: str, *args: Any,
+                      **kwargs: Any) -> BaseHTTPResponse:
+        # (urllib3's private step, called with ``timeout`` by name, that sends one request
+        # on ``conn`` and reads its response head)
+        timeout = self._get_timeout(kwargs.get("timeout", self.timeout))
+        timeout.start_connect()         # (of this copy: read_timeout then reads it)
+        limit = Timeout.resolve_default_timeout(timeout.read_timeout)
+        if isinstance(conn, _BackendConnection):
+            conn.body_timeout = limit
+        try:
+            return super()._make_request(conn, method, url, *args, **kwargs)
+        except TimeoutError as exc:     # the socket's: sending the request (not urllib3's)
+            raise ReadTimeoutError(
+                self, url, "Read timed out: the backend stopped reading the request. "
+                           f"(read timeout={limit})") from exc
+
+
 def read_final_responses(manager: PoolManager) -> None:
     """Make the pools that ``manager`` (a urllib3 pool or proxy manager) creates read their
     responses with :class:`FinalResponse`; idempotent."""
@@ -184,12 +320,13 @@ def read_final_responses(manager: PoolManager) -> None:
 
 @functools.cache
 def _final_response_pool(pool_class: type[HTTPConnectionPool]) -> type[HTTPConnectionPool]:
-    """A subclass of urllib3 ``pool_class`` whose connections are :class:`_BackendConnection`."""
+    """A subclass of urllib3 ``pool_class`` (and :class:`_BackendPool`) whose connections
+    are :class:`_BackendConnection`."""
     connection = pool_class.ConnectionCls
     if issubclass(connection, _BackendConnection):
         return pool_class
     mixed = type(connection.__name__, (_BackendConnection, connection), {})
     # type() with three arguments is typed as returning a plain ``type``: this one is a
     # subclass of pool_class.
-    return cast("type[HTTPConnectionPool]",
-                type(pool_class.__name__, (pool_class,), {"ConnectionCls": mixed}))
+    return cast("type[HTTPConnectionPool]", type(
+        pool_class.__name__, (_BackendPool, pool_class), {"ConnectionCls": mixed}))

@@ -16,18 +16,23 @@ adapter, sets its prefix).
 
 The deadline (``LB_TIMEOUT``): the loop knows it (:class:`~lbmiddleware.core.attempts.Attempts`
 decides whether a retry has time), and each attempt's timeouts are cut to the time left
-(:func:`deadline_limits`); a timeout that the deadline cut and that fired is the deadline's,
-in its words (:func:`deadline_outcome`).
+(:func:`deadline_limits`). Those are limits on each wait of the I/O (one connect, one read,
+one write), so while an attempt awaits its response head (:class:`AwaitingHead`) the I/O
+beneath also cuts every wait to the time left then (:func:`head_deadline`): a backend that
+trickles its head a byte at a time, each within the read timeout, is still cut at the
+deadline. A timeout that fired where the deadline cut it is the deadline's, in its words
+(:func:`deadline_outcome`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from ..core.attempts import Attempts, Outcome
+from ..core.attempts import MIN_TIME_LEFT, Attempts, Outcome
 from ..core.backend import Backend, Source
 from ..core.balancer import Balancer as CoreBalancer
 from ..core.forwarding import ForwardingSettings
@@ -35,7 +40,8 @@ from ..core.settings import FrontEndSettings, Settings, resolve
 from ..proxy import StickyCookie, parse_cookie
 from .pool import Balancer
 
-__all__ = ["ClientFrontEnd", "deadline_limits", "deadline_outcome", "deadline_words"]
+__all__ = ["ClientFrontEnd", "AwaitingHead", "HeadDeadline", "deadline_limits",
+           "deadline_outcome", "deadline_words", "head_deadline"]
 
 #: An attempt's timeouts by name ("connect", "read"; httpx's "write" and "pool" too), in
 #: seconds; None is no limit.
@@ -163,8 +169,10 @@ def deadline_limits(attempts: Attempts, limits: Limits) -> tuple[dict[str, float
 def deadline_outcome(attempts: Attempts, outcome: Outcome, fired: str | None,
                      cut: frozenset[str]) -> Outcome:
     """``outcome``, an attempt's failure, in the deadline's words when the timeout that
-    fired (``fired``: its name, None for no timeout) is one the deadline cut."""
-    if fired is not None and fired in cut:
+    fired (``fired``: its name, None for no timeout) is one the deadline cut, at the
+    attempt's start (``cut``) or later, as a wait of the head (:class:`HeadDeadline`: then
+    the deadline has passed)."""
+    if fired is not None and (fired in cut or attempts.expired):
         return outcome._replace(error=attempts.deadline_text())
     return outcome
 
@@ -176,3 +184,63 @@ def deadline_words(attempts: Attempts, outcome: Outcome) -> str | None:
         return None
     words = attempts.deadline_text()
     return words if outcome.error == words else None
+
+
+class HeadDeadline:
+    """The request's deadline as the I/O beneath an attempt sees it while the attempt awaits
+    its response head (:func:`head_deadline`): each wait (a connect, a block of the body
+    sent, a read of the head) is cut to the time left when it begins (:meth:`limit`).
+
+    The timeouts of the libraries beneath (urllib3's, httpcore's) bound each wait, not a
+    sum of them: cut once when the attempt begins, a head trickling in a byte at a time
+    would still take as long as the backend likes."""
+
+    __slots__ = ("_attempts",)
+
+    def __init__(self, attempts: Attempts) -> None:
+        self._attempts = attempts
+
+    def limit(self, given: float | None) -> float:
+        """``given`` seconds (None: no limit) cut to the time left, never below
+        :data:`~lbmiddleware.core.attempts.MIN_TIME_LEFT` (a timeout of 0 would be a
+        non-blocking socket, not a timeout)."""
+        left = max(MIN_TIME_LEFT, self.left())
+        return left if given is None or given > left else given
+
+    def left(self) -> float:
+        """Seconds left (negative once passed)."""
+        return self._attempts.time_left() or 0.0
+
+
+#: The deadline of the attempt whose response head this thread (or task) awaits, while it
+#: does; None otherwise (no deadline, or the head is in).
+_HEAD_DEADLINE: contextvars.ContextVar[HeadDeadline | None] = contextvars.ContextVar(
+    "lbmiddleware_head_deadline", default=None)
+
+
+def head_deadline() -> HeadDeadline | None:
+    """The deadline that bounds each wait of the I/O now (on this thread, in this task):
+    that of an attempt awaiting its response head under ``LB_TIMEOUT``; None otherwise."""
+    return _HEAD_DEADLINE.get()
+
+
+class AwaitingHead:
+    """``with AwaitingHead(attempts):`` around the step of an attempt that sends the request
+    and reads the response head: while it runs, :func:`head_deadline` gives the request's
+    deadline (None without one) to the I/O beneath. The body's reads come after it: the
+    deadline bounds the wait for an answer, not its length."""
+
+    __slots__ = ("_deadline", "_token")
+
+    def __init__(self, attempts: Attempts) -> None:
+        self._deadline = None if attempts.deadline is None else HeadDeadline(attempts)
+        self._token: contextvars.Token[HeadDeadline | None] | None = None
+
+    def __enter__(self) -> None:
+        if self._deadline is not None:
+            self._token = _HEAD_DEADLINE.set(self._deadline)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._token is not None:
+            _HEAD_DEADLINE.reset(self._token)
+            self._token = None

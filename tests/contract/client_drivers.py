@@ -22,6 +22,7 @@ import contextlib
 import io
 import json
 import socket
+import ssl
 import threading
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, TypeVar
@@ -36,6 +37,8 @@ from lbmiddleware.transport import (
     LoadBalancingTransport,
 )
 from lbmiddleware.transport import NoHealthyBackendError as TransportNoHealthyBackendError
+
+from ..support.servers import RawServer, read_request_head
 
 VHOST = "http://svc"
 TIMEOUT = 20.0              # seconds for one exchange driven through the async loop
@@ -140,11 +143,13 @@ class ClientErrors:
     def __init__(self, base: type[Exception], connect: type[Exception],
                  read_timeout: type[Exception], closed: type[Exception],
                  cut: type[Exception], decoding: type[Exception],
-                 no_healthy: type[Exception], connect_timeout: type[Exception]) -> None:
+                 no_healthy: type[Exception], connect_timeout: type[Exception],
+                 upload_timeout: type[Exception]) -> None:
         self.base = base                    # every error of the library's client
         self.connect = connect              # every backend refused
         self.connect_timeout = connect_timeout  # no connection in time
         self.read_timeout = read_timeout    # no response head in time
+        self.upload_timeout = upload_timeout    # the backend stopped reading the body
         self.closed = closed                # the connection closed before a response
         self.cut = cut                      # the body ended before its length
         self.decoding = decoding            # a body that does not decode
@@ -269,7 +274,7 @@ class RequestsFrontEnd(ClientFrontEnd):
                           requests.ReadTimeout, requests.ConnectionError,
                           requests.exceptions.ChunkedEncodingError,
                           requests.exceptions.ContentDecodingError, NoHealthyBackendError,
-                          requests.ConnectTimeout)
+                          requests.ConnectTimeout, requests.ReadTimeout)
     reads_body_in_attempt = True
     replays_files = True
 
@@ -286,7 +291,7 @@ class RequestsFrontEnd(ClientFrontEnd):
 _HTTPX_ERRORS = ClientErrors(httpx.HTTPError, httpx.ConnectError, httpx.ReadTimeout,
                              httpx.RemoteProtocolError, httpx.RemoteProtocolError,
                              httpx.DecodingError, TransportNoHealthyBackendError,
-                             httpx.ConnectTimeout)
+                             httpx.ConnectTimeout, httpx.WriteTimeout)
 
 
 # -- the sync transport -----------------------------------------------------------------------
@@ -493,6 +498,60 @@ def unaccepting_url() -> Iterator[str]:
         finally:
             for sock in queued:
                 sock.close()
+
+
+class TricklingHead(RawServer):
+    """Reads a request head, then sends a response head that never ends, one byte every
+    ``gap`` seconds for ``lasting`` seconds, then closes: each read of it gets a byte well
+    within any read timeout, and only a bound on the whole wait ends it sooner.
+    ``given_up`` is set when the client closes the connection meanwhile (a write fails)."""
+
+    def __init__(self, gap: float = 0.05, lasting: float = 5.0,
+                 tls: ssl.SSLContext | None = None) -> None:
+        self.gap, self.lasting, self.tls = gap, lasting, tls
+        self.scheme = "http" if tls is None else "https"
+        self.requests = 0
+        self.given_up = threading.Event()
+        super().__init__()
+
+    def handle(self, conn: socket.socket, number: int) -> None:
+        if self.tls is not None:
+            conn = self.tls.wrap_socket(conn, server_side=True)
+            self.track(conn)
+        reader = conn.makefile("rb")
+        if read_request_head(reader) is None:
+            return
+        self.requests += 1
+        try:
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Padding: ")
+            for _ in range(int(self.lasting / self.gap)):
+                if self.stopping.wait(self.gap):
+                    return
+                conn.sendall(b"p")
+        except OSError:
+            self.given_up.set()
+
+
+class UnreadUpload(RawServer):
+    """Reads a request head, then neither reads its body nor answers (for ``lasting``
+    seconds, or until stopped): the client's upload fills the sockets' buffers and blocks."""
+
+    def __init__(self, lasting: float = 10.0) -> None:
+        self.lasting = lasting
+        self.requests = 0
+        super().__init__()
+
+    def handle(self, conn: socket.socket, number: int) -> None:
+        reader = conn.makefile("rb")
+        if read_request_head(reader) is None:
+            return
+        self.requests += 1
+        self.stopping.wait(self.lasting)
+
+
+#: Far more than loopback's socket buffers hold: an upload of it blocks on a backend that
+#: does not read.
+UPLOAD = 32 * 1024 * 1024
 
 
 def generator(chunks: list[bytes]) -> Iterator[bytes]:

@@ -36,6 +36,7 @@ from lbmiddleware.core.sticky import sticky_value
 
 from ..support.redirect_backend import RedirectBackend
 from ..support.servers import refused_url
+from .client_drivers import TricklingHead
 from .drivers import HOST, LOCAL, FrontEnd
 
 
@@ -803,6 +804,23 @@ class ProxyContract:
         response = proxy.request("GET", "/")
         assert response.status == 200 and response.json()["server"] == "c"
         assert (a.requests, b.requests, c.requests) == (1, 1, 1)
+
+    def test_a_deadline_answers_504_when_the_response_head_trickles_in(self, front):
+        """The backend sends its head a byte every 50 ms: each read gets one well within the
+        5 s read timeout, and the head does not end for 5 s. The 0.5 s deadline bounds the
+        wait for the whole head, not each read, and the backend's connection is let go."""
+        trickling = TricklingHead()
+        try:
+            proxy = front.start([trickling], timeout=0.5, read_timeout=5)
+            started = time.monotonic()
+            response = proxy.request("GET", "/")
+            elapsed = time.monotonic() - started
+            assert response.status == 504
+            assert response.body == b"504 Gateway Timeout: the backend did not answer in time\n"
+            assert elapsed < 0.5 + 1.0, f"the 0.5 s deadline answered after {elapsed:.2f} s"
+            assert trickling.given_up.wait(2), "the attempt's connection is still open"
+        finally:
+            trickling.stop()
 
     # -- the retry budget, and the bytes each attempt reports -----------------------------------
 

@@ -12,6 +12,7 @@ raw socket client. What every proxy front-end does is the proxy contract
 
 from __future__ import annotations
 
+import time
 from urllib.parse import unquote
 
 import pytest
@@ -19,6 +20,7 @@ import pytest
 import lbmiddleware as lb
 from lbmiddleware.wsgi import WSGILoadBalancer
 
+from ..contract.client_drivers import UPLOAD, UnreadUpload
 from ..support.http_client import raw_request
 from ..support.raw_backends import RawBackend
 from ..support.servers import BackendServer
@@ -138,6 +140,31 @@ def test_chunk_size_is_the_size_of_the_response_blocks(backends):
 
 
 # -- settings ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("deadline", [None, 0.5])
+def test_an_upload_the_backend_stops_reading_is_answered_504(deadline):
+    """The backend reads the head of a 32 MiB PUT and none of its body. The upload is given
+    up as a timeout, 504 (as the ASGI middleware answers it): after the 0.5 s read timeout
+    without a deadline (not the 5 s connect timeout), after the 0.5 s deadline with one (its
+    read timeout 5 s)."""
+    backend = UnreadUpload()
+    limits = ({"read_timeout": 0.5} if deadline is None
+              else {"timeout": deadline, "read_timeout": 5})
+    middleware = WSGILoadBalancer(None, backends=[backend.url], connect_timeout=5, **limits)
+    try:
+        started = time.monotonic()
+        result = call(middleware, environ_for("PUT", body=b"x" * UPLOAD))
+        took = time.monotonic() - started
+        assert result.code == 504, result.body
+        assert result.body == b"504 Gateway Timeout: the backend did not answer in time\n"
+        assert took < 0.5 + 1.0, f"the upload was given up after {took:.2f} s"
+        assert backend.requests == 1
+        (row,) = middleware.balancer.stats()
+        assert (row["requests"], row["failures"], row["in_flight"]) == (1, 1, 0)
+    finally:
+        middleware.close()
+        backend.stop()
+
 
 def test_a_shared_balancer_with_the_middlewares_own_forwarding_settings(backends):
     a, b, _ = backends
