@@ -19,15 +19,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .client import parse_cookie
-
 __all__ = ["StickyCookie"]
 
 
 class StickyCookie:
     """One front-end's sticky cookie: its name and path (immutable)."""
 
-    __slots__ = ("name", "path", "_name_bytes", "_prefix")
+    __slots__ = ("name", "path", "_name_bytes", "_readable")
 
     def __init__(self, name: str, path: str = "/") -> None:
         if not name:
@@ -38,13 +36,54 @@ class StickyCookie:
         self.name = name
         self.path = path
         self._name_bytes = name.encode("ascii")
-        self._prefix = f"{name}="
+        # A name that no cookie of a header can have (parse_cookie's names hold no '=' or
+        # ';' and have no whitespace around them) is never found.
+        self._readable = name == name.strip() and "=" not in name and ";" not in name
 
     def read(self, cookie_header: str | None) -> str | None:
-        """The cookie's value in one ``Cookie`` header (first occurrence), or None."""
-        if not cookie_header or self._prefix not in cookie_header:
+        """The cookie's value in one ``Cookie`` header (first occurrence), or None: what
+        :func:`~.client.parse_cookie` reads for the name (whitespace around the name and
+        the value ignored, one pair of double quotes taken off), found without parsing the
+        other cookies. A request with cookies pays this search: a ``find`` for the name,
+        then checks that it is a whole cookie's name (``xlb=1`` or ``a=lb=1`` is not
+        ``lb``'s) and a slice up to the next ``;``. A cookie where the name is found but
+        is not its name is passed whole (no later place in it can be the name's either),
+        so every character is looked at a bounded number of times, whatever the header
+        (``lblblb...``)."""
+        if not cookie_header or not self._readable:
             return None
-        return parse_cookie(cookie_header).get(self.name)
+        header = cookie_header
+        name = self.name
+        at = header.find(name)
+        while at != -1:
+            after = at + len(name)
+            end = header.find(";", after)
+            if end == -1:
+                end = len(header)
+            # The name starts its cookie (nothing but whitespace since the last ';': most
+            # often "; " or the header's start) and only whitespace is between it and its
+            # '=' (most often none).
+            if at:
+                before = header[at - 1]
+                starts = before == ";" or before.isspace() and (
+                    at == 1 or header[at - 2] == ";"
+                    or header[header.rfind(";", 0, at) + 1:at].isspace())
+            else:
+                starts = True
+            if starts:
+                if header.startswith("=", after):
+                    equals = after
+                else:
+                    equals = header.find("=", after, end)
+                    if equals != -1 and not header[after:equals].isspace():
+                        equals = -1
+                if equals != -1:
+                    value = header[equals + 1:end].strip()
+                    if len(value) >= 2 and value[0] == value[-1] == '"':
+                        value = value[1:-1]
+                    return value
+            at = header.find(name, end + 1)
+        return None
 
     def read_binary(self, headers: Sequence[tuple[bytes, bytes]]) -> str | None:
         """The cookie's value among raw ``(name, value)`` headers (every ``cookie`` header,
