@@ -27,8 +27,10 @@ upstream target, error responses) come from :mod:`lbmiddleware.proxy`:
   used, under the prefix and the ``SCRIPT_NAME`` the middleware is mounted at
   (:mod:`lbmiddleware.proxy.redirects`);
 * retries happen only while the response head is awaited: nothing has reached the client;
-* 502 / 503 (+ ``Retry-After``) / 504 when no backend answered; 400 for a request that
-  cannot be forwarded safely; 404 outside the prefix when there is no wrapped app;
+* 502 / 503 (+ ``Retry-After``) / 504 when no backend answered (504: not in time, the
+  response head, or taking the request body, within ``read_timeout`` or the deadline, as
+  the ASGI middleware); 400 for a request that cannot be forwarded safely; 404 outside
+  the prefix when there is no wrapped app;
 * with ``sticky_cookie`` (``LB_STICKY_COOKIE``) the adapter reads the cookie from the
   ``Cookie`` header, forwarded as the client sent it, and adds the ``Set-Cookie`` of the
   backend that answered when it is another (``Path``: the prefix; ``Secure`` when

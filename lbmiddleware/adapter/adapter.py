@@ -43,12 +43,18 @@ backend that answers before reading the request body gets no more of it
 
 Timeouts: a request's ``timeout=`` (or the ``connect_timeout`` / ``read_timeout`` settings)
 applies to each attempt, as urllib3 applies it to each try: with ``retries=2``, three
-hanging backends and ``timeout=1`` a call waits 3 s. ``LB_TIMEOUT`` (``timeout=`` among the
-adapter's settings) bounds the whole request, up to its response head: each attempt's
-timeouts are cut to the time left, a retry is not started without time for it, and a
-timeout the deadline cut raises requests' own ``ReadTimeout`` / ``ConnectTimeout`` naming
-the deadline and the backends tried. Once the head has come, the body's reads get the
-attempt's own read timeout back: the deadline bounds the wait for an answer, not its length.
+hanging backends and ``timeout=1`` a call waits 3 s. The read timeout is also the longest
+wait for a backend to take the next block of the request body: an upload it stops reading
+raises requests' ``ReadTimeout``. ``LB_TIMEOUT`` (``timeout=`` among the adapter's settings)
+bounds the whole request, up to its response head: each attempt's timeouts are cut to the
+time left, and so is every wait beneath while the head is awaited (the connect, each block
+of the body, each read of the head: a head trickling in a byte at a time is cut at the
+deadline too; :mod:`lbmiddleware.adapter.responses`); a retry is not started without time
+for it, nor a try of urllib3's own ``max_retries`` (:mod:`lbmiddleware.adapter.retries`),
+and a timeout the deadline cut raises requests' own ``ReadTimeout`` / ``ConnectTimeout``
+naming the deadline and the backends tried. Once the head has come, the body's reads get
+the attempt's own read timeout back: the deadline bounds the wait for an answer, not its
+length.
 
 Sticky cookies (``LB_STICKY_COOKIE``): the request's ``Cookie`` header (where the Session's
 jar put it) names the backend to prefer; a response from another backend gets a

@@ -13,7 +13,7 @@ from .. import fleet
 from ..core.attempts import Attempts, Outcome
 from ..core.backend import Backend
 from ..errors import NoHealthyBackend
-from ..fleet.front_end import deadline_words
+from ..fleet.front_end import AwaitingHead, deadline_words
 from .base import LoadBalancing, Plan
 from .bodies import AsyncAttemptBody, adiscard
 from .errors import NoHealthyBackendError, from_tls_error, naming_backends
@@ -109,7 +109,8 @@ class AsyncLoadBalancingTransport(LoadBalancing[httpx.AsyncBaseTransport],
         start = self._timer()
         try:
             try:
-                response = await target.transport.handle_async_request(upstream)
+                with AwaitingHead(attempts):    # each wait of the I/O cut to the time left
+                    response = await target.transport.handle_async_request(upstream)
             except ssl.SSLError as tls:         # (not mapped by httpcore: see from_tls_error)
                 raise from_tls_error(tls, upstream) from tls
         except httpx.TransportError as exc:

@@ -30,6 +30,7 @@ from ..fleet.front_end import ClientFrontEnd, deadline_limits, deadline_outcome
 from ..proxy.redirects import RedirectRule, mapped_redirects
 from ..upstream.tls import TLSSettings, new_backend_ssl_context
 from . import outgoing
+from .deadline import bound_waits
 from .errors import closed_error, failure, limit_name
 from .origins import Origin, Parts, has_redirects, origin_of, parts_of
 from .proxies import as_proxy, environment_proxy
@@ -183,7 +184,7 @@ class Plan:
         """The outcome of an attempt that raised ``exc`` (:func:`~.errors.failure`), in
         the deadline's words when it was a timeout the deadline cut, with the bytes sent."""
         outcome = failure(exc, latency, timeouts)
-        if cut and outcome.timeout:
+        if attempts.deadline is not None and outcome.timeout:
             outcome = deadline_outcome(attempts, outcome, limit_name(exc), cut)
         sent = self.sent(before)
         return outcome._replace(bytes_sent=sent) if sent else outcome
@@ -368,8 +369,13 @@ class LoadBalancing(ClientFrontEnd, Generic[T]):
     # -- the inner transports ---------------------------------------------------------------
 
     def _inner_transport(self, backend: Backend) -> T:
-        """The default inner transport of ``backend`` (see :class:`TransportOptions`)."""
-        return self._plain_transport(self._options.proxy_for(backend), self._options.tls())
+        """The default inner transport of ``backend`` (see :class:`TransportOptions`); with
+        a deadline, each wait of its I/O is cut to the time left while an attempt awaits
+        its head (:mod:`~lbmiddleware.transport.deadline`)."""
+        transport = self._plain_transport(self._options.proxy_for(backend), self._options.tls())
+        if self._deadline:
+            bound_waits(transport)
+        return transport
 
     def _plain_transport(self, proxy: httpx.Proxy | None, tls: ssl.SSLContext) -> T:
         """An httpx transport with the options (limits, HTTP/2), ``proxy`` and ``tls``."""

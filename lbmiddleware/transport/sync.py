@@ -11,7 +11,7 @@ import httpx
 from ..core.attempts import Attempts, Outcome
 from ..core.backend import Backend
 from ..errors import NoHealthyBackend
-from ..fleet.front_end import deadline_words
+from ..fleet.front_end import AwaitingHead, deadline_words
 from .base import LoadBalancing, Plan
 from .bodies import AttemptBody, discard
 from .errors import NoHealthyBackendError, from_tls_error, naming_backends
@@ -82,9 +82,14 @@ class LoadBalancingTransport(LoadBalancing[httpx.BaseTransport], httpx.BaseTrans
 
     The ``timeout`` setting (``LB_TIMEOUT``) bounds the whole request up to its response
     head: each attempt's connect, read, write and pool timeouts are cut to the time left,
-    a retry is not started without time for it, and a timeout the deadline cut raises
-    httpx's own (``ReadTimeout``, ``ConnectTimeout``, ...) naming the deadline and the
-    backends tried; the body's reads then get the attempt's own read timeout back. With
+    and in the default inner transports every wait beneath (a connect, each write of the
+    body, each read of the head) is cut again to the time left when it begins
+    (:mod:`~lbmiddleware.transport.deadline`), so a head trickling in a byte at a time is
+    cut at the deadline too; an ``inner_transport=`` of the caller's gets the cut
+    timeouts, which bound each wait, not their sum. A retry is not started without time
+    for it, and a timeout the deadline cut raises httpx's own (``ReadTimeout``,
+    ``ConnectTimeout``, ``WriteTimeout``, ...) naming the deadline and the backends tried;
+    the body's reads then get the attempt's own read timeout back. With
     ``sticky_cookie`` (``LB_STICKY_COOKIE``) the client's cookie jar keeps it on the
     backend that first answered it: a response from another backend than the one its
     ``Cookie`` named gets a ``Set-Cookie`` (path ``/``, ``Secure`` for an https URL), which
@@ -157,7 +162,8 @@ class LoadBalancingTransport(LoadBalancing[httpx.BaseTransport], httpx.BaseTrans
         start = self._timer()
         try:
             try:
-                response = target.transport.handle_request(upstream)
+                with AwaitingHead(attempts):    # each wait of the I/O cut to the time left
+                    response = target.transport.handle_request(upstream)
             except ssl.SSLError as tls:         # (not mapped by httpcore: see from_tls_error)
                 raise from_tls_error(tls, upstream) from tls
         except httpx.TransportError as exc:

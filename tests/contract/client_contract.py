@@ -36,7 +36,15 @@ import lbmiddleware as lb
 
 from ..support.redirect_backend import RedirectBackend
 from ..support.servers import refused_url
-from .client_drivers import VHOST, ClientFrontEnd, pool_of, unaccepting_url
+from .client_drivers import (
+    UPLOAD,
+    VHOST,
+    ClientFrontEnd,
+    TricklingHead,
+    UnreadUpload,
+    pool_of,
+    unaccepting_url,
+)
 
 SHORT = (1.0, 0.3)          # connect, read: a hanging backend costs 0.3 s
 
@@ -637,6 +645,52 @@ class ClientContract:
         response = driver.client(front).get("/", timeout=SHORT)
         assert response.server == "b"
         assert [row["failures"] for row in front.balancer.stats()] == [1, 1, 0]
+
+    @pytest.fixture
+    def trickling(self):
+        server = TricklingHead()
+        yield server
+        server.stop()
+
+    @pytest.fixture
+    def unread_upload(self):
+        server = UnreadUpload()
+        yield server
+        server.stop()
+
+    def test_the_deadline_bounds_a_response_head_that_trickles_in(self, driver, trickling):
+        """The backend sends its head a byte every 50 ms: each read gets one well within the
+        5 s read timeout, and the head does not end for 5 s. The 0.5 s deadline bounds the
+        wait for the whole head, not each read: the library's read timeout naming the
+        deadline, and the attempt's connection let go."""
+        front = driver.make([trickling], timeout=0.5, read_timeout=5)
+        started = time.monotonic()
+        with pytest.raises(driver.errors.read_timeout) as info:
+            driver.client(front).get("/", timeout=(1.0, 5.0))
+        took = time.monotonic() - started
+        assert took < 0.5 + 1.0, f"the 0.5 s deadline ended the wait after {took:.2f} s"
+        assert str(info.value).startswith("the request's 500ms deadline (LB_TIMEOUT) ran out: ")
+        assert info.value.backends_tried == (trickling.url,)
+        assert trickling.given_up.wait(2), "the attempt's connection is still open"
+        row = front.balancer.stats()[0]
+        assert (row["requests"], row["failures"], row["in_flight"]) == (1, 1, 0)
+
+    def test_the_deadline_bounds_an_upload_the_backend_stops_reading(self, driver,
+                                                                   unread_upload):
+        """The backend reads the head of a 32 MiB PUT and none of its body: the upload
+        blocks. The 0.5 s deadline ends it as a timeout (the library's own for an upload:
+        requests' ReadTimeout, httpx's WriteTimeout) naming the deadline."""
+        front = driver.make([unread_upload], timeout=0.5, read_timeout=5)
+        started = time.monotonic()
+        with pytest.raises(driver.errors.upload_timeout) as info:
+            driver.client(front).request("PUT", "/", body=b"x" * UPLOAD, timeout=(1.0, 5.0))
+        took = time.monotonic() - started
+        assert took < 0.5 + 1.0, f"the 0.5 s deadline ended the upload after {took:.2f} s"
+        assert str(info.value).startswith("the request's 500ms deadline (LB_TIMEOUT) ran out: ")
+        assert info.value.backends_tried == (unread_upload.url,)
+        assert unread_upload.requests == 1
+        row = front.balancer.stats()[0]
+        assert (row["requests"], row["failures"], row["in_flight"]) == (1, 1, 0)
 
     # -- the retry budget ---------------------------------------------------------------------
 
