@@ -33,9 +33,12 @@ upstream target, error responses) come from :mod:`lbmiddleware.proxy`:
   the prefix when there is no wrapped app;
 * with ``sticky_cookie`` (``LB_STICKY_COOKIE``) the adapter reads the cookie from the
   ``Cookie`` header, forwarded as the client sent it, and adds the ``Set-Cookie`` of the
-  backend that answered when it is another (``Path``: the prefix; ``Secure`` when
-  ``wsgi.url_scheme`` is https); with ``timeout`` (``LB_TIMEOUT``) the adapter's attempts
-  share a deadline up to the response head, and the client gets 504 when it runs out;
+  backend that answered when it is another (``Path``: the ``SCRIPT_NAME`` the middleware
+  is mounted at, then the prefix; ``Secure`` when the client's scheme is https:
+  ``wsgi.url_scheme``, or a trusted proxy's ``X-Forwarded-Proto``,
+  :func:`~lbmiddleware.proxy.client_scheme`);
+* with ``timeout`` (``LB_TIMEOUT``) the adapter's attempts share a deadline up to the
+  response head, and the client gets 504 when it runs out;
 * with ``access_log`` (``LB_ACCESS_LOG``), one line per request on the
   ``lbmiddleware.access`` logger (:mod:`lbmiddleware.proxy.access`), once its response
   body is closed.
@@ -59,8 +62,10 @@ from .errors import ConfigError, NoHealthyBackend, needs_extra
 from .proxy import (
     TEXT,
     ClientAddress,
+    StickyCookie,
     UnsafeRequest,
     access,
+    client_scheme,
     error_response,
     join_target,
     match_prefix,
@@ -76,6 +81,7 @@ with needs_extra(__name__):         # requests and urllib3 come with the `reques
     from urllib3.util import SKIP_HEADER
 
     from .adapter import LoadBalancingAdapter
+    from .adapter.adapter import _UpstreamRequest
     from .adapter.bodies import PrefetchedResponse
     from .adapter.proxies import DIRECT, CallProxies
 
@@ -96,9 +102,9 @@ _FOLDED = re.compile(r"[\r\n]+[ \t]*")
 
 
 class _ProxiedRequest(requests.PreparedRequest):
-    """A request built by the middleware; carries its sticky key and whether its client's
-    connection is https (``secure``: the sticky cookie's ``Secure``) to the adapter, and
-    back the backends it was sent to (``tried``, for the access log)."""
+    """A request built by the middleware; carries its sticky key, whether its client's
+    scheme is https (``secure``: the sticky cookie's ``Secure``) and the mount point to the
+    adapter, and back the backends it was sent to (``tried``, for the access log)."""
 
     sticky_key: str | None = None
     secure = False
@@ -117,8 +123,22 @@ class _ProxyAdapter(LoadBalancingAdapter):
     prefetch = CHUNK_SIZE
 
     def sticky_secure(self, request: requests.PreparedRequest) -> bool:
-        # the client's connection, not the upstream URL the middleware made (plain http)
+        # the client's scheme, not the upstream URL the middleware made (plain http)
         return isinstance(request, _ProxiedRequest) and request.secure
+
+    def build_response(self, req: requests.PreparedRequest, resp: Any) -> requests.Response:
+        # Under a mount point the sticky cookie's Path is the mount point then the prefix
+        # (the client's URLs start with SCRIPT_NAME, which the adapter's cookie does not
+        # know); made here, once a backend's response gets a cookie (a client's first).
+        if isinstance(req, _UpstreamRequest) and req.set_cookie is not None:
+            original = req.original
+            cookie = self.sticky_cookie
+            if isinstance(original, _ProxiedRequest) and original.script_name \
+                    and cookie is not None:
+                path = original.script_name.replace(";", "%3B") + cookie.path.rstrip("/")
+                req.set_cookie = StickyCookie(cookie.name, path).set_cookie(
+                    self.balancer.sticky_value(req.backend), secure=original.secure)
+        return super().build_response(req, resp)
 
     def call_proxies(self, request: requests.PreparedRequest,
                      proxies: Mapping[str, str] | None) -> CallProxies:
@@ -305,7 +325,10 @@ class WSGILoadBalancer:
         for name in _NOT_ADDED:          # urllib3 would add its own if the client sent none
             request.headers.setdefault(name, SKIP_HEADER)
         request.body = body
-        request.secure = environ.get("wsgi.url_scheme") == "https"
+        request.secure = client_scheme(
+            environ.get("wsgi.url_scheme", "http"),
+            [environ["HTTP_X_FORWARDED_PROTO"]]
+            if trusted and "HTTP_X_FORWARDED_PROTO" in environ else ()) == "https"
         script_name = environ.get("SCRIPT_NAME")
         if script_name:
             request.script_name = quote_path(script_name.rstrip("/").encode("latin-1"))

@@ -682,9 +682,6 @@ class ProxyContract:
             assert response.header("set-cookie") == [
                 f"lb={sticky_value(a.url)}; Path={path}; HttpOnly; SameSite=Lax{secure}"]
 
-    # (WSGI: lbmiddleware/wsgi.py's part is /work/lead12/F2-wsgi.patch, which drops this mark)
-    @needs(lambda front, params: front.name != "wsgi",
-           "the WSGI middleware's client scheme rule (F2-wsgi.patch, pending)")
     def test_the_sticky_cookie_is_secure_behind_a_trusted_tls_terminator(self, front,
                                                                          backends):
         """A TLS terminator in front (a trusted proxy) says ``X-Forwarded-Proto: https``:
