@@ -14,7 +14,9 @@ Run: python benchmarks/bench_quality.py [--quick] [--only 1,4] [--seed N] [--no-
 from __future__ import annotations
 
 import argparse
+import bisect
 import dataclasses
+import itertools
 import logging
 import math
 import random
@@ -648,6 +650,257 @@ def scenario_slow_start(quick: bool, seed: int) -> Report:
     return report
 
 
+# -- 11. hot keys: bounded-load hashing -----------------------------------------------------
+
+def zipf_keys(count: int, exponent: float) -> Callable[[random.Random], str]:
+    """Keys ``k0``.. drawn with probability proportional to ``1 / (rank + 1) ** exponent``
+    (Zipf): a few keys carry most requests, as client addresses and hot objects do."""
+    cumulative = list(itertools.accumulate(1.0 / (rank + 1) ** exponent for rank in range(count)))
+    total = cumulative[-1]
+    names = [f"198.18.{rank // 256 % 256}.{rank % 256}/{rank}" for rank in range(count)]
+    return lambda rng: names[bisect.bisect_left(cumulative, rng.random() * total)]
+
+
+def scenario_hot_keys(quick: bool, seed: int) -> Report:
+    count, rate = 20, 2000.0
+    duration = 8.0 if quick else 30.0
+    keys = zipf_keys(10_000, 1.1)
+    report = Report(
+        11, "hot keys (ip_hash with bounded load)",
+        f"{count} backends (service as in scenario 1, unlimited concurrency), {rate:,.0f} "
+        f"requests/s for {duration:.0f} s, keys from 10,000 clients with Zipf(1.1) "
+        "popularity (the busiest client alone sends 15% of the requests, three times a "
+        "backend's share). `ip_hash` without "
+        "a bound and with `hash_balance_factor` 125, 150 and 200: a backend holds at most "
+        "ceil(ceil((A + 1) x c / 100) / 20) of the A requests in flight, and a key whose "
+        "home is full goes on along its own sequence. Load: requests per backend over the "
+        "run, and requests in flight per backend at each arrival (the bound's measure), "
+        "max / mean. Reference: Mirrokni, Thorup and Zadimoghaddam (SODA 2018); HAProxy's "
+        "`hash-balance-factor` (from Vimeo) and Envoy's `hash_balance_factor`.",
+        ["hash_balance_factor", "requests max / mean", "in flight max / mean (worst)",
+         "over the bound", "requests off their home", "keys that left their home",
+         "reference", "target", "result"])
+    for factor in (0, 125) if quick else (0, 125, 150, 200):
+        run = simulate([Server(lognormal(MEDIAN, SIGMA)) for _ in range(count)], "ip_hash",
+                       rate=rate, duration=duration, seed=seed, keys=keys,
+                       hash_balance_factor=factor, retries=0)
+        per_backend = Counter(index for _, index, _ in run.attempts)
+        requests_ratio = max(per_backend.values()) / (len(run.attempts) / count)
+        worst, over, mean_total = _in_flight_peaks(run, count, factor, after=1.0)
+        home = {key: run.pool.lookup(key).url for key in set(run.keys) if key is not None}
+        urls = backend_urls(count)
+        moved_keys = {key for key, (_, index, _) in zip(run.keys, run.attempts, strict=True)
+                      if urls[index] != home[key]}
+        off_home = run.pool.pool_stats()["hash_overflows_total"] / len(run.attempts)
+        reference = target = result = ""
+        if factor == 0:
+            reference = "≥ 3.0 (the busiest key alone: 20 x 15%)"
+        elif factor == 125:
+            # the bound in requests per backend at the mean in flight, rounded up as slots are
+            bound = math.ceil(math.ceil((mean_total + 1) * factor / 100) / count) / (
+                mean_total / count)
+            reference = "≤ 1.25 by construction"
+            target = f"never over the bound; requests ≤ {bound:.2f} (1.25 rounded up)"
+            result = " / ".join([
+                report.check("hot keys: in flight never over the bound (c 125)", over == 0),
+                report.check("hot keys: requests max / mean <= the bound (c 125)",
+                             requests_ratio <= bound)])
+        report.rows.append([str(factor) if factor else "off", f"{requests_ratio:.2f}",
+                            f"{worst:.2f}", str(over), pct(off_home, 1),
+                            f"{len(moved_keys):,} of {len(home):,}", reference, target, result])
+    return report
+
+
+def _in_flight_peaks(run: RunResult, count: int, factor: int,
+                     after: float) -> tuple[float, int, float]:
+    """Replay a run without retries (each request's one attempt in flight from its send to
+    its end): the worst max / mean of the backends' in-flight counts an arrival from
+    ``after`` on saw, how many picks found their backend at the bound of ``factor`` (0: no
+    bound), and the mean of the requests in flight the arrivals saw."""
+    changes = []
+    for (sent, index, _), arrival, latency in zip(run.attempts, run.arrivals, run.latencies,
+                                                   strict=True):
+        changes.append((sent, 1, index))
+        changes.append((arrival + latency, -1, index))
+    changes.sort()                    # at the same time an end (-1) before a start
+    in_flight = [0] * count
+    total = 0
+    worst = 0.0
+    over = 0
+    seen = []
+    for time_, delta, index in changes:
+        if delta < 0:
+            in_flight[index] -= 1
+            total -= 1
+            continue
+        if factor:                    # the pick's bound, from the A in flight before it
+            bound = max(1, math.ceil(math.ceil((total + 1) * factor / 100) / count))
+            over += in_flight[index] + 1 > bound
+        in_flight[index] += 1
+        total += 1
+        if time_ >= after:
+            worst = max(worst, max(in_flight) / (total / count))
+            seen.append(total)
+    return worst, over, statistics.fmean(seen)
+
+
+# -- 12. retry storm: the retry budget ---------------------------------------------------------
+
+def scenario_retry_storm(quick: bool, seed: int) -> Report:
+    workers, count = 20, 10
+    capacity = count * workers / MEDIAN
+    rate = 0.8 * capacity
+    defaults = lb.Settings(backends=["http://x"])
+    ratio, per_second = defaults.retry_budget, defaults.retry_budget_min_per_second
+    ttl = defaults.retry_budget_ttl
+    # The budget holds over each of its windows (ttl one-second slots): measured over whole
+    # windows from the fault's start (a shorter one may catch a refill of the budget).
+    start = 5.0
+    end = start + ttl * (2 if quick else 5)
+    duration = end
+    shed = Fault("status", start, end, 0.001)
+    bound = 1 + ratio + per_second / rate
+    # The budget decides each retry on the requests of its window at that moment, which
+    # vary (Poisson, about 1% a window, and the fault's first window holds the seconds
+    # before it): over fixed windows the retries may pass ratio x requests by a little.
+    slack = 0.005
+    report = Report(
+        12, "retry storm (the retry budget)",
+        f"{count} backends of {workers} workers each (service as in scenario 1), Poisson "
+        f"arrivals at 80% of their capacity ({rate:,.0f}/s) for {duration:.0f} s; one answers "
+        f"503 in 1 ms to everything from {start:.0f} s to {end:.0f} s. GET, 2 retries; "
+        "passive ejection off (max_fails 0: a backend shedding load is not taken out), so "
+        "only the budget holds the retries back. Attempts per request over the fault, "
+        f"without the budget and with the default one (Finagle's: {ratio:g} of the "
+        f"requests plus {per_second:g} retries a second over {ttl:g} s, in one-second "
+        "slots; the fault lasts whole windows of it).",
+        ["policy", "attempts / request, no budget", "client errors", "attempts / request, "
+         "budget", "client errors", "retries refused", "reference", "target", "result"])
+    for policy in ("round_robin", "least_conn") if quick else POLICIES:
+        cells = []
+        for budget in (math.inf, ratio):
+            servers = [Server(lognormal(MEDIAN, SIGMA), workers=workers,
+                              faults=(shed,) if i == 0 else ()) for i in range(count)]
+            run = simulate(servers, policy, rate=rate, duration=duration, seed=seed,
+                           max_fails=0, retry_budget=budget, keys=keys_for(policy))
+            window = run.measured(start, end)
+            tries = sum(1 for sent, _, _ in run.attempts if start <= sent < end)
+            errors = sum(1 for i in window if not run.ok[i])
+            refused = (run.pool.pool_stats()["retry_budget"] or {}).get("exhausted_total", 0)
+            cells.append((tries / len(window), errors, refused))
+        (storm, storm_errors, _), (held, held_errors, refused) = cells
+        result = report.check(f"{policy}: attempts per request <= 1 + {ratio:g} + "
+                              f"{per_second:g}/s (+{slack:g}) with the budget",
+                              held <= bound + slack)
+        report.rows.append([policy, f"{storm:.3f}", str(storm_errors), f"{held:.3f}",
+                            str(held_errors), f"{refused:,}", f"≤ 3 (2 retries) / ≤ "
+                            f"{1 + ratio:g} + {per_second:g}/s", f"≤ {bound:.3f} + {slack:g} "
+                            "with", result])
+    report.notes.append(
+        "Without the budget each request that meets the shedding backend costs one more "
+        "attempt; with it the retries beyond the budget are refused, and those requests get "
+        "the 503 (the client errors). `least_conn` sends the shedding backend one request at "
+        "a time (a doubted backend), which answers in 1 ms: half the first attempts. Within "
+        "a window the budget is spent in bursts: the deposits of the seconds before the "
+        "fault go at once, then retries are refused until those slots leave the window. The "
+        "budget decides on the requests of its window at each retry; those vary (Poisson, "
+        "about 1% a window), so over fixed windows the retries pass ratio x requests by up "
+        "to 0.005 a request (measured: 37 retries over it in the first window, seed 1).")
+    return report
+
+
+# -- 13. mixed object sizes: the bandwidth policy ----------------------------------------------
+
+def scenario_mixed_sizes(quick: bool, seed: int) -> Report:
+    duration = 20.0 if quick else 60.0
+    count, rate = 10, 500.0
+    small, large, share_large = 10_000, 1_000_000, 0.10
+    fast_link, slow_link = 100e6, 10e6
+
+    def sizes(rng: random.Random) -> int:
+        return large if rng.random() < share_large else small
+
+    servers = [Server(lognormal(0.020, SIGMA), link=slow_link if i == 0 else fast_link)
+               for i in range(count)]
+    mean_size = share_large * large + (1 - share_large) * small
+    load = rate / count * mean_size / slow_link
+    report = Report(
+        13, "mixed object sizes (bandwidth)",
+        f"{count} backends, unlimited concurrency, response head after a log-normal 20 ms; "
+        f"{(1 - share_large) * 100:.0f}% of the responses {small // 1000} KB, "
+        f"{share_large * 100:.0f}% {large // 1_000_000} MB; {count - 1} backends send over "
+        f"{fast_link / 1e6:.0f} MB/s, one over {slow_link / 1e6:.0f} MB/s (a slow link: "
+        f"bodies one after another). {rate:.0f} requests/s for {duration:.0f} s: an equal "
+        f"share keeps the slow link {load * 100:.0f}% busy. Client latency is to the end of "
+        "the body; the proxies report each attempt's bytes when it ends.",
+        ["policy", "p50", "p99", "p99, small responses", "slow link's share of bytes",
+         "its share of requests", "reference", "target", "result"])
+    for policy in ("round_robin", "least_conn", "latency", "bandwidth"):
+        run = simulate(servers, policy, rate=rate, duration=duration, seed=seed, sizes=sizes,
+                       request_bytes=200, retries=0)
+        stats = run.pool.stats()
+        moved = [row["bytes_sent"] + row["bytes_received"] for row in stats]
+        byte_share = moved[0] / sum(moved)
+        request_share = sum(1 for _, index, _ in run.attempts if index == 0) / len(run.attempts)
+        measured = run.measured(start=5.0)
+        latencies = [run.latencies[i] for i in measured]
+        small_p99 = percentile([run.latencies[i] for i in measured if run.sizes[i] == small],
+                               0.99)
+        p99 = percentile(latencies, 0.99)
+        target = result = ""
+        if policy == "bandwidth":
+            target = "slow link's bytes within 1 pt of 10%"
+            result = report.check("mixed sizes: bandwidth gives each backend its share of the "
+                                  "bytes", abs(byte_share - 1 / count) <= 0.01)
+        report.rows.append([policy, ms(percentile(latencies, 0.5)), ms(p99), ms(small_p99),
+                            pct(byte_share, 1), pct(request_share, 1),
+                            "NetScaler LEASTBANDWIDTH" if policy == "bandwidth" else "",
+                            target, result])
+        report.curves[policy] = latencies
+    return report
+
+
+# -- 14. a deadline for the whole request ---------------------------------------------------
+
+def scenario_deadline(quick: bool, seed: int) -> Report:
+    duration = 20.0 if quick else 60.0
+    start, end = duration / 4, duration * 3 / 4
+    slow = Fault("slow", start, end, 2.0)
+    link = 100e6
+
+    def sizes(rng: random.Random) -> int:
+        return 1_000_000 if rng.random() < 0.1 else 10_000
+
+    report = Report(
+        14, "a deadline for the whole request (LB_TIMEOUT)",
+        f"10 backends (service as in scenario 1) sending bodies of 10 KB (90%) and 1 MB over "
+        f"{link / 1e6:.0f} MB/s; one answers in 2 s from {start:.0f} s to {end:.0f} s. 1,000 "
+        f"GET requests/s for {duration:.0f} s, 2 retries. Without a deadline (read timeout "
+        "60 s), with `LB_TIMEOUT` 1 s, and with 1 s and a read timeout of 0.5 s per try. "
+        "Waited: arrival to the response head the client got (or its error); the body's "
+        "time comes on top.",
+        ["policy", "deadline", "read timeout", "longest wait for a head", "longest request",
+         "p99.9", "client errors", "target", "result"])
+    variants = ((0.0, 60.0), (1.0, 60.0), (1.0, 0.5))
+    for policy in ("round_robin",) if quick else POLICIES:
+        for deadline, read in variants:
+            run = simulate([Server(lognormal(MEDIAN, SIGMA), link=link,
+                                   faults=(slow,) if i == 0 else ()) for i in range(10)],
+                           policy, rate=1000.0, duration=duration, seed=seed, sizes=sizes,
+                           timeout=deadline, read_timeout=read, keys=keys_for(policy))
+            waited = max(run.heads)
+            target = result = ""
+            if deadline:
+                target = f"≤ {deadline:g} s + its body"
+                result = report.check(f"{policy}: no wait over the {deadline:g}s deadline "
+                                      f"(read timeout {read:g}s)", waited <= deadline + 1e-9)
+            report.rows.append([policy, f"{deadline:g} s" if deadline else "none",
+                                f"{read:g} s", ms(waited), ms(max(run.latencies)),
+                                ms(percentile(run.latencies, 0.999)), str(run.errors),
+                                target, result])
+    return report
+
+
 SCENARIOS: dict[int, Callable[[bool, int], Report]] = {
     1: scenario_slow_backend,
     2: scenario_identical_at_90,
@@ -659,6 +912,10 @@ SCENARIOS: dict[int, Callable[[bool, int], Report]] = {
     8: scenario_tier_spill,
     9: scenario_dead_before_traffic,
     10: scenario_slow_start,
+    11: scenario_hot_keys,
+    12: scenario_retry_storm,
+    13: scenario_mixed_sizes,
+    14: scenario_deadline,
 }
 
 

@@ -11,12 +11,23 @@ workers (``None``: unlimited, a pure delay). A :class:`Fault` changes a backend 
 
 * ``slow``: every request arriving in the window takes ``delay`` seconds;
 * ``refuse``: connection refused, the attempt fails after ``delay`` seconds;
-* ``blackhole``: accepted and never answered; the client's read timeout ends the attempt.
+* ``blackhole``: accepted and never answered; the client's read timeout ends the attempt;
+* ``status``: answers ``status`` (503 by default: a backend shedding load) after ``delay``.
+
+Responses may have bodies (``sizes``: bytes drawn per request) and a backend a link of so
+many bytes per second (``Server(link=)``, FIFO: one response's body after another): the
+response head comes after the service time, its body after its turn on the link, and the
+attempt ends, reported with its bytes (``bytes_sent`` the request's, ``bytes_received`` the
+body's) and the time to its head as latency, when the body is through, as the proxies
+report.
 
 Retries are the front-ends' own: each request runs the library's attempt loop
 (:class:`lbmiddleware.core.attempts.Attempts` with a ``RetryRule``), so a connect failure is
 retried on another backend for any method, a read timeout (the request was sent) only for an
-idempotent one, at most ``retries`` times, each on a backend not yet tried.
+idempotent one, at most ``retries`` times, each on a backend not yet tried, and each retry
+spends from the pool's retry budget (``retry_budget=math.inf`` turns it off). ``timeout``
+is the request's deadline (``LB_TIMEOUT``): each attempt's read timeout is cut to the time
+left (``Attempts.cut``) and the loop starts no retry without time for it.
 
 Active health checks, when ``probe_interval`` is given, are the prober's rules on the simulated
 clock: the first probe of backend k of N at k * interval / N, the next one interval +-10% after
@@ -49,11 +60,11 @@ Sampler = Callable[[random.Random], float]
 
 _ARRIVAL, _END, _PROBE, _PROBED = 0, 1, 2, 3
 PROBE_TIME = 0.001             # seconds: a passing probe's answer
-_FAULT_KINDS = ("slow", "refuse", "blackhole")
+_FAULT_KINDS = ("slow", "refuse", "blackhole", "status")
 
 READ_TIMEOUT = 60.0            # seconds: the front-ends' default read timeout
+CONNECT_TIMEOUT = 5.0          # seconds: the front-ends' default connect timeout
 _REFUSED = Outcome(ok=False, latency=None, sent=False)         # never reached the backend
-_TIMED_OUT = Outcome(ok=False, latency=None, timeout=True)     # sent, never answered
 
 
 def exponential(mean: float) -> Sampler:
@@ -80,7 +91,8 @@ class Fault:
     kind: str
     start: float
     end: float
-    delay: float = 0.0     # slow: service time; refuse: time to fail
+    delay: float = 0.0     # slow: service time; refuse: time to fail; status: time to answer
+    status: int = 503      # status: the answer
 
     def __post_init__(self) -> None:
         if self.kind not in _FAULT_KINDS:
@@ -91,14 +103,16 @@ class Fault:
 
 @dataclasses.dataclass(frozen=True)
 class Server:
-    """One simulated backend: service times, workers (None: unlimited), faults, and its
-    weight and priority (tier) in the pool."""
+    """One simulated backend: service times, workers (None: unlimited), faults, its
+    weight and priority (tier) in the pool, and its link's bytes per second (None: bodies
+    take no time)."""
 
     service: Sampler
     workers: int | None = None
     weight: int = 1
     faults: tuple[Fault, ...] = ()
     priority: int = 0
+    link: float | None = None
 
     def fault_at(self, now: float) -> Fault | None:
         for fault in self.faults:
@@ -122,7 +136,9 @@ class SimClock:
 @dataclasses.dataclass
 class RunResult:
     """What one run observed. Per request (in arrival order): ``arrivals``, client-visible
-    ``latencies`` (arrival to final outcome) and ``ok``; per attempt: ``attempts`` as
+    ``latencies`` (arrival to final outcome: the end of the body), ``ok``, ``heads``
+    (arrival to the head of the response the client got, or to the error it got; the
+    body's time is the difference), ``keys``, response body ``sizes``; per attempt: ``attempts`` as
     ``(sent_at, server_index, ok)``; ``ejections`` as ``(time, server_index)``; every event
     the pool sent as ``(time, event)``; ``probes`` as ``(time, server_index, ok)``."""
 
@@ -135,6 +151,9 @@ class RunResult:
     end_time: float
     events: list[tuple[float, Event]] = dataclasses.field(default_factory=list)
     probes: list[tuple[float, int, bool]] = dataclasses.field(default_factory=list)
+    heads: list[float] = dataclasses.field(default_factory=list)
+    keys: list[str | None] = dataclasses.field(default_factory=list)
+    sizes: list[int] = dataclasses.field(default_factory=list)
 
     def measured(self, start: float = 0.0, end: float = math.inf) -> list[int]:
         """Indices of the requests that arrived in ``[start, end)``."""
@@ -144,6 +163,10 @@ class RunResult:
     def errors(self) -> int:
         """Requests whose final outcome, after any retries, was a failure."""
         return self.ok.count(False)
+
+    @property
+    def attempts_per_request(self) -> float:
+        return len(self.attempts) / len(self.arrivals) if self.arrivals else math.nan
 
     def failed_attempts(self, server: int | None = None) -> int:
         return sum(1 for _, index, ok in self.attempts
@@ -165,16 +188,17 @@ def backend_urls(count: int) -> list[str]:
 
 
 class _Request:
-    __slots__ = ("index", "arrival", "attempts")
+    __slots__ = ("index", "arrival", "attempts", "size")
 
-    def __init__(self, index: int, arrival: float, attempts: Attempts) -> None:
+    def __init__(self, index: int, arrival: float, attempts: Attempts, size: int) -> None:
         self.index = index
         self.arrival = arrival
         self.attempts = attempts
+        self.size = size            # the response body's bytes
 
 
 class _Attempt:
-    __slots__ = ("request", "backend", "server", "sent", "log_index")
+    __slots__ = ("request", "backend", "server", "sent", "log_index", "head", "cut")
 
     def __init__(self, request: _Request, backend: lb.Backend, server: int, sent: float,
                  log_index: int) -> None:
@@ -183,23 +207,30 @@ class _Attempt:
         self.server = server
         self.sent = sent
         self.log_index = log_index
+        self.head = 0.0             # when the response head came (a timeout: when it ended)
+        self.cut = False            # its read timeout was cut by the request's deadline
 
 
 def simulate(servers: Sequence[Server], policy: str, *, rate: float, duration: float,
-             seed: int, keys: Sequence[str] | None = None, idempotent: bool = True,
-             retries: int = RetryRule.retries, read_timeout: float = READ_TIMEOUT,
+             seed: int, keys: Sequence[str] | Callable[[random.Random], str] | None = None,
+             idempotent: bool = True, retries: int = RetryRule.retries,
+             read_timeout: float = READ_TIMEOUT, timeout: float = 0.0,
+             sizes: Callable[[random.Random], int] | None = None, request_bytes: int = 0,
              probe_interval: float | None = None, probe_timeout: float = 2.0,
              traffic_start: float = 0.0, **options) -> RunResult:
     """Run ``rate`` requests/s from ``traffic_start`` to ``duration`` simulated seconds, then
     drain.
 
-    ``retries`` and ``read_timeout`` are the client's (a front-end's forwarding settings);
-    ``options`` go to the core :class:`~lbmiddleware.core.balancer.Balancer` (``max_fails``,
-    ``fail_timeout``, ``slow_start``…; the core one: it starts no thread, no real prober).
-    ``keys``: sticky keys drawn uniformly per request (for ``ip_hash``); ``idempotent``:
-    every request is a GET (else a POST). ``probe_interval``: active health checks every so
-    many seconds, from time 0 to ``duration`` (see the module's docstring), with
-    ``health_check`` set so the pool applies their results.
+    ``retries``, ``read_timeout`` and ``timeout`` (the request's deadline across its
+    attempts, 0: none) are the client's (a front-end's forwarding settings); ``options`` go
+    to the core :class:`~lbmiddleware.core.balancer.Balancer` (``max_fails``,
+    ``fail_timeout``, ``slow_start``, ``retry_budget``…; the core one: it starts no
+    thread, no real prober). ``keys``: sticky keys (for ``ip_hash``), drawn uniformly per
+    request from a sequence, or by a function of the run's generator; ``idempotent``:
+    every request is a GET (else a POST). ``sizes``: each response body's bytes, drawn per
+    request; ``request_bytes``: each request body's. ``probe_interval``: active health
+    checks every so many seconds, from time 0 to ``duration`` (see the module's
+    docstring), with ``health_check`` set so the pool applies their results.
     """
     if rate <= 0 or duration <= 0:
         raise ValueError(f"rate {rate!r} and duration {duration!r} must be positive")
@@ -207,8 +238,10 @@ def simulate(servers: Sequence[Server], policy: str, *, rate: float, duration: f
         raise ValueError(f"probe_interval {probe_interval!r} must be positive")
     if not 0 <= traffic_start < duration:
         raise ValueError(f"traffic_start {traffic_start!r} is outside [0, {duration!r})")
+    if timeout < 0:
+        raise ValueError(f"timeout {timeout!r} must be 0 (none) or positive")
     clock = SimClock()
-    world = random.Random(seed)                       # arrivals, service times, keys
+    world = random.Random(seed)                       # arrivals, service times, keys, sizes
     urls = backend_urls(len(servers))
     members = [lb.Backend(url, weight=s.weight, priority=s.priority)
                for url, s in zip(urls, servers, strict=True)]
@@ -223,13 +256,18 @@ def simulate(servers: Sequence[Server], policy: str, *, rate: float, duration: f
     method = "GET" if idempotent else "POST"
     server_of = {backend.url: i for i, backend in enumerate(members)}
     free_at = [[0.0] * (s.workers or 1) for s in servers]   # heap: when each worker is free
+    link_free = [0.0] * len(servers)                          # when each link is free
+    links = [s.link for s in servers]
     faulty = [bool(s.faults) for s in servers]
     samplers = [s.service for s in servers]
     workers = [s.workers for s in servers]
 
     arrivals: list[float] = []
     latencies: list[float] = []
+    heads: list[float] = []
     ok_list: list[bool] = []
+    key_list: list[str | None] = []
+    size_list: list[int] = []
     attempts: list[tuple[float, int, bool]] = []
     ejections: list[tuple[float, int]] = []
     ejection_counts = [0] * len(servers)
@@ -241,8 +279,9 @@ def simulate(servers: Sequence[Server], policy: str, *, rate: float, duration: f
     sequence = 0
     expovariate = world.expovariate
 
-    def finish(request: _Request, now: float, ok: bool) -> None:
+    def finish(request: _Request, now: float, ok: bool, head: float | None = None) -> None:
         latencies[request.index] = now - request.arrival
+        heads[request.index] = (now if head is None else head) - request.arrival
         ok_list[request.index] = ok
 
     def start(request: _Request, now: float) -> None:
@@ -258,18 +297,26 @@ def simulate(servers: Sequence[Server], policy: str, *, rate: float, duration: f
         index = server_of[backend.url]
         attempt = _Attempt(request, backend, index, now, len(attempts))
         attempts.append((now, index, True))
+        waits = read_timeout
+        if timeout:
+            waits = request.attempts.cut(CONNECT_TIMEOUT, read_timeout)[1]
+            attempt.cut = waits < read_timeout
         fault = servers[index].fault_at(now) if faulty[index] else None
+        sequence += 1
         if fault is None:
             service = samplers[index](world)
         elif fault.kind == "slow":
             service = fault.delay
         elif fault.kind == "refuse":
-            sequence += 1
             push(events, (now + fault.delay, sequence, _END, attempt, "connect"))
             return
+        elif fault.kind == "status":
+            attempt.head = now + fault.delay
+            push(events, (attempt.head, sequence, _END, attempt, fault.status))
+            return
         else:                                          # blackhole: only the timeout ends it
-            sequence += 1
-            push(events, (now + read_timeout, sequence, _END, attempt, "timeout"))
+            attempt.head = now + waits
+            push(events, (attempt.head, sequence, _END, attempt, "timeout"))
             return
         limit = workers[index]
         if limit is not None:                          # FIFO: the start is known on arrival
@@ -279,25 +326,34 @@ def simulate(servers: Sequence[Server], policy: str, *, rate: float, duration: f
                 start = now
             heapq.heapreplace(free, start + service)
             service = start + service - now
-        sequence += 1
-        if service <= read_timeout:
-            push(events, (now + service, sequence, _END, attempt, None))
-        else:                                          # the backend still does the work
-            push(events, (now + read_timeout, sequence, _END, attempt, "timeout"))
+        if service > waits:                            # the backend still does the work
+            attempt.head = now + waits
+            push(events, (attempt.head, sequence, _END, attempt, "timeout"))
+            return
+        attempt.head = end = now + service
+        link = links[index]
+        if link is not None and request.size:          # the body, after those before it
+            begin = link_free[index]
+            if begin < end:
+                begin = end
+            end = link_free[index] = begin + request.size / link
+        push(events, (end, sequence, _END, attempt, None))
 
-    def failed(attempt: _Attempt, now: float, connect: bool) -> None:
+    def failed(attempt: _Attempt, now: float, outcome: Outcome) -> None:
         sent, index, _ = attempts[attempt.log_index]
         attempts[attempt.log_index] = (sent, index, False)
         request = attempt.request
-        following = request.attempts.retry(_REFUSED if connect else _TIMED_OUT)  # reports it
+        following = request.attempts.retry(outcome)    # reports it (a status: if it retries)
         row = next(r for r in pool.stats() if r["url"] == attempt.backend.url)
         if row["ejections"] > ejection_counts[index]:
             ejection_counts[index] = row["ejections"]
             ejections.append((now, index))
-        if following is None:
-            finish(request, now, False)
-        else:
+        if following is not None:
             send(request, following, now)
+            return
+        if outcome.status is not None:                 # the client gets that response
+            request.attempts.end(outcome)
+        finish(request, now, False)
 
     def probe(index: int, now: float) -> None:
         """Send a probe to server ``index``; its result comes back as a _PROBED event."""
@@ -307,6 +363,8 @@ def simulate(servers: Sequence[Server], policy: str, *, rate: float, duration: f
             took, ok, reason = (PROBE_TIME if fault is None else fault.delay), True, "status 200"
         elif fault.kind == "refuse":
             took, ok, reason = fault.delay, False, "connection refused"
+        elif fault.kind == "status":
+            took, ok, reason = fault.delay, False, f"status {fault.status}"
         else:
             took, ok, reason = probe_timeout, False, f"timeout after {probe_timeout:g}s"
         sequence += 1
@@ -331,17 +389,26 @@ def simulate(servers: Sequence[Server], policy: str, *, rate: float, duration: f
         for index in range(len(servers)):              # HAProxy's spreading
             sequence += 1
             push(events, (index * probe_interval / len(servers), sequence, _PROBE, None, index))
-    key_count = len(keys) if keys else 0
+    draw_key = keys if callable(keys) else None
+    key_count = len(keys) if keys and draw_key is None else 0
     while events:
         now, _, kind, attempt, detail = pop(events)
         clock.now = now
         if kind == _ARRIVAL:
-            key = keys[int(world.random() * key_count)] if key_count else None
-            request = _Request(count, now, Attempts(pool, rule, method, key))
+            if draw_key is not None:
+                key = draw_key(world)
+            else:
+                key = keys[int(world.random() * key_count)] if key_count else None
+            size = sizes(world) if sizes is not None else 0
+            request = _Request(count, now, Attempts(pool, rule, method, key, timeout=timeout,
+                                                    timer=clock), size)
             count += 1
             arrivals.append(now)
             latencies.append(math.nan)
+            heads.append(math.nan)
             ok_list.append(False)
+            key_list.append(key)
+            size_list.append(size)
             following = now + expovariate(rate)
             if following < duration:
                 sequence += 1
@@ -352,9 +419,19 @@ def simulate(servers: Sequence[Server], policy: str, *, rate: float, duration: f
         elif kind == _PROBED:
             probed(detail, now)
         elif detail is None:
-            attempt.request.attempts.end(Outcome(ok=True, latency=now - attempt.sent))
-            finish(attempt.request, now, True)
-        else:
-            failed(attempt, now, connect=detail == "connect")
+            request = attempt.request
+            request.attempts.end(Outcome(ok=True, latency=attempt.head - attempt.sent,
+                                         bytes_sent=request_bytes,
+                                         bytes_received=request.size))
+            finish(request, now, True, attempt.head)
+        elif detail == "connect":
+            failed(attempt, now, _REFUSED)
+        elif detail == "timeout":
+            failed(attempt, now, Outcome(
+                ok=False, latency=None, timeout=True, bytes_sent=request_bytes,
+                error=attempt.request.attempts.deadline_text() if attempt.cut else None))
+        else:                                          # a status in fail_statuses
+            failed(attempt, now, rule.outcome(detail, now - attempt.sent,
+                                              bytes_sent=request_bytes))
     return RunResult(arrivals, latencies, ok_list, attempts, ejections, pool, clock.now, log,
-                     probes)
+                     probes, heads, key_list, size_list)
