@@ -140,6 +140,9 @@ class _HeadReads(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
+    def fileno(self) -> int:
+        return self._raw.fileno()
+
     def readinto(self, buffer: WriteableBuffer) -> int | None:
         deadline = self._deadline
         if deadline is not None:
