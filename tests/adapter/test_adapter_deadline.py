@@ -160,3 +160,13 @@ def test_the_adapters_max_retries_still_retry_within_the_deadline(scripted):
     assert (response.status_code, response.content) == (200, b"two")
     assert len(decided) == 1 and backend.connections == 2
     assert counts(adapter) == (1, 0, 0)
+
+
+def test_a_response_read_under_a_deadline_still_has_its_sockets_fileno(raw_backend):
+    """The head's reads went through the deadline's reader: the raw response still gives
+    its socket's file descriptor (urllib3's fileno(), for a caller's select)."""
+    backend = raw_backend([ok(b"hi")])
+    adapter = LoadBalancingAdapter([backend.url], timeout=5)
+    response = mounted(adapter).get(f"{VHOST}/", stream=True)
+    assert response.raw.fileno() >= 0
+    assert response.content == b"hi"
