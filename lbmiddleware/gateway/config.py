@@ -60,6 +60,7 @@ from ..core.settings import BaseSettings, FrontEndSettings, Settings
 from ..errors import ConfigError
 from ..gateway_settings import GatewaySettings
 from ..proxy.settings import ProxySettings
+from .tls import check_backend_files
 
 __all__ = ["GatewayConfig", "Route", "ConfigFileError", "read_config", "parse_config",
            "ignored_variables", "file_stamp", "POOL_GROUPS", "ROUTE_KEYS", "GATEWAY_KEYS"]
@@ -262,10 +263,25 @@ def _route(reader: _Reader, number: int, table: Mapping[str, Any],
             raise reader.error(reader.key_line(origin, key) or line, str(place), str(exc),
                                key) from None
     settings = FrontEndSettings(tuple(groups))
+    try:
+        check_backend_files(settings.core)
+    except ConfigError as exc:
+        message = str(exc)
+        for variable, field in _TLS_VARIABLES.items():
+            message = message.replace(variable, field)
+        key = _named_key(message, values)
+        origin = place if key is None or key in own else _Place("defaults")
+        raise reader.error(reader.key_line(origin, key) or line, str(place), message,
+                           key) from None
     prefix = settings[ProxySettings].prefix
     if name is None:
         name = prefix if host is None else f"{host}{prefix}"
     return Route(name=name, prefix=prefix, host=host, settings=settings, line=line)
+
+
+# The backend TLS files' variables, as their errors name them, and their keys in the file.
+_TLS_VARIABLES = {"LB_BACKEND_CLIENT_CERT": "backend_client_cert",
+                  "LB_BACKEND_CLIENT_KEY": "backend_client_key", "LB_BACKEND_CA": "backend_ca"}
 
 
 def _route_label(table: Mapping[str, Any]) -> str:

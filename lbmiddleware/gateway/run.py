@@ -34,6 +34,7 @@ from ..proxy.settings import ProxySettings
 from .config import GatewayConfig, Route
 from .granian_server import serve_granian
 from .listen import bind_setting, url
+from .tls import check_backend_files
 from .uvicorn_server import serve_uvicorn
 
 logger = logging.getLogger("lbmiddleware.gateway")
@@ -65,8 +66,9 @@ def choose_server(settings: GatewaySettings) -> str:
 
 def check_libraries(settings: FrontEndSettings) -> None:
     """ConfigError naming the source and the extra to install when a source's library is
-    missing (dnspython for DNS): found before the server starts, not by its worker building
-    the pool (granian's would crash with a traceback). A config file's: every route's."""
+    missing (dnspython for DNS), and each pool's backend TLS files that cannot be loaded:
+    found before the server starts, not by its worker building the pool (granian's would
+    crash with a traceback; uvicorn's after the banner). A config file's: every route's."""
     pools = ([route.settings.core for route in settings.routes]
              if isinstance(settings, GatewayConfig) else [settings.core])
     for pool in pools:
@@ -75,6 +77,8 @@ def check_libraries(settings: FrontEndSettings) -> None:
                 require_library(source)
             except ModuleNotFoundError as exc:
                 raise ConfigError(str(exc)) from None
+        # (a config file's were checked as it was read, naming its line: again is cheap)
+        check_backend_files(pool)
 
 
 def serve(settings: FrontEndSettings, *, out: TextIO = sys.stdout) -> None:

@@ -10,12 +10,14 @@ granian and uvicorn each load the files again themselves (they take paths); both
 
 from __future__ import annotations
 
+import dataclasses
 import ssl
 
 from ..errors import ConfigError
 from ..gateway_settings import GatewaySettings
+from ..upstream.tls import TLSSettings, new_backend_ssl_context
 
-__all__ = ["check_certificate"]
+__all__ = ["check_certificate", "check_backend_files"]
 
 
 def check_certificate(settings: GatewaySettings) -> None:
@@ -43,6 +45,26 @@ def check_certificate(settings: GatewaySettings) -> None:
         why = ("the key is not the certificate's" if exc.reason == "KEY_VALUES_MISMATCH"
                else f"cannot load them: {exc.reason or exc}")
         raise ConfigError(f"LB_TLS_CERT ({cert!r}) and LB_TLS_KEY ({key!r}): {why}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Files:
+    backend_ca: str
+    backend_client_cert: str
+    backend_client_key: str
+    backend_verify: bool = True
+
+
+def check_backend_files(settings: TLSSettings) -> None:
+    """ConfigError naming the variable and the file when a pool's backend TLS files
+    (``LB_BACKEND_CA``, ``LB_BACKEND_CLIENT_CERT`` / ``_KEY``) cannot be loaded: found before
+    the server starts, not by the first pool built (after the banner under uvicorn, in
+    granian's worker as a traceback). The CA file only when verification is on (off, it is
+    not used); no WARNING for verification off here (the pool says it)."""
+    ca = settings.backend_ca if settings.backend_verify else ""
+    if ca or settings.backend_client_cert:
+        new_backend_ssl_context(_Files(ca, settings.backend_client_cert,
+                                       settings.backend_client_key))
 
 
 def _read(path: str, variable: str) -> bytes:

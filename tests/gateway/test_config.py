@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import textwrap
@@ -153,6 +154,48 @@ def test_a_file_path_is_relative_to_the_files_folder(tmp_path, certificate):
     """))
     config = read_config(str(folder / "gw.toml"))
     assert config.routes[0].settings.core.backend_ca == str(folder / "ca.pem")
+
+
+@pytest.mark.parametrize("where", ["route", "defaults"])
+def test_backend_tls_files_that_cannot_be_loaded_name_their_line(tmp_path, certificate,
+                                                                  where):
+    """Found as the file is read (at the start, and on a reload: the running configuration
+    kept), by the key's name and line, not only when the pool is built."""
+    cert, key = certificate
+    (tmp_path / "not.pem").write_text("not a certificate\n")
+    defaults = 'backend_ca = "not.pem"' if where == "defaults" else ""
+    own = 'backend_ca = "not.pem"' if where == "route" else ""
+    (tmp_path / "gw.toml").write_text(textwrap.dedent(f"""\
+        [defaults]
+        {defaults}
+
+        [[route]]
+        prefix = "/api"
+        backends = ["https://127.0.0.1:1"]
+        {own}
+    """))
+    with pytest.raises(ConfigFileError) as caught:
+        read_config(str(tmp_path / "gw.toml"))
+    error = caught.value
+    assert (error.line, error.key) == ((2 if where == "defaults" else 7), "backend_ca")
+    assert re.search(r'gw.toml:\d: route "/api": backend_ca has value .*not.pem\': no PEM '
+                     r"certificate in it", str(error)), str(error)
+    # A client certificate and a key that is not its own; verification off: the CA unused.
+    (tmp_path / "gw.toml").write_text(textwrap.dedent(f"""\
+        [[route]]
+        backends = ["https://127.0.0.1:1"]
+        backend_verify = false
+        backend_ca = "not.pem"
+        backend_client_cert = "{cert}"
+        backend_client_key = "{(tmp_path / 'client.key')}"
+    """))
+    subprocess.run(["openssl", "genpkey", "-algorithm", "RSA", "-out",
+                    str(tmp_path / "client.key")], check=True, capture_output=True, timeout=30)
+    with pytest.raises(ConfigFileError) as caught:
+        read_config(str(tmp_path / "gw.toml"))
+    assert caught.value.line == 5 and caught.value.key == "backend_client_cert"
+    assert "the key is not the certificate's" in str(caught.value)
+    assert "LB_" not in str(caught.value)
 
 
 def test_the_lb_variables_a_config_does_not_read():

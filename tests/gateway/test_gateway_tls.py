@@ -91,6 +91,36 @@ def test_a_certificate_and_key_that_cannot_serve_are_refused_at_the_start(
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.parametrize("server", SERVERS)
+@pytest.mark.parametrize("case", ["ca_not_pem", "client_key_mismatch", "ca_unused"])
+def test_backend_tls_files_that_cannot_be_loaded_are_refused_before_the_banner(
+        server, case, pki, tmp_path):
+    """Found before the server starts (not after the banner under uvicorn, nor as a
+    traceback in granian's worker): the usual error, exit 2."""
+    not_pem = tmp_path / "not.pem"
+    not_pem.write_text("not a certificate\n")
+    environ = {"LB_SERVER": server, "LB_BACKENDS": "https://127.0.0.1:9"}
+    if case == "client_key_mismatch":
+        environ.update(LB_BACKEND_CLIENT_CERT=pki.client_cert,
+                       LB_BACKEND_CLIENT_KEY=pki.server_key)
+        words = r"LB_BACKEND_CLIENT_CERT \(.*\) and its key \(.*\): the key is not the cert"
+    else:
+        environ["LB_BACKEND_CA"] = str(not_pem)
+        words = r"LB_BACKEND_CA has value .*not.pem': no PEM certificate in it"
+    if case == "ca_unused":     # verification off: the CA file is not used, nor checked
+        environ["LB_BACKEND_VERIFY"] = "false"
+        with TLSGateway(environ) as gateway:
+            assert "listening on" in gateway.banner
+        return
+    done = subprocess.run([sys.executable, "-m", "lbmiddleware", "serve"],
+                          env=GatewayProcess(environ).environ,
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2, done.stderr
+    assert re.search(r"python -m lbmiddleware serve: error: " + words, done.stderr), \
+        done.stderr
+    assert "Traceback" not in done.stderr and "listening on" not in done.stdout
+
+
 # -- the gateway's https backends: LB_BACKEND_CA, LB_BACKEND_VERIFY, client certificates ------
 
 def attempt_lines(output: str) -> list[str]:
