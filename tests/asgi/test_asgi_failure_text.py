@@ -5,7 +5,6 @@ error turned into text by ``exchange.failure_text``."""
 from __future__ import annotations
 
 import asyncio
-import socket
 
 import pytest
 
@@ -13,7 +12,7 @@ import lbmiddleware as lb
 from lbmiddleware.asgi.exchange import failure_text
 from lbmiddleware.upstream import Upstream, UpstreamError
 
-from ..support.servers import refused_url
+from ..support.servers import refused_url, unaccepting_url
 
 
 def failure(url: str, connect_timeout: float = 2.0, read_timeout: float = 0.2) -> str:
@@ -48,23 +47,8 @@ def test_a_connection_closed_without_an_answer(servers):
 
 
 def test_no_connection_within_the_connect_timeout():
-    # a listener that never accepts, its backlog full: Linux drops further SYNs
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(0)
-        port = listener.getsockname()[1]
-        queued = []
-        try:
-            for _ in range(4):
-                sock = socket.socket()
-                sock.setblocking(False)
-                sock.connect_ex(("127.0.0.1", port))
-                queued.append(sock)
-            assert failure(f"http://127.0.0.1:{port}", connect_timeout=0.3) == (
-                "connect timed out after 300ms")
-        finally:
-            for sock in queued:
-                sock.close()
+    with unaccepting_url() as silent:
+        assert failure(silent, connect_timeout=0.3) == "connect timed out after 300ms"
 
 
 def test_a_name_that_does_not_resolve():

@@ -35,7 +35,7 @@ import pytest
 import lbmiddleware as lb
 
 from ..support.redirect_backend import RedirectBackend
-from ..support.servers import refused_url
+from ..support.servers import refused_url, unaccepting_url
 from .client_drivers import (
     UPLOAD,
     VHOST,
@@ -43,7 +43,6 @@ from .client_drivers import (
     TricklingHead,
     UnreadUpload,
     pool_of,
-    unaccepting_url,
 )
 
 SHORT = (1.0, 0.3)          # connect, read: a hanging backend costs 0.3 s

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import io
 import json
 import socket
@@ -477,27 +476,6 @@ class AsyncHttpxFrontEnd(ClientFrontEnd):
 
     def path_of(self, request: Any) -> str:
         return str(request.url.raw_path.decode("ascii"))
-
-
-@contextlib.contextmanager
-def unaccepting_url() -> Iterator[str]:
-    """A loopback URL whose listener never accepts and whose backlog is full: Linux drops
-    further SYNs, so connecting to it times out."""
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(0)
-        port = listener.getsockname()[1]
-        queued = []
-        try:
-            for _ in range(4):
-                sock = socket.socket()
-                sock.setblocking(False)
-                sock.connect_ex(("127.0.0.1", port))
-                queued.append(sock)
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            for sock in queued:
-                sock.close()
 
 
 class TricklingHead(RawServer):

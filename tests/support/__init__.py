@@ -2,7 +2,7 @@
 
 * ``servers``: :class:`BackendServer` (a loopback HTTP backend that echoes what reached it,
   with switchable failures), :class:`RawServer` (the base of byte-exact backends),
-  ``refused_url``, ``read_request_head``.
+  ``refused_url``, ``unaccepting_url``, ``read_request_head``.
 * ``raw_backends``: :class:`RawBackend` (answers by request) and :class:`ScriptedBackend`
   (answers by connection), written byte by byte.
 * ``asgi_client``: an ASGI application called in-process, as a server would.

@@ -14,7 +14,8 @@
 ``redirects`` maps a request path (with query) to a ``Location``: that path answers
 ``302 Found`` instead (whatever the behaviour).
 
-``refused_url()`` gives a URL whose port is closed (connection refused).
+``refused_url()`` gives a URL whose port is closed (connection refused);
+``unaccepting_url()`` one whose listener never accepts (connecting times out).
 
 :class:`RawServer` is the base of the byte-exact backends a test scripts itself (interim
 responses, invalid heads, early answers, endless streams).
@@ -28,6 +29,7 @@ import json
 import socket
 import threading
 import time
+from collections.abc import Iterator
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -307,6 +309,27 @@ def refused_url() -> str:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     return f"http://127.0.0.1:{port}"
+
+
+@contextlib.contextmanager
+def unaccepting_url() -> Iterator[str]:
+    """A loopback URL whose listener never accepts and whose backlog is full: Linux drops
+    further SYNs, so connecting to it times out."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        queued = []
+        try:
+            for _ in range(4):
+                sock = socket.socket()
+                sock.setblocking(False)
+                sock.connect_ex(("127.0.0.1", port))
+                queued.append(sock)
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            for sock in queued:
+                sock.close()
 
 
 def read_request_head(reader) -> bytes | None:

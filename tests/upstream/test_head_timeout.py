@@ -14,7 +14,7 @@ import pytest
 import lbmiddleware as lb
 from lbmiddleware.upstream import ConnectTimeout, ReadTimeout, Upstream, UpstreamError
 
-from ..support.servers import RawServer, read_request_head
+from ..support.servers import RawServer, read_request_head, unaccepting_url
 
 MB = b"u" * 1_000_000
 
@@ -70,24 +70,9 @@ def test_a_read_timeout_shorter_than_the_head_timeout_is_the_pools_own(servers):
 
 
 def test_a_head_timeout_cuts_the_connect_and_says_so():
-    # a listener that never accepts, its backlog full: Linux drops further SYNs
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(0)
-        port = listener.getsockname()[1]
-        queued = []
-        try:
-            for _ in range(4):
-                sock = socket.socket()
-                sock.setblocking(False)
-                sock.connect_ex(("127.0.0.1", port))
-                queued.append(sock)
-            error, took = attempt(f"http://127.0.0.1:{port}", connect_timeout=10,
-                                  head_timeout=0.3)
-            own, _ = attempt(f"http://127.0.0.1:{port}", connect_timeout=0.2, head_timeout=10)
-        finally:
-            for sock in queued:
-                sock.close()
+    with unaccepting_url() as silent:
+        error, took = attempt(silent, connect_timeout=10, head_timeout=0.3)
+        own, _ = attempt(silent, connect_timeout=0.2, head_timeout=10)
     assert isinstance(error, ConnectTimeout) and error.deadline and not error.sent
     assert took < 0.3 + 1.0
     assert isinstance(own, ConnectTimeout) and not own.deadline
