@@ -47,6 +47,20 @@ MAX_LABEL = 63          # octets of one label (RFC 1035, 2.3.4)
 MAX_NAME = 253          # characters of a name in text, without the final dot
 # Characters IDNA 2003 (Python's codec) maps to others while IDNA 2008 keeps them: 'straße'
 # is strasse.de to one and xn--strae-oqa.de to the other, two different names.
+# What may not stand raw in a request target: percent-encoded (as UTF-8) in a base path.
+_PATH_ESCAPE = re.compile(rb"[\x00-\x20\x7f-\xff]")
+
+
+def _ascii_path(path: str) -> str:
+    """A backend's base path in ASCII, as it goes in the request line: non-ASCII, spaces and
+    controls percent-encoded as UTF-8 (``/ä`` is ``/%C3%A4``), what is already percent-encoded
+    and the reserved characters kept (the proxy's rule for a request's target)."""
+    if path.isascii() and not _PATH_ESCAPE.search(path.encode("ascii")):
+        return path
+    raw = path.encode("utf-8", "surrogateescape")
+    return _PATH_ESCAPE.sub(lambda match: b"%%%02X" % match.group(0)[0], raw).decode("ascii")
+
+
 _IDNA_DEVIATIONS = "\u00df\u03c2\u200c\u200d"
 
 
@@ -111,7 +125,7 @@ class Backend:
         netloc = f"[{host}]" if ":" in host else host
         if port is not None and port != DEFAULT_PORTS[scheme]:
             netloc += f":{port}"      # "http://a:80" is "http://a": one spelling, one state
-        path = parts.path.rstrip("/")
+        path = _ascii_path(parts.path.rstrip("/"))
         set_ = object.__setattr__
         set_(self, "url", f"{scheme}://{netloc}{path}")
         set_(self, "scheme", scheme)

@@ -20,6 +20,18 @@ class TestBackend:
         with pytest.raises(lb.ConfigError, match="priority"):
             lb.Backend("http://a:1", priority=priority)
 
+    def test_a_base_path_is_ascii_as_it_goes_in_the_request_line(self):
+        """Non-ASCII (and spaces) percent-encoded as UTF-8, what is already encoded and the
+        reserved characters kept: the upstream client writes the path as ASCII."""
+        backend = lb.Backend("http://a:1/bücher/ä b/")
+        assert (backend.url, backend.path) == ("http://a:1/b%C3%BCcher/%C3%A4%20b",
+                                               "/b%C3%BCcher/%C3%A4%20b")
+        assert backend == lb.Backend("http://a:1/b%C3%BCcher/%C3%A4%20b")
+        assert backend.identity == lb.Backend("http://a:1/b%C3%BCcher/%C3%A4%20b").identity
+        kept = "/v1;x=1/a%2Fb/~u/(p)!$&'*+,=:@-._"
+        assert lb.Backend(f"http://a:1{kept}").path == kept
+        assert parse_backend("http://a:1/ä weight=2").url == "http://a:1/%C3%A4"
+
     def test_server_name_and_source_are_keywords(self):
         backend = lb.Backend("http://10.0.0.5:8080/base", server_name="Orders.Internal.",
                              source="dns+http://orders.internal:8080/base")

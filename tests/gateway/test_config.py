@@ -345,6 +345,21 @@ def test_serve_with_a_config_reads_no_lb_variable_but_lb_log_level(tmp_path, bac
     assert "WARNING" not in output
 
 
+@pytest.mark.parametrize("server", ["granian", "uvicorn"])
+def test_a_backends_base_path_not_in_ascii_is_proxied(tmp_path, backends, server):
+    """A base path written in UTF-8 (TOML files are) goes upstream percent-encoded: not a
+    500 on every request."""
+    config = tmp_path / "gw.toml"
+    config.write_text(f'[gateway]\nlisten = "127.0.0.1:0"\nserver = "{server}"\n'
+                      f'[[route]]\nbackends = ["{backends[0].url}/bücher"]\n',
+                      encoding="utf-8")
+    with GatewayProcess({}, config=config) as gateway:
+        assert f"-> {backends[0].url}/b%C3%BCcher" in gateway.banner
+        response = requests.get(f"{gateway.url}/ä?q=1", timeout=5)
+        assert response.status_code == 200, response.text
+        assert response.json()["path"] == "/b%C3%BCcher/%C3%A4?q=1"
+
+
 def test_serve_listen_option_wins_over_the_file(tmp_path, backends):
     a = backends[0]
     config = tmp_path / "gateway.toml"
