@@ -18,7 +18,8 @@ are answered by its server (ASGI does not show them), the backend's by the upstr
   closed before its handshake (the server answers 403): code 1008 for a backend's refusal,
   1011 for a failure, the reason naming the status.
 * **Accepted**: ``websocket.accept`` carries the backend's chosen subprotocol and the
-  headers of its ``101`` (its ``Set-Cookie``; hop-by-hop and handshake headers dropped),
+  headers of its ``101`` (its ``Set-Cookie``; hop-by-hop and handshake headers dropped;
+  like a refusal's, its redirects to itself rewritten as an HTTP response's are),
   plus the sticky cookie's ``Set-Cookie`` when it named another backend. Then messages
   both ways, each direction awaiting the other side's drain before reading the next
   (backpressure: the upstream client stops reading its socket while 256 KiB wait).
@@ -192,9 +193,11 @@ class Tunnel:
         await deny_error(self.send, self.forwarder.errors[status], denial=self.denial)
 
     async def _refuse(self, refusal: Refusal, backend: Backend) -> None:
-        """Pass on the backend's answer to the handshake (with the sticky cookie's header)."""
+        """Pass on the backend's answer to the handshake (with the sticky cookie's header),
+        by the response rules: its redirects to itself rewritten, as an HTTP answer's."""
+        rewrite = self.forwarder.redirects.bind(backend, self.headers)
         headers = [(name.lower(), value)
-                   for name, value in BINARY.response_headers(refusal.headers)]
+                   for name, value in BINARY.response_headers(refusal.headers, rewrite)]
         cookie = self._set_cookie(backend)
         if cookie is not None:
             headers.append(cookie)
@@ -218,8 +221,9 @@ class Tunnel:
 
     async def _relay(self, upstream: WebSocket, backend: Backend, attempts: Attempts,
                      outcome: Outcome, loop: asyncio.AbstractEventLoop) -> None:
+        rewrite = self.forwarder.redirects.bind(backend, self.headers)
         headers = [(name.lower(), value)
-                   for name, value in BINARY.response_headers(upstream.headers)
+                   for name, value in BINARY.response_headers(upstream.headers, rewrite)
                    if name.lower() not in _ACCEPT_DROPPED]
         cookie = self._set_cookie(backend)
         if cookie is not None:

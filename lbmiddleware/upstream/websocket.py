@@ -35,14 +35,16 @@ import base64
 import collections
 import hashlib
 import os
+import ssl
 import struct
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .deadlines import TIMED_OUT, expire
-from .errors import ConnectError, ConnectTimeout, ProtocolError, ReadTimeout
+from .errors import ConnectError, ConnectTimeout, ProtocolError, ReadTimeout, TLSError
 from .parser import ResponseParser
 from .response import HIGH_WATER
+from .tls import handshake_verdict, tls_failure_text
 
 if TYPE_CHECKING:
     from .pool import HostPool
@@ -254,6 +256,7 @@ class WebSocket(asyncio.Protocol):
         self._accept = base64.b64encode(hashlib.sha1(key + _GUID).digest())
         self._offered = offered
         self._http = ResponseParser(allow_upgrade=True)
+        self._answered = False      # a byte of the handshake's answer came
         self._refusal: Refusal | None = None
         self._body: list[bytes] = []
         self._body_size = 0
@@ -301,7 +304,11 @@ class WebSocket(asyncio.Protocol):
         self._state = _CLOSED
         if not self._lost.done():
             self._lost.set_result(None)
-        if state is _HANDSHAKE or state is _REFUSED:
+        if state is _HANDSHAKE and not self._answered and handshake_verdict(exc):
+            # a TLS alert before any answer: the backend's verdict on the TLS handshake
+            # (TLS 1.3 says a client certificate is refused after our side of it ended)
+            self._fail(TLSError(tls_failure_text(exc)))
+        elif state is _HANDSHAKE or state is _REFUSED:
             self._fail(ProtocolError("the backend closed the connection during the "
                                      "WebSocket handshake"))
         elif self.closed is None:
@@ -323,6 +330,7 @@ class WebSocket(asyncio.Protocol):
     # -- the handshake ------------------------------------------------------------------
 
     def _answer_received(self, data: bytes) -> None:
+        self._answered = True
         parser = self._http
         try:
             body = parser.feed(data)
@@ -582,7 +590,8 @@ async def open_websocket(pool: HostPool, target: bytes, headers: Sequence[tuple[
     Within the pool's connect timeout for the connection and its read timeout for the
     answer, and with ``head_timeout`` (a request's deadline, the time it has left) both
     together. Raises :class:`~.errors.ConnectError` (nothing sent),
-    :class:`~.errors.ConnectTimeout`, :class:`~.errors.ReadTimeout` and
+    :class:`~.errors.TLSError` (a connect failure: the TLS handshake failed, the backend's
+    verdict on it included), :class:`~.errors.ConnectTimeout`, :class:`~.errors.ReadTimeout` and
     :class:`~.errors.ProtocolError` (the answer broke, or its ``101`` failed the checks).
     """
     if loop is None:
@@ -595,6 +604,7 @@ async def open_websocket(pool: HostPool, target: bytes, headers: Sequence[tuple[
     if limit is not None and limit - loop.time() < wait:
         wait, cut = max(0.001, limit - loop.time()), True
     # (the pool's TLS context and server name: the same as its HTTP connections')
+    failed: TLSError | None = None
     try:
         await asyncio.wait_for(loop.create_connection(
             lambda: socket, backend.host, backend.port, ssl=pool.ssl,
@@ -603,8 +613,15 @@ async def open_websocket(pool: HostPool, target: bytes, headers: Sequence[tuple[
         error = ConnectTimeout(f"connecting to {backend.url} timed out")
         error.deadline = cut
         raise error from None
+    except ssl.SSLError as exc:
+        failed = TLSError(tls_failure_text(exc))
+        failed.__cause__ = exc
     except OSError as exc:
         raise ConnectError(f"cannot connect to {backend.url}: {exc.strerror or exc}") from None
+    if failed is not None:
+        # Raised out of the handler (as the pool's connect does): an OSError as its context
+        # would be read for an errno (an SSLError's errno 1 is no system error's).
+        raise failed
     parts = [b"GET ", target, b" HTTP/1.1\r\n"]
     if add_host:
         parts += [b"Host: ", pool.host_header, b"\r\n"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import socket
 
@@ -43,6 +44,7 @@ from lbmiddleware.upstream.websocket import (
 from ..support.asgi_client import Call
 from ..support.raw_backends import CLOSE as CLOSE_STEP
 from ..support.servers import refused_url
+from ..support.tls import make_pki
 from ..support.waiting import until
 from ..support.websocket_backend import WebSocketBackend, WebSocketServer, raise_fd_limit
 
@@ -156,6 +158,47 @@ def test_outside_the_prefix_a_websocket_is_the_apps_and_without_an_app_404(ws_ba
     assert closed == [{"type": "websocket.close", "code": 1008,
                        "reason": "404 Not Found: no route for this path"}]
     assert a.accepted == 0
+
+
+def test_a_backends_redirect_to_itself_is_rewritten_on_a_refusal_and_an_accept(ws_backends):
+    """The response rules' redirect rewrite (contract "Responses"): a refusal's Location,
+    Content-Location and Refresh pointing at the backend, and a 101's Content-Location,
+    name the client's origin instead (the path after the backend's base path kept)."""
+    a = ws_backends("a")
+    mw = LoadBalancerMiddleware(backends=[a.url])
+
+    async def scenario(path):
+        sent: list[dict] = []
+        incoming = [{"type": "websocket.connect"}]
+        accepted = asyncio.Event()
+
+        async def receive():
+            if incoming:
+                return incoming.pop()
+            await accepted.wait()
+            return {"type": "websocket.disconnect", "code": 1000}
+
+        async def send(message):
+            sent.append(message)
+            accepted.set()
+
+        scope = {"type": "websocket", "path": path, "raw_path": path.encode(),
+                 "query_string": b"", "client": ("127.0.0.1", 5000), "scheme": "wss",
+                 "headers": [(b"host", b"front.example")]
+                 + [(n.lower().encode(), v.encode()) for n, v in HANDSHAKE],
+                 "subprotocols": [], "extensions": {"websocket.http.response": {}}}
+        await asyncio.wait_for(mw(scope, receive, send), 10)
+        return sent
+
+    refused = asyncio.run(scenario("/redirect"))
+    accepted = asyncio.run(scenario("/located"))
+    assert refused[0]["status"] == 302
+    headers = dict(refused[0]["headers"])
+    assert headers[b"location"] == b"https://front.example/login"
+    assert headers[b"content-location"] == b"https://front.example/login"
+    assert headers[b"refresh"] == b"0; url=https://front.example/login"
+    assert accepted[0]["type"] == "websocket.accept"
+    assert dict(accepted[0]["headers"])[b"content-location"] == b"https://front.example/here"
 
 
 def test_without_the_denial_extension_an_answer_is_a_close_before_the_handshake(backends):
@@ -361,6 +404,46 @@ def test_a_failed_handshake_is_retried_on_another_backend(ws_backends, scripted,
     stats = {row["url"]: row for row in mw.balancer.stats()}
     assert stats[url]["failures"] == 1 and stats[b.url]["failures"] == 0
 
+
+@pytest.mark.parametrize("mutual, words", [
+    (False, "TLS: certificate verify failed: unable to get local issuer certificate"),
+    (True, "TLS: tlsv13 alert certificate required")])
+def test_a_wss_backends_tls_failure_is_named_in_words(
+        ws_backends, raw_backend, tmp_path, caplog, mutual, words):
+    """Contract "https backends": a certificate problem fails the attempt as a connect
+    failure in TLS's words, as an HTTP request's does: our CA does not know the backend's
+    certificate (the connect fails), or (TLS 1.3) the backend's verdict on the client
+    certificate we lack comes as an alert after our side of the handshake ended (a raw
+    backend on a blocking ssl socket: an asyncio server drops the connection without the
+    alert, which leaves nothing but "the backend closed the connection" to say)."""
+    caplog.set_level(logging.INFO, logger="lbmiddleware.attempts")
+    pki = make_pki(tmp_path)
+    if mutual:
+        url = raw_backend(tls=pki.server_context(client_certificate=True)).url
+    else:
+        url = ws_backends("a", pki=pki).url
+    with served(None, backends=[url], backend_ca=pki.ca if mutual else None,
+                retries=0) as server:
+        async def scenario():
+            with pytest.raises(InvalidStatus) as caught:
+                await connect(f"{server.url}/name")
+            return caught.value.response.status_code
+
+        assert asyncio.run(scenario()) == 502
+    lines = [r.getMessage() for r in caplog.records if r.name == "lbmiddleware.attempts"]
+    assert len(lines) == 1 and f"failed: {words};" in lines[0], lines
+
+
+def test_a_wss_backend_with_a_trusted_certificate_echoes(ws_backends, tmp_path):
+    pki = make_pki(tmp_path)
+    a = ws_backends("a", pki=pki)
+    with served(None, backends=[a.url], backend_ca=pki.ca) as server:
+        async def scenario():
+            async with connect(f"{server.url}/name") as ws:
+                await ws.send("hi")
+                return await ws.recv(), await ws.recv()
+
+        assert asyncio.run(scenario()) == ("a", "hi")
 
 def test_when_every_handshake_fails_the_client_gets_502(scripted):
     url = scripted([CLOSE_STEP]).url

@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import re
+import socket
 
 import pytest
 from websockets.asyncio.client import connect
@@ -76,3 +77,24 @@ def test_a_backends_refusal_through_the_gateway(ws_backend, server):
         response = asyncio.run(scenario())
     assert response.status_code == 404 and bytes(response.body) == b"denied 404"
     assert response.headers["x-backend"] == "a"
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_a_backends_redirect_to_itself_is_rewritten_through_the_gateway(ws_backend, server):
+    """A refusal's Location pointing at the backend names the gateway instead (the
+    ``websockets`` client would follow it: the handshake is read on a raw socket)."""
+    with gateway(server, ws_backend) as gw:
+        with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
+            sock.sendall(b"GET /redirect HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket"
+                         b"\r\nConnection: Upgrade\r\nSec-WebSocket-Key: "
+                         b"dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                         % gw.port)
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = sock.recv(4096)
+                assert chunk, head
+                head += chunk
+    lines = head.split(b"\r\n\r\n")[0].decode("latin-1").split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+    assert lines[0].split()[1] == "302"
+    assert headers["location"] == f"http://127.0.0.1:{gw.port}/login"

@@ -10,7 +10,14 @@ implementation) in a thread of this process, on a port the OS chooses. By path:
 * ``/close/CODE``: accepts, then closes with CODE (reason ``"bye"``);
 * ``/deny/STATUS``: answers the handshake STATUS with a body (``denied STATUS``) through
   the ASGI denial-response extension;
-* ``/cookie``: accepts with its own ``Set-Cookie: backend=NAME``, then the echo.
+* ``/cookie``: accepts with its own ``Set-Cookie: backend=NAME``, then the echo;
+* ``/redirect``: answers the handshake ``302`` with ``Location``, ``Content-Location``
+  and ``Refresh`` pointing at itself (``/login``);
+* ``/located``: accepts with ``Content-Location`` pointing at itself (``/here``), then
+  the echo.
+
+With ``pki`` (:func:`~.tls.make_pki`'s) it is a wss backend with the PKI's server
+certificate.
 
 It chooses the first subprotocol offered among ``protocols`` (none by default). It counts
 the sockets open now (``open``) and accepted (``accepted``), and records the code of each
@@ -27,13 +34,16 @@ import time
 
 import uvicorn
 
+from .tls import PKI
+
 
 class WebSocketBackend:
     """An echo WebSocket backend under uvicorn in a thread; a context manager."""
 
     def __init__(self, name: str = "ws", protocols: tuple[str, ...] = (),
-                 ping_interval: float | None = None) -> None:
+                 ping_interval: float | None = None, pki: PKI | None = None) -> None:
         self.name = name
+        self.scheme = "http" if pki is None else "https"
         self.protocols = protocols
         self.accepted = 0
         self.open = 0
@@ -46,13 +56,15 @@ class WebSocketBackend:
                                 interface="asgi3",
                                 ws_max_size=64 * 1024 * 1024, ws_ping_interval=ping_interval,
                                 ws_per_message_deflate=False)
+        if pki is not None:         # wss: the PKI's server certificate
+            config.ssl_certfile, config.ssl_keyfile = pki.server_cert, pki.server_key
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
                                        daemon=True)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def start(self) -> WebSocketBackend:
         self.thread.start()
@@ -105,10 +117,20 @@ class WebSocketBackend:
                                     (b"x-backend", self.name.encode())]})
             await send({"type": "websocket.http.response.body", "body": body})
             return
+        if parts[0] == "redirect":
+            await send({"type": "websocket.http.response.start", "status": 302,
+                        "headers": [(b"location", f"{self.url}/login".encode()),
+                                    (b"content-location", f"{self.url}/login".encode()),
+                                    (b"refresh", f"0; url={self.url}/login".encode()),
+                                    (b"content-length", b"0")]})
+            await send({"type": "websocket.http.response.body", "body": b""})
+            return
         offered = scope.get("subprotocols") or []
         chosen = next((p for p in offered if p in self.protocols), None)
         headers = [(b"set-cookie", f"backend={self.name}".encode())] if parts[0] == "cookie" \
             else []
+        if parts[0] == "located":
+            headers.append((b"content-location", f"{self.url}/here".encode()))
         await send({"type": "websocket.accept", "subprotocol": chosen, "headers": headers})
         with self._lock:
             self.accepted += 1
