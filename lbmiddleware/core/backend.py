@@ -391,10 +391,16 @@ def _two_entries(what: str, words: list[str], second: str) -> ConfigError:
     for word in words:
         if "://" in word or not entries:
             entries.append([])
-        entries[-1].append(word)
-    suggestion = ", ".join(" ".join(entry) for entry in entries)
+        if word.rstrip(","):
+            entries[-1].append(word.rstrip(","))
+    texts = [" ".join(entry) for entry in entries]
+    if any(word.endswith(",") for word in words):
+        # A comma already there: one item of a list (a file's array) holding two entries.
+        return ConfigError(f"{what} {' '.join(words)!r} has {second!r} after its URL: an "
+                           f"item of a list is one entry (did you mean "
+                           f"{', '.join(map(repr, texts))}, each an item?)")
     return ConfigError(f"{what} {' '.join(words)!r} has {second!r} after its URL: entries "
-                       f"are separated by commas (did you mean {suggestion!r}?)")
+                       f"are separated by commas (did you mean {', '.join(texts)!r}?)")
 
 
 def is_source_text(text: str) -> bool:

@@ -373,8 +373,8 @@ def _unknown_key(key: str, place: _Place, defaults: bool) -> str:
     if meant is not None:
         return (f"unknown key {key!r}: {key.upper()} is the variable's name; in the file "
                 f"the key is {meant}")
-    known = sorted((*_GATEWAY_FIELDS, *GATEWAY_KEYS) if place.kind == "gateway" else
-                   (*_POOL_FIELDS, *(ROUTE_KEYS if place.kind == "route" else ())))
+    known = sorted({*_GATEWAY_FIELDS, *GATEWAY_KEYS} if place.kind == "gateway" else
+                   {*_POOL_FIELDS, *(ROUTE_KEYS if place.kind == "route" else ())})
     close = difflib.get_close_matches(key, known, n=1) or difflib.get_close_matches(
         key.lower().replace("-", "_"), known, n=1)
     if close:
@@ -546,10 +546,18 @@ class _Reader:
                 continue
             header = _HEADER.match(line)
             if header and not _KEY.match(line):
-                name = _unquote(header.group(2).split(".")[0].strip())
-                if header.group(1) == "[[" and name == "route" and "." not in header.group(2):
+                names = [_unquote(part.strip()) for part in header.group(2).split(".")]
+                name = names[0]
+                if header.group(1) == "[[" and name == "route" and len(names) == 1:
                     table = ("route", routes)
                     routes += 1
+                elif len(names) > 1:
+                    # [route.health]: the key health of the last route (of the table), at
+                    # this line; its own keys are none of the route's.
+                    index = max(routes - 1, 0) if name == "route" else 0
+                    self._keys.setdefault((name, index, names[1]), number)
+                    self._line_keys.setdefault(number, names[1])
+                    table = (".".join(names), index)
                 else:
                     table = (name, 0)
                 self._tables.setdefault(table, number)
@@ -566,7 +574,47 @@ class _Reader:
                 seen.add(where)
                 self._keys.setdefault(where, number)
                 self._line_keys[number] = name
+                if table[0] == "" and name == "route":
+                    self._inline_routes(number)
                 closing = _opens(line[key.end():])
+
+    def _inline_routes(self, first: int) -> None:
+        """``route = [{...}, {...}]`` from line ``first``: the line of each inline table (a
+        route: TOML writes each on one line) and of its keys, as ``[[route]]`` tables'."""
+        depth, braces, routes = 0, 0, 0
+        lines = self.text.splitlines()
+        for number in range(first, len(lines) + 1):
+            line = lines[number - 1]
+            at = line.index("=") + 1 if number == first else 0
+            while at < len(line):
+                char = line[at]
+                if char in "\"'":        # a string: skipped (a basic one's escapes too)
+                    end = at + 1
+                    while end < len(line) and line[end] != char:
+                        end += 2 if char == '"' and line[end] == "\\" else 1
+                    at = end + 1
+                    continue
+                if char == "#":
+                    break
+                if char == "[":
+                    depth += 1
+                elif char == "]":
+                    depth -= 1
+                    if depth == 0:
+                        return
+                elif char == "{":
+                    braces += 1
+                    if depth == 1 and braces == 1:
+                        self._tables.setdefault(("route", routes), number)
+                        routes += 1
+                elif char == "}":
+                    braces -= 1
+                if braces == 1 and char in "{,":
+                    key = _KEY.match(line, at + 1)
+                    if key and routes:
+                        self._keys.setdefault(("route", routes - 1, _unquote(key.group(1))),
+                                              number)
+                at += 1
 
 
 def _unquote(text: str) -> str:

@@ -298,6 +298,15 @@ class TestSeparators:
             "backend 'http://a:1 http://b:2' has 'http://b:2' after its URL: entries are "
             "separated by commas (did you mean 'http://a:1, http://b:2'?)")
 
+    def test_a_list_item_holding_two_entries_asks_for_two_items(self):
+        """Its comma is there already: the hint is two items, not 'http://a:1,, ...'."""
+        with pytest.raises(lb.ConfigError) as caught:
+            parse_entries(["http://a:1, http://b:2 weight=2"])
+        assert str(caught.value) == (
+            "backend 'http://a:1, http://b:2 weight=2' has 'http://b:2' after its URL: an "
+            "item of a list is one entry (did you mean 'http://a:1', 'http://b:2 weight=2', "
+            "each an item?)")
+
     @pytest.mark.parametrize("url, reason", [
         ("http://a:x", "its port 'x' is not a number from 0 to 65535"),
         ("http://a:99999", "its port '99999' is not a number from 0 to 65535"),

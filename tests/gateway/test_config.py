@@ -269,12 +269,28 @@ def test_the_example_file_reads(monkeypatch):
      4, "prefix", "the prefix '/' and no host of the route at line 1"),
     ('[[route]]\nname = "x"\nbackends = ["http://a:1"]\n[[route]]\nprefix = "/y"\nname = "x"\n'
      'backends = ["http://b:1"]\n', 6, "name", "name 'x' is the route's at line 1"),
+    # routes as an array of inline tables, and a route's sub-table, at their own lines
+    ('route = [\n  {prefix = "/a", backends = ["http://a:1"]},\n  # {max_fails = 1}\n'
+     '  {name = "b #1 [x]", prefix = "/b", backends = ["http://b:1"], max_fails = "x"},\n]\n',
+     4, "max_fails", 'gw.toml:4: route "b #1 [x]": max_fails has value'),
+    ('route = [{prefix = "/a", backends = ["http://a:1"]},\n  {name = "b"}]\n', 2, "backends",
+     'gw.toml:2: route "b": no backends'),
+    ('[[route]]\nbackends = ["http://a:1"]\n\n[route.health]\npath = "/x"\n', 4, "health",
+     "gw.toml:4: route \"/\": unknown key 'health'"),
+    ('[[route]]\nbackends = ["http://a:1"]\n[[route]]\nprefix = "/b"\nbackends = ["http://b:1"]'
+     '\n[route.retries]\ncount = 1\n', 6, "retries", "retries has a table as its value"),
 ])
 def test_a_bad_file_is_refused_naming_its_line_and_key(text, line, key, words):
     error = refusal(text)
     assert (error.line, error.key) == (line, key), str(error)
     assert str(error).startswith(f"gw.toml:{line}: ")
     assert words in str(error)
+
+
+def test_the_keys_a_route_takes_are_listed_once_each():
+    listed = str(refusal('[[route]]\nbackends = ["http://a:1"]\nzzz = 1\n')).split(
+        "are: ", 1)[1].rstrip(")").split(", ")
+    assert "prefix" in listed and len(listed) == len(set(listed))
 
 
 def test_a_key_inside_a_multi_line_string_is_no_key():
