@@ -1,7 +1,8 @@
 """What the tests run against, one job per module:
 
 * ``servers``: :class:`BackendServer` (a loopback HTTP backend that echoes what reached it,
-  with switchable failures), :class:`RawServer` (the base of byte-exact backends),
+  with switchable failures), :class:`HandlerServer` (an http.server handler class served
+  in a thread), :class:`RawServer` (the base of byte-exact backends),
   ``refused_url``, ``unaccepting_url``, ``read_request_head``.
 * ``raw_backends``: :class:`RawBackend` (answers by request) and :class:`ScriptedBackend`
   (answers by connection), written byte by byte.

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import http.client
 import http.server
-import threading
 import urllib.parse
+
+from .servers import HandlerServer, OwnedHTTPServer
 
 _HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "te", "trailer",
                "transfer-encoding", "upgrade", "proxy-authorization", "proxy-authenticate"}
@@ -20,13 +21,13 @@ _HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "te", "trailer",
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    server: _Server
+    server: OwnedHTTPServer
 
     def log_message(self, *args) -> None:
         pass
 
     def _forward(self) -> None:
-        owner = self.server.owner
+        owner: ForwardProxy = self.server.owner
         url = urllib.parse.urlsplit(self.path)
         if url.scheme != "http" or not url.hostname:
             self.send_error(400, "absolute http:// URLs only")
@@ -61,32 +62,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _forward
 
 
-class _Server(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-    owner: ForwardProxy
-
-
-class ForwardProxy:
+class ForwardProxy(HandlerServer):
     """The proxy (see the module doc) on a port of 127.0.0.1 the OS chooses."""
+
+    handler = _Handler
 
     def __init__(self) -> None:
         self.forwarded: list[str] = []
-        self.lock = threading.Lock()
-        self._server = _Server(("127.0.0.1", 0), _Handler)
-        self._server.owner = self
-        self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        kwargs={"poll_interval": 0.01}, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> ForwardProxy:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(2)
+        super().__init__()

@@ -22,18 +22,19 @@ from __future__ import annotations
 
 import http.server
 import json
-import threading
+
+from .servers import HandlerServer, OwnedHTTPServer
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    server: _Server
+    server: OwnedHTTPServer
 
     def log_message(self, *args) -> None:
         pass
 
     def do_GET(self) -> None:
-        owner = self.server.owner
+        owner: RedirectBackend = self.server.owner
         length = int(self.headers.get("Content-Length") or 0)
         if length:
             self.rfile.read(length)
@@ -66,33 +67,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     do_POST = do_GET
 
 
-class _Server(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-    owner: RedirectBackend
-
-
-class RedirectBackend:
+class RedirectBackend(HandlerServer):
     """The backend (see the module doc) on a port the OS chooses; a context manager."""
+
+    handler = _Handler
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.requests = 0
-        self.lock = threading.Lock()
-        self._server = _Server(("127.0.0.1", 0), _Handler)
-        self._server.owner = self
-        self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        kwargs={"poll_interval": 0.01}, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> RedirectBackend:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(2)
+        super().__init__()

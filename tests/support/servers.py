@@ -17,8 +17,9 @@
 ``refused_url()`` gives a URL whose port is closed (connection refused);
 ``unaccepting_url()`` one whose listener never accepts (connecting times out).
 
-:class:`RawServer` is the base of the byte-exact backends a test scripts itself (interim
-responses, invalid heads, early answers, endless streams).
+:class:`HandlerServer` serves an ``http.server`` handler class of a test's own (a forward
+proxy, a backend that builds URLs); :class:`RawServer` is the base of the byte-exact backends
+a test scripts itself (interim responses, invalid heads, early answers, endless streams).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any, TypeVar
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -214,6 +216,46 @@ class BackendServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class OwnedHTTPServer(http.server.ThreadingHTTPServer):
+    """The server under a :class:`HandlerServer`: its handler reaches the owner (what it
+    records, its ``lock``) as ``self.server.owner``."""
+
+    daemon_threads = True
+    owner: Any
+
+
+_Served = TypeVar("_Served", bound="HandlerServer")
+
+
+class HandlerServer:
+    """Serves the subclass's ``handler`` (an ``http.server`` handler class) from a thread,
+    on a port of 127.0.0.1 the OS chooses; a context manager (``url``, ``port``). Its
+    ``lock`` guards what the handler records on it."""
+
+    handler: type[http.server.BaseHTTPRequestHandler]
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self._server = OwnedHTTPServer(("127.0.0.1", 0), self.handler)
+        self._server.owner = self
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever,
+                                        kwargs={"poll_interval": 0.01}, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self: _Served) -> _Served:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(2)
 
 
 class RawServer:
