@@ -9,7 +9,8 @@ answer SIGHUP by starting a new worker (new pools: every backend's state lost), 
 granian has set its own handlers (the banner is printed after that) the main process's
 SIGHUP is forwarded to its worker instead. Without a config file there is nothing to
 re-read: uvicorn's gateway logs so and goes on (SIGHUP's default would end it), granian's
-starts a new worker as granian does.
+starts a new worker as granian does. From the start of :func:`serve` until then, a SIGHUP
+is logged (the gateway is not serving yet), under either server.
 """
 
 from __future__ import annotations
@@ -86,6 +87,13 @@ def serve(settings: FrontEndSettings, *, out: TextIO = sys.stdout) -> None:
     :func:`~lbmiddleware.gateway.load_settings`. Raises ``ConfigError`` when the chosen
     server, or a source's library, is not installed and ``OSError`` when the address is
     taken."""
+    config = settings.path if isinstance(settings, GatewayConfig) else None
+    # From the start, before either server runs: SIGHUP's default would end the process.
+    with _sighup_until_served(config):
+        _serve(settings, config, out)
+
+
+def _serve(settings: FrontEndSettings, config: str | None, out: TextIO) -> None:
     gateway = settings[GatewaySettings]
     server = choose_server(gateway)
     check_libraries(settings)
@@ -105,7 +113,6 @@ def serve(settings: FrontEndSettings, *, out: TextIO = sys.stdout) -> None:
         sock.close()        # granian binds the address itself (port 0: the one just found)
     line = banner_line(settings, server, host, port,
                        None if admin is None else admin.getsockname()[:2])
-    config = settings.path if isinstance(settings, GatewayConfig) else None
     banner: Callable[[], None] = functools.partial(print, line, file=out, flush=True)
     try:
         if server == "granian":
@@ -113,9 +120,8 @@ def serve(settings: FrontEndSettings, *, out: TextIO = sys.stdout) -> None:
                 banner = _then(functools.partial(_forward_sighup, config), banner)
             serve_granian(settings, host, port, banner, admin)
         else:
-            with _sighup_until_served(config):
-                banner()        # the sockets listen already: connections wait in the backlog
-                serve_uvicorn(settings, sock, admin)
+            banner()        # the sockets listen already: connections wait in the backlog
+            serve_uvicorn(settings, sock, admin)
     finally:
         sock.close()
         if admin is not None:
@@ -186,8 +192,10 @@ def _forward_sighup(config: str) -> None:
 
 @contextmanager
 def _sighup_until_served(config: str | None) -> Iterator[None]:
-    """Under uvicorn: SIGHUP, which would end the process by default, is logged while the
-    app does not take it (before its lifespan's startup, or always without a config)."""
+    """SIGHUP, which would end the process by default, is logged from the start of
+    :func:`serve` until something takes it: under uvicorn the app (at its lifespan's
+    startup; without a config, never), under granian granian's own handler then
+    :func:`_forward_sighup` (granian's worker, forked, inherits it until its app takes it)."""
     def early(signum: int, frame: FrameType | None) -> None:
         if config is None:
             logger.warning("SIGHUP: nothing to re-read: the gateway was started without "

@@ -475,6 +475,40 @@ def test_sighup_without_a_config_under_uvicorn_is_logged_not_fatal(backends):
         assert gateway.process.poll() is None
 
 
+@pytest.mark.parametrize("server", SERVERS)
+@pytest.mark.parametrize("with_config", [True, False])
+def test_sighup_is_taken_from_the_start_of_serve(server, with_config, config, backends,
+                                                 monkeypatch, caplog):
+    """Before the server starts (here: as the sources' libraries are checked, before the
+    address is bound), SIGHUP is logged, not SIGHUP's default (the end of the process);
+    serve puts back the handler it found."""
+    from lbmiddleware.errors import ConfigError
+    from lbmiddleware.gateway import load_settings, run
+    if with_config:
+        settings = config.write(route("/", backends[0]),
+                                gateway=f'[gateway]\nserver = "{server}"\n').read()
+    else:
+        settings = load_settings({}, backends=backends[0].url, server=server)
+    seen = []
+
+    def check_libraries(settings: object) -> None:
+        handler = signal.getsignal(signal.SIGHUP)
+        seen.append(handler)
+        assert callable(handler)
+        handler(signal.SIGHUP, None)                 # what a SIGHUP now does
+        raise ConfigError("stop here")
+
+    before = signal.getsignal(signal.SIGHUP)
+    monkeypatch.setattr(run, "check_libraries", check_libraries)
+    with caplog.at_level(logging.WARNING, "lbmiddleware.gateway"), \
+            pytest.raises(ConfigError, match="stop here"):
+        run.serve(settings)
+    assert seen and seen[0] not in (signal.SIG_DFL, before)
+    assert signal.getsignal(signal.SIGHUP) is before
+    assert ("not re-read: the gateway is not serving yet" if with_config
+            else "SIGHUP: nothing to re-read") in caplog.text
+
+
 # -- [gateway] watch = true: a changed file is reloaded -------------------------------------
 
 def test_a_watched_file_is_reloaded_when_it_changes(config, backends, caplog):
