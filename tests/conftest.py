@@ -1,5 +1,6 @@
 """Shared fixtures (a fake clock, loopback backends: three, or started by name; scripted raw
-backends, a certificate, a DNS server, the access log captured) and the core/integration split.
+backends, a certificate, a private CA's PKI and https backends (tests/support/tls.py), a DNS
+server, the access log captured) and the core/integration split.
 
 ``pytest -m core`` runs the fast standard-library tests alone, in seconds: every module
 under tests/core/ and the modules listed in ``CORE_FILES`` (sans-I/O parts outside the core:
@@ -24,6 +25,7 @@ import pytest
 from .support.dnsmasq import Dnsmasq, running_dnsmasq
 from .support.raw_backends import RawBackend, ScriptedBackend
 from .support.servers import BackendServer
+from .support.tls import https_backend, mutual_backend, other_pki, pki  # noqa: F401 (fixtures)
 
 TESTS = pathlib.Path(__file__).resolve().parent
 CORE_FOLDER = TESTS / "core"

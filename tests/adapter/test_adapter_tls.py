@@ -18,34 +18,10 @@ import lbmiddleware as lb
 from lbmiddleware.adapter import LoadBalancingAdapter
 from lbmiddleware.wsgi import WSGILoadBalancer
 
-from ..support.tls import PKI, TLSBackendServer, make_pki
+from ..support.tls import PKI, TLSBackendServer
 from ..support.wsgi_client import call, environ_for
 
 VHOST = "https://svc"
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory) -> PKI:
-    return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture(scope="module")
-def other_pki(tmp_path_factory) -> PKI:
-    """Another private CA: its files are valid, and trust nothing the backends show."""
-    return make_pki(tmp_path_factory.mktemp("other"))
-
-
-@pytest.fixture
-def https_backend(pki):
-    with TLSBackendServer("a", pki.server_context()) as backend:
-        yield backend
-
-
-@pytest.fixture
-def mutual_backend(pki):
-    """An https backend that asks for a client certificate the CA signed."""
-    with TLSBackendServer("m", pki.server_context(client_certificate=True)) as backend:
-        yield backend
 
 
 def session(*backends, balancer: lb.Balancer | None = None, **settings) -> requests.Session:

@@ -9,21 +9,14 @@ from __future__ import annotations
 
 import functools
 
-import pytest
-
 import lbmiddleware as lb
 
 from ..support import waiting
-from ..support.tls import PKI, TLSBackendServer, make_pki
+from ..support.tls import TLSBackendServer
 
 until = functools.partial(waiting.until, limit=5.0)
 
 UNKNOWN_ISSUER = "TLS: certificate verify failed: unable to get local issuer certificate"
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory) -> PKI:
-    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 def health(url: str, probes: int = 2, **tls) -> dict:

@@ -8,6 +8,9 @@ Making them costs milliseconds, so each test module makes its own in a temporary
 
 :class:`TLSBackendServer` is the echo :class:`~.servers.BackendServer` behind TLS, optionally
 asking for a client certificate the CA signed (mutual TLS).
+
+The fixtures the https tests share (tests/conftest.py registers them): ``pki`` and
+``other_pki`` (one per test module), ``https_backend`` and ``mutual_backend``.
 """
 
 from __future__ import annotations
@@ -16,13 +19,16 @@ import dataclasses
 import pathlib
 import socket
 import ssl
+from collections.abc import Iterator
 from typing import Any
 
+import pytest
 import trustme
 
 from .servers import BackendServer
 
-__all__ = ["PKI", "make_pki", "TLSBackendServer", "SERVER_NAME"]
+__all__ = ["PKI", "make_pki", "TLSBackendServer", "SERVER_NAME",
+           "pki", "other_pki", "https_backend", "mutual_backend"]
 
 # The DNS name on the server certificate beside 127.0.0.1 (a backend reached by address
 # whose server name is on its certificate).
@@ -98,6 +104,30 @@ class TLSBackendServer(BackendServer):
         server.socket = _Handshaking(self.context.wrap_socket(  # type: ignore[assignment]
             server.socket, server_side=True, do_handshake_on_connect=False))
         return self
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="module")
+def other_pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
+    """Another private CA: its files are valid, and trust nothing the backends show."""
+    return make_pki(tmp_path_factory.mktemp("other"))
+
+
+@pytest.fixture
+def https_backend(pki: PKI) -> Iterator[TLSBackendServer]:
+    with TLSBackendServer("a", pki.server_context()) as backend:
+        yield backend
+
+
+@pytest.fixture
+def mutual_backend(pki: PKI) -> Iterator[TLSBackendServer]:
+    """An https backend that asks for a client certificate the CA signed."""
+    with TLSBackendServer("m", pki.server_context(client_certificate=True)) as backend:
+        yield backend
 
 
 class _Handshaking:

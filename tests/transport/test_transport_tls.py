@@ -21,32 +21,10 @@ import lbmiddleware as lb
 from lbmiddleware.transport import AsyncLoadBalancingTransport, LoadBalancingTransport
 
 from ..support.h2_server import H2Server
-from ..support.tls import PKI, TLSBackendServer, make_pki
+from ..support.tls import TLSBackendServer
 
 VHOST = "https://svc"
 KINDS = ["sync", "async"]
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory) -> PKI:
-    return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture(scope="module")
-def other_pki(tmp_path_factory) -> PKI:
-    return make_pki(tmp_path_factory.mktemp("other"))
-
-
-@pytest.fixture
-def https_backend(pki):
-    with TLSBackendServer("a", pki.server_context()) as backend:
-        yield backend
-
-
-@pytest.fixture
-def mutual_backend(pki):
-    with TLSBackendServer("m", pki.server_context(client_certificate=True)) as backend:
-        yield backend
 
 
 def get(kind: str, urls: list[str], target: str = f"{VHOST}/x", method: str = "GET",

@@ -29,21 +29,10 @@ from lbmiddleware.upstream.tls import (
 
 from ..support.asgi_client import Call
 from ..support.servers import BackendServer
-from ..support.tls import PKI, SERVER_NAME, TLSBackendServer, make_pki
+from ..support.tls import SERVER_NAME, TLSBackendServer
 
 UNKNOWN_ISSUER = "TLS: certificate verify failed: unable to get local issuer certificate"
 LOOPS = ["asyncio", "uvloop"]
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory) -> PKI:
-    return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture
-def https_backend(pki):
-    with TLSBackendServer("a", pki.server_context()) as backend:
-        yield backend
 
 
 def run(loop: str, coroutine):
