@@ -51,10 +51,12 @@ def parse_listen(text: str) -> tuple[str, int]:
     interface (:data:`EVERY_INTERFACE`)."""
     text = text.strip()
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not sep or not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
         raise ValueError("expected HOST:PORT with a port from 0 to 65535")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
+    elif ":" in host:       # '::1:0' could be [::1]:0 or the address ::1:0: written as URLs are
+        raise ValueError(f"an IPv6 address goes in brackets: [{host}]:{port}")
     host = host or EVERY_INTERFACE
     if ":" in host:
         try:

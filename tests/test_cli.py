@@ -114,6 +114,10 @@ def test_the_top_level_help_lists_the_commands_and_version(
     (["serve", "--admin", "h:99999"], "argument --admin: 'h:99999': expected HOST:PORT with a "
                                       "port from 0 to 65535"),
     (["serve", "--port", "1"], "unrecognized arguments: --port 1"),
+    (["serve", "--listen", "127.0.0.1:\u0663"], "argument --listen: '127.0.0.1:\u0663': "
+                                               "expected HOST:PORT with a port from 0 to 65535"),
+    (["serve", "--listen", "::1:0"], "argument --listen: '::1:0': an IPv6 address goes in "
+                                     "brackets: [::1]:0"),
 ])
 def test_a_bad_option_exits_2_naming_it(capsys: pytest.CaptureFixture[str], args: list[str],
                                         words: str) -> None:

@@ -157,7 +157,12 @@ def test_every_interface_and_loopback_on_one_port_are_one_listener() -> None:
     ("8000", "expected HOST:PORT"), ("*:8000", "'*' is not a host name or address (every "
                                                "interface: :8000)"),
     ("a_b:80", "'a_b' is not a host name or address"),
-    ("[zz::1]:80", "'zz::1' is not an IPv6 address"), ("h:99999", "port from 0 to 65535")])
+    ("[zz::1]:80", "'zz::1' is not an IPv6 address"), ("h:99999", "port from 0 to 65535"),
+    # a port in ASCII digits only (str.isdigit takes the Arabic-Indic three)
+    ("127.0.0.1:\u0663", "expected HOST:PORT"), ("127.0.0.1:\u00b2", "expected HOST:PORT"),
+    # no bare IPv6 address: which colon starts the port cannot be told (as for dns_servers)
+    ("::1:0", "an IPv6 address goes in brackets: [::1]:0"),
+    (":::8000", "an IPv6 address goes in brackets: [::]:8000")])
 def test_a_bad_listen_address_says_why(text: str, words: str) -> None:
     with pytest.raises(ValueError) as caught:
         parse_listen(text)
