@@ -24,8 +24,9 @@ are answered by its server (ASGI does not show them), the backend's by the upstr
   both ways, each direction awaiting the other side's drain before reading the next
   (backpressure: the upstream client stops reading its socket while 256 KiB wait).
 * **The close**, whoever starts it, goes to the other side with its code and reason (1000,
-  1001, 1011, 4000-4999 ...). A client gone without a close (1006) closes the upstream with
-  1001 (going away); a backend gone without one, or breaking the protocol, closes the
+  1001, 1011, 4000-4999 ...). A client gone without a close (1006), or closing without a
+  code (1005: how some servers report a client gone), closes the upstream with 1001
+  (going away); a backend gone without one, or breaking the protocol, closes the
   client with 1011 (internal error) and is the backend's failure, reported as a broken
   body is. The pick stays in flight until the close (``least_conn`` sees open sockets);
   its outcome, with the handshake's time as its latency, is reported then.
@@ -77,6 +78,9 @@ _CLIENT_HANDSHAKE = frozenset({b"upgrade", b"sec-websocket-key", b"sec-websocket
 _ACCEPT_DROPPED = frozenset({b"sec-websocket-accept", b"sec-websocket-protocol",
                              b"sec-websocket-extensions", b"content-length", b"date",
                              b"server"})
+
+# The client's close codes that say it is gone, not why: 1001 upstream.
+_GONE = frozenset({ABNORMAL, NO_STATUS})
 
 # Why an open WebSocket's failure is not retried, in its failed-attempt line.
 _WAS_OPEN = "the WebSocket was open (its client had been answered)"
@@ -252,10 +256,12 @@ class Tunnel:
                         error=f"the WebSocket broke off ({closed.error})"), upstream), _WAS_OPEN)
                 return
             # The client left (its close, or a failed send to it): the upstream is closed
-            # with its code, 1001 (going away) when it vanished without one.
+            # with its code, 1001 (going away) when it vanished without one. uvicorn's
+            # sans-I/O implementation and granian report a lost client as 1005 (no
+            # status), which a close frame without a code also is: both are 1001.
             down.cancel()
             code, reason = _result(up) or (ABNORMAL, "")
-            await upstream.close(GOING_AWAY if code == ABNORMAL else code, reason)
+            await upstream.close(GOING_AWAY if code in _GONE else code, reason)
             attempts.end(_with_bytes(outcome, upstream))
         finally:
             for task in (up, down):

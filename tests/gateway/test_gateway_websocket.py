@@ -5,6 +5,7 @@ to an echo backend (a client from the ``websockets`` package, real servers on lo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -98,3 +99,20 @@ def test_a_backends_redirect_to_itself_is_rewritten_through_the_gateway(ws_backe
     headers = dict(line.lower().split(": ", 1) for line in lines[1:])
     assert lines[0].split()[1] == "302"
     assert headers["location"] == f"http://127.0.0.1:{gw.port}/login"
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_a_client_gone_without_a_close_is_1001_upstream(ws_backend, server):
+    """Both servers report a lost client as a close without a code (1005): the backend
+    gets 1001 (going away), as for a client gone under uvicorn's other implementation."""
+    with gateway(server, ws_backend) as gw:
+        async def scenario():
+            ws = await connect(f"ws://127.0.0.1:{gw.port}/echo")
+            await ws.send("hi")
+            assert await ws.recv() == "hi"
+            ws.transport.abort()            # gone: no close frame, the connection reset
+            with contextlib.suppress(Exception):
+                await ws.close()
+
+        asyncio.run(scenario())
+        assert ws_backend.wait_closed(1) == [1001]
