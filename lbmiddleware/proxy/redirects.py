@@ -83,12 +83,33 @@ def backend_reference(url: str, backend: Backend, public_scheme: str | None = No
         return None
     if host != backend.host and host != backend.server_name:
         return None
-    path, base = parts.path, backend.path
+    path, base = _without_dot_segments(parts.path), backend.path
     if base:
         if path != base and not path.startswith(base + "/"):
             return None
         path = path[len(base):]
     return urllib.parse.urlunsplit(("", "", path, parts.query, parts.fragment))
+
+
+def _without_dot_segments(path: str) -> str:
+    """``path`` with its ``.`` and ``..`` segments resolved (RFC 3986 5.2.4; ``%2e`` is a
+    dot, as browsers read it), as the client will: ``/base/../admin`` is ``/admin``, not
+    under the base path ``/base``, so not the backend's to have rewritten."""
+    if "." not in path and "%2" not in path:
+        return path
+    out: list[str] = []
+    segments = path.split("/")
+    for index, segment in enumerate(segments):
+        dots = segment.lower().replace("%2e", ".")
+        last = index == len(segments) - 1
+        if dots in (".", ".."):
+            if dots == ".." and len(out) > 1:
+                out.pop()
+            if last:
+                out.append("")          # "/a/.." is "/", "/a/." is "/a/"
+            continue
+        out.append(segment)
+    return "/".join(out) if out != [""] else "/"
 
 
 def public_origin(proto: str | None, host: str | None) -> str | None:

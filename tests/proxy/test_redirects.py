@@ -34,6 +34,12 @@ ORIGIN = "https://front.example"
     (NAMED, "https://API.Internal:8443/v1/x", "/x"),
     (V6, "http://[::1]:8001/x", "/x"),
     (lb.Backend("http://b.internal"), "http://b.internal:80/x", "/x"),  # the default port
+    # dot segments resolved as the client will (RFC 3986 5.2.4; %2e is a dot)
+    (BASED, "http://127.0.0.1:8001/v1/a/../b?x", "/b?x"),
+    (BASED, "http://127.0.0.1:8001/v1/./a/%2E%2e/b", "/b"),
+    (BASED, "http://127.0.0.1:8001/v1/a/..", "/"),
+    (BASED, "http://127.0.0.1:8001/v1/..a/b", "/..a/b"),       # not a dot segment
+    (BACKEND, "http://127.0.0.1:8001/a/../../admin", "/admin"),
 ])
 def test_a_reference_to_the_backend_gives_what_follows_its_base_path(backend, url, rest):
     assert backend_reference(url, backend) == rest
@@ -49,6 +55,9 @@ def test_a_reference_to_the_backend_gives_what_follows_its_base_path(backend, ur
     (BASED, "http://127.0.0.1:8001/v2/x"),                  # outside the base path
     (BASED, "http://127.0.0.1:8001/v1x"),
     (BASED, "http://127.0.0.1:8001/"),
+    (BASED, "http://127.0.0.1:8001/v1/../admin"),           # outside, once resolved
+    (BASED, "http://127.0.0.1:8001/v1/%2e%2E/admin"),
+    (BASED, "http://127.0.0.1:8001/v1/a/../../admin"),
     (BACKEND, "http://[::1/x"), (BACKEND, "http://127.0.0.1:99999/x"),     # not URLs
     (BACKEND, "mailto:someone@127.0.0.1"),
 ])
@@ -65,6 +74,7 @@ def test_anything_else_is_not_the_backend(backend, url):
     ("/", True, "http://127.0.0.1:8001", f"{ORIGIN}/"),
     ("/", False, "/relative", None),
     ("/", False, "http://elsewhere.example/x", None),
+    ("/api", True, "http://127.0.0.1:8001/../admin", f"{ORIGIN}/api/admin"),  # still the route's
 ])
 def test_location_becomes_the_clients_origin_and_the_routes_path(prefix, strip, value,
                                                                   expected):
