@@ -186,14 +186,20 @@ def format_size(size: int) -> str:
 
 def parse_factor(value: Any) -> float:
     """A finite number of at least 1 from ``1.4`` or ``"1.4"``."""
+    return _finite_number(value, 1.0)
+
+
+def _finite_number(value: Any, least: float) -> float:
+    """A finite number of at least ``least`` (a number or its text), the one copy of the
+    rule :func:`parse_factor` and :func:`parse_rate` share."""
     if isinstance(value, bool):
         raise ValueError("not a number")
     try:
         number = float(value)
     except (TypeError, ValueError, OverflowError):
         raise ValueError("not a number") from None
-    if math.isnan(number) or math.isinf(number) or number < 1.0:
-        raise ValueError("must be a finite number of at least 1.0")
+    if math.isnan(number) or math.isinf(number) or number < least:
+        raise ValueError(f"must be a finite number of at least {least}")
     return number
 
 
@@ -255,15 +261,7 @@ def parse_ratio(value: Any) -> float:
 
 def parse_rate(value: Any) -> float:
     """A rate per second: a finite number of at least 0 (``10``, ``"2.5"``)."""
-    if isinstance(value, bool):
-        raise ValueError("not a number")
-    try:
-        number = float(value)
-    except (TypeError, ValueError, OverflowError):
-        raise ValueError("not a number") from None
-    if math.isnan(number) or math.isinf(number) or number < 0:
-        raise ValueError("must be a finite number of at least 0")
-    return number
+    return _finite_number(value, 0)
 
 
 def _status(value: Any) -> int:
