@@ -334,7 +334,7 @@ def parse_dns_servers(value: Any) -> tuple[str, ...]:
         except ValueError:
             raise ValueError(f"{text!r}: {host!r} is not an IP address "
                              "(a resolver is named by its address)") from None
-        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
             raise ValueError(f"{text!r} has port {port_text!r}: not 1-65535")
         shown = f"[{address}]" if address.version == 6 else str(address)
         servers.append(f"{shown}:{int(port_text)}")
@@ -345,7 +345,7 @@ def _ambiguous(text: str) -> None:
     """A bare IPv6 address is port 53, unless its last group reads as a port of an address
     made of the rest: then which was meant cannot be told."""
     head, _, tail = text.rpartition(":")
-    if not (tail.isdigit() and 0 < int(tail) < 65536):
+    if not (tail.isascii() and tail.isdigit() and 0 < int(tail) < 65536):
         return
     try:
         ipaddress.IPv6Address(head)

@@ -721,3 +721,9 @@ def test_a_balance_factor_under_another_policy_is_ignored_with_a_warning(caplog)
 @pytest.mark.parametrize("text", ["off", "OFF", "none", "false", "no"])
 def test_the_retry_budget_is_turned_off_in_words(text):
     assert lb.Settings(backends="http://a", retry_budget=text).retry_budget == math.inf
+
+
+@pytest.mark.parametrize("server", ["1.2.3.4:\u0663", "[::1]:\u0663\u0663"])
+def test_a_dns_server_port_is_ascii_digits(server):
+    with pytest.raises(lb.ConfigError, match="LB_DNS_SERVERS"):
+        lb.Settings.from_env({"LB_BACKENDS": "http://a", "LB_DNS_SERVERS": server})
