@@ -11,7 +11,9 @@ are answered by its server (ASGI does not show them), the backend's by the upstr
   Attempts`, method ``GET``), before the client's handshake is answered: a refused or timed
   out connect, a broken or invalid answer, or a status in ``fail_statuses`` fails the
   attempt, and it is retried on another backend as the retry rule says. The first pick
-  prefers the sticky cookie's backend; ``LB_TIMEOUT`` bounds the attempts together.
+  prefers the sticky cookie's backend; ``LB_TIMEOUT`` bounds the attempts together. A
+  client that leaves meanwhile cancels them within about half a second (as an HTTP
+  request's wait for a head; granian gives no disconnect before the accept).
 * **A backend's answer other than 101** (a 403, a 404) is passed to the client as it came,
   with the ASGI denial-response extension (``websocket.http.response``) where the server
   has it; the proxy's own 502, 503 or 504 likewise. Without the extension the socket is
@@ -54,7 +56,7 @@ from ..upstream.websocket import (
     WebSocket,
     open_websocket,
 )
-from .exchange import Forwarder, failure_text
+from .exchange import WATCH_DELAY, Forwarder, failure_text
 
 __all__ = ["Tunnel", "DENIAL", "upstream_headers", "deny", "deny_error"]
 
@@ -121,7 +123,7 @@ class Tunnel:
     """One proxied WebSocket: the handshake's attempts, then the relay (see the module)."""
 
     __slots__ = ("forwarder", "target", "headers", "add_host", "subprotocols", "key",
-                 "receive", "send", "denial", "prefer", "secure", "attempts", "gone")
+                 "receive", "send", "denial", "prefer", "secure", "attempts", "gone", "first")
 
     def __init__(self, forwarder: Forwarder, target: bytes, headers: list[tuple[bytes, bytes]],
                  add_host: bool, subprotocols: Sequence[str], key: str | None,
@@ -140,6 +142,7 @@ class Tunnel:
         self.secure = secure            # the client's scheme is https (the cookie's)
         self.attempts: Attempts | None = None   # the backends tried (the access log's)
         self.gone = False               # the client left before it was answered
+        self.first: asyncio.Future[Message] | None = None   # receive() read while waiting
 
     async def run(self) -> None:
         forwarder = self.forwarder
@@ -151,25 +154,71 @@ class Tunnel:
         except NoHealthyBackend:
             await self.deny_error(503)
             return
-        with attempts:      # a cancellation, an error of ours: the open attempt is released
-            while True:
-                answer, outcome = await self._open(backend, loop, attempts)
-                if outcome.ok:
-                    break
-                following = attempts.retry(outcome)
-                if following is None:
-                    break
-                if isinstance(answer, WebSocket):
-                    answer.abort()          # (an answer is a Refusal when it fails: never)
-                backend = following
-            if answer is None:
-                await self.deny_error(504 if outcome.timeout else 502)
+        # A client that leaves while the handshake runs (a slow backend) cancels it: as
+        # for an HTTP request, ``receive`` is watched once WATCH_DELAY has passed without
+        # an answer (a quick handshake costs no task). Before the accept its server has
+        # only a disconnect to give; a message read then is the relay's first.
+        handshake = loop.create_task(self._handshake(backend, loop, attempts))
+        timer = loop.call_later(WATCH_DELAY, self._watch, handshake)
+        try:
+            with attempts:  # a cancellation, an error of ours: the open attempt is released
+                try:
+                    await asyncio.wait((handshake,))
+                finally:
+                    timer.cancel()
+                    if not handshake.done():
+                        handshake.cancel()
+                        await asyncio.wait((handshake,))
+                if self.gone:
+                    if not handshake.cancelled() and handshake.exception() is None:
+                        left = handshake.result()[0]
+                        if isinstance(left, WebSocket):
+                            left.abort()
+                    attempts.release()      # no outcome: the backend did not fail
+                    return
+                answer, backend, outcome = handshake.result()
+                if answer is None:
+                    await self.deny_error(504 if outcome.timeout else 502)
+                    return
+                if isinstance(answer, Refusal):
+                    await self._refuse(answer, backend)
+                    attempts.end(outcome)
+                    return
+                await self._relay(answer, backend, attempts, outcome, loop)
+        finally:
+            first = self.first
+            if first is not None and not first.done():
+                first.cancel()
+
+    def _watch(self, handshake: asyncio.Task[Any]) -> None:
+        """Read the client's next message while ``handshake`` runs: a disconnect cancels
+        it (the client is :attr:`gone`)."""
+        def read(first: asyncio.Future[Message]) -> None:
+            if first.cancelled() or first.exception() is not None:
                 return
-            if isinstance(answer, Refusal):
-                await self._refuse(answer, backend)
-                attempts.end(outcome)
-                return
-            await self._relay(answer, backend, attempts, outcome, loop)
+            if first.result()["type"] == "websocket.disconnect" and not handshake.done():
+                self.gone = True
+                handshake.cancel()
+
+        self.first = first = asyncio.ensure_future(self.receive())
+        first.add_done_callback(read)
+
+    async def _handshake(self, backend: Backend, loop: asyncio.AbstractEventLoop,
+                         attempts: Attempts
+                         ) -> tuple[WebSocket | Refusal | None, Backend, Outcome]:
+        """The attempts (:meth:`_open`, retried as the rule says): the last answer, its
+        backend and its outcome."""
+        while True:
+            answer, outcome = await self._open(backend, loop, attempts)
+            if outcome.ok:
+                break
+            following = attempts.retry(outcome)
+            if following is None:
+                break
+            if isinstance(answer, WebSocket):
+                answer.abort()          # (an answer is a Refusal when it fails: never)
+            backend = following
+        return answer, backend, outcome
 
     async def _open(self, backend: Backend, loop: asyncio.AbstractEventLoop,
                     attempts: Attempts) -> tuple[WebSocket | Refusal | None, Outcome]:
@@ -238,7 +287,7 @@ class Tunnel:
         except BaseException:
             upstream.abort()
             raise
-        up = loop.create_task(self._client_to_backend(upstream))
+        up = loop.create_task(self._client_to_backend(upstream, self.first))
         down = loop.create_task(self._backend_to_client(upstream))
         try:
             await asyncio.wait((up, down), return_when=asyncio.FIRST_COMPLETED)
@@ -270,21 +319,24 @@ class Tunnel:
                 upstream.abort()        # (a clean close lets its last frame go out)
             await asyncio.wait((up, down))
 
-    async def _client_to_backend(self, upstream: WebSocket) -> tuple[int, str]:
-        """Relay the client's messages until it leaves: its close code and reason."""
+    async def _client_to_backend(self, upstream: WebSocket,
+                                 first: asyncio.Future[Message] | None) -> tuple[int, str]:
+        """Relay the client's messages (``first``: the one read during the handshake,
+        if it was watched) until it leaves: its close code and reason."""
         receive = self.receive
+        message = await (receive() if first is None else first)
         while True:
-            message = await receive()
             kind = message["type"]
             if kind == "websocket.receive":
                 data = message.get("bytes")
                 if data is None:
                     data = message.get("text") or ""
-                if not await upstream.send(data):
-                    # the backend is closing: wait for the client's end
-                    continue
+                # (False: the backend is closing; its message dropped, the client's end
+                # awaited)
+                await upstream.send(data)
             elif kind == "websocket.disconnect":
                 return message.get("code", NORMAL), message.get("reason") or ""
+            message = await receive()
 
     async def _backend_to_client(self, upstream: WebSocket) -> Closed:
         """Relay the backend's messages until it closes: how it closed."""

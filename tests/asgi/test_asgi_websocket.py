@@ -46,7 +46,12 @@ from ..support.raw_backends import CLOSE as CLOSE_STEP
 from ..support.servers import refused_url
 from ..support.tls import make_pki
 from ..support.waiting import until
-from ..support.websocket_backend import WebSocketBackend, WebSocketServer, raise_fd_limit
+from ..support.websocket_backend import (
+    SilentBackend,
+    WebSocketBackend,
+    WebSocketServer,
+    raise_fd_limit,
+)
 
 HANDSHAKE = [("Upgrade", "websocket"), ("Connection", "Upgrade"),
              ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="), ("Sec-WebSocket-Version", "13")]
@@ -345,6 +350,37 @@ def test_a_client_that_vanishes_closes_the_upstream_and_releases_the_pick(
         assert a.wait_closed(1) == [1001]
         until(lambda: in_flight(mw)[a.url] == 0, what="the pick released")
     assert mw.balancer.stats()[0]["failures"] == 0
+
+
+@pytest.mark.parametrize("implementation", ["websockets", "websockets-sansio"])
+def test_a_client_gone_during_a_slow_upstream_handshake_releases_the_pick(
+        implementation, access_log):
+    """Contract "Client disconnects": a client that leaves while the backend has not
+    answered the handshake cancels it (the backend's connection closed) and the pick is
+    released then, not at the backend's answer or the read timeout; its access line says
+    499."""
+    with SilentBackend() as backend:
+        mw = LoadBalancerMiddleware(backends=[backend.url], read_timeout=60, max_fails=100,
+                                    policy="least_conn", access_log=True)
+        with WebSocketServer(mw, ws=implementation) as server:
+            _leave_during_the_handshake(mw, backend, server.port, access_log)
+    assert "status=499" in access_log.records[0].getMessage()
+    assert mw.balancer.stats()[0]["failures"] == 0
+
+
+def _leave_during_the_handshake(mw, backend: SilentBackend, port: int, access_log) -> None:
+    """A client sends its handshake to ``port`` and leaves once ``backend`` has it: the
+    upstream connection is closed and the pick released, the access line written."""
+    client = socket.create_connection(("127.0.0.1", port))
+    client.sendall(b"GET /x HTTP/1.1\r\nHost: front\r\nUpgrade: websocket\r\n"
+                   b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ=="
+                   b"\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    until(lambda: backend.heads, what="the handshake upstream")
+    assert in_flight(mw)[backend.url] == 1
+    client.close()
+    until(lambda: backend.closed == 1, what="the upstream handshake cancelled")
+    until(lambda: in_flight(mw)[backend.url] == 0, what="the pick released")
+    until(lambda: access_log.records, what="the access line")
 
 
 def test_least_conn_sees_open_websockets(ws_backends):

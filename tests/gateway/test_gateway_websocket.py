@@ -16,7 +16,8 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from ..support.gateway import GatewayProcess
-from ..support.websocket_backend import WebSocketBackend
+from ..support.waiting import until
+from ..support.websocket_backend import SilentBackend, WebSocketBackend
 
 SERVERS = ["granian", "uvicorn"]
 MiB = 1024 * 1024
@@ -116,3 +117,22 @@ def test_a_client_gone_without_a_close_is_1001_upstream(ws_backend, server):
 
         asyncio.run(scenario())
         assert ws_backend.wait_closed(1) == [1001]
+
+
+@pytest.mark.parametrize("server", ["uvicorn"])
+def test_a_client_gone_during_a_slow_upstream_handshake_cancels_it(server):
+    """Contract "Client disconnects": the upstream handshake of a client that left is
+    cancelled (the backend's connection closed) at once, not at the backend's answer or
+    the read timeout; its access line says 499. (granian 2.x gives the application no
+    disconnect before its accept: there the handshake runs to the backend's answer or
+    the read timeout.)"""
+    with SilentBackend() as backend, GatewayProcess({
+            "LB_BACKENDS": backend.url, "LB_SERVER": server, "LB_READ_TIMEOUT": "60s",
+            "LB_ACCESS_LOG": "true"}) as gw:
+        with socket.create_connection(("127.0.0.1", gw.port)) as client:
+            client.sendall(b"GET /x HTTP/1.1\r\nHost: front\r\nUpgrade: websocket\r\n"
+                           b"Connection: Upgrade\r\nSec-WebSocket-Key: "
+                           b"dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+            until(lambda: backend.heads, limit=10, what="the handshake upstream")
+        until(lambda: backend.closed == 1, what="the upstream handshake cancelled")
+        gw.wait_for_output(r"path=/x .*status=499")

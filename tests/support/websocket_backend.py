@@ -27,6 +27,7 @@ close it received from its client (``closes``: 1006 for a connection lost withou
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import threading
@@ -208,3 +209,61 @@ def raise_fd_limit(wanted: int) -> None:
     if soft < wanted:
         target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+class SilentBackend:
+    """A backend that reads a WebSocket handshake and never answers it (a backend slow to
+    answer): it records each head (``heads``) and counts the connections its peer closed
+    (``closed``). A context manager."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.heads: list[bytes] = []
+        self.closed = 0
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with self._lock:
+                self._conns.append(conn)
+            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+
+    def _one(self, conn: socket.socket) -> None:
+        head = b""
+        try:
+            while True:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                head += chunk
+                if b"\r\n\r\n" in head:
+                    with self._lock:
+                        self.heads.append(head)
+                    head = b""
+        except OSError:
+            return              # stopped: not the peer's close
+        with self._lock:
+            self.closed += 1
+
+    def __enter__(self) -> SilentBackend:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+        with self._lock:
+            conns = list(self._conns)
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+        self._thread.join(5)
