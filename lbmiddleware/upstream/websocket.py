@@ -50,11 +50,14 @@ if TYPE_CHECKING:
     from .pool import HostPool
 
 __all__ = ["open_websocket", "WebSocket", "Refusal", "Closed", "FrameParser", "FrameError",
-           "frame", "mask", "MAX_MESSAGE", "MAX_REFUSAL_BODY", "CLOSE_TIMEOUT",
+           "frame", "mask", "MAX_MESSAGE", "MAX_FRAGMENTS", "MAX_REFUSAL_BODY", "CLOSE_TIMEOUT",
            "HANDSHAKE_HEADERS"]
 
 #: Bytes of one message, at most (uvicorn's own limit for its clients' messages, 16 MiB).
 MAX_MESSAGE = 16 * 1024 * 1024
+#: Frames of one message in fragments, at most (16 MiB in pieces of 256 bytes): a backend
+#: sending endless empty or tiny continuations is closed with 1009.
+MAX_FRAGMENTS = 65536
 #: Bytes of the body of a backend's refusal (a non-101 answer) passed on, at most.
 MAX_REFUSAL_BODY = 1024 * 1024
 #: Seconds to wait for the backend's close frame (and its end of the connection).
@@ -155,14 +158,22 @@ class FrameParser:
     server's frames are unmasked, carry no reserved bit (no extension was offered), and a
     control frame is final and at most 125 bytes: anything else raises
     :class:`FrameError` with the close code to answer (1002, or 1009 beyond ``max_message``).
+
+    A message's fragments are held in one buffer (what a message in fragments holds is
+    its payload, not an object per fragment), and at most ``max_fragments`` of them make a
+    message: endless tiny or empty continuations also end in 1009.
     """
 
-    __slots__ = ("max_message", "_buffer", "_fragments", "_fragment_opcode", "_fragment_size")
+    __slots__ = ("max_message", "max_fragments", "_buffer", "_fragments", "_fragment_opcode",
+                 "_fragment_size", "_fragment_count")
 
-    def __init__(self, max_message: int = MAX_MESSAGE) -> None:
+    def __init__(self, max_message: int = MAX_MESSAGE,
+                 max_fragments: int = MAX_FRAGMENTS) -> None:
         self.max_message = max_message
+        self.max_fragments = max_fragments
+        self._fragment_count = 0        # frames of the message in fragments so far
         self._buffer = bytearray()
-        self._fragments: list[bytes] = []
+        self._fragments = bytearray()   # the payload of a message in fragments so far
         self._fragment_opcode = 0       # the opcode of a message in fragments; 0: none
         self._fragment_size = 0
 
@@ -211,20 +222,25 @@ class FrameParser:
                 if not self._fragment_opcode:
                     raise FrameError(PROTOCOL_ERROR, "a continuation frame with no message "
                                                      "to continue")
-                self._fragments.append(payload)
+                self._fragment_count += 1
+                if self._fragment_count > self.max_fragments:
+                    raise FrameError(TOO_BIG, f"a message from the backend in more than "
+                                              f"{self.max_fragments} fragments")
+                self._fragments += payload
                 self._fragment_size += size
                 if final:
-                    out.append((self._fragment_opcode, b"".join(self._fragments)))
-                    self._fragments = []
-                    self._fragment_opcode = self._fragment_size = 0
+                    out.append((self._fragment_opcode, bytes(self._fragments)))
+                    self._fragments = bytearray()
+                    self._fragment_opcode = self._fragment_size = self._fragment_count = 0
             elif self._fragment_opcode:
                 raise FrameError(PROTOCOL_ERROR, "a new message before the last one ended")
             elif final:
                 out.append((opcode, payload))
             else:
                 self._fragment_opcode = opcode
-                self._fragments = [payload]
+                self._fragments = bytearray(payload)
                 self._fragment_size = size
+                self._fragment_count = 1
         if start:
             del buffer[:start]
         return out

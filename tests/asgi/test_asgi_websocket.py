@@ -738,3 +738,27 @@ def test_close_payloads_cut_their_reason_to_fit_and_1005_has_none():
     payload = close_payload(4000, "é" * 100)
     assert len(payload) <= 125 and payload[:2] == b"\x0f\xa0"
     payload[2:].decode("utf-8")
+
+
+def test_a_message_in_fragments_counts_their_frames_toward_the_limit():
+    """A misbehaving backend's message in tiny or empty fragments: at most max_fragments
+    frames make a message (an endless run of empty continuations ends in 1009), and what
+    is held is the payload alone (one buffer, not an object per fragment)."""
+    parser = FrameParser(max_message=100, max_fragments=50)
+    assert parser.feed(server_frame(OP_TEXT, b"", final=False)
+                       + server_frame(0, b"", final=False) * 48 + server_frame(0, b"")) \
+        == [(OP_TEXT, b"")]
+    assert parser.feed(server_frame(OP_TEXT, b"x", final=False)
+                       + server_frame(0, b"", final=False) * 49) == []
+    assert parser.buffered == 1
+    with pytest.raises(FrameError) as caught:
+        parser.feed(server_frame(0, b"", final=False))
+    assert caught.value.code == 1009
+    parser = FrameParser(max_message=201)
+    data = server_frame(OP_BINARY, b"ab", final=False) + server_frame(0, b"cd", final=False) \
+        * 99 + server_frame(0, b"e")
+    message = b"ab" + b"cd" * 99 + b"e"
+    assert parser.feed(data * 2) == [(OP_BINARY, message)] * 2 and parser.buffered == 0
+    with pytest.raises(FrameError) as caught:
+        parser.feed(data.replace(server_frame(0, b"e"), server_frame(0, b"cd")))
+    assert caught.value.code == 1009                    # 202 bytes
