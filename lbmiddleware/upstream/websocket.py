@@ -19,7 +19,8 @@ dependency, so the ASGI middleware proxies WebSockets with the standard library 
   whole message (``str`` for text, ``bytes`` for binary) or a :class:`Closed`;
   :meth:`WebSocket.send` writes one, waiting while the backend does not read (TCP
   backpressure). Fragments are joined; the backend's pings are answered here (the proxy's
-  own business: the client's pings are its server's); pongs are dropped.
+  own business: the client's pings are its server's; while the backend does not read,
+  only its latest ping, once it does); pongs are dropped.
 * Flow control: while more than :data:`~.response.HIGH_WATER` bytes of messages wait to be
   taken, the socket is not read, so a slow client slows the backend down through TCP. A
   message larger than :data:`MAX_MESSAGE` closes the socket with 1009.
@@ -283,6 +284,7 @@ class WebSocket(asyncio.Protocol):
         self._queued = 0            # message bytes waiting to be taken
         self._paused = False
         self._write_paused = False
+        self._pong: bytes | None = None     # the last ping's payload, while writes wait
         self._drain: asyncio.Future[None] | None = None
         self._waiter: asyncio.Future[Any] | None = None  # the handshake's, then receive()'s
         self._close_sent = False
@@ -339,6 +341,9 @@ class WebSocket(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        pong, self._pong = self._pong, None
+        if pong is not None and not self._close_sent and self.transport is not None:
+            self.transport.write(frame(PONG, pong))
         drain = self._drain
         if drain is not None and not drain.done():
             drain.set_result(None)
@@ -459,7 +464,11 @@ class WebSocket(asyncio.Protocol):
                     return
                 self._queue(text, len(payload))
             elif opcode == PING:
-                if not self._close_sent and self.transport is not None:
+                if self._write_paused:
+                    # the backend does not read: no pong piles up in the write buffer;
+                    # the latest ping is answered on resume (RFC 6455 section 5.5.3)
+                    self._pong = payload
+                elif not self._close_sent and self.transport is not None:
                     self.transport.write(frame(PONG, payload))
             elif opcode == CLOSE:
                 self._close_received(payload)

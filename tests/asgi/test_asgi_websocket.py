@@ -31,8 +31,10 @@ from lbmiddleware.upstream.websocket import (
 from lbmiddleware.upstream.websocket import (
     CLOSE,
     PING,
+    PONG,
     FrameError,
     FrameParser,
+    WebSocket,
     close_payload,
     frame,
     mask,
@@ -762,3 +764,46 @@ def test_a_message_in_fragments_counts_their_frames_toward_the_limit():
     with pytest.raises(FrameError) as caught:
         parser.feed(data.replace(server_frame(0, b"e"), server_frame(0, b"cd")))
     assert caught.value.code == 1009                    # 202 bytes
+
+
+class _Transport:
+    """A transport that records what is written (the upstream client's, sans I/O)."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+
+def test_pongs_wait_while_the_backend_does_not_read_and_only_the_last_is_sent():
+    """A backend that floods pings and reads nothing would fill the write buffer with
+    pongs: while writing is paused none is written, and on resume only the latest ping
+    is answered (RFC 6455 section 5.5.3 allows it)."""
+    loop = asyncio.new_event_loop()
+    try:
+        key = b"dGhlIHNhbXBsZSBub25jZQ=="
+        upstream = WebSocket(loop, key, ())
+        transport = _Transport()
+        upstream.connection_made(transport)         # type: ignore[arg-type]
+        upstream.data_received(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                               b"Connection: Upgrade\r\nSec-WebSocket-Accept: "
+                               b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n")
+        upstream.data_received(server_frame(PING, b"0"))
+        assert len(transport.written) == 1         # answered at once
+        upstream.pause_writing()
+        upstream.data_received(b"".join(server_frame(PING, b"%d" % n) for n in range(1000)))
+        assert len(transport.written) == 1
+        upstream.resume_writing()
+        assert len(transport.written) == 2
+        parser_input = transport.written[1]
+        assert parser_input[0] == 0x80 | PONG and mask(parser_input[6:], parser_input[2:6]) \
+            == b"999"
+    finally:
+        loop.close()
