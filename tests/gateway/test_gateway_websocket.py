@@ -136,3 +136,20 @@ def test_a_client_gone_during_a_slow_upstream_handshake_cancels_it(server):
             until(lambda: backend.heads, limit=10, what="the handshake upstream")
         until(lambda: backend.closed == 1, what="the upstream handshake cancelled")
         gw.wait_for_output(r"path=/x .*status=499")
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_the_clients_close_code_and_reason_reach_the_backend(ws_backend, server):
+    """Under uvicorn the client's close reason reaches the backend with its code; granian
+    (2.x) gives the application a websocket.disconnect without the reason, so under it
+    the code passes and the reason is empty (documented in the contract)."""
+    with gateway(server, ws_backend) as gw:
+        async def scenario():
+            async with connect(f"ws://127.0.0.1:{gw.port}/echo") as ws:
+                await ws.send("hi")
+                assert await ws.recv() == "hi"
+                await ws.close(4000, "bye")
+
+        asyncio.run(scenario())
+        assert ws_backend.wait_closed(1) == [4000]
+    assert ws_backend.reasons == ["" if server == "granian" else "bye"]

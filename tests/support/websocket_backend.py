@@ -21,7 +21,8 @@ certificate.
 
 It chooses the first subprotocol offered among ``protocols`` (none by default). It counts
 the sockets open now (``open``) and accepted (``accepted``), and records the code of each
-close it received from its client (``closes``: 1006 for a connection lost without one).
+close it received from its client (``closes``: 1006 for a connection lost without one)
+and its reason (``reasons``).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class WebSocketBackend:
         self.accepted = 0
         self.open = 0
         self.closes: list[int] = []
+        self.reasons: list[str] = []    # the reason of each close in closes
         self._lock = threading.Lock()
         self.sock = socket.create_server(("127.0.0.1", 0), backlog=2048)
         self.port = self.sock.getsockname()[1]
@@ -136,7 +138,7 @@ class WebSocketBackend:
         with self._lock:
             self.accepted += 1
             self.open += 1
-        code = 1006
+        code, reason = 1006, ""
         try:
             if parts[0] == "close":
                 await send({"type": "websocket.close", "code": int(parts[1]), "reason": "bye"})
@@ -154,6 +156,7 @@ class WebSocketBackend:
                 message = await receive()
                 if message["type"] == "websocket.disconnect":
                     code = message.get("code", 1005)
+                    reason = message.get("reason") or ""
                     return
                 if message.get("bytes") is not None:
                     await send({"type": "websocket.send", "bytes": message["bytes"]})
@@ -165,6 +168,7 @@ class WebSocketBackend:
             with self._lock:
                 self.open -= 1
                 self.closes.append(code)
+                self.reasons.append(reason)
 
 
 class WebSocketServer:
