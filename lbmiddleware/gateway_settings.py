@@ -50,6 +50,11 @@ def parse_listen(text: str) -> tuple[str, int]:
     """``"127.0.0.1:8000"`` / ``"[::1]:8000"`` -> ``(host, port)``; ``":8000"`` is every
     interface (:data:`EVERY_INTERFACE`)."""
     text = text.strip()
+    scheme, slashes, rest = text.partition("://")
+    if slashes:             # 'http://127.0.0.1:8000': an address, not a URL
+        raise ValueError(f"an address HOST:PORT, not a URL: {rest.rstrip('/') or 'HOST:PORT'}"
+                         if scheme.lower() in ("http", "https") else
+                         "an address HOST:PORT, not a URL")
     host, sep, port = text.rpartition(":")
     if not sep or not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
         raise ValueError("expected HOST:PORT with a port from 0 to 65535")

@@ -330,6 +330,9 @@ def test_distinct_admin_and_proxy_addresses_are_taken(listen, admin):
 @pytest.mark.parametrize("value, words", [
     ("localhost", "LB_LISTEN has value 'localhost'"),
     ("h:99999", "port from 0 to 65535"),
+    ("http://127.0.0.1:8000", r"an address HOST:PORT, not a URL: 127.0.0.1:8000$"),
+    ("https://[::1]:8443/", r"an address HOST:PORT, not a URL: \[::1\]:8443$"),
+    ("unix:///run/lb.sock", r"an address HOST:PORT, not a URL$"),
 ])
 def test_a_bad_listen_address_names_the_variable(value, words):
     with pytest.raises(lb_errors.ConfigError, match=words):
