@@ -15,7 +15,7 @@ import ssl
 
 from ..errors import ConfigError
 from ..gateway_settings import GatewaySettings
-from ..upstream.tls import TLSSettings, new_backend_ssl_context
+from ..upstream.tls import TLSSettings, _no_password, _read, new_backend_ssl_context
 
 __all__ = ["check_certificate", "check_backend_files"]
 
@@ -66,15 +66,3 @@ def check_backend_files(settings: TLSSettings) -> None:
         new_backend_ssl_context(_Files(ca, settings.backend_client_cert,
                                        settings.backend_client_key))
 
-
-def _read(path: str, variable: str) -> bytes:
-    try:
-        with open(path, "rb") as file:
-            return file.read()
-    except OSError as exc:
-        raise ConfigError(f"{variable} has value {path!r}: {exc.strerror or exc}") from None
-
-
-def _no_password() -> bytes:
-    """Never a terminal prompt: an encrypted key fails to load."""
-    return b""
