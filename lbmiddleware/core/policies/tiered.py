@@ -54,6 +54,7 @@ class Tiered(Policy):
         self._tiers: list[tuple[Policy, Members]] = []
         self._loads: tuple[int, ...] = ()
         self._members: dict[int, int] = {}     # priority -> members (draining excluded)
+        self._order: list[int] = []             # the tiers' priorities, as in _tiers
         self._everyone: Members | None = None
         self._panic = True
         self._whole = -1
@@ -87,6 +88,7 @@ class Tiered(Policy):
             usable_by[state.backend.priority].append(state)
         order = sorted(members)
         self._members = members
+        self._order = order
         self._tiers = [(self._policy_for(priority), Members(tuple(usable_by[priority]), generation,
                                                              usable.carry))
                        for priority in order]
@@ -159,7 +161,7 @@ class Tiered(Policy):
             self._picked_by = self._panic_policy
             return True
         priority = state.backend.priority
-        for (policy, _), load, in_order in zip(self._tiers, self._loads, sorted(self._members),
+        for (policy, _), load, in_order in zip(self._tiers, self._loads, self._order,
                                                strict=True):
             if in_order == priority:
                 if not load:
