@@ -420,9 +420,7 @@ class Attempts:
         """The first attempt's backend. Raises :class:`NoHealthyBackend` when the pool has
         none to offer."""
         # (_begin, inlined: once per request)
-        prefer = self.prefer
-        self._current = completion = (self._balancer.begin(self.key) if prefer is None
-                                      else self._balancer.begin(self.key, prefer=prefer))
+        self._current = completion = self._balancer.begin(self.key, prefer=self.prefer)
         backend = completion.backend
         self.tried.append(backend)
         return backend
