@@ -21,9 +21,6 @@ from .origins import origin_parts
 
 __all__ = ["AsyncLoadBalancingTransport"]
 
-#: No timeout of the attempt was cut (no deadline).
-_NOTHING_CUT: frozenset[str] = frozenset()
-
 
 class AsyncLoadBalancingTransport(LoadBalancing[httpx.AsyncBaseTransport],
                                   httpx.AsyncBaseTransport):
@@ -101,11 +98,7 @@ class AsyncLoadBalancingTransport(LoadBalancing[httpx.AsyncBaseTransport],
         target = self._targets.acquire(backend)
         counted = plan.counted
         before = 0 if counted is None else counted.sent
-        if attempts.deadline is None:
-            upstream, timeouts, cut = plan.upstream(target), plan.timeouts, _NOTHING_CUT
-        else:
-            extensions, timeouts, cut = plan.cut(attempts)
-            upstream = plan.upstream(target, extensions)
+        upstream, timeouts, cut = plan.attempt(target, attempts)
         start = self._timer()
         try:
             try:
@@ -128,9 +121,8 @@ class AsyncLoadBalancingTransport(LoadBalancing[httpx.AsyncBaseTransport],
         self._map_redirects(response, backend)
         response.stream = AsyncAttemptBody(cast(httpx.AsyncByteStream, response.stream),
                                            target)
-        return response, self._retry_rule.outcome(
-            response.status_code, latency,
-            bytes_sent=plan.size if counted is None else counted.sent - before)
+        return response, self._retry_rule.outcome(response.status_code, latency,
+                                                  bytes_sent=plan.sent(before))
 
     async def _start(self) -> None:
         """Before the first request: remember the loop (departed backends' connections are

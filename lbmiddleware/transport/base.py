@@ -49,6 +49,9 @@ DEFAULT_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20)
 #: An httpx timeout as a request carries it (``extensions["timeout"]``).
 _Timeouts = Mapping[str, float | None]
 
+#: No timeout of the attempt was cut (no deadline).
+_NOTHING_CUT: frozenset[str] = frozenset()
+
 
 class TransportOptions:
     """How the default inner transports are built, one per backend: the TLS context,
@@ -156,7 +159,7 @@ class Plan:
                  ) -> httpx.Request:
         """The request as ``target``'s backend gets it: its URL with the base path, its
         ``Host`` unless the request keeps its own, its TLS name, its body (counted when it
-        is read once); ``extensions``: this attempt's, when not the plan's (:meth:`cut`)."""
+        is read once); ``extensions``: this attempt's, when not the plan's (:meth:`attempt`)."""
         if extensions is None:
             extensions = self.extensions
         request = outgoing.attempt(
@@ -166,12 +169,15 @@ class Plan:
             request.stream = self.counted
         return request
 
-    def cut(self, attempts: Attempts) -> tuple[dict[str, Any], Mapping[str, float | None],
-                                               frozenset[str]]:
-        """An attempt's extensions and timeouts under the request's deadline: each timeout
-        (connect, read, write, pool) cut to the time left, and the names of those cut."""
+    def attempt(self, target: Target[Any], attempts: Attempts
+                ) -> tuple[httpx.Request, Mapping[str, float | None], frozenset[str]]:
+        """One attempt's request for ``target`` (:meth:`upstream`), its timeouts and the
+        names of those the request's deadline cut: under a deadline each timeout (connect,
+        read, write, pool) is cut to the time left; without one, the plan's, none cut."""
+        if attempts.deadline is None:
+            return self.upstream(target), self.timeouts, _NOTHING_CUT
         timeouts, cut = deadline_limits(attempts, self.timeouts)
-        return {**self.extensions, "timeout": timeouts}, timeouts, cut
+        return self.upstream(target, {**self.extensions, "timeout": timeouts}), timeouts, cut
 
     def sent(self, before: int) -> int:
         """The body bytes an attempt sent: the size, or what the counter counted since

@@ -19,9 +19,6 @@ from .origins import origin_parts
 
 __all__ = ["LoadBalancingTransport"]
 
-#: No timeout of the attempt was cut (no deadline).
-_NOTHING_CUT: frozenset[str] = frozenset()
-
 
 class LoadBalancingTransport(LoadBalancing[httpx.BaseTransport], httpx.BaseTransport):
     """An httpx transport that sends each request to one backend of a pool, retrying on
@@ -154,11 +151,7 @@ class LoadBalancingTransport(LoadBalancing[httpx.BaseTransport], httpx.BaseTrans
         target = self._targets.acquire(backend)
         counted = plan.counted
         before = 0 if counted is None else counted.sent
-        if attempts.deadline is None:
-            upstream, timeouts, cut = plan.upstream(target), plan.timeouts, _NOTHING_CUT
-        else:
-            extensions, timeouts, cut = plan.cut(attempts)
-            upstream = plan.upstream(target, extensions)
+        upstream, timeouts, cut = plan.attempt(target, attempts)
         start = self._timer()
         try:
             try:
@@ -178,9 +171,8 @@ class LoadBalancingTransport(LoadBalancing[httpx.BaseTransport], httpx.BaseTrans
             upstream.extensions["timeout"] = plan.timeouts      # (httpcore reads them then)
         self._map_redirects(response, backend)
         response.stream = AttemptBody(cast(httpx.SyncByteStream, response.stream), target)
-        return response, self._retry_rule.outcome(
-            response.status_code, latency,
-            bytes_sent=plan.size if counted is None else counted.sent - before)
+        return response, self._retry_rule.outcome(response.status_code, latency,
+                                                  bytes_sent=plan.sent(before))
 
     def _plain_transport(self, proxy: httpx.Proxy | None, tls: ssl.SSLContext
                          ) -> httpx.BaseTransport:
