@@ -34,12 +34,11 @@ import socket
 import threading
 import time
 
-import uvicorn
-
+from .asgi_server import ServerThread
 from .tls import PKI
 
 
-class WebSocketBackend:
+class WebSocketBackend(ServerThread):
     """An echo WebSocket backend under uvicorn in a thread; a context manager."""
 
     def __init__(self, name: str = "ws", protocols: tuple[str, ...] = (),
@@ -52,41 +51,16 @@ class WebSocketBackend:
         self.closes: list[int] = []
         self.reasons: list[str] = []    # the reason of each close in closes
         self._lock = threading.Lock()
-        self.sock = socket.create_server(("127.0.0.1", 0), backlog=2048)
-        self.port = self.sock.getsockname()[1]
-        config = uvicorn.Config(self.app, lifespan="off", access_log=False, log_level="error",
-                                loop="asyncio", http="httptools", ws="websockets-sansio",
-                                interface="asgi3",
-                                ws_max_size=64 * 1024 * 1024, ws_ping_interval=ping_interval,
-                                ws_per_message_deflate=False)
-        if pki is not None:         # wss: the PKI's server certificate
-            config.ssl_certfile, config.ssl_keyfile = pki.server_cert, pki.server_key
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
-                                       daemon=True)
+        tls = {} if pki is None else {      # wss: the PKI's server certificate
+            "ssl_certfile": pki.server_cert, "ssl_keyfile": pki.server_key}
+        super().__init__(self.app, backlog=2048, start_timeout=10, log_level="error",
+                         ws="websockets-sansio", interface="asgi3",
+                         ws_max_size=64 * 1024 * 1024, ws_ping_interval=ping_interval,
+                         ws_per_message_deflate=False, **tls)
 
     @property
     def url(self) -> str:
         return f"{self.scheme}://127.0.0.1:{self.port}"
-
-    def start(self) -> WebSocketBackend:
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert self.server.started
-        return self
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
-        self.sock.close()
-
-    def __enter__(self) -> WebSocketBackend:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
     def wait_closed(self, count: int, timeout: float = 10.0) -> list[int]:
         """The close codes received, once ``count`` sockets have closed (AssertionError
@@ -171,37 +145,19 @@ class WebSocketBackend:
                 self.reasons.append(reason)
 
 
-class WebSocketServer:
+class WebSocketServer(ServerThread):
     """``app`` (the middleware under test) under uvicorn with WebSockets on, in a thread of
     this process, on a port the OS chooses; a context manager. ``ws``: uvicorn's
     WebSocket implementation."""
 
     def __init__(self, app, ws: str = "websockets-sansio") -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0), backlog=2048)
-        self.port = self.sock.getsockname()[1]
-        config = uvicorn.Config(app, lifespan="on", access_log=False, log_level="error",
-                                loop="asyncio", http="httptools", ws=ws, interface="asgi3",
-                                ws_max_size=64 * 1024 * 1024, ws_per_message_deflate=False)
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
-                                       daemon=True)
+        super().__init__(app, backlog=2048, start_timeout=10, lifespan="on", log_level="error",
+                         ws=ws, interface="asgi3", ws_max_size=64 * 1024 * 1024,
+                         ws_per_message_deflate=False)
 
     @property
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> WebSocketServer:
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert self.server.started
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
-        self.sock.close()
 
 
 def raise_fd_limit(wanted: int) -> None:
