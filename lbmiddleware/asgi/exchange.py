@@ -293,10 +293,9 @@ class Exchange:
         cookie = self.forwarder.cookie
         if cookie is None:
             return None
-        value = self.forwarder.balancer.sticky_value(backend)
-        if value == self.prefer:
-            return None
-        return cookie.set_cookie(value, secure=self.secure).encode("latin-1")
+        header = cookie.renewal(self.forwarder.balancer.sticky_value(backend), self.prefer,
+                                secure=self.secure)
+        return None if header is None else header.encode("latin-1")
 
     async def _forward(self, backend: Backend, loop: asyncio.AbstractEventLoop,
                        attempts: Attempts) -> tuple[Response | None, Outcome]:

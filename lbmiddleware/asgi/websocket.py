@@ -265,10 +265,9 @@ class Tunnel:
         cookie = self.forwarder.cookie
         if cookie is None:
             return None
-        value = self.forwarder.balancer.sticky_value(backend)
-        if value == self.prefer:
-            return None
-        return b"set-cookie", cookie.set_cookie(value, secure=self.secure).encode("latin-1")
+        header = cookie.renewal(self.forwarder.balancer.sticky_value(backend), self.prefer,
+                                secure=self.secure)
+        return None if header is None else (b"set-cookie", header.encode("latin-1"))
 
     # -- the open WebSocket -------------------------------------------------------------
 

@@ -120,8 +120,8 @@ class ClientFrontEnd:
         sticky = self.sticky_cookie
         if sticky is None:
             return None
-        value = self.balancer.sticky_value(backend)
-        return None if value == attempts.prefer else sticky.set_cookie(value, secure=secure)
+        return sticky.renewal(self.balancer.sticky_value(backend), attempts.prefer,
+                              secure=secure)
 
     def _wait_ready(self) -> None:
         """Before the first request: wait for the first answers of the pool's sources (up

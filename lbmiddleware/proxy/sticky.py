@@ -100,5 +100,12 @@ class StickyCookie:
         return (f"{self.name}={value}; Path={self.path}; HttpOnly; SameSite=Lax"
                 + ("; Secure" if secure else ""))
 
+    def renewal(self, value: str, prefer: str | None, *, secure: bool) -> str | None:
+        """The ``Set-Cookie`` to add to a response from the backend whose cookie value is
+        ``value`` (:meth:`Balancer.sticky_value <lbmiddleware.core.balancer.Balancer.
+        sticky_value>`): None when the request's cookie (``prefer``) named it already. The
+        rule every front-end applies once its answer's backend is known."""
+        return None if value == prefer else self.set_cookie(value, secure=secure)
+
     def __repr__(self) -> str:
         return f"StickyCookie({self.name!r}, path={self.path!r})"

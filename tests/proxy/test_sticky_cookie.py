@@ -85,3 +85,11 @@ def test_read_agrees_with_parse_cookie_on_generated_headers():
         expected = parse_cookie(header).get("lb")
         assert cookie.read(header) == expected, header
         assert cookie.read_binary([(b"cookie", header.encode("latin-1"))]) == expected, header
+
+
+def test_renewal_is_the_set_cookie_only_when_the_request_named_another_backend():
+    cookie = StickyCookie("lb", "/api")
+    assert cookie.renewal("abc", "abc", secure=False) is None
+    assert cookie.renewal("abc", None, secure=True) == (
+        "lb=abc; Path=/api; HttpOnly; SameSite=Lax; Secure")
+    assert cookie.renewal("abc", "def", secure=False) == cookie.set_cookie("abc", secure=False)
