@@ -96,11 +96,25 @@ def _log_level(value: Any) -> str:
     return text
 
 
+#: The gateway's servers, as ``LB_SERVER`` names them (``auto``: the first installed of the
+#: others, in this order).
+SERVER_NAMES = ("auto", "fast", "granian", "uvicorn")
+#: At most this many worker processes (``LB_WORKERS``): far beyond any machine's cores.
+MAX_WORKERS = 256
+
+
 def _server(value: Any) -> str:
     text = str(value).strip().lower()
-    if text not in ("auto", "granian", "uvicorn"):
-        raise ValueError("expected auto, granian or uvicorn")
+    if text not in SERVER_NAMES:
+        raise ValueError("expected auto, fast, granian or uvicorn")
     return text
+
+
+def _workers(value: Any) -> int:
+    count = parse_positive_count(value)
+    if count > MAX_WORKERS:
+        raise ValueError(f"at most {MAX_WORKERS}")
+    return count
 
 
 def _server_duration(value: Any) -> float:
@@ -117,8 +131,13 @@ class GatewaySettings(BaseSettings):
     server: str = dataclasses.field(
         default="auto",
         metadata=setting("LB_SERVER", _server,
-                         "gateway HTTP server: auto (granian if installed, "
-                         "else uvicorn) | granian | uvicorn"))
+                         "gateway HTTP server: auto (fast if uvloop and httptools are "
+                         "installed, else granian, else uvicorn) | fast | granian | uvicorn"))
+    workers: int = dataclasses.field(
+        default=1,
+        metadata=setting("LB_WORKERS", _workers,
+                         "gateway: worker processes sharing the port (SO_REUSEPORT), each "
+                         "with its own pool state; more than 1 needs the fast server"))
     listen: str = dataclasses.field(
         default=DEFAULT_LISTEN,
         metadata=setting("LB_LISTEN", _listen,
@@ -167,7 +186,7 @@ class GatewaySettings(BaseSettings):
     if TYPE_CHECKING:
         # The constructor as type checkers see it: each field as its cast takes it (see
         # Settings in core/settings.py).
-        def __init__(self, server: str = ..., listen: str = ..., admin_listen: str = ...,
+        def __init__(self, server: str = ..., workers: CountLike = ..., listen: str = ..., admin_listen: str = ...,
                      shutdown_timeout: DurationLike = ..., header_timeout: DurationLike = ...,
                      max_connections: CountLike = ..., log_level: str = ...,
                      tls_cert: str = ..., tls_key: str = ...) -> None: ...
