@@ -42,13 +42,20 @@ logger = logging.getLogger("lbmiddleware.gateway")
 
 __all__ = ["serve", "choose_server", "check_libraries", "banner_line", "SERVERS"]
 
-# The modules each server needs: under uvicorn the gateway's protocol (head timeout,
-# connection limit, no trailers as headers) extends uvicorn's httptools protocol.
-SERVERS = {"granian": ("granian",), "uvicorn": ("uvicorn", "httptools")}
+# The modules each server needs, in ``auto``'s order of preference. The fast server: uvloop
+# and httptools, and uvicorn with websockets for the WebSocket hand-off (an upgrade request
+# goes to uvicorn's protocol). Under uvicorn the gateway's protocol (head timeout, connection
+# limit, no trailers as headers) extends uvicorn's httptools protocol.
+SERVERS = {"fast": ("uvloop", "httptools", "uvicorn", "websockets"),
+           "granian": ("granian",), "uvicorn": ("uvicorn", "httptools")}
 
 
-def choose_server(settings: GatewaySettings) -> str:
-    """``"granian"`` or ``"uvicorn"`` for ``settings.server``; ConfigError if not installed."""
+def choose_server(settings: GatewaySettings, *, server_name: str = "LB_SERVER",
+                  workers_name: str = "LB_WORKERS") -> str:
+    """``"fast"``, ``"granian"`` or ``"uvicorn"`` for ``settings.server`` (``auto``: the first
+    installed, in :data:`SERVERS`' order); ConfigError if not installed, or if
+    ``settings.workers`` is more than 1 and the server is not the fast one (the names: how
+    the error calls the two settings)."""
     wanted = settings.server
     missing = {name: [m for m in modules if importlib.util.find_spec(m) is None]
                for name, modules in SERVERS.items()}
@@ -56,13 +63,21 @@ def choose_server(settings: GatewaySettings) -> str:
     if wanted == "auto":
         if not installed:
             raise ConfigError("no HTTP server for the gateway: pip install 'lbmiddleware[gateway]'"
-                              " (granian, or uvicorn with httptools)")
-        return installed[0]
-    if wanted not in installed:
+                              " (uvloop, httptools and uvicorn for the fast server; or granian)")
+        chosen = installed[0]
+    elif wanted not in installed:
         names = " ".join(missing[wanted])
-        raise ConfigError(f"LB_SERVER has value {wanted!r}: {names} is not installed "
+        raise ConfigError(f"{server_name} has value {wanted!r}: {names} is not installed "
                           f"(pip install {names})")
-    return wanted
+    else:
+        chosen = wanted
+    if settings.workers > 1 and chosen != "fast":
+        how = (f"{server_name} has value {wanted!r}" if wanted != "auto" else
+               f"{server_name} has value 'auto', which chose {chosen} (the fast server's "
+               f"{' '.join(missing['fast'])} not installed)")
+        raise ConfigError(f"{workers_name} has value {settings.workers}: more than one worker "
+                          f"needs the fast server, and {how}")
+    return chosen
 
 
 def check_libraries(settings: FrontEndSettings) -> None:
@@ -95,7 +110,8 @@ def serve(settings: FrontEndSettings, *, out: TextIO = sys.stdout) -> None:
 
 def _serve(settings: FrontEndSettings, config: str | None, out: TextIO) -> None:
     gateway = settings[GatewaySettings]
-    server = choose_server(gateway)
+    server = choose_server(gateway, server_name=_named(settings, "server", "LB_SERVER"),
+                           workers_name=_named(settings, "workers", "LB_WORKERS"))
     check_libraries(settings)
     sock = bind_setting(gateway.listen_address, _named(settings, "listen", "LB_LISTEN"))
     host, port = sock.getsockname()[:2]
@@ -119,6 +135,9 @@ def _serve(settings: FrontEndSettings, config: str | None, out: TextIO) -> None:
             if config is not None:      # (before the banner: a SIGHUP may follow it at once)
                 banner = _then(functools.partial(_forward_sighup, config), banner)
             serve_granian(settings, host, port, banner, admin)
+        elif server == "fast":
+            from .fast import serve_fast
+            serve_fast(settings, sock, admin, banner)
         else:
             banner()        # the sockets listen already: connections wait in the backlog
             serve_uvicorn(settings, sock, admin)
@@ -161,7 +180,8 @@ def _named(settings: FrontEndSettings, key: str, variable: str) -> str:
     if not isinstance(settings, GatewayConfig):
         return variable
     if key in dict(settings.options):
-        return {"listen": "--listen", "admin_listen": "--admin"}.get(key, key)
+        return {"listen": "--listen", "admin_listen": "--admin",
+                "workers": "--workers"}.get(key, key)
     return f"{key} in {settings.path}"
 
 
