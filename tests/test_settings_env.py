@@ -18,7 +18,7 @@ from lbmiddleware.asgi import LoadBalancerMiddleware
 from lbmiddleware.gateway_settings import load_settings
 from lbmiddleware.wsgi import WSGILoadBalancer
 
-from .support.gateway import GatewayProcess
+from .support.gateway import GATEWAY_SERVERS, GatewayProcess
 
 # What a Pod sees beside a Service named "lb" exposing port 8000 (and one named "lb-admin").
 SERVICE_LINKS = {
@@ -58,7 +58,7 @@ def test_a_typo_is_a_warning_naming_the_setting_meant(backends, caplog):
                for m in messages)
 
 
-@pytest.mark.parametrize("server", ["uvicorn", "granian"])
+@pytest.mark.parametrize("server", GATEWAY_SERVERS)
 def test_the_gateway_serves_beside_service_links_and_reports_a_typo(backends, server):
     environ = {"LB_BACKENDS": backends[0].url, "LB_SERVER": server, "LB_PREFX": "/api",
                **SERVICE_LINKS}

@@ -15,7 +15,7 @@ import pytest
 from lbmiddleware.asgi import LoadBalancerMiddleware
 
 from ..support.asgi_server import ServerThread
-from ..support.gateway import GatewayProcess
+from ..support.gateway import GATEWAY_SERVERS, GatewayProcess
 from ..support.servers import RawServer, read_request_head
 
 STREAM_LIMIT = 20.0      # seconds: the "endless" stream ends by then whatever happens
@@ -84,7 +84,7 @@ def test_a_client_leaving_an_early_response_during_its_upload_is_noticed(endless
         assert endless.peer_closed.wait(NOTICE)
 
 
-@pytest.mark.parametrize("server", ["granian", "uvicorn"])
+@pytest.mark.parametrize("server", GATEWAY_SERVERS)
 def test_the_gateway_closes_the_upstream_when_that_client_leaves(endless, server):
     with GatewayProcess({"LB_BACKENDS": endless.url, "LB_SERVER": server,
                          "LB_READ_TIMEOUT": "30s"}) as gateway:

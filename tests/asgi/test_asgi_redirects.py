@@ -1,7 +1,7 @@
 """Redirects from a real framework stay on the proxy (issue 14, item 4): a Starlette backend
 under uvicorn builds absolute URLs from the ``Host`` it got (its slash redirects and
 ``url_for``), which the proxy sends as the backend's own address; through the ASGI middleware
-and the gateway (granian and uvicorn) the client gets them on the address it used, and a
+and the gateway (under each of its servers) the client gets them on the address it used, and a
 client that follows them stays on the proxy. (The rule for every proxy front-end is in
 tests/contract/proxy_contract.py.)"""
 
@@ -21,7 +21,7 @@ from lbmiddleware.asgi import LoadBalancerMiddleware
 
 from ..support.asgi_client import Call
 from ..support.asgi_server import ServerThread
-from ..support.gateway import GatewayProcess
+from ..support.gateway import GATEWAY_SERVERS, GatewayProcess
 
 
 async def _items(request: Request) -> Response:
@@ -63,7 +63,7 @@ def test_the_middleware_gives_the_clients_address_back(backend):
                                    (303, "https://front.example:8080/api/items/")]
 
 
-@pytest.mark.parametrize("server", ["granian", "uvicorn"])
+@pytest.mark.parametrize("server", GATEWAY_SERVERS)
 def test_a_client_of_the_gateway_follows_them_through_the_gateway(backend, server):
     gateway = GatewayProcess({"LB_BACKENDS": backend, "LB_PREFIX": "/api",
                               "LB_SERVER": server}).start()

@@ -1,6 +1,7 @@
 """Bodies stream both ways with bounded memory: 200 MB up and 200 MB down through the
-gateway (a real uvicorn in a subprocess) grow its peak RSS by less than 50 MB, even when
-the receiving side pauses before reading (a proxy without flow control would buffer)."""
+gateway (in a subprocess, under each of its servers) grow its peak RSS by less than 50 MB,
+even when the receiving side pauses before reading (a proxy without flow control would
+buffer)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import time
 
 import pytest
 
-from ..support.gateway import GatewayProcess
+from ..support.gateway import GATEWAY_SERVERS, GatewayProcess
 from ..support.servers import read_request_head
 
 SIZE = 200 * 1024 * 1024
@@ -161,7 +162,7 @@ def read_response(sock: socket.socket) -> tuple[bytes, bytes]:
     return head, body
 
 
-@pytest.fixture(scope="module", params=["uvicorn", "granian"])
+@pytest.fixture(scope="module", params=GATEWAY_SERVERS)
 def streaming_gateway(request):
     backend = StreamingBackend()
     gateway = GatewayProcess({"LB_BACKENDS": backend.url, "LB_SERVER": request.param}).start()

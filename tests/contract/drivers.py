@@ -11,7 +11,9 @@ A :class:`FrontEnd` makes proxies (``start``) and stops them all after the test.
   scope (``tests/support/asgi_client.py``) on one event loop that lives as long as the
   proxy, and a WSGI environ built as wsgiref's server builds it, checked by
   ``wsgiref.validate`` with its warnings as errors. The gateway is a process
-  (``python -m lbmiddleware serve``, its default server) and gets the request on the wire.
+  (``python -m lbmiddleware serve``) and gets the request on the wire, under its own fast
+  server (:class:`FastGatewayFrontEnd`) and on the ASGI path under granian
+  (:class:`GranianGatewayFrontEnd`).
 * :meth:`Proxy.raw`: raw bytes on a socket, through a real server: uvicorn (in a thread)
   for the ASGI middleware, a threaded wsgiref server for the WSGI middleware, the gateway
   itself.
@@ -597,9 +599,13 @@ class GatewayProxy(Proxy):
 
 
 class GatewayFrontEnd(FrontEnd):
-    """``python -m lbmiddleware serve`` in a process (its default server), on the wire."""
+    """``python -m lbmiddleware serve`` in a process under ``server`` (``LB_SERVER``), on
+    the wire. The attributes here are what every server of the gateway shares; where the
+    servers differ, each subclass says (:class:`FastGatewayFrontEnd`,
+    :class:`GranianGatewayFrontEnd`)."""
 
     name = "gateway"
+    server = ""
     wraps_an_app = False
     sees_balancer = False
     takes_keywords = False
@@ -608,9 +614,6 @@ class GatewayFrontEnd(FrontEnd):
     peer = "127.0.0.1"
     proxy_peer = "127.0.0.2"
     adds_connection_headers = True
-    replays_a_body_over_the_limit_received_whole = False
-    refuses_nul_itself = True
-    cut_before_its_body = (500, b"Internal server error")
     server_adds_date = True
 
     def forwarded_name(self, name: str) -> str:
@@ -625,14 +628,42 @@ class GatewayFrontEnd(FrontEnd):
         if environ is None:     # (with the admin listener: the pool's rows for stats())
             environ = {**lb_environ({"backends": backends, **settings}),
                        "LB_ADMIN_LISTEN": "127.0.0.1:0"}
-        return GatewayProxy(GatewayProcess(environ).start())
+        return GatewayProxy(GatewayProcess(self._on_server(environ)).start())
+
+    def _on_server(self, environ: dict[str, str]) -> dict[str, str]:
+        return {"LB_SERVER": self.server, **environ}
 
     def config_error(self, environ=None, **settings) -> str:
         assert not settings, "the gateway takes LB_* variables only"
-        process = GatewayProcess(environ or {})
+        process = GatewayProcess(self._on_server(environ or {}))
         try:
             process.start()
         except RuntimeError as exc:
             return str(exc)
         process.stop()
         raise AssertionError("the gateway started")
+
+
+class FastGatewayFrontEnd(GatewayFrontEnd):
+    """The gateway under its own server (``LB_SERVER=fast``, the default). Its request
+    parser (httptools) refuses a NUL in a header value, and the server answers that with
+    the proxy's own 400, as the proxy answers what it refuses itself. A body over
+    ``retry_buffer`` is streamed from its head on (its length says so), however it arrives;
+    a response whose backend dies after its head is a 200 whose body broke off, as
+    in-process."""
+
+    name = "gateway-fast"
+    server = "fast"
+    replays_a_body_over_the_limit_received_whole = False
+
+
+class GranianGatewayFrontEnd(GatewayFrontEnd):
+    """The gateway on the ASGI path under granian (``LB_SERVER=granian``): granian refuses
+    a NUL in a header value with its own empty 400, sends a body's last message apart, and
+    answers its own 500 when the backend dies after the head, before the first body byte."""
+
+    name = "gateway-granian"
+    server = "granian"
+    replays_a_body_over_the_limit_received_whole = False
+    refuses_nul_itself = True
+    cut_before_its_body = (500, b"Internal server error")

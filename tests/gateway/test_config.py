@@ -29,7 +29,7 @@ from lbmiddleware.gateway.config import (
 from lbmiddleware.gateway_settings import GatewaySettings
 from lbmiddleware.proxy.settings import ProxySettings
 
-from ..support.gateway import GatewayProcess
+from ..support.gateway import GATEWAY_SERVERS, GatewayProcess
 
 EXAMPLE = pathlib.Path(__file__).resolve().parents[2] / "examples" / "gateway.toml"
 
@@ -361,7 +361,7 @@ def test_serve_with_a_config_reads_no_lb_variable_but_lb_log_level(tmp_path, bac
     assert "WARNING" not in output
 
 
-@pytest.mark.parametrize("server", ["granian", "uvicorn"])
+@pytest.mark.parametrize("server", GATEWAY_SERVERS)
 def test_a_backends_base_path_not_in_ascii_is_proxied(tmp_path, backends, server):
     """A base path written in UTF-8 (TOML files are) goes upstream percent-encoded: not a
     500 on every request."""

@@ -1,4 +1,5 @@
-"""``python -m lbmiddleware serve``: a real uvicorn server in a subprocess, on port 0."""
+"""``python -m lbmiddleware serve``: the gateway in a subprocess on port 0, under each of its
+servers (the fast one, granian, uvicorn)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from lbmiddleware.core.settings import describe
 from lbmiddleware.gateway_settings import GROUPS, GatewaySettings, load_settings, parse_listen
 from lbmiddleware.proxy import settings as lb_proxy_settings
 
-from ..support.gateway import GatewayProcess
+from ..support.gateway import GATEWAY_SERVERS, GatewayProcess
 
 
 def run_serve(environ: dict[str, str], *args: str) -> subprocess.CompletedProcess:
@@ -44,7 +45,7 @@ def raw_exchange(port: int, data: bytes, timeout: float = 3.0) -> bytes:
     return received
 
 
-@pytest.fixture(params=["uvicorn", "granian"])
+@pytest.fixture(params=GATEWAY_SERVERS)
 def gateway(backends, request):
     urls = ", ".join(b.url for b in backends[:2])
     with GatewayProcess({"LB_BACKENDS": urls, "LB_PREFIX": "/api", "LB_READ_TIMEOUT": "500ms",
@@ -156,7 +157,7 @@ def test_a_bad_setting_prints_the_config_error_and_exits_2(environ, message):
     assert "Traceback" not in result.stderr and result.stdout == ""
 
 
-@pytest.mark.parametrize("server", ["granian", "uvicorn"])
+@pytest.mark.parametrize("server", GATEWAY_SERVERS)
 def test_a_dns_source_without_dnspython_is_a_bad_setting_before_the_server_starts(
         tmp_path, server):
     # dnspython missing: a sitecustomize on PYTHONPATH hides it from the gateway's process
@@ -206,14 +207,23 @@ def test_help_lists_every_setting():
                 or description[:30] in result.stdout)
 
 
-def test_the_server_can_be_chosen_and_auto_prefers_granian(monkeypatch):
+def test_the_server_can_be_chosen_and_auto_prefers_the_fast_one(monkeypatch):
+    """auto: the fast server, else granian, else uvicorn (the first whose modules are
+    installed)."""
     from lbmiddleware import gateway
     settings = GatewaySettings()
-    assert gateway.choose_server(settings) == "granian"
-    assert gateway.choose_server(settings.replace(server="uvicorn")) == "uvicorn"
+    assert gateway.choose_server(settings) == "fast"
+    for server in GATEWAY_SERVERS:
+        assert gateway.choose_server(settings.replace(server=server)) == server
     real = importlib.util.find_spec
+    hidden: set[str] = {"uvloop"}
     monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name: None if name == "granian" else real(name))
+                        lambda name: None if name in hidden else real(name))
+    assert gateway.choose_server(settings) == "granian"
+    with pytest.raises(lb_errors.ConfigError,
+                       match="LB_SERVER has value 'fast': uvloop is not installed"):
+        gateway.choose_server(settings.replace(server="fast"))
+    hidden.add("granian")
     assert gateway.choose_server(settings) == "uvicorn"
     with pytest.raises(lb_errors.ConfigError,
                        match="LB_SERVER has value 'granian': granian is not installed"):
@@ -243,7 +253,8 @@ def test_uvicorn_is_chosen_only_with_httptools(monkeypatch):
     with pytest.raises(lb_errors.ConfigError, match="LB_SERVER has value 'uvicorn': httptools is "
                                                     r"not installed \(pip install httptools\)"):
         gateway.choose_server(settings.replace(server="uvicorn"))
-    with pytest.raises(lb_errors.ConfigError, match="granian, or uvicorn with httptools"):
+    with pytest.raises(lb_errors.ConfigError, match=r"uvloop, httptools and uvicorn for the "
+                                                    r"fast server; or granian"):
         gateway.choose_server(settings)
 
 

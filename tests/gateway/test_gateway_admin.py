@@ -4,7 +4,7 @@ in the process that owns the pool, from the lifespan's startup to its shutdown.
 In-process first, with a trivial WSGI app in its place (``GatewayApp(admin_app=...)``):
 the listener's lifecycle, and its bounds under clients that do not behave (it shares the
 proxy's process: what it lets a client hold, the proxy pays for). Then ``python -m
-lbmiddleware serve`` under granian and uvicorn, with the real status app.
+lbmiddleware serve`` under each of its servers, with the real status app.
 """
 
 from __future__ import annotations
@@ -26,12 +26,10 @@ import requests
 from lbmiddleware.gateway import AdminServer, GatewayApp, bind
 from lbmiddleware.gateway_settings import load_settings
 
-from ..support.gateway import GatewayProcess
+from ..support.gateway import GATEWAY_SERVERS, GatewayProcess
 from ..support.waiting import until, until_async
 from .test_gateway_logs import log_lines
 from .test_gateway_server import closed_within
-
-SERVERS = ["granian", "uvicorn"]
 
 
 def hello(environ, start_response):
@@ -267,7 +265,7 @@ def test_stop_ends_the_connections_in_progress_at_once(admin_server):
 
 # -- the gateway ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("server", SERVERS)
+@pytest.mark.parametrize("server", GATEWAY_SERVERS)
 def test_the_admin_port_serves_status_while_the_proxied_port_passes_status_on(server, servers):
     a = servers("a")
     process = GatewayProcess({"LB_SERVER": server, "LB_BACKENDS": a.url,
@@ -292,17 +290,18 @@ def test_the_admin_port_serves_status_while_the_proxied_port_passes_status_on(se
     assert refused(process.admin_port)        # gone with the gateway
 
 
-def test_two_gateways_with_admin_port_0_get_their_own_ports(servers):
-    a, b = servers("a"), servers("b")
+def test_gateways_with_admin_port_0_get_their_own_ports(servers):
+    """One gateway under each server, all at once."""
+    backends = [servers(name) for name in "abc"]
     started = [GatewayProcess({"LB_SERVER": server, "LB_BACKENDS": backend.url,
                                "LB_ADMIN_LISTEN": "127.0.0.1:0"})
-               for server, backend in (("granian", a), ("uvicorn", b))]
+               for server, backend in zip(GATEWAY_SERVERS, backends, strict=True)]
     try:
         for process in started:
             process.start()
         ports = [process.admin_port for process in started]
-        assert 0 not in ports and len(set(ports)) == 2
-        for process, backend in zip(started, (a, b), strict=True):
+        assert 0 not in ports and len(set(ports)) == len(GATEWAY_SERVERS)
+        for process, backend in zip(started, backends, strict=True):
             snapshot = requests.get(f"{process.admin_url}/status.json", timeout=5).json()
             assert [row["url"] for row in snapshot["pools"][0]["backends"]] == [backend.url]
     finally:
@@ -310,7 +309,7 @@ def test_two_gateways_with_admin_port_0_get_their_own_ports(servers):
             process.stop()
 
 
-@pytest.mark.parametrize("server", SERVERS)
+@pytest.mark.parametrize("server", GATEWAY_SERVERS)
 def test_an_admin_address_in_use_names_the_setting(server):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -328,7 +327,7 @@ def test_an_admin_address_in_use_names_the_setting(server):
 
 
 
-@pytest.mark.parametrize("server", SERVERS)
+@pytest.mark.parametrize("server", GATEWAY_SERVERS)
 def test_idle_admin_connections_do_not_starve_the_proxy(server, servers):
     """The proxied port is bounded (``LB_MAX_CONNECTIONS``) so that slow clients cannot use
     up the process's file descriptors (256 here: 1024 is a common default); the admin port,
@@ -378,6 +377,8 @@ def test_the_admin_listener_takes_the_header_timeout_and_logs_no_bare_traceback(
     assert "Traceback" not in output
 
 
+# granian's alone: its main process starts a new worker on SIGHUP; the other servers
+# serve in the gateway's own process (their SIGHUP: test_gateway_reload.py).
 def test_the_admin_port_survives_granians_worker_reload_on_sighup(servers):
     """granian reloads its worker on SIGHUP (what operators send to "reload"); the new
     worker serves the admin port on the socket bound before the first fork, as the first

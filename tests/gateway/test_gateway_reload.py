@@ -5,8 +5,9 @@ new pool (the old one closed once its requests end), removed routes go; no reque
 a bad new file is a WARNING naming file, line and key, and the running routes stay.
 
 In-process first (:class:`RoutesGatewayApp` with loopback backends, its reload awaited),
-then the gateway process under granian (whose main process forwards SIGHUP to its worker
-instead of starting a new one) and uvicorn, with a bounded load running across the reload.
+then the gateway process under each of its servers (granian's main process forwards SIGHUP
+to its worker instead of starting a new one), with a bounded load running across the
+reload.
 """
 
 from __future__ import annotations
@@ -28,10 +29,8 @@ from lbmiddleware.gateway.app import RoutesGatewayApp
 from lbmiddleware.gateway.config import read_config
 
 from ..support.asgi_client import Call
-from ..support.gateway import GatewayProcess
+from ..support.gateway import GATEWAY_SERVERS, GatewayProcess
 from ..support.waiting import until, until_async
-
-SERVERS = ["granian", "uvicorn"]
 
 
 class Config:
@@ -411,7 +410,7 @@ def pool_rows(gateway: GatewayProcess) -> dict[str, dict[str, dict]]:
             for pool in status["pools"]}
 
 
-@pytest.mark.parametrize("server", SERVERS)
+@pytest.mark.parametrize("server", GATEWAY_SERVERS)
 def test_sighup_under_load_drops_nothing_and_kept_pools_keep_counting(server, config,
                                                                        servers):
     a, b, c, d = (servers(name) for name in "abcd")
@@ -441,7 +440,7 @@ def test_sighup_under_load_drops_nothing_and_kept_pools_keep_counting(server, co
     assert "Traceback" not in output and "Respawning" not in output
 
 
-@pytest.mark.parametrize("server", SERVERS)
+@pytest.mark.parametrize("server", GATEWAY_SERVERS)
 def test_a_bad_new_file_is_logged_and_the_old_routes_answer(server, config, backends):
     a, b, c = backends
     gateway_table = f'[gateway]\nserver = "{server}"\nlisten = "127.0.0.1:0"\n'
@@ -466,8 +465,10 @@ def test_a_bad_new_file_is_logged_and_the_old_routes_answer(server, config, back
     assert "Traceback" not in output
 
 
-def test_sighup_without_a_config_under_uvicorn_is_logged_not_fatal(backends):
-    with GatewayProcess({"LB_SERVER": "uvicorn", "LB_BACKENDS": backends[0].url}) as gateway:
+# Not granian: without a config file its main process starts a new worker, as granian does.
+@pytest.mark.parametrize("server", ["fast", "uvicorn"])
+def test_sighup_without_a_config_under_uvicorn_is_logged_not_fatal(server, backends):
+    with GatewayProcess({"LB_SERVER": server, "LB_BACKENDS": backends[0].url}) as gateway:
         gateway.reload()
         gateway.wait_for_output("SIGHUP: nothing to re-read: the gateway was started without "
                                 "--config")
@@ -475,7 +476,7 @@ def test_sighup_without_a_config_under_uvicorn_is_logged_not_fatal(backends):
         assert gateway.process.poll() is None
 
 
-@pytest.mark.parametrize("server", SERVERS)
+@pytest.mark.parametrize("server", GATEWAY_SERVERS)
 @pytest.mark.parametrize("with_config", [True, False])
 def test_sighup_is_taken_from_the_start_of_serve(server, with_config, config, backends,
                                                  monkeypatch, caplog):
@@ -538,7 +539,7 @@ def test_a_watched_file_is_reloaded_when_it_changes(config, backends, caplog):
     assert caplog.text.count("was not reloaded") == 1
 
 
-@pytest.mark.parametrize("server", SERVERS)
+@pytest.mark.parametrize("server", GATEWAY_SERVERS)
 def test_a_watched_file_is_reloaded_by_the_gateway_process(server, config, backends):
     a, b, _ = backends
     gateway_table = (f'[gateway]\nserver = "{server}"\nlisten = "127.0.0.1:0"\n'

@@ -4,7 +4,7 @@ prefix; the longest prefix first; 404 under no route; the admin port shows each 
 by its name.
 
 In-process first (the router's choice, the Host header as it is read), then the gateway
-process under granian and uvicorn with loopback backends.
+process under each of its servers with loopback backends.
 """
 
 from __future__ import annotations
@@ -21,9 +21,7 @@ from lbmiddleware.gateway.routes import request_host
 from lbmiddleware.gateway.run import banner_line
 from lbmiddleware.gateway_settings import load_settings
 
-from ..support.gateway import GatewayProcess
-
-SERVERS = ["granian", "uvicorn"]
+from ..support.gateway import GATEWAY_SERVERS, GatewayProcess
 
 
 def write(tmp_path, text: str, name: str = "gateway.toml"):
@@ -211,7 +209,7 @@ def server_of(response: requests.Response) -> str:
     return response.json()["server"]
 
 
-@pytest.mark.parametrize("server", SERVERS)
+@pytest.mark.parametrize("server", GATEWAY_SERVERS)
 def test_two_routes_each_reach_their_own_backends(server, backends, tmp_path):
     a, b, c = backends
     config = write(tmp_path, two_routes(server, a, b, c))
@@ -241,7 +239,7 @@ def test_two_routes_each_reach_their_own_backends(server, backends, tmp_path):
     assert (a.requests, b.requests, c.requests) == (2, 2, 1)
 
 
-@pytest.mark.parametrize("server", SERVERS)
+@pytest.mark.parametrize("server", GATEWAY_SERVERS)
 def test_host_routes_and_the_longest_prefix_through_the_gateway(server, backends, tmp_path):
     a, b, c = backends
     config = write(tmp_path, f"""
@@ -282,12 +280,13 @@ def test_host_routes_and_the_longest_prefix_through_the_gateway(server, backends
     assert "Traceback" not in output
 
 
-def test_a_routes_sticky_cookie_has_its_prefix_as_path(backends, tmp_path):
+@pytest.mark.parametrize("server", GATEWAY_SERVERS)
+def test_a_routes_sticky_cookie_has_its_prefix_as_path(server, backends, tmp_path):
     """Two routes' cookies do not meet: each route's middleware scopes its cookie."""
     a, b, c = backends
     config = write(tmp_path, f"""
         [gateway]
-        server = "uvicorn"
+        server = "{server}"
         listen = "127.0.0.1:0"
         [defaults]
         sticky_cookie = "lb"
@@ -305,11 +304,12 @@ def test_a_routes_sticky_cookie_has_its_prefix_as_path(backends, tmp_path):
         assert "Path=/auth;" in auth.headers["Set-Cookie"]
 
 
-def test_access_log_lines_name_each_route_and_the_404s(backends, tmp_path):
+@pytest.mark.parametrize("server", GATEWAY_SERVERS)
+def test_access_log_lines_name_each_route_and_the_404s(server, backends, tmp_path):
     a, b, c = backends
     config = write(tmp_path, f"""
         [gateway]
-        server = "uvicorn"
+        server = "{server}"
         listen = "127.0.0.1:0"
         log_level = "warning"
         [[route]]

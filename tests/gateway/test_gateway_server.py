@@ -1,5 +1,6 @@
 """The gateway's HTTP server, attacked and stopped: ``python -m lbmiddleware serve`` under
-granian and uvicorn in a subprocess, with loopback backends and raw sockets.
+each of its servers (the fast one, granian, uvicorn) in a subprocess, with loopback backends
+and raw sockets. (What the fast server alone must hold on the wire: test_gateway_fast.py.)
 
 Each gateway runs in its own session (process group), so a worker that freezes is killed
 with its parent and never outlives the test.
@@ -18,10 +19,8 @@ import time
 import pytest
 import requests
 
-from ..support.gateway import GatewayProcess
+from ..support.gateway import GATEWAY_SERVERS, GatewayProcess
 from ..support.servers import BackendServer, RawServer, read_request_head
-
-SERVERS = ["granian", "uvicorn"]
 
 
 class Gateway(GatewayProcess):
@@ -89,7 +88,7 @@ class TLSBackend(BackendServer):
 STARTS = 5
 
 
-@pytest.mark.parametrize("server", SERVERS)
+@pytest.mark.parametrize("server", GATEWAY_SERVERS)
 @pytest.mark.parametrize("kind", ["localhost", "https"])
 def test_a_backend_named_by_host_name_or_on_https_never_freezes_the_gateway(
         server, kind, certificate):
@@ -150,7 +149,7 @@ def endless():
     backend.stop()
 
 
-@pytest.mark.parametrize("server", SERVERS)
+@pytest.mark.parametrize("server", GATEWAY_SERVERS)
 def test_sigterm_ends_an_endless_stream_after_the_grace_period_and_exits_0(server, endless):
     environ = gateway_env(server, endless.url, LB_SHUTDOWN_TIMEOUT="1s")
     with Gateway(environ) as gateway, \
@@ -173,7 +172,7 @@ def test_sigterm_ends_an_endless_stream_after_the_grace_period_and_exits_0(serve
 
 # -- item 9: chunked trailers are not request headers ----------------------------------
 
-@pytest.mark.parametrize("server", SERVERS)
+@pytest.mark.parametrize("server", GATEWAY_SERVERS)
 def test_a_chunked_trailer_never_reaches_the_backend_as_a_header(server, backends):
     with Gateway(gateway_env(server, backends[0].url)) as gateway, \
             socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as client:
@@ -209,7 +208,7 @@ def closed_within(sock: socket.socket, seconds: float, trickle: bytes = b"") -> 
     return False
 
 
-@pytest.mark.parametrize("server", SERVERS)
+@pytest.mark.parametrize("server", GATEWAY_SERVERS)
 def test_a_request_head_that_never_ends_is_closed_after_the_header_timeout(server, backends):
     with Gateway(gateway_env(server, backends[0].url, LB_HEADER_TIMEOUT="500ms")) as gateway:
         with socket.create_connection(("127.0.0.1", gateway.port)) as silent, \
@@ -237,17 +236,18 @@ def get_on(sock: socket.socket, timeout: float = 5.0) -> bytes:
     return received.split(b"\r\n", 1)[0]
 
 
-@pytest.mark.parametrize("server", SERVERS)
+@pytest.mark.parametrize("server", GATEWAY_SERVERS)
 def test_connections_beyond_the_limit_are_turned_away_or_wait(server, backends):
-    """uvicorn answers 503 and closes a connection beyond the limit; granian leaves it in
-    the listen backlog (no file descriptor used) until a connection ends."""
+    """uvicorn and the fast server answer 503 and close a connection beyond the limit;
+    granian leaves it in the listen backlog (no file descriptor used) until a connection
+    ends."""
     with Gateway(gateway_env(server, backends[0].url, LB_MAX_CONNECTIONS="5")) as gateway:
         address = ("127.0.0.1", gateway.port)
         clients = [socket.create_connection(address) for _ in range(5)]
         try:
             assert [get_on(c) for c in clients] == [b"HTTP/1.1 200 OK"] * 5
             with socket.create_connection(address) as sixth:
-                if server == "uvicorn":
+                if server in ("fast", "uvicorn"):
                     assert get_on(sixth) in (b"HTTP/1.1 503 Service Unavailable", b"")
                 else:
                     with pytest.raises(socket.timeout):         # not accepted yet
@@ -262,7 +262,7 @@ def test_connections_beyond_the_limit_are_turned_away_or_wait(server, backends):
                 client.close()
 
 
-@pytest.mark.parametrize("server", SERVERS)
+@pytest.mark.parametrize("server", GATEWAY_SERVERS)
 def test_a_pipelined_partial_head_waits_for_the_response_before_its_header_timeout(server):
     """The head timer of a pipelined request starts once the response before it is
     complete: uvicorn's protocol once started it at the head's first byte, and a partial
@@ -297,12 +297,15 @@ def test_a_pipelined_partial_head_waits_for_the_response_before_its_header_timeo
 UPGRADE_WARNINGS = ("Unsupported upgrade request", "No supported WebSocket library")
 
 
-def test_upgrade_requests_under_uvicorn_log_no_warnings(backends):
+# uvicorn's protocol, which the fast server hands upgrade requests to (granian has no such
+# warnings).
+@pytest.mark.parametrize("server", ["fast", "uvicorn"])
+def test_upgrade_requests_under_uvicorn_log_no_warnings(server, backends):
     """The proxy forwards a WebSocket handshake as one (a plain HTTP backend answers it
     200, passed on) and other upgrades (h2c) as plain requests: uvicorn's two warnings per
     such request would only flood the log."""
     a = backends[0]
-    gateway = Gateway(gateway_env("uvicorn", a.url)).start()
+    gateway = Gateway(gateway_env(server, a.url)).start()
     try:
         with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as sock:
             sock.sendall(b"GET /chat HTTP/1.1\r\nHost: gw\r\nUpgrade: websocket\r\n"

@@ -11,11 +11,9 @@ import sys
 import pytest
 import requests
 
-from ..support.gateway import GatewayProcess
+from ..support.gateway import GATEWAY_SERVERS, GatewayProcess
 from ..support.servers import BackendServer
 from ..support.tls import PKI, TLSBackendServer, make_pki
-
-SERVERS = ["granian", "uvicorn"]
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +37,7 @@ class TLSGateway(GatewayProcess):
         return f"https://127.0.0.1:{self.port}"
 
 
-@pytest.mark.parametrize("server", SERVERS)
+@pytest.mark.parametrize("server", GATEWAY_SERVERS)
 def test_the_gateway_terminates_tls(server, pki):
     with BackendServer("a") as backend, TLSGateway({
             "LB_SERVER": server, "LB_BACKENDS": backend.url,
@@ -64,7 +62,7 @@ def test_the_gateway_terminates_tls(server, pki):
         assert backend.requests == 4
 
 
-@pytest.mark.parametrize("server", SERVERS)
+@pytest.mark.parametrize("server", GATEWAY_SERVERS)
 @pytest.mark.parametrize("case", ["mismatch", "not_pem", "encrypted"])
 def test_a_certificate_and_key_that_cannot_serve_are_refused_at_the_start(
         server, case, pki, tmp_path):
@@ -91,7 +89,7 @@ def test_a_certificate_and_key_that_cannot_serve_are_refused_at_the_start(
     assert "Traceback" not in done.stderr
 
 
-@pytest.mark.parametrize("server", SERVERS)
+@pytest.mark.parametrize("server", GATEWAY_SERVERS)
 @pytest.mark.parametrize("case", ["ca_not_pem", "client_key_mismatch", "ca_unused"])
 def test_backend_tls_files_that_cannot_be_loaded_are_refused_before_the_banner(
         server, case, pki, tmp_path):
@@ -128,7 +126,7 @@ def attempt_lines(output: str) -> list[str]:
             for line in output.splitlines() if " lbmiddleware.attempts: " in line]
 
 
-@pytest.mark.parametrize("server", SERVERS)
+@pytest.mark.parametrize("server", GATEWAY_SERVERS)
 def test_an_https_backend_signed_by_a_private_ca(server, pki):
     with TLSBackendServer("a", pki.server_context()) as backend:
         environ = {"LB_SERVER": server, "LB_BACKENDS": backend.url}
@@ -153,7 +151,7 @@ def test_an_https_backend_signed_by_a_private_ca(server, pki):
         assert backend.requests == 4
 
 
-@pytest.mark.parametrize("server", SERVERS)
+@pytest.mark.parametrize("server", GATEWAY_SERVERS)
 def test_a_backend_asking_for_a_client_certificate(server, pki):
     with TLSBackendServer("m", pki.server_context(client_certificate=True)) as mutual, \
             TLSBackendServer("a", pki.server_context()) as other:

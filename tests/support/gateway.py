@@ -1,4 +1,5 @@
-"""The gateway (``python -m lbmiddleware serve``) as a subprocess a test starts and stops."""
+"""The gateway (``python -m lbmiddleware serve``) as a subprocess a test starts and stops,
+and the servers every gateway test runs under (:data:`GATEWAY_SERVERS`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,14 @@ import threading
 import time
 
 from .processes import stop_process
+
+# ``LB_SERVER`` values every gateway test runs under: the gateway's own fast server (the
+# default) and the ASGI path under granian and under uvicorn. A test module that
+# parametrizes the server takes this list; one that tests a server's own limits names that
+# server alone, with a comment saying why.
+GATEWAY_SERVERS = ["fast", "granian", "uvicorn"]
+# The ASGI path alone (the middleware under a server it does not own).
+ASGI_SERVERS = ["granian", "uvicorn"]
 
 
 class GatewayProcess:

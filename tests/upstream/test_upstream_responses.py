@@ -22,7 +22,7 @@ from lbmiddleware.upstream.connection import Connection
 from lbmiddleware.upstream.deadlines import Deadlines
 
 from ..support.asgi_client import Call
-from ..support.gateway import GatewayProcess
+from ..support.gateway import GATEWAY_SERVERS, GatewayProcess
 from ..support.raw_backends import OK
 from ..support.servers import RawServer, read_request_head
 from ..support.upstream_client import fetch
@@ -274,7 +274,7 @@ def test_valid_chunk_lines_are_accepted(scripted, chunk):
     assert second[2] == b"ok" and opened == 1
 
 
-@pytest.mark.parametrize("server", ["uvicorn", "granian"])
+@pytest.mark.parametrize("server", GATEWAY_SERVERS)
 @pytest.mark.parametrize("response", [
     b"HTTP/1.1 999 Weird\r\nContent-Length: 2\r\n\r\nok",
     b"HTTP/1.1 200 OK\r\nX-Bad: a\x01b\r\nContent-Length: 2\r\n\r\nok"], ids=["999", "control"])
