@@ -37,6 +37,20 @@ def _address(text: str) -> str:
     return text
 
 
+def _workers(text: str) -> str:
+    """``--workers N``, checked as ``LB_WORKERS`` is (a whole number from 1 up)."""
+    try:
+        GatewaySettings(workers=text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {_reason(exc)}") from None
+    return text
+
+
+def _reason(exc: ConfigError) -> str:
+    """A setting's error without the variable's name, which the option stands for."""
+    return str(exc).partition(": ")[2] or str(exc)
+
+
 def _address_or_off(text: str) -> str:
     """An address, or empty: off (``--admin ''`` turns off an ``LB_ADMIN_LISTEN`` set)."""
     return text if not text.strip() else _address(text)
@@ -52,6 +66,7 @@ class _SettingOption:
     variable: str
     check: Callable[[str], str]
     help: str
+    metavar: str = "HOST:PORT"
 
 
 # --config FILE (routes) is an option of another kind: a file read instead of the variables,
@@ -61,6 +76,9 @@ _SETTING_OPTIONS = (
                    "the address to listen on, instead of LB_LISTEN (:8000: every interface)"),
     _SettingOption("--admin", "admin_listen", "LB_ADMIN_LISTEN", _address_or_off,
                    "the admin listener's address, instead of LB_ADMIN_LISTEN ('': off)"),
+    _SettingOption("--workers", "workers", "LB_WORKERS", _workers,
+                   "worker processes sharing the address, instead of LB_WORKERS (the fast "
+                   "server only; each has its own pool state)", "N"),
 )
 
 
@@ -127,8 +145,9 @@ def _parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     serve = commands.add_parser(
         "serve", help="run the load-balancing gateway (settings from LB_* variables)",
         description="\n".join(_wrap(
-            "Reverse-proxy every request under LB_PREFIX to the LB_BACKENDS pool, under "
-            "granian or uvicorn (LB_SERVER), until interrupted. Settings come from the LB_* "
+            "Reverse-proxy every request under LB_PREFIX to the LB_BACKENDS pool, on the "
+            "gateway's own fast server (or granian or uvicorn: LB_SERVER; with --workers N, "
+            "N processes on one port), until interrupted. Settings come from the LB_* "
             "variables below; an option wins over its variable. With --config, routes "
             "(each a path prefix and optionally a host, with its own pool) and settings "
             "come from a TOML file instead, its keys the settings' names in lower case "
@@ -139,7 +158,7 @@ def _parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
         epilog=_settings_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     serve.add_argument("--version", action=_VersionAction)
     for option in _SETTING_OPTIONS:
-        serve.add_argument(option.flag, dest=option.field, metavar="HOST:PORT",
+        serve.add_argument(option.flag, dest=option.field, metavar=option.metavar,
                            type=option.check, help=option.help)
     serve.add_argument("--config", metavar="FILE",
                        help="routes and settings from this TOML file ([gateway], [defaults], "
@@ -189,6 +208,7 @@ def _serve(args: argparse.Namespace) -> int:
     """``serve``: the settings (the options winning over their variables), then the
     gateway until interrupted."""
     from .gateway import configure_logging, serve
+    from .gateway.fast.workers import WorkerFailed
     try:
         # Logging first (LB_LOG_LEVEL alone), so that the settings' own warnings (a
         # misspelt LB_ name) are logged as every later line is.
@@ -202,8 +222,8 @@ def _serve(args: argparse.Namespace) -> int:
         serve(settings)
     except ConfigError as exc:  # a bad setting; the chosen server or a source's library missing
         return _error(exc, args, 2)
-    except OSError as exc:      # an address is taken, say (CannotListen names it)
-        return _error(exc, args, 1)
+    except (OSError, WorkerFailed) as exc:  # an address is taken, say (CannotListen names
+        return _error(exc, args, 1)         # it); a worker that ended before it served
     except KeyboardInterrupt:
         pass
     return 0

@@ -21,6 +21,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import socket
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -33,9 +34,10 @@ from ..fleet.pool import require_library
 from ..gateway_settings import GatewaySettings
 from ..proxy.settings import ProxySettings
 from .config import GatewayConfig, Route
+from .fast.workers import bind_shared, serve_workers
 from .granian_server import serve_granian
 from .listen import bind_setting, url
-from .tls import check_backend_files
+from .tls import check_backend_files, check_certificate
 from .uvicorn_server import serve_uvicorn
 
 logger = logging.getLogger("lbmiddleware.gateway")
@@ -113,28 +115,23 @@ def _serve(settings: FrontEndSettings, config: str | None, out: TextIO) -> None:
     server = choose_server(gateway, server_name=_named(settings, "server", "LB_SERVER"),
                            workers_name=_named(settings, "workers", "LB_WORKERS"))
     check_libraries(settings)
-    sock = bind_setting(gateway.listen_address, _named(settings, "listen", "LB_LISTEN"))
+    workers = gateway.workers if server == "fast" else 1
+    socks, admins = _bind(settings, workers)
+    sock, admin = socks[0], None if admins is None else admins[0]
     host, port = sock.getsockname()[:2]
-    admin = None
-    if gateway.admin_address is not None:
-        try:
-            # Bound here, before granian forks (its worker serves on this very socket), so
-            # port 0 is resolved once and printed.
-            admin = bind_setting(gateway.admin_address,
-                                 _named(settings, "admin_listen", "LB_ADMIN_LISTEN"))
-        except OSError:
-            sock.close()
-            raise
     if server == "granian":
         sock.close()        # granian binds the address itself (port 0: the one just found)
-    line = banner_line(settings, server, host, port,
-                       None if admin is None else admin.getsockname()[:2])
+    line = banner_line(settings, server if workers == 1 else f"{server}, {workers} workers",
+                       host, port, None if admin is None else admin.getsockname()[:2])
     banner: Callable[[], None] = functools.partial(print, line, file=out, flush=True)
     try:
         if server == "granian":
             if config is not None:      # (before the banner: a SIGHUP may follow it at once)
                 banner = _then(functools.partial(_forward_sighup, config), banner)
             serve_granian(settings, host, port, banner, admin)
+        elif workers > 1:
+            check_certificate(gateway)  # once, here, rather than by every worker
+            serve_workers(settings, socks, admins, banner, config=config)
         elif server == "fast":
             from .fast import serve_fast
             serve_fast(settings, sock, admin, banner)
@@ -142,9 +139,33 @@ def _serve(settings: FrontEndSettings, config: str | None, out: TextIO) -> None:
             banner()        # the sockets listen already: connections wait in the backlog
             serve_uvicorn(settings, sock, admin)
     finally:
-        sock.close()
-        if admin is not None:
-            admin.close()
+        for each in (*socks, *(admins or ())):
+            each.close()
+
+
+def _bind(settings: FrontEndSettings, count: int
+          ) -> tuple[list[socket.socket], list[socket.socket] | None]:
+    """The listening sockets, bound here so that port 0 is resolved once and printed (and
+    before granian forks: its worker serves on the admin socket): one, or with ``count``
+    workers one each on the same address (:func:`~.fast.workers.bind_shared`); the admin
+    listener's the same way, None without one."""
+    gateway = settings[GatewaySettings]
+
+    def bound(address: tuple[str, int], variable: str) -> list[socket.socket]:
+        if count == 1:
+            return [bind_setting(address, variable)]
+        return bind_shared(address, count, variable)
+
+    socks = bound(gateway.listen_address, _named(settings, "listen", "LB_LISTEN"))
+    if gateway.admin_address is None:
+        return socks, None
+    try:
+        admins = bound(gateway.admin_address, _named(settings, "admin_listen", "LB_ADMIN_LISTEN"))
+    except OSError:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks, admins
 
 
 def banner_line(settings: FrontEndSettings, server: str, host: str, port: int,
