@@ -1,38 +1,58 @@
-"""How fast is the gateway? Requests/second and p99 through each proxy, with wrk, on loopback.
+"""How fast is the gateway? Requests/second, p99 and CPU per request through each proxy, with
+wrk, on loopback, against nginx measured in the same round (issue 15).
 
-Two nginx backends serve a short body; wrk drives, one target at a time, with the same
-connections and duration:
+Two nginx backends (one worker each) serve a 5-byte body (``/``), 16 KB (``/16k``) and
+1 MB (``/1m``). Each contender is a round-robin reverse proxy over the two, keeping its
+upstream connections alive:
 
-* ``direct``            — wrk straight to one backend (the ceiling)
-* ``nginx proxy``       — nginx as the equivalent round-robin reverse proxy (1 worker,
-                          keep-alive upstream)
-* ``aiohttp pass-through`` — the usual Python way: an ASGI app forwarding with
-                          ``aiohttp.ClientSession``, in the same uvicorn (the peer baseline)
-* ``lbmiddleware gateway`` — ``python -m lbmiddleware serve`` as installed (``LB_SERVER``
-                          auto: granian if installed, else uvicorn + httptools + uvloop)
+* ``nginx``      nginx, 1 worker (the baseline: every ratio is to it)
+* ``haproxy``    HAProxy, 1 thread (``http-reuse always``)
+* ``fast``       ``python -m lbmiddleware serve`` with ``LB_SERVER=fast`` (the default)
+* ``granian``    the same with ``LB_SERVER=granian``: the ASGI path
+* ``uvicorn``    the same with ``LB_SERVER=uvicorn``: the ASGI path
+* ``reference``  ``proxy_layers/reference.py``: an asyncio ``Protocol`` proxy on uvloop +
+                 httptools that forwards bytes only, the floor a Python proxy can reach
+* ``aiohttp``    ``proxy_layers/aiohttp_passthrough.py``: the usual Python way (an ASGI app
+                 forwarding with aiohttp's client, under uvicorn)
 
-and, to choose the gateway's parts by measurement (``--no-choices`` skips them):
+``--no-choices`` leaves out the gateway's other servers and the aiohttp pass-through
+(granian, uvicorn, aiohttp): nginx, HAProxy, the fast path and the reference remain.
 
-* ``gateway on uvicorn`` — the same command with ``LB_SERVER=uvicorn``
-* ``lbmiddleware + httpx`` / ``lbmiddleware + aiohttp`` — the middleware under uvicorn
-  with httpx's or aiohttp's client in place of its own (``lbmiddleware.upstream``)
+Placement: the proxy on CPU 0 (``taskset -c 0``, its children and threads with it), wrk
+(``-t1``) and the backends on CPU 1, so the proxy has one core to itself and the client
+side another. Rounds alternate the contenders (each round starts one further along the
+list); for each contender and body size a round measures requests/second and p99 (wrk
+``--latency``), and the proxy's CPU time per request: utime + stime of every process in
+its session (``/proc/PID/stat``, children and threads included), over the measured window,
+divided by the requests wrk counted. A table shows, per body size, the median over the
+rounds of each round's own ratio to nginx (min-max beside it), since the machine may be
+shared: each round's ratio compares neighbours in time. "CPU 0 other" is how busy the
+proxy's core was outside the proxy (other programs, interrupts): the noise in that window.
 
-Every target gets one worker. Rounds alternate the targets; each row shows the median
-over the rounds, and each ratio is the median of the rounds' own ratios against the
-aiohttp pass-through and nginx measured in the same round (the machine may be shared). wrk
-and nginx come from Debian packages: the script installs them with apt-get when they are
-missing.
-Everything it starts is stopped at the end.
+``--workers 2`` (the default; 1 skips it) then runs the fast path with ``LB_WORKERS=2``
+against nginx with 2 workers, on fresh backends, nothing pinned: on a 2-CPU machine no
+placement gives each worker a core of its own with the client and backends elsewhere, and
+pinning the two workers to both CPUs while wrk and the backends stay on one would slow the
+worker that shares it and not the other. Unpinned, the scheduler spreads both setups the
+same way, so their ratio holds; on dedicated cores, expect more.
+
+wrk, nginx and HAProxy come from Debian packages: the script installs them with apt-get
+when they are missing. Every load is bounded in time (``--duration``) and count
+(``--rounds``); everything started is stopped at the end (process groups).
 
     python benchmarks/bench_proxy.py [--duration 4] [--rounds 3] [--connections 64]
+        [--workers 2] [--sizes 5,16k,1m] [--contenders nginx,fast,...] [--no-choices]
+        [--json PATH]
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
+import http.client
+import json
 import os
+import platform
 import re
 import shutil
 import signal
@@ -43,40 +63,60 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import metadata
+from typing import IO, Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LAYERS = os.path.join(ROOT, "benchmarks", "proxy_layers")
 sys.path.insert(0, ROOT)
 
-BODY = "hello from the backend\n"
-HOP = {"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
-       "upgrade", "host", "content-length"}
+BODY = "hello"
+#: the body sizes: (label, path on the backends, bytes)
+SIZES = {"5": ("5 B", "/", len(BODY)), "16k": ("16 KB", "/16k", 16 * 1024),
+         "1m": ("1 MB", "/1m", 1024 * 1024)}
+PROXY_CPUS = "0"            # the proxy's core
+CLIENT_CPUS = "1"           # wrk's and the backends'
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 # -- tools -----------------------------------------------------------------------------------
 
-def ensure_tools() -> tuple[str, str]:
-    """Paths of wrk and nginx, installing the Debian packages if needed."""
-    def find() -> tuple[str | None, str | None]:
-        return (shutil.which("wrk"),
-                shutil.which("nginx")
-                or next((p for p in ("/usr/sbin/nginx",) if os.path.exists(p)), None))
-
-    wrk, nginx = find()
-    if wrk and nginx:
-        return wrk, nginx
-    print("installing wrk and nginx with apt-get ...", flush=True)
+def _apt_install(packages: list[str]) -> None:
+    print(f"installing {' '.join(packages)} with apt-get ...", flush=True)
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, stdout=subprocess.DEVNULL)
-    packages = [p for p, have in (("wrk", wrk), ("nginx-light", nginx)) if not have]
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, stdout=subprocess.DEVNULL,
+                   timeout=600)
     result = subprocess.run(["apt-get", "install", "-y", "-qq", *packages], env=env,
-                            stdout=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, timeout=600)
     if result.returncode != 0 and "nginx-light" in packages:
         subprocess.run(["apt-get", "install", "-y", "-qq", "nginx"], check=True, env=env,
-                       stdout=subprocess.DEVNULL)
-    wrk, nginx = find()
+                       stdout=subprocess.DEVNULL, timeout=600)
+
+
+def _which(command: str) -> str | None:
+    return shutil.which(command) or next(
+        (path for path in (f"/usr/sbin/{command}",) if os.path.exists(path)), None)
+
+
+def ensure_tools() -> tuple[str, str]:
+    """Paths of wrk and nginx, installing the Debian packages if needed."""
+    wrk, nginx = _which("wrk"), _which("nginx")
+    if not (wrk and nginx):
+        _apt_install([p for p, have in (("wrk", wrk), ("nginx-light", nginx)) if not have])
+        wrk, nginx = _which("wrk"), _which("nginx")
     if not (wrk and nginx):
         sys.exit("wrk and nginx are needed (apt-get install wrk nginx-light)")
     return wrk, nginx
+
+
+def ensure_haproxy() -> str | None:
+    """Path of haproxy, installing the Debian package if needed (None: not installable)."""
+    if _which("haproxy") is None:
+        with contextlib.suppress(subprocess.SubprocessError, OSError):
+            _apt_install(["haproxy"])
+    return _which("haproxy")
 
 
 def free_port() -> int:
@@ -98,23 +138,40 @@ def wait_port(port: int, process: subprocess.Popen, timeout: float = 15.0) -> No
 
 
 class Processes:
-    """Every process the benchmark starts, stopped (TERM, then KILL) at the end."""
+    """Every process the benchmark starts, each in its own session (so its process group,
+    children included, is stopped: TERM, then KILL) and stopped at the end. Their stderr
+    goes to an unnamed file (a pipe nobody reads would stall a process that logs)."""
 
     def __init__(self) -> None:
         self.running: list[subprocess.Popen] = []
+        self.logs: dict[int, IO[bytes]] = {}
 
-    def start(self, args: list[str], port: int, env: dict | None = None) -> subprocess.Popen:
+    def start(self, args: list[str], port: int, env: dict | None = None,
+              cpus: str | None = None) -> subprocess.Popen:
+        """Start ``args`` (on ``cpus``, e.g. ``"0"``, when given) and wait for ``port``."""
+        if cpus is not None:
+            args = ["taskset", "-c", cpus, *args]
+        log = tempfile.TemporaryFile()
         process = subprocess.Popen(args, env={**os.environ, **(env or {})},
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                   stdout=subprocess.DEVNULL, stderr=log,
                                    start_new_session=True)
         self.running.append(process)
+        self.logs[process.pid] = log
         try:
             wait_port(port, process)
         except RuntimeError as exc:
+            said = self.log(process)[-2000:]
             self.stop(process)
-            raise RuntimeError(
-                f"{args[0]} did not start: {process.stderr.read().decode()[-2000:]}") from exc
+            raise RuntimeError(f"{' '.join(args[:4])} did not start: {exc}\n{said}") from None
         return process
+
+    def log(self, process: subprocess.Popen) -> str:
+        """What ``process`` wrote on stderr."""
+        log = self.logs.get(process.pid)
+        if log is None or log.closed:
+            return ""
+        log.seek(0)
+        return log.read().decode(errors="replace")
 
     def stop(self, process: subprocess.Popen) -> None:
         if process.poll() is None:
@@ -126,21 +183,27 @@ class Processes:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+        # the workers of a multi-process server, should they outlive their parent
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
         if process in self.running:
             self.running.remove(process)
+        log = self.logs.pop(process.pid, None)
+        if log is not None:
+            log.close()
 
     def stop_all(self) -> None:
         for process in list(reversed(self.running)):
             self.stop(process)
 
 
-# -- nginx ---------------------------------------------------------------------------------
+# -- the servers ---------------------------------------------------------------------------
 
-def nginx_conf(directory: str, body: str, servers: str) -> str:
+def nginx_conf(directory: str, body: str, servers: str, workers: int = 1) -> str:
     path = os.path.join(directory, f"nginx-{len(os.listdir(directory))}.conf")
     with open(path, "w") as file:
         file.write(textwrap.dedent(f"""\
-            worker_processes 1;
+            worker_processes {workers};
             daemon off;
             pid {directory}/nginx-{os.path.basename(path)}.pid;
             error_log {directory}/error.log warn;
@@ -157,200 +220,181 @@ def nginx_conf(directory: str, body: str, servers: str) -> str:
     return path
 
 
-def start_backends(processes: Processes, nginx: str, directory: str) -> list[int]:
+def start_nginx(processes: Processes, nginx: str, directory: str, servers: str, port: int,
+                workers: int = 1, cpus: str | None = None) -> subprocess.Popen:
+    conf = nginx_conf(directory, BODY, servers, workers)
+    return processes.start([nginx, "-p", directory, "-e", f"{directory}/error.log", "-c", conf],
+                           port, cpus=cpus)
+
+
+def start_backends(processes: Processes, nginx: str, directory: str,
+                   cpus: str | None = None) -> list[int]:
+    """Two nginx backends (one process and worker each): ``/`` the 5-byte body, ``/16k`` and
+    ``/1m`` files (sendfile, their descriptors cached)."""
+    files = os.path.join(directory, "www")
+    if not os.path.isdir(files):
+        os.mkdir(files)
+        for _, path, size in SIZES.values():
+            if path != "/":
+                with open(files + path, "wb") as file:
+                    file.write(os.urandom(size))
     ports = [free_port(), free_port()]
-    servers = "".join(
-        f"server {{ listen 127.0.0.1:{port}; location / {{ default_type text/plain; "
-        f"return 200 '{BODY.strip()}\\n'; }} }}\n" for port in ports)
-    conf = nginx_conf(directory, BODY, servers)
-    processes.start([nginx, "-p", directory, "-e", f"{directory}/error.log", "-c", conf], ports[-1])
-    wait_port(ports[0], processes.running[-1])
+    for port in ports:
+        start_nginx(processes, nginx, directory,
+                    f"server {{ listen 127.0.0.1:{port}; sendfile on; open_file_cache max=16; "
+                    f"location = / {{ default_type text/plain; return 200 '{BODY}'; }} "
+                    f"location / {{ root {files}; }} }}\n", port, cpus=cpus)
     return ports
 
 
-def start_nginx_proxy(processes: Processes, nginx: str, directory: str, backends: list[int]) -> int:
+def start_nginx_proxy(processes: Processes, nginx: str, directory: str, backends: list[int],
+                      workers: int = 1, cpus: str | None = None) -> tuple[int, subprocess.Popen]:
+    """nginx as the round-robin proxy, upstream keep-alive. Responses are buffered in memory
+    only (``proxy_max_temp_file_size 0``): by default nginx writes a 1 MB body to a temporary
+    file, which no other contender does."""
     port = free_port()
     upstream = "".join(f"server 127.0.0.1:{p};" for p in backends)
     servers = (f"upstream pool {{ {upstream} keepalive 128; }}\n"
                f"server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://pool; "
                f"proxy_http_version 1.1; proxy_set_header Connection \"\"; "
+               f"proxy_max_temp_file_size 0; "
                f"proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; }} }}\n")
-    conf = nginx_conf(directory, BODY, servers)
-    processes.start([nginx, "-p", directory, "-e", f"{directory}/error.log", "-c", conf], port)
-    return port
+    return port, start_nginx(processes, nginx, directory, servers, port, workers, cpus)
 
 
-# -- the Python servers (this file, run with --serve) -----------------------------------
-
-def start_python(processes: Processes, kind: str, backends: list[int]) -> int:
+def start_haproxy(processes: Processes, haproxy: str, directory: str, backends: list[int],
+                  cpus: str | None = None) -> tuple[int, subprocess.Popen]:
+    """HAProxy (1 thread) as the round-robin proxy, idle upstream connections shared by every
+    client (``http-reuse always``, as nginx's ``keepalive`` pool), X-Forwarded-For added."""
     port = free_port()
-    urls = ",".join(f"http://127.0.0.1:{p}" for p in backends)
-    env = {"LB_BACKENDS": urls, "LB_LISTEN": f"127.0.0.1:{port}", "PYTHONPATH": ROOT}
-    if kind in ("gateway", "gateway-uvicorn", "gateway-granian"):
-        args = [sys.executable, "-m", "lbmiddleware", "serve"]
-        env["LB_SERVER"] = {"gateway": "auto", "gateway-uvicorn": "uvicorn",
-                            "gateway-granian": "granian"}[kind]
-    else:
-        args = [sys.executable, os.path.abspath(__file__), "--serve", kind, "--port", str(port)]
-    processes.start(args, port, env)
-    return port
+    path = os.path.join(directory, f"haproxy-{port}.cfg")
+    servers = "".join(f"    server b{i} 127.0.0.1:{p}\n" for i, p in enumerate(backends))
+    with open(path, "w") as file:
+        file.write(textwrap.dedent(f"""\
+            global
+                nbthread 1
+                maxconn 4096
+            defaults
+                mode http
+                timeout connect 5s
+                timeout client 30s
+                timeout server 30s
+                option http-keep-alive
+                http-reuse always
+            frontend front
+                bind 127.0.0.1:{port}
+                default_backend pool
+            backend pool
+                balance roundrobin
+                option forwardfor
+            """) + servers)
+    return port, processes.start([haproxy, "-db", "-f", path], port, cpus=cpus)
 
 
-def serve(kind: str, port: int) -> None:
-    """Run one of the Python targets under uvicorn (httptools + uvloop), like the gateway."""
-    import uvicorn
-
-    backends = os.environ["LB_BACKENDS"].split(",")
-    if kind == "aiohttp-passthrough":
-        app = AiohttpPassThrough(backends)
-    else:
-        from lbmiddleware.asgi import LoadBalancerMiddleware
-        upstream = {"httpx": HttpxUpstream, "aiohttp": AiohttpUpstream}[kind]()
-        app = LoadBalancerMiddleware(None, backends=backends, upstream=upstream)
-    uvicorn.run(app, host="127.0.0.1", port=port, loop="uvloop", http="httptools",
-                access_log=False, log_level="warning", lifespan="on",
-                server_header=False, date_header=False)
+def start_gateway(processes: Processes, server: str, backends: list[int], workers: int = 1,
+                  cpus: str | None = None) -> tuple[int, subprocess.Popen]:
+    """``python -m lbmiddleware serve`` on ``server`` (``LB_SERVER``) with ``workers``."""
+    port = free_port()
+    env = {"LB_BACKENDS": ",".join(f"http://127.0.0.1:{p}" for p in backends),
+           "LB_LISTEN": f"127.0.0.1:{port}", "LB_SERVER": server, "LB_WORKERS": str(workers),
+           "PYTHONPATH": ROOT}
+    return port, processes.start([sys.executable, "-m", "lbmiddleware", "serve"], port, env,
+                                 cpus=cpus)
 
 
-class AiohttpPassThrough:
-    """The peer baseline: a plain round-robin pass-through proxy on aiohttp's client."""
-
-    def __init__(self, backends: list[str]) -> None:
-        self.backends = backends
-        self.turn = 0
-        self.session = None
-
-    async def __call__(self, scope, receive, send) -> None:
-        import aiohttp
-
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    self.session = aiohttp.ClientSession(auto_decompress=False)
-                    await send({"type": "lifespan.startup.complete"})
-                else:
-                    await self.session.close()
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        body = b""
-        more = True
-        while more:
-            message = await receive()
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
-        self.turn += 1
-        url = self.backends[self.turn % len(self.backends)] + scope["raw_path"].decode()
-        if scope["query_string"]:
-            url += "?" + scope["query_string"].decode()
-        headers = [(k.decode(), v.decode()) for k, v in scope["headers"] if k.decode() not in HOP]
-        async with self.session.request(scope["method"], url, headers=headers, data=body or None,
-                                        allow_redirects=False) as response:
-            await send({"type": "http.response.start", "status": response.status,
-                        "headers": [(k.lower().encode(), v.encode())
-                                    for k, v in response.headers.items() if k.lower() not in HOP]})
-            async for chunk in response.content.iter_any():
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b""})
+def start_layer(processes: Processes, program: str, backends: list[str],
+                cpus: str | None = None) -> tuple[int, subprocess.Popen]:
+    """One of ``proxy_layers/``'s programs."""
+    port = free_port()
+    args = [sys.executable, os.path.join(LAYERS, program), "--listen", f"127.0.0.1:{port}"]
+    for backend in backends:
+        args += ["--backend", backend]
+    return port, processes.start(args, port, cpus=cpus)
 
 
-# Adapters that put httpx's or aiohttp's client behind the interface the middleware uses
-# (Upstream.pool(backend).request(...) -> a response with status/headers/take/read/close).
+@dataclass
+class Contender:
+    key: str                  # its name in --contenders and in the JSON
+    label: str                # its row's name
+    start: Callable[[list[int]], tuple[int, subprocess.Popen]]   # backends -> port, process
+    choice: bool = False      # left out by --no-choices
 
-class _BufferedResponse:
-    """A response read whole (short bodies) or streamed through ``chunks``."""
 
-    def __init__(self, status, headers, body: bytes | None, chunks=None, closer=None) -> None:
-        self.status, self.headers = status, headers
-        self._body, self._chunks, self._closer = body, chunks, closer
-        self.complete = body is not None
+@dataclass
+class Running:
+    contender: Contender
+    port: int
+    process: subprocess.Popen
 
-    def take(self) -> bytes:
-        body, self._body = self._body or b"", b""
-        return body
 
-    async def read(self) -> bytes:
-        if self._chunks is None:
-            return b""
+def contenders(processes: Processes, tools: dict[str, str], directory: str,
+               cpus: str | None) -> list[Contender]:
+    """The one-core contenders, nginx first."""
+    nginx, haproxy = tools["nginx"], tools.get("haproxy")
+
+    def addresses(backends: list[int]) -> list[str]:
+        return [f"127.0.0.1:{p}" for p in backends]
+
+    found = [
+        Contender("nginx", "nginx (1 worker)",
+                  lambda b: start_nginx_proxy(processes, nginx, directory, b, cpus=cpus)),
+        Contender("haproxy", "HAProxy (1 thread)",
+                  lambda b: start_haproxy(processes, haproxy or "haproxy", directory, b, cpus)),
+        Contender("fast", "serve, LB_SERVER=fast",
+                  lambda b: start_gateway(processes, "fast", b, cpus=cpus)),
+        Contender("granian", "serve, LB_SERVER=granian (ASGI)",
+                  lambda b: start_gateway(processes, "granian", b, cpus=cpus), choice=True),
+        Contender("uvicorn", "serve, LB_SERVER=uvicorn (ASGI)",
+                  lambda b: start_gateway(processes, "uvicorn", b, cpus=cpus), choice=True),
+        Contender("reference", "reference: Protocol proxy, uvloop + httptools, bytes only",
+                  lambda b: start_layer(processes, "reference.py", addresses(b), cpus)),
+        Contender("aiohttp", "aiohttp pass-through (uvicorn)",
+                  lambda b: start_layer(processes, "aiohttp_passthrough.py",
+                                        [f"http://{a}" for a in addresses(b)], cpus),
+                  choice=True),
+    ]
+    if haproxy is None:
+        print("HAProxy is not installed and could not be: its row is left out", flush=True)
+        found = [c for c in found if c.key != "haproxy"]
+    return found
+
+
+def check(port: int, path: str, size: int) -> str | None:
+    """None if ``GET path`` through the proxy on ``port`` answers 200 with ``size`` bytes,
+    else what it did."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        body = response.read()
+    except (OSError, http.client.HTTPException) as exc:
+        return f"GET {path}: {exc!r}"
+    finally:
+        connection.close()
+    if response.status != 200 or len(body) != size:
+        return f"GET {path}: {response.status}, {len(body)} bytes instead of 200, {size}"
+    return None
+
+
+def launch(chosen: list[Contender], backends: list[int], processes: Processes,
+           sizes: list[str]) -> list[Running]:
+    """Start each contender and check it serves every size; one that does not is left out
+    (said on the console), so that the others are still measured."""
+    running = []
+    for contender in chosen:
         try:
-            return await self._chunks.__anext__()
-        except StopAsyncIteration:
-            return b""
-
-    def close(self) -> None:
-        if self._closer is not None:
-            result = self._closer()
-            if asyncio.iscoroutine(result):
-                asyncio.ensure_future(result)
-
-
-class _AdapterPool:
-    def __init__(self, upstream, backend) -> None:
-        self.upstream, self.backend = upstream, backend
-        self.base_path = backend.path.encode()
-        self.origin = f"{backend.scheme}://{backend.netloc}"
-
-    async def request(self, method, target, headers, body=None, length=0, **options):
-        from lbmiddleware.upstream import ConnectError, ProtocolError
-        try:
-            return await self.upstream.send(self.origin + target.decode(), method.decode(),
-                                            [(k.decode(), v.decode()) for k, v in headers], body)
-        except self.upstream.connect_errors as exc:
-            raise ConnectError(str(exc)) from None
-        except self.upstream.errors as exc:
-            raise ProtocolError(str(exc)) from None
-
-
-class HttpxUpstream:
-    def __init__(self) -> None:
-        import httpx
-        self.client = httpx.AsyncClient(limits=httpx.Limits(max_connections=None,
-                                                            max_keepalive_connections=128),
-                                        timeout=60.0)
-        self.connect_errors, self.errors = httpx.ConnectError, httpx.HTTPError
-        self.pools: dict = {}
-
-    def pool(self, backend):
-        return self.pools.setdefault(backend.url, _AdapterPool(self, backend))
-
-    async def send(self, url, method, headers, body):
-        request = self.client.build_request(method, url, headers=headers,
-                                            content=body if body else None)
-        response = await self.client.send(request, stream=True)
-        raw = [(k, v) for k, v in response.headers.raw]
-        if int(response.headers.get("content-length", -1)) in range(0, 65536):
-            data = await response.aread()
-            await response.aclose()
-            return _BufferedResponse(response.status_code, raw, data)
-        return _BufferedResponse(response.status_code, raw, None, response.aiter_raw(),
-                                 response.aclose)
-
-    def close(self) -> None:
-        pass
-
-
-class AiohttpUpstream(HttpxUpstream):
-    def __init__(self) -> None:
-        import aiohttp
-        self.session = None
-        self.connect_errors, self.errors = aiohttp.ClientConnectorError, aiohttp.ClientError
-        self.pools = {}
-
-    async def send(self, url, method, headers, body):
-        import aiohttp
-        if self.session is None:
-            self.session = aiohttp.ClientSession(
-                auto_decompress=False, skip_auto_headers=("User-Agent", "Accept-Encoding"),
-                connector=aiohttp.TCPConnector(limit=0))
-        response = await self.session.request(method, url, headers=headers, data=body or None,
-                                              allow_redirects=False)
-        raw = list(response.raw_headers)
-        if response.content_length is not None and response.content_length < 65536:
-            data = await response.read()
-            response.release()
-            return _BufferedResponse(response.status, raw, data)
-        return _BufferedResponse(response.status, raw, None, response.content.iter_any(),
-                                 response.release)
+            port, process = contender.start(backends)
+        except (RuntimeError, OSError) as exc:
+            print(f"{contender.key}: left out, it did not start: {exc}", flush=True)
+            continue
+        wrong = next(filter(None, (check(port, SIZES[s][1], SIZES[s][2]) for s in sizes)), None)
+        if wrong is not None:
+            print(f"{contender.key}: left out, {wrong}\n{processes.log(process)[-1500:]}",
+                  flush=True)
+            processes.stop(process)
+            continue
+        running.append(Running(contender, port, process))
+    return running
 
 
 # -- measuring -----------------------------------------------------------------------------
@@ -358,101 +402,315 @@ class AiohttpUpstream(HttpxUpstream):
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
 
-def run_wrk(wrk: str, port: int, duration: float, connections: int) -> dict:
-    """One wrk run: requests/second, p50 and p99 (ms), errors."""
-    result = subprocess.run(
-        [wrk, "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency",
-         "--timeout", "5s", f"http://127.0.0.1:{port}/"], capture_output=True, text=True,
-        timeout=duration + 30)
-    out = result.stdout
+def session_cpu(session: int) -> float:
+    """CPU seconds (user + system, reaped children's included) of every process in
+    ``session``: a server started by :class:`Processes` and all its workers and threads."""
+    ticks = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as file:
+                stat = file.read()
+        except OSError:             # gone meanwhile
+            continue
+        fields = stat[stat.rindex(b")") + 2:].split()   # fields[0] is field 3 (state)
+        if int(fields[3]) == session:                   # 6: session
+            ticks += sum(int(f) for f in fields[11:15])  # 14-17: utime stime cutime cstime
+    return ticks / CLOCK_TICKS
+
+
+def cpu_busy(cpu: int) -> float:
+    """Seconds ``cpu`` has been busy (not idle, not waiting for I/O) since boot."""
+    with open("/proc/stat") as file:
+        for line in file:
+            if line.startswith(f"cpu{cpu} "):
+                times = [int(t) for t in line.split()[1:]]
+                return (sum(times[:8]) - times[3] - times[4]) / CLOCK_TICKS
+    return 0.0
+
+
+def run_wrk(wrk: str, port: int, duration: float, connections: int, path: str = "/",
+            cpus: str | None = None) -> dict:
+    """One wrk run: requests/second, requests, p50 and p99 (ms), errors."""
+    args = [wrk, "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency",
+            "--timeout", "5s", f"http://127.0.0.1:{port}{path}"]
+    if cpus is not None:
+        args = ["taskset", "-c", cpus, *args]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=duration + 30).stdout
 
     def latency(percent: str) -> float:
         match = re.search(rf"^\s+{percent}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
         return float(match.group(1)) * _UNITS[match.group(2)] if match else float("nan")
 
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    requests = re.search(r"(\d+) requests in", out)
     errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"rps": float(rps.group(1)) if rps else 0.0, "p50": latency("50"),
-            "p99": latency("99"), "errors": errors + (int(non2xx.group(1)) if non2xx else 0)}
+    return {"rps": float(rps.group(1)) if rps else 0.0,
+            "requests": int(requests.group(1)) if requests else 0,
+            "p50": latency("50"), "p99": latency("99"),
+            "errors": errors + (int(non2xx.group(1)) if non2xx else 0)}
 
+
+def measure(wrk: str, target: Running, path: str, args: argparse.Namespace,
+            pinned: bool) -> dict | None:
+    """One contender, one size: wrk's figures, the proxy's CPU µs per request, and how busy
+    the proxy's CPU was outside it (pinned only). None if the proxy has exited."""
+    if target.process.poll() is not None:
+        return None
+    session = target.process.pid
+    cpu, wall = session_cpu(session), time.monotonic()
+    core = cpu_busy(int(PROXY_CPUS)) if pinned else 0.0
+    result = run_wrk(wrk, target.port, args.duration, args.connections, path,
+                     CLIENT_CPUS if pinned else None)
+    used, wall = session_cpu(session) - cpu, time.monotonic() - wall
+    result["cpu_us"] = used / result["requests"] * 1e6 if result["requests"] else float("nan")
+    result["cpu_share"] = used / wall
+    if pinned:
+        result["other"] = max(0.0, (cpu_busy(int(PROXY_CPUS)) - core - used) / wall)
+    return result
+
+
+def run_rounds(wrk: str, targets: list[Running], sizes: list[str], args: argparse.Namespace,
+               pinned: bool, title: str,
+               processes: Processes) -> list[dict[str, dict[str, dict | None]]]:
+    """``args.rounds`` rounds: per round, per size, every target in turn (each round starts
+    one further along the list). Returns per round: size -> contender key -> result."""
+    for target in targets:                      # warm-up: connections, caches, allocators
+        run_wrk(wrk, target.port, 1.0, args.connections, "/", CLIENT_CPUS if pinned else None)
+    rounds = []
+    for number in range(args.rounds):
+        shift = number % len(targets)
+        order = targets[shift:] + targets[:shift]
+        results: dict[str, dict[str, dict | None]] = {}
+        for size in sizes:
+            label, path, _ = SIZES[size]
+            results[size] = by_key = {}
+            for target in order:
+                by_key[target.contender.key] = result = measure(wrk, target, path, args, pinned)
+                if result is None:
+                    print(f"{title} round {number + 1} {label:>5}  {target.contender.key:<10} "
+                          f"exited ({target.process.returncode}): "
+                          f"{processes.log(target.process)[-1000:]}", flush=True)
+                    continue
+                other = f"  CPU 0 other {result['other']:4.0%}" if pinned else ""
+                print(f"{title} round {number + 1} {label:>5}  {target.contender.key:<10} "
+                      f"{result['rps']:>8.0f} req/s  p99 {result['p99']:7.2f} ms  "
+                      f"{result['cpu_us']:6.1f} µs/req  errors {result['errors']}{other}",
+                      flush=True)
+        rounds.append(results)
+    return rounds
+
+
+# -- the report ----------------------------------------------------------------------------
+
+def spread(values: list[float]) -> dict[str, float] | None:
+    values = [v for v in values if v == v]          # NaN: not measured
+    if not values:
+        return None
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def summarise(rounds: list[dict[str, dict[str, dict | None]]], keys: list[str],
+              labels: dict[str, str], baseline: str) -> dict[str, list[dict]]:
+    """Per size, per contender: medians over the rounds, and the rounds' own ratios to
+    ``baseline`` (median, min, max)."""
+    tables: dict[str, list[dict]] = {}
+    for size in rounds[0]:
+        rows = []
+        for key in keys:
+            pairs = [(r[size].get(key), r[size].get(baseline)) for r in rounds]
+            ours = [mine for mine, _ in pairs if mine is not None]
+            both = [(mine, base) for mine, base in pairs if mine is not None and base is not None
+                    and base["rps"] > 0 and base["p99"] > 0]
+            if not ours:
+                continue
+            rows.append({
+                "contender": key, "label": labels[key],
+                "rps_ratio": spread([mine["rps"] / base["rps"] for mine, base in both]),
+                "p99_ratio": spread([mine["p99"] / base["p99"] for mine, base in both]),
+                "cpu_us": spread([mine["cpu_us"] for mine in ours]),
+                "rps": statistics.median(mine["rps"] for mine in ours),
+                "p99_ms": statistics.median(mine["p99"] for mine in ours),
+                "errors": sum(mine["errors"] for mine in ours),
+                "cpu_0_other": spread([mine["other"] for mine in ours if "other" in mine]),
+                "rounds": len(ours)})
+        tables[SIZES[size][0]] = rows
+    return tables
+
+
+def _ratio(value: dict[str, float] | None, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if value["min"] == value["max"]:
+        return f"{value['median']:.{digits}f}"
+    return (f"{value['median']:.{digits}f} ({value['min']:.{digits}f}–"
+            f"{value['max']:.{digits}f})")
+
+
+def print_tables(tables: dict[str, list[dict]], baseline_label: str, pinned: bool) -> None:
+    for size, rows in tables.items():
+        print(f"\n{size} bodies\n")
+        head = (f"| contender | rps ÷ {baseline_label} | p99 ÷ {baseline_label} "
+                f"| CPU µs per request | req/s | p99 ms | errors |")
+        print(head + (" CPU 0 other |" if pinned else ""))
+        print("|---" * (8 if pinned else 7) + "|")
+        for row in rows:
+            line = (f"| {row['label']} | {_ratio(row['rps_ratio'])} | {_ratio(row['p99_ratio'])}"
+                    f" | {_ratio(row['cpu_us'], 0)} | {row['rps']:,.0f} | {row['p99_ms']:.2f} "
+                    f"| {row['errors']} |")
+            if pinned:
+                other = row["cpu_0_other"]
+                line += f" {other['median']:.0%} |" if other else " - |"
+            print(line)
+
+
+def goals(tables: dict[str, list[dict]], workers: dict[str, list[dict]] | None) -> list[str]:
+    """The issue's "Done when" lines for the 5-byte bodies."""
+    lines = []
+    fast = next((row for row in tables.get(SIZES["5"][0], []) if row["contender"] == "fast"),
+                None)
+    if fast is not None and fast["rps_ratio"] and fast["p99_ratio"]:
+        rps, p99 = fast["rps_ratio"]["median"], fast["p99_ratio"]["median"]
+        met = "met" if rps >= 0.5 and p99 <= 2 else "MISSED"
+        lines.append(f"fast path >= 0.5 of nginx in rps with p99 <= 2x nginx's (5 B, one core): "
+                     f"{rps:.2f}, p99 {p99:.2f}x ({met}; the ASGI path was 0.18)")
+    if workers:
+        two = next((row for row in workers.get(SIZES["5"][0], []) if row["contender"] == "fast-2"),
+                   None)
+        if two is not None and two["rps_ratio"]:
+            lines.append(f"fast path, 2 workers, to nginx with 2 workers (5 B, unpinned): "
+                         f"{two['rps_ratio']['median']:.2f}, p99 "
+                         f"{two['p99_ratio']['median'] if two['p99_ratio'] else float('nan'):.2f}x")
+    return lines
+
+
+def versions(tools: dict[str, str]) -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for name in ("lbmiddleware", "uvloop", "httptools", "granian", "uvicorn", "aiohttp"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            found[name] = metadata.version(name)
+    for name, flag in (("nginx", "-v"), ("haproxy", "-v"), ("wrk", "-v")):
+        if name in tools:
+            with contextlib.suppress(OSError, subprocess.SubprocessError):
+                out = subprocess.run([tools[name], flag], capture_output=True, text=True,
+                                     timeout=10)
+                text = (out.stdout + out.stderr).strip().splitlines()
+                found[name] = text[0] if text else "?"
+    return found
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with NaN (not measured) as None: JSON has no NaN."""
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+# -- main ----------------------------------------------------------------------------------
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=float, default=4.0, help="seconds per measurement [4]")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds over every target [3]")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds over every contender [3]")
     parser.add_argument("--connections", type=int, default=64, help="wrk connections [64]")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="then the fast path with LB_WORKERS=N against nginx with N "
+                             "workers, unpinned; 1: skip [2]")
+    parser.add_argument("--sizes", default="5,16k,1m", help="body sizes: 5, 16k, 1m [all]")
+    parser.add_argument("--contenders", default="",
+                        help="only these (comma-separated keys; nginx always) [all]")
     parser.add_argument("--no-choices", action="store_true",
-                        help="skip the uvicorn / httpx / aiohttp-client variants")
-    parser.add_argument("--serve", help=argparse.SUPPRESS)
-    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+                        help="leave out granian, uvicorn and the aiohttp pass-through")
+    parser.add_argument("--json", metavar="PATH", help="write the tables and rounds here")
     args = parser.parse_args()
-    if args.serve:
-        serve(args.serve, args.port)
-        return
+    sizes = [s.strip().lower() for s in args.sizes.split(",") if s.strip()]
+    if not sizes or any(s not in SIZES for s in sizes):
+        parser.error(f"--sizes takes {', '.join(SIZES)}")
+    if args.rounds < 1 or args.duration <= 0:
+        parser.error("--rounds and --duration must be positive")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))     # stop what was started
 
+    pinned = len(os.sched_getaffinity(0)) >= 2 and {0, 1} <= os.sched_getaffinity(0)
+    if not pinned:
+        print("fewer than 2 CPUs (0 and 1) available: nothing is pinned", flush=True)
     wrk, nginx = ensure_tools()
+    tools = {"wrk": wrk, "nginx": nginx}
+    haproxy = ensure_haproxy()
+    if haproxy is not None:
+        tools["haproxy"] = haproxy
     processes = Processes()
     directory = tempfile.mkdtemp(prefix="bench_proxy_")
+    os.chmod(directory, 0o755)      # nginx's workers run as nobody when started as root
+    load = [os.getloadavg()[0]]
+    report: dict[str, Any] = {"settings": {
+        "duration": args.duration, "rounds": args.rounds, "connections": args.connections,
+        "sizes": [SIZES[s][0] for s in sizes], "cpus": os.cpu_count(),
+        "placement": (f"proxy on CPU {PROXY_CPUS}, wrk -t1 and the backends on CPU {CLIENT_CPUS}"
+                      if pinned else "unpinned"),
+        "versions": versions(tools)}}
     try:
-        backends = start_backends(processes, nginx, directory)
-        # the baseline next to ours, so that each round's ratio compares neighbours in time
-        targets = {
-            "direct (one backend)": backends[0],
-            "nginx proxy": start_nginx_proxy(processes, nginx, directory, backends),
-            "lbmiddleware gateway": start_python(processes, "gateway", backends),
-            "aiohttp pass-through": start_python(processes, "aiohttp-passthrough", backends),
-        }
-        if not args.no_choices:
-            targets["gateway on uvicorn"] = start_python(processes, "gateway-uvicorn", backends)
-            targets["lbmiddleware + aiohttp"] = start_python(processes, "aiohttp", backends)
-            targets["lbmiddleware + httpx"] = start_python(processes, "httpx", backends)
-        for port in targets.values():
-            run_wrk(wrk, port, 1.0, args.connections)              # warm-up
-        rounds: list[dict[str, dict]] = []
-        for number in range(args.rounds):
-            results = {}
-            for name, port in targets.items():
-                results[name] = result = run_wrk(wrk, port, args.duration, args.connections)
-                print(f"round {number + 1}  {name:<24} {result['rps']:>9.0f} req/s  "
-                      f"p99 {result['p99']:6.2f} ms  errors {result['errors']}", flush=True)
-            rounds.append(results)
-        report(rounds, args)
+        cpus = PROXY_CPUS if pinned else None
+        backends = start_backends(processes, nginx, directory, CLIENT_CPUS if pinned else None)
+        chosen = [c for c in contenders(processes, tools, directory, cpus)
+                  if not (args.no_choices and c.choice)]
+        if args.contenders:
+            wanted = {"nginx", *(k.strip() for k in args.contenders.split(","))}
+            chosen = [c for c in chosen if c.key in wanted]
+        targets = launch(chosen, backends, processes, sizes)
+        if not targets or targets[0].contender.key != "nginx":
+            sys.exit("nginx, the baseline, did not start")
+        rounds = run_rounds(wrk, targets, sizes, args, pinned, "1 core", processes)
+        keys = [t.contender.key for t in targets]
+        labels = {t.contender.key: t.contender.label for t in targets}
+        report["one_core"] = summarise(rounds, keys, labels, "nginx")
+        report["one_core_rounds"] = rounds
+        for target in targets:                       # the one-core phase is over
+            processes.stop(target.process)
+
+        if args.workers > 1:
+            n = args.workers
+            fresh = start_backends(processes, nginx, directory)          # unpinned
+            two = [Contender(f"nginx-{n}", f"nginx ({n} workers)",
+                             lambda b: start_nginx_proxy(processes, nginx, directory, b, n)),
+                   Contender(f"fast-{n}", f"serve, LB_SERVER=fast, LB_WORKERS={n}",
+                             lambda b: start_gateway(processes, "fast", b, n))]
+            targets = launch(two, fresh, processes, sizes)
+            if targets and targets[0].contender.key == f"nginx-{n}":
+                rounds = run_rounds(wrk, targets, sizes, args, False, f"{n} workers",
+                                    processes)
+                keys = [t.contender.key for t in targets]
+                labels = {t.contender.key: t.contender.label for t in targets}
+                report["workers"] = summarise(rounds, keys, labels, f"nginx-{n}")
+                report["workers_rounds"] = rounds
     finally:
         processes.stop_all()
         shutil.rmtree(directory, ignore_errors=True)
+    load.append(os.getloadavg()[0])
+    report["settings"]["load_average"] = {"start": load[0], "end": load[1]}
 
-
-def report(rounds: list[dict[str, dict]], args) -> None:
-    """Medians over the rounds; ratios are the median of each round's own ratio."""
-    median = statistics.median
-
-    def ratio(name: str, other: str, key: str = "rps") -> float:
-        return median(r[name][key] / r[other][key] for r in rounds)
-
-    from lbmiddleware.gateway import choose_server
-    from lbmiddleware.gateway_settings import GatewaySettings
-    server = choose_server(GatewaySettings())
-    print(f"\n{args.connections} connections, {args.duration:g} s x {len(rounds)} rounds, "
-          f"medians; one worker per proxy; 2 nginx backends ({os.cpu_count()} CPUs); "
-          f"lbmiddleware gateway = python -m lbmiddleware serve on {server}\n")
-    print(f"{'target':<24} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6} "
-          f"{'vs aiohttp':>10} {'vs nginx':>8} {'p99/nginx':>9}")
-    for name in rounds[0]:
-        rps = median(r[name]["rps"] for r in rounds)
-        p50 = median(r[name]["p50"] for r in rounds)
-        p99 = median(r[name]["p99"] for r in rounds)
-        errors = sum(r[name]["errors"] for r in rounds)
-        print(f"{name:<24} {rps:>9.0f} {p50:>7.2f} {p99:>7.2f} {errors:>6} "
-              f"{ratio(name, 'aiohttp pass-through'):>9.2f}x {ratio(name, 'nginx proxy'):>7.0%} "
-              f"{ratio(name, 'nginx proxy', 'p99'):>8.2f}x")
-    ours, vs_nginx = ratio("lbmiddleware gateway", "aiohttp pass-through"), \
-        ratio("lbmiddleware gateway", "nginx proxy")
-    p99 = ratio("lbmiddleware gateway", "nginx proxy", "p99")
-    print(f"\ntarget   >= 2x the aiohttp pass-through: {ours:.2f}x "
-          f"({'met' if ours >= 2 else 'MISSED'})")
-    print(f"moonshot >= 50% of nginx with p99 <= 2x nginx's: {vs_nginx:.0%}, p99 {p99:.2f}x "
-          f"({'met' if vs_nginx >= 0.5 and p99 <= 2 else 'missed'})")
+    settings = report["settings"]
+    print(f"\nwrk -t1 -c{args.connections}, {args.duration:g} s x {args.rounds} rounds, "
+          f"alternating; {settings['placement']}; {os.cpu_count()} CPUs; load average "
+          f"{load[0]:.1f} at the start, {load[1]:.1f} at the end. Ratios: the median of each "
+          f"round's own ratio to nginx (min-max); CPU: the proxy's processes, all of them.")
+    print_tables(report["one_core"], "nginx", pinned)
+    if "workers" in report:
+        print(f"\n{args.workers} workers each, nothing pinned (see the docstring: why)")
+        print_tables(report["workers"], f"nginx ({args.workers})", False)
+    lines = goals(report["one_core"], report.get("workers"))
+    if lines:
+        print()
+        print("\n".join(lines))
+    if args.json:
+        with open(args.json, "w") as file:
+            json.dump(_finite(report), file, indent=1)
+        print(f"\nwritten to {args.json}")
 
 
 if __name__ == "__main__":
