@@ -27,8 +27,8 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping, Sequence
+from typing import Any, Protocol
 
 from ..core.attempts import Attempts, Outcome, RetryRule, broken_body
 from ..core.backend import Backend
@@ -41,7 +41,6 @@ from ..upstream import (
     NO_BODY_STATUSES,
     ConnectError,
     ConnectTimeout,
-    HostPool,
     ReadTimeout,
     Response,
     Upstream,
@@ -50,7 +49,7 @@ from ..upstream import (
 from ..upstream.deadlines import Deadlines
 
 __all__ = ["Forwarder", "Exchange", "RequestBody", "NoBody", "NO_BODY", "ClientGone",
-           "WATCH_DELAY", "failure_text"]
+           "WATCH_DELAY", "failure_text", "Timeouts"]
 
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -119,6 +118,30 @@ class Forwarder:
             if len(self._resend) < _RESEND_CACHE_SIZE:
                 self._resend[method] = allowed
         return allowed
+
+    def response_headers(self, status: int, headers: Sequence[tuple[bytes, bytes]],
+                         backend: Backend, request_headers: Sequence[tuple[bytes, bytes]],
+                         prefer: str | None, secure: bool) -> list[tuple[bytes, bytes]]:
+        """The headers the client gets with ``backend``'s response (``status``, ``headers``
+        as they came, names in any case): the response rules (hop-by-hop headers dropped,
+        the backend's ``Date`` and ``Server`` left to the server in front, its redirects to
+        itself rewritten to the client's origin, read from the upstream request's
+        ``request_headers``), no ``Content-Length`` on a status without a body, and the
+        sticky cookie's ``Set-Cookie`` when the request's cookie (``prefer``) did not name
+        ``backend`` (``secure``: the client's scheme is https). Names as they came: the ASGI
+        exchange lower-cases them. One step for every front-end of the middleware (the ASGI
+        exchange, the gateway's fast server)."""
+        out = BINARY.response_headers(headers, self.redirects.bind(backend, request_headers))
+        if status in NO_BODY_STATUSES:
+            # A 304 may state its 200's length (RFC 9110 8.6); a server that checks the body
+            # against it (uvicorn) would cut the connection: no body, no length.
+            out = [(name, value) for name, value in out if name.lower() != b"content-length"]
+        cookie = self.cookie
+        if cookie is not None:
+            header = cookie.renewal(self.balancer.sticky_value(backend), prefer, secure=secure)
+            if header is not None:
+                out.append((b"set-cookie", header.encode("latin-1")))
+        return out
 
     async def send_error(self, send: Send, status: int) -> None:
         start, body = self.errors[status]
@@ -268,7 +291,7 @@ class Exchange:
                 await forwarder.send_error(self.send, 504 if outcome.timeout else 502)
                 return
             try:
-                await self._respond(response, backend, self._set_cookie(backend))
+                await self._respond(response, backend)
             except _BrokeOff as broke:
                 # The head went out, the body broke: the client sees a cut response, and the
                 # backend a failure that no retry can follow (its failed-attempt line says so).
@@ -286,16 +309,6 @@ class Exchange:
             attempts.end(forwarder.rule.outcome(response.status, outcome.latency,
                                                 bytes_sent=outcome.bytes_sent,
                                                 bytes_received=self.received))
-
-    def _set_cookie(self, backend: Backend) -> bytes | None:
-        """The sticky cookie's ``Set-Cookie`` value for a response of ``backend``, when the
-        request's cookie did not name it (``None``: none to add, or no sticky cookie)."""
-        cookie = self.forwarder.cookie
-        if cookie is None:
-            return None
-        header = cookie.renewal(self.forwarder.balancer.sticky_value(backend), self.prefer,
-                                secure=self.secure)
-        return None if header is None else header.encode("latin-1")
 
     async def _forward(self, backend: Backend, loop: asyncio.AbstractEventLoop,
                        attempts: Attempts) -> tuple[Response | None, Outcome]:
@@ -331,24 +344,15 @@ class Exchange:
         return response, forwarder.rule.outcome(response.status, time.monotonic() - started,
                                                 bytes_sent=response.bytes_sent)
 
-    async def _respond(self, response: Response, backend: Backend,
-                       set_cookie: bytes | None) -> None:
-        """Send ``response`` (``backend``'s) to the client, by the response rules (the
-        backend's ``Date`` and ``Server`` left to the server in front, its redirects to
-        itself rewritten), with the sticky cookie's ``set_cookie`` header if any, counting
-        the body bytes passed on (``received``). Raises :class:`_BrokeOff` when the
-        backend's body fails on its way."""
+    async def _respond(self, response: Response, backend: Backend) -> None:
+        """Send ``response`` (``backend``'s) to the client, its headers by
+        :meth:`Forwarder.response_headers`, counting the body bytes passed on
+        (``received``). Raises :class:`_BrokeOff` when the backend's body fails on its
+        way."""
         send = self.send
         # ASGI header names are lower-case (Starlette's Headers, GZipMiddleware rely on it).
-        rewrite = self.forwarder.redirects.bind(backend, self.headers)
-        headers = [(name.lower(), value)
-                   for name, value in BINARY.response_headers(response.headers, rewrite)]
-        if response.status in NO_BODY_STATUSES:
-            # A 304 may state its 200's length (RFC 9110 8.6); a server that checks the body
-            # against it (uvicorn) would cut the connection: no body, no length.
-            headers = [(name, value) for name, value in headers if name != b"content-length"]
-        if set_cookie is not None:
-            headers.append((b"set-cookie", set_cookie))
+        headers = [(name.lower(), value) for name, value in self.forwarder.response_headers(
+            response.status, response.headers, backend, self.headers, self.prefer, self.secure)]
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         chunk = response.take()
         if response.complete:
@@ -394,7 +398,18 @@ def _start_watch(exchange: Exchange) -> None:
     exchange._watch()
 
 
-def failure_text(exc: UpstreamError, pool: HostPool) -> str:
+class Timeouts(Protocol):
+    """What :func:`failure_text` reads of an upstream pool (a :class:`HostPool`, the fast
+    server's backend pool): the timeouts its words name."""
+
+    @property
+    def connect_timeout(self) -> float: ...
+
+    @property
+    def read_timeout(self) -> float: ...
+
+
+def failure_text(exc: UpstreamError, pool: Timeouts) -> str:
     """What failed an attempt without a response, in the log's words: ``connection
     refused``, ``connect timed out after 5s``, ``read timed out after 2s``, or the
     upstream client's own (``the backend closed the connection``)."""

@@ -50,8 +50,9 @@ the check is one attribute test.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from .. import fleet
 from ..core.balancer import Balancer
@@ -81,13 +82,34 @@ from .exchange import NO_BODY, ClientGone, Exchange, Forwarder, NoBody, RequestB
 from .websocket import DENIAL, Tunnel
 from .websocket import upstream_headers as upstream_handshake
 
-__all__ = ["LoadBalancerMiddleware"]
+__all__ = ["LoadBalancerMiddleware", "Prepared"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class Prepared(NamedTuple):
+    """A request as it goes upstream (:meth:`LoadBalancerMiddleware.prepare`): the request
+    ``target`` (without the backend's base path), the upstream ``headers`` (``add_host``:
+    they have no ``Host``, the backend's goes first), the body's ``length`` (0: none, None:
+    unknown, chunked), the sticky ``key``, the sticky cookie's value (``prefer``) and whether
+    the client's scheme is https (``secure``: the cookie's attribute)."""
+
+    target: bytes
+    headers: list[tuple[bytes, bytes]]
+    add_host: bool
+    length: int | None
+    key: str | None
+    prefer: str | None
+    secure: bool
+
+
+# Builds a Prepared from its seven fields in order, without the generated ``__new__``'s
+# argument binding (once per proxied request).
+_new_prepared = functools.partial(tuple.__new__, Prepared)
 
 
 class LoadBalancerMiddleware:
@@ -171,6 +193,7 @@ class LoadBalancerMiddleware:
                                     timeout=forwarding.timeout,
                                     redirects=RedirectRule(proxy.prefix, proxy.strip_prefix))
         self._unsubscribe = follow_departures(self, self.balancer, _forget_departed)
+        self._closers: list[Callable[[], None]] = []     # on_close's, called by aclose
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -226,38 +249,67 @@ class LoadBalancerMiddleware:
     def _client(self, scope: Scope) -> str | None:
         """The client's address: the peer, or from a trusted proxy's X-Forwarded-For."""
         client = scope.get("client")
-        peer = client[0] if client else None
+        return self.client_address(client[0] if client else None, scope["headers"])
+
+    def client_address(self, peer: str | None, headers: list[tuple[bytes, bytes]]
+                       ) -> str | None:
+        """The client's address for the access log: ``peer``, or from a trusted proxy's
+        ``X-Forwarded-For`` among ``headers`` (names in lower case)."""
         if self._trusting and self._client_address.is_trusted(peer):
-            return self._client_address(peer, BINARY.get(scope["headers"], "x-forwarded-for"))
+            return self._client_address(peer, BINARY.get(headers, "x-forwarded-for"))
         return peer
 
-    async def _proxy(self, scope: Scope, receive: Receive, send: Send, path: str,
-                     record: AccessRecord | None = None) -> bool:
-        """Forward one request; False if the client left before it could be sent.
-        ``record``: its access log line, told of the exchange."""
-        headers = scope["headers"]
-        client = scope.get("client")
-        peer = client[0] if client else None
+    def prepare(self, headers: list[tuple[bytes, bytes]], path: str, raw_path: bytes | None,
+                query: bytes | None, peer: str | None, scheme: str, http_version: str
+                ) -> Prepared:
+        """What goes upstream for a request under the prefix, by the proxy's rules: the
+        request target (``path``: what :func:`~lbmiddleware.proxy.match_prefix` gave,
+        spelled as the client did when ``raw_path`` has it), the upstream headers, the
+        body's length, the sticky key and the sticky cookie's value. ``headers``: the
+        request's, names in lower case (ASGI's). Every front-end of the middleware calls it
+        (the ASGI one here, the gateway's fast server), so the rules are applied once.
+
+        Raises :class:`~lbmiddleware.proxy.UnsafeRequest` (its ``status``: 400, or 501 for a
+        WebSocket upgrade) for a request that cannot be forwarded."""
         trusted = self._trusting and self._client_address.is_trusted(peer)
-        method = scope["method"]
-        try:
-            upstream_headers = BINARY.request_headers(
-                headers, peer=peer, scheme=scope.get("scheme", "http"),
-                preserve_host=self._preserve_host, trusted_peer=trusted)
-            length = BINARY.body_length(headers)
-            if length == 0 and scope.get("http_version", "1.1") not in _HTTP1 \
-                    and not BINARY.get(headers, "content-length"):
-                length = None       # HTTP/2 and 3 frame a body without either header
-            target = join_target(b"", self._raw_path(scope, path), scope.get("query_string"))
-        except UnsafeRequest as exc:         # 400, or 501 for a WebSocket upgrade
-            await self._send_error(send, exc.status)
-            return True
+        upstream_headers = BINARY.request_headers(
+            headers, peer=peer, scheme=scheme, preserve_host=self._preserve_host,
+            trusted_peer=trusted)
+        length = BINARY.body_length(headers)
+        if length == 0 and http_version not in _HTTP1 \
+                and not BINARY.get(headers, "content-length"):
+            length = None       # HTTP/2 and 3 frame a body without either header
+        target = join_target(b"", self._upstream_path(path, raw_path), query)
         key = None
         if self._sticky:
             ip = peer
             if self._hash_key == "client_ip" and trusted:
                 ip = self._client_address(peer, BINARY.get(headers, "x-forwarded-for"))
             key = sticky_key(self._hash_key, ip, headers)
+        prefer = None
+        secure = False
+        cookie = self._cookie
+        if cookie is not None:      # (the Cookie header goes upstream as the client sent it)
+            prefer = cookie.read_binary(headers)
+            secure = client_scheme(
+                scheme, BINARY.get(headers, "x-forwarded-proto") if trusted else ()) == "https"
+        add_host = not (upstream_headers and upstream_headers[0][0] == b"Host")
+        return _new_prepared((target, upstream_headers, add_host, length, key, prefer, secure))
+
+    async def _proxy(self, scope: Scope, receive: Receive, send: Send, path: str,
+                     record: AccessRecord | None = None) -> bool:
+        """Forward one request; False if the client left before it could be sent.
+        ``record``: its access log line, told of the exchange."""
+        client = scope.get("client")
+        try:
+            prepared = self.prepare(scope["headers"], path, scope.get("raw_path"),
+                                    scope.get("query_string"), client[0] if client else None,
+                                    scope.get("scheme", "http"),
+                                    scope.get("http_version", "1.1"))
+        except UnsafeRequest as exc:         # 400, or 501 for a WebSocket upgrade
+            await self._send_error(send, exc.status)
+            return True
+        length = prepared.length
         if length == 0:
             body: RequestBody | NoBody = NO_BODY
         else:
@@ -270,15 +322,12 @@ class LoadBalancerMiddleware:
                 body = NO_BODY              # it was empty after all
         if not self._ready:
             await self.ready()
-        add_host = not (upstream_headers and upstream_headers[0][0] == b"Host")
-        exchange = Exchange(self._forwarder, method, method.encode("ascii"), target,
-                            upstream_headers, add_host, body, key, receive, send)
-        cookie = self._cookie
-        if cookie is not None:      # (the Cookie header goes upstream as the client sent it)
-            exchange.prefer = cookie.read_binary(headers)
-            exchange.secure = client_scheme(
-                scope.get("scheme", "http"),
-                BINARY.get(headers, "x-forwarded-proto") if trusted else ()) == "https"
+        method = scope["method"]
+        exchange = Exchange(self._forwarder, method, method.encode("ascii"), prepared.target,
+                            prepared.headers, prepared.add_host, body, prepared.key, receive,
+                            send)
+        exchange.prefer = prepared.prefer
+        exchange.secure = prepared.secure
         if record is not None:
             record.exchange = exchange
         await exchange.run()
@@ -286,7 +335,11 @@ class LoadBalancerMiddleware:
 
     def _raw_path(self, scope: Scope, path: str) -> bytes:
         """The path to send upstream, as the client spelled it when the server kept that."""
-        raw: bytes | None = scope.get("raw_path")
+        return self._upstream_path(path, scope.get("raw_path"))
+
+    def _upstream_path(self, path: str, raw: bytes | None) -> bytes:
+        """The path to send upstream (``path``: the matched one), as the client spelled it
+        when the server kept that (``raw``: the request's raw path, maybe with its query)."""
         if raw:
             raw = raw.partition(b"?")[0]
             if not self._strip or self._prefix == "/":
@@ -354,13 +407,22 @@ class LoadBalancerMiddleware:
         self._ready = True          # answered, or timed out: requests go on as they are
         return ready
 
+    def on_close(self, callback: Callable[[], None]) -> None:
+        """Have :meth:`aclose` call ``callback`` (once): another front-end of this
+        middleware (the gateway's fast server) closes its own upstream connections then, as
+        a route retired by a reload goes idle or at the shutdown."""
+        self._closers.append(callback)
+
     async def aclose(self) -> None:
         """Close the idle upstream connections, and stop the sources and health checks of
         the pool this middleware built (not a shared ``balancer=``), without blocking the
-        loop; a shared ``balancer=`` is no longer followed. The lifespan's shutdown calls
-        it; idempotent."""
+        loop; a shared ``balancer=`` is no longer followed; the :meth:`on_close` callbacks
+        run. The lifespan's shutdown calls it; idempotent."""
         self._unsubscribe()
         self.upstream.close()
+        closers, self._closers = self._closers, []
+        for closer in closers:
+            closer()
         if self._owns_balancer and isinstance(self.balancer, fleet.Balancer):
             await self.balancer.aclose()
 
