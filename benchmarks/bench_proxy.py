@@ -17,6 +17,9 @@ upstream connections alive:
 
 ``--no-choices`` leaves out the gateway's other servers and the aiohttp pass-through
 (granian, uvicorn, aiohttp): nginx, HAProxy, the fast path and the reference remain.
+``--layers`` adds the reference with one more layer, the project's Balancer (a ``pick`` and a
+``report`` per request): ``reference-locked`` through the pool's methods (its lock),
+``reference-lane`` through the owner's lock-free lane, as the fast path calls it.
 
 Placement: the proxy on CPU 0 (``taskset -c 0``, its children and threads with it), wrk
 (``-t1``) and the backends on CPU 1, so the proxy has one core to itself and the client
@@ -42,7 +45,7 @@ when they are missing. Every load is bounded in time (``--duration``) and count
 
     python benchmarks/bench_proxy.py [--duration 4] [--rounds 3] [--connections 64]
         [--workers 2] [--sizes 5,16k,1m] [--contenders nginx,fast,...] [--no-choices]
-        [--json PATH]
+        [--layers] [--json PATH]
 """
 
 from __future__ import annotations
@@ -249,14 +252,18 @@ def start_backends(processes: Processes, nginx: str, directory: str,
 
 def start_nginx_proxy(processes: Processes, nginx: str, directory: str, backends: list[int],
                       workers: int = 1, cpus: str | None = None) -> tuple[int, subprocess.Popen]:
-    """nginx as the round-robin proxy, upstream keep-alive. Responses are buffered in memory
-    only (``proxy_max_temp_file_size 0``): by default nginx writes a 1 MB body to a temporary
-    file, which no other contender does."""
+    """nginx as the round-robin proxy, upstream keep-alive, X-Forwarded-For added. Its
+    response buffers are 16 KB (HAProxy's ``tune.bufsize``) instead of one page, and held in
+    memory only (``proxy_max_temp_file_size 0``): by default nginx writes most of a 1 MB body
+    to a temporary file, which no other contender does, and spends twice the CPU per 1 MB
+    request that it spends with these (measured on this machine: about 1,000 us against 400
+    to 600); 5-byte and 16 KB bodies cost the same either way."""
     port = free_port()
     upstream = "".join(f"server 127.0.0.1:{p};" for p in backends)
     servers = (f"upstream pool {{ {upstream} keepalive 128; }}\n"
                f"server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://pool; "
                f"proxy_http_version 1.1; proxy_set_header Connection \"\"; "
+               f"proxy_buffer_size 16k; proxy_buffers 8 16k; proxy_busy_buffers_size 32k; "
                f"proxy_max_temp_file_size 0; "
                f"proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; }} }}\n")
     return port, start_nginx(processes, nginx, directory, servers, port, workers, cpus)
@@ -303,13 +310,14 @@ def start_gateway(processes: Processes, server: str, backends: list[int], worker
 
 
 def start_layer(processes: Processes, program: str, backends: list[str],
-                cpus: str | None = None) -> tuple[int, subprocess.Popen]:
+                cpus: str | None = None, *options: str) -> tuple[int, subprocess.Popen]:
     """One of ``proxy_layers/``'s programs."""
     port = free_port()
-    args = [sys.executable, os.path.join(LAYERS, program), "--listen", f"127.0.0.1:{port}"]
+    args = [sys.executable, os.path.join(LAYERS, program), "--listen", f"127.0.0.1:{port}",
+            *options]
     for backend in backends:
         args += ["--backend", backend]
-    return port, processes.start(args, port, cpus=cpus)
+    return port, processes.start(args, port, {"PYTHONPATH": ROOT}, cpus=cpus)
 
 
 @dataclass
@@ -318,6 +326,7 @@ class Contender:
     label: str                # its row's name
     start: Callable[[list[int]], tuple[int, subprocess.Popen]]   # backends -> port, process
     choice: bool = False      # left out by --no-choices
+    layer: bool = False       # only with --layers
 
 
 @dataclass
@@ -348,6 +357,12 @@ def contenders(processes: Processes, tools: dict[str, str], directory: str,
                   lambda b: start_gateway(processes, "uvicorn", b, cpus=cpus), choice=True),
         Contender("reference", "reference: Protocol proxy, uvloop + httptools, bytes only",
                   lambda b: start_layer(processes, "reference.py", addresses(b), cpus)),
+        Contender("reference-locked", "reference + Balancer.pick/report (its lock)",
+                  lambda b: start_layer(processes, "reference.py", addresses(b), cpus,
+                                        "--balancer", "locked"), layer=True),
+        Contender("reference-lane", "reference + Balancer.pick/report (owned lane)",
+                  lambda b: start_layer(processes, "reference.py", addresses(b), cpus,
+                                        "--balancer", "lane"), layer=True),
         Contender("aiohttp", "aiohttp pass-through (uvicorn)",
                   lambda b: start_layer(processes, "aiohttp_passthrough.py",
                                         [f"http://{a}" for a in addresses(b)], cpus),
@@ -462,8 +477,11 @@ def measure(wrk: str, target: Running, path: str, args: argparse.Namespace,
     session = target.process.pid
     cpu, wall = session_cpu(session), time.monotonic()
     core = cpu_busy(int(PROXY_CPUS)) if pinned else 0.0
-    result = run_wrk(wrk, target.port, args.duration, args.connections, path,
-                     CLIENT_CPUS if pinned else None)
+    try:
+        result = run_wrk(wrk, target.port, args.duration, args.connections, path,
+                         CLIENT_CPUS if pinned else None)
+    except subprocess.TimeoutExpired:       # wrk stuck well past its duration: not measured
+        return None
     used, wall = session_cpu(session) - cpu, time.monotonic() - wall
     result["cpu_us"] = used / result["requests"] * 1e6 if result["requests"] else float("nan")
     result["cpu_share"] = used / wall
@@ -490,9 +508,11 @@ def run_rounds(wrk: str, targets: list[Running], sizes: list[str], args: argpars
             for target in order:
                 by_key[target.contender.key] = result = measure(wrk, target, path, args, pinned)
                 if result is None:
+                    status = target.process.poll()
                     print(f"{title} round {number + 1} {label:>5}  {target.contender.key:<10} "
-                          f"exited ({target.process.returncode}): "
-                          f"{processes.log(target.process)[-1000:]}", flush=True)
+                          + ("wrk did not finish" if status is None else
+                             f"exited ({status}): {processes.log(target.process)[-1000:]}"),
+                          flush=True)
                     continue
                 other = f"  CPU 0 other {result['other']:4.0%}" if pinned else ""
                 print(f"{title} round {number + 1} {label:>5}  {target.contender.key:<10} "
@@ -627,6 +647,8 @@ def main() -> None:
                         help="only these (comma-separated keys; nginx always) [all]")
     parser.add_argument("--no-choices", action="store_true",
                         help="leave out granian, uvicorn and the aiohttp pass-through")
+    parser.add_argument("--layers", action="store_true",
+                        help="add the reference with the Balancer's pick/report (locked, lane)")
     parser.add_argument("--json", metavar="PATH", help="write the tables and rounds here")
     args = parser.parse_args()
     sizes = [s.strip().lower() for s in args.sizes.split(",") if s.strip()]
@@ -658,7 +680,7 @@ def main() -> None:
         cpus = PROXY_CPUS if pinned else None
         backends = start_backends(processes, nginx, directory, CLIENT_CPUS if pinned else None)
         chosen = [c for c in contenders(processes, tools, directory, cpus)
-                  if not (args.no_choices and c.choice)]
+                  if not (args.no_choices and c.choice) and (args.layers or not c.layer)]
         if args.contenders:
             wanted = {"nginx", *(k.strip() for k in args.contenders.split(","))}
             chosen = [c for c in chosen if c.key in wanted]
@@ -701,7 +723,9 @@ def main() -> None:
           f"round's own ratio to nginx (min-max); CPU: the proxy's processes, all of them.")
     print_tables(report["one_core"], "nginx", pinned)
     if "workers" in report:
-        print(f"\n{args.workers} workers each, nothing pinned (see the docstring: why)")
+        print(f"\n{args.workers} workers each, nothing pinned: the scheduler spreads the workers, "
+              f"wrk and the backends over every CPU alike for both (on 2 CPUs no placement gives "
+              f"each worker a core of its own)")
         print_tables(report["workers"], f"nginx ({args.workers})", False)
     lines = goals(report["one_core"], report.get("workers"))
     if lines:

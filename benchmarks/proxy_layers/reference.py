@@ -15,8 +15,14 @@ errors beyond closing both sides (a backend that cannot be reached gets the clie
 Flow control is kept (a client reading slowly pauses its backend, and the other way round),
 so a 1 MB body holds the memory of a few buffers and not of the body.
 
+``--balancer`` adds one layer, the project's :class:`~lbmiddleware.core.balancer.Balancer`
+(round-robin) in place of the fixed turn: a ``pick()`` when the request begins and a
+``report(ok, latency)`` when its response has been relayed. ``locked``: the pool's own
+methods (its lock, its clock readings); ``lane``: the owner's lock-free lane
+(``Balancer.own(loop)``, one clock reading at each end), the gateway's fast path's way.
+
     python benchmarks/proxy_layers/reference.py --listen 127.0.0.1:8000 \
-        --backend 127.0.0.1:8001 --backend 127.0.0.1:8002
+        --backend 127.0.0.1:8001 --backend 127.0.0.1:8002 [--balancer none|locked|lane]
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ import argparse
 import asyncio
 import itertools
 import signal
+import time
+from typing import Any
 
 import httptools
 import uvloop
@@ -194,11 +202,51 @@ class Client(asyncio.Protocol):
             self.upstream.transport.resume_reading()
 
 
-async def serve(listen: str, backends: list[str]) -> None:
+class BalancedClient(Client):
+    """:class:`Client` with the Balancer's pick at the request's start and report at its
+    response's end."""
+
+    __slots__ = ("pick", "report", "targets", "lane", "picked", "started")
+
+    def __init__(self, pool: Any, targets: dict[str, Backend], lane: bool) -> None:
+        super().__init__(itertools.cycle(()))
+        picker = pool.own(asyncio.get_running_loop()) if lane else pool
+        self.pick, self.report, self.targets, self.lane = (picker.pick, picker.report,
+                                                           targets, lane)
+        self.picked: Any = None
+        self.started = 0.0
+
+    def on_message_begin(self) -> None:
+        self.started = now = time.monotonic()
+        self.picked = picked = self.pick(now=now) if self.lane else self.pick()
+        self.upstream = self.targets[picked.url].send(self, self.data)
+        self.data = b""
+
+    def response_done(self) -> None:
+        super().response_done()
+        now = time.monotonic()
+        if self.lane:
+            self.report(self.picked, True, now - self.started, now=now)
+        else:
+            self.report(self.picked, True, now - self.started)
+
+
+async def serve(listen: str, backends: list[str], balancer: str = "none") -> None:
     loop = asyncio.get_running_loop()
-    turn = itertools.cycle([Backend(address) for address in backends])
+    targets = [Backend(address) for address in backends]
+    factory: Any
+    if balancer == "none":
+        turn = itertools.cycle(targets)
+        factory = lambda: Client(turn)        # noqa: E731
+    else:
+        from lbmiddleware.core.balancer import Balancer
+
+        pool = Balancer([f"http://{address}" for address in backends], "round_robin")
+        by_address = {f"{t.host}:{t.port}": t for t in targets}
+        by_url = {b.url: by_address[f"{b.host}:{b.port}"] for b in pool.backends}
+        factory = lambda: BalancedClient(pool, by_url, balancer == "lane")   # noqa: E731
     host, _, port = listen.rpartition(":")
-    server = await loop.create_server(lambda: Client(turn), host, int(port), backlog=1024)
+    server = await loop.create_server(factory, host, int(port), backlog=1024)
     stop = loop.create_future()
     for number in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(number, stop.set_result, None)
@@ -210,8 +258,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--listen", required=True, help="HOST:PORT to listen on")
     parser.add_argument("--backend", action="append", required=True, help="HOST:PORT (repeat)")
+    parser.add_argument("--balancer", choices=("none", "locked", "lane"), default="none",
+                        help="pick and report through lbmiddleware's Balancer [none]")
     args = parser.parse_args()
-    uvloop.run(serve(args.listen, args.backend))
+    uvloop.run(serve(args.listen, args.backend, args.balancer))
 
 
 if __name__ == "__main__":
