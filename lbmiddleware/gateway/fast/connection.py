@@ -1,0 +1,570 @@
+"""A client's connection to the fast server (:class:`ClientConnection`): httptools parses
+each request head into a :class:`Request`, the dispatcher gives it a :class:`Handler` (the
+exchange), the body goes to that handler by callbacks, and the handler writes the response
+and calls :meth:`ClientConnection.done`. No task, future or closure per request.
+
+What the connection itself enforces, as the gateway's protocol under uvicorn does
+(``gateway/uvicorn_server.py``):
+
+- ``LB_HEADER_TIMEOUT`` for each request head: from the connection's start, from the
+  head's first byte on a kept-alive connection, or for a pipelined head from the end of
+  the response before it; bytes arriving do not extend it. A connection idle after a
+  response is closed after :data:`KEEP_ALIVE` seconds (uvicorn's ``timeout_keep_alive``).
+  One timer per connection, not per request: it is armed for the earliest limit and, when
+  it fires, closes the connection or is armed again for the limit now in force.
+- ``LB_MAX_CONNECTIONS``: a connection beyond it is answered 503 and closed at once, with
+  an access line (``LB_ACCESS_LOG``) and a WARNING at most every 10 s.
+- Pipelined requests wait, with their bodies, until the response before them is done;
+  reading stops meanwhile (so at most one read's worth of them is held).
+- A malformed request (whatever httptools refuses: a bad character, ``Content-Length`` with
+  ``Transfer-Encoding``, two ``Content-Length``...) is answered with the proxy's 400 and the
+  connection closed, after the responses to the requests before it.
+- Header fields after the body (chunked trailers) are dropped.
+- ``Expect: 100-continue``: the handler sends the interim response when it wants the body
+  (:meth:`~ClientConnection.send_continue`); a response done without it closes the
+  connection (the client may or may not send the body next).
+- An upgrade (``Upgrade`` with ``Connection: upgrade``, or ``CONNECT``) leaves the fast
+  path: the connection, with the head and the bytes after it, is handed to uvicorn's
+  protocol on the same app (``ServerState.handoff``), which serves WebSockets as the ASGI
+  path does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import unquote
+
+import httptools
+
+from ...proxy.access import access_line
+from ...proxy.access import logger as access_logger
+from .wire import CONTINUE, error_bytes
+
+if TYPE_CHECKING:
+    from .server import ServerState
+
+__all__ = ["Request", "Handler", "Dispatch", "ClientConnection", "KEEP_ALIVE"]
+
+logger = logging.getLogger("lbmiddleware.gateway")
+
+#: Seconds an idle kept-alive connection stays open (uvicorn's ``timeout_keep_alive``).
+KEEP_ALIVE = 5.0
+
+
+class Request:
+    """A request head as the exchange reads it: names lower-case (as ASGI has them), values
+    as sent (less trailing blanks, as uvicorn gives them); ``length`` 0 without a body,
+    ``None`` for a chunked one; ``arrived``: ``time.monotonic()`` at the head's end."""
+
+    __slots__ = ("method", "target", "path", "raw_path", "query", "headers", "version",
+                 "keep_alive", "length", "expect_continue", "arrived")
+
+    def __init__(self, method: str, target: bytes, raw_path: bytes, path: str, query: bytes,
+                 headers: list[tuple[bytes, bytes]], version: str, keep_alive: bool,
+                 length: int | None, expect_continue: bool, arrived: float) -> None:
+        self.method = method
+        self.target = target
+        self.raw_path = raw_path
+        self.path = path
+        self.query = query
+        self.headers = headers
+        self.version = version
+        self.keep_alive = keep_alive
+        self.length = length
+        self.expect_continue = expect_continue
+        self.arrived = arrived
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method} {self.target!r} HTTP/{self.version}>"
+
+
+class Handler(Protocol):
+    """What the connection calls on the handler of a request (the exchange). ``body``
+    pieces may still come after :meth:`ClientConnection.pause_body` (those read already)."""
+
+    def body(self, data: bytes) -> None: ...
+    def body_end(self) -> None: ...
+    def client_lost(self) -> None: ...
+
+
+class Dispatch(Protocol):
+    """Gives each request its handler (``dispatch.Dispatcher``)."""
+
+    def dispatch(self, request: Request, connection: ClientConnection) -> Handler: ...
+
+
+class _Queued:
+    """A pipelined request waiting for the response before it, and its body so far."""
+
+    __slots__ = ("request", "pieces", "complete")
+
+    def __init__(self, request: Request) -> None:
+        self.request = request
+        self.pieces: list[bytes] = []
+        self.complete = False
+
+    def body(self, data: bytes) -> None:
+        self.pieces.append(data)
+
+    def body_end(self) -> None:
+        self.complete = True
+
+
+class _Dropped(list[tuple[bytes, bytes]]):
+    """Where header fields go once the head is complete (chunked trailers): nowhere."""
+
+    def append(self, field: tuple[bytes, bytes]) -> None:
+        pass
+
+
+_TRAILERS = _Dropped()
+
+# The versions served (llhttp reads 0.9 and 2.0 too).
+_VERSIONS = frozenset(("1.1", "1.0"))
+
+# Header fields the connection reads itself, besides passing them on.
+_FRAMING = frozenset((b"content-length", b"transfer-encoding", b"expect"))
+
+
+class _BadRequest(Exception):
+    """Raised in a parser callback: the request cannot be read (answered 400)."""
+
+
+class _Closed(Exception):
+    """Raised in a parser callback: the connection is closed, the rest is not read."""
+
+
+class ClientConnection(asyncio.Protocol):
+    """One client connection of the fast server (see the module's docstring).
+
+    For the handler: :meth:`write`, :attr:`writing_paused` and :meth:`on_writable` (the
+    client's flow control), :meth:`pause_body` / :meth:`resume_body` (the upload's),
+    :meth:`send_continue`, :meth:`done` once the response is complete, :meth:`abort` to
+    cut the connection; :attr:`peer` (the client's address, ``None`` on a Unix socket),
+    :attr:`scheme`, :attr:`state` (the server's: ``date``, ``deadlines``, ``settings``).
+    """
+
+    __slots__ = (
+        "loop", "state", "peer", "scheme", "transport", "_parser", "_dispatch",
+        # the head being read
+        "_url", "_headers", "_length", "_expect", "_in_head", "_in_message",
+        # the request being served, and those waiting
+        "_busy", "_handler", "_current", "_keep_alive", "_expecting", "_wrote", "_queue",
+        "_serving",
+        "_upgrade", "_bad",
+        # the connection
+        "_open", "_closing", "_reading", "_body_paused", "_writing_paused", "_writable",
+        "_limit", "_timer", "_timer_at", "_cut",
+    )
+
+    def __init__(self, state: ServerState, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.state = state
+        self.peer: str | None = None
+        self.scheme = state.scheme
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self._parser = httptools.HttpRequestParser(self)
+        # as uvicorn: the response to a request with "Connection: close" is still served
+        self._parser.set_dangerous_leniencies(lenient_data_after_close=True)
+        self._dispatch = state.dispatcher.dispatch
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = _TRAILERS
+        self._length: int | None = 0
+        self._expect = False
+        self._in_head = False           # a head has begun and is not complete
+        self._in_message = False        # a request's body is being read
+        self._busy = False              # a request is being answered (until done())
+        self._handler: Handler | None = None
+        self._current: Handler | _Queued | None = None      # where the body being read goes
+        self._keep_alive = False        # the request being answered allows another after it
+        self._expecting = False         # it asked for 100-continue, not sent yet
+        self._wrote = False             # something of its response was written
+        self._queue: deque[_Queued] | None = None
+        self._serving = False           # in _serve_next's loop
+        self._upgrade: bytes | None = None      # a head to hand off, after the responses
+        self._bad = False               # a malformed request, answered after the responses
+        self._open = False
+        self._closing = False           # shutting down: close after the response
+        self._reading = True
+        self._body_paused = False
+        self._writing_paused = False
+        self._writable: Callable[[], None] | None = None
+        self._limit = 0.0               # loop time at which the connection is closed; 0: none
+        self._timer: Any = None         # the Deadlines handle armed for _timer_at
+        self._timer_at = 0.0
+        self._cut: asyncio.TimerHandle | None = None
+
+    # -- asyncio.Protocol ----------------------------------------------------------------
+
+    def connection_made(  # type: ignore[override]  # a stream's transport
+            self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = peer[0] if isinstance(peer, tuple) else None
+        state = self.state
+        if len(state.connections) >= state.settings.max_connections:
+            transport.write(error_bytes(503, date=state.date.value(), close=True,
+                                        detail="too many connections"))
+            transport.close()
+            state.refused()
+            if state.access_log and access_logger.isEnabledFor(logging.INFO):
+                access_logger.info(access_line(self.peer, "-", "-", 503, None, 0, 0.0))
+            return
+        self._open = True
+        state.connections.add(self)
+        self._set_limit(state.settings.header_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            self._upgrade_from(data[upgrade.args[0]:])
+        except httptools.HttpParserCallbackError as exc:
+            if not self._open:          # closed by a callback (done(False), abort())
+                return
+            if isinstance(exc.__context__, _BadRequest):
+                self._malformed()
+            else:
+                logger.error("the fast server failed on a request from %s", self.peer,
+                             exc_info=exc.__context__ or exc)
+                self.abort()
+        except httptools.HttpParserError:
+            if self._open:
+                self._malformed()
+
+    def eof_received(self) -> bool | None:
+        return None             # the transport closes (as uvicorn's protocol has it)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._open = False
+        self.state.connections.discard(self)
+        self._stop_timers()
+        self._queue = None
+        self._current = None
+        self._writable = None
+        handler, self._handler = self._handler, None
+        self._busy = False
+        if handler is not None:
+            handler.client_lost()
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        callback = self._writable
+        if callback is not None:
+            self._writable = None
+            callback()
+
+    # -- httptools callbacks -------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if not self._open:      # closed by the answer to the request before: read no more
+            raise _Closed
+        self._url = b""
+        self._headers = []
+        self._length = 0
+        self._expect = False
+        self._in_head = True
+        if not self._busy:      # else its time starts once the connection is idle
+            self._set_limit(self.state.settings.header_timeout)
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        # (llhttp keeps trailing blanks, which RFC 9110 5.5 excludes from the value)
+        value = value.rstrip(b" \t")
+        self._headers.append((name, value))
+        if name in _FRAMING:
+            if name == b"content-length":
+                self._length = int(value)       # (llhttp took digits only, and one field)
+            elif name == b"transfer-encoding":
+                self._length = None             # (llhttp took chunked last only)
+            else:
+                self._expect = value.lower() == b"100-continue"
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        url = self._url
+        headers = self._headers
+        self._headers = _TRAILERS
+        self._in_head = False
+        version = parser.get_http_version()
+        if version not in _VERSIONS:    # llhttp's HTTP/0.9 (its "headers" too) or 2.0
+            raise _BadRequest
+        method = parser.get_method().decode("ascii")
+        if parser.should_upgrade():
+            self._current = None
+            self._upgrade = b"".join(
+                [method.encode(), b" ", url, b" HTTP/", version.encode(), b"\r\n",
+                 *[b"%s: %s\r\n" % field for field in headers], b"\r\n"])
+            return
+        if url[:1] == b"/" and b"#" not in url:
+            raw_path, _, query = url.partition(b"?")
+        else:                   # absolute form, "*", a fragment: as uvicorn reads them
+            try:
+                parsed = httptools.parse_url(url)
+            except httptools.HttpParserInvalidURLError as exc:
+                raise _BadRequest from exc
+            raw_path, query = parsed.path or b"", parsed.query or b""
+        path = raw_path.decode("latin-1")       # (llhttp took ASCII only)
+        if "%" in path:
+            path = unquote(path)
+        request = Request(method, url, raw_path, path, query, headers, version,
+                          version != "1.0" and parser.should_keep_alive(), self._length,
+                          self._expect, time.monotonic())
+        self._in_message = True
+        if self._busy:          # pipelined: it waits for the response before it
+            queued = _Queued(request)
+            self._current = queued
+            if self._queue is None:
+                self._queue = deque()
+            self._queue.append(queued)
+            self._update_reading()
+        else:
+            self._start(request, None)
+
+    def on_body(self, body: bytes) -> None:
+        current = self._current
+        if current is not None:
+            current.body(body)
+
+    def on_message_complete(self) -> None:
+        self._in_message = False
+        current = self._current
+        if current is not None:
+            self._current = None
+            current.body_end()
+        elif not self._busy and self._open and self._upgrade is None:
+            self._idle()        # the end of a body dropped (its response came before it)
+
+    # -- for the handler -----------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        """``data`` to the client; nothing once the connection is closed."""
+        if self._open:
+            self._wrote = True
+            self.transport.write(data)
+
+    @property
+    def writing_paused(self) -> bool:
+        """The client's transport buffer is full: wait for :meth:`on_writable`."""
+        return self._writing_paused
+
+    def on_writable(self, callback: Callable[[], None]) -> None:
+        """``callback()`` once, when the client's buffer has drained (at once if it has);
+        never once the client is gone (the handler hears :meth:`Handler.client_lost`)."""
+        if not self._writing_paused:
+            callback()
+        elif self._open:
+            self._writable = callback
+
+    def pause_body(self) -> None:
+        """Stop reading the request body (pieces read already still come)."""
+        self._body_paused = True
+        self._update_reading()
+
+    def resume_body(self) -> None:
+        self._body_paused = False
+        self._update_reading()
+
+    def send_continue(self) -> None:
+        """``100 Continue``, once, if the request asked for it and the response has not
+        been written."""
+        if self._expecting:
+            self._expecting = False
+            if self._open:
+                self.transport.write(CONTINUE)
+
+    def done(self, keep_alive: bool = True) -> None:
+        """The response is complete: serve the next request, or close the connection
+        (``keep_alive`` False, the request said close, or the server is stopping)."""
+        if not self._busy:
+            return
+        self._busy = False
+        self._handler = None
+        self._writable = None
+        self._body_paused = False
+        if self._in_message and not self._queue:    # its body still coming: dropped
+            self._current = None
+            if self._expecting:
+                keep_alive = False
+        if not (keep_alive and self._keep_alive) or self._closing:
+            self._close()
+        elif not self._serving:
+            self._serve_next()
+
+    def abort(self) -> None:
+        """Cut the connection (a response that cannot be completed); the handler hears
+        nothing more."""
+        self._handler = None
+        self._busy = False
+        if self._open:
+            self._open = False
+            self.transport.abort()
+
+    # -- for the server ------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """The server stops: close now when no request is being answered, else after its
+        response, or after ``LB_SHUTDOWN_TIMEOUT`` at the latest."""
+        self._closing = True
+        if not self._busy:
+            self._close()
+        elif self._open and self._cut is None:
+            self._cut = self.loop.call_later(self.state.settings.shutdown_timeout,
+                                             self._close)
+
+    # -- inside --------------------------------------------------------------------------
+
+    def _start(self, request: Request, queued: _Queued | None) -> None:
+        """Answer ``request`` (its body so far in ``queued`` when it waited)."""
+        self._busy = True
+        self._limit = 0.0
+        self._keep_alive = request.keep_alive
+        self._expecting = request.expect_continue
+        self._wrote = False
+        handler = self._dispatch(request, self)
+        if not self._busy:      # answered at once
+            if queued is not None and self._current is queued:
+                self._current = None
+            return
+        self._handler = handler
+        if queued is None:
+            self._current = handler
+            return
+        for piece in queued.pieces:
+            handler.body(piece)
+            if self._handler is not handler:
+                return
+        if queued.complete:
+            handler.body_end()
+        elif self._current is queued:
+            self._current = handler
+
+    def _serve_next(self) -> None:
+        """After a response: the requests that waited, then an upgrade's hand-off or a
+        malformed request's 400, else the connection is idle. (A loop: a request answered
+        at once does not nest the next one's answer in its own.)"""
+        self._serving = True
+        try:
+            while self._queue and not self._busy and self._open:
+                queued = self._queue.popleft()
+                self._start(queued.request, queued)
+        finally:
+            self._serving = False
+        if self._busy or not self._open:
+            self._update_reading()
+        elif self._bad:
+            self._malformed()
+        elif self._upgrade is not None:
+            self._hand_off(b"")
+        else:
+            if not self._in_message:
+                self._idle()
+            self._update_reading()
+
+    def _upgrade_from(self, rest: bytes) -> None:
+        """httptools stopped after an upgrade's head: hand the connection off now, or once
+        the requests before it are answered."""
+        if self._busy:
+            self._upgrade += rest   # type: ignore[operator]
+            self._update_reading()
+        else:
+            self._hand_off(rest)
+
+    def _hand_off(self, rest: bytes) -> None:
+        data, self._upgrade = (self._upgrade or b"") + rest, None
+        self._open = False
+        self._stop_timers()
+        self.state.connections.discard(self)
+        if not self._reading:
+            self._reading = True
+            self.transport.resume_reading()
+        self.state.handoff(self.transport, data)
+
+    def _malformed(self) -> None:
+        """The proxy's 400 and close: now, or after the responses to the requests before.
+        When the request being answered is the malformed one (its body broke the rules:
+        a bad chunk, a ``Transfer-Encoding`` httptools refuses once the head was read), its
+        handler hears that the client is gone, and the 400 goes only if nothing of the
+        response has."""
+        handler = self._handler
+        if handler is not None and self._current is handler:
+            self._handler = self._current = None
+            self._busy = False
+            handler.client_lost()
+            if self._wrote:
+                self.state.malformed()
+                self._close()
+                return
+        elif self._busy:
+            self._bad = True
+            self._update_reading()
+            return
+        self.state.malformed()
+        self.write(error_bytes(400, date=self.state.date.value(), close=True))
+        self._close()
+
+    def _update_reading(self) -> None:
+        reading = not (self._body_paused or self._queue or self._bad
+                       or self._upgrade is not None)
+        if reading is not self._reading and self._open:
+            self._reading = reading
+            if reading:
+                self.transport.resume_reading()
+            else:
+                self.transport.pause_reading()
+
+    def _close(self) -> None:
+        if self._open:
+            self._open = False
+            self.transport.close()
+
+    # -- the connection's one timer ------------------------------------------------------
+
+    def _idle(self) -> None:
+        """Nothing to answer: the keep-alive limit, or a head's if one has begun."""
+        self._set_limit(self.state.settings.header_timeout if self._in_head else KEEP_ALIVE)
+
+    def _set_limit(self, seconds: float) -> None:
+        """Close the connection in ``seconds`` unless a request comes to be answered."""
+        at = self.loop.time() + seconds
+        self._limit = at
+        if self._timer is None or self._timer_at > at:
+            deadlines = self.state.deadlines
+            if self._timer is not None:
+                deadlines.cancel(self._timer)
+            self._timer = deadlines.start(seconds, _expired, self, self.loop)
+            self._timer_at = at
+
+    def _stop_timers(self) -> None:
+        if self._timer is not None:
+            self.state.deadlines.cancel(self._timer)
+            self._timer = None
+        if self._cut is not None:
+            self._cut.cancel()
+            self._cut = None
+
+
+def _expired(connection: ClientConnection) -> None:
+    """The connection's timer: close it if its limit has passed, else wait on."""
+    connection._timer = None
+    limit = connection._limit
+    if not limit or not connection._open:
+        return
+    left = limit - connection.loop.time()
+    if left > 0:
+        connection._timer = connection.state.deadlines.start(left, _expired, connection,
+                                                             connection.loop)
+        connection._timer_at = limit
+    else:
+        connection._close()

@@ -1,0 +1,253 @@
+"""The fast server's life (:func:`serve_fast`): a uvloop loop, the gateway's app started as
+its lifespan would be (the admin listener, SIGHUP for a config file, the sources' first
+answers), the listener of :class:`~.connection.ClientConnection` (https with
+``LB_TLS_CERT`` / ``LB_TLS_KEY``, TLS 1.2 and up), the banner, then SIGINT or SIGTERM and a
+graceful shutdown.
+
+The shutdown, as uvicorn's: stop accepting; idle connections are closed at once, busy ones
+after their response or after ``LB_SHUTDOWN_TIMEOUT`` at the latest (what is left a second
+later is cut, and the WebSocket hand-off's tasks still running cancelled); then the
+dispatcher and the app are closed (pools, sources, the admin listener). SIGTERM and SIGINT
+both end :func:`serve_fast` with ``KeyboardInterrupt`` once that is done, as the uvicorn
+path does (``serve`` then exits with status 0); a second signal stops waiting for the
+requests in flight.
+
+Upgrades (WebSocket handshakes, h2c, CONNECT) leave the fast path (:class:`HandOff`): the
+connection goes to uvicorn's protocol for the same app object, built as the uvicorn path
+builds it (``gateway/uvicorn_server.py``), so WebSockets behave exactly as they do there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import logging.config
+import signal
+import socket
+import ssl
+from collections.abc import Callable
+from typing import Any
+
+from ...core.settings import FrontEndSettings
+from ...errors import needs_extra
+from ...gateway_settings import GatewaySettings
+from ...proxy.settings import ProxySettings
+from ...upstream.deadlines import Deadlines
+from ...upstream.websocket import MAX_MESSAGE
+from ..app import GatewayApp, RoutesGatewayApp, make_app
+from ..logs import RefusalWarnings, server_log_level, settings_logging_config
+from ..tls import check_certificate
+from ..uvicorn_server import uvicorn_protocol
+from .connection import ClientConnection, Dispatch
+from .wire import DateHeader
+
+__all__ = ["serve_fast", "ServerState", "HandOff", "server_ssl_context"]
+
+logger = logging.getLogger("lbmiddleware.gateway")
+
+#: The listen backlog (as ``gateway/listen.py`` binds the socket).
+BACKLOG = 2048
+#: Seconds between two looks at the connections left, while shutting down.
+_POLL = 0.05
+
+
+class ServerState:
+    """What every connection of one server shares: the gateway's ``settings``
+    (:class:`~lbmiddleware.gateway_settings.GatewaySettings`), the ``dispatcher``, the
+    ``Date`` line (``date``), the timeouts' buckets (``deadlines``), the open connections
+    (``connections``: those handed off to uvicorn's protocols too, so that
+    ``LB_MAX_CONNECTIONS`` counts them all), ``handoff(transport, data)`` for an upgrade,
+    the listener's ``scheme``, whether refusals get an access line (``access_log``), and the
+    WARNINGs for connections turned away (``refused``) and malformed requests
+    (``malformed``)."""
+
+    __slots__ = ("settings", "dispatcher", "handoff", "scheme", "access_log", "date",
+                 "deadlines", "connections", "refused", "malformed")
+
+    def __init__(self, settings: GatewaySettings, dispatcher: Dispatch,
+                 handoff: Callable[[asyncio.Transport, bytes], None], *, scheme: str = "http",
+                 access_log: bool = False, date: DateHeader | None = None,
+                 deadlines: Deadlines | None = None) -> None:
+        self.settings = settings
+        self.dispatcher = dispatcher
+        self.handoff = handoff
+        self.scheme = scheme
+        self.access_log = access_log
+        self.date = date if date is not None else DateHeader()
+        self.deadlines = deadlines if deadlines is not None else Deadlines()
+        self.connections: set[Any] = set()
+        self.refused = RefusalWarnings(
+            f"too many connections (LB_MAX_CONNECTIONS={settings.max_connections})",
+            "answered 503 and closed")
+        self.malformed = RefusalWarnings("malformed requests", "answered 400 and closed")
+
+
+class HandOff:
+    """Connections leaving the fast path for uvicorn's protocol (an upgrade's head was
+    read): :meth:`__call__` gives it the transport and the head (with the bytes after it)
+    to read again. Its ``uvicorn.Config`` is made at the first hand-off, for the same app
+    object, as ``serve_uvicorn`` makes its own (the gateway's protocol, websockets'
+    sans-I/O WebSockets, the same message limit, no permessage-deflate); the protocols
+    join ``connections``, the fast server's."""
+
+    def __init__(self, settings: FrontEndSettings, app: GatewayApp | RoutesGatewayApp,
+                 connections: set[Any], date: DateHeader,
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self._settings = settings
+        self._app = app
+        self._connections = connections
+        self._date = date
+        self._loop = loop
+        self._config: Any = None
+        self._state: Any = None
+
+    @property
+    def tasks(self) -> set[asyncio.Task[None]]:
+        """The ASGI tasks of the handed-off connections still running."""
+        return set() if self._state is None else self._state.tasks
+
+    def __call__(self, transport: asyncio.Transport, data: bytes) -> None:
+        if self._config is None:
+            self._load()
+        state = self._state
+        # uvicorn's server refreshes it each second; here at each hand-off
+        state.default_headers = [(b"date", self._date.value()[6:-2])]
+        protocol = self._config.http_protocol_class(
+            config=self._config, server_state=state, app_state={}, _loop=self._loop)
+        protocol.connection_made(transport)
+        transport.set_protocol(protocol)
+        protocol.data_received(data)
+
+    def _load(self) -> None:
+        import uvicorn
+        from uvicorn.server import ServerState as UvicornState
+
+        gateway = self._settings[GatewaySettings]
+        config = uvicorn.Config(
+            self._app, lifespan="off", access_log=False,
+            # (logging is configured already: uvicorn's loggers get their level only)
+            log_config=None, log_level=server_log_level(gateway.log_level),
+            http=uvicorn_protocol(gateway, access_log=self._settings[ProxySettings].access_log),
+            proxy_headers=False, server_header=False, date_header=True,
+            ws="websockets-sansio", ws_max_size=MAX_MESSAGE, ws_per_message_deflate=False)
+        config.load()
+        state = UvicornState()
+        state.connections = self._connections
+        self._config, self._state = config, state
+
+
+def server_ssl_context(settings: GatewaySettings) -> ssl.SSLContext | None:
+    """The listener's TLS context for ``LB_TLS_CERT`` / ``LB_TLS_KEY`` (TLS 1.2 and up, as
+    uvicorn and nginx serve by default); ``None`` for plain http. Check the files first
+    (:func:`~lbmiddleware.gateway.tls.check_certificate`)."""
+    if not settings.tls_cert:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    return context
+
+
+def serve_fast(settings: FrontEndSettings, sock: socket.socket, admin: socket.socket | None,
+               banner: Callable[[], None]) -> None:
+    """Serve the gateway on ``sock`` (and the admin listener on ``admin``) with the fast
+    server until SIGINT or SIGTERM (then ``KeyboardInterrupt``); ``banner()`` once it
+    accepts connections."""
+    import uvloop
+
+    with needs_extra("the fast server (its WebSocket hand-off to uvicorn)"):
+        import uvicorn  # noqa: F401
+        import websockets  # noqa: F401
+
+    gateway = settings[GatewaySettings]
+    check_certificate(gateway)
+    context = server_ssl_context(gateway)
+    logging.config.dictConfig(settings_logging_config(settings))
+    signals = (signal.SIGINT, signal.SIGTERM)
+    before = {number: signal.getsignal(number) for number in signals}
+    stop = _Stop()
+    try:
+        uvloop.run(_serve(settings, sock, admin, banner, context, stop))
+    finally:
+        for number, handler in before.items():
+            signal.signal(number, handler)
+    if stop.signals:
+        raise KeyboardInterrupt
+
+
+class _Stop:
+    """SIGINT / SIGTERM while serving: the first stops the server, a second stops waiting
+    for the requests in flight."""
+
+    def __init__(self) -> None:
+        self.signals: list[int] = []
+        self.event = asyncio.Event()
+        self.force = False
+
+    def __call__(self, number: int) -> None:
+        self.signals.append(number)
+        if self.event.is_set():
+            self.force = True
+        self.event.set()
+
+
+async def _serve(settings: FrontEndSettings, sock: socket.socket, admin: socket.socket | None,
+                 banner: Callable[[], None], context: ssl.SSLContext | None,
+                 stop: _Stop) -> None:
+    from .dispatch import Dispatcher
+
+    loop = asyncio.get_running_loop()
+    gateway = settings[GatewaySettings]
+    for number in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(number, stop, number)
+    app = make_app(settings, admin_socket=admin)
+    try:
+        await app.ready()
+        if stop.event.is_set():
+            return
+        dispatcher = Dispatcher(app)
+        date = DateHeader()
+        connections: set[Any] = set()
+        handoff = HandOff(settings, app, connections, date, loop)
+        state = ServerState(gateway, dispatcher, handoff,
+                            scheme="https" if context is not None else "http",
+                            access_log=settings[ProxySettings].access_log, date=date)
+        state.connections = connections
+        server = await loop.create_server(
+            lambda: ClientConnection(state, loop), sock=sock, ssl=context, backlog=BACKLOG,
+            ssl_handshake_timeout=gateway.header_timeout if context is not None else None)
+        banner()
+        try:
+            await stop.event.wait()
+        finally:
+            await _shutdown(server, state, handoff, gateway.shutdown_timeout, stop)
+            closed = dispatcher.close()
+            if inspect.isawaitable(closed):
+                await closed
+    finally:
+        await app.aclose()
+        for number in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(number)
+
+
+async def _shutdown(server: asyncio.AbstractServer, state: ServerState, handoff: HandOff,
+                    grace: float, stop: _Stop) -> None:
+    """Stop accepting, close the idle connections, let the busy ones end their response
+    within ``grace`` seconds (each closes itself then), cut what is left a second later,
+    and cancel the hand-off's tasks still running."""
+    loop = asyncio.get_running_loop()
+    server.close()
+    for connection in list(state.connections):
+        connection.shutdown()
+    deadline = loop.time() + grace + 1.0
+    while (state.connections or handoff.tasks) and loop.time() < deadline and not stop.force:
+        await asyncio.sleep(_POLL)
+    for connection in list(state.connections):
+        connection.transport.abort()        # (its handler hears client_lost)
+    tasks = list(handoff.tasks)
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.wait(tasks, timeout=1.0)
+    await asyncio.sleep(0)                  # (connection_lost of those just cut)
