@@ -29,6 +29,7 @@ from ..proxy import quote_path
 from .history import history_of
 from .page import render
 from .snapshot import Pools, named_pools, snapshot
+from .worker import current_worker, gather, publish
 
 __all__ = ["status_app", "status_wsgi_app", "StatusApp", "StatusWSGIApp", "Response"]
 
@@ -82,6 +83,8 @@ class _Routes:
         self.refresh = float(refresh)
         for _, pool in self.named:
             history_of(pool)
+        if current_worker() is not None:      # a gateway worker's: its siblings ask for it
+            publish(self._own_metrics)
 
     def respond(self, method: str, path: str, base: str) -> Response:
         route = self._ROUTES.get(path or "/")
@@ -110,8 +113,8 @@ class _Routes:
 
     def _metrics(self, base: str) -> Response:
         try:
-            from .metrics import exposition
-            body, content_type = exposition(self.by_name)
+            body, content_type = self._metrics_text()
+            body = gather(body)     # a gateway worker's siblings' too (.worker)
         except ModuleNotFoundError as exc:
             if (exc.name or "").partition(".")[0] != _METRICS_EXTRA:
                 raise
@@ -119,6 +122,13 @@ class _Routes:
             return _response(404, f"metrics need {_METRICS_EXTRA}, which is not installed: "
                                   f"pip install 'lbmiddleware[{extra}]'\n")
         return _response(200, body, content_type)
+
+    def _metrics_text(self) -> tuple[bytes, str]:
+        from .metrics import exposition
+        return exposition(self.by_name)
+
+    def _own_metrics(self) -> bytes:
+        return self._metrics_text()[0]
 
     def _ready(self, base: str) -> Response:
         empty = [name for name, pool in self.named if not pool.pool_stats()["usable"]]

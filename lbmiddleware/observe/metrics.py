@@ -12,7 +12,9 @@ exporters of HAProxy and Envoy read their stats tables: nothing is counted on th
 report path, so a registered pool picks at the cost it always had, and a scrape costs one
 ``stats()`` call per pool. The counters are the pool's own lifetime counts. Every series
 carries the label ``pool`` (the ``name`` it was registered under); a backend's carry
-``backend`` (its URL). Labels never carry request data: no paths, no client addresses.
+``backend`` (its URL); in a gateway worker of several (``serve --workers N``), the label
+``worker`` too (see :mod:`.worker`). Labels never carry request data: no paths, no client
+addresses.
 
 A backend's series last as long as it is in ``stats()``: one that leaves the pool (removed
 by an update or its source, after its drain) disappears with its counters at the next
@@ -33,6 +35,7 @@ from ..core.load import LATENCY_BUCKETS
 from ..errors import ConfigError, needs_extra
 from ..fleet import Balancer
 from .snapshot import Pools, bounded_load, named_pools
+from .worker import current_worker
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -89,7 +92,9 @@ def exposition(pools: Pools) -> tuple[bytes, str]:
     (:func:`~.snapshot.named_pools`)."""
     with needs_extra("lbmiddleware's /metrics"):
         from prometheus_client.exposition import generate_latest
-    return generate_latest(_Fixed(named_pools(pools))), CONTENT_TYPE
+    worker = current_worker()
+    return generate_latest(_Fixed(named_pools(pools),
+                                  None if worker is None else str(worker.index))), CONTENT_TYPE
 
 
 class PoolCollector:
@@ -169,13 +174,22 @@ class _Pools:
 
 
 class _Fixed:
-    """A collector over pools given by name, for one exposition."""
+    """A collector over pools given by name, for one exposition; in a gateway worker of
+    several, every sample labelled ``worker`` (its index: see :mod:`.worker`)."""
 
-    def __init__(self, named: list[tuple[str, CoreBalancer]]) -> None:
+    def __init__(self, named: list[tuple[str, CoreBalancer]], worker: str | None = None
+                 ) -> None:
         self._named = named
+        self._worker = worker
 
     def collect(self) -> list[Metric]:
-        return _families(self._named)
+        families = _families(self._named)
+        if self._worker is not None:
+            for family in families:
+                family.samples = [sample._replace(labels={**sample.labels,
+                                                          "worker": self._worker})
+                                  for sample in family.samples]
+        return families
 
 
 def _families(named: Iterable[tuple[str, CoreBalancer]]) -> list[Metric]:

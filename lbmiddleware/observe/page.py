@@ -48,7 +48,19 @@ def render(snap: Mapping[str, Any], *, refresh: float = 5.0) -> str:
         f'<p class="meta">{_e(_when(snap.get("time")))} · refreshes every '
         f"{_e(duration(refresh))} · "
         '<a href="status.json">status.json</a> · <a href="metrics">metrics</a></p>'
+        f"{_worker(snap.get('worker'))}"
         f"</header>\n<main>{body}{_LEGEND}</main></body></html>\n")
+
+
+def _worker(worker: object) -> str:
+    """Which of the gateway's workers answered, and what that means for this page."""
+    if not isinstance(worker, Mapping):
+        return ""
+    return (f'<p class="meta worker">answered by worker {_e(worker.get("index"))} of '
+            f'{_e(worker.get("count"))} (pid {_e(worker.get("pid"))}). Each worker has its '
+            "own pools: the health, latency and counters here are this worker's alone, and "
+            "another load of this page may come from another worker; /metrics has every "
+            "worker's, labelled worker.</p>")
 
 
 # -- a pool --------------------------------------------------------------------------------

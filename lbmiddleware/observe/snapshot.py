@@ -17,6 +17,7 @@ from typing import Any
 from ..core.balancer import Balancer
 from ..errors import ConfigError
 from .history import History, history_of
+from .worker import worker_row
 
 __all__ = ["snapshot", "named_pools", "bounded_load", "Pools", "SCHEMA"]
 
@@ -79,12 +80,16 @@ def snapshot(pools: Pools, *,
     ``history`` gives a pool's History (by default its one started History)."""
     named = named_pools(pools, "snapshot")
     shown = [_pool(name, pool, history(pool)) for name, pool in named]
-    return {
+    snap = {
         "schema": SCHEMA,
         "time": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "ready": all(pool["usable"] > 0 for pool in shown),
         "pools": shown,
     }
+    worker = worker_row()
+    if worker is not None:      # a gateway worker of several: these pools are its own
+        snap["worker"] = worker
+    return snap
 
 
 def _pool(name: str, pool: Balancer, history: History) -> dict[str, Any]:
