@@ -38,7 +38,7 @@ from typing import Any
 from ...core.settings import FrontEndSettings
 from ...errors import ConfigError
 from ...gateway_settings import GatewaySettings
-from ...observe.worker import set_worker
+from ...observe.worker import serve_peers, set_worker
 from ..listen import CannotListen, bind
 
 __all__ = ["serve_workers", "bind_shared", "Backoff", "WorkerFailed", "KILL_GRACE"]
@@ -137,6 +137,7 @@ class _Worker:
     index: int                          # 1 to N
     sock: socket.socket
     admin: socket.socket | None
+    peer: socket.socket | None          # its metrics for its siblings (observe.worker)
     backoff: Backoff
     pid: int = 0                        # 0: none running
     pipe: int = -1                      # the read end of its pipe to the parent
@@ -176,8 +177,12 @@ class Supervisor:
         self._serve = serve
         self._timer = timer
         self.shutdown_timeout = settings[GatewaySettings].shutdown_timeout
+        # With an admin listener, each worker's metrics on a loopback address of its own:
+        # the worker answering /metrics reads its siblings' there (observe/worker.py).
+        peers = _peer_sockets(len(socks)) if admins is not None else None
+        self._peers = [] if peers is None else [peer.getsockname()[:2] for peer in peers]
         self.workers = [_Worker(index, sock, None if admins is None else admins[index - 1],
-                                Backoff())
+                                None if peers is None else peers[index - 1], Backoff())
                         for index, sock in enumerate(socks, 1)]
         self.serving = False            # every worker said it listens, once
         self.stopping = False
@@ -209,6 +214,9 @@ class Supervisor:
             self._selector.close()
             for fd in (self._wake_r, self._wake_w, self._life_r, self._life_w):
                 os.close(fd)
+            for worker in self.workers:
+                if worker.peer is not None:
+                    worker.peer.close()
         if self._failure is not None:
             raise self._failure
 
@@ -427,10 +435,12 @@ class Supervisor:
                 if other.pipe >= 0:
                     os.close(other.pipe)
                 if other is not worker:
-                    other.sock.close()
-                    if other.admin is not None:
-                        other.admin.close()
-            set_worker(worker.index, len(self.workers))
+                    for each in (other.sock, other.admin, other.peer):
+                        if each is not None:
+                            each.close()
+            set_worker(worker.index, len(self.workers), self._peers)
+            if worker.peer is not None:
+                serve_peers(worker.peer)
             _watch_parent(self._life_r)
             serve = self._serve
             if serve is None:
@@ -444,6 +454,7 @@ class Supervisor:
             _say(pipe, _CONFIG_ERROR + str(exc).encode("utf-8", "replace"))
             status = _STATUS[_CONFIG_ERROR]
         except OSError as exc:
+            logger.debug("worker %d (pid %d) failed", worker.index, os.getpid(), exc_info=True)
             _say(pipe, _OS_ERROR + str(exc).encode("utf-8", "replace"))
             status = _STATUS[_OS_ERROR]
         except BaseException:
@@ -456,6 +467,22 @@ class Supervisor:
                 except (OSError, ValueError):
                     pass
             os._exit(status)
+
+
+def _peer_sockets(count: int) -> list[socket.socket] | None:
+    """``count`` listening sockets on loopback for the workers' metrics; None (a WARNING:
+    each worker's /metrics then has its own samples alone) when loopback cannot be bound."""
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            socks.append(bind(("127.0.0.1", 0)))
+    except OSError as exc:
+        for sock in socks:
+            sock.close()
+        logger.warning("the workers' metrics cannot be gathered (127.0.0.1: %s): /metrics "
+                       "has the samples of the worker that answers alone", exc.strerror)
+        return None
+    return socks
 
 
 def _watch_parent(life: int) -> None:
