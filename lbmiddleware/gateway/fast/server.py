@@ -20,7 +20,6 @@ builds it (``gateway/uvicorn_server.py``), so WebSockets behave exactly as they 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import logging.config
 import signal
@@ -222,9 +221,7 @@ async def _serve(settings: FrontEndSettings, sock: socket.socket, admin: socket.
             await stop.event.wait()
         finally:
             await _shutdown(server, state, handoff, gateway.shutdown_timeout, stop)
-            closed = dispatcher.close()
-            if inspect.isawaitable(closed):
-                await closed
+            dispatcher.close()
     finally:
         await app.aclose()
         for number in (signal.SIGINT, signal.SIGTERM):
