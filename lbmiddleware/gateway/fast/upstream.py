@@ -492,7 +492,9 @@ class UpstreamConnection(asyncio.Protocol):
                 return
         if self._complete:
             self._finish()
-        else:
+        elif self._answered:
+            # The body's bytes each begin a new wait; a head's do not (a head trickled in a
+            # byte at a time gets the read timeout, as in the coroutine client).
             self._seen = self.pool.loop.time()
 
     def eof_received(self) -> bool | None:
@@ -948,6 +950,8 @@ class UpstreamPools:
                 pool.leave()
 
     def close(self) -> None:
-        """Close every idle connection; the busy ones close after their response."""
+        """Close every idle connection; the busy ones close after their response (and no
+        connection is kept from now on)."""
+        self.max_idle = 0
         for pool in list(self._pools.values()):
             pool.close()

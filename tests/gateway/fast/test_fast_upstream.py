@@ -683,6 +683,18 @@ def test_a_head_timeout_cuts_the_wait_for_the_head_and_says_so(servers):
     assert failure_text(own.error, own.pool) == "read timed out after 300ms"
 
 
+def test_a_head_trickled_in_gets_the_read_timeout_all_the_same(raw_backend):
+    """Bytes of a head do not begin new waits (as in the coroutine client): a backend
+    sending its head a byte at a time is cut by the read timeout."""
+    trickle: list = []
+    for byte in OK[:12]:
+        trickle += [bytes([byte]), 0.1]
+    backend = raw_backend(trickle)
+    recorder, took = attempt(backend.url, read_timeout=0.5)
+    assert isinstance(recorder.error, ReadTimeout) and recorder.events == ["failed"]
+    assert took < 1.0
+
+
 def test_a_read_timeout_cuts_a_body_that_stalls(servers):
     a = servers("a")
     a.behaviour = "stall"
