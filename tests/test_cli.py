@@ -191,3 +191,65 @@ def test_without_the_options_the_variables_are_used(backends) -> None:
                                        "LB_LISTEN": held})
     assert result.returncode == 1
     assert re.search(rf"cannot listen on {held} \(LB_LISTEN\)", result.stderr)
+
+
+# -- --workers (issue 15) ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("value, words", [
+    ("0", "must be at least 1"),
+    ("two", "not an integer"),
+    ("257", "at most 256"),
+])
+def test_a_bad_workers_option_exits_2_naming_it(capsys: pytest.CaptureFixture[str], value: str,
+                                                words: str) -> None:
+    status, out, err = in_process(capsys, "serve", "--workers", value)
+    assert (status, out) == (2, "")
+    assert err.splitlines()[-1] == (f"{PROG} serve: error: argument --workers: {value!r}: "
+                                    f"{words}")
+
+
+def test_serve_help_names_the_workers_option() -> None:
+    result = run("serve", "--help")
+    assert "--workers N" in result.stdout
+    assert "instead of LB_WORKERS" in " ".join(result.stdout.split())
+
+
+@pytest.mark.parametrize("server", ["granian", "uvicorn"])
+def test_more_than_one_worker_under_another_server_names_both_settings(server: str) -> None:
+    result = run("serve", environ={"LB_BACKENDS": "http://127.0.0.1:1", "LB_SERVER": server,
+                                   "LB_WORKERS": "2"})
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.splitlines()[-1] == (
+        f"{PROG} serve: error: LB_WORKERS has value 2: more than one worker needs the fast "
+        f"server, and LB_SERVER has value {server!r}")
+
+
+def test_the_workers_option_under_another_server_is_named_as_the_option() -> None:
+    result = run("serve", "--workers", "3", environ={"LB_BACKENDS": "http://127.0.0.1:1",
+                                                     "LB_SERVER": "uvicorn"})
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == (
+        f"{PROG} serve: error: LB_WORKERS has value 3: more than one worker needs the fast "
+        "server, and LB_SERVER has value 'uvicorn' (--workers set LB_WORKERS)")
+
+
+def test_workers_under_another_server_in_a_config_file_names_its_keys(tmp_path) -> None:
+    path = tmp_path / "gateway.toml"
+    path.write_text('[gateway]\nserver = "granian"\nworkers = 2\n[[route]]\nprefix = "/"\n'
+                    'backends = ["http://127.0.0.1:1"]\n')
+    result = run("serve", "--config", str(path))
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == (
+        f"{PROG} serve: error: workers in {path} has value 2: more than one worker needs "
+        f"the fast server, and server in {path} has value 'granian'")
+
+
+def test_the_workers_option_wins_over_the_variable(backends) -> None:
+    process = GatewayProcess({"LB_BACKENDS": backends[0].url, "LB_SERVER": "fast",
+                              "LB_WORKERS": "1"})
+    process.args += ["--workers", "2"]
+    with process:
+        assert "(prefix /, policy round_robin, fast, 2 workers)" in process.banner
+        with open(f"/proc/{process.pid}/task/{process.pid}/children") as listed:
+            assert len(listed.read().split()) == 2
+        assert requests.get(f"{process.url}/", timeout=5).json()["server"] == "a"
