@@ -72,7 +72,8 @@ if TYPE_CHECKING:
     from .backend import Backend
 
 __all__ = ["RetryRule", "Outcome", "Completion", "Attempts", "IDEMPOTENT_METHODS",
-           "DEFAULT_FAIL_STATUSES", "ANSWER_BEGUN", "failure_reason", "broken_body"]
+           "DEFAULT_FAIL_STATUSES", "ANSWER_BEGUN", "failure_reason", "broken_body", "Picker",
+           "Reporter", "TimedPicker", "TimedReporter"]
 
 #: One INFO line per failed attempt: off by default in a library (the package's logger has
 #: only a NullHandler and Python's default level is WARNING); the gateway turns INFO on.
@@ -239,6 +240,16 @@ class Reporter(Protocol):
     def release_later(self, backend: Backend) -> None: ...
 
 
+class TimedReporter(Reporter, Protocol):
+    """A :class:`Reporter` that takes the caller's clock reading (``now``: a reading of its
+    timer; None reads it): the Balancer and its Lane. :meth:`Completion.done` passes
+    ``now`` only when given one."""
+
+    def report(self, backend: Backend, ok: bool = True, latency: float | None = None, *,
+               bytes_sent: int = 0, bytes_received: int = 0, status: int | None = None,
+               now: float | None = None) -> None: ...
+
+
 class Picker(Protocol):
     """What :class:`Attempts` needs of its balancer: picks that return completion handles,
     the retry budget, and how long a backend usually takes to answer."""
@@ -251,6 +262,14 @@ class Picker(Protocol):
     def refund_retry(self, picked: bool = False) -> None: ...
 
     def usual_latency(self, backend: Backend) -> float | None: ...
+
+
+class TimedPicker(Picker, Protocol):
+    """A :class:`Picker` whose picks take the caller's clock reading (``now``): the Balancer
+    and its Lane. :class:`Attempts` made with ``now=`` (or retrying with ``now=``) needs one."""
+
+    def begin(self, key: str | None = None, exclude: Collection[Backend] = (),
+              prefer: str | None = None, now: float | None = None) -> Completion: ...
 
 
 #: Less time left than this is none: an attempt's timeouts are never cut below it.
@@ -297,21 +316,32 @@ class Completion:
         except IndexError:
             return False
 
-    def done(self, outcome: Outcome, *, wait: bool = True) -> None:
+    def done(self, outcome: Outcome, *, wait: bool = True, now: float | None = None) -> None:
         """End with ``outcome``. ``wait=False``: the lock-free path, for finalizers and
         callbacks that a garbage collection may run (perhaps inside the balancer's lock, on
         this thread): it never waits for the lock and runs no event listener. The report is
         applied at once if the lock is free, else by the balancer's next call; the events it
-        causes go out with the next call that delivers (docs/contract.md, "Passive health")."""
+        causes go out with the next call that delivers (docs/contract.md, "Passive health").
+
+        ``now``: the balancer's timer read by the caller at the end (the reading its latency
+        came from), passed on to a balancer whose ``report`` takes it (a Balancer, its Lane:
+        :class:`TimedReporter`); None: the balancer reads its timer. Not with ``wait=False``
+        (applied later, at the time it is applied)."""
         # (_end, inlined: once per attempt)
         try:
             self._open.pop()
         except IndexError:
             return                  # already ended
         if wait:
-            self._balancer.report(self.backend, outcome.ok, outcome.latency,
-                                  bytes_sent=outcome.bytes_sent,
-                                  bytes_received=outcome.bytes_received, status=outcome.status)
+            if now is None:
+                self._balancer.report(self.backend, outcome.ok, outcome.latency,
+                                      bytes_sent=outcome.bytes_sent,
+                                      bytes_received=outcome.bytes_received,
+                                      status=outcome.status)
+            else:
+                report: Callable[..., None] = self._balancer.report     # (a TimedReporter)
+                report(self.backend, outcome.ok, outcome.latency, bytes_sent=outcome.bytes_sent,
+                       bytes_received=outcome.bytes_received, status=outcome.status, now=now)
         else:
             self._balancer.report_later(self.backend, outcome.ok, outcome.latency,
                                         bytes_sent=outcome.bytes_sent,
@@ -372,14 +402,21 @@ class Attempts:
     the backend into an outcome already: what escapes is a cancellation, a client gone, an
     error of its own; ``GeneratorExit`` on the lock-free path), and a clean exit leaves it
     to its owner (a streamed body ends it later).
+
+    ``now``: ``timer``'s reading when the request began, taken by the front-end (the time
+    its head arrived, say): the deadline runs from it and the first pick is made at it,
+    so that one reading serves the request. It needs a balancer whose ``begin`` takes
+    ``now`` (:class:`TimedPicker`: a Balancer, its Lane), on the same clock as ``timer``.
+    :meth:`retry`, :meth:`end` and :meth:`end_failed` take a fresh reading the same way.
     """
 
     __slots__ = ("_balancer", "rule", "method", "key", "tried", "_current", "prefer",
-                 "timeout", "deadline", "_timer")
+                 "timeout", "deadline", "_timer", "_now")
 
     def __init__(self, balancer: Picker, rule: RetryRule, method: str = "GET",
                  key: str | None = None, *, prefer: str | None = None, timeout: float = 0.0,
-                 timer: Callable[[], float] = time.monotonic) -> None:
+                 timer: Callable[[], float] = time.monotonic,
+                 now: float | None = None) -> None:
         self._balancer = balancer
         self.rule = rule
         self.method = method
@@ -389,8 +426,10 @@ class Attempts:
         self._current: Completion | None = None
         self.timeout = timeout
         self._timer = timer
+        self._now = now
         #: The time (on ``timer``) by which the request's answer must have begun; None: none.
-        self.deadline = timer() + timeout if timeout > 0 else None
+        self.deadline = ((timer() if now is None else now) + timeout if timeout > 0
+                         else None)
 
     def time_left(self) -> float | None:
         """Seconds left before the deadline (negative once it has passed); None without one."""
@@ -420,12 +459,19 @@ class Attempts:
         """The first attempt's backend. Raises :class:`NoHealthyBackend` when the pool has
         none to offer."""
         # (_begin, inlined: once per request)
-        self._current = completion = self._balancer.begin(self.key, prefer=self.prefer)
+        now = self._now
+        if now is None:
+            completion = self._balancer.begin(self.key, prefer=self.prefer)
+        else:
+            begin: Callable[..., Completion] = self._balancer.begin     # (a TimedPicker)
+            completion = begin(self.key, prefer=self.prefer, now=now)
+        self._current = completion
         backend = completion.backend
         self.tried.append(backend)
         return backend
 
-    def retry(self, outcome: Outcome, *, replayable: bool = True) -> Backend | None:
+    def retry(self, outcome: Outcome, *, replayable: bool = True,
+              now: float | None = None) -> Backend | None:
         """The current attempt failed with ``outcome``: the next attempt's backend, or
         ``None`` when none follows (the rule says no, or every backend was tried).
 
@@ -438,6 +484,9 @@ class Attempts:
         After the rule: no retry once the deadline has passed, nor when the retry budget is
         spent (the balancer's :meth:`spend_retry`), nor when the time left is shorter than
         the next backend's usual time to answer (that pick is released).
+
+        ``now``: ``timer``'s reading, taken by the front-end when the attempt failed (see the
+        class); None reads it where needed.
         """
         current = self.completion
         if current.ended:
@@ -446,7 +495,7 @@ class Attempts:
                                "to the client, or it was given up)")
             return None
         if outcome.status is None:
-            current.done(outcome)
+            current.done(outcome, now=now)
         if not self.rule.allows(self.method, outcome, attempts=len(self.tried),
                                 replayable=replayable):
             if logger.isEnabledFor(logging.INFO):
@@ -454,7 +503,9 @@ class Attempts:
                                         replayable=replayable)
                 self._log(outcome, f"not retried: {why or 'the retry rule says no'}")
             return None
-        if self.deadline is not None and self.expired:
+        deadline = self.deadline
+        if deadline is not None and deadline - (
+                self._timer() if now is None else now) < MIN_TIME_LEFT:
             self._log(outcome, f"not retried: the request's {format_duration(self.timeout)} "
                                f"deadline (LB_TIMEOUT) has passed")
             return None
@@ -466,14 +517,18 @@ class Attempts:
                                    "retries may add only a share of the requests)")
                 return None
             spent = True
-            following = balancer.begin(self.key, exclude=self.tried)
+            if now is None:
+                following = balancer.begin(self.key, exclude=self.tried)
+            else:
+                begin: Callable[..., Completion] = balancer.begin     # (a TimedPicker)
+                following = begin(self.key, exclude=self.tried, now=now)
         except NoHealthyBackend:
             if spent:
                 balancer.refund_retry()
             self._log(outcome, "not retried: every backend was tried")
             return None
-        if self.deadline is not None:
-            left = self.deadline - self._timer()
+        if deadline is not None:
+            left = deadline - (self._timer() if now is None else now)
             usual = balancer.usual_latency(following.backend)
             if usual is not None and left < usual:
                 following.release()
@@ -484,7 +539,7 @@ class Attempts:
                                    f"(LB_TIMEOUT), less than {following.backend.url}'s usual "
                                    f"{format_duration(usual, digits=3)}")
                 return None
-        current.done(outcome)       # ignored if already reported above
+        current.done(outcome, now=now)      # ignored if already reported above
         self._log(outcome, f"retrying on {following.backend.url}")
         return self._begin(following)
 
@@ -495,19 +550,22 @@ class Attempts:
             logger.info("%s attempt %d on %s failed: %s; %s", self.method, len(self.tried),
                         self.tried[-1].url, failure_reason(outcome), then)
 
-    def end_failed(self, outcome: Outcome, why: str = ANSWER_BEGUN) -> None:
+    def end_failed(self, outcome: Outcome, why: str = ANSWER_BEGUN, *,
+                   now: float | None = None) -> None:
         """End the current attempt with ``outcome``, a failure that no retry can follow
         (``why``, for the log: by default, its response had begun to reach the client: a
         body that broke off, :func:`broken_body`), and log its failed-attempt line as
         :meth:`retry` logs the others, so every front-end says it the same way."""
         self._log(outcome, f"not retried: {why}")
-        self.end(outcome)
+        self.end(outcome, now=now)
 
-    def end(self, outcome: Outcome, *, wait: bool = True) -> None:
-        """End the current attempt with ``outcome`` (see :meth:`Completion.done`)."""
+    def end(self, outcome: Outcome, *, wait: bool = True, now: float | None = None) -> None:
+        """End the current attempt with ``outcome`` (see :meth:`Completion.done`; ``now``:
+        ``timer``'s reading at the end, taken by the front-end, for a balancer that takes
+        it)."""
         current = self._current
         if current is not None:
-            current.done(outcome, wait=wait)
+            current.done(outcome, wait=wait, now=now)
 
     def release(self, *, wait: bool = True) -> None:
         """End the current attempt without an outcome (given up, cancelled); ``wait`` as for

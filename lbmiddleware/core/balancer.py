@@ -5,6 +5,11 @@ Every public method takes one short lock (no I/O, no waiting under it), so one B
 is shared safely by threads and by asyncio tasks. Nothing here runs on its own: time-based
 changes (an ejection's end, a drain's timeout, a slow start's next step) are made by the
 next call that finds them due, on the injected ``timer``.
+
+A server whose requests all run on one event loop owns the pool instead (:meth:`Balancer.own`):
+its :class:`Lane` picks and reports without the lock, and every other thread's call is handed
+to that loop (:mod:`.owner`). Both paths run the same steps (``_take``, ``_report``,
+``_finish``): only the lock and who may call differ.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import functools
 import itertools
 import logging
 import math
@@ -19,7 +25,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from ..errors import ConfigError, NoHealthyBackend
 from .attempts import Completion, Outcome
@@ -45,6 +51,7 @@ from .events import (
 from .health import PassiveHealth
 from .health.active import ActiveHealth, ActiveRecord
 from .load import FOLD_BATCH, FOLD_STEP, PeakEwma, fold_latencies
+from .owner import Owner, OwnerLoop
 from .policies import Policy, make_policy
 from .policies.tiered import Tiered
 from .retry_budget import RetryBudget
@@ -53,7 +60,11 @@ from .slow_start import ramp_factor
 from .state import BackendState, Members
 from .sticky import sticky_value
 
-__all__ = ["Balancer"]
+__all__ = ["Balancer", "Lane"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+B = TypeVar("B", bound="Balancer")
 
 
 _NONE: frozenset[BackendState] = frozenset()
@@ -93,6 +104,29 @@ def _fold(state: BackendState, now: float) -> None:
             step *= FOLD_BATCH / count
     state.batch_from = now
     state.fold_at = now + step
+
+
+class _Elsewhere(Exception):
+    """Raised holding the lock by a call on a thread that does not own the pool (``_mine``):
+    the call is handed to the owner (:func:`_handed_over`)."""
+
+    def __init__(self, owner: Owner) -> None:
+        super().__init__()
+        self.owner = owner
+
+
+def _handed_over(method: Callable[Concatenate[B, P], T]) -> Callable[Concatenate[B, P], T]:
+    """A method whose locked block begins with ``self._mine()``: on a thread that does not
+    own the pool, it runs on the owner's thread instead, and this one waits for its result."""
+
+    @functools.wraps(method)
+    def run(self: B, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return method(self, *args, **kwargs)
+        except _Elsewhere as elsewhere:
+            return elsewhere.owner.call(run, self, *args, **kwargs)
+
+    return run
 
 
 def _joining(state: BackendState) -> bool:
@@ -164,6 +198,9 @@ class Balancer:
         self._budget = (RetryBudget(settings.retry_budget, settings.retry_budget_min_per_second,
                                     settings.retry_budget_ttl)
                         if math.isfinite(settings.retry_budget) else None)
+        # Every pick needs the time (the policy's, latency and bandwidth: needs_time; the
+        # budget's deposit): it reads the timer once for all of them.
+        self._pick_time = self._base_policy.needs_time or self._budget is not None
         # A sticky cookie's value -> the member it names (rebuilt with the membership).
         self._by_cookie: dict[str, BackendState] = {}
         self._policy: Policy = self._base_policy
@@ -202,6 +239,10 @@ class Balancer:
         self._panic = False
         self._panic_since: float | None = None      # timer reading when the panic began
         self._retries = 0                           # picks with an exclude: retries' picks
+        # The thread (and loop) that owns the pool, None while every thread takes the lock
+        # (own()): set and read holding the lock, cleared by the owner's end.
+        self._owner: Owner | None = None
+        self._lane: Lane | None = None
         # Something changes with time (an ejection, a drain, a slow start): each call looks.
         self._timed = False
         self._ramping = False
@@ -231,6 +272,71 @@ class Balancer:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    # -- ownership: one loop's thread picks without the lock --------------------------------
+
+    def own(self, loop: OwnerLoop) -> Lane:
+        """Make the calling thread, which runs ``loop`` (an asyncio or uvloop loop), the
+        pool's owner, and return its :class:`Lane`: lock-free pick, report, release and
+        begin for that thread, taking the caller's clock reading (``now=``).
+
+        For a server whose requests all run on that loop (the gateway's fast path). From now
+        on every call of another thread that reads or changes the pool (a source's update(),
+        a probe's report_probe(), the admin listener's stats(), a drain()...) is handed to
+        ``loop`` and runs there between two of its callbacks, its caller waiting for the
+        result: the same results, exceptions and events, the events delivered on the owner
+        thread (:mod:`.owner`). The pool's own methods still work on the owner thread,
+        through the lock. Never block the owner thread waiting for a thread that may call
+        the pool (it would wait for you in turn).
+
+        Again on the same thread and loop: the same lane. While another thread or loop owns
+        the pool: ``RuntimeError``. Ownership ends with :meth:`disown`, or when ``loop`` is
+        closed (a waiting caller then runs the queued calls itself)."""
+        with self._lock:
+            owner, lane = self._owner, self._lane
+            if owner is None or lane is None:
+                if self._deferred:
+                    self._apply_deferred()
+                    self._post()
+                self._owner = owner = Owner(loop, self._disowned)
+                self._lane = lane = Lane(self, owner)
+            elif owner.thread != threading.get_ident() or owner.loop is not loop:
+                raise RuntimeError(f"{self!r} is owned by another thread or loop already: "
+                                   f"disown() it there first")
+        self._deliver()
+        return lane
+
+    @property
+    def lane(self) -> Lane | None:
+        """The owner's :class:`Lane` while the pool is owned (:meth:`own`), else None."""
+        return self._lane
+
+    def disown(self) -> None:
+        """End the ownership :meth:`own` began (from any thread: it ends on the owner's);
+        every thread takes the lock again. The calls handed to the owner and not run yet
+        run now, on this thread. Nothing when the pool is not owned."""
+        owner = self._owner
+        if owner is None:
+            return
+        if owner.thread != threading.get_ident():
+            owner.call(self.disown)
+        else:
+            owner.end()
+
+    def _disowned(self, owner: Owner) -> None:
+        """``owner``'s ownership ended: forget it (one attribute: a thread that reads it set
+        hands its call over, and the owner runs it, or it finds ownership over and takes the
+        lock)."""
+        if self._owner is owner:
+            self._owner = None
+            self._lane = None
+
+    def _mine(self) -> None:
+        """Raise :class:`_Elsewhere` when another thread owns the pool (call it first thing
+        holding the lock, in a method under :func:`_handed_over`)."""
+        owner = self._owner
+        if owner is not None and owner.thread != threading.get_ident():
+            raise _Elsewhere(owner)
 
     # -- membership ---------------------------------------------------------------------
 
@@ -275,8 +381,7 @@ class Balancer:
         new = parse_backends(backends, allow_empty=True)
         if self._same_entry(key, new):
             if key in self._unanswered:         # the same (empty) set: an answer all the same
-                with self._lock:
-                    self._unanswered.discard(key)
+                self._answered(key)
             return                  # nothing to rebuild, restart or announce
         if key is not None:         # each backend says which entry lists it
             new = tuple(b if b.source is not None else dataclasses.replace(b, source=key)
@@ -290,7 +395,21 @@ class Balancer:
             entries[key] = new
             prepared = self._policy.prepare(self._table_guess(
                 self._union(entries)[0], entries, joined_later=key not in self._unanswered))
+        self._update(key, new, prepared)
+
+    @_handed_over
+    def _answered(self, key: str | None) -> None:
+        """Source ``key`` answered with the set it had (its first answer all the same)."""
         with self._lock:
+            self._mine()
+            self._unanswered.discard(key)
+
+    @_handed_over
+    def _update(self, key: str | None, new: tuple[Backend, ...], prepared: Any) -> None:
+        """:meth:`update`'s change, holding the lock (``prepared``: the policy's part made
+        without it, a guess)."""
+        with self._lock:
+            self._mine()
             if self._deferred:
                 self._apply_deferred()
             warnings: list[str] = []
@@ -308,6 +427,7 @@ class Balancer:
             logger.warning("%s", warning)
         self._deliver()
 
+    @_handed_over
     def drain(self, url: Backend | str) -> None:
         """Take ``url`` out of rotation without errors: no new picks from now on, its
         requests in flight end normally; it leaves when the last one ends or after
@@ -319,6 +439,7 @@ class Balancer:
         :class:`ConfigError` naming it."""
         url = _url(url)
         with self._lock:
+            self._mine()
             if self._deferred:
                 self._apply_deferred()
             if url not in self._held:
@@ -329,6 +450,7 @@ class Balancer:
             self._post()
         self._deliver()
 
+    @_handed_over
     def undrain(self, url: Backend | str) -> None:
         """Undo :meth:`drain`: the backend is a member again if an entry still lists it
         (as a backend that joins: active health checks wait for its first pass, slow start
@@ -336,6 +458,7 @@ class Balancer:
         nor in the pool is a :class:`ConfigError` naming it."""
         url = _url(url)
         with self._lock:
+            self._mine()
             if self._deferred:
                 self._apply_deferred()
             if url not in self._held:
@@ -913,7 +1036,7 @@ class Balancer:
     # -- pick and report ----------------------------------------------------------------
 
     def pick(self, key: str | None = None, exclude: Collection[Backend | str] = (),
-             prefer: str | None = None) -> Backend:
+             prefer: str | None = None, now: float | None = None) -> Backend:
         """Choose a backend and count the request in flight; end it with :meth:`report`.
 
         ``key`` is the sticky key for ``ip_hash`` (ignored by the other policies);
@@ -927,43 +1050,64 @@ class Balancer:
 
         A pick without ``exclude`` is a new request: it adds to the retry budget
         (:meth:`spend_retry`); one with ``exclude`` is a retry's.
+
+        ``now``: the timer's reading, taken by the caller (one reading for its whole request);
+        None reads the timer when the pick needs the time.
         """
         try:
             with self._lock:
-                if self._deferred:
-                    self._apply_deferred()
-                if self._timed:
-                    self._tick(self._timer())
-                members = self._all if self._panic else self._healthy
-                excluded = self._exclude_states(exclude, members) if exclude else _NONE
-                if len(excluded) >= len(members.states):
-                    members, excluded = self._widen(members, excluded, exclude)   # or raises
-                state = None
-                if prefer is not None:
-                    state = self._preferred(prefer, members, excluded)
-                if state is None:
-                    state = self._policy.pick(members, key, excluded)
-                state.in_flight += 1
-                self._policy.started(state)
-                if exclude:
-                    self._retries += 1
-                elif self._budget is not None:
-                    self._budget.deposit(self._timer())
-                if self._events:
-                    self._post()
+                if self._owner is not None:
+                    self._mine()
+                state = self._take(key, exclude, prefer, now)
+        except _Elsewhere as elsewhere:
+            return elsewhere.owner.call(self.pick, key, exclude, prefer, now)
         except BaseException:
             if self._outbox:
                 self._deliver()     # this call's upkeep events go out all the same
             raise
         if self._outbox:
-            try:
-                self._deliver()
-            except BaseException:
-                # A listener raised (a cancellation, an interrupt): the caller never gets
-                # this backend, so it must not stay in flight (and no listener runs again).
-                self.release_later(state.backend)
-                raise
+            self._deliver_pick(state)
         return state.backend
+
+    def _take(self, key: str | None, exclude: Collection[Backend | str], prefer: str | None,
+              now: float | None) -> BackendState:
+        """:meth:`pick`'s choice, counted in flight, its events posted (holding the lock, or
+        on the owner's thread)."""
+        if self._deferred:
+            self._apply_deferred()
+        if self._timed or self._pick_time:
+            if now is None:
+                now = self._timer()         # once, for everything this pick does
+            if self._timed:
+                self._tick(now)
+        members = self._all if self._panic else self._healthy
+        excluded = self._exclude_states(exclude, members) if exclude else _NONE
+        if len(excluded) >= len(members.states):
+            members, excluded = self._widen(members, excluded, exclude)   # or raises
+        state = None
+        if prefer is not None:
+            state = self._preferred(prefer, members, excluded)
+        if state is None:
+            state = self._policy.pick(members, key, excluded, now)
+        state.in_flight += 1
+        self._policy.started(state, now)
+        if exclude:
+            self._retries += 1
+        elif self._budget is not None:
+            self._budget.deposit(self._timer() if now is None else now)   # (never None here)
+        if self._events:
+            self._post()
+        return state
+
+    def _deliver_pick(self, state: BackendState) -> None:
+        """Deliver the events posted, after a pick of ``state``."""
+        try:
+            self._deliver()
+        except BaseException:
+            # A listener raised (a cancellation, an interrupt): the caller never gets
+            # this backend, so it must not stay in flight (and no listener runs again).
+            self.release_later(state.backend)
+            raise
 
     def _preferred(self, value: str, members: Members,
                    excluded: frozenset[BackendState]) -> BackendState | None:
@@ -984,6 +1128,7 @@ class Balancer:
         the backend that answered is not the one the request's cookie named."""
         return sticky_value(_url(backend), self.settings.sticky_cookie_secret)
 
+    @_handed_over
     def spend_retry(self, tried: Collection[Backend | str] = ()) -> bool:
         """Spend one retry from the pool's retry budget: True if the budget holds one (or is
         off), False if it is exhausted (counted in ``pool_stats()``). The attempt loop asks
@@ -993,35 +1138,49 @@ class Balancer:
         could be made: :class:`NoHealthyBackend` is raised and nothing is spent (a refusal
         for a retry that could not happen anyway is no refusal)."""
         with self._lock:
-            if tried and len(self._exclude_states(tried, self._all)) >= len(self._all.states):
-                raise NoHealthyBackend("every backend was tried: "
-                                       + ", ".join(sorted(_url(b) for b in tried)))
-            budget = self._budget
-            return True if budget is None else budget.try_spend(self._timer())
+            self._mine()
+            return self._spend(tried)
 
+    def _spend(self, tried: Collection[Backend | str], now: float | None = None) -> bool:
+        if tried and len(self._exclude_states(tried, self._all)) >= len(self._all.states):
+            raise NoHealthyBackend("every backend was tried: "
+                                   + ", ".join(sorted(_url(b) for b in tried)))
+        budget = self._budget
+        return True if budget is None else budget.try_spend(
+            self._timer() if now is None else now)
+
+    @_handed_over
     def refund_retry(self, picked: bool = False) -> None:
         """A retry :meth:`spend_retry` allowed was not made after all (no backend was left
         to try; ``picked``: its pick was made and released, as when the deadline left too
         little time for that backend): the budget and the retries' count take it back."""
         with self._lock:
-            if picked and self._retries:
-                self._retries -= 1
-            if self._budget is not None:
-                self._budget.refund(self._timer())
+            self._mine()
+            self._refund(picked)
 
+    def _refund(self, picked: bool, now: float | None = None) -> None:
+        if picked and self._retries:
+            self._retries -= 1
+        if self._budget is not None:
+            self._budget.refund(self._timer() if now is None else now)
+
+    @_handed_over
     def usual_latency(self, backend: Backend | str) -> float | None:
         """The time ``backend`` usually takes to answer: the time-decayed mean of its answered
         attempts' latencies (seconds), None before its first answer or for a backend not in
         the pool. The attempt loop reads it to tell whether a deadline leaves time for a
         retry."""
-        url = _url(backend)
         with self._lock:
-            state = self._states.get(url) or self._draining.get(url)
-            if state is None:
-                return None
-            if state.answers:
-                _fold(state, self._timer())
-            return state.answered.mean
+            self._mine()
+            return self._usual(_url(backend))
+
+    def _usual(self, url: str, now: float | None = None) -> float | None:
+        state = self._states.get(url) or self._draining.get(url)
+        if state is None:
+            return None
+        if state.answers:
+            _fold(state, self._timer() if now is None else now)
+        return state.answered.mean
 
     def _expire(self, now: float) -> None:
         returned = self._health.expire(now)
@@ -1066,7 +1225,7 @@ class Balancer:
 
     def report(self, backend: Backend, ok: bool = True, latency: float | None = None, *,
                bytes_sent: int = 0, bytes_received: int = 0,
-               status: int | None = None) -> None:
+               status: int | None = None, now: float | None = None) -> None:
         """End one pick of ``backend``: its outcome feeds health and latency.
 
         ``ok=False`` is a failure (counts towards ejection; for ``latency`` it counts as a
@@ -1077,13 +1236,23 @@ class Balancer:
         ``latency``) take the latencies of the attempts that got a response head: the
         successes and the failures with a status (a 503), never a failure without one
         (refused, timed out), which had no head to time.
+
+        ``now``: the timer's reading at the end, taken by the caller (the one its ``latency``
+        came from, say); None reads the timer.
         """
-        with self._lock:
-            if self._deferred:
-                self._apply_deferred()
-            self._report(backend, ok, latency, bytes_sent, bytes_received, status)
-            if self._events:
-                self._post()
+        try:
+            with self._lock:
+                if self._owner is not None:
+                    self._mine()
+                if self._deferred:
+                    self._apply_deferred()
+                self._report(backend, ok, latency, bytes_sent, bytes_received, status, now)
+                if self._events:
+                    self._post()
+        except _Elsewhere as elsewhere:
+            elsewhere.owner.call(self.report, backend, ok, latency, bytes_sent=bytes_sent,
+                                 bytes_received=bytes_received, status=status, now=now)
+            return
         if self._outbox:
             self._deliver()
 
@@ -1101,8 +1270,9 @@ class Balancer:
 
     def _apply_later(self) -> None:
         """Apply the deferred ends now if the lock is free (else the next call does); post
-        their events, deliver none."""
-        if self._lock.acquire(blocking=False):
+        their events, deliver none. An owned pool's owner applies them at its next call
+        (this may run inside one of its calls: a garbage collection)."""
+        if self._owner is None and self._lock.acquire(blocking=False):
             try:
                 self._apply_deferred()
                 self._post()
@@ -1119,7 +1289,8 @@ class Balancer:
                 self._report(backend, ok, latency, sent, received, status)
 
     def _report(self, backend: Backend, ok: bool, latency: float | None, sent: int = 0,
-                received: int = 0, status: int | None = None) -> None:
+                received: int = 0, status: int | None = None,
+                now: float | None = None) -> None:
         url = backend.url
         state = self._states.get(url)
         member = state is not None
@@ -1134,12 +1305,13 @@ class Balancer:
             self._policy.finished(state)
             if not member and not state.in_flight:
                 self._drained(url, state)
-        now = self._timer()
+        if now is None:
+            now = self._timer()
         state.requests += 1
         state.bytes_sent += sent
         state.bytes_received += received
         if self._counts_bytes and (sent or received):
-            self._policy.transferred(state, sent + received)
+            self._policy.transferred(state, sent + received, now)
         if ok:
             if latency is not None:
                 # An answer's latency waits in a batch (load.fold_latencies: the histogram,
@@ -1188,6 +1360,10 @@ class Balancer:
             self.release_later(backend)
             return
         try:
+            owner = self._owner
+            if owner is not None and owner.thread != threading.get_ident():
+                self._deferred.append((backend, None, None, 0, 0, None))   # for the owner
+                return
             if self._deferred:
                 self._apply_deferred()
             self._finish(backend)
@@ -1238,15 +1414,16 @@ class Balancer:
         self._apply_later()
 
     def begin(self, key: str | None = None, exclude: Collection[Backend] = (),
-              prefer: str | None = None) -> Completion:
+              prefer: str | None = None, now: float | None = None) -> Completion:
         """:meth:`pick`, as a completion handle that ends exactly once: ``done(outcome)``
         reports, ``release()`` does not, a second end is ignored, and a handle dropped
         without an end is released (tower's completion handle). The attempt loop of every
         front-end (:class:`~lbmiddleware.core.attempts.Attempts`) picks through this."""
-        return Completion(self, self.pick(key, exclude, prefer))
+        return Completion(self, self.pick(key, exclude, prefer, now))
 
     # -- introspection ------------------------------------------------------------------
 
+    @_handed_over
     def lookup(self, key: str) -> Backend:
         """The backend that owns ``key`` now: the one ``pick(key=key)`` would return (among
         the healthy members; among all of them in panic) while that backend has room (under
@@ -1263,6 +1440,7 @@ class Balancer:
             raise ConfigError(
                 f"lookup() needs a keyed policy (ip_hash); this pool uses {self.policy}")
         with self._lock:
+            self._mine()
             if not self._states:
                 raise self._no_backends()
             return self._policy.lookup(self._members_at(self._timer()), key).backend
@@ -1276,6 +1454,7 @@ class Balancer:
         usable = self._usable(tuple(self._states.values()), now)
         return Members(usable, -1) if usable else self._all
 
+    @_handed_over
     def stats(self) -> list[dict[str, Any]]:
         """Per backend, the members in listed order then the draining ones, one dict each:
 
@@ -1305,6 +1484,7 @@ class Balancer:
         The ages are what a person reads; the timer readings (``ejected_until``,
         ``checked_at``) stay for code that compares them with the pool's timer."""
         with self._lock:
+            self._mine()
             now = self._catch_up()
             active = self._active
             load = self._load
@@ -1368,6 +1548,7 @@ class Balancer:
         self._deliver()
         return rows
 
+    @_handed_over
     def pool_stats(self) -> dict[str, Any]:
         """The pool as a whole: ``policy``; ``panic`` (no member usable: picks choose among
         all) and ``panic_age`` (seconds in it, None when not); ``members``; ``usable`` (the
@@ -1380,6 +1561,7 @@ class Balancer:
         (bounded-load ``ip_hash`` picks that left their key's full home, since the start).
         Cheap (no per-backend work) and thread-safe."""
         with self._lock:
+            self._mine()
             now = self._catch_up()
             since = self._panic_since
             row = {
@@ -1430,7 +1612,14 @@ class Balancer:
             if (joiner is not None and not joiner.tabled and joiner.active is not None
                     and joiner.active.joining and active.would_come_up(joiner.active)):
                 prepared = self._policy.prepare([s.backend for s in self._table(joiner)])
+        self._probed(url, ok, reason, prepared)
+
+    @_handed_over
+    def _probed(self, url: str, ok: bool, reason: str, prepared: Any) -> None:
+        """:meth:`report_probe`'s change, holding the lock."""
+        active = self._active
         with self._lock:
+            self._mine()
             if self._deferred:
                 self._apply_deferred()
             state = self._states.get(url)
@@ -1453,11 +1642,13 @@ class Balancer:
             self._post()
         self._deliver()
 
+    @_handed_over
     def publish(self, event: Event) -> None:
         """Deliver ``event`` (a source's, from discovery above the core) to this pool's
         listeners, in order with the pool's own events. A source's outage is kept for the
         error of a pick from an empty pool."""
         with self._lock:
+            self._mine()
             if isinstance(event, SourceFailed):
                 self._failing[event.source] = event.error
             elif isinstance(event, SourceRecovered):
@@ -1469,3 +1660,118 @@ class Balancer:
     def __repr__(self) -> str:
         return (f"<Balancer policy={self.settings.policy!r} "
                 f"backends={[s.backend.url for s in self._states.values()]!r}>")
+
+
+class Lane:
+    """The owner thread's calls on a pool it owns (:meth:`Balancer.own`): :meth:`pick`,
+    :meth:`report`, :meth:`release`, :meth:`begin` and the retry budget, without the lock,
+    each taking the caller's clock reading (``now=``, the pool's timer; None reads it).
+
+    A :class:`~lbmiddleware.core.attempts.Picker` and ``Reporter``: give it to
+    :class:`~lbmiddleware.core.attempts.Attempts` instead of the pool. The steps are the
+    pool's own (the same choice, counts, health and events as :meth:`Balancer.pick` and
+    :meth:`Balancer.report` with the same readings); only the lock is left out, which is
+    safe because no other thread changes an owned pool. Call it on the owner thread only
+    (the loop's callbacks and tasks). Once ownership ended (:meth:`Balancer.disown`) its
+    calls take the pool's lock, as the pool's methods do.
+    """
+
+    __slots__ = ("balancer", "_owner")
+
+    def __init__(self, balancer: Balancer, owner: Owner) -> None:
+        self.balancer = balancer
+        self._owner = owner
+
+    def pick(self, key: str | None = None, exclude: Collection[Backend | str] = (),
+             prefer: str | None = None, now: float | None = None) -> Backend:
+        """:meth:`Balancer.pick`."""
+        pool = self.balancer
+        if pool._owner is not self._owner:
+            return pool.pick(key, exclude, prefer, now)
+        try:
+            state = pool._take(key, exclude, prefer, now)
+        except BaseException:
+            if pool._outbox:
+                pool._deliver()
+            raise
+        if pool._outbox:
+            pool._deliver_pick(state)
+        return state.backend
+
+    def begin(self, key: str | None = None, exclude: Collection[Backend] = (),
+              prefer: str | None = None, now: float | None = None) -> Completion:
+        """:meth:`Balancer.begin`: its handle ends through this lane."""
+        return Completion(self, self.pick(key, exclude, prefer, now))
+
+    def report(self, backend: Backend, ok: bool = True, latency: float | None = None, *,
+               bytes_sent: int = 0, bytes_received: int = 0,
+               status: int | None = None, now: float | None = None) -> None:
+        """:meth:`Balancer.report`."""
+        pool = self.balancer
+        if pool._owner is not self._owner:
+            pool.report(backend, ok, latency, bytes_sent=bytes_sent,
+                        bytes_received=bytes_received, status=status, now=now)
+            return
+        if pool._deferred:
+            pool._apply_deferred()
+        pool._report(backend, ok, latency, bytes_sent, bytes_received, status, now)
+        if pool._events:
+            pool._post()
+        if pool._outbox:
+            pool._deliver()
+
+    def release(self, backend: Backend) -> None:
+        """:meth:`Balancer.release`."""
+        pool = self.balancer
+        if pool._owner is not self._owner:
+            pool.release(backend)
+            return
+        if pool._deferred:
+            pool._apply_deferred()
+        pool._finish(backend)
+        if pool._events:
+            pool._post()
+        if pool._outbox:
+            pool._deliver()
+
+    def report_later(self, backend: Backend, ok: bool = True, latency: float | None = None, *,
+                     bytes_sent: int = 0, bytes_received: int = 0,
+                     status: int | None = None) -> None:
+        """:meth:`Balancer.report_later` (queued; the owner's next call applies it)."""
+        self.balancer.report_later(backend, ok, latency, bytes_sent=bytes_sent,
+                                   bytes_received=bytes_received, status=status)
+
+    def release_later(self, backend: Backend) -> None:
+        """:meth:`Balancer.release_later` (queued; the owner's next call applies it)."""
+        self.balancer.release_later(backend)
+
+    def spend_retry(self, tried: Collection[Backend | str] = (),
+                    now: float | None = None) -> bool:
+        """:meth:`Balancer.spend_retry`."""
+        pool = self.balancer
+        if pool._owner is not self._owner:
+            return pool.spend_retry(tried)
+        return pool._spend(tried, now)
+
+    def refund_retry(self, picked: bool = False, now: float | None = None) -> None:
+        """:meth:`Balancer.refund_retry`."""
+        pool = self.balancer
+        if pool._owner is not self._owner:
+            pool.refund_retry(picked)
+        else:
+            pool._refund(picked, now)
+
+    def usual_latency(self, backend: Backend | str, now: float | None = None) -> float | None:
+        """:meth:`Balancer.usual_latency`."""
+        pool = self.balancer
+        if pool._owner is not self._owner:
+            return pool.usual_latency(backend)
+        return pool._usual(_url(backend), now)
+
+    def sticky_value(self, backend: Backend | str) -> str:
+        """:meth:`Balancer.sticky_value`."""
+        return self.balancer.sticky_value(backend)
+
+    def __repr__(self) -> str:
+        owned = "owned" if self.balancer._owner is self._owner else "ownership ended"
+        return f"<Lane of {self.balancer!r} ({owned})>"

@@ -136,6 +136,7 @@ class LeastBandwidth(Policy):
     """
 
     name = "bandwidth"
+    needs_time = True
     counts_bytes = True
 
     def __init__(self, rng: random.Random, timer: Callable[[], float],
@@ -198,11 +199,12 @@ class LeastBandwidth(Policy):
 
     # -- the hooks ----------------------------------------------------------------------
 
-    def transferred(self, state: BackendState, nbytes: int) -> None:
+    def transferred(self, state: BackendState, nbytes: int,
+                    now: float | None = None) -> None:
         record = self._records.get(state)
         if record is None:
             return              # not eligible when last seen: it starts afresh on return
-        second = int(self.timer())
+        second = int(self.timer() if now is None else now)
         pool = self._pool
         if second != pool.second:
             if second > pool.second:
@@ -226,8 +228,9 @@ class LeastBandwidth(Policy):
         record.weighed_total += weighed
         record.requests += 1
 
-    def pick(self, members: Members, key: str | None, exclude: Exclude) -> BackendState:
-        second = int(self.timer())
+    def pick(self, members: Members, key: str | None, exclude: Exclude,
+             now: float | None = None) -> BackendState:
+        second = int(self.timer() if now is None else now)
         if members.generation != self._generation:
             self._rebuild(members, second)
         states = members.states

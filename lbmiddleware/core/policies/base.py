@@ -28,6 +28,9 @@ class Policy:
     name = "policy"
     keyed = False        # True when pick(key=...) sticks a key to an owner (see lookup())
     counts_bytes = False  # True when the balancer must call transferred() (bandwidth)
+    # True when pick() and started() read the time (latency, bandwidth): the balancer then
+    # reads its timer once and passes the reading (``now``) to both.
+    needs_time = False
     overflows = 0        # picks that left a key's full home (bounded-load ip_hash)
     # True when the policy counts the requests in flight on the backends it holds through
     # started()/finished() (bounded-load ip_hash): under tiers every instance that holds a
@@ -40,8 +43,11 @@ class Policy:
         self.timer = timer
         self.load = load or PeakEwma()
 
-    def pick(self, members: Members, key: str | None, exclude: Exclude) -> BackendState:
-        """Choose one state of ``members`` that is not in ``exclude`` (never empty)."""
+    def pick(self, members: Members, key: str | None, exclude: Exclude,
+             now: float | None = None) -> BackendState:
+        """Choose one state of ``members`` that is not in ``exclude`` (never empty).
+        ``now``: the timer's reading when the balancer has one (None: read :attr:`timer`
+        if the policy needs the time); so are the other hooks'."""
         raise NotImplementedError
 
     def lookup(self, members: Members, key: str) -> BackendState:
@@ -49,13 +55,14 @@ class Policy:
         Only a keyed policy implements it."""
         raise NotImplementedError(f"{self.name} is not a keyed policy")
 
-    def started(self, state: BackendState) -> None:
+    def started(self, state: BackendState, now: float | None = None) -> None:
         """A request to ``state`` began (its in_flight was incremented)."""
 
     def finished(self, state: BackendState) -> None:
         """A request to ``state`` ended (its in_flight was decremented)."""
 
-    def transferred(self, state: BackendState, nbytes: int) -> None:
+    def transferred(self, state: BackendState, nbytes: int,
+                    now: float | None = None) -> None:
         """An attempt on ``state`` moved ``nbytes`` body bytes (sent plus received); called
         only when :attr:`counts_bytes` is true, for an attempt with bytes (after its
         :meth:`finished`)."""

@@ -150,7 +150,7 @@ class IPHash(Policy):
         self._in_flight = sum(s.in_flight for s in states)
         self._walks, self._watchers = {}, {}
 
-    def started(self, state: BackendState) -> None:
+    def started(self, state: BackendState, now: float | None = None) -> None:
         if self.counts_in_flight and state in self._held:
             self._in_flight += 1
 
@@ -164,9 +164,10 @@ class IPHash(Policy):
                     if index < walk.checked:
                         heappush(walk.holes, index)
 
-    def pick(self, members: Members, key: str | None, exclude: Exclude) -> BackendState:
+    def pick(self, members: Members, key: str | None, exclude: Exclude,
+             now: float | None = None) -> BackendState:
         if key is None or not self._all:
-            return self._round_robin.pick(members, key, exclude)
+            return self._round_robin.pick(members, key, exclude, now)
         if self.balance_factor:
             return self._bounded(members, key, exclude)
         return self._home(members, key, exclude)

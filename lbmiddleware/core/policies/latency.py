@@ -61,13 +61,15 @@ class PeakEwmaP2C(Policy):
     """
 
     name = "latency"
+    needs_time = True
 
     _generation = -1
     _usual = 0.0            # the sum of the members' marks (running; redone per generation)
     _weights = 1            # the sum of the members' weights
 
-    def started(self, state: BackendState) -> None:
-        now = self.timer()
+    def started(self, state: BackendState, now: float | None = None) -> None:
+        if now is None:
+            now = self.timer()
         track: _Track | None = state.scratch
         if track is None:
             track = state.scratch = _Track(now)
@@ -126,7 +128,8 @@ class PeakEwmaP2C(Policy):
         self._weights = members.total_weight or 1
         self._usual = usual
 
-    def pick(self, members: Members, key: str | None, exclude: Exclude) -> BackendState:
+    def pick(self, members: Members, key: str | None, exclude: Exclude,
+             now: float | None = None) -> BackendState:
         if members.generation != self._generation:
             self._changed(members)
         states: Sequence[BackendState] = members.states
@@ -143,7 +146,8 @@ class PeakEwmaP2C(Policy):
         if second >= first:
             second += 1
         a, b = states[first], states[second]
-        now = self.timer()
+        if now is None:
+            now = self.timer()
         usual = self._usual / self._weights
         cost = self._cost
         return a if cost(a, now, usual) <= cost(b, now, usual) else b

@@ -83,7 +83,7 @@ class LeastConnections(Policy):
         self._generation = members.generation
         self._size = len(members)
 
-    def started(self, state: BackendState) -> None:
+    def started(self, state: BackendState, now: float | None = None) -> None:
         live: _Entry | None = state.scratch
         turn = live[4] if live is not None else 0.0
         if turn < self._virtual_time:
@@ -123,7 +123,8 @@ class LeastConnections(Policy):
         if len(heap) > 4 * self._size + 64:
             self._generation = -1       # too many stale entries: rebuild on the next pick
 
-    def pick(self, members: Members, key: str | None, exclude: Exclude) -> BackendState:
+    def pick(self, members: Members, key: str | None, exclude: Exclude,
+             now: float | None = None) -> BackendState:
         if members.generation != self._generation:
             self._rebuild(members)
         heap = self._heap

@@ -84,7 +84,8 @@ class RoundRobin(Policy):
         state: BackendState = best[1][picks % len(best[1])]
         return state
 
-    def pick(self, members: Members, key: str | None, exclude: Exclude) -> BackendState:
+    def pick(self, members: Members, key: str | None, exclude: Exclude,
+             now: float | None = None) -> BackendState:
         if members.generation != self._generation:
             self._reset(members)
         if not exclude:

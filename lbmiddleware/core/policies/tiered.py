@@ -110,10 +110,11 @@ class Tiered(Policy):
             return key_point(key)
         return self.rng.random() * 100.0
 
-    def pick(self, members: Members, key: str | None, exclude: Exclude) -> BackendState:
+    def pick(self, members: Members, key: str | None, exclude: Exclude,
+             now: float | None = None) -> BackendState:
         if self._panic or members is self._everyone:
             self._picked_by = policy = self._panic_policy
-            return policy.pick(members, key, exclude)
+            return policy.pick(members, key, exclude, now)
         index = self._whole
         if index < 0:
             index = draw_tier(self._loads, self._point(key))
@@ -121,7 +122,7 @@ class Tiered(Policy):
         if exclude and sum(1 for s in exclude if s in usable) >= len(usable):
             policy, usable = self._next_tier(exclude)
         self._picked_by = policy
-        return policy.pick(usable, key, exclude)
+        return policy.pick(usable, key, exclude, now)
 
     def _next_tier(self, exclude: Exclude) -> tuple[Policy, Members]:
         """The first tier with a usable backend not excluded: a tier with a load first (in
@@ -181,16 +182,17 @@ class Tiered(Policy):
         tier = self._by_priority.get(state.backend.priority)
         return (tier, self._panic_policy) if tier is not None else (self._panic_policy,)
 
-    def transferred(self, state: BackendState, nbytes: int) -> None:
+    def transferred(self, state: BackendState, nbytes: int,
+                    now: float | None = None) -> None:
         for policy in self._holders(state):
-            policy.transferred(state, nbytes)
+            policy.transferred(state, nbytes, now)
 
-    def started(self, state: BackendState) -> None:
+    def started(self, state: BackendState, now: float | None = None) -> None:
         if self._everywhere:
             for policy in self._holders(state):
-                policy.started(state)
+                policy.started(state, now)
             return
-        self._picked_by.started(state)
+        self._picked_by.started(state, now)
 
     def finished(self, state: BackendState) -> None:
         if self._everywhere:

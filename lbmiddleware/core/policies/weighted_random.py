@@ -25,7 +25,8 @@ class WeightedRandom(Policy):
         self._generation = -1
         self._cumulative: list[int] = []
 
-    def pick(self, members: Members, key: str | None, exclude: Exclude) -> BackendState:
+    def pick(self, members: Members, key: str | None, exclude: Exclude,
+             now: float | None = None) -> BackendState:
         if members.generation != self._generation:
             self._cumulative = list(itertools.accumulate(s.weight for s in members.states))
             self._generation = members.generation
