@@ -220,10 +220,14 @@ class Balancer(CoreBalancer):
 
     def close(self) -> None:
         """Stop the pool's sources and health checks: idempotent, from any thread. Waits up
-        to :data:`CLOSE_TIMEOUT` for them to end, except on the fleet's loop thread (they
-        end right after). The members and their state stay: picks go on working."""
+        to :data:`CLOSE_TIMEOUT` for them to end, except on the fleet's loop thread and on
+        the thread that owns the pool (:meth:`own`: a source's last update may be waiting
+        for that thread's loop); they end right after. The members and their state stay:
+        picks go on working."""
         if self._background is not None:
-            self._background.stop(CLOSE_TIMEOUT)
+            owner = self._owner
+            owned_here = owner is not None and owner.thread == threading.get_ident()
+            self._background.stop(0.0 if owned_here else CLOSE_TIMEOUT)
         super().close()
 
     async def aclose(self) -> None:
