@@ -407,6 +407,12 @@ class LoadBalancerMiddleware:
         self._ready = True          # answered, or timed out: requests go on as they are
         return ready
 
+    @property
+    def forwarder(self) -> Forwarder:
+        """What every exchange of this middleware shares (retry rule, resend rule, response
+        headers, deadline): the gateway's fast server runs its exchanges with it too."""
+        return self._forwarder
+
     def on_close(self, callback: Callable[[], None]) -> None:
         """Have :meth:`aclose` call ``callback`` (once): another front-end of this
         middleware (the gateway's fast server) closes its own upstream connections then, as

@@ -1,0 +1,506 @@
+"""One proxied request on the fast path (:class:`FastExchange`): the shared attempt loop
+driven by callbacks, and what every exchange of one route shares (:class:`Route`).
+
+The steps are the ASGI exchange's (:mod:`lbmiddleware.asgi.exchange`), with callbacks where
+it awaits; the rules are the same objects: the request as the middleware prepares it
+(:meth:`LoadBalancerMiddleware.prepare <lbmiddleware.asgi.LoadBalancerMiddleware.prepare>`),
+the attempt loop (:class:`~lbmiddleware.core.attempts.Attempts`: start, retry, end,
+end_failed, release), the resend rule (:meth:`Forwarder.may_resend
+<lbmiddleware.asgi.exchange.Forwarder.may_resend>`), the response headers
+(:meth:`Forwarder.response_headers <lbmiddleware.asgi.exchange.Forwarder.response_headers>`:
+response rules, redirects, 204/304, the sticky cookie), the failure words
+(:func:`~lbmiddleware.asgi.exchange.failure_text`, ``Attempts.deadline_text``).
+
+A request's life: its body, when it has one, is held up to ``retry_buffer`` bytes (then it is
+replayable); the first attempt starts once it is all here, or once more than that has come,
+or at once when its ``Content-Length`` is more than that (then it is streamed, with the
+upload's flow control: the backend's full buffer pauses the client's body). The upstream
+head (request line with the backend's base path, the prepared headers, ``Host`` when the
+request keeps none of its own, the framing) and what there is of the body go to
+:meth:`BackendPool.request <.upstream.BackendPool.request>`; the answer comes back by the
+:class:`~.upstream.Receiver` callbacks. Before anything reached the client a failure (no
+response, or a status of ``fail_statuses``) is retried as the rule says, else the client
+gets 502 or 504 (that status's response, for a failing status). The response's head and
+body go to the client in one write when the body is all there; a longer one streams, the
+upstream read paused while the client's buffer is full. The outcome carries the request and
+response body bytes (the ``bandwidth`` policy's). With ``LB_TIMEOUT`` each attempt's head
+timeout is the deadline's time left.
+
+A streamed body is not replayable, as on the ASGI path; its bytes are kept until one of
+them is written to an open connection all the same, so that a connect failure (retried for
+any method: nothing reached the backend) sends it whole.
+
+To the client: a body of known length goes as it came (the backend's ``Content-Length``); one
+without (chunked, or read until the backend closes) is chunked to an HTTP/1.1 client and
+ends with the connection for an HTTP/1.0 one. ``HEAD``, 204 and 304 have no body. A client
+that leaves aborts the upstream call: the attempt is released, or ended with the bytes passed
+when the response had begun; a body that breaks off after the head cuts the client's
+connection and ends the attempt as failed (:func:`~lbmiddleware.core.attempts.broken_body`).
+Each request ends with its access line when the route logs (:mod:`lbmiddleware.proxy.access`:
+499 for a client gone before any status).
+
+No task, future or closure per request: the exchange is one object with ``__slots__``, its
+callbacks are its methods, the clock is read when an attempt is sent and when its head comes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from ...asgi.exchange import Forwarder, failure_text
+from ...core.attempts import Attempts, Outcome, Picker, RetryRule, broken_body
+from ...errors import NoHealthyBackend
+from ...proxy.access import CLIENT_CLOSED, access_line
+from ...proxy.access import logger as access_logger
+from ...upstream import NO_BODY_STATUSES
+from .upstream import BackendPool, Call, UpstreamPools
+from .wire import DateHeader, error_bytes, response_head
+
+if TYPE_CHECKING:
+    from ...asgi.middleware import LoadBalancerMiddleware, Prepared
+    from ...core.backend import Backend
+    from ...upstream.errors import UpstreamError
+    from ..routes import Entry
+    from .connection import ClientConnection, Request
+
+__all__ = ["Route", "FastExchange", "request_head", "log_access"]
+
+logger = logging.getLogger("lbmiddleware.gateway")
+
+_monotonic = time.monotonic
+_INFO = logging.INFO
+_LAST_CHUNK = b"0\r\n\r\n"
+_FRAMED_METHODS = (b"POST", b"PUT", b"PATCH")
+
+
+def request_head(method: bytes, target: bytes, headers: list[tuple[bytes, bytes]],
+                 host: bytes | None, length: int | None) -> bytes:
+    """The request head sent upstream: the request line, ``Host: host`` first when given,
+    ``headers``, the framing (``Transfer-Encoding: chunked`` for a body of unknown
+    ``length``, else ``Content-Length`` when there is a body or the method is one that
+    carries one: POST, PUT, PATCH), the blank line. The coroutine client's head
+    (:meth:`lbmiddleware.upstream.HostPool.request`), byte for byte."""
+    head = b"%s %s HTTP/1.1\r\n" % (method, target)
+    if host is not None:
+        head += b"Host: " + host + b"\r\n"
+    if headers:
+        head += b"\r\n".join([b": ".join(field) for field in headers]) + b"\r\n"
+    if length is None:
+        return head + b"Transfer-Encoding: chunked\r\n\r\n"
+    if length or method in _FRAMED_METHODS:
+        return head + b"Content-Length: %d\r\n\r\n" % length
+    return head + b"\r\n"
+
+
+class Route:
+    """What every exchange of one route (one middleware) shares on the fast path, computed
+    once: the middleware (its request rules), its :class:`~lbmiddleware.asgi.exchange.
+    Forwarder` (retry rule, resend rule, response headers, deadline), the picker (the
+    pool's lock-free lane when the loop owns the pool, else the pool), the route's upstream
+    pools (``pools``: :class:`~.upstream.UpstreamPools`), the settings the exchange reads
+    (``retry_buffer``, ``access_log``, ``prefix``, ``strip``) and the server's ``Date``
+    line."""
+
+    __slots__ = ("middleware", "forwarder", "rule", "picker", "pools", "timeout",
+                 "retry_buffer", "access_log", "prefix", "strip", "date", "methods",
+                 "unsubscribe", "__weakref__")
+
+    def __init__(self, middleware: LoadBalancerMiddleware, forwarder: Forwarder,
+                 picker: Picker, pools: UpstreamPools, date: DateHeader) -> None:
+        settings = middleware.settings
+        self.middleware = middleware
+        self.forwarder = forwarder
+        self.rule: RetryRule = forwarder.rule
+        self.picker = picker
+        self.pools = pools
+        self.timeout = forwarder.timeout
+        self.retry_buffer = settings.retry_buffer
+        self.access_log = settings.access_log
+        self.prefix = settings.prefix
+        self.strip = settings.strip_prefix
+        self.date = date
+        self.methods: dict[str, bytes] = {}     # method -> its bytes (the first 32 seen)
+        #: Stops following the pool's departures (set by the dispatcher).
+        self.unsubscribe: Callable[[], None] | None = None
+
+    def close(self) -> None:
+        """Stop following the pool; close the idle upstream connections (those in use as
+        their responses end)."""
+        unsubscribe, self.unsubscribe = self.unsubscribe, None
+        if unsubscribe is not None:
+            unsubscribe()
+        self.pools.close()
+
+    def method_bytes(self, method: str) -> bytes:
+        found = self.methods.get(method)
+        if found is None:
+            found = method.encode("ascii")
+            if len(self.methods) < 32:
+                self.methods[method] = found
+        return found
+
+
+def log_access(request: Request, client: str | None, status: int | None,
+               attempts: Attempts | None) -> None:
+    """The request's access line (:func:`~lbmiddleware.proxy.access.access_line`), its
+    duration from the head's arrival; ``status`` None: the client left before one."""
+    if not access_logger.isEnabledFor(_INFO):
+        return
+    tried = attempts.tried if attempts is not None else ()
+    access_logger.info(access_line(client, request.method, request.path,
+                                   CLIENT_CLOSED if status is None else status,
+                                   tried[-1].url if tried else None, len(tried),
+                                   _monotonic() - request.arrived))
+
+
+class FastExchange:
+    """One request through the fast path (see the module's docstring): the connection's
+    :class:`~.connection.Handler` and the upstream call's :class:`~.upstream.Receiver`."""
+
+    __slots__ = (
+        "route", "connection", "request", "entry", "method", "method_bytes", "head_request",
+        "target", "headers", "add_host", "length", "key", "prefer", "secure",
+        # the request body: held (None once a streamed piece left without a copy), its
+        # size, all of it here, being streamed to the current call, streamed ever
+        "held", "size", "body_done", "streaming", "streamed", "paused",
+        # the attempts
+        "attempts", "backend", "pool", "call", "sent_at", "outcome",
+        # the response
+        "status", "pending", "chunked", "close", "received", "finished", "gone",
+    )
+
+    def __init__(self, route: Route, request: Request, connection: ClientConnection,
+                 prepared: Prepared, entry: Entry | None) -> None:
+        self.route = route
+        self.connection = connection
+        self.request = request
+        self.entry = entry
+        method = request.method
+        self.method = method
+        self.method_bytes = route.method_bytes(method)
+        self.head_request = method == "HEAD"
+        (self.target, self.headers, self.add_host, self.length, self.key, self.prefer,
+         self.secure) = prepared
+        self.held: list[bytes] | None = []
+        self.size = 0
+        self.body_done = prepared.length == 0
+        self.streaming = False
+        self.streamed = False           # an attempt has streamed it: not replayable
+        self.paused = False             # the client's body is paused for the upload
+        self.attempts: Attempts | None = None
+        self.backend: Backend | None = None
+        self.pool: BackendPool | None = None
+        self.call: Call | None = None
+        self.sent_at = 0.0
+        self.outcome: Outcome | None = None      # the answered attempt's, at its head
+        self.status = 0                 # the status the client gets; 0: none yet
+        self.pending: bytes | None = None       # the response head, held for its body
+        self.chunked = False            # the body is chunked to the client
+        self.close = False              # the connection closes after the response
+        self.received = 0               # response body bytes passed to the client
+        self.finished = False
+        self.gone = False
+
+    def begin(self) -> None:
+        """Start at once without a body, or with one whose length is over ``retry_buffer``
+        (streamed); else ask for it (``100 Continue`` when the client waits for one) and
+        start once it is held, or once more than ``retry_buffer`` bytes have come."""
+        if self.body_done:
+            self._start()
+            return
+        self.connection.send_continue()
+        length = self.length
+        if length is not None and length > self.route.retry_buffer:
+            self.streaming = True
+            self._start()
+
+    # -- the client's side (Handler) -----------------------------------------------------
+
+    def body(self, data: bytes) -> None:
+        if self.finished or self.status:
+            return                      # answered: the rest of the upload is dropped
+        try:
+            if self.streaming:
+                call = self.call
+                if call is not None:
+                    call.send_body(data)
+                    held = self.held
+                    if held is not None:
+                        if call.bytes_sent:
+                            self.held = None        # sent without a copy: not replayable
+                        else:
+                            held.append(data)
+                            self.size += len(data)
+                return
+            held = self.held
+            if held is not None:
+                held.append(data)
+                self.size += len(data)
+                if self.attempts is None and self.size > self.route.retry_buffer:
+                    self.streaming = True           # too long to hold: streamed from now
+                    self._start()
+        except Exception:
+            self._crash()
+
+    def body_end(self) -> None:
+        self.body_done = True
+        if self.finished or self.status:
+            return
+        try:
+            if self.attempts is None:
+                if self.length is None and not self.size:
+                    self.length = 0             # chunked, and empty after all
+                self._start()
+            elif self.streaming:
+                self.streaming = False
+                call = self.call
+                if call is not None:
+                    call.end_body()
+        except Exception:
+            self._crash()
+
+    def client_lost(self) -> None:
+        """The client closed, reset or timed out: the upstream call is aborted; the attempt
+        is released, or ended with the bytes passed when its response had begun."""
+        if self.finished:
+            return
+        self.gone = True
+        call, self.call = self.call, None
+        if call is not None:
+            call.abort()
+        attempts = self.attempts
+        if attempts is not None:
+            outcome = self.outcome
+            if outcome is not None:     # left after the head: the backend did its part
+                attempts.end(outcome._replace(bytes_received=self.received))
+            else:
+                attempts.release()
+        self._finish()
+
+    def writable(self) -> None:
+        """The client's buffer drained: read the backend's response again."""
+        call = self.call
+        if call is not None and not self.finished:
+            call.resume_reading()
+
+    # -- the attempts --------------------------------------------------------------------
+
+    def _start(self) -> None:
+        route = self.route
+        self.attempts = attempts = Attempts(route.picker, route.rule, self.method, self.key,
+                                            prefer=self.prefer, timeout=route.timeout)
+        try:
+            backend = attempts.start()
+        except NoHealthyBackend:
+            self._error(503)
+            return
+        self._attempt(backend)
+
+    def _attempt(self, backend: Backend) -> None:
+        """Send the request to ``backend``: the head and the body held; the rest follows
+        (:meth:`body`) when it is streamed."""
+        route = self.route
+        self.backend = backend
+        self.pool = pool = route.pools.pool(backend)
+        held = self.held
+        if held:
+            data = held[0] if len(held) == 1 else b"".join(held)
+        else:
+            data = b""
+        more = not self.body_done
+        if held is None:
+            raise RuntimeError("a retry without the body: it went upstream without a copy")
+        head = request_head(self.method_bytes, pool.base_path + self.target, self.headers,
+                            pool.authority if self.add_host else None,
+                            self.length if more else len(data))
+        attempts = self.attempts
+        assert attempts is not None
+        left = attempts.time_left() if attempts.deadline is not None else None
+        self.streaming = more
+        if more:
+            self.streamed = True
+        if self.paused:                 # (by the call before, which will not resume it)
+            self.paused = False
+            self.connection.resume_body()
+        self.sent_at = _monotonic()
+        self.call = pool.request(
+            head, data, self, more_body=more,
+            resend=route.forwarder.may_resend(self.method, not more),
+            head_timeout=left, head_request=self.head_request)
+
+    # -- the backend's side (Receiver) ---------------------------------------------------
+
+    def upstream_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
+                      length: int | None, chunked: bool) -> None:
+        if self.finished:
+            return
+        try:
+            call = self.call
+            attempts = self.attempts
+            assert call is not None and attempts is not None
+            route = self.route
+            outcome = route.rule.outcome(status, _monotonic() - self.sent_at,
+                                         bytes_sent=call.bytes_sent)
+            if not outcome.ok:
+                following = attempts.retry(outcome, replayable=not self.streamed)
+                if following is not None:
+                    call.abort()            # another backend gets a chance
+                    self._attempt(following)
+                    return
+            self.outcome = outcome
+            self.status = status
+            self.streaming = False          # (the call stopped the upload)
+            request = self.request
+            backend = self.backend
+            assert backend is not None
+            out = route.forwarder.response_headers(status, headers, backend, self.headers,
+                                                   self.prefer, self.secure)
+            close = not request.keep_alive
+            framed = False
+            if not (self.head_request or status in NO_BODY_STATUSES) \
+                    and (chunked or length is None):
+                if request.version == "1.0":
+                    close = True            # no chunked to HTTP/1.0: the body ends the
+                else:                       # connection
+                    framed = True
+            elif chunked:
+                framed = self.head_request  # (a HEAD's answer says what a GET's would)
+            self.chunked = framed and not self.head_request
+            self.close = close
+            head = response_head(status, reason, out, date=route.date.value(), length=None,
+                                 chunked=framed, close=close)
+            if call.follows:
+                self.pending = head         # written with the body: one write
+            else:
+                self.connection.write(head)
+        except Exception:
+            self._crash()
+
+    def upstream_body(self, data: bytes) -> None:
+        if self.finished:
+            return
+        self.received += len(data)
+        if self.chunked:
+            data = b"%x\r\n%b\r\n" % (len(data), data)
+        pending = self.pending
+        if pending is not None:
+            self.pending = None
+            data = pending + data
+        connection = self.connection
+        connection.write(data)
+        if connection.writing_paused:
+            call = self.call
+            if call is not None:
+                call.pause_reading()
+                connection.on_writable(self.writable)
+
+    def upstream_end(self) -> None:
+        if self.finished:
+            return
+        try:
+            pending = self.pending
+            if self.chunked:
+                pending = _LAST_CHUNK if pending is None else pending + _LAST_CHUNK
+            if pending is not None:
+                self.pending = None
+                self.connection.write(pending)
+            call = self.call
+            outcome = self.outcome
+            attempts = self.attempts
+            assert call is not None and outcome is not None and attempts is not None
+            # (the answered attempt's outcome, built again with the bytes: cheaper than a
+            # NamedTuple's _replace)
+            attempts.end(self.route.rule.outcome(self.status, outcome.latency,
+                                                 bytes_sent=call.bytes_sent,
+                                                 bytes_received=self.received))
+            self.call = None
+            self._finish()
+            self.connection.done(not self.close)
+        except Exception:
+            self._crash()
+
+    def upstream_failed(self, error: UpstreamError) -> None:
+        if self.finished:
+            return
+        try:
+            attempts = self.attempts
+            pool = self.pool
+            assert attempts is not None and pool is not None
+            answered = self.outcome
+            if answered is not None:
+                # The head went out, the body broke: the client sees a cut response, and the
+                # backend a failure that no retry can follow.
+                self.call = None
+                attempts.end_failed(broken_body(answered, self.received,
+                                                failure_text(error, pool),
+                                                timeout=error.timeout))
+                self._finish()
+                self.connection.abort()
+                return
+            outcome = Outcome(ok=False, latency=_monotonic() - self.sent_at, sent=error.sent,
+                              timeout=error.timeout, bytes_sent=error.bytes_sent,
+                              error=(attempts.deadline_text() if error.deadline
+                                     else failure_text(error, pool)))
+            following = attempts.retry(outcome, replayable=not self.streamed)
+            if following is not None:
+                self._attempt(following)
+                return
+            self.call = None
+            self._error(504 if outcome.timeout else 502)
+        except Exception:
+            self._crash()
+
+    def upload_paused(self) -> None:
+        if not self.finished:
+            self.paused = True
+            self.connection.pause_body()
+
+    def upload_resumed(self) -> None:
+        if not self.finished and self.paused:
+            self.paused = False
+            self.connection.resume_body()
+
+    # -- the endings ---------------------------------------------------------------------
+
+    def _error(self, status: int) -> None:
+        """The proxy's own answer (502, 503, 504) to the client, and the request's end."""
+        self.status = status
+        connection = self.connection
+        close = not self.request.keep_alive
+        connection.write(error_bytes(status, date=self.route.date.value(), close=close,
+                                     head_only=self.head_request))
+        self._finish()
+        connection.done(not close)
+
+    def _finish(self) -> None:
+        """The request is over for the route: its count in flight, its access line."""
+        self.finished = True
+        self.call = None
+        entry = self.entry
+        if entry is not None:
+            entry.active -= 1
+            if entry.retired and entry.active == 0:
+                entry._idle()
+        route = self.route
+        if route.access_log:
+            request = self.request
+            log_access(request,
+                       route.middleware.client_address(self.connection.peer, request.headers),
+                       self.status or None, self.attempts)
+
+    def _crash(self) -> None:
+        """A bug of the fast path: logged, the upstream call and the client's connection cut,
+        the attempt released (never a pick left in flight, nor a route's count)."""
+        logger.exception("the fast path failed on %s %s", self.method, self.request.path)
+        if self.finished:
+            return
+        call, self.call = self.call, None
+        if call is not None:
+            call.abort()
+        if self.attempts is not None:
+            self.attempts.release()
+        self._finish()
+        self.connection.abort()
