@@ -15,12 +15,12 @@ Back to the client, hop-by-hop headers are dropped, and so are the backend's ``D
 from __future__ import annotations
 
 import itertools
-import re
+import operator
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, AnyStr, Generic, overload
+from typing import Any, AnyStr, Generic, NamedTuple
 
 from .redirects import REDIRECT_HEADERS, Rewrite
-from .refusals import UNSAFE_BYTES, UNSAFE_TEXT, NotProxied, UnsafeRequest
+from .refusals import NotProxied, UnsafeRequest
 
 __all__ = [
     "HeaderRules", "TEXT", "BINARY", "HOP_BY_HOP", "FRAMING", "PROXY_HEADERS",
@@ -49,33 +49,54 @@ PROXY_HEADER_PREFIXES = ("x-forwarded-", "proxy-")
 HIDDEN = frozenset({"date", "server"})
 
 
-def _latin1(text: str) -> bytes:
-    return text.encode("latin-1")
+# What the rules do with a header, by its lower-case name: one small int per name, so that
+# the per-header step is one dict lookup (``_PASS``, the usual answer, is 0: falsy). A
+# request's Content-Length and Transfer-Encoding are the two highest (body_length asks for
+# ``>= _LENGTH``); a response's redirect headers (_REWRITE + their index in _REDIRECT_NAMES)
+# come last.
+(_PASS, _DROP, _CONNECTION, _UPGRADE, _HOST, _FORWARDED_FOR, _FORWARDED_PROTO,
+ _FORWARDED_HOST, _LENGTH, _CHUNKED, _REWRITE) = range(11)
+_REDIRECT_NAMES = tuple(sorted(REDIRECT_HEADERS))
+
+_REQUEST_ACTIONS = {
+    **dict.fromkeys(HOP_BY_HOP, _DROP),
+    "connection": _CONNECTION, "upgrade": _UPGRADE, "host": _HOST,
+    "x-forwarded-for": _FORWARDED_FOR, "x-forwarded-proto": _FORWARDED_PROTO,
+    "x-forwarded-host": _FORWARDED_HOST, "content-length": _LENGTH,
+    "transfer-encoding": _CHUNKED,
+}
+_RESPONSE_ACTIONS = {
+    **dict.fromkeys(HOP_BY_HOP | HIDDEN, _DROP),
+    "connection": _CONNECTION, "transfer-encoding": _CHUNKED,
+    **{name: _REWRITE + index for index, name in enumerate(_REDIRECT_NAMES)},
+}
+# The names each kind's rules have met, as they were spelled (any case), and their actions:
+# at most _LEARNED names of at most _LEARNED_LENGTH characters (the table starts over when
+# full), so that a client sending endless new names costs only time, as before the table.
+_LEARNED = 1024
+_LEARNED_LENGTH = 64
 
 
-def _from_latin1(data: bytes) -> str:
-    return data.decode("latin-1")
+class _Kind(NamedTuple):
+    """How the rules read one kind of header pairs."""
+
+    word: Callable[[str], Any]        # a str word spelled in this kind (bytes: latin-1)
+    text: Callable[[Any], str]        # a value of this kind as str
+    cr: Any                           # CR, LF, NUL and "_" as `in` finds them fastest in
+    lf: Any                           # this kind: for bytes the ints (`13 in data` is a
+    nul: Any                          # memchr; `b"\r" in data` takes 7 times as long)
+    underscore: Any
 
 
 def _same(text: str) -> str:
     return text
 
 
-@overload
-def _alphabet(kind: type[str]) -> tuple[Callable[[str], str], Callable[[str], str],
-                                        re.Pattern[str]]: ...
-@overload
-def _alphabet(kind: type[bytes]) -> tuple[Callable[[str], bytes], Callable[[bytes], str],
-                                          re.Pattern[bytes]]: ...
-def _alphabet(kind: type[str] | type[bytes]
-              ) -> tuple[Callable[[str], str | bytes], Callable[[Any], str],
-                         re.Pattern[str] | re.Pattern[bytes]]:
-    """How a ``str`` word is spelled in headers of ``kind`` (bytes on the wire are latin-1),
-    how a value of that kind reads as ``str``, and the pattern of the characters never
-    forwarded, in that kind."""
-    if kind is bytes:
-        return _latin1, _from_latin1, UNSAFE_BYTES
-    return str, _same, UNSAFE_TEXT
+_KINDS: dict[type, _Kind] = {
+    str: _Kind(str, _same, "\r", "\n", "\0", "_"),
+    bytes: _Kind(operator.methodcaller("encode", "latin-1"),
+                 operator.methodcaller("decode", "latin-1"), 13, 10, 0, 95),
+}
 
 
 class HeaderRules(Generic[AnyStr]):
@@ -83,44 +104,49 @@ class HeaderRules(Generic[AnyStr]):
     (``HeaderRules(str)`` is a ``HeaderRules[str]``).
 
     Names are compared case-insensitively. Use :data:`TEXT` (WSGI, requests) or
-    :data:`BINARY` (ASGI, raw wire bytes); both apply exactly the same rules. Every name
-    the rules compare is spelled in the headers' kind once, here, so the per-request path
-    only looks things up.
+    :data:`BINARY` (ASGI, the fast path, raw wire bytes): one implementation, so both apply
+    exactly the same rules (``tests/proxy/test_proxy_rules.py`` runs one table of cases
+    through both). What each name means is decided once: every name the rules compare is
+    spelled in the headers' kind here, and each name met is remembered with what the rules
+    do with it, as it was spelled (up to 1,024 names), so that the per-header step is one
+    dict lookup whatever the case of the names (ASGI's and the fast path's are lower-case;
+    WSGI's and a backend's response's are not). A name is remembered for requests only once
+    checked free of CR, LF and NUL, so that per request only the values (and the names met
+    for the first time) need that check: one join and three ``in`` (memchr), no regex.
     """
 
     def __init__(self, kind: type[AnyStr]) -> None:
         # Every attribute is annotated: mypy infers none from an assignment in a class
         # generic over a constrained type variable (AnyStr).
-        word: Callable[[str], AnyStr]
-        text: Callable[[AnyStr], str]
-        unsafe: re.Pattern[AnyStr]
-        word, text, unsafe = _alphabet(kind)
+        spelling = _KINDS[kind]
+        word: Callable[[str], AnyStr] = spelling.word
+        self._cr: Any = spelling.cr
+        self._lf: Any = spelling.lf
+        self._nul: Any = spelling.nul
+        self._underscore_char: Any = spelling.underscore
         self._word: Callable[[str], AnyStr] = word
-        self._text: Callable[[AnyStr], str] = text
-        self._unsafe: re.Pattern[AnyStr] = unsafe
+        self._text: Callable[[AnyStr], str] = spelling.text
         self._hop: frozenset[AnyStr] = frozenset(map(word, HOP_BY_HOP))
-        self._hidden: frozenset[AnyStr] = frozenset(map(word, HIDDEN))
-        # the response headers that are not passed on as they came
-        self._response_special: frozenset[AnyStr] = frozenset(
-            map(word, HOP_BY_HOP | HIDDEN | REDIRECT_HEADERS))
-        self._drop: frozenset[AnyStr] = frozenset(map(word, HOP_BY_HOP | FRAMING | {
-            "host", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"}))
         self._guarded: frozenset[AnyStr] = frozenset(map(word, PROXY_HEADERS))
         self._guarded_prefixes: tuple[AnyStr, ...] = tuple(map(word, PROXY_HEADER_PREFIXES))
         self._plain_connection: frozenset[AnyStr] = frozenset(
             map(word, ("keep-alive", "close", "Keep-Alive", "Close")))
+        # name (lower case) -> action, and the names met as spelled -> action (learned)
+        self._request_base: dict[AnyStr, int] = {
+            word(name): action for name, action in _REQUEST_ACTIONS.items()}
+        self._response_base: dict[AnyStr, int] = {
+            word(name): action for name, action in _RESPONSE_ACTIONS.items()}
+        self._request_actions: dict[AnyStr, int] = dict(self._request_base)
+        self._response_actions: dict[AnyStr, int] = dict(self._response_base)
+        self._schemes: dict[str, AnyStr] = {scheme: word(scheme) for scheme in ("http", "https")}
         self._underscore: AnyStr = word("_")
         self._dash: AnyStr = word("-")
         self._connection: AnyStr = word("connection")
         self._upgrade: AnyStr = word("upgrade")
         self._websocket: AnyStr = word("websocket")
         self._comma: AnyStr = word(",")
-        self._host: AnyStr = word("host")
+        self._slashes: AnyStr = word("//")
         self._content_length: AnyStr = word("content-length")
-        self._transfer_encoding: AnyStr = word("transfer-encoding")
-        self._xff: AnyStr = word("x-forwarded-for")
-        self._xfp: AnyStr = word("x-forwarded-proto")
-        self._xfh: AnyStr = word("x-forwarded-host")
         self._xff_out: AnyStr = word("X-Forwarded-For")
         self._xfp_out: AnyStr = word("X-Forwarded-Proto")
         self._xfh_out: AnyStr = word("X-Forwarded-Host")
@@ -128,13 +154,34 @@ class HeaderRules(Generic[AnyStr]):
         self._join: AnyStr = word(", ")
         self._empty: AnyStr = word("")
 
-    def _tokens(self, value: AnyStr) -> set[AnyStr]:
+    def _unsafe(self, data: AnyStr) -> bool:
+        """Does ``data`` hold CR, LF or NUL? (three memchr: no regex, no copy)"""
+        return self._cr in data or self._lf in data or self._nul in data
+
+    def _request_action(self, name: AnyStr) -> int:
+        """What the request rules do with a header ``name`` not met before (any case); it is
+        learned when short and free of CR, LF and NUL."""
+        lower = name.lower()
+        action = self._request_base.get(lower, _PASS)
+        if not action and self._underscore_char in lower and self._spoofs(lower):
+            action = _DROP
+        if len(name) <= _LEARNED_LENGTH and not self._unsafe(name):
+            _learn(self._request_actions, name, action)
+        return action
+
+    def _response_action(self, name: AnyStr) -> int:
+        """What the response rules do with a header ``name`` not met before (any case)."""
+        action = self._response_base.get(name.lower(), _PASS)
+        if len(name) <= _LEARNED_LENGTH:
+            _learn(self._response_actions, name, action)
+        return action
+
+    def _tokens(self, value: AnyStr) -> frozenset[AnyStr]:
         """The header names one ``Connection`` value lists (``keep-alive``, ``close`` and
-        the other hop-by-hop names left out: they go anyway)."""
-        if value in self._plain_connection:
-            return set()
+        the other hop-by-hop names left out: they go anyway). The callers pass over the
+        plain values (``keep-alive``, ``close``: the usual ones) without asking."""
         tokens = {t.strip().lower() for t in value.split(self._comma)}
-        return tokens - self._hop - self._plain_connection - {self._empty}
+        return frozenset(tokens - self._hop - self._plain_connection - {self._empty})
 
     def _refuse_websocket(self, headers: Sequence[tuple[AnyStr, AnyStr]]) -> None:
         """Raise :class:`NotProxied` for a WebSocket handshake (``Upgrade: websocket`` with
@@ -175,93 +222,146 @@ class HeaderRules(Generic[AnyStr]):
         Raises :class:`UnsafeRequest` if a name or value holds CR, LF or NUL, and
         :class:`NotProxied` for a WebSocket handshake.
         """
-        unsafe = self._unsafe
-        drop = self._drop
-        connection = self._connection
-        named: set[AnyStr] = set()
+        return self._request(headers, peer, scheme, upstream_host, preserve_host,
+                             trusted_peer)[0]
+
+    def request(self, headers: Sequence[tuple[AnyStr, AnyStr]], *, peer: str | None,
+                scheme: str, upstream_host: AnyStr | None = None, preserve_host: bool = False,
+                trusted_peer: bool = False) -> tuple[list[tuple[AnyStr, AnyStr]], int | None]:
+        """:meth:`request_headers` and :meth:`body_length` in one pass over ``headers``: the
+        upstream headers and the body's length (what a proxy front-end asks of every
+        request). Raises what :meth:`request_headers` raises, then what
+        :meth:`body_length` raises (a bad Content-Length is 400 after a WebSocket's 501)."""
+        out, framing = self._request(headers, peer, scheme, upstream_host, preserve_host,
+                                     trusted_peer)
+        if framing is None:
+            return out, 0
+        length = None
+        for value in framing:           # as body_length reads them, in order
+            if value is None:
+                return out, None
+            length = self._count(value, length)
+        return out, length or 0
+
+    def _request(self, headers: Sequence[tuple[AnyStr, AnyStr]], peer: str | None,
+                 scheme: str, upstream_host: AnyStr | None, preserve_host: bool,
+                 trusted_peer: bool
+                 ) -> tuple[list[tuple[AnyStr, AnyStr]], list[AnyStr | None] | None]:
+        """The upstream headers, and the request's framing headers in order (None when it
+        has none): each Content-Length's value, None for a Transfer-Encoding
+        (:meth:`request_headers`, :meth:`request`)."""
+        actions = self._request_actions
         out: list[tuple[AnyStr, AnyStr]] = []
         client_host: AnyStr | None = None
-        forwarded_for: list[AnyStr] = []
+        forwarded_for: list[AnyStr] | None = None
         proto: AnyStr | None = None
         forwarded_host: AnyStr | None = None
-        upgrade = False
-        if unsafe.search(self._empty.join(itertools.chain.from_iterable(headers))):
-            raise UnsafeRequest("CR, LF or NUL in a request header")
+        named: frozenset[AnyStr] | None = None
+        framing: list[AnyStr | None] | None = None
+        upgrade = new_names = False
         for name, value in headers:
-            lower = name.lower()
-            if lower in drop:
-                if lower == connection:
-                    named |= self._tokens(value)
-                elif lower == self._upgrade:
-                    upgrade = True
-                elif lower == self._host:
-                    if client_host is None:
-                        client_host = value
-                elif lower == self._xff:
+            action = actions.get(name)
+            if action is None:
+                action = self._request_action(name)
+                new_names = True
+            if not action:
+                out.append((name, value))
+            elif action == _HOST:
+                if client_host is None:
+                    client_host = value
+            elif action == _CONNECTION:
+                if value not in self._plain_connection:      # keep-alive, close: no names
+                    tokens = self._tokens(value)
+                    if tokens:
+                        named = tokens if named is None else named | tokens
+            elif action >= _LENGTH:
+                framed = value if action == _LENGTH else None
+                if framing is None:
+                    framing = [framed]
+                else:
+                    framing.append(framed)
+            elif action == _FORWARDED_FOR:
+                if forwarded_for is None:
+                    forwarded_for = [value.strip()]
+                else:
                     forwarded_for.append(value.strip())
-                elif lower == self._xfp:
-                    proto = value
-                elif lower == self._xfh:
-                    forwarded_host = value
-                continue
-            if self._underscore in lower and self._spoofs(lower):
-                continue
-            out.append((name, value))
+            elif action == _FORWARDED_PROTO:
+                proto = value
+            elif action == _FORWARDED_HOST:
+                forwarded_host = value
+            elif action == _UPGRADE:
+                upgrade = True
+        # CR, LF or NUL anywhere: in the values, and in the names unless each was met (and
+        # checked) before.
+        empty = self._empty
+        checked = (empty.join(itertools.chain.from_iterable(headers)) if new_names
+                   else empty.join([value for _, value in headers]))
+        if self._cr in checked or self._lf in checked or self._nul in checked:
+            raise UnsafeRequest("CR, LF or NUL in a request header")
         if upgrade:
             self._refuse_websocket(headers)
         if named:
             out = [(n, v) for n, v in out if n.lower() not in named]
-        word = self._word
         host = client_host if preserve_host else upstream_host
         if host is not None:
             out.insert(0, (self._host_out, host))
-        if peer is not None:
-            forwarded_for.append(word(peer))
-        forwarded_for = [v for v in forwarded_for if v]
-        if forwarded_for:
-            out.append((self._xff_out, self._join.join(forwarded_for)))
+        if forwarded_for is None:
+            if peer:
+                out.append((self._xff_out, self._word(peer)))
+        else:
+            if peer is not None:
+                forwarded_for.append(self._word(peer))
+            listed = [v for v in forwarded_for if v]
+            if listed:
+                out.append((self._xff_out, self._join.join(listed)))
         if not (trusted_peer and proto is not None):
-            proto = word(scheme)
+            proto = self._schemes.get(scheme)
+            if proto is None:
+                proto = self._word(scheme)
         out.append((self._xfp_out, proto))
         if not (trusted_peer and forwarded_host is not None):
             forwarded_host = client_host
         if forwarded_host is not None:
             out.append((self._xfh_out, forwarded_host))
-        return out
+        return out, framing
 
     def response_headers(self, headers: Sequence[tuple[AnyStr, AnyStr]],
                          rewrite: Rewrite | None = None) -> list[tuple[AnyStr, AnyStr]]:
         """The upstream response's headers for the client: hop-by-hop ones, ``Date`` and
         ``Server`` (:data:`HIDDEN`) dropped, ``Location``, ``Content-Location`` and
         ``Refresh`` given to ``rewrite`` (a bound :class:`~.redirects.RedirectRule`: its new
-        value, or None to keep the header as it came).
+        value, or None to keep the header as it came) when they hold ``//`` (a relative
+        reference, the usual redirect, is left as it is: not asked).
 
         Repeated headers (``Set-Cookie``) stay as they are. When the upstream sent
-        ``Transfer-Encoding``, its ``Content-Length`` is dropped too (RFC 9112 §6.3).
+        ``Transfer-Encoding``, its Content-Length is dropped too (RFC 9112 §6.3).
         """
-        special = self._response_special
-        hop = self._hop
+        actions = self._response_actions
         out: list[tuple[AnyStr, AnyStr]] = []
-        named: set[AnyStr] = set()
+        named: frozenset[AnyStr] | None = None
         chunked = False
         for name, value in headers:
-            lower = name.lower()
-            if lower in special:
-                if lower in hop:
-                    if lower == self._connection:
-                        named |= self._tokens(value)
-                    elif lower == self._transfer_encoding:
-                        chunked = True
-                    continue
-                if lower in self._hidden:
-                    continue
-                if rewrite is not None:
-                    new = rewrite(self._text(lower), self._text(value))
+            action = actions.get(name)
+            if action is None:
+                action = self._response_action(name)
+            if not action:
+                out.append((name, value))
+            elif action >= _REWRITE:
+                # (a value without "//" is a relative reference: never rewritten, not asked)
+                if rewrite is not None and value.find(self._slashes) != -1:
+                    new = rewrite(_REDIRECT_NAMES[action - _REWRITE], self._text(value))
                     if new is not None:
                         value = self._word(new)
-            out.append((name, value))
+                out.append((name, value))
+            elif action == _CONNECTION:
+                if value not in self._plain_connection:      # keep-alive, close: no names
+                    tokens = self._tokens(value)
+                    if tokens:
+                        named = tokens if named is None else named | tokens
+            elif action == _CHUNKED:
+                chunked = True
         if named or chunked:
-            drop = named
+            drop = set(named or ())
             if chunked:
                 drop.add(self._content_length)
             out = [(n, v) for n, v in out if n.lower() not in drop]
@@ -274,23 +374,42 @@ class HeaderRules(Generic[AnyStr]):
         ``Transfer-Encoding`` wins over ``Content-Length`` (RFC 9112 §6.3). A bad or
         conflicting ``Content-Length`` raises :class:`UnsafeRequest`.
         """
+        actions = self._request_actions
         length = None
         for name, value in headers:
-            lower = name.lower()
-            if lower == self._transfer_encoding:
-                return None
-            if lower == self._content_length:
-                text = value.strip()
-                if not (text.isdigit() and text.isascii()) or (
-                        length is not None and int(text) != length):
-                    raise UnsafeRequest("bad or conflicting Content-Length")
-                length = int(text)
+            action = actions.get(name)
+            if action is None:
+                action = self._request_action(name)
+            if action >= _LENGTH:
+                if action == _CHUNKED:
+                    return None
+                length = self._count(value, length)
         return length or 0
+
+    @staticmethod
+    def _count(value: AnyStr, length: int | None) -> int:
+        """The byte count of one Content-Length ``value`` after the ``length`` an earlier
+        one said (None: the first); UnsafeRequest when it is not a count of ASCII digits or
+        differs."""
+        text = value.strip()
+        if not (text.isdigit() and text.isascii()) or (
+                length is not None and int(text) != length):
+            raise UnsafeRequest("bad or conflicting Content-Length")
+        return int(text)
 
     def get(self, headers: Iterable[tuple[AnyStr, AnyStr]], name: str) -> list[AnyStr]:
         """Every value of header ``name`` (case-insensitive), in order."""
         wanted = self._word(name.lower())
         return [v for n, v in headers if n.lower() == wanted]
+
+
+def _learn(table: dict[Any, int], name: Any, action: int) -> None:
+    """Remember ``name``'s action in ``table``, starting the table over when it is full
+    (the names the rules compare are found again by their lower-case spelling). Safe
+    between threads: one dict operation at a time, and a name missing is only slower."""
+    if len(table) >= _LEARNED:
+        table.clear()
+    table[name] = action
 
 
 #: The rules for ``str`` headers (WSGI, requests).

@@ -44,7 +44,8 @@ __all__ = ["REDIRECT_HEADERS", "RedirectRule", "backend_reference", "public_orig
 REDIRECT_HEADERS = frozenset({"location", "content-location", "refresh"})
 
 #: A bound rule (:meth:`RedirectRule.bind`): ``(lower-case name, value)`` -> the new value,
-#: or None to leave the header as it is.
+#: or None to leave the header as it is. The header rules ask it only about values that hold
+#: ``//``: a relative reference (no ``//``) is never rewritten.
 Rewrite = Callable[[str, str], "str | None"]
 
 # Refresh: a delay, ';' or ',', an optional 'url=', the URL (optionally quoted): the HTML

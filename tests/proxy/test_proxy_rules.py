@@ -173,13 +173,7 @@ def test_cr_lf_or_nul_in_a_request_header_is_refused(header):
                              peer=None, scheme="http")
 
 
-def test_text_and_binary_rules_agree():
-    received = [("Host", "front"), ("Connection", "x-a"), ("X-A", "1"), ("Content-Length", "3"),
-                ("X-Forwarded-For", "1.1.1.1"), ("Accept", "*/*")]
-    text = TEXT.request_headers(received, peer="2.2.2.2", scheme="http")
-    binary = BINARY.request_headers([(n.encode(), v.encode()) for n, v in received],
-                                    peer="2.2.2.2", scheme="http")
-    assert [(n.encode(), v.encode()) for n, v in text] == binary
+# TEXT and BINARY agree: tests/proxy/test_rules_kinds.py runs one table through both.
 
 
 @pytest.mark.parametrize("headers, expected", [
