@@ -21,6 +21,10 @@ __all__ = ["join_target", "quote_path", "upstream_url"]
 # Bytes that may not appear raw in a request target (controls, space, DEL, non-ASCII, '#');
 # they are percent-encoded, everything else goes upstream exactly as the client sent it.
 _TARGET_ESCAPE = re.compile(rb"[\x00-\x20\x7f-\xff#]")
+# A target that goes as it is (the usual one): a '/' then only bytes that need no escape
+# (printable ASCII but '#'; CR, LF and NUL are not among them), the query's '?' included.
+_PLAIN = re.compile(rb"/[\x21\x22\x24-\x7e]*")
+_PLAIN_TEXT = re.compile(_PLAIN.pattern.decode("ascii"))
 
 
 def join_target(base_path: AnyStr, path: AnyStr, query: AnyStr | None = None) -> AnyStr:
@@ -31,6 +35,17 @@ def join_target(base_path: AnyStr, path: AnyStr, query: AnyStr | None = None) ->
     bytes that may not appear raw in a request line (space, controls, non-ASCII, ``#``)
     are percent-encoded. CR, LF or NUL raise :class:`UnsafeRequest`.
     """
+    # The usual target, in one check: base + path (+ '?' + query) as it came, when that
+    # starts with '/' and has nothing to escape or refuse (the query's bytes are checked with
+    # the path's: '?' is plain either way).
+    if isinstance(path, bytes):
+        plain = base_path + path + b"?" + query if query else base_path + path
+        if _PLAIN.fullmatch(plain):
+            return plain
+    else:
+        text = base_path + path + "?" + query if query else base_path + path
+        if _PLAIN_TEXT.fullmatch(text):
+            return text
     raw: bytes
     raw_query: bytes
     if isinstance(path, bytes):
