@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 from collections.abc import Iterable
-from typing import AnyStr
+from typing import AnyStr, cast
 
 __all__ = ["ClientAddress", "client_scheme", "proto_scheme", "sticky_key", "parse_cookie",
            "Network"]
@@ -135,7 +135,13 @@ def sticky_key(hash_key: str, client_ip: str | None,
     kind, _, name = hash_key.partition(":")
     lower = name.lower()
     wanted = lower if kind == "header" else "cookie"
-    values = [_text(v) for n, v in headers if _text(n).lower() == wanted]
+    size = len(wanted)
+    # (a bytes name reads as latin-1, each of whose characters lowers to one character: a
+    # bytes name of another length than the wanted one's cannot be it, and is passed over
+    # without decoding; str names are read whole: U+0130 lowers to two characters)
+    pairs = cast("Iterable[tuple[str | bytes, str | bytes]]", headers)
+    values = [_text(v) for n, v in pairs
+              if (len(n) == size or not isinstance(n, bytes)) and _text(n).lower() == wanted]
     if not values:
         return None
     if kind == "header":
