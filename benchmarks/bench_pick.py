@@ -19,19 +19,27 @@ quarter of the pool deep (printed below the table).
 Then the policies alone at 1,000 backends (``--policy-pairs``): pick, ``started()`` and
 ``finished()`` (and ``transferred()`` for ``bandwidth``) without the balancer, the same rows.
 
+Then the owned path (``--owned-pairs``): a pool owned by one event loop's thread
+(``Balancer.own``) picks and reports through its lane, without the lock, on one clock reading
+per request (``now=``), against the same pool's locked methods, in alternating rounds; per
+policy at 3 backends, nanoseconds per request for pick + report and for the attempt loop as
+a front-end runs it (``Attempts``: start, end), and the ratio lane / locked. Reported, no
+target.
+
 Then the cost of metrics (``lb.metrics``, when prometheus_client is installed): pick +
 report on a pool without a collector, on one registered in a registry, and on one
 registered and scraped every ``--scrape-ms`` milliseconds by another thread, in alternating
 rounds of ``--round`` seconds; printed as ratios to the pool without (and the cost of one
 scrape). Reported, no target.
 
-Run: python benchmarks/bench_pick.py [--pairs N] [--repeat R] [--policy-pairs N] [--scrape-ms MS]
-[--round S]
+Run: python benchmarks/bench_pick.py [--pairs N] [--repeat R] [--policy-pairs N]
+[--owned-pairs N] [--scrape-ms MS] [--round S]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import random
 import sys
 import threading
@@ -45,6 +53,8 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 import lbmiddleware as lb  # noqa: E402
+from lbmiddleware.core.attempts import Attempts, RetryRule  # noqa: E402
+from lbmiddleware.core.balancer import Lane  # noqa: E402
 from lbmiddleware.core.policies import make_policy  # noqa: E402
 from lbmiddleware.core.state import BackendState, Members  # noqa: E402
 from measure import mean_us, pick_report  # noqa: E402
@@ -190,6 +200,90 @@ def policy_alone(row: str, size: int, keys: list[str], pairs: int, repeat: int) 
     return best * 1e6
 
 
+def time_locked(pool: lb.Balancer, keys: list[str], pairs: int) -> float:
+    """Seconds per pick + report through the pool's locked methods (they read the timer)."""
+    pick, report = pool.pick, pool.report
+    nkeys = len(keys)
+    start = time.perf_counter()
+    for i in range(pairs):
+        backend = pick(keys[i % nkeys])
+        report(backend, True, 0.01, bytes_received=BODY_BYTES)
+    return (time.perf_counter() - start) / pairs
+
+
+def time_lane(lane: Lane, keys: list[str], pairs: int) -> float:
+    """Seconds per pick + report through the owner's lane, one clock reading per request."""
+    pick, report, clock = lane.pick, lane.report, time.monotonic
+    nkeys = len(keys)
+    start = time.perf_counter()
+    for i in range(pairs):
+        now = clock()
+        backend = pick(keys[i % nkeys], (), None, now)
+        report(backend, True, 0.01, bytes_received=BODY_BYTES, now=now)
+    return (time.perf_counter() - start) / pairs
+
+
+RULE = RetryRule()
+
+
+def time_attempts(picker: lb.Balancer | Lane, keys: list[str], pairs: int,
+                  owned: bool) -> float:
+    """Seconds per request through the attempt loop (start, end), as a front-end runs it
+    with LB_TIMEOUT set: the locked pool reading its timer, or the lane on one reading."""
+    outcome = RULE.outcome(200, 0.01, bytes_received=BODY_BYTES)
+    nkeys = len(keys)
+    clock = time.monotonic
+    start = time.perf_counter()
+    if owned:
+        for i in range(pairs):
+            now = clock()
+            attempts = Attempts(picker, RULE, "GET", keys[i % nkeys], timeout=30.0, now=now)
+            attempts.start()
+            attempts.end(outcome, now=now)
+    else:
+        for i in range(pairs):
+            attempts = Attempts(picker, RULE, "GET", keys[i % nkeys], timeout=30.0)
+            attempts.start()
+            attempts.end(outcome)
+    return (time.perf_counter() - start) / pairs
+
+
+def owned_path(keys: list[str], pairs: int, repeat: int, size: int = 3) -> list[str]:
+    """Lines of the owned-path table: per policy, the locked pool against an owned one's lane
+    (two pools alike, alternating rounds, best of each), pick + report and the attempt loop,
+    nanoseconds per request."""
+    backends = [f"http://10.0.{i // 256}.{i % 256}:8080" for i in range(size)]
+    loop = asyncio.new_event_loop()         # owns the pools; never runs: no other thread calls
+    lines = [f"the owned path (Balancer.own: its lane, no lock, one clock reading per request) "
+             f"against the locked path, {size} backends, nanoseconds per request (best of "
+             f"{repeat} alternating rounds x {pairs})",
+             f"{'policy':<16}{'locked':>10}{'lane':>10}{'lane/locked':>13}"
+             f"{'Attempts: locked':>19}{'lane':>8}{'lane/locked':>13}"]
+    lines.append("-" * len(lines[-1]))
+    try:
+        for policy in lb.POLICIES:
+            locked = lb.Balancer(backends, policy=policy, rng=random.Random(1))
+            owned = lb.Balancer(backends, policy=policy, rng=random.Random(1))
+            lane = owned.own(loop)
+            best = dict.fromkeys(("locked", "lane", "attempts", "lane attempts"), 1.0)
+            for _ in range(repeat):
+                best["locked"] = min(best["locked"], time_locked(locked, keys, pairs))
+                best["lane"] = min(best["lane"], time_lane(lane, keys, pairs))
+                best["attempts"] = min(best["attempts"],
+                                       time_attempts(locked, keys, pairs, owned=False))
+                best["lane attempts"] = min(best["lane attempts"],
+                                            time_attempts(lane, keys, pairs, owned=True))
+            owned.disown()
+            ns = {name: value * 1e9 for name, value in best.items()}
+            lines.append(f"{policy:<16}{ns['locked']:>10.0f}{ns['lane']:>10.0f}"
+                         f"{ns['lane'] / ns['locked']:>12.2f}x"
+                         f"{ns['attempts']:>19.0f}{ns['lane attempts']:>8.0f}"
+                         f"{ns['lane attempts'] / ns['attempts']:>12.2f}x")
+    finally:
+        loop.close()
+    return lines
+
+
 class Scraping:
     """Another thread scraping ``registry`` (the exposition text, as a /metrics route makes
     it) every ``interval`` seconds while the block runs; counts the scrapes and their time."""
@@ -266,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--policy-pairs", type=int, default=20000,
                         help="pairs per round of the policies alone (0: not measured)")
+    parser.add_argument("--owned-pairs", type=int, default=20000,
+                        help="requests per round of the owned path (0: not measured)")
     parser.add_argument("--scrape-ms", type=float, default=100.0,
                         help="the scraping thread's interval (default 100 ms)")
     parser.add_argument("--round", type=float, default=0.5,
@@ -337,6 +433,10 @@ def main(argv: list[str] | None = None) -> int:
         for name in ROWS:
             cost = policy_alone(name, 1000, keys, args.policy_pairs, args.repeat)
             print(f"{name:<20}{cost:>9.2f} us")
+        print()
+    if args.owned_pairs:
+        for line in owned_path(keys, args.owned_pairs, args.repeat):
+            print(line)
         print()
     for line in metrics_overhead(args.repeat, args.round, args.scrape_ms):
         print(line)
