@@ -1,6 +1,7 @@
 """Is the fast path's upstream client cheaper per request than the coroutine one (issue 15)?
 
 Both send the same GET requests over keep-alive connections to one nginx backend (1 worker,
+serving a file of ``--size`` bytes,
 pinned to CPU 1 when there are two; this process on CPU 0), in the same event loop (uvloop),
 alternating in each round: ``coroutine`` is :class:`lbmiddleware.upstream.Upstream` (a
 coroutine per request, awaited head and body, as the ASGI exchange uses it), ``fast`` is
@@ -46,7 +47,9 @@ def free_port() -> int:
 
 def start_nginx(folder: str, port: int, size: int) -> subprocess.Popen:
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    body = "x" * size
+    os.mkdir(os.path.join(folder, "www"))
+    with open(os.path.join(folder, "www", "body"), "wb") as file:
+        file.write(os.urandom(size))
     conf = os.path.join(folder, "nginx.conf")
     with open(conf, "w") as file:
         file.write(f"""worker_processes 1; daemon off; pid {folder}/nginx.pid;
@@ -57,7 +60,7 @@ http {{ access_log off; keepalive_requests 1000000;
   fastcgi_temp_path {folder}/fastcgi; uwsgi_temp_path {folder}/uwsgi;
   scgi_temp_path {folder}/scgi;
   server {{ listen 127.0.0.1:{port};
-    location / {{ default_type text/plain; return 200 '{body}'; }} }} }}
+    sendfile on; open_file_cache max=16; location / {{ root {folder}/www; }} }} }}
 """)
     args = [nginx, "-p", folder, "-e", f"{folder}/error.log", "-c", conf]
     if (os.cpu_count() or 1) > 1 and shutil.which("taskset"):
@@ -81,7 +84,7 @@ async def coroutine_client(url: str, requests: int, chains: int) -> None:
 
     async def chain(count: int) -> None:
         for _ in range(count):
-            response = await pool.request(b"GET", b"/", [(b"Accept", b"*/*")], loop=loop)
+            response = await pool.request(b"GET", b"/body", [(b"Accept", b"*/*")], loop=loop)
             response.take()
             while await response.read():
                 pass
@@ -134,7 +137,7 @@ async def fast_client(url: str, requests: int, chains: int) -> None:
     loop = asyncio.get_running_loop()
     pools = UpstreamPools(connect_timeout=5.0, read_timeout=10.0, ssl=None, loop=loop)
     pool = pools.pool(lb.Backend(url))
-    head = b"GET / HTTP/1.1\r\nHost: " + pool.authority + b"\r\nAccept: */*\r\n\r\n"
+    head = b"GET /body HTTP/1.1\r\nHost: " + pool.authority + b"\r\nAccept: */*\r\n\r\n"
     waits = []
     for _ in range(chains):
         done = loop.create_future()

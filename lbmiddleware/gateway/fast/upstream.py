@@ -33,9 +33,10 @@ The behaviour is the coroutine client's, in its words and with its errors
   :func:`~lbmiddleware.upstream.tls.tls_failure_text`'s words (a TLS 1.3 backend's verdict on
   the client certificate, which comes after the request was written, too).
 
-Two differences from the coroutine client's own parser, llhttp's: a chunk size of more than
-16 hex digits with leading zeros and a chunk extension without a name are taken, a chunk
-extension with blanks around ``;`` and the same ``Content-Length`` twice are refused (502).
+Where llhttp and the coroutine client's own parser differ: a chunk size of more than 16 hex
+digits with leading zeros and a chunk extension without a name are taken; a chunk extension
+with blanks around ``;``, the same ``Content-Length`` twice, and ``Content-Length`` beside
+``Transfer-Encoding`` are refused (a 502; the coroutine client takes the chunked framing).
 """
 
 from __future__ import annotations
@@ -304,7 +305,7 @@ class UpstreamConnection(asyncio.Protocol):
                  "_receiver", "_status", "_reason", "_headers", "_final", "_length", "_chunked",
                  "_keep_alive", "_until_close", "_head_only", "_interim", "_fresh",
                  "_answered", "_complete", "_trailing", "_cut", "_got_bytes", "_pieces",
-                 "_quiet", "_seen", "_timer", "_write_paused", "_read_paused", "_starting",
+                 "_quiet", "_seen", "_timer", "_due", "_write_paused", "_read_paused", "_starting",
                  "_refused")
 
     def __init__(self, pool: BackendPool) -> None:
@@ -336,6 +337,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._quiet = 0                 # bytes read since the last body bytes
         self._seen = 0.0                # loop time of the last sign of life
         self._timer: object = None
+        self._due = 0.0                 # loop time the timer is set for
         self._write_paused = False
         self._read_paused = False
         self._starting = False
@@ -372,6 +374,7 @@ class UpstreamConnection(asyncio.Protocol):
         limit = call._limit
         if limit and limit - now < delay:
             delay = max(_SHORTEST, limit - now)
+        self._due = now + delay
         self._timer = pool.deadlines.start(delay, UpstreamConnection._expired, self, loop)
         transport = self.transport
         assert transport is not None
@@ -692,14 +695,20 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _expired(self) -> None:
         """The read timeout's timer: fail if nothing came for ``read_timeout`` (or the head's
-        deadline passed), else set it again for what is left."""
-        self._timer = None
+        deadline passed), else set it again for what is left.
+
+        A timer cancelled while its bucket was firing still fires (Deadlines cannot take it
+        out any more): one that is not the connection's current timer (set for later, or for a
+        call since ended) does nothing."""
         call = self._call
         if self._state is not _BUSY or call is None:
             return
         pool = self.pool
         loop = pool.loop
         now = loop.time()
+        if now + _SHORTEST < self._due:
+            return
+        self._timer = None
         limit = call._limit
         waiting_head = not self._answered
         if limit and waiting_head and now >= limit:
@@ -719,8 +728,9 @@ class UpstreamConnection(asyncio.Protocol):
                 return
         if limit and waiting_head and limit - now < left:
             left = limit - now
-        self._timer = pool.deadlines.start(max(left, _SHORTEST), UpstreamConnection._expired,
-                                           self, loop)
+        left = max(left, _SHORTEST)
+        self._due = now + left
+        self._timer = pool.deadlines.start(left, UpstreamConnection._expired, self, loop)
 
     def _close(self, *, abort: bool) -> None:
         """Close (``abort``: drop what is unsent, an upload the backend will not read) and

@@ -185,7 +185,7 @@ def test_requests_share_one_keep_alive_connection(servers):
                                       request_head(b"DELETE"))
     assert [r.status for r in (one, two, three)] == [200, 200, 200]
     assert b'"path": "/x?y=1"' in one.body and b'"method": "DELETE"' in three.body
-    assert one.events == ["head", "body", "end"] and one.follows is True
+    assert one.events == ["head", "body", "end"]
     assert (b"Content-Type", b"application/json") in one.headers
     assert one.length == len(one.body) and one.chunked is False
     assert opened == 1 and a.connections == 1
@@ -368,7 +368,7 @@ def test_a_body_without_framing_is_read_until_the_backend_closes(scripted):
     server = scripted([[b"HTTP/1.1 200 OK\r\nX-A: 1\r\n\r\nhello ", 0.1, b"world", CLOSE]], [OK])
     (first, second), opened = fetch(server.url, request_head(), request_head())
     assert first.body == b"hello world" and first.events[-1] == "end" and first.error is None
-    assert first.length is None and first.chunked is False and first.follows is True
+    assert first.length is None and first.chunked is False
     assert second.body == b"ok" and opened == 2
 
 
@@ -487,6 +487,30 @@ def test_a_head_larger_than_the_limit_is_refused_before_its_end_arrives():
     recorder, pool = feed([b"HTTP/1.1 200 OK\r\n"] + [line] * 70)
     assert isinstance(recorder.error, ProtocolError) and recorder.events == ["failed"]
     assert str(recorder.error) == "the response head is too large" and pool.idle() == 0
+
+
+def test_a_timer_that_is_not_the_connections_current_one_does_nothing():
+    """Deadlines cannot take a timer out of a bucket that is firing: a connection whose call
+    ended (and which carries another) may still hear the old timer. It is told apart by its
+    time: early for the current call's timer, it neither fails nor sets a new one."""
+    loop = asyncio.new_event_loop()
+    try:
+        pool = BackendPool(lb.Backend("http://127.0.0.1:9"), connect_timeout=1.0,
+                           read_timeout=5.0, loop=loop, deadlines=Deadlines())
+        connection = UpstreamConnection(pool)
+        connection.connection_made(_Transport())
+        recorder = Recorder(loop)
+        recorder.call = call = Call(pool, recorder, request_head(), b"", False, False, False,
+                                    0.0)
+        connection.start(call, request_head(), 0)
+        timer = connection._timer
+        connection._expired()
+        assert recorder.events == [] and connection._timer is timer
+        connection._due = connection._seen = loop.time() - 5.0     # (its time has come)
+        connection._expired()
+        assert recorder.events == ["failed"] and isinstance(recorder.error, ReadTimeout)
+    finally:
+        loop.close()
 
 
 # -- invalid responses (the coroutine client's cases) ---------------------------------------
