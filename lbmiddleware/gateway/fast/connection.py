@@ -48,12 +48,16 @@ from .wire import CONTINUE, error_bytes
 if TYPE_CHECKING:
     from .server import ServerState
 
-__all__ = ["Request", "Handler", "Dispatch", "ClientConnection", "KEEP_ALIVE"]
+__all__ = ["Request", "Handler", "Dispatch", "ClientConnection", "KEEP_ALIVE", "MAX_HEAD"]
 
 logger = logging.getLogger("lbmiddleware.gateway")
 
 #: Seconds an idle kept-alive connection stays open (uvicorn's ``timeout_keep_alive``).
 KEEP_ALIVE = 5.0
+#: Bytes of a request head at most (request line and fields): a larger one is answered 400
+#: (nginx's is 32 KiB in all, 8 KiB a line; the upstream client's, a response's, 64 KiB).
+#: Counted per read, so at most one read (256 KiB with uvloop) more is ever held.
+MAX_HEAD = 64 * 1024
 
 
 class Request:
@@ -156,10 +160,10 @@ class ClientConnection(asyncio.Protocol):
         # the request being served, and those waiting
         "_busy", "_handler", "_current", "_keep_alive", "_expecting", "_wrote", "_queue",
         "_serving",
-        "_upgrade", "_bad",
+        "_upgrade", "_bad", "_head_size",
         # the connection
         "_open", "_closing", "_reading", "_body_paused", "_writing_paused", "_writable",
-        "_limit", "_timer", "_timer_at", "_cut",
+        "_limit", "_kept_alive", "_timer", "_timer_at", "_cut",
     )
 
     def __init__(self, state: ServerState, loop: asyncio.AbstractEventLoop) -> None:
@@ -187,7 +191,9 @@ class ClientConnection(asyncio.Protocol):
         self._queue: deque[_Queued] | None = None
         self._serving = False           # in _serve_next's loop
         self._upgrade: bytes | None = None      # a head to hand off, after the responses
-        self._bad = False               # a malformed request, answered after the responses
+        self._bad: str | None = None    # a malformed request's 400 (its detail), due after
+                                        # the responses before it
+        self._head_size = 0             # bytes read while the head being read was incomplete
         self._open = False
         self._closing = False           # shutting down: close after the response
         self._reading = True
@@ -195,6 +201,7 @@ class ClientConnection(asyncio.Protocol):
         self._writing_paused = False
         self._writable: Callable[[], None] | None = None
         self._limit = 0.0               # loop time at which the connection is closed; 0: none
+        self._kept_alive = False        # that limit is the keep-alive one (idle)
         self._timer: Any = None         # the Deadlines handle armed for _timer_at
         self._timer_at = 0.0
         self._cut: asyncio.TimerHandle | None = None
@@ -236,6 +243,15 @@ class ClientConnection(asyncio.Protocol):
         except httptools.HttpParserError:
             if self._open:
                 self._malformed()
+        else:
+            if self._in_head:           # a head not complete in this read (rarely)
+                self._head_size += len(data)
+                if self._head_size > MAX_HEAD:
+                    self._head_size = 0
+                    self._malformed("the request head is too large")
+                elif self._kept_alive:  # the head's time starts: its first byte came
+                    self._kept_alive = False
+                    self._set_limit(self.state.settings.header_timeout)
 
     def eof_received(self) -> bool | None:
         return None             # the transport closes (as uvicorn's protocol has it)
@@ -272,8 +288,6 @@ class ClientConnection(asyncio.Protocol):
         self._length = 0
         self._expect = False
         self._in_head = True
-        if not self._busy:      # else its time starts once the connection is idle
-            self._set_limit(self.state.settings.header_timeout)
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -297,6 +311,7 @@ class ClientConnection(asyncio.Protocol):
         headers = self._headers
         self._headers = _TRAILERS
         self._in_head = False
+        self._head_size = 0
         version = parser.get_http_version()
         if version not in _VERSIONS:    # llhttp's HTTP/0.9 (its "headers" too) or 2.0
             raise _BadRequest
@@ -399,8 +414,12 @@ class ClientConnection(asyncio.Protocol):
                 keep_alive = False
         if not (keep_alive and self._keep_alive) or self._closing:
             self._close()
-        elif not self._serving:
-            self._serve_next()
+        elif self._queue or not self._reading or self._bad is not None \
+                or self._upgrade is not None:
+            if not self._serving:
+                self._serve_next()
+        elif not self._in_message:      # (else idle once its body has been read)
+            self._idle()
 
     def abort(self) -> None:
         """Cut the connection (a response that cannot be completed); the handler hears
@@ -429,6 +448,7 @@ class ClientConnection(asyncio.Protocol):
         """Answer ``request`` (its body so far in ``queued`` when it waited)."""
         self._busy = True
         self._limit = 0.0
+        self._kept_alive = False
         self._keep_alive = request.keep_alive
         self._expecting = request.expect_continue
         self._wrote = False
@@ -463,8 +483,8 @@ class ClientConnection(asyncio.Protocol):
             self._serving = False
         if self._busy or not self._open:
             self._update_reading()
-        elif self._bad:
-            self._malformed()
+        elif self._bad is not None:
+            self._malformed(self._bad)
         elif self._upgrade is not None:
             self._hand_off(b"")
         else:
@@ -491,7 +511,7 @@ class ClientConnection(asyncio.Protocol):
             self.transport.resume_reading()
         self.state.handoff(self.transport, data)
 
-    def _malformed(self) -> None:
+    def _malformed(self, detail: str | None = None) -> None:
         """The proxy's 400 and close: now, or after the responses to the requests before.
         When the request being answered is the malformed one (its body broke the rules:
         a bad chunk, a ``Transfer-Encoding`` httptools refuses once the head was read), its
@@ -507,15 +527,15 @@ class ClientConnection(asyncio.Protocol):
                 self._close()
                 return
         elif self._busy:
-            self._bad = True
+            self._bad = detail or ""
             self._update_reading()
             return
         self.state.malformed()
-        self.write(error_bytes(400, date=self.state.date.value(), close=True))
+        self.write(error_bytes(400, date=self.state.date.value(), close=True, detail=detail))
         self._close()
 
     def _update_reading(self) -> None:
-        reading = not (self._body_paused or self._queue or self._bad
+        reading = not (self._body_paused or self._queue or self._bad is not None
                        or self._upgrade is not None)
         if reading is not self._reading and self._open:
             self._reading = reading
@@ -533,7 +553,12 @@ class ClientConnection(asyncio.Protocol):
 
     def _idle(self) -> None:
         """Nothing to answer: the keep-alive limit, or a head's if one has begun."""
-        self._set_limit(self.state.settings.header_timeout if self._in_head else KEEP_ALIVE)
+        if self._in_head:
+            self._kept_alive = False
+            self._set_limit(self.state.settings.header_timeout)
+        else:
+            self._kept_alive = True
+            self._set_limit(KEEP_ALIVE)
 
     def _set_limit(self, seconds: float) -> None:
         """Close the connection in ``seconds`` unless a request comes to be answered."""

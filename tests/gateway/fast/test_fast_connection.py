@@ -682,3 +682,38 @@ def test_the_hand_off_runs_uvicorns_protocol_on_the_same_app(tls, pki):
             return echoed, during, status, body, "date" in headers
 
     assert run(scenario) == ("/room hi", 1, 200, b"http", True)
+
+
+def test_a_head_larger_than_the_limit_gets_400_and_is_not_kept():
+    async def scenario():
+        async with Server() as server:
+            answers = []
+            for start, piece in ((b"GET / HTTP/1.1\r\nX-A: ", b"a" * 16384),
+                                 (b"GET / HTTP/1.1\r\n", b"a:b\r\n" * 3000),
+                                 (b"GET /", b"a" * 16384)):
+                reader, writer = await server.connect()
+                writer.write(start)
+                for _ in range(connection_module.MAX_HEAD // len(piece) + 2):
+                    writer.write(piece)
+                status, _, body = await read_response(reader)
+                answers.append((status, body, await closed(reader)))
+            return answers, server.dispatcher.log
+
+    answers, log = run(scenario)
+    assert answers == [(400, b"400 Bad Request: the request head is too large\n", True)] * 3
+    assert log == []
+
+
+def test_the_first_heads_time_runs_from_the_connections_start():
+    """Bytes of the first head do not restart its time (a slow loris gains nothing)."""
+    async def scenario():
+        async with Server(header_timeout=0.6) as server:
+            reader, writer = await server.connect()
+            began = asyncio.get_running_loop().time()
+            await asyncio.sleep(0.4)
+            writer.write(b"GET / HTTP/1.1\r\n")
+            was_closed = await closed(reader, 3)
+            return was_closed, asyncio.get_running_loop().time() - began
+
+    was_closed, seconds = run(scenario)
+    assert was_closed and seconds < 0.85        # (restarted, it would be 1 s)
