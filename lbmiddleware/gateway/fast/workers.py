@@ -313,7 +313,9 @@ class Supervisor:
         worker.pipe = -1
         how = _exit_text(status)
         if self.stopping:
-            if status:
+            # (SIGTERM before its server took the signal: its default action, as asked)
+            if status and not (os.WIFSIGNALED(status)
+                               and os.WTERMSIG(status) == signal.SIGTERM):
                 logger.warning("worker %d (pid %d) %s while stopping", worker.index, pid, how)
             else:
                 logger.debug("worker %d (pid %d) stopped", worker.index, pid)
