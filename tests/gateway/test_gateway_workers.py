@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import socket
+import subprocess
 import textwrap
 import threading
 
@@ -116,6 +117,9 @@ def test_two_workers_listen_on_one_port_and_both_answer(backends):
         assert metric(text, "lbmiddleware_worker_up", worker="1") == 1
         assert metric(text, "lbmiddleware_worker_up", worker="2") == 1
         assert text.count("# TYPE lbmiddleware_backend_requests_total counter") == 1
+        lint = subprocess.run(["promtool", "check", "metrics"], input=text, text=True,
+                              capture_output=True, timeout=30)
+        assert lint.returncode == 0, lint.stdout + lint.stderr
 
 
 def test_sighup_reloads_the_config_in_every_worker(tmp_path, backends):
@@ -268,6 +272,29 @@ def test_merge_writes_each_family_once_with_every_workers_samples():
 def test_gather_outside_a_gateway_of_workers_is_the_text_itself():
     assert observe_worker.current_worker() is None
     assert observe_worker.gather(b"# HELP a A.\n") == b"# HELP a A.\n"
+
+
+def test_gather_leaves_out_a_sibling_that_does_not_answer_and_says_so(monkeypatch):
+    """Worker 1 of 3: worker 2 answers on its address (the process's own published text
+    stands in for it), worker 3's address accepts but never answers."""
+    monkeypatch.setattr(observe_worker, "_local", None)
+    answering, silent = bind(("127.0.0.1", 0)), bind(("127.0.0.1", 0))
+    try:
+        observe_worker.publish(lambda: b'# HELP a A.\n# TYPE a gauge\na{worker="2"} 2.0\n')
+        observe_worker.serve_peers(answering)
+        monkeypatch.setattr(observe_worker, "_current", observe_worker.Worker(
+            1, 3, (("127.0.0.1", 1), answering.getsockname()[:2], silent.getsockname()[:2])))
+        merged = observe_worker.gather(b'# HELP a A.\n# TYPE a gauge\na{worker="1"} 1.0\n',
+                                       timeout=0.5)
+    finally:
+        answering.shutdown(socket.SHUT_RDWR)        # (wakes its thread's accept: it ends)
+        answering.close()
+        silent.close()
+    assert merged == (b'# HELP a A.\n# TYPE a gauge\na{worker="1"} 1.0\na{worker="2"} 2.0\n'
+                      + observe_worker._WORKER_UP
+                      + b'lbmiddleware_worker_up{worker="1"} 1.0\n'
+                        b'lbmiddleware_worker_up{worker="2"} 1.0\n'
+                        b'lbmiddleware_worker_up{worker="3"} 0.0\n')
 
 
 def test_a_worker_that_cannot_start_ends_the_gateway_with_its_error(backends):
