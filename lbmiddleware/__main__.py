@@ -183,8 +183,8 @@ def _log_level(environ: Mapping[str, str]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a command; returns the exit status: 2 for a bad option or setting (argparse's
-    status for a bad argument), 1 when the gateway cannot listen, 0 otherwise (``--help``
-    and ``--version`` too)."""
+    status for a bad argument), 1 when the gateway cannot listen (or a worker of
+    ``--workers`` cannot start), 0 otherwise (``--help`` and ``--version`` too)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["demo"]:
         # -- demo: lbmiddleware/demo/runner.py parses its own options (--requests, --policies, ...)
