@@ -3,14 +3,16 @@ libraries checked, the addresses bound, the banner printed, and the server run
 (:func:`serve`).
 
 SIGHUP: with a config file (``serve --config``) the process that owns the pools re-reads
-it (:meth:`~lbmiddleware.gateway.app.RoutesGatewayApp.reload`). Under uvicorn that is the
-gateway's own process; under granian it is the worker, and granian's main process would
-answer SIGHUP by starting a new worker (new pools: every backend's state lost), so once
-granian has set its own handlers (the banner is printed after that) the main process's
-SIGHUP is forwarded to its worker instead. Without a config file there is nothing to
-re-read: uvicorn's gateway logs so and goes on (SIGHUP's default would end it), granian's
-starts a new worker as granian does. From the start of :func:`serve` until then, a SIGHUP
-is logged (the gateway is not serving yet), under either server.
+it (:meth:`~lbmiddleware.gateway.app.RoutesGatewayApp.reload`). Under the fast server and
+uvicorn that is the gateway's own process (with ``LB_WORKERS`` above 1, each worker: the
+parent forwards the signal to them all, see ``fast/workers.py``); under granian it is the
+worker, and granian's main process would answer SIGHUP by starting a new worker (new pools:
+every backend's state lost), so once granian has set its own handlers (the banner is printed
+after that) the main process's SIGHUP is forwarded to its worker instead. Without a config
+file there is nothing to re-read: the fast and uvicorn gateways log so and go on (SIGHUP's
+default would end them), granian's starts a new worker as granian does. From the start of
+:func:`serve` until then, a SIGHUP is logged (the gateway is not serving yet), under every
+server.
 """
 
 from __future__ import annotations
