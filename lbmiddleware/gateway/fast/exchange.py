@@ -359,16 +359,15 @@ class FastExchange:
             out = route.forwarder.response_headers(status, headers, backend, self.headers,
                                                    self.prefer, self.secure)
             close = not request.keep_alive
-            framed = False
-            if not (self.head_request or status in NO_BODY_STATUSES) \
-                    and (chunked or length is None):
+            framed = False              # chunked to the client
+            if self.head_request or status in NO_BODY_STATUSES:
+                # no body; a HEAD's answer says what a GET's would (not chunked to 1.0)
+                framed = chunked and self.head_request and request.version != "1.0"
+            elif chunked or length is None:
                 if request.version == "1.0":
-                    close = True            # no chunked to HTTP/1.0: the body ends the
-                else:                       # connection
-                    framed = True
-            elif chunked:
-                framed = self.head_request  # (a HEAD's answer says what a GET's would)
-            self.chunked = framed and not self.head_request
+                    close = True        # no chunked to HTTP/1.0: the body ends with the
+                else:                   # connection
+                    framed = self.chunked = True
             self.close = close
             head = response_head(status, reason, out, date=route.date.value(), length=None,
                                  chunked=framed, close=close)
