@@ -286,6 +286,26 @@ class Call:
         self.receiver.upstream_failed(error)
 
 
+class _Nobody:
+    """The receiver of a connection without a call: told nothing (never called)."""
+
+    def upstream_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
+                      length: int | None, chunked: bool) -> None: ...
+
+    def upstream_body(self, data: bytes) -> None: ...
+
+    def upstream_end(self) -> None: ...
+
+    def upstream_failed(self, error: UpstreamError) -> None: ...
+
+    def upload_paused(self) -> None: ...
+
+    def upload_resumed(self) -> None: ...
+
+
+_NOBODY: Receiver = _Nobody()
+
+
 def _new_parser(connection: UpstreamConnection) -> httptools.HttpResponseParser:
     parser = httptools.HttpResponseParser(connection)
     # "5 \r\n": blanks after a chunk size, as the coroutine client's parser takes them.
@@ -314,9 +334,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.requests = 0
         self.idle_since = 0.0
         self._state = _OPENING
-        self._parser: httptools.HttpResponseParser | None = None
+        self._parser = _new_parser(self)
         self._call: Call | None = None
-        self._receiver: Receiver | None = None
+        self._receiver = _NOBODY
         self._status = 0
         self._reason = b""
         self._headers: list[tuple[bytes, bytes]] | None = None
@@ -359,23 +379,27 @@ class UpstreamConnection(asyncio.Protocol):
         call.bytes_sent = body_bytes
         self.requests += 1
         self._state = _BUSY
-        self._status = 0
+        # (what a response that ended leaves as it was is not reset: _status, _fresh,
+        # _interim; and a connection with _trailing or _cut set is not used again)
         self._reason = b""
         self._headers = []
-        self._interim = self._fresh = self._answered = self._complete = False
-        self._trailing = self._cut = self._got_bytes = False
+        self._answered = self._complete = self._got_bytes = False
         self._head_only = call._head_request
         self._quiet = 0
-        if self._parser is None:
-            self._parser = _new_parser(self)
         loop = pool.loop
         self._seen = now = loop.time()
-        delay = pool.read_timeout
+        # The read timeout's timer is left set when a call ends: the next call on the
+        # connection finds it running (no timer per request) and it is set again for what
+        # is left when it fires. Only a head deadline sooner than it needs a new one.
         limit = call._limit
-        if limit and limit - now < delay:
-            delay = max(_SHORTEST, limit - now)
-        self._due = now + delay
-        self._timer = pool.deadlines.start(delay, UpstreamConnection._expired, self, loop)
+        if self._timer is None:
+            delay = pool.read_timeout
+            if limit and limit - now < delay:
+                delay = max(_SHORTEST, limit - now)
+            self._set_timer(now, delay)
+        elif limit and limit < self._due:
+            pool.deadlines.cancel(self._timer)
+            self._set_timer(now, max(_SHORTEST, limit - now))
         transport = self.transport
         assert transport is not None
         self._starting = True
@@ -429,7 +453,8 @@ class UpstreamConnection(asyncio.Protocol):
 
     def abandon(self) -> None:
         """The call gave up: close at once, report nothing."""
-        self._call = self._receiver = None
+        self._call = None
+        self._receiver = _NOBODY
         self._close(abort=True)
 
     # -- asyncio.Protocol ------------------------------------------------------------------
@@ -447,17 +472,14 @@ class UpstreamConnection(asyncio.Protocol):
                 self._refused = ProtocolError("unexpected bytes on a new connection")
             return
         self._got_bytes = True
-        parser = self._parser
-        assert parser is not None
         try:
-            parser.feed_data(data)
+            self._parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
             if not self._complete:
                 self._parse_failed(exc)
                 return
             self._trailing = True           # bytes past the end: the connection is not reused
         receiver = self._receiver
-        assert receiver is not None
         if self._fresh:
             self._fresh = False
             self._answered = True
@@ -564,7 +586,6 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         parser = self._parser
-        assert parser is not None
         status = parser.get_status_code()
         reason = self._reason
         if reason and _CONTROL(reason):
@@ -600,9 +621,10 @@ class UpstreamConnection(asyncio.Protocol):
         self._fresh = True
         self._until_close = False
         if self._head_only:
-            # No body, whatever the head says; llhttp would wait for one: a new parser next.
+            # No body, whatever the head says; llhttp would wait for one: a new parser for
+            # the next call (this one still runs: feed_data holds it).
             self._complete = True
-            self._parser = None
+            self._parser = _new_parser(self)
             keep_alive = _keeps_alive(parser, headers)
         elif length is None and not chunked and status != 204 and status != 304:
             self._until_close = True
@@ -628,14 +650,12 @@ class UpstreamConnection(asyncio.Protocol):
         receiver hears of it."""
         call = self._call
         receiver = self._receiver
-        assert call is not None and receiver is not None
-        self._call = self._receiver = None
+        assert call is not None
+        self._call = None
+        self._receiver = _NOBODY
         call.connection = None
         call._done = True
         pool = self.pool
-        if self._timer is not None:
-            pool.deadlines.cancel(self._timer)
-            self._timer = None
         if self._keep_alive and not self._trailing and not self._cut \
                 and self.transport is not None and not self.transport.is_closing():
             self._state = _IDLE
@@ -667,7 +687,8 @@ class UpstreamConnection(asyncio.Protocol):
             if call._replay:
                 # A reused connection the backend had closed: the request never reached it.
                 call._replay = False
-                self._call = self._receiver = None
+                self._call = None
+                self._receiver = _NOBODY
                 call.connection = None
                 self._close(abort=True)
                 call.pool._open(call)
@@ -688,7 +709,8 @@ class UpstreamConnection(asyncio.Protocol):
     def _broken(self, error: UpstreamError) -> None:
         """The call fails with ``error``; the connection is closed."""
         call = self._call
-        self._call = self._receiver = None
+        self._call = None
+        self._receiver = _NOBODY
         self._close(abort=True)
         if call is not None:
             call._fail(error)
@@ -700,15 +722,15 @@ class UpstreamConnection(asyncio.Protocol):
         A timer cancelled while its bucket was firing still fires (Deadlines cannot take it
         out any more): one that is not the connection's current timer (set for later, or for a
         call since ended) does nothing."""
-        call = self._call
-        if self._state is not _BUSY or call is None:
-            return
         pool = self.pool
         loop = pool.loop
         now = loop.time()
         if now + _SHORTEST < self._due:
             return
         self._timer = None
+        call = self._call
+        if self._state is not _BUSY or call is None:
+            return                          # idle: the timer lapses
         limit = call._limit
         waiting_head = not self._answered
         if limit and waiting_head and now >= limit:
@@ -728,9 +750,12 @@ class UpstreamConnection(asyncio.Protocol):
                 return
         if limit and waiting_head and limit - now < left:
             left = limit - now
-        left = max(left, _SHORTEST)
-        self._due = now + left
-        self._timer = pool.deadlines.start(left, UpstreamConnection._expired, self, loop)
+        self._set_timer(now, max(left, _SHORTEST))
+
+    def _set_timer(self, now: float, delay: float) -> None:
+        self._due = now + delay
+        pool = self.pool
+        self._timer = pool.deadlines.start(delay, UpstreamConnection._expired, self, pool.loop)
 
     def _close(self, *, abort: bool) -> None:
         """Close (``abort``: drop what is unsent, an upload the backend will not read) and
