@@ -1701,7 +1701,7 @@ class Lane:
     def begin(self, key: str | None = None, exclude: Collection[Backend] = (),
               prefer: str | None = None, now: float | None = None) -> Completion:
         """:meth:`Balancer.begin`: its handle ends through this lane."""
-        return Completion(self, self.pick(key, exclude, prefer, now))
+        return _LaneCompletion(self, self.pick(key, exclude, prefer, now))
 
     def report(self, backend: Backend, ok: bool = True, latency: float | None = None, *,
                bytes_sent: int = 0, bytes_received: int = 0,
@@ -1715,6 +1715,22 @@ class Lane:
         if pool._deferred:
             pool._apply_deferred()
         pool._report(backend, ok, latency, bytes_sent, bytes_received, status, now)
+        if pool._events:
+            pool._post()
+        if pool._outbox:
+            pool._deliver()
+
+    def _done(self, backend: Backend, outcome: Outcome, now: float | None) -> None:
+        """:meth:`report` of ``outcome`` (a completion's end: its fields, no keywords)."""
+        pool = self.balancer
+        if pool._owner is not self._owner:
+            pool.report(backend, outcome.ok, outcome.latency, bytes_sent=outcome.bytes_sent,
+                        bytes_received=outcome.bytes_received, status=outcome.status, now=now)
+            return
+        if pool._deferred:
+            pool._apply_deferred()
+        pool._report(backend, outcome.ok, outcome.latency, outcome.bytes_sent,
+                     outcome.bytes_received, outcome.status, now)
         if pool._events:
             pool._post()
         if pool._outbox:
@@ -1775,3 +1791,21 @@ class Lane:
     def __repr__(self) -> str:
         owned = "owned" if self.balancer._owner is self._owner else "ownership ended"
         return f"<Lane of {self.balancer!r} ({owned})>"
+
+
+class _LaneCompletion(Completion):
+    """A :class:`~lbmiddleware.core.attempts.Completion` of a lane's pick: its end reports
+    straight through the lane (the same report, one call fewer per request)."""
+
+    __slots__ = ()
+    _balancer: Lane
+
+    def done(self, outcome: Outcome, *, wait: bool = True, now: float | None = None) -> None:
+        if wait:
+            try:
+                self._open.pop()
+            except IndexError:
+                return              # already ended
+            self._balancer._done(self.backend, outcome, now)
+        else:
+            super().done(outcome, wait=False)
