@@ -772,7 +772,7 @@ class UpstreamConnection(asyncio.Protocol):
             else:
                 transport.close()
         if state is _IDLE:
-            self.pool._discard(self)
+            self.pool._discard(self)        # (if it is still in the pool's list)
 
 
 def _keeps_alive(parser: httptools.HttpResponseParser, headers: list[tuple[bytes, bytes]]
@@ -839,9 +839,7 @@ class BackendPool:
                     framed = call._body
                     connection.start(call, head + framed if framed else head, call._size)
                     return call
-                connection._state = _CLOSED
-                if transport is not None:
-                    transport.abort()
+                connection._close(abort=True)       # (too old, or closing)
         self._open(call)
         return call
 
@@ -918,12 +916,10 @@ class BackendPool:
         self.max_idle = 0
         idle, self._idle = self._idle, []
         for connection in idle:
-            connection._state = _CLOSED
-            if connection.transport is not None:
-                try:
-                    connection.transport.close()
-                except RuntimeError:        # its loop is closed: nothing left to close
-                    pass
+            try:
+                connection._close(abort=False)
+            except RuntimeError:            # its loop is closed: nothing left to close
+                pass
 
     def leave(self) -> None:
         """The backend left: :meth:`close`, on the pool's loop; safe from any thread."""
