@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
+import functools
 import gc
 import random
 import threading
@@ -26,9 +27,11 @@ import pytest
 import lbmiddleware as lb
 from lbmiddleware.core.attempts import Attempts, Outcome, RetryRule
 from lbmiddleware.core.balancer import Balancer, Lane
+from lbmiddleware.core.events import SourceFailed, SourceRecovered
 from lbmiddleware.errors import ConfigError, NoHealthyBackend
 
 A, B, C, D, E = "http://a:1", "http://b:1", "http://c:1", "http://d:1", "http://e:1"
+DNS = "dns+http://orders:8080"
 RULE = RetryRule(retries=2)
 #: What every scenario shares: ejections, the retry budget, slow start, drain timeouts.
 COMMON: dict[str, Any] = {"max_fails": 2, "fail_timeout": 4.0, "max_ejection_time": 20.0,
@@ -45,6 +48,8 @@ SCENARIOS: dict[str, tuple[list[Any], dict[str, Any]]] = {
                                       "health_check_rise": 2, "health_check_fall": 1}),
     "health latency tiers": ([A, B, lb.Backend(C, priority=1), D],
                              {"policy": "latency", "health_check": "/h"}),
+    "source": ([A, lb.Source(DNS)], {"policy": "least_conn"}),
+    "source ip_hash health": ([lb.Source(DNS)], {"policy": "ip_hash", "health_check": "/h"}),
 }
 #: The sets the script's updates give (a join, a leave, a new weight).
 SETS = ([A, B, C, D], [A, B, C], [A, lb.Backend(B, weight=3), C, D, E], [B, D], [A, C, D, E])
@@ -93,7 +98,9 @@ def script(seed: int) -> list[tuple[Any, ...]]:
         elif roll < 0.82:
             ops.append(("advance", rng.choice((0.0, 0.01, 0.3, 1.0, 2.5, 6.0))))
         elif roll < 0.85:
-            ops.append(("update", rng.randrange(len(SETS))))
+            ops.append(("update", rng.randrange(len(SETS)), rng.random() < 0.5))
+        elif roll < 0.86:
+            ops.append(("publish", rng.random() < 0.5))
         elif roll < 0.87:
             ops.append(("drain", rng.choice((A, B, C, D, E)), rng.random() < 0.5))
         elif roll < 0.93:
@@ -205,8 +212,12 @@ async def run(path: Path, ops: list[tuple[Any, ...]]) -> list[Any]:
         elif kind == "advance":
             clock.now += op[1]
         elif kind == "update":
-            backends = SETS[op[1]]
-            await path.elsewhere(lambda backends=backends: pool.update(backends))
+            backends, source = SETS[op[1]], DNS if op[2] else None
+            await path.elsewhere(lambda backends=backends, source=source: pool.update(
+                backends, source=source))
+        elif kind == "publish":
+            event = SourceFailed(DNS, "timeout", 5.0) if op[1] else SourceRecovered(DNS, 3.0)
+            await path.elsewhere(lambda event=event: pool.publish(event))
         elif kind == "drain":
             call = pool.drain if op[2] else pool.undrain
             seen.append(("drain", await path.elsewhere(
@@ -237,7 +248,9 @@ def make_pool(name: str, clock: Clock) -> Balancer:
     return Balancer(backends, timer=clock, rng=random.Random(7), **{**COMMON, **options})
 
 
+@functools.cache
 def locked(name: str, timed: bool) -> list[Any]:
+    """The script on a pool's locked methods (cached: the same every time)."""
     clock = Clock()
     path = Path(make_pool(name, clock), clock, timed=timed)
     return asyncio.run(run(path, script(zlib.crc32(name.encode()))))
@@ -275,16 +288,26 @@ def test_owned_path_sees_what_the_locked_path_sees(name: str) -> None:
 
 
 def test_the_script_reaches_what_it_is_for() -> None:
-    """The scenarios go through retries, refusals of the budget, ejections, panics, drains,
-    slow starts and health changes (or the comparison above proves little)."""
-    events = " ".join(locked("health least_conn", timed=False)[-1][1]
-                      + locked("round_robin", timed=False)[-1][1])
-    for word in ("BackendEjected", "BackendReturned", "PanicStarted", "PanicEnded",
-                 "DrainStarted", "DrainEnded", "MembershipChanged", "BackendDown", "BackendUp"):
-        assert word in events, word
-    stats = locked("round_robin", timed=False)[-2][1]
-    assert stats["retries"] > 10
-    assert stats["retry_budget"]["exhausted_total"] > 0
+    """Each scenario goes through retries, ejections, panics, drains and membership changes,
+    and together they go through refusals of the budget, slow starts, health checks and
+    source outages (or the comparison above proves little)."""
+    everywhere = ("BackendEjected", "BackendReturned", "PanicStarted", "PanicEnded",
+                  "DrainStarted", "DrainEnded", "MembershipChanged")
+    somewhere = ("BackendDown", "BackendUp", "SourceFailed", "SourceRecovered",
+                 "slow_start")
+    seen, exhausted = "", 0
+    for name in SCENARIOS:
+        observed = locked(name, timed=False)
+        events = " ".join(observed[-1][1])
+        rows, totals = observed[-2]
+        for word in everywhere:
+            assert word in events, (name, word)
+        assert totals["retries"] > 10, name
+        exhausted += totals["retry_budget"]["exhausted_total"]
+        seen += events + " ".join(repr(item) for item in observed)
+    assert exhausted > 0
+    for word in somewhere:
+        assert word in seen, word
 
 
 # -- ownership itself ---------------------------------------------------------------------
