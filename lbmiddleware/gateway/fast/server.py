@@ -39,7 +39,7 @@ from ..logs import RefusalWarnings, server_log_level, settings_logging_config
 from ..tls import check_certificate
 from ..uvicorn_server import uvicorn_protocol
 from .connection import ClientConnection, Dispatch
-from .wire import DateHeader
+from .wire import SERVER, DateHeader
 
 __all__ = ["serve_fast", "ServerState", "HandOff", "server_ssl_context"]
 
@@ -110,8 +110,8 @@ class HandOff:
         if self._config is None:
             self._load()
         state = self._state
-        # uvicorn's server refreshes it each second; here at each hand-off
-        state.default_headers = [(b"date", self._date.value()[6:-2])]
+        # uvicorn's server refreshes them each second; here at each hand-off
+        state.default_headers = [(b"date", self._date.value()[6:-2]), (b"server", SERVER)]
         protocol = self._config.http_protocol_class(
             config=self._config, server_state=state, app_state={}, _loop=self._loop)
         protocol.connection_made(transport)

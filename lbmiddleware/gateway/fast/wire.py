@@ -2,9 +2,11 @@
 own errors as whole responses (:func:`error_bytes`), and the ``Date`` header line
 (:class:`DateHeader`, formatted once a second).
 
-Header names the server adds are lower-case, as uvicorn writes its own (HTTP/1.1 field
-names are case-insensitive: RFC 9110 5.1); the names and values it is given are written as
-they are, the proxy's rules having checked them (``proxy.headers``).
+Every response says the server's own ``Date`` and ``Server`` (:data:`SERVER`), once: the
+proxy drops the backend's, as nginx hides them (docs/contract.md: the server in front
+sends its own). Header names the server adds are lower-case, as uvicorn writes its own
+(HTTP/1.1 field names are case-insensitive: RFC 9110 5.1); the names and values it is
+given are written as they are, the proxy's rules having checked them (``proxy.headers``).
 """
 
 from __future__ import annotations
@@ -15,11 +17,16 @@ from email.utils import formatdate
 
 from ...proxy import error_response
 
-__all__ = ["DateHeader", "response_head", "error_bytes", "CONTINUE"]
+__all__ = ["DateHeader", "response_head", "error_bytes", "CONTINUE", "SERVER"]
 
 #: The interim response to ``Expect: 100-continue`` (RFC 9110 10.1.1).
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
+#: The ``Server`` header's value: the name alone (no version to fingerprint, as nginx's
+#: ``server_tokens off``).
+SERVER = b"lbmiddleware"
+
+_SERVER_LINE = b"server: " + SERVER + b"\r\n"
 _CLOSE = b"connection: close\r\n"
 _CHUNKED = b"transfer-encoding: chunked\r\n"
 
@@ -49,15 +56,15 @@ class DateHeader:
 def response_head(status: int, reason: bytes, headers: Sequence[tuple[bytes, bytes]], *,
                   date: bytes, length: int | None, chunked: bool, close: bool) -> bytes:
     """A response head: ``HTTP/1.1 <status> <reason>``, ``headers`` as given, ``date`` (a
-    :meth:`DateHeader.value` line), the framing (``content-length: <length>``, else
-    ``transfer-encoding: chunked`` when ``chunked``, else none: a status without a body, or
-    a body that ends with the connection for an HTTP/1.0 client), ``connection: close``
-    when ``close``, and the empty line. ``headers`` must not hold the framing or
-    ``Connection`` fields themselves."""
+    :meth:`DateHeader.value` line) and ``server: lbmiddleware``, the framing
+    (``content-length: <length>``, else ``transfer-encoding: chunked`` when ``chunked``,
+    else none: a status without a body, or a body that ends with the connection for an
+    HTTP/1.0 client), ``connection: close`` when ``close``, and the empty line.
+    ``headers`` must not hold the framing, ``Connection``, ``Date`` or ``Server``."""
     head = b"HTTP/1.1 %d %s\r\n" % (status, reason)
     if headers:
         head += b"\r\n".join([b": ".join(field) for field in headers]) + b"\r\n"
-    head += date
+    head += date + _SERVER_LINE
     if length is not None:
         head += b"content-length: %d\r\n" % length
     elif chunked:

@@ -29,13 +29,14 @@ def test_response_head_frames_the_body_and_says_close():
     date = b"date: Mon, 07 Dec 2026 15:20:00 GMT\r\n"
     head = response_head(200, b"OK", [(b"Content-Type", b"text/plain"), (b"x-a", b"1")],
                          date=date, length=5, chunked=False, close=False)
-    assert head == (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nx-a: 1\r\n" + date
+    own = date + b"server: lbmiddleware\r\n"
+    assert head == (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nx-a: 1\r\n" + own
                     + b"content-length: 5\r\n\r\n")
     assert response_head(200, b"OK", [], date=date, length=None, chunked=True, close=True) == (
-        b"HTTP/1.1 200 OK\r\n" + date + b"transfer-encoding: chunked\r\nconnection: close\r\n\r\n")
+        b"HTTP/1.1 200 OK\r\n" + own + b"transfer-encoding: chunked\r\nconnection: close\r\n\r\n")
     # a bodiless status, or a body the connection's end delimits: no framing
     assert response_head(304, b"Not Modified", [], date=date, length=None, chunked=False,
-                         close=False) == b"HTTP/1.1 304 Not Modified\r\n" + date + b"\r\n"
+                         close=False) == b"HTTP/1.1 304 Not Modified\r\n" + own + b"\r\n"
 
 
 def test_error_bytes_are_the_proxys_own_errors():
@@ -46,7 +47,7 @@ def test_error_bytes_are_the_proxys_own_errors():
     assert head.split(b"\r\n") == [
         b"HTTP/1.1 503 Service Unavailable", b"Content-Type: text/plain; charset=utf-8",
         b"Content-Length: %d" % len(body), b"Retry-After: 5", b"date: x",
-        b"connection: close"]
+        b"server: lbmiddleware", b"connection: close"]
     assert error_bytes(503, date=date, close=True, head_only=True) == head + b"\r\n\r\n"
     assert b"connection" not in error_bytes(404, date=date, close=False)
     assert error_bytes(503, date=date, close=True, detail="too many connections").endswith(
@@ -679,9 +680,9 @@ def test_the_hand_off_runs_uvicorns_protocol_on_the_same_app(tls, pki):
                          b"\r\n\r\n")
             status, headers, body = await read_response(reader)
             writer.close()
-            return echoed, during, status, body, "date" in headers
+            return echoed, during, status, body, "date" in headers, headers.get("server")
 
-    assert run(scenario) == ("/room hi", 1, 200, b"http", True)
+    assert run(scenario) == ("/room hi", 1, 200, b"http", True, "lbmiddleware")
 
 
 def test_a_head_larger_than_the_limit_gets_400_and_is_not_kept():
