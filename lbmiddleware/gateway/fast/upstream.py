@@ -6,10 +6,10 @@ per request; here a request on an idle keep-alive connection is one ``transport.
 response comes back through a :class:`Receiver`'s methods, called from ``data_received``: no
 task, no future, no timer per request (a connection's read timeout is one entry in the shared
 :class:`~lbmiddleware.upstream.deadlines.Deadlines` buckets, left running from call to call
-and set again, when it fires, for the time left since the last sign of life: nginx's and
-HAProxy's way of checking timeouts lazily). Tasks only where the work really waits: opening a
-connection. Measured with ``benchmarks/bench_fast_upstream.py`` against one nginx: about 0.6
-times the coroutine client's CPU per request.
+and set again, when it fires, for the time left since the last sign of life). Tasks only
+where the work really waits: opening a connection. Measured with
+``benchmarks/bench_fast_upstream.py`` against one nginx: about 0.6 times the coroutine
+client's CPU per request.
 
 The behaviour is the coroutine client's, in its words and with its errors
 (:mod:`lbmiddleware.upstream.errors`: ``sent``, ``timeout``, ``deadline``, ``bytes_sent``):
