@@ -105,7 +105,7 @@ class HeaderRules(Generic[AnyStr]):
 
     Names are compared case-insensitively. Use :data:`TEXT` (WSGI, requests) or
     :data:`BINARY` (ASGI, the fast path, raw wire bytes): one implementation, so both apply
-    exactly the same rules (``tests/proxy/test_proxy_rules.py`` runs one table of cases
+    exactly the same rules (``tests/proxy/test_rules_kinds.py`` runs one table of cases
     through both). What each name means is decided once: every name the rules compare is
     spelled in the headers' kind here, and each name met is remembered with what the rules
     do with it, as it was spelled (up to 1,024 names), so that the per-header step is one
