@@ -731,6 +731,23 @@ def test_a_read_timeout_cuts_a_body_that_stalls(servers):
     assert a.peer_closed.wait(2)
 
 
+def test_a_body_whose_bytes_keep_coming_is_not_cut_however_long_it_takes(raw_backend):
+    """Each read begins a new wait: six pieces 0.1 s apart under a 0.3 s read timeout (the
+    timer, set once, finds fresh bytes each time it fires and is set again)."""
+    answer: list = [b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\n"]
+    for piece in b"abcdef":
+        answer += [0.1, bytes([piece])]
+    backend = raw_backend(answer, [OK])
+
+    async def scenario():
+        pool = pools_for(asyncio.get_running_loop(), read_timeout=0.3).pool(
+            lb.Backend(backend.url))
+        return await send(pool), await send(pool), pool.opened
+    slow, after, opened = run(scenario)
+    assert slow.error is None and slow.body == b"abcdef" and slow.events.count("body") >= 3
+    assert after.body == b"ok" and opened == 1
+
+
 def test_no_read_timeout_while_the_receiver_holds_the_response_back(servers):
     a = servers("a")
     a.body_size = 8_000_000
