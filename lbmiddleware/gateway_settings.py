@@ -186,7 +186,8 @@ class GatewaySettings(BaseSettings):
     if TYPE_CHECKING:
         # The constructor as type checkers see it: each field as its cast takes it (see
         # Settings in core/settings.py).
-        def __init__(self, server: str = ..., workers: CountLike = ..., listen: str = ..., admin_listen: str = ...,
+        def __init__(self, server: str = ..., workers: CountLike = ..., listen: str = ...,
+                     admin_listen: str = ...,
                      shutdown_timeout: DurationLike = ..., header_timeout: DurationLike = ...,
                      max_connections: CountLike = ..., log_level: str = ...,
                      tls_cert: str = ..., tls_key: str = ...) -> None: ...

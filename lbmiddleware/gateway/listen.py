@@ -31,12 +31,16 @@ def bind_setting(address: tuple[str, int], variable: str) -> socket.socket:
         raise CannotListen(address, variable, exc) from exc
 
 
-def bind(address: tuple[str, int]) -> socket.socket:
-    """A listening TCP socket on ``(host, port)``; port 0 lets the OS choose."""
+def bind(address: tuple[str, int], *, reuse_port: bool = False) -> socket.socket:
+    """A listening TCP socket on ``(host, port)``; port 0 lets the OS choose. ``reuse_port``:
+    ``SO_REUSEPORT``, so that several workers' sockets share the address and the kernel
+    spreads the connections over them."""
     host, port = address
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     # Accepted sockets inherit it; plain asyncio sets it only on IPPROTO_TCP sockets, and
     # without it every response waits ~40 ms on the client's delayed ACK.
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

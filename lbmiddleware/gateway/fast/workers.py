@@ -103,30 +103,12 @@ def bind_shared(address: tuple[str, int], count: int, variable: str) -> list[soc
     socks: list[socket.socket] = []
     try:
         for _ in range(count):
-            socks.append(_bind_reuse_port(shared))
+            socks.append(bind(shared, reuse_port=True))
     except OSError as exc:
         for sock in socks:
             sock.close()
         raise CannotListen(shared, variable, exc) from exc
     return socks
-
-
-def _bind_reuse_port(address: tuple[str, int]) -> socket.socket:
-    """As :func:`~lbmiddleware.gateway.listen.bind`, with ``SO_REUSEPORT`` before the bind."""
-    host, port = address
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.bind((host, port))
-        sock.listen(2048)
-    except OSError:
-        sock.close()
-        raise
-    sock.set_inheritable(True)
-    return sock
 
 
 @dataclasses.dataclass(eq=False)
