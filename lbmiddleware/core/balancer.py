@@ -204,6 +204,8 @@ class Balancer:
         # A sticky cookie's value -> the member it names (rebuilt with the membership).
         self._by_cookie: dict[str, BackendState] = {}
         self._policy: Policy = self._base_policy
+        # Whether the policy's started() and finished() do anything (Policy.follows_flight).
+        self._follows = self._policy.follows_flight
         self._tiered: Tiered | None = None
         # Slow start never applies to ip_hash: a growing weight would move sticky keys.
         self._slow_start = settings.slow_start if settings.policy != "ip_hash" else 0.0
@@ -760,11 +762,13 @@ class Balancer:
                 self._tiered = Tiered(self._base_policy, self._make_policy,
                                       self.settings.overprovisioning)
                 self._policy = self._tiered
+                self._follows = True
             self._tiered.membership_changed(table)
         else:
             if self._tiered is not None:
                 self._tiered = None
                 self._policy = self._base_policy
+                self._follows = self._policy.follows_flight
             self._base_policy.membership_changed(table, prepared)
 
     def _make_policy(self) -> Policy:
@@ -1090,7 +1094,8 @@ class Balancer:
         if state is None:
             state = self._policy.pick(members, key, excluded, now)
         state.in_flight += 1
-        self._policy.started(state, now)
+        if self._follows:
+            self._policy.started(state, now)
         if exclude:
             self._retries += 1
         elif self._budget is not None:
@@ -1302,7 +1307,8 @@ class Balancer:
             return              # an end of an ended incarnation of this URL
         if state.in_flight > 0:
             state.in_flight -= 1
-            self._policy.finished(state)
+            if self._follows:
+                self._policy.finished(state)
             if not member and not state.in_flight:
                 self._drained(url, state)
         if now is None:
@@ -1385,7 +1391,8 @@ class Balancer:
             return None         # an end of an ended incarnation of this URL
         if state.in_flight > 0:
             state.in_flight -= 1
-            self._policy.finished(state)
+            if self._follows:
+                self._policy.finished(state)
             if not state.in_flight and url in self._draining:
                 self._drained(url, state)
         return state

@@ -69,7 +69,11 @@ class RetryBudget:
 
     def deposit(self, now: float) -> None:
         """One original request (a first attempt) at ``now``."""
-        index = self._advance(now)          # (first: it may replace the lists)
+        second = self._second
+        if second is not None and second <= now < second + 1:
+            index = second % self._slots    # (the current slot: _advance has nothing to do)
+        else:
+            index = self._advance(now)      # (first: it may replace the lists)
         self._requests[index] += 1
         self._request_total += 1
 

@@ -43,6 +43,13 @@ class Policy:
         self.timer = timer
         self.load = load or PeakEwma()
 
+    @property
+    def follows_flight(self) -> bool:
+        """Whether :meth:`started` and :meth:`finished` do anything (the balancer calls
+        them only then): a policy that overrides either."""
+        cls = type(self)
+        return cls.started is not Policy.started or cls.finished is not Policy.finished
+
     def pick(self, members: Members, key: str | None, exclude: Exclude,
              now: float | None = None) -> BackendState:
         """Choose one state of ``members`` that is not in ``exclude`` (never empty).

@@ -150,6 +150,10 @@ class IPHash(Policy):
         self._in_flight = sum(s.in_flight for s in states)
         self._walks, self._watchers = {}, {}
 
+    @property
+    def follows_flight(self) -> bool:
+        return self.counts_in_flight        # (bounded load only)
+
     def started(self, state: BackendState, now: float | None = None) -> None:
         if self.counts_in_flight and state in self._held:
             self._in_flight += 1
