@@ -82,7 +82,7 @@ from .exchange import NO_BODY, ClientGone, Exchange, Forwarder, NoBody, RequestB
 from .websocket import DENIAL, Tunnel
 from .websocket import upstream_headers as upstream_handshake
 
-__all__ = ["LoadBalancerMiddleware", "Prepared"]
+__all__ = ["LoadBalancerMiddleware", "Prepared", "FROM_HEADERS"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -106,6 +106,10 @@ class Prepared(NamedTuple):
     prefer: str | None
     secure: bool
 
+
+#: :meth:`LoadBalancerMiddleware.prepare`'s ``length`` when the server has not framed the body
+#: itself: the rules read it from the headers.
+FROM_HEADERS = -1
 
 # Builds a Prepared from its seven fields in order, without the generated ``__new__``'s
 # argument binding (once per proxied request).
@@ -260,8 +264,8 @@ class LoadBalancerMiddleware:
         return peer
 
     def prepare(self, headers: list[tuple[bytes, bytes]], path: str, raw_path: bytes | None,
-                query: bytes | None, peer: str | None, scheme: str, http_version: str
-                ) -> Prepared:
+                query: bytes | None, peer: str | None, scheme: str, http_version: str,
+                length: int | None = FROM_HEADERS) -> Prepared:
         """What goes upstream for a request under the prefix, by the proxy's rules: the
         request target (``path``: what :func:`~lbmiddleware.proxy.match_prefix` gave,
         spelled as the client did when ``raw_path`` has it), the upstream headers, the
@@ -270,15 +274,18 @@ class LoadBalancerMiddleware:
         (the ASGI one here, the gateway's fast server), so the rules are applied once.
 
         Raises :class:`~lbmiddleware.proxy.UnsafeRequest` (its ``status``: 400, or 501 for a
-        WebSocket upgrade) for a request that cannot be forwarded."""
+        WebSocket upgrade) for a request that cannot be forwarded. ``length``: the body's
+        length as the server framed it (0: none, None: chunked), when it did (the fast
+        server's parser); else read from the headers (:data:`FROM_HEADERS`)."""
         trusted = self._trusting and self._client_address.is_trusted(peer)
         upstream_headers = BINARY.request_headers(
             headers, peer=peer, scheme=scheme, preserve_host=self._preserve_host,
             trusted_peer=trusted)
-        length = BINARY.body_length(headers)
-        if length == 0 and http_version not in _HTTP1 \
-                and not BINARY.get(headers, "content-length"):
-            length = None       # HTTP/2 and 3 frame a body without either header
+        if length == FROM_HEADERS:
+            length = BINARY.body_length(headers)
+            if length == 0 and http_version not in _HTTP1 \
+                    and not BINARY.get(headers, "content-length"):
+                length = None       # HTTP/2 and 3 frame a body without either header
         target = join_target(b"", self._upstream_path(path, raw_path), query)
         key = None
         if self._sticky:

@@ -29,7 +29,6 @@ import functools
 from typing import TYPE_CHECKING
 
 from ...asgi import LoadBalancerMiddleware
-from ...core.attempts import Picker
 from ...core.events import MembershipChanged
 from ...fleet.departures import follow_departures
 from ...proxy import UnsafeRequest, match_prefix
@@ -104,7 +103,7 @@ class Dispatcher:
         try:
             prepared = middleware.prepare(request.headers, path, request.raw_path,
                                           request.query, connection.peer, connection.scheme,
-                                          request.version)
+                                          request.version, request.length)
         except UnsafeRequest as exc:         # 400, or 501 for a WebSocket upgrade
             return _answer(exc.status, request, connection, route.access_log, middleware)
         if entry is not None:
@@ -119,8 +118,7 @@ class Dispatcher:
         loop = connection.loop
         state = connection.state
         balancer = middleware.balancer
-        own = getattr(balancer, "own", None)
-        picker: Picker = own(loop) if own is not None else balancer
+        picker = balancer.lane or balancer.own(loop)
         forwarding = middleware.forwarding
         pools = UpstreamPools(connect_timeout=forwarding.connect_timeout,
                               read_timeout=forwarding.read_timeout, ssl=middleware.upstream.ssl,

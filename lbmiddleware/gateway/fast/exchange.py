@@ -167,7 +167,7 @@ class FastExchange:
         # size, all of it here, being streamed to the current call, streamed ever
         "held", "size", "body_done", "streaming", "streamed", "paused",
         # the attempts
-        "attempts", "backend", "pool", "call", "sent_at", "outcome",
+        "attempts", "backend", "pool", "call", "sent_at", "head_at", "whole", "outcome",
         # the response
         "status", "pending", "chunked", "close", "received", "finished", "gone",
     )
@@ -180,7 +180,7 @@ class FastExchange:
         self.entry = entry
         method = request.method
         self.method = method
-        self.method_bytes = route.method_bytes(method)
+        self.method_bytes = route.methods.get(method) or route.method_bytes(method)
         self.head_request = method == "HEAD"
         (self.target, self.headers, self.add_host, self.length, self.key, self.prefer,
          self.secure) = prepared
@@ -194,7 +194,9 @@ class FastExchange:
         self.backend: Backend | None = None
         self.pool: BackendPool | None = None
         self.call: Call | None = None
-        self.sent_at = 0.0
+        self.sent_at = 0.0              # the clock when the attempt was sent
+        self.head_at = 0.0              # when its head came, while its end may come with it
+        self.whole = -1                 # the body's length when that read may hold it all
         self.outcome: Outcome | None = None      # the answered attempt's, at its head
         self.status = 0                 # the status the client gets; 0: none yet
         self.pending: bytes | None = None       # the response head, held for its body
@@ -290,18 +292,20 @@ class FastExchange:
 
     def _start(self) -> None:
         route = self.route
+        now = _monotonic()          # the deadline's start, the pick's time, the attempt's
         self.attempts = attempts = Attempts(route.picker, route.rule, self.method, self.key,
-                                            prefer=self.prefer, timeout=route.timeout)
+                                            prefer=self.prefer, timeout=route.timeout,
+                                            now=now)
         try:
             backend = attempts.start()
         except NoHealthyBackend:
             self._error(503)
             return
-        self._attempt(backend)
+        self._attempt(backend, now)
 
-    def _attempt(self, backend: Backend) -> None:
+    def _attempt(self, backend: Backend, now: float | None = None) -> None:
         """Send the request to ``backend``: the head and the body held; the rest follows
-        (:meth:`body`) when it is streamed."""
+        (:meth:`body`) when it is streamed. ``now``: a clock reading of this callback's."""
         route = self.route
         self.backend = backend
         self.pool = pool = route.pools.pool(backend)
@@ -316,16 +320,19 @@ class FastExchange:
         head = request_head(self.method_bytes, pool.base_path + self.target, self.headers,
                             pool.authority if self.add_host else None,
                             self.length if more else len(data))
+        if now is None:
+            now = _monotonic()
         attempts = self.attempts
         assert attempts is not None
-        left = attempts.time_left() if attempts.deadline is not None else None
+        deadline = attempts.deadline
+        left = None if deadline is None else deadline - now
         self.streaming = more
         if more:
             self.streamed = True
         if self.paused:                 # (by the call before, which will not resume it)
             self.paused = False
             self.connection.resume_body()
-        self.sent_at = _monotonic()
+        self.sent_at = now
         self.call = pool.request(
             head, data, self, more_body=more,
             resend=route.forwarder.may_resend(self.method, not more),
@@ -342,13 +349,14 @@ class FastExchange:
             attempts = self.attempts
             assert call is not None and attempts is not None
             route = self.route
-            outcome = route.rule.outcome(status, _monotonic() - self.sent_at,
+            now = _monotonic()
+            outcome = route.rule.outcome(status, now - self.sent_at,
                                          bytes_sent=call.bytes_sent)
             if not outcome.ok:
-                following = attempts.retry(outcome, replayable=not self.streamed)
+                following = attempts.retry(outcome, replayable=not self.streamed, now=now)
                 if following is not None:
                     call.abort()            # another backend gets a chance
-                    self._attempt(following)
+                    self._attempt(following, now)
                     return
             self.outcome = outcome
             self.status = status
@@ -373,6 +381,9 @@ class FastExchange:
                                  chunked=framed, close=close)
             if call.follows:
                 self.pending = head         # written with the body: one write
+                self.head_at = now          # (its end may come in this callback too)
+                if length is not None and not chunked:
+                    self.whole = length
             else:
                 self.connection.write(head)
         except Exception:
@@ -384,6 +395,8 @@ class FastExchange:
         self.received += len(data)
         if self.chunked:
             data = b"%x\r\n%b\r\n" % (len(data), data)
+        if self.received != self.whole:
+            self.head_at = 0.0              # the end comes in a later read
         pending = self.pending
         if pending is not None:
             self.pending = None
@@ -414,7 +427,8 @@ class FastExchange:
             # NamedTuple's _replace)
             attempts.end(self.route.rule.outcome(self.status, outcome.latency,
                                                  bytes_sent=call.bytes_sent,
-                                                 bytes_received=self.received))
+                                                 bytes_received=self.received),
+                         now=self.head_at or None)
             self.call = None
             self._finish()
             self.connection.done(not self.close)
@@ -439,13 +453,14 @@ class FastExchange:
                 self._finish()
                 self.connection.abort()
                 return
-            outcome = Outcome(ok=False, latency=_monotonic() - self.sent_at, sent=error.sent,
+            now = _monotonic()
+            outcome = Outcome(ok=False, latency=now - self.sent_at, sent=error.sent,
                               timeout=error.timeout, bytes_sent=error.bytes_sent,
                               error=(attempts.deadline_text() if error.deadline
                                      else failure_text(error, pool)))
-            following = attempts.retry(outcome, replayable=not self.streamed)
+            following = attempts.retry(outcome, replayable=not self.streamed, now=now)
             if following is not None:
-                self._attempt(following)
+                self._attempt(following, now)
                 return
             self.call = None
             self._error(504 if outcome.timeout else 502)
