@@ -18,7 +18,6 @@ import collections
 import contextlib
 import dataclasses
 import functools
-import itertools
 import logging
 import math
 import random
@@ -58,6 +57,7 @@ from .retry_budget import RetryBudget
 from .settings import Settings, resolve
 from .slow_start import ramp_factor
 from .state import BackendState, Members
+from .stats import backend_row
 from .sticky import sticky_value
 
 __all__ = ["Balancer", "Lane"]
@@ -1493,64 +1493,12 @@ class Balancer:
         with self._lock:
             self._mine()
             now = self._catch_up()
-            active = self._active
-            load = self._load
+            active, load = self._active, self._load
             rows = []
             for state in (*self._states.values(), *self._draining.values()):
                 if state.answers:
                     _fold(state, now)
-                health = state.health
-                record = state.active
-                ejected_until = health.ejected_until
-                drain_until = state.drain_until
-                ramping = state.ramp_since is not None
-                if drain_until is not None:
-                    status = "draining"
-                elif ejected_until is not None:
-                    status = "ejected"
-                elif record is not None and not record.up:
-                    status = "down"
-                elif ramping:
-                    status = "slow_start"
-                elif health.probation:
-                    status = "probation"
-                else:
-                    status = "healthy"
-                estimate = state.latency
-                backend = state.backend
-                effective = (round(backend.weight * state.ramp, 3) if ramping
-                             else backend.weight)
-                counts = state.latency_counts
-                cumulative = list(itertools.accumulate(counts[:-1]))
-                rows.append({
-                    "url": backend.url,
-                    "weight": backend.weight,
-                    "priority": backend.priority,
-                    "effective_weight": effective,
-                    "source": state.source,
-                    "state": status,
-                    "state_age": max(0.0, now - state.changed_at),
-                    "ejected_until": ejected_until,
-                    "ejection_left": (None if ejected_until is None
-                                      else max(0.0, ejected_until - now)),
-                    "drain_left": None if drain_until is None else max(0.0, drain_until - now),
-                    "ramp": state.ramp if ramping else None,
-                    "in_flight": state.in_flight,
-                    "requests": state.requests,
-                    "failures": state.failures,
-                    "consecutive_failures": health.consecutive_failures,
-                    "ejections": health.ejections,
-                    "bytes_sent": state.bytes_sent,
-                    "bytes_received": state.bytes_received,
-                    "latency": state.answered.mean,
-                    "latency_estimate": (load.estimate(estimate, now)
-                                         if estimate.rtt is not None else None),
-                    "latency_sum": state.latency_sum,
-                    "latency_count": cumulative[-1] + counts[-1],
-                    "latency_buckets": cumulative,
-                    "health_check": (active.row(record, now) if active is not None
-                                     and record is not None else None),
-                })
+                rows.append(backend_row(state, now, active, load))
             self._post()
         self._deliver()
         return rows
