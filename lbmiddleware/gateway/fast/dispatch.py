@@ -118,7 +118,7 @@ class Dispatcher:
         loop = connection.loop
         state = connection.state
         balancer = middleware.balancer
-        picker = balancer.lane or balancer.own(loop)
+        picker = balancer.own(loop)         # (the same lane for every route on the pool)
         forwarding = middleware.forwarding
         pools = UpstreamPools(connect_timeout=forwarding.connect_timeout,
                               read_timeout=forwarding.read_timeout, ssl=middleware.upstream.ssl,
@@ -141,8 +141,9 @@ class Dispatcher:
 
     def close(self) -> None:
         """Close every route's upstream connections (the idle ones now, those in use as their
-        responses end) and stop following their pools; the server calls it at its shutdown,
-        once the requests are over."""
+        responses end), stop following their pools and give the pools back to every thread
+        (:meth:`~lbmiddleware.core.balancer.Balancer.disown`: the app's shutdown closes them
+        from any thread); the server calls it at its shutdown, once the requests are over."""
         routes = list(self._routes.values())
         if self._single is not None:
             routes.append(self._single)
@@ -150,6 +151,7 @@ class Dispatcher:
         self._single = None
         for route in routes:
             route.close()
+            route.middleware.balancer.disown()      # (nothing for a pool disowned already)
 
 
 def _answer(status: int, request: Request, connection: ClientConnection, log: bool,
