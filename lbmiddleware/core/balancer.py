@@ -29,6 +29,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 from ..errors import ConfigError, NoHealthyBackend
 from .attempts import Completion, Outcome
 from .backend import Backend, Source, parse_backends
+from .entries import Entries
 from .events import (
     BackendDown,
     BackendEjected,
@@ -49,6 +50,7 @@ from .events import (
 )
 from .health import PassiveHealth
 from .health.active import ActiveHealth, ActiveRecord
+from .incarnations import RETIRED_OBJECTS, Retired
 from .load import FOLD_BATCH, FOLD_STEP, PeakEwma, fold_latencies
 from .owner import Owner, OwnerLoop
 from .policies import Policy, make_policy
@@ -75,12 +77,6 @@ SLOW_START_SCALE = 100
 #: A slow start's effective weights are recomputed at most this often (seconds): each new set
 #: of weights makes the policies rebuild what they cached.
 SLOW_START_STEP = 1.0
-#: Ended incarnations (a drain that timed out with requests in flight) remembered so that
-#: their late ends are ignored: at most this many URLs, each with at most RETIRED_OBJECTS
-#: Backend objects (the last ones its picks returned); the oldest URL is forgotten first
-#: (a late end still to come from it would then count as the URL's again).
-RETIRED_URLS = 1024
-RETIRED_OBJECTS = 16
 
 logger = logging.getLogger("lbmiddleware")
 
@@ -211,27 +207,18 @@ class Balancer:
         self._slow_start = settings.slow_start if settings.policy != "ip_hash" else 0.0
         self._states: dict[str, BackendState] = {}      # url -> state, listed order
         self._draining: dict[str, BackendState] = {}    # url -> state, no new picks
-        self._held: dict[str, None] = {}                # urls drain() keeps out of the union
         # Their states while an entry lists them: ip_hash keeps them in its table (their keys
         # move as if ejected and come back on undrain()); undrain() takes them back.
         self._kept: dict[str, BackendState] = {}
-        # url -> the Backend objects picks of its ended incarnations returned: _retire().
-        self._retired: dict[str, tuple[Backend, ...]] = {}
+        # The Backend objects picks of ended incarnations returned (their late ends).
+        self._retired = Retired()
         self._keyed = self._base_policy.keyed
         self._table_now: tuple[BackendState, ...] = ()  # what the policy holds (_table())
         # Each entry's backends: the static list (key None) first, then each source by its
-        # URL in settings order (others in the order they first update).
-        self._entries: dict[str | None, tuple[Backend, ...]] = {None: settings.static_backends}
-        self._entry_index: dict[str | None, dict[str, tuple[int, int, str | None]]] = {}
-        for source in settings.sources:
-            self._entries[source.url] = ()
-        # The sources that have not answered yet: a source's first answer is its initial list
-        # (no slow start, up for active health); the members of its later answers join.
-        self._unanswered = {source.url for source in settings.sources}
-        # The sources in an outage and why (SourceFailed and SourceRecovered through publish()):
-        # read only when a pick finds the pool empty (_no_backends()).
-        self._failing: dict[str, str] = {}
-        self._warned: set[tuple[str, str | None]] = set()
+        # URL in settings order (others in the order they first update); what drain()
+        # holds out; the sources that have not answered yet, and those failing.
+        self._entries = Entries(settings.static_backends,
+                                (source.url for source in settings.sources))
         # (backend, ok (None: a release), latency, bytes sent, bytes received, status)
         self._deferred: collections.deque[
             tuple[Backend, bool | None, float | None, int, int, int | None]] = (
@@ -250,7 +237,7 @@ class Balancer:
         self._ramping = False
         self._ramp_next = 0.0
         self._drain_next = 0.0
-        self._apply_membership(self._union()[0], joined_later=False)
+        self._apply_membership(self._entries.union()[0], joined_later=False)
         self._events.clear()         # the first members are no change: nobody listens yet
 
     @classmethod
@@ -381,8 +368,9 @@ class Balancer:
         key = None if source is None else (
             source.url if isinstance(source, Source) else Source(source).url)
         new = parse_backends(backends, allow_empty=True)
-        if self._same_entry(key, new):
-            if key in self._unanswered:         # the same (empty) set: an answer all the same
+        entries = self._entries
+        if entries.same(key, new):
+            if key in entries.unanswered:       # the same (empty) set: an answer all the same
                 self._answered(key)
             return                  # nothing to rebuild, restart or announce
         if key is not None:         # each backend says which entry lists it
@@ -393,10 +381,10 @@ class Balancer:
                 and all(b.priority == new[0].priority for b in new)):
             # The slow part (a hash table) outside the lock, for the union this would give
             # (a guess: another thread may change it first, and the policy then rebuilds).
-            entries = dict(self._entries)
-            entries[key] = new
+            lists = dict(entries.lists)
+            lists[key] = new
             prepared = self._policy.prepare(self._table_guess(
-                self._union(entries)[0], entries, joined_later=key not in self._unanswered))
+                entries.union(lists)[0], lists, joined_later=key not in entries.unanswered))
         self._update(key, new, prepared)
 
     @_handed_over
@@ -404,7 +392,7 @@ class Balancer:
         """Source ``key`` answered with the set it had (its first answer all the same)."""
         with self._lock:
             self._mine()
-            self._unanswered.discard(key)
+            self._entries.unanswered.discard(key)
 
     @_handed_over
     def _update(self, key: str | None, new: tuple[Backend, ...], prepared: Any) -> None:
@@ -415,11 +403,12 @@ class Balancer:
             if self._deferred:
                 self._apply_deferred()
             warnings: list[str] = []
-            first = key in self._unanswered
-            self._unanswered.discard(key)
-            if not self._same_entry(key, new):
-                self._set_entry(key, new)
-                union, warnings = self._union()
+            entries = self._entries
+            first = key in entries.unanswered
+            entries.unanswered.discard(key)
+            if not entries.same(key, new):
+                entries.replace(key, new)
+                union, warnings = entries.union()
                 if not self._same_members(union):
                     self._apply_membership(union, prepared, source=key, joined_later=not first)
                 elif self._kept and self._unlist_kept():
@@ -444,11 +433,13 @@ class Balancer:
             self._mine()
             if self._deferred:
                 self._apply_deferred()
-            if url not in self._held:
+            held = self._entries.held
+            if url not in held:
                 self._require_known(url, "drain")
-                self._held[url] = None
+                held[url] = None
                 if url in self._states:
-                    self._apply_membership(self._union()[0], reason="drain()", by="drain()")
+                    self._apply_membership(self._entries.union()[0], reason="drain()",
+                                           by="drain()")
             self._post()
         self._deliver()
 
@@ -463,11 +454,12 @@ class Balancer:
             self._mine()
             if self._deferred:
                 self._apply_deferred()
-            if url not in self._held:
+            held = self._entries.held
+            if url not in held:
                 self._require_known(url, "undrain")
             else:
-                del self._held[url]
-                union, _ = self._union()
+                del held[url]
+                union, _ = self._entries.union()
                 if not self._same_members(union):
                     self._apply_membership(union, by="undrain()")
             self._post()
@@ -477,55 +469,6 @@ class Balancer:
         """ConfigError naming ``url`` unless it is a member or draining."""
         if url not in self._states and url not in self._draining:
             raise ConfigError(f"{call}({url!r}): no such backend in the pool")
-
-    def _same_entry(self, key: str | None, backends: tuple[Backend, ...]) -> bool:
-        """True when ``backends`` are entry ``key``'s now, with the same weights, priorities
-        and server names, in any order (read without the lock, and again under it)."""
-        index = self._entry_index.get(key)
-        if index is None:
-            if key in self._entries or key is None:
-                index = self._index(key)
-            else:
-                return False
-        if len(backends) != len(index):
-            return False
-        for backend in backends:
-            if index.get(backend.url) != (backend.weight, backend.priority, backend.server_name):
-                return False
-        return True
-
-    def _index(self, key: str | None) -> dict[str, tuple[int, int, str | None]]:
-        index = {b.url: (b.weight, b.priority, b.server_name) for b in self._entries.get(key, ())}
-        self._entry_index[key] = index
-        return index
-
-    def _set_entry(self, key: str | None, backends: tuple[Backend, ...]) -> None:
-        self._entries[key] = backends
-        self._index(key)
-
-    def _union(self, entries: Mapping[str | None, tuple[Backend, ...]] | None = None
-               ) -> tuple[tuple[Backend, ...], list[str]]:
-        """The members the entries give: static first, then each source in order, without
-        what drain() holds out; a URL listed twice is the first entry's (warned once)."""
-        owners: dict[str, str | None] = {}
-        union: list[Backend] = []
-        warnings: list[str] = []
-        held = self._held
-        for key, backends in (self._entries if entries is None else entries).items():
-            for backend in backends:
-                url = backend.url
-                if url in held:
-                    continue
-                if url in owners:
-                    if entries is None and (url, key) not in self._warned:
-                        self._warned.add((url, key))
-                        first = owners[url] or "the static list"
-                        warnings.append(f"backend {url} is listed by {key or 'the static list'} "
-                                        f"and by {first}: {first}'s entry is used")
-                    continue
-                owners[url] = key
-                union.append(backend)
-        return tuple(union), warnings
 
     def _table_guess(self, union: tuple[Backend, ...],
                      entries: Mapping[str | None, tuple[Backend, ...]],
@@ -551,7 +494,7 @@ class Balancer:
         urls = {b.url for b in union}
         extra = [s.backend for url, s in draining.items() if url not in urls]
         extra += [s.backend for url, s in states.items() if url not in urls and s.in_flight]
-        listed = {b.url for backends in entries.values() for b in backends}
+        listed = self._entries.listed(entries)
         extra += [s.backend for url, s in kept.items()
                   if url not in draining and url not in urls and url in listed]
         return (*members, *extra)
@@ -594,7 +537,7 @@ class Balancer:
                     state = kept            # undrain(): its state, still in ip_hash's table
                     self._hand(state, backend)
                 else:
-                    state = BackendState(self._fresh(backend), now)
+                    state = BackendState(self._retired.fresh(backend), now)
                 self._join(state, now, joined_later)
             else:
                 if (state.backend.weight != backend.weight
@@ -605,7 +548,7 @@ class Balancer:
             state.weight = backend.weight
             states[url] = state
         removed = []
-        held = self._held
+        held = self._entries.held
         for url, state in old.items():
             if url not in states:
                 removed.append(state.backend)
@@ -630,7 +573,7 @@ class Balancer:
     def _unlist_kept(self) -> bool:
         """Forget the held backends no entry lists any more (they leave ip_hash's table);
         True if there were any."""
-        listed = {b.url for entry in self._entries.values() for b in entry}
+        listed = self._entries.listed()
         gone = [url for url in self._kept if url not in listed]
         for url in gone:
             del self._kept[url]
@@ -649,13 +592,6 @@ class Balancer:
         elif joined_later and self._slow_start:
             state.ramp_since = now
 
-    def _fresh(self, backend: Backend) -> Backend:
-        """``backend``, or an equal copy if picks of an ended incarnation of its URL returned
-        this very object (see :meth:`_retire`): a new member's picks are never one of them."""
-        if self._retired and self._late(backend):
-            return dataclasses.replace(backend)
-        return backend
-
     def _hand(self, state: BackendState, backend: Backend) -> None:
         """From now on picks of ``state`` return ``backend`` (a new weight, say); the object
         it replaces is remembered while requests picked with it may still be in flight."""
@@ -666,26 +602,7 @@ class Balancer:
             state.former = (*state.former[1 - RETIRED_OBJECTS:], old)
         else:
             state.former = ()
-        state.backend = self._fresh(backend)
-
-    def _retire(self, state: BackendState) -> None:
-        """``state`` left with requests in flight (its drain timed out): their late ends are
-        ignored, even once its URL is a member again. They are known by the Backend objects
-        its picks returned (``state.backend``, ``state.former``), which a new member of the
-        URL never returns (:meth:`_fresh`). A report with an equal object built by the caller
-        still ends a member's pick, as it always did."""
-        url = state.backend.url
-        objects = self._retired.pop(url, ())
-        self._retired[url] = (*objects, *state.former, state.backend)[-RETIRED_OBJECTS:]
-        state.former = ()
-        while len(self._retired) > RETIRED_URLS:
-            del self._retired[next(iter(self._retired))]
-
-    def _late(self, backend: Backend) -> bool:
-        """True when ``backend`` is an object a pick of an ended incarnation returned (see
-        :meth:`_retire`): its end is a late one, to ignore. Kept until forgotten (not
-        counted down: an end given twice must not reach the new member either)."""
-        return any(backend is b for b in self._retired.get(backend.url, ()))
+        state.backend = self._retired.fresh(backend)
 
     def _start_drain(self, state: BackendState, now: float, reason: str,
                      events: list[Event]) -> None:
@@ -697,7 +614,7 @@ class Balancer:
         if not state.in_flight or not timeout:
             events.append(DrainEnded(state.backend, bool(state.in_flight), state.in_flight))
             if state.in_flight:
-                self._retire(state)
+                self._retired.retire(state)
             return
         state.drain_until = until = now + timeout
         url = state.backend.url
@@ -716,7 +633,7 @@ class Balancer:
                 del self._draining[url]
                 state.drain_until = None
                 self._events.append(DrainEnded(state.backend, True, state.in_flight))
-                self._retire(state)
+                self._retired.retire(state)
             elif until is not None and (upcoming is None or until < upcoming):
                 upcoming = until
         if upcoming is not None:
@@ -1199,7 +1116,7 @@ class Balancer:
         """Every eligible backend is excluded: fall back to the ejected ones not excluded
         (panic for this pick), or raise :class:`NoHealthyBackend`."""
         if not self._states:
-            error = self._no_backends()
+            error = self._entries.no_backends()
         else:
             if members is self._healthy and len(excluded) < len(self._all.states):
                 members = self._all      # the healthy ones are all tried: panic for this pick
@@ -1210,18 +1127,6 @@ class Balancer:
             error = NoHealthyBackend(f"every backend was tried: {', '.join(tried)}")
         self._post()                 # this call's upkeep events go out all the same
         raise error
-
-    def _no_backends(self) -> NoHealthyBackend:
-        """The error of a pool with no members, saying which sources are why: those failing
-        (with their error) and those that have not answered yet. Built only when raised."""
-        why = []
-        for url in self._entries:
-            if url in self._failing:
-                why.append(f"source {url} is failing ({self._failing[url]})")
-            elif url in self._unanswered:
-                why.append(f"source {url} has not answered yet")
-        return NoHealthyBackend("the pool has no backends" + (": " if why else "")
-                                + "; ".join(why))
 
     def _exclude_states(self, exclude: Collection[Backend | str],
                         members: Members) -> frozenset[BackendState]:
@@ -1303,7 +1208,7 @@ class Balancer:
             state = self._draining.get(url)
             if state is None:
                 return          # removed, and its last request already ended
-        if backend is not state.backend and self._retired and self._late(backend):
+        if backend is not state.backend and self._retired.late(backend):
             return              # an end of an ended incarnation of this URL
         if state.in_flight > 0:
             state.in_flight -= 1
@@ -1387,7 +1292,7 @@ class Balancer:
             state = self._draining.get(url)
             if state is None:
                 return None       # removed, and its last request already ended
-        if backend is not state.backend and self._retired and self._late(backend):
+        if backend is not state.backend and self._retired.late(backend):
             return None         # an end of an ended incarnation of this URL
         if state.in_flight > 0:
             state.in_flight -= 1
@@ -1449,7 +1354,7 @@ class Balancer:
         with self._lock:
             self._mine()
             if not self._states:
-                raise self._no_backends()
+                raise self._entries.no_backends()
             return self._policy.lookup(self._members_at(self._timer()), key).backend
 
     def _members_at(self, now: float) -> Members:
@@ -1605,9 +1510,9 @@ class Balancer:
         with self._lock:
             self._mine()
             if isinstance(event, SourceFailed):
-                self._failing[event.source] = event.error
+                self._entries.failing[event.source] = event.error
             elif isinstance(event, SourceRecovered):
-                self._failing.pop(event.source, None)
+                self._entries.failing.pop(event.source, None)
             self._events.append(event)
             self._post()
         self._deliver()
