@@ -229,7 +229,8 @@ class Balancer:
         self._panic_since: float | None = None      # timer reading when the panic began
         self._retries = 0                           # picks with an exclude: retries' picks
         # The thread (and loop) that owns the pool, None while every thread takes the lock
-        # (own()): set and read holding the lock, cleared by the owner's end.
+        # (own()): set holding the lock, read holding it by every other thread's call
+        # (_mine), cleared when ownership ends (_disowned).
         self._owner: Owner | None = None
         self._lane: Lane | None = None
         # Something changes with time (an ejection, a drain, a slow start): each call looks.
