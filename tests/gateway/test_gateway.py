@@ -287,8 +287,8 @@ def test_gateway_settings_defaults():
             settings.header_timeout, settings.max_connections) == ("auto", 1, 30.0, 30.0, 512)
     assert (settings.admin_listen, settings.admin_address, settings.log_level) == ("", None, "info")
     assert [row[0] for row in GatewaySettings.describe()] == [
-        "LB_SERVER", "LB_WORKERS", "LB_LISTEN", "LB_ADMIN_LISTEN", "LB_SHUTDOWN_TIMEOUT", "LB_HEADER_TIMEOUT",
-        "LB_MAX_CONNECTIONS", "LB_LOG_LEVEL", "LB_TLS_CERT", "LB_TLS_KEY"]
+        "LB_SERVER", "LB_WORKERS", "LB_LISTEN", "LB_ADMIN_LISTEN", "LB_SHUTDOWN_TIMEOUT",
+        "LB_HEADER_TIMEOUT", "LB_MAX_CONNECTIONS", "LB_LOG_LEVEL", "LB_TLS_CERT", "LB_TLS_KEY"]
     assert (settings.tls_cert, settings.tls_key) == ("", "")
 
 
