@@ -18,8 +18,6 @@ from .processes import stop_process
 # parametrizes the server takes this list; one that tests a server's own limits names that
 # server alone, with a comment saying why.
 GATEWAY_SERVERS = ["fast", "granian", "uvicorn"]
-# The ASGI path alone (the middleware under a server it does not own).
-ASGI_SERVERS = ["granian", "uvicorn"]
 
 
 class GatewayProcess:
