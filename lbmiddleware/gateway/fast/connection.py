@@ -43,12 +43,15 @@ import httptools
 
 from ...proxy.access import access_line
 from ...proxy.access import logger as access_logger
-from .wire import CONTINUE, error_bytes
+from ...upstream.deadlines import Deadlines
+from ..logs import RefusalWarnings
+from .wire import CONTINUE, DateHeader, error_bytes
 
 if TYPE_CHECKING:
-    from .server import ServerState
+    from ...gateway_settings import GatewaySettings
 
-__all__ = ["Request", "Handler", "Dispatch", "ClientConnection", "KEEP_ALIVE", "MAX_HEAD"]
+__all__ = ["Request", "Handler", "Dispatch", "ServerState", "ClientConnection", "KEEP_ALIVE",
+           "MAX_HEAD"]
 
 logger = logging.getLogger("lbmiddleware.gateway")
 
@@ -141,6 +144,37 @@ class _BadRequest(Exception):
 
 class _Closed(Exception):
     """Raised in a parser callback: the connection is closed, the rest is not read."""
+
+
+class ServerState:
+    """What every connection of one server shares: the gateway's ``settings``
+    (:class:`~lbmiddleware.gateway_settings.GatewaySettings`), the ``dispatcher``, the
+    ``Date`` line (``date``), the timeouts' buckets (``deadlines``), the open connections
+    (``connections``: those handed off to uvicorn's protocols too, so that
+    ``LB_MAX_CONNECTIONS`` counts them all), ``handoff(transport, data)`` for an upgrade,
+    the listener's ``scheme``, whether refusals get an access line (``access_log``), and the
+    WARNINGs for connections turned away (``refused``) and malformed requests
+    (``malformed``)."""
+
+    __slots__ = ("settings", "dispatcher", "handoff", "scheme", "access_log", "date",
+                 "deadlines", "connections", "refused", "malformed")
+
+    def __init__(self, settings: GatewaySettings, dispatcher: Dispatch,
+                 handoff: Callable[[asyncio.Transport, bytes], None], *, scheme: str = "http",
+                 access_log: bool = False, date: DateHeader | None = None,
+                 deadlines: Deadlines | None = None) -> None:
+        self.settings = settings
+        self.dispatcher = dispatcher
+        self.handoff = handoff
+        self.scheme = scheme
+        self.access_log = access_log
+        self.date = date if date is not None else DateHeader()
+        self.deadlines = deadlines if deadlines is not None else Deadlines()
+        self.connections: set[Any] = set()
+        self.refused = RefusalWarnings(
+            f"too many connections (LB_MAX_CONNECTIONS={settings.max_connections})",
+            "answered 503 and closed")
+        self.malformed = RefusalWarnings("malformed requests", "answered 400 and closed")
 
 
 class ClientConnection(asyncio.Protocol):

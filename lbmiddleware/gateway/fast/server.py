@@ -32,13 +32,12 @@ from ...core.settings import FrontEndSettings
 from ...errors import needs_extra
 from ...gateway_settings import GatewaySettings
 from ...proxy.settings import ProxySettings
-from ...upstream.deadlines import Deadlines
 from ...upstream.websocket import MAX_MESSAGE
 from ..app import GatewayApp, RoutesGatewayApp, make_app
-from ..logs import RefusalWarnings, server_log_level, settings_logging_config
+from ..logs import server_log_level, settings_logging_config
 from ..tls import check_certificate
 from ..uvicorn_server import uvicorn_protocol
-from .connection import ClientConnection, Dispatch
+from .connection import ClientConnection, ServerState
 from .wire import SERVER, DateHeader
 
 __all__ = ["serve_fast", "ServerState", "HandOff", "server_ssl_context"]
@@ -49,37 +48,6 @@ logger = logging.getLogger("lbmiddleware.gateway")
 BACKLOG = 2048
 #: Seconds between two looks at the connections left, while shutting down.
 _POLL = 0.05
-
-
-class ServerState:
-    """What every connection of one server shares: the gateway's ``settings``
-    (:class:`~lbmiddleware.gateway_settings.GatewaySettings`), the ``dispatcher``, the
-    ``Date`` line (``date``), the timeouts' buckets (``deadlines``), the open connections
-    (``connections``: those handed off to uvicorn's protocols too, so that
-    ``LB_MAX_CONNECTIONS`` counts them all), ``handoff(transport, data)`` for an upgrade,
-    the listener's ``scheme``, whether refusals get an access line (``access_log``), and the
-    WARNINGs for connections turned away (``refused``) and malformed requests
-    (``malformed``)."""
-
-    __slots__ = ("settings", "dispatcher", "handoff", "scheme", "access_log", "date",
-                 "deadlines", "connections", "refused", "malformed")
-
-    def __init__(self, settings: GatewaySettings, dispatcher: Dispatch,
-                 handoff: Callable[[asyncio.Transport, bytes], None], *, scheme: str = "http",
-                 access_log: bool = False, date: DateHeader | None = None,
-                 deadlines: Deadlines | None = None) -> None:
-        self.settings = settings
-        self.dispatcher = dispatcher
-        self.handoff = handoff
-        self.scheme = scheme
-        self.access_log = access_log
-        self.date = date if date is not None else DateHeader()
-        self.deadlines = deadlines if deadlines is not None else Deadlines()
-        self.connections: set[Any] = set()
-        self.refused = RefusalWarnings(
-            f"too many connections (LB_MAX_CONNECTIONS={settings.max_connections})",
-            "answered 503 and closed")
-        self.malformed = RefusalWarnings("malformed requests", "answered 400 and closed")
 
 
 class HandOff:
