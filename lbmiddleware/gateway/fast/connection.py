@@ -513,6 +513,9 @@ class ClientConnection(asyncio.Protocol):
             while self._queue and not self._busy and self._open:
                 queued = self._queue.popleft()
                 self._start(queued.request, queued)
+        except Exception:           # (a bug: the connection must not hang on it)
+            logger.exception("the fast server failed on a request from %s", self.peer)
+            self.abort()
         finally:
             self._serving = False
         if self._busy or not self._open:

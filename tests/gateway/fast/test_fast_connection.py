@@ -151,9 +151,15 @@ class Big(Echo):
         self.connection.done()
 
 
+class Broken(Echo):
+    def __init__(self, request: Request, connection: ClientConnection, log: list) -> None:
+        raise RuntimeError("a bug in the dispatcher")
+
+
 class Dispatcher:
     """``/early`` answers before the body, ``/continue`` asks for it with 100, ``/big``
-    writes 8 MiB; the rest echo. ``handlers``: each request's handler, in order."""
+    writes 8 MiB, ``/broken`` raises; the rest echo. ``handlers``: each request's handler,
+    in order."""
 
     def __init__(self) -> None:
         self.handlers: list[Echo] = []
@@ -161,7 +167,8 @@ class Dispatcher:
         self.arrived = asyncio.Event()
 
     def dispatch(self, request: Request, connection: ClientConnection) -> Echo:
-        kind = {"/early": Early, "/continue": Continued, "/big": Big}.get(request.path, Echo)
+        kind = {"/early": Early, "/continue": Continued, "/big": Big,
+                "/broken": Broken}.get(request.path, Echo)
         self.log.append(("dispatch", request.path))
         handler = kind(request, connection, self.log)
         self.handlers.append(handler)
@@ -406,6 +413,25 @@ def test_a_malformed_request_behind_good_ones_is_answered_after_them():
             return [(await read_response(reader))[0] for _ in range(3)], await closed(reader)
 
     assert run(scenario) == ([200, 200, 400], True)
+
+
+@pytest.mark.parametrize("pipelined", [False, True])
+def test_a_dispatcher_that_raises_cuts_the_connection_and_is_logged(pipelined, caplog):
+    async def scenario():
+        async with Server() as server:
+            reader, writer = await server.connect()
+            if pipelined:
+                writer.write(b"GET /hold HTTP/1.1\r\n\r\nGET /broken HTTP/1.1\r\n\r\n")
+                (await server.dispatcher.next_handler(1)).answer()
+                await read_response(reader)
+            else:
+                writer.write(b"GET /broken HTTP/1.1\r\n\r\n")
+            return await closed(reader), server.state.connections
+
+    with caplog.at_level(logging.ERROR):
+        assert run(scenario) == (True, set())
+    assert "the fast server failed on a request from 127.0.0.1" in caplog.text
+    assert "a bug in the dispatcher" in caplog.text
 
 
 # -- limits ----------------------------------------------------------------------------
