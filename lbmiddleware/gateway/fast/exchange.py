@@ -169,7 +169,7 @@ class FastExchange:
         # the attempts
         "attempts", "backend", "pool", "call", "sent_at", "head_at", "whole", "outcome",
         # the response
-        "status", "pending", "chunked", "close", "received", "finished", "gone",
+        "status", "pending", "chunked", "close", "received", "finished",
     )
 
     def __init__(self, route: Route, request: Request, connection: ClientConnection,
@@ -204,20 +204,22 @@ class FastExchange:
         self.close = False              # the connection closes after the response
         self.received = 0               # response body bytes passed to the client
         self.finished = False
-        self.gone = False
 
     def begin(self) -> None:
         """Start at once without a body, or with one whose length is over ``retry_buffer``
         (streamed); else ask for it (``100 Continue`` when the client waits for one) and
         start once it is held, or once more than ``retry_buffer`` bytes have come."""
-        if self.body_done:
-            self._start()
-            return
-        self.connection.send_continue()
-        length = self.length
-        if length is not None and length > self.route.retry_buffer:
-            self.streaming = True
-            self._start()
+        try:
+            if self.body_done:
+                self._start()
+                return
+            self.connection.send_continue()
+            length = self.length
+            if length is not None and length > self.route.retry_buffer:
+                self.streaming = True
+                self._start()
+        except Exception:
+            self._crash()
 
     # -- the client's side (Handler) -----------------------------------------------------
 
@@ -269,7 +271,6 @@ class FastExchange:
         is released, or ended with the bytes passed when its response had begun."""
         if self.finished:
             return
-        self.gone = True
         call, self.call = self.call, None
         if call is not None:
             call.abort()

@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 import uvloop
 
+from lbmiddleware.asgi.exchange import Forwarder
 from lbmiddleware.gateway.app import GatewayApp, RoutesGatewayApp, make_app
 from lbmiddleware.gateway.config import read_config
 from lbmiddleware.gateway.fast.connection import ClientConnection, Request
@@ -662,3 +663,25 @@ def test_a_request_the_rules_refuse_is_answered_with_their_status():
     connection = run(scenario)
     assert connection.written.startswith(b"HTTP/1.1 400 Bad Request\r\n")
     assert connection.finished
+
+
+def test_a_failure_of_the_fast_path_itself_cuts_the_client_and_releases(servers, monkeypatch,
+                                                                       caplog):
+    """A bug in the exchange (here: the response's header step raising) is logged, the
+    client's connection cut, the pick released: nothing stays in flight."""
+    backend = servers("a")
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("a bug")
+
+    async def scenario():
+        async with Fast({"LB_BACKENDS": backend.url}) as fast:
+            monkeypatch.setattr(Forwarder, "response_headers", broken)
+            reader, writer = await fast.connect()
+            writer.write(head("GET", "/", (), b""))
+            cut = await closed(reader, within=2.0)
+            writer.close()
+            return cut, stats(fast.balancer)[backend.url]
+    cut, row = run(scenario)
+    assert cut and row["in_flight"] == 0
+    assert "the fast path failed on GET /" in caplog.text and "a bug" in caplog.text
