@@ -474,7 +474,17 @@ class ClientConnection(asyncio.Protocol):
             self._close()
         elif self._open and self._cut is None:
             self._cut = self.loop.call_later(self.state.settings.shutdown_timeout,
-                                             self._close)
+                                             self._cut_off)
+
+    def _cut_off(self) -> None:
+        """The shutdown's grace is over: close, and the handler hears the client gone now
+        (not once a client that does not read has taken what was written)."""
+        self._cut = None
+        handler, self._handler = self._handler, None
+        self._busy = False
+        self._close()
+        if handler is not None:
+            handler.client_lost()
 
     # -- inside --------------------------------------------------------------------------
 
