@@ -83,16 +83,16 @@ def request_head(method: bytes, target: bytes, headers: list[tuple[bytes, bytes]
     ``length``, else ``Content-Length`` when there is a body or the method is one that
     carries one: POST, PUT, PATCH), the blank line. The coroutine client's head
     (:meth:`lbmiddleware.upstream.HostPool.request`), byte for byte."""
-    head = b"%s %s HTTP/1.1\r\n" % (method, target)
-    if host is not None:
-        head += b"Host: " + host + b"\r\n"
-    if headers:
-        head += b"\r\n".join([b": ".join(field) for field in headers]) + b"\r\n"
+    lines = [b": ".join(field) for field in headers]
     if length is None:
-        return head + b"Transfer-Encoding: chunked\r\n\r\n"
-    if length or method in _FRAMED_METHODS:
-        return head + b"Content-Length: %d\r\n\r\n" % length
-    return head + b"\r\n"
+        lines.append(b"Transfer-Encoding: chunked\r\n\r\n")
+    elif length or method in _FRAMED_METHODS:
+        lines.append(b"Content-Length: %d\r\n\r\n" % length)
+    else:
+        lines.append(b"\r\n")
+    if host is None:
+        return b"%s %s HTTP/1.1\r\n" % (method, target) + b"\r\n".join(lines)
+    return b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (method, target, host) + b"\r\n".join(lines)
 
 
 class Route:
