@@ -1,5 +1,7 @@
 """The gateway under uvicorn: uvicorn's httptools protocol with the limits granian has and
-uvicorn lacks (:func:`uvicorn_protocol`), and :func:`serve_uvicorn` (https with
+uvicorn lacks (:func:`uvicorn_protocol`), the ``uvicorn.Config`` every use of uvicorn in the
+gateway starts from (:func:`uvicorn_config`: :func:`serve_uvicorn`'s, and the fast server's
+for the connections it hands to uvicorn's protocol), and :func:`serve_uvicorn` (https with
 ``LB_TLS_CERT`` / ``LB_TLS_KEY``: uvicorn wraps the socket it is given in its TLS context)."""
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ import importlib.util
 import logging
 import signal
 import socket
+from typing import TYPE_CHECKING, Any
 
 from ..core.settings import FrontEndSettings
 from ..errors import needs_extra
@@ -22,7 +25,10 @@ from .app import make_app
 from .logs import RefusalWarnings, server_log_level, settings_logging_config
 from .tls import check_certificate
 
-__all__ = ["serve_uvicorn", "uvicorn_protocol"]
+if TYPE_CHECKING:
+    import uvicorn
+
+__all__ = ["serve_uvicorn", "uvicorn_config", "uvicorn_protocol"]
 
 
 def serve_uvicorn(settings: FrontEndSettings, sock: socket.socket,
@@ -36,28 +42,16 @@ def serve_uvicorn(settings: FrontEndSettings, sock: socket.socket,
 
     gateway = settings[GatewaySettings]
     check_certificate(gateway)
-    config = uvicorn.Config(
-        make_app(settings, admin_socket=admin), lifespan="on", access_log=False,
+    config = uvicorn_config(
+        make_app(settings, admin_socket=admin), settings, lifespan="on",
         log_config=settings_logging_config(settings),
-        log_level=server_log_level(gateway.log_level),
         loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
-        http=uvicorn_protocol(gateway, access_log=settings[ProxySettings].access_log),
-        # uvicorn's own Date (RFC 9110 6.6.1: a server with a clock sends one): the proxy
-        # drops the backend's Date and Server, as nginx hides them
-        proxy_headers=False, server_header=False, date_header=True,
         # TLS 1.2 and up (uvicorn's defaults); its server.serve(sockets=) wraps each socket
         ssl_certfile=gateway.tls_cert or None, ssl_keyfile=gateway.tls_key or None,
-        # WebSockets are proxied: uvicorn terminates the client's (the websockets package's
-        # sans-I/O implementation, the one uvicorn keeps), the proxy re-frames them upstream
-        ws="websockets-sansio",
-        # a client's message as large as a backend's may be (16 MiB, uvicorn's default too);
-        # no permessage-deflate: granian has none, and the proxy's CPU is the gateway's
-        # scarce resource (nginx, which tunnels, compresses nothing either)
-        ws_max_size=MAX_MESSAGE, ws_per_message_deflate=False,
         # a backstop: GatewayProtocol closes the connections after shutdown_timeout, and
         # the proxy ends its exchanges when it sees them gone; tasks left are cancelled.
         # (typed int, used as asyncio.timeout(): sub-second values work and are kept)
-        timeout_graceful_shutdown=gateway.shutdown_timeout + 1.0,  # type: ignore[arg-type]
+        timeout_graceful_shutdown=gateway.shutdown_timeout + 1.0,
     )
     server = uvicorn.Server(config)
     # uvicorn shuts down on SIGTERM, then raises it again for the handler it found; by
@@ -71,6 +65,32 @@ def serve_uvicorn(settings: FrontEndSettings, sock: socket.socket,
             asyncio.run(server.serve(sockets=[sock]))
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def uvicorn_config(app: Any, settings: FrontEndSettings, **server: Any) -> uvicorn.Config:
+    """A ``uvicorn.Config`` for ``app`` with what every use of uvicorn in the gateway shares,
+    HTTP and WebSockets alike: :func:`serve_uvicorn`'s, and the fast server's for the
+    connections it hands to uvicorn's protocol (an upgrade), so that a WebSocket behaves the
+    same under both. ``server``: the options of the one use (lifespan, logging, loop, TLS,
+    shutdown), which may not repeat a shared one (``TypeError``)."""
+    import uvicorn
+
+    gateway = settings[GatewaySettings]
+    return uvicorn.Config(
+        app, access_log=False,      # (the proxy's own access log: LB_ACCESS_LOG)
+        log_level=server_log_level(gateway.log_level),
+        http=uvicorn_protocol(gateway, access_log=settings[ProxySettings].access_log),
+        # uvicorn's own Date (RFC 9110 6.6.1: a server with a clock sends one): the proxy
+        # drops the backend's Date and Server, as nginx hides them
+        proxy_headers=False, server_header=False, date_header=True,
+        # WebSockets are proxied: uvicorn terminates the client's (the websockets package's
+        # sans-I/O implementation, the one uvicorn keeps), the proxy re-frames them upstream
+        ws="websockets-sansio",
+        # a client's message as large as a backend's may be (16 MiB, uvicorn's default too);
+        # no permessage-deflate: granian has none, and the proxy's CPU is the gateway's
+        # scarce resource (nginx, which tunnels, compresses nothing either)
+        ws_max_size=MAX_MESSAGE, ws_per_message_deflate=False,
+        **server)
 
 
 def _closing_response(error: ErrorResponse) -> bytes:

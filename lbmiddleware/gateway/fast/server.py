@@ -26,19 +26,21 @@ import signal
 import socket
 import ssl
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...core.settings import FrontEndSettings
 from ...errors import needs_extra
 from ...gateway_settings import GatewaySettings
 from ...proxy.settings import ProxySettings
-from ...upstream.websocket import MAX_MESSAGE
 from ..app import GatewayApp, RoutesGatewayApp, make_app
-from ..logs import server_log_level, settings_logging_config
+from ..logs import settings_logging_config
 from ..tls import check_certificate
-from ..uvicorn_server import uvicorn_protocol
+from ..uvicorn_server import uvicorn_config
 from .connection import ClientConnection, ServerState
 from .wire import SERVER, DateHeader
+
+if TYPE_CHECKING:
+    import uvicorn
 
 __all__ = ["serve_fast", "ServerState", "HandOff", "server_ssl_context"]
 
@@ -54,9 +56,10 @@ class HandOff:
     """Connections leaving the fast path for uvicorn's protocol (an upgrade's head was
     read): :meth:`__call__` gives it the transport and the head (with the bytes after it)
     to read again. Its ``uvicorn.Config`` is made at the first hand-off, for the same app
-    object, as ``serve_uvicorn`` makes its own (the gateway's protocol, websockets'
-    sans-I/O WebSockets, the same message limit, no permessage-deflate); the protocols
-    join ``connections``, the fast server's."""
+    object, by the builder of ``serve_uvicorn``'s own (:func:`~lbmiddleware.gateway.
+    uvicorn_server.uvicorn_config`: the gateway's protocol, websockets' sans-I/O WebSockets,
+    the same message limit, no permessage-deflate), without its lifespan (the fast server
+    runs the app's); the protocols join ``connections``, the fast server's."""
 
     def __init__(self, settings: FrontEndSettings, app: GatewayApp | RoutesGatewayApp,
                  connections: set[Any], date: DateHeader,
@@ -66,8 +69,16 @@ class HandOff:
         self._connections = connections
         self._date = date
         self._loop = loop
-        self._config: Any = None
+        self._config: uvicorn.Config | None = None
         self._state: Any = None
+
+    @property
+    def config(self) -> uvicorn.Config:
+        """The hand-off's ``uvicorn.Config`` (made at the first use)."""
+        config = self._config
+        if config is None:
+            config = self._config = self._load()
+        return config
 
     @property
     def tasks(self) -> set[asyncio.Task[None]]:
@@ -75,33 +86,26 @@ class HandOff:
         return set() if self._state is None else self._state.tasks
 
     def __call__(self, transport: asyncio.Transport, data: bytes) -> None:
-        if self._config is None:
-            self._load()
+        config = self.config
         state = self._state
         # uvicorn's server refreshes them each second; here at each hand-off
         state.default_headers = [(b"date", self._date.value()[6:-2]), (b"server", SERVER)]
-        protocol = self._config.http_protocol_class(
-            config=self._config, server_state=state, app_state={}, _loop=self._loop)
+        make: Any = config.http_protocol_class      # (the gateway's uvicorn protocol)
+        protocol = make(config=config, server_state=state, app_state={}, _loop=self._loop)
         protocol.connection_made(transport)
         transport.set_protocol(protocol)
         protocol.data_received(data)
 
-    def _load(self) -> None:
-        import uvicorn
+    def _load(self) -> uvicorn.Config:
         from uvicorn.server import ServerState as UvicornState
 
-        gateway = self._settings[GatewaySettings]
-        config = uvicorn.Config(
-            self._app, lifespan="off", access_log=False,
-            # (logging is configured already: uvicorn's loggers get their level only)
-            log_config=None, log_level=server_log_level(gateway.log_level),
-            http=uvicorn_protocol(gateway, access_log=self._settings[ProxySettings].access_log),
-            proxy_headers=False, server_header=False, date_header=True,
-            ws="websockets-sansio", ws_max_size=MAX_MESSAGE, ws_per_message_deflate=False)
+        # (logging is configured already: uvicorn's loggers get their level only)
+        config = uvicorn_config(self._app, self._settings, lifespan="off", log_config=None)
         config.load()
         state = UvicornState()
         state.connections = self._connections
-        self._config, self._state = config, state
+        self._state = state
+        return config
 
 
 def server_ssl_context(settings: GatewaySettings) -> ssl.SSLContext | None:
