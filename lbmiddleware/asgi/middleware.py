@@ -278,14 +278,17 @@ class LoadBalancerMiddleware:
         length as the server framed it (0: none, None: chunked), when it did (the fast
         server's parser); else read from the headers (:data:`FROM_HEADERS`)."""
         trusted = self._trusting and self._client_address.is_trusted(peer)
-        upstream_headers = BINARY.request_headers(
-            headers, peer=peer, scheme=scheme, preserve_host=self._preserve_host,
-            trusted_peer=trusted)
         if length == FROM_HEADERS:
-            length = BINARY.body_length(headers)
+            upstream_headers, length = BINARY.request(
+                headers, peer=peer, scheme=scheme, preserve_host=self._preserve_host,
+                trusted_peer=trusted)
             if length == 0 and http_version not in _HTTP1 \
                     and not BINARY.get(headers, "content-length"):
                 length = None       # HTTP/2 and 3 frame a body without either header
+        else:
+            upstream_headers = BINARY.request_headers(
+                headers, peer=peer, scheme=scheme, preserve_host=self._preserve_host,
+                trusted_peer=trusted)
         target = join_target(b"", self._upstream_path(path, raw_path), query)
         key = None
         if self._sticky:
