@@ -7,10 +7,13 @@ graceful shutdown.
 The shutdown, as uvicorn's: stop accepting; idle connections are closed at once, busy ones
 after their response or after ``LB_SHUTDOWN_TIMEOUT`` at the latest (what is left a second
 later is cut, and the WebSocket hand-off's tasks still running cancelled); then the
-dispatcher and the app are closed (pools, sources, the admin listener). SIGTERM and SIGINT
-both end :func:`serve_fast` with ``KeyboardInterrupt`` once that is done, as the uvicorn
-path does (``serve`` then exits with status 0); a second signal stops waiting for the
-requests in flight.
+dispatcher is closed (the upstream connections), the loop gives back the pools it owned
+(the exchanges pick through each pool's lock-free lane, the loop its owner: see
+:meth:`Balancer.own <lbmiddleware.core.balancer.Balancer.own>`) and the app is closed
+(sources, health checks, the admin listener). SIGTERM and SIGINT both end
+:func:`serve_fast` with ``KeyboardInterrupt`` once that is done, as the uvicorn path does
+(``serve`` then exits with status 0); a second signal stops waiting for the requests in
+flight.
 
 Upgrades (WebSocket handshakes, h2c, CONNECT) leave the fast path (:class:`HandOff`): the
 connection goes to uvicorn's protocol for the same app object, built as the uvicorn path
@@ -42,7 +45,7 @@ from .wire import SERVER, DateHeader
 if TYPE_CHECKING:
     import uvicorn
 
-__all__ = ["serve_fast", "ServerState", "HandOff", "server_ssl_context"]
+__all__ = ["serve_fast", "FastServer", "ServerState", "HandOff", "server_ssl_context"]
 
 logger = logging.getLogger("lbmiddleware.gateway")
 
@@ -133,90 +136,130 @@ def serve_fast(settings: FrontEndSettings, sock: socket.socket, admin: socket.so
 
     gateway = settings[GatewaySettings]
     check_certificate(gateway)
-    context = server_ssl_context(gateway)
+    server = FastServer(settings, sock, admin, banner, server_ssl_context(gateway))
     logging.config.dictConfig(settings_logging_config(settings))
-    signals = (signal.SIGINT, signal.SIGTERM)
-    before = {number: signal.getsignal(number) for number in signals}
-    stop = _Stop()
+    before = {number: signal.getsignal(number) for number in _SIGNALS}
     try:
-        uvloop.run(_serve(settings, sock, admin, banner, context, stop))
+        uvloop.run(_serve(server))
     finally:
         for number, handler in before.items():
             signal.signal(number, handler)
-    if stop.signals:
+    if server.signals:
         raise KeyboardInterrupt
 
 
-class _Stop:
-    """SIGINT / SIGTERM while serving: the first stops the server, a second stops waiting
-    for the requests in flight."""
-
-    def __init__(self) -> None:
-        self.signals: list[int] = []
-        self.event = asyncio.Event()
-        self.force = False
-
-    def __call__(self, number: int) -> None:
-        self.signals.append(number)
-        if self.event.is_set():
-            self.force = True
-        self.event.set()
+#: The signals that stop the fast server.
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-async def _serve(settings: FrontEndSettings, sock: socket.socket, admin: socket.socket | None,
-                 banner: Callable[[], None], context: ssl.SSLContext | None,
-                 stop: _Stop) -> None:
-    from .dispatch import Dispatcher
-
+async def _serve(server: FastServer) -> None:
+    """``server`` on the running loop, stopped by SIGINT and SIGTERM."""
     loop = asyncio.get_running_loop()
-    gateway = settings[GatewaySettings]
-    for number in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(number, stop, number)
-    app = make_app(settings, admin_socket=admin)
+    for number in _SIGNALS:
+        loop.add_signal_handler(number, server.stop, number)
     try:
-        await app.ready()
-        if stop.event.is_set():
-            return
-        dispatcher = Dispatcher(app)
-        date = DateHeader()
-        connections: set[Any] = set()
-        handoff = HandOff(settings, app, connections, date, loop)
-        state = ServerState(gateway, dispatcher, handoff,
-                            scheme="https" if context is not None else "http",
-                            access_log=settings[ProxySettings].access_log, date=date)
-        state.connections = connections
-        server = await loop.create_server(
-            lambda: ClientConnection(state, loop), sock=sock, ssl=context, backlog=BACKLOG,
-            ssl_handshake_timeout=gateway.header_timeout if context is not None else None)
-        banner()
-        try:
-            await stop.event.wait()
-        finally:
-            await _shutdown(server, state, handoff, gateway.shutdown_timeout, stop)
-            dispatcher.close()
+        await server.serve()
     finally:
-        await app.aclose()
-        for number in (signal.SIGINT, signal.SIGTERM):
+        for number in _SIGNALS:
             loop.remove_signal_handler(number)
 
 
-async def _shutdown(server: asyncio.AbstractServer, state: ServerState, handoff: HandOff,
-                    grace: float, stop: _Stop) -> None:
-    """Stop accepting, close the idle connections, let the busy ones end their response
-    within ``grace`` seconds (each closes itself then), cut what is left a second later,
-    and cancel the hand-off's tasks still running."""
-    loop = asyncio.get_running_loop()
-    server.close()
-    for connection in list(state.connections):
-        connection.shutdown()
-    deadline = loop.time() + grace + 1.0
-    while (state.connections or handoff.tasks) and loop.time() < deadline and not stop.force:
-        await asyncio.sleep(_POLL)
-    for connection in list(state.connections):
-        connection.transport.abort()        # (its handler hears client_lost)
-    tasks = list(handoff.tasks)
-    for task in tasks:
-        task.cancel()
-    if tasks:
-        await asyncio.wait(tasks, timeout=1.0)
-    await asyncio.sleep(0)                  # (connection_lost of those just cut)
+class FastServer:
+    """One run of the fast server on ``sock`` (:meth:`serve`, on a running loop) until
+    :meth:`stop`: the gateway's app for ``settings`` (``app``, made by :meth:`serve`),
+    its dispatcher, the listener (https with ``context``), then the graceful shutdown."""
+
+    def __init__(self, settings: FrontEndSettings, sock: socket.socket,
+                 admin: socket.socket | None, banner: Callable[[], None],
+                 context: ssl.SSLContext | None = None) -> None:
+        self.settings = settings
+        self.sock = sock
+        self.admin = admin
+        self.banner = banner
+        self.context = context
+        self.app: GatewayApp | RoutesGatewayApp | None = None
+        #: The signals :meth:`stop` got (SIGINT, SIGTERM), in order.
+        self.signals: list[int] = []
+        self._stopping = asyncio.Event()
+        self._force = False
+
+    def stop(self, number: int = signal.SIGTERM) -> None:
+        """Stop serving (SIGINT / SIGTERM): the first call stops the server, a second
+        stops waiting for the requests in flight. On the server's loop."""
+        self.signals.append(number)
+        if self._stopping.is_set():
+            self._force = True
+        self._stopping.set()
+
+    async def serve(self) -> None:
+        """Serve until :meth:`stop`, then shut down: the requests in flight end (or are
+        cut after ``LB_SHUTDOWN_TIMEOUT``), the loop gives back every pool it owned
+        (:meth:`Balancer.disown <lbmiddleware.core.balancer.Balancer.disown>`: from then on
+        another thread's call on a pool takes its lock instead of waiting for this loop),
+        and the app is closed."""
+        from .dispatch import Dispatcher
+
+        loop = asyncio.get_running_loop()
+        settings = self.settings
+        gateway = settings[GatewaySettings]
+        context = self.context
+        app = self.app = make_app(settings, admin_socket=self.admin)
+        try:
+            await app.ready()
+            if self._stopping.is_set():
+                return
+            dispatcher = Dispatcher(app)
+            date = DateHeader()
+            connections: set[Any] = set()
+            handoff = HandOff(settings, app, connections, date, loop)
+            state = ServerState(gateway, dispatcher, handoff,
+                                scheme="https" if context is not None else "http",
+                                access_log=settings[ProxySettings].access_log, date=date)
+            state.connections = connections
+            server = await loop.create_server(
+                lambda: ClientConnection(state, loop), sock=self.sock, ssl=context,
+                backlog=BACKLOG,
+                ssl_handshake_timeout=gateway.header_timeout if context is not None else None)
+            self.banner()
+            try:
+                await self._stopping.wait()
+            finally:
+                try:
+                    await self._shutdown(server, state, handoff, gateway.shutdown_timeout)
+                finally:
+                    dispatcher.close()      # (the pools of the routes it served: disowned)
+        finally:
+            _disown(app)
+            await app.aclose()
+
+    async def _shutdown(self, server: asyncio.AbstractServer, state: ServerState,
+                        handoff: HandOff, grace: float) -> None:
+        """Stop accepting, close the idle connections, let the busy ones end their response
+        within ``grace`` seconds (each closes itself then), cut what is left a second later,
+        and cancel the hand-off's tasks still running."""
+        loop = asyncio.get_running_loop()
+        server.close()
+        for connection in list(state.connections):
+            connection.shutdown()
+        deadline = loop.time() + grace + 1.0
+        while (state.connections or handoff.tasks) and loop.time() < deadline \
+                and not self._force:
+            await asyncio.sleep(_POLL)
+        for connection in list(state.connections):
+            connection.transport.abort()        # (its handler hears client_lost)
+        tasks = list(handoff.tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=1.0)
+        await asyncio.sleep(0)                  # (connection_lost of those just cut)
+
+
+def _disown(app: GatewayApp | RoutesGatewayApp) -> None:
+    """Give back every pool of ``app`` the running loop owns (on the loop's thread, once the
+    last request ended): the dispatcher gives back those of the routes it served, and this
+    the others, e.g. a pool a reload kept under a new route that had no request yet (its
+    old route's requests made the loop its owner). A pool not owned: nothing."""
+    pools = app.pools.values() if isinstance(app, RoutesGatewayApp) else (app.balancer,)
+    for pool in pools:
+        pool.disown()

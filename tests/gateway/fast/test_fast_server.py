@@ -10,8 +10,11 @@ from typing import Any
 
 import pytest
 import uvicorn
+import uvloop
 
-from lbmiddleware.gateway.fast.server import HandOff
+from lbmiddleware.gateway.app import GatewayApp, RoutesGatewayApp
+from lbmiddleware.gateway.config import read_config
+from lbmiddleware.gateway.fast.server import FastServer, HandOff
 from lbmiddleware.gateway.fast.wire import DateHeader
 from lbmiddleware.gateway.uvicorn_server import serve_uvicorn
 from lbmiddleware.gateway_settings import load_settings
@@ -72,3 +75,81 @@ def test_the_hand_off_builds_uvicorn_as_the_gateway_under_uvicorn_does(environ, 
     assert (served["ws"], served["ws_per_message_deflate"], served["proxy_headers"]) == (
         "websockets-sansio", False, False)
     assert (handed["lifespan"], served["lifespan"]) == ("off", "on")
+
+
+# -- the shutdown ------------------------------------------------------------------------
+
+
+async def status_of(port: int, path: str) -> int:
+    """The status of ``GET path`` on a connection of its own (closed after it)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n".encode())
+    answer = await reader.read()
+    writer.close()
+    return int(answer.split(b" ", 2)[1])
+
+
+def serving(settings: Any, scenario: Any) -> Any:
+    """``scenario(server, port)`` on a uvloop loop beside a :class:`FastServer` for
+    ``settings`` on loopback (served before the scenario, stopped after it); its result."""
+
+    async def main() -> Any:
+        with socket.create_server(("127.0.0.1", 0)) as sock:
+            server = FastServer(settings, sock, None, banner=lambda: None)
+            task = asyncio.create_task(server.serve())
+            try:
+                return await scenario(server, sock.getsockname()[1])
+            finally:
+                server.stop()
+                await asyncio.wait_for(task, 10)
+
+    return uvloop.run(main())
+
+
+def test_the_loop_gives_back_the_pool_it_owned_once_its_requests_ended(backends):
+    """The exchanges pick through the pool's lane, the loop its owner; at the shutdown,
+    once the last request ended and before the app is closed (so before the loop stops),
+    the pool is given back: another thread's call takes its lock again, waiting for no
+    loop."""
+    settings = load_settings({"LB_BACKENDS": backends[0].url})
+    seen: dict[str, Any] = {}
+
+    async def scenario(server: FastServer, port: int) -> None:
+        seen["status"] = await status_of(port, "/x")
+        app = server.app
+        assert isinstance(app, GatewayApp)
+        pool = seen["pool"] = app.balancer
+        seen["owned"] = pool.lane is not None
+        app.on_close(lambda: seen.setdefault("at the app's close", pool.lane))
+
+    serving(settings, scenario)
+    pool = seen["pool"]
+    assert (seen["status"], seen["owned"], seen["at the app's close"], pool.lane) == (
+        200, True, None, None)
+    assert [row["requests"] for row in pool.stats()] == [1]
+
+
+def test_a_pool_a_reload_kept_is_given_back_though_its_new_route_had_no_request(
+        backends, tmp_path):
+    """The route's requests made the loop the pool's owner; a reload moved the route (its
+    pool kept under a new middleware) and the old one closed, idle. No request came to the
+    new route before the shutdown: the pool is given back all the same."""
+    path = tmp_path / "gateway.toml"
+    route = '[[route]]\nname = "orders"\nprefix = "{}"\nbackends = ["' + backends[0].url + '"]\n'
+    path.write_text(route.format("/a"))
+    seen: dict[str, Any] = {}
+
+    async def scenario(server: FastServer, port: int) -> None:
+        seen["status"] = await status_of(port, "/a/x")
+        app = server.app
+        assert isinstance(app, RoutesGatewayApp)
+        pool = seen["pool"] = app.pools["orders"]
+        seen["owned"] = pool.lane is not None
+        path.write_text(route.format("/b"))
+        seen["reloaded"] = await app.reload()
+        seen["kept"] = app.pools["orders"] is pool
+
+    serving(read_config(str(path)), scenario)
+    assert (seen["status"], seen["owned"], seen["reloaded"], seen["kept"]) == (
+        200, True, True, True)
+    assert seen["pool"].lane is None
