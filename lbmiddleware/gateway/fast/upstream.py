@@ -329,7 +329,7 @@ class UpstreamConnection(asyncio.Protocol):
                  "_keep_alive", "_until_close", "_head_only", "_interim", "_fresh",
                  "_answered", "_complete", "_trailing", "_cut", "_got_bytes", "_pieces",
                  "_quiet", "_seen", "_timer", "_due", "_write_paused", "_read_paused", "_starting",
-                 "_refused")
+                 "_refused", "_left", "_raw")
 
     def __init__(self, pool: BackendPool) -> None:
         self.pool = pool
@@ -365,6 +365,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._read_paused = False
         self._starting = False
         self._refused: UpstreamError | None = None
+        self._left = -1                 # a body of known length: its bytes not read yet
+        self._raw = False               # the reads are that body's bytes: not parsed
 
     # -- a call --------------------------------------------------------------------------------
 
@@ -386,7 +388,7 @@ class UpstreamConnection(asyncio.Protocol):
         # _interim; and a connection with _trailing or _cut set is not used again)
         self._reason = b""
         self._headers = []
-        self._answered = self._complete = self._got_bytes = False
+        self._answered = self._complete = self._got_bytes = self._raw = False
         self._head_only = call._head_request
         self._quiet = 0
         loop = pool.loop
@@ -475,6 +477,9 @@ class UpstreamConnection(asyncio.Protocol):
                 self._refused = ProtocolError("unexpected bytes on a new connection")
             return
         self._got_bytes = True
+        if self._raw:
+            self._read_raw(data)
+            return
         try:
             self._parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
@@ -508,6 +513,8 @@ class UpstreamConnection(asyncio.Protocol):
             body = pieces[0] if len(pieces) == 1 else b"".join(pieces)
             pieces.clear()
             self._quiet = 0
+            if self._left > 0:
+                self._left -= len(body)
             receiver.upstream_body(body)
             if self._state is not _BUSY:
                 return
@@ -524,6 +531,38 @@ class UpstreamConnection(asyncio.Protocol):
             # The body's bytes each begin a new wait; a head's do not (a head trickled in a
             # byte at a time gets the read timeout, as in the coroutine client).
             self._seen = self.pool.loop.time()
+            if self._left > 0:
+                self._raw = True            # the rest of a body of known length
+
+    def _read_raw(self, data: bytes) -> None:
+        """The reads after a head whose body's length is known, until its end: body bytes
+        as they came, without the parser (llhttp gives a body in copies: a 1 MB body cost
+        twice its bytes in copies, and the fresh memory's page faults). The parser, left
+        in the middle of that body, is replaced by a new one at its end; bytes past the end
+        go to that one, as llhttp would have read them (blank lines skipped, anything else
+        the connection's end)."""
+        left = self._left
+        size = len(data)
+        receiver = self._receiver
+        if size < left:
+            self._left = left - size
+            receiver.upstream_body(data)
+            if self._state is _BUSY:
+                self._seen = self.pool.loop.time()
+            return
+        self._left = 0
+        self._raw = False
+        self._complete = True
+        self._parser = parser = _new_parser(self)
+        if size > left:
+            rest, data = data[left:], data[:left]
+            try:
+                parser.feed_data(rest)
+            except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+                self._trailing = True       # bytes past the end: the connection is not reused
+        receiver.upstream_body(data)
+        if self._state is _BUSY:
+            self._finish()
 
     def eof_received(self) -> bool | None:
         if self._state is _BUSY:
@@ -605,7 +644,7 @@ class UpstreamConnection(asyncio.Protocol):
         headers = self._headers
         assert headers is not None
         length = None
-        chunked = False
+        chunked = coded = False
         for name, value in headers:
             size = len(name)
             if size == 14:
@@ -613,6 +652,7 @@ class UpstreamConnection(asyncio.Protocol):
                     length = int(value)
             elif size == 17 and name.lower() == b"transfer-encoding":
                 chunked = _last_coding_chunked(value)
+                coded = True
         keep_alive = parser.should_keep_alive()
         if not keep_alive and parser.get_http_version() not in ("1.1", "1.0"):
             raise ProtocolError("the backend's response is not HTTP/1.x")
@@ -623,13 +663,19 @@ class UpstreamConnection(asyncio.Protocol):
         self._chunked = chunked
         self._fresh = True
         self._until_close = False
+        self._left = -1
         if self._head_only:
             # No body, whatever the head says; llhttp would wait for one: a new parser for
             # the next call (this one still runs: feed_data holds it).
             self._complete = True
             self._parser = _new_parser(self)
             keep_alive = _keeps_alive(parser, headers)
-        elif length is None and not chunked and status != 204 and status != 304:
+        elif status == 204 or status == 304:
+            pass
+        elif length is not None:
+            if not coded:
+                self._left = length     # (beside Transfer-Encoding: llhttp refuses it)
+        elif not chunked:
             self._until_close = True
         self._keep_alive = keep_alive
 

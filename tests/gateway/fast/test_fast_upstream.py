@@ -482,6 +482,50 @@ def test_follows_says_whether_the_body_comes_in_the_same_read():
     assert whole.events == ["head", "body", "end"] == apart.events
 
 
+@pytest.mark.parametrize("after, reused", [(b"", True), (b"\r\n", True), (b"x", False),
+                                           (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+                                            False)], ids=["none", "blank line", "a byte",
+                                                          "a response"])
+def test_the_reads_after_a_head_of_known_length_are_its_body_as_they_came(after, reused):
+    """Past the head's read a body of known length is not parsed (no copy): each read is
+    given as it came, the last one up to the body's end; what follows it is read as llhttp
+    reads what follows a response (a blank line skipped, else the connection not reused)."""
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n"
+    reads = [head + b"ab", b"cdef", b"ghij" + after]
+    loop = asyncio.new_event_loop()
+    try:
+        pool = BackendPool(lb.Backend("http://127.0.0.1:9"), connect_timeout=1.0,
+                           read_timeout=5.0, loop=loop, deadlines=Deadlines())
+        connection = UpstreamConnection(pool)
+        connection.connection_made(_Transport())
+        pieces: list[bytes] = []
+
+        class Pieces(Recorder):
+            def upstream_body(self, data: bytes) -> None:
+                pieces.append(data)
+                super().upstream_body(data)
+
+        recorder = Pieces(loop)
+        recorder.call = call = Call(pool, recorder, request_head(), b"", False, False, False,
+                                    0.0)
+        connection.start(call, request_head(), 0)
+        for read in reads:
+            connection.data_received(read)
+        assert recorder.events == ["head", "body", "body", "body", "end"]
+        assert bytes(recorder.body) == b"abcdefghij"
+        assert pieces[1] is reads[1]                # the read itself
+        assert pool.idle() == (1 if reused else 0)
+        if reused:                                  # and its parser reads the next response
+            recorder = Recorder(loop)
+            recorder.call = call = Call(pool, recorder, request_head(), b"", False, False,
+                                        False, 0.0)
+            pool._idle.pop().start(call, request_head(), 0)
+            connection.data_received(head + b"0123456789")
+            assert recorder.events == ["head", "body", "end"] and recorder.body == b"0123456789"
+    finally:
+        loop.close()
+
+
 def test_a_head_larger_than_the_limit_is_refused_before_its_end_arrives():
     line = b"X-Filler: " + b"f" * 1012 + b"\r\n"
     recorder, pool = feed([b"HTTP/1.1 200 OK\r\n"] + [line] * 70)
