@@ -163,9 +163,9 @@ class TestPerBackend:
         told: dict[str, int] = {A: 0, B: 0}
         transferred = pool._policy.transferred
 
-        def counting(state, nbytes):
+        def counting(state, nbytes, now=None):
             told[state.backend.url] += nbytes
-            transferred(state, nbytes)
+            transferred(state, nbytes, now)
 
         pool._policy.transferred = counting
         for size in (100, 5000, 70, 0, 12000, 300):
