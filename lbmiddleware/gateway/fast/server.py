@@ -1,8 +1,12 @@
-"""The fast server's life (:func:`serve_fast`): a uvloop loop, the gateway's app started as
-its lifespan would be (the admin listener, SIGHUP for a config file, the sources' first
-answers), the listener of :class:`~.connection.ClientConnection` (https with
-``LB_TLS_CERT`` / ``LB_TLS_KEY``, TLS 1.2 and up), the banner, then SIGINT or SIGTERM and a
+"""The fast server's life (:func:`serve_fast`): a uvloop loop, the gateway's app built, the
+banner, the app started as its lifespan would be (the admin listener, SIGHUP for a config
+file, the sources' first answers), the listener of :class:`~.connection.ClientConnection`
+(https with ``LB_TLS_CERT`` / ``LB_TLS_KEY``, TLS 1.2 and up), then SIGINT or SIGTERM and a
 graceful shutdown.
+
+The banner comes when it comes under uvicorn: the socket listens already (``serve`` bound
+it), so a connection made after the banner waits in the listen backlog while the sources
+give their first answers (up to 5 s), then is served. A signal meanwhile stops the wait.
 
 The shutdown, as uvicorn's: stop accepting; idle connections are closed at once, busy ones
 after their response or after ``LB_SHUTDOWN_TIMEOUT`` at the latest (what is left a second
@@ -126,8 +130,8 @@ def server_ssl_context(settings: GatewaySettings) -> ssl.SSLContext | None:
 def serve_fast(settings: FrontEndSettings, sock: socket.socket, admin: socket.socket | None,
                banner: Callable[[], None]) -> None:
     """Serve the gateway on ``sock`` (and the admin listener on ``admin``) with the fast
-    server until SIGINT or SIGTERM (then ``KeyboardInterrupt``); ``banner()`` once it
-    accepts connections."""
+    server until SIGINT or SIGTERM (then ``KeyboardInterrupt``); ``banner()`` once the app
+    is built, before its sources' first answers (``sock`` listens: connections wait)."""
     import uvloop
 
     with needs_extra("the fast server (its WebSocket hand-off to uvicorn)"):
@@ -205,8 +209,11 @@ class FastServer:
         context = self.context
         app = self.app = make_app(settings, admin_socket=self.admin)
         try:
-            await app.ready()
-            if self._stopping.is_set():
+            # As under uvicorn: the socket listens already (connections wait in its backlog
+            # while the sources give their first answers, up to 5 s), so the banner now;
+            # an app that could not be built has ended the start before it.
+            self.banner()
+            if not await self._ready(app):
                 return
             dispatcher = Dispatcher(app)
             date = DateHeader()
@@ -220,7 +227,6 @@ class FastServer:
                 lambda: ClientConnection(state, loop), sock=self.sock, ssl=context,
                 backlog=BACKLOG,
                 ssl_handshake_timeout=gateway.header_timeout if context is not None else None)
-            self.banner()
             try:
                 await self._stopping.wait()
             finally:
@@ -231,6 +237,21 @@ class FastServer:
         finally:
             _disown(app)
             await app.aclose()
+
+    async def _ready(self, app: GatewayApp | RoutesGatewayApp) -> bool:
+        """``app.ready()`` (the admin listener, SIGHUP, the sources' first answers): True
+        once it is, False when :meth:`stop` came first (the wait is cut short then: a
+        SIGTERM does not wait for the sources)."""
+        ready = asyncio.ensure_future(app.ready())
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        await asyncio.wait((ready, stopping), return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not ready.done():
+            ready.cancel()
+            await asyncio.wait((ready,))
+            return False
+        ready.result()
+        return not self._stopping.is_set()
 
     async def _shutdown(self, server: asyncio.AbstractServer, state: ServerState,
                         handoff: HandOff, grace: float) -> None:

@@ -1,5 +1,6 @@
 """The fast server's life (``gateway/fast/server.py``): the uvicorn options its upgrade
-hand-off shares with the gateway under uvicorn, and what it gives back at its shutdown."""
+hand-off shares with the gateway under uvicorn, what it gives back at its shutdown, and its
+banner's moment (uvicorn's)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import uvloop
 
 from lbmiddleware.gateway.app import GatewayApp, RoutesGatewayApp
 from lbmiddleware.gateway.config import read_config
+from lbmiddleware.gateway.fast import server as server_module
 from lbmiddleware.gateway.fast.server import FastServer, HandOff
 from lbmiddleware.gateway.fast.wire import DateHeader
 from lbmiddleware.gateway.uvicorn_server import serve_uvicorn
@@ -153,3 +155,90 @@ def test_a_pool_a_reload_kept_is_given_back_though_its_new_route_had_no_request(
     assert (seen["status"], seen["owned"], seen["reloaded"], seen["kept"]) == (
         200, True, True, True)
     assert seen["pool"].lane is None
+
+
+# -- the banner --------------------------------------------------------------------------
+
+
+def slow_ready(monkeypatch: pytest.MonkeyPatch, answered: asyncio.Event,
+               said: list[str]) -> None:
+    """The server's app waits for ``answered`` before its sources' first answers are
+    awaited (as a DNS source would keep it waiting); ``said``: "ready" once it is,
+    "cancelled" if its wait was cut short."""
+    make = server_module.make_app
+
+    def make_app(*args: Any, **kwargs: Any) -> Any:
+        app = make(*args, **kwargs)
+        ready = app.ready
+
+        async def slow() -> bool:
+            try:
+                await answered.wait()
+            except asyncio.CancelledError:
+                said.append("cancelled")
+                raise
+            done = await ready()
+            said.append("ready")
+            return done
+
+        app.ready = slow
+        return app
+
+    monkeypatch.setattr(server_module, "make_app", make_app)
+
+
+def test_the_banner_comes_before_the_sources_answer_and_a_request_waits_for_them(
+        backends, monkeypatch):
+    """As under uvicorn: the banner once the app is built, while the sources' first answers
+    are awaited; a request sent after it waits in the listen backlog and is answered once
+    they came."""
+    said: list[str] = []
+
+    async def main() -> None:
+        answered = asyncio.Event()
+        slow_ready(monkeypatch, answered, said)
+        printed = asyncio.Event()
+
+        def banner() -> None:
+            said.append("banner")
+            printed.set()
+
+        settings = load_settings({"LB_BACKENDS": backends[0].url})
+        with socket.create_server(("127.0.0.1", 0)) as sock:
+            server = FastServer(settings, sock, None, banner)
+            task = asyncio.create_task(server.serve())
+            await printed.wait()
+            # connected (the kernel's backlog took it) and sent before the sources answer
+            reader, writer = await asyncio.open_connection("127.0.0.1", sock.getsockname()[1])
+            writer.write(b"GET /x HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
+            await writer.drain()
+            answered.set()
+            said.append((await reader.read()).split(b"\r\n", 1)[0].decode())
+            writer.close()
+            server.stop()
+            await asyncio.wait_for(task, 10)
+
+    uvloop.run(main())
+    assert said == ["banner", "ready", "HTTP/1.1 200 OK"]
+
+
+def test_a_stop_while_the_sources_are_awaited_ends_the_wait(backends, monkeypatch):
+    """SIGTERM after the banner, before the sources answered: the server stops at once
+    (the app closed, no listener made) rather than after their 5 s."""
+    said: list[str] = []
+
+    async def main() -> Any:
+        slow_ready(monkeypatch, asyncio.Event(), said)      # (never answered)
+        printed = asyncio.Event()
+        settings = load_settings({"LB_BACKENDS": backends[0].url})
+        with socket.create_server(("127.0.0.1", 0)) as sock:
+            server = FastServer(settings, sock, None, printed.set)
+            task = asyncio.create_task(server.serve())
+            await printed.wait()
+            server.stop()
+            await asyncio.wait_for(task, 10)
+            return server.app
+
+    app = uvloop.run(main())
+    assert said == ["cancelled"]
+    assert app.balancer.closed
