@@ -37,6 +37,7 @@ from ..core.backend import Backend
 from .connection import Connection
 from .deadlines import Deadlines
 from .errors import ConnectError, ConnectTimeout, StaleConnection, TLSError, UpstreamError
+from .head import request_head
 from .response import Response
 from .tls import system_ssl_context, tls_failure_text
 
@@ -89,7 +90,8 @@ class HostPool:
                       head_timeout: float | None = None,
                       loop: asyncio.AbstractEventLoop | None = None) -> Response:
         """Send ``method target`` with ``headers`` and ``body``; ``add_host``: put the
-        backend's ``Host`` first (pass ``False`` when ``headers`` have one).
+        backend's ``Host`` first (pass ``False`` when ``headers`` have one). The head is
+        :func:`~.head.request_head`'s (the fast server's upstream client's too).
 
         ``length``: the body's size (``0``: no body; ``None``: unknown, sent chunked); a
         ``bytes`` body gives its own length. Returns once the response head arrived. A
@@ -110,17 +112,8 @@ class HostPool:
         limit = None if head_timeout is None else loop.time() + head_timeout
         if isinstance(body, (bytes, bytearray, memoryview)):
             length = len(body)
-        parts = [method, b" ", target, b" HTTP/1.1\r\n"]
-        if add_host:
-            parts += [b"Host: ", self.host_header, b"\r\n"]
-        for name, value in headers:
-            parts += [name, b": ", value, b"\r\n"]
-        if length is None:
-            parts.append(b"Transfer-Encoding: chunked\r\n")
-        elif length or method in (b"POST", b"PUT", b"PATCH"):
-            parts += [b"Content-Length: ", b"%d" % length, b"\r\n"]
-        parts.append(b"\r\n")
-        head = b"".join(parts)
+        head = request_head(method, target, headers, self.host_header if add_host else None,
+                            length)
         head_request = method == b"HEAD"
         while True:
             connection = self._idle_connection(loop) or await self._connect(loop, limit)
