@@ -5,13 +5,26 @@ to retry for any method.) ``timeout``: was it a timeout (a 504 rather than a 502
 ``deadline``: the timeout that ran out was the caller's ``head_timeout`` (a request's
 deadline across its attempts), not the pool's own connect or read timeout. ``bytes_sent``:
 the request body bytes written before the failure.
+
+:func:`connect_error` is the one table from a failed connect (``asyncio.TimeoutError``,
+``ssl.SSLError``, ``OSError``) to these classes, for both upstream clients (httpx's
+``_transports`` translate their library's errors at the edge the same way).
 """
 
 from __future__ import annotations
 
+import asyncio
+import ssl
+from typing import TYPE_CHECKING
+
+from .tls import tls_failure_text
+
+if TYPE_CHECKING:
+    from ..core.backend import Backend
+
 __all__ = [
     "UpstreamError", "ConnectError", "ConnectTimeout", "TLSError", "ReadTimeout",
-    "ProtocolError", "StaleConnection",
+    "ProtocolError", "StaleConnection", "CONNECT_FAILURES", "connect_error",
 ]
 
 
@@ -57,3 +70,45 @@ class ProtocolError(UpstreamError):
 class StaleConnection(ProtocolError):
     """A reused keep-alive connection closed before any response byte arrived: the pool
     may send the request again on a fresh connection (the backend never saw it)."""
+
+
+#: What opening a connection raises that :func:`connect_error` translates (a timeout, then
+#: every ``OSError``: refused, unreachable, a name not resolved, a failed TLS handshake).
+CONNECT_FAILURES = (asyncio.TimeoutError, OSError)
+
+
+def connect_error(exc: BaseException, backend: Backend, *, cut: bool = False) -> ConnectError:
+    """``exc``, raised while connecting to ``backend``, as the upstream error that says so.
+
+    ===========================  ===================  =====================================
+    raised                       becomes              words
+    ===========================  ===================  =====================================
+    ``asyncio.TimeoutError``     ConnectTimeout       ``connecting to URL timed out``
+    ``ssl.SSLError``             TLSError             :func:`~.tls.tls_failure_text`'s
+    ``OSError``                  ConnectError         ``cannot connect to URL: strerror``
+    ===========================  ===================  =====================================
+
+    In that order (a timeout is an ``OSError`` since Python 3.11, an ``SSLError`` always).
+    ``cut``: the wait was cut short by the caller's deadline (``head_timeout``): the
+    timeout's ``deadline`` is set. Another type gets the last row (its ``str`` as words).
+
+    The ``OSError`` is kept as the error's ``__context__`` (its errno gives the log's words:
+    ``failure_text``); the ``SSLError`` as its ``__cause__`` only, its errno being no system
+    error's: raise the result outside the ``except`` block that caught ``exc`` (inside it,
+    Python would set ``exc`` as the context again). The context is kept from the traceback's
+    display: the words already name it.
+    """
+    error: ConnectError
+    if isinstance(exc, asyncio.TimeoutError):
+        error = ConnectTimeout(f"connecting to {backend.url} timed out")
+        error.deadline = cut
+        return error
+    if isinstance(exc, ssl.SSLError):
+        error = TLSError(tls_failure_text(exc))
+        error.__cause__ = exc
+        return error
+    words = (exc.strerror if isinstance(exc, OSError) else None) or exc
+    error = ConnectError(f"cannot connect to {backend.url}: {words}")
+    error.__context__ = exc
+    error.__suppress_context__ = True
+    return error

@@ -31,17 +31,19 @@ from __future__ import annotations
 import asyncio
 import ssl as ssl_module
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from typing import Protocol, TypeVar
 
 from ..core.backend import Backend
 from .connection import Connection
 from .deadlines import Deadlines
-from .errors import ConnectError, ConnectTimeout, StaleConnection, TLSError, UpstreamError
+from .errors import CONNECT_FAILURES, StaleConnection, UpstreamError, connect_error
 from .head import request_head
 from .response import Response
-from .tls import system_ssl_context, tls_failure_text
+from .tls import system_ssl_context
 
-__all__ = ["Upstream", "HostPool", "DEFAULT_MAX_IDLE", "DEFAULT_IDLE_TIMEOUT"]
+__all__ = ["Upstream", "HostPool", "pool_for", "forget_pools", "DEFAULT_MAX_IDLE",
+           "DEFAULT_IDLE_TIMEOUT"]
 
 DEFAULT_MAX_IDLE = 128       # idle connections kept per backend
 DEFAULT_IDLE_TIMEOUT = 15.0  # seconds an idle connection is kept
@@ -170,19 +172,12 @@ class HostPool:
                 loop.create_connection(lambda: connection, backend.host, backend.port,
                                        ssl=self._ssl, server_hostname=self._server_hostname),
                 wait)
-        except asyncio.TimeoutError:
-            error = ConnectTimeout(f"connecting to {backend.url} timed out")
-            error.deadline = cut
-            raise error from None
-        except ssl_module.SSLError as exc:
-            failed = TLSError(tls_failure_text(exc))
-            failed.__cause__ = exc
-        except OSError as exc:
-            raise ConnectError(f"cannot connect to {backend.url}: {exc.strerror or exc}") from None
+        except CONNECT_FAILURES as exc:
+            failed = connect_error(exc, backend, cut=cut)
         else:
             self.opened += 1
             return connection
-        # Raised out of the handler: an OSError as its context would be read for an errno
+        # Raised out of the handler: an SSLError as its context would be read for an errno
         # (the ASGI side's failure_text: an SSLError's errno 1 is no system error's).
         raise failed
 
@@ -226,6 +221,41 @@ class HostPool:
             self._drop_idle()
 
 
+class _Pool(Protocol):
+    """What :func:`pool_for` needs of a pool (a :class:`HostPool`, the fast server's
+    ``BackendPool``)."""
+
+    @property
+    def backend(self) -> Backend: ...
+
+    def leave(self) -> None: ...
+
+
+P = TypeVar("P", bound=_Pool)
+
+
+def pool_for(pools: dict[str, P], backend: Backend, make: Callable[[Backend], P]) -> P:
+    """The pool of ``pools`` (keyed by backend URL) for ``backend``, made by ``make`` on first
+    use. A backend whose server name changed gets a new pool: the old one leaves (its
+    connections, TLS ones included, answer to the old name)."""
+    pool = pools.get(backend.url)
+    if pool is None or pool.backend.server_name != backend.server_name:
+        if pool is not None:
+            pool.leave()
+        pool = pools[backend.url] = make(backend)
+    return pool
+
+
+def forget_pools(pools: dict[str, P], backends: Iterable[Backend]) -> None:
+    """``backends`` left the balancer: their pools leave ``pools`` (each closes its idle
+    connections, the busy ones after their response), and one that comes back gets a new
+    pool. Safe from any thread (one ``dict.pop`` per backend; ``leave`` is thread-safe)."""
+    for backend in backends:
+        pool = pools.pop(backend.url, None)
+        if pool is not None:
+            pool.leave()
+
+
 class Upstream:
     """A :class:`HostPool` per backend, made on first use."""
 
@@ -241,16 +271,14 @@ class Upstream:
         self._pools: dict[str, HostPool] = {}
 
     def pool(self, backend: Backend) -> HostPool:
-        """The pool for ``backend`` (same URL and server name, same pool)."""
-        pool = self._pools.get(backend.url)
-        if pool is None or pool.backend.server_name != backend.server_name:
-            if pool is not None:
-                pool.leave()        # (its connections answer to the old name)
-            pool = self._pools[backend.url] = HostPool(
-                backend, connect_timeout=self.connect_timeout, read_timeout=self.read_timeout,
-                max_idle=self.max_idle, idle_timeout=self.idle_timeout, ssl=self.ssl,
-                deadlines=self.deadlines)
-        return pool
+        """The pool for ``backend`` (same URL and server name, same pool: :func:`pool_for`)."""
+        return pool_for(self._pools, backend, self._make)
+
+    def _make(self, backend: Backend) -> HostPool:
+        return HostPool(
+            backend, connect_timeout=self.connect_timeout, read_timeout=self.read_timeout,
+            max_idle=self.max_idle, idle_timeout=self.idle_timeout, ssl=self.ssl,
+            deadlines=self.deadlines)
 
     def pools(self) -> tuple[HostPool, ...]:
         """The pools held now: one per backend used and not forgotten since."""
@@ -260,10 +288,7 @@ class Upstream:
         """``backends`` left the balancer: their pools leave (:meth:`HostPool.leave`), and
         one that comes back gets a new pool. Safe from any thread (a balancer's listener
         runs on the thread that changed the members)."""
-        for backend in backends:
-            pool = self._pools.pop(backend.url, None)
-            if pool is not None:
-                pool.leave()
+        forget_pools(self._pools, backends)
 
     def close(self) -> None:
         """Close every idle connection."""
