@@ -42,7 +42,8 @@ logger = logging.getLogger("lbmiddleware.gateway")
 
 class Entry:
     """One route being served: its middleware and the pool it forwards to. ``active``
-    counts the requests in it now; once ``retired`` and idle, :meth:`close` runs."""
+    counts the requests in it now (:meth:`enter`, :meth:`leave`: the router's and the fast
+    server's dispatcher's); once ``retired`` and idle, :attr:`on_idle` runs."""
 
     def __init__(self, route: Route, middleware: LoadBalancerMiddleware,
                  balancer: Balancer) -> None:
@@ -59,6 +60,18 @@ class Entry:
     def matches(self, host: str | None, path: str) -> bool:
         return (self._host is None or self._host == host) and \
             match_prefix(self._prefix, path) is not None
+
+    def enter(self) -> None:
+        """A request is served by this entry from now on (every front-end calls it, then
+        :meth:`leave` exactly once when the request ends)."""
+        self.active += 1
+
+    def leave(self) -> None:
+        """A request that :meth:`enter` ed ended; the last one of a retired entry runs
+        :attr:`on_idle`."""
+        self.active -= 1
+        if self.retired and self.active == 0:
+            self._idle()
 
     def retire(self) -> None:
         """No new request comes here; :attr:`on_idle` once the last one in flight ends."""
@@ -80,19 +93,34 @@ class Router:
     ``access_log``: a request under no route gets its access line."""
 
     def __init__(self, entries: Sequence[Entry], *, access_log: bool = False) -> None:
-        self._entries: tuple[Entry, ...] = tuple(entries)
-        self._hosts = any(entry.route.host is not None for entry in entries)
+        self._table = _table(entries)
         self.access_log = access_log
         start, body = _not_found()
         self._not_found_start, self._not_found_body = start, body
 
     @property
     def entries(self) -> tuple[Entry, ...]:
-        return self._entries
+        return self._table[0]
+
+    @property
+    def hosts(self) -> bool:
+        """Whether a route of the table names a host (else the ``Host`` header is not read)."""
+        return self._table[1]
 
     def match(self, host: str | None, path: str) -> Entry | None:
         """The entry for a request to ``host`` (:func:`request_host`) and ``path``."""
-        for entry in self._entries:
+        for entry in self._table[0]:
+            if entry.matches(host, path):
+                return entry
+        return None
+
+    def lookup(self, headers: Iterable[tuple[bytes, bytes]], path: str) -> Entry | None:
+        """The entry for a request with ``headers`` (names in lower case, as ASGI gives them)
+        and ``path``: its ``Host`` read only when a route names a host. One table for both
+        questions, even while :meth:`swap` runs on another thread."""
+        entries, hosts = self._table
+        host = request_host(headers) if hosts else None
+        for entry in entries:
             if entry.matches(host, path):
                 return entry
         return None
@@ -100,8 +128,8 @@ class Router:
     def swap(self, entries: Sequence[Entry]) -> list[Entry]:
         """Serve ``entries`` from now on; returns those of the old table that are not among
         them (the caller retires them)."""
-        old, self._entries = self._entries, tuple(entries)
-        self._hosts = any(entry.route.host is not None for entry in entries)
+        old = self._table[0]
+        self._table = _table(entries)
         kept = {id(entry) for entry in entries}
         return [entry for entry in old if id(entry) not in kept]
 
@@ -109,18 +137,15 @@ class Router:
         kind = scope["type"]
         if kind not in ("http", "websocket"):
             return
-        host = request_host(scope["headers"]) if self._hosts else None
-        entry = self.match(host, scope["path"])
+        entry = self.lookup(scope["headers"], scope["path"])
         if entry is None:
             await self._no_route(scope, receive, send)
             return
-        entry.active += 1
+        entry.enter()
         try:
             await entry.middleware(scope, receive, send)
         finally:
-            entry.active -= 1
-            if entry.retired and entry.active == 0:
-                entry._idle()
+            entry.leave()
 
     async def _no_route(self, scope: Scope, receive: Receive, send: Send) -> None:
         """404, with its access line when a route logs; a WebSocket's as the middleware
@@ -157,6 +182,11 @@ def request_host(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
     if sep and port.isdigit():
         text = host
     return text.rstrip(".") or None
+
+
+def _table(entries: Sequence[Entry]) -> tuple[tuple[Entry, ...], bool]:
+    """A router's table: its entries, and whether one of them names a host."""
+    return tuple(entries), any(entry.route.host is not None for entry in entries)
 
 
 def _not_found() -> tuple[Message, Message]:

@@ -80,6 +80,59 @@ def test_the_longest_prefix_wins_then_the_hosts_route(router, host, path, route)
     assert router.match(host, path).route.name == route
 
 
+def test_the_host_header_is_read_only_while_a_route_names_a_host(router):
+    """lookup: the Host header and the path, against one table (swap replaces both)."""
+    headers = [(b"accept", b"*/*"), (b"host", b"API.example.com:8080")]
+    assert router.hosts
+    assert router.lookup(headers, "/api/x").route.name == "api.example.com/api"
+    table = router.entries
+    hostless = [entry for entry in table if entry.route.host is None]
+    try:
+        router.swap(hostless)
+        assert not router.hosts
+        assert router.lookup(headers, "/api/x").route.name == "api"
+        assert router.lookup([], "/nowhere").route.name == "/"
+    finally:
+        router.swap(table)
+    assert router.hosts and router.lookup(headers, "/api/x").route.host == "api.example.com"
+
+
+def test_a_retired_entry_is_idle_when_its_last_request_leaves(router):
+    entry = router.entries[0]
+    idle: list[object] = []
+    entry.on_idle = idle.append
+    entry.enter()
+    entry.enter()
+    entry.retire()
+    entry.leave()
+    assert (entry.active, idle) == (1, [])
+    entry.leave()
+    assert (entry.active, idle) == (0, [entry])
+    entry.enter()
+    entry.leave()
+    assert idle == [entry]                         # once
+
+
+def test_the_router_counts_a_request_in_its_entry_until_it_ends(router):
+    """Router.__call__ enters the entry for the request and leaves it when the middleware
+    returns, raising or not."""
+    entry = router.lookup([], "/api/x")
+    seen: list[int] = []
+
+    async def middleware(scope, receive, send):
+        seen.append(entry.active)
+        raise RuntimeError("the app failed")
+
+    entry.middleware, real = middleware, entry.middleware
+    scope = {"type": "http", "path": "/api/x", "headers": []}
+    try:
+        with pytest.raises(RuntimeError):
+            asyncio.run(router(scope, None, None))
+    finally:
+        entry.middleware = real
+    assert (seen, entry.active) == ([1], 0)
+
+
 def test_a_path_under_no_route_has_no_entry():
     config = parse_config('[[route]]\nprefix = "/api"\nbackends = ["http://127.0.0.1:1"]\n')
     app = RoutesGatewayApp(config, reload_on_sighup=False)
