@@ -8,7 +8,8 @@ at random would read each counter jump between the workers' values (``rate()`` t
 down for a counter reset), so the worker that answers adds its siblings' samples, read from
 each one's private address on loopback (:func:`serve_peers`, :func:`gather`), and every sample
 carries the label ``worker``. A sibling that does not answer within :data:`PEER_TIMEOUT`
-(restarting, stuck) is left out, and ``lbmiddleware_worker_up`` says so (0). This is what the
+(restarting, stuck) or whose metrics failed (logged at ERROR, with the traceback, by that
+sibling) is left out, and ``lbmiddleware_worker_up`` says so (0). This is what the
 exporters of multi-process servers do (prometheus_client's multiprocess mode, HAProxy's
 per-process stats merged by its master): one scrape, the whole gateway, series that stay.
 
@@ -100,11 +101,17 @@ def serve_peers(sock: socket.socket) -> threading.Thread:
             except OSError:             # closed: the worker is ending
                 return
             with conn:
+                local = _local
+                try:
+                    text = b"" if local is None else local()
+                except Exception:       # a pool's or the exposition's bug: said, not hidden
+                    logger.exception("this worker's metrics failed: its siblings' /metrics "
+                                     "show it down")
+                    continue            # (closed with nothing sent: no answer)
                 try:
                     conn.settimeout(PEER_TIMEOUT)
-                    local = _local
-                    conn.sendall(b"" if local is None else local())
-                except Exception:       # (a sibling gone; a pool's error: logged)
+                    conn.sendall(text)
+                except OSError:         # the sibling gave up waiting or is gone: its up is 0
                     logger.debug("worker metrics not sent to a sibling", exc_info=True)
 
     thread = threading.Thread(target=answer, name="lbmiddleware-worker-metrics", daemon=True)
@@ -136,7 +143,8 @@ def gather(own: bytes, *, timeout: float = PEER_TIMEOUT,
 def _read_all(addresses: Sequence[tuple[str, int]], timeout: float,
               timer: Callable[[], float]) -> list[bytes | None]:
     """What each address sends until it closes, all read at once in ``timeout`` seconds;
-    None for one that could not be reached or did not end in time."""
+    None for one that could not be reached, did not end in time or sent nothing (a worker
+    whose metrics failed closes without a byte: no answer, not an empty one)."""
     deadline = timer() + timeout
     got: list[bytearray | None] = [bytearray() for _ in addresses]
     with selectors.DefaultSelector() as selector:
@@ -173,7 +181,7 @@ def _read_all(addresses: Sequence[tuple[str, int]], timeout: float,
                 number, sock = key.data
                 got[number] = None
                 sock.close()
-    return [None if text is None else bytes(text) for text in got]
+    return [bytes(text) if text else None for text in got]
 
 
 def merge(texts: Sequence[bytes]) -> bytes:

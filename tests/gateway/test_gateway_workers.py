@@ -297,6 +297,35 @@ def test_gather_leaves_out_a_sibling_that_does_not_answer_and_says_so(monkeypatc
                         b'lbmiddleware_worker_up{worker="3"} 0.0\n')
 
 
+def test_a_sibling_whose_metrics_failed_is_down_and_its_error_is_logged(monkeypatch, caplog):
+    """Worker 1 of 2: worker 2's exposition raises. It closes without a byte, which is no
+    answer (its samples are missing: worker_up 0, not 1), and logs the error at ERROR with
+    its traceback (review M6: it was DEBUG, and the empty answer counted as up)."""
+    def failing() -> bytes:
+        raise RuntimeError("a pool's stats failed")
+
+    monkeypatch.setattr(observe_worker, "_local", None)
+    answering = bind(("127.0.0.1", 0))
+    try:
+        observe_worker.publish(failing)
+        observe_worker.serve_peers(answering)
+        monkeypatch.setattr(observe_worker, "_current", observe_worker.Worker(
+            1, 2, (("127.0.0.1", 1), answering.getsockname()[:2])))
+        with caplog.at_level("DEBUG", logger="lbmiddleware.observe"):
+            merged = observe_worker.gather(b'# HELP a A.\n# TYPE a gauge\na{worker="1"} 1.0\n',
+                                           timeout=5.0)
+    finally:
+        answering.shutdown(socket.SHUT_RDWR)
+        answering.close()
+    assert merged == (b'# HELP a A.\n# TYPE a gauge\na{worker="1"} 1.0\n'
+                      + observe_worker._WORKER_UP
+                      + b'lbmiddleware_worker_up{worker="1"} 1.0\n'
+                        b'lbmiddleware_worker_up{worker="2"} 0.0\n')
+    [record] = [r for r in caplog.records if r.name == "lbmiddleware.observe"]
+    assert record.levelname == "ERROR" and "metrics failed" in record.getMessage()
+    assert record.exc_info is not None and "a pool's stats failed" in str(record.exc_info[1])
+
+
 def test_a_worker_that_cannot_start_ends_the_gateway_with_its_error(backends):
     a, _, _ = backends
     settings = load_settings(environ={"LB_BACKENDS": a.url, "LB_SHUTDOWN_TIMEOUT": "1"})
