@@ -172,9 +172,9 @@ def _bind(settings: FrontEndSettings, count: int
 
 def banner_line(settings: FrontEndSettings, server: str, host: str, port: int,
                 admin: tuple[str, int] | None) -> str:
-    """What ``serve`` prints once the gateway accepts connections: its address (https://
-    with ``LB_TLS_CERT``), then the pool (or each route's, in the file's order), and the
-    admin listener's page."""
+    """What ``serve`` prints once its address listens (connections wait in the backlog until
+    the pools' sources first answered): its address (https:// with ``LB_TLS_CERT``), then
+    the pool (or each route's, in the file's order), and the admin listener's page."""
     gateway = settings[GatewaySettings]
     address = url(host, port)
     if gateway.tls_cert:
