@@ -28,8 +28,9 @@ from ..errors import EXTRAS, ConfigError
 from ..proxy import quote_path
 from .history import history_of
 from .page import render
+from .peers import gather, publish
 from .snapshot import Pools, named_pools, snapshot
-from .worker import current_worker, gather, publish
+from .worker import current_worker
 
 __all__ = ["status_app", "status_wsgi_app", "StatusApp", "StatusWSGIApp", "Response"]
 
@@ -114,7 +115,7 @@ class _Routes:
     def _metrics(self, base: str) -> Response:
         try:
             body, content_type = self._metrics_text()
-            body = gather(body)     # a gateway worker's siblings' too (.worker)
+            body = gather(body)     # a gateway worker's siblings' too (.peers)
         except ModuleNotFoundError as exc:
             if (exc.name or "").partition(".")[0] != _METRICS_EXTRA:
                 raise

@@ -3,9 +3,9 @@
 listen, forwards SIGHUP, stops them all on SIGTERM and starts again one that dies.
 
 The gateway process with real loopback backends; then the parts that need no process: the
-restart delay (:class:`Backoff`, driven by its arguments), the merge of the workers' metrics,
-and a worker that cannot start (the parent forked from this test process, its worker's
-``serve`` a function of the test's).
+restart delay (:class:`Backoff`, driven by its arguments) and a worker that cannot start (the
+parent forked from this test process, its worker's ``serve`` a function of the test's). The
+merge of the workers' metrics: tests/observe/test_peers.py.
 """
 
 from __future__ import annotations
@@ -255,75 +255,6 @@ def test_a_worker_dying_young_waits_longer_each_time_up_to_the_most():
             backoff.delay(None), backoff.delay(None)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
     assert backoff.delay(10.0) == 0.0               # it served long: its record forgotten
     assert backoff.delay(None) == 0.5
-
-
-def test_merge_writes_each_family_once_with_every_workers_samples():
-    one = (b"# HELP a_total A.\n# TYPE a_total counter\n"
-           b'a_total{worker="1"} 1.0\n# HELP b B.\n# TYPE b gauge\nb{worker="1"} 5.0\n')
-    two = (b"# HELP a_total A.\n# TYPE a_total counter\na_total{worker=\"2\"} 2.0\n"
-           b"# HELP c C.\n# TYPE c gauge\nc{worker=\"2\"} 7.0\n")
-    assert observe_worker.merge([one, two]) == (
-        b"# HELP a_total A.\n# TYPE a_total counter\n"
-        b'a_total{worker="1"} 1.0\na_total{worker="2"} 2.0\n'
-        b'# HELP b B.\n# TYPE b gauge\nb{worker="1"} 5.0\n'
-        b'# HELP c C.\n# TYPE c gauge\nc{worker="2"} 7.0\n')
-
-
-def test_gather_outside_a_gateway_of_workers_is_the_text_itself():
-    assert observe_worker.current_worker() is None
-    assert observe_worker.gather(b"# HELP a A.\n") == b"# HELP a A.\n"
-
-
-def test_gather_leaves_out_a_sibling_that_does_not_answer_and_says_so(monkeypatch):
-    """Worker 1 of 3: worker 2 answers on its address (the process's own published text
-    stands in for it), worker 3's address accepts but never answers."""
-    monkeypatch.setattr(observe_worker, "_local", None)
-    answering, silent = bind(("127.0.0.1", 0)), bind(("127.0.0.1", 0))
-    try:
-        observe_worker.publish(lambda: b'# HELP a A.\n# TYPE a gauge\na{worker="2"} 2.0\n')
-        observe_worker.serve_peers(answering)
-        monkeypatch.setattr(observe_worker, "_current", observe_worker.Worker(
-            1, 3, (("127.0.0.1", 1), answering.getsockname()[:2], silent.getsockname()[:2])))
-        merged = observe_worker.gather(b'# HELP a A.\n# TYPE a gauge\na{worker="1"} 1.0\n',
-                                       timeout=0.5)
-    finally:
-        answering.shutdown(socket.SHUT_RDWR)        # (wakes its thread's accept: it ends)
-        answering.close()
-        silent.close()
-    assert merged == (b'# HELP a A.\n# TYPE a gauge\na{worker="1"} 1.0\na{worker="2"} 2.0\n'
-                      + observe_worker._WORKER_UP
-                      + b'lbmiddleware_worker_up{worker="1"} 1.0\n'
-                        b'lbmiddleware_worker_up{worker="2"} 1.0\n'
-                        b'lbmiddleware_worker_up{worker="3"} 0.0\n')
-
-
-def test_a_sibling_whose_metrics_failed_is_down_and_its_error_is_logged(monkeypatch, caplog):
-    """Worker 1 of 2: worker 2's exposition raises. It closes without a byte, which is no
-    answer (its samples are missing: worker_up 0, not 1), and logs the error at ERROR with
-    its traceback (review M6: it was DEBUG, and the empty answer counted as up)."""
-    def failing() -> bytes:
-        raise RuntimeError("a pool's stats failed")
-
-    monkeypatch.setattr(observe_worker, "_local", None)
-    answering = bind(("127.0.0.1", 0))
-    try:
-        observe_worker.publish(failing)
-        observe_worker.serve_peers(answering)
-        monkeypatch.setattr(observe_worker, "_current", observe_worker.Worker(
-            1, 2, (("127.0.0.1", 1), answering.getsockname()[:2])))
-        with caplog.at_level("DEBUG", logger="lbmiddleware.observe"):
-            merged = observe_worker.gather(b'# HELP a A.\n# TYPE a gauge\na{worker="1"} 1.0\n',
-                                           timeout=5.0)
-    finally:
-        answering.shutdown(socket.SHUT_RDWR)
-        answering.close()
-    assert merged == (b'# HELP a A.\n# TYPE a gauge\na{worker="1"} 1.0\n'
-                      + observe_worker._WORKER_UP
-                      + b'lbmiddleware_worker_up{worker="1"} 1.0\n'
-                        b'lbmiddleware_worker_up{worker="2"} 0.0\n')
-    [record] = [r for r in caplog.records if r.name == "lbmiddleware.observe"]
-    assert record.levelname == "ERROR" and "metrics failed" in record.getMessage()
-    assert record.exc_info is not None and "a pool's stats failed" in str(record.exc_info[1])
 
 
 def test_a_worker_that_cannot_start_ends_the_gateway_with_its_error(backends):

@@ -38,7 +38,8 @@ from typing import Any
 from ...core.settings import FrontEndSettings
 from ...errors import ConfigError
 from ...gateway_settings import GatewaySettings
-from ...observe.worker import serve_peers, set_worker
+from ...observe.peers import serve_peers
+from ...observe.worker import set_worker
 from ..listen import CannotListen, bind
 
 __all__ = ["serve_workers", "bind_shared", "Backoff", "WorkerFailed", "KILL_GRACE"]
@@ -119,7 +120,7 @@ class _Worker:
     index: int                          # 1 to N
     sock: socket.socket
     admin: socket.socket | None
-    peer: socket.socket | None          # its metrics for its siblings (observe.worker)
+    peer: socket.socket | None          # its metrics for its siblings (observe.peers)
     backoff: Backoff
     pid: int = 0                        # 0: none running
     pipe: int = -1                      # the read end of its pipe to the parent
@@ -160,7 +161,7 @@ class Supervisor:
         self._timer = timer
         self.shutdown_timeout = settings[GatewaySettings].shutdown_timeout
         # With an admin listener, each worker's metrics on a loopback address of its own:
-        # the worker answering /metrics reads its siblings' there (observe/worker.py).
+        # the worker answering /metrics reads its siblings' there (observe/peers.py).
         peers = _peer_sockets(len(socks)) if admins is not None else None
         self._peers = [] if peers is None else [peer.getsockname()[:2] for peer in peers]
         self.workers = [_Worker(index, sock, None if admins is None else admins[index - 1],
