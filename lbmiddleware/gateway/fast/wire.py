@@ -27,7 +27,7 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 SERVER = b"lbmiddleware"
 
 _SERVER_LINE = b"server: " + SERVER + b"\r\n"
-_CLOSE = b"connection: close\r\n"
+_CLOSE_END = b"connection: close\r\n\r\n"
 _CHUNKED = b"transfer-encoding: chunked\r\n"
 
 
@@ -37,18 +37,19 @@ class DateHeader:
     changes: a clock read per response, a format per second. ``clock``: seconds since the
     epoch (``time.time``; tests pass their own)."""
 
-    __slots__ = ("_clock", "_second", "_line")
+    __slots__ = ("_clock", "_since", "_until", "_line")
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
-        self._second = -1
+        self._since = self._until = 0.0     # the second the line says: [since, until)
         self._line = b""
 
     def value(self) -> bytes:
         """The whole header line, CRLF included."""
-        second = int(self._clock())
-        if second != self._second:
-            self._second = second
+        now = self._clock()
+        if now >= self._until or now < self._since:     # (a clock set back, too)
+            second = int(now)
+            self._since, self._until = float(second), second + 1.0
             self._line = b"date: " + formatdate(second, usegmt=True).encode("ascii") + b"\r\n"
         return self._line
 
@@ -61,15 +62,25 @@ def response_head(status: int, reason: bytes, headers: Sequence[tuple[bytes, byt
     else none: a status without a body, or a body that ends with the connection for an
     HTTP/1.0 client), ``connection: close`` when ``close``, and the empty line.
     ``headers`` must not hold the framing, ``Connection``, ``Date`` or ``Server``."""
-    head = b"HTTP/1.1 %d %s\r\n" % (status, reason)
-    if headers:
-        head += b"\r\n".join([b": ".join(field) for field in headers]) + b"\r\n"
-    head += date + _SERVER_LINE
-    if length is not None:
-        head += b"content-length: %d\r\n" % length
-    elif chunked:
-        head += _CHUNKED
-    return head + (_CLOSE + b"\r\n" if close else b"\r\n")
+    # (parts joined once, the status line formatted once per status and reason: a third
+    # of the instructions of a head added up piece by piece)
+    line = _STATUS_LINES.get(status)
+    if line is None or line[0] != reason:
+        line = (reason, b"HTTP/1.1 %d %s\r\n" % (status, reason))
+        if len(_STATUS_LINES) < 128:
+            _STATUS_LINES[status] = line
+    parts = [line[1]]
+    for name, value in headers:
+        parts += (name, b": ", value, b"\r\n")
+    parts += (date, _SERVER_LINE,
+              b"content-length: %d\r\n" % length if length is not None
+              else _CHUNKED if chunked else b"",
+              _CLOSE_END if close else b"\r\n")
+    return b"".join(parts)
+
+
+# status -> (the reason last written with it, the status line it made)
+_STATUS_LINES: dict[int, tuple[bytes, bytes]] = {}
 
 
 # (status, close, head_only) -> the response's bytes before and after its date line
