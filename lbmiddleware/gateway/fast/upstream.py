@@ -145,7 +145,8 @@ class Call:
                  "_done")
 
     def __init__(self, pool: BackendPool, receiver: Receiver, head: bytes, body: bytes,
-                 more_body: bool, resend: bool, head_request: bool, limit: float) -> None:
+                 more_body: bool, resend: bool, head_request: bool, limit: float,
+                 chunked: bool | None = None) -> None:
         self.pool = pool
         self.receiver = receiver
         self.connection: UpstreamConnection | None = None
@@ -165,8 +166,10 @@ class Call:
         self._held_size = 0             # body bytes among them
         self._told_paused = False
         self._done = False
-        coding = _TRANSFER_ENCODING(head)
-        self._chunked = chunked = coding is not None and _last_coding_chunked(coding.group(1))
+        if chunked is None:             # (the caller did not say: read from the head)
+            coding = _TRANSFER_ENCODING(head)
+            chunked = coding is not None and _last_coding_chunked(coding.group(1))
+        self._chunked = chunked
         self._left = 0                  # Content-Length bytes still to stream
         if chunked:
             if body:
@@ -326,7 +329,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     __slots__ = ("pool", "transport", "requests", "idle_since", "_state", "_parser", "_call",
                  "_receiver", "_status", "_reason", "_headers", "_final", "_length", "_chunked",
-                 "_keep_alive", "_until_close", "_head_only", "_interim", "_fresh",
+                 "_coded", "_keep_alive", "_until_close", "_head_only", "_interim", "_fresh",
                  "_answered", "_complete", "_trailing", "_cut", "_got_bytes", "_pieces",
                  "_quiet", "_seen", "_timer", "_due", "_write_paused", "_read_paused", "_starting",
                  "_refused", "_left", "_raw")
@@ -346,6 +349,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._final = _NO_HEADERS       # the final head's, until reported
         self._length: int | None = None
         self._chunked = False
+        self._coded = False             # the head says Transfer-Encoding (chunked or not)
         self._keep_alive = False
         self._until_close = False
         self._head_only = False
@@ -370,8 +374,10 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- a call --------------------------------------------------------------------------------
 
-    def start(self, call: Call, data: bytes, body_bytes: int) -> None:
-        """Carry ``call``: write ``data`` (its head and what there is of its body) at once."""
+    def start(self, call: Call, data: bytes, body_bytes: int, now: float | None = None
+              ) -> None:
+        """Carry ``call``: write ``data`` (its head and what there is of its body) at once.
+        ``now``: the loop's time, when the caller has just read it."""
         if self._refused is not None:       # closed (or refused by TLS) as it was opened
             self._close(abort=True)
             call._fail(self._refused)
@@ -380,7 +386,6 @@ class UpstreamConnection(asyncio.Protocol):
         self._call = call
         self._receiver = call.receiver
         call.connection = self
-        call._task = None
         call.bytes_sent = body_bytes
         self.requests += 1
         self._state = _BUSY
@@ -392,7 +397,9 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_only = call._head_request
         self._quiet = 0
         loop = pool.loop
-        self._seen = now = loop.time()
+        if now is None:
+            now = loop.time()
+        self._seen = now
         # The read timeout's timer is left set when a call ends: the next call on the
         # connection finds it running (no timer per request) and it is set again for what
         # is left when it fires. Only a head deadline sooner than it needs a new one.
@@ -493,7 +500,7 @@ class UpstreamConnection(asyncio.Protocol):
             self._answered = True
             call = self._call
             assert call is not None
-            call.follows = bool(self._pieces) or self._complete
+            call.follows = True if self._pieces or self._complete else False
             resumed = False
             if call._streaming:             # answered before the upload ended: it stops
                 call._streaming = False
@@ -614,6 +621,8 @@ class UpstreamConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         if self._complete:
             raise _Trailing
+        self._length = None
+        self._chunked = self._coded = False
 
     def on_status(self, status: bytes) -> None:
         # (llhttp may give the reason in pieces, across reads)
@@ -622,15 +631,22 @@ class UpstreamConnection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         headers = self._headers
         if headers is not None:
-            if value and value[-1] in b" \t":       # llhttp keeps blanks after the value
-                value = value.rstrip(b" \t")
+            value = value.rstrip(b" \t")    # (llhttp keeps blanks after the value)
             headers.append((name, value))
+            size = len(name)
+            if size == 14 or size == 17:    # (the length of either framing field's name)
+                name = name.lower()
+                if name == b"content-length":
+                    self._length = int(value)
+                elif name == b"transfer-encoding":
+                    self._chunked = _last_coding_chunked(value)
+                    self._coded = True
 
     def on_headers_complete(self) -> None:
         parser = self._parser
         status = parser.get_status_code()
         reason = self._reason
-        if reason and _CONTROL(reason):
+        if reason and not reason.isalnum() and _CONTROL(reason):
             raise ProtocolError(f"a control character in the backend's reason: {reason[:80]!r}")
         if status < 200:
             if status == 101:
@@ -643,24 +659,14 @@ class UpstreamConnection(asyncio.Protocol):
             raise ProtocolError(f"the backend's status {status} is outside 100-599")
         headers = self._headers
         assert headers is not None
-        length = None
-        chunked = coded = False
-        for name, value in headers:
-            size = len(name)
-            if size == 14:
-                if name.lower() == b"content-length":
-                    length = int(value)
-            elif size == 17 and name.lower() == b"transfer-encoding":
-                chunked = _last_coding_chunked(value)
-                coded = True
+        length = self._length
+        chunked = self._chunked
         keep_alive = parser.should_keep_alive()
         if not keep_alive and parser.get_http_version() not in ("1.1", "1.0"):
             raise ProtocolError("the backend's response is not HTTP/1.x")
         self._final = headers
         self._headers = None                # (trailers are not headers)
         self._status = status
-        self._length = length
-        self._chunked = chunked
         self._fresh = True
         self._until_close = False
         self._left = -1
@@ -673,7 +679,7 @@ class UpstreamConnection(asyncio.Protocol):
         elif status == 204 or status == 304:
             pass
         elif length is not None:
-            if not coded:
+            if not self._coded:
                 self._left = length     # (beside Transfer-Encoding: llhttp refuses it)
         elif not chunked:
             self._until_close = True
@@ -704,14 +710,19 @@ class UpstreamConnection(asyncio.Protocol):
         self._receiver = _NOBODY
         call.connection = None
         call._done = True
-        pool = self.pool
+        # (a transport closing meanwhile is seen when the connection is taken from the pool)
         if self._keep_alive and not self._trailing and not self._cut \
-                and self.transport is not None and not self.transport.is_closing():
+                and self.transport is not None:
             self._state = _IDLE
             if self._read_paused:
                 self._read_paused = False
                 self.transport.resume_reading()
-            pool._release(self)
+            pool = self.pool
+            if len(pool._idle) < pool.max_idle:
+                self.idle_since = pool.loop.time()
+                pool._idle.append(self)
+            else:
+                self._close(abort=False)
         else:
             self._close(abort=self._cut)
         receiver.upstream_end()
@@ -867,26 +878,29 @@ class BackendPool:
         self._connecting: set[asyncio.Task[None]] = set()
 
     def request(self, head: bytes, body: bytes, receiver: Receiver, *, more_body: bool,
-                resend: bool, head_timeout: float | None, head_request: bool) -> Call:
+                resend: bool, head_timeout: float | None, head_request: bool,
+                chunked: bool | None = None) -> Call:
         """Send a request: ``head`` whole (request line, headers with Host and framing, the
         blank line), ``body`` what there is of the body (all of it unless ``more_body``: then
         :meth:`Call.send_body` and :meth:`Call.end_body`). An idle connection gets it in one
         write; else a task opens one. ``resend``: a reused connection found closed before any
         response byte may be replaced by a fresh one, once (with nothing streamed yet).
-        ``head_timeout``: seconds the response head may take from now, everything included."""
+        ``head_timeout``: seconds the response head may take from now, everything included.
+        ``chunked``: whether ``head`` says ``Transfer-Encoding: chunked`` (None: read it)."""
         loop = self.loop
+        now = loop.time()
         call = Call(self, receiver, head, body, more_body, resend, head_request,
-                    0.0 if head_timeout is None else loop.time() + head_timeout)
+                    0.0 if head_timeout is None else now + head_timeout, chunked)
         idle = self._idle
         if idle:
-            oldest = loop.time() - self.idle_timeout
+            oldest = now - self.idle_timeout
             while idle:
                 connection = idle.pop()
                 transport = connection.transport
                 if connection.idle_since > oldest and transport is not None \
                         and not transport.is_closing():
                     framed = call._body
-                    connection.start(call, head + framed if framed else head, call._size)
+                    connection.start(call, head + framed if framed else head, call._size, now)
                     return call
                 connection._close(abort=True)       # (too old, or closing)
         self._open(call)
@@ -943,13 +957,6 @@ class BackendPool:
         call._task = None
         call._fail(error)
 
-    def _release(self, connection: UpstreamConnection) -> None:
-        if len(self._idle) < self.max_idle:
-            connection.idle_since = self.loop.time()
-            self._idle.append(connection)
-        else:
-            connection._close(abort=False)
-
     def _discard(self, connection: UpstreamConnection) -> None:
         try:
             self._idle.remove(connection)
@@ -972,7 +979,7 @@ class BackendPool:
 
     def leave(self) -> None:
         """The backend left: :meth:`close`, on the pool's loop; safe from any thread."""
-        self.max_idle = 0               # _release closes: nothing added to the hot path
+        self.max_idle = 0               # a response's end closes: none kept from now on
         try:
             here = asyncio.get_running_loop()
         except RuntimeError:
