@@ -10,6 +10,7 @@ merge of the workers' metrics: tests/observe/test_peers.py.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import signal
@@ -22,7 +23,13 @@ import pytest
 import requests
 
 from lbmiddleware.errors import ConfigError
-from lbmiddleware.gateway.fast.workers import Backoff, WorkerFailed, bind_shared, serve_workers
+from lbmiddleware.gateway.fast.workers import (
+    Backoff,
+    Supervisor,
+    WorkerFailed,
+    bind_shared,
+    serve_workers,
+)
 from lbmiddleware.gateway.listen import CannotListen, bind
 from lbmiddleware.gateway_settings import load_settings
 from lbmiddleware.observe import worker as observe_worker
@@ -255,6 +262,29 @@ def test_a_worker_dying_young_waits_longer_each_time_up_to_the_most():
             backoff.delay(None), backoff.delay(None)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
     assert backoff.delay(10.0) == 0.0               # it served long: its record forgotten
     assert backoff.delay(None) == 0.5
+
+
+def test_a_fork_that_fails_leaves_no_pipe_open(monkeypatch):
+    """os.fork() raising (EAGAIN at a process limit) closes the new worker's pipe: both its
+    descriptors leaked before (review L12)."""
+    def fork() -> int:
+        raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    sock = bind(("127.0.0.1", 0))
+    supervisor = Supervisor(load_settings(environ={"LB_BACKENDS": "http://127.0.0.1:1"}), [sock],
+                            None, lambda: None)
+    try:
+        before = set(os.listdir("/proc/self/fd"))
+        monkeypatch.setattr(os, "fork", fork)
+        with pytest.raises(BlockingIOError):
+            supervisor._start(supervisor.workers[0])
+        assert set(os.listdir("/proc/self/fd")) == before
+    finally:
+        supervisor._selector.close()
+        for fd in (supervisor._wake_r, supervisor._wake_w, supervisor._life_r,
+                   supervisor._life_w):
+            os.close(fd)
+        sock.close()
 
 
 def test_a_worker_that_cannot_start_ends_the_gateway_with_its_error(backends):

@@ -238,9 +238,14 @@ class Supervisor:
 
     def _start(self, worker: _Worker) -> None:
         read, write = os.pipe()
-        for stream in (sys.stdout, sys.stderr):
-            stream.flush()      # or the worker writes the parent's buffered text again
-        pid = os.fork()
+        try:
+            for stream in (sys.stdout, sys.stderr):
+                stream.flush()  # or the worker writes the parent's buffered text again
+            pid = os.fork()
+        except BaseException:   # no worker (EAGAIN: a process limit): no pipe left open
+            os.close(read)
+            os.close(write)
+            raise
         if pid == 0:            # the worker: never returns
             os.close(read)
             self._worker(worker, write)
