@@ -1182,11 +1182,14 @@ class Balancer:
     def _apply_later(self) -> None:
         """Apply the deferred ends now if the lock is free (else the next call does); post
         their events, deliver none. An owned pool's owner applies them at its next call
-        (this may run inside one of its calls: a garbage collection)."""
+        (this may run inside one of its calls: a garbage collection). The owner is looked at
+        again holding the lock: ``own()`` sets it holding the lock, so a pool owned between
+        the first look and the lock is left to its owner."""
         if self._owner is None and self._lock.acquire(blocking=False):
             try:
-                self._apply_deferred()
-                self._post()
+                if self._owner is None:
+                    self._apply_deferred()
+                    self._post()
             finally:
                 self._lock.release()
 

@@ -464,3 +464,60 @@ def test_a_loop_closed_while_a_caller_waits_lets_it_run_the_call() -> None:
         loop.closed = True
         assert waiting.result(5)["members"] == 2   # the caller saw it closed and ran it
     assert pool.lane is None
+
+
+class _OwnedBetweenCheckAndLock:
+    """The pool's lock, but the first try-lock from another thread lets the owner thread
+    own the pool first (and queue an end of its own): the moment between a finalizer's
+    look at the owner and its try-lock (``Balancer._apply_later``)."""
+
+    def __init__(self, lock: Any, owner_side: Callable[[], None]) -> None:
+        self._lock = lock
+        self._owner_side = owner_side
+        self._thread = threading.get_ident()
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        if not blocking and threading.get_ident() != self._thread:
+            owner_side, self._owner_side = self._owner_side, lambda: None
+            owner_side()
+        return bool(self._lock.acquire(blocking, timeout))
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def locked(self) -> bool:
+        return bool(self._lock.locked())
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+
+def test_an_end_from_another_thread_racing_own_leaves_the_owners_queue_to_the_owner() -> None:
+    # Another thread's release_later() saw no owner; before its try-lock, the owner thread
+    # owned the pool and queued an end of its own (a dropped lane handle). That thread must
+    # not apply the queue once it has the lock: the owner's lane changes the pool without the
+    # lock, so two threads would change it at once.
+    pool = Balancer([A, B])
+    loop = _Loop()
+    checked, owned_now = threading.Event(), threading.Event()
+    held = pool.pick()
+
+    def owner_side() -> None:               # on the other thread: hand over, wait
+        checked.set()
+        assert owned_now.wait(5)
+
+    pool._lock = _OwnedBetweenCheckAndLock(pool._lock, owner_side)
+    with concurrent.futures.ThreadPoolExecutor(1) as other:
+        ending = other.submit(pool.release_later, held)
+        assert checked.wait(5)
+        lane = pool.own(loop)               # this thread owns the pool now (held ends)
+        lane.release_later(lane.pick())     # an end queued for the owner
+        owned_now.set()
+        ending.result(5)
+    assert len(pool._deferred) == 1         # left to the owner's next call
+    lane.pick()
+    assert not pool._deferred
+    assert [row["in_flight"] for row in pool.stats()] == [1, 0]
