@@ -22,6 +22,7 @@ from ..proxy.access import logger as access_logger
 from ..proxy.settings import ProxySettings
 from ..upstream.websocket import MAX_MESSAGE
 from .app import make_app
+from .fast.connection import MAX_HEAD
 from .logs import RefusalWarnings, server_log_level, settings_logging_config
 from .tls import check_certificate
 
@@ -102,6 +103,12 @@ def _closing_response(error: ErrorResponse) -> bytes:
 
 # The proxy's own 503, written by the server protocol before any ASGI request exists.
 _TOO_MANY_CONNECTIONS = _closing_response(error_response(503, "too many connections"))
+# ... and its 431 for a request head over MAX_HEAD (the fast server's limit).
+_HEAD_TOO_LARGE = _closing_response(error_response(431))
+
+
+class _HeadTooLarge(Exception):
+    """Raised in a parser callback: the head being parsed is over MAX_HEAD."""
 
 
 def uvicorn_protocol(settings: GatewaySettings, *, access_log: bool = False) -> type:
@@ -125,8 +132,45 @@ def uvicorn_protocol(settings: GatewaySettings, *, access_log: bool = False) -> 
         """
 
         _in_head = False
+        _head_size = 0          # bytes of the head being read (request line and fields)
+        _head_refused = False
         _head_timer: asyncio.TimerHandle | None = None
         _close_timer: asyncio.TimerHandle | None = None
+
+        def data_received(self, data: bytes) -> None:
+            """uvicorn's, with the head limit of the fast server (:data:`MAX_HEAD`): the
+            fields are counted as the parser gives them, and the reads of a head that does not
+            end (one field without end: httptools holds it whole) as they come; over the
+            limit, 431 and close (httptools and uvicorn keep every byte of a head otherwise:
+            a flood of 128 MiB grew the gateway by 1.7 GiB)."""
+            super().data_received(data)     # (a callback's _HeadTooLarge: uvicorn's 400 path)
+            if self._head_refused:
+                return
+            if self._in_head:
+                self._head_size += len(data)
+                if self._head_size > MAX_HEAD:
+                    self._refuse_head()
+
+        def _count_head(self, size: int) -> None:
+            self._head_size += size
+            if self._head_size > MAX_HEAD:
+                self._refuse_head()
+                raise _HeadTooLarge()
+
+        def _refuse_head(self) -> None:
+            self._head_refused = True
+            if not self.transport.is_closing():
+                self.transport.write(_HEAD_TOO_LARGE)
+                self.transport.close()
+
+        def send_400_response(self, msg: str) -> None:
+            if not self._head_refused:      # (the parser's error for our raise: 431 sent)
+                super().send_400_response(msg)
+
+        def on_url(self, url: bytes) -> None:
+            if self._in_head:
+                self._count_head(len(url))
+            super().on_url(url)
 
         def connection_made(  # type: ignore[override]  # as uvicorn's: a stream's Transport
                 self, transport: asyncio.Transport) -> None:
@@ -150,6 +194,7 @@ def uvicorn_protocol(settings: GatewaySettings, *, access_log: bool = False) -> 
 
         def on_message_begin(self) -> None:
             self._in_head = True
+            self._head_size = 0
             cycle: RequestResponseCycle | None = self.cycle     # None before the first request
             if cycle is None or cycle.response_complete:
                 self._start_head_timer()
@@ -168,6 +213,7 @@ def uvicorn_protocol(settings: GatewaySettings, *, access_log: bool = False) -> 
 
         def on_header(self, name: bytes, value: bytes) -> None:
             if self._in_head:
+                self._count_head(len(name) + len(value) + 4)
                 super().on_header(name, value)
 
         def on_headers_complete(self) -> None:

@@ -1,5 +1,5 @@
-"""The responses the proxy makes itself: 400, 404, 501, 502, 503 (with ``Retry-After``)
-and 504, each one short line of plain text with nothing from a stack trace.
+"""The responses the proxy makes itself: 400, 404, 431, 501, 502, 503 (with
+``Retry-After``) and 504, each one short line of plain text with nothing from a stack trace.
 
 The table: ``docs/contract.md``, "Proxying" / "Errors the proxy answers itself".
 """
@@ -23,6 +23,7 @@ class ErrorResponse(NamedTuple):
 _ERRORS = {
     400: ("Bad Request", "the request cannot be forwarded"),
     404: ("Not Found", "no route for this path"),
+    431: ("Request Header Fields Too Large", "the request head is too large"),
     501: ("Not Implemented", "WebSockets are not proxied"),
     502: ("Bad Gateway", "no backend gave a response"),
     503: ("Service Unavailable", "no backend is available"),
@@ -33,7 +34,7 @@ RETRY_AFTER = 5     # seconds, for 503
 
 def error_response(status: int, detail: str | None = None,
                    retry_after: int = RETRY_AFTER) -> ErrorResponse:
-    """The proxy's own response for ``status`` (400, 404, 501, 502, 503, 504).
+    """The proxy's own response for ``status`` (400, 404, 431, 501, 502, 503, 504).
 
     The body is one short line of plain text, ``"502 Bad Gateway: no backend gave a
     response\\n"``; ``detail`` replaces the part after the colon (keep it free of
