@@ -73,7 +73,7 @@ if TYPE_CHECKING:
 
 __all__ = ["RetryRule", "Outcome", "Completion", "Attempts", "IDEMPOTENT_METHODS",
            "DEFAULT_FAIL_STATUSES", "ANSWER_BEGUN", "failure_reason", "broken_body", "Picker",
-           "Reporter", "TimedPicker", "TimedReporter"]
+           "Reporter"]
 
 #: One INFO line per failed attempt: off by default in a library (the package's logger has
 #: only a NullHandler and Python's default level is WARNING); the gateway turns INFO on.
@@ -225,11 +225,14 @@ def broken_body(answered: Outcome, received: int, error: str, *,
 # -- the completion handle ----------------------------------------------------------------
 
 class Reporter(Protocol):
-    """What a :class:`Completion` needs of its balancer (a Balancer, or a test's fake)."""
+    """What a :class:`Completion` needs of its balancer (a Balancer, its Lane, or a test's
+    fake). ``now``: the caller's reading of the balancer's timer (None reads it);
+    :meth:`Completion.done` passes it only when given one, so a reporter without it works
+    for callers that never pass one."""
 
     def report(self, backend: Backend, ok: bool = True, latency: float | None = None, *,
-               bytes_sent: int = 0, bytes_received: int = 0,
-               status: int | None = None) -> None: ...
+               bytes_sent: int = 0, bytes_received: int = 0, status: int | None = None,
+               now: float | None = None) -> None: ...
 
     def report_later(self, backend: Backend, ok: bool = True, latency: float | None = None, *,
                      bytes_sent: int = 0, bytes_received: int = 0,
@@ -240,36 +243,20 @@ class Reporter(Protocol):
     def release_later(self, backend: Backend) -> None: ...
 
 
-class TimedReporter(Reporter, Protocol):
-    """A :class:`Reporter` that takes the caller's clock reading (``now``: a reading of its
-    timer; None reads it): the Balancer and its Lane. :meth:`Completion.done` passes
-    ``now`` only when given one."""
-
-    def report(self, backend: Backend, ok: bool = True, latency: float | None = None, *,
-               bytes_sent: int = 0, bytes_received: int = 0, status: int | None = None,
-               now: float | None = None) -> None: ...
-
-
 class Picker(Protocol):
     """What :class:`Attempts` needs of its balancer: picks that return completion handles,
-    the retry budget, and how long a backend usually takes to answer."""
+    the retry budget, and how long a backend usually takes to answer. ``now``: the caller's
+    reading of the balancer's timer (None reads it); :class:`Attempts` passes it only when
+    it was given one, so a picker without it works for front-ends that never pass one."""
 
     def begin(self, key: str | None = None, exclude: Collection[Backend] = (),
-              prefer: str | None = None) -> Completion: ...
+              prefer: str | None = None, now: float | None = None) -> Completion: ...
 
     def spend_retry(self, tried: Collection[Backend] = ()) -> bool: ...
 
     def refund_retry(self, picked: bool = False) -> None: ...
 
     def usual_latency(self, backend: Backend) -> float | None: ...
-
-
-class TimedPicker(Picker, Protocol):
-    """A :class:`Picker` whose picks take the caller's clock reading (``now``): the Balancer
-    and its Lane. :class:`Attempts` made with ``now=`` (or retrying with ``now=``) needs one."""
-
-    def begin(self, key: str | None = None, exclude: Collection[Backend] = (),
-              prefer: str | None = None, now: float | None = None) -> Completion: ...
 
 
 #: Less time left than this is none: an attempt's timeouts are never cut below it.
@@ -324,8 +311,8 @@ class Completion:
         causes go out with the next call that delivers (docs/contract.md, "Passive health").
 
         ``now``: the balancer's timer read by the caller at the end (the reading its latency
-        came from), passed on to a balancer whose ``report`` takes it (a Balancer, its Lane:
-        :class:`TimedReporter`); None: the balancer reads its timer. Not with ``wait=False``
+        came from), passed on to the balancer's ``report`` (:class:`Reporter`); None: the
+        balancer reads its timer. Not with ``wait=False``
         (applied later, at the time it is applied)."""
         # (_end, inlined: once per attempt)
         try:
@@ -339,9 +326,10 @@ class Completion:
                                       bytes_received=outcome.bytes_received,
                                       status=outcome.status)
             else:
-                report: Callable[..., None] = self._balancer.report     # (a TimedReporter)
-                report(self.backend, outcome.ok, outcome.latency, bytes_sent=outcome.bytes_sent,
-                       bytes_received=outcome.bytes_received, status=outcome.status, now=now)
+                self._balancer.report(self.backend, outcome.ok, outcome.latency,
+                                      bytes_sent=outcome.bytes_sent,
+                                      bytes_received=outcome.bytes_received,
+                                      status=outcome.status, now=now)
         else:
             self._balancer.report_later(self.backend, outcome.ok, outcome.latency,
                                         bytes_sent=outcome.bytes_sent,
@@ -405,8 +393,8 @@ class Attempts:
 
     ``now``: ``timer``'s reading when the request began, taken by the front-end (the time
     its head arrived, say): the deadline runs from it and the first pick is made at it,
-    so that one reading serves the request. It needs a balancer whose ``begin`` takes
-    ``now`` (:class:`TimedPicker`: a Balancer, its Lane), on the same clock as ``timer``.
+    so that one reading serves the request (the balancer's ``begin`` takes it:
+    :class:`Picker`), on the same clock as ``timer``.
     :meth:`retry`, :meth:`end` and :meth:`end_failed` take a fresh reading the same way.
     """
 
@@ -463,8 +451,7 @@ class Attempts:
         if now is None:
             completion = self._balancer.begin(self.key, prefer=self.prefer)
         else:
-            begin: Callable[..., Completion] = self._balancer.begin     # (a TimedPicker)
-            completion = begin(self.key, prefer=self.prefer, now=now)
+            completion = self._balancer.begin(self.key, prefer=self.prefer, now=now)
         self._current = completion
         backend = completion.backend
         self.tried.append(backend)
@@ -520,8 +507,7 @@ class Attempts:
             if now is None:
                 following = balancer.begin(self.key, exclude=self.tried)
             else:
-                begin: Callable[..., Completion] = balancer.begin     # (a TimedPicker)
-                following = begin(self.key, exclude=self.tried, now=now)
+                following = balancer.begin(self.key, exclude=self.tried, now=now)
         except NoHealthyBackend:
             if spent:
                 balancer.refund_retry()

@@ -55,12 +55,12 @@ class OwnerLoop(Protocol):
 class _Call(Generic[T]):
     """One call handed to the owner: run exactly once, by whichever thread takes it."""
 
-    __slots__ = ("function", "done", "result", "error", "_open")
+    __slots__ = ("function", "done", "returned", "error", "_open")
 
     def __init__(self, function: Callable[[], T]) -> None:
         self.function = function
         self.done = threading.Event()
-        self.result: T | None = None
+        self.returned: list[T] = []             # [its result], once the function returned
         self.error: BaseException | None = None
         self._open = [True]
 
@@ -70,7 +70,7 @@ class _Call(Generic[T]):
         except IndexError:
             return
         try:
-            self.result = self.function()
+            self.returned.append(self.function())
         except BaseException as exc:    # (re-raised on the calling thread, never on the loop)
             self.error = exc
         finally:
@@ -123,7 +123,7 @@ class Owner:
                 raise error
             finally:
                 error = None
-        return call.result      # type: ignore[return-value]    # (set: function returned)
+        return call.returned[0]                 # (done, and no error: it returned)
 
     def _serve(self) -> None:
         """On the owner's loop: run the calls queued so far, in order."""
