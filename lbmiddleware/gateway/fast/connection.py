@@ -134,6 +134,10 @@ _TRAILERS = _Dropped()
 # The versions served (llhttp reads 0.9 and 2.0 too).
 _VERSIONS = frozenset(("1.1", "1.0"))
 
+# The methods' names as str (httptools gives bytes); others are decoded.
+_METHODS = {method.encode("ascii"): method for method in (
+    "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE")}
+
 # Header fields the connection reads itself, besides passing them on.
 _FRAMING = frozenset((b"content-length", b"transfer-encoding", b"expect"))
 
@@ -349,14 +353,15 @@ class ClientConnection(asyncio.Protocol):
         version = parser.get_http_version()
         if version not in _VERSIONS:    # llhttp's HTTP/0.9 (its "headers" too) or 2.0
             raise _BadRequest
-        method = parser.get_method().decode("ascii")
+        name = parser.get_method()
+        method = _METHODS.get(name) or name.decode("ascii")
         if parser.should_upgrade():
             self._current = None
             self._upgrade = b"".join(
                 [method.encode(), b" ", url, b" HTTP/", version.encode(), b"\r\n",
                  *[b"%s: %s\r\n" % field for field in headers], b"\r\n"])
             return
-        if url[:1] == b"/" and b"#" not in url:
+        if url[:1] == b"/" and 35 not in url:       # ("#": an int is found faster)
             raw_path, _, query = url.partition(b"?")
         else:                   # absolute form, "*", a fragment: as uvicorn reads them
             try:
@@ -603,8 +608,12 @@ class ClientConnection(asyncio.Protocol):
         if self._in_head:
             self._kept_alive = False
             self._set_limit(self.state.settings.header_timeout)
-        else:
-            self._kept_alive = True
+            return
+        self._kept_alive = True
+        # (_set_limit's, inline: after every response)
+        at = self.loop.time() + KEEP_ALIVE
+        self._limit = at
+        if self._timer is None or self._timer_at > at:
             self._set_limit(KEEP_ALIVE)
 
     def _set_limit(self, seconds: float) -> None:
