@@ -159,6 +159,10 @@ class ResponseParser:
         buffer = self._buffer
         end = buffer.find(b"\r\n\r\n")
         if end < 0 or end > MAX_HEAD:
+            if b"\n\n" in buffer[:MAX_HEAD]:
+                # a head ended by bare line feeds: malformed now, not a head still to come
+                # (waiting for CRLF CRLF would cost the read timeout)
+                raise ProtocolError("a bare CR, LF or NUL in the response head")
             if len(buffer) > MAX_HEAD:
                 raise ProtocolError("the response head is too large")
             return False
@@ -186,6 +190,7 @@ class ResponseParser:
             return True         # an interim response (100, 102, 103): the real one follows
         length: int | None = None
         chunked = False
+        repeated = False            # the same Content-Length twice: kept once (RFC 9110 8.6)
         keep_alive = version == b"HTTP/1.1"
         for name, value in headers:
             lower = name.lower()
@@ -194,6 +199,7 @@ class ResponseParser:
             if lower == b"content-length":
                 if not value.isdigit() or (length is not None and int(value) != length):
                     raise ProtocolError("a bad Content-Length in the response")
+                repeated = length is not None
                 length = int(value)
             elif lower == b"transfer-encoding":
                 chunked = value.lower().rsplit(b",", 1)[-1].strip() == b"chunked"
@@ -206,6 +212,8 @@ class ResponseParser:
                     keep_alive = False
                 elif b"keep-alive" in tokens:
                     keep_alive = True
+        if repeated:
+            headers = _first_content_length(headers)
         if status == 101:       # the connection is a tunnel now: the rest is not HTTP
             keep_alive = False
             self._end()
@@ -299,6 +307,19 @@ class ResponseParser:
     def _end(self) -> None:
         self._phase = _DONE
         self.complete = True
+
+
+def _first_content_length(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """``headers`` with their first ``Content-Length`` only (the others repeat its value)."""
+    seen = False
+    kept = []
+    for name, value in headers:
+        if name.lower() == b"content-length":
+            if seen:
+                continue
+            seen = True
+        kept.append((name, value))
+    return kept
 
 
 def _bad_line(head: bytes) -> bytes:

@@ -173,8 +173,23 @@ def test_a_bad_or_conflicting_content_length_is_refused(framing):
 
 
 def test_the_same_content_length_twice_is_one():
-    parser, body = parse(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello")
+    """RFC 9110 8.6: equal values may be replaced by one; never both passed on (the client
+    would get two Content-Length fields)."""
+    parser, body = parse(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\n"
+                         b"content-length: 5\r\n\r\nhello")
     assert body == b"hello" and parser.complete
+    assert parser.head.headers == [(b"Content-Length", b"5"), (b"X-A", b"1")]
+
+
+@pytest.mark.parametrize("wire", [
+    b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\n\nok",
+    b"HTTP/1.1 200 OK\nContent-Length: 2\r\n\r\nok"])
+def test_a_head_ended_by_bare_line_feeds_is_refused_at_once(wire):
+    """A head whose lines end in a bare LF is malformed (contract: a 502 at once), not a head
+    still to come: waiting for CRLF CRLF would cost the read timeout (a 504)."""
+    with pytest.raises(ProtocolError, match="bare CR, LF"):
+        parse(wire)
 
 
 def test_a_connection_closed_inside_a_body_or_head_is_a_cut_response():
