@@ -107,6 +107,14 @@ _TOO_MANY_CONNECTIONS = _closing_response(error_response(503, "too many connecti
 _HEAD_TOO_LARGE = _closing_response(error_response(431))
 
 
+# The request versions served (RFC 9112 2.3): the others are refused 400 in a callback.
+_VERSIONS = ("1.0", "1.1")
+
+
+class _UnservedVersion(Exception):
+    """Raised in a parser callback: a request line of a version the gateway does not serve."""
+
+
 class _HeadTooLarge(Exception):
     """Raised in a parser callback: the head being parsed is over MAX_HEAD."""
 
@@ -217,6 +225,10 @@ def uvicorn_protocol(settings: GatewaySettings, *, access_log: bool = False) -> 
                 super().on_header(name, value)
 
         def on_headers_complete(self) -> None:
+            if self.parser.get_http_version() not in _VERSIONS:
+                # llhttp reads "HTTP/2.0" and an HTTP/0.9 line (with fields after it), and
+                # uvicorn would forward either as 1.1: refused 400, as the fast server does
+                raise _UnservedVersion()
             self._in_head = False
             if self._head_timer is not None:
                 self._head_timer.cancel()

@@ -557,6 +557,9 @@ REFUSED = {
     "a CR in a header value": b"GET /a HTTP/1.1\r\n" + HOST + b"X-A: a\rb\r\n\r\n" + SMUGGLED,
     "a space before the colon": b"GET /a HTTP/1.1\r\n" + HOST + b"X-A : b\r\n\r\n" + SMUGGLED,
     "HTTP/1.2": b"GET /a HTTP/1.2\r\n" + HOST + b"\r\n" + SMUGGLED,
+    # (llhttp reads these two: uvicorn forwarded them as 1.1 requests, headers and all)
+    "HTTP/2.0": b"GET /a HTTP/2.0\r\n" + HOST + b"\r\n" + SMUGGLED,
+    "HTTP/0.9 with fields": b"GET /a\r\n" + HOST + b"\r\n" + SMUGGLED,
 }
 # Cases the ASGI path serves: the fast server serves them the same way, or refuses them.
 SERVED = {
