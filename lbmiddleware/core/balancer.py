@@ -7,9 +7,9 @@ changes (an ejection's end, a drain's timeout, a slow start's next step) are mad
 next call that finds them due, on the injected ``timer``.
 
 A server whose requests all run on one event loop owns the pool instead (:meth:`Balancer.own`):
-its :class:`Lane` picks and reports without the lock, and every other thread's call is handed
-to that loop (:mod:`.owner`). Both paths run the same steps (``_take``, ``_report``,
-``_finish``): only the lock and who may call differ.
+its :class:`~.lane.Lane` (:mod:`.lane`) picks and reports without the lock, and every other
+thread's call is handed to that loop (:mod:`.owner`). Both paths run the same steps (``_take``,
+``_report_now``, ``_release_now``): only the lock and who may call differ.
 """
 
 from __future__ import annotations
@@ -17,14 +17,13 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
-import functools
 import logging
 import math
 import random
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any
 
 from ..errors import ConfigError, NoHealthyBackend
 from .attempts import Completion, Outcome
@@ -51,8 +50,9 @@ from .events import (
 from .health import PassiveHealth
 from .health.active import ActiveHealth, ActiveRecord
 from .incarnations import RETIRED_OBJECTS, Retired
+from .lane import Lane
 from .load import FOLD_BATCH, FOLD_STEP, PeakEwma, fold_latencies
-from .owner import Owner, OwnerLoop
+from .owner import Elsewhere, Owner, OwnerLoop, handed_over
 from .policies import Policy, make_policy
 from .policies.tiered import Tiered
 from .retry_budget import RetryBudget
@@ -63,11 +63,6 @@ from .stats import backend_row
 from .sticky import sticky_value
 
 __all__ = ["Balancer", "Lane"]
-
-P = ParamSpec("P")
-T = TypeVar("T")
-B = TypeVar("B", bound="Balancer")
-
 
 _NONE: frozenset[BackendState] = frozenset()
 
@@ -100,29 +95,6 @@ def _fold(state: BackendState, now: float) -> None:
             step *= FOLD_BATCH / count
     state.batch_from = now
     state.fold_at = now + step
-
-
-class _Elsewhere(Exception):
-    """Raised holding the lock by a call on a thread that does not own the pool (``_mine``):
-    the call is handed to the owner (:func:`_handed_over`)."""
-
-    def __init__(self, owner: Owner) -> None:
-        super().__init__()
-        self.owner = owner
-
-
-def _handed_over(method: Callable[Concatenate[B, P], T]) -> Callable[Concatenate[B, P], T]:
-    """A method whose locked block begins with ``self._mine()``: on a thread that does not
-    own the pool, it runs on the owner's thread instead, and this one waits for its result."""
-
-    @functools.wraps(method)
-    def run(self: B, /, *args: P.args, **kwargs: P.kwargs) -> T:
-        try:
-            return method(self, *args, **kwargs)
-        except _Elsewhere as elsewhere:
-            return elsewhere.owner.call(run, self, *args, **kwargs)
-
-    return run
 
 
 def _joining(state: BackendState) -> bool:
@@ -322,11 +294,11 @@ class Balancer:
             self._lane = None
 
     def _mine(self) -> None:
-        """Raise :class:`_Elsewhere` when another thread owns the pool (call it first thing
-        holding the lock, in a method under :func:`_handed_over`)."""
+        """Raise :class:`~.owner.Elsewhere` when another thread owns the pool (call it first thing
+        holding the lock, in a method under :func:`handed_over`)."""
         owner = self._owner
         if owner is not None and owner.thread != threading.get_ident():
-            raise _Elsewhere(owner)
+            raise Elsewhere(owner)
 
     # -- membership ---------------------------------------------------------------------
 
@@ -388,14 +360,14 @@ class Balancer:
                 entries.union(lists)[0], lists, joined_later=key not in entries.unanswered))
         self._update(key, new, prepared)
 
-    @_handed_over
+    @handed_over
     def _answered(self, key: str | None) -> None:
         """Source ``key`` answered with the set it had (its first answer all the same)."""
         with self._lock:
             self._mine()
             self._entries.unanswered.discard(key)
 
-    @_handed_over
+    @handed_over
     def _update(self, key: str | None, new: tuple[Backend, ...], prepared: Any) -> None:
         """:meth:`update`'s change, holding the lock (``prepared``: the policy's part made
         without it, a guess)."""
@@ -419,7 +391,7 @@ class Balancer:
             logger.warning("%s", warning)
         self._deliver()
 
-    @_handed_over
+    @handed_over
     def drain(self, url: Backend | str) -> None:
         """Take ``url`` out of rotation without errors: no new picks from now on, its
         requests in flight end normally; it leaves when the last one ends or after
@@ -444,7 +416,7 @@ class Balancer:
             self._post()
         self._deliver()
 
-    @_handed_over
+    @handed_over
     def undrain(self, url: Backend | str) -> None:
         """Undo :meth:`drain`: the backend is a member again if an entry still lists it
         (as a backend that joins: active health checks wait for its first pass, slow start
@@ -981,7 +953,7 @@ class Balancer:
                 if self._owner is not None:
                     self._mine()
                 state = self._take(key, exclude, prefer, now)
-        except _Elsewhere as elsewhere:
+        except Elsewhere as elsewhere:
             return elsewhere.owner.call(self.pick, key, exclude, prefer, now)
         except BaseException:
             if self._outbox:
@@ -1051,7 +1023,7 @@ class Balancer:
         the backend that answered is not the one the request's cookie named."""
         return sticky_value(_url(backend), self.settings.sticky_cookie_secret)
 
-    @_handed_over
+    @handed_over
     def spend_retry(self, tried: Collection[Backend | str] = ()) -> bool:
         """Spend one retry from the pool's retry budget: True if the budget holds one (or is
         off), False if it is exhausted (counted in ``pool_stats()``). The attempt loop asks
@@ -1072,7 +1044,7 @@ class Balancer:
         return True if budget is None else budget.try_spend(
             self._timer() if now is None else now)
 
-    @_handed_over
+    @handed_over
     def refund_retry(self, picked: bool = False) -> None:
         """A retry :meth:`spend_retry` allowed was not made after all (no backend was left
         to try; ``picked``: its pick was made and released, as when the deadline left too
@@ -1087,7 +1059,7 @@ class Balancer:
         if self._budget is not None:
             self._budget.refund(self._timer() if now is None else now)
 
-    @_handed_over
+    @handed_over
     def usual_latency(self, backend: Backend | str) -> float | None:
         """The time ``backend`` usually takes to answer: the time-decayed mean of its answered
         attempts' latencies (seconds), None before its first answer or for a backend not in
@@ -1095,9 +1067,10 @@ class Balancer:
         retry."""
         with self._lock:
             self._mine()
-            return self._usual(_url(backend))
+            return self._usual(backend)
 
-    def _usual(self, url: str, now: float | None = None) -> float | None:
+    def _usual(self, backend: Backend | str, now: float | None = None) -> float | None:
+        url = _url(backend)
         state = self._states.get(url) or self._draining.get(url)
         if state is None:
             return None
@@ -1155,12 +1128,8 @@ class Balancer:
             with self._lock:
                 if self._owner is not None:
                     self._mine()
-                if self._deferred:
-                    self._apply_deferred()
-                self._report(backend, ok, latency, bytes_sent, bytes_received, status, now)
-                if self._events:
-                    self._post()
-        except _Elsewhere as elsewhere:
+                self._report_now(backend, ok, latency, bytes_sent, bytes_received, status, now)
+        except Elsewhere as elsewhere:
             elsewhere.owner.call(self.report, backend, ok, latency, bytes_sent=bytes_sent,
                                  bytes_received=bytes_received, status=status, now=now)
             return
@@ -1193,6 +1162,14 @@ class Balancer:
             finally:
                 self._lock.release()
 
+    def _release_now(self, backend: Backend) -> None:
+        """:meth:`release`'s change, as :meth:`_report_now` is :meth:`report`'s."""
+        if self._deferred:
+            self._apply_deferred()
+        self._finish(backend)
+        if self._events:
+            self._post()
+
     def _apply_deferred(self) -> None:
         deferred = self._deferred
         while deferred:
@@ -1200,66 +1177,76 @@ class Balancer:
             if ok is None:
                 self._finish(backend)           # release_later(): no outcome
             else:
-                self._report(backend, ok, latency, sent, received, status)
+                self._report_now(backend, ok, latency, sent, received, status, None,
+                                 deferred=True)
 
-    def _report(self, backend: Backend, ok: bool, latency: float | None, sent: int = 0,
-                received: int = 0, status: int | None = None,
-                now: float | None = None) -> None:
-        url = backend.url
-        state = self._states.get(url)
-        member = state is not None
-        if state is None:
-            state = self._draining.get(url)
+    def _report_now(self, backend: Backend, ok: bool, latency: float | None, sent: int,
+                    received: int, status: int | None, now: float | None, *,
+                    deferred: bool = False) -> None:
+        """:meth:`report`'s change, its events posted: holding the lock, or on the owner's
+        thread (the :class:`~.lane.Lane`'s report, the same steps). The deferred ends are
+        applied first, unless this is one of them (``deferred``: :meth:`_apply_deferred`)."""
+        if self._deferred and not deferred:
+            self._apply_deferred()
+        try:
+            url = backend.url
+            state = self._states.get(url)
+            member = state is not None
             if state is None:
-                return          # removed, and its last request already ended
-        if backend is not state.backend and self._retired.late(backend):
-            return              # an end of an ended incarnation of this URL
-        if state.in_flight > 0:
-            state.in_flight -= 1
-            if self._follows:
-                self._policy.finished(state)
-            if not member and not state.in_flight:
-                self._drained(url, state)
-        if now is None:
-            now = self._timer()
-        state.requests += 1
-        state.bytes_sent += sent
-        state.bytes_received += received
-        if self._counts_bytes and (sent or received):
-            self._policy.transferred(state, sent + received, now)
-        if ok:
-            if latency is not None:
-                # An answer's latency waits in a batch (load.fold_latencies: the histogram,
-                # the sum and the answered mean, counted once per batch).
-                if now >= state.fold_at:
-                    _fold(state, now)
-                state.answers.append(latency)
-                self._load.observe(state.latency, latency, now)
-            if not member or state.health.steady:
-                return          # a success of a steady backend (or a removed one) changes nothing
-            queued = len(self._events)
-            returned = self._health.success(state, now, latency, self._panic)
-            if returned is not None:                      # it ended a full outage
-                if self._slow_start:
-                    self._start_ramp((self._states[b.url] for b in returned), now)
-                self._refresh(answered_by=backend, returned=returned)
-                if self._panic:
-                    self._returned_in_panic(queued)
-        else:
-            # A failing status is an answer all the same: its latency is the time to its
-            # head. A failure without a response (refused, timed out) has no head: it is in
-            # neither the histogram nor the mean (a backend refusing in 0.2 ms is not fast).
-            if latency is not None and status is not None:
-                if now >= state.fold_at:
-                    _fold(state, now)
-                state.answers.append(latency)
-            self._load.observe_failure(state.latency, now, state.health.consecutive_failures)
-            state.failures += 1     # every failure, as requests counts every end
-            if member:              # but only a member's health is judged, not a draining one's
-                if self._health.failure(state, now, latency):
-                    self._timed = True
-                    self._end_ramp(state, now)
-                    self._refresh()
+                state = self._draining.get(url)
+                if state is None:
+                    return          # removed, and its last request already ended
+            if backend is not state.backend and self._retired.late(backend):
+                return              # an end of an ended incarnation of this URL
+            if state.in_flight > 0:
+                state.in_flight -= 1
+                if self._follows:
+                    self._policy.finished(state)
+                if not member and not state.in_flight:
+                    self._drained(url, state)
+            if now is None:
+                now = self._timer()
+            state.requests += 1
+            state.bytes_sent += sent
+            state.bytes_received += received
+            if self._counts_bytes and (sent or received):
+                self._policy.transferred(state, sent + received, now)
+            if ok:
+                if latency is not None:
+                    # An answer's latency waits in a batch (load.fold_latencies: the histogram,
+                    # the sum and the answered mean, counted once per batch).
+                    if now >= state.fold_at:
+                        _fold(state, now)
+                    state.answers.append(latency)
+                    self._load.observe(state.latency, latency, now)
+                if not member or state.health.steady:
+                    return      # a success of a steady backend (or a removed one) changes nothing
+                queued = len(self._events)
+                returned = self._health.success(state, now, latency, self._panic)
+                if returned is not None:                      # it ended a full outage
+                    if self._slow_start:
+                        self._start_ramp((self._states[b.url] for b in returned), now)
+                    self._refresh(answered_by=backend, returned=returned)
+                    if self._panic:
+                        self._returned_in_panic(queued)
+            else:
+                # A failing status is an answer all the same: its latency is the time to its
+                # head. A failure without a response (refused, timed out) has no head: it is in
+                # neither the histogram nor the mean (a backend refusing in 0.2 ms is not fast).
+                if latency is not None and status is not None:
+                    if now >= state.fold_at:
+                        _fold(state, now)
+                    state.answers.append(latency)
+                self._load.observe_failure(state.latency, now, state.health.consecutive_failures)
+                state.failures += 1     # every failure, as requests counts every end
+                if member:              # but only a member's health is judged, not a draining one's
+                    if self._health.failure(state, now, latency):
+                        self._timed = True
+                        self._end_ramp(state, now)
+                        self._refresh()
+        finally:
+            if self._events:
+                self._post()
 
     def release(self, backend: Backend) -> None:
         """End one pick of ``backend`` with no outcome (the caller gave up or was cancelled).
@@ -1279,11 +1266,7 @@ class Balancer:
             if owner is not None and owner.thread != threading.get_ident():
                 self._deferred.append((backend, None, None, 0, 0, None))   # for the owner
                 return
-            if self._deferred:
-                self._apply_deferred()
-            self._finish(backend)
-            if self._events:
-                self._post()
+            self._release_now(backend)
         finally:
             lock.release()
         if self._outbox:
@@ -1339,7 +1322,7 @@ class Balancer:
 
     # -- introspection ------------------------------------------------------------------
 
-    @_handed_over
+    @handed_over
     def lookup(self, key: str) -> Backend:
         """The backend that owns ``key`` now: the one ``pick(key=key)`` would return (among
         the healthy members; among all of them in panic) while that backend has room (under
@@ -1370,7 +1353,7 @@ class Balancer:
         usable = self._usable(tuple(self._states.values()), now)
         return Members(usable, -1) if usable else self._all
 
-    @_handed_over
+    @handed_over
     def stats(self) -> list[dict[str, Any]]:
         """Per backend, the members in listed order then the draining ones, one dict each:
 
@@ -1412,7 +1395,7 @@ class Balancer:
         self._deliver()
         return rows
 
-    @_handed_over
+    @handed_over
     def pool_stats(self) -> dict[str, Any]:
         """The pool as a whole: ``policy``; ``panic`` (no member usable: picks choose among
         all) and ``panic_age`` (seconds in it, None when not); ``members``; ``usable`` (the
@@ -1478,7 +1461,7 @@ class Balancer:
                 prepared = self._policy.prepare([s.backend for s in self._table(joiner)])
         self._probed(url, ok, reason, prepared)
 
-    @_handed_over
+    @handed_over
     def _probed(self, url: str, ok: bool, reason: str, prepared: Any) -> None:
         """:meth:`report_probe`'s change, holding the lock."""
         active = self._active
@@ -1506,7 +1489,7 @@ class Balancer:
             self._post()
         self._deliver()
 
-    @_handed_over
+    @handed_over
     def publish(self, event: Event) -> None:
         """Deliver ``event`` (a source's, from discovery above the core) to this pool's
         listeners, in order with the pool's own events. A source's outage is kept for the
@@ -1525,151 +1508,3 @@ class Balancer:
         return (f"<Balancer policy={self.settings.policy!r} "
                 f"backends={[s.backend.url for s in self._states.values()]!r}>")
 
-
-class Lane:
-    """The owner thread's calls on a pool it owns (:meth:`Balancer.own`): :meth:`pick`,
-    :meth:`report`, :meth:`release`, :meth:`begin` and the retry budget, without the lock,
-    each taking the caller's clock reading (``now=``, the pool's timer; None reads it).
-
-    A :class:`~lbmiddleware.core.attempts.Picker` and ``Reporter``: give it to
-    :class:`~lbmiddleware.core.attempts.Attempts` instead of the pool. The steps are the
-    pool's own (the same choice, counts, health and events as :meth:`Balancer.pick` and
-    :meth:`Balancer.report` with the same readings); only the lock is left out, which is
-    safe because no other thread changes an owned pool. Call it on the owner thread only
-    (the loop's callbacks and tasks). Once ownership ended (:meth:`Balancer.disown`) its
-    calls take the pool's lock, as the pool's methods do.
-    """
-
-    __slots__ = ("balancer", "_owner")
-
-    def __init__(self, balancer: Balancer, owner: Owner) -> None:
-        self.balancer = balancer
-        self._owner = owner
-
-    def pick(self, key: str | None = None, exclude: Collection[Backend | str] = (),
-             prefer: str | None = None, now: float | None = None) -> Backend:
-        """:meth:`Balancer.pick`."""
-        pool = self.balancer
-        if pool._owner is not self._owner:
-            return pool.pick(key, exclude, prefer, now)
-        try:
-            state = pool._take(key, exclude, prefer, now)
-        except BaseException:
-            if pool._outbox:
-                pool._deliver()
-            raise
-        if pool._outbox:
-            pool._deliver_pick(state)
-        return state.backend
-
-    def begin(self, key: str | None = None, exclude: Collection[Backend] = (),
-              prefer: str | None = None, now: float | None = None) -> Completion:
-        """:meth:`Balancer.begin`: its handle ends through this lane."""
-        return _LaneCompletion(self, self.pick(key, exclude, prefer, now))
-
-    def report(self, backend: Backend, ok: bool = True, latency: float | None = None, *,
-               bytes_sent: int = 0, bytes_received: int = 0,
-               status: int | None = None, now: float | None = None) -> None:
-        """:meth:`Balancer.report`."""
-        pool = self.balancer
-        if pool._owner is not self._owner:
-            pool.report(backend, ok, latency, bytes_sent=bytes_sent,
-                        bytes_received=bytes_received, status=status, now=now)
-            return
-        if pool._deferred:
-            pool._apply_deferred()
-        pool._report(backend, ok, latency, bytes_sent, bytes_received, status, now)
-        if pool._events:
-            pool._post()
-        if pool._outbox:
-            pool._deliver()
-
-    def _done(self, backend: Backend, outcome: Outcome, now: float | None) -> None:
-        """:meth:`report` of ``outcome`` (a completion's end: its fields, no keywords)."""
-        pool = self.balancer
-        if pool._owner is not self._owner:
-            pool.report(backend, outcome.ok, outcome.latency, bytes_sent=outcome.bytes_sent,
-                        bytes_received=outcome.bytes_received, status=outcome.status, now=now)
-            return
-        if pool._deferred:
-            pool._apply_deferred()
-        pool._report(backend, outcome.ok, outcome.latency, outcome.bytes_sent,
-                     outcome.bytes_received, outcome.status, now)
-        if pool._events:
-            pool._post()
-        if pool._outbox:
-            pool._deliver()
-
-    def release(self, backend: Backend) -> None:
-        """:meth:`Balancer.release`."""
-        pool = self.balancer
-        if pool._owner is not self._owner:
-            pool.release(backend)
-            return
-        if pool._deferred:
-            pool._apply_deferred()
-        pool._finish(backend)
-        if pool._events:
-            pool._post()
-        if pool._outbox:
-            pool._deliver()
-
-    def report_later(self, backend: Backend, ok: bool = True, latency: float | None = None, *,
-                     bytes_sent: int = 0, bytes_received: int = 0,
-                     status: int | None = None) -> None:
-        """:meth:`Balancer.report_later` (queued; the owner's next call applies it)."""
-        self.balancer.report_later(backend, ok, latency, bytes_sent=bytes_sent,
-                                   bytes_received=bytes_received, status=status)
-
-    def release_later(self, backend: Backend) -> None:
-        """:meth:`Balancer.release_later` (queued; the owner's next call applies it)."""
-        self.balancer.release_later(backend)
-
-    def spend_retry(self, tried: Collection[Backend | str] = (),
-                    now: float | None = None) -> bool:
-        """:meth:`Balancer.spend_retry`."""
-        pool = self.balancer
-        if pool._owner is not self._owner:
-            return pool.spend_retry(tried)
-        return pool._spend(tried, now)
-
-    def refund_retry(self, picked: bool = False, now: float | None = None) -> None:
-        """:meth:`Balancer.refund_retry`."""
-        pool = self.balancer
-        if pool._owner is not self._owner:
-            pool.refund_retry(picked)
-        else:
-            pool._refund(picked, now)
-
-    def usual_latency(self, backend: Backend | str, now: float | None = None) -> float | None:
-        """:meth:`Balancer.usual_latency`."""
-        pool = self.balancer
-        if pool._owner is not self._owner:
-            return pool.usual_latency(backend)
-        return pool._usual(_url(backend), now)
-
-    def sticky_value(self, backend: Backend | str) -> str:
-        """:meth:`Balancer.sticky_value`."""
-        return self.balancer.sticky_value(backend)
-
-    def __repr__(self) -> str:
-        owned = "owned" if self.balancer._owner is self._owner else "ownership ended"
-        return f"<Lane of {self.balancer!r} ({owned})>"
-
-
-class _LaneCompletion(Completion):
-    """A :class:`~lbmiddleware.core.attempts.Completion` of a lane's pick: its end reports
-    straight through the lane (the same report, one call fewer per request)."""
-
-    __slots__ = ()
-    _balancer: Lane
-
-    def done(self, outcome: Outcome, *, wait: bool = True, now: float | None = None) -> None:
-        if wait:
-            try:
-                self._open.pop()
-            except IndexError:
-                return              # already ended
-            self._balancer._done(self.backend, outcome, now)
-        else:
-            super().done(outcome, wait=False)

@@ -16,6 +16,9 @@ same lock), so a call that began before ``own()`` ends before ``own()`` returns,
 begins after is handed over. Envoy's workers get their cluster updates the same way: posted
 to each worker's own dispatcher, never a lock on the request path.
 
+A method of the pool that another thread may call raises :class:`Elsewhere` on that thread
+(checked holding the pool's lock) and :func:`handed_over` hands it to the owner.
+
 Ownership ends with :meth:`Owner.end`: ``disown()`` on the owner thread, or a caller that
 finds the owner's loop closed (a server gone without ``disown()``). The calls still queued
 then run on that thread, through the pool's lock. In a forked child every ownership ends
@@ -28,16 +31,18 @@ Standard library only, no I/O: the loop is any object with ``call_soon_threadsaf
 from __future__ import annotations
 
 import collections
+import functools
 import os
 import threading
 import weakref
 from collections.abc import Callable
-from typing import Any, Generic, ParamSpec, Protocol, TypeVar
+from typing import Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar
 
-__all__ = ["Owner", "OwnerLoop", "WAIT_STEP"]
+__all__ = ["Owner", "OwnerLoop", "WAIT_STEP", "Elsewhere", "handed_over"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
+S = TypeVar("S")
 
 #: Seconds between two looks, by a thread waiting for the owner's loop, at whether that loop
 #: was closed meanwhile (then the waiting thread runs the queued calls itself).
@@ -150,6 +155,30 @@ class Owner:
 
     def __repr__(self) -> str:
         return f"<Owner thread={self.thread} {'active' if self.active else 'ended'}>"
+
+
+class Elsewhere(Exception):
+    """Raised, holding the pool's lock, by a call on a thread that does not own the pool
+    (``Balancer._mine``): the call is handed to ``owner`` (:func:`handed_over`)."""
+
+    def __init__(self, owner: Owner) -> None:
+        super().__init__()
+        self.owner = owner
+
+
+def handed_over(method: Callable[Concatenate[S, P], T]) -> Callable[Concatenate[S, P], T]:
+    """A method that raises :class:`Elsewhere` on a thread that does not own the pool (its
+    locked block begins with ``self._mine()``): it runs on the owner's thread instead, and
+    this one waits for its result."""
+
+    @functools.wraps(method)
+    def run(self: S, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return method(self, *args, **kwargs)
+        except Elsewhere as elsewhere:
+            return elsewhere.owner.call(run, self, *args, **kwargs)
+
+    return run
 
 
 _owners: weakref.WeakSet[Owner] = weakref.WeakSet()
