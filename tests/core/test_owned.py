@@ -16,7 +16,11 @@ import concurrent.futures
 import dataclasses
 import functools
 import gc
+import json
+import os
 import random
+import select
+import signal
 import threading
 import zlib
 from collections.abc import Awaitable, Callable
@@ -521,3 +525,43 @@ def test_an_end_from_another_thread_racing_own_leaves_the_owners_queue_to_the_ow
     lane.pick()
     assert not pool._deferred
     assert [row["in_flight"] for row in pool.stats()] == [1, 0]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork() on this platform")
+def test_a_forked_child_owns_nothing_and_reads_without_waiting() -> None:
+    # The child has no owner thread (nor the owner's loop: here a loop that never runs, so a
+    # call handed to it would wait for good): every ownership ends at the fork, a read from
+    # another thread of the child takes the lock, the old lane takes it too, and the child
+    # may own the pool on a loop of its own.
+    pool = Balancer([A, B])
+    lane = pool.own(_Loop())
+    held = lane.pick()
+    readable, writable = os.pipe()
+    pid = os.fork()
+    if pid == 0:                                            # the child
+        seen: dict[str, Any] = {}
+        try:
+            os.close(readable)
+            seen["lane"] = repr(pool.lane)
+            seen["in_flight"] = [row["in_flight"] for row in in_thread(pool.stats)]
+            seen["old lane"] = lane.pick().url
+            seen["owned again"] = pool.own(_Loop()) is pool.lane is not None
+        except BaseException as exc:                        # told to the parent
+            seen["error"] = repr(exc)
+        finally:
+            os.write(writable, json.dumps(seen).encode())
+            os._exit(0)
+    os.close(writable)
+    try:
+        ready, _, _ = select.select([readable], [], [], 10.0)
+        if not ready:
+            os.kill(pid, signal.SIGKILL)
+        answer = os.read(readable, 65536) if ready else b""
+    finally:
+        os.close(readable)
+        os.waitpid(pid, 0)
+    assert ready, "the child still waits after 10 s: its read was handed to the parent's owner"
+    assert json.loads(answer) == {"lane": "None", "in_flight": [1, 0], "old lane": B,
+                                  "owned again": True}
+    assert pool.lane is lane                                # the parent's own: unchanged
+    lane.release(held)
