@@ -5,11 +5,11 @@ benchmark) runs the same loop with its own I/O; only the I/O and the translation
 library's errors into an :class:`Outcome` are its own::
 
     attempts = Attempts(balancer, rule, "GET", key=client_ip)
-    backend = attempts.start()                  # NoHealthyBackend: nothing to try
+    backend = attempts.start()                  # NoHealthyBackend: answer NO_BACKEND_STATUS
     with attempts:                              # an exception releases the open attempt
         while True:
-            response, outcome = forward(backend)        # the front-end's I/O
-            if outcome.ok:
+            response, outcome = forward(backend)        # the front-end's I/O; a failure
+            if outcome.ok:                              # without a response: failed()
                 break
             following = attempts.retry(outcome)         # reports, picks another
             if following is None:
@@ -17,9 +17,10 @@ library's errors into an :class:`Outcome` are its own::
             discard(response)
             backend = following
         if response is None:                    # (that failure is reported already)
-            raise_or_answer(504 if outcome.timeout else 502)
-        deliver(response)
-        attempts.end(outcome)                   # after the body: it was in flight till then
+            raise_or_answer(Attempts.answer_status(outcome))        # 502, or 504
+        received = deliver(response)            # broke off: broke_off(); client gone:
+        attempts.delivered(outcome, received)   # client_left(); after the body: it was in
+                                                # flight till then
 
 Four pieces:
 
@@ -73,7 +74,7 @@ if TYPE_CHECKING:
 
 __all__ = ["RetryRule", "Outcome", "Completion", "Attempts", "IDEMPOTENT_METHODS",
            "DEFAULT_FAIL_STATUSES", "ANSWER_BEGUN", "failure_reason", "broken_body", "Picker",
-           "Reporter"]
+           "Reporter", "Failure", "NO_BACKEND_STATUS"]
 
 #: One INFO line per failed attempt: off by default in a library (the package's logger has
 #: only a NullHandler and Python's default level is WARNING); the gateway turns INFO on.
@@ -87,6 +88,11 @@ DEFAULT_FAIL_STATUSES = frozenset({502, 503, 504})
 
 #: Why a failure after the response began (a body that broke off) is never retried.
 ANSWER_BEGUN = "its response had begun to reach the client"
+
+#: The proxy's own answer when the pool has no backend to try (:meth:`Attempts.start` raised
+#: :class:`~lbmiddleware.errors.NoHealthyBackend`); see :meth:`Attempts.answer_status` for
+#: the answer when the attempts failed.
+NO_BACKEND_STATUS = 503
 
 
 # -- the outcome of one attempt -----------------------------------------------------------
@@ -220,6 +226,28 @@ def broken_body(answered: Outcome, received: int, error: str, *,
     return Outcome(ok=False, latency=answered.latency, timeout=timeout, status=answered.status,
                    bytes_sent=answered.bytes_sent, bytes_received=received,
                    error=f"the response body broke off after {received} bytes ({error})")
+
+
+class Failure(Protocol):
+    """What the attempt loop reads of an attempt that failed without a response: the upstream
+    client's error (:class:`lbmiddleware.upstream.errors.UpstreamError` has these), or any
+    front-end's record of one."""
+
+    @property
+    def sent(self) -> bool:
+        """The request may have reached the backend (False: a connect failure)."""
+
+    @property
+    def timeout(self) -> bool:
+        """A connect or read timeout ended it."""
+
+    @property
+    def deadline(self) -> bool:
+        """That timeout was the request's deadline (LB_TIMEOUT), cut from a longer one."""
+
+    @property
+    def bytes_sent(self) -> int:
+        """Request body bytes written before it failed."""
 
 
 # -- the completion handle ----------------------------------------------------------------
@@ -535,6 +563,59 @@ class Attempts:
         if not outcome.ok and logger.isEnabledFor(logging.INFO):
             logger.info("%s attempt %d on %s failed: %s; %s", self.method, len(self.tried),
                         self.tried[-1].url, failure_reason(outcome), then)
+
+    # -- what every front-end does around the loop, in one wording ------------------------
+
+    def failed(self, failure: Failure, latency: float | None, words: str) -> Outcome:
+        """The outcome of an attempt that failed without a response (refused, reset, timed
+        out): ``failure``'s fields, ``latency`` (seconds since the attempt was sent) and
+        ``words``, the front-end's for the failure ("connection refused"), unless the
+        request's deadline cut its timeout (then :meth:`deadline_text`). Give it to
+        :meth:`retry`."""
+        # (ok, latency, sent, timeout, status, bytes_sent, bytes_received, error)
+        return _new_outcome((False, latency, failure.sent, failure.timeout, None,
+                             failure.bytes_sent, 0,
+                             self.deadline_text() if failure.deadline else words))
+
+    @staticmethod
+    def answer_status(outcome: Outcome) -> int:
+        """The status of the proxy's own answer when the last attempt (``outcome``) failed
+        without a response the client can get: 504 when it timed out, else 502
+        (:data:`NO_BACKEND_STATUS` when there was nothing to try)."""
+        return 504 if outcome.timeout else 502
+
+    def delivered(self, answered: Outcome, received: int, *, bytes_sent: int | None = None,
+                  now: float | None = None) -> None:
+        """The answered attempt's response reached the client whole: end it with
+        ``answered`` (its outcome when the head came) and the body bytes passed on
+        (``received``); ``bytes_sent``: the request body's bytes when more went up after the
+        head (a streamed upload), else ``answered``'s. ``now`` as for :meth:`end`."""
+        current = self._current
+        if current is not None:
+            # (ok, latency, sent, timeout, status, bytes_sent, bytes_received, error)
+            current.done(_new_outcome((answered.ok, answered.latency, answered.sent,
+                                       answered.timeout, answered.status,
+                                       answered.bytes_sent if bytes_sent is None
+                                       else bytes_sent, received, answered.error)), now=now)
+
+    def client_left(self, answered: Outcome | None, received: int) -> None:
+        """The client went away (closed, reset, timed out) before its response was whole.
+        Once the response had begun (``answered``: the attempt's outcome at its head) the
+        backend did its part: the attempt ends with ``answered`` and the ``received`` body
+        bytes passed on; before that it is released (no outcome: nothing to learn)."""
+        if answered is not None:
+            self.end(answered._replace(bytes_received=received))
+        else:
+            self.release()
+
+    def broke_off(self, answered: Outcome, received: int, words: str, *,
+                  timeout: bool = False) -> None:
+        """The response's body broke off after its head went to the client (``received``
+        bytes passed on; ``words``: the front-end's for why; ``timeout``: it stopped
+        coming): a failure of the backend that no retry can follow
+        (:func:`broken_body`), logged as :meth:`end_failed` logs it. The front-end cuts the
+        client's connection (the response cannot be completed)."""
+        self.end_failed(broken_body(answered, received, words, timeout=timeout))
 
     def end_failed(self, outcome: Outcome, why: str = ANSWER_BEGUN, *,
                    now: float | None = None) -> None:

@@ -683,3 +683,72 @@ def test_a_sticky_value_goes_to_the_first_pick_only():
     attempts.start()
     attempts.retry(UNAVAILABLE)
     assert seen == ["cafe", None]
+
+
+# -- what every front-end does around the loop (one wording: the ASGI and fast exchanges) ----
+
+class Failed:
+    """A front-end's failed attempt without a response (an upstream client's error)."""
+
+    def __init__(self, sent=True, timeout=False, deadline=False, bytes_sent=0):
+        self.sent, self.timeout, self.deadline, self.bytes_sent = (sent, timeout, deadline,
+                                                                   bytes_sent)
+
+
+def test_a_failure_without_a_response_is_the_front_ends_words_or_the_deadlines():
+    attempts = Attempts(FakeBalancer(A, B), RetryRule(), "GET", timeout=2.0)
+    refused = attempts.failed(Failed(sent=False), 0.001, "connection refused")
+    assert refused == Outcome(ok=False, latency=0.001, sent=False, error="connection refused")
+    cut = attempts.failed(Failed(timeout=True, deadline=True, bytes_sent=9), 2.0,
+                          "read timed out after 60s")
+    assert cut == Outcome(ok=False, latency=2.0, timeout=True, bytes_sent=9,
+                          error="the request's 2s deadline (LB_TIMEOUT) ran out")
+    assert Attempts.answer_status(refused) == 502
+    assert Attempts.answer_status(cut) == 504
+    assert Attempts.answer_status(UNAVAILABLE) == 502
+
+
+def test_a_delivered_answer_ends_its_attempt_with_the_bytes():
+    balancer = FakeBalancer(A)
+    attempts = Attempts(balancer, RetryRule(), "GET")
+    attempts.start()
+    answered = RetryRule().outcome(200, 0.01, bytes_sent=5)
+    attempts.delivered(answered, 1000, bytes_sent=70)       # more went up after the head
+    attempts.delivered(answered, 2000)                      # ended: ignored
+    assert balancer.ends() == [("report", "a", True, 0.01)]
+    assert balancer.extras == [(70, 1000, 200)]
+    balancer = FakeBalancer(A)
+    attempts = Attempts(balancer, RetryRule(), "GET")
+    attempts.start()
+    attempts.delivered(RetryRule().outcome(503, 0.02, bytes_sent=5), 12)   # the last answer
+    assert balancer.ends() == [("report", "a", False, 0.02)]
+    assert balancer.extras == [(5, 12, 503)]
+
+
+def test_a_client_gone_ends_an_answered_attempt_and_releases_one_not_answered_yet():
+    balancer = FakeBalancer(A)
+    attempts = Attempts(balancer, RetryRule(), "GET")
+    attempts.start()
+    attempts.client_left(None, 0)
+    assert balancer.ends() == [("release", "a")] and balancer.in_flight == 0
+    balancer = FakeBalancer(A)
+    attempts = Attempts(balancer, RetryRule(), "GET")
+    attempts.start()
+    attempts.client_left(RetryRule().outcome(200, 0.01, bytes_sent=3), 4096)
+    assert balancer.ends() == [("report", "a", True, 0.01)]
+    assert balancer.extras == [(3, 4096, 200)]
+
+
+def test_a_body_that_broke_off_is_a_failure_with_its_line(caplog):
+    caplog.set_level(logging.INFO, logger="lbmiddleware.attempts")
+    balancer = FakeBalancer(A, B)
+    attempts = Attempts(balancer, RetryRule(), "GET")
+    attempts.start()
+    answered = RetryRule().outcome(200, 0.01, bytes_sent=7)
+    attempts.broke_off(answered, 512, "read timed out after 2s", timeout=True)
+    assert balancer.ends() == [("report", "a", False, 0.01)]
+    assert balancer.extras == [(7, 512, 200)]
+    assert attempt_lines(caplog) == [(logging.INFO, (
+        "GET attempt 1 on http://a:1 failed: the response body broke off after 512 bytes (read "
+        "timed out after 2s); not retried: its response had begun to reach the client"))]
+    assert attempts.retry(REFUSED) is None                  # never tried again
