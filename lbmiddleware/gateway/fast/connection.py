@@ -66,7 +66,9 @@ MAX_HEAD = 64 * 1024
 class Request:
     """A request head as the exchange reads it: names lower-case (as ASGI has them), values
     as sent (less trailing blanks, as uvicorn gives them); ``length`` 0 without a body,
-    ``None`` for a chunked one; ``arrived``: ``time.monotonic()`` at the head's end."""
+    ``None`` for a chunked one; ``arrived``: ``time.monotonic()`` at the head's end. (The
+    connection sets the fields itself, without ``__init__``: a field added here is set in
+    ``on_headers_complete`` too.)"""
 
     __slots__ = ("method", "target", "path", "raw_path", "query", "headers", "version",
                  "keep_alive", "length", "expect_continue", "arrived")
@@ -88,6 +90,10 @@ class Request:
 
     def __repr__(self) -> str:
         return f"<Request {self.method} {self.target!r} HTTP/{self.version}>"
+
+
+_new_request = object.__new__
+_monotonic = time.monotonic
 
 
 class Handler(Protocol):
@@ -372,9 +378,20 @@ class ClientConnection(asyncio.Protocol):
         path = raw_path.decode("latin-1")       # (llhttp took ASCII only)
         if "%" in path:
             path = unquote(path)
-        request = Request(method, url, raw_path, path, query, headers, version,
-                          version != "1.0" and parser.should_keep_alive(), self._length,
-                          self._expect, time.monotonic())
+        # (Request's fields set here: a call through type() with eleven arguments costs
+        # more than the fields themselves)
+        request = _new_request(Request)
+        request.method = method
+        request.target = url
+        request.raw_path = raw_path
+        request.path = path
+        request.query = query
+        request.headers = headers
+        request.version = version
+        request.keep_alive = version != "1.0" and parser.should_keep_alive()
+        request.length = self._length
+        request.expect_continue = self._expect
+        request.arrived = _monotonic()
         self._in_message = True
         if self._busy:          # pipelined: it waits for the response before it
             queued = _Queued(request)
