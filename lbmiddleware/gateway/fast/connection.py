@@ -35,7 +35,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote
 
@@ -424,6 +424,14 @@ class ClientConnection(asyncio.Protocol):
         if self._open:
             self._wrote = True
             self.transport.write(data)
+
+    def writelines(self, parts: Iterable[bytes]) -> None:
+        """``parts`` to the client in one write (a ``writev``: a large body's first piece is
+        not copied behind its head, as ``write(head + piece)`` would); nothing once the
+        connection is closed."""
+        if self._open:
+            self._wrote = True
+            self.transport.writelines(parts)
 
     @property
     def writing_paused(self) -> bool:

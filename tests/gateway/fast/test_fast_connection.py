@@ -98,10 +98,14 @@ class Echo:
                 "expect": r.expect_continue, "body": b"".join(self.pieces).decode(),
                 "headers": [[n.decode(), v.decode()] for n, v in r.headers]}
         body = json.dumps(seen).encode()
-        self.connection.write(response_head(
+        head = response_head(
             200, b"OK", [(b"content-type", b"application/json")],
             date=self.connection.state.date.value(), length=len(body), chunked=False,
-            close=not (keep_alive and r.keep_alive)) + body)
+            close=not (keep_alive and r.keep_alive))
+        if r.path.startswith("/lines"):             # head and body in parts, one write
+            self.connection.writelines((head, body))
+        else:
+            self.connection.write(head + body)
         self.connection.done(keep_alive)
 
 
@@ -242,6 +246,22 @@ async def closed(reader: asyncio.StreamReader, within: float = 5.0) -> bool:
 
 
 # -- requests, keep-alive, pipelining ------------------------------------------------------
+
+def test_a_response_written_in_parts_arrives_as_one():
+    async def scenario():
+        async with Server() as server:
+            reader, writer = await server.connect()
+            writer.write(b"GET /lines HTTP/1.1\r\nHost: gw\r\n\r\n")
+            first = await read_response(reader)
+            writer.write(b"GET /lines/2 HTTP/1.1\r\nHost: gw\r\n\r\n")
+            second = await read_response(reader)
+            writer.close()
+            return first, second
+
+    first, second = run(scenario)
+    assert first[0] == second[0] == 200
+    assert json.loads(first[2])["path"] == "/lines" and json.loads(second[2])["path"] == "/lines/2"
+
 
 def test_requests_on_one_kept_alive_connection():
     async def scenario():
