@@ -163,8 +163,8 @@ class GatewaySettings(BaseSettings):
     max_connections: int = dataclasses.field(
         default=512,
         metadata=setting("LB_MAX_CONNECTIONS", parse_positive_count,
-                         "gateway: client connections served at once; more wait "
-                         "(granian) or get 503 (uvicorn)"))
+                         "gateway: client connections served at once; more get 503 (fast, "
+                         "uvicorn) or wait (granian)"))
     log_level: str = dataclasses.field(
         default="info",
         metadata=setting("LB_LOG_LEVEL", _log_level,

@@ -63,7 +63,8 @@ class ProxySettings(BaseSettings):
     prefix: str = dataclasses.field(
         default="/",
         metadata=setting("LB_PREFIX", _prefix,
-                         "requests under this path are proxied; others go to the app"))
+                         "requests under this path are proxied; others go to the app (the "
+                         "gateway, which has none, answers them 404)"))
     strip_prefix: bool = dataclasses.field(
         default=False,
         metadata=setting("LB_STRIP_PREFIX", parse_flag,
