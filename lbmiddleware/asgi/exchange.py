@@ -30,7 +30,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping, Sequence
 from typing import Any, Protocol
 
-from ..core.attempts import Attempts, Outcome, RetryRule, broken_body
+from ..core.attempts import NO_BACKEND_STATUS, Attempts, Outcome, RetryRule
 from ..core.backend import Backend
 from ..core.balancer import Balancer
 from ..core.casts import format_duration
@@ -274,7 +274,7 @@ class Exchange:
         try:
             backend = attempts.start()
         except NoHealthyBackend:
-            await forwarder.send_error(self.send, 503)
+            await forwarder.send_error(self.send, NO_BACKEND_STATUS)
             return
         with attempts:      # a cancellation, a client gone: the open attempt is released
             while True:
@@ -288,27 +288,23 @@ class Exchange:
                     response.close()            # another backend gets a chance
                 backend = following
             if response is None:
-                await forwarder.send_error(self.send, 504 if outcome.timeout else 502)
+                await forwarder.send_error(self.send, Attempts.answer_status(outcome))
                 return
             try:
                 await self._respond(response, backend)
             except _BrokeOff as broke:
                 # The head went out, the body broke: the client sees a cut response, and the
                 # backend a failure that no retry can follow (its failed-attempt line says so).
-                text = failure_text(broke.error, forwarder.upstream.pool(backend))
-                attempts.end_failed(broken_body(outcome, broke.received, text,
-                                                timeout=broke.error.timeout))
+                attempts.broke_off(outcome, broke.received,
+                                   failure_text(broke.error, forwarder.upstream.pool(backend)),
+                                   timeout=broke.error.timeout)
                 return
             except BaseException:
                 response.close()
                 if self.gone:       # left after the head: the backend did its part
-                    attempts.end(outcome._replace(bytes_received=self.received))
+                    attempts.client_left(outcome, self.received)
                 raise
-            # (the outcome of an answered attempt is the rule's: built again with the bytes,
-            # cheaper than a NamedTuple's _replace)
-            attempts.end(forwarder.rule.outcome(response.status, outcome.latency,
-                                                bytes_sent=outcome.bytes_sent,
-                                                bytes_received=self.received))
+            attempts.delivered(outcome, self.received)
 
     async def _forward(self, backend: Backend, loop: asyncio.AbstractEventLoop,
                        attempts: Attempts) -> tuple[Response | None, Outcome]:
@@ -334,10 +330,8 @@ class Exchange:
         except UpstreamError as exc:
             if self.gone:
                 raise ClientGone() from exc
-            return None, Outcome(ok=False, latency=time.monotonic() - started, sent=exc.sent,
-                                 timeout=exc.timeout, bytes_sent=exc.bytes_sent,
-                                 error=(attempts.deadline_text() if exc.deadline
-                                        else failure_text(exc, pool)))
+            return None, attempts.failed(exc, time.monotonic() - started,
+                                         failure_text(exc, pool))
         finally:
             if timer is not None:
                 forwarder.deadlines.cancel(timer)

@@ -4,12 +4,12 @@ driven by callbacks, and what every exchange of one route shares (:class:`Route`
 The steps are the ASGI exchange's (:mod:`lbmiddleware.asgi.exchange`), with callbacks where
 it awaits; the rules are the same objects: the request as the middleware prepares it
 (:meth:`LoadBalancerMiddleware.prepare <lbmiddleware.asgi.LoadBalancerMiddleware.prepare>`),
-the attempt loop (:class:`~lbmiddleware.core.attempts.Attempts`: start, retry, end,
-end_failed, release), the resend rule (:meth:`Forwarder.may_resend
-<lbmiddleware.asgi.exchange.Forwarder.may_resend>`), the response headers
-(:meth:`Forwarder.response_headers <lbmiddleware.asgi.exchange.Forwarder.response_headers>`:
-response rules, redirects, 204/304, the sticky cookie), the failure words
-(:func:`~lbmiddleware.asgi.exchange.failure_text`, ``Attempts.deadline_text``).
+the attempt loop (:class:`~lbmiddleware.core.attempts.Attempts`: start, retry, and its steps
+around the loop: failed, answer_status, delivered, client_left, broke_off), the resend rule
+(:meth:`Forwarder.may_resend <lbmiddleware.asgi.exchange.Forwarder.may_resend>`), the
+response headers (:meth:`Forwarder.response_headers
+<lbmiddleware.asgi.exchange.Forwarder.response_headers>`: response rules, redirects, 204/304,
+the sticky cookie), the failure words (:func:`~lbmiddleware.asgi.exchange.failure_text`; the deadline's by ``Attempts.failed``).
 
 A request's life: its body, when it has one, is held up to ``retry_buffer`` bytes (then it is
 replayable); the first attempt starts once it is all here, or once more than that has come,
@@ -35,7 +35,7 @@ without (chunked, or read until the backend closes) is chunked to an HTTP/1.1 cl
 ends with the connection for an HTTP/1.0 one. ``HEAD``, 204 and 304 have no body. A client
 that leaves aborts the upstream call: the attempt is released, or ended with the bytes passed
 when the response had begun; a body that breaks off after the head cuts the client's
-connection and ends the attempt as failed (:func:`~lbmiddleware.core.attempts.broken_body`).
+connection and ends the attempt as failed (``Attempts.broke_off``).
 Each request ends with its access line when the route logs (:mod:`lbmiddleware.proxy.access`:
 499 for a client gone before any status).
 
@@ -51,7 +51,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ...asgi.exchange import Forwarder, failure_text
-from ...core.attempts import Attempts, Outcome, Picker, RetryRule, broken_body
+from ...core.attempts import NO_BACKEND_STATUS, Attempts, Outcome, Picker, RetryRule
 from ...errors import NoHealthyBackend
 from ...proxy.access import CLIENT_CLOSED, access_line
 from ...proxy.access import logger as access_logger
@@ -276,11 +276,7 @@ class FastExchange:
             call.abort()
         attempts = self.attempts
         if attempts is not None:
-            outcome = self.outcome
-            if outcome is not None:     # left after the head: the backend did its part
-                attempts.end(outcome._replace(bytes_received=self.received))
-            else:
-                attempts.release()
+            attempts.client_left(self.outcome, self.received)
         self._finish()
 
     def writable(self) -> None:
@@ -300,7 +296,7 @@ class FastExchange:
         try:
             backend = attempts.start()
         except NoHealthyBackend:
-            self._error(503)
+            self._error(NO_BACKEND_STATUS)
             return
         self._attempt(backend, now)
 
@@ -424,12 +420,8 @@ class FastExchange:
             outcome = self.outcome
             attempts = self.attempts
             assert call is not None and outcome is not None and attempts is not None
-            # (the answered attempt's outcome, built again with the bytes: cheaper than a
-            # NamedTuple's _replace)
-            attempts.end(self.route.rule.outcome(self.status, outcome.latency,
-                                                 bytes_sent=call.bytes_sent,
-                                                 bytes_received=self.received),
-                         now=self.head_at or None)
+            attempts.delivered(outcome, self.received, bytes_sent=call.bytes_sent,
+                               now=self.head_at or None)
             self.call = None
             self._finish()
             self.connection.done(not self.close)
@@ -448,23 +440,19 @@ class FastExchange:
                 # The head went out, the body broke: the client sees a cut response, and the
                 # backend a failure that no retry can follow.
                 self.call = None
-                attempts.end_failed(broken_body(answered, self.received,
-                                                failure_text(error, pool),
-                                                timeout=error.timeout))
+                attempts.broke_off(answered, self.received, failure_text(error, pool),
+                                   timeout=error.timeout)
                 self._finish()
                 self.connection.abort()
                 return
             now = _monotonic()
-            outcome = Outcome(ok=False, latency=now - self.sent_at, sent=error.sent,
-                              timeout=error.timeout, bytes_sent=error.bytes_sent,
-                              error=(attempts.deadline_text() if error.deadline
-                                     else failure_text(error, pool)))
+            outcome = attempts.failed(error, now - self.sent_at, failure_text(error, pool))
             following = attempts.retry(outcome, replayable=not self.streamed, now=now)
             if following is not None:
                 self._attempt(following, now)
                 return
             self.call = None
-            self._error(504 if outcome.timeout else 502)
+            self._error(Attempts.answer_status(outcome))
         except Exception:
             self._crash()
 
