@@ -116,7 +116,13 @@ class Lane:
     def begin(self, key: str | None = None, exclude: Collection[Backend] = (),
               prefer: str | None = None, now: float | None = None) -> Completion:
         """:meth:`Balancer.begin`: its handle ends through this lane."""
-        return _LaneCompletion(self, self.pick(key, exclude, prefer, now))
+        backend = self.pick(key, exclude, prefer, now)
+        # (Completion.__init__'s three fields, set here: a frame less per request)
+        handle = _new_handle(_LaneCompletion)
+        handle.backend = backend
+        handle._balancer = self
+        handle._open = [True]
+        return handle
 
     def report(self, backend: Backend, ok: bool = True, latency: float | None = None, *,
                bytes_sent: int = 0, bytes_received: int = 0,
@@ -197,18 +203,33 @@ class Lane:
 
 
 class _LaneCompletion(Completion):
-    """A :class:`~lbmiddleware.core.attempts.Completion` of a lane's pick: its end reports
-    straight through the lane (the same report, one call fewer per request)."""
+    """A :class:`~lbmiddleware.core.attempts.Completion` of a lane's pick (made by
+    :meth:`Lane.begin`): its end reports straight into the pool, as :meth:`Lane.report`
+    does, two calls fewer per request. Its finalizer is Completion's: a handle dropped
+    without an end is released (queued for the owner's next call)."""
 
     __slots__ = ()
     _balancer: Lane
 
     def done(self, outcome: Outcome, *, wait: bool = True, now: float | None = None) -> None:
-        if wait:
-            try:
-                self._open.pop()
-            except IndexError:
-                return              # already ended
-            self._balancer._done(self.backend, outcome, now)
-        else:
+        if not wait:
             super().done(outcome, wait=False)
+            return
+        try:
+            self._open.pop()
+        except IndexError:
+            return              # already ended
+        lane = self._balancer
+        pool = lane.balancer
+        if pool._owner is lane._owner:
+            pool._report_now(self.backend, outcome.ok, outcome.latency, outcome.bytes_sent,
+                             outcome.bytes_received, outcome.status, now)
+            if pool._outbox:
+                pool._deliver()
+        else:
+            pool.report(self.backend, outcome.ok, outcome.latency,
+                        bytes_sent=outcome.bytes_sent, bytes_received=outcome.bytes_received,
+                        status=outcome.status, now=now)
+
+
+_new_handle = object.__new__

@@ -565,3 +565,25 @@ def test_a_forked_child_owns_nothing_and_reads_without_waiting() -> None:
                                   "owned again": True}
     assert pool.lane is lane                                # the parent's own: unchanged
     lane.release(held)
+
+
+def test_a_lane_handle_ends_once_through_the_lane_or_after_disown_through_the_lock() -> None:
+    clock = Clock()
+    pool = Balancer([A, B], timer=clock)
+    lane = pool.own(_Loop())
+    first, second, dropped = lane.begin(now=clock()), lane.begin(), lane.begin()
+    assert repr(first) == f"<Completion {A} in flight>"
+    first.done(RULE.outcome(200, 0.01), now=clock())
+    first.done(RULE.outcome(503, 0.01))                 # ended: ignored
+    first.release()
+    del first
+    gc.collect()
+    assert not pool._deferred                           # ended: its finalizer does nothing
+    del dropped
+    gc.collect()
+    assert len(pool._deferred) == 1                     # queued for the owner's next call
+    pool.disown()
+    second.done(RULE.outcome(503, 0.02))               # ownership over: the locked report
+    rows = {row["url"]: row for row in pool.stats()}
+    assert [(rows[url]["requests"], rows[url]["failures"], rows[url]["in_flight"])
+            for url in (A, B)] == [(1, 0, 0), (1, 1, 0)]
