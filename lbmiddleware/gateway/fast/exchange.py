@@ -9,7 +9,8 @@ around the loop: failed, answer_status, delivered, client_left, broke_off), the 
 (:meth:`Forwarder.may_resend <lbmiddleware.asgi.exchange.Forwarder.may_resend>`), the
 response headers (:meth:`Forwarder.response_headers
 <lbmiddleware.asgi.exchange.Forwarder.response_headers>`: response rules, redirects, 204/304,
-the sticky cookie), the failure words (:func:`~lbmiddleware.asgi.exchange.failure_text`; the deadline's by ``Attempts.failed``).
+the sticky cookie), the failure words (:func:`~lbmiddleware.asgi.exchange.failure_text`; the
+deadline's by ``Attempts.failed``).
 
 A request's life: its body, when it has one, is held up to ``retry_buffer`` bytes (then it is
 replayable); the first attempt starts once it is all here, or once more than that has come,
