@@ -366,6 +366,7 @@ class FastExchange:
                                                    self.prefer, self.secure)
             close = not request.keep_alive
             framed = False              # chunked to the client
+            stated = None               # a length the head states (the rules dropped it)
             if self.head_request or status in NO_BODY_STATUSES:
                 # no body; a HEAD's answer says what a GET's would (not chunked to 1.0)
                 framed = chunked and self.head_request and request.version != "1.0"
@@ -374,8 +375,16 @@ class FastExchange:
                     close = True        # no chunked to HTTP/1.0: the body ends with the
                 else:                   # connection
                     framed = self.chunked = True
+            else:
+                for name, _ in out:     # (the backend's Content-Length, as a rule passed it)
+                    if len(name) == 14 and name.lower() == b"content-length":
+                        break
+                else:
+                    # its Connection named it: the body is framed by its length all the same
+                    # (a head without framing would run to the close, RFC 9112 6.3)
+                    stated = length
             self.close = close
-            head = response_head(status, reason, out, date=route.date.value(), length=None,
+            head = response_head(status, reason, out, date=route.date.value(), length=stated,
                                  chunked=framed, close=close)
             if call.follows:
                 self.pending = head         # written with the body: one write

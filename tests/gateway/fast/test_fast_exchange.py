@@ -465,6 +465,31 @@ def test_bodiless_answers_have_no_body_and_keep_the_connection():
     assert (after.status, after.body) == (200, b"hello world")
 
 
+
+def test_a_length_the_backends_connection_names_is_still_framed_to_the_client():
+    """The response rules drop the fields ``Connection`` names (docs/contract.md
+    "Responses"), a ``Content-Length`` among them; the body is framed again all the same
+    (here by its length): a kept-alive answer without framing would run to the connection's
+    close, the next response read as its body (RFC 9112 6.3)."""
+    backend = _answers(
+        b"HTTP/1.1 200 OK\r\nConnection: Content-Length\r\nContent-Length: 5\r\n\r\nfirst",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecond")
+
+    async def scenario():
+        async with Fast({"LB_BACKENDS": backend.url}) as fast:
+            reader, writer = await fast.connect()
+            writer.write(head("GET", "/1", (), b"") + head("GET", "/2", (), b""))
+            answers = [await asyncio.wait_for(read_answer(reader), 2) for _ in range(2)]
+            writer.close()
+            return answers
+    try:
+        first, second = run(scenario)
+    finally:
+        backend.stop()
+    assert (first.status, first.framing, first.body) == (200, "length", b"first")
+    assert (second.status, second.body) == (200, b"second")
+
+
 # -- request bodies ---------------------------------------------------------------------------
 
 def test_a_large_upload_streams_under_flow_control_and_arrives_whole(servers):
