@@ -368,8 +368,10 @@ class FastExchange:
             framed = False              # chunked to the client
             stated = None               # a length the head states (the rules dropped it)
             if self.head_request or status in NO_BODY_STATUSES:
-                # no body; a HEAD's answer says what a GET's would (not chunked to 1.0)
-                framed = chunked and self.head_request and request.version != "1.0"
+                # no body; a HEAD's answer says what a GET's would (not chunked to 1.0), and
+                # a 204's or 304's no Transfer-Encoding (RFC 9112 6.1)
+                framed = (chunked and self.head_request and request.version != "1.0"
+                          and status not in NO_BODY_STATUSES)
             elif chunked or length is None:
                 if request.version == "1.0":
                     close = True        # no chunked to HTTP/1.0: the body ends with the

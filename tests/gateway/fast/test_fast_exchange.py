@@ -490,6 +490,21 @@ def test_a_length_the_backends_connection_names_is_still_framed_to_the_client():
     assert (second.status, second.body) == (200, b"second")
 
 
+def test_a_204_to_head_says_no_transfer_encoding():
+    """A backend's HEAD answered 204 with ``Transfer-Encoding: chunked``: the client's 204
+    says none (RFC 9112 6.1: never with a 1xx or 204), as on the ASGI path."""
+    backend = _answers(b"HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\n\r\n")
+
+    async def scenario():
+        async with Fast({"LB_BACKENDS": backend.url}) as fast:
+            return await fast.request("HEAD")
+    try:
+        answer = run(scenario)
+    finally:
+        backend.stop()
+    assert answer.status == 204 and not answer.header("transfer-encoding"), answer
+
+
 # -- request bodies ---------------------------------------------------------------------------
 
 def test_a_large_upload_streams_under_flow_control_and_arrives_whole(servers):
