@@ -491,31 +491,39 @@ class FastExchange:
         connection.done(not close)
 
     def _finish(self) -> None:
-        """The request is over for the route: its count in flight, its access line."""
+        """The request is over for the route: its count in flight, its access line. A bug
+        in them is logged, never raised: the caller's ``done()`` or abort of the connection
+        follows all the same."""
         self.finished = True
         self.call = None
-        entry = self.entry
-        if entry is not None:
-            entry.active -= 1
-            if entry.retired and entry.active == 0:
-                entry._idle()
-        route = self.route
-        if route.access_log:
-            request = self.request
-            log_access(request,
-                       route.middleware.client_address(self.connection.peer, request.headers),
-                       self.status or None, self.attempts)
+        try:
+            entry = self.entry
+            if entry is not None:
+                entry.active -= 1
+                if entry.retired and entry.active == 0:
+                    entry._idle()
+            route = self.route
+            if route.access_log:
+                request = self.request
+                log_access(request,
+                           route.middleware.client_address(self.connection.peer,
+                                                           request.headers),
+                           self.status or None, self.attempts)
+        except Exception:
+            logger.exception("the end of %s %s failed on the fast path", self.method,
+                             self.request.path)
 
     def _crash(self) -> None:
         """A bug of the fast path: logged, the upstream call and the client's connection cut,
-        the attempt released (never a pick left in flight, nor a route's count)."""
+        the attempt released (never a pick left in flight, nor a route's count). The
+        connection is cut even when the request had finished (a bug after it ended, before
+        its ``done()``: else the connection waited for good)."""
         logger.exception("the fast path failed on %s %s", self.method, self.request.path)
-        if self.finished:
-            return
-        call, self.call = self.call, None
-        if call is not None:
-            call.abort()
-        if self.attempts is not None:
-            self.attempts.release()
-        self._finish()
+        if not self.finished:
+            call, self.call = self.call, None
+            if call is not None:
+                call.abort()
+            if self.attempts is not None:
+                self.attempts.release()
+            self._finish()
         self.connection.abort()

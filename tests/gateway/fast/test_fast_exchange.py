@@ -725,3 +725,32 @@ def test_a_failure_of_the_fast_path_itself_cuts_the_client_and_releases(servers,
     cut, row = run(scenario)
     assert cut and row["in_flight"] == 0
     assert "the fast path failed on GET /" in caplog.text and "a bug" in caplog.text
+
+
+def test_a_failure_after_the_response_still_ends_the_request_on_its_connection(
+        servers, monkeypatch, access_log):
+    """A bug in what a request's end does (here: its access line raising) is logged and the
+    connection goes on: the next request on it is answered, nothing stays in flight (it
+    waited for good: the end's failure reached the crash handler, which skipped both
+    ``done()`` and the abort once the request was finished)."""
+    from lbmiddleware.gateway.fast import exchange
+
+    backend = servers("a")
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("a bug")
+
+    async def scenario():
+        async with Fast({"LB_BACKENDS": backend.url, "LB_ACCESS_LOG": "1"}) as fast:
+            monkeypatch.setattr(exchange, "log_access", broken)
+            reader, writer = await fast.connect()
+            answers = []
+            for _ in range(2):
+                writer.write(head("GET", "/", (), b""))
+                answers.append(await asyncio.wait_for(read_answer(reader), 2))
+            writer.close()
+            return answers, stats(fast.balancer)[backend.url]
+    answers, row = run(scenario)
+    assert [answer.status for answer in answers] == [200, 200]
+    assert row["in_flight"] == 0 and row["requests"] == 2
+    assert "a bug" in access_log.text
