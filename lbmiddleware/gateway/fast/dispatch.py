@@ -83,7 +83,8 @@ class Dispatcher:
             route = self._single
             if route is None:
                 app = self.app
-                assert isinstance(app, GatewayApp)
+                if not isinstance(app, GatewayApp):
+                    raise TypeError(f"a gateway app without a router: {app!r}")
                 route = self._single = self._route(app, connection)
         else:
             entries = router.entries

@@ -321,7 +321,8 @@ class FastExchange:
         if now is None:
             now = _monotonic()
         attempts = self.attempts
-        assert attempts is not None
+        if attempts is None:
+            raise RuntimeError("an attempt before the attempts began")
         deadline = attempts.deadline
         left = None if deadline is None else deadline - now
         self.streaming = more
@@ -345,7 +346,8 @@ class FastExchange:
         try:
             call = self.call
             attempts = self.attempts
-            assert call is not None and attempts is not None
+            if call is None or attempts is None:
+                raise RuntimeError("a response head without its call")
             route = self.route
             now = _monotonic()
             outcome = route.rule.outcome(status, now - self.sent_at,
@@ -361,7 +363,8 @@ class FastExchange:
             self.streaming = False          # (the call stopped the upload)
             request = self.request
             backend = self.backend
-            assert backend is not None
+            if backend is None:
+                raise RuntimeError("a response head without its backend")
             out = route.forwarder.response_headers(status, headers, backend, self.headers,
                                                    self.prefer, self.secure)
             close = not request.keep_alive
@@ -431,7 +434,8 @@ class FastExchange:
             call = self.call
             outcome = self.outcome
             attempts = self.attempts
-            assert call is not None and outcome is not None and attempts is not None
+            if call is None or outcome is None or attempts is None:
+                raise RuntimeError("a response's end without its head")
             attempts.delivered(outcome, self.received, bytes_sent=call.bytes_sent,
                                now=self.head_at or None)
             self.call = None
@@ -446,7 +450,8 @@ class FastExchange:
         try:
             attempts = self.attempts
             pool = self.pool
-            assert attempts is not None and pool is not None
+            if attempts is None or pool is None:
+                raise RuntimeError("a failure without its call")
             answered = self.outcome
             if answered is not None:
                 # The head went out, the body broke: the client sees a cut response, and the
