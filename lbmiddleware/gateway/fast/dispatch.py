@@ -2,15 +2,15 @@
 the proxy's own refusals, else a :class:`~.exchange.FastExchange`.
 
 As the ASGI path decides it: a gateway of a config file matches the request's host and path
-against its routes (:meth:`Router.match <lbmiddleware.gateway.routes.Router.match>`), a
+against its routes (:meth:`Router.lookup <lbmiddleware.gateway.routes.Router.lookup>`), a
 request under none gets 404; the route's middleware matches its prefix
 (:func:`~lbmiddleware.proxy.match_prefix`: 404 outside it) and prepares the request by its
 rules (:meth:`LoadBalancerMiddleware.prepare <lbmiddleware.asgi.LoadBalancerMiddleware.
 prepare>`: an :class:`~lbmiddleware.proxy.UnsafeRequest` is answered with its status, 400 or
 501). Each request in a route counts in its :class:`~lbmiddleware.gateway.routes.Entry`
-while it is served, and a route retired by a reload is closed once its last one ends, as the
-router does. With ``LB_ACCESS_LOG`` (the route's, or the router's for a request under no
-route) every request ends with its access line.
+while it is served (``Entry.enter``/``leave``), and a route retired by a reload is closed once
+its last one ends, as the router does. With ``LB_ACCESS_LOG`` (the route's, or the router's
+for a request under no route) every request ends with its access line.
 
 What one route's exchanges share (:class:`~.exchange.Route`) is made at the route's first
 request, on the server's loop: the upstream pools of the fast path (one
@@ -33,7 +33,7 @@ from ...core.events import MembershipChanged
 from ...fleet.departures import follow_departures
 from ...proxy import UnsafeRequest, match_prefix
 from ..app import GatewayApp, RoutesGatewayApp
-from ..routes import Entry, request_host
+from ..routes import Entry
 from .exchange import FastExchange, Route, log_access
 from .upstream import UpstreamPools
 from .wire import error_bytes
@@ -65,15 +65,13 @@ _ANSWERED = _Answered()
 class Dispatcher:
     """The fast server's dispatch over the gateway's app (see the module's docstring)."""
 
-    __slots__ = ("app", "_router", "_single", "_routes", "_entries", "_hosts")
+    __slots__ = ("app", "_router", "_single", "_routes")
 
     def __init__(self, app: GatewayApp | RoutesGatewayApp) -> None:
         self.app = app
         self._router = app.router if isinstance(app, RoutesGatewayApp) else None
         self._single: Route | None = None       # a GatewayApp's one route
         self._routes: dict[LoadBalancerMiddleware, Route] = {}     # a router's, by middleware
-        self._entries: tuple[Entry, ...] = ()   # the router's table _hosts was read from
-        self._hosts = False                     # a route of that table names a host
 
     def dispatch(self, request: Request, connection: ClientConnection) -> Handler:
         """The handler of ``request`` (its exchange), or a request answered at once."""
@@ -87,12 +85,7 @@ class Dispatcher:
                     raise TypeError(f"a gateway app without a router: {app!r}")
                 route = self._single = self._route(app, connection)
         else:
-            entries = router.entries
-            if entries is not self._entries:
-                self._entries = entries
-                self._hosts = any(entry.route.host is not None for entry in entries)
-            entry = router.match(request_host(request.headers) if self._hosts else None,
-                                 request.path)
+            entry = router.lookup(request.headers, request.path)
             if entry is None:
                 return _answer(404, request, connection, router.access_log)
             middleware = entry.middleware
@@ -108,7 +101,7 @@ class Dispatcher:
         except UnsafeRequest as exc:         # 400, or 501 for a WebSocket upgrade
             return _answer(exc.status, request, connection, route.access_log, middleware)
         if entry is not None:
-            entry.active += 1
+            entry.enter()
         exchange = FastExchange(route, request, connection, prepared, entry)
         exchange.begin()
         return exchange

@@ -57,6 +57,7 @@ from ...errors import NoHealthyBackend
 from ...proxy.access import CLIENT_CLOSED, access_line
 from ...proxy.access import logger as access_logger
 from ...upstream import NO_BODY_STATUSES
+from ...upstream.head import request_head
 from .upstream import BackendPool, Call, UpstreamPools
 from .wire import DateHeader, error_bytes, response_head
 
@@ -67,33 +68,13 @@ if TYPE_CHECKING:
     from ..routes import Entry
     from .connection import ClientConnection, Request
 
-__all__ = ["Route", "FastExchange", "request_head", "log_access"]
+__all__ = ["Route", "FastExchange", "log_access"]
 
 logger = logging.getLogger("lbmiddleware.gateway")
 
 _monotonic = time.monotonic
 _INFO = logging.INFO
 _LAST_CHUNK = b"0\r\n\r\n"
-_FRAMED_METHODS = (b"POST", b"PUT", b"PATCH")
-
-
-def request_head(method: bytes, target: bytes, headers: list[tuple[bytes, bytes]],
-                 host: bytes | None, length: int | None) -> bytes:
-    """The request head sent upstream: the request line, ``Host: host`` first when given,
-    ``headers``, the framing (``Transfer-Encoding: chunked`` for a body of unknown
-    ``length``, else ``Content-Length`` when there is a body or the method is one that
-    carries one: POST, PUT, PATCH), the blank line. The coroutine client's head
-    (:meth:`lbmiddleware.upstream.HostPool.request`), byte for byte."""
-    lines = [b": ".join(field) for field in headers]
-    if length is None:
-        lines.append(b"Transfer-Encoding: chunked\r\n\r\n")
-    elif length or method in _FRAMED_METHODS:
-        lines.append(b"Content-Length: %d\r\n\r\n" % length)
-    else:
-        lines.append(b"\r\n")
-    if host is None:
-        return b"%s %s HTTP/1.1\r\n" % (method, target) + b"\r\n".join(lines)
-    return b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (method, target, host) + b"\r\n".join(lines)
 
 
 class Route:
@@ -504,9 +485,7 @@ class FastExchange:
         try:
             entry = self.entry
             if entry is not None:
-                entry.active -= 1
-                if entry.retired and entry.active == 0:
-                    entry._idle()
+                entry.leave()
             route = self.route
             if route.access_log:
                 request = self.request

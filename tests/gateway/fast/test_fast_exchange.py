@@ -34,11 +34,11 @@ from lbmiddleware.gateway.app import GatewayApp, RoutesGatewayApp, make_app
 from lbmiddleware.gateway.config import read_config
 from lbmiddleware.gateway.fast.connection import ClientConnection, Request
 from lbmiddleware.gateway.fast.dispatch import Dispatcher
-from lbmiddleware.gateway.fast.exchange import request_head
 from lbmiddleware.gateway.fast.server import ServerState
 from lbmiddleware.gateway.fast.wire import DateHeader
 from lbmiddleware.gateway_settings import GatewaySettings, load_settings
 from lbmiddleware.upstream.deadlines import Deadlines
+from lbmiddleware.upstream.head import request_head
 
 from ...proxy.test_access import access_records
 from ...support.servers import RawServer, read_request_head, refused_url
