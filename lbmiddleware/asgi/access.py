@@ -51,17 +51,24 @@ class Attempted(Protocol):
 class AccessRecord:
     """One request's access log line in the making; call it as the request's ``send``."""
 
-    __slots__ = ("send", "status", "exchange", "started")
+    __slots__ = ("send", "status", "exchange", "settle", "started")
 
     def __init__(self, send: Send) -> None:
         self.send = send
         self.status: int | None = None
         self.exchange: Attempted | None = None
+        #: Called before an HTTP response's start goes out (the exchange's
+        #: :meth:`~.exchange.Exchange.settle`): a client already gone is heard first, and
+        #: the line says 499, not a status its server dropped unsent.
+        self.settle: Callable[[], Awaitable[None]] | None = None
         self.started = time.monotonic()
 
     async def __call__(self, message: Message) -> None:
         kind = message["type"]
         if kind in _STARTS:
+            settle = self.settle
+            if settle is not None and kind == "http.response.start":
+                await settle()
             self.status = message["status"]
         elif kind == "websocket.accept":
             self.status = _SWITCHING

@@ -370,6 +370,16 @@ class Exchange:
 
     # -- the client's disconnect -------------------------------------------------------
 
+    async def settle(self) -> None:
+        """Hear a client that has already left, before the response's start goes out (for
+        the access log: a server drops what is sent to a client gone without a word, as
+        uvicorn does, so the status sent is not the status the client got): the watch for
+        the disconnect starts now, if it has not, and runs one turn of the loop. A client
+        gone cancels the exchange there (:meth:`run`: 499 in its line)."""
+        if self.watch_task is None and not self.finished:
+            self._watch()
+            await asyncio.sleep(0)
+
     def _watch(self) -> None:
         """Start watching ``receive`` for the client's disconnect (once), when nothing else
         reads it: the body has been read, or the response came before its end (the

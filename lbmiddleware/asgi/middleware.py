@@ -340,6 +340,7 @@ class LoadBalancerMiddleware:
         exchange.secure = prepared.secure
         if record is not None:
             record.exchange = exchange
+            record.settle = exchange.settle
         await exchange.run()
         return True
 

@@ -59,6 +59,26 @@ def test_a_client_gone_before_the_answer_is_499(access_log, servers):
     assert (line["status"], line["backend"], line["attempts"]) == ("499", a.url, "1")
 
 
+
+def test_a_client_gone_before_a_quick_answer_began_is_499(access_log, servers):
+    """A client that sends its request and half-closes (as HTTP/1.0 tools and netcat do):
+    uvicorn closes at its EOF and drops the answer the backend gives soon after; the line
+    says 499, the status of a client that left before a response began (docs/contract.md,
+    The access log), not the backend's 200 that never reached it."""
+    a = servers("a")
+    app = LoadBalancerMiddleware(None, backends=[a.url], access_log=True)
+    with ServerThread(app) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+            sock.sendall(b"GET /half HTTP/1.1\r\nHost: x\r\n\r\n")
+            sock.shutdown(socket.SHUT_WR)
+            got = b""
+            while chunk := sock.recv(65536):
+                got += chunk
+        until(lambda: access_records(access_log), 5, "the access line")
+    (line,) = access_records(access_log)
+    assert got == b"" and line["status"] == "499", (got, line)
+
+
 def test_the_access_log_is_off_by_default(access_log, servers):
     a = servers("a")
     app = LoadBalancerMiddleware(None, backends=[a.url])
