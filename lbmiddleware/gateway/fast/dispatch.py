@@ -152,15 +152,17 @@ def _answer(status: int, request: Request, connection: ClientConnection, log: bo
             middleware: LoadBalancerMiddleware | None = None) -> Handler:
     """The proxy's own answer to ``request`` (404, 400, 501) at once, with its access line
     when ``log`` (the client's address as ``middleware`` reads it; the peer's under no
-    route, as the router logs it)."""
+    route, as the router logs it). A request with a body is answered before it: the body
+    is dropped and the connection closes, saying so (``connection: close``, as granian
+    answers; RFC 9112 9.6), rather than wait for it (review H1)."""
+    keep_alive = request.keep_alive and request.length == 0
     connection.write(error_bytes(status, date=connection.state.date.value(),
-                                 close=not request.keep_alive,
-                                 head_only=request.method == "HEAD"))
+                                 close=not keep_alive, head_only=request.method == "HEAD"))
     if log:
         peer = connection.peer
         log_access(request, peer if middleware is None
                    else middleware.client_address(peer, request.headers), status, None)
-    connection.done()
+    connection.done(keep_alive)
     return _ANSWERED
 
 

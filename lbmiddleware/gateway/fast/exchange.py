@@ -36,7 +36,9 @@ without (chunked, or read until the backend closes) is chunked to an HTTP/1.1 cl
 ends with the connection for an HTTP/1.0 one. ``HEAD``, 204 and 304 have no body. A client
 that leaves aborts the upstream call: the attempt is released, or ended with the bytes passed
 when the response had begun; a body that breaks off after the head cuts the client's
-connection and ends the attempt as failed (``Attempts.broke_off``).
+connection and ends the attempt as failed (``Attempts.broke_off``). An answer given before
+the request's body has all come (the backend's early one, the proxy's own) says
+``connection: close`` and the connection closes after it: the rest of the body is dropped.
 Each request ends with its access line when the route logs (:mod:`lbmiddleware.proxy.access`:
 499 for a client gone before any status).
 
@@ -348,7 +350,8 @@ class FastExchange:
                 raise RuntimeError("a response head without its backend")
             out = route.forwarder.response_headers(status, headers, backend, self.headers,
                                                    self.prefer, self.secure)
-            close = not request.keep_alive
+            # (an answer before the upload's end: the rest is dropped, the connection closes)
+            close = not (request.keep_alive and self.body_done)
             framed = False              # chunked to the client
             stated = None               # a length the head states (the rules dropped it)
             if self.head_request or status in NO_BODY_STATUSES:
@@ -467,10 +470,12 @@ class FastExchange:
     # -- the endings ---------------------------------------------------------------------
 
     def _error(self, status: int) -> None:
-        """The proxy's own answer (502, 503, 504) to the client, and the request's end."""
+        """The proxy's own answer (502, 503, 504) to the client, and the request's end;
+        the connection closes after it when the request's body has not all come (it is
+        dropped)."""
         self.status = status
         connection = self.connection
-        close = not self.request.keep_alive
+        close = not (self.request.keep_alive and self.body_done)
         connection.write(error_bytes(status, date=self.route.date.value(), close=close,
                                      head_only=self.head_request))
         self._finish()

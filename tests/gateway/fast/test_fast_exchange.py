@@ -571,6 +571,73 @@ def test_an_answer_before_the_upload_ends_stops_it():
     assert row["in_flight"] == 0
 
 
+
+async def _answered_before_the_body(fast: Fast, request: bytes, *,
+                                    trickle: bool = False) -> tuple[Answer, bool]:
+    """``request``'s answer, given before its body (never sent, or trickled on while the
+    answer is read), and whether the server then closes."""
+    reader, writer = await fast.connect()
+    writer.write(request)
+    if trickle:
+        writer.write(b"x" * (1 << 20))
+    answer = await asyncio.wait_for(read_answer(reader), 5)
+    if trickle:
+        writer.write(b"x" * 1000)
+    gone = await closed(reader, within=2.0)
+    writer.close()
+    return answer, gone
+
+
+def test_a_refusal_before_the_body_says_close_and_closes():
+    """A request answered at once while its body is still to come (here 404 outside the
+    prefix, the body never sent) is answered ``connection: close`` and the connection closes,
+    as granian does: kept open, it waited for good for a body it would only drop (review
+    H1, a slowloris against LB_MAX_CONNECTIONS; RFC 9112 9.6 says to announce the close)."""
+    async def scenario():
+        async with Fast({"LB_BACKENDS": refused_url(), "LB_PREFIX": "/api"}) as fast:
+            return await _answered_before_the_body(
+                fast, head("POST", "/other", (("Content-Length", "100"),), b""))
+    answer, gone = run(scenario)
+    assert (answer.status, answer.header("connection"), gone) == (404, ["close"], True)
+
+
+def test_no_backend_before_the_body_says_close_and_closes(backends):
+    """The exchange's own answer (503: no backend) to a streamed upload before its end."""
+    async def scenario():
+        async with Fast({"LB_BACKENDS": backends[0].url}) as fast:
+            fast.balancer.update([])
+            return await _answered_before_the_body(
+                fast, head("PUT", "/", (("Content-Length", str(50 << 20)),), b""))
+    answer, gone = run(scenario)
+    assert (answer.status, answer.header("connection"), gone) == (503, ["close"], True)
+
+
+def test_a_backends_answer_before_the_upload_ends_says_close_and_closes():
+    """The backend answers (413) while the upload still comes: the rest of it is dropped,
+    the client told so (``connection: close``) and its connection closed."""
+    class Early(Listening):
+        def handle(self, conn: socket.socket, number: int) -> None:
+            read_request_head(conn.makefile("rb"))
+            conn.sendall(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 4\r\n\r\nbig!")
+            with contextlib.suppress(OSError):
+                while conn.recv(1 << 20):
+                    pass
+
+    backend = Early(silent)
+
+    async def scenario():
+        async with Fast({"LB_BACKENDS": backend.url}) as fast:
+            return await _answered_before_the_body(
+                fast, head("POST", "/", (("Content-Length", str(50 << 20)),), b""),
+                trickle=True)
+    try:
+        answer, gone = run(scenario)
+    finally:
+        backend.stop()
+    assert (answer.status, answer.body, answer.header("connection"), gone) == (
+        413, b"big!", ["close"], True)
+
+
 def test_a_client_that_expects_100_continue_gets_it_then_the_answer(servers):
     backend = servers("a")
 
