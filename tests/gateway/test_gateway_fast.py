@@ -307,9 +307,10 @@ class BulkBackend(RawServer):
     """Large bodies both ways, never held: ``POST`` bodies (Content-Length or chunked) are
     read after :data:`PAUSE` (a slow reader), checked against the pattern by CRC-32 and
     answered ``<count> <crc>``; ``GET /N`` answers N bytes of the pattern (``GET
-    /N?chunked``: chunked, a MiB a chunk). ``sent`` counts the body bytes written so far
-    (the kernel took them); ``peer_closed`` is set when the proxy closes or resets a
-    connection while a body is being written to it."""
+    /N?chunked``: chunked, a MiB a chunk; ``GET /N?whole``: head and body in one write).
+    ``sent`` counts the body bytes written so far (the kernel took them); ``peer_closed``
+    is set when the proxy closes or resets a connection while a body is being written to
+    it."""
 
     def __init__(self) -> None:
         self.sent = 0
@@ -330,6 +331,11 @@ class BulkBackend(RawServer):
             path, _, query = target.partition(b"?")
             size = int(path.strip(b"/") or 0)
             chunked = query == b"chunked"
+            if query == b"whole":               # head and body in one write
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s"
+                             % (size, b"".join(pattern(size))))
+                self.sent += size
+                continue
             conn.sendall(b"HTTP/1.1 200 OK\r\n" + (b"Transfer-Encoding: chunked\r\n\r\n"
                          if chunked else b"Content-Length: %d\r\n\r\n" % size))
             try:
@@ -761,6 +767,38 @@ def test_a_client_that_never_reads_pauses_the_backend_not_the_gateways_memory(bu
             stalled(bulk)
         assert bulk.peer_closed.wait(5), "the backend's connection outlived its client"
         assert "Traceback" not in gateway.stop()
+
+
+def test_a_pipelining_client_that_never_reads_is_served_no_further_than_it_reads(bulk):
+    """1,500 pipelined GETs of 100 KB (150 MB of answers) from a client that reads nothing:
+    the gateway stops serving the pipeline while the client's buffer is full (the backend
+    writes a few answers, not all), its peak RSS stays within RSS_BOUND, and once the
+    client reads, every answer comes, in order."""
+    count, size = 1500, 100_000
+    with fast(bulk.url) as gateway:
+        pid = gateway.proxy_pid
+        assert download(gateway.port, size, False, 0) == (size, pattern_crc(size))
+        idle = settle(pid)
+        with connected(gateway.port, timeout=60) as (sock, wire):
+            sock.setblocking(False)
+            data, sent = b"GET /%d?whole HTTP/1.1\r\nHost: gw\r\n\r\n" % size * count, 0
+            deadline = time.monotonic() + 15
+            while sent < len(data) and time.monotonic() < deadline:
+                try:
+                    sent += sock.send(data[sent:sent + 65536])
+                except BlockingIOError:
+                    time.sleep(0.05)
+            held = stalled(bulk)
+            growth = rss_peak(pid) - idle
+            assert held < count * size // 2, f"the backend wrote {held / MiB:.1f} MiB"
+            assert growth < RSS_BOUND, f"peak RSS grew by {growth / MiB:.1f} MiB"
+            sock.setblocking(True)
+            while sent < len(data):
+                sent += sock.send(data[sent:])
+            for _ in range(count):
+                answer = read_answer(wire)
+                assert answer is not None and answer.status == 200
+                assert zlib.crc32(answer.body) == pattern_crc(size)
 
 
 HEADS = {

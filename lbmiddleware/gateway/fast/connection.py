@@ -321,6 +321,11 @@ class ClientConnection(asyncio.Protocol):
         if callback is not None:
             self._writable = None
             callback()
+        elif not self._busy and self._open and not self._serving:
+            if self._queue or self._bad is not None or self._upgrade is not None:
+                self._serve_next()      # what waited for the client to read
+            else:
+                self._update_reading()
 
     # -- httptools callbacks -------------------------------------------------------------
 
@@ -393,7 +398,9 @@ class ClientConnection(asyncio.Protocol):
         request.expect_continue = self._expect
         request.arrived = _monotonic()
         self._in_message = True
-        if self._busy:          # pipelined: it waits for the response before it
+        if self._busy or self._writing_paused:
+            # pipelined: it waits for the response before it, and for the client to read
+            # the responses written (else a client that never reads has them all held)
             queued = _Queued(request)
             self._current = queued
             if self._queue is None:
@@ -479,7 +486,7 @@ class ClientConnection(asyncio.Protocol):
         if not (keep_alive and self._keep_alive) or self._closing:
             self._close()
         elif self._queue or not self._reading or self._bad is not None \
-                or self._upgrade is not None:
+                or self._upgrade is not None or self._writing_paused:
             if not self._serving:
                 self._serve_next()
         elif not self._in_message:      # (else idle once its body has been read)
@@ -546,11 +553,13 @@ class ClientConnection(asyncio.Protocol):
 
     def _serve_next(self) -> None:
         """After a response: the requests that waited, then an upgrade's hand-off or a
-        malformed request's 400, else the connection is idle. (A loop: a request answered
-        at once does not nest the next one's answer in its own.)"""
+        malformed request's 400, else the connection is idle; none of it while the client
+        is not reading what was written (:meth:`resume_writing` calls this again). (A loop:
+        a request answered at once does not nest the next one's answer in its own.)"""
         self._serving = True
         try:
-            while self._queue and not self._busy and self._open:
+            while self._queue and not self._busy and self._open \
+                    and not self._writing_paused:
                 queued = self._queue.popleft()
                 self._start(queued.request, queued)
         except Exception:           # (a bug: the connection must not hang on it)
@@ -559,6 +568,10 @@ class ClientConnection(asyncio.Protocol):
         finally:
             self._serving = False
         if self._busy or not self._open:
+            self._update_reading()
+        elif self._writing_paused:
+            if not self._queue and not self._in_message:
+                self._idle()            # (the keep-alive limit: it may never read)
             self._update_reading()
         elif self._bad is not None:
             self._malformed(self._bad)
@@ -612,8 +625,11 @@ class ClientConnection(asyncio.Protocol):
         self._close()
 
     def _update_reading(self) -> None:
+        """Read while nothing waits: no paused upload, no queued request, no refusal or
+        hand-off due, and, between requests, a client that reads what was written."""
         reading = not (self._body_paused or self._queue or self._bad is not None
-                       or self._upgrade is not None)
+                       or self._upgrade is not None
+                       or (self._writing_paused and not self._busy))
         if reading is not self._reading and self._open:
             self._reading = reading
             if reading:
