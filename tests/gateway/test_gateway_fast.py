@@ -32,6 +32,7 @@ import select
 import socket
 import threading
 import time
+import urllib.request
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -451,6 +452,46 @@ def test_a_malformed_request_in_a_pipeline_is_refused_after_the_ones_before(wire
     else:
         assert wire_backend.requests == []
     assert b"smuggled" not in wire_backend.wire and b"/bad" not in wire_backend.wire
+
+
+class ClosingBackend(RawServer):
+    """Answers one request per connection, ``200 ok``, and closes it without saying so (an
+    HTTP/1.1 server that keeps no connection); ``lines`` has each request line it read."""
+
+    def __init__(self) -> None:
+        self.lines: list[bytes] = []
+        super().__init__()
+
+    def handle(self, conn: socket.socket, number: int) -> None:
+        reader = conn.makefile("rb")
+        head = read_request_head(reader)
+        if head is None:
+            return
+        self.lines.append(head.split(b"\r\n")[0])
+        length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+        reader.read(int(length.group(1)) if length else 0)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+
+def test_a_pipelined_post_is_not_sent_on_a_connection_its_backend_has_closed():
+    """A backend closes each connection right after its answer, without saying so: the
+    POST pipelined behind a GET goes on a new connection, not on the one whose close came
+    with the GET's answer (where it would be lost: a POST is never sent twice, so a 502 and
+    a failure counted against a backend that never saw it; attack A1#3)."""
+    backend = ClosingBackend()
+    try:
+        with fast(backend.url, LB_ADMIN_LISTEN="127.0.0.1:0") as gateway:
+            for _ in range(3):
+                answers, _ = exchange(gateway.port, b"GET /1 HTTP/1.1\r\nHost: gw\r\n\r\n"
+                                      b"POST /2 HTTP/1.1\r\nHost: gw\r\nContent-Length: 3\r\n"
+                                      b"\r\nabc")
+                assert [(a.status, a.body) for a in answers] == [(200, b"ok"), (200, b"ok")]
+            with urllib.request.urlopen(gateway.admin_url + "/status.json", timeout=5) as r:
+                row = json.loads(r.read())["pools"][0]["backends"][0]
+    finally:
+        backend.stop()
+    assert backend.lines == [b"GET /1 HTTP/1.1", b"POST /2 HTTP/1.1"] * 3
+    assert row["failures"] == 0
 
 
 # -- HTTP/1.0 clients ---------------------------------------------------------------------------

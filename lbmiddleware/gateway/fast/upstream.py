@@ -332,7 +332,7 @@ class UpstreamConnection(asyncio.Protocol):
                  "_coded", "_keep_alive", "_until_close", "_head_only", "_interim", "_fresh",
                  "_answered", "_complete", "_trailing", "_cut", "_got_bytes", "_pieces",
                  "_quiet", "_seen", "_timer", "_due", "_write_paused", "_read_paused", "_starting",
-                 "_refused", "_left", "_raw")
+                 "_refused", "_left", "_raw", "_ending")
 
     def __init__(self, pool: BackendPool) -> None:
         self.pool = pool
@@ -371,6 +371,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._refused: UpstreamError | None = None
         self._left = -1                 # a body of known length: its bytes not read yet
         self._raw = False               # the reads are that body's bytes: not parsed
+        self._ending = False            # back in the pool, its receiver told of the end now
 
     # -- a call --------------------------------------------------------------------------------
 
@@ -721,8 +722,16 @@ class UpstreamConnection(asyncio.Protocol):
             if len(pool._idle) < pool.max_idle:
                 self.idle_since = pool.loop.time()
                 pool._idle.append(self)
-            else:
-                self._close(abort=False)
+                # A close the backend sent with this response is read on a later turn of the
+                # loop: until upstream_end returns, a request that may not be sent twice
+                # does not take this connection (BackendPool.request).
+                self._ending = True
+                try:
+                    receiver.upstream_end()
+                finally:
+                    self._ending = False
+                return
+            self._close(abort=False)
         else:
             self._close(abort=self._cut)
         receiver.upstream_end()
@@ -894,15 +903,23 @@ class BackendPool:
         idle = self._idle
         if idle:
             oldest = now - self.idle_timeout
+            ending = None
             while idle:
                 connection = idle.pop()
+                if connection._ending and not resend:
+                    ending = connection     # (its response's end is being told: see _finish)
+                    continue
                 transport = connection.transport
                 if connection.idle_since > oldest and transport is not None \
                         and not transport.is_closing():
+                    if ending is not None:
+                        idle.append(ending)
                     framed = call._body
                     connection.start(call, head + framed if framed else head, call._size, now)
                     return call
                 connection._close(abort=True)       # (too old, or closing)
+            if ending is not None:
+                idle.append(ending)
         self._open(call)
         return call
 

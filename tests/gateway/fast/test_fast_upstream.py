@@ -238,6 +238,42 @@ def test_a_receiver_may_send_the_next_request_from_upstream_end(raw_backend):
     assert bodies == [b"0", b"1", b"2", b"3", b"4"] and opened == 1
 
 
+def test_a_request_not_to_be_sent_twice_takes_no_connection_whose_end_is_being_told(
+        raw_backend):
+    """From upstream_end, a request that may not be resent (a POST) goes on another
+    connection: a close the backend sent with the response just ended is read on a later
+    turn of the loop, and the request would be lost on it (a 502 for a request no backend
+    saw). One that may be resent takes it (see above)."""
+    backend = raw_backend([ok(b"0")], [ok(b"1")])
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        pool = pools_for(loop).pool(lb.Backend(backend.url))
+        done = loop.create_future()
+        bodies: list[bytes] = []
+
+        class Chain(Recorder):
+            def upstream_end(self) -> None:
+                bodies.append(bytes(self.body))
+                if len(bodies) == 2:
+                    done.set_result(None)
+                    return
+                following = Chain(loop)
+                following.call = pool.request(request_head(b"POST", length=0), b"", following,
+                                              more_body=False, resend=False, head_timeout=None,
+                                              head_request=False)
+                taken.append(following.call.connection)
+
+        taken: list[UpstreamConnection | None] = []
+        first = Chain(loop)
+        first.call = pool.request(request_head(), b"", first, more_body=False, resend=True,
+                                  head_timeout=None, head_request=False)
+        await done
+        return bodies, pool.opened, taken
+    bodies, opened, taken = run(scenario)
+    assert bodies == [b"0", b"1"] and opened == 2 and taken == [None]
+
+
 @pytest.mark.parametrize("answer, reused", [
     (b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok", False),
     (b"HTTP/1.1 200 OK\r\nConnection: Upgrade, Close\r\nContent-Length: 2\r\n\r\nok", False),
