@@ -880,6 +880,19 @@ def test_a_head_flood_is_cut_with_bounded_memory(wire_backend, start, piece, ser
 
 # -- slow heads and the connection limit -------------------------------------------------------
 
+@pytest.mark.parametrize("size", [70_000, 100_000])
+def test_a_head_over_the_limit_is_refused_even_when_it_comes_in_one_read(wire_backend, size):
+    """A head over 64 KiB in one write (one read of the gateway's, not split by TCP on
+    loopback: 256 KiB reads) is refused 431 and closed, and nothing reaches the backend:
+    the limit does not depend on how the bytes are split (attack A1#4, review M2)."""
+    with fast(wire_backend.url) as gateway:
+        answers, closed = exchange(gateway.port, b"GET /a HTTP/1.1\r\nHost: gw\r\nX-A: "
+                                   + b"a" * size + b"\r\n\r\n")
+        time.sleep(0.2)         # (an upstream request on its way would arrive meanwhile)
+    assert [a.status for a in answers] == [431] and closed
+    assert wire_backend.requests == []
+
+
 def test_slow_heads_are_cut_at_the_header_timeout_while_others_are_served(backends):
     """Twenty connections trickling a head a byte every 0.1 s and ten silent ones: each is
     closed once LB_HEADER_TIMEOUT (1 s) has passed since it opened, not before (the bytes

@@ -57,10 +57,16 @@ logger = logging.getLogger("lbmiddleware.gateway")
 
 #: Seconds an idle kept-alive connection stays open (uvicorn's ``timeout_keep_alive``).
 KEEP_ALIVE = 5.0
-#: Bytes of a request head at most (request line and fields): a larger one is answered 400
-#: (nginx's is 32 KiB in all, 8 KiB a line; the upstream client's, a response's, 64 KiB).
-#: Counted per read, so at most one read (256 KiB with uvloop) more is ever held.
+#: Bytes of a request head at most (its target and fields, each field counted with its ": "
+#: and CRLF): a larger one is answered 431 and the connection closed, as uvicorn and
+#: granian answer (nginx's limit is 32 KiB in all, 8 KiB a line; the upstream client's, a
+#: response's, 64 KiB). Counted as the parser gives the target and the fields, whatever the
+#: reads; and a head still incomplete after this many bytes read (one field without end,
+#: which httptools holds whole until it ends) is refused as it comes.
 MAX_HEAD = 64 * 1024
+# The reads of a head not complete: room for what the exact count leaves out (the method,
+# the version, the line ends), so that a head within MAX_HEAD is never refused by them.
+_MAX_HEAD_READ = MAX_HEAD + 64
 
 
 class Request:
@@ -149,7 +155,15 @@ _FRAMING = frozenset((b"content-length", b"transfer-encoding", b"expect"))
 
 
 class _BadRequest(Exception):
-    """Raised in a parser callback: the request cannot be read (answered 400)."""
+    """Raised in a parser callback: the request cannot be read (answered ``status``)."""
+
+    status = 400
+
+
+class _HeadTooLarge(_BadRequest):
+    """Raised in a parser callback: the head is over :data:`MAX_HEAD` (answered 431)."""
+
+    status = 431
 
 
 class _Closed(Exception):
@@ -204,7 +218,7 @@ class ClientConnection(asyncio.Protocol):
         # the request being served, and those waiting
         "_busy", "_handler", "_current", "_keep_alive", "_expecting", "_wrote", "_queue",
         "_serving",
-        "_upgrade", "_bad", "_head_size",
+        "_upgrade", "_bad", "_head_size", "_head_read",
         # the connection
         "_open", "_closing", "_reading", "_body_paused", "_writing_paused", "_writable",
         "_limit", "_kept_alive", "_timer", "_timer_at", "_cut",
@@ -235,9 +249,10 @@ class ClientConnection(asyncio.Protocol):
         self._queue: deque[_Queued] | None = None
         self._serving = False           # in _serve_next's loop
         self._upgrade: bytes | None = None      # a head to hand off, after the responses
-        self._bad: str | None = None    # a malformed request's 400 (its detail), due after
-                                        # the responses before it
-        self._head_size = 0             # bytes read while the head being read was incomplete
+        # a malformed request's 400 or 431 (status, detail), due after the responses before
+        self._bad: tuple[int, str | None] | None = None
+        self._head_size = 0             # bytes of the head's target and fields so far
+        self._head_read = 0             # bytes read while the head being read was incomplete
         self._open = False
         self._closing = False           # shutting down: close after the response
         self._reading = True
@@ -278,8 +293,9 @@ class ClientConnection(asyncio.Protocol):
         except httptools.HttpParserCallbackError as exc:
             if not self._open:          # closed by a callback (done(False), abort())
                 return
-            if isinstance(exc.__context__, _BadRequest):
-                self._malformed()
+            cause = exc.__context__
+            if isinstance(cause, _BadRequest):
+                self._malformed(cause.status)
             else:
                 logger.error("the fast server failed on a request from %s", self.peer,
                              exc_info=exc.__context__ or exc)
@@ -289,10 +305,10 @@ class ClientConnection(asyncio.Protocol):
                 self._malformed()
         else:
             if self._in_head:           # a head not complete in this read (rarely)
-                self._head_size += len(data)
-                if self._head_size > MAX_HEAD:
-                    self._head_size = 0
-                    self._malformed("the request head is too large")
+                self._head_read += len(data)
+                if self._head_read > _MAX_HEAD_READ:
+                    self._head_read = 0
+                    self._malformed(431)
                 elif self._kept_alive:  # the head's time starts: its first byte came
                     self._kept_alive = False
                     self._set_limit(self.state.settings.header_timeout)
@@ -337,11 +353,19 @@ class ClientConnection(asyncio.Protocol):
         self._length = 0
         self._expect = False
         self._in_head = True
+        self._head_size = 0
 
     def on_url(self, url: bytes) -> None:
         self._url += url
+        self._head_size += len(url)
+        if self._head_size > MAX_HEAD:
+            raise _HeadTooLarge
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        size = self._head_size + len(name) + len(value) + 4
+        if size > MAX_HEAD:
+            raise _HeadTooLarge         # (trailers count too: they are held as fields are)
+        self._head_size = size
         name = name.lower()
         # (llhttp keeps trailing blanks, which RFC 9110 5.5 excludes from the value)
         value = value.rstrip(b" \t")
@@ -360,7 +384,7 @@ class ClientConnection(asyncio.Protocol):
         headers = self._headers
         self._headers = _TRAILERS
         self._in_head = False
-        self._head_size = 0
+        self._head_read = 0
         version = parser.get_http_version()
         if version not in _VERSIONS:    # llhttp's HTTP/0.9 (its "headers" too) or 2.0
             raise _BadRequest
@@ -574,7 +598,7 @@ class ClientConnection(asyncio.Protocol):
                 self._idle()            # (the keep-alive limit: it may never read)
             self._update_reading()
         elif self._bad is not None:
-            self._malformed(self._bad)
+            self._malformed(*self._bad)
         elif self._upgrade is not None:
             self._hand_off(b"")
         else:
@@ -601,8 +625,9 @@ class ClientConnection(asyncio.Protocol):
             self.transport.resume_reading()
         self.state.handoff(self.transport, data)
 
-    def _malformed(self, detail: str | None = None) -> None:
-        """The proxy's 400 and close: now, or after the responses to the requests before.
+    def _malformed(self, status: int = 400, detail: str | None = None) -> None:
+        """The proxy's 400 (or 431: a head too large) and close: now, or after the
+        responses to the requests before.
         When the request being answered is the malformed one (its body broke the rules:
         a bad chunk, a ``Transfer-Encoding`` httptools refuses once the head was read), its
         handler hears that the client is gone, and the 400 goes only if nothing of the
@@ -617,11 +642,12 @@ class ClientConnection(asyncio.Protocol):
                 self._close()
                 return
         elif self._busy:
-            self._bad = detail or ""
+            self._bad = (status, detail)
             self._update_reading()
             return
         self.state.malformed()
-        self.write(error_bytes(400, date=self.state.date.value(), close=True, detail=detail))
+        self.write(error_bytes(status, date=self.state.date.value(), close=True,
+                               detail=detail))
         self._close()
 
     def _update_reading(self) -> None:
