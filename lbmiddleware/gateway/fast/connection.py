@@ -22,7 +22,8 @@ What the connection itself enforces, as the gateway's protocol under uvicorn doe
 - Header fields after the body (chunked trailers) are dropped.
 - ``Expect: 100-continue``: the handler sends the interim response when it wants the body
   (:meth:`~ClientConnection.send_continue`); a response done without it closes the
-  connection (the client may or may not send the body next).
+  connection (the client may or may not send the body next). An HTTP/1.0 request's is
+  ignored (RFC 9110 10.1.1).
 - An upgrade (``Upgrade`` with ``Connection: upgrade``, or ``CONNECT``) leaves the fast
   path: the connection, with the head and the bytes after it, is handed to uvicorn's
   protocol on the same app (``ServerState.handoff``), which serves WebSockets as the ASGI
@@ -419,7 +420,8 @@ class ClientConnection(asyncio.Protocol):
         request.version = version
         request.keep_alive = version != "1.0" and parser.should_keep_alive()
         request.length = self._length
-        request.expect_continue = self._expect
+        # (an HTTP/1.0 client's is ignored: RFC 9110 10.1.1; it has no interim responses)
+        request.expect_continue = self._expect and version != "1.0"
         request.arrived = _monotonic()
         self._in_message = True
         if self._busy or self._writing_paused:

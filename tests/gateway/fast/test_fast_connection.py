@@ -537,6 +537,20 @@ def test_100_continue_when_the_handler_asks_for_the_body():
     assert run(scenario) == (b"HTTP/1.1 100 Continue\r\n\r\n", True, "ok")
 
 
+def test_an_http10_request_expecting_100_continue_gets_no_interim_response():
+    """RFC 9110 10.1.1: a 100-continue expectation in an HTTP/1.0 request is ignored (such a
+    client reads an interim response as the final one; attack A1#5)."""
+    async def scenario():
+        async with Server() as server:
+            reader, writer = await server.connect()
+            writer.write(b"POST /continue HTTP/1.0\r\nContent-Length: 2\r\n"
+                         b"Expect: 100-continue\r\n\r\nok")
+            status, _, body = await read_response(reader)
+            return status, json.loads(body)["expect"], json.loads(body)["body"]
+
+    assert run(scenario) == (200, False, "ok")
+
+
 def test_a_response_without_100_continue_closes_the_connection():
     """The client may send the body or not: the connection cannot be read on."""
     async def scenario():
