@@ -420,8 +420,9 @@ class ClientConnection(asyncio.Protocol):
         request.version = version
         request.keep_alive = version != "1.0" and parser.should_keep_alive()
         request.length = self._length
-        # (an HTTP/1.0 client's is ignored: RFC 9110 10.1.1; it has no interim responses)
-        request.expect_continue = self._expect and version != "1.0"
+        # (an HTTP/1.0 client's is ignored: RFC 9110 10.1.1, it has no interim responses;
+        # and so is one without a body: nothing is awaited)
+        request.expect_continue = self._expect and version != "1.0" and self._length != 0
         request.arrived = _monotonic()
         self._in_message = True
         if self._busy or self._writing_paused:
@@ -515,7 +516,7 @@ class ClientConnection(asyncio.Protocol):
                 or self._upgrade is not None or self._writing_paused:
             if not self._serving:
                 self._serve_next()
-        elif not self._in_message:      # (else idle once its body has been read)
+        else:           # (a body still coming is dropped for the keep-alive time at most)
             self._idle()
 
     def abort(self) -> None:
@@ -596,7 +597,7 @@ class ClientConnection(asyncio.Protocol):
         if self._busy or not self._open:
             self._update_reading()
         elif self._writing_paused:
-            if not self._queue and not self._in_message:
+            if not self._queue:
                 self._idle()            # (the keep-alive limit: it may never read)
             self._update_reading()
         elif self._bad is not None:
@@ -604,8 +605,7 @@ class ClientConnection(asyncio.Protocol):
         elif self._upgrade is not None:
             self._hand_off(b"")
         else:
-            if not self._in_message:
-                self._idle()
+            self._idle()
             self._update_reading()
 
     def _upgrade_from(self, rest: bytes) -> None:
@@ -643,6 +643,12 @@ class ClientConnection(asyncio.Protocol):
                 self.state.malformed()
                 self._close()
                 return
+        elif not self._busy and self._in_message and self._current is None:
+            # its body, dropped, broke the rules: the request was answered already (one
+            # request, one response)
+            self.state.malformed()
+            self._close()
+            return
         elif self._busy:
             self._bad = (status, detail)
             self._update_reading()
@@ -673,7 +679,10 @@ class ClientConnection(asyncio.Protocol):
     # -- the connection's one timer ------------------------------------------------------
 
     def _idle(self) -> None:
-        """Nothing to answer: the keep-alive limit, or a head's if one has begun."""
+        """Nothing to answer: the keep-alive limit, or a head's if one has begun. (While the
+        body of a request already answered still comes, it is dropped under the keep-alive
+        limit, which its bytes do not extend: a client that never sends it does not hold
+        the connection.)"""
         if self._in_head:
             self._kept_alive = False
             self._set_limit(self.state.settings.header_timeout)

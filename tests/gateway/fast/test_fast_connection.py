@@ -551,6 +551,65 @@ def test_an_http10_request_expecting_100_continue_gets_no_interim_response():
     assert run(scenario) == (200, False, "ok")
 
 
+def test_a_request_without_a_body_answered_at_once_keeps_its_connection_despite_expect():
+    """Expect: 100-continue on a request without a body: no body is awaited, so an answer
+    given at once keeps the connection (it closed without saying so; attack A2#4)."""
+    async def scenario():
+        async with Server() as server:
+            reader, writer = await server.connect()
+            writer.write(b"GET /early HTTP/1.1\r\nExpect: 100-continue\r\n\r\n"
+                         b"GET /next HTTP/1.1\r\n\r\n")
+            first = (await read_response(reader))[0]
+            second = json.loads((await read_response(reader))[2])["path"]
+            return first, second
+
+    assert run(scenario) == (404, "/next")
+
+
+def test_a_body_dropped_after_an_answer_is_waited_for_no_longer_than_the_keep_alive_time(
+        monkeypatch):
+    """A handler answers before the body and keeps the connection: the body is read and
+    dropped, but a client that never sends it does not hold the connection open for good
+    (review H1): it is closed at the keep-alive limit, which the dropped bytes do not
+    extend."""
+    monkeypatch.setattr(connection_module, "KEEP_ALIVE", 0.3)
+
+    async def scenario():
+        async with Server() as server:
+            loop = asyncio.get_running_loop()
+            reader, writer = await server.connect()
+            writer.write(b"POST /early HTTP/1.1\r\nContent-Length: 100\r\n\r\n")
+            status = (await read_response(reader))[0]
+            began = loop.time()
+            eof = asyncio.ensure_future(reader.read())
+            for _ in range(20):             # a byte every 0.1 s, until it is closed
+                if not writer.is_closing():
+                    writer.write(b"x")
+                await asyncio.wait([eof], timeout=0.1)
+                if eof.done():
+                    break
+            gone = eof.done() and (eof.exception() is not None or eof.result() == b"")
+            return status, gone, loop.time() - began
+
+    status, was_closed, seconds = run(scenario)
+    assert status == 404 and was_closed and seconds < 1.0
+
+
+def test_a_request_answered_at_once_then_found_malformed_gets_one_response():
+    """The request was answered at once (404 here), then llhttp refuses its framing
+    (Transfer-Encoding: identity, refused only after the head): one request, one response,
+    and the connection closed (a second answer, the 400, would be read as the next
+    request's; attack A2#3)."""
+    async def scenario():
+        async with Server() as server:
+            reader, writer = await server.connect()
+            writer.write(b"GET /early HTTP/1.1\r\nTransfer-Encoding: identity\r\n\r\n")
+            status = (await read_response(reader))[0]
+            return status, await asyncio.wait_for(reader.read(), 5)
+
+    assert run(scenario) == (404, b"")
+
+
 def test_a_response_without_100_continue_closes_the_connection():
     """The client may send the body or not: the connection cannot be read on."""
     async def scenario():
