@@ -404,7 +404,8 @@ class ClientConnection(asyncio.Protocol):
                 parsed = httptools.parse_url(url)
             except httptools.HttpParserInvalidURLError as exc:
                 raise _BadRequest from exc
-            raw_path, query = parsed.path or b"", parsed.query or b""
+            # (an absolute form's empty path is "/": RFC 9112 3.2.2, RFC 9110 4.2.3)
+            raw_path, query = parsed.path or b"/", parsed.query or b""
         path = raw_path.decode("latin-1")       # (llhttp took ASCII only)
         if "%" in path:
             path = unquote(path)

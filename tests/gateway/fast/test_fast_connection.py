@@ -301,13 +301,17 @@ def test_targets_in_absolute_form_or_with_a_fragment_are_read_as_uvicorn_reads_t
         async with Server() as server:
             reader, writer = await server.connect()
             seen = []
-            for target in (b"http://example.com/x/y?q=1", b"/f#frag", b"*"):
+            for target in (b"http://example.com/x/y?q=1", b"/f#frag", b"*",
+                           b"http://example.com", b"http://example.com?q=2"):
                 writer.write(b"OPTIONS " + target + b" HTTP/1.1\r\nHost: gw\r\n\r\n")
                 seen.append(json.loads((await read_response(reader))[2]))
             return [(s["target"], s["raw_path"], s["path"], s["query"]) for s in seen]
 
+    # (an absolute form's empty path is "/": RFC 9112 3.2.2; attack A2#5)
     assert run(scenario) == [("http://example.com/x/y?q=1", "/x/y", "/x/y", "q=1"),
-                             ("/f#frag", "/f", "/f", ""), ("*", "*", "*", "")]
+                             ("/f#frag", "/f", "/f", ""), ("*", "*", "*", ""),
+                             ("http://example.com", "/", "/", ""),
+                             ("http://example.com?q=2", "/", "/", "q=2")]
 
 
 def test_http_1_0_and_connection_close_end_the_connection_after_the_response():
