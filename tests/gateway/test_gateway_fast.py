@@ -506,6 +506,19 @@ ANSWERS = {
 }
 
 
+def test_a_backends_length_beside_chunked_is_passed_on_chunked_without_it(raw_backend):
+    """A response with Content-Length beside Transfer-Encoding: chunked is read by the coding
+    (RFC 9112 6.3) and passed on chunked without the length, as on the ASGI path (contract
+    "Responses"); it was a 502 and a failure counted (attack A2#1)."""
+    backend = raw_backend([b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: "
+                           b"chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"])
+    with fast(backend.url, LB_RETRIES="0") as gateway:
+        (got,), _ = exchange(gateway.port, b"GET /x HTTP/1.1\r\nHost: gw\r\n"
+                             b"Connection: close\r\n\r\n")
+    assert (got.status, got.body, got.framing) == (200, b"hello", "chunked")
+    assert not got.header("content-length")
+
+
 @pytest.mark.parametrize("framing", ANSWERS)
 def test_an_http10_client_gets_a_body_it_can_read_and_the_connection_closes(raw_backend,
                                                                              framing):

@@ -36,10 +36,12 @@ The behaviour is the coroutine client's, in its words and with its errors
   :func:`~lbmiddleware.upstream.tls.tls_failure_text`'s words (a TLS 1.3 backend's verdict on
   the client certificate, which comes after the request was written, too).
 
-Where llhttp and the coroutine client's own parser differ: a chunk size of more than 16 hex
-digits with leading zeros and a chunk extension without a name are taken; a chunk extension
-with blanks around ``;``, the same ``Content-Length`` twice, and ``Content-Length`` beside
-``Transfer-Encoding`` are refused (a 502; the coroutine client takes the chunked framing).
+A response with ``Content-Length`` beside ``Transfer-Encoding: chunked`` is read chunked, as
+the coroutine client reads it (RFC 9112 6.3: the coding overrides the length), and its
+connection is not reused. Where llhttp and the coroutine client's own parser differ: a chunk
+size of more than 16 hex digits with leading zeros and a chunk extension without a name are
+taken; a chunk extension with blanks around ``;`` and the same ``Content-Length`` twice are
+refused (a 502).
 """
 
 from __future__ import annotations
@@ -314,8 +316,11 @@ _NOBODY: Receiver = _Nobody()
 
 def _new_parser(connection: UpstreamConnection) -> httptools.HttpResponseParser:
     parser = httptools.HttpResponseParser(connection)
-    # "5 \r\n": blanks after a chunk size, as the coroutine client's parser takes them.
-    parser.set_dangerous_leniencies(lenient_spaces_after_chunk_size=True)
+    # "5 \r\n": blanks after a chunk size, as the coroutine client's parser takes them; and
+    # Content-Length beside Transfer-Encoding: chunked, read chunked (RFC 9112 6.3), as it
+    # reads it too (llhttp then says the connection is not to be kept).
+    parser.set_dangerous_leniencies(lenient_spaces_after_chunk_size=True,
+                                    lenient_chunked_length=True)
     return parser
 
 
@@ -681,7 +686,9 @@ class UpstreamConnection(asyncio.Protocol):
             pass
         elif length is not None:
             if not self._coded:
-                self._left = length     # (beside Transfer-Encoding: llhttp refuses it)
+                self._left = length
+            else:                       # beside Transfer-Encoding: read by the coding, and
+                keep_alive = False      # the connection not kept (RFC 9112 6.3)
         elif not chunked:
             self._until_close = True
         self._keep_alive = keep_alive

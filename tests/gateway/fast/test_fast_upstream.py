@@ -294,6 +294,18 @@ def test_a_connection_is_reused_only_when_the_response_allows(scripted, answer, 
     assert opened == (1 if reused else 2)
 
 
+def test_a_length_beside_chunked_is_read_chunked_and_the_connection_not_kept(scripted):
+    """Content-Length beside Transfer-Encoding: chunked: the coding overrides the length
+    (RFC 9112 6.3), as the coroutine client reads it; such a response may be an attempt at
+    response splitting, so its connection is not reused (attack A2#1: it was a 502)."""
+    server = scripted([b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked"
+                       b"\r\n\r\n5\r\nhello\r\n0\r\n\r\n", OK], [OK])
+    (first, second), opened = fetch(server.url, request_head(), request_head())
+    assert first.events == ["head", "body", "end"] and first.body == b"hello"
+    assert (first.chunked, first.length) == (True, 3)
+    assert second.body == b"ok" and opened == 2
+
+
 def test_bytes_from_an_idle_connection_close_it(raw_backend):
     backend = raw_backend([OK, 0.1, b"unasked"], [OK])
 
