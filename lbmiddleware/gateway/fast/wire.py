@@ -60,8 +60,11 @@ def response_head(status: int, reason: bytes, headers: Sequence[tuple[bytes, byt
     :meth:`DateHeader.value` line) and ``server: lbmiddleware``, the framing
     (``content-length: <length>``, else ``transfer-encoding: chunked`` when ``chunked``,
     else none: a status without a body, or a body that ends with the connection for an
-    HTTP/1.0 client), ``connection: close`` when ``close``, and the empty line.
-    ``headers`` must not hold the framing, ``Connection``, ``Date`` or ``Server``."""
+    HTTP/1.0 client), ``connection: close`` when ``close``, and the empty line. The framing
+    is the caller's: a ``Content-Length`` among ``headers`` (the backend's, as the rules
+    passed it; then ``length`` is None and ``chunked`` False), or ``length``/``chunked``;
+    ``headers`` must not hold ``Transfer-Encoding``, ``Connection``, ``Date`` or
+    ``Server``."""
     # (parts joined once, the status line formatted once per status and reason: a third
     # of the instructions of a head added up piece by piece)
     line = _STATUS_LINES.get(status)
