@@ -229,6 +229,9 @@ def uvicorn_protocol(settings: GatewaySettings, *, access_log: bool = False) -> 
                 # llhttp reads "HTTP/2.0" and an HTTP/0.9 line (with fields after it), and
                 # uvicorn would forward either as 1.1: refused 400, as the fast server does
                 raise _UnservedVersion()
+            if self.parser.get_http_version() == "1.0":
+                # RFC 9110 10.1.1: ignored from 1.0 (it has no 1xx to read as interim)
+                self.expect_100_continue = False
             self._in_head = False
             if self._head_timer is not None:
                 self._head_timer.cancel()

@@ -185,6 +185,22 @@ def test_a_chunked_trailer_never_reaches_the_backend_as_a_header(server, backend
     assert "X-Trailer-Smuggled" not in headers and "x-trailer-smuggled" not in headers
 
 
+@pytest.mark.parametrize("server", GATEWAY_SERVERS)
+def test_an_http10_clients_expect_100_continue_is_ignored(server, backends):
+    """RFC 9110 10.1.1: a server MUST ignore a 100-continue expectation in an HTTP/1.0
+    request (HTTP/1.0 has no 1xx: such a client reads "100 Continue" as its answer); the
+    body is read as the request's framing says and the answer is the backend's."""
+    with Gateway(gateway_env(server, backends[0].url)) as gateway, \
+            socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as client:
+        client.sendall(b"POST /x HTTP/1.0\r\nHost: gw\r\nExpect: 100-continue\r\n"
+                       b"Content-Length: 3\r\n\r\nabc")
+        status_line = client.makefile("rb").readline()
+    # (granian answers a 1.0 client with an HTTP/1.0 status line, the others with 1.1)
+    assert status_line.startswith((b"HTTP/1.1 200 ", b"HTTP/1.0 200 ")), status_line
+    (method, path, _, body), = backends[0].received
+    assert (method, path, body) == ("POST", "/x", b"abc")
+
+
 # -- item 10: a bounded head time and a bounded number of client connections ------------
 
 def closed_within(sock: socket.socket, seconds: float, trickle: bytes = b"") -> bool:
