@@ -222,7 +222,7 @@ class ClientConnection(asyncio.Protocol):
         "_upgrade", "_bad", "_head_size", "_head_read",
         # the connection
         "_open", "_closing", "_reading", "_body_paused", "_writing_paused", "_writable",
-        "_limit", "_kept_alive", "_timer", "_timer_at", "_cut",
+        "_limit", "_kept_alive", "_timer", "_timer_at", "_cut", "_lingering",
     )
 
     def __init__(self, state: ServerState, loop: asyncio.AbstractEventLoop) -> None:
@@ -256,6 +256,7 @@ class ClientConnection(asyncio.Protocol):
         self._head_read = 0             # bytes read while the head being read was incomplete
         self._open = False
         self._closing = False           # shutting down: close after the response
+        self._lingering = False         # answered, closing: the rest of the body is dropped
         self._reading = True
         self._body_paused = False
         self._writing_paused = False
@@ -287,6 +288,8 @@ class ClientConnection(asyncio.Protocol):
         self._set_limit(state.settings.header_timeout)
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering:
+            return                      # the rest of an answered request's body: dropped
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -507,12 +510,16 @@ class ClientConnection(asyncio.Protocol):
         self._handler = None
         self._writable = None
         self._body_paused = False
-        if self._in_message and not self._queue:    # its body still coming: dropped
+        dropping = self._in_message and not self._queue
+        if dropping:                    # its body still coming: dropped
             self._current = None
             if self._expecting:
                 keep_alive = False
         if not (keep_alive and self._keep_alive) or self._closing:
-            self._close()
+            if dropping and not self._closing:
+                self._linger()
+            else:
+                self._close()
         elif self._queue or not self._reading or self._bad is not None \
                 or self._upgrade is not None or self._writing_paused:
             if not self._serving:
@@ -676,6 +683,26 @@ class ClientConnection(asyncio.Protocol):
         if self._open:
             self._open = False
             self.transport.close()
+
+    def _linger(self) -> None:
+        """Close after a response given while the request's body still comes, without losing
+        that response: closed at once with unread bytes, the socket sends a reset, and the
+        client's kernel drops what it had not read yet, the response included (nginx's
+        ``lingering_close``). So: the response and a FIN go out, what the client still sends
+        is read and dropped, and the connection closes when the client closes its side, or
+        after the keep-alive time (a client's bytes do not extend it)."""
+        if not self._open:
+            return
+        if not self.transport.can_write_eof():      # (TLS: no half-close)
+            self._close()
+            return
+        self._lingering = True
+        self._kept_alive = False
+        self.transport.write_eof()
+        if not self._reading:
+            self._reading = True
+            self.transport.resume_reading()
+        self._set_limit(KEEP_ALIVE)
 
     # -- the connection's one timer ------------------------------------------------------
 

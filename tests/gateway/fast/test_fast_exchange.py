@@ -638,6 +638,40 @@ def test_a_backends_answer_before_the_upload_ends_says_close_and_closes():
         413, b"big!", ["close"], True)
 
 
+def test_an_answer_before_the_upload_ends_reaches_a_client_still_sending():
+    """The backend answers (413) while the client is still sending megabytes and reads its
+    answer only later: the answer must reach it. Closed at once with the upload unread, the
+    socket would send a reset, and the client's kernel drops the unread answer with it; the
+    connection lingers instead (its FIN after the answer, the rest of the body read and
+    dropped) until the client closes or the keep-alive time passes."""
+    class Early(Listening):
+        def handle(self, conn: socket.socket, number: int) -> None:
+            read_request_head(conn.makefile("rb"))
+            conn.sendall(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 4\r\n\r\nbig!")
+            with contextlib.suppress(OSError):
+                while conn.recv(1 << 20):
+                    pass
+
+    backend = Early(silent)
+
+    async def scenario():
+        async with Fast({"LB_BACKENDS": backend.url}) as fast:
+            reader, writer = await fast.connect()
+            writer.write(head("POST", "/", (("Content-Length", str(50 << 20)),), b""))
+            for _ in range(16):                 # still sending as the answer comes
+                writer.write(b"x" * (256 << 10))
+                await asyncio.sleep(0.02)
+            answer = await asyncio.wait_for(read_answer(reader), 5)
+            writer.close()
+            return answer
+    try:
+        answer = run(scenario)
+    finally:
+        backend.stop()
+    assert (answer.status, answer.body, answer.header("connection")) == (
+        413, b"big!", ["close"])
+
+
 def test_a_client_that_expects_100_continue_gets_it_then_the_answer(servers):
     backend = servers("a")
 
