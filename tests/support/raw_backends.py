@@ -42,7 +42,11 @@ class RawBackend(RawServer):
 
     def handle(self, conn: socket.socket, number: int) -> None:
         if self.tls is not None:
-            conn = self.tls.wrap_socket(conn, server_side=True)
+            try:
+                conn = self.tls.wrap_socket(conn, server_side=True)
+            except ssl.SSLError:
+                _linger(conn)
+                raise
             self.track(conn)
         with conn, conn.makefile("rb") as reader:
             while True:
@@ -57,6 +61,21 @@ class RawBackend(RawServer):
                         time.sleep(part)
                     else:
                         conn.sendall(part)
+
+
+def _linger(conn: socket.socket) -> None:
+    """After a refused TLS handshake, whose alert is sent: half-close and read until the
+    client closes (2 s at most) before the socket closes. Closed with the client's bytes
+    unread (TLS 1.3: its request follows its side of the handshake), the socket would send a
+    reset, and the client's kernel could drop the alert the client had not read yet: the
+    client would see a closed connection instead of the handshake's verdict."""
+    try:
+        conn.shutdown(socket.SHUT_WR)
+        conn.settimeout(2.0)
+        while conn.recv(65536):
+            pass
+    except OSError:
+        pass
 
 
 class ScriptedBackend(RawServer):
