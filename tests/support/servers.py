@@ -188,12 +188,16 @@ class BackendServer:
         self._server = _Server(("127.0.0.1", self.port), _Handler)
         self._server.owner = self
         self.port = self._server.server_address[1]
+        self._prepare(self._server)
         # stop() waits for the loop to see the shutdown: a short poll keeps the three
         # backends of every test from costing a tenth of a second to stop
         self._thread = threading.Thread(target=self._server.serve_forever,
                                         kwargs={"poll_interval": 0.01}, daemon=True)
         self._thread.start()
         return self
+
+    def _prepare(self, server: _Server) -> None:
+        """What a subclass does to the listening server before its loop starts."""
 
     def stop(self) -> None:
         """Stop listening and cut every open connection (the port is free again)."""

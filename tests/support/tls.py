@@ -97,13 +97,12 @@ class TLSBackendServer(BackendServer):
     def url(self) -> str:
         return f"https://127.0.0.1:{self.port}"
 
-    def start(self) -> TLSBackendServer:
-        super().start()         # nothing connects before the listening socket is wrapped
-        server = self._server
-        assert server is not None
-        server.socket = _Handshaking(self.context.wrap_socket(  # type: ignore[assignment]
+    def _prepare(self, server: Any) -> None:
+        # Before the server's loop starts: wrapping detaches the plain socket (its fileno
+        # becomes -1), and a loop registering it meanwhile failed ("Invalid file
+        # descriptor: -1": the backend never served, once in a loaded CI run).
+        server.socket = _Handshaking(self.context.wrap_socket(
             server.socket, server_side=True, do_handshake_on_connect=False))
-        return self
 
 
 @pytest.fixture(scope="module")
