@@ -236,6 +236,11 @@ class Call:
         if self._done:
             return
         self._done = True
+        self._let_go()
+
+    def _let_go(self) -> None:
+        """Stop the upload, cancel the opening, close the connection (nothing of it is
+        reported)."""
         self._streaming = False
         task = self._task
         if task is not None:
@@ -273,15 +278,7 @@ class Call:
     def _refuse(self, message: str) -> None:
         """A body that does not match its Content-Length: the attempt fails (reported on the
         next loop turn, not inside the receiver's own call)."""
-        self._streaming = False
-        task = self._task
-        if task is not None:
-            self._task = None
-            task.cancel()
-        connection = self.connection
-        if connection is not None:
-            self.connection = None
-            connection.abandon()
+        self._let_go()
         self.pool.loop.call_soon(self._fail, ProtocolError(message))
 
     def _fail(self, error: UpstreamError) -> None:
