@@ -46,6 +46,7 @@ from ...proxy.access import access_line
 from ...proxy.access import logger as access_logger
 from ...upstream.deadlines import Deadlines
 from ..logs import RefusalWarnings
+from .outbox import Outbox
 from .wire import CONTINUE, DateHeader, error_bytes
 
 if TYPE_CHECKING:
@@ -177,17 +178,18 @@ class ServerState:
     ``Date`` line (``date``), the timeouts' buckets (``deadlines``), the open connections
     (``connections``: those handed off to uvicorn's protocols too, so that
     ``LB_MAX_CONNECTIONS`` counts them all), ``handoff(transport, data)`` for an upgrade,
-    the listener's ``scheme``, whether refusals get an access line (``access_log``), and the
+    the listener's ``scheme``, whether refusals get an access line (``access_log``), the
     WARNINGs for connections turned away (``refused``) and malformed requests
-    (``malformed``)."""
+    (``malformed``), and the writes held for the end of the loop's turn (``outbox``: the
+    first connection makes it when none is given; the upstream pools share it)."""
 
     __slots__ = ("settings", "dispatcher", "handoff", "scheme", "access_log", "date",
-                 "deadlines", "connections", "refused", "malformed")
+                 "deadlines", "connections", "refused", "malformed", "outbox")
 
     def __init__(self, settings: GatewaySettings, dispatcher: Dispatch,
                  handoff: Callable[[asyncio.Transport, bytes], None], *, scheme: str = "http",
                  access_log: bool = False, date: DateHeader | None = None,
-                 deadlines: Deadlines | None = None) -> None:
+                 deadlines: Deadlines | None = None, outbox: Outbox | None = None) -> None:
         self.settings = settings
         self.dispatcher = dispatcher
         self.handoff = handoff
@@ -200,6 +202,7 @@ class ServerState:
             f"too many connections (LB_MAX_CONNECTIONS={settings.max_connections})",
             "answered 503 and closed")
         self.malformed = RefusalWarnings("malformed requests", "answered 400 and closed")
+        self.outbox = outbox
 
 
 class ClientConnection(asyncio.Protocol):
@@ -213,7 +216,7 @@ class ClientConnection(asyncio.Protocol):
     """
 
     __slots__ = (
-        "loop", "state", "peer", "scheme", "transport", "_parser", "_dispatch",
+        "loop", "state", "peer", "scheme", "transport", "_parser", "_dispatch", "_outbox",
         # the head being read
         "_url", "_headers", "_length", "_expect", "_in_head", "_in_message",
         # the request being served, and those waiting
@@ -235,6 +238,10 @@ class ClientConnection(asyncio.Protocol):
         # as uvicorn: the response to a request with "Connection: close" is still served
         self._parser.set_dangerous_leniencies(lenient_data_after_close=True)
         self._dispatch = state.dispatcher.dispatch
+        outbox = state.outbox
+        if outbox is None:
+            outbox = state.outbox = Outbox(loop)
+        self._outbox = outbox
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = _TRAILERS
         self._length: int | None = 0
@@ -458,17 +465,19 @@ class ClientConnection(asyncio.Protocol):
     # -- for the handler -----------------------------------------------------------------
 
     def write(self, data: bytes) -> None:
-        """``data`` to the client; nothing once the connection is closed."""
+        """``data`` to the client at the end of the loop's turn (:mod:`.outbox`); nothing
+        once the connection is closed."""
         if self._open:
             self._wrote = True
-            self.transport.write(data)
+            self._outbox.write(self.transport, data)
 
     def writelines(self, parts: Iterable[bytes]) -> None:
-        """``parts`` to the client in one write (a ``writev``: a large body's first piece is
-        not copied behind its head, as ``write(head + piece)`` would); nothing once the
-        connection is closed."""
+        """``parts`` to the client in one write, now (a ``writev``: a large body's first
+        piece is not copied behind its head, as ``write(head + piece)`` would); nothing once
+        the connection is closed."""
         if self._open:
             self._wrote = True
+            self._outbox.flush()        # (what was written before goes first)
             self.transport.writelines(parts)
 
     @property
@@ -499,7 +508,7 @@ class ClientConnection(asyncio.Protocol):
         if self._expecting:
             self._expecting = False
             if self._open:
-                self.transport.write(CONTINUE)
+                self._outbox.write(self.transport, CONTINUE)
 
     def done(self, keep_alive: bool = True) -> None:
         """The response is complete: serve the next request, or close the connection
@@ -534,6 +543,7 @@ class ClientConnection(asyncio.Protocol):
         self._busy = False
         if self._open:
             self._open = False
+            self._outbox.flush()        # (what was written before the cut goes first)
             self.transport.abort()
 
     # -- for the server ------------------------------------------------------------------
@@ -633,6 +643,7 @@ class ClientConnection(asyncio.Protocol):
         if not self._reading:
             self._reading = True
             self.transport.resume_reading()
+        self._outbox.flush()            # (the responses before it, then the protocol's)
         self.state.handoff(self.transport, data)
 
     def _malformed(self, status: int = 400, detail: str | None = None) -> None:
@@ -682,6 +693,7 @@ class ClientConnection(asyncio.Protocol):
     def _close(self) -> None:
         if self._open:
             self._open = False
+            self._outbox.flush()        # (the last response: close() sends what it has)
             self.transport.close()
 
     def _linger(self) -> None:
@@ -698,6 +710,7 @@ class ClientConnection(asyncio.Protocol):
             return
         self._lingering = True
         self._kept_alive = False
+        self._outbox.flush()            # (the response, then the FIN)
         self.transport.write_eof()
         if not self._reading:
             self._reading = True

@@ -116,7 +116,7 @@ class Dispatcher:
         forwarding = middleware.forwarding
         pools = UpstreamPools(connect_timeout=forwarding.connect_timeout,
                               read_timeout=forwarding.read_timeout, ssl=middleware.upstream.ssl,
-                              loop=loop, deadlines=state.deadlines)
+                              loop=loop, deadlines=state.deadlines, outbox=state.outbox)
         route = Route(middleware, middleware.forwarder, picker, pools, state.date)
         route.unsubscribe = follow_departures(route, balancer, _forget_departed)
         if middleware is not self.app:

@@ -266,6 +266,8 @@ class FastServer:
         while (state.connections or handoff.tasks) and loop.time() < deadline \
                 and not self._force:
             await asyncio.sleep(_POLL)
+        if state.outbox is not None:
+            state.outbox.flush()                # (what was written before the cut)
         for connection in list(state.connections):
             connection.transport.abort()        # (its handler hears client_lost)
         tasks = list(handoff.tasks)

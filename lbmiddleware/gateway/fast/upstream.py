@@ -68,6 +68,7 @@ from ...upstream.errors import (
 from ...upstream.parser import MAX_HEAD
 from ...upstream.pool import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_IDLE
 from ...upstream.tls import handshake_verdict, system_ssl_context, tls_failure_text
+from .outbox import Outbox
 
 __all__ = ["UpstreamPools", "BackendPool", "Call", "Receiver", "UpstreamConnection",
            "UPLOAD_HIGH_WATER"]
@@ -418,22 +419,23 @@ class UpstreamConnection(asyncio.Protocol):
         transport = self.transport
         assert transport is not None
         self._starting = True
-        try:
-            transport.write(data)
-        except RuntimeError:
-            # uvloop refuses a write on a transport the backend has just closed (its close
-            # not yet seen here): lost before the head, on the next loop turn.
-            loop.call_soon(self._lost, "the backend closed the connection", None)
+        pool.outbox.write(transport, data, self._write_refused)
         self._starting = False
         if call._told_paused and not self._write_paused:
             call._told_paused = False
             call.receiver.upload_resumed()
 
+    def _write_refused(self) -> None:
+        """uvloop refused the call's head: the transport was closed by the backend (its
+        close not yet seen here). Lost before the head, on the next loop turn."""
+        self.pool.loop.call_soon(self._lost, "the backend closed the connection", None)
+
     def write_body(self, data: bytes, chunked: bool) -> None:
-        """A piece of a streamed body, framed."""
+        """A piece of a streamed body, framed (now: the head held before it goes first)."""
         transport = self.transport
         if transport is None or self._cut or self._state is not _BUSY:
             return
+        self.pool.outbox.flush()
         try:
             if chunked:
                 transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
@@ -450,6 +452,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._seen = self.pool.loop.time()
         transport = self.transport
         if tail and transport is not None:
+            self.pool.outbox.flush()
             try:
                 transport.write(tail)
             except RuntimeError:
@@ -840,6 +843,7 @@ class UpstreamConnection(asyncio.Protocol):
             self._timer = None
         transport = self.transport
         if transport is not None:
+            self.pool.outbox.flush()    # (what was written before goes first)
             if abort:
                 transport.abort()
             else:
@@ -866,13 +870,14 @@ class BackendPool:
     """Keep-alive connections to one backend, and the calls sent over them."""
 
     __slots__ = ("backend", "base_path", "authority", "connect_timeout", "read_timeout",
-                 "loop", "deadlines", "max_idle", "idle_timeout", "opened", "_ssl",
+                 "loop", "deadlines", "outbox", "max_idle", "idle_timeout", "opened", "_ssl",
                  "_server_hostname", "_idle", "_connecting")
 
     def __init__(self, backend: Backend, *, connect_timeout: float, read_timeout: float,
                  loop: asyncio.AbstractEventLoop, deadlines: Deadlines,
                  ssl: ssl_module.SSLContext | None = None, max_idle: int = DEFAULT_MAX_IDLE,
-                 idle_timeout: float = DEFAULT_IDLE_TIMEOUT) -> None:
+                 idle_timeout: float = DEFAULT_IDLE_TIMEOUT, outbox: Outbox | None = None
+                 ) -> None:
         self.backend = backend
         # (as HostPool: Host and TLS use the name a backend answers to, the socket its address)
         self.base_path = backend.path.encode("ascii")
@@ -881,6 +886,8 @@ class BackendPool:
         self.read_timeout = read_timeout
         self.loop = loop
         self.deadlines = deadlines
+        #: The writes held for the end of the loop's turn (:mod:`.outbox`).
+        self.outbox = outbox if outbox is not None else Outbox(loop)
         self.max_idle = max_idle
         self.idle_timeout = idle_timeout
         self.opened = 0                 # connections opened, ever (for tests and stats)
@@ -1017,18 +1024,22 @@ class BackendPool:
 class UpstreamPools:
     """A :class:`BackendPool` per backend, made on first use (one per route's middleware)."""
 
-    __slots__ = ("connect_timeout", "read_timeout", "ssl", "loop", "deadlines", "max_idle",
-                 "idle_timeout", "_pools")
+    __slots__ = ("connect_timeout", "read_timeout", "ssl", "loop", "deadlines", "outbox",
+                 "max_idle", "idle_timeout", "_pools")
 
     def __init__(self, *, connect_timeout: float, read_timeout: float,
                  ssl: ssl_module.SSLContext | None, loop: asyncio.AbstractEventLoop,
                  deadlines: Deadlines | None = None, max_idle: int = DEFAULT_MAX_IDLE,
-                 idle_timeout: float = DEFAULT_IDLE_TIMEOUT) -> None:
+                 idle_timeout: float = DEFAULT_IDLE_TIMEOUT, outbox: Outbox | None = None
+                 ) -> None:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.ssl = ssl
         self.loop = loop
         self.deadlines = deadlines if deadlines is not None else Deadlines()
+        #: The writes held for the end of the loop's turn, shared by the pools (and with
+        #: the server's connections when it gives its own).
+        self.outbox = outbox if outbox is not None else Outbox(loop)
         self.max_idle = max_idle
         self.idle_timeout = idle_timeout
         self._pools: dict[str, BackendPool] = {}
@@ -1042,7 +1053,7 @@ class UpstreamPools:
             pool = self._pools[backend.url] = BackendPool(
                 backend, connect_timeout=self.connect_timeout, read_timeout=self.read_timeout,
                 loop=self.loop, deadlines=self.deadlines, ssl=self.ssl, max_idle=self.max_idle,
-                idle_timeout=self.idle_timeout)
+                idle_timeout=self.idle_timeout, outbox=self.outbox)
         return pool
 
     def pools(self) -> tuple[BackendPool, ...]:
