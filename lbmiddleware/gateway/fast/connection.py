@@ -152,8 +152,10 @@ _VERSIONS = frozenset(("1.1", "1.0"))
 _METHODS = {method.encode("ascii"): method for method in (
     "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE")}
 
-# Header fields the connection reads itself, besides passing them on.
-_FRAMING = frozenset((b"content-length", b"transfer-encoding", b"expect"))
+# Header fields the connection reads itself, besides passing them on: the framing, Expect,
+# and those llhttp reads for keep-alive (it takes Proxy-Connection as Connection).
+_FRAMING = frozenset((b"content-length", b"transfer-encoding", b"expect", b"connection",
+                      b"proxy-connection"))
 
 
 class _BadRequest(Exception):
@@ -218,7 +220,7 @@ class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "loop", "state", "peer", "scheme", "transport", "_parser", "_dispatch", "_outbox",
         # the head being read
-        "_url", "_headers", "_length", "_expect", "_in_head", "_in_message",
+        "_url", "_headers", "_length", "_expect", "_connection", "_in_head", "_in_message",
         # the request being served, and those waiting
         "_busy", "_handler", "_current", "_keep_alive", "_expecting", "_wrote", "_queue",
         "_serving",
@@ -246,6 +248,7 @@ class ClientConnection(asyncio.Protocol):
         self._headers: list[tuple[bytes, bytes]] = _TRAILERS
         self._length: int | None = 0
         self._expect = False
+        self._connection = False        # the head has a Connection (or Proxy-Connection)
         self._in_head = False           # a head has begun and is not complete
         self._in_message = False        # a request's body is being read
         self._busy = False              # a request is being answered (until done())
@@ -363,6 +366,7 @@ class ClientConnection(asyncio.Protocol):
         self._headers = []
         self._length = 0
         self._expect = False
+        self._connection = False
         self._in_head = True
         self._head_size = 0
 
@@ -386,8 +390,10 @@ class ClientConnection(asyncio.Protocol):
                 self._length = int(value)       # (llhttp took digits only, and one field)
             elif name == b"transfer-encoding":
                 self._length = None             # (llhttp took chunked last only)
-            else:
+            elif name == b"expect":
                 self._expect = value.lower() == b"100-continue"
+            else:
+                self._connection = True
 
     def on_headers_complete(self) -> None:
         parser = self._parser
@@ -396,9 +402,15 @@ class ClientConnection(asyncio.Protocol):
         self._headers = _TRAILERS
         self._in_head = False
         self._head_read = 0
-        version = parser.get_http_version()
-        if version not in _VERSIONS:    # llhttp's HTTP/0.9 (its "headers" too) or 2.0
-            raise _BadRequest
+        keep_alive = parser.should_keep_alive()
+        if keep_alive and not self._connection:
+            # Only HTTP/1.1 keeps a connection without a Connection field (llhttp reads no
+            # version but 0.9, 1.0, 1.1 and 2.0): the version is not formatted for it.
+            version = "1.1"
+        else:
+            version = parser.get_http_version()
+            if version not in _VERSIONS:    # llhttp's HTTP/0.9 (its "headers" too) or 2.0
+                raise _BadRequest
         name = parser.get_method()
         method = _METHODS.get(name) or name.decode("ascii")
         if parser.should_upgrade():
@@ -429,7 +441,7 @@ class ClientConnection(asyncio.Protocol):
         request.query = query
         request.headers = headers
         request.version = version
-        request.keep_alive = version != "1.0" and parser.should_keep_alive()
+        request.keep_alive = keep_alive and version != "1.0"
         request.length = self._length
         # (an HTTP/1.0 client's is ignored: RFC 9110 10.1.1, it has no interim responses;
         # and so is one without a body: nothing is awaited)

@@ -333,6 +333,24 @@ def test_http_1_0_and_connection_close_end_the_connection_after_the_response():
     assert log == [("dispatch", "/a")] * 3          # nothing read after "close"
 
 
+@pytest.mark.parametrize("version", ["1.0", "1.1"])
+@pytest.mark.parametrize("field", [b"", b"Connection: close\r\n", b"Connection: keep-alive\r\n",
+                                   b"connection: Keep-Alive, x\r\n",
+                                   b"Proxy-Connection: keep-alive\r\n", b"Connection: x\r\n"])
+def test_each_requests_version_and_keep_alive_are_read_as_sent(version, field):
+    # (the version is read without formatting llhttp's numbers when only 1.1 can keep the
+    # connection: no Connection field and keep-alive; llhttp reads Proxy-Connection too)
+    async def scenario():
+        async with Server() as server:
+            reader, writer = await server.connect()
+            writer.write(b"GET / HTTP/%s\r\nHost: gw\r\n%s\r\n" % (version.encode(), field))
+            seen = json.loads((await read_response(reader))[2])
+            return seen["version"], seen["keep_alive"]
+
+    # (an HTTP/1.0 connection is not kept alive, even when it asks: uvicorn's reading)
+    assert run(scenario) == (version, version == "1.1" and b"close" not in field)
+
+
 def test_pipelined_requests_wait_for_the_response_before_them():
     async def scenario():
         async with Server() as server:
