@@ -63,11 +63,22 @@ class RoundRobin(Policy):
         return rotated
 
     def _next(self) -> BackendState:
+        classes = self._classes
+        if len(classes) == 1:
+            # One weight (every backend's, as a rule): the listed order, round and round.
+            # (Its count wraps at the class's size instead of at the period: the same
+            # position, and the step, which only weighs classes against each other, waits.)
+            entry = classes[0]
+            states = entry[1]
+            picks = entry[2]
+            entry[2] = picks + 1 if picks + 1 < len(states) else 0
+            single: BackendState = states[picks]
+            return single
         self._step += 1
         step, total = self._step, self._total
         best: Any = None
         best_current = best_position = 0
-        for entry in self._classes:
+        for entry in classes:
             weight, states, picks, positions = entry
             size = len(states)
             current = step * weight - total * (picks // size)
