@@ -342,27 +342,36 @@ class Completion:
         came from), passed on to the balancer's ``report`` (:class:`Reporter`); None: the
         balancer reads its timer. Not with ``wait=False``
         (applied later, at the time it is applied)."""
+        if wait:
+            self._report(outcome.ok, outcome.latency, outcome.bytes_sent,
+                         outcome.bytes_received, outcome.status, now)
+            return
         # (_end, inlined: once per attempt)
         try:
             self._open.pop()
         except IndexError:
             return                  # already ended
-        if wait:
-            if now is None:
-                self._balancer.report(self.backend, outcome.ok, outcome.latency,
-                                      bytes_sent=outcome.bytes_sent,
-                                      bytes_received=outcome.bytes_received,
-                                      status=outcome.status)
-            else:
-                self._balancer.report(self.backend, outcome.ok, outcome.latency,
-                                      bytes_sent=outcome.bytes_sent,
-                                      bytes_received=outcome.bytes_received,
-                                      status=outcome.status, now=now)
+        self._balancer.report_later(self.backend, outcome.ok, outcome.latency,
+                                    bytes_sent=outcome.bytes_sent,
+                                    bytes_received=outcome.bytes_received,
+                                    status=outcome.status)
+
+    def _report(self, ok: bool, latency: float | None, bytes_sent: int, bytes_received: int,
+                status: int | None, now: float | None) -> None:
+        """:meth:`done` of an outcome with these fields (waiting for the lock): the attempt
+        loop ends its answered attempt here without building that outcome, once per request.
+        """
+        # (_end, inlined: once per attempt)
+        try:
+            self._open.pop()
+        except IndexError:
+            return                  # already ended
+        if now is None:
+            self._balancer.report(self.backend, ok, latency, bytes_sent=bytes_sent,
+                                  bytes_received=bytes_received, status=status)
         else:
-            self._balancer.report_later(self.backend, outcome.ok, outcome.latency,
-                                        bytes_sent=outcome.bytes_sent,
-                                        bytes_received=outcome.bytes_received,
-                                        status=outcome.status)
+            self._balancer.report(self.backend, ok, latency, bytes_sent=bytes_sent,
+                                  bytes_received=bytes_received, status=status, now=now)
 
     def release(self, *, wait: bool = True) -> None:
         """End without an outcome: the pick no longer counts in flight. ``wait=False``: the
@@ -474,12 +483,12 @@ class Attempts:
     def start(self) -> Backend:
         """The first attempt's backend. Raises :class:`NoHealthyBackend` when the pool has
         none to offer."""
-        # (_begin, inlined: once per request)
+        # (_begin, inlined: once per request; positional arguments cost less than keywords)
         now = self._now
         if now is None:
-            completion = self._balancer.begin(self.key, prefer=self.prefer)
+            completion = self._balancer.begin(self.key, (), self.prefer)
         else:
-            completion = self._balancer.begin(self.key, prefer=self.prefer, now=now)
+            completion = self._balancer.begin(self.key, (), self.prefer, now)
         self._current = completion
         backend = completion.backend
         self.tried.append(backend)
@@ -592,11 +601,10 @@ class Attempts:
         head (a streamed upload), else ``answered``'s. ``now`` as for :meth:`end`."""
         current = self._current
         if current is not None:
-            # (ok, latency, sent, timeout, status, bytes_sent, bytes_received, error)
-            current.done(_new_outcome((answered.ok, answered.latency, answered.sent,
-                                       answered.timeout, answered.status,
-                                       answered.bytes_sent if bytes_sent is None
-                                       else bytes_sent, received, answered.error)), now=now)
+            # (done() of that outcome, without building it: once per request)
+            current._report(answered.ok, answered.latency,
+                            answered.bytes_sent if bytes_sent is None else bytes_sent,
+                            received, answered.status, now)
 
     def client_left(self, answered: Outcome | None, received: int) -> None:
         """The client went away (closed, reset, timed out) before its response was whole.

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sized
 from typing import TYPE_CHECKING, Protocol
 
-from .attempts import Completion, Outcome
+from .attempts import Completion
 
 if TYPE_CHECKING:
     from .backend import Backend
@@ -116,7 +116,20 @@ class Lane:
     def begin(self, key: str | None = None, exclude: Collection[Backend] = (),
               prefer: str | None = None, now: float | None = None) -> Completion:
         """:meth:`Balancer.begin`: its handle ends through this lane."""
-        backend = self.pick(key, exclude, prefer, now)
+        pool = self.balancer
+        if pool._owner is not self._owner:
+            backend = pool.pick(key, exclude, prefer, now)
+        else:
+            # (pick, inlined: once per request)
+            try:
+                state = pool._take(key, exclude, prefer, now)
+            except BaseException:
+                if pool._outbox:
+                    pool._deliver()
+                raise
+            if pool._outbox:
+                pool._deliver_pick(state)
+            backend = state.backend
         # (Completion.__init__'s three fields, set here: a frame less per request)
         handle = _new_handle(_LaneCompletion)
         handle.backend = backend
@@ -134,18 +147,6 @@ class Lane:
                         bytes_received=bytes_received, status=status, now=now)
             return
         pool._report_now(backend, ok, latency, bytes_sent, bytes_received, status, now)
-        if pool._outbox:
-            pool._deliver()
-
-    def _done(self, backend: Backend, outcome: Outcome, now: float | None) -> None:
-        """:meth:`report` of ``outcome`` (a completion's end: its fields, no keywords)."""
-        pool = self.balancer
-        if pool._owner is not self._owner:
-            pool.report(backend, outcome.ok, outcome.latency, bytes_sent=outcome.bytes_sent,
-                        bytes_received=outcome.bytes_received, status=outcome.status, now=now)
-            return
-        pool._report_now(backend, outcome.ok, outcome.latency, outcome.bytes_sent,
-                         outcome.bytes_received, outcome.status, now)
         if pool._outbox:
             pool._deliver()
 
@@ -211,10 +212,8 @@ class _LaneCompletion(Completion):
     __slots__ = ()
     _balancer: Lane
 
-    def done(self, outcome: Outcome, *, wait: bool = True, now: float | None = None) -> None:
-        if not wait:
-            super().done(outcome, wait=False)
-            return
+    def _report(self, ok: bool, latency: float | None, bytes_sent: int, bytes_received: int,
+                status: int | None, now: float | None) -> None:
         try:
             self._open.pop()
         except IndexError:
@@ -222,14 +221,12 @@ class _LaneCompletion(Completion):
         lane = self._balancer
         pool = lane.balancer
         if pool._owner is lane._owner:
-            pool._report_now(self.backend, outcome.ok, outcome.latency, outcome.bytes_sent,
-                             outcome.bytes_received, outcome.status, now)
+            pool._report_now(self.backend, ok, latency, bytes_sent, bytes_received, status, now)
             if pool._outbox:
                 pool._deliver()
         else:
-            pool.report(self.backend, outcome.ok, outcome.latency,
-                        bytes_sent=outcome.bytes_sent, bytes_received=outcome.bytes_received,
-                        status=outcome.status, now=now)
+            pool.report(self.backend, ok, latency, bytes_sent=bytes_sent,
+                        bytes_received=bytes_received, status=status, now=now)
 
 
 _new_handle = object.__new__
