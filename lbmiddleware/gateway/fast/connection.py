@@ -226,7 +226,7 @@ class ClientConnection(asyncio.Protocol):
         "_serving",
         "_upgrade", "_bad", "_head_size", "_head_read",
         # the connection
-        "_open", "_closing", "_reading", "_body_paused", "_writing_paused", "_writable",
+        "_open", "_closing", "_reading", "_body_paused", "writing_paused", "_writable",
         "_limit", "_kept_alive", "_timer", "_timer_at", "_cut", "_lingering",
     )
 
@@ -269,7 +269,8 @@ class ClientConnection(asyncio.Protocol):
         self._lingering = False         # answered, closing: the rest of the body is dropped
         self._reading = True
         self._body_paused = False
-        self._writing_paused = False
+        #: The client's transport buffer is full: the handler waits for :meth:`on_writable`.
+        self.writing_paused = False
         self._writable: Callable[[], None] | None = None
         self._limit = 0.0               # loop time at which the connection is closed; 0: none
         self._kept_alive = False        # that limit is the keep-alive one (idle)
@@ -343,10 +344,10 @@ class ClientConnection(asyncio.Protocol):
             handler.client_lost()
 
     def pause_writing(self) -> None:
-        self._writing_paused = True
+        self.writing_paused = True
 
     def resume_writing(self) -> None:
-        self._writing_paused = False
+        self.writing_paused = False
         callback = self._writable
         if callback is not None:
             self._writable = None
@@ -448,7 +449,7 @@ class ClientConnection(asyncio.Protocol):
         request.expect_continue = self._expect and version != "1.0" and self._length != 0
         request.arrived = _monotonic()
         self._in_message = True
-        if self._busy or self._writing_paused:
+        if self._busy or self.writing_paused:
             # pipelined: it waits for the response before it, and for the client to read
             # the responses written (else a client that never reads has them all held)
             queued = _Queued(request)
@@ -492,15 +493,10 @@ class ClientConnection(asyncio.Protocol):
             self._outbox.flush()        # (what was written before goes first)
             self.transport.writelines(parts)
 
-    @property
-    def writing_paused(self) -> bool:
-        """The client's transport buffer is full: wait for :meth:`on_writable`."""
-        return self._writing_paused
-
     def on_writable(self, callback: Callable[[], None]) -> None:
         """``callback()`` once, when the client's buffer has drained (at once if it has);
         never once the client is gone (the handler hears :meth:`Handler.client_lost`)."""
-        if not self._writing_paused:
+        if not self.writing_paused:
             callback()
         elif self._open:
             self._writable = callback
@@ -542,7 +538,7 @@ class ClientConnection(asyncio.Protocol):
             else:
                 self._close()
         elif self._queue or not self._reading or self._bad is not None \
-                or self._upgrade is not None or self._writing_paused:
+                or self._upgrade is not None or self.writing_paused:
             if not self._serving:
                 self._serve_next()
         else:           # (a body still coming is dropped for the keep-alive time at most)
@@ -616,7 +612,7 @@ class ClientConnection(asyncio.Protocol):
         self._serving = True
         try:
             while self._queue and not self._busy and self._open \
-                    and not self._writing_paused:
+                    and not self.writing_paused:
                 queued = self._queue.popleft()
                 self._start(queued.request, queued)
         except Exception:           # (a bug: the connection must not hang on it)
@@ -626,7 +622,7 @@ class ClientConnection(asyncio.Protocol):
             self._serving = False
         if self._busy or not self._open:
             self._update_reading()
-        elif self._writing_paused:
+        elif self.writing_paused:
             if not self._queue:
                 self._idle()            # (the keep-alive limit: it may never read)
             self._update_reading()
@@ -694,7 +690,7 @@ class ClientConnection(asyncio.Protocol):
         hand-off due, and, between requests, a client that reads what was written."""
         reading = not (self._body_paused or self._queue or self._bad is not None
                        or self._upgrade is not None
-                       or (self._writing_paused and not self._busy))
+                       or (self.writing_paused and not self._busy))
         if reading is not self._reading and self._open:
             self._reading = reading
             if reading:
