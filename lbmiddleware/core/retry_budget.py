@@ -24,7 +24,7 @@ class RetryBudget:
     """Requests and retries per second over a sliding window, and the rule between them."""
 
     __slots__ = ("ratio", "min_per_second", "ttl", "exhausted", "_requests", "_retries",
-                 "_request_total", "_retry_total", "_second", "_slots")
+                 "_retry_total", "_second", "_slots", "_index", "_from", "_until")
 
     def __init__(self, ratio: float, min_per_second: float, ttl: float) -> None:
         if not ratio >= 0 or math.isinf(ratio):
@@ -40,11 +40,16 @@ class RetryBudget:
         self.ttl = ttl
         self.exhausted = 0                      # retries refused, since the start
         self._slots = math.ceil(ttl)
-        self._requests = [0] * self._slots      # per second, a ring
+        # Per second, a ring. The requests are summed when a retry asks (a few a second at
+        # most), not kept as a total that every request would add to.
+        self._requests = [0] * self._slots
         self._retries = [0] * self._slots
-        self._request_total = 0                 # sums of the ring
-        self._retry_total = 0
+        self._retry_total = 0                   # the sum of _retries
         self._second: int | None = None         # the second of the current slot
+        # The current slot's index, and the clock readings it covers: [_from, _until).
+        self._index = 0
+        self._from = math.inf
+        self._until = -math.inf
 
     def _advance(self, now: float) -> int:
         """The current slot's index at ``now``, once the slots that fell out of the window
@@ -56,37 +61,37 @@ class RetryBudget:
             if current is None or second - current >= slots or second < current:
                 self._requests = [0] * slots
                 self._retries = [0] * slots
-                self._request_total = self._retry_total = 0
+                self._retry_total = 0
             else:
                 requests, retries = self._requests, self._retries
                 for passed in range(current + 1, second + 1):
                     index = passed % slots
-                    self._request_total -= requests[index]
                     self._retry_total -= retries[index]
                     requests[index] = retries[index] = 0
             self._second = second
-        return second % slots
+            self._index = second % slots
+            self._from = second
+            self._until = second + 1
+        return self._index
 
     def deposit(self, now: float) -> None:
         """One original request (a first attempt) at ``now``."""
-        second = self._second
-        if second is not None and second <= now < second + 1:
-            index = second % self._slots    # (the current slot: _advance has nothing to do)
+        if self._from <= now < self._until:
+            index = self._index     # (the current slot: _advance has nothing to do)
         else:
             index = self._advance(now)      # (first: it may replace the lists)
         self._requests[index] += 1
-        self._request_total += 1
 
     def available(self, now: float) -> float:
         """Retries that may be made at ``now`` (may be fractional; below 1: none)."""
         self._advance(now)
-        return (self.ratio * self._request_total + self.min_per_second * self.ttl
+        return (self.ratio * sum(self._requests) + self.min_per_second * self.ttl
                 - self._retry_total)
 
     def try_spend(self, now: float) -> bool:
         """Spend one retry at ``now`` if the budget holds one; else count it as refused."""
         index = self._advance(now)
-        if self._retry_total + 1 > (self.ratio * self._request_total
+        if self._retry_total + 1 > (self.ratio * sum(self._requests)
                                     + self.min_per_second * self.ttl):
             self.exhausted += 1
             return False
@@ -110,7 +115,7 @@ class RetryBudget:
         """The budget as ``pool_stats()`` shows it."""
         available = self.available(now)
         return {"ratio": self.ratio, "min_per_second": self.min_per_second, "ttl": self.ttl,
-                "requests": self._request_total, "retries": self._retry_total,
+                "requests": sum(self._requests), "retries": self._retry_total,
                 "available": max(0.0, available), "exhausted_total": self.exhausted}
 
     def __repr__(self) -> str:
