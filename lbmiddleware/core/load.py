@@ -191,8 +191,8 @@ class PeakEwma:
     def observe(self, latency: LatencyEstimate, sample: float, now: float) -> None:
         """Fold one sample (seconds) into the estimate."""
         rtt = latency.rtt
-        if rtt is None:
-            latency.rtt = sample
+        if rtt is None or sample > rtt:
+            latency.rtt = sample        # (a peak whatever the decay, which is at most 1)
         else:
             elapsed = now - latency.stamp
             decay = math.exp(-elapsed / self.tau) if elapsed > 0 else 1.0
