@@ -57,16 +57,16 @@ import httptools
 from ...core.backend import Backend
 from ...upstream.deadlines import Deadlines
 from ...upstream.errors import (
-    ConnectError,
-    ConnectTimeout,
+    CONNECT_FAILURES,
     ProtocolError,
     ReadTimeout,
     StaleConnection,
     TLSError,
     UpstreamError,
+    connect_error,
 )
 from ...upstream.parser import MAX_HEAD
-from ...upstream.pool import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_IDLE
+from ...upstream.pool import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_IDLE, forget_pools, pool_for
 from ...upstream.tls import handshake_verdict, system_ssl_context, tls_failure_text
 from .outbox import Outbox
 
@@ -417,7 +417,8 @@ class UpstreamConnection(asyncio.Protocol):
             pool.deadlines.cancel(self._timer)
             self._set_timer(now, max(_SHORTEST, limit - now))
         transport = self.transport
-        assert transport is not None
+        if transport is None:
+            raise RuntimeError("a call started on a connection not made")
         self._starting = True
         pool.outbox.write(transport, data, self._write_refused)
         self._starting = False
@@ -505,7 +506,8 @@ class UpstreamConnection(asyncio.Protocol):
             self._fresh = False
             self._answered = True
             call = self._call
-            assert call is not None
+            if call is None:
+                raise RuntimeError("a response on a connection without its call")
             call.follows = True if self._pieces or self._complete else False
             resumed = False
             if call._streaming:             # answered before the upload ended: it stops
@@ -664,7 +666,8 @@ class UpstreamConnection(asyncio.Protocol):
         if status > 599:
             raise ProtocolError(f"the backend's status {status} is outside 100-599")
         headers = self._headers
-        assert headers is not None
+        if headers is None:             # (llhttp ends the head once: trailers are not one)
+            raise ProtocolError("a second response head in one response")
         length = self._length
         chunked = self._chunked
         keep_alive = parser.should_keep_alive()
@@ -713,7 +716,8 @@ class UpstreamConnection(asyncio.Protocol):
         receiver hears of it."""
         call = self._call
         receiver = self._receiver
-        assert call is not None
+        if call is None:
+            raise RuntimeError("a response's end on a connection without its call")
         self._call = None
         self._receiver = _NOBODY
         call.connection = None
@@ -950,7 +954,6 @@ class BackendPool:
             left = call._limit - loop.time()
             if left < wait:
                 wait, cut = max(_SHORTEST, left), True
-        error: UpstreamError
         try:
             await asyncio.wait_for(
                 loop.create_connection(lambda: connection, backend.host, backend.port,
@@ -960,17 +963,8 @@ class BackendPool:
             if connection.transport is not None:
                 connection.transport.abort()
             raise
-        except asyncio.TimeoutError:        # (an OSError too, since 3.11: first)
-            error = ConnectTimeout(f"connecting to {backend.url} timed out")
-            error.deadline = cut
-        except ssl_module.SSLError as exc:
-            # Not raised from the handler: an OSError as its context would be read for an
-            # errno (failure_text), and an SSLError's errno is no system error's.
-            error = TLSError(tls_failure_text(exc))
-            error.__cause__ = exc
-        except OSError as exc:
-            error = ConnectError(f"cannot connect to {backend.url}: {exc.strerror or exc}")
-            error.__context__ = exc             # (failure_text reads its errno)
+        except CONNECT_FAILURES as exc:     # (the coroutine client's table)
+            error = connect_error(exc, backend, cut=cut)
         else:
             self.opened += 1
             call._task = None
@@ -1045,16 +1039,18 @@ class UpstreamPools:
         self._pools: dict[str, BackendPool] = {}
 
     def pool(self, backend: Backend) -> BackendPool:
-        """The pool for ``backend`` (same URL and server name, same pool)."""
+        """The pool for ``backend`` (same URL and server name, same pool:
+        :func:`~lbmiddleware.upstream.pool.pool_for`)."""
         pool = self._pools.get(backend.url)
-        if pool is None or pool.backend.server_name != backend.server_name:
-            if pool is not None:
-                pool.leave()            # (its connections answer to the old name)
-            pool = self._pools[backend.url] = BackendPool(
-                backend, connect_timeout=self.connect_timeout, read_timeout=self.read_timeout,
-                loop=self.loop, deadlines=self.deadlines, ssl=self.ssl, max_idle=self.max_idle,
-                idle_timeout=self.idle_timeout, outbox=self.outbox)
-        return pool
+        if pool is not None and pool.backend is backend:
+            return pool                 # (the backend it was made for: once per request)
+        return pool_for(self._pools, backend, self._make)
+
+    def _make(self, backend: Backend) -> BackendPool:
+        return BackendPool(
+            backend, connect_timeout=self.connect_timeout, read_timeout=self.read_timeout,
+            loop=self.loop, deadlines=self.deadlines, ssl=self.ssl, max_idle=self.max_idle,
+            idle_timeout=self.idle_timeout, outbox=self.outbox)
 
     def pools(self) -> tuple[BackendPool, ...]:
         """The pools held now: one per backend used and not forgotten since."""
@@ -1063,10 +1059,7 @@ class UpstreamPools:
     def forget(self, backends: Iterable[Backend]) -> None:
         """``backends`` left: their idle connections close now, the busy ones after their
         response, and one that comes back gets a new pool. Safe from any thread."""
-        for backend in backends:
-            pool = self._pools.pop(backend.url, None)
-            if pool is not None:
-                pool.leave()
+        forget_pools(self._pools, backends)
 
     def close(self) -> None:
         """Close every idle connection; the busy ones close after their response (and no
