@@ -277,9 +277,9 @@ class FastExchange:
     def _start(self) -> None:
         route = self.route
         now = _monotonic()          # the deadline's start, the pick's time, the attempt's
+        # (by position: a class called with keywords builds a dict of them)
         self.attempts = attempts = Attempts(route.picker, route.rule, self.method, self.key,
-                                            prefer=self.prefer, timeout=route.timeout,
-                                            now=now)
+                                            self.prefer, route.timeout, now)
         try:
             backend = attempts.start()
         except NoHealthyBackend:
