@@ -62,7 +62,19 @@ class RoundRobin(Policy):
             rotated[weight] = states[start:] + states[:start]
         return rotated
 
-    def _next(self) -> BackendState:
+    def pick(self, members: Members, key: str | None, exclude: Exclude,
+             now: float | None = None) -> BackendState:
+        if members.generation != self._generation:
+            self._reset(members)
+        if exclude:
+            # A retry: walk the sequence to the next backend not tried yet (bounded), as nginx
+            # skips the peers it has tried; fall back to a weighted choice.
+            for _ in range(2 * len(members) + 2):
+                following = self.pick(members, key, (), now)       # the sequence's next
+                if following not in exclude:
+                    return following
+            return self._weighted_choice(members, exclude)
+        # The sequence's next (here, not in a method of its own: a call less per request).
         classes = self._classes
         if len(classes) == 1:
             # One weight (every backend's, as a rule): the listed order, round and round.
@@ -90,21 +102,7 @@ class RoundRobin(Policy):
         best[2] = picks + 1
         if self._step == total:           # one full period: every class back to its start
             self._step = 0
-            for entry in self._classes:
+            for entry in classes:
                 entry[2] = 0
         state: BackendState = best[1][picks % len(best[1])]
         return state
-
-    def pick(self, members: Members, key: str | None, exclude: Exclude,
-             now: float | None = None) -> BackendState:
-        if members.generation != self._generation:
-            self._reset(members)
-        if not exclude:
-            return self._next()
-        # A retry: walk the sequence to the next backend not tried yet (bounded), as nginx
-        # skips the peers it has tried; fall back to a weighted choice.
-        for _ in range(2 * len(members) + 2):
-            state = self._next()
-            if state not in exclude:
-                return state
-        return self._weighted_choice(members, exclude)
