@@ -975,13 +975,15 @@ class Balancer:
             if self._timed:
                 self._tick(now)
         members = self._all if self._panic else self._healthy
-        excluded = self._exclude_states(exclude, members) if exclude else _NONE
-        if len(excluded) >= len(members.states):
-            members, excluded = self._widen(members, excluded, exclude)   # or raises
-        state = None
-        if prefer is not None:
-            state = self._preferred(prefer, members, excluded)
-        if state is None:
+        if exclude:
+            excluded = self._exclude_states(exclude, members)
+            if len(excluded) >= len(members.states):
+                members, excluded = self._widen(members, excluded, exclude)   # or raises
+        elif members.states:
+            excluded = _NONE
+        else:
+            members, excluded = self._widen(members, _NONE, exclude)          # or raises
+        if prefer is None or (state := self._preferred(prefer, members, excluded)) is None:
             state = self._policy.pick(members, key, excluded, now)
         state.in_flight += 1
         if self._follows:
