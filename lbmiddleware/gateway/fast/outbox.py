@@ -22,9 +22,12 @@ and the transport's flow control sees it as it comes.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 
 __all__ = ["Outbox", "HOLD_LIMIT"]
+
+logger = logging.getLogger("lbmiddleware.gateway")
 
 #: Bytes held at most; a write that takes the outbox past it is made at once, with all
 #: that was held before it.
@@ -70,6 +73,8 @@ class Outbox:
             except RuntimeError:        # (uvloop: the transport is closed)
                 if refused is not None:
                     refused()
+            except Exception:           # (a bug: the other writes still go)
+                logger.exception("a write of the fast server failed")
 
     def held(self) -> int:
         """Bytes held now."""

@@ -109,6 +109,23 @@ def test_a_transport_closed_meanwhile_is_told_and_the_others_still_written():
     assert run(scenario) == (["told"], [("other", b"fine")])
 
 
+def test_a_write_that_fails_otherwise_is_logged_and_the_others_still_written(caplog):
+    class Broken(Transport):
+        def write(self, data: bytes) -> None:
+            raise TypeError("a bug")
+
+    async def scenario():
+        log: list[tuple[str, object]] = []
+        outbox = Outbox(asyncio.get_running_loop())
+        outbox.write(Broken(log, "broken"), b"x")
+        outbox.write(Transport(log, "other"), b"fine")
+        await asyncio.sleep(0)
+        return log
+
+    assert run(scenario) == [("other", b"fine")]
+    assert "a write of the fast server failed" in caplog.text
+
+
 # -- the connections write through it -----------------------------------------------------
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
