@@ -414,7 +414,9 @@ class ClientConnection(asyncio.Protocol):
                 raise _BadRequest
         name = parser.get_method()
         method = _METHODS.get(name) or name.decode("ascii")
-        if parser.should_upgrade():
+        # (llhttp upgrades CONNECT, or a request whose Connection, or Proxy-Connection, says
+        # "upgrade": without either, it is not asked)
+        if (self._connection or method == "CONNECT") and parser.should_upgrade():
             self._current = None
             self._upgrade = b"".join(
                 [method.encode(), b" ", url, b" HTTP/", version.encode(), b"\r\n",

@@ -771,6 +771,27 @@ def test_connect_is_handed_off_too():
     assert run(scenario) == b"CONNECT example.com:443 HTTP/1.1\r\nhost: example.com:443\r\n\r\nxyz"
 
 
+@pytest.mark.parametrize("fields, handed", [
+    (b"Upgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n", True),
+    (b"Upgrade: websocket\r\nProxy-Connection: upgrade\r\n", True),     # (llhttp's reading)
+    (b"Upgrade: websocket\r\n", False),            # no Connection: upgrade, served here
+    (b"Connection: upgrade\r\n", False),           # nothing to upgrade to
+])
+def test_an_upgrade_is_what_llhttp_reads_as_one(fields, handed):
+    async def scenario():
+        async with Server() as server:
+            reader, writer = await server.connect()
+            writer.write(b"GET /x HTTP/1.1\r\nHost: gw\r\n" + fields + b"\r\n")
+            line = await asyncio.wait_for(reader.readline(), 5)
+            return line, len(server.handed), server.dispatcher.log
+
+    line, count, log = run(scenario)
+    if handed:
+        assert (line, count, log) == (b"handed off\n", 1, [])
+    else:
+        assert (line, count, log) == (b"HTTP/1.1 200 OK\r\n", 0, [("dispatch", "/x")])
+
+
 async def websocket_echo(scope, receive, send):
     """An ASGI app: a WebSocket that echoes text with the path, and a 200 for HTTP."""
     if scope["type"] == "http":
