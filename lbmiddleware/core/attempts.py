@@ -165,10 +165,11 @@ class RetryRule:
         return (not outcome.ok and self._has_retries_left(attempts)
                 and (not outcome.sent or self._may_resend(method, replayable)))
 
-    def outcome(self, status: int, latency: float | None = None, *, bytes_sent: int = 0,
+    def outcome(self, status: int, latency: float | None = None, bytes_sent: int = 0,
                 bytes_received: int = 0) -> Outcome:
         """The outcome of an attempt answered with ``status``: a failure when the status
-        is in ``fail_statuses``."""
+        is in ``fail_statuses``. (The byte counts are not keyword-only: a keyword-only
+        default costs a dict lookup per call, and this is one per response.)"""
         # (ok, latency, sent, timeout, status, bytes_sent, bytes_received, error)
         return _new_outcome(Outcome, (status not in self.fail_statuses, latency, True, False,
                                       status, bytes_sent, bytes_received, None))
@@ -435,7 +436,8 @@ class Attempts:
     :meth:`retry`, :meth:`end` and :meth:`end_failed` take a fresh reading the same way.
 
     A front-end that makes one per request passes ``prefer``, ``timeout`` and ``now`` by
-    position: calling a class with keywords builds a dict of them, a third of its cost.
+    position: calling a class with keywords builds a dict of them, a third of its cost (and
+    ``timer`` is not keyword-only: a keyword-only default costs a dict lookup per call).
     """
 
     __slots__ = ("_balancer", "rule", "method", "key", "tried", "_current", "prefer",
@@ -443,7 +445,7 @@ class Attempts:
 
     def __init__(self, balancer: Picker, rule: RetryRule, method: str = "GET",
                  key: str | None = None, prefer: str | None = None, timeout: float = 0.0,
-                 now: float | None = None, *,
+                 now: float | None = None,
                  timer: Callable[[], float] = time.monotonic) -> None:
         self._balancer = balancer
         self.rule = rule

@@ -1183,11 +1183,12 @@ class Balancer:
                                  deferred=True)
 
     def _report_now(self, backend: Backend, ok: bool, latency: float | None, sent: int,
-                    received: int, status: int | None, now: float | None, *,
+                    received: int, status: int | None, now: float | None,
                     deferred: bool = False) -> None:
         """:meth:`report`'s change, its events posted: holding the lock, or on the owner's
         thread (the :class:`~.lane.Lane`'s report, the same steps). The deferred ends are
-        applied first, unless this is one of them (``deferred``: :meth:`_apply_deferred`)."""
+        applied first, unless this is one of them (``deferred``: :meth:`_apply_deferred`; not
+        keyword-only: a keyword-only default costs a dict lookup per call)."""
         if self._deferred and not deferred:
             self._apply_deferred()
         try:
