@@ -131,7 +131,7 @@ class Forwarder:
         ``backend`` (``secure``: the client's scheme is https). Names as they came: the ASGI
         exchange lower-cases them. One step for every front-end of the middleware (the ASGI
         exchange, the gateway's fast server)."""
-        out = BINARY.response_headers(headers, self.redirects.bind(backend, request_headers))
+        out = BINARY.response_headers(headers, self.redirects, backend, request_headers)
         if status in NO_BODY_STATUSES:
             # A 304 may state its 200's length (RFC 9110 8.6); a server that checks the body
             # against it (uvicorn) would cut the connection: no body, no length.

@@ -18,7 +18,8 @@ import operator
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, AnyStr, Generic, NamedTuple
 
-from .redirects import REDIRECT_HEADERS, Rewrite
+from ..core.backend import Backend
+from .redirects import REDIRECT_HEADERS, RedirectRule, Rewrite
 from .refusals import NotProxied, UnsafeRequest
 
 __all__ = [
@@ -334,12 +335,18 @@ class HeaderRules(Generic[AnyStr]):
         return out, framing
 
     def response_headers(self, headers: Sequence[tuple[AnyStr, AnyStr]],
-                         rewrite: Rewrite | None = None) -> list[tuple[AnyStr, AnyStr]]:
+                         rewrite: Rewrite | RedirectRule | None = None,
+                         backend: Backend | None = None,
+                         origin: Sequence[tuple[AnyStr, AnyStr]] | Callable[[], str | None]
+                         | None = None) -> list[tuple[AnyStr, AnyStr]]:
         """The upstream response's headers for the client: hop-by-hop ones, ``Date`` and
         ``Server`` (:data:`HIDDEN`) dropped, ``Location``, ``Content-Location`` and
         ``Refresh`` given to ``rewrite`` (a bound :class:`~.redirects.RedirectRule`: its new
         value, or None to keep the header as it came) when they hold ``//`` (a relative
-        reference, the usual redirect, is left as it is: not asked).
+        reference, the usual redirect, is left as it is: not asked). ``rewrite`` may be the
+        rule itself with the ``backend`` that answered and the ``origin`` to bind it to
+        (:meth:`~.redirects.RedirectRule.bind`'s): it is bound only when a header needs it,
+        so that most responses (none does) make no bound rule.
 
         Repeated headers (``Set-Cookie``) stay as they are. When the upstream sent
         ``Transfer-Encoding``, its Content-Length is dropped too (RFC 9112 §6.3).
@@ -357,6 +364,11 @@ class HeaderRules(Generic[AnyStr]):
             elif action >= _REWRITE:
                 # (a value without "//" is a relative reference: never rewritten, not asked)
                 if rewrite is not None and value.find(self._slashes) != -1:
+                    if isinstance(rewrite, RedirectRule):
+                        if backend is None or origin is None:
+                            raise TypeError("a RedirectRule is bound to a backend and an "
+                                            "origin")
+                        rewrite = rewrite.bind(backend, origin)
                     new = rewrite(_REDIRECT_NAMES[action - _REWRITE], self._text(value))
                     if new is not None:
                         value = self._word(new)

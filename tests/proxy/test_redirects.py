@@ -178,3 +178,27 @@ def test_response_headers_lose_the_backends_date_and_server_and_rewrite_redirect
     # without a rule, redirects pass as they came
     assert TEXT.response_headers([("Location", "http://127.0.0.1:8001/new")]) == [
         ("Location", "http://127.0.0.1:8001/new")]
+
+
+def test_response_headers_bind_an_unbound_rule_only_when_a_header_needs_it():
+    headers = [("Location", "http://127.0.0.1:8001/new"), ("X-Other", "v"),
+               ("Content-Location", "http://127.0.0.1:8001/other")]
+    upstream = [("X-Forwarded-Proto", "http"), ("X-Forwarded-Host", "front.example")]
+    rule = RedirectRule("/api", True)
+    expected = TEXT.response_headers(headers, rule.bind(BACKEND, upstream))
+    assert TEXT.response_headers(headers, rule, BACKEND, upstream) == expected == [
+        ("Location", "http://front.example/api/new"), ("X-Other", "v"),
+        ("Content-Location", "http://front.example/api/other")]
+    origins: list[str] = []
+
+    def origin() -> str:
+        origins.append("read")
+        return "http://front.example"
+
+    assert TEXT.response_headers(headers, rule, BACKEND, origin) == expected
+    assert origins == ["read"]          # bound once, for both headers
+    assert TEXT.response_headers([("Location", "/rel")], rule, BACKEND, origin) == [
+        ("Location", "/rel")]
+    assert origins == ["read"]          # a relative one: never bound
+    with pytest.raises(TypeError):
+        TEXT.response_headers(headers, rule)
