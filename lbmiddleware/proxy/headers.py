@@ -204,7 +204,7 @@ class HeaderRules(Generic[AnyStr]):
         dashed = lower.replace(self._underscore, self._dash)
         return dashed in self._guarded or dashed.startswith(self._guarded_prefixes)
 
-    def request_headers(self, headers: Sequence[tuple[AnyStr, AnyStr]], *, peer: str | None,
+    def request_headers(self, headers: Sequence[tuple[AnyStr, AnyStr]], peer: str | None,
                         scheme: str, upstream_host: AnyStr | None = None,
                         preserve_host: bool = False,
                         trusted_peer: bool = False) -> list[tuple[AnyStr, AnyStr]]:
@@ -222,7 +222,8 @@ class HeaderRules(Generic[AnyStr]):
           from a ``trusted_peer`` that already set them, its values are kept.
 
         Raises :class:`UnsafeRequest` if a name or value holds CR, LF or NUL, and
-        :class:`NotProxied` for a WebSocket handshake.
+        :class:`NotProxied` for a WebSocket handshake. (Positional arguments are taken
+        too: fewer to bind on a front-end's every request.)
         """
         return self._request(headers, peer, scheme, upstream_host, preserve_host,
                              trusted_peer)[0]
