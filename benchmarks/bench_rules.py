@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import re
 import statistics
 import subprocess
@@ -218,7 +219,14 @@ def project_response(package: Any, redirect_module: Any
     def response(headers: list[tuple[bytes, bytes]], upstream: list[tuple[bytes, bytes]]
                  ) -> list[tuple[bytes, bytes]]:
         return rules.response_headers(headers, rule.bind(BACKEND, upstream))
-    return response
+
+    def bound_when_needed(headers: list[tuple[bytes, bytes]],
+                          upstream: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        return rules.response_headers(headers, rule, BACKEND, upstream)
+    # the rule bound only when a header needs it (as Forwarder.response_headers does) came
+    # with issue 16
+    lazy = "backend" in inspect.signature(rules.response_headers).parameters
+    return bound_when_needed if lazy else response
 
 
 def load_before(revision: str, into: Path) -> tuple[Any, Any] | None:
