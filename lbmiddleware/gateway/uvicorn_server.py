@@ -22,7 +22,7 @@ from ..proxy.access import logger as access_logger
 from ..proxy.settings import ProxySettings
 from ..upstream.websocket import MAX_MESSAGE
 from .app import make_app
-from .fast.connection import MAX_HEAD
+from .fast.connection import MAX_HEAD, MAX_HEAD_READ
 from .logs import RefusalWarnings, server_log_level, settings_logging_config
 from .tls import check_certificate
 
@@ -141,6 +141,9 @@ def uvicorn_protocol(settings: GatewaySettings, *, access_log: bool = False) -> 
 
         _in_head = False
         _head_size = 0          # bytes of the head being read (request line and fields)
+        _head_read = 0          # bytes read while it is incomplete (see MAX_HEAD_READ)
+        _body_size = 0          # body bytes of the request being read
+        _read_used = 0          # bytes of this read the requests ended in it took
         _head_refused = False
         _head_timer: asyncio.TimerHandle | None = None
         _close_timer: asyncio.TimerHandle | None = None
@@ -148,15 +151,20 @@ def uvicorn_protocol(settings: GatewaySettings, *, access_log: bool = False) -> 
         def data_received(self, data: bytes) -> None:
             """uvicorn's, with the head limit of the fast server (:data:`MAX_HEAD`): the
             fields are counted as the parser gives them, and the reads of a head that does not
-            end (one field without end: httptools holds it whole) as they come; over the
-            limit, 431 and close (httptools and uvicorn keep every byte of a head otherwise:
-            a flood of 128 MiB grew the gateway by 1.7 GiB)."""
+            end (one field without end: httptools holds it whole) as they come, from the read
+            after the one it began in (:data:`MAX_HEAD_READ`); over either limit, 431 and
+            close (httptools and uvicorn keep every byte of a head otherwise: a flood of
+            128 MiB grew the gateway by 1.7 GiB)."""
+            self._read_used = 0
             super().data_received(data)     # (a callback's _HeadTooLarge: uvicorn's 400 path)
             if self._head_refused:
                 return
             if self._in_head:
-                self._head_size += len(data)
-                if self._head_size > MAX_HEAD:
+                if self._head_read < 0:     # the read it began in: less the requests before
+                    self._head_read = max(0, len(data) - self._read_used)
+                else:
+                    self._head_read += len(data)
+                if self._head_read > MAX_HEAD_READ:
                     self._refuse_head()
 
         def _count_head(self, size: int) -> None:
@@ -203,6 +211,8 @@ def uvicorn_protocol(settings: GatewaySettings, *, access_log: bool = False) -> 
         def on_message_begin(self) -> None:
             self._in_head = True
             self._head_size = 0
+            self._head_read = -1
+            self._body_size = 0
             cycle: RequestResponseCycle | None = self.cycle     # None before the first request
             if cycle is None or cycle.response_complete:
                 self._start_head_timer()
@@ -237,6 +247,14 @@ def uvicorn_protocol(settings: GatewaySettings, *, access_log: bool = False) -> 
                 self._head_timer.cancel()
                 self._head_timer = None
             super().on_headers_complete()
+
+        def on_body(self, body: bytes) -> None:
+            self._body_size += len(body)
+            super().on_body(body)
+
+        def on_message_complete(self) -> None:
+            self._read_used += self._head_size + self._body_size
+            super().on_message_complete()
 
         def _head_late(self) -> None:
             self._head_timer = None

@@ -63,12 +63,15 @@ KEEP_ALIVE = 5.0
 #: and CRLF): a larger one is answered 431 and the connection closed, as uvicorn and
 #: granian answer (nginx's limit is 32 KiB in all, 8 KiB a line; the upstream client's, a
 #: response's, 64 KiB). Counted as the parser gives the target and the fields, whatever the
-#: reads; and a head still incomplete after this many bytes read (one field without end,
-#: which httptools holds whole until it ends) is refused as it comes.
+#: reads; a head that does not end is refused by :data:`MAX_HEAD_READ`.
 MAX_HEAD = 64 * 1024
-# The reads of a head not complete: room for what the exact count leaves out (the method,
-# the version, the line ends), so that a head within MAX_HEAD is never refused by them.
-_MAX_HEAD_READ = MAX_HEAD + 64
+#: Bytes read while a head stays incomplete, at most: a guard against one field without
+#: end, which httptools holds whole until it ends; past it, 431. The read the head began in
+#: counts less what the requests ended in it took (their target, fields and body, as the
+#: parser gave them), so that a pipelined head is not charged for the request before it.
+#: Room for what the exact count leaves out (the method, the version, the line ends, a
+#: chunked body's framing), so that a head within MAX_HEAD is rarely refused by it.
+MAX_HEAD_READ = MAX_HEAD + 64
 
 
 class Request:
@@ -224,7 +227,7 @@ class ClientConnection(asyncio.Protocol):
         # the request being served, and those waiting
         "_busy", "_handler", "_current", "_keep_alive", "_expecting", "_wrote", "_queue",
         "_serving",
-        "_upgrade", "_bad", "_head_size", "_head_read",
+        "_upgrade", "_bad", "_head_size", "_head_read", "_body_size", "_read_used",
         # the connection
         "_open", "_closing", "_reading", "_body_paused", "writing_paused", "_writable",
         "_limit", "_kept_alive", "_timer", "_timer_at", "_cut", "_lingering",
@@ -263,7 +266,10 @@ class ClientConnection(asyncio.Protocol):
         # a malformed request's 400 or 431 (status, detail), due after the responses before
         self._bad: tuple[int, str | None] | None = None
         self._head_size = 0             # bytes of the head's target and fields so far
-        self._head_read = 0             # bytes read while the head being read was incomplete
+        # bytes read while the head being read was incomplete (-1: it began in this read)
+        self._head_read = 0
+        self._body_size = 0             # body bytes of the request being read
+        self._read_used = 0             # bytes of this read the requests ended in it took
         self._open = False
         self._closing = False           # shutting down: close after the response
         self._lingering = False         # answered, closing: the rest of the body is dropped
@@ -301,6 +307,7 @@ class ClientConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._lingering:
             return                      # the rest of an answered request's body: dropped
+        self._read_used = 0
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -320,8 +327,13 @@ class ClientConnection(asyncio.Protocol):
                 self._malformed()
         else:
             if self._in_head:           # a head not complete in this read (rarely)
-                self._head_read += len(data)
-                if self._head_read > _MAX_HEAD_READ:
+                if self._head_read < 0:
+                    # the read it began in: less what the requests before it took (their
+                    # fields and bodies; a request begun in an earlier read: all of it)
+                    self._head_read = max(0, len(data) - self._read_used)
+                else:
+                    self._head_read += len(data)
+                if self._head_read > MAX_HEAD_READ:
                     self._head_read = 0
                     self._malformed(431)
                 elif self._kept_alive:  # the head's time starts: its first byte came
@@ -329,7 +341,10 @@ class ClientConnection(asyncio.Protocol):
                     self._set_limit(self.state.settings.header_timeout)
 
     def eof_received(self) -> bool | None:
-        return None             # the transport closes (as uvicorn's protocol has it)
+        # What this turn wrote goes first: the transport closes now (as uvicorn's protocol
+        # has it), and a TLS one drops every write from here on.
+        self._outbox.flush()
+        return None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._open = False
@@ -370,6 +385,8 @@ class ClientConnection(asyncio.Protocol):
         self._connection = False
         self._in_head = True
         self._head_size = 0
+        self._head_read = -1
+        self._body_size = 0
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -464,12 +481,14 @@ class ClientConnection(asyncio.Protocol):
             self._start(request, None)
 
     def on_body(self, body: bytes) -> None:
+        self._body_size += len(body)
         current = self._current
         if current is not None:
             current.body(body)
 
     def on_message_complete(self) -> None:
         self._in_message = False
+        self._read_used += self._head_size + self._body_size
         current = self._current
         if current is not None:
             self._current = None

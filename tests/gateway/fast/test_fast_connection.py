@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import re
+import socket
 import ssl
 from collections.abc import Awaitable, Callable
 
@@ -845,6 +846,58 @@ def test_the_hand_off_runs_uvicorns_protocol_on_the_same_app(tls, pki):
             return echoed, during, status, body, "date" in headers, headers.get("server")
 
     assert run(scenario) == ("/room hi", 1, 200, b"http", True, "lbmiddleware")
+
+
+def tls_request_then_close_notify(port: int, request: bytes, ca: str) -> bytes:
+    """(Blocking.) A TLS client that sends ``request`` and its close_notify in one TCP
+    send; what it reads (decrypted) until the server closes."""
+    client = ssl.create_default_context(cafile=ca)
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = client.wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")
+    with sock:
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                sock.sendall(outgoing.read())
+                incoming.write(sock.recv(65536))
+        sock.sendall(outgoing.read())
+        tls.write(request)
+        try:
+            tls.unwrap()                # the close_notify, behind the request
+        except ssl.SSLWantReadError:
+            pass
+        sock.sendall(outgoing.read())
+        got = b""
+        while data := sock.recv(65536):
+            incoming.write(data)
+            try:
+                while chunk := tls.read(65536):
+                    got += chunk
+            except ssl.SSLWantReadError:
+                pass
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                break
+        return got
+
+
+def test_an_answer_made_in_the_read_that_brings_the_clients_tls_close_is_sent(pki):
+    # (the close_notify shuts the TLS layer down within that read: an answer held for the
+    # end of the loop's turn would be dropped then; attack 16 #1)
+    context = server_ssl_context(GatewaySettings(tls_cert=pki.server_cert,
+                                                 tls_key=pki.server_key))
+
+    async def scenario():
+        async with Server(context=context) as server:
+            return await asyncio.get_running_loop().run_in_executor(
+                None, tls_request_then_close_notify, server.port,
+                b"GET /x HTTP/1.1\r\nHost: gw\r\n\r\n", pki.ca)
+
+    answer = run(scenario)
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert answer.endswith(b'"headers": [["host", "gw"]]}')
 
 
 def test_a_head_larger_than_the_limit_gets_431_and_is_not_kept():
