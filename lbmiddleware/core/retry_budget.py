@@ -24,7 +24,7 @@ class RetryBudget:
     """Requests and retries per second over a sliding window, and the rule between them."""
 
     __slots__ = ("ratio", "min_per_second", "ttl", "exhausted", "_requests", "_retries",
-                 "_retry_total", "_second", "_slots", "_index", "_from", "_until")
+                 "_retry_total", "_slots", "_index", "_from", "_until")
 
     def __init__(self, ratio: float, min_per_second: float, ttl: float) -> None:
         if not ratio >= 0 or math.isinf(ratio):
@@ -45,8 +45,8 @@ class RetryBudget:
         self._requests = [0] * self._slots
         self._retries = [0] * self._slots
         self._retry_total = 0                   # the sum of _retries
-        self._second: int | None = None         # the second of the current slot
-        # The current slot's index, and the clock readings it covers: [_from, _until).
+        # The current slot's index, and the clock readings it covers: [_from, _until), _from
+        # its second (none before the first request: an empty range).
         self._index = 0
         self._from = math.inf
         self._until = -math.inf
@@ -55,20 +55,19 @@ class RetryBudget:
         """The current slot's index at ``now``, once the slots that fell out of the window
         are emptied."""
         second = math.floor(now)
-        current = self._second
+        current = self._from
         slots = self._slots
         if current != second:
-            if current is None or second - current >= slots or second < current:
-                self._requests = [0] * slots
-                self._retries = [0] * slots
-                self._retry_total = 0
-            else:
+            if second - slots < current < second:   # the window moved on: the slots passed
                 requests, retries = self._requests, self._retries
-                for passed in range(current + 1, second + 1):
+                for passed in range(int(current) + 1, second + 1):
                     index = passed % slots
                     self._retry_total -= retries[index]
                     requests[index] = retries[index] = 0
-            self._second = second
+            else:                       # the first, all of it passed, or a clock set back
+                self._requests = [0] * slots
+                self._retries = [0] * slots
+                self._retry_total = 0
             self._index = second % slots
             self._from = second
             self._until = second + 1
