@@ -22,7 +22,7 @@ from ..proxy.access import logger as access_logger
 from ..proxy.settings import ProxySettings
 from ..upstream.websocket import MAX_MESSAGE
 from .app import make_app
-from .fast.connection import MAX_HEAD, MAX_HEAD_READ
+from .fast.connection import MAX_HEAD, MAX_HEAD_READ, head_read
 from .logs import RefusalWarnings, server_log_level, settings_logging_config
 from .tls import check_certificate
 
@@ -151,8 +151,8 @@ def uvicorn_protocol(settings: GatewaySettings, *, access_log: bool = False) -> 
         def data_received(self, data: bytes) -> None:
             """uvicorn's, with the head limit of the fast server (:data:`MAX_HEAD`): the
             fields are counted as the parser gives them, and the reads of a head that does not
-            end (one field without end: httptools holds it whole) as they come, from the read
-            after the one it began in (:data:`MAX_HEAD_READ`); over either limit, 431 and
+            end (one field without end: httptools holds it whole) as they come, the fast
+            server's way (:data:`MAX_HEAD_READ`, :func:`head_read`); over either limit, 431 and
             close (httptools and uvicorn keep every byte of a head otherwise: a flood of
             128 MiB grew the gateway by 1.7 GiB)."""
             self._read_used = 0
@@ -160,10 +160,7 @@ def uvicorn_protocol(settings: GatewaySettings, *, access_log: bool = False) -> 
             if self._head_refused:
                 return
             if self._in_head:
-                if self._head_read < 0:     # the read it began in: less the requests before
-                    self._head_read = max(0, len(data) - self._read_used)
-                else:
-                    self._head_read += len(data)
+                self._head_read = head_read(self._head_read, len(data), self._read_used)
                 if self._head_read > MAX_HEAD_READ:
                     self._refuse_head()
 

@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     from ...gateway_settings import GatewaySettings
 
 __all__ = ["Request", "Handler", "Dispatch", "ServerState", "ClientConnection", "KEEP_ALIVE",
-           "MAX_HEAD"]
+           "MAX_HEAD", "MAX_HEAD_READ", "head_read"]
 
 logger = logging.getLogger("lbmiddleware.gateway")
 
@@ -72,6 +72,14 @@ MAX_HEAD = 64 * 1024
 #: Room for what the exact count leaves out (the method, the version, the line ends, a
 #: chunked body's framing), so that a head within MAX_HEAD is rarely refused by it.
 MAX_HEAD_READ = MAX_HEAD + 64
+
+
+def head_read(counted: int, read: int, used: int) -> int:
+    """The bytes charged to a head still incomplete after a read of ``read`` bytes
+    (:data:`MAX_HEAD_READ`): ``counted`` so far, -1 when the head began in this read;
+    ``used``: what the requests that ended in this read took of it."""
+    return max(0, read - used) if counted < 0 else counted + read
+
 
 
 class Request:
@@ -327,12 +335,7 @@ class ClientConnection(asyncio.Protocol):
                 self._malformed()
         else:
             if self._in_head:           # a head not complete in this read (rarely)
-                if self._head_read < 0:
-                    # the read it began in: less what the requests before it took (their
-                    # fields and bodies; a request begun in an earlier read: all of it)
-                    self._head_read = max(0, len(data) - self._read_used)
-                else:
-                    self._head_read += len(data)
+                self._head_read = head_read(self._head_read, len(data), self._read_used)
                 if self._head_read > MAX_HEAD_READ:
                     self._head_read = 0
                     self._malformed(431)
