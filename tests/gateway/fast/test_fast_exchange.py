@@ -538,21 +538,21 @@ def test_a_large_upload_streams_under_flow_control_and_arrives_whole(servers):
     assert row["bytes_sent"] == 2 * size and row["in_flight"] == 0
 
 
-def test_an_answer_before_the_upload_ends_stops_it():
-    def refuse(request: bytes, conn: socket.socket) -> None:
+class EarlyAnswer(Listening):
+    """A backend that answers 413 once it has read a request's head, then reads and drops
+    the rest of the upload until the proxy closes."""
+
+    def handle(self, conn: socket.socket, number: int) -> None:
+        self.heads.append(read_request_head(conn.makefile("rb")) or b"")
         conn.sendall(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 4\r\n\r\nbig!")
+        with contextlib.suppress(OSError):
+            while conn.recv(1 << 20):
+                pass
+        self.closed_by_peer.set()
 
-    class Early(Listening):
-        def handle(self, conn: socket.socket, number: int) -> None:
-            reader = conn.makefile("rb")
-            self.heads.append(read_request_head(reader) or b"")
-            refuse(b"", conn)
-            with contextlib.suppress(OSError):
-                while conn.recv(1 << 20):
-                    pass
-            self.closed_by_peer.set()
 
-    backend = Early(refuse)
+def test_an_answer_before_the_upload_ends_stops_it():
+    backend = EarlyAnswer(silent)
 
     async def scenario():
         async with Fast({"LB_BACKENDS": backend.url}) as fast:
@@ -615,15 +615,7 @@ def test_no_backend_before_the_body_says_close_and_closes(backends):
 def test_a_backends_answer_before_the_upload_ends_says_close_and_closes():
     """The backend answers (413) while the upload still comes: the rest of it is dropped,
     the client told so (``connection: close``) and its connection closed."""
-    class Early(Listening):
-        def handle(self, conn: socket.socket, number: int) -> None:
-            read_request_head(conn.makefile("rb"))
-            conn.sendall(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 4\r\n\r\nbig!")
-            with contextlib.suppress(OSError):
-                while conn.recv(1 << 20):
-                    pass
-
-    backend = Early(silent)
+    backend = EarlyAnswer(silent)
 
     async def scenario():
         async with Fast({"LB_BACKENDS": backend.url}) as fast:
@@ -644,15 +636,7 @@ def test_an_answer_before_the_upload_ends_reaches_a_client_still_sending():
     socket would send a reset, and the client's kernel drops the unread answer with it; the
     connection lingers instead (its FIN after the answer, the rest of the body read and
     dropped) until the client closes or the keep-alive time passes."""
-    class Early(Listening):
-        def handle(self, conn: socket.socket, number: int) -> None:
-            read_request_head(conn.makefile("rb"))
-            conn.sendall(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 4\r\n\r\nbig!")
-            with contextlib.suppress(OSError):
-                while conn.recv(1 << 20):
-                    pass
-
-    backend = Early(silent)
+    backend = EarlyAnswer(silent)
 
     async def scenario():
         async with Fast({"LB_BACKENDS": backend.url}) as fast:
