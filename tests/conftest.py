@@ -125,11 +125,12 @@ def backends():
 
 @pytest.fixture
 def servers():
-    """Starts loopback backends by name (``servers("a")``); stops them after the test."""
+    """Starts loopback backends by name (``servers("a")``; ``port=`` one of
+    tests/support/ports.py for a backend the test restarts); stops them after the test."""
     started: list[BackendServer] = []
 
-    def start(name: str) -> BackendServer:
-        started.append(BackendServer(name).start())
+    def start(name: str, port: int = 0) -> BackendServer:
+        started.append(BackendServer(name, port).start())
         return started[-1]
 
     yield start

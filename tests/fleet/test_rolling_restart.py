@@ -42,8 +42,9 @@ import lbmiddleware as lb
 
 from ..support.dnsmasq import DOMAIN
 from ..support.etcd import EtcdServer
-from ..support.fleet_backend import BackendProcess, free_port
+from ..support.fleet_backend import BackendProcess
 from ..support.gateway import GatewayProcess
+from ..support.ports import restartable_port
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -234,7 +235,8 @@ def deregister(registration: subprocess.Popen[bytes]) -> float:
 def test_rolling_restart_behind_etcd(tmp_path, etcd, registrations, fleet, gateway):
     source = etcd.source(PREFIX)
     for name in "abc":
-        fleet.append(BackendProcess(name, "127.0.0.1", free_port(), tmp_path, delay=WORK).start())
+        backend = BackendProcess(name, "127.0.0.1", restartable_port(), tmp_path, delay=WORK)
+        fleet.append(backend.start())
     registered = {b.name: registrations(source, b.url) for b in fleet}
     wait_until(lambda: len(etcd.get(PREFIX + "/")) == 3, "three backends registered")
     process = gateway({"LB_BACKENDS": source})
@@ -285,7 +287,7 @@ def wait_until_left(backend: BackendProcess, pool: lb.Balancer) -> None:
 
 
 def test_rolling_restart_behind_dns(tmp_path, dnsmasq, fleet, gateway):
-    port = free_port(HOSTS)
+    port = restartable_port(HOSTS)
     for name, host in zip("abc", HOSTS, strict=True):
         fleet.append(BackendProcess(name, host, port, tmp_path, delay=WORK).start())
     dnsmasq.set_addresses(NAME, HOSTS)

@@ -24,7 +24,7 @@ from lbmiddleware.observe import StatusApp, StatusWSGIApp, history_of
 from lbmiddleware.observe.app import _route_path
 
 from ..support.asgi_server import ServerThread
-from ..support.servers import BackendServer
+from ..support.ports import restartable_port
 from ..support.waiting import wait_for
 from ..support.wsgi_server import serve_wsgi
 
@@ -114,7 +114,7 @@ def test_get_and_head_only_and_404_elsewhere(served):
 
 
 def test_ready_follows_the_backends_as_they_die_and_return(servers):
-    a, b = servers("a"), servers("b")
+    a, b = servers("a"), servers("b", restartable_port())      # b returns on its port
     with lb.Balancer([a.url, b.url], **FAST_CHECKS) as pool, \
             serve_asgi(lb.status_app({"orders": pool})) as port:
         assert get(port, "/ready")[:3:2] == (200, b"ready\n")
@@ -125,7 +125,7 @@ def test_ready_follows_the_backends_as_they_die_and_return(servers):
         assert wait_for(lambda: get(port, "/ready")[0] == 503)
         assert get(port, "/ready")[2] == b"not ready: no usable backend in pool 'orders'\n"
         assert json.loads(get(port, "/status.json")[2])["ready"] is False
-        BackendServer("b", port=b.port).start()         # b returns on its port
+        servers("b", b.port)
         assert wait_for(lambda: get(port, "/ready")[0] == 200)
         assert json.loads(get(port, "/status.json")[2])["ready"] is True
 

@@ -27,8 +27,8 @@ from lbmiddleware.observe.metrics import exposition
 from lbmiddleware.proxy.access import access_line
 
 from ..support.asgi_server import ServerThread
-from ..support.fleet_backend import free_port
 from ..support.gateway import GatewayProcess
+from ..support.ports import restartable_port
 from ..support.prometheus import Prometheus
 from ..support.servers import refused_url
 from ..support.waiting import wait_for
@@ -174,7 +174,7 @@ def test_the_metrics_table_is_what_an_exposition_writes(backends):
 
 
 def test_the_register_block_serves_the_pool_on_prometheus_client(backends):
-    port = free_port()
+    port = restartable_port()
     code = block("python", "lb.metrics.register(").replace("9100", str(port))
     program = (f"import lbmiddleware as lb\npool = lb.Balancer([{backends[0].url!r}])\n"
                + code + textwrap.dedent(f"""

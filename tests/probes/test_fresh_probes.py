@@ -25,6 +25,7 @@ from lbmiddleware.core.balancer import Balancer as CoreBalancer
 from lbmiddleware.core.events import BackendReturned
 from lbmiddleware.probes import Prober
 
+from ..support.ports import restartable_port
 from ..support.raw_backends import OK
 from ..support.servers import RawServer, read_request_head
 from ..support.waiting import running, until, until_async
@@ -44,7 +45,7 @@ class ListenerBackend(RawServer):
         self.gate = threading.Event()
         self.gate.set()
         self.held = threading.Event()
-        super().__init__()
+        super().__init__(port=restartable_port())      # no connection takes it while closed
 
     def handle(self, conn: socket.socket, number: int) -> None:
         with conn.makefile("rb") as reader:

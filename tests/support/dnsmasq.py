@@ -35,11 +35,11 @@ import pathlib
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
 
+from .ports import restartable_port
 from .processes import stop_process
 
 DOMAIN = "lb.test"
@@ -59,18 +59,9 @@ def dnsmasq_binary() -> str:
 
 
 def free_port() -> int:
-    """A port free on 127.0.0.1 for both UDP and TCP (DNS listens on both)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind(("127.0.0.1", 0))
-            port = udp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return int(port)
-    raise RuntimeError("no free port for UDP and TCP on 127.0.0.1")
+    """A port free on 127.0.0.1 for both UDP and TCP (DNS listens on both), kept across
+    restarts: below the ephemeral range, so no query sent while the server is down takes it."""
+    return restartable_port(udp=True)
 
 
 class Dnsmasq:

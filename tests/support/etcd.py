@@ -22,24 +22,17 @@ import json
 import pathlib
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
 import urllib.request
 from typing import Any
 
+from .ports import restartable_port
 from .processes import stop_process
 
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 START_TIMEOUT = 15.0         # seconds for etcd to answer after start
-
-
-def free_port() -> int:
-    """A loopback port the OS just handed out (free now; etcd binds it right after)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def b64(text: str | bytes) -> str:
@@ -62,8 +55,8 @@ class EtcdServer:
         self.data_dir = directory / "data"
         self.log_path = directory / "etcd.log"
         self.name = name
-        self.client_port = free_port()
-        self.peer_port = free_port()
+        self.client_port = restartable_port()
+        self.peer_port = restartable_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
 

@@ -25,13 +25,11 @@ close``) and exits 0.
 
 from __future__ import annotations
 
-import contextlib
 import http.server
 import os
 import pathlib
 import select
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -191,32 +189,6 @@ class BackendProcess:
         if process.returncode != 0:
             raise RuntimeError(f"backend {self.name} exited {process.returncode}: {errors}")
         return errors
-
-
-def free_port(hosts: tuple[str, ...] = ("127.0.0.1",)) -> int:
-    """A port free on every host of ``hosts``, below the ephemeral range when there is
-    room (10000 up), so that no outgoing connection takes it while its backend restarts;
-    else one the OS hands out."""
-    try:
-        ranges = pathlib.Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
-        low = int(ranges.split()[0])
-    except (OSError, ValueError, IndexError):
-        low = 32768
-    ports = list(range(10000, low))
-    if ports:           # a different start per process: parallel runs seldom collide
-        start = os.getpid() % len(ports)
-        ports = ports[start:] + ports[:start]
-    for port in [*ports[:5000], 0]:
-        try:
-            with contextlib.ExitStack() as bound:
-                for host in hosts:
-                    sock = bound.enter_context(socket.socket())
-                    sock.bind((host, port))
-                    port = sock.getsockname()[1]
-        except OSError:
-            continue
-        return port
-    raise RuntimeError(f"no port free on {', '.join(hosts)}")
 
 
 if __name__ == "__main__":
