@@ -237,7 +237,7 @@ class ClientConnection(asyncio.Protocol):
         "_serving",
         "_upgrade", "_bad", "_head_size", "_head_read", "_body_size", "_read_used",
         # the connection
-        "_open", "_closing", "_reading", "_fin", "_body_paused", "writing_paused", "_writable",
+        "_open", "_closing", "_reading", "_body_paused", "writing_paused", "_writable",
         "_limit", "_kept_alive", "_timer", "_timer_at", "_cut", "_lingering",
     )
 
@@ -282,7 +282,6 @@ class ClientConnection(asyncio.Protocol):
         self._closing = False           # shutting down: close after the response
         self._lingering = False         # answered, closing: the rest of the body is dropped
         self._reading = True
-        self._fin = False               # the client's FIN came: nothing more to read
         self._body_paused = False
         #: The client's transport buffer is full: the handler waits for :meth:`on_writable`.
         self.writing_paused = False
@@ -345,16 +344,6 @@ class ClientConnection(asyncio.Protocol):
                     self._set_limit(self.state.settings.header_timeout)
 
     def eof_received(self) -> bool | None:
-        """The client's FIN: the requests it sent whole before it are answered, in order,
-        then the connection closes, as nginx does (a client may write its requests and shut
-        down its side at once); a request it had not finished gets nothing. Else, and over
-        TLS (uvloop's TLS transport cannot stay half-open), the connection closes now."""
-        if self._busy and not self._in_message and self.transport.can_write_eof():
-            # (no request waits behind it: reading stops while one does)
-            self._fin = True
-            self._reading = False       # (the transport's, at a FIN)
-            self._keep_alive = False
-            return True
         # What this turn wrote goes first: the transport closes now (as uvicorn's protocol
         # has it), and a TLS one drops every write from here on.
         self._outbox.flush()
@@ -722,9 +711,8 @@ class ClientConnection(asyncio.Protocol):
 
     def _update_reading(self) -> None:
         """Read while nothing waits: no paused upload, no queued request, no refusal or
-        hand-off due, and, between requests, a client that reads what was written; never
-        after the client's FIN."""
-        reading = not (self._fin or self._body_paused or self._queue or self._bad is not None
+        hand-off due, and, between requests, a client that reads what was written."""
+        reading = not (self._body_paused or self._queue or self._bad is not None
                        or self._upgrade is not None
                        or (self.writing_paused and not self._busy))
         if reading is not self._reading and self._open:
