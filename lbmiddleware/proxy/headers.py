@@ -138,9 +138,13 @@ class HeaderRules(Generic[AnyStr]):
             word(name): action for name, action in _RESPONSE_ACTIONS.items()}
         self._request_actions: dict[AnyStr, int] = dict(self._request_base)
         self._response_actions: dict[AnyStr, int] = dict(self._response_base)
-        self._schemes: dict[str, AnyStr] = {scheme: word(scheme) for scheme in ("http", "https")}
-        # peers met -> their address in this kind (encoding one costs more than a lookup)
-        self._addresses: dict[str, AnyStr] = {}
+        self._xff_out: AnyStr = word("X-Forwarded-For")
+        self._xfp_out: AnyStr = word("X-Forwarded-Proto")
+        self._xfh_out: AnyStr = word("X-Forwarded-Host")
+        # the usual schemes' X-Forwarded-Proto fields, and the peers met's X-Forwarded-For
+        self._scheme_fields: dict[str, tuple[AnyStr, AnyStr]] = {
+            scheme: (self._xfp_out, word(scheme)) for scheme in ("http", "https")}
+        self._peer_fields: dict[str, tuple[AnyStr, AnyStr]] = {}
         self._underscore: AnyStr = word("_")
         self._dash: AnyStr = word("-")
         self._connection: AnyStr = word("connection")
@@ -149,9 +153,6 @@ class HeaderRules(Generic[AnyStr]):
         self._comma: AnyStr = word(",")
         self._slashes: AnyStr = word("//")
         self._content_length: AnyStr = word("content-length")
-        self._xff_out: AnyStr = word("X-Forwarded-For")
-        self._xfp_out: AnyStr = word("X-Forwarded-Proto")
-        self._xfh_out: AnyStr = word("X-Forwarded-Host")
         self._host_out: AnyStr = word("Host")
         self._join: AnyStr = word(", ")
         self._empty: AnyStr = word("")
@@ -206,8 +207,9 @@ class HeaderRules(Generic[AnyStr]):
 
     def request_headers(self, headers: Sequence[tuple[AnyStr, AnyStr]], peer: str | None,
                         scheme: str, upstream_host: AnyStr | None = None,
-                        preserve_host: bool = False,
-                        trusted_peer: bool = False) -> list[tuple[AnyStr, AnyStr]]:
+                        preserve_host: bool = False, trusted_peer: bool = False,
+                        framing: list[AnyStr | None] | None = None
+                        ) -> list[tuple[AnyStr, AnyStr]]:
         """The headers to send upstream for a client request's ``headers``.
 
         * hop-by-hop headers, every header ``Connection`` names, ``Content-Length`` and
@@ -221,38 +223,14 @@ class HeaderRules(Generic[AnyStr]):
         * ``X-Forwarded-Proto`` is ``scheme`` and ``X-Forwarded-Host`` the client's Host;
           from a ``trusted_peer`` that already set them, its values are kept.
 
+        ``framing``, when given, gets the request's framing headers appended in order: each
+        Content-Length's value, None for a Transfer-Encoding (:meth:`request` reads the
+        body's length from them: one pass over the headers for both).
+
         Raises :class:`UnsafeRequest` if a name or value holds CR, LF or NUL, and
         :class:`NotProxied` for a WebSocket handshake. (Positional arguments are taken
         too: fewer to bind on a front-end's every request.)
         """
-        return self._request(headers, peer, scheme, upstream_host, preserve_host,
-                             trusted_peer)[0]
-
-    def request(self, headers: Sequence[tuple[AnyStr, AnyStr]], *, peer: str | None,
-                scheme: str, upstream_host: AnyStr | None = None, preserve_host: bool = False,
-                trusted_peer: bool = False) -> tuple[list[tuple[AnyStr, AnyStr]], int | None]:
-        """:meth:`request_headers` and :meth:`body_length` in one pass over ``headers``: the
-        upstream headers and the body's length (what a proxy front-end asks of every
-        request). Raises what :meth:`request_headers` raises, then what
-        :meth:`body_length` raises (a bad Content-Length is 400 after a WebSocket's 501)."""
-        out, framing = self._request(headers, peer, scheme, upstream_host, preserve_host,
-                                     trusted_peer)
-        if framing is None:
-            return out, 0
-        length = None
-        for value in framing:           # as body_length reads them, in order
-            if value is None:
-                return out, None
-            length = self._count(value, length)
-        return out, length or 0
-
-    def _request(self, headers: Sequence[tuple[AnyStr, AnyStr]], peer: str | None,
-                 scheme: str, upstream_host: AnyStr | None, preserve_host: bool,
-                 trusted_peer: bool
-                 ) -> tuple[list[tuple[AnyStr, AnyStr]], list[AnyStr | None] | None]:
-        """The upstream headers, and the request's framing headers in order (None when it
-        has none): each Content-Length's value, None for a Transfer-Encoding
-        (:meth:`request_headers`, :meth:`request`)."""
         actions = self._request_actions
         out: list[tuple[AnyStr, AnyStr]] = []
         client_host: AnyStr | None = None
@@ -260,7 +238,6 @@ class HeaderRules(Generic[AnyStr]):
         proto: AnyStr | None = None
         forwarded_host: AnyStr | None = None
         named: frozenset[AnyStr] | None = None
-        framing: list[AnyStr | None] | None = None
         upgrade = False
         checked: list[AnyStr] = []      # what may not hold CR, LF or NUL
         for name, value in headers:
@@ -280,11 +257,8 @@ class HeaderRules(Generic[AnyStr]):
                     if tokens:
                         named = tokens if named is None else named | tokens
             elif action >= _LENGTH:
-                framed = value if action == _LENGTH else None
-                if framing is None:
-                    framing = [framed]
-                else:
-                    framing.append(framed)
+                if framing is not None:
+                    framing.append(value if action == _LENGTH else None)
             elif action == _FORWARDED_FOR:
                 if forwarded_for is None:
                     forwarded_for = [value.strip()]
@@ -308,32 +282,58 @@ class HeaderRules(Generic[AnyStr]):
         host = client_host if preserve_host else upstream_host
         if host is not None:
             out.insert(0, (self._host_out, host))
-        address = None                  # the peer's, in this kind (an empty one: none)
+        # (the X-Forwarded-For field of a peer, and the X-Forwarded-Proto field of a scheme,
+        # are made once and shared: a tuple is immutable)
+        peer_field = None               # the peer's (an empty peer: none)
         if peer:
-            address = self._addresses.get(peer)
-            if address is None:
-                address = self._word(peer)
-                if len(peer) <= _LEARNED_LENGTH:
-                    _learn(self._addresses, peer, address)
+            peer_field = self._peer_fields.get(peer)
+            if peer_field is None:
+                peer_field = self._peer_field(peer)
         if forwarded_for is None:
-            if address is not None:
-                out.append((self._xff_out, address))
+            if peer_field is not None:
+                out.append(peer_field)
         else:
-            if address is not None:
-                forwarded_for.append(address)
+            if peer_field is not None:
+                forwarded_for.append(peer_field[1])
             listed = [v for v in forwarded_for if v]
             if listed:
                 out.append((self._xff_out, self._join.join(listed)))
-        if not (trusted_peer and proto is not None):
-            proto = self._schemes.get(scheme)
-            if proto is None:
-                proto = self._word(scheme)
-        out.append((self._xfp_out, proto))
+        if trusted_peer and proto is not None:
+            out.append((self._xfp_out, proto))
+        else:
+            scheme_field = self._scheme_fields.get(scheme)
+            out.append((self._xfp_out, self._word(scheme)) if scheme_field is None
+                       else scheme_field)
         if not (trusted_peer and forwarded_host is not None):
             forwarded_host = client_host
         if forwarded_host is not None:
             out.append((self._xfh_out, forwarded_host))
-        return out, framing
+        return out
+
+    def request(self, headers: Sequence[tuple[AnyStr, AnyStr]], *, peer: str | None,
+                scheme: str, upstream_host: AnyStr | None = None, preserve_host: bool = False,
+                trusted_peer: bool = False) -> tuple[list[tuple[AnyStr, AnyStr]], int | None]:
+        """:meth:`request_headers` and :meth:`body_length` in one pass over ``headers``: the
+        upstream headers and the body's length (what a proxy front-end asks of every
+        request). Raises what :meth:`request_headers` raises, then what
+        :meth:`body_length` raises (a bad Content-Length is 400 after a WebSocket's 501)."""
+        framing: list[AnyStr | None] = []
+        out = self.request_headers(headers, peer, scheme, upstream_host, preserve_host,
+                                   trusted_peer, framing)
+        length = None
+        for value in framing:           # as body_length reads them, in order
+            if value is None:
+                return out, None
+            length = self._count(value, length)
+        return out, length or 0
+
+    def _peer_field(self, peer: str) -> tuple[AnyStr, AnyStr]:
+        """The ``X-Forwarded-For`` field of a ``peer`` met for the first time, remembered
+        when its address is short (encoding one costs more than a lookup)."""
+        field = (self._xff_out, self._word(peer))
+        if len(peer) <= _LEARNED_LENGTH:
+            _learn(self._peer_fields, peer, field)
+        return field
 
     def response_headers(self, headers: Sequence[tuple[AnyStr, AnyStr]],
                          rewrite: Rewrite | RedirectRule | None = None,
@@ -362,6 +362,8 @@ class HeaderRules(Generic[AnyStr]):
                 action = self._response_action(name)
             if not action:
                 out.append((name, value))
+            elif action == _DROP:       # (Date, Server: in most responses)
+                pass
             elif action >= _REWRITE:
                 # (a value without "//" is a relative reference: never rewritten, not asked)
                 if rewrite is not None and value.find(self._slashes) != -1:

@@ -214,6 +214,17 @@ def test_both_kinds_give_the_expected_answers_to_every_request(case, spelling):
             assert text["request"] == (upstream, length)
 
 
+def test_request_headers_collect_the_framing_headers_when_asked():
+    # (what request() reads the body's length from, in the same pass)
+    received = [("Host", "front"), ("Content-Length", "3"), ("Transfer-Encoding", "chunked"),
+                ("content-length", " 3 "), ("Accept", "*/*")]
+    for rules, word in ((TEXT, lambda value: value), (BINARY, _bytes)):
+        framing: list = []
+        out = rules.request_headers(word(received), PEER, "http", framing=framing)
+        assert out == rules.request_headers(word(received), PEER, "http")
+        assert framing == [word("3"), None, word(" 3 ")]
+
+
 def test_what_the_rules_remember_stays_bounded_and_never_holds_an_unsafe_name():
     rules = HeaderRules(bytes)
     for index in range(3000):
