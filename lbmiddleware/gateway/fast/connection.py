@@ -37,7 +37,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 from urllib.parse import unquote
 
 import httptools
@@ -241,12 +241,15 @@ class ClientConnection(asyncio.Protocol):
         "_limit", "_kept_alive", "_timer", "_timer_at", "_cut", "_lingering",
     )
 
+    #: Set by :meth:`connection_made`: a stream's (uvloop's ``TCPTransport`` derives from
+    #: no asyncio class, but has every method of ``asyncio.Transport`` the fast path calls).
+    transport: asyncio.Transport
+
     def __init__(self, state: ServerState, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.state = state
         self.peer: str | None = None
         self.scheme = state.scheme
-        self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self._parser = httptools.HttpRequestParser(self)
         # as uvicorn: the response to a request with "Connection: close" is still served
         self._parser.set_dangerous_leniencies(lenient_data_after_close=True)
@@ -294,16 +297,15 @@ class ClientConnection(asyncio.Protocol):
 
     # -- asyncio.Protocol ----------------------------------------------------------------
 
-    def connection_made(  # type: ignore[override]  # a stream's transport
-            self, transport: asyncio.Transport) -> None:
-        self.transport = transport
-        peer = transport.get_extra_info("peername")
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        stream = self.transport = cast(asyncio.Transport, transport)
+        peer = stream.get_extra_info("peername")
         self.peer = peer[0] if isinstance(peer, tuple) else None
         state = self.state
         if len(state.connections) >= state.settings.max_connections:
-            transport.write(error_bytes(503, date=state.date.value(), close=True,
-                                        detail="too many connections"))
-            transport.close()
+            stream.write(error_bytes(503, date=state.date.value(), close=True,
+                                     detail="too many connections"))
+            stream.close()
             state.refused()
             if state.access_log and access_logger.isEnabledFor(logging.INFO):
                 access_logger.info(access_line(self.peer, "-", "-", 503, None, 0, 0.0))
@@ -662,7 +664,7 @@ class ClientConnection(asyncio.Protocol):
         """httptools stopped after an upgrade's head: hand the connection off now, or once
         the requests before it are answered."""
         if self._busy:
-            self._upgrade += rest   # type: ignore[operator]
+            self._upgrade = (self._upgrade or b"") + rest
             self._update_reading()
         else:
             self._hand_off(rest)
