@@ -141,6 +141,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # A real server's backlog (nginx's is 511), not socketserver's 5: a burst of connects
+    # waits in the queue while the accepting thread is slow, instead of timing out.
+    request_queue_size = 1024
     owner: BackendServer
 
     def get_request(self):
