@@ -356,15 +356,16 @@ class HeaderRules(Generic[AnyStr]):
         out: list[tuple[AnyStr, AnyStr]] = []
         named: frozenset[AnyStr] | None = None
         chunked = False
-        for name, value in headers:
-            action = actions.get(name)
+        for field in headers:
+            action = actions.get(field[0])
             if action is None:
-                action = self._response_action(name)
+                action = self._response_action(field[0])
             if not action:
-                out.append((name, value))
+                out.append(field)       # (the pair itself: immutable, no copy to make)
             elif action == _DROP:       # (Date, Server: in most responses)
                 pass
             elif action >= _REWRITE:
+                name, value = field
                 # (a value without "//" is a relative reference: never rewritten, not asked)
                 if rewrite is not None and value.find(self._slashes) != -1:
                     if isinstance(rewrite, RedirectRule):
@@ -377,6 +378,7 @@ class HeaderRules(Generic[AnyStr]):
                         value = self._word(new)
                 out.append((name, value))
             elif action == _CONNECTION:
+                value = field[1]
                 if value not in self._plain_connection:      # keep-alive, close: no names
                     tokens = self._tokens(value)
                     if tokens:

@@ -42,7 +42,7 @@ def join_target(base_path: AnyStr, path: AnyStr, query: AnyStr | None = None) ->
     # the path's: '?' is plain either way).
     if isinstance(path, bytes):
         plain = base_path + path + b"?" + query if query else base_path + path
-        if plain[:1] == b"/" and not plain.strip(_PLAIN):
+        if plain and plain[0] == 47 and not plain.strip(_PLAIN):      # ("/": an int)
             return plain
     else:
         text = base_path + path + "?" + query if query else base_path + path

@@ -22,8 +22,9 @@ from collections.abc import Sequence
 
 __all__ = ["request_head", "FRAMED_METHODS"]
 
-#: The methods whose empty body is still framed (``Content-Length: 0``).
-FRAMED_METHODS = (b"POST", b"PUT", b"PATCH")
+#: The methods whose empty body is still framed (``Content-Length: 0``): a set, one hash
+#: lookup for a GET (a tuple compares it with each).
+FRAMED_METHODS = frozenset((b"POST", b"PUT", b"PATCH"))
 
 # One header's line (without its CRLF) from its (name, value) pair.
 _FIELD = b": ".join
