@@ -117,15 +117,16 @@ class HeaderRules(Generic[AnyStr]):
 
     def __init__(self, kind: type[AnyStr]) -> None:
         # Every attribute is annotated: mypy infers none from an assignment in a class
-        # generic over a constrained type variable (AnyStr).
+        # generic over a constrained type variable (AnyStr). They are at most 29: CPython
+        # 3.11 keeps no more inline in an instance, where they are the fastest to load (what
+        # only a name met for the first time needs is read from the kind).
         spelling = _KINDS[kind]
         word: Callable[[str], AnyStr] = spelling.word
+        self._kind = spelling
         self._cr: Any = spelling.cr
         self._lf: Any = spelling.lf
         self._nul: Any = spelling.nul
-        self._underscore_char: Any = spelling.underscore
         self._word: Callable[[str], AnyStr] = word
-        self._text: Callable[[AnyStr], str] = spelling.text
         self._hop: frozenset[AnyStr] = frozenset(map(word, HOP_BY_HOP))
         self._guarded: frozenset[AnyStr] = frozenset(map(word, PROXY_HEADERS))
         self._guarded_prefixes: tuple[AnyStr, ...] = tuple(map(word, PROXY_HEADER_PREFIXES))
@@ -166,7 +167,7 @@ class HeaderRules(Generic[AnyStr]):
         learned when short and free of CR, LF and NUL."""
         lower = name.lower()
         action = self._request_base.get(lower, _PASS)
-        if not action and self._underscore_char in lower and self._spoofs(lower):
+        if not action and self._kind.underscore in lower and self._spoofs(lower):
             action = _DROP
         if len(name) <= _LEARNED_LENGTH and not self._unsafe(name):
             _learn(self._request_actions, name, action)
@@ -373,7 +374,7 @@ class HeaderRules(Generic[AnyStr]):
                             raise TypeError("a RedirectRule is bound to a backend and an "
                                             "origin")
                         rewrite = rewrite.bind(backend, origin)
-                    new = rewrite(_REDIRECT_NAMES[action - _REWRITE], self._text(value))
+                    new = rewrite(_REDIRECT_NAMES[action - _REWRITE], self._kind.text(value))
                     if new is not None:
                         value = self._word(new)
                 out.append((name, value))
