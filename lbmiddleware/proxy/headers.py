@@ -122,7 +122,7 @@ class HeaderRules(Generic[AnyStr]):
         # only a name met for the first time needs is read from the kind).
         spelling = _KINDS[kind]
         word: Callable[[str], AnyStr] = spelling.word
-        self._kind = spelling
+        self._kind: _Kind = spelling
         self._cr: Any = spelling.cr
         self._lf: Any = spelling.lf
         self._nul: Any = spelling.nul
