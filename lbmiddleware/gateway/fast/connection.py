@@ -37,18 +37,21 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 from urllib.parse import unquote
 
 import httptools
 
 from ...proxy.access import access_line
 from ...proxy.access import logger as access_logger
+from ...upstream.deadlines import Deadlines
+from ..logs import RefusalWarnings
 from .outbox import Outbox
-from .state import ServerState
-from .wire import CONTINUE, error_bytes
+from .wire import CONTINUE, DateHeader, error_bytes
 
-# (ServerState lives in .state; it is still importable from here, where it used to be)
+if TYPE_CHECKING:
+    from ...gateway_settings import GatewaySettings
+
 __all__ = ["Request", "Handler", "Dispatch", "ServerState", "ClientConnection", "KEEP_ALIVE",
            "MAX_HEAD", "MAX_HEAD_READ", "head_read"]
 
@@ -180,6 +183,39 @@ class _HeadTooLarge(_BadRequest):
 
 class _Closed(Exception):
     """Raised in a parser callback: the connection is closed, the rest is not read."""
+
+
+class ServerState:
+    """What every connection of one server shares: the gateway's ``settings``
+    (:class:`~lbmiddleware.gateway_settings.GatewaySettings`), the ``dispatcher``, the
+    ``Date`` line (``date``), the timeouts' buckets (``deadlines``), the open connections
+    (``connections``: those handed off to uvicorn's protocols too, so that
+    ``LB_MAX_CONNECTIONS`` counts them all), ``handoff(transport, data)`` for an upgrade,
+    the listener's ``scheme``, whether refusals get an access line (``access_log``), the
+    WARNINGs for connections turned away (``refused``) and malformed requests
+    (``malformed``), and the writes held for the end of the loop's turn (``outbox``: the
+    first connection makes it when none is given; the upstream pools share it)."""
+
+    __slots__ = ("settings", "dispatcher", "handoff", "scheme", "access_log", "date",
+                 "deadlines", "connections", "refused", "malformed", "outbox")
+
+    def __init__(self, settings: GatewaySettings, dispatcher: Dispatch,
+                 handoff: Callable[[asyncio.Transport, bytes], None], *, scheme: str = "http",
+                 access_log: bool = False, date: DateHeader | None = None,
+                 deadlines: Deadlines | None = None, outbox: Outbox | None = None) -> None:
+        self.settings = settings
+        self.dispatcher = dispatcher
+        self.handoff = handoff
+        self.scheme = scheme
+        self.access_log = access_log
+        self.date = date if date is not None else DateHeader()
+        self.deadlines = deadlines if deadlines is not None else Deadlines()
+        self.connections: set[Any] = set()
+        self.refused = RefusalWarnings(
+            f"too many connections (LB_MAX_CONNECTIONS={settings.max_connections})",
+            "answered 503 and closed")
+        self.malformed = RefusalWarnings("malformed requests", "answered 400 and closed")
+        self.outbox = outbox
 
 
 class ClientConnection(asyncio.Protocol):

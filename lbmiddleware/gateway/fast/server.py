@@ -43,8 +43,7 @@ from ..app import GatewayApp, RoutesGatewayApp, make_app
 from ..logs import settings_logging_config
 from ..tls import check_certificate
 from ..uvicorn_server import uvicorn_config
-from .connection import ClientConnection
-from .state import ServerState
+from .connection import ClientConnection, ServerState
 from .wire import SERVER, DateHeader
 
 if TYPE_CHECKING:
