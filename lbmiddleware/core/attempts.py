@@ -598,18 +598,31 @@ class Attempts:
         (:data:`NO_BACKEND_STATUS` when there was nothing to try)."""
         return 504 if outcome.timeout else 502
 
-    def delivered(self, answered: Outcome, received: int, *, bytes_sent: int | None = None,
+    def delivered(self, answered: Outcome, received: int, bytes_sent: int | None = None,
                   now: float | None = None) -> None:
         """The answered attempt's response reached the client whole: end it with
         ``answered`` (its outcome when the head came) and the body bytes passed on
         (``received``); ``bytes_sent``: the request body's bytes when more went up after the
-        head (a streamed upload), else ``answered``'s. ``now`` as for :meth:`end`."""
+        head (a streamed upload), else ``answered``'s. ``now`` as for :meth:`end`. (Not
+        keyword-only: a front-end may pass them by position, once per request.)"""
         current = self._current
         if current is not None:
             # (done() of that outcome, without building it: once per request)
             current._report(answered.ok, answered.latency,
                             answered.bytes_sent if bytes_sent is None else bytes_sent,
                             received, answered.status, now)
+
+    def delivered_answer(self, status: int, latency: float | None, received: int,
+                         bytes_sent: int, now: float | None = None) -> None:
+        """:meth:`delivered` of the outcome ``rule.outcome(status, latency, bytes_sent)``
+        without building it, for a front-end that keeps its answered attempt's fields rather
+        than its outcome (the fast path: building an outcome and reading its fields cost more
+        than the rest of this end, once per request)."""
+        current = self._current
+        if current is not None:
+            # (ok as RetryRule.outcome has it)
+            current._report(status not in self.rule.fail_statuses, latency, bytes_sent,
+                            received, status, now)
 
     def client_left(self, answered: Outcome | None, received: int) -> None:
         """The client went away (closed, reset, timed out) before its response was whole.

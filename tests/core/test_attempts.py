@@ -725,6 +725,23 @@ def test_a_delivered_answer_ends_its_attempt_with_the_bytes():
     assert balancer.extras == [(5, 12, 503)]
 
 
+@pytest.mark.parametrize("status", [200, 404, 503])
+def test_a_delivered_answer_of_fields_ends_its_attempt_as_its_outcome_would(status):
+    """delivered_answer(status, latency, ...) is delivered() of rule.outcome(status, ...),
+    without the outcome: the same end, ok by the rule's failing statuses."""
+    rule = RetryRule(fail_statuses={404, 503})
+    ends = []
+    for deliver in (lambda a: a.delivered(rule.outcome(status, 0.01, 7), 30),
+                    lambda a: a.delivered_answer(status, 0.01, 30, 7)):
+        balancer = FakeBalancer(A)
+        attempts = Attempts(balancer, rule, "GET")
+        attempts.start()
+        deliver(attempts)
+        deliver(attempts)                                   # ended: ignored
+        ends.append((balancer.ends(), balancer.extras))
+    assert ends[0] == ends[1] == ([("report", "a", status == 200, 0.01)], [(7, 30, status)])
+
+
 def test_a_client_gone_ends_an_answered_attempt_and_releases_one_not_answered_yet():
     balancer = FakeBalancer(A)
     attempts = Attempts(balancer, RetryRule(), "GET")

@@ -92,8 +92,8 @@ class Route:
     line."""
 
     __slots__ = ("middleware", "forwarder", "rule", "picker", "pools", "timeout",
-                 "retry_buffer", "access_log", "prefix", "strip", "date", "methods",
-                 "unsubscribe", "__weakref__")
+                 "fail_statuses", "retry_buffer", "access_log", "prefix", "strip", "date",
+                 "methods", "unsubscribe", "__weakref__")
 
     def __init__(self, middleware: LoadBalancerMiddleware, forwarder: Forwarder,
                  picker: Picker, pools: UpstreamPools, date: DateHeader) -> None:
@@ -101,6 +101,8 @@ class Route:
         self.middleware = middleware
         self.forwarder = forwarder
         self.rule: RetryRule = forwarder.rule
+        #: The statuses that fail an attempt (the rule's: :meth:`RetryRule.outcome`).
+        self.fail_statuses = self.rule.fail_statuses
         self.picker = picker
         self.pools = pools
         self.timeout = forwarder.timeout
@@ -109,7 +111,8 @@ class Route:
         self.prefix = settings.prefix
         self.strip = settings.strip_prefix
         self.date = date
-        self.methods: dict[str, bytes] = {}     # method -> its bytes (the first 32 seen)
+        #: method -> what the exchanges need of it (:meth:`method`; the first 32 seen)
+        self.methods: dict[str, tuple[bytes, bool, bool]] = {}
         #: Stops following the pool's departures (set by the dispatcher).
         self.unsubscribe: Callable[[], None] | None = None
 
@@ -121,10 +124,16 @@ class Route:
             unsubscribe()
         self.pools.close()
 
-    def method_bytes(self, method: str) -> bytes:
+    def method(self, method: str) -> tuple[bytes, bool, bool]:
+        """What an exchange needs of ``method``, worked out once per method: its bytes, whether
+        it is ``HEAD`` (no body in the answer), and the resend rule's answer for a body that
+        can be sent again (:meth:`Forwarder.may_resend
+        <lbmiddleware.asgi.exchange.Forwarder.may_resend>`: the method and the body decide
+        it, so most requests need not ask)."""
         found = self.methods.get(method)
         if found is None:
-            found = method.encode("ascii")
+            found = (method.encode("ascii"), method == "HEAD",
+                     self.forwarder.may_resend(method, True))
             if len(self.methods) < 32:
                 self.methods[method] = found
         return found
@@ -149,12 +158,12 @@ class FastExchange:
 
     __slots__ = (
         "route", "connection", "request", "entry", "method", "method_bytes", "head_request",
-        "target", "headers", "add_host", "length", "key", "prefer", "secure",
+        "resend", "target", "headers", "add_host", "length", "key", "prefer", "secure",
         # the request body: held (None once a streamed piece left without a copy), its
         # size, all of it here, being streamed to the current call, streamed ever
         "held", "size", "body_done", "streaming", "streamed", "paused",
         # the attempts
-        "attempts", "backend", "pool", "call", "sent_at", "head_at", "whole", "outcome",
+        "attempts", "backend", "pool", "call", "sent_at", "head_at", "latency",
         # the response
         "status", "pending", "chunked", "close", "received", "finished",
     )
@@ -167,8 +176,9 @@ class FastExchange:
         self.entry = entry
         method = request.method
         self.method = method
-        self.method_bytes = route.methods.get(method) or route.method_bytes(method)
-        self.head_request = method == "HEAD"
+        # (the resend rule's answer for a body that can be sent again)
+        self.method_bytes, self.head_request, self.resend = (route.methods.get(method)
+                                                             or route.method(method))
         (self.target, self.headers, self.add_host, self.length, self.key, self.prefer,
          self.secure) = prepared
         self.held: list[bytes] | None = []
@@ -182,10 +192,10 @@ class FastExchange:
         self.pool: BackendPool | None = None
         self.call: Call | None = None
         self.sent_at = 0.0              # the clock when the attempt was sent
-        self.head_at = 0.0              # when its head came, while its end may come with it
-        self.whole = -1                 # the body's length when that read may hold it all
-        self.outcome: Outcome | None = None      # the answered attempt's, at its head
-        self.status = 0                 # the status the client gets; 0: none yet
+        self.head_at = 0.0              # when its head came (its end may come in that read)
+        self.latency = 0.0              # the answered attempt's time to its head
+        # the status the client gets; 0: none yet (while not finished: a backend's answer)
+        self.status = 0
         self.pending: bytes | None = None       # the response head, held for its body
         self.chunked = False            # the body is chunked to the client
         self.close = False              # the connection closes after the response
@@ -263,7 +273,9 @@ class FastExchange:
             call.abort()
         attempts = self.attempts
         if attempts is not None:
-            attempts.client_left(self.outcome, self.received)
+            answered = self._answered(call.bytes_sent) if call is not None and self.status \
+                else None
+            attempts.client_left(answered, self.received)
         self._finish()
 
     def writable(self) -> None:
@@ -318,11 +330,12 @@ class FastExchange:
             self.paused = False
             self.connection.resume_body()
         self.sent_at = now
+        # (by position: more_body, resend, head_timeout, head_request, chunked)
         self.call = pool.request(
-            head, data, self, more_body=more,
-            resend=route.forwarder.may_resend(self.method, not more),
-            head_timeout=left, head_request=self.head_request,
-            chunked=more and self.length is None)     # (request_head's framing rule)
+            head, data, self, more,
+            route.forwarder.may_resend(self.method, False) if more else self.resend,
+            left, self.head_request,
+            more and self.length is None)     # (request_head's framing rule)
 
     # -- the backend's side (Receiver) ---------------------------------------------------
 
@@ -337,15 +350,16 @@ class FastExchange:
                 raise RuntimeError("a response head without its call")
             route = self.route
             now = _monotonic()
-            outcome = route.rule.outcome(status, now - self.sent_at,
-                                         bytes_sent=call.bytes_sent)
-            if not outcome.ok:
+            latency = now - self.sent_at
+            if status in route.fail_statuses:
+                # (an outcome is built only for this: the common end passes its fields)
+                outcome = route.rule.outcome(status, latency, call.bytes_sent)
                 following = attempts.retry(outcome, replayable=not self.streamed, now=now)
                 if following is not None:
                     call.abort()            # another backend gets a chance
                     self._attempt(following, now)
                     return
-            self.outcome = outcome
+            self.latency = latency
             self.status = status
             self.streaming = False          # (the call stopped the upload)
             request = self.request
@@ -377,13 +391,11 @@ class FastExchange:
                     # (a head without framing would run to the close, RFC 9112 6.3)
                     stated = length
             self.close = close
-            head = response_head(status, reason, out, date=route.date.value(), length=stated,
-                                 chunked=framed, close=close)
+            # (by position: date, length, chunked, close)
+            head = response_head(status, reason, out, route.date.value(), stated, framed, close)
             if call.follows:
                 self.pending = head         # written with the body: one write
                 self.head_at = now          # (its end may come in this callback too)
-                if length is not None and not chunked:
-                    self.whole = length
             else:
                 self.connection.write(head)
         except Exception:
@@ -395,41 +407,41 @@ class FastExchange:
         self.received += len(data)
         if self.chunked:
             data = b"%x\r\n%b\r\n" % (len(data), data)
-        if self.received != self.whole:
-            self.head_at = 0.0              # the end comes in a later read
-        pending = self.pending
         connection = self.connection
-        if pending is None:
-            connection.write(data)
-        else:
-            self.pending = None
-            if len(data) > _JOIN_LIMIT:
-                connection.writelines((pending, data))  # (one writev, the piece not copied)
-            else:
-                connection.write(pending + data)
+        self._write(data)
         if connection.writing_paused:
             call = self.call
             if call is not None:
                 call.pause_reading()
                 connection.on_writable(self.writable)
 
-    def upstream_end(self) -> None:
+    def upstream_end(self, last: bytes) -> None:
         if self.finished:
             return
         try:
-            pending = self.pending
-            if self.chunked:
-                pending = _LAST_CHUNK if pending is None else pending + _LAST_CHUNK
-            if pending is not None:
-                self.pending = None
-                self.connection.write(pending)
             call = self.call
-            outcome = self.outcome
             attempts = self.attempts
-            if call is None or outcome is None or attempts is None:
+            if call is None or attempts is None or not self.status:
                 raise RuntimeError("a response's end without its head")
-            attempts.delivered(outcome, self.received, bytes_sent=call.bytes_sent,
-                               now=self.head_at or None)
+            if last:
+                self.received += len(last)
+                if self.chunked:
+                    last = b"%x\r\n%b\r\n%b" % (len(last), last, _LAST_CHUNK)
+            elif self.chunked:
+                last = _LAST_CHUNK
+            pending = self.pending
+            if pending is None:
+                now = None
+                if last:
+                    self.connection.write(last)
+            else:
+                # The whole response came in one read: the head goes with its body, and that
+                # read's clock reading serves the end too.
+                now = self.head_at
+                self._write(last)
+            # (the answered attempt's fields, not an outcome: Attempts.delivered_answer)
+            attempts.delivered_answer(self.status, self.latency, self.received,
+                                      call.bytes_sent, now)
             self.call = None
             self._finish()
             self.connection.done(not self.close)
@@ -444,13 +456,12 @@ class FastExchange:
             pool = self.pool
             if attempts is None or pool is None:
                 raise RuntimeError("a failure without its call")
-            answered = self.outcome
-            if answered is not None:
+            if self.status:
                 # The head went out, the body broke: the client sees a cut response, and the
                 # backend a failure that no retry can follow.
                 self.call = None
-                attempts.broke_off(answered, self.received, failure_text(error, pool),
-                                   timeout=error.timeout)
+                attempts.broke_off(self._answered(error.bytes_sent), self.received,
+                                   failure_text(error, pool), timeout=error.timeout)
                 self._finish()
                 self.connection.abort()
                 return
@@ -464,6 +475,24 @@ class FastExchange:
             self._error(Attempts.answer_status(outcome))
         except Exception:
             self._crash()
+
+    def _write(self, data: bytes) -> None:
+        """Write response bytes to the client, after the head when it is still held (one
+        write; a long piece beside it in one writev, not copied)."""
+        pending = self.pending
+        if pending is None:
+            self.connection.write(data)
+        else:
+            self.pending = None
+            if len(data) > _JOIN_LIMIT:
+                self.connection.writelines((pending, data))
+            else:
+                self.connection.write(pending + data)
+
+    def _answered(self, bytes_sent: int) -> Outcome:
+        """The answered attempt's outcome at its head (``bytes_sent``: its request body
+        bytes), for the rare endings that take one (the client gone, a body broken off)."""
+        return self.route.rule.outcome(self.status, self.latency, bytes_sent)
 
     def upload_paused(self) -> None:
         if not self.finished:

@@ -107,11 +107,12 @@ class Receiver(Protocol):
     """What a :class:`Call` reports to (the exchange).
 
     A read from the backend is parsed whole before anything is reported, then reported in
-    this order: :meth:`upstream_head` (when the head completed in this read), one
-    :meth:`upstream_body` with all of the read's body bytes, :meth:`upstream_end` (when the
-    response ended); during :meth:`upstream_head`, :attr:`Call.follows` says whether body
-    bytes or the end follow in this same read (a receiver may hold the head and write it with
-    them: one write for a small response). :meth:`BackendPool.request` reports nothing
+    this order: :meth:`upstream_head` (when the head completed in this read), then all of
+    the read's body bytes: with :meth:`upstream_end` when the response ended in this read
+    (one call for a small response's body and end), else by one :meth:`upstream_body`.
+    During :meth:`upstream_head`, :attr:`Call.follows` says whether body bytes or the end
+    follow in this same read (a receiver may hold the head and write it with them: one
+    write for a small response). :meth:`BackendPool.request` reports nothing
     before it returns; :meth:`Call.send_body` may report :meth:`upload_paused` at once (the
     write filled the buffer). After :meth:`upstream_end`, :meth:`upstream_failed` or
     :meth:`Call.abort` nothing more is reported."""
@@ -124,10 +125,11 @@ class Receiver(Protocol):
         with neither (and a body) is read until the backend closes."""
 
     def upstream_body(self, data: bytes) -> None:
-        """Body bytes (de-chunked)."""
+        """Body bytes (de-chunked), the response not complete yet."""
 
-    def upstream_end(self) -> None:
-        """The response is complete (the connection went back to its pool, or closed)."""
+    def upstream_end(self, last: bytes) -> None:
+        """The response is complete (the connection went back to its pool, or closed);
+        ``last``: the body bytes that came with its end (b"" when none)."""
 
     def upstream_failed(self, error: UpstreamError) -> None:
         """The attempt failed, before or after the head (a body cut short)."""
@@ -300,7 +302,7 @@ class _Nobody:
 
     def upstream_body(self, data: bytes) -> None: ...
 
-    def upstream_end(self) -> None: ...
+    def upstream_end(self, last: bytes) -> None: ...
 
     def upstream_failed(self, error: UpstreamError) -> None: ...
 
@@ -524,15 +526,11 @@ class UpstreamConnection(asyncio.Protocol):
                 if self._state is not _BUSY:
                     return
         pieces = self._pieces
+        body = b""
         if pieces:
             body = pieces[0] if len(pieces) == 1 else b"".join(pieces)
             pieces.clear()
             self._quiet = 0
-            if self._left > 0:
-                self._left -= len(body)
-            receiver.upstream_body(body)
-            if self._state is not _BUSY:
-                return
         elif not self._complete:
             self._quiet += len(data)
             if self._quiet > MAX_HEAD:
@@ -541,8 +539,15 @@ class UpstreamConnection(asyncio.Protocol):
                     else "the response head is too large"))
                 return
         if self._complete:
-            self._finish()
-        elif self._answered:
+            self._finish(body)              # (the body with the end: one call)
+            return
+        if body:
+            if self._left > 0:
+                self._left -= len(body)
+            receiver.upstream_body(body)
+            if self._state is not _BUSY:
+                return
+        if self._answered:
             # The body's bytes each begin a new wait; a head's do not (a head trickled in a
             # byte at a time gets the read timeout, as in the coroutine client).
             self._seen = self.pool.loop.time()
@@ -575,9 +580,7 @@ class UpstreamConnection(asyncio.Protocol):
                 parser.feed_data(rest)
             except (httptools.HttpParserError, httptools.HttpParserUpgrade):
                 self._trailing = True       # bytes past the end: the connection is not reused
-        receiver.upstream_body(data)
-        if self._state is _BUSY:
-            self._finish()
+        self._finish(data)
 
     def eof_received(self) -> bool | None:
         if self._state is _BUSY:
@@ -711,9 +714,9 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- the endings -------------------------------------------------------------------------
 
-    def _finish(self) -> None:
-        """The response ended: the connection goes back to its pool (or closes), then the
-        receiver hears of it."""
+    def _finish(self, last: bytes) -> None:
+        """The response ended (``last``: the body bytes that came with its end): the
+        connection goes back to its pool (or closes), then the receiver hears of it."""
         call = self._call
         receiver = self._receiver
         if call is None:
@@ -738,14 +741,14 @@ class UpstreamConnection(asyncio.Protocol):
                 # does not take this connection (BackendPool.request).
                 self._ending = True
                 try:
-                    receiver.upstream_end()
+                    receiver.upstream_end(last)
                 finally:
                     self._ending = False
                 return
             self._close(abort=False)
         else:
             self._close(abort=self._cut)
-        receiver.upstream_end()
+        receiver.upstream_end(last)
 
     def _lost(self, message: str, exc: Exception | None) -> None:
         """The backend closed (or the connection broke) during a call."""
@@ -760,7 +763,7 @@ class UpstreamConnection(asyncio.Protocol):
         if self._answered and self._until_close:
             self._complete = True           # the end of a body read until the close
             self._keep_alive = False
-            self._finish()
+            self._finish(b"")
             return
         if self.requests > 1 and not self._got_bytes:
             call = self._call
@@ -901,7 +904,7 @@ class BackendPool:
         self._idle: list[UpstreamConnection] = []
         self._connecting: set[asyncio.Task[None]] = set()
 
-    def request(self, head: bytes, body: bytes, receiver: Receiver, *, more_body: bool,
+    def request(self, head: bytes, body: bytes, receiver: Receiver, more_body: bool,
                 resend: bool, head_timeout: float | None, head_request: bool,
                 chunked: bool | None = None) -> Call:
         """Send a request: ``head`` whole (request line, headers with Host and framing, the
@@ -910,7 +913,8 @@ class BackendPool:
         write; else a task opens one. ``resend``: a reused connection found closed before any
         response byte may be replaced by a fresh one, once (with nothing streamed yet).
         ``head_timeout``: seconds the response head may take from now, everything included.
-        ``chunked``: whether ``head`` says ``Transfer-Encoding: chunked`` (None: read it)."""
+        ``chunked``: whether ``head`` says ``Transfer-Encoding: chunked`` (None: read it).
+        (Not keyword-only: the exchange passes them by position, once per attempt.)"""
         loop = self.loop
         now = loop.time()
         call = Call(self, receiver, head, body, more_body, resend, head_request,

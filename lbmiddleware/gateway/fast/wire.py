@@ -54,7 +54,7 @@ class DateHeader:
         return self._line
 
 
-def response_head(status: int, reason: bytes, headers: Sequence[tuple[bytes, bytes]], *,
+def response_head(status: int, reason: bytes, headers: Sequence[tuple[bytes, bytes]],
                   date: bytes, length: int | None, chunked: bool, close: bool) -> bytes:
     """A response head: ``HTTP/1.1 <status> <reason>``, ``headers`` as given, ``date`` (a
     :meth:`DateHeader.value` line) and ``server: lbmiddleware``, the framing
@@ -64,7 +64,8 @@ def response_head(status: int, reason: bytes, headers: Sequence[tuple[bytes, byt
     is the caller's: a ``Content-Length`` among ``headers`` (the backend's, as the rules
     passed it; then ``length`` is None and ``chunked`` False), or ``length``/``chunked``;
     ``headers`` must not hold ``Transfer-Encoding``, ``Connection``, ``Date`` or
-    ``Server``."""
+    ``Server``. (Not keyword-only: the exchange passes them by position, once per
+    response.)"""
     # (parts joined once, the status line formatted once per status and reason: a third
     # of the instructions of a head added up piece by piece)
     line = _STATUS_LINES.get(status)

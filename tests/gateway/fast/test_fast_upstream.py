@@ -101,7 +101,9 @@ class Recorder:
         if self.on_body is not None:
             self.on_body(self)
 
-    def upstream_end(self) -> None:
+    def upstream_end(self, last: bytes) -> None:
+        if last:
+            self.upstream_body(last)        # (written down as a read's body, then the end)
         self.events.append("end")
         self.finished.set_result(None)
 
@@ -220,8 +222,8 @@ def test_a_receiver_may_send_the_next_request_from_upstream_end(raw_backend):
         bodies: list[bytes] = []
 
         class Chain(Recorder):
-            def upstream_end(self) -> None:
-                bodies.append(bytes(self.body))
+            def upstream_end(self, last: bytes) -> None:
+                bodies.append(bytes(self.body + last))
                 if len(bodies) == 5:
                     done.set_result(None)
                     return
@@ -253,8 +255,8 @@ def test_a_request_not_to_be_sent_twice_takes_no_connection_whose_end_is_being_t
         bodies: list[bytes] = []
 
         class Chain(Recorder):
-            def upstream_end(self) -> None:
-                bodies.append(bytes(self.body))
+            def upstream_end(self, last: bytes) -> None:
+                bodies.append(bytes(self.body + last))
                 if len(bodies) == 2:
                     done.set_result(None)
                     return
@@ -528,6 +530,41 @@ def test_follows_says_whether_the_body_comes_in_the_same_read():
     apart, _ = feed([head, b"ok"])
     assert whole.follows is True and apart.follows is False
     assert whole.events == ["head", "body", "end"] == apart.events
+
+
+@pytest.mark.parametrize("pieces, calls", [
+    ([b"ok"], [("end", b"ok")]),
+    ([b"o", b"k"], [("body", b"o"), ("end", b"k")]),
+    ([b"", b"ok"], [("end", b"ok")])], ids=["one read", "two reads", "head alone"])
+def test_the_body_that_comes_with_the_end_is_told_with_it(pieces, calls):
+    """A read that ends the response hands its body bytes to upstream_end (one call for a
+    small response's body and end); upstream_body has those of the reads before."""
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n"
+    told: list[tuple[str, bytes]] = []
+
+    class Calls(Recorder):
+        def upstream_body(self, data: bytes) -> None:
+            told.append(("body", data))
+
+        def upstream_end(self, last: bytes) -> None:
+            told.append(("end", last))
+
+    loop = asyncio.new_event_loop()
+    try:
+        pool = BackendPool(lb.Backend("http://127.0.0.1:9"), connect_timeout=1.0,
+                           read_timeout=5.0, loop=loop, deadlines=Deadlines())
+        connection = UpstreamConnection(pool)
+        connection.connection_made(_Transport())
+        recorder = Calls(loop)
+        recorder.call = call = Call(pool, recorder, request_head(), b"", False, False, False,
+                                    0.0)
+        connection.start(call, request_head(), 0)
+        reads = [head + pieces[0], *pieces[1:]]
+        for read in reads:
+            connection.data_received(read)
+    finally:
+        loop.close()
+    assert told == calls and pool.idle() == 1
 
 
 @pytest.mark.parametrize("after, reused", [(b"", True), (b"\r\n", True), (b"x", False),
