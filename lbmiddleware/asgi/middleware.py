@@ -178,6 +178,8 @@ class LoadBalancerMiddleware:
         self._prefix = proxy.prefix
         self._prefix_bytes = proxy.prefix.encode("utf-8")
         self._strip = proxy.strip_prefix
+        # the client's raw path goes upstream as it is (nothing to strip from it)
+        self._raw_as_sent = not self._strip or self._prefix == "/"
         self._preserve_host = forwarding.preserve_host
         self._client_address = ClientAddress(proxy.trusted_proxies)
         self._trusting = bool(proxy.trusted_proxies)
@@ -289,7 +291,11 @@ class LoadBalancerMiddleware:
             # (positional: the fast server's every request)
             upstream_headers = BINARY.request_headers(headers, peer, scheme, None,
                                                       self._preserve_host, trusted)
-        target = join_target(b"", self._upstream_path(path, raw_path), query)
+        if raw_path and self._raw_as_sent and 63 not in raw_path:
+            upstream_path = raw_path        # (the usual case, without a call)
+        else:
+            upstream_path = self._upstream_path(path, raw_path)
+        target = join_target(b"", upstream_path, query)
         key = None
         if self._sticky:
             ip = peer
@@ -354,7 +360,7 @@ class LoadBalancerMiddleware:
         if raw:
             if 63 in raw:           # ("?": an int is found faster)
                 raw = raw.partition(b"?")[0]
-            if not self._strip or self._prefix == "/":
+            if self._raw_as_sent:
                 return raw
             prefix = self._prefix_bytes
             if raw.startswith(prefix) and (len(raw) == len(prefix) or raw[len(prefix)] == 47):
