@@ -362,7 +362,10 @@ class HeaderRules(Generic[AnyStr]):
             if action is None:
                 action = self._response_action(field[0])
             if not action:
-                out.append(field)       # (the pair itself: immutable, no copy to make)
+                # a pair of our own: ASGI allows a list for the caller's, which it may change
+                # after (past the rules), and a field that is no pair is refused here
+                name, value = field
+                out.append((name, value))
             elif action == _DROP:       # (Date, Server: in most responses)
                 pass
             elif action >= _REWRITE:

@@ -356,3 +356,30 @@ def test_dot_segments_never_escape_the_prefix(path):
 def test_dots_inside_names_are_ordinary():
     assert match_prefix("/api", "/api/.well-known/x") == "/api/.well-known/x"
     assert match_prefix("/api", "/api/v1..2/x", strip=True) == "/v1..2/x"
+
+
+# -- the response rules answer with pairs of their own ------------------------------------------
+# (ASGI allows a header pair to be a two-item list; a caller may change its list after the
+# rules ran: the answer must not change with it, past the rules)
+
+@pytest.mark.parametrize("rules, word", [(BINARY, lambda s: s.encode()), (TEXT, str)])
+def test_list_pairs_give_the_same_answer_as_tuple_pairs(rules, word):
+    received = [[word("Content-Type"), word("text/plain")], [word("Date"), word("x")],
+                [word("X-A"), word("1")]]
+    out = rules.response_headers(received)
+    assert out == rules.response_headers([tuple(pair) for pair in received])
+    assert all(type(pair) is tuple for pair in out)
+
+
+def test_the_answer_does_not_share_the_callers_pairs():
+    received = [[b"x-a", b"1"], [b"content-type", b"text/plain"]]
+    out = BINARY.response_headers(received)
+    received[0][0] = b"server"                          # one the rules drop
+    received[1][1] = b"text/html\r\nX-Injected: 1"      # one they never saw
+    assert out == [(b"x-a", b"1"), (b"content-type", b"text/plain")]
+
+
+@pytest.mark.parametrize("field", [(b"x-a", b"1", b"x-b: 2"), (b"x-a",)])
+def test_a_response_field_that_is_not_a_pair_is_refused(field):
+    with pytest.raises(ValueError):
+        BINARY.response_headers([field])
