@@ -33,6 +33,7 @@ class RoundRobin(Policy):
         self._generation = -1
         # One entry per weight: [weight, members in listed order, picks, their positions]
         self._classes: list[list[Any]] = []
+        self._rotation: list[Any] | None = None     # the one class, when there is one
         self._step = 0
         self._total = 0
 
@@ -45,6 +46,7 @@ class RoundRobin(Policy):
         position = {id(s): i for i, s in enumerate(members.states)}
         self._classes = [[w, states, 0, [position[id(s)] for s in states]]
                          for w, states in by_weight.items()]
+        self._rotation = self._classes[0] if len(self._classes) == 1 else None
         self._generation = members.generation
         self._step = 0
         self._total = members.total_weight
@@ -75,17 +77,17 @@ class RoundRobin(Policy):
                     return following
             return self._weighted_choice(members, exclude)
         # The sequence's next (here, not in a method of its own: a call less per request).
-        classes = self._classes
-        if len(classes) == 1:
+        rotation = self._rotation
+        if rotation is not None:
             # One weight (every backend's, as a rule): the listed order, round and round.
             # (Its count wraps at the class's size instead of at the period: the same
             # position, and the step, which only weighs classes against each other, waits.)
-            entry = classes[0]
-            states = entry[1]
-            picks = entry[2]
-            entry[2] = picks + 1 if picks + 1 < len(states) else 0
+            states = rotation[1]
+            picks = rotation[2]
+            rotation[2] = picks + 1 if picks + 1 < len(states) else 0
             single: BackendState = states[picks]
             return single
+        classes = self._classes
         self._step += 1
         step, total = self._step, self._total
         best: Any = None
