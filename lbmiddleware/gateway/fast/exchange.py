@@ -168,6 +168,15 @@ class FastExchange:
         "status", "pending", "chunked", "close", "received", "finished",
     )
 
+    # Set by the attempt (_attempt) or by its answer's head (upstream_head) before anything
+    # reads them, so not in __init__ (a store each per request, for nothing):
+    backend: Backend        # the current attempt's
+    pool: BackendPool       # its upstream pool
+    sent_at: float          # the clock when it was sent
+    head_at: float          # when its head came (its end may come in that read)
+    latency: float          # the answered attempt's time to its head
+    close: bool             # the connection closes after the response
+
     def __init__(self, route: Route, request: Request, connection: ClientConnection,
                  prepared: Prepared, entry: Entry | None) -> None:
         self.route = route
@@ -183,22 +192,16 @@ class FastExchange:
          self.secure) = prepared
         self.held: list[bytes] | None = []
         self.size = 0
-        self.body_done = prepared.length == 0
+        self.body_done = self.length == 0
         self.streaming = False
         self.streamed = False           # an attempt has streamed it: not replayable
         self.paused = False             # the client's body is paused for the upload
         self.attempts: Attempts | None = None
-        self.backend: Backend | None = None
-        self.pool: BackendPool | None = None
         self.call: Call | None = None
-        self.sent_at = 0.0              # the clock when the attempt was sent
-        self.head_at = 0.0              # when its head came (its end may come in that read)
-        self.latency = 0.0              # the answered attempt's time to its head
         # the status the client gets; 0: none yet (while not finished: a backend's answer)
         self.status = 0
         self.pending: bytes | None = None       # the response head, held for its body
         self.chunked = False            # the body is chunked to the client
-        self.close = False              # the connection closes after the response
         self.received = 0               # response body bytes passed to the client
         self.finished = False
 
@@ -363,10 +366,7 @@ class FastExchange:
             self.status = status
             self.streaming = False          # (the call stopped the upload)
             request = self.request
-            backend = self.backend
-            if backend is None:
-                raise RuntimeError("a response head without its backend")
-            out = route.forwarder.response_headers(status, headers, backend, self.headers,
+            out = route.forwarder.response_headers(status, headers, self.backend, self.headers,
                                                    self.prefer, self.secure)
             # (an answer before the upload's end: the rest is dropped, the connection closes)
             close = not (request.keep_alive and self.body_done)
@@ -453,9 +453,9 @@ class FastExchange:
             return
         try:
             attempts = self.attempts
-            pool = self.pool
-            if attempts is None or pool is None:
+            if attempts is None:
                 raise RuntimeError("a failure without its call")
+            pool = self.pool
             if self.status:
                 # The head went out, the body broke: the client sees a cut response, and the
                 # backend a failure that no retry can follow.
