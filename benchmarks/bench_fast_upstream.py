@@ -117,7 +117,8 @@ class Chain:
     def upstream_body(self, data: bytes) -> None:
         self.received += len(data)
 
-    def upstream_end(self) -> None:
+    def upstream_end(self, last: bytes) -> None:
+        self.received += len(last)      # (the body's bytes of the read that ended it)
         if self.left:
             self.next()
         elif not self.done.done():
