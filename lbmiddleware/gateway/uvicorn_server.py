@@ -11,6 +11,7 @@ import importlib.util
 import logging
 import signal
 import socket
+import sys
 from typing import TYPE_CHECKING, Any
 
 from ..core.settings import FrontEndSettings
@@ -122,6 +123,7 @@ class _HeadTooLarge(Exception):
 def uvicorn_protocol(settings: GatewaySettings, *, access_log: bool = False) -> type:
     """uvicorn's httptools protocol with the gateway's limits (``settings``); ``access_log``
     (``LB_ACCESS_LOG``): each connection answered 503 beyond the limit gets its line."""
+    import httptools
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
     refused = RefusalWarnings(
@@ -145,6 +147,7 @@ def uvicorn_protocol(settings: GatewaySettings, *, access_log: bool = False) -> 
         _body_size = 0          # body bytes of the request being read
         _read_used = 0          # bytes of this read the requests ended in it took
         _head_refused = False
+        _received = b""         # the read being parsed (for handle_websocket_upgrade)
         _head_timer: asyncio.TimerHandle | None = None
         _close_timer: asyncio.TimerHandle | None = None
 
@@ -156,7 +159,9 @@ def uvicorn_protocol(settings: GatewaySettings, *, access_log: bool = False) -> 
             close (httptools and uvicorn keep every byte of a head otherwise: a flood of
             128 MiB grew the gateway by 1.7 GiB)."""
             self._read_used = 0
+            self._received = data
             super().data_received(data)     # (a callback's _HeadTooLarge: uvicorn's 400 path)
+            self._received = b""
             if self._head_refused:
                 return
             if self._in_head:
@@ -252,6 +257,18 @@ def uvicorn_protocol(settings: GatewaySettings, *, access_log: bool = False) -> 
         def on_message_complete(self) -> None:
             self._read_used += self._head_size + self._body_size
             super().on_message_complete()
+
+        def handle_websocket_upgrade(self) -> None:
+            """uvicorn's gives the WebSocket protocol the head alone: the bytes after it in
+            the same read (frames of a client that did not wait for the 101) go to it too,
+            after the head, so nothing the client sent is lost."""
+            upgrade = sys.exc_info()[1]     # (uvicorn calls this in its except clause)
+            super().handle_websocket_upgrade()
+            if isinstance(upgrade, httptools.HttpParserUpgrade):
+                rest = self._received[upgrade.args[0]:]
+                protocol = self.transport.get_protocol()
+                if rest and protocol is not self and isinstance(protocol, asyncio.Protocol):
+                    protocol.data_received(rest)
 
         def _head_late(self) -> None:
             self._head_timer = None

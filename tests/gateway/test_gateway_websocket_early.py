@@ -5,10 +5,10 @@ When the backend refuses the upgrade, those frames are dropped: the client gets 
 refusal, then the connection closes.
 
 Raw sockets, so that the frames go in the request's own write (a WebSocket client waits
-for the 101). Only the fast server: under uvicorn the gateway's protocol
-(``gateway/uvicorn_server.py``) inherits uvicorn's upgrade, which gives the WebSocket the
-head alone and drops the bytes after it in the same read (a fix there is for that module);
-granian relays them, and is not ours to change.
+for the 101). The fast server and uvicorn: both give the upgraded connection to the
+gateway's uvicorn protocol (``gateway/uvicorn_server.py``), whose upgrade passes on the
+bytes after the head (uvicorn's own dropped them); granian relays them, and is not ours to
+change.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def echo():
         yield backend
 
 
-@pytest.fixture(scope="module", params=["fast"])
+@pytest.fixture(scope="module", params=["fast", "uvicorn"])
 def gateway(request, echo):
     with GatewayProcess({"LB_SERVER": request.param, "LB_BACKENDS": echo.url}) as gateway:
         yield gateway

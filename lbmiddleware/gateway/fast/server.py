@@ -93,8 +93,8 @@ class HandOff:
         return set() if self._state is None else self._state.tasks
 
     def __call__(self, transport: asyncio.Transport, data: bytes) -> None:
-        """``data``: the head as the fast server wrote it again (it ends at the first blank
-        line) and the bytes that came after it."""
+        """``data``: the head as the fast server wrote it again and the bytes that came
+        after it (a WebSocket's first frames: the gateway's protocol passes them on)."""
         config = self.config
         state = self._state
         # uvicorn's server refreshes them each second; here at each hand-off
@@ -103,16 +103,7 @@ class HandOff:
         protocol = make(config=config, server_state=state, app_state={}, _loop=self._loop)
         protocol.connection_made(transport)
         transport.set_protocol(protocol)
-        # uvicorn's protocol gives the WebSocket protocol it upgrades to the head alone,
-        # and drops the bytes after it in the same read: the frames of a client that did
-        # not wait for the 101. So the head first, then the rest to whichever protocol
-        # reads the connection now (the same one when it did not upgrade: h2c, CONNECT).
-        end = data.index(b"\r\n\r\n") + 4
-        protocol.data_received(data[:end])
-        upgraded = transport.get_protocol()
-        if len(data) > end and isinstance(upgraded, asyncio.Protocol) \
-                and not transport.is_closing():
-            upgraded.data_received(data[end:])
+        protocol.data_received(data)     # (an upgrade's later bytes: the protocol's own)
 
     def _load(self) -> uvicorn.Config:
         from uvicorn.server import ServerState as UvicornState
