@@ -50,7 +50,7 @@ import asyncio
 import re
 import ssl as ssl_module
 from collections.abc import Iterable
-from typing import Protocol
+from typing import Protocol, cast
 
 import httptools
 
@@ -481,9 +481,9 @@ class UpstreamConnection(asyncio.Protocol):
     # -- asyncio.Protocol ------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # loop.create_connection() gives a stream protocol a Transport; typeshed's
-        # Protocol.connection_made declares the base class.
-        self.transport = transport      # type: ignore[assignment]
+        # a stream's (uvloop's TCPTransport derives from no asyncio class, but has every
+        # method of asyncio.Transport the fast path calls); typeshed declares the base class
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         if self._state is not _BUSY:
