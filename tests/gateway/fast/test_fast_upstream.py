@@ -484,18 +484,25 @@ class _Transport(asyncio.Transport):
         pass
 
 
+def started(loop: asyncio.AbstractEventLoop, receiver: type[Recorder] = Recorder, *,
+            head_request: bool = False) -> tuple[BackendPool, UpstreamConnection, Recorder]:
+    """A new pool's connection (on a fake transport) carrying a GET for a ``receiver``."""
+    pool = BackendPool(lb.Backend("http://127.0.0.1:9"), connect_timeout=1.0,
+                       read_timeout=5.0, loop=loop, deadlines=Deadlines())
+    connection = UpstreamConnection(pool)
+    connection.connection_made(_Transport())
+    recorder = receiver(loop)
+    recorder.call = call = Call(pool, recorder, request_head(), b"", False, False,
+                                head_request, 0.0)
+    connection.start(call, request_head(), 0)
+    return pool, connection, recorder
+
+
 def feed(pieces: list[bytes], *, head_request: bool = False) -> tuple[Recorder, BackendPool]:
     """Feed a response to a new connection, one read per piece."""
     loop = asyncio.new_event_loop()
     try:
-        pool = BackendPool(lb.Backend("http://127.0.0.1:9"), connect_timeout=1.0,
-                           read_timeout=5.0, loop=loop, deadlines=Deadlines())
-        connection = UpstreamConnection(pool)
-        connection.connection_made(_Transport())
-        recorder = Recorder(loop)
-        recorder.call = call = Call(pool, recorder, request_head(), b"", False, False,
-                                    head_request, 0.0)
-        connection.start(call, request_head(), 0)
+        pool, connection, recorder = started(loop, head_request=head_request)
         for piece in pieces:
             connection.data_received(piece)
         return recorder, pool
@@ -551,14 +558,7 @@ def test_the_body_that_comes_with_the_end_is_told_with_it(pieces, calls):
 
     loop = asyncio.new_event_loop()
     try:
-        pool = BackendPool(lb.Backend("http://127.0.0.1:9"), connect_timeout=1.0,
-                           read_timeout=5.0, loop=loop, deadlines=Deadlines())
-        connection = UpstreamConnection(pool)
-        connection.connection_made(_Transport())
-        recorder = Calls(loop)
-        recorder.call = call = Call(pool, recorder, request_head(), b"", False, False, False,
-                                    0.0)
-        connection.start(call, request_head(), 0)
+        pool, connection, _ = started(loop, Calls)
         reads = [head + pieces[0], *pieces[1:]]
         for read in reads:
             connection.data_received(read)
@@ -579,10 +579,6 @@ def test_the_reads_after_a_head_of_known_length_are_its_body_as_they_came(after,
     reads = [head + b"ab", b"cdef", b"ghij" + after]
     loop = asyncio.new_event_loop()
     try:
-        pool = BackendPool(lb.Backend("http://127.0.0.1:9"), connect_timeout=1.0,
-                           read_timeout=5.0, loop=loop, deadlines=Deadlines())
-        connection = UpstreamConnection(pool)
-        connection.connection_made(_Transport())
         pieces: list[bytes] = []
 
         class Pieces(Recorder):
@@ -590,10 +586,7 @@ def test_the_reads_after_a_head_of_known_length_are_its_body_as_they_came(after,
                 pieces.append(data)
                 super().upstream_body(data)
 
-        recorder = Pieces(loop)
-        recorder.call = call = Call(pool, recorder, request_head(), b"", False, False, False,
-                                    0.0)
-        connection.start(call, request_head(), 0)
+        pool, connection, recorder = started(loop, Pieces)
         for read in reads:
             connection.data_received(read)
         assert recorder.events == ["head", "body", "body", "body", "end"]
@@ -624,14 +617,7 @@ def test_a_timer_that_is_not_the_connections_current_one_does_nothing():
     time: early for the current call's timer, it neither fails nor sets a new one."""
     loop = asyncio.new_event_loop()
     try:
-        pool = BackendPool(lb.Backend("http://127.0.0.1:9"), connect_timeout=1.0,
-                           read_timeout=5.0, loop=loop, deadlines=Deadlines())
-        connection = UpstreamConnection(pool)
-        connection.connection_made(_Transport())
-        recorder = Recorder(loop)
-        recorder.call = call = Call(pool, recorder, request_head(), b"", False, False, False,
-                                    0.0)
-        connection.start(call, request_head(), 0)
+        pool, connection, recorder = started(loop)
         timer = connection._timer
         connection._expired()
         assert recorder.events == [] and connection._timer is timer
