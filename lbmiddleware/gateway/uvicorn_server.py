@@ -7,6 +7,7 @@ for the connections it hands to uvicorn's protocol), and :func:`serve_uvicorn` (
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib.util
 import logging
 import signal
@@ -87,12 +88,48 @@ def uvicorn_config(app: Any, settings: FrontEndSettings, **server: Any) -> uvico
         proxy_headers=False, server_header=False, date_header=True,
         # WebSockets are proxied: uvicorn terminates the client's (the websockets package's
         # sans-I/O implementation, the one uvicorn keeps), the proxy re-frames them upstream
-        ws="websockets-sansio",
+        ws=answered_first(),
         # a client's message as large as a backend's may be (16 MiB, uvicorn's default too);
         # no permessage-deflate: granian has none, and the proxy's CPU is the gateway's
         # scarce resource (nginx, which tunnels, compresses nothing either)
         ws_max_size=MAX_MESSAGE, ws_per_message_deflate=False,
         **server)
+
+
+@functools.cache
+def answered_first() -> type[asyncio.Protocol]:
+    """uvicorn's sans-I/O WebSocket protocol (``ws="websockets-sansio"``), holding what the
+    client sends between its upgrade request and the answer (frames of a client that did
+    not wait for the 101), its reading paused meanwhile: read once the WebSocket is
+    accepted, in order, and dropped when it is refused (they are no request). uvicorn's own
+    reads them at once, while the WebSocket is not open: a ping there cannot be answered,
+    and bytes that are no frame make it fail an assertion (the connection cut, a traceback
+    logged). One class for every use, so that the fast server's hand-off and
+    :func:`serve_uvicorn` share it."""
+    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+    class AnsweredFirst(WebSocketsSansIOProtocol):
+        _held = b""
+
+        def data_received(self, data: bytes) -> None:
+            if self.handshake_initiated and not self.handshake_complete:
+                if not self._held:
+                    self.transport.pause_reading()
+                self._held += data
+            else:
+                super().data_received(data)
+
+        async def send(self, message: Any) -> None:
+            await super().send(message)
+            held = self._held
+            if held and self.handshake_complete:
+                self._held = b""
+                if self.initial_response is None and not self.close_sent \
+                        and not self.transport.is_closing():        # (accepted)
+                    self.transport.resume_reading()
+                    super().data_received(held)
+
+    return AnsweredFirst
 
 
 def _closing_response(error: ErrorResponse) -> bytes:

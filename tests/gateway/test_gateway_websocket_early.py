@@ -110,3 +110,26 @@ def test_frames_after_a_refused_upgrade_are_dropped(gateway, echo):
     assert answer.body == b"denied 404" and answer.header("x-backend") == ["a"]
     assert rest == b""
     assert not re.search(r"Traceback|ERROR", gateway.output()[logged:]), gateway.output()
+
+
+@pytest.mark.parametrize("together", [True, False], ids=["in-the-requests-write",
+                                                        "in-the-next-write"])
+def test_bytes_before_the_101_that_are_no_frame_close_the_websocket_as_a_protocol_error(
+        gateway, together):
+    """Bytes that are not a client's frame (unmasked, RFC 6455 5.1), sent before the 101:
+    once the WebSocket is accepted they are read as its first frame, and it closes with 1002
+    (protocol error), as any bad frame on an open WebSocket does. Read before the accept,
+    they made uvicorn's WebSocket protocol fail an assertion: the connection cut, a
+    traceback logged at ERROR."""
+    bad = b"\x82\x05hello"                          # a frame without its mask
+    logged = len(gateway.output())
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+        wire = Wire(sock)
+        sock.sendall(HANDSHAKE % b"/echo" + (bad if together else b""))
+        if not together:
+            sock.sendall(bad)
+        answer = read_answer(wire, head_request=True)
+        assert answer is not None and answer.status == 101, answer
+        opcode, payload = read_frame(wire)
+    assert (opcode, payload[:2]) == (0x8, (1002).to_bytes(2, "big"))
+    assert not re.search(r"Traceback|ERROR", gateway.output()[logged:]), gateway.output()
