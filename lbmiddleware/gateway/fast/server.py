@@ -93,8 +93,8 @@ class HandOff:
         return set() if self._state is None else self._state.tasks
 
     def __call__(self, transport: asyncio.Transport, data: bytes) -> None:
-        """``data``: the head as the fast server wrote it again and the bytes that came
-        after it (a WebSocket's first frames: the gateway's protocol passes them on)."""
+        """``data``: the head as the fast server wrote it again (it ends at the first blank
+        line) and the bytes that came after it."""
         config = self.config
         state = self._state
         # uvicorn's server refreshes them each second; here at each hand-off
@@ -103,7 +103,16 @@ class HandOff:
         protocol = make(config=config, server_state=state, app_state={}, _loop=self._loop)
         protocol.connection_made(transport)
         transport.set_protocol(protocol)
-        protocol.data_received(data)     # (an upgrade's later bytes: the protocol's own)
+        # The head first, then the rest to whichever protocol reads the connection now: the
+        # WebSocket's once upgraded, else this one (h2c, served as a plain request: the next
+        # request pipelined after it). uvicorn's protocol keeps nothing of a read past an
+        # upgrade's head: fed together, the rest would be lost.
+        end = data.index(b"\r\n\r\n") + 4
+        protocol.data_received(data[:end])
+        reading = transport.get_protocol()
+        if len(data) > end and isinstance(reading, asyncio.Protocol) \
+                and not transport.is_closing():
+            reading.data_received(data[end:])
 
     def _load(self) -> uvicorn.Config:
         from uvicorn.server import ServerState as UvicornState
