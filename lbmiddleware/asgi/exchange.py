@@ -25,31 +25,27 @@ quick exchange never starts one.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 from ..core.attempts import NO_BACKEND_STATUS, Attempts, Outcome, RetryRule
 from ..core.backend import Backend
 from ..core.balancer import Balancer
-from ..core.casts import format_duration
 from ..errors import NoHealthyBackend
 from ..proxy import BINARY, StickyCookie
 from ..proxy.redirects import RedirectRule
 from ..upstream import (
     NO_BODY_STATUSES,
-    ConnectError,
-    ConnectTimeout,
-    ReadTimeout,
     Response,
     Upstream,
     UpstreamError,
 )
 from ..upstream.deadlines import Deadlines
+from ..upstream.errors import failure_text
 
 __all__ = ["Forwarder", "Exchange", "RequestBody", "NoBody", "NO_BODY", "ClientGone",
-           "WATCH_DELAY", "failure_text", "Timeouts"]
+           "WATCH_DELAY"]
 
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -400,36 +396,4 @@ class Exchange:
 
 def _start_watch(exchange: Exchange) -> None:
     exchange._watch()
-
-
-class Timeouts(Protocol):
-    """What :func:`failure_text` reads of an upstream pool (a :class:`HostPool`, the fast
-    server's backend pool): the timeouts its words name."""
-
-    @property
-    def connect_timeout(self) -> float: ...
-
-    @property
-    def read_timeout(self) -> float: ...
-
-
-def failure_text(exc: UpstreamError, pool: Timeouts) -> str:
-    """What failed an attempt without a response, in the log's words: ``connection
-    refused``, ``connect timed out after 5s``, ``read timed out after 2s``, or the
-    upstream client's own (``the backend closed the connection``)."""
-    if isinstance(exc, ConnectTimeout):
-        return f"connect timed out after {format_duration(pool.connect_timeout)}"
-    if isinstance(exc, ReadTimeout):
-        return f"read timed out after {format_duration(pool.read_timeout)}"
-    if isinstance(exc, ConnectError):
-        # the OSError it was raised from (its context: raised "from None", kept all the
-        # same), by its errno: asyncio's own text names the address ("Connect call failed")
-        # (a name not resolved: getaddrinfo's own text, its errno being no system error)
-        cause = exc.__context__
-        if isinstance(cause, OSError):
-            text = (os.strerror(cause.errno) if cause.errno is not None and cause.errno > 0
-                    else cause.strerror)
-            if text:
-                return text[:1].lower() + text[1:]
-    return str(exc)
 

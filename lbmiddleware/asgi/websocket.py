@@ -46,6 +46,7 @@ from ..core.backend import Backend
 from ..errors import NoHealthyBackend
 from ..proxy import BINARY
 from ..upstream import UpstreamError
+from ..upstream.errors import failure_text
 from ..upstream.websocket import (
     ABNORMAL,
     GOING_AWAY,
@@ -56,7 +57,7 @@ from ..upstream.websocket import (
     WebSocket,
     open_websocket,
 )
-from .exchange import WATCH_DELAY, Forwarder, failure_text
+from .exchange import WATCH_DELAY, Forwarder
 
 __all__ = ["Tunnel", "DENIAL", "upstream_headers", "deny", "deny_error"]
 

@@ -14,9 +14,11 @@ the request body bytes written before the failure.
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
+from ..core.casts import format_duration
 from .tls import tls_failure_text
 
 if TYPE_CHECKING:
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
 __all__ = [
     "UpstreamError", "ConnectError", "ConnectTimeout", "TLSError", "ReadTimeout",
     "ProtocolError", "StaleConnection", "CONNECT_FAILURES", "connect_error",
+    "failure_text", "Timeouts",
 ]
 
 
@@ -112,3 +115,35 @@ def connect_error(exc: BaseException, backend: Backend, *, cut: bool = False) ->
     error.__context__ = exc
     error.__suppress_context__ = True
     return error
+
+
+class Timeouts(Protocol):
+    """What :func:`failure_text` reads of an upstream pool (a :class:`~.pool.HostPool`, the
+    fast server's backend pool): the timeouts its words name."""
+
+    @property
+    def connect_timeout(self) -> float: ...
+
+    @property
+    def read_timeout(self) -> float: ...
+
+
+def failure_text(exc: UpstreamError, pool: Timeouts) -> str:
+    """What failed an attempt without a response, in the log's words: ``connection
+    refused``, ``connect timed out after 5s``, ``read timed out after 2s``, or the
+    upstream client's own (``the backend closed the connection``)."""
+    if isinstance(exc, ConnectTimeout):
+        return f"connect timed out after {format_duration(pool.connect_timeout)}"
+    if isinstance(exc, ReadTimeout):
+        return f"read timed out after {format_duration(pool.read_timeout)}"
+    if isinstance(exc, ConnectError):
+        # the OSError it was raised from (its context: raised "from None", kept all the
+        # same), by its errno: asyncio's own text names the address ("Connect call failed")
+        # (a name not resolved: getaddrinfo's own text, its errno being no system error)
+        cause = exc.__context__
+        if isinstance(cause, OSError):
+            text = (os.strerror(cause.errno) if cause.errno is not None and cause.errno > 0
+                    else cause.strerror)
+            if text:
+                return text[:1].lower() + text[1:]
+    return str(exc)

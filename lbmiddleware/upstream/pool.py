@@ -178,7 +178,7 @@ class HostPool:
             self.opened += 1
             return connection
         # Raised out of the handler: an SSLError as its context would be read for an errno
-        # (the ASGI side's failure_text: an SSLError's errno 1 is no system error's).
+        # (failure_text's, in errors.py: an SSLError's errno 1 is no system error's).
         raise failed
 
     def _release(self, connection: Connection) -> None:

@@ -12,7 +12,6 @@ import ssl
 import pytest
 
 import lbmiddleware as lb
-from lbmiddleware.asgi.exchange import failure_text
 from lbmiddleware.upstream import Upstream
 from lbmiddleware.upstream.errors import (
     CONNECT_FAILURES,
@@ -21,6 +20,7 @@ from lbmiddleware.upstream.errors import (
     TLSError,
     UpstreamError,
     connect_error,
+    failure_text,
 )
 from lbmiddleware.upstream.pool import forget_pools, pool_for
 

@@ -17,9 +17,8 @@ import uvloop
 
 import lbmiddleware as lb
 from lbmiddleware.asgi import LoadBalancerMiddleware
-from lbmiddleware.asgi.exchange import failure_text
 from lbmiddleware.upstream import Upstream, UpstreamError
-from lbmiddleware.upstream.errors import ConnectError, TLSError
+from lbmiddleware.upstream.errors import ConnectError, TLSError, failure_text
 from lbmiddleware.upstream.tls import (
     backend_ssl_context,
     backend_verify_cert,

@@ -9,7 +9,7 @@ around the loop: failed, answer_status, delivered, client_left, broke_off), the 
 (:meth:`Forwarder.may_resend <lbmiddleware.asgi.exchange.Forwarder.may_resend>`), the
 response headers (:meth:`Forwarder.response_headers
 <lbmiddleware.asgi.exchange.Forwarder.response_headers>`: response rules, redirects, 204/304,
-the sticky cookie), the failure words (:func:`~lbmiddleware.asgi.exchange.failure_text`; the
+the sticky cookie), the failure words (:func:`~lbmiddleware.upstream.errors.failure_text`; the
 deadline's by ``Attempts.failed``).
 
 A request's life: its body, when it has one, is held up to ``retry_buffer`` bytes (then it is
@@ -53,12 +53,13 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ...asgi.exchange import Forwarder, failure_text
+from ...asgi.exchange import Forwarder
 from ...core.attempts import NO_BACKEND_STATUS, Attempts, Outcome, Picker, RetryRule
 from ...errors import NoHealthyBackend
 from ...proxy.access import CLIENT_CLOSED, access_line
 from ...proxy.access import logger as access_logger
 from ...upstream import NO_BODY_STATUSES
+from ...upstream.errors import failure_text
 from ...upstream.head import request_head
 from .upstream import BackendPool, Call, UpstreamPools
 from .wire import DateHeader, error_bytes, response_head

@@ -19,7 +19,6 @@ import pytest
 import uvloop
 
 import lbmiddleware as lb
-from lbmiddleware.asgi.exchange import failure_text
 from lbmiddleware.gateway.fast.upstream import (
     UPLOAD_HIGH_WATER,
     BackendPool,
@@ -36,6 +35,7 @@ from lbmiddleware.upstream.errors import (
     StaleConnection,
     TLSError,
     UpstreamError,
+    failure_text,
 )
 from lbmiddleware.upstream.tls import backend_ssl_context
 
