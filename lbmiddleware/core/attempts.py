@@ -598,13 +598,12 @@ class Attempts:
         (:data:`NO_BACKEND_STATUS` when there was nothing to try)."""
         return 504 if outcome.timeout else 502
 
-    def delivered(self, answered: Outcome, received: int, bytes_sent: int | None = None,
+    def delivered(self, answered: Outcome, received: int, *, bytes_sent: int | None = None,
                   now: float | None = None) -> None:
         """The answered attempt's response reached the client whole: end it with
         ``answered`` (its outcome when the head came) and the body bytes passed on
         (``received``); ``bytes_sent``: the request body's bytes when more went up after the
-        head (a streamed upload), else ``answered``'s. ``now`` as for :meth:`end`. (Not
-        keyword-only: a front-end may pass them by position, once per request.)"""
+        head (a streamed upload), else ``answered``'s. ``now`` as for :meth:`end`."""
         current = self._current
         if current is not None:
             # (done() of that outcome, without building it: once per request)
